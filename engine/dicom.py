@@ -1,0 +1,984 @@
+"""Read RT Images (portal images, DRRs) from DICOM into clean :class:`~portalign.image.Image` objects.
+
+This module is the only place in portalign that reads DICOM tags. Every quirk of
+real files is resolved here, so that everything downstream sees pixels, a pixel
+spacing at the isocentre plane and the beam axis in pixels.
+
+Geometry conventions (DICOM PS3.3 C.8.8.2, IEC 61217)
+-----------------------------------------------------
+Pixel spacing
+    ``ImagePlanePixelSpacing`` (3002,0011) is ``[row spacing, column spacing]`` in mm
+    at the imager plane. The isocentre-plane spacing is that value times
+    ``RadiationMachineSAD / RTImageSID`` (the magnification of an object at the
+    isocentre is SID / SAD). ``PixelSpacing`` is used when the RT tag is absent. An
+    explicit ``pixel_spacing_mm=`` is taken as already at the isocentre and wins.
+Beam axis
+    ``RTImagePosition`` (3002,0012) is the ``(x, y)`` position in mm, at the imager
+    plane, of the centre of the first transmitted pixel, in the RT Image plane
+    coordinate system: x to the right along a row, y *up*. With the default
+    ``RTImageOrientation`` ``[1, 0, 0, 0, -1, 0]`` rows run towards -y, so the beam
+    axis (plane origin) is at ``col = -x / col_spacing`` and ``row = +y / row_spacing``
+    (other orientations are solved as a 2x2 system).
+    Without a position the receptor translation ``XRayImageReceptorTranslation``
+    (3002,000D) is used: it is the position of the receptor origin (taken to be the
+    centre of the pixel array) in the IEC GANTRY system, whose x and y are parallel
+    to the RT Image plane's x and y. A receptor moved by ``+t`` mm therefore sees the
+    beam axis at ``-t`` in its own frame: ``col = centre_col - tx / col_spacing`` and,
+    y being up, ``row = centre_row + ty / row_spacing``. Without either, the image
+    centre. Real Varian files cannot discriminate the sign (TrueBeam translations are
+    below 0.03 mm and come with an ``RTImagePosition``; aS500 files have ``(0, 0)``),
+    so the sign follows the standard's definition.
+Planned field aperture
+    Jaw positions in the RT Image ``ExposureSequence`` are in mm at the isocentre in
+    the IEC BEAM LIMITING DEVICE system (``X1 < X2`` along x_b, ``Y1 < Y2`` along y_b,
+    +y_b towards the gantry). They are stored unchanged as
+    ``extra["planned_jaws_iec_mm"]``. ``extra["planned_jaws_mm"]`` gives the same
+    rectangle with the axis directions of the portalign image frame (x along
+    columns, y along rows, i.e. *down*), before collimator rotation:
+    ``x1 = X1, x2 = X2, y1 = -Y2, y2 = -Y1``; it is the field in the image when the
+    collimator is at 0. ``extra["planned_field_corners_mm"]`` are the four corners in
+    the image frame with the collimator rotation applied (IEC 61217: a positive
+    collimator angle turns the field counter-clockwise in the beam's eye view, in
+    which the RT Image is seen with y up).
+Intensity
+    Rescale slope/intercept are applied first. Portal images are then made
+    "higher = more radiation reached the imager": ``PixelIntensityRelationshipSign``
+    (0028,1041) of -1 inverts the values as ``hi - v``, ``hi`` being the largest value
+    the stored bits can represent after rescaling (one offset for every frame of a
+    file, values stay >= 0). A portal image whose rescaled values are all <= 0 and
+    that has no sign tag (Varian aS500/IDU20 files: ``RescaleIntercept -16384`` and
+    stored values ``16383 - signal``) is negated. ``PhotometricInterpretation`` is a
+    display instruction and is ignored. ``invert=True/False`` overrides all of this.
+    What was done is recorded in ``extra["intensity_sign_applied"]`` (``+1`` kept,
+    ``-1`` inverted) and ``extra["intensity_sign_reason"]``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RTImageStorage,
+)
+
+from .errors import GeometryError, PortalImageError
+from .image import Image, ImageInfo, check_pixels
+
+__all__ = ["DicomSource", "read_dataset", "read_rt_image", "read_rt_image_frames", "describe"]
+
+DicomSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Dataset]
+"""What the readers accept: a path, the bytes of a file, a binary file object or a dataset."""
+
+# Projection images other than RT Images: accepted only when their spacing at the
+# isocentre can be known (ImagerPixelSpacing + SID + SAD, or pixel_spacing_mm=).
+_PROJECTION_MODALITIES = frozenset({"CR", "DX", "XA", "RF"})
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+# ImageType value 3 (C.8.8.2.1): these say explicitly that the image is not a DRR.
+_NON_DRR_IMAGE_TYPES = frozenset({"PORTAL", "SIMULATOR", "RADIOGRAPH", "BLANK", "FLUENCE"})
+
+
+# ---------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------
+
+
+def read_dataset(source: DicomSource, *, require_pixels: bool = False) -> Dataset:
+    """Read a DICOM file robustly and return its dataset.
+
+    Files without a preamble or file meta information are read with ``force=True``;
+    a missing (0002,0010) TransferSyntaxUID is filled in from the encoding pydicom
+    detected while reading (Implicit VR Little Endian for the pylinac/MOSAIQ files
+    that lack it), so that the pixel data can be decoded. A dataset passed in is
+    returned as the same object, with the transfer syntax filled in if it was missing.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, file-like or pydicom.Dataset
+        The file to read.
+    require_pixels : bool
+        Raise when the dataset has no pixel data (RT Plan, RT Struct...).
+
+    Returns
+    -------
+    pydicom.Dataset
+
+    Raises
+    ------
+    PortalImageError
+        ``"<name>: not a DICOM file"``, ``"<name>: no such file"``,
+        ``"<name>: has no pixel data (Modality RTPLAN)"``...
+    """
+    name = _source_name(source)
+    with _recording_warnings():
+        return _read_dataset(source, name, require_pixels=require_pixels)
+
+
+def read_rt_image(
+    source: DicomSource,
+    *,
+    frame: int | None = None,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
+    sid_mm: float | None = None,
+    sad_mm: float | None = None,
+    invert: bool | None = None,
+) -> Image:
+    """Read one RT Image (portal image or DRR) as an :class:`Image`.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, file-like or pydicom.Dataset
+        An RT Image (Modality RTIMAGE). CR/DX/XA/RF projection images are accepted
+        when their spacing at the isocentre can be known (``ImagerPixelSpacing``,
+        SID and SAD from tags or keywords, or ``pixel_spacing_mm``).
+    frame : int, optional
+        0-based frame of a multi-frame image; frame 0 by default. Use
+        :func:`read_rt_image_frames` to read every frame of a cine file.
+    pixel_spacing_mm : float or (float, float), optional
+        Pixel spacing *at the isocentre plane* (one number, or ``(row, col)``);
+        overrides the spacing tags and makes SID/SAD optional.
+    sid_mm, sad_mm : float, optional
+        Source-to-imager and source-to-axis distances; override ``RTImageSID`` and
+        ``RadiationMachineSAD`` (and supply them when the file lacks them).
+    invert : bool, optional
+        Force (``True``) or forbid (``False``) inverting the intensities; by default
+        the DICOM intensity sign decides (see the module notes).
+
+    Returns
+    -------
+    Image
+        Float32 pixels, spacing in mm at the isocentre plane, beam axis in pixels,
+        and the acquisition facts in ``info`` (planned aperture, plan references and
+        the decisions taken in ``info.extra``).
+
+    Raises
+    ------
+    PortalImageError
+        Unreadable file, no pixel data, not a projection image, undecodable
+        (compressed without a plugin) or unusable (NaN, constant) pixels.
+    GeometryError
+        Spacing, SID or SAD unknown and not supplied, or not positive.
+    """
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, (int, np.integer))):
+        raise PortalImageError(f"{_source_name(source)}: frame must be an integer, got {frame!r}")
+    options = _Options(pixel_spacing_mm=pixel_spacing_mm, sid_mm=sid_mm, sad_mm=sad_mm, invert=invert)
+    return _load(source, options, frame=0 if frame is None else int(frame), every_frame=False)[0]
+
+
+def read_rt_image_frames(
+    source: DicomSource,
+    *,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
+    sid_mm: float | None = None,
+    sad_mm: float | None = None,
+    invert: bool | None = None,
+) -> list[Image]:
+    """Read every frame of an RT Image (a cine EPID acquisition) as a list of images.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, file-like or pydicom.Dataset
+        A single- or multi-frame RT Image.
+    pixel_spacing_mm, sid_mm, sad_mm, invert
+        As for :func:`read_rt_image`.
+
+    Returns
+    -------
+    list of Image
+        One image per frame, ``info.frame_index`` set (0-based). Gantry angle and
+        planned aperture come from the ``ExposureSequence`` item that references
+        the frame, when there is one. One intensity decision applies to all frames.
+    """
+    options = _Options(pixel_spacing_mm=pixel_spacing_mm, sid_mm=sid_mm, sad_mm=sad_mm, invert=invert)
+    return _load(source, options, frame=None, every_frame=True)
+
+
+def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, Any]:
+    """Summarise an image's geometry and provenance as a JSON-ready dict.
+
+    Used by ``portalign info FILE --json``.
+
+    Parameters
+    ----------
+    image_or_path : Image or DICOM source
+        An image already read, or anything :func:`read_rt_image` accepts.
+    **options
+        Passed to :func:`read_rt_image` when a file is given (``sid_mm=``...).
+
+    Returns
+    -------
+    dict
+        ``source, modality, kind, rows, cols, frames, frame_index,
+        imager_spacing_mm, isocentre_spacing_mm, sid_mm, sad_mm, magnification,
+        beam_axis_px, beam_axis_source, gantry_deg, collimator_deg, couch_deg,
+        patient_position, sop_instance_uid, series_instance_uid,
+        frame_of_reference_uid, referenced_rt_plan_uid, referenced_beam_number,
+        rt_image_label, planned_jaws_mm, planned_jaws_iec_mm,
+        planned_field_corners_mm, planned_mlc, transfer_syntax,
+        transfer_syntax_name, transfer_syntax_assumed, intensity_sign_applied,
+        intensity_sign_reason, rescale_slope, rescale_intercept,
+        photometric_interpretation, notes, dicom_warnings``; lists instead of
+        tuples, ``None`` where unknown.
+    """
+    image = image_or_path if isinstance(image_or_path, Image) else read_rt_image(image_or_path, **options)
+    info = image.info
+    extra = info.extra
+    sid, sad = info.sid_mm, info.sad_mm
+    return {
+        "source": info.source,
+        "modality": info.modality,
+        "kind": info.kind,
+        "rows": int(image.shape[0]),
+        "cols": int(image.shape[1]),
+        "frames": int(extra.get("number_of_frames", 1)),
+        "frame_index": int(info.frame_index),
+        "imager_spacing_mm": _jsonable(info.imager_spacing_mm),
+        "isocentre_spacing_mm": _jsonable(image.spacing_mm),
+        "sid_mm": sid,
+        "sad_mm": sad,
+        "magnification": (sid / sad) if sid and sad else None,
+        "beam_axis_px": _jsonable(image.beam_axis_px),
+        "beam_axis_source": extra.get("beam_axis_source"),
+        "gantry_deg": info.gantry_deg,
+        "collimator_deg": info.collimator_deg,
+        "couch_deg": info.couch_deg,
+        "patient_position": info.patient_position,
+        "sop_instance_uid": info.sop_instance_uid,
+        "series_instance_uid": info.series_instance_uid,
+        "frame_of_reference_uid": info.frame_of_reference_uid,
+        "referenced_rt_plan_uid": extra.get("referenced_rt_plan_uid"),
+        "referenced_beam_number": extra.get("referenced_beam_number"),
+        "rt_image_label": extra.get("rt_image_label"),
+        "planned_jaws_mm": _jsonable(extra.get("planned_jaws_mm")),
+        "planned_jaws_iec_mm": _jsonable(extra.get("planned_jaws_iec_mm")),
+        "planned_field_corners_mm": _jsonable(extra.get("planned_field_corners_mm")),
+        "planned_mlc": _jsonable(extra.get("planned_mlc")),
+        "transfer_syntax": extra.get("transfer_syntax"),
+        "transfer_syntax_name": extra.get("transfer_syntax_name"),
+        "transfer_syntax_assumed": extra.get("transfer_syntax_assumed"),
+        "intensity_sign_applied": extra.get("intensity_sign_applied"),
+        "intensity_sign_reason": extra.get("intensity_sign_reason"),
+        "rescale_slope": extra.get("rescale_slope"),
+        "rescale_intercept": extra.get("rescale_intercept"),
+        "photometric_interpretation": extra.get("photometric_interpretation"),
+        "notes": list(extra.get("notes", [])),
+        "dicom_warnings": list(extra.get("dicom_warnings", [])),
+    }
+
+
+# ---------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    pixel_spacing_mm: float | tuple[float, float] | None
+    sid_mm: float | None
+    sad_mm: float | None
+    invert: bool | None
+
+
+@contextmanager
+def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    # pydicom warns about odd values while it parses elements lazily; a loader
+    # must not turn a curious header into a crash (tests run with warnings as
+    # errors), so the warnings are collected and reported in info.extra instead.
+    # catch_warnings is process-wide: a warning raised by another thread during
+    # this window is recorded here rather than shown.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, Dataset):
+        filename = getattr(source, "filename", None)
+        return Path(filename).name if isinstance(filename, str) and filename else "dataset"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.name or str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    name = getattr(source, "name", None)
+    if isinstance(name, str) and name:
+        return Path(name).name or name
+    return "<stream>"
+
+
+def _read_bytes(source: Any, name: str) -> bytes:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise PortalImageError(f"{name}: no such file ({path})")
+        if path.is_dir():
+            raise PortalImageError(f"{name}: is a directory, not a DICOM file")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise PortalImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    read = getattr(source, "read", None)
+    if read is None:
+        raise PortalImageError(
+            f"{name}: cannot read DICOM from a {type(source).__name__}; pass a path, bytes, a binary file or a Dataset"
+        )
+    try:
+        data = read()
+    except Exception as exc:
+        raise PortalImageError(f"{name}: cannot be read ({_one_line(exc)})") from exc
+    if isinstance(data, str):
+        raise PortalImageError(f"{name}: file object is open in text mode; open it with 'rb'")
+    return bytes(data)
+
+
+def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
+    if isinstance(source, Dataset):
+        ds = source
+    else:
+        ds = _parse(_read_bytes(source, name), name)
+    _ensure_transfer_syntax(ds)
+    if require_pixels and not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        modality = _text(ds, "Modality") or "unknown"
+        raise PortalImageError(f"{name}: has no pixel data (Modality {modality})")
+    return ds
+
+
+def _parse(data: bytes, name: str) -> Dataset:
+    if not data:
+        raise PortalImageError(f"{name}: is empty (0 bytes); not a DICOM file")
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        # No preamble / file meta (MOSAIQ exports, raw datasets): read what is there.
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except Exception as exc:
+            raise PortalImageError(f"{name}: not a DICOM file") from exc
+    except Exception as exc:
+        if has_preamble:
+            raise PortalImageError(f"{name}: damaged DICOM file ({_one_line(exc)})") from exc
+        raise PortalImageError(f"{name}: not a DICOM file") from exc
+    if not _looks_like_dicom(ds):
+        raise PortalImageError(f"{name}: not a DICOM file")
+    return ds
+
+
+def _looks_like_dicom(ds: Dataset) -> bool:
+    # force=True "reads" any bytes; a real dataset has at least one of these.
+    try:
+        keys = ds.keys()
+    except Exception:
+        return False
+    wanted = {0x00080016, 0x00080018, 0x00080060, 0x00280010, 0x7FE00010}
+    return any(int(tag) in wanted for tag in keys)
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    if _get(meta, "TransferSyntaxUID"):
+        return
+    # Files without (0002,0010): use the encoding pydicom detected while parsing
+    # (implicit VR little endian for all the pylinac/MOSAIQ files that need this).
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if little is False:
+        uid = ExplicitVRBigEndian
+    elif implicit is False:
+        uid = ExplicitVRLittleEndian
+    else:
+        uid = ImplicitVRLittleEndian
+    meta.TransferSyntaxUID = uid
+    # Remember that it was guessed (describe() reports it).
+    ds._portalign_assumed_transfer_syntax = True  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# tag access that never raises
+# ---------------------------------------------------------------------------
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """Value of a keyword, or None when absent, empty or unparseable."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+            if len(value) == 0:
+                return None
+    except TypeError:
+        pass
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _get(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    value = _get(ds, keyword)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
+            value = list(value)[0]
+        number = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _floats(ds: Dataset, keyword: str, minimum: int = 1) -> list[float] | None:
+    value = _get(ds, keyword)
+    if value is None:
+        return None
+    try:
+        items = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) < minimum or not all(math.isfinite(v) for v in numbers):
+        return None
+    return numbers
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    number = _float(ds, keyword)
+    return None if number is None else int(round(number))
+
+
+def _sequence(ds: Dataset, keyword: str) -> list[Dataset]:
+    value = _get(ds, keyword)
+    if value is None:
+        return []
+    try:
+        return [item for item in value if isinstance(item, Dataset)]
+    except TypeError:
+        return []
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Geometry:
+    spacing_mm: tuple[float, float]
+    imager_spacing_mm: tuple[float, float] | None
+    sid_mm: float | None
+    sad_mm: float | None
+    beam_axis_px: tuple[float, float]
+    beam_axis_source: str
+    spacing_source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _load(source: Any, options: _Options, *, frame: int | None, every_frame: bool) -> list[Image]:
+    name = _source_name(source)
+    with _recording_warnings() as caught:
+        ds = _read_dataset(source, name, require_pixels=True)
+        modality = _modality(ds, name)
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        if not rows or not cols:
+            raise PortalImageError(f"{name}: has no Rows/Columns; the pixel data cannot be shaped")
+        samples = _int(ds, "SamplesPerPixel") or 1
+        if samples != 1:
+            raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
+        n_frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+        if not every_frame:
+            assert frame is not None
+            if frame < 0 or frame >= n_frames:
+                raise PortalImageError(
+                    f"{name}: has {n_frames} frame{'s' if n_frames != 1 else ''}; frame={frame} is out of range"
+                )
+        geometry = _geometry(ds, name, modality, (rows, cols), options)
+        kind = _kind(ds, modality, geometry.sid_mm, geometry.sad_mm)
+
+        if every_frame:
+            stack = _decode(ds, name, index=None)
+            frames = list(stack) if stack.ndim == 3 else [stack]
+            indices = list(range(len(frames)))
+        else:
+            assert frame is not None
+            frames = [_decode(ds, name, index=frame if n_frames > 1 else None)]
+            indices = [frame]
+        slope = _float(ds, "RescaleSlope")
+        intercept = _float(ds, "RescaleIntercept")
+        slope = 1.0 if slope is None or slope == 0.0 else slope
+        intercept = 0.0 if intercept is None else intercept
+        pixels = [check_pixels(_rescale(raw, slope, intercept), name) for raw in frames]
+        sign, reason, offset = _intensity_sign(ds, kind, pixels, slope, intercept, options.invert)
+        if sign < 0:
+            pixels = [np.ascontiguousarray(offset - p, dtype=np.float32) for p in pixels]
+
+        common = _common_extra(ds, geometry, n_frames, slope, intercept, sign, reason)
+        infos = [_frame_info(ds, name, modality, kind, geometry, index, n_frames, common) for index in indices]
+    messages = sorted({_one_line(w.message) for w in caught})
+    images = []
+    for p, info in zip(pixels, infos):
+        if messages:
+            info.extra["dicom_warnings"] = messages
+        images.append(Image(p, geometry.spacing_mm, geometry.beam_axis_px, info))
+    return images
+
+
+def _modality(ds: Dataset, name: str) -> str:
+    modality = _text(ds, "Modality").upper()
+    if not modality:
+        sop_class = _text(ds, "SOPClassUID")
+        if sop_class == RTImageStorage or "ImagePlanePixelSpacing" in ds or "RTImageSID" in ds:
+            return "RTIMAGE"
+        raise PortalImageError(f"{name}: has no Modality (0008,0060); expected an RT Image (RTIMAGE)")
+    if modality == "RTIMAGE" or modality in _PROJECTION_MODALITIES:
+        return modality
+    raise PortalImageError(
+        f"{name}: Modality {modality} is not a projection image; portalign reads RT Images "
+        "(RTIMAGE, or CR/DX/XA/RF with a known pixel spacing)"
+    )
+
+
+def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
+    transfer_syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian))
+    try:
+        array = pydicom.pixels.pixel_array(ds, index=index)
+    except Exception as exc:
+        if transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
+            raise PortalImageError(
+                f"{name}: pixel data is compressed as {transfer_syntax.name} ({transfer_syntax}) and no installed "
+                f"decoder handles it; {_install_hint(transfer_syntax)}"
+            ) from exc
+        raise PortalImageError(f"{name}: pixel data cannot be decoded ({_one_line(exc)})") from exc
+    if array.ndim not in (2, 3):
+        raise PortalImageError(f"{name}: pixel data has shape {array.shape}; expected rows x columns")
+    return array
+
+
+def _decoder_available(transfer_syntax: UID) -> bool:
+    try:
+        return bool(pydicom.pixels.get_decoder(transfer_syntax).is_available)
+    except Exception:
+        return False
+
+
+def _install_hint(transfer_syntax: UID) -> str:
+    uid = str(transfer_syntax)
+    if uid.startswith("1.2.840.10008.1.2.4.9") or uid.startswith("1.2.840.10008.1.2.4.20"):
+        return "pip install pylibjpeg pylibjpeg-openjpeg"  # JPEG 2000 and HTJ2K
+    if uid.startswith("1.2.840.10008.1.2.4.5") or uid.startswith("1.2.840.10008.1.2.4.7") or uid.startswith(
+        "1.2.840.10008.1.2.4.8"
+    ):
+        return "pip install pylibjpeg pylibjpeg-libjpeg"  # JPEG, JPEG lossless, JPEG-LS
+    return "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg (or python-gdcm)"
+
+
+def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    if slope == 1.0 and intercept == 0.0:
+        return raw
+    return raw.astype(np.float64) * slope + intercept
+
+
+def _intensity_sign(
+    ds: Dataset,
+    kind: str,
+    pixels: Sequence[np.ndarray],
+    slope: float,
+    intercept: float,
+    invert: bool | None,
+) -> tuple[int, str, float]:
+    """Return (sign, reason, offset): inverted pixels are ``offset - value``."""
+    if invert is not None:
+        sign, reason = (-1, "invert=True") if invert else (1, "invert=False")
+    else:
+        tag = _int(ds, "PixelIntensityRelationshipSign")
+        if tag == -1:
+            sign, reason = -1, "PixelIntensityRelationshipSign -1"
+        elif tag == 1:
+            sign, reason = 1, "PixelIntensityRelationshipSign +1"
+        elif kind == "portal" and max(float(p.max()) for p in pixels) <= 0.0:
+            # Intensity cannot be negative: values that are all <= 0 after rescale
+            # encode "less signal = higher value" (Varian aS500/IDU20 files store
+            # 16383 - signal with RescaleIntercept -16384).
+            return -1, "rescaled values are all <= 0 (negative-signal encoding); negated", 0.0
+        else:
+            sign, reason = 1, "no PixelIntensityRelationshipSign; values kept"
+    if sign > 0:
+        return 1, reason, 0.0
+    return -1, reason, _representable_max(ds, pixels, slope, intercept)
+
+
+def _representable_max(ds: Dataset, pixels: Sequence[np.ndarray], slope: float, intercept: float) -> float:
+    data_max = max(float(p.max()) for p in pixels)
+    bits = _int(ds, "BitsStored")
+    if "PixelData" not in ds or not bits or bits > 32:
+        return max(data_max, 0.0)
+    if _int(ds, "PixelRepresentation") == 1:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        low, high = 0, 2**bits - 1
+    return max(slope * low + intercept, slope * high + intercept, data_max)
+
+
+# ---------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------
+
+
+def _positive(value: Any, what: str, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}")
+    return number
+
+
+def _spacing_pair(value: Any, what: str, name: str) -> tuple[float, float]:
+    if np.ndim(value) == 0:
+        number = _positive(value, what, name)
+        return number, number
+    items = list(value)
+    if len(items) != 2:
+        raise GeometryError(f"{name}: {what} must be one number or (row, col), got {value!r}")
+    return _positive(items[0], what, name), _positive(items[1], what, name)
+
+
+def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], options: _Options) -> _Geometry:
+    rt = modality == "RTIMAGE"
+    notes: list[str] = []
+
+    # Imager-plane spacing [row, col] from the tags.
+    spacing_tags = ("ImagePlanePixelSpacing", "PixelSpacing") if rt else ("ImagerPixelSpacing",)
+    imager: tuple[float, float] | None = None
+    spacing_source = ""
+    for keyword in spacing_tags:
+        values = _floats(ds, keyword, minimum=2)
+        if values is not None:
+            if values[0] <= 0 or values[1] <= 0:
+                raise GeometryError(f"{name}: {keyword} is {values[:2]}; pixel spacing must be positive")
+            imager, spacing_source = (values[0], values[1]), keyword
+            break
+
+    sid_keyword, sid_tag = ("RTImageSID", "(3002,0026)") if rt else ("DistanceSourceToDetector", "(0018,1110)")
+    sad_keyword, sad_tag = ("RadiationMachineSAD", "(3002,0022)") if rt else ("DistanceSourceToIsocenter", "(0018,9402)")
+    sid = _positive(options.sid_mm, "sid_mm", name) if options.sid_mm is not None else _float(ds, sid_keyword)
+    sad = _positive(options.sad_mm, "sad_mm", name) if options.sad_mm is not None else _float(ds, sad_keyword)
+    if options.sid_mm is None and sid is not None and sid <= 0:
+        raise GeometryError(f"{name}: {sid_keyword} is {sid:g}; pass sid_mm=")
+    if options.sad_mm is None and sad is not None and sad <= 0:
+        raise GeometryError(f"{name}: {sad_keyword} is {sad:g}; pass sad_mm=")
+
+    if options.pixel_spacing_mm is not None:
+        spacing = _spacing_pair(options.pixel_spacing_mm, "pixel_spacing_mm", name)
+        spacing_source = "pixel_spacing_mm"
+        if imager is None and sid and sad:
+            imager = (spacing[0] * sid / sad, spacing[1] * sid / sad)
+    else:
+        if imager is None:
+            wanted = (
+                "ImagePlanePixelSpacing (3002,0011) or PixelSpacing (0028,0030)"
+                if rt
+                else f"ImagerPixelSpacing (0018,1164) ({modality} image)"
+            )
+            raise GeometryError(f"{name}: has no {wanted}; pass pixel_spacing_mm= (mm at the isocentre)")
+        if sid is None:
+            raise GeometryError(f"{name}: has no {sid_keyword} {sid_tag}; pass sid_mm=")
+        if sad is None:
+            raise GeometryError(f"{name}: has no {sad_keyword} {sad_tag}; pass sad_mm=")
+        # Objects at the isocentre are magnified by SID/SAD on the imager.
+        spacing = (imager[0] * sad / sid, imager[1] * sad / sid)
+
+    beam_axis, beam_axis_source = _beam_axis(ds, shape, imager, notes) if rt else (_centre(shape), "image centre")
+    return _Geometry(
+        spacing_mm=spacing,
+        imager_spacing_mm=imager,
+        sid_mm=sid,
+        sad_mm=sad,
+        beam_axis_px=beam_axis,
+        beam_axis_source=beam_axis_source,
+        spacing_source=spacing_source,
+        notes=notes,
+    )
+
+
+def _centre(shape: tuple[int, int]) -> tuple[float, float]:
+    return (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
+
+
+def _plane_matrix(ds: Dataset, imager: tuple[float, float], notes: list[str]) -> np.ndarray:
+    """Matrix taking (d_col, d_row) in pixels to (dx, dy) in mm in the RT Image plane."""
+    orientation = _floats(ds, "RTImageOrientation", minimum=6)
+    if orientation is None:
+        orientation = list(_DEFAULT_ORIENTATION)
+    row_dir = np.array(orientation[0:2])  # direction of increasing column index
+    col_dir = np.array(orientation[3:5])  # direction of increasing row index
+    matrix = np.column_stack([row_dir * imager[1], col_dir * imager[0]])
+    if abs(np.linalg.det(matrix)) < 1e-9 * imager[0] * imager[1]:
+        notes.append(f"RTImageOrientation {orientation} is degenerate in the image plane; default used")
+        matrix = np.array([[imager[1], 0.0], [0.0, -imager[0]]])
+    return matrix
+
+
+def _beam_axis(
+    ds: Dataset, shape: tuple[int, int], imager: tuple[float, float] | None, notes: list[str]
+) -> tuple[tuple[float, float], str]:
+    position = _floats(ds, "RTImagePosition", minimum=2)
+    translation = _floats(ds, "XRayImageReceptorTranslation", minimum=2)
+    if imager is None:
+        if position is not None or translation is not None:
+            notes.append("imager-plane pixel spacing unknown: RTImagePosition/receptor translation not used")
+        return _centre(shape), "image centre"
+    matrix = _plane_matrix(ds, imager, notes)
+    if position is not None:
+        # The beam axis is the plane origin: solve position + M @ (c, r) = 0.
+        col, row = np.linalg.solve(matrix, -np.asarray(position[:2]))
+        return (float(col), float(row)), "RTImagePosition"
+    if translation is not None:
+        # Receptor origin (array centre) sits at +t in the gantry system, so the
+        # beam axis is at -t in the receptor's own plane coordinates.
+        d_col, d_row = np.linalg.solve(matrix, -np.asarray(translation[:2]))
+        centre = _centre(shape)
+        return (centre[0] + float(d_col), centre[1] + float(d_row)), "XRayImageReceptorTranslation"
+    return _centre(shape), "image centre"
+
+
+# ---------------------------------------------------------------------------
+# image kind, angles, planned aperture
+# ---------------------------------------------------------------------------
+
+
+def _kind(ds: Dataset, modality: str, sid: float | None, sad: float | None) -> str:
+    image_type = [str(v).strip().upper() for v in (_get(ds, "ImageType") or [])] if _get(ds, "ImageType") else []
+    if isinstance(_get(ds, "ImageType"), str):
+        image_type = [s.strip().upper() for s in str(_get(ds, "ImageType")).split("\\")]
+    if "DRR" in image_type:
+        return "drr"
+    # ImageType value 3 says PORTAL (etc.) explicitly: trust it over the heuristics
+    # below (MOSAIQ exports of EPID images are DERIVED, WSD, and may have SID == SAD).
+    if len(image_type) >= 3 and image_type[2] in _NON_DRR_IMAGE_TYPES:
+        return "portal" if modality == "RTIMAGE" or image_type[2] == "PORTAL" else ""
+    labels = " ".join(_text(ds, k) for k in ("RTImageLabel", "RTImageName", "RTImageDescription")).upper()
+    if re.search(r"(?<![A-Z0-9])DRR(?![A-Z0-9])", labels):
+        return "drr"
+    conversion = _text(ds, "ConversionType").upper()
+    if (
+        conversion == "WSD"
+        and image_type[:1] == ["DERIVED"]
+        and sid is not None
+        and sad is not None
+        and math.isclose(sid, sad, rel_tol=1e-6)
+    ):
+        return "drr"
+    return "portal" if modality == "RTIMAGE" else ""
+
+
+def _exposure_item(ds: Dataset, index: int, n_frames: int) -> tuple[Dataset | None, bool]:
+    """ExposureSequence item for a frame, and whether it was matched to that frame."""
+    items = _sequence(ds, "ExposureSequence")
+    if not items:
+        return None, False
+    if n_frames > 1:
+        for item in items:
+            if _int(item, "ReferencedFrameNumber") == index + 1:
+                return item, True
+        if len(items) == n_frames:
+            return items[index], True
+    return items[0], False
+
+
+def _angle(ds: Dataset, item: Dataset | None, specific: bool, keyword: str) -> float | None:
+    item_value = _float(item, keyword) if item is not None else None
+    if specific and item_value is not None:
+        return item_value
+    top = _float(ds, keyword)
+    return top if top is not None else item_value
+
+
+def _aperture(item: Dataset | None, collimator_deg: float | None) -> dict[str, Any]:
+    if item is None:
+        return {}
+    jaws_iec: dict[str, float] = {}
+    mlc: list[dict[str, Any]] = []
+    for device in _sequence(item, "BeamLimitingDeviceSequence"):
+        kind = _text(device, "RTBeamLimitingDeviceType").upper()
+        positions = _floats(device, "LeafJawPositions")
+        if positions is None:
+            continue
+        if kind in ("X", "ASYMX") and len(positions) == 2 and "x1" not in jaws_iec:
+            jaws_iec["x1"], jaws_iec["x2"] = positions
+        elif kind in ("Y", "ASYMY") and len(positions) == 2 and "y1" not in jaws_iec:
+            jaws_iec["y1"], jaws_iec["y2"] = positions
+        elif kind in ("MLCX", "MLCY"):
+            mlc.append(
+                {
+                    "type": kind,
+                    "number_of_pairs": _int(device, "NumberOfLeafJawPairs") or len(positions) // 2,
+                    # bank A (x1/y1 side) first, then bank B, mm at the isocentre,
+                    # IEC beam-limiting-device frame, as in DICOM
+                    "leaf_positions_mm": positions,
+                    "leaf_boundaries_mm": _floats(device, "LeafPositionBoundaries"),
+                    "source_to_device_mm": _float(device, "SourceToBeamLimitingDeviceDistance"),
+                }
+            )
+    extra: dict[str, Any] = {}
+    if jaws_iec:
+        extra["planned_jaws_iec_mm"] = dict(jaws_iec)
+        jaws: dict[str, float] = {}
+        if "x1" in jaws_iec:
+            jaws["x1"], jaws["x2"] = jaws_iec["x1"], jaws_iec["x2"]
+        if "y1" in jaws_iec:
+            # IEC y_b points to the gantry, which is up in the RT Image; image rows go down.
+            jaws["y1"], jaws["y2"] = -jaws_iec["y2"], -jaws_iec["y1"]
+        extra["planned_jaws_mm"] = jaws
+        if "x1" in jaws_iec and "y1" in jaws_iec:
+            theta = math.radians(collimator_deg or 0.0)
+            cos, sin = math.cos(theta), math.sin(theta)
+            corners = []
+            for bx, by in (
+                (jaws_iec["x1"], jaws_iec["y1"]),
+                (jaws_iec["x2"], jaws_iec["y1"]),
+                (jaws_iec["x2"], jaws_iec["y2"]),
+                (jaws_iec["x1"], jaws_iec["y2"]),
+            ):
+                # counter-clockwise in the beam's eye view (y up), then y flipped to rows
+                gx, gy = bx * cos - by * sin, bx * sin + by * cos
+                corners.append((gx, -gy))
+            extra["planned_field_corners_mm"] = corners
+    if mlc:
+        extra["planned_mlc"] = mlc
+    return extra
+
+
+def _common_extra(
+    ds: Dataset,
+    geometry: _Geometry,
+    n_frames: int,
+    slope: float,
+    intercept: float,
+    sign: int,
+    reason: str,
+) -> dict[str, Any]:
+    transfer_syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian))
+    extra: dict[str, Any] = {
+        "number_of_frames": n_frames,
+        "transfer_syntax": str(transfer_syntax),
+        "transfer_syntax_name": transfer_syntax.name,
+        "transfer_syntax_assumed": bool(getattr(ds, "_portalign_assumed_transfer_syntax", False)),
+        "intensity_sign_applied": sign,
+        "intensity_sign_reason": reason,
+        "rescale_slope": slope,
+        "rescale_intercept": intercept,
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "spacing_source": geometry.spacing_source,
+        "beam_axis_source": geometry.beam_axis_source,
+        "magnification": (geometry.sid_mm / geometry.sad_mm) if geometry.sid_mm and geometry.sad_mm else None,
+        "rt_image_label": _text(ds, "RTImageLabel"),
+        "image_type": _text(ds, "ImageType"),
+        "conversion_type": _text(ds, "ConversionType"),
+        "notes": list(geometry.notes),
+    }
+    beam = _int(ds, "ReferencedBeamNumber")
+    if beam is not None:
+        extra["referenced_beam_number"] = beam
+    plans = _sequence(ds, "ReferencedRTPlanSequence")
+    if plans:
+        plan_uid = _text(plans[0], "ReferencedSOPInstanceUID")
+        if plan_uid:
+            extra["referenced_rt_plan_uid"] = plan_uid
+    translation = _floats(ds, "XRayImageReceptorTranslation", minimum=2)
+    if translation is not None:
+        extra["receptor_translation_mm"] = translation
+    receptor_angle = _float(ds, "XRayImageReceptorAngle")
+    if receptor_angle is not None:
+        extra["receptor_angle_deg"] = receptor_angle
+    return extra
+
+
+def _frame_info(
+    ds: Dataset,
+    name: str,
+    modality: str,
+    kind: str,
+    geometry: _Geometry,
+    index: int,
+    n_frames: int,
+    common: dict[str, Any],
+) -> ImageInfo:
+    item, specific = _exposure_item(ds, index, n_frames)
+    collimator = _angle(ds, item, specific, "BeamLimitingDeviceAngle")
+    extra = dict(common)
+    extra["notes"] = list(common["notes"])
+    extra.update(_aperture(item, collimator))
+    return ImageInfo(
+        source=name,
+        modality=modality,
+        kind=kind,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        frame_index=index,
+        gantry_deg=_angle(ds, item, specific, "GantryAngle"),
+        collimator_deg=collimator,
+        couch_deg=_angle(ds, item, specific, "PatientSupportAngle"),
+        sid_mm=geometry.sid_mm,
+        sad_mm=geometry.sad_mm,
+        imager_spacing_mm=geometry.imager_spacing_mm,
+        patient_position=_text(ds, "PatientPosition"),
+        extra=extra,
+    )
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _one_line(exc: Any) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value

@@ -1,0 +1,237 @@
+"""Images with their geometry at the isocentre plane.
+
+An :class:`Image` is what every other part of portalign works on: pixels plus
+the two facts needed to turn a pixel into millimetres at the isocentre plane.
+
+Coordinate contract (DESIGN.md): x runs along increasing column, y along
+increasing row, in millimetres at the isocentre plane, origin on the beam axis.
+A pixel centre ``(col, row)`` sits at::
+
+    x_mm = (col - beam_axis_px[0]) * spacing_mm[1]
+    y_mm = (row - beam_axis_px[1]) * spacing_mm[0]
+
+DICOM quirks are resolved in :mod:`portalign.dicom` before an ``Image`` exists;
+nothing after this point reads a tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import GeometryError, PortalImageError
+
+__all__ = ["Image", "ImageInfo", "as_image"]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Where an image came from and how it was taken; all optional.
+
+    Attributes
+    ----------
+    source : str
+        File name or a short description (``"array"``); used in error messages.
+    modality : str
+        ``RTIMAGE``, ``CT``... or ``""`` for arrays.
+    kind : str
+        ``"portal"`` (an MV/kV image through the beam), ``"drr"`` (rendered from CT)
+        or ``""`` when unknown. Field detection defaults depend on it.
+    sop_instance_uid, frame_of_reference_uid, series_instance_uid : str
+        DICOM identity of the source, so that a result can be traced to its images.
+    frame_index : int
+        Frame number (0-based) inside a multi-frame RT Image.
+    gantry_deg, collimator_deg, couch_deg : float or None
+        IEC 61217 angles of the beam that took the image.
+    sid_mm, sad_mm : float or None
+        Source-to-imager and source-to-axis distances.
+    imager_spacing_mm : tuple of float or None
+        Pixel spacing (row, col) at the imager plane, before scaling to the isocentre.
+    patient_position : str
+        ``HFS``, ``FFS``, ``HFP``, ``FFP``... or ``""``.
+    extra : dict
+        Anything else a loader wants to keep (planned jaw/MLC aperture, labels...).
+    """
+
+    source: str = "array"
+    modality: str = ""
+    kind: str = ""
+    sop_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+    series_instance_uid: str = ""
+    frame_index: int = 0
+    gantry_deg: float | None = None
+    collimator_deg: float | None = None
+    couch_deg: float | None = None
+    sid_mm: float | None = None
+    sad_mm: float | None = None
+    imager_spacing_mm: tuple[float, float] | None = None
+    patient_position: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """Pixels with their spacing and beam-axis position at the isocentre plane.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        2-D float32 array, C-contiguous, finite. For portal images a higher value
+        means more radiation reached the imager (loaders apply the DICOM intensity
+        sign); registration metrics do not depend on the sign.
+    spacing_mm : tuple of float
+        ``(row_spacing, col_spacing)``: millimetres at the isocentre plane between
+        pixel centres along y (rows) and x (columns).
+    beam_axis_px : tuple of float
+        ``(col, row)`` of the beam axis in pixel coordinates (may be fractional,
+        may lie outside the image).
+    info : ImageInfo
+        Provenance and acquisition geometry.
+    """
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float]
+    beam_axis_px: tuple[float, float]
+    info: ImageInfo = field(default_factory=ImageInfo)
+
+    def __post_init__(self) -> None:
+        name = self.info.source
+        pixels = self.pixels
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 2:
+            raise PortalImageError(f"{name}: pixels must be a 2-D array, got {_describe(pixels)}")
+        if pixels.shape[0] < 8 or pixels.shape[1] < 8:
+            raise PortalImageError(f"{name}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels; at least 8x8 is needed")
+        if pixels.dtype != np.float32 or not pixels.flags.c_contiguous:
+            object.__setattr__(self, "pixels", np.ascontiguousarray(pixels, dtype=np.float32))
+        sy, sx = (float(s) for s in self.spacing_mm)
+        for value, axis in ((sy, "row"), (sx, "column")):
+            if not np.isfinite(value) or value <= 0:
+                raise GeometryError(f"{name}: {axis} pixel spacing must be a positive number of mm, got {value!r}")
+        object.__setattr__(self, "spacing_mm", (sy, sx))
+        cx, cy = (float(c) for c in self.beam_axis_px)
+        if not (np.isfinite(cx) and np.isfinite(cy)):
+            raise GeometryError(f"{name}: beam axis position must be finite, got {self.beam_axis_px!r}")
+        object.__setattr__(self, "beam_axis_px", (cx, cy))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the pixel array."""
+        return self.pixels.shape  # type: ignore[return-value]
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        """Height and width of the image at the isocentre plane, in mm."""
+        return self.shape[0] * self.spacing_mm[0], self.shape[1] * self.spacing_mm[1]
+
+    def pixel_to_mm(self, col: np.ndarray | float, row: np.ndarray | float) -> tuple[Any, Any]:
+        """Convert pixel coordinates to ``(x_mm, y_mm)`` at the isocentre plane."""
+        return (
+            (np.asarray(col) - self.beam_axis_px[0]) * self.spacing_mm[1],
+            (np.asarray(row) - self.beam_axis_px[1]) * self.spacing_mm[0],
+        )
+
+    def mm_to_pixel(self, x_mm: np.ndarray | float, y_mm: np.ndarray | float) -> tuple[Any, Any]:
+        """Convert ``(x_mm, y_mm)`` at the isocentre plane to ``(col, row)``."""
+        return (
+            np.asarray(x_mm) / self.spacing_mm[1] + self.beam_axis_px[0],
+            np.asarray(y_mm) / self.spacing_mm[0] + self.beam_axis_px[1],
+        )
+
+    def with_pixels(self, pixels: np.ndarray) -> Image:
+        """Return a copy with other pixels of the same shape (same geometry)."""
+        if pixels.shape != self.shape:
+            raise PortalImageError(f"{self.info.source}: new pixels are {pixels.shape}, image is {self.shape}")
+        return replace(self, pixels=pixels)
+
+    @classmethod
+    def from_array(
+        cls,
+        array: Any,
+        *,
+        pixel_spacing_mm: float | tuple[float, float],
+        beam_axis_px: tuple[float, float] | None = None,
+        name: str = "array",
+        **info: Any,
+    ) -> Image:
+        """Build an image from an array with explicit geometry.
+
+        Parameters
+        ----------
+        array : array_like
+            2-D pixel values (any real dtype); must be finite and not constant.
+        pixel_spacing_mm : float or (float, float)
+            Spacing at the isocentre plane; one number for square pixels, else
+            ``(row_spacing, col_spacing)``.
+        beam_axis_px : (float, float), optional
+            ``(col, row)`` of the beam axis; the image centre by default.
+        name : str
+            Name used in error messages.
+        **info
+            Further :class:`ImageInfo` fields (``kind="portal"``, ``gantry_deg=90``...).
+
+        Returns
+        -------
+        Image
+        """
+        pixels = check_pixels(array, name)
+        if np.ndim(pixel_spacing_mm) == 0:
+            spacing = (float(pixel_spacing_mm), float(pixel_spacing_mm))  # type: ignore[arg-type]
+        else:
+            spacing = tuple(float(s) for s in pixel_spacing_mm)  # type: ignore[union-attr]
+            if len(spacing) != 2:
+                raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col), got {pixel_spacing_mm!r}")
+        if beam_axis_px is None:
+            beam_axis_px = ((pixels.shape[1] - 1) / 2.0, (pixels.shape[0] - 1) / 2.0)
+        return cls(pixels, spacing, beam_axis_px, ImageInfo(source=name, **info))  # type: ignore[arg-type]
+
+
+def check_pixels(array: Any, name: str) -> np.ndarray:
+    """Validate raw pixel values and return them as a C-contiguous float32 array.
+
+    Raises
+    ------
+    PortalImageError
+        When the array is not 2-D, is empty, holds NaN/inf or is constant.
+    """
+    try:
+        pixels = np.asarray(array)
+    except Exception as exc:  # pragma: no cover - numpy raises many kinds
+        raise PortalImageError(f"{name}: cannot be read as an array ({exc})") from exc
+    if pixels.ndim != 2:
+        raise PortalImageError(f"{name}: expected a 2-D image, got an array of shape {pixels.shape}")
+    if pixels.size == 0:
+        raise PortalImageError(f"{name}: image is empty")
+    if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool) or np.iscomplexobj(pixels):
+        raise PortalImageError(f"{name}: pixels must be real numbers, got dtype {pixels.dtype}")
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        bad = int((~np.isfinite(pixels)).sum())
+        raise PortalImageError(f"{name}: {bad} pixels are NaN or infinite")
+    if pixels.min() == pixels.max():
+        raise PortalImageError(f"{name}: all pixels have the same value ({pixels.flat[0]:g}); nothing to register")
+    return pixels
+
+
+def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[float, float] | None = None) -> Image:
+    """Accept an :class:`Image`, a DICOM path/dataset or an array and return an :class:`Image`.
+
+    Arrays need ``pixel_spacing_mm``; files and datasets go through
+    :func:`portalign.dicom.read_rt_image`.
+    """
+    if isinstance(obj, Image):
+        return obj
+    if isinstance(obj, np.ndarray):
+        if pixel_spacing_mm is None:
+            raise GeometryError(f"{name}: a numpy array has no geometry; pass pixel_spacing_mm=")
+        return Image.from_array(obj, pixel_spacing_mm=pixel_spacing_mm, name=name)
+    from .dicom import read_rt_image  # DICOM is only needed when files come in
+
+    return read_rt_image(obj, pixel_spacing_mm=pixel_spacing_mm)
+
+
+def _describe(obj: Any) -> str:
+    shape = getattr(obj, "shape", None)
+    return f"shape {shape}" if shape is not None else type(obj).__name__

@@ -1,0 +1,419 @@
+"""Coarse-to-fine search for the rigid pose of one frame against a prepared reference.
+
+1. Pyramid of the frame (2x2 box means), field detection on a small level,
+   field-edge band removed from the masks of every level used.
+2. Global search at the coarse level: FFT cross-correlation of doubled-angle
+   edge features for every candidate rotation (no initial guess needed); the
+   best few distinct optima become candidates.
+3. Refinement level by level with a quadratic-model Newton step: each
+   iteration evaluates the metric at 10 poses in one kernel call (the centre,
+   +-1 step on each axis and the three mixed pairs), fits the full quadratic
+   and jumps to its optimum. Steps are one pixel of the level, so the
+   partial-volume ripple of MI (period one pixel) adds the same amount to every
+   sample of a translation axis and does not bias the fit. The candidates are
+   ranked on the first refinement level by edge correlation, a score whose
+   zero means "no match", so the runner-up measures ambiguity.
+4. Checks that decide ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PortalImageError
+from .field import NO_FIELD, FieldEstimate, detect_field
+from .image import Image
+from .reference import FramePlan, Level, Reference
+from .result import RegistrationResult
+
+__all__ = ["register_frame"]
+
+#: Quadratic-model stencil in units of one step: centre, +-each axis, the three mixed pairs.
+STENCIL_3D = np.array(
+    [[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [1, 1, 0], [1, 0, 1], [0, 1, 1]],
+    dtype=np.float64,
+)
+STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [1, 1, 0]], dtype=np.float64)
+#: Largest Newton jump, in steps, per iteration.
+MAX_JUMP = 1.5
+#: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
+ITERATIONS = (3, 3, 4)
+#: Candidates closer than this (mm) are the same optimum.
+DISTINCT_MM = 2.0
+#: Contrast (robust range) / noise below which a frame has "too little structure".
+MIN_CONTRAST_TO_NOISE = 12.0
+#: Fraction of field pixels at the detector's maximum that makes a frame saturated.
+MAX_SATURATED_FRACTION = 0.02
+
+
+@dataclass
+class _Candidate:
+    pose: np.ndarray  # dx_mm, dy_mm, theta_rad
+    score: float
+
+
+def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
+    """Register ``frame`` against a prepared ``reference``.
+
+    Parameters
+    ----------
+    reference : Reference
+    frame : Image
+
+    Returns
+    -------
+    RegistrationResult
+        Never raises for a frame that is a valid image; an untrustworthy match is
+        returned with ``ok=False`` and a ``reason``.
+    """
+    start = time.perf_counter()
+    plan = reference.plan_for(frame.shape, frame.spacing_mm, frame.beam_axis_px)
+    with plan.lock:
+        result = _register(reference, plan, frame)
+    elapsed = (time.perf_counter() - start) * 1e3
+    return _replace(result, elapsed_ms=elapsed)
+
+
+def _register(reference: Reference, plan: FramePlan, frame: Image) -> RegistrationResult:
+    backend, opts = reference.backend, reference.options
+    k = backend.kernels
+    levels = plan.levels
+    # 1. pyramid -------------------------------------------------------------------------------
+    level0 = levels[0]
+    level0.image = backend.asarray(frame.pixels)
+    for index in range(1, plan.pyramid_depth + 1):
+        k.downsample2(levels[index - 1].image, levels[index].image)
+    small = backend.to_host(levels[plan.field_level].image)
+    field = detect_field(small) if _wants_field(opts, frame) else NO_FIELD
+    used = sorted(set(plan.refine_levels) | {plan.coarse.level})
+    for index in used:
+        _frame_mask(backend, levels[index], field, opts.bins)
+    warnings: list[str] = []
+    quality = _quality(backend, frame, plan, field)
+    # 2. global search ---------------------------------------------------------------------------
+    coarse_level = levels[plan.coarse.level]
+    candidates = _global_search(backend, plan, coarse_level, opts.candidates)
+    # 3. refinement -------------------------------------------------------------------------------
+    r_eff = _rotation_radius(backend, levels[plan.refine_levels[0]])
+    details: dict = {"levels": [], "candidates": []}
+    method = opts.method
+    ranked: list[_Candidate] = []
+    first = plan.refine_levels[0]
+    for cand in candidates:
+        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", ITERATIONS[0], r_eff, opts)
+        ranked.append(_Candidate(pose, score))
+    ranked.sort(key=lambda c: -c.score)
+    best = ranked[0]
+    ambiguity = 0.0
+    runner_up = None
+    for other in ranked[1:]:
+        if np.hypot(*(other.pose[:2] - best.pose[:2])) > DISTINCT_MM and best.score > 0:
+            ambiguity = max(ambiguity, other.score / best.score)
+            runner_up = other if runner_up is None else runner_up
+    details["candidates"] = [
+        {"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]), "rotation_deg": math.degrees(c.pose[2]), "score": c.score}
+        for c in ranked
+    ]
+    pose, score = best.pose, best.score
+    edge_pose = pose.copy()
+    edge_score = score
+    later = plan.refine_levels[1:]
+    for i, index in enumerate(later):
+        is_finest = i == len(later) - 1
+        metric = "edge" if method == "edge" or (method == "auto" and not is_finest) else "mi"
+        iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
+        pose, score = _newton(backend, plan, levels[index], pose, metric, iterations, r_eff, opts)
+        if metric == "edge":
+            edge_pose, edge_score = pose.copy(), score
+        details["levels"].append({"level": index, "metric": metric, "score": score})
+    if method != "edge" and (not later or details["levels"][-1]["metric"] != "mi"):
+        # single-level plans: the MI refinement still runs, on the only level there is
+        pose, score = _newton(backend, plan, levels[plan.refine_levels[-1]], pose, "mi", ITERATIONS[-1], r_eff, opts)
+    finest = levels[plan.refine_levels[-1]]
+    final_edge = _edge_score(backend, plan, finest, pose)
+    if method == "edge":
+        reported = final_edge
+    else:
+        reported = _mi_score(backend, plan, finest, pose, normalised=True) - 1.0
+    # 4. trust -------------------------------------------------------------------------------------
+    reason = ""
+    max_rot = math.radians(opts.max_rotation_deg) if opts.estimate_rotation else 0.0
+    if quality:
+        reason = quality
+    elif abs(pose[0]) > opts.max_shift_mm or abs(pose[1]) > opts.max_shift_mm:
+        reason = (
+            f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
+            f"+-{opts.max_shift_mm:g} mm (max_shift_mm)"
+        )
+    elif opts.estimate_rotation and abs(pose[2]) > max_rot + 1e-9:
+        reason = (
+            f"optimum rotation {math.degrees(pose[2]):.2f} deg is outside the search range of "
+            f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg)"
+        )
+    elif final_edge < opts.min_score:
+        reason = f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g}"
+    elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
+        reason = (
+            f"ambiguous: a second optimum at ({runner_up.pose[0]:.1f}, {runner_up.pose[1]:.1f}) mm scores "
+            f"{ambiguity:.0%} of the best"
+        )
+    elif method == "auto":
+        gap = float(np.hypot(*(pose[:2] - edge_pose[:2])))
+        details["edge_mi_gap_mm"] = gap
+        if gap > opts.agreement_mm:
+            reason = f"edge and mutual-information optima disagree by {gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
+    details["edge_score"] = final_edge
+    details["edge_score_selection"] = edge_score
+    details["rotation_radius_mm"] = r_eff
+    details["field_effectiveness"] = field.effectiveness
+    box_mm = None
+    if field.detected and field.box_px is not None:
+        lvl = levels[plan.field_level]
+        c0, c1, r0, r1 = field.box_px
+        box_mm = [
+            (c0 - lvl.frame_axis[0]) * lvl.spacing[1],
+            (c1 - lvl.frame_axis[0]) * lvl.spacing[1],
+            (r0 - lvl.frame_axis[1]) * lvl.spacing[0],
+            (r1 - lvl.frame_axis[1]) * lvl.spacing[0],
+        ]
+    if backend.fallback_reason:
+        warnings.append(backend.fallback_reason)
+    return RegistrationResult(
+        dx_mm=float(pose[0]),
+        dy_mm=float(pose[1]),
+        rotation_deg=float(math.degrees(pose[2])),
+        ok=not reason,
+        reason=reason,
+        score=float(reported),
+        method=method,
+        backend=backend.name,
+        ambiguity=float(ambiguity),
+        field_detected=field.detected,
+        field_box_mm=box_mm,
+        frame_uid=frame.info.sop_instance_uid,
+        reference_uid=reference.image.info.sop_instance_uid,
+        frame_index=frame.info.frame_index,
+        warnings=warnings,
+        details=details,
+    )
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+def _wants_field(opts, image: Image) -> bool:  # type: ignore[no-untyped-def]
+    if opts.field == "none":
+        return False
+    if opts.field == "detect":
+        return True
+    return image.info.kind != "drr"
+
+
+def _frame_mask(backend, level: Level, field: FieldEstimate, bins: int) -> None:  # type: ignore[no-untyped-def]
+    """Usable pixels of a level: inside the field, away from its edge, off the border; then bins and features."""
+    k = backend.kernels
+    if field.detected:
+        k.threshold_mask(level.image, field.threshold, field.field_is_bright, level.mask)
+        k.erode_box(level.mask, level.erosion_px, level.scratch, level.eroded)
+    else:
+        level.mask[...] = 1
+        k.erode_box(level.mask, 1, level.scratch, level.eroded)
+    lo, hi, count = k.masked_range(level.image, level.eroded, 0.005, 0.995)
+    level.usable = int(count)
+    level.range = (float(lo), float(hi))
+    if hi <= lo:
+        hi = lo + 1.0
+    k.quantize(level.image, level.eroded, float(lo), float(hi), bins, level.bins)
+    k.gradient_row_sums(level.image, level.eroded, level.row_sums)
+    sums = backend.to_host(level.row_sums)
+    eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
+    level.eps = eps
+    k.orientation_features(level.image, level.eroded, max(eps, 1e-12), level.feat_re, level.feat_im)
+
+
+def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate) -> str:  # type: ignore[no-untyped-def]
+    """Return why the frame cannot be trusted before any matching ("" when it can)."""
+    finest = plan.levels[plan.refine_levels[-1]]
+    coarse = plan.levels[plan.coarse.level]
+    if coarse.usable < 16 or finest.usable < 64:
+        return "too little of the frame is usable: the field (minus its edge band) is too small"
+    noise = _noise_sigma(backend, finest)
+    lo, hi = coarse.range
+    contrast = hi - lo
+    # box averaging from the finest to the coarse level divides white noise by 2 per level
+    coarse_noise = noise / 2 ** (plan.coarse.level - finest.index)
+    if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
+        if not field.detected:
+            return f"frame is blank (beam off?): contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
+        return f"too little structure inside the field: contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
+    saturation = frame.info.extra.get("saturation_value")
+    if saturation is not None:
+        img = backend.to_host(plan.levels[plan.field_level].image)
+        # a box mean equals the maximum code only where all pixels under it are saturated
+        fraction = float((img >= saturation).mean())
+        if fraction > MAX_SATURATED_FRACTION:
+            return f"frame is saturated: {fraction:.0%} of its pixels are at the detector maximum ({saturation:g})"
+    return ""
+
+
+def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
+    """Robust white-noise sigma from horizontal neighbour differences (MAD), on every 4th row."""
+    img = backend.to_host(level.image)[::4]
+    mask = backend.to_host(level.eroded)[::4]
+    both = (mask[:, 1:] & mask[:, :-1]).astype(bool)
+    diffs = (img[:, 1:] - img[:, :-1])[both]
+    if diffs.size < 16:
+        return 0.0
+    mad = float(np.median(np.abs(diffs - np.median(diffs))))
+    return 1.4826 * mad / math.sqrt(2.0)
+
+
+def _rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
+    """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them."""
+    mask = backend.to_host(level.eroded)[::2, ::2].astype(bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 50.0
+    x = (cols * 2 - level.frame_axis[0]) * level.spacing[1]
+    y = (rows * 2 - level.frame_axis[1]) * level.spacing[0]
+    return float(max(np.sqrt(np.mean(x * x + y * y)), 5.0))
+
+
+def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int) -> list[_Candidate]:  # type: ignore[no-untyped-def]
+    """Best distinct (translation, rotation) optima of the edge cross-correlation."""
+    k = backend.kernels
+    cs = plan.coarse
+    re = backend.to_host(level.feat_re)
+    im = backend.to_host(level.feat_im)
+    frame_energy = float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())
+    spectrum = backend.asarray(k.feature_spectrum(level.feat_re, level.feat_im, cs.padded_shape, cs.margin_px))
+    k.correlation_surfaces(spectrum, cs.ref_spectra_conj, cs.surfaces)
+    surfaces = backend.to_host(cs.surfaces)
+    window = surfaces[:, cs.window_rows][:, :, cs.window_cols]  # (K, 2m+1, 2m+1), index m = zero shift
+    norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy, 1e-30))
+    window = window / norm[:, None, None]
+    m = cs.margin_px
+    suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
+    work = window.copy()
+    out: list[_Candidate] = []
+    for _ in range(n_candidates):
+        kk, iy, ix = np.unravel_index(int(np.argmax(work)), work.shape)
+        peak = float(work[kk, iy, ix])
+        if not np.isfinite(peak) or (out and peak <= 0):
+            break
+        fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, window[kk, iy, ix], window[kk, iy, ix + 1] if ix < 2 * m else None)
+        fy = _parabola(window[kk, iy - 1, ix] if iy > 0 else None, window[kk, iy, ix], window[kk, iy + 1, ix] if iy < 2 * m else None)
+        ft = _parabola(window[kk - 1, iy, ix] if kk > 0 else None, window[kk, iy, ix],
+                       window[kk + 1, iy, ix] if kk < len(cs.thetas) - 1 else None)
+        step = cs.thetas[1] - cs.thetas[0] if len(cs.thetas) > 1 else 0.0
+        pose = np.array([(ix - m + fx) * level.spacing[1], (iy - m + fy) * level.spacing[0], cs.thetas[kk] + ft * step])
+        out.append(_Candidate(pose, peak))
+        work[:, max(0, iy - suppress): iy + suppress + 1, max(0, ix - suppress): ix + suppress + 1] = -np.inf
+    return out
+
+
+def _parabola(left: float | None, centre: float, right: float | None) -> float:
+    """Offset (-0.5..0.5) of the vertex of the parabola through three equally spaced samples."""
+    if left is None or right is None or not (np.isfinite(left) and np.isfinite(right)):
+        return 0.0
+    denom = left - 2.0 * centre + right
+    if denom >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / denom, -0.5, 0.5))
+
+
+def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool = False) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Metric values (higher is better) at ``poses`` on ``level``."""
+    k = backend.kernels
+    n = poses.shape[0]
+    affines = backend.asarray(level.affines(poses))
+    if metric == "mi":
+        hist = plan.hist[:n]
+        k.joint_histograms(level.bins, level.ref_bins, affines, hist)
+        k.mutual_information(hist, normalised, plan.mi_out[:n])
+        return backend.to_host(plan.mi_out[:n]).copy()
+    rot = backend.asarray(np.stack([np.cos(2 * poses[:, 2]), np.sin(2 * poses[:, 2])], axis=1))
+    k.gradient_correlation(level.feat_re, level.feat_im, level.ref_re, level.ref_im, affines, rot, plan.edge_out[:n])
+    sums = backend.to_host(plan.edge_out[:n])
+    return sums[:, 0] / np.sqrt(np.maximum(sums[:, 1] * sums[:, 2], 1e-30))
+
+
+def _edge_score(backend, plan: FramePlan, level: Level, pose: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    return float(_evaluate(backend, plan, level, pose[None, :], "edge")[0])
+
+
+def _mi_score(backend, plan: FramePlan, level: Level, pose: np.ndarray, normalised: bool) -> float:  # type: ignore[no-untyped-def]
+    return float(_evaluate(backend, plan, level, pose[None, :], "mi", normalised)[0])
+
+
+def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str, iterations: int,  # type: ignore[no-untyped-def]
+            r_eff: float, opts) -> tuple[np.ndarray, float]:
+    """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score)."""
+    rotate = opts.estimate_rotation
+    stencil = STENCIL_3D if rotate else STENCIL_2D
+    step = np.array([level.spacing[1], level.spacing[0], min(level.spacing) / r_eff if rotate else 0.0])
+    pose = pose.astype(np.float64).copy()
+    if not rotate:
+        pose[2] = 0.0
+    dims = 3 if rotate else 2
+    score = -np.inf
+    for _ in range(iterations):
+        values = _evaluate(backend, plan, level, pose + stencil * step, metric, opts.normalised_mi)
+        jump, predicted = _quadratic_step(values, dims)
+        score = max(float(values[0]), predicted)
+        pose = pose + np.concatenate([jump, np.zeros(3 - dims)]) * step
+        if np.max(np.abs(jump)) < 0.02:
+            break
+    return pose, score
+
+
+def _quadratic_step(f: np.ndarray, dims: int) -> tuple[np.ndarray, float]:
+    """Newton jump (in steps) to the maximum of the quadratic through the stencil values, and its value.
+
+    For the 3-D stencil ``f = [f0, f+x, f-x, f+y, f-y, f+t, f-t, f+x+y, f+x+t, f+y+t]``:
+    ``g_i = (f+i - f-i)/2``, ``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``.
+    A model that is not concave moves to the best stencil point instead.
+    """
+    f0 = f[0]
+    plus = np.array([f[1 + 2 * i] for i in range(dims)])
+    minus = np.array([f[2 + 2 * i] for i in range(dims)])
+    g = 0.5 * (plus - minus)
+    h = np.diag(plus + minus - 2 * f0)
+    pairs = [(0, 1), (0, 2), (1, 2)] if dims == 3 else [(0, 1)]
+    for n, (i, j) in enumerate(pairs):
+        h[i, j] = h[j, i] = f[1 + 2 * dims + n] - plus[i] - plus[j] + f0
+    stencil = STENCIL_3D if dims == 3 else STENCIL_2D
+    try:
+        eig = np.linalg.eigvalsh(h)
+        concave = bool(np.all(eig < 0))
+    except np.linalg.LinAlgError:  # pragma: no cover - 2x2/3x3 symmetric always decomposes
+        concave = False
+    if concave:
+        jump = -np.linalg.solve(h, g)
+        scale = np.max(np.abs(jump)) / MAX_JUMP
+        if scale > 1:
+            jump = jump / scale
+        predicted = float(f0 + g @ jump + 0.5 * jump @ h @ jump)
+        return jump, predicted
+    best = int(np.argmax(f))
+    return stencil[best, :dims].copy(), float(f[best])
+
+
+def _replace(result: RegistrationResult, **changes) -> RegistrationResult:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def check_frame_pixels(frame: Image) -> None:
+    """Raise :class:`PortalImageError` when a frame's pixels are unusable (NaN, constant)."""
+    pixels = frame.pixels
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PortalImageError(f"{frame.info.source}: pixels contain NaN or infinity")
+    if lo == hi:
+        raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")

@@ -1,0 +1,113 @@
+"""Registration options: one frozen dataclass, validated once at the public boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import PortalignError
+
+__all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES"]
+
+#: ``mi``: mutual information (partial-volume joint histogram) refines the pose.
+#: ``edge``: gradient-orientation correlation refines it (robust when intensities do not correspond).
+#: ``auto``: edges to reach the basin, mutual information for the final sub-pixel pose, and the
+#: two must agree.
+METHODS = ("auto", "mi", "edge")
+
+#: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.
+#: ``detect``: always try; ``none``: never (the whole image is anatomy).
+FIELD_MODES = ("auto", "detect", "none")
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """How a frame is registered against a reference.
+
+    Attributes
+    ----------
+    method : {"auto", "mi", "edge"}
+        Similarity used for the refinement (the global search always uses edges).
+    max_shift_mm : float
+        Capture range for the translation; the search covers a little more, and an
+        optimum beyond this range is reported as not ``ok``.
+    max_rotation_deg : float
+        Capture range for the in-plane rotation.
+    estimate_rotation : bool
+        False fixes the rotation at 0 (translation only).
+    field : {"auto", "detect", "none"}
+        Radiation-field detection (see ``FIELD_MODES``).
+    field_margin_mm : float
+        Width of the band around the field edge that is excluded from the anatomy
+        match, on each side of the 50 % line (covers the penumbra).
+    bins : int
+        Intensity bins per image of the joint histogram.
+    normalised_mi : bool
+        Use normalised mutual information (Studholme) instead of plain MI.
+    finest_spacing_mm : float
+        The finest pyramid level used has at least this pixel spacing (the native
+        one if it is coarser); finer is slower and, past the image's sharpness,
+        no more accurate.
+    coarse_spacing_mm : float
+        Pixel spacing of the global search level (made finer for small fields).
+    rotation_step_deg : float
+        Spacing of the candidate rotations in the global search.
+    candidates : int
+        Distinct global-search optima carried into refinement; the best wins and the
+        runner-up decides whether the match is ambiguous.
+    ambiguity_ratio : float
+        A runner-up optimum more than 2 mm away whose score reaches this fraction of
+        the best makes the result not ``ok`` (ambiguous).
+    min_score : float
+        Edge-correlation score below which a match is not trusted.
+    agreement_mm : float
+        ``auto`` only: largest allowed distance between the edge and the MI optimum.
+    """
+
+    method: str = "auto"
+    max_shift_mm: float = 20.0
+    max_rotation_deg: float = 5.0
+    estimate_rotation: bool = True
+    field: str = "auto"
+    field_margin_mm: float = 3.0
+    bins: int = 32
+    normalised_mi: bool = False
+    finest_spacing_mm: float = 0.6
+    coarse_spacing_mm: float = 4.0
+    rotation_step_deg: float = 2.0
+    candidates: int = 3
+    ambiguity_ratio: float = 0.9
+    min_score: float = 0.05
+    agreement_mm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PortalignError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.field not in FIELD_MODES:
+            raise PortalignError(f"field must be one of {', '.join(FIELD_MODES)}; got {self.field!r}")
+        positive = {
+            "max_shift_mm": self.max_shift_mm,
+            "finest_spacing_mm": self.finest_spacing_mm,
+            "coarse_spacing_mm": self.coarse_spacing_mm,
+            "rotation_step_deg": self.rotation_step_deg,
+            "agreement_mm": self.agreement_mm,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise PortalignError(f"{name} must be positive; got {value!r}")
+        if not 0 <= self.max_rotation_deg <= 45:
+            raise PortalignError(f"max_rotation_deg must be within 0..45; got {self.max_rotation_deg!r}")
+        if self.field_margin_mm < 0:
+            raise PortalignError(f"field_margin_mm must not be negative; got {self.field_margin_mm!r}")
+        if not 8 <= self.bins <= 256:
+            raise PortalignError(f"bins must be within 8..256; got {self.bins!r}")
+        if self.candidates < 1:
+            raise PortalignError(f"candidates must be at least 1; got {self.candidates!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the options as a plain dict (JSON-ready)."""
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> RegistrationOptions:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)

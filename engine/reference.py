@@ -1,0 +1,449 @@
+"""Reference preparation: everything that depends only on the reference, computed once.
+
+``Reference.prepare(image)`` keeps the reference pixels and its field. The first
+frame of a given geometry (shape, spacing, beam axis) builds a :class:`FramePlan`:
+the pyramid levels the search will use, the reference resampled onto each
+level's pixel spacing (with its intensity bins, edge features and validity
+mask), the FFT spectra of the reference edge features under every candidate
+rotation for the global search, and every per-frame buffer. Later frames of the
+same geometry only fill those buffers. ``Reference.warm_up(frame_geometry)``
+pays for the plan (and the JIT compilation) before the first real frame.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from .backend import Backend, select_backend
+from .errors import ReferencePreparationError
+from .field import NO_FIELD, FieldEstimate, detect_field
+from .image import Image
+from .options import RegistrationOptions
+
+__all__ = ["Reference", "FramePlan", "Level", "prepare_reference", "pose_affines"]
+
+#: Global-search translations go this far beyond the capture range, so that an
+#: optimum outside it is seen (and reported) instead of clipped.
+SEARCH_MARGIN_MM = 5.0
+#: Pixels across the smaller side of the searched region at the coarse level.
+COARSE_MIN_PIXELS = 40
+#: Field detection runs on the first level no larger than this.
+FIELD_LEVEL_MAX_PIXELS = 200
+
+
+def pose_affines(poses: np.ndarray, frame_axis: tuple[float, float], frame_spacing: tuple[float, float],
+                 ref_axis: tuple[float, float], ref_spacing: tuple[float, float]) -> np.ndarray:
+    """Return ``(K, 2, 3)`` maps from frame pixel ``(col, row, 1)`` to reference pixel ``(col, row)``.
+
+    Parameters
+    ----------
+    poses : float64[K, 3]
+        ``(dx_mm, dy_mm, theta_rad)``: reference point ``q`` appears at frame point
+        ``R(theta) q + d``, so the frame point ``p`` shows reference point
+        ``R(-theta) (p - d)``.
+    frame_axis, ref_axis : (col, row)
+        Beam axis in pixels of each grid.
+    frame_spacing, ref_spacing : (row_mm, col_mm)
+    """
+    poses = np.atleast_2d(np.asarray(poses, dtype=np.float64))
+    dx, dy, theta = poses[:, 0], poses[:, 1], poses[:, 2]
+    c, s = np.cos(theta), np.sin(theta)
+    fsy, fsx = frame_spacing
+    rsy, rsx = ref_spacing
+    ox = -frame_axis[0] * fsx - dx
+    oy = -frame_axis[1] * fsy - dy
+    out = np.empty((poses.shape[0], 2, 3))
+    out[:, 0, 0] = c * fsx / rsx
+    out[:, 0, 1] = s * fsy / rsx
+    out[:, 0, 2] = (c * ox + s * oy) / rsx + ref_axis[0]
+    out[:, 1, 0] = -s * fsx / rsy
+    out[:, 1, 1] = c * fsy / rsy
+    out[:, 1, 2] = (-s * ox + c * oy) / rsy + ref_axis[1]
+    return out
+
+
+@dataclass
+class Level:
+    """One pyramid level of a frame geometry with the reference resampled to match.
+
+    Reference-side arrays are filled at plan time; frame-side arrays are the
+    per-frame buffers the kernels write into.
+    """
+
+    index: int
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+    frame_axis: tuple[float, float]
+    ref_axis: tuple[float, float]
+    ref_shape: tuple[int, int]
+    erosion_px: int
+    # reference side (backend arrays)
+    ref_bins: Any = None
+    ref_re: Any = None
+    ref_im: Any = None
+    # frame side (backend arrays, reused)
+    image: Any = None
+    mask: Any = None
+    scratch: Any = None
+    eroded: Any = None
+    bins: Any = None
+    feat_re: Any = None
+    feat_im: Any = None
+    row_sums: Any = None
+    # per-frame statistics
+    usable: int = 0
+    range: tuple[float, float] = (0.0, 1.0)
+    eps: float = 1.0
+
+    def affines(self, poses: np.ndarray) -> np.ndarray:
+        """Frame-pixel -> reference-pixel maps of this level for ``poses``."""
+        return pose_affines(poses, self.frame_axis, self.spacing, self.ref_axis, self.spacing)
+
+
+@dataclass
+class CoarseSearch:
+    """Global search data: reference spectra for each candidate rotation."""
+
+    level: int
+    thetas: np.ndarray
+    margin_px: int
+    padded_shape: tuple[int, int]
+    ref_spectra_conj: Any
+    ref_energy: np.ndarray
+    surfaces: Any
+    window_rows: np.ndarray
+    window_cols: np.ndarray
+
+
+@dataclass
+class FramePlan:
+    """Everything prepared for frames of one geometry."""
+
+    key: tuple
+    frame_shape: tuple[int, int]
+    levels: dict[int, Level]
+    pyramid_depth: int
+    field_level: int
+    refine_levels: list[int]
+    coarse: CoarseSearch
+    hist: Any = None
+    mi_out: Any = None
+    edge_out: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reference:
+    """A reference image prepared for registering many frames against it.
+
+    Use :func:`prepare_reference` (or :meth:`Reference.prepare`). Thread-safe:
+    frames registered from several threads against one reference are serialised
+    per frame geometry, because they share buffers.
+    """
+
+    def __init__(self, image: Image, options: RegistrationOptions, backend: Backend, field_estimate: FieldEstimate,
+                 field_level_factor: int) -> None:
+        self.image = image
+        self.options = options
+        self.backend = backend
+        self.field = field_estimate
+        self._field_factor = field_level_factor
+        self._plans: dict[tuple, FramePlan] = {}
+        self._plans_lock = threading.Lock()
+
+    @classmethod
+    def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
+        """Prepare ``image`` as a reference.
+
+        Parameters
+        ----------
+        image : Image
+            The reference (a DRR, or an approved reference portal image).
+        options : RegistrationOptions, optional
+            Defaults to ``RegistrationOptions()``.
+        backend : {"auto", "cpu", "gpu"} or Backend
+
+        Returns
+        -------
+        Reference
+        """
+        options = options or RegistrationOptions()
+        chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+        field_estimate, factor = NO_FIELD, 1
+        if _wants_field(options, image):
+            small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+            field_estimate = detect_field(small)
+        return cls(image, options, chosen, field_estimate, factor)
+
+    def register(self, frame: Any, *, pixel_spacing_mm: Any = None) -> Any:
+        """Register one frame against this reference.
+
+        Parameters
+        ----------
+        frame : Image, numpy.ndarray, path or pydicom.Dataset
+            Arrays need ``pixel_spacing_mm`` (at the isocentre plane); their beam axis
+            is taken at the image centre.
+        pixel_spacing_mm : float or (float, float), optional
+
+        Returns
+        -------
+        RegistrationResult
+        """
+        from .image import as_image
+        from .optimiser import check_frame_pixels, register_frame
+
+        image = as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
+        check_frame_pixels(image)
+        return register_frame(self, image)
+
+    # --- geometry plans -------------------------------------------------------------------------
+
+    def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> FramePlan:
+        """Return (building on first use) the plan for frames of this geometry."""
+        key = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+        with self._plans_lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis))  # type: ignore[arg-type]
+                self._plans[key] = plan
+        return plan
+
+    def warm_up(self, frame: Image) -> None:
+        """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""
+        from .optimiser import register_frame
+
+        register_frame(self, frame)
+
+    def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
+                    axis: tuple[float, float]) -> FramePlan:
+        opts = self.options
+        base = min(spacing)
+        depth = 0
+        while min(shape[0] >> (depth + 1), shape[1] >> (depth + 1)) >= 16:
+            depth += 1
+        finest = 0
+        while finest < depth and base * 2**finest < opts.finest_spacing_mm * 0.999:
+            finest += 1
+        extent = self._search_extent_mm(shape, spacing)
+        coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
+        coarse = finest
+        while coarse < depth and base * 2 ** (coarse + 1) <= coarse_target * 1.001:
+            coarse += 1
+        refine = list(range(coarse - 1, finest - 1, -1)) or [finest]
+        field_level = 0
+        while field_level < depth and max(shape[0] >> field_level, shape[1] >> field_level) > FIELD_LEVEL_MAX_PIXELS:
+            field_level += 1
+        used = sorted(set(refine) | {coarse, field_level})
+        xp = self.backend.xp
+        levels: dict[int, Level] = {}
+        for k in range(max(used) + 1):
+            lvl_shape = (shape[0] >> k, shape[1] >> k)
+            lvl_spacing = (spacing[0] * 2**k, spacing[1] * 2**k)
+            # a level-k pixel i covers level-0 pixels 2^k i .. 2^k (i+1) - 1: centre (2^k i + (2^k - 1)/2)
+            lvl_axis = ((axis[0] - (2**k - 1) / 2) / 2**k, (axis[1] - (2**k - 1) / 2) / 2**k)
+            margin = opts.field_margin_mm / min(lvl_spacing)
+            level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
+            level.image = xp.empty(lvl_shape, dtype=xp.float32)
+            if k in used:
+                self._fill_level(level)
+            levels[k] = level
+        coarse_search = self._build_coarse(levels[coarse])
+        bins = opts.bins
+        n_pose = 10
+        return FramePlan(
+            key=key,
+            frame_shape=shape,
+            levels=levels,
+            pyramid_depth=max(used),
+            field_level=field_level,
+            refine_levels=refine,
+            coarse=coarse_search,
+            hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
+            mi_out=xp.zeros(n_pose, dtype=xp.float64),
+            edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
+        )
+
+    def _search_extent_mm(self, shape: tuple[int, int], spacing: tuple[float, float]) -> float:
+        """Smaller side (mm) of the region that carries anatomy: the reference field, else the images."""
+        frame_extent = min(shape[0] * spacing[0], shape[1] * spacing[1])
+        ref_extent = min(self.image.extent_mm)
+        extent = min(frame_extent, ref_extent)
+        if self.field.detected and self.field.box_px is not None:
+            c0, c1, r0, r1 = self.field.box_px
+            f = self._field_factor
+            field_extent = min((c1 - c0 + 1) * f * self.image.spacing_mm[1], (r1 - r0 + 1) * f * self.image.spacing_mm[0])
+            extent = min(extent, field_extent)
+        return extent
+
+    def _fill_level(self, level: Level) -> None:
+        """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
+        backend, opts = self.backend, self.options
+        k = backend.kernels
+        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        if self.field.detected:
+            inside = ref_img > self.field.threshold if self.field.field_is_bright else ref_img < self.field.threshold
+            valid &= _erode(inside, level.erosion_px)
+        valid &= _erode(np.ones_like(valid), 1)
+        if valid.sum() < 16:
+            raise ReferencePreparationError(
+                f"{self.image.info.source}: fewer than 16 usable pixels at {level.spacing[0]:.2f} mm; "
+                "is the field smaller than the field-edge margin (field_margin_mm)?"
+            )
+        level.ref_axis = ref_axis
+        level.ref_shape = ref_img.shape
+        lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
+        if hi <= lo:
+            hi = lo + 1.0
+        bins = np.empty(ref_img.shape, dtype=np.int16)
+        from portalign.kernels import cpu
+
+        cpu.quantize(ref_img, valid.astype(np.uint8), float(lo), float(hi), opts.bins, bins)
+        re, im = _features(ref_img, valid)
+        level.ref_bins = backend.asarray(bins)
+        level.ref_re = backend.asarray(re)
+        level.ref_im = backend.asarray(im)
+        xp = backend.xp
+        level.mask = xp.empty(level.shape, dtype=xp.uint8)
+        level.scratch = xp.empty(level.shape, dtype=xp.uint8)
+        level.eroded = xp.empty(level.shape, dtype=xp.uint8)
+        level.bins = xp.empty(level.shape, dtype=xp.int16)
+        level.feat_re = xp.empty(level.shape, dtype=xp.float32)
+        level.feat_im = xp.empty(level.shape, dtype=xp.float32)
+        level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
+
+    def _build_coarse(self, level: Level) -> CoarseSearch:
+        """Reference edge spectra on the coarse frame grid, one per candidate rotation."""
+        opts = self.options
+        step = math.radians(opts.rotation_step_deg)
+        if opts.estimate_rotation and opts.max_rotation_deg > 0:
+            reach = math.radians(opts.max_rotation_deg) + step
+            n = int(math.ceil(reach / step))
+            thetas = np.arange(-n, n + 1) * step
+        else:
+            thetas = np.zeros(1)
+        margin = int(math.ceil((opts.max_shift_mm + SEARCH_MARGIN_MM) / min(level.spacing))) + 1
+        rows, cols = level.shape
+        padded = (sp_fft.next_fast_len(rows + 2 * margin), sp_fft.next_fast_len(cols + 2 * margin))
+        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        if self.field.detected:
+            inside = ref_img > self.field.threshold if self.field.field_is_bright else ref_img < self.field.threshold
+            valid &= _erode(inside, level.erosion_px)
+        # the extended grid: pixel (u, v) is coarse frame pixel (u - margin, v - margin)
+        shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
+        ext_shape = (rows + 2 * margin, cols + 2 * margin)
+        spectra = np.empty((len(thetas), *padded), dtype=np.complex128)
+        energy = np.empty(len(thetas))
+        from portalign.kernels import cpu
+
+        warped = np.empty(ext_shape, dtype=np.float32)
+        warped_valid = np.empty(ext_shape, dtype=np.float32)
+        valid_f = valid.astype(np.float32)
+        for i, theta in enumerate(thetas):
+            affine = pose_affines(np.array([[0.0, 0.0, theta]]), level.frame_axis, level.spacing, ref_axis, level.spacing)[0]
+            affine = affine @ shift
+            cpu.warp_bilinear(ref_img, affine, 0.0, warped)
+            cpu.warp_bilinear(valid_f, affine, 0.0, warped_valid)
+            ok = _erode(warped_valid > 0.999, 1)
+            re, im = _features(warped, ok)
+            energy[i] = float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())
+            spectra[i] = np.conj(cpu.feature_spectrum(re, im, padded, 0))
+        ty = np.arange(-margin, margin + 1)
+        backend = self.backend
+        return CoarseSearch(
+            level=level.index,
+            thetas=thetas,
+            margin_px=margin,
+            padded_shape=padded,
+            ref_spectra_conj=backend.asarray(spectra),
+            ref_energy=energy,
+            surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float64),
+            window_rows=ty % padded[0],
+            window_cols=ty % padded[1],
+        )
+
+
+def prepare_reference(image: Image, options: RegistrationOptions | None = None, *, backend: str | Backend = "auto") -> Reference:
+    """Prepare a reference image once for registering many frames against it.
+
+    Parameters
+    ----------
+    image : Image
+        The reference: a DRR or an approved reference portal image.
+    options : RegistrationOptions, optional
+    backend : {"auto", "cpu", "gpu"} or Backend
+
+    Returns
+    -------
+    Reference
+    """
+    return Reference.prepare(image, options, backend)
+
+
+# --- helpers (preparation time only; not on the per-frame path) ---------------------------------
+
+
+def _wants_field(options: RegistrationOptions, image: Image) -> bool:
+    if options.field == "none":
+        return False
+    if options.field == "detect":
+        return True
+    return image.info.kind != "drr"
+
+
+def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
+    """Box-average by powers of two until the larger side is at most ``max_pixels``."""
+    img = pixels.astype(np.float64)
+    factor = 1
+    while max(img.shape) > max_pixels and min(img.shape) >= 32:
+        r, c = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+        img = 0.25 * (img[0:r:2, 0:c:2] + img[1:r:2, 0:c:2] + img[0:r:2, 1:c:2] + img[1:r:2, 1:c:2])
+        factor *= 2
+    return img, factor
+
+
+def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Resample the reference to ``spacing`` (anti-aliased), keeping the beam axis in mm.
+
+    New pixel ``(c', r')`` samples old pixel ``(c' * sx'/sx, r' * sy'/sy)``, so the
+    beam axis moves to ``axis * s / s'``. Returns the image, a validity mask and the axis.
+    """
+    sy, sx = image.spacing_mm
+    fy, fx = spacing[0] / sy, spacing[1] / sx
+    src = image.pixels.astype(np.float64)
+    sigma = (0.5 * math.sqrt(max(fy * fy - 1.0, 0.0)), 0.5 * math.sqrt(max(fx * fx - 1.0, 0.0)))
+    if max(sigma) > 0:
+        src = ndimage.gaussian_filter(src, sigma, mode="nearest")
+    rows = max(int(math.floor((image.shape[0] - 1) / fy)) + 1, 2)
+    cols = max(int(math.floor((image.shape[1] - 1) / fx)) + 1, 2)
+    rr, cc = np.meshgrid(np.arange(rows) * fy, np.arange(cols) * fx, indexing="ij")
+    out = ndimage.map_coordinates(src, [rr, cc], order=1, mode="nearest").astype(np.float32)
+    axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
+    return np.ascontiguousarray(out), np.ones(out.shape, dtype=bool), axis
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erode a boolean mask by a square of half-width ``radius``; outside the image counts as False."""
+    if radius <= 0:
+        return mask.copy()
+    return ndimage.binary_erosion(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool), border_value=0)
+
+
+def _features(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Doubled-angle edge features of a reference image (host, float32), zero where not valid."""
+    from portalign.kernels import cpu
+
+    mask = valid.astype(np.uint8)
+    sums = np.empty((image.shape[0], 2))
+    cpu.gradient_row_sums(image, mask, sums)
+    eps = sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)
+    re = np.empty(image.shape, dtype=np.float32)
+    im = np.empty(image.shape, dtype=np.float32)
+    cpu.orientation_features(image, mask, max(eps, 1e-12), re, im)
+    return re, im
+

@@ -1,0 +1,104 @@
+"""The result of a 2-D registration.
+
+Contract (DESIGN.md): an anatomy point at ``(x, y)`` in the reference appears in
+the frame at ``R(theta) (x, y) + (dx, dy)``, millimetres at the isocentre plane,
+x along columns, y along rows, origin on the beam axis. ``dx_mm``, ``dy_mm`` and
+``rotation_deg`` are the patient's displacement as the imager sees it; the
+correction is its inverse (:meth:`RegistrationResult.correction`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import __version__
+
+__all__ = ["RegistrationResult"]
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """Displacement of the frame's anatomy relative to the reference, and how far to trust it.
+
+    Attributes
+    ----------
+    dx_mm, dy_mm : float
+        Translation at the isocentre plane (x along columns, y along rows).
+    rotation_deg : float
+        In-plane rotation, counter-clockwise from +x towards +y.
+    ok : bool
+        False when the match must not be trusted; ``reason`` says why.
+    reason : str
+        Empty when ``ok``.
+    score : float
+        Similarity at the optimum: the edge correlation (-1..1, 1 = every edge
+        matched) for ``edge``, normalised MI - 1 (0..1) for ``mi`` and ``auto``.
+    method, backend : str
+        What ran.
+    elapsed_ms : float
+        Wall time of the registration of this frame (loading excluded).
+    ambiguity : float
+        Score of the best distinct runner-up optimum over the winner's (0 = none, 1 = a tie).
+    field_detected : bool
+        Whether a radiation field was found in the frame (and its edge excluded).
+    field_box_mm : list of float or None
+        ``[x_min, x_max, y_min, y_max]`` of the detected field at the isocentre plane.
+    frame_uid, reference_uid : str
+        SOP Instance UIDs of the inputs (empty for arrays).
+    frame_index : int
+        Frame number inside a multi-frame input.
+    warnings : list of str
+        Things worth knowing that do not make the result untrustworthy.
+    details : dict
+        Diagnostics (per-stage scores, levels, candidates).
+    version : str
+        portalign version that produced the result.
+    """
+
+    dx_mm: float
+    dy_mm: float
+    rotation_deg: float
+    ok: bool
+    reason: str = ""
+    score: float = 0.0
+    method: str = ""
+    backend: str = ""
+    elapsed_ms: float = 0.0
+    ambiguity: float = 0.0
+    field_detected: bool = False
+    field_box_mm: list[float] | None = None
+    frame_uid: str = ""
+    reference_uid: str = ""
+    frame_index: int = 0
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+    def correction(self) -> tuple[float, float, float]:
+        """Return ``(dx_mm, dy_mm, rotation_deg)`` that moves the anatomy back onto the reference.
+
+        The inverse of ``p -> R p + d`` is ``p -> R^T p - R^T d``.
+        """
+        t = math.radians(self.rotation_deg)
+        c, s = math.cos(t), math.sin(t)
+        return (-(c * self.dx_mm + s * self.dy_mm), -(-s * self.dx_mm + c * self.dy_mm), -self.rotation_deg)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict."""
+        return asdict(self)
+
+    def as_json(self, **kwargs: Any) -> str:
+        """Return the result as one JSON object."""
+        return json.dumps(self.as_dict(), default=_json_default, **kwargs)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars in details
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

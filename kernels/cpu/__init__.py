@@ -1,0 +1,35 @@
+"""CPU kernels (numba ``@njit``); ``KERNELS`` is the set a backend hands to the optimiser.
+
+Every kernel here has a twin of the same name and arguments in
+``portalign.kernels.gpu`` and a float64 version in ``portalign.kernels.reference``.
+"""
+
+from types import SimpleNamespace
+
+from .correlation import correlation_surfaces, feature_spectrum
+from .edge import gradient_correlation
+from .gradient import gradient_row_sums, orientation_features
+from .mask import erode_box, masked_range, threshold_mask
+from .mutual_information import joint_histograms, mutual_information, quantize
+from .pyramid import downsample2, downsample2_mask
+from .warp import warp_bilinear
+
+__all__ = [
+    "KERNELS",
+    "correlation_surfaces",
+    "downsample2",
+    "downsample2_mask",
+    "erode_box",
+    "feature_spectrum",
+    "gradient_correlation",
+    "gradient_row_sums",
+    "joint_histograms",
+    "masked_range",
+    "mutual_information",
+    "orientation_features",
+    "quantize",
+    "threshold_mask",
+    "warp_bilinear",
+]
+
+KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name != "KERNELS"})

@@ -1,0 +1,44 @@
+"""Global translation search by FFT cross-correlation of edge features (numpy FFT, CPU).
+
+The coarse search must find the pose with no initial guess over a capture
+range of tens of millimetres and several degrees. Evaluating a metric pose by
+pose over that range is thousands of evaluations; a cross-correlation does all
+translations of one rotation at once in ``O(N log N)``. The reference side of
+each candidate rotation is transformed at preparation time, so a frame costs
+one forward FFT plus one product and inverse FFT per candidate rotation.
+
+With complex doubled-angle features ``z`` (see :mod:`.gradient`) the surface::
+
+    c(t) = Re sum_x z_f(x) conj(z_r(x - t)) = Re IFFT( FFT(z_f) * conj(FFT(z_r)) )(t)
+
+peaks at the translation ``t`` that carries reference edges onto frame edges
+(frame = reference moved by ``+t``). Inputs are zero-padded so that the
+circular wrap-around never reaches the searched translations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["feature_spectrum", "correlation_surfaces"]
+
+
+def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
+    """Return the 2-D FFT (complex128) of ``re + i*im`` placed at ``(offset, offset)`` in zeros of ``padded_shape``."""
+    z = np.zeros(padded_shape, dtype=np.complex128)
+    z[offset : offset + re.shape[0], offset : offset + re.shape[1]] = re + 1j * im
+    return np.fft.fft2(z)
+
+
+def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, out: np.ndarray) -> None:
+    """Write ``Re IFFT(F * conj(R_k))`` for each candidate ``k`` into ``out[k]`` (float64).
+
+    Parameters
+    ----------
+    frame_spectrum : complex128[P, Q]
+    ref_spectra_conj : complex128[K, P, Q]
+        Conjugated reference spectra, one per candidate rotation.
+    out : float64[K, P, Q]
+        ``out[k, ty % P, tx % Q]`` is the correlation at translation ``(tx, ty)`` pixels.
+    """
+    out[...] = np.fft.ifft2(ref_spectra_conj * frame_spectrum[None, :, :], axes=(-2, -1)).real

@@ -1,0 +1,114 @@
+"""Masks and intensity statistics on the per-frame path (numba, CPU).
+
+``erode_box`` removes every pixel within ``radius`` pixels (Chebyshev distance)
+of a zero: with the field mask it cuts the band around the field edge that must
+not drive the match. Two separable passes with running counts keep it O(N)
+whatever the radius.
+
+``masked_range`` gives robust low/high intensities (percentiles from a
+fine histogram, not a sort) for the mutual-information binning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["threshold_mask", "erode_box", "masked_range"]
+
+
+@njit(parallel=True, cache=True)
+def threshold_mask(image: np.ndarray, threshold: float, above: bool, out: np.ndarray) -> None:  # pragma: no cover
+    """Write 1 where ``image > threshold`` (``above``) or ``image < threshold`` (not ``above``), else 0."""
+    rows, cols = image.shape
+    for i in prange(rows):
+        for j in range(cols):
+            v = image[i, j]
+            out[i, j] = 1 if (v > threshold if above else v < threshold) else 0
+
+
+@njit(parallel=True, cache=True)
+def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out`` the erosion of ``mask`` by a ``(2r+1)^2`` square; outside the image counts as 0.
+
+    ``scratch`` (uint8, same shape) holds the row pass.
+    """
+    rows, cols = mask.shape
+    r = radius
+    for i in prange(rows):
+        # count zeros in the window [j-r, j+r]; positions outside count as zeros
+        zeros = 0
+        for jj in range(-r, r + 1):
+            if jj < 0 or jj >= cols or mask[i, jj] == 0:
+                zeros += 1
+        for j in range(cols):
+            scratch[i, j] = 1 if zeros == 0 else 0
+            leaving = j - r
+            entering = j + r + 1
+            if leaving < 0 or mask[i, leaving] == 0:
+                zeros -= 1
+            if entering >= cols or mask[i, entering] == 0:
+                zeros += 1
+    for j in prange(cols):
+        zeros = 0
+        for ii in range(-r, r + 1):
+            if ii < 0 or ii >= rows or scratch[ii, j] == 0:
+                zeros += 1
+        for i in range(rows):
+            out[i, j] = 1 if zeros == 0 else 0
+            leaving = i - r
+            entering = i + r + 1
+            if leaving < 0 or scratch[leaving, j] == 0:
+                zeros -= 1
+            if entering >= rows or scratch[entering, j] == 0:
+                zeros += 1
+
+
+@njit(cache=True)
+def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
+    """Return ``(low, high, count)``: the given quantiles of the masked pixels.
+
+    Quantiles come from a 4096-bin histogram between the masked minimum and
+    maximum (resolution 1/4096 of the range), which is what the binning needs.
+    ``count`` is the number of masked pixels; with none, ``(0, 0, 0)``.
+    """
+    rows, cols = image.shape
+    lo = np.inf
+    hi = -np.inf
+    count = 0
+    for i in range(rows):
+        for j in range(cols):
+            if mask[i, j]:
+                v = image[i, j]
+                count += 1
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
+    if count == 0:
+        return 0.0, 0.0, 0
+    if hi <= lo:
+        return lo, hi, count
+    n_bins = 4096
+    hist = np.zeros(n_bins, dtype=np.int64)
+    scale = n_bins / (hi - lo)
+    for i in range(rows):
+        for j in range(cols):
+            if mask[i, j]:
+                b = int((image[i, j] - lo) * scale)
+                hist[min(b, n_bins - 1)] += 1
+    want_low = low_fraction * count
+    want_high = high_fraction * count
+    seen = 0
+    q_low = lo
+    q_high = hi
+    found_low = False
+    for b in range(n_bins):
+        seen += hist[b]
+        if not found_low and seen > want_low:
+            q_low = lo + b / scale
+            found_low = True
+        if seen >= want_high:
+            q_high = lo + (b + 1) / scale
+            break
+    return q_low, q_high, count
