@@ -64,12 +64,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -83,7 +84,7 @@ from .image import Image, ImageInfo, check_pixels
 
 __all__ = ["DicomSource", "read_dataset", "read_rt_image", "read_rt_image_frames", "describe"]
 
-DicomSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Dataset]
+DicomSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Dataset
 """What the readers accept: a path, the bytes of a file, a binary file object or a dataset."""
 
 # Projection images other than RT Images: accepted only when their spacing at the
@@ -355,6 +356,10 @@ def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
         ds = source
     else:
         ds = _parse(_read_bytes(source, name), name)
+        if isinstance(source, (str, os.PathLike)):
+            ds.filename = os.fspath(source)
+        elif isinstance(getattr(source, "name", None), str):
+            ds.filename = source.name  # keeps the name when the dataset is passed on
     _ensure_transfer_syntax(ds)
     if require_pixels and not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         modality = _text(ds, "Modality") or "unknown"
@@ -425,14 +430,16 @@ def _get(ds: Dataset, keyword: str) -> Any:
         value = ds.get(keyword)
     except Exception:
         return None
-    if value is None or value == "":
+    if value is None:
         return None
-    try:
-        if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+    if isinstance(value, (str, bytes)):
+        return value if value.strip() else None
+    if hasattr(value, "__len__"):
+        try:
             if len(value) == 0:
                 return None
-    except TypeError:
-        pass
+        except TypeError:
+            pass
     return value
 
 
@@ -514,10 +521,11 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             raise PortalImageError(f"{name}: has no Rows/Columns; the pixel data cannot be shaped")
         samples = _int(ds, "SamplesPerPixel") or 1
         if samples != 1:
-            raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
+            raise PortalImageError(
+                f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale"
+            )
         n_frames = max(_int(ds, "NumberOfFrames") or 1, 1)
-        if not every_frame:
-            assert frame is not None
+        if frame is not None and not every_frame:
             if frame < 0 or frame >= n_frames:
                 raise PortalImageError(
                     f"{name}: has {n_frames} frame{'s' if n_frames != 1 else ''}; frame={frame} is out of range"
@@ -530,9 +538,9 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             frames = list(stack) if stack.ndim == 3 else [stack]
             indices = list(range(len(frames)))
         else:
-            assert frame is not None
-            frames = [_decode(ds, name, index=frame if n_frames > 1 else None)]
-            indices = [frame]
+            index = frame or 0
+            frames = [_decode(ds, name, index=index if n_frames > 1 else None)]
+            indices = [index]
         slope = _float(ds, "RescaleSlope")
         intercept = _float(ds, "RescaleIntercept")
         slope = 1.0 if slope is None or slope == 0.0 else slope
@@ -546,7 +554,7 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
         infos = [_frame_info(ds, name, modality, kind, geometry, index, n_frames, common) for index in indices]
     messages = sorted({_one_line(w.message) for w in caught})
     images = []
-    for p, info in zip(pixels, infos):
+    for p, info in zip(pixels, infos, strict=True):
         if messages:
             info.extra["dicom_warnings"] = messages
         images.append(Image(p, geometry.spacing_mm, geometry.beam_axis_px, info))
@@ -571,7 +579,7 @@ def _modality(ds: Dataset, name: str) -> str:
 def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
     transfer_syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian))
     try:
-        array = pydicom.pixels.pixel_array(ds, index=index)
+        array = pixel_array(ds, index=index)
     except Exception as exc:
         if transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
             raise PortalImageError(
@@ -586,7 +594,7 @@ def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
 
 def _decoder_available(transfer_syntax: UID) -> bool:
     try:
-        return bool(pydicom.pixels.get_decoder(transfer_syntax).is_available)
+        return bool(get_decoder(transfer_syntax).is_available)
     except Exception:
         return False
 
@@ -595,8 +603,10 @@ def _install_hint(transfer_syntax: UID) -> str:
     uid = str(transfer_syntax)
     if uid.startswith("1.2.840.10008.1.2.4.9") or uid.startswith("1.2.840.10008.1.2.4.20"):
         return "pip install pylibjpeg pylibjpeg-openjpeg"  # JPEG 2000 and HTJ2K
-    if uid.startswith("1.2.840.10008.1.2.4.5") or uid.startswith("1.2.840.10008.1.2.4.7") or uid.startswith(
-        "1.2.840.10008.1.2.4.8"
+    if (
+        uid.startswith("1.2.840.10008.1.2.4.5")
+        or uid.startswith("1.2.840.10008.1.2.4.7")
+        or uid.startswith("1.2.840.10008.1.2.4.8")
     ):
         return "pip install pylibjpeg pylibjpeg-libjpeg"  # JPEG, JPEG lossless, JPEG-LS
     return "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg (or python-gdcm)"
@@ -683,15 +693,19 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
     imager: tuple[float, float] | None = None
     spacing_source = ""
     for keyword in spacing_tags:
-        values = _floats(ds, keyword, minimum=2)
+        values = _floats(ds, keyword)
         if values is not None:
+            if len(values) == 1:  # a lone value: square pixels
+                values = [values[0], values[0]]
             if values[0] <= 0 or values[1] <= 0:
                 raise GeometryError(f"{name}: {keyword} is {values[:2]}; pixel spacing must be positive")
             imager, spacing_source = (values[0], values[1]), keyword
             break
 
     sid_keyword, sid_tag = ("RTImageSID", "(3002,0026)") if rt else ("DistanceSourceToDetector", "(0018,1110)")
-    sad_keyword, sad_tag = ("RadiationMachineSAD", "(3002,0022)") if rt else ("DistanceSourceToIsocenter", "(0018,9402)")
+    sad_keyword, sad_tag = (
+        ("RadiationMachineSAD", "(3002,0022)") if rt else ("DistanceSourceToIsocenter", "(0018,9402)")
+    )
     sid = _positive(options.sid_mm, "sid_mm", name) if options.sid_mm is not None else _float(ds, sid_keyword)
     sad = _positive(options.sad_mm, "sad_mm", name) if options.sad_mm is not None else _float(ds, sad_keyword)
     if options.sid_mm is None and sid is not None and sid <= 0:
@@ -779,9 +793,7 @@ def _beam_axis(
 
 
 def _kind(ds: Dataset, modality: str, sid: float | None, sad: float | None) -> str:
-    image_type = [str(v).strip().upper() for v in (_get(ds, "ImageType") or [])] if _get(ds, "ImageType") else []
-    if isinstance(_get(ds, "ImageType"), str):
-        image_type = [s.strip().upper() for s in str(_get(ds, "ImageType")).split("\\")]
+    image_type = [v.upper() for v in _text(ds, "ImageType").split("\\")]
     if "DRR" in image_type:
         return "drr"
     # ImageType value 3 says PORTAL (etc.) explicitly: trust it over the heuristics
@@ -967,6 +979,7 @@ def _frame_info(
 def _one_line(exc: Any) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
+    line = line.split(" Please see <", 1)[0]  # pydicom's link to the standard
     return line if len(line) <= 200 else line[:197] + "..."
 
 

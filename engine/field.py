@@ -19,18 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["FieldEstimate", "detect_field", "NO_FIELD"]
+__all__ = ["FieldEstimate", "detect_field", "sample_mask", "NO_FIELD"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
 #: The outside class must cover at least this fraction of the image border.
 MIN_BORDER_OUTSIDE = 0.6
-#: Field area as a fraction of the image.
-FIELD_AREA = (0.01, 0.95)
+#: Field area as a fraction of the image (a 1 cm SRS cone on a 40 cm imager is 0.06 %).
+FIELD_AREA = (0.0005, 0.95)
+#: Fewest pixels a detected field may have on the detection level.
+MIN_FIELD_PIXELS = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FieldEstimate:
     """Where the radiation field is, as a threshold every pyramid level can apply.
 
@@ -46,6 +49,8 @@ class FieldEstimate:
         ``(col_min, col_max, row_min, row_max)`` at the level it was found on.
     effectiveness : float
         Otsu's between-class share of the variance (1 = two flat levels).
+    mask : numpy.ndarray or None
+        The field (holes filled) on the level it was found on.
     """
 
     detected: bool
@@ -53,6 +58,7 @@ class FieldEstimate:
     field_is_bright: bool = True
     box_px: tuple[float, float, float, float] | None = None
     effectiveness: float = 0.0
+    mask: np.ndarray | None = None
 
 
 NO_FIELD = FieldEstimate(detected=False)
@@ -87,12 +93,26 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
         effectiveness < MIN_EFFECTIVENESS
         or outside_on_border < MIN_BORDER_OUTSIDE
         or not FIELD_AREA[0] <= area <= FIELD_AREA[1]
+        or field.sum() < MIN_FIELD_PIXELS
     ):
         return FieldEstimate(detected=False, effectiveness=effectiveness)
+    # anatomy darker than the threshold inside the field (bone in MV, a ball bearing) is still field
+    field = ndimage.binary_fill_holes(field)
     rows = np.flatnonzero(field.any(axis=1))
     cols = np.flatnonzero(field.any(axis=0))
     box = (float(cols[0]), float(cols[-1]), float(rows[0]), float(rows[-1]))
-    return FieldEstimate(True, threshold, field_is_bright, box, effectiveness)
+    return FieldEstimate(True, threshold, field_is_bright, box, effectiveness, field)
+
+
+def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour sample of a small-level ``mask`` onto a grid of ``shape``.
+
+    Pixel ``i`` of the target grid sits at ``i * factor + offset`` in the small
+    level's pixel coordinates (both axes).
+    """
+    rows = np.clip(np.rint(np.arange(shape[0]) * factor + offset), 0, mask.shape[0] - 1).astype(np.intp)
+    cols = np.clip(np.rint(np.arange(shape[1]) * factor + offset), 0, mask.shape[1] - 1).astype(np.intp)
+    return mask[np.ix_(rows, cols)]
 
 
 def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import PortalImageError
-from .field import NO_FIELD, FieldEstimate, detect_field
+from .field import NO_FIELD, FieldEstimate, detect_field, sample_mask
 from .image import Image
 from .reference import FramePlan, Level, Reference
 from .result import RegistrationResult
@@ -42,8 +42,12 @@ STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], 
 MAX_JUMP = 1.5
 #: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
 ITERATIONS = (3, 3, 4)
-#: Candidates closer than this (mm) are the same optimum.
-DISTINCT_MM = 2.0
+#: Candidates closer than this (mm) are the same optimum (a broad peak, not an ambiguity).
+DISTINCT_MM = 3.0
+#: Largest rotation step of the quadratic stencil (radians): small fields constrain rotation weakly.
+MAX_ROTATION_STEP = math.radians(0.5)
+#: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
+MIN_ROTATION_RADIUS_MM = 10.0
 #: Contrast (robust range) / noise below which a frame has "too little structure".
 MIN_CONTRAST_TO_NOISE = 12.0
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
@@ -91,20 +95,27 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     field = detect_field(small) if _wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
     for index in used:
-        _frame_mask(backend, levels[index], field, opts.bins)
+        _frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     warnings: list[str] = []
     quality = _quality(backend, frame, plan, field)
     # 2. global search ---------------------------------------------------------------------------
-    coarse_level = levels[plan.coarse.level]
-    candidates = _global_search(backend, plan, coarse_level, opts.candidates)
-    # 3. refinement -------------------------------------------------------------------------------
     r_eff = _rotation_radius(backend, levels[plan.refine_levels[0]])
+    rotate = opts.estimate_rotation
+    if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
+        rotate = False
+        warnings.append(
+            f"usable region too small to estimate rotation (RMS radius {r_eff:.1f} mm < "
+            f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation fixed at 0"
+        )
+    coarse_level = levels[plan.coarse.level]
+    candidates = _global_search(backend, plan, coarse_level, opts.candidates, rotate)
+    # 3. refinement -------------------------------------------------------------------------------
     details: dict = {"levels": [], "candidates": []}
     method = opts.method
     ranked: list[_Candidate] = []
     first = plan.refine_levels[0]
     for cand in candidates:
-        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", ITERATIONS[0], r_eff, opts)
+        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", ITERATIONS[0], r_eff, rotate, opts)
         ranked.append(_Candidate(pose, score))
     ranked.sort(key=lambda c: -c.score)
     best = ranked[0]
@@ -119,21 +130,23 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         for c in ranked
     ]
     pose, score = best.pose, best.score
-    edge_pose = pose.copy()
-    edge_score = score
     later = plan.refine_levels[1:]
     for i, index in enumerate(later):
         is_finest = i == len(later) - 1
-        metric = "edge" if method == "edge" or (method == "auto" and not is_finest) else "mi"
+        metric = "mi" if method == "mi" else "edge"
         iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
-        pose, score = _newton(backend, plan, levels[index], pose, metric, iterations, r_eff, opts)
-        if metric == "edge":
-            edge_pose, edge_score = pose.copy(), score
+        pose, score = _newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts)
         details["levels"].append({"level": index, "metric": metric, "score": score})
-    if method != "edge" and (not later or details["levels"][-1]["metric"] != "mi"):
-        # single-level plans: the MI refinement still runs, on the only level there is
-        pose, score = _newton(backend, plan, levels[plan.refine_levels[-1]], pose, "mi", ITERATIONS[-1], r_eff, opts)
     finest = levels[plan.refine_levels[-1]]
+    if method == "mi" and not later:
+        # a single-level plan: the MI refinement still runs, on the only level there is
+        pose, score = _newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
+    mi_gap = None
+    if method == "auto":
+        # cross-check: the MI optimum next to the edge optimum must be the same place
+        mi_pose = _newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts)[0]
+        mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
+        details["mi_check_mm"] = [float(mi_pose[0]), float(mi_pose[1]), math.degrees(mi_pose[2])]
     final_edge = _edge_score(backend, plan, finest, pose)
     if method == "edge":
         reported = final_edge
@@ -149,7 +162,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
             f"+-{opts.max_shift_mm:g} mm (max_shift_mm)"
         )
-    elif opts.estimate_rotation and abs(pose[2]) > max_rot + 1e-9:
+    elif rotate and abs(pose[2]) > max_rot + 1e-9:
         reason = (
             f"optimum rotation {math.degrees(pose[2]):.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg)"
@@ -161,13 +174,13 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
             f"ambiguous: a second optimum at ({runner_up.pose[0]:.1f}, {runner_up.pose[1]:.1f}) mm scores "
             f"{ambiguity:.0%} of the best"
         )
-    elif method == "auto":
-        gap = float(np.hypot(*(pose[:2] - edge_pose[:2])))
-        details["edge_mi_gap_mm"] = gap
-        if gap > opts.agreement_mm:
-            reason = f"edge and mutual-information optima disagree by {gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
+    elif mi_gap is not None and mi_gap > opts.agreement_mm:
+        reason = (
+            f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
+        )
+    details["edge_mi_gap_mm"] = mi_gap
     details["edge_score"] = final_edge
-    details["edge_score_selection"] = edge_score
+    details["edge_score_selection"] = best.score
     details["rotation_radius_mm"] = r_eff
     details["field_effectiveness"] = field.effectiveness
     box_mm = None
@@ -213,11 +226,14 @@ def _wants_field(opts, image: Image) -> bool:  # type: ignore[no-untyped-def]
     return image.info.kind != "drr"
 
 
-def _frame_mask(backend, level: Level, field: FieldEstimate, bins: int) -> None:  # type: ignore[no-untyped-def]
+def _frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bins: int) -> None:  # type: ignore[no-untyped-def]
     """Usable pixels of a level: inside the field, away from its edge, off the border; then bins and features."""
     k = backend.kernels
-    if field.detected:
-        k.threshold_mask(level.image, field.threshold, field.field_is_bright, level.mask)
+    if field.detected and field.mask is not None:
+        # level pixel i is level-0 pixel 2^L i + (2^L - 1)/2, i.e. field-level pixel (that - (2^F - 1)/2) / 2^F
+        scale = 2.0 ** (level.index - field_level)
+        offset = ((2.0**level.index - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level
+        level.mask[...] = backend.asarray(sample_mask(field.mask, scale, offset, level.shape).astype(np.uint8))
         k.erode_box(level.mask, level.erosion_px, level.scratch, level.eroded)
     else:
         level.mask[...] = 1
@@ -283,8 +299,8 @@ def _rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped
     return float(max(np.sqrt(np.mean(x * x + y * y)), 5.0))
 
 
-def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int) -> list[_Candidate]:  # type: ignore[no-untyped-def]
-    """Best distinct (translation, rotation) optima of the edge cross-correlation."""
+def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rotate: bool) -> list[_Candidate]:  # type: ignore[no-untyped-def]
+    """Best distinct (translation, rotation) optima of the edge cross-correlation (rotation 0 only if not ``rotate``)."""
     k = backend.kernels
     cs = plan.coarse
     re = backend.to_host(level.feat_re)
@@ -296,6 +312,10 @@ def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int) ->
     window = surfaces[:, cs.window_rows][:, :, cs.window_cols]  # (K, 2m+1, 2m+1), index m = zero shift
     norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy, 1e-30))
     window = window / norm[:, None, None]
+    thetas = cs.thetas
+    if not rotate:
+        zero = int(np.argmin(np.abs(thetas)))
+        window, thetas = window[zero : zero + 1], thetas[zero : zero + 1]
     m = cs.margin_px
     suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
     work = window.copy()
@@ -308,9 +328,9 @@ def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int) ->
         fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, window[kk, iy, ix], window[kk, iy, ix + 1] if ix < 2 * m else None)
         fy = _parabola(window[kk, iy - 1, ix] if iy > 0 else None, window[kk, iy, ix], window[kk, iy + 1, ix] if iy < 2 * m else None)
         ft = _parabola(window[kk - 1, iy, ix] if kk > 0 else None, window[kk, iy, ix],
-                       window[kk + 1, iy, ix] if kk < len(cs.thetas) - 1 else None)
-        step = cs.thetas[1] - cs.thetas[0] if len(cs.thetas) > 1 else 0.0
-        pose = np.array([(ix - m + fx) * level.spacing[1], (iy - m + fy) * level.spacing[0], cs.thetas[kk] + ft * step])
+                       window[kk + 1, iy, ix] if kk < len(thetas) - 1 else None)
+        step = thetas[1] - thetas[0] if len(thetas) > 1 else 0.0
+        pose = np.array([(ix - m + fx) * level.spacing[1], (iy - m + fy) * level.spacing[0], thetas[kk] + ft * step])
         out.append(_Candidate(pose, peak))
         work[:, max(0, iy - suppress): iy + suppress + 1, max(0, ix - suppress): ix + suppress + 1] = -np.inf
     return out
@@ -351,11 +371,13 @@ def _mi_score(backend, plan: FramePlan, level: Level, pose: np.ndarray, normalis
 
 
 def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str, iterations: int,  # type: ignore[no-untyped-def]
-            r_eff: float, opts) -> tuple[np.ndarray, float]:
+            r_eff: float, rotate: bool, opts) -> tuple[np.ndarray, float]:
     """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score)."""
-    rotate = opts.estimate_rotation
     stencil = STENCIL_3D if rotate else STENCIL_2D
-    step = np.array([level.spacing[1], level.spacing[0], min(level.spacing) / r_eff if rotate else 0.0])
+    # a rotation step moves a typical usable pixel by about one pixel, but never more than MAX_ROTATION_STEP
+    theta_step = min(min(level.spacing) / r_eff, MAX_ROTATION_STEP) if rotate else 0.0
+    step = np.array([level.spacing[1], level.spacing[0], theta_step])
+    theta_limit = math.radians(opts.max_rotation_deg + opts.rotation_step_deg)
     pose = pose.astype(np.float64).copy()
     if not rotate:
         pose[2] = 0.0
@@ -366,6 +388,7 @@ def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: st
         jump, predicted = _quadratic_step(values, dims)
         score = max(float(values[0]), predicted)
         pose = pose + np.concatenate([jump, np.zeros(3 - dims)]) * step
+        pose[2] = float(np.clip(pose[2], -theta_limit, theta_limit))
         if np.max(np.abs(jump)) < 0.02:
             break
     return pose, score

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .backend import Backend, select_backend
 from .errors import ReferencePreparationError
-from .field import NO_FIELD, FieldEstimate, detect_field
+from .field import NO_FIELD, FieldEstimate, detect_field, sample_mask
 from .image import Image
 from .options import RegistrationOptions
 
@@ -34,6 +34,8 @@ __all__ = ["Reference", "FramePlan", "Level", "prepare_reference", "pose_affines
 SEARCH_MARGIN_MM = 5.0
 #: Pixels across the smaller side of the searched region at the coarse level.
 COARSE_MIN_PIXELS = 40
+#: Pixels across the smaller side of the anatomy region at the finest level, at least.
+FINEST_MIN_PIXELS = 48
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
 
@@ -227,10 +229,12 @@ class Reference:
         depth = 0
         while min(shape[0] >> (depth + 1), shape[1] >> (depth + 1)) >= 16:
             depth += 1
-        finest = 0
-        while finest < depth and base * 2**finest < opts.finest_spacing_mm * 0.999:
-            finest += 1
         extent = self._search_extent_mm(shape, spacing)
+        # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region
+        finest_target = min(opts.finest_spacing_mm, extent / FINEST_MIN_PIXELS)
+        finest = 0
+        while finest < depth and base * 2**finest < finest_target * 0.999:
+            finest += 1
         coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
         coarse = finest
         while coarse < depth and base * 2 ** (coarse + 1) <= coarse_target * 1.001:
@@ -286,9 +290,7 @@ class Reference:
         backend, opts = self.backend, self.options
         k = backend.kernels
         ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
-        if self.field.detected:
-            inside = ref_img > self.field.threshold if self.field.field_is_bright else ref_img < self.field.threshold
-            valid &= _erode(inside, level.erosion_px)
+        valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
         if valid.sum() < 16:
             raise ReferencePreparationError(
@@ -317,6 +319,16 @@ class Reference:
         level.feat_im = xp.empty(level.shape, dtype=xp.float32)
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
 
+    def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
+        """Reference pixels on ``level``'s grid that are inside the field and off its edge band."""
+        if not self.field.detected or self.field.mask is None:
+            return np.ones(shape, dtype=bool)
+        # resampled pixel c' is original pixel c' * (s'/s); the field level holds f x f boxes of originals
+        f = self._field_factor
+        step = level.spacing[0] / self.image.spacing_mm[0]
+        inside = sample_mask(self.field.mask, step / f, -(f - 1) / (2 * f), shape)
+        return _erode(inside, level.erosion_px)
+
     def _build_coarse(self, level: Level) -> CoarseSearch:
         """Reference edge spectra on the coarse frame grid, one per candidate rotation."""
         opts = self.options
@@ -331,9 +343,7 @@ class Reference:
         rows, cols = level.shape
         padded = (sp_fft.next_fast_len(rows + 2 * margin), sp_fft.next_fast_len(cols + 2 * margin))
         ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
-        if self.field.detected:
-            inside = ref_img > self.field.threshold if self.field.field_is_bright else ref_img < self.field.threshold
-            valid &= _erode(inside, level.erosion_px)
+        valid &= self._field_valid(ref_img.shape, level)
         # the extended grid: pixel (u, v) is coarse frame pixel (u - margin, v - margin)
         shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
         ext_shape = (rows + 2 * margin, cols + 2 * margin)

