@@ -238,8 +238,8 @@ def _frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, b
     else:
         level.mask[...] = 1
         k.erode_box(level.mask, 1, level.scratch, level.eroded)
-    lo, hi, count = k.masked_range(level.image, level.eroded, 0.005, 0.995)
-    level.usable = int(count)
+    level.usable = int(k.pixel_list(level.eroded, level.pixel_rows, level.pixel_cols))
+    lo, hi, _ = k.masked_range(level.image, level.eroded, 0.005, 0.995)
     level.range = (float(lo), float(hi))
     if hi <= lo:
         hi = lo + 1.0
@@ -353,11 +353,12 @@ def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric:
     affines = backend.asarray(level.affines(poses))
     if metric == "mi":
         hist = plan.hist[:n]
-        k.joint_histograms(level.bins, level.ref_bins, affines, hist)
+        k.joint_histograms(level.pixel_rows, level.pixel_cols, level.usable, level.bins, level.ref_bins, affines, hist)
         k.mutual_information(hist, normalised, plan.mi_out[:n])
         return backend.to_host(plan.mi_out[:n]).copy()
     rot = backend.asarray(np.stack([np.cos(2 * poses[:, 2]), np.sin(2 * poses[:, 2])], axis=1))
-    k.gradient_correlation(level.feat_re, level.feat_im, level.ref_re, level.ref_im, affines, rot, plan.edge_out[:n])
+    k.gradient_correlation(level.pixel_rows, level.pixel_cols, level.usable, level.feat_re, level.feat_im, level.ref_re,
+                           level.ref_im, affines, rot, plan.edge_out[:n])
     sums = backend.to_host(plan.edge_out[:n])
     return sums[:, 0] / np.sqrt(np.maximum(sums[:, 1] * sums[:, 2], 1e-30))
 

@@ -99,6 +99,8 @@ class Level:
     feat_re: Any = None
     feat_im: Any = None
     row_sums: Any = None
+    pixel_rows: Any = None
+    pixel_cols: Any = None
     # per-frame statistics
     usable: int = 0
     range: tuple[float, float] = (0.0, 1.0)
@@ -318,6 +320,8 @@ class Reference:
         level.feat_re = xp.empty(level.shape, dtype=xp.float32)
         level.feat_im = xp.empty(level.shape, dtype=xp.float32)
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
+        level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
+        level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
 
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
         """Reference pixels on ``level``'s grid that are inside the field and off its edge band."""

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from .correlation import correlation_surfaces, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
-from .mask import erode_box, masked_range, threshold_mask
+from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
 from .pyramid import downsample2, downsample2_mask
 from .warp import warp_bilinear
@@ -27,6 +27,7 @@ __all__ = [
     "masked_range",
     "mutual_information",
     "orientation_features",
+    "pixel_list",
     "quantize",
     "threshold_mask",
     "warp_bilinear",

@@ -26,6 +26,9 @@ __all__ = ["gradient_correlation"]
 
 @njit(parallel=True, cache=True)
 def gradient_correlation(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    count: int,
     frame_re: np.ndarray,
     frame_im: np.ndarray,
     ref_re: np.ndarray,
@@ -38,6 +41,10 @@ def gradient_correlation(
 
     Parameters
     ----------
+    rows, cols : int32[>= count]
+        The usable frame pixels, row-major (see ``mask.pixel_list``); only these are visited.
+    count : int
+        Entries of ``rows``/``cols`` in use.
     frame_re, frame_im : float32[rows, cols]
         Frame features (zero where masked).
     ref_re, ref_im : float32[ref_rows, ref_cols]
@@ -50,7 +57,6 @@ def gradient_correlation(
         Overwritten.
     """
     n_pose = affines.shape[0]
-    rows, cols = frame_re.shape
     ref_rows, ref_cols = ref_re.shape
     for k in prange(n_pose):
         a00 = affines[k, 0, 0]
@@ -64,46 +70,35 @@ def gradient_correlation(
         s_fr = 0.0
         s_ff = 0.0
         s_rr = 0.0
-        for i in range(rows):
-            x_row = a01 * i + a02
-            y_row = a11 * i + a12
-            for j in range(cols):
-                fr = frame_re[i, j]
-                fi = frame_im[i, j]
-                if fr == 0.0 and fi == 0.0:
-                    continue
-                s_ff += fr * fr + fi * fi
-                x = a00 * j + x_row
-                y = a10 * j + y_row
-                if x < 0.0 or y < 0.0:
-                    continue
-                c0 = int(x)
-                r0 = int(y)
-                if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
-                    continue
-                wx = x - c0
-                wy = y - r0
-                w00 = (1.0 - wx) * (1.0 - wy)
-                w01 = wx * (1.0 - wy)
-                w10 = (1.0 - wx) * wy
-                w11 = wx * wy
-                rr = (
-                    w00 * ref_re[r0, c0]
-                    + w01 * ref_re[r0, c0 + 1]
-                    + w10 * ref_re[r0 + 1, c0]
-                    + w11 * ref_re[r0 + 1, c0 + 1]
-                )
-                ri = (
-                    w00 * ref_im[r0, c0]
-                    + w01 * ref_im[r0, c0 + 1]
-                    + w10 * ref_im[r0 + 1, c0]
-                    + w11 * ref_im[r0 + 1, c0 + 1]
-                )
-                # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
-                tr = c2 * rr - s2 * ri
-                ti = s2 * rr + c2 * ri
-                s_fr += fr * tr + fi * ti
-                s_rr += tr * tr + ti * ti
+        for t in range(count):
+            i = rows[t]
+            j = cols[t]
+            fr = frame_re[i, j]
+            fi = frame_im[i, j]
+            if fr == 0.0 and fi == 0.0:
+                continue
+            s_ff += fr * fr + fi * fi
+            x = a00 * j + a01 * i + a02
+            y = a10 * j + a11 * i + a12
+            if x < 0.0 or y < 0.0:
+                continue
+            c0 = int(x)
+            r0 = int(y)
+            if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+                continue
+            wx = x - c0
+            wy = y - r0
+            w00 = (1.0 - wx) * (1.0 - wy)
+            w01 = wx * (1.0 - wy)
+            w10 = (1.0 - wx) * wy
+            w11 = wx * wy
+            rr = w00 * ref_re[r0, c0] + w01 * ref_re[r0, c0 + 1] + w10 * ref_re[r0 + 1, c0] + w11 * ref_re[r0 + 1, c0 + 1]
+            ri = w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0] + w11 * ref_im[r0 + 1, c0 + 1]
+            # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
+            tr = c2 * rr - s2 * ri
+            ti = s2 * rr + c2 * ri
+            s_fr += fr * tr + fi * ti
+            s_rr += tr * tr + ti * ti
         out[k, 0] = s_fr
         out[k, 1] = s_ff
         out[k, 2] = s_rr

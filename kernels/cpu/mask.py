@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["threshold_mask", "erode_box", "masked_range"]
+__all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
 
 
 @njit(parallel=True, cache=True)
@@ -112,3 +112,23 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
             q_high = lo + (b + 1) / scale
             break
     return q_low, q_high, count
+
+
+@njit(cache=True)
+def pixel_list(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> int:  # pragma: no cover - compiled
+    """Write the coordinates of the pixels where ``mask != 0`` into ``rows``/``cols``; return their count.
+
+    Row-major order, so every metric visits pixels in the same order whatever
+    the thread count. The metric kernels then skip the unusable pixels (outside
+    the field, in its edge band) without even reading them: a field usually
+    covers a small part of the imager.
+    """
+    n_rows, n_cols = mask.shape
+    count = 0
+    for i in range(n_rows):
+        for j in range(n_cols):
+            if mask[i, j] != 0:
+                rows[count] = i
+                cols[count] = j
+                count += 1
+    return count

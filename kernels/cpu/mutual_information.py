@@ -53,15 +53,20 @@ def quantize(
 
 @njit(parallel=True, cache=True)
 def joint_histograms(
-    frame_bins: np.ndarray, ref_bins: np.ndarray, affines: np.ndarray, out: np.ndarray
+    rows: np.ndarray, cols: np.ndarray, count: int, frame_bins: np.ndarray, ref_bins: np.ndarray,
+    affines: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """Fill ``out[k, frame_bin, ref_bin]`` with partial-volume counts for each pose ``k``.
 
     Parameters
     ----------
+    rows, cols : int32[>= count]
+        The usable frame pixels (see :func:`portalign.kernels.cpu.mask.pixel_list`), in
+        row-major order; only these are visited.
+    count : int
+        Number of entries of ``rows``/``cols`` in use.
     frame_bins : int16[rows, cols]
-        Frame bins, ``-1`` for pixels that must not be used (outside the field, in
-        the field-edge band).
+        Frame bins (``-1`` pixels are skipped even if listed).
     ref_bins : int16[ref_rows, ref_cols]
         Reference bins, ``-1`` where the reference is not valid.
     affines : float64[K, 2, 3]
@@ -71,7 +76,6 @@ def joint_histograms(
         are valid, so each counted pixel adds exactly ``PV_ONE``.
     """
     n_pose = affines.shape[0]
-    rows, cols = frame_bins.shape
     ref_rows, ref_cols = ref_bins.shape
     for k in prange(n_pose):
         hist = out[k]
@@ -82,33 +86,32 @@ def joint_histograms(
         a10 = affines[k, 1, 0]
         a11 = affines[k, 1, 1]
         a12 = affines[k, 1, 2]
-        for i in range(rows):
-            x_row = a01 * i + a02
-            y_row = a11 * i + a12
-            for j in range(cols):
-                fb = frame_bins[i, j]
-                if fb < 0:
-                    continue
-                x = a00 * j + x_row
-                y = a10 * j + y_row
-                if x < 0.0 or y < 0.0:
-                    continue
-                c0 = int(x)
-                r0 = int(y)
-                if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
-                    continue
-                b00 = ref_bins[r0, c0]
-                b01 = ref_bins[r0, c0 + 1]
-                b10 = ref_bins[r0 + 1, c0]
-                b11 = ref_bins[r0 + 1, c0 + 1]
-                if b00 < 0 or b01 < 0 or b10 < 0 or b11 < 0:
-                    continue
-                qx = int((x - c0) * 256.0)
-                qy = int((y - r0) * 256.0)
-                hist[fb, b00] += (256 - qx) * (256 - qy)
-                hist[fb, b01] += qx * (256 - qy)
-                hist[fb, b10] += (256 - qx) * qy
-                hist[fb, b11] += qx * qy
+        for t in range(count):
+            i = rows[t]
+            j = cols[t]
+            fb = frame_bins[i, j]
+            if fb < 0:
+                continue
+            x = a00 * j + a01 * i + a02
+            y = a10 * j + a11 * i + a12
+            if x < 0.0 or y < 0.0:
+                continue
+            c0 = int(x)
+            r0 = int(y)
+            if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+                continue
+            b00 = ref_bins[r0, c0]
+            b01 = ref_bins[r0, c0 + 1]
+            b10 = ref_bins[r0 + 1, c0]
+            b11 = ref_bins[r0 + 1, c0 + 1]
+            if b00 < 0 or b01 < 0 or b10 < 0 or b11 < 0:
+                continue
+            qx = int((x - c0) * 256.0)
+            qy = int((y - r0) * 256.0)
+            hist[fb, b00] += (256 - qx) * (256 - qy)
+            hist[fb, b01] += qx * (256 - qy)
+            hist[fb, b10] += (256 - qx) * qy
+            hist[fb, b11] += qx * qy
 
 
 @njit(cache=True)

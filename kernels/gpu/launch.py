@@ -1,0 +1,129 @@
+"""Launch settings and host-side helpers shared by the CUDA kernels.
+
+Every GPU kernel runs a grid-stride loop over its pixels (or poses x pixels),
+so the launch shape below changes the speed, never the result. Tests patch
+``THREADS_PER_BLOCK`` and ``MAX_BLOCKS`` small (STUMPY patches 10) so that
+multi-block, multi-stride and chunk-flush paths really run in numba's CUDA
+simulator, where a block of 256 Python threads would take minutes.
+
+The settings are read by the Python wrappers at call time and passed to the
+kernels as launch dimensions or arguments: numba freezes module globals when it
+compiles a kernel, so a kernel must never read them itself.
+
+Array module: under the simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels take host
+numpy arrays, so the GPU backend's arrays are numpy; on a device they are CuPy
+arrays, handed to numba through ``__cuda_array_interface__`` without a stream
+synchronisation (both libraries queue on the legacy default stream, which
+keeps the order).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+from numba import config, cuda
+
+__all__ = [
+    "THREADS_PER_BLOCK",
+    "MAX_BLOCKS",
+    "PIXELS_PER_THREAD",
+    "REDUCE_MAX_THREADS",
+    "SHARED_HISTOGRAM_MAX_BYTES",
+    "simulator_enabled",
+    "array_module",
+    "device_arg",
+    "to_host",
+    "threads_per_block",
+    "blocks_for",
+    "scratch",
+]
+
+#: Threads per block of every kernel (at most ``REDUCE_MAX_THREADS``). Tests patch it small.
+THREADS_PER_BLOCK = 256
+#: Largest grid (blocks along x); kernels stride over what does not fit. Tests patch it small.
+MAX_BLOCKS = 1024
+#: Pixels each thread handles per block-sized chunk of the pose kernels (joint histogram, edge sums).
+PIXELS_PER_THREAD = 16
+#: Size of the static shared-memory reduction buffers; ``THREADS_PER_BLOCK`` may not exceed it.
+REDUCE_MAX_THREADS = 256
+#: A privatised (per-block) joint histogram larger than this falls back to global atomics.
+SHARED_HISTOGRAM_MAX_BYTES = 48 * 1024
+
+_scratch = threading.local()
+
+
+def simulator_enabled() -> bool:
+    """Return True when numba runs CUDA kernels in its Python simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return bool(config.ENABLE_CUDASIM)
+
+
+def array_module() -> Any:
+    """Return the array module of GPU-backend arrays: numpy under the simulator, CuPy on a device.
+
+    Raises
+    ------
+    ImportError
+        On a device without CuPy (``pip install portalign[gpu]``).
+    """
+    if simulator_enabled():
+        return np
+    import cupy
+
+    return cupy
+
+
+def device_arg(array: Any) -> Any:
+    """Return ``array`` in the form a numba kernel launch takes without a hidden synchronisation.
+
+    numpy arrays go as they are (the simulator uses them in place; on a device
+    numba copies them in and out, which is correct but slow). CuPy arrays become
+    numba device views with ``sync=False``: numba would otherwise synchronise on
+    the exporting stream at every launch.
+    """
+    if simulator_enabled() or isinstance(array, np.ndarray):
+        return array
+    return cuda.as_cuda_array(array, sync=False)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """Return a numpy array with the contents of a numpy, CuPy or numba device array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "copy_to_host"):
+        return array.copy_to_host()
+    return array.get()
+
+
+def threads_per_block() -> int:
+    """Return the validated ``THREADS_PER_BLOCK`` setting."""
+    tpb = int(THREADS_PER_BLOCK)
+    if not 1 <= tpb <= REDUCE_MAX_THREADS:
+        raise ValueError(
+            f"portalign.kernels.gpu.launch.THREADS_PER_BLOCK must be within 1..{REDUCE_MAX_THREADS}; got {tpb}"
+        )
+    return tpb
+
+
+def blocks_for(n_items: int, items_per_block: int) -> int:
+    """Return the number of blocks for ``n_items`` (at least 1, at most ``MAX_BLOCKS``)."""
+    return max(1, min(int(math.ceil(n_items / items_per_block)), int(MAX_BLOCKS)))
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Return a reusable per-thread device buffer ``name`` of ``shape`` and ``dtype`` (contents undefined).
+
+    One buffer per calling thread: two host threads queue kernels on the same
+    stream, so a buffer shared between them could be overwritten between the
+    kernel that fills it and the one that reads it.
+    """
+    cache = getattr(_scratch, "buffers", None)
+    if cache is None:
+        cache = _scratch.buffers = {}
+    key = (name, tuple(shape), np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None:
+        buf = cache[key] = array_module().empty(shape, dtype=dtype)
+    return buf

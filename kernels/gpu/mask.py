@@ -1,0 +1,217 @@
+"""Masks and intensity statistics on the per-frame path (numba.cuda), twin of :mod:`portalign.kernels.cpu.mask`.
+
+``threshold_mask`` and ``erode_box`` are bit-identical to the CPU: the erosion
+is the same separable square (a row pass into ``scratch``, then a column pass),
+but each thread scans its own window instead of keeping a running count, which
+is O(N r) work in exchange for one thread per pixel.
+
+``masked_range`` runs two kernels (masked min/max/count, then a 4096-bin
+histogram privatised in shared memory and merged with integer atomics) and
+reads the histogram back to finish the quantile scan on the host: one
+device-to-host copy, and the same ``(low, high, count)`` as the CPU, bit for bit
+(min, max and integer counts do not depend on the order of the atomics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+from . import launch
+
+__all__ = ["threshold_mask", "erode_box", "masked_range"]
+
+#: Bins of the quantile histogram (the CPU kernel's resolution).
+RANGE_BINS = 4096
+
+
+@cuda.jit
+def _threshold_mask(image, threshold, above, out):  # pragma: no cover - compiled
+    rows, cols = image.shape
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        v = float(image[i, j])  # the CPU compares in float64
+        if above:
+            out[i, j] = 1 if v > threshold else 0
+        else:
+            out[i, j] = 1 if v < threshold else 0
+
+
+@cuda.jit
+def _erode_rows(mask, r, scratch):  # pragma: no cover - compiled
+    rows, cols = mask.shape
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        keep = 1
+        if j - r < 0 or j + r >= cols:
+            keep = 0
+        else:
+            for jj in range(j - r, j + r + 1):
+                if mask[i, jj] == 0:
+                    keep = 0
+                    break
+        scratch[i, j] = keep
+
+
+@cuda.jit
+def _erode_cols(scratch, r, out):  # pragma: no cover - compiled
+    rows, cols = scratch.shape
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        keep = 1
+        if i - r < 0 or i + r >= rows:
+            keep = 0
+        else:
+            for ii in range(i - r, i + r + 1):
+                if scratch[ii, j] == 0:
+                    keep = 0
+                    break
+        out[i, j] = keep
+
+
+@cuda.jit
+def _range_init(extrema, hist):  # pragma: no cover - compiled
+    t = cuda.grid(1)
+    if t == 0:
+        extrema[0] = np.inf
+        extrema[1] = -np.inf
+    for b in range(t, hist.shape[0], cuda.gridsize(1)):
+        hist[b] = 0
+
+
+@cuda.jit
+def _range_extrema(image, mask, extrema, hist):  # pragma: no cover - compiled
+    # extrema[0], extrema[1]: masked min and max (float64 of float32 values); hist[RANGE_BINS]: count
+    block = cuda.shared.array(2, dtype=np.float64)
+    block_count = cuda.shared.array(1, dtype=np.int64)
+    t = cuda.threadIdx.x
+    if t == 0:
+        block[0] = np.inf
+        block[1] = -np.inf
+        block_count[0] = 0
+    cuda.syncthreads()
+    rows, cols = image.shape
+    lo = np.inf
+    hi = -np.inf
+    count = 0
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        if mask[i, j] != 0:
+            v = float(image[i, j])
+            count += 1
+            lo = min(lo, v)
+            hi = max(hi, v)
+    if count > 0:
+        cuda.atomic.min(block, 0, lo)
+        cuda.atomic.max(block, 1, hi)
+        cuda.atomic.add(block_count, 0, count)
+    cuda.syncthreads()
+    if t == 0 and block_count[0] > 0:
+        cuda.atomic.min(extrema, 0, block[0])
+        cuda.atomic.max(extrema, 1, block[1])
+        cuda.atomic.add(hist, hist.shape[0] - 1, block_count[0])
+
+
+@cuda.jit
+def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
+    local = cuda.shared.array(4096, dtype=np.int32)  # RANGE_BINS; a block counts < 2**31 pixels
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    n_bins = hist.shape[0] - 1
+    lo = extrema[0]
+    hi = extrema[1]
+    if hist[n_bins] == 0 or hi <= lo:
+        return  # uniform across the block: no thread reaches a syncthreads
+    scale = n_bins / (hi - lo)
+    for b in range(t, n_bins, nt):
+        local[b] = 0
+    cuda.syncthreads()
+    rows, cols = image.shape
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        if mask[i, j] != 0:
+            b = int((float(image[i, j]) - lo) * scale)
+            cuda.atomic.add(local, min(b, n_bins - 1), np.int32(1))
+    cuda.syncthreads()
+    for b in range(t, n_bins, nt):
+        c = local[b]
+        if c != 0:
+            cuda.atomic.add(hist, b, np.int64(c))
+
+
+def threshold_mask(image: Any, threshold: float, above: bool, out: Any) -> None:
+    """Write 1 where ``image > threshold`` (``above``) or ``image < threshold`` (not ``above``), else 0."""
+    n = image.shape[0] * image.shape[1]
+    if n == 0:
+        return
+    tpb = launch.threads_per_block()
+    _threshold_mask[launch.blocks_for(n, tpb), tpb](
+        launch.device_arg(image), float(threshold), bool(above), launch.device_arg(out)
+    )
+
+
+def erode_box(mask: Any, radius: int, scratch: Any, out: Any) -> None:
+    """Write into ``out`` the erosion of ``mask`` by a ``(2r+1)^2`` square; outside the image counts as 0.
+
+    ``scratch`` (uint8, same shape) holds the row pass. ``radius`` must not be negative.
+    """
+    n = mask.shape[0] * mask.shape[1]
+    if n == 0:
+        return
+    if radius < 0:
+        raise ValueError(f"erode_box: radius must not be negative; got {radius}")
+    tpb = launch.threads_per_block()
+    blocks = launch.blocks_for(n, tpb)
+    scratch_d = launch.device_arg(scratch)
+    _erode_rows[blocks, tpb](launch.device_arg(mask), int(radius), scratch_d)
+    _erode_cols[blocks, tpb](scratch_d, int(radius), launch.device_arg(out))
+
+
+def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: float) -> tuple:
+    """Return ``(low, high, count)``: the given quantiles of the masked pixels (host floats and int).
+
+    Same definition as the CPU kernel: quantiles from a 4096-bin histogram between
+    the masked minimum and maximum; with no masked pixel ``(0.0, 0.0, 0)``.
+    """
+    n = image.shape[0] * image.shape[1]
+    if n == 0:
+        return 0.0, 0.0, 0
+    tpb = launch.threads_per_block()
+    blocks = launch.blocks_for(n, tpb)
+    extrema = launch.scratch("range_extrema", (2,), np.float64)
+    hist = launch.scratch("range_hist", (RANGE_BINS + 1,), np.int64)  # last entry: masked count
+    image_d, mask_d = launch.device_arg(image), launch.device_arg(mask)
+    extrema_d, hist_d = launch.device_arg(extrema), launch.device_arg(hist)
+    _range_init[launch.blocks_for(RANGE_BINS + 1, tpb), tpb](extrema_d, hist_d)
+    _range_extrema[blocks, tpb](image_d, mask_d, extrema_d, hist_d)
+    _range_histogram[blocks, tpb](image_d, mask_d, extrema_d, hist_d)
+    counts = launch.to_host(hist)
+    lo, hi = (float(v) for v in launch.to_host(extrema))
+    count = int(counts[RANGE_BINS])
+    if count == 0:
+        return 0.0, 0.0, 0
+    if hi <= lo:
+        return lo, hi, count
+    return _quantiles(counts[:RANGE_BINS], lo, hi, count, float(low_fraction), float(high_fraction))
+
+
+def _quantiles(hist: np.ndarray, lo: float, hi: float, count: int, low_fraction: float,
+               high_fraction: float) -> tuple:
+    """Run the CPU kernel's cumulative scan, vectorised: first bins past the wanted counts."""
+    scale = RANGE_BINS / (hi - lo)
+    seen = np.cumsum(hist)
+    want_low = low_fraction * count
+    want_high = high_fraction * count
+    past_high = np.flatnonzero(seen >= want_high)
+    stop = int(past_high[0]) if past_high.size else RANGE_BINS - 1
+    q_high = lo + (stop + 1) / scale if past_high.size else hi
+    past_low = np.flatnonzero(seen[: stop + 1] > want_low)
+    q_low = lo + int(past_low[0]) / scale if past_low.size else lo
+    return q_low, q_high, count
