@@ -65,7 +65,9 @@ class CTVolume:
         name = self.source
         hu = np.asarray(self.hu)
         if hu.ndim != 3 or min(hu.shape) < 2:
-            raise PortalImageError(f"{name}: a CT volume needs a 3-D array with at least 2 voxels per axis, got shape {hu.shape}")
+            raise PortalImageError(
+                f"{name}: a CT volume needs a 3-D array with at least 2 voxels per axis, got shape {hu.shape}"
+            )
         if not np.issubdtype(hu.dtype, np.number) or np.iscomplexobj(hu):
             raise PortalImageError(f"{name}: CT values must be real numbers, got dtype {hu.dtype}")
         hu = np.ascontiguousarray(hu, dtype=np.float32)
@@ -110,15 +112,19 @@ class CTVolume:
             Same patient position and identity; spacing multiplied by the factor
             and the origin moved to the centre of the first block.
         """
-        factors = (factor,) * 3 if np.ndim(factor) == 0 else tuple(factor)  # type: ignore[arg-type]
+        factors: tuple[Any, ...] = (factor,) * 3 if np.ndim(factor) == 0 else tuple(factor)  # type: ignore[arg-type]
         if len(factors) != 3 or not all(int(f) == f and f >= 1 for f in factors):
-            raise GeometryError(f"{self.source}: downsampling factor must be a positive integer or three, got {factor!r}")
+            raise GeometryError(
+                f"{self.source}: downsampling factor must be a positive integer or three, got {factor!r}"
+            )
         fz, fy, fx = (int(f) for f in factors)
         if (fz, fy, fx) == (1, 1, 1):
             return self
-        nz, ny, nx = (n // f for n, f in zip(self.shape, (fz, fy, fx)))
+        nz, ny, nx = (n // f for n, f in zip(self.shape, (fz, fy, fx), strict=True))
         if min(nz, ny, nx) < 2:
-            raise GeometryError(f"{self.source}: a factor of {factor!r} leaves fewer than 2 voxels on an axis of {self.shape}")
+            raise GeometryError(
+                f"{self.source}: a factor of {factor!r} leaves fewer than 2 voxels on an axis of {self.shape}"
+            )
         blocks = self.hu[: nz * fz, : ny * fy, : nx * fx].reshape(nz, fz, ny, fy, nx, fx)
         hu = blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
         sz, sy, sx = self.spacing_mm
@@ -137,9 +143,10 @@ class CTVolume:
 def read_ct_series(folder: str | Path, *, series_uid: str | None = None) -> CTVolume:
     """Read an axial CT series (one DICOM file per slice) from a folder.
 
-    Files that are not DICOM, and DICOM objects that are not CT images (RT
-    structure sets, plans, doses next to the CT), are skipped; the folder must
-    then hold exactly one CT series, or ``series_uid`` must name one.
+    Files that are not DICOM, DICOM objects that are not CT images (RT
+    structure sets, plans, doses next to the CT) and CT localizers (scouts)
+    are skipped; the folder must then hold exactly one CT series, or
+    ``series_uid`` must name one.
 
     Parameters
     ----------
@@ -180,9 +187,14 @@ def read_ct_series(folder: str | Path, *, series_uid: str | None = None) -> CTVo
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class == _ENHANCED_CT_STORAGE:
-            raise PortalImageError(f"{path}: multi-frame (Enhanced) CT is not supported; export the series as one file per slice")
+            raise PortalImageError(
+                f"{path}: multi-frame (Enhanced) CT is not supported; export the series as one file per slice"
+            )
         if sop_class != _CT_IMAGE_STORAGE and not (ds.get("Modality") == "CT" and "Rows" in ds):
             other[str(ds.get("Modality", "") or sop_class or "unknown")] += 1
+            continue
+        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+            other["CT localizer"] += 1  # a scout/topogram saved in the series is not a slice
             continue
         headers.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
 
@@ -196,7 +208,9 @@ def read_ct_series(folder: str | Path, *, series_uid: str | None = None) -> CTVo
                                "point read_ct_series at the folder of the CT series")
     if series_uid is not None:
         if series_uid not in headers:
-            raise PortalImageError(f"{folder}: no CT series with SeriesInstanceUID {series_uid}; found {_list_series(headers)}")
+            raise PortalImageError(
+                f"{folder}: no CT series with SeriesInstanceUID {series_uid}; found {_list_series(headers)}"
+            )
         slices = headers[series_uid]
     elif len(headers) > 1:
         raise PortalImageError(f"{folder}: holds {len(headers)} CT series ({_list_series(headers)}); "
@@ -229,7 +243,9 @@ def _assemble(folder: Path, series_uid: str, slices: list[tuple[Path, Any]]) -> 
             raise PortalImageError(f"{path}: slice is {ds.Rows}x{ds.Columns}, {first_path.name} is {rows}x{cols}; "
                                    "the series mixes image sizes")
         if not np.allclose([float(v) for v in ds.PixelSpacing], spacing, atol=1e-4):
-            raise PortalImageError(f"{path}: PixelSpacing differs from {first_path.name}; the series mixes reconstructions")
+            raise PortalImageError(
+                f"{path}: PixelSpacing differs from {first_path.name}; the series mixes reconstructions"
+            )
         if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=_AXIS_TOLERANCE):
             raise PortalImageError(f"{path}: ImageOrientationPatient differs from {first_path.name}")
 

@@ -10,7 +10,8 @@ into two classes; the class that occupies most of the image border is
 "outside". A field is accepted only when the split is clean (Otsu's
 effectiveness ``sigma_between^2 / sigma_total^2`` high, as for a two-level
 image) and the outside really surrounds it; anatomy alone (a DRR, an open
-frame larger than the imager) does not pass. The result is a threshold and a
+frame larger than the imager) does not pass, nor does a split into many
+pieces (stripes, bones): an aperture is one connected region. The result is a threshold and a
 polarity that every pyramid level can apply, plus the field's bounding box.
 """
 
@@ -29,6 +30,8 @@ MIN_EFFECTIVENESS = 0.72
 MIN_BORDER_OUTSIDE = 0.6
 #: Field area as a fraction of the image (a 1 cm SRS cone on a 40 cm imager is 0.06 %).
 FIELD_AREA = (0.0005, 0.95)
+#: Share of the field pixels its largest connected part must hold.
+MIN_LARGEST_PART = 0.9
 #: Fewest pixels a detected field may have on the detection level.
 MIN_FIELD_PIXELS = 12
 
@@ -96,6 +99,13 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
         or field.sum() < MIN_FIELD_PIXELS
     ):
         return FieldEstimate(detected=False, effectiveness=effectiveness)
+    # one aperture: the largest connected part must hold nearly all of the field (stripes, bones fail)
+    labels, count = ndimage.label(field)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        if sizes.max() < MIN_LARGEST_PART * sizes.sum():
+            return FieldEstimate(detected=False, effectiveness=effectiveness)
+        field = labels == (int(np.argmax(sizes)) + 1)
     # anatomy darker than the threshold inside the field (bone in MV, a ball bearing) is still field
     field = ndimage.binary_fill_holes(field)
     rows = np.flatnonzero(field.any(axis=1))

@@ -241,6 +241,11 @@ def render_drr(
         raise GeometryError(f"need 0 < sad_mm <= sid_mm, got sad_mm={sad_mm!r}, sid_mm={sid_mm!r}")
     if not (np.isfinite(noise) and noise >= 0):
         raise GeometryError(f"noise must be a non-negative relative standard deviation, got {noise!r}")
+    if not (np.isfinite(blur_mm) and blur_mm >= 0):
+        raise GeometryError(f"blur_mm must be a non-negative number of mm, got {blur_mm!r}")
+    step = 0.5 * min(ct.spacing_mm) if step_mm is None else float(step_mm)
+    if not (np.isfinite(step) and step > 0):
+        raise GeometryError(f"step_mm must be a positive number of mm, got {step_mm!r}")
     if field_mm is not None and model.name != "mv":
         raise GeometryError("field_mm collimates a portal image: use it with energy='mv' (a DRR is not collimated)")
     position = (patient_position or ct.patient_position).strip().upper()
@@ -258,7 +263,7 @@ def render_drr(
     # the kernel's interpolant then fades to zero at the faces and rays skip the empty air.
     mu = attenuation_from_hu(ct.hu, model.name)
     spacing_zyx = np.array(ct.spacing_mm, dtype=np.float64)
-    mu, origin_xyz = _crop_to_content(mu, np.array(ct.origin_mm), spacing_zyx)
+    volume, origin_xyz = _crop_to_content(mu, np.array(ct.origin_mm), spacing_zyx)
 
     # Beam geometry in IEC fixed coordinates (isocentre at 0), then into the volume frame.
     ex, ey, towards_source = _beam_axes(gantry_deg)
@@ -276,12 +281,9 @@ def render_drr(
     def vector(v: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((to_lps @ v)[::-1])
 
-    step = 0.5 * float(spacing_zyx.min()) if step_mm is None else float(step_mm)
-    if not (np.isfinite(step) and step > 0):
-        raise GeometryError(f"step_mm must be a positive number of mm, got {step_mm!r}")
     integral = np.zeros((rows, cols), dtype=np.float32)
-    if mu is not None:
-        project_cone_beam(mu, spacing_zyx, point(source), point(pixel00), vector(pitch_col * ex),
+    if volume is not None:
+        project_cone_beam(volume, spacing_zyx, point(source), point(pixel00), vector(pitch_col * ex),
                           vector(pitch_row * ey), step, integral)
 
     spacing_iso = (pitch_row * sad / sid, pitch_col * sad / sid)
@@ -302,7 +304,6 @@ def render_drr(
         source=f"simulated {model.name} image of {ct.source}",
         modality="RTIMAGE",
         kind="drr" if model.name == "kv" else "portal",
-        series_instance_uid=ct.series_instance_uid,
         frame_of_reference_uid=ct.frame_of_reference_uid,
         gantry_deg=float(gantry_deg),
         collimator_deg=0.0,
@@ -313,6 +314,7 @@ def render_drr(
         patient_position=position,
         extra={
             "energy": model.name,
+            "ct_series_instance_uid": ct.series_instance_uid,
             "isocentre_mm": tuple(float(v) for v in iso),
             "couch_shift_mm": tuple(float(v) for v in shift),
             "patient_rotation_deg": tuple(float(v) for v in patient_rotation_deg),
@@ -426,7 +428,9 @@ def _attenuation(energy: str) -> Attenuation:
 def _shape(detector_shape: tuple[int, int]) -> tuple[int, int]:
     rows, cols = (int(n) for n in detector_shape)
     if rows < 8 or cols < 8 or (rows, cols) != tuple(detector_shape):
-        raise GeometryError(f"detector_shape must be two integers (rows, cols), each at least 8, got {detector_shape!r}")
+        raise GeometryError(
+            f"detector_shape must be two integers (rows, cols), each at least 8, got {detector_shape!r}"
+        )
     return rows, cols
 
 
@@ -467,7 +471,9 @@ def _euler_angles(rotation: np.ndarray) -> tuple[float, float, float]:
     return math.degrees(a), math.degrees(b), math.degrees(c)
 
 
-def _crop_to_content(mu: np.ndarray, origin_xyz: np.ndarray, spacing_zyx: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+def _crop_to_content(
+    mu: np.ndarray, origin_xyz: np.ndarray, spacing_zyx: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Crop to the non-zero voxels and pad one zero voxel on each face; returns (volume, origin x, y, z)."""
     lows, highs = [], []
     for axis in range(3):
@@ -491,7 +497,9 @@ def _jaw_transmission_map(rows: int, cols: int, spacing_iso: tuple[float, float]
     if not (x1 < x2 and y1 < y2):
         raise GeometryError(f"field_mm must be (x1, x2, y1, y2) with x1 < x2 and y1 < y2, got {field_mm!r}")
     if not (penumbra_mm > 0 and 0 <= transmission < 1):
-        raise GeometryError(f"need penumbra_mm > 0 and 0 <= jaw_transmission < 1, got {penumbra_mm!r}, {transmission!r}")
+        raise GeometryError(
+            f"need penumbra_mm > 0 and 0 <= jaw_transmission < 1, got {penumbra_mm!r}, {transmission!r}"
+        )
     scale = math.sqrt(2.0) * penumbra_mm / _PENUMBRA_PER_SIGMA
     x = (np.arange(cols) - (cols - 1) / 2.0) * spacing_iso[1]
     yb = -(np.arange(rows) - (rows - 1) / 2.0) * spacing_iso[0]  # image +y is -Yb

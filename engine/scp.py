@@ -1,0 +1,388 @@
+"""DICOM receiver: a C-STORE SCP that registers every RT Image it receives.
+
+``portalign scp --port 11112 --results results.jsonl [--reference REF.dcm]``
+listens for RT Image Storage; for each received instance it
+
+1. decodes it (every frame of a multi-frame cine image); an instance that
+   cannot be decoded gets an error C-STORE status (``0xC210``, "cannot
+   understand") with an ``ErrorComment`` saying why, and an error line;
+2. keeps it as the reference of its beam when it *is* a reference (see
+   :func:`is_reference`): a DRR, or an image whose ImageType or RTImageLabel
+   says reference/DRR; the beam is the pair (ReferencedRTPlanSequence[0]
+   .ReferencedSOPInstanceUID, ReferencedBeamNumber);
+3. otherwise registers each frame against the reference of the same beam,
+   received earlier, or else against the configured ``--reference``; the beam's
+   own reference wins when both exist;
+4. appends one JSON line per frame to the results journal (registration result
+   or error, with the SOP Instance UID and frame index), ``fsync``-ed before the
+   C-STORE response leaves;
+5. answers ``0x0000`` (success) whenever the instance was received and decoded,
+   even if the registration is not ``ok`` or no reference was available: the
+   image was received, and the journal says what became of it.
+
+Calling AE titles can be restricted (``--allow-ae CONSOLE1,CONSOLE2``): other
+callers' associations are rejected. Verification (C-ECHO) is answered.
+
+:class:`InstanceRegistrar` holds the reference logic and writes the journal; the
+watch folder (:mod:`portalign.watch`) uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backend import BACKENDS, Backend, select_backend
+from .errors import PortalignError
+from .image import Image
+from .journal import Journal
+from .options import RegistrationOptions
+from .reference import Reference, prepare_reference
+
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_SUCCESS",
+    "InstanceRegistrar",
+    "add_arguments",
+    "beam_key",
+    "is_reference",
+    "run",
+    "start_scp",
+]
+
+STATUS_SUCCESS = 0x0000
+#: C-STORE "Error: cannot understand" (PS3.4 B.2.3): the instance could not be decoded as an image.
+STATUS_CANNOT_UNDERSTAND = 0xC210
+#: C-STORE "Refused: out of resources" when the handler itself fails (a bug, or the journal cannot be written).
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+_REFERENCE_WORDS = re.compile(r"(?<![A-Z0-9])(REF|REFERENCE|DRR)(?![A-Z0-9])")
+
+
+def is_reference(image: Image) -> bool:
+    """Whether a received RT Image is a reference (DRR or approved reference image) rather than a frame.
+
+    True for a DRR (``info.kind == "drr"``: ImageType value 3 ``DRR``, a DRR label,
+    or a WSD DERIVED image with SID = SAD; see :mod:`portalign.dicom`), and for an
+    image whose ImageType has a ``REFERENCE`` value or whose RTImageLabel contains
+    the word ``REF``, ``REFERENCE`` or ``DRR``.
+    """
+    if image.info.kind == "drr":
+        return True
+    extra = image.info.extra
+    image_type = [v.strip().upper() for v in str(extra.get("image_type", "")).split("\\")]
+    if "REFERENCE" in image_type or "DRR" in image_type:
+        return True
+    return bool(_REFERENCE_WORDS.search(str(extra.get("rt_image_label", "")).upper()))
+
+
+def beam_key(image: Image) -> tuple[str, int | None]:
+    """``(referenced RT Plan SOP Instance UID, referenced beam number)`` of an image; ``""``/``None`` when absent."""
+    extra = image.info.extra
+    beam = extra.get("referenced_beam_number")
+    return str(extra.get("referenced_rt_plan_uid", "") or ""), (int(beam) if beam is not None else None)
+
+
+class InstanceRegistrar:
+    """Register received RT Images against their reference and journal every outcome.
+
+    Parameters
+    ----------
+    journal : Journal
+        One line per frame, reference or failure.
+    reference : Reference, Image, path or pydicom.Dataset, optional
+        The configured reference, used for frames whose beam has no reference of
+        its own.
+    options : RegistrationOptions, optional
+    backend : {"auto", "cpu", "gpu"} or Backend
+        Chosen once for every reference.
+    source : str
+        ``"scp"`` or ``"watch"``: the ``source`` field of the journal lines.
+    max_references : int
+        Per-beam references kept; the least recently used is dropped beyond it.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        reference: Any = None,
+        options: RegistrationOptions | None = None,
+        backend: str | Backend = "auto",
+        source: str = "scp",
+        max_references: int = 64,
+    ) -> None:
+        self.journal = journal
+        self.options = options or RegistrationOptions()
+        self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
+        self.source = source
+        self.max_references = max_references
+        self._beams: OrderedDict[tuple[str, int | None], tuple[Reference, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.configured: Reference | None = None
+        self.configured_uid = ""
+        if reference is not None:
+            if isinstance(reference, Reference):
+                self.configured = reference
+            else:
+                from .image import as_image
+
+                image = as_image(reference, name="reference")
+                self.configured = prepare_reference(image, self.options, backend=self.backend)
+            self.configured_uid = self.configured.image.info.sop_instance_uid
+
+    @property
+    def beams(self) -> list[tuple[str, int | None]]:
+        """Beams that have a reference of their own."""
+        with self._lock:
+            return list(self._beams)
+
+    def error(self, message: str, *, stage: str, error_kind: str = "", **context: Any) -> dict[str, Any]:
+        """Journal an error line for an instance (or file) that produced no image, and return it."""
+        return self.journal.append(
+            {"source": self.source, "status": "error", "stage": stage, "error": message, "error_kind": error_kind,
+             "result": None, **context}
+        )
+
+    def handle(self, images: Sequence[Image], **context: Any) -> list[dict[str, Any]]:
+        """Use every frame of one received instance and return the journal lines written.
+
+        Parameters
+        ----------
+        images : sequence of Image
+            The frames of one instance (:func:`portalign.dicom.read_rt_image_frames`).
+        **context
+            Identifiers added to every line (``calling_ae=``, ``file=``...).
+
+        Returns
+        -------
+        list of dict
+            One line per frame; a reference instance gives one ``"reference"`` line.
+        """
+        if not images:
+            return [self.error("the instance holds no frame", stage="decode", **context)]
+        first = images[0]
+        plan_uid, beam = beam_key(first)
+        ids = {"sop_instance_uid": first.info.sop_instance_uid, "plan_uid": plan_uid, "beam_number": beam}
+        if is_reference(first):
+            return [self._store_reference(first, ids, context)]
+        lines = []
+        for image in images:
+            lines.append(self._register(image, ids, context))
+        return lines
+
+    def _store_reference(self, image: Image, ids: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        key = (ids["plan_uid"], ids["beam_number"])
+        try:
+            reference = prepare_reference(image, self.options, backend=self.backend)
+        except Exception as exc:  # a reference that cannot be prepared is journaled, never fatal
+            return self.journal.append(
+                {"source": self.source, "status": "error", "stage": "reference", **ids, **context,
+                 "error": f"reference {image.info.source}: {_one_line(exc)}", "error_kind": type(exc).__name__,
+                 "result": None}
+            )
+        with self._lock:
+            replaced = key in self._beams
+            self._beams[key] = (reference, image.info.sop_instance_uid)
+            self._beams.move_to_end(key)
+            while len(self._beams) > self.max_references:
+                self._beams.popitem(last=False)
+        return self.journal.append(
+            {"source": self.source, "status": "reference", **ids, **context, "kind": image.info.kind,
+             "rt_image_label": image.info.extra.get("rt_image_label", ""), "replaced": replaced,
+             "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "result": None, "error": ""}
+        )
+
+    def _lookup(self, key: tuple[str, int | None]) -> tuple[Reference | None, str, str]:
+        with self._lock:
+            found = self._beams.get(key)
+            if found is not None:
+                self._beams.move_to_end(key)
+                return found[0], found[1], "beam"
+        if self.configured is not None:
+            return self.configured, self.configured_uid, "configured"
+        return None, "", ""
+
+    def _register(self, image: Image, ids: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        key = (ids["plan_uid"], ids["beam_number"])
+        line: dict[str, Any] = {"source": self.source, **ids, **context, "frame_index": image.info.frame_index}
+        reference, ref_uid, match = self._lookup(key)
+        if reference is None:
+            plan = key[0] or "(none)"
+            beam = "(none)" if key[1] is None else key[1]
+            line.update(
+                status="error",
+                stage="reference",
+                error=(
+                    f"{image.info.source}: no reference for plan {plan} beam {beam}; send the beam's reference "
+                    "image (a DRR, or ImageType/RTImageLabel marking it REFERENCE) first, or configure --reference"
+                ),
+                error_kind="NoReference",
+                result=None,
+            )
+            return self.journal.append(line)
+        line.update(reference_sop_instance_uid=ref_uid, reference_match=match)
+        started = time.perf_counter()
+        try:
+            result = reference.register(image)
+        except Exception as exc:  # a bad frame is a journal line, never a dead receiver
+            line.update(status="error", stage="register", error=f"{image.info.source}: {_one_line(exc)}",
+                        error_kind=type(exc).__name__, result=None)
+            return self.journal.append(line)
+        line.update(status="ok" if result.ok else "not_ok", result=result.as_dict(), error="",
+                    latency_ms=(time.perf_counter() - started) * 1e3)
+        return self.journal.append(line)
+
+
+# --------------------------------------------------------------------------------------------------
+# the C-STORE SCP
+# --------------------------------------------------------------------------------------------------
+
+
+def _status(code: int, comment: str = "") -> Any:
+    from pydicom.dataset import Dataset
+
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = _ascii(comment)[:64]  # LO: at most 64 characters
+    return status
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+
+
+def _on_store(event: Any, registrar: InstanceRegistrar) -> Any:
+    """EVT_C_STORE handler: decode, register, journal; return the C-STORE status."""
+    from .dicom import read_rt_image_frames
+
+    calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
+    request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+    context = {"calling_ae": calling, "sop_instance_uid": request_uid}
+    try:
+        try:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+            images = read_rt_image_frames(dataset)
+        except Exception as exc:
+            message = f"instance {request_uid or '(no UID)'}: cannot decode: {_one_line(exc)}"
+            registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)
+            return _status(STATUS_CANNOT_UNDERSTAND, _one_line(exc))
+        registrar.handle(images, calling_ae=calling)
+        return _status(STATUS_SUCCESS)
+    except Exception as exc:  # the journal failed, or a bug: refuse, so the sender keeps the image
+        return _status(STATUS_OUT_OF_RESOURCES, f"portalign could not record the result: {_one_line(exc)}")
+
+
+def start_scp(
+    registrar: InstanceRegistrar,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 11112,
+    ae_title: str = "PORTALIGN",
+    allow_ae: Sequence[str] | None = None,
+) -> Any:
+    """Start the C-STORE SCP in background threads and return the pynetdicom server.
+
+    Parameters
+    ----------
+    registrar : InstanceRegistrar
+    host : str
+        Address to listen on (``0.0.0.0`` for every interface).
+    port : int
+        0 picks a free port: read it back from ``server.server_address[1]``.
+    ae_title : str
+        This SCP's AE title (called AE titles are not checked).
+    allow_ae : sequence of str, optional
+        Calling AE titles allowed to associate; every caller when empty.
+
+    Returns
+    -------
+    pynetdicom.transport.ThreadedAssociationServer
+        Call ``shutdown()`` to stop it.
+    """
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+    from pynetdicom.sop_class import RTImageStorage, Verification  # type: ignore[attr-defined]
+
+    if not ae_title or len(ae_title) > 16:
+        raise PortalignError(f"AE title must be 1 to 16 characters; got {ae_title!r}")
+    ae = AE(ae_title=ae_title)
+    ae.add_supported_context(RTImageStorage, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_pdu_size = 0  # no limit on what we receive in one PDU
+    if allow_ae:
+        ae.require_calling_aet = [a.strip() for a in allow_ae if a.strip()]
+    handlers = [(evt.EVT_C_STORE, _on_store, [registrar])]
+    return ae.start_server((host, port), block=False, evt_handlers=handlers)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``portalign scp`` options to ``parser``."""
+    parser.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 to receive from the network)")
+    parser.add_argument("--results", required=True, metavar="RESULTS.jsonl",
+                        help="journal: one JSON line per received frame (result or error)")
+    parser.add_argument("--reference", metavar="REF.dcm",
+                        help="reference for frames whose beam has no reference of its own")
+    parser.add_argument("--ae-title", default="PORTALIGN", help="this SCP's AE title (default PORTALIGN)")
+    parser.add_argument("--allow-ae", default="", metavar="A,B",
+                        help="comma-separated calling AE titles allowed to send (default: any)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``portalign scp`` until interrupted; returns the exit status."""
+    try:
+        journal = Journal(args.results)
+        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp")
+        allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
+        server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
+    except (PortalignError, OSError) as exc:
+        print(f"portalign scp: {exc}", file=sys.stderr)
+        return 2
+    port = server.server_address[1]
+    who = ", ".join(allow) if allow else "any calling AE"
+    print(f"portalign scp: {args.ae_title} listening on {args.host}:{port} ({who}); results -> {Path(args.results)}",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if _main_thread() else None
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        journal.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m portalign.scp`` (same options as ``portalign scp``)."""
+    parser = argparse.ArgumentParser(prog="portalign scp", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

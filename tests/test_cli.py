@@ -1,0 +1,356 @@
+"""The ``portalign`` command line: ``register``, ``info`` and ``demo``.
+
+Contract (DESIGN.md): ``portalign register REF FRAME --json`` prints exactly one
+JSON object with at least dx_mm, dy_mm, rotation_deg, ok, reason, score, method,
+backend and elapsed_ms; exit status 0 on a result (ok or not), non-zero with a
+one-line error on unusable input.
+
+Inputs are synthetic: a smooth random "anatomy" of 200 x 200 pixels at 1 mm
+(SID = SAD) and the same anatomy moved by a known (dx, dy) with
+``scipy.ndimage.shift``, so the expected answer is known exactly. Most runs go
+through ``portalign.cli.main`` in this process (the kernels compile once); a
+few run ``python -m portalign.cli`` as a real subprocess to check exit codes and
+what reaches stderr. Unusable inputs are in ``test_bad_input.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from dicom_factory import make_rt_image, write_rt_image
+from portalign.backend import select_backend
+from portalign.cli import main
+from portalign.dicom import read_rt_image
+from portalign.errors import BackendUnavailableError
+from portalign.reference import Reference
+from scipy import ndimage
+from synthetic import anatomy
+
+#: Displacement of the frame's anatomy (DESIGN.md contract), mm at the isocentre plane.
+TRUTH_DX_MM, TRUTH_DY_MM = 3.0, -2.0
+#: Pixels per side of the synthetic pair.
+SIZE = 200
+#: Translation tolerance on a noise-free pair (DESIGN.md asks for 0.1 px; pixels are 1 mm here).
+TOL_MM = 0.1
+#: Rotation tolerance: the pair has none.
+TOL_DEG = 0.1
+#: Keys every ``register --json`` object carries (DESIGN.md).
+REQUIRED_KEYS = ("dx_mm", "dy_mm", "rotation_deg", "ok", "reason", "score", "method", "backend", "elapsed_ms")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Files of one synthetic reference/frame pair."""
+
+    folder: Path
+    ref_dcm: Path
+    frame_dcm: Path
+    ref_npy: Path
+    frame_npy: Path
+    ref_magnified: Path
+    frame_magnified: Path
+    unrelated_dcm: Path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    folder = tmp_path_factory.mktemp("cli_pair")
+    ref = anatomy(SIZE, seed=3)
+    # ndimage.shift moves content by +shift pixels: the anatomy at (x, y) appears at (x + dx, y + dy).
+    frame = ndimage.shift(ref, (TRUTH_DY_MM, TRUTH_DX_MM), order=3, mode="nearest")
+    iso = {"spacing": 1.0, "sid": 1000.0, "sad": 1000.0, "position": "centre"}
+    ref_dcm = write_rt_image(make_rt_image(ref, **iso), folder / "reference.dcm")
+    frame_dcm = write_rt_image(make_rt_image(frame, **iso), folder / "frame.dcm")
+    np.save(folder / "reference.npy", ref.astype(np.float32))
+    np.save(folder / "frame.npy", frame.astype(np.float32))
+    # 1.5 mm at the imager, SID 1500, SAD 1000: still 1 mm at the isocentre, but the
+    # files lack RTImageSID, so the CLI must be given --sid-mm.
+    magnified = {"spacing": 1.5, "sid": None, "sad": 1000.0, "position": "centre"}
+    ref_mag = write_rt_image(make_rt_image(ref, **magnified), folder / "reference_nosid.dcm")
+    frame_mag = write_rt_image(make_rt_image(frame, **magnified), folder / "frame_nosid.dcm")
+    # Smoothed noise: nothing in it matches the reference.
+    noise = ndimage.gaussian_filter(np.random.default_rng(5).standard_normal((SIZE, SIZE)), 4.0)
+    unrelated = write_rt_image(make_rt_image(noise, **iso), folder / "unrelated.dcm")
+    return Pair(folder, ref_dcm, frame_dcm, folder / "reference.npy", folder / "frame.npy", ref_mag, frame_mag,
+                unrelated)
+
+
+def _gpu_available() -> bool:
+    try:
+        select_backend("gpu")
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def _strict_json(text: str) -> Any:
+    """Parse JSON refusing NaN/Infinity (not JSON: other tools would reject the line)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"non-standard JSON constant {constant} in the output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    """Run ``portalign ARGV`` in this process; check exit 0, one JSON object on stdout, nothing on stderr."""
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert err == ""
+    assert out.endswith("\n") and out.count("\n") == 1, f"expected one line of JSON, got {out!r}"
+    payload = _strict_json(out)
+    assert isinstance(payload, dict)
+    return payload
+
+
+def run_subprocess(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m portalign.cli ARGV`` as a real process."""
+    return subprocess.run([sys.executable, "-m", "portalign.cli", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, check=False)
+
+
+def assert_recovered(payload: dict[str, Any], dx: float = TRUTH_DX_MM, dy: float = TRUTH_DY_MM,
+                     tol_mm: float = TOL_MM) -> None:
+    assert payload["ok"] is True, payload["reason"]
+    assert payload["reason"] == ""
+    assert payload["dx_mm"] == pytest.approx(dx, abs=tol_mm)
+    assert payload["dy_mm"] == pytest.approx(dy, abs=tol_mm)
+    assert payload["rotation_deg"] == pytest.approx(0.0, abs=TOL_DEG)
+
+
+# ---------------------------------------------------------------------------------------------
+# register
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["auto", "mi", "edge"])
+def test_register_json_recovers_known_shift(capsys: pytest.CaptureFixture[str], pair: Pair, method: str) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--method", method)
+    for key in REQUIRED_KEYS:
+        assert key in payload, f"register --json lacks {key!r}"
+    assert_recovered(payload)
+    assert payload["method"] == method
+    assert isinstance(payload["score"], float) and math.isfinite(payload["score"])
+    assert isinstance(payload["elapsed_ms"], float) and payload["elapsed_ms"] > 0
+    # the result is traceable to its inputs
+    assert payload["reference_uid"] == str(read_rt_image(pair.ref_dcm).info.sop_instance_uid)
+    assert payload["frame_uid"] == str(read_rt_image(pair.frame_dcm).info.sop_instance_uid)
+    assert "repeat" not in payload  # only with --repeat
+
+
+def test_register_backend_auto_falls_back_to_cpu_with_a_reason(capsys: pytest.CaptureFixture[str],
+                                                               pair: Pair) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--backend", "auto")
+    assert_recovered(payload)
+    if _gpu_available():
+        assert payload["backend"] == "gpu"
+    else:
+        assert payload["backend"] == "cpu"
+        # auto records why it did not get a GPU (STYLE.md: fall back with a recorded reason)
+        assert any("gpu" in warning.lower() for warning in payload["warnings"]), payload["warnings"]
+
+
+def test_register_backend_cpu(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--backend", "cpu")
+    assert_recovered(payload)
+    assert payload["backend"] == "cpu"
+    # an explicit choice is not a fallback: no GPU warning
+    assert not any("gpu" in warning.lower() for warning in payload["warnings"]), payload["warnings"]
+
+
+def test_register_sid_mm_supplies_the_magnification(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    # 1.5 mm imager pixels at SID 1500 / SAD 1000 are 1 mm at the isocentre: the shift is 3 and -2 mm, not 4.5 and -3.
+    payload = run_json(capsys, "register", str(pair.ref_magnified), str(pair.frame_magnified), "--json",
+                       "--sid-mm", "1500")
+    assert_recovered(payload)
+
+
+def test_register_npy_uses_pixel_spacing_mm(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    # The same pixels said to be 0.5 mm apart: the 3 / -2 pixel shift is 1.5 / -1.0 mm.
+    spacing = 0.5
+    payload = run_json(capsys, "register", str(pair.ref_npy), str(pair.frame_npy), "--json",
+                       "--pixel-spacing-mm", str(spacing))
+    assert_recovered(payload, TRUTH_DX_MM * spacing, TRUTH_DY_MM * spacing, TOL_MM * spacing)
+    assert payload["reference_uid"] == "" and payload["frame_uid"] == ""
+
+
+def test_register_no_rotation_estimates_translation_only(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--no-rotation")
+    assert_recovered(payload)
+    assert payload["rotation_deg"] == 0.0
+
+
+def test_register_repeat_reports_median_after_warm_up(capsys: pytest.CaptureFixture[str], pair: Pair,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Record what every Reference.register call measured, to check the CLI's arithmetic.
+    times: list[float] = []
+    original = Reference.register
+
+    def recording(self: Reference, frame: Any, **kwargs: Any) -> Any:
+        result = original(self, frame, **kwargs)
+        times.append(result.elapsed_ms)
+        return result
+
+    monkeypatch.setattr(Reference, "register", recording)
+    repeat = 5
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--repeat", str(repeat))
+    assert_recovered(payload)
+    assert payload["repeat"] == repeat
+    assert len(times) == repeat + 1  # one warm-up (plan building, first use), then N timed frames
+    assert payload["first_frame_ms"] == times[0]
+    assert payload["elapsed_ms"] == pytest.approx(statistics.median(times[1:]), rel=1e-12)
+    assert payload["elapsed_ms_min"] == pytest.approx(min(times[1:]), rel=1e-12)
+    assert payload["elapsed_ms_min"] <= payload["elapsed_ms"] <= payload["elapsed_ms_p99"] <= max(times[1:])
+
+
+def test_register_overlay_writes_a_png(capsys: pytest.CaptureFixture[str], pair: Pair, tmp_path: Path) -> None:
+    image = pytest.importorskip("matplotlib.image", reason="--overlay needs matplotlib")
+    target = tmp_path / "review.png"
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--overlay", str(target))
+    assert_recovered(payload)
+    assert Path(payload["overlay"]) == target
+    assert target.read_bytes()[:8] == PNG_SIGNATURE
+    picture = image.imread(target)
+    assert picture.ndim == 3 and picture.shape[2] in (3, 4)
+    height, width = picture.shape[:2]
+    assert 200 <= height <= 4000 and 200 <= width <= 4000, picture.shape
+    assert width > height  # two panels side by side
+    assert float(np.ptp(picture[..., :3])) > 0.2  # an image, not a blank canvas
+
+
+def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    status = main(["register", str(pair.ref_dcm), str(pair.frame_dcm)])
+    out, err = capsys.readouterr()
+    assert status == 0 and err == ""
+    match = re.search(r"dx = ([-+]\d+\.\d+) mm\s+dy = ([-+]\d+\.\d+) mm\s+rotation = ([-+]\d+\.\d+) deg\s+ok", out)
+    assert match, out
+    dx, dy, rotation = (float(v) for v in match.groups())
+    assert dx == pytest.approx(TRUTH_DX_MM, abs=TOL_MM)
+    assert dy == pytest.approx(TRUTH_DY_MM, abs=TOL_MM)
+    assert rotation == pytest.approx(0.0, abs=TOL_DEG)
+    assert "backend cpu" in out or "backend gpu" in out
+
+
+def test_register_untrustworthy_match_is_a_result_not_an_error(capsys: pytest.CaptureFixture[str],
+                                                               pair: Pair) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.unrelated_dcm), "--json")
+    for key in REQUIRED_KEYS:
+        assert key in payload
+    assert payload["ok"] is False
+    assert payload["reason"].strip(), "ok=false must say why"
+
+
+def test_register_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["register", str(pair.ref_dcm), str(pair.frame_dcm), "--method", "bogus"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert out == ""
+    assert "invalid choice: 'bogus'" in err and "Traceback" not in err
+
+
+def test_register_subprocess(pair: Pair) -> None:
+    """``python -m portalign.cli`` works as a program: exit 0, one JSON line, a quiet stderr."""
+    proc = run_subprocess("register", pair.ref_dcm.name, pair.frame_dcm.name, "--json", cwd=pair.folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.count("\n") == 1
+    payload = _strict_json(proc.stdout)
+    assert_recovered(payload)
+    assert payload["backend"] == ("gpu" if _gpu_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+
+INFO_IMAGER_SPACING = (0.4, 0.5)  # (row, col) mm at the imager
+INFO_SID, INFO_SAD = 1500.0, 1000.0
+INFO_POSITION = (-20.0, 30.0)  # RTImagePosition: (x, y) of the first pixel, mm at the imager, y up
+INFO_ANGLES = {"gantry": 90.0, "collimator": 15.0, "couch": 350.0}
+
+
+@pytest.fixture(scope="module")
+def info_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_info")
+    ds = make_rt_image(anatomy(96, seed=2)[:80], spacing=INFO_IMAGER_SPACING, sid=INFO_SID, sad=INFO_SAD,
+                       position=INFO_POSITION, gantry=INFO_ANGLES["gantry"],
+                       BeamLimitingDeviceAngle=INFO_ANGLES["collimator"],
+                       PatientSupportAngle=INFO_ANGLES["couch"], PatientPosition="HFS")
+    return write_rt_image(ds, folder / "portal_g90.dcm")
+
+
+def test_info_json(capsys: pytest.CaptureFixture[str], info_file: Path) -> None:
+    info = run_json(capsys, "info", str(info_file), "--json")
+    assert info["source"] == info_file.name
+    assert info["modality"] == "RTIMAGE"
+    assert info["kind"] == "portal"
+    assert (info["rows"], info["cols"]) == (80, 96)
+    assert info["imager_spacing_mm"] == pytest.approx(list(INFO_IMAGER_SPACING))
+    magnification = INFO_SID / INFO_SAD
+    assert info["isocentre_spacing_mm"] == pytest.approx([s / magnification for s in INFO_IMAGER_SPACING])
+    assert info["sid_mm"] == pytest.approx(INFO_SID)
+    assert info["sad_mm"] == pytest.approx(INFO_SAD)
+    assert info["magnification"] == pytest.approx(magnification)
+    # The beam axis is the RT Image plane origin: first pixel at (x, y) = position, columns along +x,
+    # rows along -y, so col = -x / col_spacing and row = +y / row_spacing.
+    expected_axis = [-INFO_POSITION[0] / INFO_IMAGER_SPACING[1], INFO_POSITION[1] / INFO_IMAGER_SPACING[0]]
+    assert info["beam_axis_px"] == pytest.approx(expected_axis)
+    assert info["beam_axis_source"] == "RTImagePosition"
+    assert info["gantry_deg"] == pytest.approx(INFO_ANGLES["gantry"])
+    assert info["collimator_deg"] == pytest.approx(INFO_ANGLES["collimator"])
+    assert info["couch_deg"] == pytest.approx(INFO_ANGLES["couch"])
+    assert info["patient_position"] == "HFS"
+
+
+def test_info_text(capsys: pytest.CaptureFixture[str], info_file: Path) -> None:
+    status = main(["info", str(info_file)])
+    out, err = capsys.readouterr()
+    assert status == 0 and err == ""
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["modality"] == "RTIMAGE"
+    assert float(lines["sid_mm"]) == pytest.approx(INFO_SID)
+    assert float(lines["gantry_deg"]) == pytest.approx(INFO_ANGLES["gantry"])
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from portalign.demo import DEMO_TRUTH
+
+    out_dir = tmp_path / "demo"
+    payload = run_json(capsys, "demo", "--json", "--out", str(out_dir))
+    reference_path, frame_path = Path(payload["reference"]), Path(payload["frame"])
+    assert reference_path.parent == out_dir and frame_path.parent == out_dir
+    # both files are DICOM RT Images that read back as a DRR and a portal frame of one geometry
+    reference, frame = read_rt_image(reference_path), read_rt_image(frame_path)
+    assert reference.info.modality == frame.info.modality == "RTIMAGE"
+    assert reference.info.kind == "drr" and frame.info.kind == "portal"
+    assert reference.shape == frame.shape
+    assert payload["truth"] == pytest.approx({k: DEMO_TRUTH[k] for k in ("dx_mm", "dy_mm", "rotation_deg")})
+    result = payload["result"]
+    assert result["ok"] is True, result["reason"]
+    error_mm = math.hypot(result["dx_mm"] - DEMO_TRUTH["dx_mm"], result["dy_mm"] - DEMO_TRUTH["dy_mm"])
+    assert payload["error_mm"] == pytest.approx(error_mm, rel=1e-9)
+    assert payload["error_mm"] < 1.0
+    assert payload["error_deg"] == pytest.approx(abs(result["rotation_deg"] - DEMO_TRUTH["rotation_deg"]), rel=1e-9)
+    assert payload["error_deg"] < 1.0
+    if payload["overlay"] is not None:
+        assert Path(payload["overlay"]).read_bytes()[:8] == PNG_SIGNATURE
