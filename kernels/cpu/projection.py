@@ -83,7 +83,9 @@ def _trilinear(volume, z, y, x):
 # reassoc/contract let LLVM reorder the running sum and fuse multiply-adds: ~1.8x faster; results
 # stay reproducible on one machine and within ~1e-6 of the float64 reference.
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def project_cone_beam(volume, spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm, step_mm, out):
+def project_cone_beam(
+    volume, spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm, step_mm, out
+):
     """Line integrals of ``volume`` from a point source to every detector pixel.
 
     Parameters

@@ -12,7 +12,9 @@ import numpy as np
 __all__ = ["project_cone_beam"]
 
 
-def project_cone_beam(volume, spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm, step_mm, out):
+def project_cone_beam(
+    volume, spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm, step_mm, out
+):
     """Line integrals of ``volume`` from a point source to every detector pixel (float64 numpy).
 
     Parameters
