@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print what portalign understood of an RT Image")
     info.add_argument("file")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--pixel-spacing-mm", type=float, default=None, help="isocentre-plane spacing if the file has none")
+    info.add_argument("--sid-mm", type=float, default=None, help="source-imager distance if the file has none")
+    info.add_argument("--sad-mm", type=float, default=None, help="source-axis distance if the file has none")
 
     demo = sub.add_parser("demo", help="render a phantom DRR and a displaced MV frame, register them, compare with the truth")
     demo.add_argument("--out", default=None, help="folder for the DICOM pair and the overlay (default: a temporary folder)")
@@ -90,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "plugin", None):
             return int(importlib.import_module(args.plugin).run(args))
         return int(COMMANDS[args.command](args))
+    except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
+        return 0
     except PortalignError as exc:
-        print(f"portalign: error: {exc}", file=sys.stderr)
+        print(f"portalign: error: {_as_options(str(exc))}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:
         print(f"portalign: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _as_options(message: str) -> str:
+    """Name the command-line options where the engine's message names keyword arguments."""
+    for keyword, option in (("pixel_spacing_mm=", "--pixel-spacing-mm"), ("sid_mm=", "--sid-mm"), ("sad_mm=", "--sad-mm")):
+        message = message.replace(keyword, option)
+    return message
 
 
 def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None) -> Any:
@@ -104,6 +116,13 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
     if path.endswith(".npy"):
         if args.pixel_spacing_mm is None:
             raise PortalignError(f"{path}: a .npy file has no geometry; pass --pixel-spacing-mm")
+        try:
+            with open(path, "rb") as handle:
+                magic = handle.read(6)
+        except OSError as exc:
+            raise PortalignError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        if magic != b"\x93NUMPY":
+            raise PortalignError(f"{path}: not a .npy file (no NumPy header)")
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -170,7 +189,7 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
 def _info(args: argparse.Namespace) -> int:
     from .dicom import describe
 
-    info = describe(args.file)
+    info = describe(args.file, pixel_spacing_mm=args.pixel_spacing_mm, sid_mm=args.sid_mm, sad_mm=args.sad_mm)
     if args.json:
         print(json.dumps(info, default=_plain))
     else:

@@ -437,7 +437,7 @@ def solve_couch_shift(
 
     singular = np.linalg.svd(a, compute_uv=False)
     # For two views whose planes are alpha apart the smallest singular value is sqrt(1 - |cos alpha|).
-    separation = math.degrees(math.acos(max(-1.0, min(1.0, 1.0 - singular[-1] ** 2))))
+    separation = math.degrees(math.acos(max(0.0, min(1.0, 1.0 - singular[-1] ** 2))))
     if separation < min_separation_deg - 1e-9:
         gantries = ", ".join(f"{v.gantry_deg:g}" for v in views)
         raise GeometryError(
@@ -490,11 +490,12 @@ def solve_couch_shift(
     within: dict[str, bool | None] = {}
     all_within: bool | None = None
     if tolerance is not None:
-        values: dict[str, float | None] = {key: float(d[AXES.index(axis)]) for key, axis in _TOLERANCE_AXES.items()}
-        values["vec"] = float(np.linalg.norm(d))
-        values["rot"] = max(abs(v.rotation_deg) for v in views)
-        values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
-        within = tolerance.check(values)
+        measured_values: dict[str, float | None] = {key: float(d[AXES.index(axis)])
+                                             for key, axis in _TOLERANCE_AXES.items()}
+        measured_values["vec"] = float(np.linalg.norm(d))
+        measured_values["rot"] = max(abs(v.rotation_deg) for v in views)
+        measured_values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
+        within = tolerance.check(measured_values)
         all_within = not any(flag is False for flag in within.values())
 
     return CouchShift(

@@ -107,11 +107,21 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
             return FieldEstimate(detected=False, effectiveness=effectiveness)
         field = labels == (int(np.argmax(sizes)) + 1)
     # anatomy darker than the threshold inside the field (bone in MV, a ball bearing) is still field
-    field = ndimage.binary_fill_holes(field)
+    field = _fill_holes(field)
     rows = np.flatnonzero(field.any(axis=1))
     cols = np.flatnonzero(field.any(axis=0))
     box = (float(cols[0]), float(cols[-1]), float(rows[0]), float(rows[-1]))
     return FieldEstimate(True, threshold, field_is_bright, box, effectiveness, field)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the parts of the background that do not reach the image border (one labelling pass)."""
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    enclosed = ~np.isin(background, border) & (background > 0)
+    return mask | enclosed
 
 
 def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int, int]) -> np.ndarray:

@@ -14,7 +14,8 @@ Planned field
 Delivered field
     Detected in the frame. A rough mask (Otsu's threshold, largest bright
     component, holes filled) gives the in-field level (median of the central
-    part of the field) and the out-of-field floor (median outside a 10 mm band
+    part of the field, pixels above Otsu's threshold only, so that a BB or
+    bone does not lower it) and the out-of-field floor (median outside a 10 mm band
     around the field). Each edge is the 50 % line: the crossing of
     ``floor + 0.5 (in-field - floor)`` (50 % of the in-field level above the
     detector's floor; for a zero floor exactly 50 % of the in-field level) found
@@ -149,18 +150,23 @@ def measure_field(image: Image, *, angle_deg: float = 0.0, smoothing_mm: float =
     if smoothing_mm > 0:
         pixels = ndimage.gaussian_filter(pixels, (smoothing_mm / sy, smoothing_mm / sx), mode="nearest")
 
-    mask = _rough_field(pixels, name)
+    mask, rough_threshold = _rough_field(pixels, name)
     rows, cols = np.nonzero(mask)
     if rows.min() == 0 or cols.min() == 0 or rows.max() == mask.shape[0] - 1 or cols.max() == mask.shape[1] - 1:
         raise PortalImageError(f"{name}: the radiation field reaches the image border, so its edges cannot all be "
                                "measured; use an image with the whole field on the imager")
     extent = min(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    inner = ndimage.binary_erosion(mask, iterations=max(1, int(0.25 * extent)))
+    # Box filters are separable: fast erosion/dilation with large footprints.
+    shrink = 2 * max(1, int(0.25 * extent)) + 1
+    inner = ndimage.minimum_filter(mask, size=shrink, mode="constant", cval=False)
     if not inner.any():
         inner = mask
-    level = float(np.median(pixels[inner]))
-    margin = (int(math.ceil(_FLOOR_MARGIN_MM / sy)), int(math.ceil(_FLOOR_MARGIN_MM / sx)))
-    grown = ndimage.binary_dilation(mask, structure=np.ones((2 * margin[0] + 1, 2 * margin[1] + 1), dtype=bool))
+    # Dark objects in the field (a BB, bone) are left out of the in-field level.
+    inside = pixels[inner]
+    level = float(np.median(inside[inside > rough_threshold])) if (inside > rough_threshold).any() else float(
+        np.median(inside))
+    margin = (2 * int(math.ceil(_FLOOR_MARGIN_MM / sy)) + 1, 2 * int(math.ceil(_FLOOR_MARGIN_MM / sx)) + 1)
+    grown = ndimage.maximum_filter(mask, size=margin, mode="constant", cval=False)
     floor = float(np.median(pixels[~grown])) if (~grown).any() else float(pixels.min())
     if not level > floor:
         raise PortalImageError(f"{name}: the field is not brighter than its surroundings (in-field {level:g}, "
@@ -215,7 +221,8 @@ def planned_field(reference: Image, frame: Image | None = None, *, planned: str 
             jaws = image.info.extra.get("planned_jaws_mm") or {}
             if all(key in jaws for key in _EDGES):
                 angle = -float(image.info.collimator_deg or 0.0)
-                return FieldEdges(*(float(jaws[key]) for key in _EDGES), angle_deg=angle, source=label)
+                x1, x2, y1, y2 = (float(jaws[key]) for key in _EDGES)
+                return FieldEdges(x1, x2, y1, y2, angle_deg=angle, source=label)
         if planned == "jaws":
             names = reference.info.source + (f" and {frame.info.source}" if frame is not None else "")
             raise PortalImageError(f"{names}: no planned jaw positions (X and Y) in the header; "
@@ -333,8 +340,9 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def _rough_field(pixels: np.ndarray, name: str) -> np.ndarray:
-    bright = pixels > _otsu(pixels)
+def _rough_field(pixels: np.ndarray, name: str) -> tuple[np.ndarray, float]:
+    threshold = _otsu(pixels)
+    bright = pixels > threshold
     labels, count = ndimage.label(bright)
     if count == 0:
         raise PortalImageError(f"{name}: no radiation field found (no bright region)")
@@ -343,7 +351,7 @@ def _rough_field(pixels: np.ndarray, name: str) -> np.ndarray:
     border = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
     if mask.mean() > 0.95 or border.mean() > 0.5:
         raise PortalImageError(f"{name}: no radiation field edge found (the field may be larger than the imager)")
-    return mask
+    return mask, threshold
 
 
 def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], edge: str, threshold: float,
@@ -358,8 +366,8 @@ def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], ed
     spacing_across = max(image.spacing_mm)
     a0, a1 = rough[across_lo], rough[across_hi]
     span = a1 - a0
-    count = int(min(41, max(3, 0.6 * span / spacing_across)))
-    across = np.linspace(a0 + 0.2 * span, a1 - 0.2 * span, count)
+    count = int(min(61, max(3, 0.8 * span / spacing_across)))
+    across = np.linspace(a0 + 0.1 * span, a1 - 0.1 * span, count)
     centre = rough[edge]
     s = np.arange(-half, half + 0.5 * step, step)
     inward = 1.0 if edge in ("x1", "y1") else -1.0  # profile runs from outside to inside

@@ -223,6 +223,8 @@ def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[f
     """
     if isinstance(obj, Image):
         return obj
+    if obj is None:
+        raise PortalImageError(f"{name}: no image given (None)")
     if isinstance(obj, np.ndarray):
         if pixel_spacing_mm is None:
             raise GeometryError(f"{name}: a numpy array has no geometry; pass pixel_spacing_mm=")

@@ -42,6 +42,11 @@ STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], 
 MAX_JUMP = 1.5
 #: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
 ITERATIONS = (3, 3, 4)
+#: Iterations each global-search candidate gets before they are ranked.
+RANK_ITERATIONS = 2
+#: Convergence (largest jump, in steps) on intermediate levels and on the finest one.
+COARSE_TOLERANCE = 0.1
+FINE_TOLERANCE = 0.02
 #: Candidates closer than this (mm) are the same optimum (a broad peak, not an ambiguity).
 DISTINCT_MM = 3.0
 #: Largest rotation step of the quadratic stencil (radians): small fields constrain rotation weakly.
@@ -50,6 +55,8 @@ MAX_ROTATION_STEP = math.radians(0.5)
 MIN_ROTATION_RADIUS_MM = 10.0
 #: Contrast (robust range) / noise below which a frame has "too little structure".
 MIN_CONTRAST_TO_NOISE = 12.0
+#: Fewest usable pixels at the finest level (a 20 x 20 patch): less cannot be trusted.
+MIN_USABLE_PIXELS = 400
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -115,10 +122,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     ranked: list[_Candidate] = []
     first = plan.refine_levels[0]
     for cand in candidates:
-        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", ITERATIONS[0], r_eff, rotate, opts)
+        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", RANK_ITERATIONS, r_eff, rotate, opts,
+                              tolerance=COARSE_TOLERANCE)
         ranked.append(_Candidate(pose, score))
     ranked.sort(key=lambda c: -c.score)
     best = ranked[0]
+    if ITERATIONS[0] > RANK_ITERATIONS:
+        pose, score = _newton(backend, plan, levels[first], best.pose, "edge", ITERATIONS[0] - RANK_ITERATIONS, r_eff,
+                              rotate, opts, tolerance=COARSE_TOLERANCE)
+        best = _Candidate(pose, max(score, best.score))
     ambiguity = 0.0
     runner_up = None
     for other in ranked[1:]:
@@ -135,7 +147,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         is_finest = i == len(later) - 1
         metric = "mi" if method == "mi" else "edge"
         iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
-        pose, score = _newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts)
+        pose, score = _newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts,
+                              tolerance=FINE_TOLERANCE if is_finest else COARSE_TOLERANCE)
         details["levels"].append({"level": index, "metric": metric, "score": score})
     finest = levels[plan.refine_levels[-1]]
     if method == "mi" and not later:
@@ -147,7 +160,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         mi_pose = _newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
         details["mi_check_mm"] = [float(mi_pose[0]), float(mi_pose[1]), math.degrees(mi_pose[2])]
-    final_edge = _edge_score(backend, plan, finest, pose)
+    if method == "mi" or not later:
+        final_edge = _edge_score(backend, plan, finest, pose)
+    else:
+        final_edge = score  # the quadratic model's value at the final edge optimum
     if method == "edge":
         reported = final_edge
     else:
@@ -255,7 +271,7 @@ def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate) -> st
     """Return why the frame cannot be trusted before any matching ("" when it can)."""
     finest = plan.levels[plan.refine_levels[-1]]
     coarse = plan.levels[plan.coarse.level]
-    if coarse.usable < 16 or finest.usable < 64:
+    if coarse.usable < 16 or finest.usable < MIN_USABLE_PIXELS:
         return "too little of the frame is usable: the field (minus its edge band) is too small"
     noise = _noise_sigma(backend, finest)
     lo, hi = coarse.range
@@ -307,15 +323,14 @@ def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int, ro
     im = backend.to_host(level.feat_im)
     frame_energy = float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())
     spectrum = backend.asarray(k.feature_spectrum(level.feat_re, level.feat_im, cs.padded_shape, cs.margin_px))
-    k.correlation_surfaces(spectrum, cs.ref_spectra_conj, cs.surfaces)
-    surfaces = backend.to_host(cs.surfaces)
+    # translation only: just the surface of rotation 0
+    chosen = slice(None) if rotate else slice(int(np.argmin(np.abs(cs.thetas))), int(np.argmin(np.abs(cs.thetas))) + 1)
+    thetas = cs.thetas[chosen]
+    k.correlation_surfaces(spectrum, cs.ref_spectra_conj[chosen], cs.surfaces[chosen])
+    surfaces = backend.to_host(cs.surfaces[chosen])
     window = surfaces[:, cs.window_rows][:, :, cs.window_cols]  # (K, 2m+1, 2m+1), index m = zero shift
-    norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy, 1e-30))
+    norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy[chosen], 1e-30))
     window = window / norm[:, None, None]
-    thetas = cs.thetas
-    if not rotate:
-        zero = int(np.argmin(np.abs(thetas)))
-        window, thetas = window[zero : zero + 1], thetas[zero : zero + 1]
     m = cs.margin_px
     suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
     work = window.copy()
@@ -372,8 +387,11 @@ def _mi_score(backend, plan: FramePlan, level: Level, pose: np.ndarray, normalis
 
 
 def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str, iterations: int,  # type: ignore[no-untyped-def]
-            r_eff: float, rotate: bool, opts) -> tuple[np.ndarray, float]:
-    """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score)."""
+            r_eff: float, rotate: bool, opts, tolerance: float = 0.02) -> tuple[np.ndarray, float]:
+    """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score).
+
+    Stops after ``iterations`` stencils or when a jump is below ``tolerance`` steps.
+    """
     stencil = STENCIL_3D if rotate else STENCIL_2D
     # a rotation step moves a typical usable pixel by about one pixel, but never more than MAX_ROTATION_STEP
     theta_step = min(min(level.spacing) / r_eff, MAX_ROTATION_STEP) if rotate else 0.0
@@ -390,7 +408,7 @@ def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: st
         score = max(float(values[0]), predicted)
         pose = pose + np.concatenate([jump, np.zeros(3 - dims)]) * step
         pose[2] = float(np.clip(pose[2], -theta_limit, theta_limit))
-        if np.max(np.abs(jump)) < 0.02:
+        if np.max(np.abs(jump)) < tolerance:
             break
     return pose, score
 
@@ -434,7 +452,7 @@ def _replace(result: RegistrationResult, **changes) -> RegistrationResult:  # ty
 
 
 def check_frame_pixels(frame: Image) -> None:
-    """Raise :class:`PortalImageError` when a frame's pixels are unusable (NaN, constant)."""
+    """Raise :class:`PortalImageError` when an image's pixels are unusable (NaN, constant)."""
     pixels = frame.pixels
     lo, hi = float(pixels.min()), float(pixels.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -72,7 +72,7 @@ class RegistrationOptions:
     field_margin_mm: float = 3.0
     bins: int = 32
     normalised_mi: bool = False
-    finest_spacing_mm: float = 0.6
+    finest_spacing_mm: float = 1.0
     coarse_spacing_mm: float = 4.0
     rotation_step_deg: float = 2.0
     candidates: int = 3

@@ -34,6 +34,8 @@ __all__ = ["Reference", "FramePlan", "Level", "prepare_reference", "pose_affines
 SEARCH_MARGIN_MM = 5.0
 #: Pixels across the smaller side of the searched region at the coarse level.
 COARSE_MIN_PIXELS = 40
+#: The global search's FFTs stay affordable: its level is at most this many pixels on its longer side.
+COARSE_MAX_PIXELS = 384
 #: Pixels across the smaller side of the anatomy region at the finest level, at least.
 FINEST_MIN_PIXELS = 48
 #: Field detection runs on the first level no larger than this.
@@ -177,6 +179,9 @@ class Reference:
         -------
         Reference
         """
+        from .optimiser import check_frame_pixels
+
+        check_frame_pixels(image)
         options = options or RegistrationOptions()
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
         field_estimate, factor = NO_FIELD, 1
@@ -239,7 +244,10 @@ class Reference:
             finest += 1
         coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
         coarse = finest
-        while coarse < depth and base * 2 ** (coarse + 1) <= coarse_target * 1.001:
+        while coarse < depth and (
+            base * 2 ** (coarse + 1) <= coarse_target * 1.001
+            or max(shape[0] >> coarse, shape[1] >> coarse) > COARSE_MAX_PIXELS
+        ):
             coarse += 1
         refine = list(range(coarse - 1, finest - 1, -1)) or [finest]
         field_level = 0
@@ -351,7 +359,7 @@ class Reference:
         # the extended grid: pixel (u, v) is coarse frame pixel (u - margin, v - margin)
         shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
         ext_shape = (rows + 2 * margin, cols + 2 * margin)
-        spectra = np.empty((len(thetas), *padded), dtype=np.complex128)
+        spectra = np.empty((len(thetas), *padded), dtype=np.complex64)
         energy = np.empty(len(thetas))
         from portalign.kernels import cpu
 
@@ -376,7 +384,7 @@ class Reference:
             padded_shape=padded,
             ref_spectra_conj=backend.asarray(spectra),
             ref_energy=energy,
-            surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float64),
+            surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
             window_rows=ty % padded[0],
             window_cols=ty % padded[1],
         )

@@ -13,21 +13,24 @@ With complex doubled-angle features ``z`` (see :mod:`.gradient`) the surface::
 
 peaks at the translation ``t`` that carries reference edges onto frame edges
 (frame = reference moved by ``+t``). Inputs are zero-padded so that the
-circular wrap-around never reaches the searched translations.
+circular wrap-around never reaches the searched translations. Single precision
+is plenty for locating a peak and halves the FFT time; scipy's FFT uses both cores.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft as sp_fft
 
 __all__ = ["feature_spectrum", "correlation_surfaces"]
 
 
 def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
-    """Return the 2-D FFT (complex128) of ``re + i*im`` placed at ``(offset, offset)`` in zeros of ``padded_shape``."""
-    z = np.zeros(padded_shape, dtype=np.complex128)
-    z[offset : offset + re.shape[0], offset : offset + re.shape[1]] = re + 1j * im
-    return np.fft.fft2(z)
+    """Return the 2-D FFT (complex64) of ``re + i*im`` placed at ``(offset, offset)`` in zeros of ``padded_shape``."""
+    z = np.zeros(padded_shape, dtype=np.complex64)
+    z[offset : offset + re.shape[0], offset : offset + re.shape[1]].real = re
+    z[offset : offset + re.shape[0], offset : offset + re.shape[1]].imag = im
+    return sp_fft.fft2(z, workers=-1)
 
 
 def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, out: np.ndarray) -> None:
@@ -35,10 +38,11 @@ def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarra
 
     Parameters
     ----------
-    frame_spectrum : complex128[P, Q]
-    ref_spectra_conj : complex128[K, P, Q]
+    frame_spectrum : complex64[P, Q]
+    ref_spectra_conj : complex64[K, P, Q]
         Conjugated reference spectra, one per candidate rotation.
-    out : float64[K, P, Q]
+    out : float32[K, P, Q]
         ``out[k, ty % P, tx % Q]`` is the correlation at translation ``(tx, ty)`` pixels.
     """
-    out[...] = np.fft.ifft2(ref_spectra_conj * frame_spectrum[None, :, :], axes=(-2, -1)).real
+    product = ref_spectra_conj * frame_spectrum[None, :, :]
+    out[...] = sp_fft.ifft2(product, axes=(-2, -1), overwrite_x=True, workers=-1).real

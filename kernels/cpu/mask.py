@@ -49,19 +49,25 @@ def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarra
                 zeros -= 1
             if entering >= cols or mask[i, entering] == 0:
                 zeros += 1
-    for j in prange(cols):
-        zeros = 0
-        for ii in range(-r, r + 1):
-            if ii < 0 or ii >= rows or scratch[ii, j] == 0:
-                zeros += 1
-        for i in range(rows):
-            out[i, j] = 1 if zeros == 0 else 0
-            leaving = i - r
-            entering = i + r + 1
+    # vertical pass in row order (cache friendly): zeros[j] counts zeros of column j in rows [i-r, i+r]
+    zeros_col = np.empty(cols, dtype=np.int64)
+    for j in range(cols):
+        zeros_col[j] = r  # rows -r .. -1 lie outside the image
+        for ii in range(0, min(r + 1, rows)):
+            if scratch[ii, j] == 0:
+                zeros_col[j] += 1
+        if r + 1 > rows:
+            zeros_col[j] += r + 1 - rows
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = 1 if zeros_col[j] == 0 else 0
+        leaving = i - r
+        entering = i + r + 1
+        for j in range(cols):
             if leaving < 0 or scratch[leaving, j] == 0:
-                zeros -= 1
+                zeros_col[j] -= 1
             if entering >= rows or scratch[entering, j] == 0:
-                zeros += 1
+                zeros_col[j] += 1
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""Device functions shared by the CUDA kernels: uncontracted arithmetic and block reductions.
+"""Device functions shared by the CUDA kernels: arithmetic that the compiler may not fuse.
 
 Why uncontracted products and sums: NVVM contracts ``a * b + c`` into one
 fused multiply-add unless fast-math is off *and* contraction is disabled, and
@@ -19,23 +19,22 @@ from __future__ import annotations
 
 from numba import config, cuda
 
-__all__ = ["mul_rn", "add_rn", "fmul_rn", "fadd_rn", "tree_sum"]
+__all__ = ["mul_rn", "add_rn", "fmul_rn", "fadd_rn"]
 
-if config.ENABLE_CUDASIM:  # pure Python: numpy scalars round every operation anyway
+if config.ENABLE_CUDASIM:
+    # Plain Python under the simulator: kernels are Python there, numpy scalars round
+    # every operation anyway, and a simulated device function costs a swap of its
+    # module's ``cuda`` global per call.
 
-    @cuda.jit(device=True)
     def mul_rn(a, b):  # noqa: D103 - documented with the device branch
         return a * b
 
-    @cuda.jit(device=True)
     def add_rn(a, b):  # noqa: D103
         return a + b
 
-    @cuda.jit(device=True)
     def fmul_rn(a, b):  # noqa: D103
         return a * b
 
-    @cuda.jit(device=True)
     def fadd_rn(a, b):  # noqa: D103
         return a + b
 
@@ -63,19 +62,7 @@ else:  # pragma: no cover - needs a CUDA device
         return libdevice.fadd_rn(a, b)
 
 
-@cuda.jit(device=True)
-def tree_sum(buf, t, n):  # pragma: no cover - compiled
-    """Sum ``buf[0:n]`` into ``buf[0]`` by a pairwise tree; every thread of the block must call it.
-
-    The pairing depends only on ``n``, so a float64 result is the same on every
-    run (deterministic) whatever the order in which threads finish; integer
-    sums are exact in any order. The caller writes ``buf[t]`` (``t`` its thread
-    index) before the call; the function synchronises first and last.
-    """
-    cuda.syncthreads()
-    s = 1
-    while s < n:
-        if t % (2 * s) == 0 and t + s < n:
-            buf[t] = buf[t] + buf[t + s]
-        s *= 2
-        cuda.syncthreads()
+# Device functions that call ``cuda.*`` (barriers, thread indices) live in the module of
+# the kernel that calls them, never here: the simulator swaps a module's ``cuda`` global
+# while one of its device functions runs and restores it when that call returns, which
+# races with other simulated threads still inside a function of the same module.

@@ -2,8 +2,9 @@
 
 Twin of :mod:`portalign.kernels.cpu.edge`.
 
-The score is defined in the CPU module. A grid of ``pixel blocks x poses``:
-each thread sums its grid-stride share of one pose's pixels in float64, the
+The score is defined in the CPU module. A grid of ``pixel blocks x poses``
+over the list of usable pixels (``pixel_list``): each thread sums its
+grid-stride share of one pose's pixels in float64, the
 block adds its threads' partial sums by a fixed pairwise tree and writes them
 to ``partials[k, block, :]``, and a second kernel adds each pose's blocks in
 block order. Every sum has a fixed order, so the result is deterministic run to
@@ -24,20 +25,37 @@ import numpy as np
 from numba import cuda
 
 from . import launch
-from .device import add_rn, fadd_rn, fmul_rn, mul_rn, tree_sum
+from .device import add_rn, fadd_rn, fmul_rn, mul_rn
 
 __all__ = ["gradient_correlation"]
 
 
+@cuda.jit(device=True)
+def _tree_sum(buf, t, n):  # pragma: no cover - compiled
+    """Sum ``buf[0:n]`` into ``buf[0]`` by a pairwise tree; every thread of the block calls it.
+
+    The pairing depends only on ``n``, so a float64 result is the same on every
+    run whatever the order in which threads finish (integer sums are exact in
+    any order). The caller writes ``buf[t]`` first; barriers open and close it.
+    """
+    cuda.syncthreads()
+    s = 1
+    while s < n:
+        if t % (2 * s) == 0 and t + s < n:
+            buf[t] = buf[t] + buf[t + s]
+        s *= 2
+        cuda.syncthreads()
+
+
 @cuda.jit
-def _gradient_correlation_blocks(frame_re, frame_im, ref_re, ref_im, affines, rotations, partials):  # pragma: no cover
+def _gradient_correlation_blocks(rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines, rotations,
+                                 partials):  # pragma: no cover - compiled
     red_fr = cuda.shared.array(256, dtype=np.float64)  # launch.REDUCE_MAX_THREADS
     red_ff = cuda.shared.array(256, dtype=np.float64)
     red_rr = cuda.shared.array(256, dtype=np.float64)
     k = cuda.blockIdx.y
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    rows, cols = frame_re.shape
     ref_rows, ref_cols = ref_re.shape
     a00 = affines[k, 0, 0]
     a01 = affines[k, 0, 1]
@@ -50,16 +68,16 @@ def _gradient_correlation_blocks(frame_re, frame_im, ref_re, ref_im, affines, ro
     s_fr = 0.0
     s_ff = 0.0
     s_rr = 0.0
-    for p in range(cuda.blockIdx.x * nt + t, rows * cols, cuda.gridDim.x * nt):
-        i = p // cols
-        j = p - i * cols
+    for p in range(cuda.blockIdx.x * nt + t, count, cuda.gridDim.x * nt):
+        i = rows[p]
+        j = cols[p]
         fr = frame_re[i, j]
         fi = frame_im[i, j]
         if fr == 0.0 and fi == 0.0:
             continue
         s_ff += float(fadd_rn(fmul_rn(fr, fr), fmul_rn(fi, fi)))  # float32 terms, as on the CPU
-        x = add_rn(mul_rn(a00, float(j)), add_rn(mul_rn(a01, float(i)), a02))
-        y = add_rn(mul_rn(a10, float(j)), add_rn(mul_rn(a11, float(i)), a12))
+        x = add_rn(add_rn(mul_rn(a00, float(j)), mul_rn(a01, float(i))), a02)
+        y = add_rn(add_rn(mul_rn(a10, float(j)), mul_rn(a11, float(i))), a12)
         if x < 0.0 or y < 0.0:
             continue
         c0 = int(x)
@@ -91,9 +109,9 @@ def _gradient_correlation_blocks(frame_re, frame_im, ref_re, ref_im, affines, ro
     red_fr[t] = s_fr
     red_ff[t] = s_ff
     red_rr[t] = s_rr
-    tree_sum(red_fr, t, nt)
-    tree_sum(red_ff, t, nt)
-    tree_sum(red_rr, t, nt)
+    _tree_sum(red_fr, t, nt)
+    _tree_sum(red_ff, t, nt)
+    _tree_sum(red_rr, t, nt)
     if t == 0:
         partials[k, cuda.blockIdx.x, 0] = red_fr[0]
         partials[k, cuda.blockIdx.x, 1] = red_ff[0]
@@ -112,12 +130,17 @@ def _sum_partials(partials, out):  # pragma: no cover - compiled
         out[k, s] = total
 
 
-def gradient_correlation(frame_re: Any, frame_im: Any, ref_re: Any, ref_im: Any, affines: Any, rotations: Any,
-                         out: Any) -> None:
+def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_im: Any, ref_re: Any, ref_im: Any,
+                         affines: Any, rotations: Any, out: Any) -> None:
     """Write ``(S_fr, S_ff, S_rr)`` for each pose into ``out[k, :]``.
 
     Parameters
     ----------
+    rows, cols : int32[>= count]
+        The usable frame pixels (see :func:`portalign.kernels.gpu.mask.pixel_list`);
+        only these are visited.
+    count : int
+        Entries of ``rows``/``cols`` in use.
     frame_re, frame_im : float32[rows, cols]
         Frame features (zero where masked).
     ref_re, ref_im : float32[ref_rows, ref_cols]
@@ -132,13 +155,14 @@ def gradient_correlation(frame_re: Any, frame_im: Any, ref_re: Any, ref_im: Any,
     n_pose = out.shape[0]
     if n_pose == 0:
         return
-    n_pixels = frame_re.shape[0] * frame_re.shape[1]
+    count = max(int(count), 0)
     tpb = launch.threads_per_block()
-    n_blocks = launch.blocks_for(n_pixels, tpb * int(launch.PIXELS_PER_THREAD))
+    n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
     partials = launch.scratch("edge_partials", (n_pose, n_blocks, 3), np.float64)
     partials_d = launch.device_arg(partials)
     _gradient_correlation_blocks[(n_blocks, n_pose), tpb](
-        launch.device_arg(frame_re), launch.device_arg(frame_im), launch.device_arg(ref_re),
-        launch.device_arg(ref_im), launch.device_arg(affines), launch.device_arg(rotations), partials_d,
+        launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
+        launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
+        launch.device_arg(affines), launch.device_arg(rotations), partials_d,
     )
     _sum_partials[launch.blocks_for(n_pose * 3, tpb), tpb](partials_d, launch.device_arg(out))

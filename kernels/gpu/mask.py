@@ -5,6 +5,11 @@ is the same separable square (a row pass into ``scratch``, then a column pass),
 but each thread scans its own window instead of keeping a running count, which
 is O(N r) work in exchange for one thread per pixel.
 
+``pixel_list`` is an order-preserving compaction: a thread per row counts its
+pixels, one block turns the counts into row offsets (a scan), and a thread per
+row writes its pixels from its offset, so the list is in the CPU's row-major
+order; the count comes back to the host (the CPU kernel returns it too).
+
 ``masked_range`` runs two kernels (masked min/max/count, then a 4096-bin
 histogram privatised in shared memory and merged with integer atomics) and
 reads the histogram back to finish the quantile scan on the host: one
@@ -21,7 +26,7 @@ from numba import cuda
 
 from . import launch
 
-__all__ = ["threshold_mask", "erode_box", "masked_range"]
+__all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
 
 #: Bins of the quantile histogram (the CPU kernel's resolution).
 RANGE_BINS = 4096
@@ -146,6 +151,58 @@ def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
             cuda.atomic.add(hist, b, np.int64(c))
 
 
+@cuda.jit
+def _row_counts(mask, offsets):  # pragma: no cover - compiled
+    rows, cols = mask.shape
+    for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        n = 0
+        for j in range(cols):
+            if mask[i, j] != 0:
+                n += 1
+        offsets[i] = n
+
+
+@cuda.jit
+def _exclusive_scan(offsets, n):  # pragma: no cover - compiled
+    # one block: offsets[0:n] (counts) -> exclusive prefix sums, offsets[n] = total (Hillis-Steele per chunk)
+    buf = cuda.shared.array(256, dtype=np.int64)  # launch.REDUCE_MAX_THREADS
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    carry = 0
+    for start in range(0, n, nt):
+        p = start + t
+        mine = offsets[p] if p < n else 0
+        buf[t] = mine
+        cuda.syncthreads()
+        s = 1
+        while s < nt:
+            v = buf[t]
+            if t >= s:
+                v += buf[t - s]
+            cuda.syncthreads()
+            buf[t] = v
+            cuda.syncthreads()
+            s *= 2
+        if p < n:
+            offsets[p] = carry + buf[t] - mine
+        carry += buf[nt - 1]
+        cuda.syncthreads()  # buf is reloaded by the next chunk
+    if t == 0:
+        offsets[n] = carry
+
+
+@cuda.jit
+def _row_fill(mask, offsets, rows_out, cols_out):  # pragma: no cover - compiled
+    rows, cols = mask.shape
+    for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        at = offsets[i]
+        for j in range(cols):
+            if mask[i, j] != 0:
+                rows_out[at] = i
+                cols_out[at] = j
+                at += 1
+
+
 def threshold_mask(image: Any, threshold: float, above: bool, out: Any) -> None:
     """Write 1 where ``image > threshold`` (``above``) or ``image < threshold`` (not ``above``), else 0."""
     n = image.shape[0] * image.shape[1]
@@ -172,6 +229,26 @@ def erode_box(mask: Any, radius: int, scratch: Any, out: Any) -> None:
     scratch_d = launch.device_arg(scratch)
     _erode_rows[blocks, tpb](launch.device_arg(mask), int(radius), scratch_d)
     _erode_cols[blocks, tpb](scratch_d, int(radius), launch.device_arg(out))
+
+
+def pixel_list(mask: Any, rows: Any, cols: Any) -> int:
+    """Write the coordinates of the pixels where ``mask != 0`` into ``rows``/``cols``; return their count.
+
+    Row-major order, as on the CPU. ``rows`` and ``cols`` (int32) must hold at
+    least the count (the mask's size always does). The count is read back to the
+    host: one small device-to-host copy.
+    """
+    n_rows = mask.shape[0]
+    if n_rows == 0 or mask.shape[1] == 0:
+        return 0
+    tpb = launch.threads_per_block()
+    offsets = launch.scratch("pixel_offsets", (n_rows + 1,), np.int64)
+    offsets_d, mask_d = launch.device_arg(offsets), launch.device_arg(mask)
+    blocks = launch.blocks_for(n_rows, tpb)
+    _row_counts[blocks, tpb](mask_d, offsets_d)
+    _exclusive_scan[1, tpb](offsets_d, n_rows)
+    _row_fill[blocks, tpb](mask_d, offsets_d, launch.device_arg(rows), launch.device_arg(cols))
+    return int(launch.to_host(offsets[n_rows:])[0])
 
 
 def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: float) -> tuple:

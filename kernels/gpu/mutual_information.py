@@ -2,10 +2,11 @@
 
 Twin of :mod:`portalign.kernels.cpu.mutual_information`.
 
-``joint_histograms`` launches a grid of ``pixel chunks x poses``. Each block
-counts one chunk of frame pixels under one pose into a private histogram in
-shared memory (int32 atomics: a chunk has at most ``32767`` pixels and a pixel
-adds at most ``PV_ONE = 2**16``, so a bin cannot overflow), then adds its
+``joint_histograms`` launches a grid of ``pixel chunks x poses`` over the list
+of usable frame pixels (``pixel_list``). Each block counts one chunk of them
+under one pose into a private histogram in shared memory (int32 atomics: a
+chunk has at most ``32767`` pixels and a pixel adds at most ``PV_ONE = 2**16``,
+so a bin cannot overflow), then adds its
 non-zero bins to the pose's int64 histogram in global memory (int64 atomics)
 and starts on its next chunk (grid-stride). Weights are the CPU's fixed-point
 integers, computed from positions rounded exactly as on the CPU (see
@@ -26,10 +27,10 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import cuda
+from numba import cuda, int32
 
 from . import launch
-from .device import add_rn, mul_rn, tree_sum
+from .device import add_rn, mul_rn
 
 __all__ = ["quantize", "joint_histograms", "mutual_information", "PV_ONE", "MAX_CHUNK_PIXELS"]
 
@@ -37,6 +38,23 @@ __all__ = ["quantize", "joint_histograms", "mutual_information", "PV_ONE", "MAX_
 PV_ONE = 65536
 #: Most frame pixels one block counts into its int32 shared histogram before flushing it.
 MAX_CHUNK_PIXELS = 32767
+
+
+@cuda.jit(device=True)
+def _tree_sum(buf, t, n):  # pragma: no cover - compiled
+    """Sum ``buf[0:n]`` into ``buf[0]`` by a pairwise tree; every thread of the block calls it.
+
+    The pairing depends only on ``n``, so a float64 result is the same on every
+    run whatever the order in which threads finish (integer sums are exact in
+    any order). The caller writes ``buf[t]`` first; barriers open and close it.
+    """
+    cuda.syncthreads()
+    s = 1
+    while s < n:
+        if t % (2 * s) == 0 and t + s < n:
+            buf[t] = buf[t] + buf[t + s]
+        s *= 2
+        cuda.syncthreads()
 
 
 @cuda.jit
@@ -57,17 +75,17 @@ def _quantize(image, mask, low, scale, bins, out):  # pragma: no cover - compile
 
 
 @cuda.jit(device=True)
-def _pv_weights(frame_bins, ref_bins, affines, k, p, cols):  # pragma: no cover - compiled
-    """Return ``(fb, b00, b01, b10, b11, qx, qy)`` of frame pixel ``p`` under pose ``k``; ``fb < 0``: skip."""
-    i = p // cols
-    j = p - i * cols
+def _pv_weights(rows, cols, frame_bins, ref_bins, affines, k, t):  # pragma: no cover - compiled
+    """Return ``(fb, b00, b01, b10, b11, qx, qy)`` of listed pixel ``t`` under pose ``k``; ``fb < 0``: skip."""
+    i = rows[t]
+    j = cols[t]
     fb = frame_bins[i, j]
     if fb < 0:
         return -1, 0, 0, 0, 0, 0, 0
     ref_rows, ref_cols = ref_bins.shape
-    # x = a00 j + (a01 i + a02) with the CPU's two roundings per step (no FMA)
-    x = add_rn(mul_rn(affines[k, 0, 0], float(j)), add_rn(mul_rn(affines[k, 0, 1], float(i)), affines[k, 0, 2]))
-    y = add_rn(mul_rn(affines[k, 1, 0], float(j)), add_rn(mul_rn(affines[k, 1, 1], float(i)), affines[k, 1, 2]))
+    # x = (a00 j + a01 i) + a02 with the CPU's roundings (no FMA)
+    x = add_rn(add_rn(mul_rn(affines[k, 0, 0], float(j)), mul_rn(affines[k, 0, 1], float(i))), affines[k, 0, 2])
+    y = add_rn(add_rn(mul_rn(affines[k, 1, 0], float(j)), mul_rn(affines[k, 1, 1], float(i))), affines[k, 1, 2])
     if x < 0.0 or y < 0.0:
         return -1, 0, 0, 0, 0, 0, 0
     c0 = int(x)
@@ -97,21 +115,19 @@ def _clear_histograms(out):  # pragma: no cover - compiled
 
 
 @cuda.jit
-def _joint_histograms_shared(frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover - compiled
-    local = cuda.shared.array(0, dtype=np.int32)  # n_f * n_r counters, sized at launch
+def _joint_histograms_shared(rows, cols, count, frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover
+    local = cuda.shared.array(0, dtype=int32)  # n_f * n_r counters, sized at launch
     k = cuda.blockIdx.y
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    rows, cols = frame_bins.shape
-    n_pixels = rows * cols
     n_r = out.shape[2]
     n_cells = out.shape[1] * n_r
-    for start in range(cuda.blockIdx.x * chunk, n_pixels, cuda.gridDim.x * chunk):
+    for start in range(cuda.blockIdx.x * chunk, count, cuda.gridDim.x * chunk):
         for c in range(t, n_cells, nt):
             local[c] = 0
         cuda.syncthreads()
-        for p in range(start + t, min(start + chunk, n_pixels), nt):
-            fb, b00, b01, b10, b11, qx, qy = _pv_weights(frame_bins, ref_bins, affines, k, p, cols)
+        for p in range(start + t, min(start + chunk, count), nt):
+            fb, b00, b01, b10, b11, qx, qy = _pv_weights(rows, cols, frame_bins, ref_bins, affines, k, p)
             if fb < 0:
                 continue
             row = fb * n_r
@@ -129,15 +145,13 @@ def _joint_histograms_shared(frame_bins, ref_bins, affines, chunk, out):  # prag
 
 
 @cuda.jit
-def _joint_histograms_global(frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover - compiled
+def _joint_histograms_global(rows, cols, count, frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover
     k = cuda.blockIdx.y
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    rows, cols = frame_bins.shape
-    n_pixels = rows * cols
-    for start in range(cuda.blockIdx.x * chunk, n_pixels, cuda.gridDim.x * chunk):
-        for p in range(start + t, min(start + chunk, n_pixels), nt):
-            fb, b00, b01, b10, b11, qx, qy = _pv_weights(frame_bins, ref_bins, affines, k, p, cols)
+    for start in range(cuda.blockIdx.x * chunk, count, cuda.gridDim.x * chunk):
+        for p in range(start + t, min(start + chunk, count), nt):
+            fb, b00, b01, b10, b11, qx, qy = _pv_weights(rows, cols, frame_bins, ref_bins, affines, k, p)
             if fb < 0:
                 continue
             cuda.atomic.add(out, (k, fb, b00), np.int64((256 - qx) * (256 - qy)))
@@ -161,7 +175,7 @@ def _mutual_information(hist, normalised, out):  # pragma: no cover - compiled
         a = c // n_r
         part += hist[k, a, c - a * n_r]
     red_int[t] = part
-    tree_sum(red_int, t, nt)
+    _tree_sum(red_int, t, nt)
     total_int = red_int[0]
     if total_int <= 0:
         if t == 0:
@@ -193,15 +207,15 @@ def _mutual_information(hist, normalised, out):  # pragma: no cover - compiled
             q = m / total
             h_r -= q * math.log(q)
     red[t] = h_joint
-    tree_sum(red, t, nt)
+    _tree_sum(red, t, nt)
     h_joint = red[0]
     cuda.syncthreads()  # everyone has read red[0] before it is reused
     red[t] = h_f
-    tree_sum(red, t, nt)
+    _tree_sum(red, t, nt)
     h_f = red[0]
     cuda.syncthreads()
     red[t] = h_r
-    tree_sum(red, t, nt)
+    _tree_sum(red, t, nt)
     h_r = red[0]
     if t == 0:
         if normalised:
@@ -225,13 +239,19 @@ def quantize(image: Any, mask: Any, low: float, high: float, bins: int, out: Any
     )
 
 
-def joint_histograms(frame_bins: Any, ref_bins: Any, affines: Any, out: Any) -> None:
+def joint_histograms(rows: Any, cols: Any, count: int, frame_bins: Any, ref_bins: Any, affines: Any,
+                     out: Any) -> None:
     """Fill ``out[k, frame_bin, ref_bin]`` with partial-volume counts for each pose ``k``.
 
     Parameters
     ----------
+    rows, cols : int32[>= count]
+        The usable frame pixels (see :func:`portalign.kernels.gpu.mask.pixel_list`);
+        only these are visited.
+    count : int
+        Number of entries of ``rows``/``cols`` in use.
     frame_bins : int16[rows, cols]
-        Frame bins, ``-1`` for pixels that must not be used.
+        Frame bins (``-1`` pixels are skipped even if listed).
     ref_bins : int16[ref_rows, ref_cols]
         Reference bins, ``-1`` where the reference is not valid.
     affines : float64[K, 2, 3]
@@ -240,17 +260,20 @@ def joint_histograms(frame_bins: Any, ref_bins: Any, affines: Any, out: Any) -> 
         Overwritten; bit-identical to the CPU kernel's result.
     """
     n_pose, n_f, n_r = out.shape
-    n_pixels = frame_bins.shape[0] * frame_bins.shape[1]
+    count = int(count)
     if n_pose == 0 or n_f * n_r == 0:
         return
     tpb = launch.threads_per_block()
     out_d = launch.device_arg(out)
     _clear_histograms[launch.blocks_for(n_pose * n_f * n_r, tpb), tpb](out_d)
-    if n_pixels == 0:
+    if count <= 0:
         return
     chunk = min(tpb * int(launch.PIXELS_PER_THREAD), MAX_CHUNK_PIXELS)
-    grid = (launch.blocks_for(n_pixels, chunk), n_pose)
-    args = (launch.device_arg(frame_bins), launch.device_arg(ref_bins), launch.device_arg(affines), chunk, out_d)
+    grid = (launch.blocks_for(count, chunk), n_pose)
+    args = (
+        launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_bins),
+        launch.device_arg(ref_bins), launch.device_arg(affines), chunk, out_d,
+    )
     shared_bytes = n_f * n_r * 4
     if shared_bytes <= launch.SHARED_HISTOGRAM_MAX_BYTES:
         _joint_histograms_shared[grid, tpb, 0, shared_bytes](*args)

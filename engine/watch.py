@@ -1,0 +1,276 @@
+"""Watch folder: register every RT Image file that lands in a folder, exactly once.
+
+``portalign watch DIR --results results.jsonl [--reference REF.dcm] [--poll 0.2]``
+polls ``DIR`` (no extra dependency, works on network shares where change
+notifications do not) and handles each new file:
+
+Write-complete detection
+    A file is taken only when its size and modification time are the same on
+    ``stable_polls`` (default 2) consecutive polls, i.e. nobody wrote to it for
+    at least one poll interval; an empty file must stay empty for
+    ``empty_polls`` polls (default 10). Names ending in ``.part``, ``.tmp``,
+    ``.partial``, ``.crdownload`` or ``~`` and hidden names (``.*``) are never
+    taken: the safest way to deliver a file is to write ``NAME.part`` and rename
+    it to ``NAME`` when complete (a rename is atomic on one file system).
+Outcome, one journal line per frame (``source="watch"``, ``file=NAME``)
+    A file that is decoded and used (registered, ``ok`` or not, or kept as a
+    beam reference; see :class:`portalign.scp.InstanceRegistrar`) is moved to
+    ``DIR/done/``. A file that fails (not DICOM, unusable pixels, no reference
+    for its beam, registration error) is moved to ``DIR/failed/`` with
+    ``NAME.error.txt`` beside it saying why, and its error lines are in the
+    journal. A name already taken in ``done/`` or ``failed/`` gets a ``-1``,
+    ``-2``... suffix.
+Once
+    A file is handled once: it leaves ``DIR`` afterwards. If it cannot be moved
+    (permissions), it is remembered (path, size, mtime) and not taken again
+    while it is unchanged, and the journal says so. Nothing is retried for ever
+    and nothing is skipped without a line in the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backend import BACKENDS
+from .errors import PortalignError
+from .journal import Journal
+from .scp import InstanceRegistrar
+
+__all__ = ["IGNORED_SUFFIXES", "FolderWatcher", "add_arguments", "is_ignored", "run"]
+
+#: Files with these endings are still being written (or are editor/browser leftovers).
+IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", "~")
+DONE, FAILED = "done", "failed"
+
+
+def is_ignored(name: str) -> bool:
+    """Whether a file name marks a file that must not be taken (in progress, hidden)."""
+    lowered = name.lower()
+    return name.startswith(".") or lowered.endswith(IGNORED_SUFFIXES) or lowered.endswith(".error.txt")
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    polls: int = 1  # consecutive polls with this size and mtime
+
+
+class FolderWatcher:
+    """Poll a folder and hand each complete new file to an :class:`~portalign.scp.InstanceRegistrar`.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The watched folder (created when missing); ``done/`` and ``failed/`` are made inside it.
+    registrar : InstanceRegistrar
+        Holds the references and writes the journal.
+    poll_s : float
+        Seconds between polls.
+    stable_polls : int
+        Polls in a row that must see the same size and mtime before a file is taken (>= 2).
+    empty_polls : int
+        The same for an empty file.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], registrar: InstanceRegistrar, *, poll_s: float = 0.2,
+                 stable_polls: int = 2, empty_polls: int = 10) -> None:
+        if not poll_s > 0:
+            raise PortalignError(f"poll interval must be positive seconds; got {poll_s!r}")
+        if stable_polls < 2:
+            raise PortalignError(f"stable_polls must be at least 2 (one poll cannot see a file stop growing); "
+                                 f"got {stable_polls!r}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.done_dir = self.folder / DONE
+        self.failed_dir = self.folder / FAILED
+        self.done_dir.mkdir(exist_ok=True)
+        self.failed_dir.mkdir(exist_ok=True)
+        self.registrar = registrar
+        self.poll_s = float(poll_s)
+        self.stable_polls = int(stable_polls)
+        self.empty_polls = max(int(empty_polls), self.stable_polls)
+        self._seen: dict[str, _Seen] = {}
+        self._unmovable: set[tuple[str, int, int]] = set()
+        self.files_done = 0
+        self.files_failed = 0
+
+    @property
+    def waiting(self) -> list[str]:
+        """Names seen but not yet taken (still changing, or not yet stable)."""
+        return sorted(self._seen)
+
+    def poll_once(self) -> list[dict[str, Any]]:
+        """Scan once, handle every file that has become stable, and return the journal lines written."""
+        present: dict[str, os.stat_result] = {}
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError as exc:
+            raise PortalignError(f"{self.folder}: cannot list the watched folder ({exc.strerror or exc})") from exc
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and not is_ignored(entry.name):
+                    present[entry.name] = entry.stat(follow_symlinks=False)
+            except OSError:  # vanished between scandir and stat: it is not ours any more
+                continue
+        for name in list(self._seen):
+            if name not in present:
+                del self._seen[name]  # renamed or removed by its writer before it was stable
+        ready = []
+        for name, stat in present.items():
+            seen = self._seen.get(name)
+            if seen is not None and seen.size == stat.st_size and seen.mtime_ns == stat.st_mtime_ns:
+                seen.polls += 1
+            else:
+                seen = self._seen[name] = _Seen(stat.st_size, stat.st_mtime_ns)
+            needed = self.stable_polls if stat.st_size > 0 else self.empty_polls
+            key = (name, stat.st_size, stat.st_mtime_ns)
+            if seen.polls >= needed and key not in self._unmovable:
+                ready.append((stat.st_mtime_ns, name, key))
+        lines: list[dict[str, Any]] = []
+        for _, name, key in sorted(ready):
+            del self._seen[name]
+            lines.extend(self._handle(name, key))
+        return lines
+
+    def run(self, stop: threading.Event | None = None, *, until_idle: bool = False,
+            timeout: float | None = None) -> None:
+        """Poll until ``stop`` is set (or, with ``until_idle``, until no file is left to take).
+
+        Parameters
+        ----------
+        stop : threading.Event, optional
+        until_idle : bool
+            Return once a poll finds no file waiting (files in progress under an
+            ignored name are not waited for).
+        timeout : float, optional
+            Return after this many seconds in any case.
+        """
+        stop = stop or threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not stop.is_set():
+            self.poll_once()
+            if until_idle and not self._seen:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            stop.wait(self.poll_s)
+
+    # --- one file -----------------------------------------------------------------------------------
+
+    def _handle(self, name: str, key: tuple[str, int, int]) -> list[dict[str, Any]]:
+        from .dicom import read_rt_image_frames
+
+        path = self.folder / name
+        try:
+            images = read_rt_image_frames(path)
+        except Exception as exc:
+            message = f"{name}: cannot be read as an RT Image: {_one_line(exc)}"
+            lines = [self.registrar.error(message, stage="decode", error_kind=type(exc).__name__, file=name)]
+        else:
+            lines = self.registrar.handle(images, file=name)
+        errors = [line for line in lines if line.get("status") == "error"]
+        if errors:
+            self.files_failed += 1
+            text = "\n".join(str(line.get("error", "")) for line in errors) + "\n"
+            lines += self._move(path, self.failed_dir, key, error_text=text)
+        else:
+            self.files_done += 1
+            lines += self._move(path, self.done_dir, key)
+        return lines
+
+    def _move(self, path: Path, folder: Path, key: tuple[str, int, int], error_text: str = "") -> list[dict[str, Any]]:
+        target = _free_name(folder, path.name)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            self._unmovable.add(key)
+            message = (f"{path.name}: handled, but cannot be moved to {folder.name}/ ({exc.strerror or exc}); "
+                       "it will not be taken again while unchanged")
+            return [self.registrar.error(message, stage="move", error_kind=type(exc).__name__, file=path.name)]
+        if error_text:
+            try:
+                target.with_name(target.name + ".error.txt").write_text(error_text, encoding="utf-8")
+            except OSError as exc:
+                message = f"{path.name}: moved to failed/ but the .error.txt cannot be written ({exc.strerror or exc})"
+                return [self.registrar.error(message, stage="move", error_kind=type(exc).__name__, file=path.name)]
+        return []
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    target = folder / name
+    stem, suffix = os.path.splitext(name)
+    n = 0
+    while target.exists() or target.with_name(target.name + ".error.txt").exists():
+        n += 1
+        target = folder / f"{stem}-{n}{suffix}"
+    return target
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``portalign watch`` options to ``parser``."""
+    parser.add_argument("folder", metavar="DIR", help="folder to watch (done/ and failed/ are made inside it)")
+    parser.add_argument("--results", required=True, metavar="RESULTS.jsonl",
+                        help="journal: one JSON line per frame (result or error)")
+    parser.add_argument("--reference", metavar="REF.dcm",
+                        help="reference for frames whose beam has no reference of its own")
+    parser.add_argument("--poll", type=float, default=0.2, metavar="SECONDS", help="poll interval (default 0.2)")
+    parser.add_argument("--stable-polls", type=int, default=2,
+                        help="polls with unchanged size and mtime before a file is taken (default 2)")
+    parser.add_argument("--once", action="store_true",
+                        help="handle the files present (once complete) and exit instead of watching")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``portalign watch``; returns the exit status (0, or 2 on unusable arguments)."""
+    try:
+        journal = Journal(args.results)
+        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch")
+        watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls)
+    except (PortalignError, OSError) as exc:
+        print(f"portalign watch: {exc}", file=sys.stderr)
+        return 2
+    if not args.once:
+        print(f"portalign watch: watching {watcher.folder} every {watcher.poll_s:g} s; results -> {journal.path}",
+              file=sys.stderr, flush=True)
+    stop = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main_thread else None
+    try:
+        watcher.run(stop, until_idle=args.once)
+    except KeyboardInterrupt:
+        pass
+    except PortalignError as exc:
+        print(f"portalign watch: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        journal.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if args.once:
+        print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m portalign.watch`` (same options as ``portalign watch``)."""
+    parser = argparse.ArgumentParser(prog="portalign watch", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Float64 reference for the FFT cross-correlation search: explicit DFT matrices (slow, obvious).
+
+Same arguments and outputs as :mod:`portalign.kernels.cpu.correlation`; the
+discrete Fourier transforms are written out as matrix products
+``W_P z W_Q`` with ``W_N[u, x] = exp(-2 pi i u x / N)``, so nothing depends on
+an FFT library.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["feature_spectrum", "correlation_surfaces"]
+
+
+def _dft_matrix(n: int, sign: float) -> np.ndarray:
+    k = np.arange(n)
+    return np.exp(sign * 2j * np.pi * np.outer(k, k) / n)
+
+
+def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
+    """Return the 2-D DFT of ``re + i*im`` placed at ``(offset, offset)`` in zeros of ``padded_shape``."""
+    z = np.zeros(padded_shape, dtype=np.complex128)
+    z[offset : offset + re.shape[0], offset : offset + re.shape[1]] = (
+        np.asarray(re, dtype=np.float64) + 1j * np.asarray(im, dtype=np.float64)
+    )
+    return _dft_matrix(padded_shape[0], -1.0) @ z @ _dft_matrix(padded_shape[1], -1.0)
+
+
+def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, out: np.ndarray) -> None:
+    """Write ``Re IDFT(F * conj(R_k))`` for each candidate ``k`` into ``out[k]``."""
+    p, q = frame_spectrum.shape
+    inv_p = _dft_matrix(p, 1.0) / p
+    inv_q = _dft_matrix(q, 1.0) / q
+    for k in range(ref_spectra_conj.shape[0]):
+        out[k] = (inv_p @ (ref_spectra_conj[k] * frame_spectrum) @ inv_q).real

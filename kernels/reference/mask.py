@@ -1,0 +1,62 @@
+"""Float64 reference for masks and intensity statistics (slow, obvious numpy).
+
+Same arguments and output buffers as :mod:`portalign.kernels.cpu.mask`, with
+one deliberate difference: ``masked_range`` returns exact order statistics
+(from a sort), where the kernels read them off a 4096-bin histogram; the two
+agree within one bin, ``(max - min) / 4096``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
+
+
+def threshold_mask(image: np.ndarray, threshold: float, above: bool, out: np.ndarray) -> None:
+    """Write 1 where ``image > threshold`` (``above``) or ``image < threshold`` (not ``above``), else 0."""
+    img = np.asarray(image, dtype=np.float64)
+    out[...] = img > threshold if above else img < threshold
+
+
+def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarray) -> None:
+    """Write 1 where every pixel within Chebyshev distance ``radius`` is inside the image and non-zero.
+
+    ``scratch`` is unused (kept for the kernels' signature).
+    """
+    rows, cols = mask.shape
+    r = int(radius)
+    ones = np.asarray(mask) != 0
+    for i in range(rows):
+        for j in range(cols):
+            if i - r < 0 or j - r < 0 or i + r >= rows or j + r >= cols:
+                out[i, j] = 0
+            else:
+                out[i, j] = bool(ones[i - r : i + r + 1, j - r : j + r + 1].all())
+
+
+def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:
+    """Return ``(low, high, count)``: order statistics of the masked pixels.
+
+    ``low`` is the smallest value with more than ``low_fraction * count`` values at
+    or below it (sorted index ``floor(low_fraction * count)``); ``high`` the smallest
+    value with at least ``high_fraction * count`` values at or below it (sorted
+    index ``ceil(high_fraction * count) - 1``). With no masked pixel ``(0.0, 0.0, 0)``.
+    """
+    values = np.sort(np.asarray(image, dtype=np.float64)[np.asarray(mask) != 0])
+    count = int(values.size)
+    if count == 0:
+        return 0.0, 0.0, 0
+    k_low = min(int(math.floor(low_fraction * count)), count - 1)
+    k_high = min(max(int(math.ceil(high_fraction * count)) - 1, 0), count - 1)
+    return float(values[k_low]), float(values[k_high]), count
+
+
+def pixel_list(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> int:
+    """Write the row-major coordinates of the non-zero pixels of ``mask`` into ``rows``/``cols``; return the count."""
+    r, c = np.nonzero(np.asarray(mask))
+    rows[: r.size] = r
+    cols[: c.size] = c
+    return int(r.size)

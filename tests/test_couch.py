@@ -1,0 +1,385 @@
+"""Couch correction from several views: projection maths, simulated setups, real Winston-Lutz shifts, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import portalign
+import pytest
+from dicom_factory import make_rt_image, write_rt_image
+from portalign.cli import main
+from portalign.couch import (
+    PATIENT_DIRECTIONS,
+    CouchShift,
+    View,
+    image_axes,
+    patient_matrix,
+    projection_matrix,
+    register_views,
+    solve_couch_shift,
+)
+from portalign.ct import CTVolume, read_ct_series
+from portalign.dicom import read_rt_image
+from portalign.errors import GeometryError
+from portalign.simulate import render_drr
+from portalign.tolerance import parse_tolerance
+from scipy import ndimage
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+THORAX = REAL / "itkelastix" / "thorax_ct_phase00"
+WL = REAL / "pylinac" / "wl_shift_truebeam"
+
+# Small detector: 128 x 128 pixels of 3 mm at SID 1500 = 2 mm at the isocentre.
+GEOMETRY = {"detector_shape": (128, 128), "detector_spacing_mm": 3.0, "sad_mm": 1000.0, "sid_mm": 1500.0}
+
+
+def views_for(shift, gantries, *, rotations=None, **extra):
+    """Views whose 2-D results are the exact projections of a 3-D shift."""
+    shift = np.asarray(shift, dtype=float)
+    out = []
+    for i, g in enumerate(gantries):
+        dx, dy = projection_matrix(g, **extra) @ shift
+        theta = 0.0 if rotations is None else rotations[i]
+        out.append(View(gantry_deg=g, dx_mm=float(dx), dy_mm=float(dy), rotation_deg=theta, label=f"G{g}",
+                        couch_deg=extra.get("couch_deg", 0.0), image_rotation_deg=extra.get("image_rotation_deg", 0.0)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# projection maths
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gantry", "expected"),
+    [
+        # simulate.py's table for HFS: image +x is patient left / posterior / right / anterior at 0 / 90 / 180 / 270
+        # (= IEC +X / -Z / -X / +Z in couch axes), image +y is inferior (-Y) at every angle.
+        (0.0, [[1, 0, 0], [0, -1, 0]]),
+        (90.0, [[0, 0, -1], [0, -1, 0]]),
+        (180.0, [[-1, 0, 0], [0, -1, 0]]),
+        (270.0, [[0, 0, 1], [0, -1, 0]]),
+        (45.0, [[math.sqrt(0.5), 0, -math.sqrt(0.5)], [0, -1, 0]]),
+    ],
+)
+def test_projection_matrix_at_cardinal_angles(gantry, expected):
+    np.testing.assert_allclose(projection_matrix(gantry), expected, atol=1e-12)
+
+
+def test_image_axes_are_right_handed_with_the_beam_towards_the_isocentre():
+    for gantry, couch, phi in [(0, 0, 0), (37, 0, 0), (90, 20, 0), (200, -15, 7)]:
+        ex, ey, b = image_axes(gantry, couch_deg=couch, image_rotation_deg=phi)
+        np.testing.assert_allclose(np.cross(ex, ey), b, atol=1e-12)
+        np.testing.assert_allclose([ex @ ex, ey @ ey, ex @ ey], [1, 1, 0], atol=1e-12)
+    # gantry 0: the source is above the couch, so the beam points down (-Z)
+    np.testing.assert_allclose(image_axes(0)[2], [0, 0, -1], atol=1e-12)
+    # gantry 90: the source is on the +X side, so the beam points towards -X
+    np.testing.assert_allclose(image_axes(90)[2], [-1, 0, 0], atol=1e-12)
+
+
+def test_couch_angle_and_receptor_angle_turn_the_projection():
+    # Couch turned 90 deg (right-handed about Z): the couch's lateral axis points along fixed +Y (towards the
+    # gantry), which is image -y at gantry 0; the couch's longitudinal axis points along fixed -X (image -x).
+    np.testing.assert_allclose(projection_matrix(0, couch_deg=90), [[0, -1, 0], [-1, 0, 0]], atol=1e-12)
+    # Receptor turned 90 deg counter-clockwise seen from the source: its x axis is gantry +Y.
+    np.testing.assert_allclose(projection_matrix(0, image_rotation_deg=90), [[0, 1, 0], [1, 0, 0]], atol=1e-12)
+
+
+def test_patient_matrix_names_the_directions():
+    # HFS: IEC +X = patient left (+L), +Y = superior (+S), +Z = anterior (-P)
+    d = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(patient_matrix("HFS").T @ d, [1.0, -3.0, 2.0])
+    np.testing.assert_allclose(patient_matrix("ffs").T @ d, [-1.0, -3.0, -2.0])
+    for position, m in [(p, patient_matrix(p)) for p in ("HFS", "FFS", "HFP", "FFP")]:
+        np.testing.assert_allclose(m @ m.T, np.eye(3))
+        assert round(np.linalg.det(m)) == 1, position
+    with pytest.raises(GeometryError, match="'HFDL' is not supported"):
+        patient_matrix("HFDL")
+
+
+# ---------------------------------------------------------------------------
+# solving
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gantries", "condition"),
+    [
+        ((0, 90), math.sqrt(2)),
+        ((0, 45), None),
+        ((90, 0, 270, 180), math.sqrt(2)),
+        ((30, 300), math.sqrt(2)),
+        ((10, 170), None),
+    ],
+)
+def test_exact_projections_give_the_shift_back(gantries, condition):
+    shift = np.array([2.5, -1.25, 4.0])
+    couch = solve_couch_shift(views_for(shift, gantries), patient_position="HFS")
+    np.testing.assert_allclose(couch.displacement_mm, shift, atol=1e-9)
+    assert couch.couch_correction == pytest.approx({"lateral": -2.5, "longitudinal": 1.25, "vertical": -4.0})
+    assert couch.ok and couch.reason == ""
+    assert max(v["residual_mm"] for v in couch.views) < 1e-9
+    if condition is not None:
+        assert couch.condition == pytest.approx(condition)
+    assert couch.patient_directions == PATIENT_DIRECTIONS["HFS"]
+    np.testing.assert_allclose(couch.patient_displacement_lps_mm, [2.5, -4.0, -1.25], atol=1e-9)
+
+
+def test_couch_angle_views_are_combined_in_couch_axes():
+    shift = np.array([-1.0, 3.0, 2.0])
+    views = views_for(shift, (0,), couch_deg=0) + views_for(shift, (90,), couch_deg=0) + \
+        views_for(shift, (90,), couch_deg=90)
+    couch = solve_couch_shift(views)
+    np.testing.assert_allclose(couch.displacement_mm, shift, atol=1e-9)
+
+
+@pytest.mark.parametrize("gantries", [(0, 180), (90, 270), (0, 5), (0, 0)])
+def test_parallel_views_are_rejected(gantries):
+    with pytest.raises(GeometryError, match=r"parallel or nearly so .* add a view"):
+        solve_couch_shift(views_for([1, 2, 3], gantries))
+
+
+def test_one_view_is_not_enough():
+    with pytest.raises(GeometryError, match="at least two views"):
+        solve_couch_shift(views_for([1, 2, 3], (0,)))
+
+
+def test_views_that_disagree_are_reported():
+    views = views_for([1.0, 2.0, 3.0], (0, 90))
+    # the longitudinal shift is seen by both views (dy = -lng); make them disagree by 3 mm
+    views[1] = View(gantry_deg=90, dx_mm=views[1].dx_mm, dy_mm=views[1].dy_mm + 3.0, label="G90")
+    couch = solve_couch_shift(views, max_residual_mm=1.0)
+    assert not couch.ok
+    assert "G90 (gantry 90) disagrees with the others by 1.50 mm" in couch.reason
+    assert [v["residual_mm"] for v in couch.views] == pytest.approx([1.5, 1.5])
+    assert couch.longitudinal_mm == pytest.approx(2.0 - 1.5)
+
+
+def test_a_view_that_is_not_ok_makes_the_result_not_ok():
+    views = views_for([1.0, 2.0, 3.0], (0, 90))
+    views[0] = View(gantry_deg=0, dx_mm=views[0].dx_mm, dy_mm=views[0].dy_mm, ok=False, reason="ambiguous",
+                    label="G0")
+    couch = solve_couch_shift(views)
+    assert not couch.ok
+    assert couch.reason == "G0 (gantry 0): ambiguous"
+
+
+def test_rotations_from_the_in_plane_rotations():
+    pitch, yaw = 1.5, -2.0
+    # first order: theta(view) = beam . w; at 0/90 that is -yaw and -pitch
+    couch = solve_couch_shift(views_for([0, 0, 0], (0, 90), rotations=[-yaw, -pitch]))
+    assert couch.rotation_deg["pitch"] == pytest.approx(pitch)
+    assert couch.rotation_deg["yaw"] == pytest.approx(yaw)
+    assert couch.rotation_deg["roll"] is None
+    assert couch.rotation_correction_deg == {"pitch": pytest.approx(-pitch), "roll": None, "yaw": pytest.approx(-yaw)}
+    assert any("roll" in w and "not observable" in w for w in couch.warnings)
+
+    # a third view with the couch turned 90 deg looks along the couch's longitudinal axis: roll is observable
+    w = np.array([0.7, -1.1, 0.4])
+    views = []
+    for gantry, couch_deg in [(0, 0), (90, 0), (90, 90)]:
+        beam = image_axes(gantry, couch_deg=couch_deg)[2]
+        views.append(View(gantry_deg=gantry, couch_deg=couch_deg, dx_mm=0.0, dy_mm=0.0, rotation_deg=float(beam @ w)))
+    estimate = solve_couch_shift(views).rotation_deg
+    assert [estimate["pitch"], estimate["roll"], estimate["yaw"]] == pytest.approx(w.tolist())
+
+
+def test_tolerance_table_per_axis():
+    tolerance = parse_tolerance("lat=2,lng=2,vrt=2,rot=1,roll=1")
+    couch = solve_couch_shift(views_for([1.0, -2.5, 0.5], (0, 90), rotations=[0.4, -1.2]), tolerance=tolerance)
+    assert couch.within_tolerance == {"lat": True, "lng": False, "vrt": True, "rot": False, "roll": None}
+    assert couch.all_within_tolerance is False
+    assert couch.tolerance["limits"]["lat"] == 2.0
+    relaxed = solve_couch_shift(views_for([1.0, -1.5, 0.5], (0, 90)), tolerance=parse_tolerance("lat=2,lng=2"))
+    assert relaxed.all_within_tolerance is True
+    assert solve_couch_shift(views_for([1, 1, 1], (0, 90))).all_within_tolerance is None
+
+
+def test_result_is_json_ready():
+    couch = solve_couch_shift(views_for([1, 2, 3], (0, 90)), patient_position="FFP")
+    data = json.loads(couch.as_json())
+    for key in ("lateral_mm", "longitudinal_mm", "vertical_mm", "couch_correction", "views", "ok", "condition"):
+        assert key in data
+    assert data["patient_directions"]["lateral"] == "patient left"
+    assert isinstance(couch, CouchShift)
+
+
+# ---------------------------------------------------------------------------
+# simulated setups: render, register with portalign, combine
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct() -> CTVolume:
+    if THORAX.is_dir():
+        return read_ct_series(THORAX).downsampled(4)
+    # Without the real CT: a water box with bone beads (asymmetric, so every view has structure).
+    rng = np.random.default_rng(7)
+    hu = np.full((50, 40, 50), -1000.0, dtype=np.float32)  # z, y, x at 4 mm
+    hu[5:45, 5:35, 5:45] = 0.0
+    zz, yy, xx = np.indices(hu.shape)
+    for _ in range(40):
+        cz, cy, cx = rng.uniform(8, 42), rng.uniform(8, 32), rng.uniform(8, 42)
+        hu[(zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(1.0, 4.0)] = 1500.0
+    return CTVolume(hu, (4.0, 4.0, 4.0), (-98.0, -78.0, -98.0), "HFS", "bead phantom")
+
+
+def _simulated_views(ct, shift, gantries, position, rotation=(0.0, 0.0, 0.0)):
+    views = []
+    for gantry in gantries:
+        reference = render_drr(ct, gantry_deg=gantry, patient_position=position, **GEOMETRY)
+        frame = render_drr(ct, gantry_deg=gantry, patient_position=position, couch_shift_mm=shift,
+                           patient_rotation_deg=rotation, **GEOMETRY)
+        result = portalign.register(reference, frame)
+        views.append(View.from_result(result, frame, reference=reference))
+    return views
+
+
+@pytest.mark.parametrize(
+    ("position", "gantries", "shift"),
+    [
+        ("HFS", (0, 90), (3.0, -2.0, 4.0)),
+        ("FFS", (0, 45), (-2.5, 1.5, 3.0)),
+        ("HFP", (270, 0), (-1.5, -2.5, 2.0)),
+        ("FFS", (315, 45, 180), (2.0, 3.0, -2.5)),
+    ],
+)
+def test_simulated_setup_recovers_the_3d_shift(ct, position, gantries, shift):
+    couch = solve_couch_shift(_simulated_views(ct, shift, gantries, position), patient_position=position)
+    np.testing.assert_allclose(couch.displacement_mm, shift, atol=0.8)
+    assert couch.couch_correction["vertical"] == pytest.approx(-shift[2], abs=0.8)
+    assert max(v["residual_mm"] for v in couch.views) < 0.8
+
+
+def test_simulated_rotations_give_pitch_and_yaw(ct):
+    pitch, yaw = 1.0, 1.5  # right-handed about IEC X and Z, as render_drr takes them
+    couch = solve_couch_shift(_simulated_views(ct, (1.0, 2.0, -1.5), (0, 90), "HFS", rotation=(pitch, 0.0, yaw)))
+    assert couch.rotation_deg["pitch"] == pytest.approx(pitch, abs=0.3)
+    assert couch.rotation_deg["yaw"] == pytest.approx(yaw, abs=0.3)
+    assert couch.rotation_deg["roll"] is None
+    # Pitch is out of plane at gantry 0: anatomy above and below the isocentre slides along Y by depth x angle,
+    # which the 2-D match reads as a longitudinal shift; lateral and vertical are not affected to first order.
+    assert couch.lateral_mm == pytest.approx(1.0, abs=0.8)
+    assert couch.vertical_mm == pytest.approx(-1.5, abs=0.8)
+
+
+# ---------------------------------------------------------------------------
+# real data: Winston-Lutz BB moved by 3 mm couch shifts (TrueBeam, aS1200)
+# ---------------------------------------------------------------------------
+
+
+def _by_gantry(paths):
+    images = {}
+    for path in paths:
+        image = read_rt_image(path)
+        images[round(image.info.gantry_deg) % 360] = image
+    return images
+
+
+def bb_centroid_mm(image):
+    """Centroid of the dark BB inside the bright field, mm at the isocentre plane (image frame)."""
+    pixels = image.pixels.astype(np.float64)
+    field = pixels > 0.5 * np.percentile(pixels, 99.9)
+    labels, n = ndimage.label(field)
+    field = labels == 1 + int(np.argmax(ndimage.sum_labels(field, labels, np.arange(1, n + 1))))
+    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+    margin = int(round(3.0 / image.spacing_mm[0]))  # 3 mm inside the field edge
+    r0, c0 = rows[0] + margin, cols[0] + margin
+    inner = pixels[r0:rows[-1] - margin + 1, c0:cols[-1] - margin + 1]
+    plateau = np.median(inner)
+    dark = inner < 0.5 * (plateau + inner.min())
+    labels, n = ndimage.label(dark)
+    bb = labels == 1 + int(np.argmax(ndimage.sum_labels(dark, labels, np.arange(1, n + 1))))
+    weight = np.where(bb, plateau - inner, 0.0)
+    rr, cc = np.indices(inner.shape)
+    row = (weight * rr).sum() / weight.sum() + r0
+    col = (weight * cc).sum() / weight.sum() + c0
+    return image.pixel_to_mm(col, row)
+
+
+@pytest.fixture(scope="module")
+def wl_sets(tmp_path_factory):
+    if not WL.is_dir():
+        pytest.skip(f"real data not found at {WL}")
+    sets = {"cardinal": _by_gantry(sorted((WL / "cardinal").glob("*.dcm"))),
+            "lat3mm": _by_gantry(sorted((WL / "lat3mm").glob("*.dcm")))}
+    folder = tmp_path_factory.mktemp("wl")
+    for name in ("lng3mm", "vrt3mm"):
+        with zipfile.ZipFile(WL / f"{name}.zip") as archive:
+            archive.extractall(folder / name)
+        sets[name] = _by_gantry(sorted((folder / name).rglob("*.dcm")))
+    return sets
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "axis"), [("lat3mm", 0), ("lng3mm", 1), ("vrt3mm", 2)])
+def test_winston_lutz_couch_shift_matches_the_bb(wl_sets, name, axis):
+    cardinal, moved = wl_sets["cardinal"], wl_sets[name]
+    assert sorted(cardinal) == sorted(moved) == [0, 90, 180, 270]
+    # Expected: the BB centroid moves in each view, combined with the same projection model.
+    bb_views = []
+    for gantry in sorted(cardinal):
+        before, after = bb_centroid_mm(cardinal[gantry]), bb_centroid_mm(moved[gantry])
+        bb_views.append(View(gantry_deg=moved[gantry].info.gantry_deg, dx_mm=float(after[0] - before[0]),
+                             dy_mm=float(after[1] - before[1])))
+    expected = solve_couch_shift(bb_views)
+    # the BB analysis itself: about 3 mm along the moved axis, the four views consistent
+    assert 2.5 < abs(expected.displacement_mm[axis]) < 3.5
+    assert max(v["residual_mm"] for v in expected.views) < 0.2
+
+    couch, results = register_views([(cardinal[g], moved[g]) for g in sorted(cardinal)])
+    assert all(r.ok for r in results), [r.reason for r in results]
+    np.testing.assert_allclose(couch.displacement_mm, expected.displacement_mm, atol=0.35)
+    assert couch.ok
+    assert max(v["residual_mm"] for v in couch.views) < 0.35
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+
+def _write_view(ct, folder, gantry, shift, position):
+    paths = []
+    for label, kwargs in (("ref", {}), ("frame", {"couch_shift_mm": shift})):
+        image = render_drr(ct, gantry_deg=gantry, patient_position=position, **GEOMETRY, **kwargs)
+        ds = make_rt_image(image.pixels, spacing=GEOMETRY["detector_spacing_mm"], sid=1500.0, sad=1000.0,
+                           position="centre", gantry=gantry, PatientPosition=position)
+        paths.append(str(write_rt_image(ds, folder / f"{label}_{gantry}.dcm")))
+    return paths
+
+
+def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
+    shift = (2.0, -1.0, 3.0)
+    pairs = [_write_view(ct, tmp_path, g, shift, "HFS") for g in (0, 90)]
+    reg_path = tmp_path / "couch_reg.dcm"
+    status = main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1",
+                   "--reg-out", str(reg_path), "--json"])
+    assert status == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [data["lateral_mm"], data["longitudinal_mm"], data["vertical_mm"]] == pytest.approx(shift, abs=0.8)
+    assert data["couch_correction"]["lateral"] == pytest.approx(-data["lateral_mm"])
+    assert data["within_tolerance"] == {"lat": False, "lng": True, "vrt": False, "rot": True}
+    assert data["ok"] is True
+    assert data["patient_position"] == "HFS"
+    assert [v["gantry_deg"] for v in data["views"]] == [0.0, 90.0]
+    assert all("residual_mm" in v for v in data["views"])
+    assert reg_path.is_file()
+
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1]]) == 0
+    text = capsys.readouterr().out
+    assert "correction" in text and "vertical" in text and "(+ = anterior)" in text
+
+
+def test_cli_couch_errors_are_one_line(ct, tmp_path, capsys):
+    pair = _write_view(ct, tmp_path, 0, (1.0, 0.0, 0.0), "HFS")
+    assert main(["couch", "--pair", *pair, "--pair", *pair]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "parallel" in err
+    assert main(["couch", "--pair", *pair, "--pair", *pair, "--tolerance", "lat=2,height=3"]) == 2
+    assert "unknown axis 'height'" in capsys.readouterr().err

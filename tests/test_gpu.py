@@ -1,0 +1,313 @@
+"""GPU kernels and the GPU backend against the CPU kernels and the float64 references.
+
+Runs on a CUDA device (with CuPy) or in numba's CUDA simulator, which must be
+switched on before numba is imported::
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -m gpu tests
+
+Elsewhere every test here is skipped. The simulator runs each CUDA thread as a
+Python thread, so the images are tiny (24 x 20) and the launch shape is patched
+small (8 or 5 threads per block, 2-3 blocks): multi-block grids, grid-stride
+loops, chunk flushes of the privatised histograms and tree reductions over
+blocks that are not a power of two all run.
+
+Tolerances (GPU vs CPU): bit-identical for every integer and mask kernel, the
+features, the row sums, the joint histograms and ``masked_range``; 1e-12
+relative for mutual information and 1e-9 of the sums' magnitude for the edge
+correlation (fixed-order float64 reductions, bit-identical run to run); one
+float32 ulp (2e-7 relative) for ``warp_bilinear``; 1e-5 of the largest value
+for the float32 FFT surfaces (identical under the simulator).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from portalign.kernels import cpu
+from portalign.kernels.gpu import launch
+from portalign.kernels.reference import gradient as ref_gradient
+from portalign.kernels.reference import mask as ref_mask
+from portalign.kernels.reference import mutual_information as ref_mi
+from portalign.kernels.reference import pyramid as ref_pyramid
+from portalign.kernels.reference import warp as ref_warp
+
+from tests.kernel_cases import (
+    REF_SHAPE,
+    SHAPE,
+    listed_pixels,
+    pose_batch,
+    random_image,
+    random_mask,
+    rotations_for,
+    structured_image,
+)
+
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+
+
+def _why_no_gpu() -> str:
+    if SIMULATED:
+        return ""
+    from numba import cuda
+
+    if not cuda.is_available():
+        return "no CUDA device; run NUMBA_ENABLE_CUDASIM=1 python -m pytest -m gpu tests to simulate one"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "CuPy is not installed: pip install portalign[gpu]"
+    return ""
+
+
+WHY_NO_GPU = _why_no_gpu()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(WHY_NO_GPU), reason=WHY_NO_GPU)]
+
+#: (threads per block, max blocks, pixels per thread): tiny shapes everywhere; a real device also runs the defaults.
+LAUNCHES = [(8, 3, 2), (5, 2, 3)] + ([] if SIMULATED else [(256, 1024, 16)])
+POSES = np.concatenate([pose_batch("subpixel_rotated"), pose_batch("integer")[1:], pose_batch("outside")[[0, 3]]])
+POSE_ROTATIONS = np.concatenate([rotations_for("subpixel_rotated"), rotations_for("integer")[1:],
+                                 rotations_for("outside")[[0, 3]]])
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from portalign.gpu import gpu_backend
+
+    return gpu_backend()
+
+
+@pytest.fixture(autouse=True)
+def tiny_launch(monkeypatch):
+    monkeypatch.setattr(launch, "THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", 3)
+    monkeypatch.setattr(launch, "PIXELS_PER_THREAD", 2)
+
+
+def _launch(monkeypatch, shape):
+    tpb, blocks, per_thread = shape
+    monkeypatch.setattr(launch, "THREADS_PER_BLOCK", tpb)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", blocks)
+    monkeypatch.setattr(launch, "PIXELS_PER_THREAD", per_thread)
+
+
+def _run_both(backend, name, host_args, out_indices):
+    """Run kernel ``name`` on the CPU and on the GPU backend; return (cpu outputs, gpu outputs) on the host."""
+    cpu_args = [a.copy() if isinstance(a, np.ndarray) else a for a in host_args]
+    getattr(cpu, name)(*cpu_args)
+    gpu_args = [backend.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args]
+    getattr(backend.kernels, name)(*gpu_args)
+    return [cpu_args[i] for i in out_indices], [backend.to_host(gpu_args[i]) for i in out_indices]
+
+
+def test_backend_is_gpu_with_twin_kernels(backend):
+    assert backend.name == "gpu"
+    if SIMULATED:
+        assert backend.xp is np and "simulator" in backend.device
+    else:
+        import cupy
+
+        assert backend.xp is cupy
+    cpu_names = set(vars(cpu.KERNELS))
+    assert set(vars(backend.kernels)) == cpu_names
+    for name in cpu_names:  # same arguments, in the same order
+        cpu_fn = getattr(cpu.KERNELS, name)
+        cpu_params = list(inspect.signature(getattr(cpu_fn, "py_func", cpu_fn)).parameters)
+        assert list(inspect.signature(getattr(backend.kernels, name)).parameters) == cpu_params, name
+
+
+def _elementwise_case(name):
+    image, mask = structured_image(), random_mask()
+    odd = structured_image((25, 21))
+    f32, u8 = np.float32, np.uint8
+    cases = {
+        "downsample2": ([odd, np.zeros((12, 10), f32)], [1]),
+        "downsample2_mask": ([random_mask((25, 21)), np.zeros((12, 10), u8)], [1]),
+        "orientation_features": ([image, mask, 40.0, np.zeros(SHAPE, f32), np.zeros(SHAPE, f32)], [3, 4]),
+        "gradient_row_sums": ([image, mask, np.zeros((SHAPE[0], 2))], [2]),
+        "threshold_mask": ([image, float(np.median(image)), True, np.zeros(SHAPE, u8)], [3]),
+        "erode_box": ([random_mask(keep=0.95), 2, np.zeros(SHAPE, u8), np.zeros(SHAPE, u8)], [3]),
+        "quantize": ([image, mask, float(image.min()) + 50.0, float(image.max()) - 50.0, 16,
+                      np.zeros(SHAPE, np.int16)], [5]),
+        "warp_bilinear": ([structured_image(REF_SHAPE), pose_batch("subpixel_rotated")[2], -3.0,
+                           np.zeros(SHAPE, f32)], [3]),
+    }
+    return cases[name]
+
+
+def _reference_of(name, args, outs):
+    """Float64 reference outputs for the elementwise kernels."""
+    module = {"downsample2": ref_pyramid, "downsample2_mask": ref_pyramid, "orientation_features": ref_gradient,
+              "gradient_row_sums": ref_gradient, "threshold_mask": ref_mask, "erode_box": ref_mask,
+              "quantize": ref_mi, "warp_bilinear": ref_warp}[name]
+    ref_args = [np.zeros(a.shape, np.float64) if i in outs else a for i, a in enumerate(args)]
+    getattr(module, name)(*ref_args)
+    return [ref_args[i] for i in outs]
+
+
+@pytest.mark.parametrize("name", ["downsample2", "downsample2_mask", "orientation_features", "gradient_row_sums",
+                                  "threshold_mask", "erode_box", "quantize", "warp_bilinear"])
+def test_elementwise_kernels_match_cpu_and_reference(backend, name):
+    args, outs = _elementwise_case(name)
+    cpu_out, gpu_out = _run_both(backend, name, args, outs)
+    for c, g, r in zip(cpu_out, gpu_out, _reference_of(name, args, outs), strict=True):
+        if name == "warp_bilinear" and not SIMULATED:
+            assert_allclose(g, c, rtol=2.4e-7, atol=0)  # the device may fuse the blend into FMAs: one ulp
+        else:
+            assert_array_equal(g, c)  # bit-identical
+        assert_allclose(g, r, rtol=1e-6, atol=2e-6 if name == "orientation_features" else 1e-3)
+    assert any(np.any(g != 0) for g in gpu_out)
+
+
+@pytest.mark.parametrize("case", ["random", "structured", "empty", "constant"])
+def test_masked_range_and_pixel_list_match_cpu(backend, case):
+    image = random_image() if case == "random" else structured_image()
+    mask = random_mask(keep=0.7)
+    if case == "empty":
+        mask[...] = 0
+    if case == "constant":
+        image = np.full(SHAPE, 12.25, np.float32)
+    expected = cpu.masked_range(image, mask, 0.005, 0.995)
+    got = backend.kernels.masked_range(backend.asarray(image), backend.asarray(mask), 0.005, 0.995)
+    assert got == expected and type(got[2]) is int
+    rows = backend.xp.zeros(mask.size, dtype=backend.xp.int32)
+    cols = backend.xp.zeros(mask.size, dtype=backend.xp.int32)
+    count = backend.kernels.pixel_list(backend.asarray(mask), rows, cols)
+    e_rows, e_cols, e_count = listed_pixels(mask)
+    assert count == e_count
+    assert_array_equal(backend.to_host(rows)[:count], e_rows[:count])
+    assert_array_equal(backend.to_host(cols)[:count], e_cols[:count])
+
+
+def _histogram_inputs(bins):
+    frame, reference = structured_image(SHAPE, 0), structured_image(REF_SHAPE, 10)
+    frame_mask = random_mask(SHAPE, seed=3, keep=0.6)
+    frame_bins, ref_bins = np.empty(SHAPE, np.int16), np.empty(REF_SHAPE, np.int16)
+    cpu.quantize(frame, frame_mask, float(frame.min()), float(frame.max()), bins, frame_bins)
+    cpu.quantize(reference, random_mask(REF_SHAPE, seed=4, keep=0.95), float(reference.min()),
+                 float(reference.max()), bins, ref_bins)
+    rows, cols, count = listed_pixels(frame_mask)
+    return rows, cols, count, frame_bins, ref_bins
+
+
+@pytest.mark.parametrize("shape", LAUNCHES + ["global-atomics"])
+def test_joint_histograms_bit_identical_to_cpu(backend, monkeypatch, shape):
+    if shape == "global-atomics":  # bins too many for shared memory: straight int64 atomics
+        monkeypatch.setattr(launch, "SHARED_HISTOGRAM_MAX_BYTES", 0)
+    else:
+        _launch(monkeypatch, shape)
+    bins = 16
+    rows, cols, count, frame_bins, ref_bins = _histogram_inputs(bins)
+    args = [rows, cols, count, frame_bins, ref_bins, POSES, np.full((len(POSES), bins, bins), -1, np.int64)]
+    (expected,), (got,) = _run_both(backend, "joint_histograms", args, [6])
+    assert_array_equal(got, expected)
+    fixed = np.empty_like(expected)
+    ref_mi.joint_histograms_fixed_point(rows, cols, count, frame_bins, ref_bins, POSES, fixed)
+    assert_array_equal(got, fixed)
+    assert expected[:-1].sum() > 0 and expected[-1].sum() == 0  # the last pose maps wholly outside
+
+
+def test_mutual_information_matches_cpu(backend):
+    rng = np.random.default_rng(5)
+    hist = rng.integers(0, 3 * 65536, size=(4, 16, 16)).astype(np.int64)
+    hist[1, :, 5:] = 0
+    hist[2] = 0  # an empty histogram gives 0
+    hist[3] = np.diag(np.full(16, 65536))
+    for normalised in (False, True):
+        (expected,), (got,) = _run_both(backend, "mutual_information", [hist, normalised, np.zeros(4)], [2])
+        assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+        reference = np.empty(4)
+        ref_mi.mutual_information(hist, normalised, reference)
+        assert_allclose(got, reference, rtol=1e-12, atol=1e-15)
+    assert got[2] == 0.0 and got[3] == pytest.approx(2.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", LAUNCHES)
+def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypatch, shape):
+    _launch(monkeypatch, shape)
+    frame, reference = structured_image(SHAPE, 0), structured_image(REF_SHAPE, 20)
+    mask = random_mask(SHAPE, seed=6, keep=0.6)
+    f_re, f_im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
+    r_re, r_im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
+    cpu.orientation_features(frame, mask, 50.0, f_re, f_im)
+    cpu.orientation_features(reference, np.ones(REF_SHAPE, np.uint8), 50.0, r_re, r_im)
+    rows, cols, count = listed_pixels(mask)
+    args = [rows, cols, count, f_re, f_im, r_re, r_im, POSES, POSE_ROTATIONS, np.zeros((len(POSES), 3))]
+    (expected,), (got,) = _run_both(backend, "gradient_correlation", args, [9])
+    scale = np.sqrt(expected[:, 1] * np.maximum(expected[:, 2], 1e-300))
+    assert_allclose(got[:, 1:], expected[:, 1:], rtol=1e-9)
+    assert np.all(np.abs(got[:, 0] - expected[:, 0]) <= 1e-9 * np.maximum(scale, 1e-300))
+    assert np.all(got[-1, [0, 2]] == 0) and np.all(got[:-1, 2] > 0)
+    (_,), (again,) = _run_both(backend, "gradient_correlation", args, [9])
+    assert_array_equal(again, got)  # fixed reduction order: bit-identical run to run
+
+
+def test_fft_search_kernels_match_cpu(backend):
+    rng = np.random.default_rng(8)
+    re, im = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    padded = (12, 10)
+    spectrum_cpu = cpu.feature_spectrum(re, im, padded, 3)
+    spectrum_gpu = backend.to_host(backend.kernels.feature_spectrum(backend.asarray(re), backend.asarray(im),
+                                                                    padded, 3))
+    assert spectrum_gpu.dtype == np.complex64
+    ref_conj = np.conj(np.stack([spectrum_cpu, cpu.feature_spectrum(im, re, padded, 0)]))
+    out_cpu = np.empty((2, *padded), np.float32)
+    cpu.correlation_surfaces(spectrum_cpu, ref_conj, out_cpu)
+    out_gpu = backend.xp.empty((2, *padded), dtype=backend.xp.float32)
+    backend.kernels.correlation_surfaces(backend.asarray(spectrum_gpu), backend.asarray(ref_conj), out_gpu)
+    if SIMULATED:
+        assert_array_equal(spectrum_gpu, spectrum_cpu)
+        assert_array_equal(backend.to_host(out_gpu), out_cpu)
+    else:
+        assert_allclose(spectrum_gpu, spectrum_cpu, atol=1e-5 * np.abs(spectrum_cpu).max())
+        assert_allclose(backend.to_host(out_gpu), out_cpu, atol=1e-5 * np.abs(out_cpu).max())
+
+
+def _scene(shape, dx, dy, theta_deg):
+    """Four blobs and a ramp, moved by (dx, dy) px and turned by theta about the centre; float32."""
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    cx, cy = (cols - 1) / 2, (rows - 1) / 2
+    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
+    # frame point p shows reference point R(-theta)(p - d)
+    u = c * (xx - cx - dx) + s * (yy - cy - dy) + cx
+    v = -s * (xx - cx - dx) + c * (yy - cy - dy) + cy
+    img = 0.3 * u / cols
+    for fy, fx, sigma, amp in [(0.3, 0.35, 3.0, 1.0), (0.65, 0.6, 2.5, -0.7), (0.4, 0.75, 2.0, 0.8),
+                               (0.75, 0.25, 2.2, 0.6)]:
+        img = img + amp * np.exp(-((u - fx * cols) ** 2 + (v - fy * rows) ** 2) / (2 * sigma**2))
+    return (100.0 * img).astype(np.float32)
+
+
+def test_whole_registration_on_gpu_equals_cpu(backend):
+    import portalign
+    from portalign.gpu import register_batch
+
+    shape = (24, 20)
+    reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
+    frames = [portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0),
+              portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=1.0)]
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
+    on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames)
+    for c, g in zip(on_cpu, on_gpu, strict=True):
+        assert g.backend == "gpu" and c.backend == "cpu"
+        assert g.ok == c.ok
+        assert abs(g.dx_mm - c.dx_mm) <= 0.01 and abs(g.dy_mm - c.dy_mm) <= 0.01
+        assert abs(g.rotation_deg - c.rotation_deg) <= 0.01
+        assert g.score == pytest.approx(c.score, abs=1e-6)
+    # and the registration found the displacement it was given (loosely: tiny, coarse images)
+    assert on_gpu[0].dx_mm == pytest.approx(1.3, abs=0.3) and on_gpu[0].dy_mm == pytest.approx(-0.8, abs=0.3)
+
+
+@pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")
+def test_simulator_refused_when_not_asked_for_explicitly():
+    from portalign import BackendUnavailableError
+    from portalign.gpu import gpu_backend
+
+    with pytest.raises(BackendUnavailableError, match="simulator"):
+        gpu_backend(allow_simulator=False)
+    assert gpu_backend().name == "gpu"

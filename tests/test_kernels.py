@@ -1,0 +1,426 @@
+"""CPU kernels against the float64 numpy references (and scipy where it has the same operation)."""
+
+from __future__ import annotations
+
+import sys
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from portalign.kernels import cpu
+from portalign.kernels.reference import correlation as ref_correlation
+from portalign.kernels.reference import edge as ref_edge
+from portalign.kernels.reference import gradient as ref_gradient
+from portalign.kernels.reference import mask as ref_mask
+from portalign.kernels.reference import mutual_information as ref_mi
+from portalign.kernels.reference import pyramid as ref_pyramid
+from portalign.kernels.reference import warp as ref_warp
+from scipy import ndimage, stats
+
+from tests.kernel_cases import (
+    POSE_BATCHES,
+    REF_SHAPE,
+    SHAPE,
+    listed_pixels,
+    pose_batch,
+    random_image,
+    random_mask,
+    rotations_for,
+    structured_image,
+)
+
+IMAGES = {"structured": structured_image, "random": random_image}
+
+
+# --- pyramid ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [SHAPE, (25, 21), (7, 4)])
+@pytest.mark.parametrize("kind", IMAGES)
+def test_downsample2_matches_reference(kind, shape):
+    src = IMAGES[kind](shape)
+    out = np.full((shape[0] // 2, shape[1] // 2), np.nan, dtype=np.float32)
+    expected = np.empty(out.shape)
+    cpu.downsample2(src, out)
+    ref_pyramid.downsample2(src, expected)
+    # float32 sums of four values in [0, 2000]: a few float32 ulps of the value
+    assert_allclose(out, expected, rtol=3e-7 * 4, atol=0)
+
+
+def test_downsample2_mask_matches_reference():
+    src = random_mask((25, 21), keep=0.8)
+    out = np.full((12, 10), 7, dtype=np.uint8)
+    expected = np.empty((12, 10), dtype=np.uint8)
+    cpu.downsample2_mask(src, out)
+    ref_pyramid.downsample2_mask(src, expected)
+    assert_array_equal(out, expected)
+    assert 0 < expected.sum() < expected.size  # the case has both outcomes
+
+
+# --- gradient features ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", IMAGES)
+@pytest.mark.parametrize("eps", [1.0, 40.0])
+def test_orientation_features_match_reference(kind, eps):
+    image, mask = IMAGES[kind](), random_mask()
+    re, im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
+    ref_re, ref_im = np.empty(SHAPE), np.empty(SHAPE)
+    cpu.orientation_features(image, mask, eps, re, im)
+    ref_gradient.orientation_features(image, mask, eps, ref_re, ref_im)
+    # features are in [-1, 1]; the CPU rounds the float32 pixel difference and the result to float32
+    assert_allclose(re, ref_re, atol=2e-6)
+    assert_allclose(im, ref_im, atol=2e-6)
+    assert np.all(re[0] == 0) and np.all(im[:, -1] == 0) and np.all(re[mask == 0] == 0)
+    assert np.abs(re).max() > 0.1
+
+
+def test_orientation_feature_of_a_ramp_is_its_doubled_angle():
+    # a ramp at 30 degrees: phi = 30 deg, feature = |g|^2/(|g|^2+eps^2) * exp(2i phi)
+    yy, xx = np.mgrid[0:12, 0:12].astype(np.float64)
+    image = (xx * np.cos(np.radians(30)) + yy * np.sin(np.radians(30))).astype(np.float32) * 10
+    re, im = np.empty((12, 12), np.float32), np.empty((12, 12), np.float32)
+    cpu.orientation_features(image, np.ones((12, 12), np.uint8), 10.0, re, im)
+    strength = 100.0 / (100.0 + 100.0)
+    assert_allclose(re[1:-1, 1:-1], strength * np.cos(np.radians(60)), atol=1e-5)
+    assert_allclose(im[1:-1, 1:-1], strength * np.sin(np.radians(60)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", IMAGES)
+def test_gradient_row_sums_match_reference(kind):
+    image, mask = IMAGES[kind](), random_mask()
+    out, expected = np.empty((SHAPE[0], 2)), np.empty((SHAPE[0], 2))
+    cpu.gradient_row_sums(image, mask, out)
+    ref_gradient.gradient_row_sums(image, mask, expected)
+    assert_array_equal(out[:, 1], expected[:, 1])
+    assert_allclose(out[:, 0], expected[:, 0], rtol=1e-6)
+
+
+# --- masks ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("above", [True, False])
+def test_threshold_mask_matches_reference(above):
+    image = structured_image()
+    threshold = float(np.median(image)) + 0.1
+    out, expected = np.empty(SHAPE, np.uint8), np.empty(SHAPE, np.uint8)
+    cpu.threshold_mask(image, threshold, above, out)
+    ref_mask.threshold_mask(image, threshold, above, expected)
+    assert_array_equal(out, expected)
+    assert abs(int(expected.sum()) - expected.size // 2) <= 1
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 5])
+def test_erode_box_matches_reference_and_scipy(radius, seed):
+    mask = random_mask(seed=seed, keep=0.93)
+    mask[8:16, 5:15] = 1  # a solid block that survives every radius used
+    out, scratch, expected = np.empty(SHAPE, np.uint8), np.empty(SHAPE, np.uint8), np.empty(SHAPE, np.uint8)
+    cpu.erode_box(mask, radius, scratch, out)
+    ref_mask.erode_box(mask, radius, scratch, expected)
+    assert_array_equal(out, expected)
+    structure = np.ones((2 * radius + 1, 2 * radius + 1), bool)
+    scipy_eroded = ndimage.binary_erosion(mask.astype(bool), structure=structure, border_value=0)
+    if radius == 0:
+        scipy_eroded = mask.astype(bool)
+    assert_array_equal(out.astype(bool), scipy_eroded)
+    assert out.sum() > 0
+
+
+@pytest.mark.parametrize("fractions", [(0.005, 0.995), (0.25, 0.75), (0.0, 1.0)])
+@pytest.mark.parametrize("kind", IMAGES)
+def test_masked_range_within_one_bin_of_order_statistics(kind, fractions):
+    image, mask = IMAGES[kind](), random_mask()
+    low, high, count = cpu.masked_range(image, mask, *fractions)
+    r_low, r_high, r_count = ref_mask.masked_range(image, mask, *fractions)
+    values = image[mask != 0].astype(np.float64)
+    width = (values.max() - values.min()) / 4096
+    assert count == r_count == int(mask.sum())
+    # the kernel reports the lower edge of the bin holding the low statistic and the upper edge of the high one
+    assert r_low - width * 1.0001 <= low <= r_low
+    assert r_high <= high <= r_high + width * 1.0001
+
+
+def test_masked_range_edge_cases():
+    image = structured_image()
+    assert cpu.masked_range(image, np.zeros(SHAPE, np.uint8), 0.01, 0.99) == (0.0, 0.0, 0)
+    flat = np.full(SHAPE, 3.5, np.float32)
+    assert cpu.masked_range(flat, np.ones(SHAPE, np.uint8), 0.01, 0.99) == (3.5, 3.5, SHAPE[0] * SHAPE[1])
+
+
+def test_pixel_list_matches_reference():
+    mask = random_mask(keep=0.6)
+    rows, cols = np.full(mask.size, -1, np.int32), np.full(mask.size, -1, np.int32)
+    r_rows, r_cols = np.zeros(mask.size, np.int32), np.zeros(mask.size, np.int32)
+    count = cpu.pixel_list(mask, rows, cols)
+    assert count == ref_mask.pixel_list(mask, r_rows, r_cols) == int(mask.sum())
+    assert_array_equal(rows[:count], r_rows[:count])
+    assert_array_equal(cols[:count], r_cols[:count])
+
+
+# --- mutual information ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bins", [8, 32])
+@pytest.mark.parametrize("kind", IMAGES)
+def test_quantize_matches_reference(kind, bins):
+    image, mask = IMAGES[kind](), random_mask()
+    low, high = np.percentile(image, [5, 95])
+    out, expected = np.empty(SHAPE, np.int16), np.empty(SHAPE, np.int16)
+    cpu.quantize(image, mask, float(low), float(high), bins, out)
+    ref_mi.quantize(image, mask, float(low), float(high), bins, expected)
+    assert_array_equal(out, expected)
+    assert set(np.unique(out)) <= set(range(-1, bins)) and out.max() == bins - 1 and out.min() == -1
+
+
+def _histogram_inputs(bins: int, seed: int = 0):
+    frame = structured_image(SHAPE, seed)
+    reference = structured_image(REF_SHAPE, seed + 10)
+    frame_mask, ref_mask_ = random_mask(SHAPE, seed=3), random_mask(REF_SHAPE, seed=4, keep=0.95)
+    frame_bins, ref_bins = np.empty(SHAPE, np.int16), np.empty(REF_SHAPE, np.int16)
+    cpu.quantize(frame, frame_mask, float(frame.min()), float(frame.max()), bins, frame_bins)
+    cpu.quantize(reference, ref_mask_, float(reference.min()), float(reference.max()), bins, ref_bins)
+    rows, cols, count = listed_pixels(frame_mask)
+    return rows, cols, count, frame_bins, ref_bins
+
+
+@pytest.mark.parametrize("batch", POSE_BATCHES)
+@pytest.mark.parametrize("bins", [8, 32])
+def test_joint_histograms_bit_identical_to_fixed_point_reference(batch, bins):
+    rows, cols, count, frame_bins, ref_bins = _histogram_inputs(bins)
+    affines = pose_batch(batch)
+    out = np.full((len(affines), bins, bins), -5, np.int64)
+    expected = np.empty_like(out)
+    cpu.joint_histograms(rows, cols, count, frame_bins, ref_bins, affines, out)
+    ref_mi.joint_histograms_fixed_point(rows, cols, count, frame_bins, ref_bins, affines, expected)
+    assert_array_equal(out, expected)
+    assert np.all(out.sum(axis=(1, 2)) % ref_mi.PV_ONE == 0)  # every counted pixel adds exactly PV_ONE
+    if batch == "outside":
+        assert out[2:].sum() == 0  # wholly outside: nothing counted
+    else:
+        assert np.all(out.sum(axis=(1, 2)) > 0)
+
+
+@pytest.mark.parametrize("batch", ["subpixel_rotated", "scaled"])
+def test_joint_histograms_close_to_exact_partial_volume(batch):
+    rows, cols, count, frame_bins, ref_bins = _histogram_inputs(16)
+    affines = pose_batch(batch)
+    fixed = np.empty((len(affines), 16, 16), np.int64)
+    exact = np.empty((len(affines), 16, 16))
+    cpu.joint_histograms(rows, cols, count, frame_bins, ref_bins, affines, fixed)
+    ref_mi.joint_histograms(rows, cols, count, frame_bins, ref_bins, affines, exact)
+    # same pixels counted; each weight truncated by less than 2/256 of a pixel (4 corners per pixel)
+    assert_allclose(fixed.sum(axis=(1, 2)) / ref_mi.PV_ONE, exact.sum(axis=(1, 2)), rtol=1e-12)
+    pixels_per_bin = exact.sum(axis=(1, 2))[:, None, None]
+    assert np.abs(fixed / ref_mi.PV_ONE - exact).max() <= 4 * 2 / 256 * pixels_per_bin.max()
+    assert_allclose(fixed / ref_mi.PV_ONE, exact, atol=0.02 * pixels_per_bin.max() / 16)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba is limited to one thread here")
+def test_joint_histograms_bit_identical_across_thread_counts():
+    rows, cols, count, frame_bins, ref_bins = _histogram_inputs(32, seed=7)
+    affines = np.concatenate([pose_batch("subpixel_rotated"), pose_batch("scaled"), pose_batch("integer")])
+    results = []
+    previous = numba.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            numba.set_num_threads(threads)
+            out = np.empty((len(affines), 32, 32), np.int64)
+            cpu.joint_histograms(rows, cols, count, frame_bins, ref_bins, affines, out)
+            results.append(out)
+    finally:
+        numba.set_num_threads(previous)
+    assert_array_equal(results[0], results[1])
+    assert_array_equal(results[0], results[2])
+
+
+def test_mutual_information_matches_scipy_entropies():
+    rng = np.random.default_rng(11)
+    hist = rng.integers(0, 5 * 65536, size=(3, 12, 9)).astype(np.int64)
+    hist[1, :, 4:] = 0  # empty bins and rows are skipped, not log(0)
+    hist[1, 3, :] = 0
+    mi, nmi = np.empty(3), np.empty(3)
+    cpu.mutual_information(hist, False, mi)
+    cpu.mutual_information(hist, True, nmi)
+    for k in range(3):
+        p = hist[k] / hist[k].sum()
+        h_f, h_r, h_joint = stats.entropy(p.sum(axis=1)), stats.entropy(p.sum(axis=0)), stats.entropy(p.ravel())
+        assert mi[k] == pytest.approx(h_f + h_r - h_joint, rel=1e-12, abs=1e-14)
+        assert nmi[k] == pytest.approx((h_f + h_r) / h_joint, rel=1e-12)
+    expected = np.empty(3)
+    ref_mi.mutual_information(hist, False, expected)
+    assert_allclose(mi, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_mutual_information_known_values():
+    identical = np.zeros((2, 4, 4), np.int64)
+    identical[0] = np.diag([65536, 65536, 65536, 65536])  # perfectly dependent, uniform: MI = log 4, NMI = 2
+    identical[1] = 65536  # independent, uniform: MI = 0, NMI = 1
+    mi, nmi = np.empty(2), np.empty(2)
+    cpu.mutual_information(identical, False, mi)
+    cpu.mutual_information(identical, True, nmi)
+    assert_allclose(mi, [np.log(4.0), 0.0], atol=1e-12)
+    assert_allclose(nmi, [2.0, 1.0], atol=1e-12)
+    empty = np.zeros((1, 4, 4), np.int64)
+    out = np.full(1, 9.0)
+    cpu.mutual_information(empty, False, out)
+    assert out[0] == 0.0
+
+
+@pytest.mark.parametrize("batch", POSE_BATCHES)
+def test_mutual_information_of_kernel_histograms_matches_reference(batch):
+    rows, cols, count, frame_bins, ref_bins = _histogram_inputs(16, seed=3)
+    affines = pose_batch(batch)
+    hist = np.empty((len(affines), 16, 16), np.int64)
+    cpu.joint_histograms(rows, cols, count, frame_bins, ref_bins, affines, hist)
+    for normalised in (False, True):
+        out, expected = np.empty(len(affines)), np.empty(len(affines))
+        cpu.mutual_information(hist, normalised, out)
+        ref_mi.mutual_information(hist, normalised, expected)
+        assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+
+
+# --- edge correlation -------------------------------------------------------------------------------
+
+
+def _feature_inputs(seed: int = 0):
+    frame, reference = structured_image(SHAPE, seed), structured_image(REF_SHAPE, seed + 20)
+    frame_mask, ref_mask_ = random_mask(SHAPE, seed=6), np.ones(REF_SHAPE, np.uint8)
+    f_re, f_im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
+    r_re, r_im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
+    cpu.orientation_features(frame, frame_mask, 50.0, f_re, f_im)
+    cpu.orientation_features(reference, ref_mask_, 50.0, r_re, r_im)
+    rows, cols, count = listed_pixels(frame_mask)
+    return rows, cols, count, f_re, f_im, r_re, r_im
+
+
+@pytest.mark.parametrize("batch", POSE_BATCHES)
+def test_gradient_correlation_matches_reference(batch):
+    rows, cols, count, f_re, f_im, r_re, r_im = _feature_inputs()
+    affines, rot = pose_batch(batch), rotations_for(batch)
+    out, expected = np.full((len(affines), 3), np.nan), np.empty((len(affines), 3))
+    cpu.gradient_correlation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, out)
+    ref_edge.gradient_correlation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, expected)
+    scale = np.sqrt(expected[:, 1] * np.maximum(expected[:, 2], 1e-300))
+    assert_allclose(out[:, 1:], expected[:, 1:], rtol=1e-9)
+    assert np.all(np.abs(out[:, 0] - expected[:, 0]) <= 1e-9 * np.maximum(scale, 1e-300))
+    if batch == "outside":
+        assert np.all(out[2:, [0, 2]] == 0)  # nothing sampled in the reference
+
+
+def test_gradient_correlation_of_an_image_with_itself_is_one():
+    image = structured_image(SHAPE)
+    mask = np.ones(SHAPE, np.uint8)
+    re, im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
+    cpu.orientation_features(image, mask, 50.0, re, im)
+    rows, cols, count = listed_pixels(mask)
+    identity = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    out = np.empty((1, 3))
+    cpu.gradient_correlation(rows, cols, count, re, im, re, im, identity, np.array([[1.0, 0.0]]), out)
+    # the last row/column has no cell to interpolate in, so S_rr misses the (zero) border features only;
+    # S_ff adds float32 squares where S_fr adds float64 products: equal to ~1e-10
+    assert out[0, 0] / np.sqrt(out[0, 1] * out[0, 2]) == pytest.approx(1.0, abs=1e-8)
+
+
+# --- warp -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", POSE_BATCHES)
+def test_warp_bilinear_matches_reference(batch):
+    src = structured_image(REF_SHAPE)
+    for affine in pose_batch(batch):
+        out, expected = np.empty(SHAPE, np.float32), np.empty(SHAPE)
+        cpu.warp_bilinear(src, affine, -7.0, out)
+        ref_warp.warp_bilinear(src, affine, -7.0, expected)
+        assert_allclose(out, expected, rtol=2e-7, atol=2e-4)  # float32 output of values ~1e3
+
+
+def test_warp_bilinear_identity_and_half_pixel():
+    src = random_image(SHAPE)
+    out = np.empty(SHAPE, np.float32)
+    cpu.warp_bilinear(src, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), -1.0, out)
+    assert_array_equal(out, src)
+    cpu.warp_bilinear(src, np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]), -1.0, out)
+    assert_allclose(out[:, :-1], 0.5 * (src[:, :-1].astype(np.float64) + src[:, 1:]), rtol=1e-6)
+    assert np.all(out[:, -1] == -1.0)
+
+
+# --- FFT correlation --------------------------------------------------------------------------------
+
+
+def test_feature_spectrum_and_surfaces_match_explicit_dft():
+    rng = np.random.default_rng(4)
+    re, im = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    padded = (10, 9)
+    spectrum = cpu.feature_spectrum(re, im, padded, 2)
+    expected = ref_correlation.feature_spectrum(re, im, padded, 2)
+    # single-precision FFT (complex64): rounding of order 1e-7 of the spectrum's magnitude
+    magnitude = np.abs(expected).max()
+    assert_allclose(spectrum, expected, atol=1e-6 * magnitude)
+    ref_conj = np.conj(np.stack([cpu.feature_spectrum(im, re, padded, 1), spectrum]))
+    out = np.empty((2, *padded), np.float32)
+    expected_out = np.empty((2, *padded))
+    cpu.correlation_surfaces(spectrum, ref_conj, out)
+    ref_correlation.correlation_surfaces(spectrum.astype(np.complex128), ref_conj.astype(np.complex128), expected_out)
+    assert_allclose(out, expected_out, atol=1e-6 * np.abs(expected_out).max())
+
+
+def test_correlation_surface_peaks_at_the_known_shift():
+    # the frame is the reference moved by (tx, ty) = (3, -2) pixels: the surface peaks there
+    feature = structured_image((16, 16))
+    re = (feature - feature.mean()).astype(np.float32)
+    im = np.zeros_like(re)
+    shifted = np.roll(np.roll(re, -2, axis=0), 3, axis=1)
+    padded = (16, 16)
+    ref_conj = np.conj(cpu.feature_spectrum(re, im, padded, 0))[None]
+    out = np.empty((1, *padded), np.float32)
+    cpu.correlation_surfaces(cpu.feature_spectrum(shifted, im, padded, 0), ref_conj, out)
+    ty, tx = np.unravel_index(int(np.argmax(out[0])), padded)
+    assert (tx, ty) == (3, -2 % 16)
+    assert out[0, ty, tx] == pytest.approx(float((re.astype(np.float64) ** 2).sum()), rel=1e-5)
+
+
+# --- GPU backend selection without a GPU --------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_gpu_detection(monkeypatch):
+    from portalign import gpu
+
+    monkeypatch.setattr(gpu, "_detected", None)
+    yield gpu
+    gpu._detected = None
+
+
+def _no_gpu_here() -> bool:
+    if numba.config.ENABLE_CUDASIM:
+        return False
+    from numba import cuda
+
+    return not cuda.is_available()
+
+
+@pytest.mark.skipif(not _no_gpu_here(), reason="a CUDA device (or the simulator) is present")
+def test_gpu_backend_names_the_missing_device(fresh_gpu_detection):
+    from portalign import BackendUnavailableError, select_backend
+
+    with pytest.raises(BackendUnavailableError, match=r"no CUDA device: numba.cuda.is_available\(\) is False"):
+        fresh_gpu_detection.gpu_backend()
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        select_backend("gpu")
+    auto = select_backend("auto")
+    assert auto.name == "cpu" and "no CUDA device" in auto.fallback_reason
+
+
+@pytest.mark.skipif(numba.config.ENABLE_CUDASIM, reason="the simulator needs no CuPy")
+def test_gpu_backend_names_missing_cupy(fresh_gpu_detection, monkeypatch):
+    from numba import cuda
+    from portalign import BackendUnavailableError
+
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    with pytest.raises(BackendUnavailableError, match=r"CuPy is not installed: pip install portalign\[gpu\]"):
+        fresh_gpu_detection.gpu_backend()
+    available, detail = fresh_gpu_detection.gpu_status()
+    assert not available and "CuPy" in detail

@@ -1,0 +1,229 @@
+"""DICOM receiver: real C-STOREs from pynetdicom's SCU to the SCP on a free loopback port."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from dicom_factory import make_rt_image
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import RTImageStorage, Verification
+from scipy import ndimage
+
+import portalign
+from portalign.journal import Journal, read_journal
+from portalign.scp import STATUS_CANNOT_UNDERSTAND, InstanceRegistrar, add_arguments, is_reference, start_scp
+
+SIZE = 128
+TOL_MM = 0.1
+RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+
+
+def blobs(seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.standard_normal((SIZE, SIZE)), 3)
+    return (img - img.min()) / np.ptp(img) * 3000 + 200
+
+
+def shifted(img: np.ndarray, dx_mm: float, dy_mm: float) -> np.ndarray:
+    return ndimage.shift(img, (dy_mm, dx_mm), order=3, mode="nearest")  # 1 mm pixels at the isocentre
+
+
+def rt_image(pixels: np.ndarray, *, plan: str | None = None, beam: int | None = None, **tags) -> Dataset:
+    if plan is not None:
+        item = Dataset()
+        item.ReferencedSOPClassUID = RT_PLAN_STORAGE
+        item.ReferencedSOPInstanceUID = plan
+        tags["ReferencedRTPlanSequence"] = [item]
+    if beam is not None:
+        tags["ReferencedBeamNumber"] = beam
+    # imager spacing 1.5 mm at SID 1500 / SAD 1000 -> 1.0 mm at the isocentre
+    return make_rt_image(pixels, spacing=1.5, sid=1500.0, sad=1000.0, position="centre", **tags)
+
+
+def drr(pixels: np.ndarray, **kwargs) -> Dataset:
+    return rt_image(pixels, ImageType=["DERIVED", "SECONDARY", "DRR"], RTImageLabel="DRR beam", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return blobs()
+
+
+@pytest.fixture()
+def scp(tmp_path):
+    """Start an SCP; yields a function (reference=..., allow_ae=...) -> (port, journal path)."""
+    servers, journals = [], []
+
+    def start(reference=None, allow_ae=None):
+        path = tmp_path / f"results{len(journals)}.jsonl"
+        journal = Journal(path)
+        journals.append(journal)
+        server = start_scp(InstanceRegistrar(journal, reference=reference), port=0, allow_ae=allow_ae)
+        servers.append(server)
+        return server.server_address[1], path
+
+    yield start
+    for server in servers:
+        server.shutdown()
+    for journal in journals:
+        journal.close()
+
+
+def send(port: int, datasets: list[Dataset], calling: str = "TESTSCU") -> list[Dataset]:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(RTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="PORTALIGN")
+    assert assoc.is_established, "association was not accepted"
+    try:
+        return [assoc.send_c_store(ds) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def test_frames_registered_against_the_reference_of_their_beam(scp, image):
+    port, path = scp()
+    plan = generate_uid()
+    reference = drr(image, plan=plan, beam=1)
+    shifts = [(2.0, -1.0), (-1.5, 0.5)]
+    frames = [rt_image(shifted(image, dx, dy), plan=plan, beam=1) for dx, dy in shifts]
+    statuses = send(port, [reference, *frames])
+    assert [s.Status for s in statuses] == [0x0000, 0x0000, 0x0000]
+    lines = read_journal(path)
+    assert [line["status"] for line in lines] == ["reference", "ok", "ok"]
+    assert lines[0]["sop_instance_uid"] == reference.SOPInstanceUID and lines[0]["beam_number"] == 1
+    for line, ds, (dx, dy) in zip(lines[1:], frames, shifts, strict=True):
+        assert line["sop_instance_uid"] == ds.SOPInstanceUID
+        assert line["reference_sop_instance_uid"] == reference.SOPInstanceUID
+        assert line["reference_match"] == "beam" and line["calling_ae"] == "TESTSCU"
+        assert line["result"]["dx_mm"] == pytest.approx(dx, abs=TOL_MM)
+        assert line["result"]["dy_mm"] == pytest.approx(dy, abs=TOL_MM)
+
+
+def test_configured_reference_and_per_beam_priority(scp, image):
+    configured = portalign.Image.from_array(blobs(seed=99), pixel_spacing_mm=1.0)  # unrelated anatomy
+    port, path = scp(reference=configured)
+    plan = generate_uid()
+    no_beam = rt_image(shifted(blobs(seed=99), 1.0, 1.0))  # matched to the configured reference
+    beam_ref = drr(image, plan=plan, beam=3)
+    beam_frame = rt_image(shifted(image, -2.0, 1.0), plan=plan, beam=3)  # its own beam's reference wins
+    other_beam = rt_image(shifted(blobs(seed=99), 0.5, -0.5), plan=plan, beam=4)  # no reference: configured
+    statuses = send(port, [no_beam, beam_ref, beam_frame, other_beam])
+    assert [s.Status for s in statuses] == [0, 0, 0, 0]
+    lines = read_journal(path)
+    assert [line.get("reference_match") for line in lines] == ["configured", None, "beam", "configured"]
+    assert lines[0]["result"]["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+    assert lines[2]["result"]["dx_mm"] == pytest.approx(-2.0, abs=TOL_MM)
+    assert lines[3]["result"]["dy_mm"] == pytest.approx(-0.5, abs=TOL_MM)
+
+
+def test_undecodable_instance_gets_an_error_status_and_an_error_line(scp, image):
+    port, path = scp(reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0))
+    truncated = rt_image(shifted(image, 1.0, 0.0))
+    truncated.PixelData = truncated.PixelData[:1000]
+    good = rt_image(shifted(image, 1.0, 0.0))
+    statuses = send(port, [truncated, good])
+    assert statuses[0].Status == STATUS_CANNOT_UNDERSTAND
+    assert "pixel data cannot be decoded" in statuses[0].ErrorComment
+    assert statuses[1].Status == 0x0000  # the receiver goes on
+    lines = read_journal(path)
+    assert [line["status"] for line in lines] == ["error", "ok"]
+    assert lines[0]["sop_instance_uid"] == truncated.SOPInstanceUID
+    assert lines[0]["stage"] == "decode" and "less than expected" in lines[0]["error"]
+    assert lines[1]["sop_instance_uid"] == good.SOPInstanceUID
+
+
+def test_no_reference_and_bad_pixels_still_received_with_an_error_line(scp, image):
+    port, path = scp()
+    orphan = rt_image(shifted(image, 1.0, 0.0), plan=generate_uid(), beam=2)
+    statuses = send(port, [orphan])
+    assert statuses[0].Status == 0x0000  # received; the journal says why it was not registered
+    (line,) = read_journal(path)
+    assert line["status"] == "error" and line["sop_instance_uid"] == orphan.SOPInstanceUID
+    assert "no reference for plan" in line["error"] and "beam 2" in line["error"]
+
+
+def test_every_frame_of_a_cine_instance_gets_a_line(scp, image):
+    port, path = scp(reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0))
+    shifts = [(1.0, 0.0), (1.5, -0.5), (2.0, -1.0)]
+    cine = rt_image(np.stack([shifted(image, dx, dy) for dx, dy in shifts]), gantry=[0.0, 0.5, 1.0])
+    assert send(port, [cine])[0].Status == 0
+    lines = read_journal(path)
+    assert [line["frame_index"] for line in lines] == [0, 1, 2]
+    assert {line["sop_instance_uid"] for line in lines} == {cine.SOPInstanceUID}
+    for line, (dx, dy) in zip(lines, shifts, strict=True):
+        assert line["result"]["dx_mm"] == pytest.approx(dx, abs=TOL_MM)
+        assert line["result"]["dy_mm"] == pytest.approx(dy, abs=TOL_MM)
+
+
+def test_calling_ae_titles_can_be_restricted(scp, image):
+    port, path = scp(reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0), allow_ae=["CONSOLE1"])
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(RTImageStorage)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_rejected
+    assert send(port, [rt_image(shifted(image, 0.5, 0.5))], calling="CONSOLE1")[0].Status == 0
+    lines = read_journal(path)
+    assert len(lines) == 1 and lines[0]["calling_ae"] == "CONSOLE1"
+
+
+def test_echo_is_answered(scp):
+    port, _ = scp()
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+def test_is_reference_rules(image):
+    def read(ds):
+        return portalign.read_rt_image(ds)
+
+    assert is_reference(read(drr(image)))
+    assert is_reference(read(rt_image(image, RTImageLabel="REF G0")))
+    assert is_reference(read(rt_image(image, ImageType=["ORIGINAL", "PRIMARY", "PORTAL", "REFERENCE"])))
+    assert not is_reference(read(rt_image(image, RTImageLabel="PREFIX MV")))
+    assert not is_reference(read(rt_image(image)))
+
+
+def test_cli_arguments():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--port", "11113", "--results", "r.jsonl", "--allow-ae", "A,B"])
+    assert (args.port, args.results, args.ae_title, args.allow_ae, args.host) == (
+        11113, "r.jsonl", "PORTALIGN", "A,B", "127.0.0.1")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--port", "1"])  # --results is required
+
+
+def test_scp_command_in_its_own_process(tmp_path, image):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from dicom_factory import write_rt_image
+
+    reference = write_rt_image(rt_image(image), tmp_path / "ref.dcm")
+    results = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "portalign.scp", "--port", "0", "--results", str(results),
+               "--reference", str(reference), "--allow-ae", "TESTSCU"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stderr.readline()
+        match = re.search(r"PORTALIGN listening on 127\.0\.0\.1:(\d+) \(TESTSCU\)", banner)
+        assert match, banner
+        frame = rt_image(shifted(image, -1.0, 2.0))
+        assert send(int(match.group(1)), [frame])[0].Status == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        process.stderr.close()
+    (line,) = read_journal(results)
+    assert line["sop_instance_uid"] == frame.SOPInstanceUID and line["reference_match"] == "configured"
+    assert line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)

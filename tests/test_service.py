@@ -1,0 +1,316 @@
+"""HTTP service over real HTTP: uvicorn on a free loopback port in a thread, httpx clients."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from dicom_factory import make_rt_image, to_bytes
+from scipy import ndimage
+
+from portalign.journal import read_journal
+from portalign.service import ServerThread, add_arguments, create_app, is_loopback, run
+
+SIZE = 128
+SPACING = 1.0
+TOL_MM = 0.1
+MAX_BODY = 1_000_000
+
+
+def blobs(seed: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.standard_normal((SIZE, SIZE)), 3)
+    return ((img - img.min()) / np.ptp(img) * 3000 + 200).astype(np.float32)
+
+
+def shifted(img: np.ndarray, dx_mm: float, dy_mm: float) -> np.ndarray:
+    return ndimage.shift(img, (dy_mm / SPACING, dx_mm / SPACING), order=3, mode="nearest").astype(np.float32)
+
+
+def raw(pixels: np.ndarray, dtype: str = "float32", **extra: str) -> dict:
+    array = np.ascontiguousarray(pixels, dtype=np.dtype(dtype).newbyteorder("<"))
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "X-Rows": str(array.shape[0]),
+        "X-Cols": str(array.shape[1]),
+        "X-Dtype": dtype,
+        "X-Pixel-Spacing-Mm": str(SPACING),
+        **extra,
+    }
+    return {"content": array.tobytes(), "headers": headers}
+
+
+def dicom(pixels: np.ndarray, **tags) -> dict:
+    # imager spacing 1.5 mm at SID 1500 / SAD 1000 -> 1.0 mm at the isocentre
+    ds = make_rt_image(pixels, spacing=1.5, sid=1500.0, sad=1000.0, position="centre", **tags)
+    return {"content": to_bytes(ds), "headers": {"Content-Type": "application/dicom"}}
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return blobs()
+
+
+@pytest.fixture(scope="module")
+def journal_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("service") / "results.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(journal_path):
+    app = create_app(max_body_bytes=MAX_BODY, cache_size=4, journal=journal_path, warm_up=True, workers=2)
+    with ServerThread(app) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ref_id(server, image):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        response = c.post("/v1/references", **raw(image))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_health_and_reference_round_trip(client, ref_id):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["backend"] == "cpu" and health["references"] >= 1
+    info = client.get(f"/v1/references/{ref_id}").json()
+    assert info["id"] == ref_id and info["shape"] == [SIZE, SIZE] and info["spacing_mm"] == [SPACING, SPACING]
+    assert ref_id in [r["id"] for r in client.get("/v1/references").json()["references"]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint16", "float64"])
+def test_register_raw_pixels_recovers_the_shift(client, ref_id, image, journal_path, dtype):
+    frame = shifted(image, 2.5, -1.75)
+    response = client.post(f"/v1/references/{ref_id}/register", **raw(frame, dtype, **{"X-Frame-Id": f"raw-{dtype}"}))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ok"] is True and body["frame_id"] == f"raw-{dtype}" and body["reference_id"] == ref_id
+    assert body["dx_mm"] == pytest.approx(2.5, abs=TOL_MM)
+    assert body["dy_mm"] == pytest.approx(-1.75, abs=TOL_MM)
+    assert {"rotation_deg", "score", "method", "backend", "elapsed_ms", "server_ms"} <= set(body)
+    lines = [line for line in read_journal(journal_path) if line["frame_id"] == f"raw-{dtype}"]
+    assert len(lines) == 1 and lines[0]["status"] == "ok" and lines[0]["source"] == "serve"
+    assert lines[0]["result"]["dx_mm"] == pytest.approx(body["dx_mm"])
+
+
+def test_dicom_reference_and_frame(client, image):
+    response = client.post("/v1/references", **dicom(image, ImageType=["DERIVED", "SECONDARY", "DRR"]))
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert info["kind"] == "drr" and info["spacing_mm"] == pytest.approx([1.0, 1.0])
+    assert response.headers["location"] == f"/v1/references/{info['id']}"
+    frame = dicom(shifted(image, -1.5, 2.0))
+    result = client.post(f"/v1/references/{info['id']}/register", **frame).json()
+    assert result["dx_mm"] == pytest.approx(-1.5, abs=TOL_MM) and result["dy_mm"] == pytest.approx(2.0, abs=TOL_MM)
+    assert result["frame_uid"] != ""
+
+
+def test_bad_requests_get_4xx_with_clear_messages_and_the_server_stays_up(client, ref_id, image):
+    url = f"/v1/references/{ref_id}/register"
+    frame = shifted(image, 1.0, 1.0)
+    cases = []
+    cases.append((client.post(url, content=b"\x00garbage" * 50, headers={"Content-Type": "application/dicom"}),
+                  422, "not a DICOM file"))
+    cases.append((client.post(url, content=b"abc", headers={"Content-Type": "text/plain"}), 415, "application/dicom"))
+    cases.append((client.post(url, content=b"abc"), 415, "Content-Type"))
+    short = raw(frame)
+    short["content"] = short["content"][:-7]
+    cases.append((client.post(url, **short), 400, f"but X-Rows x X-Cols x 4 ({SIZE} x {SIZE} float32)"))
+    missing = raw(frame)
+    del missing["headers"]["X-Rows"]
+    cases.append((client.post(url, **missing), 400, "X-Rows is missing"))
+    cases.append((client.post(url, **raw(frame, **{"X-Dtype": "complex64"})), 400, "X-Dtype 'complex64'"))
+    cases.append((client.post(url, **raw(frame, **{"X-Pixel-Spacing-Mm": "-1"})), 400, "must be positive"))
+    cases.append((client.post(url, **raw(frame, **{"X-Rows": "ten"})), 400, "X-Rows must be a positive integer"))
+    nan = frame.copy()
+    nan[3, 3] = np.nan
+    cases.append((client.post(url, **raw(nan)), 422, "NaN"))
+    cases.append((client.post(url, **raw(np.full((SIZE, SIZE), 9.0))), 422, "same value"))
+    huge = raw(frame, **{"X-Rows": "16000", "X-Cols": "16000"})
+    cases.append((client.post(url, **huge), 413, "16000 x 16000 float32 pixels would be 1024000000 bytes"))
+    huger = raw(frame, **{"X-Rows": "10000000", "X-Cols": "10000000"})
+    cases.append((client.post(url, **huger), 413, "exceeds the largest accepted side"))
+    cases.append((client.post(url, **dicom(frame, ImagePlanePixelSpacing=None, PixelSpacing=None)), 422, "spacing"))
+    no_spacing = raw(frame)
+    del no_spacing["headers"]["X-Pixel-Spacing-Mm"]
+    cases.append((client.post(url, **no_spacing), 400, "X-Pixel-Spacing-Mm is missing"))
+    cases.append((client.post("/v1/references", **raw(np.full((SIZE, SIZE), 1.0))), 422, "same value"))
+    for response, status, text in cases:
+        assert response.status_code == status, (status, response.text)
+        assert text in response.json()["detail"], response.json()
+        assert response.json()["error"]
+    assert client.get("/health").json()["status"] == "ok"
+    ok = client.post(url, **raw(frame)).json()
+    assert ok["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+
+
+def test_body_too_large_gets_413_declared_or_streamed(client, ref_id):
+    url = f"/v1/references/{ref_id}/register"
+    declared = client.post(url, content=b"\x00" * (MAX_BODY + 1), headers={"Content-Type": "application/dicom"})
+    assert declared.status_code == 413 and f"limit of {MAX_BODY} bytes" in declared.json()["detail"]
+
+    def chunks():
+        for _ in range(40):
+            yield b"\x00" * 65536
+
+    streamed = client.post(url, content=chunks(), headers={"Content-Type": "application/dicom"})
+    assert streamed.status_code == 413 and f"exceeds {MAX_BODY} bytes" in streamed.json()["detail"]
+    big = client.post(url, content=b"\x00" * (8 * MAX_BODY), headers={"Content-Type": "application/dicom"})
+    assert big.status_code == 413
+    assert client.get("/health").status_code == 200
+
+
+def test_unknown_reference_is_404(client, image):
+    for response in (
+        client.get("/v1/references/0123abc"),
+        client.delete("/v1/references/0123abc"),
+        client.post("/v1/references/0123abc/register", **raw(image)),
+    ):
+        assert response.status_code == 404
+        assert "reference '0123abc' is not known" in response.json()["detail"]
+
+
+def test_delete_and_lru_eviction(client, image):
+    ids = [client.post("/v1/references", **raw(blobs(seed))).json()["id"] for seed in (11, 12, 13)]
+    assert client.delete(f"/v1/references/{ids[0]}").status_code == 204
+    assert client.get(f"/v1/references/{ids[0]}").status_code == 404
+    # cache_size=4: touch ids[1], then add three more; ids[2] (least recently used) goes, ids[1] goes next
+    assert client.get(f"/v1/references/{ids[1]}").status_code == 200
+    newer = [client.post("/v1/references", **raw(blobs(seed))).json()["id"] for seed in (14, 15, 16)]
+    assert client.get(f"/v1/references/{ids[2]}").status_code == 404
+    listed = [r["id"] for r in client.get("/v1/references").json()["references"]]
+    assert len(listed) == 4 and listed[-3:] == newer
+    metrics = client.get("/metrics").text
+    assert "portalign_references_evicted_total" in metrics
+    evicted = int(next(line for line in metrics.splitlines() if line.startswith("portalign_references_evicted_total ")
+                       ).split()[1])
+    assert evicted >= 2
+
+
+def test_concurrent_clients(server, image):
+    # a fresh reference: earlier tests may have evicted the shared one
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        ref = c.post("/v1/references", **raw(image)).json()["id"]
+    shifts = [(0.25 * (k % 9) - 1.0, 1.5 - 0.2 * (k % 7)) for k in range(25)]
+    errors: list[str] = []
+    results: list[tuple[float, float, dict]] = []
+    lock = threading.Lock()
+    frames = [raw(shifted(image, dx, dy)) for dx, dy in shifts]
+
+    def client_thread(n: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            for k, (dx, dy) in enumerate(shifts):
+                try:
+                    response = c.post(f"/v1/references/{ref}/register", **frames[k])
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{response.status_code} {response.text}")
+                    with lock:
+                        results.append((dx, dy, response.json()))
+                except Exception as exc:  # collected, asserted below
+                    with lock:
+                        errors.append(f"client {n} frame {k}: {exc}")
+
+    health: list[int] = []
+    loaded = threading.Event()
+
+    def health_thread() -> None:
+        # registration runs in a thread pool, so /health keeps answering under load
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            while not loaded.is_set():
+                health.append(c.get("/health").status_code)
+                loaded.wait(0.05)
+
+    threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(8)]
+    watcher = threading.Thread(target=health_thread)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    loaded.set()
+    watcher.join(60)
+    assert health and set(health) == {200}
+    assert errors == []
+    assert len(results) == 8 * 25
+    for dx, dy, body in results:
+        assert body["ok"]
+        assert body["dx_mm"] == pytest.approx(dx, abs=TOL_MM) and body["dy_mm"] == pytest.approx(dy, abs=TOL_MM)
+
+
+def test_metrics_in_prometheus_format(client, ref_id, image):
+    client.post(f"/v1/references/{ref_id}/register", **raw(shifted(image, 0.5, 0.5)))
+    client.get("/v1/references/nothing-here")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['portalign_frames_registered_total{ok="true"}'] >= 1
+    assert values['portalign_errors_total{kind="not_found"}'] >= 1
+    count = values["portalign_registration_latency_seconds_count"]
+    assert values['portalign_registration_latency_seconds_bucket{le="+Inf"}'] == count >= 1
+    buckets = [v for k, v in values.items() if k.startswith("portalign_registration_latency_seconds_bucket")]
+    assert buckets == sorted(buckets)  # cumulative
+    assert any(k.startswith("portalign_backend_info{backend=\"cpu\"") for k in values)
+    assert "# TYPE portalign_registration_latency_seconds histogram" in text
+
+
+def test_openapi_lists_every_route_with_its_methods(client, server):
+    spec = client.get("/openapi.json").json()
+    app = server.server.config.app
+    from fastapi.routing import APIRoute
+
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert {r.path for r in routes} >= {"/health", "/metrics", "/v1/references", "/v1/references/{ref_id}",
+                                        "/v1/references/{ref_id}/register"}
+    for route in routes:
+        assert route.path in spec["paths"], route.path
+        assert {m.lower() for m in route.methods} <= set(spec["paths"][route.path]), route.path
+    upload = spec["paths"]["/v1/references"]["post"]
+    assert set(upload["requestBody"]["content"]) == {"application/dicom", "application/octet-stream"}
+    assert "201" in upload["responses"]
+
+
+def test_token_is_enforced():
+    app = create_app(token="s3cret", max_body_bytes=MAX_BODY)
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/health").status_code == 200  # no token needed
+        for response in (
+            c.get("/metrics"),
+            c.get("/openapi.json"),
+            c.post("/v1/references", **raw(blobs())),
+            c.get("/v1/references", headers={"X-API-Token": "wrong"}),
+        ):
+            assert response.status_code == 401
+            assert "X-API-Token" in response.json()["detail"]
+        good = {"X-API-Token": "s3cret"}
+        upload = raw(blobs())
+        upload["headers"].update(good)
+        assert c.post("/v1/references", **upload).status_code == 201
+        assert c.get("/metrics", headers=good).status_code == 200
+        assert 'portalign_errors_total{kind="unauthorized"} 4' in c.get("/metrics", headers=good).text
+
+
+def test_serve_refuses_a_public_host_without_token(capsys, monkeypatch):
+    monkeypatch.delenv("PORTALIGN_TOKEN", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--host", "0.0.0.0", "--port", "0"])
+    assert run(args) == 2
+    assert "refusing to listen on 0.0.0.0 without --token" in capsys.readouterr().err
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.org")
+    assert parser.parse_args([]).host == "127.0.0.1"
