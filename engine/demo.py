@@ -49,7 +49,7 @@ def phantom_ct(spacing_mm: float = 2.0) -> CTVolume:
         ramus = ((x - side * 35) / 12) ** 2 + ((y + 15) / 12) ** 2 + ((z + 75) / 25) ** 2 < 1
         hu[ramus] = bone
     # lumbar vertebrae and sacrum: a column of bodies with discs between them
-    body = ((x / 20) ** 2 + ((y - 55) / 16) ** 2 < 1) & ((np.mod(z + 200, 34) > 6))
+    body = ((x / 20) ** 2 + ((y - 55) / 16) ** 2 < 1) & (np.mod(z + 200, 34) > 6)
     hu[body & (z > -20)] = 600.0
     spinous = (np.abs(x) < 5) & (y > 72) & (y < 92) & (np.mod(z + 200, 34) > 14)
     hu[spinous & (z > -20)] = bone

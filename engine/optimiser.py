@@ -340,9 +340,10 @@ def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int, ro
         peak = float(work[kk, iy, ix])
         if not np.isfinite(peak) or (out and peak <= 0):
             break
-        fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, window[kk, iy, ix], window[kk, iy, ix + 1] if ix < 2 * m else None)
-        fy = _parabola(window[kk, iy - 1, ix] if iy > 0 else None, window[kk, iy, ix], window[kk, iy + 1, ix] if iy < 2 * m else None)
-        ft = _parabola(window[kk - 1, iy, ix] if kk > 0 else None, window[kk, iy, ix],
+        centre = window[kk, iy, ix]
+        fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, centre, window[kk, iy, ix + 1] if ix < 2 * m else None)
+        fy = _parabola(window[kk, iy - 1, ix] if iy > 0 else None, centre, window[kk, iy + 1, ix] if iy < 2 * m else None)
+        ft = _parabola(window[kk - 1, iy, ix] if kk > 0 else None, centre,
                        window[kk + 1, iy, ix] if kk < len(thetas) - 1 else None)
         step = thetas[1] - thetas[0] if len(thetas) > 1 else 0.0
         pose = np.array([(ix - m + fx) * level.spacing[1], (iy - m + fy) * level.spacing[0], thetas[kk] + ft * step])

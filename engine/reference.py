@@ -298,7 +298,6 @@ class Reference:
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
         backend, opts = self.backend, self.options
-        k = backend.kernels
         ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
@@ -332,7 +331,7 @@ class Reference:
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
 
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
-        """Reference pixels on ``level``'s grid that are inside the field and off its edge band."""
+        """Return the reference pixels on ``level``'s grid inside the field and off its edge band."""
         if not self.field.detected or self.field.mask is None:
             return np.ones(shape, dtype=bool)
         # resampled pixel c' is original pixel c' * (s'/s); the field level holds f x f boxes of originals
@@ -342,7 +341,7 @@ class Reference:
         return _erode(inside, level.erosion_px)
 
     def _build_coarse(self, level: Level) -> CoarseSearch:
-        """Reference edge spectra on the coarse frame grid, one per candidate rotation."""
+        """Compute the reference edge spectra on the coarse frame grid, one per candidate rotation."""
         opts = self.options
         step = math.radians(opts.rotation_step_deg)
         if opts.estimate_rotation and opts.max_rotation_deg > 0:

@@ -47,8 +47,9 @@ def moved(base: np.ndarray, dx_mm: float, dy_mm: float, theta_deg: float, *, sha
     return ndimage.map_coordinates(base, [qy / base_spacing_mm + by, qx / base_spacing_mm + bx], order=order, mode="nearest")
 
 
-def field_aperture(shape: tuple[int, int], spacing_mm: float, half_width_mm: float, half_height_mm: float,
-                   *, penumbra_mm: float = 2.0, transmission: float = 0.02, offset_mm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def field_aperture(shape: tuple[int, int], spacing_mm: float, half_width_mm: float, half_height_mm: float, *,
+                   penumbra_mm: float = 2.0, transmission: float = 0.02,
+                   offset_mm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """A jaw-defined field fixed to the imager: ~1 inside, ``transmission`` outside, erf penumbra."""
     from scipy.special import erf
 

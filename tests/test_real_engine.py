@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import portalign
+import pytest
 from portalign.dicom import read_rt_image
-from tests.wl import REAL, WL, bb_centroid_mm, wl_files
+
+from tests.wl import REAL, bb_centroid_mm, wl_files
 
 pytestmark = [
     pytest.mark.real_data,

@@ -14,9 +14,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from portalign.dicom import read_rt_image
+from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 WL = REAL / "pylinac" / "wl_shift_truebeam"
