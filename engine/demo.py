@@ -89,9 +89,9 @@ def write_rt_image(image: Image, path: str | Path, *, label: str, image_type: st
     round-trips exactly.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-    rt_image_storage = "1.2.840.10008.5.1.4.1.1.481.1"
+    rt_image_storage = UID("1.2.840.10008.5.1.4.1.1.481.1")
     info = image.info
     sid = info.sid_mm or 1000.0
     sad = info.sad_mm or 1000.0

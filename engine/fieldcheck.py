@@ -13,15 +13,18 @@ Planned field
     field detected in the reference portal image (same method as below).
 Delivered field
     Detected in the frame. A rough mask (Otsu's threshold, largest bright
-    component, holes filled) gives the in-field level (median of the central
-    part of the field, pixels above Otsu's threshold only, so that a BB or
-    bone does not lower it) and the out-of-field floor (median outside a 10 mm band
-    around the field). Each edge is the 50 % line: the crossing of
-    ``floor + 0.5 (in-field - floor)`` (50 % of the in-field level above the
-    detector's floor; for a zero floor exactly 50 % of the in-field level) found
-    on profiles perpendicular to the edge through the central 60 % of the
-    opposite side, linearly interpolated, the median over profiles (a BB or
-    anatomy on a few profiles does not move it).
+    component, holes filled) locates the field and checks that it is brighter
+    than its surroundings. Each edge is then the 50 % line, found on profiles
+    perpendicular to the edge (up to 10 mm either side, at most 40 % of the
+    field size) through the central 80 % of the opposite side: a profile's own
+    out-of-field floor (median of its outer half) and in-field level (median of
+    its inner half) give its threshold ``floor + 0.5 (in-field - floor)``, i.e.
+    50 % of the local in-field level above the detector's floor (for a zero
+    floor exactly 50 % of the in-field level), and the crossing is linearly
+    interpolated. Local levels keep anatomy and the field's own slope away from
+    the edge from moving it; profiles through a BB (no clean step) are dropped,
+    and the edge is the median over profiles. A second pass centres the
+    profiles on the first estimate.
 Frame of the edges
     The field frame is the image frame turned by ``-collimator`` (IEC: a
     positive collimator angle turns the field counter-clockwise in the beam's
@@ -171,24 +174,31 @@ def measure_field(image: Image, *, angle_deg: float = 0.0, smoothing_mm: float =
     if not level > floor:
         raise PortalImageError(f"{name}: the field is not brighter than its surroundings (in-field {level:g}, "
                                f"outside {floor:g}); is this a portal image?")
-    threshold = floor + 0.5 * (level - floor)
-
     # Rough edges in the field frame from the mask's pixel centres.
     x, y = image.pixel_to_mm(cols, rows)
     u, v = _rotate(np.stack([x, y]), -angle_deg)
     rough = {"x1": float(u.min()), "x2": float(u.max()), "y1": float(v.min()), "y2": float(v.max())}
+    min_contrast = 0.25 * (level - floor)
     found: dict[str, float] = {}
-    counts: list[int] = []
+    levels, floors, thresholds, counts = [], [], [], []
     for edge in _EDGES:
-        position, count = _edge_position(pixels, image, rough, edge, threshold, angle_deg)
+        # Two passes: the second centres the profiles on the first estimate, so that the plateau and
+        # floor parts of every profile are clear of the penumbra.
+        first = _edge_position(pixels, image, rough, edge, rough[edge], angle_deg, min_contrast)
+        second = _edge_position(pixels, image, rough, edge, first[0], angle_deg, min_contrast) \
+            if first[0] is not None else first
+        position, count, edge_level, edge_floor = second
         if position is None:
-            raise PortalImageError(f"{name}: the {edge} edge of the field was not found at the 50 % level "
-                                   f"({threshold:g}); the field edge may be too blurred or too close to the border")
+            raise PortalImageError(f"{name}: the {edge} edge of the field was not found at the 50 % level; "
+                                   "the field edge may be too blurred or too close to the border")
         found[edge] = position
+        levels.append(edge_level)
+        floors.append(edge_floor)
+        thresholds.append(edge_floor + 0.5 * (edge_level - edge_floor))
         counts.append(count)
     return FieldEdges(found["x1"], found["x2"], found["y1"], found["y2"], angle_deg=float(angle_deg),
-                      source="detected", in_field_level=level, floor_level=floor, threshold=threshold,
-                      profiles=int(min(counts)))
+                      source="detected", in_field_level=float(np.median(levels)), floor_level=float(np.median(floors)),
+                      threshold=float(np.median(thresholds)), profiles=int(min(counts)))
 
 
 def planned_field(reference: Image, frame: Image | None = None, *, planned: str = "auto") -> FieldEdges:
@@ -354,9 +364,18 @@ def _rough_field(pixels: np.ndarray, name: str) -> tuple[np.ndarray, float]:
     return mask, threshold
 
 
-def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], edge: str, threshold: float,
-                   angle_deg: float) -> tuple[float | None, int]:
-    """Median 50 % crossing of profiles across one edge, in field-frame mm."""
+def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], edge: str, centre: float,
+                   angle_deg: float, min_contrast: float) -> tuple[float | None, int, float, float]:
+    """Median 50 % crossing of profiles across one edge, in field-frame mm.
+
+    Every profile runs from outside to inside across the edge. Its own floor (median of the outer
+    half) and in-field level (median of the inner half) set its 50 % threshold, so that anatomy
+    or a sloping field away from the edge does not move the edge.
+
+    Returns
+    -------
+    position, profiles used, median in-field level, median floor
+    """
     along_u = edge in ("x1", "x2")
     low, high = ("x1", "x2") if along_u else ("y1", "y2")
     across_lo, across_hi = ("y1", "y2") if along_u else ("x1", "x2")
@@ -368,7 +387,6 @@ def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], ed
     span = a1 - a0
     count = int(min(61, max(3, 0.8 * span / spacing_across)))
     across = np.linspace(a0 + 0.1 * span, a1 - 0.1 * span, count)
-    centre = rough[edge]
     s = np.arange(-half, half + 0.5 * step, step)
     inward = 1.0 if edge in ("x1", "y1") else -1.0  # profile runs from outside to inside
     positions = centre + inward * s
@@ -382,19 +400,27 @@ def _edge_position(pixels: np.ndarray, image: Image, rough: dict[str, float], ed
     x, y = _rotate(np.stack([u.ravel(), v.ravel()]), angle_deg)
     col, row = image.mm_to_pixel(x, y)
     values = ndimage.map_coordinates(pixels, [row, col], order=1, mode="nearest").reshape(count, s.size)
-    crossings = []
-    for profile in values:
+    levels = np.median(values[:, s >= 0.5 * half], axis=1)
+    floors = np.median(values[:, s <= -0.5 * half], axis=1)
+    crossings, used = [], []
+    for profile, level, floor in zip(values, levels, floors, strict=True):
+        if level - floor < min_contrast:
+            continue  # a BB or a dense bone on this profile: no clean step
+        threshold = floor + 0.5 * (level - floor)
         above = profile >= threshold
         changes = np.flatnonzero(~above[:-1] & above[1:])  # outside (below) -> inside (above)
         if changes.size == 0:
             continue
-        i = changes[np.argmin(np.abs(s[changes]))]  # the rising crossing nearest the rough edge
+        i = changes[np.argmin(np.abs(s[changes]))]  # the rising crossing nearest the centre
         f0, f1 = profile[i], profile[i + 1]
         t = (threshold - f0) / (f1 - f0)
         crossings.append(positions[i] + inward * t * step)
+        used.append((level, floor))
     if len(crossings) < 3:
-        return None, len(crossings)
-    return float(np.median(crossings)), len(crossings)
+        return None, len(crossings), 0.0, 0.0
+    used_levels = np.array(used)
+    return (float(np.median(crossings)), len(crossings), float(np.median(used_levels[:, 0])),
+            float(np.median(used_levels[:, 1])))
 
 
 # ---------------------------------------------------------------------------

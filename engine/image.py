@@ -180,9 +180,10 @@ class Image:
         if np.ndim(pixel_spacing_mm) == 0:
             spacing = (float(pixel_spacing_mm), float(pixel_spacing_mm))  # type: ignore[arg-type]
         else:
-            spacing = tuple(float(s) for s in pixel_spacing_mm)  # type: ignore[union-attr]
-            if len(spacing) != 2:
+            values = [float(s) for s in pixel_spacing_mm]  # type: ignore[union-attr]
+            if len(values) != 2:
                 raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col), got {pixel_spacing_mm!r}")
+            spacing = (values[0], values[1])
         if beam_axis_px is None:
             beam_axis_px = ((pixels.shape[1] - 1) / 2.0, (pixels.shape[0] - 1) / 2.0)
         return cls(pixels, spacing, beam_axis_px, ImageInfo(source=name, **info))  # type: ignore[arg-type]

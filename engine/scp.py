@@ -321,7 +321,7 @@ def start_scp(
     ae.maximum_pdu_size = 0  # no limit on what we receive in one PDU
     if allow_ae:
         ae.require_calling_aet = [a.strip() for a in allow_ae if a.strip()]
-    handlers = [(evt.EVT_C_STORE, _on_store, [registrar])]
+    handlers: list[Any] = [(evt.EVT_C_STORE, _on_store, [registrar])]
     return ae.start_server((host, port), block=False, evt_handlers=handlers)
 
 
@@ -342,12 +342,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``portalign scp`` until interrupted; returns the exit status."""
+    journal = None
     try:
         journal = Journal(args.results)
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp")
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:
+        if journal is not None:
+            journal.close()
         print(f"portalign scp: {exc}", file=sys.stderr)
         return 2
     port = server.server_address[1]

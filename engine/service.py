@@ -433,7 +433,8 @@ def create_app(
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
     options = options or RegistrationOptions()
     own_journal = journal is not None and not isinstance(journal, Journal)
-    journal_obj = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
+    journal_obj: Journal | None = journal if isinstance(journal, Journal) else (
+        Journal(journal) if journal is not None else None)
     metrics = Metrics(chosen.name, chosen.device)
     cache = ReferenceCache(cache_size, metrics)
     n_workers = workers or min(8, os.cpu_count() or 1)

@@ -236,11 +236,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``portalign watch``; returns the exit status (0, or 2 on unusable arguments)."""
+    journal = None
     try:
         journal = Journal(args.results)
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch")
         watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls)
     except (PortalignError, OSError) as exc:
+        if journal is not None:
+            journal.close()
         print(f"portalign watch: {exc}", file=sys.stderr)
         return 2
     if not args.once:

@@ -22,6 +22,7 @@ for the float32 FFT surfaces (identical under the simulator).
 from __future__ import annotations
 
 import inspect
+import sys
 
 import numba
 import numpy as np
@@ -78,6 +79,17 @@ def backend():
     from portalign.gpu import gpu_backend
 
     return gpu_backend()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_gil_switch():
+    # The simulator's block manager polls its threads in a busy loop; with Python's default
+    # 5 ms switch interval a thread woken from syncthreads waits up to 5 ms for the GIL.
+    previous = sys.getswitchinterval()
+    if SIMULATED:
+        sys.setswitchinterval(2e-4)
+    yield
+    sys.setswitchinterval(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -286,7 +298,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
     import portalign
     from portalign.gpu import register_batch
 
-    shape = (24, 20)
+    shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frames = [portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0),
               portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=1.0)]
@@ -300,7 +312,9 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
         assert abs(g.rotation_deg - c.rotation_deg) <= 0.01
         assert g.score == pytest.approx(c.score, abs=1e-6)
     # and the registration found the displacement it was given (loosely: tiny, coarse images)
-    assert on_gpu[0].dx_mm == pytest.approx(1.3, abs=0.3) and on_gpu[0].dy_mm == pytest.approx(-0.8, abs=0.3)
+    assert all(g.ok for g in on_gpu)
+    assert on_gpu[0].dx_mm == pytest.approx(1.3, abs=0.2) and on_gpu[0].dy_mm == pytest.approx(-0.8, abs=0.2)
+    assert on_gpu[0].rotation_deg == pytest.approx(1.5, abs=0.3)
 
 
 @pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import portalign
 import pytest
 from dicom_factory import make_rt_image
+from portalign.journal import Journal, read_journal
+from portalign.scp import STATUS_CANNOT_UNDERSTAND, InstanceRegistrar, add_arguments, is_reference, start_scp
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import RTImageStorage, Verification
 from scipy import ndimage
-
-import portalign
-from portalign.journal import Journal, read_journal
-from portalign.scp import STATUS_CANNOT_UNDERSTAND, InstanceRegistrar, add_arguments, is_reference, start_scp
 
 SIZE = 128
 TOL_MM = 0.1

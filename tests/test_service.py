@@ -9,10 +9,9 @@ import httpx
 import numpy as np
 import pytest
 from dicom_factory import make_rt_image, to_bytes
-from scipy import ndimage
-
 from portalign.journal import read_journal
 from portalign.service import ServerThread, add_arguments, create_app, is_loopback, run
+from scipy import ndimage
 
 SIZE = 128
 SPACING = 1.0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import portalign
 import pytest
 from dicom_factory import make_rt_image
-from scipy import ndimage
-
-import portalign
 from portalign.journal import Journal, read_journal
 from portalign.stream import FrameStream, HoldMonitor, HoldTolerance, StreamClosedError, StreamFullError
+from scipy import ndimage
 
 SIZE = 128
 SPACING = 1.0
