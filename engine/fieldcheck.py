@@ -358,8 +358,9 @@ def _rough_field(pixels: np.ndarray, name: str) -> tuple[np.ndarray, float]:
         raise PortalImageError(f"{name}: no radiation field found (no bright region)")
     sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
     mask = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
-    border = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
-    if mask.mean() > 0.95 or border.mean() > 0.5:
+    sides = sum(bool(side.any()) for side in (mask[0], mask[-1], mask[:, 0], mask[:, -1]))
+    if mask.mean() > 0.95 or sides == 4:
+        # bright on every side: no dark surround, so no field edge (or a field larger than the imager)
         raise PortalImageError(f"{name}: no radiation field edge found (the field may be larger than the imager)")
     return mask, threshold
 

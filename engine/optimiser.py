@@ -49,6 +49,8 @@ COARSE_TOLERANCE = 0.1
 FINE_TOLERANCE = 0.02
 #: Candidates closer than this (mm) are the same optimum (a broad peak, not an ambiguity).
 DISTINCT_MM = 3.0
+#: A runner-up scoring at least this fraction of the winner is refined further before it counts.
+RECHECK_RATIO = 0.75
 #: Largest rotation step of the quadratic stencil (radians): small fields constrain rotation weakly.
 MAX_ROTATION_STEP = math.radians(0.5)
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
@@ -134,9 +136,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     ambiguity = 0.0
     runner_up = None
     for other in ranked[1:]:
-        if np.hypot(*(other.pose[:2] - best.pose[:2])) > DISTINCT_MM and best.score > 0:
-            ambiguity = max(ambiguity, other.score / best.score)
-            runner_up = other if runner_up is None else runner_up
+        if best.score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
+            continue
+        if other.score >= RECHECK_RATIO * best.score:
+            # a close call: let the runner-up converge; on a broad peak it walks onto the winner
+            pose, score = _newton(backend, plan, levels[first], other.pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
+                                  tolerance=COARSE_TOLERANCE)
+            other = _Candidate(pose, score)
+            if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
+                continue
+        if other.score / best.score > ambiguity:
+            ambiguity, runner_up = other.score / best.score, other
     details["candidates"] = [
         {"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]), "rotation_deg": math.degrees(c.pose[2]), "score": c.score}
         for c in ranked

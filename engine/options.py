@@ -78,7 +78,7 @@ class RegistrationOptions:
     candidates: int = 3
     ambiguity_ratio: float = 0.9
     min_score: float = 0.05
-    agreement_mm: float = 1.0
+    agreement_mm: float = 1.5
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from portalign import Image
 
 from bench import cli
 from bench.cases import Case, field_mask, measure_bb, synthetic_case, wl_cases
 from bench.geometry import Pose, affine_px_to_mm, apply_pose, pose_errors, pose_from_affine_mm
 from bench.peers import PEERS, PortalignMethod
-from portalign import Image
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 WL = REAL / "pylinac" / "wl_shift_truebeam"

@@ -13,15 +13,17 @@ those of the per-frame path.
 
 from __future__ import annotations
 
+import inspect
 import math
-import numpy as np
-import pytest
 
+import numpy as np
 import portalign
-from bench.cases import CT_FOLDER, default_cache_dir, drr_cases
-from bench.geometry import pose_errors
+import pytest
 from portalign.kernels import cpu
 from portalign.kernels.cpu.mutual_information import PV_ONE
+
+from bench.cases import CT_FOLDER, default_cache_dir, drr_cases
+from bench.geometry import pose_errors
 
 #: Poses per kernel call, as the optimiser's quadratic stencil evaluates them.
 N_POSES = 10
@@ -56,12 +58,30 @@ def _finest(plan):
     return plan.levels[plan.refine_levels[-1]]
 
 
+def _arguments(kernel, values: dict) -> list:
+    """The kernel's arguments by parameter name, so that the benchmark follows the kernel's signature."""
+    names = list(inspect.signature(kernel.py_func).parameters)
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise KeyError(f"{kernel.__name__} takes {missing} that this benchmark does not know; update _level_values")
+    return [values[n] for n in names]
+
+
+def _level_values(level, affines, out, rotations=None) -> dict:
+    return {
+        "rows": level.pixel_rows, "cols": level.pixel_cols, "count": level.usable,
+        "frame_bins": level.bins, "ref_bins": level.ref_bins,
+        "frame_re": level.feat_re, "frame_im": level.feat_im, "ref_re": level.ref_re, "ref_im": level.ref_im,
+        "affines": affines, "rotations": rotations, "out": out,
+    }
+
+
 def test_bench_joint_histograms(benchmark, pair, prepared):
     _, plan = prepared
     level = _finest(plan)
     affines = level.affines(_poses_near_truth(pair))
     out = plan.hist
-    benchmark(cpu.joint_histograms, level.bins, level.ref_bins, affines, out)
+    benchmark(cpu.joint_histograms, *_arguments(cpu.joint_histograms, _level_values(level, affines, out)))
     usable = int((level.bins >= 0).sum())
     assert 0 < out[0].sum() <= usable * PV_ONE
 
@@ -73,8 +93,8 @@ def test_bench_gradient_correlation(benchmark, pair, prepared):
     affines = level.affines(poses)
     rotations = np.column_stack([np.cos(2 * poses[:, 2]), np.sin(2 * poses[:, 2])])
     out = plan.edge_out
-    benchmark(cpu.gradient_correlation, level.feat_re, level.feat_im, level.ref_re, level.ref_im, affines,
-              rotations, out)
+    values = _level_values(level, affines, out, rotations)
+    benchmark(cpu.gradient_correlation, *_arguments(cpu.gradient_correlation, values))
     score = out[:, 0] / np.sqrt(out[:, 1] * out[:, 2])
     assert np.all(np.abs(score) <= 1.0 + 1e-9) and score.max() > 0.1
 

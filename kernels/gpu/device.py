@@ -41,22 +41,22 @@ if config.ENABLE_CUDASIM:
 else:  # pragma: no cover - needs a CUDA device
     from numba.cuda import libdevice
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True)
     def mul_rn(a, b):
         """Return the float64 product ``a * b``, rounded once, never fused into an FMA."""
         return libdevice.dmul_rn(a, b)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True)
     def add_rn(a, b):
         """Return the float64 sum ``a + b``, rounded once, never fused into an FMA."""
         return libdevice.dadd_rn(a, b)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True)
     def fmul_rn(a, b):
         """Return the float32 product ``a * b``, rounded once, never fused into an FMA."""
         return libdevice.fmul_rn(a, b)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True)
     def fadd_rn(a, b):
         """Return the float32 sum ``a + b``, rounded once, never fused into an FMA."""
         return libdevice.fadd_rn(a, b)
