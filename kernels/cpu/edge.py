@@ -12,8 +12,8 @@ over frame pixels with a non-zero feature, ``z_r`` sampled bilinearly. The
 normalised correlation ``S_fr / sqrt(S_ff * S_rr)`` lies in ``[-1, 1]`` and does
 not care whether edges are bright-to-dark or dark-to-bright.
 
-Each pose's sums run in a fixed pixel order inside one thread (parallel over
-poses): the result does not depend on the thread count.
+Pixels are split into a fixed number of chunks, each summed in order and the
+chunk sums added in order: the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gradient_correlation"]
+__all__ = ["gradient_correlation", "CHUNKS"]
+
+#: Fixed number of pixel chunks summed separately then added in order (deterministic for any thread count).
+CHUNKS = 16
 
 
 @njit(parallel=True, cache=True)
@@ -58,47 +61,48 @@ def gradient_correlation(
     """
     n_pose = affines.shape[0]
     ref_rows, ref_cols = ref_re.shape
-    for k in prange(n_pose):
-        a00 = affines[k, 0, 0]
-        a01 = affines[k, 0, 1]
-        a02 = affines[k, 0, 2]
-        a10 = affines[k, 1, 0]
-        a11 = affines[k, 1, 1]
-        a12 = affines[k, 1, 2]
-        c2 = rotations[k, 0]
-        s2 = rotations[k, 1]
-        s_fr = 0.0
-        s_ff = 0.0
-        s_rr = 0.0
-        for t in range(count):
+    # pixel-major: each listed pixel is read once and compared under every pose; the poses of a
+    # stencil sample the reference within a pixel or two of each other, so those reads hit cache.
+    # Fixed chunks (not one per thread) keep the summation order, and so the result, independent
+    # of the thread count.
+    n_chunks = CHUNKS
+    size = (count + n_chunks - 1) // n_chunks
+    partial = np.zeros((n_chunks, n_pose, 3))
+    for c in prange(n_chunks):
+        acc = partial[c]
+        for t in range(c * size, min(count, (c + 1) * size)):
             i = rows[t]
             j = cols[t]
             fr = frame_re[i, j]
             fi = frame_im[i, j]
             if fr == 0.0 and fi == 0.0:
                 continue
-            s_ff += fr * fr + fi * fi
-            x = a00 * j + a01 * i + a02
-            y = a10 * j + a11 * i + a12
-            if x < 0.0 or y < 0.0:
-                continue
-            c0 = int(x)
-            r0 = int(y)
-            if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
-                continue
-            wx = x - c0
-            wy = y - r0
-            w00 = (1.0 - wx) * (1.0 - wy)
-            w01 = wx * (1.0 - wy)
-            w10 = (1.0 - wx) * wy
-            w11 = wx * wy
-            rr = w00 * ref_re[r0, c0] + w01 * ref_re[r0, c0 + 1] + w10 * ref_re[r0 + 1, c0] + w11 * ref_re[r0 + 1, c0 + 1]
-            ri = w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0] + w11 * ref_im[r0 + 1, c0 + 1]
-            # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
-            tr = c2 * rr - s2 * ri
-            ti = s2 * rr + c2 * ri
-            s_fr += fr * tr + fi * ti
-            s_rr += tr * tr + ti * ti
-        out[k, 0] = s_fr
-        out[k, 1] = s_ff
-        out[k, 2] = s_rr
+            energy = fr * fr + fi * fi
+            for k in range(n_pose):
+                acc[k, 1] += energy
+                x = affines[k, 0, 0] * j + affines[k, 0, 1] * i + affines[k, 0, 2]
+                y = affines[k, 1, 0] * j + affines[k, 1, 1] * i + affines[k, 1, 2]
+                if x < 0.0 or y < 0.0:
+                    continue
+                c0 = int(x)
+                r0 = int(y)
+                if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+                    continue
+                wx = x - c0
+                wy = y - r0
+                w00 = (1.0 - wx) * (1.0 - wy)
+                w01 = wx * (1.0 - wy)
+                w10 = (1.0 - wx) * wy
+                w11 = wx * wy
+                rr = w00 * ref_re[r0, c0] + w01 * ref_re[r0, c0 + 1] + w10 * ref_re[r0 + 1, c0] + w11 * ref_re[r0 + 1, c0 + 1]
+                ri = w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0] + w11 * ref_im[r0 + 1, c0 + 1]
+                # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
+                tr = rotations[k, 0] * rr - rotations[k, 1] * ri
+                ti = rotations[k, 1] * rr + rotations[k, 0] * ri
+                acc[k, 0] += fr * tr + fi * ti
+                acc[k, 2] += tr * tr + ti * ti
+    out[:, :] = 0.0
+    for c in range(n_chunks):
+        for k in range(n_pose):
+            for q in range(3):
+                out[k, q] += partial[c, k, q]
