@@ -536,7 +536,7 @@ def create_app(
     )
     async def register_frame(request: Request, ref_id: str, frame: int | None = None) -> dict[str, Any]:
         entry = cache.get(ref_id)
-        frame_id = request.headers.get("x-frame-id") or f"frame-{next(frame_numbers)}"
+        frame_id = (request.headers.get("x-frame-id") or "")[:200] or f"frame-{next(frame_numbers)}"
         received = time.perf_counter()
         try:
             image = await _read_image(request, max_body_bytes, f"frame {frame_id}", frame, in_pool)
@@ -695,7 +695,7 @@ def _describe(image: Image, request: Any) -> dict[str, Any]:
     info = image.info
     return {
         "content_type": (request.headers.get("content-type") or "").split(";")[0].strip().lower(),
-        "name": request.headers.get("x-frame-id") or "",
+        "name": (request.headers.get("x-frame-id") or "")[:200],
         "shape": list(image.shape),
         "spacing_mm": list(image.spacing_mm),
         "beam_axis_px": list(image.beam_axis_px),

@@ -210,3 +210,28 @@ def test_arguments_are_validated(reference):
         FrameStream(reference, maxsize=0)
     with pytest.raises(portalign.GeometryError, match="pixel_spacing_mm"):
         FrameStream(np.ones((32, 32)))
+
+
+def test_journal_is_thread_safe_strict_json_and_ignores_a_torn_last_line(tmp_path):
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        def writer(n):
+            for k in range(50):
+                journal.append({"writer": n, "k": k, "value": np.float32(0.5) * k, "bad": float("nan"),
+                                "array": np.arange(3), "text": "x" * (n * 100)})
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert journal.records_written == 400
+    with open(path, "ab") as f:
+        f.write(b'{"writer": 99, "k"')  # a record torn by a crash
+    lines = read_journal(path)
+    assert len(lines) == 400
+    assert sorted((line["writer"], line["k"]) for line in lines) == [(n, k) for n in range(8) for k in range(50)]
+    assert all(line["bad"] is None and line["array"] == [0, 1, 2] and "time" in line for line in lines)
+    assert "NaN" not in path.read_text()
+    with pytest.raises(portalign.PortalignError, match="journal is closed"):
+        journal.append({"late": True})
