@@ -439,7 +439,7 @@ def solve_couch_shift(
     # For two views whose planes are alpha apart the smallest singular value is sqrt(1 - |cos alpha|).
     separation = math.degrees(math.acos(max(0.0, min(1.0, 1.0 - singular[-1] ** 2))))
     if separation < min_separation_deg - 1e-9:
-        gantries = ", ".join(f"{v.gantry_deg:g}" for v in views)
+        gantries = ", ".join(_deg(v.gantry_deg) for v in views)
         raise GeometryError(
             f"views at gantry {gantries} are parallel or nearly so (their image planes are {separation:.1f} deg "
             f"apart, at least {min_separation_deg:g} needed): the displacement along the beam cannot be "
@@ -457,9 +457,9 @@ def solve_couch_shift(
         residual = float(math.hypot(view.dx_mm - predicted[i, 0], view.dy_mm - predicted[i, 1]))
         label = view.label or f"view {i}"
         if not view.ok:
-            reasons.append(f"{label} (gantry {view.gantry_deg:g}): {view.reason or '2-D registration not ok'}")
+            reasons.append(f"{label} (gantry {_deg(view.gantry_deg)}): {view.reason or '2-D registration not ok'}")
         if residual > max_residual_mm:
-            reasons.append(f"{label} (gantry {view.gantry_deg:g}) disagrees with the others by {residual:.2f} mm "
+            reasons.append(f"{label} (gantry {_deg(view.gantry_deg)}) disagrees with the others by {residual:.2f} mm "
                            f"(more than {max_residual_mm:g} mm)")
         warnings.extend(f"{label}: {w}" for w in view.warnings)
         view_rows.append({
@@ -490,8 +490,9 @@ def solve_couch_shift(
     within: dict[str, bool | None] = {}
     all_within: bool | None = None
     if tolerance is not None:
-        measured_values: dict[str, float | None] = {key: float(d[AXES.index(axis)])
-                                             for key, axis in _TOLERANCE_AXES.items()}
+        measured_values: dict[str, float | None] = {
+            key: float(d[AXES.index(axis)]) for key, axis in _TOLERANCE_AXES.items()
+        }
         measured_values["vec"] = float(np.linalg.norm(d))
         measured_values["rot"] = max(abs(v.rotation_deg) for v in views)
         measured_values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
@@ -616,6 +617,11 @@ def _angle_of(frame: Image, reference: Image | None, attribute: str, warnings: l
         warnings.append(f"{attribute} of the frame ({value:g}) and of its reference ({other:g}) differ; "
                         "the frame's is used")
     return None if value is None else float(value)
+
+
+def _deg(angle: float) -> str:
+    """Format an angle for messages: 89.9967 -> '90', 0.0066 -> '0'."""
+    return f"{round(float(angle), 1) + 0.0:g}"
 
 
 def _wrap(angle: float) -> float:

@@ -10,7 +10,8 @@ Planned field
     ``ExposureSequence`` (``info.extra["planned_jaws_mm"]``: x1, x2, y1, y2 in mm
     at the isocentre, image-frame axis directions before collimator rotation),
     from the reference image, else from the frame; when neither has them, the
-    field detected in the reference portal image (same method as below).
+    field detected in the reference portal image (same method as below; a DRR
+    reference has no field and gives an error).
 Delivered field
     Detected in the frame. A rough mask (Otsu's threshold, largest bright
     component, holes filled) locates the field and checks that it is brighter
@@ -237,6 +238,10 @@ def planned_field(reference: Image, frame: Image | None = None, *, planned: str 
             names = reference.info.source + (f" and {frame.info.source}" if frame is not None else "")
             raise PortalImageError(f"{names}: no planned jaw positions (X and Y) in the header; "
                                    "use planned='reference' to compare with the reference image's field")
+    if reference.info.kind == "drr":
+        raise PortalImageError(f"{reference.info.source}: no planned field: the images have no jaw positions and "
+                               "the reference is a DRR (it shows no field); use a reference with planned jaws "
+                               "(RT Image ExposureSequence) or a reference portal image")
     angle = -float(reference.info.collimator_deg or 0.0)
     try:
         edges = measure_field(reference, angle_deg=angle)
@@ -357,10 +362,13 @@ def _rough_field(pixels: np.ndarray, name: str) -> tuple[np.ndarray, float]:
     if count == 0:
         raise PortalImageError(f"{name}: no radiation field found (no bright region)")
     sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
+    if sizes.max() < 0.6 * sizes.sum():
+        # a field is one bright region; scattered bright specks are noise or anatomy
+        raise PortalImageError(f"{name}: no radiation field edge found (no single bright field on a dark surround)")
     mask = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
-    sides = sum(bool(side.any()) for side in (mask[0], mask[-1], mask[:, 0], mask[:, -1]))
-    if mask.mean() > 0.95 or sides == 4:
-        # bright on every side: no dark surround, so no field edge (or a field larger than the imager)
+    border = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
+    if mask.mean() > 0.95 or border.mean() > 0.4:
+        # no dark surround: no field edge (or a field larger than the imager)
         raise PortalImageError(f"{name}: no radiation field edge found (the field may be larger than the imager)")
     return mask, threshold
 

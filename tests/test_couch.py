@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import portalign
 import pytest
 from dicom_factory import make_rt_image, write_rt_image
+from portalign import Image, RegistrationResult
 from portalign.cli import main
 from portalign.couch import (
     PATIENT_DIRECTIONS,
@@ -26,7 +28,7 @@ from portalign.ct import CTVolume, read_ct_series
 from portalign.dicom import read_rt_image
 from portalign.errors import GeometryError
 from portalign.simulate import render_drr
-from portalign.tolerance import parse_tolerance
+from portalign.tolerance import ToleranceError, load_tolerance, parse_tolerance
 from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -383,3 +385,92 @@ def test_cli_couch_errors_are_one_line(ct, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "parallel" in err
     assert main(["couch", "--pair", *pair, "--pair", *pair, "--tolerance", "lat=2,height=3"]) == 2
     assert "unknown axis 'height'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# views from results, tolerance tables
+# ---------------------------------------------------------------------------
+
+
+def _image(**info):
+    return Image.from_array(np.arange(256, dtype=float).reshape(16, 16), pixel_spacing_mm=1.0, name="frame.dcm",
+                            **info)
+
+
+def test_view_from_result_takes_the_geometry_of_the_images():
+    result = RegistrationResult(dx_mm=1.0, dy_mm=-2.0, rotation_deg=0.5, ok=False, reason="low score")
+    view = View.from_result(result, _image(gantry_deg=90.0, couch_deg=10.0, collimator_deg=30.0,
+                                           extra={"receptor_angle_deg": 2.0}))
+    assert (view.gantry_deg, view.couch_deg, view.image_rotation_deg) == (90.0, 10.0, 2.0)
+    assert (view.dx_mm, view.dy_mm, view.rotation_deg, view.ok, view.reason) == (1.0, -2.0, 0.5, False, "low score")
+    assert view.label == "frame.dcm"
+    turned = View.from_result(result, _image(gantry_deg=90.0, collimator_deg=30.0), image_follows_collimator=True)
+    assert turned.image_rotation_deg == 30.0
+    # the reference supplies a missing angle; a disagreement is a warning
+    assert View.from_result(result, _image(), reference=_image(gantry_deg=270.0)).gantry_deg == 270.0
+    warned = View.from_result(result, _image(gantry_deg=0.0), reference=_image(gantry_deg=90.0))
+    assert warned.gantry_deg == 0.0 and "gantry_deg of the frame (0) and of its reference (90) differ" in \
+        warned.warnings[0]
+    with pytest.raises(GeometryError, match="frame.dcm: no gantry angle"):
+        View.from_result(result, _image(), reference=_image())
+
+
+def test_parse_tolerance_accepts_units_and_aliases():
+    table = parse_tolerance("lateral=2mm, lng=2.5 ,vrt = 3,rot=1deg,couch=0.5°")
+    assert table.limits == {"lat": 2.0, "lng": 2.5, "vrt": 3.0, "rot": 1.0, "yaw": 0.5}
+    assert table.check({"lat": -2.0, "lng": 2.6, "vrt": None, "rot": 0.2}) == {
+        "lat": True, "lng": False, "vrt": None, "rot": True, "yaw": None}
+    assert table.as_dict()["units"] == {"lat": "mm", "lng": "mm", "vrt": "mm", "rot": "deg", "yaw": "deg"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lat=2,height=3", "unknown axis 'height'; use lat, lng, vrt, vec, rot, pitch, roll, yaw"),
+        ("lat=two", "lat must be a positive number of mm, got 'two'"),
+        ("lat=-1", "lat must be a positive number of mm, got '-1'"),
+        ("lat=0", "lat must be a positive number of mm"),
+        ("rot=nan", "rot must be a positive number of deg"),
+        ("rot=1mm", "rot is in deg, got the unit 'mm'"),
+        ("lat=2,lateral=3", "axis 'lat' is given twice"),
+        ("lat 2", "'lat 2' is not axis=limit"),
+        ("  ", "empty"),
+    ],
+)
+def test_parse_tolerance_errors_name_the_problem(text, message):
+    with pytest.raises(ToleranceError, match=re.escape(message)):
+        parse_tolerance(text)
+
+
+def test_tolerance_files(tmp_path):
+    table_file = tmp_path / "tol.toml"
+    table_file.write_text("[tolerance]\nlat = 2.0\nlng = 2\nvrt = '3mm'\nrot = 1.0\n")
+    assert load_tolerance(table_file).limits == {"lat": 2.0, "lng": 2.0, "vrt": 3.0, "rot": 1.0}
+    flat = tmp_path / "flat.toml"
+    flat.write_text("lat = 1.5\npitch = 2\n")
+    loaded = load_tolerance(flat)
+    assert loaded.limits == {"lat": 1.5, "pitch": 2.0} and loaded.source == "flat.toml"
+
+    cases = {
+        "bad.toml": ("lat = [1, 2", "bad.toml: not valid TOML"),
+        "unknown.toml": ("[tolerance]\nlat = 1\nsag = 2\n", "unknown.toml: unknown axis 'sag'"),
+        "bool.toml": ("lat = true\n", "lat must be a positive number of mm, got True"),
+        "extra.toml": ("[tolerance]\nlat = 1\n[other]\nx = 1\n", "unexpected other next to [tolerance]"),
+        "empty.toml": ("", "no limits"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ToleranceError, match=re.escape(message)):
+            load_tolerance(tmp_path / name)
+    with pytest.raises(ToleranceError, match="missing.toml: no such tolerance file"):
+        load_tolerance(tmp_path / "missing.toml")
+
+
+def test_cli_reads_a_tolerance_file(ct, tmp_path, capsys):
+    pairs = [_write_view(ct, tmp_path, g, (0.5, 0.5, 0.5), "FFS") for g in (0, 90)]
+    tol = tmp_path / "tol.toml"
+    tol.write_text("[tolerance]\nvec = 3\n")
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance-file", str(tol), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["within_tolerance"] == {"vec": True} and data["all_within_tolerance"] is True
+    assert data["patient_directions"]["lateral"] == "patient right"
