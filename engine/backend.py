@@ -94,7 +94,8 @@ def select_backend(name: str = "auto") -> Backend:
             raise BackendUnavailableError(reason) from exc
         return cpu_backend(reason)
     try:
-        return gpu_backend()
+        # the CUDA simulator (tests) only when asked for by name: `auto` must never pick it
+        return gpu_backend(allow_simulator=(name == "gpu"))
     except BackendUnavailableError as exc:
         if name == "gpu":
             raise

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .backend import Backend, select_backend
 from .errors import ReferencePreparationError
-from .field import NO_FIELD, FieldEstimate, detect_field, sample_mask
+from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
 from .image import Image
 from .options import RegistrationOptions
 
@@ -38,6 +38,8 @@ COARSE_MIN_PIXELS = 40
 COARSE_MAX_PIXELS = 384
 #: Pixels across the smaller side of the anatomy region at the finest level, at least.
 FINEST_MIN_PIXELS = 48
+#: The measured penumbra widens the field-edge band up to this much (mm).
+MAX_FIELD_MARGIN_MM = 10.0
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
 
@@ -154,12 +156,14 @@ class Reference:
     """
 
     def __init__(self, image: Image, options: RegistrationOptions, backend: Backend, field_estimate: FieldEstimate,
-                 field_level_factor: int) -> None:
+                 field_level_factor: int, field_margin_mm: float) -> None:
         self.image = image
         self.options = options
         self.backend = backend
         self.field = field_estimate
         self._field_factor = field_level_factor
+        #: Band excluded around the field edge: the option, widened to the reference's measured penumbra.
+        self.field_margin_mm = field_margin_mm
         self._plans: dict[tuple, FramePlan] = {}
         self._plans_lock = threading.Lock()
 
@@ -184,11 +188,14 @@ class Reference:
         check_frame_pixels(image)
         options = options or RegistrationOptions()
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
-        field_estimate, factor = NO_FIELD, 1
+        field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
         if _wants_field(options, image):
             small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
             field_estimate = detect_field(small)
-        return cls(image, options, chosen, field_estimate, factor)
+            # a reference portal image shows the frame's field too: its penumbra must be cut out whole
+            penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
+            margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
+        return cls(image, options, chosen, field_estimate, factor, margin)
 
     def register(self, frame: Any, *, pixel_spacing_mm: Any = None) -> Any:
         """Register one frame against this reference.
@@ -261,7 +268,7 @@ class Reference:
             lvl_spacing = (spacing[0] * 2**k, spacing[1] * 2**k)
             # a level-k pixel i covers level-0 pixels 2^k i .. 2^k (i+1) - 1: centre (2^k i + (2^k - 1)/2)
             lvl_axis = ((axis[0] - (2**k - 1) / 2) / 2**k, (axis[1] - (2**k - 1) / 2) / 2**k)
-            margin = opts.field_margin_mm / min(lvl_spacing)
+            margin = self.field_margin_mm / min(lvl_spacing)
             level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
             level.image = xp.empty(lvl_shape, dtype=xp.float32)
             if k in used:

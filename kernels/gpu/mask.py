@@ -12,8 +12,8 @@ order; the count comes back to the host (the CPU kernel returns it too).
 
 ``masked_range`` runs two kernels (masked min/max/count, then a 4096-bin
 histogram privatised in shared memory and merged with integer atomics) and
-reads the histogram back to finish the quantile scan on the host: one
-device-to-host copy, and the same ``(low, high, count)`` as the CPU, bit for bit
+reads the histogram back to finish the quantile scan on the host: two small
+device-to-host copies, and the same ``(low, high, count)`` as the CPU, bit for bit
 (min, max and integer counts do not depend on the order of the atomics).
 """
 

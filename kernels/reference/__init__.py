@@ -1,0 +1,5 @@
+"""Float64 reference versions of the kernels: slow, obvious code that the CPU and GPU kernels are tested against."""
+
+from . import correlation, edge, gradient, mask, mutual_information, projection, pyramid, warp
+
+__all__ = ["correlation", "edge", "gradient", "mask", "mutual_information", "projection", "pyramid", "warp"]

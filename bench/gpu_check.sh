@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GPU check for a machine with a CUDA device and no network.
+#
+# Expects numpy, numba, numba-cuda, CuPy, scipy, pytest and pytest-benchmark to be installed.
+# Wheels carried in .whl/ (pydicom, and setuptools/wheel if the machine lacks them) are installed
+# first, without an index; then the project itself, editable, without dependencies and without
+# build isolation (an isolated build would try to download setuptools).
+#
+# Then: the GPU tests on the real device (python -m pytest -m gpu tests), then the latency /
+# throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side.
+#
+# Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
+# Env:    PYTHON (default python), OUT (where to write gpu_latency.json; default out/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-out}
+status=0
+
+echo "== environment"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" - <<'EOF'
+import importlib
+for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "pytest", "pydicom"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name:10} {getattr(module, '__version__', '?')}")
+    except ImportError as exc:
+        print(f"{name:10} missing ({exc})")
+EOF
+
+echo "== install"
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if ((${#wheels[@]})); then
+    "$PY" -m pip install --no-index --no-deps --quiet "${wheels[@]}" || { echo "installing .whl/*.whl failed"; status=1; }
+fi
+"$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet -e . || { echo "pip install -e . failed"; exit 1; }
+"$PY" -c "from portalign.gpu import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
+    || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
+
+echo "== GPU tests on the device"
+# NUMBA_ENABLE_CUDASIM must be unset: the tests run the compiled kernels on the device.
+if "$PY" -c "import pydicom" 2>/dev/null; then
+    targets=(tests)
+else
+    echo "pydicom is missing (carry its wheel in .whl/): running the GPU test modules only"
+    targets=(tests/test_gpu.py tests/test_kernels.py)
+fi
+env -u NUMBA_ENABLE_CUDASIM "$PY" -m pytest -m gpu -q -p no:cacheprovider "${targets[@]}" || status=1
+
+echo "== latency and throughput (1024 x 768 synthetic frames)"
+mkdir -p "$OUT"
+env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --json "$OUT/gpu_latency.json" "$@" || status=1
+exit $status
