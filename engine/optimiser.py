@@ -42,8 +42,8 @@ STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], 
 MAX_JUMP = 1.5
 #: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
 ITERATIONS = (3, 3, 4)
-#: Iterations each global-search candidate gets before they are ranked.
-RANK_ITERATIONS = 2
+#: Global-search optima scoring below this fraction of the best are not refined.
+CANDIDATE_FLOOR = 0.5
 #: Convergence (largest jump, in steps) on intermediate levels and on the finest one.
 COARSE_TOLERANCE = 0.1
 FINE_TOLERANCE = 0.02
@@ -121,17 +121,24 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     # 3. refinement -------------------------------------------------------------------------------
     details: dict = {"levels": [], "candidates": []}
     method = opts.method
-    ranked: list[_Candidate] = []
     first = plan.refine_levels[0]
-    for cand in candidates:
-        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", RANK_ITERATIONS, r_eff, rotate, opts,
-                              tolerance=COARSE_TOLERANCE)
-        ranked.append(_Candidate(pose, score))
-    ranked.sort(key=lambda c: -c.score)
+    # optima of the global search far below the best cannot come near it after refinement: not worth a stencil
+    candidates = [c for c in candidates if c.score >= CANDIDATE_FLOOR * candidates[0].score]
+    only_level = len(plan.refine_levels) == 1
+    first_tolerance = FINE_TOLERANCE if only_level else COARSE_TOLERANCE
+    # the global search's best is refined fully; the others get one step each, enough to rank them
+    refined = []
+    for n, cand in enumerate(candidates):
+        iterations = ITERATIONS[0] if n == 0 else 1
+        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", iterations, r_eff, rotate, opts,
+                              tolerance=first_tolerance)
+        refined.append(_Candidate(pose, score))
+    ranked = sorted(refined, key=lambda c: -c.score)
     best = ranked[0]
-    if ITERATIONS[0] > RANK_ITERATIONS:
-        pose, score = _newton(backend, plan, levels[first], best.pose, "edge", ITERATIONS[0] - RANK_ITERATIONS, r_eff,
-                              rotate, opts, tolerance=COARSE_TOLERANCE)
+    if best is not refined[0]:
+        # a runner-up of the global search won: finish refining it
+        pose, score = _newton(backend, plan, levels[first], best.pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
+                              tolerance=first_tolerance)
         best = _Candidate(pose, max(score, best.score))
     ambiguity = 0.0
     runner_up = None
