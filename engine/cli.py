@@ -31,6 +31,7 @@ PLUGIN_COMMANDS = {
     "serve": ("portalign.service", "HTTP backend: prepare references, register frames"),
     "scp": ("portalign.scp", "DICOM C-STORE receiver that registers every RT Image it gets"),
     "watch": ("portalign.watch", "register every RT Image dropped into a folder"),
+    "fieldcheck": ("portalign.fieldcheck", "field placement: delivered field edges against the planned aperture"),
 }
 
 
@@ -72,13 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="folder for the DICOM pair and the overlay (default: a temporary folder)")
     demo.add_argument("--json", action="store_true")
 
+    bench = sub.add_parser("bench", help="benchmarks against peers (from a source checkout; same as python -m bench)")
+    try:
+        _bench_cli().add_arguments(bench)
+    except PortalignError as exc:
+        bench.set_defaults(plugin_error=str(exc))
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
+
     for name, (module, text) in PLUGIN_COMMANDS.items():
         cmd = sub.add_parser(name, help=text)
         cmd.set_defaults(plugin=module)
         try:
             importlib.import_module(module).add_arguments(cmd)
         except ImportError as exc:  # an optional extra (fastapi, pynetdicom) is missing: say so when used
-            cmd.set_defaults(plugin_error=f"portalign {name} needs an optional dependency: {exc}")
+            cmd.set_defaults(plugin_error=f"portalign {name} needs an optional dependency: {exc} "
+                                          "(pip install 'portalign[service]')")
             cmd.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "plugin_error", None):
-            raise PortalignError(args.plugin_error + " (pip install 'portalign[service]')")
+            raise PortalignError(args.plugin_error)
         if getattr(args, "plugin", None):
             return int(importlib.import_module(args.plugin).run(args))
         return int(COMMANDS[args.command](args))
@@ -108,6 +117,23 @@ def _as_options(message: str) -> str:
     for keyword, option in (("pixel_spacing_mm=", "--pixel-spacing-mm"), ("sid_mm=", "--sid-mm"), ("sad_mm=", "--sad-mm")):
         message = message.replace(keyword, option)
     return message
+
+
+def _bench_cli() -> Any:
+    """Return ``bench.cli`` from the source checkout this package runs from (bench/ is not installed)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "bench" / "cli.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from bench import cli as bench_cli  # type: ignore[import-not-found]
+    except ImportError:
+        raise PortalignError("portalign bench needs a source checkout (bench/ is not installed): "
+                             "run python -m bench from the repository root") from None
+    return bench_cli
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    return int(_bench_cli().run(args))
 
 
 def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None) -> Any:
@@ -259,7 +285,7 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-COMMANDS = {"register": _register, "info": _info, "demo": _demo}
+COMMANDS = {"register": _register, "info": _info, "demo": _demo, "bench": _run_bench}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -551,6 +551,9 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             pixels = [np.ascontiguousarray(offset - p, dtype=np.float32) for p in pixels]
 
         common = _common_extra(ds, geometry, n_frames, slope, intercept, sign, reason)
+        if kind == "portal" and sign > 0:
+            # the detector's largest code: pixels there are saturated (checked by the optimiser)
+            common["saturation_value"] = _representable_max(ds, pixels, slope, intercept)
         infos = [_frame_info(ds, name, modality, kind, geometry, index, n_frames, common) for index in indices]
     messages = sorted({_one_line(w.message) for w in caught})
     images = []
@@ -920,6 +923,17 @@ def _common_extra(
         "conversion_type": _text(ds, "ConversionType"),
         "notes": list(geometry.notes),
     }
+    for keyword, key in (("StudyInstanceUID", "study_instance_uid"), ("SOPClassUID", "sop_class_uid"),
+                         ("PatientID", "patient_id"), ("PatientName", "patient_name")):
+        value = _text(ds, keyword)
+        if value:
+            extra[key] = value
+    isocentre = _floats(ds, "IsocenterPosition", minimum=3)
+    if isocentre is not None:
+        extra["isocenter_position_mm"] = isocentre
+    orientation = _floats(ds, "RTImageOrientation", minimum=6)
+    if orientation is not None:
+        extra["rt_image_orientation"] = orientation
     beam = _int(ds, "ReferencedBeamNumber")
     if beam is not None:
         extra["referenced_beam_number"] = beam
