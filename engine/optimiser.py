@@ -59,6 +59,10 @@ MIN_ROTATION_RADIUS_MM = 10.0
 MIN_CONTRAST_TO_NOISE = 12.0
 #: Fewest usable pixels at the finest level (a 20 x 20 patch): less cannot be trusted.
 MIN_USABLE_PIXELS = 400
+#: Contrast / noise at the finest level above which a frame is "clean" and refined on finer levels too.
+CLEAN_CONTRAST_TO_NOISE = 1000.0
+#: About this many second differences estimate the fine-level noise.
+NOISE_SAMPLES = 20000
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -106,7 +110,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     for index in used:
         _frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     warnings: list[str] = []
-    quality = _quality(backend, frame, plan, field)
+    frame_stats: dict = {}
+    quality = _quality(backend, frame, plan, field, frame_stats)
     # 2. global search ---------------------------------------------------------------------------
     r_eff = _rotation_radius(backend, levels[plan.refine_levels[0]])
     rotate = opts.estimate_rotation
@@ -168,6 +173,18 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
                               tolerance=FINE_TOLERANCE if is_finest else COARSE_TOLERANCE)
         details["levels"].append({"level": index, "metric": metric, "score": score})
     finest = levels[plan.refine_levels[-1]]
+    if plan.polish_levels and not quality and _is_clean(backend, plan, field, frame_stats):
+        # a clean frame carries detail finer than the working levels: follow it down
+        for index in plan.polish_levels:
+            _frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
+            if levels[index].usable < MIN_USABLE_PIXELS:
+                break
+            metric = "mi" if method == "mi" else "edge"
+            pose, score = _newton(backend, plan, levels[index], pose, metric, ITERATIONS[-1], r_eff, rotate, opts,
+                                  tolerance=FINE_TOLERANCE)
+            details["levels"].append({"level": index, "metric": metric, "score": score, "polish": True})
+            finest = levels[index]
+            later = [*later, index]
     if method == "mi" and not later:
         # a single-level plan: the MI refinement still runs, on the only level there is
         pose, score = _newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
@@ -215,6 +232,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     details["edge_score"] = final_edge
     details["edge_score_selection"] = best.score
     details["rotation_radius_mm"] = r_eff
+    details.update(frame_stats)
     details["field_effectiveness"] = field.effectiveness
     box_mm = None
     if field.detected and field.box_px is not None:
@@ -284,8 +302,12 @@ def _frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, b
     k.orientation_features(level.image, level.eroded, max(eps, 1e-12), level.feat_re, level.feat_im)
 
 
-def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate) -> str:  # type: ignore[no-untyped-def]
-    """Return why the frame cannot be trusted before any matching ("" when it can)."""
+def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  # type: ignore[no-untyped-def]
+             frame_stats: dict) -> str:
+    """Return why the frame cannot be trusted before any matching ("" when it can).
+
+    ``frame_stats`` receives ``contrast_to_noise`` (robust contrast over white-noise sigma at the finest level).
+    """
     finest = plan.levels[plan.refine_levels[-1]]
     coarse = plan.levels[plan.coarse.level]
     if coarse.usable < 16 or finest.usable < MIN_USABLE_PIXELS:
@@ -295,6 +317,8 @@ def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate) -> st
     contrast = hi - lo
     # box averaging from the finest to the coarse level divides white noise by 2 per level
     coarse_noise = noise / 2 ** (plan.coarse.level - finest.index)
+    plan_stats = {"contrast_to_noise": contrast / max(noise, 1e-30)}
+    frame_stats.update(plan_stats)
     if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
         if not field.detected:
             return f"frame is blank (beam off?): contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
@@ -310,15 +334,46 @@ def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate) -> st
 
 
 def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
-    """Robust white-noise sigma from horizontal neighbour differences (MAD), on every 4th row."""
-    img = backend.to_host(level.image)[::4]
-    mask = backend.to_host(level.eroded)[::4]
-    both = (mask[:, 1:] & mask[:, :-1]).astype(bool)
-    diffs = (img[:, 1:] - img[:, :-1])[both]
-    if diffs.size < 16:
+    """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row.
+
+    A second difference cancels smooth anatomy (any linear trend) and keeps white
+    noise with variance ``6 sigma^2``.
+    """
+    img = backend.to_host(level.image)[::4].astype(np.float64)
+    mask = backend.to_host(level.eroded)[::4].astype(bool)
+    both = mask[:, 2:] & mask[:, 1:-1] & mask[:, :-2]
+    second = (img[:, 2:] - 2.0 * img[:, 1:-1] + img[:, :-2])[both]
+    if second.size < 16:
         return 0.0
-    mad = float(np.median(np.abs(diffs - np.median(diffs))))
-    return 1.4826 * mad / math.sqrt(2.0)
+    mad = float(np.median(np.abs(second - np.median(second))))
+    return 1.4826 * mad / math.sqrt(6.0)
+
+
+def _is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the frame is nearly noise-free (then a finer level still adds accuracy).
+
+    Noise is measured where it is largest, on the frame's own pixels inside the field's bounding box;
+    smooth anatomy hardly shows in second differences there.
+    """
+    level = plan.levels[0]
+    img = backend.to_host(level.image)
+    rows, cols = img.shape
+    r0, r1, c0, c1 = 0, rows, 0, cols
+    if field.detected and field.box_px is not None:
+        scale = 2.0 ** (plan.field_level - level.index)
+        b = field.box_px
+        c0, c1 = int(max(0, (b[0] + 1) * scale)), int(min(cols, b[1] * scale))
+        r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
+    row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
+    patch = img[r0:r1:row_step, c0:c1].astype(np.float64)
+    second = (patch[:, 2:] - 2.0 * patch[:, 1:-1] + patch[:, :-2]).ravel()
+    if second.size < 64:
+        return False
+    noise = 1.4826 * float(np.median(np.abs(second - np.median(second)))) / math.sqrt(6.0)
+    lo, hi = plan.levels[plan.coarse.level].range
+    ratio = (hi - lo) / max(noise, 1e-30)
+    frame_stats["fine_contrast_to_noise"] = ratio
+    return ratio >= CLEAN_CONTRAST_TO_NOISE
 
 
 def _rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]

@@ -38,6 +38,8 @@ COARSE_MIN_PIXELS = 40
 COARSE_MAX_PIXELS = 384
 #: Pixels across the smaller side of the anatomy region at the finest level, at least.
 FINEST_MIN_PIXELS = 48
+#: Levels below the finest that a clean frame is refined on as well.
+POLISH_LEVELS = 1
 #: The measured penumbra widens the field-edge band up to this much (mm).
 MAX_FIELD_MARGIN_MM = 10.0
 #: Field detection runs on the first level no larger than this.
@@ -141,6 +143,7 @@ class FramePlan:
     field_level: int
     refine_levels: list[int]
     coarse: CoarseSearch
+    polish_levels: list[int] = field(default_factory=list)
     hist: Any = None
     mi_out: Any = None
     edge_out: Any = None
@@ -260,7 +263,9 @@ class Reference:
         field_level = 0
         while field_level < depth and max(shape[0] >> field_level, shape[1] >> field_level) > FIELD_LEVEL_MAX_PIXELS:
             field_level += 1
-        used = sorted(set(refine) | {coarse, field_level})
+        # finer levels used only for clean (noise-free or nearly) frames, where they still add accuracy
+        polish = list(range(refine[-1] - 1, max(refine[-1] - POLISH_LEVELS, 0) - 1, -1))
+        used = sorted(set(refine) | set(polish) | {coarse, field_level})
         xp = self.backend.xp
         levels: dict[int, Level] = {}
         for k in range(max(used) + 1):
@@ -284,6 +289,7 @@ class Reference:
             pyramid_depth=max(used),
             field_level=field_level,
             refine_levels=refine,
+            polish_levels=polish,
             coarse=coarse_search,
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
