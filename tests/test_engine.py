@@ -234,3 +234,22 @@ def test_auto_backend_is_cpu_here_with_reason():
         assert backend.fallback_reason
     with pytest.raises(portalign.BackendUnavailableError):
         portalign.select_backend("quantum")
+
+
+@pytest.mark.parametrize("dx,dy,theta", [(3.3, -5.7, 0.0), (-12.0, 6.6, -3.1)])
+def test_noise_free_high_resolution_frame(dx, dy, theta):
+    """A clean 1024 x 768 frame at 0.39 mm: the working levels are coarser than a pixel, a polish level is not.
+
+    Target (DESIGN.md): <= 0.1 px and <= 0.05 deg.
+    """
+    base = anatomy(768, seed=3)
+    shape, spacing = (768, 1024), 0.39
+    ref = Image.from_array(moved(base, 0, 0, 0, shape=shape, spacing_mm=spacing, base_spacing_mm=0.5),
+                           pixel_spacing_mm=spacing, kind="drr")
+    frame = Image.from_array(moved(base, dx, dy, theta, shape=shape, spacing_mm=spacing, base_spacing_mm=0.5),
+                             pixel_spacing_mm=spacing)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert any(level.get("polish") for level in result.details["levels"])
+    assert abs(result.dx_mm - dx) <= 0.1 * spacing and abs(result.dy_mm - dy) <= 0.1 * spacing
+    assert abs(result.rotation_deg - theta) <= 0.05
