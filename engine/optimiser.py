@@ -62,7 +62,7 @@ MIN_USABLE_PIXELS = 400
 #: Contrast / noise at the finest level above which a frame is "clean" and refined on finer levels too.
 CLEAN_CONTRAST_TO_NOISE = 1000.0
 #: About this many second differences estimate the fine-level noise.
-NOISE_SAMPLES = 20000
+NOISE_SAMPLES = 6000
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -131,34 +131,32 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     candidates = [c for c in candidates if c.score >= CANDIDATE_FLOOR * candidates[0].score]
     only_level = len(plan.refine_levels) == 1
     first_tolerance = FINE_TOLERANCE if only_level else COARSE_TOLERANCE
-    # the global search's best is refined fully; the others get one step each, enough to rank them
-    refined = []
-    for n, cand in enumerate(candidates):
-        iterations = ITERATIONS[0] if n == 0 else 1
-        pose, score = _newton(backend, plan, levels[first], cand.pose, "edge", iterations, r_eff, rotate, opts,
-                              tolerance=first_tolerance)
-        refined.append(_Candidate(pose, score))
-    ranked = sorted(refined, key=lambda c: -c.score)
-    best = ranked[0]
-    if best is not refined[0]:
-        # a runner-up of the global search won: finish refining it
-        pose, score = _newton(backend, plan, levels[first], best.pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
-                              tolerance=first_tolerance)
-        best = _Candidate(pose, max(score, best.score))
+    # rank the global search's optima by their edge score where it put them (one pose each: cheap and
+    # fair, none refined yet); the best is then refined fully
+    start_scores = _evaluate(backend, plan, levels[first], np.array([c.pose for c in candidates]), "edge")
+    order = np.argsort(-start_scores, kind="stable")
+    ranked = [_Candidate(candidates[i].pose, float(start_scores[i])) for i in order]
+    pose, score = _newton(backend, plan, levels[first], ranked[0].pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
+                          tolerance=first_tolerance)
+    best = _Candidate(pose, max(score, ranked[0].score))
     ambiguity = 0.0
     runner_up = None
     for other in ranked[1:]:
-        if best.score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
+        if ranked[0].score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
             continue
-        if other.score >= RECHECK_RATIO * best.score:
-            # a close call: let the runner-up converge; on a broad peak it walks onto the winner
+        ratio = other.score / ranked[0].score  # both unrefined
+        if ratio >= RECHECK_RATIO:
+            # a close call: refine the runner-up too; on a broad peak it walks onto the winner
             pose, score = _newton(backend, plan, levels[first], other.pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
-                                  tolerance=COARSE_TOLERANCE)
+                                  tolerance=first_tolerance)
             other = _Candidate(pose, score)
             if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
                 continue
-        if other.score / best.score > ambiguity:
-            ambiguity, runner_up = other.score / best.score, other
+            if other.score > best.score:  # the global search's order was wrong
+                best, other = other, best
+            ratio = other.score / best.score if best.score > 0 else 1.0
+        if ratio > ambiguity:
+            ambiguity, runner_up = ratio, other
     details["candidates"] = [
         {"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]), "rotation_deg": math.degrees(c.pose[2]), "score": c.score}
         for c in ranked
@@ -194,12 +192,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         mi_pose = _newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
         details["mi_check_mm"] = [float(mi_pose[0]), float(mi_pose[1]), math.degrees(mi_pose[2])]
-    if method == "mi" or not later:
+    if method == "mi":
         final_edge = _edge_score(backend, plan, finest, pose)
     else:
         final_edge = score  # the quadratic model's value at the final edge optimum
     if method == "edge":
         reported = final_edge
+    elif method == "auto":
+        # the MI check's stencil centre was the final pose: its histogram is still in the buffer
+        k.mutual_information(plan.hist[:1], True, plan.mi_out[:1])
+        reported = float(backend.to_host(plan.mi_out[:1])[0]) - 1.0
     else:
         reported = _mi_score(backend, plan, finest, pose, normalised=True) - 1.0
     # 4. trust -------------------------------------------------------------------------------------
