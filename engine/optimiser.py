@@ -27,7 +27,7 @@ import numpy as np
 from .errors import PortalImageError
 from .field import NO_FIELD, FieldEstimate, detect_field, sample_mask
 from .image import Image
-from .reference import FramePlan, Level, Reference
+from .reference import FramePlan, Level, Reference, wants_field
 from .result import RegistrationResult
 
 __all__ = ["register_frame"]
@@ -105,7 +105,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     for index in range(1, plan.pyramid_depth + 1):
         k.downsample2(levels[index - 1].image, levels[index].image)
     small = backend.to_host(levels[plan.field_level].image)
-    field = detect_field(small) if _wants_field(opts, frame) else NO_FIELD
+    field = detect_field(small) if wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
     for index in used:
         _frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
@@ -269,14 +269,6 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
 
 
 # --- stages --------------------------------------------------------------------------------------
-
-
-def _wants_field(opts, image: Image) -> bool:  # type: ignore[no-untyped-def]
-    if opts.field == "none":
-        return False
-    if opts.field == "detect":
-        return True
-    return image.info.kind != "drr"
 
 
 def _frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bins: int) -> None:  # type: ignore[no-untyped-def]

@@ -192,7 +192,7 @@ class Reference:
         options = options or RegistrationOptions()
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
         field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
-        if _wants_field(options, image):
+        if wants_field(options, image):
             small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
             field_estimate = detect_field(small)
             # a reference portal image shows the frame's field too: its penumbra must be cut out whole
@@ -422,7 +422,8 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
 
 
-def _wants_field(options: RegistrationOptions, image: Image) -> bool:
+def wants_field(options: RegistrationOptions, image: Image) -> bool:
+    """Whether the field is looked for in ``image`` (a DRR has none unless ``field='detect'``)."""
     if options.field == "none":
         return False
     if options.field == "detect":
