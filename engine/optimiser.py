@@ -469,9 +469,13 @@ def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: st
         pose[2] = 0.0
     dims = 3 if rotate else 2
     score = -np.inf
+    cross = None
     for _ in range(iterations):
-        values = _evaluate(backend, plan, level, pose + stencil * step, metric, opts.normalised_mi)
-        jump, predicted = _quadratic_step(values, dims)
+        # the mixed second derivatives change slowly: after the first fit, the star (centre and
+        # +-1 step per axis) is enough and the previous mixed terms are reused
+        points = stencil if cross is None else stencil[: 1 + 2 * dims]
+        values = _evaluate(backend, plan, level, pose + points * step, metric, opts.normalised_mi)
+        jump, predicted, cross = _quadratic_step(values, dims, cross)
         score = max(float(values[0]), predicted)
         pose = pose + np.concatenate([jump, np.zeros(3 - dims)]) * step
         pose[2] = float(np.clip(pose[2], -theta_limit, theta_limit))
@@ -480,11 +484,12 @@ def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: st
     return pose, score
 
 
-def _quadratic_step(f: np.ndarray, dims: int) -> tuple[np.ndarray, float]:
-    """Newton jump (in steps) to the maximum of the quadratic through the stencil values, and its value.
+def _quadratic_step(f: np.ndarray, dims: int, cross: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Newton jump (in steps) to the maximum of the quadratic through the stencil values, its value, and the mixed terms.
 
     For the 3-D stencil ``f = [f0, f+x, f-x, f+y, f-y, f+t, f-t, f+x+y, f+x+t, f+y+t]``:
     ``g_i = (f+i - f-i)/2``, ``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``.
+    A star stencil (the first ``1 + 2 dims`` entries) takes the mixed terms ``H_ij`` from ``cross``.
     A model that is not concave moves to the best stencil point instead.
     """
     f0 = f[0]
@@ -493,8 +498,12 @@ def _quadratic_step(f: np.ndarray, dims: int) -> tuple[np.ndarray, float]:
     g = 0.5 * (plus - minus)
     h = np.diag(plus + minus - 2 * f0)
     pairs = [(0, 1), (0, 2), (1, 2)] if dims == 3 else [(0, 1)]
+    if len(f) > 1 + 2 * dims:
+        cross = np.array([f[1 + 2 * dims + n] - plus[i] - plus[j] + f0 for n, (i, j) in enumerate(pairs)])
+    elif cross is None:
+        cross = np.zeros(len(pairs))
     for n, (i, j) in enumerate(pairs):
-        h[i, j] = h[j, i] = f[1 + 2 * dims + n] - plus[i] - plus[j] + f0
+        h[i, j] = h[j, i] = cross[n]
     stencil = STENCIL_3D if dims == 3 else STENCIL_2D
     try:
         eig = np.linalg.eigvalsh(h)
@@ -507,9 +516,9 @@ def _quadratic_step(f: np.ndarray, dims: int) -> tuple[np.ndarray, float]:
         if scale > 1:
             jump = jump / scale
         predicted = float(f0 + g @ jump + 0.5 * jump @ h @ jump)
-        return jump, predicted
+        return jump, predicted, cross
     best = int(np.argmax(f))
-    return stencil[best, :dims].copy(), float(f[best])
+    return stencil[best, :dims].copy(), float(f[best]), cross
 
 
 def _replace(result: RegistrationResult, **changes) -> RegistrationResult:  # type: ignore[no-untyped-def]
