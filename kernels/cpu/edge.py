@@ -73,8 +73,9 @@ def gradient_correlation(
         for t in range(c * size, min(count, (c + 1) * size)):
             i = rows[t]
             j = cols[t]
-            fr = frame_re[i, j]
-            fi = frame_im[i, j]
+            # float64 from here on: float32 products would round differently on every backend
+            fr = np.float64(frame_re[i, j])
+            fi = np.float64(frame_im[i, j])
             if fr == 0.0 and fi == 0.0:
                 continue
             energy = fr * fr + fi * fi
