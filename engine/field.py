@@ -147,9 +147,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     background, count = ndimage.label(~mask)
     if count == 0:
         return mask
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    enclosed = ~np.isin(background, border) & (background > 0)
-    return mask | enclosed
+    reaches_border = np.zeros(count + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        reaches_border[edge] = True
+    reaches_border[0] = True  # label 0 is the mask itself
+    return mask | ~reaches_border[background]
 
 
 def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int, int]) -> np.ndarray:
@@ -165,7 +167,10 @@ def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int
 
 def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[float, float]:
     """Return Otsu's threshold and its effectiveness (between-class / total variance)."""
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    width = (hi - lo) / bins
+    index = np.minimum(((values - lo) / width).astype(np.intp), bins - 1)
+    hist = np.bincount(index.ravel(), minlength=bins)
+    edges = lo + width * np.arange(bins + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
     weight = hist.astype(np.float64) / hist.sum()
     omega = np.cumsum(weight)

@@ -189,7 +189,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     mi_gap = None
     if method == "auto":
         # cross-check: the MI optimum next to the edge optimum must be the same place
-        mi_pose = _newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts)[0]
+        # one star stencil (diagonal curvature) places the MI optimum well enough for this check
+        mi_pose = _newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
         details["mi_check_mm"] = [float(mi_pose[0]), float(mi_pose[1]), math.degrees(mi_pose[2])]
     if method == "mi":
@@ -454,10 +455,11 @@ def _mi_score(backend, plan: FramePlan, level: Level, pose: np.ndarray, normalis
 
 
 def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str, iterations: int,  # type: ignore[no-untyped-def]
-            r_eff: float, rotate: bool, opts, tolerance: float = 0.02) -> tuple[np.ndarray, float]:
+            r_eff: float, rotate: bool, opts, tolerance: float = 0.02, star: bool = False) -> tuple[np.ndarray, float]:
     """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score).
 
-    Stops after ``iterations`` stencils or when a jump is below ``tolerance`` steps.
+    Stops after ``iterations`` stencils or when a jump is below ``tolerance`` steps. ``star`` uses the
+    7-pose star from the start, with no mixed curvature terms.
     """
     stencil = STENCIL_3D if rotate else STENCIL_2D
     # a rotation step moves a typical usable pixel by about one pixel, but never more than MAX_ROTATION_STEP
@@ -469,7 +471,7 @@ def _newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: st
         pose[2] = 0.0
     dims = 3 if rotate else 2
     score = -np.inf
-    cross = None
+    cross = np.zeros(3 if rotate else 1) if star else None
     for _ in range(iterations):
         # the mixed second derivatives change slowly: after the first fit, the star (centre and
         # +-1 step per axis) is enough and the previous mixed terms are reused
