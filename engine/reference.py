@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from .backend import Backend, select_backend
-from .errors import ReferencePreparationError
+from .backend import Backend, cpu_backend, select_backend
+from .errors import PortalignError, ReferencePreparationError
 from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
 from .image import Image
 from .options import RegistrationOptions
@@ -169,6 +169,7 @@ class Reference:
         self.field_margin_mm = field_margin_mm
         self._plans: dict[tuple, FramePlan] = {}
         self._plans_lock = threading.Lock()
+        self._cpu_reference: Reference | None = None
 
     @classmethod
     def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
@@ -219,7 +220,24 @@ class Reference:
 
         image = as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
         check_frame_pixels(image)
-        return register_frame(self, image)
+        if self.backend.name == "cpu":
+            return register_frame(self, image)
+        try:
+            return register_frame(self, image)
+        except Exception as exc:  # a device failure (out of memory, driver error) must not lose the frame
+            if isinstance(exc, PortalignError):
+                raise
+            reason = f"{self.backend.name} backend failed ({type(exc).__name__}: {exc}); this frame ran on the CPU"
+            result = register_frame(self._cpu_twin(), image)
+            return replace(result, warnings=[*result.warnings, reason])
+
+    def _cpu_twin(self) -> Reference:
+        """Return this reference prepared on the CPU, made on first need (the fallback for device failures)."""
+        with self._plans_lock:
+            if self._cpu_reference is None:
+                self._cpu_reference = Reference(self.image, self.options, cpu_backend(), self.field,
+                                                self._field_factor, self.field_margin_mm)
+            return self._cpu_reference
 
     # --- geometry plans -------------------------------------------------------------------------
 

@@ -253,3 +253,23 @@ def test_noise_free_high_resolution_frame(dx, dy, theta):
     assert any(level.get("polish") for level in result.details["levels"])
     assert abs(result.dx_mm - dx) <= 0.1 * spacing and abs(result.dy_mm - dy) <= 0.1 * spacing
     assert abs(result.rotation_deg - theta) <= 0.05
+
+
+def test_device_failure_falls_back_to_the_cpu_for_that_frame():
+    """A backend whose kernel fails mid-run (out of memory, driver error): the frame is registered on the CPU."""
+    from types import SimpleNamespace
+
+    from portalign.backend import Backend, cpu_backend
+
+    cpu = cpu_backend()
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of device memory (simulated)")
+
+    kernels = SimpleNamespace(**{**vars(cpu.kernels), "gradient_correlation": broken})
+    flaky = Backend(name="gpu", xp=np, kernels=kernels, device="simulated failing device")
+    ref, frame = _pair(2.5, -1.5, 0.0)
+    result = prepare_reference(ref, backend=flaky).register(frame)
+    assert result.ok and result.backend == "cpu"
+    assert math.hypot(result.dx_mm - 2.5, result.dy_mm + 1.5) <= 0.1
+    assert any("gpu backend failed (MemoryError" in w for w in result.warnings)
