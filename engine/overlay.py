@@ -70,7 +70,11 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     if _correlation(ref_n, frame_n) < 0:  # MV against kV: show both with bone the same way
         ref_n = 1.0 - ref_n
     rows, cols = frame.shape
-    size = max(min(rows, cols) // squares, 1)
+    box = result.field_box_mm
+    view_px = min(rows, cols)
+    if box is not None:  # a small field fills the picture: squares and view follow the field
+        view_px = int(min((box[1] - box[0]) / frame.spacing_mm[1], (box[3] - box[2]) / frame.spacing_mm[0]))
+    size = max(view_px // squares, 1)
     rr, cc = np.mgrid[0:rows, 0:cols]
     board = ((rr // size + cc // size) % 2).astype(bool)
     checker = np.where(board & np.isfinite(ref_n), ref_n, frame_n)
@@ -81,7 +85,6 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     axes[0].set_title("checkerboard: moved reference | frame")
     axes[1].imshow(np.clip(colour, 0, 1), extent=extent, interpolation="nearest")
     axes[1].set_title("reference (magenta) over frame (green)")
-    box = result.field_box_mm
     for ax in axes:
         ax.set_xlabel("x (mm at isocentre)")
         ax.set_ylabel("y (mm at isocentre)")
@@ -89,6 +92,9 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
         if box is not None:
             x0, x1, y0, y1 = box
             ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="orange", lw=1, label="field")
+            pad = max(10.0, 0.25 * max(x1 - x0, y1 - y0))
+            ax.set_xlim(max(x0 - pad, extent[0]), min(x1 + pad, extent[1]))
+            ax.set_ylim(min(y1 + pad, extent[2]), max(y0 - pad, extent[3]))
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
     fig.suptitle(
         f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   rotation = {result.rotation_deg:+.2f} deg   "
