@@ -127,6 +127,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     details: dict = {"levels": [], "candidates": []}
     method = opts.method
     first = plan.refine_levels[0]
+    if not candidates:  # no finite correlation at all: nothing to refine
+        candidates = [_Candidate(np.zeros(3), 0.0)]
+        quality = quality or "no match: the global search found no optimum"
     # optima of the global search far below the best cannot come near it after refinement: not worth a stencil
     candidates = [c for c in candidates if c.score >= CANDIDATE_FLOOR * candidates[0].score]
     only_level = len(plan.refine_levels) == 1
