@@ -51,6 +51,12 @@ FINE_TOLERANCE = 0.02
 DISTINCT_MM = 3.0
 #: A runner-up scoring at least this fraction of the winner is refined further before it counts.
 RECHECK_RATIO = 0.75
+#: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
+RECHECK_ITERATIONS = 2
+#: Most global-search optima carried into refinement (near-ties beyond ``candidates``).
+MAX_CANDIDATES = 8
+#: A runner-up whose global-search peak reaches this fraction of the best peak is refined too.
+COARSE_RECHECK_RATIO = 0.85
 #: Largest rotation step of the quadratic stencil (radians): small fields constrain rotation weakly.
 MAX_ROTATION_STEP = math.radians(0.5)
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
@@ -71,6 +77,7 @@ MAX_SATURATED_FRACTION = 0.02
 class _Candidate:
     pose: np.ndarray  # dx_mm, dy_mm, theta_rad
     score: float
+    coarse_ratio: float = 1.0  # global-search peak over the best global-search peak
 
 
 def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
@@ -138,7 +145,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     # fair, none refined yet); the best is then refined fully
     start_scores = _evaluate(backend, plan, levels[first], np.array([c.pose for c in candidates]), "edge")
     order = np.argsort(-start_scores, kind="stable")
-    ranked = [_Candidate(candidates[i].pose, float(start_scores[i])) for i in order]
+    top = max(candidates[0].score, 1e-30)
+    ranked = [_Candidate(candidates[i].pose, float(start_scores[i]), candidates[i].score / top) for i in order]
     pose, score = _newton(backend, plan, levels[first], ranked[0].pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
                           tolerance=first_tolerance)
     best = _Candidate(pose, max(score, ranked[0].score))
@@ -148,10 +156,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         if ranked[0].score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
             continue
         ratio = other.score / ranked[0].score  # both unrefined
-        if ratio >= RECHECK_RATIO:
+        # thin periodic structure (an MLC picket fence, ribs) gives sharp peaks: one unrefined step off its
+        # peak a true rival scores low, but the global search's peak values show the near-tie
+        if ratio >= RECHECK_RATIO or other.coarse_ratio >= COARSE_RECHECK_RATIO:
             # a close call: refine the runner-up too; on a broad peak it walks onto the winner
-            pose, score = _newton(backend, plan, levels[first], other.pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
-                                  tolerance=first_tolerance)
+            pose, score = _newton(backend, plan, levels[first], other.pose, "edge", RECHECK_ITERATIONS, r_eff, rotate,
+                                  opts, tolerance=COARSE_TOLERANCE)
             other = _Candidate(pose, score)
             if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
                 continue
@@ -405,10 +415,13 @@ def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int, ro
     suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
     work = window.copy()
     out: list[_Candidate] = []
-    for _ in range(n_candidates):
+    # the best n_candidates peaks, and beyond them any near-tie (periodic anatomy has many)
+    while len(out) < MAX_CANDIDATES:
         kk, iy, ix = np.unravel_index(int(np.argmax(work)), work.shape)
         peak = float(work[kk, iy, ix])
         if not np.isfinite(peak) or (out and peak <= 0):
+            break
+        if len(out) >= n_candidates and peak < COARSE_RECHECK_RATIO * out[0].score:
             break
         centre = window[kk, iy, ix]
         fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, centre, window[kk, iy, ix + 1] if ix < 2 * m else None)

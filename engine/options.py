@@ -76,7 +76,7 @@ class RegistrationOptions:
     coarse_spacing_mm: float = 4.0
     rotation_step_deg: float = 2.0
     candidates: int = 3
-    ambiguity_ratio: float = 0.9
+    ambiguity_ratio: float = 0.92
     min_score: float = 0.05
     agreement_mm: float = 1.5
 

@@ -127,3 +127,23 @@ def test_reference_portal_image_with_the_same_field(thorax_ct):
     result = reference.register(frame)
     assert result.ok and result.field_detected
     assert math.hypot(result.dx_mm - 3.0, result.dy_mm - 2.0) <= 0.6
+
+
+@pytest.mark.parametrize("name", ["EPID-PF-LR.dcm", "AS1200_PF.dcm", "AS500_PF.dcm"])
+@pytest.mark.parametrize("shift", [(2.0, -3.0), (-4.0, 1.0)])
+def test_picket_fence_is_never_a_confident_wrong_shift(name, shift):
+    """MLC picket fences repeat every 10-15 mm: a shift by one period matches as well as the truth.
+
+    The engine must say so (ambiguous, not ok) rather than report either optimum as trustworthy.
+    """
+    from scipy import ndimage
+
+    image = read_rt_image(REAL / "pylinac" / "picket_fence" / name)
+    spacing = image.spacing_mm[0]
+    dy, dx = shift
+    moved = ndimage.shift(image.pixels.astype(np.float64), (dy / spacing, dx / spacing), order=1, mode="nearest")
+    frame = portalign.Image(moved.astype(np.float32), image.spacing_mm, image.beam_axis_px, image.info)
+    result = portalign.register(image, frame, backend="cpu")
+    error = math.hypot(result.dx_mm - dx, result.dy_mm - dy)
+    assert not (result.ok and error > 0.5), (result.dx_mm, result.dy_mm, result.reason)
+    assert not result.ok and "ambiguous" in result.reason
