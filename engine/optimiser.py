@@ -27,7 +27,7 @@ import numpy as np
 from .errors import PortalImageError
 from .field import NO_FIELD, FieldEstimate, detect_field, sample_mask
 from .image import Image
-from .reference import FramePlan, Level, Reference, wants_field
+from .reference import FramePlan, Level, Reference, edge_features, wants_field
 from .result import RegistrationResult
 
 __all__ = ["register_frame"]
@@ -303,11 +303,8 @@ def _frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, b
     if hi <= lo:
         hi = lo + 1.0
     k.quantize(level.image, level.eroded, float(lo), float(hi), bins, level.bins)
-    k.gradient_row_sums(level.image, level.eroded, level.row_sums)
-    sums = backend.to_host(level.row_sums)
-    eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
-    level.eps = eps
-    k.orientation_features(level.image, level.eroded, max(eps, 1e-12), level.feat_re, level.feat_im)
+    level.eps = edge_features(k, level.image, level.eroded, level.row_sums, level.feat_re, level.feat_im,
+                              backend.to_host)
 
 
 def _quality(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  # type: ignore[no-untyped-def]

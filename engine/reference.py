@@ -487,16 +487,26 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_erosion(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool), border_value=0)
 
 
+def edge_features(kernels: Any, image: Any, mask: Any, row_sums: Any, out_re: Any, out_im: Any,
+                  to_host: Any = np.asarray) -> float:
+    """Fill ``out_re``/``out_im`` with the doubled-angle edge features of ``image``; return the scale ``eps``.
+
+    ``eps`` is the mean gradient magnitude over ``mask`` (rows summed in order, so it is the same for any
+    thread count): edges stronger than average get features near 1. Used for the reference at preparation
+    time and for every frame level, with the kernels of the backend that holds the arrays.
+    """
+    kernels.gradient_row_sums(image, mask, row_sums)
+    sums = to_host(row_sums)
+    eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
+    kernels.orientation_features(image, mask, max(eps, 1e-12), out_re, out_im)
+    return eps
+
+
 def _features(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Doubled-angle edge features of a reference image (host, float32), zero where not valid."""
     from portalign.kernels import cpu
 
-    mask = valid.astype(np.uint8)
-    sums = np.empty((image.shape[0], 2))
-    cpu.gradient_row_sums(image, mask, sums)
-    eps = sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)
     re = np.empty(image.shape, dtype=np.float32)
     im = np.empty(image.shape, dtype=np.float32)
-    cpu.orientation_features(image, mask, max(eps, 1e-12), re, im)
+    edge_features(cpu, image, valid.astype(np.uint8), np.empty((image.shape[0], 2)), re, im)
     return re, im
-
