@@ -2,12 +2,16 @@
 # GPU check for a machine with a CUDA device and no network.
 #
 # Expects numpy, numba, numba-cuda, CuPy, scipy, pytest and pytest-benchmark to be installed.
-# Wheels carried in .whl/ (pydicom, and setuptools/wheel if the machine lacks them) are installed
-# first, without an index; then the project itself, editable, without dependencies and without
-# build isolation (an isolated build would try to download setuptools).
+# Before the run, on the machine with network, fill .whl/ (git-ignored) and carry it:
+#     rm -rf .whl && pip download pydicom --no-deps -d .whl && pip wheel --no-deps . -w .whl
+# (device tool: carry [".whl"]). Its wheels, portalign's own included, are installed without an
+# index and without dependencies, so nothing is built on the device. Without a portalign wheel the
+# tree is installed editable without build isolation (needs setuptools and wheel there).
 #
-# Then: the GPU tests on the real device (python -m pytest -m gpu tests), then the latency /
-# throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side.
+# Then: the GPU tests on the real device (python -m pytest -m gpu tests), the latency /
+# throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side (batches on
+# 1, 2 and 4 lanes), and the device work per frame (bench/device_work.py: kernel calls, host
+# round trips, bytes moved).
 #
 # Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
 # Env:    PYTHON (default python), OUT (where to write gpu_latency.json; default out/)
@@ -33,9 +37,13 @@ echo "== install"
 shopt -s nullglob
 wheels=(.whl/*.whl)
 if ((${#wheels[@]})); then
-    "$PY" -m pip install --no-index --no-deps --quiet "${wheels[@]}" || { echo "installing .whl/*.whl failed"; status=1; }
+    "$PY" -m pip install --no-index --no-deps --quiet --force-reinstall "${wheels[@]}" \
+        || { echo "installing .whl/*.whl failed"; status=1; }
 fi
-"$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet -e . || { echo "pip install -e . failed"; exit 1; }
+own=(.whl/portalign-*.whl)
+if ((${#own[@]} == 0)); then
+    "$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet -e . || { echo "pip install -e . failed"; exit 1; }
+fi
 "$PY" -c "from portalign.gpu import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
     || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
 
@@ -52,4 +60,7 @@ env -u NUMBA_ENABLE_CUDASIM "$PY" -m pytest -m gpu -q -p no:cacheprovider "${tar
 echo "== latency and throughput (1024 x 768 synthetic frames)"
 mkdir -p "$OUT"
 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --json "$OUT/gpu_latency.json" "$@" || status=1
+
+echo "== device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
+"$PY" -m bench.device_work || status=1
 exit $status

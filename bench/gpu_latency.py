@@ -4,7 +4,7 @@ Usage::
 
     python bench/gpu_latency.py                       # both backends (GPU skipped with its reason if absent)
     python bench/gpu_latency.py --backend cpu --frames 30
-    python bench/gpu_latency.py --backend gpu --batch 256 --json out/gpu_latency.json
+    python bench/gpu_latency.py --backend gpu --batch 256 --lanes 1,2,4 --json out/gpu_latency.json
 
 One reference is prepared per backend; the frames are the reference resampled
 under known poses (a few mm, a few tenths of a degree) plus noise. After a
@@ -12,8 +12,12 @@ warm-up (plan, JIT compilation, cuFFT plans) each frame is registered on its
 own and timed on the host from the call to the returned result: the result's
 numbers are on the host, so this includes every device synchronisation
 (latency: median and p99). Throughput registers ``--batch`` frames in one
-``portalign.gpu.register_batch`` call. Each row also reports the largest error
-against the true pose, so a fast wrong answer cannot pass unnoticed.
+``portalign.register_batch`` call for each lane count of ``--lanes`` (frames in
+flight at once, each on its own buffers and stream). Each row also reports the
+largest error against the true pose, so a fast wrong answer cannot pass
+unnoticed, and whether registering the same frame twice gave bit-identical
+numbers. With both backends, the last line is the largest CPU-GPU difference
+over the timed frames.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import portalign
+from portalign import register_batch
 from portalign.kernels import cpu as cpu_kernels
 from portalign.reference import pose_affines
 from scipy import ndimage
@@ -69,10 +74,8 @@ def synthetic_frames(reference: np.ndarray, n: int, seed: int = 1) -> tuple[list
 
 
 def run_backend(name: str, reference: np.ndarray, frames: list[np.ndarray], poses: np.ndarray, n_latency: int,
-                n_batch: int, warmup: int) -> dict:
-    """Time one backend: latency per frame and batched throughput; worst pose error."""
-    from portalign.gpu import register_batch
-
+                n_batch: int, warmup: int, lanes: list[int]) -> dict:
+    """Time one backend: latency per frame and batched throughput per lane count; worst pose error."""
     options = portalign.RegistrationOptions(field="none")
     ref_image = portalign.Image.from_array(reference, pixel_spacing_mm=SPACING_MM)
     images = [portalign.Image.from_array(f, pixel_spacing_mm=SPACING_MM) for f in frames]
@@ -83,25 +86,36 @@ def run_backend(name: str, reference: np.ndarray, frames: list[np.ndarray], pose
     prepare_s = time.perf_counter() - start
     latencies = []
     errors = []
+    poses_found = []
     for i in range(n_latency):
         t0 = time.perf_counter()
         result = prepared.register(images[i % len(images)])
         latencies.append((time.perf_counter() - t0) * 1e3)
         truth = poses[i % len(images)]
         errors.append(max(abs(result.dx_mm - truth[0]), abs(result.dy_mm - truth[1])))
+        poses_found.append((result.dx_mm, result.dy_mm, result.rotation_deg))
+    again = prepared.register(images[0])
+    repeatable = (again.dx_mm, again.dy_mm, again.rotation_deg) == poses_found[0]
     batch = [images[i % len(images)] for i in range(n_batch)]
-    t0 = time.perf_counter()
-    results = register_batch(prepared, batch)
-    batch_s = time.perf_counter() - t0
+    throughput = {}
+    ok = []
+    for count in lanes:
+        register_batch(prepared, batch[: max(count, 1) * 2], lanes=count)  # make and warm the lanes
+        t0 = time.perf_counter()
+        results = register_batch(prepared, batch, lanes=count)
+        throughput[str(count)] = n_batch / (time.perf_counter() - t0)
+        ok.extend(r.ok for r in results)
     return {
         "backend": name,
         "device": prepared.backend.device,
         "prepare_and_warmup_s": prepare_s,
         "latency_ms_median": float(np.median(latencies)),
         "latency_ms_p99": float(np.percentile(latencies, 99)),
-        "frames_per_s_batched": n_batch / batch_s,
+        "frames_per_s_batched": throughput,
         "max_error_mm": float(max(errors)),
-        "ok_fraction": float(np.mean([r.ok for r in results])),
+        "ok_fraction": float(np.mean(ok)),
+        "repeat_bit_identical": bool(repeatable),
+        "poses": poses_found,
     }
 
 
@@ -110,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["cpu", "gpu", "both"], default="both")
     parser.add_argument("--frames", type=int, default=50, help="frames timed one by one (latency)")
     parser.add_argument("--batch", type=int, default=64, help="frames in the batched throughput call")
+    parser.add_argument("--lanes", default="1,2,4", help="lane counts to time the batch with (comma-separated)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shape", default="768x1024", help="rows x cols of the synthetic images")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -118,24 +133,34 @@ def main(argv: list[str] | None = None) -> int:
     reference = synthetic_reference((rows, cols))
     frames, poses = synthetic_frames(reference, min(max(args.frames, args.warmup, 1), 32))
     names = ["cpu", "gpu"] if args.backend == "both" else [args.backend]
+    lanes = [int(v) for v in args.lanes.split(",")]
     table = []
     for name in names:
         try:
-            table.append(run_backend(name, reference, frames, poses, args.frames, args.batch, args.warmup))
+            # the CPU's kernels already use every core: its batch runs on one lane
+            table.append(run_backend(name, reference, frames, poses, args.frames, args.batch, args.warmup,
+                                     lanes if name == "gpu" else [1]))
         except portalign.BackendUnavailableError as exc:
             if args.backend != "both":
                 print(f"gpu_latency: {exc}", file=sys.stderr)
                 return 2
             table.append({"backend": name, "device": f"unavailable: {exc}"})
     print(f"{rows}x{cols} frames, {args.frames} timed one by one, batches of {args.batch}")
-    print(f"{'backend':8} {'median ms':>10} {'p99 ms':>9} {'frames/s':>10} {'max err mm':>11} {'ok':>5}  device")
+    print(f"{'backend':8} {'median ms':>10} {'p99 ms':>9} {'frames/s (lanes)':>28} {'max err mm':>11} {'ok':>5} "
+          f"{'repeat':>7}  device")
     for row in table:
         if "latency_ms_median" not in row:
-            print(f"{row['backend']:8} {'-':>10} {'-':>9} {'-':>10} {'-':>11} {'-':>5}  {row['device']}")
+            print(f"{row['backend']:8} {'-':>10} {'-':>9} {'-':>28} {'-':>11} {'-':>5} {'-':>7}  {row['device']}")
             continue
-        print(f"{row['backend']:8} {row['latency_ms_median']:10.2f} {row['latency_ms_p99']:9.2f} "
-              f"{row['frames_per_s_batched']:10.1f} {row['max_error_mm']:11.3f} {row['ok_fraction']:5.0%}  "
-              f"{row['device']}")
+        fps = " ".join(f"{v:.0f}({k})" for k, v in row["frames_per_s_batched"].items())
+        print(f"{row['backend']:8} {row['latency_ms_median']:10.2f} {row['latency_ms_p99']:9.2f} {fps:>28} "
+              f"{row['max_error_mm']:11.3f} {row['ok_fraction']:5.0%} "
+              f"{'same' if row['repeat_bit_identical'] else 'DIFF':>7}  {row['device']}")
+    measured = {row["backend"]: np.array(row["poses"]) for row in table if "poses" in row}
+    if len(measured) == 2:
+        gap = np.abs(measured["cpu"] - measured["gpu"])
+        print(f"gpu vs cpu, largest difference over the timed frames: {gap[:, :2].max():.4f} mm, "
+              f"{gap[:, 2].max():.4f} deg")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"shape": [rows, cols], "rows": table}, indent=2))

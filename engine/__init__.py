@@ -7,7 +7,8 @@ Prepare a reference once, register many frames against it::
     result = ref.register(portalign.read_rt_image("epid.dcm"))
     print(result.dx_mm, result.dy_mm, result.rotation_deg, result.ok, result.reason)
 
-or in one call, ``portalign.register(reference_image, frame_image)``.
+or in one call, ``portalign.register(reference_image, frame_image)``; many frames at
+once with ``portalign.register_batch(ref, frames)``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .errors import (
     PortalImageError,
     ReferencePreparationError,
 )
+from .gpu import BatchError, register_batch
 from .image import Image, ImageInfo, as_image
 from .options import RegistrationOptions
 from .reference import Reference, prepare_reference
@@ -33,6 +35,7 @@ __all__ = [
     "__version__",
     "Backend",
     "BackendUnavailableError",
+    "BatchError",
     "GeometryError",
     "Image",
     "ImageInfo",
@@ -45,6 +48,7 @@ __all__ = [
     "prepare_reference",
     "read_rt_image",
     "register",
+    "register_batch",
     "select_backend",
 ]
 

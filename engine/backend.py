@@ -12,6 +12,7 @@ run raises :class:`BackendUnavailableError` naming what is missing.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -62,8 +63,29 @@ class Backend:
             return np.asarray(array)
         return self.xp.asnumpy(array)
 
-    def synchronize(self) -> None:
-        """Wait for queued device work (a no-op on the CPU)."""
+    def synchronize(self, stream: Any = None) -> None:
+        """Wait for queued device work, on ``stream`` or the whole device (a no-op on the CPU)."""
+
+    # --- per-engine streams and frame upload (see portalign.gpu); trivial on the CPU --------------
+
+    def new_stream(self) -> Any:
+        """Return a new stream for one engine's work (None on the CPU: there is no queue)."""
+        return None
+
+    def on_stream(self, stream: Any) -> AbstractContextManager[None]:
+        """Return a context in which this thread's kernels are queued on ``stream``."""
+        return nullcontext()
+
+    def staging_buffer(self, shape: tuple[int, int]) -> Any:
+        """Return a host buffer that frames of ``shape`` are uploaded through (None: not needed)."""
+        return None
+
+    def upload(self, pixels: Any, device_buffer: Any, staging: Any) -> Any:
+        """Return ``pixels`` as a backend array, filling ``device_buffer`` through ``staging`` where there is one.
+
+        On the CPU the frame's own pixels are used, without a copy.
+        """
+        return self.asarray(pixels)
 
 
 def cpu_backend(fallback_reason: str = "") -> Backend:

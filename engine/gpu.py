@@ -14,35 +14,46 @@ What is missing is detected once per process and reported in the error::
     BackendUnavailableError: no CUDA device: numba.cuda.is_available() is False
     BackendUnavailableError: CuPy is not installed: pip install portalign[gpu]
 
-Streams and pinned memory (design; the engine does not use them yet)
--------------------------------------------------------------------
-Today every kernel is queued on the legacy default stream, which CuPy and numba
-share, so their work stays ordered without synchronisation; each result the
-optimiser reads (a metric vector of a few poses) is one small synchronous copy.
-For throughput the plan is one ``cupy.cuda.Stream(non_blocking=True)`` per
-prepared reference and frame geometry (its ``FramePlan``): the kernels of one
-engine are launched on it (numba: ``kernel[grid, block, cuda.external_stream(
-stream.ptr)]``), frames arrive through two pinned host buffers
-(``cupyx.empty_pinned``) so that the copy of frame ``n + 1`` overlaps the
-search of frame ``n``, and the per-iteration metric vectors come back through a
-pinned buffer with ``stream.synchronize()`` instead of a device-wide sync. Two
-engines (two references, or two treatment rooms) then run concurrently on one
-device. :func:`register_batch` is the entry point that will own that pipeline.
+Streams, pinned memory and batches
+----------------------------------
+Each engine (a prepared reference and a frame geometry: a ``FramePlan``, see
+:mod:`portalign.reference`) may have several *lanes*: copies of its per-frame
+buffers that share the reference's device arrays. Every lane owns a
+non-blocking ``cupy.cuda.Stream`` and a pinned host buffer
+(``cupyx.empty_pinned``). A frame registered on a lane is copied into that
+lane's pinned buffer and uploaded asynchronously on the lane's stream; all of
+its kernels (numba launches through ``cuda.external_stream``) and CuPy work
+(allocations, cuFFT) are queued on the same stream; the small metric vectors the
+optimiser reads come back on it, which waits for that stream only. Two lanes
+(two frames of a batch, two treatment rooms, two HTTP requests) therefore
+overlap on the device: the upload of frame ``n + 1`` runs while frame ``n`` is
+searched.
+
+:func:`register_batch` is the throughput entry point: it opens ``lanes`` lanes
+and registers the frames on worker threads, one lane each, returning results in
+input order. Under numba's simulator the workers take turns (its kernel objects
+keep their launch configuration in shared state), which still runs every lane
+code path.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .backend import Backend
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, PortalignError
 
-__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "register_batch"]
+__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "register_batch", "BatchError", "DEFAULT_LANES"]
+
+#: Lanes a batch uses on a device when the caller does not say: two streams overlap upload and search.
+DEFAULT_LANES = 2
 
 _lock = threading.Lock()
 _detected: tuple[Backend | None, str] | None = None
@@ -60,13 +71,57 @@ class GpuBackend(Backend):
             return array
         return self.xp.asnumpy(array)
 
-    def synchronize(self) -> None:
-        """Wait until the device has finished the queued kernels and copies."""
+    def synchronize(self, stream: Any = None) -> None:
+        """Wait until the device has finished the work queued on ``stream`` (None: all work)."""
         if self.simulated:
+            return
+        if stream is not None:
+            stream.synchronize()
             return
         from numba import cuda
 
         cuda.synchronize()
+
+    def new_stream(self) -> Any:
+        """Return a new non-blocking CuPy stream (a numba simulator stream under the simulator)."""
+        if self.simulated:
+            from numba import cuda
+
+            return cuda.stream()
+        return self.xp.cuda.Stream(non_blocking=True)
+
+    def on_stream(self, stream: Any) -> AbstractContextManager[None]:
+        """Return a context that queues this thread's kernels and CuPy work on ``stream``."""
+        if stream is None:
+            return nullcontext()
+        from portalign.kernels.gpu import launch
+
+        return launch.on_stream(stream)
+
+    def staging_buffer(self, shape: tuple[int, int]) -> Any:
+        """Return a pinned (page-locked) float32 host buffer of ``shape`` for asynchronous uploads."""
+        if self.simulated:
+            return None
+        import cupyx
+
+        return cupyx.empty_pinned(tuple(shape), dtype=np.float32)
+
+    def upload(self, pixels: Any, device_buffer: Any, staging: Any) -> Any:
+        """Copy a frame into ``device_buffer`` on the current stream, through the pinned ``staging`` buffer.
+
+        The copy is asynchronous on a device: it is queued on the current stream
+        and overlaps other streams' kernels. ``staging`` may be refilled only
+        after the stream has passed the copy; the engine's lanes guarantee that,
+        since a lane takes its next frame after reading the previous result.
+        """
+        if device_buffer is None or tuple(device_buffer.shape) != tuple(np.shape(pixels)):
+            return self.asarray(pixels, dtype=np.float32)
+        if self.simulated or staging is None:
+            device_buffer[...] = pixels
+            return device_buffer
+        np.copyto(staging, pixels, casting="same_kind")
+        device_buffer.set(staging, stream=self.xp.cuda.get_current_stream())
+        return device_buffer
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -109,28 +164,48 @@ def gpu_backend(*, allow_simulator: bool = True) -> Backend:
     return backend
 
 
-def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: Any = None) -> list[Any]:
-    """Register many frames against one prepared reference; return their results in order.
+class BatchError(PortalignError):
+    """Some frames of a batch could not be registered; the others' results are kept.
+
+    Attributes
+    ----------
+    results : list of RegistrationResult or None
+        One entry per frame, in input order; None where the frame failed.
+    errors : dict of int to Exception
+        The failed frames' errors, by position in the batch.
+    """
+
+    def __init__(self, message: str, results: list[Any], errors: dict[int, BaseException]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.errors = errors
+
+
+def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: Any = None,
+                   lanes: int | None = None) -> list[Any]:
+    """Register many frames against one prepared reference; return their results in input order.
 
     Parameters
     ----------
     reference : Reference
-        A reference prepared with ``backend="gpu"`` (any backend works).
+        A prepared reference (any backend; the GPU is where lanes pay off).
     frames : iterable of Image, numpy.ndarray, path or pydicom.Dataset
-        Frames of one treatment field; arrays need ``pixel_spacing_mm``.
+        Arrays need ``pixel_spacing_mm``.
     pixel_spacing_mm : float or (float, float), optional
+    lanes : int, optional
+        Frames in flight at once, each on its own buffers and stream. Default:
+        :data:`DEFAULT_LANES` on a device, 1 on the CPU (numba's kernels already
+        use every core) and under the simulator.
 
     Returns
     -------
     list of RegistrationResult
 
-    Notes
-    -----
-    Frames are registered one after the other on the reference's buffers (the
-    plan for their geometry is built once, on the first frame). The pipelined
-    version described in this module's docstring (pinned double buffers, one
-    stream per engine, all frames' metric evaluations in one launch) keeps this
-    signature.
+    Raises
+    ------
+    BatchError
+        After every frame has been tried, when some could not be registered
+        (unreadable, bad geometry); it names them and carries the other results.
     """
     from .reference import Reference
 
@@ -139,8 +214,37 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
             f"register_batch needs a prepared Reference, got {type(reference).__name__}; "
             "call portalign.prepare_reference(image, backend='gpu') first"
         )
-    results = [reference.register(frame, pixel_spacing_mm=pixel_spacing_mm) for frame in frames]
-    reference.backend.synchronize()
+    items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
+    backend = reference.backend
+    simulated = bool(getattr(backend, "simulated", False))
+    if lanes is None:
+        lanes = DEFAULT_LANES if backend.name == "gpu" and not simulated else 1
+    if int(lanes) < 1:
+        raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
+    lanes = min(int(lanes), max(len(items), 1))
+    reference.allow_lanes(lanes)
+    results: list[Any] = [None] * len(items)
+    errors: dict[int, BaseException] = {}
+
+    def one(index: int) -> None:
+        try:
+            results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
+            errors[index] = exc
+
+    # the simulator keeps launch settings on shared kernel objects: its workers must take turns
+    workers = 1 if simulated else lanes
+    if workers == 1:
+        for index in range(len(items)):
+            one(index)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as pool:
+            list(pool.map(one, range(len(items))))
+    if errors:
+        listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BatchError(f"{len(errors)} of {len(items)} frames could not be registered: {listed}{more}",
+                         results, errors)
     return results
 
 

@@ -95,8 +95,9 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
         returned with ``ok=False`` and a ``reason``.
     """
     start = time.perf_counter()
-    plan = reference.plan_for(frame.shape, frame.spacing_mm, frame.beam_axis_px)
-    with plan.lock:
+    backend = reference.backend
+    # a lane of the plan for this geometry: buffers no other frame is using, and their stream
+    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.on_stream(plan.stream):
         result = _register(reference, plan, frame)
     elapsed = (time.perf_counter() - start) * 1e3
     return _replace(result, elapsed_ms=elapsed)
@@ -108,7 +109,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     levels = plan.levels
     # 1. pyramid -------------------------------------------------------------------------------
     level0 = levels[0]
-    level0.image = backend.asarray(frame.pixels)
+    level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
     for index in range(1, plan.pyramid_depth + 1):
         k.downsample2(levels[index - 1].image, levels[index].image)
     small = backend.to_host(levels[plan.field_level].image)
@@ -342,16 +343,22 @@ def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def
     """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row.
 
     A second difference cancels smooth anatomy (any linear trend) and keeps white
-    noise with variance ``6 sigma^2``.
+    noise with variance ``6 sigma^2``. Computed where the level lives (on a GPU:
+    on the device; one number comes back).
     """
-    img = backend.to_host(level.image)[::4].astype(np.float64)
-    mask = backend.to_host(level.eroded)[::4].astype(bool)
+    xp = backend.xp
+    img = level.image[::4].astype(xp.float64)
+    mask = level.eroded[::4].astype(bool)
     both = mask[:, 2:] & mask[:, 1:-1] & mask[:, :-2]
     second = (img[:, 2:] - 2.0 * img[:, 1:-1] + img[:, :-2])[both]
     if second.size < 16:
         return 0.0
-    mad = float(np.median(np.abs(second - np.median(second))))
-    return 1.4826 * mad / math.sqrt(6.0)
+    return 1.4826 * _mad(xp, second) / math.sqrt(6.0)
+
+
+def _mad(xp, values) -> float:  # type: ignore[no-untyped-def]
+    """Median absolute deviation of a backend array, as a host float."""
+    return float(xp.median(xp.abs(values - xp.median(values))))
 
 
 def _is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) -> bool:  # type: ignore[no-untyped-def]
@@ -361,7 +368,7 @@ def _is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict)
     smooth anatomy hardly shows in second differences there.
     """
     level = plan.levels[0]
-    img = backend.to_host(level.image)
+    img = level.image  # the frame where it lives: only the statistic comes back from a device
     rows, cols = img.shape
     r0, r1, c0, c1 = 0, rows, 0, cols
     if field.detected and field.box_px is not None:
@@ -370,11 +377,12 @@ def _is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict)
         c0, c1 = int(max(0, (b[0] + 1) * scale)), int(min(cols, b[1] * scale))
         r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
     row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
-    patch = img[r0:r1:row_step, c0:c1].astype(np.float64)
+    xp = backend.xp
+    patch = img[r0:r1:row_step, c0:c1].astype(xp.float64)
     second = (patch[:, 2:] - 2.0 * patch[:, 1:-1] + patch[:, :-2]).ravel()
     if second.size < 64:
         return False
-    noise = 1.4826 * float(np.median(np.abs(second - np.median(second)))) / math.sqrt(6.0)
+    noise = 1.4826 * _mad(xp, second) / math.sqrt(6.0)
     lo, hi = plan.levels[plan.coarse.level].range
     ratio = (hi - lo) / max(noise, 1e-30)
     frame_stats["fine_contrast_to_noise"] = ratio
@@ -383,29 +391,28 @@ def _is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict)
 
 def _rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
     """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them."""
-    mask = backend.to_host(level.eroded)[::2, ::2].astype(bool)
-    rows, cols = np.nonzero(mask)
+    xp = backend.xp
+    rows, cols = xp.nonzero(level.eroded[::2, ::2])
     if rows.size == 0:
         return 50.0
     x = (cols * 2 - level.frame_axis[0]) * level.spacing[1]
     y = (rows * 2 - level.frame_axis[1]) * level.spacing[0]
-    return float(max(np.sqrt(np.mean(x * x + y * y)), 5.0))
+    return max(float(xp.sqrt(xp.mean(x * x + y * y))), 5.0)
 
 
 def _global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rotate: bool) -> list[_Candidate]:  # type: ignore[no-untyped-def]
     """Best distinct (translation, rotation) optima of the edge cross-correlation (rotation 0 only if not ``rotate``)."""
     k = backend.kernels
     cs = plan.coarse
-    re = backend.to_host(level.feat_re)
-    im = backend.to_host(level.feat_im)
-    frame_energy = float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())
+    xp = backend.xp
+    frame_energy = float((level.feat_re.astype(xp.float64) ** 2 + level.feat_im.astype(xp.float64) ** 2).sum())
     spectrum = backend.asarray(k.feature_spectrum(level.feat_re, level.feat_im, cs.padded_shape, cs.margin_px))
     # translation only: just the surface of rotation 0
     chosen = slice(None) if rotate else slice(int(np.argmin(np.abs(cs.thetas))), int(np.argmin(np.abs(cs.thetas))) + 1)
     thetas = cs.thetas[chosen]
     k.correlation_surfaces(spectrum, cs.ref_spectra_conj[chosen], cs.surfaces[chosen])
-    surfaces = backend.to_host(cs.surfaces[chosen])
-    window = surfaces[:, cs.window_rows][:, :, cs.window_cols]  # (K, 2m+1, 2m+1), index m = zero shift
+    # only the searched window leaves the device: (K, 2m+1, 2m+1), index m = zero shift
+    window = backend.to_host(cs.surfaces[chosen][:, cs.window_rows][:, :, cs.window_cols])
     norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy[chosen], 1e-30))
     window = window / norm[:, None, None]
     m = cs.margin_px

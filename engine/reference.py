@@ -8,12 +8,22 @@ mask), the FFT spectra of the reference edge features under every candidate
 rotation for the global search, and every per-frame buffer. Later frames of the
 same geometry only fill those buffers. ``Reference.warm_up(frame_geometry)``
 pays for the plan (and the JIT compilation) before the first real frame.
+
+A plan's per-frame buffers serve one frame at a time. Frames registered
+concurrently against one reference (a batch, several service requests) get
+*lanes*: copies of the plan that share every reference-side array and own their
+frame buffers, their device stream and their pinned upload buffer. On the CPU there
+is one lane per geometry unless :meth:`Reference.allow_lanes` asks for more; on
+a device up to ``portalign.gpu.DEFAULT_LANES``.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +34,7 @@ from scipy import ndimage
 from .backend import Backend, cpu_backend, select_backend
 from .errors import PortalignError, ReferencePreparationError
 from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
+from .gpu import DEFAULT_LANES
 from .image import Image
 from .options import RegistrationOptions
 
@@ -128,8 +139,9 @@ class CoarseSearch:
     ref_spectra_conj: Any
     ref_energy: np.ndarray
     surfaces: Any
-    window_rows: np.ndarray
-    window_cols: np.ndarray
+    #: Surface rows / columns of translations -margin..margin (backend arrays: the window is cut on the device).
+    window_rows: Any
+    window_cols: Any
 
 
 @dataclass
@@ -147,15 +159,72 @@ class FramePlan:
     hist: Any = None
     mi_out: Any = None
     edge_out: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The device stream this plan's kernels are queued on (None on the CPU).
+    stream: Any = None
+    #: Pinned host buffer that frames are uploaded through (None on the CPU and under the simulator).
+    staging: Any = None
+
+    def new_lane(self, backend: Backend) -> FramePlan:
+        """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
+        xp = backend.xp
+
+        def fresh(array: Any) -> Any:
+            return None if array is None else xp.empty_like(array)
+
+        levels = {
+            index: replace(level, **{name: fresh(getattr(level, name)) for name in FRAME_BUFFERS})
+            for index, level in self.levels.items()
+        }
+        return replace(
+            self,
+            levels=levels,
+            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces)),
+            hist=xp.zeros_like(self.hist),
+            mi_out=xp.zeros_like(self.mi_out),
+            edge_out=xp.zeros_like(self.edge_out),
+            stream=backend.new_stream(),
+            staging=backend.staging_buffer(self.frame_shape),
+        )
+
+
+#: The per-frame buffers of a :class:`Level`: what a lane must own (the rest is the reference's, shared).
+FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_im", "row_sums", "pixel_rows",
+                 "pixel_cols")
+
+
+class _LanePool:
+    """The lanes of one frame geometry: the first plan, and copies made when frames overlap."""
+
+    def __init__(self, first: FramePlan) -> None:
+        self.lanes = [first]
+        self._free: deque[FramePlan] = deque([first])
+        self._changed = threading.Condition()
+
+    def acquire(self, limit: int, backend: Backend) -> FramePlan:
+        """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""
+        with self._changed:
+            while True:
+                if self._free:
+                    return self._free.popleft()
+                if len(self.lanes) < limit:
+                    lane = self.lanes[0].new_lane(backend)
+                    self.lanes.append(lane)
+                    return lane
+                self._changed.wait()
+
+    def release(self, lane: FramePlan) -> None:
+        with self._changed:
+            self._free.append(lane)
+            self._changed.notify()
 
 
 class Reference:
     """A reference image prepared for registering many frames against it.
 
     Use :func:`prepare_reference` (or :meth:`Reference.prepare`). Thread-safe:
-    frames registered from several threads against one reference are serialised
-    per frame geometry, because they share buffers.
+    frames registered from several threads against one reference take turns on
+    the buffers of their geometry, unless :meth:`allow_lanes` lets them run side
+    by side on lanes of their own.
     """
 
     def __init__(self, image: Image, options: RegistrationOptions, backend: Backend, field_estimate: FieldEstimate,
@@ -167,8 +236,12 @@ class Reference:
         self._field_factor = field_level_factor
         #: Band excluded around the field edge: the option, widened to the reference's measured penumbra.
         self.field_margin_mm = field_margin_mm
-        self._plans: dict[tuple, FramePlan] = {}
+        self._plans: dict[tuple, _LanePool] = {}
         self._plans_lock = threading.Lock()
+        # on a device, frames that overlap (service requests, batches) run side by side on two streams;
+        # on the CPU numba's kernels already use every core, and under the simulator frames take turns
+        on_device = backend.name == "gpu" and not getattr(backend, "simulated", True)
+        self._lane_limit = DEFAULT_LANES if on_device else 1
         self._cpu_reference: Reference | None = None
 
     @classmethod
@@ -242,14 +315,44 @@ class Reference:
     # --- geometry plans -------------------------------------------------------------------------
 
     def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> FramePlan:
-        """Return (building on first use) the plan for frames of this geometry."""
+        """Return (building on first use) the plan for frames of this geometry: its first lane."""
+        return self._pool(shape, spacing, axis).lanes[0]
+
+    @contextmanager
+    def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> Iterator[FramePlan]:
+        """Hold a lane of this geometry's plan for one frame (waiting while all allowed lanes are busy)."""
+        pool = self._pool(shape, spacing, axis)
+        lane = pool.acquire(self._lane_limit, self.backend)
+        try:
+            yield lane
+        finally:
+            pool.release(lane)
+
+    def allow_lanes(self, count: int) -> None:
+        """Let up to ``count`` frames of one geometry be registered at once, each on its own buffers and stream.
+
+        Lanes are made when frames overlap, never taken away; the limit only grows.
+        """
+        if int(count) < 1:
+            raise ValueError(f"allow_lanes: count must be at least 1; got {count}")
+        with self._plans_lock:
+            self._lane_limit = max(self._lane_limit, int(count))
+
+    def lane_count(self) -> int:
+        """Return how many lanes exist over all geometries (one per geometry plus those made for overlap)."""
+        with self._plans_lock:
+            return sum(len(pool.lanes) for pool in self._plans.values())
+
+    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> _LanePool:
         key = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
         with self._plans_lock:
-            plan = self._plans.get(key)
-            if plan is None:
+            pool = self._plans.get(key)
+            if pool is None:
                 plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis))  # type: ignore[arg-type]
-                self._plans[key] = plan
-        return plan
+                # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
+                self.backend.synchronize()
+                pool = self._plans[key] = _LanePool(plan)
+        return pool
 
     def warm_up(self, frame: Image) -> None:
         """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""
@@ -312,6 +415,8 @@ class Reference:
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
+            stream=self.backend.new_stream(),
+            staging=self.backend.staging_buffer(shape),
         )
 
     def _search_extent_mm(self, shape: tuple[int, int], spacing: tuple[float, float]) -> float:
@@ -415,8 +520,8 @@ class Reference:
             ref_spectra_conj=backend.asarray(spectra),
             ref_energy=energy,
             surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
-            window_rows=ty % padded[0],
-            window_cols=ty % padded[1],
+            window_rows=backend.asarray(ty % padded[0]),
+            window_cols=backend.asarray(ty % padded[1]),
         )
 
 

@@ -272,3 +272,16 @@ def test_smoke_run_writes_tables_json_and_plots(tmp_path, started):
     portalign_run = next(r for r in results["runs"] if r["method"] == "portalign-cpu")
     assert len(portalign_run["times_ms"]) == 3 and math.isfinite(portalign_run["translation_error_mm"])
     assert "first_frame_ms" in portalign_run
+
+
+def test_frame_never_comes_back_from_the_device():
+    """Per frame only statistics, metric vectors and the search window are read back, never a frame-sized array."""
+    from bench.device_work import device_work
+
+    work = device_work((384, 512), n_frames=2)
+    assert work["ok"] == 2 and work["max_error_mm"] <= 0.1
+    assert 0 < work["largest_read_bytes"] <= work["frame_bytes"] / 8
+    assert work["host_read_bytes"] <= work["frame_bytes"] / 4
+    # the frame goes up once; everything else uploaded is a few poses
+    assert work["frame_bytes"] <= work["upload_bytes"] <= 1.1 * work["frame_bytes"]
+    assert work["kernel_calls"]["downsample2"] >= 1 and work["kernel_calls"]["correlation_surfaces"] == 1

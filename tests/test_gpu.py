@@ -325,3 +325,70 @@ def test_simulator_refused_when_not_asked_for_explicitly():
     with pytest.raises(BackendUnavailableError, match="simulator"):
         gpu_backend(allow_simulator=False)
     assert gpu_backend().name == "gpu"
+
+
+def test_on_stream_queues_this_threads_launches_on_the_stream(backend):
+    """Kernels launched inside ``on_stream`` get that stream; blocks nest; outside, the default stream (0)."""
+    first, second = backend.new_stream(), backend.new_stream()
+    assert first is not None and second is not first
+    outside = launch.scratch("stream_test", (4,), np.int64)
+    assert launch.stream() == 0
+    with launch.on_stream(first):
+        on_first = launch.stream()
+        assert on_first != 0
+        # a scratch buffer belongs to one stream: another stream never reuses it while work may be queued
+        inside = launch.scratch("stream_test", (4,), np.int64)
+        assert inside is not outside and launch.scratch("stream_test", (4,), np.int64) is inside
+        with launch.on_stream(second):
+            assert launch.stream() is not on_first
+        assert launch.stream() is on_first
+        # a kernel queued on the stream runs and gives the CPU's answer
+        image = random_image(SHAPE, seed=3)
+        cpu_out = np.empty((SHAPE[0] // 2, SHAPE[1] // 2), dtype=np.float32)
+        cpu.downsample2(image, cpu_out)
+        gpu_out = backend.xp.empty(cpu_out.shape, dtype=backend.xp.float32)
+        backend.kernels.downsample2(backend.asarray(image), gpu_out)
+        backend.synchronize(first)
+        assert_array_equal(backend.to_host(gpu_out), cpu_out)
+    assert launch.stream() == 0 and launch.scratch("stream_test", (4,), np.int64) is outside
+
+
+def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend):
+    """A frame registered while the first lane is busy runs on a new lane: new stream, new buffers, same answer."""
+    import portalign
+
+    shape = (32, 28)
+    reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
+    frame = portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    prepared = portalign.prepare_reference(reference, options, backend="gpu")
+    on_first = prepared.register(frame)
+    prepared.allow_lanes(2)
+    geometry = (frame.shape, frame.spacing_mm, frame.beam_axis_px)
+    with prepared.lane(*geometry) as first:
+        on_second = prepared.register(frame)
+    assert prepared.lane_count() == 2
+    with prepared.lane(*geometry) as second:  # least recently used: the lane the frame ran on
+        assert second is not first
+        assert second.stream is not None and second.stream is not first.stream
+        assert second.coarse.ref_spectra_conj is first.coarse.ref_spectra_conj  # the reference is shared
+        assert second.levels[0].image is not first.levels[0].image  # the frame buffers are not
+        assert second.hist is not first.hist and second.coarse.surfaces is not first.coarse.surfaces
+    assert on_second.backend == "gpu" and on_second.ok
+    assert (on_second.dx_mm, on_second.dy_mm, on_second.rotation_deg, on_second.score) == (
+        on_first.dx_mm, on_first.dy_mm, on_first.rotation_deg, on_first.score)
+
+
+def test_gpu_latency_script_runs_the_gpu_backend(backend, monkeypatch):
+    """bench/gpu_latency.py, the table of bench/gpu_check.sh, on the GPU path (tiny images in the simulator)."""
+    from bench import gpu_latency
+
+    monkeypatch.setattr(gpu_latency, "SPACING_MM", 1.0)
+    reference = gpu_latency.synthetic_reference((40, 48), seed=2)
+    frames, poses = gpu_latency.synthetic_frames(reference, 2)
+    # five registrations in all (warm-up, timed, repeat, batch warm-up, batch): the simulator is slow
+    row = gpu_latency.run_backend("gpu", reference, frames, poses, n_latency=1, n_batch=1, warmup=1, lanes=[2])
+    assert row["backend"] == "gpu" and row["device"] == backend.device
+    assert list(row["frames_per_s_batched"]) == ["2"] and row["frames_per_s_batched"]["2"] > 0
+    assert row["repeat_bit_identical"] is True
+    assert len(row["poses"]) == 1 and np.isfinite(row["latency_ms_median"])

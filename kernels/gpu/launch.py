@@ -13,14 +13,24 @@ compiles a kernel, so a kernel must never read them itself.
 Array module: under the simulator (``NUMBA_ENABLE_CUDASIM=1``) kernels take host
 numpy arrays, so the GPU backend's arrays are numpy; on a device they are CuPy
 arrays, handed to numba through ``__cuda_array_interface__`` without a stream
-synchronisation (both libraries queue on the legacy default stream, which
-keeps the order).
+synchronisation.
+
+Streams: :func:`on_stream` makes a stream the calling thread's current one for
+a block of work. Inside it every kernel launch here (``kernel[grid, block,
+launch.stream()]``) and every CuPy operation (allocations, FFTs, copies; CuPy's
+own current stream is entered too) is queued on that stream, so the kernels and
+the CuPy work of one frame stay ordered without device-wide synchronisation,
+and two threads on two streams overlap on the device. Outside it everything goes
+to the legacy default stream, as before. Under the simulator a stream is a
+``numba.cuda.stream()`` object, accepted in the launch and otherwise ignored.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +49,8 @@ __all__ = [
     "threads_per_block",
     "blocks_for",
     "scratch",
+    "on_stream",
+    "stream",
 ]
 
 #: Threads per block of every kernel (at most ``REDUCE_MAX_THREADS``). Tests patch it small.
@@ -53,6 +65,9 @@ REDUCE_MAX_THREADS = 256
 SHARED_HISTOGRAM_MAX_BYTES = 48 * 1024
 
 _scratch = threading.local()
+_current = threading.local()
+_numba_streams: dict[int, Any] = {}
+_numba_streams_lock = threading.Lock()
 
 
 def simulator_enabled() -> bool:
@@ -122,8 +137,47 @@ def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
     cache = getattr(_scratch, "buffers", None)
     if cache is None:
         cache = _scratch.buffers = {}
-    key = (name, tuple(shape), np.dtype(dtype).str)
+    # per stream too: a thread that moves to another stream must not reuse a buffer still queued on the first
+    key = (name, tuple(shape), np.dtype(dtype).str, id(getattr(_current, "stream", None)))
     buf = cache.get(key)
     if buf is None:
         buf = cache[key] = array_module().empty(shape, dtype=dtype)
     return buf
+
+
+@contextmanager
+def on_stream(device_stream: Any) -> Iterator[None]:
+    """Queue this thread's kernels and CuPy work on ``device_stream`` inside the ``with`` block.
+
+    Parameters
+    ----------
+    device_stream : cupy.cuda.Stream, numba simulator stream or None
+        None keeps the legacy default stream. Blocks nest; the previous stream is
+        restored on exit.
+    """
+    previous = getattr(_current, "stream", None)
+    _current.stream = device_stream
+    try:
+        if device_stream is None or simulator_enabled():
+            yield
+        else:
+            with device_stream:  # CuPy's current stream: allocations, copies and FFTs
+                yield
+    finally:
+        _current.stream = previous
+
+
+def stream() -> Any:
+    """Return the stream argument for a kernel launch of the calling thread (0: the default stream)."""
+    current = getattr(_current, "stream", None)
+    if current is None:
+        return 0
+    if simulator_enabled():
+        return current
+    ptr = int(current.ptr)
+    with _numba_streams_lock:
+        wrapped = _numba_streams.get(ptr)
+        if wrapped is None:
+            # numba launches on CuPy's stream through its handle; one wrapper per stream, made once
+            wrapped = _numba_streams[ptr] = cuda.external_stream(ptr)
+    return wrapped

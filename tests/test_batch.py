@@ -1,0 +1,135 @@
+"""Batches and lanes: many frames against one reference, in flight together, results in order and unchanged.
+
+On the CPU backend: lanes run on real threads here (the GPU versions of these
+checks, under the simulator, are in ``test_gpu.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from portalign import Image, PortalImageError, prepare_reference
+from portalign.gpu import BatchError, register_batch
+
+from tests.synthetic import anatomy, moved
+
+BASE = anatomy(320, seed=4)
+TRUTHS = [(1.5, -2.0, 0.4), (-3.25, 4.0, -1.0), (6.0, 0.5, 0.0), (-0.75, -5.5, 1.5), (2.0, 2.0, -0.5)]
+
+
+def _image(dx: float, dy: float, theta: float) -> Image:
+    return Image.from_array(moved(BASE, dx, dy, theta, shape=(192, 224)), pixel_spacing_mm=1.0)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [_image(*truth) for truth in TRUTHS]
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(frames):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    return [reference.register(f) for f in frames]
+
+
+def _same(a, b) -> bool:
+    return (a.dx_mm, a.dy_mm, a.rotation_deg, a.score, a.ok) == (b.dx_mm, b.dy_mm, b.rotation_deg, b.score, b.ok)
+
+
+def test_batch_on_two_lanes_equals_one_frame_at_a_time(frames, one_at_a_time):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    results = register_batch(reference, frames, lanes=2)
+    assert len(results) == len(frames)
+    # in input order, bit-identical to registering them one by one (integer histograms, fixed-order sums)
+    for got, expected, (dx, dy, theta) in zip(results, one_at_a_time, TRUTHS, strict=True):
+        assert _same(got, expected)
+        assert got.ok and math.hypot(got.dx_mm - dx, got.dy_mm - dy) <= 0.1 and abs(got.rotation_deg - theta) <= 0.05
+    assert 1 <= reference.lane_count() <= 2
+
+
+def test_concurrent_registrations_get_their_own_lanes(frames, one_at_a_time):
+    """Threads that hold lanes at once: a second lane is made, and neither frame disturbs the other."""
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    reference.allow_lanes(2)
+    geometry = (frames[0].shape, frames[0].spacing_mm, frames[0].beam_axis_px)
+    with reference.lane(*geometry) as held:
+        result = reference.register(frames[1])  # the first lane is held: this frame must use another
+        assert reference.lane_count() == 2
+    assert _same(result, one_at_a_time[1])
+    with reference.lane(*geometry) as again:  # least recently used first: the lane made for the frame
+        assert again is not held
+    results: list = [None] * len(frames)
+
+    def work(i: int) -> None:
+        results[i] = reference.register(frames[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(frames))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert reference.lane_count() == 2  # never more than allowed
+    assert all(_same(r, e) for r, e in zip(results, one_at_a_time, strict=True))
+
+
+def test_one_lane_means_frames_take_turns(frames):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    register_batch(reference, frames[:2])
+    assert reference.lane_count() == 1  # the default: one lane per geometry, buffers reused
+
+
+def test_bad_frame_in_a_batch_is_named_and_the_others_kept(frames, one_at_a_time):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    batch = [frames[0], np.zeros((3, 3), dtype=np.float32), frames[2]]
+    with pytest.raises(BatchError, match=r"1 of 3 frames could not be registered: frame 1: PortalImageError") as info:
+        register_batch(reference, batch, pixel_spacing_mm=1.0, lanes=2)
+    error = info.value
+    assert error.results[1] is None and isinstance(error.errors[1], PortalImageError)
+    assert _same(error.results[0], one_at_a_time[0]) and _same(error.results[2], one_at_a_time[2])
+
+
+def test_batch_arguments_are_checked(frames):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    with pytest.raises(ValueError, match="lanes must be at least 1; got 0"):
+        register_batch(reference, frames, lanes=0)
+    with pytest.raises(TypeError, match="register_batch needs a prepared Reference, got Image"):
+        register_batch(frames[0], frames)
+    with pytest.raises(ValueError, match="allow_lanes: count must be at least 1; got 0"):
+        reference.allow_lanes(0)
+    assert register_batch(reference, []) == []
+
+
+def test_batch_takes_any_iterable(frames, one_at_a_time):
+    reference = prepare_reference(_image(0, 0, 0), backend="cpu")
+    results = register_batch(reference, (f for f in frames[:3]), lanes=3)
+    assert all(_same(r, e) for r, e in zip(results, one_at_a_time[:3], strict=True))
+
+
+def test_device_failure_in_a_batch_moves_only_that_frame_to_the_cpu(frames, one_at_a_time):
+    """A kernel that fails once mid-batch (out of memory): that frame runs on the CPU, says why, and is kept."""
+    from types import SimpleNamespace
+
+    from portalign.backend import Backend, cpu_backend
+
+    cpu = cpu_backend()
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def fails_once(*args, **kwargs):
+        with lock:
+            calls["n"] += 1
+            first = calls["n"] == 1
+        if first:
+            raise MemoryError("out of device memory (simulated)")
+        return cpu.kernels.gradient_correlation(*args, **kwargs)
+
+    kernels = SimpleNamespace(**{**vars(cpu.kernels), "gradient_correlation": fails_once})
+    flaky = Backend(name="gpu", xp=np, kernels=kernels, device="simulated failing device")
+    results = register_batch(prepare_reference(_image(0, 0, 0), backend=flaky), frames, lanes=2)
+    moved_to_cpu = [r for r in results if r.backend == "cpu"]
+    assert len(moved_to_cpu) == 1 and sum(r.backend == "gpu" for r in results) == len(frames) - 1
+    assert any("gpu backend failed (MemoryError: out of device memory (simulated))" in w for w in moved_to_cpu[0].warnings)
+    assert all(_same(r, e) for r, e in zip(results, one_at_a_time, strict=True))
