@@ -16,8 +16,11 @@ numbers are on the host, so this includes every device synchronisation
 flight at once, each on its own buffers and stream). Each row also reports the
 largest error against the true pose, so a fast wrong answer cannot pass
 unnoticed, and whether registering the same frame twice gave bit-identical
-numbers. With both backends, the last line is the largest CPU-GPU difference
-over the timed frames.
+numbers. With both backends, the next line is the largest CPU-GPU difference
+over the timed frames. For the GPU the last line is the host's fixed cost per
+device operation (a kernel call with its argument views, a read of a result, one
+argument view alone): about 24 kernel calls and 14 reads make up a frame
+(``python -m bench.device_work``), so these costs are a floor under its latency.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import portalign
@@ -105,9 +109,11 @@ def run_backend(name: str, reference: np.ndarray, frames: list[np.ndarray], pose
         results = register_batch(prepared, batch, lanes=count)
         throughput[str(count)] = n_batch / (time.perf_counter() - t0)
         ok.extend(r.ok for r in results)
+    overheads = host_overheads(prepared.backend) if prepared.backend.name == "gpu" else {}
     return {
         "backend": name,
         "device": prepared.backend.device,
+        "host_overheads": overheads,
         "prepare_and_warmup_s": prepare_s,
         "latency_ms_median": float(np.median(latencies)),
         "latency_ms_p99": float(np.percentile(latencies, 99)),
@@ -117,6 +123,35 @@ def run_backend(name: str, reference: np.ndarray, frames: list[np.ndarray], pose
         "repeat_bit_identical": bool(repeatable),
         "poses": poses_found,
     }
+
+
+def host_overheads(backend: Any, repeats: int = 200) -> dict[str, float]:
+    """Microseconds of host time per kernel call, per read back to the host and per argument view, on ``backend``.
+
+    The kernel is the 2x2 -> 1x1 pyramid step (two array arguments): what is
+    timed is Python's launch path, not arithmetic. Launches are asynchronous,
+    so the loop is synchronised once at the end.
+    """
+    from portalign.kernels.gpu import launch
+
+    src = backend.asarray(np.ones((2, 2), dtype=np.float32))
+    out = backend.xp.empty((1, 1), dtype=backend.xp.float32)
+    backend.kernels.downsample2(src, out)  # compile
+    backend.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        backend.kernels.downsample2(src, out)
+    backend.synchronize()
+    per_call = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        backend.to_host(out)
+    per_read = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        launch.device_arg(src)
+    per_view = (time.perf_counter() - t0) / repeats
+    return {"kernel_call_us": per_call * 1e6, "read_back_us": per_read * 1e6, "argument_view_us": per_view * 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         gap = np.abs(measured["cpu"] - measured["gpu"])
         print(f"gpu vs cpu, largest difference over the timed frames: {gap[:, :2].max():.4f} mm, "
               f"{gap[:, 2].max():.4f} deg")
+    for row in table:
+        if row.get("host_overheads"):
+            o = row["host_overheads"]
+            print(f"{row['backend']} host cost: {o['kernel_call_us']:.1f} us per kernel call, {o['read_back_us']:.1f} us "
+                  f"per read back, {o['argument_view_us']:.1f} us per argument view")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"shape": [rows, cols], "rows": table}, indent=2))

@@ -31,9 +31,10 @@ searched.
 
 :func:`register_batch` is the throughput entry point: it opens ``lanes`` lanes
 and registers the frames on worker threads, one lane each, returning results in
-input order. Under numba's simulator the workers take turns (its kernel objects
-keep their launch configuration in shared state), which still runs every lane
-code path.
+input order. Under numba's simulator one worker registers the frames in turn
+(its kernel objects keep their launch configuration in shared state, which
+threads would race on); ``tests/test_gpu.py`` runs a second lane there by holding
+the first, and ``tests/test_batch.py`` runs real worker threads on the CPU.
 """
 
 from __future__ import annotations

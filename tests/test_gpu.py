@@ -392,3 +392,5 @@ def test_gpu_latency_script_runs_the_gpu_backend(backend, monkeypatch):
     assert list(row["frames_per_s_batched"]) == ["2"] and row["frames_per_s_batched"]["2"] > 0
     assert row["repeat_bit_identical"] is True
     assert len(row["poses"]) == 1 and np.isfinite(row["latency_ms_median"])
+    assert set(row["host_overheads"]) == {"kernel_call_us", "read_back_us", "argument_view_us"}
+    assert all(v > 0 for v in row["host_overheads"].values())
