@@ -21,6 +21,8 @@ over the timed frames. For the GPU the last line is the host's fixed cost per
 device operation (a kernel call with its argument views, a read of a result, one
 argument view alone): about 24 kernel calls and 14 reads make up a frame
 (``python -m bench.device_work``), so these costs are a floor under its latency.
+Last, a 768 x 1024 DRR of the demo phantom CT is rendered on each backend
+(``render_drr(backend=...)``): seconds per render and the largest difference.
 """
 
 from __future__ import annotations
@@ -154,6 +156,31 @@ def host_overheads(backend: Any, repeats: int = 200) -> dict[str, float]:
     return {"kernel_call_us": per_call * 1e6, "read_back_us": per_read * 1e6, "argument_view_us": per_view * 1e6}
 
 
+def drr_timing(names: list[str], shape: tuple[int, int], repeats: int = 3) -> dict[str, Any]:
+    """Seconds per DRR of the demo phantom on each backend (best of ``repeats`` after one warm-up)."""
+    from portalign.demo import phantom_ct
+    from portalign.simulate import render_drr
+
+    ct = phantom_ct()
+    seconds, images = {}, {}
+    for name in names:
+        try:
+            images[name] = render_drr(ct, detector_shape=shape, backend=name)  # compiles
+        except portalign.BackendUnavailableError:
+            continue
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            render_drr(ct, detector_shape=shape, backend=name)
+            times.append(time.perf_counter() - t0)
+        seconds[name] = min(times)
+    out: dict[str, Any] = {"shape": list(shape), "seconds": seconds}
+    if len(images) == 2:
+        a, b = (images[n].pixels.astype(np.float64) for n in names)
+        out["max_relative_difference"] = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["cpu", "gpu", "both"], default="both")
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shape", default="768x1024", help="rows x cols of the synthetic images")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--no-drr", action="store_true", help="skip the DRR rendering comparison")
     args = parser.parse_args(argv)
     rows, cols = (int(v) for v in args.shape.lower().split("x"))
     reference = synthetic_reference((rows, cols))
@@ -201,9 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             o = row["host_overheads"]
             print(f"{row['backend']} host cost: {o['kernel_call_us']:.1f} us per kernel call, {o['read_back_us']:.1f} us "
                   f"per read back, {o['argument_view_us']:.1f} us per argument view")
+    drr = {} if args.no_drr else drr_timing(names, (rows, cols))
+    if drr.get("seconds"):
+        timings = ", ".join(f"{k} {v:.3f} s" for k, v in drr["seconds"].items())
+        gap = drr.get("max_relative_difference")
+        print(f"DRR {rows}x{cols} of the demo phantom: {timings}"
+              + ("" if gap is None else f"; largest difference {gap:.1e} of the maximum"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"shape": [rows, cols], "rows": table}, indent=2))
+        args.json.write_text(json.dumps({"shape": [rows, cols], "rows": table, "drr": drr}, indent=2))
     return 0 if all(math.isfinite(r.get("latency_ms_median", 0.0)) for r in table) else 1
 
 

@@ -394,3 +394,49 @@ def test_gpu_latency_script_runs_the_gpu_backend(backend, monkeypatch):
     assert len(row["poses"]) == 1 and np.isfinite(row["latency_ms_median"])
     assert set(row["host_overheads"]) == {"kernel_call_us", "read_back_us", "argument_view_us"}
     assert all(v > 0 for v in row["host_overheads"].values())
+
+
+# ray geometries of tests/test_simulate.py: oblique rays (some missing), rays parallel to two axes with the
+# source inside the volume, rays along x with pixels on both sides
+PROJECTION_CASES = [
+    ((3.0, -40.0, 4.0), (-2.0, 30.0, -3.0), (0.1, 0.05, 0.8), (0.9, 0.0, -0.1)),
+    ((2.0, 3.0, 4.0), (2.0, 50.0, -6.0), (0.0, 0.0, 1.3), (0.0, 0.0, 0.0)),
+    ((3.0, 2.5, -60.0), (-4.0, -3.0, 60.0), (0.0, 1.1, 0.0), (1.3, 0.0, 0.0)),
+]
+
+
+@pytest.mark.parametrize("source, origin, col, row", PROJECTION_CASES)
+def test_projection_matches_cpu_and_reference(backend, source, origin, col, row):
+    from portalign.kernels.reference import projection as ref_projection
+
+    volume = np.random.default_rng(7).random((5, 6, 7)).astype(np.float32)
+    spacing = np.array([1.5, 1.0, 1.2])
+    args = [np.array(v, dtype=np.float64) for v in (source, origin, col, row)]
+    on_cpu = np.full((9, 8), -1.0, dtype=np.float32)
+    cpu.project_cone_beam(volume, spacing, *args, 0.37, on_cpu)
+    exact = np.full((9, 8), -1.0)
+    ref_projection.project_cone_beam(volume, spacing, *args, 0.37, exact)
+    out = backend.xp.full((9, 8), -1.0, dtype=backend.xp.float32)
+    backend.kernels.project_cone_beam(backend.asarray(volume), spacing, *args, 0.37, out)
+    on_gpu = backend.to_host(out)
+    assert (exact > 0).any() and (on_gpu >= 0).all()  # every pixel written, rays that miss give 0
+    assert_allclose(on_gpu, exact, rtol=1e-4, atol=1e-4 * exact.max())
+    assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-4 * exact.max())
+    assert_array_equal(on_gpu == 0, exact == 0)
+
+
+def test_drr_rendered_on_the_gpu_equals_the_cpu_render(backend):
+    """render_drr(backend="gpu"): the same image as on the CPU, and it says where it was cast."""
+    from portalign.ct import CTVolume
+    from portalign.simulate import render_drr
+
+    hu = np.full((8, 9, 10), -1000.0)
+    hu[2:-2, 2:-2, 2:-2] = 0.0
+    hu[3:5, 4:6, 3:7] = 1200.0  # a bone block, off centre
+    ct = CTVolume(hu=hu, spacing_mm=(4.0, 3.0, 3.0), origin_mm=(-15.0, -12.0, 0.0), patient_position="HFS")
+    beam = dict(gantry_deg=30.0, detector_shape=(10, 12), detector_spacing_mm=4.0, step_mm=1.5)
+    on_cpu = render_drr(ct, **beam)
+    on_gpu = render_drr(ct, backend="gpu", **beam)
+    assert on_cpu.info.extra["backend"] == "cpu" and on_gpu.info.extra["backend"] == "gpu"
+    assert on_cpu.pixels.max() > 0
+    assert_allclose(on_gpu.pixels, on_cpu.pixels, rtol=1e-4, atol=1e-4 * on_cpu.pixels.max())

@@ -421,3 +421,13 @@ def test_thorax_ct_kv_drr_and_mv_frame():
     assert np.corrcoef(drr.pixels[inside].ravel(), bone[inside].ravel())[0, 1] > 0.5
     assert np.corrcoef(mv.pixels[inside].ravel(), bone[inside].ravel())[0, 1] < -0.3
     assert 0.0 < mv.pixels.min() and mv.pixels.max() < 1.1
+
+
+def test_gpu_render_without_a_gpu_names_what_is_missing():
+    from portalign.errors import BackendUnavailableError
+    from portalign.gpu import gpu_status
+
+    if gpu_status()[0]:
+        pytest.skip("a GPU backend is available here (or simulated): tests/test_gpu.py renders on it")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device|CuPy is not installed"):
+        render_drr(bead_phantom([]), backend="gpu", **SMALL_BEAM)

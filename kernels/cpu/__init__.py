@@ -1,4 +1,4 @@
-"""CPU kernels (numba ``@njit``); ``KERNELS`` is the set a backend hands to the optimiser.
+"""CPU kernels (numba ``@njit``); ``KERNELS`` is the set a backend hands to the optimiser (and to the DRR renderer).
 
 Every kernel here has a twin of the same name and arguments in
 ``portalign.kernels.gpu`` and a float64 version in ``portalign.kernels.reference``.
@@ -11,6 +11,7 @@ from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
+from .projection import project_cone_beam
 from .pyramid import downsample2, downsample2_mask
 from .warp import warp_bilinear
 
@@ -28,6 +29,7 @@ __all__ = [
     "mutual_information",
     "orientation_features",
     "pixel_list",
+    "project_cone_beam",
     "quantize",
     "threshold_mask",
     "warp_bilinear",
