@@ -13,7 +13,10 @@ backend and reports, per frame:
   queued on the frame's stream);
 * host round trips: each read of a device result on the host (a stream
   synchronisation on a GPU), with the bytes read;
-* uploads from the host, with their bytes.
+* uploads from the host, with their bytes;
+* the time spent outside the kernels (Python orchestration and the numpy
+  statistics, which on a GPU become CuPy calls): on any backend the host pays
+  it for every frame, so it is a floor under the GPU latency as well.
 
 On a GPU every round trip costs a stream synchronisation and every kernel call
 Python's launch overhead, whatever the image size: these counts, times those
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,7 @@ class Tally:
     largest_read_bytes: int = 0
     uploads: int = 0
     upload_bytes: int = 0
+    kernel_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def read(self, nbytes: int) -> None:
@@ -70,6 +75,7 @@ class Tally:
         with self.lock:
             self.calls.clear()
             self.reads = self.read_bytes = self.largest_read_bytes = self.uploads = self.upload_bytes = 0
+            self.kernel_seconds = 0.0
 
 
 def counting_backend(tally: Tally) -> Any:
@@ -80,9 +86,12 @@ def counting_backend(tally: Tally) -> Any:
 
     def counted(name: str, kernel: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = kernel(*args, **kwargs)
+            elapsed = time.perf_counter() - start
             with tally.lock:
                 tally.calls[name] += 1
-            out = kernel(*args, **kwargs)
+                tally.kernel_seconds += elapsed
             if name in RETURNS_TO_HOST:
                 tally.read(8 * (len(out) if isinstance(out, tuple) else 1))
             return out
@@ -121,7 +130,9 @@ def device_work(shape: tuple[int, int] = (768, 1024), n_frames: int = 5) -> dict
     images = [portalign.Image.from_array(f, pixel_spacing_mm=SPACING_MM) for f in frames]
     prepared.register(images[-1])  # the plan (reference uploads) is not per-frame work
     tally.reset()
+    start = time.perf_counter()
     results = [prepared.register(image) for image in images[:n_frames]]
+    total_seconds = time.perf_counter() - start
     frame_bytes = int(np.prod(shape)) * 4
     return {
         "shape": list(shape),
@@ -137,6 +148,8 @@ def device_work(shape: tuple[int, int] = (768, 1024), n_frames: int = 5) -> dict
         "uploads": tally.uploads / n_frames,
         "upload_bytes": tally.upload_bytes / n_frames,
         "frame_bytes": frame_bytes,
+        "ms_per_frame": 1e3 * total_seconds / n_frames,
+        "ms_outside_kernels": 1e3 * (total_seconds - tally.kernel_seconds) / n_frames,
     }
 
 
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  host reads     {work['host_reads']:7.1f}   {work['host_read_bytes'] / 1024:.1f} KiB in all, "
           f"largest {work['largest_read_bytes'] / 1024:.1f} KiB (the frame is {work['frame_bytes'] / 1024:.0f} KiB)")
     print(f"  uploads        {work['uploads']:7.1f}   {work['upload_bytes'] / 1024:.1f} KiB in all")
+    print(f"  host time      {work['ms_per_frame']:7.2f} ms on the CPU backend, {work['ms_outside_kernels']:.2f} ms of it "
+          "outside the kernels (Python and numpy statistics)")
     return 0
 
 
