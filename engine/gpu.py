@@ -217,9 +217,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
     backend = reference.backend
-    simulated = bool(getattr(backend, "simulated", False))
+    simulated = isinstance(backend, GpuBackend) and backend.simulated
     if lanes is None:
-        lanes = DEFAULT_LANES if backend.name == "gpu" and not simulated else 1
+        lanes = DEFAULT_LANES if isinstance(backend, GpuBackend) and not simulated else 1
     if int(lanes) < 1:
         raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
     lanes = min(int(lanes), max(len(items), 1))

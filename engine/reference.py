@@ -34,7 +34,7 @@ from scipy import ndimage
 from .backend import Backend, cpu_backend, select_backend
 from .errors import PortalignError, ReferencePreparationError
 from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
-from .gpu import DEFAULT_LANES
+from .gpu import DEFAULT_LANES, GpuBackend
 from .image import Image
 from .options import RegistrationOptions
 
@@ -240,7 +240,7 @@ class Reference:
         self._plans_lock = threading.Lock()
         # on a device, frames that overlap (service requests, batches) run side by side on two streams;
         # on the CPU numba's kernels already use every core, and under the simulator frames take turns
-        on_device = backend.name == "gpu" and not getattr(backend, "simulated", True)
+        on_device = isinstance(backend, GpuBackend) and not backend.simulated
         self._lane_limit = DEFAULT_LANES if on_device else 1
         self._cpu_reference: Reference | None = None
 
