@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="folder for the DICOM pair and the overlay (default: a temporary folder)")
     demo.add_argument("--json", action="store_true")
 
+    backends = sub.add_parser("backends", help="which compute backends run here, and which one auto picks (and why)")
+    backends.add_argument("--json", action="store_true")
+
     bench = sub.add_parser("bench", help="benchmarks against peers (from a source checkout; same as python -m bench)")
     try:
         _bench_cli().add_arguments(bench)
@@ -224,6 +227,30 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backends(args: argparse.Namespace) -> int:
+    import numba
+
+    from .backend import cpu_backend, select_backend
+    from .gpu import gpu_status
+
+    cpu = cpu_backend()
+    threads = f"numba {numba.__version__}, {numba.get_num_threads()} threads"
+    gpu_ok, gpu_detail = gpu_status()
+    auto = select_backend("auto")
+    report = {
+        "cpu": {"available": True, "device": f"{cpu.device}; {threads}"},
+        "gpu": {"available": gpu_ok, "device" if gpu_ok else "reason": gpu_detail},
+        "auto": {"backend": auto.name, "reason": auto.fallback_reason or auto.device},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"cpu   available    {report['cpu']['device']}")
+    print(f"gpu   {'available  ' if gpu_ok else 'unavailable'}  {gpu_detail}")
+    print(f"auto  picks {auto.name}: {report['auto']['reason']}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import make_demo_pair, write_rt_image
     from .dicom import read_rt_image
@@ -285,7 +312,7 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-COMMANDS = {"register": _register, "info": _info, "demo": _demo, "bench": _run_bench}
+COMMANDS = {"register": _register, "info": _info, "demo": _demo, "bench": _run_bench, "backends": _backends}
 
 
 if __name__ == "__main__":  # pragma: no cover

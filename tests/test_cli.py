@@ -357,3 +357,22 @@ def test_demo_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert payload["error_deg"] < 1.0
     if payload["overlay"] is not None:
         assert Path(payload["overlay"]).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_backends_says_what_runs_here_and_what_auto_picks(capsys):
+    from portalign.cli import main
+    from portalign.gpu import gpu_backend, gpu_status
+
+    assert main(["backends", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cpu"]["available"] is True and "logical cores" in report["cpu"]["device"]
+    available, detail = gpu_status()
+    assert report["gpu"] == ({"available": True, "device": detail} if available else {"available": False, "reason": detail})
+    on_device = available and not getattr(gpu_backend(), "simulated", False)
+    assert report["auto"]["backend"] == ("gpu" if on_device else "cpu")
+    if not on_device:  # auto says why it did not take the GPU
+        assert report["auto"]["reason"] and report["auto"]["reason"] != report["cpu"]["device"]
+    assert main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["cpu", "gpu", "auto"]
+    assert lines[2].startswith(f"auto  picks {report['auto']['backend']}: ")
