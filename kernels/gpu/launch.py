@@ -21,7 +21,7 @@ launch.stream()]``) and every CuPy operation (allocations, FFTs, copies; CuPy's
 own current stream is entered too) is queued on that stream, so the kernels and
 the CuPy work of one frame stay ordered without device-wide synchronisation,
 and two threads on two streams overlap on the device. Outside it everything goes
-to the legacy default stream, as before. Under the simulator a stream is a
+to the legacy default stream. Under the simulator a stream is a
 ``numba.cuda.stream()`` object, accepted in the launch and otherwise ignored.
 """
 
