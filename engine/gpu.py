@@ -51,10 +51,21 @@ import numpy as np
 from .backend import Backend
 from .errors import BackendUnavailableError, PortalignError
 
-__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "register_batch", "BatchError", "DEFAULT_LANES"]
+__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "register_batch", "BatchError", "DEFAULT_LANES", "default_lanes"]
 
-#: Lanes a batch uses on a device when the caller does not say: two streams overlap upload and search.
+#: Lanes per frame geometry on a device unless the caller says otherwise: two streams overlap upload and search.
 DEFAULT_LANES = 2
+
+
+def default_lanes(backend: Backend) -> int:
+    """Return how many frames of one geometry may be in flight at once on ``backend`` by default.
+
+    :data:`DEFAULT_LANES` on a device; 1 on the CPU (numba's kernels already use
+    every core) and under the simulator (its kernel objects keep their launch
+    configuration in shared state, which threads would race on).
+    """
+    on_device = isinstance(backend, GpuBackend) and not backend.simulated
+    return DEFAULT_LANES if on_device else 1
 
 _lock = threading.Lock()
 _detected: tuple[Backend | None, str] | None = None
@@ -195,8 +206,7 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
     pixel_spacing_mm : float or (float, float), optional
     lanes : int, optional
         Frames in flight at once, each on its own buffers and stream. Default:
-        :data:`DEFAULT_LANES` on a device, 1 on the CPU (numba's kernels already
-        use every core) and under the simulator.
+        :func:`default_lanes` of the reference's backend.
 
     Returns
     -------
@@ -219,7 +229,7 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
     backend = reference.backend
     simulated = isinstance(backend, GpuBackend) and backend.simulated
     if lanes is None:
-        lanes = DEFAULT_LANES if isinstance(backend, GpuBackend) and not simulated else 1
+        lanes = default_lanes(backend)
     if int(lanes) < 1:
         raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
     lanes = min(int(lanes), max(len(items), 1))

@@ -14,7 +14,7 @@ concurrently against one reference (a batch, several service requests) get
 *lanes*: copies of the plan that share every reference-side array and own their
 frame buffers, their device stream and their pinned upload buffer. On the CPU there
 is one lane per geometry unless :meth:`Reference.allow_lanes` asks for more; on
-a device up to ``portalign.gpu.DEFAULT_LANES``.
+a device up to ``portalign.gpu.DEFAULT_LANES`` (see :func:`portalign.gpu.default_lanes`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from scipy import ndimage
 from .backend import Backend, cpu_backend, select_backend
 from .errors import PortalignError, ReferencePreparationError
 from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
-from .gpu import DEFAULT_LANES, GpuBackend
+from .gpu import default_lanes
 from .image import Image
 from .options import RegistrationOptions
 
@@ -238,10 +238,8 @@ class Reference:
         self.field_margin_mm = field_margin_mm
         self._plans: dict[tuple, _LanePool] = {}
         self._plans_lock = threading.Lock()
-        # on a device, frames that overlap (service requests, batches) run side by side on two streams;
-        # on the CPU numba's kernels already use every core, and under the simulator frames take turns
-        on_device = isinstance(backend, GpuBackend) and not backend.simulated
-        self._lane_limit = DEFAULT_LANES if on_device else 1
+        # on a device, frames that overlap (service requests, batches) run side by side on their own streams
+        self._lane_limit = default_lanes(backend)
         self._cpu_reference: Reference | None = None
 
     @classmethod
