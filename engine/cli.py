@@ -32,6 +32,7 @@ PLUGIN_COMMANDS = {
     "scp": ("portalign.scp", "DICOM C-STORE receiver that registers every RT Image it gets"),
     "watch": ("portalign.watch", "register every RT Image dropped into a folder"),
     "fieldcheck": ("portalign.fieldcheck", "field placement: delivered field edges against the planned aperture"),
+    "archive": ("portalign.archive._cli", "re-register a department's archive on Dask: setup errors and margins"),
 }
 
 
