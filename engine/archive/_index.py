@@ -58,6 +58,7 @@ INDEX_COLUMNS = [
 
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloatPixelData
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
+_RT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.1"
 _RT_PLAN_STORAGE = {"1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"}  # RT Plan, RT Ion Plan
 _REFERENCE_WORD = re.compile(r"(?<![A-Z0-9])REF(ERENCE)?(?![A-Z0-9])")
 _DRR_WORD = re.compile(r"(?<![A-Z0-9])DRR(?![A-Z0-9])")
@@ -195,7 +196,13 @@ def _missing_pixel_bytes(fp: Any, ds: Any, size: int) -> str:
     start = fp.tell()
     header = fp.read(8)
     if len(header) < 8:
-        return ""  # stop_before_pixels reached the end: no pixel data element (checked by the caller)
+        # No pixel data element before the end of the file: fine for a plan or a structure set, a cut file
+        # for an image (its meta or its header says it is an RT Image, or it has Rows).
+        meta = getattr(ds, "file_meta", None)
+        classes = {_text(ds, "SOPClassUID"), _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""}
+        if _RT_IMAGE_STORAGE in classes or "Rows" in ds:
+            return f"truncated: the file ends ({size} bytes) before its pixel data"
+        return ""
     little = getattr(ds, "is_little_endian", None)
     little = True if little is None else bool(little)
     order = "<" if little else ">"
