@@ -22,7 +22,6 @@ pytest.importorskip("dask.distributed", reason="the archive extra (dask[distribu
 pd = pytest.importorskip("pandas", reason="the archive extra (pandas) is not installed")
 pytest.importorskip("pyarrow", reason="the archive extra (pyarrow) is not installed")
 
-from bench.archive_data import write_synthetic_archive  # noqa: E402
 from dicom_factory import make_rt_image, write_rt_image  # noqa: E402
 from portalign.archive import (  # noqa: E402
     ArchiveError,
@@ -35,6 +34,8 @@ from portalign.archive import (  # noqa: E402
 )
 from portalign.cli import main  # noqa: E402
 from portalign.couch import projection_matrix  # noqa: E402
+
+from bench.archive_data import write_synthetic_archive  # noqa: E402
 
 AXES = ("lateral", "longitudinal", "vertical")
 # Recovered population figures against the ones computed from the true displacements (the issue's check).
@@ -350,3 +351,41 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.slow
+def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run, tmp_path):
+    """One beam's worker dies mid-task and another beam's task raises once: both are redone, nothing else."""
+    import functools
+
+    from archive_faults import die_once_then_register, raise_once_then_register
+    from dask.distributed import Client, LocalCluster
+    from portalign.archive import _run
+
+    pairing = pair_frames([index_file(p) for p in sorted(os.path.abspath(p) for p in archive.files)])
+    tasks = pairing.tasks[:2]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (tmp_path / "x").mkdir()
+    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
+            Client(cluster) as client:
+        died, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
+                                 functools.partial(die_once_then_register, marker_dir=str(tmp_path)))
+        raised, _ = _run._register(client, tasks[1:], parts, 2, None, 0,
+                                   functools.partial(raise_once_then_register, marker_dir=str(tmp_path)))
+        failing, failures = _run._register(client, tasks[:1], tmp_path, 0, None, 0,
+                                           functools.partial(raise_once_then_register, marker_dir=str(tmp_path / "x")))
+    assert died == [] and raised == []
+    assert (tmp_path / f"{tasks[0].beam_id}.died").exists() and (tmp_path / f"{tasks[1].beam_id}.raised").exists()
+    expected = pd.read_parquet(first_run.outputs["registrations"])
+    for task in tasks:
+        part = pd.read_parquet(parts / f"{task.beam_id}.parquet")
+        assert len(part) == task.n_frames and (part["status"] == "registered").all()
+        same = expected.set_index(["sop_instance_uid", "frame_index"]).loc[
+            list(zip(part["sop_instance_uid"], part["frame_index"], strict=True)), "dx_mm"]
+        np.testing.assert_allclose(part["dx_mm"].to_numpy(dtype=float), same.to_numpy(dtype=float), atol=1e-9)
+    # Without retries a failing task is reported on its frames (status failed, the error), not raised.
+    assert failures == [tasks[0].beam_id]
+    assert len(failing) == tasks[0].n_frames and {r["status"] for r in failing} == {"failed"}
+    assert failing[0]["error"].startswith("beam task failed after 0 retries: OSError: transient failure reading")

@@ -1,5 +1,8 @@
-"""``report.md`` with its plots (matplotlib, Agg backend): population table, per-patient box plots,
-the population histogram and the setup error against the fraction."""
+"""``report.md`` with its plots (matplotlib, Agg backend).
+
+Population table, per-patient box plots, the population histogram and the setup
+error against the fraction.
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -222,7 +222,7 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
 
 @contextlib.contextmanager
 def _client(workers: int | None, scheduler: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A Dask client on ``scheduler`` or on a new LocalCluster of ``workers`` single-threaded processes."""
+    """Yield a Dask client on ``scheduler`` or on a new LocalCluster of ``workers`` single-threaded processes."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -248,12 +248,19 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[tuple[Any, d
 
 
 def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries: int, stream: TextIO | None,
-              skipped: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Submit one task per beam, write each beam's part file as it completes; return failed rows and beam ids."""
+              skipped: int, function: Callable[[_pair.BeamTask], dict[str, Any]] = _tasks.register_beam,
+              ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Submit one task per beam, write each beam's part file as it completes; return failed rows and beam ids.
+
+    A task that raises is run again up to ``retries`` times (``Client.submit(retries=)``); a task whose
+    worker dies is moved to another worker by the scheduler (up to ``distributed.scheduler.allowed-failures``
+    deaths, 3 by default). Either way only that beam's work is lost. ``function`` is the task's body
+    (:func:`~portalign.archive._tasks.register_beam`; tests pass one that kills its worker).
+    """
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
-    futures = {client.submit(_tasks.register_beam, task, key=f"portalign-beam-{task.beam_id}-{token}",
+    futures = {client.submit(function, task, key=f"portalign-beam-{task.beam_id}-{token}",
                              retries=retries): task for task in tasks}
     failed_rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -427,15 +434,15 @@ def _image_axes(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
              for key, values in sorted(by_gantry.items())}
     beams = []
     for (patient, plan, beam), views in sorted(by_beam.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        entry: dict[str, Any] = {"patient_id": patient, "plan_uid": plan, "beam_number": beam,
-                                 "gantry_deg": views[0]["gantry_deg"], "n_fractions": len(views)}
+        item: dict[str, Any] = {"patient_id": patient, "plan_uid": plan, "beam_number": beam,
+                                "gantry_deg": views[0]["gantry_deg"], "n_fractions": len(views)}
         for axis, name in (("x", "dx_mm"), ("y", "dy_mm")):
             values = [float(v[name]) for v in views]
             mean = sum(values) / len(values)
-            entry[f"mean_{axis}_mm"] = mean
-            entry[f"sd_{axis}_mm"] = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            item[f"mean_{axis}_mm"] = mean
+            item[f"sd_{axis}_mm"] = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
                                       if len(values) >= 2 else None)
-        beams.append(entry)
+        beams.append(item)
     return stats, beams
 
 

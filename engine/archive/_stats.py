@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["axis_statistics", "per_patient", "population_statistics"]
 
 
-def per_patient(patient_ids: Sequence[Any], values: Sequence[float]) -> dict[Any, np.ndarray]:
+def per_patient(patient_ids: Sequence[Any], values: Sequence[float | None]) -> dict[Any, np.ndarray]:
     """Group one axis's per-fraction values by patient, dropping ``None`` / NaN (not measured).
 
     Parameters
@@ -52,7 +52,7 @@ def per_patient(patient_ids: Sequence[Any], values: Sequence[float]) -> dict[Any
 
 
 def axis_statistics(groups: dict[Any, np.ndarray], *, min_fractions: int = 2) -> dict[str, Any]:
-    """Population statistics of one axis from each patient's per-fraction values.
+    """Return the population statistics of one axis from each patient's per-fraction values.
 
     Parameters
     ----------

@@ -79,10 +79,10 @@ def register_beam(task: BeamTask) -> dict[str, Any]:
         reference = prepare_reference(read_rt_image(task.reference["path"]), options, backend=task.backend)
     except PortalignError as exc:
         error = f"reference {task.reference['path']}: {_one_line(exc)}"
-        rows = [r for frame in task.frames for r in frame_rows(task, frame, status="failed", error=error)]
-        for r in rows:
+        lost = [r for frame in task.frames for r in frame_rows(task, frame, status="failed", error=error)]
+        for r in lost:
             r["worker"] = worker
-        return {"beam_id": task.beam_id, "rows": rows, "prepare_ms": None, "worker": worker,
+        return {"beam_id": task.beam_id, "rows": lost, "prepare_ms": None, "worker": worker,
                 "elapsed_s": time.perf_counter() - start}
     prepare_ms = (time.perf_counter() - start) * 1e3
 
