@@ -344,7 +344,8 @@ def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run
 
 def test_unreachable_scheduler_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "src").mkdir()
-    code = main(["archive", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9"])
+    code = main(["archive", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9",
+                 "--connect-timeout", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and err.count("\n") == 1
 
@@ -370,11 +371,11 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
             Client(cluster) as client:
-        died, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
+        died, _, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
                                  functools.partial(die_once_then_register, marker_dir=str(tmp_path)))
-        raised, _ = _run._register(client, tasks[1:], parts, 2, None, 0,
+        raised, _, _ = _run._register(client, tasks[1:], parts, 2, None, 0,
                                    functools.partial(raise_once_then_register, marker_dir=str(tmp_path)))
-        failing, failures = _run._register(client, tasks[:1], tmp_path, 0, None, 0,
+        failing, failures, _ = _run._register(client, tasks[:1], tmp_path, 0, None, 0,
                                            functools.partial(raise_once_then_register, marker_dir=str(tmp_path / "x")))
     assert died == [] and raised == []
     assert (tmp_path / f"{tasks[0].beam_id}.died").exists() and (tmp_path / f"{tasks[1].beam_id}.raised").exists()

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=2, help="reruns of a beam task whose worker was lost")
     parser.add_argument("--max-residual-mm", type=float, default=1.0,
                         help="a view further than this from its fraction's 3-D solution makes it not ok")
+    parser.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
+                        help="seconds to keep trying to reach --scheduler")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument("--json", action="store_true", help="print summary.json's counts and population as JSON")
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_archive(args.sources, args.out, workers=args.workers, scheduler=args.scheduler,
                              resume=args.resume, first_portal_reference=args.first_portal_reference,
                              options=options, backend=args.backend, retries=args.retries,
-                             max_residual_mm=args.max_residual_mm, progress=not args.no_progress)
+                             max_residual_mm=args.max_residual_mm, progress=not args.no_progress,
+                             connect_timeout_s=args.connect_timeout)
     except PortalignError as exc:
         print(f"portalign archive: error: {exc}", file=sys.stderr)
         return 2

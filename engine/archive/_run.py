@@ -75,6 +75,7 @@ def run(
     retries: int = 2,
     max_residual_mm: float = 1.0,
     progress: bool | TextIO = False,
+    connect_timeout_s: float = 20.0,
 ) -> ArchiveResult:
     """Re-register every portal image under ``sources`` on a Dask cluster and report setup errors.
 
@@ -109,6 +110,8 @@ def run(
         fraction's setup not ok (left out of the population statistics).
     progress : bool or file
         Print a progress line (to stderr, or to the file given).
+    connect_timeout_s : float
+        How long to try to reach ``scheduler`` before giving up.
 
     Returns
     -------
@@ -132,7 +135,7 @@ def run(
     parts_dir.mkdir(parents=True, exist_ok=True)
     files = _index.list_files(source_list, exclude=out_dir)
     timing: dict[str, float] = {}
-    with _client(workers, scheduler) as (client, cluster_info):
+    with _client(workers, scheduler, connect_timeout_s) as (client, cluster_info):
         t0 = time.perf_counter()
         chunks = list(_index.iter_chunks(files, _INDEX_CHUNK))
         index_futures = client.map(_index.index_files, chunks, retries=retries, pure=False)
@@ -148,8 +151,9 @@ def run(
 
         t0 = time.perf_counter()
         timing["frames_this_run"] = sum(t.n_frames for t in todo)
-        failed_rows, failures = _register(client, todo, parts_dir, retries, stream, skipped)
+        failed_rows, failures, cost = _register(client, todo, parts_dir, retries, stream, skipped)
         timing["register_s"] = time.perf_counter() - t0
+        timing.update(cost)
 
     # Combine: every current beam's part file (this run's and resumed ones), failures, unmatched frames.
     rows: list[dict[str, Any]] = []
@@ -221,13 +225,14 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
 
 
 @contextlib.contextmanager
-def _client(workers: int | None, scheduler: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
+def _client(workers: int | None, scheduler: str | None,
+            connect_timeout_s: float = 20.0) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Yield a Dask client on ``scheduler`` or on a new LocalCluster of ``workers`` single-threaded processes."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{connect_timeout_s}s")
         except (OSError, TimeoutError) as exc:
             raise ArchiveError(f"archive: cannot reach the Dask scheduler at {scheduler} ({exc}); start one "
                                "(`dask scheduler`, `dask worker ADDRESS`) or leave out --scheduler") from None
@@ -249,7 +254,7 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[tuple[Any, d
 
 def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries: int, stream: TextIO | None,
               skipped: int, function: Callable[[_pair.BeamTask], dict[str, Any]] = _tasks.register_beam,
-              ) -> tuple[list[dict[str, Any]], list[str]]:
+              ) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
     """Submit one task per beam, write each beam's part file as it completes; return failed rows and beam ids.
 
     A task that raises is run again up to ``retries`` times (``Client.submit(retries=)``); a task whose
@@ -264,6 +269,7 @@ def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries
                              retries=retries): task for task in tasks}
     failed_rows: list[dict[str, Any]] = []
     failures: list[str] = []
+    cost = {"task_cpu_s": 0.0, "task_wall_s": 0.0, "client_write_s": 0.0}
     total_frames = sum(t.n_frames for t in tasks)
     done_frames = 0
     progress = _Progress(stream, len(tasks), total_frames, skipped)
@@ -271,8 +277,12 @@ def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries
         task = futures.pop(future)
         if future.status == "finished":
             result = future.result()
+            cost["task_cpu_s"] += float(result.get("cpu_s") or 0.0)
+            cost["task_wall_s"] += float(result.get("elapsed_s") or 0.0)
+            t_write = time.perf_counter()
             part = _tables.to_frame(result["rows"], _tasks.REGISTRATION_COLUMNS)
             _tables.write_parquet(part, parts_dir / f"{task.beam_id}.parquet")
+            cost["client_write_s"] += time.perf_counter() - t_write
         else:
             exc = future.exception()
             error = f"beam task failed after {retries} retries: {type(exc).__name__}: {exc}".splitlines()[0]
@@ -283,7 +293,7 @@ def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries
         done_frames += task.n_frames
         progress.update(done_frames, len(failures))
     progress.close()
-    return failed_rows, failures
+    return failed_rows, failures, cost
 
 
 class _Progress:
