@@ -126,6 +126,8 @@ def test_index_reads_headers_and_classifies(tmp_path):
     assert portal["fraction_number"] == 7 and portal["fraction"] == "fraction 7" and portal["date"] == "2026-01-05"
     dated = index_file(str(_rt_image(tmp_path / "d.dcm", AcquisitionDate="20260106")))
     assert dated["fraction_number"] is None and dated["fraction"] == "date 2026-01-06"
+    stamped = index_file(str(_rt_image(tmp_path / "t.dcm", AcquisitionDateTime="20260107093000", ContentDate="20990101")))
+    assert stamped["fraction"] == "date 2026-01-07" and stamped["time"] == "093000"
     approved = index_file(str(_rt_image(tmp_path / "ref.dcm", RTImageLabel="Reference image")))
     assert approved["category"] == "reference" and approved["reference_kind"] == "portal"
 

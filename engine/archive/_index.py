@@ -43,7 +43,7 @@ HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "Modality", "ImageType", "PatientID", "PatientName", "PatientPosition",
     "StudyInstanceUID", "SeriesInstanceUID", "ReferencedRTPlanSequence", "ReferencedBeamNumber",
     "GantryAngle", "PatientSupportAngle", "BeamLimitingDeviceAngle", "XRayImageReceptorAngle",
-    "FractionNumber", "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime", "StudyDate",
+    "FractionNumber", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime", "ContentDate", "ContentTime", "StudyDate",
     "StudyTime", "InstanceCreationDate", "InstanceCreationTime", "Rows", "Columns", "BitsAllocated",
     "SamplesPerPixel", "NumberOfFrames", "RTImageLabel", "RTImageName", "RTImageDescription", "RTPlanLabel",
 ]
@@ -263,12 +263,16 @@ def _fill(row: dict[str, Any], ds: Any) -> None:
     row["receptor_angle_deg"] = _float(ds, "XRayImageReceptorAngle")
     row["fraction_number"] = _int(ds, "FractionNumber")
     date, time = "", ""
+    stamp = _text(ds, "AcquisitionDateTime")  # DT, YYYYMMDDHHMMSS...: the acquisition's, when given this way
+    if len(stamp) >= 8 and not _text(ds, "AcquisitionDate"):
+        date, time = stamp[:8], stamp[8:]
     for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
                                ("InstanceCreationDate", "InstanceCreationTime"), ("StudyDate", "StudyTime")):
+        if date:
+            break
         date = _text(ds, date_key)
         if date:
             time = _text(ds, time_key)
-            break
     row["date"] = _iso_date(date) or None
     row["time"] = time or None
     # The fraction: Fraction Number (3002,0029) when present, otherwise the acquisition date.
