@@ -141,6 +141,10 @@ def test_index_reads_headers_and_classifies(tmp_path):
     (tmp_path / "notes.txt").write_text("hello\n")
     text = index_file(str(tmp_path / "notes.txt"))
     assert text["category"] == "not_dicom" and "not a DICOM file" in text["reason"]
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    for name in ("empty.dcm", "picture.png"):
+        assert index_file(str(tmp_path / name))["category"] == "not_dicom", name
 
 
 def _row(path: str, category: str, *, plan="P", beam=1, uid=None, kind=None, fraction_number=None, date=None):

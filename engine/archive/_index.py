@@ -142,8 +142,11 @@ def index_file(path: str) -> dict[str, Any]:
             except InvalidDicomError:
                 # No preamble / 'DICM': accept it only when a DICOM element stream parses.
                 fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
-                if not _looks_like_dicom(ds):
+                try:
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
+                except Exception:  # noqa: BLE001 (any parse failure of a file without DICM means: not DICOM)
+                    ds = None
+                if ds is None or not _looks_like_dicom(ds):
                     return _unusable(row, "not_dicom", "not a DICOM file (no DICM prefix and no DICOM elements)")
             missing = _missing_pixel_bytes(fp, ds, size)
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, struct.error, AttributeError) as exc:
