@@ -252,7 +252,7 @@ def _fill(row: dict[str, Any], ds: Any) -> None:
     row["modality"] = _text(ds, "Modality").upper() or None
     row["image_type"] = _text(ds, "ImageType") or None
     row["sop_instance_uid"] = _text(ds, "SOPInstanceUID") or None
-    row["patient_id"] = _text(ds, "PatientID") or None
+    row["patient_id"] = _text(ds, "PatientID") or _text(ds, "PatientName") or None  # the name when the ID is empty
     row["patient_position"] = _text(ds, "PatientPosition").upper() or None
     plans = ds.get("ReferencedRTPlanSequence")
     if plans:

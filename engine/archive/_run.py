@@ -139,7 +139,12 @@ def run(
         t0 = time.perf_counter()
         chunks = list(_index.iter_chunks(files, _INDEX_CHUNK))
         index_futures = client.map(_index.index_files, chunks, retries=retries, pure=False)
-        index_rows = [row for chunk in client.gather(index_futures) for row in chunk]
+        try:
+            index_rows = [row for chunk in client.gather(index_futures) for row in chunk]
+        except Exception as exc:  # a worker without portalign, or a cluster that went away
+            raise ArchiveError(f"archive: the index tasks failed on the cluster ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the workers need portalign "
+                               "installed and the sources at the same paths") from None
         del index_futures
         timing["index_s"] = time.perf_counter() - t0
 
