@@ -248,6 +248,7 @@ def test_population_statistics_recover_the_truth(archive, first_run):
                       "unmatched": 1, "unreadable": 2, "duplicates": 1, "failed": 0}
     assert summary["tasks"] == {"total": 8, "run": 8, "skipped_resume": 0, "failed": 0}
     assert summary["cluster"]["workers"] == 2 and summary["cluster"]["local"] is True
+    assert summary["cluster"]["parts_written_by"] == "workers" and summary["timing"]["client_write_s"] == 0
     # Per gantry angle in image axes: x at gantry 0 is lateral, x at gantry 90 is -vertical, y is -longitudinal.
     image = summary["image_axes"]
     assert image["gantry_0"]["x"]["Sigma_mm"] == pytest.approx(truth["lateral"]["Sigma_mm"], abs=TOLERANCE_MM)
@@ -333,6 +334,7 @@ def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tasks"] == {"total": 8, "run": 3, "skipped_resume": 5, "failed": 0}
+    assert summary["cluster"]["parts_written_by"] == "client"  # --scheduler without --parts-on-workers
     assert summary["timing"]["frames_this_run"] == sum(
         len(pd.read_parquet(p)) for p in (out / "parts").glob("*.parquet") if p.name not in kept)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet") if p.name in kept} == kept
@@ -362,7 +364,11 @@ if __name__ == "__main__":  # pragma: no cover
 
 @pytest.mark.slow
 def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run, tmp_path):
-    """One beam's worker dies mid-task and another beam's task raises once: both are redone, nothing else."""
+    """One beam's worker dies mid-task and another beam's task raises once: both are redone, nothing else.
+
+    The first beam's part is written by the worker (no partial file survives the kill), the second's by the
+    client.
+    """
     import functools
 
     from archive_faults import die_once_then_register, raise_once_then_register
@@ -378,11 +384,12 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
             Client(cluster) as client:
         died, _, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
-                                 functools.partial(die_once_then_register, marker_dir=str(tmp_path)))
+                                    functools.partial(die_once_then_register, marker_dir=str(tmp_path)),
+                                    parts_on_workers=True)
         raised, _, _ = _run._register(client, tasks[1:], parts, 2, None, 0,
-                                   functools.partial(raise_once_then_register, marker_dir=str(tmp_path)))
+                                      functools.partial(raise_once_then_register, marker_dir=str(tmp_path)))
         failing, failures, _ = _run._register(client, tasks[:1], tmp_path, 0, None, 0,
-                                           functools.partial(raise_once_then_register, marker_dir=str(tmp_path / "x")))
+                                              functools.partial(raise_once_then_register, marker_dir=str(tmp_path / "x")))
     assert died == [] and raised == []
     assert (tmp_path / f"{tasks[0].beam_id}.died").exists() and (tmp_path / f"{tasks[1].beam_id}.raised").exists()
     expected = pd.read_parquet(first_run.outputs["registrations"])

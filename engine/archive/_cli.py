@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=2, help="reruns of a beam task whose worker was lost")
     parser.add_argument("--max-residual-mm", type=float, default=1.0,
                         help="a view further than this from its fraction's 3-D solution makes it not ok")
+    parser.add_argument("--parts-on-workers", action="store_true", default=None,
+                        help="with --scheduler: the workers write DIR/parts themselves (DIR on shared storage; "
+                             "always so on a local cluster)")
     parser.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
                         help="seconds to keep trying to reach --scheduler")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                              resume=args.resume, first_portal_reference=args.first_portal_reference,
                              options=options, backend=args.backend, retries=args.retries,
                              max_residual_mm=args.max_residual_mm, progress=not args.no_progress,
-                             connect_timeout_s=args.connect_timeout)
+                             connect_timeout_s=args.connect_timeout, parts_on_workers=args.parts_on_workers)
     except PortalignError as exc:
         print(f"portalign archive: error: {exc}", file=sys.stderr)
         return 2

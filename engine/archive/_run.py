@@ -76,6 +76,7 @@ def run(
     max_residual_mm: float = 1.0,
     progress: bool | TextIO = False,
     connect_timeout_s: float = 20.0,
+    parts_on_workers: bool | None = None,
 ) -> ArchiveResult:
     """Re-register every portal image under ``sources`` on a Dask cluster and report setup errors.
 
@@ -112,6 +113,10 @@ def run(
         Print a progress line (to stderr, or to the file given).
     connect_timeout_s : float
         How long to try to reach ``scheduler`` before giving up.
+    parts_on_workers : bool, optional
+        Workers write their beams' part files into ``out/parts`` themselves
+        (``out`` must be on storage they share); the client only reads them at the
+        end. Default: yes on a local cluster, no with ``scheduler``.
 
     Returns
     -------
@@ -156,7 +161,10 @@ def run(
 
         t0 = time.perf_counter()
         timing["frames_this_run"] = sum(t.n_frames for t in todo)
-        failed_rows, failures, cost = _register(client, todo, parts_dir, retries, stream, skipped)
+        on_workers = cluster_info["local"] if parts_on_workers is None else bool(parts_on_workers)
+        cluster_info["parts_written_by"] = "workers" if on_workers else "client"
+        failed_rows, failures, cost = _register(client, todo, parts_dir, retries, stream, skipped,
+                                                parts_on_workers=on_workers)
         timing["register_s"] = time.perf_counter() - t0
         timing.update(cost)
 
@@ -258,20 +266,22 @@ def _client(workers: int | None, scheduler: str | None,
 
 
 def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries: int, stream: TextIO | None,
-              skipped: int, function: Callable[[_pair.BeamTask], dict[str, Any]] = _tasks.register_beam,
-              ) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
+              skipped: int, function: Callable[..., dict[str, Any]] = _tasks.register_beam,
+              parts_on_workers: bool = False) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
     """Submit one task per beam, write each beam's part file as it completes; return failed rows and beam ids.
 
     A task that raises is run again up to ``retries`` times (``Client.submit(retries=)``); a task whose
     worker dies is moved to another worker by the scheduler (up to ``distributed.scheduler.allowed-failures``
     deaths, 3 by default). Either way only that beam's work is lost. ``function`` is the task's body
-    (:func:`~portalign.archive._tasks.register_beam`; tests pass one that kills its worker).
+    (:func:`~portalign.archive._tasks.register_beam`; tests pass one that kills its worker). With
+    ``parts_on_workers`` each worker writes its beam's part file itself (the folder must be shared).
     """
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
-    futures = {client.submit(function, task, key=f"portalign-beam-{task.beam_id}-{token}",
-                             retries=retries): task for task in tasks}
+    where = {"parts_dir": str(parts_dir)} if parts_on_workers else {}
+    futures = {client.submit(function, task, key=f"portalign-beam-{task.beam_id}-{token}", retries=retries,
+                             **where): task for task in tasks}
     failed_rows: list[dict[str, Any]] = []
     failures: list[str] = []
     cost = {"task_cpu_s": 0.0, "task_wall_s": 0.0, "client_write_s": 0.0}
@@ -284,10 +294,11 @@ def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries
             result = future.result()
             cost["task_cpu_s"] += float(result.get("cpu_s") or 0.0)
             cost["task_wall_s"] += float(result.get("elapsed_s") or 0.0)
-            t_write = time.perf_counter()
-            part = _tables.to_frame(result["rows"], _tasks.REGISTRATION_COLUMNS)
-            _tables.write_parquet(part, parts_dir / f"{task.beam_id}.parquet")
-            cost["client_write_s"] += time.perf_counter() - t_write
+            if result["rows"] is not None:  # not written by the worker: the client writes the part
+                t_write = time.perf_counter()
+                part = _tables.to_frame(result["rows"], _tasks.REGISTRATION_COLUMNS)
+                _tables.write_parquet(part, parts_dir / f"{task.beam_id}.parquet")
+                cost["client_write_s"] += time.perf_counter() - t_write
         else:
             exc = future.exception()
             error = f"beam task failed after {retries} retries: {type(exc).__name__}: {exc}".splitlines()[0]

@@ -54,26 +54,46 @@ def frame_rows(task: BeamTask | None, frame: dict[str, Any], *, status: str, err
     return rows
 
 
-def register_beam(task: BeamTask) -> dict[str, Any]:
+def register_beam(task: BeamTask, parts_dir: str | None = None) -> dict[str, Any]:
     """Register every frame of one beam against its reference.
 
     Parameters
     ----------
     task : BeamTask
+    parts_dir : str, optional
+        Write the beam's rows here as ``<beam_id>.parquet`` (temporary file, then
+        rename) instead of returning them: the worker, not the client, pays for
+        the Parquet, which keeps the client off the critical path on a large
+        cluster. The folder must be visible to the worker.
 
     Returns
     -------
     dict
-        ``beam_id``; ``rows`` (one per frame, keys :data:`REGISTRATION_COLUMNS`);
-        ``prepare_ms`` (reading and preparing the reference, ``None`` when it
-        failed); ``worker`` (host:pid); ``elapsed_s`` (wall) and ``cpu_s`` (this
-        process's CPU time: the task's cost whatever else the machine runs).
+        ``beam_id``; ``rows`` (one per frame, keys :data:`REGISTRATION_COLUMNS`;
+        ``None`` when written to ``parts_dir``); ``frames``; ``prepare_ms`` (reading
+        and preparing the reference, ``None`` when it failed); ``worker``
+        (host:pid); ``elapsed_s`` (wall) and ``cpu_s`` (this process's CPU time:
+        the task's cost whatever else the machine runs).
     """
+    start, cpu = time.perf_counter(), time.process_time()
+    result = _register_frames(task)
+    result["frames"] = len(result["rows"])
+    if parts_dir is not None:
+        from ._tables import to_frame, write_parquet
+
+        write_parquet(to_frame(result["rows"], REGISTRATION_COLUMNS), os.path.join(parts_dir, f"{task.beam_id}.parquet"))
+        result["rows"] = None
+    result["elapsed_s"] = time.perf_counter() - start
+    result["cpu_s"] = time.process_time() - cpu
+    return result
+
+
+def _register_frames(task: BeamTask) -> dict[str, Any]:
     from .. import RegistrationOptions, prepare_reference
     from ..dicom import read_rt_image, read_rt_image_frames
     from ..errors import PortalignError
 
-    start, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     options = RegistrationOptions(**task.options) if task.options else None
     try:
@@ -83,8 +103,7 @@ def register_beam(task: BeamTask) -> dict[str, Any]:
         lost = [r for frame in task.frames for r in frame_rows(task, frame, status="failed", error=error)]
         for r in lost:
             r["worker"] = worker
-        return {"beam_id": task.beam_id, "rows": lost, "prepare_ms": None, "worker": worker,
-                "elapsed_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+        return {"beam_id": task.beam_id, "rows": lost, "prepare_ms": None, "worker": worker}
     prepare_ms = (time.perf_counter() - start) * 1e3
 
     rows: list[dict[str, Any]] = []
@@ -117,8 +136,7 @@ def register_beam(task: BeamTask) -> dict[str, Any]:
                            reason=result.reason or None, score=_finite_or_none(result.score),
                            method=result.method, backend=result.backend, register_ms=float(result.elapsed_ms))
             rows.append(row)
-    return {"beam_id": task.beam_id, "rows": rows, "prepare_ms": prepare_ms, "worker": worker,
-            "elapsed_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+    return {"beam_id": task.beam_id, "rows": rows, "prepare_ms": prepare_ms, "worker": worker}
 
 
 def _base_row(task: BeamTask | None, frame: dict[str, Any]) -> dict[str, Any]:
