@@ -46,7 +46,7 @@ own=(.whl/portalign-*.whl)
 if ((${#own[@]} == 0)); then
     "$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet -e . || { echo "pip install -e . failed"; exit 1; }
 fi
-"$PY" -c "from portalign.gpu import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
+"$PY" -c "from portalign.backends import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
     || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
 
 echo "== GPU tests on the device"

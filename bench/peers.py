@@ -179,10 +179,10 @@ class PortalignMethod(Method):
                        {"score": r.score, "engine_elapsed_ms": r.elapsed_ms, "field_detected": r.field_detected})
 
     def batch_call(self, state: Any) -> Any:
-        """The backend's batch entry point (``portalign.gpu.register_batch`` for the GPU), or None."""
+        """The backend's batch entry point (``portalign.register_batch`` for the GPU), or None."""
         if self.backend_name == "gpu":
             try:
-                from portalign.gpu import register_batch
+                from portalign import register_batch
             except ImportError:
                 return None
             return lambda frames: register_batch(state, frames)

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-from .backend import Backend, select_backend
+from .backends import Backend, select_backend
 from .errors import (
     BackendUnavailableError,
     GeometryError,
@@ -25,10 +25,9 @@ from .errors import (
     PortalImageError,
     ReferencePreparationError,
 )
-from .gpu import BatchError, register_batch
 from .image import Image, ImageInfo, as_image
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import BatchError, Reference, prepare_reference, register_batch
 from .result import RegistrationResult
 
 __all__ = [

@@ -165,7 +165,7 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
 
 def _register(args: argparse.Namespace) -> int:
     from .options import RegistrationOptions
-    from .reference import prepare_reference
+    from .registration import prepare_reference
 
     if args.repeat < 0:
         raise PortalignError(f"--repeat must be 0 or more, got {args.repeat}")
@@ -230,14 +230,13 @@ def _info(args: argparse.Namespace) -> int:
 def _backends(args: argparse.Namespace) -> int:
     import numba
 
-    from .backend import cpu_backend, select_backend
-    from .gpu import gpu_status
+    from .backends import cpu_backend, gpu_status, select_backend
 
     cpu = cpu_backend()
     threads = f"numba {numba.__version__}, {numba.get_num_threads()} threads"
     gpu_ok, gpu_detail = gpu_status()
     auto = select_backend("auto")
-    report = {
+    report: dict[str, dict[str, Any]] = {
         "cpu": {"available": True, "device": f"{cpu.device}; {threads}"},
         "gpu": {"available": gpu_ok, "device" if gpu_ok else "reason": gpu_detail},
         "auto": {"backend": auto.name, "reason": auto.fallback_reason or auto.device},
@@ -254,7 +253,7 @@ def _backends(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import make_demo_pair, write_rt_image
     from .dicom import read_rt_image
-    from .reference import prepare_reference
+    from .registration import prepare_reference
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="portalign-demo-"))
     out.mkdir(parents=True, exist_ok=True)

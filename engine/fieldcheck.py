@@ -1,6 +1,6 @@
 """Field placement: where the radiation field was delivered, against where it was planned.
 
-The anatomy match (:mod:`portalign.optimiser`) excludes the field edge on
+The anatomy match (:mod:`portalign.registration`) excludes the field edge on
 purpose: the aperture is fixed to the gantry, the patient is not. This module
 measures the aperture itself, so that a field placement error (jaws, EPID or
 collimator calibration) is reported separately from the patient displacement.

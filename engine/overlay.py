@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import PortalignError
 from .image import Image
-from .reference import pose_affines
+from .registration import pose_affines
 from .result import RegistrationResult
 
 __all__ = ["write_overlay", "reference_on_frame_grid"]

@@ -40,12 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backend import BACKENDS, Backend, select_backend
+from .backends import BACKENDS, Backend, select_backend
 from .errors import PortalignError
 from .image import Image
 from .journal import Journal
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, prepare_reference
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",

@@ -69,12 +69,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from . import __version__
-from .backend import BACKENDS, Backend, select_backend
+from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PortalignError, ReferencePreparationError
 from .image import Image
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, prepare_reference
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

@@ -52,7 +52,7 @@ from .errors import PortalignError
 from .image import Image, as_image
 from .journal import Journal
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, prepare_reference
 from .result import RegistrationResult
 
 __all__ = [
@@ -276,7 +276,7 @@ class FrameStream:
     Parameters
     ----------
     reference : Reference, Image, numpy.ndarray, path or pydicom.Dataset
-        A prepared :class:`~portalign.reference.Reference` is used as it is;
+        A prepared :class:`~portalign.registration.Reference` is used as it is;
         anything else is prepared here, once (arrays need ``pixel_spacing_mm``).
     options : RegistrationOptions, optional
         Used only when the reference is prepared here.

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backend import BACKENDS
+from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
 from .scp import InstanceRegistrar

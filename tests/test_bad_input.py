@@ -30,7 +30,7 @@ import portalign
 import pytest
 from dicom_factory import make_rt_image, to_bytes, write_rt_image
 from portalign import Image, ImageInfo
-from portalign.backend import select_backend
+from portalign.backends import select_backend
 from portalign.cli import main
 from portalign.errors import (
     BackendUnavailableError,

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 from dicom_factory import make_rt_image, write_rt_image
-from portalign.backend import select_backend
+from portalign.backends import select_backend
 from portalign.cli import main
 from portalign.dicom import read_rt_image
 from portalign.errors import BackendUnavailableError
-from portalign.reference import Reference
+from portalign.registration import Reference
 from scipy import ndimage
 from synthetic import anatomy
 
@@ -360,8 +360,8 @@ def test_demo_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 
 def test_backends_says_what_runs_here_and_what_auto_picks(capsys):
+    from portalign.backends import gpu_backend, gpu_status
     from portalign.cli import main
-    from portalign.gpu import gpu_backend, gpu_status
 
     assert main(["backends", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

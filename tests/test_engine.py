@@ -259,7 +259,7 @@ def test_device_failure_falls_back_to_the_cpu_for_that_frame():
     """A backend whose kernel fails mid-run (out of memory, driver error): the frame is registered on the CPU."""
     from types import SimpleNamespace
 
-    from portalign.backend import Backend, cpu_backend
+    from portalign.backends import Backend, cpu_backend
 
     cpu = cpu_backend()
 

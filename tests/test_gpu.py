@@ -60,7 +60,7 @@ def _why_no_gpu() -> str:
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return "CuPy is not installed: pip install portalign[gpu]"
+        return "CuPy is not installed: pip install 'portalign[gpu-cuda13]' (or gpu-cuda12)"
     return ""
 
 
@@ -76,7 +76,7 @@ POSE_ROTATIONS = np.concatenate([rotations_for("subpixel_rotated"), rotations_fo
 
 @pytest.fixture(scope="module")
 def backend():
-    from portalign.gpu import gpu_backend
+    from portalign.backends import gpu_backend
 
     return gpu_backend()
 
@@ -296,7 +296,7 @@ def _scene(shape, dx, dy, theta_deg):
 
 def test_whole_registration_on_gpu_equals_cpu(backend):
     import portalign
-    from portalign.gpu import register_batch
+    from portalign import register_batch
 
     shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
@@ -320,7 +320,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
 @pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")
 def test_simulator_refused_when_not_asked_for_explicitly():
     from portalign import BackendUnavailableError
-    from portalign.gpu import gpu_backend
+    from portalign.backends import gpu_backend
 
     with pytest.raises(BackendUnavailableError, match="simulator"):
         gpu_backend(allow_simulator=False)
@@ -440,3 +440,10 @@ def test_drr_rendered_on_the_gpu_equals_the_cpu_render(backend):
     assert on_cpu.info.extra["backend"] == "cpu" and on_gpu.info.extra["backend"] == "gpu"
     assert on_cpu.pixels.max() > 0
     assert_allclose(on_gpu.pixels, on_cpu.pixels, rtol=1e-4, atol=1e-4 * on_cpu.pixels.max())
+
+
+def test_probe_kernel_compiles_and_runs(backend):
+    # the check `portalign backends` and `auto` make before calling the GPU available
+    from portalign.kernels.gpu.probe import run_probe
+
+    run_probe()

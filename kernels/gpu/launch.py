@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "scratch",
     "on_stream",
     "stream",
+    "configured",
 ]
 
 #: Threads per block of every kernel (at most ``REDUCE_MAX_THREADS``). Tests patch it small.
@@ -68,6 +70,10 @@ _scratch = threading.local()
 _current = threading.local()
 _numba_streams: dict[int, Any] = {}
 _numba_streams_lock = threading.Lock()
+_configured: dict[tuple, Any] = {}
+_configured_lock = threading.Lock()
+#: numba-cuda's low-occupancy warning (class ``numba.cuda.core.errors.NumbaPerformanceWarning``, not numba's own).
+LOW_OCCUPANCY_MESSAGE = r".*under-utilization"
 
 
 def simulator_enabled() -> bool:
@@ -181,3 +187,31 @@ def stream() -> Any:
             # numba launches on CuPy's stream through its handle; one wrapper per stream, made once
             wrapped = _numba_streams[ptr] = cuda.external_stream(ptr)
     return wrapped
+
+
+def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any:
+    """Return ``kernel`` configured for ``grid`` x ``block`` on the calling thread's stream, made once per shape.
+
+    numba-cuda builds a launch configuration at every ``kernel[grid, block, stream]``
+    (host time on the per-frame path) and warns there when the grid has fewer than
+    128 blocks. Our grids are sized to the work: a 1-thread decision kernel or a
+    coarse pyramid level is small on purpose. The configuration is therefore made
+    once per (kernel, grid, block, stream, shared memory) with that one warning
+    silenced for that one call, and reused afterwards; nothing process-wide
+    (``config.CUDA_LOW_OCCUPANCY_WARNINGS``, global filters) is changed for the caller.
+    Under the simulator kernel objects keep their configuration in shared state, so
+    nothing is cached there.
+    """
+    launch_stream = stream()
+    if simulator_enabled():
+        return kernel[grid, block, launch_stream, shared_bytes]
+    key = (id(kernel), grid, block, id(launch_stream), shared_bytes)
+    found = _configured.get(key)
+    if found is None:
+        with _configured_lock:
+            found = _configured.get(key)
+            if found is None:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=LOW_OCCUPANCY_MESSAGE)
+                    found = _configured[key] = kernel[grid, block, launch_stream, shared_bytes]
+    return found
