@@ -54,25 +54,16 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
 
 
 def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
-    """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row.
+    """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row of the usable pixels.
 
     A second difference cancels smooth anatomy (any linear trend) and keeps white
-    noise with variance ``6 sigma^2``. Computed where the level lives (on a GPU:
-    on the device; one number comes back).
+    noise with variance ``6 sigma^2``. Computed where the level lives; one number comes back.
     """
-    xp = backend.xp
-    img = level.image[::4].astype(xp.float64)
-    mask = level.eroded[::4].astype(bool)
-    both = mask[:, 2:] & mask[:, 1:-1] & mask[:, :-2]
-    second = (img[:, 2:] - 2.0 * img[:, 1:-1] + img[:, :-2])[both]
-    if second.size < 16:
+    rows, cols = level.shape
+    mad, count = backend.kernels.second_difference_mad(level.image, level.eroded, 0, rows, 4, 0, cols, True)
+    if count < 16:
         return 0.0
-    return 1.4826 * _mad(xp, second) / math.sqrt(6.0)
-
-
-def _mad(xp, values) -> float:  # type: ignore[no-untyped-def]
-    """Median absolute deviation of a backend array, as a host float."""
-    return float(xp.median(xp.abs(values - xp.median(values))))
+    return 1.4826 * float(mad) / math.sqrt(6.0)
 
 
 def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) -> bool:  # type: ignore[no-untyped-def]
@@ -91,12 +82,11 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) 
         c0, c1 = int(max(0, (b[0] + 1) * scale)), int(min(cols, b[1] * scale))
         r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
     row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
-    xp = backend.xp
-    patch = img[r0:r1:row_step, c0:c1].astype(xp.float64)
-    second = (patch[:, 2:] - 2.0 * patch[:, 1:-1] + patch[:, :-2]).ravel()
-    if second.size < 64:
+    # unmasked: the image stands in for the mask argument
+    mad, count = backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)
+    if count < 64:
         return False
-    noise = 1.4826 * _mad(xp, second) / math.sqrt(6.0)
+    noise = 1.4826 * float(mad) / math.sqrt(6.0)
     lo, hi = plan.levels[plan.coarse.level].range
     ratio = (hi - lo) / max(noise, 1e-30)
     frame_stats["fine_contrast_to_noise"] = ratio
@@ -105,12 +95,8 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) 
 
 def rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
     """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them."""
-    xp = backend.xp
-    rows, cols = xp.nonzero(level.eroded[::2, ::2])
-    if rows.size == 0:
+    rms, count = backend.kernels.rms_radius(level.eroded, level.frame_axis[0], level.frame_axis[1], level.spacing[0],
+                                            level.spacing[1], 2)
+    if count == 0:
         return 50.0
-    x = (cols * 2 - level.frame_axis[0]) * level.spacing[1]
-    y = (rows * 2 - level.frame_axis[1]) * level.spacing[0]
-    return max(float(xp.sqrt(xp.mean(x * x + y * y))), 5.0)
-
-
+    return max(float(rms), 5.0)

@@ -37,6 +37,7 @@ from ..image import Image, as_image, check_frame_pixels
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
+from ._search import MAX_CANDIDATES
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -245,6 +246,7 @@ class Reference:
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
+            refine_out=np.zeros(5),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )
@@ -274,6 +276,7 @@ class Reference:
             )
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
+        level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
         lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
         if hi <= lo:
             hi = lo + 1.0
@@ -286,6 +289,7 @@ class Reference:
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)
         xp = backend.xp
+        level.stats = np.zeros(4)
         level.mask = xp.empty(level.shape, dtype=xp.uint8)
         level.scratch = xp.empty(level.shape, dtype=xp.uint8)
         level.eroded = xp.empty(level.shape, dtype=xp.uint8)
@@ -352,6 +356,8 @@ class Reference:
             surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
             window_rows=backend.asarray(ty % padded[0]),
             window_cols=backend.asarray(ty % padded[1]),
+            peak_poses=np.zeros((MAX_CANDIDATES, 3)),
+            peak_scores=np.zeros(MAX_CANDIDATES),
         )
 
 
