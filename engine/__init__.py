@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-from .backends import Backend, select_backend
+from .backends import Backend, select_backend, set_thread_policy
 from .errors import (
     BackendUnavailableError,
     GeometryError,
@@ -49,6 +49,7 @@ __all__ = [
     "register",
     "register_batch",
     "select_backend",
+    "set_thread_policy",
 ]
 
 

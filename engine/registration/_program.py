@@ -67,7 +67,7 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     start = time.perf_counter()
     backend = reference.backend
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
-    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.on_stream(plan.stream):
+    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.frame_scope(plan.stream):
         result = _register(reference, plan, frame)
     elapsed = (time.perf_counter() - start) * 1e3
     return replace(result, elapsed_ms=elapsed)
