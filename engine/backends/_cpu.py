@@ -79,7 +79,7 @@ def frame_threads(policy: str | int | None = None) -> int:
     if policy is None:
         env = os.environ.get("PORTALIGN_THREADS")
         policy = _parse_policy(env, "PORTALIGN_THREADS") if env else _policy
-    pool = int(numba.config.NUMBA_NUM_THREADS)
+    pool = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if policy != "auto":
         return max(1, min(int(policy), pool))
     cores = _usable_cores()
