@@ -64,3 +64,29 @@ def test_a_frame_runs_with_the_policy_and_leaves_the_caller_s_count_alone(monkey
     # the thread count never changes a result (fixed summation order in every kernel)
     assert (one.dx_mm, one.dy_mm, one.rotation_deg) == (two.dx_mm, two.dy_mm, two.rotation_deg)
     assert one.dx_mm == pytest.approx(2.5, abs=0.1) and one.dy_mm == pytest.approx(-1.5, abs=0.1)
+
+
+def test_cpu_batch_workers_run_one_thread_each(monkeypatch):
+    from portalign import register_batch
+    from portalign.backends import batch_lanes
+
+    seen = []
+    real = _cpu.frame_threads
+
+    def recording(policy=None):
+        n = real(policy)
+        seen.append(n)
+        return n
+
+    monkeypatch.setattr(_cpu, "frame_threads", recording)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    base = anatomy(256)
+    reference = prepare_reference(Image.from_array(moved(base, 0, 0, 0, shape=(128, 144)), pixel_spacing_mm=1.0,
+                                                   kind="drr"), backend="cpu")
+    frames = [Image.from_array(moved(base, dx, 1.0, 0.0, shape=(128, 144)), pixel_spacing_mm=1.0) for dx in (1, 2, 3)]
+    alone = [reference.register(f) for f in frames]
+    seen.clear()
+    together = register_batch(reference, frames, lanes=2)
+    assert seen and set(seen) == {1}  # each worker's frames on one thread
+    assert [r.dx_mm for r in together] == [r.dx_mm for r in alone]
+    assert batch_lanes() >= 1

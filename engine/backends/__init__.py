@@ -6,7 +6,7 @@ have the same names and arguments on every backend (``kernels/cpu/*`` and
 """
 
 from ._base import Backend
-from ._cpu import CpuBackend, cpu_backend, frame_threads, set_thread_policy
+from ._cpu import CpuBackend, batch_lanes, cpu_backend, frame_threads, set_thread_policy, single_threaded
 from ._gpu import DEFAULT_LANES, GpuBackend, default_lanes, gpu_backend, gpu_status
 from ._select import BACKENDS, select_backend
 
@@ -16,6 +16,7 @@ __all__ = [
     "Backend",
     "CpuBackend",
     "GpuBackend",
+    "batch_lanes",
     "cpu_backend",
     "default_lanes",
     "frame_threads",
@@ -23,4 +24,5 @@ __all__ = [
     "gpu_status",
     "select_backend",
     "set_thread_policy",
+    "single_threaded",
 ]

@@ -10,6 +10,7 @@ thread count per frame:
 
 * ``PORTALIGN_THREADS=N`` (environment) or ``RegistrationOptions``-independent
   :func:`set_thread_policy` ``(N)``: always N threads (at most numba's pool size);
+* a batch (:func:`portalign.register_batch`) on the CPU runs one frame per core, each on one thread;
 * ``auto`` (default): all usable cores up to :data:`MAX_USEFUL_THREADS`, and one
   thread while the 1-minute load average shows the cores busy with other work
   (load above usable cores + 1: our own threads add at most the cores).
@@ -21,6 +22,7 @@ thread-local) for the duration of one frame, and restored afterwards.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +32,15 @@ import numpy as np
 from ..errors import PortalignError
 from ._base import Backend
 
-__all__ = ["cpu_backend", "CpuBackend", "frame_threads", "set_thread_policy", "MAX_USEFUL_THREADS"]
+__all__ = ["cpu_backend", "CpuBackend", "frame_threads", "set_thread_policy", "batch_lanes", "single_threaded",
+           "MAX_USEFUL_THREADS"]
 
 #: More threads than this do not pay on a frame's levels (measured on a 16-core Xeon: 8 threads 9.7 ms, 16 11.2 ms).
 MAX_USEFUL_THREADS = 8
 
 _policy: str | int = "auto"
+#: Per-thread override: a batch worker runs its frames on one thread each (frames in parallel instead).
+_local = threading.local()
 
 
 def set_thread_policy(policy: str | int) -> None:
@@ -76,6 +81,8 @@ def frame_threads(policy: str | int | None = None) -> int:
     """
     import numba
 
+    if policy is None and getattr(_local, "single", False):
+        return 1
     if policy is None:
         env = os.environ.get("PORTALIGN_THREADS")
         policy = _parse_policy(env, "PORTALIGN_THREADS") if env else _policy
@@ -90,6 +97,26 @@ def frame_threads(policy: str | int | None = None) -> int:
     if load > cores + 1:
         return 1
     return max(1, min(pool, cores, MAX_USEFUL_THREADS))
+
+
+def batch_lanes() -> int:
+    """Return how many frames a CPU batch registers side by side (one thread each): the cores the policy allows.
+
+    The kernels release the GIL (``nogil=True``), so frames on worker threads run in parallel; one thread per
+    frame avoids the per-region synchronisation of parallel kernels, which dominates on small levels.
+    """
+    return frame_threads()
+
+
+class single_threaded:  # noqa: N801 - used like a function: ``with single_threaded():``
+    """Within this context the calling thread's frames run on one numba thread (a batch worker)."""
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_local, "single", False)
+        _local.single = True
+
+    def __exit__(self, *exc: object) -> None:
+        _local.single = self.previous
 
 
 class _ThreadScope:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
-from ..backends import GpuBackend, default_lanes
+from ..backends import CpuBackend, GpuBackend, batch_lanes, default_lanes, single_threaded
 from ..errors import PortalignError
 from ._reference import Reference
 
@@ -49,8 +50,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
         Arrays need ``pixel_spacing_mm``.
     pixel_spacing_mm : float or (float, float), optional
     lanes : int, optional
-        Frames in flight at once, each on its own buffers and stream. Default:
-        :func:`default_lanes` of the reference's backend.
+        Frames in flight at once, each on its own buffers and stream. Default: on a GPU
+        :func:`~portalign.backends.default_lanes`; on the CPU one frame per core the thread
+        policy allows (:func:`~portalign.backends.batch_lanes`), each frame on one thread.
 
     Returns
     -------
@@ -70,8 +72,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
     backend = reference.backend
     simulated = isinstance(backend, GpuBackend) and backend.simulated
+    on_cpu = isinstance(backend, CpuBackend)
     if lanes is None:
-        lanes = default_lanes(backend)
+        lanes = batch_lanes() if on_cpu else default_lanes(backend)
     if int(lanes) < 1:
         raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
     lanes = min(int(lanes), max(len(items), 1))
@@ -81,7 +84,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
 
     def one(index: int) -> None:
         try:
-            results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
+            # CPU workers: frames side by side, one thread each (the kernels release the GIL)
+            with single_threaded() if on_cpu and workers > 1 else nullcontext():
+                results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
             errors[index] = exc
 

@@ -28,7 +28,7 @@ from .mutual_information import quantize
 __all__ = ["prepare_level", "sample_nearest"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sample_nearest(small: np.ndarray, scale: float, offset: float, out: np.ndarray) -> None:  # pragma: no cover
     """Write ``small`` sampled nearest-neighbour onto ``out``'s grid (pixel ``i`` at ``rint(i * scale + offset)``)."""
     rows, cols = out.shape
@@ -40,7 +40,7 @@ def sample_nearest(small: np.ndarray, scale: float, offset: float, out: np.ndarr
             out[i, j] = 1 if small[r, c] != 0 else 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, scale: float, offset: float,
                   erosion_px: int, n_bins: int, mask: np.ndarray, scratch: np.ndarray, eroded: np.ndarray,
                   pixel_rows: np.ndarray, pixel_cols: np.ndarray, bins: np.ndarray, row_sums: np.ndarray,

@@ -21,7 +21,7 @@ from numba import njit
 __all__ = ["search_peaks", "parabola_offset"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def parabola_offset(left: float, centre: float, right: float, has_left: bool, has_right: bool) -> float:  # pragma: no cover
     """Offset (-0.5..0.5) of the vertex of the parabola through three equally spaced samples (0 if not a maximum)."""
     if not (has_left and has_right) or not (np.isfinite(left) and np.isfinite(right)):
@@ -32,7 +32,7 @@ def parabola_offset(left: float, centre: float, right: float, has_left: bool, ha
     return min(max(0.5 * (left - right) / denom, -0.5), 0.5)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def search_peaks(window: np.ndarray, thetas: np.ndarray, spacing_row: float, spacing_col: float, n_candidates: int,
                  recheck_ratio: float, suppress: int, out_poses: np.ndarray, out_scores: np.ndarray) -> int:  # pragma: no cover
     """Write the distinct optima of ``window`` as poses; return how many.

@@ -50,7 +50,7 @@ STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], 
 MAX_STENCIL = 10
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pose_affines_into(poses: np.ndarray, n: int, geometry: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out[:n]`` the frame-pixel -> reference-pixel maps ``(2, 3)`` of ``poses[:n]``.
 
@@ -71,7 +71,7 @@ def pose_affines_into(poses: np.ndarray, n: int, geometry: np.ndarray, out: np.n
         out[k, 1, 2] = (-s * ox + c * oy) / sy + ray
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def stencil_poses(pose: np.ndarray, step: np.ndarray, dims: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
     """Write the first ``n`` stencil poses around ``pose`` (steps ``step``) into ``out[:n]``."""
     for k in range(n):
@@ -80,7 +80,7 @@ def stencil_poses(pose: np.ndarray, step: np.ndarray, dims: int, n: int, out: np
             out[k, a] = pose[a] + unit * step[a]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def quadratic_step(f: np.ndarray, n_values: int, dims: int, cross: np.ndarray, jump: np.ndarray) -> float:  # pragma: no cover
     """Fill ``jump`` (in steps) with the move to the quadratic model's maximum and return the model's value there.
 
@@ -152,7 +152,7 @@ def quadratic_step(f: np.ndarray, n_values: int, dims: int, cross: np.ndarray, j
     return f[best]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _metric(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
             ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, normalised: bool,
             poses: np.ndarray, affines: np.ndarray, n: int, hist: np.ndarray, sums: np.ndarray,
@@ -170,7 +170,7 @@ def _metric(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_r
         values[k] = sums[k, 0] / math.sqrt(max(sums[k, 1] * sums[k, 2], 1e-30))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
            ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, geometry: np.ndarray,
            pose: np.ndarray, step: np.ndarray, iterations: int, tolerance: float, star: bool, theta_limit: float,

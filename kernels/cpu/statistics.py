@@ -19,7 +19,7 @@ from numba import njit
 __all__ = ["second_difference_mad", "rms_radius"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def second_difference_mad(image: np.ndarray, mask: np.ndarray, r0: int, r1: int, row_step: int, c0: int, c1: int,
                           masked: bool) -> tuple:  # pragma: no cover
     """Return ``(MAD, count)`` of the horizontal second differences on rows ``r0:r1:row_step``, columns ``c0:c1``.
@@ -46,7 +46,7 @@ def second_difference_mad(image: np.ndarray, mask: np.ndarray, r0: int, r1: int,
     return np.median(used), n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rms_radius(mask: np.ndarray, axis_col: float, axis_row: float, spacing_row: float, spacing_col: float,
                stride: int) -> tuple:  # pragma: no cover
     """Return ``(rms_mm, count)`` over the nonzero pixels of ``mask[::stride, ::stride]`` (0 when there are none)."""
