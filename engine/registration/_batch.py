@@ -18,7 +18,7 @@ from ..backends import CpuBackend, GpuBackend, batch_lanes, default_lanes, singl
 from ..errors import PortalignError
 from ._reference import Reference
 
-__all__ = ["register_batch", "BatchError"]
+__all__ = ["register_batch", "register_each", "batch_workers", "BatchError"]
 
 
 class BatchError(PortalignError):
@@ -70,15 +70,38 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
             "call portalign.prepare_reference(image, backend='gpu') first"
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
-    backend = reference.backend
-    simulated = isinstance(backend, GpuBackend) and backend.simulated
-    on_cpu = isinstance(backend, CpuBackend)
-    if lanes is None:
-        lanes = batch_lanes() if on_cpu else default_lanes(backend)
-    if int(lanes) < 1:
+    if lanes is not None and int(lanes) < 1:
         raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
-    lanes = min(int(lanes), max(len(items), 1))
+    results, errors = register_each(reference, items, pixel_spacing_mm=pixel_spacing_mm, lanes=lanes)
+    if errors:
+        listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BatchError(f"{len(errors)} of {len(items)} frames could not be registered: {listed}{more}",
+                         results, errors)
+    return results
+
+
+def batch_workers(reference: Reference, lanes: int | None = None) -> int:
+    """Return how many frames of a batch run side by side on ``reference``'s backend (and allow that many lanes).
+
+    The simulator keeps launch settings on shared kernel objects, so its frames take turns.
+    """
+    backend = reference.backend
+    if lanes is None:
+        lanes = batch_lanes() if isinstance(backend, CpuBackend) else default_lanes(backend)
+    lanes = max(1, int(lanes))
     reference.allow_lanes(lanes)
+    return 1 if isinstance(backend, GpuBackend) and backend.simulated else lanes
+
+
+def register_each(reference: Reference, items: Sequence[Any], *, pixel_spacing_mm: Any = None, lanes: int | None = None,
+                  pool: ThreadPoolExecutor | None = None) -> tuple[list[Any], dict[int, BaseException]]:
+    """Register ``items`` side by side; return the results in input order (None where failed) and the errors by index.
+
+    ``pool`` (a caller's executor, e.g. a stream's) is used instead of a new one when given.
+    """
+    workers = min(batch_workers(reference, lanes), max(len(items), 1))
+    on_cpu = isinstance(reference.backend, CpuBackend)
     results: list[Any] = [None] * len(items)
     errors: dict[int, BaseException] = {}
 
@@ -90,17 +113,12 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
         except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
             errors[index] = exc
 
-    # the simulator keeps launch settings on shared kernel objects: its workers must take turns
-    workers = 1 if simulated else lanes
     if workers == 1:
         for index in range(len(items)):
             one(index)
+    elif pool is not None:
+        list(pool.map(one, range(len(items))))
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as pool:
-            list(pool.map(one, range(len(items))))
-    if errors:
-        listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise BatchError(f"{len(errors)} of {len(items)} frames could not be registered: {listed}{more}",
-                         results, errors)
-    return results
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as executor:
+            list(executor.map(one, range(len(items))))
+    return results, errors
