@@ -452,20 +452,25 @@ def test_probe_kernel_compiles_and_runs(backend):
 # --- the per-frame program's stage kernels (refine, statistics, level preparation) -----------------
 
 
-@pytest.mark.parametrize("metric", [0, 1])
-def test_refine_matches_cpu(backend, metric):
+@pytest.mark.parametrize(("metric", "rotate", "star", "iterations"),
+                         [(0, True, False, 2), (1, True, False, 2), (0, False, False, 6), (0, True, True, 5)])
+def test_refine_matches_cpu(backend, metric, rotate, star, iterations):
+    # the loop's state stays on the device; a fixed number of iterations with a converged flag gives the
+    # CPU's early-stopping result (same pose, score and iteration count)
     from tests.program_cases import level_case, refine_args
 
     case = level_case(shape=(20, 22), shift_px=(0.6, -0.4), bins=8)
     start = (0.2, 0.1, 0.0)
-    host = refine_args(case, metric, start, True, bins=8, iterations=2)
+    host = refine_args(case, metric, start, rotate, bins=8, iterations=iterations, star=star)
     cpu.refine(*host)
-    dev = list(refine_args(case, metric, start, True, bins=8, iterations=2))
+    dev = list(refine_args(case, metric, start, rotate, bins=8, iterations=iterations, star=star))
     for i in (1, 2, 4, 5, 6, 7, 8, 9, 18):  # the level's arrays live on the device; pose, step and out on the host
         dev[i] = backend.asarray(dev[i])
     backend.kernels.refine(*dev)
     assert dev[-1][4] == host[-1][4]
     assert_allclose(dev[-1][:4], host[-1][:4], rtol=0, atol=1e-9)
+    if not rotate:
+        assert host[-1][4] < iterations  # converged early: the device's later iterations changed nothing
 
 
 @pytest.mark.parametrize("masked", [True, False])
