@@ -205,19 +205,35 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     sums = launch.scratch("refine_sums", (MAX_STENCIL, 3), np.float64)
     values = launch.scratch("refine_values", (MAX_STENCIL,), np.float64)
     state_d, values_d = launch.device_arg(state), launch.device_arg(values)
-    have_cross = bool(star)
-    for _ in range(int(iterations)):
-        n = 1 + 2 * dims if have_cross else full
-        launch.configured(_stencil, 1, MAX_STENCIL)(state_d, launch.device_arg(geometry_d), n,
-                                                    launch.device_arg(poses), launch.device_arg(affines),
-                                                    launch.device_arg(rot))
-        if metric == MI:
-            joint_histograms(rows, cols, count, frame_bins, ref_bins, affines[:n], hist[:n])
-            mutual_information(hist[:n], normalised, values[:n])
-        else:
-            gradient_correlation(rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines[:n], rot[:n], sums[:n])
-            launch.configured(_edge_values, 1, MAX_STENCIL)(launch.device_arg(sums), n, values_d)
-        launch.configured(_decide, 1, 1)(state_d, values_d, n)
-        have_cross = True
+
+    def enqueue() -> None:
+        have_cross = bool(star)
+        for _ in range(int(iterations)):
+            n = 1 + 2 * dims if have_cross else full
+            launch.configured(_stencil, 1, MAX_STENCIL)(state_d, launch.device_arg(geometry_d), n,
+                                                        launch.device_arg(poses), launch.device_arg(affines),
+                                                        launch.device_arg(rot))
+            if metric == MI:
+                joint_histograms(rows, cols, count, frame_bins, ref_bins, affines[:n], hist[:n])
+                mutual_information(hist[:n], normalised, values[:n])
+            else:
+                gradient_correlation(rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines[:n], rot[:n],
+                                     sums[:n])
+                launch.configured(_edge_values, 1, MAX_STENCIL)(launch.device_arg(sums), n, values_d)
+            launch.configured(_decide, 1, 1)(state_d, values_d, n)
+            have_cross = True
+
+    # the whole level's launch sequence is one CUDA graph on a device once it has been seen: the key holds
+    # every buffer address and every scalar the launches take (the pose, steps and limits are in `state`)
+    key = ("refine", metric, dims, bool(star), int(iterations), int(count), bool(normalised),
+           launch.THREADS_PER_BLOCK, launch.MAX_BLOCKS, launch.PIXELS_PER_THREAD,
+           *(_address(a) for a in (rows, cols, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, hist, state)))
+    launch.run_captured(key, enqueue)
     final = launch.to_host(state)  # the one read of the level
     out[:] = (final[_POSE], final[_POSE + 1], final[_POSE + 2], final[_SCORE], final[_DONE])
+
+
+def _address(array: Any) -> Any:
+    """Device address of a CuPy array (the identity of the object elsewhere): part of a graph's key."""
+    data = getattr(array, "data", None)
+    return getattr(data, "ptr", id(array))
