@@ -833,11 +833,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require this X-API-Token on every request but /health "
                              "(default: $PORTALIGN_TOKEN)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
-    parser.add_argument("--journal", metavar="PATH", help="append every result to this JSON-lines file")
+    parser.add_argument("--journal", metavar="PATH",
+                        help="append every result to this JSON-lines file (default: no journal)")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
                         help="largest request body in MiB (default %(default)g)")
     parser.add_argument("--cache-size", type=int, default=16, help="prepared references kept (default 16)")
-    parser.add_argument("--workers", type=int, default=None, help="registration threads (default: CPU count, <= 8)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="registration threads (default: the CPU count, at most 8)")
     parser.add_argument("--no-warm-up", action="store_true", help="do not compile the kernels at startup")
 
 
