@@ -36,7 +36,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (
             "default" in text.lower()
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
             or isinstance(action, argparse.BooleanOptionalAction)
         ):
             return text

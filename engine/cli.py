@@ -328,7 +328,7 @@ def _understood(image: Any) -> dict[str, Any]:
     if info.kind == "drr":
         nature = "DRR (rendered from the planning CT)"
     elif kvp is not None and kvp < 1000:
-        nature = f"kV image ({kvp:g} kVp), not an MV portal image"
+        nature = f"kV image ({kvp:g} kVp) through the imaging beam, not the treatment beam"
     elif info.kind == "portal":
         nature = "portal image (MV treatment beam)"
     else:
@@ -336,6 +336,8 @@ def _understood(image: Any) -> dict[str, Any]:
     small, factor = _reduced(image.pixels)
     field = detect_field(small)
     out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
+    if nature.startswith("kV"):
+        out["kind"] = "kv"  # registered like a portal image (its field is detected), but not called one
     if field.detected and field.box_px is not None:
         c0, c1, r0, r1 = field.box_px
         x0, y0 = image.pixel_to_mm(c0 * factor + (factor - 1) / 2, r0 * factor + (factor - 1) / 2)
