@@ -105,6 +105,11 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     labels = edge_labels(frame)
     for ax in axes:
         _label_edges(ax, labels)
+    if labels is not None:
+        position = (frame.info.patient_position or "").strip().upper()
+        meaning = (f"patient directions ({position})" if position in PATIENT_TO_IEC
+                   else "IEC 61217 patient-support axes")
+        axes[1].set_xlabel(f"x (mm at isocentre); edge letters: {meaning}")
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
     rotation = ("rotation not estimated" if result.rotation_deg is None
                 else f"rotation = {result.rotation_deg:+.2f} deg")
@@ -204,7 +209,8 @@ def _label_edges(ax, labels: dict[str, str] | None) -> None:  # type: ignore[no-
         ax.text(0.5, 0.01, "orientation unknown (no gantry angle)", transform=ax.transAxes, ha="center",
                 va="bottom", color="yellow", fontsize=8)
         return
-    style = {"transform": ax.transAxes, "color": "yellow", "fontsize": 11, "fontweight": "bold"}
+    style = {"transform": ax.transAxes, "color": "yellow", "fontsize": 11, "fontweight": "bold",
+             "bbox": {"facecolor": "black", "alpha": 0.5, "pad": 1.5, "edgecolor": "none"}}
     ax.text(0.01, 0.5, labels["left"], ha="left", va="center", **style)
     ax.text(0.99, 0.5, labels["right"], ha="right", va="center", **style)
     ax.text(0.5, 0.99, labels["top"], ha="center", va="top", **style)
@@ -222,4 +228,5 @@ def _label_squares(ax, frame: Image, size: int, board: np.ndarray) -> None:  # t
         centre_col, centre_row = min(col + size / 2, cols - 1), min(row0 + size / 2, rows - 1)
         x, y = frame.pixel_to_mm(centre_col, centre_row)
         letter = "R" if board[int(centre_row), int(centre_col)] else "F"
-        ax.text(float(x), float(y), letter, color="cyan", fontsize=12, fontweight="bold", ha="center", va="center")
+        ax.text(float(x), float(y), letter, color="cyan", fontsize=12, fontweight="bold", ha="center", va="center",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1.5, "edgecolor": "none"})

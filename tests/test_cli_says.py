@@ -280,3 +280,70 @@ def test_watch_prints_a_line_per_file_and_once_fails_when_a_file_failed(capsys, 
     status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
                          "--once", "--poll", "0.05")
     assert status == 0 and out.startswith("c_frame.dcm: dx +3.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the review picture, read_rt_image's keywords
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every text drawn on the figure that write_overlay saves."""
+    from matplotlib.figure import Figure
+
+    texts: list[str] = []
+    original = Figure.savefig
+
+    def recording(fig, *args, **kwargs):  # type: ignore[no-untyped-def]
+        texts.append(fig._suptitle.get_text())
+        for ax in fig.axes:
+            texts.append(ax.get_title())
+            texts.extend(t.get_text() for t in ax.texts)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return texts
+
+
+def test_overlay_names_files_angles_date_tiles_orientation_and_rotation_not_estimated(capsys, files, tmp_path,
+                                                                                      monkeypatch) -> None:
+    pytest.importorskip("matplotlib", reason="--overlay needs matplotlib")
+    texts = _figure_texts(monkeypatch)
+    target = tmp_path / "review.png"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--no-rotation", "--overlay", target)
+    assert status == 0, err
+    title = texts[0]
+    assert "reference: ref.dcm (portal image, gantry 0.0 deg, 2026-01-02)" in title
+    assert "frame: frame.dcm (portal image, gantry 0.0 deg, 2026-01-02)" in title
+    assert "rotation not estimated" in title and "rotation = +0.00" not in title
+    assert "checkerboard: squares alternate moved reference (R) and frame (F)" in texts
+    assert {"R", "F"} <= set(texts)  # the squares at the beam axis are lettered
+    # HFS at gantry 0, seen from the source: patient left on the right, superior at the top
+    assert texts.count("L") == texts.count("S") == texts.count("I") == 2  # each edge label on both panels
+    assert texts.count("R") == 3  # patient right on both panels, and the reference square
+
+
+def test_edge_labels_follow_gantry_and_patient_position() -> None:
+    import portalign
+    from portalign.overlay import edge_labels
+
+    pixels = anatomy(32, seed=1)
+    hfs90 = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, gantry_deg=90.0, patient_position="HFS")
+    # gantry 90: the beam comes from the patient's left (HFS); image +x points down to the floor: posterior
+    assert edge_labels(hfs90) == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
+    iec = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, gantry_deg=0.0)
+    assert edge_labels(iec) == {"left": "-X (IEC)", "right": "+X (IEC)", "top": "+Y (IEC)", "bottom": "-Y (IEC)"}
+    assert edge_labels(portalign.Image.from_array(pixels, pixel_spacing_mm=1.0)) is None
+
+
+def test_read_rt_image_documents_its_keyword_options() -> None:
+    import inspect
+
+    import portalign
+
+    signature = inspect.signature(portalign.read_rt_image)
+    keywords = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert keywords == ["frame", "pixel_spacing_mm", "sid_mm", "sad_mm", "invert"]
+    doc = portalign.read_rt_image.__doc__
+    for name in ("frame : ", "pixel_spacing_mm : ", "sid_mm, sad_mm : ", "invert : "):
+        assert name in doc
