@@ -429,18 +429,19 @@ def _demo(args: argparse.Namespace) -> int:
     first_ms = result.elapsed_ms
     times = [prepared.register(frame_image).elapsed_ms for _ in range(20)]
     result = replace(result, elapsed_ms=statistics.median(times))
-    overlay = None
+    overlay, overlay_error = None, None
     try:
         from .overlay import write_overlay
 
         overlay = write_overlay(out / "overlay.png", ref_image, frame_image, result)
-    except PortalignError:
-        pass  # matplotlib not installed: the registration is the point
+    except PortalignError as exc:  # matplotlib not installed: the registration is the point, but say so
+        overlay_error = str(exc)
     truth_2d = {k: truth[k] for k in ("dx_mm", "dy_mm", "rotation_deg")}
     payload = {
         "reference": str(ref_path),
         "frame": str(frame_path),
         "overlay": str(overlay) if overlay else None,
+        "overlay_error": overlay_error,
         "truth": truth_2d,
         "error_mm": float(np.hypot(result.dx_mm - truth["dx_mm"], result.dy_mm - truth["dy_mm"])),
         "error_deg": None if result.rotation_deg is None else abs(result.rotation_deg - truth["rotation_deg"]),
@@ -459,6 +460,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"error {payload['error_mm']:.2f} mm, {error_deg}")
     if overlay:
         print(f"review picture: {overlay}")
+    else:
+        print(f"review picture not written: {overlay_error}")
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .couch import PATIENT_TO_IEC, image_axes
-from .errors import PortalignError
+from .errors import MissingDependencyError
 from .image import Image
 from .registration import pose_affines
 from .result import RegistrationResult
@@ -67,7 +67,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise PortalignError("--overlay needs matplotlib: pip install 'portalign[overlay]'") from exc
+        raise MissingDependencyError.for_module(exc.name or "matplotlib", "--overlay (the review picture)") from None
     path = Path(path)
     moved = reference_on_frame_grid(reference, frame, result)
     region = _field_region(frame, result.field_box_mm)
@@ -86,7 +86,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     checker = np.where(board & np.isfinite(ref_n), ref_n, frame_n)
     colour = np.stack([np.nan_to_num(ref_n, nan=0.0), frame_n, np.nan_to_num(ref_n, nan=0.0)], axis=-1)
     extent = _extent_mm(frame)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.5), constrained_layout=True)
     axes[0].imshow(checker, cmap="gray", extent=extent, interpolation="nearest")
     axes[0].set_title("checkerboard: squares alternate moved reference (R) and frame (F)")
     axes[1].imshow(np.clip(colour, 0, 1), extent=extent, interpolation="nearest")
@@ -105,18 +105,18 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     labels = edge_labels(frame)
     for ax in axes:
         _label_edges(ax, labels)
+    meaning = ""
     if labels is not None:
         position = (frame.info.patient_position or "").strip().upper()
-        meaning = (f"patient directions ({position})" if position in PATIENT_TO_IEC
-                   else "IEC 61217 patient-support axes")
-        axes[1].set_xlabel(f"x (mm at isocentre); edge letters: {meaning}")
+        meaning = "   edge letters: " + (f"patient directions ({position})" if position in PATIENT_TO_IEC
+                                         else "IEC 61217 patient-support axes")
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
     rotation = ("rotation not estimated" if result.rotation_deg is None
                 else f"rotation = {result.rotation_deg:+.2f} deg")
     fig.suptitle(
         f"reference: {_describe(reference)}      frame: {_describe(frame)}\n"
         f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   "
-        f"score = {result.score:.3f} ({result.method}, {result.backend})\n{textwrap.fill(status, 150)}",
+        f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
         fontsize=10,
         color="black" if result.ok else "red",
     )

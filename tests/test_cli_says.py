@@ -142,6 +142,16 @@ def test_register_overlay_says_where_and_a_bad_path_is_an_error_after_the_result
     assert err.count("\n") == 1
 
 
+def test_register_overlay_without_matplotlib_names_the_extra_after_the_result(capsys, files, tmp_path,
+                                                                            monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--json", "--overlay", tmp_path / "o.png")
+    assert status == 2
+    payload = json.loads(out)
+    assert payload["ok"] is True and payload["overlay"] is None
+    assert 'pip install "portalign[overlay]"' in err and "matplotlib" in err
+
+
 def test_register_text_timing_says_what_was_timed(capsys, files) -> None:
     status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--repeat", "3")
     assert status == 0
