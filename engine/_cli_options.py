@@ -59,6 +59,8 @@ def as_flags(message: str, parser: argparse.ArgumentParser | None = None) -> str
             if longs:
                 flags.setdefault(action.dest, longs[0])
     for keyword, flag in flags.items():
+        if "_" not in keyword and keyword in _FLAG_FOR_KEYWORD:  # a plain word: only in its keyword form, "frame=3"
+            message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=", f"{flag} ", message)
         if "_" in keyword:
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=True(?![\w])", flag, message)  # a switch
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=?(?![\w])", flag, message)
