@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -320,7 +319,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _understood(image: Any) -> dict[str, Any]:
-    """What ``info`` adds to the header: the image's nature, its detected field, a likely inversion, null angles."""
+    """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
     from .field import detect_field
 
     info = image.info

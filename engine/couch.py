@@ -505,7 +505,7 @@ def solve_couch_shift(
         }
         measured_values["vec"] = float(np.linalg.norm(d))
         # the largest in-plane rotation is known only when every view measured one
-        measured_values["rot"] = None if unmeasured else max(abs(v.rotation_deg) for v in views)
+        measured_values["rot"] = None if unmeasured else max(abs(v.rotation_deg or 0.0) for v in views)
         measured_values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
         within = tolerance.check(measured_values)
         all_within = not any(flag is False for flag in within.values())

@@ -40,8 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backends import BACKENDS, Backend, select_backend
 from ._cli_options import add_invert_argument
+from .backends import BACKENDS, Backend, select_backend
 from .errors import MissingDependencyError, PortalignError
 from .image import Image
 from .journal import Journal
@@ -139,9 +139,8 @@ class InstanceRegistrar:
             if isinstance(reference, Reference):
                 self.configured = reference
             else:
-                from .image import as_image
-
                 from .dicom import read_rt_image
+                from .image import as_image
 
                 image = (as_image(reference, name="reference") if isinstance(reference, Image)
                          else read_rt_image(reference, invert=invert))

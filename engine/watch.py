@@ -35,13 +35,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
-from .backends import BACKENDS
 from ._cli_options import add_invert_argument
+from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
 from .scp import InstanceRegistrar
@@ -306,8 +306,8 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             rot = "rotation not estimated" if rotation is None else f"rotation {rotation:+.2f} deg"
             verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
-            parts.append(f"{frame}dx {result.get('dx_mm', float('nan')):+.2f} mm, dy {result.get('dy_mm', float('nan')):+.2f} mm, "
-                         f"{rot}, {verdict}")
+            dx, dy = result.get("dx_mm", float("nan")), result.get("dy_mm", float("nan"))
+            parts.append(f"{frame}dx {dx:+.2f} mm, dy {dy:+.2f} mm, {rot}, {verdict}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 
 

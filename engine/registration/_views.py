@@ -1,4 +1,4 @@
-"""Do the reference and the frame show the same view of the patient, and any common region at all?
+"""Whether the reference and the frame show the same view of the patient, and any common region at all.
 
 A 2-D registration compares two projections. It is only meaningful when both were
 taken along the same beam: the same gantry angle (IEC 61217 GANTRY), the same
