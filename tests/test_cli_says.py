@@ -199,7 +199,7 @@ def test_register_images_that_do_not_overlap(capsys, files) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["register", "info", "couch", "watch", "scp", "fieldcheck"])
+@pytest.mark.parametrize("command", ["register", "info", "couch", "watch", "scp", "fieldcheck", "serve"])
 def test_every_command_that_reads_images_takes_invert(command: str) -> None:
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices[command]

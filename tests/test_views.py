@@ -183,3 +183,23 @@ def test_no_rotation_is_nan_free_in_the_overlay_pose(pixels) -> None:
     assert inside.mean() > 0.9
     assert float(np.abs(moved[inside] - frame.pixels[inside]).mean()) < 0.02 * float(np.ptp(frame.pixels))
     assert math.isfinite(float(moved[inside].sum()))
+
+
+def test_couch_keeps_working_and_reports_a_mismatched_pair(pixels) -> None:
+    from portalign.couch import register_views
+
+    def image(values: np.ndarray, gantry: float, name: str) -> portalign.Image:
+        return portalign.Image.from_array(values, pixel_spacing_mm=1.0, name=name, gantry_deg=gantry)
+
+    good = [(image(pixels[0], 0.0, "ref0"), image(pixels[1], 0.0, "frame0")),
+            (image(pixels[0], 90.0, "ref90"), image(pixels[1], 90.0, "frame90"))]
+    couch, results = register_views(good, backend="cpu")
+    assert couch.ok, couch.reason
+    assert all(r.ok for r in results)
+    # gantry 0: image x is lateral, image y (rows, down) is -longitudinal
+    assert (couch.lateral_mm, couch.longitudinal_mm) == pytest.approx((DX_MM, -DY_MM), abs=TOL_MM)
+    mismatched = [good[0], (image(pixels[0], 0.0, "ref0b"), image(pixels[1], 90.0, "frame90b"))]
+    couch, _ = register_views(mismatched, backend="cpu")
+    assert not couch.ok and "frame90b (gantry 90): different views: gantry angle 0 deg" in couch.reason
+    couch, _ = register_views(mismatched, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
+    assert "different views" not in couch.reason
