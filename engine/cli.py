@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         _bench_cli().add_arguments(bench)
     except PortalignError as exc:
         bench.set_defaults(plugin_error=str(exc))
+    except ImportError as exc:  # a peer library imported at parser time: never let it break the other commands
+        bench.set_defaults(plugin_error=str(MissingDependencyError.for_module(exc.name or "", "portalign bench")))
 
     for name, (module, text) in PLUGIN_COMMANDS.items():
         cmd = command(name, text)
@@ -329,7 +331,8 @@ def _understood(image: Any) -> dict[str, Any]:
     elif kvp is not None and kvp < 1000:
         nature = f"kV image ({kvp:g} kVp) through the imaging beam, not the treatment beam"
     elif info.kind == "portal":
-        nature = "portal image (MV treatment beam)"
+        # Varian writes the MV energy as KVP (6000 for 6 MV)
+        nature = f"portal image ({kvp / 1000:g} MV treatment beam)" if kvp else "portal image (MV treatment beam)"
     else:
         nature = "projection image of unknown kind"
     small, factor = _reduced(image.pixels)
@@ -371,8 +374,8 @@ def _reduced(pixels: np.ndarray, max_pixels: int = 256) -> tuple[np.ndarray, int
 
 
 def _rounded(value: Any) -> Any:
-    """Values as a reader wants them: 3 decimals at most, None as 'unknown'."""
-    if value is None:
+    """Values as a reader wants them: 3 decimals at most, None (or an empty text) as 'unknown'."""
+    if value is None or value == "":
         return "unknown"
     if isinstance(value, float):
         return f"{round(value, 3):g}"

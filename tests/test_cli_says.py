@@ -357,3 +357,14 @@ def test_read_rt_image_documents_its_keyword_options() -> None:
     doc = portalign.read_rt_image.__doc__
     for name in ("frame : ", "pixel_spacing_mm : ", "sid_mm, sad_mm : ", "invert : "):
         assert name in doc
+
+
+def test_info_names_the_mv_energy_that_varian_stores_as_kvp(capsys, tmp_path) -> None:
+    path = write_rt_image(make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0,
+                                        position="centre", KVP=6000), tmp_path / "mv.dcm")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["image"] == "portal image (6 MV treatment beam)" and info["kind"] == "portal"
+    assert info["patient_position"] == ""
+    status, out, _ = run(capsys, "info", path)
+    assert "patient_position: unknown" in out.splitlines()
