@@ -72,23 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the result as a DICOM Spatial Registration (REG) object, when it is ok (default: none)")
     reg.add_argument("--patient-position", default=None, metavar="POS",
                      help="HFS, FFS, HFP or FFP for --reg (default: the images' PatientPosition)")
-    reg.add_argument("--frame-index", type=int, default=None,
+    reg.add_argument("--frame-index", metavar="K", type=int, default=None,
                      help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
-    reg.add_argument("--pixel-spacing-mm", type=float, default=None,
+    reg.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
                      help="isocentre-plane spacing for .npy inputs or files without one (default: from the files)")
-    reg.add_argument("--sid-mm", type=float, default=None,
+    reg.add_argument("--sid-mm", metavar="MM", type=float, default=None,
                      help="source-imager distance when the files lack RTImageSID (default: from the files)")
-    reg.add_argument("--sad-mm", type=float, default=None,
+    reg.add_argument("--sad-mm", metavar="MM", type=float, default=None,
                      help="source-axis distance when the files lack RadiationMachineSAD (default: from the files)")
     add_invert_argument(reg)
-    reg.add_argument("--max-shift-mm", type=float, default=20.0, help="capture range of the translation (mm)")
-    reg.add_argument("--max-rotation-deg", type=float, default=5.0, help="capture range of the in-plane rotation (deg)")
+    reg.add_argument("--max-shift-mm", metavar="MM", type=float, default=20.0, help="capture range of the translation (mm)")
+    reg.add_argument("--max-rotation-deg", metavar="DEG", type=float, default=5.0,
+                     help="capture range of the in-plane rotation (deg)")
     reg.add_argument("--no-rotation", action="store_true",
                      help="estimate translation only (rotation_deg is then null: not estimated)")
     reg.add_argument("--field", choices=("auto", "detect", "none"), default="auto",
                      help="radiation-field detection; its edge is excluded from the match (auto: in portal images, "
                           "not in DRRs)")
-    reg.add_argument("--field-margin-mm", type=float, default=3.0,
+    reg.add_argument("--field-margin-mm", metavar="MM", type=float, default=3.0,
                      help="band each side of the field edge left out of the match (mm)")
     reg.add_argument("--allow-view-mismatch", action="store_true",
                      help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
@@ -97,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", "print what portalign understood of an RT Image")
     info.add_argument("file", help="DICOM RT Image (or CR/DX projection image)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.add_argument("--frame-index", type=int, default=None,
+    info.add_argument("--frame-index", metavar="K", type=int, default=None,
                       help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
-    info.add_argument("--pixel-spacing-mm", type=float, default=None,
+    info.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
                       help="isocentre-plane spacing if the file has none (default: from the file)")
-    info.add_argument("--sid-mm", type=float, default=None,
+    info.add_argument("--sid-mm", metavar="MM", type=float, default=None,
                       help="source-imager distance if the file has none (default: from the file)")
-    info.add_argument("--sad-mm", type=float, default=None,
+    info.add_argument("--sad-mm", metavar="MM", type=float, default=None,
                       help="source-axis distance if the file has none (default: from the file)")
     add_invert_argument(info)
 
