@@ -115,7 +115,7 @@ class HoldTolerance:
             (result.dy_mm, self.dy_mm, "dy", "mm"),
             (result.rotation_deg, self.rotation_deg, "rotation", "deg"),
         ):
-            if abs(value) > limit:
+            if value is not None and abs(value) > limit:  # a rotation not estimated is not checked
                 out.append(f"{label} {value:+.2f} {unit} beyond ±{limit:g} {unit}")
         return out
 
