@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import __version__
-from ..errors import PortalignError
+from ..errors import MissingDependencyError, PortalignError
 from ..options import RegistrationOptions
 from . import _index, _pair, _report, _setups, _stats, _tables, _tasks
 
@@ -127,7 +127,9 @@ def run(
     ArchiveError
         No sources, a source that does not exist, both ``workers`` and
         ``scheduler``, an output folder holding an earlier run without
-        ``resume``, an unreachable scheduler, or the ``archive`` extra missing.
+        ``resume``, or an unreachable scheduler.
+    MissingDependencyError
+        Without the ``archive`` extra (dask[distributed], pandas, pyarrow).
     """
     started = time.perf_counter()
     source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -234,7 +236,7 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
     except ImportError as exc:
-        raise ArchiveError(f"archive needs the 'archive' extra ({exc}); pip install 'portalign[archive]'") from None
+        raise MissingDependencyError.for_module(exc.name or "dask", "portalign archive") from None
 
 
 @contextlib.contextmanager
@@ -259,7 +261,8 @@ def _client(workers: int | None, scheduler: str | None,
     n = workers or os.cpu_count() or 1
     # One thread per worker process, and numba's own threads pinned to 1: the cluster's parallelism is the
     # processes; OpenMP threads that spin-wait on cores the other workers use would only slow them down.
-    single = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    single = {"PORTALIGN_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1"}
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=single) as cluster, Client(cluster) as client:
         yield client, {"scheduler": cluster.scheduler_address, "workers": n, "local": True}

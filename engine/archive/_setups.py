@@ -110,7 +110,8 @@ def combine_fractions(rows: list[dict[str, Any]], *, max_residual_mm: float = 1.
             out.append(row)
             continue
         couch_views = [View(gantry_deg=float(v["gantry_deg"]), dx_mm=float(v["dx_mm"]), dy_mm=float(v["dy_mm"]),
-                            rotation_deg=float(v["rotation_deg"] or 0.0), couch_deg=float(v["couch_deg"]),
+                            rotation_deg=None if v["rotation_deg"] is None else float(v["rotation_deg"]),
+                            couch_deg=float(v["couch_deg"]),
                             image_rotation_deg=float(v["receptor_angle_deg"]), label=f"beam {beam}")
                        for beam, v in entry["views"].items() if v in views]
         try:

@@ -132,7 +132,8 @@ def _register_frames(task: BeamTask) -> dict[str, Any]:
                 row.update(status="failed", error=_one_line(exc))
             else:
                 row.update(status="registered", dx_mm=float(result.dx_mm), dy_mm=float(result.dy_mm),
-                           rotation_deg=float(result.rotation_deg), ok=bool(result.ok),
+                           rotation_deg=None if result.rotation_deg is None else float(result.rotation_deg),
+                           ok=bool(result.ok),
                            reason=result.reason or None, score=_finite_or_none(result.score),
                            method=result.method, backend=result.backend, register_ms=float(result.elapsed_ms))
             rows.append(row)

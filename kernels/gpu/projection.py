@@ -111,6 +111,6 @@ def project_cone_beam(volume: Any, spacing_mm: Any, source_mm: Any, detector_ori
     vectors = [launch.to_host(v) for v in (spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm)]
     scalars = [float(v[i]) for v in vectors for i in range(3)]
     tpb = launch.threads_per_block()
-    _project[launch.blocks_for(rows * cols, tpb), tpb, launch.stream()](
+    launch.configured(_project, launch.blocks_for(rows * cols, tpb), tpb)(
         launch.device_arg(volume), *scalars, float(step_mm), launch.device_arg(out)
     )
