@@ -184,7 +184,10 @@ def test_pairing_by_plan_and_beam():
     assert [f["path"] for f in beam2.frames] == ["a/f2.dcm"]
     assert {r["path"] for r in pairing.unmatched} == {"a/nobeam.dcm"}
     # The task id changes with what decides the results (here the options), so resume redoes such beams.
-    assert pair_frames(index, options={"method": "mi"}).tasks[0].beam_id != pair_frames(index).tasks[0].beam_id
+    plain = pair_frames(index).tasks[0]
+    assert pair_frames(index, options={"method": "mi"}).tasks[0].beam_id != plain.beam_id
+    inverted = pair_frames(index, invert=True).tasks[0]
+    assert inverted.invert is True and plain.invert is None and inverted.beam_id != plain.beam_id
 
 
 def test_argument_errors(tmp_path):

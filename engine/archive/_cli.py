@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .._cli_options import add_invert_argument
 from ..errors import PortalignError
 from ..options import RegistrationOptions
 
@@ -18,16 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="worker processes of a local Dask cluster, 1 thread each (default: CPU count)")
+                       help="worker processes of a local Dask cluster, 1 thread each (default: the CPU count)")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="a running Dask scheduler, e.g. tcp://host:8786 (its workers must see the files)")
+                       help="a running Dask scheduler, e.g. tcp://host:8786, whose workers see the files "
+                            "(default: none, a local cluster)")
     parser.add_argument("--resume", action="store_true", help="keep beams already written in DIR/parts, do the rest")
     parser.add_argument("--first-portal-reference", action="store_true",
                         help="a beam without a DRR/reference image takes its first portal image as the reference")
-    parser.add_argument("--method", default="auto", choices=("auto", "mi", "edge"))
+    parser.add_argument("--method", default="auto", choices=("auto", "mi", "edge"),
+                        help="similarity of the final refinement, as for register")
+    add_invert_argument(parser)
     parser.add_argument("--backend", default="cpu", choices=("cpu", "auto", "gpu"),
                         help="registration backend on the workers (default cpu)")
-    parser.add_argument("--max-shift-mm", type=float, default=None, help="search range (default: the engine's)")
+    parser.add_argument("--max-shift-mm", type=float, default=None, metavar="MM",
+                        help="search range (default: the engine's, 20)")
     parser.add_argument("--retries", type=int, default=2, help="reruns of a beam task whose worker was lost")
     parser.add_argument("--max-residual-mm", type=float, default=1.0,
                         help="a view further than this from its fraction's 3-D solution makes it not ok")
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                              resume=args.resume, first_portal_reference=args.first_portal_reference,
                              options=options, backend=args.backend, retries=args.retries,
                              max_residual_mm=args.max_residual_mm, progress=not args.no_progress,
-                             connect_timeout_s=args.connect_timeout, parts_on_workers=args.parts_on_workers)
+                             connect_timeout_s=args.connect_timeout, parts_on_workers=args.parts_on_workers,
+                             invert=args.invert)
     except PortalignError as exc:
         print(f"portalign archive: error: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,8 @@ class BeamTask:
     options : dict
         :class:`portalign.RegistrationOptions` fields (``{}``: the defaults).
     backend : str
+    invert : bool or None
+        Passed to the readers (``None``: the DICOM intensity sign decides).
     """
 
     beam_id: str
@@ -61,6 +63,7 @@ class BeamTask:
     frames: tuple[dict[str, Any], ...]
     options: dict[str, Any] = field(default_factory=dict)
     backend: str = "cpu"
+    invert: bool | None = None
 
     @property
     def n_frames(self) -> int:
@@ -90,7 +93,7 @@ class Pairing:
 
 
 def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = False,
-                options: dict[str, Any] | None = None, backend: str = "cpu") -> Pairing:
+                options: dict[str, Any] | None = None, backend: str = "cpu", invert: bool | None = None) -> Pairing:
     """Pair frames with references by plan and beam.
 
     Parameters
@@ -103,6 +106,8 @@ def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = F
         Registration options recorded in each task.
     backend : str
         Backend recorded in each task.
+    invert : bool, optional
+        Intensity inversion recorded in each task.
 
     Returns
     -------
@@ -169,7 +174,7 @@ def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = F
         reference = {"path": chosen["path"], "sop_instance_uid": chosen.get("sop_instance_uid"), "kind": kind}
         frame_items = tuple({k: r.get(k) for k in _FRAME_KEYS} for r in beam_frames)
         tasks.append(BeamTask(
-            beam_id=_beam_id(plan, beam, reference, frame_items, options, backend),
+            beam_id=_beam_id(plan, beam, reference, frame_items, options, backend, invert),
             patient_id=patients.most_common(1)[0][0],
             plan_uid=plan,
             beam_number=beam,
@@ -177,6 +182,7 @@ def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = F
             frames=frame_items,
             options=options,
             backend=backend,
+            invert=invert,
         ))
     return Pairing(tasks=tasks, unmatched=unmatched, index=index)
 
@@ -208,9 +214,10 @@ class _Descending:
 
 
 def _beam_id(plan: str, beam: int, reference: dict[str, Any], frames: tuple[dict[str, Any], ...],
-             options: dict[str, Any], backend: str) -> str:
+             options: dict[str, Any], backend: str, invert: bool | None) -> str:
     payload = json.dumps({
         "plan": plan, "beam": beam, "reference": [reference["path"], reference["sop_instance_uid"], reference["kind"]],
         "frames": [[f["path"], f["sop_instance_uid"]] for f in frames], "options": options, "backend": backend,
+        "invert": invert,
     }, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:20]

@@ -77,6 +77,7 @@ def run(
     progress: bool | TextIO = False,
     connect_timeout_s: float = 20.0,
     parts_on_workers: bool | None = None,
+    invert: bool | None = None,
 ) -> ArchiveResult:
     """Re-register every portal image under ``sources`` on a Dask cluster and report setup errors.
 
@@ -117,6 +118,9 @@ def run(
         Workers write their beams' part files into ``out/parts`` themselves
         (``out`` must be on storage they share); the client only reads them at the
         end. Default: yes on a local cluster, no with ``scheduler``.
+    invert : bool, optional
+        Force (``True``) or forbid (``False``) inverting the pixel values of every
+        image read (Elekta iView files); by default the DICOM intensity sign decides.
 
     Returns
     -------
@@ -156,7 +160,7 @@ def run(
         timing["index_s"] = time.perf_counter() - t0
 
         pairing = _pair.pair_frames(index_rows, first_portal_reference=first_portal_reference,
-                                    options=options_dict, backend=backend)
+                                    options=options_dict, backend=backend, invert=invert)
         done = {p.stem for p in parts_dir.glob("*.parquet")} if resume else set()
         todo = [t for t in pairing.tasks if t.beam_id not in done]
         skipped = len(pairing.tasks) - len(todo)

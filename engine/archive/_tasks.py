@@ -97,7 +97,8 @@ def _register_frames(task: BeamTask) -> dict[str, Any]:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     options = RegistrationOptions(**task.options) if task.options else None
     try:
-        reference = prepare_reference(read_rt_image(task.reference["path"]), options, backend=task.backend)
+        reference = prepare_reference(read_rt_image(task.reference["path"], invert=task.invert), options,
+                                      backend=task.backend)
     except PortalignError as exc:
         error = f"reference {task.reference['path']}: {_one_line(exc)}"
         lost = [r for frame in task.frames for r in frame_rows(task, frame, status="failed", error=error)]
@@ -110,7 +111,7 @@ def _register_frames(task: BeamTask) -> dict[str, Any]:
     for frame in task.frames:
         t0 = time.perf_counter()
         try:
-            images = read_rt_image_frames(frame["path"])
+            images = read_rt_image_frames(frame["path"], invert=task.invert)
         except PortalignError as exc:
             failed = frame_rows(task, frame, status="failed", error=_one_line(exc))
             for r in failed:
