@@ -45,8 +45,15 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 EXIT_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``portalign`` command."""
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``portalign`` command.
+
+    Parameters
+    ----------
+    command_name : str, optional
+        The subcommand about to run: only its plugin module is imported to add its options
+        (importing every plugin costs over a second: FastAPI, pynetdicom, Dask). None imports all.
+    """
     parser = argparse.ArgumentParser(prog="portalign", description="Real-time portal image registration.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"portalign {__version__}")
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, text) in PLUGIN_COMMANDS.items():
         cmd = command(name, text)
         cmd.set_defaults(plugin=module)
+        if command_name is not None and command_name != name:
+            continue  # not the one that runs: its options are not needed
         try:
             importlib.import_module(module).add_arguments(cmd)
         except ImportError as exc:  # an optional extra (fastapi, pynetdicom) is missing: say which, whatever the arguments
@@ -137,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # the subcommand is the first word that is not an option (`--version` / `--help` have none)
+    chosen = next((word for word in words if not word.startswith("-")), "")
+    parser = build_parser(chosen)
+    args, unknown = parser.parse_known_args(words)
     subparser = getattr(args, "subparser", parser)
     if getattr(args, "plugin_error", None):  # before the arguments: they cannot be checked without the module
         print(f"portalign: error: {args.plugin_error}", file=sys.stderr)
