@@ -560,7 +560,7 @@ def test_bad_geometry_arguments(kwargs):
 
 
 def test_zero_sid_tag_is_a_geometry_error():
-    with pytest.raises(GeometryError, match="RTImageSID is 0; pass sid_mm="):
+    with pytest.raises(GeometryError, match=r"^dataset: RTImageSID \(3002,0026\) is 0\.0; .* pass sid_mm=$"):
         read_rt_image(make_rt_image(_ramp(), sid=0.0))
 
 
