@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
+
+from portalign._pydicom_compat import write_dataset
 
 __all__ = ["make_rt_image", "to_bytes", "write_rt_image", "ds_value"]
 
@@ -172,11 +173,11 @@ def to_bytes(ds: Dataset, *, file_format: bool = True) -> bytes:
     """Encode a dataset as a DICOM file (``file_format=False``: bare dataset, no preamble/meta)."""
     buffer = io.BytesIO()
     if file_format:
-        dcmwrite(buffer, ds, enforce_file_format=True)
+        write_dataset(buffer, ds)
     else:
         bare = Dataset()
         bare.update(ds)
-        dcmwrite(buffer, bare, implicit_vr=True, little_endian=True)
+        write_dataset(buffer, bare, file_format=False, implicit_vr=True, little_endian=True)
     return buffer.getvalue()
 
 

@@ -30,6 +30,7 @@ import portalign
 import pytest
 from dicom_factory import make_rt_image, to_bytes, write_rt_image
 from portalign import Image, ImageInfo
+from portalign._pydicom_compat import write_dataset
 from portalign.backends import select_backend
 from portalign.cli import main
 from portalign.errors import (
@@ -126,7 +127,7 @@ def _rt_plan(folder: Path) -> Path:
     ds.Modality = "RTPLAN"
     ds.RTPlanLabel = "PELVIS"
     path = folder / "plan.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    write_dataset(path, ds)
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from portalign._pydicom_compat import write_dataset
 from portalign.ct import CTVolume, read_ct_series
 from portalign.errors import GeometryError, PortalImageError
 from portalign.kernels.cpu.projection import project_cone_beam
@@ -321,7 +322,7 @@ def write_ct_slice(path: Path, z: float, pixels: np.ndarray, *, series: str = "1
     ds.RescaleSlope = 2
     ds.RescaleIntercept = -1024
     ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dataset(path, ds)
 
 
 def stored_values(k: int, rows: int = 6, cols: int = 5) -> np.ndarray:
