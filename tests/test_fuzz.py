@@ -332,8 +332,8 @@ def test_mutants_of_real_rt_images(real):
 
 @pytest.mark.slow
 def test_many_mutants(shipped, real):
-    _fuzz(shipped, 1500, SEED + 2)
-    _fuzz(real, 600, SEED + 3)
+    _fuzz(shipped, 800, SEED + 2)
+    _fuzz(real, 300, SEED + 3)
 
 
 def test_the_unmutated_samples_register(shipped):
