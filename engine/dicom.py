@@ -615,7 +615,7 @@ def _checked(
     error: type[Exception] = GeometryError,
     integer: bool = False,
 ) -> list[float] | None:
-    """Validated numeric values of ``keyword``; None when the tag is absent or empty.
+    """Return the validated numeric values of ``keyword``; None when the tag is absent or empty.
 
     Raises ``error`` naming the file, the tag and ``fix`` when the tag is present
     but cannot be parsed, has a value multiplicity other than ``counts`` (any
@@ -921,7 +921,7 @@ def _representable_max(ds: Dataset, pixels: Sequence[np.ndarray], slope: float, 
 
 
 def _override(value: Any, what: str, name: str, low: float, high: float) -> float:
-    """A keyword override (``sid_mm=``...): a finite number of mm in ``[low, high]``."""
+    """Check a keyword override (``sid_mm=``...): a finite number of mm in ``[low, high]``."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from portalign._pydicom_compat import write_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
-
-from portalign._pydicom_compat import write_dataset
 
 __all__ = ["make_rt_image", "to_bytes", "write_rt_image", "ds_value"]
 

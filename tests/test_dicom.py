@@ -18,10 +18,10 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import ds_value, make_rt_image, to_bytes, write_rt_image
+from portalign._pydicom_compat import decoder_available, write_dataset
 from portalign.dicom import describe, read_dataset, read_rt_image, read_rt_image_frames
 from portalign.errors import GeometryError, PortalImageError
 from portalign.image import Image
-from portalign._pydicom_compat import decoder_available, write_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (

@@ -33,6 +33,7 @@ import numpy as np
 import portalign
 import pytest
 from dicom_factory import make_rt_image, to_bytes
+from portalign._pydicom_compat import write_dataset
 from portalign.cli import main
 from portalign.demo import make_demo_pair
 from portalign.demo import write_rt_image as write_demo_image
@@ -41,8 +42,6 @@ from portalign.errors import GeometryError, PortalignError, PortalImageError
 from portalign.image import check_registration_size
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import ExplicitVRLittleEndian
-
-from portalign._pydicom_compat import write_dataset
 
 SEED = int(os.environ.get("PORTALIGN_FUZZ_SEED", "20261130"))
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -263,12 +262,12 @@ MUTATIONS: list[Callable[[Sample, np.random.Generator], tuple[bytes, str]]] = [
 # ---------------------------------------------------------------------------
 
 
-class _Hang(Exception):
+class _HangError(Exception):
     pass
 
 
 def _alarm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise _Hang(f"still running after {HANG_S} s")
+    raise _HangError(f"still running after {HANG_S} s")
 
 
 def _register(reference: portalign.Reference, image: portalign.Image) -> portalign.RegistrationResult:

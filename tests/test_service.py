@@ -334,8 +334,8 @@ def test_x_invert_header(client, image):
 
 def _dicom_with(pixels: np.ndarray, **raw_values: str) -> dict:
     """An RT Image upload whose tags hold the given strings exactly as sent (no validation on writing)."""
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
 
     ds = make_rt_image(pixels, spacing=1.5, sid=1500.0, sad=1000.0, position="centre")
     syntax = raw_values.pop("TransferSyntaxUID", None)
@@ -360,10 +360,12 @@ def _dicom_with(pixels: np.ndarray, **raw_values: str) -> dict:
         ({"ImagePlanePixelSpacing": "1.5\\1.5\\1.5"}, r"ImagePlanePixelSpacing \(3002,0011\) has 3 values"),
         ({"RTImagePosition": "1\\2\\3"}, r"RTImagePosition \(3002,0012\) has 3 values"),
         ({"GantryAngle": "nan"}, r"GantryAngle \(300A,011E\) is '?nan'?; "),
-        ({"TransferSyntaxUID": "1.2.840.10008.9.9.9"}, r"TransferSyntaxUID \(0002,0010\) '1\.2\.840\.10008\.9\.9\.9' .* is not a DICOM"),
-        # valid tags, absurd geometry: a frame 1000 times finer than the reference (0.001 mm at the imager is
+        ({"TransferSyntaxUID": "1.2.840.10008.9.9.9"},
+         r"TransferSyntaxUID \(0002,0010\) '1\.2\.840\.10008\.9\.9\.9' .* is not a DICOM"),
+        # valid tags, absurd geometry: a frame far finer than the reference (0.001 mm at the imager would be
         # out of range; 0.011 mm x 1000/1500 = 0.0073 mm at the isocentre is in range but 136x finer)
-        ({"ImagePlanePixelSpacing": "0.011\\0.011"}, r"^frame frame-\d+: pixel spacing 0\.007333 mm is 136 times finer than the reference's 1 mm"),
+        ({"ImagePlanePixelSpacing": "0.011\\0.011"},
+         r"^frame frame-\d+: pixel spacing 0\.007333 mm is 136 times finer than the reference's 1 mm"),
     ],
     ids=["sad-three-values", "sad-1e308", "spacing-three-values", "position-three-values", "gantry-nan",
          "transfer-syntax", "spacing-far-finer"],

@@ -446,8 +446,8 @@ def test_gpu_render_without_a_gpu_names_what_is_missing():
     ],
 )
 def test_read_ct_series_refuses_damaged_geometry_before_allocating(tmp_path, tag, value, message):
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
 
     for k in range(2):
         write_ct_slice(tmp_path / f"s{k}.dcm", 2.0 * k, stored_values(k))
