@@ -420,3 +420,47 @@ def test_escape_nan_gantry_angle_is_an_error_not_zero(tmp_path, shipped, capsys)
     start, _, end = _elements(data, "GantryAngle")[0]
     assert read_rt_image(data[:start] + data[end:]).info.gantry_deg is None
 
+
+
+# ---------------------------------------------------------------------------
+# the registration's own allocations, bounded by the two images
+# ---------------------------------------------------------------------------
+
+
+def _flat(shape: tuple[int, int], spacing: float, name: str) -> portalign.Image:
+    pixels = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    return portalign.Image.from_array(pixels, pixel_spacing_mm=spacing, name=name)
+
+
+def test_a_frame_far_finer_than_its_reference_is_refused():
+    reference = _flat((64, 64), 1.0, "drr")
+    with pytest.raises(GeometryError, match=r"^frame: pixel spacing 0\.05 mm is 20 times finer than the reference's 1 mm; "
+                                            r"registering would resample the reference to 1\.64e\+06 pixels"):
+        check_registration_size(reference, _flat((64, 64), 0.05, "frame"), max_shift_mm=20.0)
+
+
+def test_a_search_range_far_beyond_the_frame_is_refused():
+    tiny = _flat((16, 16), 0.01, "frame")
+    with pytest.raises(GeometryError, match=r"^frame: a search range of 20 mm is 2\.5e\+03 pixels at 0\.01 mm, over 4 "
+                                            r"times the frame's 16 pixels; .* max_shift_mm=$"):
+        check_registration_size(_flat((16, 16), 0.01, "drr"), tiny, max_shift_mm=20.0)
+
+
+def test_real_pairs_pass_the_size_check():
+    # an Eclipse DRR (512 x 512 at 0.98 mm) against a TrueBeam EPID frame (1280 x 1280 at 0.224 mm), and the reverse
+    drr, epid = _flat((512, 512), 0.977, "drr"), _flat((1280, 1280), 0.224, "epid")
+    check_registration_size(drr, epid, max_shift_mm=20.0)
+    check_registration_size(epid, drr, max_shift_mm=20.0)
+
+
+def test_cli_register_refuses_a_far_finer_frame_in_one_line(tmp_path, shipped, capsys):
+    frame = tmp_path / "fine.dcm"
+    data = shipped[0].explicit
+    frame.write_bytes(_replace_value(data, _elements(data, "ImagePlanePixelSpacing")[0], b"0.02\\0.02"))
+    reference = tmp_path / "ref.dcm"
+    reference.write_bytes(shipped[0].data)
+    status = main(["register", str(reference), str(frame)])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and err.count("\n") == 1, err
+    assert re.search(r"^portalign: error: fine\.dcm: pixel spacing 0\.01333 mm is \d+ times finer than the reference's "
+                     r".* pass --pixel-spacing-mm$", err), err
