@@ -274,7 +274,8 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
     if span > MAX_SEARCH_SPAN * max(rows, cols):
         raise GeometryError(
             f"{name}: a search range of {max_shift_mm:g} mm is {span:.3g} pixels at {min(sy, sx):.4g} mm, over "
-            f"{MAX_SEARCH_SPAN} times the frame's {max(rows, cols)} pixels; check the frame's spacing or pass a smaller max_shift_mm="
+            f"{MAX_SEARCH_SPAN} times the frame's {max(rows, cols)} pixels; "
+            "check the frame's spacing or pass a smaller max_shift_mm="
         )
 
 
