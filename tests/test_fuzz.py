@@ -51,12 +51,15 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 MEMORY_PER_FILE_BYTE = 64
 MEMORY_FLOOR = 48 * 2**20
 #: A mutant still running after this many seconds has hung (a normal one takes well under 1 s).
-HANG_S = 60
+HANG_S = 120
 
 # real RT Images: (path under real/, register mutants against the unmutated file?)
 REAL_FILES = [
     ("rtkit/simple_phantom_case/RI1.3.6.1.4.1.2452.6.2101074594.1310358496.1108690583.272421029.dcm", True),
-    ("pylinac/wl_demo_as500/gantry0.dcm", True),  # no transfer syntax in its meta
+    ("slicerrt/eclipse_prostate_rando/RI.1.2.246.352.71.3.2088656855.2381134.20110921150951.dcm", True),
+    # no transfer syntax in its meta; read only: its 20 mm Winston-Lutz field is too small to prepare as a
+    # reference today (issue 11, small fields)
+    ("pylinac/wl_demo_as500/gantry0.dcm", False),
     ("pylinac/vmat/DRGS_open.dcm", False),  # negative-signal encoding
     ("pylinac/planar_imaging/leeds_kv.dcm", False),
     ("pylinac/picket_fence/Elekta_iView_PF_pickets_near_edges.dcm", False),
@@ -119,8 +122,17 @@ def shipped(tmp_path_factory) -> list[Sample]:
         if keyword in floats:
             delattr(floats, keyword)
     float_bytes = to_bytes(floats)
-    return [Sample(name, data, _explicit(data), reference)
-            for name, data in (("demo-frame", frame_bytes), ("demo-cine", cine), ("demo-float", float_bytes))]
+    samples = [Sample(name, data, _explicit(data), reference)
+               for name, data in (("demo-frame", frame_bytes), ("demo-cine", cine), ("demo-float", float_bytes))]
+    _warm_up(samples)
+    return samples
+
+
+def _warm_up(samples: list[Sample]) -> None:
+    # compile every kernel the registrations need before the hang alarm runs (a first JIT takes tens of seconds)
+    for sample in samples:
+        if sample.reference is not None:
+            _register(sample.reference, read_rt_image(sample.data))
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +144,7 @@ def real() -> list[Sample]:
         data = (REAL / relative).read_bytes()
         reference = portalign.prepare_reference(read_rt_image(data)) if register else None
         samples.append(Sample(Path(relative).name, data, _explicit(data), reference))
+    _warm_up(samples)
     return samples
 
 
