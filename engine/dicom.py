@@ -929,7 +929,7 @@ def _override(value: Any, what: str, name: str, low: float, high: float) -> floa
     if not math.isfinite(number) or number <= 0:
         raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}")
     if not low <= number <= high:
-        raise GeometryError(f"{name}: {what} = {number:g} mm is outside the physical range {low:g}-{high:g} mm")
+        raise GeometryError(f"{name}: {what}={number:g} mm is outside the physical range {low:g}-{high:g} mm")
     return number
 
 

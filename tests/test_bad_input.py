@@ -388,10 +388,12 @@ def test_missing_sid_fixed_by_sid_mm(bad_files: dict[str, Path]) -> None:
     ("extra", "message"),
     [
         (["--frame-index", "3"], r"has 1 frame; --frame-index 3 is out of range"),
-        (["--sid-mm", "0"], r"--sid-mm must be a positive number of mm"),
-        (["--pixel-spacing-mm", "-1"], r"--pixel-spacing-mm must be a positive number of mm"),
+        (["--sid-mm", "0"], r"--sid-mm must be a positive number of mm, got 0\.0$"),
+        (["--pixel-spacing-mm", "-1"], r"--pixel-spacing-mm must be a positive number of mm, got -1\.0$"),
+        (["--sad-mm", "5"], r"--sad-mm=5 mm is outside the physical range 100-10000 mm$"),
+        (["--pixel-spacing-mm", "1e-4"], r"--pixel-spacing-mm=0\.0001 mm is outside the physical range 0\.005-10 mm$"),
     ],
-    ids=["frame-index", "sid-zero", "negative-spacing"],
+    ids=["frame-index", "sid-zero", "negative-spacing", "sad-too-small", "spacing-too-small"],
 )
 def test_cli_bad_options(capsys: pytest.CaptureFixture[str], extra: list[str], message: str, good: Good) -> None:
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--json", *extra])
