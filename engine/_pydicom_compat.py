@@ -24,12 +24,11 @@ __all__ = ["PYDICOM_MAJOR", "decode_pixels", "decoder_available", "read_encoding
 #: Major version of the installed pydicom (2 or 3).
 PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
 
+_get_decoder: Any = None
+_pixel_array: Any = None
 if PYDICOM_MAJOR >= 3:
     from pydicom.pixels import get_decoder as _get_decoder
     from pydicom.pixels import pixel_array as _pixel_array
-else:  # pragma: no cover - exercised in CI's pydicom 2.4 pass
-    _get_decoder = None
-    _pixel_array = None
 
 
 def decode_pixels(ds: Dataset, *, index: int | None) -> np.ndarray:
