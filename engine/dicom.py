@@ -78,7 +78,7 @@ unknown: ``None``, or the documented fallback. The ranges:
   means only that the file does not say.
 * ``Rows``, ``Columns`` 1-65,535, ``NumberOfFrames`` >= 1, ``SamplesPerPixel`` 1,
   ``BitsAllocated`` 1, 8, 16, 32 or 64, ``1 <= BitsStored <= BitsAllocated``,
-  ``HighBit`` between ``BitsStored - 1`` and ``BitsAllocated - 1``,
+  ``HighBit`` below ``BitsAllocated``,
   ``PixelRepresentation`` 0 or 1, ``RescaleSlope`` finite and not 0,
   ``RescaleIntercept`` finite, ``PixelIntensityRelationshipSign`` +1 or -1.
 * The transfer syntax must be a DICOM transfer syntax.
@@ -771,7 +771,8 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         stored = _checked_int(ds, "BitsStored", name, 1, bits, what="BitsStored (at most BitsAllocated)")
         if stored is None:
             raise PortalImageError(f"{name}: has no BitsStored (0028,0101); the pixel values cannot be read")
-        _checked_int(ds, "HighBit", name, stored - 1, bits - 1, what="HighBit (BitsStored - 1 up to BitsAllocated - 1)")
+        # pydicom does not use HighBit; a value outside the allocated bits still says the header is damaged
+        _checked_int(ds, "HighBit", name, 0, bits - 1, what="HighBit (below BitsAllocated)")
         if _checked_int(ds, "PixelRepresentation", name, 0, 1, what="PixelRepresentation (0 unsigned, 1 signed)") is None:
             raise PortalImageError(f"{name}: has no PixelRepresentation (0028,0103); the pixel values cannot be read")
     else:
