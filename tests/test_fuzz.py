@@ -37,7 +37,7 @@ from portalign._pydicom_compat import write_dataset
 from portalign.cli import main
 from portalign.demo import make_demo_pair
 from portalign.demo import write_rt_image as write_demo_image
-from portalign.dicom import read_dataset, read_rt_image
+from portalign.dicom import read_dataset, read_rt_image, read_rt_image_frames
 from portalign.errors import GeometryError, PortalignError, PortalImageError
 from portalign.image import check_registration_size
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -308,9 +308,10 @@ def _fuzz(samples: list[Sample], count: int, seed: int) -> dict[str, int]:
             tracemalloc.reset_peak()
             signal.alarm(HANG_S)
             try:
-                image = read_rt_image(data)
+                # a cine file is read whole (every frame), as a stream or watch folder reads it
+                images = read_rt_image_frames(data) if "cine" in sample.name else [read_rt_image(data)]
                 if sample.reference is not None:
-                    _register(sample.reference, image)
+                    _register(sample.reference, images[-1])
                 outcomes["result"] += 1
             except PortalignError:
                 outcomes["refused"] += 1
