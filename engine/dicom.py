@@ -719,11 +719,17 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
 
         if every_frame:
             stack = _decode(ds, name, index=None)
+            if stack.shape[-2:] != (rows, cols) or (stack.ndim == 3 and len(stack) != n_frames):
+                raise PortalImageError(f"{name}: pixel data decoded to {stack.shape}, the header says {n_frames} x "
+                                       f"{rows} x {cols}; the size tags are wrong")
             frames = list(stack) if stack.ndim == 3 else [stack]
             indices = list(range(len(frames)))
         else:
             index = frame or 0
             frames = [_decode(ds, name, index=index if n_frames > 1 else None)]
+            if frames[0].shape != (rows, cols):
+                raise PortalImageError(f"{name}: frame {index} decoded to {frames[0].shape}, the header says {rows} x "
+                                       f"{cols}; the size tags are wrong")
             indices = [index]
         slope, intercept = _rescale_tags(ds, name)
         pixels = [check_pixels(_rescale(raw, slope, intercept), name) for raw in frames]
@@ -804,6 +810,12 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         raise PortalImageError(
             f"{name}: {keyword} has {length} bytes but Rows x Columns x NumberOfFrames x BitsAllocated/8 "
             f"({rows} x {cols} x {frames} x {bits}/8) needs {expected}; the file is truncated or its size tags are wrong"
+        )
+    elif length * 8 >= rows * cols * (frames + 1) * bits:
+        # a whole frame or more beyond what the header describes: decoders would make up frames from it
+        raise PortalImageError(
+            f"{name}: {keyword} has {length} bytes, at least one frame more than Rows x Columns x NumberOfFrames x "
+            f"BitsAllocated/8 ({rows} x {cols} x {frames} x {bits}/8) = {expected}; the size tags are wrong"
         )
     return rows, cols, frames
 

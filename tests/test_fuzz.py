@@ -478,3 +478,21 @@ def test_cli_register_refuses_a_far_finer_frame_in_one_line(tmp_path, shipped, c
     assert status == 2 and out == "" and err.count("\n") == 1, err
     assert re.search(r"^portalign: error: fine\.dcm: pixel spacing 0\.01333 mm is \d+ times finer than the reference's "
                      r".* pass --pixel-spacing-mm$", err), err
+
+
+# ---------------------------------------------------------------------------
+# escapes this fuzz found, each its own test
+# ---------------------------------------------------------------------------
+
+
+def test_pixel_data_holding_more_frames_than_the_header_says_is_refused(shipped):
+    # seed 20261130, mutant 31: a cine with Columns 128 -> 33 made pydicom 3 decode 11 frames where the header
+    # said 3, and frame bookkeeping raised IndexError
+    data = shipped[1].explicit
+    damaged = _replace_value(data, _elements(data, "Columns")[0], struct.pack("<H", 33))
+    message = (r"^<bytes>: PixelData has 73728 bytes, at least one frame more than Rows x Columns x NumberOfFrames x "
+               r"BitsAllocated/8 \(96 x 33 x 3 x 16/8\) = 19008; the size tags are wrong$")
+    with pytest.raises(PortalImageError, match=message):
+        read_rt_image_frames(damaged)
+    with pytest.raises(PortalImageError, match=message):
+        read_rt_image(damaged)
