@@ -895,11 +895,10 @@ def _intensity_sign(
     if invert is not None:
         sign, reason = (-1, "invert=True") if invert else (1, "invert=False")
     else:
-        tag = _checked_int(ds, "PixelIntensityRelationshipSign", name, -1, 1,
-                           fix="correct the tag or pass invert=True / invert=False", what="the sign (+1 or -1)")
+        fix = "correct the tag or pass invert=True / invert=False (--invert / --no-invert)"
+        tag = _checked_int(ds, "PixelIntensityRelationshipSign", name, -1, 1, fix=fix, what="the sign (+1 or -1)")
         if tag == 0:
-            raise PortalImageError(f"{name}: PixelIntensityRelationshipSign (0028,1041) is 0; it must be +1 or -1; "
-                                   "correct the tag or pass invert=True / invert=False")
+            raise PortalImageError(f"{name}: PixelIntensityRelationshipSign (0028,1041) is 0; it must be +1 or -1; {fix}")
         if tag == -1:
             sign, reason = -1, "PixelIntensityRelationshipSign -1"
         elif tag == 1:

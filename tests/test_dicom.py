@@ -1080,7 +1080,7 @@ def test_an_unusable_tag_is_refused_naming_the_file_the_tag_and_the_fix(tmp_path
         ("PixelRepresentation", 2, r"PixelRepresentation \(0028,0103\) is 2"),
         ("SamplesPerPixel", 3, r"is a colour image \(SamplesPerPixel 3\)"),
         ("PixelIntensityRelationshipSign", 0, r"PixelIntensityRelationshipSign \(0028,1041\) is 0; it must be \+1 or -1; "
-                                              r"correct the tag or pass invert=True / invert=False"),
+                                              r"correct the tag or pass invert=True / invert=False \(--invert / --no-invert\)$"),
     ],
 )
 def test_image_size_and_bit_tags_are_checked_before_decoding(keyword, value, message):
