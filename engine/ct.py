@@ -220,6 +220,64 @@ def read_ct_series(folder: str | Path, *, series_uid: str | None = None) -> CTVo
     return _assemble(folder, series_uid, slices)
 
 
+#: Physical ranges of the CT geometry tags: (value multiplicity, low, high).
+_CT_TAGS = {
+    "PixelSpacing": ((2,), 0.01, 50.0),
+    "ImagePositionPatient": ((3,), -1e5, 1e5),
+    "ImageOrientationPatient": ((6,), -1.0 - 1e-6, 1.0 + 1e-6),
+    "Rows": ((1,), 2, 65535),
+    "Columns": ((1,), 2, 65535),
+    "BitsAllocated": ((1,), 8, 64),
+}
+#: Compressed slices may decode to at most this many times their file's size.
+_MAX_COMPRESSION_RATIO = 200
+
+
+def _slice_header(path: Path, ds: Any) -> dict[str, Any]:
+    """Validate one slice's geometry and size tags before anything is allocated for it.
+
+    Every tag needed to place the slice must be present with its value
+    multiplicity, finite and in a physical range; the pixel data the header
+    promises must fit in the file (uncompressed) or in
+    ``_MAX_COMPRESSION_RATIO`` times it (compressed).
+    """
+    header: dict[str, Any] = {}
+    for keyword, (counts, low, high) in _CT_TAGS.items():
+        try:
+            value = ds[keyword].value if keyword in ds else None
+        except Exception as exc:
+            raise PortalImageError(f"{path}: CT slice {keyword} cannot be read ({exc}); the file is damaged") from None
+        if value is None or value == "" or value == []:
+            if keyword == "BitsAllocated":
+                value = 16
+            else:
+                raise PortalImageError(f"{path}: CT slice has no {keyword}; it cannot be placed in the volume")
+        items = list(value) if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else [value]
+        try:
+            numbers = [float(v) for v in items]
+        except (TypeError, ValueError):
+            raise PortalImageError(f"{path}: CT slice {keyword} is {value!r}, not a number; the file is damaged") from None
+        if len(numbers) not in counts:
+            raise PortalImageError(f"{path}: CT slice {keyword} has {len(numbers)} values; it must have {counts[0]}")
+        if not all(np.isfinite(v) and low <= v <= high for v in numbers):
+            raise PortalImageError(f"{path}: CT slice {keyword} is {numbers}; each value must be a finite number "
+                                   f"from {low:g} to {high:g}; the file is damaged")
+        header[keyword] = numbers
+    rows, cols, bits = int(header["Rows"][0]), int(header["Columns"][0]), int(header["BitsAllocated"][0])
+    header["size"] = (rows, cols)
+    needed = rows * cols * bits // 8  # Python integers: nothing overflows, nothing is allocated
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except Exception:  # not a transfer syntax: decoding will say so
+        compressed = False
+    size = path.stat().st_size
+    if needed > (_MAX_COMPRESSION_RATIO * size if compressed else size):
+        raise PortalImageError(f"{path}: Rows x Columns x BitsAllocated ({rows} x {cols} x {bits}) needs {needed} bytes "
+                               f"of pixel data but the file has {size}; the file is truncated or its size tags are wrong")
+    return header
+
+
 def _list_series(headers: dict[str, list[tuple[Path, Any]]]) -> str:
     return ", ".join(f"{uid or '<no SeriesInstanceUID>'}: {len(s)} slices" for uid, s in headers.items())
 
@@ -231,22 +289,20 @@ def _assemble(folder: Path, series_uid: str, slices: list[tuple[Path, Any]]) -> 
     if len(slices) < 2:
         raise PortalImageError(f"{folder}: the CT series has {len(slices)} slice; at least 2 are needed for a volume")
     first_path, first = slices[0]
-    for path, ds in slices:
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if tag not in ds:
-                raise PortalImageError(f"{path}: CT slice has no {tag}; it cannot be placed in the volume")
-    rows, cols = int(first.Rows), int(first.Columns)
-    spacing = np.array([float(v) for v in first.PixelSpacing])  # (between rows, between columns)
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    for path, ds in slices[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise PortalImageError(f"{path}: slice is {ds.Rows}x{ds.Columns}, {first_path.name} is {rows}x{cols}; "
-                                   "the series mixes image sizes")
-        if not np.allclose([float(v) for v in ds.PixelSpacing], spacing, atol=1e-4):
+    headers = {path: _slice_header(path, ds) for path, ds in slices}
+    rows, cols = headers[first_path]["size"]
+    spacing = np.array(headers[first_path]["PixelSpacing"])  # (between rows, between columns)
+    orientation = np.array(headers[first_path]["ImageOrientationPatient"])
+    for path, _ in slices[1:]:
+        header = headers[path]
+        if header["size"] != (rows, cols):
+            raise PortalImageError(f"{path}: slice is {header['size'][0]}x{header['size'][1]}, {first_path.name} is "
+                                   f"{rows}x{cols}; the series mixes image sizes")
+        if not np.allclose(header["PixelSpacing"], spacing, atol=1e-4):
             raise PortalImageError(
                 f"{path}: PixelSpacing differs from {first_path.name}; the series mixes reconstructions"
             )
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=_AXIS_TOLERANCE):
+        if not np.allclose(header["ImageOrientationPatient"], orientation, atol=_AXIS_TOLERANCE):
             raise PortalImageError(f"{path}: ImageOrientationPatient differs from {first_path.name}")
 
     row_dir, col_dir = orientation[:3], orientation[3:]
@@ -256,7 +312,7 @@ def _assemble(folder: Path, series_uid: str, slices: list[tuple[Path, Any]]) -> 
         raise PortalImageError(f"{folder}: ImageOrientationPatient {orientation.tolist()} is not axial; "
                                "oblique CT series are not supported (resample to axial slices first)")
 
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in slices])
+    positions = np.array([headers[path]["ImagePositionPatient"] for path, _ in slices])
     order = np.argsort(positions[:, 2], kind="stable")
     positions = positions[order]
     slices = [slices[i] for i in order]

@@ -91,6 +91,8 @@ def write_rt_image(image: Image, path: str | Path, *, label: str, image_type: st
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+    from ._pydicom_compat import write_dataset
+
     rt_image_storage = UID("1.2.840.10008.5.1.4.1.1.481.1")
     info = image.info
     sid = info.sid_mm or 1000.0
@@ -141,5 +143,5 @@ def write_rt_image(image: Image, path: str | Path, *, label: str, image_type: st
     ds.RescaleIntercept = f"{lo:.10g}"
     ds.PixelData = stored.tobytes()
     path = Path(path)
-    ds.save_as(path, enforce_file_format=True)
+    write_dataset(path, ds)
     return path

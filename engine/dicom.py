@@ -51,6 +51,43 @@ Intensity
     display instruction and is ignored. ``invert=True/False`` overrides all of this.
     What was done is recorded in ``extra["intensity_sign_applied"]`` (``+1`` kept,
     ``-1`` inverted) and ``extra["intensity_sign_reason"]``.
+
+Validation (no file can break the reader)
+-----------------------------------------
+Every tag that decides geometry, size or intensity is checked for value
+multiplicity, finiteness and a physical range before it is used, and a tag that
+is present but unusable is refused with a one-line :class:`GeometryError` or
+:class:`PortalImageError` naming the file, the tag and the fix; it is never
+dropped silently nor replaced by a default. A tag that is absent (or empty) is
+unknown: ``None``, or the documented fallback. The ranges:
+
+* ``RTImageSID``, ``RadiationMachineSAD`` (and the CR/DX distances): one value,
+  100-10,000 mm; their ratio SID/SAD (the magnification) 0.2-5. Override with
+  ``sid_mm=`` / ``sad_mm=``; an override replaces the tag, which is then not read.
+* ``ImagePlanePixelSpacing`` / ``PixelSpacing`` / ``ImagerPixelSpacing``: one or
+  two values, each 0.01-10 mm; the spacing at the isocentre 0.005-10 mm. Override
+  with ``pixel_spacing_mm=``.
+* ``RTImagePosition``: two values, ``XRayImageReceptorTranslation``: two or three
+  (the standard has three), ``RTImageOrientation``: six; all finite, positions
+  within +-10,000 mm, direction cosines within +-1.
+* ``GantryAngle``, ``BeamLimitingDeviceAngle``, ``PatientSupportAngle``,
+  ``XRayImageReceptorAngle`` (top level and ``ExposureSequence`` items): one
+  finite value within +-360 deg. An angle that is present but invalid (``nan``,
+  text, several values, out of range) is an error, not ``None`` and never 0: a
+  wrong angle would silently mismatch views and couch corrections; ``None``
+  means only that the file does not say.
+* ``Rows``, ``Columns`` 1-65,535, ``NumberOfFrames`` >= 1, ``SamplesPerPixel`` 1,
+  ``BitsAllocated`` 1, 8, 16, 32 or 64, ``1 <= BitsStored <= BitsAllocated``,
+  ``HighBit`` below ``BitsAllocated``,
+  ``PixelRepresentation`` 0 or 1, ``RescaleSlope`` finite and not 0,
+  ``RescaleIntercept`` finite, ``PixelIntensityRelationshipSign`` +1 or -1.
+* The transfer syntax must be a DICOM transfer syntax.
+
+Allocation is bounded by the file before anything is decoded: uncompressed
+pixel data must hold at least ``Rows x Columns x NumberOfFrames x
+BitsAllocated / 8`` bytes (so the decoded array is never larger than the data
+read), and compressed pixel data may expand at most
+:data:`MAX_COMPRESSION_RATIO` times (at least one fragment per frame).
 """
 
 from __future__ import annotations
@@ -70,7 +107,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -79,6 +115,7 @@ from pydicom.uid import (
     RTImageStorage,
 )
 
+from ._pydicom_compat import decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
 from .image import Image, ImageInfo, check_pixels
 
@@ -94,6 +131,48 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 # ImageType value 3 (C.8.8.2.1): these say explicitly that the image is not a DRR.
 _NON_DRR_IMAGE_TYPES = frozenset({"PORTAL", "SIMULATOR", "RADIOGRAPH", "BLANK", "FLUENCE"})
+
+#: Physical ranges of the geometry tags and of the keyword overrides (see the module notes).
+DISTANCE_RANGE_MM = (100.0, 10000.0)
+MAGNIFICATION_RANGE = (0.2, 5.0)
+SPACING_RANGE_MM = (0.01, 10.0)
+ISOCENTRE_SPACING_RANGE_MM = (0.005, 10.0)
+POSITION_LIMIT_MM = 10000.0
+ANGLE_LIMIT_DEG = 360.0
+#: Largest Rows / Columns (the US value range).
+MAX_SIDE = 65535
+#: Compressed pixel data may decode to at most this many times its own size.
+MAX_COMPRESSION_RATIO = 200
+#: DICOM tags named in error messages.
+_TAGS = {
+    "RTImageSID": "(3002,0026)",
+    "RadiationMachineSAD": "(3002,0022)",
+    "DistanceSourceToDetector": "(0018,1110)",
+    "DistanceSourceToIsocenter": "(0018,9402)",
+    "ImagePlanePixelSpacing": "(3002,0011)",
+    "PixelSpacing": "(0028,0030)",
+    "ImagerPixelSpacing": "(0018,1164)",
+    "RTImagePosition": "(3002,0012)",
+    "RTImageOrientation": "(3002,0010)",
+    "XRayImageReceptorTranslation": "(3002,000D)",
+    "XRayImageReceptorAngle": "(3002,000E)",
+    "GantryAngle": "(300A,011E)",
+    "BeamLimitingDeviceAngle": "(300A,0120)",
+    "PatientSupportAngle": "(300A,0122)",
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+    "NumberOfFrames": "(0028,0008)",
+    "SamplesPerPixel": "(0028,0002)",
+    "BitsAllocated": "(0028,0100)",
+    "BitsStored": "(0028,0101)",
+    "HighBit": "(0028,0102)",
+    "PixelRepresentation": "(0028,0103)",
+    "RescaleSlope": "(0028,1053)",
+    "RescaleIntercept": "(0028,1052)",
+    "PixelIntensityRelationshipSign": "(0028,1041)",
+    "LeafJawPositions": "(300A,011C)",
+    "TransferSyntaxUID": "(0002,0010)",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -362,7 +441,7 @@ def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
             ds.filename = os.fspath(source)
         elif isinstance(getattr(source, "name", None), str):
             ds.filename = source.name  # keeps the name when the dataset is passed on
-    _ensure_transfer_syntax(ds)
+    _ensure_transfer_syntax(ds, name)
     if require_pixels and not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         modality = _text(ds, "Modality") or "unknown"
         raise PortalImageError(f"{name}: has no pixel data (Modality {modality})")
@@ -400,16 +479,22 @@ def _looks_like_dicom(ds: Dataset) -> bool:
     return any(int(tag) in wanted for tag in keys)
 
 
-def _ensure_transfer_syntax(ds: Dataset) -> None:
+def _ensure_transfer_syntax(ds: Dataset, name: str) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         meta = FileMetaDataset()
         ds.file_meta = meta
-    if _get(meta, "TransferSyntaxUID"):
+    given = _get(meta, "TransferSyntaxUID")
+    if given:
+        if not _is_transfer_syntax(given):
+            raise PortalImageError(
+                f"{name}: TransferSyntaxUID (0002,0010) {_shown(str(given))} in the file meta is not a DICOM transfer "
+                "syntax; the file is damaged (rewrite it with a standard one, e.g. 1.2.840.10008.1.2.1)"
+            )
         return
     # Files without (0002,0010): use the encoding pydicom detected while parsing
     # (implicit VR little endian for all the pylinac/MOSAIQ files that need this).
-    implicit, little = getattr(ds, "original_encoding", (None, None))
+    implicit, little = read_encoding(ds)
     if little is False:
         uid = ExplicitVRBigEndian
     elif implicit is False:
@@ -419,6 +504,19 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     meta.TransferSyntaxUID = uid
     # Remember that it was guessed (describe() reports it).
     ds._portalign_assumed_transfer_syntax = True  # type: ignore[attr-defined]
+
+
+def _is_transfer_syntax(value: Any) -> bool:
+    # pydicom raises "UID is not a transfer syntax" from is_compressed & co. for
+    # anything else (and ValueError for private UIDs): decide here, once.
+    try:
+        return bool(UID(str(value).strip().rstrip("\0")).is_transfer_syntax)
+    except Exception:
+        return False
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    return UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian).strip().rstrip("\0"))
 
 
 # ---------------------------------------------------------------------------
@@ -486,6 +584,98 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return None if number is None else int(round(number))
 
 
+# ---------------------------------------------------------------------------
+# validated tag access: present but unusable is an error, absent is None
+# ---------------------------------------------------------------------------
+
+
+def _label(keyword: str) -> str:
+    tag = _TAGS.get(keyword)
+    return f"{keyword} {tag}" if tag else keyword
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        text = "[" + ", ".join(str(v) for v in value) + "]"
+    else:
+        text = repr(value) if isinstance(value, (str, bytes)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked(
+    ds: Dataset | None,
+    keyword: str,
+    name: str,
+    *,
+    counts: tuple[int, ...] | None,
+    low: float,
+    high: float,
+    fix: str,
+    what: str,
+    error: type[Exception] = GeometryError,
+    integer: bool = False,
+) -> list[float] | None:
+    """Return the validated numeric values of ``keyword``; None when the tag is absent or empty.
+
+    Raises ``error`` naming the file, the tag and ``fix`` when the tag is present
+    but cannot be parsed, has a value multiplicity other than ``counts`` (any
+    count when None), or holds a value that is not finite, not in
+    ``[low, high]`` or (``integer``) not a whole number.
+    """
+    if ds is None:
+        return None
+    label = _label(keyword)
+    try:
+        present = keyword in ds
+    except Exception:
+        present = False
+    if not present:
+        return None
+    try:
+        value = ds[keyword].value
+    except Exception as exc:
+        raise error(f"{name}: {label} cannot be read ({_one_line(exc)}); {fix}") from None
+    if value is None:
+        return None
+    if isinstance(value, bytes):  # unknown VR: the raw bytes of a string value
+        value = value.decode("latin-1").strip(" \0").split("\\")
+    if isinstance(value, str):
+        value = value.split("\\")
+    items = list(value) if hasattr(value, "__iter__") else [value]
+    if all((isinstance(v, str) and not v.strip()) or v is None for v in items):
+        return None  # an empty (type 2) attribute: unknown
+    try:
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise error(f"{name}: {label} is {_shown(value)}, not a number; {fix}") from None
+    if counts is not None and len(numbers) not in counts:
+        wanted = " or ".join(str(c) for c in counts)
+        raise error(
+            f"{name}: {label} has {len(numbers)} values {_shown(value)}; it must have {wanted}; {fix}"
+        )
+    for number in numbers:
+        if not math.isfinite(number) or not low <= number <= high or (integer and number != int(number)):
+            kind = "a whole number" if integer else "a finite number"
+            raise error(f"{name}: {label} is {_shown(value)}; {what} must be {kind} from {low:g} to {high:g}; {fix}")
+    return numbers
+
+
+def _checked_one(ds: Dataset | None, keyword: str, name: str, **kwargs: Any) -> float | None:
+    values = _checked(ds, keyword, name, counts=(1,), **kwargs)
+    return None if values is None else values[0]
+
+
+def _checked_int(ds: Dataset | None, keyword: str, name: str, low: int, high: int, *, fix: str = "the file is damaged",
+                 what: str = "it") -> int | None:
+    value = _checked_one(ds, keyword, name, low=low, high=high, fix=fix, what=what, error=PortalImageError, integer=True)
+    return None if value is None else int(value)
+
+
+def _checked_angle(ds: Dataset | None, keyword: str, name: str) -> float | None:
+    return _checked_one(ds, keyword, name, low=-ANGLE_LIMIT_DEG, high=ANGLE_LIMIT_DEG,
+                        fix="correct or remove the tag", what="an angle in degrees")
+
+
 def _sequence(ds: Dataset, keyword: str) -> list[Dataset]:
     value = _get(ds, keyword)
     if value is None:
@@ -518,15 +708,7 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
     with _recording_warnings() as caught:
         ds = _read_dataset(source, name, require_pixels=True)
         modality = _modality(ds, name)
-        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-        if not rows or not cols:
-            raise PortalImageError(f"{name}: has no Rows/Columns; the pixel data cannot be shaped")
-        samples = _int(ds, "SamplesPerPixel") or 1
-        if samples != 1:
-            raise PortalImageError(
-                f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale"
-            )
-        n_frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+        rows, cols, n_frames = _pixel_layout(ds, name, every_frame=every_frame)
         if frame is not None and not every_frame:
             if frame < 0 or frame >= n_frames:
                 raise PortalImageError(
@@ -537,22 +719,25 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
 
         if every_frame:
             stack = _decode(ds, name, index=None)
+            if stack.shape[-2:] != (rows, cols) or (stack.ndim == 3 and len(stack) != n_frames):
+                raise PortalImageError(f"{name}: pixel data decoded to {stack.shape}, the header says {n_frames} x "
+                                       f"{rows} x {cols}; the size tags are wrong")
             frames = list(stack) if stack.ndim == 3 else [stack]
             indices = list(range(len(frames)))
         else:
             index = frame or 0
             frames = [_decode(ds, name, index=index if n_frames > 1 else None)]
+            if frames[0].shape != (rows, cols):
+                raise PortalImageError(f"{name}: frame {index} decoded to {frames[0].shape}, the header says {rows} x "
+                                       f"{cols}; the size tags are wrong")
             indices = [index]
-        slope = _float(ds, "RescaleSlope")
-        intercept = _float(ds, "RescaleIntercept")
-        slope = 1.0 if slope is None or slope == 0.0 else slope
-        intercept = 0.0 if intercept is None else intercept
+        slope, intercept = _rescale_tags(ds, name)
         pixels = [check_pixels(_rescale(raw, slope, intercept), name) for raw in frames]
-        sign, reason, offset = _intensity_sign(ds, kind, pixels, slope, intercept, options.invert)
+        sign, reason, offset = _intensity_sign(ds, name, kind, pixels, slope, intercept, options.invert)
         if sign < 0:
             pixels = [np.ascontiguousarray(offset - p, dtype=np.float32) for p in pixels]
 
-        common = _common_extra(ds, geometry, n_frames, slope, intercept, sign, reason)
+        common = _common_extra(ds, name, geometry, n_frames, slope, intercept, sign, reason)
         if kind == "portal" and sign > 0:
             # the detector's largest code: pixels there are saturated (checked by the optimiser)
             common["saturation_value"] = _representable_max(ds, pixels, slope, intercept)
@@ -564,6 +749,87 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             info.extra["dicom_warnings"] = messages
         images.append(Image(p, geometry.spacing_mm, geometry.beam_axis_px, info))
     return images
+
+
+def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, int, int]:
+    """Validate the image size tags against the pixel data before anything is decoded.
+
+    Returns ``(rows, cols, frames)``. The decoded array can then never be larger
+    than the pixel data read from the file (uncompressed), or than
+    :data:`MAX_COMPRESSION_RATIO` times it (compressed).
+    """
+    rows = _checked_int(ds, "Rows", name, 1, MAX_SIDE)
+    cols = _checked_int(ds, "Columns", name, 1, MAX_SIDE)
+    if rows is None or cols is None:
+        raise PortalImageError(f"{name}: has no Rows/Columns; the pixel data cannot be shaped")
+    samples = _checked_int(ds, "SamplesPerPixel", name, 1, 4) or 1
+    if samples != 1:
+        raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
+    frames = _checked_int(ds, "NumberOfFrames", name, 1, 2**31 - 1) or 1
+    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    if keyword == "PixelData":
+        bits = _checked_int(ds, "BitsAllocated", name, 1, 64)
+        if bits not in (1, 8, 16, 32, 64):
+            shown = "absent" if bits is None else str(bits)
+            raise PortalImageError(
+                f"{name}: BitsAllocated (0028,0100) is {shown}; pixel data needs 1, 8, 16, 32 or 64; the file is damaged"
+            )
+        stored = _checked_int(ds, "BitsStored", name, 1, bits, what="BitsStored (at most BitsAllocated)")
+        if stored is None:
+            raise PortalImageError(f"{name}: has no BitsStored (0028,0101); the pixel values cannot be read")
+        # pydicom does not use HighBit; a value outside the allocated bits still says the header is damaged
+        _checked_int(ds, "HighBit", name, 0, bits - 1, what="HighBit (below BitsAllocated)")
+        if _checked_int(ds, "PixelRepresentation", name, 0, 1, what="PixelRepresentation (0 unsigned, 1 signed)") is None:
+            raise PortalImageError(f"{name}: has no PixelRepresentation (0028,0103); the pixel values cannot be read")
+    else:
+        bits = 32 if keyword == "FloatPixelData" else 64
+        given = _checked_int(ds, "BitsAllocated", name, 1, 64)
+        if given is not None and given != bits:
+            raise PortalImageError(f"{name}: BitsAllocated (0028,0100) is {given} but {keyword} holds {bits}-bit floats; "
+                                   "the file is damaged")
+    try:
+        length = len(ds[keyword].value or b"")
+    except Exception as exc:
+        raise PortalImageError(f"{name}: {keyword} cannot be read ({_one_line(exc)}); the file is damaged") from None
+    # Python integers: nothing overflows and nothing is allocated here.
+    expected = (rows * cols * frames * bits + 7) // 8
+    if keyword == "PixelData" and _transfer_syntax(ds).is_compressed:
+        wanted = (rows * cols * (frames if every_frame else 1) * bits + 7) // 8
+        if frames * 8 > length:
+            raise PortalImageError(
+                f"{name}: NumberOfFrames (0028,0008) is {frames} but the compressed pixel data has only {length} bytes "
+                "(at least one 8-byte fragment per frame); the file is damaged"
+            )
+        if wanted > MAX_COMPRESSION_RATIO * length:
+            raise PortalImageError(
+                f"{name}: Rows x Columns x BitsAllocated ({rows} x {cols} x {bits}) would decode {length} bytes of "
+                f"compressed pixel data into {wanted} bytes (over {MAX_COMPRESSION_RATIO} times); "
+                "the image size tags are wrong"
+            )
+    elif length < expected:
+        raise PortalImageError(
+            f"{name}: {keyword} has {length} bytes but Rows x Columns x NumberOfFrames x BitsAllocated/8 "
+            f"({rows} x {cols} x {frames} x {bits}/8) needs {expected}; the file is truncated or its size tags are wrong"
+        )
+    elif length * 8 >= rows * cols * (frames + 1) * bits:
+        # a whole frame or more beyond what the header describes: decoders would make up frames from it
+        raise PortalImageError(
+            f"{name}: {keyword} has {length} bytes, at least one frame more than Rows x Columns x NumberOfFrames x "
+            f"BitsAllocated/8 ({rows} x {cols} x {frames} x {bits}/8) = {expected}; the size tags are wrong"
+        )
+    return rows, cols, frames
+
+
+def _rescale_tags(ds: Dataset, name: str) -> tuple[float, float]:
+    """Return ``(slope, intercept)``: validated, 1 and 0 when absent."""
+    fix = "correct or remove the tag"
+    slope = _checked_one(ds, "RescaleSlope", name, low=-1e30, high=1e30, fix=fix, what="the slope",
+                         error=PortalImageError)
+    if slope == 0.0:
+        raise PortalImageError(f"{name}: RescaleSlope (0028,1053) is 0, which maps every pixel to one value; {fix}")
+    intercept = _checked_one(ds, "RescaleIntercept", name, low=-1e30, high=1e30, fix=fix, what="the intercept",
+                             error=PortalImageError)
+    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
 
 
 def _modality(ds: Dataset, name: str) -> str:
@@ -582,11 +848,11 @@ def _modality(ds: Dataset, name: str) -> str:
 
 
 def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
-    transfer_syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian))
+    transfer_syntax = _transfer_syntax(ds)
     try:
-        array = pixel_array(ds, index=index)
+        array = decode_pixels(ds, index=index)
     except Exception as exc:
-        if transfer_syntax.is_compressed and not _decoder_available(transfer_syntax):
+        if transfer_syntax.is_compressed and not decoder_available(transfer_syntax):
             raise PortalImageError(
                 f"{name}: pixel data is compressed as {transfer_syntax.name} ({transfer_syntax}) and no installed "
                 f"decoder handles it; {_install_hint(transfer_syntax)}"
@@ -595,13 +861,6 @@ def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
     if array.ndim not in (2, 3):
         raise PortalImageError(f"{name}: pixel data has shape {array.shape}; expected rows x columns")
     return array
-
-
-def _decoder_available(transfer_syntax: UID) -> bool:
-    try:
-        return bool(get_decoder(transfer_syntax).is_available)
-    except Exception:
-        return False
 
 
 def _install_hint(transfer_syntax: UID) -> str:
@@ -625,6 +884,7 @@ def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
 
 def _intensity_sign(
     ds: Dataset,
+    name: str,
     kind: str,
     pixels: Sequence[np.ndarray],
     slope: float,
@@ -635,7 +895,10 @@ def _intensity_sign(
     if invert is not None:
         sign, reason = (-1, "invert=True") if invert else (1, "invert=False")
     else:
-        tag = _int(ds, "PixelIntensityRelationshipSign")
+        fix = "correct the tag or pass invert=True / invert=False (--invert / --no-invert)"
+        tag = _checked_int(ds, "PixelIntensityRelationshipSign", name, -1, 1, fix=fix, what="the sign (+1 or -1)")
+        if tag == 0:
+            raise PortalImageError(f"{name}: PixelIntensityRelationshipSign (0028,1041) is 0; it must be +1 or -1; {fix}")
         if tag == -1:
             sign, reason = -1, "PixelIntensityRelationshipSign -1"
         elif tag == 1:
@@ -669,54 +932,70 @@ def _representable_max(ds: Dataset, pixels: Sequence[np.ndarray], slope: float, 
 # ---------------------------------------------------------------------------
 
 
-def _positive(value: Any, what: str, name: str) -> float:
+def _override(value: Any, what: str, name: str, low: float, high: float) -> float:
+    """Check a keyword override (``sid_mm=``...): a finite number of mm in ``[low, high]``."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}")
+    if not low <= number <= high:
+        raise GeometryError(f"{name}: {what}={number:g} mm is outside the physical range {low:g}-{high:g} mm")
     return number
 
 
 def _spacing_pair(value: Any, what: str, name: str) -> tuple[float, float]:
+    low, high = ISOCENTRE_SPACING_RANGE_MM
     if np.ndim(value) == 0:
-        number = _positive(value, what, name)
+        number = _override(value, what, name, low, high)
         return number, number
     items = list(value)
     if len(items) != 2:
         raise GeometryError(f"{name}: {what} must be one number or (row, col), got {value!r}")
-    return _positive(items[0], what, name), _positive(items[1], what, name)
+    return _override(items[0], what, name, low, high), _override(items[1], what, name, low, high)
+
+
+def _distance(ds: Dataset, keyword: str, name: str, override: float | None, option: str) -> float | None:
+    low, high = DISTANCE_RANGE_MM
+    if override is not None:
+        return _override(override, option, name, low, high)
+    return _checked_one(ds, keyword, name, low=low, high=high, what="a distance in mm",
+                        fix=f"correct the tag or pass {option}=")
 
 
 def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], options: _Options) -> _Geometry:
     rt = modality == "RTIMAGE"
     notes: list[str] = []
 
-    # Imager-plane spacing [row, col] from the tags.
+    # Imager-plane spacing [row, col] from the tags (the first one present wins).
     spacing_tags = ("ImagePlanePixelSpacing", "PixelSpacing") if rt else ("ImagerPixelSpacing",)
     imager: tuple[float, float] | None = None
     spacing_source = ""
     for keyword in spacing_tags:
-        values = _floats(ds, keyword)
+        try:
+            values = _checked(ds, keyword, name, counts=(1, 2), low=SPACING_RANGE_MM[0], high=SPACING_RANGE_MM[1],
+                              what="pixel spacing", fix="correct the tag or pass pixel_spacing_mm= (mm at the isocentre)")
+        except GeometryError as exc:
+            if options.pixel_spacing_mm is None:
+                raise
+            notes.append(f"{keyword} not used ({str(exc).split(': ', 1)[-1].split(';')[0]}); pixel_spacing_mm given")
+            values = None
         if values is not None:
-            if len(values) == 1:  # a lone value: square pixels
-                values = [values[0], values[0]]
-            if values[0] <= 0 or values[1] <= 0:
-                raise GeometryError(f"{name}: {keyword} is {values[:2]}; pixel spacing must be positive")
-            imager, spacing_source = (values[0], values[1]), keyword
+            imager, spacing_source = (values[0], values[-1]), keyword  # a lone value: square pixels
             break
 
-    sid_keyword, sid_tag = ("RTImageSID", "(3002,0026)") if rt else ("DistanceSourceToDetector", "(0018,1110)")
-    sad_keyword, sad_tag = (
-        ("RadiationMachineSAD", "(3002,0022)") if rt else ("DistanceSourceToIsocenter", "(0018,9402)")
-    )
-    sid = _positive(options.sid_mm, "sid_mm", name) if options.sid_mm is not None else _float(ds, sid_keyword)
-    sad = _positive(options.sad_mm, "sad_mm", name) if options.sad_mm is not None else _float(ds, sad_keyword)
-    if options.sid_mm is None and sid is not None and sid <= 0:
-        raise GeometryError(f"{name}: {sid_keyword} is {sid:g}; pass sid_mm=")
-    if options.sad_mm is None and sad is not None and sad <= 0:
-        raise GeometryError(f"{name}: {sad_keyword} is {sad:g}; pass sad_mm=")
+    sid_keyword = "RTImageSID" if rt else "DistanceSourceToDetector"
+    sad_keyword = "RadiationMachineSAD" if rt else "DistanceSourceToIsocenter"
+    sid = _distance(ds, sid_keyword, name, options.sid_mm, "sid_mm")
+    sad = _distance(ds, sad_keyword, name, options.sad_mm, "sad_mm")
+    if sid is not None and sad is not None and not MAGNIFICATION_RANGE[0] <= sid / sad <= MAGNIFICATION_RANGE[1]:
+        raise GeometryError(
+            f"{name}: source-imager distance {sid:g} mm ({'sid_mm' if options.sid_mm is not None else _label(sid_keyword)}) "
+            f"over source-axis distance {sad:g} mm ({'sad_mm' if options.sad_mm is not None else _label(sad_keyword)}) "
+            f"is a magnification of {sid / sad:.3g}, outside {MAGNIFICATION_RANGE[0]:g}-{MAGNIFICATION_RANGE[1]:g}; "
+            "correct the tags or pass sid_mm= and sad_mm="
+        )
 
     if options.pixel_spacing_mm is not None:
         spacing = _spacing_pair(options.pixel_spacing_mm, "pixel_spacing_mm", name)
@@ -732,13 +1011,21 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
             )
             raise GeometryError(f"{name}: has no {wanted}; pass pixel_spacing_mm= (mm at the isocentre)")
         if sid is None:
-            raise GeometryError(f"{name}: has no {sid_keyword} {sid_tag}; pass sid_mm=")
+            raise GeometryError(f"{name}: has no {_label(sid_keyword)}; pass sid_mm=")
         if sad is None:
-            raise GeometryError(f"{name}: has no {sad_keyword} {sad_tag}; pass sad_mm=")
+            raise GeometryError(f"{name}: has no {_label(sad_keyword)}; pass sad_mm=")
         # Objects at the isocentre are magnified by SID/SAD on the imager.
         spacing = (imager[0] * sad / sid, imager[1] * sad / sid)
+        low, high = ISOCENTRE_SPACING_RANGE_MM
+        if not all(low <= s <= high for s in spacing):
+            raise GeometryError(
+                f"{name}: pixel spacing at the isocentre {spacing[0]:.4g} x {spacing[1]:.4g} mm ({spacing_source} x "
+                f"SAD/SID) is outside {low:g}-{high:g} mm; correct the tags or pass pixel_spacing_mm="
+            )
 
-    beam_axis, beam_axis_source = _beam_axis(ds, shape, imager, notes) if rt else (_centre(shape), "image centre")
+    beam_axis, beam_axis_source = (
+        _beam_axis(ds, name, shape, imager, notes) if rt else (_centre(shape), "image centre")
+    )
     return _Geometry(
         spacing_mm=spacing,
         imager_spacing_mm=imager,
@@ -755,9 +1042,10 @@ def _centre(shape: tuple[int, int]) -> tuple[float, float]:
     return (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
 
 
-def _plane_matrix(ds: Dataset, imager: tuple[float, float], notes: list[str]) -> np.ndarray:
+def _plane_matrix(ds: Dataset, name: str, imager: tuple[float, float], notes: list[str]) -> np.ndarray:
     """Matrix taking (d_col, d_row) in pixels to (dx, dy) in mm in the RT Image plane."""
-    orientation = _floats(ds, "RTImageOrientation", minimum=6)
+    orientation = _checked(ds, "RTImageOrientation", name, counts=(6,), low=-1.0 - 1e-6, high=1.0 + 1e-6,
+                           what="a direction cosine", fix="correct or remove the tag")
     if orientation is None:
         orientation = list(_DEFAULT_ORIENTATION)
     row_dir = np.array(orientation[0:2])  # direction of increasing column index
@@ -770,15 +1058,17 @@ def _plane_matrix(ds: Dataset, imager: tuple[float, float], notes: list[str]) ->
 
 
 def _beam_axis(
-    ds: Dataset, shape: tuple[int, int], imager: tuple[float, float] | None, notes: list[str]
+    ds: Dataset, name: str, shape: tuple[int, int], imager: tuple[float, float] | None, notes: list[str]
 ) -> tuple[tuple[float, float], str]:
-    position = _floats(ds, "RTImagePosition", minimum=2)
-    translation = _floats(ds, "XRayImageReceptorTranslation", minimum=2)
+    limits = {"low": -POSITION_LIMIT_MM, "high": POSITION_LIMIT_MM, "what": "a position in mm",
+              "fix": "correct or remove the tag"}
+    position = _checked(ds, "RTImagePosition", name, counts=(2,), **limits)  # type: ignore[arg-type]
+    translation = _checked(ds, "XRayImageReceptorTranslation", name, counts=(2, 3), **limits)  # type: ignore[arg-type]
     if imager is None:
         if position is not None or translation is not None:
             notes.append("imager-plane pixel spacing unknown: RTImagePosition/receptor translation not used")
         return _centre(shape), "image centre"
-    matrix = _plane_matrix(ds, imager, notes)
+    matrix = _plane_matrix(ds, name, imager, notes)
     if position is not None:
         # The beam axis is the plane origin: solve position + M @ (c, r) = 0.
         col, row = np.linalg.solve(matrix, -np.asarray(position[:2]))
@@ -834,22 +1124,25 @@ def _exposure_item(ds: Dataset, index: int, n_frames: int) -> tuple[Dataset | No
     return items[0], False
 
 
-def _angle(ds: Dataset, item: Dataset | None, specific: bool, keyword: str) -> float | None:
-    item_value = _float(item, keyword) if item is not None else None
+def _angle(ds: Dataset, name: str, item: Dataset | None, specific: bool, keyword: str) -> float | None:
+    # Both places are validated even when one of them is used: a damaged value is never skipped silently.
+    item_value = _checked_angle(item, keyword, name) if item is not None else None
+    top = _checked_angle(ds, keyword, name)
     if specific and item_value is not None:
         return item_value
-    top = _float(ds, keyword)
     return top if top is not None else item_value
 
 
-def _aperture(item: Dataset | None, collimator_deg: float | None) -> dict[str, Any]:
+def _aperture(item: Dataset | None, collimator_deg: float | None, name: str) -> dict[str, Any]:
     if item is None:
         return {}
     jaws_iec: dict[str, float] = {}
     mlc: list[dict[str, Any]] = []
+    limits = {"counts": None, "low": -POSITION_LIMIT_MM, "high": POSITION_LIMIT_MM,
+              "what": "a jaw or leaf position in mm", "fix": "correct or remove the ExposureSequence item"}
     for device in _sequence(item, "BeamLimitingDeviceSequence"):
         kind = _text(device, "RTBeamLimitingDeviceType").upper()
-        positions = _floats(device, "LeafJawPositions")
+        positions = _checked(device, "LeafJawPositions", name, **limits)  # type: ignore[arg-type]
         if positions is None:
             continue
         if kind in ("X", "ASYMX") and len(positions) == 2 and "x1" not in jaws_iec:
@@ -864,7 +1157,7 @@ def _aperture(item: Dataset | None, collimator_deg: float | None) -> dict[str, A
                     # bank A (x1/y1 side) first, then bank B, mm at the isocentre,
                     # IEC beam-limiting-device frame, as in DICOM
                     "leaf_positions_mm": positions,
-                    "leaf_boundaries_mm": _floats(device, "LeafPositionBoundaries"),
+                    "leaf_boundaries_mm": _checked(device, "LeafPositionBoundaries", name, **limits),  # type: ignore[arg-type]
                     "source_to_device_mm": _float(device, "SourceToBeamLimitingDeviceDistance"),
                 }
             )
@@ -899,6 +1192,7 @@ def _aperture(item: Dataset | None, collimator_deg: float | None) -> dict[str, A
 
 def _common_extra(
     ds: Dataset,
+    name: str,
     geometry: _Geometry,
     n_frames: int,
     slope: float,
@@ -906,7 +1200,7 @@ def _common_extra(
     sign: int,
     reason: str,
 ) -> dict[str, Any]:
-    transfer_syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID") or ImplicitVRLittleEndian))
+    transfer_syntax = _transfer_syntax(ds)
     extra: dict[str, Any] = {
         "number_of_frames": n_frames,
         "transfer_syntax": str(transfer_syntax),
@@ -957,7 +1251,7 @@ def _common_extra(
     translation = _floats(ds, "XRayImageReceptorTranslation", minimum=2)
     if translation is not None:
         extra["receptor_translation_mm"] = translation
-    receptor_angle = _float(ds, "XRayImageReceptorAngle")
+    receptor_angle = _checked_angle(ds, "XRayImageReceptorAngle", name)
     if receptor_angle is not None:
         extra["receptor_angle_deg"] = receptor_angle
     return extra
@@ -974,10 +1268,10 @@ def _frame_info(
     common: dict[str, Any],
 ) -> ImageInfo:
     item, specific = _exposure_item(ds, index, n_frames)
-    collimator = _angle(ds, item, specific, "BeamLimitingDeviceAngle")
+    collimator = _angle(ds, name, item, specific, "BeamLimitingDeviceAngle")
     extra = dict(common)
     extra["notes"] = list(common["notes"])
-    extra.update(_aperture(item, collimator))
+    extra.update(_aperture(item, collimator, name))
     return ImageInfo(
         source=name,
         modality=modality,
@@ -986,9 +1280,9 @@ def _frame_info(
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         frame_index=index,
-        gantry_deg=_angle(ds, item, specific, "GantryAngle"),
+        gantry_deg=_angle(ds, name, item, specific, "GantryAngle"),
         collimator_deg=collimator,
-        couch_deg=_angle(ds, item, specific, "PatientSupportAngle"),
+        couch_deg=_angle(ds, name, item, specific, "PatientSupportAngle"),
         sid_mm=geometry.sid_mm,
         sad_mm=geometry.sad_mm,
         imager_spacing_mm=geometry.imager_spacing_mm,

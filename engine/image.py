@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import GeometryError, PortalImageError
 
-__all__ = ["Image", "ImageInfo", "as_image"]
+__all__ = ["Image", "ImageInfo", "as_image", "check_registration_size"]
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,59 @@ def check_frame_pixels(frame: Image) -> None:
         raise PortalImageError(f"{frame.info.source}: pixels contain NaN or infinity")
     if lo == hi:
         raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")
+
+
+#: Registration resamples the reference onto the frame's pixel grid; it may make at most this many
+#: times as many pixels as the larger of the two images has.
+MAX_RESAMPLING_GROWTH = 16
+#: The search range (max shift + margin) may span at most this many times the frame's larger side, in pixels.
+MAX_SEARCH_SPAN = 4
+
+
+def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: float) -> None:
+    """Refuse a pair whose registration would allocate far more than the two images' own size.
+
+    The registration resamples the reference onto the frame's pixel spacing and
+    searches shifts up to ``max_shift_mm`` (plus a 5 mm margin) in frame pixels.
+    A frame with a (damaged or mistyped) spacing far finer than the reference's
+    would make the resampled reference, or the search window, thousands of times
+    larger than either image: this check refuses it before anything is allocated.
+
+    Parameters
+    ----------
+    reference, frame : Image
+        The prepared reference's image and the frame to register.
+    max_shift_mm : float
+        The largest shift searched (``RegistrationOptions.max_shift_mm``).
+
+    Raises
+    ------
+    GeometryError
+        Naming the frame, both spacings and the fix, when the resampled reference
+        would exceed :data:`MAX_RESAMPLING_GROWTH` times the larger image's
+        pixel count, or the search range would exceed :data:`MAX_SEARCH_SPAN`
+        times the frame's larger side.
+    """
+    name = frame.info.source
+    (ref_rows, ref_cols), (rows, cols) = reference.shape, frame.shape
+    sy, sx = frame.spacing_mm
+    # the reference's extent in frame pixels (Python floats: nothing overflows, nothing is allocated)
+    resampled = (ref_rows * reference.spacing_mm[0] / sy) * (ref_cols * reference.spacing_mm[1] / sx)
+    allowed = MAX_RESAMPLING_GROWTH * max(ref_rows * ref_cols, rows * cols)
+    if resampled > allowed:
+        ratio = min(reference.spacing_mm) / min(sy, sx)
+        raise GeometryError(
+            f"{name}: pixel spacing {min(sy, sx):.4g} mm is {ratio:.3g} times finer than the reference's "
+            f"{min(reference.spacing_mm):.4g} mm; registering would resample the reference to {resampled:.3g} pixels "
+            f"(over {MAX_RESAMPLING_GROWTH} times the larger image); check the frame's spacing tags or pass pixel_spacing_mm="
+        )
+    span = (float(max_shift_mm) + 5.0) / min(sy, sx)
+    if span > MAX_SEARCH_SPAN * max(rows, cols):
+        raise GeometryError(
+            f"{name}: a search range of {max_shift_mm:g} mm is {span:.3g} pixels at {min(sy, sx):.4g} mm, over "
+            f"{MAX_SEARCH_SPAN} times the frame's {max(rows, cols)} pixels; "
+            "check the frame's spacing or pass a smaller max_shift_mm="
+        )
 
 
 def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[float, float] | None = None) -> Image:

@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -80,6 +79,7 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from . import __version__
+from ._pydicom_compat import write_dataset
 from .couch import CouchShift, image_axes, patient_matrix
 from .errors import GeometryError, PortalignError
 from .image import Image
@@ -323,7 +323,7 @@ def write_spatial_registration(
     ds.file_meta = meta
     if path is not None:
         target = Path(path) if isinstance(path, (str, os.PathLike)) else path
-        dcmwrite(target, ds, enforce_file_format=True)
+        write_dataset(target, ds)
     object.__setattr__(ds, "portalign_warnings", warnings)
     return ds
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmwrite
+from portalign._pydicom_compat import write_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTImageStorage, generate_uid
@@ -172,11 +172,11 @@ def to_bytes(ds: Dataset, *, file_format: bool = True) -> bytes:
     """Encode a dataset as a DICOM file (``file_format=False``: bare dataset, no preamble/meta)."""
     buffer = io.BytesIO()
     if file_format:
-        dcmwrite(buffer, ds, enforce_file_format=True)
+        write_dataset(buffer, ds)
     else:
         bare = Dataset()
         bare.update(ds)
-        dcmwrite(buffer, bare, implicit_vr=True, little_endian=True)
+        write_dataset(buffer, bare, file_format=False, implicit_vr=True, little_endian=True)
     return buffer.getvalue()
 
 

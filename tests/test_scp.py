@@ -126,12 +126,12 @@ def test_undecodable_instance_gets_an_error_status_and_an_error_line(scp, image)
     good = rt_image(shifted(image, 1.0, 0.0))
     statuses = send(port, [truncated, good])
     assert statuses[0].Status == STATUS_CANNOT_UNDERSTAND
-    assert "pixel data cannot be decoded" in statuses[0].ErrorComment
+    assert "PixelData has 1000 bytes but" in statuses[0].ErrorComment
     assert statuses[1].Status == 0x0000  # the receiver goes on
     lines = read_journal(path)
     assert [line["status"] for line in lines] == ["error", "ok"]
     assert lines[0]["sop_instance_uid"] == truncated.SOPInstanceUID
-    assert lines[0]["stage"] == "decode" and "less than expected" in lines[0]["error"]
+    assert lines[0]["stage"] == "decode" and "the file is truncated" in lines[0]["error"]
     assert lines[1]["sop_instance_uid"] == good.SOPInstanceUID
 
 

@@ -330,3 +330,59 @@ def test_x_invert_header(client, image):
     upright = client.post(f"/v1/references/{ref_id}/register",
                           **raw(float(image.max()) - shifted(image, 1.0, 0.0), **{"X-Invert": "true"})).json()
     assert upright["ok"] is True and upright["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+
+
+def _dicom_with(pixels: np.ndarray, **raw_values: str) -> dict:
+    """An RT Image upload whose tags hold the given strings exactly as sent (no validation on writing)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    ds = make_rt_image(pixels, spacing=1.5, sid=1500.0, sad=1000.0, position="centre")
+    syntax = raw_values.pop("TransferSyntaxUID", None)
+    for keyword, text in raw_values.items():
+        value = text.encode("ascii")
+        value += b" " * (len(value) % 2)
+        tag = tag_for_keyword(keyword)
+        ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    data = to_bytes(ds)
+    if syntax is not None:  # pydicom refuses to write an unknown transfer syntax: patch the file meta's bytes
+        good = b"1.2.840.10008.1.2.1\0"  # Explicit VR Little Endian, padded to 20 bytes
+        assert data.count(good) == 1 and len(syntax) == 19
+        data = data.replace(good, syntax.encode("ascii") + b"\0")
+    return {"content": data, "headers": {"Content-Type": "application/dicom"}}
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"RadiationMachineSAD": "1\\2\\3"}, r"RadiationMachineSAD \(3002,0022\) has 3 values"),
+        ({"RadiationMachineSAD": "1e308"}, r"RadiationMachineSAD \(3002,0022\) is '?1e308'?; "),
+        ({"ImagePlanePixelSpacing": "1.5\\1.5\\1.5"}, r"ImagePlanePixelSpacing \(3002,0011\) has 3 values"),
+        ({"RTImagePosition": "1\\2\\3"}, r"RTImagePosition \(3002,0012\) has 3 values"),
+        ({"GantryAngle": "nan"}, r"GantryAngle \(300A,011E\) is '?nan'?; "),
+        ({"TransferSyntaxUID": "1.2.840.10008.9.9.9"},
+         r"TransferSyntaxUID \(0002,0010\) '1\.2\.840\.10008\.9\.9\.9' .* is not a DICOM"),
+        # valid tags, absurd geometry: a frame far finer than the reference (0.001 mm at the imager would be
+        # out of range; 0.011 mm x 1000/1500 = 0.0073 mm at the isocentre is in range but 136x finer)
+        ({"ImagePlanePixelSpacing": "0.011\\0.011"},
+         r"^frame frame-\d+: pixel spacing 0\.007333 mm is 136 times finer than the reference's 1 mm"),
+    ],
+    ids=["sad-three-values", "sad-1e308", "spacing-three-values", "position-three-values", "gantry-nan",
+         "transfer-syntax", "spacing-far-finer"],
+)
+def test_hostile_dicom_frames_are_refused_before_allocating(client, image, tags, message):
+    import re
+    import tracemalloc
+
+    ref_id = client.post("/v1/references", **raw(image)).json()["id"]  # its own: other tests evict from the cache
+    tracemalloc.start()
+    try:
+        response = client.post(f"/v1/references/{ref_id}/register", **_dicom_with(shifted(image, 1.0, 0.0), **tags))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 422, response.text
+    assert re.search(message, response.json()["detail"]), response.json()["detail"]
+    # the refused frame cost at most a few copies of the upload (128x128 uint16 = 32 KiB), not its claimed geometry
+    assert peak < 16 * 2**20
+    assert client.get("/health").json()["status"] == "ok"

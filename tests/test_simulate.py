@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from portalign._pydicom_compat import write_dataset
 from portalign.ct import CTVolume, read_ct_series
 from portalign.errors import GeometryError, PortalImageError
 from portalign.kernels.cpu.projection import project_cone_beam
@@ -321,7 +323,7 @@ def write_ct_slice(path: Path, z: float, pixels: np.ndarray, *, series: str = "1
     ds.RescaleSlope = 2
     ds.RescaleIntercept = -1024
     ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dataset(path, ds)
 
 
 def stored_values(k: int, rows: int = 6, cols: int = 5) -> np.ndarray:
@@ -431,3 +433,31 @@ def test_gpu_render_without_a_gpu_names_what_is_missing():
         pytest.skip("a GPU backend is available here (or simulated): tests/test_gpu.py renders on it")
     with pytest.raises(BackendUnavailableError, match="no CUDA device|CuPy is not installed"):
         render_drr(bead_phantom([]), backend="gpu", **SMALL_BEAM)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "message"),
+    [
+        ("PixelSpacing", "nan\\0.7", r"PixelSpacing is \[nan, 0\.7\]; each value must be a finite number"),
+        ("PixelSpacing", "0.8\\0.7\\0.6", r"PixelSpacing has 3 values; it must have 2"),
+        ("ImagePositionPatient", "1\\2", r"ImagePositionPatient has 2 values; it must have 3"),
+        ("ImageOrientationPatient", "1\\0\\0\\0\\1\\inf", r"ImageOrientationPatient is \[.*inf\]"),
+        ("Rows", 60000, r"Rows x Columns x BitsAllocated \(60000 x 5 x 16\) needs 600000 bytes .* file has \d+"),
+    ],
+)
+def test_read_ct_series_refuses_damaged_geometry_before_allocating(tmp_path, tag, value, message):
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    for k in range(2):
+        write_ct_slice(tmp_path / f"s{k}.dcm", 2.0 * k, stored_values(k))
+    path = tmp_path / "s1.dcm"
+    ds = pydicom.dcmread(path)
+    if isinstance(value, str):  # written as received, without pydicom's validation
+        raw = value.encode("ascii") + b" " * (len(value) % 2)
+        ds[tag_for_keyword(tag)] = RawDataElement(tag_for_keyword(tag), "DS", len(raw), raw, 0, False, True)
+    else:
+        setattr(ds, tag, value)
+    write_dataset(path, ds)
+    with pytest.raises(PortalImageError, match=r"s1\.dcm: CT slice " + message if tag != "Rows" else message):
+        read_ct_series(tmp_path)

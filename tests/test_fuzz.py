@@ -1,0 +1,498 @@
+"""Seeded mutation fuzzing of the RT Image reader and of the registration after it.
+
+Mutants of the shipped sample (the ``portalign demo`` phantom pair at a small size,
+also as a cine and a float-pixel file) and of real RT Images from
+``../shared/data/real`` (skipped with a reason when absent) are made by byte flips,
+truncation, tag deletion, garbage values, value-multiplicity changes, huge sizes,
+odd bit depths, NaN float pixels and damaged transfer syntaxes. Each mutant is
+read with :func:`portalign.read_rt_image` and registered against a good reference
+(for the large real files only read: registering 1280x1280 frames hundreds of
+times does not fit CI's time). Every mutant must give a result or a
+``PortalignError``: no other exception, no hang (a generous per-mutant alarm is a
+hang detector, not a speed test) and bounded memory (tracemalloc peak below
+``MEMORY_PER_FILE_BYTE`` times the file size plus ``MEMORY_FLOOR``).
+
+``PORTALIGN_FUZZ_SEED=N`` runs another seed; the ``slow`` variant runs more mutants.
+The six escapes reported in issue 11 are tests of their own at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import struct
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import portalign
+import pytest
+from dicom_factory import make_rt_image, to_bytes
+from portalign._pydicom_compat import write_dataset
+from portalign.cli import main
+from portalign.demo import make_demo_pair
+from portalign.demo import write_rt_image as write_demo_image
+from portalign.dicom import read_dataset, read_rt_image, read_rt_image_frames
+from portalign.errors import GeometryError, PortalignError, PortalImageError
+from portalign.image import check_registration_size
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import ExplicitVRLittleEndian
+
+SEED = int(os.environ.get("PORTALIGN_FUZZ_SEED", "20261130"))
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+#: tracemalloc peak allowed per mutant: this many times the file's size, plus the floor
+#: (the reader holds the bytes, the dataset, the decoded array and float copies; the
+#: registration builds a plan for a new frame geometry).
+MEMORY_PER_FILE_BYTE = 64
+MEMORY_FLOOR = 48 * 2**20
+#: A mutant still running after this many seconds has hung (a normal one takes well under 1 s).
+HANG_S = 120
+
+# real RT Images: (path under real/, register mutants against the unmutated file?)
+REAL_FILES = [
+    ("rtkit/simple_phantom_case/RI1.3.6.1.4.1.2452.6.2101074594.1310358496.1108690583.272421029.dcm", True),
+    ("slicerrt/eclipse_prostate_rando/RI.1.2.246.352.71.3.2088656855.2381134.20110921150951.dcm", True),
+    # no transfer syntax in its meta; read only: its 20 mm Winston-Lutz field is too small to prepare as a
+    # reference today (issue 11, small fields)
+    ("pylinac/wl_demo_as500/gantry0.dcm", False),
+    ("pylinac/vmat/DRGS_open.dcm", False),  # negative-signal encoding
+    ("pylinac/planar_imaging/leeds_kv.dcm", False),
+    ("pylinac/picket_fence/Elekta_iView_PF_pickets_near_edges.dcm", False),
+    ("pylinac/wl_shift_truebeam/cardinal/wl-3-30-18_card-002.dcm", False),
+]
+
+# tags whose values the fuzzer damages, with their VR
+TARGETS = [
+    "RTImageSID", "RadiationMachineSAD", "ImagePlanePixelSpacing", "PixelSpacing", "RTImagePosition",
+    "XRayImageReceptorTranslation", "RTImageOrientation", "XRayImageReceptorAngle", "GantryAngle",
+    "BeamLimitingDeviceAngle", "PatientSupportAngle", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+    "PixelIntensityRelationshipSign", "Modality", "LeafJawPositions", "TransferSyntaxUID", "ImageType",
+]
+GARBAGE_TEXT = [b"nan", b"NaN", b"inf", b"-inf", b"1e308", b"-1e308", b"0", b"-0", b"-1", b"1e-300", b"abc", b"",
+                b"\0\0", b"1\\2\\3", b"0.4\\0.4\\0.4", b"99999999", b"2147483647", b"+", b"1e", b"0x10", b" \\ ",
+                b"1.2.3.4", b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99"]
+ODD_US = [0, 1, 2, 7, 8, 12, 15, 16, 17, 24, 31, 32, 33, 64, 65535]
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
+
+
+# ---------------------------------------------------------------------------
+# samples
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    name: str
+    data: bytes  # as shipped or as found
+    explicit: bytes  # the same dataset re-encoded as Explicit VR Little Endian (tag-level mutations work on it)
+    reference: portalign.Reference | None  # registered against, or None: read only
+
+
+def _explicit(data: bytes) -> bytes:
+    ds = read_dataset(data)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # real files carry UIDs that pydicom warns about when writing them again
+        warnings.simplefilter("ignore")
+        write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> list[Sample]:
+    """The demo phantom pair at 96x128 pixels, as the demo writes it, plus a cine and a float-pixel frame."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    reference_image, frame_image, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    ref_bytes = write_demo_image(reference_image, folder / "ref.dcm", label="DRR", image_type="DRR").read_bytes()
+    frame_bytes = write_demo_image(frame_image, folder / "frame.dcm", label="MV", image_type="PORTAL").read_bytes()
+    reference = portalign.prepare_reference(read_rt_image(ref_bytes))
+    spacing = frame_image.spacing_mm[0] * 1.5  # at the imager, SID 1500 / SAD 1000
+    cine = to_bytes(make_rt_image(np.stack([frame_image.pixels] * 3), spacing=spacing, gantry=[0.0, 0.5, 1.0]))
+    floats = make_rt_image(frame_image.pixels, spacing=spacing, position="centre")
+    del floats.PixelData
+    floats.FloatPixelData = np.ascontiguousarray(frame_image.pixels, dtype="<f4").tobytes()
+    floats.BitsAllocated = 32
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if keyword in floats:
+            delattr(floats, keyword)
+    float_bytes = to_bytes(floats)
+    samples = [Sample(name, data, _explicit(data), reference)
+               for name, data in (("demo-frame", frame_bytes), ("demo-cine", cine), ("demo-float", float_bytes))]
+    _warm_up(samples)
+    return samples
+
+
+def _warm_up(samples: list[Sample]) -> None:
+    # compile every kernel the registrations need before the hang alarm runs (a first JIT takes tens of seconds)
+    for sample in samples:
+        if sample.reference is not None:
+            _register(sample.reference, read_rt_image(sample.data))
+
+
+@pytest.fixture(scope="module")
+def real() -> list[Sample]:
+    if not REAL.is_dir():
+        pytest.skip(f"real RT Images not found at {REAL} (a user's clone); real-data mutants skipped")
+    samples = []
+    for relative, register in REAL_FILES:
+        data = (REAL / relative).read_bytes()
+        reference = portalign.prepare_reference(read_rt_image(data)) if register else None
+        samples.append(Sample(Path(relative).name, data, _explicit(data), reference))
+    _warm_up(samples)
+    return samples
+
+
+# ---------------------------------------------------------------------------
+# mutations (on the encoded bytes, as a damaged file arrives)
+# ---------------------------------------------------------------------------
+
+
+def _header_end(data: bytes) -> int:
+    """Offset of the pixel data element (explicit or implicit VR), or the file's length."""
+    for tag in (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00"):
+        position = data.find(tag)
+        while position >= 0:
+            if data[position + 4 : position + 6] in (b"OW", b"OB", b"OF"):
+                return position
+            if len(data) >= position + 8 and struct.unpack_from("<I", data, position + 4)[0] == len(data) - position - 8:
+                return position  # implicit VR: the length runs to the end of the file
+            position = data.find(tag, position + 1)
+    return len(data)
+
+
+def _elements(data: bytes, keyword: str) -> list[tuple[int, int, int]]:
+    """``(start, value_start, value_end)`` of every short-VR occurrence of ``keyword`` (Explicit VR LE)."""
+    tag = tag_for_keyword(keyword)
+    vr = dictionary_VR(tag)[:2].encode("ascii")
+    if vr in _LONG_VRS:
+        return []
+    pattern = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    end, found, start = _header_end(data), [], data.find(pattern)
+    while 0 <= start < end:
+        length = struct.unpack_from("<H", data, start + 6)[0]
+        found.append((start, start + 8, start + 8 + length))
+        start = data.find(pattern, start + 1)
+    return found
+
+
+def _replace_value(data: bytes, element: tuple[int, int, int], value: bytes) -> bytes:
+    start, value_start, value_end = element
+    if len(value) % 2:
+        value += b" "
+    return data[: start + 6] + struct.pack("<H", len(value)) + value + data[value_end:]
+
+
+def m_flip(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    data = bytearray(sample.data)
+    end = _header_end(sample.data)
+    positions = [int(rng.integers(0, end if rng.random() < 0.7 else len(data))) for _ in range(int(rng.integers(1, 17)))]
+    for p in positions:
+        data[p] ^= int(rng.integers(1, 256))
+    return bytes(data), f"flip {len(positions)} bytes"
+
+
+def m_truncate(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    end = _header_end(sample.data)
+    cut = int(rng.integers(0, end)) if rng.random() < 0.5 else int(rng.integers(end, len(sample.data)))
+    return sample.data[:cut], f"truncate at {cut} of {len(sample.data)}"
+
+
+def _target(sample: Sample, rng: np.random.Generator) -> tuple[str, list[tuple[int, int, int]]]:
+    present = [(k, found) for k in TARGETS if (found := _elements(sample.explicit, k))]
+    keyword, found = present[int(rng.integers(0, len(present)))]
+    return keyword, found
+
+
+def m_delete(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    keyword, found = _target(sample, rng)
+    start, _, value_end = found[int(rng.integers(0, len(found)))]
+    return sample.explicit[:start] + sample.explicit[value_end:], f"delete {keyword}"
+
+
+def m_garbage(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    keyword, found = _target(sample, rng)
+    element = found[int(rng.integers(0, len(found)))]
+    vr = dictionary_VR(tag_for_keyword(keyword))
+    if vr in ("US", "SS", "US or SS"):
+        count = int(rng.choice([0, 1, 1, 1, 2, 3]))  # value multiplicity too
+        values = [int(rng.choice(ODD_US)) for _ in range(count)]
+        return _replace_value(sample.explicit, element, struct.pack(f"<{count}H", *values)), f"{keyword} = {values}"
+    value = GARBAGE_TEXT[int(rng.integers(0, len(GARBAGE_TEXT)))]
+    return _replace_value(sample.explicit, element, value), f"{keyword} = {value!r}"
+
+
+def m_huge(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    choices = [("Rows", struct.pack("<H", 65535)), ("Columns", struct.pack("<H", 65535)),
+               ("NumberOfFrames", b"2147483647"), ("NumberOfFrames", b"65536"), ("RTImageSID", b"1e308"),
+               ("RadiationMachineSAD", b"1e308"), ("ImagePlanePixelSpacing", b"1e-300\\1e-300"),
+               ("RadiationMachineSAD", b"1\\2\\3"), ("RTImageSID", b"1e-308")]
+    data, done = sample.explicit, []
+    for index in rng.permutation(len(choices))[: int(rng.integers(1, 4))]:
+        keyword, value = choices[int(index)]
+        found = _elements(data, keyword)
+        if found:
+            data = _replace_value(data, found[0], value)
+            done.append(f"{keyword} = {value!r}")
+    return data, "huge " + ", ".join(done)
+
+
+def m_bits(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    data, done = sample.explicit, []
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        found = _elements(data, keyword)
+        if found and rng.random() < 0.6:
+            value = int(rng.choice(ODD_US))
+            data = _replace_value(data, found[0], struct.pack("<H", value))
+            done.append(f"{keyword} = {value}")
+    return data, "bits " + ", ".join(done)
+
+
+def m_nan_pixels(sample: Sample, rng: np.random.Generator) -> tuple[bytes, str]:
+    data = bytearray(sample.explicit)
+    start = _header_end(sample.explicit) + 12
+    if len(data) - start < 8:
+        return m_garbage(sample, rng)
+    count = int(rng.integers(1, 6))
+    for _ in range(count):
+        p = start + 4 * int(rng.integers(0, (len(data) - start) // 4))
+        data[p : p + 4] = struct.pack("<f", float("nan") if rng.random() < 0.7 else float("inf"))
+    return bytes(data), f"{count} NaN/inf pixels"
+
+
+MUTATIONS: list[Callable[[Sample, np.random.Generator], tuple[bytes, str]]] = [
+    m_flip, m_truncate, m_delete, m_garbage, m_garbage, m_huge, m_bits, m_nan_pixels,
+]
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+class _HangError(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _HangError(f"still running after {HANG_S} s")
+
+
+def _register(reference: portalign.Reference, image: portalign.Image) -> portalign.RegistrationResult:
+    # as the service does it: the size check first (Reference.register itself does not check it yet)
+    check_registration_size(reference.image, image, max_shift_mm=reference.options.max_shift_mm)
+    return reference.register(image)
+
+
+def _fuzz(samples: list[Sample], count: int, seed: int) -> dict[str, int]:
+    rng = np.random.default_rng(seed)
+    outcomes = {"result": 0, "refused": 0}
+    escapes, too_big = [], []
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    tracemalloc.start()
+    try:
+        for number in range(count):
+            sample = samples[number % len(samples)]
+            mutation = MUTATIONS[int(rng.integers(0, len(MUTATIONS)))]
+            data, what = mutation(sample, rng)
+            if rng.random() < 0.25:  # sometimes byte flips on top
+                data, more = m_flip(Sample(sample.name, data, data, None), rng)
+                what += f"; {more}"
+            label = f"#{number} {sample.name}: {what}"
+            start_memory = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            signal.alarm(HANG_S)
+            try:
+                # a cine file is read whole (every frame), as a stream or watch folder reads it
+                images = read_rt_image_frames(data) if "cine" in sample.name else [read_rt_image(data)]
+                if sample.reference is not None:
+                    _register(sample.reference, images[-1])
+                outcomes["result"] += 1
+            except PortalignError:
+                outcomes["refused"] += 1
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                escapes.append(f"{label} -> {type(exc).__name__}: {str(exc)[:160]}")
+            finally:
+                signal.alarm(0)
+            peak = tracemalloc.get_traced_memory()[1] - start_memory
+            bound = MEMORY_PER_FILE_BYTE * len(data) + MEMORY_FLOOR
+            if peak > bound:
+                too_big.append(f"{label}: {peak / 2**20:.1f} MiB for a {len(data)}-byte file (bound {bound / 2**20:.1f})")
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGALRM, previous)
+    assert not escapes, f"{len(escapes)} of {count} mutants (seed {seed}) escaped:\n" + "\n".join(escapes[:20])
+    assert not too_big, f"{len(too_big)} mutants allocated beyond the bound:\n" + "\n".join(too_big[:20])
+    return outcomes
+
+
+def test_mutants_of_the_shipped_sample(shipped):
+    outcomes = _fuzz(shipped, 240, SEED)
+    # the mix is a real one: many mutants are refused, and some (pixel flips, harmless tags) still register
+    assert outcomes["refused"] > 60 and outcomes["result"] > 20, outcomes
+
+
+@pytest.mark.real_data
+def test_mutants_of_real_rt_images(real):
+    outcomes = _fuzz(real, 120, SEED + 1)
+    assert outcomes["refused"] > 30 and outcomes["result"] > 10, outcomes
+
+
+@pytest.mark.slow
+def test_many_mutants(shipped, real):
+    _fuzz(shipped, 800, SEED + 2)
+    _fuzz(real, 300, SEED + 3)
+
+
+def test_the_unmutated_samples_register(shipped):
+    # the fuzz starts from good files: the demo frame registers ok against its reference
+    result = _register(shipped[0].reference, read_rt_image(shipped[0].data))
+    assert result.ok, result.reason
+    assert all(read_rt_image(s.explicit).shape == (96, 128) for s in shipped)
+
+
+# ---------------------------------------------------------------------------
+# the six escapes of issue 11, each its own test: the reader, `info` and `register`
+# ---------------------------------------------------------------------------
+
+
+def _escape_file(tmp_path: Path, shipped: list[Sample], keyword: str, value: bytes) -> Path:
+    data = _replace_value(shipped[0].explicit, _elements(shipped[0].explicit, keyword)[0], value)
+    path = tmp_path / f"{keyword.lower()}.dcm"
+    path.write_bytes(data)
+    return path
+
+
+def _cli_refuses(capsys, tmp_path: Path, shipped: list[Sample], path: Path, message: str) -> None:
+    reference = tmp_path / "ref.dcm"
+    reference.write_bytes(shipped[0].data)
+    for argv in (["info", str(path)], ["register", str(reference), str(path)]):
+        status = main(argv)
+        out, err = capsys.readouterr()
+        assert status == 2, (argv, out, err)
+        assert out == "" and "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith(f"portalign: error: {path.name}: "), err
+        assert re.search(message, err), err
+
+
+def test_escape_corrupt_transfer_syntax_uid(tmp_path, shipped, capsys):
+    path = _escape_file(tmp_path, shipped, "TransferSyntaxUID", b"1.2.840.99999.1\0")
+    with pytest.raises(PortalImageError, match=r"TransferSyntaxUID \(0002,0010\) '1\.2\.840\.99999\.1' in the file "
+                                               r"meta is not a DICOM transfer syntax"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"is not a DICOM transfer syntax; the file is damaged")
+
+
+def test_escape_sad_with_three_values(tmp_path, shipped, capsys):
+    path = _escape_file(tmp_path, shipped, "RadiationMachineSAD", b"1\\2\\3")
+    with pytest.raises(GeometryError, match=r"RadiationMachineSAD \(3002,0022\) has 3 values \[1, 2, 3\]; it must "
+                                            r"have 1; correct the tag or pass sad_mm=$"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"has 3 values \[1, 2, 3\]; .* pass --sad-mm$")
+
+
+def test_escape_sad_1e308(tmp_path, shipped, capsys):
+    path = _escape_file(tmp_path, shipped, "RadiationMachineSAD", b"1e308")
+    with pytest.raises(GeometryError, match=r"RadiationMachineSAD \(3002,0022\) is '?1e308'?; a distance in mm must "
+                                            r"be a finite number from 100 to 10000"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"RadiationMachineSAD .* pass --sad-mm$")
+
+
+def test_escape_spacing_with_three_values(tmp_path, shipped, capsys):
+    path = _escape_file(tmp_path, shipped, "ImagePlanePixelSpacing", b"0.4\\0.4\\0.4")
+    with pytest.raises(GeometryError, match=r"ImagePlanePixelSpacing \(3002,0011\) has 3 values \[0\.4, 0\.4, 0\.4\]; "
+                                            r"it must have 1 or 2; correct the tag or pass pixel_spacing_mm="):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"ImagePlanePixelSpacing .* pass --pixel-spacing-mm")
+    # an explicit spacing is the fix the message names: with it the file reads
+    assert read_rt_image(path, pixel_spacing_mm=2.0).spacing_mm == (2.0, 2.0)
+
+
+def test_escape_position_with_three_values(tmp_path, shipped, capsys):
+    path = _escape_file(tmp_path, shipped, "RTImagePosition", b"1\\2\\3")
+    with pytest.raises(GeometryError, match=r"RTImagePosition \(3002,0012\) has 3 values \[1, 2, 3\]; it must have 2; "
+                                            r"correct or remove the tag$"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"RTImagePosition \(3002,0012\) has 3 values")
+
+
+def test_escape_nan_gantry_angle_is_an_error_not_zero(tmp_path, shipped, capsys):
+    # decided: an angle that is present but invalid is an error (a wrong angle would silently pass the
+    # mismatched-view checks and tilt couch corrections); an absent angle is None, never 0
+    path = _escape_file(tmp_path, shipped, "GantryAngle", b"nan")
+    with pytest.raises(GeometryError, match=r"GantryAngle \(300A,011E\) is '?nan'?; an angle in degrees must be a "
+                                            r"finite number from -360 to 360; correct or remove the tag$"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"GantryAngle \(300A,011E\) is")
+    data = shipped[0].explicit
+    start, _, end = _elements(data, "GantryAngle")[0]
+    assert read_rt_image(data[:start] + data[end:]).info.gantry_deg is None
+
+
+
+# ---------------------------------------------------------------------------
+# the registration's own allocations, bounded by the two images
+# ---------------------------------------------------------------------------
+
+
+def _flat(shape: tuple[int, int], spacing: float, name: str) -> portalign.Image:
+    pixels = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    return portalign.Image.from_array(pixels, pixel_spacing_mm=spacing, name=name)
+
+
+def test_a_frame_far_finer_than_its_reference_is_refused():
+    reference = _flat((64, 64), 1.0, "drr")
+    with pytest.raises(GeometryError, match=r"^frame: pixel spacing 0\.05 mm is 20 times finer than the reference's 1 mm; "
+                                            r"registering would resample the reference to 1\.64e\+06 pixels"):
+        check_registration_size(reference, _flat((64, 64), 0.05, "frame"), max_shift_mm=20.0)
+
+
+def test_a_search_range_far_beyond_the_frame_is_refused():
+    tiny = _flat((16, 16), 0.01, "frame")
+    with pytest.raises(GeometryError, match=r"^frame: a search range of 20 mm is 2\.5e\+03 pixels at 0\.01 mm, over 4 "
+                                            r"times the frame's 16 pixels; .* max_shift_mm=$"):
+        check_registration_size(_flat((16, 16), 0.01, "drr"), tiny, max_shift_mm=20.0)
+
+
+def test_real_pairs_pass_the_size_check():
+    # an Eclipse DRR (512 x 512 at 0.98 mm) against a TrueBeam EPID frame (1280 x 1280 at 0.224 mm), and the reverse
+    drr, epid = _flat((512, 512), 0.977, "drr"), _flat((1280, 1280), 0.224, "epid")
+    check_registration_size(drr, epid, max_shift_mm=20.0)
+    check_registration_size(epid, drr, max_shift_mm=20.0)
+
+
+def test_cli_register_refuses_a_far_finer_frame_in_one_line(tmp_path, shipped, capsys):
+    frame = tmp_path / "fine.dcm"
+    data = shipped[0].explicit
+    frame.write_bytes(_replace_value(data, _elements(data, "ImagePlanePixelSpacing")[0], b"0.02\\0.02"))
+    reference = tmp_path / "ref.dcm"
+    reference.write_bytes(shipped[0].data)
+    status = main(["register", str(reference), str(frame)])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and err.count("\n") == 1, err
+    assert re.search(r"^portalign: error: fine\.dcm: pixel spacing 0\.01333 mm is \d+ times finer than the reference's "
+                     r".* pass --pixel-spacing-mm$", err), err
+
+
+# ---------------------------------------------------------------------------
+# escapes this fuzz found, each its own test
+# ---------------------------------------------------------------------------
+
+
+def test_pixel_data_holding_more_frames_than_the_header_says_is_refused(shipped):
+    # seed 20261130, mutant 31: a cine with Columns 128 -> 33 made pydicom 3 decode 11 frames where the header
+    # said 3, and frame bookkeeping raised IndexError
+    data = shipped[1].explicit
+    damaged = _replace_value(data, _elements(data, "Columns")[0], struct.pack("<H", 33))
+    message = (r"^<bytes>: PixelData has 73728 bytes, at least one frame more than Rows x Columns x NumberOfFrames x "
+               r"BitsAllocated/8 \(96 x 33 x 3 x 16/8\) = 19008; the size tags are wrong$")
+    with pytest.raises(PortalImageError, match=message):
+        read_rt_image_frames(damaged)
+    with pytest.raises(PortalImageError, match=message):
+        read_rt_image(damaged)
