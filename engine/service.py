@@ -76,7 +76,7 @@ from . import __version__
 from ._cli_options import add_invert_argument
 from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PortalignError, ReferencePreparationError
-from .image import Image, check_registration_size
+from .image import Image
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
 from .registration import Reference, prepare_reference
@@ -552,12 +552,6 @@ def create_app(
         except ApiError as exc:
             _journal(journal_obj, ref_id, frame_id, None, f"{exc.kind}: {exc.message}")
             raise
-        try:
-            # refused before the registration allocates anything that the two images' size does not justify
-            check_registration_size(entry.reference.image, image, max_shift_mm=entry.reference.options.max_shift_mm)
-        except PortalignError as exc:  # the message names the frame already
-            _journal(journal_obj, ref_id, frame_id, None, _one_line(exc))
-            raise ApiError(422, "invalid_image", _one_line(exc)) from None
         metrics.add("in_flight", 1)
         try:
             started_at = time.perf_counter()

@@ -529,3 +529,34 @@ def test_prepare_reference_rejects_constant_pixels(good: Good) -> None:
 def test_api_none_frame_names_the_frame(good: Good) -> None:
     with pytest.raises(PortalImageError, match=r"^frame: "):
         portalign.register(good.ref_array, None, pixel_spacing_mm=1.0)
+
+
+def test_reference_register_refuses_a_frame_that_would_outgrow_the_images_before_allocating():
+    import tracemalloc
+
+    from portalign import GeometryError
+
+    rng = np.random.default_rng(0)
+    base = rng.random((64, 64)).astype(np.float32)
+    ref = portalign.prepare_reference(Image.from_array(base, pixel_spacing_mm=1.0), backend="cpu")
+    tiny = Image.from_array(base, pixel_spacing_mm=0.001)  # a mistyped spacing: 1000x finer than the reference
+    tracemalloc.start()
+    try:
+        with pytest.raises(GeometryError, match="times finer than the reference"):
+            ref.register(tiny)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_plans_of_many_geometries_are_bounded():
+    from portalign.registration import _reference
+
+    rng = np.random.default_rng(1)
+    base = ndimage.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)
+    ref = portalign.prepare_reference(Image.from_array(base, pixel_spacing_mm=1.0), backend="cpu")
+    for k in range(_reference.MAX_PLANS + 4):  # every frame with its own beam axis: a plan each
+        frame = Image(base, (1.0, 1.0), (47.5 + 0.5 * k, 47.5))
+        ref.register(frame)
+    assert ref.lane_count() == _reference.MAX_PLANS

@@ -284,8 +284,7 @@ def _alarm(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 def _register(reference: portalign.Reference, image: portalign.Image) -> portalign.RegistrationResult:
-    # as the service does it: the size check first (Reference.register itself does not check it yet)
-    check_registration_size(reference.image, image, max_shift_mm=reference.options.max_shift_mm)
+    # Reference.register refuses a pair whose plan would outgrow the images before it allocates
     return reference.register(image)
 
 

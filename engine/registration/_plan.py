@@ -188,6 +188,11 @@ class LanePool:
                     return lane
                 self._changed.wait()
 
+    def idle(self) -> bool:
+        """Return whether no frame holds a lane of this geometry now."""
+        with self._changed:
+            return len(self._free) == len(self.lanes)
+
     def release(self, lane: FramePlan) -> None:
         with self._changed:
             self._free.append(lane)

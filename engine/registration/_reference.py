@@ -33,7 +33,7 @@ from scipy import ndimage
 from ..backends import Backend, cpu_backend, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
 from ..field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
-from ..image import Image, as_image, check_frame_pixels
+from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
@@ -54,6 +54,8 @@ FINEST_MIN_PIXELS = 48
 POLISH_LEVELS = 1
 #: The measured penumbra widens the field-edge band up to this much (mm).
 MAX_FIELD_MARGIN_MM = 10.0
+#: Frame geometries whose plans a reference keeps (least recently used dropped first).
+MAX_PLANS = 8
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
 
@@ -128,6 +130,8 @@ class Reference:
         """
         image = as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
         check_frame_pixels(image)
+        # a frame whose spacing would make the plan allocate far beyond the two images' size is refused first
+        check_registration_size(self.image, image, max_shift_mm=self.options.max_shift_mm)
         if self.backend.name == "cpu":
             return register_frame(self, image)
         try:
@@ -187,7 +191,22 @@ class Reference:
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
+                self._evict_plans()
+            else:
+                self._plans[key] = self._plans.pop(key)  # most recently used last
         return pool
+
+    def _evict_plans(self) -> None:
+        """Drop the least recently used geometries beyond :data:`MAX_PLANS` whose lanes are all free.
+
+        Frames with ever-new geometries (beam axes, sizes) would otherwise keep one plan each for
+        ever: a service fed varied uploads would grow without bound.
+        """
+        for key in list(self._plans):
+            if len(self._plans) <= MAX_PLANS:
+                break
+            if self._plans[key].idle():
+                del self._plans[key]
 
     def warm_up(self, frame: Image) -> None:
         """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""
