@@ -74,10 +74,17 @@ def test_concurrent_registrations_get_their_own_lanes(frames, one_at_a_time):
     assert all(_same(r, e) for r, e in zip(results, one_at_a_time, strict=True))
 
 
-def test_one_lane_means_frames_take_turns(frames):
+@pytest.mark.parametrize(("load", "lanes"), [(0.2, 2), (9.0, 1)])
+def test_default_cpu_batch_has_a_lane_per_core_the_thread_policy_allows(frames, monkeypatch, load, lanes):
+    # one frame per core side by side on a quiet machine; frames take turns on one lane while others load it
+    import numba
+    from portalign.backends import _cpu
+
+    monkeypatch.setattr(_cpu, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (load, load, load))
     reference = prepare_reference(_image(0, 0, 0), backend="cpu")
     register_batch(reference, frames[:2])
-    assert reference.lane_count() == 1  # the default: one lane per geometry, buffers reused
+    assert reference.lane_count() == min(lanes, numba.config.NUMBA_NUM_THREADS)
 
 
 def test_bad_frame_in_a_batch_is_named_and_the_others_kept(frames, one_at_a_time):
