@@ -55,6 +55,11 @@ POLISH_LEVELS = 1
 MAX_FIELD_MARGIN_MM = 10.0
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
+#: The field-edge band may take at most this fraction of the field's smaller side on each side, so that a
+#: small (cone, SRS) field keeps an interior of at least half its size to match on.
+MAX_MARGIN_FRACTION = 0.25
+#: Fewest reference pixels a level must keep inside the field, off its edge band.
+MIN_REFERENCE_PIXELS = 16
 
 
 class Reference:
@@ -107,6 +112,11 @@ class Reference:
             # a reference portal image shows the frame's field too: its penumbra must be cut out whole
             penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
             margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
+            size = field_size_mm(field_estimate, image.spacing_mm, factor)
+            if size is not None:
+                # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
+                # measure nor a fixed band may eat it
+                margin = min(margin, MAX_MARGIN_FRACTION * size)
         return cls(image, options, chosen, field_estimate, factor, margin)
 
     def register(self, frame: Any, *, pixel_spacing_mm: Any = None) -> Any:
@@ -198,8 +208,10 @@ class Reference:
         while min(shape[0] >> (depth + 1), shape[1] >> (depth + 1)) >= 16:
             depth += 1
         extent = self._search_extent_mm(shape, spacing)
-        # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region
-        finest_target = min(opts.finest_spacing_mm, extent / FINEST_MIN_PIXELS)
+        # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region, which is
+        # the field less its edge band on both sides
+        interior = max(extent - 2.0 * self.field_margin_mm, 0.5 * extent) if self.field.detected else extent
+        finest_target = min(opts.finest_spacing_mm, interior / FINEST_MIN_PIXELS)
         finest = 0
         while finest < depth and base * 2**finest < finest_target * 0.999:
             finest += 1
@@ -254,12 +266,8 @@ class Reference:
         frame_extent = min(shape[0] * spacing[0], shape[1] * spacing[1])
         ref_extent = min(self.image.extent_mm)
         extent = min(frame_extent, ref_extent)
-        if self.field.detected and self.field.box_px is not None:
-            c0, c1, r0, r1 = self.field.box_px
-            f = self._field_factor
-            field_extent = min((c1 - c0 + 1) * f * self.image.spacing_mm[1], (r1 - r0 + 1) * f * self.image.spacing_mm[0])
-            extent = min(extent, field_extent)
-        return extent
+        size = field_size_mm(self.field, self.image.spacing_mm, self._field_factor)
+        return extent if size is None else min(extent, size)
 
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
@@ -267,11 +275,8 @@ class Reference:
         ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
-        if valid.sum() < 16:
-            raise ReferencePreparationError(
-                f"{self.image.info.source}: fewer than 16 usable pixels at {level.spacing[0]:.2f} mm; "
-                "is the field smaller than the field-edge margin (field_margin_mm)?"
-            )
+        if valid.sum() < MIN_REFERENCE_PIXELS:
+            raise ReferencePreparationError(self._too_small_message(level, int(valid.sum())))
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
         lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
@@ -295,6 +300,19 @@ class Reference:
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
         level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
+
+    def _too_small_message(self, level: Level, usable: int) -> str:
+        """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
+        name = self.image.info.source
+        size = field_size_mm(self.field, self.image.spacing_mm, self._field_factor)
+        if size is not None:
+            need = 2.0 * self.field_margin_mm + MIN_REFERENCE_PIXELS**0.5 * level.spacing[0]
+            return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
+                    f"({self.field_margin_mm:.1f} mm field-edge band on each side and "
+                    f"{MIN_REFERENCE_PIXELS} pixels of {level.spacing[0]:.2f} mm inside); only {usable} usable "
+                    "pixels remain: too small a field to register")
+        return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
+                f"pixels only {usable} usable pixels remain: too small an image to register")
 
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
         """Return the reference pixels on ``level``'s grid inside the field and off its edge band."""
@@ -373,6 +391,17 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 
 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
+
+
+def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float], factor: int) -> float | None:
+    """Smaller side (mm) of a detected field's bounding box; None when no field was detected.
+
+    ``factor`` is how many image pixels one pixel of the detection level covers.
+    """
+    if not field.detected or field.box_px is None:
+        return None
+    c0, c1, r0, r1 = field.box_px
+    return float(min((c1 - c0 + 1) * factor * spacing_mm[1], (r1 - r0 + 1) * factor * spacing_mm[0]))
 
 
 def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
