@@ -13,16 +13,27 @@ image) and the outside really surrounds it; anatomy alone (a DRR, an open
 frame larger than the imager) does not pass, nor does a split into many
 pieces (stripes, bones): an aperture is one connected region. The result is a threshold and a
 polarity that every pyramid level can apply, plus the field's bounding box.
+
+No field edge in the image (:func:`find_field`): when the radiation field covers the whole
+panel (phantom QA images, large fields, frames cropped inside the field), the clean two-class
+split that remains is an object's outline, not an aperture. Two physical facts rule such a
+split out before it can mask real anatomy: the planned aperture of the RT Image's Exposure
+Sequence (jaws rotated by the collimator) contains the whole image, or the image's intensity
+sign is known (higher = more radiation) and the "field" found is darker than its surroundings,
+i.e. it attenuates the beam instead of letting it through.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FieldEstimate", "detect_field", "penumbra_extent_mm", "sample_mask", "NO_FIELD"]
+from .image import Image
+
+__all__ = ["FieldEstimate", "detect_field", "find_field", "field_size_mm", "planned_aperture_covers", "penumbra_extent_mm",
+           "sample_mask", "NO_FIELD", "NO_FIELD_EDGE"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -54,6 +65,9 @@ class FieldEstimate:
         Otsu's between-class share of the variance (1 = two flat levels).
     mask : numpy.ndarray or None
         The field (holes filled) on the level it was found on.
+    note : str
+        Why no field edge was accepted although a field/outside split was found
+        (``""`` when a field was detected or nothing field-like was there).
     """
 
     detected: bool
@@ -62,9 +76,80 @@ class FieldEstimate:
     box_px: tuple[float, float, float, float] | None = None
     effectiveness: float = 0.0
     mask: np.ndarray | None = None
+    note: str = ""
 
 
 NO_FIELD = FieldEstimate(detected=False)
+#: Start of every note saying that the image shows no aperture edge.
+NO_FIELD_EDGE = "no field edge in the image"
+
+
+def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
+    """Find the radiation field of ``image`` on its small pyramid level, or say why there is no field edge.
+
+    Parameters
+    ----------
+    image : Image
+        The full image: its planned aperture (``info.extra["planned_field_corners_mm"]``, mm at the
+        isocentre plane in the image frame) and its intensity sign (``info.extra["intensity_sign_reason"]``)
+        are read.
+    small : numpy.ndarray
+        ``image`` box-reduced to a few thousand pixels (what :func:`detect_field` works on).
+
+    Returns
+    -------
+    FieldEstimate
+        ``detected=False`` with a ``note`` starting with ``"no field edge in the image"`` when the planned
+        aperture covers the image or the only split found is an attenuating object.
+    """
+    covers = planned_aperture_covers(image)
+    if covers:
+        return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
+    field = detect_field(small)
+    if field.detected and not field.field_is_bright and _radiation_is_bright(image):
+        return replace(NO_FIELD, effectiveness=field.effectiveness,
+                       note=f"{NO_FIELD_EDGE}: the region found is darker than its surroundings in an image whose "
+                            "higher values mean more radiation, so it is an attenuating object (a phantom's outline), "
+                            "not the radiation field; the whole image is matched")
+    return field
+
+
+def planned_aperture_covers(image: Image) -> str:
+    """Say whether the planned jaws contain the whole image (then no field edge can be in it); ``""`` if not.
+
+    The aperture is the polygon ``info.extra["planned_field_corners_mm"]`` (the RT Image's Exposure
+    Sequence jaws, turned by the collimator angle, mm at the isocentre plane relative to the beam axis).
+    An image with a planned MLC (``planned_mlc``) is never said to be covered: its leaves may cut the
+    field inside the jaws. Returns the reason, naming the jaws, when every image corner is inside.
+    """
+    extra = image.info.extra
+    corners = extra.get("planned_field_corners_mm")
+    if not corners or extra.get("planned_mlc") or len(corners) < 3:
+        return ""
+    polygon = np.asarray(corners, dtype=np.float64)
+    if polygon.shape[1:] != (2,) or not np.all(np.isfinite(polygon)):
+        return ""
+    rows, cols = image.shape
+    x, y = image.pixel_to_mm(np.array([-0.5, cols - 0.5, cols - 0.5, -0.5]), np.array([-0.5, -0.5, rows - 0.5, rows - 0.5]))
+    if not all(_inside_convex(polygon, px, py) for px, py in zip(x, y, strict=True)):
+        return ""
+    jaws = extra.get("planned_jaws_mm") or {}
+    named = ", ".join(f"{k} {jaws[k]:+.0f}" for k in ("x1", "x2", "y1", "y2") if k in jaws)
+    return f"the planned field (jaws {named} mm) covers the whole image" if named else \
+        "the planned field covers the whole image"
+
+
+def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
+    """Whether ``(x, y)`` lies inside (or on) a convex polygon given in either winding order."""
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    cross = edges[:, 0] * (y - polygon[:, 1]) - edges[:, 1] * (x - polygon[:, 0])
+    return bool(np.all(cross >= -1e-9) or np.all(cross <= 1e-9))
+
+
+def _radiation_is_bright(image: Image) -> bool:
+    """Whether the loader established that higher values mean more radiation (a sign tag, a known encoding)."""
+    reason = str(image.info.extra.get("intensity_sign_reason") or "")
+    return bool(reason) and not reason.startswith("no PixelIntensityRelationshipSign")
 
 
 def detect_field(image: np.ndarray) -> FieldEstimate:
@@ -140,6 +225,19 @@ def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: floa
         if ring.sum() >= 4 and magnitude[ring].mean() >= 3.0 * baseline:
             extent = start + spacing_mm
     return float(extent)
+
+
+def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:
+    """Diameter (mm) of the largest disc inside a detected field; None when no field was detected.
+
+    ``spacing_mm`` is the ``(row, col)`` pixel spacing of the level the field was found on. For a
+    rectangular field it is the shorter side, for a cone its diameter, whatever the collimator angle
+    (a bounding box would call a 45-degree-turned square field 1.4 times larger).
+    """
+    if not field.detected or field.mask is None:
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(field.mask, 1), sampling=spacing_mm)
+    return float(2.0 * depth.max())
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

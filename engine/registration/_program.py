@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..field import NO_FIELD, detect_field
+from ..field import NO_FIELD, find_field
 from ..image import Image
 from ..result import RegistrationResult
 from ._frame import frame_mask
 from ._plan import FramePlan, wants_field
-from ._quality import MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius
+from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius, rotation_support_mm
 from ._refine import edge_score, evaluate, mi_score, newton
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, Candidate, global_search
 
@@ -83,11 +83,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     for index in range(1, plan.pyramid_depth + 1):
         k.downsample2(levels[index - 1].image, levels[index].image)
     small = backend.to_host(levels[plan.field_level].image)
-    field = detect_field(small) if wants_field(opts, frame) else NO_FIELD
+    field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
-    warnings: list[str] = []
+    warnings: list[str] = [note for note in (field.note,) if note]
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats)
     # 2. global search ---------------------------------------------------------------------------
@@ -146,6 +146,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         for c in ranked
     ]
     pose, score = best.pose, best.score
+    if rotate:
+        # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
+        support = rotation_support_mm(backend, plan, levels[first], pose, r_eff)
+        details["rotation_support_mm"] = support
+        if support < MIN_ROTATION_SUPPORT_MM:
+            rotate = False
+            warnings.append(f"the image's structure does not constrain rotation (lever arm {support:.1f} mm < "
+                            f"{MIN_ROTATION_SUPPORT_MM:g} mm): rotation fixed at 0")
+            pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",
+                                  ITERATIONS[0], r_eff, False, opts, tolerance=first_tolerance)
     later = plan.refine_levels[1:]
     for i, index in enumerate(later):
         is_finest = i == len(later) - 1
@@ -221,6 +231,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     details["rotation_radius_mm"] = r_eff
     details.update(frame_stats)
     details["field_effectiveness"] = field.effectiveness
+    details["field_note"] = field.note or None
+    details["reference_field_note"] = reference.field.note or None
     box_mm = None
     if field.detected and field.box_px is not None:
         lvl = levels[plan.field_level]

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..backends import Backend, cpu_backend, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
-from ..field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
+from ..field import NO_FIELD, FieldEstimate, field_size_mm, find_field, penumbra_extent_mm, sample_mask
 from ..image import Image, as_image, check_frame_pixels
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
@@ -55,9 +55,10 @@ POLISH_LEVELS = 1
 MAX_FIELD_MARGIN_MM = 10.0
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
-#: The field-edge band may take at most this fraction of the field's smaller side on each side, so that a
-#: small (cone, SRS) field keeps an interior of at least half its size to match on.
-MAX_MARGIN_FRACTION = 0.25
+#: The field-edge band may take at most this fraction of the field's size (its largest inscribed disc) on
+#: each side, so that a small (cone, SRS) field keeps an interior of about half its size to match on, even
+#: turned 45 degrees under the square erosion (which reaches sqrt(2) further along a diagonal): 1 / (4 sqrt 2).
+MAX_MARGIN_FRACTION = 0.18
 #: Fewest reference pixels a level must keep inside the field, off its edge band.
 MIN_REFERENCE_PIXELS = 16
 
@@ -108,11 +109,11 @@ class Reference:
         field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
         if wants_field(options, image):
             small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-            field_estimate = detect_field(small)
+            field_estimate = find_field(image, small)
             # a reference portal image shows the frame's field too: its penumbra must be cut out whole
             penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
             margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
-            size = field_size_mm(field_estimate, image.spacing_mm, factor)
+            size = field_size_mm(field_estimate, _scaled(image.spacing_mm, factor))
             if size is not None:
                 # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
                 # measure nor a fixed band may eat it
@@ -213,8 +214,13 @@ class Reference:
         interior = max(extent - 2.0 * self.field_margin_mm, 0.5 * extent) if self.field.detected else extent
         finest_target = min(opts.finest_spacing_mm, interior / FINEST_MIN_PIXELS)
         finest = 0
-        while finest < depth and base * 2**finest < finest_target * 0.999:
-            finest += 1
+        if finest_target < opts.finest_spacing_mm:
+            # a small field: the coarsest level that still has FINEST_MIN_PIXELS across its interior
+            while finest < depth and base * 2 ** (finest + 1) <= finest_target * 1.001:
+                finest += 1
+        else:
+            while finest < depth and base * 2**finest < finest_target * 0.999:
+                finest += 1
         coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
         coarse = finest
         while coarse < depth and (
@@ -266,7 +272,7 @@ class Reference:
         frame_extent = min(shape[0] * spacing[0], shape[1] * spacing[1])
         ref_extent = min(self.image.extent_mm)
         extent = min(frame_extent, ref_extent)
-        size = field_size_mm(self.field, self.image.spacing_mm, self._field_factor)
+        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
         return extent if size is None else min(extent, size)
 
     def _fill_level(self, level: Level) -> None:
@@ -304,7 +310,7 @@ class Reference:
     def _too_small_message(self, level: Level, usable: int) -> str:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
         name = self.image.info.source
-        size = field_size_mm(self.field, self.image.spacing_mm, self._field_factor)
+        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
         if size is not None:
             need = 2.0 * self.field_margin_mm + MIN_REFERENCE_PIXELS**0.5 * level.spacing[0]
             return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
@@ -393,15 +399,9 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
 
 
-def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float], factor: int) -> float | None:
-    """Smaller side (mm) of a detected field's bounding box; None when no field was detected.
-
-    ``factor`` is how many image pixels one pixel of the detection level covers.
-    """
-    if not field.detected or field.box_px is None:
-        return None
-    c0, c1, r0, r1 = field.box_px
-    return float(min((c1 - c0 + 1) * factor * spacing_mm[1], (r1 - r0 + 1) * factor * spacing_mm[0]))
+def _scaled(spacing: tuple[float, float], factor: int) -> tuple[float, float]:
+    """Pixel spacing of a level ``factor`` times coarser."""
+    return spacing[0] * factor, spacing[1] * factor
 
 
 def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
