@@ -45,6 +45,11 @@ FIELD_AREA = (0.0005, 0.95)
 MIN_LARGEST_PART = 0.9
 #: Fewest pixels a detected field may have on the detection level.
 MIN_FIELD_PIXELS = 12
+#: A detector line is dead (or hot) when it spikes away from both neighbours by this many noise sigmas...
+DEAD_LINE_CONTRAST = 8.0
+#: ...over at least this share of its length; at most this share of all lines are bridged.
+DEAD_LINE_SHARE = 0.8
+DEAD_LINE_MAX_SHARE = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +170,7 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
     FieldEstimate
         ``detected=False`` when no clean field/outside split exists.
     """
-    values = np.asarray(image, dtype=np.float64)
+    values = _bridge_dead_lines(np.asarray(image, dtype=np.float64))
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return NO_FIELD
@@ -238,6 +243,35 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
         return None
     depth = ndimage.distance_transform_edt(np.pad(field.mask, 1), sampling=spacing_mm)
     return float(2.0 * depth.max())
+
+
+def _bridge_dead_lines(values: np.ndarray) -> np.ndarray:
+    """Replace whole rows / columns that spike away from both neighbours by the neighbours' mean.
+
+    A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
+    split would take it for a class of its own (on an inverted image a dead line at zero is the
+    darkest thing there, and becomes "the field"). A line qualifies when, over at least
+    ``DEAD_LINE_SHARE`` of its length, it differs from both neighbours in the same direction by more
+    than ``DEAD_LINE_CONTRAST`` times the image's row-to-row noise; a field edge is a step (one
+    neighbour agrees) and anatomy does not run along a whole detector line.
+    """
+    out = values
+    for axis in (0, 1):
+        work = out if axis == 0 else out.T
+        if work.shape[0] < 5:
+            continue
+        up = work[1:-1] - work[:-2]
+        down = work[1:-1] - work[2:]
+        spike = np.where(np.sign(up) == np.sign(down), np.minimum(np.abs(up), np.abs(down)), 0.0)
+        noise = 1.4826 * float(np.median(np.abs(np.diff(work, axis=0)))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+        bad = np.flatnonzero(np.mean(spike > DEAD_LINE_CONTRAST * noise, axis=1) >= DEAD_LINE_SHARE) + 1
+        if bad.size == 0 or bad.size > DEAD_LINE_MAX_SHARE * work.shape[0]:
+            continue
+        work = work.copy()
+        for i in bad:
+            work[i] = 0.5 * (work[i - 1] + work[i + 1])
+        out = work if axis == 0 else work.T
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -84,3 +84,20 @@ def cone_pair(dx_mm: float, dy_mm: float, *, spacing_mm: float = 0.25, size: int
 def read(path: Path) -> Image:
     """Read an RT Image of the real data (a zipped Winston-Lutz set is not needed here)."""
     return read_rt_image(path)
+
+
+def low_dose(image: Image, fraction: float, seed: int) -> Image:
+    """``image`` with white noise of ``fraction`` times its signal range (1st to 99th percentile) added (low dose)."""
+    pixels = image.pixels.astype(np.float64)
+    sigma = fraction * float(np.subtract(*np.percentile(pixels, [99, 1])))
+    return replace(image, pixels=pixels + np.random.default_rng(seed).normal(0.0, sigma, pixels.shape))
+
+
+def dead_lines(image: Image, rows: tuple[int, ...] = (), cols: tuple[int, ...] = ()) -> Image:
+    """``image`` with whole detector rows / columns reading zero (dead lines of the panel)."""
+    pixels = image.pixels.astype(np.float64).copy()
+    for r in rows:
+        pixels[r, :] = 0.0
+    for c in cols:
+        pixels[:, c] = 0.0
+    return replace(image, pixels=pixels)
