@@ -43,7 +43,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     if coarse.usable < 16 or finest.usable < needed:
         if field.detected and field.mask is not None:
             size = field_size_mm(field, plan.levels[plan.field_level].spacing)
-            band = (finest.erosion_px - 1) * min(finest.spacing)
+            band = finest.erosion_px * min(finest.spacing)
             return (f"too little of the frame is usable: {frame.info.source}'s radiation field is {size:.1f} mm "
                     f"across and a {band:.1f} mm field-edge band is left out on each side, leaving "
                     f"{finest.usable} pixels of {min(finest.spacing):.2f} mm (at least {needed} needed): "

@@ -312,11 +312,12 @@ class Reference:
         name = self.image.info.source
         size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
         if size is not None:
-            need = 2.0 * self.field_margin_mm + MIN_REFERENCE_PIXELS**0.5 * level.spacing[0]
+            band = level.erosion_px * min(level.spacing)
+            need = 2.0 * band + MIN_REFERENCE_PIXELS**0.5 * min(level.spacing)
             return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
-                    f"({self.field_margin_mm:.1f} mm field-edge band on each side and "
-                    f"{MIN_REFERENCE_PIXELS} pixels of {level.spacing[0]:.2f} mm inside); only {usable} usable "
-                    "pixels remain: too small a field to register")
+                    f"(a {band:.1f} mm field-edge band on each side and {MIN_REFERENCE_PIXELS} pixels of "
+                    f"{min(level.spacing):.2f} mm inside); only {usable} usable pixels remain: too small a field "
+                    "to register")
         return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
                 f"pixels only {usable} usable pixels remain: too small an image to register")
 
