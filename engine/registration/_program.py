@@ -148,7 +148,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     pose, score = best.pose, best.score
     if rotate:
         # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
-        support = rotation_support_mm(backend, plan, levels[first], pose, r_eff)
+        support = rotation_support_mm(backend, plan, levels[plan.coarse.level], pose, r_eff)
         details["rotation_support_mm"] = support
         if support < MIN_ROTATION_SUPPORT_MM:
             rotate = False
