@@ -210,3 +210,25 @@ def test_dead_detector_lines_do_not_become_the_field():
     field = detect_field(image.pixels)
     assert field.detected
     assert field.box_px == pytest.approx((50, 79, 45, 74), abs=1)
+
+
+@pytest.mark.parametrize("shift", [(2.0, -1.5), (-3.0, 2.5)])
+def test_drr_reference_and_a_cone_frame(shift):
+    """The common SRS case: a DRR (no field) against a 26 mm cone frame; the plan follows the frame's field."""
+    spacing = 0.5
+    base = anatomy(512, seed=5)
+    drr = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(400, 400), spacing_mm=spacing, base_spacing_mm=0.5),
+                                     pixel_spacing_mm=spacing, kind="drr")
+    values = moved(base, *shift, 0, shape=(400, 400), spacing_mm=spacing, base_spacing_mm=0.5)
+    values = (values - values.min()) / np.ptp(values)
+    yy, xx = (np.mgrid[0:400, 0:400] - 199.5) * spacing
+    from scipy import special
+
+    cone = 0.02 + 0.98 * 0.5 * special.erfc((np.hypot(xx, yy) - 13.0) / 1.0)
+    frame = portalign.Image.from_array(1000 * cone * np.exp(-0.8 * values), pixel_spacing_mm=spacing, kind="portal")
+    reference = portalign.prepare_reference(drr, backend="cpu")
+    result = reference.register(frame)
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.15
+    small = [pool for key, pool in reference._plans.items() if len(key) == 4]
+    assert len(small) == 1 and small[0].lanes[0].field_mm == pytest.approx(2 ** (math.floor(2 * math.log2(26)) / 2))

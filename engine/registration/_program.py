@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..field import NO_FIELD, find_field
+from ..field import NO_FIELD, field_size_mm, find_field
 from ..image import Image
 from ..result import RegistrationResult
 from ._frame import frame_mask
@@ -48,6 +48,17 @@ RECHECK_RATIO = 0.75
 RECHECK_ITERATIONS = 2
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
+#: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
+#: region the plan was sized for gets a plan sized for the field (pyramid, edge band).
+SMALL_FIELD_MM = 80.0
+SMALL_FIELD_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class _SmallField:
+    """The frame's field is small and the plan was sized for the whole image: register on a plan for the field."""
+
+    size_mm: float
 
 
 def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
@@ -69,6 +80,10 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
     with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.on_stream(plan.stream):
         result = _register(reference, plan, frame)
+    if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
+        with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
+                backend.on_stream(plan.stream):
+            result = _register(reference, plan, frame)
     elapsed = (time.perf_counter() - start) * 1e3
     return replace(result, elapsed_ms=elapsed)
 
@@ -85,6 +100,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     small = backend.to_host(levels[plan.field_level].image)
     field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
+    if field.detected and not reference.field.detected and plan.field_mm is None:
+        size = field_size_mm(field, levels[plan.field_level].spacing)
+        if size is not None and size < min(SMALL_FIELD_MM, SMALL_FIELD_SHARE * plan.extent_mm):
+            return _SmallField(size)  # type: ignore[return-value]
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     warnings: list[str] = [note for note in (field.note,) if note]

@@ -157,14 +157,20 @@ class Reference:
 
     # --- geometry plans -------------------------------------------------------------------------
 
-    def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> FramePlan:
-        """Return (building on first use) the plan for frames of this geometry: its first lane."""
-        return self._pool(shape, spacing, axis).lanes[0]
+    def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+                 field_mm: float | None = None) -> FramePlan:
+        """Return (building on first use) the plan for frames of this geometry: its first lane.
+
+        ``field_mm``: the frames' own radiation field size (largest inscribed disc, mm) when the reference has
+        no field (a DRR) and the frames' field is small: the plan's pyramid and edge band then follow it.
+        """
+        return self._pool(shape, spacing, axis, field_mm).lanes[0]
 
     @contextmanager
-    def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> Iterator[FramePlan]:
+    def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+             field_mm: float | None = None) -> Iterator[FramePlan]:
         """Hold a lane of this geometry's plan for one frame (waiting while all allowed lanes are busy)."""
-        pool = self._pool(shape, spacing, axis)
+        pool = self._pool(shape, spacing, axis, field_mm)
         lane = pool.acquire(self._lane_limit, self.backend)
         try:
             yield lane
@@ -186,12 +192,18 @@ class Reference:
         with self._plans_lock:
             return sum(len(pool.lanes) for pool in self._plans.values())
 
-    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> LanePool:
-        key = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+              field_mm: float | None = None) -> LanePool:
+        key: tuple = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+        if field_mm is not None:
+            # half-octave classes of field size share a plan, sized for the class's smallest field
+            size_class = math.floor(2.0 * math.log2(max(field_mm, 1e-3))) / 2.0
+            field_mm = 2.0**size_class
+            key = (*key, size_class)
         with self._plans_lock:
             pool = self._plans.get(key)
             if pool is None:
-                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis))  # type: ignore[arg-type]
+                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
@@ -202,16 +214,21 @@ class Reference:
         register_frame(self, frame)
 
     def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
-                    axis: tuple[float, float]) -> FramePlan:
+                    axis: tuple[float, float], field_mm: float | None = None) -> FramePlan:
         opts = self.options
         base = min(spacing)
         depth = 0
         while min(shape[0] >> (depth + 1), shape[1] >> (depth + 1)) >= 16:
             depth += 1
         extent = self._search_extent_mm(shape, spacing)
+        band = self.field_margin_mm
+        if field_mm is not None:  # the frames' own small field (the reference has none)
+            extent = min(extent, field_mm)
+            band = min(band, MAX_MARGIN_FRACTION * field_mm)
         # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region, which is
         # the field less its edge band on both sides
-        interior = max(extent - 2.0 * self.field_margin_mm, 0.5 * extent) if self.field.detected else extent
+        has_field = self.field.detected or field_mm is not None
+        interior = max(extent - 2.0 * band, 0.5 * extent) if has_field else extent
         finest_target = min(opts.finest_spacing_mm, interior / FINEST_MIN_PIXELS)
         finest = 0
         if finest_target < opts.finest_spacing_mm:
@@ -242,7 +259,7 @@ class Reference:
             lvl_spacing = (spacing[0] * 2**k, spacing[1] * 2**k)
             # a level-k pixel i covers level-0 pixels 2^k i .. 2^k (i+1) - 1: centre (2^k i + (2^k - 1)/2)
             lvl_axis = ((axis[0] - (2**k - 1) / 2) / 2**k, (axis[1] - (2**k - 1) / 2) / 2**k)
-            margin = self.field_margin_mm / min(lvl_spacing)
+            margin = band / min(lvl_spacing)
             level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
             level.image = xp.empty(lvl_shape, dtype=xp.float32)
             if k in used:
@@ -260,6 +277,8 @@ class Reference:
             refine_levels=refine,
             polish_levels=polish,
             coarse=coarse_search,
+            extent_mm=extent,
+            field_mm=field_mm,
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
