@@ -73,6 +73,9 @@ class FieldEstimate:
     note : str
         Why no field edge was accepted although a field/outside split was found
         (``""`` when a field was detected or nothing field-like was there).
+    dead_rows, dead_cols : tuple of int
+        Whole detector lines (rows, columns of the level it was found on) that read far off both
+        neighbours: dead or hot lines, left out of the match.
     """
 
     detected: bool
@@ -82,6 +85,8 @@ class FieldEstimate:
     effectiveness: float = 0.0
     mask: np.ndarray | None = None
     note: str = ""
+    dead_rows: tuple[int, ...] = ()
+    dead_cols: tuple[int, ...] = ()
 
 
 NO_FIELD = FieldEstimate(detected=False)
@@ -109,10 +114,13 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     """
     covers = planned_aperture_covers(image)
     if covers:
-        return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
+        _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64))
+        return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
+                             dead_rows=rows, dead_cols=cols)
     field = detect_field(small)
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
-        return replace(NO_FIELD, effectiveness=field.effectiveness,
+        return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
+                       dead_cols=field.dead_cols,
                        note=f"{NO_FIELD_EDGE}: the region found is darker than its surroundings in an image whose "
                             "higher values mean more radiation, so it is an attenuating object (a phantom's outline), "
                             "not the radiation field; the whole image is matched")
@@ -168,9 +176,18 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
     Returns
     -------
     FieldEstimate
-        ``detected=False`` when no clean field/outside split exists.
+        ``detected=False`` when no clean field/outside split exists. Dead detector lines found on the
+        way are in ``dead_rows`` / ``dead_cols`` whether or not a field was found.
     """
-    values = _bridge_dead_lines(np.asarray(image, dtype=np.float64))
+    values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64))
+    found = _detect(values)
+    if dead_rows or dead_cols:
+        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols)
+    return found
+
+
+def _detect(values: np.ndarray) -> FieldEstimate:
+    """Otsu split, border, area and one-aperture tests, holes filled (see :func:`detect_field`)."""
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return NO_FIELD
@@ -245,8 +262,10 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
     return float(2.0 * depth.max())
 
 
-def _bridge_dead_lines(values: np.ndarray) -> np.ndarray:
+def _bridge_dead_lines(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """Replace whole rows / columns that spike away from both neighbours by the neighbours' mean.
+
+    Returns the bridged image and the indices of the rows and of the columns replaced.
 
     A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
     split would take it for a class of its own (on an inverted image a dead line at zero is the
@@ -258,6 +277,7 @@ def _bridge_dead_lines(values: np.ndarray) -> np.ndarray:
     runs on every frame).
     """
     out = values
+    found: list[tuple[int, ...]] = [(), ()]
     for axis in (0, 1):
         work = out if axis == 0 else out.T
         if work.shape[0] < 5:
@@ -265,8 +285,9 @@ def _bridge_dead_lines(values: np.ndarray) -> np.ndarray:
         means = work.mean(axis=1)
         up, down = means[1:-1] - means[:-2], means[1:-1] - means[2:]
         spike = np.where(up * down > 0, np.minimum(np.abs(up), np.abs(down)), 0.0)
-        candidates = np.flatnonzero(spike > DEAD_LINE_CONTRAST * _line_noise(work)) + 1
-        if candidates.size == 0 or candidates.size > DEAD_LINE_MAX_SHARE * work.shape[0]:
+        profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
+        candidates = np.flatnonzero(spike > DEAD_LINE_CONTRAST * profile_noise) + 1
+        if candidates.size == 0:
             continue
         noise = _line_noise(work)
         bad = []
@@ -275,13 +296,14 @@ def _bridge_dead_lines(values: np.ndarray) -> np.ndarray:
             if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > DEAD_LINE_CONTRAST * noise)) \
                     >= DEAD_LINE_SHARE:
                 bad.append(i)
-        if not bad:
+        if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
             continue
         work = work.copy()
         for i in bad:
             work[i] = 0.5 * (work[i - 1] + work[i + 1])
         out = work if axis == 0 else work.T
-    return out
+        found[axis] = tuple(int(i) for i in bad)
+    return out, found[0], found[1]
 
 
 def _line_noise(work: np.ndarray) -> float:

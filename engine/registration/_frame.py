@@ -22,6 +22,8 @@ def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bi
     else:
         level.mask[...] = 1
         k.erode_box(level.mask, 1, level.scratch, level.eroded)
+    if field.dead_rows or field.dead_cols:
+        _drop_dead_lines(level, field, field_level)
     level.usable = int(k.pixel_list(level.eroded, level.pixel_rows, level.pixel_cols))
     lo, hi, _ = k.masked_range(level.image, level.eroded, 0.005, 0.995)
     level.range = (float(lo), float(hi))
@@ -32,3 +34,32 @@ def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bi
                               backend.to_host)
 
 
+
+
+def _drop_dead_lines(level: Level, field: FieldEstimate, field_level: int) -> None:
+    """Leave dead detector lines (found on the field level) and the pixels next to them out of a level's mask.
+
+    Field-level row ``i`` covers level-0 rows ``2^F i .. 2^F (i + 1) - 1``, i.e. this level's rows
+    ``2^(F-L) i .. 2^(F-L) (i + 1) - 1`` (one row when the level is coarser); one more row on each side goes
+    too, since the edge features there take a gradient across the line.
+    """
+    for lines, size, axis in ((field.dead_rows, level.shape[0], 0), (field.dead_cols, level.shape[1], 1)):
+        for i in lines:
+            if level.index < field_level:
+                # the block the field level saw: the line is the one that spikes most away from its neighbours
+                span = 2 ** (field_level - level.index)
+                lo, hi = max(i * span - 1, 0), min((i + 1) * span + 1, size)
+                means = level.image[lo:hi].mean(axis=1) if axis == 0 else level.image[:, lo:hi].mean(axis=0)
+                means = np.asarray(means.get() if hasattr(means, "get") else means, dtype=np.float64)
+                if means.size >= 3:
+                    spike = np.abs(2.0 * means[1:-1] - means[:-2] - means[2:])
+                    j = lo + 1 + int(np.argmax(spike))
+                    lo, hi = j - 1, j + 2
+            else:
+                j = i // 2 ** (level.index - field_level)
+                lo, hi = j - 1, j + 2
+            lo, hi = max(lo, 0), min(hi, size)
+            if axis == 0:
+                level.eroded[lo:hi, :] = 0
+            else:
+                level.eroded[:, lo:hi] = 0

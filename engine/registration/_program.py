@@ -107,6 +107,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     warnings: list[str] = [note for note in (field.note,) if note]
+    if field.dead_rows or field.dead_cols:
+        warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
+                        "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats)
     # 2. global search ---------------------------------------------------------------------------
