@@ -18,7 +18,7 @@ __all__ = ["assess_frame", "rotation_radius", "rotation_support_mm", "is_clean",
 MIN_CONTRAST_TO_NOISE = 12.0
 #: Fewest usable pixels at the finest level (a 20 x 20 patch): less cannot be trusted.
 MIN_USABLE_PIXELS = 400
-#: At native resolution (nothing finer exists) a small field needs at least this many usable pixels (8 x 8).
+#: At native resolution (nothing finer exists) a small radiation field needs at least this many usable pixels (8 x 8).
 SMALL_FIELD_MIN_PIXELS = 64
 #: Contrast / noise at the finest level above which a frame is "clean" and refined on finer levels too.
 CLEAN_CONTRAST_TO_NOISE = 1000.0
@@ -38,8 +38,9 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     """
     finest = plan.levels[plan.refine_levels[-1]]
     coarse = plan.levels[plan.coarse.level]
-    # at the detector's own pixels nothing finer exists: a small field is judged on what it can hold
-    needed = MIN_USABLE_PIXELS if finest.index > 0 else SMALL_FIELD_MIN_PIXELS
+    # at the detector's own pixels nothing finer exists: a small field is judged on what it can hold (an image
+    # that is small without a field, a crop, still needs MIN_USABLE_PIXELS)
+    needed = SMALL_FIELD_MIN_PIXELS if finest.index == 0 and field.detected else MIN_USABLE_PIXELS
     if coarse.usable < 16 or finest.usable < needed:
         if field.detected and field.mask is not None:
             size = field_size_mm(field, plan.levels[plan.field_level].spacing)
@@ -49,7 +50,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     f"{finest.usable} pixels of {min(finest.spacing):.2f} mm (at least {needed} needed): "
                     "too small a field to register")
         return (f"too little of the frame is usable: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
-                f"(at least {needed} needed)")
+                f"(at least {needed} needed): {frame.info.source} is too small to register")
     noise = _noise_sigma(backend, finest)
     lo, hi = coarse.range
     contrast = hi - lo
