@@ -6,7 +6,10 @@ windows of real RT Images moved by a known number of rows and columns (the hande
 Winston-Lutz fields), rendered 26 mm and 15 mm SRS cones, a DRR against 26 mm cone frames, and
 low-dose (3 % noise) and dead-line variants of every third pair. It prints one line per pair and, per
 kind, how many are ok, the median and largest error of the ok ones, and how many ok ones are more than
-2 mm off (must be 0). ``RegistrationOptions`` fields can be given as ``key=value`` arguments.
+2 mm off (must be 0). ``RegistrationOptions`` fields can be given as ``key=value`` arguments;
+``--simpleitk`` also registers every pair with the field-masked SimpleITK peer of ``bench.peers`` (Mattes
+MI, Euler2D, masks from ``bench.cases.field_mask``, independent of portalign's field detection) and
+prints its summary beside portalign's.
 """
 
 from __future__ import annotations
@@ -100,10 +103,34 @@ def run(options: dict) -> list[tuple]:
     return rows
 
 
+def run_simpleitk() -> list[tuple]:
+    """The field-masked SimpleITK peer on every variant, rows as :func:`run` (ok unless ITK raised)."""
+    from .cases import Case
+    from .geometry import Pose
+    from .peers import SimpleITKMethod
+
+    method = SimpleITKMethod()
+    method.start()
+    if not method.available:
+        raise SystemExit(f"SimpleITK peer unavailable: {method.reason}")
+    rows = []
+    for name, ref, frame, dx, dy in variants():
+        case = Case(name, "field", ref, frame, Pose(dx, dy, 0.0), "exact", rotation_observable=False)
+        try:
+            pose = method.register(method.prepare(case), case).pose
+        except RuntimeError as exc:  # ITK refuses some pairs (e.g. "all samples map outside moving image")
+            rows.append((name, None, False, None, f"ERROR {str(exc).splitlines()[-1][:90]}"))
+            continue
+        rows.append((name, math.hypot(pose.dx_mm - dx, pose.dy_mm - dy), True, pose.rotation_deg, ""))
+    return rows
+
+
 def main(argv: list[str]) -> None:
     """Run every pair with the options ``key=value`` in ``argv``; print one line per pair and a summary per kind."""
     options = {}
     for item in argv:
+        if item == "--simpleitk":
+            continue
         key, _, value = item.partition("=")
         options[key] = type(getattr(portalign.RegistrationOptions(), key))(value)
     rows = run(options)
@@ -111,6 +138,20 @@ def main(argv: list[str]) -> None:
         shown = "" if error is None else f"{error:.3f}"
         turned = "" if rotation is None else f"{rotation:+.2f}"
         print(f"{name:24s} err={shown:>7s} ok={ok!s:5s} rot={turned:6s} {reason}")
+    summarise("portalign", rows)
+    if "--simpleitk" in argv:
+        peer = run_simpleitk()
+        for peer_row, row in zip(peer, rows, strict=True):
+            shown = "" if peer_row[1] is None else f"{peer_row[1]:.3f}"
+            print(f"{peer_row[0]:24s} simpleitk err={shown:>7s} (portalign ok={row[2]}) {peer_row[4]}")
+        summarise("simpleitk, all pairs", peer)
+        # the same pairs portalign called ok
+        summarise("simpleitk, portalign's ok pairs", [p for p, r in zip(peer, rows, strict=True) if r[2]])
+
+
+def summarise(label: str, rows: list[tuple]) -> None:
+    """Print per kind: pairs, ok, median and largest error of the ok ones, ok ones > 2 mm off, errors."""
+    print(f"-- {label}")
     for kind in ["open", "small"]:
         chosen = [row for row in rows if row[0].startswith(kind)]
         ok_errors = [row[1] for row in chosen if row[2]]
