@@ -76,6 +76,8 @@ class FieldEstimate:
     dead_rows, dead_cols : tuple of int
         Whole detector lines (rows, columns of the level it was found on) that read far off both
         neighbours: dead or hot lines, left out of the match.
+    level_shape : tuple of int or None
+        Shape of the level it was found on (set with dead lines).
     """
 
     detected: bool
@@ -87,6 +89,7 @@ class FieldEstimate:
     note: str = ""
     dead_rows: tuple[int, ...] = ()
     dead_cols: tuple[int, ...] = ()
+    level_shape: tuple[int, int] | None = None
 
 
 NO_FIELD = FieldEstimate(detected=False)
@@ -114,13 +117,13 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     """
     covers = planned_aperture_covers(image)
     if covers:
-        _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64))
+        _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels)
         return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
-                             dead_rows=rows, dead_cols=cols)
-    field = detect_field(small)
+                             dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
+    field = detect_field(small, image.pixels)
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
-                       dead_cols=field.dead_cols,
+                       dead_cols=field.dead_cols, level_shape=field.level_shape,
                        note=f"{NO_FIELD_EDGE}: the region found is darker than its surroundings in an image whose "
                             "higher values mean more radiation, so it is an attenuating object (a phantom's outline), "
                             "not the radiation field; the whole image is matched")
@@ -165,13 +168,16 @@ def _radiation_is_bright(image: Image) -> bool:
     return bool(reason) and not reason.startswith("no PixelIntensityRelationshipSign")
 
 
-def detect_field(image: np.ndarray) -> FieldEstimate:
+def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEstimate:
     """Find the radiation field in a (small) image.
 
     Parameters
     ----------
     image : numpy.ndarray
         2-D float array, ideally a coarse pyramid level (a few thousand pixels).
+    full : numpy.ndarray, optional
+        The image at the detector's own pixels that ``image`` was box-reduced from: dead detector
+        lines are confirmed there (one pixel wide).
 
     Returns
     -------
@@ -179,10 +185,10 @@ def detect_field(image: np.ndarray) -> FieldEstimate:
         ``detected=False`` when no clean field/outside split exists. Dead detector lines found on the
         way are in ``dead_rows`` / ``dead_cols`` whether or not a field was found.
     """
-    values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64))
+    values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
     found = _detect(values)
     if dead_rows or dead_cols:
-        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols)
+        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape)
     return found
 
 
@@ -262,10 +268,14 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
     return float(2.0 * depth.max())
 
 
-def _bridge_dead_lines(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """Replace whole rows / columns that spike away from both neighbours by the neighbours' mean.
 
-    Returns the bridged image and the indices of the rows and of the columns replaced.
+    Returns the bridged image and the indices of the rows and of the columns replaced. ``full``, the
+    image at the detector's own pixels that ``values`` was box-reduced from, confirms each line: a
+    dead line is one detector line wide, with neighbours that agree with each other, whereas MLC
+    pickets or a thin wire are several pixels wide (see :func:`_one_pixel_line`).
 
     A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
     split would take it for a class of its own (on an inverted image a dead line at zero is the
@@ -296,6 +306,11 @@ def _bridge_dead_lines(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...],
             if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > DEAD_LINE_CONTRAST * noise)) \
                     >= DEAD_LINE_SHARE:
                 bad.append(i)
+        if full is not None and bad:
+            full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
+            factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
+            full_noise = _line_noise(full_work)
+            bad = [i for i in bad if _one_pixel_line(full_work, i * factor, (i + 1) * factor, full_noise)]
         if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
             continue
         work = work.copy()
@@ -304,6 +319,22 @@ def _bridge_dead_lines(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...],
         out = work if axis == 0 else work.T
         found[axis] = tuple(int(i) for i in bad)
     return out, found[0], found[1]
+
+
+def _one_pixel_line(work: np.ndarray, start: int, stop: int, noise: float) -> bool:
+    """Whether one line in ``work[start:stop]`` spikes away from both neighbours, which agree with each other.
+
+    Over at least ``DEAD_LINE_SHARE`` of its length the line must differ from both neighbours in the same
+    direction by more than ``DEAD_LINE_CONTRAST`` noise sigmas, while the two neighbours differ from each
+    other by less than half of that spike: one detector line, not a structure several pixels wide.
+    """
+    for r in range(max(start, 1), min(stop, work.shape[0] - 1)):
+        up, down = work[r] - work[r - 1], work[r] - work[r + 1]
+        spike = np.minimum(np.abs(up), np.abs(down))
+        agree = np.abs(work[r - 1] - work[r + 1]) < 0.5 * spike
+        if np.mean((up * down > 0) & (spike > DEAD_LINE_CONTRAST * noise) & agree) >= DEAD_LINE_SHARE:
+            return True
+    return False
 
 
 def _line_noise(work: np.ndarray) -> float:

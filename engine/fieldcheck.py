@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ._cli_options import add_invert_argument
 from .errors import PortalignError, PortalImageError
 from .image import Image, as_image
 from .result import RegistrationResult
@@ -544,6 +545,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-anatomy", action="store_true",
                         help="also register the anatomy and report it relative to the delivered field")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_invert_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -552,7 +554,8 @@ def run(args: argparse.Namespace) -> int:
         from . import register
         from .dicom import read_rt_image
 
-        reference, frame = read_rt_image(args.reference), read_rt_image(args.frame)
+        invert = getattr(args, "invert", None)
+        reference, frame = read_rt_image(args.reference, invert=invert), read_rt_image(args.frame, invert=invert)
         result = register(reference, frame) if args.with_anatomy else None
         report = field_placement(reference, frame, result=result, planned=args.planned,
                                  tolerance_mm=args.tolerance_mm)

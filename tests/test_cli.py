@@ -191,8 +191,11 @@ def test_register_npy_uses_pixel_spacing_mm(capsys: pytest.CaptureFixture[str], 
 
 def test_register_no_rotation_estimates_translation_only(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
     payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--no-rotation")
-    assert_recovered(payload)
-    assert payload["rotation_deg"] == 0.0
+    assert payload["rotation_deg"] is None  # not estimated: null, never 0
+    assert_recovered({**payload, "rotation_deg": 0.0})
+    status = main(["register", str(pair.ref_dcm), str(pair.frame_dcm), "--no-rotation"])
+    out = capsys.readouterr().out
+    assert status == 0 and "rotation not estimated" in out and "rotation = +0.00" not in out
 
 
 def test_register_repeat_reports_median_after_warm_up(capsys: pytest.CaptureFixture[str], pair: Pair,

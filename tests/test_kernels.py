@@ -481,3 +481,51 @@ def test_configured_launch_is_made_once_and_keeps_the_low_occupancy_warning_in(m
         warnings.simplefilter("error")
         with pytest.raises(ForeignPerformanceWarning):
             kernel[3, 32]
+
+
+def test_run_captured_runs_eagerly_then_captures_then_replays(monkeypatch):
+    # the CUDA-graph path of the GPU refine, with a stand-in stream (CuPy's begin/end_capture and Graph.launch)
+    from portalign.kernels.gpu import launch
+
+    class FakeGraph:
+        def __init__(self, log):
+            self.log = log
+
+        def launch(self, stream):
+            self.log.append("graph")
+
+    class FakeStream:
+        def __init__(self, fail=False):
+            self.log, self.fail, self.capturing = [], fail, False
+
+        def begin_capture(self):
+            self.capturing = True
+
+        def end_capture(self):
+            self.capturing = False
+            if self.fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return FakeGraph(self.log)
+
+    monkeypatch.setattr(launch, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(launch, "_graphs", {})
+    monkeypatch.delenv("PORTALIGN_CUDA_GRAPHS", raising=False)
+    stream = FakeStream()
+    monkeypatch.setattr(launch._current, "stream", stream, raising=False)
+    calls = []
+
+    def enqueue():
+        calls.append("captured" if launch._current.stream.capturing else "eager")
+
+    assert [launch.run_captured("k", enqueue) for _ in range(4)] == ["eager", "captured", "replayed", "replayed"]
+    assert calls == ["eager", "captured"] and stream.log == ["graph"] * 3
+    # a capture that fails leaves that key eager for good, and the work is still done
+    bad = FakeStream(fail=True)
+    monkeypatch.setattr(launch._current, "stream", bad, raising=False)
+    calls.clear()
+    assert [launch.run_captured("b", enqueue) for _ in range(3)] == ["eager", "eager", "eager"]
+    # the launches recorded by the failed capture never ran: the sequence ran again eagerly
+    assert calls == ["eager", "captured", "eager", "eager"] and not bad.capturing
+    monkeypatch.setenv("PORTALIGN_CUDA_GRAPHS", "0")
+    assert launch.run_captured("k", enqueue) == "eager"
+    monkeypatch.setattr(launch._current, "stream", None, raising=False)

@@ -6,7 +6,7 @@ have the same names and arguments on every backend (``kernels/cpu/*`` and
 """
 
 from ._base import Backend
-from ._cpu import cpu_backend
+from ._cpu import CpuBackend, batch_lanes, cpu_backend, frame_threads, set_thread_policy, single_threaded
 from ._gpu import DEFAULT_LANES, GpuBackend, default_lanes, gpu_backend, gpu_status
 from ._select import BACKENDS, select_backend
 
@@ -14,10 +14,15 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_LANES",
     "Backend",
+    "CpuBackend",
     "GpuBackend",
+    "batch_lanes",
     "cpu_backend",
     "default_lanes",
+    "frame_threads",
     "gpu_backend",
     "gpu_status",
     "select_backend",
+    "set_thread_policy",
+    "single_threaded",
 ]

@@ -66,6 +66,10 @@ class Backend:
         """Return a context in which this thread's kernels are queued on ``stream``."""
         return nullcontext()
 
+    def frame_scope(self, stream: Any) -> AbstractContextManager[None]:
+        """Return the context one frame's work runs in (the GPU: its lane's stream; the CPU: its thread count)."""
+        return self.on_stream(stream)
+
     def staging_buffer(self, shape: tuple[int, int]) -> Any:
         """Return a host buffer that frames of ``shape`` are uploaded through (None: not needed)."""
         return None

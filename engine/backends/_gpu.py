@@ -259,7 +259,7 @@ def _cuda_extra() -> str:
     try:
         from numba import cuda
 
-        major = cuda.cudadrv.driver.driver.get_version()[0]
+        major = cuda.cudadrv.driver.driver.get_version()[0]  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - no driver: name the newer one
         return "gpu-cuda13 or gpu-cuda12"
     return "gpu-cuda13" if major >= 13 else "gpu-cuda12"

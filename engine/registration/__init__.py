@@ -6,19 +6,21 @@ The public surface is re-exported here; the implementation lives in private modu
 (one stage each) and ``_batch``.
 """
 
-from ._batch import BatchError, register_batch
+from ._batch import BatchError, batch_workers, register_batch, register_each
 from ._plan import FramePlan, Level, pose_affines, wants_field
 from ._program import register_frame
 from ._reference import Reference, prepare_reference
 
 __all__ = [
     "BatchError",
+    "batch_workers",
     "FramePlan",
     "Level",
     "Reference",
     "pose_affines",
     "prepare_reference",
     "register_batch",
+    "register_each",
     "register_frame",
     "wants_field",
 ]

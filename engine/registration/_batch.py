@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
-from ..backends import GpuBackend, default_lanes
+from ..backends import CpuBackend, GpuBackend, batch_lanes, default_lanes, single_threaded
 from ..errors import PortalignError
 from ._reference import Reference
 
-__all__ = ["register_batch", "BatchError"]
+__all__ = ["register_batch", "register_each", "batch_workers", "BatchError"]
 
 
 class BatchError(PortalignError):
@@ -49,8 +50,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
         Arrays need ``pixel_spacing_mm``.
     pixel_spacing_mm : float or (float, float), optional
     lanes : int, optional
-        Frames in flight at once, each on its own buffers and stream. Default:
-        :func:`default_lanes` of the reference's backend.
+        Frames in flight at once, each on its own buffers and stream. Default: on a GPU
+        :func:`~portalign.backends.default_lanes`; on the CPU one frame per core the thread
+        policy allows (:func:`~portalign.backends.batch_lanes`), each frame on one thread.
 
     Returns
     -------
@@ -68,34 +70,55 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
             "call portalign.prepare_reference(image, backend='gpu') first"
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
-    backend = reference.backend
-    simulated = isinstance(backend, GpuBackend) and backend.simulated
-    if lanes is None:
-        lanes = default_lanes(backend)
-    if int(lanes) < 1:
+    if lanes is not None and int(lanes) < 1:
         raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
-    lanes = min(int(lanes), max(len(items), 1))
-    reference.allow_lanes(lanes)
-    results: list[Any] = [None] * len(items)
-    errors: dict[int, BaseException] = {}
-
-    def one(index: int) -> None:
-        try:
-            results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
-        except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
-            errors[index] = exc
-
-    # the simulator keeps launch settings on shared kernel objects: its workers must take turns
-    workers = 1 if simulated else lanes
-    if workers == 1:
-        for index in range(len(items)):
-            one(index)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as pool:
-            list(pool.map(one, range(len(items))))
+    results, errors = register_each(reference, items, pixel_spacing_mm=pixel_spacing_mm, lanes=lanes)
     if errors:
         listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise BatchError(f"{len(errors)} of {len(items)} frames could not be registered: {listed}{more}",
                          results, errors)
     return results
+
+
+def batch_workers(reference: Reference, lanes: int | None = None) -> int:
+    """Return how many frames of a batch run side by side on ``reference``'s backend (and allow that many lanes).
+
+    The simulator keeps launch settings on shared kernel objects, so its frames take turns.
+    """
+    backend = reference.backend
+    if lanes is None:
+        lanes = batch_lanes() if isinstance(backend, CpuBackend) else default_lanes(backend)
+    lanes = max(1, int(lanes))
+    reference.allow_lanes(lanes)
+    return 1 if isinstance(backend, GpuBackend) and backend.simulated else lanes
+
+
+def register_each(reference: Reference, items: Sequence[Any], *, pixel_spacing_mm: Any = None, lanes: int | None = None,
+                  pool: ThreadPoolExecutor | None = None) -> tuple[list[Any], dict[int, BaseException]]:
+    """Register ``items`` side by side; return the results in input order (None where failed) and the errors by index.
+
+    ``pool`` (a caller's executor, e.g. a stream's) is used instead of a new one when given.
+    """
+    workers = min(batch_workers(reference, lanes), max(len(items), 1))
+    on_cpu = isinstance(reference.backend, CpuBackend)
+    results: list[Any] = [None] * len(items)
+    errors: dict[int, BaseException] = {}
+
+    def one(index: int) -> None:
+        try:
+            # CPU workers: frames side by side, one thread each (the kernels release the GIL)
+            with single_threaded() if on_cpu and workers > 1 else nullcontext():
+                results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
+            errors[index] = exc
+
+    if workers == 1:
+        for index in range(len(items)):
+            one(index)
+    elif pool is not None:
+        list(pool.map(one, range(len(items))))
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as executor:
+            list(executor.map(one, range(len(items))))
+    return results, errors

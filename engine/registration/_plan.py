@@ -72,6 +72,8 @@ class Level:
     ref_bins: Any = None
     ref_re: Any = None
     ref_im: Any = None
+    #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
+    geometry: Any = None
     # frame side (backend arrays, reused)
     image: Any = None
     mask: Any = None
@@ -83,6 +85,8 @@ class Level:
     row_sums: Any = None
     pixel_rows: Any = None
     pixel_cols: Any = None
+    #: Host float64[4] the level stage writes: usable count, intensity range, edge scale.
+    stats: Any = None
     # per-frame statistics
     usable: int = 0
     range: tuple[float, float] = (0.0, 1.0)
@@ -107,6 +111,9 @@ class CoarseSearch:
     #: Surface rows / columns of translations -margin..margin (backend arrays: the window is cut on the device).
     window_rows: Any
     window_cols: Any
+    #: Host buffers the peak search writes: poses (MAX_CANDIDATES, 3) and their scores.
+    peak_poses: Any = None
+    peak_scores: Any = None
 
 
 @dataclass
@@ -124,6 +131,8 @@ class FramePlan:
     hist: Any = None
     mi_out: Any = None
     edge_out: Any = None
+    #: Host float64[5]: what the refine kernel returns (pose, score, iterations run).
+    refine_out: Any = None
     #: The device stream this plan's kernels are queued on (None on the CPU).
     stream: Any = None
     #: Pinned host buffer that frames are uploaded through (None on the CPU and under the simulator).
@@ -141,16 +150,18 @@ class FramePlan:
             return None if array is None else xp.empty_like(array)
 
         levels = {
-            index: replace(level, **{name: fresh(getattr(level, name)) for name in FRAME_BUFFERS})
+            index: replace(level, stats=np.zeros(4), **{name: fresh(getattr(level, name)) for name in FRAME_BUFFERS})
             for index, level in self.levels.items()
         }
         return replace(
             self,
             levels=levels,
-            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces)),
+            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces), peak_poses=np.zeros_like(self.coarse.peak_poses),
+                           peak_scores=np.zeros_like(self.coarse.peak_scores)),
             hist=xp.zeros_like(self.hist),
             mi_out=xp.zeros_like(self.mi_out),
             edge_out=xp.zeros_like(self.edge_out),
+            refine_out=np.zeros(5),
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),
         )

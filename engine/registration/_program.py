@@ -29,6 +29,7 @@ from ._plan import FramePlan, wants_field
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius, rotation_support_mm
 from ._refine import edge_score, evaluate, mi_score, newton
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, Candidate, global_search
+from ._views import common_region, compare_views
 
 if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
     from ._reference import Reference
@@ -78,11 +79,11 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     start = time.perf_counter()
     backend = reference.backend
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
-    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.on_stream(plan.stream):
+    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.frame_scope(plan.stream):
         result = _register(reference, plan, frame)
     if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
         with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
-                backend.on_stream(plan.stream):
+                backend.frame_scope(plan.stream):
             result = _register(reference, plan, frame)
     elapsed = (time.perf_counter() - start) * 1e3
     return replace(result, elapsed_ms=elapsed)
@@ -106,7 +107,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
             return _SmallField(size)  # type: ignore[return-value]
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
-    warnings: list[str] = [note for note in (field.note,) if note]
+    view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
+    if field.note:
+        warnings.append(field.note)
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
@@ -119,7 +122,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         rotate = False
         warnings.append(
             f"usable region too small to estimate rotation (RMS radius {r_eff:.1f} mm < "
-            f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation fixed at 0"
+            f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation not estimated (translation only, rotation held at 0)"
         )
     coarse_level = levels[plan.coarse.level]
     candidates = global_search(backend, plan, coarse_level, opts.candidates, rotate)
@@ -175,7 +178,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         if support < MIN_ROTATION_SUPPORT_MM:
             rotate = False
             warnings.append(f"the image's structure does not constrain rotation (lever arm {support:.1f} mm < "
-                            f"{MIN_ROTATION_SUPPORT_MM:g} mm): rotation fixed at 0")
+                            f"{MIN_ROTATION_SUPPORT_MM:g} mm): rotation not estimated (translation only)")
             pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",
                                   ITERATIONS[0], r_eff, False, opts, tolerance=first_tolerance)
     later = plan.refine_levels[1:]
@@ -222,10 +225,21 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     else:
         reported = mi_score(backend, plan, finest, pose, normalised=True) - 1.0
     # 4. trust -------------------------------------------------------------------------------------
-    reason = ""
+    box_mm = None
+    if field.detected and field.box_px is not None:
+        lvl = levels[plan.field_level]
+        c0, c1, r0, r1 = field.box_px
+        box_mm = [
+            (c0 - lvl.frame_axis[0]) * lvl.spacing[1],
+            (c1 - lvl.frame_axis[0]) * lvl.spacing[1],
+            (r0 - lvl.frame_axis[1]) * lvl.spacing[0],
+            (r1 - lvl.frame_axis[1]) * lvl.spacing[0],
+        ]
+    # a different view, no overlap at all, or an unusable frame rule the match out before its score does
+    reason = view_reason or common_region(reference.image, frame, box_mm) or quality
     max_rot = math.radians(opts.max_rotation_deg) if opts.estimate_rotation else 0.0
-    if quality:
-        reason = quality
+    if reason:
+        pass
     elif abs(pose[0]) > opts.max_shift_mm or abs(pose[1]) > opts.max_shift_mm:
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
@@ -255,22 +269,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     details["field_effectiveness"] = field.effectiveness
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
-    box_mm = None
-    if field.detected and field.box_px is not None:
-        lvl = levels[plan.field_level]
-        c0, c1, r0, r1 = field.box_px
-        box_mm = [
-            (c0 - lvl.frame_axis[0]) * lvl.spacing[1],
-            (c1 - lvl.frame_axis[0]) * lvl.spacing[1],
-            (r0 - lvl.frame_axis[1]) * lvl.spacing[0],
-            (r1 - lvl.frame_axis[1]) * lvl.spacing[0],
-        ]
+    details["view"] = view_record
+    details["rotation_estimated"] = rotate
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     return RegistrationResult(
         dx_mm=float(pose[0]),
         dy_mm=float(pose[1]),
-        rotation_deg=float(math.degrees(pose[2])),
+        rotation_deg=float(math.degrees(pose[2])) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,
         score=float(reported),

@@ -9,7 +9,7 @@ import numpy as np
 from ..field import FieldEstimate, field_size_mm
 from ..image import Image
 from ._plan import FramePlan, Level
-from ._refine import STENCIL_3D, evaluate, quadratic_step
+from ._refine import evaluate
 
 __all__ = ["assess_frame", "rotation_radius", "rotation_support_mm", "is_clean", "MIN_USABLE_PIXELS",
            "MIN_ROTATION_SUPPORT_MM"]
@@ -26,6 +26,9 @@ CLEAN_CONTRAST_TO_NOISE = 1000.0
 NOISE_SAMPLES = 6000
 #: Rotation is estimated only when the match's rotation lever arm (see :func:`rotation_support_mm`) reaches this.
 MIN_ROTATION_SUPPORT_MM = 8.0
+#: Quadratic stencil of :func:`rotation_support_mm` in steps: centre, +-x, +-y, +-rotation, the three mixed pairs.
+_STENCIL = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [1, 1, 0],
+                     [1, 0, 1], [0, 1, 1]], dtype=np.float64)
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -73,25 +76,16 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
 
 
 def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
-    """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row.
+    """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row of the usable pixels.
 
     A second difference cancels smooth anatomy (any linear trend) and keeps white
-    noise with variance ``6 sigma^2``. Computed where the level lives (on a GPU:
-    on the device; one number comes back).
+    noise with variance ``6 sigma^2``. Computed where the level lives; one number comes back.
     """
-    xp = backend.xp
-    img = level.image[::4].astype(xp.float64)
-    mask = level.eroded[::4].astype(bool)
-    both = mask[:, 2:] & mask[:, 1:-1] & mask[:, :-2]
-    second = (img[:, 2:] - 2.0 * img[:, 1:-1] + img[:, :-2])[both]
-    if second.size < 16:
+    rows, cols = level.shape
+    mad, count = backend.kernels.second_difference_mad(level.image, level.eroded, 0, rows, 4, 0, cols, True)
+    if count < 16:
         return 0.0
-    return 1.4826 * _mad(xp, second) / math.sqrt(6.0)
-
-
-def _mad(xp, values) -> float:  # type: ignore[no-untyped-def]
-    """Median absolute deviation of a backend array, as a host float."""
-    return float(xp.median(xp.abs(values - xp.median(values))))
+    return 1.4826 * float(mad) / math.sqrt(6.0)
 
 
 def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) -> bool:  # type: ignore[no-untyped-def]
@@ -110,12 +104,11 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) 
         c0, c1 = int(max(0, (b[0] + 1) * scale)), int(min(cols, b[1] * scale))
         r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
     row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
-    xp = backend.xp
-    patch = img[r0:r1:row_step, c0:c1].astype(xp.float64)
-    second = (patch[:, 2:] - 2.0 * patch[:, 1:-1] + patch[:, :-2]).ravel()
-    if second.size < 64:
+    # unmasked: the image stands in for the mask argument
+    mad, count = backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)
+    if count < 64:
         return False
-    noise = 1.4826 * _mad(xp, second) / math.sqrt(6.0)
+    noise = 1.4826 * float(mad) / math.sqrt(6.0)
     lo, hi = plan.levels[plan.coarse.level].range
     ratio = (hi - lo) / max(noise, 1e-30)
     frame_stats["fine_contrast_to_noise"] = ratio
@@ -124,15 +117,11 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) 
 
 def rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
     """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them."""
-    xp = backend.xp
-    rows, cols = xp.nonzero(level.eroded[::2, ::2])
-    if rows.size == 0:
+    rms, count = backend.kernels.rms_radius(level.eroded, level.frame_axis[0], level.frame_axis[1], level.spacing[0],
+                                            level.spacing[1], 2)
+    if count == 0:
         return 50.0
-    x = (cols * 2 - level.frame_axis[0]) * level.spacing[1]
-    y = (rows * 2 - level.frame_axis[1]) * level.spacing[0]
-    return max(float(xp.sqrt(xp.mean(x * x + y * y))), 5.0)
-
-
+    return max(float(rms), 5.0)
 
 
 def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: float) -> float:  # type: ignore[no-untyped-def]
@@ -140,7 +129,7 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
 
     The edge-correlation score is sampled on the 10-pose quadratic stencil around ``pose``
     (one pixel in x and y, a rotation that moves a pixel at the RMS radius ``r_eff`` by one pixel) and
-    its Hessian ``H`` fitted (:func:`~portalign.registration._refine.quadratic_step`). The curvature
+    its Hessian ``H`` fitted (``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``). The curvature
     along rotation with the translation re-optimised is the Schur complement
     ``S = H_tt - H_tx H_xx^-1 H_xt`` (per rad^2); divided by the mean translation curvature (per mm^2)
     it is the squared distance from the rotation centre at which structure constrains rotation as
@@ -151,15 +140,14 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
     h_t = min(level.spacing)
     h_r = h_t / max(r_eff, 5.0)
     step = np.array([level.spacing[1], level.spacing[0], h_r])
-    values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + STENCIL_3D * step, "edge")
+    values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + _STENCIL * step, "edge")
     if not np.all(np.isfinite(values)):
         return 0.0
-    _, _, cross = quadratic_step(values, 3)
     f0 = values[0]
-    diag = np.array([values[1] + values[2], values[3] + values[4], values[5] + values[6]]) - 2.0 * f0
-    hess = np.diag(diag)
+    plus, minus = values[[1, 3, 5]], values[[2, 4, 6]]
+    hess = np.diag(plus + minus - 2.0 * f0)
     for n, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
-        hess[i, j] = hess[j, i] = cross[n]
+        hess[i, j] = hess[j, i] = values[7 + n] - plus[i] - plus[j] + f0
     hess = hess / np.outer(step, step)  # per mm^2, per mm rad, per rad^2
     h_tt = hess[:2, :2]
     translation = -0.5 * (h_tt[0, 0] + h_tt[1, 1])

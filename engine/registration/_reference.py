@@ -37,6 +37,7 @@ from ..image import Image, as_image, check_frame_pixels
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
+from ._search import MAX_CANDIDATES
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -86,6 +87,8 @@ class Reference:
         # on a device, frames that overlap (service requests, batches) run side by side on their own streams
         self._lane_limit = default_lanes(backend)
         self._cpu_reference: Reference | None = None
+        #: The reference resampled per level spacing (plans of several geometries and the coarse search share them).
+        self._resampled: dict[tuple[float, float], tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
 
     @classmethod
     def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
@@ -282,6 +285,7 @@ class Reference:
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
+            refine_out=np.zeros(5),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )
@@ -297,13 +301,14 @@ class Reference:
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
         backend, opts = self.backend, self.options
-        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        ref_img, valid, ref_axis = self._resampled_at(level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
         if valid.sum() < MIN_REFERENCE_PIXELS:
             raise ReferencePreparationError(self._too_small_message(level, int(valid.sum())))
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
+        level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
         lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
         if hi <= lo:
             hi = lo + 1.0
@@ -316,6 +321,7 @@ class Reference:
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)
         xp = backend.xp
+        level.stats = np.zeros(4)
         level.mask = xp.empty(level.shape, dtype=xp.uint8)
         level.scratch = xp.empty(level.shape, dtype=xp.uint8)
         level.eroded = xp.empty(level.shape, dtype=xp.uint8)
@@ -340,6 +346,14 @@ class Reference:
         return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
                 f"pixels only {usable} usable pixels remain: too small an image to register")
 
+    def _resampled_at(self, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """Return the reference resampled to ``spacing`` (computed once per spacing; the mask is a fresh copy)."""
+        key = (round(spacing[0], 9), round(spacing[1], 9))
+        found = self._resampled.get(key)
+        if found is None:
+            found = self._resampled[key] = _resample_reference(self.image, spacing)
+        return found[0], found[1].copy(), found[2]
+
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
         """Return the reference pixels on ``level``'s grid inside the field and off its edge band."""
         if not self.field.detected or self.field.mask is None:
@@ -363,7 +377,7 @@ class Reference:
         margin = int(math.ceil((opts.max_shift_mm + SEARCH_MARGIN_MM) / min(level.spacing))) + 1
         rows, cols = level.shape
         padded = (sp_fft.next_fast_len(rows + 2 * margin), sp_fft.next_fast_len(cols + 2 * margin))
-        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        ref_img, valid, ref_axis = self._resampled_at(level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         # the extended grid: pixel (u, v) is coarse frame pixel (u - margin, v - margin)
         shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
@@ -396,6 +410,8 @@ class Reference:
             surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
             window_rows=backend.asarray(ty % padded[0]),
             window_cols=backend.asarray(ty % padded[1]),
+            peak_poses=np.zeros((MAX_CANDIDATES, 3)),
+            peak_scores=np.zeros(MAX_CANDIDATES),
         )
 
 
@@ -439,17 +455,29 @@ def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.
     """Resample the reference to ``spacing`` (anti-aliased), keeping the beam axis in mm.
 
     New pixel ``(c', r')`` samples old pixel ``(c' * sx'/sx, r' * sy'/sy)``, so the
-    beam axis moves to ``axis * s / s'``. Returns the image, a validity mask and the axis.
+    beam axis moves to ``axis * s / s'``. Whole factors of two are taken first by 2x2 box
+    means (one cheap pass each, the anti-aliasing of an image pyramid); only the residual
+    factor ``f`` in [1, 2) gets a Gaussian (sigma ``0.5 sqrt(f^2 - 1)`` pixels), so the
+    filter stays a few taps wide whatever the level. Returns the image, a validity mask
+    and the axis.
     """
     sy, sx = image.spacing_mm
     fy, fx = spacing[0] / sy, spacing[1] / sx
     src = image.pixels.astype(np.float64)
-    sigma = (0.5 * math.sqrt(max(fy * fy - 1.0, 0.0)), 0.5 * math.sqrt(max(fx * fx - 1.0, 0.0)))
+    box = 1
+    while fy >= 2 * box * (1 - 1e-9) and fx >= 2 * box * (1 - 1e-9) and min(src.shape) >= 4:
+        r, c = src.shape[0] // 2 * 2, src.shape[1] // 2 * 2
+        src = 0.25 * (src[0:r:2, 0:c:2] + src[1:r:2, 0:c:2] + src[0:r:2, 1:c:2] + src[1:r:2, 1:c:2])
+        box *= 2
+    ry, rx = fy / box, fx / box
+    sigma = (0.5 * math.sqrt(max(ry * ry - 1.0, 0.0)), 0.5 * math.sqrt(max(rx * rx - 1.0, 0.0)))
     if max(sigma) > 0:
         src = ndimage.gaussian_filter(src, sigma, mode="nearest")
     rows = max(int(math.floor((image.shape[0] - 1) / fy)) + 1, 2)
     cols = max(int(math.floor((image.shape[1] - 1) / fx)) + 1, 2)
-    rr, cc = np.meshgrid(np.arange(rows) * fy, np.arange(cols) * fx, indexing="ij")
+    # original pixel p is box-reduced pixel (p - (box - 1) / 2) / box
+    offset = (box - 1) / 2
+    rr, cc = np.meshgrid((np.arange(rows) * fy - offset) / box, (np.arange(cols) * fx - offset) / box, indexing="ij")
     out = ndimage.map_coordinates(src, [rr, cc], order=1, mode="nearest").astype(np.float32)
     axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
     return np.ascontiguousarray(out), np.ones(out.shape, dtype=bool), axis

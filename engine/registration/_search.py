@@ -45,37 +45,8 @@ def global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rot
     window = backend.to_host(cs.surfaces[chosen][:, cs.window_rows][:, :, cs.window_cols])
     norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy[chosen], 1e-30))
     window = window / norm[:, None, None]
-    m = cs.margin_px
     suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
-    work = window.copy()
-    out: list[Candidate] = []
     # the best n_candidates peaks, and beyond them any near-tie (periodic anatomy has many)
-    while len(out) < MAX_CANDIDATES:
-        kk, iy, ix = np.unravel_index(int(np.argmax(work)), work.shape)
-        peak = float(work[kk, iy, ix])
-        if not np.isfinite(peak) or (out and peak <= 0):
-            break
-        if len(out) >= n_candidates and peak < COARSE_RECHECK_RATIO * out[0].score:
-            break
-        centre = window[kk, iy, ix]
-        fx = _parabola(window[kk, iy, ix - 1] if ix > 0 else None, centre, window[kk, iy, ix + 1] if ix < 2 * m else None)
-        fy = _parabola(window[kk, iy - 1, ix] if iy > 0 else None, centre, window[kk, iy + 1, ix] if iy < 2 * m else None)
-        ft = _parabola(window[kk - 1, iy, ix] if kk > 0 else None, centre,
-                       window[kk + 1, iy, ix] if kk < len(thetas) - 1 else None)
-        step = thetas[1] - thetas[0] if len(thetas) > 1 else 0.0
-        pose = np.array([(ix - m + fx) * level.spacing[1], (iy - m + fy) * level.spacing[0], thetas[kk] + ft * step])
-        out.append(Candidate(pose, peak))
-        work[:, max(0, iy - suppress): iy + suppress + 1, max(0, ix - suppress): ix + suppress + 1] = -np.inf
-    return out
-
-
-def _parabola(left: float | None, centre: float, right: float | None) -> float:
-    """Offset (-0.5..0.5) of the vertex of the parabola through three equally spaced samples."""
-    if left is None or right is None or not (np.isfinite(left) and np.isfinite(right)):
-        return 0.0
-    denom = left - 2.0 * centre + right
-    if denom >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (left - right) / denom, -0.5, 0.5))
-
-
+    found = k.search_peaks(window, thetas, level.spacing[0], level.spacing[1], n_candidates, COARSE_RECHECK_RATIO,
+                           suppress, cs.peak_poses, cs.peak_scores)
+    return [Candidate(cs.peak_poses[i].copy(), float(cs.peak_scores[i])) for i in range(found)]

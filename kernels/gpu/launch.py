@@ -53,6 +53,8 @@ __all__ = [
     "on_stream",
     "stream",
     "configured",
+    "run_captured",
+    "graphs_enabled",
 ]
 
 #: Threads per block of every kernel (at most ``REDUCE_MAX_THREADS``). Tests patch it small.
@@ -72,6 +74,11 @@ _numba_streams: dict[int, Any] = {}
 _numba_streams_lock = threading.Lock()
 _configured: dict[tuple, Any] = {}
 _configured_lock = threading.Lock()
+#: CUDA graphs of launch sequences, by key: "seen" once run eagerly, then the captured graph, or "eager" after a failure.
+_graphs: dict[Any, Any] = {}
+_graphs_lock = threading.Lock()
+#: Most graphs kept (oldest dropped first): one per (lane, level, metric, usable-pixel count) in use.
+MAX_GRAPHS = 256
 #: numba-cuda's low-occupancy warning (class ``numba.cuda.core.errors.NumbaPerformanceWarning``, not numba's own).
 LOW_OCCUPANCY_MESSAGE = r".*under-utilization"
 
@@ -215,3 +222,57 @@ def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any
                     warnings.filterwarnings("ignore", message=LOW_OCCUPANCY_MESSAGE)
                     found = _configured[key] = kernel[grid, block, launch_stream, shared_bytes]
     return found
+
+
+def graphs_enabled() -> bool:
+    """Return whether launch sequences are captured into CUDA graphs (a device, a stream, ``PORTALIGN_CUDA_GRAPHS`` not 0)."""
+    import os
+
+    if simulator_enabled() or getattr(_current, "stream", None) is None:
+        return False
+    return os.environ.get("PORTALIGN_CUDA_GRAPHS", "1").strip() not in ("0", "false", "no", "off")
+
+
+def run_captured(key: Any, enqueue: Any) -> str:
+    """Queue ``enqueue()``'s launches on the current stream, as a CUDA graph once the sequence has been seen.
+
+    The first call with a ``key`` runs ``enqueue`` eagerly (it also allocates any scratch
+    buffer, which a capture must not do); the second captures it with CuPy's stream capture
+    (numba launches on an external stream are captured too) and launches the graph; later
+    calls only launch the graph: one host call for the whole sequence instead of one per
+    kernel. ``key`` must name everything the launches depend on: the buffers' addresses, the
+    grid shapes, every scalar argument. A failed capture makes that key eager for good.
+    Returns how the sequence ran: ``"eager"``, ``"captured"`` or ``"replayed"``.
+    """
+    if not graphs_enabled():
+        enqueue()
+        return "eager"
+    device_stream = _current.stream
+    with _graphs_lock:
+        entry = _graphs.get(key)
+        if entry is None:
+            if len(_graphs) >= MAX_GRAPHS:
+                _graphs.pop(next(iter(_graphs)))
+            _graphs[key] = "seen"
+    if entry is None or entry == "eager":
+        enqueue()
+        return "eager"
+    if entry == "seen":
+        graph = None
+        device_stream.begin_capture()
+        try:
+            enqueue()
+        finally:
+            try:
+                graph = device_stream.end_capture()
+            except Exception:  # noqa: BLE001 - an invalidated capture: run this sequence eagerly from now on
+                graph = None
+        with _graphs_lock:
+            _graphs[key] = graph if graph is not None else "eager"
+        if graph is None:
+            enqueue()
+            return "eager"
+        graph.launch(device_stream)
+        return "captured"
+    entry.launch(device_stream)
+    return "replayed"

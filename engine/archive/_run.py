@@ -1,0 +1,491 @@
+"""The archive run: index -> pair -> one Dask task per beam -> tables -> statistics -> report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .. import __version__
+from ..errors import MissingDependencyError, PortalignError
+from ..options import RegistrationOptions
+from . import _index, _pair, _report, _setups, _stats, _tables, _tasks
+
+__all__ = ["ArchiveError", "ArchiveResult", "AXES", "run"]
+
+#: IEC 61217 patient-support axes of the 3-D statistics.
+AXES = ("lateral", "longitudinal", "vertical")
+_UNREADABLE = ("not_dicom", "unreadable", "truncated")
+_INDEX_CHUNK = 256
+
+
+class ArchiveError(PortalignError, ValueError):
+    """The archive run cannot start or go on: bad sources, output folder, or cluster."""
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """What :func:`run` wrote and the figures of ``summary.json``.
+
+    Attributes
+    ----------
+    out_dir : str
+        The output folder.
+    summary : dict
+        The content of ``summary.json``.
+    outputs : dict
+        Name -> path of ``registrations``, ``setups``, ``index``, ``summary``, ``report``.
+    tasks_run, tasks_skipped, tasks_failed : int
+        Beams registered in this run, skipped because ``resume`` found their part
+        file, and lost after their retries.
+    """
+
+    out_dir: str
+    summary: dict[str, Any]
+    outputs: dict[str, str]
+    tasks_run: int
+    tasks_skipped: int
+    tasks_failed: int
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict."""
+        return asdict(self)
+
+
+def run(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    first_portal_reference: bool = False,
+    options: RegistrationOptions | None = None,
+    backend: str = "cpu",
+    retries: int = 2,
+    max_residual_mm: float = 1.0,
+    progress: bool | TextIO = False,
+    connect_timeout_s: float = 20.0,
+    parts_on_workers: bool | None = None,
+    invert: bool | None = None,
+) -> ArchiveResult:
+    """Re-register every portal image under ``sources`` on a Dask cluster and report setup errors.
+
+    Parameters
+    ----------
+    sources : path or sequence of paths
+        Files and folders (walked recursively).
+    out : path
+        Output folder: ``registrations.parquet``, ``setups.parquet``,
+        ``index.parquet``, ``summary.json``, ``report.md`` (+ ``plots/``) and
+        ``parts/`` (one Parquet file per beam, the unit that ``resume`` keeps).
+    workers : int, optional
+        Worker processes of the local cluster (1 thread each); the machine's CPU
+        count by default. Not with ``scheduler``.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``); its workers must
+        have portalign installed and see the files at the same paths.
+    resume : bool
+        Keep the beams whose part file is already in ``out/parts`` and register
+        the rest. Without it, an ``out`` that holds part files is an error.
+    first_portal_reference : bool
+        A beam without a DRR / reference image takes its earliest portal image as
+        its reference instead of leaving its frames unmatched.
+    options : RegistrationOptions, optional
+        Registration options for every frame.
+    backend : {"cpu", "auto", "gpu"}
+        Backend of the workers' registrations.
+    retries : int
+        Times a beam's task is run again after it failed (a worker lost mid-task).
+    max_residual_mm : float
+        A view further than this from its fraction's 3-D solution makes the
+        fraction's setup not ok (left out of the population statistics).
+    progress : bool or file
+        Print a progress line (to stderr, or to the file given).
+    connect_timeout_s : float
+        How long to try to reach ``scheduler`` before giving up.
+    parts_on_workers : bool, optional
+        Workers write their beams' part files into ``out/parts`` themselves
+        (``out`` must be on storage they share); the client only reads them at the
+        end. Default: yes on a local cluster, no with ``scheduler``.
+    invert : bool, optional
+        Force (``True``) or forbid (``False``) inverting the pixel values of every
+        image read (Elekta iView files); by default the DICOM intensity sign decides.
+
+    Returns
+    -------
+    ArchiveResult
+
+    Raises
+    ------
+    ArchiveError
+        No sources, a source that does not exist, both ``workers`` and
+        ``scheduler``, an output folder holding an earlier run without
+        ``resume``, or an unreachable scheduler.
+    MissingDependencyError
+        Without the ``archive`` extra (dask[distributed], pandas, pyarrow).
+    """
+    started = time.perf_counter()
+    source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    out_dir = Path(out).resolve()
+    _check_arguments(source_list, out_dir, workers, scheduler, resume, retries, backend)
+    options_dict = options.as_dict() if options is not None else {}
+    stream = (sys.stderr if progress is True else progress) or None
+
+    parts_dir = out_dir / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    files = _index.list_files(source_list, exclude=out_dir)
+    timing: dict[str, float] = {}
+    with _client(workers, scheduler, connect_timeout_s) as (client, cluster_info):
+        t0 = time.perf_counter()
+        chunks = list(_index.iter_chunks(files, _INDEX_CHUNK))
+        index_futures = client.map(_index.index_files, chunks, retries=retries, pure=False)
+        try:
+            index_rows = [row for chunk in client.gather(index_futures) for row in chunk]
+        except Exception as exc:  # a worker without portalign, or a cluster that went away
+            raise ArchiveError(f"archive: the index tasks failed on the cluster ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the workers need portalign "
+                               "installed and the sources at the same paths") from None
+        del index_futures
+        timing["index_s"] = time.perf_counter() - t0
+
+        pairing = _pair.pair_frames(index_rows, first_portal_reference=first_portal_reference,
+                                    options=options_dict, backend=backend, invert=invert)
+        done = {p.stem for p in parts_dir.glob("*.parquet")} if resume else set()
+        todo = [t for t in pairing.tasks if t.beam_id not in done]
+        skipped = len(pairing.tasks) - len(todo)
+
+        t0 = time.perf_counter()
+        timing["frames_this_run"] = sum(t.n_frames for t in todo)
+        on_workers = cluster_info["local"] if parts_on_workers is None else bool(parts_on_workers)
+        cluster_info["parts_written_by"] = "workers" if on_workers else "client"
+        failed_rows, failures, cost = _register(client, todo, parts_dir, retries, stream, skipped,
+                                                parts_on_workers=on_workers)
+        timing["register_s"] = time.perf_counter() - t0
+        timing.update(cost)
+
+    # Combine: every current beam's part file (this run's and resumed ones), failures, unmatched frames.
+    rows: list[dict[str, Any]] = []
+    for task in pairing.tasks:
+        part = parts_dir / f"{task.beam_id}.parquet"
+        if part.exists():
+            rows.extend(_tables.records(_tables.read_parquet(part)))
+    rows.extend(failed_rows)
+    for frame in pairing.unmatched:
+        rows.extend(_tasks.frame_rows(None, frame, status="unmatched", reason=frame.get("reason")))
+    rows.sort(key=_row_order)
+    _index_fates(pairing.index, rows)
+
+    setups = _setups.combine_fractions(rows, max_residual_mm=max_residual_mm)
+    summary = _summary(pairing, rows, setups, timing, cluster_info, options_dict, backend,
+                       len(todo), skipped, len(failures), first_portal_reference)
+    outputs = {
+        "registrations": str(_tables.write_parquet(_tables.to_frame(rows, _tasks.REGISTRATION_COLUMNS),
+                                                   out_dir / "registrations.parquet")),
+        "setups": str(_tables.write_parquet(_tables.to_frame(setups, _setups.SETUP_COLUMNS),
+                                            out_dir / "setups.parquet")),
+        "index": str(_tables.write_parquet(_tables.to_frame(pairing.index, _index.INDEX_COLUMNS),
+                                           out_dir / "index.parquet")),
+    }
+    outputs["report"] = str(_report.write_report(out_dir, summary, rows, setups))
+    timing["total_s"] = time.perf_counter() - started  # everything but writing summary.json itself
+    summary["timing"].update({k: round(v, 3) for k, v in timing.items() if k != "frames_this_run"})
+    summary["timing"]["frames_this_run"] = int(timing["frames_this_run"])
+    summary_path = out_dir / "summary.json"
+    _write_text(summary_path, json.dumps(summary, indent=2, default=_json_default))
+    outputs["summary"] = str(summary_path)
+    return ArchiveResult(out_dir=str(out_dir), summary=summary, outputs=outputs, tasks_run=len(todo) - len(failures),
+                         tasks_skipped=skipped, tasks_failed=len(failures), warnings=list(summary["warnings"]))
+
+
+# ---------------------------------------------------------------------------
+# cluster and tasks
+# ---------------------------------------------------------------------------
+
+
+def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, scheduler: str | None, resume: bool,
+                     retries: int, backend: str) -> None:
+    if not sources:
+        raise ArchiveError("archive: no SOURCE given; pass one or more folders or files of DICOM RT Images")
+    for source in sources:
+        if not os.path.exists(source):
+            raise ArchiveError(f"archive: source {os.fspath(source)!r} does not exist; pass an existing folder or file")
+    if workers is not None and scheduler is not None:
+        raise ArchiveError("archive: --workers and --scheduler exclude each other; the scheduler's cluster has its "
+                           "own workers (pass one of them)")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ArchiveError(f"archive: --workers must be a positive integer, got {workers!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ArchiveError(f"archive: --retries must be a non-negative integer, got {retries!r}")
+    if backend not in ("cpu", "auto", "gpu"):
+        raise ArchiveError(f"archive: --backend must be one of cpu, auto, gpu, got {backend!r}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArchiveError(f"archive: --out {out_dir} is a file; pass a folder")
+    parts = out_dir / "parts"
+    if not resume and parts.is_dir() and any(parts.glob("*.parquet")):
+        raise ArchiveError(f"archive: {out_dir} already holds a run (parts/*.parquet); pass --resume to continue it "
+                           "or choose an empty --out")
+    try:
+        import dask.distributed  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError.for_module(exc.name or "dask", "portalign archive") from None
+
+
+@contextlib.contextmanager
+def _client(workers: int | None, scheduler: str | None,
+            connect_timeout_s: float = 20.0) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Yield a Dask client on ``scheduler`` or on a new LocalCluster of ``workers`` single-threaded processes."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=f"{connect_timeout_s}s")
+        except (OSError, TimeoutError) as exc:
+            raise ArchiveError(f"archive: cannot reach the Dask scheduler at {scheduler} ({exc}); start one "
+                               "(`dask scheduler`, `dask worker ADDRESS`) or leave out --scheduler") from None
+        try:
+            info = {"scheduler": scheduler, "workers": len(client.scheduler_info(n_workers=-1)["workers"]),
+                    "local": False}
+            yield client, info
+        finally:
+            client.close()
+        return
+    n = workers or os.cpu_count() or 1
+    # One thread per worker process, and numba's own threads pinned to 1: the cluster's parallelism is the
+    # processes; OpenMP threads that spin-wait on cores the other workers use would only slow them down.
+    single = {"PORTALIGN_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env=single) as cluster, Client(cluster) as client:
+        yield client, {"scheduler": cluster.scheduler_address, "workers": n, "local": True}
+
+
+def _register(client: Any, tasks: list[_pair.BeamTask], parts_dir: Path, retries: int, stream: TextIO | None,
+              skipped: int, function: Callable[..., dict[str, Any]] = _tasks.register_beam,
+              parts_on_workers: bool = False) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
+    """Submit one task per beam, write each beam's part file as it completes; return failed rows and beam ids.
+
+    A task that raises is run again up to ``retries`` times (``Client.submit(retries=)``); a task whose
+    worker dies is moved to another worker by the scheduler (up to ``distributed.scheduler.allowed-failures``
+    deaths, 3 by default). Either way only that beam's work is lost. ``function`` is the task's body
+    (:func:`~portalign.archive._tasks.register_beam`; tests pass one that kills its worker). With
+    ``parts_on_workers`` each worker writes its beam's part file itself (the folder must be shared).
+    """
+    from dask.distributed import as_completed
+
+    token = uuid.uuid4().hex[:8]
+    where = {"parts_dir": str(parts_dir)} if parts_on_workers else {}
+    futures = {client.submit(function, task, key=f"portalign-beam-{task.beam_id}-{token}", retries=retries,
+                             **where): task for task in tasks}
+    failed_rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    cost = {"task_cpu_s": 0.0, "task_wall_s": 0.0, "client_write_s": 0.0}
+    total_frames = sum(t.n_frames for t in tasks)
+    done_frames = 0
+    progress = _Progress(stream, len(tasks), total_frames, skipped)
+    for future in as_completed(list(futures)):
+        task = futures.pop(future)
+        if future.status == "finished":
+            result = future.result()
+            cost["task_cpu_s"] += float(result.get("cpu_s") or 0.0)
+            cost["task_wall_s"] += float(result.get("elapsed_s") or 0.0)
+            if result["rows"] is not None:  # not written by the worker: the client writes the part
+                t_write = time.perf_counter()
+                part = _tables.to_frame(result["rows"], _tasks.REGISTRATION_COLUMNS)
+                _tables.write_parquet(part, parts_dir / f"{task.beam_id}.parquet")
+                cost["client_write_s"] += time.perf_counter() - t_write
+        else:
+            exc = future.exception()
+            error = f"beam task failed after {retries} retries: {type(exc).__name__}: {exc}".splitlines()[0]
+            failures.append(task.beam_id)
+            failed_rows.extend(r for frame in task.frames
+                               for r in _tasks.frame_rows(task, frame, status="failed", error=error))
+        future.release()
+        done_frames += task.n_frames
+        progress.update(done_frames, len(failures))
+    progress.close()
+    return failed_rows, failures, cost
+
+
+class _Progress:
+    """One progress line: beams and frames done, frames/s; rewritten in place on a terminal."""
+
+    def __init__(self, stream: TextIO | None, beams: int, frames: int, skipped: int) -> None:
+        self.stream, self.beams, self.frames, self.skipped = stream, beams, frames, skipped
+        self.start = time.perf_counter()
+        self.done_beams = 0
+        self.last = 0.0
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+
+    def update(self, frames: int, failed: int) -> None:
+        self.done_beams += 1
+        now = time.perf_counter()
+        if self.stream is None or (now - self.last < (0.2 if self.tty else 5.0) and self.done_beams < self.beams):
+            return
+        self.last = now
+        rate = frames / max(now - self.start, 1e-9)
+        bar_width = 30
+        filled = int(bar_width * self.done_beams / max(self.beams, 1))
+        line = (f"archive [{'#' * filled}{'.' * (bar_width - filled)}] {self.done_beams}/{self.beams} beams, "
+                f"{frames}/{self.frames} frames, {rate:.1f} frames/s"
+                + (f", {failed} failed" if failed else "") + (f", {self.skipped} resumed" if self.skipped else ""))
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------
+# tables and summary
+# ---------------------------------------------------------------------------
+
+
+def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (str(row.get("patient_id")), str(row.get("plan_uid")), row.get("beam_number") or -1,
+            str(row.get("fraction")), str(row.get("path")), row.get("frame_index") or 0)
+
+
+def _index_fates(index: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Fill ``fate`` / ``reason`` of registered frame files from their registration rows."""
+    by_path: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] != "unmatched":
+            by_path[row["path"]].append(row)
+    for entry in index:
+        if entry.get("fate") is not None or entry["category"] != "frame":
+            continue
+        frames = by_path.get(entry["path"], [])
+        if not frames:
+            entry.update(fate="failed", reason="no registration result (bug: please report)")
+            continue
+        failed = [r for r in frames if r["status"] == "failed"]
+        not_ok = [r for r in frames if r["status"] == "registered" and not r["ok"]]
+        if failed and len(failed) == len(frames):
+            entry.update(fate="failed", reason=failed[0]["error"])
+        else:
+            text = f"registered {len(frames) - len(failed)} frame(s) against {frames[0]['reference_path']}"
+            if not_ok:
+                text += f"; {len(not_ok)} not ok ({not_ok[0]['reason']})"
+            if failed:
+                text += f"; {len(failed)} failed ({failed[0]['error']})"
+            entry.update(fate="registered", reason=text)
+
+
+def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[dict[str, Any]],
+             timing: dict[str, float], cluster: dict[str, Any], options: dict[str, Any], backend: str,
+             tasks_run: int, tasks_skipped: int, tasks_failed: int, first_portal_reference: bool) -> dict[str, Any]:
+    categories = Counter(r["category"] for r in pairing.index)
+    registered = [r for r in rows if r["status"] == "registered"]
+    good = [s for s in setups if s["ok"]]
+    population = _stats.population_statistics([s["patient_id"] for s in good],
+                                              {axis: [s[f"{axis}_mm"] for s in good] for axis in AXES})
+    rotation = _stats.population_statistics([s["patient_id"] for s in good],
+                                            {name: [s[f"{name}_deg"] for s in good] for name in ("pitch", "roll", "yaw")})
+    image_axes, beams = _image_axes(rows)
+    warnings: list[str] = []
+    if tasks_failed:
+        warnings.append(f"{tasks_failed} beam task(s) failed after their retries; rerun with --resume to retry them")
+    not_ok_setups = [s for s in setups if s["n_views"] >= 2 and not s["ok"]]
+    if not_ok_setups:
+        warnings.append(f"{len(not_ok_setups)} fraction(s) with two or more views are not ok and are left out of the "
+                        f"population statistics (first: {not_ok_setups[0]['reason']})")
+    frames_per_s = (timing["frames_this_run"] / timing["register_s"]) if timing.get("frames_this_run") else None
+    return {
+        "version": __version__,
+        "definitions": {
+            "axes": "IEC 61217 patient support: lateral (X), longitudinal (Y), vertical (Z); mm",
+            "m_p, s_p": "per patient with >= 2 ok fractions: mean and SD (n-1) over fractions",
+            "M_mm": "mean of the m_p", "Sigma_mm": "SD of the m_p (n-1): systematic error",
+            "sigma_mm": "root mean square of the s_p: random error",
+            "margin_van_herk_mm": "2.5 Sigma + 0.7 sigma (van Herk et al. 2000)",
+            "margin_stroom_mm": "2 Sigma + 0.7 sigma (Stroom et al. 1999)",
+        },
+        "population": population,
+        "population_rotation_deg": rotation,
+        "image_axes": image_axes,
+        "beams": beams,
+        "counts": {
+            "files": len(pairing.index),
+            "patients": len({r["patient_id"] for r in rows}),
+            "fractions": len({(r["patient_id"], r["plan_uid"], r["fraction"]) for r in registered}),
+            "frames": len(rows),
+            "registered": len(registered),
+            "not_ok": sum(1 for r in registered if not r["ok"]),
+            "unmatched": sum(1 for r in rows if r["status"] == "unmatched"),
+            "failed": sum(1 for r in rows if r["status"] == "failed"),
+            "unreadable": sum(categories[c] for c in _UNREADABLE),
+            "duplicates": categories["duplicate"],
+            "references": categories["reference"] + sum(1 for r in pairing.index if r["fate"] == "used_as_reference"
+                                                        and r["category"] == "frame"),
+            "plans": categories["plan"],
+            "other": categories["other"],
+            "beams": len(pairing.tasks),
+            "setups": len(setups),
+            "setups_ok": len(good),
+            "patients_in_statistics": population["lateral"]["n_patients"],
+        },
+        "categories": dict(sorted(categories.items())),
+        "tasks": {"total": len(pairing.tasks), "run": tasks_run - tasks_failed, "skipped_resume": tasks_skipped,
+                  "failed": tasks_failed},
+        "timing": {"frames_per_s": frames_per_s},
+        "cluster": cluster,
+        "options": {"registration": options, "backend": backend, "first_portal_reference": first_portal_reference},
+        "warnings": warnings,
+    }
+
+
+def _image_axes(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Statistics of the 2-D displacements (image x, y) per gantry angle, and per beam (patient, plan, beam)."""
+    fractions = _setups.fraction_views(rows)
+    by_gantry: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"patient": [], "x": [], "y": []})
+    by_beam: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = defaultdict(list)
+    for (patient, plan, _fraction), entry in fractions.items():
+        for beam, view in entry["views"].items():
+            if view["dx_mm"] is None or view["gantry_deg"] is None:
+                continue
+            key = f"gantry_{round(float(view['gantry_deg'])) % 360:d}"
+            by_gantry[key]["patient"].append(patient)
+            by_gantry[key]["x"].append(view["dx_mm"])
+            by_gantry[key]["y"].append(view["dy_mm"])
+            by_beam[(patient, plan, beam)].append(view)
+    stats = {key: _stats.population_statistics(values["patient"], {"x": values["x"], "y": values["y"]})
+             for key, values in sorted(by_gantry.items())}
+    beams = []
+    for (patient, plan, beam), views in sorted(by_beam.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        item: dict[str, Any] = {"patient_id": patient, "plan_uid": plan, "beam_number": beam,
+                                "gantry_deg": views[0]["gantry_deg"], "n_fractions": len(views)}
+        for axis, name in (("x", "dx_mm"), ("y", "dy_mm")):
+            values = [float(v[name]) for v in views]
+            mean = sum(values) / len(values)
+            item[f"mean_{axis}_mm"] = mean
+            item[f"sd_{axis}_mm"] = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                                      if len(values) >= 2 else None)
+        beams.append(item)
+    return stats, beams
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,408 @@
+"""portalign archive: index, pairing, Dask run on a LocalCluster, setups, statistics, outputs, resume, CLI.
+
+The end-to-end tests build a small synthetic archive with :mod:`bench.archive_data` (4 patients x 4
+fractions x 2 views at gantry 0 and 90, 160x120 frames of 1.07 mm at the isocentre, known systematic
+and random setup errors, junk files, a two-frame cine file and a frame without a reference) and run it
+on a real LocalCluster with two worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dask.distributed", reason="the archive extra (dask[distributed]) is not installed")
+pd = pytest.importorskip("pandas", reason="the archive extra (pandas) is not installed")
+pytest.importorskip("pyarrow", reason="the archive extra (pyarrow) is not installed")
+
+from dicom_factory import make_rt_image, write_rt_image  # noqa: E402
+from portalign.archive import (  # noqa: E402
+    ArchiveError,
+    axis_statistics,
+    combine_fractions,
+    index_file,
+    pair_frames,
+    population_statistics,
+    run,
+)
+from portalign.cli import main  # noqa: E402
+from portalign.couch import projection_matrix  # noqa: E402
+
+from bench.archive_data import write_synthetic_archive  # noqa: E402
+
+AXES = ("lateral", "longitudinal", "vertical")
+# Recovered population figures against the ones computed from the true displacements (the issue's check).
+TOLERANCE_MM = 0.3
+
+
+# ---------------------------------------------------------------------------
+# statistics against a hand-computed example
+# ---------------------------------------------------------------------------
+
+
+def test_statistics_hand_computed_example():
+    # Patient A: 1, 3, 2 -> m = 2, s = 1.  B: -1, -1 -> m = -1, s = 0.  C: 4, 6 -> m = 5, s = sqrt(2).
+    # M = (2 - 1 + 5) / 3 = 2;  Sigma = SD(2, -1, 5) = sqrt((0 + 9 + 9) / 2) = 3;
+    # sigma = sqrt((1 + 0 + 2) / 3) = 1;  van Herk 2.5*3 + 0.7*1 = 8.2;  Stroom 2*3 + 0.7 = 6.7.
+    ids = ["A", "A", "A", "B", "B", "C", "C", "D"]  # D has one fraction: left out
+    stats = population_statistics(ids, {"lateral": [1, 3, 2, -1, -1, 4, 6, 100.0]})["lateral"]
+    assert stats["n_patients"] == 3 and stats["n_fractions"] == 7
+    assert stats["M_mm"] == pytest.approx(2.0, abs=1e-12)
+    assert stats["Sigma_mm"] == pytest.approx(3.0, abs=1e-12)
+    assert stats["sigma_mm"] == pytest.approx(1.0, abs=1e-12)
+    assert stats["margin_van_herk_mm"] == pytest.approx(8.2, abs=1e-12)
+    assert stats["margin_stroom_mm"] == pytest.approx(6.7, abs=1e-12)
+
+
+def test_statistics_not_measured_is_none_never_zero():
+    # One patient: Sigma (SD of one mean) and the margins are not computable.
+    one = axis_statistics({"A": np.array([1.0, 2.0, 3.0])})
+    assert one["M_mm"] == pytest.approx(2.0) and one["sigma_mm"] == pytest.approx(1.0)
+    assert one["Sigma_mm"] is None and one["margin_van_herk_mm"] is None and one["margin_stroom_mm"] is None
+    # None / NaN values are not measurements: B keeps a single fraction and drops out.
+    stats = population_statistics(["A", "A", "B", "B"], {"x": [1.0, 2.0, None, float("nan")]})["x"]
+    assert stats["n_patients"] == 1 and stats["n_fractions"] == 2
+    empty = axis_statistics({})
+    assert empty["n_patients"] == 0 and all(empty[k] is None for k in ("M_mm", "Sigma_mm", "sigma_mm"))
+    with pytest.raises(ValueError, match="min_fractions must be at least 2"):
+        axis_statistics({}, min_fractions=1)
+
+
+def test_combine_fractions_recovers_a_known_3d_shift():
+    shift = np.array([1.5, -2.0, 0.7])
+    rows = []
+    for beam, gantry in ((1, 0.0), (2, 90.0), (3, 45.0)):
+        dx, dy = projection_matrix(gantry) @ shift
+        rows.append({"status": "registered", "ok": True, "patient_id": "P", "plan_uid": "1.2", "fraction": "fraction 1",
+                     "fraction_number": 1, "date": None, "patient_position": "HFS", "beam_number": beam,
+                     "gantry_deg": gantry, "couch_deg": 0.0, "receptor_angle_deg": None,
+                     "dx_mm": dx, "dy_mm": dy, "rotation_deg": 0.0})
+    # A not-ok frame of beam 1 is not averaged into its view.
+    rows.append({**rows[0], "ok": False, "dx_mm": 50.0})
+    (setup,) = combine_fractions(rows)
+    assert setup["ok"] and setup["n_views"] == 3 and setup["n_frames"] == 4 and setup["n_frames_not_ok"] == 1
+    assert [setup[f"{a}_mm"] for a in AXES] == pytest.approx(shift.tolist(), abs=1e-9)
+    # One view only: no 3-D value (None), with the reason.
+    (single,) = combine_fractions(rows[:1])
+    assert single["lateral_mm"] is None and not single["ok"] and "two non-parallel views" in single["reason"]
+    # Parallel views (0 and 180): the couch solver's error becomes the reason.
+    parallel = [rows[0], {**rows[1], "gantry_deg": 180.0}]
+    (flat,) = combine_fractions(parallel)
+    assert flat["lateral_mm"] is None and "parallel" in flat["reason"]
+
+
+# ---------------------------------------------------------------------------
+# index and pairing (no cluster)
+# ---------------------------------------------------------------------------
+
+
+def _rt_image(path: Path, *, image_type: str = "PORTAL", plan: str | None = "1.2.3", beam: int | None = 1,
+              **tags) -> Path:
+    from pydicom.dataset import Dataset
+
+    ds = make_rt_image(np.arange(24 * 32, dtype=np.uint16).reshape(24, 32), ImageType=["ORIGINAL", "PRIMARY",
+                                                                                          image_type], **tags)
+    if plan is not None:
+        item = Dataset()
+        item.ReferencedSOPInstanceUID = plan
+        ds.ReferencedRTPlanSequence = [item]
+    if beam is not None:
+        ds.ReferencedBeamNumber = beam
+    return write_rt_image(ds, path)
+
+
+def test_index_reads_headers_and_classifies(tmp_path):
+    drr = index_file(str(_rt_image(tmp_path / "drr.dcm", image_type="DRR")))
+    assert drr["category"] == "reference" and drr["reference_kind"] == "drr" and drr["plan_uid"] == "1.2.3"
+    portal = index_file(str(_rt_image(tmp_path / "p.dcm", FractionNumber=7, AcquisitionDate="20260105")))
+    assert portal["category"] == "frame" and portal["beam_number"] == 1 and portal["rows"] == 24
+    assert portal["fraction_number"] == 7 and portal["fraction"] == "fraction 7" and portal["date"] == "2026-01-05"
+    dated = index_file(str(_rt_image(tmp_path / "d.dcm", AcquisitionDate="20260106")))
+    assert dated["fraction_number"] is None and dated["fraction"] == "date 2026-01-06"
+    stamped = index_file(str(_rt_image(tmp_path / "t.dcm", AcquisitionDateTime="20260107093000", ContentDate="20990101")))
+    assert stamped["fraction"] == "date 2026-01-07" and stamped["time"] == "093000"
+    approved = index_file(str(_rt_image(tmp_path / "ref.dcm", RTImageLabel="Reference image")))
+    assert approved["category"] == "reference" and approved["reference_kind"] == "portal"
+
+    data = (tmp_path / "p.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:-100])
+    cut = index_file(str(tmp_path / "cut.dcm"))
+    assert cut["category"] == "truncated" and cut["fate"] == "skipped"
+    assert cut["reason"] == f"truncated: pixel data holds {24 * 32 * 2 - 100} of {24 * 32 * 2} bytes"
+    (tmp_path / "head.dcm").write_bytes(data[:300])
+    assert index_file(str(tmp_path / "head.dcm"))["category"] in ("unreadable", "truncated")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    text = index_file(str(tmp_path / "notes.txt"))
+    assert text["category"] == "not_dicom" and "not a DICOM file" in text["reason"]
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    for name in ("empty.dcm", "picture.png"):
+        assert index_file(str(tmp_path / name))["category"] == "not_dicom", name
+
+
+def _row(path: str, category: str, *, plan="P", beam=1, uid=None, kind=None, fraction_number=None, date=None):
+    return {"path": path, "category": category, "reference_kind": kind, "sop_instance_uid": uid or path,
+            "plan_uid": plan, "beam_number": beam, "fraction_number": fraction_number, "date": date, "time": None,
+            "patient_id": "A", "fraction": None if fraction_number is None else f"fraction {fraction_number}",
+            "number_of_frames": 1, "patient_position": "HFS", "fate": None, "reason": None}
+
+
+def test_pairing_by_plan_and_beam():
+    index = [
+        _row("a/drr_old.dcm", "reference", kind="drr", date="2025-01-01"),
+        _row("a/drr_new.dcm", "reference", kind="drr", date="2025-02-01"),
+        _row("a/ref_portal.dcm", "reference", kind="portal", date="2025-03-01"),
+        _row("a/f1.dcm", "frame", fraction_number=1),
+        _row("a/f1_copy.dcm", "frame", uid="a/f1.dcm", fraction_number=1),
+        _row("a/f2.dcm", "frame", beam=2, fraction_number=2),
+        _row("a/f3.dcm", "frame", beam=2, fraction_number=1),
+        _row("a/nobeam.dcm", "frame", beam=None),
+    ]
+    pairing = pair_frames(index)
+    fates = {r["path"]: (r["category"], r["fate"]) for r in pairing.index}
+    assert [t.reference["path"] for t in pairing.tasks] == ["a/drr_new.dcm"]  # DRR over portal, newest DRR
+    assert [f["path"] for f in pairing.tasks[0].frames] == ["a/f1.dcm"]
+    assert fates["a/drr_old.dcm"] == ("reference", "unused") and fates["a/ref_portal.dcm"] == ("reference", "unused")
+    assert fates["a/f1_copy.dcm"] == ("duplicate", "skipped")
+    assert {r["path"] for r in pairing.unmatched} == {"a/f2.dcm", "a/f3.dcm", "a/nobeam.dcm"}
+    assert "no ReferencedBeamNumber" in next(r for r in index if r["path"] == "a/nobeam.dcm")["reason"]
+    assert next(r for r in index if r["path"] == "a/f2.dcm")["reason"] == "no reference for plan P beam 2"
+
+    # Option: the beam's first portal image (fraction 1) becomes its reference.
+    index = [{**r, "fate": None, "reason": None, "category": "frame" if r["path"] == "a/f1_copy.dcm" else r["category"]}
+             for r in index]
+    pairing = pair_frames(index, first_portal_reference=True)
+    beam2 = next(t for t in pairing.tasks if t.beam_number == 2)
+    assert beam2.reference == {"path": "a/f3.dcm", "sop_instance_uid": "a/f3.dcm", "kind": "first_portal"}
+    assert [f["path"] for f in beam2.frames] == ["a/f2.dcm"]
+    assert {r["path"] for r in pairing.unmatched} == {"a/nobeam.dcm"}
+    # The task id changes with what decides the results (here the options), so resume redoes such beams.
+    plain = pair_frames(index).tasks[0]
+    assert pair_frames(index, options={"method": "mi"}).tasks[0].beam_id != plain.beam_id
+    inverted = pair_frames(index, invert=True).tasks[0]
+    assert inverted.invert is True and plain.invert is None and inverted.beam_id != plain.beam_id
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ArchiveError, match="source '.*nowhere' does not exist"):
+        run([tmp_path / "nowhere"], tmp_path / "out")
+    with pytest.raises(ArchiveError, match="no SOURCE given"):
+        run([], tmp_path / "out")
+    with pytest.raises(ArchiveError, match="--workers and --scheduler exclude each other"):
+        run([tmp_path], tmp_path / "out", workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ArchiveError, match="--workers must be a positive integer"):
+        run([tmp_path], tmp_path / "out", workers=0)
+    (tmp_path / "run" / "parts").mkdir(parents=True)
+    (tmp_path / "run" / "parts" / "abc.parquet").write_bytes(b"x")
+    with pytest.raises(ArchiveError, match="already holds a run .* pass --resume"):
+        run([tmp_path], tmp_path / "run")
+    assert main(["archive", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+# ---------------------------------------------------------------------------
+# end to end on a LocalCluster with two worker processes
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archive")
+    return write_synthetic_archive(root / "src", patients=4, fractions=4, systematic_sd_mm=(2.0, 2.0, 2.0),
+                                   random_sd_mm=(1.0, 1.0, 1.0), population_mean_mm=(0.5, -0.5, 1.0), seed=3)
+
+
+@pytest.fixture(scope="module")
+def first_run(archive):
+    out = archive.root.parent / "out"
+    return run([archive.root], out, workers=2)
+
+
+def _truth_statistics(archive):
+    """M, Sigma, sigma per axis from the true displacements (numpy, independent of the code under test)."""
+    out = {}
+    for k, axis in enumerate(AXES):
+        per_patient = [np.array([d[k] for d in ds]) for ds in archive.displacements.values()]
+        means = np.array([v.mean() for v in per_patient])
+        sds = np.array([v.std(ddof=1) for v in per_patient])
+        out[axis] = {"M_mm": means.mean(), "Sigma_mm": means.std(ddof=1), "sigma_mm": math.sqrt(np.mean(sds ** 2))}
+    return out
+
+
+@pytest.mark.slow
+def test_population_statistics_recover_the_truth(archive, first_run):
+    summary = json.loads(Path(first_run.outputs["summary"]).read_text())
+    truth = _truth_statistics(archive)
+    for axis in AXES:
+        got = summary["population"][axis]
+        assert got["n_patients"] == 4 and got["n_fractions"] == 16
+        for key in ("M_mm", "Sigma_mm", "sigma_mm"):
+            assert got[key] == pytest.approx(truth[axis][key], abs=TOLERANCE_MM), (axis, key)
+        assert got["margin_van_herk_mm"] == pytest.approx(2.5 * got["Sigma_mm"] + 0.7 * got["sigma_mm"], abs=1e-12)
+        assert got["margin_stroom_mm"] == pytest.approx(2.0 * got["Sigma_mm"] + 0.7 * got["sigma_mm"], abs=1e-12)
+    counts = summary["counts"]
+    assert counts == {**counts, "patients": 4, "fractions": 16, "frames": archive.n_frames, "not_ok": 0,
+                      "unmatched": 1, "unreadable": 2, "duplicates": 1, "failed": 0}
+    assert summary["tasks"] == {"total": 8, "run": 8, "skipped_resume": 0, "failed": 0}
+    assert summary["cluster"]["workers"] == 2 and summary["cluster"]["local"] is True
+    assert summary["cluster"]["parts_written_by"] == "workers" and summary["timing"]["client_write_s"] == 0
+    # Per gantry angle in image axes: x at gantry 0 is lateral, x at gantry 90 is -vertical, y is -longitudinal.
+    image = summary["image_axes"]
+    assert image["gantry_0"]["x"]["Sigma_mm"] == pytest.approx(truth["lateral"]["Sigma_mm"], abs=TOLERANCE_MM)
+    assert image["gantry_90"]["x"]["M_mm"] == pytest.approx(-truth["vertical"]["M_mm"], abs=TOLERANCE_MM)
+    assert image["gantry_0"]["y"]["M_mm"] == pytest.approx(-truth["longitudinal"]["M_mm"], abs=TOLERANCE_MM)
+    assert len(summary["beams"]) == 8
+
+
+@pytest.mark.slow
+def test_each_fraction_setup_matches_its_true_displacement(archive, first_run):
+    setups = pd.read_parquet(first_run.outputs["setups"])
+    assert len(setups) == 16 and setups["ok"].all() and (setups["n_views"] == 2).all()
+    for pid, displacements in archive.displacements.items():
+        mine = setups[setups["patient_id"] == pid].sort_values("fraction_ordinal")
+        got = mine[[f"{a}_mm" for a in AXES]].to_numpy(dtype=float)
+        # Per-view 2-D errors of about 0.15 mm RMS at 1.07 mm pixels; 0.6 mm bounds every axis of every fraction.
+        np.testing.assert_allclose(got, np.array(displacements), atol=0.6)
+    assert setups["roll_deg"].isna().all()  # coplanar views: roll not observable, null (not 0)
+
+
+@pytest.mark.slow
+def test_every_file_accounted_for_and_one_row_per_frame(archive, first_run):
+    index = pd.read_parquet(first_run.outputs["index"])
+    assert sorted(index["path"]) == sorted(os.path.abspath(p) for p in archive.files)
+    expected = {os.path.abspath(p): c for p, c in archive.files.items()}
+    assert {p: c for p, c in zip(index["path"], index["category"], strict=True)} == expected
+    assert index["fate"].notna().all() and index["reason"].notna().all()
+    fates = dict(zip(index["path"], index["fate"], strict=True))
+    assert {fates[p] for p, c in expected.items() if c == "reference"} == {"used_as_reference"}
+    assert {fates[p] for p, c in expected.items() if c in ("not_dicom", "truncated", "duplicate", "other")} == {"skipped"}
+
+    regs = pd.read_parquet(first_run.outputs["registrations"])
+    assert len(regs) == archive.n_frames
+    cine = regs[regs["path"] == os.path.abspath(archive.cine_path)]
+    assert sorted(cine["frame_index"]) == [0, 1] and (cine["status"] == "registered").all()
+    unmatched = regs[regs["status"] == "unmatched"]
+    assert len(unmatched) == 1 and unmatched["path"].iloc[0].endswith("fx01_beam9_no_reference.dcm")
+    assert unmatched[["dx_mm", "dy_mm", "ok"]].isna().all().all()  # not measured: null
+    assert "no reference for plan" in unmatched["reason"].iloc[0]
+    registered = regs[regs["status"] == "registered"]
+    assert registered["ok"].all() and registered["dx_mm"].notna().all() and (registered["register_ms"] > 0).all()
+    assert registered["worker"].nunique() == 2  # both worker processes did work
+
+
+@pytest.mark.slow
+def test_report_and_summary_files(first_run):
+    out = Path(first_run.out_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    for axis in AXES:
+        assert set(summary["population"][axis]) >= {"M_mm", "Sigma_mm", "sigma_mm", "margin_van_herk_mm",
+                                                    "margin_stroom_mm"}
+    assert set(summary["counts"]) >= {"patients", "fractions", "frames", "not_ok", "unmatched", "unreadable"}
+    report = (out / "report.md").read_text()
+    for png in ("setup_per_patient.png", "setup_histogram.png", "setup_by_fraction.png"):
+        assert f"(plots/{png})" in report
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "fx01_beam9_no_reference.dcm" in report
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run, tmp_path):
+    """A run killed after five of its eight beams: the part files of those five exist, no final tables.
+
+    ``portalign archive --resume`` (on an existing scheduler, through the CLI) registers only the
+    three missing beams, leaves the five part files untouched and writes the same tables.
+    """
+    from dask.distributed import LocalCluster
+
+    out = tmp_path / "out"
+    shutil.copytree(first_run.out_dir, out)
+    for name in ("registrations.parquet", "setups.parquet", "index.parquet", "summary.json", "report.md"):
+        (out / name).unlink()
+    parts = sorted((out / "parts").glob("*.parquet"))
+    assert len(parts) == 8
+    for part in parts[5:]:
+        part.unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in parts[:5]}
+
+    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster:
+        code = main(["archive", str(archive.root), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                     "--resume", "--json", "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == {"total": 8, "run": 3, "skipped_resume": 5, "failed": 0}
+    assert summary["cluster"]["parts_written_by"] == "client"  # --scheduler without --parts-on-workers
+    assert summary["timing"]["frames_this_run"] == sum(
+        len(pd.read_parquet(p)) for p in (out / "parts").glob("*.parquet") if p.name not in kept)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet") if p.name in kept} == kept
+    assert len(list((out / "parts").glob("*.parquet"))) == 8
+    before = pd.read_parquet(first_run.outputs["registrations"])
+    after = pd.read_parquet(out / "registrations.parquet")
+    assert list(after["sop_instance_uid"]) == list(before["sop_instance_uid"])
+    np.testing.assert_allclose(after["dx_mm"].to_numpy(dtype=float, na_value=np.nan),
+                               before["dx_mm"].to_numpy(dtype=float, na_value=np.nan), atol=1e-9)
+    resumed = json.loads((out / "summary.json").read_text())["population"]
+    original = json.loads(Path(first_run.outputs["summary"]).read_text())["population"]
+    for axis in AXES:
+        assert resumed[axis] == pytest.approx(original[axis], abs=1e-9)
+
+
+def test_unreachable_scheduler_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    code = main(["archive", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9",
+                 "--connect-timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and err.count("\n") == 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.slow
+def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run, tmp_path):
+    """One beam's worker dies mid-task and another beam's task raises once: both are redone, nothing else.
+
+    The first beam's part is written by the worker (no partial file survives the kill), the second's by the
+    client.
+    """
+    import functools
+
+    from archive_faults import die_once_then_register, raise_once_then_register
+    from dask.distributed import Client, LocalCluster
+    from portalign.archive import _run
+
+    pairing = pair_frames([index_file(p) for p in sorted(os.path.abspath(p) for p in archive.files)])
+    tasks = pairing.tasks[:2]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (tmp_path / "x").mkdir()
+    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
+            Client(cluster) as client:
+        died, _, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
+                                    functools.partial(die_once_then_register, marker_dir=str(tmp_path)),
+                                    parts_on_workers=True)
+        raised, _, _ = _run._register(client, tasks[1:], parts, 2, None, 0,
+                                      functools.partial(raise_once_then_register, marker_dir=str(tmp_path)))
+        failing, failures, _ = _run._register(client, tasks[:1], tmp_path, 0, None, 0,
+                                              functools.partial(raise_once_then_register, marker_dir=str(tmp_path / "x")))
+    assert died == [] and raised == []
+    assert (tmp_path / f"{tasks[0].beam_id}.died").exists() and (tmp_path / f"{tasks[1].beam_id}.raised").exists()
+    expected = pd.read_parquet(first_run.outputs["registrations"])
+    for task in tasks:
+        part = pd.read_parquet(parts / f"{task.beam_id}.parquet")
+        assert len(part) == task.n_frames and (part["status"] == "registered").all()
+        same = expected.set_index(["sop_instance_uid", "frame_index"]).loc[
+            list(zip(part["sop_instance_uid"], part["frame_index"], strict=True)), "dx_mm"]
+        np.testing.assert_allclose(part["dx_mm"].to_numpy(dtype=float), same.to_numpy(dtype=float), atol=1e-9)
+    # Without retries a failing task is reported on its frames (status failed, the error), not raised.
+    assert failures == [tasks[0].beam_id]
+    assert len(failing) == tasks[0].n_frames and {r["status"] for r in failing} == {"failed"}
+    assert failing[0]["error"].startswith("beam task failed after 0 retries: OSError: transient failure reading")
