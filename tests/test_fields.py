@@ -248,3 +248,14 @@ def test_dead_detector_column_through_a_cone_is_left_out():
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm - 2.0, result.dy_mm + 1.5) < 0.15
     assert any("1 dead detector row(s) and 1 column(s) left out" in w for w in result.warnings)
+
+
+def test_lines_several_pixels_wide_are_not_dead_lines():
+    """MLC pickets run the whole image too, but are several detector pixels wide: they stay in the match."""
+    img = np.full((256, 256), 1000.0)
+    img[:, 100:104] = 300.0  # a 4-pixel picket
+    img[:, 180] = 0.0  # one dead column
+    img += np.random.default_rng(2).normal(0, 3, img.shape)
+    small = img.reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    field = detect_field(small, img)
+    assert field.dead_cols == (45,) and field.dead_rows == ()
