@@ -310,7 +310,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
             full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
             factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
             full_noise = _line_noise(full_work)
-            bad = [i for i in bad if _one_pixel_line(full_work, i * factor, (i + 1) * factor, full_noise)]
+            bad = [i for i in bad if _one_pixel_line(full_work, int(i) * factor, (int(i) + 1) * factor, full_noise)]
         if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
             continue
         work = work.copy()
