@@ -259,3 +259,26 @@ def test_lines_several_pixels_wide_are_not_dead_lines():
     small = img.reshape(64, 4, 64, 4).mean(axis=(1, 3))
     field = detect_field(small, img)
     assert field.dead_cols == (45,) and field.dead_rows == ()
+
+
+def _bb_in_turned_field(bb_mm, collimator_deg, seed, size_mm=20.0, spacing=0.4):
+    """A square field turned by the collimator, fixed to the imager, with a 5 mm ball bearing at ``bb_mm``."""
+    from scipy import special
+
+    yy, xx = (np.mgrid[0:250, 0:250] - 124.5) * spacing
+    c, s = math.cos(math.radians(collimator_deg)), math.sin(math.radians(collimator_deg))
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    aperture = 0.25 * special.erfc((np.abs(u) - size_mm / 2) / 1.5) * special.erfc((np.abs(v) - size_mm / 2) / 1.5)
+    values = 0.02 + 0.98 * aperture
+    values *= 1 - 0.35 * np.sqrt(np.clip(1 - (np.hypot(xx - bb_mm[0], yy - bb_mm[1]) / 2.5) ** 2, 0, None))
+    values = 1000 * values + np.random.default_rng(seed).normal(0, 5, values.shape)
+    return portalign.Image.from_array(values, pixel_spacing_mm=spacing, kind="portal")
+
+
+@pytest.mark.parametrize(("collimator", "bb"), [(45, (1.5, -1.0)), (30, (-2.0, 2.5))])
+def test_reference_portal_sharing_a_turned_20mm_field(collimator, bb):
+    """The field stays (fixed to the gantry), the ball bearing moves: the shift is the ball's, not zero."""
+    result = portalign.register(_bb_in_turned_field((0, 0), collimator, 1), _bb_in_turned_field(bb, collimator, 2),
+                                backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - bb[0], result.dy_mm - bb[1]) < 0.1
