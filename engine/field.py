@@ -13,16 +13,27 @@ image) and the outside really surrounds it; anatomy alone (a DRR, an open
 frame larger than the imager) does not pass, nor does a split into many
 pieces (stripes, bones): an aperture is one connected region. The result is a threshold and a
 polarity that every pyramid level can apply, plus the field's bounding box.
+
+No field edge in the image (:func:`find_field`): when the radiation field covers the whole
+panel (phantom QA images, large fields, frames cropped inside the field), the clean two-class
+split that remains is an object's outline, not an aperture. Two physical facts rule such a
+split out before it can mask real anatomy: the planned aperture of the RT Image's Exposure
+Sequence (jaws rotated by the collimator) contains the whole image, or the image's intensity
+sign is known (higher = more radiation) and the "field" found is darker than its surroundings,
+i.e. it attenuates the beam instead of letting it through.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FieldEstimate", "detect_field", "penumbra_extent_mm", "sample_mask", "NO_FIELD"]
+from .image import Image
+
+__all__ = ["FieldEstimate", "detect_field", "find_field", "field_size_mm", "planned_aperture_covers", "penumbra_extent_mm",
+           "sample_mask", "NO_FIELD", "NO_FIELD_EDGE"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -34,6 +45,11 @@ FIELD_AREA = (0.0005, 0.95)
 MIN_LARGEST_PART = 0.9
 #: Fewest pixels a detected field may have on the detection level.
 MIN_FIELD_PIXELS = 12
+#: A detector line is dead (or hot) when it spikes away from both neighbours by this many noise sigmas...
+DEAD_LINE_CONTRAST = 8.0
+#: ...over at least this share of its length; at most this share of all lines are bridged.
+DEAD_LINE_SHARE = 0.8
+DEAD_LINE_MAX_SHARE = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +70,14 @@ class FieldEstimate:
         Otsu's between-class share of the variance (1 = two flat levels).
     mask : numpy.ndarray or None
         The field (holes filled) on the level it was found on.
+    note : str
+        Why no field edge was accepted although a field/outside split was found
+        (``""`` when a field was detected or nothing field-like was there).
+    dead_rows, dead_cols : tuple of int
+        Whole detector lines (rows, columns of the level it was found on) that read far off both
+        neighbours: dead or hot lines, left out of the match.
+    level_shape : tuple of int or None
+        Shape of the level it was found on (set with dead lines).
     """
 
     detected: bool
@@ -62,25 +86,114 @@ class FieldEstimate:
     box_px: tuple[float, float, float, float] | None = None
     effectiveness: float = 0.0
     mask: np.ndarray | None = None
+    note: str = ""
+    dead_rows: tuple[int, ...] = ()
+    dead_cols: tuple[int, ...] = ()
+    level_shape: tuple[int, int] | None = None
 
 
 NO_FIELD = FieldEstimate(detected=False)
+#: Start of every note saying that the image shows no aperture edge.
+NO_FIELD_EDGE = "no field edge in the image"
 
 
-def detect_field(image: np.ndarray) -> FieldEstimate:
+def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
+    """Find the radiation field of ``image`` on its small pyramid level, or say why there is no field edge.
+
+    Parameters
+    ----------
+    image : Image
+        The full image: its planned aperture (``info.extra["planned_field_corners_mm"]``, mm at the
+        isocentre plane in the image frame) and its intensity sign (``info.extra["intensity_sign_reason"]``)
+        are read.
+    small : numpy.ndarray
+        ``image`` box-reduced to a few thousand pixels (what :func:`detect_field` works on).
+
+    Returns
+    -------
+    FieldEstimate
+        ``detected=False`` with a ``note`` starting with ``"no field edge in the image"`` when the planned
+        aperture covers the image or the only split found is an attenuating object.
+    """
+    covers = planned_aperture_covers(image)
+    if covers:
+        _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels)
+        return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
+                             dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
+    field = detect_field(small, image.pixels)
+    if field.detected and not field.field_is_bright and _radiation_is_bright(image):
+        return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
+                       dead_cols=field.dead_cols, level_shape=field.level_shape,
+                       note=f"{NO_FIELD_EDGE}: the region found is darker than its surroundings in an image whose "
+                            "higher values mean more radiation, so it is an attenuating object (a phantom's outline), "
+                            "not the radiation field; the whole image is matched")
+    return field
+
+
+def planned_aperture_covers(image: Image) -> str:
+    """Say whether the planned jaws contain the whole image (then no field edge can be in it); ``""`` if not.
+
+    The aperture is the polygon ``info.extra["planned_field_corners_mm"]`` (the RT Image's Exposure
+    Sequence jaws, turned by the collimator angle, mm at the isocentre plane relative to the beam axis).
+    An image with a planned MLC (``planned_mlc``) is never said to be covered: its leaves may cut the
+    field inside the jaws. Returns the reason, naming the jaws, when every image corner is inside.
+    """
+    extra = image.info.extra
+    corners = extra.get("planned_field_corners_mm")
+    if not corners or extra.get("planned_mlc") or len(corners) < 3:
+        return ""
+    polygon = np.asarray(corners, dtype=np.float64)
+    if polygon.shape[1:] != (2,) or not np.all(np.isfinite(polygon)):
+        return ""
+    rows, cols = image.shape
+    x, y = image.pixel_to_mm(np.array([-0.5, cols - 0.5, cols - 0.5, -0.5]), np.array([-0.5, -0.5, rows - 0.5, rows - 0.5]))
+    if not all(_inside_convex(polygon, px, py) for px, py in zip(x, y, strict=True)):
+        return ""
+    jaws = extra.get("planned_jaws_mm") or {}
+    named = ", ".join(f"{k} {jaws[k]:+.0f}" for k in ("x1", "x2", "y1", "y2") if k in jaws)
+    return f"the planned field (jaws {named} mm) covers the whole image" if named else \
+        "the planned field covers the whole image"
+
+
+def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
+    """Whether ``(x, y)`` lies inside (or on) a convex polygon given in either winding order."""
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    cross = edges[:, 0] * (y - polygon[:, 1]) - edges[:, 1] * (x - polygon[:, 0])
+    return bool(np.all(cross >= -1e-9) or np.all(cross <= 1e-9))
+
+
+def _radiation_is_bright(image: Image) -> bool:
+    """Whether the loader established that higher values mean more radiation (a sign tag, a known encoding)."""
+    reason = str(image.info.extra.get("intensity_sign_reason") or "")
+    return bool(reason) and not reason.startswith("no PixelIntensityRelationshipSign")
+
+
+def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEstimate:
     """Find the radiation field in a (small) image.
 
     Parameters
     ----------
     image : numpy.ndarray
         2-D float array, ideally a coarse pyramid level (a few thousand pixels).
+    full : numpy.ndarray, optional
+        The image at the detector's own pixels that ``image`` was box-reduced from: dead detector
+        lines are confirmed there (one pixel wide).
 
     Returns
     -------
     FieldEstimate
-        ``detected=False`` when no clean field/outside split exists.
+        ``detected=False`` when no clean field/outside split exists. Dead detector lines found on the
+        way are in ``dead_rows`` / ``dead_cols`` whether or not a field was found.
     """
-    values = np.asarray(image, dtype=np.float64)
+    values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
+    found = _detect(values)
+    if dead_rows or dead_cols:
+        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape)
+    return found
+
+
+def _detect(values: np.ndarray) -> FieldEstimate:
+    """Otsu split, border, area and one-aperture tests, holes filled (see :func:`detect_field`)."""
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return NO_FIELD
@@ -140,6 +253,94 @@ def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: floa
         if ring.sum() >= 4 and magnitude[ring].mean() >= 3.0 * baseline:
             extent = start + spacing_mm
     return float(extent)
+
+
+def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:
+    """Diameter (mm) of the largest disc inside a detected field; None when no field was detected.
+
+    ``spacing_mm`` is the ``(row, col)`` pixel spacing of the level the field was found on. For a
+    rectangular field it is the shorter side, for a cone its diameter, whatever the collimator angle
+    (a bounding box would call a 45-degree-turned square field 1.4 times larger).
+    """
+    if not field.detected or field.mask is None:
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(field.mask, 1), sampling=spacing_mm)
+    return float(2.0 * depth.max())
+
+
+def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """Replace whole rows / columns that spike away from both neighbours by the neighbours' mean.
+
+    Returns the bridged image and the indices of the rows and of the columns replaced. ``full``, the
+    image at the detector's own pixels that ``values`` was box-reduced from, confirms each line: a
+    dead line is one detector line wide, with neighbours that agree with each other, whereas MLC
+    pickets or a thin wire are several pixels wide (see :func:`_one_pixel_line`).
+
+    A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
+    split would take it for a class of its own (on an inverted image a dead line at zero is the
+    darkest thing there, and becomes "the field"). A line qualifies when, over at least
+    ``DEAD_LINE_SHARE`` of its length, it differs from both neighbours in the same direction by more
+    than ``DEAD_LINE_CONTRAST`` times the image's line-to-line noise; a field edge is a step (one
+    neighbour agrees) and anatomy does not run along a whole detector line. Only lines whose mean
+    spikes away from both neighbours' means are examined pixel by pixel (a cheap first pass: this
+    runs on every frame).
+    """
+    out = values
+    found: list[tuple[int, ...]] = [(), ()]
+    for axis in (0, 1):
+        work = out if axis == 0 else out.T
+        if work.shape[0] < 5:
+            continue
+        means = work.mean(axis=1)
+        up, down = means[1:-1] - means[:-2], means[1:-1] - means[2:]
+        spike = np.where(up * down > 0, np.minimum(np.abs(up), np.abs(down)), 0.0)
+        profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
+        candidates = np.flatnonzero(spike > DEAD_LINE_CONTRAST * profile_noise) + 1
+        if candidates.size == 0:
+            continue
+        noise = _line_noise(work)
+        bad = []
+        for i in candidates:
+            up_i, down_i = work[i] - work[i - 1], work[i] - work[i + 1]
+            if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > DEAD_LINE_CONTRAST * noise)) \
+                    >= DEAD_LINE_SHARE:
+                bad.append(i)
+        if full is not None and bad:
+            full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
+            factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
+            full_noise = _line_noise(full_work)
+            bad = [i for i in bad if _one_pixel_line(full_work, int(i) * factor, (int(i) + 1) * factor, full_noise)]
+        if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
+            continue
+        work = work.copy()
+        for i in bad:
+            work[i] = 0.5 * (work[i - 1] + work[i + 1])
+        out = work if axis == 0 else work.T
+        found[axis] = tuple(int(i) for i in bad)
+    return out, found[0], found[1]
+
+
+def _one_pixel_line(work: np.ndarray, start: int, stop: int, noise: float) -> bool:
+    """Whether one line in ``work[start:stop]`` spikes away from both neighbours, which agree with each other.
+
+    Over at least ``DEAD_LINE_SHARE`` of its length the line must differ from both neighbours in the same
+    direction by more than ``DEAD_LINE_CONTRAST`` noise sigmas, while the two neighbours differ from each
+    other by less than half of that spike: one detector line, not a structure several pixels wide.
+    """
+    for r in range(max(start, 1), min(stop, work.shape[0] - 1)):
+        up, down = work[r] - work[r - 1], work[r] - work[r + 1]
+        spike = np.minimum(np.abs(up), np.abs(down))
+        agree = np.abs(work[r - 1] - work[r + 1]) < 0.5 * spike
+        if np.mean((up * down > 0) & (spike > DEAD_LINE_CONTRAST * noise) & agree) >= DEAD_LINE_SHARE:
+            return True
+    return False
+
+
+def _line_noise(work: np.ndarray) -> float:
+    """Robust sigma of pixel differences between neighbouring lines (every 4th line: a cheap estimate)."""
+    diff = work[1::4] - work[:-1:4][: work[1::4].shape[0]]
+    return 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -5,13 +5,22 @@ purpose: the aperture is fixed to the gantry, the patient is not. This module
 measures the aperture itself, so that a field placement error (jaws, EPID or
 collimator calibration) is reported separately from the patient displacement.
 
-Planned field
+Planned field (the aperture compared)
     The jaw positions that :mod:`portalign.dicom` reads from the RT Image
     ``ExposureSequence`` (``info.extra["planned_jaws_mm"]``: x1, x2, y1, y2 in mm
     at the isocentre, image-frame axis directions before collimator rotation),
-    from the reference image, else from the frame; when neither has them, the
+    from the reference image, else from the frame. When the same item carries an
+    MLC (``planned_mlc``), the aperture is the bounding rectangle of the open leaf
+    pairs inside the jaws (``"reference MLC"``). When the header has neither, the
     field detected in the reference portal image (same method as below; a DRR
-    reference has no field and gives an error).
+    reference has no field and gives an error). In ``auto`` mode, a delivered
+    field that lies inside the header's jaws by more than the tolerance on every
+    side is shaped by something the header does not record (an MLC or a cone
+    missing from the RT Image, as in Winston-Lutz images taken with a 20 mm
+    MLC field or an SRS cone inside 30 mm jaws): the jaws are not the aperture,
+    and the reference portal image's own field is compared instead, which the
+    report says (``aperture_note``); with a DRR reference that is an error, since
+    nothing recorded says what the aperture should be.
 Delivered field
     Detected in the frame. A rough mask (Otsu's threshold, largest bright
     component, holes filled) locates the field and checks that it is brighter
@@ -35,6 +44,9 @@ Frame of the edges
     isocentre plane, like registration results. Only rectangular (jaw-defined)
     fields are modelled; for an MLC-shaped field the edges are those of its
     bounding rectangle.
+Exit status of ``portalign fieldcheck``
+    0: every edge within tolerance; 3 (``EXIT_OUT_OF_TOLERANCE``): an edge is
+    outside tolerance; 2: unusable input or no planned aperture to compare with.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from .image import Image, as_image
 from .result import RegistrationResult
 
 __all__ = [
+    "EXIT_OUT_OF_TOLERANCE",
     "FieldEdges",
     "PLANNED_SOURCES",
     "add_arguments",
@@ -66,6 +79,10 @@ __all__ = [
 
 #: ``planned=`` choices of :func:`field_placement`.
 PLANNED_SOURCES = ("auto", "jaws", "reference")
+#: Exit status of ``portalign fieldcheck`` when an edge is outside tolerance (0 within, 2 unusable input).
+EXIT_OUT_OF_TOLERANCE = 3
+#: A leaf pair closer than this (mm) is closed: it lets no field through.
+_CLOSED_LEAF_GAP_MM = 0.5
 _EDGES = ("x1", "x2", "y1", "y2")
 #: Profiles run this far on each side of the rough edge (mm), at most 40 % of the field size.
 _PROFILE_HALF_LENGTH_MM = 10.0
@@ -227,14 +244,18 @@ def planned_field(reference: Image, frame: Image | None = None, *, planned: str 
     if planned not in PLANNED_SOURCES:
         raise PortalignError(f"planned must be one of {', '.join(PLANNED_SOURCES)}; got {planned!r}")
     if planned in ("auto", "jaws"):
-        for image, label in ((reference, "reference jaws"), (frame, "frame jaws")):
+        for image, label in ((reference, "reference"), (frame, "frame")):
             if image is None:
                 continue
             jaws = image.info.extra.get("planned_jaws_mm") or {}
             if all(key in jaws for key in _EDGES):
                 angle = -float(image.info.collimator_deg or 0.0)
                 x1, x2, y1, y2 = (float(jaws[key]) for key in _EDGES)
-                return FieldEdges(x1, x2, y1, y2, angle_deg=angle, source=label)
+                mlc = _mlc_aperture(image.info.extra.get("planned_mlc"), (x1, x2, y1, y2)) \
+                    if planned == "auto" else None
+                if mlc is not None:
+                    return FieldEdges(*mlc, angle_deg=angle, source=f"{label} MLC")
+                return FieldEdges(x1, x2, y1, y2, angle_deg=angle, source=f"{label} jaws")
         if planned == "jaws":
             names = reference.info.source + (f" and {frame.info.source}" if frame is not None else "")
             raise PortalImageError(f"{names}: no planned jaw positions (X and Y) in the header; "
@@ -282,7 +303,9 @@ def field_placement(
     Returns
     -------
     dict
-        ``planned_source, collimator_deg, planned_mm, delivered_mm`` (edges
+        ``planned_source`` (``"reference jaws"``, ``"frame jaws"``, ``"reference MLC"``, ``"frame MLC"`` or
+        ``"reference field"``), ``aperture`` (what was compared, in words), ``aperture_note`` (why the
+        header's jaws were not compared, else None), ``collimator_deg, planned_mm, delivered_mm`` (edges
         ``x1, x2, y1, y2`` in the field frame), ``planned_centre_mm,
         delivered_centre_mm, centre_shift_mm`` (image frame ``[x, y]``),
         ``edge_errors_mm`` (delivered - planned per edge), ``size_errors_mm``
@@ -302,6 +325,20 @@ def field_placement(
     frame = as_image(frame_image, name="frame", pixel_spacing_mm=pixel_spacing_mm)
     plan = planned_field(reference, frame, planned=planned)
     delivered = measure_field(frame, angle_deg=plan.angle_deg)
+    note = ""
+    if planned == "auto" and plan.source.endswith("jaws"):
+        inside = [delivered.x1 - plan.x1, plan.x2 - delivered.x2, delivered.y1 - plan.y1, plan.y2 - delivered.y2]
+        if min(inside) > tolerance_mm:
+            jaws = ", ".join(f"{edge} {getattr(plan, edge):+.1f}" for edge in _EDGES)
+            note = (f"the header's jaws ({jaws} mm) do not define the delivered field: it lies {min(inside):.1f}-"
+                    f"{max(inside):.1f} mm inside them on every side, shaped by an MLC or cone that the RT Image "
+                    "does not record")
+            if reference.info.kind == "drr":
+                raise PortalImageError(f"{reference.info.source}: {note}; with a DRR reference there is no recorded "
+                                       "aperture to compare with: use a reference portal image (--planned reference) "
+                                       "or compare with the jaws anyway (--planned jaws)")
+            plan = planned_field(reference, frame, planned="reference")
+            note += "; compared with the reference image's field instead"
     errors = {edge: getattr(delivered, edge) - getattr(plan, edge) for edge in _EDGES}
     planned_centre, delivered_centre = plan.centre_mm, delivered.centre_mm
     shift = [delivered_centre[0] - planned_centre[0], delivered_centre[1] - planned_centre[1]]
@@ -310,6 +347,8 @@ def field_placement(
         "reference": reference.info.source,
         "frame": frame.info.source,
         "planned_source": plan.source,
+        "aperture": _APERTURE_NAMES.get(plan.source.split(" ", 1)[1], plan.source),
+        "aperture_note": note or None,
         "collimator_deg": -plan.angle_deg + 0.0,
         "planned_mm": plan.edges(),
         "delivered_mm": delivered.edges(),
@@ -330,6 +369,58 @@ def field_placement(
         out["anatomy_shift_mm"] = [float(result.dx_mm), float(result.dy_mm)]
         out["anatomy_relative_to_field_mm"] = [float(result.dx_mm) - shift[0], float(result.dy_mm) - shift[1]]
     return out
+
+
+#: ``aperture`` of the report, by the second word of ``planned_source``.
+_APERTURE_NAMES = {
+    "jaws": "planned jaws",
+    "MLC": "planned MLC aperture (bounding rectangle of the open leaf pairs, inside the jaws)",
+    "field": "the reference image's radiation field",
+}
+
+
+def _mlc_aperture(devices: Any, jaws: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
+    """Bounding rectangle (image-axis x1, x2, y1, y2 before collimator rotation) of the open leaves inside the jaws.
+
+    ``devices`` is ``info.extra["planned_mlc"]``: per MLC, the leaf positions (bank A then bank B, mm at the
+    isocentre in the IEC beam-limiting-device frame) and the leaf boundaries. ``MLCX`` leaves travel along
+    x and are stacked along IEC y; ``MLCY`` the other way. A pair is open when its banks are more than
+    ``_CLOSED_LEAF_GAP_MM`` apart within the jaws. IEC ``y`` points up in the image (``y_image = -y_iec``).
+    Returns None without a usable MLC (no boundaries, no open pair).
+    """
+    if not devices:
+        return None
+    x1, x2, y1, y2 = jaws
+    # IEC frame of the jaws: y flipped back
+    box = [x1, x2, -y2, -y1]
+    found = False
+    for device in devices:
+        positions = device.get("leaf_positions_mm")
+        boundaries = device.get("leaf_boundaries_mm")
+        kind = str(device.get("type", "")).upper()
+        if not positions or not boundaries or kind not in ("MLCX", "MLCY"):
+            continue
+        n = len(positions) // 2
+        if len(boundaries) != n + 1:
+            continue
+        bank_a, bank_b = np.asarray(positions[:n], float), np.asarray(positions[n:], float)
+        edges = np.asarray(boundaries, float)
+        travel, stack = (0, 2) if kind == "MLCX" else (2, 0)
+        lo_t, hi_t = box[travel], box[travel + 1]
+        lo_s, hi_s = box[stack], box[stack + 1]
+        within = (edges[1:] > lo_s) & (edges[:-1] < hi_s)
+        gap = np.minimum(bank_b, hi_t) - np.maximum(bank_a, lo_t)
+        open_pairs = within & (gap > _CLOSED_LEAF_GAP_MM)
+        if not open_pairs.any():
+            continue
+        found = True
+        box[travel] = max(lo_t, float(bank_a[open_pairs].min()))
+        box[travel + 1] = min(hi_t, float(bank_b[open_pairs].max()))
+        box[stack] = max(lo_s, float(edges[:-1][open_pairs].min()))
+        box[stack + 1] = min(hi_s, float(edges[1:][open_pairs].max()))
+    if not found:
+        return None
+    return box[0], box[1], -box[3], -box[2]
 
 
 # ---------------------------------------------------------------------------
@@ -443,8 +534,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference image (DRR or reference portal image), DICOM")
     parser.add_argument("frame", help="portal frame, DICOM")
     parser.add_argument("--planned", choices=PLANNED_SOURCES, default="auto",
-                        help="planned field from the header jaws, the reference's field, or jaws then reference")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="largest accepted edge error (mm)")
+                        help="aperture compared: 'jaws' the header's jaws only; 'reference' the field detected in "
+                             "the reference portal image; 'auto' (default) the header's MLC inside the jaws, else "
+                             "the jaws, else the reference's field, and the reference's field when the delivered "
+                             "field lies inside the jaws on every side (an MLC or cone the header does not record)")
+    parser.add_argument("--tolerance-mm", type=float, default=2.0,
+                        help="largest accepted edge error, mm (default 2)")
+    parser.epilog = (f"exit status: 0 every edge within tolerance; {EXIT_OUT_OF_TOLERANCE} an edge outside "
+                     "tolerance; 2 unusable input or no planned aperture to compare with")
     parser.add_argument("--with-anatomy", action="store_true",
                         help="also register the anatomy and report it relative to the delivered field")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -452,7 +549,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``portalign fieldcheck``: 0 on a result, 2 with a one-line error on unusable input."""
+    """Run ``portalign fieldcheck``: 0 within tolerance, 3 outside it, 2 with a one-line error on unusable input."""
     try:
         from . import register
         from .dicom import read_rt_image
@@ -465,11 +562,15 @@ def run(args: argparse.Namespace) -> int:
     except PortalignError as exc:
         print(f"portalign fieldcheck: error: {exc}", file=sys.stderr)
         return 2
+    status = 0 if report["within_tolerance"] else EXIT_OUT_OF_TOLERANCE
     if args.json:
         print(json.dumps(report))
-        return 0
+        return status
     shift = report["centre_shift_mm"]
-    print(f"planned from {report['planned_source']}, collimator {report['collimator_deg']:g} deg")
+    print(f"aperture compared: {report['aperture']} (planned from {report['planned_source']}), "
+          f"collimator {report['collimator_deg']:g} deg")
+    if report["aperture_note"]:
+        print(f"note: {report['aperture_note']}")
     print(f"field centre shift: x {shift[0]:+.2f} mm, y {shift[1]:+.2f} mm")
     print("edge errors: " + ", ".join(f"{k} {v:+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
     if "anatomy_relative_to_field_mm" in report:
@@ -477,4 +578,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"anatomy relative to the field: x {rel[0]:+.2f} mm, y {rel[1]:+.2f} mm")
     print("within tolerance" if report["within_tolerance"] else
           f"OUTSIDE tolerance: an edge is {report['max_edge_error_mm']:.2f} mm off (> {report['tolerance_mm']:g})")
-    return 0
+    return status

@@ -217,9 +217,80 @@ def test_winston_lutz_field_stays_while_the_bb_moves():
     assert report["anatomy_relative_to_field_mm"][0] == pytest.approx(result.dx_mm, abs=0.35)
 
     # The header's jaws are 30 x 30 mm but the delivered aperture is about 20 x 20 mm (an MLC or cone the RT
-    # Image does not record): the size error shows it, the field centre is still on the planned centre.
-    by_jaws = field_placement(reference, frame)
-    assert by_jaws["planned_source"] == "reference jaws"
+    # Image does not record): auto compares with the reference's field and says why.
+    auto = field_placement(reference, frame)
+    assert auto["planned_source"] == "reference field"
+    assert auto["aperture"] == "the reference image's radiation field"
+    assert "do not define the delivered field" in auto["aperture_note"] and "MLC or cone" in auto["aperture_note"]
+    assert auto["within_tolerance"] and max(abs(e) for e in auto["edge_errors_mm"].values()) < 0.5
+    # against the jaws, as asked: the size error shows it, the field centre is still on the planned centre
+    by_jaws = field_placement(reference, frame, planned="jaws")
+    assert by_jaws["planned_source"] == "reference jaws" and by_jaws["aperture_note"] is None
+    assert not by_jaws["within_tolerance"]
     assert by_jaws["size_errors_mm"]["x"] == pytest.approx(-10.0, abs=1.0)
     assert by_jaws["size_errors_mm"]["y"] == pytest.approx(-10.0, abs=1.0)
     assert np.hypot(*by_jaws["centre_shift_mm"]) < 0.5
+
+
+@pytest.mark.real_data
+def test_cli_winston_lutz_exit_status(capsys):
+    """0 within tolerance (the reference's field, with the note printed), 3 outside it (against the jaws)."""
+    if not WL.is_dir():
+        pytest.skip(f"real data not found at {WL}")
+    paths = [str(WL / "cardinal" / "wl-3-30-18_card-002.dcm"), str(WL / "lat3mm" / "3mm_lat-002.dcm")]
+    parser = argparse.ArgumentParser(prog="portalign fieldcheck")
+    fieldcheck.add_arguments(parser)
+    assert fieldcheck.run(parser.parse_args(paths)) == 0
+    out = capsys.readouterr().out
+    assert "aperture compared: the reference image's radiation field" in out and "MLC or cone" in out
+    assert fieldcheck.run(parser.parse_args([*paths, "--planned", "jaws"])) == fieldcheck.EXIT_OUT_OF_TOLERANCE == 3
+    assert "OUTSIDE tolerance" in capsys.readouterr().out
+    assert fieldcheck.run(parser.parse_args([*paths, "--planned", "jaws", "--json"])) == 3
+    assert json.loads(capsys.readouterr().out)["within_tolerance"] is False
+    assert "exit status: 0 every edge within tolerance; 3 an edge outside tolerance" in parser.format_help()
+
+
+def _mlc(open_pairs, *, x1=-12.0, x2=8.0, pairs=40, width=5.0, kind="MLCX"):
+    """An MLC of ``pairs`` leaves ``width`` mm wide centred on 0: pairs in ``open_pairs`` open from x1 to x2."""
+    bank_a = [x1 if i in open_pairs else 0.0 for i in range(pairs)]
+    bank_b = [x2 if i in open_pairs else 0.0 for i in range(pairs)]
+    edges = [(-pairs / 2 + i) * width for i in range(pairs + 1)]
+    return [{"type": kind, "number_of_pairs": pairs, "leaf_positions_mm": bank_a + bank_b,
+             "leaf_boundaries_mm": edges, "source_to_device_mm": None}]
+
+
+def test_mlc_aperture_inside_the_jaws_is_compared():
+    """Jaws 60 x 50 mm, MLCX open from x -12 to +8 over IEC y -10..+15 (pairs 18-22): image y -15..+10."""
+    mlc = _mlc(range(18, 23))
+    reference = replace(field_image(PLANNED), info=replace(field_image(PLANNED).info, extra={
+        "planned_jaws_mm": dict(zip(("x1", "x2", "y1", "y2"), PLANNED, strict=True)), "planned_mlc": mlc}))
+    frame = field_image((-12.0, 8.0, -15.0, 10.0), seed=3)
+    plan = planned_field(reference, frame)
+    assert plan.source == "reference MLC"
+    assert (plan.x1, plan.x2, plan.y1, plan.y2) == pytest.approx((-12.0, 8.0, -15.0, 10.0))
+    report = field_placement(reference, frame)
+    assert report["aperture"].startswith("planned MLC aperture") and report["aperture_note"] is None
+    assert report["within_tolerance"] and report["max_edge_error_mm"] < 0.5
+    # the jaws alone would put every edge far off
+    assert not field_placement(reference, frame, planned="jaws")["within_tolerance"]
+
+
+def test_mlc_leaves_beyond_the_jaws_are_clipped_and_closed_pairs_ignored():
+    mlc = _mlc(range(0, 40), x1=-80.0, x2=80.0)  # every pair open past the jaws
+    image = replace(field_image(PLANNED), info=replace(field_image(PLANNED).info, extra={
+        "planned_jaws_mm": dict(zip(("x1", "x2", "y1", "y2"), PLANNED, strict=True)), "planned_mlc": mlc}))
+    plan = planned_field(image)
+    assert (plan.x1, plan.x2, plan.y1, plan.y2) == pytest.approx(PLANNED)
+    closed = _mlc(())
+    image = replace(image, info=replace(image.info, extra={**image.info.extra, "planned_mlc": closed}))
+    assert planned_field(image).source == "reference jaws"
+
+
+def test_field_inside_the_jaws_with_a_drr_reference_is_an_error():
+    drr = Image.from_array(np.random.default_rng(0).normal(size=(240, 260)) + 10, pixel_spacing_mm=SPACING,
+                           kind="drr", name="drr.dcm",
+                           extra={"planned_jaws_mm": dict(zip(("x1", "x2", "y1", "y2"), PLANNED, strict=True))})
+    frame = field_image((-20.0, 20.0, -15.0, 15.0))
+    with pytest.raises(PortalImageError, match=r"^drr\.dcm: the header's jaws .* do not define the delivered field.*"
+                                               r"--planned reference.*--planned jaws"):
+        field_placement(drr, frame)

@@ -24,6 +24,13 @@ def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bi
     scale = 2.0 ** (level.index - field_level)
     offset = ((2.0**level.index - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level
     small = field.mask if has_field else _NO_MASK
+    if (field.dead_rows or field.dead_cols) and field.level_shape is not None:
+        # dead detector lines leave the match like the outside of a field: the kernel's erosion takes the
+        # pixels next to them too (a band of the field-edge width on each side)
+        small = np.array(small if has_field else np.ones(field.level_shape, dtype=bool), dtype=bool)
+        small[list(field.dead_rows), :] = False
+        small[:, list(field.dead_cols)] = False
+        has_field = True
     stats = level.stats
     backend.kernels.prepare_level(level.image, small, has_field, scale, offset, level.erosion_px, bins, level.mask,
                                   level.scratch, level.eroded, level.pixel_rows, level.pixel_cols, level.bins,

@@ -137,6 +137,10 @@ class FramePlan:
     stream: Any = None
     #: Pinned host buffer that frames are uploaded through (None on the CPU and under the simulator).
     staging: Any = None
+    #: Smaller side (mm) of the anatomy region the pyramid was sized for (the reference field, else the images).
+    extent_mm: float = 0.0
+    #: The frames' own small field size (mm) this plan was sized for, when the reference has no field.
+    field_mm: float | None = None
 
     def new_lane(self, backend: Backend) -> FramePlan:
         """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""

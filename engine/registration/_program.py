@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..field import NO_FIELD, detect_field
+from ..field import NO_FIELD, field_size_mm, find_field
 from ..image import Image
 from ..result import RegistrationResult
 from ._frame import frame_mask
 from ._plan import FramePlan, wants_field
-from ._quality import MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius
+from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius, rotation_support_mm
 from ._refine import edge_score, evaluate, mi_score, newton
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, Candidate, global_search
 from ._views import common_region, compare_views
@@ -49,6 +49,17 @@ RECHECK_RATIO = 0.75
 RECHECK_ITERATIONS = 2
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
+#: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
+#: region the plan was sized for gets a plan sized for the field (pyramid, edge band).
+SMALL_FIELD_MM = 80.0
+SMALL_FIELD_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class _SmallField:
+    """The frame's field is small and the plan was sized for the whole image: register on a plan for the field."""
+
+    size_mm: float
 
 
 def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
@@ -70,6 +81,10 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
     with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.frame_scope(plan.stream):
         result = _register(reference, plan, frame)
+    if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
+        with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
+                backend.frame_scope(plan.stream):
+            result = _register(reference, plan, frame)
     elapsed = (time.perf_counter() - start) * 1e3
     return replace(result, elapsed_ms=elapsed)
 
@@ -84,11 +99,20 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     for index in range(1, plan.pyramid_depth + 1):
         k.downsample2(levels[index - 1].image, levels[index].image)
     small = backend.to_host(levels[plan.field_level].image)
-    field = detect_field(small) if wants_field(opts, frame) else NO_FIELD
+    field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
+    if field.detected and not reference.field.detected and plan.field_mm is None:
+        size = field_size_mm(field, levels[plan.field_level].spacing)
+        if size is not None and size < min(SMALL_FIELD_MM, SMALL_FIELD_SHARE * plan.extent_mm):
+            return _SmallField(size)  # type: ignore[return-value]
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
+    if field.note:
+        warnings.append(field.note)
+    if field.dead_rows or field.dead_cols:
+        warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
+                        "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats)
     # 2. global search ---------------------------------------------------------------------------
@@ -147,6 +171,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         for c in ranked
     ]
     pose, score = best.pose, best.score
+    if rotate:
+        # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
+        support = rotation_support_mm(backend, plan, levels[plan.coarse.level], pose, r_eff)
+        details["rotation_support_mm"] = support
+        if support < MIN_ROTATION_SUPPORT_MM:
+            rotate = False
+            warnings.append(f"the image's structure does not constrain rotation (lever arm {support:.1f} mm < "
+                            f"{MIN_ROTATION_SUPPORT_MM:g} mm): rotation not estimated (translation only)")
+            pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",
+                                  ITERATIONS[0], r_eff, False, opts, tolerance=first_tolerance)
     later = plan.refine_levels[1:]
     for i, index in enumerate(later):
         is_finest = i == len(later) - 1
@@ -233,6 +267,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     details["rotation_radius_mm"] = r_eff
     details.update(frame_stats)
     details["field_effectiveness"] = field.effectiveness
+    details["field_note"] = field.note or None
+    details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
     details["rotation_estimated"] = rotate
     if backend.fallback_reason:

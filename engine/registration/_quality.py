@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import math
 
-from ..field import FieldEstimate
+import numpy as np
+
+from ..field import FieldEstimate, field_size_mm
 from ..image import Image
 from ._plan import FramePlan, Level
+from ._refine import evaluate
 
-__all__ = ["assess_frame", "rotation_radius", "is_clean", "MIN_USABLE_PIXELS"]
+__all__ = ["assess_frame", "rotation_radius", "rotation_support_mm", "is_clean", "MIN_USABLE_PIXELS",
+           "MIN_ROTATION_SUPPORT_MM"]
 
 #: Contrast (robust range) / noise below which a frame has "too little structure".
 MIN_CONTRAST_TO_NOISE = 12.0
 #: Fewest usable pixels at the finest level (a 20 x 20 patch): less cannot be trusted.
 MIN_USABLE_PIXELS = 400
+#: At native resolution (nothing finer exists) a small radiation field needs at least this many usable pixels (8 x 8).
+SMALL_FIELD_MIN_PIXELS = 64
 #: Contrast / noise at the finest level above which a frame is "clean" and refined on finer levels too.
 CLEAN_CONTRAST_TO_NOISE = 1000.0
 #: About this many second differences estimate the fine-level noise.
 NOISE_SAMPLES = 6000
+#: Rotation is estimated only when the match's rotation lever arm (see :func:`rotation_support_mm`) reaches this.
+MIN_ROTATION_SUPPORT_MM = 8.0
+#: Quadratic stencil of :func:`rotation_support_mm` in steps: centre, +-x, +-y, +-rotation, the three mixed pairs.
+_STENCIL = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [1, 1, 0],
+                     [1, 0, 1], [0, 1, 1]], dtype=np.float64)
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -30,8 +41,19 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     """
     finest = plan.levels[plan.refine_levels[-1]]
     coarse = plan.levels[plan.coarse.level]
-    if coarse.usable < 16 or finest.usable < MIN_USABLE_PIXELS:
-        return "too little of the frame is usable: the field (minus its edge band) is too small"
+    # at the detector's own pixels nothing finer exists: a small field is judged on what it can hold (an image
+    # that is small without a field, a crop, still needs MIN_USABLE_PIXELS)
+    needed = SMALL_FIELD_MIN_PIXELS if finest.index == 0 and field.detected else MIN_USABLE_PIXELS
+    if coarse.usable < 16 or finest.usable < needed:
+        if field.detected and field.mask is not None:
+            size = field_size_mm(field, plan.levels[plan.field_level].spacing)
+            band = finest.erosion_px * min(finest.spacing)
+            return (f"too little of the frame is usable: {frame.info.source}'s radiation field is {size:.1f} mm "
+                    f"across and a {band:.1f} mm field-edge band is left out on each side, leaving "
+                    f"{finest.usable} pixels of {min(finest.spacing):.2f} mm (at least {needed} needed): "
+                    "too small a field to register")
+        return (f"too little of the frame is usable: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
+                f"(at least {needed} needed): {frame.info.source} is too small to register")
     noise = _noise_sigma(backend, finest)
     lo, hi = coarse.range
     contrast = hi - lo
@@ -100,3 +122,36 @@ def rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-
     if count == 0:
         return 50.0
     return max(float(rms), 5.0)
+
+
+def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: float) -> float:  # type: ignore[no-untyped-def]
+    """How well the matched structure pins the rotation: its lever arm in mm (0 = not at all).
+
+    The edge-correlation score is sampled on the 10-pose quadratic stencil around ``pose``
+    (one pixel in x and y, a rotation that moves a pixel at the RMS radius ``r_eff`` by one pixel) and
+    its Hessian ``H`` fitted (``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``). The curvature
+    along rotation with the translation re-optimised is the Schur complement
+    ``S = H_tt - H_tx H_xx^-1 H_xt`` (per rad^2); divided by the mean translation curvature (per mm^2)
+    it is the squared distance from the rotation centre at which structure constrains rotation as
+    firmly as translation: ``r = sqrt(S / mean(H_xx, H_yy))`` mm. A ball bearing or a circular cone
+    edge (radial gradients: a rotation of them is a translation) gives about 0 whatever their size;
+    edges at many orientations away from the centre give about their RMS radius.
+    """
+    h_t = min(level.spacing)
+    h_r = h_t / max(r_eff, 5.0)
+    step = np.array([level.spacing[1], level.spacing[0], h_r])
+    values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + _STENCIL * step, "edge")
+    if not np.all(np.isfinite(values)):
+        return 0.0
+    f0 = values[0]
+    plus, minus = values[[1, 3, 5]], values[[2, 4, 6]]
+    hess = np.diag(plus + minus - 2.0 * f0)
+    for n, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        hess[i, j] = hess[j, i] = values[7 + n] - plus[i] - plus[j] + f0
+    hess = hess / np.outer(step, step)  # per mm^2, per mm rad, per rad^2
+    h_tt = hess[:2, :2]
+    translation = -0.5 * (h_tt[0, 0] + h_tt[1, 1])
+    if translation <= 0 or np.linalg.det(h_tt) <= 0:
+        return 0.0
+    schur = -(hess[2, 2] - hess[2, :2] @ np.linalg.solve(h_tt, hess[:2, 2]))
+    return float(math.sqrt(schur / translation)) if schur > 0 else 0.0

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..backends import Backend, cpu_backend, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
-from ..field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
+from ..field import NO_FIELD, FieldEstimate, field_size_mm, find_field, penumbra_extent_mm, sample_mask
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
@@ -58,6 +58,12 @@ MAX_FIELD_MARGIN_MM = 10.0
 MAX_PLANS = 8
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
+#: The field-edge band may take at most this fraction of the field's size (its largest inscribed disc) on
+#: each side, so that a small (cone, SRS) field keeps an interior of about half its size to match on, even
+#: turned 45 degrees under the square erosion (which reaches sqrt(2) further along a diagonal): 1 / (4 sqrt 2).
+MAX_MARGIN_FRACTION = 0.18
+#: Fewest reference pixels a level must keep inside the field, off its edge band.
+MIN_REFERENCE_PIXELS = 16
 
 
 class Reference:
@@ -108,10 +114,15 @@ class Reference:
         field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
         if wants_field(options, image):
             small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-            field_estimate = detect_field(small)
+            field_estimate = find_field(image, small)
             # a reference portal image shows the frame's field too: its penumbra must be cut out whole
             penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
             margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
+            size = field_size_mm(field_estimate, _scaled(image.spacing_mm, factor))
+            if size is not None:
+                # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
+                # measure nor a fixed band may eat it
+                margin = min(margin, MAX_MARGIN_FRACTION * size)
         return cls(image, options, chosen, field_estimate, factor, margin)
 
     def register(self, frame: Any, *, pixel_spacing_mm: Any = None) -> Any:
@@ -153,14 +164,20 @@ class Reference:
 
     # --- geometry plans -------------------------------------------------------------------------
 
-    def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> FramePlan:
-        """Return (building on first use) the plan for frames of this geometry: its first lane."""
-        return self._pool(shape, spacing, axis).lanes[0]
+    def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+                 field_mm: float | None = None) -> FramePlan:
+        """Return (building on first use) the plan for frames of this geometry: its first lane.
+
+        ``field_mm``: the frames' own radiation field size (largest inscribed disc, mm) when the reference has
+        no field (a DRR) and the frames' field is small: the plan's pyramid and edge band then follow it.
+        """
+        return self._pool(shape, spacing, axis, field_mm).lanes[0]
 
     @contextmanager
-    def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> Iterator[FramePlan]:
+    def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+             field_mm: float | None = None) -> Iterator[FramePlan]:
         """Hold a lane of this geometry's plan for one frame (waiting while all allowed lanes are busy)."""
-        pool = self._pool(shape, spacing, axis)
+        pool = self._pool(shape, spacing, axis, field_mm)
         lane = pool.acquire(self._lane_limit, self.backend)
         try:
             yield lane
@@ -182,12 +199,18 @@ class Reference:
         with self._plans_lock:
             return sum(len(pool.lanes) for pool in self._plans.values())
 
-    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> LanePool:
-        key = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
+              field_mm: float | None = None) -> LanePool:
+        key: tuple = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+        if field_mm is not None:
+            # half-octave classes of field size share a plan, sized for the class's smallest field
+            size_class = math.floor(2.0 * math.log2(max(field_mm, 1e-3))) / 2.0
+            field_mm = 2.0**size_class
+            key = (*key, size_class)
         with self._plans_lock:
             pool = self._plans.get(key)
             if pool is None:
-                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis))  # type: ignore[arg-type]
+                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
@@ -213,18 +236,30 @@ class Reference:
         register_frame(self, frame)
 
     def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
-                    axis: tuple[float, float]) -> FramePlan:
+                    axis: tuple[float, float], field_mm: float | None = None) -> FramePlan:
         opts = self.options
         base = min(spacing)
         depth = 0
         while min(shape[0] >> (depth + 1), shape[1] >> (depth + 1)) >= 16:
             depth += 1
         extent = self._search_extent_mm(shape, spacing)
-        # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region
-        finest_target = min(opts.finest_spacing_mm, extent / FINEST_MIN_PIXELS)
+        band = self.field_margin_mm
+        if field_mm is not None:  # the frames' own small field (the reference has none)
+            extent = min(extent, field_mm)
+            band = min(band, MAX_MARGIN_FRACTION * field_mm)
+        # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region, which is
+        # the field less its edge band on both sides
+        has_field = self.field.detected or field_mm is not None
+        interior = max(extent - 2.0 * band, 0.5 * extent) if has_field else extent
+        finest_target = min(opts.finest_spacing_mm, interior / FINEST_MIN_PIXELS)
         finest = 0
-        while finest < depth and base * 2**finest < finest_target * 0.999:
-            finest += 1
+        if finest_target < opts.finest_spacing_mm:
+            # a small field: the coarsest level that still has FINEST_MIN_PIXELS across its interior
+            while finest < depth and base * 2 ** (finest + 1) <= finest_target * 1.001:
+                finest += 1
+        else:
+            while finest < depth and base * 2**finest < finest_target * 0.999:
+                finest += 1
         coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
         coarse = finest
         while coarse < depth and (
@@ -246,7 +281,7 @@ class Reference:
             lvl_spacing = (spacing[0] * 2**k, spacing[1] * 2**k)
             # a level-k pixel i covers level-0 pixels 2^k i .. 2^k (i+1) - 1: centre (2^k i + (2^k - 1)/2)
             lvl_axis = ((axis[0] - (2**k - 1) / 2) / 2**k, (axis[1] - (2**k - 1) / 2) / 2**k)
-            margin = self.field_margin_mm / min(lvl_spacing)
+            margin = band / min(lvl_spacing)
             level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
             level.image = xp.empty(lvl_shape, dtype=xp.float32)
             if k in used:
@@ -264,6 +299,8 @@ class Reference:
             refine_levels=refine,
             polish_levels=polish,
             coarse=coarse_search,
+            extent_mm=extent,
+            field_mm=field_mm,
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
@@ -277,12 +314,8 @@ class Reference:
         frame_extent = min(shape[0] * spacing[0], shape[1] * spacing[1])
         ref_extent = min(self.image.extent_mm)
         extent = min(frame_extent, ref_extent)
-        if self.field.detected and self.field.box_px is not None:
-            c0, c1, r0, r1 = self.field.box_px
-            f = self._field_factor
-            field_extent = min((c1 - c0 + 1) * f * self.image.spacing_mm[1], (r1 - r0 + 1) * f * self.image.spacing_mm[0])
-            extent = min(extent, field_extent)
-        return extent
+        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
+        return extent if size is None else min(extent, size)
 
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
@@ -290,11 +323,8 @@ class Reference:
         ref_img, valid, ref_axis = self._resampled_at(level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
-        if valid.sum() < 16:
-            raise ReferencePreparationError(
-                f"{self.image.info.source}: fewer than 16 usable pixels at {level.spacing[0]:.2f} mm; "
-                "is the field smaller than the field-edge margin (field_margin_mm)?"
-            )
+        if valid.sum() < MIN_REFERENCE_PIXELS:
+            raise ReferencePreparationError(self._too_small_message(level, int(valid.sum())))
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
         level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
@@ -320,6 +350,20 @@ class Reference:
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
         level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
+
+    def _too_small_message(self, level: Level, usable: int) -> str:
+        """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
+        name = self.image.info.source
+        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
+        if size is not None:
+            band = level.erosion_px * min(level.spacing)
+            need = 2.0 * band + MIN_REFERENCE_PIXELS**0.5 * min(level.spacing)
+            return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
+                    f"(a {band:.1f} mm field-edge band on each side and {MIN_REFERENCE_PIXELS} pixels of "
+                    f"{min(level.spacing):.2f} mm inside); only {usable} usable pixels remain: too small a field "
+                    "to register")
+        return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
+                f"pixels only {usable} usable pixels remain: too small an image to register")
 
     def _resampled_at(self, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Return the reference resampled to ``spacing`` (computed once per spacing; the mask is a fresh copy)."""
@@ -408,6 +452,11 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 
 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
+
+
+def _scaled(spacing: tuple[float, float], factor: int) -> tuple[float, float]:
+    """Pixel spacing of a level ``factor`` times coarser."""
+    return spacing[0] * factor, spacing[1] * factor
 
 
 def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
