@@ -558,7 +558,10 @@ def create_app(
             result = await in_pool(entry.reference.register, image)
         except PortalignError as exc:
             _journal(journal_obj, ref_id, frame_id, None, _one_line(exc))
-            raise ApiError(422, "invalid_image", f"frame {frame_id}: {_one_line(exc)}") from None
+            message = _one_line(exc)
+            if not message.startswith(f"frame {frame_id}"):  # the size check names the frame already
+                message = f"frame {frame_id}: {message}"
+            raise ApiError(422, "invalid_image", message) from None
         finally:
             metrics.add("in_flight", -1)
         done = time.perf_counter()

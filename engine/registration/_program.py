@@ -27,7 +27,7 @@ from ..result import RegistrationResult
 from ._frame import frame_mask
 from ._plan import FramePlan, wants_field
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius, rotation_support_mm
-from ._refine import edge_score, evaluate, mi_score, newton
+from ._refine import edge_score, evaluate, mi_score, newton, split_half_spread
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, Candidate, global_search
 from ._views import common_region, compare_views
 
@@ -47,6 +47,11 @@ FINE_TOLERANCE = 0.02
 RECHECK_RATIO = 0.75
 #: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
 RECHECK_ITERATIONS = 2
+#: A final edge score below this gets the split-half precision check (strong matches are precise).
+SPLIT_HALF_BELOW_SCORE = 0.4
+#: The two halves' optima may lie at most this far apart (about twice the full estimate's standard error).
+SPLIT_HALF_MAX_MM = 1.0
+SPLIT_HALF_MAX_DEG = 1.0
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
@@ -224,6 +229,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         reported = float(backend.to_host(plan.mi_out[:1])[0]) - 1.0
     else:
         reported = mi_score(backend, plan, finest, pose, normalised=True) - 1.0
+    # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
+    spread = None
+    if not quality and final_edge < SPLIT_HALF_BELOW_SCORE:
+        spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
     # 4. trust -------------------------------------------------------------------------------------
     box_mm = None
     if field.detected and field.box_px is not None:
@@ -261,7 +270,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
         )
+    elif spread is not None and (spread[0] > SPLIT_HALF_MAX_MM or (rotate and spread[1] > SPLIT_HALF_MAX_DEG)):
+        reason = (
+            f"imprecise: two halves of the usable pixels give optima {spread[0]:.2f} mm and {spread[1]:.2f} deg apart "
+            f"(more than {SPLIT_HALF_MAX_MM:g} mm / {SPLIT_HALF_MAX_DEG:g} deg): noise or too little structure sets "
+            "this optimum"
+        )
     details["edge_mi_gap_mm"] = mi_gap
+    details["split_half_mm"] = None if spread is None else spread[0]
+    details["split_half_deg"] = None if spread is None or not rotate else spread[1]
     details["edge_score"] = final_edge
     details["edge_score_selection"] = best.score
     details["rotation_radius_mm"] = r_eff

@@ -37,6 +37,7 @@ from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
+from ._quality import MIN_USABLE_PIXELS
 from ._search import MAX_CANDIDATES
 
 __all__ = ["Reference", "prepare_reference"]
@@ -253,13 +254,19 @@ class Reference:
         interior = max(extent - 2.0 * band, 0.5 * extent) if has_field else extent
         finest_target = min(opts.finest_spacing_mm, interior / FINEST_MIN_PIXELS)
         finest = 0
-        if finest_target < opts.finest_spacing_mm:
-            # a small field: the coarsest level that still has FINEST_MIN_PIXELS across its interior
-            while finest < depth and base * 2 ** (finest + 1) <= finest_target * 1.001:
-                finest += 1
-        else:
-            while finest < depth and base * 2**finest < finest_target * 0.999:
-                finest += 1
+        while finest < depth and base * 2**finest < finest_target * 0.999:
+            finest += 1
+        if has_field:
+            # the level must keep enough usable pixels inside a small field: the square band reaches sqrt(2)
+            # further along the diagonals of a round field, so count a disc of the field less 2 sqrt(2) bands;
+            # coarser pixels average noise away, so the finer level is taken only when the count asks for it
+            def usable_estimate(level: int) -> float:
+                pixel = base * 2**level
+                band_mm = (math.ceil(band / pixel) + 1) * pixel  # the erosion a level applies, whole pixels
+                return math.pi / 4.0 * max(extent - 2.0 * math.sqrt(2.0) * band_mm, 0.0) ** 2 / pixel**2
+
+            while finest > 0 and usable_estimate(finest) < MIN_USABLE_PIXELS:
+                finest -= 1
         coarse_target = min(opts.coarse_spacing_mm, extent / COARSE_MIN_PIXELS)
         coarse = finest
         while coarse < depth and (
