@@ -47,7 +47,11 @@ def test_low_dose_frames_are_precise_or_not_ok(setup, noise):
     imprecise = [r for r, _ in results if r.reason.startswith("imprecise")]
     assert imprecise, [r.reason for r, _ in results]
     for r in imprecise:
-        assert r.details["split_half_mm"] is not None and "two halves of the usable pixels" in r.reason
+        assert r.details["split_half_mm"] > 1.0 and "two halves of the usable pixels" in r.reason
+    # a rotation the halves disagree on is not reported (None), never a noisy number
+    for r, _ in results:
+        if r.details["split_half_deg"] is not None and r.details["split_half_deg"] > 1.0:
+            assert r.rotation_deg is None and any("rotation not estimated" in w for w in r.warnings)
 
 
 def test_a_clean_strong_match_skips_the_check(setup):

@@ -270,15 +270,22 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
         )
-    elif spread is not None and (spread[0] > SPLIT_HALF_MAX_MM or (rotate and spread[1] > SPLIT_HALF_MAX_DEG)):
+    elif spread is not None and spread[0] > SPLIT_HALF_MAX_MM:
         reason = (
-            f"imprecise: two halves of the usable pixels give optima {spread[0]:.2f} mm and {spread[1]:.2f} deg apart "
-            f"(more than {SPLIT_HALF_MAX_MM:g} mm / {SPLIT_HALF_MAX_DEG:g} deg): noise or too little structure sets "
-            "this optimum"
+            f"imprecise: two halves of the usable pixels give optima {spread[0]:.2f} mm apart (more than "
+            f"{SPLIT_HALF_MAX_MM:g} mm): noise or too little structure sets this optimum"
+        )
+    split_deg = spread[1] if spread is not None and rotate else None
+    if split_deg is not None and split_deg > SPLIT_HALF_MAX_DEG:
+        # the translation holds (checked above), the rotation does not: it is not reported, never a noisy number
+        rotate = False
+        warnings.append(
+            f"rotation not estimated: two halves of the usable pixels give rotations {split_deg:.2f} deg apart "
+            f"(more than {SPLIT_HALF_MAX_DEG:g} deg): too little structure far from the beam axis for this noise"
         )
     details["edge_mi_gap_mm"] = mi_gap
     details["split_half_mm"] = None if spread is None else spread[0]
-    details["split_half_deg"] = None if spread is None or not rotate else spread[1]
+    details["split_half_deg"] = split_deg
     details["edge_score"] = final_edge
     details["edge_score_selection"] = best.score
     details["rotation_radius_mm"] = r_eff
