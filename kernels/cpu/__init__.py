@@ -11,7 +11,7 @@ from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
-from .projection import project_cone_beam
+from .projection import project_cone_beam, project_cone_beam_poses
 from .pyramid import downsample2, downsample2_mask
 from .warp import warp_bilinear
 
@@ -30,6 +30,7 @@ __all__ = [
     "orientation_features",
     "pixel_list",
     "project_cone_beam",
+    "project_cone_beam_poses",
     "quantize",
     "threshold_mask",
     "warp_bilinear",

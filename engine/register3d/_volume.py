@@ -1,0 +1,198 @@
+"""The planning CT prepared once for 2D/3D registration: attenuation volumes resident on the backend.
+
+Preparation converts HU to linear attenuation with the DRR (kV, the CT's own
+energy) model of :func:`portalign.simulate.attenuation_from_hu`, crops the
+volume to the box of the patient (voxels above -800 HU, plus two voxels) and
+pads one voxel of zeros so that rays fade to zero at its faces, and keeps a
+coarse copy averaged over 2x2x2 blocks for the first search level. Both copies
+are uploaded to the backend once; per candidate pose only four 3-vectors of
+geometry per view go to the kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend, select_backend
+from ..couch import PATIENT_TO_IEC, patient_matrix
+from ..ct import CTVolume
+from ..errors import GeometryError
+from ..simulate import attenuation_from_hu
+
+# HU above which a voxel is patient (or couch) for the crop: lung is about -850..-500, air -1000.
+_BODY_HU = -800.0
+_CROP_MARGIN_VOXELS = 2
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeLevel:
+    """One resolution of the attenuation volume, on the backend.
+
+    Attributes
+    ----------
+    volume : array
+        float32 ``[nz, ny, nx]`` attenuation (1/mm) on the backend.
+    spacing_zyx : numpy.ndarray
+        Voxel spacing (mm).
+    origin_xyz : numpy.ndarray
+        DICOM patient coordinates (mm) of voxel ``[0, 0, 0]``.
+    step_mm : float
+        Ray sampling step: half the smallest voxel spacing.
+    """
+
+    volume: Any
+    spacing_zyx: np.ndarray
+    origin_xyz: np.ndarray
+    step_mm: float
+
+
+class PreparedCT:
+    """A planning CT and isocentre prepared for many 2D/3D registrations.
+
+    Build with :func:`portalign.register3d.prepare_ct`; register frames with
+    :meth:`register`.
+
+    Attributes
+    ----------
+    ct : CTVolume
+        The CT as read.
+    isocenter_mm : numpy.ndarray
+        Planned isocentre in DICOM patient coordinates (mm).
+    patient_position : str
+        ``HFS``, ``FFS``, ``HFP`` or ``FFP``.
+    backend : Backend
+        Where the rays are cast.
+    levels : dict of str to VolumeLevel
+        ``"coarse"`` (2x2x2 block means) and ``"fine"`` (the CT's own grid).
+    prepare_ms : float
+        Time the preparation took.
+    """
+
+    def __init__(self, ct: CTVolume, *, isocenter_mm: Any, patient_position: str | None = None,
+                 backend: str | Backend = "auto") -> None:
+        started = time.perf_counter()
+        if not isinstance(ct, CTVolume):
+            raise GeometryError(f"prepare_ct needs a CTVolume (portalign.ct.read_ct_series), got {type(ct).__name__}")
+        self.ct = ct
+        self.isocenter_mm = _isocenter_inside(ct, isocenter_mm)
+        position = (patient_position or ct.patient_position or "").strip().upper()
+        if position not in PATIENT_TO_IEC:
+            raise GeometryError(f"{ct.source}: patient position {position or '(none)'!r} is not supported; pass "
+                                f"patient_position= (--patient-position) one of {', '.join(PATIENT_TO_IEC)}")
+        self.patient_position = position
+        self.patient_to_iec = patient_matrix(position)
+        self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
+        mu = attenuation_from_hu(ct.hu, "kv")
+        fine, origin = _crop_to_body(ct, mu)
+        spacing = np.array(ct.spacing_mm, dtype=np.float64)
+        coarse, coarse_origin, coarse_spacing = _halve(fine, origin, spacing)
+        self.levels = {
+            "coarse": self._level(coarse, coarse_spacing, coarse_origin),
+            "fine": self._level(fine, spacing, origin),
+        }
+        self.prepare_ms = (time.perf_counter() - started) * 1e3
+
+    def _level(self, volume: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> VolumeLevel:
+        padded = np.pad(volume, 1)
+        return VolumeLevel(self.backend.asarray(padded), spacing, origin - spacing[::-1],
+                           0.5 * float(spacing.min()))
+
+    def to_volume(self, level: VolumeLevel, poses: np.ndarray, source: np.ndarray, origin: np.ndarray,
+                  col_step: np.ndarray, row_step: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Turn one view's room geometry into the volume frame for every pose.
+
+        Parameters
+        ----------
+        level : VolumeLevel
+        poses : numpy.ndarray
+            ``[P, 6]`` pose vectors (lat, lng, vrt mm; pitch, roll, yaw deg).
+        source, origin, col_step, row_step : numpy.ndarray
+            Room positions (support axes, mm from the isocentre) from
+            :meth:`ViewGeometry.detector_grid`.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            Four ``[P, 3]`` float64 arrays ``(z, y, x)`` in mm in the volume frame:
+            a room point ``q`` shows LPS ``iso + M^T R^T (q - t)``.
+        """
+        from ._geometry import rotation_matrix
+
+        count = len(poses)
+        to_lps = np.empty((count, 3, 3))
+        offset = np.empty((count, 3))
+        m_t = self.patient_to_iec.T
+        base = self.isocenter_mm - level.origin_xyz
+        for p, pose in enumerate(poses):  # a few dozen 3x3 products: not a hot loop
+            a = m_t @ rotation_matrix(pose[3], pose[4], pose[5]).T
+            to_lps[p] = a
+            offset[p] = base - a @ pose[:3]
+
+        def point(q: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray((np.einsum("pij,j->pi", to_lps, q) + offset)[:, ::-1])
+
+        def vector(v: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.einsum("pij,j->pi", to_lps, v)[:, ::-1])
+
+        return point(source), point(origin), vector(col_step), vector(row_step)
+
+    def render(self, level: VolumeLevel, geometry: tuple[np.ndarray, ...], out: Any) -> Any:
+        """Cast the rays of every pose in one kernel call into ``out`` ``[P, rows, cols]`` (backend array)."""
+        be = self.backend
+        be.kernels.project_cone_beam_poses(level.volume, level.spacing_zyx, *(be.asarray(g) for g in geometry),
+                                           level.step_mm, out)
+        return out
+
+    def register(self, frames: Any, **kwargs: Any) -> Any:
+        """Register frames of one setup against this CT; see :func:`portalign.register3d.register_3d`."""
+        from ._search import register_prepared
+
+        return register_prepared(self, frames, **kwargs)
+
+
+def _isocenter_inside(ct: CTVolume, isocenter_mm: Any) -> np.ndarray:
+    try:
+        iso = np.asarray(isocenter_mm, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        iso = np.zeros(0)
+    if iso.shape != (3,) or not np.isfinite(iso).all():
+        raise GeometryError(f"isocenter_mm must be three finite numbers (x, y, z in DICOM patient coordinates, mm), "
+                            f"got {isocenter_mm!r}")
+    nz, ny, nx = ct.shape
+    sz, sy, sx = ct.spacing_mm
+    low = np.array(ct.origin_mm)
+    high = low + np.array([(nx - 1) * sx, (ny - 1) * sy, (nz - 1) * sz])
+    if not ((iso >= low - 1e-6).all() and (iso <= high + 1e-6).all()):
+        extent = ", ".join(f"{a} {lo:.1f}..{hi:.1f}" for a, lo, hi in zip("xyz", low, high, strict=True))
+        raise GeometryError(f"{ct.source}: isocentre ({iso[0]:g}, {iso[1]:g}, {iso[2]:g}) mm is outside the CT "
+                            f"({extent} mm); pass the planned isocentre in the CT's DICOM patient coordinates "
+                            "(--isocenter-mm X,Y,Z, or --plan RTPLAN)")
+    return iso
+
+
+def _crop_to_body(ct: CTVolume, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop to the box of voxels above -800 HU (plus a margin); returns (volume, origin x, y, z)."""
+    body = ct.hu > _BODY_HU
+    lows, highs = [], []
+    for axis in range(3):
+        used = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+        if used.size == 0:
+            raise GeometryError(f"{ct.source}: no voxel above {_BODY_HU:g} HU: the CT shows no patient")
+        lows.append(max(int(used[0]) - _CROP_MARGIN_VOXELS, 0))
+        highs.append(min(int(used[-1]) + 1 + _CROP_MARGIN_VOXELS, mu.shape[axis]))
+    block = np.ascontiguousarray(mu[lows[0]:highs[0], lows[1]:highs[1], lows[2]:highs[2]])
+    spacing_xyz = np.array(ct.spacing_mm[::-1])
+    return block, np.array(ct.origin_mm) + np.array(lows[::-1]) * spacing_xyz
+
+
+def _halve(volume: np.ndarray, origin_xyz: np.ndarray, spacing_zyx: np.ndarray) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray]:
+    """Average over 2x2x2 blocks (an axis of odd length gets one zero-padded voxel)."""
+    padded = np.pad(volume, [(0, n % 2) for n in volume.shape])
+    nz, ny, nx = (n // 2 for n in padded.shape)
+    coarse = padded.reshape(nz, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    return coarse, origin_xyz + 0.5 * spacing_zyx[::-1], 2.0 * spacing_zyx
