@@ -32,6 +32,7 @@ PLUGIN_COMMANDS = {
     "scp": ("portalign.scp", "DICOM C-STORE receiver that registers every RT Image it gets"),
     "watch": ("portalign.watch", "register every RT Image dropped into a folder"),
     "fieldcheck": ("portalign.fieldcheck", "field placement: delivered field edges against the planned aperture"),
+    "register3d": ("portalign.register3d", "frames of one setup against the planning CT: 6-DOF couch correction"),
 }
 
 
