@@ -353,7 +353,7 @@ def test_cli_register3d_isocentre_from_the_plan(cli_case, capsys, tmp_path):
     assert main(["register3d", str(root / "ct"), *map(str, paths), "--plan", str(plan_path), "--json",
                  "--backend", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["lateral_mm"] == pytest.approx(translation[0], abs=TRANSLATION_TOL_MM)
-    beams[1].ControlPointSequence[0].IsocenterPosition = [0, 0, 0]
+    plan.BeamSequence[1].ControlPointSequence[0].IsocenterPosition = [0, 0, 50]
     plan.save_as(plan_path, implicit_vr=True, little_endian=True)
     with pytest.raises(PortalImageError, match=r"2 different isocentres; pass beam_number= or --isocenter-mm"):
         read_plan_isocenter(plan_path)
