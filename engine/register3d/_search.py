@@ -23,11 +23,14 @@ Stages (one program, each a function of the prepared CT and the views' data):
 
 Similarity: gradient correlation (Penney et al., IEEE TMI 17:586, 1998): the
 mean of the normalised cross-correlations of the horizontal and the vertical
-image gradients, DRR against frame, on the detector grid inside the frame's
-field (shrunk by ``field_margin_mm``, so that the jaw edges, which do not move
-with the patient, never enter). A portal frame is brighter where more radiation
-arrives, so bone is dark in it and bright in the DRR: its gradients are
-negated (a frame whose ``kind`` is ``"drr"`` is not).
+image gradients (Sobel), DRR against frame, on the detector grid inside the
+frame's field (shrunk by ``field_margin_mm``, so that the jaw edges, which do
+not move with the patient, never enter). A portal frame's pixels are
+proportional to the transmitted fluence ``I0 exp(-integral mu)``, so it is
+compared as ``-log(pixel)``: a line integral up to an additive constant (which
+the correlation ignores), bone bright as in the DRR, and the gradients of thick
+and thin parts weighted alike (a frame whose ``kind`` is ``"drr"`` is used as
+it is).
 """
 
 from __future__ import annotations
@@ -100,9 +103,13 @@ class Register3DOptions:
         Smallest accepted gradient correlation of a view at the result.
     max_residual_mm, max_residual_deg : float
         Largest accepted residual of a view (2-D engine against the DRR at the result).
-    binning : int
+    drr_spacing_mm : float
         The 2-D engine's DRRs (start and residual) are rendered on the frame's
-        pixel grid binned by this factor.
+        pixel grid binned to about this spacing (never finer than the frame).
+    min_grid_points : int
+        Smallest number of grid points along the shorter side of a small field
+        (the grid gets finer than the level's ``grid_mm``, down to the frame's
+        pixel spacing).
     """
 
     levels: tuple[SearchLevel, ...] = (
@@ -115,8 +122,9 @@ class Register3DOptions:
     max_rotation_deg: float = 6.0
     min_score: float = 0.1
     max_residual_mm: float = 1.0
-    max_residual_deg: float = 0.5
-    binning: int = 2
+    max_residual_deg: float = 1.0
+    drr_spacing_mm: float = 0.8
+    min_grid_points: int = 40
 
     def __post_init__(self) -> None:
         if not self.levels or any(lv.volume not in ("coarse", "fine") for lv in self.levels):
@@ -126,10 +134,12 @@ class Register3DOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise GeometryError(f"Register3DOptions.{name} must be a non-negative number, got {value!r}")
-        if int(self.binning) < 1 or int(self.max_grid_points) < 8:
-            raise GeometryError("Register3DOptions: binning must be >= 1 and max_grid_points >= 8")
+        if not 8 <= int(self.min_grid_points) <= int(self.max_grid_points):
+            raise GeometryError("Register3DOptions: need 8 <= min_grid_points <= max_grid_points")
 
 
+# A portal frame's pixels are clipped at this fraction of their maximum before the logarithm.
+_LOG_FLOOR = 1e-3
 # Newton steps shorter than this (in units of the finite-difference step) end a level.
 _CONVERGED = 0.05
 _START_RADIUS, _MAX_RADIUS, _MIN_RADIUS = 2.0, 4.0, 0.1
@@ -141,7 +151,7 @@ class _View:
 
     frame: Image
     geometry: ViewGeometry
-    sign: float
+    linearise: bool
     field_box_mm: tuple[float, float, float, float]
     initial: Any = None
 
@@ -172,12 +182,11 @@ def register_prepared(
     geometries = [ViewGeometry.of(f) for f in images]
     check_not_parallel(geometries)
     basis, not_estimated = measured_axes(geometries)
-    views = [_View(f, g, 1.0 if f.info.kind == "drr" else -1.0, _extent_box(f)) for f, g in zip(images, geometries,
-                                                                                                 strict=True)]
+    views = [_View(f, g, f.info.kind != "drr", _extent_box(f)) for f, g in zip(images, geometries, strict=True)]
     warnings: list[str] = []
     opts2d = registration_options or RegistrationOptions(method="edge", max_shift_mm=options.max_translation_mm + 5)
 
-    pose = initialise(prepared, views, basis, opts2d, options.binning, warnings)
+    pose = initialise(prepared, views, basis, opts2d, options.drr_spacing_mm, warnings)
     counters = {"iterations": 0, "renders": 0}
     for level in options.levels:
         data = [_view_level(prepared, v, level, options) for v in views]
@@ -199,18 +208,17 @@ def register_prepared(
 
 
 def initialise(prepared: PreparedCT, views: list[_View], basis: np.ndarray, opts2d: RegistrationOptions,
-               binning: int, warnings: list[str]) -> np.ndarray:
+               drr_spacing_mm: float, warnings: list[str]) -> np.ndarray:
     """Start pose from the 2-D engine per view, combined by least squares in the searched directions."""
     from .. import register
 
     rows, measured, beams, thetas = [], [], [], []
     planned = np.zeros(6)
     for view in views:
-        drr = drr_image(prepared, view, planned, binning)
+        drr = drr_image(prepared, view, planned, _binning(view.frame, drr_spacing_mm))
         result = register(drr, view.frame, opts2d, backend=prepared.backend.name)
         view.initial = result
-        if result.field_box_mm is not None:
-            view.field_box_mm = tuple(float(v) for v in result.field_box_mm)  # type: ignore[assignment]
+        view.field_box_mm = field_box(view.frame, result, view.linearise, warnings)
         if not result.ok:
             warnings.append(f"{view.geometry.label}: the 2-D start was not ok ({result.reason}); refined anyway")
         ex, ey, beam = view.geometry.axes
@@ -272,7 +280,7 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
 
     rows, reasons = [], []
     for view, score in zip(views, scores, strict=True):
-        drr = drr_image(prepared, view, pose, options.binning)
+        drr = drr_image(prepared, view, pose, _binning(view.frame, options.drr_spacing_mm))
         residual = register(drr, view.frame, replace(opts2d, max_shift_mm=min(opts2d.max_shift_mm, 10.0)),
                             backend=prepared.backend.name)
         distance = math.hypot(residual.dx_mm, residual.dy_mm)
@@ -333,6 +341,59 @@ def drr_image(prepared: PreparedCT, view: _View, pose: np.ndarray, binning: int)
                             sid_mm=g.sid_mm, sad_mm=g.sad_mm, patient_position=prepared.patient_position)
 
 
+def field_box(frame: Image, result: Any, linearise: bool, warnings: list[str]) -> tuple[float, float, float, float]:
+    """The frame's field ``(x_min, x_max, y_min, y_max)`` (mm, isocentre plane), so that its edges can be excluded.
+
+    The 2-D engine's detection when it found one; else :func:`portalign.field.detect_field`
+    on ``-log`` of the frame (through a thick patient the field's inside can be
+    as dark as the jaws' transmission in linear intensity, not in its
+    logarithm); intersected with the planned jaws when the frame carries them
+    (``planned_jaws_mm`` read from DICOM, ``field_mm`` of a simulated frame).
+    """
+    from ..field import detect_field
+
+    box = _extent_box(frame)
+    found = False
+    if result.field_detected and result.field_box_mm is not None:
+        box, found = tuple(float(v) for v in result.field_box_mm), True  # type: ignore[assignment]
+    else:
+        factor = max(1, int(max(frame.shape) / 160))
+        rows, cols = frame.shape[0] // factor, frame.shape[1] // factor
+        small = frame.pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3),
+                                                                                                      dtype=np.float64)
+        if linearise:
+            small = -np.log(np.maximum(small, _LOG_FLOOR * max(float(small.max()), np.finfo(np.float64).tiny)))
+        estimate = detect_field(small)
+        if estimate.detected and estimate.box_px is not None:
+            c0, c1, r0, r1 = (v * factor + (factor - 1) / 2.0 for v in estimate.box_px)
+            (x0, x1), (y0, y1) = frame.pixel_to_mm(np.array([c0, c1]), np.array([r0, r1]))
+            box, found = (float(x0), float(x1), float(y0), float(y1)), True
+    planned = _planned_box(frame)
+    if planned is not None:
+        box = (max(box[0], planned[0]), min(box[1], planned[1]), max(box[2], planned[2]), min(box[3], planned[3]))
+        found = True
+    if not found:
+        warnings.append(f"{frame.info.source}: no radiation field found; the whole image is compared (a field edge "
+                        "inside it would hold the result)")
+    return box
+
+
+def _planned_box(frame: Image) -> tuple[float, float, float, float] | None:
+    extra = frame.info.extra
+    jaws = extra.get("planned_jaws_mm")
+    if jaws and all(k in jaws for k in ("x1", "x2", "y1", "y2")):
+        return float(jaws["x1"]), float(jaws["x2"]), float(jaws["y1"]), float(jaws["y2"])
+    simulated = extra.get("field_mm")  # portalign.simulate: (x1, x2, y1, y2) with image y in (-y2, -y1)
+    if simulated is not None and len(simulated) == 4 and not frame.info.collimator_deg:
+        x1, x2, y1, y2 = (float(v) for v in simulated)
+        return x1, x2, -y2, -y1
+    return None
+
+
+def _binning(frame: Image, spacing_mm: float) -> int:
+    return max(1, int(spacing_mm / min(frame.spacing_mm) + 0.5))
+
+
 def _view_level(prepared: PreparedCT, view: _View, level: SearchLevel, options: Register3DOptions) -> _ViewLevel:
     """Detector grid inside the field and the frame's normalised gradients on it."""
     frame = view.frame
@@ -345,8 +406,10 @@ def _view_level(prepared: PreparedCT, view: _View, level: SearchLevel, options: 
     if hi_x - lo_x < 8 * min(frame.spacing_mm) or hi_y - lo_y < 8 * min(frame.spacing_mm):
         raise GeometryError(f"{view.geometry.label}: the field ({x_max - x_min:.0f} x {y_max - y_min:.0f} mm) leaves "
                             f"no anatomy once its {margin:g} mm edge is excluded; lower field_margin_mm")
-    cols = min(int((hi_x - lo_x) / level.grid_mm) + 1, options.max_grid_points)
-    rows = min(int((hi_y - lo_y) / level.grid_mm) + 1, options.max_grid_points)
+    grid = min(level.grid_mm, min(hi_x - lo_x, hi_y - lo_y) / (options.min_grid_points - 1))
+    grid = max(grid, min(frame.spacing_mm))
+    cols = min(int((hi_x - lo_x) / grid) + 1, options.max_grid_points)
+    rows = min(int((hi_y - lo_y) / grid) + 1, options.max_grid_points)
     cols, rows = max(cols, 8), max(rows, 8)
     step_x, step_y = (hi_x - lo_x) / (cols - 1), (hi_y - lo_y) / (rows - 1)
     room = view.geometry.detector_grid(lo_x, lo_y, step_x, step_y)
@@ -356,7 +419,9 @@ def _view_level(prepared: PreparedCT, view: _View, level: SearchLevel, options: 
     xs, ys = lo_x + step_x * np.arange(cols), lo_y + step_y * np.arange(rows)
     col_px, row_px = frame.mm_to_pixel(xs, ys)
     grid_rows, grid_cols = np.meshgrid(row_px, col_px, indexing="ij")
-    sampled = map_coordinates(smooth, [grid_rows, grid_cols], order=1, mode="nearest") * view.sign
+    sampled = map_coordinates(smooth, [grid_rows, grid_cols], order=1, mode="nearest")
+    if view.linearise:
+        sampled = -np.log(np.maximum(sampled, _LOG_FLOOR * max(float(sampled.max()), np.finfo(np.float64).tiny)))
     gx, gy = _gradients(sampled[None])
     be = prepared.backend
     return _ViewLevel(room, (rows, cols), be.asarray(_normalised(gx[0])), be.asarray(_normalised(gy[0])), {})
@@ -378,8 +443,14 @@ def _scores(prepared: PreparedCT, volume: VolumeLevel, data: list[_ViewLevel], v
 
 
 def _gradients(images: Any) -> tuple[Any, Any]:
-    """Central differences along columns and rows of ``[P, rows, cols]``, on the interior ``[P, rows-2, cols-2]``."""
-    return images[:, 1:-1, 2:] - images[:, 1:-1, :-2], images[:, 2:, 1:-1] - images[:, :-2, 1:-1]
+    """Sobel gradients along columns and rows of ``[P, rows, cols]``, on the interior ``[P, rows-2, cols-2]``.
+
+    The [1, 2, 1] smoothing across each difference keeps the frame's quantum
+    noise from dominating the correlation on fine grids.
+    """
+    dx = images[:, :, 2:] - images[:, :, :-2]
+    dy = images[:, 2:, :] - images[:, :-2, :]
+    return (dx[:, :-2] + 2.0 * dx[:, 1:-1] + dx[:, 2:]), (dy[:, :, :-2] + 2.0 * dy[:, :, 1:-1] + dy[:, :, 2:])
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:
