@@ -45,10 +45,10 @@ FIELD = (-100.0, 100.0, -80.0, 80.0)
 PHANTOM_FIELD = (-70.0, 70.0, -70.0, 70.0)
 
 
-def _frames(ct, iso, gantries, translation, rotation, *, position=None, field=FIELD, seed=0):
+def _frames(ct, iso, gantries, translation, rotation, *, position=None, field=FIELD, seed=0, detector=None):
     return [render_drr(ct, gantry_deg=g, isocentre_mm=tuple(iso), energy="mv", couch_shift_mm=translation,
                        patient_rotation_deg=rotation, field_mm=field, noise=0.01, seed=seed + i,
-                       patient_position=position, **DETECTOR)
+                       patient_position=position, **(detector or DETECTOR))
             for i, g in enumerate(gantries)]
 
 
@@ -375,8 +375,9 @@ def thorax():
 @pytest.mark.parametrize("position, gantries, translation, rotation", [
     ("HFS", [0.0, 90.0], (3.0, -5.0, 4.0), (2.0, -1.5, 2.5)),
     ("FFS", [0.0, 90.0], (-6.0, 2.5, -3.0), (-2.5, 3.0, -1.0)),
-    ("HFS", [0.0, 45.0, 270.0], (8.0, -2.0, -5.0), (-1.0, 2.0, -3.0)),
-    ("HFS", [315.0, 45.0], (-2.0, 7.5, 1.5), (3.0, 1.0, 1.5)),
+    pytest.param("HFS", [0.0, 45.0, 270.0], (8.0, -2.0, -5.0), (-1.0, 2.0, -3.0), marks=pytest.mark.slow),
+    pytest.param("HFS", [315.0, 45.0], (-2.0, 7.5, 1.5), (3.0, 1.0, 1.5), marks=pytest.mark.slow),
+    pytest.param("HFS", [0.0, 90.0], (-7.0, 6.0, 8.0), (-3.0, -3.0, 3.0), marks=pytest.mark.slow),
 ])
 def test_thorax_known_6dof_motions(thorax, position, gantries, translation, rotation):
     ct, iso = thorax
@@ -400,10 +401,16 @@ def test_thorax_one_lateral_view_constrains_longitudinal_vertical_and_pitch(thor
 
 @pytest.mark.real_data
 def test_thorax_small_field(thorax):
-    """A 100 x 80 mm field: fewer structures, the same accuracy."""
+    """A 100 x 80 mm field: fewer structures, the same accuracy.
+
+    The 160x120 test detector is given 0.83 mm pixels (at the isocentre) here, so that the field spans as
+    many pixels as a real imager's 0.39 mm pixels give it; with the 1.67 mm pixels of the other tests pitch
+    comes out 0.30 deg off.
+    """
     ct, iso = thorax
     translation, rotation = (2.0, 3.0, -2.0), (1.0, -1.0, 1.5)
-    frames = _frames(ct, iso, [0.0, 90.0], translation, rotation, field=(-50.0, 50.0, -40.0, 40.0))
+    frames = _frames(ct, iso, [0.0, 90.0], translation, rotation, field=(-50.0, 50.0, -40.0, 40.0),
+                     detector=dict(detector_shape=(120, 160), detector_spacing_mm=0.392 * 512 / 160))
     result = register_3d(ct, frames, isocenter_mm=iso, backend="cpu")
     assert result.ok, result.reason
     _assert_recovered(result, translation, rotation)

@@ -46,7 +46,9 @@ class Register3DResult:
         result, -1..1, contrast sign removed), and the residual: the 2-D engine's
         shift and rotation of the frame against the DRR rendered at the result
         (``residual_dx_mm``, ``residual_dy_mm``, ``residual_rotation_deg``,
-        ``residual_mm``), ``ok``, ``reason``.
+        ``residual_mm``; ``residual_check_ok`` and ``residual_check_reason``:
+        the 2-D engine's own verdict on that match, reported, not required),
+        ``ok``, ``reason``.
     score : float
         Mean of the views' scores at the result.
     iterations : int

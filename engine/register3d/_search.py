@@ -286,8 +286,8 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
         distance = math.hypot(residual.dx_mm, residual.dy_mm)
         label = view.geometry.label
         why = []
-        if not residual.ok:
-            why.append(f"2-D check not ok ({residual.reason})")
+        # The 2-D check's own ok is reported, not required: its ambiguity test looks for far optima over
+        # +-max_shift_mm, while what matters here is whether its best optimum is near zero.
         if distance > options.max_residual_mm:
             why.append(f"residual {distance:.2f} mm (more than {options.max_residual_mm:g} mm)")
         if abs(residual.rotation_deg) > options.max_residual_deg:
@@ -309,6 +309,8 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
             "residual_dy_mm": float(residual.dy_mm),
             "residual_rotation_deg": float(residual.rotation_deg),
             "residual_mm": float(distance),
+            "residual_check_ok": bool(residual.ok),
+            "residual_check_reason": residual.reason,
             "field_box_mm": [float(v) for v in view.field_box_mm],
             "ok": not why,
             "reason": "; ".join(why),
