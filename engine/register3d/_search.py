@@ -74,6 +74,9 @@ class SearchLevel:
         Finite-difference steps ``h`` of the quadratic model.
     max_iterations : int
         Newton steps at most.
+    cross_terms : bool
+        Sample the pairs ``e_i + e_j`` for the off-diagonal curvature (28 poses per model for six
+        parameters); False samples the axes only (13 poses) and scales the previous level's coupling.
     """
 
     volume: str
@@ -81,6 +84,7 @@ class SearchLevel:
     step_translation_mm: float
     step_rotation_deg: float
     max_iterations: int
+    cross_terms: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class Register3DOptions:
 
     levels: tuple[SearchLevel, ...] = (
         SearchLevel("coarse", 4.0, 2.0, 1.0, 8),
-        SearchLevel("fine", 2.0, 0.7, 0.35, 6),
+        SearchLevel("fine", 2.0, 0.7, 0.35, 6, cross_terms=False),
     )
     max_grid_points: int = 96
     field_margin_mm: float = 8.0
@@ -123,7 +127,7 @@ class Register3DOptions:
     min_score: float = 0.1
     max_residual_mm: float = 1.0
     max_residual_deg: float = 1.0
-    drr_spacing_mm: float = 0.8
+    drr_spacing_mm: float = 1.2
     min_grid_points: int = 40
 
     def __post_init__(self) -> None:
@@ -143,6 +147,8 @@ _LOG_FLOOR = 1e-3
 # Newton steps shorter than this (in units of the finite-difference step) end a level.
 _CONVERGED = 0.05
 _START_RADIUS, _MAX_RADIUS, _MIN_RADIUS = 2.0, 4.0, 0.1
+# An accepted step shorter than this (units of h) ends the level without a new model around it.
+_FINAL_STEP = 0.25
 
 
 @dataclass
@@ -188,9 +194,11 @@ def register_prepared(
 
     pose = initialise(prepared, views, basis, opts2d, options.drr_spacing_mm, warnings)
     counters = {"iterations": 0, "renders": 0}
+    coupling = None
     for level in options.levels:
         data = [_view_level(prepared, v, level, options) for v in views]
-        pose = refine(prepared, prepared.levels[level.volume], data, views, pose, basis, level, counters)
+        pose, coupling = refine(prepared, prepared.levels[level.volume], data, views, pose, basis, level, counters,
+                                coupling)
     final_level = prepared.levels[options.levels[-1].volume]
     final_data = [_view_level(prepared, v, options.levels[-1], options) for v in views]
     scores = _scores(prepared, final_level, final_data, views, pose[None, :])[:, 0]
@@ -234,12 +242,19 @@ def initialise(prepared: PreparedCT, views: list[_View], basis: np.ndarray, opts
 
 
 def refine(prepared: PreparedCT, volume: VolumeLevel, data: list[_ViewLevel], views: list[_View], pose: np.ndarray,
-           basis: np.ndarray, level: SearchLevel, counters: dict[str, int]) -> np.ndarray:
-    """Trust-region Newton ascent of the mean gradient correlation on quadratic models (module notes)."""
+           basis: np.ndarray, level: SearchLevel, counters: dict[str, int],
+           coupling: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Trust-region Newton ascent of the mean gradient correlation on quadratic models (module notes).
+
+    Returns the pose and the curvature coupling of the last full model (``None`` when the level sampled
+    the axes only); a level with ``cross_terms=False`` samples the ``1 + 2k`` axis poses and takes its
+    off-diagonal curvature from ``coupling``.
+    """
     k = basis.shape[1]
     scale = np.array([level.step_translation_mm if np.abs(basis[:3, j]).sum() > 0.5 else level.step_rotation_deg
                       for j in range(k)])
-    offsets = _model_offsets(k)
+    full = level.cross_terms or coupling is None
+    offsets = _model_offsets(k) if full else _model_offsets(k)[:1 + 2 * k]
 
     def evaluate(poses: np.ndarray) -> np.ndarray:
         counters["iterations"] += 1
@@ -250,13 +265,15 @@ def refine(prepared: PreparedCT, volume: VolumeLevel, data: list[_ViewLevel], vi
     values = evaluate(centre + (offsets * scale) @ basis.T)
     radius = _START_RADIUS
     for _ in range(level.max_iterations):
-        step = _newton_step(values, k, radius)
+        step, _ = _newton_step(values, k, radius, None if full else coupling)
         length = float(np.linalg.norm(step))
         if length < _CONVERGED:
             break
         candidate = centre + basis @ (scale * step)
         if evaluate(candidate[None, :])[0] > values[0]:
             centre = candidate
+            if length < _FINAL_STEP:  # a short step from a good model: the next one would be shorter still
+                break
             values = evaluate(centre + (offsets * scale) @ basis.T)
             if length >= radius * 0.99:
                 radius = min(2.0 * radius, _MAX_RADIUS)
@@ -270,7 +287,7 @@ def refine(prepared: PreparedCT, volume: VolumeLevel, data: list[_ViewLevel], vi
                     radius = 1.0
                     continue
                 break
-    return centre
+    return centre, (_coupling(values, k) if full else coupling)
 
 
 def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: np.ndarray,
@@ -483,27 +500,49 @@ def _model_offsets(k: int) -> np.ndarray:
     return np.array([np.zeros(k), *eye, *(-eye), *pairs]).reshape(-1, k)
 
 
-def _newton_step(values: np.ndarray, k: int, radius: float) -> np.ndarray:
-    """Ascent step of the quadratic through the samples of :func:`_model_offsets`, at most ``radius`` long.
+def _hessian(values: np.ndarray, k: int, coupling: np.ndarray | None = None) -> np.ndarray:
+    """Finite-difference Hessian (units of h) from the samples of :func:`_model_offsets`.
 
-    ``g_i = (f(+e_i) - f(-e_i)) / 2``, ``H_ii = f(+e_i) + f(-e_i) - 2 f(0)``,
-    ``H_ij = f(e_i + e_j) - f(+e_i) - f(+e_j) + f(0)``; directions of
-    non-negative curvature get a small negative one, so the step follows the
-    gradient there (and the radius bounds it).
+    ``H_ii = f(+e_i) + f(-e_i) - 2 f(0)``, ``H_ij = f(e_i + e_j) - f(+e_i) - f(+e_j) + f(0)``;
+    with ``coupling`` (and only the axis samples) ``H_ij = C_ij sqrt(H_ii H_jj)`` where both
+    diagonals are negative, else 0.
     """
     f0, plus, minus, pairs = values[0], values[1:1 + k], values[1 + k:1 + 2 * k], values[1 + 2 * k:]
-    gradient = 0.5 * (plus - minus)
     hessian = np.diag(plus + minus - 2.0 * f0)
+    if coupling is not None:
+        depth = np.sqrt(np.maximum(-np.diag(hessian), 0.0))
+        return hessian + (coupling - np.diag(np.diag(coupling))) * np.outer(depth, depth)
     index = 0
     for i in range(k):
         for j in range(i + 1, k):
             hessian[i, j] = hessian[j, i] = pairs[index] - plus[i] - plus[j] + f0
             index += 1
+    return hessian
+
+
+def _coupling(values: np.ndarray, k: int) -> np.ndarray:
+    """Scale-free curvature coupling ``C_ij = H_ij / sqrt(H_ii H_jj)`` of a full model (0 where not concave)."""
+    hessian = _hessian(values, k)
+    depth = np.sqrt(np.maximum(-np.diag(hessian), 0.0))
+    outer = np.outer(depth, depth)
+    return np.where(outer > 0, hessian / np.where(outer > 0, outer, 1.0), 0.0)
+
+
+def _newton_step(values: np.ndarray, k: int, radius: float,
+                 coupling: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ascent step of the quadratic through the samples of :func:`_model_offsets`, at most ``radius`` long.
+
+    ``g_i = (f(+e_i) - f(-e_i)) / 2`` and :func:`_hessian`; directions of
+    non-negative curvature get a small negative one, so the step follows the
+    gradient there (and the radius bounds it). Returns the step and the Hessian.
+    """
+    gradient = 0.5 * (values[1:1 + k] - values[1 + k:1 + 2 * k])
+    hessian = _hessian(values, k, coupling)
     eigenvalues, vectors = np.linalg.eigh(hessian)
     floor = max(1e-3 * float(np.abs(eigenvalues).max()), 1e-12)
     step = -vectors @ ((vectors.T @ gradient) / np.minimum(eigenvalues, -floor))
     length = float(np.linalg.norm(step))
-    return step * (radius / length) if length > radius else step
+    return (step * (radius / length) if length > radius else step), hessian
 
 
 # ---------------------------------------------------------------------------
