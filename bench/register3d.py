@@ -37,11 +37,12 @@ FIELD = (-100.0, 100.0, -80.0, 80.0)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
-    from bench.cases import CT_FOLDER
     from portalign.couch import register_views
     from portalign.ct import read_ct_series
     from portalign.register3d import prepare_ct
     from portalign.simulate import render_drr
+
+    from bench.cases import CT_FOLDER
 
     parser = argparse.ArgumentParser(prog="python -m bench.register3d", description=__doc__.split("\n")[0])
     parser.add_argument("--setups", type=int, default=3, help="random 6-DOF setups")
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _projector_throughput(prepared) -> float:
     """Rays per second of one 28-pose batch on a 96x96 detector grid through the CT's own grid (after warm-up)."""
-    from portalign.register3d._geometry import ViewGeometry
     from portalign.image import Image
+    from portalign.register3d._geometry import ViewGeometry
 
     frame = Image.from_array(np.ones((96, 96)) + np.eye(96), pixel_spacing_mm=2.0, gantry_deg=0.0, sid_mm=1500.0,
                              sad_mm=1000.0)

@@ -467,8 +467,8 @@ def test_multi_pose_projection_matches_cpu_and_reference(backend):
 def test_register3d_renders_and_scores_poses_on_the_gpu_like_the_cpu(backend):
     """The 6-DOF search's render + gradient correlation of a batch of poses, on a tiny CT, GPU against CPU."""
     from portalign.ct import CTVolume
-    from portalign.register3d import prepare_ct
     from portalign.register3d import _search as search
+    from portalign.register3d import prepare_ct
     from portalign.register3d._geometry import ViewGeometry
     from portalign.simulate import render_drr
 

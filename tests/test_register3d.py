@@ -209,6 +209,15 @@ def test_isocentre_outside_the_ct_is_refused(phantom, iso, match):
         prepare_ct(ct, isocenter_mm=iso, backend="cpu")
 
 
+def test_top_level_register_3d_is_the_register3d_one(phantom):
+    import portalign
+
+    ct, iso, _ = phantom
+    frames = _frames(ct, iso, [0.0], (1.0, 2.0, 0.0), (0.0, 0.0, 0.0), field=PHANTOM_FIELD)
+    result = portalign.register_3d(ct, frames, isocenter_mm=iso, backend="cpu")
+    assert abs(result.lateral_mm - 1.0) <= TRANSLATION_TOL_MM and result.vertical_mm is None
+
+
 def test_unknown_patient_position_and_missing_isocentre_are_refused(phantom):
     ct, iso, _ = phantom
     with pytest.raises(GeometryError, match=r"patient position 'SITTING' is not supported; pass patient_position="):

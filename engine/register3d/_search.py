@@ -295,7 +295,8 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
     """Per view: the 2-D engine against the DRR at the result (the residual) and the checks on it."""
     from .. import register
 
-    rows, reasons = [], []
+    rows: list[dict[str, Any]] = []
+    reasons: list[str] = []
     for view, score in zip(views, scores, strict=True):
         drr = drr_image(prepared, view, pose, _binning(view.frame, options.drr_spacing_mm))
         residual = register(drr, view.frame, replace(opts2d, max_shift_mm=min(opts2d.max_shift_mm, 10.0)),
@@ -361,7 +362,7 @@ def drr_image(prepared: PreparedCT, view: _View, pose: np.ndarray, binning: int)
 
 
 def field_box(frame: Image, result: Any, linearise: bool, warnings: list[str]) -> tuple[float, float, float, float]:
-    """The frame's field ``(x_min, x_max, y_min, y_max)`` (mm, isocentre plane), so that its edges can be excluded.
+    """Return the frame's field ``(x_min, x_max, y_min, y_max)`` (mm, isocentre plane), to exclude its edges.
 
     The 2-D engine's detection when it found one; else :func:`portalign.field.detect_field`
     on ``-log`` of the frame (through a thick patient the field's inside can be
