@@ -24,7 +24,7 @@ from ..ct import CTVolume
 from ..errors import GeometryError
 from ..simulate import attenuation_from_hu
 
-#: Voxels are averaged in blocks (per axis) to about this spacing for the fine level: the search's detector
+#: Voxels are averaged in blocks (per axis, the nearest whole factor) to about this spacing for the fine level: the search's detector
 #: grid is 2 mm at its finest, and a volume 4x smaller stays in the CPU's caches (rays through a 512x512
 #: CT cost several times more per sample).
 FINE_SPACING_MM = 1.9
@@ -96,10 +96,9 @@ class PreparedCT:
         self.patient_position = position
         self.patient_to_iec = patient_matrix(position)
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
-        mu = attenuation_from_hu(ct.hu, "kv")
-        cropped, origin = _crop_to_body(ct, mu)
+        cropped, origin = _crop_to_body(ct)
         spacing = np.array(ct.spacing_mm, dtype=np.float64)
-        factors = tuple(max(1, int(FINE_SPACING_MM / s + 1e-6)) for s in spacing)
+        factors = tuple(max(1, int(FINE_SPACING_MM / s + 0.5)) for s in spacing)
         fine, origin, spacing = _block_mean(cropped, origin, spacing, factors)
         coarse, coarse_origin, coarse_spacing = _block_mean(fine, origin, spacing, (2, 2, 2))
         self.levels = {
@@ -186,8 +185,8 @@ def _isocenter_inside(ct: CTVolume, isocenter_mm: Any) -> np.ndarray:
     return iso
 
 
-def _crop_to_body(ct: CTVolume, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop to the box of voxels above -800 HU (plus a margin); returns (volume, origin x, y, z)."""
+def _crop_to_body(ct: CTVolume) -> tuple[np.ndarray, np.ndarray]:
+    """Attenuation of the box of voxels above -800 HU (plus a margin); returns (volume, origin x, y, z)."""
     body = ct.hu > _BODY_HU
     lows, highs = [], []
     for axis in range(3):
@@ -195,8 +194,8 @@ def _crop_to_body(ct: CTVolume, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         if used.size == 0:
             raise GeometryError(f"{ct.source}: no voxel above {_BODY_HU:g} HU: the CT shows no patient")
         lows.append(max(int(used[0]) - _CROP_MARGIN_VOXELS, 0))
-        highs.append(min(int(used[-1]) + 1 + _CROP_MARGIN_VOXELS, mu.shape[axis]))
-    block = np.ascontiguousarray(mu[lows[0]:highs[0], lows[1]:highs[1], lows[2]:highs[2]])
+        highs.append(min(int(used[-1]) + 1 + _CROP_MARGIN_VOXELS, ct.shape[axis]))
+    block = attenuation_from_hu(ct.hu[lows[0]:highs[0], lows[1]:highs[1], lows[2]:highs[2]], "kv")
     spacing_xyz = np.array(ct.spacing_mm[::-1])
     return block, np.array(ct.origin_mm) + np.array(lows[::-1]) * spacing_xyz
 
@@ -209,6 +208,6 @@ def _block_mean(volume: np.ndarray, origin_xyz: np.ndarray, spacing_zyx: np.ndar
     padded = np.pad(volume, [(0, -n % f) for n, f in zip(volume.shape, factors, strict=True)])
     nz, ny, nx = (n // f for n, f in zip(padded.shape, factors, strict=True))
     fz, fy, fx = factors
-    blocks = padded.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    blocks = padded.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
     step = np.array(factors, dtype=np.float64)
     return blocks, origin_xyz + 0.5 * ((step - 1.0) * spacing_zyx)[::-1], step * spacing_zyx
