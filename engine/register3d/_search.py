@@ -148,7 +148,7 @@ _LOG_FLOOR = 1e-3
 _CONVERGED = 0.05
 _START_RADIUS, _MAX_RADIUS, _MIN_RADIUS = 2.0, 4.0, 0.1
 # An accepted step shorter than this (units of h) ends the level without a new model around it.
-_FINAL_STEP = 0.25
+_FINAL_STEP = 0.5
 
 
 @dataclass
