@@ -105,6 +105,25 @@ def test_euler_angles_invert_rotation_matrix_and_follow_the_design_convention(an
     assert rotation_matrix(0, 0, 10.0)[1, 0] > 0 and rotation_matrix(10.0, 0, 0)[2, 1] > 0
 
 
+def test_view_geometry_honours_couch_and_receptor_angles_and_one_view_observability():
+    from portalign.couch import image_axes
+    from portalign.register3d._geometry import ViewGeometry, measured_axes
+
+    frame = Image.from_array(np.random.default_rng(1).random((16, 16)), pixel_spacing_mm=1.0, gantry_deg=45.0,
+                             couch_deg=90.0, sid_mm=1500.0, sad_mm=1000.0, extra={"receptor_angle_deg": 5.0})
+    view = ViewGeometry.of(frame)
+    assert_allclose(view.axes, image_axes(45.0, couch_deg=90.0, image_rotation_deg=5.0))
+    source, origin, col, row = view.detector_grid(-3.0, 2.0, 0.5, 0.25)
+    assert_allclose(source, -1000.0 * view.axes[2]) and assert_allclose(np.linalg.norm(col), 0.75)
+    assert_allclose(origin, 500.0 * view.axes[2] + 1.5 * (-3.0 * view.axes[0] + 2.0 * view.axes[1]))
+    # one oblique view at couch 0: only the longitudinal translation lies in its image plane
+    oblique = ViewGeometry.of(Image.from_array(frame.pixels, pixel_spacing_mm=1.0, gantry_deg=45.0, sid_mm=1500.0,
+                                               sad_mm=1000.0))
+    basis, reasons = measured_axes([oblique])
+    assert basis.shape == (6, 3) and set(reasons) == {"lateral", "vertical", "pitch", "roll", "yaw"}
+    assert measured_axes([oblique, view])[1] == {}
+
+
 # ------------------------------------------------------------------------------------ phantom (always)
 
 
