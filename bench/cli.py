@@ -65,13 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-gpu", action="store_true", help="do not try portalign's GPU backend")
     parser.add_argument("--sizes", type=_sizes, default=None,
                         help="synthetic image sizes, e.g. 256,512,1024x768 (default by mode)")
-    parser.add_argument("--synthetic-pairs", type=int, default=None, help="synthetic pairs per size")
-    parser.add_argument("--drr-pairs", type=int, default=None, help="MV-vs-DRR pairs rendered from the thorax CT")
+    parser.add_argument("--synthetic-pairs", type=int, default=None, help="synthetic pairs per size (default: by mode)")
+    parser.add_argument("--drr-pairs", type=int, default=None,
+                        help="MV-vs-DRR pairs rendered from the thorax CT (default: by mode)")
     parser.add_argument("--wl", nargs="*", default=None, metavar="SET",
-                        help="Winston-Lutz sets against 'cardinal': lat3mm lng3mm vrt3mm (none for no WL pairs)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed frames per pair for portalign")
-    parser.add_argument("--peer-repeats", type=int, default=None, help="timed registrations per pair for peers")
-    parser.add_argument("--batch-sizes", type=_ints, default=None, help="batch sizes, e.g. 1,4,16")
+                        help="Winston-Lutz sets against 'cardinal': lat3mm lng3mm vrt3mm (none: no WL pairs; default: by mode)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed frames per pair for portalign (default: by mode)")
+    parser.add_argument("--peer-repeats", type=int, default=None,
+                        help="timed registrations per pair for peers (default: by mode)")
+    parser.add_argument("--batch-sizes", type=_ints, default=None, help="batch sizes, e.g. 1,4,16 (default: by mode)")
     parser.add_argument("--numba-threads", type=int, default=None,
                         help="threads for portalign's CPU kernels (numba.set_num_threads); numba's default otherwise")
 

@@ -80,7 +80,7 @@ class Tally:
 
 def counting_backend(tally: Tally) -> Any:
     """Return the CPU backend with every kernel call, host read and upload counted in ``tally``."""
-    from portalign.backend import Backend, cpu_backend
+    from portalign.backends import Backend, cpu_backend
 
     cpu = cpu_backend()
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # GPU check for a machine with a CUDA device and no network.
 #
-# Expects numpy, numba, numba-cuda, CuPy, scipy, pytest and pytest-benchmark to be installed.
-# Before the run, on the machine with network, fill .whl/ (git-ignored) and carry it:
-#     rm -rf .whl && pip download pydicom --no-deps -d .whl && pip wheel --no-deps . -w .whl
-# (device tool: carry [".whl"]). Its wheels, portalign's own included, are installed without an
-# index and without dependencies, so nothing is built on the device. Without a portalign wheel the
-# tree is installed editable without build isolation (needs setuptools and wheel there). Nothing
-# below needs pydicom or the service extras (checked by running tests/test_gpu.py with them blocked);
-# pydicom is carried so that a DICOM file can be registered there by hand.
+# Expects numba, numba-cuda, CuPy, scipy, pytest and pytest-benchmark to be installed. The device
+# image carries numpy 2.5, which numba-cuda 0.30.4 cannot compile kernels with; so before the run, on
+# the machine with network, fill .whl/ (git-ignored) with a numpy 2.4 wheel for the device's Python,
+# pydicom and portalign's own wheel, and carry it (device tool: carry [".whl"]):
+#     rm -rf .whl && pip download "numpy>=2.4,<2.5" --only-binary=:all: --no-deps --python-version 3.12 \
+#         --platform manylinux2014_x86_64 -d .whl && pip download pydicom --no-deps -d .whl \
+#         && pip wheel --no-deps . -w .whl
+# The wheels are installed without an index and without dependencies into .gpu-site/, which goes
+# first on PYTHONPATH (the image's own numpy stays as it is). Without a portalign wheel the tree is
+# installed there from source. Nothing below needs the service extras (tests/test_gpu.py is the one
+# module collected); pydicom is carried so that a DICOM file can be registered there by hand.
 #
 # Then: the GPU tests on the real device (python -m pytest -m gpu tests), the latency /
 # throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side (batches on
@@ -35,18 +38,23 @@ for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "pytest", "pydicom
         print(f"{name:10} missing ({exc})")
 EOF
 
-echo "== install"
+echo "== install (into .gpu-site, first on PYTHONPATH)"
 shopt -s nullglob
+SITE="$PWD/.gpu-site"
+rm -rf "$SITE"
 wheels=(.whl/*.whl)
 if ((${#wheels[@]})); then
-    "$PY" -m pip install --no-index --no-deps --quiet --force-reinstall "${wheels[@]}" \
+    "$PY" -m pip install --no-index --no-deps --quiet --target "$SITE" "${wheels[@]}" \
         || { echo "installing .whl/*.whl failed"; status=1; }
 fi
 own=(.whl/portalign-*.whl)
 if ((${#own[@]} == 0)); then
-    "$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet -e . || { echo "pip install -e . failed"; exit 1; }
+    "$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet --target "$SITE" . \
+        || { echo "pip install . failed"; exit 1; }
 fi
-"$PY" -c "from portalign.gpu import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import numpy, portalign; print('numpy', numpy.__version__, '| portalign from', portalign.__file__)"
+"$PY" -c "from portalign.backends import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
     || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
 
 echo "== GPU tests on the device"

@@ -39,7 +39,7 @@ import numpy as np
 import portalign
 from portalign import register_batch
 from portalign.kernels import cpu as cpu_kernels
-from portalign.reference import pose_affines
+from portalign.registration import pose_affines
 from scipy import ndimage
 
 SPACING_MM = 0.392 * 1000.0 / 1500.0  # a 0.392 mm imager pixel at SID 1500, SAD 1000

@@ -175,14 +175,18 @@ class PortalignMethod(Method):
 
     def register(self, state: Any, case: Case) -> Outcome:
         r = state.register(case.frame)
-        return Outcome(Pose(r.dx_mm, r.dy_mm, r.rotation_deg), bool(r.ok), r.reason,
-                       {"score": r.score, "engine_elapsed_ms": r.elapsed_ms, "field_detected": r.field_detected})
+        # a rotation not estimated (null) was held at 0 while the translation was found: score it as 0,
+        # and say so in the extras
+        rotation = 0.0 if r.rotation_deg is None else r.rotation_deg
+        return Outcome(Pose(r.dx_mm, r.dy_mm, rotation), bool(r.ok), r.reason,
+                       {"score": r.score, "engine_elapsed_ms": r.elapsed_ms, "field_detected": r.field_detected,
+                        "rotation_estimated": r.rotation_deg is not None})
 
     def batch_call(self, state: Any) -> Any:
-        """The backend's batch entry point (``portalign.gpu.register_batch`` for the GPU), or None."""
+        """The backend's batch entry point (``portalign.register_batch`` for the GPU), or None."""
         if self.backend_name == "gpu":
             try:
-                from portalign.gpu import register_batch
+                from portalign import register_batch
             except ImportError:
                 return None
             return lambda frames: register_batch(state, frames)

@@ -227,7 +227,7 @@ def _batch_scaling(methods: list[Method], case: Case, sizes: list[int], log: Any
             per[b] = float(np.median(times))
         out["methods"][m.name] = {
             "batched": native,
-            "note": "the backend's batch call (portalign.gpu.register_batch)" if native
+            "note": "the backend's batch call (portalign.register_batch)" if native
             else "no batch call in this backend: frames registered in a loop",
             "batch_ms": {str(b): v for b, v in per.items()},
             "per_frame_ms": {str(b): v / b for b, v in per.items()},

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-from .backend import Backend, select_backend
+from .backends import Backend, select_backend, set_thread_policy
 from .errors import (
     BackendUnavailableError,
     GeometryError,
@@ -25,10 +25,9 @@ from .errors import (
     PortalImageError,
     ReferencePreparationError,
 )
-from .gpu import BatchError, register_batch
 from .image import Image, ImageInfo, as_image
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import BatchError, Reference, prepare_reference, register_batch
 from .result import RegistrationResult
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "register_3d",
     "register_batch",
     "select_backend",
+    "set_thread_policy",
 ]
 
 
@@ -61,11 +61,55 @@ def register_3d(ct: Any, frames: Any, **kwargs: Any) -> Any:
     return _register_3d(ct, frames, **kwargs)
 
 
-def read_rt_image(source: Any, **kwargs: Any) -> Image:
-    """Read a DICOM RT Image into an :class:`Image` (see :func:`portalign.dicom.read_rt_image`)."""
+def read_rt_image(
+    source: Any,
+    *,
+    frame: int | None = None,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
+    sid_mm: float | None = None,
+    sad_mm: float | None = None,
+    invert: bool | None = None,
+) -> Image:
+    """Read one DICOM RT Image (portal image or DRR) into an :class:`Image`.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, binary file object or pydicom.Dataset
+        The file. CR/DX/XA/RF projection images are accepted when their spacing at
+        the isocentre can be known.
+    frame : int, optional
+        0-based frame of a multi-frame (cine) image; the first by default.
+    pixel_spacing_mm : float or (float, float), optional
+        Pixel spacing *at the isocentre plane*, one number or ``(row, col)``, mm;
+        overrides the spacing tags (and makes SID and SAD unnecessary).
+    sid_mm, sad_mm : float, optional
+        Source-imager and source-axis distances (mm) when the file lacks
+        ``RTImageSID`` / ``RadiationMachineSAD``, or to override them.
+    invert : bool, optional
+        ``True`` inverts the pixel values, ``False`` never does; by default the
+        DICOM ``PixelIntensityRelationshipSign`` decides (Elekta iView files are
+        stored inverted without one: pass ``invert=True``).
+
+    Returns
+    -------
+    Image
+        Float32 pixels (higher = more radiation), spacing (mm) and beam axis
+        (pixels) at the isocentre plane, the acquisition facts in ``info``.
+
+    Raises
+    ------
+    PortalImageError
+        Unreadable file, no pixel data, unusable pixels.
+    GeometryError
+        Spacing, SID or SAD unknown and not supplied.
+
+    See Also
+    --------
+    portalign.dicom.read_rt_image : the reader, with its conventions.
+    """
     from .dicom import read_rt_image as _read
 
-    return _read(source, **kwargs)
+    return _read(source, frame=frame, pixel_spacing_mm=pixel_spacing_mm, sid_mm=sid_mm, sad_mm=sad_mm, invert=invert)
 
 
 def register(

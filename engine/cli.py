@@ -15,15 +15,17 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .errors import PortalignError
+from ._cli_options import HelpFormatter, add_invert_argument, as_flags
+from .errors import MissingDependencyError, PortalignError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
 
 #: Subcommands implemented in other modules: name -> (module, help).
 PLUGIN_COMMANDS = {
@@ -35,104 +37,152 @@ PLUGIN_COMMANDS = {
     "register3d": ("portalign.register3d", "frames of one setup against the planning CT: 6-DOF couch correction"),
 }
 
+#: The source checkout this package runs from (bench/ lives there; it is not installed).
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``portalign`` command."""
-    parser = argparse.ArgumentParser(prog="portalign", description="Real-time portal image registration.")
+#: Exit status of ``register`` when the result was printed but a requested output file
+#: (``--overlay``, ``--reg``) could not be written; the same as unusable input.
+EXIT_ERROR = 2
+
+
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``portalign`` command.
+
+    Parameters
+    ----------
+    command_name : str, optional
+        The subcommand about to run: only its plugin module is imported to add its options
+        (importing every plugin costs over a second: FastAPI, pynetdicom, Dask). None imports all.
+    """
+    parser = argparse.ArgumentParser(prog="portalign", description="Real-time portal image registration.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"portalign {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    reg = sub.add_parser("register", help="register a portal frame against its reference")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        cmd.set_defaults(subparser=cmd)
+        return cmd
+
+    reg = command("register", "register a portal frame against its reference")
     reg.add_argument("reference", help="reference image: DICOM RT Image (DRR or reference portal image) or .npy")
     reg.add_argument("frame", help="portal frame: DICOM RT Image or .npy")
     reg.add_argument("--json", action="store_true", help="print one JSON object")
-    reg.add_argument("--method", choices=("auto", "mi", "edge"), default="auto")
-    reg.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto")
+    reg.add_argument("--method", choices=("auto", "mi", "edge"), default="auto",
+                     help="similarity of the final refinement: edges, mutual information, or both (auto: they must agree)")
+    reg.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
+                     help="compute backend (auto: the GPU when one works here, else the CPU)")
     reg.add_argument("--repeat", type=int, default=0, metavar="N",
-                     help="register the frame N times after a warm-up; elapsed_ms is the median (JIT excluded)")
-    reg.add_argument("--overlay", metavar="PNG", help="write a review picture")
-    reg.add_argument("--frame-index", type=int, default=None, help="frame of a multi-frame (cine) RT Image")
-    reg.add_argument("--pixel-spacing-mm", type=float, default=None,
-                     help="isocentre-plane spacing for .npy inputs or files without one")
-    reg.add_argument("--sid-mm", type=float, default=None, help="source-imager distance when the files lack RTImageSID")
-    reg.add_argument("--sad-mm", type=float, default=None, help="source-axis distance when the files lack it")
-    reg.add_argument("--max-shift-mm", type=float, default=20.0)
-    reg.add_argument("--max-rotation-deg", type=float, default=5.0)
-    reg.add_argument("--no-rotation", action="store_true", help="estimate translation only")
+                     help="register the frame N more times after the first; elapsed_ms is their median (compilation "
+                          "and plan building excluded)")
+    reg.add_argument("--overlay", metavar="PNG", help="write a review picture (default: none)")
+    reg.add_argument("--reg", metavar="OUT.dcm",
+                     help="write the result as a DICOM Spatial Registration (REG) object, when it is ok (default: none)")
+    reg.add_argument("--patient-position", default=None, metavar="POS",
+                     help="HFS, FFS, HFP or FFP for --reg (default: the images' PatientPosition)")
+    reg.add_argument("--frame-index", metavar="K", type=int, default=None,
+                     help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
+    reg.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
+                     help="isocentre-plane spacing for .npy inputs or files without one (default: from the files)")
+    reg.add_argument("--sid-mm", metavar="MM", type=float, default=None,
+                     help="source-imager distance when the files lack RTImageSID (default: from the files)")
+    reg.add_argument("--sad-mm", metavar="MM", type=float, default=None,
+                     help="source-axis distance when the files lack RadiationMachineSAD (default: from the files)")
+    add_invert_argument(reg)
+    reg.add_argument("--max-shift-mm", metavar="MM", type=float, default=20.0, help="capture range of the translation (mm)")
+    reg.add_argument("--max-rotation-deg", metavar="DEG", type=float, default=5.0,
+                     help="capture range of the in-plane rotation (deg)")
+    reg.add_argument("--no-rotation", action="store_true",
+                     help="estimate translation only (rotation_deg is then null: not estimated)")
     reg.add_argument("--field", choices=("auto", "detect", "none"), default="auto",
-                     help="radiation-field detection (its edge is excluded from the match)")
-    reg.add_argument("--field-margin-mm", type=float, default=3.0)
+                     help="radiation-field detection; its edge is excluded from the match (auto: in portal images, "
+                          "not in DRRs)")
+    reg.add_argument("--field-margin-mm", metavar="MM", type=float, default=3.0,
+                     help="band each side of the field edge left out of the match (mm)")
+    reg.add_argument("--allow-view-mismatch", action="store_true",
+                     help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
+                          "reference's, when intended; without it such a result is not ok")
 
-    info = sub.add_parser("info", help="print what portalign understood of an RT Image")
-    info.add_argument("file")
-    info.add_argument("--json", action="store_true")
-    info.add_argument("--pixel-spacing-mm", type=float, default=None, help="isocentre-plane spacing if the file has none")
-    info.add_argument("--sid-mm", type=float, default=None, help="source-imager distance if the file has none")
-    info.add_argument("--sad-mm", type=float, default=None, help="source-axis distance if the file has none")
+    info = command("info", "print what portalign understood of an RT Image")
+    info.add_argument("file", help="DICOM RT Image (or CR/DX projection image)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--frame-index", metavar="K", type=int, default=None,
+                      help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
+    info.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
+                      help="isocentre-plane spacing if the file has none (default: from the file)")
+    info.add_argument("--sid-mm", metavar="MM", type=float, default=None,
+                      help="source-imager distance if the file has none (default: from the file)")
+    info.add_argument("--sad-mm", metavar="MM", type=float, default=None,
+                      help="source-axis distance if the file has none (default: from the file)")
+    add_invert_argument(info)
 
-    demo = sub.add_parser("demo", help="render a phantom DRR and a displaced MV frame, register them, compare with the truth")
+    demo = command("demo", "render a phantom DRR and a displaced MV frame, register them, compare with the truth")
     demo.add_argument("--out", default=None, help="folder for the DICOM pair and the overlay (default: a temporary folder)")
-    demo.add_argument("--json", action="store_true")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
 
-    backends = sub.add_parser("backends", help="which compute backends run here, and which one auto picks (and why)")
-    backends.add_argument("--json", action="store_true")
+    backends = command("backends", "which compute backends run here, and which one auto picks (and why)")
+    backends.add_argument("--json", action="store_true", help="print one JSON object")
 
-    bench = sub.add_parser("bench", help="benchmarks against peers (from a source checkout; same as python -m bench)")
+    bench = command("bench", "benchmarks against peers (from a source checkout; same as python -m bench)")
     try:
         _bench_cli().add_arguments(bench)
     except PortalignError as exc:
         bench.set_defaults(plugin_error=str(exc))
-        bench.add_argument("rest", nargs=argparse.REMAINDER)
+    except ImportError as exc:  # a peer library imported at parser time: never let it break the other commands
+        bench.set_defaults(plugin_error=str(MissingDependencyError.for_module(exc.name or "", "portalign bench")))
 
     for name, (module, text) in PLUGIN_COMMANDS.items():
-        cmd = sub.add_parser(name, help=text)
+        cmd = command(name, text)
         cmd.set_defaults(plugin=module)
+        if command_name is not None and command_name != name:
+            continue  # not the one that runs: its options are not needed
         try:
             importlib.import_module(module).add_arguments(cmd)
-        except ImportError as exc:  # an optional extra (fastapi, pynetdicom) is missing: say so when used
-            cmd.set_defaults(plugin_error=f"portalign {name} needs an optional dependency: {exc} "
-                                          "(pip install 'portalign[service]')")
-            cmd.add_argument("rest", nargs=argparse.REMAINDER)
+        except ImportError as exc:  # an optional extra (fastapi, pynetdicom) is missing: say which, whatever the arguments
+            missing = exc.name or module
+            cmd.set_defaults(plugin_error=str(MissingDependencyError.for_module(missing, f"portalign {name}")))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # the subcommand is the first word that is not an option (`--version` / `--help` have none)
+    chosen = next((word for word in words if not word.startswith("-")), "")
+    parser = build_parser(chosen)
+    args, unknown = parser.parse_known_args(words)
+    subparser = getattr(args, "subparser", parser)
+    if getattr(args, "plugin_error", None):  # before the arguments: they cannot be checked without the module
+        print(f"portalign: error: {args.plugin_error}", file=sys.stderr)
+        return 2
+    if unknown:  # a typo in a subcommand's option: that subcommand's usage, not the top level's
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if getattr(args, "plugin_error", None):
-            raise PortalignError(args.plugin_error)
         if getattr(args, "plugin", None):
             return int(importlib.import_module(args.plugin).run(args))
         return int(COMMANDS[args.command](args))
     except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
         return 0
     except PortalignError as exc:
-        print(f"portalign: error: {_as_options(str(exc))}", file=sys.stderr)
+        print(f"portalign: error: {as_flags(str(exc), subparser)}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:
         print(f"portalign: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _as_options(message: str) -> str:
-    """Name the command-line options where the engine's message names keyword arguments."""
-    for keyword, option in (("pixel_spacing_mm=", "--pixel-spacing-mm"), ("sid_mm=", "--sid-mm"), ("sad_mm=", "--sad-mm")):
-        message = message.replace(keyword, option)
-    return message
-
-
 def _bench_cli() -> Any:
     """Return ``bench.cli`` from the source checkout this package runs from (bench/ is not installed)."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "bench" / "cli.py").is_file() and str(root) not in sys.path:
+    root = SOURCE_ROOT
+    if not (root / "bench" / "cli.py").is_file():
+        raise PortalignError("portalign bench needs a source checkout of portalign (bench/ is not installed) and "
+                             'the bench extra: in the checkout, pip install -e ".[bench]" and run python -m bench')
+    if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
         from bench import cli as bench_cli  # type: ignore[import-not-found]
-    except ImportError:
-        raise PortalignError("portalign bench needs a source checkout (bench/ is not installed): "
-                             "run python -m bench from the repository root") from None
+    except ImportError as exc:
+        raise MissingDependencyError.for_module(exc.name or "", "portalign bench") from None
     return bench_cli
 
 
@@ -157,16 +207,18 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise PortalignError(f"{path}: cannot be read as a .npy array ({exc})") from exc
+        if args.invert and np.ndim(array) == 2 and np.issubdtype(np.asarray(array).dtype, np.number):
+            array = np.max(array) - np.asarray(array, dtype=np.float64)
         return Image.from_array(array, pixel_spacing_mm=args.pixel_spacing_mm, name=Path(path).name)
     from .dicom import read_rt_image
 
     return read_rt_image(path, frame=frame_index, pixel_spacing_mm=args.pixel_spacing_mm, sid_mm=args.sid_mm,
-                         sad_mm=args.sad_mm)
+                         sad_mm=args.sad_mm, invert=args.invert)
 
 
 def _register(args: argparse.Namespace) -> int:
     from .options import RegistrationOptions
-    from .reference import prepare_reference
+    from .registration import prepare_reference
 
     if args.repeat < 0:
         raise PortalignError(f"--repeat must be 0 or more, got {args.repeat}")
@@ -177,30 +229,56 @@ def _register(args: argparse.Namespace) -> int:
         estimate_rotation=not args.no_rotation,
         field=args.field,
         field_margin_mm=args.field_margin_mm,
+        allow_view_mismatch=args.allow_view_mismatch,
     )
     reference_image = _load(args.reference, args)
     frame = _load(args.frame, args, frame_index=args.frame_index)
     reference = prepare_reference(reference_image, options, backend=args.backend)
     result = reference.register(frame)
-    extra: dict[str, Any] = {"first_frame_ms": result.elapsed_ms}
+    extra: dict[str, Any] = {"first_frame_ms": result.elapsed_ms, "frames_timed": 1}
     if args.repeat:
         times = [reference.register(frame).elapsed_ms for _ in range(args.repeat)]
         ordered = sorted(times)
         extra.update(
             repeat=args.repeat,
+            frames_timed=args.repeat,
             elapsed_ms_p99=ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))],
             elapsed_ms_min=ordered[0],
         )
-        from dataclasses import replace
-
         result = replace(result, elapsed_ms=statistics.median(times))
+    # CLI users read flags, not Python keywords
+    result = replace(result, reason=as_flags(result.reason, args.subparser),
+                     warnings=[as_flags(w, args.subparser) for w in result.warnings])
+    failures: list[str] = []
+    notes: list[str] = []
     if args.overlay:
-        from .overlay import write_overlay
+        extra["overlay"] = None
+        try:
+            from .overlay import write_overlay
 
-        write_overlay(args.overlay, reference_image, frame, result)
-        extra["overlay"] = str(args.overlay)
+            extra["overlay"] = str(write_overlay(args.overlay, reference_image, frame, result))
+        except (PortalignError, OSError, ValueError) as exc:
+            failures.append(f"--overlay {args.overlay}: not written: {_one_line(exc)}")
+    if args.reg:
+        extra["reg"] = None
+        if not result.ok:
+            notes.append(f"--reg {args.reg}: not written: the result is not ok ({result.reason})")
+        else:
+            try:
+                from .reg import write_spatial_registration
+
+                ds = write_spatial_registration(args.reg, result, reference_image, frame,
+                                                patient_position=args.patient_position)
+                extra["reg"] = str(args.reg)
+                extra["reg_warnings"] = list(ds.portalign_warnings)
+            except (PortalignError, OSError, ValueError) as exc:
+                failures.append(f"--reg {args.reg}: not written: {as_flags(_one_line(exc), args.subparser)}")
     _print_result(result, extra, args.json)
-    return 0
+    for note in notes:
+        print(f"portalign: {note}", file=sys.stderr)
+    for failure in failures:
+        print(f"portalign: error: {failure}", file=sys.stderr)
+    return EXIT_ERROR if failures else 0
 
 
 def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
@@ -210,35 +288,132 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(payload, default=_plain))
         return
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
-    print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   rotation = {result.rotation_deg:+.2f} deg   {status}")
-    print(f"score {result.score:.3f}  method {result.method}  backend {result.backend}  {result.elapsed_ms:.2f} ms")
+    rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {result.rotation_deg:+.2f} deg"
+    print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   {status}")
+    print(f"score {result.score:.3f}  method {result.method}  backend {result.backend}")
+    print(f"time: {_timing_text(result.elapsed_ms, extra)}")
     for warning in result.warnings:
         print(f"warning: {warning}")
+    if extra.get("overlay"):
+        print(f"review picture: {extra['overlay']}")
+    if extra.get("reg"):
+        print(f"DICOM REG: {extra['reg']}")
+        for warning in extra.get("reg_warnings", []):
+            print(f"REG warning: {warning}")
+
+
+def _timing_text(elapsed_ms: float, extra: dict[str, Any]) -> str:
+    first = extra.get("first_frame_ms", elapsed_ms)
+    frames = extra.get("frames_timed", 1)
+    if frames > 1:
+        return (f"{elapsed_ms:.2f} ms, median of {frames} frames; first frame {first:.0f} ms "
+                "(compile / cache load and plan building)")
+    return (f"{first:.0f} ms for the only frame, the first of its geometry (includes compile / cache load and plan "
+            "building; --repeat N gives the steady-state median)")
 
 
 def _info(args: argparse.Namespace) -> int:
     from .dicom import describe
 
-    info = describe(args.file, pixel_spacing_mm=args.pixel_spacing_mm, sid_mm=args.sid_mm, sad_mm=args.sad_mm)
+    image = _load(args.file, args, frame_index=args.frame_index)
+    info = describe(image)
+    info.update(_understood(image))
     if args.json:
         print(json.dumps(info, default=_plain))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {value}")
+        return 0
+    for key, value in info.items():
+        if key in ("notes", "dicom_warnings", "intensity_note", "angles_note"):
+            continue
+        print(f"{key}: {_rounded(value)}")
+    for key in ("angles_note", "intensity_note"):
+        if info.get(key):
+            print(f"note: {info[key]}")
+    for key in ("notes", "dicom_warnings"):
+        for line in info.get(key) or []:
+            print(f"note: {line}")
     return 0
+
+
+def _understood(image: Any) -> dict[str, Any]:
+    """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
+    from .field import detect_field
+
+    info = image.info
+    kvp = info.extra.get("kvp")
+    if info.kind == "drr":
+        nature = "DRR (rendered from the planning CT)"
+    elif kvp is not None and kvp < 1000:
+        nature = f"kV image ({kvp:g} kVp) through the imaging beam, not the treatment beam"
+    elif info.kind == "portal":
+        # Varian writes the MV energy as KVP (6000 for 6 MV)
+        nature = f"portal image ({kvp / 1000:g} MV treatment beam)" if kvp else "portal image (MV treatment beam)"
+    else:
+        nature = "projection image of unknown kind"
+    small, factor = _reduced(image.pixels)
+    field = detect_field(small)
+    out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
+    if nature.startswith("kV"):
+        out["kind"] = "kv"  # registered like a portal image (its field is detected), but not called one
+    if field.detected and field.box_px is not None:
+        c0, c1, r0, r1 = field.box_px
+        x0, y0 = image.pixel_to_mm(c0 * factor + (factor - 1) / 2, r0 * factor + (factor - 1) / 2)
+        x1, y1 = image.pixel_to_mm(c1 * factor + (factor - 1) / 2, r1 * factor + (factor - 1) / 2)
+        out["field_box_mm"] = [float(x0), float(x1), float(y0), float(y1)]
+        out["field"] = (f"x {float(x0):.1f}..{float(x1):.1f} mm, y {float(y0):.1f}..{float(y1):.1f} mm "
+                        "from the beam axis at the isocentre plane")
+    else:
+        out["field"] = "no field edge found (the field covers the image, or this is a DRR)"
+    # a portal image shows the field bright (more radiation reached the imager); a dark field means inverted values
+    out["likely_inverted"] = bool(field.detected and not field.field_is_bright and info.kind == "portal")
+    out["intensity_note"] = (
+        "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
+        "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")
+    missing = [name for name in ("gantry_deg", "collimator_deg", "couch_deg") if getattr(info, name) is None]
+    out["angles_note"] = (
+        f"{', '.join(missing)} null: the file does not carry {'it' if len(missing) == 1 else 'them'} "
+        "(GantryAngle, BeamLimitingDeviceAngle, PatientSupportAngle); views are then not compared on "
+        f"{'it' if len(missing) == 1 else 'them'}" if missing else "")
+    return out
+
+
+def _reduced(pixels: np.ndarray, max_pixels: int = 256) -> tuple[np.ndarray, int]:
+    """Box-average by powers of two to at most ``max_pixels`` a side (field detection works on a small level)."""
+    img = pixels.astype(np.float64)
+    factor = 1
+    while max(img.shape) > max_pixels and min(img.shape) >= 32:
+        r, c = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+        img = 0.25 * (img[0:r:2, 0:c:2] + img[1:r:2, 0:c:2] + img[0:r:2, 1:c:2] + img[1:r:2, 1:c:2])
+        factor *= 2
+    return img, factor
+
+
+def _rounded(value: Any) -> Any:
+    """Values as a reader wants them: 3 decimals at most, None (or an empty text) as 'unknown'."""
+    if value is None or value == "":
+        return "unknown"
+    if isinstance(value, float):
+        return f"{round(value, 3):g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(_rounded(v)) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_rounded(v)}" for k, v in value.items()) + "}"
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _backends(args: argparse.Namespace) -> int:
     import numba
 
-    from .backend import cpu_backend, select_backend
-    from .gpu import gpu_status
+    from .backends import cpu_backend, gpu_status, select_backend
 
     cpu = cpu_backend()
     threads = f"numba {numba.__version__}, {numba.get_num_threads()} threads"
     gpu_ok, gpu_detail = gpu_status()
     auto = select_backend("auto")
-    report = {
+    report: dict[str, dict[str, Any]] = {
         "cpu": {"available": True, "device": f"{cpu.device}; {threads}"},
         "gpu": {"available": gpu_ok, "device" if gpu_ok else "reason": gpu_detail},
         "auto": {"backend": auto.name, "reason": auto.fallback_reason or auto.device},
@@ -255,7 +430,7 @@ def _backends(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import make_demo_pair, write_rt_image
     from .dicom import read_rt_image
-    from .reference import prepare_reference
+    from .registration import prepare_reference
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="portalign-demo-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -269,24 +444,23 @@ def _demo(args: argparse.Namespace) -> int:
     result = prepared.register(frame_image)  # first frame: includes compilation unless cached
     first_ms = result.elapsed_ms
     times = [prepared.register(frame_image).elapsed_ms for _ in range(20)]
-    from dataclasses import replace
-
     result = replace(result, elapsed_ms=statistics.median(times))
-    overlay = None
+    overlay, overlay_error = None, None
     try:
         from .overlay import write_overlay
 
         overlay = write_overlay(out / "overlay.png", ref_image, frame_image, result)
-    except PortalignError:
-        pass  # matplotlib not installed: the registration is the point
+    except PortalignError as exc:  # matplotlib not installed: the registration is the point, but say so
+        overlay_error = str(exc)
     truth_2d = {k: truth[k] for k in ("dx_mm", "dy_mm", "rotation_deg")}
     payload = {
         "reference": str(ref_path),
         "frame": str(frame_path),
         "overlay": str(overlay) if overlay else None,
+        "overlay_error": overlay_error,
         "truth": truth_2d,
         "error_mm": float(np.hypot(result.dx_mm - truth["dx_mm"], result.dy_mm - truth["dy_mm"])),
-        "error_deg": abs(result.rotation_deg - truth["rotation_deg"]),
+        "error_deg": None if result.rotation_deg is None else abs(result.rotation_deg - truth["rotation_deg"]),
         "first_frame_ms": first_ms,
         "render_s": render_s,
         "result": result.as_dict(),
@@ -297,11 +471,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"phantom pair written to {out}")
     print(f"truth:  dx = {truth['dx_mm']:+.2f} mm   dy = {truth['dy_mm']:+.2f} mm   rotation = {truth['rotation_deg']:+.2f} deg "
           "(at the isocentre plane; anatomy off that plane moves a little more or less: parallax)")
-    _print_result(result, {}, False)
-    print(f"error {payload['error_mm']:.2f} mm, {payload['error_deg']:.2f} deg; first frame {first_ms:.0f} ms (JIT), "
-          f"median of 20 frames {result.elapsed_ms:.2f} ms")
+    _print_result(result, {"first_frame_ms": first_ms, "frames_timed": len(times)}, False)
+    error_deg = "rotation not estimated" if payload["error_deg"] is None else f"{payload['error_deg']:.2f} deg"
+    print(f"error {payload['error_mm']:.2f} mm, {error_deg}")
     if overlay:
         print(f"review picture: {overlay}")
+    else:
+        print(f"review picture not written: {overlay_error}")
     return 0
 
 

@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._cli_options import add_invert_argument, as_flags
 from .errors import GeometryError, PortalignError
 from .image import Image, as_image
 from .options import RegistrationOptions
@@ -218,8 +219,9 @@ class View:
         Gantry angle of the view.
     dx_mm, dy_mm : float
         2-D displacement at the isocentre plane (the registration contract).
-    rotation_deg : float
-        In-plane rotation of the 2-D result.
+    rotation_deg : float or None
+        In-plane rotation of the 2-D result; ``None`` when it was not estimated
+        (pitch, roll and yaw that need it are then not estimated either).
     ok : bool
         Whether the 2-D result is trusted; ``reason`` says why not.
     reason : str
@@ -236,7 +238,7 @@ class View:
     gantry_deg: float
     dx_mm: float
     dy_mm: float
-    rotation_deg: float = 0.0
+    rotation_deg: float | None = 0.0
     ok: bool = True
     reason: str = ""
     couch_deg: float = 0.0
@@ -289,7 +291,7 @@ class View:
             gantry_deg=gantry,
             dx_mm=float(result.dx_mm),
             dy_mm=float(result.dy_mm),
-            rotation_deg=float(result.rotation_deg),
+            rotation_deg=None if result.rotation_deg is None else float(result.rotation_deg),
             ok=bool(result.ok),
             reason=result.reason,
             couch_deg=couch,
@@ -426,7 +428,7 @@ def solve_couch_shift(
     rows, measured, beams = [], [], []
     for i, view in enumerate(views):
         values = (view.dx_mm, view.dy_mm, view.rotation_deg)
-        if not all(math.isfinite(v) for v in values):
+        if not all(v is None or math.isfinite(v) for v in values) or values[0] is None or values[1] is None:
             raise GeometryError(f"view {view.label or i}: non-finite registration result {values!r}")
         axes = image_axes(view.gantry_deg, couch_deg=view.couch_deg, image_rotation_deg=view.image_rotation_deg)
         rows.append(axes[:2])
@@ -448,7 +450,11 @@ def solve_couch_shift(
     d, *_ = np.linalg.lstsq(a, m, rcond=None)
     predicted = (a @ d).reshape(-1, 2)
 
-    rotation = _rotation_estimate(np.array(beams), np.array([v.rotation_deg for v in views]))
+    # only views whose in-plane rotation was measured constrain the 3-D rotation
+    rotated = [i for i, v in enumerate(views) if v.rotation_deg is not None]
+    rotation = _rotation_estimate(np.array(beams)[rotated].reshape(-1, 3),
+                                  np.array([views[i].rotation_deg for i in rotated], dtype=np.float64))
+    unmeasured = [v.label or f"view {i}" for i, v in enumerate(views) if v.rotation_deg is None]
 
     reasons: list[str] = []
     warnings: list[str] = []
@@ -476,7 +482,11 @@ def solve_couch_shift(
             "ok": view.ok,
             "reason": view.reason,
         })
-    if rotation["roll"] is None:
+    if unmeasured:
+        missing = [k for k, v in rotation.items() if v is None]
+        warnings.append(f"in-plane rotation not estimated for {', '.join(unmeasured)}: "
+                        f"{', '.join(missing) or 'no rotation'} not estimated from the remaining views")
+    elif rotation["roll"] is None:
         warnings.append("roll (rotation about the longitudinal axis) is not observable from the in-plane rotations "
                         "of these views; not estimated")
 
@@ -494,7 +504,8 @@ def solve_couch_shift(
             key: float(d[AXES.index(axis)]) for key, axis in _TOLERANCE_AXES.items()
         }
         measured_values["vec"] = float(np.linalg.norm(d))
-        measured_values["rot"] = max(abs(v.rotation_deg) for v in views)
+        # the largest in-plane rotation is known only when every view measured one
+        measured_values["rot"] = None if unmeasured else max(abs(v.rotation_deg or 0.0) for v in views)
         measured_values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
         within = tolerance.check(measured_values)
         all_within = not any(flag is False for flag in within.values())
@@ -524,6 +535,8 @@ def solve_couch_shift(
 
 def _rotation_estimate(beams: np.ndarray, thetas: np.ndarray) -> dict[str, float | None]:
     """First-order rotation vector from in-plane rotations: ``theta_v = b_v . w``."""
+    if len(thetas) == 0:  # no view measured a rotation: none can be estimated
+        return {"pitch": None, "roll": None, "yaw": None}
     u, s, vt = np.linalg.svd(beams, full_matrices=False)
     # Directions the beams span well enough: singular values of a pair 10 deg apart or more.
     keep = s > math.sqrt(1.0 - math.cos(math.radians(DEFAULT_MIN_SEPARATION_DEG)))
@@ -619,6 +632,10 @@ def _angle_of(frame: Image, reference: Image | None, attribute: str, warnings: l
     return None if value is None else float(value)
 
 
+def _rotation_text(value: float | None) -> str:
+    return "not estimated" if value is None else f"{value:+5.2f}"
+
+
 def _deg(angle: float) -> str:
     """Format an angle for messages: 89.9967 -> '90', 0.0066 -> '0'."""
     return f"{round(float(angle), 1) + 0.0:g}"
@@ -655,15 +672,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HFS, FFS, HFP or FFP (default: the frames' PatientPosition)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--tolerance", default=None, metavar="SPEC",
-                       help="action levels, e.g. lat=2,lng=2,vrt=2,rot=1 (mm, degrees)")
-    group.add_argument("--tolerance-file", default=None, metavar="TOML", help="action levels from a TOML file")
+                       help="action levels, e.g. lat=2,lng=2,vrt=2,rot=1 (mm, degrees; default: none checked)")
+    group.add_argument("--tolerance-file", default=None, metavar="TOML",
+                       help="action levels from a TOML file (default: none checked)")
     parser.add_argument("--max-residual-mm", type=float, default=DEFAULT_MAX_RESIDUAL_MM,
                         help="largest accepted disagreement of a view with the 3-D solution (mm)")
     parser.add_argument("--image-follows-collimator", action="store_true",
                         help="the images turn with the collimator (vendor-specific; DICOM says they do not)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
+                        help="compute backend (auto: the GPU when one works here, else the CPU)")
+    parser.add_argument("--allow-view-mismatch", action="store_true",
+                        help="accept a frame whose gantry, collimator or couch angle differs from its reference's")
+    add_invert_argument(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
-                        help="also write a DICOM Spatial Registration (REG) object of the 3-D result")
+                        help="also write a DICOM Spatial Registration (REG) object of the 3-D result (default: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -677,9 +699,12 @@ def run(args: argparse.Namespace) -> int:
             tolerance = load_tolerance(args.tolerance_file)
         from .dicom import read_rt_image
 
-        pairs = [(read_rt_image(ref), read_rt_image(frame)) for ref, frame in args.pair]
+        invert = getattr(args, "invert", None)
+        pairs = [(read_rt_image(ref, invert=invert), read_rt_image(frame, invert=invert)) for ref, frame in args.pair]
+        options = RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)))
         couch, _ = register_views(
             pairs,
+            options,
             backend=args.backend,
             patient_position=args.patient_position,
             tolerance=tolerance,
@@ -692,7 +717,7 @@ def run(args: argparse.Namespace) -> int:
             write_spatial_registration(args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs],
                                        patient_position=args.patient_position)
     except PortalignError as exc:
-        print(f"portalign couch: error: {exc}", file=sys.stderr)
+        print(f"portalign couch: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     if args.json:
         print(couch.as_json())
@@ -712,10 +737,10 @@ def _text_report(couch: CouchShift) -> str:
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{value:+7.2f} deg"))
     for view in couch.views:
         lines.append(f"  gantry {view['gantry_deg']:6.1f}: dx {view['dx_mm']:+6.2f} dy {view['dy_mm']:+6.2f} "
-                     f"rot {view['rotation_deg']:+5.2f}  residual {view['residual_mm']:.2f} mm"
+                     f"rot {_rotation_text(view['rotation_deg'])}  residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if couch.within_tolerance:
-        flags = ", ".join(f"{k} {'within' if v else ('n/a' if v is None else 'OUTSIDE')}"
+        flags = ", ".join(f"{k} {'within' if v else ('not estimated' if v is None else 'OUTSIDE')}"
                           for k, v in couch.within_tolerance.items())
         lines.append(f"tolerance: {flags}")
     lines.append("ok" if couch.ok else f"NOT OK: {couch.reason}")

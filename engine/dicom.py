@@ -278,7 +278,7 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         ``source, modality, kind, rows, cols, frames, frame_index,
         imager_spacing_mm, isocentre_spacing_mm, sid_mm, sad_mm, magnification,
         beam_axis_px, beam_axis_source, gantry_deg, collimator_deg, couch_deg,
-        patient_position, sop_instance_uid, series_instance_uid,
+        patient_position, acquisition_date, kvp, sop_instance_uid, series_instance_uid,
         frame_of_reference_uid, referenced_rt_plan_uid, referenced_beam_number,
         rt_image_label, planned_jaws_mm, planned_jaws_iec_mm,
         planned_field_corners_mm, planned_mlc, transfer_syntax,
@@ -310,6 +310,8 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         "collimator_deg": info.collimator_deg,
         "couch_deg": info.couch_deg,
         "patient_position": info.patient_position,
+        "acquisition_date": extra.get("acquisition_date"),
+        "kvp": extra.get("kvp"),
         "sop_instance_uid": info.sop_instance_uid,
         "series_instance_uid": info.series_instance_uid,
         "frame_of_reference_uid": info.frame_of_reference_uid,
@@ -977,6 +979,16 @@ def _common_extra(
         value = _text(ds, keyword)
         if value:
             extra[key] = value
+    # when the image was taken (the review picture shows it) and with which beam: a kVp means a kV image
+    for keyword in ("AcquisitionDate", "ContentDate", "InstanceCreationDate", "StudyDate"):
+        if _text(ds, keyword):
+            extra["acquisition_date"] = _text(ds, keyword)
+            extra["acquisition_time"] = _text(ds, keyword.replace("Date", "Time")) or None
+            break
+    exposures = _sequence(ds, "ExposureSequence")
+    kvp = _float(ds, "KVP") or (_float(exposures[0], "KVP") if exposures else None)
+    if kvp is not None:
+        extra["kvp"] = kvp
     isocentre = _floats(ds, "IsocenterPosition", minimum=3)
     if isocentre is not None:
         extra["isocenter_position_mm"] = isocentre

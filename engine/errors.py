@@ -13,7 +13,26 @@ __all__ = [
     "GeometryError",
     "BackendUnavailableError",
     "ReferencePreparationError",
+    "MissingDependencyError",
+    "EXTRAS",
 ]
+
+#: Optional dependency (top-level import name) -> the pyproject extra that installs it.
+EXTRAS = {
+    "fastapi": "service",
+    "uvicorn": "service",
+    "starlette": "service",
+    "httpx": "service",
+    "pynetdicom": "service",
+    "matplotlib": "overlay",
+    "SimpleITK": "bench",
+    "itk": "bench",
+    "cv2": "bench",
+    "skimage": "bench",
+    "cupy": "gpu-cuda12",
+    "dask": "archive",
+    "distributed": "archive",
+}
 
 
 class PortalignError(Exception):
@@ -34,3 +53,23 @@ class BackendUnavailableError(PortalignError, RuntimeError):
 
 class ReferencePreparationError(PortalignError, ValueError):
     """A reference image cannot be prepared (no structure, wrong shape, ...)."""
+
+
+class MissingDependencyError(PortalignError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+    @classmethod
+    def for_module(cls, module: str, what: str) -> MissingDependencyError:
+        """Return the error for ``what`` (``"portalign serve"``) needing the missing ``module``.
+
+        The message names the pip command: ``pip install "portalign[service]"``.
+        """
+        top = (module or "").split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra == "gpu-cuda12":
+            fix = 'pip install "portalign[gpu-cuda12]" (or "portalign[gpu-cuda13]" for CUDA 13)'
+        elif extra:
+            fix = f'pip install "portalign[{extra}]"'
+        else:
+            fix = f"pip install {top}" if top else "reinstall portalign"
+        return cls(f"{what} needs {top or 'an optional dependency'}, which is not installed: {fix}")

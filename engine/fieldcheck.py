@@ -1,6 +1,6 @@
 """Field placement: where the radiation field was delivered, against where it was planned.
 
-The anatomy match (:mod:`portalign.optimiser`) excludes the field edge on
+The anatomy match (:mod:`portalign.registration`) excludes the field edge on
 purpose: the aperture is fixed to the gantry, the patient is not. This module
 measures the aperture itself, so that a field placement error (jaws, EPID or
 collimator calibration) is reported separately from the patient displacement.
@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ._cli_options import add_invert_argument
 from .errors import PortalignError, PortalImageError
 from .image import Image, as_image
 from .result import RegistrationResult
@@ -447,6 +448,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-anatomy", action="store_true",
                         help="also register the anatomy and report it relative to the delivered field")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_invert_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -455,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
         from . import register
         from .dicom import read_rt_image
 
-        reference, frame = read_rt_image(args.reference), read_rt_image(args.frame)
+        invert = getattr(args, "invert", None)
+        reference, frame = read_rt_image(args.reference, invert=invert), read_rt_image(args.frame, invert=invert)
         result = register(reference, frame) if args.with_anatomy else None
         report = field_placement(reference, frame, result=result, planned=args.planned,
                                  tolerance_mm=args.tolerance_mm)

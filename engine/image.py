@@ -216,6 +216,16 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
     return pixels
 
 
+def check_frame_pixels(frame: Image) -> None:
+    """Raise :class:`PortalImageError` when an image's pixels are unusable (NaN, constant)."""
+    pixels = frame.pixels
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PortalImageError(f"{frame.info.source}: pixels contain NaN or infinity")
+    if lo == hi:
+        raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")
+
+
 def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[float, float] | None = None) -> Image:
     """Accept an :class:`Image`, a DICOM path/dataset or an array and return an :class:`Image`.
 

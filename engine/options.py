@@ -62,6 +62,15 @@ class RegistrationOptions:
         Edge-correlation score below which a match is not trusted.
     agreement_mm : float
         ``auto`` only: largest allowed distance between the edge and the MI optimum.
+    view_tolerance_deg : float
+        Largest difference (degrees, wrap-around aware: 359 and 1 are 2 apart) between the
+        reference's and the frame's gantry, collimator and patient support (couch) angles,
+        IEC 61217; beyond it the two images show different views and the result is not ``ok``.
+        Angles that either image lacks are not compared.
+    allow_view_mismatch : bool
+        Register views that differ (angles beyond ``view_tolerance_deg``, different
+        source-axis distance) as if they matched, when that is intended; the differences
+        are still recorded in ``details["view"]`` and ``warnings``.
     """
 
     method: str = "auto"
@@ -79,6 +88,8 @@ class RegistrationOptions:
     ambiguity_ratio: float = 0.92
     min_score: float = 0.05
     agreement_mm: float = 1.5
+    view_tolerance_deg: float = 3.0
+    allow_view_mismatch: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -91,6 +102,7 @@ class RegistrationOptions:
             "coarse_spacing_mm": self.coarse_spacing_mm,
             "rotation_step_deg": self.rotation_step_deg,
             "agreement_mm": self.agreement_mm,
+            "view_tolerance_deg": self.view_tolerance_deg,
         }
         for name, value in positive.items():
             if not value > 0:

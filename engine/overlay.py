@@ -1,25 +1,30 @@
 """A review picture of a registration: what a physicist checks before trusting a shift.
 
 Left: the reference moved by the found pose, in a checkerboard with the frame
-(edges must continue across the squares). Right: a colour overlay (reference
+(edges must continue across the squares; the squares at the beam axis are
+lettered R for reference and F for frame). Right: a colour overlay (reference
 in magenta, frame in green; matched anatomy turns grey). Both show the field
-outline found in the frame and, in the title, the shift, the rotation, the
-score and whether the result is ``ok``.
+outline found in the frame, the beam axis (+) and the patient (or IEC 61217)
+direction of each image edge. The title names both files with their gantry
+angle and acquisition date, then the shift, the rotation ("rotation not
+estimated" when it was not), the score and whether the result is ``ok``.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from .errors import PortalignError
+from .couch import PATIENT_TO_IEC, image_axes
+from .errors import MissingDependencyError
 from .image import Image
-from .reference import pose_affines
+from .registration import pose_affines
 from .result import RegistrationResult
 
-__all__ = ["write_overlay", "reference_on_frame_grid"]
+__all__ = ["write_overlay", "reference_on_frame_grid", "edge_labels"]
 
 
 def reference_on_frame_grid(reference: Image, frame: Image, result: RegistrationResult) -> np.ndarray:
@@ -30,7 +35,8 @@ def reference_on_frame_grid(reference: Image, frame: Image, result: Registration
     """
     from portalign.kernels import cpu
 
-    pose = np.array([[result.dx_mm, result.dy_mm, math.radians(result.rotation_deg)]])
+    rotation = result.rotation_deg or 0.0  # not estimated: the translation was found with the rotation held at 0
+    pose = np.array([[result.dx_mm, result.dy_mm, math.radians(rotation)]])
     affine = pose_affines(pose, frame.beam_axis_px, frame.spacing_mm, reference.beam_axis_px, reference.spacing_mm)[0]
     out = np.empty(frame.shape, dtype=np.float32)
     cpu.warp_bilinear(reference.pixels, affine, np.nan, out)
@@ -61,7 +67,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise PortalignError("--overlay needs matplotlib: pip install 'portalign[overlay]'") from exc
+        raise MissingDependencyError.for_module(exc.name or "matplotlib", "--overlay (the review picture)") from None
     path = Path(path)
     moved = reference_on_frame_grid(reference, frame, result)
     region = _field_region(frame, result.field_box_mm)
@@ -80,9 +86,9 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     checker = np.where(board & np.isfinite(ref_n), ref_n, frame_n)
     colour = np.stack([np.nan_to_num(ref_n, nan=0.0), frame_n, np.nan_to_num(ref_n, nan=0.0)], axis=-1)
     extent = _extent_mm(frame)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.5), constrained_layout=True)
     axes[0].imshow(checker, cmap="gray", extent=extent, interpolation="nearest")
-    axes[0].set_title("checkerboard: moved reference | frame")
+    axes[0].set_title("checkerboard: squares alternate moved reference (R) and frame (F)")
     axes[1].imshow(np.clip(colour, 0, 1), extent=extent, interpolation="nearest")
     axes[1].set_title("reference (magenta) over frame (green)")
     for ax in axes:
@@ -95,11 +101,23 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
             pad = max(10.0, 0.25 * max(x1 - x0, y1 - y0))
             ax.set_xlim(max(x0 - pad, extent[0]), min(x1 + pad, extent[1]))
             ax.set_ylim(min(y1 + pad, extent[2]), max(y0 - pad, extent[3]))
+    _label_squares(axes[0], frame, size, board)
+    labels = edge_labels(frame)
+    for ax in axes:
+        _label_edges(ax, labels)
+    meaning = ""
+    if labels is not None:
+        position = (frame.info.patient_position or "").strip().upper()
+        meaning = "   edge letters: " + (f"patient directions ({position})" if position in PATIENT_TO_IEC
+                                         else "IEC 61217 patient-support axes")
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
+    rotation = ("rotation not estimated" if result.rotation_deg is None
+                else f"rotation = {result.rotation_deg:+.2f} deg")
     fig.suptitle(
-        f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   rotation = {result.rotation_deg:+.2f} deg   "
-        f"score = {result.score:.3f} ({result.method}, {result.backend})\n{status}",
-        fontsize=11,
+        f"reference: {_describe(reference)}      frame: {_describe(frame)}\n"
+        f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   "
+        f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
+        fontsize=10,
         color="black" if result.ok else "red",
     )
     fig.savefig(path, dpi=90)
@@ -137,3 +155,78 @@ def _extent_mm(image: Image) -> tuple[float, float, float, float]:
     x0, y0 = image.pixel_to_mm(-0.5, -0.5)
     x1, y1 = image.pixel_to_mm(cols - 0.5, rows - 0.5)
     return float(x0), float(x1), float(y1), float(y0)
+
+
+def _describe(image: Image) -> str:
+    """File name, kind, gantry angle and acquisition date of an image, for the title."""
+    info = image.info
+    kind = {"drr": "DRR", "portal": "kV image" if info.extra.get("kvp") else "portal image"}.get(info.kind, "image")
+    gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {info.gantry_deg:.1f} deg"
+    date = info.extra.get("acquisition_date")
+    when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) >= 8 else "date unknown"
+    return f"{info.source} ({kind}, {gantry}, {when})"
+
+
+def edge_labels(image: Image) -> dict[str, str] | None:
+    """Name the direction each edge of the image points to, or ``None`` without a gantry angle.
+
+    The image axes in the room come from :func:`portalign.couch.image_axes` (gantry,
+    couch and receptor angles). With a known patient position (HFS, FFS, HFP, FFP)
+    the directions are the patient's (L/R, A/P, S/I, as in DICOM); otherwise the
+    IEC 61217 patient-support axes (X lateral, Y longitudinal towards the gantry,
+    Z vertical up).
+
+    Returns
+    -------
+    dict or None
+        ``{"left", "right", "top", "bottom"}``: image -x, +x, -y (rows upwards) and +y.
+    """
+    info = image.info
+    if info.gantry_deg is None:
+        return None
+    ex, ey, _ = image_axes(info.gantry_deg, couch_deg=info.couch_deg or 0.0,
+                           image_rotation_deg=float(info.extra.get("receptor_angle_deg") or 0.0))
+    position = (info.patient_position or "").strip().upper()
+    if position in PATIENT_TO_IEC:
+        to_lps = np.array(PATIENT_TO_IEC[position], dtype=np.float64).T  # lps = M^T iec
+        names = (("L", "R"), ("P", "A"), ("S", "I"))
+        convert = to_lps
+    else:
+        names = (("+X", "-X"), ("+Y", "-Y"), ("+Z", "-Z"))
+        convert = np.eye(3)
+
+    def name(vector: np.ndarray) -> str:
+        v = convert @ vector
+        # every component above sin(22.5 deg): an oblique gantry shows two letters
+        parts = [names[k][0 if v[k] > 0 else 1] for k in np.argsort(-np.abs(v)) if abs(v[k]) > 0.38]
+        return "".join(parts) if position in PATIENT_TO_IEC else " ".join(parts) + " (IEC)"
+
+    return {"left": name(-ex), "right": name(ex), "top": name(-ey), "bottom": name(ey)}
+
+
+def _label_edges(ax, labels: dict[str, str] | None) -> None:  # type: ignore[no-untyped-def]
+    if labels is None:
+        ax.text(0.5, 0.01, "orientation unknown (no gantry angle)", transform=ax.transAxes, ha="center",
+                va="bottom", color="yellow", fontsize=8)
+        return
+    style = {"transform": ax.transAxes, "color": "yellow", "fontsize": 11, "fontweight": "bold",
+             "bbox": {"facecolor": "black", "alpha": 0.5, "pad": 1.5, "edgecolor": "none"}}
+    ax.text(0.01, 0.5, labels["left"], ha="left", va="center", **style)
+    ax.text(0.99, 0.5, labels["right"], ha="right", va="center", **style)
+    ax.text(0.5, 0.99, labels["top"], ha="center", va="top", **style)
+    ax.text(0.5, 0.01, labels["bottom"], ha="center", va="bottom", **style)
+
+
+def _label_squares(ax, frame: Image, size: int, board: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """Letter the checkerboard square at the beam axis and its right-hand neighbour: R reference, F frame."""
+    rows, cols = board.shape
+    col0 = int(min(max(frame.beam_axis_px[0], 0), cols - 1)) // size * size
+    row0 = int(min(max(frame.beam_axis_px[1], 0), rows - 1)) // size * size
+    for col in (col0, col0 + size):
+        if col >= cols:
+            continue
+        centre_col, centre_row = min(col + size / 2, cols - 1), min(row0 + size / 2, rows - 1)
+        x, y = frame.pixel_to_mm(centre_col, centre_row)
+        letter = "R" if board[int(centre_row), int(centre_col)] else "F"
+        ax.text(float(x), float(y), letter, color="cyan", fontsize=12, fontweight="bold", ha="center", va="center",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1.5, "edgecolor": "none"})

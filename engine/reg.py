@@ -142,7 +142,8 @@ def rigid_motion(result_or_couch: RegistrationResult | CouchShift, frame: Image 
     ex, ey, beam = image_axes(info.gantry_deg, couch_deg=info.couch_deg or 0.0,
                               image_rotation_deg=float(info.extra.get("receptor_angle_deg") or 0.0))
     r = result_or_couch
-    return _axis_rotation(beam, r.rotation_deg), r.dx_mm * ex + r.dy_mm * ey
+    # a rotation that was not estimated contributes none (the translation was found with it held at 0)
+    return _axis_rotation(beam, r.rotation_deg or 0.0), r.dx_mm * ex + r.dy_mm * ey
 
 
 def registration_matrix(
@@ -256,6 +257,8 @@ def write_spatial_registration(
             warnings.append("isocentre position unknown: taken as the patient-coordinate origin "
                             "(rotations are about that point)")
     matrix = registration_matrix(result_or_couch, frames[0], patient_position=position, isocentre_mm=isocentre_mm)
+    if isinstance(result_or_couch, RegistrationResult) and result_or_couch.rotation_deg is None:
+        warnings.append("in-plane rotation not estimated: the matrix carries the translation only")
 
     study = study_instance_uid or _first(everything, lambda i: i.info.extra.get("study_instance_uid"))
     if not study:
@@ -387,7 +390,8 @@ def _comment(result_or_couch: RegistrationResult | CouchShift) -> str:
         c = result_or_couch
         return f"portalign couch lat {c.lateral_mm:+.2f} lng {c.longitudinal_mm:+.2f} vrt {c.vertical_mm:+.2f} mm"
     r = result_or_couch
-    return f"portalign 2-D dx {r.dx_mm:+.2f} dy {r.dy_mm:+.2f} mm rot {r.rotation_deg:+.2f} deg"
+    rotation = "not estimated" if r.rotation_deg is None else f"{r.rotation_deg:+.2f} deg"
+    return f"portalign 2-D dx {r.dx_mm:+.2f} dy {r.dy_mm:+.2f} mm rot {rotation}"
 
 
 def _description(result_or_couch: RegistrationResult | CouchShift, warnings: list[str]) -> str:

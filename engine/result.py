@@ -27,8 +27,11 @@ class RegistrationResult:
     ----------
     dx_mm, dy_mm : float
         Translation at the isocentre plane (x along columns, y along rows).
-    rotation_deg : float
-        In-plane rotation, counter-clockwise from +x towards +y.
+    rotation_deg : float or None
+        In-plane rotation, counter-clockwise from +x towards +y; ``None`` (JSON
+        ``null``) when it was not estimated (``estimate_rotation=False``, or a usable
+        region too small to support it): the translation was then found with the
+        rotation held at 0, and ``warnings`` says why.
     ok : bool
         False when the match must not be trusted; ``reason`` says why.
     reason : str
@@ -60,7 +63,7 @@ class RegistrationResult:
 
     dx_mm: float
     dy_mm: float
-    rotation_deg: float
+    rotation_deg: float | None
     ok: bool
     reason: str = ""
     score: float = 0.0
@@ -77,11 +80,20 @@ class RegistrationResult:
     details: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
-    def correction(self) -> tuple[float, float, float]:
+    @property
+    def rotation_estimated(self) -> bool:
+        """Whether ``rotation_deg`` was measured (False: not estimated, ``None``)."""
+        return self.rotation_deg is not None
+
+    def correction(self) -> tuple[float, float, float | None]:
         """Return ``(dx_mm, dy_mm, rotation_deg)`` that moves the anatomy back onto the reference.
 
-        The inverse of ``p -> R p + d`` is ``p -> R^T p - R^T d``.
+        The inverse of ``p -> R p + d`` is ``p -> R^T p - R^T d``. When the rotation
+        was not estimated the translation was found with the rotation held at 0, so
+        the correction is the plain negated translation and its rotation is ``None``.
         """
+        if self.rotation_deg is None:
+            return (-self.dx_mm + 0.0, -self.dy_mm + 0.0, None)
         t = math.radians(self.rotation_deg)
         c, s = math.cos(t), math.sin(t)
         return (-(c * self.dx_mm + s * self.dy_mm), -(-s * self.dx_mm + c * self.dy_mm), -self.rotation_deg)

@@ -40,12 +40,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backend import BACKENDS, Backend, select_backend
-from .errors import PortalignError
+from ._cli_options import add_invert_argument
+from .backends import BACKENDS, Backend, select_backend
+from .errors import MissingDependencyError, PortalignError
 from .image import Image
 from .journal import Journal
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, prepare_reference
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -108,6 +109,9 @@ class InstanceRegistrar:
         ``"scp"`` or ``"watch"``: the ``source`` field of the journal lines.
     max_references : int
         Per-beam references kept; the least recently used is dropped beyond it.
+    invert : bool, optional
+        Passed to the reader of every received image (``--invert``): force or
+        forbid inverting the pixel values; the DICOM intensity sign by default.
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class InstanceRegistrar:
         backend: str | Backend = "auto",
         source: str = "scp",
         max_references: int = 64,
+        invert: bool | None = None,
     ) -> None:
         self.journal = journal
+        self.invert = invert
         self.options = options or RegistrationOptions()
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
         self.source = source
@@ -133,9 +139,11 @@ class InstanceRegistrar:
             if isinstance(reference, Reference):
                 self.configured = reference
             else:
+                from .dicom import read_rt_image
                 from .image import as_image
 
-                image = as_image(reference, name="reference")
+                image = (as_image(reference, name="reference") if isinstance(reference, Image)
+                         else read_rt_image(reference, invert=invert))
                 self.configured = prepare_reference(image, self.options, backend=self.backend)
             self.configured_uid = self.configured.image.info.sop_instance_uid
 
@@ -272,7 +280,7 @@ def _on_store(event: Any, registrar: InstanceRegistrar) -> Any:
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
-            images = read_rt_image_frames(dataset)
+            images = read_rt_image_frames(dataset, invert=registrar.invert)
         except Exception as exc:
             message = f"instance {request_uid or '(no UID)'}: cannot decode: {_one_line(exc)}"
             registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)
@@ -333,7 +341,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, metavar="RESULTS.jsonl",
                         help="journal: one JSON line per received frame (result or error)")
     parser.add_argument("--reference", metavar="REF.dcm",
-                        help="reference for frames whose beam has no reference of its own")
+                        help="reference for frames whose beam has no reference of its own "
+                             "(default: none; every beam's reference is sent first)")
+    add_invert_argument(parser)
     parser.add_argument("--ae-title", default="PORTALIGN", help="this SCP's AE title (default PORTALIGN)")
     parser.add_argument("--allow-ae", default="", metavar="A,B",
                         help="comma-separated calling AE titles allowed to send (default: any)")
@@ -344,8 +354,13 @@ def run(args: argparse.Namespace) -> int:
     """Run ``portalign scp`` until interrupted; returns the exit status."""
     journal = None
     try:
+        try:  # before anything is opened: without pynetdicom no results file is left behind
+            import pynetdicom  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError.for_module(exc.name or "pynetdicom", "portalign scp") from None
         journal = Journal(args.results)
-        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp")
+        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp",
+                                      invert=getattr(args, "invert", None))
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:

@@ -23,7 +23,11 @@ Images are sent as the request body, either
   ``X-Pixel-Spacing-Mm`` (isocentre plane; ``"0.4"`` or ``"0.4,0.4"`` for
   row,col); ``X-Beam-Axis-Px: col,row`` optionally (image centre otherwise).
 
-``X-Frame-Id`` names a frame in its result and in the journal.
+``X-Frame-Id`` names a frame in its result and in the journal. ``X-Invert: true``
+(or ``false``) forces (or forbids) inverting the pixel values of that image, as
+``--invert`` / ``--no-invert`` do for every image the server reads (Elekta iView
+files are stored inverted without an intensity sign tag); by default the DICOM
+intensity sign decides and raw pixels are kept.
 
 Errors come back as ``{"detail": "<message naming the input and the fix>",
 "error": "<kind>"}`` with 400 (malformed request: headers, sizes), 401 (token),
@@ -69,12 +73,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from . import __version__
-from .backend import BACKENDS, Backend, select_backend
+from ._cli_options import add_invert_argument
+from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PortalignError, ReferencePreparationError
 from .image import Image
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, prepare_reference
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -398,6 +403,7 @@ def create_app(
     journal: Journal | str | os.PathLike[str] | None = None,
     workers: int | None = None,
     warm_up: bool = False,
+    invert: bool | None = None,
 ) -> FastAPI:
     """Build the portalign HTTP application.
 
@@ -421,6 +427,9 @@ def create_app(
     warm_up : bool
         Compile the kernels at startup (one small synthetic registration) so that
         the first real frame is not slow.
+    invert : bool, optional
+        Force (True) or forbid (False) inverting the pixel values of every image
+        received; a request's ``X-Invert`` header overrides it.
 
     Returns
     -------
@@ -505,7 +514,7 @@ def create_app(
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
     async def upload_reference(request: Request, response: Response, frame: int | None = None) -> dict[str, Any]:
-        image = await _read_image(request, max_body_bytes, "reference", frame, in_pool)
+        image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)
         try:
             reference = await in_pool(prepare_reference, image, options, backend=chosen)
         except (ReferencePreparationError, GeometryError, ValueError) as exc:
@@ -539,7 +548,7 @@ def create_app(
         frame_id = (request.headers.get("x-frame-id") or "")[:200] or f"frame-{next(frame_numbers)}"
         received = time.perf_counter()
         try:
-            image = await _read_image(request, max_body_bytes, f"frame {frame_id}", frame, in_pool)
+            image = await _read_image(request, max_body_bytes, f"frame {frame_id}", frame, in_pool, invert)
         except ApiError as exc:
             _journal(journal_obj, ref_id, frame_id, None, f"{exc.kind}: {exc.message}")
             raise
@@ -575,9 +584,11 @@ async def _read_body(request: Any, limit: int, name: str) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_image(request: Any, max_body: int, name: str, frame: int | None, in_pool: Any) -> Image:
+async def _read_image(request: Any, max_body: int, name: str, frame: int | None, in_pool: Any,
+                      invert: bool | None = None) -> Image:
     """Turn the request body into an :class:`Image` (DICOM or raw pixels) or raise :class:`ApiError`."""
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    invert = _invert_header(request.headers.get("x-invert"), name, invert)
     spacing = _spacing_header(request.headers.get("x-pixel-spacing-mm"), name, required=media == _MEDIA_RAW)
     if media == _MEDIA_DICOM:
         body = await _read_body(request, max_body, name)
@@ -588,7 +599,7 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
         try:
             from .dicom import read_rt_image
 
-            image = await in_pool(lambda: read_rt_image(body, frame=frame, pixel_spacing_mm=spacing))
+            image = await in_pool(lambda: read_rt_image(body, frame=frame, pixel_spacing_mm=spacing, invert=invert))
         except PortalignError as exc:
             raise ApiError(422, "invalid_dicom", f"{name}: {_one_line(exc)}") from None
         return _rename(image, name)
@@ -621,6 +632,8 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
                 f"({rows} x {cols} {dtype_name}) = {expected} bytes",
             )
         pixels = np.frombuffer(body, dtype=dtype).reshape(rows, cols)
+        if invert:  # higher must mean more radiation: v -> max - v, in float64 (no unsigned wrap-around)
+            pixels = float(pixels.max()) - pixels.astype(np.float64)
         try:
             return Image.from_array(pixels, pixel_spacing_mm=spacing, beam_axis_px=axis, name=name)  # type: ignore[arg-type]
         except PortalignError as exc:
@@ -662,6 +675,17 @@ def _floats_header(text: str, name: str, header: str, count: tuple[int, ...]) ->
         raise ApiError(400, "bad_request", f"{name}: header {header} must be {' or '.join(map(str, count))} "
                                            f"finite numbers separated by commas, got {text[:60]!r}")
     return values
+
+
+def _invert_header(text: str | None, name: str, default: bool | None) -> bool | None:
+    if text is None:
+        return default
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ApiError(400, "bad_request", f"{name}: header X-Invert must be true or false, got {text[:20]!r}")
 
 
 def _spacing_header(text: str | None, name: str, *, required: bool) -> Any:
@@ -833,12 +857,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require this X-API-Token on every request but /health "
                              "(default: $PORTALIGN_TOKEN)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
-    parser.add_argument("--journal", metavar="PATH", help="append every result to this JSON-lines file")
+    parser.add_argument("--journal", metavar="PATH",
+                        help="append every result to this JSON-lines file (default: no journal)")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
                         help="largest request body in MiB (default %(default)g)")
     parser.add_argument("--cache-size", type=int, default=16, help="prepared references kept (default 16)")
-    parser.add_argument("--workers", type=int, default=None, help="registration threads (default: CPU count, <= 8)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="registration threads (default: the CPU count, at most 8)")
     parser.add_argument("--no-warm-up", action="store_true", help="do not compile the kernels at startup")
+    add_invert_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -861,6 +888,7 @@ def run(args: argparse.Namespace) -> int:
             journal=args.journal,
             workers=args.workers,
             warm_up=not args.no_warm_up,
+            invert=getattr(args, "invert", None),
         )
     except PortalignError as exc:
         print(f"portalign serve: {exc}", file=sys.stderr)

@@ -69,7 +69,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import erf
 
-from .backend import Backend, select_backend
+from .backends import Backend, select_backend
 from .ct import CTVolume
 from .errors import GeometryError
 from .image import Image, ImageInfo

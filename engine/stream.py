@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -52,7 +53,7 @@ from .errors import PortalignError
 from .image import Image, as_image
 from .journal import Journal
 from .options import RegistrationOptions
-from .reference import Reference, prepare_reference
+from .registration import Reference, batch_workers, prepare_reference, register_each
 from .result import RegistrationResult
 
 __all__ = [
@@ -114,7 +115,7 @@ class HoldTolerance:
             (result.dy_mm, self.dy_mm, "dy", "mm"),
             (result.rotation_deg, self.rotation_deg, "rotation", "deg"),
         ):
-            if abs(value) > limit:
+            if value is not None and abs(value) > limit:  # a rotation not estimated is not checked
                 out.append(f"{label} {value:+.2f} {unit} beyond ±{limit:g} {unit}")
         return out
 
@@ -276,7 +277,7 @@ class FrameStream:
     Parameters
     ----------
     reference : Reference, Image, numpy.ndarray, path or pydicom.Dataset
-        A prepared :class:`~portalign.reference.Reference` is used as it is;
+        A prepared :class:`~portalign.registration.Reference` is used as it is;
         anything else is prepared here, once (arrays need ``pixel_spacing_mm``).
     options : RegistrationOptions, optional
         Used only when the reference is prepared here.
@@ -571,43 +572,72 @@ class FrameStream:
         return item
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._items and not self._closing:
-                    self._cond.wait()
-                if not self._items:
-                    break
-                item = self._items.popleft()
-                if not item.marker:
-                    self._waiting -= 1
+        # cine ("all"): frames already waiting when the worker turns round go into one batch, registered side by
+        # side (one lane each; on the CPU one thread each), and their records still come out in push order
+        workers = batch_workers(self.reference) if self.policy == "all" else 1
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-stream") if workers > 1 else None
+        try:
+            while True:
+                with self._cond:
+                    while not self._items and not self._closing:
+                        self._cond.wait()
+                    if not self._items:
+                        break
+                    batch = [self._items.popleft()]
+                    while (not batch[0].marker and len(batch) < workers and self._items
+                           and not self._items[0].marker):
+                        batch.append(self._items.popleft())
+                    self._waiting -= sum(1 for item in batch if not item.marker)
                     self._cond.notify_all()  # room for a blocked push
-            try:
-                record = self._process(item)
-            except BaseException as exc:  # pragma: no cover - _process catches everything it expects
-                record = FrameRecord(item.frame_id, item.sequence, "error", error=_one_line(exc),
-                                     error_kind=type(exc).__name__)
-            self._emit(record)
-        self._finished = True
-        self._out.put(_END)
+                try:
+                    records = self._process(batch, pool)
+                except BaseException as exc:  # pragma: no cover - _process catches everything it expects
+                    records = [FrameRecord(item.frame_id, item.sequence, "error", error=_one_line(exc),
+                                           error_kind=type(exc).__name__) for item in batch]
+                for record in records:
+                    self._emit(record)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            self._finished = True
+            self._out.put(_END)
 
-    def _process(self, item: _Item) -> FrameRecord:
+    def _process(self, batch: list[_Item], pool: ThreadPoolExecutor | None) -> list[FrameRecord]:
         taken = time.perf_counter()
-        result: RegistrationResult | None = None
-        error = kind = ""
-        if item.marker:
-            status = item.marker
-            error, kind = item.error, item.error_kind
-            queue_ms, register_ms = (item.settled - item.pushed) * 1e3, 0.0
-        else:
+        if batch[0].marker:
+            item = batch[0]
+            return [self._record(item, item.marker, None, item.error, item.error_kind,
+                                 (item.settled - item.pushed) * 1e3, 0.0)]
+        images: list[Any] = []
+        failures: dict[int, BaseException] = {}
+        for index, item in enumerate(batch):
             payload, item.payload = item.payload, None
             try:
-                image = _to_image(payload, item.frame_id, item.pixel_spacing_mm)
-                result = self.reference.register(image)
-                status = "ok" if result.ok else "not_ok"
+                images.append(_to_image(payload, item.frame_id, item.pixel_spacing_mm))
             except Exception as exc:  # a bad frame is a record; the stream goes on
-                status, error, kind = "error", _one_line(exc), type(exc).__name__
-            done = time.perf_counter()
-            queue_ms, register_ms = (taken - item.pushed) * 1e3, (done - taken) * 1e3
+                images.append(None)
+                failures[index] = exc
+        good = [i for i, image in enumerate(images) if image is not None]
+        results, errors = register_each(self.reference, [images[i] for i in good], pool=pool)
+        done = time.perf_counter()
+        for position, index in enumerate(good):
+            if position in errors:
+                failures[index] = errors[position]
+        records = []
+        for index, item in enumerate(batch):
+            result: RegistrationResult | None = None
+            if index in failures:
+                status, error, kind = "error", _one_line(failures[index]), type(failures[index]).__name__
+            else:
+                result = results[good.index(index)]
+                status, error, kind = ("ok" if result.ok else "not_ok"), "", ""
+            records.append(self._record(item, status, result, error, kind, (taken - item.pushed) * 1e3,
+                                        (done - taken) * 1e3))
+        return records
+
+    def _record(self, item: _Item, status: str, result: RegistrationResult | None, error: str, kind: str,
+                queue_ms: float, register_ms: float) -> FrameRecord:
+        """Return the record of one item; the hold state is updated in push order."""
         if self.monitor is not None:
             hold, reason, out = self.monitor.update(result)
         else:

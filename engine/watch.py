@@ -35,11 +35,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backend import BACKENDS
+from ._cli_options import add_invert_argument
+from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
 from .scp import InstanceRegistrar
@@ -79,10 +81,14 @@ class FolderWatcher:
         Polls in a row that must see the same size and mtime before a file is taken (>= 2).
     empty_polls : int
         The same for an empty file.
+    on_file : callable, optional
+        Called as ``on_file(name, lines)`` after each file is handled, with the
+        journal lines written for it (``portalign watch`` prints one line per file).
     """
 
     def __init__(self, folder: str | os.PathLike[str], registrar: InstanceRegistrar, *, poll_s: float = 0.2,
-                 stable_polls: int = 2, empty_polls: int = 10) -> None:
+                 stable_polls: int = 2, empty_polls: int = 10,
+                 on_file: Callable[[str, list[dict[str, Any]]], None] | None = None) -> None:
         if not poll_s > 0:
             raise PortalignError(f"poll interval must be positive seconds; got {poll_s!r}")
         if stable_polls < 2:
@@ -102,6 +108,7 @@ class FolderWatcher:
         self._unmovable: set[tuple[str, int, int]] = set()
         self.files_done = 0
         self.files_failed = 0
+        self.on_file = on_file
 
     @property
     def waiting(self) -> list[str]:
@@ -171,7 +178,7 @@ class FolderWatcher:
 
         path = self.folder / name
         try:
-            images = read_rt_image_frames(path)
+            images = read_rt_image_frames(path, invert=self.registrar.invert)
         except Exception as exc:
             message = f"{name}: cannot be read as an RT Image: {_one_line(exc)}"
             lines = [self.registrar.error(message, stage="decode", error_kind=type(exc).__name__, file=name)]
@@ -185,6 +192,8 @@ class FolderWatcher:
         else:
             self.files_done += 1
             lines += self._move(path, self.done_dir, key)
+        if self.on_file is not None:
+            self.on_file(name, lines)
         return lines
 
     def _move(self, path: Path, folder: Path, key: tuple[str, int, int], error_text: str = "") -> list[dict[str, Any]]:
@@ -225,22 +234,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, metavar="RESULTS.jsonl",
                         help="journal: one JSON line per frame (result or error)")
     parser.add_argument("--reference", metavar="REF.dcm",
-                        help="reference for frames whose beam has no reference of its own")
+                        help="reference for frames whose beam has no reference of its own "
+                             "(default: none; every beam's reference is dropped in first)")
+    add_invert_argument(parser)
     parser.add_argument("--poll", type=float, default=0.2, metavar="SECONDS", help="poll interval (default 0.2)")
     parser.add_argument("--stable-polls", type=int, default=2,
                         help="polls with unchanged size and mtime before a file is taken (default 2)")
     parser.add_argument("--once", action="store_true",
-                        help="handle the files present (once complete) and exit instead of watching")
+                        help="handle the files present (once complete) and exit instead of watching; exit status 1 "
+                             "when any file failed")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
 
 
+#: Exit status of ``portalign watch --once`` when a file failed (moved to failed/).
+EXIT_FILE_FAILED = 1
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``portalign watch``; returns the exit status (0, or 2 on unusable arguments)."""
+    """Run ``portalign watch``; returns the exit status.
+
+    0 when every file was handled (``--once``) or the watch was stopped, 1
+    (:data:`EXIT_FILE_FAILED`) with ``--once`` when any file failed, 2 on unusable arguments.
+    """
     journal = None
     try:
         journal = Journal(args.results)
-        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch")
-        watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls)
+        registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
+                                      invert=getattr(args, "invert", None))
+        watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls,
+                                on_file=print_file_line)
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
@@ -265,7 +287,33 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     if args.once:
         print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed", file=sys.stderr)
+        return EXIT_FILE_FAILED if watcher.files_failed else 0
     return 0
+
+
+def file_line(name: str, lines: list[dict[str, Any]]) -> str:
+    """One line saying what became of a file: its result(s), reference, or error."""
+    parts = []
+    for line in lines:
+        status = line.get("status")
+        result = line.get("result") or {}
+        if status == "error":
+            parts.append(f"FAILED ({line.get('error', '')})")
+        elif status == "reference":
+            parts.append("kept as the reference of its beam")
+        elif status in ("ok", "not_ok"):
+            rotation = result.get("rotation_deg")
+            rot = "rotation not estimated" if rotation is None else f"rotation {rotation:+.2f} deg"
+            verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
+            frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
+            dx, dy = result.get("dx_mm", float("nan")), result.get("dy_mm", float("nan"))
+            parts.append(f"{frame}dx {dx:+.2f} mm, dy {dy:+.2f} mm, {rot}, {verdict}")
+    return f"{name}: " + ("; ".join(parts) if parts else "handled")
+
+
+def print_file_line(name: str, lines: list[dict[str, Any]]) -> None:
+    """Print :func:`file_line` to stdout at once (a log reader follows the files as they come)."""
+    print(file_line(name, lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import portalign
 import pytest
 from dicom_factory import make_rt_image, to_bytes, write_rt_image
 from portalign import Image, ImageInfo
-from portalign.backend import select_backend
+from portalign.backends import select_backend
 from portalign.cli import main
 from portalign.errors import (
     BackendUnavailableError,
@@ -386,9 +386,9 @@ def test_missing_sid_fixed_by_sid_mm(bad_files: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--frame-index", "3"], r"has 1 frame; frame=3 is out of range"),
-        (["--sid-mm", "0"], r"sid_mm must be a positive number of mm"),
-        (["--pixel-spacing-mm", "-1"], r"pixel_spacing_mm must be a positive number of mm"),
+        (["--frame-index", "3"], r"has 1 frame; --frame-index 3 is out of range"),
+        (["--sid-mm", "0"], r"--sid-mm must be a positive number of mm"),
+        (["--pixel-spacing-mm", "-1"], r"--pixel-spacing-mm must be a positive number of mm"),
     ],
     ids=["frame-index", "sid-zero", "negative-spacing"],
 )
@@ -413,7 +413,8 @@ def test_cli_overlay_in_missing_folder(capsys: pytest.CaptureFixture[str], good:
     target = tmp_path / "no_such_folder" / "review.png"
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--json", "--overlay", str(target)])
     out, err = capsys.readouterr()
-    assert status == 2 and out == ""
+    assert status == 2
+    assert json.loads(out)["overlay"] is None  # the result is printed; the picture is the error
     assert_one_line_error(err, "review.png", r"(?i)no such file")
 
 

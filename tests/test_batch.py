@@ -11,8 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from portalign import Image, PortalImageError, prepare_reference
-from portalign.gpu import BatchError, register_batch
+from portalign import BatchError, Image, PortalImageError, prepare_reference, register_batch
 
 from tests.synthetic import anatomy, moved
 
@@ -112,7 +111,7 @@ def test_device_failure_in_a_batch_moves_only_that_frame_to_the_cpu(frames, one_
     """A kernel that fails once mid-batch (out of memory): that frame runs on the CPU, says why, and is kept."""
     from types import SimpleNamespace
 
-    from portalign.backend import Backend, cpu_backend
+    from portalign.backends import Backend, cpu_backend
 
     cpu = cpu_backend()
     calls = {"n": 0}

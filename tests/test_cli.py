@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 from dicom_factory import make_rt_image, write_rt_image
-from portalign.backend import select_backend
+from portalign.backends import select_backend
 from portalign.cli import main
 from portalign.dicom import read_rt_image
 from portalign.errors import BackendUnavailableError
-from portalign.reference import Reference
+from portalign.registration import Reference
 from scipy import ndimage
 from synthetic import anatomy
 
@@ -191,8 +191,11 @@ def test_register_npy_uses_pixel_spacing_mm(capsys: pytest.CaptureFixture[str], 
 
 def test_register_no_rotation_estimates_translation_only(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
     payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--no-rotation")
-    assert_recovered(payload)
-    assert payload["rotation_deg"] == 0.0
+    assert payload["rotation_deg"] is None  # not estimated: null, never 0
+    assert_recovered({**payload, "rotation_deg": 0.0})
+    status = main(["register", str(pair.ref_dcm), str(pair.frame_dcm), "--no-rotation"])
+    out = capsys.readouterr().out
+    assert status == 0 and "rotation not estimated" in out and "rotation = +0.00" not in out
 
 
 def test_register_repeat_reports_median_after_warm_up(capsys: pytest.CaptureFixture[str], pair: Pair,
@@ -360,8 +363,8 @@ def test_demo_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 
 def test_backends_says_what_runs_here_and_what_auto_picks(capsys):
+    from portalign.backends import gpu_backend, gpu_status
     from portalign.cli import main
-    from portalign.gpu import gpu_backend, gpu_status
 
     assert main(["backends", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

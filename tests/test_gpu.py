@@ -60,7 +60,7 @@ def _why_no_gpu() -> str:
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return "CuPy is not installed: pip install portalign[gpu]"
+        return "CuPy is not installed: pip install 'portalign[gpu-cuda13]' (or gpu-cuda12)"
     return ""
 
 
@@ -76,7 +76,7 @@ POSE_ROTATIONS = np.concatenate([rotations_for("subpixel_rotated"), rotations_fo
 
 @pytest.fixture(scope="module")
 def backend():
-    from portalign.gpu import gpu_backend
+    from portalign.backends import gpu_backend
 
     return gpu_backend()
 
@@ -296,7 +296,7 @@ def _scene(shape, dx, dy, theta_deg):
 
 def test_whole_registration_on_gpu_equals_cpu(backend):
     import portalign
-    from portalign.gpu import register_batch
+    from portalign import register_batch
 
     shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
@@ -320,7 +320,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
 @pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")
 def test_simulator_refused_when_not_asked_for_explicitly():
     from portalign import BackendUnavailableError
-    from portalign.gpu import gpu_backend
+    from portalign.backends import gpu_backend
 
     with pytest.raises(BackendUnavailableError, match="simulator"):
         gpu_backend(allow_simulator=False)
@@ -491,3 +491,80 @@ def test_register3d_renders_and_scores_poses_on_the_gpu_like_the_cpu(backend):
         assert prepared.backend.name == name
     assert np.isfinite(scores[0]).all() and scores[0][0, 1] > scores[0][0, 0]  # the true pose scores best
     assert_allclose(scores[1], scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_probe_kernel_compiles_and_runs(backend):
+    # the check `portalign backends` and `auto` make before calling the GPU available
+    from portalign.kernels.gpu.probe import run_probe
+
+    run_probe()
+
+
+# --- the per-frame program's stage kernels (refine, statistics, level preparation) -----------------
+
+
+@pytest.mark.parametrize(("metric", "rotate", "star", "iterations"),
+                         [(0, True, False, 2), (1, True, False, 2), (0, False, False, 6), (0, True, True, 5)])
+def test_refine_matches_cpu(backend, metric, rotate, star, iterations):
+    # the loop's state stays on the device; a fixed number of iterations with a converged flag gives the
+    # CPU's early-stopping result (same pose, score and iteration count)
+    from tests.program_cases import level_case, refine_args
+
+    case = level_case(shape=(20, 22), shift_px=(0.6, -0.4), bins=8)
+    start = (0.2, 0.1, 0.0)
+    host = refine_args(case, metric, start, rotate, bins=8, iterations=iterations, star=star)
+    cpu.refine(*host)
+    dev = list(refine_args(case, metric, start, rotate, bins=8, iterations=iterations, star=star))
+    for i in (1, 2, 4, 5, 6, 7, 8, 9, 18):  # the level's arrays live on the device; pose, step and out on the host
+        dev[i] = backend.asarray(dev[i])
+    backend.kernels.refine(*dev)
+    assert dev[-1][4] == host[-1][4]
+    assert_allclose(dev[-1][:4], host[-1][:4], rtol=0, atol=1e-9)
+    if not rotate:
+        assert host[-1][4] < iterations  # converged early: the device's later iterations changed nothing
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_frame_statistics_match_cpu(backend, masked):
+    img = structured_image(SHAPE, 3) + np.random.default_rng(1).normal(0, 2.0, SHAPE).astype(np.float32)
+    mask = random_mask(SHAPE, seed=3, keep=0.9)
+    want = cpu.second_difference_mad(img, mask, 1, SHAPE[0], 2, 0, SHAPE[1], masked)
+    got = backend.kernels.second_difference_mad(backend.asarray(img), backend.asarray(mask), 1, SHAPE[0], 2, 0,
+                                                SHAPE[1], masked)
+    assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-12)
+    want_r = cpu.rms_radius(mask, 9.5, 11.5, 0.4, 0.6, 2)
+    got_r = backend.kernels.rms_radius(backend.asarray(mask), 9.5, 11.5, 0.4, 0.6, 2)
+    assert got_r[1] == want_r[1] and got_r[0] == pytest.approx(want_r[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("has_field", [True, False])
+def test_prepare_level_matches_cpu(backend, has_field):
+    image = structured_image(SHAPE, 4)
+    small = np.zeros((6, 5), dtype=bool)
+    small[1:5, 1:4] = True
+    shape = SHAPE
+
+    def buffers(xp_asarray):
+        return [xp_asarray(np.zeros(shape, np.uint8)), xp_asarray(np.zeros(shape, np.uint8)),
+                xp_asarray(np.zeros(shape, np.uint8)), xp_asarray(np.zeros(image.size, np.int32)),
+                xp_asarray(np.zeros(image.size, np.int32)), xp_asarray(np.zeros(shape, np.int16)),
+                xp_asarray(np.zeros((shape[0], 2))), xp_asarray(np.zeros(shape, np.float32)),
+                xp_asarray(np.zeros(shape, np.float32))]
+
+    host = buffers(np.asarray)
+    host_stats = np.zeros(4)
+    cpu.prepare_level(image, small, has_field, 0.25, -0.375, 1, 8, *host, host_stats)
+    dev = buffers(backend.asarray)
+    dev_stats = np.zeros(4)
+    backend.kernels.prepare_level(backend.asarray(image), small, has_field, 0.25, -0.375, 1, 8, *dev, dev_stats)
+    assert_array_equal(dev_stats[:3], host_stats[:3])
+    assert dev_stats[3] == pytest.approx(host_stats[3], rel=1e-12)
+    usable = int(host_stats[0])
+    for index, (h, d) in enumerate(zip(host, dev, strict=True)):
+        d = backend.to_host(d)
+        if index in (3, 4):  # pixel lists: only the first `usable` entries are defined
+            assert_array_equal(d[:usable], h[:usable])
+        elif index == 6:
+            assert_allclose(d, h, rtol=1e-12)
+        else:
+            assert_array_equal(d, h)

@@ -386,7 +386,7 @@ def test_correlation_surface_peaks_at_the_known_shift():
 
 @pytest.fixture
 def fresh_gpu_detection(monkeypatch):
-    from portalign import gpu
+    from portalign.backends import _gpu as gpu
 
     monkeypatch.setattr(gpu, "_detected", None)
     yield gpu
@@ -420,7 +420,112 @@ def test_gpu_backend_names_missing_cupy(fresh_gpu_detection, monkeypatch):
 
     monkeypatch.setattr(cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
-    with pytest.raises(BackendUnavailableError, match=r"CuPy is not installed: pip install portalign\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"CuPy is not installed: pip install 'portalign\[gpu-cuda1[23]"):
         fresh_gpu_detection.gpu_backend()
     available, detail = fresh_gpu_detection.gpu_status()
     assert not available and "CuPy" in detail
+
+
+@pytest.mark.skipif(numba.config.ENABLE_CUDASIM, reason="the simulator compiles the probe for real")
+def test_gpu_backend_names_a_numpy_that_numba_cuda_cannot_compile_with(fresh_gpu_detection, monkeypatch):
+    # what an H200 image with numpy 2.5 and numba-cuda 0.30.4 did at its first kernel: the backend must say so
+    import types
+
+    from numba import cuda
+    from portalign import BackendUnavailableError
+    from portalign.kernels.gpu import probe
+
+    def broken() -> None:
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setattr(probe, "run_probe", broken)
+    with pytest.raises(BackendUnavailableError, match=r"do not compile with numpy .*pip install 'numpy<2.5'"):
+        fresh_gpu_detection.gpu_backend()
+    available, detail = fresh_gpu_detection.gpu_status()
+    assert not available and "row_stack" in detail
+
+
+def test_configured_launch_is_made_once_and_keeps_the_low_occupancy_warning_in(monkeypatch):
+    # numba-cuda warns at every kernel[grid, block] with < 128 blocks, with a class of its own
+    import warnings
+
+    from portalign.kernels.gpu import launch
+
+    class ForeignPerformanceWarning(UserWarning):
+        pass
+
+    class FakeKernel:
+        made = 0
+
+        def __getitem__(self, config):
+            FakeKernel.made += 1
+            warnings.warn("Grid size 1 will likely result in GPU under-utilization due to low occupancy.",
+                          ForeignPerformanceWarning, stacklevel=2)
+            return ("launcher", config)
+
+    monkeypatch.setattr(launch, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(launch, "_configured", {})
+    kernel = FakeKernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        first = launch.configured(kernel, 1, 32)
+        again = launch.configured(kernel, 1, 32)
+        other = launch.configured(kernel, 2, 32)
+    assert first is again and first == ("launcher", (1, 32, 0, 0))
+    assert other == ("launcher", (2, 32, 0, 0))
+    assert FakeKernel.made == 2
+    # the caller's own filters are untouched: outside configured() the warning is raised as they say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ForeignPerformanceWarning):
+            kernel[3, 32]
+
+
+def test_run_captured_runs_eagerly_then_captures_then_replays(monkeypatch):
+    # the CUDA-graph path of the GPU refine, with a stand-in stream (CuPy's begin/end_capture and Graph.launch)
+    from portalign.kernels.gpu import launch
+
+    class FakeGraph:
+        def __init__(self, log):
+            self.log = log
+
+        def launch(self, stream):
+            self.log.append("graph")
+
+    class FakeStream:
+        def __init__(self, fail=False):
+            self.log, self.fail, self.capturing = [], fail, False
+
+        def begin_capture(self):
+            self.capturing = True
+
+        def end_capture(self):
+            self.capturing = False
+            if self.fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return FakeGraph(self.log)
+
+    monkeypatch.setattr(launch, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(launch, "_graphs", {})
+    monkeypatch.delenv("PORTALIGN_CUDA_GRAPHS", raising=False)
+    stream = FakeStream()
+    monkeypatch.setattr(launch._current, "stream", stream, raising=False)
+    calls = []
+
+    def enqueue():
+        calls.append("captured" if launch._current.stream.capturing else "eager")
+
+    assert [launch.run_captured("k", enqueue) for _ in range(4)] == ["eager", "captured", "replayed", "replayed"]
+    assert calls == ["eager", "captured"] and stream.log == ["graph"] * 3
+    # a capture that fails leaves that key eager for good, and the work is still done
+    bad = FakeStream(fail=True)
+    monkeypatch.setattr(launch._current, "stream", bad, raising=False)
+    calls.clear()
+    assert [launch.run_captured("b", enqueue) for _ in range(3)] == ["eager", "eager", "eager"]
+    # the launches recorded by the failed capture never ran: the sequence ran again eagerly
+    assert calls == ["eager", "captured", "eager", "eager"] and not bad.capturing
+    monkeypatch.setenv("PORTALIGN_CUDA_GRAPHS", "0")
+    assert launch.run_captured("k", enqueue) == "eager"
+    monkeypatch.setattr(launch._current, "stream", None, raising=False)

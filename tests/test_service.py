@@ -313,3 +313,20 @@ def test_serve_refuses_a_public_host_without_token(capsys, monkeypatch):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.org")
     assert parser.parse_args([]).host == "127.0.0.1"
+
+
+def test_x_invert_header(client, image):
+    from portalign.service import _invert_header
+
+    created = client.post("/v1/references", **raw(image))
+    assert created.status_code == 201, created.text
+    ref_id = created.json()["id"]  # its own: the module's first one may have been evicted (cache of 4)
+
+    assert _invert_header(None, "frame", None) is None and _invert_header(None, "frame", True) is True
+    assert _invert_header("TRUE", "frame", None) is True and _invert_header("0", "frame", True) is False
+    bad = client.post(f"/v1/references/{ref_id}/register", **raw(shifted(image, 1.0, 0.0), **{"X-Invert": "maybe"}))
+    assert bad.status_code == 400 and "X-Invert must be true or false" in bad.json()["detail"]
+    # the inverted-upload path runs end to end (the metrics do not depend on the sign, so the shift is the same)
+    upright = client.post(f"/v1/references/{ref_id}/register",
+                          **raw(float(image.max()) - shifted(image, 1.0, 0.0), **{"X-Invert": "true"})).json()
+    assert upright["ok"] is True and upright["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)

@@ -424,8 +424,8 @@ def test_thorax_ct_kv_drr_and_mv_frame():
 
 
 def test_gpu_render_without_a_gpu_names_what_is_missing():
+    from portalign.backends import gpu_status
     from portalign.errors import BackendUnavailableError
-    from portalign.gpu import gpu_status
 
     if gpu_status()[0]:
         pytest.skip("a GPU backend is available here (or simulated): tests/test_gpu.py renders on it")

@@ -235,3 +235,36 @@ def test_journal_is_thread_safe_strict_json_and_ignores_a_torn_last_line(tmp_pat
     assert "NaN" not in path.read_text()
     with pytest.raises(portalign.PortalignError, match="journal is closed"):
         journal.append({"late": True})
+
+
+def test_frames_waiting_together_are_registered_as_one_batch_in_order(image, monkeypatch):
+    # cine: frames that pile up while the worker is busy go into one batch (side by side), records stay in order
+    from portalign import stream as stream_module
+
+    reference = portalign.prepare_reference(portalign.Image.from_array(image, pixel_spacing_mm=SPACING), backend="cpu")
+    reference.warm_up(portalign.Image.from_array(shifted(image, 1.0, 0.5), pixel_spacing_mm=SPACING))
+    sizes = []
+    real = stream_module.register_each
+
+    def recording(ref, items, **kwargs):
+        sizes.append(len(items))
+        return real(ref, items, **kwargs)
+
+    monkeypatch.setattr(stream_module, "register_each", recording)
+    monkeypatch.setattr(stream_module, "batch_workers", lambda ref, lanes=None: 3)
+    shifts = [(0.4 * k - 1.0, 0.7 - 0.2 * k) for k in range(7)]
+    gate = threading.Event()
+    with FrameStream(reference, pixel_spacing_mm=SPACING, policy="all", maxsize=8) as stream:
+        stream.on_record = lambda record: gate.wait(5)  # hold the worker after its first frame
+        ids = [stream.push(shifted(image, dx, dy), frame_id=k) for k, (dx, dy) in enumerate(shifts[:3])]
+        ids.append(stream.push(np.zeros((2, 2, 2)), frame_id="bad"))  # an unreadable frame amid the batch
+        ids += [stream.push(shifted(image, dx, dy), frame_id=k) for k, (dx, dy) in enumerate(shifts[3:], start=3)]
+        gate.set()
+    records = list(stream)
+    assert [r.frame_id for r in records] == ids
+    assert max(sizes) > 1  # frames that waited together were registered together
+    bad = next(r for r in records if r.frame_id == "bad")
+    assert bad.status == "error" and "expected a 2-D image" in bad.error
+    alone = [reference.register(shifted(image, dx, dy), pixel_spacing_mm=SPACING) for dx, dy in shifts]
+    good = [r for r in records if r.frame_id != "bad"]
+    assert [(r.result.dx_mm, r.result.dy_mm) for r in good] == [(a.dx_mm, a.dy_mm) for a in alone]

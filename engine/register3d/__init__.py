@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import Backend
+from ..backends import Backend
 from ..ct import CTVolume
 from ..options import RegistrationOptions
 from ..tolerance import ToleranceTable

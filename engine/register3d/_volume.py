@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, select_backend
+from ..backends import Backend, select_backend
 from ..couch import PATIENT_TO_IEC, patient_matrix
 from ..ct import CTVolume
 from ..errors import GeometryError

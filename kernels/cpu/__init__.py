@@ -9,10 +9,14 @@ from types import SimpleNamespace
 from .correlation import correlation_surfaces, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
+from .level import prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
+from .peaks import search_peaks
 from .projection import project_cone_beam, project_cone_beam_poses
 from .pyramid import downsample2, downsample2_mask
+from .refine import refine
+from .statistics import rms_radius, second_difference_mad
 from .warp import warp_bilinear
 
 __all__ = [
@@ -29,9 +33,14 @@ __all__ = [
     "mutual_information",
     "orientation_features",
     "pixel_list",
+    "prepare_level",
     "project_cone_beam",
     "project_cone_beam_poses",
     "quantize",
+    "refine",
+    "rms_radius",
+    "search_peaks",
+    "second_difference_mad",
     "threshold_mask",
     "warp_bilinear",
 ]

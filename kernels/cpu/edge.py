@@ -27,7 +27,7 @@ __all__ = ["gradient_correlation", "CHUNKS"]
 CHUNKS = 16
 
 
-@njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"})
+@njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"}, nogil=True)
 def gradient_correlation(
     rows: np.ndarray,
     cols: np.ndarray,

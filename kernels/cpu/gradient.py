@@ -26,7 +26,7 @@ from numba import njit, prange
 __all__ = ["orientation_features", "gradient_row_sums"]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def orientation_features(
     image: np.ndarray, mask: np.ndarray, eps: float, out_re: np.ndarray, out_im: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -57,7 +57,7 @@ def orientation_features(
             out_im[i, j] = 2.0 * gx * gy / norm
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def gradient_row_sums(image: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Write per row ``(sum |g|, count)`` over masked interior pixels into ``out[row, :]``.
 

@@ -17,7 +17,7 @@ from numba import njit, prange
 __all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def threshold_mask(image: np.ndarray, threshold: float, above: bool, out: np.ndarray) -> None:  # pragma: no cover
     """Write 1 where ``image > threshold`` (``above``) or ``image < threshold`` (not ``above``), else 0."""
     rows, cols = image.shape
@@ -27,7 +27,7 @@ def threshold_mask(image: np.ndarray, threshold: float, above: bool, out: np.nda
             out[i, j] = 1 if (v > threshold if above else v < threshold) else 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Write into ``out`` the erosion of ``mask`` by a ``(2r+1)^2`` square; outside the image counts as 0.
 
@@ -70,7 +70,7 @@ def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarra
                 zeros_col[j] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
     """Return ``(low, high, count)``: the given quantiles of the masked pixels.
 
@@ -120,7 +120,7 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
     return q_low, q_high, count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pixel_list(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> int:  # pragma: no cover - compiled
     """Write the coordinates of the pixels where ``mask != 0`` into ``rows``/``cols``; return their count.
 

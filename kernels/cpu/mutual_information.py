@@ -28,7 +28,7 @@ __all__ = ["quantize", "joint_histograms", "mutual_information", "PV_ONE"]
 PV_ONE = 65536
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def quantize(
     image: np.ndarray, mask: np.ndarray, low: float, high: float, bins: int, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -51,7 +51,7 @@ def quantize(
             out[i, j] = b
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def joint_histograms(
     rows: np.ndarray, cols: np.ndarray, count: int, frame_bins: np.ndarray, ref_bins: np.ndarray,
     affines: np.ndarray, out: np.ndarray
@@ -114,7 +114,7 @@ def joint_histograms(
             hist[fb, b11] += qx * qy
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mutual_information(hist: np.ndarray, normalised: bool, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Write the mutual information of each joint histogram ``hist[k]`` into ``out[k]``.
 

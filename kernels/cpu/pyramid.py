@@ -15,7 +15,7 @@ from numba import njit, prange
 __all__ = ["downsample2", "downsample2_mask"]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def downsample2(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Write the 2x2 box mean of ``src`` into ``out`` (shape ``src.shape // 2``)."""
     rows, cols = out.shape
@@ -26,7 +26,7 @@ def downsample2(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover -
             out[i, j] = np.float32(0.25) * (src[r0, c0] + src[r0, c0 + 1] + src[r0 + 1, c0] + src[r0 + 1, c0 + 1])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def downsample2_mask(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Write 1 where all four source pixels are 1 (a conservative mask reduction)."""
     rows, cols = out.shape

@@ -15,7 +15,7 @@ from numba import njit, prange
 __all__ = ["warp_bilinear"]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def warp_bilinear(src: np.ndarray, affine: np.ndarray, fill: float, out: np.ndarray) -> None:  # pragma: no cover
     """Write ``src`` sampled bilinearly at ``affine @ (col, row, 1)`` into ``out``."""
     rows, cols = out.shape

@@ -160,9 +160,9 @@ def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_
     n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
     partials = launch.scratch("edge_partials", (n_pose, n_blocks, 3), np.float64)
     partials_d = launch.device_arg(partials)
-    _gradient_correlation_blocks[(n_blocks, n_pose), tpb, launch.stream()](
+    launch.configured(_gradient_correlation_blocks, (n_blocks, n_pose), tpb)(
         launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
         launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
         launch.device_arg(affines), launch.device_arg(rotations), partials_d,
     )
-    _sum_partials[launch.blocks_for(n_pose * 3, tpb), tpb, launch.stream()](partials_d, launch.device_arg(out))
+    launch.configured(_sum_partials, launch.blocks_for(n_pose * 3, tpb), tpb)(partials_d, launch.device_arg(out))

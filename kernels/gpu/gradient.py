@@ -75,7 +75,7 @@ def orientation_features(image: Any, mask: Any, eps: float, out_re: Any, out_im:
         return
     eps = float(eps)
     tpb = launch.threads_per_block()
-    _orientation_features[launch.blocks_for(n, tpb), tpb, launch.stream()](
+    launch.configured(_orientation_features, launch.blocks_for(n, tpb), tpb)(
         launch.device_arg(image), launch.device_arg(mask), eps * eps, launch.device_arg(out_re),
         launch.device_arg(out_im),
     )
@@ -87,6 +87,6 @@ def gradient_row_sums(image: Any, mask: Any, out: Any) -> None:
     if rows == 0:
         return
     tpb = launch.threads_per_block()
-    _gradient_row_sums[launch.blocks_for(rows, tpb), tpb, launch.stream()](
+    launch.configured(_gradient_row_sums, launch.blocks_for(rows, tpb), tpb)(
         launch.device_arg(image), launch.device_arg(mask), launch.device_arg(out)
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,9 @@ __all__ = [
     "scratch",
     "on_stream",
     "stream",
+    "configured",
+    "run_captured",
+    "graphs_enabled",
 ]
 
 #: Threads per block of every kernel (at most ``REDUCE_MAX_THREADS``). Tests patch it small.
@@ -68,6 +72,15 @@ _scratch = threading.local()
 _current = threading.local()
 _numba_streams: dict[int, Any] = {}
 _numba_streams_lock = threading.Lock()
+_configured: dict[tuple, Any] = {}
+_configured_lock = threading.Lock()
+#: CUDA graphs of launch sequences, by key: "seen" once run eagerly, then the captured graph, or "eager" after a failure.
+_graphs: dict[Any, Any] = {}
+_graphs_lock = threading.Lock()
+#: Most graphs kept (oldest dropped first): one per (lane, level, metric, usable-pixel count) in use.
+MAX_GRAPHS = 256
+#: numba-cuda's low-occupancy warning (class ``numba.cuda.core.errors.NumbaPerformanceWarning``, not numba's own).
+LOW_OCCUPANCY_MESSAGE = r".*under-utilization"
 
 
 def simulator_enabled() -> bool:
@@ -181,3 +194,85 @@ def stream() -> Any:
             # numba launches on CuPy's stream through its handle; one wrapper per stream, made once
             wrapped = _numba_streams[ptr] = cuda.external_stream(ptr)
     return wrapped
+
+
+def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any:
+    """Return ``kernel`` configured for ``grid`` x ``block`` on the calling thread's stream, made once per shape.
+
+    numba-cuda builds a launch configuration at every ``kernel[grid, block, stream]``
+    (host time on the per-frame path) and warns there when the grid has fewer than
+    128 blocks. Our grids are sized to the work: a 1-thread decision kernel or a
+    coarse pyramid level is small on purpose. The configuration is therefore made
+    once per (kernel, grid, block, stream, shared memory) with that one warning
+    silenced for that one call, and reused afterwards; nothing process-wide
+    (``config.CUDA_LOW_OCCUPANCY_WARNINGS``, global filters) is changed for the caller.
+    Under the simulator kernel objects keep their configuration in shared state, so
+    nothing is cached there.
+    """
+    launch_stream = stream()
+    if simulator_enabled():
+        return kernel[grid, block, launch_stream, shared_bytes]
+    key = (id(kernel), grid, block, id(launch_stream), shared_bytes)
+    found = _configured.get(key)
+    if found is None:
+        with _configured_lock:
+            found = _configured.get(key)
+            if found is None:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=LOW_OCCUPANCY_MESSAGE)
+                    found = _configured[key] = kernel[grid, block, launch_stream, shared_bytes]
+    return found
+
+
+def graphs_enabled() -> bool:
+    """Return whether launch sequences are captured into CUDA graphs (a device, a stream, ``PORTALIGN_CUDA_GRAPHS`` not 0)."""
+    import os
+
+    if simulator_enabled() or getattr(_current, "stream", None) is None:
+        return False
+    return os.environ.get("PORTALIGN_CUDA_GRAPHS", "1").strip() not in ("0", "false", "no", "off")
+
+
+def run_captured(key: Any, enqueue: Any) -> str:
+    """Queue ``enqueue()``'s launches on the current stream, as a CUDA graph once the sequence has been seen.
+
+    The first call with a ``key`` runs ``enqueue`` eagerly (it also allocates any scratch
+    buffer, which a capture must not do); the second captures it with CuPy's stream capture
+    (numba launches on an external stream are captured too) and launches the graph; later
+    calls only launch the graph: one host call for the whole sequence instead of one per
+    kernel. ``key`` must name everything the launches depend on: the buffers' addresses, the
+    grid shapes, every scalar argument. A failed capture makes that key eager for good.
+    Returns how the sequence ran: ``"eager"``, ``"captured"`` or ``"replayed"``.
+    """
+    if not graphs_enabled():
+        enqueue()
+        return "eager"
+    device_stream = _current.stream
+    with _graphs_lock:
+        entry = _graphs.get(key)
+        if entry is None:
+            if len(_graphs) >= MAX_GRAPHS:
+                _graphs.pop(next(iter(_graphs)))
+            _graphs[key] = "seen"
+    if entry is None or entry == "eager":
+        enqueue()
+        return "eager"
+    if entry == "seen":
+        graph = None
+        device_stream.begin_capture()
+        try:
+            enqueue()
+        finally:
+            try:
+                graph = device_stream.end_capture()
+            except Exception:  # noqa: BLE001 - an invalidated capture: run this sequence eagerly from now on
+                graph = None
+        with _graphs_lock:
+            _graphs[key] = graph if graph is not None else "eager"
+        if graph is None:
+            enqueue()
+            return "eager"
+        graph.launch(device_stream)
+        return "captured"
+    entry.launch(device_stream)
+    return "replayed"

@@ -209,7 +209,7 @@ def threshold_mask(image: Any, threshold: float, above: bool, out: Any) -> None:
     if n == 0:
         return
     tpb = launch.threads_per_block()
-    _threshold_mask[launch.blocks_for(n, tpb), tpb, launch.stream()](
+    launch.configured(_threshold_mask, launch.blocks_for(n, tpb), tpb)(
         launch.device_arg(image), float(threshold), bool(above), launch.device_arg(out)
     )
 
@@ -227,8 +227,8 @@ def erode_box(mask: Any, radius: int, scratch: Any, out: Any) -> None:
     tpb = launch.threads_per_block()
     blocks = launch.blocks_for(n, tpb)
     scratch_d = launch.device_arg(scratch)
-    _erode_rows[blocks, tpb, launch.stream()](launch.device_arg(mask), int(radius), scratch_d)
-    _erode_cols[blocks, tpb, launch.stream()](scratch_d, int(radius), launch.device_arg(out))
+    launch.configured(_erode_rows, blocks, tpb)(launch.device_arg(mask), int(radius), scratch_d)
+    launch.configured(_erode_cols, blocks, tpb)(scratch_d, int(radius), launch.device_arg(out))
 
 
 def pixel_list(mask: Any, rows: Any, cols: Any) -> int:
@@ -245,9 +245,9 @@ def pixel_list(mask: Any, rows: Any, cols: Any) -> int:
     offsets = launch.scratch("pixel_offsets", (n_rows + 1,), np.int64)
     offsets_d, mask_d = launch.device_arg(offsets), launch.device_arg(mask)
     blocks = launch.blocks_for(n_rows, tpb)
-    _row_counts[blocks, tpb, launch.stream()](mask_d, offsets_d)
-    _exclusive_scan[1, tpb, launch.stream()](offsets_d, n_rows)
-    _row_fill[blocks, tpb, launch.stream()](mask_d, offsets_d, launch.device_arg(rows), launch.device_arg(cols))
+    launch.configured(_row_counts, blocks, tpb)(mask_d, offsets_d)
+    launch.configured(_exclusive_scan, 1, tpb)(offsets_d, n_rows)
+    launch.configured(_row_fill, blocks, tpb)(mask_d, offsets_d, launch.device_arg(rows), launch.device_arg(cols))
     return int(launch.to_host(offsets[n_rows:])[0])
 
 
@@ -266,9 +266,9 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
     hist = launch.scratch("range_hist", (RANGE_BINS + 1,), np.int64)  # last entry: masked count
     image_d, mask_d = launch.device_arg(image), launch.device_arg(mask)
     extrema_d, hist_d = launch.device_arg(extrema), launch.device_arg(hist)
-    _range_init[launch.blocks_for(RANGE_BINS + 1, tpb), tpb, launch.stream()](extrema_d, hist_d)
-    _range_extrema[blocks, tpb, launch.stream()](image_d, mask_d, extrema_d, hist_d)
-    _range_histogram[blocks, tpb, launch.stream()](image_d, mask_d, extrema_d, hist_d)
+    launch.configured(_range_init, launch.blocks_for(RANGE_BINS + 1, tpb), tpb)(extrema_d, hist_d)
+    launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
+    launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
     counts = launch.to_host(hist)
     lo, hi = (float(v) for v in launch.to_host(extrema))
     count = int(counts[RANGE_BINS])

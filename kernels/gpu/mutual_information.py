@@ -234,7 +234,7 @@ def quantize(image: Any, mask: Any, low: float, high: float, bins: int, out: Any
         return
     scale = int(bins) / (float(high) - float(low))  # the CPU kernel's float64 scale
     tpb = launch.threads_per_block()
-    _quantize[launch.blocks_for(n, tpb), tpb, launch.stream()](
+    launch.configured(_quantize, launch.blocks_for(n, tpb), tpb)(
         launch.device_arg(image), launch.device_arg(mask), float(low), scale, int(bins), launch.device_arg(out)
     )
 
@@ -265,7 +265,7 @@ def joint_histograms(rows: Any, cols: Any, count: int, frame_bins: Any, ref_bins
         return
     tpb = launch.threads_per_block()
     out_d = launch.device_arg(out)
-    _clear_histograms[launch.blocks_for(n_pose * n_f * n_r, tpb), tpb, launch.stream()](out_d)
+    launch.configured(_clear_histograms, launch.blocks_for(n_pose * n_f * n_r, tpb), tpb)(out_d)
     if count <= 0:
         return
     chunk = min(tpb * int(launch.PIXELS_PER_THREAD), MAX_CHUNK_PIXELS)
@@ -276,9 +276,9 @@ def joint_histograms(rows: Any, cols: Any, count: int, frame_bins: Any, ref_bins
     )
     shared_bytes = n_f * n_r * 4
     if shared_bytes <= launch.SHARED_HISTOGRAM_MAX_BYTES:
-        _joint_histograms_shared[grid, tpb, launch.stream(), shared_bytes](*args)
+        launch.configured(_joint_histograms_shared, grid, tpb, shared_bytes)(*args)
     else:
-        _joint_histograms_global[grid, tpb, launch.stream()](*args)
+        launch.configured(_joint_histograms_global, grid, tpb)(*args)
 
 
 def mutual_information(hist: Any, normalised: bool, out: Any) -> None:
@@ -291,4 +291,4 @@ def mutual_information(hist: Any, normalised: bool, out: Any) -> None:
     if n_pose == 0:
         return
     tpb = launch.threads_per_block()
-    _mutual_information[n_pose, tpb, launch.stream()](launch.device_arg(hist), bool(normalised), launch.device_arg(out))
+    launch.configured(_mutual_information, n_pose, tpb)(launch.device_arg(hist), bool(normalised), launch.device_arg(out))

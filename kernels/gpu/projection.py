@@ -131,7 +131,7 @@ def project_cone_beam(volume: Any, spacing_mm: Any, source_mm: Any, detector_ori
     vectors = [launch.to_host(v) for v in (spacing_mm, source_mm, detector_origin_mm, detector_col_mm, detector_row_mm)]
     scalars = [float(v[i]) for v in vectors for i in range(3)]
     tpb = launch.threads_per_block()
-    _project[launch.blocks_for(rows * cols, tpb), tpb, launch.stream()](
+    launch.configured(_project, launch.blocks_for(rows * cols, tpb), tpb)(
         launch.device_arg(volume), *scalars, float(step_mm), launch.device_arg(out)
     )
 
@@ -149,7 +149,7 @@ def project_cone_beam_poses(volume: Any, spacing_mm: Any, sources_mm: Any, detec
         return
     dz, dy, dx = (float(v) for v in launch.to_host(spacing_mm))
     tpb = launch.threads_per_block()
-    _project_poses[launch.blocks_for(poses * rows * cols, tpb), tpb, launch.stream()](
+    launch.configured(_project_poses, launch.blocks_for(poses * rows * cols, tpb), tpb)(
         launch.device_arg(volume), dz, dy, dx, launch.device_arg(sources_mm), launch.device_arg(detector_origins_mm),
         launch.device_arg(detector_cols_mm), launch.device_arg(detector_rows_mm), float(step_mm),
         launch.device_arg(out)

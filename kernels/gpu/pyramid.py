@@ -46,7 +46,7 @@ def downsample2(src: Any, out: Any) -> None:
     if n == 0:
         return
     tpb = launch.threads_per_block()
-    _downsample2[launch.blocks_for(n, tpb), tpb, launch.stream()](launch.device_arg(src), launch.device_arg(out))
+    launch.configured(_downsample2, launch.blocks_for(n, tpb), tpb)(launch.device_arg(src), launch.device_arg(out))
 
 
 def downsample2_mask(src: Any, out: Any) -> None:
@@ -55,4 +55,4 @@ def downsample2_mask(src: Any, out: Any) -> None:
     if n == 0:
         return
     tpb = launch.threads_per_block()
-    _downsample2_mask[launch.blocks_for(n, tpb), tpb, launch.stream()](launch.device_arg(src), launch.device_arg(out))
+    launch.configured(_downsample2_mask, launch.blocks_for(n, tpb), tpb)(launch.device_arg(src), launch.device_arg(out))

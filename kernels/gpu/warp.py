@@ -56,6 +56,6 @@ def warp_bilinear(src: Any, affine: Any, fill: float, out: Any) -> None:
     a = launch.to_host(affine)
     coeffs = [float(a[r, c]) for r in range(2) for c in range(3)]
     tpb = launch.threads_per_block()
-    _warp_bilinear[launch.blocks_for(n, tpb), tpb, launch.stream()](
+    launch.configured(_warp_bilinear, launch.blocks_for(n, tpb), tpb)(
         launch.device_arg(src), *coeffs, float(fill), launch.device_arg(out)
     )

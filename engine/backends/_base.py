@@ -1,13 +1,6 @@
-"""Compute backends: who runs the kernels, on which arrays.
+"""The backend object: a kernel set, the array module it works on, and how frames reach it.
 
-A backend is chosen once per prepared reference (``auto``, ``cpu``, ``gpu``). It
-owns the array module (numpy or CuPy) and the kernel functions, which have the
-same names and arguments on every backend (``kernels/cpu/*`` and
-``kernels/gpu/*`` are twins). The optimiser calls the backend and never
-branches on which one it is.
-
-``auto`` falls back to the CPU and records why; an explicit ``gpu`` that cannot
-run raises :class:`BackendUnavailableError` naming what is missing.
+The registration program calls a backend and never branches on which one it is.
 """
 
 from __future__ import annotations
@@ -19,11 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError
-
-__all__ = ["Backend", "select_backend", "cpu_backend", "BACKENDS"]
-
-BACKENDS = ("auto", "cpu", "gpu")
+__all__ = ["Backend"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ class Backend:
     def synchronize(self, stream: Any = None) -> None:
         """Wait for queued device work, on ``stream`` or the whole device (a no-op on the CPU)."""
 
-    # --- per-engine streams and frame upload (see portalign.gpu); trivial on the CPU --------------
+    # --- per-engine streams and frame upload (see portalign.backends._gpu); trivial on the CPU --------------
 
     def new_stream(self) -> Any:
         """Return a new stream for one engine's work (None on the CPU: there is no queue)."""
@@ -76,6 +65,10 @@ class Backend:
     def on_stream(self, stream: Any) -> AbstractContextManager[None]:
         """Return a context in which this thread's kernels are queued on ``stream``."""
         return nullcontext()
+
+    def frame_scope(self, stream: Any) -> AbstractContextManager[None]:
+        """Return the context one frame's work runs in (the GPU: its lane's stream; the CPU: its thread count)."""
+        return self.on_stream(stream)
 
     def staging_buffer(self, shape: tuple[int, int]) -> Any:
         """Return a host buffer that frames of ``shape`` are uploaded through (None: not needed)."""
@@ -89,44 +82,3 @@ class Backend:
         return self.asarray(pixels)
 
 
-def cpu_backend(fallback_reason: str = "") -> Backend:
-    """Return the numba CPU backend."""
-    from portalign.kernels import cpu
-
-    return Backend(name="cpu", xp=np, kernels=cpu.KERNELS, fallback_reason=fallback_reason, device=_cpu_name())
-
-
-def select_backend(name: str = "auto") -> Backend:
-    """Return the backend called ``name`` (``auto``, ``cpu`` or ``gpu``).
-
-    Raises
-    ------
-    BackendUnavailableError
-        For ``gpu`` when CuPy, numba.cuda or a CUDA device is missing, and for an
-        unknown name.
-    """
-    if name == "cpu":
-        return cpu_backend()
-    if name not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    try:
-        from .gpu import gpu_backend
-    except ImportError as exc:  # the GPU module imports cupy/numba.cuda lazily; this is a packaging gap
-        reason = f"GPU backend not available: {exc}"
-        if name == "gpu":
-            raise BackendUnavailableError(reason) from exc
-        return cpu_backend(reason)
-    try:
-        # the CUDA simulator (tests) only when asked for by name: `auto` must never pick it
-        return gpu_backend(allow_simulator=(name == "gpu"))
-    except BackendUnavailableError as exc:
-        if name == "gpu":
-            raise
-        return cpu_backend(str(exc))
-
-
-def _cpu_name() -> str:
-    import os
-    import platform
-
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"

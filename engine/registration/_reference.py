@@ -14,31 +14,32 @@ concurrently against one reference (a batch, several service requests) get
 *lanes*: copies of the plan that share every reference-side array and own their
 frame buffers, their device stream and their pinned upload buffer. On the CPU there
 is one lane per geometry unless :meth:`Reference.allow_lanes` asks for more; on
-a device up to ``portalign.gpu.DEFAULT_LANES`` (see :func:`portalign.gpu.default_lanes`).
+a device up to ``portalign.backends.DEFAULT_LANES`` (see :func:`portalign.backends.default_lanes`).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from .backend import Backend, cpu_backend, select_backend
-from .errors import PortalignError, ReferencePreparationError
-from .field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
-from .gpu import default_lanes
-from .image import Image
-from .options import RegistrationOptions
+from ..backends import Backend, cpu_backend, default_lanes, select_backend
+from ..errors import PortalignError, ReferencePreparationError
+from ..field import NO_FIELD, FieldEstimate, detect_field, penumbra_extent_mm, sample_mask
+from ..image import Image, as_image, check_frame_pixels
+from ..options import RegistrationOptions
+from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
+from ._program import register_frame
+from ._search import MAX_CANDIDATES
 
-__all__ = ["Reference", "FramePlan", "Level", "prepare_reference", "pose_affines"]
+__all__ = ["Reference", "prepare_reference"]
 
 #: Global-search translations go this far beyond the capture range, so that an
 #: optimum outside it is seen (and reported) instead of clipped.
@@ -55,167 +56,6 @@ POLISH_LEVELS = 1
 MAX_FIELD_MARGIN_MM = 10.0
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
-
-
-def pose_affines(poses: np.ndarray, frame_axis: tuple[float, float], frame_spacing: tuple[float, float],
-                 ref_axis: tuple[float, float], ref_spacing: tuple[float, float]) -> np.ndarray:
-    """Return ``(K, 2, 3)`` maps from frame pixel ``(col, row, 1)`` to reference pixel ``(col, row)``.
-
-    Parameters
-    ----------
-    poses : float64[K, 3]
-        ``(dx_mm, dy_mm, theta_rad)``: reference point ``q`` appears at frame point
-        ``R(theta) q + d``, so the frame point ``p`` shows reference point
-        ``R(-theta) (p - d)``.
-    frame_axis, ref_axis : (col, row)
-        Beam axis in pixels of each grid.
-    frame_spacing, ref_spacing : (row_mm, col_mm)
-    """
-    poses = np.atleast_2d(np.asarray(poses, dtype=np.float64))
-    dx, dy, theta = poses[:, 0], poses[:, 1], poses[:, 2]
-    c, s = np.cos(theta), np.sin(theta)
-    fsy, fsx = frame_spacing
-    rsy, rsx = ref_spacing
-    ox = -frame_axis[0] * fsx - dx
-    oy = -frame_axis[1] * fsy - dy
-    out = np.empty((poses.shape[0], 2, 3))
-    out[:, 0, 0] = c * fsx / rsx
-    out[:, 0, 1] = s * fsy / rsx
-    out[:, 0, 2] = (c * ox + s * oy) / rsx + ref_axis[0]
-    out[:, 1, 0] = -s * fsx / rsy
-    out[:, 1, 1] = c * fsy / rsy
-    out[:, 1, 2] = (-s * ox + c * oy) / rsy + ref_axis[1]
-    return out
-
-
-@dataclass
-class Level:
-    """One pyramid level of a frame geometry with the reference resampled to match.
-
-    Reference-side arrays are filled at plan time; frame-side arrays are the
-    per-frame buffers the kernels write into.
-    """
-
-    index: int
-    shape: tuple[int, int]
-    spacing: tuple[float, float]
-    frame_axis: tuple[float, float]
-    ref_axis: tuple[float, float]
-    ref_shape: tuple[int, int]
-    erosion_px: int
-    # reference side (backend arrays)
-    ref_bins: Any = None
-    ref_re: Any = None
-    ref_im: Any = None
-    # frame side (backend arrays, reused)
-    image: Any = None
-    mask: Any = None
-    scratch: Any = None
-    eroded: Any = None
-    bins: Any = None
-    feat_re: Any = None
-    feat_im: Any = None
-    row_sums: Any = None
-    pixel_rows: Any = None
-    pixel_cols: Any = None
-    # per-frame statistics
-    usable: int = 0
-    range: tuple[float, float] = (0.0, 1.0)
-    eps: float = 1.0
-
-    def affines(self, poses: np.ndarray) -> np.ndarray:
-        """Frame-pixel -> reference-pixel maps of this level for ``poses``."""
-        return pose_affines(poses, self.frame_axis, self.spacing, self.ref_axis, self.spacing)
-
-
-@dataclass
-class CoarseSearch:
-    """Global search data: reference spectra for each candidate rotation."""
-
-    level: int
-    thetas: np.ndarray
-    margin_px: int
-    padded_shape: tuple[int, int]
-    ref_spectra_conj: Any
-    ref_energy: np.ndarray
-    surfaces: Any
-    #: Surface rows / columns of translations -margin..margin (backend arrays: the window is cut on the device).
-    window_rows: Any
-    window_cols: Any
-
-
-@dataclass
-class FramePlan:
-    """Everything prepared for frames of one geometry."""
-
-    key: tuple
-    frame_shape: tuple[int, int]
-    levels: dict[int, Level]
-    pyramid_depth: int
-    field_level: int
-    refine_levels: list[int]
-    coarse: CoarseSearch
-    polish_levels: list[int] = field(default_factory=list)
-    hist: Any = None
-    mi_out: Any = None
-    edge_out: Any = None
-    #: The device stream this plan's kernels are queued on (None on the CPU).
-    stream: Any = None
-    #: Pinned host buffer that frames are uploaded through (None on the CPU and under the simulator).
-    staging: Any = None
-
-    def new_lane(self, backend: Backend) -> FramePlan:
-        """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
-        xp = backend.xp
-
-        def fresh(array: Any) -> Any:
-            return None if array is None else xp.empty_like(array)
-
-        levels = {
-            index: replace(level, **{name: fresh(getattr(level, name)) for name in FRAME_BUFFERS})
-            for index, level in self.levels.items()
-        }
-        return replace(
-            self,
-            levels=levels,
-            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces)),
-            hist=xp.zeros_like(self.hist),
-            mi_out=xp.zeros_like(self.mi_out),
-            edge_out=xp.zeros_like(self.edge_out),
-            stream=backend.new_stream(),
-            staging=backend.staging_buffer(self.frame_shape),
-        )
-
-
-#: The per-frame buffers of a :class:`Level`: what a lane must own (the rest is the reference's, shared).
-FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_im", "row_sums", "pixel_rows",
-                 "pixel_cols")
-
-
-class _LanePool:
-    """The lanes of one frame geometry: the first plan, and copies made when frames overlap."""
-
-    def __init__(self, first: FramePlan) -> None:
-        self.lanes = [first]
-        self._free: deque[FramePlan] = deque([first])
-        self._changed = threading.Condition()
-
-    def acquire(self, limit: int, backend: Backend) -> FramePlan:
-        """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""
-        with self._changed:
-            while True:
-                if self._free:
-                    return self._free.popleft()
-                if len(self.lanes) < limit:
-                    lane = self.lanes[0].new_lane(backend)
-                    self.lanes.append(lane)
-                    return lane
-                self._changed.wait()
-
-    def release(self, lane: FramePlan) -> None:
-        with self._changed:
-            self._free.append(lane)
-            self._changed.notify()
 
 
 class Reference:
@@ -236,11 +76,13 @@ class Reference:
         self._field_factor = field_level_factor
         #: Band excluded around the field edge: the option, widened to the reference's measured penumbra.
         self.field_margin_mm = field_margin_mm
-        self._plans: dict[tuple, _LanePool] = {}
+        self._plans: dict[tuple, LanePool] = {}
         self._plans_lock = threading.Lock()
         # on a device, frames that overlap (service requests, batches) run side by side on their own streams
         self._lane_limit = default_lanes(backend)
         self._cpu_reference: Reference | None = None
+        #: The reference resampled per level spacing (plans of several geometries and the coarse search share them).
+        self._resampled: dict[tuple[float, float], tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
 
     @classmethod
     def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
@@ -258,8 +100,6 @@ class Reference:
         -------
         Reference
         """
-        from .optimiser import check_frame_pixels
-
         check_frame_pixels(image)
         options = options or RegistrationOptions()
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
@@ -286,9 +126,6 @@ class Reference:
         -------
         RegistrationResult
         """
-        from .image import as_image
-        from .optimiser import check_frame_pixels, register_frame
-
         image = as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
         check_frame_pixels(image)
         if self.backend.name == "cpu":
@@ -341,7 +178,7 @@ class Reference:
         with self._plans_lock:
             return sum(len(pool.lanes) for pool in self._plans.values())
 
-    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> _LanePool:
+    def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float]) -> LanePool:
         key = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
         with self._plans_lock:
             pool = self._plans.get(key)
@@ -349,13 +186,11 @@ class Reference:
                 plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis))  # type: ignore[arg-type]
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
-                pool = self._plans[key] = _LanePool(plan)
+                pool = self._plans[key] = LanePool(plan)
         return pool
 
     def warm_up(self, frame: Image) -> None:
         """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""
-        from .optimiser import register_frame
-
         register_frame(self, frame)
 
     def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
@@ -413,6 +248,7 @@ class Reference:
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
+            refine_out=np.zeros(5),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )
@@ -432,7 +268,7 @@ class Reference:
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
         backend, opts = self.backend, self.options
-        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        ref_img, valid, ref_axis = self._resampled_at(level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         valid &= _erode(np.ones_like(valid), 1)
         if valid.sum() < 16:
@@ -442,6 +278,7 @@ class Reference:
             )
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
+        level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
         lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
         if hi <= lo:
             hi = lo + 1.0
@@ -454,6 +291,7 @@ class Reference:
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)
         xp = backend.xp
+        level.stats = np.zeros(4)
         level.mask = xp.empty(level.shape, dtype=xp.uint8)
         level.scratch = xp.empty(level.shape, dtype=xp.uint8)
         level.eroded = xp.empty(level.shape, dtype=xp.uint8)
@@ -463,6 +301,14 @@ class Reference:
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
         level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
+
+    def _resampled_at(self, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """Return the reference resampled to ``spacing`` (computed once per spacing; the mask is a fresh copy)."""
+        key = (round(spacing[0], 9), round(spacing[1], 9))
+        found = self._resampled.get(key)
+        if found is None:
+            found = self._resampled[key] = _resample_reference(self.image, spacing)
+        return found[0], found[1].copy(), found[2]
 
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
         """Return the reference pixels on ``level``'s grid inside the field and off its edge band."""
@@ -487,7 +333,7 @@ class Reference:
         margin = int(math.ceil((opts.max_shift_mm + SEARCH_MARGIN_MM) / min(level.spacing))) + 1
         rows, cols = level.shape
         padded = (sp_fft.next_fast_len(rows + 2 * margin), sp_fft.next_fast_len(cols + 2 * margin))
-        ref_img, valid, ref_axis = _resample_reference(self.image, level.spacing)
+        ref_img, valid, ref_axis = self._resampled_at(level.spacing)
         valid &= self._field_valid(ref_img.shape, level)
         # the extended grid: pixel (u, v) is coarse frame pixel (u - margin, v - margin)
         shift = np.array([[1.0, 0.0, -margin], [0.0, 1.0, -margin], [0.0, 0.0, 1.0]])
@@ -520,6 +366,8 @@ class Reference:
             surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
             window_rows=backend.asarray(ty % padded[0]),
             window_cols=backend.asarray(ty % padded[1]),
+            peak_poses=np.zeros((MAX_CANDIDATES, 3)),
+            peak_scores=np.zeros(MAX_CANDIDATES),
         )
 
 
@@ -543,15 +391,6 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
 
 
-def wants_field(options: RegistrationOptions, image: Image) -> bool:
-    """Whether the field is looked for in ``image`` (a DRR has none unless ``field='detect'``)."""
-    if options.field == "none":
-        return False
-    if options.field == "detect":
-        return True
-    return image.info.kind != "drr"
-
-
 def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
     """Box-average by powers of two until the larger side is at most ``max_pixels``."""
     img = pixels.astype(np.float64)
@@ -567,17 +406,29 @@ def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.
     """Resample the reference to ``spacing`` (anti-aliased), keeping the beam axis in mm.
 
     New pixel ``(c', r')`` samples old pixel ``(c' * sx'/sx, r' * sy'/sy)``, so the
-    beam axis moves to ``axis * s / s'``. Returns the image, a validity mask and the axis.
+    beam axis moves to ``axis * s / s'``. Whole factors of two are taken first by 2x2 box
+    means (one cheap pass each, the anti-aliasing of an image pyramid); only the residual
+    factor ``f`` in [1, 2) gets a Gaussian (sigma ``0.5 sqrt(f^2 - 1)`` pixels), so the
+    filter stays a few taps wide whatever the level. Returns the image, a validity mask
+    and the axis.
     """
     sy, sx = image.spacing_mm
     fy, fx = spacing[0] / sy, spacing[1] / sx
     src = image.pixels.astype(np.float64)
-    sigma = (0.5 * math.sqrt(max(fy * fy - 1.0, 0.0)), 0.5 * math.sqrt(max(fx * fx - 1.0, 0.0)))
+    box = 1
+    while fy >= 2 * box * (1 - 1e-9) and fx >= 2 * box * (1 - 1e-9) and min(src.shape) >= 4:
+        r, c = src.shape[0] // 2 * 2, src.shape[1] // 2 * 2
+        src = 0.25 * (src[0:r:2, 0:c:2] + src[1:r:2, 0:c:2] + src[0:r:2, 1:c:2] + src[1:r:2, 1:c:2])
+        box *= 2
+    ry, rx = fy / box, fx / box
+    sigma = (0.5 * math.sqrt(max(ry * ry - 1.0, 0.0)), 0.5 * math.sqrt(max(rx * rx - 1.0, 0.0)))
     if max(sigma) > 0:
         src = ndimage.gaussian_filter(src, sigma, mode="nearest")
     rows = max(int(math.floor((image.shape[0] - 1) / fy)) + 1, 2)
     cols = max(int(math.floor((image.shape[1] - 1) / fx)) + 1, 2)
-    rr, cc = np.meshgrid(np.arange(rows) * fy, np.arange(cols) * fx, indexing="ij")
+    # original pixel p is box-reduced pixel (p - (box - 1) / 2) / box
+    offset = (box - 1) / 2
+    rr, cc = np.meshgrid((np.arange(rows) * fy - offset) / box, (np.arange(cols) * fx - offset) / box, indexing="ij")
     out = ndimage.map_coordinates(src, [rr, cc], order=1, mode="nearest").astype(np.float32)
     axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
     return np.ascontiguousarray(out), np.ones(out.shape, dtype=bool), axis
@@ -588,21 +439,6 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     return ndimage.binary_erosion(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool), border_value=0)
-
-
-def edge_features(kernels: Any, image: Any, mask: Any, row_sums: Any, out_re: Any, out_im: Any,
-                  to_host: Any = np.asarray) -> float:
-    """Fill ``out_re``/``out_im`` with the doubled-angle edge features of ``image``; return the scale ``eps``.
-
-    ``eps`` is the mean gradient magnitude over ``mask`` (rows summed in order, so it is the same for any
-    thread count): edges stronger than average get features near 1. Used for the reference at preparation
-    time and for every frame level, with the kernels of the backend that holds the arrays.
-    """
-    kernels.gradient_row_sums(image, mask, row_sums)
-    sums = to_host(row_sums)
-    eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
-    kernels.orientation_features(image, mask, max(eps, 1e-12), out_re, out_im)
-    return eps
 
 
 def _features(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

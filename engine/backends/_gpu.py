@@ -1,6 +1,6 @@
 """The GPU backend: numba.cuda kernels on CuPy arrays, detected once.
 
-:func:`gpu_backend` returns a :class:`~portalign.backend.Backend` whose kernels
+:func:`gpu_backend` returns a :class:`~portalign.backends.Backend` whose kernels
 are ``portalign.kernels.gpu`` (twins of the CPU kernels: same names, arguments
 and output buffers) and whose array module is CuPy, so the reference, the
 pyramid and every per-frame buffer that the engine allocates with
@@ -12,12 +12,12 @@ numpy, and the tests run every GPU code path without a GPU (slowly).
 What is missing is detected once per process and reported in the error::
 
     BackendUnavailableError: no CUDA device: numba.cuda.is_available() is False
-    BackendUnavailableError: CuPy is not installed: pip install portalign[gpu]
+    BackendUnavailableError: CuPy is not installed: pip install 'portalign[gpu-cuda13]'
 
 Streams, pinned memory and batches
 ----------------------------------
 Each engine (a prepared reference and a frame geometry: a ``FramePlan``, see
-:mod:`portalign.reference`) may have several *lanes*: copies of its per-frame
+:mod:`portalign.registration`) may have several *lanes*: copies of its per-frame
 buffers that share the reference's device arrays. Every lane owns a
 non-blocking ``cupy.cuda.Stream`` and a pinned host buffer
 (``cupyx.empty_pinned``). A frame registered on a lane is copied into that
@@ -29,29 +29,23 @@ optimiser reads come back on it, which waits for that stream only. Two lanes
 overlap on the device: the upload of frame ``n + 1`` runs while frame ``n`` is
 searched.
 
-:func:`register_batch` is the throughput entry point: it opens ``lanes`` lanes
-and registers the frames on worker threads, one lane each, returning results in
-input order. Under numba's simulator one worker registers the frames in turn
-(its kernel objects keep their launch configuration in shared state, which
-threads would race on); ``tests/test_gpu.py`` runs a second lane there by holding
-the first, and ``tests/test_batch.py`` runs real worker threads on the CPU.
+:func:`portalign.register_batch` is the throughput entry point (see
+:mod:`portalign.registration`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backend import Backend
-from .errors import BackendUnavailableError, PortalignError
+from ..errors import BackendUnavailableError
+from ._base import Backend
 
-__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "register_batch", "BatchError", "DEFAULT_LANES", "default_lanes"]
+__all__ = ["gpu_backend", "gpu_status", "GpuBackend", "DEFAULT_LANES", "default_lanes"]
 
 #: Lanes per frame geometry on a device unless the caller says otherwise: two streams overlap upload and search.
 DEFAULT_LANES = 2
@@ -176,89 +170,6 @@ def gpu_backend(*, allow_simulator: bool = True) -> Backend:
     return backend
 
 
-class BatchError(PortalignError):
-    """Some frames of a batch could not be registered; the others' results are kept.
-
-    Attributes
-    ----------
-    results : list of RegistrationResult or None
-        One entry per frame, in input order; None where the frame failed.
-    errors : dict of int to Exception
-        The failed frames' errors, by position in the batch.
-    """
-
-    def __init__(self, message: str, results: list[Any], errors: dict[int, BaseException]) -> None:
-        super().__init__(message)
-        self.results = results
-        self.errors = errors
-
-
-def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: Any = None,
-                   lanes: int | None = None) -> list[Any]:
-    """Register many frames against one prepared reference; return their results in input order.
-
-    Parameters
-    ----------
-    reference : Reference
-        A prepared reference (any backend; the GPU is where lanes pay off).
-    frames : iterable of Image, numpy.ndarray, path or pydicom.Dataset
-        Arrays need ``pixel_spacing_mm``.
-    pixel_spacing_mm : float or (float, float), optional
-    lanes : int, optional
-        Frames in flight at once, each on its own buffers and stream. Default:
-        :func:`default_lanes` of the reference's backend.
-
-    Returns
-    -------
-    list of RegistrationResult
-
-    Raises
-    ------
-    BatchError
-        After every frame has been tried, when some could not be registered
-        (unreadable, bad geometry); it names them and carries the other results.
-    """
-    from .reference import Reference
-
-    if not isinstance(reference, Reference):
-        raise TypeError(
-            f"register_batch needs a prepared Reference, got {type(reference).__name__}; "
-            "call portalign.prepare_reference(image, backend='gpu') first"
-        )
-    items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
-    backend = reference.backend
-    simulated = isinstance(backend, GpuBackend) and backend.simulated
-    if lanes is None:
-        lanes = default_lanes(backend)
-    if int(lanes) < 1:
-        raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
-    lanes = min(int(lanes), max(len(items), 1))
-    reference.allow_lanes(lanes)
-    results: list[Any] = [None] * len(items)
-    errors: dict[int, BaseException] = {}
-
-    def one(index: int) -> None:
-        try:
-            results[index] = reference.register(items[index], pixel_spacing_mm=pixel_spacing_mm)
-        except Exception as exc:  # noqa: BLE001 - one bad frame must not lose the batch
-            errors[index] = exc
-
-    # the simulator keeps launch settings on shared kernel objects: its workers must take turns
-    workers = 1 if simulated else lanes
-    if workers == 1:
-        for index in range(len(items)):
-            one(index)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="portalign-batch") as pool:
-            list(pool.map(one, range(len(items))))
-    if errors:
-        listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise BatchError(f"{len(errors)} of {len(items)} frames could not be registered: {listed}{more}",
-                         results, errors)
-    return results
-
-
 def _detect() -> tuple[Backend | None, str]:
     """Find out once whether the GPU backend can run; cache ``(backend, "")`` or ``(None, reason)``."""
     global _detected
@@ -272,12 +183,27 @@ def _probe() -> tuple[Backend | None, str]:
     try:
         from numba import config, cuda
     except ImportError as exc:  # pragma: no cover - numba is a dependency
-        return None, f"numba.cuda cannot be imported ({exc}): pip install portalign[gpu]"
+        return None, f"numba.cuda cannot be imported ({exc}): pip install 'portalign[{_cuda_extra()}]'"
     try:
         from portalign.kernels import gpu as gpu_kernels
     except ImportError as exc:  # pragma: no cover - packaging error
         return None, f"portalign.kernels.gpu cannot be imported ({exc}); reinstall portalign"
-    if getattr(config, "ENABLE_CUDASIM", 0):
+    simulated = bool(getattr(config, "ENABLE_CUDASIM", 0))
+    if not simulated:
+        try:
+            available = bool(cuda.is_available())
+        except Exception as exc:  # noqa: BLE001 - a broken driver must not take the engine down
+            return None, f"no CUDA device: numba.cuda.is_available() failed ({exc})"
+        if not available:
+            return None, "no CUDA device: numba.cuda.is_available() is False"
+        try:
+            import cupy
+        except ImportError:
+            return None, f"CuPy is not installed: pip install 'portalign[{_cuda_extra()}]'"
+    failure = _compile_check()
+    if failure:
+        return None, failure
+    if simulated:
         return (
             GpuBackend(
                 name="gpu",
@@ -288,16 +214,6 @@ def _probe() -> tuple[Backend | None, str]:
             ),
             "",
         )
-    try:
-        available = bool(cuda.is_available())
-    except Exception as exc:  # noqa: BLE001 - a broken driver must not take the engine down
-        return None, f"no CUDA device: numba.cuda.is_available() failed ({exc})"
-    if not available:
-        return None, "no CUDA device: numba.cuda.is_available() is False"
-    try:
-        import cupy
-    except ImportError:
-        return None, "CuPy is not installed: pip install portalign[gpu]"
     try:  # pragma: no cover - needs a device
         device = cuda.get_current_device()
         name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
@@ -309,3 +225,41 @@ def _probe() -> tuple[Backend | None, str]:
         GpuBackend(name="gpu", xp=cupy, kernels=gpu_kernels.KERNELS, device=description),
         "",
     )
+
+
+def _compile_check() -> str:
+    """Compile and run one tiny kernel; return why the GPU cannot be used ("" when it can).
+
+    A numpy release newer than the installed numba-cuda supports fails here, at the first
+    compilation, rather than at the first frame; the reason names both versions and the fix.
+    """
+    try:
+        from portalign.kernels.gpu.probe import run_probe
+
+        run_probe()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available", with the cause
+        text = f"{type(exc).__name__}: {exc}"
+        if "numpy" in str(exc):
+            try:
+                from importlib.metadata import version
+
+                numba_cuda = version("numba-cuda")
+            except Exception:  # noqa: BLE001 - the built-in numba.cuda has no distribution of its own
+                numba_cuda = "the installed numba.cuda"
+            return (
+                f"CUDA kernels do not compile with numpy {np.__version__} and numba-cuda {numba_cuda} ({text}): "
+                "install a numpy they support, e.g. pip install 'numpy<2.5', or a newer numba-cuda"
+            )
+        return f"a test kernel failed to compile or run on the GPU ({text})"
+    return ""
+
+
+def _cuda_extra() -> str:
+    """Return the extra that matches the installed CUDA driver (``gpu-cuda13`` or ``gpu-cuda12``)."""
+    try:
+        from numba import cuda
+
+        major = cuda.cudadrv.driver.driver.get_version()[0]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - no driver: name the newer one
+        return "gpu-cuda13 or gpu-cuda12"
+    return "gpu-cuda13" if major >= 13 else "gpu-cuda12"

@@ -1,0 +1,28 @@
+"""Compute backends: who runs the kernels, on which arrays (``auto``, ``cpu``, ``gpu``).
+
+A backend owns the array module (numpy or CuPy) and the kernel functions, which
+have the same names and arguments on every backend (``kernels/cpu/*`` and
+``kernels/gpu/*`` are twins).
+"""
+
+from ._base import Backend
+from ._cpu import CpuBackend, batch_lanes, cpu_backend, frame_threads, set_thread_policy, single_threaded
+from ._gpu import DEFAULT_LANES, GpuBackend, default_lanes, gpu_backend, gpu_status
+from ._select import BACKENDS, select_backend
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_LANES",
+    "Backend",
+    "CpuBackend",
+    "GpuBackend",
+    "batch_lanes",
+    "cpu_backend",
+    "default_lanes",
+    "frame_threads",
+    "gpu_backend",
+    "gpu_status",
+    "select_backend",
+    "set_thread_policy",
+    "single_threaded",
+]

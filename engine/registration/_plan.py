@@ -1,0 +1,218 @@
+"""A frame geometry's plan: pyramid levels, the reference resampled onto them, and every per-frame buffer.
+
+A :class:`FramePlan` is built once per (reference, frame geometry) by
+:class:`~portalign.registration.Reference` and reused for every frame of that
+geometry. Its per-frame buffers serve one frame at a time; frames registered
+concurrently get *lanes* (copies that share the reference-side arrays).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend
+from ..image import Image
+from ..options import RegistrationOptions
+
+__all__ = ["FramePlan", "Level", "CoarseSearch", "pose_affines", "edge_features", "wants_field", "FRAME_BUFFERS", "LanePool"]
+
+
+def pose_affines(poses: np.ndarray, frame_axis: tuple[float, float], frame_spacing: tuple[float, float],
+                 ref_axis: tuple[float, float], ref_spacing: tuple[float, float]) -> np.ndarray:
+    """Return ``(K, 2, 3)`` maps from frame pixel ``(col, row, 1)`` to reference pixel ``(col, row)``.
+
+    Parameters
+    ----------
+    poses : float64[K, 3]
+        ``(dx_mm, dy_mm, theta_rad)``: reference point ``q`` appears at frame point
+        ``R(theta) q + d``, so the frame point ``p`` shows reference point
+        ``R(-theta) (p - d)``.
+    frame_axis, ref_axis : (col, row)
+        Beam axis in pixels of each grid.
+    frame_spacing, ref_spacing : (row_mm, col_mm)
+    """
+    poses = np.atleast_2d(np.asarray(poses, dtype=np.float64))
+    dx, dy, theta = poses[:, 0], poses[:, 1], poses[:, 2]
+    c, s = np.cos(theta), np.sin(theta)
+    fsy, fsx = frame_spacing
+    rsy, rsx = ref_spacing
+    ox = -frame_axis[0] * fsx - dx
+    oy = -frame_axis[1] * fsy - dy
+    out = np.empty((poses.shape[0], 2, 3))
+    out[:, 0, 0] = c * fsx / rsx
+    out[:, 0, 1] = s * fsy / rsx
+    out[:, 0, 2] = (c * ox + s * oy) / rsx + ref_axis[0]
+    out[:, 1, 0] = -s * fsx / rsy
+    out[:, 1, 1] = c * fsy / rsy
+    out[:, 1, 2] = (-s * ox + c * oy) / rsy + ref_axis[1]
+    return out
+
+
+@dataclass
+class Level:
+    """One pyramid level of a frame geometry with the reference resampled to match.
+
+    Reference-side arrays are filled at plan time; frame-side arrays are the
+    per-frame buffers the kernels write into.
+    """
+
+    index: int
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+    frame_axis: tuple[float, float]
+    ref_axis: tuple[float, float]
+    ref_shape: tuple[int, int]
+    erosion_px: int
+    # reference side (backend arrays)
+    ref_bins: Any = None
+    ref_re: Any = None
+    ref_im: Any = None
+    #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
+    geometry: Any = None
+    # frame side (backend arrays, reused)
+    image: Any = None
+    mask: Any = None
+    scratch: Any = None
+    eroded: Any = None
+    bins: Any = None
+    feat_re: Any = None
+    feat_im: Any = None
+    row_sums: Any = None
+    pixel_rows: Any = None
+    pixel_cols: Any = None
+    #: Host float64[4] the level stage writes: usable count, intensity range, edge scale.
+    stats: Any = None
+    # per-frame statistics
+    usable: int = 0
+    range: tuple[float, float] = (0.0, 1.0)
+    eps: float = 1.0
+
+    def affines(self, poses: np.ndarray) -> np.ndarray:
+        """Frame-pixel -> reference-pixel maps of this level for ``poses``."""
+        return pose_affines(poses, self.frame_axis, self.spacing, self.ref_axis, self.spacing)
+
+
+@dataclass
+class CoarseSearch:
+    """Global search data: reference spectra for each candidate rotation."""
+
+    level: int
+    thetas: np.ndarray
+    margin_px: int
+    padded_shape: tuple[int, int]
+    ref_spectra_conj: Any
+    ref_energy: np.ndarray
+    surfaces: Any
+    #: Surface rows / columns of translations -margin..margin (backend arrays: the window is cut on the device).
+    window_rows: Any
+    window_cols: Any
+    #: Host buffers the peak search writes: poses (MAX_CANDIDATES, 3) and their scores.
+    peak_poses: Any = None
+    peak_scores: Any = None
+
+
+@dataclass
+class FramePlan:
+    """Everything prepared for frames of one geometry."""
+
+    key: tuple
+    frame_shape: tuple[int, int]
+    levels: dict[int, Level]
+    pyramid_depth: int
+    field_level: int
+    refine_levels: list[int]
+    coarse: CoarseSearch
+    polish_levels: list[int] = field(default_factory=list)
+    hist: Any = None
+    mi_out: Any = None
+    edge_out: Any = None
+    #: Host float64[5]: what the refine kernel returns (pose, score, iterations run).
+    refine_out: Any = None
+    #: The device stream this plan's kernels are queued on (None on the CPU).
+    stream: Any = None
+    #: Pinned host buffer that frames are uploaded through (None on the CPU and under the simulator).
+    staging: Any = None
+
+    def new_lane(self, backend: Backend) -> FramePlan:
+        """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
+        xp = backend.xp
+
+        def fresh(array: Any) -> Any:
+            return None if array is None else xp.empty_like(array)
+
+        levels = {
+            index: replace(level, stats=np.zeros(4), **{name: fresh(getattr(level, name)) for name in FRAME_BUFFERS})
+            for index, level in self.levels.items()
+        }
+        return replace(
+            self,
+            levels=levels,
+            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces), peak_poses=np.zeros_like(self.coarse.peak_poses),
+                           peak_scores=np.zeros_like(self.coarse.peak_scores)),
+            hist=xp.zeros_like(self.hist),
+            mi_out=xp.zeros_like(self.mi_out),
+            edge_out=xp.zeros_like(self.edge_out),
+            refine_out=np.zeros(5),
+            stream=backend.new_stream(),
+            staging=backend.staging_buffer(self.frame_shape),
+        )
+
+
+#: The per-frame buffers of a :class:`Level`: what a lane must own (the rest is the reference's, shared).
+FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_im", "row_sums", "pixel_rows",
+                 "pixel_cols")
+
+
+class LanePool:
+    """The lanes of one frame geometry: the first plan, and copies made when frames overlap."""
+
+    def __init__(self, first: FramePlan) -> None:
+        self.lanes = [first]
+        self._free: deque[FramePlan] = deque([first])
+        self._changed = threading.Condition()
+
+    def acquire(self, limit: int, backend: Backend) -> FramePlan:
+        """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""
+        with self._changed:
+            while True:
+                if self._free:
+                    return self._free.popleft()
+                if len(self.lanes) < limit:
+                    lane = self.lanes[0].new_lane(backend)
+                    self.lanes.append(lane)
+                    return lane
+                self._changed.wait()
+
+    def release(self, lane: FramePlan) -> None:
+        with self._changed:
+            self._free.append(lane)
+            self._changed.notify()
+
+
+def wants_field(options: RegistrationOptions, image: Image) -> bool:
+    """Whether the field is looked for in ``image`` (a DRR has none unless ``field='detect'``)."""
+    if options.field == "none":
+        return False
+    if options.field == "detect":
+        return True
+    return image.info.kind != "drr"
+
+
+def edge_features(kernels: Any, image: Any, mask: Any, row_sums: Any, out_re: Any, out_im: Any,
+                  to_host: Any = np.asarray) -> float:
+    """Fill ``out_re``/``out_im`` with the doubled-angle edge features of ``image``; return the scale ``eps``.
+
+    ``eps`` is the mean gradient magnitude over ``mask`` (rows summed in order, so it is the same for any
+    thread count): edges stronger than average get features near 1. Used for the reference at preparation
+    time and for every frame level, with the kernels of the backend that holds the arrays.
+    """
+    kernels.gradient_row_sums(image, mask, row_sums)
+    sums = to_host(row_sums)
+    eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
+    kernels.orientation_features(image, mask, max(eps, 1e-12), out_re, out_im)
+    return eps

@@ -1,0 +1,130 @@
+"""Whether the reference and the frame show the same view of the patient, and any common region at all.
+
+A 2-D registration compares two projections. It is only meaningful when both were
+taken along the same beam: the same gantry angle (IEC 61217 GANTRY), the same
+collimator (BEAM LIMITING DEVICE) and patient support (couch) angles, and the same
+source position (source-axis distance; the source-imager distance does not matter
+once the pixel spacing is scaled to the isocentre plane, since an anatomy point at
+depth ``z`` is magnified by ``SAD / (SAD - z)`` there, whatever the SID). A
+gantry-0 reference against a gantry-90 frame returns *a* shift, and a confident one
+would be wrong; so a mismatch makes the result not ``ok`` unless the caller says the
+mismatch is intended (``RegistrationOptions(allow_view_mismatch=True)``,
+``--allow-view-mismatch``).
+
+Angles that an image does not carry (``None``: arrays, files without the tag) are
+not compared, but every angle is recorded in the result (``details["view"]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..image import Image, ImageInfo
+from ..options import RegistrationOptions
+
+__all__ = ["angle_difference_deg", "compare_views", "common_region"]
+
+#: Angles compared, with the name a physicist uses for each (IEC 61217).
+VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
+#: Relative difference of the source-axis distances beyond which the views differ (1000 vs 980 mm is 2 %).
+SAD_TOLERANCE = 0.02
+
+
+def angle_difference_deg(a: float, b: float) -> float:
+    """Return the smallest absolute difference of two angles in degrees (359 and 1 are 2 apart)."""
+    return abs((float(a) - float(b) + 180.0) % 360.0 - 180.0)
+
+
+def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationOptions) -> tuple[str, dict[str, Any], list[str]]:
+    """Compare the acquisition geometry of a reference and a frame.
+
+    Parameters
+    ----------
+    reference, frame : ImageInfo
+        Their IEC 61217 gantry, collimator and couch angles (degrees) and
+        source-axis distances (mm); ``None`` where unknown.
+    options : RegistrationOptions
+        ``view_tolerance_deg`` and ``allow_view_mismatch``.
+
+    Returns
+    -------
+    reason : str
+        Why the views differ, naming both values and the override; ``""`` when they
+        match, when nothing can be compared, or when the mismatch is allowed.
+    record : dict
+        ``{"reference": {...}, "frame": {...}, "mismatch": [...], "allowed": bool}``:
+        every angle and SAD of both images (``None`` where unknown) and the names
+        of the quantities that differ.
+    warnings : list of str
+        A mismatch that was allowed.
+    """
+    keys = [key for key, _ in VIEW_ANGLES] + ["sad_mm"]
+    record: dict[str, Any] = {
+        "reference": {key: getattr(reference, key) for key in keys},
+        "frame": {key: getattr(frame, key) for key in keys},
+        "mismatch": [],
+        "allowed": bool(options.allow_view_mismatch),
+    }
+    phrases = []
+    for key, label in VIEW_ANGLES:
+        ref_value, frame_value = getattr(reference, key), getattr(frame, key)
+        if ref_value is None or frame_value is None:
+            continue
+        if angle_difference_deg(ref_value, frame_value) > options.view_tolerance_deg:
+            record["mismatch"].append(key)
+            phrases.append(f"{label} angle {_deg(ref_value)} deg in the reference ({reference.source}) but "
+                           f"{_deg(frame_value)} deg in the frame ({frame.source})")
+    ref_sad, frame_sad = reference.sad_mm, frame.sad_mm
+    if ref_sad and frame_sad and abs(ref_sad - frame_sad) > SAD_TOLERANCE * max(ref_sad, frame_sad):
+        record["mismatch"].append("sad_mm")
+        phrases.append(f"source-axis distance {ref_sad:g} mm in the reference ({reference.source}) but "
+                       f"{frame_sad:g} mm in the frame ({frame.source})")
+    if not phrases:
+        return "", record, []
+    text = "; ".join(phrases)
+    if options.allow_view_mismatch:
+        return "", record, [f"the views differ ({text}); registered as asked (allow_view_mismatch)"]
+    reason = (f"different views: {text} (tolerance {options.view_tolerance_deg:g} deg); a 2-D match of different "
+              "views is not a setup error. If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
+    return reason, record, []
+
+
+def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | None) -> str:
+    """Return why the two images can have no anatomy in common, or ``""``.
+
+    Both images are placed at the isocentre plane with their beam axes at the
+    origin (the registration contract); the frame's footprint is its detected
+    field when there is one, else the whole image. When the footprints do not
+    overlap along x or y, no pose near the planned one can match anything.
+
+    Parameters
+    ----------
+    reference, frame : Image
+    frame_box_mm : list of float or None
+        ``[x_min, x_max, y_min, y_max]`` of the frame's detected field (mm).
+    """
+    ref_box = _extent_box(reference)
+    box = list(frame_box_mm) if frame_box_mm is not None else _extent_box(frame)
+    overlap_x = min(ref_box[1], box[1]) - max(ref_box[0], box[0])
+    overlap_y = min(ref_box[3], box[3]) - max(ref_box[2], box[2])
+    if overlap_x > 0 and overlap_y > 0:
+        return ""
+    what = "field" if frame_box_mm is not None else "image"
+    return (f"no common anatomy: at the isocentre plane the reference covers {_span(ref_box)} and the frame's {what} "
+            f"{_span(box)} (mm from the beam axis); they do not overlap. Are these images of the same beam, and is "
+            "the beam axis (RTImagePosition) of each right?")
+
+
+def _extent_box(image: Image) -> list[float]:
+    rows, cols = image.shape
+    x0, y0 = image.pixel_to_mm(-0.5, -0.5)
+    x1, y1 = image.pixel_to_mm(cols - 0.5, rows - 0.5)
+    return [float(x0), float(x1), float(y0), float(y1)]
+
+
+def _span(box: list[float]) -> str:
+    return f"x {box[0]:.0f}..{box[1]:.0f}, y {box[2]:.0f}..{box[3]:.0f}"
+
+
+def _deg(angle: float) -> str:
+    return f"{round(float(angle), 1) + 0.0:g}"

@@ -1,0 +1,246 @@
+"""Refinement as one compiled call: quadratic-model Newton ascent of a metric on one pyramid level (numba, CPU).
+
+Each iteration evaluates the metric at the stencil's poses in one metric-kernel
+call (the centre, +-1 step on each axis and the mixed pairs), fits the full
+quadratic ``f(x) = f0 + g.x + x.H.x / 2`` through them and jumps to its optimum
+``x* = -H^-1 g`` (at most ``MAX_JUMP`` steps). After the first fit the mixed
+second derivatives are reused and only the star (centre and +-1 step per axis)
+is evaluated; a model that is not concave moves to the best stencil point. Steps
+are one pixel of the level, so the partial-volume ripple of MI (period one
+pixel) adds the same amount to every sample of a translation axis and does not
+bias the fit.
+
+The whole loop (poses, affine maps, the metric kernels, the fit, the
+convergence test) runs here: the engine makes one call per level, not one
+Python round trip per iteration. ``kernels/gpu/refine.py`` has the same
+signature; ``kernels/reference/refine.py`` is the float64 numpy version.
+
+Metric ids: ``EDGE`` (normalised gradient-orientation correlation,
+:mod:`.edge`) and ``MI`` (partial-volume mutual information,
+:mod:`.mutual_information`). Poses are ``(dx_mm, dy_mm, theta_rad)`` in the
+image frame of DESIGN.md; ``geometry`` is ``(frame_axis_col, frame_axis_row,
+spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)`` of the level (the
+reference is resampled onto the level's spacing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .edge import gradient_correlation
+from .mutual_information import joint_histograms, mutual_information
+
+__all__ = ["refine", "pose_affines_into", "quadratic_step", "stencil_poses", "EDGE", "MI", "MAX_JUMP", "STENCIL_3D",
+           "STENCIL_2D", "MAX_STENCIL"]
+
+EDGE = 0
+MI = 1
+#: Largest Newton jump, in steps, per iteration.
+MAX_JUMP = 1.5
+#: Quadratic-model stencil in units of one step: centre, +-each axis, the three mixed pairs.
+STENCIL_3D = np.array(
+    [[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [1, 1, 0], [1, 0, 1], [0, 1, 1]],
+    dtype=np.float64,
+)
+STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [1, 1, 0]], dtype=np.float64)
+#: Most poses one iteration evaluates (the full 3-D stencil): the size of the histogram scratch.
+MAX_STENCIL = 10
+
+
+@njit(cache=True, nogil=True)
+def pose_affines_into(poses: np.ndarray, n: int, geometry: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """Write into ``out[:n]`` the frame-pixel -> reference-pixel maps ``(2, 3)`` of ``poses[:n]``.
+
+    The frame point ``p`` shows reference point ``R(-theta) (p - d)``; both grids share the spacing
+    ``geometry[2:4]`` (the formula of :func:`portalign.registration.pose_affines`).
+    """
+    fax, fay, sy, sx, rax, ray = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
+    for k in range(n):
+        c = math.cos(poses[k, 2])
+        s = math.sin(poses[k, 2])
+        ox = -fax * sx - poses[k, 0]
+        oy = -fay * sy - poses[k, 1]
+        out[k, 0, 0] = c * sx / sx
+        out[k, 0, 1] = s * sy / sx
+        out[k, 0, 2] = (c * ox + s * oy) / sx + rax
+        out[k, 1, 0] = -s * sx / sy
+        out[k, 1, 1] = c * sy / sy
+        out[k, 1, 2] = (-s * ox + c * oy) / sy + ray
+
+
+@njit(cache=True, nogil=True)
+def stencil_poses(pose: np.ndarray, step: np.ndarray, dims: int, n: int, out: np.ndarray) -> None:  # pragma: no cover
+    """Write the first ``n`` stencil poses around ``pose`` (steps ``step``) into ``out[:n]``."""
+    for k in range(n):
+        for a in range(3):
+            unit = STENCIL_3D[k, a] if dims == 3 else STENCIL_2D[k, a]
+            out[k, a] = pose[a] + unit * step[a]
+
+
+@njit(cache=True, nogil=True)
+def quadratic_step(f: np.ndarray, n_values: int, dims: int, cross: np.ndarray, jump: np.ndarray) -> float:  # pragma: no cover
+    """Fill ``jump`` (in steps) with the move to the quadratic model's maximum and return the model's value there.
+
+    ``f = [f0, f+x, f-x, f+y, f-y, (f+t, f-t), mixed pairs...]``: ``g_i = (f+i - f-i)/2``,
+    ``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``. With only the star
+    (``n_values == 1 + 2 dims``) the mixed terms come from ``cross``; otherwise they are
+    measured and written back into ``cross``. Concavity by Sylvester's criterion on ``-H``.
+    """
+    f0 = f[0]
+    g = np.zeros(3)
+    h = np.zeros((3, 3))
+    plus = np.zeros(3)
+    for i in range(dims):
+        plus[i] = f[1 + 2 * i]
+        minus = f[2 + 2 * i]
+        g[i] = 0.5 * (plus[i] - minus)
+        h[i, i] = plus[i] + minus - 2.0 * f0
+    n_pairs = 3 if dims == 3 else 1
+    for n in range(n_pairs):
+        i = 0 if n < 2 else 1
+        j = 1 if n == 0 else 2
+        if n_values > 1 + 2 * dims:
+            cross[n] = f[1 + 2 * dims + n] - plus[i] - plus[j] + f0
+        h[i, j] = cross[n]
+        h[j, i] = cross[n]
+    m1 = -h[0, 0]
+    m2 = h[0, 0] * h[1, 1] - h[0, 1] * h[1, 0]
+    concave = m1 > 0.0 and m2 > 0.0
+    det3 = 0.0
+    if dims == 3:
+        det3 = (h[0, 0] * (h[1, 1] * h[2, 2] - h[1, 2] * h[2, 1]) - h[0, 1] * (h[1, 0] * h[2, 2] - h[1, 2] * h[2, 0])
+                + h[0, 2] * (h[1, 0] * h[2, 1] - h[1, 1] * h[2, 0]))
+        concave = concave and -det3 > 0.0
+    if concave:
+        # x = -H^-1 g by Cramer's rule (2x2 or 3x3)
+        if dims == 2:
+            jump[0] = -(h[1, 1] * g[0] - h[0, 1] * g[1]) / m2
+            jump[1] = -(h[0, 0] * g[1] - h[1, 0] * g[0]) / m2
+            jump[2] = 0.0
+        else:
+            for c in range(3):
+                a = h.copy()
+                for r in range(3):
+                    a[r, c] = g[r]
+                det_c = (a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+                         - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+                         + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]))
+                jump[c] = -det_c / det3
+        largest = 0.0
+        for a in range(dims):
+            largest = max(largest, abs(jump[a]))
+        scale = largest / MAX_JUMP
+        if scale > 1.0:
+            for a in range(dims):
+                jump[a] /= scale
+        predicted = f0
+        for a in range(dims):
+            predicted += g[a] * jump[a]
+            for b in range(dims):
+                predicted += 0.5 * jump[a] * h[a, b] * jump[b]
+        return predicted
+    best = 0
+    for k in range(1, n_values):
+        if f[k] > f[best]:
+            best = k
+    for a in range(3):
+        unit = STENCIL_3D[best, a] if dims == 3 else STENCIL_2D[best, a]
+        jump[a] = unit if a < dims else 0.0
+    return f[best]
+
+
+@njit(cache=True, nogil=True)
+def _metric(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
+            ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, normalised: bool,
+            poses: np.ndarray, affines: np.ndarray, n: int, hist: np.ndarray, sums: np.ndarray,
+            values: np.ndarray) -> None:  # pragma: no cover
+    if metric == MI:
+        joint_histograms(rows, cols, count, frame_bins, ref_bins, affines[:n], hist[:n])
+        mutual_information(hist[:n], normalised, values[:n])
+        return
+    rot = np.empty((n, 2))
+    for k in range(n):
+        rot[k, 0] = math.cos(2.0 * poses[k, 2])
+        rot[k, 1] = math.sin(2.0 * poses[k, 2])
+    gradient_correlation(rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines[:n], rot, sums[:n])
+    for k in range(n):
+        values[k] = sums[k, 0] / math.sqrt(max(sums[k, 1] * sums[k, 2], 1e-30))
+
+
+@njit(cache=True, nogil=True)
+def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
+           ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, geometry: np.ndarray,
+           pose: np.ndarray, step: np.ndarray, iterations: int, tolerance: float, star: bool, theta_limit: float,
+           normalised: bool, hist: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """Newton ascent of ``metric`` from ``pose``; write ``(dx_mm, dy_mm, theta_rad, score, iterations_run)`` into ``out``.
+
+    Parameters
+    ----------
+    metric : int
+        ``EDGE`` or ``MI``.
+    rows, cols, count : int32[>= count], int32[>= count], int
+        The level's usable frame pixels.
+    frame_re, frame_im, ref_re, ref_im : float32[...]
+        Edge features of the frame level and of the reference on the level's grid.
+    frame_bins, ref_bins : int16[...]
+        Intensity bins (``-1`` where not usable), for MI.
+    geometry : float64[6]
+        ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``.
+    pose : float64[3]
+        Start ``(dx_mm, dy_mm, theta_rad)``.
+    step : float64[3]
+        One stencil step per axis (mm, mm, rad); ``step[2] == 0`` fixes the rotation at 0 (2-D stencil).
+    iterations : int
+        Most stencils evaluated.
+    tolerance : float
+        Stop when the largest jump is below this many steps.
+    star : bool
+        Use the star stencil (no mixed terms) from the first iteration.
+    theta_limit : float
+        The rotation is kept within ``+-theta_limit`` rad.
+    normalised : bool
+        Normalised MI (Studholme) instead of MI.
+    hist : int64[>= MAX_STENCIL, bins, bins]
+        Scratch for the joint histograms.
+    out : float64[5]
+        Overwritten.
+    """
+    dims = 3 if step[2] > 0.0 else 2
+    full = 10 if dims == 3 else 6
+    p = pose.copy()
+    if dims == 2:
+        p[2] = 0.0
+    poses = np.empty((MAX_STENCIL, 3))
+    affines = np.empty((MAX_STENCIL, 2, 3))
+    sums = np.empty((MAX_STENCIL, 3))
+    values = np.empty(MAX_STENCIL)
+    cross = np.zeros(3)
+    jump = np.zeros(3)
+    have_cross = star
+    score = -np.inf
+    done = 0
+    for _ in range(iterations):
+        n = 1 + 2 * dims if have_cross else full
+        stencil_poses(p, step, dims, n, poses)
+        pose_affines_into(poses, n, geometry, affines)
+        _metric(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, normalised,
+                poses, affines, n, hist, sums, values)
+        predicted = quadratic_step(values, n, dims, cross, jump)
+        have_cross = True
+        score = max(values[0], predicted)
+        largest = 0.0
+        for a in range(dims):
+            p[a] += jump[a] * step[a]
+            largest = max(largest, abs(jump[a]))
+        p[2] = min(max(p[2], -theta_limit), theta_limit)
+        done += 1
+        if largest < tolerance:
+            break
+    out[0] = p[0]
+    out[1] = p[1]
+    out[2] = p[2]
+    out[3] = score
+    out[4] = done

@@ -1,0 +1,52 @@
+"""One frame pyramid level made ready for matching on the GPU (same signature as the CPU twin ``prepare_level``).
+
+The same steps in the same order with the GPU kernels; the field mask is sampled
+onto the level on the host (it is a few thousand pixels) and uploaded. Two small
+results come back: the usable count and range (from ``pixel_list`` and
+``masked_range``) and the gradient row sums for ``eps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from portalign.kernels.cpu.level import sample_nearest
+
+from . import launch
+from .gradient import gradient_row_sums, orientation_features
+from .mask import erode_box, masked_range, pixel_list
+from .mutual_information import quantize
+
+__all__ = ["prepare_level"]
+
+
+def prepare_level(image: Any, field_mask: np.ndarray, has_field: bool, scale: float, offset: float, erosion_px: int,
+                  n_bins: int, mask: Any, scratch: Any, eroded: Any, pixel_rows: Any, pixel_cols: Any, bins: Any,
+                  row_sums: Any, feat_re: Any, feat_im: Any, stats: np.ndarray) -> None:
+    """Fill a level's frame buffers; write ``(usable, low, high, eps)`` into the host array ``stats``."""
+    xp = launch.array_module()
+    if has_field:
+        sampled = np.empty(tuple(mask.shape), dtype=np.uint8)
+        sample_nearest(np.ascontiguousarray(field_mask, dtype=np.uint8), scale, offset, sampled)
+        mask[...] = xp.asarray(sampled)
+        erode_box(mask, erosion_px, scratch, eroded)
+    else:
+        mask[...] = 1
+        erode_box(mask, 1, scratch, eroded)
+    usable = pixel_list(eroded, pixel_rows, pixel_cols)
+    lo, hi, _ = masked_range(image, eroded, 0.005, 0.995)
+    stats[0], stats[1], stats[2] = usable, lo, hi
+    if hi <= lo:
+        hi = lo + 1.0
+    quantize(image, eroded, float(lo), float(hi), n_bins, bins)
+    gradient_row_sums(image, eroded, row_sums)
+    sums = launch.to_host(row_sums)
+    total = 0.0
+    count = 0.0
+    for i in range(sums.shape[0]):  # in row order, as the CPU twin adds them
+        total += float(sums[i, 0])
+        count += float(sums[i, 1])
+    eps = total / max(count, 1.0)
+    stats[3] = eps
+    orientation_features(image, eroded, max(eps, 1e-12), feat_re, feat_im)

@@ -1,0 +1,370 @@
+"""A CLI that says what happened (issue 11): extras named, --reg, output files reported, flags in
+errors, --invert everywhere, ``info`` that explains, ``--help`` with defaults, ``watch`` lines.
+
+Inputs are small synthetic RT Images (tests/dicom_factory.py): smooth anatomy of 160 x 160
+pixels at 1 mm (SID = SAD), the frame moved by a known (dx, dy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import make_rt_image, write_rt_image
+from portalign import cli
+from portalign.cli import build_parser, main
+from scipy import ndimage
+from synthetic import anatomy
+
+SIZE = 160
+DX_MM, DY_MM = 3.0, -2.0
+ISO = {"spacing": 1.0, "sid": 1000.0, "sad": 1000.0, "position": "centre"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cli_says")
+    ref = anatomy(SIZE, seed=3)
+    frame = ndimage.shift(ref, (DY_MM, DX_MM), order=3, mode="nearest")
+    tags = {"PatientPosition": "HFS", "AcquisitionDate": "20260102"}
+    out = {
+        "ref": write_rt_image(make_rt_image(ref, gantry=0.0, **ISO, **tags), folder / "ref.dcm"),
+        "frame": write_rt_image(make_rt_image(frame, gantry=0.0, **ISO, **tags), folder / "frame.dcm"),
+        "frame_g90": write_rt_image(make_rt_image(frame, gantry=90.0, **ISO, **tags), folder / "frame_g90.dcm"),
+        "ref_nopos": write_rt_image(make_rt_image(ref, gantry=0.0, **ISO), folder / "ref_nopos.dcm"),
+        "frame_nopos": write_rt_image(make_rt_image(frame, gantry=0.0, **ISO), folder / "frame_nopos.dcm"),
+        # the beam axis (RTImagePosition) 500 mm away: nothing in common with the reference
+        "frame_far": write_rt_image(make_rt_image(frame, gantry=0.0, spacing=1.0, sid=1000.0, sad=1000.0,
+                                                  position=(500.0, 79.5)), folder / "frame_far.dcm"),
+    }
+    return out
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# missing extras
+# ---------------------------------------------------------------------------------------------
+
+
+def test_serve_without_the_service_extra_names_it_whatever_the_arguments(capsys, monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "portalign.service", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now fails as if not installed
+    status, out, err = run(capsys, "serve", "--port", "8000")
+    assert status == 2 and out == ""
+    assert 'pip install "portalign[service]"' in err and "fastapi" in err
+    assert "unrecognized arguments" not in err and "Traceback" not in err
+
+
+def test_scp_without_pynetdicom_names_the_extra_and_leaves_no_results_file(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(sys.modules, "pynetdicom", None)
+    results = tmp_path / "results.jsonl"
+    status, out, err = run(capsys, "scp", "--results", results, "--port", "0")
+    assert status == 2
+    assert 'pip install "portalign[service]"' in err and "pynetdicom" in err and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_bench_outside_a_checkout_says_what_to_do(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(cli, "SOURCE_ROOT", tmp_path)  # no bench/ there
+    status, out, err = run(capsys, "bench", "--quick", "--out", tmp_path / "x")
+    assert status == 2
+    assert "source checkout" in err and 'pip install -e ".[bench]"' in err
+    assert "unrecognized arguments" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# register: --reg, --overlay, timing, flags in errors, views, no common anatomy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_register_reg_writes_a_spatial_registration_that_reads_back(capsys, files, tmp_path) -> None:
+    target = tmp_path / "out_reg.dcm"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--json", "--no-rotation",
+                           "--reg", target)
+    assert status == 0, err
+    payload = json.loads(out)
+    assert payload["ok"] is True and payload["reg"] == str(target)
+    ds = pydicom.dcmread(target)
+    assert ds.Modality == "REG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.1"
+    referenced = {item.ReferencedImageSequence[0].ReferencedSOPInstanceUID for item in ds.RegistrationSequence}
+    assert referenced == {payload["reference_uid"], payload["frame_uid"]}
+    matrix = np.array(ds.RegistrationSequence[1].MatrixRegistrationSequence[0].MatrixSequence[0]
+                      .FrameOfReferenceTransformationMatrix, dtype=float).reshape(4, 4)
+    # rotation not estimated: none in the matrix; HFS at gantry 0: image x is patient left (+x LPS),
+    # image y (rows, down) is inferior; T takes the frame back onto the reference: -(dx, 0, -dy)
+    assert matrix[:3, :3] == pytest.approx(np.eye(3), abs=1e-9)
+    assert matrix[:3, 3] == pytest.approx([-payload["dx_mm"], 0.0, payload["dy_mm"]], abs=1e-6)
+    assert payload["dx_mm"] == pytest.approx(DX_MM, abs=0.1)
+    assert any("rotation not estimated" in w for w in payload["reg_warnings"])
+    comment = ds.RegistrationSequence[1].MatrixRegistrationSequence[0].FrameOfReferenceTransformationComment
+    assert comment.endswith("rot not estimated") and len(comment) <= 64
+
+
+def test_register_reg_without_patient_position_prints_the_result_and_names_the_flag(capsys, files, tmp_path) -> None:
+    target = tmp_path / "no.dcm"
+    status, out, err = run(capsys, "register", files["ref_nopos"], files["frame_nopos"], "--reg", target)
+    assert status == 2
+    assert re.search(r"dx = \+3\.\d\d mm", out), out  # the result is still there
+    assert "--patient-position" in err and "patient_position" not in err
+    assert not target.exists()
+
+
+def test_register_reg_is_not_written_for_a_result_that_is_not_ok(capsys, files, tmp_path) -> None:
+    target = tmp_path / "bad.dcm"
+    status, out, err = run(capsys, "register", files["ref"], files["frame_g90"], "--json", "--reg", target)
+    assert status == 0
+    assert json.loads(out)["reg"] is None and not target.exists()
+    assert "not written: the result is not ok" in err
+
+
+def test_register_overlay_says_where_and_a_bad_path_is_an_error_after_the_result(capsys, files, tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="--overlay needs matplotlib")
+    target = tmp_path / "review.png"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--overlay", target)
+    assert status == 0 and err == ""
+    assert f"review picture: {target}" in out and target.is_file()
+    missing = tmp_path / "no_such_folder" / "review.png"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--overlay", missing)
+    assert status == 2
+    assert "dx = +3." in out  # printed before the error
+    assert err.startswith(f"portalign: error: --overlay {missing}: not written")
+    assert err.count("\n") == 1
+
+
+def test_register_overlay_without_matplotlib_names_the_extra_after_the_result(capsys, files, tmp_path,
+                                                                            monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--json", "--overlay", tmp_path / "o.png")
+    assert status == 2
+    payload = json.loads(out)
+    assert payload["ok"] is True and payload["overlay"] is None
+    assert 'pip install "portalign[overlay]"' in err and "matplotlib" in err
+
+
+def test_register_text_timing_says_what_was_timed(capsys, files) -> None:
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--repeat", "3")
+    assert status == 0
+    assert re.search(r"time: \d+\.\d\d ms, median of 3 frames; first frame \d+ ms \(compile / cache load", out), out
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"])
+    assert re.search(r"time: \d+ ms for the only frame, the first of its geometry \(includes compile / cache load",
+                     out), out
+
+
+def test_cli_errors_name_flags_not_keywords(capsys, files) -> None:
+    status, _, err = run(capsys, "register", files["ref"], files["frame"], "--field-margin-mm", "-1")
+    assert status == 2
+    assert "--field-margin-mm must not be negative" in err and "field_margin_mm" not in err
+
+
+def test_as_flags_maps_every_option_keyword() -> None:
+    parser = build_parser()
+    register = parser._subparsers._group_actions[0].choices["register"]
+    text = cli.as_flags("pass patient_position= (HFS); (max_shift_mm); set allow_view_mismatch=True "
+                        "(--allow-view-mismatch); rotation_deg stays", register)
+    assert text == "pass --patient-position (HFS); (--max-shift-mm); set --allow-view-mismatch; rotation_deg stays"
+
+
+def test_register_mismatched_views_and_the_override(capsys, files) -> None:
+    status, out, _ = run(capsys, "register", files["ref"], files["frame_g90"], "--json")
+    payload = json.loads(out)
+    assert status == 0 and payload["ok"] is False
+    assert "gantry angle 0 deg" in payload["reason"] and "90 deg in the frame" in payload["reason"]
+    assert "--allow-view-mismatch" in payload["reason"] and "allow_view_mismatch" not in payload["reason"]
+    status, out, _ = run(capsys, "register", files["ref"], files["frame_g90"], "--json", "--allow-view-mismatch")
+    payload = json.loads(out)
+    assert payload["ok"] is True, payload["reason"]
+    assert payload["dx_mm"] == pytest.approx(DX_MM, abs=0.1)
+
+
+def test_register_images_that_do_not_overlap(capsys, files) -> None:
+    status, out, _ = run(capsys, "register", files["ref"], files["frame_far"], "--json")
+    payload = json.loads(out)
+    assert status == 0 and payload["ok"] is False
+    assert payload["reason"].startswith("no common anatomy"), payload["reason"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --invert, info
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["register", "info", "couch", "watch", "scp", "fieldcheck", "serve"])
+def test_every_command_that_reads_images_takes_invert(command: str) -> None:
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    flags = {o for a in sub._actions for o in a.option_strings}
+    assert {"--invert", "--no-invert"} <= flags
+
+
+def _field_image(inverted: bool, **tags) -> np.ndarray:
+    img = np.full((120, 120), 200.0)
+    img[30:90, 35:95] = 3000.0 + 300.0 * anatomy(120, seed=4)[30:90, 35:95]
+    return (img.max() + img.min() - img) if inverted else img
+
+
+def test_info_says_likely_inverted_and_invert_fixes_it(capsys, tmp_path) -> None:
+    path = write_rt_image(make_rt_image(_field_image(inverted=True), spacing=1.0, sid=1000.0, sad=1000.0,
+                                        position="centre", PixelIntensityRelationshipSign=1), tmp_path / "iview.dcm")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["likely_inverted"] is True and info["field_detected"] is True
+    status, out, _ = run(capsys, "info", path)
+    assert "likely inverted" in out and "--invert" in out
+    status, out, _ = run(capsys, "info", path, "--json", "--invert")
+    assert json.loads(out)["likely_inverted"] is False
+
+
+def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_image(capsys, tmp_path) -> None:
+    path = write_rt_image(make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0,
+                                        position="centre", gantry=None, KVP=120), tmp_path / "kv.dcm")
+    status, out, _ = run(capsys, "info", path)
+    assert status == 0
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if not line.startswith("note"))
+    assert lines["isocentre_spacing_mm"] == "[0.267, 0.267]"  # 0.4 / 1.5 rounded
+    assert lines["gantry_deg"] == "unknown"
+    assert re.search(r"note: gantry_deg, collimator_deg, couch_deg null: the file does not carry them", out)
+    assert lines["image"].startswith("kV image (120 kVp)") and "portal" not in lines["image"]
+    assert lines["kind"] == "kv"
+    assert re.match(r"x -\d+\.\d\.\.\d+\.\d mm, y -\d+\.\d\.\.\d+\.\d mm", lines["field"]), lines["field"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --help, typos
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_option_has_a_description_with_its_default() -> None:
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no description"
+            if not action.option_strings or action.required or isinstance(action, argparse._StoreTrueAction):
+                continue
+            text = formatter._get_help_string(action)
+            assert "default" in text.lower(), f"{name} {action.option_strings}: no default in {text!r}"
+
+
+def test_a_typo_shows_the_subcommands_usage(capsys, files) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["register", str(files["ref"]), str(files["frame"]), "--methd", "mi"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith("usage: portalign register") and "unrecognized arguments: --methd mi" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# watch
+# ---------------------------------------------------------------------------------------------
+
+
+def test_watch_prints_a_line_per_file_and_once_fails_when_a_file_failed(capsys, files, tmp_path) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a_frame.dcm").write_bytes(files["frame"].read_bytes())
+    (folder / "b_garbage.dcm").write_bytes(b"not a DICOM file at all")
+    status, out, err = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
+                           "--once", "--poll", "0.05")
+    assert status == 1, err
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    match = re.match(r"a_frame\.dcm: dx ([-+]\d+\.\d\d) mm, dy ([-+]\d+\.\d\d) mm, rotation [-+]\d\.\d\d deg, ok$",
+                     lines[0])
+    assert match, lines[0]
+    assert (float(match[1]), float(match[2])) == pytest.approx((DX_MM, DY_MM), abs=0.1)
+    assert lines[1].startswith("b_garbage.dcm: FAILED (b_garbage.dcm: cannot be read as an RT Image")
+    (folder / "c_frame.dcm").write_bytes(files["frame"].read_bytes())
+    status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
+                         "--once", "--poll", "0.05")
+    assert status == 0 and out.startswith("c_frame.dcm: dx +3.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the review picture, read_rt_image's keywords
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every text drawn on the figure that write_overlay saves."""
+    from matplotlib.figure import Figure
+
+    texts: list[str] = []
+    original = Figure.savefig
+
+    def recording(fig, *args, **kwargs):  # type: ignore[no-untyped-def]
+        texts.append(fig._suptitle.get_text())
+        for ax in fig.axes:
+            texts.append(ax.get_title())
+            texts.extend(t.get_text() for t in ax.texts)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return texts
+
+
+def test_overlay_names_files_angles_date_tiles_orientation_and_rotation_not_estimated(capsys, files, tmp_path,
+                                                                                      monkeypatch) -> None:
+    pytest.importorskip("matplotlib", reason="--overlay needs matplotlib")
+    texts = _figure_texts(monkeypatch)
+    target = tmp_path / "review.png"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--no-rotation", "--overlay", target)
+    assert status == 0, err
+    title = texts[0]
+    assert "reference: ref.dcm (portal image, gantry 0.0 deg, 2026-01-02)" in title
+    assert "frame: frame.dcm (portal image, gantry 0.0 deg, 2026-01-02)" in title
+    assert "rotation not estimated" in title and "rotation = +0.00" not in title
+    assert "checkerboard: squares alternate moved reference (R) and frame (F)" in texts
+    assert {"R", "F"} <= set(texts)  # the squares at the beam axis are lettered
+    # HFS at gantry 0, seen from the source: patient left on the right, superior at the top
+    assert texts.count("L") == texts.count("S") == texts.count("I") == 2  # each edge label on both panels
+    assert texts.count("R") == 3  # patient right on both panels, and the reference square
+
+
+def test_edge_labels_follow_gantry_and_patient_position() -> None:
+    import portalign
+    from portalign.overlay import edge_labels
+
+    pixels = anatomy(32, seed=1)
+    hfs90 = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, gantry_deg=90.0, patient_position="HFS")
+    # gantry 90: the beam comes from the patient's left (HFS); image +x points down to the floor: posterior
+    assert edge_labels(hfs90) == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
+    iec = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, gantry_deg=0.0)
+    assert edge_labels(iec) == {"left": "-X (IEC)", "right": "+X (IEC)", "top": "+Y (IEC)", "bottom": "-Y (IEC)"}
+    assert edge_labels(portalign.Image.from_array(pixels, pixel_spacing_mm=1.0)) is None
+
+
+def test_read_rt_image_documents_its_keyword_options() -> None:
+    import inspect
+
+    import portalign
+
+    signature = inspect.signature(portalign.read_rt_image)
+    keywords = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert keywords == ["frame", "pixel_spacing_mm", "sid_mm", "sad_mm", "invert"]
+    doc = portalign.read_rt_image.__doc__
+    for name in ("frame : ", "pixel_spacing_mm : ", "sid_mm, sad_mm : ", "invert : "):
+        assert name in doc
+
+
+def test_info_names_the_mv_energy_that_varian_stores_as_kvp(capsys, tmp_path) -> None:
+    path = write_rt_image(make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0,
+                                        position="centre", KVP=6000), tmp_path / "mv.dcm")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["image"] == "portal image (6 MV treatment beam)" and info["kind"] == "portal"
+    assert info["patient_position"] == ""
+    status, out, _ = run(capsys, "info", path)
+    assert "patient_position: unknown" in out.splitlines()

@@ -1,0 +1,162 @@
+"""The per-frame program's stage kernels (refine, peaks, statistics, level preparation): CPU against float64 references.
+
+The GPU twins are compared with these CPU kernels in tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from portalign.field import sample_mask
+from portalign.kernels import cpu
+from portalign.kernels import reference as ref_kernels
+from portalign.kernels.cpu.refine import EDGE, MI, STENCIL_3D, quadratic_step
+
+from tests.kernel_cases import random_mask, structured_image
+from tests.program_cases import level_case, peak_window, refine_args
+
+
+@pytest.mark.parametrize("metric", [EDGE, MI])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_refine_recovers_a_known_shift_and_matches_the_reference(metric, rotate):
+    case = level_case(shape=(64, 60))
+    # edges capture from a pixel or two away; MI is refined from close by (as in the engine, after edges)
+    start = (0.4, 0.2, 0.0) if metric == EDGE else (case.truth[0] + 0.3, case.truth[1] - 0.25, 0.0)
+    args = refine_args(case, metric, start, rotate)
+    cpu.refine(*args)
+    got = args[-1].copy()
+    args_ref = refine_args(case, metric, start, rotate)
+    ref_kernels.refine.refine(*args_ref)
+    want = args_ref[-1]
+    # the compiled loop and the numpy one take the same steps (same metric values to ~1e-12)
+    assert_allclose(got[:4], want[:4], rtol=0, atol=1e-7)
+    assert got[4] == want[4]
+    # and the optimum is the known shift (sub-pixel, cubic-interpolated frame)
+    # MI on ~3,000 pixels and 16 bins is rougher (partial-volume ripple, a weak rotation lever)
+    tolerance = 0.08 if metric == EDGE else 0.35
+    assert abs(got[0] - case.truth[0]) < tolerance and abs(got[1] - case.truth[1]) < tolerance
+    if not rotate:
+        assert got[2] == 0.0
+    elif metric == EDGE:  # MI on so few pixels hardly constrains a rotation; the engine refines it on edges
+        assert abs(np.degrees(got[2])) < 0.3
+
+
+def test_refine_star_stencil_and_rotation_limit():
+    case = level_case(shift_px=(0.5, 0.5))
+    for kernel in (cpu.refine, ref_kernels.refine.refine):
+        args = list(refine_args(case, EDGE, (0.0, 0.0, np.radians(10.0)), True, star=True, iterations=1))
+        kernel(*args)
+        out = args[-1]
+        assert out[4] == 1  # one stencil, as asked
+        assert abs(out[2]) <= np.radians(6.0) + 1e-12  # clipped to theta_limit
+
+
+def test_quadratic_step_jumps_to_the_maximum_of_a_concave_quadratic():
+    # f(x) = 1 - (x - a)' A (x - a) sampled on the 3-D stencil: one Newton jump lands on a (within MAX_JUMP)
+    a = np.array([0.4, -0.3, 0.2])
+    h = np.array([[2.0, 0.3, 0.1], [0.3, 1.5, -0.2], [0.1, -0.2, 1.0]])
+    f = np.array([1.0 - (s - a) @ h @ (s - a) for s in STENCIL_3D])
+    jump = np.zeros(3)
+    cross = np.zeros(3)
+    predicted = quadratic_step(f, 10, 3, cross, jump)
+    assert_allclose(jump, a, atol=1e-12)
+    assert predicted == pytest.approx(1.0, abs=1e-12)
+    assert_allclose(cross, [-2 * h[0, 1], -2 * h[0, 2], -2 * h[1, 2]], atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n_candidates", [1, 2])
+def test_search_peaks_match_the_reference(seed, n_candidates):
+    window = peak_window(seed)
+    thetas = np.radians(np.arange(-2, 3) * 2.0)
+    outs = []
+    for kernel in (cpu.search_peaks, ref_kernels.peaks.search_peaks):
+        poses, scores = np.zeros((8, 3)), np.zeros(8)
+        n = kernel(window, thetas, 0.8, 1.1, n_candidates, 0.85, 3, poses, scores)
+        outs.append((n, poses[:n].copy(), scores[:n].copy()))
+    assert outs[0][0] == outs[1][0] >= n_candidates
+    assert_allclose(outs[0][1], outs[1][1], atol=1e-12)
+    assert_allclose(outs[0][2], outs[1][2], atol=0)
+    # the best bump is found first, within a fraction of a pixel (x in mm = px * 1.1, y = px * 0.8)
+    best = outs[0][1][0]
+    assert best[0] == pytest.approx(-4.6 * 1.1, abs=0.5) and best[1] == pytest.approx(2.3 * 0.8, abs=0.4)
+
+
+def test_search_peaks_keep_near_ties_beyond_the_asked_count():
+    window = peak_window(0)
+    thetas = np.radians(np.arange(-2, 3) * 2.0)
+    poses, scores = np.zeros((8, 3)), np.zeros(8)
+    n = cpu.search_peaks(window, thetas, 1.0, 1.0, 1, 0.85, 3, poses, scores)
+    # the 0.88 bump is within 85 % of the 0.95 one: kept as a near-tie; the 0.4 one is not
+    assert n == 2 and scores[1] >= 0.85 * scores[0]
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("row_step", [1, 4])
+def test_second_difference_mad_matches_the_reference(masked, row_step):
+    img = structured_image((40, 36), seed=5)
+    img = img + np.random.default_rng(0).normal(0, 3.0, img.shape).astype(np.float32)
+    mask = random_mask((40, 36), seed=4, keep=0.9)
+    got = cpu.second_difference_mad(img, mask, 2, 38, row_step, 1, 35, masked)
+    want = ref_kernels.statistics.second_difference_mad(img, mask, 2, 38, row_step, 1, 35, masked)
+    assert got[1] == want[1] > 0
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+
+
+def test_second_difference_mad_gives_the_white_noise_sigma():
+    rng = np.random.default_rng(7)
+    ramp = np.add.outer(np.arange(200.0), 2.0 * np.arange(220.0))  # a linear trend cancels exactly
+    img = (ramp + rng.normal(0, 5.0, ramp.shape)).astype(np.float32)
+    mad, n = cpu.second_difference_mad(img, img, 0, 200, 1, 0, 220, False)
+    assert n == 200 * 218
+    assert 1.4826 * mad / np.sqrt(6.0) == pytest.approx(5.0, rel=0.03)
+
+
+def test_rms_radius_matches_the_reference_and_geometry():
+    mask = random_mask((30, 26), seed=8)
+    got = cpu.rms_radius(mask, 12.5, 14.5, 0.5, 0.7, 2)
+    want = ref_kernels.statistics.rms_radius(mask, 12.5, 14.5, 0.5, 0.7, 2)
+    assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-12)
+    empty = np.zeros((4, 4), dtype=np.uint8)
+    assert cpu.rms_radius(empty, 0, 0, 1, 1, 2) == (0.0, 0)
+
+
+@pytest.mark.parametrize("has_field", [True, False])
+def test_prepare_level_equals_its_steps_done_one_by_one(has_field):
+    shape = (36, 40)
+    image = structured_image(shape, seed=9)
+    small = np.zeros((10, 11), dtype=bool)
+    small[2:8, 3:9] = True
+    scale, offset, erosion, bins = 0.25, -0.375, 2, 16
+    buffers = dict(mask=np.empty(shape, np.uint8), scratch=np.empty(shape, np.uint8), eroded=np.empty(shape, np.uint8),
+                   rows=np.empty(image.size, np.int32), cols=np.empty(image.size, np.int32),
+                   bins=np.empty(shape, np.int16), sums=np.empty((shape[0], 2)), re=np.empty(shape, np.float32),
+                   im=np.empty(shape, np.float32))
+    stats = np.zeros(4)
+    b = buffers
+    cpu.prepare_level(image, small, has_field, scale, offset, erosion, bins, b["mask"], b["scratch"], b["eroded"],
+                      b["rows"], b["cols"], b["bins"], b["sums"], b["re"], b["im"], stats)
+    # the same steps with the float64 reference kernels and the engine's own mask sampler
+    mask = sample_mask(small, scale, offset, shape).astype(np.uint8) if has_field else np.ones(shape, np.uint8)
+    eroded = np.empty(shape, np.uint8)
+    ref_kernels.mask.erode_box(mask, erosion if has_field else 1, np.empty(shape, np.uint8), eroded)
+    assert_array_equal(b["mask"], mask)
+    assert_array_equal(b["eroded"], eroded)
+    rows, cols = np.empty(image.size, np.int32), np.empty(image.size, np.int32)
+    usable = ref_kernels.mask.pixel_list(eroded, rows, cols)
+    assert stats[0] == usable > 0
+    assert_array_equal(b["rows"][:usable], rows[:usable])
+    lo, hi, _ = cpu.masked_range(image, eroded, 0.005, 0.995)
+    assert (stats[1], stats[2]) == (lo, hi)
+    want_bins = np.empty(shape, np.int16)
+    ref_kernels.mutual_information.quantize(image, eroded, lo, hi, bins, want_bins)
+    assert_array_equal(b["bins"], want_bins)
+    sums = np.empty((shape[0], 2))
+    ref_kernels.gradient.gradient_row_sums(image, eroded, sums)
+    eps = sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)
+    assert stats[3] == pytest.approx(eps, rel=1e-6)  # the kernels take gradients of float32 pixels
+    re, im = np.empty(shape), np.empty(shape)
+    ref_kernels.gradient.orientation_features(image, eroded, eps, re, im)
+    assert_allclose(b["re"], re, atol=1e-5)
+    assert_allclose(b["im"], im, atol=1e-5)

@@ -1,0 +1,92 @@
+"""The CPU thread policy: one thread while other work keeps the cores busy, a fixed count when asked."""
+
+from __future__ import annotations
+
+import numba
+import pytest
+from portalign import Image, PortalignError, prepare_reference, set_thread_policy
+from portalign.backends import _cpu, frame_threads
+
+from tests.synthetic import anatomy, moved
+
+
+@pytest.fixture(autouse=True)
+def default_policy(monkeypatch):
+    monkeypatch.delenv("PORTALIGN_THREADS", raising=False)
+    yield
+    set_thread_policy("auto")
+
+
+def test_auto_uses_the_cores_on_a_quiet_machine_and_one_thread_on_a_busy_one(monkeypatch):
+    monkeypatch.setattr(_cpu, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    assert frame_threads("auto") == min(2, numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (8.3, 5.5, 2.6))  # measured with other jobs running
+    assert frame_threads("auto") == 1
+    monkeypatch.setattr(_cpu, "_usable_cores", lambda: 64)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert frame_threads("auto") <= _cpu.MAX_USEFUL_THREADS
+
+
+def test_fixed_policy_from_the_api_and_the_environment(monkeypatch):
+    set_thread_policy(1)
+    assert frame_threads() == 1
+    monkeypatch.setenv("PORTALIGN_THREADS", "auto")
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert frame_threads() == min(_cpu._usable_cores(), numba.config.NUMBA_NUM_THREADS, _cpu.MAX_USEFUL_THREADS)
+    monkeypatch.setenv("PORTALIGN_THREADS", "many")
+    with pytest.raises(PortalignError, match="PORTALIGN_THREADS: thread policy must be 'auto' or a positive integer"):
+        frame_threads()
+    with pytest.raises(PortalignError, match="set_thread_policy"):
+        set_thread_policy(0)
+
+
+def test_a_frame_runs_with_the_policy_and_leaves_the_caller_s_count_alone(monkeypatch):
+    seen = []
+    real = _cpu.frame_threads
+
+    def recording(policy=None):
+        n = real(policy)
+        seen.append(n)
+        return n
+
+    monkeypatch.setattr(_cpu, "frame_threads", recording)
+    base = anatomy(256)
+    reference = Image.from_array(moved(base, 0, 0, 0, shape=(160, 176)), pixel_spacing_mm=1.0, kind="drr")
+    frame = Image.from_array(moved(base, 2.5, -1.5, 1.0, shape=(160, 176)), pixel_spacing_mm=1.0)
+    ref = prepare_reference(reference, backend="cpu")
+    before = numba.get_num_threads()
+    set_thread_policy(1)
+    one = ref.register(frame)
+    set_thread_policy("auto")
+    two = ref.register(frame)
+    assert seen[-2:][0] == 1 and numba.get_num_threads() == before
+    # the thread count never changes a result (fixed summation order in every kernel)
+    assert (one.dx_mm, one.dy_mm, one.rotation_deg) == (two.dx_mm, two.dy_mm, two.rotation_deg)
+    assert one.dx_mm == pytest.approx(2.5, abs=0.1) and one.dy_mm == pytest.approx(-1.5, abs=0.1)
+
+
+def test_cpu_batch_workers_run_one_thread_each(monkeypatch):
+    from portalign import register_batch
+    from portalign.backends import batch_lanes
+
+    seen = []
+    real = _cpu.frame_threads
+
+    def recording(policy=None):
+        n = real(policy)
+        seen.append(n)
+        return n
+
+    monkeypatch.setattr(_cpu, "frame_threads", recording)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    base = anatomy(256)
+    reference = prepare_reference(Image.from_array(moved(base, 0, 0, 0, shape=(128, 144)), pixel_spacing_mm=1.0,
+                                                   kind="drr"), backend="cpu")
+    frames = [Image.from_array(moved(base, dx, 1.0, 0.0, shape=(128, 144)), pixel_spacing_mm=1.0) for dx in (1, 2, 3)]
+    alone = [reference.register(f) for f in frames]
+    seen.clear()
+    together = register_batch(reference, frames, lanes=2)
+    assert seen and set(seen) == {1}  # each worker's frames on one thread
+    assert [r.dx_mm for r in together] == [r.dx_mm for r in alone]
+    assert batch_lanes() >= 1

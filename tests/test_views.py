@@ -1,0 +1,205 @@
+"""Mismatched views and values that were not measured (issue 11, items 3 and 4).
+
+A reference and a frame of different views (gantry, collimator, couch angle, source-axis
+distance) must not give an ``ok`` shift; a rotation that was not estimated is ``None`` in
+the result, ``null`` in JSON, "not estimated" in every text and in ``couch``, never 0.
+
+Pairs are synthetic: smooth random anatomy of 160 x 160 pixels at 1 mm, the frame moved by
+a known (dx, dy) with ``scipy.ndimage.shift``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import portalign
+import pytest
+from portalign.couch import View, _text_report, solve_couch_shift
+from portalign.registration._views import angle_difference_deg
+from portalign.result import RegistrationResult
+from portalign.stream import HoldTolerance
+from portalign.tolerance import parse_tolerance
+from scipy import ndimage
+from synthetic import anatomy
+
+SIZE = 160
+DX_MM, DY_MM = 2.0, -1.5
+TOL_MM = 0.1
+
+
+@pytest.fixture(scope="module")
+def pixels() -> tuple[np.ndarray, np.ndarray]:
+    ref = anatomy(SIZE, seed=11)
+    return ref, ndimage.shift(ref, (DY_MM, DX_MM), order=3, mode="nearest")
+
+
+def _pair(pixels: tuple[np.ndarray, np.ndarray], ref_info: dict[str, Any], frame_info: dict[str, Any],
+          **options: Any) -> RegistrationResult:
+    ref = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="ref.dcm", **ref_info)
+    frame = portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame.dcm", **frame_info)
+    return portalign.register(ref, frame, portalign.RegistrationOptions(**options), backend="cpu")
+
+
+def _assert_shift(result: RegistrationResult) -> None:
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(DX_MM, abs=TOL_MM)
+    assert result.dy_mm == pytest.approx(DY_MM, abs=TOL_MM)
+
+
+@pytest.mark.parametrize("frame_gantry", [90.0, 180.0])
+def test_other_gantry_angle_is_not_ok_and_names_both_values_and_the_override(pixels, frame_gantry: float) -> None:
+    result = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": frame_gantry})
+    assert result.ok is False
+    assert "gantry angle 0 deg in the reference (ref.dcm)" in result.reason
+    assert f"{frame_gantry:g} deg in the frame (frame.dcm)" in result.reason
+    assert "allow_view_mismatch=True" in result.reason
+    assert result.details["view"]["mismatch"] == ["gantry_deg"]
+
+
+def test_gantry_angles_across_zero_are_the_same_view(pixels) -> None:
+    result = _pair(pixels, {"gantry_deg": 359.5}, {"gantry_deg": 0.5})
+    _assert_shift(result)
+    assert result.details["view"]["reference"]["gantry_deg"] == 359.5
+    assert result.details["view"]["frame"]["gantry_deg"] == 0.5
+
+
+def test_allow_view_mismatch_registers_and_warns(pixels) -> None:
+    result = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 90.0}, allow_view_mismatch=True)
+    _assert_shift(result)
+    assert any("views differ" in w and "allow_view_mismatch" in w for w in result.warnings), result.warnings
+    assert result.details["view"]["allowed"] is True
+
+
+@pytest.mark.parametrize(("key", "ref_value", "frame_value", "phrase"), [
+    ("collimator_deg", 0.0, 30.0, "collimator angle 0 deg"),
+    ("couch_deg", 350.0, 10.0, "couch (patient support) angle 350 deg"),
+    ("sad_mm", 1000.0, 800.0, "source-axis distance 1000 mm"),
+])
+def test_other_collimator_couch_or_sad_is_not_ok(pixels, key: str, ref_value: float, frame_value: float,
+                                                 phrase: str) -> None:
+    result = _pair(pixels, {"gantry_deg": 0.0, key: ref_value}, {"gantry_deg": 0.0, key: frame_value})
+    assert result.ok is False and phrase in result.reason, result.reason
+    assert result.details["view"]["mismatch"] == [key]
+
+
+def test_unknown_angles_are_recorded_not_compared(pixels) -> None:
+    result = _pair(pixels, {"gantry_deg": None, "collimator_deg": 10.0}, {"gantry_deg": 90.0})
+    _assert_shift(result)
+    view = result.details["view"]
+    assert view["reference"]["gantry_deg"] is None and view["frame"]["gantry_deg"] == 90.0
+    assert view["reference"]["collimator_deg"] == 10.0 and view["frame"]["collimator_deg"] is None
+    assert view["mismatch"] == []
+
+
+def test_view_tolerance_is_an_option(pixels) -> None:
+    assert _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5}).ok
+    narrow = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5}, view_tolerance_deg=1.0)
+    assert not narrow.ok and "tolerance 1 deg" in narrow.reason
+
+
+def test_angle_difference_wraps_around() -> None:
+    assert angle_difference_deg(359.0, 1.0) == pytest.approx(2.0)
+    assert angle_difference_deg(0.0, 180.0) == pytest.approx(180.0)
+    assert angle_difference_deg(-90.0, 270.0) == pytest.approx(0.0)
+
+
+def test_images_without_common_region_get_no_common_anatomy(pixels) -> None:
+    ref = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="ref")
+    # the frame's beam axis 400 pixels left of it: its anatomy lies 400..560 mm from the axis, the reference's -80..80
+    frame = portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame", beam_axis_px=(-400.0, 79.5))
+    result = portalign.register(ref, frame, backend="cpu")
+    assert result.ok is False
+    assert result.reason.startswith("no common anatomy"), result.reason
+    assert "x -80..80" in result.reason and "x 400..560" in result.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# not measured is None
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rotation_not_estimated_is_none_and_null(pixels) -> None:
+    result = _pair(pixels, {}, {}, estimate_rotation=False)
+    _assert_shift(result)
+    assert result.rotation_deg is None and result.rotation_estimated is False
+    assert json.loads(result.as_json())["rotation_deg"] is None
+    dx, dy, rotation = result.correction()
+    assert (dx, dy) == pytest.approx((-result.dx_mm, -result.dy_mm)) and rotation is None
+
+
+def test_small_usable_region_leaves_rotation_not_estimated() -> None:
+    # 40 x 40 pixels at 0.5 mm: the usable pixels lie within ~8 mm RMS of the axis, too close to pin a rotation
+    ref = anatomy(SIZE, seed=5)[60:100, 60:100]
+    frame = ndimage.shift(ref, (1.0, -2.0), order=3, mode="nearest")
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=3)
+    result = portalign.register(portalign.Image.from_array(ref, pixel_spacing_mm=0.5),
+                                portalign.Image.from_array(frame, pixel_spacing_mm=0.5), options, backend="cpu")
+    assert result.rotation_deg is None
+    assert any("rotation not estimated" in w for w in result.warnings), result.warnings
+    assert (result.dx_mm, result.dy_mm) == pytest.approx((-1.0, 0.5), abs=0.1)
+
+
+def test_correction_with_a_rotation_is_the_inverse_pose() -> None:
+    result = RegistrationResult(dx_mm=1.0, dy_mm=0.0, rotation_deg=90.0, ok=True)
+    dx, dy, rotation = result.correction()
+    # p -> R p + d inverted: R^T (p - d); R^T d = (0, -1) for d = (1, 0) and 90 deg
+    assert (dx, dy, rotation) == pytest.approx((0.0, 1.0, -90.0), abs=1e-12)
+
+
+def test_couch_with_a_view_whose_rotation_was_not_estimated() -> None:
+    views = [
+        View(gantry_deg=0.0, dx_mm=1.0, dy_mm=-2.0, rotation_deg=0.8, label="g0"),
+        View(gantry_deg=90.0, dx_mm=0.5, dy_mm=-2.0, rotation_deg=None, label="g90"),
+    ]
+    couch = solve_couch_shift(views, tolerance=parse_tolerance("lat=2,lng=2,vrt=2,rot=1,pitch=1,yaw=1"))
+    # gantry 0 looks along the vertical: its in-plane rotation is the yaw (-theta); pitch needed the gantry-90 view
+    assert couch.rotation_deg["yaw"] == pytest.approx(-0.8, abs=1e-9)
+    assert couch.rotation_deg["pitch"] is None
+    assert couch.within_tolerance["rot"] is None and couch.within_tolerance["pitch"] is None
+    assert couch.within_tolerance["yaw"] is True
+    assert any("rotation not estimated for g90" in w for w in couch.warnings)
+    text = _text_report(couch)
+    assert "pitch: not estimated" in text and "rot not estimated" in text
+    assert "rot within" not in text and "pitch within" not in text
+    assert json.loads(couch.as_json())["views"][1]["rotation_deg"] is None
+
+
+def test_hold_tolerance_skips_a_rotation_not_estimated() -> None:
+    result = RegistrationResult(dx_mm=5.0, dy_mm=0.0, rotation_deg=None, ok=True)
+    assert HoldTolerance().exceeded(result) == ["dx +5.00 mm beyond ±3 mm"]
+
+
+def test_no_rotation_is_nan_free_in_the_overlay_pose(pixels) -> None:
+    from portalign.overlay import reference_on_frame_grid
+
+    ref = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0)
+    frame = portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0)
+    result = RegistrationResult(dx_mm=DX_MM, dy_mm=DY_MM, rotation_deg=None, ok=True)
+    moved = reference_on_frame_grid(ref, frame, result)
+    inside = np.isfinite(moved)
+    assert inside.mean() > 0.9
+    assert float(np.abs(moved[inside] - frame.pixels[inside]).mean()) < 0.02 * float(np.ptp(frame.pixels))
+    assert math.isfinite(float(moved[inside].sum()))
+
+
+def test_couch_keeps_working_and_reports_a_mismatched_pair(pixels) -> None:
+    from portalign.couch import register_views
+
+    def image(values: np.ndarray, gantry: float, name: str) -> portalign.Image:
+        return portalign.Image.from_array(values, pixel_spacing_mm=1.0, name=name, gantry_deg=gantry)
+
+    good = [(image(pixels[0], 0.0, "ref0"), image(pixels[1], 0.0, "frame0")),
+            (image(pixels[0], 90.0, "ref90"), image(pixels[1], 90.0, "frame90"))]
+    couch, results = register_views(good, backend="cpu")
+    assert couch.ok, couch.reason
+    assert all(r.ok for r in results)
+    # gantry 0: image x is lateral, image y (rows, down) is -longitudinal
+    assert (couch.lateral_mm, couch.longitudinal_mm) == pytest.approx((DX_MM, -DY_MM), abs=TOL_MM)
+    mismatched = [good[0], (image(pixels[0], 0.0, "ref0b"), image(pixels[1], 90.0, "frame90b"))]
+    couch, _ = register_views(mismatched, backend="cpu")
+    assert not couch.ok and "frame90b (gantry 90): different views: gantry angle 0 deg" in couch.reason
+    couch, _ = register_views(mismatched, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
+    assert "different views" not in couch.reason
