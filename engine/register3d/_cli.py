@@ -142,9 +142,10 @@ def text_report(result: Any) -> str:
     lines.append("6-DOF correction: " + ", ".join(
         f"{k} {'n/a' if v is None else format(v, '+.2f')}" for k, v in six.items()))
     for view in result.views:
+        turn = view["residual_rotation_deg"]
         lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual {view['residual_mm']:.2f} mm "
-                     f"{view['residual_rotation_deg']:+.2f} deg{'' if view['ok'] else '  NOT OK: ' + view['reason']}"
-                     f"  {view['label']}")
+                     f"{'rotation n/a' if turn is None else format(turn, '+.2f') + ' deg'}"
+                     f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if result.within_tolerance:
         flags = ", ".join(f"{k} {'within' if v else ('n/a' if v is None else 'OUTSIDE')}"
                           for k, v in result.within_tolerance.items())

@@ -42,8 +42,9 @@ class Register3DResult:
     views : list of dict
         Per frame: ``label, gantry_deg, couch_deg``, the 2-D engine's start
         (``initial_dx_mm``, ``initial_dy_mm``, ``initial_rotation_deg``,
-        ``initial_ok``), ``score`` (gradient correlation with the DRR at the
-        result, -1..1, contrast sign removed), and the residual: the 2-D engine's
+        ``initial_ok``; a rotation the 2-D engine did not estimate is ``None``),
+        ``score`` (gradient correlation of ``-log(frame)`` with the DRR at the
+        result, -1..1), and the residual: the 2-D engine's
         shift and rotation of the frame against the DRR rendered at the result
         (``residual_dx_mm``, ``residual_dy_mm``, ``residual_rotation_deg``,
         ``residual_mm``; ``residual_check_ok`` and ``residual_check_reason``:

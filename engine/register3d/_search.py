@@ -232,11 +232,12 @@ def initialise(prepared: PreparedCT, views: list[_View], basis: np.ndarray, opts
         ex, ey, beam = view.geometry.axes
         rows.extend([ex, ey])
         measured.extend([result.dx_mm, result.dy_mm])
-        beams.append(beam)
-        thetas.append(result.rotation_deg)
+        if result.rotation_deg is not None:  # the 2-D engine may not estimate it (then it starts at 0)
+            beams.append(beam)
+            thetas.append(result.rotation_deg)
     translation = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)[0]
     # theta = b . w to first order (portalign.couch); the minimum-norm solution leaves unseen components at 0.
-    rotation = np.linalg.lstsq(np.array(beams), np.array(thetas), rcond=None)[0]
+    rotation = np.linalg.lstsq(np.array(beams), np.array(thetas), rcond=None)[0] if beams else np.zeros(3)
     start = np.concatenate([translation, rotation])
     return basis @ (basis.T @ start)
 
@@ -308,7 +309,7 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
         # +-max_shift_mm, while what matters here is whether its best optimum is near zero.
         if distance > options.max_residual_mm:
             why.append(f"residual {distance:.2f} mm (more than {options.max_residual_mm:g} mm)")
-        if abs(residual.rotation_deg) > options.max_residual_deg:
+        if residual.rotation_deg is not None and abs(residual.rotation_deg) > options.max_residual_deg:
             why.append(f"residual rotation {residual.rotation_deg:+.2f} deg (more than {options.max_residual_deg:g})")
         if not score >= options.min_score:
             why.append(f"gradient correlation {score:.3f} below {options.min_score:g}")
@@ -320,12 +321,12 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
             "couch_deg": view.geometry.couch_deg,
             "initial_dx_mm": float(start.dx_mm),
             "initial_dy_mm": float(start.dy_mm),
-            "initial_rotation_deg": float(start.rotation_deg),
+            "initial_rotation_deg": _optional(start.rotation_deg),
             "initial_ok": bool(start.ok),
             "score": float(score),
             "residual_dx_mm": float(residual.dx_mm),
             "residual_dy_mm": float(residual.dy_mm),
-            "residual_rotation_deg": float(residual.rotation_deg),
+            "residual_rotation_deg": _optional(residual.rotation_deg),
             "residual_mm": float(distance),
             "residual_check_ok": bool(residual.ok),
             "residual_check_reason": residual.reason,
@@ -408,6 +409,10 @@ def _planned_box(frame: Image) -> tuple[float, float, float, float] | None:
         x1, x2, y1, y2 = (float(v) for v in simulated)
         return x1, x2, -y2, -y1
     return None
+
+
+def _optional(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _binning(frame: Image, spacing_mm: float) -> int:

@@ -24,9 +24,9 @@ from ..ct import CTVolume
 from ..errors import GeometryError
 from ..simulate import attenuation_from_hu
 
-#: Voxels are averaged in blocks (per axis, the nearest whole factor) to about this spacing for the fine level: the search's detector
-#: grid is 2 mm at its finest, and a volume 4x smaller stays in the CPU's caches (rays through a 512x512
-#: CT cost several times more per sample).
+#: Voxels are averaged in blocks (per axis, the nearest whole factor) to about this spacing for the
+#: fine level: the search's detector grid is 2 mm at its finest, and a volume 4x smaller stays in the
+#: CPU's caches (rays through a 512x512 CT cost several times more per sample).
 FINE_SPACING_MM = 1.9
 
 # HU above which a voxel is patient (or couch) for the crop: lung is about -850..-500, air -1000.
