@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cli_options import add_invert_argument, as_flags
 from ..couch import AXES
 from ..errors import GeometryError, PortalignError
 
@@ -20,17 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RT Image(s) of one setup: one gives what one view can, two or more non-parallel give 6 DOF")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--isocenter-mm", default=None, metavar="X,Y,Z",
-                       help="planned isocentre in the CT's DICOM patient coordinates (mm)")
-    where.add_argument("--plan", default=None, metavar="RTPLAN", help="take the isocentre from this RT Plan")
+                       help="planned isocentre in the CT's DICOM patient coordinates (mm; default: --plan's, else "
+                            "the frames' IsocenterPosition)")
+    where.add_argument("--plan", default=None, metavar="RTPLAN",
+                       help="take the isocentre from this RT Plan (default: --isocenter-mm)")
     parser.add_argument("--patient-position", default=None, metavar="POS",
                         help="HFS, FFS, HFP or FFP (default: the CT's PatientPosition)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
+                        help="compute backend (auto: the GPU when one works here, else the CPU)")
     tolerance = parser.add_mutually_exclusive_group()
     tolerance.add_argument("--tolerance", default=None, metavar="SPEC",
-                           help="action levels, e.g. lat=2,lng=2,vrt=2,pitch=1,roll=1,yaw=1 (mm, degrees)")
-    tolerance.add_argument("--tolerance-file", default=None, metavar="TOML", help="action levels from a TOML file")
+                           help="action levels, e.g. lat=2,lng=2,vrt=2,pitch=1,roll=1,yaw=1 (mm, degrees; "
+                                "default: none checked)")
+    tolerance.add_argument("--tolerance-file", default=None, metavar="TOML",
+                           help="action levels from a TOML file (default: none checked)")
+    add_invert_argument(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
-                        help="also write a DICOM Spatial Registration (REG) object with the rigid 4x4 matrix")
+                        help="also write a DICOM Spatial Registration (REG) object with the rigid 4x4 matrix "
+                             "(default: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance = parse_tolerance(args.tolerance)
         elif args.tolerance_file is not None:
             tolerance = load_tolerance(args.tolerance_file)
-        frames = [read_rt_image(path) for path in args.frames]
+        frames = [read_rt_image(path, invert=args.invert) for path in args.frames]
         isocenter = _isocenter(args, frames)
         ct = read_ct_series(args.ct_dir)
         result = register_3d(ct, frames, isocenter_mm=isocenter, patient_position=args.patient_position,
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if args.reg_out:
             _write_reg(args, result, ct, frames, isocenter)
     except PortalignError as exc:
-        print(f"portalign register3d: error: {exc}", file=sys.stderr)
+        print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     print(result.as_json() if args.json else text_report(result))
     return 0
