@@ -404,8 +404,8 @@ def thorax():
     ("HFS", [0.0, 90.0], (3.0, -5.0, 4.0), (2.0, -1.5, 2.5)),
     ("FFS", [0.0, 90.0], (-6.0, 2.5, -3.0), (-2.5, 3.0, -1.0)),
     ("HFS", [0.0, 45.0, 270.0], (8.0, -2.0, -5.0), (-1.0, 2.0, -3.0)),
-    pytest.param("HFS", [315.0, 45.0], (-2.0, 7.5, 1.5), (3.0, 1.0, 1.5), marks=pytest.mark.slow),
-    pytest.param("HFS", [0.0, 90.0], (-7.0, 6.0, 8.0), (-3.0, -3.0, 3.0), marks=pytest.mark.slow),
+    ("HFS", [315.0, 45.0], (-2.0, 7.5, 1.5), (3.0, 1.0, 1.5)),
+    ("HFS", [0.0, 90.0], (-7.0, 6.0, 8.0), (-3.0, -3.0, 3.0)),
 ])
 def test_thorax_known_6dof_motions(thorax, position, gantries, translation, rotation):
     ct, iso = thorax
