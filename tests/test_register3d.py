@@ -15,6 +15,7 @@ tests need nothing outside the repository.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -442,3 +443,16 @@ def test_thorax_small_field(thorax):
     result = register_3d(ct, frames, isocenter_mm=iso, backend="cpu")
     assert result.ok, result.reason
     _assert_recovered(result, translation, rotation)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("offset_mm, reason", [
+    ((0.0, 0.0, 60.0), r"residual \d+\.\d\d mm \(more than 1 mm\)"),  # beyond the search range: no good match
+    ((40.0, 0.0, 0.0), r"the result lies outside the search range \(20 mm, 6 deg\)"),  # found, but out of range
+])
+def test_thorax_wrong_isocentre_is_never_a_confident_answer(thorax, offset_mm, reason):
+    ct, iso = thorax
+    frames = _frames(ct, iso, [0.0, 90.0], (1.0, 2.0, 0.0), (0.0, 0.0, 0.0))
+    result = register_3d(ct, frames, isocenter_mm=iso + np.array(offset_mm), backend="cpu")
+    assert not result.ok
+    assert re.search(reason, result.reason), result.reason
