@@ -16,7 +16,7 @@
 # Then: the GPU tests on the real device (python -m pytest -m gpu tests), the latency /
 # throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side (batches on
 # 1, 2 and 4 lanes), and the device work per frame (bench/device_work.py: kernel calls, host
-# round trips, bytes moved).
+# round trips, bytes moved), and the 6-DOF 2D/3D registration on both backends (bench/register3d.py).
 #
 # Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
 # Env:    PYTHON (default python), OUT (where to write gpu_latency.json; default out/)
@@ -71,6 +71,12 @@ fi
 echo "== latency and throughput (1024 x 768 synthetic frames)"
 mkdir -p "$OUT"
 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --json "$OUT/gpu_latency.json" "$@" || status=1
+
+echo "== 6-DOF 2D/3D: two 640 x 480 views against the thorax CT (needs ../shared/data/real; target <= 0.3 s)"
+for backend in gpu cpu; do
+    env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.register3d --backend "$backend" --setups 2 --repeats 3 \
+        --json "$OUT/register3d_$backend.json" || status=1
+done
 
 echo "== device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
 "$PY" -m bench.device_work || status=1

@@ -47,10 +47,18 @@ __all__ = [
     "prepare_reference",
     "read_rt_image",
     "register",
+    "register_3d",
     "register_batch",
     "select_backend",
     "set_thread_policy",
 ]
+
+
+def register_3d(ct: Any, frames: Any, **kwargs: Any) -> Any:
+    """Register frames of one setup against the planning CT in 6 DOF (see :func:`portalign.register3d.register_3d`)."""
+    from .register3d import register_3d as _register_3d
+
+    return _register_3d(ct, frames, **kwargs)
 
 
 def read_rt_image(

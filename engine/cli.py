@@ -35,6 +35,7 @@ PLUGIN_COMMANDS = {
     "watch": ("portalign.watch", "register every RT Image dropped into a folder"),
     "fieldcheck": ("portalign.fieldcheck", "field placement: delivered field edges against the planned aperture"),
     "archive": ("portalign.archive._cli", "re-register a department's archive on Dask: setup errors and margins"),
+    "register3d": ("portalign.register3d", "frames of one setup against the planning CT: 6-DOF couch correction"),
 }
 
 #: The source checkout this package runs from (bench/ lives there; it is not installed).

@@ -119,7 +119,7 @@ from ._pydicom_compat import decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
 from .image import Image, ImageInfo, check_pixels
 
-__all__ = ["DicomSource", "read_dataset", "read_rt_image", "read_rt_image_frames", "describe"]
+__all__ = ["DicomSource", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe"]
 
 DicomSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Dataset
 """What the readers accept: a path, the bytes of a file, a binary file object or a dataset."""
@@ -209,6 +209,55 @@ def read_dataset(source: DicomSource, *, require_pixels: bool = False) -> Datase
     name = _source_name(source)
     with _recording_warnings():
         return _read_dataset(source, name, require_pixels=require_pixels)
+
+
+def read_plan_isocenter(source: DicomSource, *, beam_number: int | None = None) -> tuple[float, float, float]:
+    """Return the planned isocentre ``(x, y, z)`` (DICOM patient coordinates, mm) of an RT Plan.
+
+    The isocentre is the ``IsocenterPosition`` of the first control point of
+    each beam (``BeamSequence``; ``IonBeamSequence`` for ion plans).
+
+    Parameters
+    ----------
+    source : DicomSource
+        The RT Plan.
+    beam_number : int, optional
+        Take this beam's isocentre (``BeamNumber``); without it every beam must
+        share one isocentre.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    PortalImageError
+        Not an RT Plan, no beam (or not the one asked for), a beam without an
+        isocentre, or beams with different isocentres and no ``beam_number``.
+    """
+    name = _source_name(source)
+    ds = read_dataset(source)
+    if _text(ds, "Modality") != "RTPLAN":
+        raise PortalImageError(f"{name}: not an RT Plan (Modality {_text(ds, 'Modality') or 'missing'}); "
+                               "pass the plan the frames were taken with, or --isocenter-mm")
+    beams = _sequence(ds, "BeamSequence") or _sequence(ds, "IonBeamSequence")
+    if beam_number is not None:
+        beams = [b for b in beams if _int(b, "BeamNumber") == int(beam_number)]
+    if not beams:
+        which = f"no beam number {beam_number}" if beam_number is not None else "no BeamSequence"
+        raise PortalImageError(f"{name}: the RT Plan has {which}; pass --isocenter-mm")
+    found: list[tuple[float, float, float]] = []
+    for beam in beams:
+        points = _sequence(beam, "ControlPointSequence") or _sequence(beam, "IonControlPointSequence")
+        position = _floats(points[0], "IsocenterPosition", minimum=3) if points else None
+        if position is None:
+            raise PortalImageError(f"{name}: beam {_int(beam, 'BeamNumber')} has no IsocenterPosition in its first "
+                                   "control point; pass --isocenter-mm")
+        found.append((float(position[0]), float(position[1]), float(position[2])))
+    if any(max(abs(a - b) for a, b in zip(p, found[0], strict=True)) > 0.01 for p in found[1:]):
+        raise PortalImageError(f"{name}: the plan's beams have {len(set(found))} different isocentres; "
+                               "pass beam_number= or --isocenter-mm")
+    return found[0]
 
 
 def read_rt_image(

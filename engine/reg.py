@@ -93,6 +93,7 @@ SPATIAL_REGISTRATION_STORAGE = str(SpatialRegistrationStorage)
 # SOP classes of the images a REG may reference, by modality (RT Image when unknown).
 _SOP_CLASS_BY_MODALITY = {
     "RTIMAGE": str(RTImageStorage),
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
     "CR": "1.2.840.10008.5.1.4.1.1.1",
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",
     "XA": "1.2.840.10008.5.1.4.1.1.12.1",

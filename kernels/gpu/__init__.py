@@ -27,7 +27,7 @@ from .level import prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
 from .peaks import search_peaks
-from .projection import project_cone_beam
+from .projection import project_cone_beam, project_cone_beam_poses
 from .pyramid import downsample2, downsample2_mask
 from .refine import refine
 from .statistics import rms_radius, second_difference_mad
@@ -49,6 +49,7 @@ __all__ = [
     "pixel_list",
     "prepare_level",
     "project_cone_beam",
+    "project_cone_beam_poses",
     "quantize",
     "refine",
     "rms_radius",

@@ -1,7 +1,8 @@
 """Float64 reference for cone-beam ray casting: slow, obvious, one ray at a time.
 
-Same arguments, same maths and same output buffer as
-:func:`portalign.kernels.cpu.projection.project_cone_beam` (read its module
+Same arguments, same maths and same output buffers as
+:func:`portalign.kernels.cpu.projection.project_cone_beam` and
+``project_cone_beam_poses`` (read the CPU module
 docstring for the formulas); the tests compare the two on tiny volumes.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["project_cone_beam"]
+__all__ = ["project_cone_beam", "project_cone_beam_poses"]
 
 
 def project_cone_beam(
@@ -74,3 +75,24 @@ def project_cone_beam(
                 idx = lower + o
                 value += weight * vol[idx[:, 0], idx[:, 1], idx[:, 2]]
             out[r, c] = value.sum() * h
+
+
+def project_cone_beam_poses(
+    volume, spacing_mm, sources_mm, detector_origins_mm, detector_cols_mm, detector_rows_mm, step_mm, out
+):
+    """Line integrals for many geometries (float64 numpy): :func:`project_cone_beam` once per pose.
+
+    Parameters
+    ----------
+    volume, spacing_mm, step_mm
+        As for :func:`project_cone_beam`.
+    sources_mm, detector_origins_mm, detector_cols_mm, detector_rows_mm : array_like
+        ``[poses, 3]``: pose ``p``'s source, pixel ``[0, 0]`` and steps, ``(z, y, x)`` in mm.
+    out : numpy.ndarray
+        ``[poses, rows, cols]`` output, overwritten.
+    """
+    for p in range(out.shape[0]):
+        plane = np.zeros(out.shape[1:])
+        project_cone_beam(volume, spacing_mm, sources_mm[p], detector_origins_mm[p], detector_cols_mm[p],
+                          detector_rows_mm[p], step_mm, plane)
+        out[p] = plane

@@ -1,0 +1,163 @@
+"""``portalign register3d``: frames of one setup against the planning CT, six degrees of freedom."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._cli_options import add_invert_argument, as_flags
+from ..couch import AXES
+from ..errors import GeometryError, PortalignError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``portalign register3d`` arguments to a parser."""
+    parser.add_argument("ct_dir", metavar="CT_DIR", help="folder of the planning CT's axial DICOM series")
+    parser.add_argument("frames", nargs="+", metavar="FRAME",
+                        help="RT Image(s) of one setup: one gives what one view can, two or more non-parallel give 6 DOF")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--isocenter-mm", default=None, metavar="X,Y,Z",
+                       help="planned isocentre in the CT's DICOM patient coordinates (mm; default: --plan's, else "
+                            "the frames' IsocenterPosition)")
+    where.add_argument("--plan", default=None, metavar="RTPLAN",
+                       help="take the isocentre from this RT Plan (default: --isocenter-mm)")
+    parser.add_argument("--patient-position", default=None, metavar="POS",
+                        help="HFS, FFS, HFP or FFP (default: the CT's PatientPosition)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
+                        help="compute backend (auto: the GPU when one works here, else the CPU)")
+    tolerance = parser.add_mutually_exclusive_group()
+    tolerance.add_argument("--tolerance", default=None, metavar="SPEC",
+                           help="action levels, e.g. lat=2,lng=2,vrt=2,pitch=1,roll=1,yaw=1 (mm, degrees; "
+                                "default: none checked)")
+    tolerance.add_argument("--tolerance-file", default=None, metavar="TOML",
+                           help="action levels from a TOML file (default: none checked)")
+    add_invert_argument(parser)
+    parser.add_argument("--reg-out", default=None, metavar="PATH",
+                        help="also write a DICOM Spatial Registration (REG) object with the rigid 4x4 matrix "
+                             "(default: none)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``portalign register3d``: 0 on a result (ok or not), 2 with a one-line error on unusable input."""
+    from ..ct import read_ct_series
+    from ..dicom import read_rt_image
+    from ..tolerance import load_tolerance, parse_tolerance
+    from . import register_3d
+
+    try:
+        tolerance = None
+        if args.tolerance is not None:
+            tolerance = parse_tolerance(args.tolerance)
+        elif args.tolerance_file is not None:
+            tolerance = load_tolerance(args.tolerance_file)
+        frames = [read_rt_image(path, invert=args.invert) for path in args.frames]
+        isocenter = _isocenter(args, frames)
+        ct = read_ct_series(args.ct_dir)
+        result = register_3d(ct, frames, isocenter_mm=isocenter, patient_position=args.patient_position,
+                             backend=args.backend, tolerance=tolerance)
+        if args.reg_out:
+            _write_reg(args, result, ct, frames, isocenter)
+    except PortalignError as exc:
+        print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
+        return 2
+    print(result.as_json() if args.json else text_report(result))
+    return 0
+
+
+def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, float, float]:
+    if args.isocenter_mm is not None:
+        try:
+            values = tuple(float(v) for v in str(args.isocenter_mm).replace(" ", "").split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3 or not all(np.isfinite(values)):
+            raise GeometryError(f"--isocenter-mm {args.isocenter_mm!r}: expected three numbers X,Y,Z in mm "
+                                "(DICOM patient coordinates of the CT), e.g. --isocenter-mm 0,-20.5,12")
+        return values  # type: ignore[return-value]
+    if args.plan is not None:
+        from ..dicom import read_plan_isocenter
+
+        return read_plan_isocenter(args.plan)
+    found = {tuple(round(float(v), 2) for v in f.info.extra["isocenter_position_mm"][:3])
+             for f in frames if f.info.extra.get("isocenter_position_mm")}
+    if len(found) == 1 and all(f.info.extra.get("isocenter_position_mm") for f in frames):
+        return next(iter(found))  # type: ignore[return-value]
+    raise GeometryError(f"{args.frames[0]}: the frames do not all carry one IsocenterPosition; pass --isocenter-mm "
+                        "X,Y,Z (DICOM patient coordinates of the CT, mm) or --plan RTPLAN")
+
+
+def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any], isocenter: Any) -> None:
+    """Write the result as a REG: the CT's frame of reference (one of its slices referenced) and the frames."""
+    from ..couch import CouchShift
+    from ..dicom import read_dataset
+    from ..image import Image
+    from ..reg import write_spatial_registration
+
+    slice_ds = None
+    for path in sorted(Path(args.ct_dir).iterdir()):
+        try:
+            ds = read_dataset(path)
+        except PortalignError:
+            continue
+        if str(ds.get("Modality", "")) == "CT" and str(ds.get("SeriesInstanceUID", "")) == ct.series_instance_uid:
+            slice_ds = ds
+            break
+    if slice_ds is None:  # read_ct_series found the slices, so this cannot happen short of a race
+        raise GeometryError(f"{args.ct_dir}: no CT slice to reference in the REG object")
+    # The CT enters the REG only through its identity (UIDs, patient, study); an 8x8 ramp carries it as an Image.
+    reference = Image.from_array(
+        np.arange(64, dtype=np.float32).reshape(8, 8), pixel_spacing_mm=1.0, name=str(args.ct_dir), modality="CT",
+        sop_instance_uid=str(slice_ds.SOPInstanceUID), frame_of_reference_uid=ct.frame_of_reference_uid,
+        series_instance_uid=ct.series_instance_uid, patient_position=result.patient_position,
+        extra={k: str(slice_ds.get(t, "")) for k, t in (("study_instance_uid", "StudyInstanceUID"),
+                                                        ("patient_id", "PatientID"), ("patient_name", "PatientName"))
+               if slice_ds.get(t)},
+    )
+    t = [0.0 if v is None else v for v in (result.lateral_mm, result.longitudinal_mm, result.vertical_mm)]
+    rotation = dict(result.rotation_deg)
+    couch = CouchShift(
+        lateral_mm=t[0], longitudinal_mm=t[1], vertical_mm=t[2],
+        couch_correction={axis: -t[i] for i, axis in enumerate(AXES)}, rotation_deg=rotation,
+        rotation_correction_deg={k: None if v is None else -v for k, v in rotation.items()},
+        views=result.views, condition=float("nan"), separation_deg=float("nan"), ok=result.ok, reason=result.reason,
+        patient_position=result.patient_position,
+    )
+    write_spatial_registration(args.reg_out, couch, reference, frames, patient_position=result.patient_position,
+                               isocentre_mm=isocenter, series_description="portalign 6-DOF 2D/3D registration")
+
+
+def text_report(result: Any) -> str:
+    """Return the result as lines of text, like ``portalign couch``."""
+    lines = []
+    names = result.patient_directions or {}
+    for axis in AXES:
+        value = getattr(result, f"{axis}_mm")
+        hint = f"  (+ = {names[axis]})" if axis in names else ""
+        if value is None:
+            lines.append(f"{axis:>13}: not estimated")
+        else:
+            lines.append(f"{axis:>13}: {value:+7.2f} mm   correction (4-DOF) "
+                         f"{result.couch_correction_4dof[axis]:+7.2f} mm{hint}")
+    for name in ("pitch", "roll", "yaw"):
+        value = getattr(result, f"{name}_deg")
+        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{value:+7.2f} deg"))
+    six = result.couch_correction_6dof
+    lines.append("6-DOF correction: " + ", ".join(
+        f"{k} {'n/a' if v is None else format(v, '+.2f')}" for k, v in six.items()))
+    for view in result.views:
+        turn = view["residual_rotation_deg"]
+        lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual {view['residual_mm']:.2f} mm "
+                     f"{'rotation n/a' if turn is None else format(turn, '+.2f') + ' deg'}"
+                     f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
+    if result.within_tolerance:
+        flags = ", ".join(f"{k} {'within' if v else ('n/a' if v is None else 'OUTSIDE')}"
+                          for k, v in result.within_tolerance.items())
+        lines.append(f"tolerance: {flags}")
+    lines.append(f"{'ok' if result.ok else 'NOT OK: ' + result.reason}  ({result.elapsed_ms:.0f} ms on {result.backend})")
+    lines.extend(f"warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
