@@ -80,7 +80,7 @@ from .errors import GeometryError, PortalignError
 from .image import Image, as_image
 from .options import RegistrationOptions
 from .result import RegistrationResult
-from .tolerance import ToleranceTable, load_tolerance, parse_tolerance
+from .tolerance import ToleranceTable, tolerance_from_flags
 
 __all__ = [
     "AXES",
@@ -692,11 +692,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``portalign couch``: 0 on a result (ok or not), 2 with a one-line error on unusable input."""
     try:
-        tolerance = None
-        if args.tolerance is not None:
-            tolerance = parse_tolerance(args.tolerance)
-        elif args.tolerance_file is not None:
-            tolerance = load_tolerance(args.tolerance_file)
+        tolerance = tolerance_from_flags(args.tolerance, args.tolerance_file)
         from .dicom import read_rt_image
 
         invert = getattr(args, "invert", None)

@@ -49,7 +49,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (pyproject allows it)
     tomllib = None  # type: ignore[assignment]
 
-__all__ = ["AXES", "ALIASES", "ToleranceError", "ToleranceTable", "parse_tolerance", "load_tolerance"]
+__all__ = ["AXES", "ALIASES", "ToleranceError", "ToleranceTable", "parse_tolerance", "load_tolerance", "tolerance_from_flags"]
 
 #: Axis name -> (unit, what it limits).
 AXES: dict[str, tuple[str, str]] = {
@@ -232,6 +232,21 @@ def load_tolerance(path: str | Path) -> ToleranceTable:
     values = {key: _strip_unit(value, _axis(key, name), name) if isinstance(value, str) else value
               for key, value in table.items()}
     return ToleranceTable.from_mapping(values, source=name)
+
+
+def tolerance_from_flags(tolerance: str | None, tolerance_file: str | Path | None) -> ToleranceTable | None:
+    """Return the action levels a command was given (``--tolerance`` or ``--tolerance-file``), or None.
+
+    Raises
+    ------
+    ToleranceError
+        When the text or the file is not a valid table.
+    """
+    if tolerance is not None:
+        return parse_tolerance(tolerance)
+    if tolerance_file is not None:
+        return load_tolerance(tolerance_file)
+    return None
 
 
 def _axis(key: Any, source: str) -> str:

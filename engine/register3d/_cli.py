@@ -46,15 +46,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``portalign register3d``: 0 on a result (ok or not), 2 with a one-line error on unusable input."""
     from ..ct import read_ct_series
     from ..dicom import read_rt_image
-    from ..tolerance import load_tolerance, parse_tolerance
+    from ..tolerance import tolerance_from_flags
     from . import register_3d
 
     try:
-        tolerance = None
-        if args.tolerance is not None:
-            tolerance = parse_tolerance(args.tolerance)
-        elif args.tolerance_file is not None:
-            tolerance = load_tolerance(args.tolerance_file)
+        tolerance = tolerance_from_flags(args.tolerance, args.tolerance_file)
         frames = [read_rt_image(path, invert=args.invert) for path in args.frames]
         isocenter = _isocenter(args, frames)
         ct = read_ct_series(args.ct_dir)
