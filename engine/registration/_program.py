@@ -106,10 +106,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     small = backend.to_host(levels[plan.field_level].image)
     field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = sorted(set(plan.refine_levels) | {plan.coarse.level})
-    if field.detected and not reference.field.detected and plan.field_mm is None:
-        size = field_size_mm(field, levels[plan.field_level].spacing)
-        if size is not None and size < min(SMALL_FIELD_MM, SMALL_FIELD_SHARE * plan.extent_mm):
-            return _SmallField(size)  # type: ignore[return-value]
+    if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
+        limit = min(SMALL_FIELD_MM, SMALL_FIELD_SHARE * plan.extent_mm)
+        sy, sx = levels[plan.field_level].spacing
+        c0, c1, r0, r1 = field.box_px
+        # the field's bounding box bounds its inscribed disc: only a small box pays for the distance transform
+        if min((c1 - c0 + 1) * sx, (r1 - r0 + 1) * sy) < limit:
+            size = field_size_mm(field, (sy, sx))
+            if size is not None and size < limit:
+                return _SmallField(size)  # type: ignore[return-value]
     for index in used:
         frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
