@@ -16,7 +16,7 @@ features, the row sums, the joint histograms and ``masked_range``; 1e-12
 relative for mutual information and 1e-9 of the sums' magnitude for the edge
 correlation (fixed-order float64 reductions, bit-identical run to run); one
 float32 ulp (2e-7 relative) for ``warp_bilinear``; 1e-5 of the largest value
-for the float32 FFT surfaces (identical under the simulator).
+for the float32 FFT correlation window (identical under the simulator).
 """
 
 from __future__ import annotations
@@ -266,10 +266,12 @@ def test_fft_search_kernels_match_cpu(backend):
                                                                     padded, 3))
     assert spectrum_gpu.dtype == np.complex64
     ref_conj = np.conj(np.stack([spectrum_cpu, cpu.feature_spectrum(im, re, padded, 0)]))
-    out_cpu = np.empty((2, *padded), np.float32)
-    cpu.correlation_surfaces(spectrum_cpu, ref_conj, out_cpu)
-    out_gpu = backend.xp.empty((2, *padded), dtype=backend.xp.float32)
-    backend.kernels.correlation_surfaces(backend.asarray(spectrum_gpu), backend.asarray(ref_conj), out_gpu)
+    rows, cols = np.array([10, 11, 0, 1, 2]), np.array([9, 0, 1])
+    out_cpu = np.empty((2, 5, 3), np.float32)
+    cpu.correlation_window(spectrum_cpu, ref_conj, rows, cols, out_cpu)
+    out_gpu = backend.xp.empty((2, 5, 3), dtype=backend.xp.float32)
+    backend.kernels.correlation_window(backend.asarray(spectrum_gpu), backend.asarray(ref_conj), backend.asarray(rows),
+                                       backend.asarray(cols), out_gpu)
     if SIMULATED:
         assert_array_equal(spectrum_gpu, spectrum_cpu)
         assert_array_equal(backend.to_host(out_gpu), out_cpu)
@@ -373,7 +375,7 @@ def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend)
         assert second.stream is not None and second.stream is not first.stream
         assert second.coarse.ref_spectra_conj is first.coarse.ref_spectra_conj  # the reference is shared
         assert second.levels[0].image is not first.levels[0].image  # the frame buffers are not
-        assert second.hist is not first.hist and second.coarse.surfaces is not first.coarse.surfaces
+        assert second.hist is not first.hist and second.coarse.window is not first.coarse.window
     assert on_second.backend == "gpu" and on_second.ok
     assert (on_second.dx_mm, on_second.dy_mm, on_second.rotation_deg, on_second.score) == (
         on_first.dx_mm, on_first.dy_mm, on_first.rotation_deg, on_first.score)

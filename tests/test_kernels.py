@@ -359,10 +359,12 @@ def test_feature_spectrum_and_surfaces_match_explicit_dft():
     magnitude = np.abs(expected).max()
     assert_allclose(spectrum, expected, atol=1e-6 * magnitude)
     ref_conj = np.conj(np.stack([cpu.feature_spectrum(im, re, padded, 1), spectrum]))
-    out = np.empty((2, *padded), np.float32)
-    expected_out = np.empty((2, *padded))
-    cpu.correlation_surfaces(spectrum, ref_conj, out)
-    ref_correlation.correlation_surfaces(spectrum.astype(np.complex128), ref_conj.astype(np.complex128), expected_out)
+    rows, cols = np.array([8, 9, 0, 1, 2]), np.array([7, 8, 0, 1])  # translations -2..2 and -2..1 (mod 10, 9)
+    out = np.empty((2, 5, 4), np.float32)
+    expected_out = np.empty((2, 5, 4))
+    cpu.correlation_window(spectrum, ref_conj, rows, cols, out)
+    ref_correlation.correlation_window(spectrum.astype(np.complex128), ref_conj.astype(np.complex128), rows, cols,
+                                       expected_out)
     assert_allclose(out, expected_out, atol=1e-6 * np.abs(expected_out).max())
 
 
@@ -374,11 +376,12 @@ def test_correlation_surface_peaks_at_the_known_shift():
     shifted = np.roll(np.roll(re, -2, axis=0), 3, axis=1)
     padded = (16, 16)
     ref_conj = np.conj(cpu.feature_spectrum(re, im, padded, 0))[None]
-    out = np.empty((1, *padded), np.float32)
-    cpu.correlation_surfaces(cpu.feature_spectrum(shifted, im, padded, 0), ref_conj, out)
-    ty, tx = np.unravel_index(int(np.argmax(out[0])), padded)
-    assert (tx, ty) == (3, -2 % 16)
-    assert out[0, ty, tx] == pytest.approx(float((re.astype(np.float64) ** 2).sum()), rel=1e-5)
+    shifts = np.arange(-5, 6)  # the searched window: translations -5..5 on both axes
+    out = np.empty((1, 11, 11), np.float32)
+    cpu.correlation_window(cpu.feature_spectrum(shifted, im, padded, 0), ref_conj, shifts % 16, shifts % 16, out)
+    iy, ix = np.unravel_index(int(np.argmax(out[0])), (11, 11))
+    assert (shifts[ix], shifts[iy]) == (3, -2)
+    assert out[0, iy, ix] == pytest.approx(float((re.astype(np.float64) ** 2).sum()), rel=1e-5)
 
 
 # --- GPU backend selection without a GPU --------------------------------------------------------------

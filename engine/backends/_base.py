@@ -29,7 +29,7 @@ class Backend:
         ``downsample2``, ``downsample2_mask``, ``orientation_features``, ``quantize``,
         ``joint_histograms``, ``mutual_information``, ``gradient_correlation``,
         ``warp_bilinear``, ``threshold_mask``, ``erode_box``, ``masked_range``,
-        ``pixel_list``, ``gradient_row_sums``, ``feature_spectrum``, ``correlation_surfaces``,
+        ``pixel_list``, ``gradient_row_sums``, ``feature_spectrum``, ``correlation_window``,
         and ``project_cone_beam`` (the DRR ray caster).
     fallback_reason : str
         Why ``auto`` did not get a GPU (empty otherwise).

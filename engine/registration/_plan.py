@@ -107,7 +107,8 @@ class CoarseSearch:
     padded_shape: tuple[int, int]
     ref_spectra_conj: Any
     ref_energy: np.ndarray
-    surfaces: Any
+    #: Float32 (K, 2m+1, 2m+1): the searched window of every rotation's correlation surface (index m = no shift).
+    window: Any
     #: Surface rows / columns of translations -margin..margin (backend arrays: the window is cut on the device).
     window_rows: Any
     window_cols: Any
@@ -156,7 +157,7 @@ class FramePlan:
         return replace(
             self,
             levels=levels,
-            coarse=replace(self.coarse, surfaces=fresh(self.coarse.surfaces), peak_poses=np.zeros_like(self.coarse.peak_poses),
+            coarse=replace(self.coarse, window=fresh(self.coarse.window), peak_poses=np.zeros_like(self.coarse.peak_poses),
                            peak_scores=np.zeros_like(self.coarse.peak_scores)),
             hist=xp.zeros_like(self.hist),
             mi_out=xp.zeros_like(self.mi_out),

@@ -433,7 +433,7 @@ class Reference:
             padded_shape=padded,
             ref_spectra_conj=backend.asarray(spectra),
             ref_energy=energy,
-            surfaces=backend.xp.empty((len(thetas), *padded), dtype=backend.xp.float32),
+            window=backend.xp.empty((len(thetas), len(ty), len(ty)), dtype=backend.xp.float32),
             window_rows=backend.asarray(ty % padded[0]),
             window_cols=backend.asarray(ty % padded[1]),
             peak_poses=np.zeros((MAX_CANDIDATES, 3)),

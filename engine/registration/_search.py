@@ -40,9 +40,9 @@ def global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rot
     # translation only: just the surface of rotation 0
     chosen = slice(None) if rotate else slice(int(np.argmin(np.abs(cs.thetas))), int(np.argmin(np.abs(cs.thetas))) + 1)
     thetas = cs.thetas[chosen]
-    k.correlation_surfaces(spectrum, cs.ref_spectra_conj[chosen], cs.surfaces[chosen])
-    # only the searched window leaves the device: (K, 2m+1, 2m+1), index m = zero shift
-    window = backend.to_host(cs.surfaces[chosen][:, cs.window_rows][:, :, cs.window_cols])
+    # only the searched window is computed and leaves the device: (K, 2m+1, 2m+1), index m = zero shift
+    k.correlation_window(spectrum, cs.ref_spectra_conj[chosen], cs.window_rows, cs.window_cols, cs.window[chosen])
+    window = backend.to_host(cs.window[chosen])
     norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy[chosen], 1e-30))
     window = window / norm[:, None, None]
     suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["feature_spectrum", "correlation_surfaces"]
+__all__ = ["feature_spectrum", "correlation_window"]
 
 
 def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
@@ -33,16 +33,24 @@ def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, in
     return sp_fft.fft2(z, workers=-1)
 
 
-def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, out: np.ndarray) -> None:
-    """Write ``Re IFFT(F * conj(R_k))`` for each candidate ``k`` into ``out[k]`` (float64).
+def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                       out: np.ndarray) -> None:
+    """Write ``Re IFFT2(F * conj(R_k))`` at the searched translations into ``out[k]``.
 
     Parameters
     ----------
     frame_spectrum : complex64[P, Q]
     ref_spectra_conj : complex64[K, P, Q]
         Conjugated reference spectra, one per candidate rotation.
-    out : float32[K, P, Q]
-        ``out[k, ty % P, tx % Q]`` is the correlation at translation ``(tx, ty)`` pixels.
+    rows, cols : int[M], int[N]
+        Surface rows / columns of the searched translations (``ty % P``, ``tx % Q``).
+    out : float32[K, M, N]
+        ``out[k, i, j]`` is the correlation at translation ``(tx, ty)`` with ``cols[j] = tx % Q``,
+        ``rows[i] = ty % P``.
+
+    The 2-D inverse transform is pruned to the window: the inverse FFT along the columns for every
+    row, then along the rows only for the window's columns (``N / Q`` of the second pass's work).
     """
     product = ref_spectra_conj * frame_spectrum[None, :, :]
-    out[...] = sp_fft.ifft2(product, axes=(-2, -1), overwrite_x=True, workers=-1).real
+    half = sp_fft.ifft(product, axis=2, overwrite_x=True, workers=-1)[:, :, cols]
+    out[...] = sp_fft.ifft(half, axis=1, overwrite_x=True, workers=-1)[:, rows, :].real

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import launch
 
-__all__ = ["feature_spectrum", "correlation_surfaces"]
+__all__ = ["feature_spectrum", "correlation_window"]
 
 
 def _fft() -> Any:
@@ -38,16 +38,9 @@ def feature_spectrum(re: Any, im: Any, padded_shape: tuple[int, int], offset: in
     return _fft().fft2(z)
 
 
-def correlation_surfaces(frame_spectrum: Any, ref_spectra_conj: Any, out: Any) -> None:
-    """Write ``Re IFFT(F * conj(R_k))`` for each candidate ``k`` into ``out[k]``.
-
-    Parameters
-    ----------
-    frame_spectrum : complex64[P, Q]
-    ref_spectra_conj : complex64[K, P, Q]
-        Conjugated reference spectra, one per candidate rotation.
-    out : float32[K, P, Q]
-        ``out[k, ty % P, tx % Q]`` is the correlation at translation ``(tx, ty)`` pixels.
-    """
+def correlation_window(frame_spectrum: Any, ref_spectra_conj: Any, rows: Any, cols: Any, out: Any) -> None:
+    """Write ``Re IFFT2(F * conj(R_k))`` at the searched translations into ``out[k]`` (see the CPU twin)."""
+    fft = _fft()
     product = ref_spectra_conj * frame_spectrum[None, :, :]
-    out[...] = _fft().ifft2(product, axes=(-2, -1)).real
+    half = fft.ifft(product, axis=2)[:, :, cols]
+    out[...] = fft.ifft(half, axis=1)[:, rows, :].real

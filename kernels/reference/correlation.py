@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["feature_spectrum", "correlation_surfaces"]
+__all__ = ["feature_spectrum", "correlation_window"]
 
 
 def _dft_matrix(n: int, sign: float) -> np.ndarray:
@@ -27,10 +27,12 @@ def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, in
     return _dft_matrix(padded_shape[0], -1.0) @ z @ _dft_matrix(padded_shape[1], -1.0)
 
 
-def correlation_surfaces(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, out: np.ndarray) -> None:
-    """Write ``Re IDFT(F * conj(R_k))`` for each candidate ``k`` into ``out[k]``."""
+def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                       out: np.ndarray) -> None:
+    """Write ``Re IDFT2(F * conj(R_k))`` at ``rows`` x ``cols`` into ``out[k]`` (the whole surface, then the window)."""
     p, q = frame_spectrum.shape
     inv_p = _dft_matrix(p, 1.0) / p
     inv_q = _dft_matrix(q, 1.0) / q
     for k in range(ref_spectra_conj.shape[0]):
-        out[k] = (inv_p @ (ref_spectra_conj[k] * frame_spectrum) @ inv_q).real
+        surface = (inv_p @ (ref_spectra_conj[k] * frame_spectrum) @ inv_q).real
+        out[k] = surface[np.ix_(np.asarray(rows), np.asarray(cols))]
