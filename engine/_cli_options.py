@@ -24,6 +24,22 @@ def add_invert_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None, help=INVERT_HELP)
 
 
+def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--pixel-spacing-mm``, ``--sid-mm`` and ``--sad-mm``: geometry for files that lack it (errors name them)."""
+    parser.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
+                        help="isocentre-plane spacing for .npy inputs or files without one (default: from the files)")
+    parser.add_argument("--sid-mm", metavar="MM", type=float, default=None,
+                        help="source-imager distance when the files lack RTImageSID (default: from the files)")
+    parser.add_argument("--sad-mm", metavar="MM", type=float, default=None,
+                        help="source-axis distance when the files lack RadiationMachineSAD (default: from the files)")
+
+
+def geometry_keywords(args: argparse.Namespace) -> dict:
+    """Return the reader keywords of :func:`add_geometry_arguments`' flags (and ``--invert``)."""
+    return {"pixel_spacing_mm": getattr(args, "pixel_spacing_mm", None), "sid_mm": getattr(args, "sid_mm", None),
+            "sad_mm": getattr(args, "sad_mm", None), "invert": getattr(args, "invert", None)}
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Help that states every option's default: ``(default: X)`` unless the text already says it.
 

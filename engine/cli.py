@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._cli_options import HelpFormatter, add_invert_argument, as_flags
+from ._cli_options import HelpFormatter, add_geometry_arguments, add_invert_argument, as_flags
 from .errors import MissingDependencyError, PortalignError
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
@@ -83,12 +83,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                      help="HFS, FFS, HFP or FFP for --reg (default: the images' PatientPosition)")
     reg.add_argument("--frame-index", metavar="K", type=int, default=None,
                      help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
-    reg.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
-                     help="isocentre-plane spacing for .npy inputs or files without one (default: from the files)")
-    reg.add_argument("--sid-mm", metavar="MM", type=float, default=None,
-                     help="source-imager distance when the files lack RTImageSID (default: from the files)")
-    reg.add_argument("--sad-mm", metavar="MM", type=float, default=None,
-                     help="source-axis distance when the files lack RadiationMachineSAD (default: from the files)")
+    add_geometry_arguments(reg)
     add_invert_argument(reg)
     reg.add_argument("--max-shift-mm", metavar="MM", type=float, default=20.0, help="capture range of the translation (mm)")
     reg.add_argument("--max-rotation-deg", metavar="DEG", type=float, default=5.0,
@@ -109,12 +104,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--frame-index", metavar="K", type=int, default=None,
                       help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
-    info.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
-                      help="isocentre-plane spacing if the file has none (default: from the file)")
-    info.add_argument("--sid-mm", metavar="MM", type=float, default=None,
-                      help="source-imager distance if the file has none (default: from the file)")
-    info.add_argument("--sad-mm", metavar="MM", type=float, default=None,
-                      help="source-axis distance if the file has none (default: from the file)")
+    add_geometry_arguments(info)
     add_invert_argument(info)
 
     demo = command("demo", "render a phantom DRR and a displaced MV frame, register them, compare with the truth")

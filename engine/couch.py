@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._cli_options import add_invert_argument, as_flags
+from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords
 from .errors import GeometryError, PortalignError
 from .image import Image, as_image
 from .options import RegistrationOptions
@@ -684,6 +684,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-view-mismatch", action="store_true",
                         help="accept a frame whose gantry, collimator or couch angle differs from its reference's")
     add_invert_argument(parser)
+    add_geometry_arguments(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
                         help="also write a DICOM Spatial Registration (REG) object of the 3-D result (default: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -695,8 +696,8 @@ def run(args: argparse.Namespace) -> int:
         tolerance = tolerance_from_flags(args.tolerance, args.tolerance_file)
         from .dicom import read_rt_image
 
-        invert = getattr(args, "invert", None)
-        pairs = [(read_rt_image(ref, invert=invert), read_rt_image(frame, invert=invert)) for ref, frame in args.pair]
+        given = geometry_keywords(args)
+        pairs = [(read_rt_image(ref, **given), read_rt_image(frame, **given)) for ref, frame in args.pair]
         options = RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)))
         couch, _ = register_views(
             pairs,

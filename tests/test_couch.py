@@ -346,11 +346,11 @@ def test_winston_lutz_couch_shift_matches_the_bb(wl_sets, name, axis):
 # ---------------------------------------------------------------------------
 
 
-def _write_view(ct, folder, gantry, shift, position):
+def _write_view(ct, folder, gantry, shift, position, sid=1500.0):
     paths = []
     for label, kwargs in (("ref", {}), ("frame", {"couch_shift_mm": shift})):
         image = render_drr(ct, gantry_deg=gantry, patient_position=position, **GEOMETRY, **kwargs)
-        ds = make_rt_image(image.pixels, spacing=GEOMETRY["detector_spacing_mm"], sid=1500.0, sad=1000.0,
+        ds = make_rt_image(image.pixels, spacing=GEOMETRY["detector_spacing_mm"], sid=sid, sad=1000.0,
                            position="centre", gantry=gantry, PatientPosition=position)
         paths.append(str(write_rt_image(ds, folder / f"{label}_{gantry}.dcm")))
     return paths
@@ -376,6 +376,16 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1]]) == 0
     text = capsys.readouterr().out
     assert "correction" in text and "vertical" in text and "(+ = anterior)" in text
+
+
+def test_cli_couch_takes_the_geometry_a_file_lacks(ct, tmp_path, capsys):
+    # files without RTImageSID: the reader's error names --sid-mm, and couch accepts it
+    pairs = [_write_view(ct, tmp_path, g, (1.0, 0.0, -1.0), "HFS", sid=None) for g in (0, 90)]
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1]]) == 2
+    assert "--sid-mm" in capsys.readouterr().err
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--sid-mm", "1500", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [data["lateral_mm"], data["vertical_mm"]] == pytest.approx([1.0, -1.0], abs=0.8)
 
 
 def test_cli_couch_errors_are_one_line(ct, tmp_path, capsys):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cli_options import add_invert_argument, as_flags
+from .._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords
 from ..couch import AXES
 from ..errors import GeometryError, PortalignError
 
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tolerance.add_argument("--tolerance-file", default=None, metavar="TOML",
                            help="action levels from a TOML file (default: none checked)")
     add_invert_argument(parser)
+    add_geometry_arguments(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
                         help="also write a DICOM Spatial Registration (REG) object with the rigid 4x4 matrix "
                              "(default: none)")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tolerance = tolerance_from_flags(args.tolerance, args.tolerance_file)
-        frames = [read_rt_image(path, invert=args.invert) for path in args.frames]
+        frames = [read_rt_image(path, **geometry_keywords(args)) for path in args.frames]
         isocenter = _isocenter(args, frames)
         ct = read_ct_series(args.ct_dir)
         result = register_3d(ct, frames, isocenter_mm=isocenter, patient_position=args.patient_position,
