@@ -41,16 +41,22 @@ def test_fixed_policy_from_the_api_and_the_environment(monkeypatch):
         set_thread_policy(0)
 
 
-def test_a_frame_runs_with_the_policy_and_leaves_the_caller_s_count_alone(monkeypatch):
-    seen = []
+@pytest.fixture
+def seen(monkeypatch):
+    """The thread counts frames ran with, in order."""
+    counts = []
     real = _cpu.frame_threads
 
     def recording(policy=None):
         n = real(policy)
-        seen.append(n)
+        counts.append(n)
         return n
 
     monkeypatch.setattr(_cpu, "frame_threads", recording)
+    return counts
+
+
+def test_a_frame_runs_with_the_policy_and_leaves_the_caller_s_count_alone(seen):
     base = anatomy(256)
     reference = Image.from_array(moved(base, 0, 0, 0, shape=(160, 176)), pixel_spacing_mm=1.0, kind="drr")
     frame = Image.from_array(moved(base, 2.5, -1.5, 1.0, shape=(160, 176)), pixel_spacing_mm=1.0)
@@ -66,19 +72,10 @@ def test_a_frame_runs_with_the_policy_and_leaves_the_caller_s_count_alone(monkey
     assert one.dx_mm == pytest.approx(2.5, abs=0.1) and one.dy_mm == pytest.approx(-1.5, abs=0.1)
 
 
-def test_cpu_batch_workers_run_one_thread_each(monkeypatch):
+def test_cpu_batch_workers_run_one_thread_each(seen, monkeypatch):
     from portalign import register_batch
     from portalign.backends import batch_lanes
 
-    seen = []
-    real = _cpu.frame_threads
-
-    def recording(policy=None):
-        n = real(policy)
-        seen.append(n)
-        return n
-
-    monkeypatch.setattr(_cpu, "frame_threads", recording)
     monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     base = anatomy(256)
     reference = prepare_reference(Image.from_array(moved(base, 0, 0, 0, shape=(128, 144)), pixel_spacing_mm=1.0,
