@@ -529,6 +529,18 @@ def test_run_captured_runs_eagerly_then_captures_then_replays(monkeypatch):
     assert [launch.run_captured("b", enqueue) for _ in range(3)] == ["eager", "eager", "eager"]
     # the launches recorded by the failed capture never ran: the sequence ran again eagerly
     assert calls == ["eager", "captured", "eager", "eager"] and not bad.capturing
+    # a launch that raises while being captured: the capture is closed and the sequence runs eagerly, for good
+    refusing = FakeStream()
+    monkeypatch.setattr(launch._current, "stream", refusing, raising=False)
+    calls.clear()
+
+    def refuses_capture():
+        if launch._current.stream.capturing:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        calls.append("eager")
+
+    assert [launch.run_captured("r", refuses_capture) for _ in range(3)] == ["eager", "eager", "eager"]
+    assert calls == ["eager"] * 3 and not refusing.capturing and refusing.log == []
     monkeypatch.setenv("PORTALIGN_CUDA_GRAPHS", "0")
     assert launch.run_captured("k", enqueue) == "eager"
     monkeypatch.setattr(launch._current, "stream", None, raising=False)

@@ -259,14 +259,20 @@ def run_captured(key: Any, enqueue: Any) -> str:
         return "eager"
     if entry == "seen":
         graph = None
+        recorded = False
         device_stream.begin_capture()
         try:
             enqueue()
+            recorded = True
+        except Exception:  # noqa: BLE001 - a launch that cannot be captured: this sequence runs eagerly from now on
+            recorded = False
         finally:
             try:
                 graph = device_stream.end_capture()
-            except Exception:  # noqa: BLE001 - an invalidated capture: run this sequence eagerly from now on
+            except Exception:  # noqa: BLE001 - an invalidated capture: the same
                 graph = None
+        if not recorded:
+            graph = None
         with _graphs_lock:
             _graphs[key] = graph if graph is not None else "eager"
         if graph is None:
