@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, split_field
 from scipy import ndimage
 
 from .image import Image
@@ -193,38 +194,19 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
 
 
 def _detect(values: np.ndarray) -> FieldEstimate:
-    """Otsu split, border, area and one-aperture tests, holes filled (see :func:`detect_field`)."""
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
+    """Otsu split, border, area and one-aperture tests, holes filled (one compiled call: ``split_field``)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    mask = np.empty(values.shape, dtype=np.uint8)
+    box = np.zeros(4)
+    code, threshold, effectiveness, field_is_bright = split_field(
+        values, MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1], MIN_FIELD_PIXELS,
+        MIN_LARGEST_PART, mask, box)
+    if code == FLAT:
         return NO_FIELD
-    threshold, effectiveness = _otsu(values, lo, hi)
-    bright = values > threshold
-    border = np.concatenate([bright[0, :], bright[-1, :], bright[1:-1, 0], bright[1:-1, -1]])
-    bright_on_border = float(border.mean())
-    field_is_bright = bright_on_border < 0.5
-    field = bright if field_is_bright else ~bright
-    outside_on_border = 1.0 - bright_on_border if field_is_bright else bright_on_border
-    area = float(field.mean())
-    if (
-        effectiveness < MIN_EFFECTIVENESS
-        or outside_on_border < MIN_BORDER_OUTSIDE
-        or not FIELD_AREA[0] <= area <= FIELD_AREA[1]
-        or field.sum() < MIN_FIELD_PIXELS
-    ):
-        return FieldEstimate(detected=False, effectiveness=effectiveness)
-    # one aperture: the largest connected part must hold nearly all of the field (stripes, bones fail)
-    labels, count = ndimage.label(field)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        if sizes.max() < MIN_LARGEST_PART * sizes.sum():
-            return FieldEstimate(detected=False, effectiveness=effectiveness)
-        field = labels == (int(np.argmax(sizes)) + 1)
-    # anatomy darker than the threshold inside the field (bone in MV, a ball bearing) is still field
-    field = _fill_holes(field)
-    rows = np.flatnonzero(field.any(axis=1))
-    cols = np.flatnonzero(field.any(axis=0))
-    box = (float(cols[0]), float(cols[-1]), float(rows[0]), float(rows[-1]))
-    return FieldEstimate(True, threshold, field_is_bright, box, effectiveness, field)
+    if code == NOT_A_FIELD:
+        return FieldEstimate(detected=False, effectiveness=float(effectiveness))
+    return FieldEstimate(True, float(threshold), bool(field_is_bright), (float(box[0]), float(box[1]), float(box[2]),
+                         float(box[3])), float(effectiveness), mask.astype(bool))
 
 
 def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: float, *, reach_mm: float = 15.0) -> float:
@@ -343,18 +325,6 @@ def _line_noise(work: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the parts of the background that do not reach the image border (one labelling pass)."""
-    background, count = ndimage.label(~mask)
-    if count == 0:
-        return mask
-    reaches_border = np.zeros(count + 1, dtype=bool)
-    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        reaches_border[edge] = True
-    reaches_border[0] = True  # label 0 is the mask itself
-    return mask | ~reaches_border[background]
-
-
 def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour sample of a small-level ``mask`` onto a grid of ``shape``.
 
@@ -364,23 +334,3 @@ def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int
     rows = np.clip(np.rint(np.arange(shape[0]) * factor + offset), 0, mask.shape[0] - 1).astype(np.intp)
     cols = np.clip(np.rint(np.arange(shape[1]) * factor + offset), 0, mask.shape[1] - 1).astype(np.intp)
     return mask[np.ix_(rows, cols)]
-
-
-def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[float, float]:
-    """Return Otsu's threshold and its effectiveness (between-class / total variance)."""
-    width = (hi - lo) / bins
-    index = np.minimum(((values - lo) / width).astype(np.intp), bins - 1)
-    hist = np.bincount(index.ravel(), minlength=bins)
-    edges = lo + width * np.arange(bins + 1)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    weight = hist.astype(np.float64) / hist.sum()
-    omega = np.cumsum(weight)
-    mu = np.cumsum(weight * centres)
-    mu_total = mu[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu_total * omega - mu) ** 2 / (omega * (1.0 - omega))
-    between[~np.isfinite(between)] = 0.0
-    best = int(np.argmax(between[:-1]))
-    total = float((weight * (centres - mu_total) ** 2).sum())
-    effectiveness = float(between[best] / total) if total > 0 else 0.0
-    return float(edges[best + 1]), effectiveness

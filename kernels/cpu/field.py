@@ -1,0 +1,200 @@
+"""Radiation-field split of a small image in one compiled call (numba, CPU; run on the host by every backend).
+
+The steps (``kernels/reference/field.py`` is the same with numpy and scipy.ndimage):
+
+1. Otsu's threshold over a 128-bin histogram between the image's minimum and maximum, and its
+   effectiveness (between-class over total variance: 1 for two flat levels);
+2. the side of the threshold that covers less of the image border is the field (bright or dark);
+3. tests: effectiveness, the outside's share of the border, the field's share of the image, its
+   pixel count, and one aperture: the largest 4-connected part must hold nearly all of the field;
+4. holes filled: background parts (4-connected) that do not reach the border are field (bone in
+   MV, a ball bearing); the bounding box of the result.
+
+The field-detection level is a few thousand pixels: this is microseconds compiled, against
+about 150 Python calls with numpy and scipy.ndimage. Thresholds are arguments (numba freezes globals).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["split_field", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+
+OTSU_BINS = 128
+#: Result codes of :func:`split_field`.
+FLAT = 0
+NOT_A_FIELD = 1
+FIELD = 2
+
+
+@njit(cache=True, nogil=True)
+def _components(mask: np.ndarray, labels: np.ndarray, stack: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Label the 4-connected parts of ``mask`` (in raster order of their first pixel, from 1); return their sizes."""
+    rows, cols = mask.shape
+    labels[:, :] = 0
+    sizes = np.zeros(rows * cols + 1, dtype=np.int64)
+    count = 0
+    for i0 in range(rows):
+        for j0 in range(cols):
+            if mask[i0, j0] == 0 or labels[i0, j0] != 0:
+                continue
+            count += 1
+            labels[i0, j0] = count
+            top = 0
+            stack[0] = i0 * cols + j0
+            top = 1
+            while top > 0:
+                top -= 1
+                p = stack[top]
+                i = p // cols
+                j = p - i * cols
+                sizes[count] += 1
+                for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                    a = i + di
+                    b = j + dj
+                    if 0 <= a < rows and 0 <= b < cols and mask[a, b] != 0 and labels[a, b] == 0:
+                        labels[a, b] = count
+                        stack[top] = a * cols + b
+                        top += 1
+    return sizes[1: count + 1]
+
+
+@njit(cache=True, nogil=True)
+def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside: float, area_low: float,
+                area_high: float, min_pixels: int, min_largest_part: float, mask_out: np.ndarray,
+                box_out: np.ndarray) -> tuple:  # pragma: no cover
+    """Split ``values`` into field and outside; return ``(code, threshold, effectiveness, field_is_bright)``.
+
+    Parameters
+    ----------
+    values : float64[rows, cols]
+        The field-detection level (dead detector lines already bridged).
+    min_effectiveness, min_border_outside, area_low, area_high, min_pixels, min_largest_part
+        The tests of step 3 (see ``portalign.field``).
+    mask_out : uint8[rows, cols]
+        The field, holes filled (written when the code is ``FIELD``).
+    box_out : float64[4]
+        ``(col_min, col_max, row_min, row_max)`` of the field (written when the code is ``FIELD``).
+
+    Returns
+    -------
+    tuple
+        ``code``: ``FLAT`` (a constant image), ``NOT_A_FIELD`` (no clean split: effectiveness is set) or
+        ``FIELD``.
+    """
+    rows, cols = values.shape
+    lo = values[0, 0]
+    hi = values[0, 0]
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    if hi <= lo:
+        return FLAT, 0.0, 0.0, True
+    bins = OTSU_BINS
+    width = (hi - lo) / bins
+    hist = np.zeros(bins, dtype=np.int64)
+    for i in range(rows):
+        for j in range(cols):
+            b = int((values[i, j] - lo) / width)
+            hist[min(b, bins - 1)] += 1
+    n = rows * cols
+    centres = np.empty(bins)
+    weight = np.empty(bins)
+    for b in range(bins):
+        centres[b] = 0.5 * ((lo + width * b) + (lo + width * (b + 1)))
+        weight[b] = hist[b] / n
+    omega = 0.0
+    mu = 0.0
+    mu_total = 0.0
+    for b in range(bins):
+        mu_total += weight[b] * centres[b]
+    best = 0
+    best_between = -1.0
+    for b in range(bins - 1):
+        omega += weight[b]
+        mu += weight[b] * centres[b]
+        denom = omega * (1.0 - omega)
+        between = (mu_total * omega - mu) ** 2 / denom if denom > 0.0 else 0.0
+        if between > best_between:
+            best_between = between
+            best = b
+    total = 0.0
+    for b in range(bins):
+        total += weight[b] * (centres[b] - mu_total) ** 2
+    effectiveness = best_between / total if total > 0.0 else 0.0
+    threshold = lo + width * (best + 1)
+    # the field is the side that covers less of the border
+    on_border = 0
+    border = 0
+    for j in range(cols):
+        on_border += (values[0, j] > threshold) + (values[rows - 1, j] > threshold)
+        border += 2
+    for i in range(1, rows - 1):
+        on_border += (values[i, 0] > threshold) + (values[i, cols - 1] > threshold)
+        border += 2
+    bright_on_border = on_border / border
+    field_is_bright = bright_on_border < 0.5
+    outside_on_border = 1.0 - bright_on_border if field_is_bright else bright_on_border
+    count = 0
+    for i in range(rows):
+        for j in range(cols):
+            inside = (values[i, j] > threshold) == field_is_bright
+            mask_out[i, j] = 1 if inside else 0
+            count += 1 if inside else 0
+    area = count / n
+    if (effectiveness < min_effectiveness or outside_on_border < min_border_outside
+            or not (area_low <= area <= area_high) or count < min_pixels):
+        return NOT_A_FIELD, threshold, effectiveness, field_is_bright
+    labels = np.empty((rows, cols), dtype=np.int64)
+    stack = np.empty(n, dtype=np.int64)
+    sizes = _components(mask_out, labels, stack)
+    if sizes.size > 1:
+        largest = 0
+        for k in range(sizes.size):
+            if sizes[k] > sizes[largest]:
+                largest = k
+        if sizes[largest] < min_largest_part * count:
+            return NOT_A_FIELD, threshold, effectiveness, field_is_bright
+        for i in range(rows):
+            for j in range(cols):
+                mask_out[i, j] = 1 if labels[i, j] == largest + 1 else 0
+    # holes: background reached from the border (4-connected) is outside, the rest is field
+    reached = np.zeros((rows, cols), dtype=np.uint8)
+    top = 0
+    for i in range(rows):
+        for j in range(cols):
+            if (i == 0 or j == 0 or i == rows - 1 or j == cols - 1) and mask_out[i, j] == 0 and reached[i, j] == 0:
+                reached[i, j] = 1
+                stack[top] = i * cols + j
+                top += 1
+    while top > 0:
+        top -= 1
+        p = stack[top]
+        i = p // cols
+        j = p - i * cols
+        for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            a = i + di
+            b = j + dj
+            if 0 <= a < rows and 0 <= b < cols and mask_out[a, b] == 0 and reached[a, b] == 0:
+                reached[a, b] = 1
+                stack[top] = a * cols + b
+                top += 1
+    c0, c1, r0, r1 = cols, -1, rows, -1
+    for i in range(rows):
+        for j in range(cols):
+            if reached[i, j] == 0:
+                mask_out[i, j] = 1
+                c0 = min(c0, j)
+                c1 = max(c1, j)
+                r0 = min(r0, i)
+                r1 = max(r1, i)
+    box_out[0] = c0
+    box_out[1] = c1
+    box_out[2] = r0
+    box_out[3] = r1
+    return FIELD, threshold, effectiveness, field_is_bright

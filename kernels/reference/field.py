@@ -1,0 +1,78 @@
+"""Reference for the field split (numpy and scipy.ndimage): same arguments and outputs as the CPU kernel.
+
+:func:`portalign.kernels.cpu.field.split_field` describes the steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["split_field"]
+
+FLAT, NOT_A_FIELD, FIELD = 0, 1, 2
+
+
+def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside: float, area_low: float,
+                area_high: float, min_pixels: int, min_largest_part: float, mask_out: np.ndarray,
+                box_out: np.ndarray) -> tuple:
+    """Split ``values`` into field and outside; return ``(code, threshold, effectiveness, field_is_bright)``."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return FLAT, 0.0, 0.0, True
+    threshold, effectiveness = _otsu(values, lo, hi)
+    bright = values > threshold
+    border = np.concatenate([bright[0, :], bright[-1, :], bright[1:-1, 0], bright[1:-1, -1]])
+    bright_on_border = float(border.mean())
+    field_is_bright = bright_on_border < 0.5
+    field = bright if field_is_bright else ~bright
+    outside_on_border = 1.0 - bright_on_border if field_is_bright else bright_on_border
+    area = float(field.mean())
+    if (effectiveness < min_effectiveness or outside_on_border < min_border_outside
+            or not area_low <= area <= area_high or field.sum() < min_pixels):
+        return NOT_A_FIELD, threshold, effectiveness, field_is_bright
+    labels, count = ndimage.label(field)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        if sizes.max() < min_largest_part * sizes.sum():
+            return NOT_A_FIELD, threshold, effectiveness, field_is_bright
+        field = labels == (int(np.argmax(sizes)) + 1)
+    field = _fill_holes(field)
+    mask_out[...] = field
+    rows = np.flatnonzero(field.any(axis=1))
+    cols = np.flatnonzero(field.any(axis=0))
+    box_out[:] = (cols[0], cols[-1], rows[0], rows[-1])
+    return FIELD, threshold, effectiveness, field_is_bright
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the parts of the background that do not reach the image border (one labelling pass)."""
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    reaches_border = np.zeros(count + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        reaches_border[edge] = True
+    reaches_border[0] = True  # label 0 is the mask itself
+    return mask | ~reaches_border[background]
+
+
+def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[float, float]:
+    """Return Otsu's threshold and its effectiveness (between-class / total variance)."""
+    width = (hi - lo) / bins
+    index = np.minimum(((values - lo) / width).astype(np.intp), bins - 1)
+    hist = np.bincount(index.ravel(), minlength=bins)
+    edges = lo + width * np.arange(bins + 1)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    weight = hist.astype(np.float64) / hist.sum()
+    omega = np.cumsum(weight)
+    mu = np.cumsum(weight * centres)
+    mu_total = mu[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu_total * omega - mu) ** 2 / (omega * (1.0 - omega))
+    between[~np.isfinite(between)] = 0.0
+    best = int(np.argmax(between[:-1]))
+    total = float((weight * (centres - mu_total) ** 2).sum())
+    effectiveness = float(between[best] / total) if total > 0 else 0.0
+    return float(edges[best + 1]), effectiveness

@@ -1,0 +1,63 @@
+"""The compiled field split against its numpy / scipy.ndimage reference: same code, threshold, mask and box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from portalign.field import FIELD_AREA, MIN_BORDER_OUTSIDE, MIN_EFFECTIVENESS, MIN_FIELD_PIXELS, MIN_LARGEST_PART
+from portalign.kernels.cpu.field import FIELD, split_field
+from portalign.kernels.reference import field as reference
+from scipy import ndimage
+
+ARGS = (MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1], MIN_FIELD_PIXELS, MIN_LARGEST_PART)
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128].astype(float)
+    anatomy = ndimage.gaussian_filter(rng.standard_normal((96, 128)), 4) * 0.2
+    square = ((np.abs(xx - 60) < 30) & (np.abs(yy - 50) < 25)).astype(float)
+    turned = (np.abs((xx - 64) + (yy - 48)) < 40) & (np.abs((xx - 64) - (yy - 48)) < 30)
+    disc = ((xx - 70) ** 2 + (yy - 40) ** 2 < 15**2).astype(float)
+    holed = disc.copy()
+    holed[(xx - 70) ** 2 + (yy - 40) ** 2 < 4**2] = 0.0  # a ball bearing inside a cone
+    two = square.copy()
+    two[5:9, 5:9] = 1.0  # a stray bright patch: a second, small part
+    stripes = ((xx // 8) % 2).astype(float)  # no single aperture
+    yield "square", 0.05 + square + anatomy
+    yield "inverted", 1.0 - square + anatomy  # dark field (inverted encoding)
+    yield "turned", 0.05 + turned + anatomy
+    yield "cone with a ball bearing", 0.02 + holed + 0.3 * anatomy
+    yield "two parts", 0.05 + two + anatomy
+    yield "stripes", stripes + anatomy
+    yield "open", 1.0 + anatomy  # no field edge
+    yield "flat", np.ones((20, 30))
+    for seed in range(8):
+        noisy = np.random.default_rng(seed)
+        yield f"noisy {seed}", 0.05 + square * noisy.uniform(0.5, 1.5) + noisy.normal(0, noisy.uniform(0.01, 0.4),
+                                                                                          square.shape)
+
+
+@pytest.mark.parametrize(("name", "image"), list(_cases()), ids=[name for name, _ in _cases()])
+def test_split_field_equals_the_reference(name, image):
+    image = np.ascontiguousarray(image, dtype=np.float64)
+    got_mask, want_mask = np.zeros(image.shape, np.uint8), np.zeros(image.shape, np.uint8)
+    got_box, want_box = np.zeros(4), np.zeros(4)
+    got = split_field(image, *ARGS, got_mask, got_box)
+    want = reference.split_field(image, *ARGS, want_mask, want_box)
+    assert got[0] == want[0]
+    assert got[1] == pytest.approx(want[1], rel=1e-12, abs=1e-12)
+    assert got[2] == pytest.approx(want[2], rel=1e-9, abs=1e-12)
+    assert bool(got[3]) == bool(want[3])
+    if got[0] == FIELD:
+        np.testing.assert_array_equal(got_mask, want_mask)
+        np.testing.assert_array_equal(got_box, want_box)
+
+
+def test_the_cone_with_a_ball_bearing_is_one_filled_field():
+    name, image = next(c for c in _cases() if c[0] == "cone with a ball bearing")
+    mask, box = np.zeros(image.shape, np.uint8), np.zeros(4)
+    code = split_field(np.ascontiguousarray(image), *ARGS, mask, box)[0]
+    assert code == FIELD
+    assert mask[40, 70] == 1  # the ball bearing's hole is filled
+    assert tuple(box) == pytest.approx((56, 84, 26, 54), abs=1)
