@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, split_field
+from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, split_field
 from scipy import ndimage
 
 from .image import Image
@@ -272,22 +272,8 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     found: list[tuple[int, ...]] = [(), ()]
     for axis in (0, 1):
         work = out if axis == 0 else out.T
-        if work.shape[0] < 5:
-            continue
-        means = work.mean(axis=1)
-        up, down = means[1:-1] - means[:-2], means[1:-1] - means[2:]
-        spike = np.where(up * down > 0, np.minimum(np.abs(up), np.abs(down)), 0.0)
-        profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
-        candidates = np.flatnonzero(spike > DEAD_LINE_CONTRAST * profile_noise) + 1
-        if candidates.size == 0:
-            continue
-        noise = _line_noise(work)
-        bad = []
-        for i in candidates:
-            up_i, down_i = work[i] - work[i - 1], work[i] - work[i + 1]
-            if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > DEAD_LINE_CONTRAST * noise)) \
-                    >= DEAD_LINE_SHARE:
-                bad.append(i)
+        # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
+        bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)]
         if full is not None and bad:
             full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
             factor = max(1, int(round(full_work.shape[0] / work.shape[0])))

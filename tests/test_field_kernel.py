@@ -61,3 +61,31 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
     assert code == FIELD
     assert mask[40, 70] == 1  # the ball bearing's hole is filled
     assert tuple(box) == pytest.approx((56, 84, 26, 54), abs=1)
+
+
+@pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges"])
+def test_dead_lines_equal_the_reference(kind):
+    from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
+    from portalign.kernels.cpu.field import dead_lines
+
+    rng = np.random.default_rng(4)
+    image = 1000.0 + ndimage.gaussian_filter(rng.standard_normal((96, 128)), 3) * 50 + rng.normal(0, 2, (96, 128))
+    expected_rows: list[int] = []
+    if kind == "dead rows":
+        image[30] = 0.0
+        image[61] = 5.0
+        expected_rows = [30, 61]
+    elif kind == "hot column":
+        image = image.T.copy()
+        image[40] = 4000.0
+        expected_rows = [40]
+    elif kind == "pickets":
+        image[:, ::16] -= 300.0  # columns: the rows see no spike
+    elif kind == "field edges":
+        image[:20] *= 0.05
+        image[-20:] *= 0.05
+    image = np.ascontiguousarray(image)
+    got = dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)
+    want = reference.dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)
+    np.testing.assert_array_equal(got, want)
+    assert list(got) == expected_rows

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["split_field", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "dead_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Result codes of :func:`split_field`.
@@ -198,3 +198,59 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     box_out[2] = r0
     box_out[3] = r1
     return FIELD, threshold, effectiveness, field_is_bright
+
+
+@njit(cache=True, nogil=True)
+def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  # pragma: no cover
+    """Return the rows of ``work`` that read far off both neighbours along most of their length (dead/hot lines).
+
+    A first pass on the row means keeps only rows whose mean spikes away from both neighbours' means by
+    more than ``contrast`` times the profile's noise (1.4826 MAD of the mean differences); each candidate
+    then qualifies when over at least ``share`` of its pixels it differs from both neighbours in the same
+    direction by more than ``contrast`` times the line-to-line noise (1.4826 MAD of the differences
+    between every 4th row and the next). The rule of ``portalign.field``'s dead-line screening, compiled.
+    """
+    rows, cols = work.shape
+    bad = np.empty(0, dtype=np.int64)
+    if rows < 5:
+        return bad
+    means = np.empty(rows)
+    for i in range(rows):
+        total = 0.0
+        for j in range(cols):
+            total += work[i, j]
+        means[i] = total / cols
+    diffs = np.empty(rows - 1)
+    for i in range(rows - 1):
+        diffs[i] = abs(means[i + 1] - means[i])
+    profile_noise = 1.4826 * np.median(diffs) + 1e-12 * ((means.max() - means.min()) + 1.0)
+    candidates = []
+    for i in range(1, rows - 1):
+        up = means[i] - means[i - 1]
+        down = means[i] - means[i + 1]
+        if up * down > 0 and min(abs(up), abs(down)) > contrast * profile_noise:
+            candidates.append(i)
+    if len(candidates) == 0:
+        return bad
+    pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
+    line = np.empty(pairs * cols)
+    n = 0
+    for i in range(1, rows, 4):
+        for j in range(cols):
+            line[n] = abs(work[i, j] - work[i - 1, j])
+            n += 1
+    noise = 1.4826 * np.median(line[:n]) + 1e-12 * ((work.max() - work.min()) + 1.0)
+    found = []
+    for i in candidates:
+        spiking = 0
+        for j in range(cols):
+            up = work[i, j] - work[i - 1, j]
+            down = work[i, j] - work[i + 1, j]
+            if up * down > 0 and min(abs(up), abs(down)) > contrast * noise:
+                spiking += 1
+        if spiking / cols >= share:
+            found.append(i)
+    out = np.empty(len(found), dtype=np.int64)
+    for k in range(len(found)):
+        out[k] = found[k]
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["split_field"]
+__all__ = ["split_field", "dead_lines"]
 
 FLAT, NOT_A_FIELD, FIELD = 0, 1, 2
 
@@ -76,3 +76,25 @@ def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[fl
     total = float((weight * (centres - mu_total) ** 2).sum())
     effectiveness = float(between[best] / total) if total > 0 else 0.0
     return float(edges[best + 1]), effectiveness
+
+
+def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:
+    """Return the rows of ``work`` that spike away from both neighbours (numpy; see the CPU kernel)."""
+    work = np.asarray(work, dtype=np.float64)
+    if work.shape[0] < 5:
+        return np.empty(0, dtype=np.int64)
+    means = work.mean(axis=1)
+    up, down = means[1:-1] - means[:-2], means[1:-1] - means[2:]
+    spike = np.where(up * down > 0, np.minimum(np.abs(up), np.abs(down)), 0.0)
+    profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
+    candidates = np.flatnonzero(spike > contrast * profile_noise) + 1
+    if candidates.size == 0:
+        return np.empty(0, dtype=np.int64)
+    diff = work[1::4] - work[:-1:4][: work[1::4].shape[0]]
+    noise = 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    bad = []
+    for i in candidates:
+        up_i, down_i = work[i] - work[i - 1], work[i] - work[i + 1]
+        if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > contrast * noise)) >= share:
+            bad.append(int(i))
+    return np.asarray(bad, dtype=np.int64)
