@@ -160,3 +160,20 @@ def test_prepare_level_equals_its_steps_done_one_by_one(has_field):
     ref_kernels.gradient.orientation_features(image, eroded, eps, re, im)
     assert_allclose(b["re"], re, atol=1e-5)
     assert_allclose(b["im"], im, atol=1e-5)
+
+
+def test_rotation_lever_arm_is_the_schur_complement_of_the_stencil_hessian():
+    from portalign.kernels.cpu.refine import rotation_lever_arm
+
+    # f(p) = -p' H p / 2 with p in mm, mm, rad: the stencil recovers H, the lever arm is sqrt(S / mean(Hxx, Hyy))
+    h = np.array([[2.0, 0.2, 30.0], [0.2, 1.6, -20.0], [30.0, -20.0, 9000.0]])
+    step = np.array([0.5, 0.4, 0.01])
+    f = np.array([-0.5 * (s * step) @ h @ (s * step) for s in STENCIL_3D])
+    schur = h[2, 2] - h[2, :2] @ np.linalg.solve(h[:2, :2], h[:2, 2])
+    assert rotation_lever_arm(f, step) == pytest.approx(np.sqrt(schur / (0.5 * (h[0, 0] + h[1, 1]))), rel=1e-9)
+    # a rotation that costs nothing once the translation follows (a ball bearing): no lever arm
+    flat = h.copy()
+    flat[2, 2] = h[2, :2] @ np.linalg.solve(h[:2, :2], h[:2, 2])
+    f_flat = np.array([-0.5 * (s * step) @ flat @ (s * step) for s in STENCIL_3D])
+    assert rotation_lever_arm(f_flat, step) < 1e-3
+    assert rotation_lever_arm(np.full(10, np.nan), step) == 0.0

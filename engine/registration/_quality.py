@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from portalign.kernels.cpu.refine import STENCIL_3D, rotation_lever_arm
 
 from ..field import FieldEstimate, field_size_mm
 from ..image import Image
@@ -26,9 +27,6 @@ CLEAN_CONTRAST_TO_NOISE = 1000.0
 NOISE_SAMPLES = 6000
 #: Rotation is estimated only when the match's rotation lever arm (see :func:`rotation_support_mm`) reaches this.
 MIN_ROTATION_SUPPORT_MM = 8.0
-#: Quadratic stencil of :func:`rotation_support_mm` in steps: centre, +-x, +-y, +-rotation, the three mixed pairs.
-_STENCIL = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [1, 1, 0],
-                     [1, 0, 1], [0, 1, 1]], dtype=np.float64)
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -140,18 +138,5 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
     h_t = min(level.spacing)
     h_r = h_t / max(r_eff, 5.0)
     step = np.array([level.spacing[1], level.spacing[0], h_r])
-    values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + _STENCIL * step, "edge")
-    if not np.all(np.isfinite(values)):
-        return 0.0
-    f0 = values[0]
-    plus, minus = values[[1, 3, 5]], values[[2, 4, 6]]
-    hess = np.diag(plus + minus - 2.0 * f0)
-    for n, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
-        hess[i, j] = hess[j, i] = values[7 + n] - plus[i] - plus[j] + f0
-    hess = hess / np.outer(step, step)  # per mm^2, per mm rad, per rad^2
-    h_tt = hess[:2, :2]
-    translation = -0.5 * (h_tt[0, 0] + h_tt[1, 1])
-    if translation <= 0 or np.linalg.det(h_tt) <= 0:
-        return 0.0
-    schur = -(hess[2, 2] - hess[2, :2] @ np.linalg.solve(h_tt, hess[:2, 2]))
-    return float(math.sqrt(schur / translation)) if schur > 0 else 0.0
+    values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + STENCIL_3D * step, "edge")
+    return float(rotation_lever_arm(values, step))

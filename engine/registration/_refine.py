@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from portalign.kernels.cpu.refine import pose_affines_into, rotations_into
 
 from ._plan import FramePlan, Level
 
@@ -26,14 +27,19 @@ MAX_ROTATION_STEP = math.radians(0.5)
 def evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool = False) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Metric values (higher is better) at ``poses`` on ``level``."""
     k = backend.kernels
+    poses = np.ascontiguousarray(poses, dtype=np.float64)
     n = poses.shape[0]
-    affines = backend.asarray(level.affines(poses))
+    table = np.empty((n, 2, 3))
+    pose_affines_into(poses, n, level.geometry, table)  # compiled: a handful of calls for any pose count
+    affines = backend.asarray(table)
     if metric == "mi":
         hist = plan.hist[:n]
         k.joint_histograms(level.pixel_rows, level.pixel_cols, level.usable, level.bins, level.ref_bins, affines, hist)
         k.mutual_information(hist, normalised, plan.mi_out[:n])
         return backend.to_host(plan.mi_out[:n]).copy()
-    rot = backend.asarray(np.stack([np.cos(2 * poses[:, 2]), np.sin(2 * poses[:, 2])], axis=1))
+    turns = np.empty((n, 2))
+    rotations_into(poses, n, turns)
+    rot = backend.asarray(turns)
     k.gradient_correlation(level.pixel_rows, level.pixel_cols, level.usable, level.feat_re, level.feat_im, level.ref_re,
                            level.ref_im, affines, rot, plan.edge_out[:n])
     sums = backend.to_host(plan.edge_out[:n])

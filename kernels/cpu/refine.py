@@ -33,8 +33,8 @@ from numba import njit
 from .edge import gradient_correlation
 from .mutual_information import joint_histograms, mutual_information
 
-__all__ = ["refine", "pose_affines_into", "quadratic_step", "stencil_poses", "EDGE", "MI", "MAX_JUMP", "STENCIL_3D",
-           "STENCIL_2D", "MAX_STENCIL"]
+__all__ = ["refine", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into", "rotation_lever_arm",
+           "EDGE", "MI", "MAX_JUMP", "STENCIL_3D", "STENCIL_2D", "MAX_STENCIL"]
 
 EDGE = 0
 MI = 1
@@ -244,3 +244,43 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
     out[2] = p[2]
     out[3] = score
     out[4] = done
+
+
+@njit(cache=True, nogil=True)
+def rotations_into(poses: np.ndarray, n: int, out: np.ndarray) -> None:  # pragma: no cover
+    """Write ``(cos 2 theta, sin 2 theta)`` of ``poses[:n]`` into ``out[:n]`` (the edge metric's feature turn)."""
+    for k in range(n):
+        out[k, 0] = math.cos(2.0 * poses[k, 2])
+        out[k, 1] = math.sin(2.0 * poses[k, 2])
+
+
+@njit(cache=True, nogil=True)
+def rotation_lever_arm(f: np.ndarray, step: np.ndarray) -> float:  # pragma: no cover
+    """Lever arm (mm) of the rotation in a metric sampled on the 3-D stencil (``STENCIL_3D``), 0 if none.
+
+    The Hessian ``H`` of the stencil values (``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``,
+    divided by the steps: per mm^2, per mm rad, per rad^2) gives the curvature along rotation with the
+    translation re-optimised, the Schur complement ``S = H_tt - H_tx H_xx^-1 H_xt``; over the mean
+    translation curvature it is the squared distance from the beam axis at which structure pins the
+    rotation as firmly as the translation: ``r = sqrt(S / mean(H_xx, H_yy))`` (signs for a maximum).
+    """
+    for k in range(10):
+        if not np.isfinite(f[k]):
+            return 0.0
+    f0 = f[0]
+    h = np.zeros((3, 3))
+    for i in range(3):
+        h[i, i] = (f[1 + 2 * i] + f[2 + 2 * i] - 2.0 * f0) / (step[i] * step[i])
+    for n in range(3):
+        i = 0 if n < 2 else 1
+        j = 1 if n == 0 else 2
+        h[i, j] = (f[7 + n] - f[1 + 2 * i] - f[1 + 2 * j] + f0) / (step[i] * step[j])
+        h[j, i] = h[i, j]
+    translation = -0.5 * (h[0, 0] + h[1, 1])
+    det = h[0, 0] * h[1, 1] - h[0, 1] * h[1, 0]
+    if translation <= 0.0 or det <= 0.0:
+        return 0.0
+    x0 = (h[1, 1] * h[0, 2] - h[0, 1] * h[1, 2]) / det
+    x1 = (h[0, 0] * h[1, 2] - h[1, 0] * h[0, 2]) / det
+    schur = -(h[2, 2] - (h[2, 0] * x0 + h[2, 1] * x1))
+    return math.sqrt(schur / translation) if schur > 0.0 else 0.0
