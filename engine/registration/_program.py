@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,16 +85,15 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     backend = reference.backend
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
     with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.frame_scope(plan.stream):
-        result = _register(reference, plan, frame)
+        result = _register(reference, plan, frame, start)
     if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
         with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
                 backend.frame_scope(plan.stream):
-            result = _register(reference, plan, frame)
-    elapsed = (time.perf_counter() - start) * 1e3
-    return replace(result, elapsed_ms=elapsed)
+            result = _register(reference, plan, frame, start)
+    return result
 
 
-def _register(reference: Reference, plan: FramePlan, frame: Image) -> RegistrationResult:
+def _register(reference: Reference, plan: FramePlan, frame: Image, start: float) -> RegistrationResult:
     backend, opts = reference.backend, reference.options
     k = backend.kernels
     levels = plan.levels
@@ -303,6 +302,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image) -> Registrati
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     return RegistrationResult(
+        elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]),
         dy_mm=float(pose[1]),
         rotation_deg=float(math.degrees(pose[2])) if rotate else None,  # not measured: None, never 0
