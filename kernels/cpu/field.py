@@ -93,7 +93,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
                 lo = v
             if v > hi:
                 hi = v
-    if hi <= lo:
+    if not (hi > lo and np.isfinite(lo) and np.isfinite(hi)):  # constant (or not finite: refused upstream)
         return FLAT, 0.0, 0.0, True
     bins = OTSU_BINS
     width = (hi - lo) / bins
@@ -101,7 +101,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     for i in range(rows):
         for j in range(cols):
             b = int((values[i, j] - lo) / width)
-            hist[min(b, bins - 1)] += 1
+            hist[max(0, min(b, bins - 1))] += 1
     n = rows * cols
     centres = np.empty(bins)
     weight = np.empty(bins)
