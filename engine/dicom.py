@@ -145,6 +145,9 @@ MAX_SIDE = 65535
 MAX_COMPRESSION_RATIO = 200
 #: DICOM tags named in error messages.
 _TAGS = {
+    "ApplicatorOpening": "(300A,0433)",
+    "ApplicatorOpeningX": "(300A,0434)",
+    "ApplicatorOpeningY": "(300A,0435)",
     "RTImageSID": "(3002,0026)",
     "RadiationMachineSAD": "(3002,0022)",
     "DistanceSourceToDetector": "(0018,1110)",
@@ -360,7 +363,7 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         patient_position, acquisition_date, kvp, sop_instance_uid, series_instance_uid,
         frame_of_reference_uid, referenced_rt_plan_uid, referenced_beam_number,
         rt_image_label, planned_jaws_mm, planned_jaws_iec_mm,
-        planned_field_corners_mm, planned_mlc, transfer_syntax,
+        planned_field_corners_mm, planned_mlc, planned_applicator, transfer_syntax,
         transfer_syntax_name, transfer_syntax_assumed, intensity_sign_applied,
         intensity_sign_reason, rescale_slope, rescale_intercept,
         photometric_interpretation, notes, dicom_warnings``; lists instead of
@@ -401,6 +404,7 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         "planned_jaws_iec_mm": _jsonable(extra.get("planned_jaws_iec_mm")),
         "planned_field_corners_mm": _jsonable(extra.get("planned_field_corners_mm")),
         "planned_mlc": _jsonable(extra.get("planned_mlc")),
+        "planned_applicator": _jsonable(extra.get("planned_applicator")),
         "transfer_syntax": extra.get("transfer_syntax"),
         "transfer_syntax_name": extra.get("transfer_syntax_name"),
         "transfer_syntax_assumed": extra.get("transfer_syntax_assumed"),
@@ -1211,6 +1215,9 @@ def _aperture(item: Dataset | None, collimator_deg: float | None, name: str) -> 
                 }
             )
     extra: dict[str, Any] = {}
+    applicator = _applicator(item, name)
+    if applicator:
+        extra["planned_applicator"] = applicator
     if jaws_iec:
         extra["planned_jaws_iec_mm"] = dict(jaws_iec)
         jaws: dict[str, float] = {}
@@ -1237,6 +1244,42 @@ def _aperture(item: Dataset | None, collimator_deg: float | None, name: str) -> 
     if mlc:
         extra["planned_mlc"] = mlc
     return extra
+
+
+#: Applicator aperture shapes (DICOM ApplicatorApertureShape, 300A,0432) portalign can compare a field with.
+APPLICATOR_SHAPES = ("SYM_CIRCULAR", "SYM_SQUARE", "SYM_RECTANGLE")
+
+
+def _applicator(item: Dataset, name: str) -> dict[str, Any]:
+    """Return the exposure's applicator (an SRS cone, an electron or photon applicator) with a symmetric aperture, or {}.
+
+    From the ApplicatorSequence's first item with an ApplicatorGeometrySequence: the shape
+    (``SYM_CIRCULAR``, ``SYM_SQUARE``, ``SYM_RECTANGLE``) and the opening in mm (the diameter of a circular
+    aperture, the side of a square one, ``ApplicatorOpeningX/Y`` of a rectangle), taken as the nominal
+    field size at the isocentre, as cones are labelled. An opening that is present but unusable is an
+    error naming the tag, like the jaws'.
+    """
+    limits = {"counts": (1,), "low": 0.5, "high": 1000.0, "what": "an applicator opening in mm",
+              "fix": "correct or remove the ApplicatorSequence item"}
+    for app in _sequence(item, "ApplicatorSequence"):
+        for geometry in _sequence(app, "ApplicatorGeometrySequence"):
+            shape = _text(geometry, "ApplicatorApertureShape").upper()
+            if shape not in APPLICATOR_SHAPES:
+                continue
+            if shape == "SYM_RECTANGLE":
+                x = _checked(geometry, "ApplicatorOpeningX", name, **limits)  # type: ignore[arg-type]
+                y = _checked(geometry, "ApplicatorOpeningY", name, **limits)  # type: ignore[arg-type]
+                if x is None or y is None:
+                    continue
+                width, height = x[0], y[0]
+            else:
+                opening = _checked(geometry, "ApplicatorOpening", name, **limits)  # type: ignore[arg-type]
+                if opening is None:
+                    continue
+                width = height = opening[0]
+            return {"id": _text(app, "ApplicatorID"), "type": _text(app, "ApplicatorType"), "shape": shape,
+                    "width_mm": width, "height_mm": height}
+    return {}
 
 
 def _common_extra(

@@ -55,7 +55,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,31 @@ class FieldEdges:
     def edges(self) -> dict[str, float]:
         """Return ``{"x1", "x2", "y1", "y2"}`` in mm."""
         return {"x1": self.x1, "x2": self.x2, "y1": self.y1, "y2": self.y2}
+
+
+def _round_field(image: Image, edges: FieldEdges) -> FieldEdges:
+    """Re-measure a round (cone) field: its centroid and equal-area diameter above the 50 % level.
+
+    Edge profiles across a circle away from its centre meet the edge early (a chord is shorter than the
+    diameter), so the rectangle :func:`measure_field` reports is too small for a cone. The pixels above
+    the 50 % threshold, in the largest connected part, give the area ``A`` and centroid; the field is
+    reported as the square ``centre +- sqrt(A / pi)`` in the field frame, comparable with a cone's opening.
+    """
+    if edges.threshold is None:
+        return edges
+    above = np.asarray(image.pixels) > edges.threshold
+    labels, count = ndimage.label(above)
+    if count == 0:
+        return edges
+    sizes = np.bincount(labels.ravel())[1:]
+    part = labels == 1 + int(np.argmax(sizes))
+    rows, cols = np.nonzero(part)
+    x, y = image.pixel_to_mm(cols.mean(), rows.mean())
+    sy, sx = image.spacing_mm
+    radius = math.sqrt(part.sum() * sx * sy / math.pi)
+    u, v = _rotate(np.array([x, y]), -edges.angle_deg)
+    return replace(edges, x1=float(u - radius), x2=float(u + radius), y1=float(v - radius), y2=float(v + radius),
+                   source="detected (round: centroid and equal-area diameter)")
 
 
 def measure_field(image: Image, *, angle_deg: float = 0.0, smoothing_mm: float = 0.5) -> FieldEdges:
@@ -230,7 +255,9 @@ def planned_field(reference: Image, frame: Image | None = None, *, planned: str 
         Its jaws are used when the reference has none.
     planned : {"auto", "jaws", "reference"}
         ``jaws``: only header jaws (error without them); ``reference``: only the
-        field detected in the reference image; ``auto``: jaws, then reference.
+        field detected in the reference image; ``auto``: the applicator (an SRS cone's diameter, an
+        applicator's opening) when the header has one, else the MLC inside the jaws, else the jaws, else
+        the reference.
 
     Returns
     -------
@@ -247,6 +274,15 @@ def planned_field(reference: Image, frame: Image | None = None, *, planned: str 
         for image, label in ((reference, "reference"), (frame, "frame")):
             if image is None:
                 continue
+            applicator = image.info.extra.get("planned_applicator") if planned == "auto" else None
+            if applicator:
+                # a cone or applicator limits the field inside the jaws: its symmetric opening about the beam axis
+                # (a circle's edges along the field axes are its bounding square's)
+                half_w, half_h = 0.5 * float(applicator["width_mm"]), 0.5 * float(applicator["height_mm"])
+                shape = "cone" if applicator["shape"] == "SYM_CIRCULAR" else "applicator"
+                ident = f" {applicator['id']}" if applicator.get("id") else ""
+                return FieldEdges(-half_w, half_w, -half_h, half_h, angle_deg=-float(image.info.collimator_deg or 0.0),
+                                  source=f"{label} {shape}{ident}")
             jaws = image.info.extra.get("planned_jaws_mm") or {}
             if all(key in jaws for key in _EDGES):
                 angle = -float(image.info.collimator_deg or 0.0)
@@ -325,6 +361,8 @@ def field_placement(
     frame = as_image(frame_image, name="frame", pixel_spacing_mm=pixel_spacing_mm)
     plan = planned_field(reference, frame, planned=planned)
     delivered = measure_field(frame, angle_deg=plan.angle_deg)
+    if " cone" in plan.source:
+        delivered = _round_field(frame, delivered)
     note = ""
     if planned == "auto" and plan.source.endswith("jaws"):
         inside = [delivered.x1 - plan.x1, plan.x2 - delivered.x2, delivered.y1 - plan.y1, plan.y2 - delivered.y2]

@@ -16,7 +16,7 @@ from dicom_factory import make_rt_image, write_rt_image
 from portalign import Image, RegistrationResult, fieldcheck
 from portalign.ct import CTVolume
 from portalign.dicom import read_rt_image
-from portalign.errors import PortalignError, PortalImageError
+from portalign.errors import GeometryError, PortalignError, PortalImageError
 from portalign.fieldcheck import field_placement, measure_field, planned_field
 from portalign.simulate import render_drr
 from pydicom.dataset import Dataset
@@ -294,3 +294,55 @@ def test_field_inside_the_jaws_with_a_drr_reference_is_an_error():
     with pytest.raises(PortalImageError, match=r"^drr\.dcm: the header's jaws .* do not define the delivered field.*"
                                                r"--planned reference.*--planned jaws"):
         field_placement(drr, frame)
+
+
+def _cone_frame(tmp_path, diameter_mm: float, opening_mm, centre_mm=(0.0, 0.0), jaws=(-15.0, 15.0, -15.0, 15.0)):
+    """An RT Image of a round (cone) field of ``diameter_mm`` inside +-15 mm jaws; the header's cone opening."""
+    rows, cols = 200, 200
+    y, x = np.indices((rows, cols), dtype=np.float64)
+    x = (x - (cols - 1) / 2.0) * SPACING - centre_mm[0]
+    y = (y - (rows - 1) / 2.0) * SPACING - centre_mm[1]
+    radius = np.hypot(x, y)
+    pixels = 50.0 + 1000.0 * 0.5 * (1 + erf((diameter_mm / 2 - radius) / 1.2))
+    exposure = Dataset()
+    devices = []
+    for kind, pair in (("ASYMX", jaws[:2]), ("ASYMY", jaws[2:])):
+        device = Dataset()
+        device.RTBeamLimitingDeviceType = kind
+        device.NumberOfLeafJawPairs = 1
+        device.LeafJawPositions = list(pair)
+        devices.append(device)
+    exposure.BeamLimitingDeviceSequence = devices
+    applicator = Dataset()
+    applicator.ApplicatorID = f"SRS cone {opening_mm:g} mm"
+    applicator.ApplicatorType = "STEREOTACTIC"
+    geometry = Dataset()
+    geometry.ApplicatorApertureShape = "SYM_CIRCULAR"
+    geometry.ApplicatorOpening = opening_mm
+    applicator.ApplicatorGeometrySequence = [geometry]
+    exposure.ApplicatorSequence = [applicator]
+    ds = make_rt_image(pixels, spacing=0.75, position="centre", ExposureSequence=[exposure])
+    return read_rt_image(write_rt_image(ds, tmp_path / f"cone_{diameter_mm:g}_{opening_mm:g}.dcm"))
+
+
+def test_an_srs_cone_is_compared_with_its_recorded_opening(tmp_path):
+    # a 20 mm cone inside +-15 mm jaws: the cone, not the jaws, is the planned aperture
+    frame = _cone_frame(tmp_path, 20.0, 20.0)
+    assert frame.info.extra["planned_applicator"]["shape"] == "SYM_CIRCULAR"
+    report = field_placement(frame, frame)
+    assert report["planned_source"].startswith("reference cone")
+    assert max(abs(e) for e in report["edge_errors_mm"].values()) < 0.3
+    assert report["within_tolerance"] is True
+    # the wrong cone (the header says 30 mm, 20 mm was delivered): every edge 5 mm in, outside tolerance
+    wrong = _cone_frame(tmp_path, 20.0, 30.0)
+    report = field_placement(wrong, wrong)
+    assert report["edge_errors_mm"] == pytest.approx({"x1": 5.0, "x2": -5.0, "y1": 5.0, "y2": -5.0}, abs=0.3)
+    assert report["within_tolerance"] is False
+    # a cone delivered off the beam axis: the centre shift is measured
+    moved = _cone_frame(tmp_path, 20.0, 20.0, centre_mm=(1.5, -1.0))
+    assert field_placement(moved, moved)["centre_shift_mm"] == pytest.approx([1.5, -1.0], abs=0.15)
+
+
+def test_an_unusable_applicator_opening_is_named(tmp_path):
+    with pytest.raises(GeometryError, match=r"ApplicatorOpening \(300A,0433\)"):
+        _cone_frame(tmp_path, 20.0, -4.0)
