@@ -94,13 +94,8 @@ def test_anatomy_is_reported_apart_from_the_field():
     assert report["within_tolerance"] is True
 
 
-def test_collimator_rotation_from_dicom_jaws(tmp_path):
-    collimator = 30.0
-    jaws_iec = (-40.0, 35.0, -20.0, 30.0)  # X1, X2, Y1, Y2 (Y2 towards the gantry = up in the image)
-    planned_image_frame = (jaws_iec[0], jaws_iec[1], -jaws_iec[3], -jaws_iec[2])
-    delivered = (planned_image_frame[0] + 1.0, planned_image_frame[1] + 1.0,
-                 planned_image_frame[2] - 0.5, planned_image_frame[3] - 0.5)
-    frame_image = field_image(delivered, collimator_deg=collimator, shape=(300, 300))
+def _jaw_exposure(jaws_iec) -> Dataset:
+    """An ExposureSequence item with asymmetric X and Y jaws ``(X1, X2, Y1, Y2)`` in mm (IEC)."""
     exposure = Dataset()
     devices = []
     for kind, pair in (("ASYMX", jaws_iec[:2]), ("ASYMY", jaws_iec[2:])):
@@ -110,6 +105,17 @@ def test_collimator_rotation_from_dicom_jaws(tmp_path):
         device.LeafJawPositions = list(pair)
         devices.append(device)
     exposure.BeamLimitingDeviceSequence = devices
+    return exposure
+
+
+def test_collimator_rotation_from_dicom_jaws(tmp_path):
+    collimator = 30.0
+    jaws_iec = (-40.0, 35.0, -20.0, 30.0)  # X1, X2, Y1, Y2 (Y2 towards the gantry = up in the image)
+    planned_image_frame = (jaws_iec[0], jaws_iec[1], -jaws_iec[3], -jaws_iec[2])
+    delivered = (planned_image_frame[0] + 1.0, planned_image_frame[1] + 1.0,
+                 planned_image_frame[2] - 0.5, planned_image_frame[3] - 0.5)
+    frame_image = field_image(delivered, collimator_deg=collimator, shape=(300, 300))
+    exposure = _jaw_exposure(jaws_iec)
     # 0.75 mm at the imager = 0.5 mm at the isocentre (SID 1500, SAD 1000)
     ds = make_rt_image(frame_image.pixels, spacing=0.75, position="centre", BeamLimitingDeviceAngle=collimator,
                        ExposureSequence=[exposure])
@@ -304,15 +310,7 @@ def _cone_frame(tmp_path, diameter_mm: float, opening_mm, centre_mm=(0.0, 0.0), 
     y = (y - (rows - 1) / 2.0) * SPACING - centre_mm[1]
     radius = np.hypot(x, y)
     pixels = 50.0 + 1000.0 * 0.5 * (1 + erf((diameter_mm / 2 - radius) / 1.2))
-    exposure = Dataset()
-    devices = []
-    for kind, pair in (("ASYMX", jaws[:2]), ("ASYMY", jaws[2:])):
-        device = Dataset()
-        device.RTBeamLimitingDeviceType = kind
-        device.NumberOfLeafJawPairs = 1
-        device.LeafJawPositions = list(pair)
-        devices.append(device)
-    exposure.BeamLimitingDeviceSequence = devices
+    exposure = _jaw_exposure(jaws)
     applicator = Dataset()
     applicator.ApplicatorID = f"SRS cone {opening_mm:g} mm"
     applicator.ApplicatorType = "STEREOTACTIC"
