@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.refine import MAX_STENCIL
 from scipy import fft as sp_fft
 from scipy import ndimage
 
@@ -296,7 +297,7 @@ class Reference:
             levels[k] = level
         coarse_search = self._build_coarse(levels[coarse])
         bins = opts.bins
-        n_pose = 10
+        n_pose = MAX_STENCIL  # the most poses one refine iteration evaluates: the histogram scratch holds them
         return FramePlan(
             key=key,
             frame_shape=shape,
