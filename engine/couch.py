@@ -708,18 +708,29 @@ def run(args: argparse.Namespace) -> int:
             max_residual_mm=args.max_residual_mm,
             image_follows_collimator=args.image_follows_collimator,
         )
-        if args.reg_out:
-            from .reg import write_spatial_registration
-
-            write_spatial_registration(args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs],
-                                       patient_position=args.patient_position)
     except PortalignError as exc:
         print(f"portalign couch: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
+    # the result is shown whatever happens to the REG file: a failed export never hides a measurement
     if args.json:
         print(couch.as_json())
     else:
         print(_text_report(couch))
+    if args.reg_out and not couch.ok:
+        print(f"portalign couch: --reg-out {args.reg_out}: not written: the result is not ok ({couch.reason})",
+              file=sys.stderr)
+    elif args.reg_out:
+        from .reg import write_spatial_registration
+
+        try:
+            ds = write_spatial_registration(args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs],
+                                            patient_position=args.patient_position)
+        except (PortalignError, OSError) as exc:
+            message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
+            print(f"portalign couch: error: --reg-out {args.reg_out}: not written: {message}", file=sys.stderr)
+            return 2
+        for warning in ds.portalign_warnings:
+            print(f"portalign couch: --reg-out {args.reg_out}: {warning}", file=sys.stderr)
     return 0
 
 

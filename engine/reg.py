@@ -259,6 +259,11 @@ def write_spatial_registration(
     matrix = registration_matrix(result_or_couch, frames[0], patient_position=position, isocentre_mm=isocentre_mm)
     if isinstance(result_or_couch, RegistrationResult) and result_or_couch.rotation_deg is None:
         warnings.append("in-plane rotation not estimated: the matrix carries the translation only")
+    if isinstance(result_or_couch, CouchShift):
+        held = [axis for axis in ("pitch", "roll", "yaw") if result_or_couch.rotation_deg.get(axis) is None]
+        if held:
+            warnings.append(f"{', '.join(held)} not estimated: the matrix carries no rotation about "
+                            f"{'that axis' if len(held) == 1 else 'those axes'}")
 
     study = study_instance_uid or _first(everything, lambda i: i.info.extra.get("study_instance_uid"))
     if not study:

@@ -363,8 +363,13 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     status = main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1",
                    "--reg-out", str(reg_path), "--json"])
     assert status == 0
-    data = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    data = json.loads(out)
     assert [data["lateral_mm"], data["longitudinal_mm"], data["vertical_mm"]] == pytest.approx(shift, abs=0.8)
+    # a rotation the views did not estimate is not silently a 0 in the REG: it is said
+    held = [axis for axis, value in data["rotation_deg"].items() if value is None]
+    for axis in held:
+        assert f"--reg-out {reg_path}:" in err and axis in err and "not estimated" in err
     assert data["couch_correction"]["lateral"] == pytest.approx(-data["lateral_mm"])
     assert data["within_tolerance"] == {"lat": False, "lng": True, "vrt": False, "rot": True}
     assert data["ok"] is True

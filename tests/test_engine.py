@@ -273,3 +273,23 @@ def test_device_failure_falls_back_to_the_cpu_for_that_frame():
     assert result.ok and result.backend == "cpu"
     assert math.hypot(result.dx_mm - 2.5, result.dy_mm + 1.5) <= 0.1
     assert any("gpu backend failed (MemoryError" in w for w in result.warnings)
+
+
+def test_evaluate_scores_more_poses_than_one_stencil_in_chunks():
+    # the plan's result buffers hold one stencil; a longer pose list is scored chunk by chunk, never past the buffer
+    from portalign.registration._refine import evaluate
+
+    ref, frame = _pair(2.0, -1.0, 0.0)
+    reference = prepare_reference(ref, backend="cpu")
+    assert reference.register(frame).ok  # fills the plan's frame-side level buffers
+    plan = reference.plan_for(frame.shape, frame.spacing_mm, frame.beam_axis_px)
+    level = plan.levels[plan.refine_levels[-1]]
+    capacity = plan.edge_out.shape[0]
+    poses = np.column_stack([np.linspace(0.0, 4.0, 3 * capacity + 2), np.full(3 * capacity + 2, -1.0),
+                             np.zeros(3 * capacity + 2)])
+    for metric in ("edge", "mi"):
+        together = evaluate(reference.backend, plan, level, poses, metric)
+        one_by_one = np.array([evaluate(reference.backend, plan, level, p[None, :], metric)[0] for p in poses])
+        assert together.shape == (len(poses),)
+        np.testing.assert_allclose(together, one_by_one, rtol=1e-12)
+        assert abs(poses[int(np.argmax(together)), 0] - 2.0) <= 0.25  # the true shift scores best

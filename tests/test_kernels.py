@@ -323,6 +323,19 @@ def test_gradient_correlation_of_an_image_with_itself_is_one():
     assert out[0, 0] / np.sqrt(out[0, 1] * out[0, 2]) == pytest.approx(1.0, abs=1e-8)
 
 
+def test_metric_kernels_refuse_an_output_shorter_than_the_poses():
+    # a compiled kernel writing past its output would corrupt memory: it raises instead
+    rows, cols, count, f_re, f_im, r_re, r_im = _feature_inputs()
+    affines = np.repeat(np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]), 4, axis=0)
+    rot = np.tile([1.0, 0.0], (4, 1))
+    with pytest.raises(ValueError, match="a row per pose"):
+        cpu.gradient_correlation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, np.empty((2, 3)))
+    bins = np.zeros(SHAPE, np.int16)
+    ref_bins = np.zeros(REF_SHAPE, np.int16)
+    with pytest.raises(ValueError, match="a histogram per pose"):
+        cpu.joint_histograms(rows, cols, count, bins, ref_bins, affines, np.empty((3, 4, 4), np.int64))
+
+
 # --- warp -------------------------------------------------------------------------------------------
 
 

@@ -124,7 +124,10 @@ def test_couch_correction_registers_every_view(tmp_path):
     moved_iso = m.T @ shift
     np.testing.assert_allclose(t[:3, :3] @ moved_iso + t[:3, 3], [0, 0, 0], atol=1e-9)
     assert "couch" in back.RegistrationSequence[1].MatrixRegistrationSequence[0].FrameOfReferenceTransformationComment
-    assert ds.portalign_warnings == ["StudyInstanceUID of the images unknown: the REG object starts a new study",
+    # views at gantry 0 and 90 see yaw and pitch in their image planes; roll (about the longitudinal axis) in neither
+    assert couch.rotation_deg["roll"] is None
+    assert ds.portalign_warnings == ["roll not estimated: the matrix carries no rotation about that axis",
+                                     "StudyInstanceUID of the images unknown: the REG object starts a new study",
                                      "PatientID of the images unknown: left empty"]
 
 

@@ -342,6 +342,15 @@ def test_cli_register3d_text_and_errors(cli_case, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "vertical: not estimated" in text and "pitch: not estimated" in text and "yaw:" in text
 
+    # one view: a REG matrix cannot say "not measured", so none is written; the result is still printed
+    reg = tmp_path / "one_view_reg.dcm"
+    assert main(["register3d", str(root / "ct"), str(paths[0]), "--isocenter-mm", ",".join(map(str, iso)),
+                 "--backend", "cpu", "--json", "--reg-out", str(reg)]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["vertical_mm"] is None and not reg.exists()
+    assert err.startswith("portalign register3d: error: --reg-out") and "did not measure vertical_mm" in err
+    assert "pitch_deg" in err and "another gantry angle" in err and "\n" not in err.strip()
+
     assert main(["register3d", str(root / "ct"), str(paths[0]), "--isocenter-mm", "0,0,900"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("portalign register3d: error:") and "outside the CT" in err and "\n" not in err

@@ -57,12 +57,23 @@ def run(args: argparse.Namespace) -> int:
         ct = read_ct_series(args.ct_dir)
         result = register_3d(ct, frames, isocenter_mm=isocenter, patient_position=args.patient_position,
                              backend=args.backend, tolerance=tolerance)
-        if args.reg_out:
-            _write_reg(args, result, ct, frames, isocenter)
     except PortalignError as exc:
         print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
+    # the result is shown whatever happens to the REG file: a failed export never hides a measurement
     print(result.as_json() if args.json else text_report(result))
+    if args.reg_out and not result.ok:
+        print(f"portalign register3d: --reg-out {args.reg_out}: not written: the result is not ok ({result.reason})",
+              file=sys.stderr)
+    elif args.reg_out:
+        try:
+            _write_reg(args, result, ct, frames, isocenter)
+        except PortalignError as exc:
+            print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}",
+                  file=sys.stderr)
+            return 2
+        if not args.json:
+            print(f"REG written to {args.reg_out}")
     return 0
 
 
@@ -115,7 +126,16 @@ def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any]
                                                         ("patient_id", "PatientID"), ("patient_name", "PatientName"))
                if slice_ds.get(t)},
     )
-    t = [0.0 if v is None else v for v in (result.lateral_mm, result.longitudinal_mm, result.vertical_mm)]
+    missing = unmeasured_components(result)
+    if missing:
+        # a REG matrix has no way to say "not measured": a 0 there would be a silent wrong value
+        raise PortalignError(
+            f"--reg-out {args.reg_out}: the registration did not measure {', '.join(missing)} "
+            f"({len(args.frames)} view(s) constrain only the others), and a REG matrix cannot carry a value that was "
+            "not measured; add a frame at another gantry angle (two non-parallel views give all six), or leave out "
+            "--reg-out"
+        )
+    t = [float(result.lateral_mm), float(result.longitudinal_mm), float(result.vertical_mm)]
     rotation = dict(result.rotation_deg)
     couch = CouchShift(
         lateral_mm=t[0], longitudinal_mm=t[1], vertical_mm=t[2],
@@ -126,6 +146,12 @@ def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any]
     )
     write_spatial_registration(args.reg_out, couch, reference, frames, patient_position=result.patient_position,
                                isocentre_mm=isocenter, series_description="portalign 6-DOF 2D/3D registration")
+
+
+def unmeasured_components(result: Any) -> list[str]:
+    """Return the names of the six degrees of freedom ``result`` did not measure (``None``), in IEC axis order."""
+    names = ("lateral_mm", "longitudinal_mm", "vertical_mm", "pitch_deg", "roll_deg", "yaw_deg")
+    return [name for name in names if getattr(result, name) is None]
 
 
 def text_report(result: Any) -> str:

@@ -25,9 +25,20 @@ MAX_ROTATION_STEP = math.radians(0.5)
 
 
 def evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool = False) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Metric values (higher is better) at ``poses`` on ``level``."""
-    k = backend.kernels
+    """Metric values (higher is better) at ``poses`` (float64[n, 3]) on ``level``; any ``n``.
+
+    The plan's result buffers hold one stencil (``MAX_STENCIL`` poses): more poses are scored in chunks of that size.
+    """
     poses = np.ascontiguousarray(poses, dtype=np.float64)
+    capacity = plan.edge_out.shape[0]
+    if poses.shape[0] <= capacity:
+        return _evaluate(backend, plan, level, poses, metric, normalised)
+    return np.concatenate([_evaluate(backend, plan, level, poses[i:i + capacity], metric, normalised)
+                           for i in range(0, poses.shape[0], capacity)])
+
+
+def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+    k = backend.kernels
     n = poses.shape[0]
     table = np.empty((n, 2, 3))
     pose_affines_into(poses, n, level.geometry, table)  # compiled: a handful of calls for any pose count

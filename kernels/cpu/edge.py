@@ -60,6 +60,8 @@ def gradient_correlation(
         Overwritten.
     """
     n_pose = affines.shape[0]
+    if out.shape[0] < n_pose or rotations.shape[0] < n_pose:
+        raise ValueError("gradient_correlation: out and rotations need a row per pose of affines")
     ref_rows, ref_cols = ref_re.shape
     # pixel-major: each listed pixel is read once and compared under every pose; the poses of a
     # stencil sample the reference within a pixel or two of each other, so those reads hit cache.

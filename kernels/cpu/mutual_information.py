@@ -76,6 +76,8 @@ def joint_histograms(
         are valid, so each counted pixel adds exactly ``PV_ONE``.
     """
     n_pose = affines.shape[0]
+    if out.shape[0] < n_pose:
+        raise ValueError("joint_histograms: out needs a histogram per pose of affines")
     ref_rows, ref_cols = ref_bins.shape
     for k in prange(n_pose):
         hist = out[k]
