@@ -4,10 +4,12 @@
 # Expects numba, numba-cuda, CuPy, scipy, pytest and pytest-benchmark to be installed. The device
 # image carries numpy 2.5, which numba-cuda 0.30.4 cannot compile kernels with; so before the run, on
 # the machine with network, fill .whl/ (git-ignored) with a numpy 2.4 wheel for the device's Python,
-# pydicom and portalign's own wheel, and carry it (device tool: carry [".whl"]):
+# pydicom, rocket-fft (scipy.fft inside numba code: the CPU global search) and portalign's own wheel, and
+# carry it (device tool: carry [".whl"]):
 #     rm -rf .whl && pip download "numpy>=2.4,<2.5" --only-binary=:all: --no-deps --python-version 3.12 \
 #         --platform manylinux2014_x86_64 -d .whl && pip download pydicom --no-deps -d .whl \
-#         && pip wheel --no-deps . -w .whl
+#         && pip download "rocket-fft>=0.4.1,<0.5" --only-binary=:all: --no-deps --python-version 3.12 \
+#         --platform manylinux_2_28_x86_64 -d .whl && pip wheel --no-deps . -w .whl
 # The wheels are installed without an index and without dependencies into .gpu-site/, which goes
 # first on PYTHONPATH (the image's own numpy stays as it is). Without a portalign wheel the tree is
 # installed there from source. Nothing below needs the service extras (tests/test_gpu.py is the one
@@ -30,7 +32,7 @@ echo "== environment"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" - <<'EOF'
 import importlib
-for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "pytest", "pydicom"):
+for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "pytest", "pydicom", "rocket_fft"):
     try:
         module = importlib.import_module(name)
         print(f"{name:10} {getattr(module, '__version__', '?')}")

@@ -47,6 +47,12 @@ gantry 90; +5 mm longitudinal is -5 mm in y at every gantry angle). Points off
 the isocentre plane move by that amount times their magnification
 ``SAD / (SAD - depth towards the source)``.
 
+A patient support (couch) angle ``s`` turns the couch, and the patient with it,
+about the vertical through the isocentre (right-handed about +Z): the beam axes
+above are turned into patient-support coordinates, ``v_s = Rz(s)^T v_f``
+(:func:`portalign.couch.image_axes`), and shifts and rotations of the patient
+stay in patient-support axes.
+
 Physics
 -------
 HU are turned into linear attenuation with a bilinear water/bone model
@@ -152,6 +158,7 @@ def render_drr(
     ct: CTVolume,
     *,
     gantry_deg: float = 0.0,
+    couch_deg: float = 0.0,
     isocentre_mm: tuple[float, float, float] | None = None,
     sad_mm: float = 1000.0,
     sid_mm: float = 1500.0,
@@ -180,6 +187,9 @@ def render_drr(
         The planning CT.
     gantry_deg : float
         IEC 61217 gantry angle.
+    couch_deg : float
+        IEC 61217 patient support angle (degrees, right-handed about the
+        vertical): the view of a non-coplanar beam; recorded in the image.
     isocentre_mm : (float, float, float), optional
         ``(x, y, z)`` of the isocentre in the CT's DICOM patient coordinates;
         the centre of the volume by default.
@@ -274,7 +284,9 @@ def render_drr(
     volume, origin_xyz = _crop_to_content(mu, np.array(ct.origin_mm), spacing_zyx)
 
     # Beam geometry in IEC fixed coordinates (isocentre at 0), then into the volume frame.
-    ex, ey, towards_source = _beam_axes(gantry_deg)
+    if not np.isfinite(couch_deg):
+        raise GeometryError(f"couch_deg must be a finite angle in degrees, got {couch_deg!r}")
+    ex, ey, towards_source = _beam_axes(gantry_deg, couch_deg)
     c0, r0 = (cols - 1) / 2.0, (rows - 1) / 2.0
     source = sad * towards_source
     pixel00 = -(sid - sad) * towards_source - c0 * pitch_col * ex - r0 * pitch_row * ey
@@ -317,7 +329,7 @@ def render_drr(
         frame_of_reference_uid=ct.frame_of_reference_uid,
         gantry_deg=float(gantry_deg),
         collimator_deg=0.0,
-        couch_deg=0.0,
+        couch_deg=float(couch_deg),
         sid_mm=sid,
         sad_mm=sad,
         imager_spacing_mm=(pitch_row, pitch_col),
@@ -456,11 +468,17 @@ def _pair(value: float | tuple[float, float], name: str) -> tuple[float, float]:
     return pair  # type: ignore[return-value]
 
 
-def _beam_axes(gantry_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image +x, image +y and the unit vector towards the source, in IEC fixed coordinates."""
+def _beam_axes(gantry_deg: float, couch_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image +x, image +y and the unit vector towards the source, in IEC patient-support coordinates.
+
+    At couch 0 these are the IEC fixed coordinates; a couch angle ``s`` turns them by ``Rz(s)^T``.
+    """
     g = math.radians(float(gantry_deg))
     ex = np.array([math.cos(g), 0.0, -math.sin(g)])
     ey = np.array([0.0, -1.0, 0.0])
+    s = math.radians(float(couch_deg))
+    to_support = np.array([[math.cos(s), math.sin(s), 0.0], [-math.sin(s), math.cos(s), 0.0], [0.0, 0.0, 1.0]])
+    ex, ey = to_support @ ex, to_support @ ey
     return ex, ey, np.cross(ey, ex)  # ey x ex = -(beam direction) = towards the source
 
 

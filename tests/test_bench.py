@@ -284,4 +284,4 @@ def test_frame_never_comes_back_from_the_device():
     assert work["host_read_bytes"] <= work["frame_bytes"] / 4
     # the frame goes up once; everything else uploaded is a few poses
     assert work["frame_bytes"] <= work["upload_bytes"] <= 1.1 * work["frame_bytes"]
-    assert work["kernel_calls"]["downsample2"] >= 1 and work["kernel_calls"]["correlation_window"] == 1
+    assert work["kernel_calls"]["downsample2"] >= 1 and work["kernel_calls"]["coarse_search"] == 1

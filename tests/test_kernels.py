@@ -397,6 +397,43 @@ def test_correlation_surface_peaks_at_the_known_shift():
     assert out[0, iy, ix] == pytest.approx(float((re.astype(np.float64) ** 2).sum()), rel=1e-5)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_coarse_search_is_the_search_steps_in_one_call_and_finds_the_shift(workers):
+    # three candidate rotations; the frame is the reference (rotation index 1) moved by (tx, ty) = (4, -3) pixels
+    feature = structured_image((24, 28), seed=3)
+    re = (feature - feature.mean()).astype(np.float32)
+    im = (np.roll(re, 1, axis=1) - re).astype(np.float32)
+    margin, padded = 6, (36, 40)
+    frame_re = np.roll(np.roll(re, -3, axis=0), 4, axis=1)
+    frame_im = np.roll(np.roll(im, -3, axis=0), 4, axis=1)
+    spectra = np.conj(np.stack([cpu.feature_spectrum(im, re, padded, margin), cpu.feature_spectrum(re, im, padded, margin),
+                                cpu.feature_spectrum(re[::-1].copy(), im, padded, margin)]))
+    energy = np.array([float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())] * 3)
+    thetas = np.array([-0.01, 0.0, 0.01])
+    shifts = np.arange(-margin, margin + 1)
+    rows, cols = shifts % padded[0], shifts % padded[1]
+    outputs = []
+    for module in (cpu, ref_correlation):
+        window = np.empty((3, len(shifts), len(shifts)), np.float32)
+        poses, scores = np.zeros((8, 3)), np.zeros(8)
+        found = module.coarse_search(frame_re, frame_im, *padded, margin, spectra, energy, rows, cols, thetas, 0.5, 0.5,
+                                     2, 0.85, 2, window, poses, scores, workers)
+        outputs.append((found, window, poses[:found], scores[:found]))
+    (found, window, poses, scores), (ref_found, ref_window, ref_poses, ref_scores) = outputs
+    assert found == ref_found >= 1
+    assert_allclose(window, ref_window, atol=1e-5 * np.abs(ref_window).max())
+    assert_allclose(poses, ref_poses, atol=1e-6)
+    assert_allclose(scores, ref_scores, rtol=1e-5)
+    # the best optimum: rotation index 1 at (+4, -3) pixels of 0.5 mm (parabolic sub-pixel and sub-step fits
+    # around the exact peak move it by a fraction of a pixel), normalised correlation 1 at the peak sample
+    assert_allclose(poses[0], [2.0, -1.5, 0.0], atol=0.05) and scores[0] == pytest.approx(1.0, abs=0.01)
+    # the same numbers as the step-by-step kernels
+    spectrum = cpu.feature_spectrum(frame_re, frame_im, padded, margin)
+    steps = np.empty_like(window)
+    cpu.correlation_window(spectrum, spectra, rows, cols, steps)
+    assert_allclose(window, steps, atol=1e-5 * np.abs(steps).max())
+
+
 # --- GPU backend selection without a GPU --------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,13 @@ FIELD = (-100.0, 100.0, -80.0, 80.0)
 PHANTOM_FIELD = (-70.0, 70.0, -70.0, 70.0)
 
 
-def _frames(ct, iso, gantries, translation, rotation, *, position=None, field=FIELD, seed=0, detector=None):
-    return [render_drr(ct, gantry_deg=g, isocentre_mm=tuple(iso), energy="mv", couch_shift_mm=translation,
-                       patient_rotation_deg=rotation, field_mm=field, noise=0.01, seed=seed + i,
-                       patient_position=position, **(detector or DETECTOR))
-            for i, g in enumerate(gantries)]
+def _frames(ct, iso, gantries, translation, rotation, *, position=None, field=FIELD, seed=0, detector=None,
+            couches=None):
+    couches = couches or [0.0] * len(gantries)
+    return [render_drr(ct, gantry_deg=g, couch_deg=c, isocentre_mm=tuple(iso), energy="mv",
+                       couch_shift_mm=translation, patient_rotation_deg=rotation, field_mm=field, noise=0.01,
+                       seed=seed + i, patient_position=position, **(detector or DETECTOR))
+            for i, (g, c) in enumerate(zip(gantries, couches, strict=True))]
 
 
 def _assert_recovered(result, translation, rotation, *, only=PARAMETERS):
@@ -188,6 +191,24 @@ def test_phantom_one_view_reports_only_what_it_constrains(phantom):
     _assert_recovered(result, translation, rotation, only=("lateral", "longitudinal", "yaw"))
     assert json.loads(result.as_json())["roll_deg"] is None
     assert any("not estimated" in w for w in result.warnings)
+
+
+def test_phantom_non_coplanar_views_honour_the_couch_angle(phantom):
+    # a non-coplanar setup: the lateral view taken with the couch turned 30 degrees (patient-support axes
+    # stay the frame of the result); the couch angle of each RT Image places its view
+    ct, iso, prepared = phantom
+    translation, rotation = (-3.0, 4.0, 2.0), (1.0, 2.0, -1.5)
+    frames = _frames(ct, iso, [0.0, 90.0], translation, rotation, field=PHANTOM_FIELD, couches=[0.0, 30.0])
+    assert frames[1].info.couch_deg == 30.0
+    result = prepared.register(frames)
+    assert result.ok, result.reason
+    _assert_recovered(result, translation, rotation)
+    assert [v["couch_deg"] for v in result.views] == [0.0, 30.0]
+    # the same frames with their couch angle dropped describe another beam: the match no longer holds
+    flat = [frames[0], replace(frames[1], info=replace(frames[1].info, couch_deg=0.0))]
+    wrong = prepared.register(flat)
+    found = np.array([wrong.lateral_mm, wrong.longitudinal_mm, wrong.vertical_mm], dtype=float)
+    assert not wrong.ok or np.abs(found - translation).max() > 1.0
 
 
 def test_tolerance_table_gets_the_rotation_axes(phantom):

@@ -53,6 +53,10 @@ class Backend:
             return np.asarray(array)
         return self.xp.asnumpy(array)
 
+    def fft_workers(self) -> int:
+        """Return the threads a compiled kernel's FFTs may use in this frame (1 where the device does the work)."""
+        return 1
+
     def synchronize(self, stream: Any = None) -> None:
         """Wait for queued device work, on ``stream`` or the whole device (a no-op on the CPU)."""
 

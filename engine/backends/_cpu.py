@@ -147,6 +147,12 @@ class CpuBackend(Backend):
         """Return the context one frame runs in: this thread's numba thread count per the thread policy."""
         return _ThreadScope()
 
+    def fft_workers(self) -> int:
+        """Return this thread's numba thread count (set per frame by :meth:`frame_scope`): the FFTs use as many."""
+        import numba
+
+        return int(numba.get_num_threads())
+
 
 def cpu_backend(fallback_reason: str = "") -> Backend:
     """Return the numba CPU backend."""

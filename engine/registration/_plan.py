@@ -115,6 +115,10 @@ class CoarseSearch:
     #: Host buffers the peak search writes: poses (MAX_CANDIDATES, 3) and their scores.
     peak_poses: Any = None
     peak_scores: Any = None
+    #: Index of rotation 0 in ``thetas`` (the translation-only search uses that surface alone).
+    zero_index: int = 0
+    #: Half-width (pixels) of the square suppressed around each optimum of the search.
+    suppress_px: int = 2
 
 
 @dataclass

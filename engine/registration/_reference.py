@@ -39,7 +39,7 @@ from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
-from ._search import MAX_CANDIDATES
+from ._search import DISTINCT_MM, MAX_CANDIDATES
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -439,6 +439,9 @@ class Reference:
             window_cols=backend.asarray(ty % padded[1]),
             peak_poses=np.zeros((MAX_CANDIDATES, 3)),
             peak_scores=np.zeros(MAX_CANDIDATES),
+            zero_index=int(np.argmin(np.abs(thetas))),
+            # optima closer than DISTINCT_MM are one peak: the suppressed square's half-width in pixels
+            suppress_px=max(2, int(math.ceil(DISTINCT_MM / min(level.spacing)))),
         )
 
 

@@ -6,7 +6,6 @@ coarse level become the candidates that refinement starts from.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,21 +31,16 @@ class Candidate:
 
 def global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rotate: bool) -> list[Candidate]:  # type: ignore[no-untyped-def]
     """Best distinct (translation, rotation) optima of the edge cross-correlation (rotation 0 only if not ``rotate``)."""
-    k = backend.kernels
     cs = plan.coarse
-    xp = backend.xp
-    frame_energy = float((level.feat_re.astype(xp.float64) ** 2 + level.feat_im.astype(xp.float64) ** 2).sum())
-    spectrum = backend.asarray(k.feature_spectrum(level.feat_re, level.feat_im, cs.padded_shape, cs.margin_px))
-    # translation only: just the surface of rotation 0
-    chosen = slice(None) if rotate else slice(int(np.argmin(np.abs(cs.thetas))), int(np.argmin(np.abs(cs.thetas))) + 1)
-    thetas = cs.thetas[chosen]
-    # only the searched window is computed and leaves the device: (K, 2m+1, 2m+1), index m = zero shift
-    k.correlation_window(spectrum, cs.ref_spectra_conj[chosen], cs.window_rows, cs.window_cols, cs.window[chosen])
-    window = backend.to_host(cs.window[chosen])
-    norm = np.sqrt(np.maximum(frame_energy * cs.ref_energy[chosen], 1e-30))
-    window = window / norm[:, None, None]
-    suppress = max(2, int(math.ceil(DISTINCT_MM / min(level.spacing))))
-    # the best n_candidates peaks, and beyond them any near-tie (periodic anatomy has many)
-    found = k.search_peaks(window, thetas, level.spacing[0], level.spacing[1], n_candidates, COARSE_RECHECK_RATIO,
-                           suppress, cs.peak_poses, cs.peak_scores)
+    if rotate:
+        spectra, energy, thetas, window = cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
+    else:  # translation only: just the surface of rotation 0
+        zero = cs.zero_index
+        spectra, energy = cs.ref_spectra_conj[zero:zero + 1], cs.ref_energy[zero:zero + 1]
+        thetas, window = cs.thetas[zero:zero + 1], cs.window[zero:zero + 1]
+    # one call: spectrum, each rotation's window of the surface (index m = zero shift), normalisation, peaks
+    found = backend.kernels.coarse_search(
+        level.feat_re, level.feat_im, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, spectra, energy,
+        cs.window_rows, cs.window_cols, thetas, level.spacing[0], level.spacing[1], n_candidates,
+        COARSE_RECHECK_RATIO, cs.suppress_px, window, cs.peak_poses, cs.peak_scores, backend.fft_workers())
     return [Candidate(cs.peak_poses[i].copy(), float(cs.peak_scores[i])) for i in range(found)]

@@ -6,7 +6,7 @@ Every kernel here has a twin of the same name and arguments in
 
 from types import SimpleNamespace
 
-from .correlation import correlation_window, feature_spectrum
+from .correlation import coarse_search, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
 from .level import prepare_level
@@ -21,6 +21,7 @@ from .warp import warp_bilinear
 
 __all__ = [
     "KERNELS",
+    "coarse_search",
     "correlation_window",
     "downsample2",
     "downsample2_mask",

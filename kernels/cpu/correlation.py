@@ -15,14 +15,25 @@ peaks at the translation ``t`` that carries reference edges onto frame edges
 (frame = reference moved by ``+t``). Inputs are zero-padded so that the
 circular wrap-around never reaches the searched translations. Single precision
 is plenty for locating a peak and halves the FFT time; scipy's FFT uses both cores.
+
+:func:`coarse_search` is the whole per-frame global search as one compiled call:
+the frame's spectrum, every rotation's window of the surface, their
+normalisation and the peak search (:mod:`.peaks`). Its FFTs are pocketfft, the
+library behind ``scipy.fft``, called from numba through rocket-fft (which makes
+``scipy.fft`` usable in ``@njit`` code); no Python runs between the steps.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import rocket_fft  # noqa: F401  (registers scipy.fft for numba's nopython mode)
+import scipy.fft
+from numba import njit
 from scipy import fft as sp_fft
 
-__all__ = ["feature_spectrum", "correlation_window"]
+from .peaks import search_peaks
+
+__all__ = ["feature_spectrum", "correlation_window", "coarse_search"]
 
 
 def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
@@ -54,3 +65,75 @@ def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray,
     product = ref_spectra_conj * frame_spectrum[None, :, :]
     half = sp_fft.ifft(product, axis=2, overwrite_x=True, workers=-1)[:, :, cols]
     out[...] = sp_fft.ifft(half, axis=1, overwrite_x=True, workers=-1)[:, rows, :].real
+
+
+@njit(cache=True, nogil=True)
+def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, padded_cols: int, offset: int,
+                  ref_spectra_conj: np.ndarray, ref_energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  thetas: np.ndarray, spacing_row: float, spacing_col: float, n_candidates: int, recheck_ratio: float,
+                  suppress: int, window: np.ndarray, out_poses: np.ndarray, out_scores: np.ndarray,
+                  workers: int = 1) -> int:  # pragma: no cover
+    """Run the global search of one frame level in one call; write its distinct optima, return how many.
+
+    Parameters
+    ----------
+    feat_re, feat_im : float32[rows, cols]
+        The frame level's edge features (zero where not usable).
+    padded_rows, padded_cols, offset : int
+        The zero-padded FFT grid and where the level sits in it (the search margin).
+    ref_spectra_conj : complex64[K, P, Q]
+        Conjugated reference spectra, one per candidate rotation.
+    ref_energy : float64[K]
+        Sum of the squared reference features of each rotation.
+    rows, cols : int[M]
+        Surface rows / columns of the searched translations (see :func:`correlation_window`).
+    thetas : float64[K]
+        Rotation (rad) of each reference spectrum.
+    spacing_row, spacing_col, n_candidates, recheck_ratio, suppress
+        As :func:`portalign.kernels.cpu.peaks.search_peaks`.
+    window : float32[K, M, M]
+        Overwritten with the raw (unnormalised) correlation window.
+    out_poses : float64[max_candidates, 3]
+    out_scores : float64[max_candidates]
+        The optima, best first: ``(dx_mm, dy_mm, theta_rad)`` and the normalised correlation.
+    workers : int
+        Threads for the FFTs (the frame's thread count).
+
+    Same numbers as ``feature_spectrum``, ``correlation_window``, the normalisation by
+    ``sqrt(frame_energy * ref_energy[k])`` and ``search_peaks`` called one after another.
+    """
+    n_rows, n_cols = feat_re.shape
+    frame_energy = 0.0
+    z = np.zeros((padded_rows, padded_cols), dtype=np.complex64)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            re = feat_re[i, j]
+            im = feat_im[i, j]
+            frame_energy += np.float64(re) * np.float64(re) + np.float64(im) * np.float64(im)
+            z[offset + i, offset + j] = complex(re, im)
+    spectrum = scipy.fft.fft2(z, workers=workers)
+    n_k = ref_spectra_conj.shape[0]
+    product = np.empty(ref_spectra_conj.shape, dtype=np.complex64)
+    for k in range(n_k):
+        for u in range(padded_rows):
+            for v in range(padded_cols):
+                product[k, u, v] = ref_spectra_conj[k, u, v] * spectrum[u, v]
+    # the inverse transform pruned to the window: along the columns for every row, then along the rows
+    # only for the window's columns
+    half = scipy.fft.ifft(product, axis=2, workers=workers)
+    picked = np.empty((n_k, padded_rows, cols.shape[0]), dtype=np.complex64)
+    for k in range(n_k):
+        for u in range(padded_rows):
+            for c in range(cols.shape[0]):
+                picked[k, u, c] = half[k, u, cols[c]]
+    surface = scipy.fft.ifft(picked, axis=1, workers=workers)
+    normalised = np.empty(window.shape, dtype=np.float64)
+    for k in range(n_k):
+        norm = np.sqrt(max(frame_energy * ref_energy[k], 1e-30))
+        for r in range(rows.shape[0]):
+            for c in range(cols.shape[0]):
+                value = np.float32(surface[k, rows[r], c].real)
+                window[k, r, c] = value
+                normalised[k, r, c] = value / norm
+    return search_peaks(normalised, thetas, spacing_row, spacing_col, n_candidates, recheck_ratio, suppress,
+                        out_poses, out_scores)

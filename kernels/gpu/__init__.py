@@ -20,7 +20,7 @@ kernel against its float64 reference.
 
 from types import SimpleNamespace
 
-from .correlation import correlation_window, feature_spectrum
+from .correlation import coarse_search, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
 from .level import prepare_level
@@ -35,6 +35,7 @@ from .warp import warp_bilinear
 
 __all__ = [
     "KERNELS",
+    "coarse_search",
     "correlation_window",
     "downsample2",
     "downsample2_mask",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["feature_spectrum", "correlation_window"]
+__all__ = ["feature_spectrum", "correlation_window", "coarse_search"]
 
 
 def _dft_matrix(n: int, sign: float) -> np.ndarray:
@@ -36,3 +36,21 @@ def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray,
     for k in range(ref_spectra_conj.shape[0]):
         surface = (inv_p @ (ref_spectra_conj[k] * frame_spectrum) @ inv_q).real
         out[k] = surface[np.ix_(np.asarray(rows), np.asarray(cols))]
+
+
+def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, padded_cols: int, offset: int,
+                  ref_spectra_conj: np.ndarray, ref_energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  thetas: np.ndarray, spacing_row: float, spacing_col: float, n_candidates: int, recheck_ratio: float,
+                  suppress: int, window: np.ndarray, out_poses: np.ndarray, out_scores: np.ndarray,
+                  workers: int = 1) -> int:
+    """Run the global search written out: spectrum, window, normalisation, then the reference peak search."""
+    from .peaks import search_peaks
+
+    re = np.asarray(feat_re, dtype=np.float64)
+    im = np.asarray(feat_im, dtype=np.float64)
+    frame_energy = float((re**2 + im**2).sum())
+    spectrum = feature_spectrum(re, im, (padded_rows, padded_cols), offset)
+    correlation_window(spectrum, np.asarray(ref_spectra_conj, dtype=np.complex128), rows, cols, window)
+    norm = np.sqrt(np.maximum(frame_energy * np.asarray(ref_energy, dtype=np.float64), 1e-30))
+    return search_peaks(np.asarray(window, dtype=np.float64) / norm[:, None, None], thetas, spacing_row, spacing_col,
+                        n_candidates, recheck_ratio, suppress, out_poses, out_scores)
