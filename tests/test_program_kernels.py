@@ -177,3 +177,82 @@ def test_rotation_lever_arm_is_the_schur_complement_of_the_stencil_hessian():
     f_flat = np.array([-0.5 * (s * step) @ flat @ (s * step) for s in STENCIL_3D])
     assert rotation_lever_arm(f_flat, step) < 1e-3
     assert rotation_lever_arm(np.full(10, np.nan), step) == 0.0
+
+
+# --- the whole search: compiled program against the eager steps -------------------------------------------------
+
+
+def _program_cases():
+    """Pairs that take every branch of stage 3: rotation, translation only, each method, a clean frame (polish),
+    a small cone (rotation unsupported), periodic stripes (a close runner-up), unrelated images, a low-dose field."""
+    from portalign import Image, RegistrationOptions
+
+    from tests.field_sets import cone_pair
+    from tests.synthetic import anatomy, field_aperture, moved, mv_portal
+
+    base = anatomy(384, seed=1)
+
+    def pair(dx, dy, theta, spacing=1.0, shape=(256, 256)):
+        return (Image.from_array(moved(base, 0, 0, 0, shape=shape, spacing_mm=spacing), pixel_spacing_mm=spacing,
+                                 kind="drr"),
+                Image.from_array(moved(base, dx, dy, theta, shape=shape, spacing_mm=spacing), pixel_spacing_mm=spacing))
+
+    ref, frame = pair(4.4, -2.2, 1.3)
+    yield "rotation", ref, frame, None
+    yield "translation only", ref, frame, RegistrationOptions(estimate_rotation=False)
+    yield "mi", ref, frame, RegistrationOptions(method="mi")
+    yield "edge", ref, frame, RegistrationOptions(method="edge")
+    clean = anatomy(768, seed=3)
+    grid = {"shape": (384, 512), "spacing_mm": 0.39, "base_spacing_mm": 0.5}
+    yield "clean (polish)", Image.from_array(moved(clean, 0, 0, 0, **grid), pixel_spacing_mm=0.39, kind="drr"), \
+        Image.from_array(moved(clean, 2.1, -1.3, 0.8, **grid), pixel_spacing_mm=0.39), None
+    cone_ref, cone_frame = cone_pair(1.5, -2.0, size=240)[:2]
+    yield "cone", cone_ref, cone_frame, RegistrationOptions(field="none")
+    cc = np.mgrid[0:256, 0:256][1].astype(float)
+    yield "stripes", Image.from_array(np.sin(2 * np.pi * cc / 12.0), pixel_spacing_mm=1.0, kind="drr"), \
+        Image.from_array(np.sin(2 * np.pi * (cc - 3.0) / 12.0), pixel_spacing_mm=1.0), \
+        RegistrationOptions(estimate_rotation=False)
+    yield "unrelated", Image.from_array(anatomy(256, seed=11), pixel_spacing_mm=1.0, kind="drr"), \
+        Image.from_array(anatomy(256, seed=12), pixel_spacing_mm=1.0), None
+    noisy = anatomy(384, seed=2)
+    portal = mv_portal(moved(noisy, 3.0, -2.0, 1.0), field_aperture((256, 256), 1.0, 40, 40), noise=0.03, seed=1)
+    yield "low dose field", Image.from_array(moved(noisy, 0, 0, 0), pixel_spacing_mm=1.0, kind="drr"), \
+        Image.from_array(portal, pixel_spacing_mm=1.0), None
+
+
+#: The branch of stage 3 each case must take (so that the comparison covers it).
+_BRANCH = {
+    "clean (polish)": lambda r: any(level.get("polish") for level in r.details["levels"]),
+    "cone": lambda r: r.rotation_deg is None and "does not constrain rotation" in " ".join(r.warnings),
+    "stripes": lambda r: "ambiguous" in r.reason,
+    "unrelated": lambda r: not r.ok,
+    "low dose field": lambda r: r.details["split_half_mm"] is not None,
+    "mi": lambda r: r.details["edge_mi_gap_mm"] is None and r.ok,
+    "rotation": lambda r: r.ok and r.details["edge_mi_gap_mm"] is not None and r.rotation_deg is not None,
+}
+
+
+@pytest.mark.parametrize("case", list(_program_cases()), ids=lambda case: case[0])
+def test_compiled_search_program_gives_the_eager_steps_numbers(case):
+    # the CPU runs stage 3 as one compiled call; the eager path (the GPU's) calls the same kernels one by one
+    from dataclasses import replace
+
+    import portalign
+    from portalign.backends import cpu_backend
+
+    name, ref, frame, options = case
+    compiled_backend = cpu_backend()
+    assert compiled_backend.compiled_program
+    eager_backend = replace(compiled_backend, compiled_program=False)
+    compiled = portalign.prepare_reference(ref, options, backend=compiled_backend).register(frame)
+    eager = portalign.prepare_reference(ref, options, backend=eager_backend).register(frame)
+    assert (compiled.ok, compiled.reason, compiled.warnings) == (eager.ok, eager.reason, eager.warnings)
+    assert compiled.dx_mm == pytest.approx(eager.dx_mm, abs=1e-9)
+    assert compiled.dy_mm == pytest.approx(eager.dy_mm, abs=1e-9)
+    assert (compiled.rotation_deg is None) == (eager.rotation_deg is None)
+    if compiled.rotation_deg is not None:
+        assert compiled.rotation_deg == pytest.approx(eager.rotation_deg, abs=1e-9)
+    assert compiled.score == pytest.approx(eager.score, abs=1e-9)
+    assert compiled.ambiguity == pytest.approx(eager.ambiguity, abs=1e-9)
+    assert str(compiled.details) == str(eager.details)
+    assert _BRANCH.get(name, lambda r: True)(compiled), (name, compiled.reason, compiled.warnings)

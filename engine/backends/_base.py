@@ -42,6 +42,9 @@ class Backend:
     kernels: SimpleNamespace
     fallback_reason: str = ""
     device: str = ""
+    #: Whether the kernel set runs a frame's search and refinement as one compiled call (``search_program``);
+    #: otherwise the program calls its kernels one by one (the GPU: each level a CUDA-graph replay).
+    compiled_program: bool = False
 
     def asarray(self, array: Any, dtype: Any = None) -> Any:
         """Move a host array onto this backend (a no-op on the CPU)."""

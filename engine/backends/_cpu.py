@@ -158,7 +158,8 @@ def cpu_backend(fallback_reason: str = "") -> Backend:
     """Return the numba CPU backend."""
     from portalign.kernels import cpu
 
-    return CpuBackend(name="cpu", xp=np, kernels=cpu.KERNELS, fallback_reason=fallback_reason, device=_cpu_name())
+    return CpuBackend(name="cpu", xp=np, kernels=cpu.KERNELS, fallback_reason=fallback_reason, device=_cpu_name(),
+                      compiled_program=True)
 
 
 def _cpu_name() -> str:

@@ -146,6 +146,8 @@ class FramePlan:
     extent_mm: float = 0.0
     #: The frames' own small field size (mm) this plan was sized for, when the reference has no field.
     field_mm: float | None = None
+    #: Host buffers the compiled search program writes (``ranked``, ``records``, ``out``; see ``_search_program``).
+    program_scratch: dict[str, np.ndarray] = field(default_factory=dict)
 
     def new_lane(self, backend: Backend) -> FramePlan:
         """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
@@ -167,6 +169,7 @@ class FramePlan:
             mi_out=xp.zeros_like(self.mi_out),
             edge_out=xp.zeros_like(self.edge_out),
             refine_out=np.zeros(5),
+            program_scratch={name: np.zeros_like(array) for name, array in self.program_scratch.items()},
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),
         )

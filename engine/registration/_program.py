@@ -19,16 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..field import NO_FIELD, field_size_mm, find_field
 from ..image import Image
 from ..result import RegistrationResult
 from ._frame import frame_mask
 from ._plan import FramePlan, wants_field
-from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius, rotation_support_mm
-from ._refine import edge_score, evaluate, mi_score, newton, split_half_spread
-from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, Candidate, global_search
+from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius
+from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
 
 if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
@@ -36,19 +33,6 @@ if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
 
 __all__ = ["register_frame"]
 
-#: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
-ITERATIONS = (3, 3, 4)
-#: Global-search optima scoring below this fraction of the best are not refined.
-CANDIDATE_FLOOR = 0.5
-#: Convergence (largest jump, in steps) on intermediate levels and on the finest one.
-COARSE_TOLERANCE = 0.1
-FINE_TOLERANCE = 0.02
-#: A runner-up scoring at least this fraction of the winner is refined further before it counts.
-RECHECK_RATIO = 0.75
-#: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
-RECHECK_ITERATIONS = 2
-#: A final edge score below this gets the split-half precision check (strong matches are precise).
-SPLIT_HALF_BELOW_SCORE = 0.4
 #: The two halves' optima may lie at most this far apart (about twice the full estimate's standard error).
 SPLIT_HALF_MAX_MM = 1.0
 SPLIT_HALF_MAX_DEG = 1.0
@@ -124,7 +108,6 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
                         "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats)
-    # 2. global search ---------------------------------------------------------------------------
     r_eff = rotation_radius(backend, levels[plan.refine_levels[0]])
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
@@ -133,110 +116,33 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             f"usable region too small to estimate rotation (RMS radius {r_eff:.1f} mm < "
             f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation not estimated (translation only, rotation held at 0)"
         )
-    coarse_level = levels[plan.coarse.level]
-    candidates = global_search(backend, plan, coarse_level, opts.candidates, rotate)
-    # 3. refinement -------------------------------------------------------------------------------
-    details: dict = {"levels": [], "candidates": []}
-    method = opts.method
-    first = plan.refine_levels[0]
-    if not candidates:  # no finite correlation at all: nothing to refine
-        candidates = [Candidate(np.zeros(3), 0.0)]
-        quality = quality or "no match: the global search found no optimum"
-    # optima of the global search far below the best cannot come near it after refinement: not worth a stencil
-    candidates = [c for c in candidates if c.score >= CANDIDATE_FLOOR * candidates[0].score]
-    only_level = len(plan.refine_levels) == 1
-    first_tolerance = FINE_TOLERANCE if only_level else COARSE_TOLERANCE
-    # rank the global search's optima by their edge score where it put them (one pose each: cheap and
-    # fair, none refined yet); the best is then refined fully
-    start_scores = evaluate(backend, plan, levels[first], np.array([c.pose for c in candidates]), "edge")
-    order = np.argsort(-start_scores, kind="stable")
-    top = max(candidates[0].score, 1e-30)
-    ranked = [Candidate(candidates[i].pose, float(start_scores[i]), candidates[i].score / top) for i in order]
-    pose, score = newton(backend, plan, levels[first], ranked[0].pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
-                          tolerance=first_tolerance)
-    best = Candidate(pose, max(score, ranked[0].score))
-    ambiguity = 0.0
-    runner_up = None
-    for other in ranked[1:]:
-        if ranked[0].score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
-            continue
-        ratio = other.score / ranked[0].score  # both unrefined
-        # thin periodic structure (an MLC picket fence, ribs) gives sharp peaks: one unrefined step off its
-        # peak a true rival scores low, but the global search's peak values show the near-tie
-        if ratio >= RECHECK_RATIO or other.coarse_ratio >= COARSE_RECHECK_RATIO:
-            # a close call: refine the runner-up too; on a broad peak it walks onto the winner
-            pose, score = newton(backend, plan, levels[first], other.pose, "edge", RECHECK_ITERATIONS, r_eff, rotate,
-                                  opts, tolerance=COARSE_TOLERANCE)
-            other = Candidate(pose, score)
-            if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
-                continue
-            if other.score > best.score:  # the global search's order was wrong
-                best, other = other, best
-            ratio = other.score / best.score if best.score > 0 else 1.0
-        if ratio > ambiguity:
-            ambiguity, runner_up = ratio, other
-    details["candidates"] = [
-        {"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]), "rotation_deg": math.degrees(c.pose[2]), "score": c.score}
-        for c in ranked
-    ]
-    pose, score = best.pose, best.score
-    if rotate:
-        # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
-        support = rotation_support_mm(backend, plan, levels[plan.coarse.level], pose, r_eff)
-        details["rotation_support_mm"] = support
-        if support < MIN_ROTATION_SUPPORT_MM:
-            rotate = False
-            warnings.append(f"the image's structure does not constrain rotation (lever arm {support:.1f} mm < "
-                            f"{MIN_ROTATION_SUPPORT_MM:g} mm): rotation not estimated (translation only)")
-            pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",
-                                  ITERATIONS[0], r_eff, False, opts, tolerance=first_tolerance)
-    later = plan.refine_levels[1:]
-    for i, index in enumerate(later):
-        is_finest = i == len(later) - 1
-        metric = "mi" if method == "mi" else "edge"
-        iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
-        pose, score = newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts,
-                              tolerance=FINE_TOLERANCE if is_finest else COARSE_TOLERANCE)
-        details["levels"].append({"level": index, "metric": metric, "score": score})
-    finest = levels[plan.refine_levels[-1]]
-    if plan.polish_levels and not quality and is_clean(backend, plan, field, frame_stats):
-        # a clean frame carries detail finer than the working levels: follow it down
+    # a clean frame carries detail finer than the working levels: its polishing levels are made ready too
+    polish = bool(plan.polish_levels) and not quality and is_clean(backend, plan, field, frame_stats)
+    if polish:
         for index in plan.polish_levels:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
             if levels[index].usable < MIN_USABLE_PIXELS:
                 break
-            metric = "mi" if method == "mi" else "edge"
-            pose, score = newton(backend, plan, levels[index], pose, metric, ITERATIONS[-1], r_eff, rotate, opts,
-                                  tolerance=FINE_TOLERANCE)
-            details["levels"].append({"level": index, "metric": metric, "score": score, "polish": True})
-            finest = levels[index]
-            later = [*later, index]
-    if method == "mi" and not later:
-        # a single-level plan: the MI refinement still runs, on the only level there is
-        pose, score = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
-    mi_gap = None
-    if method == "auto":
-        # cross-check: the MI optimum next to the edge optimum must be the same place
-        # one star stencil (diagonal curvature) places the MI optimum well enough for this check
-        mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
-        mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
-        details["mi_check_mm"] = [float(mi_pose[0]), float(mi_pose[1]), math.degrees(mi_pose[2])]
-    if method == "mi":
-        final_edge = edge_score(backend, plan, finest, pose)
-    else:
-        final_edge = score  # the quadratic model's value at the final edge optimum
-    if method == "edge":
-        reported = final_edge
-    elif method == "auto":
-        # the MI check's stencil centre was the final pose: its histogram is still in the buffer
-        k.mutual_information(plan.hist[:1], True, plan.mi_out[:1])
-        reported = float(backend.to_host(plan.mi_out[:1])[0]) - 1.0
-    else:
-        reported = mi_score(backend, plan, finest, pose, normalised=True) - 1.0
-    # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
-    spread = None
-    if not quality and final_edge < SPLIT_HALF_BELOW_SCORE:
-        spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
+    # 2-3. global search, ranking, refinement and cross-checks: one compiled call on the CPU --------
+    search = search_compiled if backend.compiled_program else search_eager
+    found = search(backend, plan, opts, rotate, r_eff, not quality, polish)
+    if found.no_match:
+        quality = quality or "no match: the global search found no optimum"
+    rotate = found.rotate
+    if found.rotation_unsupported:
+        warnings.append(f"the image's structure does not constrain rotation (lever arm "
+                        f"{found.rotation_support_mm:.1f} mm < {MIN_ROTATION_SUPPORT_MM:g} mm): rotation not "
+                        "estimated (translation only)")
+    pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
+    details: dict = {
+        "levels": found.levels,
+        "candidates": [{"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]),
+                        "rotation_deg": math.degrees(c.pose[2]), "score": c.score} for c in found.ranked],
+    }
+    if found.rotation_support_mm is not None:
+        details["rotation_support_mm"] = found.rotation_support_mm
+    if found.mi_pose is not None:
+        details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), math.degrees(found.mi_pose[2])]
     # 4. trust -------------------------------------------------------------------------------------
     box_mm = None
     if field.detected and field.box_px is not None:
@@ -265,9 +171,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         )
     elif final_edge < opts.min_score:
         reason = f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g}"
-    elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
+    elif ambiguity >= opts.ambiguity_ratio and found.runner_up is not None:
         reason = (
-            f"ambiguous: a second optimum at ({runner_up.pose[0]:.1f}, {runner_up.pose[1]:.1f}) mm scores "
+            f"ambiguous: a second optimum at ({found.runner_up[0]:.1f}, {found.runner_up[1]:.1f}) mm scores "
             f"{ambiguity:.0%} of the best"
         )
     elif mi_gap is not None and mi_gap > opts.agreement_mm:
@@ -291,7 +197,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     details["split_half_mm"] = None if spread is None else spread[0]
     details["split_half_deg"] = split_deg
     details["edge_score"] = final_edge
-    details["edge_score_selection"] = best.score
+    details["edge_score_selection"] = found.best_score
     details["rotation_radius_mm"] = r_eff
     details.update(frame_stats)
     details["field_effectiveness"] = field.effectiveness
@@ -308,8 +214,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         rotation_deg=float(math.degrees(pose[2])) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,
-        score=float(reported),
-        method=method,
+        score=float(found.reported),
+        method=opts.method,
         backend=backend.name,
         ambiguity=float(ambiguity),
         field_detected=field.detected,

@@ -40,6 +40,7 @@ from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose
 from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
 from ._search import DISTINCT_MM, MAX_CANDIDATES
+from ._search_program import program_scratch
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -313,6 +314,7 @@ class Reference:
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
             refine_out=np.zeros(5),
+            program_scratch=program_scratch(),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )

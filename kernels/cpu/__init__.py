@@ -1,7 +1,10 @@
 """CPU kernels (numba ``@njit``); ``KERNELS`` is the set a backend hands to the optimiser (and to the DRR renderer).
 
 Every kernel here has a twin of the same name and arguments in
-``portalign.kernels.gpu`` and a float64 version in ``portalign.kernels.reference``.
+``portalign.kernels.gpu`` and a float64 version in ``portalign.kernels.reference``,
+except ``search_program``: a frame's search and refinement as one compiled call,
+whose steps the GPU backend runs one kernel at a time
+(``portalign.registration._search_program.search_eager``, the same numbers).
 """
 
 from types import SimpleNamespace
@@ -13,6 +16,7 @@ from .level import prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
 from .peaks import search_peaks
+from .program import search_program
 from .projection import project_cone_beam, project_cone_beam_poses
 from .pyramid import downsample2, downsample2_mask
 from .refine import refine
@@ -41,6 +45,7 @@ __all__ = [
     "refine",
     "rms_radius",
     "search_peaks",
+    "search_program",
     "second_difference_mad",
     "threshold_mask",
     "warp_bilinear",

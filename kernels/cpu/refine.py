@@ -33,8 +33,8 @@ from numba import njit
 from .edge import gradient_correlation
 from .mutual_information import joint_histograms, mutual_information
 
-__all__ = ["refine", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into", "rotation_lever_arm",
-           "EDGE", "MI", "MAX_JUMP", "STENCIL_3D", "STENCIL_2D", "MAX_STENCIL"]
+__all__ = ["refine", "metric_values", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into",
+           "rotation_lever_arm", "EDGE", "MI", "MAX_JUMP", "STENCIL_3D", "STENCIL_2D", "MAX_STENCIL"]
 
 EDGE = 0
 MI = 1
@@ -153,10 +153,11 @@ def quadratic_step(f: np.ndarray, n_values: int, dims: int, cross: np.ndarray, j
 
 
 @njit(cache=True, nogil=True)
-def _metric(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
+def metric_values(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
             ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, normalised: bool,
             poses: np.ndarray, affines: np.ndarray, n: int, hist: np.ndarray, sums: np.ndarray,
             values: np.ndarray) -> None:  # pragma: no cover
+    """Write the value (higher is better) of ``metric`` at ``poses[:n]`` (maps ``affines[:n]``) into ``values[:n]``."""
     if metric == MI:
         joint_histograms(rows, cols, count, frame_bins, ref_bins, affines[:n], hist[:n])
         mutual_information(hist[:n], normalised, values[:n])
@@ -226,7 +227,7 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
         n = 1 + 2 * dims if have_cross else full
         stencil_poses(p, step, dims, n, poses)
         pose_affines_into(poses, n, geometry, affines)
-        _metric(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, normalised,
+        metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, normalised,
                 poses, affines, n, hist, sums, values)
         predicted = quadratic_step(values, n, dims, cross, jump)
         have_cross = True

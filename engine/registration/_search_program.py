@@ -1,0 +1,264 @@
+"""Stage 3 of the per-frame program: global search, candidate ranking, refinement, cross-checks.
+
+Two ways to run the same steps:
+
+* compiled (:func:`search_compiled`): one call of the backend's ``search_program``
+  kernel (``portalign.kernels.cpu.program``), which makes every decision between
+  the steps in compiled code: the CPU backend;
+* eager (:func:`search_eager`): Python between the backend's kernels, one call per
+  step (the GPU backend, whose levels are CUDA-graph replays, and numba's
+  simulator).
+
+They give the same numbers (``tests/test_program_kernels.py`` runs both on the
+CPU kernels). The constants that steer the search live here, once, and reach
+the compiled program as :data:`SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from portalign.kernels.cpu.program import (
+    MAX_RECORDS,
+    METHOD_AUTO,
+    METHOD_EDGE,
+    METHOD_MI,
+    OUT_NAMES,
+    SETTING_NAMES,
+)
+from portalign.kernels.cpu.refine import MAX_STENCIL
+
+from ._plan import FramePlan, Level
+from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, rotation_support_mm
+from ._refine import MAX_ROTATION_STEP, SPLIT_HALF_ITERATIONS, edge_score, evaluate, mi_score, newton, split_half_spread
+from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search
+
+__all__ = ["SearchOutcome", "search_compiled", "search_eager", "SETTINGS", "ITERATIONS"]
+
+#: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
+ITERATIONS = (3, 3, 4)
+#: Global-search optima scoring below this fraction of the best are not refined.
+CANDIDATE_FLOOR = 0.5
+#: Convergence (largest jump, in steps) on intermediate levels and on the finest one.
+COARSE_TOLERANCE = 0.1
+FINE_TOLERANCE = 0.02
+#: A runner-up scoring at least this fraction of the winner is refined further before it counts.
+RECHECK_RATIO = 0.75
+#: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
+RECHECK_ITERATIONS = 2
+#: A final edge score below this gets the split-half precision check (strong matches are precise).
+SPLIT_HALF_BELOW_SCORE = 0.4
+
+_VALUES = {
+    "candidate_floor": CANDIDATE_FLOOR, "distinct_mm": DISTINCT_MM, "recheck_ratio": RECHECK_RATIO,
+    "coarse_recheck_ratio": COARSE_RECHECK_RATIO, "recheck_iterations": RECHECK_ITERATIONS,
+    "iterations_first": ITERATIONS[0], "iterations_middle": ITERATIONS[1], "iterations_last": ITERATIONS[2],
+    "coarse_tolerance": COARSE_TOLERANCE, "fine_tolerance": FINE_TOLERANCE,
+    "min_rotation_support_mm": MIN_ROTATION_SUPPORT_MM, "min_usable_pixels": MIN_USABLE_PIXELS,
+    "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
+    "max_rotation_step": MAX_ROTATION_STEP,
+}
+#: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
+SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
+_OUT = {name: i for i, name in enumerate(OUT_NAMES)}
+_METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
+
+
+@dataclass
+class SearchOutcome:
+    """What stage 3 found for one frame (``None``: not measured)."""
+
+    pose: np.ndarray
+    score: float
+    best_score: float
+    ranked: list[Candidate]
+    ambiguity: float
+    runner_up: np.ndarray | None
+    rotate: bool
+    rotation_support_mm: float | None
+    rotation_unsupported: bool
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    mi_pose: np.ndarray | None = None
+    mi_gap: float | None = None
+    final_edge: float = 0.0
+    reported: float = 0.0
+    spread: tuple[float, float] | None = None
+    no_match: bool = False
+
+
+def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
+    """Coarse level, first refinement level, later levels, then (when refined) the polishing levels."""
+    levels = plan.levels
+    order = [plan.coarse.level, *plan.refine_levels]
+    if polish:
+        order += list(plan.polish_levels)
+    return [levels[i] for i in order]
+
+
+def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
+                    polish: bool) -> SearchOutcome:
+    """Run stage 3 as one call of the backend's compiled ``search_program``."""
+    stage = _stage_levels(plan, polish)
+    cs = plan.coarse
+    if rotate:
+        spectra, energy, thetas, window = cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
+    else:  # translation only: just the surface of rotation 0
+        zero = cs.zero_index
+        spectra, energy = cs.ref_spectra_conj[zero:zero + 1], cs.ref_energy[zero:zero + 1]
+        thetas, window = cs.thetas[zero:zero + 1], cs.window[zero:zero + 1]
+    scratch = plan.program_scratch
+    ranked, records, out = scratch["ranked"], scratch["records"], scratch["out"]
+    backend.kernels.search_program(
+        tuple((lv.pixel_rows, lv.pixel_cols, lv.feat_re, lv.feat_im, lv.ref_re, lv.ref_im, lv.bins, lv.ref_bins,
+               lv.geometry) for lv in stage),
+        np.array([lv.usable for lv in stage], dtype=np.int64), np.array([lv.spacing for lv in stage]),
+        np.array([lv.index for lv in stage], dtype=np.int64), len(plan.refine_levels) - 1,
+        len(plan.polish_levels) if polish else 0, spectra, energy, cs.window_rows, cs.window_cols, thetas,
+        cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, cs.suppress_px, window, cs.peak_poses, cs.peak_scores,
+        opts.candidates, _METHODS[opts.method], rotate, r_eff, math.radians(opts.max_rotation_deg + opts.rotation_step_deg),
+        bool(opts.normalised_mi), check_precision, polish, SETTINGS, backend.fft_workers(), plan.hist, ranked,
+        records, out)
+    o = {name: float(out[i]) for name, i in _OUT.items()}
+    n_ranked, n_records = int(o["n_ranked"]), int(o["n_records"])
+    metric_names = ("edge", "mi")
+    levels = []
+    for r in records[:n_records]:
+        entry: dict[str, Any] = {"level": int(r[0]), "metric": metric_names[int(r[1])], "score": float(r[2])}
+        if r[3]:
+            entry["polish"] = True
+        levels.append(entry)
+    mi_pose = None if math.isnan(o["mi_dx_mm"]) else np.array([o["mi_dx_mm"], o["mi_dy_mm"], o["mi_theta_rad"]])
+    return SearchOutcome(
+        pose=np.array([o["dx_mm"], o["dy_mm"], o["theta_rad"]]),
+        score=o["score"],
+        best_score=o["best_score"],
+        ranked=[Candidate(ranked[i, :3].copy(), float(ranked[i, 3]), float(ranked[i, 4])) for i in range(n_ranked)],
+        ambiguity=o["ambiguity"],
+        runner_up=None if math.isnan(o["runner_dx_mm"]) else np.array([o["runner_dx_mm"], o["runner_dy_mm"]]),
+        rotate=bool(o["rotate"]),
+        rotation_support_mm=None if math.isnan(o["rotation_support_mm"]) else o["rotation_support_mm"],
+        rotation_unsupported=bool(o["rotation_unsupported"]),
+        levels=levels,
+        mi_pose=mi_pose,
+        mi_gap=None if math.isnan(o["mi_gap_mm"]) else o["mi_gap_mm"],
+        final_edge=o["final_edge"],
+        reported=o["reported"],
+        spread=None if math.isnan(o["split_mm"]) else (o["split_mm"], o["split_deg"]),
+        no_match=bool(o["no_match"]),
+    )
+
+
+def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
+                 polish: bool) -> SearchOutcome:
+    """Run stage 3 as Python between the backend's kernels (the same steps as the compiled program)."""
+    k = backend.kernels
+    levels = plan.levels
+    method = opts.method
+    first = plan.refine_levels[0]
+    candidates = global_search(backend, plan, levels[plan.coarse.level], opts.candidates, rotate)
+    no_match = not candidates
+    if no_match:  # no finite correlation at all: nothing to refine
+        candidates = [Candidate(np.zeros(3), 0.0)]
+    # optima of the global search far below the best cannot come near it after refinement: not worth a stencil
+    candidates = [c for c in candidates if c.score >= CANDIDATE_FLOOR * candidates[0].score][:MAX_CANDIDATES]
+    only_level = len(plan.refine_levels) == 1
+    first_tolerance = FINE_TOLERANCE if only_level else COARSE_TOLERANCE
+    # rank the global search's optima by their edge score where it put them (one pose each: cheap and
+    # fair, none refined yet); the best is then refined fully
+    start_scores = evaluate(backend, plan, levels[first], np.array([c.pose for c in candidates]), "edge")
+    order = np.argsort(-start_scores, kind="stable")
+    top = max(candidates[0].score, 1e-30)
+    ranked = [Candidate(candidates[i].pose, float(start_scores[i]), candidates[i].score / top) for i in order]
+    pose, score = newton(backend, plan, levels[first], ranked[0].pose, "edge", ITERATIONS[0], r_eff, rotate, opts,
+                         tolerance=first_tolerance)
+    best = Candidate(pose, max(score, ranked[0].score))
+    ambiguity = 0.0
+    runner_up = None
+    for other in ranked[1:]:
+        if ranked[0].score <= 0 or np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
+            continue
+        ratio = other.score / ranked[0].score  # both unrefined
+        # thin periodic structure (an MLC picket fence, ribs) gives sharp peaks: one unrefined step off its
+        # peak a true rival scores low, but the global search's peak values show the near-tie
+        if ratio >= RECHECK_RATIO or other.coarse_ratio >= COARSE_RECHECK_RATIO:
+            # a close call: refine the runner-up too; on a broad peak it walks onto the winner
+            pose, score = newton(backend, plan, levels[first], other.pose, "edge", RECHECK_ITERATIONS, r_eff, rotate,
+                                 opts, tolerance=COARSE_TOLERANCE)
+            other = Candidate(pose, score)
+            if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
+                continue
+            if other.score > best.score:  # the global search's order was wrong
+                best, other = other, best
+            ratio = other.score / best.score if best.score > 0 else 1.0
+        if ratio > ambiguity:
+            ambiguity, runner_up = ratio, other
+    pose, score = best.pose, best.score
+    support = None
+    unsupported = False
+    if rotate:
+        # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
+        support = rotation_support_mm(backend, plan, levels[plan.coarse.level], pose, r_eff)
+        if support < MIN_ROTATION_SUPPORT_MM:
+            rotate, unsupported = False, True
+            pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",
+                                 ITERATIONS[0], r_eff, False, opts, tolerance=first_tolerance)
+    records: list[dict[str, Any]] = []
+    later = plan.refine_levels[1:]
+    metric = "mi" if method == "mi" else "edge"
+    for i, index in enumerate(later):
+        is_finest = i == len(later) - 1
+        iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
+        pose, score = newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts,
+                             tolerance=FINE_TOLERANCE if is_finest else COARSE_TOLERANCE)
+        records.append({"level": index, "metric": metric, "score": score})
+    finest = levels[plan.refine_levels[-1]]
+    if polish and not no_match:
+        # a clean frame carries detail finer than the working levels: follow it down
+        for index in plan.polish_levels:
+            if levels[index].usable < MIN_USABLE_PIXELS:
+                break
+            pose, score = newton(backend, plan, levels[index], pose, metric, ITERATIONS[-1], r_eff, rotate, opts,
+                                 tolerance=FINE_TOLERANCE)
+            records.append({"level": index, "metric": metric, "score": score, "polish": True})
+            finest = levels[index]
+            later = [*later, index]
+    if method == "mi" and not later:
+        # a single-level plan: the MI refinement still runs, on the only level there is
+        pose, score = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
+    mi_gap = mi_pose = None
+    if method == "auto":
+        # cross-check: the MI optimum next to the edge optimum must be the same place
+        # one star stencil (diagonal curvature) places the MI optimum well enough for this check
+        mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
+        mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
+    final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
+    if method == "edge":
+        reported = final_edge
+    elif method == "auto":
+        # the MI check's stencil centre was the final pose: its histogram is still in the buffer
+        k.mutual_information(plan.hist[:1], True, plan.mi_out[:1])
+        reported = float(backend.to_host(plan.mi_out[:1])[0]) - 1.0
+    else:
+        reported = mi_score(backend, plan, finest, pose, normalised=True) - 1.0
+    # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
+    spread = None
+    if check_precision and not no_match and final_edge < SPLIT_HALF_BELOW_SCORE:
+        spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
+    return SearchOutcome(
+        pose=np.asarray(pose, dtype=np.float64), score=float(score), best_score=float(best.score), ranked=ranked,
+        ambiguity=float(ambiguity), runner_up=None if runner_up is None else np.asarray(runner_up.pose[:2]),
+        rotate=rotate, rotation_support_mm=support, rotation_unsupported=unsupported, levels=records, mi_pose=mi_pose,
+        mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,
+    )
+
+
+def program_scratch() -> dict[str, np.ndarray]:
+    """Host buffers the compiled program writes per frame (one set per lane)."""
+    return {"ranked": np.zeros((MAX_CANDIDATES, 5)), "records": np.zeros((MAX_RECORDS, 4)),
+            "out": np.zeros(len(OUT_NAMES))}
+
+
+assert MAX_CANDIDATES <= MAX_STENCIL  # the ranking scores every optimum in one stencil-sized evaluation

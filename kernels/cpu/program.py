@@ -1,0 +1,337 @@
+"""The search and refinement of one frame as one compiled call (numba, CPU).
+
+Stage 3 of the per-frame program (:mod:`portalign.registration._program`): the
+global search (:func:`.correlation.coarse_search`), the ranking of its optima on
+the first refinement level, the Newton ascent of the best (and of any close
+runner-up: a rival or a shoulder of the winner), the rotation lever-arm check,
+the later and the polishing levels, the mutual-information cross-check, the
+final scores and the split-half precision check. The decisions between the steps
+(which candidate, whether rotation is estimated, where the next level starts)
+are made here, from state that stays in compiled code; the engine makes this
+one call and reads one vector of results.
+
+``portalign.registration._search_program.search_eager`` runs the same steps as
+Python between the backend's kernels (the GPU path, and the simulator's); the
+two give the same numbers (``tests/test_program_kernels.py``).
+
+Levels come as a tuple of same-typed level tuples ``(rows, cols, feat_re,
+feat_im, ref_re, ref_im, bins, ref_bins, geometry)`` in the order: the coarse
+(search) level, the first refinement level, the later refinement levels, then the
+polishing levels. ``counts[i]`` is the usable pixel count of level ``i`` and
+``spacings[i]`` its ``(row, col)`` spacing in mm.
+
+``settings`` carries the engine's constants (``portalign.registration._search_program.SETTINGS``):
+see :data:`SETTING_NAMES`. ``out`` receives the results at the indices named in :data:`OUT_NAMES`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .correlation import coarse_search
+from .mutual_information import mutual_information
+from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, rotation_lever_arm
+
+__all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS"]
+
+#: ``settings[i]`` of :func:`search_program`.
+SETTING_NAMES = (
+    "candidate_floor", "distinct_mm", "recheck_ratio", "coarse_recheck_ratio", "recheck_iterations",
+    "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
+    "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
+    "max_rotation_step",
+)
+#: ``out[i]`` of :func:`search_program` (NaN where not measured).
+OUT_NAMES = (
+    "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
+    "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
+    "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported",
+)
+METHOD_EDGE = 0
+METHOD_MI = 1
+METHOD_AUTO = 2
+#: Most level records (later and polishing levels) the program writes.
+MAX_RECORDS = 8
+
+_O = {name: i for i, name in enumerate(OUT_NAMES)}
+_DX, _DY, _THETA, _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_O[k] for k in OUT_NAMES[:8])
+_ROTATE, _SUPPORT, _MI_GAP, _MI_X, _MI_Y, _MI_T, _FINAL_EDGE, _REPORTED = (_O[k] for k in OUT_NAMES[8:16])
+_SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:])
+
+
+@njit(cache=True, nogil=True)
+def _evaluate(level, count, poses, n, metric, normalised, hist, sums, values):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Metric values of ``poses[:n]`` on ``level`` into ``values[:n]`` (n at most the scratch's stencil size)."""
+    rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
+    affines = np.empty((n, 2, 3))
+    pose_affines_into(poses, n, geometry, affines)
+    metric_values(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, normalised, poses,
+                  affines, n, hist, sums, values)
+
+
+@njit(cache=True, nogil=True)
+def _newton(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised, tolerance,  # type: ignore[no-untyped-def]
+            star, max_rotation_step, hist, result):  # pragma: no cover
+    """Newton ascent as ``portalign.registration._refine.newton``; pose in ``result[:3]``, score in ``result[3]``."""
+    rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
+    theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
+    step = np.array([spacing[1], spacing[0], theta_step])
+    refine(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose, step,
+           iterations, tolerance, star, theta_limit, normalised, hist, result)
+
+
+@njit(cache=True, nogil=True)
+def _newton_half(level, first, count, spacing, pose, iterations, r_eff, rotate, theta_limit, tolerance,  # type: ignore[no-untyped-def]
+                 max_rotation_step, hist, result):  # pragma: no cover
+    """Edge Newton ascent on the alternate usable pixels starting at ``first`` (the split-half check)."""
+    rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
+    half = (count - first + 1) // 2
+    theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
+    step = np.array([spacing[1], spacing[0], theta_step])
+    refine(EDGE, rows[first:count:2], cols[first:count:2], half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins,
+           geometry, pose, step, iterations, tolerance, False, theta_limit, False, hist, result)
+
+
+@njit(cache=True, nogil=True)
+def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index: np.ndarray, n_later: int,  # type: ignore[no-untyped-def]
+                   n_polish: int, spectra: np.ndarray, energy: np.ndarray, window_rows: np.ndarray,
+                   window_cols: np.ndarray, thetas: np.ndarray, padded_rows: int, padded_cols: int, margin: int,
+                   suppress: int, window: np.ndarray, peak_poses: np.ndarray, peak_scores: np.ndarray,
+                   n_candidates: int, method: int, rotate: bool, r_eff: float, theta_limit: float, normalised: bool,
+                   check_precision: bool, polish: bool, settings: np.ndarray, workers: int, hist: np.ndarray,
+                   ranked: np.ndarray, records: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """Run stage 3 of the per-frame program for one frame; results into ``out``, ``ranked`` and ``records``.
+
+    Parameters
+    ----------
+    levels : tuple of level tuples
+        Coarse level, first refinement level, ``n_later`` later levels, ``n_polish`` polishing levels.
+    counts : int64[n_levels]
+    spacings : float64[n_levels, 2]
+    level_index : int64[n_levels]
+        Pyramid index of each level (for the records).
+    n_later, n_polish : int
+    spectra, energy, window_rows, window_cols, thetas, padded_rows, padded_cols, margin, suppress, window, peak_poses,
+    peak_scores
+        The coarse search's arrays, as :func:`.correlation.coarse_search` takes them (already cut to rotation 0
+        when rotation is not estimated).
+    n_candidates : int
+        Optima the global search keeps (``RegistrationOptions.candidates``).
+    method : int
+        ``METHOD_EDGE``, ``METHOD_MI`` or ``METHOD_AUTO``.
+    rotate : bool
+        Estimate the in-plane rotation.
+    r_eff : float
+        RMS radius (mm) of the usable pixels around the beam axis.
+    theta_limit : float
+        Largest rotation (rad) a Newton step may reach.
+    normalised : bool
+        Normalised MI for the MI refinement (``RegistrationOptions.normalised_mi``).
+    check_precision : bool
+        The frame passed its quality checks: a weak match gets the split-half precision check.
+    polish : bool
+        The frame is clean: the polishing levels are refined too.
+    settings : float64[len(SETTING_NAMES)]
+    workers : int
+        Threads for the global search's FFTs.
+    hist : int64[>= MAX_STENCIL, bins, bins]
+        Histogram scratch.
+    ranked : float64[>= MAX_CANDIDATES, 5]
+        Receives the ranked optima: ``dx_mm, dy_mm, theta_rad``, the first level's edge score, the
+        global-search peak over the best peak.
+    records : float64[MAX_RECORDS, 4]
+        Receives per later/polishing level: pyramid index, metric (0 edge, 1 MI), score, polishing (1/0).
+    out : float64[len(OUT_NAMES)]
+    """
+    floor, distinct, recheck_ratio, coarse_recheck = settings[0], settings[1], settings[2], settings[3]
+    recheck_iterations = int(settings[4])
+    iterations = (int(settings[5]), int(settings[6]), int(settings[7]))
+    coarse_tolerance, fine_tolerance = settings[8], settings[9]
+    min_support, min_usable = settings[10], settings[11]
+    split_below, split_iterations, max_step = settings[12], int(settings[13]), settings[14]
+    out[:] = np.nan
+    n_ranked_max = ranked.shape[0]
+    scratch_poses = np.empty((STENCIL_3D.shape[0], 3))
+    sums = np.empty((STENCIL_3D.shape[0], 3))
+    values = np.empty(STENCIL_3D.shape[0])
+    result = np.empty(5)
+    coarse, first = levels[0], levels[1]
+    # 2. global search ---------------------------------------------------------------------------
+    found = coarse_search(coarse[2], coarse[3], padded_rows, padded_cols, margin, spectra, energy, window_rows,
+                          window_cols, thetas, spacings[0, 0], spacings[0, 1], n_candidates, coarse_recheck, suppress,
+                          window, peak_poses, peak_scores, workers)
+    no_match = found == 0
+    if no_match:  # no finite correlation at all: nothing to refine
+        peak_poses[0, :] = 0.0
+        peak_scores[0] = 0.0
+        found = 1
+    # optima far below the best cannot come near it after refinement
+    kept = 0
+    for i in range(found):
+        if peak_scores[i] >= floor * peak_scores[0]:
+            scratch_poses[kept, :] = peak_poses[i, :]
+            kept += 1
+    kept = min(kept, n_ranked_max)
+    # 3. rank the optima by their edge score where the search put them, refine the best -----------
+    only_level = n_later == 0
+    first_tolerance = fine_tolerance if only_level else coarse_tolerance
+    _evaluate(first, counts[1], scratch_poses, kept, EDGE, False, hist, sums, values)
+    order = np.argsort(-values[:kept], kind="mergesort")  # stable, as the engine's argsort
+    top = max(peak_scores[0], 1e-30)
+    kept_scores = peak_scores[:found].copy()
+    kept_index = np.empty(kept, dtype=np.int64)
+    n = 0
+    for i in range(found):
+        if peak_scores[i] >= floor * peak_scores[0] and n < kept:
+            kept_index[n] = i
+            n += 1
+    for r in range(kept):
+        i = order[r]
+        ranked[r, 0:3] = scratch_poses[i, :]
+        ranked[r, 3] = values[i]
+        ranked[r, 4] = kept_scores[kept_index[i]] / top
+    _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), EDGE, iterations[0], r_eff, rotate, theta_limit,
+            normalised, first_tolerance, False, max_step, hist, result)
+    best = result[:3].copy()
+    best_score = max(result[3], ranked[0, 3])
+    ambiguity = 0.0
+    runner = np.full(2, np.nan)
+    for r in range(1, kept):
+        other = ranked[r, 0:3].copy()
+        other_score = ranked[r, 3]
+        if ranked[0, 3] <= 0 or math.hypot(other[0] - best[0], other[1] - best[1]) <= distinct:
+            continue
+        ratio = other_score / ranked[0, 3]  # both unrefined
+        if ratio >= recheck_ratio or ranked[r, 4] >= coarse_recheck:
+            # a close call: refine the runner-up too; on a broad peak it walks onto the winner
+            _newton(first, counts[1], spacings[1], other, EDGE, recheck_iterations, r_eff, rotate, theta_limit,
+                    normalised, coarse_tolerance, False, max_step, hist, result)
+            other = result[:3].copy()
+            other_score = result[3]
+            if math.hypot(other[0] - best[0], other[1] - best[1]) <= distinct:
+                continue
+            if other_score > best_score:  # the global search's order was wrong
+                best, other = other, best
+                best_score, other_score = other_score, best_score
+            ratio = other_score / best_score if best_score > 0 else 1.0
+        if ratio > ambiguity:
+            ambiguity = ratio
+            runner[0] = other[0]
+            runner[1] = other[1]
+    pose = best.copy()
+    score = best_score
+    unsupported = False
+    if rotate:
+        # a rotation the matched structure cannot pin (a ball bearing, a cone's edge) is not reported
+        h_t = min(spacings[0, 0], spacings[0, 1])
+        step = np.array([spacings[0, 1], spacings[0, 0], h_t / max(r_eff, 5.0)])
+        for k in range(STENCIL_3D.shape[0]):
+            for a in range(3):
+                scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
+        _evaluate(coarse, counts[0], scratch_poses, STENCIL_3D.shape[0], EDGE, False, hist, sums, values)
+        support = rotation_lever_arm(values, step)
+        out[_SUPPORT] = support
+        if support < min_support:
+            rotate = False
+            unsupported = True
+            start = np.array([pose[0], pose[1], 0.0])
+            _newton(first, counts[1], spacings[1], start, EDGE, iterations[0], r_eff, False, theta_limit, normalised,
+                    first_tolerance, False, max_step, hist, result)
+            pose = result[:3].copy()
+            score = result[3]
+    # later levels, then the polishing ones (a clean frame carries detail finer than the working levels)
+    level_metric = MI if method == METHOD_MI else EDGE
+    n_records = 0
+    finest = 1
+    refined_later = False
+    for i in range(n_later):
+        j = 2 + i
+        is_finest = i == n_later - 1
+        its = iterations[2] if is_finest else iterations[min(i + 1, 2)]
+        _newton(levels[j], counts[j], spacings[j], pose, level_metric, its, r_eff, rotate, theta_limit, normalised,
+                fine_tolerance if is_finest else coarse_tolerance, False, max_step, hist, result)
+        pose = result[:3].copy()
+        score = result[3]
+        if n_records < records.shape[0]:
+            records[n_records, 0] = level_index[j]
+            records[n_records, 1] = level_metric
+            records[n_records, 2] = score
+            records[n_records, 3] = 0.0
+            n_records += 1
+        finest = j
+        refined_later = True
+    if polish and not no_match:
+        for i in range(n_polish):
+            j = 2 + n_later + i
+            if counts[j] < min_usable:
+                break
+            _newton(levels[j], counts[j], spacings[j], pose, level_metric, iterations[2], r_eff, rotate, theta_limit,
+                    normalised, fine_tolerance, False, max_step, hist, result)
+            pose = result[:3].copy()
+            score = result[3]
+            if n_records < records.shape[0]:
+                records[n_records, 0] = level_index[j]
+                records[n_records, 1] = level_metric
+                records[n_records, 2] = score
+                records[n_records, 3] = 1.0
+                n_records += 1
+            finest = j
+            refined_later = True
+    if method == METHOD_MI and not refined_later:
+        # a single-level plan: the MI refinement still runs, on the only level there is
+        _newton(levels[finest], counts[finest], spacings[finest], pose, MI, iterations[2], r_eff, rotate,
+                theta_limit, normalised, 0.02, False, max_step, hist, result)
+        pose = result[:3].copy()
+        score = result[3]
+    if method == METHOD_AUTO:
+        # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
+        _newton(levels[finest], counts[finest], spacings[finest], pose, MI, 1, r_eff, rotate, theta_limit, normalised,
+                0.02, True, max_step, hist, result)
+        out[_MI_X] = result[0]
+        out[_MI_Y] = result[1]
+        out[_MI_T] = result[2]
+        out[_MI_GAP] = math.hypot(result[0] - pose[0], result[1] - pose[1])
+    if method == METHOD_MI:
+        scratch_poses[0, :] = pose
+        _evaluate(levels[finest], counts[finest], scratch_poses, 1, EDGE, False, hist, sums, values)
+        final_edge = values[0]
+    else:
+        final_edge = score  # the quadratic model's value at the final edge optimum
+    if method == METHOD_EDGE:
+        reported = final_edge
+    elif method == METHOD_AUTO:
+        # the MI check's stencil centre was the final pose: its histogram is still in the scratch
+        mi = np.empty(1)
+        mutual_information(hist[:1], True, mi)
+        reported = mi[0] - 1.0
+    else:
+        scratch_poses[0, :] = pose
+        _evaluate(levels[finest], counts[finest], scratch_poses, 1, MI, True, hist, sums, values)
+        reported = values[0] - 1.0
+    # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
+    if check_precision and not no_match and final_edge < split_below:
+        halves = np.empty((2, 3))
+        for h in range(2):
+            _newton_half(levels[finest], h, counts[finest], spacings[finest], pose, split_iterations, r_eff, rotate,
+                         theta_limit, 0.05, max_step, hist, result)
+            halves[h, :] = result[:3]
+        out[_SPLIT_MM] = math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1])
+        out[_SPLIT_DEG] = abs(math.degrees(halves[0, 2] - halves[1, 2]))
+    out[_DX] = pose[0]
+    out[_DY] = pose[1]
+    out[_THETA] = pose[2]
+    out[_SCORE] = score
+    out[_BEST] = best_score
+    out[_AMBIGUITY] = ambiguity
+    out[_RUNNER_X] = runner[0]
+    out[_RUNNER_Y] = runner[1]
+    out[_ROTATE] = 1.0 if rotate else 0.0
+    out[_FINAL_EDGE] = final_edge
+    out[_REPORTED] = reported
+    out[_N_RANKED] = kept
+    out[_N_RECORDS] = n_records
+    out[_NO_MATCH] = 1.0 if no_match else 0.0
+    out[_UNSUPPORTED] = 1.0 if unsupported else 0.0
