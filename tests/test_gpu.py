@@ -123,8 +123,10 @@ def test_backend_is_gpu_with_twin_kernels(backend):
         import cupy
 
         assert backend.xp is cupy
-    cpu_names = set(vars(cpu.KERNELS))
+    cpu_names = set(vars(cpu.KERNELS)) - set(cpu.CPU_ONLY)
     assert set(vars(backend.kernels)) == cpu_names
+    # the GPU runs the compiled program's steps one kernel at a time (the same numbers: test_program_kernels)
+    assert not backend.compiled_program
     for name in cpu_names:  # same arguments, in the same order
         cpu_fn = getattr(cpu.KERNELS, name)
         cpu_params = list(inspect.signature(getattr(cpu_fn, "py_func", cpu_fn)).parameters)

@@ -24,6 +24,7 @@ from .statistics import rms_radius, second_difference_mad
 from .warp import warp_bilinear
 
 __all__ = [
+    "CPU_ONLY",
     "KERNELS",
     "coarse_search",
     "correlation_window",
@@ -51,4 +52,6 @@ __all__ = [
     "warp_bilinear",
 ]
 
-KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name != "KERNELS"})
+KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name not in ("KERNELS", "CPU_ONLY")})
+#: Kernels with no GPU twin: the compiled whole-stage program (the GPU backend runs its steps one by one).
+CPU_ONLY = ("search_program",)
