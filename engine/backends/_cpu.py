@@ -129,6 +129,7 @@ class _ThreadScope:
 
         self.previous = numba.get_num_threads()
         self.wanted = frame_threads()
+        _local.threads = self.wanted  # what this frame's compiled FFTs may use (fft_workers)
         if self.wanted != self.previous:
             numba.set_num_threads(self.wanted)
 
@@ -148,10 +149,13 @@ class CpuBackend(Backend):
         return _ThreadScope()
 
     def fft_workers(self) -> int:
-        """Return this thread's numba thread count (set per frame by :meth:`frame_scope`): the FFTs use as many."""
-        import numba
+        """Return this thread's frame thread count (set by :meth:`frame_scope`): the FFTs use as many."""
+        try:
+            return _local.threads  # type: ignore[no-any-return]
+        except AttributeError:  # outside a frame scope: numba's count for this thread
+            import numba
 
-        return int(numba.get_num_threads())
+            return int(numba.get_num_threads())
 
 
 def cpu_backend(fallback_reason: str = "") -> Backend:

@@ -148,6 +148,10 @@ class FramePlan:
     field_mm: float | None = None
     #: Host buffers the compiled search program writes (``ranked``, ``records``, ``out``; see ``_search_program``).
     program_scratch: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The compiled program's inputs that do not change from frame to frame (per lane; see ``_search_program``).
+    program_inputs: dict = field(default_factory=dict)
+    #: The reference's and this geometry's frame extent at the isocentre plane (mm, ``[x0, x1, y0, y1]``).
+    view_boxes: tuple[list[float], list[float]] | None = None
 
     def new_lane(self, backend: Backend) -> FramePlan:
         """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
@@ -170,6 +174,7 @@ class FramePlan:
             edge_out=xp.zeros_like(self.edge_out),
             refine_out=np.zeros(5),
             program_scratch={name: np.zeros_like(array) for name, array in self.program_scratch.items()},
+            program_inputs={},
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),
         )

@@ -136,8 +136,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     details: dict = {
         "levels": found.levels,
-        "candidates": [{"dx_mm": float(c.pose[0]), "dy_mm": float(c.pose[1]),
-                        "rotation_deg": math.degrees(c.pose[2]), "score": c.score} for c in found.ranked],
+        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * (180.0 / math.pi), "score": c[3]}
+                       for c in found.ranked.tolist()],
     }
     if found.rotation_support_mm is not None:
         details["rotation_support_mm"] = found.rotation_support_mm
@@ -155,7 +155,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             (r1 - lvl.frame_axis[1]) * lvl.spacing[0],
         ]
     # a different view, no overlap at all, or an unusable frame rule the match out before its score does
-    reason = view_reason or common_region(reference.image, frame, box_mm) or quality
+    reason = view_reason or common_region(reference.image, frame, box_mm, plan.view_boxes) or quality
     max_rot = math.radians(opts.max_rotation_deg) if opts.estimate_rotation else 0.0
     if reason:
         pass

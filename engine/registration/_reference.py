@@ -41,6 +41,7 @@ from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
 from ._search import DISTINCT_MM, MAX_CANDIDATES
 from ._search_program import program_scratch
+from ._views import extent_box
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -315,6 +316,10 @@ class Reference:
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
             refine_out=np.zeros(5),
             program_scratch=program_scratch(),
+            view_boxes=(extent_box(self.image), [
+                (-0.5 - axis[0]) * spacing[1], (shape[1] - 0.5 - axis[0]) * spacing[1],
+                (-0.5 - axis[1]) * spacing[0], (shape[0] - 0.5 - axis[1]) * spacing[0],
+            ]),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )

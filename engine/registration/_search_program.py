@@ -64,6 +64,14 @@ _VALUES = {
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 _OUT = {name: i for i, name in enumerate(OUT_NAMES)}
+_SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_OUT[k] for k in ("score", "best_score", "ambiguity", "runner_dx_mm",
+                                                                     "runner_dy_mm"))
+_ROTATE, _SUPPORT, _UNSUPPORTED, _N_RANKED, _N_RECORDS = (_OUT[k] for k in ("rotate", "rotation_support_mm",
+                                                                            "rotation_unsupported", "n_ranked",
+                                                                            "n_records"))
+_MI_GAP, _MI_X, _MI_T, _FINAL_EDGE, _REPORTED = (_OUT[k] for k in ("mi_gap_mm", "mi_dx_mm", "mi_theta_rad",
+                                                                   "final_edge", "reported"))
+_SPLIT_MM, _SPLIT_DEG, _NO_MATCH = (_OUT[k] for k in ("split_mm", "split_deg", "no_match"))
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -74,7 +82,9 @@ class SearchOutcome:
     pose: np.ndarray
     score: float
     best_score: float
-    ranked: list[Candidate]
+    #: The ranked global-search optima, float64[n, 5]: ``dx_mm, dy_mm, theta_rad``, first-level edge score,
+    #: global-search peak over the best peak.
+    ranked: np.ndarray
     ambiguity: float
     runner_up: np.ndarray | None
     rotate: bool
@@ -98,10 +108,25 @@ def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
     return [levels[i] for i in order]
 
 
+def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
+    """Return the program's per-lane inputs that stay the same from frame to frame (made on a lane's first frame)."""
+    found = plan.program_inputs.get(polish)
+    if found is None:
+        stage = _stage_levels(plan, polish)
+        levels = tuple((lv.pixel_rows, lv.pixel_cols, lv.feat_re, lv.feat_im, lv.ref_re, lv.ref_im, lv.bins,
+                        lv.ref_bins, lv.geometry) for lv in stage)
+        found = plan.program_inputs[polish] = (
+            stage, levels, np.array([lv.spacing for lv in stage], dtype=np.float64),
+            np.array([lv.index for lv in stage], dtype=np.int64), np.zeros(len(stage), dtype=np.int64))
+    return found
+
+
 def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
                     polish: bool) -> SearchOutcome:
     """Run stage 3 as one call of the backend's compiled ``search_program``."""
-    stage = _stage_levels(plan, polish)
+    stage, levels, spacings, level_index, counts = _static_inputs(plan, polish)
+    for i, level in enumerate(stage):
+        counts[i] = level.usable
     cs = plan.coarse
     if rotate:
         spectra, energy, thetas, window = cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
@@ -112,42 +137,37 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
     scratch = plan.program_scratch
     ranked, records, out = scratch["ranked"], scratch["records"], scratch["out"]
     backend.kernels.search_program(
-        tuple((lv.pixel_rows, lv.pixel_cols, lv.feat_re, lv.feat_im, lv.ref_re, lv.ref_im, lv.bins, lv.ref_bins,
-               lv.geometry) for lv in stage),
-        np.array([lv.usable for lv in stage], dtype=np.int64), np.array([lv.spacing for lv in stage]),
-        np.array([lv.index for lv in stage], dtype=np.int64), len(plan.refine_levels) - 1,
-        len(plan.polish_levels) if polish else 0, spectra, energy, cs.window_rows, cs.window_cols, thetas,
-        cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, cs.suppress_px, window, cs.peak_poses, cs.peak_scores,
-        opts.candidates, _METHODS[opts.method], rotate, r_eff, math.radians(opts.max_rotation_deg + opts.rotation_step_deg),
-        bool(opts.normalised_mi), check_precision, polish, SETTINGS, backend.fft_workers(), plan.hist, ranked,
-        records, out)
-    o = {name: float(out[i]) for name, i in _OUT.items()}
-    n_ranked, n_records = int(o["n_ranked"]), int(o["n_records"])
-    metric_names = ("edge", "mi")
-    levels = []
-    for r in records[:n_records]:
-        entry: dict[str, Any] = {"level": int(r[0]), "metric": metric_names[int(r[1])], "score": float(r[2])}
+        levels, counts, spacings, level_index, len(plan.refine_levels) - 1, len(plan.polish_levels) if polish else 0,
+        spectra, energy, cs.window_rows, cs.window_cols, thetas, cs.padded_shape[0], cs.padded_shape[1],
+        cs.margin_px, cs.suppress_px, window, cs.peak_poses, cs.peak_scores, opts.candidates, _METHODS[opts.method],
+        rotate, r_eff, (opts.max_rotation_deg + opts.rotation_step_deg) * (math.pi / 180.0), opts.normalised_mi,
+        check_precision, polish, SETTINGS, backend.fft_workers(), plan.hist, ranked, records, out)
+    o = out.tolist()  # NaN where not measured
+    n_records = int(o[_N_RECORDS])
+    levels_done = []
+    for r in records[:n_records].tolist():
+        entry: dict[str, Any] = {"level": int(r[0]), "metric": "mi" if r[1] else "edge", "score": r[2]}
         if r[3]:
             entry["polish"] = True
-        levels.append(entry)
-    mi_pose = None if math.isnan(o["mi_dx_mm"]) else np.array([o["mi_dx_mm"], o["mi_dy_mm"], o["mi_theta_rad"]])
+        levels_done.append(entry)
+    support, mi_gap, split = o[_SUPPORT], o[_MI_GAP], o[_SPLIT_MM]
     return SearchOutcome(
-        pose=np.array([o["dx_mm"], o["dy_mm"], o["theta_rad"]]),
-        score=o["score"],
-        best_score=o["best_score"],
-        ranked=[Candidate(ranked[i, :3].copy(), float(ranked[i, 3]), float(ranked[i, 4])) for i in range(n_ranked)],
-        ambiguity=o["ambiguity"],
-        runner_up=None if math.isnan(o["runner_dx_mm"]) else np.array([o["runner_dx_mm"], o["runner_dy_mm"]]),
-        rotate=bool(o["rotate"]),
-        rotation_support_mm=None if math.isnan(o["rotation_support_mm"]) else o["rotation_support_mm"],
-        rotation_unsupported=bool(o["rotation_unsupported"]),
-        levels=levels,
-        mi_pose=mi_pose,
-        mi_gap=None if math.isnan(o["mi_gap_mm"]) else o["mi_gap_mm"],
-        final_edge=o["final_edge"],
-        reported=o["reported"],
-        spread=None if math.isnan(o["split_mm"]) else (o["split_mm"], o["split_deg"]),
-        no_match=bool(o["no_match"]),
+        pose=out[0:3].copy(),
+        score=o[_SCORE],
+        best_score=o[_BEST],
+        ranked=ranked[:int(o[_N_RANKED])].copy(),
+        ambiguity=o[_AMBIGUITY],
+        runner_up=None if o[_RUNNER_X] != o[_RUNNER_X] else out[_RUNNER_X:_RUNNER_Y + 1].copy(),
+        rotate=o[_ROTATE] == 1.0,
+        rotation_support_mm=None if support != support else support,
+        rotation_unsupported=o[_UNSUPPORTED] == 1.0,
+        levels=levels_done,
+        mi_pose=None if mi_gap != mi_gap else out[_MI_X:_MI_T + 1].copy(),
+        mi_gap=None if mi_gap != mi_gap else mi_gap,
+        final_edge=o[_FINAL_EDGE],
+        reported=o[_REPORTED],
+        spread=None if split != split else (split, o[_SPLIT_DEG]),
+        no_match=o[_NO_MATCH] == 1.0,
     )
 
 
@@ -248,7 +268,8 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     if check_precision and not no_match and final_edge < SPLIT_HALF_BELOW_SCORE:
         spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
     return SearchOutcome(
-        pose=np.asarray(pose, dtype=np.float64), score=float(score), best_score=float(best.score), ranked=ranked,
+        pose=np.asarray(pose, dtype=np.float64), score=float(score), best_score=float(best.score),
+        ranked=np.array([[*c.pose, c.score, c.coarse_ratio] for c in ranked]).reshape(-1, 5),
         ambiguity=float(ambiguity), runner_up=None if runner_up is None else np.asarray(runner_up.pose[:2]),
         rotate=rotate, rotation_support_mm=support, rotation_unsupported=unsupported, levels=records, mi_pose=mi_pose,
         mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,

@@ -22,7 +22,7 @@ from typing import Any
 from ..image import Image, ImageInfo
 from ..options import RegistrationOptions
 
-__all__ = ["angle_difference_deg", "compare_views", "common_region"]
+__all__ = ["angle_difference_deg", "compare_views", "common_region", "extent_box"]
 
 #: Angles compared, with the name a physicist uses for each (IEC 61217).
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
@@ -58,19 +58,23 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     warnings : list of str
         A mismatch that was allowed.
     """
-    keys = [key for key, _ in VIEW_ANGLES] + ["sad_mm"]
+    # attribute by attribute (no loops of getattr): this runs for every frame
+    ref_angles = (reference.gantry_deg, reference.collimator_deg, reference.couch_deg)
+    frame_angles = (frame.gantry_deg, frame.collimator_deg, frame.couch_deg)
     record: dict[str, Any] = {
-        "reference": {key: getattr(reference, key) for key in keys},
-        "frame": {key: getattr(frame, key) for key in keys},
+        "reference": {"gantry_deg": ref_angles[0], "collimator_deg": ref_angles[1], "couch_deg": ref_angles[2],
+                      "sad_mm": reference.sad_mm},
+        "frame": {"gantry_deg": frame_angles[0], "collimator_deg": frame_angles[1], "couch_deg": frame_angles[2],
+                  "sad_mm": frame.sad_mm},
         "mismatch": [],
         "allowed": bool(options.allow_view_mismatch),
     }
     phrases = []
-    for key, label in VIEW_ANGLES:
-        ref_value, frame_value = getattr(reference, key), getattr(frame, key)
+    tolerance = options.view_tolerance_deg
+    for (key, label), ref_value, frame_value in zip(VIEW_ANGLES, ref_angles, frame_angles, strict=True):
         if ref_value is None or frame_value is None:
             continue
-        if angle_difference_deg(ref_value, frame_value) > options.view_tolerance_deg:
+        if abs((ref_value - frame_value + 180.0) % 360.0 - 180.0) > tolerance:  # angle_difference_deg, inline
             record["mismatch"].append(key)
             phrases.append(f"{label} angle {_deg(ref_value)} deg in the reference ({reference.source}) but "
                            f"{_deg(frame_value)} deg in the frame ({frame.source})")
@@ -89,7 +93,8 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     return reason, record, []
 
 
-def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | None) -> str:
+def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | None,
+                  boxes: tuple[list[float], list[float]] | None = None) -> str:
     """Return why the two images can have no anatomy in common, or ``""``.
 
     Both images are placed at the isocentre plane with their beam axes at the
@@ -102,9 +107,12 @@ def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | No
     reference, frame : Image
     frame_box_mm : list of float or None
         ``[x_min, x_max, y_min, y_max]`` of the frame's detected field (mm).
+    boxes : (list of float, list of float), optional
+        The reference's and the frame's image extents (mm, as ``frame_box_mm``) when already known (a
+        plan holds them for its frame geometry).
     """
-    ref_box = _extent_box(reference)
-    box = list(frame_box_mm) if frame_box_mm is not None else _extent_box(frame)
+    ref_box, frame_extent = boxes if boxes is not None else (extent_box(reference), extent_box(frame))
+    box = frame_box_mm if frame_box_mm is not None else frame_extent
     overlap_x = min(ref_box[1], box[1]) - max(ref_box[0], box[0])
     overlap_y = min(ref_box[3], box[3]) - max(ref_box[2], box[2])
     if overlap_x > 0 and overlap_y > 0:
@@ -115,7 +123,8 @@ def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | No
             "the beam axis (RTImagePosition) of each right?")
 
 
-def _extent_box(image: Image) -> list[float]:
+def extent_box(image: Image) -> list[float]:
+    """Return ``[x_min, x_max, y_min, y_max]`` (mm at the isocentre plane, from the beam axis) of an image's pixels."""
     rows, cols = image.shape
     x0, y0 = image.pixel_to_mm(-0.5, -0.5)
     x1, y1 = image.pixel_to_mm(cols - 0.5, rows - 0.5)
