@@ -383,7 +383,8 @@ def _rounded(value: Any) -> Any:
     if value is None or value == "":
         return "unknown"
     if isinstance(value, float):
-        return f"{round(value, 3):g}"
+        # 3 decimals, but never a small value rounded to 0 (a rescale slope of 0.000226 is not "0")
+        return f"{round(value, 3):g}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(_rounded(v)) for v in value) + "]"
     if isinstance(value, dict):
@@ -467,8 +468,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"error {payload['error_mm']:.2f} mm, {error_deg}")
     if overlay:
         print(f"review picture: {overlay}")
-    else:
-        print(f"review picture not written: {overlay_error}")
+    else:  # the demo draws one when matplotlib is there; without it, say how to get it
+        print(f"no review picture (needs matplotlib: pip install \"portalign[overlay]\")")
     return 0
 
 

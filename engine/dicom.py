@@ -462,7 +462,8 @@ def _read_bytes(source: Any, name: str) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise PortalImageError(f"{name}: no such file ({path})")
+            where = "" if str(path) == name else f" ({path})"
+            raise PortalImageError(f"{name}: no such file{where}; check the path")
         if path.is_dir():
             raise PortalImageError(f"{name}: is a directory, not a DICOM file")
         try:
@@ -512,13 +513,13 @@ def _parse(data: bytes, name: str) -> Dataset:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except Exception as exc:
-            raise PortalImageError(f"{name}: not a DICOM file") from exc
+            raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)") from exc
     except Exception as exc:
         if has_preamble:
             raise PortalImageError(f"{name}: damaged DICOM file ({_one_line(exc)})") from exc
-        raise PortalImageError(f"{name}: not a DICOM file") from exc
+        raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)") from exc
     if not _looks_like_dicom(ds):
-        raise PortalImageError(f"{name}: not a DICOM file")
+        raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)")
     return ds
 
 

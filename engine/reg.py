@@ -60,8 +60,12 @@ Identity
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
+import re
+import threading
+import warnings as _warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -86,6 +90,18 @@ from .image import Image
 from .result import RegistrationResult
 
 __all__ = ["registration_matrix", "rigid_motion", "write_spatial_registration", "SPATIAL_REGISTRATION_STORAGE"]
+
+class _QuietInvalidUIDs(logging.Filter):
+    """Drop pydicom's "Invalid value for VR UI" log records while this thread builds a REG (reported once instead)."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(self.local, "on", False) and "Invalid value for VR UI" in record.getMessage())
+
+
+_QUIET = _QuietInvalidUIDs()
+logging.getLogger("pydicom").addFilter(_QUIET)
 
 #: SOP Class UID of Spatial Registration Storage.
 SPATIAL_REGISTRATION_STORAGE = str(SpatialRegistrationStorage)
@@ -269,6 +285,10 @@ def write_spatial_registration(
     if not study:
         study = generate_uid()
         warnings.append("StudyInstanceUID of the images unknown: the REG object starts a new study")
+    elif not _valid_uid(study):
+        warnings.append(f"StudyInstanceUID {str(study)[:40]!r} of the images is not a valid DICOM UID: the REG object "
+                        "starts a new study")
+        study = generate_uid()
     pid = patient_id if patient_id is not None else _first(everything, lambda i: i.info.extra.get("patient_id"))
     pname = patient_name if patient_name is not None else _first(everything,
                                                                   lambda i: i.info.extra.get("patient_name"))
@@ -281,7 +301,52 @@ def write_spatial_registration(
     frame_for = frames[0].info.frame_of_reference_uid or reference_for
     if not references[0].info.frame_of_reference_uid:
         warnings.append("the reference image has no FrameOfReferenceUID: a new one was made")
+    elif not _valid_uid(reference_for):
+        warnings.append(f"the reference image's FrameOfReferenceUID {reference_for[:40]!r} is not a valid DICOM UID: "
+                        "a new one was made")
+        reference_for = generate_uid()
+    if not _valid_uid(frame_for):
+        warnings.append(f"the frame's FrameOfReferenceUID {frame_for[:40]!r} is not a valid DICOM UID: "
+                        "the reference's is used")
+        frame_for = reference_for
+    # the images are referenced by the UIDs they carry, valid or not (a REG must point at them): say so once
+    odd = sorted({uid for image in everything for uid in (image.info.sop_instance_uid, image.info.series_instance_uid)
+                  if uid and not _valid_uid(uid)})
+    if odd:
+        warnings.append(f"{len(odd)} UID(s) of the images are not valid DICOM UIDs (e.g. {odd[0][:40]!r}); they are "
+                        "referenced as they are")
 
+    # pydicom warns and logs on every invalid UID it is given; the images' own are reported once above
+    _QUIET.local.on = True
+    try:
+        with _warnings.catch_warnings():
+            _warnings.filterwarnings("ignore", message=".*Invalid value for VR UI", category=UserWarning)
+            ds = _build(result_or_couch, references, frames, everything, matrix, warnings, study, pid, pname, date,
+                        time, reference_for, frame_for, series_description, content_label, operator_name)
+            if path is not None:
+                target = Path(path) if isinstance(path, (str, os.PathLike)) else path
+                write_dataset(target, ds)
+    finally:
+        _QUIET.local.on = False
+    object.__setattr__(ds, "portalign_warnings", warnings)
+    return ds
+
+
+#: A DICOM UID (PS3.5 9.1): numeric components without leading zeros, separated by dots; 64 characters at most.
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _valid_uid(value: Any) -> bool:
+    """Whether ``value`` is a valid DICOM UID (checked here: pydicom's ``UID()`` itself warns on an invalid one)."""
+    text = str(value)
+    return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
+
+
+def _build(result_or_couch: RegistrationResult | CouchShift, references: list[Image], frames: list[Image],
+           everything: list[Image], matrix: np.ndarray, warnings: list[str], study: str, pid: Any, pname: Any,
+           date: str, time: str, reference_for: str, frame_for: str, series_description: str, content_label: str,
+           operator_name: str) -> Dataset:
+    """Return the REG dataset (file meta included) for :func:`write_spatial_registration`."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = SpatialRegistrationStorage
@@ -327,10 +392,6 @@ def write_spatial_registration(
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"PORTALIGN_{__version__}"[:16]
     ds.file_meta = meta
-    if path is not None:
-        target = Path(path) if isinstance(path, (str, os.PathLike)) else path
-        write_dataset(target, ds)
-    object.__setattr__(ds, "portalign_warnings", warnings)
     return ds
 
 

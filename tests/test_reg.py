@@ -16,7 +16,7 @@ from portalign.couch import View, image_axes, patient_matrix, projection_matrix,
 from portalign.dicom import read_rt_image
 from portalign.errors import GeometryError, PortalignError
 from portalign.reg import SPATIAL_REGISTRATION_STORAGE, registration_matrix, write_spatial_registration
-from pydicom.uid import RTImageStorage, generate_uid
+from pydicom.uid import UID, RTImageStorage, generate_uid
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 WL = REAL / "pylinac" / "wl_shift_truebeam"
@@ -186,3 +186,30 @@ def test_real_rt_images_can_be_registered_in_a_reg_object(tmp_path):
     # the matrix moves it back
     np.testing.assert_allclose(matrix_of(back.RegistrationSequence[1])[:3, 3], [-3.0, 0.0, 0.0], atol=1e-3)
     assert ds.SOPInstanceUID == back.SOPInstanceUID
+
+
+def test_invalid_uids_of_the_images_are_replaced_or_reported_never_printed(tmp_path, caplog):
+    # a vendor's hexadecimal "UIDs" (seen on a public TrueBeam file): the REG gets valid study and frame-of-reference
+    # UIDs of its own, references the images by the UIDs they carry, and says so once (no raw pydicom warnings)
+    import warnings
+
+    hex_uid = "63b4b5a1c0ffee0123456789abcdef"
+    reference = make_image(0.0, for_uid=hex_uid, series=hex_uid + "01", study_instance_uid=hex_uid + "02",
+                           isocentre_mm=(0.0, 0.0, 0.0), patient_id="P-1")
+    frame = make_image(0.0, for_uid=hex_uid)
+    result = RegistrationResult(dx_mm=1.0, dy_mm=-2.0, rotation_deg=None, ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = write_spatial_registration(tmp_path / "reg.dcm", result, reference, frame)
+    assert not [w for w in caught if "UID" in str(w.message)], [str(w.message) for w in caught]
+    assert "Invalid value for VR UI" not in caplog.text
+    back = pydicom.dcmread(tmp_path / "reg.dcm")
+    assert back.StudyInstanceUID != hex_uid + "02" and UID(back.StudyInstanceUID).is_valid
+    assert UID(back.FrameOfReferenceUID).is_valid
+    assert back.RegistrationSequence[1].FrameOfReferenceUID == back.FrameOfReferenceUID
+    assert any("StudyInstanceUID" in w and "not a valid DICOM UID" in w for w in ds.portalign_warnings)
+    assert any("FrameOfReferenceUID" in w for w in ds.portalign_warnings)
+    assert any("referenced as they are" in w for w in ds.portalign_warnings)
+    with warnings.catch_warnings():  # reading an invalid UID back makes pydicom warn (our writing did not)
+        warnings.simplefilter("ignore")
+        assert hex_uid + "01" in [item.SeriesInstanceUID for item in back.ReferencedSeriesSequence]
