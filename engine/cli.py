@@ -469,7 +469,7 @@ def _demo(args: argparse.Namespace) -> int:
     if overlay:
         print(f"review picture: {overlay}")
     else:  # the demo draws one when matplotlib is there; without it, say how to get it
-        print(f"no review picture (needs matplotlib: pip install \"portalign[overlay]\")")
+        print("no review picture (needs matplotlib: pip install \"portalign[overlay]\")")
     return 0
 
 

@@ -458,6 +458,10 @@ def _source_name(source: Any) -> str:
     return "<stream>"
 
 
+#: What a file that is not DICOM at all is told (the two kinds of input the engine reads).
+_NOT_DICOM = "not a DICOM file (expected a DICOM RT Image)"
+
+
 def _read_bytes(source: Any, name: str) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -513,13 +517,13 @@ def _parse(data: bytes, name: str) -> Dataset:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except Exception as exc:
-            raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)") from exc
+            raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     except Exception as exc:
         if has_preamble:
             raise PortalImageError(f"{name}: damaged DICOM file ({_one_line(exc)})") from exc
-        raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)") from exc
+        raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     if not _looks_like_dicom(ds):
-        raise PortalImageError(f"{name}: not a DICOM file (expected an RT Image, or a .npy array with --pixel-spacing-mm)")
+        raise PortalImageError(f"{name}: {_NOT_DICOM}")
     return ds
 
 

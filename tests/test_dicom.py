@@ -693,12 +693,12 @@ def test_text_mode_file_is_refused(tmp_path):
 def test_not_a_dicom_file(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("this is not an image\n" * 50)
-    with pytest.raises(PortalImageError, match=r"^notes\.txt: not a DICOM file$"):
+    with pytest.raises(PortalImageError, match=r"^notes\.txt: not a DICOM file \(expected a DICOM RT Image\)$"):
         read_rt_image(text)
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-    with pytest.raises(PortalImageError, match=r"^<bytes>: not a DICOM file$"):
+    with pytest.raises(PortalImageError, match=r"^<bytes>: not a DICOM file \(expected a DICOM RT Image\)$"):
         read_rt_image(png)
-    with pytest.raises(PortalImageError, match=r"^<bytes>: not a DICOM file$"):
+    with pytest.raises(PortalImageError, match=r"^<bytes>: not a DICOM file \(expected a DICOM RT Image\)$"):
         read_dataset(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
 
 

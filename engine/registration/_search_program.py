@@ -28,9 +28,11 @@ from portalign.kernels.cpu.program import (
     METHOD_MI,
     OUT_NAMES,
     SETTING_NAMES,
+    STAGE_LEVELS,
 )
 from portalign.kernels.cpu.refine import MAX_STENCIL
 
+from ..errors import PortalignError
 from ._plan import FramePlan, Level
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, rotation_support_mm
 from ._refine import MAX_ROTATION_STEP, SPLIT_HALF_ITERATIONS, edge_score, evaluate, mi_score, newton, split_half_spread
@@ -113,8 +115,12 @@ def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
     found = plan.program_inputs.get(polish)
     if found is None:
         stage = _stage_levels(plan, polish)
+        if len(stage) > STAGE_LEVELS:
+            raise PortalignError(f"a plan with {len(stage)} search levels: the compiled program takes {STAGE_LEVELS}")
+        # padded to a fixed length with the coarse level (never read): one compiled program for every plan
+        padded = [*stage, *[stage[0]] * (STAGE_LEVELS - len(stage))]
         levels = tuple((lv.pixel_rows, lv.pixel_cols, lv.feat_re, lv.feat_im, lv.ref_re, lv.ref_im, lv.bins,
-                        lv.ref_bins, lv.geometry) for lv in stage)
+                        lv.ref_bins, lv.geometry) for lv in padded)
         found = plan.program_inputs[polish] = (
             stage, levels, np.array([lv.spacing for lv in stage], dtype=np.float64),
             np.array([lv.index for lv in stage], dtype=np.int64), np.zeros(len(stage), dtype=np.int64))

@@ -35,7 +35,8 @@ from .correlation import coarse_search
 from .mutual_information import mutual_information
 from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, rotation_lever_arm
 
-__all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS"]
+__all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
+           "STAGE_LEVELS"]
 
 #: ``settings[i]`` of :func:`search_program`.
 SETTING_NAMES = (
@@ -55,6 +56,9 @@ METHOD_MI = 1
 METHOD_AUTO = 2
 #: Most level records (later and polishing levels) the program writes.
 MAX_RECORDS = 8
+#: The levels tuple always has this many entries (padded with the coarse level): one compiled program for every
+#: plan, whatever its number of levels (numba compiles once per tuple length).
+STAGE_LEVELS = 8
 
 _O = {name: i for i, name in enumerate(OUT_NAMES)}
 _DX, _DY, _THETA, _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_O[k] for k in OUT_NAMES[:8])
@@ -89,10 +93,17 @@ def _newton_half(level, first, count, spacing, pose, iterations, r_eff, rotate, 
     """Edge Newton ascent on the alternate usable pixels starting at ``first`` (the split-half check)."""
     rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
     half = (count - first + 1) // 2
+    # contiguous copies: a strided view would compile the whole refine chain a second time, for another layout
+    half_rows = np.empty(half, dtype=rows.dtype)
+    half_cols = np.empty(half, dtype=cols.dtype)
+    for t in range(half):
+        half_rows[t] = rows[first + 2 * t]
+        half_cols[t] = cols[first + 2 * t]
     theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
     step = np.array([spacing[1], spacing[0], theta_step])
-    refine(EDGE, rows[first:count:2], cols[first:count:2], half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins,
-           geometry, pose, step, iterations, tolerance, False, theta_limit, False, hist, result)
+    no = np.bool_(False)  # typed, not literal: see search_program
+    refine(np.int64(EDGE), half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
+           step, iterations, tolerance, no, theta_limit, no, hist, result)
 
 
 @njit(cache=True, nogil=True)
@@ -107,8 +118,9 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
 
     Parameters
     ----------
-    levels : tuple of level tuples
-        Coarse level, first refinement level, ``n_later`` later levels, ``n_polish`` polishing levels.
+    levels : tuple of STAGE_LEVELS level tuples
+        Coarse level, first refinement level, ``n_later`` later levels, ``n_polish`` polishing levels, then
+        padding (never read).
     counts : int64[n_levels]
     spacings : float64[n_levels, 2]
     level_index : int64[n_levels]
@@ -153,6 +165,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     min_support, min_usable = settings[10], settings[11]
     split_below, split_iterations, max_step = settings[12], int(settings[13]), settings[14]
     out[:] = np.nan
+    # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
+    # literal argument value, and the refine chain is the costliest compile there is
+    edge_id, mi_id, one = np.int64(EDGE), np.int64(MI), np.int64(1)
+    n_stencil = np.int64(STENCIL_3D.shape[0])
+    no, yes = np.bool_(False), np.bool_(True)
     n_ranked_max = ranked.shape[0]
     scratch_poses = np.empty((STENCIL_3D.shape[0], 3))
     sums = np.empty((STENCIL_3D.shape[0], 3))
@@ -178,7 +195,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     # 3. rank the optima by their edge score where the search put them, refine the best -----------
     only_level = n_later == 0
     first_tolerance = fine_tolerance if only_level else coarse_tolerance
-    _evaluate(first, counts[1], scratch_poses, kept, EDGE, False, hist, sums, values)
+    _evaluate(first, counts[1], scratch_poses, kept, edge_id, no, hist, sums, values)
     order = np.argsort(-values[:kept], kind="mergesort")  # stable, as the engine's argsort
     top = max(peak_scores[0], 1e-30)
     kept_scores = peak_scores[:found].copy()
@@ -193,8 +210,8 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         ranked[r, 0:3] = scratch_poses[i, :]
         ranked[r, 3] = values[i]
         ranked[r, 4] = kept_scores[kept_index[i]] / top
-    _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), EDGE, iterations[0], r_eff, rotate, theta_limit,
-            normalised, first_tolerance, False, max_step, hist, result)
+    _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), edge_id, iterations[0], r_eff, rotate, theta_limit,
+            normalised, first_tolerance, no, max_step, hist, result)
     best = result[:3].copy()
     best_score = max(result[3], ranked[0, 3])
     ambiguity = 0.0
@@ -207,8 +224,8 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         ratio = other_score / ranked[0, 3]  # both unrefined
         if ratio >= recheck_ratio or ranked[r, 4] >= coarse_recheck:
             # a close call: refine the runner-up too; on a broad peak it walks onto the winner
-            _newton(first, counts[1], spacings[1], other, EDGE, recheck_iterations, r_eff, rotate, theta_limit,
-                    normalised, coarse_tolerance, False, max_step, hist, result)
+            _newton(first, counts[1], spacings[1], other, edge_id, recheck_iterations, r_eff, rotate, theta_limit,
+                    normalised, coarse_tolerance, no, max_step, hist, result)
             other = result[:3].copy()
             other_score = result[3]
             if math.hypot(other[0] - best[0], other[1] - best[1]) <= distinct:
@@ -231,15 +248,15 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         for k in range(STENCIL_3D.shape[0]):
             for a in range(3):
                 scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
-        _evaluate(coarse, counts[0], scratch_poses, STENCIL_3D.shape[0], EDGE, False, hist, sums, values)
+        _evaluate(coarse, counts[0], scratch_poses, n_stencil, edge_id, no, hist, sums, values)
         support = rotation_lever_arm(values, step)
         out[_SUPPORT] = support
         if support < min_support:
             rotate = False
             unsupported = True
             start = np.array([pose[0], pose[1], 0.0])
-            _newton(first, counts[1], spacings[1], start, EDGE, iterations[0], r_eff, False, theta_limit, normalised,
-                    first_tolerance, False, max_step, hist, result)
+            _newton(first, counts[1], spacings[1], start, edge_id, iterations[0], r_eff, no, theta_limit, normalised,
+                    first_tolerance, no, max_step, hist, result)
             pose = result[:3].copy()
             score = result[3]
     # later levels, then the polishing ones (a clean frame carries detail finer than the working levels)
@@ -252,7 +269,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         is_finest = i == n_later - 1
         its = iterations[2] if is_finest else iterations[min(i + 1, 2)]
         _newton(levels[j], counts[j], spacings[j], pose, level_metric, its, r_eff, rotate, theta_limit, normalised,
-                fine_tolerance if is_finest else coarse_tolerance, False, max_step, hist, result)
+                fine_tolerance if is_finest else coarse_tolerance, no, max_step, hist, result)
         pose = result[:3].copy()
         score = result[3]
         if n_records < records.shape[0]:
@@ -269,7 +286,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
             if counts[j] < min_usable:
                 break
             _newton(levels[j], counts[j], spacings[j], pose, level_metric, iterations[2], r_eff, rotate, theta_limit,
-                    normalised, fine_tolerance, False, max_step, hist, result)
+                    normalised, fine_tolerance, no, max_step, hist, result)
             pose = result[:3].copy()
             score = result[3]
             if n_records < records.shape[0]:
@@ -280,23 +297,24 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
                 n_records += 1
             finest = j
             refined_later = True
+    fin = levels[finest]  # one runtime index into the levels tuple (each one is a switch over its entries)
     if method == METHOD_MI and not refined_later:
         # a single-level plan: the MI refinement still runs, on the only level there is
-        _newton(levels[finest], counts[finest], spacings[finest], pose, MI, iterations[2], r_eff, rotate,
-                theta_limit, normalised, 0.02, False, max_step, hist, result)
+        _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate,
+                theta_limit, normalised, 0.02, no, max_step, hist, result)
         pose = result[:3].copy()
         score = result[3]
     if method == METHOD_AUTO:
         # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
-        _newton(levels[finest], counts[finest], spacings[finest], pose, MI, 1, r_eff, rotate, theta_limit, normalised,
-                0.02, True, max_step, hist, result)
+        _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, rotate, theta_limit, normalised,
+                0.02, yes, max_step, hist, result)
         out[_MI_X] = result[0]
         out[_MI_Y] = result[1]
         out[_MI_T] = result[2]
         out[_MI_GAP] = math.hypot(result[0] - pose[0], result[1] - pose[1])
     if method == METHOD_MI:
         scratch_poses[0, :] = pose
-        _evaluate(levels[finest], counts[finest], scratch_poses, 1, EDGE, False, hist, sums, values)
+        _evaluate(fin, counts[finest], scratch_poses, one, edge_id, no, hist, sums, values)
         final_edge = values[0]
     else:
         final_edge = score  # the quadratic model's value at the final edge optimum
@@ -305,17 +323,17 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     elif method == METHOD_AUTO:
         # the MI check's stencil centre was the final pose: its histogram is still in the scratch
         mi = np.empty(1)
-        mutual_information(hist[:1], True, mi)
+        mutual_information(hist[:1], yes, mi)
         reported = mi[0] - 1.0
     else:
         scratch_poses[0, :] = pose
-        _evaluate(levels[finest], counts[finest], scratch_poses, 1, MI, True, hist, sums, values)
+        _evaluate(fin, counts[finest], scratch_poses, one, mi_id, yes, hist, sums, values)
         reported = values[0] - 1.0
     # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
     if check_precision and not no_match and final_edge < split_below:
         halves = np.empty((2, 3))
         for h in range(2):
-            _newton_half(levels[finest], h, counts[finest], spacings[finest], pose, split_iterations, r_eff, rotate,
+            _newton_half(fin, h, counts[finest], spacings[finest], pose, split_iterations, r_eff, rotate,
                          theta_limit, 0.05, max_step, hist, result)
             halves[h, :] = result[:3]
         out[_SPLIT_MM] = math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1])
