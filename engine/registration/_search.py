@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._plan import FramePlan, Level
+from ._plan import CoarseSearch, FramePlan, Level
 
-__all__ = ["global_search", "Candidate", "DISTINCT_MM"]
+__all__ = ["global_search", "searched_rotations", "Candidate", "DISTINCT_MM"]
 
 #: Candidates closer than this (mm) are the same optimum (a broad peak, not an ambiguity).
 DISTINCT_MM = 3.0
@@ -29,15 +29,19 @@ class Candidate:
     coarse_ratio: float = 1.0  # global-search peak over the best global-search peak
 
 
+def searched_rotations(cs: CoarseSearch, rotate: bool) -> tuple:
+    """Return the reference spectra, energies, angles and window buffer searched: every rotation, or 0 only."""
+    if rotate:
+        return cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
+    zero = cs.zero_index  # translation only: just the surface of rotation 0
+    return (cs.ref_spectra_conj[zero:zero + 1], cs.ref_energy[zero:zero + 1], cs.thetas[zero:zero + 1],
+            cs.window[zero:zero + 1])
+
+
 def global_search(backend, plan: FramePlan, level: Level, n_candidates: int, rotate: bool) -> list[Candidate]:  # type: ignore[no-untyped-def]
     """Best distinct (translation, rotation) optima of the edge cross-correlation (rotation 0 only if not ``rotate``)."""
     cs = plan.coarse
-    if rotate:
-        spectra, energy, thetas, window = cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
-    else:  # translation only: just the surface of rotation 0
-        zero = cs.zero_index
-        spectra, energy = cs.ref_spectra_conj[zero:zero + 1], cs.ref_energy[zero:zero + 1]
-        thetas, window = cs.thetas[zero:zero + 1], cs.window[zero:zero + 1]
+    spectra, energy, thetas, window = searched_rotations(cs, rotate)
     # one call: spectrum, each rotation's window of the surface (index m = zero shift), normalisation, peaks
     found = backend.kernels.coarse_search(
         level.feat_re, level.feat_im, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, spectra, energy,

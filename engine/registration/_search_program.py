@@ -36,7 +36,7 @@ from ..errors import PortalignError
 from ._plan import FramePlan, Level
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, rotation_support_mm
 from ._refine import MAX_ROTATION_STEP, SPLIT_HALF_ITERATIONS, edge_score, evaluate, mi_score, newton, split_half_spread
-from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search
+from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search, searched_rotations
 
 __all__ = ["SearchOutcome", "search_compiled", "search_eager", "SETTINGS", "ITERATIONS"]
 
@@ -134,12 +134,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
     for i, level in enumerate(stage):
         counts[i] = level.usable
     cs = plan.coarse
-    if rotate:
-        spectra, energy, thetas, window = cs.ref_spectra_conj, cs.ref_energy, cs.thetas, cs.window
-    else:  # translation only: just the surface of rotation 0
-        zero = cs.zero_index
-        spectra, energy = cs.ref_spectra_conj[zero:zero + 1], cs.ref_energy[zero:zero + 1]
-        thetas, window = cs.thetas[zero:zero + 1], cs.window[zero:zero + 1]
+    spectra, energy, thetas, window = searched_rotations(cs, rotate)
     scratch = plan.program_scratch
     ranked, records, out = scratch["ranked"], scratch["records"], scratch["out"]
     backend.kernels.search_program(

@@ -26,7 +26,12 @@ library behind ``scipy.fft``, called from numba through rocket-fft (which makes
 from __future__ import annotations
 
 import numpy as np
-import rocket_fft  # noqa: F401  (registers scipy.fft for numba's nopython mode)
+
+try:
+    import rocket_fft  # noqa: F401  (registers scipy.fft for numba's nopython mode)
+except ImportError as exc:  # a --no-deps install (a GPU machine without network) that did not carry its wheel
+    raise ImportError("portalign needs rocket-fft (scipy.fft inside numba-compiled code, the CPU global search): "
+                      "pip install 'rocket-fft>=0.4.1,<0.5'") from exc
 import scipy.fft
 from numba import njit
 from scipy import fft as sp_fft

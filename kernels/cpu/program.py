@@ -264,39 +264,30 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     n_records = 0
     finest = 1
     refined_later = False
-    for i in range(n_later):
+    n_refined = n_later + (n_polish if polish and not no_match else 0)
+    for i in range(n_refined):
         j = 2 + i
-        is_finest = i == n_later - 1
-        its = iterations[2] if is_finest else iterations[min(i + 1, 2)]
+        polishing = i >= n_later
+        if polishing and counts[j] < min_usable:
+            break
+        if polishing:
+            its, tolerance = iterations[2], fine_tolerance
+        elif i == n_later - 1:  # the finest working level
+            its, tolerance = iterations[2], fine_tolerance
+        else:
+            its, tolerance = iterations[min(i + 1, 2)], coarse_tolerance
         _newton(levels[j], counts[j], spacings[j], pose, level_metric, its, r_eff, rotate, theta_limit, normalised,
-                fine_tolerance if is_finest else coarse_tolerance, no, max_step, hist, result)
+                tolerance, no, max_step, hist, result)
         pose = result[:3].copy()
         score = result[3]
         if n_records < records.shape[0]:
             records[n_records, 0] = level_index[j]
             records[n_records, 1] = level_metric
             records[n_records, 2] = score
-            records[n_records, 3] = 0.0
+            records[n_records, 3] = 1.0 if polishing else 0.0
             n_records += 1
         finest = j
         refined_later = True
-    if polish and not no_match:
-        for i in range(n_polish):
-            j = 2 + n_later + i
-            if counts[j] < min_usable:
-                break
-            _newton(levels[j], counts[j], spacings[j], pose, level_metric, iterations[2], r_eff, rotate, theta_limit,
-                    normalised, fine_tolerance, no, max_step, hist, result)
-            pose = result[:3].copy()
-            score = result[3]
-            if n_records < records.shape[0]:
-                records[n_records, 0] = level_index[j]
-                records[n_records, 1] = level_metric
-                records[n_records, 2] = score
-                records[n_records, 3] = 1.0
-                n_records += 1
-            finest = j
-            refined_later = True
     fin = levels[finest]  # one runtime index into the levels tuple (each one is a switch over its entries)
     if method == METHOD_MI and not refined_later:
         # a single-level plan: the MI refinement still runs, on the only level there is
