@@ -3,13 +3,14 @@
 1. Pyramid of the frame (2x2 box means), field detection on a small level,
    field-edge band removed from the masks of every level used (``_frame``).
 2. Quality of the frame before any matching (``_quality``).
-3. Global search at the coarse level (``_search``): FFT cross-correlation of
-   doubled-angle edge features for every candidate rotation; the best few
-   distinct optima become candidates, ranked on the first refinement level by
-   edge correlation (a score whose zero means "no match", so the runner-up
-   measures ambiguity).
-4. Refinement level by level (``_refine``), the MI cross-check, then the checks
-   that decide ``ok``.
+3. Search and refinement (``_search_program``): the global search at the coarse level
+   (``_search``: FFT cross-correlation of doubled-angle edge features for every candidate
+   rotation; the best few distinct optima become candidates), their ranking on the first
+   refinement level by edge correlation (a score whose zero means "no match", so the
+   runner-up measures ambiguity), the Newton ascent level by level (``_refine``), the
+   rotation lever arm, the MI cross-check and the split-half precision check. On the CPU
+   this stage is one compiled call; the GPU runs its steps one kernel-set call at a time.
+4. The checks that decide ``ok``, and the result.
 """
 
 from __future__ import annotations

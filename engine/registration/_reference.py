@@ -205,7 +205,8 @@ class Reference:
 
     def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
               field_mm: float | None = None) -> LanePool:
-        key: tuple = (tuple(shape), tuple(round(s, 9) for s in spacing), tuple(round(a, 6) for a in axis))
+        # written out (no generators): this runs for every frame
+        key: tuple = (tuple(shape), (round(spacing[0], 9), round(spacing[1], 9)), (round(axis[0], 6), round(axis[1], 6)))
         if field_mm is not None:
             # half-octave classes of field size share a plan, sized for the class's smallest field
             size_class = math.floor(2.0 * math.log2(max(field_mm, 1e-3))) / 2.0
