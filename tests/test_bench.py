@@ -285,3 +285,19 @@ def test_frame_never_comes_back_from_the_device():
     # the frame goes up once; everything else uploaded is a few poses
     assert work["frame_bytes"] <= work["upload_bytes"] <= 1.1 * work["frame_bytes"]
     assert work["kernel_calls"]["downsample2"] >= 1 and work["kernel_calls"]["coarse_search"] == 1
+
+
+@pytest.mark.real_data
+def test_portal_pairs_bench_registers_portal_against_portal(capsys):
+    from bench import portal_pairs
+    from bench.cases import CT_FOLDER
+
+    if not CT_FOLDER.is_dir():
+        pytest.skip(f"the thorax CT is not at {CT_FOLDER}")
+    assert portal_pairs.main(["--pairs", "1", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    line = next(text for text in out.splitlines() if text.startswith("pair 0"))
+    error = float(line.split("portalign ")[1].split(" mm")[0])
+    # the couch shift projected on the image (parallax aside) is found within half a millimetre, and ok
+    assert "ok=True" in line and error < 0.5
+    assert "median translation error: portalign" in out
