@@ -314,7 +314,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     elif method == METHOD_AUTO:
         # the MI check's stencil centre was the final pose: its histogram is still in the scratch
         mi = np.empty(1)
-        mutual_information(hist[:1], yes, mi)
+        mutual_information(hist[:1], yes, mi)  # type: ignore[arg-type]  # a numba boolean, typed on purpose
         reported = mi[0] - 1.0
     else:
         scratch_poses[0, :] = pose
