@@ -38,7 +38,7 @@ from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, rotation_suppo
 from ._refine import MAX_ROTATION_STEP, SPLIT_HALF_ITERATIONS, edge_score, evaluate, mi_score, newton, split_half_spread
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search, searched_rotations
 
-__all__ = ["SearchOutcome", "search_compiled", "search_eager", "SETTINGS", "ITERATIONS"]
+__all__ = ["SearchOutcome", "search_compiled", "search_eager", "program_scratch", "SETTINGS", "ITERATIONS"]
 
 #: Newton iterations per refinement level (coarsest first); the finest gets the last entry.
 ITERATIONS = (3, 3, 4)
