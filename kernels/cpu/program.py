@@ -77,12 +77,18 @@ def _evaluate(level, count, poses, n, metric, normalised, hist, sums, values):  
 
 
 @njit(cache=True, nogil=True)
+def _steps(spacing, r_eff, rotate, max_rotation_step):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Stencil steps ``(mm, mm, rad)`` as ``portalign.registration._refine.newton`` chooses them (0 rad: no rotation)."""
+    theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
+    return np.array([spacing[1], spacing[0], theta_step])
+
+
+@njit(cache=True, nogil=True)
 def _newton(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised, tolerance,  # type: ignore[no-untyped-def]
             star, max_rotation_step, hist, result):  # pragma: no cover
     """Newton ascent as ``portalign.registration._refine.newton``; pose in ``result[:3]``, score in ``result[3]``."""
     rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
-    theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
-    step = np.array([spacing[1], spacing[0], theta_step])
+    step = _steps(spacing, r_eff, rotate, max_rotation_step)
     refine(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose, step,
            iterations, tolerance, star, theta_limit, normalised, hist, result)
 
@@ -99,8 +105,7 @@ def _newton_half(level, first, count, spacing, pose, iterations, r_eff, rotate, 
     for t in range(half):
         half_rows[t] = rows[first + 2 * t]
         half_cols[t] = cols[first + 2 * t]
-    theta_step = min(min(spacing[0], spacing[1]) / r_eff, max_rotation_step) if rotate else 0.0
-    step = np.array([spacing[1], spacing[0], theta_step])
+    step = _steps(spacing, r_eff, rotate, max_rotation_step)
     no = np.bool_(False)  # typed, not literal: see search_program
     refine(np.int64(EDGE), half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
            step, iterations, tolerance, no, theta_limit, no, hist, result)
@@ -187,29 +192,23 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         found = 1
     # optima far below the best cannot come near it after refinement
     kept = 0
+    kept_peaks = np.empty(found)  # the global-search peak of each kept optimum
     for i in range(found):
-        if peak_scores[i] >= floor * peak_scores[0]:
+        if peak_scores[i] >= floor * peak_scores[0] and kept < n_ranked_max:
             scratch_poses[kept, :] = peak_poses[i, :]
+            kept_peaks[kept] = peak_scores[i]
             kept += 1
-    kept = min(kept, n_ranked_max)
     # 3. rank the optima by their edge score where the search put them, refine the best -----------
     only_level = n_later == 0
     first_tolerance = fine_tolerance if only_level else coarse_tolerance
     _evaluate(first, counts[1], scratch_poses, kept, edge_id, no, hist, sums, values)
     order = np.argsort(-values[:kept], kind="mergesort")  # stable, as the engine's argsort
     top = max(peak_scores[0], 1e-30)
-    kept_scores = peak_scores[:found].copy()
-    kept_index = np.empty(kept, dtype=np.int64)
-    n = 0
-    for i in range(found):
-        if peak_scores[i] >= floor * peak_scores[0] and n < kept:
-            kept_index[n] = i
-            n += 1
     for r in range(kept):
         i = order[r]
         ranked[r, 0:3] = scratch_poses[i, :]
         ranked[r, 3] = values[i]
-        ranked[r, 4] = kept_scores[kept_index[i]] / top
+        ranked[r, 4] = kept_peaks[i] / top
     _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), edge_id, iterations[0], r_eff, rotate, theta_limit,
             normalised, first_tolerance, no, max_step, hist, result)
     best = result[:3].copy()
