@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["add_invert_argument", "as_flags", "HelpFormatter"]
+__all__ = ["add_invert_argument", "as_flags", "export_reg", "HelpFormatter"]
 
 #: RegistrationOptions / reader keywords whose command-line flag is not the keyword with dashes.
 _FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index"}
@@ -82,3 +85,29 @@ def as_flags(message: str, parser: argparse.ArgumentParser | None = None) -> str
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=?(?![\w])", flag, message)
     # "set allow_view_mismatch=True (--allow-view-mismatch)" has become "--allow-view-mismatch (--allow-view-mismatch)"
     return re.sub(r"(--[\w-]+) \(\1\)", r"\1", message)
+
+
+def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, write: Callable[[], Any]) -> int:
+    """Write ``--reg-out`` for a result already printed; return the command's exit status.
+
+    A result that is not ok gets no REG (said on stderr; status 0). ``write()`` writes the file and returns the
+    dataset, whose ``portalign_warnings`` (what the REG had to assume) are printed on stderr. A REG that cannot
+    be written is one line naming the flag and the reason, status 2: the result above still stands.
+    """
+    from .errors import PortalignError
+
+    path = args.reg_out
+    if not ok:
+        print(f"portalign {command}: --reg-out {path}: not written: the result is not ok ({reason})", file=sys.stderr)
+        return 0
+    try:
+        ds = write()
+    except (PortalignError, OSError) as exc:
+        message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
+        print(f"portalign {command}: error: --reg-out {path}: not written: {message}", file=sys.stderr)
+        return 2
+    for warning in ds.portalign_warnings:
+        print(f"portalign {command}: --reg-out {path}: {warning}", file=sys.stderr)
+    if not getattr(args, "json", False):
+        print(f"REG written to {path}")
+    return 0

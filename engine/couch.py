@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords
+from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, export_reg, geometry_keywords
 from .errors import GeometryError, PortalignError
 from .image import Image, as_image
 from .options import RegistrationOptions
@@ -716,22 +716,12 @@ def run(args: argparse.Namespace) -> int:
         print(couch.as_json())
     else:
         print(_text_report(couch))
-    if args.reg_out and not couch.ok:
-        print(f"portalign couch: --reg-out {args.reg_out}: not written: the result is not ok ({couch.reason})",
-              file=sys.stderr)
-    elif args.reg_out:
-        from .reg import write_spatial_registration
+    if not args.reg_out:
+        return 0
+    from .reg import write_spatial_registration
 
-        try:
-            ds = write_spatial_registration(args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs],
-                                            patient_position=args.patient_position)
-        except (PortalignError, OSError) as exc:
-            message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
-            print(f"portalign couch: error: --reg-out {args.reg_out}: not written: {message}", file=sys.stderr)
-            return 2
-        for warning in ds.portalign_warnings:
-            print(f"portalign couch: --reg-out {args.reg_out}: {warning}", file=sys.stderr)
-    return 0
+    return export_reg("couch", args, couch.ok, couch.reason, lambda: write_spatial_registration(
+        args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position))
 
 
 def _text_report(couch: CouchShift) -> str:

@@ -353,6 +353,14 @@ def test_cli_register3d_json_and_reg_out(cli_case, capsys):
     referenced = ds.RegistrationSequence[0].ReferencedImageSequence[0]
     assert referenced.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # a CT slice of the series
 
+    # a REG that cannot be written: one line naming the flag, after the result (which still stands)
+    blocked = root / "no_such_folder" / "reg.dcm"
+    status = main(["register3d", str(root / "ct"), *map(str, paths), "--isocenter-mm", ",".join(map(str, iso)),
+                   "--backend", "cpu", "--json", "--reg-out", str(blocked)])
+    out, err = capsys.readouterr()
+    assert status == 2 and json.loads(out)["ok"] is True and not blocked.exists()
+    assert err.startswith(f"portalign register3d: error: --reg-out {blocked}: not written:") and "\n" not in err.strip()
+
 
 def test_cli_register3d_text_and_errors(cli_case, capsys, tmp_path):
     from portalign.cli import main

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords
+from .._cli_options import add_geometry_arguments, add_invert_argument, as_flags, export_reg, geometry_keywords
 from ..couch import AXES
 from ..errors import GeometryError, PortalignError
 
@@ -62,19 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # the result is shown whatever happens to the REG file: a failed export never hides a measurement
     print(result.as_json() if args.json else text_report(result))
-    if args.reg_out and not result.ok:
-        print(f"portalign register3d: --reg-out {args.reg_out}: not written: the result is not ok ({result.reason})",
-              file=sys.stderr)
-    elif args.reg_out:
-        try:
-            _write_reg(args, result, ct, frames, isocenter)
-        except PortalignError as exc:
-            print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}",
-                  file=sys.stderr)
-            return 2
-        if not args.json:
-            print(f"REG written to {args.reg_out}")
-    return 0
+    if not args.reg_out:
+        return 0
+    return export_reg("register3d", args, result.ok, result.reason, lambda: _write_reg(args, result, ct, frames, isocenter))
 
 
 def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, float, float]:
@@ -99,7 +89,7 @@ def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, floa
                         "X,Y,Z (DICOM patient coordinates of the CT, mm) or --plan RTPLAN")
 
 
-def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any], isocenter: Any) -> None:
+def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any], isocenter: Any) -> Any:
     """Write the result as a REG: the CT's frame of reference (one of its slices referenced) and the frames."""
     from ..couch import CouchShift
     from ..dicom import read_dataset
@@ -130,7 +120,7 @@ def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any]
     if missing:
         # a REG matrix has no way to say "not measured": a 0 there would be a silent wrong value
         raise PortalignError(
-            f"--reg-out {args.reg_out}: the registration did not measure {', '.join(missing)} "
+            f"the registration did not measure {', '.join(missing)} "
             f"({len(args.frames)} view(s) constrain only the others), and a REG matrix cannot carry a value that was "
             "not measured; add a frame at another gantry angle (two non-parallel views give all six), or leave out "
             "--reg-out"
@@ -144,8 +134,8 @@ def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any]
         views=result.views, condition=float("nan"), separation_deg=float("nan"), ok=result.ok, reason=result.reason,
         patient_position=result.patient_position,
     )
-    write_spatial_registration(args.reg_out, couch, reference, frames, patient_position=result.patient_position,
-                               isocentre_mm=isocenter, series_description="portalign 6-DOF 2D/3D registration")
+    return write_spatial_registration(args.reg_out, couch, reference, frames, patient_position=result.patient_position,
+                                      isocentre_mm=isocenter, series_description="portalign 6-DOF 2D/3D registration")
 
 
 def unmeasured_components(result: Any) -> list[str]:
