@@ -327,7 +327,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _understood(image: Any) -> dict[str, Any]:
     """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
-    from .field import detect_field
+    from .field import box_reduce, detect_field
 
     info = image.info
     kvp = info.extra.get("kvp")
@@ -340,7 +340,7 @@ def _understood(image: Any) -> dict[str, Any]:
         nature = f"portal image ({kvp / 1000:g} MV treatment beam)" if kvp else "portal image (MV treatment beam)"
     else:
         nature = "projection image of unknown kind"
-    small, factor = _reduced(image.pixels)
+    small, factor = box_reduce(image.pixels, 256)
     field = detect_field(small)
     out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
     if nature.startswith("kV"):
@@ -365,17 +365,6 @@ def _understood(image: Any) -> dict[str, Any]:
         "(GantryAngle, BeamLimitingDeviceAngle, PatientSupportAngle); views are then not compared on "
         f"{'it' if len(missing) == 1 else 'them'}" if missing else "")
     return out
-
-
-def _reduced(pixels: np.ndarray, max_pixels: int = 256) -> tuple[np.ndarray, int]:
-    """Box-average by powers of two to at most ``max_pixels`` a side (field detection works on a small level)."""
-    img = pixels.astype(np.float64)
-    factor = 1
-    while max(img.shape) > max_pixels and min(img.shape) >= 32:
-        r, c = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-        img = 0.25 * (img[0:r:2, 0:c:2] + img[1:r:2, 0:c:2] + img[0:r:2, 1:c:2] + img[1:r:2, 1:c:2])
-        factor *= 2
-    return img, factor
 
 
 def _rounded(value: Any) -> Any:

@@ -33,8 +33,8 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["FieldEstimate", "detect_field", "find_field", "field_size_mm", "planned_aperture_covers", "penumbra_extent_mm",
-           "sample_mask", "NO_FIELD", "NO_FIELD_EDGE"]
+__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_size_mm", "planned_aperture_covers",
+           "penumbra_extent_mm", "sample_mask", "NO_FIELD", "NO_FIELD_EDGE"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -167,6 +167,21 @@ def _radiation_is_bright(image: Image) -> bool:
     """Whether the loader established that higher values mean more radiation (a sign tag, a known encoding)."""
     reason = str(image.info.extra.get("intensity_sign_reason") or "")
     return bool(reason) and not reason.startswith("no PixelIntensityRelationshipSign")
+
+
+def box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
+    """Box-average by powers of two until the larger side is at most ``max_pixels`` (field detection's small level).
+
+    Returns the float64 image and the factor (pixels of ``pixels`` per pixel of the result, per axis). Stops
+    before a side falls under 32 pixels.
+    """
+    img = pixels.astype(np.float64)
+    factor = 1
+    while max(img.shape) > max_pixels and min(img.shape) >= 32:
+        r, c = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+        img = 0.25 * (img[0:r:2, 0:c:2] + img[1:r:2, 0:c:2] + img[0:r:2, 1:c:2] + img[1:r:2, 1:c:2])
+        factor *= 2
+    return img, factor
 
 
 def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEstimate:

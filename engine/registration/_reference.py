@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from ..backends import Backend, cpu_backend, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
-from ..field import NO_FIELD, FieldEstimate, field_size_mm, find_field, penumbra_extent_mm, sample_mask
+from ..field import NO_FIELD, FieldEstimate, box_reduce, field_size_mm, find_field, penumbra_extent_mm, sample_mask
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
@@ -41,7 +41,7 @@ from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
 from ._search import DISTINCT_MM, MAX_CANDIDATES
 from ._search_program import program_scratch
-from ._views import extent_box
+from ._views import extent_box, grid_extent
 
 __all__ = ["Reference", "prepare_reference"]
 
@@ -117,7 +117,7 @@ class Reference:
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
         field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
         if wants_field(options, image):
-            small, factor = _box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+            small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
             field_estimate = find_field(image, small)
             # a reference portal image shows the frame's field too: its penumbra must be cut out whole
             penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
@@ -317,10 +317,7 @@ class Reference:
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),
             refine_out=np.zeros(5),
             program_scratch=program_scratch(),
-            view_boxes=(extent_box(self.image), [
-                (-0.5 - axis[0]) * spacing[1], (shape[1] - 0.5 - axis[0]) * spacing[1],
-                (-0.5 - axis[1]) * spacing[0], (shape[0] - 0.5 - axis[1]) * spacing[0],
-            ]),
+            view_boxes=(extent_box(self.image), grid_extent(shape, spacing, axis)),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
         )
@@ -476,17 +473,6 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 def _scaled(spacing: tuple[float, float], factor: int) -> tuple[float, float]:
     """Pixel spacing of a level ``factor`` times coarser."""
     return spacing[0] * factor, spacing[1] * factor
-
-
-def _box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
-    """Box-average by powers of two until the larger side is at most ``max_pixels``."""
-    img = pixels.astype(np.float64)
-    factor = 1
-    while max(img.shape) > max_pixels and min(img.shape) >= 32:
-        r, c = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-        img = 0.25 * (img[0:r:2, 0:c:2] + img[1:r:2, 0:c:2] + img[0:r:2, 1:c:2] + img[1:r:2, 1:c:2])
-        factor *= 2
-    return img, factor
 
 
 def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:

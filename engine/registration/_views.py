@@ -22,7 +22,7 @@ from typing import Any
 from ..image import Image, ImageInfo
 from ..options import RegistrationOptions
 
-__all__ = ["angle_difference_deg", "compare_views", "common_region", "extent_box"]
+__all__ = ["angle_difference_deg", "compare_views", "common_region", "extent_box", "grid_extent"]
 
 #: Angles compared, with the name a physicist uses for each (IEC 61217).
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
@@ -125,10 +125,14 @@ def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | No
 
 def extent_box(image: Image) -> list[float]:
     """Return ``[x_min, x_max, y_min, y_max]`` (mm at the isocentre plane, from the beam axis) of an image's pixels."""
-    rows, cols = image.shape
-    x0, y0 = image.pixel_to_mm(-0.5, -0.5)
-    x1, y1 = image.pixel_to_mm(cols - 0.5, rows - 0.5)
-    return [float(x0), float(x1), float(y0), float(y1)]
+    return grid_extent(image.shape, image.spacing_mm, image.beam_axis_px)
+
+
+def grid_extent(shape: tuple[int, int], spacing_mm: tuple[float, float], axis_px: tuple[float, float]) -> list[float]:
+    """Return :func:`extent_box` of a pixel grid: ``shape`` (rows, cols), ``(row, col)`` spacing, beam axis (col, row)."""
+    rows, cols = shape
+    return [float((-0.5 - axis_px[0]) * spacing_mm[1]), float((cols - 0.5 - axis_px[0]) * spacing_mm[1]),
+            float((-0.5 - axis_px[1]) * spacing_mm[0]), float((rows - 0.5 - axis_px[1]) * spacing_mm[0])]
 
 
 def _span(box: list[float]) -> str:
