@@ -471,15 +471,13 @@ def _pair(value: float | tuple[float, float], name: str) -> tuple[float, float]:
 def _beam_axes(gantry_deg: float, couch_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image +x, image +y and the unit vector towards the source, in IEC patient-support coordinates.
 
-    At couch 0 these are the IEC fixed coordinates; a couch angle ``s`` turns them by ``Rz(s)^T``.
+    At couch 0 these are the IEC fixed coordinates; a couch angle ``s`` turns them by ``Rz(s)^T``. The same
+    axes as the couch solver's (:func:`portalign.couch.image_axes`), whose third is the beam direction.
     """
-    g = math.radians(float(gantry_deg))
-    ex = np.array([math.cos(g), 0.0, -math.sin(g)])
-    ey = np.array([0.0, -1.0, 0.0])
-    s = math.radians(float(couch_deg))
-    to_support = np.array([[math.cos(s), math.sin(s), 0.0], [-math.sin(s), math.cos(s), 0.0], [0.0, 0.0, 1.0]])
-    ex, ey = to_support @ ex, to_support @ ey
-    return ex, ey, np.cross(ey, ex)  # ey x ex = -(beam direction) = towards the source
+    from .couch import image_axes
+
+    ex, ey, beam = image_axes(gantry_deg, couch_deg=couch_deg)
+    return ex, ey, -beam
 
 
 def _axis_rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
