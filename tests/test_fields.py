@@ -66,12 +66,17 @@ def test_handed_open_field_no_field_edge():
 @pytest.mark.parametrize(("name", "shift"), [("wl-3-30-18_card-000.dcm", (-7, 11)), ("wl-3-30-18_card-001.dcm", (15, 4)),
                                              ("wl-3-30-18_card-003.dcm", (9, -13))])
 def test_small_field_windows_of_truebeam_winston_lutz(name, shift):
-    """90 mm windows of a 20 mm MLC field inside 30 mm jaws, gantry 180 / 90 / 270."""
+    """90 mm windows of a 20 mm MLC field inside 30 mm jaws, gantry 180 / 90 / 270.
+
+    The frame's field pixels that fall outside the reference's own field are not compared (both masks
+    apply), so the edge score is symmetric about the true whole-pixel shift: within 0.01 mm (0.045 px).
+    With the frame's mask alone they counted as mismatches and tilted the peak by 0.015 mm.
+    """
     image = read(PYLINAC / "wl_shift_truebeam" / "cardinal" / name)
     ref, frame, dx, dy = centred_window_pair(image, 90, *shift)
     result = portalign.register(ref, frame, backend="cpu")
     assert result.ok, result.reason
-    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.1
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.01
 
 
 @needs_real

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from portalign.kernels import cpu
+from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.reference import correlation as ref_correlation
 from portalign.kernels.reference import edge as ref_edge
 from portalign.kernels.reference import gradient as ref_gradient
@@ -291,6 +292,7 @@ def _feature_inputs(seed: int = 0):
     r_re, r_im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
     cpu.orientation_features(frame, frame_mask, 50.0, f_re, f_im)
     cpu.orientation_features(reference, ref_mask_, 50.0, r_re, r_im)
+    r_re[5:12, 20:31] = INVALID_FEATURE  # a region where the reference is not valid (outside its field)
     rows, cols, count = listed_pixels(frame_mask)
     return rows, cols, count, f_re, f_im, r_re, r_im
 
@@ -321,6 +323,32 @@ def test_gradient_correlation_of_an_image_with_itself_is_one():
     # the last row/column has no cell to interpolate in, so S_rr misses the (zero) border features only;
     # S_ff adds float32 squares where S_fr adds float64 products: equal to ~1e-10
     assert out[0, 0] / np.sqrt(out[0, 1] * out[0, 2]) == pytest.approx(1.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("kernel", [cpu.gradient_correlation, ref_edge.gradient_correlation])
+def test_gradient_correlation_compares_only_where_both_images_are_valid(kernel):
+    # the same image in both, valid inside the same disc: a frame pixel whose reference sample needs an
+    # invalid pixel is left out of every sum, so the score is exactly symmetric in the shift (a fixed
+    # frame mask against the whole reference would tilt it, by the frame pixels that leave the disc)
+    image = structured_image(REF_SHAPE, 3)
+    yy, xx = np.mgrid[0:REF_SHAPE[0], 0:REF_SHAPE[1]]
+    disc = (np.hypot(yy - REF_SHAPE[0] / 2, xx - REF_SHAPE[1] / 2) < 0.35 * min(REF_SHAPE)).astype(np.uint8)
+    re, im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
+    cpu.orientation_features(image, disc, 50.0, re, im)
+    ref_re = re.copy()
+    ref_re[disc == 0] = INVALID_FEATURE
+    rows, cols, count = listed_pixels(disc)
+    shifts = [(0.0, 0.0), (2.0, 0.0), (-2.0, 0.0), (0.0, 3.0), (0.0, -3.0), (1.5, 0.0), (-1.5, 0.0)]
+    affines = np.array([[[1.0, 0.0, dx], [0.0, 1.0, dy]] for dx, dy in shifts])
+    rot = np.tile([1.0, 0.0], (len(shifts), 1))
+    out = np.empty((len(shifts), 3))
+    kernel(rows, cols, count, re, im, ref_re, im, affines, rot, out)
+    score = out[:, 0] / np.sqrt(out[:, 1] * out[:, 2])
+    assert score[0] == pytest.approx(1.0, abs=1e-9)
+    assert score[1] == pytest.approx(score[2], abs=1e-9) and score[3] == pytest.approx(score[4], abs=1e-9)
+    assert np.all(score[1:] < 1.0 - 1e-4)
+    # S_ff counts only the frame pixels that were compared: fewer than all of them once shifted
+    assert out[1, 1] < out[0, 1] and out[1, 1] == pytest.approx(out[2, 2], rel=1e-9)
 
 
 def test_metric_kernels_refuse_an_output_shorter_than_the_poses():

@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.cpu.refine import MAX_STENCIL
 from scipy import fft as sp_fft
 from scipy import ndimage
@@ -349,6 +350,8 @@ class Reference:
 
         cpu.quantize(ref_img, valid.astype(np.uint8), float(lo), float(hi), opts.bins, bins)
         re, im = _features(ref_img, valid)
+        # outside the valid region a frame pixel is not compared at all (both masks, as for MI's bins)
+        re[~valid] = INVALID_FEATURE
         level.ref_bins = backend.asarray(bins)
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)

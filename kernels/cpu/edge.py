@@ -12,6 +12,17 @@ over frame pixels with a non-zero feature, ``z_r`` sampled bilinearly. The
 normalised correlation ``S_fr / sqrt(S_ff * S_rr)`` lies in ``[-1, 1]`` and does
 not care whether edges are bright-to-dark or dark-to-bright.
 
+Both masks apply. Reference pixels outside the reference's valid region (its
+field less the edge band, its border) hold ``INVALID_FEATURE``; they enter the
+sample as zero features with no weight, and a frame pixel's energy counts in
+``S_ff`` by the valid share ``v`` of its bilinear weights (0 to 1, continuous in
+the pose). A frame pixel wholly over the reference's invalid region is not
+compared at all; one that maps off the reference image counts wholly (its edge
+finds no match there). With one mask only (the frame's), frame pixels leaving
+the reference's field count as mismatches, which tilts the score's peak toward
+the larger overlap; with both, two copies of one image score symmetrically
+about their true shift (ITK's fixed and moving masks work the same way).
+
 Pixels are split into a fixed number of chunks, each summed in order and the
 chunk sums added in order: the result does not depend on the thread count.
 """
@@ -21,8 +32,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gradient_correlation", "CHUNKS"]
+__all__ = ["gradient_correlation", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
 
+#: Real part of a reference feature where the reference is not valid (outside its field, off its border;
+#: the imaginary part is 0 there). Features lie in [-1, 1]. Such a pixel is a zero feature with no weight:
+#: a frame pixel's energy counts in ``S_ff`` by the bilinear share of valid pixels in its sample, so a
+#: frame pixel over the reference's invalid region is not compared at all (both masks apply, as for MI).
+INVALID_FEATURE = 4.0
+#: Reference feature values above this mark an invalid pixel.
+VALID_LIMIT = 2.0
 #: Fixed number of pixel chunks summed separately then added in order (deterministic for any thread count).
 CHUNKS = 16
 
@@ -51,7 +69,7 @@ def gradient_correlation(
     frame_re, frame_im : float32[rows, cols]
         Frame features (zero where masked).
     ref_re, ref_im : float32[ref_rows, ref_cols]
-        Reference features (zero where not valid).
+        Reference features; ``ref_re`` is ``INVALID_FEATURE`` (``ref_im`` 0) where the reference is not valid.
     affines : float64[K, 2, 3]
         Frame pixel -> reference pixel maps.
     rotations : float64[K, 2]
@@ -82,14 +100,12 @@ def gradient_correlation(
                 continue
             energy = fr * fr + fi * fi
             for k in range(n_pose):
-                acc[k, 1] += energy
                 x = affines[k, 0, 0] * j + affines[k, 0, 1] * i + affines[k, 0, 2]
                 y = affines[k, 1, 0] * j + affines[k, 1, 1] * i + affines[k, 1, 2]
-                if x < 0.0 or y < 0.0:
-                    continue
-                c0 = int(x)
-                r0 = int(y)
-                if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+                c0 = int(x) if x >= 0.0 else -1
+                r0 = int(y) if y >= 0.0 else -1
+                if c0 < 0 or r0 < 0 or c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+                    acc[k, 1] += energy  # off the reference image: the frame's edge finds no match
                     continue
                 wx = x - c0
                 wy = y - r0
@@ -97,8 +113,41 @@ def gradient_correlation(
                 w01 = wx * (1.0 - wy)
                 w10 = (1.0 - wx) * wy
                 w11 = wx * wy
-                rr = w00 * ref_re[r0, c0] + w01 * ref_re[r0, c0 + 1] + w10 * ref_re[r0 + 1, c0] + w11 * ref_re[r0 + 1, c0 + 1]
-                ri = w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0] + w11 * ref_im[r0 + 1, c0 + 1]
+                # an invalid reference pixel (outside its field) is a zero feature and no weight: the frame
+                # pixel counts in S_ff by the valid share of its sample, continuously in the pose
+                a00 = np.float64(ref_re[r0, c0])
+                a01 = np.float64(ref_re[r0, c0 + 1])
+                a10 = np.float64(ref_re[r0 + 1, c0])
+                a11 = np.float64(ref_re[r0 + 1, c0 + 1])
+                if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT:
+                    # the common case: a wholly valid cell
+                    rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
+                    ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
+                          + w11 * ref_im[r0 + 1, c0 + 1])
+                    acc[k, 1] += energy
+                else:
+                    v = 0.0
+                    rr = 0.0
+                    ri = 0.0
+                    if a00 <= VALID_LIMIT:
+                        v += w00
+                        rr += w00 * a00
+                        ri += w00 * np.float64(ref_im[r0, c0])
+                    if a01 <= VALID_LIMIT:
+                        v += w01
+                        rr += w01 * a01
+                        ri += w01 * np.float64(ref_im[r0, c0 + 1])
+                    if a10 <= VALID_LIMIT:
+                        v += w10
+                        rr += w10 * a10
+                        ri += w10 * np.float64(ref_im[r0 + 1, c0])
+                    if a11 <= VALID_LIMIT:
+                        v += w11
+                        rr += w11 * a11
+                        ri += w11 * np.float64(ref_im[r0 + 1, c0 + 1])
+                    if v <= 0.0:
+                        continue  # wholly outside the reference's valid region: not compared, not counted
+                    acc[k, 1] += v * energy
                 # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
                 tr = rotations[k, 0] * rr - rotations[k, 1] * ri
                 ti = rotations[k, 1] * rr + rotations[k, 0] * ri

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
+from ..cpu.edge import VALID_LIMIT
 from . import launch
-from .device import add_rn, fadd_rn, fmul_rn, mul_rn
+from .device import add_rn, mul_rn
 
 __all__ = ["gradient_correlation"]
 
@@ -75,14 +76,13 @@ def _gradient_correlation_blocks(rows, cols, count, frame_re, frame_im, ref_re, 
         fi = frame_im[i, j]
         if fr == 0.0 and fi == 0.0:
             continue
-        s_ff += float(fadd_rn(fmul_rn(fr, fr), fmul_rn(fi, fi)))  # float32 terms, as on the CPU
+        energy = add_rn(mul_rn(float(fr), float(fr)), mul_rn(float(fi), float(fi)))  # float64, as on the CPU
         x = add_rn(add_rn(mul_rn(a00, float(j)), mul_rn(a01, float(i))), a02)
         y = add_rn(add_rn(mul_rn(a10, float(j)), mul_rn(a11, float(i))), a12)
-        if x < 0.0 or y < 0.0:
-            continue
-        c0 = int(x)
-        r0 = int(y)
-        if c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+        c0 = int(x) if x >= 0.0 else -1
+        r0 = int(y) if y >= 0.0 else -1
+        if c0 < 0 or r0 < 0 or c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
+            s_ff += energy  # off the reference image: the frame's edge finds no match
             continue
         wx = x - c0
         wy = y - r0
@@ -90,18 +90,32 @@ def _gradient_correlation_blocks(rows, cols, count, frame_re, frame_im, ref_re, 
         w01 = wx * (1.0 - wy)
         w10 = (1.0 - wx) * wy
         w11 = wx * wy
-        rr = (
-            w00 * float(ref_re[r0, c0])
-            + w01 * float(ref_re[r0, c0 + 1])
-            + w10 * float(ref_re[r0 + 1, c0])
-            + w11 * float(ref_re[r0 + 1, c0 + 1])
-        )
-        ri = (
-            w00 * float(ref_im[r0, c0])
-            + w01 * float(ref_im[r0, c0 + 1])
-            + w10 * float(ref_im[r0 + 1, c0])
-            + w11 * float(ref_im[r0 + 1, c0 + 1])
-        )
+        v00 = float(ref_re[r0, c0])
+        v01 = float(ref_re[r0, c0 + 1])
+        v10 = float(ref_re[r0 + 1, c0])
+        v11 = float(ref_re[r0 + 1, c0 + 1])
+        v = 0.0
+        rr = 0.0
+        ri = 0.0
+        if v00 <= VALID_LIMIT:
+            v += w00
+            rr += w00 * v00
+            ri += w00 * float(ref_im[r0, c0])
+        if v01 <= VALID_LIMIT:
+            v += w01
+            rr += w01 * v01
+            ri += w01 * float(ref_im[r0, c0 + 1])
+        if v10 <= VALID_LIMIT:
+            v += w10
+            rr += w10 * v10
+            ri += w10 * float(ref_im[r0 + 1, c0])
+        if v11 <= VALID_LIMIT:
+            v += w11
+            rr += w11 * v11
+            ri += w11 * float(ref_im[r0 + 1, c0 + 1])
+        if v <= 0.0:
+            continue  # wholly outside the reference's valid region: not compared, not counted
+        s_ff += v * energy
         tr = c2 * rr - s2 * ri
         ti = s2 * rr + c2 * ri
         s_fr += float(fr) * tr + float(fi) * ti
@@ -144,7 +158,7 @@ def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_
     frame_re, frame_im : float32[rows, cols]
         Frame features (zero where masked).
     ref_re, ref_im : float32[ref_rows, ref_cols]
-        Reference features (zero where not valid).
+        Reference features; ``ref_re`` is ``INVALID_FEATURE`` (``ref_im`` 0) where the reference is not valid.
     affines : float64[K, 2, 3]
         Frame pixel -> reference pixel maps.
     rotations : float64[K, 2]

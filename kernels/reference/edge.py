@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cpu.edge import VALID_LIMIT
+
 __all__ = ["gradient_correlation"]
 
 
@@ -27,16 +29,22 @@ def gradient_correlation(rows: np.ndarray, cols: np.ndarray, count: int, frame_r
         a = np.asarray(affines[k], dtype=np.float64)
         x = (a[0, 0] * j + a[0, 1] * i) + a[0, 2]
         y = (a[1, 0] * j + a[1, 1] * i) + a[1, 2]
-        ok = (x >= 0) & (y >= 0)
-        c0 = np.floor(np.where(ok, np.minimum(x, ref_cols), 0.0)).astype(np.int64)
-        r0 = np.floor(np.where(ok, np.minimum(y, ref_rows), 0.0)).astype(np.int64)
-        ok &= (c0 < ref_cols - 1) & (r0 < ref_rows - 1)
-        c0, r0 = c0[ok], r0[ok]
-        wx = x[ok] - c0
-        wy = y[ok] - r0
-        sampled = ((1 - wx) * (1 - wy) * rz[r0, c0] + wx * (1 - wy) * rz[r0, c0 + 1]
-                   + (1 - wx) * wy * rz[r0 + 1, c0] + wx * wy * rz[r0 + 1, c0 + 1])
+        inside = (x >= 0) & (y >= 0)
+        c0 = np.floor(np.where(inside, np.minimum(x, ref_cols), 0.0)).astype(np.int64)
+        r0 = np.floor(np.where(inside, np.minimum(y, ref_rows), 0.0)).astype(np.int64)
+        inside &= (c0 < ref_cols - 1) & (r0 < ref_rows - 1)
+        # an invalid reference pixel is a zero feature with no weight; the frame pixel's energy counts by the
+        # valid share of its sample (off the image: wholly, as no match)
+        wx = np.where(inside, x - c0, 0.0)
+        wy = np.where(inside, y - r0, 0.0)
+        c0, r0 = np.where(inside, c0, 0), np.where(inside, r0, 0)
+        weights = ((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy)
+        corners = (rz[r0, c0], rz[r0, c0 + 1], rz[r0 + 1, c0], rz[r0 + 1, c0 + 1])
+        share = sum(np.where(z.real <= VALID_LIMIT, w, 0.0) for w, z in zip(weights, corners, strict=True))
+        counted = np.where(inside, share, 1.0)
+        ok = inside & (share > 0)
+        sampled = sum(np.where(z.real <= VALID_LIMIT, w * z, 0.0) for w, z in zip(weights, corners, strict=True))[ok]
         turned = (rotations[k, 0] + 1j * rotations[k, 1]) * sampled  # the reference edge turned by 2 theta
         out[k, 0] = float(np.real(fz[ok] * np.conj(turned)).sum())
-        out[k, 1] = float((np.abs(fz) ** 2).sum())
+        out[k, 1] = float((counted * np.abs(fz) ** 2).sum())
         out[k, 2] = float((np.abs(turned) ** 2).sum())
