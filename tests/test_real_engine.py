@@ -175,3 +175,48 @@ def test_low_dose_oblique_frames_are_never_confidently_wrong(thorax_ct):
         else:  # a weak match says why (imprecise halves, no match, MI against edges, too little structure)
             assert result.reason and "\n" not in result.reason, outcomes
     assert any(not ok for ok, _, _ in outcomes)  # 5 % noise: some frames cannot be trusted, and say so
+
+
+@pytest.fixture(scope="module")
+def held_out_ct():
+    if not THORAX.is_dir():
+        pytest.skip("thorax CT not present")
+    from portalign.ct import read_ct_series
+
+    from bench.cases import DRR_CT_DOWNSAMPLE
+
+    return read_ct_series(THORAX).downsampled(DRR_CT_DOWNSAMPLE)
+
+
+@pytest.mark.slow
+def test_a_cone_on_soft_anatomy_matched_by_chance_is_refused(held_out_ct):
+    """Pair 66 of ``python -m bench.held_out --seed 11``: a 20-40 mm cone at gantry 90 over soft tissue.
+
+    Its edge correlation (0.095 over 996 pixels, 2.1 standard deviations of chance) passed the score floor
+    and every other check, and the shift was 2.3 mm off with ok=true. The significance test refuses it.
+    """
+    from bench.held_out import render_pairs
+
+    (pair,) = render_pairs(held_out_ct, 11, 67, only=[66])
+    assert pair.kind == "cone" and pair.dead_lines and not pair.portal_reference
+    result = portalign.register(pair.reference, pair.frame, backend="cpu")
+    assert not result.ok
+    assert result.reason.startswith("no match: edge correlation") and "within chance" in result.reason
+    assert result.details["match_significance"] < 3.5 and result.details["matched_pixels"] > 500
+
+
+@pytest.mark.slow
+def test_held_out_kinds_are_never_confidently_wrong(held_out_ct):
+    """Ten pairs of ``bench.held_out`` (seed 5): jaws, collimator-turned jaws, MLC, cones and open fields, DRR
+    and portal references, oblique gantries, low dose and dead lines: every ok result within 1 mm, most ok."""
+    from bench.held_out import render_pairs
+
+    oks = 0
+    for pair in render_pairs(held_out_ct, 5, 10):
+        result = portalign.register(pair.reference, pair.frame, backend="cpu")
+        error = math.hypot(result.dx_mm - pair.dx_mm, result.dy_mm - pair.dy_mm)
+        if result.ok:
+            oks += 1
+            assert error < 1.0, (pair.label, error)
+            assert result.details["match_significance"] >= 3.5
+    assert oks >= 6

@@ -285,7 +285,8 @@ class Reference:
             field_level += 1
         # finer levels used only for clean (noise-free or nearly) frames, where they still add accuracy
         polish = list(range(refine[-1] - 1, max(refine[-1] - POLISH_LEVELS, 0) - 1, -1))
-        used = sorted(set(refine) | set(polish) | {coarse, field_level})
+        matched = set(refine) | set(polish) | {coarse}  # the levels the frame is matched on
+        used = sorted(matched | {field_level})  # the field level holds the frame's pyramid image only
         xp = self.backend.xp
         levels: dict[int, Level] = {}
         for k in range(max(used) + 1):
@@ -296,7 +297,7 @@ class Reference:
             margin = band / min(lvl_spacing)
             level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
             level.image = xp.empty(lvl_shape, dtype=xp.float32)
-            if k in used:
+            if k in matched:
                 self._fill_level(level)
             levels[k] = level
         coarse_search = self._build_coarse(levels[coarse])
@@ -373,7 +374,9 @@ class Reference:
         size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
         if size is not None:
             band = level.erosion_px * min(level.spacing)
-            need = 2.0 * band + MIN_REFERENCE_PIXELS**0.5 * min(level.spacing)
+            # a round field under the square erosion keeps a disc 2 sqrt(2) bands narrower (its diagonals),
+            # which must hold MIN_REFERENCE_PIXELS pixels
+            need = 2.0 * math.sqrt(2.0) * band + math.sqrt(4.0 * MIN_REFERENCE_PIXELS / math.pi) * min(level.spacing)
             return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
                     f"(a {band:.1f} mm field-edge band on each side and {MIN_REFERENCE_PIXELS} pixels of "
                     f"{min(level.spacing):.2f} mm inside); only {usable} usable pixels remain: too small a field "
