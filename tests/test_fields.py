@@ -9,6 +9,7 @@ on phantom windows whose texture is coarse.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import portalign
@@ -165,8 +166,10 @@ def test_too_small_field_names_the_field_size_and_the_file():
                                        pixel_spacing_mm=spacing, name="tiny_cone_frame.dcm", kind="portal")
     with pytest.raises(ReferencePreparationError,
                        match=r"^tiny_cone_ref\.dcm: its radiation field is 4\.\d mm across, smaller than the \d+\.\d mm "
-                             r"needed .*too small a field to register$"):
+                             r"needed .*too small a field to register$") as raised:
         portalign.register(ref, frame, backend="cpu")
+    size, need = (float(v) for v in re.findall(r"(\d+\.\d) mm (?:across|needed)", str(raised.value)))
+    assert need > size  # the message never contradicts itself
 
 
 # --- field detection ---------------------------------------------------------------------------------
