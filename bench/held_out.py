@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
                 line += f" | simpleitk failed: {str(exc).splitlines()[0][:60]}"
         if not result.ok:
-            line += f"  ({result.reason[:70]})"
+            line += f"  ({result.reason})"
         print(line, flush=True)
         if args.details:
             print(f"    truth dx={dx:.3f} dy={dy:.3f}; result dx={result.dx_mm:.3f} dy={result.dy_mm:.3f} "

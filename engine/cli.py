@@ -327,21 +327,21 @@ def _info(args: argparse.Namespace) -> int:
 
 def _understood(image: Any) -> dict[str, Any]:
     """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
-    from .field import box_reduce, detect_field
+    from .field import box_reduce, detect_field, find_field, planned_aperture_covers
+    from .image import beam_kind
 
     info = image.info
-    kvp = info.extra.get("kvp")
-    if info.kind == "drr":
+    kind = beam_kind(info)  # the overlay's title says the same
+    if kind == "DRR":
         nature = "DRR (rendered from the planning CT)"
-    elif kvp is not None and kvp < 1000:
-        nature = f"kV image ({kvp:g} kVp) through the imaging beam, not the treatment beam"
-    elif info.kind == "portal":
-        # Varian writes the MV energy as KVP (6000 for 6 MV)
-        nature = f"portal image ({kvp / 1000:g} MV treatment beam)" if kvp else "portal image (MV treatment beam)"
+    elif kind.startswith("kV"):
+        nature = f"{kind} through the imaging beam, not the treatment beam"
+    elif kind.startswith("portal"):
+        nature = kind.replace(" MV)", " MV treatment beam)") if "MV" in kind else "portal image (MV treatment beam)"
     else:
         nature = "projection image of unknown kind"
     small, factor = box_reduce(image.pixels, 256)
-    field = detect_field(small)
+    field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
     out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
     if nature.startswith("kV"):
         out["kind"] = "kv"  # registered like a portal image (its field is detected), but not called one
@@ -352,10 +352,16 @@ def _understood(image: Any) -> dict[str, Any]:
         out["field_box_mm"] = [float(x0), float(x1), float(y0), float(y1)]
         out["field"] = (f"x {float(x0):.1f}..{float(x1):.1f} mm, y {float(y0):.1f}..{float(y1):.1f} mm "
                         "from the beam axis at the isocentre plane")
+    elif field.note:
+        out["field"] = field.note
     else:
         out["field"] = "no field edge found (the field covers the image, or this is a DRR)"
-    # a portal image shows the field bright (more radiation reached the imager); a dark field means inverted values
-    out["likely_inverted"] = bool(field.detected and not field.field_is_bright and info.kind == "portal")
+    # a portal image shows the field bright (more radiation reached the imager); a dark field means inverted values,
+    # unless the planned jaws cover the image (then the dark region is an object in the field, e.g. a phantom)
+    found = field
+    if not field.detected and not planned_aperture_covers(image):
+        found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
+    out["likely_inverted"] = bool(found.detected and not found.field_is_bright and info.kind == "portal")
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")

@@ -800,7 +800,7 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             # the detector's largest code: pixels there are saturated (checked by the optimiser)
             common["saturation_value"] = _representable_max(ds, pixels, slope, intercept)
         infos = [_frame_info(ds, name, modality, kind, geometry, index, n_frames, common) for index in indices]
-    messages = sorted({_one_line(w.message) for w in caught})
+    messages = sorted({_header_note(_one_line(w.message)) for w in caught})
     images = []
     for p, info in zip(pixels, infos, strict=True):
         if messages:
@@ -1391,6 +1391,15 @@ def _frame_info(
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
+
+def _header_note(message: str) -> str:
+    """Say a warning of pydicom's about a header value as what it means for the user."""
+    found = re.fullmatch(r"Invalid value for VR UI: '(.*)'\.?", message)
+    if found:
+        return (f"UID '{found.group(1)}' is not a valid DICOM UID (digits and dots; a vendor's hexadecimal id?): "
+                "kept as this image's identity; a DICOM REG written from it gets valid UIDs of its own")
+    return message
 
 
 def _one_line(exc: Any) -> str:

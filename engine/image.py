@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import GeometryError, PortalImageError
 
-__all__ = ["Image", "ImageInfo", "as_image", "check_registration_size"]
+__all__ = ["Image", "ImageInfo", "as_image", "beam_kind", "check_registration_size"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,21 @@ class ImageInfo:
     imager_spacing_mm: tuple[float, float] | None = None
     patient_position: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def beam_kind(info: ImageInfo) -> str:
+    """Say what took the image, from its kind and KVP: ``"DRR"``, ``"kV image (120 kVp)"``, ``"portal image (6 MV)"``.
+
+    Varian writes a treatment beam's energy as KVP (6000 for 6 MV): a KVP of 1000 or more is an MV beam.
+    """
+    kvp = info.extra.get("kvp")
+    if info.kind == "drr":
+        return "DRR"
+    if kvp is not None and kvp < 1000:
+        return f"kV image ({kvp:g} kVp)"
+    if info.kind == "portal":
+        return f"portal image ({kvp / 1000:g} MV)" if kvp else "portal image"
+    return "image"
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .couch import PATIENT_TO_IEC, image_axes
 from .errors import MissingDependencyError
-from .image import Image
+from .image import Image, beam_kind
 from .registration import pose_affines
 from .result import RegistrationResult
 
@@ -160,7 +160,7 @@ def _extent_mm(image: Image) -> tuple[float, float, float, float]:
 def _describe(image: Image) -> str:
     """File name, kind, gantry angle and acquisition date of an image, for the title."""
     info = image.info
-    kind = {"drr": "DRR", "portal": "kV image" if info.extra.get("kvp") else "portal image"}.get(info.kind, "image")
+    kind = beam_kind(info)
     gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {info.gantry_deg:.1f} deg"
     date = info.extra.get("acquisition_date")
     when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) >= 8 else "date unknown"

@@ -218,11 +218,15 @@ def test_info_says_likely_inverted_and_invert_fixes_it(capsys, tmp_path) -> None
                                         position="centre", PixelIntensityRelationshipSign=1), tmp_path / "iview.dcm")
     status, out, _ = run(capsys, "info", path, "--json")
     info = json.loads(out)
-    assert status == 0 and info["likely_inverted"] is True and info["field_detected"] is True
+    # the header says higher values are more radiation, so registration (and info's field) takes the dark field for
+    # an attenuating object; info says the values are likely inverted and how to fix it
+    assert status == 0 and info["likely_inverted"] is True and info["field_detected"] is False
+    assert info["field"].startswith("no field edge in the image: the region found is darker")
     status, out, _ = run(capsys, "info", path)
     assert "likely inverted" in out and "--invert" in out
     status, out, _ = run(capsys, "info", path, "--json", "--invert")
-    assert json.loads(out)["likely_inverted"] is False
+    fixed = json.loads(out)
+    assert fixed["likely_inverted"] is False and fixed["field_detected"] is True
 
 
 def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_image(capsys, tmp_path) -> None:
@@ -368,3 +372,17 @@ def test_info_names_the_mv_energy_that_varian_stores_as_kvp(capsys, tmp_path) ->
     assert info["patient_position"] == ""
     status, out, _ = run(capsys, "info", path)
     assert "patient_position: unknown" in out.splitlines()
+
+
+def test_the_image_kind_is_said_alike_by_info_and_the_review_picture() -> None:
+    from portalign.image import ImageInfo, beam_kind
+    from portalign.overlay import _describe
+
+    mv = ImageInfo(source="mv.dcm", kind="portal", gantry_deg=90.0, extra={"kvp": 6000.0})  # Varian: 6 MV as KVP
+    assert beam_kind(mv) == "portal image (6 MV)"
+    assert beam_kind(ImageInfo(kind="portal", extra={"kvp": 120.0})) == "kV image (120 kVp)"
+    assert beam_kind(ImageInfo(kind="drr")) == "DRR" and beam_kind(ImageInfo(kind="portal")) == "portal image"
+    from portalign import Image
+
+    image = Image(np.zeros((8, 8), np.float32), (1.0, 1.0), (3.5, 3.5), mv)
+    assert _describe(image) == "mv.dcm (portal image (6 MV), gantry 90.0 deg, date unknown)"

@@ -141,6 +141,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
                         f"{found.rotation_support_mm:.1f} mm < {MIN_ROTATION_SUPPORT_MM:g} mm): rotation not "
                         "estimated (translation only)")
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
+    # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
+    final_edge = min(final_edge, 1.0)
     details: dict = {
         "levels": found.levels,
         "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * (180.0 / math.pi), "score": c[3]}
