@@ -51,6 +51,10 @@ DEAD_LINE_CONTRAST = 8.0
 #: ...over at least this share of its length; at most this share of all lines are bridged.
 DEAD_LINE_SHARE = 0.8
 DEAD_LINE_MAX_SHARE = 0.05
+#: A radiation field (jaws, MLC, cone) surrounds its beam's central axis, or passes close to it (a half-beam
+#: block puts the axis on its edge, an off-axis MLC opening a few cm away): a region found farther from the axis
+#: than this is the patient's outline or an object (the air beside a lateral view's body), not the field.
+MAX_FIELD_AXIS_DISTANCE_MM = 40.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,6 +126,13 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
         return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
                              dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
     field = detect_field(small, image.pixels)
+    away = _distance_from_axis_mm(image, small, field)
+    if away > MAX_FIELD_AXIS_DISTANCE_MM:
+        return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
+                       dead_cols=field.dead_cols, level_shape=field.level_shape,
+                       note=f"{NO_FIELD_EDGE}: the region found lies {away:.0f} mm from the beam axis, and a "
+                            "radiation field surrounds its central axis, so it is the patient's outline or an object "
+                            "(air beside the body); the whole image is matched")
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
                        dead_cols=field.dead_cols, level_shape=field.level_shape,
@@ -161,6 +172,26 @@ def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
     edges = np.roll(polygon, -1, axis=0) - polygon
     cross = edges[:, 0] * (y - polygon[:, 1]) - edges[:, 1] * (x - polygon[:, 0])
     return bool(np.all(cross >= -1e-9) or np.all(cross <= 1e-9))
+
+
+def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float:
+    """Distance (mm, isocentre plane) from the beam axis to the nearest pixel of a detected field; 0 if it holds it.
+
+    ``small`` is ``image`` box-reduced by a whole factor (the field's level). 0 as well without a field.
+    """
+    if not field.detected or field.mask is None:
+        return 0.0
+    factor = max(1, int(round(image.shape[0] / small.shape[0])))
+    # level pixel i covers original pixels f i .. f i + f - 1: the axis at (axis - (f - 1) / 2) / f
+    ax = (image.beam_axis_px[0] - (factor - 1) / 2) / factor
+    ay = (image.beam_axis_px[1] - (factor - 1) / 2) / factor
+    rows, cols = field.mask.shape
+    r, c = int(round(ay)), int(round(ax))
+    if 0 <= r < rows and 0 <= c < cols and field.mask[r, c]:
+        return 0.0
+    fr, fc = np.nonzero(field.mask)
+    sy, sx = image.spacing_mm[0] * factor, image.spacing_mm[1] * factor
+    return float(np.sqrt(((fr - ay) * sy) ** 2 + ((fc - ax) * sx) ** 2).min())
 
 
 def _radiation_is_bright(image: Image) -> bool:
