@@ -11,8 +11,10 @@ __all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES"]
 
 #: ``mi``: mutual information (partial-volume joint histogram) refines the pose.
 #: ``edge``: gradient-orientation correlation refines it (robust when intensities do not correspond).
-#: ``auto``: edges to reach the basin, mutual information for the final sub-pixel pose, and the
-#: two must agree.
+#: ``auto``: edges refine the pose and mutual information cross-checks it (the two optima must agree within
+#: ``agreement_mm``); on a weak edge match (edge score below 0.2: a noisy, low-dose frame, whose gradients
+#: noise dominates) the MI optimum, refined from the edge one, is reported and the edge optimum is its check
+#: (``details["final_metric"]`` says which).
 METHODS = ("auto", "mi", "edge")
 
 #: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.

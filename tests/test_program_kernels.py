@@ -226,7 +226,8 @@ _BRANCH = {
     "cone": lambda r: r.rotation_deg is None and "does not constrain rotation" in " ".join(r.warnings),
     "stripes": lambda r: "ambiguous" in r.reason,
     "unrelated": lambda r: not r.ok,
-    "low dose field": lambda r: r.details["split_half_mm"] is not None,
+    # a weak edge match: the split-half check runs and auto reports the mutual-information optimum
+    "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "mi",
     "mi": lambda r: r.details["edge_mi_gap_mm"] is None and r.ok,
     "rotation": lambda r: r.ok and r.details["edge_mi_gap_mm"] is not None and r.rotation_deg is not None,
 }

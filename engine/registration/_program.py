@@ -152,6 +152,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         details["rotation_support_mm"] = found.rotation_support_mm
     if found.mi_pose is not None:
         details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), math.degrees(found.mi_pose[2])]
+    # which optimum the result reports: auto reports the MI one on a weak (noise-dominated) edge match
+    details["final_metric"] = "mi" if found.mi_final or opts.method == "mi" else "edge"
     # 4. trust -------------------------------------------------------------------------------------
     box_mm = None
     if field.detected and field.box_px is not None:

@@ -53,6 +53,11 @@ RECHECK_RATIO = 0.75
 RECHECK_ITERATIONS = 2
 #: A final edge score below this gets the split-half precision check (strong matches are precise).
 SPLIT_HALF_BELOW_SCORE = 0.4
+#: Below this final edge score ``auto`` reports the mutual-information optimum (refined fully from the edge one,
+#: which becomes the cross-check): gradients of a noisy (low-dose) frame are noise-dominated, intensities less so.
+#: ``python -m bench.held_out`` (seeds 11 and 12): low-dose pairs score 0.05-0.17 and their MI optima are off by a
+#: median 0.24 mm against 0.46 mm for the edge optima; at normal dose (0.3-0.6) edges are better, 0.13 against 0.20.
+WEAK_EDGE_SCORE = 0.2
 
 _VALUES = {
     "candidate_floor": CANDIDATE_FLOOR, "distinct_mm": DISTINCT_MM, "recheck_ratio": RECHECK_RATIO,
@@ -61,7 +66,7 @@ _VALUES = {
     "coarse_tolerance": COARSE_TOLERANCE, "fine_tolerance": FINE_TOLERANCE,
     "min_rotation_support_mm": MIN_ROTATION_SUPPORT_MM, "min_usable_pixels": MIN_USABLE_PIXELS,
     "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
-    "max_rotation_step": MAX_ROTATION_STEP,
+    "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE,
 }
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
@@ -73,7 +78,7 @@ _ROTATE, _SUPPORT, _UNSUPPORTED, _N_RANKED, _N_RECORDS = (_OUT[k] for k in ("rot
                                                                             "n_records"))
 _MI_GAP, _MI_X, _MI_T, _FINAL_EDGE, _REPORTED = (_OUT[k] for k in ("mi_gap_mm", "mi_dx_mm", "mi_theta_rad",
                                                                    "final_edge", "reported"))
-_SPLIT_MM, _SPLIT_DEG, _NO_MATCH = (_OUT[k] for k in ("split_mm", "split_deg", "no_match"))
+_SPLIT_MM, _SPLIT_DEG, _NO_MATCH, _MI_FINAL = (_OUT[k] for k in ("split_mm", "split_deg", "no_match", "mi_final"))
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -99,6 +104,8 @@ class SearchOutcome:
     reported: float = 0.0
     spread: tuple[float, float] | None = None
     no_match: bool = False
+    #: The reported pose is the mutual-information optimum (``auto`` on a weak edge match), not the edge one.
+    mi_final: bool = False
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -169,6 +176,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         reported=o[_REPORTED],
         spread=None if split != split else (split, o[_SPLIT_DEG]),
         no_match=o[_NO_MATCH] == 1.0,
+        mi_final=o[_MI_FINAL] == 1.0,
     )
 
 
@@ -250,15 +258,24 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         # a single-level plan: the MI refinement still runs, on the only level there is
         pose, score = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
     mi_gap = mi_pose = None
+    # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
+    # information on the intensities: refined fully from the edge optimum, which is then its cross-check
+    mi_final = method == "auto" and not no_match and score < WEAK_EDGE_SCORE
     if method == "auto":
-        # cross-check: the MI optimum next to the edge optimum must be the same place
-        # one star stencil (diagonal curvature) places the MI optimum well enough for this check
-        mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
+        if mi_final:
+            mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts,
+                             tolerance=FINE_TOLERANCE)[0]
+        else:
+            # cross-check: the MI optimum next to the edge optimum must be the same place
+            # one star stencil (diagonal curvature) places the MI optimum well enough for this check
+            mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
+    if mi_final and mi_pose is not None:
+        pose = mi_pose.copy()
     if method == "edge":
         reported = final_edge
-    elif method == "auto":
+    elif method == "auto" and not mi_final:
         # the MI check's stencil centre was the final pose: its histogram is still in the buffer
         k.mutual_information(plan.hist[:1], True, plan.mi_out[:1])
         reported = float(backend.to_host(plan.mi_out[:1])[0]) - 1.0
@@ -274,6 +291,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         ambiguity=float(ambiguity), runner_up=None if runner_up is None else np.asarray(runner_up.pose[:2]),
         rotate=rotate, rotation_support_mm=support, rotation_unsupported=unsupported, levels=records, mi_pose=mi_pose,
         mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,
+        mi_final=mi_final,
     )
 
 

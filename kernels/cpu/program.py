@@ -4,8 +4,9 @@ Stage 3 of the per-frame program (:mod:`portalign.registration._program`): the
 global search (:func:`.correlation.coarse_search`), the ranking of its optima on
 the first refinement level, the Newton ascent of the best (and of any close
 runner-up: a rival or a shoulder of the winner), the rotation lever-arm check,
-the later and the polishing levels, the mutual-information cross-check, the
-final scores and the split-half precision check. The decisions between the steps
+the later and the polishing levels, the mutual-information cross-check (on a
+weak edge match the mutual-information optimum itself, refined fully, becomes the
+result), the final scores and the split-half precision check. The decisions between the steps
 (which candidate, whether rotation is estimated, where the next level starts)
 are made here, from state that stays in compiled code; the engine makes this
 one call and reads one vector of results.
@@ -43,13 +44,13 @@ SETTING_NAMES = (
     "candidate_floor", "distinct_mm", "recheck_ratio", "coarse_recheck_ratio", "recheck_iterations",
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
-    "max_rotation_step",
+    "max_rotation_step", "weak_edge_score",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
     "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
-    "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported",
+    "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -63,7 +64,8 @@ STAGE_LEVELS = 8
 _O = {name: i for i, name in enumerate(OUT_NAMES)}
 _DX, _DY, _THETA, _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_O[k] for k in OUT_NAMES[:8])
 _ROTATE, _SUPPORT, _MI_GAP, _MI_X, _MI_Y, _MI_T, _FINAL_EDGE, _REPORTED = (_O[k] for k in OUT_NAMES[8:16])
-_SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:])
+_SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:22])
+_MI_FINAL = _O["mi_final"]
 
 
 @njit(cache=True, nogil=True)
@@ -169,6 +171,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     coarse_tolerance, fine_tolerance = settings[8], settings[9]
     min_support, min_usable = settings[10], settings[11]
     split_below, split_iterations, max_step = settings[12], int(settings[13]), settings[14]
+    weak_edge = settings[15]
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -294,10 +297,17 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
                 theta_limit, normalised, 0.02, no, max_step, hist, result)
         pose = result[:3].copy()
         score = result[3]
+    # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
+    # information on the intensities: refined fully from the edge optimum, which is then its cross-check
+    mi_final = method == METHOD_AUTO and not no_match and score < weak_edge
     if method == METHOD_AUTO:
-        # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
-        _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, rotate, theta_limit, normalised,
-                0.02, yes, max_step, hist, result)
+        if mi_final:
+            _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate, theta_limit,
+                    normalised, fine_tolerance, no, max_step, hist, result)
+        else:
+            # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
+            _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, rotate, theta_limit, normalised,
+                    0.02, yes, max_step, hist, result)
         out[_MI_X] = result[0]
         out[_MI_Y] = result[1]
         out[_MI_T] = result[2]
@@ -308,9 +318,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         final_edge = values[0]
     else:
         final_edge = score  # the quadratic model's value at the final edge optimum
+    if mi_final:
+        pose = result[:3].copy()
     if method == METHOD_EDGE:
         reported = final_edge
-    elif method == METHOD_AUTO:
+    elif method == METHOD_AUTO and not mi_final:
         # the MI check's stencil centre was the final pose: its histogram is still in the scratch
         mi = np.empty(1)
         mutual_information(hist[:1], yes, mi)  # type: ignore[arg-type]  # a numba boolean, typed on purpose
@@ -343,3 +355,4 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     out[_N_RECORDS] = n_records
     out[_NO_MATCH] = 1.0 if no_match else 0.0
     out[_UNSUPPORTED] = 1.0 if unsupported else 0.0
+    out[_MI_FINAL] = 1.0 if mi_final else 0.0
