@@ -151,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     import portalign
     from portalign.ct import read_ct_series
 
-    from bench.cases import CT_FOLDER, DRR_CT_DOWNSAMPLE, Case
-    from bench.geometry import Pose
-    from bench.peers import SimpleITKMethod
+    from bench.cases import CT_FOLDER, DRR_CT_DOWNSAMPLE
+    from bench.peers import SimpleITKMethod, translation_error
 
     parser = argparse.ArgumentParser(prog="python -m bench.held_out", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=40)
@@ -177,11 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm ok={result.ok!s:<5}"
         peer = math.nan
         if sitk is not None and sitk.available:
-            case = Case(f"held-{i}", "portal", reference, frame, Pose(dx, dy, 0.0), "simulated",
-                        rotation_observable=False)  # the peer's masks: Case.mask (bench.cases.field_mask)
             try:
-                pose = sitk.register(sitk.prepare(case), case).pose
-                peer = math.hypot(pose.dx_mm - dx, pose.dy_mm - dy)
+                peer = translation_error(sitk, f"held-{i}", reference, frame, dx, dy)
                 line += f" | simpleitk {peer:6.3f} mm"
             except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
                 line += f" | simpleitk failed: {str(exc).splitlines()[0][:60]}"

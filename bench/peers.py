@@ -42,6 +42,7 @@ __all__ = [
     "PhaseCorrelationMethod",
     "PEERS",
     "make_methods",
+    "translation_error",
 ]
 
 
@@ -124,6 +125,17 @@ class Method:
             "startup_ms": self.startup_ms,
             "threads": self.threads,
         }
+
+
+def translation_error(method: Method, name: str, reference: Any, frame: Any, dx_mm: float, dy_mm: float) -> float:
+    """Register a rendered pair with a peer and return its in-plane translation error (mm) against ``(dx, dy)``.
+
+    The pair is a ``portal`` case whose rotation is not scored; the peer's masks come from :meth:`Case.mask`.
+    Raises whatever the peer raises.
+    """
+    case = Case(name, "portal", reference, frame, Pose(dx_mm, dy_mm, 0.0), "simulated", rotation_observable=False)
+    pose = method.register(method.prepare(case), case).pose
+    return math.hypot(pose.dx_mm - dx_mm, pose.dy_mm - dy_mm)
 
 
 def _tiny_case() -> Case:

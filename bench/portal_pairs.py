@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from portalign.ct import read_ct_series
     from portalign.simulate import _beam_axes, render_drr
 
-    from bench.cases import CT_FOLDER, DRR_CT_DOWNSAMPLE, Case
-    from bench.geometry import Pose
-    from bench.peers import SimpleITKMethod
+    from bench.cases import CT_FOLDER, DRR_CT_DOWNSAMPLE
+    from bench.peers import SimpleITKMethod, translation_error
 
     parser = argparse.ArgumentParser(prog="python -m bench.portal_pairs", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=8)
@@ -68,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         ours.append(error if result.ok else math.nan)
         line = f"pair {i} gantry {gantry:3.0f}: portalign {error:.3f} mm ok={result.ok}"
         if sitk.available:
-            case = Case(f"portal-{i}", "portal", reference, frame, Pose(dx, dy, 0.0), "simulated",
-                        rotation_observable=False)
-            pose = sitk.register(sitk.prepare(case), case).pose
-            peer.append(math.hypot(pose.dx_mm - dx, pose.dy_mm - dy))
+            peer.append(translation_error(sitk, f"portal-{i}", reference, frame, dx, dy))
             line += f" | simpleitk {peer[-1]:.3f} mm"
         print(line)
     summary = f"median translation error: portalign {np.nanmedian(ours):.3f} mm ({np.isfinite(ours).sum()} ok)"
