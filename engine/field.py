@@ -52,8 +52,9 @@ DEAD_LINE_CONTRAST = 8.0
 DEAD_LINE_SHARE = 0.8
 DEAD_LINE_MAX_SHARE = 0.05
 #: A radiation field (jaws, MLC, cone) surrounds its beam's central axis, or passes close to it (a half-beam
-#: block puts the axis on its edge, an off-axis MLC opening a few cm away): a region found farther from the axis
-#: than this is the patient's outline or an object (the air beside a lateral view's body), not the field.
+#: block puts the axis on its edge): a region found farther from the axis than this that also runs off the image
+#: is the patient's outline or an object (the air beside a lateral view's body), not the field. An off-axis
+#: opening inside the image (an MLC aperture of a single-isocentre plan) is still a field.
 MAX_FIELD_AXIS_DISTANCE_MM = 40.0
 
 
@@ -127,7 +128,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
                              dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
     field = detect_field(small, image.pixels)
     away = _distance_from_axis_mm(image, small, field)
-    if away > MAX_FIELD_AXIS_DISTANCE_MM:
+    if away > MAX_FIELD_AXIS_DISTANCE_MM and _touches_border(field):
         return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
                        dead_cols=field.dead_cols, level_shape=field.level_shape,
                        note=f"{NO_FIELD_EDGE}: the region found lies {away:.0f} mm from the beam axis, and a "
@@ -192,6 +193,15 @@ def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate
     fr, fc = np.nonzero(field.mask)
     sy, sx = image.spacing_mm[0] * factor, image.spacing_mm[1] * factor
     return float(np.sqrt(((fr - ay) * sy) ** 2 + ((fc - ax) * sx) ** 2).min())
+
+
+def _touches_border(field: FieldEstimate) -> bool:
+    """Whether a detected field's bounding box reaches the edge of the image it was found on."""
+    if not field.detected or field.box_px is None or field.mask is None:
+        return False
+    c0, c1, r0, r1 = field.box_px
+    rows, cols = field.mask.shape
+    return c0 <= 0 or r0 <= 0 or c1 >= cols - 1 or r1 >= rows - 1
 
 
 def _radiation_is_bright(image: Image) -> bool:

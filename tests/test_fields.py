@@ -316,3 +316,8 @@ def test_a_bright_region_far_from_the_beam_axis_is_not_the_radiation_field():
     image = portalign.Image.from_array((field + noise).astype(np.float32), pixel_spacing_mm=0.5, kind="portal")
     small, _ = box_reduce(image.pixels, 200)
     assert find_field(image, small).detected
+    aperture = np.full(body.shape, 0.03)
+    aperture[20:80, 230:300] = body[20:80, 230:300] + 0.4  # an off-axis opening inside the image, 43 mm from the axis
+    image = portalign.Image.from_array((aperture + noise).astype(np.float32), pixel_spacing_mm=0.5, kind="portal")
+    small, _ = box_reduce(image.pixels, 200)
+    assert find_field(image, small).detected
