@@ -127,19 +127,17 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
         return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
                              dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
     field = detect_field(small, image.pixels)
-    away = _distance_from_axis_mm(image, small, field)
-    if away > MAX_FIELD_AXIS_DISTANCE_MM and _touches_border(field):
-        return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
-                       dead_cols=field.dead_cols, level_shape=field.level_shape,
-                       note=f"{NO_FIELD_EDGE}: the region found lies {away:.0f} mm from the beam axis, and a "
-                            "radiation field surrounds its central axis, so it is the patient's outline or an object "
-                            "(air beside the body); the whole image is matched")
+    # the border test first: it is cheap, and the distance is only needed for a region that runs off the image
+    if _touches_border(field):
+        away = _distance_from_axis_mm(image, small, field)
+        if away > MAX_FIELD_AXIS_DISTANCE_MM:
+            return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a radiation "
+                                         "field surrounds its central axis, so it is the patient's outline or an "
+                                         "object (air beside the body)")
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
-        return replace(NO_FIELD, effectiveness=field.effectiveness, dead_rows=field.dead_rows,
-                       dead_cols=field.dead_cols, level_shape=field.level_shape,
-                       note=f"{NO_FIELD_EDGE}: the region found is darker than its surroundings in an image whose "
-                            "higher values mean more radiation, so it is an attenuating object (a phantom's outline), "
-                            "not the radiation field; the whole image is matched")
+        return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
+                                     "values mean more radiation, so it is an attenuating object (a phantom's "
+                                     "outline), not the radiation field")
     return field
 
 
@@ -173,6 +171,12 @@ def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
     edges = np.roll(polygon, -1, axis=0) - polygon
     cross = edges[:, 0] * (y - polygon[:, 1]) - edges[:, 1] * (x - polygon[:, 0])
     return bool(np.all(cross >= -1e-9) or np.all(cross <= 1e-9))
+
+
+def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
+    """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
+    return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
+                   level_shape=found.level_shape, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
 
 
 def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float:

@@ -40,10 +40,11 @@ def gradient_correlation(rows: np.ndarray, cols: np.ndarray, count: int, frame_r
         c0, r0 = np.where(inside, c0, 0), np.where(inside, r0, 0)
         weights = ((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy)
         corners = (rz[r0, c0], rz[r0, c0 + 1], rz[r0 + 1, c0], rz[r0 + 1, c0 + 1])
-        share = sum(np.where(z.real <= VALID_LIMIT, w, 0.0) for w, z in zip(weights, corners, strict=True))
+        valid = [np.where(z.real <= VALID_LIMIT, w, 0.0) for w, z in zip(weights, corners, strict=True)]
+        share = sum(valid)
         counted = np.where(inside, share, 1.0)
         ok = inside & (share > 0)
-        sampled = sum(np.where(z.real <= VALID_LIMIT, w * z, 0.0) for w, z in zip(weights, corners, strict=True))[ok]
+        sampled = sum(w * z for w, z in zip(valid, corners, strict=True))[ok]
         turned = (rotations[k, 0] + 1j * rotations[k, 1]) * sampled  # the reference edge turned by 2 theta
         out[k, 0] = float(np.real(fz[ok] * np.conj(turned)).sum())
         out[k, 1] = float((counted * np.abs(fz) ** 2).sum())
