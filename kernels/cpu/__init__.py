@@ -9,6 +9,8 @@ whose steps the GPU backend runs one kernel at a time
 
 from types import SimpleNamespace
 
+# first, before any kernel is defined: numba's cache stamps every kernel here with the whole set's fingerprint
+from ._cache import KERNEL_DIR as _KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features

@@ -1,0 +1,69 @@
+"""numba's on-disk cache of the kernels follows the whole kernel set, not one file.
+
+A cached kernel embeds the kernels it calls. With numba's own stamps (one source
+file each) an edited callee left its unchanged callers' cache in use: a CI run of
+a new edge score inside an old refine kernel gave shifts 0.2 mm off. These tests
+run a tiny two-file kernel folder in fresh processes, change only the callee, and
+check that the caller's result follows; and that the real kernels use the stamp.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from portalign.kernels.cpu import _cache, gradient_correlation, search_program
+
+CALLEE = "from numba import njit\n\n\n@njit(cache=True)\ndef value():\n    return {value}\n"
+CALLER = "from callee import value\nfrom numba import njit\n\n\n@njit(cache=True)\ndef twice():\n    return 2 * value()\n"
+
+
+def _run(folder: Path) -> tuple[int, int]:
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(folder)!r})\n"
+        "from portalign.kernels.cpu._cache import register_kernel_folder\n"
+        f"register_kernel_folder({str(folder)!r})\n"
+        "import caller\n"
+        "print(caller.twice(), sum(caller.twice.stats.cache_hits.values()))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True, env=env)
+    result, hits = done.stdout.split()
+    return int(result), int(hits)
+
+
+def test_a_changed_callee_recompiles_its_cached_caller(tmp_path: Path) -> None:
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    (folder / "callee.py").write_text(CALLEE.format(value=1))
+    (folder / "caller.py").write_text(CALLER)
+    assert _run(folder)[0] == 2
+    # the second process loads the caller from the cache (one hit), so the cache is in use at all
+    result, hits = _run(folder)
+    assert result == 2 and hits == 1, hits
+    # only the callee changes; the caller's file is byte for byte the same
+    (folder / "callee.py").write_text(CALLEE.format(value=5))
+    assert _run(folder)[0] == 10
+
+
+def test_fingerprint_follows_every_source_file(tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.py").write_text("x = 1\n")
+    (folder / "b.py").write_text("y = 1\n")
+    _cache.register_kernel_folder(str(folder))
+    first = _cache.kernel_fingerprint(str(folder))
+    assert len(first) == 64 and _cache.kernel_fingerprint(str(folder)) == first  # computed once per process
+    _cache._FOLDERS[str(folder)] = None  # as a new process would
+    (folder / "b.py").write_text("y = 2\n")
+    assert _cache.kernel_fingerprint(str(folder)) != first
+
+
+def test_the_kernels_are_stamped_with_the_kernel_set() -> None:
+    for kernel in (gradient_correlation, search_program):
+        locator = kernel._cache._impl._locator
+        assert getattr(type(locator), "_portalign_kernel_set", False), type(locator)
+        assert locator.get_source_stamp() == ("portalign-kernel-set", _cache.kernel_fingerprint())
