@@ -6,7 +6,16 @@ have the same names and arguments on every backend (``kernels/cpu/*`` and
 """
 
 from ._base import Backend
-from ._cpu import CpuBackend, batch_lanes, cpu_backend, frame_threads, set_thread_policy, single_threaded
+from ._cpu import (
+    CpuBackend,
+    batch_lanes,
+    cpu_backend,
+    cpu_exclusive,
+    frame_threads,
+    set_thread_policy,
+    single_threaded,
+    threading_layer,
+)
 from ._gpu import DEFAULT_LANES, GpuBackend, default_lanes, gpu_backend, gpu_status
 from ._select import BACKENDS, select_backend
 
@@ -18,6 +27,7 @@ __all__ = [
     "GpuBackend",
     "batch_lanes",
     "cpu_backend",
+    "cpu_exclusive",
     "default_lanes",
     "frame_threads",
     "gpu_backend",
@@ -25,4 +35,5 @@ __all__ = [
     "select_backend",
     "set_thread_policy",
     "single_threaded",
+    "threading_layer",
 ]

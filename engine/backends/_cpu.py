@@ -17,13 +17,20 @@ thread count per frame:
 
 The count is set for the calling thread only (``numba.set_num_threads`` is
 thread-local) for the duration of one frame, and restored afterwards.
+
+numba's ``workqueue`` threading layer (what numba falls back to where neither
+OpenMP nor TBB loads, as on a macOS Python without libomp) is not thread-safe:
+two parallel kernels running at once from two threads abort the process. Where
+it is the layer, frames, reference preparations and 6-DOF registrations take
+one process-wide lock (:func:`cpu_exclusive`) and batches run one lane, so a
+service's worker threads queue instead of taking the process down.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +40,7 @@ from ..errors import PortalignError
 from ._base import Backend
 
 __all__ = ["cpu_backend", "CpuBackend", "frame_threads", "set_thread_policy", "batch_lanes", "single_threaded",
-           "MAX_USEFUL_THREADS"]
+           "cpu_exclusive", "threading_layer", "MAX_USEFUL_THREADS"]
 
 #: More threads than this do not pay on a frame's levels (measured on a 16-core Xeon: 8 threads 9.7 ms, 16 11.2 ms).
 MAX_USEFUL_THREADS = 8
@@ -53,6 +60,41 @@ def set_thread_policy(policy: str | int) -> None:
     """
     global _policy
     _policy = _parse_policy(policy, "set_thread_policy")
+
+
+#: Held around CPU kernel work where numba's threading layer is not thread-safe (workqueue).
+_layer_lock = threading.RLock()
+_no_lock = nullcontext()
+_layer: str | None = None
+
+
+def threading_layer() -> str:
+    """Return numba's threading layer in this process (``"omp"``, ``"tbb"`` or ``"workqueue"``).
+
+    numba chooses it at the first parallel region; if none has run, one tiny parallel kernel runs first.
+    """
+    global _layer
+    if _layer is None:
+        import numba
+
+        with _layer_lock:  # the probe itself must not run in two threads at once
+            try:
+                layer = numba.threading_layer()
+            except ValueError:  # no parallel region has run in this process yet
+                from portalign.kernels.cpu import threshold_mask
+
+                threshold_mask(np.zeros((2, 2), np.float32), 0.5, True, np.zeros((2, 2), np.uint8))
+                layer = numba.threading_layer()
+            _layer = str(layer)
+    return _layer
+
+
+def cpu_exclusive() -> AbstractContextManager[Any]:
+    """Return the context CPU kernel work runs in: a process-wide lock under ``workqueue``, else nothing.
+
+    Re-entrant: a 6-DOF registration that registers 2D frames inside holds it once per thread.
+    """
+    return _layer_lock if threading_layer() == "workqueue" else _no_lock
 
 
 def _parse_policy(policy: Any, source: str) -> str | int:
@@ -105,7 +147,7 @@ def batch_lanes() -> int:
     The kernels release the GIL (``nogil=True``), so frames on worker threads run in parallel; one thread per
     frame avoids the per-region synchronisation of parallel kernels, which dominates on small levels.
     """
-    return frame_threads()
+    return 1 if threading_layer() == "workqueue" else frame_threads()
 
 
 class single_threaded:  # noqa: N801 - used like a function: ``with single_threaded():``
@@ -122,11 +164,15 @@ class single_threaded:  # noqa: N801 - used like a function: ``with single_threa
 class _ThreadScope:
     """Set this thread's numba thread count for one frame and restore it (a plain class: few calls per frame)."""
 
-    __slots__ = ("previous", "wanted")
+    __slots__ = ("previous", "wanted", "exclusive")
 
     def __enter__(self) -> None:
         import numba
 
+        # _layer is known: cpu_backend() asked for it when the backend was made
+        self.exclusive = _layer == "workqueue"
+        if self.exclusive:
+            _layer_lock.acquire()
         self.previous = numba.get_num_threads()
         self.wanted = frame_threads()
         _local.threads = self.wanted  # what this frame's compiled FFTs may use (fft_workers)
@@ -138,6 +184,8 @@ class _ThreadScope:
             import numba
 
             numba.set_num_threads(self.previous)
+        if self.exclusive:
+            _layer_lock.release()
 
 
 @dataclass(frozen=True)
@@ -162,6 +210,7 @@ def cpu_backend(fallback_reason: str = "") -> Backend:
     """Return the numba CPU backend."""
     from portalign.kernels import cpu
 
+    threading_layer()  # known before the first frame (its scope takes the lock under workqueue)
     return CpuBackend(name="cpu", xp=np, kernels=cpu.KERNELS, fallback_reason=fallback_reason, device=_cpu_name(),
                       compiled_program=True)
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from ..backends import cpu_exclusive
 from ..couch import PATIENT_DIRECTIONS
 from ..errors import GeometryError, PortalImageError
 from ..image import Image, as_image
@@ -182,6 +183,12 @@ def register_prepared(
     tolerance: ToleranceTable | None = None,
 ) -> Register3DResult:
     """Register the frames of one setup against a prepared CT (see :func:`portalign.register3d.register_3d`)."""
+    with cpu_exclusive():  # a lock only under numba's workqueue layer (not thread-safe)
+        return _register_prepared(prepared, frames, options, registration_options, tolerance)
+
+
+def _register_prepared(prepared: PreparedCT, frames: Any, options: Register3DOptions | None,
+                       registration_options: RegistrationOptions | None, tolerance: ToleranceTable | None) -> Register3DResult:
     started = time.perf_counter()
     options = options or Register3DOptions()
     images = _frames(frames)

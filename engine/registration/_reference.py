@@ -32,7 +32,7 @@ from portalign.kernels.cpu.refine import MAX_STENCIL
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from ..backends import Backend, cpu_backend, default_lanes, select_backend
+from ..backends import Backend, cpu_backend, cpu_exclusive, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
 from ..field import NO_FIELD, FieldEstimate, box_reduce, field_size_mm, find_field, penumbra_extent_mm, sample_mask
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
@@ -116,19 +116,20 @@ class Reference:
         check_frame_pixels(image)
         options = options or RegistrationOptions()
         chosen = backend if isinstance(backend, Backend) else select_backend(backend)
-        field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
-        if wants_field(options, image):
-            small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-            field_estimate = find_field(image, small)
-            # a reference portal image shows the frame's field too: its penumbra must be cut out whole
-            penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
-            margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
-            size = field_size_mm(field_estimate, _scaled(image.spacing_mm, factor))
-            if size is not None:
-                # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
-                # measure nor a fixed band may eat it
-                margin = min(margin, MAX_MARGIN_FRACTION * size)
-        return cls(image, options, chosen, field_estimate, factor, margin)
+        with cpu_exclusive():  # a lock only under numba's workqueue layer (not thread-safe)
+            field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
+            if wants_field(options, image):
+                small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+                field_estimate = find_field(image, small)
+                # a reference portal image shows the frame's field too: its penumbra must be cut out whole
+                penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
+                margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
+                size = field_size_mm(field_estimate, _scaled(image.spacing_mm, factor))
+                if size is not None:
+                    # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
+                    # measure nor a fixed band may eat it
+                    margin = min(margin, MAX_MARGIN_FRACTION * size)
+            return cls(image, options, chosen, field_estimate, factor, margin)
 
     def register(self, frame: Any, *, pixel_spacing_mm: Any = None) -> Any:
         """Register one frame against this reference.
@@ -216,7 +217,8 @@ class Reference:
         with self._plans_lock:
             pool = self._plans.get(key)
             if pool is None:
-                plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
+                with cpu_exclusive():
+                    plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
