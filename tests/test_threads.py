@@ -45,14 +45,14 @@ def test_fixed_policy_from_the_api_and_the_environment(monkeypatch):
 def seen(monkeypatch):
     """The thread counts frames ran with, in order."""
     counts = []
-    real = _cpu.frame_threads
+    real = _cpu._frame_policy
 
     def recording(policy=None):
-        n = real(policy)
+        n, auto = real(policy)
         counts.append(n)
-        return n
+        return n, auto
 
-    monkeypatch.setattr(_cpu, "frame_threads", recording)
+    monkeypatch.setattr(_cpu, "_frame_policy", recording)
     return counts
 
 
@@ -129,3 +129,67 @@ def test_workqueue_layer_serialises_instead_of_aborting():
     assert layer == numba_layer == "workqueue"
     # every frame registered (96 x 112 pixels at 1 mm: within 0.25 mm), the batch equal to the threads' results
     assert ok == "True" and same == "True" and float(worst) <= 0.25, done.stdout
+
+
+def _drive(tuner, frame_seconds, frames):
+    """Run ``frames`` frames through ``tuner`` with per-count frame times from ``frame_seconds(threads, n)``."""
+    used = []
+    for n in range(frames):
+        threads = tuner.choose(2)
+        tuner.record(threads, frame_seconds(threads, n))
+        used.append(threads)
+    return used
+
+
+def test_thread_tuner_keeps_the_faster_count_and_retries_the_other_rarely():
+    from portalign.backends import ThreadTuner
+
+    # a quiet machine: two threads 4 ms, one thread 7 ms
+    quiet = ThreadTuner()
+    used = _drive(quiet, lambda threads, n: 0.004 if threads == 2 else 0.007, 1000)
+    assert used[:3] == [2, 2, 1]  # first frame (compilation) not timed, then each count measured once
+    assert used[3:].count(1) <= 8 and used[-1] == 2  # one thread only as a rare probe, backing off
+    # a busy machine: spinning workers make two threads 35x slower (measured: 318 ms against 9 ms)
+    busy = ThreadTuner()
+    used = _drive(busy, lambda threads, n: 0.318 if threads == 2 else 0.009, 5000)
+    assert used[3:].count(2) <= 8  # a handful of slow probes in 5000 frames
+    # the machine goes quiet after frame 300: a later probe of two threads wins and two threads stay
+    changing = ThreadTuner()
+    used = _drive(changing, lambda threads, n: (0.318 if n < 300 else 0.004) if threads == 2 else 0.009, 2000)
+    assert used[250:300].count(2) <= 1 and used[-500:].count(2) >= 495
+
+
+class _Clock:
+    """A stand-in for the time module: perf_counter returns what the test sets."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_a_busy_machine_moves_frames_to_one_thread(monkeypatch):
+    """The auto policy follows the frame times it measures, which the load average did not show."""
+    from portalign.backends import ThreadTuner
+
+    monkeypatch.setattr(_cpu, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # the load average sees nothing
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(2, numba.config.NUMBA_NUM_THREADS))
+    clock = _Clock()
+    monkeypatch.setattr(_cpu, "time", clock)
+    before = numba.get_num_threads()
+    tuner, counts = ThreadTuner(), []
+    for _ in range(6):
+        scope = _cpu.cpu_backend().frame_scope(None, tuner)
+        scope.__enter__()
+        counts.append(scope.wanted)
+        clock.now += 0.318 if scope.wanted == 2 else 0.009  # the frame's work
+        scope.__exit__(None, None, None)
+    assert counts == [2, 2, 1, 1, 1, 1] and numba.get_num_threads() == before
+    # a fixed policy is never tuned
+    set_thread_policy(2)
+    scope = _cpu.cpu_backend().frame_scope(None, tuner)
+    scope.__enter__()
+    scope.__exit__(None, None, None)
+    assert scope.wanted == min(2, numba.config.NUMBA_NUM_THREADS) and scope.tuner is None

@@ -8,6 +8,7 @@ have the same names and arguments on every backend (``kernels/cpu/*`` and
 from ._base import Backend
 from ._cpu import (
     CpuBackend,
+    ThreadTuner,
     batch_lanes,
     cpu_backend,
     cpu_exclusive,
@@ -25,6 +26,7 @@ __all__ = [
     "Backend",
     "CpuBackend",
     "GpuBackend",
+    "ThreadTuner",
     "batch_lanes",
     "cpu_backend",
     "cpu_exclusive",

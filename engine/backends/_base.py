@@ -73,8 +73,11 @@ class Backend:
         """Return a context in which this thread's kernels are queued on ``stream``."""
         return nullcontext()
 
-    def frame_scope(self, stream: Any) -> AbstractContextManager[None]:
-        """Return the context one frame's work runs in (the GPU: its lane's stream; the CPU: its thread count)."""
+    def frame_scope(self, stream: Any, tuner: Any = None) -> AbstractContextManager[None]:
+        """Return the context one frame's work runs in (the GPU: its lane's stream; the CPU: its thread count).
+
+        ``tuner`` is the frame geometry's thread tuner (used by the CPU backend's ``auto`` thread policy).
+        """
         return self.on_stream(stream)
 
     def staging_buffer(self, shape: tuple[int, int]) -> Any:

@@ -13,7 +13,13 @@ thread count per frame:
 * a batch (:func:`portalign.register_batch`) on the CPU runs one frame per core, each on one thread;
 * ``auto`` (default): all usable cores up to :data:`MAX_USEFUL_THREADS`, and one
   thread while the 1-minute load average shows the cores busy with other work
-  (load above usable cores + 1: our own threads add at most the cores).
+  (load above usable cores + 1: our own threads add at most the cores). Between
+  those, the frames themselves decide (:class:`ThreadTuner`, one per frame
+  geometry): the frame time of each count is measured, the faster one is used,
+  and the other is tried again now and then. A load average lags by a minute and
+  cannot tell our spinning workers from other work: a new user's first demo, next
+  to other jobs at load 2.8-3.0 on 2 cores, ran 318 ms frames on two threads where
+  one thread took 9 ms.
 
 The count is set for the calling thread only (``numba.set_num_threads`` is
 thread-local) for the duration of one frame, and restored afterwards.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +47,7 @@ from ..errors import PortalignError
 from ._base import Backend
 
 __all__ = ["cpu_backend", "CpuBackend", "frame_threads", "set_thread_policy", "batch_lanes", "single_threaded",
-           "cpu_exclusive", "threading_layer", "MAX_USEFUL_THREADS"]
+           "cpu_exclusive", "threading_layer", "ThreadTuner", "MAX_USEFUL_THREADS"]
 
 #: More threads than this do not pay on a frame's levels (measured on a 16-core Xeon: 8 threads 9.7 ms, 16 11.2 ms).
 MAX_USEFUL_THREADS = 8
@@ -119,26 +126,91 @@ def _usable_cores() -> int:
 def frame_threads(policy: str | int | None = None) -> int:
     """Return the thread count a frame runs with under ``policy`` (default: the process's policy).
 
-    ``PORTALIGN_THREADS`` in the environment overrides the default policy.
+    ``PORTALIGN_THREADS`` in the environment overrides the default policy. Under ``auto`` this is the wide
+    count (or 1 on a busy machine); a geometry's :class:`ThreadTuner` may still choose one thread.
     """
+    return _frame_policy(policy)[0]
+
+
+def _frame_policy(policy: str | int | None = None) -> tuple[int, bool]:
+    """Return the frame thread count under ``policy`` and whether it came from ``auto`` (then it may be tuned)."""
     import numba
 
     if policy is None and getattr(_local, "single", False):
-        return 1
+        return 1, False
     if policy is None:
         env = os.environ.get("PORTALIGN_THREADS")
         policy = _parse_policy(env, "PORTALIGN_THREADS") if env else _policy
     pool = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if policy != "auto":
-        return max(1, min(int(policy), pool))
+        return max(1, min(int(policy), pool)), False
     cores = _usable_cores()
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average on this platform
         load = 0.0
     if load > cores + 1:
-        return 1
-    return max(1, min(pool, cores, MAX_USEFUL_THREADS))
+        return 1, False
+    return max(1, min(pool, cores, MAX_USEFUL_THREADS)), True
+
+
+class ThreadTuner:
+    """Choose a geometry's frame thread count from the frame times it gave: one thread or the wide count.
+
+    The first frame of a geometry (compilation, first touch of its buffers) is not timed. Then the wide
+    count and one thread are each measured, and the faster is used; the other is tried again after
+    :attr:`PROBE_EVERY` frames, and each time it loses again the wait doubles (up to
+    :attr:`MAX_PROBE_EVERY`), so a busy machine costs one slow frame in thousands. A probe's time replaces
+    what that count had (the machine may have changed); the count in use is smoothed
+    (:attr:`SMOOTHING`), so one slow frame does not switch it.
+    """
+
+    PROBE_EVERY = 64
+    MAX_PROBE_EVERY = 4096
+    SMOOTHING = 0.3
+    __slots__ = ("seconds", "frames", "next_probe", "interval", "probing")
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+        self.frames = 0
+        self.next_probe = 0
+        self.interval = self.PROBE_EVERY
+        self.probing = 0
+
+    def choose(self, wide: int) -> int:
+        """Return the thread count of the next frame, ``1`` or ``wide``."""
+        self.frames += 1
+        self.probing = 0
+        if self.frames == 1:
+            return wide
+        seconds = self.seconds
+        if wide not in seconds:
+            return wide
+        if 1 not in seconds:
+            return 1
+        best, other = (1, wide) if seconds[1] < seconds[wide] else (wide, 1)
+        if self.frames >= self.next_probe:
+            self.probing = other
+            return other
+        return best
+
+    def record(self, threads: int, elapsed_s: float) -> None:
+        """Take the frame time of a frame that ran with ``threads`` (as :meth:`choose` said)."""
+        if self.frames <= 1:
+            return
+        seconds = self.seconds
+        if self.probing:
+            chosen = min(seconds, key=seconds.__getitem__)  # the count in use before the probe
+            seconds[threads] = elapsed_s
+            # lost again: wait twice as long before the next try; won: try the other one soon
+            won = elapsed_s < seconds[chosen]
+            self.interval = self.PROBE_EVERY if won else min(2 * self.interval, self.MAX_PROBE_EVERY)
+            self.next_probe = self.frames + self.interval
+            return
+        old = seconds.get(threads)
+        seconds[threads] = elapsed_s if old is None else old + self.SMOOTHING * (elapsed_s - old)
+        if len(seconds) == 2 and self.next_probe == 0:
+            self.next_probe = self.frames + self.interval
 
 
 def batch_lanes() -> int:
@@ -162,9 +234,14 @@ class single_threaded:  # noqa: N801 - used like a function: ``with single_threa
 
 
 class _ThreadScope:
-    """Set this thread's numba thread count for one frame and restore it (a plain class: few calls per frame)."""
+    """Set this thread's numba thread count for one frame and restore it (a plain class: few calls per frame).
 
-    __slots__ = ("previous", "wanted", "exclusive")
+    Under the ``auto`` policy the geometry's :class:`ThreadTuner` picks between one thread and the wide count
+    and is told the frame's time.
+    """
+
+    __slots__ = ("previous", "wanted", "exclusive", "tuner", "started")
+    tuner: ThreadTuner | None
 
     def __enter__(self) -> None:
         import numba
@@ -174,12 +251,20 @@ class _ThreadScope:
         if self.exclusive:
             _layer_lock.acquire()
         self.previous = numba.get_num_threads()
-        self.wanted = frame_threads()
-        _local.threads = self.wanted  # what this frame's compiled FFTs may use (fft_workers)
-        if self.wanted != self.previous:
-            numba.set_num_threads(self.wanted)
+        wanted, auto = _frame_policy()
+        if auto and wanted > 1 and self.tuner is not None:
+            wanted = self.tuner.choose(wanted)
+        else:
+            self.tuner = None  # a fixed count, a batch worker or a busy machine: nothing to learn from
+        self.wanted = wanted
+        _local.threads = wanted  # what this frame's compiled FFTs may use (fft_workers)
+        if wanted != self.previous:
+            numba.set_num_threads(wanted)
+        self.started = time.perf_counter()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.tuner is not None and exc_type is None:
+            self.tuner.record(self.wanted, time.perf_counter() - self.started)
         if self.wanted != self.previous:
             import numba
 
@@ -192,9 +277,14 @@ class _ThreadScope:
 class CpuBackend(Backend):
     """The CPU backend: numpy arrays, numba kernels, a thread count chosen per frame."""
 
-    def frame_scope(self, stream: Any) -> AbstractContextManager[None]:
-        """Return the context one frame runs in: this thread's numba thread count per the thread policy."""
-        return _ThreadScope()
+    def frame_scope(self, stream: Any, tuner: Any = None) -> AbstractContextManager[None]:
+        """Return the context one frame runs in: this thread's numba thread count per the thread policy.
+
+        ``tuner`` (a :class:`ThreadTuner`, one per frame geometry) lets the ``auto`` policy learn from frame times.
+        """
+        scope = _ThreadScope()  # no __init__: one call fewer per frame
+        scope.tuner = tuner
+        return scope
 
     def fft_workers(self) -> int:
         """Return this thread's frame thread count (set by :meth:`frame_scope`): the FFTs use as many."""

@@ -152,6 +152,8 @@ class FramePlan:
     program_inputs: dict = field(default_factory=dict)
     #: The reference's and this geometry's frame extent at the isocentre plane (mm, ``[x0, x1, y0, y1]``).
     view_boxes: tuple[list[float], list[float]] | None = None
+    #: The geometry's CPU thread tuner (``portalign.backends.ThreadTuner``), shared by its lanes.
+    threads: Any = None
 
     def new_lane(self, backend: Backend) -> FramePlan:
         """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""

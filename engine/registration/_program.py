@@ -75,11 +75,12 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     start = time.perf_counter()
     backend = reference.backend
     # a lane of the plan for this geometry: buffers no other frame is using, and their stream
-    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, backend.frame_scope(plan.stream):
+    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, \
+            backend.frame_scope(plan.stream, plan.threads):
         result = _register(reference, plan, frame, start)
     if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
         with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
-                backend.frame_scope(plan.stream):
+                backend.frame_scope(plan.stream, plan.threads):
             result = _register(reference, plan, frame, start)
     return result
 

@@ -32,7 +32,7 @@ from portalign.kernels.cpu.refine import MAX_STENCIL
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from ..backends import Backend, cpu_backend, cpu_exclusive, default_lanes, select_backend
+from ..backends import Backend, ThreadTuner, cpu_backend, cpu_exclusive, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
 from ..field import NO_FIELD, FieldEstimate, box_reduce, field_size_mm, find_field, penumbra_extent_mm, sample_mask
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
@@ -324,6 +324,7 @@ class Reference:
             view_boxes=(extent_box(self.image), grid_extent(shape, spacing, axis)),
             stream=self.backend.new_stream(),
             staging=self.backend.staging_buffer(shape),
+            threads=ThreadTuner(),
         )
 
     def _search_extent_mm(self, shape: tuple[int, int], spacing: tuple[float, float]) -> float:
