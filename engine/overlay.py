@@ -22,6 +22,7 @@ from .couch import PATIENT_TO_IEC, image_axes
 from .errors import MissingDependencyError
 from .image import Image, beam_kind
 from .registration import pose_affines
+from .registration._views import angle_text
 from .result import RegistrationResult
 
 __all__ = ["write_overlay", "reference_on_frame_grid", "edge_labels"]
@@ -114,7 +115,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     rotation = ("rotation not estimated" if result.rotation_deg is None
                 else f"rotation = {result.rotation_deg:+.2f} deg")
     fig.suptitle(
-        f"reference: {_describe(reference)}      frame: {_describe(frame)}\n"
+        f"reference: {_describe(reference)}\nframe: {_describe(frame)}\n"
         f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   "
         f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
         fontsize=10,
@@ -161,7 +162,7 @@ def _describe(image: Image) -> str:
     """File name, kind, gantry angle and acquisition date of an image, for the title."""
     info = image.info
     kind = beam_kind(info)
-    gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {info.gantry_deg:.1f} deg"
+    gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {angle_text(info.gantry_deg)} deg"
     date = info.extra.get("acquisition_date")
     when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) >= 8 else "date unknown"
     return f"{info.source} ({kind}, {gantry}, {when})"

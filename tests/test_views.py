@@ -203,3 +203,10 @@ def test_couch_keeps_working_and_reports_a_mismatched_pair(pixels) -> None:
     assert not couch.ok and "frame90b (gantry 90): different views: gantry angle 0 deg" in couch.reason
     couch, _ = register_views(mismatched, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
     assert "different views" not in couch.reason
+
+
+def test_angles_are_written_within_0_to_360():
+    from portalign.registration._views import angle_text
+
+    # a couch at 359.984 deg is "0", never "360" (a new user read "couch 45.1 deg ... but 360 deg")
+    assert [angle_text(a) for a in (359.987, 359.94, 0.04, -0.04, 90.0, -90.0)] == ["0", "359.9", "0", "0", "90", "270"]

@@ -76,8 +76,8 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
             continue
         if abs((ref_value - frame_value + 180.0) % 360.0 - 180.0) > tolerance:  # angle_difference_deg, inline
             record["mismatch"].append(key)
-            phrases.append(f"{label} angle {_deg(ref_value)} deg in the reference ({reference.source}) but "
-                           f"{_deg(frame_value)} deg in the frame ({frame.source})")
+            phrases.append(f"{label} angle {angle_text(ref_value)} deg in the reference ({reference.source}) but "
+                           f"{angle_text(frame_value)} deg in the frame ({frame.source})")
     ref_sad, frame_sad = reference.sad_mm, frame.sad_mm
     if ref_sad and frame_sad and abs(ref_sad - frame_sad) > SAD_TOLERANCE * max(ref_sad, frame_sad):
         record["mismatch"].append("sad_mm")
@@ -139,5 +139,7 @@ def _span(box: list[float]) -> str:
     return f"x {box[0]:.0f}..{box[1]:.0f}, y {box[2]:.0f}..{box[3]:.0f}"
 
 
-def _deg(angle: float) -> str:
-    return f"{round(float(angle), 1) + 0.0:g}"
+def angle_text(angle: float) -> str:
+    """Return an IEC angle for people: 0.1 deg, within [0, 360) (359.987 is "0", not "360")."""
+    value = round(float(angle) % 360.0, 1)
+    return f"{(0.0 if value >= 360.0 else value) + 0.0:g}"
