@@ -281,10 +281,14 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
     rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {result.rotation_deg:+.2f} deg"
     print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   {status}")
-    print(f"score {result.score:.3f}  method {result.method}  backend {result.backend}")
+    # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
+    fallback = (result.details or {}).get("backend_fallback")
+    backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend
+    print(f"score {result.score:.3f}  method {result.method}  backend {backend}")
     print(f"time: {_timing_text(result.elapsed_ms, extra)}")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        if warning != fallback:
+            print(f"warning: {warning}")
     if extra.get("overlay"):
         print(f"review picture: {extra['overlay']}")
     if extra.get("reg"):

@@ -247,6 +247,9 @@ def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) ->
     assert dy == pytest.approx(TRUTH_DY_MM, abs=TOL_MM)
     assert rotation == pytest.approx(0.0, abs=TOL_DEG)
     assert "backend cpu" in out or "backend gpu" in out
+    fallback = select_backend("auto").fallback_reason
+    if fallback:  # auto's reason for the CPU is said with the backend, once, not as a warning about the frame
+        assert f"backend cpu (auto: {fallback})" in out and f"warning: {fallback}" not in out
 
 
 def test_register_untrustworthy_match_is_a_result_not_an_error(capsys: pytest.CaptureFixture[str],

@@ -227,6 +227,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
     details["rotation_estimated"] = rotate
+    details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     return RegistrationResult(
