@@ -162,7 +162,7 @@ def _describe(image: Image) -> str:
     """File name, kind, gantry angle and acquisition date of an image, for the title."""
     info = image.info
     kind = beam_kind(info)
-    gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {angle_text(info.gantry_deg)} deg"
+    gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {float(angle_text(info.gantry_deg)):.1f} deg"
     date = info.extra.get("acquisition_date")
     when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) >= 8 else "date unknown"
     return f"{info.source} ({kind}, {gantry}, {when})"
