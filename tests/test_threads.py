@@ -147,8 +147,12 @@ def test_thread_tuner_keeps_the_faster_count_and_retries_the_other_rarely():
     # a quiet machine: two threads 4 ms, one thread 7 ms
     quiet = ThreadTuner()
     used = _drive(quiet, lambda threads, n: 0.004 if threads == 2 else 0.007, 1000)
-    assert used[:3] == [2, 2, 1]  # first frame (compilation) not timed, then each count measured once
+    assert used[:5] == [2, 2, 1, 2, 1]  # first frame (compilation) not timed, then each count measured twice
     assert used[3:].count(1) <= 8 and used[-1] == 2  # one thread only as a rare probe, backing off
+    # one slow wide frame while exploring (a page fault, another process) does not decide
+    outlier = ThreadTuner()
+    used = _drive(outlier, lambda threads, n: (0.020 if n == 1 else 0.004) if threads == 2 else 0.007, 100)
+    assert used[5:].count(2) >= 94
     # a busy machine: spinning workers make two threads 35x slower (measured: 318 ms against 9 ms)
     busy = ThreadTuner()
     used = _drive(busy, lambda threads, n: 0.318 if threads == 2 else 0.009, 5000)
@@ -186,7 +190,7 @@ def test_a_busy_machine_moves_frames_to_one_thread(monkeypatch):
         counts.append(scope.wanted)
         clock.now += 0.318 if scope.wanted == 2 else 0.009  # the frame's work
         scope.__exit__(None, None, None)
-    assert counts == [2, 2, 1, 1, 1, 1] and numba.get_num_threads() == before
+    assert counts == [2, 2, 1, 2, 1, 1] and numba.get_num_threads() == before
     # a fixed policy is never tuned
     set_thread_policy(2)
     scope = _cpu.cpu_backend().frame_scope(None, tuner)

@@ -157,14 +157,16 @@ def _frame_policy(policy: str | int | None = None) -> tuple[int, bool]:
 class ThreadTuner:
     """Choose a geometry's frame thread count from the frame times it gave: one thread or the wide count.
 
-    The first frame of a geometry (compilation, first touch of its buffers) is not timed. Then the wide
-    count and one thread are each measured, and the faster is used; the other is tried again after
-    :attr:`PROBE_EVERY` frames, and each time it loses again the wait doubles (up to
-    :attr:`MAX_PROBE_EVERY`), so a busy machine costs one slow frame in thousands. A probe's time replaces
-    what that count had (the machine may have changed); the count in use is smoothed
-    (:attr:`SMOOTHING`), so one slow frame does not switch it.
+    The first frame of a geometry (compilation, first touch of its buffers) is not timed. The next
+    :attr:`EXPLORE` frames alternate the wide count and one thread, and each count keeps its fastest time
+    (one slow frame, a page fault or another process, does not decide). Then the faster count is used;
+    the other is tried again after :attr:`PROBE_EVERY` frames, and each time it loses again the wait
+    doubles (up to :attr:`MAX_PROBE_EVERY`), so a busy machine costs one slow frame in thousands. A
+    probe's time replaces what that count had (the machine may have changed); the count in use is
+    smoothed (:attr:`SMOOTHING`), so one slow frame does not switch it.
     """
 
+    EXPLORE = 4
     PROBE_EVERY = 64
     MAX_PROBE_EVERY = 4096
     SMOOTHING = 0.3
@@ -179,38 +181,36 @@ class ThreadTuner:
 
     def choose(self, wide: int) -> int:
         """Return the thread count of the next frame, ``1`` or ``wide``."""
-        self.frames += 1
+        frames = self.frames = self.frames + 1
         self.probing = 0
-        if self.frames == 1:
-            return wide
+        if frames <= self.EXPLORE + 1:
+            return wide if frames % 2 == 0 or frames == 1 else 1  # untimed first frame, then wide, 1, wide, 1
         seconds = self.seconds
-        if wide not in seconds:
-            return wide
-        if 1 not in seconds:
-            return 1
         best, other = (1, wide) if seconds[1] < seconds[wide] else (wide, 1)
-        if self.frames >= self.next_probe:
+        if frames >= self.next_probe:
             self.probing = other
             return other
         return best
 
     def record(self, threads: int, elapsed_s: float) -> None:
         """Take the frame time of a frame that ran with ``threads`` (as :meth:`choose` said)."""
-        if self.frames <= 1:
+        frames = self.frames
+        if frames <= 1:
             return
         seconds = self.seconds
-        if self.probing:
-            chosen = min(seconds, key=seconds.__getitem__)  # the count in use before the probe
+        old = seconds.get(threads)
+        if frames <= self.EXPLORE + 1:
+            seconds[threads] = elapsed_s if old is None else min(old, elapsed_s)
+            self.next_probe = frames + self.interval
+        elif self.probing:
+            chosen = 1 if threads != 1 else max(seconds)  # the count in use before this probe
             seconds[threads] = elapsed_s
             # lost again: wait twice as long before the next try; won: try the other one soon
             won = elapsed_s < seconds[chosen]
             self.interval = self.PROBE_EVERY if won else min(2 * self.interval, self.MAX_PROBE_EVERY)
-            self.next_probe = self.frames + self.interval
-            return
-        old = seconds.get(threads)
-        seconds[threads] = elapsed_s if old is None else old + self.SMOOTHING * (elapsed_s - old)
-        if len(seconds) == 2 and self.next_probe == 0:
-            self.next_probe = self.frames + self.interval
+            self.next_probe = frames + self.interval
+        else:
+            seconds[threads] = elapsed_s if old is None else old + self.SMOOTHING * (elapsed_s - old)
 
 
 def batch_lanes() -> int:
