@@ -1,7 +1,7 @@
 """Held-out-style pairs of every kind in issue 11, rendered from the real thorax CT with secret motions.
 
-``python -m bench.held_out [--pairs 40] [--seed 11] [--simpleitk]`` (from the source checkout, with
-``../shared`` present) renders, per pair, an MV frame of the patient moved by a random couch shift (up to
+``python -m bench.held_out [--pairs 40] [--seed 11] [--simpleitk] [--ct PATH]`` (from the source checkout,
+with ``../shared`` present) renders, per pair, an MV frame of the patient moved by a random couch shift (up to
 5 mm on each axis; at the cardinal gantry angles also turned in plane by up to 1.5 degrees) and registers
 it against a reference of the planned position. The kinds cycle through:
 
@@ -146,6 +146,36 @@ def render_pairs(ct, seed: int, count: int, only: Iterable[int] | None = None) -
                           float(shift @ ey))
 
 
+def read_ct(path: Path):  # type: ignore[no-untyped-def]
+    """Return the CT at ``path``: a DICOM series folder (portalign's reader) or a NIfTI file (read by SimpleITK).
+
+    A NIfTI volume is turned into portalign's axis-aligned ``[z, y, x]`` HU grid in DICOM patient (LPS)
+    coordinates; its axes are flipped where its direction matrix points them the other way. The patient
+    position is taken as HFS (NIfTI does not record it).
+    """
+    from portalign.ct import CTVolume, read_ct_series
+
+    if path.is_dir():
+        return read_ct_series(path)
+    import SimpleITK as sitk  # noqa: N813 - its usual name
+
+    image = sitk.ReadImage(str(path))
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)  # [z, y, x]
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    signs = np.sign(np.diag(direction))
+    if not np.allclose(np.abs(direction), np.eye(3), atol=1e-3):
+        raise SystemExit(f"held_out: {path} is not axis-aligned (direction {direction.ravel().tolist()})")
+    spacing = np.array(image.GetSpacing())  # x, y, z
+    origin = np.array(image.GetOrigin())  # LPS, of voxel [0, 0, 0]
+    size = np.array(image.GetSize())
+    for axis in range(3):  # x, y, z: make every index axis run towards +LPS
+        if signs[axis] < 0:
+            hu = np.flip(hu, axis=2 - axis)
+            origin[axis] -= spacing[axis] * (size[axis] - 1)
+    return CTVolume(np.ascontiguousarray(hu), (float(spacing[2]), float(spacing[1]), float(spacing[0])),
+                    (float(origin[0]), float(origin[1]), float(origin[2])), "HFS", source=path.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Render and register the pairs; return the exit status."""
     import portalign
@@ -160,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simpleitk", action="store_true", help="register every pair with the SimpleITK peer too")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="register only these pairs (0-based)")
     parser.add_argument("--details", action="store_true", help="print each result's details")
+    parser.add_argument("--ct", type=Path, default=None,
+                        help="another CT: a DICOM series folder or a NIfTI file (default: the thorax CT, downsampled)")
     args = parser.parse_args(argv)
-    if not CT_FOLDER.is_dir():
+    if args.ct is not None:
+        ct = read_ct(args.ct)
+    elif not CT_FOLDER.is_dir():
         print(f"held_out: the thorax CT is not at {CT_FOLDER}", file=sys.stderr)
         return 1
-    ct = read_ct_series(CT_FOLDER).downsampled(DRR_CT_DOWNSAMPLE)
+    else:
+        ct = read_ct_series(CT_FOLDER).downsampled(DRR_CT_DOWNSAMPLE)
     sitk = SimpleITKMethod() if args.simpleitk else None
     if sitk is not None:
         sitk.start()
