@@ -356,6 +356,8 @@ def _understood(image: Any) -> dict[str, Any]:
         out["field_box_mm"] = [float(x0), float(x1), float(y0), float(y1)]
         out["field"] = (f"x {float(x0):.1f}..{float(x1):.1f} mm, y {float(y0):.1f}..{float(y1):.1f} mm "
                         "from the beam axis at the isocentre plane")
+        if field.doubt:
+            out["field_doubt"] = field.doubt
     elif field.note:
         out["field"] = field.note
     else:

@@ -15,7 +15,15 @@ import numpy as np
 import portalign
 import pytest
 from portalign.errors import ReferencePreparationError
-from portalign.field import NO_FIELD_EDGE, box_reduce, detect_field, field_size_mm, find_field, planned_aperture_covers
+from portalign.field import (
+    NO_FIELD_EDGE,
+    box_reduce,
+    detect_field,
+    field_size_mm,
+    find_field,
+    noise_ratio,
+    planned_aperture_covers,
+)
 
 from tests.field_sets import FIELD_CASES, REAL, centred_window_pair, cone_image, cone_pair, dead_lines, read, window_pair
 from tests.synthetic import anatomy, moved
@@ -191,11 +199,72 @@ def test_dark_region_is_no_field_where_the_sign_is_known():
     assert field.note.startswith(NO_FIELD_EDGE) and "attenuating object" in field.note
 
 
+def _inverted_field(sign_reason: str) -> portalign.Image:
+    """A field stored inverted (dark) whose outside gets little dose: quiet outside, noisy inside (as real EPIDs)."""
+    img = np.full((160, 200), 4000.0)
+    inside = np.zeros(img.shape, dtype=bool)
+    inside[40:120, 60:140] = True
+    img[inside] = 2800.0
+    img += np.random.default_rng(0).normal(0, 1, img.shape) * np.where(inside, 10.0, 1.0)
+    return portalign.Image.from_array(img, pixel_spacing_mm=1.0, kind="portal",
+                                      extra={"intensity_sign_reason": sign_reason})
+
+
 def test_dark_field_is_kept_where_the_sign_is_unknown():
-    """Files stored inverted without a sign tag (Varian aS500 Winston-Lutz) show their field dark."""
+    """Files stored inverted without a sign tag (Varian aS500 Winston-Lutz) show their field dark, quiet outside."""
+    image = _inverted_field("no PixelIntensityRelationshipSign; values kept")
+    field = find_field(image, image.pixels)
+    assert field.detected and not field.field_is_bright and field.note == ""
+
+
+def test_dark_region_as_noisy_as_its_surroundings_is_kept_with_a_doubt():
+    """A dark square as noisy as its surroundings (both sides have dose) may be an object in an open beam.
+
+    It stays the field (a real inverted low-dose frame can look alike, and a field taken for an object would let
+    its fixed edges pull the match towards no shift), and the result says why it may not be one. Real fields'
+    inside/outside noise ratios are 7.7-12; the planar-imaging phantoms' 0.74-1.13.
+    """
     image = _phantom_in_open_field("no PixelIntensityRelationshipSign; values kept")
     field = find_field(image, image.pixels)
     assert field.detected and not field.field_is_bright and field.note == ""
+    assert "as noisy as them" in field.doubt and "--field none" in field.doubt
+    # the ratio itself: about 1 here, about 10 for the inverted field (which raises no doubt)
+    small = np.ones((160, 200), dtype=bool)
+    small[40:120, 60:140] = False
+    assert noise_ratio(image.pixels, ~small) == pytest.approx(1.0, abs=0.2)
+    inverted = _inverted_field("no PixelIntensityRelationshipSign; values kept")
+    assert noise_ratio(inverted.pixels, ~small) == pytest.approx(10.0, rel=0.2)
+    assert find_field(inverted, inverted.pixels).doubt == ""
+    # registration carries the doubt as a warning
+    frame = portalign.Image.from_array(np.roll(image.pixels, (3, -2), axis=(0, 1)), pixel_spacing_mm=1.0,
+                                       kind="portal", extra=dict(image.info.extra))
+    result = portalign.register(image, frame, backend="cpu")
+    assert any("may be an attenuating object" in w for w in result.warnings)
+
+
+@pytest.mark.real_data
+def test_unsigned_open_field_phantom_raises_the_doubt():
+    """The handed open-field pair with its sign and planned jaws removed: the phantom's outline is doubted."""
+    from dataclasses import replace
+
+    folder = FIELD_CASES / "open-field"
+    if not folder.is_dir():
+        pytest.skip(f"the handed cases are not at {folder}")
+
+    def unsigned(path):
+        image = read(path)
+        extra = {k: v for k, v in image.info.extra.items() if k not in ("intensity_sign_reason",
+                                                                        "planned_field_corners_mm")}
+        return replace(image, info=replace(image.info, extra=extra))
+
+    result = portalign.register(unsigned(folder / "ref_inside.dcm"), unsigned(folder / "frame_inside_r-15_c+21.dcm"),
+                                backend="cpu")
+    assert any("may be an attenuating object" in w for w in result.warnings)
+    # with the hint followed (no field), the shift is right to 0.05 mm (0.49 mm with the outline as the field)
+    options = portalign.RegistrationOptions(field="none")
+    followed = portalign.register(unsigned(folder / "ref_inside.dcm"),
+                                  unsigned(folder / "frame_inside_r-15_c+21.dcm"), options, backend="cpu")
+    assert followed.ok and math.hypot(followed.dx_mm - 5.488, followed.dy_mm + 3.920) < 0.05
 
 
 def test_field_size_is_the_inscribed_disc_whatever_the_collimator_angle():

@@ -111,6 +111,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
     if field.note:
         warnings.append(field.note)
+    if field.doubt:
+        warnings.append(field.doubt)
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
