@@ -161,6 +161,12 @@ def gpu_backend(*, allow_simulator: bool = True) -> Backend:
     """
     backend, reason = _detect()
     if backend is None:
+        import importlib.util
+
+        if allow_simulator and reason.startswith("no CUDA device") and importlib.util.find_spec("cupy") is None:
+            # asked for the GPU by name (auto passes allow_simulator=False): say the other half too, while auto's
+            # fallback reason, said with every CPU result, stays short
+            reason += f"; CuPy is not installed either: {_install_hint()}"
         raise BackendUnavailableError(reason)
     if isinstance(backend, GpuBackend) and backend.simulated and not allow_simulator:
         raise BackendUnavailableError(
@@ -183,7 +189,7 @@ def _probe() -> tuple[Backend | None, str]:
     try:
         from numba import config, cuda
     except ImportError as exc:  # pragma: no cover - numba is a dependency
-        return None, f"numba.cuda cannot be imported ({exc}): pip install 'portalign[{_cuda_extra()}]'"
+        return None, f"numba.cuda cannot be imported ({exc}): {_install_hint()}"
     try:
         from portalign.kernels import gpu as gpu_kernels
     except ImportError as exc:  # pragma: no cover - packaging error
@@ -199,7 +205,7 @@ def _probe() -> tuple[Backend | None, str]:
         try:
             import cupy
         except ImportError:
-            return None, f"CuPy is not installed: pip install 'portalign[{_cuda_extra()}]'"
+            return None, f"CuPy is not installed: {_install_hint()}"
     failure = _compile_check()
     if failure:
         return None, failure
@@ -254,12 +260,12 @@ def _compile_check() -> str:
     return ""
 
 
-def _cuda_extra() -> str:
-    """Return the extra that matches the installed CUDA driver (``gpu-cuda13`` or ``gpu-cuda12``)."""
+def _install_hint() -> str:
+    """Return the pip command of the GPU extra that matches the installed CUDA driver (both, without a driver)."""
     try:
         from numba import cuda
 
         major = cuda.cudadrv.driver.driver.get_version()[0]  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - no driver: name the newer one
-        return "gpu-cuda13 or gpu-cuda12"
-    return "gpu-cuda13" if major >= 13 else "gpu-cuda12"
+    except Exception:  # noqa: BLE001 - no driver: name both
+        return "pip install 'portalign[gpu-cuda13]' (or 'portalign[gpu-cuda12]' with a CUDA 12 driver)"
+    return f"pip install 'portalign[{'gpu-cuda13' if major >= 13 else 'gpu-cuda12'}]'"
