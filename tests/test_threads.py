@@ -157,6 +157,10 @@ def test_thread_tuner_keeps_the_faster_count_and_retries_the_other_rarely():
     busy = ThreadTuner()
     used = _drive(busy, lambda threads, n: 0.318 if threads == 2 else 0.009, 5000)
     assert used[3:].count(2) <= 8  # a handful of slow probes in 5000 frames
+    # the usable cores change (two threads become four): the new count is explored, nothing breaks
+    moved = ThreadTuner()
+    _drive(moved, lambda threads, n: 0.004 if threads == 2 else 0.007, 20)
+    assert moved.choose(4) == 4 and moved.frames == 2 and moved.choose(4) == 1  # exploring again
     # the machine goes quiet after frame 300: a later probe of two threads wins and two threads stay
     changing = ThreadTuner()
     used = _drive(changing, lambda threads, n: (0.318 if n < 300 else 0.004) if threads == 2 else 0.009, 2000)

@@ -186,7 +186,13 @@ class ThreadTuner:
         if frames <= self.EXPLORE + 1:
             return wide if frames % 2 == 0 or frames == 1 else 1  # untimed first frame, then wide, 1, wide, 1
         seconds = self.seconds
-        best, other = (1, wide) if seconds[1] < seconds[wide] else (wide, 1)
+        one, many = seconds.get(1), seconds.get(wide)
+        if one is None or many is None:
+            # a count never timed (the usable cores changed, or exploring frames failed): explore again
+            self.seconds = {}
+            self.frames = 2
+            return wide
+        best, other = (1, wide) if one < many else (wide, 1)
         if frames >= self.next_probe:
             self.probing = other
             return other
@@ -203,10 +209,10 @@ class ThreadTuner:
             seconds[threads] = elapsed_s if old is None else min(old, elapsed_s)
             self.next_probe = frames + self.interval
         elif self.probing:
-            chosen = 1 if threads != 1 else max(seconds)  # the count in use before this probe
+            chosen = 1 if threads != 1 else max(seconds, default=1)  # the count in use before this probe
             seconds[threads] = elapsed_s
             # lost again: wait twice as long before the next try; won: try the other one soon
-            won = elapsed_s < seconds[chosen]
+            won = elapsed_s < seconds.get(chosen, float("inf"))
             self.interval = self.PROBE_EVERY if won else min(2 * self.interval, self.MAX_PROBE_EVERY)
             self.next_probe = frames + self.interval
         else:
