@@ -367,7 +367,10 @@ def _understood(image: Any) -> dict[str, Any]:
     found = field
     if not field.detected and not planned_aperture_covers(image):
         found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
-    out["likely_inverted"] = bool(found.detected and not found.field_is_bright and info.kind == "portal")
+    # ...unless the dark region is as noisy as its surroundings: then it is likely an object in an open beam, and
+    # --invert would only turn it into a bright "field" (the doubt says what to do instead)
+    out["likely_inverted"] = bool(found.detected and not found.field_is_bright and info.kind == "portal"
+                                  and not field.doubt)
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")

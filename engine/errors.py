@@ -69,7 +69,7 @@ class MissingDependencyError(PortalignError, ImportError):
         top = (module or "").split(".")[0]
         extra = EXTRAS.get(top)
         if extra == "gpu-cuda12":
-            fix = 'pip install "portalign[gpu-cuda12]" (or "portalign[gpu-cuda13]" for CUDA 13)'
+            fix = 'pip install "portalign[gpu-cuda13]" (or "portalign[gpu-cuda12]" with a CUDA 12 driver)'
         elif extra:
             fix = f'pip install "portalign[{extra}]"'
         else:

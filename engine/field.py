@@ -61,10 +61,11 @@ MAX_FIELD_AXIS_DISTANCE_MM = 40.0
 #: quantum noise is a fraction of the field's: measured on this project's real portal images (TrueBeam
 #: Winston-Lutz fields, aS500 fields, stored upright or inverted) the noise inside is 7.7 to 12 times the noise
 #: outside (or the outside is flat). An attenuating object in an open beam leaves both sides with dose: the
-#: planar-imaging phantoms' inside/outside noise ratios are 0.74 and 1.13. A dark region of an image of unknown
-#: sign whose inside is less than this many times as noisy as its outside may be such an object: the result says
-#: so. It stays the field: electronic noise can even out a real inverted low-dose frame's two sides, and a field
-#: taken for an object would let its fixed edges pull the match towards no shift.
+#: planar-imaging phantoms' inside/outside noise ratios are 0.74 and 1.13. A region resting on an unestablished sign
+#: (dark with the sign unknown, or bright only because the user inverted the values) whose inside is less than this
+#: many times as noisy as its outside is likely such an object, and the match is refused with the way out
+#: (``field='none'``). It is not simply dropped: electronic noise can even out a real inverted low-dose frame's
+#: two sides, and a field taken for an object would let its fixed edges pull the match towards no shift.
 MIN_FIELD_NOISE_RATIO = 1.5
 #: Rows of the full image sampled for that noise comparison (second differences along each row).
 NOISE_RATIO_ROWS = 64
@@ -97,8 +98,8 @@ class FieldEstimate:
     level_shape : tuple of int or None
         Shape of the level it was found on (set with dead lines).
     doubt : str
-        Why the field found may be an attenuating object instead (a dark region of an image of unknown sign,
-        as noisy as its surroundings); the field is still used, and the result warns (``""``: no doubt).
+        Why the field found is likely an attenuating object instead (a region resting on an unestablished sign,
+        as noisy as its surroundings): registration refuses the match unless ``field='detect'`` (``""``: none).
     """
 
     detected: bool
@@ -150,20 +151,34 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
             return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a radiation "
                                          "field surrounds its central axis, so it is the patient's outline or an "
                                          "object (air beside the body)")
-    if field.detected and not field.field_is_bright:
-        if _radiation_is_bright(image):
-            return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
-                                         "values mean more radiation, so it is an attenuating object (a phantom's "
-                                         "outline), not the radiation field")
-        # the sign is unknown: an inverted image's field, or an object in an open beam? The dose hints, by its noise
+    if field.detected and not field.field_is_bright and _radiation_is_bright(image):
+        return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
+                                     "values mean more radiation, so it is an attenuating object (a phantom's "
+                                     "outline), not the radiation field")
+    if field.detected and _sign_in_doubt(image, field):
+        # an inverted image's field, or an object in an open beam? The dose hints, by its noise
         ratio = noise_ratio(image.pixels, field.mask)
         if ratio is not None and ratio < MIN_FIELD_NOISE_RATIO:
             return replace(field, doubt=(
-                f"the region taken for the radiation field is darker than its surroundings (image sign unknown) and "
-                f"{ratio:.1f}x as noisy as them, where a field's outside gets a few per cent of its dose and far less "
-                "noise: it may be an attenuating object (a phantom) in an open beam. If no aperture edge is in the "
-                "image, register with field='none' (--field none); if the image is stored inverted, say so (--invert)"))
+                f"the region taken for the radiation field in {image.info.source} is {ratio:.1f}x as noisy as its "
+                "surroundings, where a field's outside gets a few per cent of its dose and far less noise: it is "
+                "likely an attenuating object (a phantom) in an open beam. If no aperture edge is in the image, "
+                "register with field='none' (--field none); if it is the field of a very low-dose frame, with "
+                "field='detect' (--field detect)"))
     return field
+
+
+def _sign_in_doubt(image: Image, field: FieldEstimate) -> bool:
+    """Whether the field found rests on a sign nobody established.
+
+    A dark region of an image of unknown sign, or a bright one only because the user inverted the values (in a
+    new user's trial ``info`` said "likely inverted", ``--invert`` turned a phantom's outline into a bright
+    "field", and the shift came out 0.49 mm off, ok).
+    """
+    reason = str(image.info.extra.get("intensity_sign_reason") or "")
+    if field.field_is_bright:
+        return reason == "invert=True"
+    return not _radiation_is_bright(image)
 
 
 def noise_ratio(pixels: np.ndarray, mask: np.ndarray | None) -> float | None:

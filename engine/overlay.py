@@ -115,7 +115,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     rotation = ("rotation not estimated" if result.rotation_deg is None
                 else f"rotation = {result.rotation_deg:+.2f} deg")
     fig.suptitle(
-        f"reference: {_describe(reference)}\nframe: {_describe(frame)}\n"
+        f"{textwrap.fill('reference: ' + _describe(reference), 150)}\n{textwrap.fill('frame: ' + _describe(frame), 150)}\n"
         f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   "
         f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
         fontsize=10,

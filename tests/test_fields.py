@@ -217,17 +217,17 @@ def test_dark_field_is_kept_where_the_sign_is_unknown():
     assert field.detected and not field.field_is_bright and field.note == ""
 
 
-def test_dark_region_as_noisy_as_its_surroundings_is_kept_with_a_doubt():
-    """A dark square as noisy as its surroundings (both sides have dose) may be an object in an open beam.
+def test_region_as_noisy_as_its_surroundings_on_an_unestablished_sign_is_doubted_and_refused():
+    """A dark square as noisy as its surroundings (both sides have dose) is likely an object in an open beam.
 
-    It stays the field (a real inverted low-dose frame can look alike, and a field taken for an object would let
-    its fixed edges pull the match towards no shift), and the result says why it may not be one. Real fields'
+    It is not dropped (a real inverted low-dose frame can look alike, and a field taken for an object would let
+    its fixed edges pull the match towards no shift): the match is refused with the way out. Real fields'
     inside/outside noise ratios are 7.7-12; the planar-imaging phantoms' 0.74-1.13.
     """
     image = _phantom_in_open_field("no PixelIntensityRelationshipSign; values kept")
     field = find_field(image, image.pixels)
     assert field.detected and not field.field_is_bright and field.note == ""
-    assert "as noisy as them" in field.doubt and "--field none" in field.doubt
+    assert "as noisy as its surroundings" in field.doubt and "--field none" in field.doubt
     # the ratio itself: about 1 here, about 10 for the inverted field (which raises no doubt)
     small = np.ones((160, 200), dtype=bool)
     small[40:120, 60:140] = False
@@ -235,35 +235,46 @@ def test_dark_region_as_noisy_as_its_surroundings_is_kept_with_a_doubt():
     inverted = _inverted_field("no PixelIntensityRelationshipSign; values kept")
     assert noise_ratio(inverted.pixels, ~small) == pytest.approx(10.0, rel=0.2)
     assert find_field(inverted, inverted.pixels).doubt == ""
-    # registration carries the doubt as a warning
+    # the user's --invert makes the same square a bright "field": still doubted (the sign was not established)
+    flipped = portalign.Image.from_array(8000.0 - image.pixels, pixel_spacing_mm=1.0, kind="portal",
+                                         extra={"intensity_sign_reason": "invert=True"})
+    assert find_field(flipped, flipped.pixels).field_is_bright and find_field(flipped, flipped.pixels).doubt
+    # registration refuses, naming the way out; field='detect' uses the region anyway and warns
     frame = portalign.Image.from_array(np.roll(image.pixels, (3, -2), axis=(0, 1)), pixel_spacing_mm=1.0,
                                        kind="portal", extra=dict(image.info.extra))
-    result = portalign.register(image, frame, backend="cpu")
-    assert any("may be an attenuating object" in w for w in result.warnings)
+    refused = portalign.register(image, frame, backend="cpu")
+    assert not refused.ok and "likely an attenuating object" in refused.reason
+    used = portalign.register(image, frame, portalign.RegistrationOptions(field="detect"), backend="cpu")
+    assert any("likely an attenuating object" in w for w in used.warnings)
 
 
 @pytest.mark.real_data
-def test_unsigned_open_field_phantom_raises_the_doubt():
-    """The handed open-field pair with its sign and planned jaws removed: the phantom's outline is doubted."""
+def test_unsigned_open_field_phantom_is_refused_not_confidently_off():
+    """The handed open-field pair without its sign and planned jaws: refused (it was 0.49 mm off, ok), and so is
+    the same pair read with --invert (the advice a new user followed); --field none gives the right shift."""
     from dataclasses import replace
 
     folder = FIELD_CASES / "open-field"
     if not folder.is_dir():
         pytest.skip(f"the handed cases are not at {folder}")
 
-    def unsigned(path):
-        image = read(path)
-        extra = {k: v for k, v in image.info.extra.items() if k not in ("intensity_sign_reason",
-                                                                        "planned_field_corners_mm")}
+    def unsigned(name, invert=None):
+        image = portalign.read_rt_image(folder / name, invert=invert)
+        extra = {k: v for k, v in image.info.extra.items() if k != "planned_field_corners_mm"}
+        if invert is None:
+            extra.pop("intensity_sign_reason", None)
         return replace(image, info=replace(image.info, extra=extra))
 
-    result = portalign.register(unsigned(folder / "ref_inside.dcm"), unsigned(folder / "frame_inside_r-15_c+21.dcm"),
-                                backend="cpu")
-    assert any("may be an attenuating object" in w for w in result.warnings)
-    # with the hint followed (no field), the shift is right to 0.05 mm (0.49 mm with the outline as the field)
+    ref, frame = "ref_inside.dcm", "frame_inside_r-15_c+21.dcm"
+    for invert in (None, True):
+        result = portalign.register(unsigned(ref, invert), unsigned(frame, invert), backend="cpu")
+        assert not result.ok and "likely an attenuating object" in result.reason, (invert, result.reason)
+    # only the reference stripped: its doubt refuses too (it was dropped silently)
+    original = portalign.read_rt_image(folder / frame)
+    assert not portalign.register(unsigned(ref), original, backend="cpu").ok
+    # with the way out taken (no field), the shift is right to 0.05 mm
     options = portalign.RegistrationOptions(field="none")
-    followed = portalign.register(unsigned(folder / "ref_inside.dcm"),
-                                  unsigned(folder / "frame_inside_r-15_c+21.dcm"), options, backend="cpu")
+    followed = portalign.register(unsigned(ref), unsigned(frame), options, backend="cpu")
     assert followed.ok and math.hypot(followed.dx_mm - 5.488, followed.dy_mm + 3.920) < 0.05
 
 

@@ -90,7 +90,14 @@ def threading_layer() -> str:
             except ValueError:  # no parallel region has run in this process yet
                 from portalign.kernels.cpu import threshold_mask
 
-                threshold_mask(np.zeros((2, 2), np.float32), 0.5, True, np.zeros((2, 2), np.uint8))
+                try:
+                    threshold_mask(np.zeros((2, 2), np.float32), 0.5, True, np.zeros((2, 2), np.uint8))
+                except ValueError as exc:  # e.g. NUMBA_THREADING_LAYER=tbb without TBB installed
+                    asked = os.environ.get("NUMBA_THREADING_LAYER", "default")
+                    raise PortalignError(
+                        f"numba could not load a threading layer (NUMBA_THREADING_LAYER={asked}): "
+                        f"{' '.join(str(exc).split())[:200]}; install it (pip install tbb for 'tbb'), or unset "
+                        "NUMBA_THREADING_LAYER") from exc
                 layer = numba.threading_layer()
             _layer = str(layer)
     return _layer

@@ -171,7 +171,8 @@ def gpu_backend(*, allow_simulator: bool = True) -> Backend:
     if isinstance(backend, GpuBackend) and backend.simulated and not allow_simulator:
         raise BackendUnavailableError(
             "only numba's CUDA simulator is available (NUMBA_ENABLE_CUDASIM=1); "
-            "choose backend='gpu' explicitly to run it"
+            "choose backend='gpu' explicitly to run it (for tests: it runs the kernels in Python, thousands of "
+            "times slower than the CPU backend; a 1024x768 frame takes minutes)"
         )
     return backend
 

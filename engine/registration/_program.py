@@ -111,8 +111,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
     if field.note:
         warnings.append(field.note)
-    if field.doubt:
-        warnings.append(field.doubt)
+    # a "field" likely to be an object in an open beam: refused unless field='detect' says to use it anyway
+    doubt_reason = ""
+    if reference.field.doubt or field.doubt:  # rare: no per-frame cost otherwise
+        doubts = [d for d in (reference.field.doubt, field.doubt) if d]
+        if opts.field == "detect":
+            warnings.extend(doubts)
+        else:
+            doubt_reason = "; ".join(doubts)
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
@@ -172,7 +178,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     matched = int(levels[found.levels[-1]["level"] if found.levels else plan.refine_levels[0]].usable)
     significance = float(final_edge) * math.sqrt(matched / 2.0)
     # a different view, no overlap at all, or an unusable frame rule the match out before its score does
-    reason = view_reason or common_region(reference.image, frame, box_mm, plan.view_boxes) or quality
+    # a doubted "field" comes before the quality verdicts about it ("too little structure inside the field")
+    reason = view_reason or common_region(reference.image, frame, box_mm, plan.view_boxes) or doubt_reason or quality
     max_rot = math.radians(opts.max_rotation_deg) if opts.estimate_rotation else 0.0
     if reason:
         pass
