@@ -201,3 +201,23 @@ def test_a_busy_machine_moves_frames_to_one_thread(monkeypatch):
     scope.__enter__()
     scope.__exit__(None, None, None)
     assert scope.wanted == min(2, numba.config.NUMBA_NUM_THREADS) and scope.tuner is None
+
+
+def test_a_threading_layer_that_cannot_load_is_a_one_line_error(monkeypatch):
+    """NUMBA_THREADING_LAYER=tbb without TBB: numba's ValueError becomes a PortalignError naming the fix."""
+    import portalign.kernels.cpu as cpu_kernels
+
+    def no_layer(*args):
+        raise ValueError("No threading layer could be loaded.\nHINT:\nIntel TBB is required, try:\n$ pip install tbb")
+
+    def not_run_yet():
+        raise ValueError("Threading layer is not initialized.")
+
+    monkeypatch.setattr(_cpu, "_layer", None)
+    monkeypatch.setattr(numba, "threading_layer", not_run_yet)
+    monkeypatch.setattr(cpu_kernels, "threshold_mask", no_layer)
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "tbb")
+    with pytest.raises(PortalignError, match=r"NUMBA_THREADING_LAYER=tbb\): No threading layer could be loaded\. HINT"
+                                             r".*pip install tbb for 'tbb'\), or unset NUMBA_THREADING_LAYER") as info:
+        _cpu.threading_layer()
+    assert "\n" not in str(info.value)
