@@ -201,7 +201,7 @@ def noise_ratio(pixels: np.ndarray, mask: np.ndarray | None) -> float | None:
     if mask is None or mask.ndim != 2 or min(mask.shape) < 8:
         return None
     rows, cols = pixels.shape
-    factor = max(1, int(round(2.0 ** round(math.log2(max(rows / mask.shape[0], 1.0))))))
+    factor = _level_factor(rows, mask.shape[0])
     inner = ndimage.binary_erosion(mask, iterations=2)
     outer = ndimage.binary_erosion(~mask, iterations=2, border_value=1)
     sampled = np.arange(0, rows, max(1, rows // NOISE_RATIO_ROWS))
@@ -265,7 +265,7 @@ def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate
     """
     if not field.detected or field.mask is None:
         return 0.0
-    factor = max(1, int(round(image.shape[0] / small.shape[0])))
+    factor = _level_factor(image.shape[0], small.shape[0])
     # level pixel i covers original pixels f i .. f i + f - 1: the axis at (axis - (f - 1) / 2) / f
     ax = (image.beam_axis_px[0] - (factor - 1) / 2) / factor
     ay = (image.beam_axis_px[1] - (factor - 1) / 2) / factor
@@ -276,6 +276,11 @@ def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate
     fr, fc = np.nonzero(field.mask)
     sy, sx = image.spacing_mm[0] * factor, image.spacing_mm[1] * factor
     return float(np.sqrt(((fr - ay) * sy) ** 2 + ((fc - ax) * sx) ** 2).min())
+
+
+def _level_factor(image_rows: int, level_rows: int) -> int:
+    """Pixels of the image per pixel of its box-reduced level (a power of two; the level's rows were floored)."""
+    return max(1, 2 ** round(math.log2(max(image_rows / level_rows, 1.0))))
 
 
 def _touches_border(field: FieldEstimate) -> bool:
