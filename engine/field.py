@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, split_field
+from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, detect_front, split_field
 from scipy import ndimage
 
 from .image import Image
@@ -175,7 +175,8 @@ def _sign_in_doubt(image: Image, field: FieldEstimate) -> bool:
     new user's trial ``info`` said "likely inverted", ``--invert`` turned a phantom's outline into a bright
     "field", and the shift came out 0.49 mm off, ok).
     """
-    reason = str(image.info.extra.get("intensity_sign_reason") or "")
+    extra = image.info.extra
+    reason = str((extra["intensity_sign_reason"] if "intensity_sign_reason" in extra else None) or "")
     if field.field_is_bright:
         return reason == "invert=True"
     return not _radiation_is_bright(image)
@@ -229,7 +230,8 @@ def planned_aperture_covers(image: Image) -> str:
     field inside the jaws. Returns the reason, naming the jaws, when every image corner is inside.
     """
     extra = image.info.extra
-    corners = extra.get("planned_field_corners_mm")
+    # membership tests, not .get: this runs for every frame
+    corners = extra["planned_field_corners_mm"] if "planned_field_corners_mm" in extra else None
     if not corners or extra.get("planned_mlc") or len(corners) < 3:
         return ""
     polygon = np.asarray(corners, dtype=np.float64)
@@ -294,7 +296,8 @@ def _touches_border(field: FieldEstimate) -> bool:
 
 def _radiation_is_bright(image: Image) -> bool:
     """Whether the loader established that higher values mean more radiation (a sign tag, a known encoding)."""
-    reason = str(image.info.extra.get("intensity_sign_reason") or "")
+    extra = image.info.extra
+    reason = str((extra["intensity_sign_reason"] if "intensity_sign_reason" in extra else None) or "")
     return bool(reason) and not reason.startswith("no PixelIntensityRelationshipSign")
 
 
@@ -330,6 +333,17 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
         ``detected=False`` when no clean field/outside split exists. Dead detector lines found on the
         way are in ``dead_rows`` / ``dead_cols`` whether or not a field was found.
     """
+    small = image if type(image) is np.ndarray else np.asarray(image)
+    if small.dtype != np.float32:
+        small = np.asarray(small, dtype=np.float64)
+    # the usual case, no dead line, in one compiled call: this runs on every frame
+    mask = np.empty(small.shape, dtype=np.uint8)
+    box = np.zeros(4)
+    dead, code, threshold, effectiveness, bright = detect_front(
+        small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
+        MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box)
+    if not dead:
+        return _estimate(code, threshold, effectiveness, bright, mask, box)
     values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
     found = _detect(values)
     if dead_rows or dead_cols:
@@ -345,12 +359,18 @@ def _detect(values: np.ndarray) -> FieldEstimate:
     code, threshold, effectiveness, field_is_bright = split_field(
         values, MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1], MIN_FIELD_PIXELS,
         MIN_LARGEST_PART, mask, box)
+    return _estimate(code, threshold, effectiveness, field_is_bright, mask, box)
+
+
+def _estimate(code: int, threshold: float, effectiveness: float, field_is_bright: bool, mask: np.ndarray,
+              box: np.ndarray) -> FieldEstimate:
+    """Return the :class:`FieldEstimate` of a ``split_field`` outcome (``mask``, uint8, is handed over: a fresh buffer)."""
     if code == FLAT:
         return NO_FIELD
     if code == NOT_A_FIELD:
         return FieldEstimate(detected=False, effectiveness=float(effectiveness))
     return FieldEstimate(True, float(threshold), bool(field_is_bright), (float(box[0]), float(box[1]), float(box[2]),
-                         float(box[3])), float(effectiveness), mask.astype(bool))
+                         float(box[3])), float(effectiveness), mask.view(np.bool_))
 
 
 def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: float, *, reach_mm: float = 15.0) -> float:

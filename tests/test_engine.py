@@ -293,3 +293,31 @@ def test_evaluate_scores_more_poses_than_one_stencil_in_chunks():
         assert together.shape == (len(poses),)
         np.testing.assert_allclose(together, one_by_one, rtol=1e-12)
         assert abs(poses[int(np.argmax(together)), 0] - 2.0) <= 0.25  # the true shift scores best
+
+
+def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation():
+    """After warm-up a frame (MV portal with a field against a DRR) takes at most 60 Python-level calls (cProfile).
+
+    The pyramid, field detection, level stage and search each run as one compiled call; what is left in Python
+    is the lane, the thread scope, the verdicts and the result. A count, not a time: it cannot be noise.
+    """
+    import cProfile
+    import pstats
+
+    shape, spacing = (256, 256), 1.0
+    ref = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr")
+    aperture = field_aperture(shape, spacing, 70, 60)
+    frame = Image.from_array(mv_portal(moved(BASE, 2.0, -1.0, 0.5, shape=shape), aperture, noise=0.005),
+                             pixel_spacing_mm=spacing, kind="portal")
+    prepared = prepare_reference(ref, backend="cpu")
+    for _ in range(3):
+        first = prepared.register(frame)
+    assert first.ok and first.field_detected, first.reason
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(5):
+        result = prepared.register(frame)
+    profile.disable()
+    calls = pstats.Stats(profile).total_calls / 5  # type: ignore[attr-defined]
+    assert calls <= 60, f"{calls:.0f} Python-level calls per frame"
+    assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (first.dx_mm, first.dy_mm, first.rotation_deg)

@@ -257,3 +257,130 @@ def test_compiled_search_program_gives_the_eager_steps_numbers(case):
     assert compiled.ambiguity == pytest.approx(eager.ambiguity, abs=1e-9)
     assert str(compiled.details) == str(eager.details)
     assert _BRANCH.get(name, lambda r: True)(compiled), (name, compiled.reason, compiled.warnings)
+
+
+# --- the CPU program's fused front end: the same numbers as its steps one call at a time ---------------------------
+
+
+@pytest.mark.parametrize("shape", [(64, 72), (37, 51)])
+def test_frame_pyramid_is_downsample2_level_by_level_with_the_frame_s_range(shape):
+    from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
+
+    frame = structured_image(shape, seed=3)
+    frame.setflags(write=False)  # a service's buffer: read-only, and still read
+    depth = 3
+    want, src = [], frame
+    for _ in range(depth):
+        out = np.empty((src.shape[0] // 2, src.shape[1] // 2), np.float32)
+        cpu.downsample2(src, out)
+        want.append(out)
+        src = out
+    buffers = [np.full_like(w, np.nan) for w in want]
+    padded = tuple(buffers + [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth))
+    scratch = (np.empty(shape[0], np.float32), np.empty(shape[0], np.float32), np.empty(shape[0], np.uint8))
+    lo, hi, finite = cpu.frame_pyramid(frame, padded, depth, *scratch)
+    for got, expected in zip(buffers, want, strict=True):
+        assert_array_equal(got, expected)
+    # the odd last row and column are in the range too
+    assert (lo, hi, finite) == (float(frame.min()), float(frame.max()), True)
+    for bad, where in ((np.nan, (0, 0)), (np.inf, (5, 7)), (-np.inf, (shape[0] - 1, shape[1] - 1))):
+        spoilt = frame.copy()
+        spoilt[where] = bad
+        assert cpu.frame_pyramid(spoilt, padded, depth, *scratch)[2] is False, (bad, where)
+
+
+@pytest.mark.parametrize("kind", ["field", "open", "dead_row", "dead_col", "flat"])
+def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
+    from portalign import field as fld
+    from portalign.kernels.cpu.field import FIELD, dead_lines, detect_front, split_field
+
+    rng = np.random.default_rng(12)
+    small = (100.0 + rng.normal(0.0, 1.0, (48, 56))).astype(np.float32)
+    if kind == "field":
+        small[10:36, 12:44] += 400.0
+    elif kind == "dead_row":
+        small[10:36, 12:44] += 400.0
+        small[20, :] = 0.0
+    elif kind == "dead_col":
+        small[:, 30] = 900.0
+    elif kind == "flat":
+        small[:] = 7.0
+    args = (fld.DEAD_LINE_CONTRAST, fld.DEAD_LINE_SHARE, fld.MIN_EFFECTIVENESS, fld.MIN_BORDER_OUTSIDE,
+            fld.FIELD_AREA[0], fld.FIELD_AREA[1], fld.MIN_FIELD_PIXELS, fld.MIN_LARGEST_PART)
+    mask, box = np.zeros(small.shape, np.uint8), np.zeros(4)
+    dead, code, threshold, effectiveness, bright = detect_front(small, *args, mask, box)
+    values = small.astype(np.float64)
+    lines = (len(dead_lines(values, args[0], args[1])), len(dead_lines(np.ascontiguousarray(values.T), args[0], args[1])))
+    assert dead == (lines != (0, 0)) and dead == kind.startswith("dead")
+    if not dead:
+        want_mask, want_box = np.zeros(small.shape, np.uint8), np.zeros(4)
+        want = split_field(values, *args[2:], want_mask, want_box)
+        assert (code, threshold, effectiveness, bright) == want
+        assert (code == FIELD) == (kind == "field")
+        if code == FIELD:
+            assert_array_equal(mask, want_mask)
+            assert_array_equal(box, want_box)
+    # and the engine's detect_field gives the same estimate with and without the fast path's help
+    got = fld.detect_field(small)
+    assert got.detected == (kind in ("field", "dead_row"))
+    if kind == "dead_row":
+        assert got.dead_rows == (20,)
+
+
+@pytest.mark.parametrize("has_field", [True, False])
+@pytest.mark.parametrize("want_clean", [True, False])
+def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, want_clean):
+    from portalign.kernels.cpu.level import LEVEL_SLOTS
+    from portalign.registration._quality import NOISE_SAMPLES
+
+    frame = structured_image((96, 104), seed=21)
+    images = [frame]
+    for _ in range(2):
+        out = np.empty((images[-1].shape[0] // 2, images[-1].shape[1] // 2), np.float32)
+        cpu.downsample2(images[-1], out)
+        images.append(out)
+    small = np.zeros((24, 26), dtype=bool)
+    small[4:20, 5:22] = True
+    field_level, used, bins = 2, [1, 2], 16
+
+    def buffers(image):
+        shape = image.shape
+        return (image, np.empty(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, np.uint8),
+                np.empty(image.size, np.int32), np.empty(image.size, np.int32), np.empty(shape, np.int16),
+                np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32), np.zeros(4))
+
+    placement = [(2.0 ** (i - field_level), ((2.0**i - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level)
+                 for i in used]
+    erosions = np.array([2, 1], dtype=np.int64)
+    fused = [buffers(images[i]) for i in used]
+    box = np.array([4.0, 21.0, 3.0, 19.0])
+    out = np.zeros(6)
+    cpu.frame_levels(tuple(fused + [fused[0]] * (LEVEL_SLOTS - 2)), 2, small, has_field,
+                     np.array([p[0] for p in placement]), np.array([p[1] for p in placement]), erosions, bins, 0, 1,
+                     np.array([10.0, 11.0, 0.8, 0.9]), frame, want_clean, box, has_field, 2.0**field_level,
+                     NOISE_SAMPLES, out)
+    one_by_one = [buffers(images[i]) for i in used]
+    for b, (scale, offset), erosion in zip(one_by_one, placement, erosions, strict=True):
+        cpu.prepare_level(b[0], small, has_field, scale, offset, int(erosion), bins, *b[1:])
+    for got, want in zip(fused, one_by_one, strict=True):
+        usable = int(want[10][0])
+        assert usable > 0 and got[10][0] == usable
+        for index, (a, b) in enumerate(zip(got[1:], want[1:], strict=True), start=1):
+            if index in (4, 5):  # the usable-pixel lists: their first `usable` entries
+                a, b = a[:usable], b[:usable]
+            assert_array_equal(a, b)
+    finest, first = one_by_one
+    noise = cpu.second_difference_mad(finest[0], finest[3], 0, finest[0].shape[0], 4, 0, finest[0].shape[1], True)
+    radius = cpu.rms_radius(first[3], 10.0, 11.0, 0.8, 0.9, 2)
+    assert (out[0], out[1]) == noise and (out[2], out[3]) == radius
+    if not want_clean:
+        assert (out[4], out[5]) == (0.0, 0.0)
+        return
+    # the window of portalign.registration._quality.is_clean: the field's box on the frame's own pixels
+    rows, cols = frame.shape
+    r0, r1, c0, c1 = 0, rows, 0, cols
+    if has_field:
+        c0, c1 = int(max(0, (box[0] + 1) * 4)), int(min(cols, box[1] * 4))
+        r0, r1 = int(max(0, (box[2] + 1) * 4)), int(min(rows, box[3] * 4))
+    step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
+    assert (out[4], out[5]) == cpu.second_difference_mad(frame, frame, r0, r1, step, c0, c1, False)

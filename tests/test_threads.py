@@ -45,14 +45,13 @@ def test_fixed_policy_from_the_api_and_the_environment(monkeypatch):
 def seen(monkeypatch):
     """The thread counts frames ran with, in order."""
     counts = []
-    real = _cpu._frame_policy
+    real = _cpu._ThreadScope.__enter__
 
-    def recording(policy=None):
-        n, auto = real(policy)
-        counts.append(n)
-        return n, auto
+    def recording(scope):
+        real(scope)
+        counts.append(scope.wanted)
 
-    monkeypatch.setattr(_cpu, "_frame_policy", recording)
+    monkeypatch.setattr(_cpu._ThreadScope, "__enter__", recording)
     return counts
 
 

@@ -73,6 +73,9 @@ class Backend:
         """Return a context in which this thread's kernels are queued on ``stream``."""
         return nullcontext()
 
+    #: Whether a scope from :meth:`frame_scope` may be kept by a lane and entered again for its next frame.
+    scope_reusable = False
+
     def frame_scope(self, stream: Any, tuner: Any = None) -> AbstractContextManager[None]:
         """Return the context one frame's work runs in (the GPU: its lane's stream; the CPU: its thread count).
 

@@ -67,12 +67,26 @@ def set_thread_policy(policy: str | int) -> None:
     """
     global _policy
     _policy = _parse_policy(policy, "set_thread_policy")
+    _policy_cache[0] = None  # the next frame reads the new policy
 
 
 #: Held around CPU kernel work where numba's threading layer is not thread-safe (workqueue).
 _layer_lock = threading.RLock()
 _no_lock = nullcontext()
 _layer: str | None = None
+#: numba's count of this thread's threads, read without its Python wrapper once the pool is launched (set with the
+#: layer); numba's public function until then.
+def _public_thread_count() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+_get_threads: Any = _public_thread_count
+#: The frame policy as last worked out, ``[perf_counter time, (count, auto)]``: frames within
+#: :data:`POLICY_REFRESH_S` of it use it (it reads the environment, the CPU affinity and the load average).
+_policy_cache: list[Any] = [None, (1, False)]
+POLICY_REFRESH_S = 0.25
 
 
 def threading_layer() -> str:
@@ -100,7 +114,25 @@ def threading_layer() -> str:
                         "NUMBA_THREADING_LAYER") from exc
                 layer = numba.threading_layer()
             _layer = str(layer)
+            _set_thread_reader()
     return _layer
+
+
+def _set_thread_reader() -> None:
+    """Read this thread's numba thread count with numba's own C function once its pool runs (one call a frame)."""
+    global _get_threads
+    import numba
+
+    try:
+        from numba.np.ufunc import parallel
+
+        reader = parallel._get_num_threads  # type: ignore[attr-defined]  # bound to the threading layer's library when the pool was launched
+        if callable(reader) and int(reader()) == int(numba.get_num_threads()):
+            _get_threads = reader
+            return
+    except Exception:  # noqa: BLE001 - another numba: its public function
+        pass
+    _get_threads = numba.get_num_threads
 
 
 def cpu_exclusive() -> AbstractContextManager[Any]:
@@ -193,7 +225,9 @@ class ThreadTuner:
         if frames <= self.EXPLORE + 1:
             return wide if frames % 2 == 0 or frames == 1 else 1  # untimed first frame, then wide, 1, wide, 1
         seconds = self.seconds
-        one, many = seconds.get(1), seconds.get(wide)
+        # membership tests and indexing, not dict.get: this runs for every frame
+        one = seconds[1] if 1 in seconds else None
+        many = seconds[wide] if wide in seconds else None
         if one is None or many is None:
             # a count never timed (the usable cores changed, or exploring frames failed): explore again
             self.seconds = {}
@@ -211,7 +245,7 @@ class ThreadTuner:
         if frames <= 1:
             return
         seconds = self.seconds
-        old = seconds.get(threads)
+        old = seconds[threads] if threads in seconds else None
         if frames <= self.EXPLORE + 1:
             seconds[threads] = elapsed_s if old is None else min(old, elapsed_s)
             self.next_probe = frames + self.interval
@@ -253,27 +287,46 @@ class _ThreadScope:
     and is told the frame's time.
     """
 
-    __slots__ = ("previous", "wanted", "exclusive", "tuner", "started")
+    __slots__ = ("previous", "wanted", "exclusive", "tuner", "started", "lane_tuner", "begin")
     tuner: ThreadTuner | None
+    lane_tuner: ThreadTuner | None
+    begin: float | None
 
     def __enter__(self) -> None:
-        import numba
-
         # _layer is known: cpu_backend() asked for it when the backend was made
         self.exclusive = _layer == "workqueue"
         if self.exclusive:
             _layer_lock.acquire()
-        self.previous = numba.get_num_threads()
-        wanted, auto = _frame_policy()
-        if auto and wanted > 1 and self.tuner is not None:
-            wanted = self.tuner.choose(wanted)
+        self.previous = _get_threads()
+        now = self.begin  # the frame's start, when the caller has it (one clock read fewer)
+        self.begin = None
+        if now is None:
+            now = time.perf_counter()
+        try:
+            single = _local.single
+        except AttributeError:
+            single = False
+        if single:  # a batch worker: one thread, nothing to learn
+            wanted, auto = 1, False
+        else:
+            cached = _policy_cache[0]
+            if cached is None or not 0.0 <= now - cached < POLICY_REFRESH_S:
+                _policy_cache[1] = _frame_policy()
+                _policy_cache[0] = now
+            wanted, auto = _policy_cache[1]
+        tuner = self.lane_tuner
+        if auto and wanted > 1 and tuner is not None:
+            wanted = tuner.choose(wanted)
+            self.tuner = tuner
         else:
             self.tuner = None  # a fixed count, a batch worker or a busy machine: nothing to learn from
         self.wanted = wanted
         _local.threads = wanted  # what this frame's compiled FFTs may use (fft_workers)
         if wanted != self.previous:
+            import numba
+
             numba.set_num_threads(wanted)
-        self.started = time.perf_counter()
+        self.started = now
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.tuner is not None and exc_type is None:
@@ -290,13 +343,20 @@ class _ThreadScope:
 class CpuBackend(Backend):
     """The CPU backend: numpy arrays, numba kernels, a thread count chosen per frame."""
 
+    #: A lane may keep its frame scope and enter it again for each frame (see :meth:`frame_scope`).
+    scope_reusable = True
+
     def frame_scope(self, stream: Any, tuner: Any = None) -> AbstractContextManager[None]:
         """Return the context one frame runs in: this thread's numba thread count per the thread policy.
 
         ``tuner`` (a :class:`ThreadTuner`, one per frame geometry) lets the ``auto`` policy learn from frame times.
+        The scope can be entered again, one frame at a time; setting its ``begin`` to the frame's
+        ``time.perf_counter()`` start before entering saves a clock read.
         """
         scope = _ThreadScope()  # no __init__: one call fewer per frame
+        scope.lane_tuner = tuner
         scope.tuner = tuner
+        scope.begin = None
         return scope
 
     def fft_workers(self) -> int:

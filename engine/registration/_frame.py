@@ -6,23 +6,23 @@ One kernel call per level (``kernels.prepare_level``; its steps are described in
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from portalign.kernels.cpu.level import LEVEL_SLOTS
 
 from ..field import FieldEstimate
-from ._plan import Level
+from ._plan import FramePlan, Level
 
-__all__ = ["frame_mask"]
+__all__ = ["frame_mask", "frame_levels", "LEVEL_SLOTS"]
 
 #: Stand-in field mask for levels of a frame without a detected field.
 _NO_MASK = np.ones((1, 1), dtype=bool)
 
 
-def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bins: int) -> None:  # type: ignore[no-untyped-def]
-    """Usable pixels of a level: inside the field, away from its edge, off the border; then bins and features."""
+def _field_mask(field: FieldEstimate) -> tuple[Any, bool]:
+    """Return the small-level mask every level samples, and whether there is one (dead detector lines cut out of it)."""
     has_field = field.detected and field.mask is not None
-    # level pixel i is level-0 pixel 2^L i + (2^L - 1)/2, i.e. field-level pixel (that - (2^F - 1)/2) / 2^F
-    scale = 2.0 ** (level.index - field_level)
-    offset = ((2.0**level.index - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level
     small = field.mask if has_field else _NO_MASK
     if (field.dead_rows or field.dead_cols) and field.level_shape is not None:
         # dead detector lines leave the match like the outside of a field: the kernel's erosion takes the
@@ -31,10 +31,71 @@ def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bi
         small[list(field.dead_rows), :] = False
         small[:, list(field.dead_cols)] = False
         has_field = True
+    return small, has_field
+
+
+def _placement(level_index: int, field_level: int) -> tuple[float, float]:
+    """Level pixel ``i`` lies at ``i * scale + offset`` on the field-detection level."""
+    # level pixel i is level-0 pixel 2^L i + (2^L - 1)/2, i.e. field-level pixel (that - (2^F - 1)/2) / 2^F
+    scale = 2.0 ** (level_index - field_level)
+    offset = ((2.0**level_index - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level
+    return scale, offset
+
+
+def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bins: int) -> None:  # type: ignore[no-untyped-def]
+    """Usable pixels of a level: inside the field, away from its edge, off the border; then bins and features."""
+    small, has_field = _field_mask(field)
+    scale, offset = _placement(level.index, field_level)
     stats = level.stats
     backend.kernels.prepare_level(level.image, small, has_field, scale, offset, level.erosion_px, bins, level.mask,
                                   level.scratch, level.eroded, level.pixel_rows, level.pixel_cols, level.bins,
                                   level.row_sums, level.feat_re, level.feat_im, stats)
+    _read_stats(level)
+
+
+def _read_stats(level: Level) -> None:
+    stats = level.stats
     level.usable = int(stats[0])
     level.range = (float(stats[1]), float(stats[2]))
     level.eps = float(stats[3])
+
+
+def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate, bins: int,  # type: ignore[no-untyped-def]
+                 want_clean: bool, noise_samples: int) -> np.ndarray:
+    """Run the CPU's level stage in one compiled call: :func:`frame_mask` of each used level, then the statistics.
+
+    Returns float64[6]: the finest working level's noise MAD and count, the first refinement level's RMS radius
+    (mm) and count, and (``want_clean``) the frame's own noise MAD and count inside the field's box (see
+    ``portalign.kernels.cpu.level.frame_levels``); ``_quality`` turns them into its verdicts.
+    """
+    key = ("levels", *used)
+    static = plan.program_inputs[key] if key in plan.program_inputs else None
+    if static is None:
+        levels = [plan.levels[i] for i in used]
+        tuples: Any = [(lv.image, lv.mask, lv.scratch, lv.eroded, lv.pixel_rows, lv.pixel_cols, lv.bins, lv.row_sums,
+                   lv.feat_re, lv.feat_im, lv.stats) for lv in levels]
+        tuples += [tuples[0]] * (LEVEL_SLOTS - len(tuples))
+        placed = [_placement(i, plan.field_level) for i in used]
+        radius = plan.levels[plan.refine_levels[0]]
+        static = plan.program_inputs[key] = (
+            levels, tuple(tuples), np.array([p[0] for p in placed]), np.array([p[1] for p in placed]),
+            np.array([lv.erosion_px for lv in levels], dtype=np.int64), used.index(plan.refine_levels[-1]),
+            used.index(plan.refine_levels[0]),
+            np.array([radius.frame_axis[0], radius.frame_axis[1], radius.spacing[0], radius.spacing[1]]),
+            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(6), len(levels))
+    levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n = static
+    if used[0] == 0:  # level 0 is the frame's own pixels: a new array every frame
+        tuples = ((plan.levels[0].image, *tuples[0][1:]), *tuples[1:])
+    small, has_field = _field_mask(field)
+    box = field.box_px
+    has_box = field.detected and box is not None
+    backend.kernels.frame_levels(tuples, n, small, has_field, scales, offsets, erosions, bins, noise_level,
+                                 radius_level, radius_geometry, plan.levels[0].image, want_clean,
+                                 np.array(box if has_box else (0.0, 0.0, 0.0, 0.0)), has_box, clean_scale,
+                                 noise_samples, out)
+    for level in levels:  # _read_stats, written out
+        stats = level.stats
+        level.usable = int(stats[0])
+        level.range = (float(stats[1]), float(stats[2]))
+        level.eps = float(stats[3])
+    return out

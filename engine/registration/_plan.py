@@ -154,6 +154,14 @@ class FramePlan:
     view_boxes: tuple[list[float], list[float]] | None = None
     #: The geometry's CPU thread tuner (``portalign.backends.ThreadTuner``), shared by its lanes.
     threads: Any = None
+    #: The lane's frame context (``Backend.frame_scope``), made on its first frame and reused (a lane runs one
+    #: frame at a time).
+    scope: Any = None
+    #: The levels every frame makes ready: the coarse level and the refinement levels, finest first (set here).
+    used_levels: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.used_levels = sorted(set(self.refine_levels) | {self.coarse.level})
 
     def new_lane(self, backend: Backend) -> FramePlan:
         """Return a copy sharing every reference-side array, with its own frame buffers, stream and staging."""
@@ -177,6 +185,7 @@ class FramePlan:
             refine_out=np.zeros(5),
             program_scratch={name: np.zeros_like(array) for name, array in self.program_scratch.items()},
             program_inputs={},
+            scope=None,
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),
         )
@@ -188,34 +197,50 @@ FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_
 
 
 class LanePool:
-    """The lanes of one frame geometry: the first plan, and copies made when frames overlap."""
+    """The lanes of one frame geometry: the first plan, and copies made when frames overlap.
+
+    Taking and returning a free lane is one atomic ``deque`` operation each (no lock): this runs for every
+    frame. Only a frame that finds every lane busy takes the lock, and waits.
+    """
 
     def __init__(self, first: FramePlan) -> None:
         self.lanes = [first]
-        self._free: deque[FramePlan] = deque([first])
+        self.free: deque[FramePlan] = deque([first])
         self._changed = threading.Condition()
+        self._waiting = 0
 
     def acquire(self, limit: int, backend: Backend) -> FramePlan:
         """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""
+        try:
+            return self.free.popleft()
+        except IndexError:
+            pass
         with self._changed:
             while True:
-                if self._free:
-                    return self._free.popleft()
+                try:
+                    return self.free.popleft()
+                except IndexError:
+                    pass
                 if len(self.lanes) < limit:
                     lane = self.lanes[0].new_lane(backend)
                     self.lanes.append(lane)
                     return lane
-                self._changed.wait()
+                self._waiting += 1
+                try:
+                    # a release that ran before this waiter was counted is caught by the timeout
+                    self._changed.wait(0.01)
+                finally:
+                    self._waiting -= 1
 
     def idle(self) -> bool:
         """Return whether no frame holds a lane of this geometry now."""
-        with self._changed:
-            return len(self._free) == len(self.lanes)
+        return len(self.free) == len(self.lanes)
 
     def release(self, lane: FramePlan) -> None:
-        with self._changed:
-            self._free.append(lane)
-            self._changed.notify()
+        self.free.append(lane)
+        if self._waiting:
+            with self._changed:
+                self._changed.notify()
 
 
 def wants_field(options: RegistrationOptions, image: Image) -> bool:

@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
+
 from ..field import NO_FIELD, field_size_mm, find_field
-from ..image import Image
+from ..image import Image, check_frame_pixels
 from ..result import RegistrationResult
-from ._frame import frame_mask
-from ._plan import FramePlan, wants_field
-from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, assess_frame, is_clean, rotation_radius
+from ._frame import LEVEL_SLOTS, frame_levels, frame_mask
+from ._plan import FramePlan
+from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, NOISE_SAMPLES, assess_frame, is_clean, rotation_radius
 from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
 
@@ -49,6 +52,9 @@ MIN_ROTATION_RADIUS_MM = 10.0
 #: region the plan was sized for gets a plan sized for the field (pyramid, edge band).
 SMALL_FIELD_MM = 80.0
 SMALL_FIELD_SHARE = 0.5
+#: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
+_DEGREES = 180.0 / math.pi
+_RADIANS = math.pi / 180.0
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,40 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
     """
     start = time.perf_counter()
     backend = reference.backend
-    # a lane of the plan for this geometry: buffers no other frame is using, and their stream
-    with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px) as plan, \
-            backend.frame_scope(plan.stream, plan.threads):
-        result = _register(reference, plan, frame, start)
-    if isinstance(result, _SmallField):  # a DRR reference and a small (cone, SRS) field: a plan sized for it
-        with reference.lane(frame.shape, frame.spacing_mm, frame.beam_axis_px, result.size_mm) as plan, \
-                backend.frame_scope(plan.stream, plan.threads):
+    # a lane of the plan for this geometry (buffers no other frame is using, and their stream), taken and given
+    # back without a context manager: this runs for every frame
+    pool = reference.frame_pool(frame)
+    plan = pool.acquire(reference._lane_limit, backend)
+    try:
+        scope = plan.scope
+        if scope is None:  # the lane's frame context (the CPU: its thread count; a device: its stream)
+            scope = backend.frame_scope(plan.stream, plan.threads)
+            if backend.scope_reusable:
+                plan.scope = scope
+        else:
+            scope.begin = start
+        with scope:
             result = _register(reference, plan, frame, start)
+    finally:
+        pool.release(plan)
+    if type(result) is _SmallField:  # a DRR reference and a small (cone, SRS) field: a plan sized for it
+        pool = reference.frame_pool(frame, result.size_mm)
+        plan = pool.acquire(reference._lane_limit, backend)
+        try:
+            with backend.frame_scope(plan.stream, plan.threads):
+                result = _register(reference, plan, frame, start)
+        finally:
+            pool.release(plan)
     return result
+
+
+def _pyramid_inputs(plan: FramePlan) -> tuple:
+    """Return a lane's pyramid buffers (levels 1..depth, padded to ``PYRAMID_SLOTS - 1``) and range scratch."""
+    depth = plan.pyramid_depth
+    buffers = [plan.levels[i].image for i in range(1, depth + 1)]
+    buffers += [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth)
+    rows = plan.levels[1].image.shape[0] + 1
+    return tuple(buffers), np.empty(rows, np.float32), np.empty(rows, np.float32), np.empty(rows, np.uint8)
 
 
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float) -> RegistrationResult:
@@ -91,23 +122,47 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     levels = plan.levels
     # 1. pyramid -------------------------------------------------------------------------------
     level0 = levels[0]
-    level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
-    for index in range(1, plan.pyramid_depth + 1):
-        k.downsample2(levels[index - 1].image, levels[index].image)
-    small = backend.to_host(levels[plan.field_level].image)
-    field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
-    used = sorted(set(plan.refine_levels) | {plan.coarse.level})
+    inputs = plan.program_inputs  # indexed after a membership test, not .get: per-frame code keeps its calls few
+    front = inputs["pyramid"] if backend.compiled_program and "pyramid" in inputs else None
+    if front is None and backend.compiled_program and 1 <= plan.pyramid_depth < PYRAMID_SLOTS:
+        front = plan.program_inputs["pyramid"] = _pyramid_inputs(plan)
+    if front is not None:
+        # the CPU: the pyramid and the frame's value check in one compiled call, on the frame's own pixels
+        buffers, row_lo, row_hi, row_bad = front
+        lo, hi, finite = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_lo, row_hi, row_bad)
+        if not finite or lo == hi:
+            check_frame_pixels(frame)  # raises, naming the frame and what is wrong with its pixels
+        level0.image = frame.pixels
+    else:
+        check_frame_pixels(frame)
+        level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
+        for index in range(1, plan.pyramid_depth + 1):
+            k.downsample2(levels[index - 1].image, levels[index].image)
+    # the field-detection level on the host (the CPU's arrays are there already)
+    small = levels[plan.field_level].image if front is not None else backend.to_host(levels[plan.field_level].image)
+    # wants_field, written out
+    want = opts.field == "detect" or (opts.field != "none" and frame.info.kind != "drr")
+    field = find_field(frame, small) if want else NO_FIELD
+    used = plan.used_levels
     if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
-        limit = min(SMALL_FIELD_MM, SMALL_FIELD_SHARE * plan.extent_mm)
+        share = SMALL_FIELD_SHARE * plan.extent_mm
+        limit = share if share < SMALL_FIELD_MM else SMALL_FIELD_MM  # min(), written out: per-frame code
         sy, sx = levels[plan.field_level].spacing
         c0, c1, r0, r1 = field.box_px
         # the field's bounding box bounds its inscribed disc: only a small box pays for the distance transform
-        if min((c1 - c0 + 1) * sx, (r1 - r0 + 1) * sy) < limit:
+        if (c1 - c0 + 1) * sx < limit or (r1 - r0 + 1) * sy < limit:
             size = field_size_mm(field, (sy, sx))
             if size is not None and size < limit:
                 return _SmallField(size)  # type: ignore[return-value]
-    for index in used:
-        frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
+    measured = None
+    # (a read-only frame, e.g. a service's buffer, cannot share the compiled stage's tuple type with the plan's
+    # writable levels: when level 0 is used, its levels are made ready one call each)
+    if front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
+        # the CPU: every used level and the frame's statistics in one compiled call
+        measured = frame_levels(backend, plan, used, field, opts.bins, bool(plan.polish_levels), NOISE_SAMPLES)
+    else:
+        for index in used:
+            frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
     if field.note:
         warnings.append(field.note)
@@ -123,8 +178,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
     frame_stats: dict = {}
-    quality = assess_frame(backend, frame, plan, field, frame_stats)
-    r_eff = rotation_radius(backend, levels[plan.refine_levels[0]])
+    if measured is None:
+        quality = assess_frame(backend, frame, plan, field, frame_stats)
+        r_eff = rotation_radius(backend, levels[plan.refine_levels[0]])
+    else:
+        quality = assess_frame(backend, frame, plan, field, frame_stats, (measured[0], measured[1]))
+        r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], (measured[2], measured[3]))
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False
@@ -133,7 +192,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation not estimated (translation only, rotation held at 0)"
         )
     # a clean frame carries detail finer than the working levels: its polishing levels are made ready too
-    polish = bool(plan.polish_levels) and not quality and is_clean(backend, plan, field, frame_stats)
+    polish = bool(plan.polish_levels) and not quality and is_clean(
+        backend, plan, field, frame_stats, None if measured is None else (measured[4], measured[5]))
     if polish:
         for index in plan.polish_levels:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
@@ -151,16 +211,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
                         "estimated (translation only)")
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
-    final_edge = min(final_edge, 1.0)
+    final_edge = 1.0 if final_edge > 1.0 else final_edge  # min(final_edge, 1.0), NaN kept
     details: dict = {
         "levels": found.levels,
-        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * (180.0 / math.pi), "score": c[3]}
-                       for c in found.ranked.tolist()],
+        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * _DEGREES, "score": c[3]}
+                       for c in found.ranked],
     }
     if found.rotation_support_mm is not None:
         details["rotation_support_mm"] = found.rotation_support_mm
     if found.mi_pose is not None:
-        details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), math.degrees(found.mi_pose[2])]
+        details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), float(found.mi_pose[2]) * _DEGREES]
     # which optimum the result reports: auto reports the MI one on a weak (noise-dominated) edge match
     details["final_metric"] = "mi" if found.mi_final or opts.method == "mi" else "edge"
     # 4. trust -------------------------------------------------------------------------------------
@@ -180,17 +240,18 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     # a different view, no overlap at all, or an unusable frame rule the match out before its score does
     # a doubted "field" comes before the quality verdicts about it ("too little structure inside the field")
     reason = view_reason or common_region(reference.image, frame, box_mm, plan.view_boxes) or doubt_reason or quality
-    max_rot = math.radians(opts.max_rotation_deg) if opts.estimate_rotation else 0.0
+    max_rot = opts.max_rotation_deg * _RADIANS if opts.estimate_rotation else 0.0
+    max_shift = opts.max_shift_mm
     if reason:
         pass
-    elif abs(pose[0]) > opts.max_shift_mm or abs(pose[1]) > opts.max_shift_mm:
+    elif pose[0] > max_shift or pose[0] < -max_shift or pose[1] > max_shift or pose[1] < -max_shift:
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
             f"+-{opts.max_shift_mm:g} mm (max_shift_mm)"
         )
-    elif rotate and abs(pose[2]) > max_rot + 1e-9:
+    elif rotate and (pose[2] > max_rot + 1e-9 or pose[2] < -(max_rot + 1e-9)):
         reason = (
-            f"optimum rotation {math.degrees(pose[2]):.2f} deg is outside the search range of "
+            f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg)"
         )
     elif final_edge < opts.min_score:
@@ -243,7 +304,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]),
         dy_mm=float(pose[1]),
-        rotation_deg=float(math.degrees(pose[2])) if rotate else None,  # not measured: None, never 0
+        rotation_deg=float(pose[2] * _DEGREES) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,
         score=float(found.reported),

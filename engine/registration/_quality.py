@@ -32,10 +32,11 @@ MAX_SATURATED_FRACTION = 0.02
 
 
 def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  # type: ignore[no-untyped-def]
-             frame_stats: dict) -> str:
+             frame_stats: dict, measured: tuple[float, float] | None = None) -> str:
     """Return why the frame cannot be trusted before any matching ("" when it can).
 
     ``frame_stats`` receives ``contrast_to_noise`` (robust contrast over white-noise sigma at the finest level).
+    ``measured``: the finest level's second-difference ``(MAD, count)`` when the level stage measured it already.
     """
     finest = plan.levels[plan.refine_levels[-1]]
     coarse = plan.levels[plan.coarse.level]
@@ -52,18 +53,22 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "too small a field to register")
         return (f"too little of the frame is usable: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
                 f"(at least {needed} needed): {frame.info.source} is too small to register")
-    noise = _noise_sigma(backend, finest)
+    if measured is None:
+        noise = _noise_sigma(backend, finest)
+    else:  # _noise_sigma of the level stage's numbers, written out
+        noise = 0.0 if measured[1] < 16 else 1.4826 * float(measured[0]) / math.sqrt(6.0)
     lo, hi = coarse.range
     contrast = hi - lo
     # box averaging from the finest to the coarse level divides white noise by 2 per level
     coarse_noise = noise / 2 ** (plan.coarse.level - finest.index)
-    plan_stats = {"contrast_to_noise": contrast / max(noise, 1e-30)}
+    plan_stats = {"contrast_to_noise": contrast / (1e-30 if 1e-30 > noise else noise)}  # max(noise, 1e-30)
     frame_stats.update(plan_stats)
     if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
         if not field.detected:
             return f"frame is blank (beam off?): contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
         return f"too little structure inside the field: contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
-    saturation = frame.info.extra.get("saturation_value")
+    extra = frame.info.extra
+    saturation = extra["saturation_value"] if "saturation_value" in extra else None
     if saturation is not None:
         img = backend.to_host(plan.levels[plan.field_level].image)
         # a box mean equals the maximum code only where all pixels under it are saturated
@@ -86,12 +91,28 @@ def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def
     return 1.4826 * float(mad) / math.sqrt(6.0)
 
 
-def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) -> bool:  # type: ignore[no-untyped-def]
+def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict,  # type: ignore[no-untyped-def]
+             measured: tuple[float, float] | None = None) -> bool:
     """Whether the frame is nearly noise-free (then a finer level still adds accuracy).
 
     Noise is measured where it is largest, on the frame's own pixels inside the field's bounding box;
-    smooth anatomy hardly shows in second differences there.
+    smooth anatomy hardly shows in second differences there. ``measured``: that ``(MAD, count)`` when the
+    compiled level stage took it already (the same window).
     """
+    if measured is None:
+        measured = _clean_noise(backend, plan, field)
+    mad, count = measured
+    if count < 64:
+        return False
+    noise = 1.4826 * float(mad) / math.sqrt(6.0)
+    lo, hi = plan.levels[plan.coarse.level].range
+    ratio = (hi - lo) / (1e-30 if 1e-30 > noise else noise)  # max(noise, 1e-30), written out
+    frame_stats["fine_contrast_to_noise"] = ratio
+    return ratio >= CLEAN_CONTRAST_TO_NOISE
+
+
+def _clean_noise(backend, plan: FramePlan, field: FieldEstimate) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Return the frame's own second-difference ``(MAD, count)`` inside the field's bounding box, unmasked."""
     level = plan.levels[0]
     img = level.image  # the frame where it lives: only the statistic comes back from a device
     rows, cols = img.shape
@@ -103,23 +124,22 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict) 
         r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
     row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
     # unmasked: the image stands in for the mask argument
-    mad, count = backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)
-    if count < 64:
-        return False
-    noise = 1.4826 * float(mad) / math.sqrt(6.0)
-    lo, hi = plan.levels[plan.coarse.level].range
-    ratio = (hi - lo) / max(noise, 1e-30)
-    frame_stats["fine_contrast_to_noise"] = ratio
-    return ratio >= CLEAN_CONTRAST_TO_NOISE
+    return backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)  # type: ignore[no-any-return]
 
 
-def rotation_radius(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
-    """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them."""
-    rms, count = backend.kernels.rms_radius(level.eroded, level.frame_axis[0], level.frame_axis[1], level.spacing[0],
-                                            level.spacing[1], 2)
+def rotation_radius(backend, level: Level, measured: tuple[float, float] | None = None) -> float:  # type: ignore[no-untyped-def]
+    """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them.
+
+    ``measured``: the kernel's ``(rms, count)`` when the compiled level stage took it already.
+    """
+    if measured is None:
+        measured = backend.kernels.rms_radius(level.eroded, level.frame_axis[0], level.frame_axis[1], level.spacing[0],
+                                              level.spacing[1], 2)
+    rms, count = measured
     if count == 0:
         return 50.0
-    return max(float(rms), 5.0)
+    rms = float(rms)
+    return 5.0 if 5.0 > rms else rms  # max(rms, 5.0), written out
 
 
 def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: float) -> float:  # type: ignore[no-untyped-def]

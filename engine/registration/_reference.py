@@ -91,6 +91,8 @@ class Reference:
         self.field_margin_mm = field_margin_mm
         self._plans: dict[tuple, LanePool] = {}
         self._plans_lock = threading.Lock()
+        #: The pools of geometries already seen, by the frame's own (shape, spacing, axis): one dict lookup a frame.
+        self._frame_pools: dict[tuple, LanePool] = {}
         # on a device, frames that overlap (service requests, batches) run side by side on their own streams
         self._lane_limit = default_lanes(backend)
         self._cpu_reference: Reference | None = None
@@ -145,10 +147,8 @@ class Reference:
         -------
         RegistrationResult
         """
-        image = as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
-        check_frame_pixels(image)
-        # a frame whose spacing would make the plan allocate far beyond the two images' size is refused first
-        check_registration_size(self.image, image, max_shift_mm=self.options.max_shift_mm)
+        image = frame if type(frame) is Image else as_image(frame, name="frame", pixel_spacing_mm=pixel_spacing_mm)
+        # the pixels are checked (NaN, constant) by the frame program, the geometry's size when its plan is made
         if self.backend.name == "cpu":
             return register_frame(self, image)
         try:
@@ -190,6 +190,33 @@ class Reference:
         finally:
             pool.release(lane)
 
+    def frame_pool(self, frame: Image, field_mm: float | None = None) -> LanePool:
+        """Return the lanes of ``frame``'s geometry (building its plan on first use); one dict lookup when seen.
+
+        Take a lane with ``pool.acquire(reference.lane_limit, reference.backend)`` and give it back with
+        ``pool.release(lane)``: the per-frame program does so without a context manager.
+
+        Raises
+        ------
+        GeometryError
+            When a new geometry would make the plan allocate far beyond the two images' own size.
+        """
+        if field_mm is None:
+            key = (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)
+            pools = self._frame_pools
+            if key in pools:
+                return pools[key]
+        pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame)
+        if field_mm is None:
+            with self._plans_lock:
+                self._frame_pools[(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)] = pool
+        return pool
+
+    @property
+    def lane_limit(self) -> int:
+        """Most lanes of one geometry (see :meth:`allow_lanes`)."""
+        return self._lane_limit
+
     def allow_lanes(self, count: int) -> None:
         """Let up to ``count`` frames of one geometry be registered at once, each on its own buffers and stream.
 
@@ -206,7 +233,7 @@ class Reference:
             return sum(len(pool.lanes) for pool in self._plans.values())
 
     def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
-              field_mm: float | None = None) -> LanePool:
+              field_mm: float | None = None, frame: Image | None = None) -> LanePool:
         # written out (no generators): this runs for every frame
         key: tuple = (tuple(shape), (round(spacing[0], 9), round(spacing[1], 9)), (round(axis[0], 6), round(axis[1], 6)))
         if field_mm is not None:
@@ -217,6 +244,9 @@ class Reference:
         with self._plans_lock:
             pool = self._plans.get(key)
             if pool is None:
+                if frame is not None:
+                    # a frame whose spacing would make the plan allocate far beyond the two images' size is refused
+                    check_registration_size(self.image, frame, max_shift_mm=self.options.max_shift_mm)
                 with cpu_exclusive():
                     plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
@@ -238,6 +268,7 @@ class Reference:
                 break
             if self._plans[key].idle():
                 del self._plans[key]
+                self._frame_pools.clear()  # rebuilt from the kept plans as frames come
 
     def warm_up(self, frame: Image) -> None:
         """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""

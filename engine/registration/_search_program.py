@@ -86,14 +86,16 @@ _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 class SearchOutcome:
     """What stage 3 found for one frame (``None``: not measured)."""
 
-    pose: np.ndarray
+    #: ``(dx_mm, dy_mm, theta_rad)``.
+    pose: Any
     score: float
     best_score: float
-    #: The ranked global-search optima, float64[n, 5]: ``dx_mm, dy_mm, theta_rad``, first-level edge score,
-    #: global-search peak over the best peak.
-    ranked: np.ndarray
+    #: The ranked global-search optima, a list of ``[dx_mm, dy_mm, theta_rad, first-level edge score,
+    #: global-search peak over the best peak]``.
+    ranked: list
     ambiguity: float
-    runner_up: np.ndarray | None
+    #: ``(dx_mm, dy_mm)`` of a distinct second optimum.
+    runner_up: Any
     rotate: bool
     rotation_support_mm: float | None
     rotation_unsupported: bool
@@ -119,7 +121,7 @@ def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
 
 def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
     """Return the program's per-lane inputs that stay the same from frame to frame (made on a lane's first frame)."""
-    found = plan.program_inputs.get(polish)
+    found = plan.program_inputs[polish] if polish in plan.program_inputs else None
     if found is None:
         stage = _stage_levels(plan, polish)
         if len(stage) > STAGE_LEVELS:
@@ -128,49 +130,52 @@ def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
         padded = [*stage, *[stage[0]] * (STAGE_LEVELS - len(stage))]
         levels = tuple((lv.pixel_rows, lv.pixel_cols, lv.feat_re, lv.feat_im, lv.ref_re, lv.ref_im, lv.bins,
                         lv.ref_bins, lv.geometry) for lv in padded)
+        scratch = plan.program_scratch
         found = plan.program_inputs[polish] = (
             stage, levels, np.array([lv.spacing for lv in stage], dtype=np.float64),
-            np.array([lv.index for lv in stage], dtype=np.int64), np.zeros(len(stage), dtype=np.int64))
+            np.array([lv.index for lv in stage], dtype=np.int64), np.zeros(len(stage), dtype=np.int64),
+            len(plan.refine_levels) - 1, len(plan.polish_levels) if polish else 0,
+            {True: searched_rotations(plan.coarse, True), False: searched_rotations(plan.coarse, False)},
+            (scratch["ranked"], scratch["records"], scratch["out"]))
     return found
 
 
 def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
                     polish: bool) -> SearchOutcome:
     """Run stage 3 as one call of the backend's compiled ``search_program``."""
-    stage, levels, spacings, level_index, counts = _static_inputs(plan, polish)
+    stage, levels, spacings, level_index, counts, n_later, n_polish, rotations, scratch = _static_inputs(plan, polish)
     for i, level in enumerate(stage):
         counts[i] = level.usable
     cs = plan.coarse
-    spectra, energy, thetas, window = searched_rotations(cs, rotate)
-    scratch = plan.program_scratch
-    ranked, records, out = scratch["ranked"], scratch["records"], scratch["out"]
+    spectra, energy, thetas, window = rotations[rotate]
+    ranked, records, out = scratch
     backend.kernels.search_program(
-        levels, counts, spacings, level_index, len(plan.refine_levels) - 1, len(plan.polish_levels) if polish else 0,
-        spectra, energy, cs.window_rows, cs.window_cols, thetas, cs.padded_shape[0], cs.padded_shape[1],
-        cs.margin_px, cs.suppress_px, window, cs.peak_poses, cs.peak_scores, opts.candidates, _METHODS[opts.method],
+        levels, counts, spacings, level_index, n_later, n_polish, spectra, energy, cs.window_rows, cs.window_cols,
+        thetas, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, cs.suppress_px, window, cs.peak_poses,
+        cs.peak_scores, opts.candidates, _METHODS[opts.method],
         rotate, r_eff, (opts.max_rotation_deg + opts.rotation_step_deg) * (math.pi / 180.0), opts.normalised_mi,
         check_precision, polish, SETTINGS, backend.fft_workers(), plan.hist, ranked, records, out)
-    o = out.tolist()  # NaN where not measured
+    o = out.tolist()  # NaN where not measured; Python floats and lists from here (no copies: few calls a frame)
     n_records = int(o[_N_RECORDS])
     levels_done = []
-    for r in records[:n_records].tolist():
+    for r in records[:n_records].tolist() if n_records else ():
         entry: dict[str, Any] = {"level": int(r[0]), "metric": "mi" if r[1] else "edge", "score": r[2]}
         if r[3]:
             entry["polish"] = True
         levels_done.append(entry)
     support, mi_gap, split = o[_SUPPORT], o[_MI_GAP], o[_SPLIT_MM]
     return SearchOutcome(
-        pose=out[0:3].copy(),
+        pose=o[0:3],
         score=o[_SCORE],
         best_score=o[_BEST],
-        ranked=ranked[:int(o[_N_RANKED])].copy(),
+        ranked=ranked[:int(o[_N_RANKED])].tolist(),
         ambiguity=o[_AMBIGUITY],
-        runner_up=None if o[_RUNNER_X] != o[_RUNNER_X] else out[_RUNNER_X:_RUNNER_Y + 1].copy(),
+        runner_up=None if o[_RUNNER_X] != o[_RUNNER_X] else o[_RUNNER_X:_RUNNER_Y + 1],
         rotate=o[_ROTATE] == 1.0,
         rotation_support_mm=None if support != support else support,
         rotation_unsupported=o[_UNSUPPORTED] == 1.0,
         levels=levels_done,
-        mi_pose=None if mi_gap != mi_gap else out[_MI_X:_MI_T + 1].copy(),
+        mi_pose=None if mi_gap != mi_gap else o[_MI_X:_MI_T + 1],
         mi_gap=None if mi_gap != mi_gap else mi_gap,
         final_edge=o[_FINAL_EDGE],
         reported=o[_REPORTED],
@@ -287,7 +292,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
     return SearchOutcome(
         pose=np.asarray(pose, dtype=np.float64), score=float(score), best_score=float(best.score),
-        ranked=np.array([[*c.pose, c.score, c.coarse_ratio] for c in ranked]).reshape(-1, 5),
+        ranked=[[*c.pose.tolist(), float(c.score), float(c.coarse_ratio)] for c in ranked],
         ambiguity=float(ambiguity), runner_up=None if runner_up is None else np.asarray(runner_up.pose[:2]),
         rotate=rotate, rotation_support_mm=support, rotation_unsupported=unsupported, levels=records, mi_pose=mi_pose,
         mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,

@@ -113,8 +113,9 @@ def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | No
     """
     ref_box, frame_extent = boxes if boxes is not None else (extent_box(reference), extent_box(frame))
     box = frame_box_mm if frame_box_mm is not None else frame_extent
-    overlap_x = min(ref_box[1], box[1]) - max(ref_box[0], box[0])
-    overlap_y = min(ref_box[3], box[3]) - max(ref_box[2], box[2])
+    # min() and max() written out (b if b < a else a is min(a, b), NaN included): this runs for every frame
+    overlap_x = (box[1] if box[1] < ref_box[1] else ref_box[1]) - (box[0] if box[0] > ref_box[0] else ref_box[0])
+    overlap_y = (box[3] if box[3] < ref_box[3] else ref_box[3]) - (box[2] if box[2] > ref_box[2] else ref_box[2])
     if overlap_x > 0 and overlap_y > 0:
         return ""
     what = "field" if frame_box_mm is not None else "image"

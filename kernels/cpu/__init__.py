@@ -2,9 +2,12 @@
 
 Every kernel here has a twin of the same name and arguments in
 ``portalign.kernels.gpu`` and a float64 version in ``portalign.kernels.reference``,
-except ``search_program``: a frame's search and refinement as one compiled call,
-whose steps the GPU backend runs one kernel at a time
-(``portalign.registration._search_program.search_eager``, the same numbers).
+except ``search_program`` (a frame's search and refinement as one compiled call,
+whose steps the GPU backend runs one kernel at a time:
+``portalign.registration._search_program.search_eager``, the same numbers) and
+``frame_pyramid`` and ``frame_levels`` (the frame's pyramid and value check, and its
+levels with their statistics, each in one call; the GPU runs ``downsample2``,
+``prepare_level`` and the statistics kernels one by one).
 """
 
 from types import SimpleNamespace
@@ -14,13 +17,13 @@ from ._cache import KERNEL_DIR as _KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
-from .level import prepare_level
+from .level import frame_levels, prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
 from .peaks import search_peaks
 from .program import search_program
 from .projection import project_cone_beam, project_cone_beam_poses
-from .pyramid import downsample2, downsample2_mask
+from .pyramid import downsample2, downsample2_mask, frame_pyramid
 from .refine import refine
 from .statistics import rms_radius, second_difference_mad
 from .warp import warp_bilinear
@@ -34,6 +37,8 @@ __all__ = [
     "downsample2_mask",
     "erode_box",
     "feature_spectrum",
+    "frame_levels",
+    "frame_pyramid",
     "gradient_correlation",
     "gradient_row_sums",
     "joint_histograms",
@@ -56,4 +61,4 @@ __all__ = [
 
 KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name not in ("KERNELS", "CPU_ONLY")})
 #: Kernels with no GPU twin: the compiled whole-stage program (the GPU backend runs its steps one by one).
-CPU_ONLY = ("search_program",)
+CPU_ONLY = ("search_program", "frame_pyramid", "frame_levels")

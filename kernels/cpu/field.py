@@ -254,3 +254,26 @@ def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  
     for k in range(len(found)):
         out[k] = found[k]
     return out
+
+
+@njit(cache=True, nogil=True)
+def detect_front(small: np.ndarray, contrast: float, share: float, min_effectiveness: float,  # pragma: no cover
+                 min_border_outside: float, area_low: float, area_high: float, min_pixels: int,
+                 min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray) -> tuple:
+    """Field detection's usual case in one call: no dead line in ``small``, then :func:`split_field`.
+
+    ``small`` (any float dtype) is taken as float64, as ``portalign.field.detect_field`` takes it. Returns
+    ``(dead, code, threshold, effectiveness, field_is_bright)``: with ``dead`` true some row or column
+    qualified as a dead line and nothing else was done (the caller confirms it on the detector's own
+    pixels and bridges it: rare, and done in Python).
+    """
+    values = np.empty(small.shape)
+    for i in range(small.shape[0]):
+        for j in range(small.shape[1]):
+            values[i, j] = small[i, j]
+    if dead_lines(values, contrast, share).shape[0] > 0 or \
+            dead_lines(np.ascontiguousarray(values.T), contrast, share).shape[0] > 0:
+        return True, NOT_A_FIELD, 0.0, 0.0, True
+    code, threshold, effectiveness, bright = split_field(values, min_effectiveness, min_border_outside, area_low,
+                                                         area_high, min_pixels, min_largest_part, mask_out, box_out)
+    return False, code, threshold, effectiveness, bright

@@ -24,8 +24,9 @@ from numba import njit
 from .gradient import gradient_row_sums, orientation_features
 from .mask import erode_box, masked_range, pixel_list
 from .mutual_information import quantize
+from .statistics import rms_radius, second_difference_mad
 
-__all__ = ["prepare_level", "sample_nearest"]
+__all__ = ["prepare_level", "sample_nearest", "frame_levels", "LEVEL_SLOTS"]
 
 
 @njit(cache=True, nogil=True)
@@ -91,3 +92,64 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
     eps = total / max(count, 1.0)
     stats[3] = eps
     orientation_features(image, eroded, max(eps, 1e-12), feat_re, feat_im)
+
+
+#: Entries of the levels tuple :func:`frame_levels` takes (padded): one compiled version for every plan.
+LEVEL_SLOTS = 6
+
+
+@njit(cache=True, nogil=True)
+def frame_levels(levels, n: int, field_mask: np.ndarray, has_field: bool, scales: np.ndarray,  # type: ignore[no-untyped-def]
+                 offsets: np.ndarray, erosions: np.ndarray, n_bins: int, noise_level: int, radius_level: int,
+                 radius_geometry: np.ndarray, clean_image: np.ndarray, want_clean: bool, clean_box: np.ndarray,
+                 has_box: bool, clean_scale: float, noise_samples: int, out: np.ndarray) -> None:  # pragma: no cover
+    """Make the frame's levels ready and take its statistics, in one call (the CPU program's level stage).
+
+    :func:`prepare_level` on ``levels[:n]``, then on the same buffers the statistics the engine's quality
+    checks read, with the same kernels and arguments as they would call one by one:
+
+    * the finest working level's noise: :func:`.statistics.second_difference_mad` of its image on every
+      4th row of its usable pixels (``levels[noise_level]``);
+    * the RMS radius of the first refinement level's usable pixels: :func:`.statistics.rms_radius`
+      (``levels[radius_level]``, ``radius_geometry = (axis_col, axis_row, spacing_row, spacing_col)``, stride 2);
+    * when ``want_clean``, the noise of the frame's own pixels ``clean_image``, unmasked, inside the field's
+      bounding box ``clean_box`` (``(col_min, col_max, row_min, row_max)`` on the detection level, which is
+      ``clean_scale`` frame pixels a pixel; the whole frame without ``has_box``), on about ``noise_samples``
+      second differences: the window ``portalign.registration._quality.is_clean`` takes.
+
+    Parameters
+    ----------
+    levels : tuple of LEVEL_SLOTS level tuples
+        ``(image, mask, scratch, eroded, pixel_rows, pixel_cols, bins, row_sums, feat_re, feat_im, stats)`` as
+        :func:`prepare_level` takes them; entries from ``n`` on are padding, never read.
+    scales, offsets : float64[n]
+    erosions : int64[n]
+        Per level, as :func:`prepare_level`.
+    out : float64[6]
+        Receives ``(noise MAD, its count, RMS radius mm, its count, clean MAD, its count)`` (the clean pair is
+        ``(0, 0)`` when not asked for).
+    """
+    for i in range(n):
+        image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[i]
+        prepare_level(image, field_mask, has_field, scales[i], offsets[i], erosions[i], n_bins, mask, scratch,
+                      eroded, rows, cols, bins, sums, re, im, stats)
+    image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[noise_level]
+    mad, count = second_difference_mad(image, eroded, 0, image.shape[0], 4, 0, image.shape[1], True)
+    out[0] = mad
+    out[1] = count
+    image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[radius_level]
+    rms, count = rms_radius(eroded, radius_geometry[0], radius_geometry[1], radius_geometry[2], radius_geometry[3], 2)
+    out[2] = rms
+    out[3] = count
+    out[4] = 0.0
+    out[5] = 0.0
+    if want_clean:
+        n_rows, n_cols = clean_image.shape
+        r0, r1, c0, c1 = 0, n_rows, 0, n_cols
+        if has_box:
+            c0, c1 = int(max(0.0, (clean_box[0] + 1) * clean_scale)), int(min(n_cols, clean_box[1] * clean_scale))
+            r0, r1 = int(max(0.0, (clean_box[2] + 1) * clean_scale)), int(min(n_rows, clean_box[3] * clean_scale))
+        row_step = max(1, (r1 - r0) * (c1 - c0) // noise_samples)
+        mad, count = second_difference_mad(clean_image, clean_image, r0, r1, row_step, c0, c1, False)
+        out[4] = mad
+        out[5] = count
