@@ -277,16 +277,21 @@ def test_frame_pyramid_is_downsample2_level_by_level_with_the_frame_s_range(shap
         src = out
     buffers = [np.full_like(w, np.nan) for w in want]
     padded = tuple(buffers + [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth))
-    scratch = (np.empty(shape[0], np.float32), np.empty(shape[0], np.float32), np.empty(shape[0], np.uint8))
-    lo, hi, finite = cpu.frame_pyramid(frame, padded, depth, *scratch)
+    flags = np.empty((shape[0], 2), np.int64)
+    assert cpu.frame_pyramid(frame, padded, depth, flags) == (True, True)
     for got, expected in zip(buffers, want, strict=True):
         assert_array_equal(got, expected)
-    # the odd last row and column are in the range too
-    assert (lo, hi, finite) == (float(frame.min()), float(frame.max()), True)
-    for bad, where in ((np.nan, (0, 0)), (np.inf, (5, 7)), (-np.inf, (shape[0] - 1, shape[1] - 1))):
+    # a bad value anywhere, the odd last row and column included, is seen
+    for bad, where in ((np.nan, (0, 0)), (np.inf, (5, 7)), (-np.inf, (shape[0] - 1, shape[1] - 1)),
+                       (np.nan, (shape[0] - 1, 3)), (np.inf, (2, shape[1] - 1))):
         spoilt = frame.copy()
         spoilt[where] = bad
-        assert cpu.frame_pyramid(spoilt, padded, depth, *scratch)[2] is False, (bad, where)
+        assert cpu.frame_pyramid(spoilt, padded, depth, flags)[0] is False, (bad, where)
+    # a constant frame does not vary; one differing pixel (in the odd last column too) does
+    flat = np.full(shape, 3.0, np.float32)
+    assert cpu.frame_pyramid(flat, padded, depth, flags) == (True, False)
+    flat[1, shape[1] - 1] = 4.0
+    assert cpu.frame_pyramid(flat, padded, depth, flags) == (True, True)
 
 
 @pytest.mark.parametrize("kind", ["field", "open", "dead_row", "dead_col", "flat"])

@@ -108,12 +108,11 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
 
 
 def _pyramid_inputs(plan: FramePlan) -> tuple:
-    """Return a lane's pyramid buffers (levels 1..depth, padded to ``PYRAMID_SLOTS - 1``) and range scratch."""
+    """Return a lane's pyramid buffers (levels 1..depth, padded to ``PYRAMID_SLOTS - 1``) and flag scratch."""
     depth = plan.pyramid_depth
     buffers = [plan.levels[i].image for i in range(1, depth + 1)]
     buffers += [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth)
-    rows = plan.levels[1].image.shape[0] + 1
-    return tuple(buffers), np.empty(rows, np.float32), np.empty(rows, np.float32), np.empty(rows, np.uint8)
+    return tuple(buffers), np.empty((plan.levels[1].image.shape[0], 2), np.int64)
 
 
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float) -> RegistrationResult:
@@ -128,9 +127,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         front = plan.program_inputs["pyramid"] = _pyramid_inputs(plan)
     if front is not None:
         # the CPU: the pyramid and the frame's value check in one compiled call, on the frame's own pixels
-        buffers, row_lo, row_hi, row_bad = front
-        lo, hi, finite = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_lo, row_hi, row_bad)
-        if not finite or lo == hi:
+        buffers, row_flags = front
+        finite, varies = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_flags)
+        if not finite or not varies:
             check_frame_pixels(frame)  # raises, naming the frame and what is wrong with its pixels
         level0.image = frame.pixels
     else:

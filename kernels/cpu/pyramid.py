@@ -43,12 +43,12 @@ PYRAMID_SLOTS = 8
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def frame_pyramid(frame: np.ndarray, levels, depth: int, row_lo: np.ndarray, row_hi: np.ndarray,  # type: ignore[no-untyped-def]
-                  row_bad: np.ndarray) -> tuple:  # pragma: no cover - compiled
-    """Box-reduce ``frame`` into ``levels[0..depth-1]`` (pyramid levels 1..depth); return its ``(min, max, finite)``.
+def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) -> tuple:  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Box-reduce ``frame`` into ``levels[0..depth-1]`` (pyramid levels 1..depth); return ``(finite, varies)``.
 
-    The per-frame front of the CPU program in one call: the frame's value range and finiteness (what
-    ``portalign.image.check_frame_pixels`` asks of it) are taken on the same read as the first reduction.
+    The per-frame front of the CPU program in one call: whether every frame value is finite and whether
+    any differs from the first (what ``portalign.image.check_frame_pixels`` asks of a frame) are taken on
+    the same read as the first reduction, as integer flags that vectorise with it.
 
     Parameters
     ----------
@@ -58,24 +58,23 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_lo: np.ndarray, row
         The pyramid's buffers (each half the previous, floored), padded with any of them.
     depth : int
         Levels to fill (at most ``PYRAMID_SLOTS - 1``).
-    row_lo, row_hi : float32[>= rows_1]
-    row_bad : uint8[>= rows_1]
-        Scratch: per output row of level 1.
+    row_flags : int64[>= rows_1, 2]
+        Scratch: per output row of level 1, non-finite and differing counts.
 
     Returns
     -------
-    tuple of (float, float, bool)
-        Smallest and largest finite frame value, and whether every value is finite. The levels hold the
-        same numbers as :func:`downsample2` level by level.
+    tuple of (bool, bool)
+        Every value finite; some value differs from ``frame[0, 0]``. The levels hold the same numbers as
+        :func:`downsample2` level by level.
     """
     src = frame
     out = levels[0]
     rows, cols = out.shape
+    first = src[0, 0]
     for i in prange(rows):
         r0 = 2 * i
-        lo = np.float32(np.inf)
-        hi = np.float32(-np.inf)
         bad = 0
+        differ = 0
         for j in range(cols):
             c0 = 2 * j
             a = src[r0, c0]
@@ -83,36 +82,27 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_lo: np.ndarray, row
             c = src[r0 + 1, c0]
             d = src[r0 + 1, c0 + 1]
             s = a + b + c + d
-            if not s - s == 0:  # a NaN or an infinity among the four
-                bad = 1
-            lo = min(lo, a, b, c, d)
-            hi = max(hi, a, b, c, d)
+            bad += np.int64(s - s != 0)  # a NaN or an infinity among the four (integer counts vectorise)
+            differ += np.int64(a != first) + np.int64(b != first) + np.int64(c != first) + np.int64(d != first)
             out[i, j] = np.float32(0.25) * s
-        row_lo[i] = lo
-        row_hi[i] = hi
-        row_bad[i] = bad
+        row_flags[i, 0] = bad
+        row_flags[i, 1] = differ
     # the odd last row and column, which no box covers
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
     bad = 0
+    differ = 0
     for r in range(2 * rows, src.shape[0]):
         for c in range(src.shape[1]):
             v = src[r, c]
-            if not v - v == 0:
-                bad = 1
-            lo = min(lo, v)
-            hi = max(hi, v)
+            bad += np.int64(v - v != 0)
+            differ += np.int64(v != first)
     for r in range(2 * rows):
         for c in range(2 * cols, src.shape[1]):
             v = src[r, c]
-            if not v - v == 0:
-                bad = 1
-            lo = min(lo, v)
-            hi = max(hi, v)
+            bad += np.int64(v - v != 0)
+            differ += np.int64(v != first)
     for i in range(rows):
-        lo = min(lo, row_lo[i])
-        hi = max(hi, row_hi[i])
-        bad |= row_bad[i]
+        bad += row_flags[i, 0]
+        differ += row_flags[i, 1]
     for k in range(1, depth):
         downsample2(levels[k - 1], levels[k])
-    return float(lo), float(hi), bad == 0
+    return bad == 0, differ > 0
