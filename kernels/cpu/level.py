@@ -34,11 +34,13 @@ def sample_nearest(small: np.ndarray, scale: float, offset: float, out: np.ndarr
     """Write ``small`` sampled nearest-neighbour onto ``out``'s grid (pixel ``i`` at ``rint(i * scale + offset)``)."""
     rows, cols = out.shape
     s_rows, s_cols = small.shape
+    columns = np.empty(cols, dtype=np.int64)  # the same for every row: worked out once
+    for j in range(cols):
+        columns[j] = min(max(int(np.rint(j * scale + offset)), 0), s_cols - 1)
     for i in range(rows):
         r = min(max(int(np.rint(i * scale + offset)), 0), s_rows - 1)
         for j in range(cols):
-            c = min(max(int(np.rint(j * scale + offset)), 0), s_cols - 1)
-            out[i, j] = 1 if small[r, c] != 0 else 0
+            out[i, j] = 1 if small[r, columns[j]] != 0 else 0
 
 
 @njit(cache=True, nogil=True)

@@ -34,7 +34,7 @@ from numba import njit
 
 from .correlation import coarse_search
 from .mutual_information import mutual_information
-from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, rotation_lever_arm
+from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, refine_from, rotation_lever_arm
 
 __all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
            "STAGE_LEVELS"]
@@ -87,12 +87,15 @@ def _steps(spacing, r_eff, rotate, max_rotation_step):  # type: ignore[no-untype
 
 @njit(cache=True, nogil=True)
 def _newton(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised, tolerance,  # type: ignore[no-untyped-def]
-            star, max_rotation_step, hist, result):  # pragma: no cover
-    """Newton ascent as ``portalign.registration._refine.newton``; pose in ``result[:3]``, score in ``result[3]``."""
+            star, max_rotation_step, hist, result, start_value):  # pragma: no cover
+    """Newton ascent as ``portalign.registration._refine.newton``; pose in ``result[:3]``, score in ``result[3]``.
+
+    ``start_value``: the metric at ``pose`` when already measured (NaN if not): not evaluated again.
+    """
     rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
     step = _steps(spacing, r_eff, rotate, max_rotation_step)
-    refine(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose, step,
-           iterations, tolerance, star, theta_limit, normalised, hist, result)
+    refine_from(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose, step,
+                iterations, tolerance, star, theta_limit, normalised, hist, result, start_value)
 
 
 @njit(cache=True, nogil=True)
@@ -183,6 +186,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     sums = np.empty((STENCIL_3D.shape[0], 3))
     values = np.empty(STENCIL_3D.shape[0])
     result = np.empty(5)
+    unknown = np.nan  # no start value measured
     coarse, first = levels[0], levels[1]
     # 2. global search ---------------------------------------------------------------------------
     found = coarse_search(coarse[2], coarse[3], padded_rows, padded_cols, margin, spectra, energy, window_rows,
@@ -212,8 +216,9 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         ranked[r, 0:3] = scratch_poses[i, :]
         ranked[r, 3] = values[i]
         ranked[r, 4] = kept_peaks[i] / top
+    # its first stencil's centre is the ranking's score (not measured again)
     _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), edge_id, iterations[0], r_eff, rotate, theta_limit,
-            normalised, first_tolerance, no, max_step, hist, result)
+            normalised, first_tolerance, no, max_step, hist, result, ranked[0, 3])
     best = result[:3].copy()
     best_score = max(result[3], ranked[0, 3])
     ambiguity = 0.0
@@ -227,7 +232,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         if ratio >= recheck_ratio or ranked[r, 4] >= coarse_recheck:
             # a close call: refine the runner-up too; on a broad peak it walks onto the winner
             _newton(first, counts[1], spacings[1], other, edge_id, recheck_iterations, r_eff, rotate, theta_limit,
-                    normalised, coarse_tolerance, no, max_step, hist, result)
+                    normalised, coarse_tolerance, no, max_step, hist, result, other_score)
             other = result[:3].copy()
             other_score = result[3]
             if math.hypot(other[0] - best[0], other[1] - best[1]) <= distinct:
@@ -258,7 +263,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
             unsupported = True
             start = np.array([pose[0], pose[1], 0.0])
             _newton(first, counts[1], spacings[1], start, edge_id, iterations[0], r_eff, no, theta_limit, normalised,
-                    first_tolerance, no, max_step, hist, result)
+                    first_tolerance, no, max_step, hist, result, unknown)
             pose = result[:3].copy()
             score = result[3]
     # later levels, then the polishing ones (a clean frame carries detail finer than the working levels)
@@ -279,7 +284,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         else:
             its, tolerance = iterations[min(i + 1, 2)], coarse_tolerance
         _newton(levels[j], counts[j], spacings[j], pose, level_metric, its, r_eff, rotate, theta_limit, normalised,
-                tolerance, no, max_step, hist, result)
+                tolerance, no, max_step, hist, result, unknown)
         pose = result[:3].copy()
         score = result[3]
         if n_records < records.shape[0]:
@@ -294,7 +299,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     if method == METHOD_MI and not refined_later:
         # a single-level plan: the MI refinement still runs, on the only level there is
         _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate,
-                theta_limit, normalised, 0.02, no, max_step, hist, result)
+                theta_limit, normalised, 0.02, no, max_step, hist, result, unknown)
         pose = result[:3].copy()
         score = result[3]
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
@@ -303,11 +308,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     if method == METHOD_AUTO:
         if mi_final:
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate, theta_limit,
-                    normalised, fine_tolerance, no, max_step, hist, result)
+                    normalised, fine_tolerance, no, max_step, hist, result, unknown)
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, rotate, theta_limit, normalised,
-                    0.02, yes, max_step, hist, result)
+                    0.02, yes, max_step, hist, result, unknown)
         out[_MI_X] = result[0]
         out[_MI_Y] = result[1]
         out[_MI_T] = result[2]

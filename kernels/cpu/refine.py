@@ -33,7 +33,7 @@ from numba import njit
 from .edge import gradient_correlation
 from .mutual_information import joint_histograms, mutual_information
 
-__all__ = ["refine", "metric_values", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into",
+__all__ = ["refine", "refine_from", "metric_values", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into",
            "rotation_lever_arm", "EDGE", "MI", "MAX_JUMP", "STENCIL_3D", "STENCIL_2D", "MAX_STENCIL"]
 
 EDGE = 0
@@ -172,6 +172,99 @@ def metric_values(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, f
 
 
 @njit(cache=True, nogil=True)
+def refine_from(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
+           ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, geometry: np.ndarray,
+           pose: np.ndarray, step: np.ndarray, iterations: int, tolerance: float, star: bool, theta_limit: float,
+           normalised: bool, hist: np.ndarray, out: np.ndarray, start_value: float) -> None:  # pragma: no cover
+    """:func:`refine` given the metric's value at ``pose`` already (``start_value``; NaN: not known).
+
+    The compiled program ranks the global search's optima by their edge score on the first refinement
+    level and then refines the best from there: its first stencil's centre is that score, which is not
+    evaluated again. Same numbers as :func:`refine` (a pose's metric value does not depend on the other
+    poses evaluated with it).
+
+    Parameters
+    ----------
+    metric : int
+        ``EDGE`` or ``MI``.
+    rows, cols, count : int32[>= count], int32[>= count], int
+        The level's usable frame pixels.
+    frame_re, frame_im, ref_re, ref_im : float32[...]
+        Edge features of the frame level and of the reference on the level's grid.
+    frame_bins, ref_bins : int16[...]
+        Intensity bins (``-1`` where not usable), for MI.
+    geometry : float64[6]
+        ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``.
+    pose : float64[3]
+        Start ``(dx_mm, dy_mm, theta_rad)``.
+    step : float64[3]
+        One stencil step per axis (mm, mm, rad); ``step[2] == 0`` fixes the rotation at 0 (2-D stencil).
+    iterations : int
+        Most stencils evaluated.
+    tolerance : float
+        Stop when the largest jump is below this many steps.
+    star : bool
+        Use the star stencil (no mixed terms) from the first iteration.
+    theta_limit : float
+        The rotation is kept within ``+-theta_limit`` rad.
+    normalised : bool
+        Normalised MI (Studholme) instead of MI.
+    hist : int64[>= MAX_STENCIL, bins, bins]
+        Scratch for the joint histograms.
+    out : float64[5]
+        Overwritten.
+    start_value : float
+    """
+    dims = 3 if step[2] > 0.0 else 2
+    full = 10 if dims == 3 else 6
+    p = pose.copy()
+    if dims == 2:
+        p[2] = 0.0
+    poses = np.empty((MAX_STENCIL, 3))
+    affines = np.empty((MAX_STENCIL, 2, 3))
+    sums = np.empty((MAX_STENCIL, 3))
+    values = np.empty(MAX_STENCIL)
+    cross = np.zeros(3)
+    jump = np.zeros(3)
+    have_cross = star
+    score = -np.inf
+    done = 0
+    for _ in range(iterations):
+        n = 1 + 2 * dims if have_cross else full
+        stencil_poses(p, step, dims, n, poses)
+        if done == 0 and start_value == start_value and p[2] == pose[2]:  # the centre's value is known: the rest
+            m = n - 1
+            others = poses[1:n].copy()
+            other_affines = np.empty((m, 2, 3))
+            other_values = np.empty(m)
+            pose_affines_into(others, m, geometry, other_affines)
+            metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins,
+                          normalised, others, other_affines, m, hist, sums, other_values)
+            values[0] = start_value
+            values[1:n] = other_values
+        else:
+            pose_affines_into(poses, n, geometry, affines)
+            metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins,
+                          normalised, poses, affines, n, hist, sums, values)
+        predicted = quadratic_step(values, n, dims, cross, jump)
+        have_cross = True
+        score = max(values[0], predicted)
+        largest = 0.0
+        for a in range(dims):
+            p[a] += jump[a] * step[a]
+            largest = max(largest, abs(jump[a]))
+        p[2] = min(max(p[2], -theta_limit), theta_limit)
+        done += 1
+        if largest < tolerance:
+            break
+    out[0] = p[0]
+    out[1] = p[1]
+    out[2] = p[2]
+    out[3] = score
+    out[4] = done
+
+
+@njit(cache=True, nogil=True)
 def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
            ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, geometry: np.ndarray,
            pose: np.ndarray, step: np.ndarray, iterations: int, tolerance: float, star: bool, theta_limit: float,
@@ -209,42 +302,8 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
     out : float64[5]
         Overwritten.
     """
-    dims = 3 if step[2] > 0.0 else 2
-    full = 10 if dims == 3 else 6
-    p = pose.copy()
-    if dims == 2:
-        p[2] = 0.0
-    poses = np.empty((MAX_STENCIL, 3))
-    affines = np.empty((MAX_STENCIL, 2, 3))
-    sums = np.empty((MAX_STENCIL, 3))
-    values = np.empty(MAX_STENCIL)
-    cross = np.zeros(3)
-    jump = np.zeros(3)
-    have_cross = star
-    score = -np.inf
-    done = 0
-    for _ in range(iterations):
-        n = 1 + 2 * dims if have_cross else full
-        stencil_poses(p, step, dims, n, poses)
-        pose_affines_into(poses, n, geometry, affines)
-        metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, normalised,
-                poses, affines, n, hist, sums, values)
-        predicted = quadratic_step(values, n, dims, cross, jump)
-        have_cross = True
-        score = max(values[0], predicted)
-        largest = 0.0
-        for a in range(dims):
-            p[a] += jump[a] * step[a]
-            largest = max(largest, abs(jump[a]))
-        p[2] = min(max(p[2], -theta_limit), theta_limit)
-        done += 1
-        if largest < tolerance:
-            break
-    out[0] = p[0]
-    out[1] = p[1]
-    out[2] = p[2]
-    out[3] = score
-    out[4] = done
+    refine_from(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, geometry, pose, step,
+                iterations, tolerance, star, theta_limit, normalised, hist, out, np.nan)
 
 
 @njit(cache=True, nogil=True)
