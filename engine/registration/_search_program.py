@@ -45,8 +45,8 @@ ITERATIONS = (3, 3, 4)
 #: Global-search optima scoring below this fraction of the best are not refined.
 CANDIDATE_FLOOR = 0.5
 #: Convergence (largest jump, in steps) on intermediate levels and on the finest one. Newton's steps shrink
-#: quadratically: after a jump of 0.05 steps the next would be about 0.003 steps, below a thousandth of a
-#: millimetre at the bench frame's 1 mm refinement level (``python -m bench.held_out --seed 14``: median 0.152 mm
+#: quadratically: after a jump of 0.05 steps the next would be about 0.003 steps, 0.003 mm at the bench frame's
+#: 1 mm refinement level (``python -m bench.held_out --seed 14``: median 0.152 mm
 #: against 0.153 mm at 0.02 steps, the same pairs ok), and it saves a 7-pose stencil on most frames.
 COARSE_TOLERANCE = 0.1
 FINE_TOLERANCE = 0.05
