@@ -389,3 +389,16 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
         r0, r1 = int(max(0, (box[2] + 1) * 4)), int(min(rows, box[3] * 4))
     step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
     assert (out[4], out[5]) == cpu.second_difference_mad(frame, frame, r0, r1, step, c0, c1, False)
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.3, 0.0])
+def test_listed_range_is_masked_range_over_the_pixel_list(keep):
+    from portalign.kernels.cpu.mask import listed_range
+
+    image = structured_image((44, 52), seed=5)
+    mask = random_mask(image.shape, seed=6, keep=keep) if keep else np.zeros(image.shape, np.uint8)
+    rows, cols = np.empty(image.size, np.int32), np.empty(image.size, np.int32)
+    count = cpu.pixel_list(mask, rows, cols)
+    assert listed_range(image, rows, cols, count, 0.005, 0.995) == cpu.masked_range(image, mask, 0.005, 0.995)
+    flat = np.full(image.shape, 2.5, np.float32)
+    assert listed_range(flat, rows, cols, count, 0.005, 0.995) == cpu.masked_range(flat, mask, 0.005, 0.995)

@@ -7,7 +7,7 @@ The stage's steps, in order:
    of the small level; or the whole image when no field edge was found;
 2. erosion by ``erosion_px`` (the field-edge band; 1 px without a field) with
    :func:`.mask.erode_box`; the usable pixels listed row-major (:func:`.mask.pixel_list`);
-3. robust intensity range (0.5 / 99.5 % quantiles, :func:`.mask.masked_range`) and
+3. robust intensity range (0.5 / 99.5 % quantiles, :func:`.mask.masked_range`, read from the pixel list) and
    the intensity bins for mutual information (:func:`.mutual_information.quantize`);
 4. edge features: the mean gradient magnitude ``eps`` over the usable pixels (rows
    summed in order), then the doubled-angle features (:mod:`.gradient`).
@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from .gradient import gradient_row_sums, orientation_features
-from .mask import erode_box, masked_range, pixel_list
+from .mask import erode_box, listed_range, pixel_list
 from .mutual_information import quantize
 from .statistics import rms_radius, second_difference_mad
 
@@ -78,7 +78,7 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
         mask[:, :] = 1
         erode_box(mask, 1, scratch, eroded)
     usable = pixel_list(eroded, pixel_rows, pixel_cols)
-    lo, hi, _ = masked_range(image, eroded, 0.005, 0.995)
+    lo, hi, _ = listed_range(image, pixel_rows, pixel_cols, usable, 0.005, 0.995)  # masked_range's numbers
     stats[0] = usable
     stats[1] = lo
     stats[2] = hi
