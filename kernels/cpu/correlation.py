@@ -33,7 +33,7 @@ except ImportError as exc:  # a --no-deps install (a GPU machine without network
     raise ImportError("portalign needs rocket-fft (scipy.fft inside numba-compiled code, the CPU global search): "
                       "pip install 'rocket-fft>=0.4.1,<0.5'") from exc
 import scipy.fft
-from numba import njit
+from numba import njit, prange
 from scipy import fft as sp_fft
 
 from .peaks import search_peaks
@@ -72,7 +72,7 @@ def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray,
     out[...] = sp_fft.ifft(half, axis=1, overwrite_x=True, workers=-1)[:, rows, :].real
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, padded_cols: int, offset: int,
                   ref_spectra_conj: np.ndarray, ref_energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   thetas: np.ndarray, spacing_row: float, spacing_col: float, n_candidates: int, recheck_ratio: float,
@@ -119,7 +119,7 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
     spectrum = scipy.fft.fft2(z, workers=workers)
     n_k = ref_spectra_conj.shape[0]
     product = np.empty(ref_spectra_conj.shape, dtype=np.complex64)
-    for k in range(n_k):
+    for k in prange(n_k):
         for u in range(padded_rows):
             for v in range(padded_cols):
                 product[k, u, v] = ref_spectra_conj[k, u, v] * spectrum[u, v]
@@ -127,7 +127,7 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
     # only for the window's columns
     half = scipy.fft.ifft(product, axis=2, workers=workers)
     picked = np.empty((n_k, padded_rows, cols.shape[0]), dtype=np.complex64)
-    for k in range(n_k):
+    for k in prange(n_k):
         for u in range(padded_rows):
             for c in range(cols.shape[0]):
                 picked[k, u, c] = half[k, u, cols[c]]
