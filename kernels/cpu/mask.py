@@ -71,6 +71,27 @@ def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarra
 
 
 @njit(cache=True, nogil=True)
+def _quantiles(hist: np.ndarray, lo: float, hi: float, scale: float, count: int, low_fraction: float,
+               high_fraction: float) -> tuple:  # pragma: no cover
+    """Return ``(low, high, count)``: quantiles of ``count`` values counted in ``hist`` (bins ``1 / scale`` from ``lo``)."""
+    want_low = low_fraction * count
+    want_high = high_fraction * count
+    seen = 0
+    q_low = lo
+    q_high = hi
+    found_low = False
+    for b in range(hist.shape[0]):
+        seen += hist[b]
+        if not found_low and seen > want_low:
+            q_low = lo + b / scale
+            found_low = True
+        if seen >= want_high:
+            q_high = lo + (b + 1) / scale
+            break
+    return q_low, q_high, count
+
+
+@njit(cache=True, nogil=True)
 def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
     """Return ``(low, high, count)``: the given quantiles of the masked pixels.
 
@@ -103,22 +124,7 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
             if mask[i, j]:
                 b = int((image[i, j] - lo) * scale)
                 hist[min(b, n_bins - 1)] += 1
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    seen = 0
-    q_low = lo
-    q_high = hi
-    found_low = False
-    for b in range(n_bins):
-        seen += hist[b]
-        if not found_low and seen > want_low:
-            q_low = lo + b / scale
-            found_low = True
-        if seen >= want_high:
-            q_high = lo + (b + 1) / scale
-            break
-    return q_low, q_high, count
-
+    return _quantiles(hist, lo, hi, scale, count, low_fraction, high_fraction)
 
 
 @njit(cache=True, nogil=True)
@@ -147,21 +153,8 @@ def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: i
     for t in range(count):
         b = int((image[rows[t], cols[t]] - lo) * scale)
         hist[min(b, n_bins - 1)] += 1
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    seen = 0
-    q_low = lo
-    q_high = hi
-    found_low = False
-    for b in range(n_bins):
-        seen += hist[b]
-        if not found_low and seen > want_low:
-            q_low = lo + b / scale
-            found_low = True
-        if seen >= want_high:
-            q_high = lo + (b + 1) / scale
-            break
-    return q_low, q_high, count
+    return _quantiles(hist, lo, hi, scale, count, low_fraction, high_fraction)
+
 
 @njit(cache=True, nogil=True)
 def pixel_list(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> int:  # pragma: no cover - compiled

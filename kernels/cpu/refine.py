@@ -176,44 +176,17 @@ def refine_from(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, fra
            ref_re: np.ndarray, ref_im: np.ndarray, frame_bins: np.ndarray, ref_bins: np.ndarray, geometry: np.ndarray,
            pose: np.ndarray, step: np.ndarray, iterations: int, tolerance: float, star: bool, theta_limit: float,
            normalised: bool, hist: np.ndarray, out: np.ndarray, start_value: float) -> None:  # pragma: no cover
-    """:func:`refine` given the metric's value at ``pose`` already (``start_value``; NaN: not known).
+    """Run :func:`refine` knowing the metric's value at ``pose`` already (``start_value``; NaN: not known).
 
     The compiled program ranks the global search's optima by their edge score on the first refinement
     level and then refines the best from there: its first stencil's centre is that score, which is not
     evaluated again. Same numbers as :func:`refine` (a pose's metric value does not depend on the other
-    poses evaluated with it).
+    poses evaluated with it). The other parameters are :func:`refine`'s.
 
     Parameters
     ----------
-    metric : int
-        ``EDGE`` or ``MI``.
-    rows, cols, count : int32[>= count], int32[>= count], int
-        The level's usable frame pixels.
-    frame_re, frame_im, ref_re, ref_im : float32[...]
-        Edge features of the frame level and of the reference on the level's grid.
-    frame_bins, ref_bins : int16[...]
-        Intensity bins (``-1`` where not usable), for MI.
-    geometry : float64[6]
-        ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``.
-    pose : float64[3]
-        Start ``(dx_mm, dy_mm, theta_rad)``.
-    step : float64[3]
-        One stencil step per axis (mm, mm, rad); ``step[2] == 0`` fixes the rotation at 0 (2-D stencil).
-    iterations : int
-        Most stencils evaluated.
-    tolerance : float
-        Stop when the largest jump is below this many steps.
-    star : bool
-        Use the star stencil (no mixed terms) from the first iteration.
-    theta_limit : float
-        The rotation is kept within ``+-theta_limit`` rad.
-    normalised : bool
-        Normalised MI (Studholme) instead of MI.
-    hist : int64[>= MAX_STENCIL, bins, bins]
-        Scratch for the joint histograms.
-    out : float64[5]
-        Overwritten.
     start_value : float
+        The metric at ``pose`` (NaN when not measured).
     """
     dims = 3 if step[2] > 0.0 else 2
     full = 10 if dims == 3 else 6
