@@ -295,14 +295,19 @@ def test_evaluate_scores_more_poses_than_one_stencil_in_chunks():
         assert abs(poses[int(np.argmax(together)), 0] - 2.0) <= 0.25  # the true shift scores best
 
 
-def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation():
+@pytest.mark.parametrize("policy", ["auto", 1])
+def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy):
     """After warm-up a frame (MV portal with a field against a DRR) takes at most 60 Python-level calls (cProfile).
 
     The pyramid, field detection, level stage and search each run as one compiled call; what is left in Python
-    is the lane, the thread scope, the verdicts and the result. A count, not a time: it cannot be noise.
+    is the lane, the thread scope, the verdicts and the result. A count, not a time: it cannot be noise. One
+    thread (a busy machine, a pinned policy) changes numba's count on entry and exit of every frame: that too
+    stays within the count.
     """
     import cProfile
     import pstats
+
+    from portalign import set_thread_policy
 
     shape, spacing = (256, 256), 1.0
     ref = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr")
@@ -310,14 +315,18 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation():
     frame = Image.from_array(mv_portal(moved(BASE, 2.0, -1.0, 0.5, shape=shape), aperture, noise=0.005),
                              pixel_spacing_mm=spacing, kind="portal")
     prepared = prepare_reference(ref, backend="cpu")
-    for _ in range(3):
-        first = prepared.register(frame)
-    assert first.ok and first.field_detected, first.reason
-    profile = cProfile.Profile()
-    profile.enable()
-    for _ in range(5):
-        result = prepared.register(frame)
-    profile.disable()
+    set_thread_policy(policy)
+    try:
+        for _ in range(3):
+            first = prepared.register(frame)
+        assert first.ok and first.field_detected, first.reason
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(5):
+            result = prepared.register(frame)
+        profile.disable()
+    finally:
+        set_thread_policy("auto")
     calls = pstats.Stats(profile).total_calls / 5  # type: ignore[attr-defined]
     assert calls <= 60, f"{calls:.0f} Python-level calls per frame"
     assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (first.dx_mm, first.dy_mm, first.rotation_deg)

@@ -74,15 +74,23 @@ def set_thread_policy(policy: str | int) -> None:
 _layer_lock = threading.RLock()
 _no_lock = nullcontext()
 _layer: str | None = None
-#: numba's count of this thread's threads, read without its Python wrapper once the pool is launched (set with the
-#: layer); numba's public function until then.
 def _public_thread_count() -> int:
     import numba
 
     return int(numba.get_num_threads())
 
 
+def _public_set_threads(count: int) -> None:
+    import numba
+
+    numba.set_num_threads(count)
+
+
+#: numba's count of this thread's threads, read and set without its Python wrappers once the pool is launched (set
+#: with the layer: one call each, whatever the count); numba's public functions until then. The frame scope only
+#: sets counts between 1 and the pool's size, which is all numba's wrapper checks.
 _get_threads: Any = _public_thread_count
+_set_threads: Any = _public_set_threads
 #: The frame policy as last worked out, ``[perf_counter time, (count, auto)]``: frames within
 #: :data:`POLICY_REFRESH_S` of it use it (it reads the environment, the CPU affinity and the load average).
 _policy_cache: list[Any] = [None, (1, False)]
@@ -119,20 +127,22 @@ def threading_layer() -> str:
 
 
 def _set_thread_reader() -> None:
-    """Read this thread's numba thread count with numba's own C function once its pool runs (one call a frame)."""
-    global _get_threads
+    """Read and set this thread's numba thread count with numba's own C functions once its pool runs."""
+    global _get_threads, _set_threads
     import numba
 
     try:
         from numba.np.ufunc import parallel
 
-        reader = parallel._get_num_threads  # type: ignore[attr-defined]  # bound to the threading layer's library when the pool was launched
-        if callable(reader) and int(reader()) == int(numba.get_num_threads()):
-            _get_threads = reader
+        # bound to the threading layer's library when the pool was launched
+        reader = parallel._get_num_threads  # type: ignore[attr-defined]
+        writer = parallel._set_num_threads  # type: ignore[attr-defined]
+        if callable(reader) and callable(writer) and int(reader()) == int(numba.get_num_threads()):
+            _get_threads, _set_threads = reader, writer
             return
-    except Exception:  # noqa: BLE001 - another numba: its public function
+    except Exception:  # noqa: BLE001 - another numba: its public functions
         pass
-    _get_threads = numba.get_num_threads
+    _get_threads, _set_threads = numba.get_num_threads, numba.set_num_threads
 
 
 def cpu_exclusive() -> AbstractContextManager[Any]:
@@ -323,18 +333,14 @@ class _ThreadScope:
         self.wanted = wanted
         _local.threads = wanted  # what this frame's compiled FFTs may use (fft_workers)
         if wanted != self.previous:
-            import numba
-
-            numba.set_num_threads(wanted)
+            _set_threads(wanted)
         self.started = now
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.tuner is not None and exc_type is None:
             self.tuner.record(self.wanted, time.perf_counter() - self.started)
         if self.wanted != self.previous:
-            import numba
-
-            numba.set_num_threads(self.previous)
+            _set_threads(self.previous)
         if self.exclusive:
             _layer_lock.release()
 
