@@ -139,3 +139,75 @@ def test_device_failure_in_a_batch_moves_only_that_frame_to_the_cpu(frames, one_
     assert len(moved_to_cpu) == 1 and sum(r.backend == "gpu" for r in results) == len(frames) - 1
     assert any("gpu backend failed (MemoryError: out of device memory (simulated))" in w for w in moved_to_cpu[0].warnings)
     assert all(_same(r, e) for r, e in zip(results, one_at_a_time, strict=True))
+
+
+def test_a_queued_frame_gets_the_lane_before_the_frame_that_just_gave_it_back():
+    """Lanes go to queued frames first come, first served: a thread in a loop cannot keep one lane to itself."""
+    import time
+
+    from portalign.registration._plan import LanePool
+
+    class Plan:
+        def new_lane(self, backend):  # pragma: no cover - the limit is one lane
+            raise AssertionError("no second lane under a limit of one")
+
+    pool = LanePool(Plan())  # type: ignore[arg-type]
+    order: list[str] = []
+    held = pool.acquire(1, None)  # type: ignore[arg-type]
+
+    def queued() -> None:
+        lane = pool.acquire(1, None)  # type: ignore[arg-type]
+        order.append("queued")
+        pool.release(lane)
+
+    waiter = threading.Thread(target=queued)
+    waiter.start()
+    deadline = time.monotonic() + 10.0
+    while not pool._queue and time.monotonic() < deadline:  # the other frame is waiting for the lane
+        time.sleep(0.001)
+    assert pool._queue
+    pool.release(held)
+    again = pool.acquire(1, None)  # type: ignore[arg-type]  # the loop's next frame: behind the queued one
+    order.append("again")
+    pool.release(again)
+    waiter.join(10.0)
+    assert order == ["queued", "again"]
+    assert pool.idle() and len(pool.free) == 1
+
+
+def test_the_busiest_geometry_is_kept_when_others_come_and_go(monkeypatch):
+    """Frames served from the per-frame lookup still count as uses: the least recently used geometry goes first."""
+    from portalign.registration import _reference
+
+    base = anatomy(160, seed=3)
+    reference = prepare_reference(Image(moved(base, 0, 0, 0, shape=(96, 112)).astype(np.float32), (1.0, 1.0),
+                                        (55.5, 47.5)), backend="cpu")
+    built: list[tuple] = []
+    real = _reference.Reference._build_plan
+
+    def counting(self, key, *args, **kwargs):
+        built.append(key)
+        return real(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(_reference.Reference, "_build_plan", counting)
+    busy = Image(moved(base, 1.0, 0.5, 0, shape=(96, 112)).astype(np.float32), (1.0, 1.0), (55.5, 47.5))
+    for k in range(_reference.MAX_PLANS + 3):
+        reference.register(busy)
+        other = Image(moved(base, 1.0, 0.5, 0, shape=(96, 112)).astype(np.float32), (1.0, 1.0), (50.5 + k, 47.5))
+        reference.register(other)
+    reference.register(busy)
+    assert sum(1 for key in built if key[2] == (55.5, 47.5)) == 1  # built once, never dropped
+    assert len(reference._plans) <= _reference.MAX_PLANS
+
+
+def test_the_per_frame_lookup_stays_bounded_when_header_values_jitter():
+    from portalign.registration import _reference
+
+    base = anatomy(160, seed=3)
+    reference = prepare_reference(Image(moved(base, 0, 0, 0, shape=(64, 72)).astype(np.float32), (1.0, 1.0),
+                                        (35.5, 31.5)), backend="cpu")
+    pixels = moved(base, 1.0, 0.5, 0, shape=(64, 72)).astype(np.float32)
+    for k in range(3 * _reference.MAX_FRAME_POOL_KEYS):
+        reference.register(Image(pixels, (1.0, 1.0), (35.5 + k * 1e-9, 31.5)))  # the same geometry to 6 decimals
+    assert len(reference._plans) == 1
+    assert len(reference._frame_pools) <= _reference.MAX_FRAME_POOL_KEYS

@@ -54,6 +54,16 @@ def test_handed_small_field_30mm_jaws_20mm_field():
 
 
 @needs_cases
+def test_an_edge_score_is_at_most_one():
+    """The handed small field, a near-perfect match: the quadratic model's peak overshoots 1 by a hair (1.000015)."""
+    ref = read(FIELD_CASES / "small-field" / "ref_crop.dcm")
+    frame = read(FIELD_CASES / "small-field" / "frame_shift_r+9_c-13.dcm")
+    result = portalign.register(ref, frame, portalign.RegistrationOptions(method="edge"), backend="cpu")
+    assert result.ok, result.reason
+    assert 0.9 < result.score <= 1.0 and result.score == result.details["edge_score"]
+
+
+@needs_cases
 def test_handed_open_field_no_field_edge():
     ref = read(FIELD_CASES / "open-field" / "ref_inside.dcm")
     frame = read(FIELD_CASES / "open-field" / "frame_inside_r-15_c+21.dcm")

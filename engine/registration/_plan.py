@@ -199,38 +199,45 @@ FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_
 class LanePool:
     """The lanes of one frame geometry: the first plan, and copies made when frames overlap.
 
-    Taking and returning a free lane is one atomic ``deque`` operation each (no lock): this runs for every
-    frame. Only a frame that finds every lane busy takes the lock, and waits.
+    Taking and returning a free lane is one atomic ``deque`` operation each (no lock) while no frame waits:
+    this runs for every frame. A frame that finds every lane busy queues; lanes then go to the queued frames
+    first come, first served (a frame that has just returned one does not take it back past them).
     """
 
     def __init__(self, first: FramePlan) -> None:
         self.lanes = [first]
         self.free: deque[FramePlan] = deque([first])
         self._changed = threading.Condition()
-        self._waiting = 0
+        self._queue: deque[object] = deque()
+        #: A stamp of the last frame that used this geometry (the least recently used geometry is dropped first).
+        self.last_used = 0
 
     def acquire(self, limit: int, backend: Backend) -> FramePlan:
         """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""
-        try:
-            return self.free.popleft()
-        except IndexError:
-            pass
+        if not self._queue:
+            try:
+                return self.free.popleft()
+            except IndexError:
+                pass
+        ticket = object()
         with self._changed:
-            while True:
-                try:
-                    return self.free.popleft()
-                except IndexError:
-                    pass
-                if len(self.lanes) < limit:
-                    lane = self.lanes[0].new_lane(backend)
-                    self.lanes.append(lane)
-                    return lane
-                self._waiting += 1
-                try:
-                    # a release that ran before this waiter was counted is caught by the timeout
+            self._queue.append(ticket)
+            try:
+                while True:
+                    if self._queue[0] is ticket:
+                        try:
+                            return self.free.popleft()
+                        except IndexError:
+                            pass
+                        if len(self.lanes) < limit:
+                            lane = self.lanes[0].new_lane(backend)
+                            self.lanes.append(lane)
+                            return lane
+                    # a release that ran before this frame queued is caught by the timeout
                     self._changed.wait(0.01)
-                finally:
-                    self._waiting -= 1
+            finally:
+                self._queue.remove(ticket)
+                self._changed.notify_all()  # the next in the queue looks again
 
     def idle(self) -> bool:
         """Return whether no frame holds a lane of this geometry now."""
@@ -238,9 +245,9 @@ class LanePool:
 
     def release(self, lane: FramePlan) -> None:
         self.free.append(lane)
-        if self._waiting:
+        if self._queue:
             with self._changed:
-                self._changed.notify()
+                self._changed.notify_all()
 
 
 def wants_field(options: RegistrationOptions, image: Image) -> bool:

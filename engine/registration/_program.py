@@ -90,9 +90,7 @@ def register_frame(reference: Reference, frame: Image) -> RegistrationResult:
             scope = backend.frame_scope(plan.stream, plan.threads)
             if backend.scope_reusable:
                 plan.scope = scope
-        else:
-            scope.begin = start
-        with scope:
+        with scope:  # its clock (the thread tuner's) starts here, after any wait for the lane
             result = _register(reference, plan, frame, start)
     finally:
         pool.release(plan)
@@ -306,7 +304,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         rotation_deg=float(pose[2] * _DEGREES) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,
-        score=float(found.reported),
+        # edge: the capped final edge correlation (a score is -1..1); the MI methods: NMI - 1 (0..1)
+        score=float(final_edge if opts.method == "edge" else found.reported),
         method=opts.method,
         backend=backend.name,
         ambiguity=float(ambiguity),

@@ -61,6 +61,8 @@ POLISH_LEVELS = 1
 MAX_FIELD_MARGIN_MM = 10.0
 #: Frame geometries whose plans a reference keeps (least recently used dropped first).
 MAX_PLANS = 8
+#: Exact (unrounded) frame geometries the per-frame lookup remembers before it starts again.
+MAX_FRAME_POOL_KEYS = 64
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
 #: The field-edge band may take at most this fraction of the field's size (its largest inscribed disc) on
@@ -93,6 +95,7 @@ class Reference:
         self._plans_lock = threading.Lock()
         #: The pools of geometries already seen, by the frame's own (shape, spacing, axis): one dict lookup a frame.
         self._frame_pools: dict[tuple, LanePool] = {}
+        self._uses = 0
         # on a device, frames that overlap (service requests, batches) run side by side on their own streams
         self._lane_limit = default_lanes(backend)
         self._cpu_reference: Reference | None = None
@@ -184,6 +187,8 @@ class Reference:
              field_mm: float | None = None) -> Iterator[FramePlan]:
         """Hold a lane of this geometry's plan for one frame (waiting while all allowed lanes are busy)."""
         pool = self._pool(shape, spacing, axis, field_mm)
+        self._uses += 1
+        pool.last_used = self._uses
         lane = pool.acquire(self._lane_limit, self.backend)
         try:
             yield lane
@@ -201,14 +206,21 @@ class Reference:
         GeometryError
             When a new geometry would make the plan allocate far beyond the two images' own size.
         """
+        self._uses += 1  # not atomic across threads: a stamp for "recently used", nothing counts on it exactly
         if field_mm is None:
             key = (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)
             pools = self._frame_pools
             if key in pools:
-                return pools[key]
+                pool = pools[key]
+                pool.last_used = self._uses
+                return pool
         pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame)
+        pool.last_used = self._uses
         if field_mm is None:
             with self._plans_lock:
+                if len(self._frame_pools) >= MAX_FRAME_POOL_KEYS:
+                    # headers whose values jitter in the last digits: exact keys beyond the rounded geometries
+                    self._frame_pools.clear()
                 self._frame_pools[(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)] = pool
         return pool
 
@@ -252,18 +264,18 @@ class Reference:
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
+                pool.last_used = self._uses  # the newest: not the one dropped
                 self._evict_plans()
-            else:
-                self._plans[key] = self._plans.pop(key)  # most recently used last
         return pool
 
     def _evict_plans(self) -> None:
         """Drop the least recently used geometries beyond :data:`MAX_PLANS` whose lanes are all free.
 
         Frames with ever-new geometries (beam axes, sizes) would otherwise keep one plan each for
-        ever: a service fed varied uploads would grow without bound.
+        ever: a service fed varied uploads would grow without bound. "Used" is each pool's stamp of the
+        last frame that took it (frames served from the per-frame lookup never pass through ``_plans``).
         """
-        for key in list(self._plans):
+        for key in sorted(self._plans, key=lambda k: self._plans[k].last_used):
             if len(self._plans) <= MAX_PLANS:
                 break
             if self._plans[key].idle():

@@ -44,12 +44,12 @@ __all__ = ["SearchOutcome", "search_compiled", "search_eager", "program_scratch"
 ITERATIONS = (3, 3, 4)
 #: Global-search optima scoring below this fraction of the best are not refined.
 CANDIDATE_FLOOR = 0.5
-#: Convergence (largest jump, in steps) on intermediate levels and on the finest one. Newton's steps shrink
-#: quadratically: after a jump of 0.05 steps the next would be about 0.003 steps, 0.003 mm at the bench frame's
-#: 1 mm refinement level (``python -m bench.held_out --seed 14``: median 0.152 mm
-#: against 0.153 mm at 0.02 steps, the same pairs ok), and it saves a 7-pose stencil on most frames.
+#: Convergence (largest jump, in steps) on intermediate levels and on the finest one. 0.05 steps on the finest
+#: saved a 7-pose stencil on most frames (0.3 ms of 3.4), but later stencils reuse the first one's mixed
+#: terms, so convergence is linear, not quadratic: a new user's trial found results 0.02-0.05 mm off the
+#: converged ones where the finest level has 1.6 mm pixels. Accuracy first: 0.02.
 COARSE_TOLERANCE = 0.1
-FINE_TOLERANCE = 0.05
+FINE_TOLERANCE = 0.02
 #: A runner-up scoring at least this fraction of the winner is refined further before it counts.
 RECHECK_RATIO = 0.75
 #: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
