@@ -52,6 +52,9 @@ DEAD_LINE_CONTRAST = 8.0
 #: ...over at least this share of its length; at most this share of all lines are bridged.
 DEAD_LINE_SHARE = 0.8
 DEAD_LINE_MAX_SHARE = 0.05
+#: Widest band of adjacent dead detector lines recognised (two adjacent dead lines are a known fault of a panel's
+#: readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm off, ok).
+DEAD_BAND_MAX = 2
 #: A radiation field (jaws, MLC, cone) surrounds its beam's central axis, or passes close to it (a half-beam
 #: block puts the axis on its edge): a region found farther from the axis than this that also runs off the image
 #: is the patient's outline or an object (the air beside a lateral view's body), not the field. An off-axis
@@ -421,7 +424,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     Returns the bridged image and the indices of the rows and of the columns replaced. ``full``, the
     image at the detector's own pixels that ``values`` was box-reduced from, confirms each line: a
     dead line is one detector line wide, with neighbours that agree with each other, whereas MLC
-    pickets or a thin wire are several pixels wide (see :func:`_one_pixel_line`).
+    pickets or a thin wire are several pixels wide (see :func:`_dead_band`).
 
     A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
     split would take it for a class of its own (on an inverted image a dead line at zero is the
@@ -442,31 +445,60 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
             full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
             factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
             full_noise = _line_noise(full_work)
-            bad = [i for i in bad if _one_pixel_line(full_work, int(i) * factor, (int(i) + 1) * factor, full_noise)]
+            confirmed: set[int] = set()
+            for i in bad:
+                band = _dead_band(full_work, int(i) * factor, (int(i) + 1) * factor, full_noise)
+                if band is not None:  # every reduced line the detector lines fall in
+                    confirmed.update(range(band[0] // factor, min(band[1] // factor, work.shape[0] - 2) + 1))
+            bad = sorted(i for i in confirmed if i >= 1)
         if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
             continue
         work = work.copy()
-        for i in bad:
-            work[i] = 0.5 * (work[i - 1] + work[i + 1])
+        for first, last in _runs(bad):
+            # a band of dead lines: straight across from the line before it to the line after it
+            before, after = work[first - 1], work[last + 1]
+            for i in range(first, last + 1):
+                t = (i - first + 1) / (last - first + 2)
+                work[i] = (1.0 - t) * before + t * after
         out = work if axis == 0 else work.T
         found[axis] = tuple(int(i) for i in bad)
     return out, found[0], found[1]
 
 
-def _one_pixel_line(work: np.ndarray, start: int, stop: int, noise: float) -> bool:
-    """Whether one line in ``work[start:stop]`` spikes away from both neighbours, which agree with each other.
+def _dead_band(work: np.ndarray, start: int, stop: int, noise: float) -> tuple[int, int] | None:
+    """Return ``(first, last)`` of a band of one to ``DEAD_BAND_MAX`` dead detector lines starting in ``work[start:stop]``.
 
-    Over at least ``DEAD_LINE_SHARE`` of its length the line must differ from both neighbours in the same
-    direction by more than ``DEAD_LINE_CONTRAST`` noise sigmas, while the two neighbours differ from each
-    other by less than half of that spike: one detector line, not a structure several pixels wide.
+    Over at least ``DEAD_LINE_SHARE`` of their length the band's lines must all differ from the two lines just
+    outside it in the same direction by more than ``DEAD_LINE_CONTRAST`` noise sigmas, while those two outside
+    lines differ from each other by less than half of that spike: a detector line or two, not a structure
+    (MLC pickets, a wire) several pixels wide. A band may run past ``stop``: a box reduction can split two
+    adjacent dead lines between two reduced lines. None when there is no such band.
     """
-    for r in range(max(start, 1), min(stop, work.shape[0] - 1)):
-        up, down = work[r] - work[r - 1], work[r] - work[r + 1]
-        spike = np.minimum(np.abs(up), np.abs(down))
-        agree = np.abs(work[r - 1] - work[r + 1]) < 0.5 * spike
-        if np.mean((up * down > 0) & (spike > DEAD_LINE_CONTRAST * noise) & agree) >= DEAD_LINE_SHARE:
-            return True
-    return False
+    rows = work.shape[0]
+    for first in range(max(start, 1), min(stop, rows - 1)):
+        for width in range(1, DEAD_BAND_MAX + 1):
+            last = first + width - 1
+            if last + 1 >= rows:
+                break
+            band = work[first:last + 1]
+            up, down = band - work[first - 1], band - work[last + 1]
+            same = np.all((up > 0) & (down > 0), axis=0) | np.all((up < 0) & (down < 0), axis=0)
+            spike = np.minimum(np.abs(up), np.abs(down)).min(axis=0)
+            agree = np.abs(work[first - 1] - work[last + 1]) < 0.5 * spike
+            if np.mean(same & (spike > DEAD_LINE_CONTRAST * noise) & agree) >= DEAD_LINE_SHARE:
+                return first, last
+    return None
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Return the runs of consecutive ``indices`` (sorted) as ``(first, last)`` pairs."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def _line_noise(work: np.ndarray) -> float:

@@ -63,7 +63,7 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
     assert tuple(box) == pytest.approx((56, 84, 26, 54), abs=1)
 
 
-@pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges"])
+@pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair"])
 def test_dead_lines_equal_the_reference(kind):
     from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
     from portalign.kernels.cpu.field import dead_lines
@@ -79,6 +79,9 @@ def test_dead_lines_equal_the_reference(kind):
         image = image.T.copy()
         image[40] = 4000.0
         expected_rows = [40]
+    elif kind == "dead pair":  # two adjacent dead lines (or one that a box reduction spread over two)
+        image[50:52] = 3.0
+        expected_rows = [50, 51]
     elif kind == "pickets":
         image[:, ::16] -= 300.0  # columns: the rows see no spike
     elif kind == "field edges":

@@ -348,6 +348,20 @@ def test_dead_detector_column_through_a_cone_is_left_out():
     assert any("1 dead detector row(s) and 1 column(s) left out" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize("cols", [(199, 200), (199, 201)])
+def test_two_dead_columns_through_a_cone_are_left_out(cols):
+    """Two dead columns through the cone's middle (adjacent, or one apart): a new user's trial got 17 mm off, ok=true.
+
+    A box reduction spreads them over two reduced columns, which the one-line screen did not see.
+    """
+    drr, frame = _drr_and_cone_frame((2.0, -1.5))
+    frame = dead_lines(frame, cols=cols)
+    result = portalign.register(drr, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - 2.0, result.dy_mm + 1.5) < 0.15
+    assert any("0 dead detector row(s) and 2 column(s) left out" in w for w in result.warnings)
+
+
 def test_lines_several_pixels_wide_are_not_dead_lines():
     """MLC pickets run the whole image too, but are several detector pixels wide: they stay in the match."""
     img = np.full((256, 256), 1000.0)

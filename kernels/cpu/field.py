@@ -201,14 +201,24 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
 
 
 @njit(cache=True, nogil=True)
-def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  # pragma: no cover
-    """Return the rows of ``work`` that read far off both neighbours along most of their length (dead/hot lines).
+def _spikes(a: float, b: float, outer_1: float, outer_2: float, threshold: float) -> bool:  # pragma: no cover
+    """Whether band values ``a`` and ``b`` both differ from both outer values in one direction by more than ``threshold``."""
+    u1, d1, u2, d2 = a - outer_1, a - outer_2, b - outer_1, b - outer_2
+    same = (u1 > 0 and d1 > 0 and u2 > 0 and d2 > 0) or (u1 < 0 and d1 < 0 and u2 < 0 and d2 < 0)
+    return same and min(min(abs(u1), abs(d1)), min(abs(u2), abs(d2))) > threshold
 
-    A first pass on the row means keeps only rows whose mean spikes away from both neighbours' means by
-    more than ``contrast`` times the profile's noise (1.4826 MAD of the mean differences); each candidate
-    then qualifies when over at least ``share`` of its pixels it differs from both neighbours in the same
-    direction by more than ``contrast`` times the line-to-line noise (1.4826 MAD of the differences
-    between every 4th row and the next). The rule of ``portalign.field``'s dead-line screening, compiled.
+
+@njit(cache=True, nogil=True)
+def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  # pragma: no cover
+    """Return the rows of ``work`` that read far off their neighbours along most of their length (dead/hot lines).
+
+    A band of one row, or of two adjacent rows (a dead detector line, or two, that a box reduction spread
+    over two rows), qualifies in two passes. First the row means: every row of the band spikes away from
+    both rows outside it, in the same direction, by more than ``contrast`` times the profile's noise
+    (1.4826 MAD of the mean differences). Then pixel by pixel: over at least ``share`` of its pixels every
+    row of the band differs from both outside rows in one direction by more than ``contrast`` times the
+    line-to-line noise (1.4826 MAD of the differences between every 4th row and the next). The rule of
+    ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its numpy twin.
     """
     rows, cols = work.shape
     bad = np.empty(0, dtype=np.int64)
@@ -224,13 +234,21 @@ def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  
     for i in range(rows - 1):
         diffs[i] = abs(means[i + 1] - means[i])
     profile_noise = 1.4826 * np.median(diffs) + 1e-12 * ((means.max() - means.min()) + 1.0)
-    candidates = []
+    starts = []
+    widths = []
+    single = np.zeros(rows, dtype=np.bool_)
     for i in range(1, rows - 1):
-        up = means[i] - means[i - 1]
-        down = means[i] - means[i + 1]
-        if up * down > 0 and min(abs(up), abs(down)) > contrast * profile_noise:
-            candidates.append(i)
-    if len(candidates) == 0:
+        if _spikes(means[i], means[i], means[i - 1], means[i + 1], contrast * profile_noise):
+            starts.append(i)
+            widths.append(1)
+            single[i] = True
+    for i in range(1, rows - 2):
+        if single[i] or single[i + 1]:
+            continue
+        if _spikes(means[i], means[i + 1], means[i - 1], means[i + 2], contrast * profile_noise):
+            starts.append(i)
+            widths.append(2)
+    if len(starts) == 0:
         return bad
     pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
     line = np.empty(pairs * cols)
@@ -241,15 +259,17 @@ def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  
             n += 1
     noise = 1.4826 * np.median(line[:n]) + 1e-12 * ((work.max() - work.min()) + 1.0)
     found = []
-    for i in candidates:
+    for c in range(len(starts)):
+        i = starts[c]
+        last = i + widths[c] - 1
         spiking = 0
         for j in range(cols):
-            up = work[i, j] - work[i - 1, j]
-            down = work[i, j] - work[i + 1, j]
-            if up * down > 0 and min(abs(up), abs(down)) > contrast * noise:
+            if _spikes(work[i, j], work[last, j], work[i - 1, j], work[last + 1, j], contrast * noise):
                 spiking += 1
         if spiking / cols >= share:
-            found.append(i)
+            for r in range(i, last + 1):
+                found.append(r)
+    found.sort()
     out = np.empty(len(found), dtype=np.int64)
     for k in range(len(found)):
         out[k] = found[k]

@@ -78,23 +78,33 @@ def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[fl
     return float(edges[best + 1]), effectiveness
 
 
+def _spikes(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: float) -> np.ndarray:
+    """Where every row of ``band`` (rows x n) differs from both outer rows in one direction by more than ``threshold``."""
+    up, down = band - outer_1, band - outer_2
+    same = np.all((up > 0) & (down > 0), axis=0) | np.all((up < 0) & (down < 0), axis=0)
+    return same & (np.minimum(np.abs(up), np.abs(down)).min(axis=0) > threshold)  # type: ignore[no-any-return]
+
+
 def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:
-    """Return the rows of ``work`` that spike away from both neighbours (numpy; see the CPU kernel)."""
+    """Return the rows of ``work`` that spike away from their neighbours, alone or two together (see the CPU kernel)."""
     work = np.asarray(work, dtype=np.float64)
-    if work.shape[0] < 5:
+    rows = work.shape[0]
+    if rows < 5:
         return np.empty(0, dtype=np.int64)
     means = work.mean(axis=1)
-    up, down = means[1:-1] - means[:-2], means[1:-1] - means[2:]
-    spike = np.where(up * down > 0, np.minimum(np.abs(up), np.abs(down)), 0.0)
     profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
-    candidates = np.flatnonzero(spike > contrast * profile_noise) + 1
-    if candidates.size == 0:
+    threshold = contrast * profile_noise
+    bands = [(i, 1) for i in range(1, rows - 1)
+             if _spikes(means[i:i + 1, None], means[i - 1], means[i + 1], threshold)[0]]
+    single = {i for i, _ in bands}
+    bands += [(i, 2) for i in range(1, rows - 2) if i not in single and i + 1 not in single
+              and _spikes(means[i:i + 2, None], means[i - 1], means[i + 2], threshold)[0]]
+    if not bands:
         return np.empty(0, dtype=np.int64)
     diff = work[1::4] - work[:-1:4][: work[1::4].shape[0]]
     noise = 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
     bad = []
-    for i in candidates:
-        up_i, down_i = work[i] - work[i - 1], work[i] - work[i + 1]
-        if np.mean((up_i * down_i > 0) & (np.minimum(np.abs(up_i), np.abs(down_i)) > contrast * noise)) >= share:
-            bad.append(int(i))
-    return np.asarray(bad, dtype=np.int64)
+    for i, width in bands:
+        if np.mean(_spikes(work[i:i + width], work[i - 1], work[i + width], contrast * noise)) >= share:
+            bad.extend(range(i, i + width))
+    return np.asarray(sorted(bad), dtype=np.int64)
