@@ -297,10 +297,9 @@ class _ThreadScope:
     and is told the frame's time.
     """
 
-    __slots__ = ("previous", "wanted", "exclusive", "tuner", "started", "lane_tuner", "begin")
+    __slots__ = ("previous", "wanted", "exclusive", "tuner", "started", "lane_tuner")
     tuner: ThreadTuner | None
     lane_tuner: ThreadTuner | None
-    begin: float | None
 
     def __enter__(self) -> None:
         # _layer is known: cpu_backend() asked for it when the backend was made
@@ -308,10 +307,7 @@ class _ThreadScope:
         if self.exclusive:
             _layer_lock.acquire()
         self.previous = _get_threads()
-        now = self.begin  # the frame's start, when the caller has it (one clock read fewer)
-        self.begin = None
-        if now is None:
-            now = time.perf_counter()
+        now = time.perf_counter()
         try:
             single = _local.single
         except AttributeError:
@@ -356,13 +352,11 @@ class CpuBackend(Backend):
         """Return the context one frame runs in: this thread's numba thread count per the thread policy.
 
         ``tuner`` (a :class:`ThreadTuner`, one per frame geometry) lets the ``auto`` policy learn from frame times.
-        The scope can be entered again, one frame at a time; setting its ``begin`` to the frame's
-        ``time.perf_counter()`` start before entering saves a clock read.
+        The scope can be entered again, one frame at a time.
         """
         scope = _ThreadScope()  # no __init__: one call fewer per frame
         scope.lane_tuner = tuner
         scope.tuner = tuner
-        scope.begin = None
         return scope
 
     def fft_workers(self) -> int:

@@ -27,7 +27,7 @@ from ..field import NO_FIELD, field_size_mm, find_field
 from ..image import Image, check_frame_pixels
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, frame_levels, frame_mask
-from ._plan import FramePlan
+from ._plan import FramePlan, wants_field
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, NOISE_SAMPLES, assess_frame, is_clean, rotation_radius
 from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
@@ -137,9 +137,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             k.downsample2(levels[index - 1].image, levels[index].image)
     # the field-detection level on the host (the CPU's arrays are there already)
     small = levels[plan.field_level].image if front is not None else backend.to_host(levels[plan.field_level].image)
-    # wants_field, written out
-    want = opts.field == "detect" or (opts.field != "none" and frame.info.kind != "drr")
-    field = find_field(frame, small) if want else NO_FIELD
+    field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = plan.used_levels
     if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
         share = SMALL_FIELD_SHARE * plan.extent_mm
@@ -175,12 +173,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
     frame_stats: dict = {}
-    if measured is None:
-        quality = assess_frame(backend, frame, plan, field, frame_stats)
-        r_eff = rotation_radius(backend, levels[plan.refine_levels[0]])
-    else:
-        quality = assess_frame(backend, frame, plan, field, frame_stats, (measured[0], measured[1]))
-        r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], (measured[2], measured[3]))
+    quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
+    r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from portalign.kernels.cpu.refine import STENCIL_3D, rotation_lever_arm
+from portalign.kernels.cpu.statistics import clean_window
 
 from ..field import FieldEstimate, field_size_mm
 from ..image import Image
@@ -53,10 +54,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "too small a field to register")
         return (f"too little of the frame is usable: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
                 f"(at least {needed} needed): {frame.info.source} is too small to register")
-    if measured is None:
-        noise = _noise_sigma(backend, finest)
-    else:  # _noise_sigma of the level stage's numbers, written out
-        noise = 0.0 if measured[1] < 16 else 1.4826 * float(measured[0]) / math.sqrt(6.0)
+    noise = _noise_sigma(backend, finest, measured)
     lo, hi = coarse.range
     contrast = hi - lo
     # box averaging from the finest to the coarse level divides white noise by 2 per level
@@ -78,14 +76,17 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     return ""
 
 
-def _noise_sigma(backend, level: Level) -> float:  # type: ignore[no-untyped-def]
+def _noise_sigma(backend, level: Level, measured: tuple[float, float] | None = None) -> float:  # type: ignore[no-untyped-def]
     """Robust white-noise sigma from horizontal second differences (MAD), on every 4th row of the usable pixels.
 
     A second difference cancels smooth anatomy (any linear trend) and keeps white
-    noise with variance ``6 sigma^2``. Computed where the level lives; one number comes back.
+    noise with variance ``6 sigma^2``. Computed where the level lives; one number comes back. ``measured``: that
+    ``(MAD, count)`` when the compiled level stage took it already.
     """
-    rows, cols = level.shape
-    mad, count = backend.kernels.second_difference_mad(level.image, level.eroded, 0, rows, 4, 0, cols, True)
+    if measured is None:
+        rows, cols = level.shape
+        measured = backend.kernels.second_difference_mad(level.image, level.eroded, 0, rows, 4, 0, cols, True)
+    mad, count = measured
     if count < 16:
         return 0.0
     return 1.4826 * float(mad) / math.sqrt(6.0)
@@ -115,14 +116,9 @@ def _clean_noise(backend, plan: FramePlan, field: FieldEstimate) -> tuple[float,
     """Return the frame's own second-difference ``(MAD, count)`` inside the field's bounding box, unmasked."""
     level = plan.levels[0]
     img = level.image  # the frame where it lives: only the statistic comes back from a device
-    rows, cols = img.shape
-    r0, r1, c0, c1 = 0, rows, 0, cols
-    if field.detected and field.box_px is not None:
-        scale = 2.0 ** (plan.field_level - level.index)
-        b = field.box_px
-        c0, c1 = int(max(0, (b[0] + 1) * scale)), int(min(cols, b[1] * scale))
-        r0, r1 = int(max(0, (b[2] + 1) * scale)), int(min(rows, b[3] * scale))
-    row_step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
+    has_box = field.detected and field.box_px is not None
+    r0, r1, row_step, c0, c1 = clean_window(img.shape[0], img.shape[1], np.array(field.box_px if has_box else (0.0,) * 4),
+                                            has_box, 2.0 ** (plan.field_level - level.index), NOISE_SAMPLES)
     # unmasked: the image stands in for the mask argument
     return backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)  # type: ignore[no-any-return]
 

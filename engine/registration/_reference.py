@@ -246,7 +246,7 @@ class Reference:
 
     def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
               field_mm: float | None = None, frame: Image | None = None) -> LanePool:
-        # written out (no generators): this runs for every frame
+        # a new exact geometry (frame_pool finds the ones seen) or a lane() call: the rounded key shares plans
         key: tuple = (tuple(shape), (round(spacing[0], 9), round(spacing[1], 9)), (round(axis[0], 6), round(axis[1], 6)))
         if field_mm is not None:
             # half-octave classes of field size share a plan, sized for the class's smallest field

@@ -24,7 +24,7 @@ from numba import njit
 from .gradient import gradient_row_sums, orientation_features
 from .mask import erode_box, listed_range, pixel_list
 from .mutual_information import quantize
-from .statistics import rms_radius, second_difference_mad
+from .statistics import clean_window, rms_radius, second_difference_mad
 
 __all__ = ["prepare_level", "sample_nearest", "frame_levels", "LEVEL_SLOTS"]
 
@@ -146,12 +146,8 @@ def frame_levels(levels, n: int, field_mask: np.ndarray, has_field: bool, scales
     out[4] = 0.0
     out[5] = 0.0
     if want_clean:
-        n_rows, n_cols = clean_image.shape
-        r0, r1, c0, c1 = 0, n_rows, 0, n_cols
-        if has_box:
-            c0, c1 = int(max(0.0, (clean_box[0] + 1) * clean_scale)), int(min(n_cols, clean_box[1] * clean_scale))
-            r0, r1 = int(max(0.0, (clean_box[2] + 1) * clean_scale)), int(min(n_rows, clean_box[3] * clean_scale))
-        row_step = max(1, (r1 - r0) * (c1 - c0) // noise_samples)
+        r0, r1, row_step, c0, c1 = clean_window(clean_image.shape[0], clean_image.shape[1], clean_box, has_box,
+                                                clean_scale, noise_samples)
         mad, count = second_difference_mad(clean_image, clean_image, r0, r1, row_step, c0, c1, False)
         out[4] = mad
         out[5] = count

@@ -205,20 +205,13 @@ def refine_from(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, fra
     for _ in range(iterations):
         n = 1 + 2 * dims if have_cross else full
         stencil_poses(p, step, dims, n, poses)
-        if done == 0 and start_value == start_value and p[2] == pose[2]:  # the centre's value is known: the rest
-            m = n - 1
-            others = poses[1:n].copy()
-            other_affines = np.empty((m, 2, 3))
-            other_values = np.empty(m)
-            pose_affines_into(others, m, geometry, other_affines)
-            metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins,
-                          normalised, others, other_affines, m, hist, sums, other_values)
+        pose_affines_into(poses, n, geometry, affines)
+        # the first stencil's centre is the start pose: its value, when known, is not measured again
+        first = 1 if done == 0 and start_value == start_value and p[2] == pose[2] else 0
+        metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, normalised,
+                      poses[first:n], affines[first:n], n - first, hist, sums, values[first:n])
+        if first:
             values[0] = start_value
-            values[1:n] = other_values
-        else:
-            pose_affines_into(poses, n, geometry, affines)
-            metric_values(metric, rows, cols, count, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins,
-                          normalised, poses, affines, n, hist, sums, values)
         predicted = quadratic_step(values, n, dims, cross, jump)
         have_cross = True
         score = max(values[0], predicted)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["second_difference_mad", "rms_radius"]
+__all__ = ["second_difference_mad", "rms_radius", "clean_window"]
 
 
 @njit(cache=True, nogil=True)
@@ -63,3 +63,21 @@ def rms_radius(mask: np.ndarray, axis_col: float, axis_row: float, spacing_row: 
     if n == 0:
         return 0.0, 0
     return math.sqrt(total / n), n
+
+
+@njit(cache=True, nogil=True)
+def clean_window(rows: int, cols: int, box: np.ndarray, has_box: bool, scale: float,
+                 noise_samples: int) -> tuple:  # pragma: no cover
+    """Return ``(r0, r1, row_step, c0, c1)``: where a frame's own noise is measured (is it clean?).
+
+    The frame's pixels inside the field's bounding box ``box`` (``(col_min, col_max, row_min, row_max)`` on the
+    detection level, ``scale`` frame pixels a pixel; the whole ``rows`` x ``cols`` frame without ``has_box``), on
+    every ``row_step``-th row so that about ``noise_samples`` second differences are taken. Host arithmetic for
+    every backend, and the window of the CPU's compiled level stage.
+    """
+    r0, r1, c0, c1 = 0, rows, 0, cols
+    if has_box:
+        c0, c1 = int(max(0.0, (box[0] + 1) * scale)), int(min(cols, box[1] * scale))
+        r0, r1 = int(max(0.0, (box[2] + 1) * scale)), int(min(rows, box[3] * scale))
+    row_step = max(1, (r1 - r0) * (c1 - c0) // noise_samples)
+    return r0, r1, row_step, c0, c1
