@@ -32,6 +32,21 @@ def _cases():
     yield "stripes", stripes + anatomy
     yield "open", 1.0 + anatomy  # no field edge
     yield "flat", np.ones((20, 30))
+    for value in (1e6, -1e6, 1e38):  # one extreme pixel squeezes the min-max histogram: the bounds narrow
+        hot = 0.05 + square + anatomy
+        hot[70, 100] = value
+        yield f"hot pixel {value:g}", hot
+    nested = 0.05 + square + anatomy
+    nested[70, 100], nested[10, 20] = 1e38, 1e20  # two scales of outliers: two narrowing passes
+    yield "two hot pixels", nested
+    tiny = 0.05 + ((xx - 70) ** 2 + (yy - 40) ** 2 < 2.5**2) + 0.01 * anatomy  # 21 pixels: 0.2 % of the image
+    yield "tiny cone", tiny
+    tiny_hot = tiny.copy()
+    tiny_hot[80, 20] = 1e6
+    yield "tiny cone and a hot pixel", tiny_hot
+    flat_hot = np.ones((20, 30))
+    flat_hot[3, 4] = 1e9  # constant but for one pixel: the central bins hold one value, nothing to narrow to
+    yield "flat with a hot pixel", flat_hot
     for seed in range(8):
         noisy = np.random.default_rng(seed)
         yield f"noisy {seed}", 0.05 + square * noisy.uniform(0.5, 1.5) + noisy.normal(0, noisy.uniform(0.01, 0.4),
@@ -92,3 +107,24 @@ def test_dead_lines_equal_the_reference(kind):
     want = reference.dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)
     np.testing.assert_array_equal(got, want)
     assert list(got) == expected_rows
+
+
+@pytest.mark.parametrize("value", [1e6, -1e6, 1e20, 1e38])
+def test_one_extreme_pixel_does_not_hide_the_field(value):
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:96, 0:128].astype(float)
+    square = ((np.abs(xx - 60) < 30) & (np.abs(yy - 50) < 25)).astype(float)
+    image = 0.05 + square + ndimage.gaussian_filter(rng.standard_normal((96, 128)), 4) * 0.2
+    clean_mask, clean_box = np.zeros(image.shape, np.uint8), np.zeros(4)
+    clean = split_field(image, *ARGS, clean_mask, clean_box)
+    assert clean[0] == FIELD
+    for at in [(48, 60), (2, 3), (90, 120)]:  # inside the field, in the outside, near a corner
+        hot = image.copy()
+        hot[at] = value
+        mask, box = np.zeros(image.shape, np.uint8), np.zeros(4)
+        code, threshold, _, _ = split_field(hot, *ARGS, mask, box)
+        assert code == FIELD, at
+        assert abs(threshold - clean[1]) < 0.02  # the levels differ by 1: the threshold is the clean image's
+        changed = mask != clean_mask
+        changed[at] = False
+        assert not changed.any()

@@ -425,3 +425,33 @@ def test_a_bright_region_far_from_the_beam_axis_is_not_the_radiation_field():
     image = portalign.Image.from_array((aperture + noise).astype(np.float32), pixel_spacing_mm=0.5, kind="portal")
     small, _ = box_reduce(image.pixels, 200)
     assert find_field(image, small).detected
+
+
+@pytest.mark.parametrize("value", [65535.0, 1e38])
+def test_one_extreme_pixel_neither_moves_nor_flattens_the_match(value):
+    """One pixel far outside a float frame's range (values 0-2): it stretched the intensity histogram and the
+    edge scale 76-fold, and a 256x256 frame came out 0.6 mm off with ok=true."""
+    base = anatomy(256, seed=2)
+    reference = portalign.prepare_reference(portalign.Image.from_array(
+        moved(base, 0, 0, 0, shape=(256, 256), base_spacing_mm=0.5, spacing_mm=1.0), pixel_spacing_mm=1.0,
+        kind="drr"), backend="cpu")
+    frame = moved(base, 1.0, 0.5, 0, shape=(256, 256), base_spacing_mm=0.5, spacing_mm=1.0).astype(np.float32)
+    frame[3, 5] = value
+    result = reference.register(portalign.Image.from_array(frame, pixel_spacing_mm=1.0, kind="drr"))
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - 1.0, result.dy_mm - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("value", [1e6, -1e6])
+def test_one_extreme_pixel_in_a_cone_frame_keeps_its_field(value):
+    """A hot pixel inside the cone squeezed the field split's histogram into one bin: no field was found."""
+    drr, frame = _drr_and_cone_frame((2.0, -1.5))
+    clean = portalign.register(drr, frame, backend="cpu")
+    pixels = frame.pixels.astype(np.float32)
+    pixels[210, 190] = value
+    hot = portalign.register(drr, portalign.Image.from_array(pixels, pixel_spacing_mm=0.5, kind="portal"),
+                             backend="cpu")
+    assert hot.ok, hot.reason
+    assert math.hypot(hot.dx_mm - 2.0, hot.dy_mm + 1.5) < 0.15
+    assert clean.field_detected and hot.field_detected
+    assert hot.field_box_mm == pytest.approx(clean.field_box_mm)

@@ -141,8 +141,8 @@ def _elementwise_case(name):
     cases = {
         "downsample2": ([odd, np.zeros((12, 10), f32)], [1]),
         "downsample2_mask": ([random_mask((25, 21)), np.zeros((12, 10), u8)], [1]),
-        "orientation_features": ([image, mask, 40.0, np.zeros(SHAPE, f32), np.zeros(SHAPE, f32)], [3, 4]),
-        "gradient_row_sums": ([image, mask, np.zeros((SHAPE[0], 2))], [2]),
+        "orientation_features": ([image, mask, 40.0, 30.0, np.zeros(SHAPE, f32), np.zeros(SHAPE, f32)], [4, 5]),
+        "gradient_row_sums": ([image, mask, 30.0, np.zeros((SHAPE[0], 2))], [3]),
         "threshold_mask": ([image, float(np.median(image)), True, np.zeros(SHAPE, u8)], [3]),
         "erode_box": ([random_mask(keep=0.95), 2, np.zeros(SHAPE, u8), np.zeros(SHAPE, u8)], [3]),
         "quantize": ([image, mask, float(image.min()) + 50.0, float(image.max()) - 50.0, 16,
@@ -177,14 +177,20 @@ def test_elementwise_kernels_match_cpu_and_reference(backend, name):
     assert any(np.any(g != 0) for g in gpu_out)
 
 
-@pytest.mark.parametrize("case", ["random", "structured", "empty", "constant"])
+@pytest.mark.parametrize("case", ["random", "structured", "empty", "constant", "hot pixel", "two hot pixels",
+                                  "constant with hot pixels"])
 def test_masked_range_and_pixel_list_match_cpu(backend, case):
     image = random_image() if case == "random" else structured_image()
     mask = random_mask(keep=0.7)
     if case == "empty":
         mask[...] = 0
-    if case == "constant":
+    if case.startswith("constant"):
         image = np.full(SHAPE, 12.25, np.float32)
+    if "hot" in case:  # the refinement passes (extra kernels and reads) give the CPU's numbers too
+        mask[...] = 1
+        image[2, 3] = 1e38
+        if case != "hot pixel":
+            image[5, 7] = -1e20
     expected = cpu.masked_range(image, mask, 0.005, 0.995)
     got = backend.kernels.masked_range(backend.asarray(image), backend.asarray(mask), 0.005, 0.995)
     assert got == expected and type(got[2]) is int
@@ -247,8 +253,8 @@ def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypa
     mask = random_mask(SHAPE, seed=6, keep=0.6)
     f_re, f_im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
     r_re, r_im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
-    cpu.orientation_features(frame, mask, 50.0, f_re, f_im)
-    cpu.orientation_features(reference, np.ones(REF_SHAPE, np.uint8), 50.0, r_re, r_im)
+    cpu.orientation_features(frame, mask, 50.0, np.inf, f_re, f_im)
+    cpu.orientation_features(reference, np.ones(REF_SHAPE, np.uint8), 50.0, np.inf, r_re, r_im)
     r_re[5:12, 20:31] = INVALID_FEATURE  # not valid there: samples that need it are left out
     rows, cols, count = listed_pixels(mask)
     args = [rows, cols, count, f_re, f_im, r_re, r_im, POSES, POSE_ROTATIONS, np.zeros((len(POSES), 3))]

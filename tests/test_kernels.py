@@ -68,8 +68,8 @@ def test_orientation_features_match_reference(kind, eps):
     image, mask = IMAGES[kind](), random_mask()
     re, im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
     ref_re, ref_im = np.empty(SHAPE), np.empty(SHAPE)
-    cpu.orientation_features(image, mask, eps, re, im)
-    ref_gradient.orientation_features(image, mask, eps, ref_re, ref_im)
+    cpu.orientation_features(image, mask, eps, np.inf, re, im)
+    ref_gradient.orientation_features(image, mask, eps, np.inf, ref_re, ref_im)
     # features are in [-1, 1]; the CPU rounds the float32 pixel difference and the result to float32
     assert_allclose(re, ref_re, atol=2e-6)
     assert_allclose(im, ref_im, atol=2e-6)
@@ -82,20 +82,51 @@ def test_orientation_feature_of_a_ramp_is_its_doubled_angle():
     yy, xx = np.mgrid[0:12, 0:12].astype(np.float64)
     image = (xx * np.cos(np.radians(30)) + yy * np.sin(np.radians(30))).astype(np.float32) * 10
     re, im = np.empty((12, 12), np.float32), np.empty((12, 12), np.float32)
-    cpu.orientation_features(image, np.ones((12, 12), np.uint8), 10.0, re, im)
+    cpu.orientation_features(image, np.ones((12, 12), np.uint8), 10.0, np.inf, re, im)
     strength = 100.0 / (100.0 + 100.0)
     assert_allclose(re[1:-1, 1:-1], strength * np.cos(np.radians(60)), atol=1e-5)
     assert_allclose(im[1:-1, 1:-1], strength * np.sin(np.radians(60)), atol=1e-5)
 
 
+@pytest.mark.parametrize("cap", [np.inf, 5.0])
 @pytest.mark.parametrize("kind", IMAGES)
-def test_gradient_row_sums_match_reference(kind):
+def test_gradient_row_sums_match_reference(kind, cap):
     image, mask = IMAGES[kind](), random_mask()
     out, expected = np.empty((SHAPE[0], 2)), np.empty((SHAPE[0], 2))
-    cpu.gradient_row_sums(image, mask, out)
-    ref_gradient.gradient_row_sums(image, mask, expected)
+    cpu.gradient_row_sums(image, mask, cap, out)
+    ref_gradient.gradient_row_sums(image, mask, cap, expected)
     assert_array_equal(out[:, 1], expected[:, 1])
     assert_allclose(out[:, 0], expected[:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", IMAGES)
+def test_orientation_features_with_a_limit_match_reference(kind):
+    image, mask = IMAGES[kind](), random_mask()
+    limit = float(np.percentile(np.abs(np.diff(image, axis=1)), 90)) * 0.5  # leaves a tenth or so out
+    re, im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
+    ref_re, ref_im = np.empty(SHAPE), np.empty(SHAPE)
+    cpu.orientation_features(image, mask, 20.0, limit, re, im)
+    ref_gradient.orientation_features(image, mask, 20.0, limit, ref_re, ref_im)
+    assert_allclose(re, ref_re, atol=2e-6)
+    assert_allclose(im, ref_im, atol=2e-6)
+    assert np.count_nonzero(re) < np.count_nonzero(mask)
+
+
+def test_pixels_next_to_an_outlier_are_left_out_of_the_edges():
+    # one hot pixel: its four neighbours' central differences are 0.5e6; beyond the limit they add nothing
+    image = np.tile(np.arange(9, dtype=np.float32), (9, 1))  # a ramp: every interior gradient is (1, 0)
+    image[4, 4] = 1e6
+    mask = np.ones((9, 9), np.uint8)
+    free, limited = np.empty((9, 2)), np.empty((9, 2))
+    cpu.gradient_row_sums(image, mask, np.inf, free)
+    cpu.gradient_row_sums(image, mask, 12.0, limited)
+    assert limited[:, 1].sum() == free[:, 1].sum() - 4 == 45
+    assert limited[:, 0].sum() == pytest.approx(45.0)  # the ramp's own gradients only
+    re, im = np.empty((9, 9), np.float32), np.empty((9, 9), np.float32)
+    cpu.orientation_features(image, mask, 1.0, 12.0, re, im)
+    for at in [(3, 4), (5, 4), (4, 3), (4, 5)]:
+        assert re[at] == im[at] == 0.0
+    assert re[4, 4] == pytest.approx(0.5)  # the hot pixel's own differences are the ramp's: 1 / (1 + 1)
 
 
 # --- masks ------------------------------------------------------------------------------------------
@@ -141,6 +172,33 @@ def test_masked_range_within_one_bin_of_order_statistics(kind, fractions):
     # the kernel reports the lower edge of the bin holding the low statistic and the upper edge of the high one
     assert r_low - width * 1.0001 <= low <= r_low
     assert r_high <= high <= r_high + width * 1.0001
+
+
+@pytest.mark.parametrize("outliers", [[65535.0], [1e38], [1e38, 1e20], [-1e30], [1e38, -1e38]])
+def test_masked_range_is_not_coarsened_by_outliers(outliers):
+    # a few pixels far outside the rest used to squeeze every value into one of the 4096 bins: the range came
+    # out 16 where it is 1.7; the refined passes give the order statistics within 1/4096 of the robust range
+    rng = np.random.default_rng(3)
+    image = (rng.random(SHAPE) * 2).astype(np.float32)
+    mask = np.ones(SHAPE, np.uint8)
+    for k, value in enumerate(outliers):
+        image[3 + k, 5] = value
+    low, high, count = cpu.masked_range(image, mask, 0.005, 0.995)
+    r_low, r_high, _ = ref_mask.masked_range(image, mask, 0.005, 0.995)
+    width = 2.0 / 4096 * 1.0001
+    assert r_low - width <= low <= r_low
+    assert r_high <= high <= r_high + width
+    rows, cols = np.empty(image.size, np.int32), np.empty(image.size, np.int32)
+    n = cpu.pixel_list(mask, rows, cols)
+    from portalign.kernels.cpu.mask import listed_range
+
+    assert listed_range(image, rows, cols, n, 0.005, 0.995) == (low, high, count)
+
+
+def test_masked_range_of_one_value_among_outliers_is_that_value():
+    image = np.full(SHAPE, 7.0, np.float32)
+    image[0, 0], image[1, 1] = 1e9, -1e9
+    assert cpu.masked_range(image, np.ones(SHAPE, np.uint8), 0.005, 0.995) == (7.0, 7.0, SHAPE[0] * SHAPE[1])
 
 
 def test_masked_range_edge_cases():
@@ -290,8 +348,8 @@ def _feature_inputs(seed: int = 0):
     frame_mask, ref_mask_ = random_mask(SHAPE, seed=6), np.ones(REF_SHAPE, np.uint8)
     f_re, f_im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
     r_re, r_im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
-    cpu.orientation_features(frame, frame_mask, 50.0, f_re, f_im)
-    cpu.orientation_features(reference, ref_mask_, 50.0, r_re, r_im)
+    cpu.orientation_features(frame, frame_mask, 50.0, np.inf, f_re, f_im)
+    cpu.orientation_features(reference, ref_mask_, 50.0, np.inf, r_re, r_im)
     r_re[5:12, 20:31] = INVALID_FEATURE  # a region where the reference is not valid (outside its field)
     rows, cols, count = listed_pixels(frame_mask)
     return rows, cols, count, f_re, f_im, r_re, r_im
@@ -315,7 +373,7 @@ def test_gradient_correlation_of_an_image_with_itself_is_one():
     image = structured_image(SHAPE)
     mask = np.ones(SHAPE, np.uint8)
     re, im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
-    cpu.orientation_features(image, mask, 50.0, re, im)
+    cpu.orientation_features(image, mask, 50.0, np.inf, re, im)
     rows, cols, count = listed_pixels(mask)
     identity = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
     out = np.empty((1, 3))
@@ -334,7 +392,7 @@ def test_gradient_correlation_compares_only_where_both_images_are_valid(kernel):
     yy, xx = np.mgrid[0:REF_SHAPE[0], 0:REF_SHAPE[1]]
     disc = (np.hypot(yy - REF_SHAPE[0] / 2, xx - REF_SHAPE[1] / 2) < 0.35 * min(REF_SHAPE)).astype(np.uint8)
     re, im = np.empty(REF_SHAPE, np.float32), np.empty(REF_SHAPE, np.float32)
-    cpu.orientation_features(image, disc, 50.0, re, im)
+    cpu.orientation_features(image, disc, 50.0, np.inf, re, im)
     ref_re = re.copy()
     ref_re[disc == 0] = INVALID_FEATURE
     rows, cols, count = listed_pixels(disc)

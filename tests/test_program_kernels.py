@@ -147,17 +147,19 @@ def test_prepare_level_equals_its_steps_done_one_by_one(has_field):
     usable = ref_kernels.mask.pixel_list(eroded, rows, cols)
     assert stats[0] == usable > 0
     assert_array_equal(b["rows"][:usable], rows[:usable])
-    lo, hi, _ = cpu.masked_range(image, eroded, 0.005, 0.995)
+    tail = max(0.005, 2.5 / usable)
+    lo, hi, _ = cpu.masked_range(image, eroded, tail, 1.0 - tail)
     assert (stats[1], stats[2]) == (lo, hi)
     want_bins = np.empty(shape, np.int16)
     ref_kernels.mutual_information.quantize(image, eroded, lo, hi, bins, want_bins)
     assert_array_equal(b["bins"], want_bins)
     sums = np.empty((shape[0], 2))
-    ref_kernels.gradient.gradient_row_sums(image, eroded, sums)
+    limit = 1.5 * (hi - lo) if hi > lo else np.inf
+    ref_kernels.gradient.gradient_row_sums(image, eroded, limit, sums)
     eps = sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0)
     assert stats[3] == pytest.approx(eps, rel=1e-6)  # the kernels take gradients of float32 pixels
     re, im = np.empty(shape), np.empty(shape)
-    ref_kernels.gradient.orientation_features(image, eroded, eps, re, im)
+    ref_kernels.gradient.orientation_features(image, eroded, eps, limit, re, im)
     assert_allclose(b["re"], re, atol=1e-5)
     assert_allclose(b["im"], im, atol=1e-5)
 

@@ -259,16 +259,18 @@ def wants_field(options: RegistrationOptions, image: Image) -> bool:
     return image.info.kind != "drr"
 
 
-def edge_features(kernels: Any, image: Any, mask: Any, row_sums: Any, out_re: Any, out_im: Any,
+def edge_features(kernels: Any, image: Any, mask: Any, row_sums: Any, out_re: Any, out_im: Any, limit: float,
                   to_host: Any = np.asarray) -> float:
     """Fill ``out_re``/``out_im`` with the doubled-angle edge features of ``image``; return the scale ``eps``.
 
     ``eps`` is the mean gradient magnitude over ``mask`` (rows summed in order, so it is the same for any
-    thread count): edges stronger than average get features near 1. Used for the reference at preparation
-    time and for every frame level, with the kernels of the backend that holds the arrays.
+    thread count): edges stronger than average get features near 1. Pixels next to an outlier (a central
+    difference beyond ``limit``, from ``kernels.cpu.gradient.gradient_limit``; ``inf`` for none) are left out,
+    so that one hot pixel cannot flatten every real edge. Used for the reference at preparation time, with the
+    kernels of the backend that holds the arrays.
     """
-    kernels.gradient_row_sums(image, mask, row_sums)
+    kernels.gradient_row_sums(image, mask, limit, row_sums)
     sums = to_host(row_sums)
     eps = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
-    kernels.orientation_features(image, mask, max(eps, 1e-12), out_re, out_im)
+    kernels.orientation_features(image, mask, max(eps, 1e-12), limit, out_re, out_im)
     return eps

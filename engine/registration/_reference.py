@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 from portalign.kernels.cpu.edge import INVALID_FEATURE
+from portalign.kernels.cpu.gradient import gradient_limit
+from portalign.kernels.cpu.mask import robust_tail
 from portalign.kernels.cpu.refine import MAX_STENCIL
 from scipy import fft as sp_fft
 from scipy import ndimage
@@ -389,14 +391,15 @@ class Reference:
         level.ref_axis = ref_axis
         level.ref_shape = ref_img.shape
         level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
-        lo, hi = np.percentile(ref_img[valid], [0.5, 99.5])
+        lo, hi = _robust_range(ref_img[valid])
+        limit = gradient_limit(float(lo), float(hi))  # pixels next to an outlier left out, as on the frame's levels
         if hi <= lo:
             hi = lo + 1.0
         bins = np.empty(ref_img.shape, dtype=np.int16)
         from portalign.kernels import cpu
 
         cpu.quantize(ref_img, valid.astype(np.uint8), float(lo), float(hi), opts.bins, bins)
-        re, im = _features(ref_img, valid)
+        re, im = _features(ref_img, valid, limit)
         # outside the valid region a frame pixel is not compared at all (both masks, as for MI's bins)
         re[~valid] = INVALID_FEATURE
         level.ref_bins = backend.asarray(bins)
@@ -475,13 +478,15 @@ class Reference:
         warped = np.empty(ext_shape, dtype=np.float32)
         warped_valid = np.empty(ext_shape, dtype=np.float32)
         valid_f = valid.astype(np.float32)
+        lo, hi = _robust_range(ref_img[valid])
+        limit = gradient_limit(float(lo), float(hi))  # as in _fill_level
         for i, theta in enumerate(thetas):
             affine = pose_affines(np.array([[0.0, 0.0, theta]]), level.frame_axis, level.spacing, ref_axis, level.spacing)[0]
             affine = affine @ shift
             cpu.warp_bilinear(ref_img, affine, 0.0, warped)
             cpu.warp_bilinear(valid_f, affine, 0.0, warped_valid)
             ok = _erode(warped_valid > 0.999, 1)
-            re, im = _features(warped, ok)
+            re, im = _features(warped, ok, limit)
             energy[i] = float((re.astype(np.float64) ** 2 + im.astype(np.float64) ** 2).sum())
             spectra[i] = np.conj(cpu.feature_spectrum(re, im, padded, 0))
         ty = np.arange(-margin, margin + 1)
@@ -568,11 +573,23 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_erosion(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool), border_value=0)
 
 
-def _features(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Doubled-angle edge features of a reference image (host, float32), zero where not valid."""
+def _robust_range(values: np.ndarray) -> tuple[float, float]:
+    """The reference's robust range: the quantiles the frame's levels take (``robust_tail``), exact; 0, 0 if empty."""
+    if values.size == 0:
+        return 0.0, 0.0
+    tail = 100.0 * robust_tail(int(values.size))
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def _features(image: np.ndarray, valid: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Doubled-angle edge features of a reference image (host, float32), zero where not valid.
+
+    ``limit``: pixels with a central difference beyond it (next to an outlier) are left out (:func:`edge_features`).
+    """
     from portalign.kernels import cpu
 
     re = np.empty(image.shape, dtype=np.float32)
     im = np.empty(image.shape, dtype=np.float32)
-    edge_features(cpu, image, valid.astype(np.uint8), np.empty((image.shape[0], 2)), re, im)
+    edge_features(cpu, image, valid.astype(np.uint8), np.empty((image.shape[0], 2)), re, im, limit)
     return re, im

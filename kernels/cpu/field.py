@@ -3,7 +3,11 @@
 The steps (``kernels/reference/field.py`` is the same with numpy and scipy.ndimage):
 
 1. Otsu's threshold over a 128-bin histogram between the image's minimum and maximum, and its
-   effectiveness (between-class over total variance: 1 for two flat levels);
+   effectiveness (between-class over total variance: 1 for two flat levels); when the central 99 % of
+   the pixels fall in fewer than ``OTSU_SPAN`` bins (a few outlier pixels stretched the histogram), and
+   the pixels beyond the central bins' values widened by their range on each side are single pixels
+   (no two 4-neighbours: a cone a few pixels across is a field, not an outlier), the histogram spans
+   that window instead (outliers in the end bins), so one hot pixel cannot hide the field;
 2. the side of the threshold that covers less of the image border is the field (bright or dark);
 3. tests: effectiveness, the outside's share of the border, the field's share of the image, its
    pixel count, and one aperture: the largest 4-connected part must hold nearly all of the field;
@@ -19,9 +23,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .mask import quantile_bins
+
 __all__ = ["split_field", "dead_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
+#: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
+#: the histogram is taken again over the central bins' values widened by their range, values beyond it in the
+#: end bins, up to ``OTSU_PASSES`` times.
+OTSU_SPAN = 16
+OTSU_PASSES = 3
 #: Result codes of :func:`split_field`.
 FLAT = 0
 NOT_A_FIELD = 1
@@ -61,6 +72,29 @@ def _components(mask: np.ndarray, labels: np.ndarray, stack: np.ndarray) -> np.n
 
 
 @njit(cache=True, nogil=True)
+def _bin(v: float, lo: float, width: float, bins: int) -> int:  # pragma: no cover
+    """Histogram bin of ``v``; values beyond the histogram go to its end bins (clamped before the integer cast)."""
+    x = (v - lo) / width
+    return int(min(max(x, 0.0), bins - 1.0))
+
+
+@njit(cache=True, nogil=True)
+def _isolated_beyond(values: np.ndarray, lo: float, hi: float) -> bool:  # pragma: no cover
+    """Whether no two 4-neighbours both lie outside ``[lo, hi]`` (the values beyond it are single pixels)."""
+    rows, cols = values.shape
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            if lo <= v <= hi:
+                continue
+            if j + 1 < cols and not (lo <= values[i, j + 1] <= hi):
+                return False
+            if i + 1 < rows and not (lo <= values[i + 1, j] <= hi):
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside: float, area_low: float,
                 area_high: float, min_pixels: int, min_largest_part: float, mask_out: np.ndarray,
                 box_out: np.ndarray) -> tuple:  # pragma: no cover
@@ -96,13 +130,36 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     if not (hi > lo and np.isfinite(lo) and np.isfinite(hi)):  # constant (or not finite: refused upstream)
         return FLAT, 0.0, 0.0, True
     bins = OTSU_BINS
-    width = (hi - lo) / bins
-    hist = np.zeros(bins, dtype=np.int64)
-    for i in range(rows):
-        for j in range(cols):
-            b = int((values[i, j] - lo) / width)
-            hist[max(0, min(b, bins - 1))] += 1
     n = rows * cols
+    hist = np.zeros(bins, dtype=np.int64)
+    for attempt in range(OTSU_PASSES):
+        width = (hi - lo) / bins
+        hist[:] = 0
+        for i in range(rows):
+            for j in range(cols):
+                hist[_bin(values[i, j], lo, width, bins)] += 1
+        # a few outlier pixels (one hot pixel of 1e6 among values of 0-800) squeeze the image into a few bins:
+        # then the histogram spans the values of the central bins, widened by their own range on each side
+        b_low, b_high = quantile_bins(hist, 0, 0.005 * n, 0.995 * n)
+        if b_low < 0 or b_high < 0 or b_high - b_low >= OTSU_SPAN or attempt == OTSU_PASSES - 1:
+            break
+        w_lo = np.inf
+        w_hi = -np.inf
+        for i in range(rows):
+            for j in range(cols):
+                v = values[i, j]
+                b = _bin(v, lo, width, bins)
+                if b_low <= b <= b_high:
+                    w_lo = min(w_lo, v)
+                    w_hi = max(w_hi, v)
+        if not w_hi > w_lo:
+            break
+        new_lo = max(lo, w_lo - (w_hi - w_lo))
+        new_hi = min(hi, w_hi + (w_hi - w_lo))
+        if (new_lo == lo and new_hi == hi) or not _isolated_beyond(values, new_lo, new_hi):
+            break  # a region beyond the window (a cone a few pixels across) is a field, not an outlier
+        lo = new_lo
+        hi = new_hi
     centres = np.empty(bins)
     weight = np.empty(bins)
     for b in range(bins):

@@ -15,7 +15,14 @@ normalisation). Under an in-plane rotation by ``theta`` the feature rotates by
 ``2*theta``.
 
 Masked pixels (``mask == 0``) and the image border get ``z = 0``; they then add
-nothing to any correlation.
+nothing to any correlation. So does a pixel next to an outlier: one whose
+central differences exceed ``limit`` in either direction. The callers pass
+``limit = 1.5 (high - low)`` for the image's robust range (0.5 and 99.5 %
+quantiles): two neighbours ``3 (high - low)`` apart, which needs a value beyond
+that range widened by its own width. A hot or dead pixel far outside the image's
+values (65535 among values of 0-2; 1e38) would otherwise be the strongest "edge"
+of the image and inflate the edge scale ``eps`` many-fold, flattening every real
+edge; ``limit = inf`` leaves nothing out.
 """
 
 from __future__ import annotations
@@ -23,12 +30,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["orientation_features", "gradient_row_sums"]
+__all__ = ["orientation_features", "gradient_row_sums", "gradient_limit", "LIMIT_RANGES"]
+
+#: The largest central difference of a usable pixel, in robust ranges (``high - low``).
+LIMIT_RANGES = 1.5
+
+
+@njit(cache=True, nogil=True)
+def gradient_limit(low: float, high: float) -> float:  # pragma: no cover - compiled
+    """Return the ``limit`` for an image whose robust range (0.5 / 99.5 % quantiles) is ``low .. high``.
+
+    ``LIMIT_RANGES * (high - low)``: neighbours ``3 (high - low)`` apart; ``inf`` when the range is empty.
+    """
+    return LIMIT_RANGES * (high - low) if high > low else np.inf
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def orientation_features(
-    image: np.ndarray, mask: np.ndarray, eps: float, out_re: np.ndarray, out_im: np.ndarray
+    image: np.ndarray, mask: np.ndarray, eps: float, limit: float, out_re: np.ndarray, out_im: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """Write the doubled-angle features of ``image`` into ``out_re``, ``out_im``.
 
@@ -39,6 +58,9 @@ def orientation_features(
         1 where the pixel may be used.
     eps : float
         Edge-strength scale in image units per pixel.
+    limit : float
+        Largest central difference of a usable pixel (image units per pixel; ``inf``: no bound); a pixel
+        beyond it is next to an outlier and gets ``z = 0``.
     out_re, out_im : float32[rows, cols]
         ``(gx^2 - gy^2) / (|g|^2 + eps^2)`` and ``2 gx gy / (|g|^2 + eps^2)``.
     """
@@ -52,17 +74,24 @@ def orientation_features(
                 continue
             gx = 0.5 * (image[i, j + 1] - image[i, j - 1])
             gy = 0.5 * (image[i + 1, j] - image[i - 1, j])
+            if abs(gx) > limit or abs(gy) > limit:
+                out_re[i, j] = 0.0
+                out_im[i, j] = 0.0
+                continue
             norm = gx * gx + gy * gy + eps2
             out_re[i, j] = (gx * gx - gy * gy) / norm
             out_im[i, j] = 2.0 * gx * gy / norm
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def gradient_row_sums(image: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+def gradient_row_sums(image: np.ndarray, mask: np.ndarray, limit: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Write per row ``(sum |g|, count)`` over masked interior pixels into ``out[row, :]``.
 
     The caller adds the rows in order, so the mean gradient magnitude (the
-    feature scale ``eps``) is the same whatever the thread count.
+    feature scale ``eps``) is the same whatever the thread count. Pixels with a
+    central difference beyond ``limit`` (next to an outlier; see the module
+    docstring) are neither summed nor counted, as :func:`orientation_features`
+    leaves them out.
     """
     rows, cols = image.shape
     for i in prange(rows):
@@ -74,6 +103,8 @@ def gradient_row_sums(image: np.ndarray, mask: np.ndarray, out: np.ndarray) -> N
                     continue
                 gx = 0.5 * (image[i, j + 1] - image[i, j - 1])
                 gy = 0.5 * (image[i + 1, j] - image[i - 1, j])
+                if abs(gx) > limit or abs(gy) > limit:
+                    continue
                 total += np.sqrt(gx * gx + gy * gy)
                 count += 1
         out[i, 0] = total

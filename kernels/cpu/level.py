@@ -7,10 +7,13 @@ The stage's steps, in order:
    of the small level; or the whole image when no field edge was found;
 2. erosion by ``erosion_px`` (the field-edge band; 1 px without a field) with
    :func:`.mask.erode_box`; the usable pixels listed row-major (:func:`.mask.pixel_list`);
-3. robust intensity range (0.5 / 99.5 % quantiles, :func:`.mask.masked_range`, read from the pixel list) and
+3. robust intensity range (0.5 / 99.5 % quantiles, at least 2.5 pixels from each end: :func:`.mask.robust_tail`;
+   :func:`.mask.masked_range`, read from the pixel list) and
    the intensity bins for mutual information (:func:`.mutual_information.quantize`);
 4. edge features: the mean gradient magnitude ``eps`` over the usable pixels (rows
-   summed in order), then the doubled-angle features (:mod:`.gradient`).
+   summed in order), then the doubled-angle features (:mod:`.gradient`); pixels next
+   to an outlier (a central difference beyond ``gradient_limit(low, high)``) are left
+   out of both.
 
 ``stats`` receives ``(usable, low, high, eps)``. ``kernels/gpu/level.py`` has the
 same signature and runs the GPU kernels in the same order.
@@ -21,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .gradient import gradient_row_sums, orientation_features
-from .mask import erode_box, listed_range, pixel_list
+from .gradient import gradient_limit, gradient_row_sums, orientation_features
+from .mask import erode_box, listed_range, pixel_list, robust_tail
 from .mutual_information import quantize
 from .statistics import clean_window, rms_radius, second_difference_mad
 
@@ -78,14 +81,16 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
         mask[:, :] = 1
         erode_box(mask, 1, scratch, eroded)
     usable = pixel_list(eroded, pixel_rows, pixel_cols)
-    lo, hi, _ = listed_range(image, pixel_rows, pixel_cols, usable, 0.005, 0.995)  # masked_range's numbers
+    tail = robust_tail(usable)
+    lo, hi, _ = listed_range(image, pixel_rows, pixel_cols, usable, tail, 1.0 - tail)  # masked_range's numbers
     stats[0] = usable
     stats[1] = lo
     stats[2] = hi
+    limit = gradient_limit(lo, hi)
     if hi <= lo:
         hi = lo + 1.0
     quantize(image, eroded, lo, hi, n_bins, bins)
-    gradient_row_sums(image, eroded, row_sums)
+    gradient_row_sums(image, eroded, limit, row_sums)
     total = 0.0
     count = 0.0
     for i in range(row_sums.shape[0]):
@@ -93,7 +98,7 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
         count += row_sums[i, 1]
     eps = total / max(count, 1.0)
     stats[3] = eps
-    orientation_features(image, eroded, max(eps, 1e-12), feat_re, feat_im)
+    orientation_features(image, eroded, max(eps, 1e-12), limit, feat_re, feat_im)
 
 
 #: Entries of the levels tuple :func:`frame_levels` takes (padded): one compiled version for every plan.

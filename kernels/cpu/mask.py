@@ -5,8 +5,18 @@ of a zero: with the field mask it cuts the band around the field edge that must
 not drive the match. Two separable passes with running counts keep it O(N)
 whatever the radius.
 
-``masked_range`` gives robust low/high intensities (percentiles from a
-fine histogram, not a sort) for the mutual-information binning.
+``masked_range`` (and ``listed_range``, the same from a pixel list) gives
+robust low/high intensities for the mutual-information binning and the edge
+scale: quantiles of ``count`` values read off a ``RANGE_BINS`` histogram (not a
+sort). Pass one histograms between the minimum and the maximum; the low quantile
+is the lower edge of the bin where the running count first exceeds
+``low_fraction * count``, the high one the upper edge of the bin where it first
+reaches ``high_fraction * count``. When those bins span fewer than
+``RANGE_SPAN`` bins (a few outliers stretched the histogram: one hot pixel of
+65535 among values of 0-2), the values in them are histogrammed again between
+their own minimum and maximum, the values below counting as seen, up to
+``RANGE_PASSES`` passes; if every value in the quantiles' bins is the same, both
+quantiles are that value. An ordinary image takes one pass.
 """
 
 from __future__ import annotations
@@ -14,7 +24,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["listed_range", "threshold_mask", "erode_box", "masked_range", "pixel_list"]
+__all__ = ["listed_range", "threshold_mask", "erode_box", "masked_range", "pixel_list", "robust_tail"]
+
+#: Share of the pixels a level's robust range leaves out at each end (the 0.5 % and 99.5 % quantiles) ...
+RANGE_TAIL = 0.005
+#: ... and at least this many pixels: in a level of a few hundred usable pixels (a small field's coarse level)
+#: 0.5 % is less than one pixel, and a single hot pixel would be the range's top.
+RANGE_TAIL_PIXELS = 2.5
+
+
+@njit(cache=True, nogil=True)
+def robust_tail(count: int) -> float:  # pragma: no cover - compiled
+    """Return the low quantile's fraction for a robust range of ``count`` values (the high one is ``1 -`` it).
+
+    ``max(RANGE_TAIL, RANGE_TAIL_PIXELS / count)``, at most 0.25: 0.005 from 500 values on.
+    """
+    if count <= 0:
+        return RANGE_TAIL
+    return min(max(RANGE_TAIL, RANGE_TAIL_PIXELS / count), 0.25)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -70,34 +97,50 @@ def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarra
                 zeros_col[j] += 1
 
 
+#: Bins of the quantile histogram.
+RANGE_BINS = 4096
+#: Bins the robust range must span in a histogram pass; a narrower range (a few values far outside the rest:
+#: one hot pixel of 65535 among values of 0-2, or 1e38) is histogrammed again between the smallest and largest
+#: value of its own bins, so that one outlier cannot coarsen the range to a single bin.
+RANGE_SPAN = 256
+#: Histogram passes at most (each after the first narrows to the quantiles' bins; three nested scales of outliers).
+RANGE_PASSES = 4
+
+
 @njit(cache=True, nogil=True)
-def _quantiles(hist: np.ndarray, lo: float, hi: float, scale: float, count: int, low_fraction: float,
-               high_fraction: float) -> tuple:  # pragma: no cover
-    """Return ``(low, high, count)``: quantiles of ``count`` values counted in ``hist`` (bins ``1 / scale`` from ``lo``)."""
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    seen = 0
-    q_low = lo
-    q_high = hi
-    found_low = False
+def quantile_bins(hist: np.ndarray, seen: int, want_low: float, want_high: float) -> tuple:  # pragma: no cover
+    """Return the bins ``(low, high)`` where the running count (from ``seen``) first passes the wanted counts.
+
+    ``low``: first bin where the count exceeds ``want_low``; ``high``: first bin where it reaches ``want_high``;
+    ``-1`` where not reached.
+    """
+    b_low = -1
+    b_high = -1
     for b in range(hist.shape[0]):
         seen += hist[b]
-        if not found_low and seen > want_low:
-            q_low = lo + b / scale
-            found_low = True
+        if b_low < 0 and seen > want_low:
+            b_low = b
         if seen >= want_high:
-            q_high = lo + (b + 1) / scale
+            b_high = b
             break
-    return q_low, q_high, count
+    return b_low, b_high
+
+
+@njit(cache=True, nogil=True)
+def _pass_quantiles(lo: float, hi: float, scale: float, b_low: int, b_high: int) -> tuple:  # pragma: no cover
+    """Quantile values of a pass: the lower edge of the low bin, the upper edge of the high bin."""
+    q_low = lo + b_low / scale if b_low >= 0 else lo
+    q_high = lo + (b_high + 1) / scale if b_high >= 0 else hi
+    return q_low, q_high
 
 
 @njit(cache=True, nogil=True)
 def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
     """Return ``(low, high, count)``: the given quantiles of the masked pixels.
 
-    Quantiles come from a 4096-bin histogram between the masked minimum and
-    maximum (resolution 1/4096 of the range), which is what the binning needs.
-    ``count`` is the number of masked pixels; with none, ``(0, 0, 0)``.
+    Quantiles from a ``RANGE_BINS`` histogram between the masked minimum and maximum, refined where outliers
+    stretched it (the module docstring gives the definition). ``count`` is the number of masked pixels; with
+    none, ``(0, 0, 0)``.
     """
     rows, cols = image.shape
     lo = np.inf
@@ -116,15 +159,45 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
         return 0.0, 0.0, 0
     if hi <= lo:
         return lo, hi, count
-    n_bins = 4096
-    hist = np.zeros(n_bins, dtype=np.int64)
-    scale = n_bins / (hi - lo)
-    for i in range(rows):
-        for j in range(cols):
-            if mask[i, j]:
-                b = int((image[i, j] - lo) * scale)
-                hist[min(b, n_bins - 1)] += 1
-    return _quantiles(hist, lo, hi, scale, count, low_fraction, high_fraction)
+    want_low = low_fraction * count
+    want_high = high_fraction * count
+    hist = np.zeros(RANGE_BINS, dtype=np.int64)
+    below = 0
+    q_low = lo
+    q_high = hi
+    for attempt in range(RANGE_PASSES):
+        scale = RANGE_BINS / (hi - lo)
+        hist[:] = 0
+        for i in range(rows):
+            for j in range(cols):
+                if mask[i, j]:
+                    v = image[i, j]
+                    if v < lo or v > hi:
+                        continue
+                    b = int((v - lo) * scale)
+                    hist[min(b, RANGE_BINS - 1)] += 1
+        b_low, b_high = quantile_bins(hist, below, want_low, want_high)
+        q_low, q_high = _pass_quantiles(lo, hi, scale, b_low, b_high)
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        below += hist[:b_low].sum()
+        w_lo = np.inf
+        w_hi = -np.inf
+        for i in range(rows):
+            for j in range(cols):
+                if mask[i, j]:
+                    v = image[i, j]
+                    if v < lo or v > hi:
+                        continue
+                    b = min(int((v - lo) * scale), RANGE_BINS - 1)
+                    if b_low <= b <= b_high:
+                        w_lo = min(w_lo, v)
+                        w_hi = max(w_hi, v)
+        if w_hi <= w_lo:
+            return w_lo, w_hi, count
+        lo = w_lo
+        hi = w_hi
+    return q_low, q_high, count
 
 
 @njit(cache=True, nogil=True)
@@ -147,13 +220,41 @@ def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: i
             hi = v
     if hi <= lo:
         return lo, hi, count
-    n_bins = 4096
-    hist = np.zeros(n_bins, dtype=np.int64)
-    scale = n_bins / (hi - lo)
-    for t in range(count):
-        b = int((image[rows[t], cols[t]] - lo) * scale)
-        hist[min(b, n_bins - 1)] += 1
-    return _quantiles(hist, lo, hi, scale, count, low_fraction, high_fraction)
+    want_low = low_fraction * count
+    want_high = high_fraction * count
+    hist = np.zeros(RANGE_BINS, dtype=np.int64)
+    below = 0
+    q_low = lo
+    q_high = hi
+    for attempt in range(RANGE_PASSES):
+        scale = RANGE_BINS / (hi - lo)
+        hist[:] = 0
+        for t in range(count):
+            v = image[rows[t], cols[t]]
+            if v < lo or v > hi:
+                continue
+            b = int((v - lo) * scale)
+            hist[min(b, RANGE_BINS - 1)] += 1
+        b_low, b_high = quantile_bins(hist, below, want_low, want_high)
+        q_low, q_high = _pass_quantiles(lo, hi, scale, b_low, b_high)
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        below += hist[:b_low].sum()
+        w_lo = np.inf
+        w_hi = -np.inf
+        for t in range(count):
+            v = image[rows[t], cols[t]]
+            if v < lo or v > hi:
+                continue
+            b = min(int((v - lo) * scale), RANGE_BINS - 1)
+            if b_low <= b <= b_high:
+                w_lo = min(w_lo, v)
+                w_hi = max(w_hi, v)
+        if w_hi <= w_lo:
+            return w_lo, w_hi, count
+        lo = w_lo
+        hi = w_hi
+    return q_low, q_high, count
 
 
 @njit(cache=True, nogil=True)

@@ -20,7 +20,7 @@ __all__ = ["orientation_features", "gradient_row_sums"]
 
 
 @cuda.jit
-def _orientation_features(image, mask, eps2, out_re, out_im):  # pragma: no cover - compiled
+def _orientation_features(image, mask, eps2, limit, out_re, out_im):  # pragma: no cover - compiled
     rows, cols = image.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
         i = p // cols
@@ -32,6 +32,10 @@ def _orientation_features(image, mask, eps2, out_re, out_im):  # pragma: no cove
         # float32 difference, then float64: what the CPU kernel's typing does
         gx = 0.5 * float(image[i, j + 1] - image[i, j - 1])
         gy = 0.5 * float(image[i + 1, j] - image[i - 1, j])
+        if abs(gx) > limit or abs(gy) > limit:  # next to an outlier: left out
+            out_re[i, j] = 0.0
+            out_im[i, j] = 0.0
+            continue
         gx2 = mul_rn(gx, gx)
         gy2 = mul_rn(gy, gy)
         norm = add_rn(add_rn(gx2, gy2), eps2)
@@ -40,7 +44,7 @@ def _orientation_features(image, mask, eps2, out_re, out_im):  # pragma: no cove
 
 
 @cuda.jit
-def _gradient_row_sums(image, mask, out):  # pragma: no cover - compiled
+def _gradient_row_sums(image, mask, limit, out):  # pragma: no cover - compiled
     rows, cols = image.shape
     for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
         total = 0.0
@@ -51,13 +55,15 @@ def _gradient_row_sums(image, mask, out):  # pragma: no cover - compiled
                     continue
                 gx = 0.5 * float(image[i, j + 1] - image[i, j - 1])
                 gy = 0.5 * float(image[i + 1, j] - image[i - 1, j])
+                if abs(gx) > limit or abs(gy) > limit:
+                    continue
                 total = add_rn(total, math.sqrt(add_rn(mul_rn(gx, gx), mul_rn(gy, gy))))
                 count += 1
         out[i, 0] = total
         out[i, 1] = count
 
 
-def orientation_features(image: Any, mask: Any, eps: float, out_re: Any, out_im: Any) -> None:
+def orientation_features(image: Any, mask: Any, eps: float, limit: float, out_re: Any, out_im: Any) -> None:
     """Write the doubled-angle features of ``image`` into ``out_re``, ``out_im``.
 
     Parameters
@@ -67,6 +73,8 @@ def orientation_features(image: Any, mask: Any, eps: float, out_re: Any, out_im:
         1 where the pixel may be used.
     eps : float
         Edge-strength scale in image units per pixel.
+    limit : float
+        Largest central difference of a usable pixel (``inf``: no bound); the CPU twin's docstring says why.
     out_re, out_im : float32[rows, cols]
         ``(gx^2 - gy^2) / (|g|^2 + eps^2)`` and ``2 gx gy / (|g|^2 + eps^2)``.
     """
@@ -76,17 +84,20 @@ def orientation_features(image: Any, mask: Any, eps: float, out_re: Any, out_im:
     eps = float(eps)
     tpb = launch.threads_per_block()
     launch.configured(_orientation_features, launch.blocks_for(n, tpb), tpb)(
-        launch.device_arg(image), launch.device_arg(mask), eps * eps, launch.device_arg(out_re),
+        launch.device_arg(image), launch.device_arg(mask), eps * eps, float(limit), launch.device_arg(out_re),
         launch.device_arg(out_im),
     )
 
 
-def gradient_row_sums(image: Any, mask: Any, out: Any) -> None:
-    """Write per row ``(sum |g|, count)`` over masked interior pixels into ``out[row, :]`` (float64)."""
+def gradient_row_sums(image: Any, mask: Any, limit: float, out: Any) -> None:
+    """Write per row ``(sum |g|, count)`` over masked interior pixels into ``out[row, :]`` (float64).
+
+    Pixels with a central difference beyond ``limit`` are left out (``inf``: none), as on the CPU.
+    """
     rows = image.shape[0]
     if rows == 0:
         return
     tpb = launch.threads_per_block()
     launch.configured(_gradient_row_sums, launch.blocks_for(rows, tpb), tpb)(
-        launch.device_arg(image), launch.device_arg(mask), launch.device_arg(out)
+        launch.device_arg(image), launch.device_arg(mask), float(limit), launch.device_arg(out)
     )

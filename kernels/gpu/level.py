@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.gradient import gradient_limit
 from portalign.kernels.cpu.level import sample_nearest
+from portalign.kernels.cpu.mask import robust_tail
 
 from . import launch
 from .gradient import gradient_row_sums, orientation_features
@@ -35,12 +37,14 @@ def prepare_level(image: Any, field_mask: np.ndarray, has_field: bool, scale: fl
         mask[...] = 1
         erode_box(mask, 1, scratch, eroded)
     usable = pixel_list(eroded, pixel_rows, pixel_cols)
-    lo, hi, _ = masked_range(image, eroded, 0.005, 0.995)
+    tail = robust_tail(usable)
+    lo, hi, _ = masked_range(image, eroded, tail, 1.0 - tail)
     stats[0], stats[1], stats[2] = usable, lo, hi
+    limit = gradient_limit(lo, hi)
     if hi <= lo:
         hi = lo + 1.0
     quantize(image, eroded, float(lo), float(hi), n_bins, bins)
-    gradient_row_sums(image, eroded, row_sums)
+    gradient_row_sums(image, eroded, limit, row_sums)
     sums = launch.to_host(row_sums)
     total = 0.0
     count = 0.0
@@ -49,4 +53,4 @@ def prepare_level(image: Any, field_mask: np.ndarray, has_field: bool, scale: fl
         count += float(sums[i, 1])
     eps = total / max(count, 1.0)
     stats[3] = eps
-    orientation_features(image, eroded, max(eps, 1e-12), feat_re, feat_im)
+    orientation_features(image, eroded, max(eps, 1e-12), limit, feat_re, feat_im)

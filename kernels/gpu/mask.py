@@ -23,13 +23,11 @@ from typing import Any
 
 import numpy as np
 from numba import cuda
+from portalign.kernels.cpu.mask import RANGE_BINS, RANGE_PASSES, RANGE_SPAN  # the CPU's definition
 
 from . import launch
 
 __all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
-
-#: Bins of the quantile histogram (the CPU kernel's resolution).
-RANGE_BINS = 4096
 
 
 @cuda.jit
@@ -131,8 +129,8 @@ def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
     n_bins = hist.shape[0] - 1
     lo = extrema[0]
     hi = extrema[1]
-    if hist[n_bins] == 0 or hi <= lo:
-        return  # uniform across the block: no thread reaches a syncthreads
+    if hi <= lo:
+        return  # uniform across the block (also with no masked pixel: inf, -inf): no thread reaches a syncthreads
     scale = n_bins / (hi - lo)
     for b in range(t, n_bins, nt):
         local[b] = 0
@@ -142,13 +140,49 @@ def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
         i = p // cols
         j = p - i * cols
         if mask[i, j] != 0:
-            b = int((float(image[i, j]) - lo) * scale)
+            v = float(image[i, j])
+            if v < lo or v > hi:
+                continue  # below or above a refinement pass's window (none in the first pass)
+            b = int((v - lo) * scale)
             cuda.atomic.add(local, min(b, n_bins - 1), np.int32(1))
     cuda.syncthreads()
     for b in range(t, n_bins, nt):
         c = local[b]
         if c != 0:
             cuda.atomic.add(hist, b, np.int64(c))
+
+
+@cuda.jit
+def _range_window(image, mask, lo, hi, scale, b_low, b_high, extrema):  # pragma: no cover - compiled
+    # extrema (reset to inf, -inf): min and max of the masked values in [lo, hi] whose bin lies in [b_low, b_high]
+    block = cuda.shared.array(2, dtype=np.float64)
+    t = cuda.threadIdx.x
+    if t == 0:
+        block[0] = np.inf
+        block[1] = -np.inf
+    cuda.syncthreads()
+    n_bins = RANGE_BINS
+    rows, cols = image.shape
+    w_lo = np.inf
+    w_hi = -np.inf
+    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+        i = p // cols
+        j = p - i * cols
+        if mask[i, j] != 0:
+            v = float(image[i, j])
+            if v < lo or v > hi:
+                continue
+            b = min(int((v - lo) * scale), n_bins - 1)
+            if b_low <= b <= b_high:
+                w_lo = min(w_lo, v)
+                w_hi = max(w_hi, v)
+    if w_lo <= w_hi:
+        cuda.atomic.min(block, 0, w_lo)
+        cuda.atomic.max(block, 1, w_hi)
+    cuda.syncthreads()
+    if t == 0 and block[0] <= block[1]:
+        cuda.atomic.min(extrema, 0, block[0])
+        cuda.atomic.max(extrema, 1, block[1])
 
 
 @cuda.jit
@@ -254,8 +288,10 @@ def pixel_list(mask: Any, rows: Any, cols: Any) -> int:
 def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: float) -> tuple:
     """Return ``(low, high, count)``: the given quantiles of the masked pixels (host floats and int).
 
-    Same definition as the CPU kernel: quantiles from a 4096-bin histogram between
-    the masked minimum and maximum; with no masked pixel ``(0.0, 0.0, 0)``.
+    Same definition as the CPU kernel (:mod:`portalign.kernels.cpu.mask`'s docstring): quantiles from a
+    4096-bin histogram between the masked minimum and maximum, histogrammed again between the smallest and
+    largest value of the quantiles' bins where outliers stretched it; with no masked pixel ``(0.0, 0.0, 0)``.
+    An ordinary image reads back two small arrays; each refinement pass two more.
     """
     n = image.shape[0] * image.shape[1]
     if n == 0:
@@ -276,19 +312,33 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
         return 0.0, 0.0, 0
     if hi <= lo:
         return lo, hi, count
-    return _quantiles(counts[:RANGE_BINS], lo, hi, count, float(low_fraction), float(high_fraction))
-
-
-def _quantiles(hist: np.ndarray, lo: float, hi: float, count: int, low_fraction: float,
-               high_fraction: float) -> tuple:
-    """Run the CPU kernel's cumulative scan, vectorised: first bins past the wanted counts."""
-    scale = RANGE_BINS / (hi - lo)
-    seen = np.cumsum(hist)
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    past_high = np.flatnonzero(seen >= want_high)
-    stop = int(past_high[0]) if past_high.size else RANGE_BINS - 1
-    q_high = lo + (stop + 1) / scale if past_high.size else hi
-    past_low = np.flatnonzero(seen[: stop + 1] > want_low)
-    q_low = lo + int(past_low[0]) / scale if past_low.size else lo
+    want_low = float(low_fraction) * count
+    want_high = float(high_fraction) * count
+    below = 0
+    for attempt in range(RANGE_PASSES):
+        scale = RANGE_BINS / (hi - lo)
+        hist_host = counts[:RANGE_BINS]
+        b_low, b_high = _quantile_bins(hist_host, below, want_low, want_high)
+        q_low = lo + b_low / scale if b_low >= 0 else lo
+        q_high = lo + (b_high + 1) / scale if b_high >= 0 else hi
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        below += int(hist_host[:b_low].sum())
+        launch.configured(_range_init, launch.blocks_for(RANGE_BINS + 1, tpb), tpb)(extrema_d, hist_d)
+        launch.configured(_range_window, blocks, tpb)(image_d, mask_d, lo, hi, scale, b_low, b_high, extrema_d)
+        launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
+        w_lo, w_hi = (float(v) for v in launch.to_host(extrema))
+        if w_hi <= w_lo:
+            return w_lo, w_hi, count
+        lo, hi = w_lo, w_hi
+        counts = launch.to_host(hist)
     return q_low, q_high, count
+
+
+def _quantile_bins(hist: np.ndarray, seen: int, want_low: float, want_high: float) -> tuple[int, int]:
+    """The CPU kernel's cumulative scan (``quantile_bins``), vectorised: first bins past the wanted counts."""
+    running = seen + np.cumsum(hist)
+    past_high = np.flatnonzero(running >= want_high)
+    stop = int(past_high[0]) if past_high.size else RANGE_BINS - 1
+    past_low = np.flatnonzero(running[: stop + 1] > want_low)
+    return (int(past_low[0]) if past_low.size else -1), (stop if past_high.size else -1)

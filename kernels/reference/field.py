@@ -21,6 +21,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return FLAT, 0.0, 0.0, True
+    lo, hi = _histogram_bounds(values, lo, hi)
     threshold, effectiveness = _otsu(values, lo, hi)
     bright = values > threshold
     border = np.concatenate([bright[0, :], bright[-1, :], bright[1:-1, 0], bright[1:-1, -1]])
@@ -58,10 +59,40 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~reaches_border[background]
 
 
+def _bin_index(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Histogram bin of each value (``bins`` between ``lo`` and ``hi``; beyond them the end bins)."""
+    width = (hi - lo) / bins
+    return np.clip((values - lo) / width, 0.0, bins - 1.0).astype(np.intp)  # clamped before the cast
+
+
+def _histogram_bounds(values: np.ndarray, lo: float, hi: float, bins: int = 128, span: int = 16,
+                      passes: int = 3) -> tuple[float, float]:
+    """The Otsu histogram's bounds: ``(lo, hi)``, narrowed where the central 99 % fill fewer than ``span`` bins."""
+    n = values.size
+    for attempt in range(passes):
+        index = _bin_index(values, lo, hi, bins)
+        running = np.cumsum(np.bincount(index.ravel(), minlength=bins))
+        past_low = np.flatnonzero(running > 0.005 * n)
+        past_high = np.flatnonzero(running >= 0.995 * n)
+        if not past_low.size or not past_high.size or past_high[0] - past_low[0] >= span or attempt == passes - 1:
+            break
+        central = values[(index >= past_low[0]) & (index <= past_high[0])]
+        w_lo, w_hi = float(central.min()), float(central.max())
+        if not w_hi > w_lo:
+            break
+        new = (max(lo, w_lo - (w_hi - w_lo)), min(hi, w_hi + (w_hi - w_lo)))
+        beyond = (values < new[0]) | (values > new[1])
+        touching = (beyond[:, 1:] & beyond[:, :-1]).any() or (beyond[1:, :] & beyond[:-1, :]).any()
+        if new == (lo, hi) or touching:  # a region beyond the window is a field, not an outlier
+            break
+        lo, hi = new
+    return lo, hi
+
+
 def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[float, float]:
     """Return Otsu's threshold and its effectiveness (between-class / total variance)."""
     width = (hi - lo) / bins
-    index = np.minimum(((values - lo) / width).astype(np.intp), bins - 1)
+    index = _bin_index(values, lo, hi, bins)
     hist = np.bincount(index.ravel(), minlength=bins)
     edges = lo + width * np.arange(bins + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
