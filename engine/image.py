@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.pyramid import MAX_PIXEL_MAGNITUDE
 
 from .errors import GeometryError, PortalImageError
 
@@ -232,11 +233,20 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
 
 
 def check_frame_pixels(frame: Image) -> None:
-    """Raise :class:`PortalImageError` when an image's pixels are unusable (NaN, constant)."""
+    """Raise :class:`PortalImageError` when an image's pixels are unusable (NaN, infinite, huge, constant).
+
+    A magnitude beyond ``MAX_PIXEL_MAGNITUDE`` (1e30) is no detector's value: a damaged file (float pixels of
+    1e38). It would overflow the pyramid's box sums.
+    """
     pixels = frame.pixels
     lo, hi = float(pixels.min()), float(pixels.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise PortalImageError(f"{frame.info.source}: pixels contain NaN or infinity")
+    if max(-lo, hi) > MAX_PIXEL_MAGNITUDE:
+        worst = np.unravel_index(int(np.argmax(np.abs(pixels))), pixels.shape)
+        raise PortalImageError(
+            f"{frame.info.source}: pixel value {pixels[worst]:g} at row {worst[0]}, column {worst[1]} is beyond "
+            f"+-{MAX_PIXEL_MAGNITUDE:g}, no detector's value: the pixel data is damaged")
     if lo == hi:
         raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")
 

@@ -321,6 +321,13 @@ def test_api_array_without_spacing(role: str, good: Good) -> None:
             prepared.register(good.frame_array)
 
 
+def _block(a: np.ndarray, value: float) -> np.ndarray:
+    """``a`` with the 2x2 block at rows 4-5, columns 6-7 set to ``value``."""
+    out = np.array(a, dtype=np.float32)
+    out[4:6, 6:8] = value
+    return out
+
+
 def _raw_image(pixels: np.ndarray, source: str) -> Image:
     """An Image built directly (no check_pixels): what a frame grabber integration may hand over."""
     rows, cols = pixels.shape
@@ -335,6 +342,12 @@ def _raw_image(pixels: np.ndarray, source: str) -> Image:
         pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, -np.inf, a), r"NaN or infinity",
                      id="inf"),
         pytest.param(lambda a: np.zeros_like(a), r"same value", id="constant"),
+        pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, 1e38, a),
+                     r"pixel value 1e\+38 at row \d+, column \d+ is beyond \+-1e\+30, no detector's value: the pixel "
+                     r"data is damaged$", id="huge"),
+        # a 2x2 block of 1e38: its box sum overflows float32 (this raised ZeroDivisionError from the level stage)
+        pytest.param(lambda a: _block(a, 3e38), r"pixel value 3e\+38 at row 4, column 6 is beyond", id="overflowing block"),
+        pytest.param(lambda a: _block(a, -1e31), r"pixel value -1e\+31 at row 4, column 6 is beyond", id="huge negative"),
     ],
 )
 def test_reference_register_checks_frame_pixels(pixels: Callable[[np.ndarray], np.ndarray], message: str,

@@ -178,7 +178,7 @@ def test_elementwise_kernels_match_cpu_and_reference(backend, name):
 
 
 @pytest.mark.parametrize("case", ["random", "structured", "empty", "constant", "hot pixel", "two hot pixels",
-                                  "constant with hot pixels"])
+                                  "constant with hot pixels", "many hot pixels"])
 def test_masked_range_and_pixel_list_match_cpu(backend, case):
     image = random_image() if case == "random" else structured_image()
     mask = random_mask(keep=0.7)
@@ -191,6 +191,8 @@ def test_masked_range_and_pixel_list_match_cpu(backend, case):
         image[2, 3] = 1e38
         if case != "hot pixel":
             image[5, 7] = -1e20
+        if case == "many hot pixels":  # 3 % of the pixels: the outlier fence's passes
+            image.flat[np.random.default_rng(5).choice(image.size, image.size * 3 // 100, replace=False)] = 1e25
     expected = cpu.masked_range(image, mask, 0.005, 0.995)
     got = backend.kernels.masked_range(backend.asarray(image), backend.asarray(mask), 0.005, 0.995)
     assert got == expected and type(got[2]) is int

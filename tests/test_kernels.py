@@ -195,6 +195,36 @@ def test_masked_range_is_not_coarsened_by_outliers(outliers):
     assert listed_range(image, rows, cols, n, 0.005, 0.995) == (low, high, count)
 
 
+@pytest.mark.parametrize("share", [0.02, 0.06])
+def test_masked_range_leaves_out_more_outliers_than_its_tails(share):
+    # 2 % (or 6 %) of the pixels, half at 1e20, half at -1e25: more than the 0.5 % tails leave out; beyond the bulk's fence
+    rng = np.random.default_rng(4)
+    image = (rng.random(SHAPE) * 2).astype(np.float32)
+    clean = image.copy()
+    picks = rng.choice(image.size, int(share * image.size), replace=False)
+    image.flat[picks[: len(picks) // 2]] = 1e20
+    image.flat[picks[len(picks) // 2:]] = -1e25
+    mask = np.ones(SHAPE, np.uint8)
+    low, high, count = cpu.masked_range(image, mask, 0.005, 0.995)
+    r_low, r_high, r_count = ref_mask.masked_range(image, mask, 0.005, 0.995)
+    assert count == r_count == image.size
+    assert 0.0 <= low < 0.05 and 1.95 < high <= 2.0
+    width = 2.0 / 4096 * 1.0001
+    assert r_low - width <= low <= r_low
+    assert r_high <= high <= r_high + width
+    # an ordinary image is untouched by the fence: the same numbers as before any outlier handling
+    assert cpu.masked_range(clean, mask, 0.005, 0.995)[:2] == pytest.approx(ref_mask.masked_range(clean, mask, 0.005,
+                                                                                                   0.995)[:2], abs=width)
+
+
+def test_a_long_tail_of_content_is_not_fenced_off():
+    # a bright region of 3 % (a metal implant): beyond the 5-95 % bulk, but the bulk fills most of the histogram
+    image = np.tile(np.linspace(0.0, 1.0, SHAPE[1], dtype=np.float32), (SHAPE[0], 1))
+    image[:2, :] = 6.0
+    mask = np.ones(SHAPE, np.uint8)
+    assert cpu.masked_range(image, mask, 0.0, 1.0)[1] == pytest.approx(6.0)
+
+
 def test_masked_range_of_one_value_among_outliers_is_that_value():
     image = np.full(SHAPE, 7.0, np.float32)
     image[0, 0], image[1, 1] = 1e9, -1e9

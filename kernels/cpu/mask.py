@@ -7,16 +7,27 @@ whatever the radius.
 
 ``masked_range`` (and ``listed_range``, the same from a pixel list) gives
 robust low/high intensities for the mutual-information binning and the edge
-scale: quantiles of ``count`` values read off a ``RANGE_BINS`` histogram (not a
-sort). Pass one histograms between the minimum and the maximum; the low quantile
-is the lower edge of the bin where the running count first exceeds
-``low_fraction * count``, the high one the upper edge of the bin where it first
-reaches ``high_fraction * count``. When those bins span fewer than
-``RANGE_SPAN`` bins (a few outliers stretched the histogram: one hot pixel of
-65535 among values of 0-2), the values in them are histogrammed again between
-their own minimum and maximum, the values below counting as seen, up to
-``RANGE_PASSES`` passes; if every value in the quantiles' bins is the same, both
-quantiles are that value. An ordinary image takes one pass.
+limit: quantiles of the values read off a ``RANGE_BINS`` histogram (not a sort),
+with outliers (hot or damaged pixels far outside the image's values) left out.
+
+1. Outliers. The values are histogrammed between their minimum and maximum. If
+   their bulk (the bins of the 5 % and 95 % quantiles) spans fewer than
+   ``RANGE_SPAN`` bins, values so far out squeezed the histogram: the bulk's own
+   smallest and largest value give its width ``w``, and values more than
+   ``FENCE_WIDTHS * w`` beyond it are outliers; the histogram is taken again over
+   the values kept (their minimum to their maximum), up to ``RANGE_PASSES`` times
+   (nested scales: 1e20 and 1e30 among values of 0-2). Five hot pixels among a
+   small field's 300 are more than a quantile's tail can leave out; the fence
+   leaves them out whatever their count, as long as the bulk is the image. An
+   ordinary image's bulk fills most of the bins, and nothing is left out.
+2. Quantiles of the values kept: the low one is the lower edge of the bin where
+   the running count first exceeds ``low_fraction * n``, the high one the upper
+   edge of the bin where it first reaches ``high_fraction * n``. When those bins
+   span fewer than ``RANGE_SPAN`` bins, the values in them are histogrammed again
+   between their own minimum and maximum, the values below counting as seen;
+   if every value in them is the same, both quantiles are that value.
+
+An ordinary image takes a min/max pass and one histogram pass.
 """
 
 from __future__ import annotations
@@ -99,12 +110,17 @@ def erode_box(mask: np.ndarray, radius: int, scratch: np.ndarray, out: np.ndarra
 
 #: Bins of the quantile histogram.
 RANGE_BINS = 4096
-#: Bins the robust range must span in a histogram pass; a narrower range (a few values far outside the rest:
-#: one hot pixel of 65535 among values of 0-2, or 1e38) is histogrammed again between the smallest and largest
-#: value of its own bins, so that one outlier cannot coarsen the range to a single bin.
+#: Bins a histogram pass's wanted quantiles must span; fewer (values far outside the rest stretched it: one hot
+#: pixel of 65535 among values of 0-2) and the values in those bins are histogrammed again between their own
+#: smallest and largest value.
 RANGE_SPAN = 256
-#: Histogram passes at most (each after the first narrows to the quantiles' bins; three nested scales of outliers).
+#: Histogram passes at most, per stage (nested scales of outliers: 1e20 and 1e30 among values of 0-2).
 RANGE_PASSES = 4
+#: The bulk of the values: the 5 % and 95 % quantiles ...
+BULK_FRACTION = 0.05
+#: ... and the outlier fence: values further than this many bulk widths beyond the bulk are no image content
+#: (applied only where the bulk fills fewer than ``RANGE_SPAN`` bins of the min-max histogram).
+FENCE_WIDTHS = 4.0
 
 
 @njit(cache=True, nogil=True)
@@ -127,121 +143,35 @@ def quantile_bins(hist: np.ndarray, seen: int, want_low: float, want_high: float
 
 
 @njit(cache=True, nogil=True)
-def _pass_quantiles(lo: float, hi: float, scale: float, b_low: int, b_high: int) -> tuple:  # pragma: no cover
-    """Quantile values of a pass: the lower edge of the low bin, the upper edge of the high bin."""
-    q_low = lo + b_low / scale if b_low >= 0 else lo
-    q_high = lo + (b_high + 1) / scale if b_high >= 0 else hi
-    return q_low, q_high
-
-
-@njit(cache=True, nogil=True)
-def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
-    """Return ``(low, high, count)``: the given quantiles of the masked pixels.
-
-    Quantiles from a ``RANGE_BINS`` histogram between the masked minimum and maximum, refined where outliers
-    stretched it (the module docstring gives the definition). ``count`` is the number of masked pixels; with
-    none, ``(0, 0, 0)``.
-    """
-    rows, cols = image.shape
-    lo = np.inf
-    hi = -np.inf
-    count = 0
-    for i in range(rows):
-        for j in range(cols):
-            if mask[i, j]:
-                v = image[i, j]
-                count += 1
-                if v < lo:
-                    lo = v
-                if v > hi:
-                    hi = v
-    if count == 0:
-        return 0.0, 0.0, 0
-    if hi <= lo:
-        return lo, hi, count
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    hist = np.zeros(RANGE_BINS, dtype=np.int64)
-    below = 0
-    q_low = lo
-    q_high = hi
-    for attempt in range(RANGE_PASSES):
-        scale = RANGE_BINS / (hi - lo)
-        hist[:] = 0
-        for i in range(rows):
-            for j in range(cols):
-                if mask[i, j]:
-                    v = image[i, j]
-                    if v < lo or v > hi:
-                        continue
-                    b = int((v - lo) * scale)
-                    hist[min(b, RANGE_BINS - 1)] += 1
-        b_low, b_high = quantile_bins(hist, below, want_low, want_high)
-        q_low, q_high = _pass_quantiles(lo, hi, scale, b_low, b_high)
-        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
-            break
-        below += hist[:b_low].sum()
-        w_lo = np.inf
-        w_hi = -np.inf
-        for i in range(rows):
-            for j in range(cols):
-                if mask[i, j]:
-                    v = image[i, j]
-                    if v < lo or v > hi:
-                        continue
-                    b = min(int((v - lo) * scale), RANGE_BINS - 1)
-                    if b_low <= b <= b_high:
-                        w_lo = min(w_lo, v)
-                        w_hi = max(w_hi, v)
-        if w_hi <= w_lo:
-            return w_lo, w_hi, count
-        lo = w_lo
-        hi = w_hi
-    return q_low, q_high, count
-
-
-@njit(cache=True, nogil=True)
-def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, low_fraction: float,
-                 high_fraction: float) -> tuple:  # pragma: no cover
-    """Return :func:`masked_range` of the listed pixels ``rows[:count], cols[:count]`` (its mask's, from :func:`pixel_list`).
-
-    The same numbers (a minimum, a maximum and histogram counts do not depend on the order), reading only the
-    usable pixels instead of the whole level twice.
-    """
-    if count == 0:
-        return 0.0, 0.0, 0
-    lo = np.inf
-    hi = -np.inf
-    for t in range(count):
-        v = image[rows[t], cols[t]]
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
-    if hi <= lo:
-        return lo, hi, count
-    want_low = low_fraction * count
-    want_high = high_fraction * count
-    hist = np.zeros(RANGE_BINS, dtype=np.int64)
-    below = 0
-    q_low = lo
-    q_high = hi
-    for attempt in range(RANGE_PASSES):
-        scale = RANGE_BINS / (hi - lo)
-        hist[:] = 0
+def _histogram(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int,
+               listed: bool, lo: float, hi: float, hist: np.ndarray) -> None:  # pragma: no cover
+    """Count the values in ``[lo, hi]`` into ``hist`` (``RANGE_BINS`` bins from ``lo``)."""
+    hist[:] = 0
+    scale = RANGE_BINS / (hi - lo)
+    if listed:
         for t in range(count):
             v = image[rows[t], cols[t]]
             if v < lo or v > hi:
                 continue
-            b = int((v - lo) * scale)
-            hist[min(b, RANGE_BINS - 1)] += 1
-        b_low, b_high = quantile_bins(hist, below, want_low, want_high)
-        q_low, q_high = _pass_quantiles(lo, hi, scale, b_low, b_high)
-        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
-            break
-        below += hist[:b_low].sum()
-        w_lo = np.inf
-        w_hi = -np.inf
+            hist[min(int((v - lo) * scale), RANGE_BINS - 1)] += 1
+    else:
+        for i in range(image.shape[0]):
+            for j in range(image.shape[1]):
+                if mask[i, j]:
+                    v = image[i, j]
+                    if v < lo or v > hi:
+                        continue
+                    hist[min(int((v - lo) * scale), RANGE_BINS - 1)] += 1
+
+
+@njit(cache=True, nogil=True)
+def _window(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, listed: bool,
+            lo: float, hi: float, b_low: int, b_high: int) -> tuple:  # pragma: no cover
+    """Smallest and largest value in ``[lo, hi]`` whose bin (of :func:`_histogram`'s) lies in ``[b_low, b_high]``."""
+    scale = RANGE_BINS / (hi - lo)
+    w_lo = np.inf
+    w_hi = -np.inf
+    if listed:
         for t in range(count):
             v = image[rows[t], cols[t]]
             if v < lo or v > hi:
@@ -250,11 +180,123 @@ def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: i
             if b_low <= b <= b_high:
                 w_lo = min(w_lo, v)
                 w_hi = max(w_hi, v)
+    else:
+        for i in range(image.shape[0]):
+            for j in range(image.shape[1]):
+                if mask[i, j]:
+                    v = image[i, j]
+                    if v < lo or v > hi:
+                        continue
+                    b = min(int((v - lo) * scale), RANGE_BINS - 1)
+                    if b_low <= b <= b_high:
+                        w_lo = min(w_lo, v)
+                        w_hi = max(w_hi, v)
+    return w_lo, w_hi
+
+
+@njit(cache=True, nogil=True)
+def _extrema(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, listed: bool,
+             lo: float, hi: float) -> tuple:  # pragma: no cover
+    """``(min, max, n)`` of the values in ``[lo, hi]`` (``-inf, inf``: all of them)."""
+    e_lo = np.inf
+    e_hi = -np.inf
+    n = 0
+    if listed:
+        for t in range(count):
+            v = image[rows[t], cols[t]]
+            if v < lo or v > hi:
+                continue
+            n += 1
+            e_lo = min(e_lo, v)
+            e_hi = max(e_hi, v)
+    else:
+        for i in range(image.shape[0]):
+            for j in range(image.shape[1]):
+                if mask[i, j]:
+                    v = image[i, j]
+                    if v < lo or v > hi:
+                        continue
+                    n += 1
+                    e_lo = min(e_lo, v)
+                    e_hi = max(e_hi, v)
+    return e_lo, e_hi, n
+
+
+@njit(cache=True, nogil=True)
+def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int,
+                  listed: bool, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
+    """The range kernels' shared body (the module docstring gives the definition)."""
+    lo, hi, n = _extrema(image, mask, rows, cols, count, listed, -np.inf, np.inf)
+    if n == 0:
+        return 0.0, 0.0, 0
+    if hi <= lo:
+        return lo, hi, n
+    hist = np.zeros(RANGE_BINS, dtype=np.int64)
+    # 1. outliers: where the bulk (5-95 %) fills few bins, values far beyond it leave (up to nested scales)
+    n_in = n
+    for attempt in range(RANGE_PASSES):
+        _histogram(image, mask, rows, cols, count, listed, lo, hi, hist)
+        b_low, b_high = quantile_bins(hist, 0, BULK_FRACTION * n_in, (1.0 - BULK_FRACTION) * n_in)
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        w_lo, w_hi = _window(image, mask, rows, cols, count, listed, lo, hi, b_low, b_high)
+        if not w_hi > w_lo:
+            break  # the bulk is one value: no width to fence by
+        f_lo = max(lo, w_lo - FENCE_WIDTHS * (w_hi - w_lo))
+        f_hi = min(hi, w_hi + FENCE_WIDTHS * (w_hi - w_lo))
+        if f_lo == lo and f_hi == hi:
+            break  # nothing beyond the fence: the long tail is content
+        lo, hi, n_in = _extrema(image, mask, rows, cols, count, listed, f_lo, f_hi)
+        if not hi > lo:
+            return lo, hi, n
+    # 2. the wanted quantiles of the values kept, refined where few bins hold them
+    want_low = low_fraction * n_in
+    want_high = high_fraction * n_in
+    below = 0
+    q_low = lo
+    q_high = hi
+    for attempt in range(RANGE_PASSES):
+        if attempt > 0:
+            _histogram(image, mask, rows, cols, count, listed, lo, hi, hist)
+        scale = RANGE_BINS / (hi - lo)
+        b_low, b_high = quantile_bins(hist, below, want_low, want_high)
+        q_low = lo + b_low / scale if b_low >= 0 else lo
+        q_high = lo + (b_high + 1) / scale if b_high >= 0 else hi
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        below += hist[:b_low].sum()
+        w_lo, w_hi = _window(image, mask, rows, cols, count, listed, lo, hi, b_low, b_high)
         if w_hi <= w_lo:
-            return w_lo, w_hi, count
+            return w_lo, w_hi, n
         lo = w_lo
         hi = w_hi
-    return q_low, q_high, count
+    return q_low, q_high, n
+
+
+_NO_PIXELS = np.zeros(1, dtype=np.int32)
+_NO_MASK = np.zeros((1, 1), dtype=np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
+    """Return ``(low, high, count)``: the given quantiles of the masked pixels, outliers left out.
+
+    Quantiles from a ``RANGE_BINS`` histogram between the masked minimum and maximum, refined where outliers
+    stretched it (the module docstring gives the definition). ``count`` is the number of masked pixels; with
+    none, ``(0, 0, 0)``.
+    """
+    return _robust_range(image, mask, _NO_PIXELS, _NO_PIXELS, 0, False, low_fraction, high_fraction)
+
+
+@njit(cache=True, nogil=True)
+def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, low_fraction: float,
+                 high_fraction: float) -> tuple:  # pragma: no cover
+    """Return :func:`masked_range` of the listed pixels ``rows[:count], cols[:count]`` (its mask's, from :func:`pixel_list`).
+
+    The same numbers (minima, maxima and histogram counts do not depend on the order), reading only the
+    usable pixels instead of the whole level.
+    """
+    return _robust_range(image, _NO_MASK, rows, cols, count, True, low_fraction, high_fraction)
 
 
 @njit(cache=True, nogil=True)

@@ -37,6 +37,10 @@ def downsample2_mask(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no co
             out[i, j] = src[r0, c0] & src[r0, c0 + 1] & src[r0 + 1, c0] & src[r0 + 1, c0 + 1]
 
 
+#: Largest pixel magnitude a frame may hold: far beyond any detector's values (a damaged file's 1e38), and small
+#: enough that the box sums of the pyramid and the float64 sums of the metrics cannot overflow.
+MAX_PIXEL_MAGNITUDE = 1e30
+
 #: One more than the entries of the levels tuple :func:`frame_pyramid` takes (padded): one compiled version for
 #: every plan.
 PYRAMID_SLOTS = 8
@@ -46,9 +50,11 @@ PYRAMID_SLOTS = 8
 def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) -> tuple:  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Box-reduce ``frame`` into ``levels[0..depth-1]`` (pyramid levels 1..depth); return ``(finite, varies)``.
 
-    The per-frame front of the CPU program in one call: whether every frame value is finite and whether
-    any differs from the first (what ``portalign.image.check_frame_pixels`` asks of a frame) are taken on
-    the same read as the first reduction, as integer flags that vectorise with it.
+    The per-frame front of the CPU program in one call: whether every frame value is finite and within
+    ``MAX_PIXEL_MAGNITUDE`` and whether any differs from the first (what ``portalign.image.check_frame_pixels``
+    asks of a frame) are taken on the same read as the first reduction, as integer flags that vectorise with
+    it. The magnitude test is on each box's sum, so it flags a superset (four values near the bound; a sum
+    that overflows): a flagged frame goes to ``check_frame_pixels``, which decides.
 
     Parameters
     ----------
@@ -64,7 +70,8 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
     Returns
     -------
     tuple of (bool, bool)
-        Every value finite; some value differs from ``frame[0, 0]``. The levels hold the same numbers as
+        No box flagged (every value finite and within ``MAX_PIXEL_MAGNITUDE``); some value differs from
+        ``frame[0, 0]``. The levels hold the same numbers as
         :func:`downsample2` level by level.
     """
     src = frame
@@ -82,7 +89,8 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
             c = src[r0 + 1, c0]
             d = src[r0 + 1, c0 + 1]
             s = a + b + c + d
-            bad += np.int64(s - s != 0)  # a NaN or an infinity among the four (integer counts vectorise)
+            # a NaN, an infinity or a huge value among the four (integer counts vectorise); NaN compares false
+            bad += np.int64(not (abs(s) <= MAX_PIXEL_MAGNITUDE))
             differ += np.int64(a != first) + np.int64(b != first) + np.int64(c != first) + np.int64(d != first)
             out[i, j] = np.float32(0.25) * s
         row_flags[i, 0] = bad
@@ -93,12 +101,12 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
     for r in range(2 * rows, src.shape[0]):
         for c in range(src.shape[1]):
             v = src[r, c]
-            bad += np.int64(v - v != 0)
+            bad += np.int64(not (abs(v) <= MAX_PIXEL_MAGNITUDE))
             differ += np.int64(v != first)
     for r in range(2 * rows):
         for c in range(2 * cols, src.shape[1]):
             v = src[r, c]
-            bad += np.int64(v - v != 0)
+            bad += np.int64(not (abs(v) <= MAX_PIXEL_MAGNITUDE))
             differ += np.int64(v != first)
     for i in range(rows):
         bad += row_flags[i, 0]

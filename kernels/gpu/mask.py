@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from numba import cuda
-from portalign.kernels.cpu.mask import RANGE_BINS, RANGE_PASSES, RANGE_SPAN  # the CPU's definition
+from portalign.kernels.cpu.mask import BULK_FRACTION, FENCE_WIDTHS, RANGE_BINS, RANGE_PASSES, RANGE_SPAN  # the CPU's
 
 from . import launch
 
@@ -88,8 +88,9 @@ def _range_init(extrema, hist):  # pragma: no cover - compiled
 
 
 @cuda.jit
-def _range_extrema(image, mask, extrema, hist):  # pragma: no cover - compiled
-    # extrema[0], extrema[1]: masked min and max (float64 of float32 values); hist[RANGE_BINS]: count
+def _range_extrema(image, mask, lo_keep, hi_keep, extrema, hist):  # pragma: no cover - compiled
+    # extrema[0], extrema[1]: min and max of the masked values in [lo_keep, hi_keep] (float64 of float32 values);
+    # hist[RANGE_BINS]: their count
     block = cuda.shared.array(2, dtype=np.float64)
     block_count = cuda.shared.array(1, dtype=np.int64)
     t = cuda.threadIdx.x
@@ -107,6 +108,8 @@ def _range_extrema(image, mask, extrema, hist):  # pragma: no cover - compiled
         j = p - i * cols
         if mask[i, j] != 0:
             v = float(image[i, j])
+            if v < lo_keep or v > hi_keep:
+                continue
             count += 1
             lo = min(lo, v)
             hi = max(hi, v)
@@ -288,10 +291,10 @@ def pixel_list(mask: Any, rows: Any, cols: Any) -> int:
 def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: float) -> tuple:
     """Return ``(low, high, count)``: the given quantiles of the masked pixels (host floats and int).
 
-    Same definition as the CPU kernel (:mod:`portalign.kernels.cpu.mask`'s docstring): quantiles from a
-    4096-bin histogram between the masked minimum and maximum, histogrammed again between the smallest and
-    largest value of the quantiles' bins where outliers stretched it; with no masked pixel ``(0.0, 0.0, 0)``.
-    An ordinary image reads back two small arrays; each refinement pass two more.
+    Same definition as the CPU kernel (:mod:`portalign.kernels.cpu.mask`'s docstring): outliers beyond a
+    squeezed bulk left out, then quantiles from a 4096-bin histogram between the minimum and maximum of the
+    values kept, histogrammed again where few bins hold them; with no masked pixel ``(0.0, 0.0, 0)``.
+    An ordinary image reads back two small arrays; each further pass one or two more.
     """
     n = image.shape[0] * image.shape[1]
     if n == 0:
@@ -302,19 +305,46 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
     hist = launch.scratch("range_hist", (RANGE_BINS + 1,), np.int64)  # last entry: masked count
     image_d, mask_d = launch.device_arg(image), launch.device_arg(mask)
     extrema_d, hist_d = launch.device_arg(extrema), launch.device_arg(hist)
-    launch.configured(_range_init, launch.blocks_for(RANGE_BINS + 1, tpb), tpb)(extrema_d, hist_d)
-    launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
-    launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
-    counts = launch.to_host(hist)
-    lo, hi = (float(v) for v in launch.to_host(extrema))
-    count = int(counts[RANGE_BINS])
+    init = launch.configured(_range_init, launch.blocks_for(RANGE_BINS + 1, tpb), tpb)
+
+    def kept(lo_keep: float, hi_keep: float) -> tuple[np.ndarray, float, float, int]:
+        """Extrema, count and histogram of the masked values in ``[lo_keep, hi_keep]``; two small reads."""
+        init(extrema_d, hist_d)
+        launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, lo_keep, hi_keep, extrema_d, hist_d)
+        launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
+        counts = np.array(launch.to_host(hist))  # a copy: the simulator's to_host is the buffer itself
+        e_lo, e_hi = (float(v) for v in launch.to_host(extrema))
+        return counts, e_lo, e_hi, int(counts[RANGE_BINS])
+
+    counts, lo, hi, count = kept(-np.inf, np.inf)
     if count == 0:
         return 0.0, 0.0, 0
     if hi <= lo:
         return lo, hi, count
-    want_low = float(low_fraction) * count
-    want_high = float(high_fraction) * count
+    # 1. outliers beyond a squeezed bulk leave (the CPU kernel's steps)
+    n_in = count
+    for attempt in range(RANGE_PASSES):
+        b_low, b_high = _quantile_bins(counts[:RANGE_BINS], 0, BULK_FRACTION * n_in, (1.0 - BULK_FRACTION) * n_in)
+        if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
+            break
+        init(extrema_d, hist_d)
+        launch.configured(_range_window, blocks, tpb)(image_d, mask_d, lo, hi, RANGE_BINS / (hi - lo), b_low,
+                                                       b_high, extrema_d)
+        w_lo, w_hi = (float(v) for v in launch.to_host(extrema))
+        if not w_hi > w_lo:
+            break
+        f_lo = max(lo, w_lo - FENCE_WIDTHS * (w_hi - w_lo))
+        f_hi = min(hi, w_hi + FENCE_WIDTHS * (w_hi - w_lo))
+        if f_lo == lo and f_hi == hi:
+            break
+        counts, lo, hi, n_in = kept(f_lo, f_hi)
+        if not hi > lo:
+            return lo, hi, count
+    # 2. the wanted quantiles of the values kept
+    want_low = float(low_fraction) * n_in
+    want_high = float(high_fraction) * n_in
     below = 0
+    q_low, q_high = lo, hi
     for attempt in range(RANGE_PASSES):
         scale = RANGE_BINS / (hi - lo)
         hist_host = counts[:RANGE_BINS]
@@ -331,7 +361,7 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
         if w_hi <= w_lo:
             return w_lo, w_hi, count
         lo, hi = w_lo, w_hi
-        counts = launch.to_host(hist)
+        counts = np.array(launch.to_host(hist))
     return q_low, q_high, count
 
 
