@@ -97,7 +97,8 @@ def run(options: dict) -> list[tuple]:
     for name, ref, frame, dx, dy in variants():
         try:
             r = portalign.register(ref, frame, portalign.RegistrationOptions(**options), backend="cpu")
-            rows.append((name, math.hypot(r.dx_mm - dx, r.dy_mm - dy), r.ok, r.rotation_deg, r.reason[:90]))
+            error = math.nan if r.dx_mm is None else math.hypot(r.dx_mm - dx, r.dy_mm - dy)  # None: nothing measured
+            rows.append((name, error, r.ok, r.rotation_deg, r.reason[:90]))
         except portalign.PortalignError as exc:
             rows.append((name, None, False, None, f"ERROR {type(exc).__name__}: {str(exc)[:90]}"))
     return rows

@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     for pair in render_pairs(ct, args.seed, args.pairs, args.only):
         i, kind, reference, frame, dx, dy = pair.index, pair.kind, pair.reference, pair.frame, pair.dx_mm, pair.dy_mm
         result = portalign.register(reference, frame, backend="cpu")
-        error = math.hypot(result.dx_mm - dx, result.dy_mm - dy)
+        # nothing measured (dx_mm None): a refusal, its error NaN
+        error = math.nan if result.dx_mm is None else math.hypot(result.dx_mm - dx, result.dy_mm - dy)
         line = f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm ok={result.ok!s:<5}"
         peer = math.nan
         if sitk is not None and sitk.available:
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f"  ({result.reason})"
         print(line, flush=True)
         if args.details:
-            print(f"    truth dx={dx:.3f} dy={dy:.3f}; result dx={result.dx_mm:.3f} dy={result.dy_mm:.3f} "
+            print(f"    truth dx={dx:.3f} dy={dy:.3f}; result dx={result.dx_mm} dy={result.dy_mm} "
                   f"rotation={result.rotation_deg}; warnings={result.warnings}")
             print(f"    details={ {k: v for k, v in result.details.items() if k not in ('view', 'candidates')} }")
         rows.append((kind, error, bool(result.ok), peer))

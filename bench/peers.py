@@ -190,7 +190,9 @@ class PortalignMethod(Method):
         # a rotation not estimated (null) was held at 0 while the translation was found: score it as 0,
         # and say so in the extras
         rotation = 0.0 if r.rotation_deg is None else r.rotation_deg
-        return Outcome(Pose(r.dx_mm, r.dy_mm, rotation), bool(r.ok), r.reason,
+        measured = r.dx_mm is not None and r.dy_mm is not None  # else nothing measured: NaN, a refusal
+        return Outcome(Pose(r.dx_mm if measured else math.nan, r.dy_mm if measured else math.nan, rotation),
+                       bool(r.ok), r.reason,
                        {"score": r.score, "engine_elapsed_ms": r.elapsed_ms, "field_detected": r.field_detected,
                         "rotation_estimated": r.rotation_deg is not None})
 

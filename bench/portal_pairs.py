@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         ex, ey, _ = _beam_axes(gantry)
         dx, dy = float(shift @ ex), float(shift @ ey)
         result = portalign.register(reference, frame, backend="cpu")
-        error = math.hypot(result.dx_mm - dx, result.dy_mm - dy)
+        error = math.nan if result.dx_mm is None else math.hypot(result.dx_mm - dx, result.dy_mm - dy)
         ours.append(error if result.ok else math.nan)
         line = f"pair {i} gantry {gantry:3.0f}: portalign {error:.3f} mm ok={result.ok}"
         if sitk.available:

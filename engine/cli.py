@@ -280,7 +280,10 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         return
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
     rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {result.rotation_deg:+.2f} deg"
-    print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   {status}")
+    if result.dx_mm is None or result.dy_mm is None:
+        print(f"dx, dy not measured   {rotation}   {status}")
+    else:
+        print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   {status}")
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend

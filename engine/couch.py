@@ -217,8 +217,9 @@ class View:
     ----------
     gantry_deg : float
         Gantry angle of the view.
-    dx_mm, dy_mm : float
-        2-D displacement at the isocentre plane (the registration contract).
+    dx_mm, dy_mm : float or None
+        2-D displacement at the isocentre plane (the registration contract); ``None`` when the 2-D
+        registration measured nothing (a couch correction then refuses, naming the view).
     rotation_deg : float or None
         In-plane rotation of the 2-D result; ``None`` when it was not estimated
         (pitch, roll and yaw that need it are then not estimated either).
@@ -236,8 +237,8 @@ class View:
     """
 
     gantry_deg: float
-    dx_mm: float
-    dy_mm: float
+    dx_mm: float | None
+    dy_mm: float | None
     rotation_deg: float | None = 0.0
     ok: bool = True
     reason: str = ""
@@ -289,8 +290,8 @@ class View:
             rotation += _angle_of(frame, reference, "collimator_deg", warnings) or 0.0
         return cls(
             gantry_deg=gantry,
-            dx_mm=float(result.dx_mm),
-            dy_mm=float(result.dy_mm),
+            dx_mm=None if result.dx_mm is None else float(result.dx_mm),
+            dy_mm=None if result.dy_mm is None else float(result.dy_mm),
             rotation_deg=None if result.rotation_deg is None else float(result.rotation_deg),
             ok=bool(result.ok),
             reason=result.reason,
@@ -428,7 +429,10 @@ def solve_couch_shift(
     rows, measured, beams = [], [], []
     for i, view in enumerate(views):
         values = (view.dx_mm, view.dy_mm, view.rotation_deg)
-        if not all(v is None or math.isfinite(v) for v in values) or values[0] is None or values[1] is None:
+        if values[0] is None or values[1] is None:
+            raise GeometryError(f"view {view.label or i}: its 2-D registration measured no shift "
+                                f"({view.reason or 'nothing usable in the frame'}); a couch correction needs every view")
+        if not all(v is None or math.isfinite(v) for v in values):
             raise GeometryError(f"view {view.label or i}: non-finite registration result {values!r}")
         axes = image_axes(view.gantry_deg, couch_deg=view.couch_deg, image_rotation_deg=view.image_rotation_deg)
         rows.append(axes[:2])

@@ -403,7 +403,7 @@ def field_placement(
         "threshold": delivered.threshold,
         "profiles": delivered.profiles,
     }
-    if result is not None:
+    if result is not None and result.dx_mm is not None and result.dy_mm is not None:
         out["anatomy_shift_mm"] = [float(result.dx_mm), float(result.dy_mm)]
         out["anatomy_relative_to_field_mm"] = [float(result.dx_mm) - shift[0], float(result.dy_mm) - shift[1]]
     return out

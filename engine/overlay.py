@@ -37,7 +37,8 @@ def reference_on_frame_grid(reference: Image, frame: Image, result: Registration
     from portalign.kernels import cpu
 
     rotation = result.rotation_deg or 0.0  # not estimated: the translation was found with the rotation held at 0
-    pose = np.array([[result.dx_mm, result.dy_mm, math.radians(rotation)]])
+    # nothing measured: the reference is drawn where it is (the title says "not measured")
+    pose = np.array([[result.dx_mm or 0.0, result.dy_mm or 0.0, math.radians(rotation)]])
     affine = pose_affines(pose, frame.beam_axis_px, frame.spacing_mm, reference.beam_axis_px, reference.spacing_mm)[0]
     out = np.empty(frame.shape, dtype=np.float32)
     cpu.warp_bilinear(reference.pixels, affine, np.nan, out)
@@ -114,9 +115,13 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
     rotation = ("rotation not estimated" if result.rotation_deg is None
                 else f"rotation = {result.rotation_deg:+.2f} deg")
+    if result.dx_mm is None or result.dy_mm is None:
+        shift = "dx, dy not measured (the reference drawn unmoved)"
+    else:
+        shift = f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm"
     fig.suptitle(
         f"{textwrap.fill('reference: ' + _describe(reference), 150)}\n{textwrap.fill('frame: ' + _describe(frame), 150)}\n"
-        f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   "
+        f"{shift}   {rotation}   "
         f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
         fontsize=10,
         color="black" if result.ok else "red",

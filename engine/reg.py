@@ -158,6 +158,9 @@ def rigid_motion(result_or_couch: RegistrationResult | CouchShift, frame: Image 
     ex, ey, beam = image_axes(info.gantry_deg, couch_deg=info.couch_deg or 0.0,
                               image_rotation_deg=float(info.extra.get("receptor_angle_deg") or 0.0))
     r = result_or_couch
+    if r.dx_mm is None or r.dy_mm is None:
+        raise PortalignError(f"{info.source}: the registration measured no shift ({r.reason}); there is no "
+                             "registration to write")
     # a rotation that was not estimated contributes none (the translation was found with it held at 0)
     return _axis_rotation(beam, r.rotation_deg or 0.0), r.dx_mm * ex + r.dy_mm * ey
 

@@ -25,8 +25,10 @@ class RegistrationResult:
 
     Attributes
     ----------
-    dx_mm, dy_mm : float
-        Translation at the isocentre plane (x along columns, y along rows).
+    dx_mm, dy_mm : float or None
+        Translation at the isocentre plane (x along columns, y along rows); ``None`` (JSON ``null``) when
+        nothing was measured: fewer than 16 usable pixels to search (``ok`` is then false and ``reason``
+        says why).
     rotation_deg : float or None
         In-plane rotation, counter-clockwise from +x towards +y; ``None`` (JSON
         ``null``) when it was not estimated (``estimate_rotation=False``, or a usable
@@ -61,8 +63,8 @@ class RegistrationResult:
         portalign version that produced the result.
     """
 
-    dx_mm: float
-    dy_mm: float
+    dx_mm: float | None
+    dy_mm: float | None
     rotation_deg: float | None
     ok: bool
     reason: str = ""
@@ -85,13 +87,16 @@ class RegistrationResult:
         """Whether ``rotation_deg`` was measured (False: not estimated, ``None``)."""
         return self.rotation_deg is not None
 
-    def correction(self) -> tuple[float, float, float | None]:
+    def correction(self) -> tuple[float | None, float | None, float | None]:
         """Return ``(dx_mm, dy_mm, rotation_deg)`` that moves the anatomy back onto the reference.
 
         The inverse of ``p -> R p + d`` is ``p -> R^T p - R^T d``. When the rotation
         was not estimated the translation was found with the rotation held at 0, so
-        the correction is the plain negated translation and its rotation is ``None``.
+        the correction is the plain negated translation and its rotation is ``None``. Nothing measured
+        (``dx_mm`` ``None``): ``(None, None, None)``.
         """
+        if self.dx_mm is None or self.dy_mm is None:
+            return (None, None, None)
         if self.rotation_deg is None:
             return (-self.dx_mm + 0.0, -self.dy_mm + 0.0, None)
         t = math.radians(self.rotation_deg)

@@ -306,8 +306,9 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             rot = "rotation not estimated" if rotation is None else f"rotation {rotation:+.2f} deg"
             verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
-            dx, dy = result.get("dx_mm", float("nan")), result.get("dy_mm", float("nan"))
-            parts.append(f"{frame}dx {dx:+.2f} mm, dy {dy:+.2f} mm, {rot}, {verdict}")
+            dx, dy = result.get("dx_mm"), result.get("dy_mm")
+            shift = "dx, dy not measured" if dx is None or dy is None else f"dx {dx:+.2f} mm, dy {dy:+.2f} mm"
+            parts.append(f"{frame}{shift}, {rot}, {verdict}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 
 

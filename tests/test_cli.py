@@ -382,3 +382,24 @@ def test_backends_says_what_runs_here_and_what_auto_picks(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["cpu", "gpu", "auto"]
     assert lines[2].startswith(f"auto  picks {report['auto']['backend']}: ")
+
+
+def test_nothing_measured_is_null_and_said_in_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A 16x16 frame whose "field" leaves no usable pixel: it reported dx = dy = -26 mm (refused). Not measured."""
+    from tests.synthetic import anatomy, moved
+
+    base = anatomy(256, seed=2)
+    np.save(tmp_path / "ref.npy", moved(base, 0, 0, 0, shape=(256, 256), base_spacing_mm=0.5,
+                                        spacing_mm=1.0).astype(np.float32))
+    np.save(tmp_path / "tiny.npy", moved(base, 1, 0.5, 0, shape=(16, 16), base_spacing_mm=0.5,
+                                         spacing_mm=1.0).astype(np.float32))
+    argv = ["register", str(tmp_path / "ref.npy"), str(tmp_path / "tiny.npy"), "--pixel-spacing-mm", "1",
+            "--field", "detect"]
+    status = main([*argv, "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert status == 0 and payload["ok"] is False  # a refused result is still a result (exit 0)
+    assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
+    assert payload["reason"].startswith("too little of the frame is usable")
+    main(argv)
+    out = capsys.readouterr().out
+    assert "dx, dy not measured" in out and "dx = " not in out

@@ -480,3 +480,32 @@ def test_more_hot_pixels_than_a_quantile_tail_in_a_small_field(count):
     assert hot.ok == (count == 5), hot.reason
     if hot.ok:
         assert math.hypot(hot.dx_mm - clean.dx_mm, hot.dy_mm - clean.dy_mm) < 0.1
+
+
+def test_a_frame_with_nothing_usable_measures_nothing():
+    """dx and dy are None (JSON null) where fewer than 16 pixels could be searched; a few hundred still measure."""
+    from portalign.couch import View, solve_couch_shift
+    from portalign.errors import GeometryError, PortalignError
+    from portalign.reg import registration_matrix
+
+    base = anatomy(256, seed=2)
+    reference = portalign.prepare_reference(portalign.Image.from_array(
+        moved(base, 0, 0, 0, shape=(256, 256), base_spacing_mm=0.5, spacing_mm=1.0), pixel_spacing_mm=1.0,
+        kind="drr"), backend="cpu")
+    tiny = moved(base, 1, 0.5, 0, shape=(16, 16), base_spacing_mm=0.5, spacing_mm=1.0)
+    result = reference.register(portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, kind="portal"))
+    assert not result.ok and "leaving 0 pixels" in result.reason
+    assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
+    assert result.correction() == (None, None, None)
+    assert '"dx_mm": null' in result.as_json()
+    # a 16x16 crop without a field: 196 usable pixels, refused (under 400) but measured, and near the truth
+    crop = reference.register(portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, kind="drr"))
+    assert not crop.ok and math.hypot(crop.dx_mm - 1.0, crop.dy_mm - 0.5) < 0.2
+    # a couch correction names the view that measured nothing
+    views = [View.from_result(result, portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, gantry_deg=0.0)),
+             View(gantry_deg=90.0, dx_mm=1.0, dy_mm=0.5, rotation_deg=None)]
+    with pytest.raises(GeometryError, match=r"its 2-D registration measured no shift \(too little of the frame"):
+        solve_couch_shift(views)
+    frame = portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, gantry_deg=0.0)
+    with pytest.raises(PortalignError, match=r"the registration measured no shift"):
+        registration_matrix(result, frame, patient_position="HFS")

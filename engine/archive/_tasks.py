@@ -132,7 +132,7 @@ def _register_frames(task: BeamTask) -> dict[str, Any]:
             except PortalignError as exc:
                 row.update(status="failed", error=_one_line(exc))
             else:
-                row.update(status="registered", dx_mm=float(result.dx_mm), dy_mm=float(result.dy_mm),
+                row.update(status="registered", dx_mm=_finite_or_none(result.dx_mm), dy_mm=_finite_or_none(result.dy_mm),
                            rotation_deg=None if result.rotation_deg is None else float(result.rotation_deg),
                            ok=bool(result.ok),
                            reason=result.reason or None, score=_finite_or_none(result.score),

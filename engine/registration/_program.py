@@ -28,7 +28,8 @@ from ..image import Image, check_frame_pixels
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, frame_levels, frame_mask
 from ._plan import FramePlan, wants_field
-from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, NOISE_SAMPLES, assess_frame, is_clean, rotation_radius
+from ._quality import (MIN_MEASURED_PIXELS, MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, NOISE_SAMPLES, assess_frame,
+                       is_clean, rotation_radius)
 from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
 
@@ -291,10 +292,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
+    # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
+    measured = min(levels[plan.coarse.level].usable, levels[plan.refine_levels[-1]].usable) >= MIN_MEASURED_PIXELS
+    if not measured:
+        details["rotation_estimated"] = rotate = False
     return RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
-        dx_mm=float(pose[0]),
-        dy_mm=float(pose[1]),
+        dx_mm=float(pose[0]) if measured else None,
+        dy_mm=float(pose[1]) if measured else None,
         rotation_deg=float(pose[2] * _DEGREES) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,

@@ -22,6 +22,10 @@ MIN_CONTRAST_TO_NOISE = 12.0
 MIN_USABLE_PIXELS = 400
 #: At native resolution (nothing finer exists) a small radiation field needs at least this many usable pixels (8 x 8).
 SMALL_FIELD_MIN_PIXELS = 64
+#: Fewer usable pixels than this on the search level or the finest working level and nothing was measured: the
+#: result's ``dx_mm`` and ``dy_mm`` are ``None`` (a search over a handful of pixels lands anywhere: a 16x16 frame
+#: reported -26 mm).
+MIN_MEASURED_PIXELS = 16
 #: Contrast / noise at the finest level above which a frame is "clean" and refined on finer levels too.
 CLEAN_CONTRAST_TO_NOISE = 1000.0
 #: About this many second differences estimate the fine-level noise.
@@ -44,7 +48,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     # at the detector's own pixels nothing finer exists: a small field is judged on what it can hold (an image
     # that is small without a field, a crop, still needs MIN_USABLE_PIXELS)
     needed = SMALL_FIELD_MIN_PIXELS if finest.index == 0 and field.detected else MIN_USABLE_PIXELS
-    if coarse.usable < 16 or finest.usable < needed:
+    if coarse.usable < MIN_MEASURED_PIXELS or finest.usable < needed:
         if field.detected and field.mask is not None:
             size = field_size_mm(field, plan.levels[plan.field_level].spacing)
             band = finest.erosion_px * min(finest.spacing)
