@@ -143,90 +143,66 @@ def quantile_bins(hist: np.ndarray, seen: int, want_low: float, want_high: float
 
 
 @njit(cache=True, nogil=True)
-def _histogram(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int,
-               listed: bool, lo: float, hi: float, hist: np.ndarray) -> None:  # pragma: no cover
-    """Count the values in ``[lo, hi]`` into ``hist`` (``RANGE_BINS`` bins from ``lo``)."""
+def _histogram(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, lo: float, hi: float,
+               hist: np.ndarray) -> None:  # pragma: no cover
+    """Count the listed values in ``[lo, hi]`` into ``hist`` (``RANGE_BINS`` bins from ``lo``)."""
     hist[:] = 0
     scale = RANGE_BINS / (hi - lo)
-    if listed:
-        for t in range(count):
-            v = image[rows[t], cols[t]]
-            if v < lo or v > hi:
-                continue
-            hist[min(int((v - lo) * scale), RANGE_BINS - 1)] += 1
-    else:
-        for i in range(image.shape[0]):
-            for j in range(image.shape[1]):
-                if mask[i, j]:
-                    v = image[i, j]
-                    if v < lo or v > hi:
-                        continue
-                    hist[min(int((v - lo) * scale), RANGE_BINS - 1)] += 1
+    for t in range(count):
+        v = image[rows[t], cols[t]]
+        if v < lo or v > hi:
+            continue
+        hist[min(int((v - lo) * scale), RANGE_BINS - 1)] += 1
 
 
 @njit(cache=True, nogil=True)
-def _window(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, listed: bool,
-            lo: float, hi: float, b_low: int, b_high: int) -> tuple:  # pragma: no cover
-    """Smallest and largest value in ``[lo, hi]`` whose bin (of :func:`_histogram`'s) lies in ``[b_low, b_high]``."""
-    scale = RANGE_BINS / (hi - lo)
-    w_lo = np.inf
-    w_hi = -np.inf
-    if listed:
-        for t in range(count):
-            v = image[rows[t], cols[t]]
-            if v < lo or v > hi:
-                continue
-            b = min(int((v - lo) * scale), RANGE_BINS - 1)
-            if b_low <= b <= b_high:
-                w_lo = min(w_lo, v)
-                w_hi = max(w_hi, v)
-    else:
-        for i in range(image.shape[0]):
-            for j in range(image.shape[1]):
-                if mask[i, j]:
-                    v = image[i, j]
-                    if v < lo or v > hi:
-                        continue
-                    b = min(int((v - lo) * scale), RANGE_BINS - 1)
-                    if b_low <= b <= b_high:
-                        w_lo = min(w_lo, v)
-                        w_hi = max(w_hi, v)
-    return w_lo, w_hi
-
-
-@njit(cache=True, nogil=True)
-def _extrema(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, listed: bool,
-             lo: float, hi: float) -> tuple:  # pragma: no cover
-    """``(min, max, n)`` of the values in ``[lo, hi]`` (``-inf, inf``: all of them)."""
+def _extrema(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, lo: float, hi: float) -> tuple:  # pragma: no cover
+    """``(min, max, n)`` of the listed values in ``[lo, hi]`` (``-inf, inf``: all of them)."""
     e_lo = np.inf
     e_hi = -np.inf
     n = 0
-    if listed:
-        for t in range(count):
-            v = image[rows[t], cols[t]]
-            if v < lo or v > hi:
-                continue
-            n += 1
-            e_lo = min(e_lo, v)
-            e_hi = max(e_hi, v)
-    else:
-        for i in range(image.shape[0]):
-            for j in range(image.shape[1]):
-                if mask[i, j]:
-                    v = image[i, j]
-                    if v < lo or v > hi:
-                        continue
-                    n += 1
-                    e_lo = min(e_lo, v)
-                    e_hi = max(e_hi, v)
+    for t in range(count):
+        v = image[rows[t], cols[t]]
+        if v < lo or v > hi:
+            continue
+        n += 1
+        e_lo = min(e_lo, v)
+        e_hi = max(e_hi, v)
     return e_lo, e_hi, n
 
 
 @njit(cache=True, nogil=True)
-def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int,
-                  listed: bool, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
-    """The range kernels' shared body (the module docstring gives the definition)."""
-    lo, hi, n = _extrema(image, mask, rows, cols, count, listed, -np.inf, np.inf)
+def _window(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, lo: float, hi: float, b_low: int,
+            b_high: int) -> tuple:  # pragma: no cover
+    """Smallest and largest listed value in ``[lo, hi]`` whose bin (:func:`_histogram`'s) is in ``[b_low, b_high]``.
+
+    Membership by the bin index, as the histogram counted it: value edges ``lo + b / scale`` lose the data's
+    digits when ``lo`` is an outlier (-1e30 beside values of 0-2).
+    """
+    scale = RANGE_BINS / (hi - lo)
+    w_lo = np.inf
+    w_hi = -np.inf
+    for t in range(count):
+        v = image[rows[t], cols[t]]
+        if v < lo or v > hi:
+            continue
+        b = min(int((v - lo) * scale), RANGE_BINS - 1)
+        if b_low <= b <= b_high:
+            w_lo = min(w_lo, v)
+            w_hi = max(w_hi, v)
+    return w_lo, w_hi
+
+
+@njit(cache=True, nogil=True)
+def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, low_fraction: float,
+                 high_fraction: float) -> tuple:  # pragma: no cover
+    """Return ``(low, high, count)``: the given quantiles of the listed pixels ``rows[:count], cols[:count]``.
+
+    Outliers left out, then quantiles from a ``RANGE_BINS`` histogram, refined where few bins hold them (the
+    module docstring gives the definition); with no pixel, ``(0, 0, 0)``. Minima, maxima and histogram counts
+    do not depend on the order: :func:`masked_range` is this over a mask's :func:`pixel_list`.
+    """
+    lo, hi, n = _extrema(image, rows, cols, count, -np.inf, np.inf)
     if n == 0:
         return 0.0, 0.0, 0
     if hi <= lo:
@@ -235,18 +211,18 @@ def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: n
     # 1. outliers: where the bulk (5-95 %) fills few bins, values far beyond it leave (up to nested scales)
     n_in = n
     for attempt in range(RANGE_PASSES):
-        _histogram(image, mask, rows, cols, count, listed, lo, hi, hist)
+        _histogram(image, rows, cols, count, lo, hi, hist)
         b_low, b_high = quantile_bins(hist, 0, BULK_FRACTION * n_in, (1.0 - BULK_FRACTION) * n_in)
         if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
             break
-        w_lo, w_hi = _window(image, mask, rows, cols, count, listed, lo, hi, b_low, b_high)
+        w_lo, w_hi = _window(image, rows, cols, count, lo, hi, b_low, b_high)
         if not w_hi > w_lo:
             break  # the bulk is one value: no width to fence by
         f_lo = max(lo, w_lo - FENCE_WIDTHS * (w_hi - w_lo))
         f_hi = min(hi, w_hi + FENCE_WIDTHS * (w_hi - w_lo))
         if f_lo == lo and f_hi == hi:
             break  # nothing beyond the fence: the long tail is content
-        lo, hi, n_in = _extrema(image, mask, rows, cols, count, listed, f_lo, f_hi)
+        lo, hi, n_in = _extrema(image, rows, cols, count, f_lo, f_hi)
         if not hi > lo:
             return lo, hi, n
     # 2. the wanted quantiles of the values kept, refined where few bins hold them
@@ -257,7 +233,7 @@ def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: n
     q_high = hi
     for attempt in range(RANGE_PASSES):
         if attempt > 0:
-            _histogram(image, mask, rows, cols, count, listed, lo, hi, hist)
+            _histogram(image, rows, cols, count, lo, hi, hist)
         scale = RANGE_BINS / (hi - lo)
         b_low, b_high = quantile_bins(hist, below, want_low, want_high)
         q_low = lo + b_low / scale if b_low >= 0 else lo
@@ -265,7 +241,7 @@ def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: n
         if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
             break
         below += hist[:b_low].sum()
-        w_lo, w_hi = _window(image, mask, rows, cols, count, listed, lo, hi, b_low, b_high)
+        w_lo, w_hi = _window(image, rows, cols, count, lo, hi, b_low, b_high)
         if w_hi <= w_lo:
             return w_lo, w_hi, n
         lo = w_lo
@@ -273,30 +249,13 @@ def _robust_range(image: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: n
     return q_low, q_high, n
 
 
-_NO_PIXELS = np.zeros(1, dtype=np.int32)
-_NO_MASK = np.zeros((1, 1), dtype=np.uint8)
-
-
 @njit(cache=True, nogil=True)
 def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_fraction: float) -> tuple:  # pragma: no cover
-    """Return ``(low, high, count)``: the given quantiles of the masked pixels, outliers left out.
-
-    Quantiles from a ``RANGE_BINS`` histogram between the masked minimum and maximum, refined where outliers
-    stretched it (the module docstring gives the definition). ``count`` is the number of masked pixels; with
-    none, ``(0, 0, 0)``.
-    """
-    return _robust_range(image, mask, _NO_PIXELS, _NO_PIXELS, 0, False, low_fraction, high_fraction)
-
-
-@njit(cache=True, nogil=True)
-def listed_range(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, low_fraction: float,
-                 high_fraction: float) -> tuple:  # pragma: no cover
-    """Return :func:`masked_range` of the listed pixels ``rows[:count], cols[:count]`` (its mask's, from :func:`pixel_list`).
-
-    The same numbers (minima, maxima and histogram counts do not depend on the order), reading only the
-    usable pixels instead of the whole level.
-    """
-    return _robust_range(image, _NO_MASK, rows, cols, count, True, low_fraction, high_fraction)
+    """Return ``(low, high, count)``: :func:`listed_range` of the pixels where ``mask != 0``; ``count`` their number."""
+    rows = np.empty(mask.size, dtype=np.int32)
+    cols = np.empty(mask.size, dtype=np.int32)
+    count = pixel_list(mask, rows, cols)
+    return listed_range(image, rows, cols, count, low_fraction, high_fraction)
 
 
 @njit(cache=True, nogil=True)

@@ -88,8 +88,9 @@ def _range_init(extrema, hist):  # pragma: no cover - compiled
 
 
 @cuda.jit
-def _range_extrema(image, mask, lo_keep, hi_keep, extrema, hist):  # pragma: no cover - compiled
-    # extrema[0], extrema[1]: min and max of the masked values in [lo_keep, hi_keep] (float64 of float32 values);
+def _range_extrema(image, mask, lo_keep, hi_keep, scale, b_low, b_high, extrema, hist):  # pragma: no cover - compiled
+    # extrema[0], extrema[1]: min and max of the masked values in [lo_keep, hi_keep] (float64 of float32 values)
+    # and, with b_low >= 0, whose histogram bin (RANGE_BINS of 1 / scale from lo_keep) is in [b_low, b_high];
     # hist[RANGE_BINS]: their count
     block = cuda.shared.array(2, dtype=np.float64)
     block_count = cuda.shared.array(1, dtype=np.int64)
@@ -110,6 +111,10 @@ def _range_extrema(image, mask, lo_keep, hi_keep, extrema, hist):  # pragma: no 
             v = float(image[i, j])
             if v < lo_keep or v > hi_keep:
                 continue
+            if b_low >= 0:
+                b = min(int((v - lo_keep) * scale), RANGE_BINS - 1)
+                if b < b_low or b > b_high:
+                    continue
             count += 1
             lo = min(lo, v)
             hi = max(hi, v)
@@ -153,39 +158,6 @@ def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
         c = local[b]
         if c != 0:
             cuda.atomic.add(hist, b, np.int64(c))
-
-
-@cuda.jit
-def _range_window(image, mask, lo, hi, scale, b_low, b_high, extrema):  # pragma: no cover - compiled
-    # extrema (reset to inf, -inf): min and max of the masked values in [lo, hi] whose bin lies in [b_low, b_high]
-    block = cuda.shared.array(2, dtype=np.float64)
-    t = cuda.threadIdx.x
-    if t == 0:
-        block[0] = np.inf
-        block[1] = -np.inf
-    cuda.syncthreads()
-    n_bins = RANGE_BINS
-    rows, cols = image.shape
-    w_lo = np.inf
-    w_hi = -np.inf
-    for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
-        i = p // cols
-        j = p - i * cols
-        if mask[i, j] != 0:
-            v = float(image[i, j])
-            if v < lo or v > hi:
-                continue
-            b = min(int((v - lo) * scale), n_bins - 1)
-            if b_low <= b <= b_high:
-                w_lo = min(w_lo, v)
-                w_hi = max(w_hi, v)
-    if w_lo <= w_hi:
-        cuda.atomic.min(block, 0, w_lo)
-        cuda.atomic.max(block, 1, w_hi)
-    cuda.syncthreads()
-    if t == 0 and block[0] <= block[1]:
-        cuda.atomic.min(extrema, 0, block[0])
-        cuda.atomic.max(extrema, 1, block[1])
 
 
 @cuda.jit
@@ -310,11 +282,20 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
     def kept(lo_keep: float, hi_keep: float) -> tuple[np.ndarray, float, float, int]:
         """Extrema, count and histogram of the masked values in ``[lo_keep, hi_keep]``; two small reads."""
         init(extrema_d, hist_d)
-        launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, lo_keep, hi_keep, extrema_d, hist_d)
+        launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, lo_keep, hi_keep, 0.0, -1, -1, extrema_d,
+                                                        hist_d)
         launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
         counts = np.array(launch.to_host(hist))  # a copy: the simulator's to_host is the buffer itself
         e_lo, e_hi = (float(v) for v in launch.to_host(extrema))
         return counts, e_lo, e_hi, int(counts[RANGE_BINS])
+
+    def window(lo: float, hi: float, b_low: int, b_high: int) -> tuple[float, float]:
+        """Smallest and largest value of the histogram's bins ``b_low..b_high`` (bin index, as counted)."""
+        init(extrema_d, hist_d)
+        launch.configured(_range_extrema, blocks, tpb)(image_d, mask_d, lo, hi, RANGE_BINS / (hi - lo), b_low,
+                                                        b_high, extrema_d, hist_d)
+        w_lo, w_hi = (float(v) for v in launch.to_host(extrema))
+        return w_lo, w_hi
 
     counts, lo, hi, count = kept(-np.inf, np.inf)
     if count == 0:
@@ -327,10 +308,7 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
         b_low, b_high = _quantile_bins(counts[:RANGE_BINS], 0, BULK_FRACTION * n_in, (1.0 - BULK_FRACTION) * n_in)
         if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
             break
-        init(extrema_d, hist_d)
-        launch.configured(_range_window, blocks, tpb)(image_d, mask_d, lo, hi, RANGE_BINS / (hi - lo), b_low,
-                                                       b_high, extrema_d)
-        w_lo, w_hi = (float(v) for v in launch.to_host(extrema))
+        w_lo, w_hi = window(lo, hi, b_low, b_high)
         if not w_hi > w_lo:
             break
         f_lo = max(lo, w_lo - FENCE_WIDTHS * (w_hi - w_lo))
@@ -354,14 +332,10 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
         if b_low < 0 or b_high < 0 or b_high - b_low >= RANGE_SPAN or attempt == RANGE_PASSES - 1:
             break
         below += int(hist_host[:b_low].sum())
-        launch.configured(_range_init, launch.blocks_for(RANGE_BINS + 1, tpb), tpb)(extrema_d, hist_d)
-        launch.configured(_range_window, blocks, tpb)(image_d, mask_d, lo, hi, scale, b_low, b_high, extrema_d)
-        launch.configured(_range_histogram, blocks, tpb)(image_d, mask_d, extrema_d, hist_d)
-        w_lo, w_hi = (float(v) for v in launch.to_host(extrema))
+        w_lo, w_hi = window(lo, hi, b_low, b_high)
         if w_hi <= w_lo:
             return w_lo, w_hi, count
-        lo, hi = w_lo, w_hi
-        counts = np.array(launch.to_host(hist))
+        counts, lo, hi, _ = kept(w_lo, w_hi)
     return q_low, q_high, count
 
 
