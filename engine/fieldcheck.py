@@ -348,7 +348,8 @@ def field_placement(
         (``x``, ``y``), ``max_edge_error_mm, tolerance_mm, within_tolerance,
         in_field_level, floor_level, threshold, profiles, reference, frame`` and,
         with ``result``, ``anatomy_shift_mm`` and ``anatomy_relative_to_field_mm``
-        (anatomy shift minus field centre shift).
+        (anatomy shift minus field centre shift; ``None`` where the match measured nothing) and the match's
+        verdict, ``anatomy_ok`` and ``anatomy_reason``.
 
     Raises
     ------
@@ -403,9 +404,14 @@ def field_placement(
         "threshold": delivered.threshold,
         "profiles": delivered.profiles,
     }
-    if result is not None and result.dx_mm is not None and result.dy_mm is not None:
-        out["anatomy_shift_mm"] = [float(result.dx_mm), float(result.dy_mm)]
-        out["anatomy_relative_to_field_mm"] = [float(result.dx_mm) - shift[0], float(result.dy_mm) - shift[1]]
+    if result is not None:
+        # the anatomy match's own verdict goes with it: a refused match is said to be one, a null shift is null
+        out["anatomy_ok"] = bool(result.ok)
+        out["anatomy_reason"] = result.reason
+        measured = result.dx_mm is not None and result.dy_mm is not None
+        out["anatomy_shift_mm"] = [float(result.dx_mm), float(result.dy_mm)] if measured else None
+        out["anatomy_relative_to_field_mm"] = ([float(result.dx_mm) - shift[0], float(result.dy_mm) - shift[1]]
+                                               if measured else None)
     return out
 
 
@@ -611,9 +617,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {report['aperture_note']}")
     print(f"field centre shift: x {shift[0]:+.2f} mm, y {shift[1]:+.2f} mm")
     print("edge errors: " + ", ".join(f"{k} {v:+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
-    if "anatomy_relative_to_field_mm" in report:
+    if "anatomy_ok" in report:
         rel = report["anatomy_relative_to_field_mm"]
-        print(f"anatomy relative to the field: x {rel[0]:+.2f} mm, y {rel[1]:+.2f} mm")
+        verdict = "" if report["anatomy_ok"] else f"   NOT OK ({report['anatomy_reason']})"
+        if rel is None:
+            print(f"anatomy relative to the field: not measured{verdict}")
+        else:
+            print(f"anatomy relative to the field: x {rel[0]:+.2f} mm, y {rel[1]:+.2f} mm{verdict}")
     print("within tolerance" if report["within_tolerance"] else
           f"OUTSIDE tolerance: an edge is {report['max_edge_error_mm']:.2f} mm off (> {report['tolerance_mm']:g})")
     return status

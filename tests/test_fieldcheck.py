@@ -92,6 +92,19 @@ def test_anatomy_is_reported_apart_from_the_field():
     assert report["centre_shift_mm"] == pytest.approx([0.0, 0.0], abs=0.1)
     assert report["anatomy_relative_to_field_mm"] == pytest.approx([2.0, -1.0], abs=0.1)
     assert report["within_tolerance"] is True
+    assert report["anatomy_ok"] is True and report["anatomy_reason"] == ""
+
+
+def test_anatomy_not_measured_or_refused_is_said():
+    reference = field_image(PLANNED, planned=PLANNED)
+    frame = field_image(PLANNED, seed=3)
+    nothing = RegistrationResult(dx_mm=None, dy_mm=None, rotation_deg=None, ok=False,
+                                 reason="too little of the frame is usable: 0 pixels")
+    report = field_placement(reference, frame, result=nothing)
+    assert report["anatomy_shift_mm"] is None and report["anatomy_relative_to_field_mm"] is None
+    assert report["anatomy_ok"] is False and report["anatomy_reason"].startswith("too little")
+    refused = RegistrationResult(dx_mm=0.3, dy_mm=-0.9, rotation_deg=None, ok=False, reason="ambiguous")
+    assert field_placement(reference, frame, result=refused)["anatomy_ok"] is False
 
 
 def _jaw_exposure(jaws_iec) -> Dataset:

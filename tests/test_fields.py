@@ -497,6 +497,7 @@ def test_a_frame_with_nothing_usable_measures_nothing():
     assert not result.ok and "leaving 0 pixels" in result.reason
     assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
     assert result.correction() == (None, None, None)
+    assert result.details["candidates"] == [] and result.details["mi_check_mm"] is None  # no stale -26 mm
     assert '"dx_mm": null' in result.as_json()
     # a 16x16 crop without a field: 196 usable pixels, refused (under 400) but measured, and near the truth
     crop = reference.register(portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, kind="drr"))

@@ -296,6 +296,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     measured = min(levels[plan.coarse.level].usable, levels[plan.refine_levels[-1]].usable) >= MIN_MEASURED_PIXELS
     if not measured:
         details["rotation_estimated"] = rotate = False
+        details["candidates"] = []  # a search over nothing: its optima are not measurements either
+        details["mi_check_mm"] = None
+        details["edge_mi_gap_mm"] = None
     return RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]) if measured else None,
