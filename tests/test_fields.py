@@ -510,3 +510,17 @@ def test_a_frame_with_nothing_usable_measures_nothing():
     frame = portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, gantry_deg=0.0)
     with pytest.raises(PortalignError, match=r"the registration measured no shift"):
         registration_matrix(result, frame, patient_position="HFS")
+
+
+def test_the_reference_range_leaves_out_what_the_frame_range_leaves_out():
+    """A reference portal image's hot pixels (2 % of them): its robust range and edge limit as without them."""
+    from portalign.registration._reference import _robust_range
+
+    rng = np.random.default_rng(0)
+    clean = (rng.random(100000) * 2).astype(np.float32)
+    assert _robust_range(clean) == pytest.approx(tuple(np.percentile(clean, [0.5, 99.5])), abs=0)  # untouched
+    hot = clean.copy()
+    hot[rng.choice(hot.size, 2000, replace=False)] = 1e20
+    lo, hi = _robust_range(hot)
+    assert 0.0 <= lo < 0.02 and 1.98 < hi <= 2.0
+    assert _robust_range(np.empty(0, np.float32)) == (0.0, 0.0)

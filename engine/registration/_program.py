@@ -293,7 +293,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
-    measured = min(levels[plan.coarse.level].usable, levels[plan.refine_levels[-1]].usable) >= MIN_MEASURED_PIXELS
+    measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
+                and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call a frame
     if not measured:
         details["rotation_estimated"] = rotate = False
         details["candidates"] = []  # a search over nothing: its optima are not measurements either

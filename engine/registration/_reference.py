@@ -574,9 +574,21 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
-    """The reference's robust range: the quantiles the frame's levels take (``robust_tail``), exact; 0, 0 if empty."""
+    """The reference's robust range: the quantiles the frame's levels take (``robust_tail``), exact; 0, 0 if empty.
+
+    Outlier pixels are left out first by the range kernels' fence (``kernels.cpu.mask``: values far beyond a
+    squeezed bulk, hot or damaged pixels of a reference portal image); an ordinary image keeps all its values.
+    """
     if values.size == 0:
         return 0.0, 0.0
+    from portalign.kernels import cpu
+
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(1, -1)
+    kept_lo, kept_hi, _ = cpu.masked_range(flat, np.ones(flat.shape, dtype=np.uint8), 0.0, 1.0)
+    # the kept extremes come off histogram bin edges (a rounding from the values); outliers lie 4 bulk widths out
+    slack = 1e-6 * (kept_hi - kept_lo)
+    if kept_lo - slack > float(flat.min()) or kept_hi + slack < float(flat.max()):
+        values = values[(values >= kept_lo - slack) & (values <= kept_hi + slack)]
     tail = 100.0 * robust_tail(int(values.size))
     lo, hi = np.percentile(values, [tail, 100.0 - tail])
     return float(lo), float(hi)
