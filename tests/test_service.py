@@ -134,6 +134,9 @@ def test_bad_requests_get_4xx_with_clear_messages_and_the_server_stays_up(client
     nan = frame.copy()
     nan[3, 3] = np.nan
     cases.append((client.post(url, **raw(nan)), 422, "NaN"))
+    damaged = frame.copy()
+    damaged[4:6, 6:8] = 1e38  # its box sum overflowed the pyramid (a ZeroDivisionError before)
+    cases.append((client.post(url, **raw(damaged)), 422, "is beyond +-1e+30, no detector's value"))
     cases.append((client.post(url, **raw(np.full((SIZE, SIZE), 9.0))), 422, "same value"))
     huge = raw(frame, **{"X-Rows": "16000", "X-Cols": "16000"})
     cases.append((client.post(url, **huge), 413, "16000 x 16000 float32 pixels would be 1024000000 bytes"))
