@@ -72,6 +72,9 @@ class Level:
     ref_bins: Any = None
     ref_re: Any = None
     ref_im: Any = None
+    #: The reference's edge ``limit`` on this level (``kernels.cpu.gradient.gradient_limit`` of its robust range),
+    #: set with its features; the global search's rotated features take the same one.
+    ref_limit: float = float("inf")
     #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
     geometry: Any = None
     # frame side (backend arrays, reused)

@@ -293,17 +293,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
-    measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
-                and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call a frame
-    if not measured:
+    shift_measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
+                      and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
+    if not shift_measured:
         details["rotation_estimated"] = rotate = False
         details["candidates"] = []  # a search over nothing: its optima are not measurements either
         details["mi_check_mm"] = None
         details["edge_mi_gap_mm"] = None
     return RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
-        dx_mm=float(pose[0]) if measured else None,
-        dy_mm=float(pose[1]) if measured else None,
+        dx_mm=float(pose[0]) if shift_measured else None,
+        dy_mm=float(pose[1]) if shift_measured else None,
         rotation_deg=float(pose[2] * _DEGREES) if rotate else None,  # not measured: None, never 0
         ok=not reason,
         reason=reason,

@@ -392,7 +392,8 @@ class Reference:
         level.ref_shape = ref_img.shape
         level.geometry = np.array([*level.frame_axis, *level.spacing, *ref_axis], dtype=np.float64)
         lo, hi = _robust_range(ref_img[valid])
-        limit = gradient_limit(float(lo), float(hi))  # pixels next to an outlier left out, as on the frame's levels
+        # pixels next to an outlier left out, as on the frame's levels
+        limit = level.ref_limit = gradient_limit(float(lo), float(hi))
         if hi <= lo:
             hi = lo + 1.0
         bins = np.empty(ref_img.shape, dtype=np.int16)
@@ -478,8 +479,7 @@ class Reference:
         warped = np.empty(ext_shape, dtype=np.float32)
         warped_valid = np.empty(ext_shape, dtype=np.float32)
         valid_f = valid.astype(np.float32)
-        lo, hi = _robust_range(ref_img[valid])
-        limit = gradient_limit(float(lo), float(hi))  # as in _fill_level
+        limit = level.ref_limit  # its own features' (_fill_level runs first on every matched level)
         for i, theta in enumerate(thetas):
             affine = pose_affines(np.array([[0.0, 0.0, theta]]), level.frame_axis, level.spacing, ref_axis, level.spacing)[0]
             affine = affine @ shift
