@@ -23,8 +23,10 @@ the reference's field count as mismatches, which tilts the score's peak toward
 the larger overlap; with both, two copies of one image score symmetrically
 about their true shift (ITK's fixed and moving masks work the same way).
 
-Pixels are split into a fixed number of chunks, each summed in order and the
-chunk sums added in order: the result does not depend on the thread count.
+Pixels are split into a fixed number of chunks, each summed block by block by the
+same vectorised loop and the chunk sums added in order: the result does not
+depend on the thread count (it may differ from the float64 reference in the last
+bits: the sums within a block are reassociated).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ INVALID_FEATURE = 4.0
 VALID_LIMIT = 2.0
 #: Fixed number of pixel chunks summed separately then added in order (deterministic for any thread count).
 CHUNKS = 16
+#: Listed pixels gathered into contiguous buffers at a time (4 float64 buffers: 16 KiB, in the L1 cache).
+BLOCK = 512
 
 
-@njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"}, nogil=True)
+@njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
 def gradient_correlation(
     rows: np.ndarray,
     cols: np.ndarray,
@@ -81,78 +85,85 @@ def gradient_correlation(
     if out.shape[0] < n_pose or rotations.shape[0] < n_pose:
         raise ValueError("gradient_correlation: out and rotations need a row per pose of affines")
     ref_rows, ref_cols = ref_re.shape
-    # pixel-major: each listed pixel is read once and compared under every pose; the poses of a
-    # stencil sample the reference within a pixel or two of each other, so those reads hit cache.
-    # Fixed chunks (not one per thread) keep the summation order, and so the result, independent
-    # of the thread count.
+    # pose-major in blocks: a block of listed pixels is gathered once into contiguous buffers (in cache), then
+    # every pose runs one loop over it. That loop has no branches (masks instead), so numba vectorises it
+    # (gathers of the reference samples); its sums are reassociated within a block, in the same way on every
+    # call. Fixed chunks (not one per thread) keep the result independent of the thread count.
     n_chunks = CHUNKS
     size = (count + n_chunks - 1) // n_chunks
     partial = np.zeros((n_chunks, n_pose, 3))
+    x_end = ref_cols - 1.0
+    y_end = ref_rows - 1.0
+    last_col = ref_cols - 2
+    last_row = ref_rows - 2
     for c in prange(n_chunks):
         acc = partial[c]
-        for t in range(c * size, min(count, (c + 1) * size)):
-            i = rows[t]
-            j = cols[t]
-            # float64 from here on: float32 products would round differently on every backend
-            fr = np.float64(frame_re[i, j])
-            fi = np.float64(frame_im[i, j])
-            if fr == 0.0 and fi == 0.0:
-                continue
-            energy = fr * fr + fi * fi
+        block_cols = np.empty(BLOCK)
+        block_rows = np.empty(BLOCK)
+        block_re = np.empty(BLOCK)
+        block_im = np.empty(BLOCK)
+        chunk_end = min(count, (c + 1) * size)
+        for start in range(c * size, chunk_end, BLOCK):
+            m = min(BLOCK, chunk_end - start)
+            for u in range(m):
+                i = rows[start + u]
+                j = cols[start + u]
+                block_rows[u] = i
+                block_cols[u] = j
+                # float64 from here on: float32 products would round differently on every backend
+                block_re[u] = frame_re[i, j]
+                block_im[u] = frame_im[i, j]
             for k in range(n_pose):
-                x = affines[k, 0, 0] * j + affines[k, 0, 1] * i + affines[k, 0, 2]
-                y = affines[k, 1, 0] * j + affines[k, 1, 1] * i + affines[k, 1, 2]
-                c0 = int(x) if x >= 0.0 else -1
-                r0 = int(y) if y >= 0.0 else -1
-                if c0 < 0 or r0 < 0 or c0 >= ref_cols - 1 or r0 >= ref_rows - 1:
-                    acc[k, 1] += energy  # off the reference image: the frame's edge finds no match
-                    continue
-                wx = x - c0
-                wy = y - r0
-                w00 = (1.0 - wx) * (1.0 - wy)
-                w01 = wx * (1.0 - wy)
-                w10 = (1.0 - wx) * wy
-                w11 = wx * wy
-                # an invalid reference pixel (outside its field) is a zero feature and no weight: the frame
-                # pixel counts in S_ff by the valid share of its sample, continuously in the pose
-                a00 = np.float64(ref_re[r0, c0])
-                a01 = np.float64(ref_re[r0, c0 + 1])
-                a10 = np.float64(ref_re[r0 + 1, c0])
-                a11 = np.float64(ref_re[r0 + 1, c0 + 1])
-                if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT:
-                    # the common case: a wholly valid cell
+                m00 = affines[k, 0, 0]
+                m01 = affines[k, 0, 1]
+                m02 = affines[k, 0, 2]
+                m10 = affines[k, 1, 0]
+                m11 = affines[k, 1, 1]
+                m12 = affines[k, 1, 2]
+                turn_c = rotations[k, 0]
+                turn_s = rotations[k, 1]
+                s_fr = 0.0
+                s_ff = 0.0
+                s_rr = 0.0
+                for u in range(m):
+                    fr = block_re[u]
+                    fi = block_im[u]
+                    energy = fr * fr + fi * fi
+                    x = m00 * block_cols[u] + m01 * block_rows[u] + m02
+                    y = m10 * block_cols[u] + m11 * block_rows[u] + m12
+                    # off the reference image: the frame's edge finds no match (its energy counts wholly)
+                    inside = x >= 0.0 and y >= 0.0 and x < x_end and y < y_end
+                    xc = min(max(x, 0.0), x_end)  # outside: a cell that exists, read and then masked off
+                    yc = min(max(y, 0.0), y_end)
+                    c0 = min(int(xc), last_col)
+                    r0 = min(int(yc), last_row)
+                    wx = xc - c0
+                    wy = yc - r0
+                    a00 = np.float64(ref_re[r0, c0])
+                    a01 = np.float64(ref_re[r0, c0 + 1])
+                    a10 = np.float64(ref_re[r0 + 1, c0])
+                    a11 = np.float64(ref_re[r0 + 1, c0 + 1])
+                    # an invalid reference pixel (outside its field) is a zero feature and no weight: the frame
+                    # pixel counts in S_ff by the valid share v of its sample, continuously in the pose
+                    w00 = (1.0 - wx) * (1.0 - wy) if a00 <= VALID_LIMIT else 0.0
+                    w01 = wx * (1.0 - wy) if a01 <= VALID_LIMIT else 0.0
+                    w10 = (1.0 - wx) * wy if a10 <= VALID_LIMIT else 0.0
+                    w11 = wx * wy if a11 <= VALID_LIMIT else 0.0
+                    v = 1.0 if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT else w00 + w01 + w10 + w11
                     rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
                     ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
                           + w11 * ref_im[r0 + 1, c0 + 1])
-                    acc[k, 1] += energy
-                else:
-                    v = 0.0
-                    rr = 0.0
-                    ri = 0.0
-                    if a00 <= VALID_LIMIT:
-                        v += w00
-                        rr += w00 * a00
-                        ri += w00 * np.float64(ref_im[r0, c0])
-                    if a01 <= VALID_LIMIT:
-                        v += w01
-                        rr += w01 * a01
-                        ri += w01 * np.float64(ref_im[r0, c0 + 1])
-                    if a10 <= VALID_LIMIT:
-                        v += w10
-                        rr += w10 * a10
-                        ri += w10 * np.float64(ref_im[r0 + 1, c0])
-                    if a11 <= VALID_LIMIT:
-                        v += w11
-                        rr += w11 * a11
-                        ri += w11 * np.float64(ref_im[r0 + 1, c0 + 1])
-                    if v <= 0.0:
-                        continue  # wholly outside the reference's valid region: not compared, not counted
-                    acc[k, 1] += v * energy
-                # turn the reference feature by 2*theta, then Re(z_f * conj(z_r))
-                tr = rotations[k, 0] * rr - rotations[k, 1] * ri
-                ti = rotations[k, 1] * rr + rotations[k, 0] * ri
-                acc[k, 0] += fr * tr + fi * ti
-                acc[k, 2] += tr * tr + ti * ti
+                    # turn the reference feature by 2*theta, then Re(z_f * conj(z_r)); a zero frame feature and
+                    # a sample wholly outside the reference's valid region (v = 0) are not compared
+                    tr = turn_c * rr - turn_s * ri
+                    ti = turn_s * rr + turn_c * ri
+                    compared = 1.0 if inside and energy > 0.0 else 0.0
+                    s_ff += energy * (v if inside else 1.0)
+                    s_fr += compared * (fr * tr + fi * ti)
+                    s_rr += compared * (tr * tr + ti * ti)
+                acc[k, 0] += s_fr
+                acc[k, 1] += s_ff
+                acc[k, 2] += s_rr
     out[:, :] = 0.0
     for c in range(n_chunks):
         for k in range(n_pose):
