@@ -212,7 +212,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if found.rotation_support_mm is not None:
         details["rotation_support_mm"] = found.rotation_support_mm
     if found.mi_pose is not None:
-        details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), float(found.mi_pose[2]) * _DEGREES]
+        details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1])]
     # which optimum the result reports: auto reports the MI one on a weak (noise-dominated) edge match
     details["final_metric"] = "mi" if found.mi_final or opts.method == "mi" else "edge"
     # 4. trust -------------------------------------------------------------------------------------

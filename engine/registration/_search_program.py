@@ -274,9 +274,10 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
             mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts,
                              tolerance=FINE_TOLERANCE)[0]
         else:
-            # cross-check: the MI optimum next to the edge optimum must be the same place
-            # one star stencil (diagonal curvature) places the MI optimum well enough for this check
-            mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, rotate, opts, star=True)[0]
+            # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
+            # (diagonal curvature, the rotation held at the edge optimum's) places it well enough: its distance
+            # is all the check reads
+            mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, False, opts, star=True)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
     if mi_final and mi_pose is not None:

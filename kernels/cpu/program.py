@@ -310,8 +310,10 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate, theta_limit,
                     normalised, fine_tolerance, no, max_step, hist, result, unknown)
         else:
-            # cross-check: the MI optimum next to the edge optimum must be the same place (one star stencil)
-            _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, rotate, theta_limit, normalised,
+            # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
+            # (5 poses: diagonal curvature, the rotation held at the edge optimum's) places it well enough: its
+            # distance is all the check reads
+            _newton(fin, counts[finest], spacings[finest], pose, mi_id, one, r_eff, no, theta_limit, normalised,
                     0.02, yes, max_step, hist, result, unknown)
         out[_MI_X] = result[0]
         out[_MI_Y] = result[1]

@@ -191,8 +191,6 @@ def refine_from(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, fra
     dims = 3 if step[2] > 0.0 else 2
     full = 10 if dims == 3 else 6
     p = pose.copy()
-    if dims == 2:
-        p[2] = 0.0
     poses = np.empty((MAX_STENCIL, 3))
     affines = np.empty((MAX_STENCIL, 2, 3))
     sums = np.empty((MAX_STENCIL, 3))
@@ -252,7 +250,8 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
     pose : float64[3]
         Start ``(dx_mm, dy_mm, theta_rad)``.
     step : float64[3]
-        One stencil step per axis (mm, mm, rad); ``step[2] == 0`` fixes the rotation at 0 (2-D stencil).
+        One stencil step per axis (mm, mm, rad); ``step[2] == 0`` holds the rotation at ``pose[2]``
+        (2-D stencil: the engine passes 0 where rotation is not estimated).
     iterations : int
         Most stencils evaluated.
     tolerance : float

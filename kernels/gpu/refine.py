@@ -187,8 +187,6 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     full = 10 if dims == 3 else 6
     start = np.zeros(16)
     start[_POSE:_POSE + 3] = pose
-    if dims == 2:
-        start[_POSE + 2] = 0.0
     start[_STEP:_STEP + 3] = step
     start[_SCORE] = -np.inf
     start[_THETA_LIMIT] = theta_limit

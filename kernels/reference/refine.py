@@ -79,8 +79,6 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
     dims = 3 if step[2] > 0 else 2
     stencil = _STENCIL_3D if dims == 3 else _STENCIL_2D
     p = np.array(pose, dtype=np.float64)
-    if dims == 2:
-        p[2] = 0.0
     cross = np.zeros(3)
     have_cross = bool(star)
     score = -np.inf
