@@ -181,6 +181,31 @@ def _run_bench(args: argparse.Namespace) -> int:
     return int(_bench_cli().run(args))
 
 
+def _check_npy_size(path: str) -> None:
+    """Refuse a .npy file whose header declares more data than the file holds, before anything is allocated."""
+    import os
+
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            offset = handle.tell()
+        size = os.path.getsize(path)
+    except (OSError, ValueError) as exc:
+        raise PortalignError(f"{path}: cannot be read as a .npy array ({' '.join(str(exc).split())[:200]})") from exc
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle=False) with its own message
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if declared > size - offset:
+        raise PortalignError(
+            f"{path}: its header declares a {' x '.join(str(n) for n in shape)} {dtype} array ({declared:,} bytes) "
+            f"but the file holds {size - offset:,} bytes of data: the file is truncated or damaged; save it again "
+            "(numpy.save)")
+
+
 def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None) -> Any:
     from .image import Image
 
@@ -194,6 +219,7 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
             raise PortalignError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
         if magic != b"\x93NUMPY":
             raise PortalignError(f"{path}: not a .npy file (no NumPy header)")
+        _check_npy_size(path)
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:

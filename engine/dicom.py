@@ -62,7 +62,8 @@ dropped silently nor replaced by a default. A tag that is absent (or empty) is
 unknown: ``None``, or the documented fallback. The ranges:
 
 * ``RTImageSID``, ``RadiationMachineSAD`` (and the CR/DX distances): one value,
-  100-10,000 mm; their ratio SID/SAD (the magnification) 0.2-5. Override with
+  100-10,000 mm; their ratio SID/SAD (the magnification) 0.95-5 (an imager lies at or beyond the
+  isocentre; a DRR's plane at it: 1, and 0.999 is seen in real exports). Override with
   ``sid_mm=`` / ``sad_mm=``; an override replaces the tag, which is then not read.
 * ``ImagePlanePixelSpacing`` / ``PixelSpacing`` / ``ImagerPixelSpacing``: one or
   two values, each 0.01-10 mm; the spacing at the isocentre 0.005-10 mm. Override
@@ -134,7 +135,7 @@ _NON_DRR_IMAGE_TYPES = frozenset({"PORTAL", "SIMULATOR", "RADIOGRAPH", "BLANK", 
 
 #: Physical ranges of the geometry tags and of the keyword overrides (see the module notes).
 DISTANCE_RANGE_MM = (100.0, 10000.0)
-MAGNIFICATION_RANGE = (0.2, 5.0)
+MAGNIFICATION_RANGE = (0.95, 5.0)
 SPACING_RANGE_MM = (0.01, 10.0)
 ISOCENTRE_SPACING_RANGE_MM = (0.005, 10.0)
 POSITION_LIMIT_MM = 10000.0
@@ -490,11 +491,18 @@ def _read_bytes(source: Any, name: str) -> bytes:
     return bytes(data)
 
 
+#: Modalities whose files carry an image: without pixel data such a file was most likely cut short.
+_IMAGE_MODALITIES = frozenset({"RTIMAGE", "CR", "DX", "RG", "RF", "XA", "OT", "CT", "MR"})
+
+
 def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
+    size = None
     if isinstance(source, Dataset):
         ds = source
     else:
-        ds = _parse(_read_bytes(source, name), name)
+        data = _read_bytes(source, name)
+        size = len(data)
+        ds = _parse(data, name)
         if isinstance(source, (str, os.PathLike)):
             ds.filename = os.fspath(source)
         elif isinstance(getattr(source, "name", None), str):
@@ -502,6 +510,10 @@ def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
     _ensure_transfer_syntax(ds, name)
     if require_pixels and not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         modality = _text(ds, "Modality") or "unknown"
+        if modality in _IMAGE_MODALITIES and size is not None:
+            # an image's header without its pixels: a file cut short (a copy or a transfer that stopped)
+            raise PortalImageError(f"{name}: has no pixel data (Modality {modality}): an image file of {size:,} bytes "
+                                   "that ends before its pixels, most likely cut short; copy or export it again")
         raise PortalImageError(f"{name}: has no pixel data (Modality {modality})")
     return ds
 
@@ -1051,7 +1063,8 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
         raise GeometryError(
             f"{name}: source-imager distance {sid:g} mm ({'sid_mm' if options.sid_mm is not None else _label(sid_keyword)}) "
             f"over source-axis distance {sad:g} mm ({'sad_mm' if options.sad_mm is not None else _label(sad_keyword)}) "
-            f"is a magnification of {sid / sad:.3g}, outside {MAGNIFICATION_RANGE[0]:g}-{MAGNIFICATION_RANGE[1]:g}; "
+            f"is a magnification of {sid / sad:.3g}, outside {MAGNIFICATION_RANGE[0]:g}-{MAGNIFICATION_RANGE[1]:g}"
+            f"{' (an imager nearer the source than the isocentre)' if sid < sad else ''}; "
             "correct the tags or pass sid_mm= and sad_mm="
         )
 

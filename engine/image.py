@@ -224,12 +224,30 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
     if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool) or np.iscomplexobj(pixels):
         raise PortalImageError(f"{name}: pixels must be real numbers, got dtype {pixels.dtype}")
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    if not np.isfinite(pixels).all():
-        bad = int((~np.isfinite(pixels)).sum())
-        raise PortalImageError(f"{name}: {bad} pixels are NaN or infinite")
-    if pixels.min() == pixels.max():
+    lo, hi = pixels.min(), pixels.max()  # NaN when any pixel is NaN
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PortalImageError(_not_finite_message(name, pixels))
+    if max(-float(lo), float(hi)) > MAX_PIXEL_MAGNITUDE:
+        raise PortalImageError(_huge_pixel_message(name, pixels))
+    if lo == hi:
         raise PortalImageError(f"{name}: all pixels have the same value ({pixels.flat[0]:g}); nothing to register")
     return pixels
+
+
+def _not_finite_message(name: str, pixels: np.ndarray) -> str:
+    """The one-line error for pixels that are NaN or infinite: how many, and where the first one is."""
+    bad = ~np.isfinite(pixels)
+    count = int(bad.sum())
+    first = np.unravel_index(int(np.argmax(bad)), pixels.shape)
+    return (f"{name}: {count} pixel{'s are' if count != 1 else ' is'} NaN or infinite (the first at row {first[0]}, "
+            f"column {first[1]}): the pixel data is damaged; export the image again")
+
+
+def _huge_pixel_message(name: str, pixels: np.ndarray) -> str:
+    """The one-line error for a pixel whose magnitude no detector gives (beyond ``MAX_PIXEL_MAGNITUDE``)."""
+    worst = np.unravel_index(int(np.argmax(np.abs(pixels))), pixels.shape)
+    return (f"{name}: pixel value {pixels[worst]:g} at row {worst[0]}, column {worst[1]} is beyond "
+            f"+-{MAX_PIXEL_MAGNITUDE:g}, no detector's value: the pixel data is damaged; export the image again")
 
 
 def check_frame_pixels(frame: Image) -> None:
@@ -241,12 +259,9 @@ def check_frame_pixels(frame: Image) -> None:
     pixels = frame.pixels
     lo, hi = float(pixels.min()), float(pixels.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise PortalImageError(f"{frame.info.source}: pixels contain NaN or infinity")
+        raise PortalImageError(_not_finite_message(frame.info.source, pixels))
     if max(-lo, hi) > MAX_PIXEL_MAGNITUDE:
-        worst = np.unravel_index(int(np.argmax(np.abs(pixels))), pixels.shape)
-        raise PortalImageError(
-            f"{frame.info.source}: pixel value {pixels[worst]:g} at row {worst[0]}, column {worst[1]} is beyond "
-            f"+-{MAX_PIXEL_MAGNITUDE:g}, no detector's value: the pixel data is damaged")
+        raise PortalImageError(_huge_pixel_message(frame.info.source, pixels))
     if lo == hi:
         raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")
 

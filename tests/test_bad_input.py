@@ -107,6 +107,14 @@ def _truncated_pixels(folder: Path) -> Path:
     return path
 
 
+def _cut_before_pixels(folder: Path) -> Path:
+    """An RT Image cut short after its header, before the pixel data element (a copy that stopped)."""
+    data = to_bytes(make_rt_image(_pixels(), **ISO))
+    path = folder / "cut_before_pixels.dcm"
+    path.write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00")])  # up to the (7FE0,0010) PixelData tag
+    return path
+
+
 def _truncated_header(folder: Path) -> Path:
     data = to_bytes(make_rt_image(_pixels(), **ISO))
     path = folder / "truncated_header.dcm"
@@ -189,6 +197,15 @@ def _text_npy(folder: Path) -> Path:
     return path
 
 
+def _huge_header_npy(folder: Path) -> Path:
+    """A .npy whose header declares 100000 x 100000 float32 (37 GiB) over 1 kB of data: refused from the header."""
+    path = folder / "huge_header.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000)})
+        handle.write(np.zeros(256, np.float32).tobytes())
+    return path
+
+
 def _missing_npy(folder: Path) -> Path:
     return folder / "never_saved.npy"
 
@@ -216,6 +233,9 @@ CASES = [
     Case("random-bytes", _random_bytes, PortalImageError, r"not a DICOM file"),
     Case("truncated-pixels", _truncated_pixels, PortalImageError, r"PixelData has \d+ bytes but .* the file is truncated"),
     Case("truncated-header", _truncated_header, PortalImageError, r"(not a|damaged) DICOM file"),
+    Case("cut-before-pixels", _cut_before_pixels, PortalImageError,
+         r"has no pixel data \(Modality RTIMAGE\): an image file of [\d,]+ bytes that ends before its pixels, most "
+         r"likely cut short; copy or export it again"),
     Case("rt-plan", _rt_plan, PortalImageError, r"no pixel data \(Modality RTPLAN\)"),
     Case("ct-slice", _ct_slice, PortalImageError, r"Modality CT is not a projection image"),
     Case("no-spacing", _no_spacing, GeometryError, r"ImagePlanePixelSpacing.*(pixel_spacing_mm=|--pixel-spacing-mm)"),
@@ -235,6 +255,10 @@ CASES = [
     Case("complex-npy", _npy("complex.npy", _pixels().astype(np.complex64)), PortalImageError, r"real numbers",
          SPACING),
     Case("text-npy", _text_npy, None, r"not a \.npy file", SPACING),
+    # a header that declares far more than the file holds is refused before anything is allocated
+    Case("huge-header-npy", _huge_header_npy, None,
+         r"header declares a 100000 x 100000 float32 array \(40,000,000,000 bytes\) but the file holds 1,024 bytes "
+         r"of data: the file is truncated or damaged; save it again \(numpy\.save\)", SPACING),
     Case("missing-npy", _missing_npy, None, r"(?i)no such file", SPACING),
     # a .npy has no geometry: the Python API says the same for arrays (test_api_array_without_spacing)
     Case("npy-without-spacing", _npy("no_geometry.npy", _pixels()), None, r"no geometry; pass --pixel-spacing-mm"),
@@ -337,14 +361,15 @@ def _raw_image(pixels: np.ndarray, source: str) -> Image:
 @pytest.mark.parametrize(
     ("pixels", "message"),
     [
-        pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, np.nan, a), r"NaN or infinity",
-                     id="nan"),
-        pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, -np.inf, a), r"NaN or infinity",
+        pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, np.nan, a),
+                     r"1 pixel is NaN or infinite \(the first at row \d+, column \d+\): the pixel data is damaged; "
+                     r"export the image again$", id="nan"),
+        pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, -np.inf, a), r"1 pixel is NaN or infinite",
                      id="inf"),
         pytest.param(lambda a: np.zeros_like(a), r"same value", id="constant"),
         pytest.param(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 77, 1e38, a),
                      r"pixel value 1e\+38 at row \d+, column \d+ is beyond \+-1e\+30, no detector's value: the pixel "
-                     r"data is damaged$", id="huge"),
+                     r"data is damaged; export the image again$", id="huge"),
         # a 2x2 block of 1e38: its box sum overflows float32 (this raised ZeroDivisionError from the level stage)
         pytest.param(lambda a: _block(a, 3e38), r"pixel value 3e\+38 at row 4, column 6 is beyond", id="overflowing block"),
         pytest.param(lambda a: _block(a, -1e31), r"pixel value -1e\+31 at row 4, column 6 is beyond", id="huge negative"),

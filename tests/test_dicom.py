@@ -747,6 +747,21 @@ def test_rt_plan_has_no_pixel_data(tmp_path):
     assert read_dataset(path).RTPlanLabel == "PLAN"
 
 
+def test_a_pixel_no_detector_gives_is_refused_when_the_file_is_read():
+    """A float pixel of 1e38 is refused by the reader itself, so ``info`` says so as ``register`` does."""
+    ds = make_rt_image(_ramp())
+    values = _ramp().astype(np.float32)
+    values[5, 2] = 1e38
+    del ds.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = values.tobytes()
+    with pytest.raises(PortalImageError, match=r"^dataset: pixel value 1e\+38 at row 5, column 2 is beyond \+-1e\+30, "
+                       r"no detector's value: the pixel data is damaged; export the image again$"):
+        read_rt_image(ds)
+
+
 def test_nan_pixels_are_refused():
     ds = make_rt_image(_ramp())
     values = _ramp().astype(np.float32)
@@ -756,7 +771,8 @@ def test_nan_pixels_are_refused():
         delattr(ds, keyword)
     ds.BitsAllocated = 32
     ds.FloatPixelData = values.tobytes()
-    with pytest.raises(PortalImageError, match=r"^dataset: 1 pixels are NaN or infinite$"):
+    with pytest.raises(PortalImageError, match=r"^dataset: 1 pixel is NaN or infinite \(the first at row 3, column 4\): the pixel data is damaged; "
+                       r"export the image again$"):
         read_rt_image(ds)
 
 
@@ -1132,6 +1148,18 @@ def test_magnification_out_of_range_names_both_distances():
     with pytest.raises(GeometryError, match=r"source-imager distance 5000 mm \(RTImageSID \(3002,0026\)\) over source-axis "
                                             r"distance 500 mm \(RadiationMachineSAD \(3002,0022\)\) is a magnification of 10"):
         read_rt_image(make_rt_image(_ramp(), sid=5000.0, sad=500.0))
+
+
+def test_an_imager_nearer_the_source_than_the_isocentre_is_refused():
+    """RTImageSID 500 with SAD 1000 (a new user's trial: accepted silently, 0.67 mm pixels at the isocentre)."""
+    with pytest.raises(GeometryError, match=r"source-imager distance 500 mm \(RTImageSID \(3002,0026\)\) over source-axis "
+                                            r"distance 1000 mm \(RadiationMachineSAD \(3002,0022\)\) is a magnification of "
+                                            r"0\.5, outside 0\.95-5 \(an imager nearer the source than the isocentre\); "
+                                            r"correct the tags or pass sid_mm= and sad_mm=$"):
+        read_rt_image(make_rt_image(_ramp(), sid=500.0, sad=1000.0))
+    # a plane at the isocentre (a DRR) and the 0.999 of real exports are read
+    assert read_rt_image(make_rt_image(_ramp(), sid=1000.0, sad=1000.0)).info.sid_mm == 1000.0
+    assert read_rt_image(make_rt_image(_ramp(), sid=999.0, sad=1000.0)).info.sid_mm == 999.0
 
 
 def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):

@@ -88,7 +88,12 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     text = "; ".join(phrases)
     if options.allow_view_mismatch:
         return "", record, [f"the views differ ({text}); registered as asked (allow_view_mismatch)"]
-    reason = (f"different views: {text} (tolerance {options.view_tolerance_deg:g} deg); a 2-D match of different "
+    limits = []
+    if len(phrases) > (1 if "sad_mm" in record["mismatch"] else 0):
+        limits.append(f"{options.view_tolerance_deg:g} deg for angles")
+    if "sad_mm" in record["mismatch"]:
+        limits.append(f"{SAD_TOLERANCE:.0%} for source-axis distances")
+    reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
               "views is not a setup error. If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
     return reason, record, []
 
