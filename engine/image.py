@@ -235,7 +235,7 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
 
 
 def _not_finite_message(name: str, pixels: np.ndarray) -> str:
-    """The one-line error for pixels that are NaN or infinite: how many, and where the first one is."""
+    """Return the one-line error for pixels that are NaN or infinite: how many, and where the first one is."""
     bad = ~np.isfinite(pixels)
     count = int(bad.sum())
     first = np.unravel_index(int(np.argmax(bad)), pixels.shape)
@@ -244,7 +244,7 @@ def _not_finite_message(name: str, pixels: np.ndarray) -> str:
 
 
 def _huge_pixel_message(name: str, pixels: np.ndarray) -> str:
-    """The one-line error for a pixel whose magnitude no detector gives (beyond ``MAX_PIXEL_MAGNITUDE``)."""
+    """Return the one-line error for a pixel whose magnitude no detector gives (beyond ``MAX_PIXEL_MAGNITUDE``)."""
     worst = np.unravel_index(int(np.argmax(np.abs(pixels))), pixels.shape)
     return (f"{name}: pixel value {pixels[worst]:g} at row {worst[0]}, column {worst[1]} is beyond "
             f"+-{MAX_PIXEL_MAGNITUDE:g}, no detector's value: the pixel data is damaged; export the image again")

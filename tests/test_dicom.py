@@ -771,8 +771,8 @@ def test_nan_pixels_are_refused():
         delattr(ds, keyword)
     ds.BitsAllocated = 32
     ds.FloatPixelData = values.tobytes()
-    with pytest.raises(PortalImageError, match=r"^dataset: 1 pixel is NaN or infinite \(the first at row 3, column 4\): the pixel data is damaged; "
-                       r"export the image again$"):
+    with pytest.raises(PortalImageError, match=r"^dataset: 1 pixel is NaN or infinite \(the first at row 3, column 4\): "
+                       r"the pixel data is damaged; export the image again$"):
         read_rt_image(ds)
 
 

@@ -261,6 +261,28 @@ def test_compiled_search_program_gives_the_eager_steps_numbers(case):
     assert _BRANCH.get(name, lambda r: True)(compiled), (name, compiled.reason, compiled.warnings)
 
 
+def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch):
+    """A two-level plan's global search computed beside its other level: the same result as one after the other."""
+    import portalign
+    import portalign.registration._frame as frame_stage
+    from portalign.backends import cpu_backend
+
+    name, ref, frame, options = next(case for case in _program_cases() if case[0] == "clean (polish)")
+    backend = cpu_backend()
+    calls = []
+    original = backend.kernels.levels_and_surfaces
+    monkeypatch.setattr(backend.kernels, "levels_and_surfaces", lambda *a: calls.append(1) or original(*a))
+    beside = portalign.prepare_reference(ref, options, backend=backend).register(frame)
+    assert calls, "the two-level plan did not run levels_and_surfaces"
+    monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS", False)
+    calls.clear()
+    after = portalign.prepare_reference(ref, options, backend=backend).register(frame)
+    assert not calls
+    assert beside.ok and (beside.dx_mm, beside.dy_mm, beside.rotation_deg, beside.score) == \
+        (after.dx_mm, after.dy_mm, after.rotation_deg, after.score)
+    assert str(beside.details) == str(after.details)
+
+
 # --- the CPU program's fused front end: the same numbers as its steps one call at a time ---------------------------
 
 
@@ -391,6 +413,85 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
         r0, r1 = int(max(0, (box[2] + 1) * 4)), int(min(rows, box[3] * 4))
     step = max(1, (r1 - r0) * (c1 - c0) // NOISE_SAMPLES)
     assert (out[4], out[5]) == cpu.second_difference_mad(frame, frame, r0, r1, step, c0, c1, False)
+
+
+@pytest.mark.parametrize("coarse_slot", [1, 0])
+@pytest.mark.parametrize("has_field", [True, False])
+def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slot, has_field):
+    """The two tasks give the numbers of frame_levels followed by coarse_search's surfaces, to the bit."""
+    from portalign.kernels.cpu.level import LEVEL_SLOTS
+    from portalign.registration._quality import NOISE_SAMPLES
+
+    frame = structured_image((96, 104), seed=23)
+    images = [frame]
+    for _ in range(2):
+        out = np.empty((images[-1].shape[0] // 2, images[-1].shape[1] // 2), np.float32)
+        cpu.downsample2(images[-1], out)
+        images.append(out)
+    small = np.zeros((24, 26), dtype=bool)
+    small[4:20, 5:22] = True
+    field_level, bins = 2, 16
+    used = [1, 2] if coarse_slot == 1 else [2, 1]  # the coarse level (2) in either slot
+
+    def buffers(image):
+        shape = image.shape
+        return (image, np.empty(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, np.uint8),
+                np.empty(image.size, np.int32), np.empty(image.size, np.int32), np.empty(shape, np.int16),
+                np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32), np.zeros(4))
+
+    placement = [(2.0 ** (i - field_level), ((2.0**i - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level)
+                 for i in used]
+    scales, offsets = np.array([p[0] for p in placement]), np.array([p[1] for p in placement])
+    erosions = np.array([2 if i == 1 else 1 for i in used], dtype=np.int64)
+    box, geometry = np.array([4.0, 21.0, 3.0, 19.0]), np.array([10.0, 11.0, 0.8, 0.9])
+    # the coarse level's global search: 3 rotations' reference spectra on a padded grid
+    coarse_shape, margin = images[2].shape, 4
+    padded = (coarse_shape[0] + 2 * margin + 1, coarse_shape[1] + 2 * margin)
+    rng = np.random.default_rng(5)
+    spectra = (rng.normal(size=(3, *padded)) + 1j * rng.normal(size=(3, *padded))).astype(np.complex64)
+    energy = rng.uniform(50.0, 80.0, size=3)
+    ty = np.arange(-margin, margin + 1)
+    window_rows, window_cols = ty % padded[0], ty % padded[1]
+
+    together = [buffers(images[i]) for i in used]
+    out = np.zeros(6)
+    window = np.empty((3, ty.size, ty.size), np.float32)
+    normalised = np.empty((3, ty.size, ty.size))
+    cpu.levels_and_surfaces(tuple(together + [together[0]] * (LEVEL_SLOTS - 2)), coarse_slot, small, has_field,
+                            scales, offsets, erosions, bins, geometry, frame, True, box, has_field, 2.0**field_level,
+                            NOISE_SAMPLES, out, padded[0], padded[1], margin, spectra, energy, window_rows,
+                            window_cols, window, normalised)
+    apart = [buffers(images[i]) for i in used]
+    expected = np.zeros(6)
+    other = 1 - coarse_slot
+    cpu.frame_levels(tuple(apart + [apart[0]] * (LEVEL_SLOTS - 2)), 2, small, has_field, scales, offsets, erosions,
+                     bins, other, other, geometry, frame, True, box, has_field, 2.0**field_level, NOISE_SAMPLES,
+                     expected)
+    for got, want in zip(together, apart, strict=True):
+        usable = int(want[10][0])
+        assert usable > 0 and got[10][0] == usable
+        for index, (a, b) in enumerate(zip(got[1:], want[1:], strict=True), start=1):
+            if index in (4, 5):
+                a, b = a[:usable], b[:usable]
+            assert_array_equal(a, b)
+    assert_array_equal(out, expected)
+    coarse = apart[coarse_slot]
+    want_window = np.empty_like(window)
+    want_normalised = np.empty_like(normalised)
+    cpu.coarse_surfaces(coarse[8], coarse[9], padded[0], padded[1], margin, spectra, energy, window_rows, window_cols,
+                        want_window, want_normalised, 1)
+    assert_array_equal(window, want_window)
+    assert_array_equal(normalised, want_normalised)
+    assert np.abs(normalised).max() > 0
+    # and the peaks the program searches in them are coarse_search's, which computes the same windows itself
+    poses, scores = np.zeros((8, 3)), np.zeros(8)
+    thetas = np.radians([-2.0, 0.0, 2.0])
+    found = cpu.coarse_search(coarse[8], coarse[9], padded[0], padded[1], margin, spectra, energy, window_rows,
+                              window_cols, thetas, 2.0, 2.0, 3, 0.85, 2, np.empty_like(window), poses, scores, 1)
+    poses_2, scores_2 = np.zeros((8, 3)), np.zeros(8)
+    assert cpu.search_peaks(normalised, thetas, 2.0, 2.0, 3, 0.85, 2, poses_2, scores_2) == found
+    assert_array_equal(poses[:found], poses_2[:found])
+    assert_array_equal(scores[:found], scores_2[:found])
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.3, 0.0])

@@ -122,6 +122,9 @@ class CoarseSearch:
     zero_index: int = 0
     #: Half-width (pixels) of the square suppressed around each optimum of the search.
     suppress_px: int = 2
+    #: Host float64 (K, 2m+1, 2m+1): the normalised window of every rotation, when the CPU's level stage computed
+    #: it beside the frame's other level (``kernels.cpu.level.levels_and_surfaces``); None on a device.
+    normalised: Any = None
 
 
 @dataclass
@@ -151,6 +154,9 @@ class FramePlan:
     field_mm: float | None = None
     #: Host buffers the compiled search program writes (``ranked``, ``records``, ``out``; see ``_search_program``).
     program_scratch: dict[str, np.ndarray] = field(default_factory=dict)
+    #: This frame's level stage computed the global search's windows (``CoarseSearch.normalised``): the program
+    #: searches their peaks only. Set by ``_frame.frame_levels``, read and cleared by the search.
+    surfaces_ready: bool = False
     #: The compiled program's inputs that do not change from frame to frame (per lane; see ``_search_program``).
     program_inputs: dict = field(default_factory=dict)
     #: The reference's and this geometry's frame extent at the isocentre plane (mm, ``[x0, x1, y0, y1]``).
@@ -181,13 +187,15 @@ class FramePlan:
             self,
             levels=levels,
             coarse=replace(self.coarse, window=fresh(self.coarse.window), peak_poses=np.zeros_like(self.coarse.peak_poses),
-                           peak_scores=np.zeros_like(self.coarse.peak_scores)),
+                           peak_scores=np.zeros_like(self.coarse.peak_scores),
+                           normalised=None if self.coarse.normalised is None else np.empty_like(self.coarse.normalised)),
             hist=xp.zeros_like(self.hist),
             mi_out=xp.zeros_like(self.mi_out),
             edge_out=xp.zeros_like(self.edge_out),
             refine_out=np.zeros(5),
             program_scratch={name: np.zeros_like(array) for name, array in self.program_scratch.items()},
             program_inputs={},
+            surfaces_ready=False,
             scope=None,
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),

@@ -28,8 +28,15 @@ from ..image import Image, check_frame_pixels
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, frame_levels, frame_mask
 from ._plan import FramePlan, wants_field
-from ._quality import (MIN_MEASURED_PIXELS, MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, NOISE_SAMPLES, assess_frame,
-                       is_clean, rotation_radius)
+from ._quality import (
+    MIN_MEASURED_PIXELS,
+    MIN_ROTATION_SUPPORT_MM,
+    MIN_USABLE_PIXELS,
+    NOISE_SAMPLES,
+    assess_frame,
+    is_clean,
+    rotation_radius,
+)
 from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
 

@@ -499,6 +499,7 @@ class Reference:
             ref_spectra_conj=backend.asarray(spectra),
             ref_energy=energy,
             window=backend.xp.empty((len(thetas), len(ty), len(ty)), dtype=backend.xp.float32),
+            normalised=np.empty((len(thetas), len(ty), len(ty))) if backend.compiled_program else None,
             window_rows=backend.asarray(ty % padded[0]),
             window_cols=backend.asarray(ty % padded[1]),
             peak_poses=np.zeros((MAX_CANDIDATES, 3)),
@@ -574,7 +575,7 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
-    """The reference's robust range: the quantiles the frame's levels take (``robust_tail``), exact; 0, 0 if empty.
+    """Return the reference's robust range: the quantiles the frame's levels take (``robust_tail``), exact; 0, 0 if empty.
 
     Outlier pixels are left out first by the range kernels' fence (``kernels.cpu.mask``: values far beyond a
     squeezed bulk, hot or damaged pixels of a reference portal image); an ordinary image keeps all its values.

@@ -152,10 +152,14 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
     cs = plan.coarse
     spectra, energy, thetas, window = rotations[rotate]
     ranked, records, out = scratch
+    # the level stage may have computed every rotation's window already (``_frame.frame_levels``)
+    ready = plan.surfaces_ready
+    plan.surfaces_ready = False
+    normalised = cs.normalised if rotate or not ready else cs.normalised[cs.zero_index:cs.zero_index + 1]
     backend.kernels.search_program(
         levels, counts, spacings, level_index, n_later, n_polish, spectra, energy, cs.window_rows, cs.window_cols,
         thetas, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, cs.suppress_px, window, cs.peak_poses,
-        cs.peak_scores, opts.candidates, _METHODS[opts.method],
+        cs.peak_scores, ready, normalised, opts.candidates, _METHODS[opts.method],
         rotate, r_eff, (opts.max_rotation_deg + opts.rotation_step_deg) * (math.pi / 180.0), opts.normalised_mi,
         check_precision, polish, SETTINGS, backend.fft_workers(), plan.hist, ranked, records, out)
     o = out.tolist()  # NaN where not measured; Python floats and lists from here (no copies: few calls a frame)

@@ -5,19 +5,19 @@ Every kernel here has a twin of the same name and arguments in
 except ``search_program`` (a frame's search and refinement as one compiled call,
 whose steps the GPU backend runs one kernel at a time:
 ``portalign.registration._search_program.search_eager``, the same numbers) and
-``frame_pyramid`` and ``frame_levels`` (the frame's pyramid and value check, and its
-levels with their statistics, each in one call; the GPU runs ``downsample2``,
-``prepare_level`` and the statistics kernels one by one).
+``frame_pyramid``, ``frame_levels`` and ``levels_and_surfaces`` (the frame's pyramid and value check, and its
+levels with their statistics, each in one call, the last with the global search's surfaces beside them; the GPU
+runs ``downsample2``, ``prepare_level``, the statistics kernels and ``coarse_search`` one by one).
 """
 
 from types import SimpleNamespace
 
 # first, before any kernel is defined: numba's cache stamps every kernel here with the whole set's fingerprint
 from ._cache import KERNEL_DIR as _KERNEL_DIR  # noqa: F401
-from .correlation import coarse_search, correlation_window, feature_spectrum
+from .correlation import coarse_search, coarse_surfaces, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
-from .level import frame_levels, prepare_level
+from .level import frame_levels, levels_and_surfaces, prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
 from .peaks import search_peaks
@@ -32,6 +32,7 @@ __all__ = [
     "CPU_ONLY",
     "KERNELS",
     "coarse_search",
+    "coarse_surfaces",
     "correlation_window",
     "downsample2",
     "downsample2_mask",
@@ -42,6 +43,7 @@ __all__ = [
     "gradient_correlation",
     "gradient_row_sums",
     "joint_histograms",
+    "levels_and_surfaces",
     "masked_range",
     "mutual_information",
     "orientation_features",
@@ -61,4 +63,4 @@ __all__ = [
 
 KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name not in ("KERNELS", "CPU_ONLY")})
 #: Kernels with no GPU twin: the compiled whole-stage program (the GPU backend runs its steps one by one).
-CPU_ONLY = ("search_program", "frame_pyramid", "frame_levels")
+CPU_ONLY = ("search_program", "frame_pyramid", "frame_levels", "levels_and_surfaces", "coarse_surfaces")

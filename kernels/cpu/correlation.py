@@ -33,12 +33,12 @@ except ImportError as exc:  # a --no-deps install (a GPU machine without network
     raise ImportError("portalign needs rocket-fft (scipy.fft inside numba-compiled code, the CPU global search): "
                       "pip install 'rocket-fft>=0.4.1,<0.5'") from exc
 import scipy.fft
-from numba import njit, prange
+from numba import njit
 from scipy import fft as sp_fft
 
 from .peaks import search_peaks
 
-__all__ = ["feature_spectrum", "correlation_window", "coarse_search"]
+__all__ = ["feature_spectrum", "correlation_window", "coarse_search", "coarse_surfaces"]
 
 
 def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
@@ -72,7 +72,7 @@ def correlation_window(frame_spectrum: np.ndarray, ref_spectra_conj: np.ndarray,
     out[...] = sp_fft.ifft(half, axis=1, overwrite_x=True, workers=-1)[:, rows, :].real
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, padded_cols: int, offset: int,
                   ref_spectra_conj: np.ndarray, ref_energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   thetas: np.ndarray, spacing_row: float, spacing_col: float, n_candidates: int, recheck_ratio: float,
@@ -105,7 +105,28 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
         Threads for the FFTs (the frame's thread count).
 
     Same numbers as ``feature_spectrum``, ``correlation_window``, the normalisation by
-    ``sqrt(frame_energy * ref_energy[k])`` and ``search_peaks`` called one after another.
+    ``sqrt(frame_energy * ref_energy[k])`` and ``search_peaks`` called one after another
+    (:func:`coarse_surfaces`, then :func:`.peaks.search_peaks`).
+    """
+    normalised = np.empty(window.shape, dtype=np.float64)
+    coarse_surfaces(feat_re, feat_im, padded_rows, padded_cols, offset, ref_spectra_conj, ref_energy, rows, cols, window,
+                    normalised, workers)
+    return search_peaks(normalised, thetas, spacing_row, spacing_col, n_candidates, recheck_ratio, suppress,
+                        out_poses, out_scores)
+
+
+@njit(cache=True, nogil=True)
+def coarse_surfaces(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, padded_cols: int, offset: int,
+                    ref_spectra_conj: np.ndarray, ref_energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    window: np.ndarray, normalised: np.ndarray, workers: int = 1) -> None:  # pragma: no cover
+    """Write every rotation's searched window of the correlation surface, raw and normalised (one thread).
+
+    The FFT part of :func:`coarse_search` (its arguments, same names): the frame level's spectrum, each
+    rotation's product with it, the inverse transform pruned to the window. ``window`` (float32[K, M, M])
+    receives the raw correlation, ``normalised`` (float64[K, M, M]) the same over
+    ``sqrt(frame_energy * ref_energy[k])``. Its loops run in order on the calling thread (the FFTs use
+    ``workers`` threads): the CPU's level stage runs it as one task beside the frame's other levels
+    (:func:`portalign.kernels.cpu.level.levels_and_surfaces`).
     """
     n_rows, n_cols = feat_re.shape
     frame_energy = 0.0
@@ -119,7 +140,7 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
     spectrum = scipy.fft.fft2(z, workers=workers)
     n_k = ref_spectra_conj.shape[0]
     product = np.empty(ref_spectra_conj.shape, dtype=np.complex64)
-    for k in prange(n_k):
+    for k in range(n_k):
         for u in range(padded_rows):
             for v in range(padded_cols):
                 product[k, u, v] = ref_spectra_conj[k, u, v] * spectrum[u, v]
@@ -127,12 +148,11 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
     # only for the window's columns
     half = scipy.fft.ifft(product, axis=2, workers=workers)
     picked = np.empty((n_k, padded_rows, cols.shape[0]), dtype=np.complex64)
-    for k in prange(n_k):
+    for k in range(n_k):
         for u in range(padded_rows):
             for c in range(cols.shape[0]):
                 picked[k, u, c] = half[k, u, cols[c]]
     surface = scipy.fft.ifft(picked, axis=1, workers=workers)
-    normalised = np.empty(window.shape, dtype=np.float64)
     for k in range(n_k):
         norm = np.sqrt(max(frame_energy * ref_energy[k], 1e-30))
         for r in range(rows.shape[0]):
@@ -140,5 +160,3 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
                 value = np.float32(surface[k, rows[r], c].real)
                 window[k, r, c] = value
                 normalised[k, r, c] = value / norm
-    return search_peaks(normalised, thetas, spacing_row, spacing_col, n_candidates, recheck_ratio, suppress,
-                        out_poses, out_scores)

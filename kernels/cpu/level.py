@@ -22,14 +22,16 @@ same signature and runs the GPU kernels in the same order.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from ._serial import serial_twin
+from .correlation import coarse_surfaces
 from .gradient import gradient_limit, gradient_row_sums, orientation_features
 from .mask import erode_box, listed_range, pixel_list, robust_tail
 from .mutual_information import quantize
 from .statistics import clean_window, rms_radius, second_difference_mad
 
-__all__ = ["prepare_level", "sample_nearest", "frame_levels", "LEVEL_SLOTS"]
+__all__ = ["prepare_level", "sample_nearest", "frame_levels", "levels_and_surfaces", "LEVEL_SLOTS"]
 
 
 @njit(cache=True, nogil=True)
@@ -140,12 +142,25 @@ def frame_levels(levels, n: int, field_mask: np.ndarray, has_field: bool, scales
         image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[i]
         prepare_level(image, field_mask, has_field, scales[i], offsets[i], erosions[i], n_bins, mask, scratch,
                       eroded, rows, cols, bins, sums, re, im, stats)
-    image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[noise_level]
-    mad, count = second_difference_mad(image, eroded, 0, image.shape[0], 4, 0, image.shape[1], True)
+    noise = levels[noise_level]
+    _level_statistics(noise[0], noise[3], levels[radius_level][3], radius_geometry, clean_image, want_clean, clean_box,
+                      has_box, clean_scale, noise_samples, out)
+
+
+@njit(cache=True, nogil=True)
+def _level_statistics(noise_image: np.ndarray, noise_eroded: np.ndarray, radius_eroded: np.ndarray,  # pragma: no cover
+                      radius_geometry: np.ndarray, clean_image: np.ndarray, want_clean: bool, clean_box: np.ndarray,
+                      has_box: bool, clean_scale: float, noise_samples: int, out: np.ndarray) -> None:
+    """Write the statistics of :func:`frame_levels` (its ``out``).
+
+    They are taken from the noise level's image and usable mask and from the radius level's usable mask.
+    """
+    mad, count = second_difference_mad(noise_image, noise_eroded, 0, noise_image.shape[0], 4, 0, noise_image.shape[1],
+                                       True)
     out[0] = mad
     out[1] = count
-    image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[radius_level]
-    rms, count = rms_radius(eroded, radius_geometry[0], radius_geometry[1], radius_geometry[2], radius_geometry[3], 2)
+    rms, count = rms_radius(radius_eroded, radius_geometry[0], radius_geometry[1], radius_geometry[2],
+                            radius_geometry[3], 2)
     out[2] = rms
     out[3] = count
     out[4] = 0.0
@@ -156,3 +171,66 @@ def frame_levels(levels, n: int, field_mask: np.ndarray, has_field: bool, scales
         mad, count = second_difference_mad(clean_image, clean_image, r0, r1, row_step, c0, c1, False)
         out[4] = mad
         out[5] = count
+
+
+#: :func:`prepare_level` on one thread (its parallel kernels replaced by their serial twins): a task of
+#: :func:`levels_and_surfaces`.
+prepare_level_serial = serial_twin(
+    prepare_level, "prepare_level_serial",
+    erode_box=serial_twin(erode_box, "erode_box_serial"),
+    quantize=serial_twin(quantize, "quantize_serial"),
+    gradient_row_sums=serial_twin(gradient_row_sums, "gradient_row_sums_serial"),
+    orientation_features=serial_twin(orientation_features, "orientation_features_serial"),
+)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def levels_and_surfaces(levels, coarse_slot: int, field_mask: np.ndarray, has_field: bool,  # type: ignore[no-untyped-def]
+                        scales: np.ndarray, offsets: np.ndarray, erosions: np.ndarray, n_bins: int,
+                        radius_geometry: np.ndarray, clean_image: np.ndarray, want_clean: bool, clean_box: np.ndarray,
+                        has_box: bool, clean_scale: float, noise_samples: int, out: np.ndarray, padded_rows: int,
+                        padded_cols: int, margin: int, ref_spectra_conj: np.ndarray, ref_energy: np.ndarray,
+                        window_rows: np.ndarray, window_cols: np.ndarray, window: np.ndarray,
+                        normalised: np.ndarray) -> None:  # pragma: no cover
+    """:func:`frame_levels` of a two-level plan and the global search's surfaces, side by side.
+
+    The coarse (search) level is made ready first; then two tasks run at once: the other level with the
+    frame's statistics (``frame_levels`` with that level as both the noise and the radius level), and
+    :func:`.correlation.coarse_surfaces` of every candidate rotation on the coarse level. The compiled program
+    then only searches the peaks of the rotations it keeps (``search_program``'s ``surfaces_ready``). Same
+    numbers as :func:`frame_levels` followed by :func:`.correlation.coarse_search`: the tasks run the same
+    kernels (serial twins), on their own buffers. With one thread the tasks run one after the other.
+
+    Parameters
+    ----------
+    levels : tuple of LEVEL_SLOTS level tuples
+        As :func:`frame_levels`; slots 0 and 1 are the plan's two levels (the rest padding).
+    coarse_slot : int
+        0 or 1: the slot of the coarse level (the other is the first refinement level).
+    field_mask, has_field, scales, offsets, erosions, n_bins, radius_geometry, clean_image, want_clean,
+    clean_box, has_box, clean_scale, noise_samples, out
+        As :func:`frame_levels`.
+    padded_rows, padded_cols, margin, ref_spectra_conj, ref_energy, window_rows, window_cols
+        As :func:`.correlation.coarse_search`, for every candidate rotation.
+    window : float32[K, M, M]
+    normalised : float64[K, M, M]
+        Receive the raw and the normalised searched windows.
+    """
+    c = levels[coarse_slot]
+    prepare_level(c[0], field_mask, has_field, scales[coarse_slot], offsets[coarse_slot], erosions[coarse_slot], n_bins,
+                  c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10])
+    coarse_re = c[8]
+    coarse_im = c[9]
+    # a parallel task reads plain arrays (numba passes no tuple of arrays into one): the other level unpacked
+    other = 1 - coarse_slot
+    image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[other]
+    scale, offset, erosion = scales[other], offsets[other], erosions[other]
+    for task in prange(2):
+        if task == 0:
+            prepare_level_serial(image, field_mask, has_field, scale, offset, erosion, n_bins, mask, scratch, eroded,
+                                 rows, cols, bins, sums, re, im, stats)
+            _level_statistics(image, eroded, eroded, radius_geometry, clean_image, want_clean, clean_box, has_box,
+                              clean_scale, noise_samples, out)
+        else:
+            coarse_surfaces(coarse_re, coarse_im, padded_rows, padded_cols, margin, ref_spectra_conj, ref_energy,
+                            window_rows, window_cols, window, normalised, 1)

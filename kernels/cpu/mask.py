@@ -156,7 +156,8 @@ def _histogram(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int
 
 
 @njit(cache=True, nogil=True)
-def _extrema(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, lo: float, hi: float) -> tuple:  # pragma: no cover
+def _extrema(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, lo: float,  # pragma: no cover
+            hi: float) -> tuple:
     """``(min, max, n)`` of the listed values in ``[lo, hi]`` (``-inf, inf``: all of them)."""
     e_lo = np.inf
     e_hi = -np.inf

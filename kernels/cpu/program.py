@@ -34,6 +34,7 @@ from numba import njit
 
 from .correlation import coarse_search
 from .mutual_information import mutual_information
+from .peaks import search_peaks
 from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, refine_from, rotation_lever_arm
 
 __all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
@@ -121,7 +122,8 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
                    n_polish: int, spectra: np.ndarray, energy: np.ndarray, window_rows: np.ndarray,
                    window_cols: np.ndarray, thetas: np.ndarray, padded_rows: int, padded_cols: int, margin: int,
                    suppress: int, window: np.ndarray, peak_poses: np.ndarray, peak_scores: np.ndarray,
-                   n_candidates: int, method: int, rotate: bool, r_eff: float, theta_limit: float, normalised: bool,
+                   surfaces_ready: bool, surfaces: np.ndarray, n_candidates: int, method: int, rotate: bool,
+                   r_eff: float, theta_limit: float, normalised: bool,
                    check_precision: bool, polish: bool, settings: np.ndarray, workers: int, hist: np.ndarray,
                    ranked: np.ndarray, records: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Run stage 3 of the per-frame program for one frame; results into ``out``, ``ranked`` and ``records``.
@@ -140,6 +142,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     peak_scores
         The coarse search's arrays, as :func:`.correlation.coarse_search` takes them (already cut to rotation 0
         when rotation is not estimated).
+    surfaces_ready : bool
+        The level stage computed the searched windows already (``kernels.cpu.level.levels_and_surfaces``):
+        only their peaks are searched, in ``surfaces``.
+    surfaces : float64[K, M, M]
+        With ``surfaces_ready``: the normalised windows of the searched rotations (those of ``thetas``).
     n_candidates : int
         Optima the global search keeps (``RegistrationOptions.candidates``).
     method : int
@@ -189,9 +196,13 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     unknown = np.nan  # no start value measured
     coarse, first = levels[0], levels[1]
     # 2. global search ---------------------------------------------------------------------------
-    found = coarse_search(coarse[2], coarse[3], padded_rows, padded_cols, margin, spectra, energy, window_rows,
-                          window_cols, thetas, spacings[0, 0], spacings[0, 1], n_candidates, coarse_recheck, suppress,
-                          window, peak_poses, peak_scores, workers)
+    if surfaces_ready:
+        found = search_peaks(surfaces, thetas, spacings[0, 0], spacings[0, 1], n_candidates, coarse_recheck, suppress,
+                             peak_poses, peak_scores)
+    else:
+        found = coarse_search(coarse[2], coarse[3], padded_rows, padded_cols, margin, spectra, energy, window_rows,
+                              window_cols, thetas, spacings[0, 0], spacings[0, 1], n_candidates, coarse_recheck,
+                              suppress, window, peak_poses, peak_scores, workers)
     no_match = found == 0
     if no_match:  # no finite correlation at all: nothing to refine
         peak_poses[0, :] = 0.0

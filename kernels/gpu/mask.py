@@ -340,7 +340,7 @@ def masked_range(image: Any, mask: Any, low_fraction: float, high_fraction: floa
 
 
 def _quantile_bins(hist: np.ndarray, seen: int, want_low: float, want_high: float) -> tuple[int, int]:
-    """The CPU kernel's cumulative scan (``quantile_bins``), vectorised: first bins past the wanted counts."""
+    """Run the CPU kernel's cumulative scan (``quantile_bins``), vectorised: first bins past the wanted counts."""
     running = seen + np.cumsum(hist)
     past_high = np.flatnonzero(running >= want_high)
     stop = int(past_high[0]) if past_high.size else RANGE_BINS - 1

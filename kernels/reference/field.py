@@ -67,7 +67,7 @@ def _bin_index(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarra
 
 def _histogram_bounds(values: np.ndarray, lo: float, hi: float, bins: int = 128, span: int = 16,
                       passes: int = 3) -> tuple[float, float]:
-    """The Otsu histogram's bounds: ``(lo, hi)``, narrowed where the central 99 % fill fewer than ``span`` bins."""
+    """Return the Otsu histogram's bounds: ``(lo, hi)``, narrowed where the central 99 % fill fewer than ``span`` bins."""
     n = values.size
     for attempt in range(passes):
         index = _bin_index(values, lo, hi, bins)

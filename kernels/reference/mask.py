@@ -61,7 +61,7 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
 
 
 def _without_outliers(values: np.ndarray, passes: int = 4, fence: float = 4.0) -> np.ndarray:
-    """The sorted ``values`` less those far beyond a squeezed bulk (5-95 %): the kernels' outlier fence."""
+    """Return the sorted ``values`` less those far beyond a squeezed bulk (5-95 %): the kernels' outlier fence."""
     for _ in range(passes - 1):
         n = values.size
         w_lo = values[min(int(np.floor(0.05 * n)), n - 1)]
