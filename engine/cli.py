@@ -313,7 +313,16 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend
-    print(f"score {result.score:.3f}  method {result.method}  backend {backend}")
+    # say what the score is: auto's and mi's is normalised MI - 1, which two copies of one resampled image do not
+    # bring near 1 (a new user's trial read 0.44 on a self-match as poor); the edge correlation is given beside it
+    edge = (result.details or {}).get("edge_score")
+    if result.method == "edge":
+        score = f"score {result.score:.3f} (edge correlation, 1 = every edge matched)"
+    else:
+        score = f"score {result.score:.3f} (normalised MI - 1)"
+        if isinstance(edge, float):
+            score += f"  edge correlation {edge:.3f}"
+    print(f"{score}  method {result.method}  backend {backend}")
     print(f"time: {_timing_text(result.elapsed_ms, extra)}")
     for warning in result.warnings:
         if warning != fallback:

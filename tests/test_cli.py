@@ -247,6 +247,8 @@ def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) ->
     assert dy == pytest.approx(TRUTH_DY_MM, abs=TOL_MM)
     assert rotation == pytest.approx(0.0, abs=TOL_DEG)
     assert "backend cpu" in out or "backend gpu" in out
+    # the score says what it is, with the edge correlation beside auto's normalised MI
+    assert re.search(r"score \d\.\d{3} \(normalised MI - 1\)  edge correlation 0\.\d{3}  method auto", out), out
     fallback = select_backend("auto").fallback_reason
     if fallback:  # auto's reason for the CPU is said with the backend, once, not as a warning about the frame
         assert f"backend cpu (auto: {fallback})" in out and f"warning: {fallback}" not in out
