@@ -747,33 +747,30 @@ def test_rt_plan_has_no_pixel_data(tmp_path):
     assert read_dataset(path).RTPlanLabel == "PLAN"
 
 
-def test_a_pixel_no_detector_gives_is_refused_when_the_file_is_read():
-    """A float pixel of 1e38 is refused by the reader itself, so ``info`` says so as ``register`` does."""
+def _float_ramp_with(row: int, col: int, value: float):
+    """An RT Image of float pixels (FloatPixelData): the ramp with one pixel set to ``value``."""
     ds = make_rt_image(_ramp())
     values = _ramp().astype(np.float32)
-    values[5, 2] = 1e38
+    values[row, col] = value
     del ds.PixelData
     for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
         delattr(ds, keyword)
     ds.BitsAllocated = 32
     ds.FloatPixelData = values.tobytes()
+    return ds
+
+
+def test_a_pixel_no_detector_gives_is_refused_when_the_file_is_read():
+    """A float pixel of 1e38 is refused by the reader itself, so ``info`` says so as ``register`` does."""
     with pytest.raises(PortalImageError, match=r"^dataset: pixel value 1e\+38 at row 5, column 2 is beyond \+-1e\+30, "
                        r"no detector's value: the pixel data is damaged; export the image again$"):
-        read_rt_image(ds)
+        read_rt_image(_float_ramp_with(5, 2, 1e38))
 
 
 def test_nan_pixels_are_refused():
-    ds = make_rt_image(_ramp())
-    values = _ramp().astype(np.float32)
-    values[3, 4] = np.nan
-    del ds.PixelData
-    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
-        delattr(ds, keyword)
-    ds.BitsAllocated = 32
-    ds.FloatPixelData = values.tobytes()
     with pytest.raises(PortalImageError, match=r"^dataset: 1 pixel is NaN or infinite \(the first at row 3, column 4\): "
                        r"the pixel data is damaged; export the image again$"):
-        read_rt_image(ds)
+        read_rt_image(_float_ramp_with(3, 4, np.nan))
 
 
 def test_constant_pixels_are_refused():

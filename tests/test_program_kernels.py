@@ -356,13 +356,9 @@ def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
         assert got.dead_rows == (20,)
 
 
-@pytest.mark.parametrize("has_field", [True, False])
-@pytest.mark.parametrize("want_clean", [True, False])
-def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, want_clean):
-    from portalign.kernels.cpu.level import LEVEL_SLOTS
-    from portalign.registration._quality import NOISE_SAMPLES
-
-    frame = structured_image((96, 104), seed=21)
+def _level_images(seed):
+    """A 96x104 frame, its two 2x2 reductions and the field on the detection level (level 2): the level-stage inputs."""
+    frame = structured_image((96, 104), seed=seed)
     images = [frame]
     for _ in range(2):
         out = np.empty((images[-1].shape[0] // 2, images[-1].shape[1] // 2), np.float32)
@@ -370,13 +366,28 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
         images.append(out)
     small = np.zeros((24, 26), dtype=bool)
     small[4:20, 5:22] = True
-    field_level, used, bins = 2, [1, 2], 16
+    return images, small
 
-    def buffers(image):
-        shape = image.shape
-        return (image, np.empty(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, np.uint8),
-                np.empty(image.size, np.int32), np.empty(image.size, np.int32), np.empty(shape, np.int16),
-                np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32), np.zeros(4))
+
+def _level_buffers(image):
+    """A level tuple of ``frame_levels`` around ``image``: (image, mask, scratch, eroded, rows, cols, bins, row sums,
+    features re/im, stats)."""
+    shape = image.shape
+    return (image, np.empty(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, np.uint8),
+            np.empty(image.size, np.int32), np.empty(image.size, np.int32), np.empty(shape, np.int16),
+            np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32), np.zeros(4))
+
+
+@pytest.mark.parametrize("has_field", [True, False])
+@pytest.mark.parametrize("want_clean", [True, False])
+def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, want_clean):
+    from portalign.kernels.cpu.level import LEVEL_SLOTS
+    from portalign.registration._quality import NOISE_SAMPLES
+
+    images, small = _level_images(21)
+    frame = images[0]
+    field_level, used, bins = 2, [1, 2], 16
+    buffers = _level_buffers
 
     placement = [(2.0 ** (i - field_level), ((2.0**i - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level)
                  for i in used]
@@ -422,22 +433,11 @@ def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slo
     from portalign.kernels.cpu.level import LEVEL_SLOTS
     from portalign.registration._quality import NOISE_SAMPLES
 
-    frame = structured_image((96, 104), seed=23)
-    images = [frame]
-    for _ in range(2):
-        out = np.empty((images[-1].shape[0] // 2, images[-1].shape[1] // 2), np.float32)
-        cpu.downsample2(images[-1], out)
-        images.append(out)
-    small = np.zeros((24, 26), dtype=bool)
-    small[4:20, 5:22] = True
+    images, small = _level_images(23)
+    frame = images[0]
     field_level, bins = 2, 16
     used = [1, 2] if coarse_slot == 1 else [2, 1]  # the coarse level (2) in either slot
-
-    def buffers(image):
-        shape = image.shape
-        return (image, np.empty(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, np.uint8),
-                np.empty(image.size, np.int32), np.empty(image.size, np.int32), np.empty(shape, np.int16),
-                np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32), np.zeros(4))
+    buffers = _level_buffers
 
     placement = [(2.0 ** (i - field_level), ((2.0**i - 1) / 2 - (2.0**field_level - 1) / 2) / 2.0**field_level)
                  for i in used]
