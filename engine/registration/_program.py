@@ -158,6 +158,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             if size is not None and size < limit:
                 return _SmallField(size)  # type: ignore[return-value]
     measured = None
+    plan.surfaces_ready = False  # only this frame's level stage may say the global search's surfaces are made
     # (a read-only frame, e.g. a service's buffer, cannot share the compiled stage's tuple type with the plan's
     # writable levels: when level 0 is used, its levels are made ready one call each)
     if front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
