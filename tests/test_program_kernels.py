@@ -269,6 +269,8 @@ def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch):
 
     name, ref, frame, options = next(case for case in _program_cases() if case[0] == "clean (polish)")
     backend = cpu_backend()
+    # used on two threads only (where measured); any count here, whatever the thread policy chose on this machine
+    monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS_THREADS", None)
     calls = []
     original = backend.kernels.levels_and_surfaces
     monkeypatch.setattr(backend.kernels, "levels_and_surfaces", lambda *a: calls.append(1) or original(*a))
@@ -281,6 +283,11 @@ def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch):
     assert beside.ok and (beside.dx_mm, beside.dy_mm, beside.rotation_deg, beside.score) == \
         (after.dx_mm, after.dy_mm, after.rotation_deg, after.score)
     assert str(beside.details) == str(after.details)
+    # and a thread count it is not used with takes the one-after-the-other path
+    monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS", True)
+    monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS_THREADS", 10_000)
+    other = portalign.prepare_reference(ref, options, backend=backend).register(frame)
+    assert not calls and (other.dx_mm, other.dy_mm) == (after.dx_mm, after.dy_mm)
 
 
 # --- the CPU program's fused front end: the same numbers as its steps one call at a time ---------------------------

@@ -17,9 +17,13 @@ from ._plan import FramePlan, Level
 __all__ = ["frame_mask", "frame_levels", "LEVEL_SLOTS"]
 
 #: A two-level plan's level stage computes the global search's surfaces beside its other level (two tasks at
-#: once, ``kernels.cpu.level.levels_and_surfaces``: 0.4 ms less a 1024x768 frame on two cores). False runs
-#: them one after the other (the program's own global search): the same numbers.
+#: once, ``kernels.cpu.level.levels_and_surfaces``: 0.4 ms less a 1024x768 frame on two cores) when the frame
+#: runs on exactly two threads, where it was measured: on one thread the two tasks would run one after the
+#: other anyway, and with more threads the level kernels' own parallelism is kept. False runs them one after
+#: the other (the program's own global search): the same numbers.
 SURFACES_BESIDE_LEVELS = True
+#: The frame thread count the two tasks are used with (None: any).
+SURFACES_BESIDE_LEVELS_THREADS: int | None = 2
 #: Stand-in field mask for levels of a frame without a detected field.
 _NO_MASK = np.ones((1, 1), dtype=bool)
 
@@ -98,7 +102,8 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     # a two-level plan (the usual one): the other level and the global search's surfaces of the coarse one run as
     # two tasks at once (``levels_and_surfaces``); the program then searches the peaks only
     together = (SURFACES_BESIDE_LEVELS and n == 2 and cs.normalised is not None
-                and noise_level == radius_level != used.index(cs.level))
+                and noise_level == radius_level != used.index(cs.level)
+                and (SURFACES_BESIDE_LEVELS_THREADS is None or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS))
     if together:
         backend.kernels.levels_and_surfaces(
             tuples, used.index(cs.level), small, has_field, scales, offsets, erosions, bins, radius_geometry,

@@ -71,8 +71,9 @@ def newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str
     """Quadratic-model Newton ascent of ``metric`` from ``pose`` on ``level``; returns (pose, score).
 
     One kernel call (``kernels.refine``: the whole loop compiled on the CPU) stops after
-    ``iterations`` stencils or when a jump is below ``tolerance`` steps. ``star`` uses the 7-pose
-    star from the start, with no mixed curvature terms. ``pixels`` ``(rows, cols, count)`` replaces the
+    ``iterations`` stencils or when a jump is below ``tolerance`` steps. ``star`` uses the star
+    (7 poses; 5 with ``rotate`` off, the rotation held at ``pose``'s) from the start, with no mixed
+    curvature terms. ``pixels`` ``(rows, cols, count)`` replaces the
     level's usable-pixel list (the split-half precision check).
     """
     # a rotation step moves a typical usable pixel by about one pixel, but never more than MAX_ROTATION_STEP
