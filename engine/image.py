@@ -224,14 +224,19 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
     if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool) or np.iscomplexobj(pixels):
         raise PortalImageError(f"{name}: pixels must be real numbers, got dtype {pixels.dtype}")
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    lo, hi = pixels.min(), pixels.max()  # NaN when any pixel is NaN
+    _refuse_unusable_values(pixels, name)
+    return pixels
+
+
+def _refuse_unusable_values(pixels: np.ndarray, name: str) -> None:
+    """Raise :class:`PortalImageError` for NaN, infinite, huge (beyond ``MAX_PIXEL_MAGNITUDE``) or constant pixels."""
+    lo, hi = float(pixels.min()), float(pixels.max())  # NaN when any pixel is NaN
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise PortalImageError(_not_finite_message(name, pixels))
-    if max(-float(lo), float(hi)) > MAX_PIXEL_MAGNITUDE:
+    if max(-lo, hi) > MAX_PIXEL_MAGNITUDE:
         raise PortalImageError(_huge_pixel_message(name, pixels))
     if lo == hi:
-        raise PortalImageError(f"{name}: all pixels have the same value ({pixels.flat[0]:g}); nothing to register")
-    return pixels
+        raise PortalImageError(f"{name}: all pixels have the same value ({lo:g}); nothing to register")
 
 
 def _not_finite_message(name: str, pixels: np.ndarray) -> str:
@@ -256,14 +261,7 @@ def check_frame_pixels(frame: Image) -> None:
     A magnitude beyond ``MAX_PIXEL_MAGNITUDE`` (1e30) is no detector's value: a damaged file (float pixels of
     1e38). It would overflow the pyramid's box sums.
     """
-    pixels = frame.pixels
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise PortalImageError(_not_finite_message(frame.info.source, pixels))
-    if max(-lo, hi) > MAX_PIXEL_MAGNITUDE:
-        raise PortalImageError(_huge_pixel_message(frame.info.source, pixels))
-    if lo == hi:
-        raise PortalImageError(f"{frame.info.source}: all pixels have the same value ({lo:g}); nothing to register")
+    _refuse_unusable_values(frame.pixels, frame.info.source)
 
 
 #: Registration resamples the reference onto the frame's pixel grid; it may make at most this many
