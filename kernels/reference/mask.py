@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from ..cpu.mask import BULK_FRACTION, FENCE_WIDTHS, RANGE_BINS, RANGE_PASSES, RANGE_SPAN  # the kernels' fence
+
 __all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
 
 
@@ -60,16 +62,17 @@ def masked_range(image: np.ndarray, mask: np.ndarray, low_fraction: float, high_
     return float(values[k_low]), float(values[k_high]), count
 
 
-def _without_outliers(values: np.ndarray, passes: int = 4, fence: float = 4.0) -> np.ndarray:
+def _without_outliers(values: np.ndarray) -> np.ndarray:
     """Return the sorted ``values`` less those far beyond a squeezed bulk (5-95 %): the kernels' outlier fence."""
-    for _ in range(passes - 1):
+    for _ in range(RANGE_PASSES - 1):
         n = values.size
-        w_lo = values[min(int(np.floor(0.05 * n)), n - 1)]
-        w_hi = values[min(max(int(np.ceil(0.95 * n)) - 1, 0), n - 1)]
+        w_lo = values[min(int(np.floor(BULK_FRACTION * n)), n - 1)]
+        w_hi = values[min(max(int(np.ceil((1.0 - BULK_FRACTION) * n)) - 1, 0), n - 1)]
         lo, hi = values[0], values[-1]
-        if not (w_hi - w_lo) * 16 < hi - lo or not w_hi > w_lo:
+        # squeezed: the bulk spans less than RANGE_SPAN of the kernels' RANGE_BINS min-max bins
+        if not (w_hi - w_lo) * (RANGE_BINS / RANGE_SPAN) < hi - lo or not w_hi > w_lo:
             break
-        keep = (values >= w_lo - fence * (w_hi - w_lo)) & (values <= w_hi + fence * (w_hi - w_lo))
+        keep = (values >= w_lo - FENCE_WIDTHS * (w_hi - w_lo)) & (values <= w_hi + FENCE_WIDTHS * (w_hi - w_lo))
         if keep.all():
             break
         values = values[keep]
