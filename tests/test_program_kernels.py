@@ -261,13 +261,18 @@ def test_compiled_search_program_gives_the_eager_steps_numbers(case):
     assert _BRANCH.get(name, lambda r: True)(compiled), (name, compiled.reason, compiled.warnings)
 
 
-def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch):
-    """A two-level plan's global search computed beside its other level: the same result as one after the other."""
+@pytest.mark.parametrize("rotation", [True, False])
+def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch, rotation):
+    """A two-level plan's global search computed beside its other level: the same result as one after the other.
+
+    Without rotation estimated only rotation 0's surface is computed beside the level.
+    """
     import portalign
     import portalign.registration._frame as frame_stage
     from portalign.backends import cpu_backend
 
     name, ref, frame, options = next(case for case in _program_cases() if case[0] == "clean (polish)")
+    options = portalign.RegistrationOptions(estimate_rotation=rotation)
     backend = cpu_backend()
     # used on two threads only (where measured); any count here, whatever the thread policy chose on this machine
     monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS_THREADS", None)
@@ -282,6 +287,7 @@ def test_the_surfaces_beside_the_levels_give_the_same_registration(monkeypatch):
     assert not calls
     assert beside.ok and (beside.dx_mm, beside.dy_mm, beside.rotation_deg, beside.score) == \
         (after.dx_mm, after.dy_mm, after.rotation_deg, after.score)
+    assert (beside.rotation_deg is not None) == rotation
     assert str(beside.details) == str(after.details)
     # and a thread count it is not used with takes the one-after-the-other path
     monkeypatch.setattr(frame_stage, "SURFACES_BESIDE_LEVELS", True)

@@ -13,6 +13,7 @@ from portalign.kernels.cpu.level import LEVEL_SLOTS
 
 from ..field import FieldEstimate
 from ._plan import FramePlan, Level
+from ._search import searched_rotations
 
 __all__ = ["frame_mask", "frame_levels", "LEVEL_SLOTS"]
 
@@ -69,12 +70,14 @@ def _read_stats(level: Level) -> None:
 
 
 def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate, bins: int,  # type: ignore[no-untyped-def]
-                 want_clean: bool, noise_samples: int) -> np.ndarray:
+                 want_clean: bool, noise_samples: int, rotations: bool) -> np.ndarray:
     """Run the CPU's level stage in one compiled call: :func:`frame_mask` of each used level, then the statistics.
 
     Returns float64[6]: the finest working level's noise MAD and count, the first refinement level's RMS radius
     (mm) and count, and (``want_clean``) the frame's own noise MAD and count inside the field's box (see
-    ``portalign.kernels.cpu.level.frame_levels``); ``_quality`` turns them into its verdicts.
+    ``portalign.kernels.cpu.level.frame_levels``); ``_quality`` turns them into its verdicts. On two threads a
+    two-level plan computes the global search's surfaces beside its other level (``SURFACES_BESIDE_LEVELS``):
+    every candidate rotation's with ``rotations`` (``RegistrationOptions.estimate_rotation``), else rotation 0's.
     """
     key = ("levels", *used)
     static = plan.program_inputs[key] if key in plan.program_inputs else None
@@ -105,11 +108,13 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
                 and noise_level == radius_level != used.index(cs.level)
                 and (SURFACES_BESIDE_LEVELS_THREADS is None or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS))
     if together:
+        # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
+        spectra, energy, _, window = searched_rotations(cs, rotations)
+        normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
         backend.kernels.levels_and_surfaces(
             tuples, used.index(cs.level), small, has_field, scales, offsets, erosions, bins, radius_geometry,
             plan.levels[0].image, want_clean, clean_box, has_box, clean_scale, noise_samples, out, cs.padded_shape[0],
-            cs.padded_shape[1], cs.margin_px, cs.ref_spectra_conj, cs.ref_energy, cs.window_rows, cs.window_cols,
-            cs.window, cs.normalised)
+            cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows, cs.window_cols, window, normalised)
     else:
         backend.kernels.frame_levels(tuples, n, small, has_field, scales, offsets, erosions, bins, noise_level,
                                      radius_level, radius_geometry, plan.levels[0].image, want_clean, clean_box,

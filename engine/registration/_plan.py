@@ -122,8 +122,9 @@ class CoarseSearch:
     zero_index: int = 0
     #: Half-width (pixels) of the square suppressed around each optimum of the search.
     suppress_px: int = 2
-    #: Host float64 (K, 2m+1, 2m+1): the normalised window of every rotation, when the CPU's level stage computed
-    #: it beside the frame's other level (``kernels.cpu.level.levels_and_surfaces``); None on a device.
+    #: Host float64 (K, 2m+1, 2m+1): the normalised window of each rotation (rotation 0's alone without
+    #: ``estimate_rotation``), when the CPU's level stage computed them beside the frame's other level
+    #: (``kernels.cpu.level.levels_and_surfaces``); None on a device.
     normalised: Any = None
 
 
@@ -155,7 +156,8 @@ class FramePlan:
     #: Host buffers the compiled search program writes (``ranked``, ``records``, ``out``; see ``_search_program``).
     program_scratch: dict[str, np.ndarray] = field(default_factory=dict)
     #: This frame's level stage computed the global search's windows (``CoarseSearch.normalised``): the program
-    #: searches their peaks only. Set by ``_frame.frame_levels``, read and cleared by the search.
+    #: searches their peaks only. Cleared by ``_register`` before each frame's level stage, set by
+    #: ``_frame.frame_levels``, read by the search.
     surfaces_ready: bool = False
     #: The compiled program's inputs that do not change from frame to frame (per lane; see ``_search_program``).
     program_inputs: dict = field(default_factory=dict)

@@ -163,7 +163,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     # writable levels: when level 0 is used, its levels are made ready one call each)
     if front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
         # the CPU: every used level and the frame's statistics in one compiled call
-        measured = frame_levels(backend, plan, used, field, opts.bins, bool(plan.polish_levels), NOISE_SAMPLES)
+        measured = frame_levels(backend, plan, used, field, opts.bins, bool(plan.polish_levels), NOISE_SAMPLES,
+                                opts.estimate_rotation)
     else:
         for index in used:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)

@@ -152,9 +152,9 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
     cs = plan.coarse
     spectra, energy, thetas, window = rotations[rotate]
     ranked, records, out = scratch
-    # the level stage may have computed every rotation's window already (``_frame.frame_levels``)
+    # the level stage may have computed the windows already (``_frame.frame_levels``; ``_register`` clears the flag
+    # before every frame's level stage)
     ready = plan.surfaces_ready
-    plan.surfaces_ready = False
     normalised = cs.normalised if rotate or not ready else cs.normalised[cs.zero_index:cs.zero_index + 1]
     backend.kernels.search_program(
         levels, counts, spacings, level_index, n_later, n_polish, spectra, energy, cs.window_rows, cs.window_cols,
