@@ -15,20 +15,32 @@
 # installed there from source. Nothing below needs the service extras (tests/test_gpu.py is the one
 # module collected); pydicom is carried so that a DICOM file can be registered there by hand.
 #
-# Then: the GPU tests on the real device (python -m pytest -m gpu tests), the latency /
-# throughput table of bench/gpu_latency.py for the CPU and GPU backends side by side (batches on
-# 1, 2 and 4 lanes), and the device work per frame (bench/device_work.py: kernel calls, host
-# round trips, bytes moved), and the 6-DOF 2D/3D registration on both backends (bench/register3d.py).
+# Then, each step under its own time limit (so that one hang cannot eat a device lease), output also
+# in $OUT/gpu_check.log: the first registration of a fresh process on the GPU before any kernel is cached
+# (compilation included) and once more after (numba-cuda's cache); the GPU tests on the real device
+# (python -m pytest -m gpu tests/test_gpu.py, warnings as errors); the latency / throughput table of
+# bench/gpu_latency.py for the CPU and GPU backends side by side (batches on 1, 2 and 4 lanes); where a
+# warm GPU frame's host time goes (bench/gpu_profile.py, and the latency with CUDA graphs off); the
+# 6-DOF 2D/3D registration on the GPU (bench/register3d.py; the CT is looked for in ../shared, or
+# unpacked from .ct/ct.tar.xz when carried); and the device work per frame (bench/device_work.py).
 #
 # Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
-# Env:    PYTHON (default python), OUT (where to write gpu_latency.json; default out/)
+# Env:    PYTHON (default python, else python3), OUT (where the JSON and the log go; default out/),
+#         GPU_CHECK_3D_CPU=1 also times the 6-DOF registration on the CPU backend,
+#         GPU_CHECK_QUICK=1 leaves out the 6-DOF and device-work steps (a second run in a lease)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 OUT=${OUT:-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 status=0
+started=$SECONDS
+step() { echo; echo "== [$((SECONDS - started)) s] $*"; }
+# limit SECONDS COMMAND...: run a step, stop it after SECONDS and say so
+limit() { local s=$1; shift; timeout --kill-after=10 "$s" "$@"; local rc=$?; ((rc == 124 || rc == 137)) && echo "(stopped after $s s)"; return $rc; }
 
-echo "== environment"
+step environment
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" - <<'EOF'
 import importlib
@@ -40,7 +52,7 @@ for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "pytest", "pydicom
         print(f"{name:10} missing ({exc})")
 EOF
 
-echo "== install (into .gpu-site, first on PYTHONPATH)"
+step "install (into .gpu-site, first on PYTHONPATH)"
 shopt -s nullglob
 SITE="$PWD/.gpu-site"
 rm -rf "$SITE"
@@ -59,27 +71,66 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "from portalign.backends import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
     || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
 
-echo "== GPU tests on the device"
+cold() {  # first registration in a fresh process, imports included
+    limit 120 env -u NUMBA_ENABLE_CUDASIM "$PY" - "$1" <<'EOF'
+import sys, time
+t0 = time.perf_counter()
+import portalign
+from bench.gpu_latency import SPACING_MM, synthetic_frames, synthetic_reference
+reference = synthetic_reference((768, 1024))
+frames, _ = synthetic_frames(reference, 1)
+t1 = time.perf_counter()
+prepared = portalign.prepare_reference(portalign.Image.from_array(reference, pixel_spacing_mm=SPACING_MM),
+                                       portalign.RegistrationOptions(field="none"), backend="gpu")
+result = prepared.register(portalign.Image.from_array(frames[0], pixel_spacing_mm=SPACING_MM))
+t2 = time.perf_counter()
+print(f"first GPU registration of a fresh process ({sys.argv[1]}): {t2 - t0:.2f} s with imports, "
+      f"{t2 - t1:.2f} s from prepare_reference; ok={result.ok} dx={result.dx_mm:.3f} dy={result.dy_mm:.3f}")
+EOF
+}
+QUICK=${GPU_CHECK_QUICK:-0}
+step "first registration in a fresh process, nothing cached yet"
+cold "kernels compiled" || status=1
+
+step "GPU tests on the device (warnings are errors)"
 # NUMBA_ENABLE_CUDASIM must be unset: the tests run the compiled kernels on the device. Only the module
 # that holds them is collected: the others import the service extras (httpx, pynetdicom), absent here.
-if ! env -u NUMBA_ENABLE_CUDASIM "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py; then
-    status=1
-    # the project turns every warning into an error; a CuPy or numba-cuda warning on this machine would
-    # fail every test, so run once more with warnings shown, not raised, to tell the two apart
-    echo "== GPU tests again, warnings shown instead of raised"
-    env -u NUMBA_ENABLE_CUDASIM "$PY" -m pytest -m gpu -q -p no:cacheprovider -W default -rw tests/test_gpu.py
+# -X faulthandler: a crash at interpreter exit (after pytest's own handler is gone) still prints its stack
+limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" -X faulthandler -m pytest -m gpu -q -p no:cacheprovider -rfEw \
+    --tb=short tests/test_gpu.py || status=1
+
+step "first registration in a fresh process, kernels from numba-cuda's cache"
+cold "kernels cached" || status=1
+
+step "latency and throughput (1024 x 768 synthetic frames)"
+limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --batch 256 \
+    --json "$OUT/gpu_latency.json" "$@" || status=1
+
+step "where a warm GPU frame's host time goes"
+limit 120 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.gpu_profile --backend gpu --frames 30 --top 30 || status=1
+step "latency with the levels made ready by the device's own kernels (PORTALIGN_GPU_LEVELS=device)"
+limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_GPU_LEVELS=device "$PY" bench/gpu_latency.py --backend gpu \
+    --frames 30 --batch 64 --lanes 1,4 --no-drr || status=1
+step "latency with CUDA graphs off (PORTALIGN_CUDA_GRAPHS=0)"
+limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_CUDA_GRAPHS=0 "$PY" bench/gpu_latency.py --backend gpu \
+    --frames 30 --batch 32 --lanes 1 --no-drr || status=1
+
+if [[ $QUICK == 1 ]]; then
+    step "done (quick), status $status"
+    exit $status
 fi
-
-echo "== latency and throughput (1024 x 768 synthetic frames)"
-mkdir -p "$OUT"
-env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --json "$OUT/gpu_latency.json" "$@" || status=1
-
-echo "== 6-DOF 2D/3D: two 640 x 480 views against the thorax CT (needs ../shared/data/real; target <= 0.3 s)"
-for backend in gpu cpu; do
-    env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.register3d --backend "$backend" --setups 2 --repeats 3 \
+step "6-DOF 2D/3D: two 640 x 480 views against the thorax CT (target <= 0.3 s on a GPU)"
+if [[ ! -d ../shared/data/real/itkelastix/thorax_ct_phase00 && -f .ct/ct.tar.xz ]]; then
+    mkdir -p ../shared/data/real/itkelastix && tar -xJf .ct/ct.tar.xz -C ../shared/data/real/itkelastix
+fi
+backends=(gpu)
+[[ ${GPU_CHECK_3D_CPU:-0} == 1 ]] && backends+=(cpu)
+for backend in "${backends[@]}"; do
+    limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.register3d --backend "$backend" --setups 2 --repeats 3 \
         --json "$OUT/register3d_$backend.json" || status=1
 done
 
-echo "== device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
-"$PY" -m bench.device_work || status=1
+step "device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
+limit 120 "$PY" -m bench.device_work || status=1
+step "done, status $status"
 exit $status

@@ -320,7 +320,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
     on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
     on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames)
     for c, g in zip(on_cpu, on_gpu, strict=True):
-        assert g.backend == "gpu" and c.backend == "cpu"
+        assert g.backend == "gpu" and c.backend == "cpu", g.warnings  # a device failure says why in the warnings
         assert g.ok == c.ok
         assert abs(g.dx_mm - c.dx_mm) <= 0.01 and abs(g.dy_mm - c.dy_mm) <= 0.01
         assert abs(g.rotation_deg - c.rotation_deg) <= 0.01
@@ -329,6 +329,32 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
     assert all(g.ok for g in on_gpu)
     assert on_gpu[0].dx_mm == pytest.approx(1.3, abs=0.2) and on_gpu[0].dy_mm == pytest.approx(-0.8, abs=0.2)
     assert on_gpu[0].rotation_deg == pytest.approx(1.5, abs=0.3)
+
+
+def test_host_level_stage_equals_the_device_one(backend):
+    """GPU frames whose levels are made ready on the host (the default) give the device level stage's numbers."""
+    import dataclasses
+
+    import portalign
+
+    shape = (128, 112)  # the smallest pyramid with a level above the frame: one the host can make
+    reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
+    frame = portalign.Image.from_array(_scene(shape, 1.7, -1.2, 1.0), pixel_spacing_mm=1.0)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    results, stages = [], []
+    for on_host in (True, False):
+        prepared = portalign.prepare_reference(reference, options,
+                                               backend=dataclasses.replace(backend, host_level_stage=on_host))
+        results.append(prepared.register(frame))
+        stages.append(prepared.plan_for(shape, (1.0, 1.0), ((shape[1] - 1) / 2, (shape[0] - 1) / 2)).host_stage)
+    host, device = results
+    assert stages == [True, False]  # each path was taken
+    assert host.backend == device.backend == "gpu", (host.warnings, device.warnings)
+    assert (host.ok, host.reason) == (device.ok, device.reason)
+    assert (host.dx_mm, host.dy_mm, host.rotation_deg) == pytest.approx((device.dx_mm, device.dy_mm,
+                                                                          device.rotation_deg), abs=1e-9)
+    assert host.score == pytest.approx(device.score, abs=1e-9)
+    assert host.dx_mm == pytest.approx(1.7, abs=0.2) and host.dy_mm == pytest.approx(-1.2, abs=0.2)
 
 
 @pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")

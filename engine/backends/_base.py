@@ -45,6 +45,10 @@ class Backend:
     #: Whether the kernel set runs a frame's search and refinement as one compiled call (``search_program``);
     #: otherwise the program calls its kernels one by one (the GPU: each level a CUDA-graph replay).
     compiled_program: bool = False
+    #: Whether a frame's pyramid and level stage run on the host as the CPU's compiled calls, their results then
+    #: copied to this backend's level buffers (the GPU; see ``portalign.registration._program``), instead of this
+    #: kernel set's own level kernels one by one.
+    host_level_stage: bool = False
 
     def asarray(self, array: Any, dtype: Any = None) -> Any:
         """Move a host array onto this backend (a no-op on the CPU)."""
@@ -93,5 +97,13 @@ class Backend:
         On the CPU the frame's own pixels are used, without a copy.
         """
         return self.asarray(pixels)
+
+    def host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Return an uninitialised host array that :meth:`copy_in` copies from quickly (pinned on a device)."""
+        return np.empty(shape, dtype=dtype)
+
+    def copy_in(self, device_array: Any, host_array: np.ndarray) -> None:
+        """Copy ``host_array`` into the backend array ``device_array`` of the same shape (queued on a device)."""
+        device_array[...] = host_array
 
 

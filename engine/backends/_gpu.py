@@ -35,6 +35,7 @@ searched.
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -112,6 +113,25 @@ class GpuBackend(Backend):
 
         return cupyx.empty_pinned(tuple(shape), dtype=np.float32)
 
+    def host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Return an uninitialised pinned (page-locked) host array: :meth:`copy_in` from it is asynchronous."""
+        if self.simulated:
+            return np.empty(shape, dtype=dtype)
+        import cupyx
+
+        return cupyx.empty_pinned(tuple(shape), dtype=dtype)
+
+    def copy_in(self, device_array: Any, host_array: np.ndarray) -> None:
+        """Queue a copy of ``host_array`` (pinned, from :meth:`host_empty`) into ``device_array`` on the current stream.
+
+        ``host_array`` may be rewritten only after the stream has passed the copy: a lane's next frame
+        comes after its previous result was read, which waits for the stream.
+        """
+        if self.simulated:
+            device_array[...] = host_array
+            return
+        device_array.set(host_array, stream=self.xp.cuda.get_current_stream())
+
     def upload(self, pixels: Any, device_buffer: Any, staging: Any) -> Any:
         """Copy a frame into ``device_buffer`` on the current stream, through the pinned ``staging`` buffer.
 
@@ -128,6 +148,21 @@ class GpuBackend(Backend):
         np.copyto(staging, pixels, casting="same_kind")
         device_buffer.set(staging, stream=self.xp.cuda.get_current_stream())
         return device_buffer
+
+
+def host_level_stage() -> bool:
+    """Whether GPU frames make their levels ready on the host (``PORTALIGN_GPU_LEVELS``: ``host``, the default, or ``device``).
+
+    ``host``: the frame's pyramid, usable pixels, bins, edge features and statistics are the CPU's compiled
+    level stage (one call, about 1 ms for 1024 x 768 on one or two cores), then copied to the device's level
+    buffers, where the global search and the refinement run. ``device``: the same steps as GPU kernels, which
+    need a dozen host reads and about 30 launches per frame; measured on an H200 with a 16-core host,
+    ``bench/gpu_check.sh`` prints both.
+    """
+    value = os.environ.get("PORTALIGN_GPU_LEVELS", "host").strip().lower()
+    if value not in ("host", "device"):
+        raise ValueError(f"PORTALIGN_GPU_LEVELS must be 'host' or 'device'; got {value!r}")
+    return value == "host"
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -218,6 +253,7 @@ def _probe() -> tuple[Backend | None, str]:
                 kernels=gpu_kernels.KERNELS,
                 device="numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)",
                 simulated=True,
+                host_level_stage=host_level_stage(),
             ),
             "",
         )
@@ -229,7 +265,8 @@ def _probe() -> tuple[Backend | None, str]:
     except Exception as exc:  # noqa: BLE001 # pragma: no cover - needs a device
         return None, f"no usable CUDA device: {exc}"
     return (  # pragma: no cover - needs a device
-        GpuBackend(name="gpu", xp=cupy, kernels=gpu_kernels.KERNELS, device=description),
+        GpuBackend(name="gpu", xp=cupy, kernels=gpu_kernels.KERNELS, device=description,
+                   host_level_stage=host_level_stage()),
         "",
     )
 

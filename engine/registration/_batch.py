@@ -101,7 +101,8 @@ def register_each(reference: Reference, items: Sequence[Any], *, pixel_spacing_m
     ``pool`` (a caller's executor, e.g. a stream's) is used instead of a new one when given.
     """
     workers = min(batch_workers(reference, lanes), max(len(items), 1))
-    on_cpu = isinstance(reference.backend, CpuBackend)
+    # the CPU's kernels run here: its frames, or a device's level stages on the host (Backend.host_level_stage)
+    on_cpu = isinstance(reference.backend, CpuBackend) or reference.backend.host_level_stage
     results: list[Any] = [None] * len(items)
     errors: dict[int, BaseException] = {}
 

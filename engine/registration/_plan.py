@@ -170,6 +170,12 @@ class FramePlan:
     scope: Any = None
     #: The levels every frame makes ready: the coarse level and the refinement levels, finest first (set here).
     used_levels: list[int] = field(default_factory=list)
+    #: A device lane's host twin (:meth:`host_twin`): host copies of the frame buffers, where the CPU's compiled
+    #: level stage makes a frame's levels ready (``Backend.host_level_stage``). Made on first need.
+    host: FramePlan | None = None
+    #: Whether this frame's levels were made ready on the host twin (the device's level images are then not this
+    #: frame's: what reads them takes the twin's). Set by the frame program for each frame.
+    host_stage: bool = False
 
     def __post_init__(self) -> None:
         self.used_levels = sorted(set(self.refine_levels) | {self.coarse.level})
@@ -201,7 +207,32 @@ class FramePlan:
             scope=None,
             stream=backend.new_stream(),
             staging=backend.staging_buffer(self.frame_shape),
+            host=None,
+            host_stage=False,
         )
+
+    def host_twin(self, backend: Backend) -> FramePlan:
+        """Return this lane's host twin: the same plan with host arrays for every frame buffer (made once).
+
+        The reference side stays the device's (the twin's level stage does not read it). Buffers come
+        from ``backend.host_empty`` (pinned on a device, so that copying them in is asynchronous). Level
+        0's image is the frame's own pixels, set per frame.
+        """
+        if self.host is None:
+            levels = {}
+            for index, level in self.levels.items():
+                buffers = {}
+                for name in FRAME_BUFFERS:
+                    array = getattr(level, name)
+                    if name == "image" and (index == 0 or array is None):
+                        buffers[name] = None if index == 0 else backend.host_empty(level.shape, np.float32)
+                    else:
+                        buffers[name] = None if array is None else backend.host_empty(tuple(array.shape),
+                                                                                      np.dtype(array.dtype))
+                levels[index] = replace(level, stats=np.zeros(4), **buffers)
+            self.host = replace(self, levels=levels, program_inputs={}, program_scratch={}, surfaces_ready=False,
+                                scope=None, stream=None, staging=None, host=None, host_stage=False)
+        return self.host
 
 
 #: The per-frame buffers of a :class:`Level`: what a lane must own (the rest is the reference's, shared).

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
+from ..backends import Backend, cpu_backend
 from ..field import NO_FIELD, field_size_mm, find_field
 from ..image import Image, check_frame_pixels
 from ..result import RegistrationResult
@@ -121,6 +122,48 @@ def _pyramid_inputs(plan: FramePlan) -> tuple:
     return tuple(buffers), np.empty((plan.levels[1].image.shape[0], 2), np.int64)
 
 
+def _host_twin(backend: Backend, plan: FramePlan, frame: Image) -> FramePlan | None:
+    """Return the lane's host twin when this frame's level stage can run there as compiled calls, else None."""
+    used = plan.used_levels
+    if not 1 <= plan.pyramid_depth < PYRAMID_SLOTS or len(used) > LEVEL_SLOTS:
+        return None
+    if used[0] == 0 and not frame.pixels.flags.writeable:  # level 0's buffer type is the writable frame's
+        return None
+    return plan.host_twin(backend)
+
+
+_HOST: list[Backend] = []
+
+
+def _host_backend() -> Backend:
+    """Return the CPU backend whose compiled calls make a device lane's levels ready on the host (made once)."""
+    if not _HOST:
+        _HOST.append(cpu_backend())
+    return _HOST[0]
+
+
+def _host_scope(host: FramePlan) -> Any:
+    """Return the host twin's CPU frame context (its thread count per the CPU's thread policy; reused)."""
+    scope = host.scope
+    if scope is None:
+        scope = host.scope = _host_backend().frame_scope(None)
+    return scope
+
+
+def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: list[int]) -> None:
+    """Copy what the search reads of each used level from the host twin to the device lane (queued copies)."""
+    for index in used:
+        level, made = plan.levels[index], host.levels[index]
+        count = int(made.stats[0])
+        level.stats[:] = made.stats
+        level.usable, level.range, level.eps = made.usable, made.range, made.eps
+        for name in ("feat_re", "feat_im", "bins"):
+            backend.copy_in(getattr(level, name), getattr(made, name))
+        if count > 0:
+            backend.copy_in(level.pixel_rows[:count], made.pixel_rows[:count])
+            backend.copy_in(level.pixel_cols[:count], made.pixel_cols[:count])
+
+
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float) -> RegistrationResult:
     backend, opts = reference.backend, reference.options
     k = backend.kernels
@@ -131,20 +174,36 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     front = inputs["pyramid"] if backend.compiled_program and "pyramid" in inputs else None
     if front is None and backend.compiled_program and 1 <= plan.pyramid_depth < PYRAMID_SLOTS:
         front = plan.program_inputs["pyramid"] = _pyramid_inputs(plan)
+    # a device lane makes the frame's levels ready on its host twin with the CPU's compiled calls (the frame is
+    # there already), then copies what the search reads to the device: two calls and a few copies instead of
+    # ~30 launches and a dozen reads
+    host = _host_twin(backend, plan, frame) if front is None and backend.host_level_stage else None
+    plan.host_stage = host is not None
+    if host is not None:
+        inputs = host.program_inputs
+        front = inputs["pyramid"] if "pyramid" in inputs else None
+        if front is None:
+            front = inputs["pyramid"] = _pyramid_inputs(host)
     if front is not None:
         # the CPU: the pyramid and the frame's value check in one compiled call, on the frame's own pixels
         buffers, row_flags = front
-        finite, varies = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_flags)
+        if host is None:
+            finite, varies = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_flags)
+        else:
+            with _host_scope(host):
+                finite, varies = _host_backend().kernels.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth,
+                                                                       row_flags)
         if not finite or not varies:
             check_frame_pixels(frame)  # raises, naming the frame and what is wrong with its pixels
-        level0.image = frame.pixels
+        (levels if host is None else host.levels)[0].image = frame.pixels
     else:
         check_frame_pixels(frame)
         level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
         for index in range(1, plan.pyramid_depth + 1):
             k.downsample2(levels[index - 1].image, levels[index].image)
     # the field-detection level on the host (the CPU's arrays are there already)
-    small = levels[plan.field_level].image if front is not None else backend.to_host(levels[plan.field_level].image)
+    small = ((levels if host is None else host.levels)[plan.field_level].image if front is not None
+             else backend.to_host(levels[plan.field_level].image))
     field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
     used = plan.used_levels
     if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
@@ -161,7 +220,13 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     plan.surfaces_ready = False  # only this frame's level stage may say the global search's surfaces are made
     # (a read-only frame, e.g. a service's buffer, cannot share the compiled stage's tuple type with the plan's
     # writable levels: when level 0 is used, its levels are made ready one call each)
-    if front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
+    if host is not None:
+        # a device lane: the same compiled call on the host twin, then the levels' buffers copied in
+        with _host_scope(host):
+            measured = frame_levels(_host_backend(), host, used, field, opts.bins, bool(plan.polish_levels),
+                                    NOISE_SAMPLES, opts.estimate_rotation)
+        _copy_levels_in(backend, plan, host, used)
+    elif front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
         # the CPU: every used level and the frame's statistics in one compiled call
         measured = frame_levels(backend, plan, used, field, opts.bins, bool(plan.polish_levels), NOISE_SAMPLES,
                                 opts.estimate_rotation)
@@ -196,6 +261,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     polish = bool(plan.polish_levels) and not quality and is_clean(
         backend, plan, field, frame_stats, None if measured is None else (measured[4], measured[5]))
     if polish:
+        if host is not None:  # the polishing levels are made ready on the device: the frame goes there now
+            level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
+            for index in range(1, max(plan.polish_levels) + 1):
+                k.downsample2(levels[index - 1].image, levels[index].image)
         for index in plan.polish_levels:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
             if levels[index].usable < MIN_USABLE_PIXELS:

@@ -72,7 +72,9 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     extra = frame.info.extra
     saturation = extra["saturation_value"] if "saturation_value" in extra else None
     if saturation is not None:
-        img = backend.to_host(plan.levels[plan.field_level].image)
+        # this frame's field-detection level: on the host twin when its levels were made ready there
+        source = plan.host if plan.host_stage and plan.host is not None else plan
+        img = backend.to_host(source.levels[plan.field_level].image)
         # a box mean equals the maximum code only where all pixels under it are saturated
         fraction = float((img >= saturation).mean())
         if fraction > MAX_SATURATED_FRACTION:

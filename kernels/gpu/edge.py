@@ -48,7 +48,7 @@ def _tree_sum(buf, t, n):  # pragma: no cover - compiled
         cuda.syncthreads()
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gradient_correlation_blocks(rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines, rotations,
                                  partials):  # pragma: no cover - compiled
     red_fr = cuda.shared.array(256, dtype=np.float64)  # launch.REDUCE_MAX_THREADS
@@ -132,7 +132,7 @@ def _gradient_correlation_blocks(rows, cols, count, frame_re, frame_im, ref_re, 
         partials[k, cuda.blockIdx.x, 2] = red_rr[0]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sum_partials(partials, out):  # pragma: no cover - compiled
     n_pose, n_blocks, n_sums = partials.shape
     for p in range(cuda.grid(1), n_pose * n_sums, cuda.gridsize(1)):

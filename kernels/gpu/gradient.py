@@ -19,7 +19,7 @@ from .device import add_rn, mul_rn
 __all__ = ["orientation_features", "gradient_row_sums"]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _orientation_features(image, mask, eps2, limit, out_re, out_im):  # pragma: no cover - compiled
     rows, cols = image.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -43,7 +43,7 @@ def _orientation_features(image, mask, eps2, limit, out_re, out_im):  # pragma: 
         out_im[i, j] = mul_rn(2.0 * gx, gy) / norm
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gradient_row_sums(image, mask, limit, out):  # pragma: no cover - compiled
     rows, cols = image.shape
     for i in range(cuda.grid(1), rows, cuda.gridsize(1)):

@@ -79,6 +79,9 @@ _graphs: dict[Any, Any] = {}
 _graphs_lock = threading.Lock()
 #: Most graphs kept (oldest dropped first): one per (lane, level, metric, usable-pixel count) in use.
 MAX_GRAPHS = 256
+#: numba views of CuPy arrays by (address, shape, strides, dtype), made once (:func:`device_arg`); at most this many.
+_views: dict[tuple, Any] = {}
+MAX_VIEWS = 4096
 #: numba-cuda's low-occupancy warning (class ``numba.cuda.core.errors.NumbaPerformanceWarning``, not numba's own).
 LOW_OCCUPANCY_MESSAGE = r".*under-utilization"
 
@@ -110,10 +113,35 @@ def device_arg(array: Any) -> Any:
     numba copies them in and out, which is correct but slow). CuPy arrays become
     numba device views with ``sync=False``: numba would otherwise synchronise on
     the exporting stream at every launch.
+
+    A numba view costs about 20 us of host time to make and its argument type
+    another few on its first launch, several times a kernel's own run on a
+    small level. Views are therefore made once per (device address, shape,
+    strides, dtype) and reused. A cached view holds only that description, not
+    the CuPy array (:class:`_Described`): it keeps no memory alive, and a view of
+    an address that was freed and given to a new array of the same shape is the
+    same view. Callers keep the CuPy array alive while its launches are queued,
+    as before (CuPy's pool reuses memory in stream order).
     """
     if simulator_enabled() or isinstance(array, np.ndarray):
         return array
-    return cuda.as_cuda_array(array, sync=False)
+    key = (array.data.ptr, array.shape, array.strides, array.dtype.str)
+    view = _views.get(key)
+    if view is None:
+        if len(_views) >= MAX_VIEWS:
+            _views.clear()  # every entry can be made again; a bound, not a policy
+        view = _views[key] = cuda.as_cuda_array(_Described(array.__cuda_array_interface__), sync=False)
+    return view
+
+
+class _Described:
+    """An owner-less ``__cuda_array_interface__``: address, shape, strides and type only (no stream, no owner)."""
+
+    __slots__ = ("__cuda_array_interface__",)
+
+    def __init__(self, interface: dict) -> None:
+        self.__cuda_array_interface__ = {key: interface[key] for key in ("shape", "typestr", "data", "strides")
+                                         if key in interface} | {"version": 3}
 
 
 def to_host(array: Any) -> np.ndarray:

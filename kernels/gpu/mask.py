@@ -30,7 +30,7 @@ from . import launch
 __all__ = ["threshold_mask", "erode_box", "masked_range", "pixel_list"]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _threshold_mask(image, threshold, above, out):  # pragma: no cover - compiled
     rows, cols = image.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -43,7 +43,7 @@ def _threshold_mask(image, threshold, above, out):  # pragma: no cover - compile
             out[i, j] = 1 if v < threshold else 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _erode_rows(mask, r, scratch):  # pragma: no cover - compiled
     rows, cols = mask.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -60,7 +60,7 @@ def _erode_rows(mask, r, scratch):  # pragma: no cover - compiled
         scratch[i, j] = keep
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _erode_cols(scratch, r, out):  # pragma: no cover - compiled
     rows, cols = scratch.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -77,7 +77,7 @@ def _erode_cols(scratch, r, out):  # pragma: no cover - compiled
         out[i, j] = keep
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _range_init(extrema, hist):  # pragma: no cover - compiled
     t = cuda.grid(1)
     if t == 0:
@@ -87,7 +87,7 @@ def _range_init(extrema, hist):  # pragma: no cover - compiled
         hist[b] = 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _range_extrema(image, mask, lo_keep, hi_keep, scale, b_low, b_high, extrema, hist):  # pragma: no cover - compiled
     # extrema[0], extrema[1]: min and max of the masked values in [lo_keep, hi_keep] (float64 of float32 values)
     # and, with b_low >= 0, whose histogram bin (RANGE_BINS of 1 / scale from lo_keep) is in [b_low, b_high];
@@ -129,7 +129,7 @@ def _range_extrema(image, mask, lo_keep, hi_keep, scale, b_low, b_high, extrema,
         cuda.atomic.add(hist, hist.shape[0] - 1, block_count[0])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
     local = cuda.shared.array(4096, dtype=np.int32)  # RANGE_BINS; a block counts < 2**31 pixels
     t = cuda.threadIdx.x
@@ -160,7 +160,7 @@ def _range_histogram(image, mask, extrema, hist):  # pragma: no cover - compiled
             cuda.atomic.add(hist, b, np.int64(c))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _row_counts(mask, offsets):  # pragma: no cover - compiled
     rows, cols = mask.shape
     for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
@@ -171,7 +171,7 @@ def _row_counts(mask, offsets):  # pragma: no cover - compiled
         offsets[i] = n
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _exclusive_scan(offsets, n):  # pragma: no cover - compiled
     # one block: offsets[0:n] (counts) -> exclusive prefix sums, offsets[n] = total (Hillis-Steele per chunk)
     buf = cuda.shared.array(256, dtype=np.int64)  # launch.REDUCE_MAX_THREADS
@@ -200,7 +200,7 @@ def _exclusive_scan(offsets, n):  # pragma: no cover - compiled
         offsets[n] = carry
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _row_fill(mask, offsets, rows_out, cols_out):  # pragma: no cover - compiled
     rows, cols = mask.shape
     for i in range(cuda.grid(1), rows, cuda.gridsize(1)):

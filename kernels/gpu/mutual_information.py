@@ -57,7 +57,7 @@ def _tree_sum(buf, t, n):  # pragma: no cover - compiled
         cuda.syncthreads()
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _quantize(image, mask, low, scale, bins, out):  # pragma: no cover - compiled
     rows, cols = image.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -104,7 +104,7 @@ def _pv_weights(rows, cols, frame_bins, ref_bins, affines, k, t):  # pragma: no 
     return int(fb), int(b00), int(b01), int(b10), int(b11), qx, qy
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _clear_histograms(out):  # pragma: no cover - compiled
     n_pose, n_f, n_r = out.shape
     for p in range(cuda.grid(1), n_pose * n_f * n_r, cuda.gridsize(1)):
@@ -114,7 +114,7 @@ def _clear_histograms(out):  # pragma: no cover - compiled
         out[k, a, rest - a * n_r] = 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _joint_histograms_shared(rows, cols, count, frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover
     local = cuda.shared.array(0, dtype=int32)  # n_f * n_r counters, sized at launch
     k = cuda.blockIdx.y
@@ -144,7 +144,7 @@ def _joint_histograms_shared(rows, cols, count, frame_bins, ref_bins, affines, c
         cuda.syncthreads()  # the next chunk clears ``local`` only after every thread has flushed
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _joint_histograms_global(rows, cols, count, frame_bins, ref_bins, affines, chunk, out):  # pragma: no cover
     k = cuda.blockIdx.y
     t = cuda.threadIdx.x
@@ -160,7 +160,7 @@ def _joint_histograms_global(rows, cols, count, frame_bins, ref_bins, affines, c
             cuda.atomic.add(out, (k, fb, b11), np.int64(qx * qy))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _mutual_information(hist, normalised, out):  # pragma: no cover - compiled
     red = cuda.shared.array(256, dtype=np.float64)  # launch.REDUCE_MAX_THREADS
     red_int = cuda.shared.array(256, dtype=np.int64)

@@ -88,7 +88,7 @@ def _ray_integral(volume, s_z, s_y, s_x, pz, py, px, dz, dy, dx, h):  # pragma: 
     return total * h
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _project(volume, dz, dy, dx, s_z, s_y, s_x, o_z, o_y, o_x, c_z, c_y, c_x, r_z, r_y, r_x, h,
              out):  # pragma: no cover - compiled
     rows, cols = out.shape
@@ -101,7 +101,7 @@ def _project(volume, dz, dy, dx, s_z, s_y, s_x, o_z, o_y, o_x, c_z, c_y, c_x, r_
         out[r, c] = _ray_integral(volume, s_z, s_y, s_x, pz, py, px, dz, dy, dx, h)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _project_poses(volume, dz, dy, dx, sources, origins, col_steps, row_steps, h, out):  # pragma: no cover - compiled
     poses, rows, cols = out.shape
     per_pose = rows * cols

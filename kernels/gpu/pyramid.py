@@ -17,7 +17,7 @@ from . import launch
 __all__ = ["downsample2", "downsample2_mask"]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _downsample2(src, out):  # pragma: no cover - compiled
     rows, cols = out.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -29,7 +29,7 @@ def _downsample2(src, out):  # pragma: no cover - compiled
         out[i, j] = np.float32(0.25) * total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _downsample2_mask(src, out):  # pragma: no cover - compiled
     rows, cols = out.shape
     for p in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):

@@ -56,7 +56,7 @@ def _unit(k, dims, axis):  # pragma: no cover - compiled
     return 1.0 if axis == i or axis == j else 0.0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _stencil(state, geometry, n, poses, affines, rot):  # pragma: no cover - compiled
     k = cuda.threadIdx.x
     if k >= n:
@@ -84,7 +84,7 @@ def _stencil(state, geometry, n, poses, affines, rot):  # pragma: no cover - com
     rot[k, 1] = math.sin(2.0 * poses[k, 2])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _edge_values(sums, n, values):  # pragma: no cover - compiled
     k = cuda.threadIdx.x
     if k < n:
@@ -97,7 +97,7 @@ def _det3(h):  # pragma: no cover - compiled
             + h[0, 2] * (h[1, 0] * h[2, 1] - h[1, 1] * h[2, 0]))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _decide(state, values, n):  # pragma: no cover - compiled
     """One thread: the quadratic fit through the stencil values, the jump, the limits, the convergence test."""
     if cuda.threadIdx.x != 0 or cuda.blockIdx.x != 0 or state[_CONVERGED] != 0.0:

@@ -19,7 +19,7 @@ from .device import add_rn, mul_rn
 __all__ = ["warp_bilinear"]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _warp_bilinear(src, a00, a01, a02, a10, a11, a12, fill, out):  # pragma: no cover - compiled
     rows, cols = out.shape
     src_rows, src_cols = src.shape
