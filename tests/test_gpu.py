@@ -318,7 +318,8 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
               portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=1.0)]
     options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
     on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
-    on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames)
+    # two lanes: on a device their first frames launch new kernel configurations from two threads at once
+    on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames, lanes=2)
     for c, g in zip(on_cpu, on_gpu, strict=True):
         assert g.backend == "gpu" and c.backend == "cpu", g.warnings  # a device failure says why in the warnings
         assert g.ok == c.ok
@@ -608,3 +609,31 @@ def test_prepare_level_matches_cpu(backend, has_field):
             assert_allclose(d, h, rtol=1e-12)
         else:
             assert_array_equal(d, h)
+
+
+def test_first_launch_of_a_configuration_is_serialised_then_direct(monkeypatch):
+    """Two threads' first launches of a kernel configuration run one at a time; later launches skip the lock."""
+    import threading
+    import time
+
+    running = []
+    overlaps = []
+
+    def configuration(*args):
+        running.append(args)
+        overlaps.append(len(running) > 1)
+        time.sleep(0.05)
+        running.pop()
+        return args
+
+    key = ("test-kernel", 1, 1, 0, 0)
+    monkeypatch.setitem(launch._configured, key, launch._FirstLaunch(key, configuration))
+    first = launch._configured[key]
+    threads = [threading.Thread(target=first, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [False, False]  # never two at once
+    assert launch._configured[key] is configuration  # the wrapper gave way to the configuration itself
+    assert launch._configured[key](7) == (7,)

@@ -98,6 +98,14 @@ class Backend:
         """
         return self.asarray(pixels)
 
+    def staged(self, name: str, host_array: np.ndarray) -> Any:
+        """Return the small host array ``host_array`` as a backend array for the next kernels (the array itself here).
+
+        A device copies it into a reusable buffer ``name`` (one per thread and stream) without waiting for
+        the stream; its contents hold until the next call with the same name.
+        """
+        return host_array
+
     def host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Return an uninitialised host array that :meth:`copy_in` copies from quickly (pinned on a device)."""
         return np.empty(shape, dtype=dtype)

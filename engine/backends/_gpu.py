@@ -48,8 +48,10 @@ from ._base import Backend
 
 __all__ = ["gpu_backend", "gpu_status", "GpuBackend", "DEFAULT_LANES", "default_lanes"]
 
-#: Lanes per frame geometry on a device unless the caller says otherwise: two streams overlap upload and search.
-DEFAULT_LANES = 2
+#: Lanes per frame geometry on a device unless the caller says otherwise. Measured on an H200 with a 16-core host
+#: (``bench/gpu_check.sh``, 256 frames of 1024 x 768): 252 frames/s on one lane, 205 on two, 160 on four. A frame
+#: still spends about 2.5 ms in Python, which lanes share through the interpreter lock: more lanes only contend.
+DEFAULT_LANES = 1
 
 
 def default_lanes(backend: Backend) -> int:
@@ -112,6 +114,12 @@ class GpuBackend(Backend):
         import cupyx
 
         return cupyx.empty_pinned(tuple(shape), dtype=np.float32)
+
+    def staged(self, name: str, host_array: np.ndarray) -> Any:
+        """Return a device buffer ``name`` filled with ``host_array`` by a queued copy through pinned memory."""
+        from portalign.kernels.gpu import launch
+
+        return launch.staged(name, np.ascontiguousarray(host_array))
 
     def host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Return an uninitialised pinned (page-locked) host array: :meth:`copy_in` from it is asynchronous."""

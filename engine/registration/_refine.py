@@ -42,7 +42,7 @@ def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric:
     n = poses.shape[0]
     table = np.empty((n, 2, 3))
     pose_affines_into(poses, n, level.geometry, table)  # compiled: a handful of calls for any pose count
-    affines = backend.asarray(table)
+    affines = backend.staged("evaluate_affines", table)
     if metric == "mi":
         hist = plan.hist[:n]
         k.joint_histograms(level.pixel_rows, level.pixel_cols, level.usable, level.bins, level.ref_bins, affines, hist)
@@ -50,7 +50,7 @@ def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric:
         return backend.to_host(plan.mi_out[:n]).copy()
     turns = np.empty((n, 2))
     rotations_into(poses, n, turns)
-    rot = backend.asarray(turns)
+    rot = backend.staged("evaluate_rotations", turns)
     k.gradient_correlation(level.pixel_rows, level.pixel_cols, level.usable, level.feat_re, level.feat_im, level.ref_re,
                            level.ref_im, affines, rot, plan.edge_out[:n])
     sums = backend.to_host(plan.edge_out[:n])

@@ -50,6 +50,7 @@ __all__ = [
     "threads_per_block",
     "blocks_for",
     "scratch",
+    "staged",
     "on_stream",
     "stream",
     "configured",
@@ -186,6 +187,39 @@ def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
     return buf
 
 
+def staged(name: str, host: np.ndarray) -> Any:
+    """Return a per-thread device buffer ``name`` holding a copy of the small host array ``host``, copied without a wait.
+
+    ``cupy.asarray`` of a numpy array copies from pageable memory, and CUDA makes such a copy wait for
+    everything queued on the stream first: the host stops until the device catches up, a dozen times a
+    frame. Here the values go through a pinned buffer of the same name (one per thread and stream) and
+    the copy is queued; the pinned buffer is rewritten only after its previous copy has run (an event).
+    Under the simulator the device buffer is filled in place.
+    """
+    buf = scratch(name, host.shape, host.dtype)
+    if simulator_enabled():
+        buf[...] = host
+        return buf
+    import cupy
+    import cupyx
+
+    cache = getattr(_scratch, "pinned", None)
+    if cache is None:
+        cache = _scratch.pinned = {}
+    key = (name, host.shape, host.dtype.str, id(getattr(_current, "stream", None)))
+    entry = cache.get(key)
+    if entry is None:
+        entry = cache[key] = [cupyx.empty_pinned(host.shape, dtype=host.dtype), None]
+    pinned, done = entry
+    if done is not None:
+        done.synchronize()  # the previous copy from this pinned buffer has run (at once, normally)
+    pinned[...] = host
+    device_stream = cupy.cuda.get_current_stream()
+    buf.set(pinned, stream=device_stream)
+    entry[1] = device_stream.record()
+    return buf
+
+
 @contextmanager
 def on_stream(device_stream: Any) -> Iterator[None]:
     """Queue this thread's kernels and CuPy work on ``device_stream`` inside the ``with`` block.
@@ -248,8 +282,37 @@ def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any
             if found is None:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=LOW_OCCUPANCY_MESSAGE)
-                    found = _configured[key] = kernel[grid, block, launch_stream, shared_bytes]
+                    found = _configured[key] = _FirstLaunch(key, kernel[grid, block, launch_stream, shared_bytes])
     return found
+
+
+#: Held around the first launch of each configuration (:class:`_FirstLaunch`).
+_first_launch_lock = threading.RLock()
+
+
+class _FirstLaunch:
+    """A kernel configuration whose first launch holds a process-wide lock; later launches go straight to numba.
+
+    numba-cuda 0.30.4 loads a compiled kernel's module on its first launch without a lock
+    (``CUDACodeLibrary.get_cufunc``). Two threads launching a new kernel at once (two lanes'
+    first frames) both load it; the driver returned the same module handle twice on an H200,
+    numba-cuda then raised ``AssertionError: key already in dictionary: <CUlibrary ...>`` in one of
+    them, and the module was unloaded twice at interpreter exit (a segmentation fault). Each
+    configuration's first launch is therefore serialised; once it has run, its kernel's module is
+    loaded and the configuration replaces this wrapper in the cache.
+    """
+
+    __slots__ = ("key", "configuration")
+
+    def __init__(self, key: tuple, configuration: Any) -> None:
+        self.key = key
+        self.configuration = configuration
+
+    def __call__(self, *args: Any) -> Any:
+        with _first_launch_lock:
+            result = self.configuration(*args)
+        _configured[self.key] = self.configuration
+        return result
 
 
 def graphs_enabled() -> bool:

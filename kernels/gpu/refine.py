@@ -182,7 +182,6 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
            frame_bins: Any, ref_bins: Any, geometry: np.ndarray, pose: np.ndarray, step: np.ndarray, iterations: int,
            tolerance: float, star: bool, theta_limit: float, normalised: bool, hist: Any, out: np.ndarray) -> None:
     """Write ``(dx_mm, dy_mm, theta_rad, score, iterations_run)`` into the host array ``out`` (see the CPU twin)."""
-    xp = launch.array_module()
     dims = 3 if step[2] > 0.0 else 2
     full = 10 if dims == 3 else 6
     start = np.zeros(16)
@@ -193,10 +192,8 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     start[_TOLERANCE] = tolerance
     start[_DIMS] = dims
     start[_HAVE_CROSS] = 1.0 if star else 0.0
-    state = launch.scratch("refine_state", (16,), np.float64)
-    geometry_d = launch.scratch("refine_geometry", (6,), np.float64)
-    state[...] = xp.asarray(start)
-    geometry_d[...] = xp.asarray(np.asarray(geometry, dtype=np.float64))
+    state = launch.staged("refine_state", start)
+    geometry_d = launch.staged("refine_geometry", np.ascontiguousarray(geometry, dtype=np.float64))
     poses = launch.scratch("refine_poses", (MAX_STENCIL, 3), np.float64)
     affines = launch.scratch("refine_affines", (MAX_STENCIL, 2, 3), np.float64)
     rot = launch.scratch("refine_rot", (MAX_STENCIL, 2), np.float64)
