@@ -22,7 +22,9 @@
 # bench/gpu_latency.py for the CPU and GPU backends side by side (batches on 1, 2 and 4 lanes); where a
 # warm GPU frame's host time goes (bench/gpu_profile.py, and the latency with CUDA graphs off); the
 # 6-DOF 2D/3D registration on the GPU (bench/register3d.py; the CT is looked for in ../shared, or
-# unpacked from .ct/ct.tar.xz when carried); and the device work per frame (bench/device_work.py).
+# unpacked from .ct/ct.tar.xz when carried); 16 held-out-style pairs of every kind registered on both
+# backends with their largest difference (bench/held_out.py --backend both); and the device work per
+# frame (bench/device_work.py).
 #
 # Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
 # Env:    PYTHON (default python, else python3), OUT (where the JSON and the log go; default out/),
@@ -129,6 +131,9 @@ for backend in "${backends[@]}"; do
     limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.register3d --backend "$backend" --setups 2 --repeats 3 \
         --json "$OUT/register3d_$backend.json" || status=1
 done
+
+step "held-out-style pairs of every kind (fields, cones, MLC, open, portal references, low dose, dead lines) on both"
+limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.held_out --pairs 16 --backend both || status=1
 
 step "device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
 limit 120 "$PY" -m bench.device_work || status=1

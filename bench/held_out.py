@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simpleitk", action="store_true", help="register every pair with the SimpleITK peer too")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="register only these pairs (0-based)")
     parser.add_argument("--details", action="store_true", help="print each result's details")
+    parser.add_argument("--backend", default="cpu", choices=("cpu", "gpu", "both"),
+                        help="backend of the registrations; both: the CPU's are reported and each pair is registered "
+                             "on the GPU too, with their largest difference")
     parser.add_argument("--ct", type=Path, default=None,
                         help="another CT: a DICOM series folder or a NIfTI file (default: the thorax CT, downsampled)")
     args = parser.parse_args(argv)
@@ -204,12 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     if sitk is not None:
         sitk.start()
     rows: list[tuple[str, float, bool, float]] = []  # (aperture, error, ok, simpleitk error)
+    gaps: list[tuple[float, float, bool]] = []  # GPU - CPU: (mm, deg, same verdict)
     for pair in render_pairs(ct, args.seed, args.pairs, args.only):
         i, kind, reference, frame, dx, dy = pair.index, pair.kind, pair.reference, pair.frame, pair.dx_mm, pair.dy_mm
-        result = portalign.register(reference, frame, backend="cpu")
+        result = portalign.register(reference, frame, backend="cpu" if args.backend == "both" else args.backend)
         # nothing measured (dx_mm None): a refusal, its error NaN
         error = math.nan if result.dx_mm is None else math.hypot(result.dx_mm - dx, result.dy_mm - dy)
         line = f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm ok={result.ok!s:<5}"
+        if args.backend == "both":
+            line += _backend_gap(result, portalign.register(reference, frame, backend="gpu"), gaps)
         peer = math.nan
         if sitk is not None and sitk.available:
             try:
@@ -236,7 +242,29 @@ def main(argv: list[str] | None = None) -> int:
         if peers:
             text += f" | simpleitk on the same pairs: median {np.median(peers):.3f} mm"
         print(text)
+    if gaps:
+        mm, deg, same = (np.array(v, dtype=float) for v in zip(*gaps, strict=True))
+        print(f"SUMMARY gpu vs cpu: {len(gaps)} pairs, largest difference {np.nanmax(mm):.4f} mm, "
+              f"{np.nanmax(deg):.4f} deg; verdicts (ok, reason) differ on {int((1 - same).sum())}")
     return 0
+
+
+def _backend_gap(cpu, gpu, gaps: list) -> str:  # type: ignore[no-untyped-def]
+    """Record and describe how far the GPU's result lies from the CPU's (both measured, or both not)."""
+    if gpu.backend != "gpu":
+        gaps.append((math.nan, math.nan, False))
+        return f" | gpu fell back: {gpu.warnings[-1] if gpu.warnings else gpu.backend}"
+    same = (cpu.ok, cpu.reason) == (gpu.ok, gpu.reason)
+    if cpu.dx_mm is None or gpu.dx_mm is None:
+        gaps.append((0.0 if cpu.dx_mm is gpu.dx_mm else math.inf, 0.0, same))
+        return f" | gpu {'same (not measured)' if same and gpu.dx_mm is None else 'DIFFERENT'}"
+    mm = math.hypot(gpu.dx_mm - cpu.dx_mm, gpu.dy_mm - cpu.dy_mm)
+    if cpu.rotation_deg is None or gpu.rotation_deg is None:  # not estimated: both, or a difference
+        deg = 0.0 if cpu.rotation_deg is gpu.rotation_deg else math.inf
+    else:
+        deg = abs(gpu.rotation_deg - cpu.rotation_deg)
+    gaps.append((mm, deg, same))
+    return f" | gpu-cpu {mm:.4f} mm {deg:.4f} deg{'' if same else ' VERDICT DIFFERS'}"
 
 
 if __name__ == "__main__":
