@@ -339,9 +339,15 @@ def test_host_level_stage_equals_the_device_one(backend):
     import portalign
 
     shape = (128, 112)  # the smallest pyramid with a level above the frame: one the host can make
-    reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
-    frame = portalign.Image.from_array(_scene(shape, 1.7, -1.2, 1.0), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    inside = np.zeros(shape, dtype=bool)
+    inside[16:112, 14:98] = True  # a radiation field: its mask is sampled onto the levels (the host's, or the device's)
+
+    def through_field(image):
+        return np.where(inside, image + 200.0, 0.03 * image + 5.0).astype(np.float32)
+
+    reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0)), pixel_spacing_mm=1.0)
+    frame = portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0)), pixel_spacing_mm=1.0)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
     results, stages = [], []
     for on_host in (True, False):
         prepared = portalign.prepare_reference(reference, options,
@@ -355,6 +361,8 @@ def test_host_level_stage_equals_the_device_one(backend):
     assert (host.dx_mm, host.dy_mm, host.rotation_deg) == pytest.approx((device.dx_mm, device.dy_mm,
                                                                           device.rotation_deg), abs=1e-9)
     assert host.score == pytest.approx(device.score, abs=1e-9)
+    assert host.field_detected and device.field_detected and host.field_box_mm == device.field_box_mm
+    assert host.details["matched_pixels"] == device.details["matched_pixels"]
     assert host.dx_mm == pytest.approx(1.7, abs=0.2) and host.dy_mm == pytest.approx(-1.2, abs=0.2)
 
 
