@@ -126,7 +126,10 @@ def device_arg(array: Any) -> Any:
     """
     if simulator_enabled() or isinstance(array, np.ndarray):
         return array
-    key = (array.data.ptr, array.shape, array.strides, array.dtype.str)
+    try:
+        key = (array.data.ptr, array.shape, array.strides, array.dtype.str)  # a CuPy array
+    except AttributeError:  # numba's own device array as it is; another library's: a view of its own, not cached
+        return array if hasattr(array, "device_ctypes_pointer") else cuda.as_cuda_array(array, sync=False)
     view = _views.get(key)
     if view is None:
         if len(_views) >= MAX_VIEWS:
