@@ -6,10 +6,14 @@
 # the machine with network, fill .whl/ (git-ignored) with a numpy 2.4 wheel for the device's Python,
 # pydicom, rocket-fft (scipy.fft inside numba code: the CPU global search) and portalign's own wheel, and
 # carry it (device tool: carry [".whl"]):
-#     rm -rf .whl && pip download "numpy>=2.4,<2.5" --only-binary=:all: --no-deps --python-version 3.12 \
-#         --platform manylinux2014_x86_64 -d .whl && pip download pydicom --no-deps -d .whl \
-#         && pip download "rocket-fft>=0.4.1,<0.5" --only-binary=:all: --no-deps --python-version 3.12 \
-#         --platform manylinux_2_28_x86_64 -d .whl && pip wheel --no-deps . -w .whl
+#     P="--only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
+#        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64"
+#     rm -rf .whl && pip download "numpy>=2.4,<2.5" $P -d .whl && pip download pydicom --no-deps -d .whl \
+#         && pip download "rocket-fft>=0.4.1,<0.5" $P -d .whl && pip wheel --no-deps . -w .whl
+# (numpy 2.4's wheels are manylinux_2_27/2_28: with manylinux2014 alone pip finds none.) The 6-DOF and
+# held-out steps need the thorax CT, which ../shared holds but which does not travel; carry it packed
+# (29 MB; ".ct" in .git/info/exclude, carry [".whl", ".ct"]):
+#     mkdir -p .ct && tar -C ../shared/data/real/itkelastix -cJf .ct/ct.tar.xz thorax_ct_phase00
 # The wheels are installed without an index and without dependencies into .gpu-site/, which goes
 # first on PYTHONPATH (the image's own numpy stays as it is). Without a portalign wheel the tree is
 # installed there from source. Nothing below needs the service extras (tests/test_gpu.py is the one
