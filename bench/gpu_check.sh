@@ -12,7 +12,7 @@
 #         && pip download "rocket-fft>=0.4.1,<0.5" $P -d .whl && pip wheel --no-deps . -w .whl
 # (numpy 2.4's wheels are manylinux_2_27/2_28: with manylinux2014 alone pip finds none.) The 6-DOF and
 # held-out steps need the thorax CT, which ../shared holds but which does not travel; carry it packed
-# (29 MB; ".ct" in .git/info/exclude, carry [".whl", ".ct"]):
+# (29 MB; .ct/ is git-ignored like .whl/; carry [".whl", ".ct"]):
 #     mkdir -p .ct && tar -C ../shared/data/real/itkelastix -cJf .ct/ct.tar.xz thorax_ct_phase00
 # The wheels are installed without an index and without dependencies into .gpu-site/, which goes
 # first on PYTHONPATH (the image's own numpy stays as it is). Without a portalign wheel the tree is
@@ -73,7 +73,8 @@ if ((${#own[@]} == 0)); then
         || { echo "pip install . failed"; exit 1; }
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import numpy, portalign; print('numpy', numpy.__version__, '| portalign from', portalign.__file__)"
+"$PY" -c "import numpy, portalign; print('numpy', numpy.__version__, '| portalign from', portalign.__file__)" \
+    || { echo "portalign cannot be imported with $PY (above: what is missing); nothing more to check"; exit 1; }
 "$PY" -c "from portalign.backends import gpu_status; ok, detail = gpu_status(); print('GPU backend:', ok, detail); raise SystemExit(0 if ok else 3)" \
     || { echo "the GPU backend is not available here: nothing more to check"; exit 3; }
 

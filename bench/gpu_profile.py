@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.gpu_latency import SPACING_MM, synthetic_frames, synthetic_reference
 
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_profile", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", default="gpu", choices=("cpu", "gpu"))
-    parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--top", type=int, default=25)
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_profile", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backend", default="gpu", choices=("cpu", "gpu"), help="backend whose frames are profiled")
+    parser.add_argument("--frames", type=int, default=30, help="frames timed, then profiled (after warm-up)")
+    parser.add_argument("--top", type=int, default=25, help="functions listed by own and by cumulative time")
     args = parser.parse_args(argv)
 
     reference = synthetic_reference((768, 1024))

@@ -1,4 +1,4 @@
-"""Held-out-style pairs of every kind in issue 11, rendered from the real thorax CT with secret motions.
+"""Held-out-style pairs of every kind (apertures, portal references, low dose, dead lines) from a real CT.
 
 ``python -m bench.held_out [--pairs 40] [--seed 11] [--simpleitk] [--ct PATH]`` (from the source checkout,
 with ``../shared`` present) renders, per pair, an MV frame of the patient moved by a random couch shift (up to
@@ -184,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cases import CT_FOLDER, DRR_CT_DOWNSAMPLE
     from bench.peers import SimpleITKMethod, translation_error
 
-    parser = argparse.ArgumentParser(prog="python -m bench.held_out", description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=11)
+    parser = argparse.ArgumentParser(prog="python -m bench.held_out", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=40, help="pairs rendered and registered (the kinds cycle)")
+    parser.add_argument("--seed", type=int, default=11, help="seed of the motions, apertures and noise")
     parser.add_argument("--simpleitk", action="store_true", help="register every pair with the SimpleITK peer too")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="register only these pairs (0-based)")
     parser.add_argument("--details", action="store_true", help="print each result's details")
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="backend of the registrations; both: the CPU's are reported and each pair is registered "
                              "on the GPU too, with their largest difference")
     parser.add_argument("--ct", type=Path, default=None,
-                        help="another CT: a DICOM series folder or a NIfTI file (default: the thorax CT, downsampled)")
+                        help="another CT: a DICOM series folder or a NIfTI file (default: the thorax CT of "
+                             "../shared/data/real/itkelastix/thorax_ct_phase00, downsampled)")
     args = parser.parse_args(argv)
     if args.ct is not None:
         ct = read_ct(args.ct)

@@ -49,8 +49,9 @@ from ._base import Backend
 __all__ = ["gpu_backend", "gpu_status", "GpuBackend", "DEFAULT_LANES", "default_lanes"]
 
 #: Lanes per frame geometry on a device unless the caller says otherwise. Measured on an H200 with a 16-core host
-#: (``bench/gpu_check.sh``, 256 frames of 1024 x 768): 259 frames/s on one lane, 320 on two, 224 on four. A frame
-#: still spends about 2 ms in Python, which lanes share through the interpreter lock: beyond two they contend.
+#: (``bench/gpu_check.sh``, 256 frames of 1024 x 768, two runs): 259-260 frames/s on one lane, 273-320 on two,
+#: 185-224 on four. A frame still spends about 2 ms in Python, which lanes share through the interpreter lock:
+#: beyond two they contend.
 DEFAULT_LANES = 2
 
 

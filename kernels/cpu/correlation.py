@@ -30,6 +30,8 @@ import numpy as np
 try:
     import rocket_fft  # noqa: F401  (registers scipy.fft for numba's nopython mode)
 except ImportError as exc:  # a --no-deps install (a GPU machine without network) that did not carry its wheel
+    if exc.name not in (None, "rocket_fft"):  # rocket-fft is there; something it imports (numba, say) is not
+        raise
     raise ImportError("portalign needs rocket-fft (scipy.fft inside numba-compiled code, the CPU global search): "
                       "pip install 'rocket-fft>=0.4.1,<0.5'") from exc
 import scipy.fft
