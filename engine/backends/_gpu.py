@@ -110,11 +110,7 @@ class GpuBackend(Backend):
 
     def staging_buffer(self, shape: tuple[int, int]) -> Any:
         """Return a pinned (page-locked) float32 host buffer of ``shape`` for asynchronous uploads."""
-        if self.simulated:
-            return None
-        import cupyx
-
-        return cupyx.empty_pinned(tuple(shape), dtype=np.float32)
+        return None if self.simulated else self.host_empty(shape, np.float32)
 
     def staged(self, name: str, host_array: np.ndarray) -> Any:
         """Return a device buffer ``name`` filled with ``host_array`` by a queued copy through pinned memory."""
@@ -155,7 +151,7 @@ class GpuBackend(Backend):
             device_buffer[...] = pixels
             return device_buffer
         np.copyto(staging, pixels, casting="same_kind")
-        device_buffer.set(staging, stream=self.xp.cuda.get_current_stream())
+        self.copy_in(device_buffer, staging)
         return device_buffer
 
 

@@ -179,9 +179,9 @@ def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: li
     """Copy what the search reads of each used level from the host twin to the device lane (queued copies)."""
     for index in used:
         level, made = plan.levels[index], host.levels[index]
-        count = int(made.stats[0])
         level.stats[:] = made.stats
         level.usable, level.range, level.eps = made.usable, made.range, made.eps
+        count = made.usable
         for name in ("feat_re", "feat_im", "bins"):
             backend.copy_in(getattr(level, name), getattr(made, name))
         if count > 0:
