@@ -23,7 +23,8 @@
 # in $OUT/gpu_check.log: the first registration of a fresh process on the GPU before any kernel is cached
 # (compilation included) and once more after (numba-cuda's cache); the GPU tests on the real device
 # (python -m pytest -m gpu tests/test_gpu.py, warnings as errors); the latency / throughput table of
-# bench/gpu_latency.py for the CPU and GPU backends side by side (batches on 1, 2 and 4 lanes); where a
+# bench/gpu_latency.py for the CPU and GPU backends side by side (batches on 1, 2 and 4 lanes), and again
+# with frames through a radiation field that each frame detects (how many launch sequences replayed a graph); where a
 # warm GPU frame's host time goes (bench/gpu_profile.py, and the latency with CUDA graphs off); the
 # 6-DOF 2D/3D registration on the GPU (bench/register3d.py; the CT is looked for in ../shared, or
 # unpacked from .ct/ct.tar.xz when carried); 16 held-out-style pairs of every kind registered on both
@@ -113,6 +114,10 @@ step "latency and throughput (1024 x 768 synthetic frames)"
 limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --batch 256 \
     --json "$OUT/gpu_latency.json" "$@" || status=1
 
+step "latency through a radiation field each frame detects (usable-pixel counts vary, as in cine: graphs per bucket)"
+limit 150 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --field --frames 30 --batch 64 \
+    --lanes 2 --no-drr --json "$OUT/gpu_latency_field.json" || status=1
+
 step "where a warm GPU frame's host time goes"
 limit 120 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.gpu_profile --backend gpu --frames 30 --top 30 || status=1
 step "latency with the levels made ready by the device's own kernels (PORTALIGN_GPU_LEVELS=device)"
@@ -161,6 +166,14 @@ three = out / "register3d_gpu.json"
 if three.exists():
     d = json.loads(three.read_text())
     print(f"| 6-DOF, two 640x480 views (s, median) | - | {d['register_s_median']:.2f} | <= 0.3 s |")
+fielded = out / "gpu_latency_field.json"
+if fielded.exists():
+    rows = {r["backend"]: r for r in json.loads(fielded.read_text())["rows"]}
+    gpu, cpu = rows.get("gpu", {}), rows.get("cpu", {})
+    runs = gpu.get("graph_runs_timed_frames", {})
+    print(f"| median per frame through a detected field (ms) | {fig(cpu, 'latency_ms_median')} | "
+          f"{fig(gpu, 'latency_ms_median')} (graphs replayed {runs.get('replayed', '-')}, captured "
+          f"{runs.get('captured', '-')}, eager {runs.get('eager', '-')}) | as without a field |")
 EOF
 step "done, status $status"
 exit $status

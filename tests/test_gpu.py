@@ -366,6 +366,69 @@ def test_host_level_stage_equals_the_device_one(backend):
     assert host.dx_mm == pytest.approx(1.7, abs=0.2) and host.dy_mm == pytest.approx(-1.2, abs=0.2)
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["host-levels", "device-levels"])
+def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_host):
+    """Frames whose fields differ by a column replay one captured refinement, with the CPU's numbers.
+
+    The metric kernels visit each level's pixel list padded to a bucket with pixel (0, 0): the refine
+    sequence's graph key (which holds every launch argument) is the same for both frames although their
+    usable counts differ, and the padding changes no number.
+    """
+    import dataclasses
+
+    import portalign
+    from portalign.backends import cpu_backend
+    from portalign.backends._gpu import listed_bucket
+
+    shape = (128, 112)
+    keys: list = []
+    replay = launch.run_captured
+
+    def recording(key, enqueue):
+        keys.append(key)
+        return replay(key, enqueue)
+
+    monkeypatch.setattr(launch, "run_captured", recording)  # the refine wrapper calls it through the module
+
+    def through_field(image, right):
+        inside = np.zeros(shape, dtype=bool)
+        inside[16:112, 14:right] = True
+        return np.where(inside, image + 200.0, 0.03 * image + 5.0).astype(np.float32)
+
+    reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0), 98), pixel_spacing_mm=1.0)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    on_gpu = portalign.prepare_reference(reference, options,
+                                         backend=dataclasses.replace(backend, host_level_stage=on_host))
+    on_cpu = portalign.prepare_reference(reference, options, backend=cpu_backend())
+    plan_key = (shape, (1.0, 1.0), ((shape[1] - 1) / 2, (shape[0] - 1) / 2))
+    seen = []
+    for right in (98, 97):  # one column less of field: fewer usable pixels, the same bucket
+        frame = portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0), right), pixel_spacing_mm=1.0)
+        first = len(keys)
+        gpu, cpu = on_gpu.register(frame), on_cpu.register(frame)
+        assert gpu.backend == "gpu", gpu.warnings
+        assert (gpu.ok, gpu.reason) == (cpu.ok, cpu.reason)
+        assert (gpu.dx_mm, gpu.dy_mm, gpu.rotation_deg) == pytest.approx((cpu.dx_mm, cpu.dy_mm, cpu.rotation_deg),
+                                                                         abs=1e-9)
+        assert gpu.details["matched_pixels"] == cpu.details["matched_pixels"]
+        plan = on_gpu.plan_for(*plan_key)
+        counts = {}
+        for index in plan.refine_levels:
+            level = plan.levels[index]
+            capacity = level.pixel_rows.shape[0]
+            assert level.listed == listed_bucket(level.usable, capacity) >= level.usable
+            tail = slice(level.usable, level.listed)
+            assert not np.asarray(level.pixel_rows[tail]).any() and not np.asarray(level.pixel_cols[tail]).any()
+            counts[index] = (level.usable, level.listed)
+        seen.append((counts, keys[first:]))
+    (counts_a, keys_a), (counts_b, keys_b) = seen
+    assert keys_a and keys_a == keys_b  # the same launch sequences: one graph serves both frames
+    usable_changed = [i for i in counts_a if counts_a[i][0] != counts_b[i][0]]
+    assert usable_changed, (counts_a, counts_b)  # the test's premise: the fields' usable counts differ
+    assert all(counts_a[i][1] == counts_b[i][1] for i in counts_a), (counts_a, counts_b)
+    assert any(counts_a[i][1] > counts_a[i][0] for i in counts_a)  # some list was padded
+
+
 @pytest.mark.skipif(not SIMULATED, reason="only the simulator is refused for an automatic choice")
 def test_simulator_refused_when_not_asked_for_explicitly():
     from portalign import BackendUnavailableError

@@ -114,4 +114,12 @@ class Backend:
         """Copy ``host_array`` into the backend array ``device_array`` of the same shape (queued on a device)."""
         device_array[...] = host_array
 
+    def listed_count(self, usable: int, capacity: int) -> int:
+        """Entries of a level's usable-pixel list that the metric kernels visit: ``usable`` itself here.
+
+        A device visits a padded list (:meth:`portalign.backends.GpuBackend.listed_count`) so that one
+        captured launch sequence serves every frame of a geometry.
+        """
+        return usable
+
 

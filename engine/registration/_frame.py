@@ -60,13 +60,30 @@ def frame_mask(backend, level: Level, field: FieldEstimate, field_level: int, bi
                                   level.scratch, level.eroded, level.pixel_rows, level.pixel_cols, level.bins,
                                   level.row_sums, level.feat_re, level.feat_im, stats)
     _read_stats(level)
+    pad_pixel_list(backend, level)
 
 
 def _read_stats(level: Level) -> None:
     stats = level.stats
-    level.usable = int(stats[0])
+    level.usable = level.listed = int(stats[0])
     level.range = (float(stats[1]), float(stats[2]))
     level.eps = float(stats[3])
+
+
+def pad_pixel_list(backend, level: Level, host_rows: Any = None, host_cols: Any = None) -> None:  # type: ignore[no-untyped-def]
+    """Set ``level.listed`` (``backend.listed_count``) and write pixel ``(0, 0)`` into the list's entries past ``usable``.
+
+    Pixel ``(0, 0)`` is never usable (every level's erosion takes the image border): its edge features are
+    zero and its bin is -1, so the padded entries add nothing to a metric. With ``host_rows``/``host_cols``
+    (the host twin's lists, copied in next) the padding is written there, else into the level's own lists.
+    """
+    usable = level.usable
+    level.listed = listed = backend.listed_count(usable, level.pixel_rows.shape[0])
+    if listed > usable:
+        rows = level.pixel_rows if host_rows is None else host_rows
+        cols = level.pixel_cols if host_cols is None else host_cols
+        rows[usable:listed] = 0
+        cols[usable:listed] = 0
 
 
 def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate, bins: int,  # type: ignore[no-untyped-def]
@@ -122,7 +139,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     plan.surfaces_ready = together
     for level in levels:  # _read_stats, written out
         stats = level.stats
-        level.usable = int(stats[0])
+        level.usable = level.listed = int(stats[0])
         level.range = (float(stats[1]), float(stats[2]))
         level.eps = float(stats[3])
     return out

@@ -92,6 +92,9 @@ class Level:
     stats: Any = None
     # per-frame statistics
     usable: int = 0
+    #: Entries of the pixel list the metric kernels visit: ``usable`` on the CPU; on a device ``usable`` padded
+    #: with pixel ``(0, 0)``, which adds nothing, to a bucket (``Backend.listed_count``: one CUDA graph per bucket).
+    listed: int = 0
     range: tuple[float, float] = (0.0, 1.0)
     eps: float = 1.0
 

@@ -45,13 +45,13 @@ def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric:
     affines = backend.staged("evaluate_affines", table)
     if metric == "mi":
         hist = plan.hist[:n]
-        k.joint_histograms(level.pixel_rows, level.pixel_cols, level.usable, level.bins, level.ref_bins, affines, hist)
+        k.joint_histograms(level.pixel_rows, level.pixel_cols, level.listed, level.bins, level.ref_bins, affines, hist)
         k.mutual_information(hist, normalised, plan.mi_out[:n])
         return backend.to_host(plan.mi_out[:n]).copy()
     turns = np.empty((n, 2))
     rotations_into(poses, n, turns)
     rot = backend.staged("evaluate_rotations", turns)
-    k.gradient_correlation(level.pixel_rows, level.pixel_cols, level.usable, level.feat_re, level.feat_im, level.ref_re,
+    k.gradient_correlation(level.pixel_rows, level.pixel_cols, level.listed, level.feat_re, level.feat_im, level.ref_re,
                            level.ref_im, affines, rot, plan.edge_out[:n])
     sums = backend.to_host(plan.edge_out[:n])
     return sums[:, 0] / np.sqrt(np.maximum(sums[:, 1] * sums[:, 2], 1e-30))
@@ -81,7 +81,7 @@ def newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str
     step = np.array([level.spacing[1], level.spacing[0], theta_step])
     theta_limit = math.radians(opts.max_rotation_deg + opts.rotation_step_deg)
     out = plan.refine_out
-    rows, cols, count = pixels if pixels is not None else (level.pixel_rows, level.pixel_cols, level.usable)
+    rows, cols, count = pixels if pixels is not None else (level.pixel_rows, level.pixel_cols, level.listed)
     backend.kernels.refine(
         METRICS[metric], rows, cols, count, level.feat_re, level.feat_im, level.ref_re,
         level.ref_im, level.bins, level.ref_bins, level.geometry, np.asarray(pose, dtype=np.float64), step,

@@ -77,8 +77,11 @@ _configured: dict[tuple, Any] = {}
 _configured_lock = threading.Lock()
 #: CUDA graphs of launch sequences, by key: "seen" once run eagerly, then the captured graph, or "eager" after a failure.
 _graphs: dict[Any, Any] = {}
+#: How the launch sequences of :func:`run_captured` ran since the process started: ``"eager"``, ``"captured"``,
+#: ``"replayed"`` (read it before and after some frames: ``bench/gpu_latency.py`` reports the difference).
+GRAPH_RUNS: dict[str, int] = {"eager": 0, "captured": 0, "replayed": 0}
 _graphs_lock = threading.Lock()
-#: Most graphs kept (oldest dropped first): one per (lane, level, metric, usable-pixel count) in use.
+#: Most graphs kept (oldest dropped first): one per (lane, level, metric, bucket of the usable-pixel count) in use.
 MAX_GRAPHS = 256
 #: numba views of CuPy arrays by (address, shape, strides, dtype), made once (:func:`device_arg`); at most this many.
 _views: dict[tuple, Any] = {}
@@ -336,8 +339,16 @@ def run_captured(key: Any, enqueue: Any) -> str:
     calls only launch the graph: one host call for the whole sequence instead of one per
     kernel. ``key`` must name everything the launches depend on: the buffers' addresses, the
     grid shapes, every scalar argument. A failed capture makes that key eager for good.
-    Returns how the sequence ran: ``"eager"``, ``"captured"`` or ``"replayed"``.
+    Returns how the sequence ran: ``"eager"``, ``"captured"`` or ``"replayed"`` (counted in :data:`GRAPH_RUNS`).
     """
+    mode = _run_captured(key, enqueue)
+    with _graphs_lock:
+        GRAPH_RUNS[mode] += 1
+    return mode
+
+
+def _run_captured(key: Any, enqueue: Any) -> str:
+    """:func:`run_captured` without the count."""
     if not graphs_enabled():
         enqueue()
         return "eager"
