@@ -186,7 +186,10 @@ def test_rotation_lever_arm_is_the_schur_complement_of_the_stencil_hessian():
 
 def _program_cases():
     """Pairs that take every branch of stage 3: rotation, translation only, each method, a clean frame (polish),
-    a small cone (rotation unsupported), periodic stripes (a close runner-up), unrelated images, a low-dose field."""
+    a small cone (rotation unsupported), periodic stripes (a close runner-up), unrelated images, a low-dose field,
+    two portal images (the MI optimum reported)."""
+    from dataclasses import replace
+
     from portalign import Image, RegistrationOptions
 
     from tests.field_sets import cone_pair
@@ -204,6 +207,8 @@ def _program_cases():
     yield "translation only", ref, frame, RegistrationOptions(estimate_rotation=False)
     yield "mi", ref, frame, RegistrationOptions(method="mi")
     yield "edge", ref, frame, RegistrationOptions(method="edge")
+    portal_ref, portal_frame = (replace(image, info=replace(image.info, kind="portal")) for image in (ref, frame))
+    yield "portal reference", portal_ref, portal_frame, None
     clean = anatomy(768, seed=3)
     grid = {"shape": (384, 512), "spacing_mm": 0.39, "base_spacing_mm": 0.5}
     yield "clean (polish)", Image.from_array(moved(clean, 0, 0, 0, **grid), pixel_spacing_mm=0.39, kind="drr"), \
@@ -231,6 +236,8 @@ _BRANCH = {
     # a weak edge match: the split-half check runs and auto reports the mutual-information optimum
     "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "mi",
     "mi": lambda r: r.details["edge_mi_gap_mm"] is None and r.ok,
+    # two portal images: auto reports the MI optimum refined from the edge one
+    "portal reference": lambda r: r.details["final_metric_why"] == "portal reference" and r.ok,
     "rotation": lambda r: r.ok and r.details["edge_mi_gap_mm"] is not None and r.rotation_deg is not None,
 }
 
