@@ -128,19 +128,32 @@ def run_simpleitk() -> list[tuple]:
 
 def main(argv: list[str]) -> None:
     """Run every pair with the options ``key=value`` in ``argv``; print one line per pair and a summary per kind."""
+    import argparse
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(portalign.RegistrationOptions)]
+    parser = argparse.ArgumentParser(prog="python -m bench.field_sets", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("option", nargs="*", metavar="KEY=VALUE",
+                        help=f"a RegistrationOptions field for every pair (one of: {', '.join(names)})")
+    parser.add_argument("--simpleitk", action="store_true",
+                        help="also register every pair with the field-masked SimpleITK peer and print its summary")
+    args = parser.parse_args(argv)
     options = {}
-    for item in argv:
-        if item == "--simpleitk":
-            continue
-        key, _, value = item.partition("=")
-        options[key] = type(getattr(portalign.RegistrationOptions(), key))(value)
+    defaults = portalign.RegistrationOptions()
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            parser.error(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(names)}")
+        kind = type(getattr(defaults, key))
+        options[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     rows = run(options)
     for name, error, ok, rotation, reason in rows:
         shown = "" if error is None else f"{error:.3f}"
         turned = "" if rotation is None else f"{rotation:+.2f}"
         print(f"{name:24s} err={shown:>7s} ok={ok!s:5s} rot={turned:6s} {reason}")
     summarise("portalign", rows)
-    if "--simpleitk" in argv:
+    if args.simpleitk:
         peer = run_simpleitk()
         for peer_row, row in zip(peer, rows, strict=True):
             shown = "" if peer_row[1] is None else f"{peer_row[1]:.3f}"
