@@ -333,7 +333,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
 
 
 def test_host_level_stage_equals_the_device_one(backend):
-    """GPU frames whose levels are made ready on the host (the default) give the device level stage's numbers."""
+    """GPU frames whose levels (and global search) are made ready on the host (the default) give the device's numbers."""
     import dataclasses
 
     import portalign
@@ -353,9 +353,10 @@ def test_host_level_stage_equals_the_device_one(backend):
         prepared = portalign.prepare_reference(reference, options,
                                                backend=dataclasses.replace(backend, host_level_stage=on_host))
         results.append(prepared.register(frame))
-        stages.append(prepared.plan_for(shape, (1.0, 1.0), ((shape[1] - 1) / 2, (shape[0] - 1) / 2)).host_stage)
+        plan = prepared.plan_for(shape, (1.0, 1.0), ((shape[1] - 1) / 2, (shape[0] - 1) / 2))
+        stages.append((plan.host_stage, plan.host_candidates is not None))
     host, device = results
-    assert stages == [True, False]  # each path was taken
+    assert stages == [(True, True), (False, False)]  # each path was taken: the host's searched on the host too
     assert host.backend == device.backend == "gpu", (host.warnings, device.warnings)
     assert (host.ok, host.reason) == (device.ok, device.reason)
     assert (host.dx_mm, host.dy_mm, host.rotation_deg) == pytest.approx((device.dx_mm, device.dy_mm,

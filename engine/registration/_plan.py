@@ -129,6 +129,17 @@ class CoarseSearch:
     #: ``estimate_rotation``), when the CPU's level stage computed them beside the frame's other level
     #: (``kernels.cpu.level.levels_and_surfaces``); None on a device.
     normalised: Any = None
+    #: Host (numpy) ``ref_spectra_conj``: the same array on the CPU; on a device the copy that a lane's host twin
+    #: searches with (:meth:`FramePlan.host_twin`).
+    ref_spectra_host: Any = None
+
+    def on_host(self) -> CoarseSearch:
+        """A copy whose arrays are all host arrays (reference spectra shared, output buffers its own)."""
+        ty = np.arange(-self.margin_px, self.margin_px + 1)
+        return replace(self, ref_spectra_conj=self.ref_spectra_host, window=np.empty(tuple(self.window.shape), np.float32),
+                       window_rows=ty % self.padded_shape[0], window_cols=ty % self.padded_shape[1],
+                       peak_poses=np.zeros_like(self.peak_poses), peak_scores=np.zeros_like(self.peak_scores),
+                       normalised=None)
 
 
 @dataclass
@@ -179,6 +190,10 @@ class FramePlan:
     #: Whether this frame's levels were made ready on the host twin (the device's level images are then not this
     #: frame's: what reads them takes the twin's). Set by the frame program for each frame.
     host_stage: bool = False
+    #: This frame's global-search optima when the host twin searched (a device lane whose levels were made ready
+    #: on the host: the coarse features are there, and an FFT of this size is host work); None: the search runs on
+    #: the plan's backend. Set by the frame program for each frame, read by ``_search_program.search_eager``.
+    host_candidates: Any = None
 
     def __post_init__(self) -> None:
         self.used_levels = sorted(set(self.refine_levels) | {self.coarse.level})
@@ -212,6 +227,7 @@ class FramePlan:
             staging=backend.staging_buffer(self.frame_shape),
             host=None,
             host_stage=False,
+            host_candidates=None,
         )
 
     def host_twin(self, backend: Backend) -> FramePlan:
@@ -233,8 +249,10 @@ class FramePlan:
                         buffers[name] = None if array is None else backend.host_empty(tuple(array.shape),
                                                                                       np.dtype(array.dtype))
                 levels[index] = replace(level, stats=np.zeros(4), **buffers)
-            self.host = replace(self, levels=levels, program_inputs={}, program_scratch={}, surfaces_ready=False,
-                                scope=None, stream=None, staging=None, host=None, host_stage=False)
+            coarse = self.coarse.on_host() if self.coarse.ref_spectra_host is not None else self.coarse
+            self.host = replace(self, levels=levels, coarse=coarse, program_inputs={}, program_scratch={},
+                                surfaces_ready=False, scope=None, stream=None, staging=None, host=None, host_stage=False,
+                                host_candidates=None)
         return self.host
 
 

@@ -38,6 +38,7 @@ from ._quality import (
     is_clean,
     rotation_radius,
 )
+from ._search import global_search
 from ._search_program import search_compiled, search_eager
 from ._views import common_region, compare_views
 
@@ -225,6 +226,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     # ~30 launches and a dozen reads
     host = _host_twin(backend, plan, frame) if front is None and backend.host_level_stage else None
     plan.host_stage = host is not None
+    plan.host_candidates = None
     if host is not None:
         inputs = host.program_inputs
         front = inputs["pyramid"] if "pyramid" in inputs else None
@@ -316,6 +318,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
             if levels[index].usable < MIN_USABLE_PIXELS:
                 break
     # 2-3. global search, ranking, refinement and cross-checks: one compiled call on the CPU --------
+    if host is not None and host.coarse is not plan.coarse:
+        # the global search on the host twin too: the coarse level's features are there, and an FFT of this size is
+        # host work (on a device a dozen small launches and a read; the compiled CPU call, one thread, ~0.3 ms)
+        with _host_scope(host):
+            plan.host_candidates = global_search(_host_backend(), host, host.levels[plan.coarse.level], opts.candidates,
+                                                 rotate)
     search = search_compiled if backend.compiled_program else search_eager
     # two portal images share their intensities: MI reports, except on a small usable region, where the beam's own
     # profile (which stays with the machine) fills the intensities and the edges of what moved place it better

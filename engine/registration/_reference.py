@@ -497,6 +497,7 @@ class Reference:
             margin_px=margin,
             padded_shape=padded,
             ref_spectra_conj=backend.asarray(spectra),
+            ref_spectra_host=spectra,
             ref_energy=energy,
             window=backend.xp.empty((len(thetas), len(ty), len(ty)), dtype=backend.xp.float32),
             normalised=np.empty((len(thetas), len(ty), len(ty))) if backend.compiled_program else None,

@@ -208,7 +208,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     levels = plan.levels
     method = opts.method
     first = plan.refine_levels[0]
-    candidates = global_search(backend, plan, levels[plan.coarse.level], opts.candidates, rotate)
+    # a device lane whose levels the host made ready has searched there too (``_program._register``)
+    candidates = (plan.host_candidates if plan.host_candidates is not None
+                  else global_search(backend, plan, levels[plan.coarse.level], opts.candidates, rotate))
     no_match = not candidates
     if no_match:  # no finite correlation at all: nothing to refine
         candidates = [Candidate(np.zeros(3), 0.0)]
