@@ -69,12 +69,27 @@ def test_handed_open_field_no_field_edge():
     frame = read(FIELD_CASES / "open-field" / "frame_inside_r-15_c+21.dcm")
     result = portalign.register(ref, frame, backend="cpu")
     assert result.ok, result.reason
-    assert result.dx_mm == pytest.approx(5.488, abs=0.1)
-    assert result.dy_mm == pytest.approx(-3.920, abs=0.1)
+    # two portal images of one beam: auto reports the MI optimum (0.005 mm off; the edge one is 0.013 mm off)
+    assert result.details["final_metric_why"] == "portal reference"
+    assert result.dx_mm == pytest.approx(5.488, abs=0.02)
+    assert result.dy_mm == pytest.approx(-3.920, abs=0.02)
     assert abs(result.rotation_deg or 0.0) < 0.1
     assert not result.field_detected
     assert any(w.startswith(NO_FIELD_EDGE) and "covers the whole image" in w for w in result.warnings)
     assert result.details["field_note"].startswith(NO_FIELD_EDGE)
+
+
+@needs_cases
+def test_register_text_says_the_mi_optimum_was_reported_and_why(capsys):
+    from portalign.cli import main
+
+    folder = FIELD_CASES / "open-field"
+    assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert "optimum: mutual information (portal reference; the edge optimum is its check)" in out
+    assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm"),
+                 "--method", "edge"]) == 0
+    assert "optimum:" not in capsys.readouterr().out  # edge: nothing to say
 
 
 # --- own sets: windows of other real images ---------------------------------------------------------

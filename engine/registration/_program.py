@@ -327,7 +327,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     search = search_compiled if backend.compiled_program else search_eager
     # two portal images share their intensities: MI reports, except on a small usable region, where the beam's own
     # profile (which stays with the machine) fills the intensities and the edges of what moved place it better
-    alike = r_eff >= ALIKE_MIN_RADIUS_MM and alike_images(reference.image.info, frame.info)
+    # (the kinds compared here first: a frame against a DRR makes no call)
+    ref_info, frame_info = reference.image.info, frame.info
+    alike = (r_eff >= ALIKE_MIN_RADIUS_MM and ref_info.kind == frame_info.kind == "portal"
+             and alike_images(ref_info, frame_info))
     found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
