@@ -10,7 +10,8 @@ median registration time (Mattes MI, Euler2D, the set-up of
 :class:`bench.peers.SimpleITKMethod`), the ratio of the two and both errors
 against the simulated truth, the Python-level calls per frame (cProfile), and the one-shot
 ``portalign.register(reference, frame)`` time (reference preparation, a new geometry's plan, one frame).
-Targets (DESIGN.md): portalign <= 3 ms per 1024x768 frame on the 2-core CPU,
+The accuracy verdict compares the median errors of both over pairs ``0..--accuracy-pairs - 1`` of the
+seed (each registered once), not the timed pair's alone. Targets (DESIGN.md): portalign <= 3 ms per 1024x768 frame on the 2-core CPU,
 >= 200x faster than SimpleITK at equal or better accuracy, <= 60 Python calls a frame.
 """
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--accuracy-pairs", type=int, default=8,
+                        help="pairs 0..N-1 of the same seed registered once by both, for the accuracy verdict: one "
+                             "pair's error is noise (0 or 1: the timed pair alone)")
     parser.add_argument("--numba-threads", type=int, default=None,
                         help="threads for portalign's CPU kernels; numba's default otherwise")
     args = parser.parse_args(argv)
@@ -107,10 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     ratio = s_med / p_stats["median"]
     verdict_speed = "met" if p_stats["median"] <= 3.0 else "NOT met"
     verdict_ratio = "met" if ratio >= 200.0 else "NOT met"
-    verdict_acc = "equal or better" if p_err[0] <= s_err[0] + 1e-9 else "worse"
+    ours, theirs, label = [p_err[0]], [s_err[0]], "on the timed pair"
+    if args.accuracy_pairs > 1:
+        ours, theirs = [], []
+        for other in drr_cases(args.accuracy_pairs, args.seed, args.cache_dir or default_cache_dir()):
+            ours.append(pose_errors(pa.register(pa.prepare(other), other).pose, other.truth)[0])
+            theirs.append(pose_errors(sitk.register(sitk.prepare(other), other).pose, other.truth)[0])
+        label = f"median over pairs 0-{args.accuracy_pairs - 1} of seed {args.seed}"
+        print(f"accuracy, {label}: portalign {np.median(ours):.3f} mm (max {max(ours):.3f}), SimpleITK "
+              f"{np.median(theirs):.3f} mm (max {max(theirs):.3f})")
+    verdict_acc = "equal or better" if np.median(ours) <= np.median(theirs) + 1e-9 else "worse"
     print(f"ratio: portalign is {ratio:.1f}x faster than SimpleITK (target >= 200x: {verdict_ratio}); "
           f"median {p_stats['median']:.2f} ms (target <= 3 ms: {verdict_speed}); "
-          f"translation accuracy {verdict_acc} ({p_err[0]:.3f} vs {s_err[0]:.3f} mm)")
+          f"translation accuracy {verdict_acc} ({label}: {np.median(ours):.3f} vs {np.median(theirs):.3f} mm)")
     return 0
 
 
