@@ -61,12 +61,12 @@ MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
 #: region the plan was sized for gets a plan sized for the field (pyramid, edge band).
 SMALL_FIELD_MM = 80.0
+SMALL_FIELD_SHARE = 0.5
 #: ``auto`` reports the MI optimum of two portal images (``alike_images``) when their usable pixels lie this far (RMS,
 #: mm) from the beam axis or further. On the TrueBeam Winston-Lutz pairs (20 mm field, RMS radius 5.4 mm) the MI
 #: optimum lies 0.15 mm off pylinac's ball bearing, the edge one 0.003 mm (``tests/test_pylinac.py``); the held-out
 #: portal-reference pairs with jaws, MLC and open fields lie at 30-95 mm and gain (``_search_program.SETTINGS_ALIKE``).
 ALIKE_MIN_RADIUS_MM = 20.0
-SMALL_FIELD_SHARE = 0.5
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
