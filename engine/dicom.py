@@ -108,6 +108,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import PersonName
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -614,10 +615,17 @@ def _get(ds: Dataset, keyword: str) -> Any:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
+    """The element's value as text; a multi-valued one joined with backslashes (DICOM's own separator).
+
+    A person name is one value, although pydicom's ``PersonName`` iterates over its characters: joined
+    character by character, ``ANON`` became ``A\\N\\O\\N`` (four values) in the REG file's PatientName.
+    """
     value = _get(ds, keyword)
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+    if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, (str, bytes, PersonName))
+    ):
         return "\\".join(str(v) for v in value).strip()
     return str(value).strip()
 

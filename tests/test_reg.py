@@ -171,6 +171,22 @@ def test_written_from_dicom_inputs_references_their_uids(tmp_path):
     assert back.ReferencedSeriesSequence[0].SeriesInstanceUID in {o.SeriesInstanceUID for o in originals}
 
 
+def test_patient_name_read_from_dicom_is_one_value_in_the_reg_file(tmp_path):
+    """A person name is one value: it was joined character by character (``A\\N\\O\\N``, VM 4) on its way through."""
+    pixels = np.random.default_rng(2).random((32, 32)) * 1000
+    paths = []
+    for name in ("ref", "frame"):
+        ds = make_rt_image(pixels, gantry=0.0, PatientPosition="HFS", PatientName="Doe^Jane^M", PatientID="P-7")
+        paths.append(write_rt_image(ds, tmp_path / f"{name}.dcm"))
+    reference, frame = read_rt_image(paths[0]), read_rt_image(paths[1])
+    assert reference.info.extra["patient_name"] == "Doe^Jane^M"
+    result = RegistrationResult(dx_mm=0.5, dy_mm=-0.2, rotation_deg=None, ok=True)
+    write_spatial_registration(tmp_path / "reg.dcm", result, reference, frame, isocentre_mm=(0, 0, 0))
+    back = pydicom.dcmread(tmp_path / "reg.dcm")
+    assert back["PatientName"].VM == 1 and str(back.PatientName) == "Doe^Jane^M"
+    assert back.PatientID == "P-7"
+
+
 @pytest.mark.real_data
 def test_real_rt_images_can_be_registered_in_a_reg_object(tmp_path):
     if not WL.is_dir():
