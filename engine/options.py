@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -21,6 +22,14 @@ METHODS = ("auto", "mi", "edge")
 #: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.
 #: ``detect``: always try; ``none``: never (the whole image is anatomy).
 FIELD_MODES = ("auto", "detect", "none")
+
+
+#: The numeric fields of :class:`RegistrationOptions` (each must be finite).
+_NUMBERS = ("max_shift_mm", "max_rotation_deg", "field_margin_mm", "bins", "finest_spacing_mm", "coarse_spacing_mm",
+            "rotation_step_deg", "candidates", "ambiguity_ratio", "min_score", "agreement_mm", "view_tolerance_deg")
+#: Upper bounds of the fields that size the search's buffers (the FFT grid grows with the shift range and the
+#: edge band): far beyond any setup error or penumbra, and a bound on what one request can allocate.
+_LARGEST = {"max_shift_mm": 500.0, "field_margin_mm": 100.0, "agreement_mm": 100.0, "candidates": 64}
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,20 @@ class RegistrationOptions:
             raise PortalignError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.field not in FIELD_MODES:
             raise PortalignError(f"field must be one of {', '.join(FIELD_MODES)}; got {self.field!r}")
+        # every number finite first: NaN passes every comparison below (a NaN field margin reached the pyramid's
+        # sizing as "cannot convert float NaN to integer"), and an infinite one sizes an allocation by itself
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise PortalignError(f"{name} must be a finite number; got {value!r}")
+        for name, limit in _LARGEST.items():
+            if getattr(self, name) > limit:
+                raise PortalignError(f"{name} must be at most {limit:g}; got {getattr(self, name)!r}")
+        if not 0 < self.ambiguity_ratio <= 1:
+            raise PortalignError(f"ambiguity_ratio must be within 0..1 (a share of the best score); got "
+                                 f"{self.ambiguity_ratio!r}")
+        if not -1 <= self.min_score <= 1:
+            raise PortalignError(f"min_score must be within -1..1 (an edge correlation); got {self.min_score!r}")
         positive = {
             "max_shift_mm": self.max_shift_mm,
             "finest_spacing_mm": self.finest_spacing_mm,

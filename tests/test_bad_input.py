@@ -442,6 +442,37 @@ def test_cli_bad_options(capsys: pytest.CaptureFixture[str], extra: list[str], m
     assert_one_line_error(err, name, message)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--field-margin-mm", "nan"], r"--field-margin-mm must be a finite number; got nan$"),
+        (["--max-shift-mm", "inf"], r"--max-shift-mm must be a finite number; got inf$"),
+        (["--max-shift-mm", "1e6"], r"--max-shift-mm must be at most 500; got 1000000\.0$"),
+    ],
+    ids=["nan-margin", "infinite-shift", "huge-shift"],
+)
+def test_cli_options_that_are_not_finite_or_too_large(capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+                                                      good: Good) -> None:
+    """A NaN margin went through every comparison and crashed in the pyramid's sizing (a traceback, exit 1)."""
+    status = main(["register", str(good.ref_dcm), str(good.frame_dcm), *extra])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert_one_line_error(err, extra[0], message)
+
+
+@pytest.mark.parametrize(("keyword", "value", "message"), [
+    ("field_margin_mm", float("nan"), "field_margin_mm must be a finite number"),
+    ("min_score", float("nan"), "min_score must be a finite number"),
+    ("bins", True, "bins must be a finite number"),
+    ("ambiguity_ratio", 1.5, "ambiguity_ratio must be within 0..1"),
+    ("min_score", 2.0, "min_score must be within -1..1"),
+    ("candidates", 1000, "candidates must be at most 64"),
+])
+def test_options_refuse_non_finite_and_out_of_range_numbers(keyword: str, value: object, message: str) -> None:
+    with pytest.raises(portalign.PortalignError, match=message):
+        portalign.RegistrationOptions(**{keyword: value})
+
+
 def test_cli_negative_repeat(capsys: pytest.CaptureFixture[str], good: Good) -> None:
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--repeat", "-1"])
     out, err = capsys.readouterr()
