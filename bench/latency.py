@@ -11,8 +11,9 @@ median registration time (Mattes MI, Euler2D, the set-up of
 against the simulated truth, the Python-level calls per frame (cProfile), and the one-shot
 ``portalign.register(reference, frame)`` time (reference preparation, a new geometry's plan, one frame).
 The accuracy verdict compares the median errors of both over pairs ``0..--accuracy-pairs - 1`` of the
-seed (each registered once), not the timed pair's alone. Targets (DESIGN.md): portalign <= 3 ms per 1024x768 frame on the 2-core CPU,
->= 200x faster than SimpleITK at equal or better accuracy, <= 60 Python calls a frame.
+seed (each registered once), not the timed pair's alone. Targets (DESIGN.md): portalign <= 3 ms per
+1024x768 frame on the 2-core CPU, >= 200x faster than SimpleITK at equal or better accuracy, <= 60 Python
+calls a frame.
 """
 
 from __future__ import annotations

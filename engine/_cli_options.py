@@ -22,6 +22,27 @@ INVERT_HELP = ("force (--invert) or forbid (--no-invert) inverting the pixel val
                "default: the DICOM PixelIntensityRelationshipSign decides")
 
 
+def shown(value: float, digits: int = 2) -> float:
+    """``value`` rounded to ``digits`` decimals without a negative zero: printed, ``-0.001`` reads ``+0.00``, not ``-0.00``."""
+    return round(float(value), digits) + 0.0
+
+
+def patient_position_argument(value: str) -> str:
+    """``--patient-position``: one of the positions the couch axes are defined for (any case), else a usage error.
+
+    A typo was taken silently (``register``), or refused only after the registration and without the flag's name
+    (``--reg``), or turned into a warning (``couch``).
+    """
+    from .couch import PATIENT_TO_IEC
+
+    position = value.strip().upper()
+    if position not in PATIENT_TO_IEC:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not supported; use one of {', '.join(PATIENT_TO_IEC)} (the IEC 61217 couch axes are "
+            "defined for these; decubitus and sitting positions are not)")
+    return position
+
+
 def add_invert_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--invert`` / ``--no-invert`` (``args.invert``: True, False or None) to a parser."""
     parser.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None, help=INVERT_HELP)

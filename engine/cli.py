@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._cli_options import HelpFormatter, add_geometry_arguments, add_invert_argument, as_flags
+from ._cli_options import HelpFormatter, add_geometry_arguments, add_invert_argument, as_flags, patient_position_argument, shown
 from .errors import MissingDependencyError, PortalignError
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
@@ -79,7 +79,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg.add_argument("--overlay", metavar="PNG", help="write a review picture (default: none)")
     reg.add_argument("--reg", metavar="OUT.dcm",
                      help="write the result as a DICOM Spatial Registration (REG) object, when it is ok (default: none)")
-    reg.add_argument("--patient-position", default=None, metavar="POS",
+    reg.add_argument("--patient-position", default=None, metavar="POS", type=patient_position_argument,
                      help="HFS, FFS, HFP or FFP for --reg (default: the images' PatientPosition)")
     reg.add_argument("--frame-index", metavar="K", type=int, default=None,
                      help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
@@ -305,11 +305,11 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(payload, default=_plain))
         return
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
-    rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {result.rotation_deg:+.2f} deg"
+    rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {shown(result.rotation_deg):+.2f} deg"
     if result.dx_mm is None or result.dy_mm is None:
         print(f"dx, dy not measured   {rotation}   {status}")
     else:
-        print(f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm   {rotation}   {status}")
+        print(f"dx = {shown(result.dx_mm):+.2f} mm   dy = {shown(result.dy_mm):+.2f} mm   {rotation}   {status}")
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend

@@ -75,7 +75,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, export_reg, geometry_keywords
+from ._cli_options import (
+    add_geometry_arguments,
+    add_invert_argument,
+    as_flags,
+    export_reg,
+    geometry_keywords,
+    patient_position_argument,
+    shown,
+)
 from .errors import GeometryError, PortalignError
 from .image import Image, as_image
 from .options import RegistrationOptions
@@ -637,7 +645,7 @@ def _angle_of(frame: Image, reference: Image | None, attribute: str, warnings: l
 
 
 def _rotation_text(value: float | None) -> str:
-    return "not estimated" if value is None else f"{value:+5.2f}"
+    return "not estimated" if value is None else f"{shown(value):+5.2f}"
 
 
 def _deg(angle: float) -> str:
@@ -672,7 +680,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``portalign couch`` arguments to a parser."""
     parser.add_argument("--pair", nargs=2, action="append", metavar=("REF", "FRAME"), required=True,
                         help="reference and frame of one view (repeat for each gantry angle; two or more)")
-    parser.add_argument("--patient-position", default=None, metavar="POS",
+    parser.add_argument("--patient-position", default=None, metavar="POS", type=patient_position_argument,
                         help="HFS, FFS, HFP or FFP (default: the frames' PatientPosition)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--tolerance", default=None, metavar="SPEC",
@@ -734,11 +742,12 @@ def _text_report(couch: CouchShift) -> str:
     for axis in AXES:
         value = getattr(couch, f"{axis}_mm")
         hint = f"  (+ = {names[axis]})" if axis in names else ""
-        lines.append(f"{axis:>13}: {value:+7.2f} mm   correction {couch.couch_correction[axis]:+7.2f} mm{hint}")
+        lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction {shown(couch.couch_correction[axis]):+7.2f} mm"
+                     f"{hint}")
     for name, value in couch.rotation_deg.items():
-        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{value:+7.2f} deg"))
+        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))
     for view in couch.views:
-        lines.append(f"  gantry {view['gantry_deg']:6.1f}: dx {view['dx_mm']:+6.2f} dy {view['dy_mm']:+6.2f} "
+        lines.append(f"  gantry {view['gantry_deg']:6.1f}: dx {shown(view['dx_mm']):+6.2f} dy {shown(view['dy_mm']):+6.2f} "
                      f"rot {_rotation_text(view['rotation_deg'])}  residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if couch.within_tolerance:

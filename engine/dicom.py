@@ -108,7 +108,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.valuerep import PersonName
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -116,6 +115,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     RTImageStorage,
 )
+from pydicom.valuerep import PersonName
 
 from ._pydicom_compat import decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
@@ -615,10 +615,10 @@ def _get(ds: Dataset, keyword: str) -> Any:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    """The element's value as text; a multi-valued one joined with backslashes (DICOM's own separator).
+    """Return the element's value as text; a multi-valued one joined with backslashes (DICOM's own separator).
 
     A person name is one value, although pydicom's ``PersonName`` iterates over its characters: joined
-    character by character, ``ANON`` became ``A\\N\\O\\N`` (four values) in the REG file's PatientName.
+    character by character, ``ANON`` had become four values in the REG file's PatientName.
     """
     value = _get(ds, keyword)
     if value is None:

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ._cli_options import add_invert_argument
+from ._cli_options import add_invert_argument, shown
 from .errors import PortalignError, PortalImageError
 from .image import Image, as_image
 from .result import RegistrationResult
@@ -615,15 +615,15 @@ def run(args: argparse.Namespace) -> int:
           f"collimator {report['collimator_deg']:g} deg")
     if report["aperture_note"]:
         print(f"note: {report['aperture_note']}")
-    print(f"field centre shift: x {shift[0]:+.2f} mm, y {shift[1]:+.2f} mm")
-    print("edge errors: " + ", ".join(f"{k} {v:+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
+    print(f"field centre shift: x {shown(shift[0]):+.2f} mm, y {shown(shift[1]):+.2f} mm")
+    print("edge errors: " + ", ".join(f"{k} {shown(v):+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
     if "anatomy_ok" in report:
         rel = report["anatomy_relative_to_field_mm"]
         verdict = "" if report["anatomy_ok"] else f"   NOT OK ({report['anatomy_reason']})"
         if rel is None:
             print(f"anatomy relative to the field: not measured{verdict}")
         else:
-            print(f"anatomy relative to the field: x {rel[0]:+.2f} mm, y {rel[1]:+.2f} mm{verdict}")
+            print(f"anatomy relative to the field: x {shown(rel[0]):+.2f} mm, y {shown(rel[1]):+.2f} mm{verdict}")
     print("within tolerance" if report["within_tolerance"] else
           f"OUTSIDE tolerance: an edge is {report['max_edge_error_mm']:.2f} mm off (> {report['tolerance_mm']:g})")
     return status

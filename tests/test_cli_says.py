@@ -167,6 +167,28 @@ def test_cli_errors_name_flags_not_keywords(capsys, files) -> None:
     assert "--field-margin-mm must not be negative" in err and "field_margin_mm" not in err
 
 
+@pytest.mark.parametrize("command", ["register", "couch"])
+def test_an_unsupported_patient_position_is_a_usage_error_naming_the_flag(capsys, files, command) -> None:
+    """A typo was taken silently (register), refused only after registering (--reg) or made a warning (couch)."""
+    if command == "register":
+        argv = ["register", files["ref"], files["frame"]]
+    else:
+        argv = ["couch", "--pair", files["ref"], files["frame"], "--pair", files["ref"], files["frame"]]
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv] + ["--patient-position", "XYZ"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == ""
+    assert err.startswith(f"usage: portalign {command}")
+    assert "argument --patient-position: 'XYZ' is not supported; use one of HFS, FFS, HFP, FFP" in err
+
+
+def test_shown_numbers_have_no_negative_zero() -> None:
+    from portalign._cli_options import shown
+
+    assert f"{shown(-0.001):+.2f}" == "+0.00" and f"{shown(-0.006):+.2f}" == "-0.01"
+    assert f"{shown(-0.04, 1):+.1f}" == "+0.0"
+
+
 def test_as_flags_maps_every_option_keyword() -> None:
     parser = build_parser()
     register = parser._subparsers._group_actions[0].choices["register"]

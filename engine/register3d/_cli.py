@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from .._cli_options import add_geometry_arguments, add_invert_argument, as_flags, export_reg, geometry_keywords
+from .._cli_options import (
+    add_geometry_arguments,
+    add_invert_argument,
+    as_flags,
+    export_reg,
+    geometry_keywords,
+    patient_position_argument,
+)
 from ..couch import AXES
 from ..errors import GeometryError, PortalignError
 
@@ -25,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the frames' IsocenterPosition)")
     where.add_argument("--plan", default=None, metavar="RTPLAN",
                        help="take the isocentre from this RT Plan (default: --isocenter-mm)")
-    parser.add_argument("--patient-position", default=None, metavar="POS",
+    parser.add_argument("--patient-position", default=None, metavar="POS", type=patient_position_argument,
                         help="HFS, FFS, HFP or FFP (default: the CT's PatientPosition)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
                         help="compute backend (auto: the GPU when one works here, else the CPU)")

@@ -134,7 +134,7 @@ class CoarseSearch:
     ref_spectra_host: Any = None
 
     def on_host(self) -> CoarseSearch:
-        """A copy whose arrays are all host arrays (reference spectra shared, output buffers its own)."""
+        """Return a copy whose arrays are all host arrays (reference spectra shared, output buffers its own)."""
         ty = np.arange(-self.margin_px, self.margin_px + 1)
         return replace(self, ref_spectra_conj=self.ref_spectra_host, window=np.empty(tuple(self.window.shape), np.float32),
                        window_rows=ty % self.padded_shape[0], window_cols=ty % self.padded_shape[1],
