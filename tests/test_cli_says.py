@@ -214,6 +214,10 @@ def test_register_images_that_do_not_overlap(capsys, files) -> None:
     payload = json.loads(out)
     assert status == 0 and payload["ok"] is False
     assert payload["reason"].startswith("no common anatomy"), payload["reason"]
+    # an optimum over no common anatomy is not a measurement: null, and "not measured" in the text
+    assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
+    status, out, _ = run(capsys, "register", files["ref"], files["frame_far"])
+    assert status == 0 and out.startswith("dx, dy not measured   rotation not estimated   NOT OK (no common anatomy")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -374,7 +374,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     significance = float(final_edge) * math.sqrt(matched / 2.0)
     # a different view, no overlap at all, or an unusable frame rule the match out before its score does
     # a doubted "field" comes before the quality verdicts about it ("too little structure inside the field")
-    reason = view_reason or common_region(reference.image, frame, box_mm, plan.view_boxes) or doubt_reason or quality
+    # images with no anatomy in common: the optimum found is not a measurement (null, like an empty frame's)
+    apart = "" if view_reason else common_region(reference.image, frame, box_mm, plan.view_boxes)
+    reason = view_reason or apart or doubt_reason or quality
     max_rot = opts.max_rotation_deg * _RADIANS if opts.estimate_rotation else 0.0
     max_shift = opts.max_shift_mm
     if reason:
@@ -436,7 +438,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
-    shift_measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
+    shift_measured = (not apart and levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
                       and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
     if not shift_measured:
         details["rotation_estimated"] = rotate = False
