@@ -382,7 +382,8 @@ def _understood(image: Any) -> dict[str, Any]:
     elif kind.startswith("kV"):
         nature = f"{kind} through the imaging beam, not the treatment beam"
     elif kind.startswith("portal"):
-        nature = kind.replace(" MV)", " MV treatment beam)") if "MV" in kind else "portal image (MV treatment beam)"
+        nature = (kind.replace(" MV)", " MV treatment beam)") if "MV" in kind
+                  else "portal image (beam energy not recorded: no KVP)")
     else:
         nature = "projection image of unknown kind"
     small, factor = box_reduce(image.pixels, 256)

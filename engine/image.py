@@ -16,6 +16,7 @@ nothing after this point reads a tag.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,13 +77,17 @@ class ImageInfo:
 def beam_kind(info: ImageInfo) -> str:
     """Say what took the image, from its kind and KVP: ``"DRR"``, ``"kV image (120 kVp)"``, ``"portal image (6 MV)"``.
 
-    Varian writes a treatment beam's energy as KVP (6000 for 6 MV): a KVP of 1000 or more is an MV beam.
+    Varian writes a treatment beam's energy as KVP (6000 for 6 MV): a KVP of 1000 or more is an MV beam. Without a
+    KVP an RT Image Label that names kV (``"KV"``, ``"kV image"``) says a kV image; otherwise the energy is unknown.
     """
     kvp = info.extra.get("kvp")
     if info.kind == "drr":
         return "DRR"
     if kvp is not None and kvp < 1000:
         return f"kV image ({kvp:g} kVp)"
+    label = str(info.extra.get("rt_image_label") or "")
+    if kvp is None and info.kind == "portal" and re.search(r"(?<![A-Za-z0-9])kV(?![A-Za-z0-9])", label, re.IGNORECASE):
+        return f"kV image (no KVP recorded; RT Image Label {label!r})"
     if info.kind == "portal":
         return f"portal image ({kvp / 1000:g} MV)" if kvp else "portal image"
     return "image"

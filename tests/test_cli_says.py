@@ -274,6 +274,17 @@ def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_im
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.real_data
+def test_info_calls_a_kv_labelled_image_without_kvp_a_kv_image(capsys) -> None:
+    leeds = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "pylinac" / "planar_imaging" / \
+        "leeds_kv.dcm"
+    if not leeds.is_file():
+        pytest.skip(f"{leeds} is not here (../shared/data/real)")
+    status, out, _ = run(capsys, "info", leeds, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["kind"] == "kv" and info["image"].startswith("kV image (no KVP recorded")
+
+
 def test_every_option_has_a_description_with_its_default() -> None:
     parser = build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
@@ -408,6 +419,9 @@ def test_the_image_kind_is_said_alike_by_info_and_the_review_picture() -> None:
     assert beam_kind(mv) == "portal image (6 MV)"
     assert beam_kind(ImageInfo(kind="portal", extra={"kvp": 120.0})) == "kV image (120 kVp)"
     assert beam_kind(ImageInfo(kind="drr")) == "DRR" and beam_kind(ImageInfo(kind="portal")) == "portal image"
+    # no KVP: a label naming kV says a kV image (pylinac's leeds_kv.dcm: RTImageLabel "KV"), else the energy is unknown
+    assert beam_kind(ImageInfo(kind="portal", extra={"rt_image_label": "KV"})).startswith("kV image (no KVP recorded")
+    assert beam_kind(ImageInfo(kind="portal", extra={"rt_image_label": "MV1"})) == "portal image"
     from portalign import Image
 
     image = Image(np.zeros((8, 8), np.float32), (1.0, 1.0), (3.5, 3.5), mv)

@@ -262,11 +262,13 @@ def test_alike_images_are_portal_images_of_one_kind_of_beam():
     from portalign.image import ImageInfo
     from portalign.registration._program import alike_images
 
-    def info(kind, kvp=None):
-        return ImageInfo(kind=kind, extra={} if kvp is None else {"kvp": kvp})
+    def info(kind, kvp=None, label=""):
+        return ImageInfo(kind=kind, extra={"rt_image_label": label} if kvp is None else {"kvp": kvp})
 
     assert alike_images(info("portal", 6000), info("portal", 6000))
     assert alike_images(info("portal"), info("portal", 6000))  # an unknown energy is not held against them
     assert not alike_images(info("portal", 120), info("portal", 6000))  # a kV image and an MV one
     assert not alike_images(info("drr"), info("portal"))
     assert not alike_images(info("portal"), info(""))  # an array of unknown kind
+    assert not alike_images(info("portal", label="KV"), info("portal", 6000))  # kV by its label, no KVP
+    assert alike_images(info("portal", label="KV"), info("portal", 120))

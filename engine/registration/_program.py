@@ -25,7 +25,7 @@ from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
 from ..field import NO_FIELD, field_size_mm, find_field
-from ..image import Image, ImageInfo, check_frame_pixels
+from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, frame_levels, frame_mask, pad_pixel_list
 from ._plan import FramePlan, wants_field
@@ -185,15 +185,15 @@ def alike_images(reference: ImageInfo, frame: ImageInfo) -> bool:
     """Whether two images share their intensities: both portal images (kind ``"portal"``) of one kind of beam.
 
     Then ``auto`` reports the mutual-information optimum (``_search_program.SETTINGS_ALIKE`` gives the measurements).
-    A KVP of 1000 or more is an MV beam (Varian writes 6 MV as 6000); a kV image and an MV one are not alike. An
-    unknown kind (an array without ``kind``) is not a portal image.
+    The beam is :func:`portalign.image.beam_kind`'s (a KVP of 1000 or more is an MV beam, Varian writing 6 MV as 6000;
+    without a KVP an RT Image Label naming kV): a kV image and an MV one are not alike; an energy not recorded is not
+    held against them. An unknown kind (an array without ``kind``) is not a portal image.
     """
     if reference.kind != "portal" or frame.kind != "portal":
         return False
-    ref_kvp, frame_kvp = reference.extra.get("kvp"), frame.extra.get("kvp")
-    if ref_kvp is None or frame_kvp is None:
-        return True
-    return (ref_kvp >= 1000) == (frame_kvp >= 1000)
+    beams = [beam_kind(info) for info in (reference, frame)]  # "kV image (...)", "portal image (6 MV)", "portal image"
+    classes = {"kV" if kind.startswith("kV") else "MV" for kind in beams if kind.startswith("kV") or "MV" in kind}
+    return len(classes) <= 1  # one kind of beam, or an energy not recorded
 
 
 def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: list[int]) -> None:
