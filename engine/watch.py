@@ -244,6 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="handle the files present (once complete) and exit instead of watching; exit status 1 "
                              "when any file failed")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+    parser.add_argument("--create", action="store_true",
+                        help="make DIR when it does not exist (default: a missing DIR is an error: a typo in the path "
+                             "would otherwise watch an empty new folder and report nothing)")
 
 
 #: Exit status of ``portalign watch --once`` when a file failed (moved to failed/).
@@ -257,6 +260,11 @@ def run(args: argparse.Namespace) -> int:
     (:data:`EXIT_FILE_FAILED`) with ``--once`` when any file failed, 2 on unusable arguments.
     """
     journal = None
+    folder = Path(args.folder)
+    if not folder.is_dir() and not getattr(args, "create", False):
+        what = "is not a folder" if folder.exists() else "does not exist"
+        print(f"portalign watch: {folder} {what}; check the path (or pass --create to make it)", file=sys.stderr)
+        return 2
     try:
         journal = Journal(args.results)
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",

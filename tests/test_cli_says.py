@@ -333,6 +333,17 @@ def test_watch_prints_a_line_per_file_and_once_fails_when_a_file_failed(capsys, 
     assert status == 0 and out.startswith("c_frame.dcm: dx +3.")
 
 
+def test_watch_refuses_a_folder_that_does_not_exist_unless_told_to_create_it(capsys, files, tmp_path) -> None:
+    """A typo in the path watched a new empty folder: "0 done, 0 failed", exit 0."""
+    missing = tmp_path / "inbox-typo"
+    status, out, err = run(capsys, "watch", missing, "--results", tmp_path / "r.jsonl", "--once")
+    assert status == 2 and out == "" and not missing.exists()
+    assert err.strip() == f"portalign watch: {missing} does not exist; check the path (or pass --create to make it)"
+    status, out, _ = run(capsys, "watch", missing, "--results", tmp_path / "r.jsonl", "--once", "--create",
+                         "--poll", "0.05")
+    assert status == 0 and missing.is_dir() and (missing / "done").is_dir()
+
+
 # ---------------------------------------------------------------------------------------------
 # the review picture, read_rt_image's keywords
 # ---------------------------------------------------------------------------------------------
