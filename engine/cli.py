@@ -131,7 +131,10 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).add_arguments(cmd)
         except ImportError as exc:  # an optional extra (fastapi, pynetdicom) is missing: say which, whatever the arguments
             missing = exc.name or module
-            cmd.set_defaults(plugin_error=str(MissingDependencyError.for_module(missing, f"portalign {name}")))
+            message = str(MissingDependencyError.for_module(missing, f"portalign {name}"))
+            cmd.set_defaults(plugin_error=message)
+            # --help too: without the extra its options cannot be listed, and a bare "[-h]" usage hid why
+            cmd.description = f"{text}. {message}; its options are listed once it is installed."
     return parser
 
 

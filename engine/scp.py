@@ -366,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
-        print(f"portalign scp: {exc}", file=sys.stderr)
+        print(f"portalign scp: error: {exc}" if not str(exc).startswith("portalign scp") else f"portalign: error: {exc}",
+              file=sys.stderr)
         return 2
     port = server.server_address[1]
     who = ", ".join(allow) if allow else "any calling AE"

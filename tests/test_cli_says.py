@@ -66,6 +66,18 @@ def test_serve_without_the_service_extra_names_it_whatever_the_arguments(capsys,
     assert "unrecognized arguments" not in err and "Traceback" not in err
 
 
+def test_serve_help_without_the_service_extra_says_so(capsys, monkeypatch) -> None:
+    """``serve --help`` listed only ``[-h]``, with nothing to say why its options were missing."""
+    monkeypatch.delitem(sys.modules, "portalign.service", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert 'needs fastapi, which is not installed: pip install "portalign[service]"' in " ".join(out.split())
+    assert "its options are listed once it is installed" in " ".join(out.split())
+
+
 def test_scp_without_pynetdicom_names_the_extra_and_leaves_no_results_file(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "pynetdicom", None)
     results = tmp_path / "results.jsonl"
