@@ -39,7 +39,7 @@ from ._quality import (
     rotation_radius,
 )
 from ._search import global_search
-from ._search_program import search_compiled, search_eager
+from ._search_program import WEAK_EDGE_SCORE, search_compiled, search_eager
 from ._views import common_region, compare_views
 
 if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
@@ -357,7 +357,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     # which optimum the result reports: auto reports the MI one on a weak (noise-dominated) edge match
     details["final_metric"] = "mi" if found.mi_final or opts.method == "mi" else "edge"
     # why auto reported the MI optimum: two portal images share their intensities; a weak edge match is noise
-    details["final_metric_why"] = ("portal reference" if alike else "weak edge match") if found.mi_final else None
+    details["final_metric_why"] = (("weak edge match" if found.final_edge < WEAK_EDGE_SCORE else "portal reference")
+                                   if found.mi_final else None)
     # 4. trust -------------------------------------------------------------------------------------
     box_mm = None
     if field.detected and field.box_px is not None:

@@ -61,6 +61,11 @@ SPLIT_HALF_BELOW_SCORE = 0.4
 #: ``python -m bench.held_out`` (seeds 11 and 12): low-dose pairs score 0.05-0.17 and their MI optima are off by a
 #: median 0.24 mm against 0.46 mm for the edge optima; at normal dose (0.3-0.6) edges are better, 0.13 against 0.20.
 WEAK_EDGE_SCORE = 0.2
+#: Two portal images (``alike``) get the MI optimum unless the matched structure's rotation lever arm, when measured,
+#: is below this (mm): a small structure in a large usable region (a 20 mm field seen whole in an inverted file, lever
+#: arm 10.9 mm) is placed better by its edges (0.003 mm and 0.12 deg off) than by MI, which the flat regions' partial-
+#: volume interpolation pulls (0.06 mm and 0.63 deg off). Held-out portal-reference pairs lie at 27-84 mm.
+ALIKE_MIN_SUPPORT_MM = 20.0
 
 _VALUES = {
     "candidate_floor": CANDIDATE_FLOOR, "distinct_mm": DISTINCT_MM, "recheck_ratio": RECHECK_RATIO,
@@ -69,18 +74,19 @@ _VALUES = {
     "coarse_tolerance": COARSE_TOLERANCE, "fine_tolerance": FINE_TOLERANCE,
     "min_rotation_support_mm": MIN_ROTATION_SUPPORT_MM, "min_usable_pixels": MIN_USABLE_PIXELS,
     "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
-    "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE,
+    "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE, "alike": 0.0,
+    "alike_min_support_mm": ALIKE_MIN_SUPPORT_MM,
 }
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 #: The same for a pair of portal images (:func:`portalign.registration._program.alike_images`): ``auto`` reports the
-#: mutual-information optimum whatever the edge score. Two images of the same beam and detector share their
+#: mutual-information optimum whatever the edge score (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM). Two images of the same beam and detector share their
 #: intensities (up to noise and gain), which MI uses in full, low frequencies included; a DRR's do not (another
 #: spectrum, no scatter, no noise), and there the edges are better. ``python -m bench.held_out`` portal-reference
 #: pairs, median error of the ok ones: seed 21 0.190 -> 0.117 mm, seed 31 0.200 -> 0.113 mm (method edge-then-MI
 #: against edge); DRR references: 0.148 -> 0.217 mm, so they keep the edge optimum.
 SETTINGS_ALIKE = SETTINGS.copy()
-SETTINGS_ALIKE[SETTING_NAMES.index("weak_edge_score")] = np.inf
+SETTINGS_ALIKE[SETTING_NAMES.index("alike")] = 1.0
 _OUT = {name: i for i, name in enumerate(OUT_NAMES)}
 _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_OUT[k] for k in ("score", "best_score", "ambiguity", "runner_dx_mm",
                                                                      "runner_dy_mm"))
@@ -283,8 +289,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     mi_gap = mi_pose = None
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
-    # (a pair of portal images: always, see SETTINGS_ALIKE)
-    mi_final = method == "auto" and not no_match and (alike or score < WEAK_EDGE_SCORE)
+    # (a pair of portal images too, unless the rotation lever arm is short: see SETTINGS_ALIKE, ALIKE_MIN_SUPPORT_MM)
+    alike_final = alike and not (support is not None and support < ALIKE_MIN_SUPPORT_MM)
+    mi_final = method == "auto" and not no_match and (score < WEAK_EDGE_SCORE or alike_final)
     if method == "auto":
         if mi_final:
             mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts,

@@ -45,7 +45,7 @@ SETTING_NAMES = (
     "candidate_floor", "distinct_mm", "recheck_ratio", "coarse_recheck_ratio", "recheck_iterations",
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
-    "max_rotation_step", "weak_edge_score",
+    "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
@@ -182,6 +182,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     min_support, min_usable = settings[10], settings[11]
     split_below, split_iterations, max_step = settings[12], int(settings[13]), settings[14]
     weak_edge = settings[15]
+    alike, alike_support = settings[16] != 0.0, settings[17]
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -315,7 +316,10 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         score = result[3]
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
-    mi_final = method == METHOD_AUTO and not no_match and score < weak_edge
+    # ...and so is that of two portal images (``alike``), whose intensities match, unless the matched structure pins
+    # rotation weakly (its lever arm, when measured, below ``alike_min_support_mm``: a small field's)
+    alike_final = alike and not out[_SUPPORT] < alike_support  # NaN (not measured) is not below
+    mi_final = method == METHOD_AUTO and not no_match and (score < weak_edge or alike_final)
     if method == METHOD_AUTO:
         if mi_final:
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate, theta_limit,
