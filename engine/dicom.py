@@ -143,8 +143,13 @@ POSITION_LIMIT_MM = 10000.0
 ANGLE_LIMIT_DEG = 360.0
 #: Largest Rows / Columns (the US value range).
 MAX_SIDE = 65535
-#: Compressed pixel data may decode to at most this many times its own size.
-MAX_COMPRESSION_RATIO = 200
+#: Compressed pixel data (and a deflated dataset) may decode to at most this many times its own size. Lossless
+#: compression of a detector's noisy 16-bit pixels gains 2-4 times; 50 leaves room for flat images and refuses a
+#: few kilobytes that claim hundreds of megabytes.
+MAX_COMPRESSION_RATIO = 50
+#: A deflated dataset this small may inflate to this many bytes whatever its ratio.
+_INFLATE_FLOOR_BYTES = 16 << 20
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 #: DICOM tags named in error messages.
 _TAGS = {
     "ApplicatorOpening": "(300A,0433)",
@@ -510,7 +515,7 @@ def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
             ds.filename = source.name  # keeps the name when the dataset is passed on
     _ensure_transfer_syntax(ds, name)
     if require_pixels and not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        modality = _text(ds, "Modality") or "unknown"
+        modality = _printable(_text(ds, "Modality"), 32) or "unknown"
         if modality in _IMAGE_MODALITIES and size is not None:
             # an image's header without its pixels: a file cut short (a copy or a transfer that stopped)
             raise PortalImageError(f"{name}: has no pixel data (Modality {modality}): an image file of {size:,} bytes "
@@ -523,6 +528,8 @@ def _parse(data: bytes, name: str) -> Dataset:
     if not data:
         raise PortalImageError(f"{name}: is empty (0 bytes); not a DICOM file")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    if has_preamble and _DEFLATED.encode() in data[132:1024]:
+        _check_inflated_size(data, name)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -538,6 +545,32 @@ def _parse(data: bytes, name: str) -> Dataset:
     if not _looks_like_dicom(ds):
         raise PortalImageError(f"{name}: {_NOT_DICOM}")
     return ds
+
+
+def _check_inflated_size(data: bytes, name: str) -> None:
+    """Refuse a deflated dataset that would inflate beyond :data:`MAX_COMPRESSION_RATIO` times its file (a zip bomb).
+
+    pydicom inflates the whole dataset before anything can be checked: 490 KB of zeros took 1 GiB. The file meta
+    group (its length is its first element, explicit VR little endian) ends where the raw deflate stream starts;
+    it is inflated here up to the bound and no further.
+    """
+    import zlib
+
+    group_length = int.from_bytes(data[140:144], "little") if data[132:136] == b"\x02\x00\x00\x00" else None
+    if group_length is None or 144 + group_length > len(data):
+        return  # no usable group length: pydicom's own reading decides
+    stream = data[144 + group_length:]
+    limit = max(MAX_COMPRESSION_RATIO * len(data), _INFLATE_FLOOR_BYTES)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = len(inflater.decompress(stream, limit + 1))
+    except zlib.error:
+        return  # not a valid stream: pydicom reports it as damaged
+    if inflated > limit:
+        raise PortalImageError(
+            f"{name}: its deflated dataset would inflate to more than {limit:,} bytes ({MAX_COMPRESSION_RATIO} times "
+            f"the file's {len(data):,}); refused as damaged or hostile"
+        )
 
 
 def _looks_like_dicom(ds: Dataset) -> bool:
@@ -672,12 +705,21 @@ def _label(keyword: str) -> str:
     return f"{keyword} {tag}" if tag else keyword
 
 
+def _printable(text: str, limit: int = 60) -> str:
+    """Return ``text`` from a file fit for a one-line message: control characters escaped, at most ``limit`` long.
+
+    A tag value holding a newline (or a length that swallowed the header's binary) split the error over lines.
+    """
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: 4 * limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
         text = "[" + ", ".join(str(v) for v in value) + "]"
     else:
         text = repr(value) if isinstance(value, (str, bytes)) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _printable(text)
 
 
 def _checked(
@@ -812,8 +854,9 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
         slope, intercept = _rescale_tags(ds, name)
         pixels = [check_pixels(_rescale(raw, slope, intercept), name) for raw in frames]
         sign, reason, offset = _intensity_sign(ds, name, kind, pixels, slope, intercept, options.invert)
-        if sign < 0:
-            pixels = [np.ascontiguousarray(offset - p, dtype=np.float32) for p in pixels]
+        if sign < 0:  # in place where the array is this reader's own copy, not the decoded one (no second image)
+            pixels = [np.subtract(offset, p, out=None if any(p is raw for raw in frames) else p, dtype=np.float32)
+                      for p in pixels]
 
         common = _common_extra(ds, name, geometry, n_frames, slope, intercept, sign, reason)
         if kind == "portal" and sign > 0:
@@ -884,6 +927,14 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
                 f"compressed pixel data into {wanted} bytes (over {MAX_COMPRESSION_RATIO} times); "
                 "the image size tags are wrong"
             )
+        claimed = _codestream_size(ds[keyword].value)
+        if claimed is not None and claimed != (rows, cols):
+            # a decoder sizes its output from the codestream's own header, not from Rows/Columns: a few kilobytes
+            # claiming 12000 x 12000 were decoded (275 MiB) before the shapes were compared
+            raise PortalImageError(
+                f"{name}: the compressed pixel data's own header says {claimed[0]} x {claimed[1]} pixels but Rows x "
+                f"Columns say {rows} x {cols}; the file is damaged"
+            )
     elif length < expected:
         raise PortalImageError(
             f"{name}: {keyword} has {length} bytes but Rows x Columns x NumberOfFrames x BitsAllocated/8 "
@@ -896,6 +947,44 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
             f"BitsAllocated/8 ({rows} x {cols} x {frames} x {bits}/8) = {expected}; the size tags are wrong"
         )
     return rows, cols, frames
+
+
+#: JPEG start-of-frame markers (SOF0-SOF15 less DHT C4, JPG C8, DAC CC; JPEG-LS SOF55 F7).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def _codestream_size(encapsulated: bytes, search: int = 1 << 16) -> tuple[int, int] | None:
+    """Return ``(rows, cols)`` that the first JPEG / JPEG-LS / JPEG 2000 codestream in ``encapsulated`` declares.
+
+    Reads the frame header a decoder sizes its output from: a JPEG SOF marker segment (height, width) or a
+    JPEG 2000 SIZ segment (image extent less offset), found in the first ``search`` bytes of the pixel data.
+    None when neither is found (RLE, an unknown codec, a damaged stream: the decoder reports those).
+    """
+    head = bytes(encapsulated[:search])
+    at = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ
+    if at >= 0 and at + 28 <= len(head):
+        x, y, x0, y0 = (int.from_bytes(head[at + 8 + 4 * k: at + 12 + 4 * k], "big") for k in range(4))
+        return (y - y0, x - x0) if y > y0 and x > x0 else None
+    at = head.find(b"\xff\xd8")  # JPEG: SOI, then marker segments up to the frame header
+    if at < 0:
+        return None
+    pos = at + 2
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(head[pos + 2: pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(head):
+                return None
+            return int.from_bytes(head[pos + 5: pos + 7], "big"), int.from_bytes(head[pos + 7: pos + 9], "big")
+        if marker == 0xDA or length < 2:  # start of scan before a frame header, or a broken length
+            return None
+        pos += 2 + length
+    return None
 
 
 def _rescale_tags(ds: Dataset, name: str) -> tuple[float, float]:
@@ -920,7 +1009,7 @@ def _modality(ds: Dataset, name: str) -> str:
     if modality == "RTIMAGE" or modality in _PROJECTION_MODALITIES:
         return modality
     raise PortalImageError(
-        f"{name}: Modality {modality} is not a projection image; portalign reads RT Images "
+        f"{name}: Modality {_printable(modality, 32)} is not a projection image; portalign reads RT Images "
         "(RTIMAGE, or CR/DX/XA/RF with a known pixel spacing)"
     )
 
@@ -954,10 +1043,26 @@ def _install_hint(transfer_syntax: UID) -> str:
     return "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg (or python-gdcm)"
 
 
+#: Pixels rescaled at a time (float64, then rounded into the float32 image): 2 MiB of scratch, whatever the image.
+_RESCALE_BLOCK = 1 << 18
+
+
 def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Return ``raw * slope + intercept`` (float64 arithmetic) as float32, computed a block of rows at a time.
+
+    The same numbers as one float64 array rounded to float32 afterwards, without the float64 copy of the
+    whole image: for a 1-bit image (unpacked to a byte a pixel) that copy was 64 times the pixel data read.
+    """
     if slope == 1.0 and intercept == 0.0:
         return raw
-    return raw.astype(np.float64) * slope + intercept
+    out = np.empty(raw.shape, dtype=np.float32)
+    flat_raw, flat_out = raw.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_raw.size, _RESCALE_BLOCK):
+        block = flat_raw[start:start + _RESCALE_BLOCK].astype(np.float64)
+        block *= slope
+        block += intercept
+        flat_out[start:start + _RESCALE_BLOCK] = block
+    return out
 
 
 def _intensity_sign(

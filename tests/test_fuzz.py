@@ -495,3 +495,118 @@ def test_pixel_data_holding_more_frames_than_the_header_says_is_refused(shipped)
         read_rt_image_frames(damaged)
     with pytest.raises(PortalImageError, match=message):
         read_rt_image(damaged)
+
+
+# ---------------------------------------------------------------------------
+# a second campaign (seeds 777, 4242, 90001, 31337, 5 and 7,100 mutants of its own): no escape, but small files
+# that made large allocations, and tag text that split an error over lines
+# ---------------------------------------------------------------------------
+
+
+def _jpeg_claiming(rows: int, cols: int) -> bytes:
+    """The start of a baseline JPEG whose frame header (SOF0) declares ``rows x cols`` 8-bit pixels."""
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, rows, cols, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9) + sof + b"\xff\xda" + bytes(64)
+
+
+def _j2k_claiming(rows: int, cols: int) -> bytes:
+    """The start of a JPEG 2000 codestream whose SIZ segment declares ``rows x cols`` pixels."""
+    siz = struct.pack(">HHIIIIIIIIH", 41, 0, cols, rows, 0, 0, cols, rows, 0, 0, 1) + b"\x07\x01\x01"
+    return b"\xff\x4f\xff\x51" + siz + bytes(64)
+
+
+@pytest.mark.parametrize(("syntax", "stream"), [
+    ("1.2.840.10008.1.2.4.50", _jpeg_claiming(12000, 12000)),
+    ("1.2.840.10008.1.2.4.90", _j2k_claiming(12000, 12000)),
+], ids=["jpeg-sof", "j2k-siz"])
+def test_a_codestream_claiming_a_huge_image_is_refused_before_decoding(syntax, stream):
+    """A few kilobytes whose codestream said 12000 x 12000 were decoded (275 MiB) before the shapes were compared."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds = make_rt_image(np.zeros((96, 128), dtype=np.uint16))
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.PixelData = encapsulate([stream + bytes(2048)])  # within the compression-ratio bound: the header check refuses
+    ds["PixelData"].VR = "OB"
+    data = to_bytes(ds)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PortalImageError, match=r"^<bytes>: the compressed pixel data's own header says 12000 x "
+                                                   r"12000 pixels but Rows x Columns say 96 x 128; the file is damaged$"):
+            read_rt_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it():
+    """490 KB of deflated zeros inflated to 1 GiB inside pydicom before any check."""
+    import zlib
+
+    from portalign.dicom import MAX_COMPRESSION_RATIO
+
+    header = make_rt_image(np.zeros((8, 8), dtype=np.uint16))
+    del header.PixelData
+    rows, cols = 10000, 10000  # 200 MB of pixels declared; the file is about 200 KB
+    header.Rows, header.Columns = rows, cols
+    body = io.BytesIO()
+    body.write(to_bytes(header, file_format=False))
+    body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, rows * cols * 2))
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = packer.compress(body.getvalue())
+    zeros = bytes(1 << 20)
+    for _ in range(rows * cols * 2 // len(zeros)):
+        deflated += packer.compress(zeros)
+    deflated += packer.flush()
+    meta = io.BytesIO()
+    uid = b"1.2.840.10008.1.2.1.99\x00"
+    elements = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(uid)) + uid
+    meta.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements)
+    data = bytes(128) + b"DICM" + meta.getvalue() + deflated
+    assert len(data) * MAX_COMPRESSION_RATIO < rows * cols * 2
+    tracemalloc.start()
+    try:
+        with pytest.raises(PortalImageError, match=r"^<bytes>: its deflated dataset would inflate to more than .* bytes "
+                                                   r"\(50 times the file's .*\); refused as damaged or hostile$"):
+            read_rt_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+
+
+def test_a_one_bit_image_with_a_rescale_slope_stays_within_its_bound():
+    """1-bit pixels unpack to a byte each, and the rescale made a whole float64 copy: an 8 MB file of 8192 x 8192
+    took 848 MiB (106 times); the float32 image itself is 32 times the packed bits, the rest now a block at a time."""
+    rows = cols = 2048
+    ds = make_rt_image(np.zeros((rows, cols), dtype=np.uint16))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    bits = np.random.default_rng(0).integers(0, 2, rows * cols).astype(np.uint8)
+    ds.PixelData = np.packbits(bits, bitorder="little").tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = 2.0, 1.0
+    data = to_bytes(ds)
+    tracemalloc.start()
+    try:
+        image = read_rt_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.pixels.dtype == np.float32 and set(np.unique(image.pixels)) <= {1.0, 3.0}
+    image_bytes = rows * cols * 4
+    assert peak < image_bytes + 12 * len(data) + (4 << 20), (peak, len(data))  # the image, its bits unpacked, a block
+    assert peak < MEMORY_PER_FILE_BYTE * len(data) + MEMORY_FLOOR
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("Modality", b"CT\nINJECTED LINE"), ("GantryAngle", b"1\nPASSED"),
+                                              ("RTImagePosition", b"-199.136\n148.96")])
+def test_tag_text_with_a_newline_stays_on_one_line_of_the_error(keyword, value, capsys, tmp_path, shipped):
+    data = shipped[0].explicit
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(_replace_value(data, _elements(data, keyword)[0], value))
+    with pytest.raises(PortalignError) as caught:
+        read_rt_image(path)
+    assert "\n" not in str(caught.value) and "\\n" in str(caught.value), str(caught.value)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err

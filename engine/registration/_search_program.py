@@ -80,7 +80,8 @@ _VALUES = {
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 #: The same for a pair of portal images (:func:`portalign.registration._program.alike_images`): ``auto`` reports the
-#: mutual-information optimum whatever the edge score (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM). Two images of the same beam and detector share their
+#: mutual-information optimum whatever the edge score (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM).
+#: Two images of the same beam and detector share their
 #: intensities (up to noise and gain), which MI uses in full, low frequencies included; a DRR's do not (another
 #: spectrum, no scatter, no noise), and there the edges are better. ``python -m bench.held_out`` portal-reference
 #: pairs, median error of the ok ones: seed 21 0.190 -> 0.117 mm, seed 31 0.200 -> 0.113 mm (method edge-then-MI
