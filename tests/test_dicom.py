@@ -799,7 +799,7 @@ def test_compressed_without_plugin_names_syntax_and_package(tmp_path):
         pytest.skip("every JPEG decoder is installed here")
     ds = make_rt_image(_ramp())
     ds.file_meta.TransferSyntaxUID = uid
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(256)])  # within MAX_COMPRESSION_RATIO of the image
     ds["PixelData"].VR = "OB"
     path = write_rt_image(ds, tmp_path / "jpeg.dcm")
     with pytest.raises(PortalImageError) as info:
@@ -815,7 +815,7 @@ def test_corrupt_compressed_data_is_a_portal_image_error(tmp_path):
         pytest.skip("no JPEG 2000 decoder here")
     ds = make_rt_image(_ramp())
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(256)])  # within MAX_COMPRESSION_RATIO of the image
     ds["PixelData"].VR = "OB"
     with pytest.raises(PortalImageError, match=r"^j2k\.dcm: pixel data cannot be decoded"):
         read_rt_image(write_rt_image(ds, tmp_path / "j2k.dcm"))
@@ -1162,7 +1162,7 @@ def test_an_imager_nearer_the_source_than_the_isocentre_is_refused():
 def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):
     ds = make_rt_image(_ramp())
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(256)])  # within MAX_COMPRESSION_RATIO of the image
     ds["PixelData"].VR = "OB"
     ds.Rows, ds.Columns = 20000, 20000
     with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(20000 x 20000 x 16\) would "
