@@ -180,7 +180,9 @@ class FolderWatcher:
         try:
             images = read_rt_image_frames(path, invert=self.registrar.invert)
         except Exception as exc:
-            message = f"{name}: cannot be read as an RT Image: {_one_line(exc)}"
+            detail = _one_line(exc)
+            detail = detail[len(name) + 2:] if detail.startswith(f"{name}: ") else detail  # the reader names it too
+            message = f"{name}: cannot be read as an RT Image: {detail}"
             lines = [self.registrar.error(message, stage="decode", error_kind=type(exc).__name__, file=name)]
         else:
             lines = self.registrar.handle(images, file=name)

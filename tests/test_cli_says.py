@@ -194,6 +194,13 @@ def test_an_unsupported_patient_position_is_a_usage_error_naming_the_flag(capsys
     assert "argument --patient-position: 'XYZ' is not supported; use one of HFS, FFS, HFP, FFP" in err
 
 
+def test_python_dash_m_portalign_runs_the_command() -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "portalign", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("portalign "), (done.stdout, done.stderr)
+
+
 def test_shown_numbers_have_no_negative_zero() -> None:
     from portalign._cli_options import shown
 
@@ -339,6 +346,7 @@ def test_watch_prints_a_line_per_file_and_once_fails_when_a_file_failed(capsys, 
     assert match, lines[0]
     assert (float(match[1]), float(match[2])) == pytest.approx((DX_MM, DY_MM), abs=0.1)
     assert lines[1].startswith("b_garbage.dcm: FAILED (b_garbage.dcm: cannot be read as an RT Image")
+    assert lines[1].count("b_garbage.dcm") == 2  # the line's and the message's; the reader's own naming is not repeated
     (folder / "c_frame.dcm").write_bytes(files["frame"].read_bytes())
     status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
                          "--once", "--poll", "0.05")

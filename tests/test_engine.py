@@ -42,6 +42,8 @@ def test_translation_only_option_leaves_rotation_not_estimated():
     result = portalign.register(ref, frame, RegistrationOptions(estimate_rotation=False), backend="cpu")
     assert result.ok and result.rotation_deg is None  # not measured: None, never 0
     assert math.hypot(result.dx_mm - 6.0, result.dy_mm + 3.5) <= 0.1
+    # the global search's optima too: their rotation was held at 0, not measured
+    assert result.details["candidates"] and all(c["rotation_deg"] is None for c in result.details["candidates"])
 
 
 def test_different_sizes_and_spacings():

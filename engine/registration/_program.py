@@ -344,7 +344,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     final_edge = 1.0 if final_edge > 1.0 else final_edge  # min(final_edge, 1.0), NaN kept
     details: dict = {
         "levels": found.levels,
-        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * _DEGREES, "score": c[3]}
+        # a search without rotation holds it at 0: not a measured angle (null)
+        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * _DEGREES if opts.estimate_rotation else None,
+                        "score": c[3]}
                        for c in found.ranked],
     }
     if found.rotation_support_mm is not None:
