@@ -375,7 +375,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _understood(image: Any) -> dict[str, Any]:
     """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
-    from .field import box_reduce, detect_field, find_field, planned_aperture_covers
+    from .field import box_reduce, find_field, likely_inverted
     from .image import beam_kind
 
     info = image.info
@@ -407,15 +407,7 @@ def _understood(image: Any) -> dict[str, Any]:
         out["field"] = field.note
     else:
         out["field"] = "no field edge found (the field covers the image, or this is a DRR)"
-    # a portal image shows the field bright (more radiation reached the imager); a dark field means inverted values,
-    # unless the planned jaws cover the image (then the dark region is an object in the field, e.g. a phantom)
-    found = field
-    if not field.detected and not planned_aperture_covers(image):
-        found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
-    # ...unless the dark region is as noisy as its surroundings: then it is likely an object in an open beam, and
-    # --invert would only turn it into a bright "field" (the doubt says what to do instead)
-    out["likely_inverted"] = bool(found.detected and not found.field_is_bright and info.kind == "portal"
-                                  and not field.doubt)
+    out["likely_inverted"] = likely_inverted(image)  # a field darker than its surroundings
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")

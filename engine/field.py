@@ -34,7 +34,8 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_size_mm", "planned_aperture_covers",
+__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_size_mm", "likely_inverted",
+           "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -222,6 +223,24 @@ def noise_ratio(pixels: np.ndarray, mask: np.ndarray | None) -> float | None:
     if spreads[1] <= 0.0:
         return None if spreads[0] <= 0.0 else math.inf
     return spreads[0] / spreads[1]
+
+
+def likely_inverted(image: Image) -> bool:
+    """Whether a portal image's values are likely inverted: its radiation field is darker than its surroundings.
+
+    A portal image shows the field bright (more radiation reached the imager). A dark field means inverted
+    values, unless the planned jaws cover the image (the dark region is then an object in the field, a phantom)
+    or the dark region is as noisy as its surroundings (an object in an open beam: the detection's doubt).
+    ``portalign info`` and ``fieldcheck`` say "try --invert" when it is.
+    """
+    if image.info.kind != "portal":
+        return False
+    small, _ = box_reduce(image.pixels, 256)
+    field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
+    found = field
+    if not field.detected and not planned_aperture_covers(image):
+        found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
+    return bool(found.detected and not found.field_is_bright and not field.doubt)
 
 
 def planned_aperture_covers(image: Image) -> str:

@@ -63,6 +63,7 @@ from scipy import ndimage
 
 from ._cli_options import add_invert_argument, shown
 from .errors import PortalignError, PortalImageError
+from .field import likely_inverted
 from .image import Image, as_image
 from .result import RegistrationResult
 
@@ -197,7 +198,13 @@ def measure_field(image: Image, *, angle_deg: float = 0.0, smoothing_mm: float =
     if smoothing_mm > 0:
         pixels = ndimage.gaussian_filter(pixels, (smoothing_mm / sy, smoothing_mm / sx), mode="nearest")
 
-    mask, rough_threshold = _rough_field(pixels, name)
+    try:
+        mask, rough_threshold = _rough_field(pixels, name)
+    except PortalImageError as exc:
+        if likely_inverted(image):  # its field darker than its surroundings: the values are stored inverted
+            raise PortalImageError(f"{exc}; the image looks inverted (its field is darker than its surroundings): "
+                                   "try --invert (invert=True)") from None
+        raise
     rows, cols = np.nonzero(mask)
     if rows.min() == 0 or cols.min() == 0 or rows.max() == mask.shape[0] - 1 or cols.max() == mask.shape[1] - 1:
         raise PortalImageError(f"{name}: the radiation field reaches the image border, so its edges cannot all be "

@@ -357,3 +357,19 @@ def test_an_srs_cone_is_compared_with_its_recorded_opening(tmp_path):
 def test_an_unusable_applicator_opening_is_named(tmp_path):
     with pytest.raises(GeometryError, match=r"ApplicatorOpening \(300A,0433\)"):
         _cone_frame(tmp_path, 20.0, -4.0)
+
+
+@pytest.mark.real_data
+def test_an_inverted_image_without_its_field_says_try_invert(capsys):
+    """pylinac's aS500 images are stored with the field dark: the error said only "no radiation field edge found"."""
+    folder = REAL / "pylinac" / "wl_demo_as500"
+    if not folder.is_dir():
+        pytest.skip(f"real data not found at {folder}")
+    from portalign.cli import main
+
+    status = main(["fieldcheck", str(folder / "gantry0.dcm"), str(folder / "gantry90.dcm")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "no radiation field edge found" in err and "the image looks inverted" in err and "try --invert" in err
+    status = main(["fieldcheck", str(folder / "gantry0.dcm"), str(folder / "gantry90.dcm"), "--invert"])
+    assert status in (0, 3), capsys.readouterr().err  # measured: within tolerance or outside it, not refused
