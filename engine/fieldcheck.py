@@ -410,6 +410,15 @@ def field_placement(
         "floor_level": delivered.floor_level,
         "threshold": delivered.threshold,
         "profiles": delivered.profiles,
+        # two frames in one report: name them (at collimator 90 the edges' x is the image's y)
+        "axes": {
+            "collimator": ["planned_mm", "delivered_mm", "edge_errors_mm", "size_errors_mm"],
+            "image": ["planned_centre_mm", "delivered_centre_mm", "centre_shift_mm", "anatomy_shift_mm",
+                      "anatomy_relative_to_field_mm"],
+            "note": "collimator axes: the jaws' x1/x2 and y1/y2, turned with the collimator (IEC 61217 beam limiting "
+                    "device); image axes: x along the columns, y along the rows, mm from the beam axis at the "
+                    "isocentre plane",
+        },
     }
     if result is not None:
         # the anatomy match's own verdict goes with it: a refused match is said to be one, a null shift is null
@@ -619,18 +628,20 @@ def run(args: argparse.Namespace) -> int:
         return status
     shift = report["centre_shift_mm"]
     print(f"aperture compared: {report['aperture']} (planned from {report['planned_source']}), "
-          f"collimator {report['collimator_deg']:g} deg")
+          f"collimator {shown(report['collimator_deg'], 1):g} deg")
     if report["aperture_note"]:
         print(f"note: {report['aperture_note']}")
-    print(f"field centre shift: x {shown(shift[0]):+.2f} mm, y {shown(shift[1]):+.2f} mm")
-    print("edge errors: " + ", ".join(f"{k} {shown(v):+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
+    print(f"field centre shift (image axes): x {shown(shift[0]):+.2f} mm, y {shown(shift[1]):+.2f} mm")
+    print("edge errors (collimator axes): "
+          + ", ".join(f"{k} {shown(v):+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")
     if "anatomy_ok" in report:
         rel = report["anatomy_relative_to_field_mm"]
         verdict = "" if report["anatomy_ok"] else f"   NOT OK ({report['anatomy_reason']})"
         if rel is None:
             print(f"anatomy relative to the field: not measured{verdict}")
         else:
-            print(f"anatomy relative to the field: x {shown(rel[0]):+.2f} mm, y {shown(rel[1]):+.2f} mm{verdict}")
+            print(f"anatomy relative to the field (image axes): x {shown(rel[0]):+.2f} mm, y {shown(rel[1]):+.2f} mm"
+                  f"{verdict}")
     print("within tolerance" if report["within_tolerance"] else
           f"OUTSIDE tolerance: an edge is {report['max_edge_error_mm']:.2f} mm off (> {report['tolerance_mm']:g})")
     return status

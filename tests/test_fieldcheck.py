@@ -214,8 +214,11 @@ def test_cli_fieldcheck(tmp_path, capsys):
     assert fieldcheck.run(parser.parse_args([*paths, "--planned", "reference", "--json"])) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["centre_shift_mm"] == pytest.approx([1.0, 0.0], abs=0.1)
+    assert "centre_shift_mm" in report["axes"]["image"] and "edge_errors_mm" in report["axes"]["collimator"]
     assert fieldcheck.run(parser.parse_args(paths)) == 0
-    assert re.search(r"field centre shift: x \+(0\.9[5-9]|1\.0[0-5]) mm", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"field centre shift \(image axes\): x \+(0\.9[5-9]|1\.0[0-5]) mm", out), out
+    assert "edge errors (collimator axes): x1 " in out
     assert fieldcheck.run(parser.parse_args([*paths, "--planned", "jaws"])) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no planned jaw positions" in err
