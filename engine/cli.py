@@ -328,7 +328,9 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     print(f"{score}  method {result.method}  backend {backend}")
     why = (result.details or {}).get("final_metric_why")
     if result.method == "auto" and why:  # auto reported the MI optimum, not the edge one: say so, and why
-        print(f"optimum: mutual information ({why}; the edge optimum is its check)")
+        what = "the mutual-information translation, the edge rotation" if why == "portal reference" else \
+            "mutual information"
+        print(f"optimum: {what} ({why}; the edge optimum is its check)")
     print(f"time: {_timing_text(result.elapsed_ms, extra)}")
     for warning in result.warnings:
         if warning != fallback:

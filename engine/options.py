@@ -15,8 +15,9 @@ __all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES"]
 #: ``auto``: edges refine the pose and mutual information cross-checks it (the two optima must agree within
 #: ``agreement_mm``); on a weak edge match (edge score below 0.2: a noisy, low-dose frame, whose gradients
 #: noise dominates) the MI optimum, refined from the edge one, is reported and the edge optimum is its check
-#: (``details["final_metric"]`` says which); the same for two portal images of one kind of beam over a usable region
-#: of 20 mm RMS radius or more, whose intensities match (``details["final_metric_why"]``: ``"portal reference"``).
+#: (``details["final_metric"]`` says which); for two portal images of one kind of beam over a usable region of 20 mm
+#: RMS radius or more, whose intensities match, the MI optimum's translation with the edge optimum's rotation
+#: (``details["final_metric_why"]``: ``"portal reference"``).
 METHODS = ("auto", "mi", "edge")
 
 #: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.

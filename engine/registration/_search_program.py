@@ -80,12 +80,14 @@ _VALUES = {
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 #: The same for a pair of portal images (:func:`portalign.registration._program.alike_images`): ``auto`` reports the
-#: mutual-information optimum whatever the edge score (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM).
+#: mutual-information optimum's translation whatever the edge score, the rotation staying the edge optimum's
+#: (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM).
 #: Two images of the same beam and detector share their
 #: intensities (up to noise and gain), which MI uses in full, low frequencies included; a DRR's do not (another
 #: spectrum, no scatter, no noise), and there the edges are better. ``python -m bench.held_out`` portal-reference
-#: pairs, median error of the ok ones: seed 21 0.190 -> 0.117 mm, seed 31 0.200 -> 0.113 mm (method edge-then-MI
-#: against edge); DRR references: 0.148 -> 0.217 mm, so they keep the edge optimum.
+#: pairs, median error of the ok ones: seed 21 0.190 -> 0.142 mm, seed 31 0.200 -> 0.168 mm (MI's translation, the
+#: edges' rotation); with MI's rotation too 0.117 / 0.113 mm there, but on strong clean edges it drifted (0.40 deg on
+#: a window of pylinac's pipspro.dcm against itself). DRR references with MI: 0.148 -> 0.217 mm: they keep the edges.
 SETTINGS_ALIKE = SETTINGS.copy()
 SETTINGS_ALIKE[SETTING_NAMES.index("alike")] = 1.0
 _OUT = {name: i for i, name in enumerate(OUT_NAMES)}
@@ -295,8 +297,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     mi_final = method == "auto" and not no_match and (score < WEAK_EDGE_SCORE or alike_final)
     if method == "auto":
         if mi_final:
-            mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts,
-                             tolerance=FINE_TOLERANCE)[0]
+            # MI places the rotation too only on a weak edge match; two portal images keep the edge rotation
+            mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate and score < WEAK_EDGE_SCORE,
+                             opts, tolerance=FINE_TOLERANCE)[0]
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
             # (diagonal curvature, the rotation held at the edge optimum's) places it well enough: its distance

@@ -316,13 +316,18 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         score = result[3]
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
-    # ...and so is that of two portal images (``alike``), whose intensities match, unless the matched structure pins
-    # rotation weakly (its lever arm, when measured, below ``alike_min_support_mm``: a small field's)
+    # ...and so is that of two portal images (``alike``), whose intensities match (its translation: the rotation stays
+    # the edges'), unless the matched structure pins rotation weakly (its lever arm, when measured, below
+    # ``alike_min_support_mm``: a small field's)
     alike_final = alike and not out[_SUPPORT] < alike_support  # NaN (not measured) is not below
     mi_final = method == METHOD_AUTO and not no_match and (score < weak_edge or alike_final)
     if method == METHOD_AUTO:
         if mi_final:
-            _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, rotate, theta_limit,
+            # on a weak edge match MI places the rotation too; two portal images keep the edge optimum's rotation:
+            # MI's own drifts with the share of the frame that overlaps the reference (0.46 deg on two windows of
+            # one phantom image), the edges' does not
+            mi_rotates = rotate and score < weak_edge
+            _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, mi_rotates, theta_limit,
                     normalised, fine_tolerance, no, max_step, hist, result, unknown)
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
