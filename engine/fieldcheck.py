@@ -203,7 +203,7 @@ def measure_field(image: Image, *, angle_deg: float = 0.0, smoothing_mm: float =
     except PortalImageError as exc:
         if likely_inverted(image):  # its field darker than its surroundings: the values are stored inverted
             raise PortalImageError(f"{exc}; the image looks inverted (its field is darker than its surroundings): "
-                                   "try --invert (invert=True)") from None
+                                   "try --invert") from None
         raise
     rows, cols = np.nonzero(mask)
     if rows.min() == 0 or cols.min() == 0 or rows.max() == mask.shape[0] - 1 or cols.max() == mask.shape[1] - 1:
@@ -428,6 +428,7 @@ def field_placement(
         out["anatomy_shift_mm"] = [float(result.dx_mm), float(result.dy_mm)] if measured else None
         out["anatomy_relative_to_field_mm"] = ([float(result.dx_mm) - shift[0], float(result.dy_mm) - shift[1]]
                                                if measured else None)
+    out["axes"]["image"] = [key for key in out["axes"]["image"] if key in out]  # the keys this report has
     return out
 
 

@@ -335,6 +335,11 @@ def start_scp(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``portalign scp`` options to ``parser``."""
+    import importlib.util
+
+    if importlib.util.find_spec("pynetdicom") is None:  # --help says so too, as serve's does without fastapi
+        parser.description = (f"{parser.description or ''}. It needs pynetdicom, which is not installed: "
+                              'pip install "portalign[service]"').lstrip(". ")
     parser.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 to receive from the network)")

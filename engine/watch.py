@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument
+from ._cli_options import add_invert_argument, shown
 from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
@@ -313,11 +313,12 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             parts.append("kept as the reference of its beam")
         elif status in ("ok", "not_ok"):
             rotation = result.get("rotation_deg")
-            rot = "rotation not estimated" if rotation is None else f"rotation {rotation:+.2f} deg"
+            rot = "rotation not estimated" if rotation is None else f"rotation {shown(rotation):+.2f} deg"
             verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
             dx, dy = result.get("dx_mm"), result.get("dy_mm")
-            shift = "dx, dy not measured" if dx is None or dy is None else f"dx {dx:+.2f} mm, dy {dy:+.2f} mm"
+            shift = ("dx, dy not measured" if dx is None or dy is None
+                     else f"dx {shown(dx):+.2f} mm, dy {shown(dy):+.2f} mm")
             parts.append(f"{frame}{shift}, {rot}, {verdict}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 

@@ -201,6 +201,24 @@ def test_python_dash_m_portalign_runs_the_command() -> None:
     assert done.returncode == 0 and done.stdout.startswith("portalign "), (done.stdout, done.stderr)
 
 
+def test_scp_help_without_pynetdicom_says_so(capsys, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pynetdicom" else real(name, *a))
+    with pytest.raises(SystemExit):
+        main(["scp", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert 'It needs pynetdicom, which is not installed: pip install "portalign[service]"' in out
+
+
+def test_watch_lines_have_no_negative_zero() -> None:
+    from portalign.watch import file_line
+
+    line = file_line("f.dcm", [{"status": "ok", "result": {"dx_mm": -0.001, "dy_mm": 1.0, "rotation_deg": -0.004}}])
+    assert line == "f.dcm: dx +0.00 mm, dy +1.00 mm, rotation +0.00 deg, ok"
+
+
 def test_shown_numbers_have_no_negative_zero() -> None:
     from portalign._cli_options import shown
 

@@ -215,6 +215,7 @@ def test_cli_fieldcheck(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["centre_shift_mm"] == pytest.approx([1.0, 0.0], abs=0.1)
     assert "centre_shift_mm" in report["axes"]["image"] and "edge_errors_mm" in report["axes"]["collimator"]
+    assert all(key in report for keys in (report["axes"]["image"], report["axes"]["collimator"]) for key in keys)
     assert fieldcheck.run(parser.parse_args(paths)) == 0
     out = capsys.readouterr().out
     assert re.search(r"field centre shift \(image axes\): x \+(0\.9[5-9]|1\.0[0-5]) mm", out), out

@@ -16,6 +16,7 @@ from .._cli_options import (
     export_reg,
     geometry_keywords,
     patient_position_argument,
+    shown,
 )
 from ..couch import AXES
 from ..errors import GeometryError, PortalignError
@@ -161,18 +162,18 @@ def text_report(result: Any) -> str:
         if value is None:
             lines.append(f"{axis:>13}: not estimated")
         else:
-            lines.append(f"{axis:>13}: {value:+7.2f} mm   correction (4-DOF) "
-                         f"{result.couch_correction_4dof[axis]:+7.2f} mm{hint}")
+            lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction (4-DOF) "
+                         f"{shown(result.couch_correction_4dof[axis]):+7.2f} mm{hint}")
     for name in ("pitch", "roll", "yaw"):
         value = getattr(result, f"{name}_deg")
-        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{value:+7.2f} deg"))
+        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))
     six = result.couch_correction_6dof
     lines.append("6-DOF correction: " + ", ".join(
-        f"{k} {'n/a' if v is None else format(v, '+.2f')}" for k, v in six.items()))
+        f"{k} {'n/a' if v is None else format(shown(v), '+.2f')}" for k, v in six.items()))
     for view in result.views:
         turn = view["residual_rotation_deg"]
         lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual {view['residual_mm']:.2f} mm "
-                     f"{'rotation n/a' if turn is None else format(turn, '+.2f') + ' deg'}"
+                     f"{'rotation n/a' if turn is None else format(shown(turn), '+.2f') + ' deg'}"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if result.within_tolerance:
         flags = ", ".join(f"{k} {'within' if v else ('n/a' if v is None else 'OUTSIDE')}"
