@@ -328,8 +328,9 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     print(f"{score}  method {result.method}  backend {backend}")
     why = (result.details or {}).get("final_metric_why")
     if result.method == "auto" and why:  # auto reported the MI optimum, not the edge one: say so, and why
-        what = "the mutual-information translation, the edge rotation" if why == "portal reference" else \
-            "mutual information"
+        mi_check = (result.details or {}).get("mi_check_mm") or [None, None, None]
+        held = why == "portal reference" and result.rotation_deg is not None and mi_check[2] is None
+        what = "the mutual-information translation, the edge rotation" if held else "mutual information"
         print(f"optimum: {what} ({why}; the edge optimum is its check)")
     print(f"time: {_timing_text(result.elapsed_ms, extra)}")
     for warning in result.warnings:

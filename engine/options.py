@@ -16,8 +16,8 @@ __all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES"]
 #: ``agreement_mm``); on a weak edge match (edge score below 0.2: a noisy, low-dose frame, whose gradients
 #: noise dominates) the MI optimum, refined from the edge one, is reported and the edge optimum is its check
 #: (``details["final_metric"]`` says which); for two portal images of one kind of beam over a usable region of 20 mm
-#: RMS radius or more, whose intensities match, the MI optimum's translation with the edge optimum's rotation
-#: (``details["final_metric_why"]``: ``"portal reference"``).
+#: RMS radius or more, whose intensities match, the MI optimum too (its rotation on a moderate edge match over nearly
+#: the whole frame, else the edges'; ``details["final_metric_why"]``: ``"portal reference"``).
 METHODS = ("auto", "mi", "edge")
 
 #: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.

@@ -243,8 +243,7 @@ def test_a_weak_low_dose_edge_match_reports_the_mutual_information_optimum(held_
 def test_two_portal_images_report_the_mutual_information_optimum(held_out_ct):
     """Pairs 13 and 55 of ``python -m bench.held_out --seed 21``: collimator-turned jaws at gantry 225 and an MLC field
     at gantry 315, a portal reference of the same beam. Their intensities match up to noise, so ``auto`` reports the MI
-    optimum's translation (the rotation stays the edge optimum's): 0.03 mm off, where the edge optima are 0.34 and
-    0.37 mm off."""
+    optimum: 0.03 and 0.09 mm off, where the edge optima are 0.34 and 0.37 mm off."""
     from bench.held_out import render_pairs
 
     for pair in render_pairs(held_out_ct, 21, 56, only=[13, 55]):
@@ -254,8 +253,10 @@ def test_two_portal_images_report_the_mutual_information_optimum(held_out_ct):
                                   backend="cpu")
         assert auto.ok and edge.ok, (auto.reason, edge.reason)
         assert auto.details["final_metric"] == "mi" and auto.details["final_metric_why"] == "portal reference"
-        assert auto.rotation_deg == pytest.approx(edge.rotation_deg, abs=1e-9)  # the edges' rotation, held
-        assert auto.details["mi_check_mm"][2] is None  # MI did not estimate it
+        # a moderate edge match (0.37-0.39) over the whole frame: MI places the rotation too (the truth is 0 at
+        # these oblique gantries: MI's is the nearer)
+        assert auto.details["edge_score"] < 0.6 and auto.details["mi_check_mm"][2] == auto.rotation_deg
+        assert abs(auto.rotation_deg) < abs(edge.rotation_deg)
         auto_error = math.hypot(auto.dx_mm - pair.dx_mm, auto.dy_mm - pair.dy_mm)
         edge_error = math.hypot(edge.dx_mm - pair.dx_mm, edge.dy_mm - pair.dy_mm)
         assert auto_error < 0.1 and edge_error > 0.3, (pair.index, auto_error, edge_error)

@@ -354,8 +354,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if found.mi_pose is not None:
         # (dx mm, dy mm, rotation deg): the cross-check's 2-D stencil holds the rotation, which it does not estimate
         # (null); the MI optimum that auto reports on a weak edge match is refined in full, its rotation with it
-        weak = found.final_edge < WEAK_EDGE_SCORE  # then MI placed the rotation too (two portal images: the edges')
-        mi_rotation = float(found.mi_pose[2]) * _DEGREES if found.mi_final and found.rotate and weak else None
+        mi_rotation = float(found.mi_pose[2]) * _DEGREES if found.mi_final and found.mi_rotated else None
         details["mi_check_mm"] = [float(found.mi_pose[0]), float(found.mi_pose[1]), mi_rotation]
     # which optimum the result reports: auto reports the MI one on a weak (noise-dominated) edge match
     details["final_metric"] = "mi" if found.mi_final or opts.method == "mi" else "edge"

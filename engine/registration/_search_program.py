@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.mutual_information import PV_ONE
 from portalign.kernels.cpu.program import (
     MAX_RECORDS,
     METHOD_AUTO,
@@ -66,6 +67,13 @@ WEAK_EDGE_SCORE = 0.2
 #: arm 10.9 mm) is placed better by its edges (0.003 mm and 0.12 deg off) than by MI, which the flat regions' partial-
 #: volume interpolation pulls (0.06 mm and 0.63 deg off). Held-out portal-reference pairs lie at 27-84 mm.
 ALIKE_MIN_SUPPORT_MM = 20.0
+#: ...whose rotation is MI's too on a moderate edge match (below this score: noisy MV anatomy; held-out portal pairs
+#: score 0.30-0.45 and MI's rotation lowers their median error to 0.113 / 0.128 mm from 0.142 / 0.168) when nearly the
+#: whole frame lands on the reference (at least ALIKE_ROTATION_OVERLAP of its usable pixels). On strong clean edges
+#: (a window of pylinac's pipspro.dcm against itself, 0.95) or a partial overlap (two windows sharing a quarter, 0.53)
+#: MI's rotation drifted 0.40-0.46 deg; the edges' did not.
+ALIKE_ROTATION_EDGE_SCORE = 0.6
+ALIKE_ROTATION_OVERLAP = 0.9
 
 _VALUES = {
     "candidate_floor": CANDIDATE_FLOOR, "distinct_mm": DISTINCT_MM, "recheck_ratio": RECHECK_RATIO,
@@ -75,19 +83,20 @@ _VALUES = {
     "min_rotation_support_mm": MIN_ROTATION_SUPPORT_MM, "min_usable_pixels": MIN_USABLE_PIXELS,
     "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
     "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE, "alike": 0.0,
-    "alike_min_support_mm": ALIKE_MIN_SUPPORT_MM,
+    "alike_min_support_mm": ALIKE_MIN_SUPPORT_MM, "alike_rotation_edge_score": ALIKE_ROTATION_EDGE_SCORE,
+    "alike_rotation_overlap": ALIKE_ROTATION_OVERLAP,
 }
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 #: The same for a pair of portal images (:func:`portalign.registration._program.alike_images`): ``auto`` reports the
-#: mutual-information optimum's translation whatever the edge score, the rotation staying the edge optimum's
-#: (unless the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM).
+#: mutual-information optimum whatever the edge score (its rotation only where ALIKE_ROTATION_EDGE_SCORE says; not
+#: when the rotation lever arm is short: ALIKE_MIN_SUPPORT_MM).
 #: Two images of the same beam and detector share their
 #: intensities (up to noise and gain), which MI uses in full, low frequencies included; a DRR's do not (another
 #: spectrum, no scatter, no noise), and there the edges are better. ``python -m bench.held_out`` portal-reference
-#: pairs, median error of the ok ones: seed 21 0.190 -> 0.142 mm, seed 31 0.200 -> 0.168 mm (MI's translation, the
-#: edges' rotation); with MI's rotation too 0.117 / 0.113 mm there, but on strong clean edges it drifted (0.40 deg on
-#: a window of pylinac's pipspro.dcm against itself). DRR references with MI: 0.148 -> 0.217 mm: they keep the edges.
+#: pairs, median error of the ok ones: seed 21 0.190 -> 0.113 mm, seed 31 0.200 -> 0.128 mm (MI's rotation on the
+#: moderate, whole-frame matches: ALIKE_ROTATION_EDGE_SCORE; the edges' elsewhere). DRR references with MI: 0.148 ->
+#: 0.217 mm: they keep the edges.
 SETTINGS_ALIKE = SETTINGS.copy()
 SETTINGS_ALIKE[SETTING_NAMES.index("alike")] = 1.0
 _OUT = {name: i for i, name in enumerate(OUT_NAMES)}
@@ -99,6 +108,7 @@ _ROTATE, _SUPPORT, _UNSUPPORTED, _N_RANKED, _N_RECORDS = (_OUT[k] for k in ("rot
 _MI_GAP, _MI_X, _MI_T, _FINAL_EDGE, _REPORTED = (_OUT[k] for k in ("mi_gap_mm", "mi_dx_mm", "mi_theta_rad",
                                                                    "final_edge", "reported"))
 _SPLIT_MM, _SPLIT_DEG, _NO_MATCH, _MI_FINAL = (_OUT[k] for k in ("split_mm", "split_deg", "no_match", "mi_final"))
+_MI_ROTATED = _OUT["mi_rotated"]
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -128,6 +138,8 @@ class SearchOutcome:
     no_match: bool = False
     #: The reported pose is the mutual-information optimum (``auto`` on a weak edge match), not the edge one.
     mi_final: bool = False
+    #: The reported MI optimum's rotation is MI's own (else the edge optimum's, held).
+    mi_rotated: bool = False
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -207,6 +219,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         spread=None if split != split else (split, o[_SPLIT_DEG]),
         no_match=o[_NO_MATCH] == 1.0,
         mi_final=o[_MI_FINAL] == 1.0,
+        mi_rotated=o[_MI_ROTATED] == 1.0,
     )
 
 
@@ -290,6 +303,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         # a single-level plan: the MI refinement still runs, on the only level there is
         pose, score = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate, opts)
     mi_gap = mi_pose = None
+    mi_rotated = False
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
     # (a pair of portal images too, unless the rotation lever arm is short: see SETTINGS_ALIKE, ALIKE_MIN_SUPPORT_MM)
@@ -297,9 +311,16 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     mi_final = method == "auto" and not no_match and (score < WEAK_EDGE_SCORE or alike_final)
     if method == "auto":
         if mi_final:
-            # MI places the rotation too only on a weak edge match; two portal images keep the edge rotation
-            mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, rotate and score < WEAK_EDGE_SCORE,
-                             opts, tolerance=FINE_TOLERANCE)[0]
+            # MI places the rotation too on a weak edge match; two portal images on a moderate one over nearly the
+            # whole frame (the edge optimum's joint histogram's mass: the share of usable pixels on the reference)
+            mi_rotates = rotate and score < WEAK_EDGE_SCORE
+            if rotate and not mi_rotates and score < ALIKE_ROTATION_EDGE_SCORE:
+                evaluate(backend, plan, finest, np.asarray(pose, dtype=np.float64)[None, :], "mi")
+                mass = float(backend.to_host(plan.hist[:1]).sum())
+                mi_rotates = mass >= ALIKE_ROTATION_OVERLAP * PV_ONE * max(finest.usable, 1)
+            mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, mi_rotates, opts,
+                             tolerance=FINE_TOLERANCE)[0]
+            mi_rotated = mi_rotates
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
             # (diagonal curvature, the rotation held at the edge optimum's) places it well enough: its distance
@@ -328,6 +349,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         rotate=rotate, rotation_support_mm=support, rotation_unsupported=unsupported, levels=records, mi_pose=mi_pose,
         mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,
         mi_final=mi_final,
+        mi_rotated=mi_rotated,
     )
 
 

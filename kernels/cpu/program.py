@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from .correlation import coarse_search
-from .mutual_information import mutual_information
+from .mutual_information import PV_ONE, mutual_information
 from .peaks import search_peaks
 from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, refine_from, rotation_lever_arm
 
@@ -45,13 +45,14 @@ SETTING_NAMES = (
     "candidate_floor", "distinct_mm", "recheck_ratio", "coarse_recheck_ratio", "recheck_iterations",
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
-    "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm",
+    "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm", "alike_rotation_edge_score",
+    "alike_rotation_overlap",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
     "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
-    "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final",
+    "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final", "mi_rotated",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -67,6 +68,7 @@ _DX, _DY, _THETA, _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_O[k] for k
 _ROTATE, _SUPPORT, _MI_GAP, _MI_X, _MI_Y, _MI_T, _FINAL_EDGE, _REPORTED = (_O[k] for k in OUT_NAMES[8:16])
 _SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:22])
 _MI_FINAL = _O["mi_final"]
+_MI_ROTATED = _O["mi_rotated"]
 
 
 @njit(cache=True, nogil=True)
@@ -183,6 +185,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     split_below, split_iterations, max_step = settings[12], int(settings[13]), settings[14]
     weak_edge = settings[15]
     alike, alike_support = settings[16] != 0.0, settings[17]
+    alike_rotation_edge, alike_rotation_overlap = settings[18], settings[19]
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -316,19 +319,31 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         score = result[3]
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
-    # ...and so is that of two portal images (``alike``), whose intensities match (its translation: the rotation stays
-    # the edges'), unless the matched structure pins rotation weakly (its lever arm, when measured, below
+    # ...and so is that of two portal images (``alike``), whose intensities match (its rotation only as below), unless
+    # the matched structure pins rotation weakly (its lever arm, when measured, below
     # ``alike_min_support_mm``: a small field's)
     alike_final = alike and not out[_SUPPORT] < alike_support  # NaN (not measured) is not below
     mi_final = method == METHOD_AUTO and not no_match and (score < weak_edge or alike_final)
     if method == METHOD_AUTO:
         if mi_final:
-            # on a weak edge match MI places the rotation too; two portal images keep the edge optimum's rotation:
-            # MI's own drifts with the share of the frame that overlaps the reference (0.46 deg on two windows of
-            # one phantom image), the edges' does not
+            # on a weak edge match MI places the rotation too; two portal images keep the edge optimum's rotation
+            # unless below: MI's own drifted on strong clean edges and on partial overlaps (0.40-0.46 deg on windows
+            # of one phantom image), the edges' did not
             mi_rotates = rotate and score < weak_edge
+            if rotate and not mi_rotates and score < alike_rotation_edge:
+                # two portal images on a moderate edge match (noisy MV anatomy, where MI's rotation is the better)
+                # over nearly the whole frame: MI places the rotation too. The share of the frame's usable pixels
+                # that land on the reference is the edge optimum's joint histogram's mass
+                scratch_poses[0, :] = pose
+                _evaluate(fin, counts[finest], scratch_poses, one, mi_id, no, hist, sums, values)
+                mass = 0.0
+                for a in range(hist.shape[1]):
+                    for b in range(hist.shape[2]):
+                        mass += hist[0, a, b]
+                mi_rotates = mass >= alike_rotation_overlap * PV_ONE * max(counts[finest], 1)
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, mi_rotates, theta_limit,
                     normalised, fine_tolerance, no, max_step, hist, result, unknown)
+            out[_MI_ROTATED] = 1.0 if mi_rotates else 0.0
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
             # (5 poses: diagonal curvature, the rotation held at the edge optimum's) places it well enough: its
