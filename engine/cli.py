@@ -410,7 +410,7 @@ def _understood(image: Any) -> dict[str, Any]:
         out["field"] = field.note
     else:
         out["field"] = "no field edge found (the field covers the image, or this is a DRR)"
-    out["likely_inverted"] = likely_inverted(image)  # a field darker than its surroundings
+    out["likely_inverted"] = likely_inverted(image, small, field)  # a field darker than its surroundings
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")

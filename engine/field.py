@@ -225,18 +225,21 @@ def noise_ratio(pixels: np.ndarray, mask: np.ndarray | None) -> float | None:
     return spreads[0] / spreads[1]
 
 
-def likely_inverted(image: Image) -> bool:
+def likely_inverted(image: Image, small: np.ndarray | None = None, field: FieldEstimate | None = None) -> bool:
     """Whether a portal image's values are likely inverted: its radiation field is darker than its surroundings.
 
     A portal image shows the field bright (more radiation reached the imager). A dark field means inverted
     values, unless the planned jaws cover the image (the dark region is then an object in the field, a phantom)
     or the dark region is as noisy as its surroundings (an object in an open beam: the detection's doubt).
-    ``portalign info`` and ``fieldcheck`` say "try --invert" when it is.
+    ``portalign info`` and ``fieldcheck`` say "try --invert" when it is. ``small`` (``box_reduce(pixels, 256)``)
+    and ``field`` (``find_field`` on it) are made here unless the caller has them already.
     """
     if image.info.kind != "portal":
         return False
-    small, _ = box_reduce(image.pixels, 256)
-    field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
+    if small is None:
+        small, _ = box_reduce(image.pixels, 256)
+    if field is None:
+        field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
     found = field
     if not field.detected and not planned_aperture_covers(image):
         found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field

@@ -503,6 +503,20 @@ def test_pixel_data_holding_more_frames_than_the_header_says_is_refused(shipped)
 # ---------------------------------------------------------------------------
 
 
+class _PeakMemory:
+    """Trace Python allocations inside the ``with`` block; ``peak`` (bytes) is set when it ends."""
+
+    peak = 0
+
+    def __enter__(self) -> _PeakMemory:
+        tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
 def _jpeg_claiming(rows: int, cols: int) -> bytes:
     """The start of a baseline JPEG whose frame header (SOF0) declares ``rows x cols`` 8-bit pixels."""
     sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, rows, cols, 1) + b"\x01\x11\x00"
@@ -529,15 +543,11 @@ def test_a_codestream_claiming_a_huge_image_is_refused_before_decoding(syntax, s
     ds.PixelData = encapsulate([stream + bytes(2048)])  # within the compression-ratio bound: the header check refuses
     ds["PixelData"].VR = "OB"
     data = to_bytes(ds)
-    tracemalloc.start()
-    try:
-        with pytest.raises(PortalImageError, match=r"^<bytes>: the compressed pixel data's own header says 12000 x "
-                                                   r"12000 pixels but Rows x Columns say 96 x 128; the file is damaged$"):
-            read_rt_image(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 << 20, peak
+    with _PeakMemory() as memory, pytest.raises(
+            PortalImageError, match=r"^<bytes>: the compressed pixel data's own header says 12000 x 12000 pixels but "
+                                    r"Rows x Columns say 96 x 128; the file is damaged$"):
+        read_rt_image(data)
+    assert memory.peak < 32 << 20, memory.peak
 
 
 def test_a_deflate_bomb_is_refused_without_inflating_it():
@@ -565,15 +575,11 @@ def test_a_deflate_bomb_is_refused_without_inflating_it():
     meta.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements)
     data = bytes(128) + b"DICM" + meta.getvalue() + deflated
     assert len(data) * MAX_COMPRESSION_RATIO < rows * cols * 2
-    tracemalloc.start()
-    try:
-        with pytest.raises(PortalImageError, match=r"^<bytes>: its deflated dataset would inflate to more than .* bytes "
-                                                   r"\(50 times the file's .*\); refused as damaged or hostile$"):
-            read_rt_image(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 << 20, peak
+    with _PeakMemory() as memory, pytest.raises(
+            PortalImageError, match=r"^<bytes>: its deflated dataset would inflate to more than .* bytes \(50 times "
+                                    r"the file's .*\); refused as damaged or hostile$"):
+        read_rt_image(data)
+    assert memory.peak < 64 << 20, memory.peak
 
 
 def test_a_one_bit_image_with_a_rescale_slope_stays_within_its_bound():
@@ -586,12 +592,9 @@ def test_a_one_bit_image_with_a_rescale_slope_stays_within_its_bound():
     ds.PixelData = np.packbits(bits, bitorder="little").tobytes()
     ds.RescaleSlope, ds.RescaleIntercept = 2.0, 1.0
     data = to_bytes(ds)
-    tracemalloc.start()
-    try:
+    with _PeakMemory() as memory:
         image = read_rt_image(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = memory.peak
     assert image.pixels.dtype == np.float32 and set(np.unique(image.pixels)) <= {1.0, 3.0}
     image_bytes = rows * cols * 4
     assert peak < image_bytes + 12 * len(data) + (4 << 20), (peak, len(data))  # the image, its bits unpacked, a block
