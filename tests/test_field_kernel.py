@@ -128,3 +128,38 @@ def test_one_extreme_pixel_does_not_hide_the_field(value):
         changed = mask != clean_mask
         changed[at] = False
         assert not changed.any()
+
+
+def _masks():
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:40, 0:57]
+    comb = np.zeros((40, 57), np.uint8)
+    comb[::2, :] = 1  # every other row, joined by a column at the left: most seeds a scanline fill can push
+    comb[:, 0] = 1
+    teeth = comb.T.copy()
+    spiral = np.zeros((41, 41), np.uint8)  # one long corridor that turns back on itself
+    for k in range(0, 20, 4):
+        spiral[k, k:41 - k] = spiral[40 - k, k:41 - k] = spiral[k:41 - k, k] = spiral[k + 2:41 - k, 40 - k] = 1
+    checker = ((xx + yy) % 2).astype(np.uint8)  # 4-connected: every pixel its own part
+    yield "comb", comb
+    yield "teeth", np.ascontiguousarray(teeth)
+    yield "spiral", spiral
+    yield "checker", checker
+    yield "ring", (((xx - 28) ** 2 + (yy - 20) ** 2 < 15**2) & ((xx - 28) ** 2 + (yy - 20) ** 2 > 6**2)).astype(np.uint8)
+    yield "full", np.ones((9, 13), np.uint8)
+    yield "one row", np.ones((1, 30), np.uint8)
+    for p in (0.3, 0.5, 0.6):
+        yield f"random {p}", (rng.random((48, 64)) < p).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("name", "mask"), list(_masks()), ids=[name for name, _ in _masks()])
+def test_scanline_labelling_equals_scipy(name, mask):
+    """The scanline fill labels 4-connected parts as scipy.ndimage.label does, within its stated stack size."""
+    from portalign.kernels.cpu.field import _components
+
+    labels = np.zeros(mask.shape, np.int64)
+    stack = np.full(2 * mask.size + 1, -1, np.int64)
+    sizes = _components(mask, labels, stack)
+    want, count = ndimage.label(mask)  # 4-connected, numbered in raster order of the first pixel, as ours
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_array_equal(sizes, np.bincount(want.ravel(), minlength=count + 1)[1:])

@@ -40,8 +40,56 @@ FIELD = 2
 
 
 @njit(cache=True, nogil=True)
+def _flood(mask: np.ndarray, want: int, labels: np.ndarray, label: int, i0: int, j0: int,  # pragma: no cover
+           stack: np.ndarray) -> int:
+    """Give ``label`` to the 4-connected part of pixels ``mask == want`` (unlabelled) holding ``(i0, j0)``; return its size.
+
+    A scanline fill: each popped seed is widened to its whole run along the row, the run is labelled, and one
+    seed is pushed per run of wanted, unlabelled pixels in the rows above and below it. Every pixel is
+    labelled once, and the runs of one row that seeds come from are disjoint, so at most two seeds per pixel
+    are ever pushed: ``stack`` needs ``2 * rows * cols + 1`` entries.
+    """
+    rows, cols = mask.shape
+    stack[0] = i0 * cols + j0
+    top = 1
+    filled = 0
+    while top > 0:
+        top -= 1
+        p = stack[top]
+        i = p // cols
+        j = p - i * cols
+        if labels[i, j] != 0 or mask[i, j] != want:
+            continue
+        left = j
+        while left > 0 and labels[i, left - 1] == 0 and mask[i, left - 1] == want:
+            left -= 1
+        right = j
+        while right < cols - 1 and labels[i, right + 1] == 0 and mask[i, right + 1] == want:
+            right += 1
+        for b in range(left, right + 1):
+            labels[i, b] = label
+        filled += right - left + 1
+        for a in (i - 1, i + 1):
+            if a < 0 or a >= rows:
+                continue
+            b = left
+            while b <= right:
+                if labels[a, b] == 0 and mask[a, b] == want:
+                    stack[top] = a * cols + b
+                    top += 1
+                    while b <= right and labels[a, b] == 0 and mask[a, b] == want:
+                        b += 1
+                else:
+                    b += 1
+    return filled
+
+
+@njit(cache=True, nogil=True)
 def _components(mask: np.ndarray, labels: np.ndarray, stack: np.ndarray) -> np.ndarray:  # pragma: no cover
-    """Label the 4-connected parts of ``mask`` (in raster order of their first pixel, from 1); return their sizes."""
+    """Label the 4-connected parts of ``mask`` (in raster order of their first pixel, from 1); return their sizes.
+
+    ``stack``: at least ``2 * rows * cols + 1`` entries (:func:`_flood`).
+    """
     rows, cols = mask.shape
     labels[:, :] = 0
     sizes = np.zeros(rows * cols + 1, dtype=np.int64)
@@ -51,23 +99,7 @@ def _components(mask: np.ndarray, labels: np.ndarray, stack: np.ndarray) -> np.n
             if mask[i0, j0] == 0 or labels[i0, j0] != 0:
                 continue
             count += 1
-            labels[i0, j0] = count
-            top = 0
-            stack[0] = i0 * cols + j0
-            top = 1
-            while top > 0:
-                top -= 1
-                p = stack[top]
-                i = p // cols
-                j = p - i * cols
-                sizes[count] += 1
-                for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                    a = i + di
-                    b = j + dj
-                    if 0 <= a < rows and 0 <= b < cols and mask[a, b] != 0 and labels[a, b] == 0:
-                        labels[a, b] = count
-                        stack[top] = a * cols + b
-                        top += 1
+            sizes[count] = _flood(mask, 1, labels, count, i0, j0, stack)
     return sizes[1: count + 1]
 
 
@@ -208,7 +240,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
             or not (area_low <= area <= area_high) or count < min_pixels):
         return NOT_A_FIELD, threshold, effectiveness, field_is_bright
     labels = np.empty((rows, cols), dtype=np.int64)
-    stack = np.empty(n, dtype=np.int64)
+    stack = np.empty(2 * n + 1, dtype=np.int64)
     sizes = _components(mask_out, labels, stack)
     if sizes.size > 1:
         largest = 0
@@ -222,25 +254,13 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
                 mask_out[i, j] = 1 if labels[i, j] == largest + 1 else 0
     # holes: background reached from the border (4-connected) is outside, the rest is field
     reached = np.zeros((rows, cols), dtype=np.uint8)
-    top = 0
-    for i in range(rows):
-        for j in range(cols):
-            if (i == 0 or j == 0 or i == rows - 1 or j == cols - 1) and mask_out[i, j] == 0 and reached[i, j] == 0:
-                reached[i, j] = 1
-                stack[top] = i * cols + j
-                top += 1
-    while top > 0:
-        top -= 1
-        p = stack[top]
-        i = p // cols
-        j = p - i * cols
-        for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            a = i + di
-            b = j + dj
-            if 0 <= a < rows and 0 <= b < cols and mask_out[a, b] == 0 and reached[a, b] == 0:
-                reached[a, b] = 1
-                stack[top] = a * cols + b
-                top += 1
+    for k in range(2 * (rows + cols)):  # the border pixels: rows 0 and rows - 1, then columns 0 and cols - 1
+        if k < 2 * cols:
+            i, j = (0 if k < cols else rows - 1), k % cols
+        else:
+            i, j = (k - 2 * cols) % rows, (0 if k < 2 * cols + rows else cols - 1)
+        if mask_out[i, j] == 0 and reached[i, j] == 0:
+            _flood(mask_out, 0, reached, 1, i, j, stack)
     c0, c1, r0, r1 = cols, -1, rows, -1
     for i in range(rows):
         for j in range(cols):
