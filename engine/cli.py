@@ -319,7 +319,9 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     # say what the score is: auto's and mi's is normalised MI - 1, which two copies of one resampled image do not
     # bring near 1 (a new user's trial read 0.44 on a self-match as poor); the edge correlation is given beside it
     edge = (result.details or {}).get("edge_score")
-    if result.method == "edge":
+    if result.score is None:  # nothing was measured (the reason says why)
+        score = "score not measured"
+    elif result.method == "edge":
         score = f"score {result.score:.3f} (edge correlation, 1 = every edge matched)"
     else:
         score = f"score {result.score:.3f} (normalised MI - 1)"
@@ -378,7 +380,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _understood(image: Any) -> dict[str, Any]:
     """Return what ``info`` adds to the header: the image's nature, its field, a likely inversion, null angles."""
-    from .field import box_reduce, find_field, likely_inverted
+    from .field import NO_FIELD, box_reduce, find_field, likely_inverted
     from .image import beam_kind
 
     info = image.info
@@ -393,7 +395,10 @@ def _understood(image: Any) -> dict[str, Any]:
     else:
         nature = "projection image of unknown kind"
     small, factor = box_reduce(image.pixels, 256)
-    field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
+    drr = info.kind == "drr"
+    # as registration finds it: planned jaws and intensity sign taken into account; a DRR has no radiation field
+    # (registration does not look for one: what a split finds there is the body's outline)
+    field = NO_FIELD if drr else find_field(image, small)
     out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
     if nature.startswith("kV"):
         out["kind"] = "kv"  # registered like a portal image (its field is detected), but not called one
@@ -408,9 +413,11 @@ def _understood(image: Any) -> dict[str, Any]:
             out["field_doubt"] = field.doubt
     elif field.note:
         out["field"] = field.note
+    elif drr:
+        out["field"] = "not looked for: a DRR has no radiation field (registration uses the whole DRR)"
     else:
-        out["field"] = "no field edge found (the field covers the image, or this is a DRR)"
-    out["likely_inverted"] = likely_inverted(image, small, field)  # a field darker than its surroundings
+        out["field"] = "no field edge found (the field covers the image)"
+    out["likely_inverted"] = False if drr else likely_inverted(image, small, field)  # a field darker than around it
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")

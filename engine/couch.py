@@ -382,8 +382,10 @@ class CouchShift:
         return np.array([self.lateral_mm, self.longitudinal_mm, self.vertical_mm])
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dict."""
-        return asdict(self)
+        """Return the result as a JSON-ready dict (``patient_position`` null when not known)."""
+        out = asdict(self)
+        out["patient_position"] = self.patient_position or None
+        return out
 
     def as_json(self, **kwargs: Any) -> str:
         """Return the result as one JSON object."""

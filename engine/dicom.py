@@ -398,12 +398,12 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         "gantry_deg": info.gantry_deg,
         "collimator_deg": info.collimator_deg,
         "couch_deg": info.couch_deg,
-        "patient_position": info.patient_position,
+        "patient_position": info.patient_position or None,
         "acquisition_date": extra.get("acquisition_date"),
         "kvp": extra.get("kvp"),
-        "sop_instance_uid": info.sop_instance_uid,
-        "series_instance_uid": info.series_instance_uid,
-        "frame_of_reference_uid": info.frame_of_reference_uid,
+        "sop_instance_uid": info.sop_instance_uid or None,
+        "series_instance_uid": info.series_instance_uid or None,
+        "frame_of_reference_uid": info.frame_of_reference_uid or None,
         "referenced_rt_plan_uid": extra.get("referenced_rt_plan_uid"),
         "referenced_beam_number": extra.get("referenced_beam_number"),
         "rt_image_label": extra.get("rt_image_label"),
@@ -456,12 +456,13 @@ def _source_name(source: Any) -> str:
         return Path(filename).name if isinstance(filename, str) and filename else "dataset"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        return path.name or str(source)
+        # a file name is printed in one-line messages: control characters (a newline, a terminal escape) escaped
+        return _printable(path.name or str(source) or "(empty path)", 200)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
     name = getattr(source, "name", None)
     if isinstance(name, str) and name:
-        return Path(name).name or name
+        return _printable(Path(name).name or name, 200)
     return "<stream>"
 
 
@@ -471,14 +472,22 @@ _NOT_DICOM = "not a DICOM file (expected a DICOM RT Image)"
 
 def _read_bytes(source: Any, name: str) -> bytes:
     if isinstance(source, (str, os.PathLike)):
+        if not os.fspath(source):
+            raise PortalImageError("an empty path was given for a DICOM file; give the file's path")
         path = Path(source)
+        shown = _printable(str(path), 200)
         if not path.exists():
-            where = "" if str(path) == name else f" ({path})"
+            where = "" if shown == name else f" ({shown})"
             raise PortalImageError(f"{name}: no such file{where}; check the path")
         if path.is_dir():
-            raise PortalImageError(f"{name}: is a directory, not a DICOM file")
+            raise PortalImageError(f"{shown}: is a directory, not a DICOM file")
+        if not path.is_file():  # a FIFO would block for ever, /dev/zero never end
+            raise PortalImageError(f"{shown}: is not a regular file (a device, pipe or socket); give a DICOM file")
         try:
-            return path.read_bytes()
+            with path.open("rb") as handle:
+                # no more than the size the file had when opened: a file that grows meanwhile is not read for ever
+                size = os.fstat(handle.fileno()).st_size
+                return handle.read(size)
         except OSError as exc:
             raise PortalImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -528,7 +537,8 @@ def _parse(data: bytes, name: str) -> Dataset:
     if not data:
         raise PortalImageError(f"{name}: is empty (0 bytes); not a DICOM file")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
-    if has_preamble and _DEFLATED.encode() in data[132:1024]:
+    _check_sequence_items(data, name)
+    if _DEFLATED.encode() in data[:_META_SCAN_BYTES]:
         _check_inflated_size(data, name)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -551,25 +561,85 @@ def _check_inflated_size(data: bytes, name: str) -> None:
     """Refuse a deflated dataset that would inflate beyond :data:`MAX_COMPRESSION_RATIO` times its file (a zip bomb).
 
     pydicom inflates the whole dataset before anything can be checked: 490 KB of zeros took 1 GiB. The file meta
-    group (its length is its first element, explicit VR little endian) ends where the raw deflate stream starts;
-    it is inflated here up to the bound and no further.
+    group (:func:`_file_meta_end`: with or without a preamble or a group length, however long) ends where the raw
+    deflate stream starts; when its transfer syntax is deflate, the stream is inflated here up to the bound and no
+    further.
     """
     import zlib
 
-    group_length = int.from_bytes(data[140:144], "little") if data[132:136] == b"\x02\x00\x00\x00" else None
-    if group_length is None or 144 + group_length > len(data):
-        return  # no usable group length: pydicom's own reading decides
-    stream = data[144 + group_length:]
+    syntax, end = _file_meta_end(data)
+    if syntax != _DEFLATED:
+        return
+    stream = data[end:]
     limit = max(MAX_COMPRESSION_RATIO * len(data), _INFLATE_FLOOR_BYTES)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        inflated = len(inflater.decompress(stream, limit + 1))
+        inflated = inflater.decompress(stream, limit + 1)
     except zlib.error:
         return  # not a valid stream: pydicom reports it as damaged
-    if inflated > limit:
+    if len(inflated) > limit:
         raise PortalImageError(
             f"{name}: its deflated dataset would inflate to more than {limit:,} bytes ({MAX_COMPRESSION_RATIO} times "
             f"the file's {len(data):,}); refused as damaged or hostile"
+        )
+    _check_sequence_items(inflated, name)  # items hidden in the deflated stream are counted too
+
+
+#: Value representations whose explicit-VR length takes four bytes (after two reserved ones), PS3.5 7.1.2.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def _file_meta_end(data: bytes) -> tuple[str, int]:
+    """Return the file meta group's transfer syntax UID ("" if none) and the offset where the dataset starts.
+
+    The group (0002,xxxx) follows the preamble when there is one, else starts the file; it is explicit VR little
+    endian (PS3.10 7.1), read here element by element as pydicom reads it (an implicit-VR element, as some writers
+    make, is read as one), so a missing or wrong group length does not change where it ends.
+    """
+    offset = 132 if len(data) >= 132 and data[128:132] == b"DICM" else 0
+    syntax = ""
+    while offset + 8 <= len(data) and data[offset:offset + 2] == b"\x02\x00":
+        element = int.from_bytes(data[offset + 2:offset + 4], "little")
+        vr = data[offset + 4:offset + 6]
+        if vr in _LONG_VRS:
+            length, value_at = int.from_bytes(data[offset + 8:offset + 12], "little"), offset + 12
+        elif vr.isalpha() and vr.isupper():
+            length, value_at = int.from_bytes(data[offset + 6:offset + 8], "little"), offset + 8
+        else:  # implicit VR: a four-byte length after the tag
+            length, value_at = int.from_bytes(data[offset + 4:offset + 8], "little"), offset + 8
+        if length == 0xFFFFFFFF:
+            break  # an undefined length has no place in the meta group: pydicom decides
+        if element == 0x0010:
+            syntax = data[value_at:value_at + length].decode("ascii", "replace").strip("\0 ")
+        offset = value_at + length
+    return syntax, offset
+
+
+#: Bytes from the start of a file searched for the deflate transfer syntax UID (a file meta group is short; a longer
+#: one is read by :func:`_file_meta_end` all the same).
+_META_SCAN_BYTES = 1 << 16
+#: Most sequence items a header may hold before its pixel data. An RT Image has a few (exposures, beam limiting
+#: devices, referenced plans); each item pydicom reads costs about 1.4 KB of memory, so a file of a million tiny items
+#: (28 MB) took 1.4 GB to read.
+MAX_SEQUENCE_ITEMS = 10_000
+
+
+def _check_sequence_items(data: bytes, name: str, start: int = 0) -> None:
+    """Refuse a header with more than :data:`MAX_SEQUENCE_ITEMS` sequence items before pydicom reads them.
+
+    Items are counted by their tag (FFFE,E000), in either byte order, in ``data[start:]`` before the pixel data
+    element (an encapsulated image's fragments are items too, and are not counted). :func:`_check_inflated_size`
+    counts those of a deflated dataset in what it inflates.
+    """
+    if len(data) - start < 8 * MAX_SEQUENCE_ITEMS:
+        return  # fewer bytes cannot hold that many items
+    pixels = max(data.rfind(b"\xe0\x7f\x10\x00", start), data.rfind(b"\x7f\xe0\x00\x10", start))
+    end = pixels if pixels > start else len(data)
+    items = data.count(b"\xfe\xff\x00\xe0", start, end) + data.count(b"\xff\xfe\xe0\x00", start, end)
+    if items > MAX_SEQUENCE_ITEMS:
+        raise PortalImageError(
+            f"{name}: its header holds {items:,} sequence items (an RT Image has a few; at most {MAX_SEQUENCE_ITEMS:,} "
+            "are read); refused as damaged or hostile"
         )
 
 
@@ -1014,8 +1084,33 @@ def _modality(ds: Dataset, name: str) -> str:
     )
 
 
+#: Pixel-module attributes the decoders read as one value each (PS3.3 C.7.6.3: VM 1).
+_SINGLE_VALUED_PIXEL_TAGS = ("PhotometricInterpretation", "NumberOfFrames", "SamplesPerPixel", "PlanarConfiguration",
+                             "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "Rows", "Columns")
+
+
+def _check_pixel_module(ds: Dataset, name: str) -> None:
+    """Refuse, naming the tag, what would make a decoder fail with a message about Python types."""
+    for keyword in _SINGLE_VALUED_PIXEL_TAGS:
+        try:
+            element = ds.data_element(keyword)
+            value = None if element is None else element.value
+        except Exception:  # noqa: BLE001 - an element that cannot even be parsed: the decoder's message says so
+            continue
+        if value is not None and not isinstance(value, (str, bytes, int, float)):
+            tag = f"({element.tag.group:04X},{element.tag.element:04X})"
+            raise PortalImageError(f"{name}: {keyword} {tag} has {len(value)} values {_shown(value)}; it must have 1; "
+                                   "the file is damaged")
+    pixels = ds.get("PixelData")  # the element, not its value (a missing one is reported elsewhere)
+    element = ds.data_element("PixelData") if pixels is not None else None
+    if element is not None and not isinstance(element.value, (bytes, bytearray, memoryview)):
+        raise PortalImageError(f"{name}: PixelData (7FE0,0010) is held as {element.VR} text, not OB/OW bytes; the "
+                               "file is damaged")
+
+
 def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
     transfer_syntax = _transfer_syntax(ds)
+    _check_pixel_module(ds, name)
     try:
         array = decode_pixels(ds, index=index)
     except Exception as exc:
@@ -1529,8 +1624,10 @@ def _header_note(message: str) -> str:
 
 
 def _one_line(exc: Any) -> str:
-    text = str(exc).strip().splitlines()
+    text = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
     line = text[0] if text else type(exc).__name__
+    if line.endswith(":") and len(text) > 1:  # "raised by all available plugins:" and the reason on the next line
+        line = f"{line} {text[1]}"
     line = line.split(" Please see <", 1)[0]  # pydicom's link to the standard
     return line if len(line) <= 200 else line[:197] + "..."
 

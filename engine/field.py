@@ -158,7 +158,8 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
                                      "values mean more radiation, so it is an attenuating object (a phantom's "
-                                     "outline), not the radiation field")
+                                     "outline), not the radiation field; or the pixel values are inverted (check "
+                                     "--invert: given wrongly, or needed)")
     if field.detected and _sign_in_doubt(image, field):
         # an inverted image's field, or an object in an open beam? The dose hints, by its noise
         ratio = noise_ratio(image.pixels, field.mask)

@@ -49,11 +49,19 @@ class Journal:
     Parameters
     ----------
     path : str or os.PathLike
-        The file to append to; created (with its parent folders) when missing.
-        Existing lines are kept.
+        The file to append to; created (with its parent folders, unless
+        ``make_folders`` is false) when missing. Existing lines are kept.
     fsync : bool
         ``os.fsync`` after every record (default). Turn off only for throwaway
         journals (benchmarks), never for clinical use.
+    make_folders : bool
+        Create missing parent folders (default). The CLI passes false unless told
+        ``--create``: a typo in a folder name must not send the results elsewhere.
+
+    Raises
+    ------
+    JournalError
+        The file cannot be opened for appending, or (``make_folders=False``) its folder does not exist.
 
     Examples
     --------
@@ -61,11 +69,14 @@ class Journal:
     ...     journal.append({"source": "stream", "status": "ok", "result": result.as_dict()})
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True, make_folders: bool = True) -> None:
         self.path = Path(path)
         self._fsync = bool(fsync)
         self._lock = threading.Lock()
         self.records_written = 0
+        if not make_folders and not self.path.parent.is_dir():
+            raise JournalError(f"{self.path}: the results journal's folder {self.path.parent} does not exist; check "
+                               "the path (or create the folder)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # binary + append: one os-level write per line, O_APPEND positions it at the end

@@ -122,7 +122,8 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     fig.suptitle(
         f"{textwrap.fill('reference: ' + _describe(reference), 150)}\n{textwrap.fill('frame: ' + _describe(frame), 150)}\n"
         f"{shift}   {rotation}   "
-        f"score = {result.score:.3f} ({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
+        f"{'score not measured' if result.score is None else f'score = {result.score:.3f}'} "
+        f"({result.method}, {result.backend}){meaning}\n{textwrap.fill(status, 150)}",
         fontsize=10,
         color="black" if result.ok else "red",
     )

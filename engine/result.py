@@ -38,9 +38,10 @@ class RegistrationResult:
         False when the match must not be trusted; ``reason`` says why.
     reason : str
         Empty when ``ok``.
-    score : float
+    score : float or None
         Similarity at the optimum: the edge correlation (-1..1, 1 = every edge
-        matched) for ``edge``, normalised MI - 1 (0..1) for ``mi`` and ``auto``.
+        matched) for ``edge``, normalised MI - 1 (0..1) for ``mi`` and ``auto``;
+        ``None`` when nothing was measured (no usable pixels: ``reason`` says why).
     method, backend : str
         What ran.
     elapsed_ms : float
@@ -68,7 +69,7 @@ class RegistrationResult:
     rotation_deg: float | None
     ok: bool
     reason: str = ""
-    score: float = 0.0
+    score: float | None = 0.0
     method: str = ""
     backend: str = ""
     elapsed_ms: float = 0.0

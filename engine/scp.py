@@ -179,7 +179,8 @@ class InstanceRegistrar:
             return [self.error("the instance holds no frame", stage="decode", **context)]
         first = images[0]
         plan_uid, beam = beam_key(first)
-        ids = {"sop_instance_uid": first.info.sop_instance_uid, "plan_uid": plan_uid, "beam_number": beam}
+        # not recorded: null, not an empty text
+        ids = {"sop_instance_uid": first.info.sop_instance_uid or None, "plan_uid": plan_uid or None, "beam_number": beam}
         if is_reference(first):
             return [self._store_reference(first, ids, context)]
         lines = []
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
             import pynetdicom  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError.for_module(exc.name or "pynetdicom", "portalign scp") from None
-        journal = Journal(args.results)
+        journal = Journal(args.results, make_folders=False)  # a typo in its folder is an error, not a new folder
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp",
                                       invert=getattr(args, "invert", None))
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]

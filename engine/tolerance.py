@@ -223,6 +223,9 @@ def load_tolerance(path: str | Path) -> ToleranceTable:
         raise ToleranceError(f"{name}: cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ToleranceError(f"{name}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ToleranceError(f"{name}: not a TOML text file (not UTF-8 text); give a tolerance table such as "
+                             "[tolerance] lat = 2.0, or --tolerance lat=2,...") from None
     table = data.get("tolerance", data) if isinstance(data.get("tolerance"), dict) else data
     if table is not data and len(data) > 1:
         others = sorted(k for k in data if k != "tolerance")

@@ -247,8 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when any file failed")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
     parser.add_argument("--create", action="store_true",
-                        help="make DIR when it does not exist (default: a missing DIR is an error: a typo in the path "
-                             "would otherwise watch an empty new folder and report nothing)")
+                        help="make DIR (and the folder of --results) when it does not exist (default: a missing folder "
+                             "is an error: a typo in the path would otherwise watch an empty new folder and report "
+                             "nothing, or write the results elsewhere)")
 
 
 #: Exit status of ``portalign watch --once`` when a file failed (moved to failed/).
@@ -264,11 +265,12 @@ def run(args: argparse.Namespace) -> int:
     journal = None
     folder = Path(args.folder)
     if not folder.is_dir() and not getattr(args, "create", False):
-        what = "is not a folder" if folder.exists() else "does not exist"
-        print(f"portalign watch: {folder} {what}; check the path (or pass --create to make it)", file=sys.stderr)
+        what = ("is a file, not a folder; give the folder the files land in" if folder.exists()
+                else "does not exist; check the path (or pass --create to make it)")
+        print(f"portalign watch: {folder} {what}", file=sys.stderr)
         return 2
     try:
-        journal = Journal(args.results)
+        journal = Journal(args.results, make_folders=bool(getattr(args, "create", False)))
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
                                       invert=getattr(args, "invert", None))
         watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls,

@@ -455,7 +455,7 @@ def test_info_names_the_mv_energy_that_varian_stores_as_kvp(capsys, tmp_path) ->
     status, out, _ = run(capsys, "info", path, "--json")
     info = json.loads(out)
     assert status == 0 and info["image"] == "portal image (6 MV treatment beam)" and info["kind"] == "portal"
-    assert info["patient_position"] == ""
+    assert info["patient_position"] is None  # unknown: null, as every value not recorded
     status, out, _ = run(capsys, "info", path)
     assert "patient_position: unknown" in out.splitlines()
 
@@ -475,3 +475,67 @@ def test_the_image_kind_is_said_alike_by_info_and_the_review_picture() -> None:
 
     image = Image(np.zeros((8, 8), np.float32), (1.0, 1.0), (3.5, 3.5), mv)
     assert _describe(image) == "mv.dcm (portal image (6 MV), gantry 90.0 deg, date unknown)"
+
+
+# ---------------------------------------------------------------------------------------------
+# a tenth-session new user's trial
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's DRR and field-shaped MV frame at 96 x 128 pixels, as DICOM files."""
+    from portalign.demo import make_demo_pair
+    from portalign.demo import write_rt_image as write_demo_image
+
+    folder = tmp_path_factory.mktemp("demo_pair")
+    reference, frame, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    return {"ref": write_demo_image(reference, folder / "drr.dcm", label="DRR", image_type="DRR"),
+            "frame": write_demo_image(frame, folder / "mv.dcm", label="MV", image_type="PORTAL")}
+
+
+def test_a_frame_with_no_usable_pixels_measures_nothing(capsys, demo_pair) -> None:
+    """A field-edge band wider than half the field left 0 pixels: the score (-1), the edge score (0) and a 0 mm lever
+    arm were reported as if measured, and the text said which optimum was reported."""
+    status, out, _ = run(capsys, "register", demo_pair["ref"], demo_pair["frame"], "--field-margin-mm", "60", "--json")
+    payload = json.loads(out)
+    assert status == 0 and payload["ok"] is False and payload["reason"].startswith("too little of the frame is usable")
+    assert payload["dx_mm"] is None and payload["rotation_deg"] is None and payload["score"] is None
+    details = payload["details"]
+    for key in ("edge_score", "match_significance", "edge_score_selection", "rotation_support_mm", "final_metric",
+                "final_metric_why"):
+        assert details[key] is None, key
+    assert not any("lever arm" in w for w in payload["warnings"])
+    status, out, _ = run(capsys, "register", demo_pair["ref"], demo_pair["frame"], "--field-margin-mm", "60")
+    assert status == 0 and "\nscore not measured  method auto" in out and "optimum:" not in out
+
+
+def test_info_does_not_look_for_a_field_in_a_drr(capsys, demo_pair) -> None:
+    """A DRR's "detected field" was the body's outline; registration never looks for one there."""
+    status, out, _ = run(capsys, "info", demo_pair["ref"], "--json")
+    info = json.loads(out)
+    assert status == 0 and info["kind"] == "drr" and info["field_detected"] is False and info["field_box_mm"] is None
+    assert info["field"].startswith("not looked for: a DRR has no radiation field")
+    status, out, _ = run(capsys, "info", demo_pair["frame"], "--json")
+    assert json.loads(out)["field_detected"] is True  # the MV frame's field is found as before
+
+
+def test_watch_refuses_a_results_folder_that_does_not_exist_unless_told_to_create_it(capsys, files, tmp_path) -> None:
+    """A typo in --results made its folder and wrote the journal there, exit 0."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    results = tmp_path / "no-such-folder" / "r.jsonl"
+    status, out, err = run(capsys, "watch", inbox, "--results", results, "--once")
+    assert status == 2 and out == "" and not results.parent.exists()
+    assert err.strip() == (f"portalign watch: {results}: the results journal's folder {results.parent} does not "
+                           "exist; check the path (or create the folder)")
+    status, _, _ = run(capsys, "watch", inbox, "--results", results, "--once", "--create", "--poll", "0.05")
+    assert status == 0 and results.is_file()
+    status, _, err = run(capsys, "watch", files["ref"], "--results", tmp_path / "r.jsonl", "--once")
+    assert status == 2 and err.strip() == (f"portalign watch: {files['ref']} is a file, not a folder; give the folder "
+                                           "the files land in")
+
+
+def test_an_unknown_patient_position_is_null_in_json(capsys, files) -> None:
+    status, out, _ = run(capsys, "info", files["ref_nopos"], "--json")
+    assert status == 0 and json.loads(out)["patient_position"] is None

@@ -121,6 +121,8 @@ def test_patient_matrix_names_the_directions():
 def test_exact_projections_give_the_shift_back(gantries, condition):
     shift = np.array([2.5, -1.25, 4.0])
     couch = solve_couch_shift(views_for(shift, gantries), patient_position="HFS")
+    unknown = solve_couch_shift(views_for(shift, gantries))
+    assert unknown.as_dict()["patient_position"] is None and couch.as_dict()["patient_position"] == "HFS"
     np.testing.assert_allclose(couch.displacement_mm, shift, atol=1e-9)
     assert couch.couch_correction == pytest.approx({"lateral": -2.5, "longitudinal": 1.25, "vertical": -4.0})
     assert couch.ok and couch.reason == ""

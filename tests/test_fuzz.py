@@ -550,8 +550,21 @@ def test_a_codestream_claiming_a_huge_image_is_refused_before_decoding(syntax, s
     assert memory.peak < 32 << 20, memory.peak
 
 
-def test_a_deflate_bomb_is_refused_without_inflating_it():
-    """490 KB of deflated zeros inflated to 1 GiB inside pydicom before any check."""
+def _meta(layout: str, uid: bytes) -> tuple[bytes, bytes]:
+    """A file meta group holding transfer syntax ``uid``, laid out as ``layout``: ``(preamble, group)``."""
+    syntax = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(uid)) + uid
+    if layout == "long":  # the transfer syntax beyond the first kilobyte: a long FileMetaInformationVersion first
+        version = b"\x00\x01" + bytes(1198)
+        syntax = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, len(version)) + version + syntax
+    group = syntax if layout == "no group length" else (
+        struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(syntax)) + syntax)
+    return (b"" if layout == "no preamble" else bytes(128) + b"DICM"), group
+
+
+@pytest.mark.parametrize("layout", ["usual", "no preamble", "no group length", "long"])
+def test_a_deflate_bomb_is_refused_without_inflating_it(layout):
+    """490 KB of deflated zeros inflated to 1 GiB inside pydicom before any check; the third campaign found three
+    file meta layouts that the check did not read (no preamble, no group length, the UID after 1 KB): 2.2 GB."""
     import zlib
 
     from portalign.dicom import MAX_COMPRESSION_RATIO
@@ -569,11 +582,8 @@ def test_a_deflate_bomb_is_refused_without_inflating_it():
     for _ in range(rows * cols * 2 // len(zeros)):
         deflated += packer.compress(zeros)
     deflated += packer.flush()
-    meta = io.BytesIO()
-    uid = b"1.2.840.10008.1.2.1.99\x00"
-    elements = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(uid)) + uid
-    meta.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements)
-    data = bytes(128) + b"DICM" + meta.getvalue() + deflated
+    preamble, meta = _meta(layout, b"1.2.840.10008.1.2.1.99\x00")
+    data = preamble + meta + deflated
     assert len(data) * MAX_COMPRESSION_RATIO < rows * cols * 2
     with _PeakMemory() as memory, pytest.raises(
             PortalImageError, match=r"^<bytes>: its deflated dataset would inflate to more than .* bytes \(50 times "
@@ -613,3 +623,93 @@ def test_tag_text_with_a_newline_stays_on_one_line_of_the_error(keyword, value, 
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
+
+
+# ---------------------------------------------------------------------------
+# a third campaign (seeds 9001-9010, 3,000 mutants of new kinds and probes around them): a deflate bomb in file meta
+# layouts the check did not read (above), a million sequence items, special files, messages that named Python types
+# ---------------------------------------------------------------------------
+
+
+def _with_items(n_items: int, *, deflated: bool = False) -> bytes:
+    """An RT Image whose ExposureSequence holds ``n_items`` empty items (undefined lengths: 16 bytes each)."""
+    ds = make_rt_image(np.arange(256, dtype=np.uint16).reshape(16, 16))
+    plain = to_bytes(ds, file_format=False)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence = (struct.pack("<HHI", 0x3002, 0x0030, 0xFFFFFFFF) + item * n_items  # implicit VR, as the body
+                + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    at = plain.index(struct.pack("<HH", 0x7FE0, 0x0010))  # (3002,0030) sorts before the pixel data
+    body = plain[:at] + sequence + plain[at:]
+    if deflated:
+        import zlib
+
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = packer.compress(body) + packer.flush()
+    uid = b"1.2.840.10008.1.2.1.99\x00" if deflated else b"1.2.840.10008.1.2\x00"
+    preamble, meta = _meta("usual", uid)
+    return preamble + meta + body
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "deflated"])
+def test_a_header_of_a_million_sequence_items_is_refused_before_it_is_read(deflated):
+    """A 28 MB file of a million tiny items took 1.4 GB (pydicom makes a dataset of each) for a 96 x 128 image."""
+    from portalign.dicom import MAX_SEQUENCE_ITEMS
+
+    few = read_rt_image(_with_items(20, deflated=deflated))  # a real RT Image's few items are read as ever
+    assert few.shape == (16, 16)
+    data = _with_items(MAX_SEQUENCE_ITEMS + 1000, deflated=deflated)
+    with _PeakMemory() as memory, pytest.raises(
+            PortalImageError, match=rf"^<bytes>: its header holds {MAX_SEQUENCE_ITEMS + 1000:,} sequence items \(an RT "
+                                    r"Image has a few; at most 10,000 are read\); refused as damaged or hostile$"):
+        read_rt_image(data)
+    assert memory.peak < 8 * len(data) + (4 << 20), (memory.peak, len(data))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_special_files_are_refused_without_reading_them(tmp_path, capsys):
+    """A FIFO hung for ever and /dev/zero was read until memory ran out: only regular files are read."""
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.dcm"
+    link.symlink_to("/dev/zero")
+    for path in (fifo, link):
+        with pytest.raises(PortalImageError, match=r"is not a regular file \(a device, pipe or socket\); give a DICOM "
+                                                   r"file$"):
+            read_rt_image(path)
+    with pytest.raises(PortalImageError, match="^an empty path was given for a DICOM file"):
+        read_rt_image("")
+    assert main(["info", str(fifo)]) == 2
+    assert capsys.readouterr().err.strip() == (f"portalign: error: {fifo}: is not a regular file (a device, pipe or "
+                                               "socket); give a DICOM file")
+    assert main(["info", str(tmp_path)]) == 2  # the path as given: "/tmp/x", not "x"
+    assert capsys.readouterr().err.strip() == f"portalign: error: {tmp_path}: is a directory, not a DICOM file"
+
+
+def test_a_file_name_with_control_characters_stays_on_one_line(tmp_path, capsys):
+    path = tmp_path / "new\nline\x1b[31m.dcm"
+    path.write_bytes(b"not dicom at all")
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "new\\nline\\x1b[31m.dcm" in err, err
+
+
+@pytest.mark.parametrize(("keyword", "value", "message"), [
+    ("PhotometricInterpretation", "MONOCHROME2\\RGB",
+     r"PhotometricInterpretation \(0028,0004\) has 2 values \[MONOCHROME2, RGB\]; it must have 1"),
+    ("NumberOfFrames", "1\\1", r"NumberOfFrames \(0028,0008\) has 2 values \[1, 1\]; it must have 1"),
+])
+def test_a_pixel_module_tag_with_several_values_is_named(keyword, value, message, tmp_path):
+    """The decoder's own message named Python types ("unhashable type: 'MultiValue'"), not the tag."""
+    ds = make_rt_image(np.zeros((16, 16), dtype=np.uint16))
+    setattr(ds, keyword, value)
+    with pytest.raises(PortalImageError, match=rf"^<bytes>: {message}; the file is damaged$"):
+        read_rt_image(to_bytes(ds))
+
+
+def test_a_tolerance_file_that_is_not_text_is_an_error_naming_it(tmp_path):
+    from portalign.tolerance import ToleranceError, load_tolerance
+
+    path = tmp_path / "latin.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ToleranceError, match=r"^latin\.toml: not a TOML text file \(not UTF-8 text\)"):
+        load_tolerance(path)

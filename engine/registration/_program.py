@@ -335,7 +335,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate
-    if found.rotation_unsupported:
+    # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
+    shift_measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
+                      and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
+    if found.rotation_unsupported and shift_measured:
         warnings.append(f"the image's structure does not constrain rotation (lever arm "
                         f"{found.rotation_support_mm:.1f} mm < {MIN_ROTATION_SUPPORT_MM:g} mm): rotation not "
                         "estimated (translation only)")
@@ -440,14 +443,19 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
-    # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
-    shift_measured = (not apart and levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
-                      and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
+    # images with no anatomy in common: the optimum found is not a measurement either
+    shift_measured = shift_measured and not apart
+    scored = True
     if not shift_measured:
         details["rotation_estimated"] = rotate = False
         details["candidates"] = []  # a search over nothing: its optima are not measurements either
         details["mi_check_mm"] = None
         details["edge_mi_gap_mm"] = None
+        if not apart:  # no usable pixels at all: no score, no metric and no lever arm was measured either
+            scored = False
+            for key in ("edge_score", "match_significance", "edge_score_selection", "rotation_support_mm",
+                        "final_metric", "final_metric_why"):
+                details[key] = None
     return RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]) if shift_measured else None,
@@ -456,7 +464,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float)
         ok=not reason,
         reason=reason,
         # edge: the capped final edge correlation (a score is -1..1); the MI methods: NMI - 1 (0..1)
-        score=float(final_edge if opts.method == "edge" else found.reported),
+        score=float(final_edge if opts.method == "edge" else found.reported) if scored else None,
         method=opts.method,
         backend=backend.name,
         ambiguity=float(ambiguity),
