@@ -119,8 +119,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
         _bench_cli().add_arguments(bench)
     except PortalignError as exc:
         bench.set_defaults(plugin_error=str(exc))
+        bench.epilog = f"its options (--quick, --out DIR, ...) are listed where it can run: {exc}"
     except ImportError as exc:  # a peer library imported at parser time: never let it break the other commands
-        bench.set_defaults(plugin_error=str(MissingDependencyError.for_module(exc.name or "", "portalign bench")))
+        missing = str(MissingDependencyError.for_module(exc.name or "", "portalign bench"))
+        bench.set_defaults(plugin_error=missing)
+        bench.epilog = f"its options (--quick, --out DIR, ...) are listed where it can run: {missing}"
 
     for name, (module, text) in PLUGIN_COMMANDS.items():
         cmd = command(name, text)

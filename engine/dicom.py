@@ -476,13 +476,14 @@ def _read_bytes(source: Any, name: str) -> bytes:
             raise PortalImageError("an empty path was given for a DICOM file; give the file's path")
         path = Path(source)
         shown = _printable(str(path), 200)
+        where = "" if shown == name else f" ({shown})"  # the name first, as every message; the path as given too
         if not path.exists():
-            where = "" if shown == name else f" ({shown})"
             raise PortalImageError(f"{name}: no such file{where}; check the path")
         if path.is_dir():
-            raise PortalImageError(f"{shown}: is a directory, not a DICOM file")
+            raise PortalImageError(f"{name}: is a directory{where}, not a DICOM file")
         if not path.is_file():  # a FIFO would block for ever, /dev/zero never end
-            raise PortalImageError(f"{shown}: is not a regular file (a device, pipe or socket); give a DICOM file")
+            raise PortalImageError(f"{name}: is not a regular file{where} (a device, pipe or socket); give a DICOM "
+                                   "file")
         try:
             with path.open("rb") as handle:
                 # no more than the size the file had when opened: a file that grows meanwhile is not read for ever

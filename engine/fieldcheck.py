@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ._cli_options import add_invert_argument, shown
+from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords, shown
 from .errors import PortalignError, PortalImageError
 from .field import likely_inverted
 from .image import Image, as_image
@@ -607,6 +607,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also register the anatomy and report it relative to the delivered field")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_invert_argument(parser)
+    add_geometry_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -615,13 +616,19 @@ def run(args: argparse.Namespace) -> int:
         from . import register
         from .dicom import read_rt_image
 
-        invert = getattr(args, "invert", None)
-        reference, frame = read_rt_image(args.reference, invert=invert), read_rt_image(args.frame, invert=invert)
+        tolerance = args.tolerance_mm
+        if not (tolerance == tolerance and 0.0 < tolerance <= 100.0):  # NaN fails the first test
+            raise PortalignError(f"--tolerance-mm must be a finite number of mm above 0 and at most 100; got {tolerance}")
+        keywords = geometry_keywords(args)
+        reference, frame = read_rt_image(args.reference, **keywords), read_rt_image(args.frame, **keywords)
         result = register(reference, frame) if args.with_anatomy else None
         report = field_placement(reference, frame, result=result, planned=args.planned,
                                  tolerance_mm=args.tolerance_mm)
     except PortalignError as exc:
-        print(f"portalign fieldcheck: error: {exc}", file=sys.stderr)
+        # the reader's hints name its keywords (pass sid_mm=): the flags here are --sid-mm & co.
+        flags = argparse.ArgumentParser(add_help=False)
+        add_arguments(flags)
+        print(f"portalign fieldcheck: error: {as_flags(str(exc), flags)}", file=sys.stderr)
         return 2
     status = 0 if report["within_tolerance"] else EXIT_OUT_OF_TOLERANCE
     if args.json:

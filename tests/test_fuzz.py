@@ -673,16 +673,17 @@ def test_special_files_are_refused_without_reading_them(tmp_path, capsys):
     link = tmp_path / "zero.dcm"
     link.symlink_to("/dev/zero")
     for path in (fifo, link):
-        with pytest.raises(PortalImageError, match=r"is not a regular file \(a device, pipe or socket\); give a DICOM "
-                                                   r"file$"):
+        with pytest.raises(PortalImageError, match=rf"^{path.name}: is not a regular file \({re.escape(str(path))}\) "
+                                                   r"\(a device, pipe or socket\); give a DICOM file$"):
             read_rt_image(path)
     with pytest.raises(PortalImageError, match="^an empty path was given for a DICOM file"):
         read_rt_image("")
     assert main(["info", str(fifo)]) == 2
-    assert capsys.readouterr().err.strip() == (f"portalign: error: {fifo}: is not a regular file (a device, pipe or "
-                                               "socket); give a DICOM file")
-    assert main(["info", str(tmp_path)]) == 2  # the path as given: "/tmp/x", not "x"
-    assert capsys.readouterr().err.strip() == f"portalign: error: {tmp_path}: is a directory, not a DICOM file"
+    assert capsys.readouterr().err.strip() == (f"portalign: error: fifo.dcm: is not a regular file ({fifo}) (a device, "
+                                               "pipe or socket); give a DICOM file")
+    assert main(["info", str(tmp_path)]) == 2  # the path as given too: "/tmp/x", not only "x"
+    assert capsys.readouterr().err.strip() == (f"portalign: error: {tmp_path.name}: is a directory ({tmp_path}), not "
+                                               "a DICOM file")
 
 
 def test_a_file_name_with_control_characters_stays_on_one_line(tmp_path, capsys):
