@@ -424,6 +424,12 @@ def _understood(image: Any) -> dict[str, Any]:
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
         "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")
+    reason = str(info.extra.get("intensity_sign_reason") or "")
+    if (not out["intensity_note"] and "elekta" in str(info.extra.get("manufacturer") or "").lower()
+            and reason.startswith("no PixelIntensityRelationshipSign")):
+        # no field edge to judge by (a picket fence, an open field): the maker's habit is all there is to go on
+        out["intensity_note"] = ("an Elekta image without PixelIntensityRelationshipSign: iView stores its images "
+                                 "inverted without saying so; if the radiation shows dark, read it with --invert")
     missing = [name for name in ("gantry_deg", "collimator_deg", "couch_deg") if getattr(info, name) is None]
     out["angles_note"] = (
         f"{', '.join(missing)} null: the file does not carry {'it' if len(missing) == 1 else 'them'} "

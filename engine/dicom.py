@@ -369,7 +369,7 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         beam_axis_px, beam_axis_source, gantry_deg, collimator_deg, couch_deg,
         patient_position, acquisition_date, kvp, sop_instance_uid, series_instance_uid,
         frame_of_reference_uid, referenced_rt_plan_uid, referenced_beam_number,
-        rt_image_label, planned_jaws_mm, planned_jaws_iec_mm,
+        rt_image_label, manufacturer, model, planned_jaws_mm, planned_jaws_iec_mm,
         planned_field_corners_mm, planned_mlc, planned_applicator, transfer_syntax,
         transfer_syntax_name, transfer_syntax_assumed, intensity_sign_applied,
         intensity_sign_reason, rescale_slope, rescale_intercept,
@@ -407,6 +407,8 @@ def describe(image_or_path: Image | DicomSource, **options: Any) -> dict[str, An
         "referenced_rt_plan_uid": extra.get("referenced_rt_plan_uid"),
         "referenced_beam_number": extra.get("referenced_beam_number"),
         "rt_image_label": extra.get("rt_image_label"),
+        "manufacturer": _printable(extra["manufacturer"], 64) if extra.get("manufacturer") else None,
+        "model": _printable(extra["model"], 64) if extra.get("model") else None,
         "planned_jaws_mm": _jsonable(extra.get("planned_jaws_mm")),
         "planned_jaws_iec_mm": _jsonable(extra.get("planned_jaws_iec_mm")),
         "planned_field_corners_mm": _jsonable(extra.get("planned_field_corners_mm")),
@@ -1539,7 +1541,8 @@ def _common_extra(
         "notes": list(geometry.notes),
     }
     for keyword, key in (("StudyInstanceUID", "study_instance_uid"), ("SOPClassUID", "sop_class_uid"),
-                         ("PatientID", "patient_id"), ("PatientName", "patient_name")):
+                         ("PatientID", "patient_id"), ("PatientName", "patient_name"), ("Manufacturer", "manufacturer"),
+                         ("ManufacturerModelName", "model")):
         value = _text(ds, keyword)
         if value:
             extra[key] = value

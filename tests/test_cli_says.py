@@ -539,3 +539,18 @@ def test_watch_refuses_a_results_folder_that_does_not_exist_unless_told_to_creat
 def test_an_unknown_patient_position_is_null_in_json(capsys, files) -> None:
     status, out, _ = run(capsys, "info", files["ref_nopos"], "--json")
     assert status == 0 and json.loads(out)["patient_position"] is None
+
+
+@pytest.mark.real_data
+def test_info_names_the_maker_and_says_an_elekta_image_may_need_invert(capsys) -> None:
+    """pylinac's Elekta iView picket fence: no field edge to judge the sign by, and no sign tag; info said nothing."""
+    iview = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "pylinac" / "picket_fence" / \
+        "Elekta_iView_PF_pickets_near_edges.dcm"
+    if not iview.is_file():
+        pytest.skip(f"{iview} is not here (../shared/data/real)")
+    status, out, _ = run(capsys, "info", iview, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["manufacturer"] == "ELEKTA" and info["model"].startswith("Elekta iView")
+    assert info["intensity_note"].startswith("an Elekta image without PixelIntensityRelationshipSign")
+    status, out, _ = run(capsys, "info", iview, "--invert", "--json")
+    assert json.loads(out)["intensity_note"] == ""  # told what to do: nothing more to say
