@@ -49,11 +49,18 @@ CANDIDATE_FLOOR = 0.5
 #: one's mixed terms, so convergence is linear, not quadratic: each tolerance leaves the result a little short of
 #: the converged optimum. Measured against fully converged runs (30 iterations, tolerance 0.001) on 60 MV/DRR pairs
 #: (``bench.cases.drr_cases``, seed 3; the finest working level has 1.6 mm pixels): 0.02 steps lay 0.0031 mm off at
-#: the 90th percentile, 0.05 steps 0.0047 mm (max 0.025 mm for both: the iteration budget), 0.1 steps 0.015 mm;
-#: held-out medians (``bench.held_out``, seeds 11 and 21) were the same for all three. 0.05 saves a 7-pose stencil on
-#: most frames: the latency benchmark's median 2.32 -> 2.07 ms.
+#: the 90th percentile, 0.05 steps 0.0047 mm, 0.1 steps 0.015 mm (max 0.025-0.027 mm for all three: the iteration
+#: budget), a tenth of the registration's own error on such pairs (0.15 mm). Held-out medians (``bench.held_out``,
+#: 80 pairs) were the same: seed 11 0.110 mm at 0.02, 0.107 at 0.1; seed 21 0.113 at 0.05 and at 0.1; so were the
+#: noise-free targets (``tests/test_engine.py``). 0.1 saves a 7-pose stencil on most frames: the latency benchmark's median
+#: 2.32 ms (0.02) -> 2.07 ms (0.05) -> 1.82 ms (0.1).
 COARSE_TOLERANCE = 0.1
-FINE_TOLERANCE = 0.05
+FINE_TOLERANCE = 0.1
+#: ...but 0.05 for a mutual-information refinement there (``auto``'s MI optimum of two portal images or of a weak edge
+#: match, and ``method='mi'``): its partial-volume ripple slows convergence, and at 0.1 steps the portal pairs of
+#: ``python -m bench.portal_pairs`` went 0.134 -> 0.144 mm (three of eight further off), the whole-pixel windows of
+#: ``bench.field_sets`` up to 0.039 mm from 0.018.
+MI_TOLERANCE = 0.05
 #: A runner-up scoring at least this fraction of the winner is refined further before it counts.
 RECHECK_RATIO = 0.75
 #: Newton iterations a close runner-up gets to show whether it is a rival or a shoulder of the winner.
@@ -87,7 +94,7 @@ _VALUES = {
     "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
     "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE, "alike": 0.0,
     "alike_min_support_mm": ALIKE_MIN_SUPPORT_MM, "alike_rotation_edge_score": ALIKE_ROTATION_EDGE_SCORE,
-    "alike_rotation_overlap": ALIKE_ROTATION_OVERLAP,
+    "alike_rotation_overlap": ALIKE_ROTATION_OVERLAP, "mi_tolerance": MI_TOLERANCE,
 }
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
@@ -288,8 +295,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     for i, index in enumerate(later):
         is_finest = i == len(later) - 1
         iterations = ITERATIONS[-1] if is_finest else ITERATIONS[min(i + 1, len(ITERATIONS) - 1)]
+        finest_tolerance = MI_TOLERANCE if metric == "mi" else FINE_TOLERANCE
         pose, score = newton(backend, plan, levels[index], pose, metric, iterations, r_eff, rotate, opts,
-                             tolerance=FINE_TOLERANCE if is_finest else COARSE_TOLERANCE)
+                             tolerance=finest_tolerance if is_finest else COARSE_TOLERANCE)
         records.append({"level": index, "metric": metric, "score": score})
     finest = levels[plan.refine_levels[-1]]
     if polish and not no_match:
@@ -298,7 +306,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
             if levels[index].usable < MIN_USABLE_PIXELS:
                 break
             pose, score = newton(backend, plan, levels[index], pose, metric, ITERATIONS[-1], r_eff, rotate, opts,
-                                 tolerance=FINE_TOLERANCE)
+                                 tolerance=MI_TOLERANCE if metric == "mi" else FINE_TOLERANCE)
             records.append({"level": index, "metric": metric, "score": score, "polish": True})
             finest = levels[index]
             later = [*later, index]
@@ -322,7 +330,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
                 mass = float(backend.to_host(plan.hist[:1]).sum())
                 mi_rotates = mass >= ALIKE_ROTATION_OVERLAP * PV_ONE * max(finest.usable, 1)
             mi_pose = newton(backend, plan, finest, pose, "mi", ITERATIONS[-1], r_eff, mi_rotates, opts,
-                             tolerance=FINE_TOLERANCE)[0]
+                             tolerance=MI_TOLERANCE)[0]
             mi_rotated = mi_rotates
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil

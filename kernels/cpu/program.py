@@ -46,7 +46,7 @@ SETTING_NAMES = (
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
     "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm", "alike_rotation_edge_score",
-    "alike_rotation_overlap",
+    "alike_rotation_overlap", "mi_tolerance",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
@@ -186,6 +186,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     weak_edge = settings[15]
     alike, alike_support = settings[16] != 0.0, settings[17]
     alike_rotation_edge, alike_rotation_overlap = settings[18], settings[19]
+    mi_tolerance = settings[20]  # the finest levels' convergence for MI, whose partial-volume ripple needs it tighter
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -292,10 +293,8 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         polishing = i >= n_later
         if polishing and counts[j] < min_usable:
             break
-        if polishing:
-            its, tolerance = iterations[2], fine_tolerance
-        elif i == n_later - 1:  # the finest working level
-            its, tolerance = iterations[2], fine_tolerance
+        if polishing or i == n_later - 1:  # a polishing level or the finest working level
+            its, tolerance = iterations[2], (mi_tolerance if level_metric == MI else fine_tolerance)
         else:
             its, tolerance = iterations[min(i + 1, 2)], coarse_tolerance
         _newton(levels[j], counts[j], spacings[j], pose, level_metric, its, r_eff, rotate, theta_limit, normalised,
@@ -342,7 +341,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
                         mass += hist[0, a, b]
                 mi_rotates = mass >= alike_rotation_overlap * PV_ONE * max(counts[finest], 1)
             _newton(fin, counts[finest], spacings[finest], pose, mi_id, iterations[2], r_eff, mi_rotates, theta_limit,
-                    normalised, fine_tolerance, no, max_step, hist, result, unknown)
+                    normalised, mi_tolerance, no, max_step, hist, result, unknown)
             out[_MI_ROTATED] = 1.0 if mi_rotates else 0.0
         else:
             # cross-check: the MI optimum next to the edge optimum must be the same place. One 2-D star stencil
