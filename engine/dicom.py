@@ -541,8 +541,7 @@ def _parse(data: bytes, name: str) -> Dataset:
         raise PortalImageError(f"{name}: is empty (0 bytes); not a DICOM file")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     _check_sequence_items(data, name)
-    if _DEFLATED.encode() in data[:_META_SCAN_BYTES]:
-        _check_inflated_size(data, name)
+    _check_inflated_size(data, name)  # reads the file meta group only (microseconds) unless it says deflate
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -573,7 +572,7 @@ def _check_inflated_size(data: bytes, name: str) -> None:
     syntax, end = _file_meta_end(data)
     if syntax != _DEFLATED:
         return
-    stream = data[end:]
+    stream = memoryview(data)[end:]  # not a copy of the file
     limit = max(MAX_COMPRESSION_RATIO * len(data), _INFLATE_FLOOR_BYTES)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -618,27 +617,28 @@ def _file_meta_end(data: bytes) -> tuple[str, int]:
     return syntax, offset
 
 
-#: Bytes from the start of a file searched for the deflate transfer syntax UID (a file meta group is short; a longer
-#: one is read by :func:`_file_meta_end` all the same).
-_META_SCAN_BYTES = 1 << 16
 #: Most sequence items a header may hold before its pixel data. An RT Image has a few (exposures, beam limiting
 #: devices, referenced plans); each item pydicom reads costs about 1.4 KB of memory, so a file of a million tiny items
 #: (28 MB) took 1.4 GB to read.
 MAX_SEQUENCE_ITEMS = 10_000
 
 
-def _check_sequence_items(data: bytes, name: str, start: int = 0) -> None:
+def _check_sequence_items(data: bytes, name: str) -> None:
     """Refuse a header with more than :data:`MAX_SEQUENCE_ITEMS` sequence items before pydicom reads them.
 
-    Items are counted by their tag (FFFE,E000), in either byte order, in ``data[start:]`` before the pixel data
-    element (an encapsulated image's fragments are items too, and are not counted). :func:`_check_inflated_size`
-    counts those of a deflated dataset in what it inflates.
+    Items are counted by their tag (FFFE,E000), in either byte order, before the last pixel data tag (an
+    encapsulated image's fragments are items too, and are not counted; the last one, so that a tag's bytes placed
+    early cannot hide the items after them). The big-endian tag is looked for only in a file without the
+    little-endian one: each search crosses the pixels. :func:`_check_inflated_size` counts the items of a deflated
+    dataset in what it inflates.
     """
-    if len(data) - start < 8 * MAX_SEQUENCE_ITEMS:
+    if len(data) < 8 * MAX_SEQUENCE_ITEMS:
         return  # fewer bytes cannot hold that many items
-    pixels = max(data.rfind(b"\xe0\x7f\x10\x00", start), data.rfind(b"\x7f\xe0\x00\x10", start))
-    end = pixels if pixels > start else len(data)
-    items = data.count(b"\xfe\xff\x00\xe0", start, end) + data.count(b"\xff\xfe\xe0\x00", start, end)
+    pixels = data.rfind(b"\xe0\x7f\x10\x00")
+    if pixels < 0:
+        pixels = data.rfind(b"\x7f\xe0\x00\x10")
+    end = pixels if pixels > 0 else len(data)
+    items = data.count(b"\xfe\xff\x00\xe0", 0, end) + data.count(b"\xff\xfe\xe0\x00", 0, end)
     if items > MAX_SEQUENCE_ITEMS:
         raise PortalImageError(
             f"{name}: its header holds {items:,} sequence items (an RT Image has a few; at most {MAX_SEQUENCE_ITEMS:,} "
@@ -1104,8 +1104,7 @@ def _check_pixel_module(ds: Dataset, name: str) -> None:
             tag = f"({element.tag.group:04X},{element.tag.element:04X})"
             raise PortalImageError(f"{name}: {keyword} {tag} has {len(value)} values {_shown(value)}; it must have 1; "
                                    "the file is damaged")
-    pixels = ds.get("PixelData")  # the element, not its value (a missing one is reported elsewhere)
-    element = ds.data_element("PixelData") if pixels is not None else None
+    element = ds.data_element("PixelData") if "PixelData" in ds else None  # a missing one is reported elsewhere
     if element is not None and not isinstance(element.value, (bytes, bytearray, memoryview)):
         raise PortalImageError(f"{name}: PixelData (7FE0,0010) is held as {element.VR} text, not OB/OW bytes; the "
                                "file is damaged")

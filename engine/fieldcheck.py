@@ -363,8 +363,8 @@ def field_placement(
     PortalImageError
         No field in the frame, or no planned field.
     """
-    if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm > 0):
-        raise PortalignError(f"tolerance_mm must be a positive number of mm, got {tolerance_mm!r}")
+    if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and 0 < tolerance_mm <= 100):
+        raise PortalignError(f"tolerance_mm must be a positive number of mm, at most 100, got {tolerance_mm!r}")
     reference = as_image(reference_image, name="reference", pixel_spacing_mm=pixel_spacing_mm)
     frame = as_image(frame_image, name="frame", pixel_spacing_mm=pixel_spacing_mm)
     plan = planned_field(reference, frame, planned=planned)
@@ -616,19 +616,14 @@ def run(args: argparse.Namespace) -> int:
         from . import register
         from .dicom import read_rt_image
 
-        tolerance = args.tolerance_mm
-        if not (tolerance == tolerance and 0.0 < tolerance <= 100.0):  # NaN fails the first test
-            raise PortalignError(f"--tolerance-mm must be a finite number of mm above 0 and at most 100; got {tolerance}")
         keywords = geometry_keywords(args)
         reference, frame = read_rt_image(args.reference, **keywords), read_rt_image(args.frame, **keywords)
         result = register(reference, frame) if args.with_anatomy else None
         report = field_placement(reference, frame, result=result, planned=args.planned,
                                  tolerance_mm=args.tolerance_mm)
     except PortalignError as exc:
-        # the reader's hints name its keywords (pass sid_mm=): the flags here are --sid-mm & co.
-        flags = argparse.ArgumentParser(add_help=False)
-        add_arguments(flags)
-        print(f"portalign fieldcheck: error: {as_flags(str(exc), flags)}", file=sys.stderr)
+        # the reader's hints name its keywords (pass sid_mm=, tolerance_mm): the flags here are --sid-mm & co.
+        print(f"portalign fieldcheck: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     status = 0 if report["within_tolerance"] else EXIT_OUT_OF_TOLERANCE
     if args.json:

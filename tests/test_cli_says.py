@@ -46,6 +46,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _real_file(*parts: str) -> Path:
+    """A file of ``../shared/data/real``; the test skips, saying so, where it is not here."""
+    path = Path(__file__).resolve().parents[1].parent.joinpath("shared", "data", "real", *parts)
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (../shared/data/real)")
+    return path
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -313,10 +321,7 @@ def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_im
 
 @pytest.mark.real_data
 def test_info_calls_a_kv_labelled_image_without_kvp_a_kv_image(capsys) -> None:
-    leeds = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "pylinac" / "planar_imaging" / \
-        "leeds_kv.dcm"
-    if not leeds.is_file():
-        pytest.skip(f"{leeds} is not here (../shared/data/real)")
+    leeds = _real_file("pylinac", "planar_imaging", "leeds_kv.dcm")
     status, out, _ = run(capsys, "info", leeds, "--json")
     info = json.loads(out)
     assert status == 0 and info["kind"] == "kv" and info["image"].startswith("kV image (no KVP recorded")
@@ -544,13 +549,25 @@ def test_an_unknown_patient_position_is_null_in_json(capsys, files) -> None:
 @pytest.mark.real_data
 def test_info_names_the_maker_and_says_an_elekta_image_may_need_invert(capsys) -> None:
     """pylinac's Elekta iView picket fence: no field edge to judge the sign by, and no sign tag; info said nothing."""
-    iview = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "pylinac" / "picket_fence" / \
-        "Elekta_iView_PF_pickets_near_edges.dcm"
-    if not iview.is_file():
-        pytest.skip(f"{iview} is not here (../shared/data/real)")
+    iview = _real_file("pylinac", "picket_fence", "Elekta_iView_PF_pickets_near_edges.dcm")
     status, out, _ = run(capsys, "info", iview, "--json")
     info = json.loads(out)
     assert status == 0 and info["manufacturer"] == "ELEKTA" and info["model"].startswith("Elekta iView")
     assert info["intensity_note"].startswith("an Elekta image without PixelIntensityRelationshipSign")
     status, out, _ = run(capsys, "info", iview, "--invert", "--json")
     assert json.loads(out)["intensity_note"] == ""  # told what to do: nothing more to say
+
+
+def test_fieldcheck_errors_name_its_flags(capsys, demo_pair, tmp_path) -> None:
+    """fieldcheck said "pass sid_mm=" and "tolerance_mm must be..." (keywords), and had no --sid-mm to pass."""
+    status, _, err = run(capsys, "fieldcheck", demo_pair["ref"], demo_pair["frame"], "--tolerance-mm", "nan")
+    assert status == 2 and err.strip() == ("portalign fieldcheck: error: --tolerance-mm must be a positive number of "
+                                           "mm, at most 100, got nan")
+    ds = pydicom.dcmread(demo_pair["frame"])
+    del ds.RTImageSID
+    no_sid = tmp_path / "no_sid.dcm"
+    ds.save_as(no_sid)
+    status, _, err = run(capsys, "fieldcheck", demo_pair["ref"], no_sid)
+    assert status == 2 and err.strip().endswith("has no RTImageSID (3002,0026); pass --sid-mm")
+    status, _, err = run(capsys, "fieldcheck", demo_pair["ref"], no_sid, "--sid-mm", "1500")
+    assert "RTImageSID" not in err  # read with the flag's SID (the demo DRR has no planned field: that error instead)
