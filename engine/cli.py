@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -46,6 +46,42 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 EXIT_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that names a mistyped option before a missing required one.
+
+    argparse checks the required arguments before it reports unrecognised words, so
+    ``portalign watch --onec DIR`` said "--results is required" and hid the typo.
+    The subcommands' parsers are of this class too (``add_subparsers`` copies it).
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_options(self) -> list[str]:
+        unknown = []
+        for word in getattr(self, "_words", []):
+            if word == "--":
+                break
+            if not word.startswith("-") or word == "-" or self._negative_number_matcher.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            if self.allow_abbrev and name.startswith("--") and any(
+                    option.startswith(name) for option in self._option_string_actions):
+                continue
+            unknown.append(word)
+        return unknown
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            unknown = self._unknown_options()
+            if unknown:
+                message = f"unrecognized arguments: {' '.join(unknown)}"
+        super().error(message)
+
+
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """Return the argument parser of the ``portalign`` command.
 
@@ -55,8 +91,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
         The subcommand about to run: only its plugin module is imported to add its options
         (importing every plugin costs over a second: FastAPI, pynetdicom, Dask). None imports all.
     """
-    parser = argparse.ArgumentParser(prog="portalign", description="Real-time portal image registration.",
-                                     formatter_class=HelpFormatter)
+    parser = _Parser(prog="portalign", description="Real-time portal image registration.",
+                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"portalign {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -245,6 +281,9 @@ def _register(args: argparse.Namespace) -> int:
 
     if args.repeat < 0:
         raise PortalignError(f"--repeat must be 0 or more, got {args.repeat}")
+    if args.patient_position is not None and not args.reg:
+        raise PortalignError(f"--patient-position {args.patient_position} is used only by the REG object: pass "
+                             "--reg OUT.dcm too, or leave --patient-position out (the shift itself does not depend on it)")
     options = RegistrationOptions(
         method=args.method,
         max_shift_mm=args.max_shift_mm,

@@ -936,7 +936,7 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
             # the detector's largest code: pixels there are saturated (checked by the optimiser)
             common["saturation_value"] = _representable_max(ds, pixels, slope, intercept)
         infos = [_frame_info(ds, name, modality, kind, geometry, index, n_frames, common) for index in indices]
-    messages = sorted({_header_note(_one_line(w.message)) for w in caught})
+    messages = sorted({_header_note(_one_line(w.message), ds) for w in caught})
     images = []
     for p, info in zip(pixels, infos, strict=True):
         if messages:
@@ -1617,13 +1617,43 @@ def _frame_info(
 # ---------------------------------------------------------------------------
 
 
-def _header_note(message: str) -> str:
-    """Say a warning of pydicom's about a header value as what it means for the user."""
+def _header_note(message: str, ds: Dataset | None = None) -> str:
+    """Say a warning of pydicom's about a header value as what it means for the user, naming the attribute.
+
+    pydicom's messages give the value or its length but not the tag; the top level of ``ds`` is searched for the
+    elements they fit (a value warned about inside a sequence stays unnamed).
+    """
     found = re.fullmatch(r"Invalid value for VR UI: '(.*)'\.?", message)
     if found:
-        return (f"UID '{found.group(1)}' is not a valid DICOM UID (digits and dots; a vendor's hexadecimal id?): "
+        named = _elements_where(ds, lambda element: element.VR == "UI" and str(element.value) == found.group(1))
+        return (f"{named}UID '{found.group(1)}' is not a valid DICOM UID (digits and dots; a vendor's hexadecimal id?): "
                 "kept as this image's identity; a DICOM REG written from it gets valid UIDs of its own")
+    found = re.fullmatch(r"The value length \((\d+)\) exceeds the maximum length of (\d+) allowed for VR (\w\w)\.?",
+                         message)
+    if found:
+        length, vr = int(found.group(1)), found.group(3)
+        named = _elements_where(ds, lambda element: element.VR == vr and isinstance(element.value, str)
+                                and len(element.value) == length)
+        return f"{named}{message}"
     return message
+
+
+def _elements_where(ds: Dataset | None, fits: Any) -> str:
+    """``"Keyword (gggg,eeee): "`` of the top-level elements of ``ds`` that ``fits``, or ``""`` when none or no ``ds``."""
+    if ds is None:
+        return ""
+    names = []
+    # elements converted here for the first time would warn again (said once already): quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            for element in ds:
+                if element.VR not in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN") and fits(element):
+                    names.append(f"{element.keyword or 'private tag'} "
+                                 f"({element.tag.group:04X},{element.tag.element:04X})")
+        except Exception:  # noqa: BLE001 - a name for a note; a damaged element elsewhere must not cost the image
+            return ""
+    return f"{', '.join(names[:3])}: " if names else ""
 
 
 def _one_line(exc: Any) -> str:

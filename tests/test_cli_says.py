@@ -571,3 +571,30 @@ def test_fieldcheck_errors_name_its_flags(capsys, demo_pair, tmp_path) -> None:
     assert status == 2 and err.strip().endswith("has no RTImageSID (3002,0026); pass --sid-mm")
     status, _, err = run(capsys, "fieldcheck", demo_pair["ref"], no_sid, "--sid-mm", "1500")
     assert "RTImageSID" not in err  # read with the flag's SID (the demo DRR has no planned field: that error instead)
+
+
+# ---------------------------------------------------------------------------------------------
+# eleventh session: a typo named before a missing flag, a flag that would do nothing
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["watch", "--onec", "DIR"], "unrecognized arguments: --onec"),  # --results is missing too: the typo first
+    (["watch", "--onc"], "the following arguments are required: DIR, --results"),  # an abbreviation is no typo
+    (["register", "--metod=mi"], "unrecognized arguments: --metod=mi"),
+    (["register", "--max-shift-mm", "-5"], "the following arguments are required: reference, frame"),
+])
+def test_a_mistyped_option_is_named_before_a_missing_required_one(capsys, argv, said) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith(f"usage: portalign {argv[0]}") and err.strip().endswith(said)
+
+
+def test_patient_position_without_reg_is_refused_before_registering(capsys, files) -> None:
+    """It only labels the REG object; given alone it was taken and did nothing."""
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--patient-position", "FFS")
+    assert status == 2 and out == ""
+    assert err.strip() == ("portalign: error: --patient-position FFS is used only by the REG object: pass --reg OUT.dcm "
+                           "too, or leave --patient-position out (the shift itself does not depend on it)")

@@ -398,7 +398,10 @@ def test_pydicom_warnings_are_recorded_not_raised():
     # only passes when the loader keeps pydicom's warnings to itself.
     image = read_rt_image(REAL / AS1200_PF)
     # said as what it means, not in pydicom's words
-    assert any(w.startswith("UID '") and "is not a valid DICOM UID" in w for w in image.info.extra["dicom_warnings"])
+    said = image.info.extra["dicom_warnings"]
+    assert any(w.startswith("SOPInstanceUID (0008,0018): UID '259cc3de5564af72eaa11ed4c2be64aa' is not a valid DICOM "
+                            "UID") for w in said), said  # named: pydicom's warning gives the value only
+    assert any(w.startswith("FrameOfReferenceUID (0020,0052): UID '") for w in said), said
     assert not any("Invalid value for VR UI" in w for w in image.info.extra["dicom_warnings"])
     assert all("\n" not in w for w in image.info.extra["dicom_warnings"])
 
@@ -1168,3 +1171,16 @@ def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):
     with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(20000 x 20000 x 16\) would "
                                                r"decode \d+ bytes of compressed pixel data into 800000000 bytes"):
         read_rt_image(write_rt_image(ds, tmp_path / "big.dcm"))
+
+
+def test_header_warnings_name_the_attribute(tmp_path) -> None:
+    """pydicom's "value length (76) exceeds..." and "Invalid value for VR UI" give no tag; the notes name it."""
+    ds = make_rt_image(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32))
+    with warnings.catch_warnings():  # pydicom warns while the bad values are set
+        warnings.simplefilter("ignore")
+        ds.StudyInstanceUID = "1.2.3." + "4" * 70
+        ds.FrameOfReferenceUID = "1.2.3.x"
+        path = write_rt_image(ds, tmp_path / "bad_uids.dcm")
+    said = read_rt_image(path).info.extra["dicom_warnings"]
+    assert "StudyInstanceUID (0020,000D): The value length (76) exceeds the maximum length of 64 allowed for VR UI." in said
+    assert any(w.startswith("FrameOfReferenceUID (0020,0052): UID '1.2.3.x' is not a valid DICOM UID") for w in said)
