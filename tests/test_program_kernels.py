@@ -213,6 +213,10 @@ def _program_cases():
     grid = {"shape": (384, 512), "spacing_mm": 0.39, "base_spacing_mm": 0.5}
     yield "clean (polish)", Image.from_array(moved(clean, 0, 0, 0, **grid), pixel_spacing_mm=0.39, kind="drr"), \
         Image.from_array(moved(clean, 2.1, -1.3, 0.8, **grid), pixel_spacing_mm=0.39), None
+    aperture = field_aperture((384, 512), 0.39, 80, 60)
+    yield "portal pair in agreement (fine polish)", *(
+        Image.from_array(mv_portal(moved(clean, dx, dy, theta, **grid), aperture, noise=0.004, seed=seed),
+                         pixel_spacing_mm=0.39, kind="portal") for dx, dy, theta, seed in ((0, 0, 0, 1), (2.1, -1.3, 0.8, 2))), None
     cone_ref, cone_frame = cone_pair(1.5, -2.0, size=240)[:2]
     yield "cone", cone_ref, cone_frame, RegistrationOptions(field="none")
     cc = np.mgrid[0:256, 0:256][1].astype(float)
@@ -230,6 +234,8 @@ def _program_cases():
 #: The branch of stage 3 each case must take (so that the comparison covers it).
 _BRANCH = {
     "clean (polish)": lambda r: any(level.get("polish") for level in r.details["levels"]),
+    "portal pair in agreement (fine polish)": lambda r: r.ok and r.details["fine_polish"]["levels"] == [1]
+    and r.details["fine_polish"]["kept"],
     "cone": lambda r: r.rotation_deg is None and "does not constrain rotation" in " ".join(r.warnings),
     "stripes": lambda r: "ambiguous" in r.reason,
     "unrelated": lambda r: not r.ok,

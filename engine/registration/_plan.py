@@ -154,6 +154,8 @@ class FramePlan:
     refine_levels: list[int]
     coarse: CoarseSearch
     polish_levels: list[int] = field(default_factory=list)
+    #: Levels finer than the working ones that two portal images' MI optimum is followed down to (coarser first).
+    fine_polish_levels: list[int] = field(default_factory=list)
     hist: Any = None
     mi_out: Any = None
     edge_out: Any = None

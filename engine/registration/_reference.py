@@ -59,6 +59,10 @@ COARSE_MAX_PIXELS = 384
 FINEST_MIN_PIXELS = 48
 #: Levels below the finest that a clean frame is refined on as well.
 POLISH_LEVELS = 1
+#: Two portal images (a portal reference) in near-perfect agreement: the mutual-information optimum they report is
+#: followed down to the levels below the working ones that have at most this many pixels (``_program.FINE_POLISH``:
+#: a 1024 x 768 or 680 x 920 image's level 1, not its own pixels, which cost 7x the frame's time for 0.004 mm).
+FINE_POLISH_MAX_PIXELS = 300_000
 #: The measured penumbra widens the field-edge band up to this much (mm).
 MAX_FIELD_MARGIN_MM = 10.0
 #: Frame geometries whose plans a reference keeps (least recently used dropped first).
@@ -332,7 +336,11 @@ class Reference:
             field_level += 1
         # finer levels used only for clean (noise-free or nearly) frames, where they still add accuracy
         polish = list(range(refine[-1] - 1, max(refine[-1] - POLISH_LEVELS, 0) - 1, -1))
-        matched = set(refine) | set(polish) | {coarse}  # the levels the frame is matched on
+        # a portal reference: two portal images' MI optimum is followed down to finer levels (see _program)
+        fine = ([k for k in range(refine[-1] - 1, -1, -1)
+                 if (shape[0] >> k) * (shape[1] >> k) <= FINE_POLISH_MAX_PIXELS]
+                if self.image.info.kind == "portal" else [])
+        matched = set(refine) | set(polish) | set(fine) | {coarse}  # the levels the frame is matched on
         used = sorted(matched | {field_level})  # the field level holds the frame's pyramid image only
         xp = self.backend.xp
         levels: dict[int, Level] = {}
@@ -358,6 +366,7 @@ class Reference:
             field_level=field_level,
             refine_levels=refine,
             polish_levels=polish,
+            fine_polish_levels=fine,
             coarse=coarse_search,
             extent_mm=extent,
             field_mm=field_mm,
