@@ -51,11 +51,14 @@ def add_invert_argument(parser: argparse.ArgumentParser) -> None:
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--pixel-spacing-mm``, ``--sid-mm`` and ``--sad-mm``: geometry for files that lack it (errors name them)."""
     parser.add_argument("--pixel-spacing-mm", metavar="MM", type=float, default=None,
-                        help="isocentre-plane spacing for .npy inputs or files without one (default: from the files)")
+                        help="isocentre-plane spacing for .npy inputs or files without one; given for files that have "
+                             "one, it replaces theirs (said in the output) (default: from the files)")
     parser.add_argument("--sid-mm", metavar="MM", type=float, default=None,
-                        help="source-imager distance when the files lack RTImageSID (default: from the files)")
+                        help="source-imager distance when the files lack RTImageSID; given for files that have it, "
+                             "it replaces theirs (said in the output) (default: from the files)")
     parser.add_argument("--sad-mm", metavar="MM", type=float, default=None,
-                        help="source-axis distance when the files lack RadiationMachineSAD (default: from the files)")
+                        help="source-axis distance when the files lack RadiationMachineSAD; given for files that have "
+                             "it, it replaces theirs (said in the output) (default: from the files)")
 
 
 def geometry_keywords(args: argparse.Namespace) -> dict:
@@ -103,9 +106,11 @@ def as_flags(message: str, parser: argparse.ArgumentParser | None = None) -> str
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=", f"{flag} ", message)
         if "_" in keyword:
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=True(?![\w])", flag, message)  # a switch
+            # a word's value: "mirror_check='never'" is "--mirror-check never"
+            message = re.sub(rf"(?<![\w-]){re.escape(keyword)}='([\w.-]*)'", rf"{flag} \1", message)
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=?(?![\w])", flag, message)
     # "set allow_view_mismatch=True (--allow-view-mismatch)" has become "--allow-view-mismatch (--allow-view-mismatch)"
-    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", message)
+    return re.sub(r"(--[\w-]+(?: [\w.-]+)?) \(\1\)", r"\1", message)
 
 
 def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, write: Callable[[], Any]) -> int:

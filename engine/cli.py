@@ -134,6 +134,13 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg.add_argument("--allow-view-mismatch", action="store_true",
                      help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
                           "reference's, when intended; without it such a result is not ok")
+    reg.add_argument("--mirror-check", choices=("first", "always", "never"), default="first",
+                     help="also register the frame flipped (left-right, up-down, 180 deg) and refuse it when a flip "
+                          "matches clearly better (a mirrored image): on the first frame of each geometry, every "
+                          "frame, or never (anatomy that matches as well mirrored)")
+    reg.add_argument("--allow-patient-mismatch", action="store_true",
+                     help="register images whose PatientID differs (a phantom under two names, files anonymised "
+                          "differently), when intended; without it such a result is not ok")
 
     info = command("info", "print what portalign understood of an RT Image")
     info.add_argument("file", help="DICOM RT Image (or CR/DX projection image)")
@@ -292,6 +299,8 @@ def _register(args: argparse.Namespace) -> int:
         field=args.field,
         field_margin_mm=args.field_margin_mm,
         allow_view_mismatch=args.allow_view_mismatch,
+        allow_patient_mismatch=args.allow_patient_mismatch,
+        mirror_check=args.mirror_check,
     )
     reference_image = _load(args.reference, args)
     frame = _load(args.frame, args, frame_index=args.frame_index)
@@ -308,9 +317,12 @@ def _register(args: argparse.Namespace) -> int:
             elapsed_ms_min=ordered[0],
         )
         result = replace(result, elapsed_ms=statistics.median(times))
+    # a geometry flag that replaced a tag the file has (a wrong header) is said with the result, not only by `info`
+    replaced = [f"{image.info.source}: {note}" for image in (reference_image, frame)
+                for note in image.info.extra.get("notes", []) if "of the file replaced by" in note]
     # CLI users read flags, not Python keywords
     result = replace(result, reason=as_flags(result.reason, args.subparser),
-                     warnings=[as_flags(w, args.subparser) for w in result.warnings])
+                     warnings=[as_flags(w, args.subparser) for w in [*replaced, *result.warnings]])
     failures: list[str] = []
     notes: list[str] = []
     if args.overlay:
@@ -318,7 +330,10 @@ def _register(args: argparse.Namespace) -> int:
         try:
             from .overlay import write_overlay
 
-            extra["overlay"] = str(write_overlay(args.overlay, reference_image, frame, result))
+            shown_frame = frame
+            if args.patient_position:  # the picture's patient directions are the REG's (--patient-position)
+                shown_frame = replace(frame, info=replace(frame.info, patient_position=args.patient_position))
+            extra["overlay"] = str(write_overlay(args.overlay, reference_image, shown_frame, result))
         except (PortalignError, OSError, ValueError) as exc:
             failures.append(f"--overlay {args.overlay}: not written: {_one_line(exc)}")
     if args.reg:

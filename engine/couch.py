@@ -346,9 +346,10 @@ class CouchShift:
     patient_displacement_lps_mm : list of float or None
         The displacement in DICOM patient coordinates (L, P, S).
     within_tolerance : dict
-        Axis -> within the action level (``None``: not measurable); empty without a table.
+        Axis -> within the action level (``None``: not measurable, or the correction is not ``ok``); empty
+        without a table.
     all_within_tolerance : bool or None
-        False when any checked axis is outside; ``None`` without a table.
+        False when any checked axis is outside; ``None`` without a table or when not ``ok``.
     tolerance : dict or None
         The table used.
     warnings : list of str
@@ -523,6 +524,9 @@ def solve_couch_shift(
         measured_values.update({k: rotation[k] for k in ("pitch", "roll", "yaw")})
         within = tolerance.check(measured_values)
         all_within = not any(flag is False for flag in within.values())
+        if reasons:  # a correction that is not ok is checked against no action level: "within" would reassure
+            within = dict.fromkeys(within)
+            all_within = None
 
     return CouchShift(
         lateral_mm=float(d[0]),
@@ -697,6 +701,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute backend (auto: the GPU when one works here, else the CPU)")
     parser.add_argument("--allow-view-mismatch", action="store_true",
                         help="accept a frame whose gantry, collimator or couch angle differs from its reference's")
+    parser.add_argument("--allow-patient-mismatch", action="store_true",
+                        help="accept images whose PatientID differs (a phantom under two names, files anonymised "
+                             "differently)")
     add_invert_argument(parser)
     add_geometry_arguments(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
@@ -712,7 +719,8 @@ def run(args: argparse.Namespace) -> int:
 
         given = geometry_keywords(args)
         pairs = [(read_rt_image(ref, **given), read_rt_image(frame, **given)) for ref, frame in args.pair]
-        options = RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)))
+        options = RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)),
+                                      allow_patient_mismatch=bool(getattr(args, "allow_patient_mismatch", False)))
         couch, _ = register_views(
             pairs,
             options,

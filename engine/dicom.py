@@ -266,7 +266,7 @@ def read_plan_isocenter(source: DicomSource, *, beam_number: int | None = None) 
         found.append((float(position[0]), float(position[1]), float(position[2])))
     if any(max(abs(a - b) for a, b in zip(p, found[0], strict=True)) > 0.01 for p in found[1:]):
         raise PortalImageError(f"{name}: the plan's beams have {len(set(found))} different isocentres; "
-                               "pass beam_number= or --isocenter-mm")
+                               "pass beam_number= (--beam-number) or --isocenter-mm")
     return found[0]
 
 
@@ -905,7 +905,8 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
         if frame is not None and not every_frame:
             if frame < 0 or frame >= n_frames:
                 raise PortalImageError(
-                    f"{name}: has {n_frames} frame{'s' if n_frames != 1 else ''}; frame={frame} is out of range"
+                    f"{name}: has {n_frames} frame{'s' if n_frames != 1 else ''}; frame={frame} is out of range "
+                    f"({'only 0' if n_frames == 1 else f'0 to {n_frames - 1}'}, 0-based)"
                 )
         geometry = _geometry(ds, name, modality, (rows, cols), options)
         kind = _kind(ds, modality, geometry.sid_mm, geometry.sad_mm)
@@ -1269,6 +1270,14 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
     sad_keyword = "RadiationMachineSAD" if rt else "DistanceSourceToIsocenter"
     sid = _distance(ds, sid_keyword, name, options.sid_mm, "sid_mm")
     sad = _distance(ds, sad_keyword, name, options.sad_mm, "sad_mm")
+    # a keyword given for a tag the file has replaces it: said, never silently (a wrong header is why it is given)
+    for keyword, given, option in ((sid_keyword, options.sid_mm, "sid_mm"), (sad_keyword, options.sad_mm, "sad_mm")):
+        if given is not None and keyword in ds:
+            notes.append(f"{_label(keyword)} {_printable(str(ds[keyword].value), 40)} of the file replaced by "
+                         f"{option}={float(given):g}")
+    if options.pixel_spacing_mm is not None and imager is not None:
+        notes.append(f"{_label(spacing_source)} {imager[0]:g}/{imager[1]:g} mm at the imager of the file replaced by "
+                     f"pixel_spacing_mm={options.pixel_spacing_mm} at the isocentre")
     if sid is not None and sad is not None and not MAGNIFICATION_RANGE[0] <= sid / sad <= MAGNIFICATION_RANGE[1]:
         raise GeometryError(
             f"{name}: source-imager distance {sid:g} mm ({'sid_mm' if options.sid_mm is not None else _label(sid_keyword)}) "

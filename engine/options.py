@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import PortalignError
 
-__all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES"]
+__all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES", "MIRROR_CHECKS"]
 
 #: ``mi``: mutual information (partial-volume joint histogram) refines the pose.
 #: ``edge``: gradient-orientation correlation refines it (robust when intensities do not correspond).
@@ -23,6 +23,8 @@ METHODS = ("auto", "mi", "edge")
 #: ``auto``: detect the radiation field in portal images (and arrays), not in DRRs.
 #: ``detect``: always try; ``none``: never (the whole image is anatomy).
 FIELD_MODES = ("auto", "detect", "none")
+#: When a frame is also registered mirrored (``RegistrationOptions.mirror_check``).
+MIRROR_CHECKS = ("first", "always", "never")
 
 
 #: The numeric fields of :class:`RegistrationOptions` (each must be finite).
@@ -84,6 +86,17 @@ class RegistrationOptions:
         Register views that differ (angles beyond ``view_tolerance_deg``, different
         source-axis distance) as if they matched, when that is intended; the differences
         are still recorded in ``details["view"]`` and ``warnings``.
+    allow_patient_mismatch : bool
+        Register images whose PatientID (0010,0020) differs (both present), when that is intended
+        (a phantom imaged under two names, files anonymised differently); without it such a
+        result is not ``ok``. Recorded in ``details["view"]`` and ``warnings`` either way.
+    mirror_check : {"first", "always", "never"}
+        Register an ``ok`` frame also flipped left-right, up-down and both (turned 180 deg):
+        when one of those matches the reference clearly better, the frame is likely mirrored
+        (the imager's orientation, an export setting) and the result is not ``ok``. ``first``:
+        the first frame of each frame geometry (a mirrored panel mirrors every frame), at about
+        four times that frame's time; ``always``: every frame; ``never``: none (symmetric
+        anatomy that matches as well mirrored). ``details["mirror_check"]`` gives the scores.
     """
 
     method: str = "auto"
@@ -103,12 +116,16 @@ class RegistrationOptions:
     agreement_mm: float = 1.5
     view_tolerance_deg: float = 3.0
     allow_view_mismatch: bool = False
+    allow_patient_mismatch: bool = False
+    mirror_check: str = "first"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PortalignError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.field not in FIELD_MODES:
             raise PortalignError(f"field must be one of {', '.join(FIELD_MODES)}; got {self.field!r}")
+        if self.mirror_check not in MIRROR_CHECKS:
+            raise PortalignError(f"mirror_check must be one of {', '.join(MIRROR_CHECKS)}; got {self.mirror_check!r}")
         # every number finite first: NaN passes every comparison below (a NaN field margin reached the pyramid's
         # sizing as "cannot convert float NaN to integer"), and an infinite one sizes an allocation by itself
         for name in _NUMBERS:

@@ -231,7 +231,8 @@ def write_spatial_registration(
         references and all frames for a couch correction). Each must carry its
         ``sop_instance_uid`` (read from DICOM).
     patient_position : str, optional
-        Overrides the images' ``PatientPosition``.
+        Overrides the images' ``PatientPosition`` (said in the dataset's ``portalign_warnings`` when they
+        record another).
     isocentre_mm : sequence of 3 float, optional
         Planned isocentre in patient coordinates; else ``info.extra`` (see the
         module notes), else the origin (a warning).
@@ -264,7 +265,13 @@ def write_spatial_registration(
                                  "cannot reference it; register images read from DICOM files")
     warnings: list[str] = []
     everything = [*frames, *references]
-    position = (patient_position or _first(everything, lambda i: i.info.patient_position) or "").strip().upper()
+    recorded = (_first(everything, lambda i: i.info.patient_position) or "").strip().upper()
+    position = (patient_position or recorded).strip().upper()
+    if patient_position and recorded and position != recorded:
+        # the flag wins (a wrong header), but never silently: it reverses the translation's lateral and longitudinal
+        # signs between head-first and feet-first
+        warnings.append(f"patient position {position} as given (patient_position=), not the images' "
+                        f"PatientPosition {recorded}")
     if not position:
         raise GeometryError(f"{frames[0].info.source}: no PatientPosition in the images; pass patient_position= "
                             "(HFS, FFS, HFP or FFP) to place the registration in patient coordinates")

@@ -50,12 +50,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import hmac
 import ipaddress
 import itertools
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -513,10 +515,20 @@ def create_app(
         summary="Upload and prepare a reference image (DRR or reference portal image)",
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
-    async def upload_reference(request: Request, response: Response, frame: int | None = None) -> dict[str, Any]:
+    async def upload_reference(request: Request, response: Response, frame: int | None = None,
+                               allow_view_mismatch: bool = False, allow_patient_mismatch: bool = False,
+                               mirror_check: str = "first") -> dict[str, Any]:
+        # the overrides a result's reason names belong to the reference: its frames are registered with them
+        try:
+            chosen_options = dataclasses.replace(options, allow_view_mismatch=allow_view_mismatch or
+                                                 options.allow_view_mismatch,
+                                                 allow_patient_mismatch=allow_patient_mismatch or
+                                                 options.allow_patient_mismatch, mirror_check=mirror_check)
+        except PortalignError as exc:
+            raise ApiError(400, "bad_request", f"reference: {_one_line(exc)}") from None
         image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)
         try:
-            reference = await in_pool(prepare_reference, image, options, backend=chosen)
+            reference = await in_pool(prepare_reference, image, chosen_options, backend=chosen)
         except (ReferencePreparationError, GeometryError, ValueError) as exc:
             raise ApiError(422, "reference_preparation", f"reference: {_one_line(exc)}") from None
         metrics.add("references_prepared")
@@ -568,11 +580,21 @@ def create_app(
         metrics.frame(bool(result.ok), done - started_at)
         entry.frames += 1
         body = result.as_dict()
+        body["reason"] = _http_hints(body["reason"])
+        body["warnings"] = [_http_hints(w) for w in body["warnings"]]
         body.update(frame_id=frame_id, reference_id=ref_id, server_ms=(done - received) * 1e3)
         _journal(journal_obj, ref_id, frame_id, body, "")
         return _finite(body)
 
     return app
+
+
+def _http_hints(text: str) -> str:
+    """Say the overrides a reason names as this API's: query parameters of the reference's upload."""
+    text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
+    text = re.sub(r"\((allow_\w+)\)", r"(?\1=true)", text)
+    return re.sub(r"set mirror_check='never' \(--mirror-check never\)", "upload the reference with ?mirror_check=never",
+                  text)
 
 
 async def _read_body(request: Any, limit: int, name: str) -> bytes:

@@ -409,3 +409,23 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     assert failures == [tasks[0].beam_id]
     assert len(failing) == tasks[0].n_frames and {r["status"] for r in failing} == {"failed"}
     assert failing[0]["error"].startswith("beam task failed after 0 retries: OSError: transient failure reading")
+
+
+def test_a_reused_uid_on_another_image_is_said_apart_from_a_copy() -> None:
+    """A new user's trial: 19 different images of an export that reuses UIDs were all called "duplicate"."""
+    from portalign.archive._index import INDEX_COLUMNS
+    from portalign.archive._pair import pair_frames
+
+    def row(path: str, **values) -> dict:
+        found = dict.fromkeys(INDEX_COLUMNS)
+        found.update(path=path, category="frame", sop_instance_uid="1.2.3", modality="RTIMAGE", rows=10, cols=10,
+                     gantry_deg=0.0)
+        found.update(values)
+        return found
+
+    index = [row("a.dcm"), row("copy.dcm"), row("other.dcm", gantry_deg=90.0)]
+    pair_frames(index)
+    assert [r["category"] for r in index[1:]] == ["duplicate", "duplicate"]
+    assert index[1]["reason"] == "duplicate: SOP Instance UID 1.2.3 already in a.dcm (the same header)"
+    assert index[2]["reason"].startswith("duplicate UID, different image: SOP Instance UID 1.2.3 is also a.dcm, whose "
+                                         "header differs (gantry_deg 0.0 / 90.0)")

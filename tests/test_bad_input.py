@@ -425,7 +425,7 @@ def test_missing_sid_fixed_by_sid_mm(bad_files: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--frame-index", "3"], r"has 1 frame; --frame-index 3 is out of range"),
+        (["--frame-index", "3"], r"has 1 frame; --frame-index 3 is out of range \(only 0, 0-based\)"),
         (["--sid-mm", "0"], r"--sid-mm must be a positive number of mm, got 0\.0$"),
         (["--pixel-spacing-mm", "-1"], r"--pixel-spacing-mm must be a positive number of mm, got -1\.0$"),
         (["--sad-mm", "5"], r"--sad-mm=5 mm is outside the physical range 100-10000 mm$"),

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import make_rt_image, write_rt_image
+import portalign
 from portalign import cli
 from portalign.cli import build_parser, main
 from scipy import ndimage
@@ -598,3 +599,54 @@ def test_patient_position_without_reg_is_refused_before_registering(capsys, file
     assert status == 2 and out == ""
     assert err.strip() == ("portalign: error: --patient-position FFS is used only by the REG object: pass --reg OUT.dcm "
                            "too, or leave --patient-position out (the shift itself does not depend on it)")
+
+
+def test_register_refuses_two_machines_phantom_images_until_told(capsys) -> None:
+    """TrueBeam and aS500 Winston-Lutz images (PatientIDs 'VMS.XI.Service' and '11dbecf578') registered ok."""
+    truebeam = _real_file("pylinac", "wl_shift_truebeam", "cardinal", "wl-3-30-18_card-002.dcm")
+    as500 = _real_file("pylinac", "wl_demo_as500", "gantry0.dcm")
+    status, out, _ = run(capsys, "register", truebeam, as500, "--json")
+    result = json.loads(out)
+    assert status == 0 and result["ok"] is False
+    assert result["reason"].startswith("different patients: PatientID 'VMS.XI.Service' in the reference")
+    assert result["reason"].endswith("set --allow-patient-mismatch")
+    status, out, _ = run(capsys, "register", truebeam, as500, "--json", "--allow-patient-mismatch")
+    assert json.loads(out)["ok"] is True
+
+
+def test_register_refuses_a_mirrored_frame_and_names_the_flag(capsys, demo_pair, tmp_path) -> None:
+    ds = pydicom.dcmread(demo_pair["frame"])
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
+    mirrored = tmp_path / "mirrored.dcm"
+    ds.save_as(mirrored)
+    status, out, _ = run(capsys, "register", demo_pair["ref"], mirrored, "--json")
+    result = json.loads(out)
+    assert status == 0 and result["ok"] is False
+    assert result["reason"].startswith("flipped: the frame matches the reference better flipped left-right")
+    assert result["reason"].endswith("or, for anatomy that matches as well flipped, set --mirror-check never")
+    status, out, _ = run(capsys, "register", demo_pair["ref"], mirrored, "--json", "--mirror-check", "never")
+    assert json.loads(out)["details"]["mirror_check"] is None
+
+
+def test_a_refused_frame_carries_no_made_up_shift(capsys, demo_pair, tmp_path) -> None:
+    """A noise frame was "blank (beam off?)" with dx -28.3 mm (outside the search range); unrelated images gave a
+    "no match" with a shift: an optimum that measures nothing is null, its score (measured) kept."""
+    ds = pydicom.dcmread(demo_pair["frame"])
+    noise = np.random.default_rng(5).integers(1000, 3000, ds.pixel_array.shape).astype(ds.pixel_array.dtype)
+    ds.PixelData = noise.tobytes()
+    noisy = tmp_path / "noise.dcm"
+    ds.save_as(noisy)
+    status, out, _ = run(capsys, "register", demo_pair["ref"], noisy, "--json")
+    result = json.loads(out)
+    assert status == 0 and result["ok"] is False and result["reason"].startswith("frame is blank")
+    assert result["dx_mm"] is None and result["dy_mm"] is None and result["rotation_deg"] is None
+    assert result["details"]["candidates"] == [] and result["score"] is not None
+    # a match below the score floor is none: checked before the search range (a grid corner's "optimum" was
+    # reported as outside the range, with its numbers)
+    base = anatomy(256, seed=11)
+    noisy_copy = np.roll(base, 2, axis=1) + np.random.default_rng(1).normal(0.0, 0.2 * base.std(), base.shape)
+    weak = portalign.register(portalign.Image.from_array(base, pixel_spacing_mm=1.0, kind="drr"),
+                              portalign.Image.from_array(noisy_copy, pixel_spacing_mm=1.0),
+                              portalign.RegistrationOptions(min_score=0.99), backend="cpu")
+    assert weak.ok is False and weak.reason.startswith("no match: edge correlation"), weak.reason
+    assert weak.dx_mm is None and weak.details["edge_score"] is not None and weak.score is not None

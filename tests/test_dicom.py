@@ -846,9 +846,9 @@ def test_multi_frame_single_reads(tmp_path):
     assert last.info.frame_index == 2 and last.info.gantry_deg == 30.0
     assert last.info.extra["number_of_frames"] == 3
     assert describe(last)["frames"] == 3
-    with pytest.raises(PortalImageError, match=r"^cine\.dcm: has 3 frames; frame=3 is out of range$"):
+    with pytest.raises(PortalImageError, match=r"^cine\.dcm: has 3 frames; frame=3 is out of range \(0 to 2, 0-based\)$"):
         read_rt_image(path, frame=3)
-    with pytest.raises(PortalImageError, match=r"^cine\.dcm: has 3 frames; frame=-1 is out of range$"):
+    with pytest.raises(PortalImageError, match=r"^cine\.dcm: has 3 frames; frame=-1 is out of range \(0 to 2, 0-based\)$"):
         read_rt_image(path, frame=-1)
     with pytest.raises(PortalImageError, match=r"^cine\.dcm: frame must be an integer"):
         read_rt_image(path, frame="1")
@@ -869,7 +869,7 @@ def test_multi_frame_all_frames(tmp_path):
 def test_single_frame_as_frames():
     images = read_rt_image_frames(make_rt_image(_ramp()))
     assert len(images) == 1 and images[0].info.frame_index == 0
-    with pytest.raises(PortalImageError, match="has 1 frame; frame=1 is out of range"):
+    with pytest.raises(PortalImageError, match=r"has 1 frame; frame=1 is out of range \(only 0, 0-based\)$"):
         read_rt_image(make_rt_image(_ramp()), frame=1)
 
 

@@ -282,7 +282,8 @@ def test_evaluate_scores_more_poses_than_one_stencil_in_chunks():
     from portalign.registration._refine import evaluate
 
     ref, frame = _pair(2.0, -1.0, 0.0)
-    reference = prepare_reference(ref, backend="cpu")
+    # (no mirror check: its flipped copies would be the last frame in the plan's buffers)
+    reference = prepare_reference(ref, RegistrationOptions(mirror_check="never"), backend="cpu")
     assert reference.register(frame).ok  # fills the plan's frame-side level buffers
     plan = reference.plan_for(frame.shape, frame.spacing_mm, frame.beam_axis_px)
     level = plan.levels[plan.refine_levels[-1]]

@@ -540,9 +540,11 @@ def test_a_frame_with_nothing_usable_measures_nothing():
     assert result.correction() == (None, None, None)
     assert result.details["candidates"] == [] and result.details["mi_check_mm"] is None  # no stale -26 mm
     assert '"dx_mm": null' in result.as_json()
-    # a 16x16 crop without a field: 196 usable pixels, refused (under 400) but measured, and near the truth
+    # a 16x16 crop without a field: 196 usable pixels, refused (under 400) before any matching: its optimum is no
+    # measurement either (null; a noise frame's lay at -28 mm), though its edge score was measured
     crop = reference.register(portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, kind="drr"))
-    assert not crop.ok and math.hypot(crop.dx_mm - 1.0, crop.dy_mm - 0.5) < 0.2
+    assert not crop.ok and crop.dx_mm is None and crop.dy_mm is None, crop.reason
+    assert crop.details["edge_score"] is not None and crop.score is not None
     # a couch correction names the view that measured nothing
     views = [View.from_result(result, portalign.Image.from_array(tiny, pixel_spacing_mm=1.0, gantry_deg=0.0)),
              View(gantry_deg=90.0, dx_mm=1.0, dy_mm=0.5, rotation_deg=None)]

@@ -66,6 +66,9 @@ def _why_no_gpu() -> str:
 
 
 WHY_NO_GPU = _why_no_gpu()
+#: The whole-registration tests compare backends frame by frame; the mirror check (three more registrations of a
+#: first frame, ``RegistrationOptions.mirror_check``) runs the same steps again and would quadruple their time here.
+NO_MIRROR_CHECK = "never"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(WHY_NO_GPU), reason=WHY_NO_GPU)]
 
 #: (threads per block, max blocks, pixels per thread): tiny shapes everywhere; a real device also runs the defaults.
@@ -316,7 +319,7 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frames = [portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0),
               portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=1.0)]
-    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
     on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
     # two lanes: on a device their first frames launch new kernel configurations from two threads at once
     on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames, lanes=2)
@@ -347,7 +350,7 @@ def test_host_level_stage_equals_the_device_one(backend):
 
     reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0)), pixel_spacing_mm=1.0)
     frame = portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0)), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
     results, stages = [], []
     for on_host in (True, False):
         prepared = portalign.prepare_reference(reference, options,
@@ -388,7 +391,7 @@ def test_fine_polish_on_the_gpu_equals_the_cpu(backend):
         return portalign.Image.from_array(values.astype(np.float32), pixel_spacing_mm=1.0, kind="portal")
 
     reference, frame = image(0, 0, 0, 1), image(1.7, -1.2, 1.0, 2)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, finest_spacing_mm=2.0)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, finest_spacing_mm=2.0, mirror_check=NO_MIRROR_CHECK)
     cpu = portalign.prepare_reference(reference, options, backend="cpu").register(frame)
     assert cpu.details["fine_polish"]["levels"] == [0] and cpu.details["fine_polish"]["kept"], cpu.details["fine_polish"]
     assert cpu.dx_mm == pytest.approx(1.7, abs=0.05) and cpu.dy_mm == pytest.approx(-1.2, abs=0.05)
@@ -430,7 +433,7 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
         return np.where(inside, image + 200.0, 0.03 * image + 5.0).astype(np.float32)
 
     reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0), 98), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
     on_gpu = portalign.prepare_reference(reference, options,
                                          backend=dataclasses.replace(backend, host_level_stage=on_host))
     on_cpu = portalign.prepare_reference(reference, options, backend=cpu_backend())
@@ -506,7 +509,7 @@ def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend)
     shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frame = portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
     prepared = portalign.prepare_reference(reference, options, backend="gpu")
     on_first = prepared.register(frame)
     prepared.allow_lanes(2)

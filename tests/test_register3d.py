@@ -422,8 +422,16 @@ def test_cli_register3d_isocentre_from_the_plan(cli_case, capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["lateral_mm"] == pytest.approx(translation[0], abs=TRANSLATION_TOL_MM)
     plan.BeamSequence[1].ControlPointSequence[0].IsocenterPosition = [0, 0, 50]
     plan.save_as(plan_path, implicit_vr=True, little_endian=True)
-    with pytest.raises(PortalImageError, match=r"2 different isocentres; pass beam_number= or --isocenter-mm"):
+    with pytest.raises(PortalImageError, match=r"2 different isocentres; pass beam_number= \(--beam-number\) or "
+                                               r"--isocenter-mm$"):
         read_plan_isocenter(plan_path)
+    # the command line names its own flag, and takes it (a new user was told of a beam option it did not have)
+    assert main(["register3d", str(root / "ct"), *map(str, paths), "--plan", str(plan_path), "--json",
+                 "--backend", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().endswith("different isocentres; pass --beam-number or --isocenter-mm")
+    assert main(["register3d", str(root / "ct"), *map(str, paths), "--plan", str(plan_path), "--beam-number", "1",
+                 "--json", "--backend", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["lateral_mm"] == pytest.approx(translation[0], abs=TRANSLATION_TOL_MM)
 
 
 # ------------------------------------------------------------------------------------------ thorax CT
@@ -494,3 +502,22 @@ def test_thorax_wrong_isocentre_is_never_a_confident_answer(thorax, offset_mm, r
     result = register_3d(ct, frames, isocenter_mm=iso + np.array(offset_mm), backend="cpu")
     assert not result.ok
     assert re.search(reason, result.reason), result.reason
+
+
+def test_a_result_that_is_not_ok_says_so_before_its_numbers():
+    """A new user's trial: a full "6-DOF correction: lateral +17.08 ..." line came before the NOT OK line."""
+    from types import SimpleNamespace
+
+    from portalign.register3d._cli import text_report
+
+    axes = {"lateral": 17.08, "longitudinal": -3.0, "vertical": 2.0}
+    result = SimpleNamespace(
+        ok=False, reason="gantry 0: no match", patient_directions={}, elapsed_ms=12.0, backend="cpu", warnings=[],
+        couch_correction_4dof={k: -v for k, v in axes.items()}, pitch_deg=None, roll_deg=None, yaw_deg=0.5,
+        couch_correction_6dof={**{k: -v for k, v in axes.items()}, "pitch": None, "roll": None, "yaw": -0.5},
+        views=[], within_tolerance={}, **{f"{k}_mm": v for k, v in axes.items()})
+    lines = text_report(result).splitlines()
+    assert lines[0] == "NOT OK: gantry 0: no match (the values below are not a correction to apply)"
+    assert lines[-1].startswith("NOT OK: gantry 0: no match")
+    result.ok = True
+    assert text_report(result).splitlines()[0].strip().startswith("lateral:")

@@ -389,3 +389,23 @@ def test_hostile_dicom_frames_are_refused_before_allocating(client, image, tags,
     # the refused frame cost at most a few copies of the upload (128x128 uint16 = 32 KiB), not its claimed geometry
     assert peak < 16 * 2**20
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_view_mismatch_names_the_query_parameter_that_allows_it(client, image):
+    """The reason told HTTP clients to set --allow-view-mismatch, which the API did not take."""
+    response = client.post("/v1/references", **dicom(image, GantryAngle=0.0))
+    assert response.status_code == 201, response.text
+    ref = response.json()["id"]
+    frame = dicom(shifted(image, 2.5, -1.75), GantryAngle=90.0)
+    body = client.post(f"/v1/references/{ref}/register", **frame).json()
+    assert body["ok"] is False and body["reason"].startswith("different views: gantry angle 0 deg")
+    assert body["reason"].endswith("If this is intended, upload the reference with ?allow_view_mismatch=true")
+    response = client.post("/v1/references?allow_view_mismatch=true", **dicom(image, GantryAngle=0.0))
+    assert response.status_code == 201, response.text
+    body = client.post(f"/v1/references/{response.json()['id']}/register", **frame).json()
+    assert body["ok"] is True and body["dx_mm"] == pytest.approx(2.5, abs=TOL_MM)
+    assert any("registered as asked (?allow_view_mismatch=true)" in w for w in body["warnings"]), body["warnings"]
+    response = client.post("/v1/references?mirror_check=sometimes", **dicom(image))
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("reference: mirror_check must be one of first, always, never; got "
+                                          "'sometimes'")

@@ -212,3 +212,37 @@ def test_angles_are_written_within_0_to_360():
 
     # a couch at 359.984 deg is "0", never "360" (a new user read "couch 45.1 deg ... but 360 deg")
     assert [angle_text(a) for a in (359.987, 359.94, 0.04, -0.04, 90.0, -90.0)] == ["0", "359.9", "0", "0", "90", "270"]
+
+
+def _with_patient(image: portalign.Image, patient_id: str | None) -> portalign.Image:
+    from dataclasses import replace
+
+    extra = dict(image.info.extra)
+    if patient_id is not None:
+        extra["patient_id"] = patient_id
+    return replace(image, info=replace(image.info, extra=extra))
+
+
+@pytest.mark.parametrize(("ref_id", "frame_id", "refused"), [
+    ("PAT-1", "PAT-2", True),
+    ("PAT-1", "PAT-1 ", False),  # DICOM pads values to an even length
+    ("PAT-1", None, False),  # an array, or an anonymised file without the tag: nothing to compare
+])
+def test_images_of_two_patients_are_not_ok_unless_allowed(pixels, ref_id, frame_id, refused) -> None:
+    """A new user's trial: a frame whose PatientID was another patient's registered ok, without a word."""
+    ref = _with_patient(portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="ref.dcm"), ref_id)
+    frame = _with_patient(portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame.dcm"), frame_id)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert result.details["view"]["reference"]["patient_id"] == ref_id
+    assert result.details["view"]["frame"]["patient_id"] == frame_id
+    if not refused:
+        _assert_shift(result)
+        return
+    assert result.ok is False
+    assert result.reason.startswith("different patients: PatientID 'PAT-1' in the reference (ref.dcm) but 'PAT-2' in "
+                                    "the frame (frame.dcm)")
+    assert result.reason.endswith("set allow_patient_mismatch=True (--allow-patient-mismatch)")
+    allowed = portalign.register(ref, frame, portalign.RegistrationOptions(allow_patient_mismatch=True), backend="cpu")
+    _assert_shift(allowed)
+    assert any(w.startswith("different patients") and w.endswith("registered as asked (allow_patient_mismatch)")
+               for w in allowed.warnings), allowed.warnings

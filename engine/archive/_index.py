@@ -33,6 +33,7 @@ import datetime as _dt
 import os
 import re
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -115,6 +116,10 @@ def index_files(paths: Iterable[str]) -> list[dict[str, Any]]:
 def index_file(path: str) -> dict[str, Any]:
     """Read one file's header and classify it.
 
+    pydicom's warnings about odd header values are kept off the console: an archive holds thousands of
+    vendor files with non-conforming UIDs and lengths, and the registration's reader records them in each
+    result's ``dicom_warnings``.
+
     Parameters
     ----------
     path : str
@@ -128,6 +133,13 @@ def index_file(path: str) -> dict[str, Any]:
         cannot be used (``category`` ``not_dicom``, ``unreadable``, ``truncated``,
         ``other``); the pairing fills them in for the others.
     """
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        return _index_file(path)
+
+
+def _index_file(path: str) -> dict[str, Any]:
+    """:func:`index_file`, warnings left to the caller."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 

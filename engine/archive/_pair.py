@@ -92,6 +92,11 @@ class Pairing:
     index: list[dict[str, Any]]
 
 
+#: Header values two copies of one image share; a file under the same UID that differs in any is another image.
+_IDENTITY_KEYS = ("modality", "rows", "cols", "number_of_frames", "gantry_deg", "collimator_deg", "couch_deg",
+                  "date", "time", "label", "patient_id", "beam_number", "plan_uid")
+
+
 def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = False,
                 options: dict[str, Any] | None = None, backend: str = "cpu", invert: bool | None = None) -> Pairing:
     """Pair frames with references by plan and beam.
@@ -114,16 +119,24 @@ def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = F
     Pairing
     """
     options = dict(options or {})
-    seen: dict[str, str] = {}
+    seen: dict[str, dict[str, Any]] = {}
     for row in index:
         uid = row.get("sop_instance_uid")
         if row["category"] in ("not_dicom", "unreadable", "truncated") or not uid:
             continue
-        if uid in seen:
-            row.update(category="duplicate", fate="skipped",
-                       reason=f"duplicate: SOP Instance UID {uid} already in {seen[uid]}")
+        first = seen.get(uid)
+        if first is None:
+            seen[uid] = row
+            continue
+        # the same image twice, or two images under one UID (an export that reuses UIDs): said apart
+        differ = [key for key in _IDENTITY_KEYS if row.get(key) != first.get(key)]
+        if differ:
+            shown = ", ".join(f"{key} {first.get(key)!r} / {row.get(key)!r}" for key in differ[:3])
+            reason = (f"duplicate UID, different image: SOP Instance UID {uid} is also {first['path']}, whose header "
+                      f"differs ({shown}); skipped (an export that reuses UIDs: give each image its own)")
         else:
-            seen[uid] = row["path"]
+            reason = f"duplicate: SOP Instance UID {uid} already in {first['path']} (the same header)"
+        row.update(category="duplicate", fate="skipped", reason=reason)
 
     references: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     frames: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)

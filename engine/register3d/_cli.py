@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the frames' IsocenterPosition)")
     where.add_argument("--plan", default=None, metavar="RTPLAN",
                        help="take the isocentre from this RT Plan (default: --isocenter-mm)")
+    parser.add_argument("--beam-number", default=None, metavar="N", type=int,
+                        help="with --plan: the beam whose isocentre to take, for a plan whose beams have several "
+                             "(default: the plan's one isocentre)")
     parser.add_argument("--patient-position", default=None, metavar="POS", type=patient_position_argument,
                         help="HFS, FFS, HFP or FFP (default: the CT's PatientPosition)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
@@ -88,7 +91,7 @@ def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, floa
     if args.plan is not None:
         from ..dicom import read_plan_isocenter
 
-        return read_plan_isocenter(args.plan)
+        return read_plan_isocenter(args.plan, beam_number=getattr(args, "beam_number", None))
     found = {tuple(round(float(v), 2) for v in f.info.extra["isocenter_position_mm"][:3])
              for f in frames if f.info.extra.get("isocenter_position_mm")}
     if len(found) == 1 and all(f.info.extra.get("isocenter_position_mm") for f in frames):
@@ -154,7 +157,8 @@ def unmeasured_components(result: Any) -> list[str]:
 
 def text_report(result: Any) -> str:
     """Return the result as lines of text, like ``portalign couch``."""
-    lines = []
+    # a result that is not ok says so before any number a therapist could take for a correction to apply
+    lines = [] if result.ok else [f"NOT OK: {result.reason} (the values below are not a correction to apply)"]
     names = result.patient_directions or {}
     for axis in AXES:
         value = getattr(result, f"{axis}_mm")

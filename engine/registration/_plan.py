@@ -278,6 +278,8 @@ class LanePool:
         self._queue: deque[object] = deque()
         #: A stamp of the last frame that used this geometry (the least recently used geometry is dropped first).
         self.last_used = 0
+        #: A frame of this geometry went through the mirror check (``RegistrationOptions.mirror_check="first"``).
+        self.mirror_checked = False
 
     def acquire(self, limit: int, backend: Backend) -> FramePlan:
         """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""

@@ -44,13 +44,14 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         Their IEC 61217 gantry, collimator and couch angles (degrees) and
         source-axis distances (mm); ``None`` where unknown.
     options : RegistrationOptions
-        ``view_tolerance_deg`` and ``allow_view_mismatch``.
+        ``view_tolerance_deg``, ``allow_view_mismatch`` and ``allow_patient_mismatch``.
 
     Returns
     -------
     reason : str
-        Why the views differ, naming both values and the override; ``""`` when they
-        match, when nothing can be compared, or when the mismatch is allowed.
+        Why the views (or the patients: PatientID, when both images carry one) differ, naming both
+        values and the override; ``""`` when they match, when nothing can be compared, or when the
+        mismatch is allowed.
     record : dict
         ``{"reference": {...}, "frame": {...}, "mismatch": [...], "allowed": bool}``:
         every angle and SAD of both images (``None`` where unknown) and the names
@@ -69,6 +70,21 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         "mismatch": [],
         "allowed": bool(options.allow_view_mismatch),
     }
+    # two patients' images: not a setup error either (both IDs present: arrays and anonymised files have none)
+    ref_id, frame_id = reference.extra.get("patient_id"), frame.extra.get("patient_id")
+    record["reference"]["patient_id"] = ref_id
+    record["frame"]["patient_id"] = frame_id
+    if ref_id and frame_id and ref_id.strip() != frame_id.strip():
+        record["patient_mismatch"] = True
+        text = (f"different patients: PatientID {ref_id!r} in the reference ({reference.source}) but {frame_id!r} in "
+                f"the frame ({frame.source})")
+        if not options.allow_patient_mismatch:
+            return (f"{text}; a match of two patients' images is not a setup error. If this is intended (a phantom, "
+                    "files anonymised differently), set allow_patient_mismatch=True (--allow-patient-mismatch)",
+                    record, [])
+        patient_warning = [f"{text}; registered as asked (allow_patient_mismatch)"]
+    else:
+        patient_warning = []
     phrases = []
     tolerance = options.view_tolerance_deg
     for (key, label), ref_value, frame_value in zip(VIEW_ANGLES, ref_angles, frame_angles, strict=True):
@@ -84,10 +100,10 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         phrases.append(f"source-axis distance {ref_sad:g} mm in the reference ({reference.source}) but "
                        f"{frame_sad:g} mm in the frame ({frame.source})")
     if not phrases:
-        return "", record, []
+        return "", record, patient_warning
     text = "; ".join(phrases)
     if options.allow_view_mismatch:
-        return "", record, [f"the views differ ({text}); registered as asked (allow_view_mismatch)"]
+        return "", record, [*patient_warning, f"the views differ ({text}); registered as asked (allow_view_mismatch)"]
     limits = []
     if len(phrases) > (1 if "sad_mm" in record["mismatch"] else 0):
         limits.append(f"{options.view_tolerance_deg:g} deg for angles")
@@ -95,7 +111,7 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         limits.append(f"{SAD_TOLERANCE:.0%} for source-axis distances")
     reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
               "views is not a setup error. If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
-    return reason, record, []
+    return reason, record, patient_warning
 
 
 def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | None,

@@ -1,0 +1,108 @@
+"""A mirrored or turned frame is refused (``RegistrationOptions.mirror_check``), a symmetric one is not.
+
+A new user's trial registered a DRR against its own mirror image (ok, 0.31 edge correlation, 10.9 mm), the demo
+frame mirrored (ok, the shift's sign reversed) and pylinac's pipspro phantom turned 180 deg (ok at 0.79).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import portalign
+import pytest
+from scipy import ndimage
+from synthetic import anatomy
+
+DX_MM, DY_MM = 3.2, -2.1
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[portalign.Image, np.ndarray]:
+    base = anatomy(256, seed=21)
+    reference = portalign.Image.from_array(base, pixel_spacing_mm=1.0, name="ref.dcm")
+    return reference, ndimage.shift(base, (DY_MM, DX_MM), order=3, mode="nearest")
+
+
+def _frame(pixels: np.ndarray) -> portalign.Image:
+    return portalign.Image.from_array(np.ascontiguousarray(pixels), pixel_spacing_mm=1.0, name="frame.dcm")
+
+
+LEFT_RIGHT = (slice(None), slice(None, None, -1))
+TURNED = (slice(None, None, -1), slice(None, None, -1))
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+def _flipped(image: portalign.Image, cut: tuple) -> portalign.Image:
+    return replace(image, pixels=np.ascontiguousarray(image.pixels[cut]))
+
+
+def test_the_demo_frame_mirrored_is_not_ok_and_says_so() -> None:
+    """The demo's MV frame mirrored left-right matched its DRR ok (the right match scores far higher flipped back)."""
+    from portalign.demo import make_demo_pair
+
+    reference, frame, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    mirrored = _flipped(frame, LEFT_RIGHT)
+    unchecked = portalign.register(reference, mirrored, portalign.RegistrationOptions(mirror_check="never"),
+                                   backend="cpu")
+    assert unchecked.ok and unchecked.details["mirror_check"] is None  # what the trial saw
+    result = portalign.register(reference, mirrored, backend="cpu")
+    assert result.ok is False
+    assert result.reason.startswith("flipped: the frame matches the reference better flipped left-right (edge "
+                                    "correlation ")
+    assert result.reason.endswith("set mirror_check='never' (--mirror-check never)")
+    check = result.details["mirror_check"]
+    assert check["flipped_edge_scores"]["flipped left-right"] > check["edge_score"] + 0.05
+    right = portalign.register(reference, frame, backend="cpu")
+    assert right.ok and right.details["mirror_check"]["edge_score"] > max(
+        right.details["mirror_check"]["flipped_edge_scores"].values())
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present (a user's clone)")
+@pytest.mark.parametrize(("path", "cut", "said"), [
+    ("slicerrt/eclipse_prostate_rando/RI.1.2.246.352.71.3.2088656855.2381134.20110921150951.dcm", LEFT_RIGHT,
+     "flipped left-right"),  # ok at 0.31 without the check; 1.00 flipped back
+    ("pylinac/planar_imaging/pipspro.dcm", TURNED, "turned 180 deg"),  # a near-symmetric phantom: ok at 0.79; 0.95
+])
+def test_real_images_flipped_are_not_ok(path, cut, said) -> None:
+    from portalign.dicom import read_rt_image
+
+    image = read_rt_image(REAL / path)
+    result = portalign.register(image, _flipped(image, cut), backend="cpu")
+    assert result.ok is False and result.reason.startswith(f"flipped: the frame matches the reference better {said}")
+
+
+def test_the_right_frame_is_checked_once_per_geometry_unless_always(pair) -> None:
+    reference, moved = pair
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    first, second = prepared.register(_frame(moved)), prepared.register(_frame(moved))
+    assert first.ok and second.ok, (first.reason, second.reason)
+    assert first.dx_mm == pytest.approx(DX_MM, abs=0.1) and first.dy_mm == pytest.approx(DY_MM, abs=0.1)
+    scores = first.details["mirror_check"]["flipped_edge_scores"]
+    assert set(scores) == {"flipped left-right", "flipped up-down", "turned 180 deg"}
+    assert max(scores.values()) < 0.8 * first.details["mirror_check"]["edge_score"]
+    assert second.details["mirror_check"] is None  # a mirrored panel mirrors every frame: the first one tells
+    always = portalign.prepare_reference(reference, portalign.RegistrationOptions(mirror_check="always"), backend="cpu")
+    assert all(always.register(_frame(moved)).details["mirror_check"] is not None for _ in range(2))
+
+
+def test_a_symmetric_object_is_not_called_mirrored() -> None:
+    """A disc with a ring and a cross (symmetric under every flip) and noise: flips match as well, nothing is refused."""
+    yy, xx = np.mgrid[0:200, 0:200] - 99.5
+    radius = np.hypot(xx, yy)
+    base = (radius < 60) * 1.0 + (np.abs(radius - 40) < 3) * 0.5 + ((np.abs(xx) < 2) | (np.abs(yy) < 2)) * 0.3
+    base = ndimage.gaussian_filter(base, 1.0)
+    rng = np.random.default_rng(3)
+    reference = portalign.Image.from_array(base + rng.normal(0, 0.02, base.shape), pixel_spacing_mm=1.0)
+    frame = _frame(ndimage.shift(base, (1.5, -2.0), order=3) + rng.normal(0, 0.02, base.shape))
+    result = portalign.register(reference, frame, portalign.RegistrationOptions(estimate_rotation=False), backend="cpu")
+    assert result.details["mirror_check"] is not None
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(-2.0, abs=0.1) and result.dy_mm == pytest.approx(1.5, abs=0.1)
+
+
+def test_mirror_check_must_be_a_known_policy() -> None:
+    with pytest.raises(portalign.PortalignError, match=r"^mirror_check must be one of first, always, never; got 'no'$"):
+        portalign.RegistrationOptions(mirror_check="no")
