@@ -650,3 +650,18 @@ def test_a_refused_frame_carries_no_made_up_shift(capsys, demo_pair, tmp_path) -
                               portalign.RegistrationOptions(min_score=0.99), backend="cpu")
     assert weak.ok is False and weak.reason.startswith("no match: edge correlation"), weak.reason
     assert weak.dx_mm is None and weak.details["edge_score"] is not None and weak.score is not None
+
+
+def test_a_geometry_flag_that_replaces_a_files_tag_is_said(capsys) -> None:
+    """--sad-mm 900 on files that record RadiationMachineSAD 1000 moved the answer 0.3 mm without a note."""
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "field-cases" / "small-field"
+    if not folder.is_dir():
+        pytest.skip("../shared/field-cases not present (a user's clone)")
+    ref, frame = folder / "ref_crop.dcm", folder / "frame_shift_r+9_c-13.dcm"
+    status, out, _ = run(capsys, "register", ref, frame, "--json", "--sad-mm", "900")
+    result = json.loads(out)
+    assert status == 0
+    assert "ref_crop.dcm: RadiationMachineSAD (3002,0022) 1000 of the file replaced by --sad-mm=900" in result["warnings"]
+    assert any(w.startswith("frame_shift_r+9_c-13.dcm: RadiationMachineSAD") for w in result["warnings"])
+    status, out, _ = run(capsys, "register", ref, frame, "--json")
+    assert not any("replaced by" in w for w in json.loads(out)["warnings"])

@@ -229,3 +229,16 @@ def test_invalid_uids_of_the_images_are_replaced_or_reported_never_printed(tmp_p
     with warnings.catch_warnings():  # reading an invalid UID back makes pydicom warn (our writing did not)
         warnings.simplefilter("ignore")
         assert hex_uid + "01" in [item.SeriesInstanceUID for item in back.ReferencedSeriesSequence]
+
+
+def test_a_patient_position_that_contradicts_the_images_is_said():
+    """A new user's trial: --patient-position FFS on HFS images reversed the REG's translation without a word."""
+    result = RegistrationResult(dx_mm=3.0, dy_mm=-2.0, rotation_deg=None, ok=True)
+    reference, frame = make_image(0), make_image(0)
+    given = write_spatial_registration(None, result, reference, frame, patient_position="FFS")
+    assert "patient position FFS as given (patient_position=), not the images' PatientPosition HFS" in \
+        given.portalign_warnings
+    same = write_spatial_registration(None, result, reference, frame, patient_position="HFS")
+    assert not any("as given" in w for w in same.portalign_warnings)
+    # head first and feet first place the lateral and longitudinal shift with opposite signs
+    assert not np.allclose(matrix_of(given.RegistrationSequence[1])[:3, 3], matrix_of(same.RegistrationSequence[1])[:3, 3])
