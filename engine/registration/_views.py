@@ -71,7 +71,10 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         "allowed": bool(options.allow_view_mismatch),
     }
     # two patients' images: not a setup error either (both IDs present: arrays and anonymised files have none)
-    ref_id, frame_id = reference.extra.get("patient_id"), frame.extra.get("patient_id")
+    # membership and indexing, not .get: this runs for every frame (its calls are counted)
+    ref_extra, frame_extra = reference.extra, frame.extra
+    ref_id = ref_extra["patient_id"] if "patient_id" in ref_extra else None
+    frame_id = frame_extra["patient_id"] if "patient_id" in frame_extra else None
     record["reference"]["patient_id"] = ref_id
     record["frame"]["patient_id"] = frame_id
     if ref_id and frame_id and ref_id.strip() != frame_id.strip():
