@@ -133,7 +133,8 @@ def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, wr
         print(f"portalign {command}: error: --reg-out {path}: not written: {message}", file=sys.stderr)
         return 2
     for warning in ds.portalign_warnings:
-        print(f"portalign {command}: --reg-out {path}: {warning}", file=sys.stderr)
+        print(f"portalign {command}: --reg-out {path}: {as_flags(warning, getattr(args, 'subparser', None))}",
+              file=sys.stderr)
     if not getattr(args, "json", False):
         print(f"REG written to {path}")
     return 0

@@ -347,7 +347,7 @@ def _register(args: argparse.Namespace) -> int:
                 ds = write_spatial_registration(args.reg, result, reference_image, frame,
                                                 patient_position=args.patient_position)
                 extra["reg"] = str(args.reg)
-                extra["reg_warnings"] = list(ds.portalign_warnings)
+                extra["reg_warnings"] = [as_flags(w, args.subparser) for w in ds.portalign_warnings]
             except (PortalignError, OSError, ValueError) as exc:
                 failures.append(f"--reg {args.reg}: not written: {as_flags(_one_line(exc), args.subparser)}")
     _print_result(result, extra, args.json)

@@ -665,3 +665,13 @@ def test_a_geometry_flag_that_replaces_a_files_tag_is_said(capsys) -> None:
     assert any(w.startswith("frame_shift_r+9_c-13.dcm: RadiationMachineSAD") for w in result["warnings"])
     status, out, _ = run(capsys, "register", ref, frame, "--json")
     assert not any("replaced by" in w for w in json.loads(out)["warnings"])
+
+
+def test_reg_says_when_the_given_patient_position_is_not_the_images(capsys, demo_pair, tmp_path) -> None:
+    """A new user's trial: --patient-position FFS on HFS images reversed the REG's translation without a word."""
+    out_path = tmp_path / "reg.dcm"
+    status, out, _ = run(capsys, "register", demo_pair["ref"], demo_pair["frame"], "--reg", out_path,
+                         "--patient-position", "FFS")
+    assert status == 0 and out_path.is_file()
+    assert ("REG warning: patient position FFS as given (--patient-position), not the images' PatientPosition HFS"
+            in out), out
