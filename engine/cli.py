@@ -318,8 +318,10 @@ def _register(args: argparse.Namespace) -> int:
         )
         result = replace(result, elapsed_ms=statistics.median(times))
     # a geometry flag that replaced a tag the file has (a wrong header) is said with the result, not only by `info`
+    from .dicom import replaced_tags
+
     replaced = [f"{image.info.source}: {note}" for image in (reference_image, frame)
-                for note in image.info.extra.get("notes", []) if "of the file replaced by" in note]
+                for note in replaced_tags(image.info)]
     # CLI users read flags, not Python keywords
     result = replace(result, reason=as_flags(result.reason, args.subparser),
                      warnings=[as_flags(w, args.subparser) for w in [*replaced, *result.warnings]])

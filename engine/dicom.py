@@ -121,7 +121,8 @@ from ._pydicom_compat import decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
 from .image import Image, ImageInfo, check_pixels
 
-__all__ = ["DicomSource", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe"]
+__all__ = ["DicomSource", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe",
+           "replaced_tags"]
 
 DicomSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Dataset
 """What the readers accept: a path, the bytes of a file, a binary file object or a dataset."""
@@ -1273,10 +1274,10 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
     # a keyword given for a tag the file has replaces it: said, never silently (a wrong header is why it is given)
     for keyword, given, option in ((sid_keyword, options.sid_mm, "sid_mm"), (sad_keyword, options.sad_mm, "sad_mm")):
         if given is not None and keyword in ds:
-            notes.append(f"{_label(keyword)} {_printable(str(ds[keyword].value), 40)} of the file replaced by "
+            notes.append(f"{_label(keyword)} {_printable(str(ds[keyword].value), 40)} {_REPLACED} "
                          f"{option}={float(given):g}")
     if options.pixel_spacing_mm is not None and imager is not None:
-        notes.append(f"{_label(spacing_source)} {imager[0]:g}/{imager[1]:g} mm at the imager of the file replaced by "
+        notes.append(f"{_label(spacing_source)} {imager[0]:g}/{imager[1]:g} mm at the imager {_REPLACED} "
                      f"pixel_spacing_mm={options.pixel_spacing_mm} at the isocentre")
     if sid is not None and sad is not None and not MAGNIFICATION_RANGE[0] <= sid / sad <= MAGNIFICATION_RANGE[1]:
         raise GeometryError(
@@ -1624,6 +1625,20 @@ def _frame_info(
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
+
+#: How a geometry note says that a keyword replaced a tag the file has (:func:`replaced_tags` finds them).
+_REPLACED = "of the file replaced by"
+
+
+def replaced_tags(info: Any) -> list[str]:
+    """Return the notes of an image's ``info`` that say a geometry keyword replaced a tag the file has.
+
+    ``sid_mm=``, ``sad_mm=`` and ``pixel_spacing_mm=`` fill tags a file lacks; given for one it has, they replace
+    its value, and the reader says so in ``info.extra["notes"]`` (e.g. ``RadiationMachineSAD (3002,0022) 1000
+    of the file replaced by sad_mm=900``).
+    """
+    return [note for note in info.extra.get("notes", []) if _REPLACED in note]
 
 
 def _header_note(message: str, ds: Dataset | None = None) -> str:

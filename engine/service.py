@@ -517,13 +517,14 @@ def create_app(
     )
     async def upload_reference(request: Request, response: Response, frame: int | None = None,
                                allow_view_mismatch: bool = False, allow_patient_mismatch: bool = False,
-                               mirror_check: str = "first") -> dict[str, Any]:
+                               mirror_check: str | None = None) -> dict[str, Any]:
         # the overrides a result's reason names belong to the reference: its frames are registered with them
         try:
             chosen_options = dataclasses.replace(options, allow_view_mismatch=allow_view_mismatch or
                                                  options.allow_view_mismatch,
                                                  allow_patient_mismatch=allow_patient_mismatch or
-                                                 options.allow_patient_mismatch, mirror_check=mirror_check)
+                                                 options.allow_patient_mismatch,
+                                                 mirror_check=mirror_check or options.mirror_check)
         except PortalignError as exc:
             raise ApiError(400, "bad_request", f"reference: {_one_line(exc)}") from None
         image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)

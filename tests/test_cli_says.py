@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import portalign
 import pydicom
 import pytest
 from dicom_factory import make_rt_image, write_rt_image
-import portalign
 from portalign import cli
 from portalign.cli import build_parser, main
 from scipy import ndimage

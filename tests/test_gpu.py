@@ -319,7 +319,8 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frames = [portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0),
               portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=1.0)]
-    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1,
+                                            mirror_check=NO_MIRROR_CHECK)
     on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
     # two lanes: on a device their first frames launch new kernel configurations from two threads at once
     on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames, lanes=2)
@@ -391,7 +392,8 @@ def test_fine_polish_on_the_gpu_equals_the_cpu(backend):
         return portalign.Image.from_array(values.astype(np.float32), pixel_spacing_mm=1.0, kind="portal")
 
     reference, frame = image(0, 0, 0, 1), image(1.7, -1.2, 1.0, 2)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, finest_spacing_mm=2.0, mirror_check=NO_MIRROR_CHECK)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, finest_spacing_mm=2.0,
+                                            mirror_check=NO_MIRROR_CHECK)
     cpu = portalign.prepare_reference(reference, options, backend="cpu").register(frame)
     assert cpu.details["fine_polish"]["levels"] == [0] and cpu.details["fine_polish"]["kept"], cpu.details["fine_polish"]
     assert cpu.dx_mm == pytest.approx(1.7, abs=0.05) and cpu.dy_mm == pytest.approx(-1.2, abs=0.05)
@@ -509,7 +511,8 @@ def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend)
     shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frame = portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1,
+                                            mirror_check=NO_MIRROR_CHECK)
     prepared = portalign.prepare_reference(reference, options, backend="gpu")
     on_first = prepared.register(frame)
     prepared.allow_lanes(2)

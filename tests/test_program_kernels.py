@@ -216,7 +216,8 @@ def _program_cases():
     aperture = field_aperture((384, 512), 0.39, 80, 60)
     yield "portal pair in agreement (fine polish)", *(
         Image.from_array(mv_portal(moved(clean, dx, dy, theta, **grid), aperture, noise=0.004, seed=seed),
-                         pixel_spacing_mm=0.39, kind="portal") for dx, dy, theta, seed in ((0, 0, 0, 1), (2.1, -1.3, 0.8, 2))), None
+                         pixel_spacing_mm=0.39, kind="portal")
+        for dx, dy, theta, seed in ((0, 0, 0, 1), (2.1, -1.3, 0.8, 2))), None
     cone_ref, cone_frame = cone_pair(1.5, -2.0, size=240)[:2]
     yield "cone", cone_ref, cone_frame, RegistrationOptions(field="none")
     cc = np.mgrid[0:256, 0:256][1].astype(float)

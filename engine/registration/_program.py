@@ -153,12 +153,13 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
 
 #: A frame is taken for mirrored when a flipped copy of it matches the reference with an edge correlation higher
 #: than the frame's own and the other copies' (the runner-up) by ``MIRROR_MIN_GAIN`` or more, and either
-#: ``MIRROR_MIN_RATIO`` times the runner-up's or leaving at most ``MIRROR_MAX_RESIDUAL`` of its shortfall from 1. Over the ok pairs of ``python -m bench.held_out
-#: --seed 11`` the flipped copies reached 0.08-0.78 times the frame's own (median 0.22), and every mirrored frame
-#: was refused by the other checks already; a new user's trial found mirrored frames that were not (a DRR against its
-#: own mirror image, ok at 0.31 where the flipped copy scores 1.0; the demo frame mirrored, ok with the shift's sign
-#: reversed; pylinac's pipspro phantom turned 180 deg, ok at 0.79 where the turned copy scores 0.95). A frame of a
-#: symmetric object matches about as well flipped: no gain, no refusal.
+#: ``MIRROR_MIN_RATIO`` times the runner-up's or leaving at most ``MIRROR_MAX_RESIDUAL`` of its shortfall from 1.
+#: Over the ok pairs of ``python -m bench.held_out --seed 11`` the flipped copies reached 0.08-0.78 times the
+#: frame's own (median 0.22), and every mirrored frame was refused by the other checks already; a new user's trial
+#: found mirrored frames that were not (a DRR against its own mirror image, ok at 0.31 where the flipped copy scores
+#: 1.0; the demo frame mirrored, ok with the shift's sign reversed; pylinac's pipspro phantom turned 180 deg, ok at
+#: 0.79 where the turned copy scores 0.95). A frame of a symmetric object matches about as well flipped: no gain, no
+#: refusal.
 MIRROR_MIN_GAIN = 0.05
 MIRROR_MIN_RATIO = 1.25
 MIRROR_MAX_RESIDUAL = 0.5
@@ -267,6 +268,14 @@ class _OneThread:
             self.single.__exit__(*exc)
 
 
+def _upload_finer(backend: Backend, plan: FramePlan, frame: Image, coarsest: int) -> None:
+    """Put the frame and its levels up to ``coarsest`` on the device (a lane whose levels the host made ready)."""
+    levels = plan.levels
+    levels[0].image = backend.upload(frame.pixels, levels[0].image, plan.staging)
+    for index in range(1, coarsest + 1):
+        backend.kernels.downsample2(levels[index - 1].image, levels[index].image)
+
+
 def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, field: Any, r_eff: float, opts: Any,
                  upload: bool) -> tuple[np.ndarray, dict[str, Any] | None]:
     """Follow two portal images' MI optimum down to the finer levels; return the pose reported and what was done.
@@ -283,9 +292,7 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
     if not finer:
         return start, None
     if upload:
-        levels[0].image = backend.upload(frame.pixels, levels[0].image, plan.staging)
-        for index in range(1, max(finer) + 1):
-            backend.kernels.downsample2(levels[index - 1].image, levels[index].image)
+        _upload_finer(backend, plan, frame, max(finer))
     pose = start
     done: list[int] = []
     agreements: list[float] = []
@@ -438,9 +445,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         backend, plan, field, frame_stats, None if measured is None else (measured[4], measured[5]))
     if polish:
         if host is not None:  # the polishing levels are made ready on the device: the frame goes there now
-            level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
-            for index in range(1, max(plan.polish_levels) + 1):
-                k.downsample2(levels[index - 1].image, levels[index].image)
+            _upload_finer(backend, plan, frame, max(plan.polish_levels))
         for index in plan.polish_levels:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)
             if levels[index].usable < MIN_USABLE_PIXELS:
@@ -582,9 +587,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
-    # images with no anatomy in common: the optimum found is not a measurement either (nor its score: an MI over no
-    # common pixels read -1)
-    # NMI - 1 lies in 0..1; -1 is the MI of an empty joint histogram (no frame pixel landed on the reference)
+    # images with no anatomy in common: the optimum found is not a measurement either, nor its score; NMI - 1 lies in
+    # 0..1, and -1 is the MI of an empty joint histogram (no frame pixel landed on the reference)
     scored = not apart and (opts.method == "edge" or found.reported >= 0.0)
     nothing = not shift_measured  # too few usable pixels to search at all
     shift_measured = shift_measured and not apart and not guess
