@@ -21,6 +21,7 @@ from .backends import Backend, select_backend, set_thread_policy
 from .errors import (
     BackendUnavailableError,
     GeometryError,
+    PixelValuesError,
     PortalignError,
     PortalImageError,
     ReferencePreparationError,
@@ -38,6 +39,7 @@ __all__ = [
     "GeometryError",
     "Image",
     "ImageInfo",
+    "PixelValuesError",
     "PortalImageError",
     "PortalignError",
     "ReferencePreparationError",
@@ -99,7 +101,8 @@ def read_rt_image(
     Raises
     ------
     PortalImageError
-        Unreadable file, no pixel data, unusable pixels.
+        Unreadable file, no pixel data; its subclass :class:`PixelValuesError` for pixels that cannot be
+        registered (NaN, infinite, all one value).
     GeometryError
         Spacing, SID or SAD unknown and not supplied.
 

@@ -104,7 +104,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg = command("register", "register a portal frame against its reference")
     reg.add_argument("reference", help="reference image: DICOM RT Image (DRR or reference portal image) or .npy")
     reg.add_argument("frame", help="portal frame: DICOM RT Image or .npy")
-    reg.add_argument("--json", action="store_true", help="print one JSON object")
+    reg.add_argument("--json", action="store_true", help="print one JSON object; on unusable input too: {\"ok\": false, \"error\": KIND, \"detail\": MESSAGE}, exit 2")
     reg.add_argument("--method", choices=("auto", "mi", "edge"), default="auto",
                      help="similarity of the final refinement: edges, mutual information, or both (auto: they must agree)")
     reg.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
@@ -204,11 +204,42 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
         return 0
     except PortalignError as exc:
-        print(f"portalign: error: {as_flags(str(exc), subparser)}", file=sys.stderr)
+        message = as_flags(str(exc), subparser)
+        _print_json_error(args, exc, message)
+        print(f"portalign: error: {message}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:
+        _print_json_error(args, exc, str(exc))
         print(f"portalign: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _error_kind(exc: BaseException) -> str:
+    """The ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
+    from .errors import (BackendUnavailableError, GeometryError, MissingDependencyError, PixelValuesError,
+                         PortalImageError)
+
+    for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
+                      (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
+                      (BackendUnavailableError, "backend_unavailable"),
+                      (OSError, "os_error"), (MemoryError, "out_of_memory")):
+        if isinstance(exc, cls):
+            return kind
+    return "error"
+
+
+def _print_json_error(args: argparse.Namespace, exc: BaseException, message: str) -> None:
+    """With ``--json``, a failure is one JSON object on stdout too, so a caller parsing stdout is never left empty.
+
+    ``{"ok": false, "error": "<kind>", "detail": "<the one-line message>"}``; ``register`` adds its measured
+    quantities as ``null`` (nothing was measured). The exit status stays 2 and stderr still has the message.
+    """
+    if not getattr(args, "json", False):
+        return
+    payload: dict[str, Any] = {"ok": False, "error": _error_kind(exc), "detail": message}
+    if getattr(args, "command", None) == "register":
+        payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
+    print(json.dumps(payload))
 
 
 def _bench_cli() -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "PortalignError",
     "PortalImageError",
+    "PixelValuesError",
     "GeometryError",
     "BackendUnavailableError",
     "ReferencePreparationError",
@@ -43,6 +44,10 @@ class PortalignError(Exception):
 
 class PortalImageError(PortalignError, ValueError):
     """An input image (file or array) cannot be used: unreadable, not an image, bad pixels."""
+
+
+class PixelValuesError(PortalImageError):
+    """An image was read, but its pixel values cannot be registered: NaN, infinite, huge or all one value."""
 
 
 class GeometryError(PortalignError, ValueError):

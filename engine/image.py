@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from portalign.kernels.cpu.pyramid import MAX_PIXEL_MAGNITUDE
 
-from .errors import GeometryError, PortalImageError
+from .errors import GeometryError, PixelValuesError, PortalImageError
 
 __all__ = ["Image", "ImageInfo", "as_image", "beam_kind", "check_registration_size"]
 
@@ -234,14 +234,14 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
 
 
 def _refuse_unusable_values(pixels: np.ndarray, name: str) -> None:
-    """Raise :class:`PortalImageError` for NaN, infinite, huge (beyond ``MAX_PIXEL_MAGNITUDE``) or constant pixels."""
+    """Raise :class:`PixelValuesError` for NaN, infinite, huge (beyond ``MAX_PIXEL_MAGNITUDE``) or constant pixels."""
     lo, hi = float(pixels.min()), float(pixels.max())  # NaN when any pixel is NaN
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise PortalImageError(_not_finite_message(name, pixels))
+        raise PixelValuesError(_not_finite_message(name, pixels))
     if max(-lo, hi) > MAX_PIXEL_MAGNITUDE:
-        raise PortalImageError(_huge_pixel_message(name, pixels))
+        raise PixelValuesError(_huge_pixel_message(name, pixels))
     if lo == hi:
-        raise PortalImageError(f"{name}: all pixels have the same value ({lo:g}); nothing to register")
+        raise PixelValuesError(f"{name}: all pixels have the same value ({lo:g}); nothing to register")
 
 
 def _not_finite_message(name: str, pixels: np.ndarray) -> str:

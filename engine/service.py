@@ -77,7 +77,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from . import __version__
 from ._cli_options import add_invert_argument
 from .backends import BACKENDS, Backend, select_backend
-from .errors import GeometryError, PortalignError, ReferencePreparationError
+from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePreparationError
 from .image import Image
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
@@ -626,6 +626,8 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
             from .dicom import read_rt_image
 
             image = await in_pool(lambda: read_rt_image(body, frame=frame, pixel_spacing_mm=spacing, invert=invert))
+        except PixelValuesError as exc:  # a well-formed file whose pixels cannot be registered (blank, NaN)
+            raise ApiError(422, "invalid_pixels", f"{name}: {_one_line(exc)}") from None
         except PortalignError as exc:
             raise ApiError(422, "invalid_dicom", f"{name}: {_one_line(exc)}") from None
         return _rename(image, name)

@@ -5,8 +5,9 @@ Every case is checked twice:
 * the Python API (``portalign.register`` on paths or arrays, ``Image.from_array``)
   raises the documented exception class (``PortalImageError`` or
   ``GeometryError``) with a message that names the input;
-* ``portalign register`` exits with status 2 and prints exactly one line on
-  stderr, ``portalign: error: <file>: ...``, and nothing on stdout;
+* ``portalign register --json`` exits with status 2 and prints exactly one line on
+  stderr, ``portalign: error: <file>: ...``, and on stdout one JSON object with ``ok: false`` and that message
+  (a caller parsing stdout is never left with nothing);
 
 with the bad file in the reference slot and in the frame slot. A few cases run
 as a real ``python -m portalign.cli`` process to see what a user's terminal sees.
@@ -287,6 +288,14 @@ def assert_one_line_error(err: str, name: str, message: str) -> str:
     return line
 
 
+def assert_json_error(out: str, line: str) -> None:
+    """``--json``'s stdout on an error: one JSON object, ``ok`` false, the stderr line's message, nothing measured."""
+    assert out.endswith("\n") and out.count("\n") == 1, out
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["error"] and payload["detail"] == line.removeprefix("portalign: error: ")
+    assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI, in process
 # ---------------------------------------------------------------------------------------------
@@ -300,8 +309,8 @@ def test_cli_one_line_error(capsys: pytest.CaptureFixture[str], case: Case, role
     status = main(_argv(case, bad, role, good))
     out, err = capsys.readouterr()
     assert status == 2
-    assert out == ""
-    assert_one_line_error(err, bad.name, case.message)
+    line = assert_one_line_error(err, bad.name, case.message)
+    assert_json_error(out, line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,10 +445,10 @@ def test_missing_sid_fixed_by_sid_mm(bad_files: dict[str, Path]) -> None:
 def test_cli_bad_options(capsys: pytest.CaptureFixture[str], extra: list[str], message: str, good: Good) -> None:
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--json", *extra])
     out, err = capsys.readouterr()
-    assert status == 2 and out == ""
+    assert status == 2
     # the first file read that the option breaks is named
     name = good.frame_dcm.name if "--frame-index" in extra else good.ref_dcm.name
-    assert_one_line_error(err, name, message)
+    assert_json_error(out, assert_one_line_error(err, name, message))
 
 
 @pytest.mark.parametrize(
@@ -456,7 +465,7 @@ def test_cli_options_that_are_not_finite_or_too_large(capsys: pytest.CaptureFixt
     """A NaN margin went through every comparison and crashed in the pyramid's sizing (a traceback, exit 1)."""
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), *extra])
     out, err = capsys.readouterr()
-    assert status == 2 and out == ""
+    assert status == 2 and out == ""  # no --json: nothing on stdout
     assert_one_line_error(err, extra[0], message)
 
 
@@ -503,10 +512,11 @@ def test_cli_explicit_gpu_without_gpu(capsys: pytest.CaptureFixture[str], good: 
         pytest.skip("a GPU is available here: --backend gpu is usable")
     status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--json", "--backend", "gpu"])
     out, err = capsys.readouterr()
-    assert status == 2 and out == ""
+    assert status == 2
     with pytest.raises(BackendUnavailableError) as info:
         select_backend("gpu")
-    assert_one_line_error(err, "", re.escape(str(info.value)))
+    assert_json_error(out, assert_one_line_error(err, "", re.escape(str(info.value))))
+    assert json.loads(out)["error"] == "backend_unavailable"
 
 
 #: A 12 x 12 pixel (12 mm) crop of the good frame, each with its beam axis at the crop centre.
@@ -555,8 +565,8 @@ def test_subprocess_one_line_error(case_id: str, role: str, good: Good, bad_file
     argv = [sys.executable, "-m", "portalign.cli", *_argv(case, bad, role, good)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stdout == ""
-    assert_one_line_error(proc.stderr, bad.name, case.message)
+    line = assert_one_line_error(proc.stderr, bad.name, case.message)
+    assert_json_error(proc.stdout, line)
 
 
 # ---------------------------------------------------------------------------------------------

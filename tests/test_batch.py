@@ -90,7 +90,7 @@ def test_default_cpu_batch_has_a_lane_per_core_the_thread_policy_allows(frames, 
 def test_bad_frame_in_a_batch_is_named_and_the_others_kept(frames, one_at_a_time):
     reference = prepare_reference(_image(0, 0, 0), backend="cpu")
     batch = [frames[0], np.zeros((3, 3), dtype=np.float32), frames[2]]
-    with pytest.raises(BatchError, match=r"1 of 3 frames could not be registered: frame 1: PortalImageError") as info:
+    with pytest.raises(BatchError, match=r"1 of 3 frames could not be registered: frame 1: PixelValuesError") as info:
         register_batch(reference, batch, pixel_spacing_mm=1.0, lanes=2)
     error = info.value
     assert error.results[1] is None and isinstance(error.errors[1], PortalImageError)

@@ -272,6 +272,25 @@ def test_register_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[
     assert "invalid choice: 'bogus'" in err and "Traceback" not in err
 
 
+def test_register_json_on_an_unusable_frame_still_prints_one_json_object(capsys: pytest.CaptureFixture[str],
+                                                                         pair: Pair, tmp_path: Path) -> None:
+    """A caller parsing stdout gets ``ok: false`` with the error, not an empty line; exit 2, stderr says it."""
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\x00garbage" * 40)
+    assert main(["register", str(pair.ref_dcm), str(broken), "--json"]) == 2
+    out, err = capsys.readouterr()
+    payload = _strict_json(out)
+    assert payload["ok"] is False and payload["error"] == "invalid_image"
+    assert "broken.dcm" in payload["detail"] and payload["detail"] in err
+    assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
+    blank = tmp_path / "blank.npy"
+    np.save(blank, np.zeros((64, 64), np.float32))
+    assert main(["info", str(blank), "--pixel-spacing-mm", "0.5", "--json"]) == 2
+    payload = _strict_json(capsys.readouterr().out)
+    assert payload == {"ok": False, "error": "invalid_pixels",
+                       "detail": "blank.npy: all pixels have the same value (0); nothing to register"}
+
+
 def test_register_subprocess(pair: Pair) -> None:
     """``python -m portalign.cli`` works as a program: exit 0, one JSON line, a quiet stderr."""
     proc = run_subprocess("register", pair.ref_dcm.name, pair.frame_dcm.name, "--json", cwd=pair.folder)

@@ -249,8 +249,19 @@ _BRANCH = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """One thread for every frame: the thread tuner's choice follows the machine's load (``auto`` takes one thread
+    on a loaded machine), and a split-half spread differed by 1e-14 between one and two threads."""
+    from portalign.backends import set_thread_policy
+
+    set_thread_policy(1)
+    yield
+    set_thread_policy("auto")
+
+
 @pytest.mark.parametrize("case", list(_program_cases()), ids=lambda case: case[0])
-def test_compiled_search_program_gives_the_eager_steps_numbers(case):
+def test_compiled_search_program_gives_the_eager_steps_numbers(case, one_thread):
     # the CPU runs stage 3 as one compiled call; the eager path (the GPU's) calls the same kernels one by one
     from dataclasses import replace
 

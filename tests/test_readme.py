@@ -46,3 +46,20 @@ def test_python_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.dy_mm == pytest.approx(DEMO_TRUTH["dy_mm"], abs=1.0)
     assert namespace["one"].rotation_deg is None
     assert len(namespace["results"]) == 2
+
+
+def test_six_dof_snippet_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """The 2D/3D section's snippet: the phantom's known 6-DOF motion comes back (0.5 mm, 0.3 deg), and what it prints
+    matches the numbers its comments show."""
+    section = _text().split("## Six degrees of freedom", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    result = namespace["result"]
+    assert result.ok, result.reason
+    found = [result.lateral_mm, result.longitudinal_mm, result.vertical_mm]
+    assert found == pytest.approx([3.0, -2.0, 1.5], abs=0.5)
+    assert [result.pitch_deg, result.roll_deg, result.yaw_deg] == pytest.approx([1.0, 0.0, -1.5], abs=0.3)
+    first = capsys.readouterr().out.splitlines()[0].split()
+    shown = re.search(r"# True ([-\d. ]+)\n", snippet).group(1).split()
+    assert first[0] == "True" and [float(v) for v in first[1:]] == pytest.approx([float(v) for v in shown], abs=0.015)

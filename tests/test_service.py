@@ -156,6 +156,18 @@ def test_bad_requests_get_4xx_with_clear_messages_and_the_server_stays_up(client
     assert ok["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
 
 
+def test_the_error_kind_says_whether_the_file_or_its_pixels_are_unusable(client, ref_id, image):
+    url = f"/v1/references/{ref_id}/register"
+    blank = client.post(url, **dicom(np.zeros_like(image)))  # a well-formed RT Image whose pixels are all 0
+    assert blank.status_code == 422 and blank.json()["error"] == "invalid_pixels", blank.text
+    assert "all pixels have the same value (0)" in blank.json()["detail"]
+    blank_raw = client.post(url, **raw(np.zeros_like(image)))
+    assert blank_raw.status_code == 422 and blank_raw.json()["error"] == "invalid_pixels"
+    garbage = client.post(url, content=b"\x00garbage" * 50, headers={"Content-Type": "application/dicom"})
+    assert garbage.status_code == 422 and garbage.json()["error"] == "invalid_dicom"
+    assert client.get("/health").json()["status"] == "ok"
+
+
 def test_body_too_large_gets_413_declared_or_streamed(client, ref_id):
     url = f"/v1/references/{ref_id}/register"
     declared = client.post(url, content=b"\x00" * (MAX_BODY + 1), headers={"Content-Type": "application/dicom"})

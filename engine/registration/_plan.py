@@ -77,6 +77,12 @@ class Level:
     ref_limit: float = float("inf")
     #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
     geometry: Any = None
+    #: Host float32 reference resampled onto the level and uint8 where it may be compared (the intensity polish of
+    #: two portal images, ``_program._intensity_polish``); its central differences ``(along cols, along rows)`` are
+    #: made on first use.
+    ref_image: Any = None
+    ref_valid: Any = None
+    ref_gradient: Any = None
     # frame side (backend arrays, reused)
     image: Any = None
     mask: Any = None
@@ -156,6 +162,9 @@ class FramePlan:
     polish_levels: list[int] = field(default_factory=list)
     #: Levels finer than the working ones that two portal images' MI optimum is followed down to (coarser first).
     fine_polish_levels: list[int] = field(default_factory=list)
+    #: The level (a portal reference's own pixels where small enough) two such images' intensities are fitted on
+    #: last (``_program._intensity_polish``); None for other references.
+    intensity_level: int | None = None
     hist: Any = None
     mi_out: Any = None
     edge_out: Any = None

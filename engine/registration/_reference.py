@@ -63,6 +63,9 @@ POLISH_LEVELS = 1
 #: followed down to the levels below the working ones that have at most this many pixels (``_program.FINE_POLISH``:
 #: a 1024 x 768 or 680 x 920 image's level 1, not its own pixels, which cost 7x the frame's time for 0.004 mm).
 FINE_POLISH_MAX_PIXELS = 300_000
+#: ...and their intensities are fitted last (``_program._intensity_polish``) on the finest level with at most this many
+#: pixels: a 1024 x 768 or 1280 x 1280 EPID image's own pixels (one Gauss-Newton pass visits each pixel once).
+INTENSITY_MAX_PIXELS = 2_000_000
 #: The measured penumbra widens the field-edge band up to this much (mm).
 MAX_FIELD_MARGIN_MM = 10.0
 #: Frame geometries whose plans a reference keeps (least recently used dropped first).
@@ -340,7 +343,12 @@ class Reference:
         fine = ([k for k in range(refine[-1] - 1, -1, -1)
                  if (shape[0] >> k) * (shape[1] >> k) <= FINE_POLISH_MAX_PIXELS]
                 if self.image.info.kind == "portal" else [])
+        intensity = None
+        if self.image.info.kind == "portal":
+            intensity = next((k for k in range(refine[-1] + 1) if (shape[0] >> k) * (shape[1] >> k) <= INTENSITY_MAX_PIXELS),
+                             None)
         matched = set(refine) | set(polish) | set(fine) | {coarse}  # the levels the frame is matched on
+        # the intensity level is filled on first use (ensure_level_filled): most frames never reach it
         used = sorted(matched | {field_level})  # the field level holds the frame's pyramid image only
         xp = self.backend.xp
         levels: dict[int, Level] = {}
@@ -367,6 +375,7 @@ class Reference:
             refine_levels=refine,
             polish_levels=polish,
             fine_polish_levels=fine,
+            intensity_level=intensity,
             coarse=coarse_search,
             extent_mm=extent,
             field_mm=field_mm,
@@ -388,6 +397,18 @@ class Reference:
         extent = min(frame_extent, ref_extent)
         size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
         return extent if size is None else min(extent, size)
+
+    def ensure_level_filled(self, level: Level) -> None:
+        """Fill ``level`` (the reference resampled onto it, the frame's buffers) if the plan left it empty.
+
+        A plan fills the levels every frame is matched on; the intensity polish's level (``FramePlan.intensity_level``)
+        is filled here, by the first frame that reaches it.
+        """
+        if level.ref_bins is not None:
+            return
+        with self._plans_lock:
+            if level.ref_bins is None:
+                self._fill_level(level)
 
     def _fill_level(self, level: Level) -> None:
         """Resample the reference onto ``level``'s spacing; bins, features and validity there."""
@@ -412,6 +433,8 @@ class Reference:
         re, im = _features(ref_img, valid, limit)
         # outside the valid region a frame pixel is not compared at all (both masks, as for MI's bins)
         re[~valid] = INVALID_FEATURE
+        level.ref_image = ref_img
+        level.ref_valid = valid.astype(np.uint8)
         level.ref_bins = backend.asarray(bins)
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)

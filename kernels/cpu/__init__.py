@@ -7,7 +7,9 @@ whose steps the GPU backend runs one kernel at a time:
 ``portalign.registration._search_program.search_eager``, the same numbers) and
 ``frame_pyramid``, ``frame_levels`` and ``levels_and_surfaces`` (the frame's pyramid and value check, and its
 levels with their statistics, each in one call, the last with the global search's surfaces beside them; the GPU
-runs ``downsample2``, ``prepare_level``, the statistics kernels and ``coarse_search`` one by one).
+runs ``downsample2``, ``prepare_level``, the statistics kernels and ``coarse_search`` one by one), and
+``intensity_polish`` (the last least-squares polish of two portal images in near-perfect agreement: host work on
+every backend, the frame's level copied to the host once).
 """
 
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ from ._cache import KERNEL_DIR as _KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, coarse_surfaces, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
+from .intensity import intensity_polish
 from .level import frame_levels, levels_and_surfaces, prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
 from .mutual_information import joint_histograms, mutual_information, quantize
@@ -42,6 +45,7 @@ __all__ = [
     "frame_pyramid",
     "gradient_correlation",
     "gradient_row_sums",
+    "intensity_polish",
     "joint_histograms",
     "levels_and_surfaces",
     "masked_range",
@@ -62,5 +66,7 @@ __all__ = [
 ]
 
 KERNELS = SimpleNamespace(**{name: globals()[name] for name in __all__ if name not in ("KERNELS", "CPU_ONLY")})
-#: Kernels with no GPU twin: the compiled whole-stage program (the GPU backend runs its steps one by one).
-CPU_ONLY = ("search_program", "frame_pyramid", "frame_levels", "levels_and_surfaces", "coarse_surfaces")
+#: Kernels with no GPU twin: the compiled whole-stage program (the GPU backend runs its steps one by one) and the
+#: intensity polish (run on the host for every backend).
+CPU_ONLY = ("search_program", "frame_pyramid", "frame_levels", "levels_and_surfaces", "coarse_surfaces",
+            "intensity_polish")

@@ -1,0 +1,236 @@
+"""Intensity least squares: the last, finest polish of two images that share their intensities (numba, CPU).
+
+Two portal images of one beam and detector that agree nearly perfectly (``_program.FINE_POLISH``) differ by the
+pose, a gain and an offset, and noise. Their pose is then the least-squares one (Lucas & Kanade, 1981, "An
+iterative image registration technique with an application to stereo vision", IJCAI; with the gain and offset
+fitted alongside as in Evangelidis & Psarakis, 2008, "Parametric image alignment using enhanced correlation
+coefficient maximization", IEEE TPAMI 30(10)):
+
+    minimise over (dx, dy, a, b):  sum_p w_p ( a R(A(dx, dy) p) + b - F(p) )^2
+
+over the frame's usable pixels ``p``, the reference ``R`` sampled bilinearly at the frame pixel's place in it
+(``A``: the pose's frame-pixel -> reference-pixel map, the rotation held), its gradient the bilinear sample of the
+reference's central differences. Gauss-Newton: each iteration is one pass over the pixels that builds the 4 x 4
+normal equations. Unlike the quadratic-model stencil of :mod:`.refine` (which halves a sharp peak's remaining
+offset per iteration), this converges quadratically on a smooth residual, and two copies of one image meet
+exactly (zero residual) at their true shift. The weights ``w_p`` are Huber's (1981) from the second iteration on,
+at ``HUBER_K`` times the previous iteration's residual RMS: a dead detector line or a saturated spot (a large
+residual) weighs as a bounded error, not a squared one.
+
+A frame pixel counts when its bilinear cell lies wholly in the reference's valid region (``ref_valid``; its
+border row and column excluded, so the central differences exist).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["intensity_polish", "HUBER_K", "OUT_SIZE"]
+
+#: Huber's threshold in residual RMS of the previous iteration.
+HUBER_K = 2.0
+#: Entries of ``out``: dx_mm, dy_mm, gain, offset, residual RMS, pixels used, iterations done, converged (1/0),
+#: the normalised correlation of the frame with the reference at the final pose.
+OUT_SIZE = 9
+
+
+#: Fixed number of pixel chunks summed separately then added in order (the sums do not depend on the thread count).
+CHUNKS = 16
+#: Sums one pass returns: n, S_e^2, then the weighted normal equations (10 upper-triangle entries of J^T W J and the 4
+#: of -J^T W e), then the plain moments S_r, S_f, S_rr, S_rf, S_ff for the straight-line fit and the correlation.
+_SUMS = 21
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"})
+def _pass(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref: np.ndarray, gx: np.ndarray,
+          gy: np.ndarray, valid: np.ndarray, m: np.ndarray, gain: float, offset: float, threshold: float,
+          d: np.ndarray, stride: int) -> np.ndarray:  # pragma: no cover - compiled
+    """One pass over every ``stride``-th listed pixel at the map ``m``: the sums ``_SUMS`` (chunks added in order)."""
+    n_rows, n_cols = ref.shape
+    x_end = n_cols - 2.0
+    y_end = n_rows - 2.0
+    visited = (count + stride - 1) // stride
+    size = (visited + CHUNKS - 1) // CHUNKS
+    partial = np.zeros((CHUNKS, _SUMS))
+    m0, m1, m2, m3, m4, m5 = m[0], m[1], m[2], m[3], m[4], m[5]
+    dxx, dxy, dyx, dyy = d[0], d[1], d[2], d[3]
+    for c in prange(CHUNKS):
+        acc = np.zeros(_SUMS)
+        for v in range(c * size, min(visited, (c + 1) * size)):
+            i = rows[v * stride]
+            j = cols[v * stride]
+            x = m0 * j + m1 * i + m2
+            y = m3 * j + m4 * i + m5
+            if not (x >= 1.0 and y >= 1.0 and x < x_end and y < y_end):
+                continue
+            c0 = int(x)
+            r0 = int(y)
+            if valid[r0, c0] == 0 or valid[r0, c0 + 1] == 0 or valid[r0 + 1, c0] == 0 or valid[r0 + 1, c0 + 1] == 0:
+                continue
+            wx = x - c0
+            wy = y - r0
+            w00 = (1.0 - wx) * (1.0 - wy)
+            w01 = wx * (1.0 - wy)
+            w10 = (1.0 - wx) * wy
+            w11 = wx * wy
+            r = w00 * ref[r0, c0] + w01 * ref[r0, c0 + 1] + w10 * ref[r0 + 1, c0] + w11 * ref[r0 + 1, c0 + 1]
+            sx = w00 * gx[r0, c0] + w01 * gx[r0, c0 + 1] + w10 * gx[r0 + 1, c0] + w11 * gx[r0 + 1, c0 + 1]
+            sy = w00 * gy[r0, c0] + w01 * gy[r0, c0 + 1] + w10 * gy[r0 + 1, c0] + w11 * gy[r0 + 1, c0 + 1]
+            f = np.float64(frame[i, j])
+            e = gain * r + offset - f
+            w = 1.0
+            if abs(e) > threshold:
+                w = threshold / abs(e)
+            j0 = gain * (sx * dxx + sy * dyx)
+            j1 = gain * (sx * dxy + sy * dyy)
+            acc[0] += 1.0
+            acc[1] += e * e
+            acc[2] += w * j0 * j0
+            acc[3] += w * j0 * j1
+            acc[4] += w * j0 * r
+            acc[5] += w * j0
+            acc[6] += w * j1 * j1
+            acc[7] += w * j1 * r
+            acc[8] += w * j1
+            acc[9] += w * r * r
+            acc[10] += w * r
+            acc[11] += w
+            acc[12] -= w * j0 * e
+            acc[13] -= w * j1 * e
+            acc[14] -= w * r * e
+            acc[15] -= w * e
+            acc[16] += r
+            acc[17] += f
+            acc[18] += r * r
+            acc[19] += r * f
+            acc[20] += f * f
+        partial[c] = acc
+    total = np.zeros(_SUMS)
+    for c in range(CHUNKS):
+        for k in range(_SUMS):
+            total[k] += partial[c, k]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _affine(pose: np.ndarray, geometry: np.ndarray, m: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The frame-pixel -> reference-pixel map of ``pose`` (``refine.pose_affines_into``'s formula)."""
+    fax, fay, sy, sx, rax, ray = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
+    c = math.cos(pose[2])
+    s = math.sin(pose[2])
+    ox = -fax * sx - pose[0]
+    oy = -fay * sy - pose[1]
+    m[0] = c
+    m[1] = s * sy / sx
+    m[2] = (c * ox + s * oy) / sx + rax
+    m[3] = -s * sx / sy
+    m[4] = c
+    m[5] = (-s * ox + c * oy) / sy + ray
+
+
+@njit(cache=True, nogil=True)
+def intensity_polish(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref: np.ndarray,
+                     ref_gx: np.ndarray, ref_gy: np.ndarray, ref_valid: np.ndarray, geometry: np.ndarray,
+                     pose: np.ndarray, iterations: int, tolerance_mm: float, stride: int,
+                     out: np.ndarray) -> None:  # pragma: no cover
+    """Gauss-Newton least squares of the translation, gain and offset from ``pose``; write ``out`` (``OUT_SIZE``).
+
+    Parameters
+    ----------
+    rows, cols : int32[>= count]
+        The frame's usable pixels on the level (``mask.pixel_list``).
+    frame : float32[rows, cols]
+        The frame's pyramid image on the level.
+    ref, ref_gx, ref_gy : float32[ref_rows, ref_cols]
+        The reference resampled onto the level's spacing and its central differences along columns and rows.
+    ref_valid : uint8[ref_rows, ref_cols]
+        Where the reference may be compared (its field less the edge band).
+    geometry : float64[6]
+        ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``.
+    pose : float64[3]
+        Start ``(dx_mm, dy_mm, theta_rad)``; the rotation is held.
+    iterations : int
+        Most Gauss-Newton steps.
+    tolerance_mm : float
+        Converged when a step moves the translation by less than this.
+    stride : int
+        Every ``stride``-th listed pixel is visited (1: all): bounds the cost on a large image.
+    out : float64[OUT_SIZE]
+        ``dx_mm, dy_mm, gain, offset, rms, pixels, iterations, converged, correlation``; ``pixels`` 0 (and the start
+        pose) when too few pixels overlap or the reference is flat there.
+    """
+    sy = geometry[2]
+    sx = geometry[3]
+    c = math.cos(pose[2])
+    s = math.sin(pose[2])
+    # d(ref col)/d(dx, dy) and d(ref row)/d(dx, dy): the map's offset moves with the translation
+    d = np.array([-c / sx, -s / sx, s / sy, -c / sy])
+    m = np.empty(6)
+    current = pose.copy()
+    for k in range(OUT_SIZE):
+        out[k] = 0.0
+    out[0] = pose[0]
+    out[1] = pose[1]
+    # the gain and offset at the start pose: a straight-line fit of the frame on the reference
+    _affine(current, geometry, m)
+    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, 1.0, 0.0, math.inf, d, stride)
+    n = sums[0]
+    if n < 16:
+        return
+    var_r = sums[18] / n - (sums[16] / n) ** 2
+    if not var_r > 0.0:
+        return
+    gain = (sums[19] / n - (sums[16] / n) * (sums[17] / n)) / var_r
+    offset = sums[17] / n - gain * sums[16] / n
+    threshold = math.inf
+    normal = np.zeros((4, 4))
+    rhs = np.zeros(4)
+    done = 0
+    converged = False
+    rms = 0.0
+    for it in range(iterations):
+        _affine(current, geometry, m)
+        sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, gain, offset, threshold, d, stride)
+        n = sums[0]
+        if n < 16:
+            return
+        k = 2
+        for a in range(4):
+            for b in range(a, 4):
+                normal[a, b] = sums[k]
+                normal[b, a] = sums[k]
+                k += 1
+        for a in range(4):
+            rhs[a] = sums[12 + a]
+        rms = math.sqrt(sums[1] / n)
+        threshold = HUBER_K * rms if rms > 0.0 else math.inf
+        if not np.all(np.isfinite(normal)) or abs(np.linalg.det(normal)) <= 0.0:
+            return
+        step = np.linalg.solve(normal, rhs)
+        current[0] += step[0]
+        current[1] += step[1]
+        gain += step[2]
+        offset += step[3]
+        done = it + 1
+        if math.hypot(step[0], step[1]) < tolerance_mm:
+            converged = True
+            break
+    # the correlation at the pose reached (how well the intensities agree there)
+    _affine(current, geometry, m)
+    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, gain, offset, math.inf, d, stride)
+    n = max(sums[0], 1.0)
+    var_r = sums[18] / n - (sums[16] / n) ** 2
+    var_f = sums[20] / n - (sums[17] / n) ** 2
+    cov = sums[19] / n - (sums[16] / n) * (sums[17] / n)
+    out[0] = current[0]
+    out[1] = current[1]
+    out[2] = gain
+    out[3] = offset
+    out[4] = rms
+    out[5] = sums[0]
+    out[6] = done
+    out[7] = 1.0 if converged else 0.0
+    out[8] = cov / math.sqrt(var_r * var_f) if var_r > 0.0 and var_f > 0.0 else 0.0
