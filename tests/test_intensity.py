@@ -92,6 +92,10 @@ def test_a_dead_detector_row_is_a_bounded_error_not_a_squared_one():
     dead[40, :] = 0.0
     out = _polish(intensity_polish, (rows, cols, dead, ref, gx, gy, valid, geometry), (0.5, 0.5, 0.0))
     assert out[0] == pytest.approx(0.7, abs=0.02) and out[1] == pytest.approx(0.3, abs=0.02), out
+    # the dead row's pixels are not inliers (1 % of the frame): the correlation is the other pixels', near 1
+    assert 0.985 < out[9] < 0.995 and out[8] > 0.999, out
+    ref_out = _polish(reference_polish, (rows, cols, dead, ref, gx, gy, valid, geometry), (0.5, 0.5, 0.0))
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-7)
 
 
 def test_too_little_overlap_or_a_flat_reference_leaves_the_start_pose_and_counts_no_pixels():

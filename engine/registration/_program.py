@@ -97,8 +97,9 @@ FINE_POLISH_MAX_MOVE_PX = 0.25
 #: ``INTENSITY_SMALL``: also where ``auto`` reports the edges of two portal images (a usable region under
 #: ``ALIKE_MIN_RADIUS_MM``: small fields, cones), on their working level. Measured (``python -m bench.field_sets``,
 #: windows of real EPID and kV images moved by whole pixels, with noisy and dead-line variants): open fields median
-#: 0.014 -> 0.0009 mm, small fields 0.007 -> 0.006 mm (TrueBeam Winston-Lutz windows 0.007 -> 0.0000 mm; the noisy
-#: ones agree at 0.63-0.78 and keep MI's or the edges' pose); the field-masked SimpleITK peer 0.002 / 0.003 mm. Held-out
+#: 0.014 -> 0.0009 mm, small fields 0.007 -> 0.004 mm (TrueBeam Winston-Lutz windows 0.007 -> 0.0000 mm, with a dead
+#: line 0.02-0.04 -> 0.004 mm; the noisy ones agree at 0.63-0.78 and keep MI's or the edges' pose; rendered cones are
+#: not portal images); the field-masked SimpleITK peer 0.002 / 0.003 mm. Held-out
 #: pairs (``bench.held_out --seed 11``) and rendered MV portal pairs with a 3-D motion (``bench.portal_pairs``: 0.134
 #: mm) are unchanged: their images agree at 0.28-0.54, not 0.75. Cost on a 680 x 920 pair: 17 -> 39 ms (level 0 made
 #: ready for the frame, at most ``INTENSITY_MAX_VISITED`` pixels visited per pass, 3-5 passes).
@@ -108,6 +109,9 @@ INTENSITY_ITERATIONS = 10
 #: Converged when a step moves the translation less than this many pixels of the fitted level.
 INTENSITY_TOLERANCE_PX = 0.001
 INTENSITY_MIN_CORRELATION = 0.9
+#: ...over the inliers (residual within ``kernels.cpu.intensity.INLIER_K`` RMS), which must be at least this share of
+#: the pixels compared (a dead detector line is a few per cent of a field's).
+INTENSITY_MIN_INLIERS = 0.9
 #: Every k-th usable pixel is visited so that at most this many are (a 680 x 920 image's level 0: every 4th).
 INTENSITY_MAX_VISITED = 150_000
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
@@ -390,8 +394,9 @@ def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray) -> tuple[n
                      INTENSITY_ITERATIONS, INTENSITY_TOLERANCE_PX * min(level.spacing),
                      max(1, -(-usable // INTENSITY_MAX_VISITED)), out)
     record = {"level": level.index, "iterations": int(out[6]), "converged": bool(out[7]), "pixels": int(out[5]),
-              "correlation": float(out[8]) if out[5] else None, "gain": float(out[2]) if out[5] else None}
-    if not (out[5] and out[7] and out[8] >= INTENSITY_MIN_CORRELATION):
+              "correlation": float(out[8]) if out[5] else None, "inliers": float(out[9]) if out[5] else None,
+              "gain": float(out[2]) if out[5] else None}
+    if not (out[5] and out[7] and out[8] >= INTENSITY_MIN_CORRELATION and out[9] >= INTENSITY_MIN_INLIERS):
         return None, record
     return np.array([out[0], out[1], pose[2]]), record
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from portalign.kernels.cpu.intensity import HUBER_K, OUT_SIZE
+from portalign.kernels.cpu.intensity import HUBER_K, INLIER_K, OUT_SIZE
 
 __all__ = ["intensity_polish"]
 
@@ -85,5 +85,8 @@ def intensity_polish(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, g
             converged = True
             break
     r, _, _, f = _samples(rows, cols, frame, ref, ref_gx, ref_gy, ref_valid, _affine(current, geometry))
-    correlation = float(np.corrcoef(r, f)[0, 1]) if r.size > 1 and np.var(r) > 0 and np.var(f) > 0 else 0.0
-    out[:OUT_SIZE] = [current[0], current[1], gain, offset, rms, r.size, done, 1.0 if converged else 0.0, correlation]
+    inlier = np.abs(gain * r + offset - f) <= (INLIER_K * rms if rms > 0.0 else math.inf)
+    ri, fi = r[inlier], f[inlier]
+    correlation = float(np.corrcoef(ri, fi)[0, 1]) if ri.size > 1 and np.var(ri) > 0 and np.var(fi) > 0 else 0.0
+    out[:OUT_SIZE] = [current[0], current[1], gain, offset, rms, r.size, done, 1.0 if converged else 0.0, correlation,
+                      ri.size / max(r.size, 1)]
