@@ -152,6 +152,10 @@ def test_small_field_windows_of_truebeam_winston_lutz(name, shift):
     fitted = result.details["fine_polish"]["intensity"]
     assert fitted["converged"] and fitted["correlation"] > 0.999 and result.details["fine_polish"]["kept"], fitted
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.0005
+    # the fit is auto's: an explicit --method edge reports the edges' own optimum
+    edge = portalign.register(ref, frame, portalign.RegistrationOptions(method="edge"), backend="cpu")
+    assert edge.ok and edge.details["fine_polish"] is None
+    assert 0.0005 < math.hypot(edge.dx_mm - dx, edge.dy_mm - dy) < 0.01
     noisy = portalign.register(low_dose(ref, 0.03, 1), low_dose(frame, 0.03, 2), backend="cpu")
     assert noisy.ok, noisy.reason
     assert noisy.details["fine_polish"] is None or noisy.details["fine_polish"]["intensity"] is None

@@ -94,6 +94,7 @@ FINE_POLISH_MAX_MOVE_PX = 0.25
 #: sharp peak's remaining offset per step and works on levels of 0.5-1 mm; the least squares meet two copies of one
 #: image at their true shift exactly. Kept when it converged, its intensities correlate at
 #: ``INTENSITY_MIN_CORRELATION`` or more at the pose reached, and the move stays within ``FINE_POLISH_MAX_MOVE_PX``.
+#: ``auto`` only: ``method="edge"`` / ``"mi"`` report their own metric's optimum.
 #: ``INTENSITY_SMALL``: also where ``auto`` reports the edges of two portal images (a usable region under
 #: ``ALIKE_MIN_RADIUS_MM``: small fields, cones), on their working level. Measured (``python -m bench.field_sets``,
 #: windows of real EPID and kV images moved by whole pixels, with noisy and dead-line variants): open fields median
@@ -321,7 +322,9 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
     start = np.asarray(found.pose, dtype=np.float64)
     finest = found.levels[-1]["level"] if found.levels else plan.refine_levels[-1]
     finer = [index for index in plan.fine_polish_levels if index < finest] if mi_levels else []
-    last = plan.intensity_level if INTENSITY_POLISH and plan.intensity_level is not None else None
+    # the intensity fit is auto's: --method edge / mi report their own metric's optimum
+    last = (plan.intensity_level if INTENSITY_POLISH and opts.method == "auto" and plan.intensity_level is not None
+            else None)
     if last is not None and last > finest:
         last = None
     if not finer and last is None:
@@ -566,7 +569,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
     if (FINE_POLISH and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
-            and ((found.mi_final and alike) or (INTENSITY_SMALL and portal_pair and plan.intensity_level is not None))):
+            and ((found.mi_final and alike)
+                 or (INTENSITY_SMALL and INTENSITY_POLISH and portal_pair and opts.method == "auto"
+                     and plan.intensity_level is not None))):
         pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
                                   found.mi_final and alike, reference.ensure_level_filled)
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
