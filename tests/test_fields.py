@@ -103,6 +103,27 @@ def test_register_text_says_the_mi_optimum_was_reported_and_why(capsys):
     assert "optimum:" not in capsys.readouterr().out  # edge: nothing to say
 
 
+@needs_cases
+def test_register_no_fine_polish_keeps_the_working_levels_pose(capsys):
+    """The handed open field: auto fits the two portal images' intensities on their own pixels (0.0003 mm off);
+    ``--no-fine-polish`` reports the working levels' MI optimum (0.012 mm off) and says nothing was polished."""
+    import json
+
+    from portalign.cli import main
+
+    folder = FIELD_CASES / "open-field"
+    files = [str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm")]
+    results = {}
+    for extra in ([], ["--no-fine-polish"]):
+        assert main(["register", *files, "--json", *extra]) == 0
+        results[bool(extra)] = json.loads(capsys.readouterr().out)
+    polished, plain = results[False], results[True]
+    assert polished["details"]["fine_polish"]["intensity"]["level"] == 0 and polished["details"]["fine_polish"]["kept"]
+    assert plain["details"]["fine_polish"] is None
+    assert math.hypot(polished["dx_mm"] - 5.488, polished["dy_mm"] + 3.920) < 0.002
+    assert 0.002 < math.hypot(plain["dx_mm"] - 5.488, plain["dy_mm"] + 3.920) < 0.03
+
+
 # --- own sets: windows of other real images ---------------------------------------------------------
 
 
@@ -594,25 +615,22 @@ def test_the_reference_range_leaves_out_what_the_frame_range_leaves_out():
 
 @needs_real
 @pytest.mark.real_data
-def test_two_portal_images_in_near_perfect_agreement_are_polished_on_the_finer_level(monkeypatch):
-    """Windows of pylinac's pipspro.dcm moved by whole pixels (edge correlation 0.93-0.97): their MI optimum is followed
-    from the ~1 mm working level down to level 1 (0.52 mm), and their intensities are fitted last on their own pixels
-    (level 0, 0.26 mm: least squares with a gain and an offset). Errors 0.009-0.039 mm -> at most 0.002 mm; every
-    verdict still comes from the working level."""
-    from portalign.registration import _program
-
+def test_two_portal_images_in_near_perfect_agreement_are_polished_on_the_finer_level():
+    """Windows of pylinac's pipspro.dcm moved by whole pixels (edge correlation 0.93-0.97): their intensities are
+    fitted on their own pixels (level 0, 0.26 mm: least squares with a gain and an offset) from the ~1 mm working
+    level's pose. Errors 0.009-0.039 mm -> at most 0.0025 mm; every verdict still comes from the working level.
+    ``fine_polish=False`` keeps the working level's pose."""
     image = read(PYLINAC / "planar_imaging" / "pipspro.dcm")
     errors: dict[bool, list[float]] = {True: [], False: []}
     for shift in [(-15, 21), (12, -9), (25, 30), (-30, -8), (6, 40)]:
         ref, frame, dx, dy = window_pair(image, 44, 52, 680, 920, *shift)
         for polish in (False, True):
-            monkeypatch.setattr(_program, "FINE_POLISH", polish)
-            result = portalign.register(ref, frame, backend="cpu")
+            result = portalign.register(ref, frame, portalign.RegistrationOptions(fine_polish=polish), backend="cpu")
             assert result.ok, result.reason
             errors[polish].append(math.hypot(result.dx_mm - dx, result.dy_mm - dy))
             fine = result.details["fine_polish"]
             if polish:
-                assert fine["levels"] == [1, 0] and fine["kept"] and fine["moved_mm"] < 0.05, fine
+                assert fine["levels"] == [0] and fine["kept"] and fine["moved_mm"] < 0.05, fine
                 fitted = fine["intensity"]
                 assert fitted["level"] == 0 and fitted["converged"] and fitted["correlation"] > 0.999, fitted
                 assert fitted["gain"] == pytest.approx(1.0, abs=0.002)  # one image: no gain between the windows
@@ -622,7 +640,7 @@ def test_two_portal_images_in_near_perfect_agreement_are_polished_on_the_finer_l
     assert np.mean(errors[True]) < 0.2 * np.mean(errors[False]), errors
 
 
-def test_a_finer_level_filled_with_independent_noise_is_not_polished_on(monkeypatch):
+def test_a_finer_level_filled_with_independent_noise_is_not_polished_on():
     """Two MV portal images with their own 2 % noise: they agree at the ~1 mm working level (edge correlation 0.9),
     not at 0.4 mm (0.57: the noise's), so nothing finer is used; polished there anyway, errors of 0.008-0.015 mm became
     0.005-0.034 mm. With 0.5 % noise level 1 still agrees (0.95) and is used."""
@@ -644,13 +662,14 @@ def test_a_finer_level_filled_with_independent_noise_is_not_polished_on(monkeypa
     assert noisy.details["final_metric_why"] == "portal reference" and noisy.details["edge_score"] > 0.85
     fine = noisy.details["fine_polish"]
     assert fine["levels"] == [] and not fine["kept"] and fine["moved_mm"] is None
-    assert len(fine["edge_scores"]) == 1 and fine["edge_scores"][0] < _program.FINE_POLISH_MIN_EDGE
-    monkeypatch.setattr(_program, "FINE_POLISH", False)
-    unpolished = portalign.register(*pair(0.02), backend="cpu")
+    # level 0 (the intensity fit's) and level 1 (MI's) are both the noise's
+    assert len(fine["edge_scores"]) == 2 and max(fine["edge_scores"]) < _program.FINE_POLISH_MIN_EDGE
+    assert fine["intensity"] is None
+    unpolished = portalign.register(*pair(0.02), portalign.RegistrationOptions(fine_polish=False), backend="cpu")
+    assert unpolished.details["fine_polish"] is None
     assert (noisy.dx_mm, noisy.dy_mm, noisy.rotation_deg) == (unpolished.dx_mm, unpolished.dy_mm,
                                                              unpolished.rotation_deg)
     assert noisy.dx_mm == pytest.approx(2.2, abs=0.05) and noisy.dy_mm == pytest.approx(-1.4, abs=0.05)
-    monkeypatch.setattr(_program, "FINE_POLISH", True)
     clean = portalign.register(*pair(0.005), backend="cpu")
     assert clean.ok and clean.details["fine_polish"]["levels"] == [1] and clean.details["fine_polish"]["kept"]
     assert clean.dx_mm == pytest.approx(2.2, abs=0.03) and clean.dy_mm == pytest.approx(-1.4, abs=0.03)

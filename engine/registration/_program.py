@@ -87,8 +87,9 @@ ALIKE_MIN_RADIUS_MM = 20.0
 FINE_POLISH = True
 FINE_POLISH_MIN_EDGE = 0.75
 FINE_POLISH_MAX_MOVE_PX = 0.25
-#: Last, two portal images of one beam in near-perfect agreement (edge correlation ``FINE_POLISH_MIN_EDGE`` or more
-#: on the working level and on the fitted one) have their intensities fitted on ``FramePlan.intensity_level`` (their
+#: First (the MI levels above are the fallback), two portal images of one beam in near-perfect agreement (edge
+#: correlation ``FINE_POLISH_MIN_EDGE`` or more on the working level and on the fitted one) have their intensities
+#: fitted on ``FramePlan.intensity_level`` (their
 #: own pixels up to ``_reference.INTENSITY_MAX_PIXELS``): least squares of the translation with a gain and an offset
 #: (``kernels.cpu.intensity``, Gauss-Newton, Huber weights), the rotation held. MI's quadratic-model stencil halves a
 #: sharp peak's remaining offset per step and works on levels of 0.5-1 mm; the least squares meet two copies of one
@@ -102,8 +103,9 @@ FINE_POLISH_MAX_MOVE_PX = 0.25
 #: line 0.02-0.04 -> 0.004 mm; the noisy ones agree at 0.63-0.78 and keep MI's or the edges' pose; rendered cones are
 #: not portal images); the field-masked SimpleITK peer 0.002 / 0.003 mm. Held-out
 #: pairs (``bench.held_out --seed 11``) and rendered MV portal pairs with a 3-D motion (``bench.portal_pairs``: 0.134
-#: mm) are unchanged: their images agree at 0.28-0.54, not 0.75. Cost on a 680 x 920 pair: 17 -> 39 ms (level 0 made
-#: ready for the frame, at most ``INTENSITY_MAX_VISITED`` pixels visited per pass, 3-5 passes).
+#: mm) are unchanged: their images agree at 0.28-0.54, not 0.75. Cost on a 680 x 920 pair: 15-23 -> 30-40 ms a frame
+#: (level 0 made ready for the frame, at most ``INTENSITY_MAX_VISITED`` pixels visited per pass, 3-5 passes; the MI
+#: levels it replaces cost 7 ms); ``RegistrationOptions.fine_polish=False`` turns all of it off.
 INTENSITY_POLISH = True
 INTENSITY_SMALL = True
 INTENSITY_ITERATIONS = 10
@@ -308,14 +310,14 @@ def _upload_finer(backend: Backend, plan: FramePlan, frame: Image, coarsest: int
 def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, field: Any, r_eff: float, opts: Any,
                  upload: bool, mi_levels: bool = True,
                  fill: Callable[[Any], None] | None = None) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Follow two portal images' MI optimum down to the finer levels, then fit their intensities; return the pose
-    reported and what was done.
+    """Fit two portal images' intensities on their finest level, else follow their MI optimum down the finer levels;
+    return the pose reported and what was done.
 
-    ``mi_levels``: MI's optimum is followed down ``FramePlan.fine_polish_levels`` (False: the edges' optimum was
-    reported; only the intensity fit runs). The intensity fit (``_intensity_polish``) runs last on
-    ``FramePlan.intensity_level`` when every level on the way agreed. The rotation is held at the found one's. The
-    polished pose is kept when its translation lies within ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest working
-    level from the found one. ``upload``: a device lane whose levels the host made ready puts the frame's finer
+    The intensity fit (``_intensity_polish``) runs first, on ``FramePlan.intensity_level``, when that level's edges
+    agree at the found pose. When it is not kept, ``mi_levels`` says whether MI's optimum is followed down
+    ``FramePlan.fine_polish_levels`` (False: the edges' optimum was reported). The rotation is held at the found
+    one's. A polished pose is kept when its translation lies within ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest
+    working level from the found one. ``upload``: a device lane whose levels the host made ready puts the frame's finer
     levels on the device first. ``fill``: fills a level the plan left empty (``Reference.ensure_level_filled``).
     """
     levels = plan.levels
@@ -331,42 +333,39 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
         return start, None
     if upload:
         _upload_finer(backend, plan, frame, max([*finer, last if last is not None else 0]))
-    pose = start
+    limit = FINE_POLISH_MAX_MOVE_PX * min(levels[finest].spacing)
     done: list[int] = []
     agreements: list[float] = []
-    agreed = True
+    intensity = None
+    if last is not None:  # the intensity fit first: it needs no MI level on the way (measured: the same poses)
+        level = levels[last]
+        if fill is not None:  # the plan leaves the intensity level empty until a frame reaches it
+            fill(level)
+        if last < finest:  # a working level has its mask and pixel list already
+            frame_mask(backend, level, field, plan.field_level, opts.bins)
+        agreement = edge_score(backend, plan, level, start) if level.usable >= MIN_USABLE_PIXELS else math.nan
+        agreements.append(agreement)
+        if agreement >= FINE_POLISH_MIN_EDGE:
+            polished, intensity = _intensity_polish(backend, level, start)
+            if polished is not None and math.hypot(polished[0] - start[0], polished[1] - start[1]) <= limit:
+                record = {"levels": [last], "edge_scores": agreements, "kept": True, "intensity": intensity,
+                          "moved_mm": math.hypot(polished[0] - start[0], polished[1] - start[1])}
+                return polished, record
+    # no fit (or not kept): MI's optimum followed down the finer levels while each agrees
+    pose = start
     for index in finer:
         level = levels[index]
         frame_mask(backend, level, field, plan.field_level, opts.bins)
         if level.usable < MIN_USABLE_PIXELS:
-            agreed = False
             break
         # the finer level must still agree: its edges shared, not its noise (independent noise fills fine levels)
         agreement = edge_score(backend, plan, level, pose)
         agreements.append(agreement)
         if not agreement >= FINE_POLISH_MIN_EDGE:
-            agreed = False
             break
         pose, _ = newton(backend, plan, level, pose, "mi", ITERATIONS[-1], r_eff, False, opts, tolerance=MI_TOLERANCE)
         done.append(index)
-    intensity = None
-    if agreed and last is not None:
-        level = levels[last]
-        if fill is not None:  # the plan leaves the intensity level empty until a frame reaches it
-            fill(level)
-        if last not in done:
-            if last < finest:  # a working level has its mask and pixel list already
-                frame_mask(backend, level, field, plan.field_level, opts.bins)
-            agreement = edge_score(backend, plan, level, pose) if level.usable >= MIN_USABLE_PIXELS else math.nan
-            agreements.append(agreement)
-        if agreement >= FINE_POLISH_MIN_EDGE:
-            polished, intensity = _intensity_polish(backend, level, pose)
-            if polished is not None:
-                pose = polished
-                if last not in done:
-                    done.append(last)
     moved = math.hypot(pose[0] - start[0], pose[1] - start[1])
-    limit = FINE_POLISH_MAX_MOVE_PX * min(levels[finest].spacing)
     kept = bool(done) and moved <= limit
     record = {"levels": done, "edge_scores": agreements, "moved_mm": moved if done else None, "kept": kept,
               "intensity": intensity}
@@ -567,7 +566,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     fine = None
     portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
-    if (FINE_POLISH and not quality and not found.no_match and shift_measured
+    if (FINE_POLISH and opts.fine_polish and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
             and ((found.mi_final and alike)
                  or (INTENSITY_SMALL and INTENSITY_POLISH and portal_pair and opts.method == "auto"
