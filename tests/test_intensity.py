@@ -39,11 +39,11 @@ def _case(dx_mm: float, dy_mm: float, gain: float = 1.0, offset: float = 0.0, se
             gy.astype(np.float32), valid, geometry)
 
 
-def _polish(kernel, case, start, *, stride: int = 1, iterations: int = 10):  # type: ignore[no-untyped-def]
+def _polish(kernel, case, start, *, stride: int = 1, iterations: int = 10, rotate: bool = False):  # type: ignore[no-untyped-def]
     rows, cols, frame, ref, gx, gy, valid, geometry = case
     out = np.full(OUT_SIZE, np.nan)
     kernel(rows, cols, rows.size, frame, ref, gx, gy, valid, geometry, np.asarray(start, dtype=np.float64), iterations,
-           1e-5, stride, out)
+           1e-5, stride, rotate, out)
     return out
 
 
@@ -106,3 +106,27 @@ def test_too_little_overlap_or_a_flat_reference_leaves_the_start_pose_and_counts
     flat = np.full_like(ref, 7.0)
     out = _polish(intensity_polish, (rows, cols, frame, flat, 0 * gx, 0 * gy, valid, geometry), (0.2, -0.1, 0.0))
     assert out[5] == 0 and (out[0], out[1]) == (0.2, -0.1)
+
+
+@pytest.mark.parametrize("kernel", [intensity_polish, reference_polish], ids=["cpu", "numpy"])
+def test_a_known_rotation_is_fitted_with_rotate_and_held_without(kernel):
+    """A frame showing the reference turned 0.4 deg about the frame's beam axis and moved (0.6, -0.3) mm (cubic-spline
+    resampled through the kernel's own pose map): from a start 0.3 deg and 0.3 mm off, the rotation within 0.005 deg
+    and the shift within 0.01 mm; with ``rotate`` False the start's rotation is kept exactly."""
+    from portalign.kernels.reference.intensity import _affine
+
+    rows, cols, _, ref, gx, gy, valid, geometry = _case(0.0, 0.0)
+    truth = np.array([0.6, -0.3, math.radians(0.4)])
+    a = _affine(truth, geometry)
+    rr, cc = np.mgrid[0:FRAME_SHAPE[0], 0:FRAME_SHAPE[1]].astype(np.float64)
+    x = a[0, 0] * cc + a[0, 1] * rr + a[0, 2]
+    y = a[1, 0] * cc + a[1, 1] * rr + a[1, 2]
+    frame = ndimage.map_coordinates(ref.astype(np.float64), [y, x], order=3).astype(np.float32)
+    case = (rows, cols, frame, ref, gx, gy, valid, geometry)
+    start = (0.9, -0.1, math.radians(0.1))
+    out = _polish(kernel, case, start, rotate=True)
+    assert out[7] == 1.0, out
+    assert math.degrees(out[10]) == pytest.approx(0.4, abs=0.005), out
+    assert out[0] == pytest.approx(0.6, abs=0.01) and out[1] == pytest.approx(-0.3, abs=0.01), out
+    held = _polish(kernel, case, start, rotate=False)
+    assert held[10] == start[2]

@@ -91,7 +91,9 @@ FINE_POLISH_MAX_MOVE_PX = 0.25
 #: correlation ``FINE_POLISH_MIN_EDGE`` or more on the working level and on the fitted one) have their intensities
 #: fitted on ``FramePlan.intensity_level`` (their
 #: own pixels up to ``_reference.INTENSITY_MAX_PIXELS``): least squares of the translation with a gain and an offset
-#: (``kernels.cpu.intensity``, Gauss-Newton, Huber weights), the rotation held. MI's quadratic-model stencil halves a
+#: (``kernels.cpu.intensity``, Gauss-Newton, Huber weights), and of the rotation where the frame's is estimated
+#: (kept within a quarter of a working pixel at the RMS radius: a window of leeds_kv.dcm whose edge rotation lay
+#: 0.09 deg off went 0.100 -> 0.0001 mm). MI's quadratic-model stencil halves a
 #: sharp peak's remaining offset per step and works on levels of 0.5-1 mm; the least squares meet two copies of one
 #: image at their true shift exactly. Kept when it converged, its intensities correlate at
 #: ``INTENSITY_MIN_CORRELATION`` or more at the pose reached, and the move stays within ``FINE_POLISH_MAX_MOVE_PX``.
@@ -315,8 +317,8 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
 
     The intensity fit (``_intensity_polish``) runs first, on ``FramePlan.intensity_level``, when that level's edges
     agree at the found pose. When it is not kept, ``mi_levels`` says whether MI's optimum is followed down
-    ``FramePlan.fine_polish_levels`` (False: the edges' optimum was reported). The rotation is held at the found
-    one's. A polished pose is kept when its translation lies within ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest
+    ``FramePlan.fine_polish_levels`` (False: the edges' optimum was reported). The MI levels hold the rotation at
+    the found one's; the intensity fit fits it too where the frame's rotation is estimated. A polished pose is kept when its translation lies within ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest
     working level from the found one. ``upload``: a device lane whose levels the host made ready puts the frame's finer
     levels on the device first. ``fill``: fills a level the plan left empty (``Reference.ensure_level_filled``).
     """
@@ -346,8 +348,10 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
         agreement = edge_score(backend, plan, level, start) if level.usable >= MIN_USABLE_PIXELS else math.nan
         agreements.append(agreement)
         if agreement >= FINE_POLISH_MIN_EDGE:
-            polished, intensity = _intensity_polish(backend, level, start)
-            if polished is not None and math.hypot(polished[0] - start[0], polished[1] - start[1]) <= limit:
+            polished, intensity = _intensity_polish(backend, level, start, bool(found.rotate))
+            # within a quarter of a working pixel of the found pose, for the rotation at the usable pixels' RMS radius
+            if (polished is not None and math.hypot(polished[0] - start[0], polished[1] - start[1]) <= limit
+                    and abs(polished[2] - start[2]) * r_eff <= limit):
                 record = {"levels": [last], "edge_scores": agreements, "kept": True, "intensity": intensity,
                           "moved_mm": math.hypot(polished[0] - start[0], polished[1] - start[1])}
                 return polished, record
@@ -372,8 +376,10 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
     return (pose if kept else start), record
 
 
-def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Least-squares translation, gain and offset of the frame on ``level`` from ``pose`` (``kernels.cpu.intensity``).
+def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray,
+                      rotate: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Least-squares translation (and rotation, with ``rotate``), gain and offset of the frame on ``level`` from
+    ``pose`` (``kernels.cpu.intensity``).
 
     Returns the pose reached (None when the fit did not converge, fit too few pixels, or its intensities agree
     less than ``INTENSITY_MIN_CORRELATION``: then MI's stays) and what the fit found. Host work on every backend: the
@@ -394,13 +400,13 @@ def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray) -> tuple[n
     intensity_polish(rows, cols, usable, image, level.ref_image, level.ref_gradient[0], level.ref_gradient[1],
                      level.ref_valid, np.asarray(level.geometry, dtype=np.float64), np.asarray(pose, dtype=np.float64),
                      INTENSITY_ITERATIONS, INTENSITY_TOLERANCE_PX * min(level.spacing),
-                     max(1, -(-usable // INTENSITY_MAX_VISITED)), out)
+                     max(1, -(-usable // INTENSITY_MAX_VISITED)), rotate, out)
     record = {"level": level.index, "iterations": int(out[6]), "converged": bool(out[7]), "pixels": int(out[5]),
               "correlation": float(out[8]) if out[5] else None, "inliers": float(out[9]) if out[5] else None,
-              "gain": float(out[2]) if out[5] else None}
+              "gain": float(out[2]) if out[5] else None, "rotation_fitted": rotate}
     if not (out[5] and out[7] and out[8] >= INTENSITY_MIN_CORRELATION and out[9] >= INTENSITY_MIN_INLIERS):
         return None, record
-    return np.array([out[0], out[1], pose[2]]), record
+    return np.array([out[0], out[1], out[10]]), record
 
 
 def alike_images(reference: ImageInfo, frame: ImageInfo) -> bool:

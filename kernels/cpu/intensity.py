@@ -6,10 +6,11 @@ iterative image registration technique with an application to stereo vision", IJ
 fitted alongside as in Evangelidis & Psarakis, 2008, "Parametric image alignment using enhanced correlation
 coefficient maximization", IEEE TPAMI 30(10)):
 
-    minimise over (dx, dy, a, b):  sum_p w_p ( a R(A(dx, dy) p) + b - F(p) )^2
+    minimise over (dx, dy[, theta], a, b):  sum_p w_p ( a R(A(dx, dy, theta) p) + b - F(p) )^2
 
 over the frame's usable pixels ``p``, the reference ``R`` sampled bilinearly at the frame pixel's place in it
-(``A``: the pose's frame-pixel -> reference-pixel map, the rotation held), its gradient the bilinear sample of the
+(``A``: the pose's frame-pixel -> reference-pixel map; the rotation fitted too with ``rotate``, else held), its
+gradient the bilinear sample of the
 reference's central differences. Gauss-Newton: each iteration is one pass over the pixels that builds the 4 x 4
 normal equations. Unlike the quadratic-model stencil of :mod:`.refine` (which halves a sharp peak's remaining
 offset per iteration), this converges quadratically on a smooth residual, and two copies of one image meet
@@ -37,23 +38,29 @@ HUBER_K = 2.0
 INLIER_K = 3.0
 #: Entries of ``out``: dx_mm, dy_mm, gain, offset, residual RMS, pixels used, iterations done, converged (1/0),
 #: the normalised correlation of the frame with the reference at the final pose over its inliers (residual within
-#: ``INLIER_K`` times the last iteration's RMS: a dead line's pixels are not), and the inliers' share of the pixels.
-OUT_SIZE = 10
+#: ``INLIER_K`` times the last iteration's RMS: a dead line's pixels are not), the inliers' share of the pixels, and
+#: the rotation theta_rad (the start's when held).
+OUT_SIZE = 11
 
 
 #: Fixed number of pixel chunks summed separately then added in order (the sums do not depend on the thread count).
 CHUNKS = 16
-#: Sums one pass returns: n, S_e^2, then the weighted normal equations (10 upper-triangle entries of J^T W J and the 4
+#: Parameters of the fit: dx_mm, dy_mm, theta_rad, gain, offset.
+_P = 5
+#: Sums one pass returns: n, S_e^2, then the weighted normal equations (15 upper-triangle entries of J^T W J and the 5
 #: of -J^T W e), then the plain moments S_r, S_f, S_rr, S_rf, S_ff for the straight-line fit and the correlation (of the
 #: pixels whose residual is within the threshold), and how many those are.
-_SUMS = 22
+_SUMS = 2 + 15 + 5 + 6
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"})
 def _pass(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref: np.ndarray, gx: np.ndarray,
-          gy: np.ndarray, valid: np.ndarray, m: np.ndarray, gain: float, offset: float, threshold: float,
-          d: np.ndarray, stride: int) -> np.ndarray:  # pragma: no cover - compiled
-    """One pass over every ``stride``-th listed pixel at the map ``m``: the sums ``_SUMS`` (chunks added in order)."""
+          gy: np.ndarray, valid: np.ndarray, m: np.ndarray, dm: np.ndarray, gain: float, offset: float,
+          threshold: float, stride: int) -> np.ndarray:  # pragma: no cover - compiled
+    """One pass over every ``stride``-th listed pixel at the map ``m``: the sums ``_SUMS`` (chunks added in order).
+
+    ``dm``: the map's derivatives, ``(d/d dx, d/d dy, d/d theta)`` of its six entries (``_derivatives``).
+    """
     n_rows, n_cols = ref.shape
     x_end = n_cols - 2.0
     y_end = n_rows - 2.0
@@ -61,9 +68,9 @@ def _pass(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref
     size = (visited + CHUNKS - 1) // CHUNKS
     partial = np.zeros((CHUNKS, _SUMS))
     m0, m1, m2, m3, m4, m5 = m[0], m[1], m[2], m[3], m[4], m[5]
-    dxx, dxy, dyx, dyy = d[0], d[1], d[2], d[3]
     for c in prange(CHUNKS):
         acc = np.zeros(_SUMS)
+        jac = np.empty(_P)
         for v in range(c * size, min(visited, (c + 1) * size)):
             i = rows[v * stride]
             j = cols[v * stride]
@@ -89,31 +96,28 @@ def _pass(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref
             w = 1.0
             if abs(e) > threshold:
                 w = threshold / abs(e)
-            j0 = gain * (sx * dxx + sy * dyx)
-            j1 = gain * (sx * dxy + sy * dyy)
+            for k in range(3):  # d(col, row)/d parameter k, through the map
+                dqx = dm[k, 0] * j + dm[k, 1] * i + dm[k, 2]
+                dqy = dm[k, 3] * j + dm[k, 4] * i + dm[k, 5]
+                jac[k] = gain * (sx * dqx + sy * dqy)
+            jac[3] = r
+            jac[4] = 1.0
             acc[0] += 1.0
             acc[1] += e * e
-            acc[2] += w * j0 * j0
-            acc[3] += w * j0 * j1
-            acc[4] += w * j0 * r
-            acc[5] += w * j0
-            acc[6] += w * j1 * j1
-            acc[7] += w * j1 * r
-            acc[8] += w * j1
-            acc[9] += w * r * r
-            acc[10] += w * r
-            acc[11] += w
-            acc[12] -= w * j0 * e
-            acc[13] -= w * j1 * e
-            acc[14] -= w * r * e
-            acc[15] -= w * e
+            t = 2
+            for a in range(_P):
+                wa = w * jac[a]
+                for b in range(a, _P):
+                    acc[t] += wa * jac[b]
+                    t += 1
+                acc[17 + a] -= wa * e
             if w == 1.0:
-                acc[16] += r
-                acc[17] += f
-                acc[18] += r * r
-                acc[19] += r * f
-                acc[20] += f * f
-                acc[21] += 1.0
+                acc[22] += r
+                acc[23] += f
+                acc[24] += r * r
+                acc[25] += r * f
+                acc[26] += f * f
+                acc[27] += 1.0
         partial[c] = acc
     total = np.zeros(_SUMS)
     for c in range(CHUNKS):
@@ -139,11 +143,34 @@ def _affine(pose: np.ndarray, geometry: np.ndarray, m: np.ndarray) -> None:  # p
 
 
 @njit(cache=True, nogil=True)
+def _derivatives(pose: np.ndarray, geometry: np.ndarray, dm: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``dm[k]``: the derivative of ``_affine``'s six entries with respect to dx_mm, dy_mm and theta_rad."""
+    fax, fay, sy, sx = geometry[0], geometry[1], geometry[2], geometry[3]
+    c = math.cos(pose[2])
+    s = math.sin(pose[2])
+    ox = -fax * sx - pose[0]
+    oy = -fay * sy - pose[1]
+    for k in range(3):
+        for q in range(6):
+            dm[k, q] = 0.0
+    dm[0, 2] = -c / sx  # ox = -fax sx - dx
+    dm[0, 5] = s / sy
+    dm[1, 2] = -s / sx
+    dm[1, 5] = -c / sy
+    dm[2, 0] = -s
+    dm[2, 1] = c * sy / sx
+    dm[2, 2] = (-s * ox + c * oy) / sx
+    dm[2, 3] = -c * sx / sy
+    dm[2, 4] = -s
+    dm[2, 5] = (-c * ox - s * oy) / sy
+
+
+@njit(cache=True, nogil=True)
 def intensity_polish(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref: np.ndarray,
                      ref_gx: np.ndarray, ref_gy: np.ndarray, ref_valid: np.ndarray, geometry: np.ndarray,
-                     pose: np.ndarray, iterations: int, tolerance_mm: float, stride: int,
+                     pose: np.ndarray, iterations: int, tolerance_mm: float, stride: int, rotate: bool,
                      out: np.ndarray) -> None:  # pragma: no cover
-    """Gauss-Newton least squares of the translation, gain and offset from ``pose``; write ``out`` (``OUT_SIZE``).
+    """Gauss-Newton least squares of the translation (and rotation), gain and offset from ``pose``; write ``out``.
 
     Parameters
     ----------
@@ -158,60 +185,65 @@ def intensity_polish(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.n
     geometry : float64[6]
         ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``.
     pose : float64[3]
-        Start ``(dx_mm, dy_mm, theta_rad)``; the rotation is held.
+        Start ``(dx_mm, dy_mm, theta_rad)``.
     iterations : int
         Most Gauss-Newton steps.
     tolerance_mm : float
         Converged when a step moves the translation by less than this.
     stride : int
         Every ``stride``-th listed pixel is visited (1: all): bounds the cost on a large image.
+    rotate : bool
+        Fit the rotation too (about the frame's beam axis); False holds it at ``pose``'s.
     out : float64[OUT_SIZE]
-        ``dx_mm, dy_mm, gain, offset, rms, pixels, iterations, converged, correlation, inliers``; ``pixels`` 0 (and
-        the start pose) when too few pixels overlap or the reference is flat there.
+        ``dx_mm, dy_mm, gain, offset, rms, pixels, iterations, converged, correlation, inliers, theta_rad``;
+        ``pixels`` 0 (and the start pose) when too few pixels overlap or the reference is flat there.
     """
-    sy = geometry[2]
-    sx = geometry[3]
-    c = math.cos(pose[2])
-    s = math.sin(pose[2])
-    # d(ref col)/d(dx, dy) and d(ref row)/d(dx, dy): the map's offset moves with the translation
-    d = np.array([-c / sx, -s / sx, s / sy, -c / sy])
     m = np.empty(6)
+    dm = np.empty((3, 6))
     current = pose.copy()
     for k in range(OUT_SIZE):
         out[k] = 0.0
     out[0] = pose[0]
     out[1] = pose[1]
+    out[10] = pose[2]
     # the gain and offset at the start pose: a straight-line fit of the frame on the reference
     _affine(current, geometry, m)
-    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, 1.0, 0.0, math.inf, d, stride)
+    _derivatives(current, geometry, dm)
+    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, dm, 1.0, 0.0, math.inf, stride)
     n = sums[0]
     if n < 16:
         return
-    var_r = sums[18] / n - (sums[16] / n) ** 2
+    var_r = sums[24] / n - (sums[22] / n) ** 2
     if not var_r > 0.0:
         return
-    gain = (sums[19] / n - (sums[16] / n) * (sums[17] / n)) / var_r
-    offset = sums[17] / n - gain * sums[16] / n
+    gain = (sums[25] / n - (sums[22] / n) * (sums[23] / n)) / var_r
+    offset = sums[23] / n - gain * sums[22] / n
     threshold = math.inf
-    normal = np.zeros((4, 4))
-    rhs = np.zeros(4)
+    normal = np.zeros((_P, _P))
+    rhs = np.zeros(_P)
     done = 0
     converged = False
     rms = 0.0
     for it in range(iterations):
         _affine(current, geometry, m)
-        sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, gain, offset, threshold, d, stride)
+        _derivatives(current, geometry, dm)
+        sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, dm, gain, offset, threshold, stride)
         n = sums[0]
         if n < 16:
             return
-        k = 2
-        for a in range(4):
-            for b in range(a, 4):
-                normal[a, b] = sums[k]
-                normal[b, a] = sums[k]
-                k += 1
-        for a in range(4):
-            rhs[a] = sums[12 + a]
+        t = 2
+        for a in range(_P):
+            for b in range(a, _P):
+                normal[a, b] = sums[t]
+                normal[b, a] = sums[t]
+                t += 1
+            rhs[a] = sums[17 + a]
+        if not rotate:  # the rotation held: its row and column say "no step"
+            for a in range(_P):
+                normal[2, a] = 0.0
+                normal[a, 2] = 0.0
+            normal[2, 2] = 1.0
+            rhs[2] = 0.0
         rms = math.sqrt(sums[1] / n)
         threshold = HUBER_K * rms if rms > 0.0 else math.inf
         if not np.all(np.isfinite(normal)) or abs(np.linalg.det(normal)) <= 0.0:
@@ -219,20 +251,22 @@ def intensity_polish(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.n
         step = np.linalg.solve(normal, rhs)
         current[0] += step[0]
         current[1] += step[1]
-        gain += step[2]
-        offset += step[3]
+        current[2] += step[2]
+        gain += step[3]
+        offset += step[4]
         done = it + 1
-        if math.hypot(step[0], step[1]) < tolerance_mm:
+        if math.hypot(step[0], step[1]) < tolerance_mm and abs(step[2]) * 100.0 < tolerance_mm:
             converged = True
             break
     # the correlation at the pose reached (how well the intensities agree there), over the inliers
     _affine(current, geometry, m)
+    _derivatives(current, geometry, dm)
     inlier = INLIER_K * rms if rms > 0.0 else math.inf
-    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, gain, offset, inlier, d, stride)
-    n = max(sums[21], 1.0)
-    var_r = sums[18] / n - (sums[16] / n) ** 2
-    var_f = sums[20] / n - (sums[17] / n) ** 2
-    cov = sums[19] / n - (sums[16] / n) * (sums[17] / n)
+    sums = _pass(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, m, dm, gain, offset, inlier, stride)
+    n = max(sums[27], 1.0)
+    var_r = sums[24] / n - (sums[22] / n) ** 2
+    var_f = sums[26] / n - (sums[23] / n) ** 2
+    cov = sums[25] / n - (sums[22] / n) * (sums[23] / n)
     out[0] = current[0]
     out[1] = current[1]
     out[2] = gain
@@ -242,4 +276,5 @@ def intensity_polish(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.n
     out[6] = done
     out[7] = 1.0 if converged else 0.0
     out[8] = cov / math.sqrt(var_r * var_f) if var_r > 0.0 and var_f > 0.0 else 0.0
-    out[9] = sums[21] / max(sums[0], 1.0)
+    out[9] = sums[27] / max(sums[0], 1.0)
+    out[10] = current[2]
