@@ -425,7 +425,14 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
             score += f"  edge correlation {edge:.3f}"
     print(f"{score}  method {result.method}  backend {backend}")
     why = (result.details or {}).get("final_metric_why")
-    if result.method == "auto" and why:  # auto reported the MI optimum, not the edge one: say so, and why
+    fine = (result.details or {}).get("fine_polish") or {}
+    fitted = fine.get("intensity") if fine.get("kept") else None
+    if fitted:  # the last polish moved the pose: say what it did (--no-fine-polish skips it)
+        turned = ", rotation" if fitted.get("rotation_fitted") else ""
+        print(f"optimum: polished by a least-squares fit of the intensities (translation{turned}, gain, offset) on "
+              f"{fitted['pixels']} pixels of pyramid level {fitted['level']}, {fine['moved_mm']:.3f} mm from the "
+              "working levels' pose (two portal images in near-perfect agreement; --no-fine-polish skips it)")
+    elif result.method == "auto" and why:  # auto reported the MI optimum, not the edge one: say so, and why
         mi_check = (result.details or {}).get("mi_check_mm") or [None, None, None]
         held = why == "portal reference" and result.rotation_deg is not None and mi_check[2] is None
         what = "the mutual-information translation, the edge rotation" if held else "mutual information"

@@ -94,10 +94,16 @@ def test_register_text_says_the_mi_optimum_was_reported_and_why(capsys):
     from portalign.cli import main
 
     folder = FIELD_CASES / "open-field"
-    assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm")]) == 0
+    assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm"),
+                 "--no-fine-polish"]) == 0
     out = capsys.readouterr().out
     assert "optimum: the mutual-information translation, the edge rotation (portal reference; the edge optimum is its " \
         "check)" in out
+    # with the last polish (the default), what moved the pose is said instead
+    assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"optimum: polished by a least-squares fit of the intensities \(translation, rotation, gain, "
+                     r"offset\) on \d+ pixels of pyramid level 0, 0\.0\d\d mm from the working levels' pose", out), out
     assert main(["register", str(folder / "ref_inside.dcm"), str(folder / "frame_inside_r-15_c+21.dcm"),
                  "--method", "edge"]) == 0
     assert "optimum:" not in capsys.readouterr().out  # edge: nothing to say
