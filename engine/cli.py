@@ -104,7 +104,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg = command("register", "register a portal frame against its reference")
     reg.add_argument("reference", help="reference image: DICOM RT Image (DRR or reference portal image) or .npy")
     reg.add_argument("frame", help="portal frame: DICOM RT Image or .npy")
-    reg.add_argument("--json", action="store_true", help="print one JSON object; on unusable input too: {\"ok\": false, \"error\": KIND, \"detail\": MESSAGE}, exit 2")
+    reg.add_argument("--json", action="store_true",
+                     help='print one JSON object; on unusable input too: {"ok": false, "error": KIND, "detail": '
+                          'MESSAGE}, exit 2')
     reg.add_argument("--method", choices=("auto", "mi", "edge"), default="auto",
                      help="similarity of the final refinement: edges, mutual information, or both (auto: they must agree)")
     reg.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
@@ -220,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_kind(exc: BaseException) -> str:
-    """The ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
-    from .errors import (BackendUnavailableError, GeometryError, MissingDependencyError, PixelValuesError,
-                         PortalImageError)
+    """Return the ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
+    from .errors import BackendUnavailableError, GeometryError, MissingDependencyError, PixelValuesError, PortalImageError
 
     for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
                       (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),

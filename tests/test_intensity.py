@@ -63,7 +63,8 @@ def test_a_known_shift_gain_and_offset_are_recovered(kernel, dx, dy, gain, offse
 def test_two_copies_of_one_image_meet_exactly_at_a_whole_pixel_shift():
     """No interpolation between them at the truth: zero residual, the shift to 1e-6 mm."""
     rows, cols, _, ref, gx, gy, valid, geometry = _case(0.0, 0.0)
-    frame = np.ascontiguousarray(ref[13:13 + FRAME_SHAPE[0], 8:8 + FRAME_SHAPE[1]])  # shows the reference 3 rows up, 2 columns right
+    # the frame shows the reference 3 rows up, 2 columns right
+    frame = np.ascontiguousarray(ref[13:13 + FRAME_SHAPE[0], 8:8 + FRAME_SHAPE[1]])
     out = _polish(intensity_polish, (rows, cols, frame, ref, gx, gy, valid, geometry), (0.5, -1.0, 0.0))
     assert out[0] == pytest.approx(2 * SPACING, abs=1e-6) and out[1] == pytest.approx(-3 * SPACING, abs=1e-6), out
     assert out[4] < 1e-3 and out[2] == pytest.approx(1.0, abs=1e-6)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,11 +89,10 @@ FINE_POLISH_MIN_EDGE = 0.75
 FINE_POLISH_MAX_MOVE_PX = 0.25
 #: First (the MI levels above are the fallback), two portal images of one beam in near-perfect agreement (edge
 #: correlation ``FINE_POLISH_MIN_EDGE`` or more on the working level and on the fitted one) have their intensities
-#: fitted on ``FramePlan.intensity_level`` (their
-#: own pixels up to ``_reference.INTENSITY_MAX_PIXELS``): least squares of the translation with a gain and an offset
-#: (``kernels.cpu.intensity``, Gauss-Newton, Huber weights), and of the rotation where the frame's is estimated
-#: (kept within a quarter of a working pixel at the RMS radius: a window of leeds_kv.dcm whose edge rotation lay
-#: 0.09 deg off went 0.100 -> 0.0001 mm). MI's quadratic-model stencil halves a
+#: fitted on ``FramePlan.intensity_level`` (their own pixels up to ``_reference.INTENSITY_MAX_PIXELS``): least squares
+#: of the translation with a gain and an offset (``kernels.cpu.intensity``, Gauss-Newton, Huber weights), and of the
+#: rotation where the frame's is estimated (kept within a quarter of a working pixel at the RMS radius: a window of
+#: leeds_kv.dcm whose edge rotation lay 0.09 deg off went 0.100 -> 0.0001 mm). MI's quadratic-model stencil halves a
 #: sharp peak's remaining offset per step and works on levels of 0.5-1 mm; the least squares meet two copies of one
 #: image at their true shift exactly. Kept when it converged, its intensities correlate at
 #: ``INTENSITY_MIN_CORRELATION`` or more at the pose reached, and the move stays within ``FINE_POLISH_MAX_MOVE_PX``.
@@ -310,27 +309,24 @@ def _upload_finer(backend: Backend, plan: FramePlan, frame: Image, coarsest: int
 
 
 def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, field: Any, r_eff: float, opts: Any,
-                 upload: bool, mi_levels: bool = True,
+                 upload: bool, mi_levels: bool = True, fit_level: int | None = None,
                  fill: Callable[[Any], None] | None = None) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Fit two portal images' intensities on their finest level, else follow their MI optimum down the finer levels;
-    return the pose reported and what was done.
+    """Fit two portal images' intensities, else follow their MI optimum down; return the pose and what was done.
 
-    The intensity fit (``_intensity_polish``) runs first, on ``FramePlan.intensity_level``, when that level's edges
-    agree at the found pose. When it is not kept, ``mi_levels`` says whether MI's optimum is followed down
-    ``FramePlan.fine_polish_levels`` (False: the edges' optimum was reported). The MI levels hold the rotation at
-    the found one's; the intensity fit fits it too where the frame's rotation is estimated. A polished pose is kept when its translation lies within ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest
-    working level from the found one. ``upload``: a device lane whose levels the host made ready puts the frame's finer
-    levels on the device first. ``fill``: fills a level the plan left empty (``Reference.ensure_level_filled``).
+    The intensity fit (``_intensity_polish``) runs first, on ``fit_level`` (``_intensity_fit_level``; None: no fit)
+    when it is not coarser than the finest working level and its edges agree at the found pose. When it is not
+    kept, ``mi_levels`` says whether MI's optimum is followed down ``FramePlan.fine_polish_levels`` (False: the
+    edges' optimum was reported). The MI levels hold the rotation at the found one's; the intensity fit fits it too
+    where the frame's rotation is estimated. A polished pose is kept when its translation lies within
+    ``FINE_POLISH_MAX_MOVE_PX`` pixels of the finest working level from the found one. ``upload``: a device lane
+    whose levels the host made ready puts the frame's finer levels on the device first. ``fill``: fills a level the
+    plan left empty (``Reference.ensure_level_filled``).
     """
     levels = plan.levels
     start = np.asarray(found.pose, dtype=np.float64)
     finest = found.levels[-1]["level"] if found.levels else plan.refine_levels[-1]
     finer = [index for index in plan.fine_polish_levels if index < finest] if mi_levels else []
-    # the intensity fit is auto's: --method edge / mi report their own metric's optimum
-    last = (plan.intensity_level if INTENSITY_POLISH and opts.method == "auto" and plan.intensity_level is not None
-            else None)
-    if last is not None and last > finest:
-        last = None
+    last = fit_level if fit_level is not None and fit_level <= finest else None
     if not finer and last is None:
         return start, None
     if upload:
@@ -376,10 +372,19 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
     return (pose if kept else start), record
 
 
+def _intensity_fit_level(plan: FramePlan, opts: Any) -> int | None:
+    """Return the level the intensity fit runs on for this plan and these options; None: no fit.
+
+    ``auto``'s only: ``method="edge"`` / ``"mi"`` report their own metric's optimum.
+    """
+    return plan.intensity_level if INTENSITY_POLISH and opts.method == "auto" else None
+
+
 def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray,
                       rotate: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Least-squares translation (and rotation, with ``rotate``), gain and offset of the frame on ``level`` from
-    ``pose`` (``kernels.cpu.intensity``).
+    """Fit the frame's translation (and rotation), gain and offset on ``level`` by least squares from ``pose``.
+
+    ``kernels.cpu.intensity``; the rotation with ``rotate`` only.
 
     Returns the pose reached (None when the fit did not converge, fit too few pixels, or its intensities agree
     less than ``INTENSITY_MIN_CORRELATION``: then MI's stays) and what the fit found. Host work on every backend: the
@@ -556,8 +561,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # profile (which stays with the machine) fills the intensities and the edges of what moved place it better
     # (the kinds compared here first: a frame against a DRR makes no call)
     ref_info, frame_info = reference.image.info, frame.info
-    alike = (r_eff >= ALIKE_MIN_RADIUS_MM and ref_info.kind == frame_info.kind == "portal"
-             and alike_images(ref_info, frame_info))
+    portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
+    alike = r_eff >= ALIKE_MIN_RADIUS_MM and portal_pair
     found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
@@ -571,14 +576,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         "estimated (translation only)")
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     fine = None
-    portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
+    fit_level = _intensity_fit_level(plan, opts)
     if (FINE_POLISH and opts.fine_polish and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
-            and ((found.mi_final and alike)
-                 or (INTENSITY_SMALL and INTENSITY_POLISH and portal_pair and opts.method == "auto"
-                     and plan.intensity_level is not None))):
+            and ((found.mi_final and alike) or (INTENSITY_SMALL and portal_pair and fit_level is not None))):
         pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
-                                  found.mi_final and alike, reference.ensure_level_filled)
+                                  found.mi_final and alike, fit_level, reference.ensure_level_filled)
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
     final_edge = 1.0 if final_edge > 1.0 else final_edge  # min(final_edge, 1.0), NaN kept
     details: dict = {

@@ -429,12 +429,13 @@ class Reference:
         bins = np.empty(ref_img.shape, dtype=np.int16)
         from portalign.kernels import cpu
 
-        cpu.quantize(ref_img, valid.astype(np.uint8), float(lo), float(hi), opts.bins, bins)
+        valid_u8 = valid.astype(np.uint8)
+        cpu.quantize(ref_img, valid_u8, float(lo), float(hi), opts.bins, bins)
         re, im = _features(ref_img, valid, limit)
         # outside the valid region a frame pixel is not compared at all (both masks, as for MI's bins)
         re[~valid] = INVALID_FEATURE
         level.ref_image = ref_img
-        level.ref_valid = valid.astype(np.uint8)
+        level.ref_valid = valid_u8
         level.ref_bins = backend.asarray(bins)
         level.ref_re = backend.asarray(re)
         level.ref_im = backend.asarray(im)

@@ -10,11 +10,11 @@ coefficient maximization", IEEE TPAMI 30(10)):
 
 over the frame's usable pixels ``p``, the reference ``R`` sampled bilinearly at the frame pixel's place in it
 (``A``: the pose's frame-pixel -> reference-pixel map; the rotation fitted too with ``rotate``, else held), its
-gradient the bilinear sample of the
-reference's central differences. Gauss-Newton: each iteration is one pass over the pixels that builds the 4 x 4
-normal equations. Unlike the quadratic-model stencil of :mod:`.refine` (which halves a sharp peak's remaining
-offset per iteration), this converges quadratically on a smooth residual, and two copies of one image meet
-exactly (zero residual) at their true shift. The weights ``w_p`` are Huber's (1981) from the second iteration on,
+gradient the bilinear sample of the reference's central differences. Gauss-Newton: each iteration is one pass over
+the pixels that builds the 5 x 5 normal equations (the rotation's row a "no step" one when it is held). Unlike the
+quadratic-model stencil of :mod:`.refine` (which halves a sharp peak's remaining offset per iteration), this
+converges quadratically on a smooth residual, and two copies of one image meet exactly (zero residual) at their
+true shift. The weights ``w_p`` are Huber's (1981) from the second iteration on,
 at ``HUBER_K`` times the previous iteration's residual RMS: a dead detector line or a saturated spot (a large
 residual) weighs as a bounded error, not a squared one.
 
@@ -128,7 +128,7 @@ def _pass(rows: np.ndarray, cols: np.ndarray, count: int, frame: np.ndarray, ref
 
 @njit(cache=True, nogil=True)
 def _affine(pose: np.ndarray, geometry: np.ndarray, m: np.ndarray) -> None:  # pragma: no cover - compiled
-    """The frame-pixel -> reference-pixel map of ``pose`` (``refine.pose_affines_into``'s formula)."""
+    """Write the frame-pixel -> reference-pixel map of ``pose`` into ``m`` (``refine.pose_affines_into``'s formula)."""
     fax, fay, sy, sx, rax, ray = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
     c = math.cos(pose[2])
     s = math.sin(pose[2])

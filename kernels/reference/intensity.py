@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from portalign.kernels.cpu.intensity import HUBER_K, INLIER_K, OUT_SIZE
 
 __all__ = ["intensity_polish"]
@@ -34,8 +33,8 @@ def _derivatives(pose: np.ndarray, geometry: np.ndarray) -> np.ndarray:
                      [[-s, c * sy / sx, (-s * ox + c * oy) / sx], [-c * sx / sy, -s, (-c * ox - s * oy) / sy]]])
 
 
-def intensity_polish(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, geometry, pose, iterations,  # type: ignore[no-untyped-def]
-                     tolerance_mm, stride, rotate, out) -> None:
+def intensity_polish(rows, cols, count, frame, ref, ref_gx, ref_gy, ref_valid, geometry,  # type: ignore[no-untyped-def]
+                     pose, iterations, tolerance_mm, stride, rotate, out) -> None:
     """See :func:`portalign.kernels.cpu.intensity.intensity_polish`."""
     rows = np.asarray(rows[:count:stride], dtype=np.int64)
     cols = np.asarray(cols[:count:stride], dtype=np.int64)
