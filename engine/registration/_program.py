@@ -675,6 +675,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["edge_mi_gap_mm"] = mi_gap
     details["split_half_mm"] = None if spread is None else spread[0]
     details["split_half_deg"] = split_deg
+    # the halves are refined with the metric whose optimum is reported (MI where auto reports it)
+    details["split_half_metric"] = None if spread is None else ("mi" if found.mi_final else "edge")
     details["edge_score"] = final_edge
     details["matched_pixels"] = matched
     details["match_significance"] = significance

@@ -91,19 +91,22 @@ def newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str
 
 
 def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, r_eff: float, rotate: bool,  # type: ignore[no-untyped-def]
-                      opts) -> tuple[float, float]:
-    """Return how far apart (mm, deg) the edge optima of the two halves of the usable pixels lie.
+                      opts, metric: str = "edge") -> tuple[float, float]:
+    """Return how far apart (mm, deg) the ``metric`` optima of the two halves of the usable pixels lie.
 
     The halves are the alternate entries of the row-major pixel list: they cover the same field and
     anatomy, and their noise is independent. Each is refined from the final ``pose``; for independent
     noise their distance is about twice the standard error of the full estimate, so a large spread
     says the optimum is set by noise (a low-dose frame, too little structure), whatever its score.
+    ``metric`` is the one whose optimum is reported (``"mi"`` where ``auto`` reports mutual information):
+    the check measures the precision of what is reported. The rotation is refined with ``rotate`` only
+    (held: a spread of 0 deg, which the caller does not report).
     """
     poses = []
     for first in (0, 1):
         count = (level.usable - first + 1) // 2
         halves = (level.pixel_rows[first: level.usable: 2], level.pixel_cols[first: level.usable: 2], count)
-        poses.append(newton(backend, plan, level, pose, "edge", SPLIT_HALF_ITERATIONS, r_eff, rotate, opts,
+        poses.append(newton(backend, plan, level, pose, metric, SPLIT_HALF_ITERATIONS, r_eff, rotate, opts,
                             tolerance=0.05, pixels=halves)[0])
     a, b = poses
     return float(np.hypot(a[0] - b[0], a[1] - b[1])), abs(math.degrees(a[2] - b[2]))

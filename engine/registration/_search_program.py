@@ -352,7 +352,14 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
     spread = None
     if check_precision and not no_match and final_edge < SPLIT_HALF_BELOW_SCORE:
-        spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
+        # the precision of what is reported: MI's optimum where auto reports it (its halves agree where the edges'
+        # scatter, on the low-dose frames that MI places better), the edges' otherwise
+        if mi_final:
+            spread = split_half_spread(backend, plan, finest, pose, r_eff, mi_rotated, opts, "mi")
+            if rotate and not mi_rotated:  # the rotation reported is the edges': its halves' spread, in degrees
+                spread = (spread[0], split_half_spread(backend, plan, finest, pose, r_eff, True, opts)[1])
+        else:
+            spread = split_half_spread(backend, plan, finest, pose, r_eff, rotate, opts)
     return SearchOutcome(
         pose=np.asarray(pose, dtype=np.float64), score=float(score), best_score=float(best.score),
         ranked=[[*c.pose.tolist(), float(c.score), float(c.coarse_ratio)] for c in ranked],

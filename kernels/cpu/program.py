@@ -102,9 +102,9 @@ def _newton(level, count, spacing, pose, metric, iterations, r_eff, rotate, thet
 
 
 @njit(cache=True, nogil=True)
-def _newton_half(level, first, count, spacing, pose, iterations, r_eff, rotate, theta_limit, tolerance,  # type: ignore[no-untyped-def]
-                 max_rotation_step, hist, result):  # pragma: no cover
-    """Edge Newton ascent on the alternate usable pixels starting at ``first`` (the split-half check)."""
+def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised,  # type: ignore[no-untyped-def]
+                 tolerance, max_rotation_step, hist, result):  # pragma: no cover
+    """Newton ascent of ``metric`` on the alternate usable pixels starting at ``first`` (the split-half check)."""
     rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
     half = (count - first + 1) // 2
     # contiguous copies: a strided view would compile the whole refine chain a second time, for another layout
@@ -115,8 +115,8 @@ def _newton_half(level, first, count, spacing, pose, iterations, r_eff, rotate, 
         half_cols[t] = cols[first + 2 * t]
     step = _steps(spacing, r_eff, rotate, max_rotation_step)
     no = np.bool_(False)  # typed, not literal: see search_program
-    refine(np.int64(EDGE), half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
-           step, iterations, tolerance, no, theta_limit, no, hist, result)
+    refine(metric, half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
+           step, iterations, tolerance, no, theta_limit, normalised, hist, result)
 
 
 @njit(cache=True, nogil=True)
@@ -323,6 +323,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     # ``alike_min_support_mm``: a small field's)
     alike_final = alike and not out[_SUPPORT] < alike_support  # NaN (not measured) is not below
     mi_final = method == METHOD_AUTO and not no_match and (score < weak_edge or alike_final)
+    mi_rotates = False
     if method == METHOD_AUTO:
         if mi_final:
             # on a weak edge match MI places the rotation too; two portal images keep the edge optimum's rotation
@@ -373,14 +374,24 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         _evaluate(fin, counts[finest], scratch_poses, one, mi_id, yes, hist, sums, values)
         reported = values[0] - 1.0
     # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
+    # (of what is reported: MI's optimum where auto reports it, whose halves agree where the edges' scatter on the
+    # low-dose frames MI places better; the edges' otherwise)
     if check_precision and not no_match and final_edge < split_below:
         halves = np.empty((2, 3))
+        half_metric = mi_id if mi_final else edge_id
+        half_rotates = mi_rotates if mi_final else rotate
         for h in range(2):
-            _newton_half(fin, h, counts[finest], spacings[finest], pose, split_iterations, r_eff, rotate,
-                         theta_limit, 0.05, max_step, hist, result)
+            _newton_half(fin, np.int64(h), counts[finest], spacings[finest], pose, half_metric, split_iterations, r_eff,
+                         half_rotates, theta_limit, normalised if mi_final else no, 0.05, max_step, hist, result)
             halves[h, :] = result[:3]
         out[_SPLIT_MM] = math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1])
         out[_SPLIT_DEG] = abs(math.degrees(halves[0, 2] - halves[1, 2]))
+        if rotate and not half_rotates:  # the rotation reported is the edges': their halves' spread, in degrees
+            for h in range(2):
+                _newton_half(fin, np.int64(h), counts[finest], spacings[finest], pose, edge_id, split_iterations,
+                             r_eff, rotate, theta_limit, no, 0.05, max_step, hist, result)
+                halves[h, :] = result[:3]
+            out[_SPLIT_DEG] = abs(math.degrees(halves[0, 2] - halves[1, 2]))
     out[_DX] = pose[0]
     out[_DY] = pose[1]
     out[_THETA] = pose[2]
