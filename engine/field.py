@@ -71,6 +71,10 @@ MAX_FIELD_AXIS_DISTANCE_MM = 40.0
 #: (``field='none'``). It is not simply dropped: electronic noise can even out a real inverted low-dose frame's
 #: two sides, and a field taken for an object would let its fixed edges pull the match towards no shift.
 MIN_FIELD_NOISE_RATIO = 1.5
+#: What such a doubt says after its numbers (once, where both images are doubted: ``_program``).
+FIELD_DOUBT_ADVICE = ("likely an object (a phantom) in an open beam, as a field's outside is far quieter: "
+                      "use --field none (field='none') if no aperture edge is in the image, --field detect for "
+                      "a very low-dose field")
 #: Rows of the full image sampled for that noise comparison (second differences along each row).
 NOISE_RATIO_ROWS = 64
 
@@ -165,11 +169,8 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
         ratio = noise_ratio(image.pixels, field.mask)
         if ratio is not None and ratio < MIN_FIELD_NOISE_RATIO:
             return replace(field, doubt=(
-                f"the region taken for the radiation field in {image.info.source} is {ratio:.1f}x as noisy as its "
-                "surroundings, where a field's outside gets a few per cent of its dose and far less noise: it is "
-                "likely an attenuating object (a phantom) in an open beam. If no aperture edge is in the image, "
-                "register with field='none' (--field none); if it is the field of a very low-dose frame, with "
-                "field='detect' (--field detect)"))
+                f"{image.info.source}: the region taken for the radiation field is {ratio:.1f}x as noisy as its "
+                f"surroundings; {FIELD_DOUBT_ADVICE}"))
     return field
 
 

@@ -173,8 +173,14 @@ def test_phantom_two_views_recover_a_known_6dof_motion(phantom):
     assert_allclose(back, r.T, atol=1e-12)
     t = np.array([result.lateral_mm, result.longitudinal_mm, result.vertical_mm])
     assert_allclose([six["lateral"], six["longitudinal"], six["vertical"]], -r.T @ t, atol=1e-9)
-    assert_allclose(list(result.couch_correction_4dof.values()), -t, atol=1e-12)
+    assert_allclose(list(result.couch_correction_3dof.values()), -t, atol=1e-12)
     assert result.rotations_not_corrected_deg == result.rotation_deg
+    # the 4-DOF one undoes the yaw, then brings the isocentre's anatomy back: what is left is pitch and roll alone
+    four = result.couch_correction_4dof
+    assert list(four) == ["lateral", "longitudinal", "vertical", "yaw"] and four["yaw"] == -result.yaw_deg
+    q = rotation_matrix(0.0, 0.0, four["yaw"])
+    assert_allclose(q @ r, rotation_matrix(result.pitch_deg, result.roll_deg, 0.0), atol=1e-12)
+    assert_allclose(q @ t + [four["lateral"], four["longitudinal"], four["vertical"]], 0.0, atol=1e-9)
     as_json = json.loads(result.as_json())
     assert as_json["pitch_deg"] == pytest.approx(result.pitch_deg) and as_json["ok"] is True
 
@@ -188,6 +194,9 @@ def test_phantom_one_view_reports_only_what_it_constrains(phantom):
     assert "one view (gantry 0" in result.not_estimated["vertical"] and "along the beam" in result.not_estimated[
         "vertical"]
     assert result.couch_correction_4dof["vertical"] is None and result.couch_correction_6dof["pitch"] is None
+    assert result.couch_correction_3dof["vertical"] is None
+    # the yaw one view measures is undone by the 4-DOF correction; the lateral and longitudinal follow it
+    assert result.couch_correction_4dof["yaw"] == -result.yaw_deg and result.couch_correction_4dof["lateral"] is not None
     _assert_recovered(result, translation, rotation, only=("lateral", "longitudinal", "yaw"))
     assert json.loads(result.as_json())["roll_deg"] is None
     assert any("not estimated" in w for w in result.warnings)
@@ -513,7 +522,8 @@ def test_a_result_that_is_not_ok_says_so_before_its_numbers():
     axes = {"lateral": 17.08, "longitudinal": -3.0, "vertical": 2.0}
     result = SimpleNamespace(
         ok=False, reason="gantry 0: no match", patient_directions={}, elapsed_ms=12.0, backend="cpu", warnings=[],
-        couch_correction_4dof={k: -v for k, v in axes.items()}, pitch_deg=None, roll_deg=None, yaw_deg=0.5,
+        couch_correction_3dof={k: -v for k, v in axes.items()}, pitch_deg=None, roll_deg=None, yaw_deg=0.5,
+        couch_correction_4dof={**{k: -v for k, v in axes.items()}, "yaw": -0.5},
         couch_correction_6dof={**{k: -v for k, v in axes.items()}, "pitch": None, "roll": None, "yaw": -0.5},
         views=[], within_tolerance={}, **{f"{k}_mm": v for k, v in axes.items()})
     lines = text_report(result).splitlines()

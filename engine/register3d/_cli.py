@@ -166,14 +166,15 @@ def text_report(result: Any) -> str:
         if value is None:
             lines.append(f"{axis:>13}: not estimated")
         else:
-            lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction (4-DOF) "
-                         f"{shown(result.couch_correction_4dof[axis]):+7.2f} mm{hint}")
+            lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction (translation only) "
+                         f"{shown(result.couch_correction_3dof[axis]):+7.2f} mm{hint}")
     for name in ("pitch", "roll", "yaw"):
         value = getattr(result, f"{name}_deg")
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))
-    six = result.couch_correction_6dof
-    lines.append("6-DOF correction: " + ", ".join(
-        f"{k} {'n/a' if v is None else format(shown(v), '+.2f')}" for k, v in six.items()))
+    for label, correction in (("4-DOF correction (translation and yaw)", result.couch_correction_4dof),
+                              ("6-DOF correction", result.couch_correction_6dof)):
+        lines.append(f"{label}: " + ", ".join(
+            f"{k} {'n/a' if v is None else format(shown(v), '+.2f')}" for k, v in correction.items()))
     for view in result.views:
         turn = view["residual_rotation_deg"]
         lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual {view['residual_mm']:.2f} mm "

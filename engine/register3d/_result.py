@@ -35,10 +35,19 @@ class Register3DResult:
         ``lateral``, ``longitudinal``, ``vertical`` (``-R^T t``); this returns
         every anatomy point to its planned position.
     couch_correction_4dof : dict of str to float or None
+        For a couch that translates and turns about the vertical (IEC Z, the
+        couch angle): rotate the patient about the isocentre by ``yaw`` (``-yaw``
+        of the displacement), then translate by ``lateral``, ``longitudinal``,
+        ``vertical`` (``-Rz(-yaw) t``: the anatomy at the isocentre returns to it).
+        As ``R = Rz(yaw) Ry(roll) Rx(pitch)``, what it leaves is exactly
+        ``Ry(roll) Rx(pitch)``: the measured pitch and roll. A yaw that was not
+        estimated is ``None`` there, and the translation is then the 3-DOF one.
+    couch_correction_3dof : dict of str to float or None
         For a couch that only translates: ``-t`` (the anatomy at the isocentre
         returns to it); the rotations stay as ``rotations_not_corrected_deg`` says.
     rotations_not_corrected_deg : dict of str to float or None
-        ``pitch``, ``roll``, ``yaw`` left after the 4-DOF correction.
+        ``pitch``, ``roll``, ``yaw`` left after the translation-only (3-DOF)
+        correction: the measured rotations.
     views : list of dict
         Per frame: ``label, gantry_deg, couch_deg``, the 2-D engine's start
         (``initial_dx_mm``, ``initial_dy_mm``, ``initial_rotation_deg``,
@@ -84,6 +93,7 @@ class Register3DResult:
     not_estimated: dict[str, str]
     couch_correction_6dof: dict[str, float | None]
     couch_correction_4dof: dict[str, float | None]
+    couch_correction_3dof: dict[str, float | None]
     rotations_not_corrected_deg: dict[str, float | None]
     views: list[dict[str, Any]]
     score: float

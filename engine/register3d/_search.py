@@ -589,7 +589,14 @@ def _result(prepared: PreparedCT, views: list[_View], pose: np.ndarray, not_esti
     for k, name in enumerate(PARAMETERS):
         value = correction_t[k] if k < 3 else correction_r[k - 3]
         six[name] = None if name in not_estimated else float(value) + 0.0
-    four = {name: (None if values[name] is None else -values[name] + 0.0) for name in PARAMETERS[:3]}  # type: ignore[operator]
+    three = {name: (None if values[name] is None else -values[name] + 0.0) for name in PARAMETERS[:3]}  # type: ignore[operator]
+    # a couch that also turns about IEC Z: the yaw undone (Rz(-yaw) R = Ry(roll) Rx(pitch)), then the translation
+    # that brings the anatomy at the isocentre back: -Rz(-yaw) t
+    yaw = values["yaw"]
+    turned = -(rotation_matrix(0.0, 0.0, -(yaw or 0.0)) @ pose[:3])
+    four: dict[str, float | None] = {name: (None if three[name] is None else float(turned[k]) + 0.0)
+                                     for k, name in enumerate(PARAMETERS[:3])}
+    four["yaw"] = None if yaw is None else -yaw + 0.0
     left = {name: values[name] for name in PARAMETERS[3:]}
     within: dict[str, bool | None] = {}
     all_within: bool | None = None
@@ -607,7 +614,8 @@ def _result(prepared: PreparedCT, views: list[_View], pose: np.ndarray, not_esti
         lateral_mm=values["lateral"], longitudinal_mm=values["longitudinal"], vertical_mm=values["vertical"],
         pitch_deg=values["pitch"], roll_deg=values["roll"], yaw_deg=values["yaw"],
         not_estimated=dict(not_estimated),
-        couch_correction_6dof=six, couch_correction_4dof=four, rotations_not_corrected_deg=left,
+        couch_correction_6dof=six, couch_correction_4dof=four, couch_correction_3dof=three,
+        rotations_not_corrected_deg=left,
         views=rows, score=float(np.mean(scores)), iterations=counters["iterations"], renders=counters["renders"],
         ok=not reasons, reason="; ".join(reasons), elapsed_ms=elapsed_ms, prepare_ms=prepared.prepare_ms,
         backend=prepared.backend.name, patient_position=prepared.patient_position,

@@ -25,7 +25,7 @@ import numpy as np
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
-from ..field import NO_FIELD, field_size_mm, find_field
+from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, field_size_mm, find_field
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
@@ -101,8 +101,10 @@ FINE_POLISH_MAX_MOVE_PX = 0.25
 #: ``ALIKE_MIN_RADIUS_MM``: small fields, cones), on their working level. Measured (``python -m bench.field_sets``,
 #: windows of real EPID and kV images moved by whole pixels, with noisy and dead-line variants): open fields median
 #: 0.014 -> 0.0009 mm, small fields 0.007 -> 0.004 mm (TrueBeam Winston-Lutz windows 0.007 -> 0.0000 mm, with a dead
-#: line 0.02-0.04 -> 0.004 mm; the noisy ones agree at 0.63-0.78 and keep MI's or the edges' pose; rendered cones are
-#: not portal images); the field-masked SimpleITK peer 0.002 / 0.003 mm. Held-out
+#: line 0.02-0.04 -> 0.004 mm; the noisy ones agree at 0.63-0.78 and keep MI's or the edges' pose); the field-masked
+#: SimpleITK peer 0.002 / 0.003 mm. Two images of unknown kind (arrays) are tried too: rendered 26 / 15 mm cone pairs
+#: (their own noise in each) went 0.009 / 0.014 -> 0.001 mm on two of six and kept 0.006-0.007 mm on four, the noise
+#: floor of the ~1,900 pixels inside the cone's edge margin. Held-out
 #: pairs (``bench.held_out --seed 11``) and rendered MV portal pairs with a 3-D motion (``bench.portal_pairs``: 0.134
 #: mm) are unchanged: their images agree at 0.28-0.54, not 0.75. Cost on a 680 x 920 pair: 15-23 -> 30-40 ms a frame
 #: (level 0 made ready for the frame, at most ``INTENSITY_MAX_VISITED`` pixels visited per pass, 3-5 passes; the MI
@@ -522,6 +524,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     doubt_reason = ""
     if reference.field.doubt or field.doubt:  # rare: no per-frame cost otherwise
         doubts = [d for d in (reference.field.doubt, field.doubt) if d]
+        if len(doubts) == 2 and doubts[0].endswith(FIELD_DOUBT_ADVICE):  # the advice once, after both numbers
+            doubts[0] = doubts[0][:-len(FIELD_DOUBT_ADVICE)].rstrip("; ")
         if opts.field == "detect":
             warnings.extend(doubts)
         else:
@@ -563,6 +567,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     ref_info, frame_info = reference.image.info, frame.info
     portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
     alike = r_eff >= ALIKE_MIN_RADIUS_MM and portal_pair
+    # two images of unknown kind (arrays) may share their intensities too: the intensity fit is tried where their
+    # edges agree as two portal images' do, and kept only where their intensities then correlate (INTENSITY_*)
+    unknown_pair = ref_info.kind == frame_info.kind == ""
     found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
@@ -579,7 +586,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     fit_level = _intensity_fit_level(plan, opts)
     if (FINE_POLISH and opts.fine_polish and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
-            and ((found.mi_final and alike) or (INTENSITY_SMALL and portal_pair and fit_level is not None))):
+            and ((found.mi_final and alike)
+                 or (INTENSITY_SMALL and fit_level is not None and (portal_pair or unknown_pair)))):
         pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
                                   found.mi_final and alike, fit_level, reference.ensure_level_filled)
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1

@@ -344,7 +344,7 @@ class Reference:
                  if (shape[0] >> k) * (shape[1] >> k) <= FINE_POLISH_MAX_PIXELS]
                 if self.image.info.kind == "portal" else [])
         intensity = None
-        if self.image.info.kind == "portal":
+        if self.image.info.kind in ("portal", ""):  # a portal image, or an unknown kind (an array): see _program
             intensity = next((k for k in range(refine[-1] + 1) if (shape[0] >> k) * (shape[1] >> k) <= INTENSITY_MAX_PIXELS),
                              None)
         matched = set(refine) | set(polish) | set(fine) | {coarse}  # the levels the frame is matched on
