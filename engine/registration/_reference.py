@@ -595,17 +595,37 @@ def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.
     cols = max(int(math.floor((image.shape[1] - 1) / fx)) + 1, 2)
     # original pixel p is box-reduced pixel (p - (box - 1) / 2) / box
     offset = (box - 1) / 2
-    rr, cc = np.meshgrid((np.arange(rows) * fy - offset) / box, (np.arange(cols) * fx - offset) / box, indexing="ij")
-    out = ndimage.map_coordinates(src, [rr, cc], order=1, mode="nearest").astype(np.float32)
+    # the sample grid is rectilinear: bilinear interpolation is one linear pass along each axis (map_coordinates'
+    # order=1, mode="nearest" values, without its per-point generality: 2.5 -> ~0.5 ms a level of a 1024 x 768 image)
+    out = _linear_along(src, (np.arange(rows) * fy - offset) / box, 0)
+    out = _linear_along(out, (np.arange(cols) * fx - offset) / box, 1).astype(np.float32)
     axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
     return np.ascontiguousarray(out), np.ones(out.shape, dtype=bool), axis
 
 
+def _linear_along(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``values`` at fractional indices ``coords`` along ``axis``; beyond the ends, the end."""
+    n = values.shape[axis]
+    x = np.clip(coords, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = x - i0
+    shape = [1, 1]
+    shape[axis] = w.size
+    w = w.reshape(shape)
+    return np.take(values, i0, axis=axis) * (1.0 - w) + np.take(values, i1, axis=axis) * w
+
+
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Erode a boolean mask by a square of half-width ``radius``; outside the image counts as False."""
+    """Erode a boolean mask by a square of half-width ``radius``; outside the image counts as False.
+
+    A minimum filter over the square, which scipy applies as one 1-D pass per axis (binary_erosion with the full
+    square structure cost 12-127 ms at 1024 x 768 for radii 1-6, the minimum filter 6-7 ms; the same pixels).
+    """
     if radius <= 0:
         return mask.copy()
-    return ndimage.binary_erosion(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool), border_value=0)
+    values = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    return ndimage.minimum_filter(values, size=2 * radius + 1, mode="constant", cval=0).view(bool)
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
