@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_size_mm", "likely_inverted",
+__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm", "likely_inverted",
            "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE"]
 
@@ -426,6 +426,23 @@ def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: floa
         if ring.sum() >= 4 and magnitude[ring].mean() >= 3.0 * baseline:
             extent = start + spacing_mm
     return float(extent)
+
+
+def field_centre_mm(field: FieldEstimate, factor: int, image: Image) -> tuple[float, float] | None:
+    """Centroid ``(x, y)`` mm of a detected field from ``image``'s beam axis (image axes); None if none was detected.
+
+    ``factor``: the level the field was found on is ``factor`` times coarser than ``image`` (its pixel ``c`` covers
+    the original pixels ``c * factor .. c * factor + factor - 1``).
+    """
+    if not field.detected or field.mask is None:
+        return None
+    rows, cols = np.nonzero(field.mask)
+    if rows.size == 0:
+        return None
+    sy, sx = image.spacing_mm
+    ax, ay = image.beam_axis_px
+    centre = (factor - 1) / 2
+    return ((float(cols.mean()) * factor + centre - ax) * sx, (float(rows.mean()) * factor + centre - ay) * sy)
 
 
 def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:

@@ -192,7 +192,7 @@ def _program_cases():
 
     from portalign import Image, RegistrationOptions
 
-    from tests.field_sets import cone_pair
+    from tests.field_sets import cone_image, cone_pair
     from tests.synthetic import anatomy, field_aperture, moved, mv_portal
 
     base = anatomy(384, seed=1)
@@ -230,6 +230,10 @@ def _program_cases():
     portal = mv_portal(moved(noisy, 3.0, -2.0, 1.0), field_aperture((256, 256), 1.0, 40, 40), noise=0.03, seed=1)
     yield "low dose field", Image.from_array(moved(noisy, 0, 0, 0), pixel_spacing_mm=1.0, kind="drr"), \
         Image.from_array(portal, pixel_spacing_mm=1.0), None
+    # two portal images of a small field that moved with its content, at low dose: MI reports (SETTINGS_ALIKE_SMALL)
+    yield "small field that moved", *(
+        Image.from_array(cone_image((240, 240), 0.25, shift, noise=0.02, seed=seed), pixel_spacing_mm=0.25,
+                         kind="portal") for shift, seed in (((0.0, 0.0), 3), ((1.5, -2.0), 4))), None
 
 
 #: The branch of stage 3 each case must take (so that the comparison covers it).
@@ -242,6 +246,8 @@ _BRANCH = {
     "unrelated": lambda r: not r.ok,
     # a weak edge match: the split-half check runs and auto reports the mutual-information optimum
     "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "mi",
+    "small field that moved": lambda r: r.ok and r.details["final_metric"] == "mi" and r.details["field_moved_mm"] > 1
+    and r.details["rotation_radius_mm"] < 20 and r.details["split_half_metric"] == "mi",
     "mi": lambda r: r.details["edge_mi_gap_mm"] is None and r.ok,
     # two portal images: auto reports the MI optimum refined from the edge one
     "portal reference": lambda r: r.details["final_metric_why"] == "portal reference" and r.ok,

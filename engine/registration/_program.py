@@ -25,7 +25,7 @@ import numpy as np
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
-from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, field_size_mm, find_field
+from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, field_centre_mm, field_size_mm, find_field
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
@@ -70,6 +70,13 @@ SMALL_FIELD_SHARE = 0.5
 #: optimum lies 0.15 mm off pylinac's ball bearing, the edge one 0.003 mm (``tests/test_pylinac.py``); the held-out
 #: portal-reference pairs with jaws, MLC and open fields lie at 30-95 mm and gain (``_search_program.SETTINGS_ALIKE``).
 ALIKE_MIN_RADIUS_MM = 20.0
+#: ...or when the frame's field lies this far (mm) or more from where the reference's lies (``field_moved_mm``): the
+#: field moved with the content (a window of one image moved over it), so the beam's profile did too and does not
+#: pull MI. Low-dose (3 % noise) windows of the TrueBeam Winston-Lutz images (``python -m bench.field_sets``) went
+#: from the edges' 0.12-0.19 mm to MI's 0.004-0.036 mm. A small field that stayed put (the real Winston-Lutz pairs:
+#: the aperture is fixed to the beam, the ball bearing moves) keeps the edges, and no intensity fit either: the fit
+#: moved those pairs 0.011-0.012 mm towards the fixed profile.
+FIELD_MOVED_MM = 1.0
 #: Two portal images (``alike_images``) whose reported optimum is MI's and whose edges agree nearly perfectly at the
 #: working level (edge correlation ``FINE_POLISH_MIN_EDGE`` or more): that optimum's translation is followed down to
 #: the finer levels of ``FramePlan.fine_polish_levels`` (a portal reference's, those of at most
@@ -416,6 +423,21 @@ def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray,
     return np.array([out[0], out[1], out[10]]), record
 
 
+def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: Any) -> float | None:
+    """How far (mm) the frame's detected field's centroid lies from the reference's; None unless both have one.
+
+    Both from their images' beam axes: a field that stays with the beam lies where it lay (a real set-up: the
+    aperture is fixed to the beam, the patient moves).
+    """
+    if not field.detected or not reference.field.detected:
+        return None
+    ref_centre = reference.field_centre_mm
+    frame_centre = field_centre_mm(field, 1 << plan.field_level, frame)
+    if ref_centre is None or frame_centre is None:
+        return None
+    return math.hypot(frame_centre[0] - ref_centre[0], frame_centre[1] - ref_centre[1])
+
+
 def alike_images(reference: ImageInfo, frame: ImageInfo) -> bool:
     """Whether two images share their intensities: both portal images (kind ``"portal"``) of one kind of beam.
 
@@ -566,11 +588,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # (the kinds compared here first: a frame against a DRR makes no call)
     ref_info, frame_info = reference.image.info, frame.info
     portal_pair = ref_info.kind == frame_info.kind == "portal" and alike_images(ref_info, frame_info)
-    alike = r_eff >= ALIKE_MIN_RADIUS_MM and portal_pair
     # two images of unknown kind (arrays) may share their intensities too: the intensity fit is tried where their
     # edges agree as two portal images' do, and kept only where their intensities then correlate (INTENSITY_*)
     unknown_pair = ref_info.kind == frame_info.kind == ""
-    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike)
+    # where the field itself moved between the images (a window of one image moved over it, a panel offset not in
+    # the headers) the beam's own profile moved with the content, and the intensities place a small field too
+    moved = field_moved_mm(reference, plan, frame, field) if portal_pair or unknown_pair else None
+    alike_small = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None and moved >= FIELD_MOVED_MM  # MI where edges weak
+    alike = portal_pair and (r_eff >= ALIKE_MIN_RADIUS_MM or alike_small)
+    # ...but where a small field stayed put the beam's profile, fixed to the beam, fills its intensities: edges only
+    fixed_small = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None and moved < FIELD_MOVED_MM
+    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike and alike_small)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate
@@ -587,7 +615,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if (FINE_POLISH and opts.fine_polish and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
             and ((found.mi_final and alike)
-                 or (INTENSITY_SMALL and fit_level is not None and (portal_pair or unknown_pair)))):
+                 or (INTENSITY_SMALL and fit_level is not None and (portal_pair or unknown_pair)
+                     and not fixed_small))):
         pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
                                   found.mi_final and alike, fit_level, reference.ensure_level_filled)
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
@@ -692,6 +721,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["rotation_radius_mm"] = r_eff
     details.update(frame_stats)
     details["field_effectiveness"] = field.effectiveness
+    # how far the frame's field lies from the reference's (mm; null unless both images show one)
+    details["field_moved_mm"] = moved
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record

@@ -36,7 +36,16 @@ from scipy import ndimage
 
 from ..backends import Backend, ThreadTuner, cpu_backend, cpu_exclusive, default_lanes, select_backend
 from ..errors import PortalignError, ReferencePreparationError
-from ..field import NO_FIELD, FieldEstimate, box_reduce, field_size_mm, find_field, penumbra_extent_mm, sample_mask
+from ..field import (
+    NO_FIELD,
+    FieldEstimate,
+    box_reduce,
+    field_centre_mm,
+    field_size_mm,
+    find_field,
+    penumbra_extent_mm,
+    sample_mask,
+)
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
@@ -450,6 +459,13 @@ class Reference:
         level.row_sums = xp.empty((level.shape[0], 2), dtype=xp.float64)
         level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
+
+    @property
+    def field_centre_mm(self) -> tuple[float, float] | None:
+        """Centroid ``(x, y)`` mm of the reference's detected field from its beam axis; None without one (cached)."""
+        if not hasattr(self, "_field_centre"):
+            self._field_centre = field_centre_mm(self.field, self._field_factor, self.image)
+        return self._field_centre
 
     def _too_small_message(self, level: Level, usable: int) -> str:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""

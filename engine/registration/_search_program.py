@@ -94,7 +94,7 @@ _VALUES = {
     "split_half_below_score": SPLIT_HALF_BELOW_SCORE, "split_half_iterations": SPLIT_HALF_ITERATIONS,
     "max_rotation_step": MAX_ROTATION_STEP, "weak_edge_score": WEAK_EDGE_SCORE, "alike": 0.0,
     "alike_min_support_mm": ALIKE_MIN_SUPPORT_MM, "alike_rotation_edge_score": ALIKE_ROTATION_EDGE_SCORE,
-    "alike_rotation_overlap": ALIKE_ROTATION_OVERLAP, "mi_tolerance": MI_TOLERANCE,
+    "alike_rotation_overlap": ALIKE_ROTATION_OVERLAP, "mi_tolerance": MI_TOLERANCE, "alike_below_edge": math.inf,
 }
 #: The constants above in the order the compiled program reads them (``SETTING_NAMES``).
 SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
@@ -109,6 +109,13 @@ SETTINGS = np.array([float(_VALUES[name]) for name in SETTING_NAMES])
 #: 0.217 mm: they keep the edges.
 SETTINGS_ALIKE = SETTINGS.copy()
 SETTINGS_ALIKE[SETTING_NAMES.index("alike")] = 1.0
+#: Two portal images of a small field that moved with their content (``_program.FIELD_MOVED_MM``) report MI only where
+#: their edges match below this score (noise: low-dose windows of the TrueBeam Winston-Lutz images, edges 0.28-0.38,
+#: 0.12-0.19 mm off, MI 0.004-0.036 mm); on a clean match the edges (and the intensity fit after them) place a few
+#: hundred usable pixels better (aS500 windows: MI 0.014 mm, edges and the fit 0.000 mm).
+ALIKE_SMALL_BELOW_EDGE = 0.75
+SETTINGS_ALIKE_SMALL = SETTINGS_ALIKE.copy()
+SETTINGS_ALIKE_SMALL[SETTING_NAMES.index("alike_below_edge")] = ALIKE_SMALL_BELOW_EDGE
 _OUT = {name: i for i, name in enumerate(OUT_NAMES)}
 _SCORE, _BEST, _AMBIGUITY, _RUNNER_X, _RUNNER_Y = (_OUT[k] for k in ("score", "best_score", "ambiguity", "runner_dx_mm",
                                                                      "runner_dy_mm"))
@@ -183,8 +190,11 @@ def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
 
 
 def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
-                    polish: bool, alike: bool = False) -> SearchOutcome:
-    """Run stage 3 as one call of the backend's compiled ``search_program`` (``alike``: see :data:`SETTINGS_ALIKE`)."""
+                    polish: bool, alike: bool = False, alike_small: bool = False) -> SearchOutcome:
+    """Run stage 3 as one call of the backend's compiled ``search_program``.
+
+    ``alike``: see :data:`SETTINGS_ALIKE`; ``alike_small``: a small field that moved, :data:`SETTINGS_ALIKE_SMALL`.
+    """
     stage, levels, spacings, level_index, counts, n_later, n_polish, rotations, scratch = _static_inputs(plan, polish)
     for i, level in enumerate(stage):
         counts[i] = level.usable
@@ -194,14 +204,14 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
     # the level stage may have computed the windows already (``_frame.frame_levels``; ``_register`` clears the flag
     # before every frame's level stage)
     ready = plan.surfaces_ready
+    settings = (SETTINGS_ALIKE_SMALL if alike_small else SETTINGS_ALIKE) if alike else SETTINGS
     normalised = cs.normalised if rotate or not ready else cs.normalised[cs.zero_index:cs.zero_index + 1]
     backend.kernels.search_program(
         levels, counts, spacings, level_index, n_later, n_polish, spectra, energy, cs.window_rows, cs.window_cols,
         thetas, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, cs.suppress_px, window, cs.peak_poses,
         cs.peak_scores, ready, normalised, opts.candidates, _METHODS[opts.method],
         rotate, r_eff, (opts.max_rotation_deg + opts.rotation_step_deg) * (math.pi / 180.0), opts.normalised_mi,
-        check_precision, polish, SETTINGS_ALIKE if alike else SETTINGS, backend.fft_workers(), plan.hist, ranked,
-        records, out)
+        check_precision, polish, settings, backend.fft_workers(), plan.hist, ranked, records, out)
     o = out.tolist()  # NaN where not measured; Python floats and lists from here (no copies: few calls a frame)
     n_records = int(o[_N_RECORDS])
     levels_done = []
@@ -234,7 +244,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
 
 
 def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: float, check_precision: bool,
-                 polish: bool, alike: bool = False) -> SearchOutcome:
+                 polish: bool, alike: bool = False, alike_small: bool = False) -> SearchOutcome:
     """Run stage 3 as Python between the backend's kernels (the same steps as the compiled program)."""
     k = backend.kernels
     levels = plan.levels
@@ -318,7 +328,8 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     # a weak edge match (noise-dominated gradients: a low-dose frame) is placed more precisely by mutual
     # information on the intensities: refined fully from the edge optimum, which is then its cross-check
     # (a pair of portal images too, unless the rotation lever arm is short: see SETTINGS_ALIKE, ALIKE_MIN_SUPPORT_MM)
-    alike_final = alike and not (support is not None and support < ALIKE_MIN_SUPPORT_MM)
+    alike_final = (alike and not (support is not None and support < ALIKE_MIN_SUPPORT_MM)
+                   and not (alike_small and score >= ALIKE_SMALL_BELOW_EDGE))
     mi_final = method == "auto" and not no_match and (score < WEAK_EDGE_SCORE or alike_final)
     if method == "auto":
         if mi_final:

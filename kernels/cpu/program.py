@@ -46,7 +46,7 @@ SETTING_NAMES = (
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
     "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm", "alike_rotation_edge_score",
-    "alike_rotation_overlap", "mi_tolerance",
+    "alike_rotation_overlap", "mi_tolerance", "alike_below_edge",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
@@ -187,6 +187,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     alike, alike_support = settings[16] != 0.0, settings[17]
     alike_rotation_edge, alike_rotation_overlap = settings[18], settings[19]
     mi_tolerance = settings[20]  # the finest levels' convergence for MI, whose partial-volume ripple needs it tighter
+    alike_below_edge = settings[21]  # two alike images report MI below this edge score only (inf: whatever it is)
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -321,7 +322,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     # ...and so is that of two portal images (``alike``), whose intensities match (its rotation only as below), unless
     # the matched structure pins rotation weakly (its lever arm, when measured, below
     # ``alike_min_support_mm``: a small field's)
-    alike_final = alike and not out[_SUPPORT] < alike_support  # NaN (not measured) is not below
+    alike_final = alike and not out[_SUPPORT] < alike_support and score < alike_below_edge  # NaN is not below
     mi_final = method == METHOD_AUTO and not no_match and (score < weak_edge or alike_final)
     mi_rotates = False
     if method == METHOD_AUTO:
