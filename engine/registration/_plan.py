@@ -75,6 +75,9 @@ class Level:
     #: The reference's edge ``limit`` on this level (``kernels.cpu.gradient.gradient_limit`` of its robust range),
     #: set with its features; the global search's rotated features take the same one.
     ref_limit: float = float("inf")
+    #: Displacements ``(dx_mm, dy_mm, ratio)`` at which the reference's edges repeat (``_program.reference_periods``),
+    #: computed on first use; ``[]``: none.
+    ref_periods: Any = None
     #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
     geometry: Any = None
     #: Host float32 reference resampled onto the level and uint8 where it may be compared (the intensity polish of

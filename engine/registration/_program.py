@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
@@ -41,7 +42,7 @@ from ._quality import (
     rotation_radius,
 )
 from ._refine import edge_score, newton
-from ._search import global_search
+from ._search import DISTINCT_MM, global_search
 from ._search_program import ITERATIONS, MI_TOLERANCE, WEAK_EDGE_SCORE, search_compiled, search_eager
 from ._views import common_region, compare_views
 
@@ -438,6 +439,88 @@ def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: A
     return math.hypot(frame_centre[0] - ref_centre[0], frame_centre[1] - ref_centre[1])
 
 
+#: A reference whose edge features correlate with themselves displaced by ``DISTINCT_MM`` or more (within the search
+#: range) at this share of their zero-displacement correlation or more repeats itself (an MLC picket fence: 0.8-0.9;
+#: held-out anatomy stays below 0.4): each frame's optimum is then compared with the optima one period away on either
+#: side. A new user's trial found a picket-fence image moved 4 rows and 6 columns ok at 15 mm (one picket) off: the
+#: global search's coarse level had blurred the pickets, and no candidate lay near the truth.
+PERIODIC_MIN_RATIO = 0.5
+#: Most periods compared (the strongest self-correlation peaks, one of each +-pair: a lattice has two).
+PERIODIC_MAX_PERIODS = 2
+
+
+def reference_periods(backend: Backend, level: Any, max_shift_mm: float) -> list[tuple[float, float, float]]:
+    """Return ``(dx_mm, dy_mm, ratio)`` of the displacements at which the reference's edges repeat on ``level``.
+
+    The circular autocorrelation (FFT) of the doubled-angle edge features ``z`` on the level's grid, normalised by
+    its value at zero displacement: ``Re sum z(x + p) conj z(x) / sum |z|^2``. Its local maxima at least ``DISTINCT_MM``
+    and at most ``max_shift_mm`` (per axis) from zero, at ``PERIODIC_MIN_RATIO`` or more, strongest first, one of each
+    symmetric pair, at most ``PERIODIC_MAX_PERIODS``. Computed once per level and kept on it.
+    """
+    found = level.ref_periods
+    if found is None:
+        from scipy import fft as sp_fft
+        from scipy import ndimage
+
+        re = np.asarray(backend.to_host(level.ref_re), dtype=np.float64)
+        im = np.asarray(backend.to_host(level.ref_im), dtype=np.float64)
+        z = np.where(re == INVALID_FEATURE, 0.0, re + 1j * im)
+        power = np.abs(sp_fft.fft2(z)) ** 2
+        auto = sp_fft.ifft2(power).real
+        zero = auto[0, 0]
+        found = []
+        if zero > 0:
+            auto = np.fft.fftshift(auto / zero)
+            rows, cols = auto.shape
+            sy, sx = level.spacing
+            yy = (np.arange(rows) - rows // 2)[:, None] * sy
+            xx = (np.arange(cols) - cols // 2)[None, :] * sx
+            inside = ((np.hypot(xx, yy) >= DISTINCT_MM) & (np.abs(xx) <= max_shift_mm) & (np.abs(yy) <= max_shift_mm)
+                      & ((xx > 0) | ((xx == 0) & (yy > 0))))  # one of each +-pair
+            peaks = inside & (auto >= PERIODIC_MIN_RATIO) & (auto == ndimage.maximum_filter(auto, size=3))
+            for r, c in sorted(zip(*np.nonzero(peaks), strict=True), key=lambda rc: -auto[rc]):
+                x, y = float(xx[0, c]), float(yy[r, 0])
+                if all(math.hypot(x - a, y - b) > DISTINCT_MM for a, b, _ in found):
+                    found.append((x, y, float(auto[r, c])))
+                if len(found) == PERIODIC_MAX_PERIODS:
+                    break
+        level.ref_periods = found
+    return found
+
+
+def _periodic_check(backend: Backend, plan: FramePlan, pose: np.ndarray, periods: list, r_eff: float,
+                    opts: Any) -> dict[str, Any]:
+    """Refine the edge optima one period either side of ``pose`` on the finest working level; the best against it.
+
+    Returns the periods, the best rival's pose (mm) and its edge score over ``pose``'s (both evaluated there), with
+    the rotation held at ``pose``'s. A rival that walks back within ``DISTINCT_MM`` of ``pose`` is no rival.
+    """
+    level = plan.levels[plan.refine_levels[-1]]
+    pose = np.asarray(pose, dtype=np.float64)
+    own = edge_score(backend, plan, level, pose)
+    best, runner, period = 0.0, None, None
+    for px, py, _ in periods:
+        for sign in (1.0, -1.0):
+            start = np.array([pose[0] + sign * px, pose[1] + sign * py, pose[2]])
+            if max(abs(start[0]), abs(start[1])) > opts.max_shift_mm:
+                continue
+            other, _ = newton(backend, plan, level, start, "edge", PERIODIC_ITERATIONS, r_eff, False, opts,
+                              tolerance=0.1)
+            if math.hypot(other[0] - pose[0], other[1] - pose[1]) <= DISTINCT_MM:
+                continue
+            score = edge_score(backend, plan, level, other)
+            ratio = score / own if own > 0 else math.inf
+            if ratio > best:
+                best, runner, period = ratio, other, (px, py)
+    return {"periods_mm": [[p[0], p[1]] for p in periods], "self_correlation": [p[2] for p in periods],
+            "ratio": best, "runner_up_mm": None if runner is None else [float(runner[0]), float(runner[1])],
+            "period_mm": period}
+
+
+#: Newton iterations each rival one period away gets.
+PERIODIC_ITERATIONS = 3
+
+
 def alike_images(reference: ImageInfo, frame: ImageInfo) -> bool:
     """Whether two images share their intensities: both portal images (kind ``"portal"``) of one kind of beam.
 
@@ -619,6 +702,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                      and not fixed_small))):
         pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
                                   found.mi_final and alike, fit_level, reference.ensure_level_filled)
+    runner_up = found.runner_up
+    periodic = None
+    if not quality and not found.no_match and shift_measured:
+        working = levels[plan.refine_levels[-1]]
+        periods = working.ref_periods  # found once per level (no call per frame once known)
+        if periods is None:
+            periods = reference_periods(backend, working, opts.max_shift_mm)
+        if periods:  # a reference that repeats itself (pickets, leaves): its optimum one period away is tried too
+            periodic = _periodic_check(backend, plan, pose, periods, r_eff, opts)
+            if periodic["ratio"] > ambiguity:
+                ambiguity, runner_up = periodic["ratio"], np.asarray(periodic["runner_up_mm"])
     # the quadratic model's peak can overshoot a perfect match by a hair: a correlation is at most 1
     final_edge = 1.0 if final_edge > 1.0 else final_edge  # min(final_edge, 1.0), NaN kept
     details: dict = {
@@ -687,11 +781,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg)"
         )
-    elif ambiguity >= opts.ambiguity_ratio and found.runner_up is not None:
+    elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
         reason = (
-            f"ambiguous: a second optimum at ({found.runner_up[0]:.1f}, {found.runner_up[1]:.1f}) mm scores "
+            f"ambiguous: a second optimum at ({runner_up[0]:.1f}, {runner_up[1]:.1f}) mm scores "
             f"{ambiguity:.0%} of the best"
         )
+        if periodic is not None and periodic["ratio"] == ambiguity:
+            px, py = periodic["period_mm"]
+            reason += (f" (the reference repeats itself every ({px:.1f}, {py:.1f}) mm: periodic structure, e.g. "
+                       "MLC pickets or leaves, places no shift larger than half a period)")
     elif mi_gap is not None and mi_gap > opts.agreement_mm:
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
@@ -723,6 +821,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["field_effectiveness"] = field.effectiveness
     # how far the frame's field lies from the reference's (mm; null unless both images show one)
     details["field_moved_mm"] = moved
+    # a reference that repeats itself: the periods (mm), their self-correlation, and the best rival one period away
+    details["periodic_check"] = periodic
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
