@@ -677,11 +677,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # where the field itself moved between the images (a window of one image moved over it, a panel offset not in
     # the headers) the beam's own profile moved with the content, and the intensities place a small field too
     moved = field_moved_mm(reference, plan, frame, field) if portal_pair or unknown_pair else None
-    alike_small = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None and moved >= FIELD_MOVED_MM  # MI where edges weak
+    small_field = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None
+    alike_small = small_field and moved >= FIELD_MOVED_MM  # MI where the edges match weakly (SETTINGS_ALIKE_SMALL)
     alike = portal_pair and (r_eff >= ALIKE_MIN_RADIUS_MM or alike_small)
     # ...but where a small field stayed put the beam's profile, fixed to the beam, fills its intensities: edges only
-    fixed_small = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None and moved < FIELD_MOVED_MM
-    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike and alike_small)
+    fixed_small = small_field and not alike_small
+    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike_small)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate

@@ -19,6 +19,7 @@ a device up to ``portalign.backends.DEFAULT_LANES`` (see :func:`portalign.backen
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterator
@@ -460,12 +461,10 @@ class Reference:
         level.pixel_rows = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
 
-    @property
+    @functools.cached_property
     def field_centre_mm(self) -> tuple[float, float] | None:
         """Centroid ``(x, y)`` mm of the reference's detected field from its beam axis; None without one (cached)."""
-        if not hasattr(self, "_field_centre"):
-            self._field_centre = field_centre_mm(self.field, self._field_factor, self.image)
-        return self._field_centre
+        return field_centre_mm(self.field, self._field_factor, self.image)
 
     def _too_small_message(self, level: Level, usable: int) -> str:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""

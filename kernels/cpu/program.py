@@ -120,6 +120,22 @@ def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, 
 
 
 @njit(cache=True, nogil=True)
+def _split_spread(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised,  # type: ignore[no-untyped-def]
+                  max_rotation_step, hist, result, halves):  # pragma: no cover
+    """Return how far apart (mm, deg) the ``metric`` optima of the two halves of the usable pixels lie.
+
+    The twin of ``portalign.registration._refine.split_half_spread``: each half refined from ``pose`` (tolerance
+    0.05 steps), the rotation only with ``rotate``. ``halves`` is scratch ``(2, 3)``.
+    """
+    for h in range(2):
+        _newton_half(level, np.int64(h), count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit,
+                     normalised, 0.05, max_rotation_step, hist, result)
+        halves[h, :] = result[:3]
+    return (math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1]),
+            abs(math.degrees(halves[0, 2] - halves[1, 2])))
+
+
+@njit(cache=True, nogil=True)
 def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index: np.ndarray, n_later: int,  # type: ignore[no-untyped-def]
                    n_polish: int, spectra: np.ndarray, energy: np.ndarray, window_rows: np.ndarray,
                    window_cols: np.ndarray, thetas: np.ndarray, padded_rows: int, padded_cols: int, margin: int,
@@ -381,18 +397,12 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         halves = np.empty((2, 3))
         half_metric = mi_id if mi_final else edge_id
         half_rotates = mi_rotates if mi_final else rotate
-        for h in range(2):
-            _newton_half(fin, np.int64(h), counts[finest], spacings[finest], pose, half_metric, split_iterations, r_eff,
-                         half_rotates, theta_limit, normalised if mi_final else no, 0.05, max_step, hist, result)
-            halves[h, :] = result[:3]
-        out[_SPLIT_MM] = math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1])
-        out[_SPLIT_DEG] = abs(math.degrees(halves[0, 2] - halves[1, 2]))
+        out[_SPLIT_MM], out[_SPLIT_DEG] = _split_spread(
+            fin, counts[finest], spacings[finest], pose, half_metric, split_iterations, r_eff, half_rotates,
+            theta_limit, normalised if mi_final else no, max_step, hist, result, halves)
         if rotate and not half_rotates:  # the rotation reported is the edges': their halves' spread, in degrees
-            for h in range(2):
-                _newton_half(fin, np.int64(h), counts[finest], spacings[finest], pose, edge_id, split_iterations,
-                             r_eff, rotate, theta_limit, no, 0.05, max_step, hist, result)
-                halves[h, :] = result[:3]
-            out[_SPLIT_DEG] = abs(math.degrees(halves[0, 2] - halves[1, 2]))
+            out[_SPLIT_DEG] = _split_spread(fin, counts[finest], spacings[finest], pose, edge_id, split_iterations,
+                                            r_eff, rotate, theta_limit, no, max_step, hist, result, halves)[1]
     out[_DX] = pose[0]
     out[_DY] = pose[1]
     out[_THETA] = pose[2]
