@@ -137,6 +137,20 @@ class Image:
             raise GeometryError(f"{name}: beam axis position must be finite, got {self.beam_axis_px!r}")
         object.__setattr__(self, "beam_axis_px", (cx, cy))
 
+    @classmethod
+    def _derived(cls, pixels: np.ndarray, like: Image) -> Image:
+        """Return an image of ``like``'s geometry and header with new ``pixels`` (float32, C-contiguous, its shape).
+
+        For pixels derived from a checked image on the per-frame path (a frame's smoothed copy): ``like`` was
+        validated, and what makes ``pixels`` valid is the caller's; no check is repeated.
+        """
+        image = object.__new__(cls)
+        object.__setattr__(image, "pixels", pixels)
+        object.__setattr__(image, "spacing_mm", like.spacing_mm)
+        object.__setattr__(image, "beam_axis_px", like.beam_axis_px)
+        object.__setattr__(image, "info", like.info)
+        return image
+
     @property
     def shape(self) -> tuple[int, int]:
         """``(rows, cols)`` of the pixel array."""

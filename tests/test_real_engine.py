@@ -173,10 +173,13 @@ def test_low_dose_oblique_frames_are_never_confidently_wrong(thorax_ct):
         error = math.nan if result.dx_mm is None else math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1])
         outcomes.append((result.ok, round(error, 2), result.reason[:40]))
         if result.ok:
-            assert error <= 1.5, outcomes  # the held-out bar is 2 mm; ok results here stay well inside it
+            # the held-out bar is 2 mm; smoothed (``_program.DENOISE``) ok results here stay well inside it (0.16-0.26
+            # mm on the full-resolution CT; 0.27-0.96 mm from the raw frames)
+            assert error <= 0.6, outcomes
+            assert result.details["denoised"] is not None, outcomes  # 5 % noise against a DRR: smoothed
         else:  # a weak match says why (imprecise halves, no match, MI against edges, too little structure)
             assert result.reason and "\n" not in result.reason, outcomes
-    assert any(not ok for ok, _, _ in outcomes)  # 5 % noise: some frames cannot be trusted, and say so
+    assert sum(ok for ok, _, _ in outcomes) >= 2, outcomes
 
 
 @pytest.fixture(scope="module")
@@ -226,18 +229,30 @@ def test_held_out_kinds_are_never_confidently_wrong(held_out_ct):
 
 
 @pytest.mark.slow
-def test_a_weak_low_dose_edge_match_reports_the_mutual_information_optimum(held_out_ct):
+def test_a_weak_low_dose_edge_match_reports_the_mutual_information_optimum(held_out_ct, monkeypatch):
     """Pair 53 of ``python -m bench.held_out --seed 12``: collimator-turned jaws, gantry 225, a portal reference,
-    5 % quantum noise in the frame. Its gradients are noise-dominated (edge score 0.07): the edge optimum is 1.6 mm
-    off, the mutual-information optimum refined from it 0.1 mm; ``auto`` reports the latter and says so."""
+    5 % quantum noise in the frame. Its raw gradients are noise-dominated (edge score 0.07): the edge optimum is
+    1.6 mm off, the mutual-information optimum refined from it 0.1 mm; ``auto`` reports the latter and says so
+    (checked with the smoothing of noisy frames off). Smoothed (``_program.DENOISE``, the default) its edges
+    match at 0.47 and their optimum is 0.25 mm off; ``auto`` reports MI's, 0.17 mm off, ok."""
+    from portalign.registration import _program
+
     from bench.held_out import render_pairs
 
     (pair,) = render_pairs(held_out_ct, 12, 54, only=[53])
     assert pair.low_dose and pair.portal_reference and pair.kind == "collimator"
+    edge_options = portalign.RegistrationOptions(method="edge")
     auto = portalign.register(pair.reference, pair.frame, backend="cpu")
-    edge = portalign.register(pair.reference, pair.frame, portalign.RegistrationOptions(method="edge"), backend="cpu")
+    edge = portalign.register(pair.reference, pair.frame, edge_options, backend="cpu")
+    assert auto.details["denoised"] is not None and edge.details["denoised"] is not None
+    assert auto.ok and auto.details["final_metric"] == "mi" and auto.details["edge_score"] > 0.3
+    assert math.hypot(auto.dx_mm - pair.dx_mm, auto.dy_mm - pair.dy_mm) < 0.25
+    assert math.hypot(edge.dx_mm - pair.dx_mm, edge.dy_mm - pair.dy_mm) < 0.4
+    monkeypatch.setattr(_program, "DENOISE", False)
+    auto = portalign.register(pair.reference, pair.frame, backend="cpu")
+    edge = portalign.register(pair.reference, pair.frame, edge_options, backend="cpu")
     assert auto.details["final_metric"] == "mi" and edge.details["final_metric"] == "edge"
-    assert auto.details["edge_score"] < 0.2
+    assert auto.details["edge_score"] < 0.2 and auto.details["final_metric_why"] == "weak edge match"
     assert math.hypot(auto.dx_mm - pair.dx_mm, auto.dy_mm - pair.dy_mm) < 0.4
     assert math.hypot(edge.dx_mm - pair.dx_mm, edge.dy_mm - pair.dy_mm) > 1.0
 

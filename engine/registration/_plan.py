@@ -78,6 +78,9 @@ class Level:
     #: Displacements ``(dx_mm, dy_mm, ratio)`` at which the reference's edges repeat (``_program.reference_periods``),
     #: computed on first use; ``[]``: none.
     ref_periods: Any = None
+    #: The reference's robust contrast over its white-noise sigma on this level (``_quality.reference_contrast_to_noise``;
+    #: ``inf``: noise-free, a DRR), computed on first use (a noisy frame's denoising decision).
+    ref_contrast_to_noise: float | None = None
     #: ``(frame_axis_col, frame_axis_row, spacing_row_mm, spacing_col_mm, ref_axis_col, ref_axis_row)``, host float64[6].
     geometry: Any = None
     #: Host float32 reference resampled onto the level and uint8 where it may be compared (the intensity polish of

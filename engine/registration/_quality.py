@@ -13,8 +13,8 @@ from ..image import Image
 from ._plan import FramePlan, Level
 from ._refine import evaluate
 
-__all__ = ["assess_frame", "rotation_radius", "rotation_support_mm", "is_clean", "MIN_USABLE_PIXELS",
-           "MIN_ROTATION_SUPPORT_MM"]
+__all__ = ["assess_frame", "reference_contrast_to_noise", "rotation_radius", "rotation_support_mm", "is_clean",
+           "MIN_USABLE_PIXELS", "MIN_ROTATION_SUPPORT_MM"]
 
 #: Contrast (robust range) / noise below which a frame has "too little structure".
 MIN_CONTRAST_TO_NOISE = 12.0
@@ -162,3 +162,30 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
     step = np.array([level.spacing[1], level.spacing[0], h_r])
     values = evaluate(backend, plan, level, np.asarray(pose, dtype=np.float64) + STENCIL_3D * step, "edge")
     return float(rotation_lever_arm(values, step))
+
+
+def reference_contrast_to_noise(level: Level) -> float:
+    """Return the reference's robust contrast over its white-noise sigma on ``level`` (a frame's measure).
+
+    Where the reference may be compared less the level's field-edge band (``Level.erosion_px``), as a frame's
+    usable pixels: the robust range the MI bins take (``_reference._robust_range``) over the noise as
+    :func:`_noise_sigma` measures a frame's (the MAD of horizontal second differences). ``inf`` for a
+    noise-free reference (a DRR) or one with too few pixels to tell. Computed once per level and kept
+    (``Level.ref_contrast_to_noise``).
+    """
+    if level.ref_contrast_to_noise is None:
+        from scipy import ndimage
+
+        from ._reference import _robust_range
+
+        image = np.asarray(level.ref_image, dtype=np.float64)
+        valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
+        both = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
+        second = (image[:, :-2] - 2.0 * image[:, 1:-1] + image[:, 2:])[both]
+        ratio = math.inf
+        if second.size >= 64:
+            noise = 1.4826 * float(np.median(np.abs(second - np.median(second)))) / math.sqrt(6.0)
+            lo, hi = _robust_range(image[valid].astype(np.float32))
+            ratio = math.inf if noise <= 0.0 else float(hi - lo) / noise
+        level.ref_contrast_to_noise = ratio
+    return level.ref_contrast_to_noise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["downsample2", "downsample2_mask"]
+__all__ = ["downsample2", "downsample2_mask", "smooth_separable"]
 
 
 @njit(parallel=True, cache=True, fastmath=False, nogil=True)
@@ -114,3 +114,51 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
     for k in range(1, depth):
         downsample2(levels[k - 1], levels[k])
     return bad == 0, differ > 0
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def smooth_separable(src: np.ndarray, live_rows: np.ndarray, live_cols: np.ndarray, taps_rows: np.ndarray,
+                     taps_cols: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Normalised separable convolution of ``src`` with ``taps_rows`` (along rows) then ``taps_cols``; into ``out``.
+
+    Parameters
+    ----------
+    src : float32[rows, cols]
+    live_rows, live_cols : uint8[rows], uint8[cols]
+        0 for a dead detector line: it gives no weight to its neighbours (the convolution is normalised by the
+        weight that did reach each pixel) and keeps its own value in ``out``.
+    taps_rows, taps_cols : float64[2 h + 1]
+        Symmetric kernels (a sampled Gaussian); the image's edge is extended by its nearest pixel.
+    scratch, out : float32[rows, cols]
+        Overwritten (``scratch``: the pass along the rows).
+    """
+    rows, cols = src.shape
+    hr = taps_rows.shape[0] // 2
+    hc = taps_cols.shape[0] // 2
+    for i in prange(rows):
+        for j in range(cols):
+            total = 0.0
+            weight = 0.0
+            for k in range(-hr, hr + 1):
+                r = i + k
+                r = 0 if r < 0 else (rows - 1 if r >= rows else r)
+                if live_rows[r]:
+                    w = taps_rows[k + hr]
+                    total += w * src[r, j]
+                    weight += w
+            scratch[i, j] = total / weight if weight > 0.0 else src[i, j]
+    for i in prange(rows):
+        for j in range(cols):
+            if not live_rows[i] or not live_cols[j]:
+                out[i, j] = src[i, j]
+                continue
+            total = 0.0
+            weight = 0.0
+            for k in range(-hc, hc + 1):
+                c = j + k
+                c = 0 if c < 0 else (cols - 1 if c >= cols else c)
+                if live_cols[c]:
+                    w = taps_cols[k + hc]
+                    total += w * scratch[i, c]
+                    weight += w
+            out[i, j] = total / weight if weight > 0.0 else src[i, j]
