@@ -174,6 +174,20 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     return field
 
 
+def dead_lines_only(image: Image, small: np.ndarray) -> FieldEstimate:
+    """Return no field, with ``image``'s dead detector lines (for ``field="none"``: no field looked for).
+
+    A dead line reads far off its neighbours whether or not the field is looked for: it is left out of the
+    match (and its zeros out of the frame's contrast over noise) all the same. ``small`` as for
+    :func:`find_field`. Before, with ``--field none`` two dead rows were matched as anatomy and raised a noisy
+    frame's contrast over noise fourfold (a new user's trial: 48.9 -> 194.8 on leeds_kv at 6 % noise).
+    """
+    _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels)
+    if not rows and not cols:
+        return NO_FIELD
+    return FieldEstimate(detected=False, dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
+
+
 def _sign_in_doubt(image: Image, field: FieldEstimate) -> bool:
     """Whether the field found rests on a sign nobody established.
 

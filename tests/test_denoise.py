@@ -96,3 +96,36 @@ def test_dead_lines_keep_their_values_and_stay_out_of_their_neighbours():
     # the dead lines' zeros are not smeared into their neighbours, and the noise is smoothed away
     assert abs(float(out.pixels[live].mean()) - 1000.0) < 2.0 and float(out.pixels[live].min()) > 950.0
     assert float(out.pixels[live].std()) < 0.3 * float(pixels[live].std())
+
+
+def test_with_field_none_dead_lines_are_still_found_and_a_noisy_frame_still_smoothed():
+    """A new user's trial: with ``--field none`` two dead rows of pylinac's leeds_kv.dcm (a window moved 7 rows and
+    -5 columns, 6 % noise) were matched as anatomy, with no warning, and their zeros raised the frame's contrast
+    over noise from 48.9 to 194.8, so that the frame was not smoothed."""
+    from tests.field_sets import REAL
+
+    path = REAL / "pylinac" / "planar_imaging" / "leeds_kv.dcm"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (../shared/data/real)")
+    image = portalign.read_rt_image(path)
+    pixels, spacing, m = image.pixels.astype(np.float64), image.spacing_mm, 20
+    rows, cols = pixels.shape[0] - 2 * m, pixels.shape[1] - 2 * m
+    ref = pixels[m:m + rows, m:m + cols]
+    prepared = portalign.prepare_reference(portalign.Image.from_array(ref, pixel_spacing_mm=spacing, kind="portal"),
+                                           portalign.RegistrationOptions(field="none"), backend="cpu")
+    noise = np.random.default_rng(0).normal(0.0, 0.06 * float(np.ptp(ref)), (rows, cols))
+    window = pixels[m + 7:m + 7 + rows, m - 5:m - 5 + cols] + noise
+    results = []
+    for dead in (False, True):
+        frame = window.copy()
+        if dead:
+            frame[int(rows * 0.45):int(rows * 0.45) + 2, :] = 0.0
+        results.append(prepared.register(portalign.Image.from_array(frame, pixel_spacing_mm=spacing, kind="portal")))
+    clean, dead = results
+    assert any("2 dead detector row(s)" in w for w in dead.warnings), dead.warnings
+    assert not any("dead detector" in w for w in clean.warnings)
+    assert clean.details["denoised"] is not None and dead.details["denoised"] is not None
+    ratio = dead.details["denoised"]["contrast_to_noise"] / clean.details["denoised"]["contrast_to_noise"]
+    assert 0.9 < ratio < 1.1, ratio  # the dead rows' zeros no longer count as contrast
+    for result in results:
+        assert result.ok and math.hypot(result.dx_mm - 5 * spacing[1], result.dy_mm + 7 * spacing[0]) <= 0.1

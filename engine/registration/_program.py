@@ -26,7 +26,7 @@ from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
-from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, field_centre_mm, field_size_mm, find_field
+from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, dead_lines_only, field_centre_mm, field_size_mm, find_field
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
@@ -611,7 +611,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # the field-detection level on the host (the CPU's arrays are there already)
     small = ((levels if host is None else host.levels)[plan.field_level].image if front is not None
              else backend.to_host(levels[plan.field_level].image))
-    field = find_field(frame, small) if wants_field(opts, frame) else NO_FIELD
+    if wants_field(opts, frame):
+        field = find_field(frame, small)
+    elif opts.field == "none" and frame.info.kind != "drr":  # no field looked for: its dead lines still are
+        field = dead_lines_only(frame, small)
+    else:
+        field = NO_FIELD
     used = plan.used_levels
     if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
         share = SMALL_FIELD_SHARE * plan.extent_mm
