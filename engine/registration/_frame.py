@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from portalign.kernels.cpu.level import LEVEL_SLOTS
+from portalign.kernels.cpu.pyramid import smooth_separable
 
 from ..field import FieldEstimate
 from ..image import Image
@@ -168,8 +169,6 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
     sigma_mm : float
         The Gaussian's standard deviation, mm at the isocentre plane (``frame.spacing_mm`` converts it to pixels).
     """
-    from portalign.kernels.cpu.pyramid import smooth_separable
-
     pixels = frame.pixels
     rows, cols = pixels.shape
     live_rows = np.ones(rows, dtype=np.uint8)

@@ -129,7 +129,6 @@ INTENSITY_MIN_CORRELATION = 0.9
 INTENSITY_MIN_INLIERS = 0.9
 #: Every k-th usable pixel is visited so that at most this many are (a 680 x 920 image's level 0: every 4th).
 INTENSITY_MAX_VISITED = 150_000
-#: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 #: A noisy frame (contrast over noise at the finest working level below ``DENOISE_BELOW_CNR``: a low-dose or
 #: short-cine MV frame) that is ``DENOISE_NOISIER`` times noisier than the reference (relative to each one's
 #: contrast; a DRR has no noise) is registered again after a Gaussian smoothing of its own pixels of
@@ -147,6 +146,7 @@ DENOISE_BELOW_CNR = 100.0
 DENOISE_SIGMA_MM = 1.0
 DENOISE_NOISIER = 3.0
 DENOISE_MIN_RADIUS_MM = ALIKE_MIN_RADIUS_MM
+#: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from portalign.kernels.cpu.refine import STENCIL_3D, rotation_lever_arm
-from portalign.kernels.cpu.statistics import clean_window
+from portalign.kernels.cpu.statistics import clean_window, second_difference_mad
 
 from ..field import FieldEstimate, field_size_mm
 from ..image import Image
@@ -178,14 +178,15 @@ def reference_contrast_to_noise(level: Level) -> float:
 
         from ._reference import _robust_range
 
-        image = np.asarray(level.ref_image, dtype=np.float64)
+        image = np.asarray(level.ref_image, dtype=np.float32)
         valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
-        both = valid[:, :-2] & valid[:, 1:-1] & valid[:, 2:]
-        second = (image[:, :-2] - 2.0 * image[:, 1:-1] + image[:, 2:])[both]
+        rows, cols = image.shape
+        # the frame's statistic (every row here): the MAD of the second differences whose three pixels are valid
+        mad, count = second_difference_mad(image, valid.view(np.uint8), 0, rows, 1, 0, cols, True)
         ratio = math.inf
-        if second.size >= 64:
-            noise = 1.4826 * float(np.median(np.abs(second - np.median(second)))) / math.sqrt(6.0)
-            lo, hi = _robust_range(image[valid].astype(np.float32))
+        if count >= 64:
+            noise = _noise_sigma(None, level, (mad, count))
+            lo, hi = _robust_range(image[valid])
             ratio = math.inf if noise <= 0.0 else float(hi - lo) / noise
         level.ref_contrast_to_noise = ratio
     return level.ref_contrast_to_noise

@@ -135,30 +135,49 @@ def smooth_separable(src: np.ndarray, live_rows: np.ndarray, live_cols: np.ndarr
     rows, cols = src.shape
     hr = taps_rows.shape[0] // 2
     hc = taps_cols.shape[0] // 2
+    # along the columns the weight that reaches a pixel depends on its column only: once per column
+    col_live = np.empty(cols)
+    for j in range(cols):
+        col_live[j] = 1.0 if live_cols[j] else 0.0
+    col_weight = np.zeros(cols)
+    for j in range(cols):
+        for k in range(-hc, hc + 1):
+            col_weight[j] += taps_cols[k + hc] * col_live[_clamp(j + k, cols)]
+    # along the rows it depends on the row only: each source row is added whole (an inner loop that vectorises)
     for i in prange(rows):
+        total = np.zeros(cols)
+        weight = 0.0
+        for k in range(-hr, hr + 1):
+            r = _clamp(i + k, rows)
+            if live_rows[r]:
+                w = taps_rows[k + hr]
+                weight += w
+                for j in range(cols):
+                    total[j] += w * src[r, j]
         for j in range(cols):
-            total = 0.0
-            weight = 0.0
-            for k in range(-hr, hr + 1):
-                r = i + k
-                r = 0 if r < 0 else (rows - 1 if r >= rows else r)
-                if live_rows[r]:
-                    w = taps_rows[k + hr]
-                    total += w * src[r, j]
-                    weight += w
-            scratch[i, j] = total / weight if weight > 0.0 else src[i, j]
+            scratch[i, j] = total[j] / weight if weight > 0.0 else src[i, j]
+    # along the columns, each tap added to a whole row (the edge's clamped columns apart): the same sums, in the
+    # same order, as pixel by pixel
     for i in prange(rows):
-        for j in range(cols):
-            if not live_rows[i] or not live_cols[j]:
+        if not live_rows[i]:
+            for j in range(cols):
                 out[i, j] = src[i, j]
-                continue
-            total = 0.0
-            weight = 0.0
-            for k in range(-hc, hc + 1):
-                c = j + k
-                c = 0 if c < 0 else (cols - 1 if c >= cols else c)
-                if live_cols[c]:
-                    w = taps_cols[k + hc]
-                    total += w * scratch[i, c]
-                    weight += w
-            out[i, j] = total / weight if weight > 0.0 else src[i, j]
+            continue
+        acc = np.zeros(cols)
+        for k in range(-hc, hc + 1):
+            w = taps_cols[k + hc]
+            low = -k if k < 0 else 0  # columns j < low read column 0
+            high = cols - k if k > 0 else cols  # columns j >= high read column cols - 1
+            for j in range(min(low, cols)):
+                acc[j] += w * col_live[0] * scratch[i, 0]
+            for j in range(low, high):
+                acc[j] += w * col_live[j + k] * scratch[i, j + k]
+            for j in range(max(high, 0), cols):
+                acc[j] += w * col_live[cols - 1] * scratch[i, cols - 1]
+        for j in range(cols):
+            out[i, j] = acc[j] / col_weight[j] if live_cols[j] and col_weight[j] > 0.0 else src[i, j]
+
+@njit(inline="always", cache=True, nogil=True)
+def _clamp(index: int, size: int) -> int:  # pragma: no cover - compiled
+    """``index`` moved onto ``0 .. size - 1`` (the image's edge extended by its nearest pixel)."""
+    return 0 if index < 0 else (size - 1 if index >= size else index)
