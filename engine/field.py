@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, detect_front, split_field
+from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, detect_front, line_noise, split_field
 from scipy import ndimage
 
 from .image import Image
@@ -49,13 +49,27 @@ MIN_LARGEST_PART = 0.9
 #: Fewest pixels a detected field may have on the detection level.
 MIN_FIELD_PIXELS = 12
 #: A detector line is dead (or hot) when it spikes away from both neighbours by this many noise sigmas...
-DEAD_LINE_CONTRAST = 8.0
-#: ...over at least this share of its length; at most this share of all lines are bridged.
+DEAD_LINE_CONTRAST = 5.0
+#: ...over at least this share of its length; at most this share of all lines are separate bands (more is a
+#: striped image, not a panel's faults).
 DEAD_LINE_SHARE = 0.8
 DEAD_LINE_MAX_SHARE = 0.05
-#: Widest band of adjacent dead detector lines recognised (two adjacent dead lines are a known fault of a panel's
-#: readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm off, ok).
+#: Widest band of adjacent dead detector lines recognised by their spike alone (two adjacent dead lines are a known
+#: fault of a panel's readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm
+#: off, ok).
 DEAD_BAND_MAX = 2
+#: A wider band (a failed gate driver or readout module leaves a block of lines dead or saturated: a 128-line module
+#: is a quarter of a 512-line panel) is recognised up to this share of the image's lines, when it starts and stops
+#: sharply: its first and last lines read at least ``DEAD_BLOCK_SHARP`` as far off as its middle ones. A readout
+#: fault ends at a detector line; an object's image (MLC pickets, a wire, a couch rail, a field edge) is blurred by
+#: the focal spot and the detector's scatter over several pixels. Before, three or more adjacent dead rows were
+#: matched: refused as "no match" (zero rows), or taken for the field (hot rows: a cone 14.8 mm off, ok).
+DEAD_BLOCK_MAX_SHARE = 0.25
+DEAD_BLOCK_SHARP = 0.9
+#: A band of any width must also stand out of the image beside it: outside the band the image steps (from each
+#: outside line to the line beyond it) by less than this share of the band's depth on one side at least. The
+#: flat bottom of a blurred MLC picket is two lines deep beside lines that slope into it.
+DEAD_EDGE_STEP = 0.5
 #: A radiation field (jaws, MLC, cone) surrounds its beam's central axis, or passes close to it (a half-beam
 #: block puts the axis on its edge): a region found farther from the axis than this that also runs off the image
 #: is the patient's outline or an object (the air beside a lateral view's body), not the field. An off-axis
@@ -381,7 +395,8 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
     mask = np.empty(small.shape, dtype=np.uint8)
     box = np.zeros(4)
     dead, code, threshold, effectiveness, bright = detect_front(
-        small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
+        small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 0.0 if full is None else DEAD_BLOCK_MAX_SHARE,
+        MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
         MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box)
     if not dead:
         return _estimate(code, threshold, effectiveness, bright, mask, box)
@@ -474,42 +489,52 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
 
 def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
                        ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
-    """Replace whole rows / columns that spike away from both neighbours by the neighbours' mean.
+    """Replace bands of whole rows / columns that spike away from both neighbours by the lines either side.
 
     Returns the bridged image and the indices of the rows and of the columns replaced. ``full``, the
-    image at the detector's own pixels that ``values`` was box-reduced from, confirms each line: a
-    dead line is one detector line wide, with neighbours that agree with each other, whereas MLC
-    pickets or a thin wire are several pixels wide (see :func:`_dead_band`).
+    image at the detector's own pixels that ``values`` was box-reduced from, confirms each band: a
+    band of one or two dead lines has neighbours that agree with each other, whereas MLC pickets or a
+    thin wire are several pixels wide; a wider band (a dead readout module) starts and stops sharply at a
+    detector line (see :func:`_dead_band`). Without ``full`` only bands of one or two lines are looked for.
 
     A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
     split would take it for a class of its own (on an inverted image a dead line at zero is the
-    darkest thing there, and becomes "the field"). A line qualifies when, over at least
-    ``DEAD_LINE_SHARE`` of its length, it differs from both neighbours in the same direction by more
+    darkest thing there, and becomes "the field"). A band qualifies when, over at least
+    ``DEAD_LINE_SHARE`` of its length, it lies beyond both lines outside it on one side by more
     than ``DEAD_LINE_CONTRAST`` times the image's line-to-line noise; a field edge is a step (one
-    neighbour agrees) and anatomy does not run along a whole detector line. Only lines whose mean
-    spikes away from both neighbours' means are examined pixel by pixel (a cheap first pass: this
+    neighbour agrees) and anatomy does not run along a whole detector line. Only bands whose means
+    spike away from both neighbours' means are examined pixel by pixel (a cheap first pass: this
     runs on every frame).
     """
     out = values
     found: list[tuple[int, ...]] = [(), ()]
     for axis in (0, 1):
         work = out if axis == 0 else out.T
+        max_width = DEAD_BAND_MAX if full is None else max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * work.shape[0]))
         # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
-        bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)]
+        bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width)]
         if full is not None and bad:
             full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
             factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
             full_noise = _line_noise(full_work)
             confirmed: set[int] = set()
-            for i in bad:
-                band = _dead_band(full_work, int(i) * factor, (int(i) + 1) * factor, full_noise)
-                if band is not None:  # every reduced line the detector lines fall in
+            for first, last in _runs(bad):
+                # the detector lines of the reduced lines found, and of the line before them (a box reduction
+                # can leave little of a band's edge line in a reduced line): one band or several
+                start, stop = max(first - 1, 0) * factor, (last + 1) * factor
+                while start < stop:
+                    band = _dead_band(full_work, start, stop, full_noise, stop - start + factor)
+                    if band is None:
+                        break
+                    # every reduced line the detector lines fall in
                     confirmed.update(range(band[0] // factor, min(band[1] // factor, work.shape[0] - 2) + 1))
+                    start = band[1] + 1
             bad = sorted(i for i in confirmed if i >= 1)
-        if not bad or len(bad) > DEAD_LINE_MAX_SHARE * work.shape[0]:
+        runs = _runs(bad)
+        if not bad or len(runs) > DEAD_LINE_MAX_SHARE * work.shape[0] or len(bad) > DEAD_BLOCK_MAX_SHARE * work.shape[0]:
             continue
         work = work.copy()
-        for first, last in _runs(bad):
+        for first, last in runs:
             # a band of dead lines: straight across from the line before it to the line after it
             before, after = work[first - 1], work[last + 1]
             for i in range(first, last + 1):
@@ -520,29 +545,72 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     return out, found[0], found[1]
 
 
-def _dead_band(work: np.ndarray, start: int, stop: int, noise: float) -> tuple[int, int] | None:
-    """Return ``(first, last)`` of a band of one to ``DEAD_BAND_MAX`` dead detector lines starting in ``work[start:stop]``.
+def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int) -> tuple[int, int] | None:
+    """Return ``(first, last)`` of a band of 1 to ``max_width`` dead detector lines starting in ``work[start:stop]``.
 
-    Over at least ``DEAD_LINE_SHARE`` of their length the band's lines must all differ from the two lines just
-    outside it in the same direction by more than ``DEAD_LINE_CONTRAST`` noise sigmas, while those two outside
-    lines differ from each other by less than half of that spike: a detector line or two, not a structure
-    (MLC pickets, a wire) several pixels wide. A band may run past ``stop``: a box reduction can split two
-    adjacent dead lines between two reduced lines. None when there is no such band.
+    Over at least ``DEAD_LINE_SHARE`` of their length the band's lines must all lie beyond the two lines just
+    outside it, on one side, by more than ``DEAD_LINE_CONTRAST`` times ``noise`` (each column's, ``(cols,)``). A
+    band of up to ``DEAD_BAND_MAX`` lines must have outside lines that differ from each other by less than half
+    of that spike there: a detector line or two, not a structure (MLC pickets, a wire) several pixels wide. A
+    wider band (up to ``DEAD_BLOCK_MAX_SHARE`` of the lines) must start and stop sharply: over those pixels its
+    first and last lines lie at least ``DEAD_BLOCK_SHARP`` times as far beyond the outside lines as its median
+    line does (a blurred object's edge lines are part-way). The widest band at the first line that starts one is
+    returned (of two hot lines reading differently, the first alone lies beyond the second); None when none does.
     """
     rows = work.shape[0]
+    max_width = min(max_width, max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * rows)))
+    threshold = DEAD_LINE_CONTRAST * noise
     for first in range(max(start, 1), min(stop, rows - 1)):
-        for width in range(1, DEAD_BAND_MAX + 1):
+        before = work[first - 1]
+        low, high = work[first].copy(), work[first].copy()
+        widest = None
+        for width in range(1, max_width + 1):
             last = first + width - 1
             if last + 1 >= rows:
                 break
-            band = work[first:last + 1]
-            up, down = band - work[first - 1], band - work[last + 1]
-            same = np.all((up > 0) & (down > 0), axis=0) | np.all((up < 0) & (down < 0), axis=0)
-            spike = np.minimum(np.abs(up), np.abs(down)).min(axis=0)
-            agree = np.abs(work[first - 1] - work[last + 1]) < 0.5 * spike
-            if np.mean(same & (spike > DEAD_LINE_CONTRAST * noise) & agree) >= DEAD_LINE_SHARE:
-                return first, last
+            np.minimum(low, work[last], out=low)
+            np.maximum(high, work[last], out=high)
+            above, below = low - before > threshold, before - high > threshold
+            if np.mean(above | below) < DEAD_LINE_SHARE:
+                break  # the band no longer lies beyond the line before it: wider bands cannot either
+            after = work[last + 1]
+            up = (low - np.maximum(before, after) > threshold)
+            down = (np.minimum(before, after) - high > threshold)
+            spiking = up | down
+            if width <= DEAD_BAND_MAX:
+                spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
+                spiking &= np.abs(before - after) < 0.5 * spike
+            if np.mean(spiking) < DEAD_LINE_SHARE:
+                continue
+            if not _sharp(work, first, last, spiking, width > DEAD_BAND_MAX):
+                continue
+            widest = (first, last)
+        if widest is not None:
+            return widest
     return None
+
+
+def _sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool) -> bool:
+    """Whether the band ``work[first:last + 1]`` starts and stops at a detector line, over the pixels ``spiking``.
+
+    Depths are mean distances from the nearer of the two lines just outside the band. The image steps less
+    outside the band (between each outside line and the line beyond it; the smaller of the two steps, as a
+    second dead line may lie one line away) than ``DEAD_EDGE_STEP`` times the band's median depth: a blurred
+    structure (a picket's penumbra) slopes into its lowest lines. A ``wide`` band's first and last lines are at
+    least ``DEAD_BLOCK_SHARP`` times as deep as its median line.
+    """
+    before, after = work[first - 1][spiking], work[last + 1][spiking]
+    band = work[first:last + 1][:, spiking]
+    outer = np.maximum(before, after) if band.mean() > before.mean() else np.minimum(before, after)
+    depth = np.abs(band - outer).mean(axis=1)
+    middle = float(np.median(depth))
+    if middle <= 0:
+        return False
+    steps = [float(np.abs(before - work[first - 2][spiking]).mean()) if first >= 2 else np.inf,
+             float(np.abs(after - work[last + 2][spiking]).mean()) if last + 2 < work.shape[0] else np.inf]
+    if min(steps) > DEAD_EDGE_STEP * middle:
+        return False
+    return not wide or min(depth[0], depth[-1]) >= DEAD_BLOCK_SHARP * middle
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -556,10 +624,9 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _line_noise(work: np.ndarray) -> float:
-    """Robust sigma of pixel differences between neighbouring lines (every 4th line: a cheap estimate)."""
-    diff = work[1::4] - work[:-1:4][: work[1::4].shape[0]]
-    return 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+def _line_noise(work: np.ndarray) -> np.ndarray:
+    """Each column's line-to-line noise (``kernels.cpu.field.line_noise``: over blocks of columns, floored)."""
+    return line_noise(np.ascontiguousarray(work, dtype=np.float64))  # type: ignore[no-any-return]
 
 
 def sample_mask(mask: np.ndarray, factor: float, offset: float, shape: tuple[int, int]) -> np.ndarray:

@@ -78,7 +78,8 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
     assert tuple(box) == pytest.approx((56, 84, 26, 54), abs=1)
 
 
-@pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair"])
+@pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair", "dead block",
+                                  "part-dead rows", "dead rows through a field"])
 def test_dead_lines_equal_the_reference(kind):
     from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
     from portalign.kernels.cpu.field import dead_lines
@@ -102,9 +103,22 @@ def test_dead_lines_equal_the_reference(kind):
     elif kind == "field edges":
         image[:20] *= 0.05
         image[-20:] *= 0.05
+    elif kind == "dead block":  # a failed readout module: 9 adjacent lines saturated
+        image[40:49] = 16383.0
+        expected_rows = list(range(40, 49))
+    elif kind == "part-dead rows":  # a band a box reduction spread part-way over its edge rows
+        image[60] *= 0.75
+        image[61:64] = 0.0
+        image[64] *= 0.5
+        expected_rows = list(range(60, 65))
+    elif kind == "dead rows through a field":  # the field covers 60 % of each row; outside it, faint dose (3 %)
+        image[:, :26] *= 0.03
+        image[:, -25:] *= 0.03
+        image[70:73] = 0.0
+        expected_rows = [70, 71, 72]
     image = np.ascontiguousarray(image)
-    got = dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)
-    want = reference.dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE)
+    got = dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 12)
+    want = reference.dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 12)
     np.testing.assert_array_equal(got, want)
     assert list(got) == expected_rows
 

@@ -24,6 +24,7 @@ from portalign.field import (
     noise_ratio,
     planned_aperture_covers,
 )
+from scipy import ndimage
 
 from tests.field_sets import (
     FIELD_CASES,
@@ -36,7 +37,7 @@ from tests.field_sets import (
     read,
     window_pair,
 )
-from tests.synthetic import anatomy, moved
+from tests.synthetic import anatomy, field_aperture, moved, mv_portal
 
 needs_cases = pytest.mark.skipif(not FIELD_CASES.is_dir(), reason="../shared/field-cases not present (a user's clone)")
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present (a user's clone)")
@@ -466,14 +467,72 @@ def test_two_dead_columns_through_a_cone_are_left_out(cols):
 
 
 def test_lines_several_pixels_wide_are_not_dead_lines():
-    """MLC pickets run the whole image too, but are several detector pixels wide: they stay in the match."""
+    """MLC pickets run the whole image too, but are several detector pixels wide and blurred: they stay in the match.
+
+    The picket's edges have the penumbra of any object's image (the focal spot, the detector's scatter: here a
+    Gaussian of 1.5 pixels); a readout fault starts and stops at a detector line.
+    """
     img = np.full((256, 256), 1000.0)
-    img[:, 100:104] = 300.0  # a 4-pixel picket
+    img[:, 100:106] = 300.0  # a 6-pixel picket
+    img = ndimage.gaussian_filter1d(img, 1.5, axis=1)
     img[:, 180] = 0.0  # one dead column
     img += np.random.default_rng(2).normal(0, 3, img.shape)
     small = img.reshape(64, 4, 64, 4).mean(axis=(1, 3))
     field = detect_field(small, img)
     assert field.dead_cols == (45,) and field.dead_rows == ()
+
+
+@pytest.mark.parametrize(("value", "start", "width"), [(0.0, 101, 3), (16383.0, 98, 12), (0.0, 60, 40)])
+def test_a_sharp_band_of_dead_lines_is_left_out(value, start, width):
+    """A band of adjacent dead (or saturated) detector lines, sharp at both ends: a readout module's fault.
+
+    Three or more adjacent dead rows were matched before: zero rows were refused as "no match", hot rows taken for
+    the field (a cone 14.8 mm off, ok). Now the band's lines are found (on the detection level: every reduced line
+    that holds one of them), whether or not it lines up with the box reduction.
+    """
+    img = np.full((256, 256), 1000.0) + np.random.default_rng(3).normal(0, 3, (256, 256))
+    img[start:start + width, :] = value
+    small = img.reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    field = detect_field(small, img)
+    assert field.dead_rows == tuple(range(start // 4, (start + width - 1) // 4 + 1)) and field.dead_cols == ()
+
+
+@pytest.mark.parametrize("shift", [(-3.0, 2.5), (1.0, 3.0), (0.0, 0.0)])
+@pytest.mark.parametrize("rows", [(195, 199), (199, 201)])
+def test_dead_rows_through_a_cone_leave_both_halves(shift, rows):
+    """Two or four dead rows across a 26 mm cone's middle: the match keeps the sound pixels beside them.
+
+    With a field-edge band taken around the dead rows too, two slivers of the cone were left (276 of 900 pixels)
+    and the global search matched them 5-29 mm off with ok=true.
+    """
+    drr, frame = _drr_and_cone_frame(shift)
+    pixels = frame.pixels.astype(np.float64).copy()
+    pixels[rows[0]:rows[1]] = 0.0
+    result = portalign.register(drr, portalign.Image.from_array(pixels, pixel_spacing_mm=0.5, kind="portal"),
+                                backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.1
+    assert any("dead detector row(s)" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(("value", "start", "width"), [(0.0, 100, 3), (0.0, 120, 12), ("hot", 120, 12), (0.0, 90, 40)])
+def test_a_band_of_dead_rows_through_a_jaw_field(value, start, width):
+    """Bands of dead (zero) or saturated rows across a 120 x 100 mm field whose outside gets 2 % of the dose.
+
+    Quantum noise (1.5 % of each pixel's value). Before, three or more zero rows were refused ("no match") and hot
+    ones taken for the field; each is now found, across the field and its faint outside, and left out.
+    """
+    base = anatomy(384, seed=7)
+    shape, (dx, dy) = (256, 256), (2.5, -1.5)
+    reference = portalign.Image.from_array(moved(base, 0, 0, 0, shape=shape), pixel_spacing_mm=1.0, kind="drr")
+    clean = mv_portal(moved(base, dx, dy, 0, shape=shape), field_aperture(shape, 1.0, 60, 50))
+    pixels = clean * (1 + 0.015 * np.random.default_rng(5).standard_normal(shape))
+    pixels[start:start + width] = 1.2 * pixels.max() if value == "hot" else value
+    result = portalign.register(reference, portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal"),
+                                backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.15
+    assert any("dead detector row(s)" in w for w in result.warnings), result.warnings
 
 
 def _bb_in_turned_field(bb_mm, collimator_deg, seed, size_mm=20.0, spacing=0.4):

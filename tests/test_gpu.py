@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from portalign.kernels import cpu
+from portalign.kernels.cpu import level as cpu_level
 from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.gpu import launch
 from portalign.kernels.reference import gradient as ref_gradient
@@ -689,11 +690,15 @@ def test_frame_statistics_match_cpu(backend, masked):
     assert got_r[1] == want_r[1] and got_r[0] == pytest.approx(want_r[0], rel=1e-12)
 
 
-@pytest.mark.parametrize("has_field", [True, False])
-def test_prepare_level_matches_cpu(backend, has_field):
+@pytest.mark.parametrize("kind", ["field", "none", "dead lines"])
+def test_prepare_level_matches_cpu(backend, kind):
     image = structured_image(SHAPE, 4)
-    small = np.zeros((6, 5), dtype=bool)
-    small[1:5, 1:4] = True
+    has_field = kind != "none"
+    small = np.zeros((6, 5), dtype=np.uint8)
+    small[1:5, 1:4] = 1
+    if kind == "dead lines":  # a dead row and a dead column (DEAD_LINE along them): cut out, no edge band
+        small[3, :] = cpu_level.DEAD_LINE
+        small[:, 2] = cpu_level.DEAD_LINE
     shape = SHAPE
 
     def buffers(xp_asarray):
@@ -709,6 +714,7 @@ def test_prepare_level_matches_cpu(backend, has_field):
     dev = buffers(backend.asarray)
     dev_stats = np.zeros(4)
     backend.kernels.prepare_level(backend.asarray(image), small, has_field, 0.25, -0.375, 1, 8, *dev, dev_stats)
+    assert host_stats[0] > 0
     assert_array_equal(dev_stats[:3], host_stats[:3])
     assert dev_stats[3] == pytest.approx(host_stats[3], rel=1e-12)
     usable = int(host_stats[0])

@@ -122,6 +122,40 @@ def test_rms_radius_matches_the_reference_and_geometry():
     assert cpu.rms_radius(empty, 0, 0, 1, 1, 2) == (0.0, 0)
 
 
+@pytest.mark.parametrize(("scale", "offset"), [(0.25, -0.375), (1.0, 0.0), (2.0, 0.5)])
+def test_dead_lines_are_cut_without_a_field_edge_band(scale, offset):
+    """A dead line (``DEAD_LINE`` in the field mask) leaves the level's pixels it overlaps and their neighbours.
+
+    The field-edge band is not taken around it: the usable pixels are the field's eroded ones less exactly the
+    rows and columns within ``1.5 scale + 0.5`` detection lines of a dead one (a level pixel spans ``scale`` lines;
+    central differences reach one pixel).
+    """
+    from portalign.kernels.cpu.level import DEAD_LINE
+
+    shape = (48, 44)
+    image = structured_image(shape, seed=3)
+    small = np.zeros((24, 22), dtype=np.uint8)
+    small[2:22, 2:20] = 1
+    dead = small.copy()
+    dead[11, :] = DEAD_LINE
+    dead[:, 7] = DEAD_LINE
+
+    def usable(field_mask):
+        b = [np.empty(shape, np.uint8) for _ in range(3)] + [np.empty(image.size, np.int32) for _ in range(2)]
+        b += [np.empty(shape, np.int16), np.empty((shape[0], 2)), np.empty(shape, np.float32), np.empty(shape, np.float32)]
+        cpu.prepare_level(image, field_mask, True, scale, offset, 3, 16, *b, np.zeros(4))
+        return b[2].astype(bool)
+
+    want = usable(np.minimum(dead, 1))  # the field as if the lines were sound
+    rows = np.abs(np.arange(shape[0]) * scale + offset - 11) < 1.5 * scale + 0.5
+    cols = np.abs(np.arange(shape[1]) * scale + offset - 7) < 1.5 * scale + 0.5
+    want[rows, :] = False
+    want[:, cols] = False
+    got = usable(dead)
+    assert rows.any() and cols.any() and got.any()
+    assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("has_field", [True, False])
 def test_prepare_level_equals_its_steps_done_one_by_one(has_field):
     shape = (36, 40)
@@ -389,16 +423,18 @@ def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
         small[:, 30] = 900.0
     elif kind == "flat":
         small[:] = 7.0
-    args = (fld.DEAD_LINE_CONTRAST, fld.DEAD_LINE_SHARE, fld.MIN_EFFECTIVENESS, fld.MIN_BORDER_OUTSIDE,
+    args = (fld.DEAD_LINE_CONTRAST, fld.DEAD_LINE_SHARE, fld.DEAD_BLOCK_MAX_SHARE, fld.MIN_EFFECTIVENESS, fld.MIN_BORDER_OUTSIDE,
             fld.FIELD_AREA[0], fld.FIELD_AREA[1], fld.MIN_FIELD_PIXELS, fld.MIN_LARGEST_PART)
     mask, box = np.zeros(small.shape, np.uint8), np.zeros(4)
     dead, code, threshold, effectiveness, bright = detect_front(small, *args, mask, box)
     values = small.astype(np.float64)
-    lines = (len(dead_lines(values, args[0], args[1])), len(dead_lines(np.ascontiguousarray(values.T), args[0], args[1])))
+    widths = (max(2, int(args[2] * small.shape[0])), max(2, int(args[2] * small.shape[1])))
+    lines = (len(dead_lines(values, args[0], args[1], widths[0])),
+             len(dead_lines(np.ascontiguousarray(values.T), args[0], args[1], widths[1])))
     assert dead == (lines != (0, 0)) and dead == kind.startswith("dead")
     if not dead:
         want_mask, want_box = np.zeros(small.shape, np.uint8), np.zeros(4)
-        want = split_field(values, *args[2:], want_mask, want_box)
+        want = split_field(values, *args[3:], want_mask, want_box)
         assert (code, threshold, effectiveness, bright) == want
         assert (code == FIELD) == (kind == "field")
         if code == FIELD:

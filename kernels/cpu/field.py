@@ -25,7 +25,7 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "dead_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "dead_lines", "line_noise", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -278,24 +278,66 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
 
 
 @njit(cache=True, nogil=True)
-def _spikes(a: float, b: float, outer_1: float, outer_2: float, threshold: float) -> bool:  # pragma: no cover
-    """Whether band values ``a`` and ``b`` both differ from both outer values in one direction by more than ``threshold``."""
-    u1, d1, u2, d2 = a - outer_1, a - outer_2, b - outer_1, b - outer_2
-    same = (u1 > 0 and d1 > 0 and u2 > 0 and d2 > 0) or (u1 < 0 and d1 < 0 and u2 < 0 and d2 < 0)
-    return same and min(min(abs(u1), abs(d1)), min(abs(u2), abs(d2))) > threshold
+def _beyond(low: float, high: float, outer_1: float, outer_2: float, threshold: float) -> bool:  # pragma: no cover
+    """Whether ``low``..``high`` all lie beyond both outer values on one side, the farthest by over ``threshold``."""
+    top, bottom = max(outer_1, outer_2), min(outer_1, outer_2)
+    return (low > top and high - top > threshold) or (high < bottom and bottom - low > threshold)
 
 
 @njit(cache=True, nogil=True)
-def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  # pragma: no cover
+def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Return the line-to-line noise of each column of ``work`` (``(cols,)``, its units).
+
+    1.4826 times the median absolute difference between rows 1, 5, 9, ... and the rows before them, over
+    blocks of ``max(4, cols // 16)`` columns (each block's value for its columns): the noise where the
+    column is, which is several times smaller outside a radiation field than inside it. Floored at 0.0001
+    of the spread between the 1st and 99th percentiles of rows 0, 4, 8, ... (a flat or integer-valued
+    region has no spread of differences), plus 1e-12 of the range.
+    """
+    rows, cols = work.shape
+    block = max(4, cols // 16)
+    pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
+    sample = np.empty(((rows + 3) // 4) * cols)
+    n = 0
+    for i in range(0, rows, 4):
+        for j in range(cols):
+            sample[n] = work[i, j]
+            n += 1
+    floor = 1e-4 * (np.percentile(sample[:n], 99.0) - np.percentile(sample[:n], 1.0)) \
+        + 1e-12 * ((work.max() - work.min()) + 1.0)
+    noise = np.empty(cols)
+    line = np.empty(pairs * block)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        n = 0
+        for i in range(1, rows, 4):
+            for j in range(start, stop):
+                line[n] = abs(work[i, j] - work[i - 1, j])
+                n += 1
+        value = 1.4826 * np.median(line[:n]) + floor
+        for j in range(start, stop):
+            noise[j] = value
+    return noise
+
+
+@njit(cache=True, nogil=True)
+def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) -> np.ndarray:  # pragma: no cover
     """Return the rows of ``work`` that read far off their neighbours along most of their length (dead/hot lines).
 
-    A band of one row, or of two adjacent rows (a dead detector line, or two, that a box reduction spread
-    over two rows), qualifies in two passes. First the row means: every row of the band spikes away from
-    both rows outside it, in the same direction, by more than ``contrast`` times the profile's noise
-    (1.4826 MAD of the mean differences). Then pixel by pixel: over at least ``share`` of its pixels every
-    row of the band differs from both outside rows in one direction by more than ``contrast`` times the
-    line-to-line noise (1.4826 MAD of the differences between every 4th row and the next). The rule of
-    ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its numpy twin.
+    A band of one to ``max_width`` adjacent rows (a dead detector line, two that a box reduction spread over
+    two rows, or a dead readout module's block) qualifies in two passes. First the row means: every row of the
+    band lies beyond both rows outside it, on one side, and the farthest by more than half ``contrast`` times
+    the profile's noise (1.4826 MAD of the mean differences). This is a screen: a box reduction leaves a band's
+    edge rows part-way, and a line's mean mixes the field with the faint outside. Every band that passes it is
+    a candidate (a band's first row alone can pass it against a second dead row). Then pixel by pixel: over at
+    least ``share`` of its pixels every row of the band lies beyond both outside rows, on one side, the farthest
+    by more than ``contrast`` times the line-to-line noise of its column (:func:`line_noise`: a dead line
+    crossing a field reads far off its neighbours inside it, and off the faint dose outside it by less, but by
+    as many of the outside's smaller noise). Returned: the rows of every candidate that passes, sorted.
+
+    The rule of ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its
+    numpy twin. ``portalign.field`` confirms each band on the detector's own pixels (bands wider than two
+    lines must start and stop sharply).
     """
     rows, cols = work.shape
     bad = np.empty(0, dtype=np.int64)
@@ -311,65 +353,61 @@ def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:  
     for i in range(rows - 1):
         diffs[i] = abs(means[i + 1] - means[i])
     profile_noise = 1.4826 * np.median(diffs) + 1e-12 * ((means.max() - means.min()) + 1.0)
+    threshold = 0.5 * contrast * profile_noise  # a screen: the pixel test below decides
+    # every band that passes the screen; a band that no longer lies beyond the row before it cannot by growing
     starts = []
     widths = []
-    single = np.zeros(rows, dtype=np.bool_)
     for i in range(1, rows - 1):
-        if _spikes(means[i], means[i], means[i - 1], means[i + 1], contrast * profile_noise):
-            starts.append(i)
-            widths.append(1)
-            single[i] = True
-    for i in range(1, rows - 2):
-        if single[i] or single[i + 1]:
-            continue
-        if _spikes(means[i], means[i + 1], means[i - 1], means[i + 2], contrast * profile_noise):
-            starts.append(i)
-            widths.append(2)
+        low = high = means[i]
+        for width in range(1, max_width + 1):
+            last = i + width - 1
+            if last + 1 > rows - 1:
+                break
+            low, high = min(low, means[last]), max(high, means[last])
+            if not (low > means[i - 1] or high < means[i - 1]):
+                break
+            if _beyond(low, high, means[i - 1], means[last + 1], threshold):
+                starts.append(i)
+                widths.append(width)
     if len(starts) == 0:
         return bad
-    pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
-    line = np.empty(pairs * cols)
-    n = 0
-    for i in range(1, rows, 4):
-        for j in range(cols):
-            line[n] = abs(work[i, j] - work[i - 1, j])
-            n += 1
-    noise = 1.4826 * np.median(line[:n]) + 1e-12 * ((work.max() - work.min()) + 1.0)
-    found = []
+    noise = line_noise(work)
+    taken = np.zeros(rows, dtype=np.bool_)
     for c in range(len(starts)):
         i = starts[c]
         last = i + widths[c] - 1
         spiking = 0
         for j in range(cols):
-            if _spikes(work[i, j], work[last, j], work[i - 1, j], work[last + 1, j], contrast * noise):
+            low = high = work[i, j]
+            for r in range(i + 1, last + 1):
+                low, high = min(low, work[r, j]), max(high, work[r, j])
+            if _beyond(low, high, work[i - 1, j], work[last + 1, j], contrast * noise[j]):
                 spiking += 1
         if spiking / cols >= share:
             for r in range(i, last + 1):
-                found.append(r)
-    found.sort()
-    out = np.empty(len(found), dtype=np.int64)
-    for k in range(len(found)):
-        out[k] = found[k]
-    return out
+                taken[r] = True
+    return np.nonzero(taken)[0].astype(np.int64)
 
 
 @njit(cache=True, nogil=True)
-def detect_front(small: np.ndarray, contrast: float, share: float, min_effectiveness: float,  # pragma: no cover
-                 min_border_outside: float, area_low: float, area_high: float, min_pixels: int,
+def detect_front(small: np.ndarray, contrast: float, share: float, max_share: float,  # pragma: no cover
+                 min_effectiveness: float, min_border_outside: float, area_low: float, area_high: float, min_pixels: int,
                  min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray) -> tuple:
     """Field detection's usual case in one call: no dead line in ``small``, then :func:`split_field`.
 
     ``small`` (any float dtype) is taken as float64, as ``portalign.field.detect_field`` takes it. Returns
     ``(dead, code, threshold, effectiveness, field_is_bright)``: with ``dead`` true some row or column
     qualified as a dead line and nothing else was done (the caller confirms it on the detector's own
-    pixels and bridges it: rare, and done in Python).
+    pixels and bridges it: rare, and done in Python). Bands of up to ``max_share`` of the lines (two at
+    least) are looked for.
     """
     values = np.empty(small.shape)
     for i in range(small.shape[0]):
         for j in range(small.shape[1]):
             values[i, j] = small[i, j]
-    if dead_lines(values, contrast, share).shape[0] > 0 or \
-            dead_lines(np.ascontiguousarray(values.T), contrast, share).shape[0] > 0:
+    rows, cols = small.shape
+    if dead_lines(values, contrast, share, max(2, int(max_share * rows))).shape[0] > 0 or \
+            dead_lines(np.ascontiguousarray(values.T), contrast, share, max(2, int(max_share * cols))).shape[0] > 0:
         return True, NOT_A_FIELD, 0.0, 0.0, True
     code, threshold, effectiveness, bright = split_field(values, min_effectiveness, min_border_outside, area_low,
                                                          area_high, min_pixels, min_largest_part, mask_out, box_out)

@@ -31,7 +31,7 @@ from .mask import erode_box, listed_range, pixel_list, robust_tail
 from .mutual_information import quantize
 from .statistics import clean_window, rms_radius, second_difference_mad
 
-__all__ = ["prepare_level", "sample_nearest", "frame_levels", "levels_and_surfaces", "LEVEL_SLOTS"]
+__all__ = ["prepare_level", "sample_nearest", "cut_dead_lines", "DEAD_LINE", "frame_levels", "levels_and_surfaces", "LEVEL_SLOTS"]
 
 
 @njit(cache=True, nogil=True)
@@ -48,6 +48,48 @@ def sample_nearest(small: np.ndarray, scale: float, offset: float, out: np.ndarr
             out[i, j] = 1 if small[r, columns[j]] != 0 else 0
 
 
+#: Value of a dead detector line's pixels in a field mask (the field is 1, its outside 0): ``prepare_level`` leaves
+#: them out of the match with no field-edge band around them (:func:`cut_dead_lines`).
+DEAD_LINE = 2
+
+
+@njit(cache=True, nogil=True)
+def cut_dead_lines(small: np.ndarray, scale: float, offset: float, out: np.ndarray) -> None:  # pragma: no cover
+    """Zero the rows and columns of ``out`` that a dead detector line of ``small`` reaches.
+
+    A dead line is a whole row (or column) of ``small`` (the field-detection level's mask) reading ``DEAD_LINE``.
+    Pixel ``i`` of ``out``'s level lies at ``i * scale + offset`` on that level and spans ``scale`` of its
+    lines: it is cut when it overlaps a dead line or is next to one that does (central differences reach one
+    pixel), i.e. when it lies within ``1.5 scale + 0.5`` lines of it. A dead line is not a field edge: its
+    neighbours are sound pixels, and the field-edge band (``erosion_px``) is not taken around it.
+    """
+    s_rows, s_cols = small.shape
+    rows, cols = out.shape
+    reach = 1.5 * scale + 0.5
+    for d in range(s_rows):
+        dead = True
+        for c in range(s_cols):
+            if small[d, c] != DEAD_LINE:
+                dead = False
+                break
+        if dead:
+            for i in range(rows):
+                if abs(i * scale + offset - d) < reach:
+                    for j in range(cols):
+                        out[i, j] = 0
+    for d in range(s_cols):
+        dead = True
+        for r in range(s_rows):
+            if small[r, d] != DEAD_LINE:
+                dead = False
+                break
+        if dead:
+            for j in range(cols):
+                if abs(j * scale + offset - d) < reach:
+                    for i in range(rows):
+                        out[i, j] = 0
+
+
 @njit(cache=True, nogil=True)
 def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, scale: float, offset: float,
                   erosion_px: int, n_bins: int, mask: np.ndarray, scratch: np.ndarray, eroded: np.ndarray,
@@ -60,7 +102,8 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
     image : float32[rows, cols]
         The frame's pyramid level.
     field_mask : uint8[r, c]
-        The field on the detection level (ignored unless ``has_field``).
+        The field on the detection level (ignored unless ``has_field``): 1 inside, 0 outside, ``DEAD_LINE`` along
+        dead detector lines (:func:`cut_dead_lines`).
     has_field : bool
     scale, offset : float
         Level pixel ``i`` lies at ``i * scale + offset`` on the detection level.
@@ -79,6 +122,7 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
     if has_field:
         sample_nearest(field_mask, scale, offset, mask)
         erode_box(mask, erosion_px, scratch, eroded)
+        cut_dead_lines(field_mask, scale, offset, eroded)
     else:
         mask[:, :] = 1
         erode_box(mask, 1, scratch, eroded)

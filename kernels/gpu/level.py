@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from portalign.kernels.cpu.gradient import gradient_limit
-from portalign.kernels.cpu.level import sample_nearest
+from portalign.kernels.cpu.level import DEAD_LINE, cut_dead_lines, sample_nearest
 from portalign.kernels.cpu.mask import robust_tail
 
 from . import launch
@@ -33,6 +33,10 @@ def prepare_level(image: Any, field_mask: np.ndarray, has_field: bool, scale: fl
         sample_nearest(np.ascontiguousarray(field_mask, dtype=np.uint8), scale, offset, sampled)
         mask[...] = xp.asarray(sampled)
         erode_box(mask, erosion_px, scratch, eroded)
+        if (field_mask == DEAD_LINE).any():  # rare: dead detector lines, cut out on the host's copy of the rule
+            keep = np.ones(tuple(mask.shape), dtype=np.uint8)
+            cut_dead_lines(np.ascontiguousarray(field_mask, dtype=np.uint8), scale, offset, keep)
+            eroded[...] = eroded * xp.asarray(keep)
     else:
         mask[...] = 1
         erode_box(mask, 1, scratch, eroded)

@@ -109,33 +109,49 @@ def _otsu(values: np.ndarray, lo: float, hi: float, bins: int = 128) -> tuple[fl
     return float(edges[best + 1]), effectiveness
 
 
-def _spikes(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: float) -> np.ndarray:
-    """Where every row of ``band`` (rows x n) differs from both outer rows in one direction by more than ``threshold``."""
-    up, down = band - outer_1, band - outer_2
-    same = np.all((up > 0) & (down > 0), axis=0) | np.all((up < 0) & (down < 0), axis=0)
-    return same & (np.minimum(np.abs(up), np.abs(down)).min(axis=0) > threshold)  # type: ignore[no-any-return]
+def _beyond(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: float) -> np.ndarray:
+    """Where every row of ``band`` (rows x n) lies beyond both outer rows on one side, the farthest by over ``threshold``."""
+    low, high = band.min(axis=0), band.max(axis=0)
+    top, bottom = np.maximum(outer_1, outer_2), np.minimum(outer_1, outer_2)
+    return ((low > top) & (high - top > threshold)) | ((high < bottom) & (bottom - low > threshold))  # type: ignore[no-any-return]
 
 
-def dead_lines(work: np.ndarray, contrast: float, share: float) -> np.ndarray:
-    """Return the rows of ``work`` that spike away from their neighbours, alone or two together (see the CPU kernel)."""
+def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) -> np.ndarray:
+    """Return the rows of ``work`` in bands of 1 to ``max_width`` lines spiking away from their neighbours (CPU kernel's rule)."""
     work = np.asarray(work, dtype=np.float64)
     rows = work.shape[0]
     if rows < 5:
         return np.empty(0, dtype=np.int64)
     means = work.mean(axis=1)
     profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
-    threshold = contrast * profile_noise
-    bands = [(i, 1) for i in range(1, rows - 1)
-             if _spikes(means[i:i + 1, None], means[i - 1], means[i + 1], threshold)[0]]
-    single = {i for i, _ in bands}
-    bands += [(i, 2) for i in range(1, rows - 2) if i not in single and i + 1 not in single
-              and _spikes(means[i:i + 2, None], means[i - 1], means[i + 2], threshold)[0]]
+    threshold = 0.5 * contrast * profile_noise  # a screen: the pixel test below decides
+    bands = []  # every band that passes the screen
+    for i in range(1, rows - 1):
+        for width in range(1, min(max_width, rows - 1 - i) + 1):
+            band = means[i:i + width, None]
+            if not (band.min() > means[i - 1] or band.max() < means[i - 1]):
+                break
+            if _beyond(band, means[i - 1], means[i + width], threshold)[0]:
+                bands.append((i, width))
     if not bands:
         return np.empty(0, dtype=np.int64)
-    diff = work[1::4] - work[:-1:4][: work[1::4].shape[0]]
-    noise = 1.4826 * float(np.median(np.abs(diff))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    noise = line_noise(work)
     bad = []
     for i, width in bands:
-        if np.mean(_spikes(work[i:i + width], work[i - 1], work[i + width], contrast * noise)) >= share:
+        if np.mean(_beyond(work[i:i + width], work[i - 1], work[i + width], contrast * noise)) >= share:
             bad.extend(range(i, i + width))
-    return np.asarray(sorted(bad), dtype=np.int64)
+    return np.asarray(sorted(set(bad)), dtype=np.int64)
+
+
+def line_noise(work: np.ndarray) -> np.ndarray:
+    """Return each column's line-to-line noise, over blocks of columns (see the CPU kernel's ``line_noise``)."""
+    work = np.asarray(work, dtype=np.float64)
+    cols = work.shape[1]
+    block = max(4, cols // 16)
+    sample = work[::4]
+    floor = 1e-4 * float(np.percentile(sample, 99.0) - np.percentile(sample, 1.0)) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    diff = np.abs(work[1::4] - work[:-1:4][: work[1::4].shape[0]])
+    noise = np.empty(cols)
+    for start in range(0, cols, block):
+        noise[start:start + block] = 1.4826 * float(np.median(diff[:, start:start + block])) + floor
+    return noise
