@@ -8,6 +8,7 @@ error 0.249 mm before, 0.135 mm after, over seeds 11, 21 and 31).
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import replace
 
 import numpy as np
@@ -46,6 +47,54 @@ def test_a_noisy_frame_against_a_drr_is_smoothed_and_lands_on_the_shift(seed):
     assert record is not None and record["sigma_mm"] == _program.DENOISE_SIGMA_MM
     assert record["contrast_to_noise"] < _program.DENOISE_BELOW_CNR
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.25
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_smoothed_frame_is_checked_for_precision_on_uncoupled_halves(seed):
+    """Smoothing raises the edge score without adding information: the split-half check runs whatever the score.
+
+    Its halves are the two colours of a checkerboard of squares three smoothing sigmas wide (alternate pixels of a
+    smoothed frame share their noise). The checkerboard's halves hold about half the pixels each, and refined
+    alone they land within the check's limit here (a precise frame), in the compiled program and in the eager steps.
+    """
+    from dataclasses import replace
+
+    from portalign.backends import cpu_backend
+    from portalign.registration import _search_program
+
+    ref, frame = _pair(3.3, -2.1, 0.02, seed)
+    compiled = portalign.register(ref, frame, backend="cpu")
+    assert compiled.details["denoised"] is not None and compiled.ok
+    assert compiled.details["edge_score"] >= _search_program.SPLIT_HALF_BELOW_SCORE  # smoothed: a strong score...
+    assert compiled.details["split_half_mm"] is not None  # ...still checked
+    assert compiled.details["split_half_mm"] < _program.SPLIT_HALF_MAX_MM
+    eager = portalign.register(ref, frame, backend=replace(cpu_backend(), compiled_program=False))
+    assert eager.details["split_half_mm"] == pytest.approx(compiled.details["split_half_mm"], abs=1e-9)
+    assert eager.details["split_half_deg"] == pytest.approx(compiled.details["split_half_deg"], abs=1e-9, nan_ok=True)
+
+
+def test_checkerboard_halves_split_the_pixels_by_square():
+    """The compiled split-half's checkerboard: each half holds the pixels of one colour of ``block``-pixel squares."""
+    from portalign.kernels.cpu import program
+
+    rows = np.repeat(np.arange(12, dtype=np.int32), 10)
+    cols = np.tile(np.arange(10, dtype=np.int32), 12)
+    colour = (rows // 3 + cols // 3) % 2
+    captured = []
+
+    def fake_refine(metric, half_rows, half_cols, half, *rest):  # type: ignore[no-untyped-def]
+        captured.append((half_rows[:half].copy(), half_cols[:half].copy()))
+
+    # the plain Python function behind the compiled one, its refine swapped for one that records the half
+    py_newton_half = program._newton_half.py_func
+    globals_ = dict(py_newton_half.__globals__, refine=fake_refine, _steps=lambda *a: None)
+    plain = types.FunctionType(py_newton_half.__code__, globals_)
+    level = (rows, cols) + (None,) * 7
+    for first in (0, 1):
+        plain(level, first, rows.size, None, None, 0, 1, 1.0, False, 0.0, False, 0.05, 0.1, None, None, 3)
+        got_rows, got_cols = captured[-1]
+        assert got_rows.size == int((colour == first).sum()) > 0
+        assert np.all((got_rows // 3 + got_cols // 3) % 2 == first)
 
 
 def test_smoothing_recovers_low_dose_frames_the_raw_edges_cannot_match(monkeypatch):

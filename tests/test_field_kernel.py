@@ -110,7 +110,9 @@ def test_dead_lines_equal_the_reference(kind):
         image[60] *= 0.75
         image[61:64] = 0.0
         image[64] *= 0.5
-        expected_rows = list(range(60, 65))
+        # its core: the part-dead edge rows are not sharp here (``portalign.field`` finds the band's own first and
+        # last detector lines on the full-resolution pixels, from the row before the core)
+        expected_rows = [61, 62, 63]
     elif kind == "dead rows through a field":  # the field covers 60 % of each row; outside it, faint dose (3 %)
         image[:, :26] *= 0.03
         image[:, -25:] *= 0.03

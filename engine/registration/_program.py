@@ -713,7 +713,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     alike = portal_pair and (r_eff >= ALIKE_MIN_RADIUS_MM or alike_small)
     # ...but where a small field stayed put the beam's profile, fixed to the beam, fills its intensities: edges only
     fixed_small = small_field and not alike_small
-    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike_small)
+    # a smoothed frame: its precision is checked whatever its score, on halves its smoothing does not couple
+    split_block = 0
+    if denoised is not None:
+        finest_spacing = levels[plan.refine_levels[-1]].spacing
+        split_block = max(2, math.ceil(3.0 * denoised["sigma_mm"] / min(finest_spacing[0], finest_spacing[1])))
+    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike_small, split_block)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate

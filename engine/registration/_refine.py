@@ -91,7 +91,7 @@ def newton(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str
 
 
 def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, r_eff: float, rotate: bool,  # type: ignore[no-untyped-def]
-                      opts, metric: str = "edge") -> tuple[float, float]:
+                      opts, metric: str = "edge", block: int = 0) -> tuple[float, float]:
     """Return how far apart (mm, deg) the ``metric`` optima of the two halves of the usable pixels lie.
 
     The halves are the alternate entries of the row-major pixel list: they cover the same field and
@@ -100,12 +100,23 @@ def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, 
     says the optimum is set by noise (a low-dose frame, too little structure), whatever its score.
     ``metric`` is the one whose optimum is reported (``"mi"`` where ``auto`` reports mutual information):
     the check measures the precision of what is reported. The rotation is refined with ``rotate`` only
-    (held: a spread of 0 deg, which the caller does not report).
+    (held: a spread of 0 deg, which the caller does not report). ``block`` > 0: the halves are the two colours
+    of a checkerboard of ``block``-pixel squares instead (a smoothed frame: neighbours share their noise).
     """
     poses = []
+    if block:
+        rows = np.asarray(backend.to_host(level.pixel_rows[:level.usable]))
+        cols = np.asarray(backend.to_host(level.pixel_cols[:level.usable]))
+        colour = (rows // block + cols // block) % 2
     for first in (0, 1):
-        count = (level.usable - first + 1) // 2
-        halves = (level.pixel_rows[first: level.usable: 2], level.pixel_cols[first: level.usable: 2], count)
+        if block:
+            chosen = colour == first
+            count = int(chosen.sum())
+            halves = (backend.asarray(np.ascontiguousarray(rows[chosen])),
+                      backend.asarray(np.ascontiguousarray(cols[chosen])), count)
+        else:
+            count = (level.usable - first + 1) // 2
+            halves = (level.pixel_rows[first: level.usable: 2], level.pixel_cols[first: level.usable: 2], count)
         poses.append(newton(backend, plan, level, pose, metric, SPLIT_HALF_ITERATIONS, r_eff, rotate, opts,
                             tolerance=0.05, pixels=halves)[0])
     a, b = poses

@@ -46,7 +46,7 @@ SETTING_NAMES = (
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
     "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm", "alike_rotation_edge_score",
-    "alike_rotation_overlap", "mi_tolerance", "alike_below_edge",
+    "alike_rotation_overlap", "mi_tolerance", "alike_below_edge", "split_half_block",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
@@ -103,16 +103,28 @@ def _newton(level, count, spacing, pose, metric, iterations, r_eff, rotate, thet
 
 @njit(cache=True, nogil=True)
 def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised,  # type: ignore[no-untyped-def]
-                 tolerance, max_rotation_step, hist, result):  # pragma: no cover
-    """Newton ascent of ``metric`` on the alternate usable pixels starting at ``first`` (the split-half check)."""
+                 tolerance, max_rotation_step, hist, result, block):  # pragma: no cover
+    """Newton ascent of ``metric`` on one half of the usable pixels (the split-half check).
+
+    ``block`` 0: the alternate entries of the pixel list starting at ``first``; else the pixels of the squares of
+    ``block`` pixels whose checkerboard colour is ``first`` (a smoothed frame's noise is shared by neighbours).
+    """
     rows, cols, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry = level
-    half = (count - first + 1) // 2
     # contiguous copies: a strided view would compile the whole refine chain a second time, for another layout
-    half_rows = np.empty(half, dtype=rows.dtype)
-    half_cols = np.empty(half, dtype=cols.dtype)
-    for t in range(half):
-        half_rows[t] = rows[first + 2 * t]
-        half_cols[t] = cols[first + 2 * t]
+    half_rows = np.empty((count + 1) // 2 if block == 0 else count, dtype=rows.dtype)
+    half_cols = np.empty(half_rows.shape[0], dtype=cols.dtype)
+    half = 0
+    if block == 0:
+        half = (count - first + 1) // 2
+        for t in range(half):
+            half_rows[t] = rows[first + 2 * t]
+            half_cols[t] = cols[first + 2 * t]
+    else:
+        for t in range(count):
+            if (rows[t] // block + cols[t] // block) % 2 == first:
+                half_rows[half] = rows[t]
+                half_cols[half] = cols[t]
+                half += 1
     step = _steps(spacing, r_eff, rotate, max_rotation_step)
     no = np.bool_(False)  # typed, not literal: see search_program
     refine(metric, half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
@@ -121,15 +133,16 @@ def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, 
 
 @njit(cache=True, nogil=True)
 def _split_spread(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised,  # type: ignore[no-untyped-def]
-                  max_rotation_step, hist, result, halves):  # pragma: no cover
+                  max_rotation_step, hist, result, halves, block):  # pragma: no cover
     """Return how far apart (mm, deg) the ``metric`` optima of the two halves of the usable pixels lie.
 
     The twin of ``portalign.registration._refine.split_half_spread``: each half refined from ``pose`` (tolerance
-    0.05 steps), the rotation only with ``rotate``. ``halves`` is scratch ``(2, 3)``.
+    0.05 steps), the rotation only with ``rotate``; the halves as :func:`_newton_half` takes them (``block``).
+    ``halves`` is scratch ``(2, 3)``.
     """
     for h in range(2):
         _newton_half(level, np.int64(h), count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit,
-                     normalised, 0.05, max_rotation_step, hist, result)
+                     normalised, 0.05, max_rotation_step, hist, result, block)
         halves[h, :] = result[:3]
     return (math.hypot(halves[0, 0] - halves[1, 0], halves[0, 1] - halves[1, 1]),
             abs(math.degrees(halves[0, 2] - halves[1, 2])))
@@ -203,6 +216,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     alike, alike_support = settings[16] != 0.0, settings[17]
     alike_rotation_edge, alike_rotation_overlap = settings[18], settings[19]
     mi_tolerance = settings[20]  # the finest levels' convergence for MI, whose partial-volume ripple needs it tighter
+    split_block = np.int64(settings[22])  # the split-half check's checkerboard squares (0: alternate pixels)
     alike_below_edge = settings[21]  # two alike images report MI below this edge score only (inf: whatever it is)
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
@@ -399,10 +413,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         half_rotates = mi_rotates if mi_final else rotate
         out[_SPLIT_MM], out[_SPLIT_DEG] = _split_spread(
             fin, counts[finest], spacings[finest], pose, half_metric, split_iterations, r_eff, half_rotates,
-            theta_limit, normalised if mi_final else no, max_step, hist, result, halves)
+            theta_limit, normalised if mi_final else no, max_step, hist, result, halves, split_block)
         if rotate and not half_rotates:  # the rotation reported is the edges': their halves' spread, in degrees
             out[_SPLIT_DEG] = _split_spread(fin, counts[finest], spacings[finest], pose, edge_id, split_iterations,
-                                            r_eff, rotate, theta_limit, no, max_step, hist, result, halves)[1]
+                                            r_eff, rotate, theta_limit, no, max_step, hist, result, halves,
+                                            split_block)[1]
     out[_DX] = pose[0]
     out[_DY] = pose[1]
     out[_THETA] = pose[2]

@@ -116,6 +116,16 @@ def _beyond(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshol
     return ((low > top) & (high - top > threshold)) | ((high < bottom) & (bottom - low > threshold))  # type: ignore[no-any-return]
 
 
+def _sharp_means(means: np.ndarray, first: int, last: int) -> bool:
+    """Whether a band of 3+ rows reads at its ends at least half its mean depth beyond the outside rows (CPU kernel)."""
+    if last - first < 2:
+        return True
+    outer = (means[first - 1], means[last + 1])
+    band = means[first:last + 1]
+    depth = band - max(outer) if band[0] > max(outer) else min(outer) - band
+    return bool(min(depth[0], depth[-1]) >= 0.5 * depth.mean())
+
+
 def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) -> np.ndarray:
     """Return the rows of ``work`` in bands of 1 to ``max_width`` lines spiking away from their neighbours (CPU kernel's rule)."""
     work = np.asarray(work, dtype=np.float64)
@@ -124,14 +134,14 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
         return np.empty(0, dtype=np.int64)
     means = work.mean(axis=1)
     profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
-    threshold = 0.5 * contrast * profile_noise  # a screen: the pixel test below decides
+    threshold = contrast * profile_noise  # a screen: the pixel test below decides
     bands = []  # every band that passes the screen
     for i in range(1, rows - 1):
         for width in range(1, min(max_width, rows - 1 - i) + 1):
             band = means[i:i + width, None]
             if not (band.min() > means[i - 1] or band.max() < means[i - 1]):
                 break
-            if _beyond(band, means[i - 1], means[i + width], threshold)[0]:
+            if _beyond(band, means[i - 1], means[i + width], threshold)[0] and _sharp_means(means, i, i + width - 1):
                 bands.append((i, width))
     if not bands:
         return np.empty(0, dtype=np.int64)
@@ -148,8 +158,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:
     work = np.asarray(work, dtype=np.float64)
     cols = work.shape[1]
     block = max(4, cols // 16)
-    sample = work[::4]
-    floor = 1e-4 * float(np.percentile(sample, 99.0) - np.percentile(sample, 1.0)) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    floor = 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
     diff = np.abs(work[1::4] - work[:-1:4][: work[1::4].shape[0]])
     noise = np.empty(cols)
     for start in range(0, cols, block):
