@@ -515,6 +515,22 @@ def test_dead_rows_through_a_cone_leave_both_halves(shift, rows):
     assert any("dead detector row(s)" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (2.0, -1.5)])
+def test_dead_rows_across_much_of_a_small_field_refuse_the_match(shift):
+    """Twelve dead rows (6 mm) across a 26 mm cone: what is left cannot place the shift, and the match is refused.
+
+    Before, the slivers were matched: 1.8 mm off with ok=true at (0, 0); a new user's trial found a 20 mm
+    Winston-Lutz field cut by 16 dead columns 9.4 mm off, ok.
+    """
+    drr, frame = _drr_and_cone_frame(shift)
+    pixels = frame.pixels.astype(np.float64).copy()
+    pixels[190:202] = 0.0
+    result = portalign.register(drr, portalign.Image.from_array(pixels, pixel_spacing_mm=0.5, kind="portal"),
+                                backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert re.search(r"dead detector lines cross \d+ % of the 2\d mm radiation field", result.reason), result.reason
+
+
 @pytest.mark.parametrize(("value", "start", "width"), [(0.0, 100, 3), (0.0, 120, 12), ("hot", 120, 12), (0.0, 90, 40)])
 def test_a_band_of_dead_rows_through_a_jaw_field(value, start, width):
     """Bands of dead (zero) or saturated rows across a 120 x 100 mm field whose outside gets 2 % of the dose.

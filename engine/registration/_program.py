@@ -26,7 +26,15 @@ from portalign.kernels.cpu.edge import INVALID_FEATURE
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
-from ..field import FIELD_DOUBT_ADVICE, NO_FIELD, dead_lines_only, field_centre_mm, field_size_mm, find_field
+from ..field import (
+    FIELD_DOUBT_ADVICE,
+    NO_FIELD,
+    FieldEstimate,
+    dead_lines_only,
+    field_centre_mm,
+    field_size_mm,
+    find_field,
+)
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
@@ -146,6 +154,12 @@ DENOISE_BELOW_CNR = 100.0
 DENOISE_SIGMA_MM = 1.0
 DENOISE_NOISIER = 3.0
 DENOISE_MIN_RADIUS_MM = ALIKE_MIN_RADIUS_MM
+#: Dead detector lines crossing this share of a small field (under ``SMALL_FIELD_MM``: a cone, a Winston-Lutz field)
+#: refuse the match. What is left of the field is a few slivers, and the global search matched them wrongly with
+#: good scores: a 20 mm Winston-Lutz field cut by 16 dead columns came back 9.4 mm off with ok=true, a 30 mm one cut by
+#: 40 saturated rows 5.8 mm off, a 26 mm cone cut by 12 rows (6 mm) 1.8 mm off (a new user's trial). Two to four dead
+#: rows across the 26 mm cone (8-12 % of it) are matched within 0.1 mm (``tests/test_fields.py``).
+DEAD_LINES_MAX_FIELD_SHARE = 0.15
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
@@ -156,6 +170,30 @@ class _SmallField:
     """The frame's field is small and the plan was sized for the whole image: register on a plan for the field."""
 
     size_mm: float
+
+
+def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, float]) -> str:
+    """Return why dead detector lines leave too little of a small field to match ("" when they do not).
+
+    ``field``: the frame's field estimate, its mask and dead lines on the detection level of pixel spacing
+    ``spacing_mm`` (row, column; mm). The share is the field's pixels that lie on dead lines.
+    """
+    size = field_size_mm(field, spacing_mm)
+    if size is None or size >= SMALL_FIELD_MM or field.mask is None:
+        return ""
+    mask = np.asarray(field.mask, dtype=bool)
+    total = int(mask.sum())
+    if total == 0:
+        return ""
+    dead = np.zeros(mask.shape, dtype=bool)
+    dead[[r for r in field.dead_rows if r < mask.shape[0]], :] = True
+    dead[:, [c for c in field.dead_cols if c < mask.shape[1]]] = True
+    share = float((mask & dead).sum()) / total
+    if share < DEAD_LINES_MAX_FIELD_SHARE:
+        return ""
+    return (f"dead detector lines cross {100 * share:.0f} % of the {size:.0f} mm radiation field "
+            f"({len(field.dead_rows)} row(s) and {len(field.dead_cols)} column(s) of the field-detection level, "
+            f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
 
 
 def register_frame(reference: Reference, frame: Image, mirror_check: bool = True,
@@ -663,6 +701,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
+    if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
+        quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing)
     r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))
     # a noisy frame: registered again from its smoothed pixels (DENOISE_*; no call for a frame that is not noisy)
     if (DENOISE and denoised is None and not quality and r_eff >= DENOISE_MIN_RADIUS_MM

@@ -54,15 +54,8 @@ DEAD_LINE = 2
 
 
 @njit(cache=True, nogil=True)
-def cut_dead_lines(small: np.ndarray, scale: float, offset: float, out: np.ndarray) -> None:  # pragma: no cover
-    """Zero the rows and columns of ``out`` that a dead detector line of ``small`` reaches.
-
-    A dead line is a whole row (or column) of ``small`` (the field-detection level's mask) reading ``DEAD_LINE``.
-    Pixel ``i`` of ``out``'s level lies at ``i * scale + offset`` on that level and spans ``scale`` of its
-    lines: it is cut when it overlaps a dead line or is next to one that does (central differences reach one
-    pixel), i.e. when it lies within ``1.5 scale + 0.5`` lines of it. A dead line is not a field edge: its
-    neighbours are sound pixels, and the field-edge band (``erosion_px``) is not taken around it.
-    """
+def _cut_dead_rows(small: np.ndarray, scale: float, offset: float, out: np.ndarray) -> None:  # pragma: no cover
+    """Zero the rows of ``out`` that a dead row of ``small`` reaches (see :func:`cut_dead_lines`)."""
     s_rows, s_cols = small.shape
     rows, cols = out.shape
     reach = 1.5 * scale + 0.5
@@ -77,17 +70,20 @@ def cut_dead_lines(small: np.ndarray, scale: float, offset: float, out: np.ndarr
                 if abs(i * scale + offset - d) < reach:
                     for j in range(cols):
                         out[i, j] = 0
-    for d in range(s_cols):
-        dead = True
-        for r in range(s_rows):
-            if small[r, d] != DEAD_LINE:
-                dead = False
-                break
-        if dead:
-            for j in range(cols):
-                if abs(j * scale + offset - d) < reach:
-                    for i in range(rows):
-                        out[i, j] = 0
+
+
+@njit(cache=True, nogil=True)
+def cut_dead_lines(small: np.ndarray, scale: float, offset: float, out: np.ndarray) -> None:  # pragma: no cover
+    """Zero the rows and columns of ``out`` that a dead detector line of ``small`` reaches.
+
+    A dead line is a whole row (or column) of ``small`` (the field-detection level's mask) reading ``DEAD_LINE``.
+    Pixel ``i`` of ``out``'s level lies at ``i * scale + offset`` on that level and spans ``scale`` of its
+    lines: it is cut when it overlaps a dead line or is next to one that does (central differences reach one
+    pixel), i.e. when it lies within ``1.5 scale + 0.5`` lines of it. A dead line is not a field edge: its
+    neighbours are sound pixels, and the field-edge band (``erosion_px``) is not taken around it.
+    """
+    _cut_dead_rows(small, scale, offset, out)
+    _cut_dead_rows(small.T, scale, offset, out.T)  # the columns: the same rule on the transposed views
 
 
 @njit(cache=True, nogil=True)
