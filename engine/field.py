@@ -162,9 +162,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     """
     covers = planned_aperture_covers(image)
     if covers:
-        _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels)
-        return FieldEstimate(detected=False, note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched",
-                             dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
+        return replace(dead_lines_only(image, small), note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
     field = detect_field(small, image.pixels)
     # the border test first: it is cheap, and the distance is only needed for a region that runs off the image
     if _touches_border(field):
@@ -510,7 +508,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     found: list[tuple[int, ...]] = [(), ()]
     for axis in (0, 1):
         work = out if axis == 0 else out.T
-        max_width = DEAD_BAND_MAX if full is None else max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * work.shape[0]))
+        max_width = DEAD_BAND_MAX if full is None else _widest_band(work.shape[0])
         # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
         bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width)]
         if full is not None and bad:
@@ -545,6 +543,11 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     return out, found[0], found[1]
 
 
+def _widest_band(lines: int) -> int:
+    """Widest band of dead lines looked for in an image of ``lines`` lines (``DEAD_BLOCK_MAX_SHARE``, two at least)."""
+    return max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * lines))
+
+
 def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int) -> tuple[int, int] | None:
     """Return ``(first, last)`` of a band of 1 to ``max_width`` dead detector lines starting in ``work[start:stop]``.
 
@@ -558,7 +561,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     returned (of two hot lines reading differently, the first alone lies beyond the second); None when none does.
     """
     rows = work.shape[0]
-    max_width = min(max_width, max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * rows)))
+    max_width = min(max_width, _widest_band(rows))
     threshold = DEAD_LINE_CONTRAST * noise
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]

@@ -387,7 +387,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         # the precision of what is reported: MI's optimum where auto reports it (its halves agree where the edges'
         # scatter, on the low-dose frames that MI places better), the edges' otherwise
         if mi_final:
-            spread = split_half_spread(backend, plan, finest, pose, r_eff, mi_rotated, opts, "mi", split_block)
+            spread = split_half_spread(backend, plan, finest, pose, r_eff, mi_rotated, opts, "mi", block=split_block)
             if rotate and not mi_rotated:  # the rotation reported is the edges': its halves' spread, in degrees
                 spread = (spread[0], split_half_spread(backend, plan, finest, pose, r_eff, True, opts,
                                                        block=split_block)[1])

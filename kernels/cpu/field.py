@@ -354,15 +354,16 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
 
     A band of one to ``max_width`` adjacent rows (a dead detector line, two that a box reduction spread over
     two rows, or a dead readout module's block) qualifies in two passes. First the row means: every row of the
-    band lies beyond both rows outside it, on one side, and the farthest by more than half ``contrast`` times
-    the profile's noise (1.4826 MAD of the mean differences). This is a screen: a box reduction leaves a band's
+    band lies beyond both rows outside it, on one side, and the farthest by more than ``contrast`` times the
+    profile's noise (1.4826 MAD of the mean differences). This is a screen: a box reduction leaves a band's
     edge rows part-way, and a line's mean mixes the field with the faint outside. A band of three or more rows
     must also be sharp there (:func:`_sharp_means`). Every band that passes is a candidate (a band's first row
-    alone can pass against a second dead row). Then pixel by pixel: over at
-    least ``share`` of its pixels every row of the band lies beyond both outside rows, on one side, the farthest
-    by more than ``contrast`` times the line-to-line noise of its column (:func:`line_noise`: a dead line
-    crossing a field reads far off its neighbours inside it, and off the faint dose outside it by less, but by
-    as many of the outside's smaller noise). Returned: the rows of every candidate that passes, sorted.
+    alone can pass against a second dead row). Then pixel by pixel (first whether it lies beyond them at all,
+    before the noise is worked out: most candidates fail that): over at least ``share`` of its pixels every
+    row of the band lies beyond both outside rows, on one side, the farthest by more than ``contrast`` times
+    the line-to-line noise of its column (:func:`line_noise`: a dead line crossing a field reads far off its
+    neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
+    noise). Returned: the rows of every candidate that passes, sorted.
 
     The rule of ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its
     numpy twin. ``portalign.field`` confirms each band on the detector's own pixels (bands wider than two
