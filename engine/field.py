@@ -85,10 +85,24 @@ MAX_FIELD_AXIS_DISTANCE_MM = 40.0
 #: (``field='none'``). It is not simply dropped: electronic noise can even out a real inverted low-dose frame's
 #: two sides, and a field taken for an object would let its fixed edges pull the match towards no shift.
 MIN_FIELD_NOISE_RATIO = 1.5
+#: A region found that crosses the image from side to side (at least BAND_MIN_SPAN of it) and is at most
+#: BAND_MAX_WIDTH_MM across (isocentre plane) is a stripe (an object: a wire, a rail; a detector fault), not a
+#: radiation field: no aperture a registration is made through is that narrow and that long. A new user's trial
+#: darkened a band of leeds_kv.dcm (pylinac) with a Gaussian profile of 2-4 pixels: it was taken for a field 2.1-4.1
+#: mm across and every such frame refused ("too little of the frame is usable ... radiation field is 2.1 mm across",
+#: or "no common anatomy"); matched as an image without a field edge, each came within 0.11 mm.
+BAND_MAX_WIDTH_MM = 8.0
+BAND_MIN_SPAN = 0.9
+#: ...or that is at least this many times as long as it is wide (a band of zeros across half the image).
+BAND_MIN_ELONGATION = 8.0
 #: What such a doubt says after its numbers (once, where both images are doubted: ``_program``).
 FIELD_DOUBT_ADVICE = ("likely an object (a phantom) in an open beam, as a field's outside is far quieter: "
                       "use --field none (field='none') if no aperture edge is in the image, --field detect for "
                       "a very low-dose field")
+#: ...and one with less than this share of its surroundings' noise has constant pixels: a dead detector block or
+#: padding (a new user's trial zeroed a quarter of pylinac's pipspro.dcm: "0.0x as noisy as its surroundings; likely an
+#: object (a phantom)" named the wrong cause).
+CONSTANT_FIELD_NOISE_RATIO = 0.05
 #: Rows of the full image sampled for that noise comparison (second differences along each row).
 NOISE_RATIO_ROWS = 64
 
@@ -164,6 +178,11 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     if covers:
         return replace(dead_lines_only(image, small), note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
     field = detect_field(small, image.pixels)
+    width = _band_across_mm(image, small, field)
+    if width is not None:
+        return _not_the_field(field, f"the region found is a band {width:.1f} mm wide and far longer, and no "
+                                     "aperture is that narrow and that long, so it is a stripe (an object, a detector "
+                                     "fault)")
     # the border test first: it is cheap, and the distance is only needed for a region that runs off the image
     if _touches_border(field):
         away = _distance_from_axis_mm(image, small, field)
@@ -179,6 +198,11 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     if field.detected and _sign_in_doubt(image, field):
         # an inverted image's field, or an object in an open beam? The dose hints, by its noise
         ratio = noise_ratio(image.pixels, field.mask)
+        if ratio is not None and ratio < CONSTANT_FIELD_NOISE_RATIO:  # no noise at all: not an image of anything
+            return replace(field, doubt=(
+                f"{image.info.source}: the region taken for the radiation field has constant pixels (no noise at all: "
+                "a dead detector block, or padding), so it is not a field; check the frame, or use --field none "
+                "(field='none') to match the whole image, the block included"))
         if ratio is not None and ratio < MIN_FIELD_NOISE_RATIO:
             return replace(field, doubt=(
                 f"{image.info.source}: the region taken for the radiation field is {ratio:.1f}x as noisy as its "
@@ -311,6 +335,30 @@ def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
     """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
     return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
                    level_shape=found.level_shape, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
+
+
+def _band_across_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float | None:
+    """Width (mm) of a detected field that is a narrow band, across the image or long (``BAND_*``); None otherwise.
+
+    ``small`` is ``image`` box-reduced by a whole factor (the field's level); the width is the bounding box's
+    (``field.box_px``) across the band, in that level's pixels times its spacing.
+    """
+    if not field.detected or field.box_px is None:
+        return None
+    rows, cols = small.shape
+    c0, c1, r0, r1 = field.box_px
+    across, down = c1 - c0 + 1, r1 - r0 + 1
+    # every frame with a field comes here: no call at all unless the box is a band by its pixels alone
+    if not (across >= BAND_MIN_SPAN * cols or down >= BAND_MIN_SPAN * rows or across >= BAND_MIN_ELONGATION * down
+            or down >= BAND_MIN_ELONGATION * across):
+        return None
+    factor = _level_factor(image.shape[0], rows)
+    height, width = (r1 - r0 + 1) * image.spacing_mm[0] * factor, (c1 - c0 + 1) * image.spacing_mm[1] * factor
+    if height <= BAND_MAX_WIDTH_MM and (c1 - c0 + 1 >= BAND_MIN_SPAN * cols or width >= BAND_MIN_ELONGATION * height):
+        return float(height)
+    if width <= BAND_MAX_WIDTH_MM and (r1 - r0 + 1 >= BAND_MIN_SPAN * rows or height >= BAND_MIN_ELONGATION * width):
+        return float(width)
+    return None
 
 
 def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float:

@@ -68,6 +68,14 @@ SPLIT_HALF_MAX_MM = 1.0
 #: ``python -m bench.held_out --pairs 80`` (cones on soft anatomy, low dose); every right answer there had 3.9
 #: or more. A small field with little structure inside can reach the score floor by chance; not this.
 MIN_MATCH_SIGNIFICANCE = 3.5
+#: Least lead of the best optimum over a distinct runner-up, in the same units: ``significance * (1 - ambiguity)``
+#: (the two scores' difference over the chance spread of one). Below it chance may have chosen between them, whatever
+#: the ratio (``ambiguity_ratio`` bounds the ratio alone). A new user's trial found frames with a blurred stripe that
+#: the reference lacks across a 30 mm field at 1.5 % noise (``tests/test_frame_only_structure.py``) matched 5.6-6.5 mm off with
+#: ok=true: edge scores 0.10-0.11, significance 4.0-4.6, a runner-up 3-6 mm away at 51-89 % of the best (leads
+#: 0.4-2.3). The same frames without the stripe scored within chance and were refused. Every ok pair of
+#: ``bench.held_out`` (seeds 11 and 31, 160 pairs) and ``bench.field_sets`` leads by 3 or more.
+MIN_RIVAL_LEAD = 2.5
 SPLIT_HALF_MAX_DEG = 1.0
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
@@ -160,6 +168,13 @@ DENOISE_MIN_RADIUS_MM = ALIKE_MIN_RADIUS_MM
 #: 40 saturated rows 5.8 mm off, a 26 mm cone cut by 12 rows (6 mm) 1.8 mm off (a new user's trial). Two to four dead
 #: rows across the 26 mm cone (8-12 % of it) are matched within 0.1 mm (``tests/test_fields.py``).
 DEAD_LINES_MAX_FIELD_SHARE = 0.15
+#: A frame in which no radiation field was found, matched against a reference that shows one, is refused below this
+#: final edge score: its whole image (its own field edge and outside included) met the reference's field, and a weak
+#: match of that is no measurement. A 30 mm field cut in two by a blurred stripe the reference lacks (1.5 % noise) was
+#: found no field and matched 11 mm off, ok, at 0.055 (``tests/test_frame_only_structure.py``). Frames whose field
+#: dead lines or a partial band hid from the detection and that matched right scored 0.23-0.64 (``bench.field_sets``,
+#: a new user's trial).
+FIELD_MISSING_BELOW_EDGE = WEAK_EDGE_SCORE
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
@@ -696,6 +711,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             warnings.extend(doubts)
         else:
             doubt_reason = "; ".join(doubts)
+    # the reference shows a radiation field and the frame, looked for one, shows none and no note says why (it is not
+    # a frame inside the field, nor a doubted object): the frame's whole image, its field edge and outside included,
+    # meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE)
+    field_missing = (reference.field.detected and not field.detected and not field.note and not field.doubt
+                     and wants_field(opts, frame))
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
@@ -848,6 +868,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"{significance:.1f} < {MIN_MATCH_SIGNIFICANCE:g}): too little structure in the usable region"
         )
         guess = True
+    elif field_missing and final_edge < FIELD_MISSING_BELOW_EDGE:
+        reason = (
+            f"no match: no radiation field was found in the frame, where the reference shows one, and the whole frame "
+            f"matches weakly (edge correlation {final_edge:.3f}): something the reference lacks may cut the frame's "
+            "field (an object, a detector fault), or it shows another beam; check the frame, or set field='none' "
+            "(--field none) to match the whole images"
+        )
+        guess = True
     elif pose[0] > max_shift or pose[0] < -max_shift or pose[1] > max_shift or pose[1] < -max_shift:
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
@@ -875,6 +903,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         reason = (
             f"imprecise: two halves of the usable pixels give optima {spread[0]:.2f} mm apart (more than "
             f"{SPLIT_HALF_MAX_MM:g} mm): noise or too little structure sets this optimum"
+        )
+    elif runner_up is not None and significance * (1.0 - ambiguity) < MIN_RIVAL_LEAD:
+        reason = (
+            f"ambiguous: a second optimum at ({runner_up[0]:.1f}, {runner_up[1]:.1f}) mm scores {ambiguity:.0%} of the "
+            f"best, within chance of it (a lead of {significance * (1.0 - ambiguity):.1f} chance spreads; "
+            f"{MIN_RIVAL_LEAD:g} needed): too little structure to choose between them"
         )
     split_deg = spread[1] if spread is not None and rotate else None
     if split_deg is not None and split_deg > SPLIT_HALF_MAX_DEG:

@@ -1,0 +1,139 @@
+"""Structure in the frame that the reference lacks (a blurred stripe: a wire, a rail, a catheter): never ok and wrong.
+
+A stripe is not a radiation field: a narrow band across the image (or far longer than wide) found by the field
+detection is set aside, and the whole image matched (``portalign.field.BAND_*``).
+
+The handed 30 mm Winston-Lutz field (``../shared/field-cases/small-field``, true shift dx -2.912, dy +2.016 mm),
+reference and frame each with white noise of their own (1.5 % of the signal range), the frame crossed by a dark
+stripe with a Gaussian profile. Inside the field there is little but noise and the ball bearing: the same frame
+without the stripe is refused as a match within chance. The stripe adds structure to the frame alone, and before
+these checks it lifted wrong optima above chance: 5.6-6.5 mm off with ok=true (a rival optimum as good within
+chance), and 11 mm off where the stripe cut the field in two and no field was found in the frame.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+
+import numpy as np
+import portalign
+import pytest
+from portalign.field import BAND_MAX_WIDTH_MM, NO_FIELD_EDGE, FieldEstimate, _band_across_mm
+
+from tests.field_sets import FIELD_CASES, REAL, low_dose, read, window_pair
+
+needs_cases = pytest.mark.skipif(not FIELD_CASES.is_dir(), reason="../shared/field-cases not present (a user's clone)")
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present (a user's clone)")
+TRUTH = (-2.912, 2.016)
+
+
+def _stripe(image: portalign.Image, axis: int, share: float, sigma_px: float, depth: float) -> portalign.Image:
+    """``image`` darkened by ``depth`` along a line across ``axis`` (0: a row band) at ``share`` of its extent."""
+    pixels = image.pixels.astype(np.float64)
+    n = pixels.shape[axis]
+    profile = 1.0 - depth * np.exp(-0.5 * ((np.arange(n) - int(share * n)) / sigma_px) ** 2)
+    return replace(image, pixels=pixels * (profile[:, None] if axis == 0 else profile[None, :]))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = read(FIELD_CASES / "small-field" / "ref_crop.dcm")
+    frame = read(FIELD_CASES / "small-field" / "frame_shift_r+9_c-13.dcm")
+    return ref, frame
+
+
+@needs_cases
+@pytest.mark.parametrize(("axis", "sigma_px", "depth", "ref_seed", "frame_seed", "expected"), [
+    # a rival optimum within chance of the best (each came back 5.6-6.5 mm off, ok)
+    (0, 1.0, 0.6, 1000, 2008, r"^ambiguous: a second optimum .* within chance of it \(a lead of (\d+\.\d) "),
+    (0, 2.0, 0.3, 1000, 2009, r"^ambiguous: a second optimum .* within chance of it \(a lead of (\d+\.\d) "),
+    (0, 4.0, 0.3, 1000, 2011, r"^ambiguous: a second optimum .* within chance of it \(a lead of (\d+\.\d) "),
+    # the stripe cut the field in two, none was found in the frame, and the whole frame matched weakly (11 mm off, ok)
+    (1, 4.0, 0.6, 1001, 2068, r"^no match: no radiation field was found in the frame, where the reference shows one"),
+])
+def test_a_stripe_the_reference_lacks_is_refused_where_it_misled(pair, axis, sigma_px, depth, ref_seed, frame_seed,
+                                                                  expected):
+    ref, frame = pair
+    result = portalign.register(low_dose(ref, 0.015, ref_seed),
+                                low_dose(_stripe(frame, axis, 0.52, sigma_px, depth), 0.015, frame_seed), backend="cpu")
+    assert not result.ok
+    found = re.search(expected, result.reason)
+    assert found, result.reason
+    if found.groups():  # the lead quoted is the best's significance times one less the runner-up's share
+        lead = result.details["match_significance"] * (1.0 - result.ambiguity)
+        assert float(found.group(1)) == pytest.approx(lead, abs=0.051)
+        assert lead < 2.5
+    else:  # a weak match of a frame without a field: nothing was measured
+        assert result.dx_mm is None and result.details["edge_score"] < 0.2
+
+
+@needs_cases
+def test_stripes_across_a_noisy_small_field_are_never_ok_and_wrong(pair):
+    """Stripes at three places, three widths and two depths, across rows and columns: ok only within 1 mm."""
+    ref, frame = pair
+    reference = portalign.prepare_reference(low_dose(ref, 0.015, 1000), backend="cpu")
+    outcomes = []
+    for i, (axis, share, sigma_px, depth) in enumerate(
+            (a, s, w, d) for a in (0, 1) for s in (0.3, 0.52, 0.75) for w in (1.0, 2.0, 4.0) for d in (0.3, 0.6)):
+        result = reference.register(low_dose(_stripe(frame, axis, share, sigma_px, depth), 0.015, 3000 + i))
+        if result.ok:
+            error = math.hypot(result.dx_mm - TRUTH[0], result.dy_mm - TRUTH[1])
+            assert error < 1.0, (axis, share, sigma_px, depth, error)
+        outcomes.append(result.ok)
+    assert any(outcomes)  # the check refuses what chance places, not every frame with a stripe
+
+
+def _field(box: tuple[float, float, float, float]) -> FieldEstimate:
+    return FieldEstimate(detected=True, box_px=box, mask=np.ones((2, 2), dtype=bool))
+
+
+def test_a_narrow_band_is_not_a_field_and_a_field_is():
+    """Bands across the image or far longer than wide are stripes; fields, cones and slits short of that are not."""
+    image = portalign.Image.from_array(np.arange(240000.0).reshape(400, 600), pixel_spacing_mm=0.25)  # 100 x 150 mm
+    small = np.ones((100, 150))  # box-reduced by 4: 1 mm pixels
+    assert _band_across_mm(image, small, _field((0, 149, 40, 42))) == pytest.approx(3.0)  # rows 40-42, every column
+    assert _band_across_mm(image, small, _field((70, 72, 2, 97))) == pytest.approx(3.0)  # a column band, 96 % of rows
+    assert _band_across_mm(image, small, _field((10, 74, 50, 55))) == pytest.approx(6.0)  # 65 x 6 mm: elongated
+    assert _band_across_mm(image, small, _field((60, 89, 35, 64))) is None  # a 30 mm field
+    assert _band_across_mm(image, small, _field((72, 76, 48, 52))) is None  # a 5 mm cone
+    assert _band_across_mm(image, small, _field((0, 149, 20, 29))) is None  # 10 mm across: wider than the limit
+    assert BAND_MAX_WIDTH_MM < 10.0
+    assert _band_across_mm(image, small, FieldEstimate(detected=False)) is None
+
+
+@needs_real
+@pytest.mark.parametrize(("axis", "share", "sigma_px"), [(0, 0.3, 2.0), (0, 0.52, 4.0), (1, 0.75, 2.0), (1, 0.3, 4.0)])
+def test_a_stripe_across_a_kv_image_is_not_taken_for_its_field(axis, share, sigma_px):
+    """A band of pylinac's leeds_kv.dcm darkened by 60 % with a Gaussian profile: matched, not taken for the field.
+
+    Before, it was taken for a radiation field 2.1-4.1 mm across and the frame refused ("too little of the frame is
+    usable", "no common anatomy"); matched as an image without a field edge it comes within 0.11 mm.
+    """
+    leeds = read(REAL / "pylinac" / "planar_imaging" / "leeds_kv.dcm")
+    ref, frame, dx, dy = window_pair(leeds, 120, 200, 520, 620, 10, -14)
+    result = portalign.register(ref, _stripe(frame, axis, share, sigma_px, 0.6), backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.15
+    note = result.details["field_note"]
+    assert note.startswith(NO_FIELD_EDGE) and re.search(r"a band \d+\.\d mm wide and far longer", note), note
+
+
+@needs_real
+def test_a_constant_block_taken_for_the_field_is_named_as_such():
+    """A quarter of leeds_kv.dcm set to zero: the "field" found is that block, whose pixels have no noise at all.
+
+    Before, the reason called it "0.0x as noisy as its surroundings; likely an object (a phantom)": the wrong cause.
+    """
+    leeds = read(REAL / "pylinac" / "planar_imaging" / "leeds_kv.dcm")
+    ref, frame, dx, dy = window_pair(leeds, 120, 200, 520, 620, 10, -14)
+    pixels = frame.pixels.astype(np.float64)
+    pixels[:260, :310] = 0.0
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert not result.ok
+    assert "the region taken for the radiation field has constant pixels (no noise at all" in result.reason
+    assert "--field none" in result.reason and "phantom" not in result.reason
+    whole = portalign.register(ref, replace(frame, pixels=pixels), portalign.RegistrationOptions(field="none"),
+                               backend="cpu")
+    assert whole.ok and math.hypot(whole.dx_mm - dx, whole.dy_mm - dy) < 0.15
