@@ -34,8 +34,8 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm", "likely_inverted",
-           "planned_aperture_covers",
+__all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm",
+           "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -92,6 +92,10 @@ MIN_FIELD_NOISE_RATIO = 1.5
 #: mm across and every such frame refused ("too little of the frame is usable ... radiation field is 2.1 mm across",
 #: or "no common anatomy"); matched as an image without a field edge, each came within 0.11 mm.
 BAND_MAX_WIDTH_MM = 8.0
+#: How the note of such a band begins (after ``NO_FIELD_EDGE``); the registration refuses it where the reference shows a
+#: field (what was left of a 30 mm field beside a dead block, 1.3 mm wide, was taken for a band and the whole frame
+#: matched 18 mm off).
+BAND_NOTE = "the region found is a band"
 BAND_MIN_SPAN = 0.9
 #: ...or that is at least this many times as long as it is wide (a band of zeros across half the image).
 BAND_MIN_ELONGATION = 8.0
@@ -180,7 +184,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     field = detect_field(small, image.pixels)
     width = _band_across_mm(image, small, field)
     if width is not None:
-        return _not_the_field(field, f"the region found is a band {width:.1f} mm wide and far longer, and no "
+        return _not_the_field(field, f"{BAND_NOTE} {width:.1f} mm wide and far longer, and no "
                                      "aperture is that narrow and that long, so it is a stripe (an object, a detector "
                                      "fault)")
     # the border test first: it is cheap, and the distance is only needed for a region that runs off the image

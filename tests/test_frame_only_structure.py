@@ -22,7 +22,8 @@ import portalign
 import pytest
 from portalign.field import BAND_MAX_WIDTH_MM, NO_FIELD_EDGE, FieldEstimate, _band_across_mm
 
-from tests.field_sets import FIELD_CASES, REAL, low_dose, read, window_pair
+from tests.field_sets import FIELD_CASES, REAL, centred_window_pair, low_dose, read, window_pair
+from tests.synthetic import anatomy, moved
 
 needs_cases = pytest.mark.skipif(not FIELD_CASES.is_dir(), reason="../shared/field-cases not present (a user's clone)")
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present (a user's clone)")
@@ -137,3 +138,56 @@ def test_a_constant_block_taken_for_the_field_is_named_as_such():
     whole = portalign.register(ref, replace(frame, pixels=pixels), portalign.RegistrationOptions(field="none"),
                                backend="cpu")
     assert whole.ok and math.hypot(whole.dx_mm - dx, whole.dy_mm - dy) < 0.15
+
+
+def test_an_optimum_beyond_the_search_range_says_what_else_puts_it_there():
+    """A shift of 24 mm with a 20 mm search range: refused, naming the option, and why such an optimum is suspect.
+
+    A new user's trial met "optimum ... outside the search range" on frames whose true shift was under 4 mm (a
+    stripe or block the reference lacked had placed the best match far out): the reason now says so.
+    """
+    base = anatomy(384, seed=3)
+    ref = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    frame = portalign.Image.from_array(moved(base, 24.0, -3.0, 0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    result = portalign.register(ref, frame, portalign.RegistrationOptions(max_shift_mm=20.0), backend="cpu")
+    assert not result.ok
+    assert abs(result.dx_mm - 24.0) < 0.2 and abs(result.dy_mm + 3.0) < 0.2  # the optimum found is reported
+    assert result.reason.startswith("optimum at (24.0, -3.0) mm is outside the search range of +-20 mm (max_shift_mm)")
+    assert "structure the reference lacks" in result.reason and "raise max_shift_mm" in result.reason
+
+
+@needs_real
+@pytest.mark.parametrize("value", ["hot", "zero"])
+def test_a_constant_block_taken_for_a_small_field_is_named_as_such(value):
+    """A quarter of an aS500 Winston-Lutz window (pylinac) saturated or zero: the "field" found is that block.
+
+    Before, "too little structure inside the field: contrast is 0.0x the noise" named no cause.
+    """
+    image = read(REAL / "pylinac" / "wl_demo_as500" / "gantry0.dcm")
+    ref, frame, _, _ = centred_window_pair(image, 80, 5, -4)
+    pixels = frame.pixels.astype(np.float64)
+    pixels[:, : pixels.shape[1] // 4] = 1.2 * pixels.max() if value == "hot" else 0.0
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert "the region taken for the radiation field has constant pixels" in result.reason, result.reason
+    assert "--field none" in result.reason
+
+
+@needs_cases
+@pytest.mark.parametrize(("axis", "share"), [(1, 0.30), (0, 0.34)])
+def test_a_sliver_of_a_small_field_beside_a_dead_block_is_not_a_band_to_look_past(pair, axis, share):
+    """A zero block across the middle third of the handed frame leaves slivers of its 30 mm field, 1.3-2.2 mm wide.
+
+    Taken for a stripe (a band, not a field), the whole frame was matched 18-19 mm off with ok=true; where the
+    reference shows a field, a frame whose only "field" is a band is refused, naming it.
+    """
+    ref, frame = pair
+    pixels = frame.pixels.astype(np.float64)
+    count = pixels.shape[axis]
+    width = int(share * count)
+    band = slice((count - width) // 2, (count - width) // 2 + width)
+    pixels[(band, slice(None)) if axis == 0 else (slice(None), band)] = 0.0
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert re.search(r"^no match: no radiation field was found in the frame, where the reference shows one \(the "
+                     r"region found is a band \d+\.\d mm wide", result.reason), result.reason

@@ -27,8 +27,10 @@ from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
 from ..field import (
+    BAND_NOTE,
     FIELD_DOUBT_ADVICE,
     NO_FIELD,
+    NO_FIELD_EDGE,
     FieldEstimate,
     dead_lines_only,
     field_centre_mm,
@@ -175,6 +177,7 @@ DEAD_LINES_MAX_FIELD_SHARE = 0.15
 #: dead lines or a partial band hid from the detection and that matched right scored 0.23-0.64 (``bench.field_sets``,
 #: a new user's trial).
 FIELD_MISSING_BELOW_EDGE = WEAK_EDGE_SCORE
+_BAND_NOTE = f"{NO_FIELD_EDGE}: {BAND_NOTE}"
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
@@ -714,7 +717,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # the reference shows a radiation field and the frame, looked for one, shows none and no note says why (it is not
     # a frame inside the field, nor a doubted object): the frame's whole image, its field edge and outside included,
     # meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE)
-    field_missing = (reference.field.detected and not field.detected and not field.note and not field.doubt
+    # (a "field" found that is only a band, a stripe, counts as none: BAND_NOTE, refused whatever the score)
+    band = field.note.startswith(_BAND_NOTE)
+    field_missing = (reference.field.detected and not field.detected and (not field.note or band) and not field.doubt
                      and wants_field(opts, frame))
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
@@ -868,18 +873,22 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"{significance:.1f} < {MIN_MATCH_SIGNIFICANCE:g}): too little structure in the usable region"
         )
         guess = True
-    elif field_missing and final_edge < FIELD_MISSING_BELOW_EDGE:
+    elif field_missing and (band or final_edge < FIELD_MISSING_BELOW_EDGE):
+        found_instead = (f" ({field.note[len(NO_FIELD_EDGE) + 2:].split(';')[0]})" if band
+                         else f", and the whole frame matches weakly (edge correlation {final_edge:.3f})")
         reason = (
-            f"no match: no radiation field was found in the frame, where the reference shows one, and the whole frame "
-            f"matches weakly (edge correlation {final_edge:.3f}): something the reference lacks may cut the frame's "
-            "field (an object, a detector fault), or it shows another beam; check the frame, or set field='none' "
-            "(--field none) to match the whole images"
+            f"no match: no radiation field was found in the frame, where the reference shows one{found_instead}: "
+            "something the reference lacks may cut the frame's field (an object, a detector fault), or it shows "
+            "another beam; check the frame, or set field='none' (--field none) to match the whole images"
         )
         guess = True
     elif pose[0] > max_shift or pose[0] < -max_shift or pose[1] > max_shift or pose[1] < -max_shift:
+        # the optimum found, not the truth: far out, it is more often something the reference lacks than a shift
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
-            f"+-{opts.max_shift_mm:g} mm (max_shift_mm)"
+            f"+-{opts.max_shift_mm:g} mm (max_shift_mm): no match within it; structure the reference lacks (an "
+            "object, a stripe, a detector fault) or another view can put the best match there; if the shift is "
+            "truly that large, raise max_shift_mm"
         )
     elif rotate and (pose[2] > max_rot + 1e-9 or pose[2] < -(max_rot + 1e-9)):
         reason = (

@@ -68,6 +68,10 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
         if not field.detected:
             return f"frame is blank (beam off?): contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
+        if contrast <= 0 and noise <= 0:  # not one value differs: no field shows that (a new user's trial)
+            return (f"the region taken for the radiation field has constant pixels (no noise, no structure: a saturated "
+                    f"or dead detector block, or padding), so it is not a field; check {frame.info.source}, or use "
+                    "--field none (field='none') to match the whole image")
         return f"too little structure inside the field: contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
     extra = frame.info.extra
     saturation = extra["saturation_value"] if "saturation_value" in extra else None
