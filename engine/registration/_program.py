@@ -718,7 +718,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # a frame inside the field, nor a doubted object): the frame's whole image, its field edge and outside included,
     # meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE)
     # (a "field" found that is only a band, a stripe, counts as none: BAND_NOTE, refused whatever the score)
-    band = field.note.startswith(_BAND_NOTE)
+    band = field.note != "" and field.note.startswith(_BAND_NOTE)  # no call for a frame without a note
     field_missing = (reference.field.detected and not field.detected and (not field.note or band) and not field.doubt
                      and wants_field(opts, frame))
     if field.dead_rows or field.dead_cols:
