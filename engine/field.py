@@ -182,7 +182,15 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     if covers:
         return replace(dead_lines_only(image, small), note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
     field = detect_field(small, image.pixels)
-    width = _band_across_mm(image, small, field)
+    box = field.box_px
+    # every frame with a field comes here: the pixel test of _band_across_mm first, written out (no call per frame)
+    if field.detected and box is not None and (
+            box[1] - box[0] + 1 >= BAND_MIN_SPAN * small.shape[1] or box[3] - box[2] + 1 >= BAND_MIN_SPAN * small.shape[0]
+            or box[1] - box[0] + 1 >= BAND_MIN_ELONGATION * (box[3] - box[2] + 1)
+            or box[3] - box[2] + 1 >= BAND_MIN_ELONGATION * (box[1] - box[0] + 1)):
+        width = _band_across_mm(image, small, field)
+    else:
+        width = None
     if width is not None:
         return _not_the_field(field, f"{BAND_NOTE} {width:.1f} mm wide and far longer, and no "
                                      "aperture is that narrow and that long, so it is a stripe (an object, a detector "
@@ -352,7 +360,6 @@ def _band_across_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> fl
     rows, cols = small.shape
     c0, c1, r0, r1 = field.box_px
     across, down = c1 - c0 + 1, r1 - r0 + 1
-    # every frame with a field comes here: no call at all unless the box is a band by its pixels alone
     if not (across >= BAND_MIN_SPAN * cols or down >= BAND_MIN_SPAN * rows or across >= BAND_MIN_ELONGATION * down
             or down >= BAND_MIN_ELONGATION * across):
         return None
