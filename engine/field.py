@@ -92,13 +92,13 @@ MIN_FIELD_NOISE_RATIO = 1.5
 #: mm across and every such frame refused ("too little of the frame is usable ... radiation field is 2.1 mm across",
 #: or "no common anatomy"); matched as an image without a field edge, each came within 0.11 mm.
 BAND_MAX_WIDTH_MM = 8.0
+BAND_MIN_SPAN = 0.9
+#: ...or that is at least this many times as long as it is wide (a band of zeros across half the image).
+BAND_MIN_ELONGATION = 8.0
 #: How the note of such a band begins (after ``NO_FIELD_EDGE``); the registration refuses it where the reference shows a
 #: field (what was left of a 30 mm field beside a dead block, 1.3 mm wide, was taken for a band and the whole frame
 #: matched 18 mm off).
 BAND_NOTE = "the region found is a band"
-BAND_MIN_SPAN = 0.9
-#: ...or that is at least this many times as long as it is wide (a band of zeros across half the image).
-BAND_MIN_ELONGATION = 8.0
 #: What such a doubt says after its numbers (once, where both images are doubted: ``_program``).
 FIELD_DOUBT_ADVICE = ("likely an object (a phantom) in an open beam, as a field's outside is far quieter: "
                       "use --field none (field='none') if no aperture edge is in the image, --field detect for "
