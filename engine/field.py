@@ -204,6 +204,10 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
             return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a radiation "
                                          "field surrounds its central axis, so it is the patient's outline or an "
                                          "object (air beside the body)")
+        width = _oblique_band_mm(image, small, field)  # a wire or stripe across the image at an angle
+        if width is not None:
+            return _not_the_field(field, f"{BAND_NOTE} {width:.1f} mm wide and far longer, and no aperture is that "
+                                         "narrow and that long, so it is a stripe (an object, a detector fault)")
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
                                      "values mean more radiation, so it is an attenuating object (a phantom's "
@@ -372,6 +376,27 @@ def _band_across_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> fl
     if width <= BAND_MAX_WIDTH_MM and (r1 - r0 + 1 >= BAND_MIN_SPAN * rows or height >= BAND_MIN_ELONGATION * width):
         return float(width)
     return None
+
+
+def _oblique_band_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float | None:
+    """Width (mm) of a detected field that is a narrow band at any angle (``BAND_*``); None otherwise.
+
+    For a region that runs off the image (a wire across it at an angle: its bounding box is not narrow). The width
+    is the diameter of the largest disc inside the region (:func:`field_size_mm`), the length its area over that
+    width. Only a region that fills less than half its bounding box is measured (one sum; a field fills most of it).
+    """
+    if not field.detected or field.mask is None or field.box_px is None:
+        return None
+    c0, c1, r0, r1 = field.box_px
+    area = float(np.count_nonzero(field.mask))
+    if area >= 0.5 * (c1 - c0 + 1) * (r1 - r0 + 1):
+        return None
+    factor = _level_factor(image.shape[0], small.shape[0])
+    spacing = (image.spacing_mm[0] * factor, image.spacing_mm[1] * factor)
+    width = field_size_mm(field, spacing)
+    if width is None or width > BAND_MAX_WIDTH_MM or area * spacing[0] * spacing[1] < BAND_MIN_ELONGATION * width**2:
+        return None
+    return float(width)
 
 
 def _distance_from_axis_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float:

@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import portalign
 import pytest
-from portalign.field import BAND_MAX_WIDTH_MM, NO_FIELD_EDGE, FieldEstimate, _band_across_mm
+from portalign.field import BAND_MAX_WIDTH_MM, NO_FIELD_EDGE, FieldEstimate, _band_across_mm, _oblique_band_mm
 
 from tests.field_sets import FIELD_CASES, REAL, centred_window_pair, low_dose, read, window_pair
 from tests.synthetic import anatomy, moved
@@ -191,3 +191,33 @@ def test_a_sliver_of_a_small_field_beside_a_dead_block_is_not_a_band_to_look_pas
     assert not result.ok and result.dx_mm is None
     assert re.search(r"^no match: no radiation field was found in the frame, where the reference shows one \(the "
                      r"region found is a band \d+\.\d mm wide", result.reason), result.reason
+
+
+def test_a_band_at_an_angle_is_not_a_field_and_a_field_at_the_border_is():
+    """A region 3 px wide along a 40-degree line across the image: a band; a field running off the image: not."""
+    image = portalign.Image.from_array(np.arange(240000.0).reshape(400, 600), pixel_spacing_mm=0.25)
+    small = np.ones((100, 150))  # 1 mm pixels
+    yy, xx = np.mgrid[0:100, 0:150]
+    band = np.abs((xx - 75) * math.sin(math.radians(40)) - (yy - 50) * math.cos(math.radians(40))) <= 1.5
+    rows, cols = np.nonzero(band)
+    found = FieldEstimate(detected=True, box_px=(cols.min(), cols.max(), rows.min(), rows.max()), mask=band)
+    assert 2.0 <= _oblique_band_mm(image, small, found) <= 4.0
+    field = np.zeros((100, 150), dtype=bool)
+    field[20:100, 40:110] = True  # 70 x 80 mm, running off the bottom edge
+    assert _oblique_band_mm(image, small, FieldEstimate(detected=True, box_px=(40, 109, 20, 99), mask=field)) is None
+
+
+@needs_real
+def test_a_stripe_at_an_angle_across_a_kv_image_is_not_taken_for_its_field():
+    """A dark wire at 47 degrees across leeds_kv.dcm: before, "radiation field is 2.9 mm across ... too small"."""
+    leeds = read(REAL / "pylinac" / "planar_imaging" / "leeds_kv.dcm")
+    ref, frame, dx, dy = window_pair(leeds, 120, 200, 520, 620, 10, -14)
+    rows, cols = frame.shape
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    turn = math.radians(47.0)
+    across = (xx - 0.576 * cols) * math.sin(turn) - (yy - 0.456 * rows) * math.cos(turn)
+    pixels = frame.pixels.astype(np.float64) * (1.0 - 0.8 * np.exp(-0.5 * (across / 3.0) ** 2))
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.1
+    assert re.search(r"a band \d+\.\d mm wide and far longer", result.details["field_note"])
