@@ -221,3 +221,24 @@ def test_a_stripe_at_an_angle_across_a_kv_image_is_not_taken_for_its_field():
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.1
     assert re.search(r"a band \d+\.\d mm wide and far longer", result.details["field_note"])
+
+
+@needs_real
+def test_a_frame_field_far_smaller_than_the_reference_s_is_named():
+    """A zero block over most of a TrueBeam Winston-Lutz field (a new user's trial): the frame's field is 3.6 mm.
+
+    Before, the reason named only that ("its radiation field is 3.6 mm across ... too small a field to register");
+    now it first compares it with the reference's (about 20 mm) and names what likely covers it.
+    """
+    image = read(REAL / "pylinac" / "wl_shift_truebeam" / "cardinal" / "wl-3-30-18_card-000.dcm")
+    ref, frame, _, _ = centred_window_pair(image, 90, 24, -7)
+    rows, cols = frame.shape
+    pixels = frame.pixels.astype(np.float64)
+    pixels[int(0.405 * rows):int(0.884 * rows), int(0.119 * cols):int(0.594 * cols)] = 0.0
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    found = re.match(r"the frame's radiation field is (\d+\.\d) mm across where the reference's is (\d+\.\d) mm: "
+                     r"something the reference lacks likely covers most of it .*; too little of the frame is usable",
+                     result.reason)
+    assert found, result.reason
+    assert float(found.group(1)) < 0.5 * float(found.group(2)) and 15.0 < float(found.group(2)) < 25.0

@@ -178,6 +178,10 @@ DEAD_LINES_MAX_FIELD_SHARE = 0.15
 #: a new user's trial).
 FIELD_MISSING_BELOW_EDGE = WEAK_EDGE_SCORE
 _BAND_NOTE = f"{NO_FIELD_EDGE}: {BAND_NOTE}"
+#: A frame's field under this share of the reference's (largest inscribed discs) is named as such where too little of
+#: the frame is usable (``_field_shrunk``).
+FIELD_SHRUNK_SHARE = 0.5
+_TOO_LITTLE = "too little of the frame is usable"
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
@@ -188,6 +192,21 @@ class _SmallField:
     """The frame's field is small and the plan was sized for the whole image: register on a plan for the field."""
 
     size_mm: float
+
+
+def _field_shrunk(reference: Reference, field: FieldEstimate, spacing_mm: tuple[float, float]) -> str:
+    """Return what a frame's field far smaller than the reference's says ("" otherwise), before the too-little reason.
+
+    ``field``: the frame's, on the detection level of pixel spacing ``spacing_mm`` (row, column; mm). A new user's
+    trial zeroed a block over most of a 20 mm Winston-Lutz field: "its radiation field is 3.6 mm across ... too small
+    a field to register" named the field, not what covered it.
+    """
+    size, reference_size = field_size_mm(field, spacing_mm), reference.field_size_mm
+    if size is None or reference_size is None or size >= FIELD_SHRUNK_SHARE * reference_size:
+        return ""
+    return (f"the frame's radiation field is {size:.1f} mm across where the reference's is {reference_size:.1f} mm: "
+            "something the reference lacks likely covers most of it (a dead detector block, an object), or the frame "
+            "shows another beam; ")
 
 
 def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, float]) -> str:
@@ -726,6 +745,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
+    if quality and field.detected and reference.field.detected and quality.startswith(_TOO_LITTLE):  # rare
+        quality = _field_shrunk(reference, field, levels[plan.field_level].spacing) + quality
     if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
         quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing)
     r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))

@@ -462,6 +462,11 @@ class Reference:
         level.pixel_cols = xp.empty(level.shape[0] * level.shape[1], dtype=xp.int32)
 
     @functools.cached_property
+    def field_size_mm(self) -> float | None:
+        """Diameter (mm) of the largest disc inside the reference's detected field; None without one (cached)."""
+        return field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
+
+    @functools.cached_property
     def field_centre_mm(self) -> tuple[float, float] | None:
         """Centroid ``(x, y)`` mm of the reference's detected field from its beam axis; None without one (cached)."""
         return field_centre_mm(self.field, self._field_factor, self.image)
