@@ -194,9 +194,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     else:
         width = None
     if width is not None:
-        return _not_the_field(field, f"{BAND_NOTE} {width:.1f} mm wide and far longer, and no "
-                                     "aperture is that narrow and that long, so it is a stripe (an object, a detector "
-                                     "fault)")
+        return _a_band(field, width)
     # the border test first: it is cheap, and the distance is only needed for a region that runs off the image
     if _touches_border(field):
         away = _distance_from_axis_mm(image, small, field)
@@ -206,8 +204,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
                                          "object (air beside the body)")
         width = _oblique_band_mm(image, small, field)  # a wire or stripe across the image at an angle
         if width is not None:
-            return _not_the_field(field, f"{BAND_NOTE} {width:.1f} mm wide and far longer, and no aperture is that "
-                                         "narrow and that long, so it is a stripe (an object, a detector fault)")
+            return _a_band(field, width)
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
                                      "values mean more radiation, so it is an attenuating object (a phantom's "
@@ -355,25 +352,29 @@ def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
                    level_shape=found.level_shape, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
 
 
+def _a_band(found: FieldEstimate, width_mm: float) -> FieldEstimate:
+    """No field edge: the region ``found`` is a band ``width_mm`` wide, a stripe (``BAND_*``, ``BAND_NOTE``)."""
+    return _not_the_field(found, f"{BAND_NOTE} {width_mm:.1f} mm wide and far longer, and no aperture is that narrow "
+                                 "and that long, so it is a stripe (an object, a detector fault)")
+
+
 def _band_across_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float | None:
     """Width (mm) of a detected field that is a narrow band, across the image or long (``BAND_*``); None otherwise.
 
     ``small`` is ``image`` box-reduced by a whole factor (the field's level); the width is the bounding box's
-    (``field.box_px``) across the band, in that level's pixels times its spacing.
+    (``field.box_px``) across the band, in that level's pixels times its spacing. :func:`find_field` calls it only
+    for a box that is a band by its pixels (the same rules, in level pixels: no call for the usual field).
     """
     if not field.detected or field.box_px is None:
         return None
     rows, cols = small.shape
     c0, c1, r0, r1 = field.box_px
     across, down = c1 - c0 + 1, r1 - r0 + 1
-    if not (across >= BAND_MIN_SPAN * cols or down >= BAND_MIN_SPAN * rows or across >= BAND_MIN_ELONGATION * down
-            or down >= BAND_MIN_ELONGATION * across):
-        return None
     factor = _level_factor(image.shape[0], rows)
-    height, width = (r1 - r0 + 1) * image.spacing_mm[0] * factor, (c1 - c0 + 1) * image.spacing_mm[1] * factor
-    if height <= BAND_MAX_WIDTH_MM and (c1 - c0 + 1 >= BAND_MIN_SPAN * cols or width >= BAND_MIN_ELONGATION * height):
+    height, width = down * image.spacing_mm[0] * factor, across * image.spacing_mm[1] * factor
+    if height <= BAND_MAX_WIDTH_MM and (across >= BAND_MIN_SPAN * cols or width >= BAND_MIN_ELONGATION * height):
         return float(height)
-    if width <= BAND_MAX_WIDTH_MM and (r1 - r0 + 1 >= BAND_MIN_SPAN * rows or height >= BAND_MIN_ELONGATION * width):
+    if width <= BAND_MAX_WIDTH_MM and (down >= BAND_MIN_SPAN * rows or height >= BAND_MIN_ELONGATION * width):
         return float(width)
     return None
 

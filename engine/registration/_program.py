@@ -47,6 +47,7 @@ from ._quality import (
     MIN_ROTATION_SUPPORT_MM,
     MIN_USABLE_PIXELS,
     NOISE_SAMPLES,
+    TOO_LITTLE_USABLE,
     assess_frame,
     is_clean,
     reference_contrast_to_noise,
@@ -181,7 +182,6 @@ _BAND_NOTE = f"{NO_FIELD_EDGE}: {BAND_NOTE}"
 #: A frame's field under this share of the reference's (largest inscribed discs) is named as such where too little of
 #: the frame is usable (``_field_shrunk``).
 FIELD_SHRUNK_SHARE = 0.5
-_TOO_LITTLE = "too little of the frame is usable"
 #: Degrees per radian and radians per degree (``math.degrees``/``math.radians`` without the call: the same numbers).
 _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
@@ -745,7 +745,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
-    if quality and field.detected and reference.field.detected and quality.startswith(_TOO_LITTLE):  # rare
+    if quality and field.detected and reference.field.detected and quality.startswith(TOO_LITTLE_USABLE):  # rare
         quality = _field_shrunk(reference, field, levels[plan.field_level].spacing) + quality
     if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
         quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing)

@@ -32,6 +32,8 @@ CLEAN_CONTRAST_TO_NOISE = 1000.0
 NOISE_SAMPLES = 6000
 #: Rotation is estimated only when the match's rotation lever arm (see :func:`rotation_support_mm`) reaches this.
 MIN_ROTATION_SUPPORT_MM = 8.0
+#: How the reason begins where too few of the frame's pixels are usable (``_program`` adds to it).
+TOO_LITTLE_USABLE = "too little of the frame is usable"
 #: Fraction of field pixels at the detector's maximum that makes a frame saturated.
 MAX_SATURATED_FRACTION = 0.02
 
@@ -52,11 +54,11 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
         if field.detected and field.mask is not None:
             size = field_size_mm(field, plan.levels[plan.field_level].spacing)
             band = finest.erosion_px * min(finest.spacing)
-            return (f"too little of the frame is usable: {frame.info.source}'s radiation field is {size:.1f} mm "
+            return (f"{TOO_LITTLE_USABLE}: {frame.info.source}'s radiation field is {size:.1f} mm "
                     f"across and a {band:.1f} mm field-edge band is left out on each side, leaving "
                     f"{finest.usable} pixels of {min(finest.spacing):.2f} mm (at least {needed} needed): "
                     "too small a field to register")
-        return (f"too little of the frame is usable: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
+        return (f"{TOO_LITTLE_USABLE}: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
                 f"(at least {needed} needed): {frame.info.source} is too small to register")
     noise = _noise_sigma(backend, finest, measured)
     lo, hi = coarse.range

@@ -405,7 +405,7 @@ class Reference:
         frame_extent = min(shape[0] * spacing[0], shape[1] * spacing[1])
         ref_extent = min(self.image.extent_mm)
         extent = min(frame_extent, ref_extent)
-        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
+        size = self.field_size_mm
         return extent if size is None else min(extent, size)
 
     def ensure_level_filled(self, level: Level) -> None:
@@ -474,7 +474,7 @@ class Reference:
     def _too_small_message(self, level: Level, usable: int) -> str:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
         name = self.image.info.source
-        size = field_size_mm(self.field, _scaled(self.image.spacing_mm, self._field_factor))
+        size = self.field_size_mm
         if size is not None:
             band = level.erosion_px * min(level.spacing)
             # a round field under the square erosion keeps a disc 2 sqrt(2) bands narrower (its diagonals),
