@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_invert_argument", "as_flags", "export_reg", "HelpFormatter"]
+__all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "export_reg", "mismatch_options", "HelpFormatter"]
 
 #: RegistrationOptions / reader keywords whose command-line flag is not the keyword with dashes.
-_FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index"}
+_FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index", "poll_s": "--poll",
+                     "connect_timeout_s": "--connect-timeout"}
 
 INVERT_HELP = ("force (--invert) or forbid (--no-invert) inverting the pixel values of every image read "
                "(Elekta iView files are stored inverted without an intensity sign tag: use --invert); "
@@ -46,6 +47,24 @@ def patient_position_argument(value: str) -> str:
 def add_invert_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--invert`` / ``--no-invert`` (``args.invert``: True, False or None) to a parser."""
     parser.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None, help=INVERT_HELP)
+
+
+def add_mismatch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--allow-view-mismatch`` and ``--allow-patient-mismatch`` (the switches a refusal's advice names)."""
+    parser.add_argument("--allow-view-mismatch", action="store_true",
+                        help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
+                             "reference's, when intended; without it such a result is not ok")
+    parser.add_argument("--allow-patient-mismatch", action="store_true",
+                        help="register images whose PatientID differs (a phantom under two names, files anonymised "
+                             "differently), when intended; without it such a result is not ok")
+
+
+def mismatch_options(args: argparse.Namespace) -> Any:
+    """Return the :class:`RegistrationOptions` of :func:`add_mismatch_arguments`' switches (the rest at defaults)."""
+    from .options import RegistrationOptions
+
+    return RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)),
+                               allow_patient_mismatch=bool(getattr(args, "allow_patient_mismatch", False)))
 
 
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:

@@ -54,6 +54,11 @@ class _Parser(argparse.ArgumentParser):
     The subcommands' parsers are of this class too (``add_subparsers`` copies it).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no abbreviated options: "scp --ae X" started a listener, "--ae" taken for "--ae-title" (a new user's trial)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._words = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
@@ -245,7 +250,10 @@ def _print_json_error(args: argparse.Namespace, exc: BaseException, message: str
     payload: dict[str, Any] = {"ok": False, "error": _error_kind(exc), "detail": message}
     if getattr(args, "command", None) == "register":
         payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
-    print(json.dumps(payload))
+    try:
+        print(json.dumps(payload), flush=True)
+    except OSError:  # stdout itself failed (a full disk, a closed pipe): stderr still says why
+        pass
 
 
 def _bench_cli() -> Any:
@@ -586,7 +594,12 @@ def _demo(args: argparse.Namespace) -> int:
     from .registration import prepare_reference
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="portalign-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PortalignError(f"--out {out}: is a file, not a folder; give a folder for the pair (made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PortalignError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
     start = time.perf_counter()
     reference, frame, truth = make_demo_pair()
     ref_path = write_rt_image(reference, out / "reference_drr.dcm", label="DRR", image_type="DRR")

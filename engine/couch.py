@@ -693,7 +693,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="action levels, e.g. lat=2,lng=2,vrt=2,rot=1 (mm, degrees; default: none checked)")
     group.add_argument("--tolerance-file", default=None, metavar="TOML",
                        help="action levels from a TOML file (default: none checked)")
-    parser.add_argument("--max-residual-mm", type=float, default=DEFAULT_MAX_RESIDUAL_MM,
+    parser.add_argument("--max-residual-mm", type=float, default=DEFAULT_MAX_RESIDUAL_MM, metavar="MM",
                         help="largest accepted disagreement of a view with the 3-D solution (mm)")
     parser.add_argument("--image-follows-collimator", action="store_true",
                         help="the images turn with the collimator (vendor-specific; DICOM says they do not)")

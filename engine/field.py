@@ -36,7 +36,7 @@ from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm",
            "likely_inverted", "planned_aperture_covers",
-           "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE"]
+           "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -132,8 +132,9 @@ class FieldEstimate:
     mask : numpy.ndarray or None
         The field (holes filled) on the level it was found on.
     note : str
-        Why no field edge was accepted although a field/outside split was found
-        (``""`` when a field was detected or nothing field-like was there).
+        Why no field edge was accepted although a field/outside split was found (``""`` when nothing field-like
+        was there); with a field detected, what was set aside to find it (``SET_ASIDE_NOTE``: a block at the
+        image's edge that the first split took), else ``""``.
     dead_rows, dead_cols : tuple of int
         Whole detector lines (rows, columns of the level it was found on) that read far off both
         neighbours: dead or hot lines, left out of the match.
@@ -160,6 +161,10 @@ class FieldEstimate:
 NO_FIELD = FieldEstimate(detected=False)
 #: Start of every note saying that the image shows no aperture edge.
 NO_FIELD_EDGE = "no field edge in the image"
+#: How the reason of :func:`planned_aperture_covers` begins (a frame whose header says that no field edge is in it).
+PLANNED_COVERS = "the planned field"
+#: Start of the note of a field found beside a region set aside (:func:`_field_beside`): a warning of the match.
+SET_ASIDE_NOTE = "a region"
 
 
 def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
@@ -199,12 +204,18 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     if _touches_border(field):
         away = _distance_from_axis_mm(image, small, field)
         if away > MAX_FIELD_AXIS_DISTANCE_MM:
-            return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a radiation "
-                                         "field surrounds its central axis, so it is the patient's outline or an "
-                                         "object (air beside the body)")
-        width = _oblique_band_mm(image, small, field)  # a wire or stripe across the image at an angle
-        if width is not None:
-            return _a_band(field, width)
+            beside = _field_beside(image, small, field)
+            if beside is None:
+                return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a "
+                                             "radiation field surrounds its central axis, so it is the patient's "
+                                             "outline or an object (air beside the body)")
+            field = replace(beside, note=f"{SET_ASIDE_NOTE} at the image's edge {away:.0f} mm from the beam axis (an "
+                                         "object, a detector block) was set aside, and the radiation field found "
+                                         "around the axis used")
+        else:
+            width = _oblique_band_mm(image, small, field)  # a wire or stripe across the image at an angle
+            if width is not None:
+                return _a_band(field, width)
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
                                      "values mean more radiation, so it is an attenuating object (a phantom's "
@@ -335,8 +346,8 @@ def planned_aperture_covers(image: Image) -> str:
         return ""
     jaws = extra.get("planned_jaws_mm") or {}
     named = ", ".join(f"{k} {jaws[k]:+.0f}" for k in ("x1", "x2", "y1", "y2") if k in jaws)
-    return f"the planned field (jaws {named} mm) covers the whole image" if named else \
-        "the planned field covers the whole image"
+    return f"{PLANNED_COVERS} (jaws {named} mm) covers the whole image" if named else \
+        f"{PLANNED_COVERS} covers the whole image"
 
 
 def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
@@ -350,6 +361,32 @@ def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
     """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
     return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
                    level_shape=found.level_shape, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
+
+
+def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> FieldEstimate | None:
+    """Find the radiation field once a region ``rejected`` (off the axis, running off the image) is set aside.
+
+    Otsu's split takes the most extreme class: a block darker than the field (a dead or saturated detector area,
+    a lead marker at the border) puts the field in with its surroundings. With the block's pixels given the median
+    of the rest, the split is made again; the field it finds must pass the same tests as a first one (one region,
+    clean, surrounded by its outside), hold the beam axis, and not be a band. None where no such field is there
+    (an open frame: its object's outline alone). A new user's trial put dark blocks at the edge of aS500
+    Winston-Lutz windows (a 20 mm field): the whole frame met the reference's field, 5.5-14 mm off, ok.
+    """
+    region = rejected.mask
+    if region is None or region.shape != small.shape:
+        return None
+    rest = small[~region]
+    if rest.size == 0:
+        return None
+    work = np.array(small, dtype=np.float64)
+    work[region] = np.median(rest)
+    found = _detect(work)
+    if not found.detected or _distance_from_axis_mm(image, small, found) > 0.0:
+        return None
+    if _band_across_mm(image, small, found) is not None:
+        return None
+    return replace(found, dead_rows=rejected.dead_rows, dead_cols=rejected.dead_cols, level_shape=rejected.level_shape)
 
 
 def _a_band(found: FieldEstimate, width_mm: float) -> FieldEstimate:

@@ -599,7 +599,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the reference portal image; 'auto' (default) the header's MLC inside the jaws, else "
                              "the jaws, else the reference's field, and the reference's field when the delivered "
                              "field lies inside the jaws on every side (an MLC or cone the header does not record)")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0,
+    parser.add_argument("--tolerance-mm", type=float, default=2.0, metavar="MM",
                         help="largest accepted edge error, mm (default 2)")
     parser.epilog = (f"exit status: 0 every edge within tolerance; {EXIT_OUT_OF_TOLERANCE} an edge outside "
                      "tolerance; 2 unusable input or no planned aperture to compare with")

@@ -25,7 +25,7 @@ from .registration import pose_affines
 from .registration._views import angle_text
 from .result import RegistrationResult
 
-__all__ = ["write_overlay", "reference_on_frame_grid", "edge_labels"]
+__all__ = ["write_overlay", "review_path", "reference_on_frame_grid", "edge_labels"]
 
 
 def reference_on_frame_grid(reference: Image, frame: Image, result: RegistrationResult) -> np.ndarray:
@@ -45,13 +45,23 @@ def reference_on_frame_grid(reference: Image, frame: Image, result: Registration
     return out
 
 
+def review_path(path: str | Path, frame: Image) -> Path:
+    """Where :func:`write_overlay` writes for ``path``: inside an existing folder, ``.png`` added to a bare name."""
+    path = Path(path)
+    if path.is_dir():
+        stem = Path(str(frame.info.source or "")).stem or "frame"
+        return path / f"{stem}_review.png"
+    return path if path.suffix else path.with_name(f"{path.name}.png")
+
+
 def write_overlay(path: str | Path, reference: Image, frame: Image, result: RegistrationResult, *, squares: int = 8) -> Path:
     """Write a PNG review picture of ``result`` to ``path``.
 
     Parameters
     ----------
     path : str or Path
-        Output file (PNG).
+        Output file (PNG; ``.png`` is added to a name without a suffix), or an existing folder: the picture is
+        written inside it as ``<frame file's stem>_review.png``.
     reference, frame : Image
         The registered pair.
     result : RegistrationResult
@@ -61,7 +71,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     Returns
     -------
     Path
-        The written file.
+        The written file (what the caller reports: it may differ from ``path``).
     """
     try:
         import matplotlib
@@ -70,7 +80,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MissingDependencyError.for_module(exc.name or "matplotlib", "--overlay (the review picture)") from None
-    path = Path(path)
+    path = review_path(path, frame)
     moved = reference_on_frame_grid(reference, frame, result)
     region = _field_region(frame, result.field_box_mm)
     ref_n = _normalise(moved, region)

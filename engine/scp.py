@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument
+from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options
 from .backends import BACKENDS, Backend, select_backend
 from .errors import MissingDependencyError, PortalignError
 from .image import Image
@@ -354,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-ae", default="", metavar="A,B",
                         help="comma-separated calling AE titles allowed to send (default: any)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+    add_mismatch_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -366,13 +367,14 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError.for_module(exc.name or "pynetdicom", "portalign scp") from None
         journal = Journal(args.results, make_folders=False)  # a typo in its folder is an error, not a new folder
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp",
-                                      invert=getattr(args, "invert", None))
+                                      invert=getattr(args, "invert", None), options=mismatch_options(args))
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
-        print(f"portalign scp: error: {exc}" if not str(exc).startswith("portalign scp") else f"portalign: error: {exc}",
+        message = as_flags(str(exc), getattr(args, "subparser", None))
+        print(f"portalign scp: error: {message}" if not message.startswith("portalign scp") else f"portalign: error: {message}",
               file=sys.stderr)
         return 2
     port = server.server_address[1]

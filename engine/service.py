@@ -75,7 +75,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from . import __version__
-from ._cli_options import add_invert_argument
+from ._cli_options import add_invert_argument, as_flags
 from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePreparationError
 from .image import Image
@@ -441,6 +441,8 @@ def create_app(
         raise PortalignError(f"max_body_bytes must be an integer >= 1024; got {max_body_bytes!r}")
     if not isinstance(cache_size, int) or cache_size < 1:
         raise PortalignError(f"cache_size must be an integer >= 1; got {cache_size!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise PortalignError(f"workers must be an integer >= 1 (or None: the CPU count, at most 8); got {workers!r}")
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
     options = options or RegistrationOptions()
     own_journal = journal is not None and not isinstance(journal, Journal)
@@ -887,10 +889,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
     parser.add_argument("--journal", metavar="PATH",
                         help="append every result to this JSON-lines file (default: no journal)")
-    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, metavar="MB",
                         help="largest request body in MiB (default %(default)g)")
-    parser.add_argument("--cache-size", type=int, default=16, help="prepared references kept (default 16)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--cache-size", type=int, default=16, metavar="N", help="prepared references kept (default 16)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="registration threads (default: the CPU count, at most 8)")
     parser.add_argument("--no-warm-up", action="store_true", help="do not compile the kernels at startup")
     add_invert_argument(parser)
@@ -907,6 +909,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"portalign serve: --port must be within 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb * 2**20 >= 1024):
+        print(f"portalign serve: --max-body-mb must be at least 0.001 MiB (1 KiB), got {args.max_body_mb:g}",
+              file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"portalign serve: --workers must be at least 1 (default: the CPU count, at most 8), got {args.workers}",
+              file=sys.stderr)
+        return 2
     try:
         app = create_app(
             token=args.token,
@@ -919,7 +929,7 @@ def run(args: argparse.Namespace) -> int:
             invert=getattr(args, "invert", None),
         )
     except PortalignError as exc:
-        print(f"portalign serve: {exc}", file=sys.stderr)
+        print(f"portalign serve: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0

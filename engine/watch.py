@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument, shown
+from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options, shown
 from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
@@ -90,7 +90,7 @@ class FolderWatcher:
                  stable_polls: int = 2, empty_polls: int = 10,
                  on_file: Callable[[str, list[dict[str, Any]]], None] | None = None) -> None:
         if not poll_s > 0:
-            raise PortalignError(f"poll interval must be positive seconds; got {poll_s!r}")
+            raise PortalignError(f"poll_s (the poll interval) must be positive seconds; got {poll_s!r}")
         if stable_polls < 2:
             raise PortalignError(f"stable_polls must be at least 2 (one poll cannot see a file stop growing); "
                                  f"got {stable_polls!r}")
@@ -240,12 +240,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: none; every beam's reference is dropped in first)")
     add_invert_argument(parser)
     parser.add_argument("--poll", type=float, default=0.2, metavar="SECONDS", help="poll interval (default 0.2)")
-    parser.add_argument("--stable-polls", type=int, default=2,
+    parser.add_argument("--stable-polls", type=int, default=2, metavar="N",
                         help="polls with unchanged size and mtime before a file is taken (default 2)")
     parser.add_argument("--once", action="store_true",
                         help="handle the files present (once complete) and exit instead of watching; exit status 1 "
                              "when any file failed")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+    add_mismatch_arguments(parser)
     parser.add_argument("--create", action="store_true",
                         help="make DIR (and the folder of --results) when it does not exist (default: a missing folder "
                              "is an error: a typo in the path would otherwise watch an empty new folder and report "
@@ -272,13 +273,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         journal = Journal(args.results, make_folders=bool(getattr(args, "create", False)))
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
-                                      invert=getattr(args, "invert", None))
+                                      invert=getattr(args, "invert", None), options=mismatch_options(args))
         watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls,
                                 on_file=print_file_line)
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
-        print(f"portalign watch: {exc}", file=sys.stderr)
+        print(f"portalign watch: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     if not args.once:
         print(f"portalign watch: watching {watcher.folder} every {watcher.poll_s:g} s; results -> {journal.path}",
@@ -291,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except PortalignError as exc:
-        print(f"portalign watch: {exc}", file=sys.stderr)
+        print(f"portalign watch: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     finally:
         journal.close()

@@ -581,7 +581,8 @@ def test_fieldcheck_errors_name_its_flags(capsys, demo_pair, tmp_path) -> None:
 
 @pytest.mark.parametrize("argv, said", [
     (["watch", "--onec", "DIR"], "unrecognized arguments: --onec"),  # --results is missing too: the typo first
-    (["watch", "--onc"], "the following arguments are required: DIR, --results"),  # an abbreviation is no typo
+    (["watch", "--onc"], "unrecognized arguments: --onc"),  # no abbreviations either (allow_abbrev=False)
+    (["watch"], "the following arguments are required: DIR, --results"),
     (["register", "--metod=mi"], "unrecognized arguments: --metod=mi"),
     (["register", "--max-shift-mm", "-5"], "the following arguments are required: reference, frame"),
 ])
@@ -675,3 +676,105 @@ def test_reg_says_when_the_given_patient_position_is_not_the_images(capsys, demo
     assert status == 0 and out_path.is_file()
     assert ("REG warning: patient position FFS as given (--patient-position), not the images' PatientPosition HFS"
             in out), out
+
+
+# ---------------------------------------------------------------------------------------------
+# a second new user's trial: advice that names switches the command has, flags in every error,
+# no abbreviations, --overlay's real path, a failing stdout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_watch_has_the_mismatch_switch_its_refusal_names(capsys, files, tmp_path) -> None:
+    """A gantry-90 frame against a gantry-0 reference: NOT OK, advising --allow-view-mismatch, which watch (and scp)
+    did not have ("unrecognized arguments"); with it the frame is registered, and the line says so."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "frame_g90.dcm").write_bytes(files["frame_g90"].read_bytes())
+    status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
+                         "--once", "--poll", "0.05")
+    assert status == 0 and "NOT OK (different views" in out and "--allow-view-mismatch" in out, out
+    (folder / "frame_g90_again.dcm").write_bytes(files["frame_g90"].read_bytes())
+    status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r2.jsonl", "--reference", files["ref"],
+                         "--once", "--poll", "0.05", "--allow-view-mismatch")
+    assert status == 0 and re.match(r"frame_g90_again\.dcm: dx \+3\.\d\d mm, dy -2\.\d\d mm, .*, ok$", out.strip()), out
+    scp = build_parser("scp")._subparsers._group_actions[0].choices["scp"]
+    assert {"--allow-view-mismatch", "--allow-patient-mismatch"} <= set(scp._option_string_actions)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["watch", "{tmp}", "--results", "{tmp}/r.jsonl", "--once", "--stable-polls", "1"],
+     "portalign watch: --stable-polls must be at least 2"),
+    (["watch", "{tmp}", "--results", "{tmp}/r.jsonl", "--once", "--poll", "0"],
+     "portalign watch: --poll (the poll interval) must be positive seconds; got 0.0"),
+    (["demo", "--out", "{tmp}/a_file"], "portalign: error: --out {tmp}/a_file: is a file, not a folder"),
+    (["archive", "{tmp}", "--out", "{tmp}/out", "--max-residual-mm", "0"],
+     "portalign archive: error: archive: --max-residual-mm must be a positive number, got 0.0"),
+    (["archive", "{tmp}", "--out", "{tmp}/out", "--connect-timeout", "-1"],
+     "portalign archive: error: archive: --connect-timeout must be a positive number, got -1.0"),
+    (["archive", "{tmp}", "--out", "{tmp}/out", "--max-shift-mm", "-3"],
+     "portalign archive: error: --max-shift-mm must be positive"),
+])
+def test_errors_of_every_command_name_its_flags(capsys, tmp_path, argv, expected) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    if argv[0] == "archive":
+        pytest.importorskip("dask.distributed", reason="archive needs the archive extra")
+    status, _, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert status == 2
+    assert err.strip().startswith(expected.format(tmp=tmp_path)), err
+    assert not re.search(r"\b[a-z]+(?:_[a-z]+)+ must", err), err  # a flag, not a Python keyword
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--workers", "-1"], "portalign serve: --workers must be at least 1"),
+    (["--workers", "0"], "portalign serve: --workers must be at least 1"),
+    (["--max-body-mb", "-1"], "portalign serve: --max-body-mb must be at least 0.001 MiB (1 KiB), got -1"),
+    (["--cache-size", "0"], "portalign serve: --cache-size must be an integer >= 1; got 0"),
+])
+def test_serve_refuses_bad_numbers_naming_the_flag_before_it_listens(capsys, argv, expected) -> None:
+    """--workers -1 escaped as a ValueError traceback, and 0 was taken silently for the default."""
+    pytest.importorskip("uvicorn", reason="serve needs the service extra")
+    status, out, err = run(capsys, "serve", "--port", "0", "--no-warm-up", *argv)
+    assert status == 2 and out == ""
+    assert err.strip().startswith(expected), err
+
+
+def test_options_are_never_abbreviated(capsys, files) -> None:
+    """``scp --ae X`` started a listener (argparse took --ae for --ae-title); an option is its whole name."""
+    with pytest.raises(SystemExit) as stop:
+        main(["register", str(files["ref"]), str(files["frame"]), "--jso"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == ""
+    assert err.strip().endswith("portalign register: error: unrecognized arguments: --jso")
+    with pytest.raises(SystemExit):
+        build_parser("scp").parse_args(["scp", "--results", "r.jsonl", "--ae", "X"])
+
+
+def test_overlay_reports_the_file_it_wrote(capsys, files, tmp_path) -> None:
+    """``--overlay review`` wrote review.png and said "review"; ``--overlay FOLDER`` wrote FOLDER.png beside it."""
+    pytest.importorskip("matplotlib", reason="--overlay needs matplotlib")
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--overlay", tmp_path / "review")
+    assert status == 0 and f"review picture: {tmp_path / 'review.png'}" in out
+    assert (tmp_path / "review.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "review").exists()
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--overlay", folder)
+    assert status == 0 and f"review picture: {folder / 'frame_review.png'}" in out
+    assert (folder / "frame_review.png").stat().st_size > 1000 and not (tmp_path / "pictures.png").exists()
+
+
+def test_a_json_failure_whose_stdout_fails_is_one_line_on_stderr(capsys, files, monkeypatch) -> None:
+    """``register --json ... > /dev/full``: the error's own JSON line failed too, and a second traceback followed."""
+
+    class Full:
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    status = main(["register", "--json", str(files["ref"]), str(files["frame"])])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip() == "portalign: error: [Errno 28] No space left on device", err

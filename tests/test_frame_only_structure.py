@@ -242,3 +242,26 @@ def test_a_frame_field_far_smaller_than_the_reference_s_is_named():
                      result.reason)
     assert found, result.reason
     assert float(found.group(1)) < 0.5 * float(found.group(2)) and 15.0 < float(found.group(2)) < 25.0
+
+
+@needs_real
+@pytest.mark.parametrize(("window", "moved", "block"), [
+    # (row0, col0, height, width), (rows, cols) moved, (row0, row1, col0, col1) of a block at 70 % of the maximum
+    ((98, 165, 207, 309), (2, 15), (152, 205, 147, 169)),   # came back 13.8 mm off, ok
+    ((36, 33, 304, 439), (9, -11), (290, 303, 238, 281)),   # came back 5.5 mm off, ok
+])
+def test_a_dark_block_at_the_edge_is_set_aside_and_the_field_beside_it_found(window, moved, block):
+    """A 20 mm Winston-Lutz field (aS500, collimator 45) and, in the frame alone, a block darker than the field at
+    the image's edge: Otsu's split took the block for the field, the block lay 42-71 mm from the beam axis, so it was
+    no field, and the whole frame (field and block) met the reference's field. The block is now set aside and the
+    field found again beside it."""
+    image = read(REAL / "pylinac" / "wl_demo_as500" / "coll45.dcm")
+    ref, frame, dx, dy = window_pair(image, *window, *moved)
+    pixels = frame.pixels.astype(np.float64)
+    r0, r1, c0, c1 = block
+    pixels[r0:r1, c0:c1] = 0.7 * image.pixels.max()
+    result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.2
+    assert result.details["field_note"].startswith("a region at the image's edge")
+    assert any(w.startswith("a region at the image's edge") and "was set aside" in w for w in result.warnings)

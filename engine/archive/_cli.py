@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .._cli_options import add_invert_argument
+from .._cli_options import add_invert_argument, as_flags
 from ..errors import PortalignError
 from ..options import RegistrationOptions
 
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registration backend on the workers (default cpu)")
     parser.add_argument("--max-shift-mm", type=float, default=None, metavar="MM",
                         help="search range (default: the engine's, 20)")
-    parser.add_argument("--retries", type=int, default=2, help="reruns of a beam task whose worker was lost")
-    parser.add_argument("--max-residual-mm", type=float, default=1.0,
+    parser.add_argument("--retries", type=int, default=2, metavar="N", help="reruns of a beam task whose worker was lost")
+    parser.add_argument("--max-residual-mm", type=float, default=1.0, metavar="MM",
                         help="a view further than this from its fraction's 3-D solution makes it not ok")
     parser.add_argument("--parts-on-workers", action="store_true", default=None,
                         help="with --scheduler: the workers write DIR/parts themselves (DIR on shared storage; "
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                              connect_timeout_s=args.connect_timeout, parts_on_workers=args.parts_on_workers,
                              invert=args.invert)
     except PortalignError as exc:
-        print(f"portalign archive: error: {exc}", file=sys.stderr)
+        print(f"portalign archive: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     summary = result.summary
     if args.json:

@@ -139,6 +139,9 @@ def run(
     source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     out_dir = Path(out).resolve()
     _check_arguments(source_list, out_dir, workers, scheduler, resume, retries, backend)
+    for name, value in (("max_residual_mm", max_residual_mm), ("connect_timeout_s", connect_timeout_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ArchiveError(f"archive: {name} must be a positive number, got {value!r}")
     options_dict = options.as_dict() if options is not None else {}
     stream = (sys.stderr if progress is True else progress) or None
 

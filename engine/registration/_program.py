@@ -31,6 +31,7 @@ from ..field import (
     FIELD_DOUBT_ADVICE,
     NO_FIELD,
     NO_FIELD_EDGE,
+    PLANNED_COVERS,
     FieldEstimate,
     dead_lines_only,
     field_centre_mm,
@@ -179,6 +180,7 @@ DEAD_LINES_MAX_FIELD_SHARE = 0.15
 #: a new user's trial).
 FIELD_MISSING_BELOW_EDGE = WEAK_EDGE_SCORE
 _BAND_NOTE = f"{NO_FIELD_EDGE}: {BAND_NOTE}"
+_COVERS_NOTE = f"{NO_FIELD_EDGE}: {PLANNED_COVERS}"
 #: A frame's field under this share of the reference's (largest inscribed discs) is named as such where too little of
 #: the frame is usable (``_field_shrunk``).
 FIELD_SHRUNK_SHARE = 0.5
@@ -733,13 +735,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             warnings.extend(doubts)
         else:
             doubt_reason = "; ".join(doubts)
-    # the reference shows a radiation field and the frame, looked for one, shows none and no note says why (it is not
-    # a frame inside the field, nor a doubted object): the frame's whole image, its field edge and outside included,
-    # meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE)
+    # the reference shows a radiation field and the frame, looked for one, shows none, and its header does not say that
+    # the planned field covers it (nor is it a doubted object): the frame's whole image, its field edge and outside
+    # included, meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE). A region
+    # found and ruled out (off the axis, darker than around it) is no field either: a zero block at a 20 mm field's
+    # image edge hid it at 1 % noise, and the whole frame matched 11 mm off, ok, at an edge correlation of 0.07
     # (a "field" found that is only a band, a stripe, counts as none: BAND_NOTE, refused whatever the score)
     band = field.note != "" and field.note.startswith(_BAND_NOTE)  # no call for a frame without a note
-    field_missing = (reference.field.detected and not field.detected and (not field.note or band) and not field.doubt
-                     and wants_field(opts, frame))
+    field_missing = (reference.field.detected and not field.detected and not field.doubt
+                     and (not field.note or not field.note.startswith(_COVERS_NOTE)) and wants_field(opts, frame))
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
