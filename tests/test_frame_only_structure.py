@@ -265,3 +265,20 @@ def test_a_dark_block_at_the_edge_is_set_aside_and_the_field_beside_it_found(win
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.2
     assert result.details["field_note"].startswith("a region at the image's edge")
     assert any(w.startswith("a region at the image's edge") and "was set aside" in w for w in result.warnings)
+
+
+@needs_real
+def test_a_frame_whose_only_region_found_was_ruled_out_misses_its_field():
+    """aS500 gantry 90 (a 20 mm field), 1 % noise on each image, a zero block at the frame's lower edge: the split took
+    the block, 57 mm from the axis, no field; and beside it none either (the noise hides the field's weak step). The
+    whole frame then met the reference's field and matched 11.2 mm off, ok, at an edge correlation of 0.07."""
+    image = read(REAL / "pylinac" / "wl_demo_as500" / "gantry90.dcm")
+    ref, frame, _, _ = window_pair(image, 47, 26, 253, 434, -13, -9)
+    pixels = frame.pixels.astype(np.float64)
+    pixels[185:253, 55:131] = 0.0
+    result = portalign.register(low_dose(ref, 0.01, 1000), low_dose(replace(frame, pixels=pixels), 0.01, 2000),
+                                backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert result.reason.startswith("no match: no radiation field was found in the frame, where the reference shows "
+                                    "one, and the whole frame matches weakly (edge correlation 0.0"), result.reason
+    assert result.details["field_note"].startswith("no field edge in the image: the region found lies 57 mm")
