@@ -1424,7 +1424,8 @@ def _angle(ds: Dataset, name: str, item: Dataset | None, specific: bool, keyword
     return top if top is not None else item_value
 
 
-def _aperture(item: Dataset | None, collimator_deg: float | None, name: str) -> dict[str, Any]:
+def _aperture(item: Dataset | None, collimator_deg: float | None, name: str, notes: list[str]) -> dict[str, Any]:
+    """Return the planned aperture of an ExposureSequence ``item``; a jaw item not used is said in ``notes``."""
     if item is None:
         return {}
     jaws_iec: dict[str, float] = {}
@@ -1440,6 +1441,11 @@ def _aperture(item: Dataset | None, collimator_deg: float | None, name: str) -> 
             jaws_iec["x1"], jaws_iec["x2"] = positions
         elif kind in ("Y", "ASYMY") and len(positions) == 2 and "y1" not in jaws_iec:
             jaws_iec["y1"], jaws_iec["y2"] = positions
+        elif kind in ("X", "ASYMX", "Y", "ASYMY"):
+            why = (f"{len(positions)} LeafJawPositions, 2 expected" if len(positions) != 2
+                   else f"a second {kind} jaw item")
+            notes.append(f"ExposureSequence: an RTBeamLimitingDeviceType {kind} item with {why}: not used (the "
+                         "planned jaws are then unknown on that axis)")
         elif kind in ("MLCX", "MLCY"):
             mlc.append(
                 {
@@ -1602,7 +1608,7 @@ def _frame_info(
     collimator = _angle(ds, name, item, specific, "BeamLimitingDeviceAngle")
     extra = dict(common)
     extra["notes"] = list(common["notes"])
-    extra.update(_aperture(item, collimator, name))
+    extra.update(_aperture(item, collimator, name, extra["notes"]))
     return ImageInfo(
         source=name,
         modality=modality,

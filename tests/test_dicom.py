@@ -1184,3 +1184,14 @@ def test_header_warnings_name_the_attribute(tmp_path) -> None:
     said = read_rt_image(path).info.extra["dicom_warnings"]
     assert "StudyInstanceUID (0020,000D): The value length (76) exceeds the maximum length of 64 allowed for VR UI." in said
     assert any(w.startswith("FrameOfReferenceUID (0020,0052): UID '1.2.3.x' is not a valid DICOM UID") for w in said)
+
+
+def test_a_jaw_item_that_cannot_be_used_is_said_in_the_notes():
+    """A Y-jaw item with one LeafJawPositions value (a mutant of a new user's fuzz run) was dropped without a word."""
+    item = _exposure(collimator=0.0)
+    item.BeamLimitingDeviceSequence[1] = _device("ASYMY", [-30.0])
+    extra = read_rt_image(make_rt_image(_ramp(), ExposureSequence=[item])).info.extra
+    assert extra["planned_jaws_mm"] == {"x1": -20.0, "x2": 40.0}
+    assert "planned_field_corners_mm" not in extra
+    assert extra["notes"] == ["ExposureSequence: an RTBeamLimitingDeviceType ASYMY item with 1 LeafJawPositions, 2 "
+                              "expected: not used (the planned jaws are then unknown on that axis)"]
