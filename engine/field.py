@@ -102,7 +102,8 @@ BAND_MIN_ELONGATION = 8.0
 #: matched 18 mm off).
 BAND_NOTE = "the region found is a band"
 #: What such a doubt says after its numbers (once, where both images are doubted: ``_program``).
-FIELD_DOUBT_ADVICE = ("likely an object (a phantom) in an open beam, as a field's outside is far quieter: "
+FIELD_DOUBT_ADVICE = ("likely an object (a phantom) or the patient's outline in an open beam, as a field's outside "
+                      "is far quieter: "
                       "use --field none (field='none') if no aperture edge is in the image, --field detect for "
                       "a very low-dose field")
 #: ...and one with less than this share of its surroundings' noise has constant pixels: a dead detector block or

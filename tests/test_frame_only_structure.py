@@ -282,3 +282,39 @@ def test_a_frame_whose_only_region_found_was_ruled_out_misses_its_field():
     assert result.reason.startswith("no match: no radiation field was found in the frame, where the reference shows "
                                     "one, and the whole frame matches weakly (edge correlation 0.0"), result.reason
     assert result.details["field_note"].startswith("no field edge in the image: the region found lies 57 mm")
+
+
+def test_a_weak_optimum_beyond_the_range_names_too_little_structure(monkeypatch):
+    """An independent trial met "optimum rotation -7.00 deg is outside the search range" where the truth was 0 deg and
+    the match was weak (edge correlation 0.06): the reason now names the weak match as the likelier cause."""
+    from portalign.registration import _program
+
+    base = anatomy(384, seed=3)
+    ref = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    frame = portalign.Image.from_array(moved(base, 24.0, -3.0, 0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    options = portalign.RegistrationOptions(max_shift_mm=20.0)
+    strong = portalign.register(ref, frame, options, backend="cpu")
+    assert "the match is weak" not in strong.reason  # a clear match: only what else puts it there
+    monkeypatch.setattr(_program, "WEAK_RANGE_EDGE", 1.01)  # every match weak: the reason says so, with its score
+    weak = portalign.register(ref, frame, options, backend="cpu")
+    assert (f"no match within it; the match is weak (edge correlation {weak.details['edge_score']:.2f}): too little "
+            "structure in the usable region, structure the reference lacks") in weak.reason
+
+
+def test_a_rotation_beyond_the_range_says_whether_the_match_is_weak(monkeypatch):
+    """A 7 deg turn with a 5 deg range: refused, naming the option; a weak match's turn is called weak instead."""
+    from portalign.registration import _program
+
+    base = anatomy(384, seed=3)
+    ref = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    frame = portalign.Image.from_array(moved(base, 2.0, -1.0, 7.0, shape=(256, 256)), pixel_spacing_mm=1.0, kind="drr")
+    options = portalign.RegistrationOptions(max_rotation_deg=5.0)
+    result = portalign.register(ref, frame, options, backend="cpu")
+    assert not result.ok and abs(result.rotation_deg - 7.0) < 0.1
+    assert result.reason == ("optimum rotation 6.99 deg is outside the search range of +-5 deg (max_rotation_deg); if "
+                             "the patient is truly turned that much, raise max_rotation_deg")
+    monkeypatch.setattr(_program, "WEAK_RANGE_EDGE", 1.01)
+    weak = portalign.register(ref, frame, options, backend="cpu")
+    assert weak.reason.endswith(f"(max_rotation_deg): the match is weak (edge correlation "
+                                f"{weak.details['edge_score']:.2f}), and too little structure away from the beam axis "
+                                "to fix a rotation is more likely than a turn that large")

@@ -295,6 +295,9 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     return replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)  # the check's time is the frame's
 
 
+#: An optimum beyond the search range (shift or rotation) matched with less than this edge correlation is called weak
+#: in the reason: too little structure places such an optimum more often than anything else.
+WEAK_RANGE_EDGE = 0.6
 #: A portal pair's match within this of the aperture's own position (the field stayed put: no shift) is checked
 #: against the aperture alone (``Reference.aperture_model``).
 APERTURE_NEAR_MM = 2.0
@@ -947,16 +950,25 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         guess = True
     elif pose[0] > max_shift or pose[0] < -max_shift or pose[1] > max_shift or pose[1] < -max_shift:
         # the optimum found, not the truth: far out, it is more often something the reference lacks than a shift
+        # a weak match's optimum (an independent trial: small fields over soft tissue, 0.26) is placed by too little
+        # structure more often than by anything the reference lacks
+        weak = (f"the match is weak (edge correlation {final_edge:.2f}): too little structure in the usable region, "
+                if final_edge < WEAK_RANGE_EDGE else "")
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
-            f"+-{opts.max_shift_mm:g} mm (max_shift_mm): no match within it; structure the reference lacks (an "
+            f"+-{opts.max_shift_mm:g} mm (max_shift_mm): no match within it; {weak}structure the reference lacks (an "
             "object, a stripe, a detector fault) or another view can put the best match there; if the shift is "
             "truly that large, raise max_shift_mm"
         )
     elif rotate and (pose[2] > max_rot + 1e-9 or pose[2] < -(max_rot + 1e-9)):
+        # a weak match turned to the search's limit says little about the patient (an independent trial: -7 deg at
+        # edge correlations of 0.06 and 0.54 where the truth was 0 and -1.1 deg)
+        why = (f": the match is weak (edge correlation {final_edge:.2f}), and too little structure away from the beam "
+               "axis to fix a rotation is more likely than a turn that large" if final_edge < WEAK_RANGE_EDGE
+               else "; if the patient is truly turned that much, raise max_rotation_deg")
         reason = (
             f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
-            f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg)"
+            f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg){why}"
         )
     elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
         reason = (
