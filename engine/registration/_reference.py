@@ -79,6 +79,8 @@ INTENSITY_MAX_PIXELS = 2_000_000
 #: Penumbra (Gaussian sigma, mm) of :meth:`Reference.aperture_model`. A trial's failures matched the model of 1.5 mm
 #: and of 3 mm alike (edge correlations 0.66-0.72); sound portal pairs reached 0-0.45 with either.
 APERTURE_SIGMA_MM = 2.0
+#: Search range (mm) of the aperture model's match (``_program.APERTURE_NEAR_MM`` and a margin).
+APERTURE_SEARCH_MM = 5.0
 #: The measured penumbra widens the field-edge band up to this much (mm).
 MAX_FIELD_MARGIN_MM = 10.0
 #: Frame geometries whose plans a reference keeps (least recently used dropped first).
@@ -188,7 +190,12 @@ class Reference:
         if not field.field_is_bright:
             shape = 1.0 - shape
         model = replace(self.image, pixels=(lo + (hi - lo) * shape).astype(np.float32))
-        options = replace(self.options, method="edge", mirror_check="never")
+        # what is asked is how well the aperture alone matches near its own position: an edge-only search of one
+        # candidate, no rotation, within a few mm, without the last full-resolution polish
+        options = replace(self.options, method="edge", mirror_check="never", candidates=1, estimate_rotation=False,
+                          fine_polish=False, max_shift_mm=APERTURE_SEARCH_MM)
+        # prepared as any reference: its own field and the edge band its penumbra asks for (the reference's band, from
+        # a noisy edge, was narrower, and the soft edge's tail then hid what the aperture explains inside the field)
         made = Reference.prepare(model, options, self.backend)
         made._aperture = False
         return made
