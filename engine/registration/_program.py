@@ -324,7 +324,10 @@ def _aperture_check(reference: Reference, frame: Image, result: RegistrationResu
     alone = model.register(frame)
     score = alone.details.get("edge_score")
     result.details["aperture_alone_edge_score"] = score
-    if score is None or score < APERTURE_MAX_SHARE * own:
+    # the aperture's match must stand above chance itself: a 36 mm cone's model, its interior all but empty inside the
+    # model's edge band, scored 1.000 on a handful of pixels against a correct match of 0.27 (a second trial)
+    significant = (alone.details.get("match_significance") or 0.0) >= MIN_MATCH_SIGNIFICANCE
+    if score is None or not significant or score < APERTURE_MAX_SHARE * own:
         return replace(result, elapsed_ms=result.elapsed_ms + alone.elapsed_ms)  # the check's time is the frame's
     reason = (f"no match: the radiation field's own shape matches the frame about as well as the reference does (edge "
               f"correlation {score:.2f} against {own:.2f}) at the field's own position: the anatomy inside the field "
