@@ -22,7 +22,15 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from ._cli_options import HelpFormatter, add_geometry_arguments, add_invert_argument, as_flags, patient_position_argument, shown
+from ._cli_options import (
+    HelpFormatter,
+    add_geometry_arguments,
+    add_invert_argument,
+    add_mismatch_arguments,
+    as_flags,
+    patient_position_argument,
+    shown,
+)
 from .errors import MissingDependencyError, PortalignError
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
@@ -138,9 +146,6 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                           "not in DRRs)")
     reg.add_argument("--field-margin-mm", metavar="MM", type=float, default=3.0,
                      help="band each side of the field edge left out of the match (mm)")
-    reg.add_argument("--allow-view-mismatch", action="store_true",
-                     help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
-                          "reference's, when intended; without it such a result is not ok")
     reg.add_argument("--mirror-check", choices=("first", "always", "never"), default="first",
                      help="also register the frame flipped (left-right, up-down, 180 deg) and refuse it when a flip "
                           "matches clearly better (a mirrored image): on the first frame of each geometry, every "
@@ -150,9 +155,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                           "near-perfect agreement (a phantom imaged twice, windows of one image): such a frame then "
                           "takes a third to a half of the time and is about 0.01 mm less precise (a cine loop with a "
                           "tight frame interval); other pairs are not affected")
-    reg.add_argument("--allow-patient-mismatch", action="store_true",
-                     help="register images whose PatientID differs (a phantom under two names, files anonymised "
-                          "differently), when intended; without it such a result is not ok")
+    add_mismatch_arguments(reg)
 
     info = command("info", "print what portalign understood of an RT Image")
     info.add_argument("file", help="DICOM RT Image (or CR/DX projection image)")

@@ -78,9 +78,11 @@ from . import __version__
 from ._cli_options import (
     add_geometry_arguments,
     add_invert_argument,
+    add_mismatch_arguments,
     as_flags,
     export_reg,
     geometry_keywords,
+    mismatch_options,
     patient_position_argument,
     shown,
 )
@@ -699,11 +701,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the images turn with the collimator (vendor-specific; DICOM says they do not)")
     parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "gpu"),
                         help="compute backend (auto: the GPU when one works here, else the CPU)")
-    parser.add_argument("--allow-view-mismatch", action="store_true",
-                        help="accept a frame whose gantry, collimator or couch angle differs from its reference's")
-    parser.add_argument("--allow-patient-mismatch", action="store_true",
-                        help="accept images whose PatientID differs (a phantom under two names, files anonymised "
-                             "differently)")
+    add_mismatch_arguments(parser)
     add_invert_argument(parser)
     add_geometry_arguments(parser)
     parser.add_argument("--reg-out", default=None, metavar="PATH",
@@ -719,8 +717,7 @@ def run(args: argparse.Namespace) -> int:
 
         given = geometry_keywords(args)
         pairs = [(read_rt_image(ref, **given), read_rt_image(frame, **given)) for ref, frame in args.pair]
-        options = RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)),
-                                      allow_patient_mismatch=bool(getattr(args, "allow_patient_mismatch", False)))
+        options = mismatch_options(args)
         couch, _ = register_views(
             pairs,
             options,

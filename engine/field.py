@@ -35,7 +35,7 @@ from scipy import ndimage
 from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm",
-           "likely_inverted", "planned_aperture_covers",
+           "field_pixels", "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -576,14 +576,18 @@ def _estimate(code: int, threshold: float, effectiveness: float, field_is_bright
                          float(box[3])), float(effectiveness), mask.view(np.bool_))
 
 
+def field_pixels(pixels: np.ndarray, field: FieldEstimate) -> np.ndarray:
+    """Return where ``pixels`` (any level, or the detector's own) lie on the field's side of its threshold (bool)."""
+    return (pixels > field.threshold) if field.field_is_bright else (pixels < field.threshold)
+
+
 def _thin_split(image: Image, field: FieldEstimate) -> bool:
     """Whether a field of several openings is one field cut by thin lines (a dead row or column, a wire).
 
     At the detector's own pixels the openings, closed by a disc ``MULTI_PART_MIN_GAP_MM`` across (isocentre plane),
     join into one: what separates them is narrower than any leaf (a dead line through a 26 mm cone split it in four).
     """
-    pixels = image.pixels
-    inside = (pixels > field.threshold) if field.field_is_bright else (pixels < field.threshold)
+    inside = field_pixels(image.pixels, field)
     radius = max(1, int(round(0.5 * MULTI_PART_MIN_GAP_MM / min(image.spacing_mm))))
     disc = np.hypot(*np.mgrid[-radius:radius + 1, -radius:radius + 1]) <= radius
     closed = ndimage.binary_closing(inside, structure=disc, border_value=0)
@@ -599,13 +603,12 @@ def _openings(inside: np.ndarray, threshold: float, effectiveness: float, field_
     one-region rule refused. Border, area and size are checked as ``split_field`` does; the openings' holes are
     filled (background reached from the border, 4-connected, is outside).
     """
-    rows, cols = inside.shape
     count = int(np.count_nonzero(inside))
     border = np.concatenate((inside[0], inside[-1], inside[1:-1, 0], inside[1:-1, -1]))
     if (count < MIN_FIELD_PIXELS or not FIELD_AREA[0] <= count / inside.size <= FIELD_AREA[1]
             or 1.0 - float(border.mean()) < MIN_BORDER_OUTSIDE):
         return None
-    labels, n = ndimage.label(inside)
+    labels, _ = ndimage.label(inside)
     sizes = np.bincount(labels.ravel())[1:]
     large = np.flatnonzero(sizes >= MULTI_PART_MIN_SHARE * count)
     if not 2 <= large.size <= MULTI_PART_MAX or sizes[large].sum() < MULTI_PART_COVER * count:

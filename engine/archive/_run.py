@@ -138,10 +138,8 @@ def run(
     started = time.perf_counter()
     source_list = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     out_dir = Path(out).resolve()
-    _check_arguments(source_list, out_dir, workers, scheduler, resume, retries, backend)
-    for name, value in (("max_residual_mm", max_residual_mm), ("connect_timeout_s", connect_timeout_s)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ArchiveError(f"archive: {name} must be a positive number, got {value!r}")
+    _check_arguments(source_list, out_dir, workers, scheduler, resume, retries, backend, max_residual_mm,
+                     connect_timeout_s)
     options_dict = options.as_dict() if options is not None else {}
     stream = (sys.stderr if progress is True else progress) or None
 
@@ -217,7 +215,7 @@ def run(
 
 
 def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, scheduler: str | None, resume: bool,
-                     retries: int, backend: str) -> None:
+                     retries: int, backend: str, max_residual_mm: float, connect_timeout_s: float) -> None:
     if not sources:
         raise ArchiveError("archive: no SOURCE given; pass one or more folders or files of DICOM RT Images")
     for source in sources:
@@ -230,6 +228,9 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
         raise ArchiveError(f"archive: --workers must be a positive integer, got {workers!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ArchiveError(f"archive: --retries must be a non-negative integer, got {retries!r}")
+    for name, value in (("max_residual_mm", max_residual_mm), ("connect_timeout_s", connect_timeout_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ArchiveError(f"archive: {name} must be a positive number, got {value!r}")
     if backend not in ("cpu", "auto", "gpu"):
         raise ArchiveError(f"archive: --backend must be one of cpu, auto, gpu, got {backend!r}")
     if out_dir.exists() and not out_dir.is_dir():

@@ -42,6 +42,7 @@ from ..field import (
     FieldEstimate,
     box_reduce,
     field_centre_mm,
+    field_pixels,
     field_size_mm,
     find_field,
     penumbra_extent_mm,
@@ -182,7 +183,7 @@ class Reference:
         if not field.detected:
             return None
         pixels = self.image.pixels
-        inside = (pixels > field.threshold) if field.field_is_bright else (pixels < field.threshold)
+        inside = field_pixels(pixels, field)
         spacing = self.image.spacing_mm
         shape = ndimage.gaussian_filter(inside.astype(np.float64),
                                         (APERTURE_SIGMA_MM / spacing[0], APERTURE_SIGMA_MM / spacing[1]))
