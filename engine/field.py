@@ -542,9 +542,6 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
         return _estimate(code, threshold, effectiveness, bright, mask, box)
     values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
     found = _detect(values)
-    if (dead_rows or dead_cols) and found.detected and found.note.startswith(MULTI_PART_NOTE):
-        # openings split by what is left of a bridged dead line are one field cut by the line, not closed leaves
-        found = FieldEstimate(detected=False, effectiveness=found.effectiveness)
     if dead_rows or dead_cols:
         found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape)
     return found

@@ -129,6 +129,40 @@ def test_a_field_of_two_openings_is_one_field_and_a_line_across_one_is_not_a_spl
             assert not (found.detected and found.note.startswith(MULTI_PART_NOTE)), found.note
 
 
+@pytest.mark.parametrize("line", ["column", "row", "both"])
+def test_a_field_of_two_openings_crossed_by_a_dead_line_is_still_that_field(line):
+    """A dead detector line across a field of closed leaves is bridged and left out; the field stays two openings.
+
+    Before, any field of several openings found after a dead line was bridged was taken for one field cut by the line
+    and dropped: the closed-leaf field was found nowhere, and the pair matched whole (the case that made the field of
+    openings necessary). A line through a single field is ``_thin_split``'s to judge, at the detector's own pixels."""
+    from portalign.field import MULTI_PART_NOTE, box_reduce, find_field
+    from scipy import ndimage
+
+    size, spacing_mm = 320, 0.5
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * spacing_mm
+    for gap_mm, openings in ((5.0, 2), (0.5, 0)):
+        inside = (np.abs(x) < 50) & (np.abs(y) < 40) & ~(np.abs(y - 5.0) < gap_mm / 2)
+        beam = 0.02 + 0.98 * ndimage.gaussian_filter(inside.astype(float), 1.5 / spacing_mm)
+        # quantum noise: the outside (2 % of the dose) is far quieter than the field, as on a real panel
+        beam += np.random.default_rng(3).normal(0.0, 0.01, beam.shape) * np.sqrt(beam)
+        pixels = (1000.0 * beam).astype(np.float32)
+        if line in ("column", "both"):
+            pixels[:, 201] = 0.0  # dead: reads nothing, inside the field and outside it
+        if line in ("row", "both"):
+            pixels[57, :] = 4000.0  # hot
+        image = portalign.Image.from_array(pixels, pixel_spacing_mm=spacing_mm, kind="portal")
+        small, _ = box_reduce(image.pixels, 4096)
+        found = find_field(image, small)
+        assert found.detected, (gap_mm, found.note)
+        assert found.dead_cols == ((201,) if line != "row" else ())
+        assert found.dead_rows == ((57,) if line != "column" else ())
+        if openings:
+            assert found.note.startswith(f"{MULTI_PART_NOTE} 2 openings"), found.note
+        else:
+            assert not found.note.startswith(MULTI_PART_NOTE), found.note
+
+
 def test_two_portal_images_of_a_split_field_are_matched_on_their_anatomy():
     """The trial's failing kind in small: anatomy moved under a fixed field of two openings, both images portal."""
     from scipy import ndimage
