@@ -388,8 +388,13 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
             and (best >= MIRROR_MIN_RATIO * runner or 1.0 - best <= MIRROR_MAX_RESIDUAL * (1.0 - runner))):
         return replace(result, details=details)
     reason = (f"flipped: the frame matches the reference better {best_name} (edge correlation {best:.2f} against "
-              f"{own:.2f}): the image is likely mirrored or turned (the imager's orientation or an export setting); "
-              "check it, or, for anatomy that matches as well flipped, set mirror_check='never' (--mirror-check never)")
+              f"{own:.2f}): the image is likely mirrored or turned (the imager's orientation or an export setting)")
+    if reference.image.info.kind == frame.info.kind == "portal":
+        # both images hold what is fixed to the beam: a graticule or tray symmetric about the axis matches a flipped
+        # copy where the anatomy did not place the match (an independent trial: the unflipped optimum 2.2 mm off)
+        reason += (", or both portal images hold a structure fixed to the beam (a graticule, a tray, the aperture) "
+                   "that is symmetric under the flip while the anatomy is too weak to place the match")
+    reason += "; check it, or, for anatomy that matches as well flipped, set mirror_check='never' (--mirror-check never)"
     return replace(result, ok=False, reason=reason, details=details)
 
 
