@@ -179,3 +179,28 @@ def test_scanline_labelling_equals_scipy(name, mask):
     want, count = ndimage.label(mask)  # 4-connected, numbered in raster order of the first pixel, as ours
     np.testing.assert_array_equal(labels, want)
     np.testing.assert_array_equal(sizes, np.bincount(want.ravel(), minlength=count + 1)[1:])
+
+
+@pytest.mark.parametrize("case", ["square", "inverted", "cone with a ball bearing", "stripes", "open", "flat", "air"])
+def test_the_three_level_split_matches_its_numpy_twin(case):
+    """``three_level_split`` (compiled) and ``kernels/reference``'s numpy twin: the same thresholds and tests."""
+    from portalign.kernels.cpu.field import three_level_split
+
+    images = dict(_cases())
+    if case == "air":  # a field whose top level is air beyond the skin: three levels, the outside the darkest
+        values = images["square"].copy()
+        values[30:40, 40:80] += 2.0
+    else:
+        values = images[case]
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    found = (values > np.median(values)).astype(np.uint8)
+    compiled, twin = three_level_split(values, 64, found), reference.three_level_split(values, 64, found)
+    assert compiled[0] == pytest.approx(twin[0], abs=1e-9)
+    assert compiled[1] == pytest.approx(twin[1], rel=1e-9, abs=1e-12)
+    assert compiled[2:5] == pytest.approx(twin[2:5])
+    assert compiled[5] == pytest.approx(twin[5], rel=1e-6)
+    assert compiled[6] == twin[6] == np.count_nonzero(found)
+    if case == "air":
+        effectiveness, threshold, bright, on_border, count, separation, _ = compiled
+        assert bright and on_border == 1.0 and effectiveness > 0.85 and separation > 6.0
+        assert count == np.count_nonzero(values >= threshold) == 59 * 49  # the square, air and tissue both

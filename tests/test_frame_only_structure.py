@@ -191,8 +191,12 @@ def test_a_sliver_of_a_small_field_beside_a_dead_block_is_not_a_band_to_look_pas
     pixels[(band, slice(None)) if axis == 0 else (slice(None), band)] = 0.0
     result = portalign.register(ref, replace(frame, pixels=pixels), backend="cpu")
     assert not result.ok and result.dx_mm is None
+    # named as a band; or, where the three-level split finds the slivers as one small field, as a field the reference
+    # lacks something over (``field.THREE_LEVEL_*``)
     assert re.search(r"^no match: no radiation field was found in the frame, where the reference shows one \(the "
-                     r"region found is a band \d+\.\d mm wide", result.reason), result.reason
+                     r"region found is a band \d+\.\d mm wide", result.reason) or re.search(
+        r"^the frame's radiation field is \d+\.\d mm across where the reference's is \d+\.\d mm: something the "
+        r"reference lacks likely covers most of it \(a dead detector block", result.reason), result.reason
 
 
 def test_a_band_at_an_angle_is_not_a_field_and_a_field_at_the_border_is():
@@ -272,8 +276,10 @@ def test_a_dark_block_at_the_edge_is_set_aside_and_the_field_beside_it_found(win
 @needs_real
 def test_a_frame_whose_only_region_found_was_ruled_out_misses_its_field():
     """aS500 gantry 90 (a 20 mm field), 1 % noise on each image, a zero block at the frame's lower edge: the split took
-    the block, 57 mm from the axis, no field; and beside it none either (the noise hides the field's weak step). The
-    whole frame then met the reference's field and matched 11.2 mm off, ok, at an edge correlation of 0.07."""
+    the block, 57 mm from the axis, no field; and beside it none either. The whole frame then met the reference's field
+    and matched 11.2 mm off, ok, at an edge correlation of 0.07. First refused as missing its field; now the field is
+    found beside the block (the ring of pixels that the box reduction mixed from the block and its surroundings is set
+    aside with it) and the frame, whose noise was scaled to a range the block widened, is too noisy to register."""
     image = read(REAL / "pylinac" / "wl_demo_as500" / "gantry90.dcm")
     ref, frame, _, _ = window_pair(image, 47, 26, 253, 434, -13, -9)
     pixels = frame.pixels.astype(np.float64)
@@ -281,9 +287,11 @@ def test_a_frame_whose_only_region_found_was_ruled_out_misses_its_field():
     result = portalign.register(low_dose(ref, 0.01, 1000), low_dose(replace(frame, pixels=pixels), 0.01, 2000),
                                 backend="cpu")
     assert not result.ok and result.dx_mm is None
-    assert result.reason.startswith("no match: no radiation field was found in the frame, where the reference shows "
-                                    "one, and the whole frame matches weakly (edge correlation 0.0"), result.reason
-    assert result.details["field_note"].startswith("no field edge in the image: the region found lies 57 mm")
+    assert result.reason.startswith("too little structure inside the field: contrast is "), result.reason
+    assert result.details["field_note"].startswith("a region at the image's edge 57 mm from the beam axis")
+    # the field found beside the block is the frame's own: where it is without the block
+    plain = portalign.register(low_dose(ref, 0.01, 1000), low_dose(frame, 0.01, 2000), backend="cpu")
+    assert plain.ok and result.field_box_mm == pytest.approx(plain.field_box_mm, abs=0.5)
 
 
 def test_a_weak_optimum_beyond_the_range_names_too_little_structure(monkeypatch):

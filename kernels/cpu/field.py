@@ -25,7 +25,7 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "dead_lines", "line_noise", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -456,3 +456,141 @@ def detect_front(small: np.ndarray, contrast: float, share: float, max_share: fl
     code, threshold, effectiveness, bright = split_field(values, min_effectiveness, min_border_outside, area_low,
                                                          area_high, min_pixels, min_largest_part, mask_out, box_out)
     return False, code, threshold, effectiveness, bright
+
+
+@njit(cache=True, nogil=True)
+def _central_range(flat: np.ndarray, tail: float) -> tuple:  # pragma: no cover
+    """Return the values below which ``tail`` and above which ``tail`` of ``flat`` lie, to 1/4096 of its range."""
+    lo = flat.min()
+    hi = flat.max()
+    if not hi > lo:
+        return lo, hi
+    fine = 4096
+    width = (hi - lo) / fine
+    hist = np.zeros(fine, dtype=np.int64)
+    for v in flat:
+        hist[_bin(v, lo, width, fine)] += 1
+    cut = tail * flat.size
+    below = 0
+    first = 0
+    for b in range(fine):
+        below += hist[b]
+        if below > cut:
+            first = b
+            break
+    above = 0
+    last = fine - 1
+    for b in range(fine - 1, -1, -1):
+        above += hist[b]
+        if above > cut:
+            last = b
+            break
+    return lo + width * first, lo + width * (last + 1)
+
+
+@njit(cache=True, nogil=True)
+def three_level_split(values: np.ndarray, bins: int, found: np.ndarray) -> tuple:  # pragma: no cover
+    """Otsu's split of ``values`` into three levels, and what the field would be if the outside is an extreme one.
+
+    The histogram spans the 0.1-99.9th percentiles (``bins`` bins; values beyond them in the end bins) and the pair
+    of thresholds with the largest between-class variance is taken (N. Otsu, IEEE Trans. Syst. Man Cybern. 9(1),
+    1979, whose criterion extends to several thresholds). The outside is the extreme level that covers more of the
+    image's border; the field is the two others. ``found`` (uint8, any shape) is a field found already: its pixels
+    are counted (the caller compares the two fields without another call).
+
+    Returns
+    -------
+    tuple
+        ``(effectiveness, threshold, field_is_bright, outside_on_border, field_count, separation, found_count)``: the
+        share of the variance between the levels (-1 for a constant image); the threshold between the outside and the
+        field; the outside's share of the border; the field's pixel count; the distance between the mean of the
+        outside and that of the middle level, in standard deviations of the outside; and the pixels of ``found``.
+    """
+    found_count = 0
+    for v in found.ravel():
+        found_count += v != 0
+    rows, cols = values.shape
+    flat = values.ravel()
+    lo, hi = _central_range(flat, 0.001)
+    if not hi > lo:
+        return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
+    width = (hi - lo) / bins
+    hist = np.zeros(bins)
+    for v in flat:
+        hist[_bin(v, lo, width, bins)] += 1.0
+    n = flat.size
+    w = np.empty(bins)
+    m = np.empty(bins)
+    cw = 0.0
+    cm = 0.0
+    for b in range(bins):
+        cw += hist[b] / n
+        cm += hist[b] / n * (lo + width * (b + 0.5))
+        w[b] = cw
+        m[b] = cm
+    mt = m[bins - 1]
+    total = 0.0
+    for b in range(bins):
+        total += hist[b] / n * (lo + width * (b + 0.5) - mt) ** 2
+    best = -1.0
+    bi = 0
+    bj = 1
+    for i in range(bins - 2):
+        w0 = w[i]
+        if w0 <= 1e-12:
+            continue
+        t0 = m[i] ** 2 / w0
+        for j in range(i + 1, bins - 1):
+            w1 = w[j] - w0
+            w2 = 1.0 - w[j]
+            if w1 <= 1e-12 or w2 <= 1e-12:
+                continue
+            between = t0 + (m[j] - m[i]) ** 2 / w1 + (mt - m[j]) ** 2 / w2 - mt * mt
+            if between > best:
+                best = between
+                bi = i
+                bj = j
+    if best < 0.0 or total <= 0.0:
+        return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
+    low = lo + width * (bi + 1)
+    high = lo + width * (bj + 1)
+    dark = 0
+    bright = 0
+    border = 0
+    for k in range(2 * (rows + cols) - 4):
+        if k < cols:
+            v = values[0, k]
+        elif k < 2 * cols:
+            v = values[rows - 1, k - cols]
+        elif k < 2 * cols + rows - 2:
+            v = values[k - 2 * cols + 1, 0]
+        else:
+            v = values[k - 2 * cols - rows + 3, cols - 1]
+        dark += v < low
+        bright += v >= high
+        border += 1
+    field_is_bright = dark >= bright
+    threshold = low if field_is_bright else high
+    count = 0
+    s_out = 0.0
+    s2_out = 0.0
+    n_out = 0
+    s_mid = 0.0
+    n_mid = 0
+    for v in flat:
+        if (v >= threshold) == field_is_bright:
+            count += 1
+        else:
+            s_out += v
+            s2_out += v * v
+            n_out += 1
+        if low <= v < high:
+            s_mid += v
+            n_mid += 1
+    if n_out < 2 or n_mid == 0:
+        return best / total, threshold, field_is_bright, 0.0, count, 0.0, found_count
+    mean_out = s_out / n_out
+    spread = np.sqrt(max(s2_out / n_out - mean_out * mean_out, 0.0))
+    separation = abs(s_mid / n_mid - mean_out) / spread if spread > 0.0 else np.inf
+    return (best / total, threshold, field_is_bright, (dark if field_is_bright else bright) / border, count,
+            separation, found_count)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["split_field", "dead_lines"]
+__all__ = ["split_field", "three_level_split", "dead_lines"]
 
 FLAT, NOT_A_FIELD, FIELD = 0, 1, 2
 
@@ -164,3 +164,49 @@ def line_noise(work: np.ndarray) -> np.ndarray:
     for start in range(0, cols, block):
         noise[start:start + block] = 1.4826 * float(np.median(diff[:, start:start + block])) + floor
     return noise
+
+
+def three_level_split(values: np.ndarray, bins: int, found: np.ndarray) -> tuple:
+    """Numpy twin of :func:`portalign.kernels.cpu.field.three_level_split` (same arguments and outputs)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    found_count = int(np.count_nonzero(found))
+    lo, hi = flat.min(), flat.max()
+    if not hi > lo:
+        return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
+    fine = 4096  # the 0.1 and 99.9 % points, to 1/4096 of the range
+    counts = np.bincount(np.clip(((flat - lo) / ((hi - lo) / fine)).astype(np.int64), 0, fine - 1), minlength=fine)
+    cut = 0.001 * flat.size
+    first = int(np.argmax(np.cumsum(counts) > cut))
+    last = fine - 1 - int(np.argmax(np.cumsum(counts[::-1]) > cut))
+    lo, hi = lo + (hi - lo) / fine * first, lo + (hi - lo) / fine * (last + 1)
+    if not hi > lo:
+        return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
+    width = (hi - lo) / bins
+    hist = np.bincount(np.clip(((flat - lo) / width).astype(np.int64), 0, bins - 1), minlength=bins) / flat.size
+    centres = lo + width * (np.arange(bins) + 0.5)
+    w, m = np.cumsum(hist), np.cumsum(hist * centres)
+    mt = m[-1]
+    total = float(np.sum(hist * (centres - mt) ** 2))
+    i, j = np.arange(bins - 2)[:, None], np.arange(bins - 1)[None, :]
+    w0, w1, w2 = w[i], w[j] - w[i], 1.0 - w[j]
+    valid = (j > i) & (w0 > 1e-12) & (w1 > 1e-12) & (w2 > 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where(valid, m[i] ** 2 / w0 + (m[j] - m[i]) ** 2 / w1 + (mt - m[j]) ** 2 / w2 - mt * mt, -1.0)
+    k = int(np.argmax(between))
+    if between.flat[k] < 0.0 or total <= 0.0:
+        return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
+    bi, bj = np.unravel_index(k, between.shape)
+    low, high = lo + width * (bi + 1), lo + width * (bj + 1)
+    border = np.concatenate((values[0], values[-1], values[1:-1, 0], values[1:-1, -1]))
+    dark, bright = int(np.count_nonzero(border < low)), int(np.count_nonzero(border >= high))
+    field_is_bright = dark >= bright
+    threshold = low if field_is_bright else high
+    inside = (flat >= threshold) == field_is_bright
+    outside, middle = flat[~inside], flat[(flat >= low) & (flat < high)]
+    effectiveness = float(between.flat[k] / total)
+    if outside.size < 2 or middle.size == 0:
+        return effectiveness, threshold, field_is_bright, 0.0, int(inside.sum()), 0.0, found_count
+    spread = float(outside.std())
+    separation = abs(middle.mean() - outside.mean()) / spread if spread > 0.0 else np.inf
+    return (effectiveness, threshold, field_is_bright, (dark if field_is_bright else bright) / border.size,
+            int(inside.sum()), float(separation), found_count)
