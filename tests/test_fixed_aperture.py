@@ -25,8 +25,9 @@ from tests.field_sets import REAL, read
 PAIR = Path(__file__).resolve().parent / "data" / "soft_mlc_portal_pair.npz"
 
 
-def _pair() -> tuple[portalign.Image, portalign.Image, tuple[float, float]]:
-    data = np.load(PAIR)
+def _pair(path: Path = PAIR) -> tuple[portalign.Image, portalign.Image, tuple[float, float]]:
+    """A portal pair saved by an independent trial (``meta`` says how it was made) and its true shift (mm)."""
+    data = np.load(path)
     meta = json.loads(str(data["meta"]))
     images = [portalign.Image.from_array(
         data[name].astype(np.float32), pixel_spacing_mm=meta["spacing_mm"], beam_axis_px=tuple(meta["beam_axis_px"]),
@@ -184,20 +185,10 @@ def test_two_portal_images_of_a_split_field_are_matched_on_their_anatomy():
     assert result.field_detected and any(w.startswith("the radiation field has 2 openings") for w in result.warnings)
 
 
+#: Two portal pairs of a second independent trial (its renderer of the ITKElastix thorax CT, Apache-2.0): cropped 20
+#: pixels beyond the field, binned, scaled to 16 bits (``meta["made"]`` says how).
 THREE_LEVEL = Path(__file__).resolve().parent / "data" / "three_level_mlc_portal_pair.npz"
 CLOSED_PAIR = Path(__file__).resolve().parent / "data" / "closed_pair_portal_pair.npz"
-
-
-def _trial_pair(path: Path) -> tuple[portalign.Image, portalign.Image, tuple[float, float]]:
-    """A portal pair of a second independent trial (its renderer of the ITKElastix thorax CT, Apache-2.0): cropped
-    20 pixels beyond the field, binned, scaled to 16 bits (``meta["made"]`` says how)."""
-    data = np.load(path)
-    meta = json.loads(str(data["meta"]))
-    images = [portalign.Image.from_array(
-        data[name].astype(np.float32), pixel_spacing_mm=meta["spacing_mm"], beam_axis_px=tuple(meta["beam_axis_px"]),
-        name=name, kind="portal", gantry_deg=meta["gantry_deg"], collimator_deg=meta["collimator_deg"], couch_deg=0.0,
-        sid_mm=meta["sid_mm"], sad_mm=meta["sad_mm"]) for name in ("reference", "frame")]
-    return images[0], images[1], tuple(meta["truth_mm"])
 
 
 def test_a_field_holding_lung_or_air_is_found_by_three_levels(monkeypatch):
@@ -207,7 +198,7 @@ def test_a_field_holding_lung_or_air_is_found_by_three_levels(monkeypatch):
     field (``field.THREE_LEVEL_*``), and the match is the patient's."""
     from portalign import field
 
-    reference, frame, (dx, dy) = _trial_pair(THREE_LEVEL)
+    reference, frame, (dx, dy) = _pair(THREE_LEVEL)
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok and result.field_detected, result.reason
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.6
@@ -243,7 +234,7 @@ def test_a_field_whose_top_level_is_air_is_found_whole():
 def test_a_closed_leaf_pair_with_soft_edges_is_found_by_three_levels():
     """One leaf pair closed across an MLC field with staircase leaf ends, soft edges, tight-cropped: the two-level
     split (0.84) found no field, and the two portal images were matched whole: 3.9 mm off, ok. Found now."""
-    reference, frame, (dx, dy) = _trial_pair(CLOSED_PAIR)
+    reference, frame, (dx, dy) = _pair(CLOSED_PAIR)
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok and result.field_detected, result.reason
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.5
