@@ -555,12 +555,12 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
     # the usual case, no dead line, in one compiled call: this runs on every frame
     mask = np.empty(small.shape, dtype=np.uint8)
     box = np.zeros(4)
-    dead, code, threshold, effectiveness, bright = detect_front(
+    dead, code, threshold, effectiveness, bright, three = detect_front(
         small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 0.0 if full is None else DEAD_BLOCK_MAX_SHARE,
         MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
-        MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box)
+        MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box, THREE_LEVEL_BINS)
     if not dead:
-        return _estimate(code, threshold, effectiveness, bright, mask, box, small)
+        return _estimate(code, threshold, effectiveness, bright, mask, box, small, three)
     values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
     found = _detect(values)
     if dead_rows or dead_cols:
@@ -580,10 +580,11 @@ def _detect(values: np.ndarray) -> FieldEstimate:
 
 
 def _estimate(code: int, threshold: float, effectiveness: float, field_is_bright: bool, mask: np.ndarray,
-              box: np.ndarray, values: np.ndarray) -> FieldEstimate:
+              box: np.ndarray, values: np.ndarray, three: tuple | None = None) -> FieldEstimate:
     """Return the :class:`FieldEstimate` of a ``split_field`` outcome (``mask``, uint8, is handed over: a fresh buffer).
 
     ``values`` is the image that was split: where the two-level split found no field, a three-level one is tried.
+    ``three``: ``three_level_split`` of ``values`` with the field found, where ``detect_front`` made it already.
     """
     if code == FLAT:
         return NO_FIELD
@@ -599,7 +600,7 @@ def _estimate(code: int, threshold: float, effectiveness: float, field_is_bright
     found = FieldEstimate(True, float(threshold), bool(field_is_bright), (float(box[0]), float(box[1]), float(box[2]),
                           float(box[3])), float(effectiveness), mask.view(np.bool_))
     # air beyond the skin inside the field: the two levels' field may be its top level alone (one compiled call here)
-    split = three_level_split(values, THREE_LEVEL_BINS, mask)
+    split = three if three is not None else three_level_split(values, THREE_LEVEL_BINS, mask)
     if split[4] >= 1.5 * split[6] and split[2] == field_is_bright:  # rare
         return _wider_field(values, found, split)
     return found

@@ -410,7 +410,7 @@ def test_frame_pyramid_is_downsample2_level_by_level_with_the_frame_s_range(shap
 @pytest.mark.parametrize("kind", ["field", "open", "dead_row", "dead_col", "flat"])
 def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
     from portalign import field as fld
-    from portalign.kernels.cpu.field import FIELD, dead_lines, detect_front, split_field
+    from portalign.kernels.cpu.field import FIELD, NO_THREE_LEVELS, dead_lines, detect_front, split_field, three_level_split
 
     rng = np.random.default_rng(12)
     small = (100.0 + rng.normal(0.0, 1.0, (48, 56))).astype(np.float32)
@@ -426,7 +426,7 @@ def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
     args = (fld.DEAD_LINE_CONTRAST, fld.DEAD_LINE_SHARE, fld.DEAD_BLOCK_MAX_SHARE, fld.MIN_EFFECTIVENESS, fld.MIN_BORDER_OUTSIDE,
             fld.FIELD_AREA[0], fld.FIELD_AREA[1], fld.MIN_FIELD_PIXELS, fld.MIN_LARGEST_PART)
     mask, box = np.zeros(small.shape, np.uint8), np.zeros(4)
-    dead, code, threshold, effectiveness, bright = detect_front(small, *args, mask, box)
+    dead, code, threshold, effectiveness, bright, three = detect_front(small, *args, mask, box, 64)
     values = small.astype(np.float64)
     widths = (max(2, int(args[2] * small.shape[0])), max(2, int(args[2] * small.shape[1])))
     lines = (len(dead_lines(values, args[0], args[1], widths[0])),
@@ -440,6 +440,10 @@ def test_detect_front_is_split_field_after_the_dead_line_screen(kind):
         if code == FIELD:
             assert_array_equal(mask, want_mask)
             assert_array_equal(box, want_box)
+            # the three-level split of the same call: the field's pixels counted, the split made
+            assert three == three_level_split(values, 64, mask) and three[6] == np.count_nonzero(mask)
+        else:
+            assert three == NO_THREE_LEVELS
     # and the engine's detect_field gives the same estimate with and without the fast path's help
     got = fld.detect_field(small)
     assert got.detected == (kind in ("field", "dead_row"))

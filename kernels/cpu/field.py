@@ -33,6 +33,8 @@ OTSU_BINS = 128
 #: end bins, up to ``OTSU_PASSES`` times.
 OTSU_SPAN = 16
 OTSU_PASSES = 3
+#: :func:`three_level_split`'s outcome where none was made (:func:`detect_front`).
+NO_THREE_LEVELS = (-1.0, 0.0, True, 0.0, 0, 0.0, 0)
 #: Result codes of :func:`split_field`.
 FLAT = 0
 NOT_A_FIELD = 1
@@ -436,14 +438,15 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
 @njit(cache=True, nogil=True)
 def detect_front(small: np.ndarray, contrast: float, share: float, max_share: float,  # pragma: no cover
                  min_effectiveness: float, min_border_outside: float, area_low: float, area_high: float, min_pixels: int,
-                 min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray) -> tuple:
+                 min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray, three_bins: int) -> tuple:
     """Field detection's usual case in one call: no dead line in ``small``, then :func:`split_field`.
 
     ``small`` (any float dtype) is taken as float64, as ``portalign.field.detect_field`` takes it. Returns
-    ``(dead, code, threshold, effectiveness, field_is_bright)``: with ``dead`` true some row or column
+    ``(dead, code, threshold, effectiveness, field_is_bright, three)``: with ``dead`` true some row or column
     qualified as a dead line and nothing else was done (the caller confirms it on the detector's own
     pixels and bridges it: rare, and done in Python). Bands of up to ``max_share`` of the lines (two at
-    least) are looked for.
+    least) are looked for. ``three`` is :func:`three_level_split` over ``three_bins`` bins with the field found
+    (code ``FIELD``), else ``NO_THREE_LEVELS``: whether the field found is only the top level of a wider one.
     """
     values = np.empty(small.shape)
     for i in range(small.shape[0]):
@@ -452,10 +455,12 @@ def detect_front(small: np.ndarray, contrast: float, share: float, max_share: fl
     rows, cols = small.shape
     if dead_lines(values, contrast, share, max(2, int(max_share * rows))).shape[0] > 0 or \
             dead_lines(np.ascontiguousarray(values.T), contrast, share, max(2, int(max_share * cols))).shape[0] > 0:
-        return True, NOT_A_FIELD, 0.0, 0.0, True
+        return True, NOT_A_FIELD, 0.0, 0.0, True, NO_THREE_LEVELS
     code, threshold, effectiveness, bright = split_field(values, min_effectiveness, min_border_outside, area_low,
                                                          area_high, min_pixels, min_largest_part, mask_out, box_out)
-    return False, code, threshold, effectiveness, bright
+    if code != FIELD:
+        return False, code, threshold, effectiveness, bright, NO_THREE_LEVELS
+    return False, code, threshold, effectiveness, bright, three_level_split(values, three_bins, mask_out)
 
 
 @njit(cache=True, nogil=True)
