@@ -50,6 +50,7 @@ from ..field import (
 )
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
+from ._interior import InteriorModel
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
@@ -129,6 +130,8 @@ class Reference:
         #: The reference's radiation field alone (``aperture_model``), prepared on first use; False: none can be
         #: made (no field); the model's own ``_aperture`` is False too (it is checked against nothing).
         self._aperture: Reference | bool | None = None
+        #: The reference side of the deep-interior check (``interior_model``), made on first use; False: none.
+        self._interior: InteriorModel | bool | None = None
 
     @classmethod
     def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
@@ -177,6 +180,20 @@ class Reference:
                 if self._aperture is None:
                     self._aperture = self._make_aperture_model() or False
         return self._aperture or None
+
+    def interior_model(self) -> InteriorModel | None:
+        """Return the reference side of the deep-interior check (``_interior.InteriorModel``); None without one.
+
+        Made on first use: the field's working-grid crop, its fitted penumbra, the interior far from every
+        aperture-strong step and the log anatomy there. None where the reference has no field or the field no deep
+        interior (a small cone).
+        """
+        if self._interior is None:
+            with self._plans_lock:
+                if self._interior is None:
+                    model = InteriorModel(self.image, self.field) if self.field.detected else None
+                    self._interior = model if model is not None and model.usable else False
+        return self._interior or None
 
     def _make_aperture_model(self) -> Reference | None:
         field = self.field

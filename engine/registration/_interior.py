@@ -1,0 +1,365 @@
+"""The anatomy deep inside a fixed aperture, and where it places the frame.
+
+A portal pair through one aperture fixed to the beam: the reference is ``A(x) T(x)`` and the frame ``A(x) T(x - t)``,
+``A`` the aperture's transmission (the field and its penumbra) and ``T`` the patient's, moved by ``t``. A match at
+the aperture's own position can be placed by ``A``'s edges alone, whatever ``t`` is. In the log domain the two
+factors add, ``log A`` is flat more than a few penumbra widths inside the field, and what is left there after a
+high-pass is the patient's anatomy only. Its cross-correlation (masked, normalised) over shifts near the match says
+whether the anatomy agrees with it.
+
+The penumbra is fitted as the field mask blurred by a Gaussian (least squares, the reference alone); the deep
+interior lies ``INTERIOR_PENUMBRA_SIGMAS`` penumbra widths and ``INTERIOR_EXTRA_MM`` further inside the field edge,
+in both images. The masked normalised cross-correlation follows Padfield, "Masked object registration in the
+Fourier domain", IEEE Trans. Image Process. 21 (2012) 2706-2718: six FFT correlations give every shift's overlap
+sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
+
+from ..field import FieldEstimate, field_pixels
+from ..image import Image
+from ._plan import pose_affines
+
+__all__ = ["InteriorModel", "interior_surface", "reference_spectra", "InteriorMatch"]
+
+#: Working grid (mm): the images are block-averaged to about this pixel.
+INTERIOR_PIXEL_MM = 0.6
+#: Smoothing (Gaussian sigma, mm) before the log, against the detector's noise.
+INTERIOR_SMOOTH_MM = 1.0
+#: High-pass (Gaussian sigma, mm, normalised over the field's flat interior): what is left is anatomy, not the
+#: slow fall of the beam profile or of the patient's thickness.
+INTERIOR_HIGHPASS_MM = 4.0
+#: Penumbra widths (fitted Gaussian sigma) inside the field edge where the aperture's log transmission is flat
+#: (Phi(-3) = 0.13 %: under any anatomy's contrast), and a further margin for the smoothing and the match's own
+#: displacement of the frame's aperture.
+INTERIOR_PENUMBRA_SIGMAS = 3.0
+INTERIOR_EXTRA_MM = 2.0
+#: A step in log transmission at least this high (a transmission ratio of exp(-0.5) = 0.61 or less across it) is
+#: taken for the aperture's: MV anatomy inside a field (lung against mediastinum, bone) steps less.
+INTERIOR_STRONG_STEP = 0.5
+#: Penumbra sigmas (mm) tried in the fit.
+INTERIOR_SIGMAS_MM = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+#: Shifts (mm) of the frame's anatomy from the match that the surface covers.
+INTERIOR_SEARCH_MM = 7.0
+#: A shift is scored where the two deep regions overlap in at least this share of the unshifted overlap.
+INTERIOR_MIN_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class InteriorMatch:
+    """The deep interior's correlation surface, summarised.
+
+    Attributes
+    ----------
+    pixels : int
+        Deep-interior pixels (working grid) in both images at the match.
+    area_mm2 : float
+        Their area (mm^2).
+    penumbra_sigma_mm : float
+        The fitted penumbra (Gaussian sigma, mm).
+    margin_mm : float
+        How far inside the field edge the deep interior starts (mm).
+    correlation_at_match : float
+        Normalised cross-correlation of the two log residuals at the match.
+    correlation_peak : float
+        The surface's maximum.
+    offset_mm : (float, float)
+        Where the peak lies from the match, (column, row) of the reference grid in mm.
+    anatomy_pose : (float, float)
+        ``(dx_mm, dy_mm)`` of the pose the anatomy alone places (the match moved by ``offset_mm``).
+    background : float
+        The surface's median over shifts at least 2 mm from its peak (what an unrelated shift scores).
+    """
+
+    pixels: int
+    area_mm2: float
+    penumbra_sigma_mm: float
+    margin_mm: float
+    correlation_at_match: float
+    correlation_peak: float
+    offset_mm: tuple[float, float]
+    anatomy_pose: tuple[float, float]
+    background: float
+
+    @property
+    def offset_norm_mm(self) -> float:
+        """Distance (mm) of the surface's peak from the match."""
+        return math.hypot(*self.offset_mm)
+
+
+def _block_mean(a: np.ndarray, fr: int, fc: int) -> np.ndarray:
+    h, w = (a.shape[0] // fr) * fr, (a.shape[1] // fc) * fc
+    return a[:h, :w].reshape(h // fr, fr, w // fc, fc).mean(axis=(1, 3))
+
+
+def _transmission(a: np.ndarray, field_is_bright: bool, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pixel values as a transmission (bright field), floored at 1 % of the median field level."""
+    if not field_is_bright:  # a dark field: the values fall as the transmission rises
+        top = np.nanpercentile(a if valid is None else a[valid], 99.9)
+        a = top - a
+    return a
+
+
+class InteriorModel:
+    """The reference side of the interior check: its crop, penumbra fit, deep region and log residual.
+
+    Parameters
+    ----------
+    image : Image
+        The reference (a portal image with a detected field).
+    field : FieldEstimate
+        Its field.
+
+    Attributes
+    ----------
+    usable : bool
+        False where the field leaves no deep interior (a small cone) or the image is not a transmission.
+    """
+
+    def __init__(self, image: Image, field: FieldEstimate) -> None:
+        self.image = image
+        self.field_is_bright = field.field_is_bright
+        sr, sc = image.spacing_mm
+        self.factor = (max(1, int(round(INTERIOR_PIXEL_MM / sr))), max(1, int(round(INTERIOR_PIXEL_MM / sc))))
+        self.pix = (sr * self.factor[0], sc * self.factor[1])  # (row, col) mm of the working grid
+        inside = field_pixels(image.pixels, field)  # holes kept: leaves closed inside the field have edges too
+        rows, cols = np.nonzero(inside)
+        self.usable = rows.size > 0
+        if not self.usable:
+            return
+        # the crop: the field's box, the search range and the high-pass's reach around it
+        pad = INTERIOR_SEARCH_MM + 3.0 * INTERIOR_HIGHPASS_MM
+        r0 = max(0, int(rows.min() - pad / sr))
+        c0 = max(0, int(cols.min() - pad / sc))
+        fr, fc = self.factor
+        r1 = min(image.shape[0], int(rows.max() + pad / sr) + 1)
+        c1 = min(image.shape[1], int(cols.max() + pad / sc) + 1)
+        r1 = r0 + ((r1 - r0) // fr) * fr
+        c1 = c0 + ((c1 - c0) // fc) * fc
+        self.box = (r0, r1, c0, c1)
+        mask = _block_mean(inside[r0:r1, c0:c1].astype(np.float64), fr, fc) > 0.5
+        ref = _transmission(_block_mean(image.pixels[r0:r1, c0:c1].astype(np.float64), fr, fc), self.field_is_bright)
+        self.mask = mask
+        pr, pc = self.pix
+        self.distance = (ndimage.distance_transform_edt(mask, sampling=(pr, pc))
+                         - ndimage.distance_transform_edt(~mask, sampling=(pr, pc)))
+        self.sigma = self._fit_penumbra(ref)
+        self.margin = INTERIOR_PENUMBRA_SIGMAS * self.sigma + INTERIOR_EXTRA_MM
+        self.level = float(np.median(ref[mask])) if mask.any() else 0.0
+        if self.level > 0:
+            # steps inside the field as strong as an aperture's (leaves closed or narrowed inside it, a block) are
+            # kept as far from as the field's edge
+            self.distance = np.minimum(self.distance, self._strong_step_distance(ref))
+        self.usable = self.level > 0 and bool(np.any(self.distance > self.margin))
+        if self.usable:
+            self.flat = self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma
+            self.residual = self._residual(ref, self.flat)
+            self.deep = self.distance > self.margin
+            self.radius_px = (int(math.ceil(INTERIOR_SEARCH_MM / pr)), int(math.ceil(INTERIOR_SEARCH_MM / pc)))
+            # the farthest the field reaches from the beam axis (mm): a rotation's largest displacement per radian
+            ay, ax = image.beam_axis_px[1], image.beam_axis_px[0]
+            self.radius_mm = float(np.max(np.hypot((rows - ay) * sr, (cols - ax) * sc)))
+            self._spectra = reference_spectra(self.residual, self.deep, self.radius_px)
+
+    def _fit_penumbra(self, ref: np.ndarray) -> float:
+        """Least-squares penumbra sigma (mm): ``ref ~ a + b G_sigma(mask)`` within 15 mm of the edge."""
+        near = np.abs(self.distance) < 15.0
+        values = ref[near]
+        best, best_sigma = np.inf, INTERIOR_SIGMAS_MM[0]
+        for sigma in INTERIOR_SIGMAS_MM:
+            blurred = ndimage.gaussian_filter(self.mask.astype(np.float64), (sigma / self.pix[0], sigma / self.pix[1]))
+            design = np.stack((np.ones(values.size), blurred[near]), axis=1)
+            coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+            sse = float(np.sum((design @ coef - values) ** 2))
+            if sse < best:
+                best, best_sigma = sse, sigma
+        return best_sigma
+
+    def _strong_step_distance(self, ref: np.ndarray) -> np.ndarray:
+        """Distance (mm) to the nearest step of at least ``INTERIOR_STRONG_STEP`` in log transmission.
+
+        A Gaussian-blurred step of height ``h`` has a largest gradient of ``h / (sigma sqrt(2 pi))``: the log image,
+        blurred by the fitted penumbra, is read as a step of ``|grad| sigma sqrt(2 pi)`` at each pixel.
+        """
+        pr, pc = self.pix
+        log = np.log(np.maximum(ndimage.gaussian_filter(ref, (self.sigma / pr, self.sigma / pc)), 0.01 * self.level))
+        gr, gc = np.gradient(log, pr, pc)
+        step = np.hypot(gr, gc) * self.sigma * math.sqrt(2.0 * math.pi)
+        # the field's own penumbra reads as a strong step up to ~1.3 sigma inside its edge: it is the field edge's
+        strong = (step > INTERIOR_STRONG_STEP) & (self.distance > 2.0 * self.sigma)
+        if not strong.any():
+            return np.full(ref.shape, np.inf)
+        return ndimage.distance_transform_edt(~strong, sampling=(pr, pc))
+
+    def _residual(self, transmission: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """Return the log transmission minus its local mean over ``flat`` (the anatomy's fine structure)."""
+        pr, pc = self.pix
+        floor = 0.01 * self.level
+        smooth = ndimage.gaussian_filter(np.nan_to_num(transmission, nan=self.level),
+                                         (INTERIOR_SMOOTH_MM / pr, INTERIOR_SMOOTH_MM / pc), truncate=3.0)
+        log = np.log(np.maximum(smooth, floor))
+        weight = flat.astype(np.float64)
+        sig = (INTERIOR_HIGHPASS_MM / pr, INTERIOR_HIGHPASS_MM / pc)
+        low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0)
+               / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0), 1e-6))
+        return (log - low) * weight
+
+    def frame_on_grid(self, frame: Image, pose: tuple[float, float, float]) -> np.ndarray:
+        """Resample the frame onto the working grid, reference point ``q`` taken from where ``pose`` puts it.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64, the crop's working-grid shape; NaN where the frame has no pixel.
+        """
+        from portalign.kernels import cpu
+
+        ref = self.image
+        forward = pose_affines(np.array([pose]), frame.beam_axis_px, frame.spacing_mm, ref.beam_axis_px,
+                               ref.spacing_mm)[0]
+        square = np.vstack((forward, (0.0, 0.0, 1.0)))
+        inverse = np.linalg.inv(square)  # reference pixel (col, row, 1) -> frame pixel
+        r0, r1, c0, c1 = self.box
+        shift = np.array([[1.0, 0.0, c0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])  # crop pixel -> reference pixel
+        affine = np.ascontiguousarray((inverse @ shift)[:2])
+        out = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
+        cpu.warp_bilinear(np.ascontiguousarray(frame.pixels, dtype=np.float32), affine, np.nan, out)
+        return _block_mean(out.astype(np.float64), *self.factor)
+
+    def match(self, frame: Image, pose: tuple[float, float, float]) -> InteriorMatch | None:
+        """Correlate the deep interiors of the reference and of ``frame`` sampled through ``pose``.
+
+        Parameters
+        ----------
+        frame : Image
+            The frame (same beam, same fixed aperture).
+        pose : (dx_mm, dy_mm, theta_rad)
+            The match (``pose_affines``' convention).
+
+        Returns
+        -------
+        InteriorMatch or None
+            None where the deep interior is empty in either image.
+        """
+        if not self.usable:
+            return None
+        sampled = self.frame_on_grid(frame, pose)
+        valid = np.isfinite(sampled)
+        if not valid.any():
+            return None
+        transmission = _transmission(sampled, self.field_is_bright, valid)
+        # the frame's aperture, fixed to the beam, shows through the pose at most ``reach`` from the reference's: its
+        # edge distance is at least the reference's less that
+        reach = math.hypot(pose[0], pose[1]) + abs(pose[2]) * self.radius_mm
+        flat = (self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma + reach) & valid
+        frame_residual = self._residual(np.where(valid, transmission, np.nan), flat)
+        deep_frame = (self.distance > self.margin + reach) & valid
+        surface, count = interior_surface(self.residual, self.deep, frame_residual, deep_frame, self.radius_px,
+                                          self._spectra)
+        n0 = int(count[self.radius_px[0], self.radius_px[1]])
+        if n0 < 30:
+            return None
+        radius = self.radius_px
+        surface = np.where(count >= INTERIOR_MIN_OVERLAP * n0, surface, np.nan)
+        at_match = float(surface[radius[0], radius[1]])
+        k = int(np.nanargmax(surface))
+        i, j = divmod(k, surface.shape[1])
+        peak = float(surface[i, j])
+        di, dj = float(i - radius[0]), float(j - radius[1])
+        # sub-pixel: a parabola through the peak and its neighbours on each axis
+        if 0 < i < surface.shape[0] - 1 and np.isfinite(surface[i - 1, j]) and np.isfinite(surface[i + 1, j]):
+            den = surface[i - 1, j] - 2 * peak + surface[i + 1, j]
+            di += 0.5 * (surface[i - 1, j] - surface[i + 1, j]) / den if den < 0 else 0.0
+        if 0 < j < surface.shape[1] - 1 and np.isfinite(surface[i, j - 1]) and np.isfinite(surface[i, j + 1]):
+            den = surface[i, j - 1] - 2 * peak + surface[i, j + 1]
+            dj += 0.5 * (surface[i, j - 1] - surface[i, j + 1]) / den if den < 0 else 0.0
+        off = (dj * self.pix[1], di * self.pix[0])
+        yy, xx = np.indices(surface.shape)
+        far = np.hypot((yy - i) * self.pix[0], (xx - j) * self.pix[1]) >= 2.0
+        rest = surface[far & np.isfinite(surface)]
+        background = float(np.median(rest)) if rest.size else float("nan")
+        # the frame's anatomy at x + offset matches the reference's at x: the reference point x shows at frame point
+        # R (x + offset) + d
+        dx, dy, theta = pose
+        c, s = math.cos(theta), math.sin(theta)
+        anatomy = (dx + c * off[0] - s * off[1], dy + s * off[0] + c * off[1])
+        return InteriorMatch(pixels=n0, area_mm2=n0 * self.pix[0] * self.pix[1], penumbra_sigma_mm=self.sigma,
+                             margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
+                             offset_mm=off, anatomy_pose=anatomy, background=background)
+
+
+def _correlate(a_hat: np.ndarray, b_hat: np.ndarray, shape: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:
+    """``sum_x a(x) b(x + s)`` for ``|s| <= radius`` from the two padded spectra (rows: s_row, columns: s_col)."""
+    full = sfft.irfft2(np.conj(a_hat) * b_hat, s=shape)
+    rr, rc = radius
+    rows = np.r_[np.arange(shape[0] - rr, shape[0]), np.arange(0, rr + 1)]
+    cols = np.r_[np.arange(shape[1] - rc, shape[1]), np.arange(0, rc + 1)]
+    return full[np.ix_(rows, cols)]
+
+
+def _padded_shape(shape: tuple[int, int], radius: tuple[int, int]) -> tuple[int, int]:
+    return (sfft.next_fast_len(shape[0] + radius[0] + 1, real=True),
+            sfft.next_fast_len(shape[1] + radius[1] + 1, real=True))
+
+
+def reference_spectra(fixed: np.ndarray, fixed_mask: np.ndarray, radius: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Return the fixed image's three spectra of ``interior_surface`` (its mask, masked values, their squares)."""
+    shape = _padded_shape(fixed.shape, radius)
+    f = np.where(fixed_mask, fixed, 0.0)
+    return {"mf": sfft.rfft2(fixed_mask.astype(np.float64), s=shape), "f": sfft.rfft2(f, s=shape),
+            "ff": sfft.rfft2(f * f, s=shape)}
+
+
+def interior_surface(fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray, moving_mask: np.ndarray,
+                     radius: tuple[int, int], fixed_spectra: dict[str, np.ndarray] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Masked normalised cross-correlation of ``moving`` shifted against ``fixed``, every shift within ``radius``.
+
+    Parameters
+    ----------
+    fixed, moving : float64[H, W]
+    fixed_mask, moving_mask : bool[H, W]
+        The pixels each image contributes.
+    radius : (int, int)
+        Largest shift (rows, columns) in pixels.
+    fixed_spectra : dict, optional
+        ``reference_spectra(fixed, fixed_mask, radius)``, made once for many moving images.
+
+    Returns
+    -------
+    surface : float64[2 radius_r + 1, 2 radius_c + 1]
+        At ``[radius_r + s_r, radius_c + s_c]``: the correlation of ``fixed(x)`` with ``moving(x + s)`` over the
+        pixels in both masks (NaN where either side is constant).
+    count : float64, the same shape
+        How many pixels each shift's correlation covers.
+
+    Notes
+    -----
+    Padfield (2012), eq. 9-11: the overlap's count, sums and sums of squares for every shift from FFT correlations.
+    """
+    shape = _padded_shape(fixed.shape, radius)
+    spectra = dict(fixed_spectra) if fixed_spectra is not None else reference_spectra(fixed, fixed_mask, radius)
+    m = np.where(moving_mask, moving, 0.0)
+    spectra.update({name: sfft.rfft2(a, s=shape) for name, a in
+                    (("mm", moving_mask.astype(np.float64)), ("m", m), ("mmq", m * m))})
+    count = np.rint(_correlate(spectra["mf"], spectra["mm"], shape, radius))
+    sum_f = _correlate(spectra["f"], spectra["mm"], shape, radius)
+    sum_m = _correlate(spectra["mf"], spectra["m"], shape, radius)
+    sum_ff = _correlate(spectra["ff"], spectra["mm"], shape, radius)
+    sum_mm = _correlate(spectra["mf"], spectra["mmq"], shape, radius)
+    sum_fm = _correlate(spectra["f"], spectra["m"], shape, radius)
+    n = np.maximum(count, 1.0)
+    cov = sum_fm - sum_f * sum_m / n
+    var_f = sum_ff - sum_f * sum_f / n
+    var_m = sum_mm - sum_m * sum_m / n
+    den = np.sqrt(np.maximum(var_f, 0.0) * np.maximum(var_m, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        surface = np.where((den > 1e-12 * max(float(np.max(den)), 1e-300)) & (count >= 2), cov / den, np.nan)
+    return surface, count

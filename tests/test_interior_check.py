@@ -1,0 +1,161 @@
+"""The deep interior of a fixed aperture: its anatomy, not the aperture's edges, must place a portal pair's match.
+
+A portal pair through one aperture fixed to the beam is ``A(x) T(x)`` and ``A(x) T(x - t)``. The aperture ``A`` here
+has a soft edge and leaf pairs narrowed inside the field (bands of partial transmission, which no single threshold
+finds); the anatomy ``T`` is a smooth random texture. ``_interior.InteriorModel`` must find ``t`` from the field's deep
+interior, whatever the aperture's own edges say, and ``register`` must refuse the match the aperture's edges place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import portalign
+import pytest
+from portalign.registration import _interior, _program
+from portalign.registration._interior import interior_surface
+from scipy import ndimage
+
+from tests.test_fixed_aperture import _pair
+
+SPACING = 0.5  # mm at the isocentre plane
+
+
+def _aperture(size: int, sigma_mm: float) -> np.ndarray:
+    """A 90 x 80 mm field, two leaf pairs narrowed to a 10 mm gap inside it, blurred by a penumbra of ``sigma_mm``."""
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * SPACING
+    inside = (np.abs(x) < 45) & (np.abs(y) < 40)
+    for y0 in (-20.0, 15.0):  # 5 mm leaves, closed to a 10 mm gap
+        inside &= ~((y >= y0) & (y < y0 + 5.0) & (np.abs(x) > 5.0))
+    return 0.03 + 0.97 * ndimage.gaussian_filter(inside.astype(float), sigma_mm / SPACING)
+
+
+def _anatomy(size: int, shift_mm: tuple[float, float], contrast: float, seed: int = 5) -> np.ndarray:
+    """A smooth random texture (log transmission, 2.5 mm grain, ``contrast`` rms) moved by ``shift_mm`` (x, y)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2.5 / SPACING)
+    field *= contrast / field.std()
+    moved = ndimage.shift(field, (shift_mm[1] / SPACING, shift_mm[0] / SPACING), order=3, mode="reflect")
+    return np.exp(moved)
+
+
+def _portal_pair(shift_mm: tuple[float, float], *, sigma_mm: float = 2.5, contrast: float = 0.05, noise: float = 0.01,
+                 size: int = 320) -> tuple[portalign.Image, portalign.Image]:
+    aperture = _aperture(size, sigma_mm)
+    rng = np.random.default_rng(11)
+    images = []
+    for name, shift in (("reference", (0.0, 0.0)), ("frame", shift_mm)):
+        pixels = aperture * _anatomy(size, shift, contrast) * (1.0 + rng.normal(0.0, noise, (size, size)))
+        images.append(portalign.Image.from_array((20000.0 * pixels).astype(np.float32), pixel_spacing_mm=SPACING,
+                                                 kind="portal", name=name))
+    return images[0], images[1]
+
+
+def test_the_masked_correlation_surface_peaks_at_a_known_shift():
+    rng = np.random.default_rng(2)
+    fixed = ndimage.gaussian_filter(rng.normal(size=(90, 110)), 1.5)
+    moving = np.roll(fixed, (3, -5), axis=(0, 1))  # moving(x + s) = fixed(x) at s = (3, -5)
+    mask = np.zeros(fixed.shape, bool)
+    mask[15:75, 20:95] = True
+    surface, count = interior_surface(fixed, mask, moving, mask, (8, 8))
+    assert surface.shape == count.shape == (17, 17)
+    i, j = np.unravel_index(np.nanargmax(surface), surface.shape)
+    assert (i - 8, j - 8) == (3, -5)
+    assert surface[i, j] == pytest.approx(1.0, abs=1e-9)
+    assert count[8, 8] == mask.sum()  # no shift: the whole mask
+    assert count[8 + 3, 8 - 5] == (60 - 3) * (75 - 5)  # the masks' overlap at that shift
+    assert abs(surface[8, 8]) < 0.5
+
+
+def test_the_deep_interior_keeps_away_from_the_field_edge_and_the_narrowed_leaves():
+    reference, _ = _portal_pair((0.0, 0.0))
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    model = prepared.interior_model()
+    assert model is prepared.interior_model() and model.usable  # made once
+    assert model.sigma == pytest.approx(2.5, abs=0.5)  # the fitted penumbra
+    assert model.margin == pytest.approx(3 * model.sigma + 2.0)
+    deep = model.distance > model.margin
+    # back on the reference's own pixels: every deep pixel lies at least 2.5 penumbra sigmas from the field's edge and
+    # from the narrowed leaves (the binary aperture's own distance map), where the aperture's transmission is within
+    # Phi(-2.5) = 0.6 % of flat (the margin is measured from the blurred field's threshold contour, which cuts
+    # across the corners of the leaves' tips)
+    rows, cols = np.nonzero(deep)
+    r0, _, c0, _ = model.box
+    row = np.rint(r0 + (rows + 0.5) * model.factor[0] - 0.5).astype(int)
+    col = np.rint(c0 + (cols + 0.5) * model.factor[1] - 0.5).astype(int)
+    open_ = _aperture(reference.shape[0], 0.01) > 0.5
+    to_edge = ndimage.distance_transform_edt(open_) * SPACING
+    assert np.all(to_edge[row, col] >= 2.5 * model.sigma)
+    assert deep.sum() * model.pix[0] * model.pix[1] > 1000.0  # most of the field's middle is left
+
+
+@pytest.mark.parametrize("shift", [(4.0, 0.0), (-2.0, 2.5), (0.0, -3.0)])
+def test_the_anatomy_of_the_deep_interior_places_the_frame_where_the_patient_moved(shift):
+    reference, frame = _portal_pair(shift)
+    model = portalign.prepare_reference(reference, backend="cpu").interior_model()
+    # asked at the aperture's own position: the anatomy says where the patient went
+    at_aperture = model.match(frame, (0.0, 0.0, 0.0))
+    assert math.hypot(at_aperture.anatomy_pose[0] - shift[0], at_aperture.anatomy_pose[1] - shift[1]) < 0.3
+    assert at_aperture.offset_norm_mm == pytest.approx(math.hypot(*shift), abs=0.3)
+    # asked at the truth: the anatomy agrees
+    at_truth = model.match(frame, (shift[0], shift[1], 0.0))
+    assert at_truth.offset_norm_mm < 0.3
+    assert at_truth.correlation_at_match > 0.9 and at_truth.correlation_at_match > at_aperture.correlation_at_match
+
+
+def test_a_match_at_the_aperture_that_the_anatomy_contradicts_is_refused():
+    """The check itself (``_program._aperture_check``), handed the engine's own match of a portal pair moved back to the
+    aperture's position (what the aperture's edges alone would place) and left where the patient went."""
+    shift = (3.0, -1.5)
+    reference, frame = _portal_pair(shift, contrast=0.01, noise=0.003)
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    found = prepared.register(frame)
+    assert found.ok and math.hypot(found.dx_mm - shift[0], found.dy_mm - shift[1]) < 0.5  # far from the aperture
+    at_aperture = _program._aperture_check(prepared, frame, replace(found, dx_mm=0.0, dy_mm=0.0, details={}))
+    assert not at_aperture.ok and at_aperture.dx_mm is None and at_aperture.rotation_deg is None
+    assert at_aperture.reason.startswith("no match: the anatomy deep inside the field places the frame 3."), \
+        at_aperture.reason
+    check = at_aperture.details["interior_check"]
+    assert check["offset_mm"] == pytest.approx(math.hypot(*shift), abs=0.3)
+    assert math.hypot(check["anatomy_dx_mm"] - shift[0], check["anatomy_dy_mm"] - shift[1]) < 0.3
+    kept = _program._aperture_check(prepared, frame, replace(found, details={}))
+    assert kept.ok and kept.dx_mm == found.dx_mm and kept.details["interior_check"]["offset_mm"] < 0.3
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (0.8, -0.6)])
+def test_a_portal_pair_whose_anatomy_agrees_stays_ok(shift):
+    reference, frame = _portal_pair(shift)
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.3
+    check = result.details["interior_check"]
+    assert check["area_mm2"] >= _program.INTERIOR_MIN_AREA_MM2
+    assert check["offset_mm"] <= 0.3
+    assert "aperture_alone_edge_score" not in result.details  # the interior decided: no second registration
+
+
+def test_the_trial_s_soft_mlc_pair_is_refused_on_its_anatomy():
+    """The independent trial's thorax MLC pair (``test_fixed_aperture``): its deep interior finds the patient."""
+    reference, frame, truth = _pair()
+    result = portalign.register(reference, frame, backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    check = result.details.get("interior_check")
+    if check is not None and check["offset_mm"] > _program.INTERIOR_MAX_OFFSET_MM:
+        assert math.hypot(check["anatomy_dx_mm"] - truth[0], check["anatomy_dy_mm"] - truth[1]) < 1.0
+    else:  # too small an interior to decide alone: the aperture model refused it
+        assert result.reason.startswith("no match: the radiation field's own shape"), result.reason
+
+
+def test_no_deep_interior_no_model():
+    """A 16 mm cone with a 2.5 mm penumbra: nothing lies 9.5 mm inside its edge."""
+    size = 200
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * SPACING
+    beam = 0.03 + 0.97 * ndimage.gaussian_filter((np.hypot(x, y) < 8.0).astype(float), 2.5 / SPACING)
+    reference = portalign.Image.from_array((20000.0 * beam).astype(np.float32), pixel_spacing_mm=SPACING,
+                                           kind="portal")
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    assert prepared.field.detected
+    assert prepared.interior_model() is None
+    assert _interior.InteriorModel(reference, prepared.field).usable is False
