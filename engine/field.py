@@ -644,10 +644,17 @@ def _three_levels(values: np.ndarray, split: tuple | None = None) -> FieldEstima
     sizes = np.bincount(labels.ravel())[1:]
     if sizes.max() < MIN_LARGEST_PART * count:
         return _openings(inside, threshold, effectiveness, bool(field_is_bright))
-    field = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
-    r, c = np.nonzero(field)
+    return _field_of(ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1), threshold, bool(field_is_bright),
+                     effectiveness)
+
+
+def _field_of(mask: np.ndarray, threshold: float, field_is_bright: bool, effectiveness: float,
+              note: str = "") -> FieldEstimate:
+    """Return the detected field whose region is ``mask`` (bool, not empty), its box read from it."""
+    r, c = np.nonzero(mask)
     return FieldEstimate(True, float(threshold), bool(field_is_bright),
-                         (float(c.min()), float(c.max()), float(r.min()), float(r.max())), float(effectiveness), field)
+                         (float(c.min()), float(c.max()), float(r.min()), float(r.max())), float(effectiveness), mask,
+                         note=note)
 
 
 def field_pixels(pixels: np.ndarray, field: FieldEstimate) -> np.ndarray:
@@ -688,13 +695,10 @@ def _openings(inside: np.ndarray, threshold: float, effectiveness: float, field_
     large = np.flatnonzero(sizes >= MULTI_PART_MIN_SHARE * count)
     if not 2 <= large.size <= MULTI_PART_MAX or sizes[large].sum() < MULTI_PART_COVER * count:
         return None
-    field = ndimage.binary_fill_holes(np.isin(labels, large + 1))
-    r, c = np.nonzero(field)
     note = (f"{MULTI_PART_NOTE} {large.size} openings (leaf pairs closed across it, or blocks): their union is "
             "the field, and the edges of each are left out of the match")
-    return FieldEstimate(True, float(threshold), bool(field_is_bright),
-                         (float(c.min()), float(c.max()), float(r.min()), float(r.max())), float(effectiveness), field,
-                         note=note)
+    return _field_of(ndimage.binary_fill_holes(np.isin(labels, large + 1)), threshold, field_is_bright, effectiveness,
+                     note)
 
 
 def penumbra_extent_mm(image: np.ndarray, field: FieldEstimate, spacing_mm: float, *, reach_mm: float = 15.0) -> float:
