@@ -118,6 +118,7 @@ def test_a_match_at_the_aperture_that_the_anatomy_contradicts_is_refused():
     assert at_aperture.reason.startswith("no match: the anatomy deep inside the field places the frame 3."), \
         at_aperture.reason
     check = at_aperture.details["interior_check"]
+    assert check["at_search_limit"] is False
     assert check["offset_mm"] == pytest.approx(math.hypot(*shift), abs=0.3)
     assert math.hypot(check["anatomy_dx_mm"] - shift[0], check["anatomy_dy_mm"] - shift[1]) < 0.3
     kept = _program._aperture_check(prepared, frame, replace(found, details={}))
@@ -159,3 +160,46 @@ def test_no_deep_interior_no_model():
     assert prepared.field.detected
     assert prepared.interior_model() is None
     assert _interior.InteriorModel(reference, prepared.field).usable is False
+
+
+def _cone_pair(shift_mm: tuple[float, float], radius_mm: float = 11.0) -> tuple[portalign.Image, portalign.Image]:
+    """A 22 mm cone (2.5 mm penumbra) over a 15 % rms anatomy: a deep interior of a few tens of mm^2."""
+    size = 200
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * SPACING
+    beam = 0.03 + 0.97 * ndimage.gaussian_filter((np.hypot(x, y) < radius_mm).astype(float), 2.5 / SPACING)
+    rng = np.random.default_rng(1)
+    return tuple(portalign.Image.from_array(
+        (20000.0 * beam * _anatomy(size, shift, 0.15) * (1.0 + rng.normal(0.0, 0.005, beam.shape))).astype(np.float32),
+        pixel_spacing_mm=SPACING, kind="portal", name=name) for name, shift in (("reference", (0.0, 0.0)),
+                                                                                ("frame", shift_mm)))
+
+
+def test_a_small_interior_may_refuse_a_match_but_not_confirm_one():
+    """A 22 mm cone: its interior (under ``INTERIOR_MIN_AREA_MM2``) refuses a match at the aperture where the patient
+    moved 3.6 mm; a sound match stays ok, with a warning that nothing confirmed it."""
+    reference, frame = _cone_pair((0.0, 0.0))
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok and math.hypot(result.dx_mm, result.dy_mm) < 0.1
+    check = result.details["interior_check"]
+    assert _program.INTERIOR_REFUSE_AREA_MM2 <= check["area_mm2"] < _program.INTERIOR_MIN_AREA_MM2
+    assert result.warnings[-1] == _program.UNCONFIRMED_AT_APERTURE
+    shift = (3.0, -2.0)
+    reference, frame = _cone_pair(shift)
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    found = prepared.register(frame)
+    if found.ok:  # whatever the engine found, the check is handed a match at the cone's position
+        at_aperture = _program._aperture_check(prepared, frame, replace(found, dx_mm=0.0, dy_mm=0.0, rotation_deg=None,
+                                                                        details=dict(found.details)))
+        assert not at_aperture.ok
+        assert at_aperture.reason.startswith("no match: the anatomy deep inside the field places the frame "), \
+            at_aperture.reason
+        # a 7 mm interior sees shifts up to about its radius (half its overlap left): the way the patient went, and
+        # at least 2 mm of it
+        anatomy = at_aperture.details["interior_check"]
+        assert anatomy["at_search_limit"] is True and "places the frame at least " in at_aperture.reason
+        assert anatomy["offset_mm"] >= 2.0
+        cosine = (anatomy["anatomy_dx_mm"] * shift[0] + anatomy["anatomy_dy_mm"] * shift[1]) / (
+            anatomy["offset_mm"] * math.hypot(*shift))
+        assert cosine > 0.9
+    else:
+        assert found.dx_mm is None

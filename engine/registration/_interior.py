@@ -78,6 +78,9 @@ class InteriorMatch:
         ``(dx_mm, dy_mm)`` of the pose the anatomy alone places (the match moved by ``offset_mm``).
     background : float
         The surface's median over shifts at least 2 mm from its peak (what an unrelated shift scores).
+    at_limit : bool
+        The peak lies at the edge of the shifts scored (the search range, or half the overlap left in a small
+        interior): the anatomy lies at least that far from the match, in that direction.
     """
 
     pixels: int
@@ -89,6 +92,7 @@ class InteriorMatch:
     offset_mm: tuple[float, float]
     anatomy_pose: tuple[float, float]
     background: float
+    at_limit: bool = False
 
     @property
     def offset_norm_mm(self) -> float:
@@ -274,6 +278,8 @@ class InteriorModel:
         k = int(np.nanargmax(surface))
         i, j = divmod(k, surface.shape[1])
         peak = float(surface[i, j])
+        near = surface[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
+        at_limit = near.shape != (3, 3) or bool(np.isnan(near).any())
         di, dj = float(i - radius[0]), float(j - radius[1])
         # sub-pixel: a parabola through the peak and its neighbours on each axis
         if 0 < i < surface.shape[0] - 1 and np.isfinite(surface[i - 1, j]) and np.isfinite(surface[i + 1, j]):
@@ -294,7 +300,7 @@ class InteriorModel:
         anatomy = (dx + c * off[0] - s * off[1], dy + s * off[0] + c * off[1])
         return InteriorMatch(pixels=n0, area_mm2=n0 * self.pix[0] * self.pix[1], penumbra_sigma_mm=self.sigma,
                              margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
-                             offset_mm=off, anatomy_pose=anatomy, background=background)
+                             offset_mm=off, anatomy_pose=anatomy, background=background, at_limit=at_limit)
 
 
 def _correlate(a_hat: np.ndarray, b_hat: np.ndarray, shape: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:
