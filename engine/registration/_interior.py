@@ -106,7 +106,7 @@ def _block_mean(a: np.ndarray, fr: int, fc: int) -> np.ndarray:
 
 
 def _transmission(a: np.ndarray, field_is_bright: bool, valid: np.ndarray | None = None) -> np.ndarray:
-    """Pixel values as a transmission (bright field), floored at 1 % of the median field level."""
+    """Return pixel values that rise with the transmission (a dark field's turned over below its 99.9th percentile)."""
     if not field_is_bright:  # a dark field: the values fall as the transmission rises
         top = np.nanpercentile(a if valid is None else a[valid], 99.9)
         a = top - a
@@ -161,7 +161,7 @@ class InteriorModel:
         self.level = float(np.median(ref[mask])) if mask.any() else 0.0
         if self.level > 0:
             # steps inside the field as strong as an aperture's (leaves closed or narrowed inside it, a block) are
-            # kept as far from as the field's edge
+            # kept as far away as the field's edge is
             self.distance = np.minimum(self.distance, self._strong_step_distance(ref))
         self.usable = self.level > 0 and bool(np.any(self.distance > self.margin))
         if self.usable:
