@@ -369,17 +369,17 @@ def _aperture_check(reference: Reference, frame: Image, result: RegistrationResu
 #: On a held-out set of portal pairs through cones, the matches at the cone's position were 0.0-0.8 mm from no shift
 #: whether the patient had moved 0 or 5.8 mm (session note 19).
 UNCONFIRMED_AT_APERTURE = (
-    "the match sits at the field's own position and the field (a cone, a narrow field) has no interior far enough "
-    "from its edge to confirm it by the anatomy: the field's edge, not the patient, may have placed it; compare the "
-    "frame with a DRR")
+    f"the match sits at the field's own position, and under {INTERIOR_MIN_AREA_MM2:g} mm^2 of the field lies far "
+    "enough inside its edges (and those of leaves closed inside it) to confirm it by the anatomy (a cone, a narrow "
+    "or split field): the field's edges, not the patient, may have placed it; compare the frame with a DRR")
 
 
 def _interior_refusal(result: RegistrationResult, found: Any, spent: float) -> RegistrationResult:
     """Return ``result`` refused: the deep interior's anatomy (an ``_interior.InteriorMatch``) places the frame elsewhere."""
     where = (f"at least {found.offset_norm_mm:.1f} mm from the match (toward dx {found.anatomy_pose[0]:+.1f}, dy "
-             f"{found.anatomy_pose[1]:+.1f} mm)" if found.at_limit else
+             f"{found.anatomy_pose[1]:+.1f} mm; a rotation the match got wrong moves it too)" if found.at_limit else
              f"{found.offset_norm_mm:.1f} mm from the match (at dx {found.anatomy_pose[0]:+.1f}, dy "
-             f"{found.anatomy_pose[1]:+.1f} mm)")
+             f"{found.anatomy_pose[1]:+.1f} mm; a rotation the match got wrong moves it too)")
     reason = (f"no match: the anatomy deep inside the field places the frame {where}, and the match sits at "
               "the field's own position: the aperture's edges (or leaves closed inside the field), not the anatomy, "
               "placed it; compare the frame with a DRR, or check it")
