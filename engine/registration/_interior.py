@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from portalign.kernels.cpu.peaks import parabola_offset
 from scipy import fft as sfft
 from scipy import ndimage
 
@@ -76,8 +77,6 @@ class InteriorMatch:
         Where the peak lies from the match, (column, row) of the reference grid in mm.
     anatomy_pose : (float, float)
         ``(dx_mm, dy_mm)`` of the pose the anatomy alone places (the match moved by ``offset_mm``).
-    background : float
-        The surface's median over shifts at least 2 mm from its peak (what an unrelated shift scores).
     at_limit : bool
         The peak lies at the edge of the shifts scored (the search range, or half the overlap left in a small
         interior): the anatomy lies at least that far from the match, in that direction.
@@ -91,7 +90,6 @@ class InteriorMatch:
     correlation_peak: float
     offset_mm: tuple[float, float]
     anatomy_pose: tuple[float, float]
-    background: float
     at_limit: bool = False
 
     @property
@@ -165,8 +163,7 @@ class InteriorModel:
             self.distance = np.minimum(self.distance, self._strong_step_distance(ref))
         self.usable = self.level > 0 and bool(np.any(self.distance > self.margin))
         if self.usable:
-            self.flat = self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma
-            self.residual = self._residual(ref, self.flat)
+            self.residual = self._residual(ref, self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma)
             self.deep = self.distance > self.margin
             self.radius_px = (int(math.ceil(INTERIOR_SEARCH_MM / pr)), int(math.ceil(INTERIOR_SEARCH_MM / pc)))
             # the farthest the field reaches from the beam axis (mm): a rotation's largest displacement per radian
@@ -269,10 +266,10 @@ class InteriorModel:
         deep_frame = (self.distance > self.margin + reach) & valid
         surface, count = interior_surface(self.residual, self.deep, frame_residual, deep_frame, self.radius_px,
                                           self._spectra)
-        n0 = int(count[self.radius_px[0], self.radius_px[1]])
+        radius = self.radius_px
+        n0 = int(count[radius[0], radius[1]])
         if n0 < 30:
             return None
-        radius = self.radius_px
         surface = np.where(count >= INTERIOR_MIN_OVERLAP * n0, surface, np.nan)
         at_match = float(surface[radius[0], radius[1]])
         k = int(np.nanargmax(surface))
@@ -280,19 +277,13 @@ class InteriorModel:
         peak = float(surface[i, j])
         near = surface[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
         at_limit = near.shape != (3, 3) or bool(np.isnan(near).any())
-        di, dj = float(i - radius[0]), float(j - radius[1])
-        # sub-pixel: a parabola through the peak and its neighbours on each axis
-        if 0 < i < surface.shape[0] - 1 and np.isfinite(surface[i - 1, j]) and np.isfinite(surface[i + 1, j]):
-            den = surface[i - 1, j] - 2 * peak + surface[i + 1, j]
-            di += 0.5 * (surface[i - 1, j] - surface[i + 1, j]) / den if den < 0 else 0.0
-        if 0 < j < surface.shape[1] - 1 and np.isfinite(surface[i, j - 1]) and np.isfinite(surface[i, j + 1]):
-            den = surface[i, j - 1] - 2 * peak + surface[i, j + 1]
-            dj += 0.5 * (surface[i, j - 1] - surface[i, j + 1]) / den if den < 0 else 0.0
+        # sub-pixel: the vertex of the parabola through the peak and its neighbours on each axis (the global search's)
+        rows, cols = surface.shape
+        di = i - radius[0] + parabola_offset(surface[i - 1, j] if i > 0 else 0.0, peak,
+                                             surface[i + 1, j] if i < rows - 1 else 0.0, i > 0, i < rows - 1)
+        dj = j - radius[1] + parabola_offset(surface[i, j - 1] if j > 0 else 0.0, peak,
+                                             surface[i, j + 1] if j < cols - 1 else 0.0, j > 0, j < cols - 1)
         off = (dj * self.pix[1], di * self.pix[0])
-        yy, xx = np.indices(surface.shape)
-        far = np.hypot((yy - i) * self.pix[0], (xx - j) * self.pix[1]) >= 2.0
-        rest = surface[far & np.isfinite(surface)]
-        background = float(np.median(rest)) if rest.size else float("nan")
         # the frame's anatomy at x + offset matches the reference's at x: the reference point x shows at frame point
         # R (x + offset) + d
         dx, dy, theta = pose
@@ -300,7 +291,7 @@ class InteriorModel:
         anatomy = (dx + c * off[0] - s * off[1], dy + s * off[0] + c * off[1])
         return InteriorMatch(pixels=n0, area_mm2=n0 * self.pix[0] * self.pix[1], penumbra_sigma_mm=self.sigma,
                              margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
-                             offset_mm=off, anatomy_pose=anatomy, background=background, at_limit=at_limit)
+                             offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit)
 
 
 def _correlate(a_hat: np.ndarray, b_hat: np.ndarray, shape: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:

@@ -42,6 +42,7 @@ from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, denoised_frame, frame_levels, frame_mask, pad_pixel_list
+from ._interior import InteriorMatch
 from ._plan import FramePlan, wants_field
 from ._quality import (
     MIN_MEASURED_PIXELS,
@@ -374,11 +375,10 @@ UNCONFIRMED_AT_APERTURE = (
     "or split field): the field's edges, not the patient, may have placed it; compare the frame with a DRR")
 
 
-def _interior_refusal(result: RegistrationResult, found: Any, spent: float) -> RegistrationResult:
-    """Return ``result`` refused: the deep interior's anatomy (an ``_interior.InteriorMatch``) places the frame elsewhere."""
-    where = (f"at least {found.offset_norm_mm:.1f} mm from the match (toward dx {found.anatomy_pose[0]:+.1f}, dy "
-             f"{found.anatomy_pose[1]:+.1f} mm; a rotation the match got wrong moves it too)" if found.at_limit else
-             f"{found.offset_norm_mm:.1f} mm from the match (at dx {found.anatomy_pose[0]:+.1f}, dy "
+def _interior_refusal(result: RegistrationResult, found: InteriorMatch, spent: float) -> RegistrationResult:
+    """Return ``result`` refused: the deep interior's anatomy places the frame elsewhere."""
+    least, at = ("at least ", "toward") if found.at_limit else ("", "at")
+    where = (f"{least}{found.offset_norm_mm:.1f} mm from the match ({at} dx {found.anatomy_pose[0]:+.1f}, dy "
              f"{found.anatomy_pose[1]:+.1f} mm; a rotation the match got wrong moves it too)")
     reason = (f"no match: the anatomy deep inside the field places the frame {where}, and the match sits at "
               "the field's own position: the aperture's edges (or leaves closed inside the field), not the anatomy, "
