@@ -50,13 +50,23 @@ def add_invert_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_mismatch_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--allow-view-mismatch`` and ``--allow-patient-mismatch`` (the switches a refusal's advice names)."""
+    """Add the switches a refusal's advice names: ``--allow-view-mismatch``, ``--allow-patient-mismatch``,
+    ``--mirror-check`` and ``--aperture-check``."""
     parser.add_argument("--allow-view-mismatch", action="store_true",
                         help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
                              "reference's, when intended; without it such a result is not ok")
     parser.add_argument("--allow-patient-mismatch", action="store_true",
                         help="register images whose PatientID differs (a phantom under two names, files anonymised "
                              "differently), when intended; without it such a result is not ok")
+    parser.add_argument("--mirror-check", choices=("first", "always", "never"), default="first",
+                        help="also register the frame flipped (left-right, up-down, 180 deg) and refuse it when a flip "
+                             "matches clearly better (a mirrored image): on the first frame of each geometry, every "
+                             "frame, or never (anatomy that matches as well mirrored)")
+    parser.add_argument("--aperture-check", choices=("strict", "warn"), default="strict",
+                        help="two portal images through one fixed aperture matched at its own position, where too "
+                             "little of the field lies deep inside its edges to confirm the match by the anatomy (a "
+                             "cone, a narrow or split field): strict refuses such a match (the edges place it there "
+                             "whether or not the patient moved); warn keeps it ok with a warning")
 
 
 def mismatch_options(args: argparse.Namespace) -> Any:
@@ -64,7 +74,9 @@ def mismatch_options(args: argparse.Namespace) -> Any:
     from .options import RegistrationOptions
 
     return RegistrationOptions(allow_view_mismatch=bool(getattr(args, "allow_view_mismatch", False)),
-                               allow_patient_mismatch=bool(getattr(args, "allow_patient_mismatch", False)))
+                               allow_patient_mismatch=bool(getattr(args, "allow_patient_mismatch", False)),
+                               mirror_check=getattr(args, "mirror_check", "first"),
+                               aperture_check=getattr(args, "aperture_check", "strict"))
 
 
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:

@@ -146,10 +146,6 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                           "not in DRRs)")
     reg.add_argument("--field-margin-mm", metavar="MM", type=float, default=3.0,
                      help="band each side of the field edge left out of the match (mm)")
-    reg.add_argument("--mirror-check", choices=("first", "always", "never"), default="first",
-                     help="also register the frame flipped (left-right, up-down, 180 deg) and refuse it when a flip "
-                          "matches clearly better (a mirrored image): on the first frame of each geometry, every "
-                          "frame, or never (anatomy that matches as well mirrored)")
     reg.add_argument("--no-fine-polish", action="store_true",
                      help="skip the last, full-resolution polish that --method auto gives two portal images in "
                           "near-perfect agreement (a phantom imaged twice, windows of one image): such a frame then "
@@ -349,6 +345,7 @@ def _register(args: argparse.Namespace) -> int:
         allow_view_mismatch=args.allow_view_mismatch,
         allow_patient_mismatch=args.allow_patient_mismatch,
         mirror_check=args.mirror_check,
+        aperture_check=args.aperture_check,
         fine_polish=not args.no_fine_polish,
     )
     reference_image = _load(args.reference, args)

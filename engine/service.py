@@ -519,14 +519,15 @@ def create_app(
     )
     async def upload_reference(request: Request, response: Response, frame: int | None = None,
                                allow_view_mismatch: bool = False, allow_patient_mismatch: bool = False,
-                               mirror_check: str | None = None) -> dict[str, Any]:
+                               mirror_check: str | None = None, aperture_check: str | None = None) -> dict[str, Any]:
         # the overrides a result's reason names belong to the reference: its frames are registered with them
         try:
             chosen_options = dataclasses.replace(options, allow_view_mismatch=allow_view_mismatch or
                                                  options.allow_view_mismatch,
                                                  allow_patient_mismatch=allow_patient_mismatch or
                                                  options.allow_patient_mismatch,
-                                                 mirror_check=mirror_check or options.mirror_check)
+                                                 mirror_check=mirror_check or options.mirror_check,
+                                                 aperture_check=aperture_check or options.aperture_check)
         except PortalignError as exc:
             raise ApiError(400, "bad_request", f"reference: {_one_line(exc)}") from None
         image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)
@@ -596,7 +597,7 @@ def _http_hints(text: str) -> str:
     """Say the overrides a reason names as this API's: query parameters of the reference's upload."""
     text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
     text = re.sub(r"\((allow_\w+)\)", r"(?\1=true)", text)
-    return re.sub(r"set mirror_check='never' \(--mirror-check never\)", "upload the reference with ?mirror_check=never",
+    return re.sub(r"set (mirror_check|aperture_check)='(\w+)' \(--[\w-]+ \w+\)", r"upload the reference with ?\1=\2",
                   text)
 
 

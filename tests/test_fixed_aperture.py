@@ -40,7 +40,8 @@ def test_a_match_the_aperture_alone_explains_is_refused(monkeypatch):
     """The aperture model's check, where the deep interior does not decide (``test_interior_check`` has this pair's)."""
     reference, frame, (dx, dy) = _pair()
     monkeypatch.setattr(_program, "INTERIOR_REFUSE_AREA_MM2", math.inf)
-    result = portalign.register(reference, frame, backend="cpu")
+    warn = portalign.RegistrationOptions(aperture_check="warn")  # "strict" refuses whatever the aperture model says
+    result = portalign.register(reference, frame, warn, backend="cpu")
     assert not result.ok and result.dx_mm is None and result.rotation_deg is None
     assert result.reason.startswith("no match: the radiation field's own shape matches the frame about as well as the "
                                     "reference does (edge correlation 0.7"), result.reason
@@ -49,7 +50,7 @@ def test_a_match_the_aperture_alone_explains_is_refused(monkeypatch):
     # without the check: the shift of the aperture, ok, and more than 2 mm from the patient's
     monkeypatch.setattr(_program, "APERTURE_MAX_SHARE", 99.0)
     monkeypatch.setattr(_program, "INTERIOR_MAX_OFFSET_MM", 99.0)
-    unchecked = portalign.register(reference, frame, backend="cpu")
+    unchecked = portalign.register(reference, frame, warn, backend="cpu")
     assert unchecked.ok and math.hypot(unchecked.dx_mm - dx, unchecked.dy_mm - dy) > 2.0
     assert math.hypot(unchecked.dx_mm, unchecked.dy_mm) <= _program.APERTURE_NEAR_MM  # at the aperture's position
 

@@ -176,12 +176,18 @@ def _cone_pair(shift_mm: tuple[float, float], radius_mm: float = 11.0) -> tuple[
 
 def test_a_small_interior_may_refuse_a_match_but_not_confirm_one():
     """A 22 mm cone: its interior (under ``INTERIOR_MIN_AREA_MM2``) refuses a match at the aperture where the patient
-    moved 3.6 mm; a sound match stays ok, with a warning that nothing confirmed it."""
+    moved 3.6 mm; a sound match is refused as unconfirmed by default (``aperture_check="strict"``) and stays ok with a
+    warning that nothing confirmed it under ``"warn"``."""
     reference, frame = _cone_pair((0.0, 0.0))
-    result = portalign.register(reference, frame, backend="cpu")
+    strict = portalign.register(reference, frame, backend="cpu")
+    assert not strict.ok and strict.reason == _program.UNCONFIRMED_REFUSAL
+    assert strict.dx_mm is None and strict.dy_mm is None and strict.rotation_deg is None
+    assert "--aperture-check warn" in strict.reason
+    result = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
     assert result.ok and math.hypot(result.dx_mm, result.dy_mm) < 0.1
-    check = result.details["interior_check"]
-    assert _program.INTERIOR_REFUSE_AREA_MM2 <= check["area_mm2"] < _program.INTERIOR_MIN_AREA_MM2
+    for checked in (strict, result):
+        check = checked.details["interior_check"]
+        assert _program.INTERIOR_REFUSE_AREA_MM2 <= check["area_mm2"] < _program.INTERIOR_MIN_AREA_MM2
     assert result.warnings[-1] == _program.UNCONFIRMED_AT_APERTURE
     shift = (3.0, -2.0)
     reference, frame = _cone_pair(shift)
@@ -203,3 +209,80 @@ def test_a_small_interior_may_refuse_a_match_but_not_confirm_one():
         assert cosine > 0.9
     else:
         assert found.dx_mm is None
+
+
+def _ball_bearing_pair(shift_mm: tuple[float, float], size_mm: float = 20.0, spacing: float = 0.34,
+                       seed: int = 3) -> tuple[portalign.Image, portalign.Image]:
+    """A Winston-Lutz pair: a square field (1 mm penumbra) fixed to the imager and a 6 mm ball bearing (40 % at its
+    centre) on a stem reaching the field's lower edge; the bearing and its stem move by ``shift_mm`` in the frame."""
+    from scipy import special
+
+    size = int(round(60 / spacing))
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * spacing
+    edge = math.sqrt(2.0) * 1.0
+    aperture = 0.25 * special.erfc((np.abs(x) - size_mm / 2) / edge) * special.erfc((np.abs(y) - size_mm / 2) / edge)
+    rng = np.random.default_rng(seed)
+    images = []
+    for name, (bx, by) in (("reference", (0.0, 0.0)), ("frame", shift_mm)):
+        ball = 1 - 0.4 * np.sqrt(np.clip(1 - (np.hypot(x - bx, y - by) / 3.0) ** 2, 0, None))
+        stem = 1 - 0.15 * ((np.abs(x - bx) < 1.0) & (y - by > 0))
+        values = 10000 * (0.01 + 0.99 * aperture) * ball * stem * (1 + rng.normal(0, 0.005, x.shape))
+        images.append(portalign.Image.from_array(values.astype(np.float32), pixel_spacing_mm=spacing, kind="portal",
+                                                 name=name))
+    return images[0], images[1]
+
+
+def test_a_ball_bearing_inside_the_field_is_anatomy_not_aperture():
+    """Its rim steps as steeply as an aperture's edge, but nowhere reaches the field's edge (its stem steps less): it
+    moves with the phantom and stays in the deep interior. Taken for the aperture, it left none in a 20 mm field."""
+    reference, _ = _ball_bearing_pair((0.0, 0.0))
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    model = prepared.interior_model()
+    assert model is not None and model.usable
+    deep = float(np.sum(model.distance > model.margin)) * model.pix[0] * model.pix[1]
+    # the square's own deep interior, (20 - 2 margin)^2, less the working grid's rounding
+    assert deep > 0.8 * (20.0 - 2 * model.margin) ** 2, (deep, model.margin)
+    # the bearing itself lies in it: its darkest pixel (the centre) is deep
+    r0, r1, c0, c1 = model.box
+    centre = np.unravel_index(np.argmin(np.where(model.mask, _interior._block_mean(
+        reference.pixels[r0:r1, c0:c1].astype(np.float64), *model.factor), np.inf)), model.mask.shape)
+    assert model.distance[centre] > model.margin
+
+
+@pytest.mark.parametrize("shift", [(1.2, -0.8), (0.5, 0.4)])
+def test_a_ball_bearing_confirms_a_match_through_a_small_field(shift):
+    """A 20 mm field whose deep interior (under ``INTERIOR_MIN_AREA_MM2``) holds a ball bearing: the surface's peak
+    leads every shift 2 mm from it, so the interior confirms the match (``aperture_check="strict"``, the default)."""
+    reference, frame = _ball_bearing_pair(shift)
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.1
+    check = result.details["interior_check"]
+    assert _program.INTERIOR_REFUSE_AREA_MM2 <= check["area_mm2"] < _program.INTERIOR_MIN_AREA_MM2
+    assert check["correlation_peak"] - check["correlation_runner_up"] >= _program.INTERIOR_SMALL_LEAD
+    assert check["offset_mm"] < 0.2
+    assert not any(w == _program.UNCONFIRMED_AT_APERTURE for w in result.warnings)
+
+
+def test_the_aperture_check_option_is_validated_and_on_every_command_that_registers():
+    with pytest.raises(portalign.PortalignError, match=r"aperture_check must be one of strict, warn; got 'off'"):
+        portalign.RegistrationOptions(aperture_check="off")
+    from portalign._cli_options import mismatch_options
+    from portalign.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in ("register", "couch", "watch", "scp"):
+        assert "--aperture-check" in commands[name]._option_string_actions, name
+        assert "--mirror-check" in commands[name]._option_string_actions, name
+    args = commands["watch"].parse_args(["folder", "--results", "r.jsonl", "--aperture-check", "warn",
+                                         "--mirror-check", "never"])
+    options = mismatch_options(args)
+    assert options.aperture_check == "warn" and options.mirror_check == "never"
+    # the refusal names the flag of the command line and the query parameter of the service
+    from portalign.cli import as_flags
+
+    assert as_flags(_program.UNCONFIRMED_REFUSAL, commands["register"]).endswith(
+        "or set --aperture-check warn to accept such a match with a warning")
+    service = pytest.importorskip("portalign.service", reason="the service extra (fastapi) is not installed")
+    assert "upload the reference with ?aperture_check=warn" in service._http_hints(_program.UNCONFIRMED_REFUSAL)

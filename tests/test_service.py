@@ -421,3 +421,25 @@ def test_a_view_mismatch_names_the_query_parameter_that_allows_it(client, image)
     assert response.status_code == 400
     assert response.json()["detail"] == ("reference: mirror_check must be one of first, always, never; got "
                                           "'sometimes'")
+
+
+def test_an_unconfirmed_match_at_a_cone_names_the_query_parameter_that_accepts_it(client):
+    """A portal pair through a 22 mm cone matched at the cone's own position, which its soft anatomy cannot confirm:
+    refused by default, ok with a warning when the reference was uploaded with ?aperture_check=warn."""
+    from tests.test_interior_check import _cone_pair
+
+    reference, frame = _cone_pair((0.0, 0.0))
+    spacing = {"X-Pixel-Spacing-Mm": str(reference.spacing_mm[0])}
+    ref = client.post("/v1/references", **raw(reference.pixels, **spacing)).json()["id"]
+    body = client.post(f"/v1/references/{ref}/register", **raw(frame.pixels, **spacing)).json()
+    assert body["ok"] is False and body["dx_mm"] is None
+    assert body["reason"].startswith("no match confirmed: the match sits at the field's own position")
+    assert body["reason"].endswith("upload the reference with ?aperture_check=warn to accept such a match with a "
+                                   "warning"), body["reason"]
+    ref = client.post("/v1/references?aperture_check=warn", **raw(reference.pixels, **spacing)).json()["id"]
+    body = client.post(f"/v1/references/{ref}/register", **raw(frame.pixels, **spacing)).json()
+    assert body["ok"] is True and abs(body["dx_mm"]) < 0.1 and abs(body["dy_mm"]) < 0.1
+    assert any(w.startswith("the match sits at the field's own position") for w in body["warnings"])
+    response = client.post("/v1/references?aperture_check=off", **raw(reference.pixels, **spacing))
+    assert response.status_code == 400
+    assert response.json()["detail"] == "reference: aperture_check must be one of strict, warn; got 'off'"

@@ -47,12 +47,20 @@ INTERIOR_EXTRA_MM = 2.0
 #: A step in log transmission at least this high (a transmission ratio of exp(-0.5) = 0.61 or less across it) is
 #: taken for the aperture's: MV anatomy inside a field (lung against mediastinum, bone) steps less.
 INTERIOR_STRONG_STEP = 0.5
+#: ...unless it lies wholly more than this (mm) further inside the field than where such steps are first counted (2
+#: penumbra sigmas): an island (a Winston-Lutz ball bearing, a fiducial marker, a dense bone) moves with the patient.
+#: Leaves closed or narrowed inside a field, and blocks, reach in from its edge. A step wholly within that band is the
+#: field edge's own penumbra (a real one has wider tails than its fitted Gaussian: a TrueBeam Winston-Lutz field's
+#: read as a ring of steps 2 sigma inside its edge, which took 50 of its 120 mm^2 of deep interior).
+INTERIOR_ISLAND_MM = 1.0
 #: Penumbra sigmas (mm) tried in the fit.
 INTERIOR_SIGMAS_MM = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
 #: Shifts (mm) of the frame's anatomy from the match that the surface covers.
 INTERIOR_SEARCH_MM = 7.0
 #: A shift is scored where the two deep regions overlap in at least this share of the unshifted overlap.
 INTERIOR_MIN_OVERLAP = 0.5
+#: The surface's runner-up is its best shift at least this far (mm) from the peak.
+INTERIOR_DISTINCT_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class InteriorMatch:
     at_limit : bool
         The peak lies at the edge of the shifts scored (the search range, or half the overlap left in a small
         interior): the anatomy lies at least that far from the match, in that direction.
+    runner_up : float
+        The surface's maximum more than ``INTERIOR_DISTINCT_MM`` from its peak (NaN where no shift that far was
+        scored): how much better the anatomy fits where it places the frame than anywhere else.
     """
 
     pixels: int
@@ -91,6 +102,7 @@ class InteriorMatch:
     offset_mm: tuple[float, float]
     anatomy_pose: tuple[float, float]
     at_limit: bool = False
+    runner_up: float = math.nan
 
     @property
     def offset_norm_mm(self) -> float:
@@ -196,7 +208,21 @@ class InteriorModel:
         gr, gc = np.gradient(log, pr, pc)
         step = np.hypot(gr, gc) * self.sigma * math.sqrt(2.0 * math.pi)
         # the field's own penumbra reads as a strong step up to ~1.3 sigma inside its edge: it is the field edge's
-        strong = (step > INTERIOR_STRONG_STEP) & (self.distance > 2.0 * self.sigma)
+        counted = self.distance > 2.0 * self.sigma
+        strong = (step > INTERIOR_STRONG_STEP) & counted
+        # a step that nowhere comes near the field's edge is an island inside the field: a ball bearing, a marker, a
+        # dense bone, which move with the patient; leaves and blocks reach the field's edge from outside it. A step
+        # that nowhere goes further in is the field edge's own penumbra, wider than its fitted Gaussian (the edge
+        # margin covers it). What a step reaches is read on the steps of half that height: a leaf pair closed inside
+        # a field and blurred reads as strong only in fragments along its length
+        labels, count = ndimage.label((step > 0.5 * INTERIOR_STRONG_STEP) & counted, structure=np.ones((3, 3), bool))
+        if count:
+            index = np.arange(1, count + 1)
+            first = 2.0 * self.sigma + INTERIOR_ISLAND_MM
+            nearest = np.asarray(ndimage.minimum(self.distance, labels, index))
+            farthest = np.asarray(ndimage.maximum(self.distance, labels, index))
+            aperture = np.concatenate(([False], (nearest <= first) & (farthest > first)))
+            strong &= aperture[labels]
         if not strong.any():
             return np.full(ref.shape, np.inf)
         return ndimage.distance_transform_edt(~strong, sampling=(pr, pc))
@@ -284,6 +310,10 @@ class InteriorModel:
         dj = j - radius[1] + parabola_offset(surface[i, j - 1] if j > 0 else 0.0, peak,
                                              surface[i, j + 1] if j < cols - 1 else 0.0, j > 0, j < cols - 1)
         off = (dj * self.pix[1], di * self.pix[0])
+        grid_r, grid_c = np.ogrid[0:rows, 0:cols]
+        away = np.hypot((grid_r - i) * self.pix[0], (grid_c - j) * self.pix[1]) > INTERIOR_DISTINCT_MM
+        others = surface[away & np.isfinite(surface)]
+        runner_up = float(others.max()) if others.size else math.nan
         # the frame's anatomy at x + offset matches the reference's at x: the reference point x shows at frame point
         # R (x + offset) + d
         dx, dy, theta = pose
@@ -291,7 +321,7 @@ class InteriorModel:
         anatomy = (dx + c * off[0] - s * off[1], dy + s * off[0] + c * off[1])
         return InteriorMatch(pixels=n0, area_mm2=n0 * self.pix[0] * self.pix[1], penumbra_sigma_mm=self.sigma,
                              margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
-                             offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit)
+                             offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit, runner_up=runner_up)
 
 
 def _correlate(a_hat: np.ndarray, b_hat: np.ndarray, shape: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:
