@@ -9,6 +9,7 @@ interior, whatever the aperture's own edges say, and ``register`` must refuse th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -162,27 +163,46 @@ def test_no_deep_interior_no_model():
     assert _interior.InteriorModel(reference, prepared.field).usable is False
 
 
-def _cone_pair(shift_mm: tuple[float, float], radius_mm: float = 11.0) -> tuple[portalign.Image, portalign.Image]:
-    """A 22 mm cone (2.5 mm penumbra) over a 15 % rms anatomy: a deep interior of a few tens of mm^2."""
+def _cone_pair(shift_mm: tuple[float, float], radius_mm: float = 11.0,
+               contrast: float = 0.15) -> tuple[portalign.Image, portalign.Image]:
+    """A 22 mm cone (2.5 mm penumbra) over an anatomy of ``contrast`` rms: a deep interior of a few tens of mm^2."""
     size = 200
     y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * SPACING
     beam = 0.03 + 0.97 * ndimage.gaussian_filter((np.hypot(x, y) < radius_mm).astype(float), 2.5 / SPACING)
     rng = np.random.default_rng(1)
     return tuple(portalign.Image.from_array(
-        (20000.0 * beam * _anatomy(size, shift, 0.15) * (1.0 + rng.normal(0.0, 0.005, beam.shape))).astype(np.float32),
+        (20000.0 * beam * _anatomy(size, shift, contrast) * (1.0 + rng.normal(0.0, 0.005, beam.shape))).astype(np.float32),
         pixel_spacing_mm=SPACING, kind="portal", name=name) for name, shift in (("reference", (0.0, 0.0)),
                                                                                 ("frame", shift_mm)))
 
 
-def test_a_small_interior_may_refuse_a_match_but_not_confirm_one():
+#: The soft anatomy of a cone pair (rms log contrast) whose small interior cannot confirm a match.
+SOFT = 0.05
+
+
+def test_a_small_interior_may_refuse_a_match_but_not_confirm_one(monkeypatch):
     """A 22 mm cone: its interior (under ``INTERIOR_MIN_AREA_MM2``) refuses a match at the aperture where the patient
     moved 3.6 mm; a sound match is refused as unconfirmed by default (``aperture_check="strict"``) and stays ok with a
     warning that nothing confirmed it under ``"warn"``."""
-    reference, frame = _cone_pair((0.0, 0.0))
+    dense = portalign.register(*_cone_pair((0.0, 0.0)), backend="cpu")  # 15 % rms: dense enough to confirm it
+    assert dense.ok and dense.details["interior_check"]["contrast"] >= _program.INTERIOR_SMALL_CONTRAST
+    reference, frame = _cone_pair((0.0, 0.0), contrast=SOFT)
     strict = portalign.register(reference, frame, backend="cpu")
-    assert not strict.ok and strict.reason == _program.UNCONFIRMED_REFUSAL
+    assert not strict.ok
+    assert re.fullmatch(r"no match confirmed: the match sits at the field's own position, and only \d+ mm\^2 of the "
+                        r"field lies far enough inside .* \(at least 100 needed, or a dense object: contrast 0\.0\d\d "
+                        r"against 0\.035, (a lead of -?\d\.\d\d over shifts 2 mm away against 0\.1|no shift 2 mm away to "
+                        r"compare)\); it places the "
+                        r"frame 0\.\d mm from the match, which cannot confirm it: the field's edges place a match "
+                        r"there whether or not the patient moved; register the frame against a DRR, or set "
+                        r"aperture_check='warn' \(--aperture-check warn\) to accept such a match with a warning",
+                        strict.reason), strict.reason
     assert strict.dx_mm is None and strict.dy_mm is None and strict.rotation_deg is None
     assert "--aperture-check warn" in strict.reason
+    # "warn": the dense pair read as soft (its own aperture model's check passes it; the soft pair's refuses)
+    monkeypatch.setattr(_program, "INTERIOR_SMALL_CONTRAST", math.inf)
+    reference, frame = _cone_pair((0.0, 0.0))
+    assert not portalign.register(reference, frame, backend="cpu").ok
     result = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
     assert result.ok and math.hypot(result.dx_mm, result.dy_mm) < 0.1
     for checked in (strict, result):
@@ -211,20 +231,22 @@ def test_a_small_interior_may_refuse_a_match_but_not_confirm_one():
         assert found.dx_mm is None
 
 
-def _ball_bearing_pair(shift_mm: tuple[float, float], size_mm: float = 20.0, spacing: float = 0.34,
-                       seed: int = 3) -> tuple[portalign.Image, portalign.Image]:
-    """A Winston-Lutz pair: a square field (1 mm penumbra) fixed to the imager and a 6 mm ball bearing (40 % at its
-    centre) on a stem reaching the field's lower edge; the bearing and its stem move by ``shift_mm`` in the frame."""
+def _ball_bearing_pair(shift_mm: tuple[float, float], size_mm: float = 20.0, spacing: float = 0.34, seed: int = 3,
+                       ball_mm: float = 6.0, at_mm: tuple[float, float] = (0.0, 0.0), penumbra_mm: float = 1.0,
+                       attenuation: float = 0.4) -> tuple[portalign.Image, portalign.Image]:
+    """A Winston-Lutz pair: a square field (``penumbra_mm`` Gaussian sigma) fixed to the imager and a ball bearing
+    (``attenuation`` at its centre) at ``at_mm`` on a stem reaching the field's lower edge; the bearing and its stem
+    move by ``shift_mm`` in the frame."""
     from scipy import special
 
     size = int(round(60 / spacing))
     y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * spacing
-    edge = math.sqrt(2.0) * 1.0
+    edge = math.sqrt(2.0) * penumbra_mm
     aperture = 0.25 * special.erfc((np.abs(x) - size_mm / 2) / edge) * special.erfc((np.abs(y) - size_mm / 2) / edge)
     rng = np.random.default_rng(seed)
     images = []
-    for name, (bx, by) in (("reference", (0.0, 0.0)), ("frame", shift_mm)):
-        ball = 1 - 0.4 * np.sqrt(np.clip(1 - (np.hypot(x - bx, y - by) / 3.0) ** 2, 0, None))
+    for name, (bx, by) in (("reference", at_mm), ("frame", (at_mm[0] + shift_mm[0], at_mm[1] + shift_mm[1]))):
+        ball = 1 - attenuation * np.sqrt(np.clip(1 - (np.hypot(x - bx, y - by) / (ball_mm / 2)) ** 2, 0, None))
         stem = 1 - 0.15 * ((np.abs(x - bx) < 1.0) & (y - by > 0))
         values = 10000 * (0.01 + 0.99 * aperture) * ball * stem * (1 + rng.normal(0, 0.005, x.shape))
         images.append(portalign.Image.from_array(values.astype(np.float32), pixel_spacing_mm=spacing, kind="portal",
@@ -249,17 +271,25 @@ def test_a_ball_bearing_inside_the_field_is_anatomy_not_aperture():
     assert model.distance[centre] > model.margin
 
 
-@pytest.mark.parametrize("shift", [(1.2, -0.8), (0.5, 0.4)])
-def test_a_ball_bearing_confirms_a_match_through_a_small_field(shift):
+@pytest.mark.parametrize(("shift", "bearing"), [
+    ((1.2, -0.8), {}),
+    ((0.5, 0.4), {}),
+    # a new user's trial: an 8 mm bearing 2 mm off the centre of a 20 mm field with a soft penumbra, darker than the
+    # field's threshold (a hole in its mask), led by 0.13-0.25 only: refused before the contrast was read
+    ((-1.0, -1.1), {"ball_mm": 8.0, "at_mm": (1.4, -1.4), "penumbra_mm": 2.0, "attenuation": 0.6}),
+])
+def test_a_ball_bearing_confirms_a_match_through_a_small_field(shift, bearing):
     """A 20 mm field whose deep interior (under ``INTERIOR_MIN_AREA_MM2``) holds a ball bearing: the surface's peak
-    leads every shift 2 mm from it, so the interior confirms the match (``aperture_check="strict"``, the default)."""
-    reference, frame = _ball_bearing_pair(shift)
+    leads every shift 2 mm from it, and its contrast is a dense object's, so the interior confirms the match
+    (``aperture_check="strict"``, the default)."""
+    reference, frame = _ball_bearing_pair(shift, **bearing)
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.1
     check = result.details["interior_check"]
     assert _program.INTERIOR_REFUSE_AREA_MM2 <= check["area_mm2"] < _program.INTERIOR_MIN_AREA_MM2
     assert check["correlation_peak"] - check["correlation_runner_up"] >= _program.INTERIOR_SMALL_LEAD
+    assert check["contrast"] >= _program.INTERIOR_SMALL_CONTRAST
     assert check["offset_mm"] < 0.2
     assert not any(w == _program.UNCONFIRMED_AT_APERTURE for w in result.warnings)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 
 import httpx
@@ -423,11 +424,14 @@ def test_a_view_mismatch_names_the_query_parameter_that_allows_it(client, image)
                                           "'sometimes'")
 
 
-def test_an_unconfirmed_match_at_a_cone_names_the_query_parameter_that_accepts_it(client):
-    """A portal pair through a 22 mm cone matched at the cone's own position, which its soft anatomy cannot confirm:
-    refused by default, ok with a warning when the reference was uploaded with ?aperture_check=warn."""
+def test_an_unconfirmed_match_at_a_cone_names_the_query_parameter_that_accepts_it(client, monkeypatch):
+    """A portal pair through a 22 mm cone matched at the cone's own position, which its small interior cannot confirm
+    (read as soft anatomy): refused by default, ok with a warning when the reference was uploaded with
+    ?aperture_check=warn."""
+    from portalign.registration import _program
     from tests.test_interior_check import _cone_pair
 
+    monkeypatch.setattr(_program, "INTERIOR_SMALL_CONTRAST", math.inf)
     reference, frame = _cone_pair((0.0, 0.0))
     spacing = {"X-Pixel-Spacing-Mm": str(reference.spacing_mm[0])}
     ref = client.post("/v1/references", **raw(reference.pixels, **spacing)).json()["id"]

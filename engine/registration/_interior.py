@@ -53,6 +53,9 @@ INTERIOR_STRONG_STEP = 0.5
 #: field edge's own penumbra (a real one has wider tails than its fitted Gaussian: a TrueBeam Winston-Lutz field's
 #: read as a ring of steps 2 sigma inside its edge, which took 50 of its 120 mm^2 of deep interior).
 INTERIOR_ISLAND_MM = 1.0
+#: A hole inside the field that transmits more than this share of the field's median is the patient's (a ball
+#: bearing: 50-75 % at MV), not a block's (a few %, as the leaves): it is part of the field.
+INTERIOR_HOLE_TRANSMISSION = 0.25
 #: Penumbra sigmas (mm) tried in the fit.
 INTERIOR_SIGMAS_MM = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
 #: Shifts (mm) of the frame's anatomy from the match that the surface covers.
@@ -91,6 +94,9 @@ class InteriorMatch:
     runner_up : float
         The surface's maximum more than ``INTERIOR_DISTINCT_MM`` from its peak (NaN where no shift that far was
         scored): how much better the anatomy fits where it places the frame than anywhere else.
+    contrast : float
+        The anatomy's contrast there: the root mean square of the log residual over the two deep regions' overlap
+        at the match, the smaller of the two images' (log units: 0.1 is a 10 % variation of transmission).
     """
 
     pixels: int
@@ -103,6 +109,7 @@ class InteriorMatch:
     anatomy_pose: tuple[float, float]
     at_limit: bool = False
     runner_up: float = math.nan
+    contrast: float = math.nan
 
     @property
     def offset_norm_mm(self) -> float:
@@ -162,6 +169,7 @@ class InteriorModel:
         self.box = (r0, r1, c0, c1)
         mask = _block_mean(inside[r0:r1, c0:c1].astype(np.float64), fr, fc) > 0.5
         ref = _transmission(_block_mean(image.pixels[r0:r1, c0:c1].astype(np.float64), fr, fc), self.field_is_bright)
+        mask = _fill_transmitting_holes(mask, ref)
         self.mask = mask
         pr, pc = self.pix
         self.distance = (ndimage.distance_transform_edt(mask, sampling=(pr, pc))
@@ -296,6 +304,8 @@ class InteriorModel:
         n0 = int(count[radius[0], radius[1]])
         if n0 < 30:
             return None
+        overlap = self.deep & deep_frame
+        contrast = float(min(np.sqrt(np.mean(self.residual[overlap] ** 2)), np.sqrt(np.mean(frame_residual[overlap] ** 2))))
         surface = np.where(count >= INTERIOR_MIN_OVERLAP * n0, surface, np.nan)
         at_match = float(surface[radius[0], radius[1]])
         k = int(np.nanargmax(surface))
@@ -321,7 +331,27 @@ class InteriorModel:
         anatomy = (dx + c * off[0] - s * off[1], dy + s * off[0] + c * off[1])
         return InteriorMatch(pixels=n0, area_mm2=n0 * self.pix[0] * self.pix[1], penumbra_sigma_mm=self.sigma,
                              margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
-                             offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit, runner_up=runner_up)
+                             offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit, runner_up=runner_up,
+                             contrast=contrast)
+
+
+def _fill_transmitting_holes(mask: np.ndarray, transmission: np.ndarray) -> np.ndarray:
+    """Return ``mask`` with its holes that transmit more than ``INTERIOR_HOLE_TRANSMISSION`` of the field filled.
+
+    A hole enclosed by the field is a block on a tray, which transmits what the leaves do, or an object that moves
+    with the patient and passes about half the beam (a Winston-Lutz ball bearing, found darker than the field's
+    threshold): the first is an aperture's edge, the second anatomy.
+    """
+    filled = ndimage.binary_fill_holes(mask)
+    holes, count = ndimage.label(filled & ~mask)
+    if not count:
+        return mask
+    level = float(np.median(transmission[mask])) if mask.any() else 0.0
+    if not level > 0:
+        return mask
+    median = np.asarray(ndimage.median(transmission, holes, np.arange(1, count + 1)))
+    passes = np.concatenate(([False], median > INTERIOR_HOLE_TRANSMISSION * level))
+    return mask | passes[holes]
 
 
 def _correlate(a_hat: np.ndarray, b_hat: np.ndarray, shape: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:

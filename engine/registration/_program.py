@@ -326,12 +326,16 @@ INTERIOR_MIN_AREA_MM2 = 100.0
 #: aperture model's check follows. In that corpus interiors of 14-65 mm^2 placed the anatomy 0.1-0.73 mm from sound
 #: matches and 1.2-3.5 mm from wrong ones. Under it (a small cone: none) the aperture model's check alone decides.
 INTERIOR_REFUSE_AREA_MM2 = 10.0
-#: ...a smaller one confirms a match only where its surface's peak leads the best shift 2 mm or more from it
-#: (``InteriorMatch.runner_up``) by at least this much: something compact that moves with the patient, a ball bearing
-#: or a marker, placed it. Over 40 synthetic Winston-Lutz pairs (14-30 mm fields, 4-8 mm ball bearings, with and without
-#: a stem) the 23 with such an interior led by 0.33-1.04 but one (0.10); sound cone pairs whose soft anatomy placed
-#: the frame within 1 mm, by 0.02 and 0.07 (session note 20).
-INTERIOR_SMALL_LEAD = 0.25
+#: ...a smaller one confirms a match only where its anatomy has at least this contrast (``InteriorMatch.contrast``, rms
+#: of the log residual) and the surface's peak leads the best shift 2 mm or more from it (``InteriorMatch.runner_up``)
+#: by at least ``INTERIOR_SMALL_LEAD``: something compact and dense that moves with the patient, a ball bearing or a
+#: marker, placed it, which the little that the aperture leaves in the interior cannot outweigh. Winston-Lutz pairs:
+#: contrast 0.061-0.166 and lead 0.59-0.63 on the real TrueBeam and aS500 sets, 0.048-0.144 and 0.33-1.04 on 40
+#: synthetic ones (14-30 mm fields, 4-8 mm ball bearings), leads of 0.13-0.25 in a trial's 7-8 mm bearings 2 mm off
+#: the centre of a 20 mm field; a held-out set of cone portal pairs over soft anatomy: contrast 0.005-0.023
+#: (session note 20).
+INTERIOR_SMALL_CONTRAST = 0.035
+INTERIOR_SMALL_LEAD = 0.1
 #: ...and refuses a match that the deep interior's anatomy places more than this far (mm) from itself: sound portal
 #: pairs of that corpus came within 0.65 mm (of their 1.5 mm shifts and less); those matched at the aperture 2-6 mm
 #: off, 1.5-5.9 mm.
@@ -346,6 +350,7 @@ def _interior_details(found: InteriorMatch) -> dict[str, Any]:
         "correlation_at_match": round(float(found.correlation_at_match), 4),
         "correlation_peak": round(float(found.correlation_peak), 4),
         "correlation_runner_up": None if math.isnan(found.runner_up) else round(found.runner_up, 4),
+        "contrast": round(float(found.contrast), 4),
         "anatomy_dx_mm": round(float(found.anatomy_pose[0]), 3),
         "anatomy_dy_mm": round(float(found.anatomy_pose[1]), 3), "at_search_limit": found.at_limit}
 
@@ -360,6 +365,7 @@ def _aperture_check(reference: Reference, frame: Image, result: RegistrationResu
     reference does (``APERTURE_*``, for matches under ``APERTURE_CHECK_BELOW``).
     """
     interior = reference.interior_model()
+    small: InteriorMatch | None = None
     if interior is not None:
         start = time.perf_counter()
         pose = (result.dx_mm, result.dy_mm, math.radians(result.rotation_deg or 0.0))
@@ -368,14 +374,16 @@ def _aperture_check(reference: Reference, frame: Image, result: RegistrationResu
         if found is not None and found.area_mm2 >= INTERIOR_REFUSE_AREA_MM2:
             result.details["interior_check"] = _interior_details(found)
             lead = found.correlation_peak - found.runner_up  # NaN where nothing 2 mm from the peak was scored
-            if found.offset_norm_mm <= INTERIOR_MAX_OFFSET_MM and (found.area_mm2 >= INTERIOR_MIN_AREA_MM2
-                                                                   or lead >= INTERIOR_SMALL_LEAD):
+            compact = found.contrast >= INTERIOR_SMALL_CONTRAST and lead >= INTERIOR_SMALL_LEAD
+            if found.offset_norm_mm <= INTERIOR_MAX_OFFSET_MM and (found.area_mm2 >= INTERIOR_MIN_AREA_MM2 or compact):
                 return replace(result, elapsed_ms=result.elapsed_ms + spent)
             if found.offset_norm_mm > INTERIOR_MAX_OFFSET_MM:
                 return _interior_refusal(result, found, spent)
+            small = found
         result = replace(result, elapsed_ms=result.elapsed_ms + spent)
     if reference.options.aperture_check == "strict":  # nothing deep enough inside the field confirms the match
-        return replace(result, ok=False, reason=UNCONFIRMED_REFUSAL, dx_mm=None, dy_mm=None, rotation_deg=None)
+        reason = UNCONFIRMED_REFUSAL if small is None else _unconfirmed_small(small)
+        return replace(result, ok=False, reason=reason, dx_mm=None, dy_mm=None, rotation_deg=None)
     model = reference.aperture_model()
     own = result.details.get("edge_score")
     if model is not None and own is not None and own < APERTURE_CHECK_BELOW:
@@ -397,12 +405,25 @@ UNCONFIRMED_AT_APERTURE = (
 #: The reason of such a match under ``aperture_check="strict"`` (the default): it carries no information about the
 #: patient, so it is not reported (on that held-out set ``warn`` left 14 of 22 cone pairs whose patient moved 2-6 mm
 #: ok; ``strict`` refused them all, and 40 of 42 sound ones).
+_UNCONFIRMED_ADVICE = (
+    "the field's edges place a match there whether or not the patient moved; register the frame against a DRR, or set "
+    "aperture_check='warn' (--aperture-check warn) to accept such a match with a warning")
 UNCONFIRMED_REFUSAL = (
-    f"no match confirmed: the match sits at the field's own position, and under {INTERIOR_MIN_AREA_MM2:g} mm^2 of the "
-    "field lies far enough inside its edges (and those of leaves closed inside it) to confirm it by the anatomy (a "
-    "cone, a narrow or split field): the field's edges place a match there whether or not the patient moved; register "
-    "the frame against a DRR, or set aperture_check='warn' (--aperture-check warn) to accept such a match with a "
-    "warning")
+    f"no match confirmed: the match sits at the field's own position, and under {INTERIOR_REFUSE_AREA_MM2:g} mm^2 of "
+    "the field lies far enough inside its edges (and those of leaves closed inside it) to read the anatomy there (a "
+    f"cone, a narrow or split field): {_UNCONFIRMED_ADVICE}")
+
+
+def _unconfirmed_small(found: InteriorMatch) -> str:
+    """The refusal of a match at the aperture that a small deep interior agrees with but cannot confirm."""
+    lead = found.correlation_peak - found.runner_up
+    led = (f"a lead of {lead:.2f} over shifts 2 mm away against {INTERIOR_SMALL_LEAD:g}" if math.isfinite(lead) else
+           "no shift 2 mm away to compare")
+    return (f"no match confirmed: the match sits at the field's own position, and only {found.area_mm2:.0f} mm^2 of "
+            "the field lies far enough inside its edges (and those of leaves closed inside it) to read the anatomy "
+            f"there (at least {INTERIOR_MIN_AREA_MM2:g} needed, or a dense object: contrast {found.contrast:.3f} "
+            f"against {INTERIOR_SMALL_CONTRAST:g}, {led}); it places the frame {found.offset_norm_mm:.1f} mm from the "
+            f"match, which cannot confirm it: {_UNCONFIRMED_ADVICE}")
 
 
 def _interior_refusal(result: RegistrationResult, found: InteriorMatch, spent: float) -> RegistrationResult:
