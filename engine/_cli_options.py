@@ -50,8 +50,10 @@ def add_invert_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_mismatch_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the switches a refusal's advice names: ``--allow-view-mismatch``, ``--allow-patient-mismatch``,
-    ``--mirror-check`` and ``--aperture-check``."""
+    """Add the switches a refusal's advice names.
+
+    ``--allow-view-mismatch``, ``--allow-patient-mismatch``, ``--mirror-check`` and ``--aperture-check``.
+    """
     parser.add_argument("--allow-view-mismatch", action="store_true",
                         help="register a frame whose gantry, collimator or couch angle (or SAD) differs from the "
                              "reference's, when intended; without it such a result is not ok")

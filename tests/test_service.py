@@ -429,6 +429,7 @@ def test_an_unconfirmed_match_at_a_cone_names_the_query_parameter_that_accepts_i
     (read as soft anatomy): refused by default, ok with a warning when the reference was uploaded with
     ?aperture_check=warn."""
     from portalign.registration import _program
+
     from tests.test_interior_check import _cone_pair
 
     monkeypatch.setattr(_program, "INTERIOR_SMALL_CONTRAST", math.inf)

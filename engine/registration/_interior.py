@@ -305,7 +305,8 @@ class InteriorModel:
         if n0 < 30:
             return None
         overlap = self.deep & deep_frame
-        contrast = float(min(np.sqrt(np.mean(self.residual[overlap] ** 2)), np.sqrt(np.mean(frame_residual[overlap] ** 2))))
+        contrast = float(min(np.sqrt(np.mean(self.residual[overlap] ** 2)),
+                             np.sqrt(np.mean(frame_residual[overlap] ** 2))))
         surface = np.where(count >= INTERIOR_MIN_OVERLAP * n0, surface, np.nan)
         at_match = float(surface[radius[0], radius[1]])
         k = int(np.nanargmax(surface))

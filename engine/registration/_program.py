@@ -415,7 +415,7 @@ UNCONFIRMED_REFUSAL = (
 
 
 def _unconfirmed_small(found: InteriorMatch) -> str:
-    """The refusal of a match at the aperture that a small deep interior agrees with but cannot confirm."""
+    """Return the refusal of a match at the aperture that a small deep interior agrees with but cannot confirm."""
     lead = found.correlation_peak - found.runner_up
     led = (f"a lead of {lead:.2f} over shifts 2 mm away against {INTERIOR_SMALL_LEAD:g}" if math.isfinite(lead) else
            "no shift 2 mm away to compare")
