@@ -108,7 +108,9 @@ class RegistrationOptions:
         enough inside its edges, the anatomy there confirms or refuses the match (``details["interior_check"]``).
         Where less does (a cone, a narrow or split field), nothing in the images can confirm it: ``strict`` refuses
         the match (not ``ok``: register such frames against a DRR); ``warn`` keeps it ``ok`` with a warning unless
-        the aperture alone matches the frame about as well as the reference does. On a held-out set of cone portal
+        the aperture alone matches the frame about as well as the reference does. Where no part of the field lies
+        that far inside (a small cone with a soft edge), ``strict`` also refuses matches away from the aperture's
+        position: every pixel matched lies in the penumbra, which stays with the beam. On a held-out set of cone portal
         pairs the match sat at the cone within 0.8 mm whether the patient had moved 0 or 5.8 mm (session note 19);
         ``warn`` left 14 of 22 of those that moved 2-6 mm ``ok``.
     fine_polish : bool

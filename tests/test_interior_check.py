@@ -316,3 +316,22 @@ def test_the_aperture_check_option_is_validated_and_on_every_command_that_regist
         "or set --aperture-check warn to accept such a match with a warning")
     service = pytest.importorskip("portalign.service", reason="the service extra (fastapi) is not installed")
     assert "upload the reference with ?aperture_check=warn" in service._http_hints(_program.UNCONFIRMED_REFUSAL)
+
+
+@pytest.mark.parametrize("radius_mm", [6.0, 7.5])
+def test_a_field_with_no_deep_interior_confirms_no_match_anywhere(radius_mm):
+    """A 12-15 mm cone with a 2.5 mm penumbra: every pixel matched lies in the penumbra, which stays with the beam.
+    Its matches away from the cone's position were 4.7-5.7 mm off here and ok under ``warn`` (a held-out cone set had
+    two such, 1.2 and 4.5 mm off, and no sound one); ``strict`` refuses them wherever they lie."""
+    shift = (0.5, 2.5)
+    reference, frame = _cone_pair(shift, radius_mm=radius_mm)
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    assert prepared.interior_model() is None
+    result = prepared.register(frame)
+    assert not result.ok and result.dx_mm is None and result.rotation_deg is None
+    assert re.fullmatch(r"no match confirmed: the match lies \d\.\d mm from the field's own position, and no part of "
+                        r"the field lies 3 penumbra widths \+ 2 mm inside its edges .* set aperture_check='warn' "
+                        r"\(--aperture-check warn\) to accept such a match", result.reason), result.reason
+    warned = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
+    assert warned.ok and math.hypot(warned.dx_mm, warned.dy_mm) > _program.APERTURE_NEAR_MM
+    assert math.hypot(warned.dx_mm - shift[0], warned.dy_mm - shift[1]) > 2.0  # what strict keeps from the user

@@ -42,7 +42,7 @@ from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
 from ._frame import LEVEL_SLOTS, denoised_frame, frame_levels, frame_mask, pad_pixel_list
-from ._interior import InteriorMatch
+from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
 from ._plan import FramePlan, wants_field
 from ._quality import (
     MIN_MEASURED_PIXELS,
@@ -295,6 +295,12 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         # and no wrong one; session note 20)
         if moved is not None and moved < FIELD_MOVED_MM and math.hypot(result.dx_mm, result.dy_mm) <= APERTURE_NEAR_MM:
             result = _aperture_check(reference, frame, result)
+        elif moved is not None and moved < FIELD_MOVED_MM and reference.options.aperture_check == "strict" and \
+                reference.interior_model() is None:
+            # a field with no deep interior at all: every pixel matched lies in its penumbra, which stays with the beam
+            # (over all labelled corpora, the only two such ok matches away from the aperture were 1.2 and 4.5 mm off)
+            result = replace(result, ok=False, reason=_no_interior_refusal(result), dx_mm=None, dy_mm=None,
+                             rotation_deg=None)
     return result
 
 
@@ -412,6 +418,16 @@ UNCONFIRMED_REFUSAL = (
     f"no match confirmed: the match sits at the field's own position, and under {INTERIOR_REFUSE_AREA_MM2:g} mm^2 of "
     "the field lies far enough inside its edges (and those of leaves closed inside it) to read the anatomy there (a "
     f"cone, a narrow or split field): {_UNCONFIRMED_ADVICE}")
+
+
+def _no_interior_refusal(result: RegistrationResult) -> str:
+    """Return the refusal of a match away from a fixed aperture whose field has no deep interior at all."""
+    return (f"no match confirmed: the match lies {math.hypot(result.dx_mm, result.dy_mm):.1f} mm from the field's own "
+            f"position, and no part of the field lies {INTERIOR_PENUMBRA_SIGMAS:g} penumbra widths + "
+            f"{INTERIOR_EXTRA_MM:g} mm inside its edges (a small cone, a narrow or soft-edged field): every pixel "
+            "matched lies in the penumbra, which stays with the beam, so the field's edges may have placed the match "
+            "as much as the patient; register the frame against a DRR, or set aperture_check='warn' (--aperture-check "
+            "warn) to accept such a match")
 
 
 def _unconfirmed_small(found: InteriorMatch) -> str:
