@@ -65,10 +65,11 @@ def add_mismatch_arguments(parser: argparse.ArgumentParser) -> None:
                              "matches clearly better (a mirrored image): on the first frame of each geometry, every "
                              "frame, or never (anatomy that matches as well mirrored)")
     parser.add_argument("--aperture-check", choices=("strict", "warn"), default="strict",
-                        help="two portal images through one fixed aperture matched at its own position, where too "
-                             "little of the field lies deep inside its edges to confirm the match by the anatomy (a "
-                             "cone, a narrow or split field): strict refuses such a match (the edges place it there "
-                             "whether or not the patient moved); warn keeps it ok with a warning")
+                        help="two portal images through one fixed aperture matched within 2 mm of its own position, "
+                             "where too little of the field lies deep inside its edges to confirm the match by the "
+                             "anatomy (a cone, a narrow or split field; anywhere in a field with no deep interior at "
+                             "all): strict refuses such a match (the edges place it there whether or not the patient "
+                             "moved); warn keeps it ok with a warning")
 
 
 def mismatch_options(args: argparse.Namespace) -> Any:
