@@ -505,6 +505,49 @@ def test_on_stream_queues_this_threads_launches_on_the_stream(backend):
     assert launch.stream() == 0 and launch.scratch("stream_test", (4,), np.int64) is outside
 
 
+def test_kernels_launched_from_two_threads_at_once_give_each_its_own_answer(backend):
+    """Two host threads (two lanes) launching reductions with shared memory at once: every result is right.
+
+    Under the simulator each launch is configured and run under one lock (``launch._SimulatedLaunch``): without it
+    a CI run had one lane's kernel read the other's shared memory (an out-of-bounds index from uninitialised
+    memory). On a device each thread queues on its own stream.
+    """
+    import threading
+
+    rng = np.random.default_rng(11)
+    hists = [rng.integers(0, 3 * 65536, size=(3, 12, 12)).astype(np.int64) for _ in range(2)]
+    hists[1][:, :, 6:] = 0  # the two threads' answers differ
+    expected = []
+    for hist in hists:
+        out = np.zeros(3)
+        cpu.mutual_information(hist, False, out)
+        expected.append(out)
+    got: list[list[np.ndarray]] = [[], []]
+    failures: list[BaseException] = []
+
+    def lane(i: int) -> None:
+        try:
+            with backend.on_stream(backend.new_stream()):
+                hist = backend.asarray(hists[i])
+                for _ in range(6):
+                    out = backend.asarray(np.zeros(3))
+                    backend.kernels.mutual_information(hist, False, out)
+                    got[i].append(backend.to_host(out))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    for i in range(2):
+        assert len(got[i]) == 6
+        for out in got[i]:
+            assert_allclose(out, expected[i], rtol=1e-12, atol=1e-15)
+
+
 def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend):
     """A frame registered while the first lane is busy runs on a new lane: new stream, new buffers, same answer."""
     import portalign

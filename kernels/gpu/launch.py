@@ -274,12 +274,12 @@ def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any
     once per (kernel, grid, block, stream, shared memory) with that one warning
     silenced for that one call, and reused afterwards; nothing process-wide
     (``config.CUDA_LOW_OCCUPANCY_WARNINGS``, global filters) is changed for the caller.
-    Under the simulator kernel objects keep their configuration in shared state, so
-    nothing is cached there.
+    Under the simulator nothing is cached, and each launch is configured and run under
+    one process-wide lock (:class:`_SimulatedLaunch`).
     """
     launch_stream = stream()
     if simulator_enabled():
-        return kernel[grid, block, launch_stream, shared_bytes]
+        return _SimulatedLaunch(kernel, (grid, block, launch_stream, shared_bytes))
     key = (id(kernel), grid, block, id(launch_stream), shared_bytes)
     found = _configured.get(key)
     if found is None:
@@ -290,6 +290,33 @@ def configured(kernel: Any, grid: Any, block: int, shared_bytes: int = 0) -> Any
                     warnings.filterwarnings("ignore", message=LOW_OCCUPANCY_MESSAGE)
                     found = _configured[key] = _FirstLaunch(key, kernel[grid, block, launch_stream, shared_bytes])
     return found
+
+
+#: Held around each simulated launch, its configuration included (:class:`_SimulatedLaunch`).
+_simulator_lock = threading.RLock()
+
+
+class _SimulatedLaunch:
+    """A launch under numba's CUDA simulator: configured and run while holding a process-wide lock.
+
+    The simulator is not thread-safe: ``kernel[grid, block]`` writes the configuration into the one
+    kernel object, and a launch swaps the ``cuda`` name in the kernel module's globals for a fake module
+    that carries the launch's block shape and shared memory. Two lanes launching at once (two host
+    threads) then ran one launch's threads against the other's fake module: a CI run saw a kernel index
+    a pixel list with uninitialised shared memory (``IndexError: index 280980250168744 is out of bounds``),
+    and a run whose numbers came out 2e-5 mm from the CPU's. A device has neither problem (a
+    configuration is a value and threads have their own indices), so only the simulator serialises.
+    """
+
+    __slots__ = ("kernel", "configuration")
+
+    def __init__(self, kernel: Any, configuration: tuple) -> None:
+        self.kernel = kernel
+        self.configuration = configuration
+
+    def __call__(self, *args: Any) -> Any:
+        with _simulator_lock:
+            return self.kernel[self.configuration](*args)
 
 
 #: Held around the first launch of each configuration (:class:`_FirstLaunch`).
