@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -440,8 +441,8 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         turned = ", rotation" if fitted.get("rotation_fitted") else ""
         print(f"optimum: polished by a least-squares fit of the intensities (translation{turned}, gain, offset) on "
               f"{fitted['pixels']} pixels of pyramid level {fitted['level']}, {fine['moved_mm']:.3f} mm from the "
-              "working levels' pose (two portal images in near-perfect agreement; --no-fine-polish skips it)")
-    elif result.method == "auto" and why:  # auto reported the MI optimum, not the edge one: say so, and why
+              "working levels' pose (two images of one kind in near-perfect agreement; --no-fine-polish skips it)")
+    elif result.method == "auto" and why and result.dx_mm is not None:  # auto reported the MI optimum: say so, and why
         mi_check = (result.details or {}).get("mi_check_mm") or [None, None, None]
         held = why == "portal reference" and result.rotation_deg is not None and mi_check[2] is None
         what = "the mutual-information translation, the edge rotation" if held else "mutual information"
@@ -480,7 +481,8 @@ def _info(args: argparse.Namespace) -> int:
     for key, value in info.items():
         if key in ("notes", "dicom_warnings", "intensity_note", "angles_note"):
             continue
-        print(f"{key}: {_rounded(value)}")
+        # angles to 0.01 deg: a collimator at 0.000142 deg is at 0
+        print(f"{key}: {_rounded(round(value, 2) + 0.0 if key.endswith('_deg') and isinstance(value, float) else value)}")
     for key in ("angles_note", "intensity_note"):
         if info.get(key):
             print(f"note: {info[key]}")
@@ -502,8 +504,13 @@ def _understood(image: Any) -> dict[str, Any]:
     elif kind.startswith("kV"):
         nature = f"{kind} through the imaging beam, not the treatment beam"
     elif kind.startswith("portal"):
-        nature = (kind.replace(" MV)", " MV treatment beam)") if "MV" in kind
-                  else "portal image (beam energy not recorded: no KVP)")
+        energy = re.search(r"([0-9.]+) MV\)", kind)
+        if energy is None:
+            nature = "portal image (beam energy not recorded: no KVP)"
+        elif float(energy.group(1)) < IMAGING_MV_BELOW:  # TrueBeam's and Halcyon's 2.5 MV imaging beam
+            nature = kind.replace(" MV)", " MV imaging beam: treatment beams are 4 MV and above)")
+        else:
+            nature = kind.replace(" MV)", " MV treatment beam)")
     else:
         nature = "projection image of unknown kind"
     small, factor = box_reduce(image.pixels, 256)
@@ -539,12 +546,19 @@ def _understood(image: Any) -> dict[str, Any]:
         # no field edge to judge by (a picket fence, an open field): the maker's habit is all there is to go on
         out["intensity_note"] = ("an Elekta image without PixelIntensityRelationshipSign: iView stores its images "
                                  "inverted without saying so; if the radiation shows dark, read it with --invert")
-    missing = [name for name in ("gantry_deg", "collimator_deg", "couch_deg") if getattr(info, name) is None]
+    missing = [name for name in ANGLE_TAGS if getattr(info, name) is None]
+    one = len(missing) == 1
     out["angles_note"] = (
-        f"{', '.join(missing)} null: the file does not carry {'it' if len(missing) == 1 else 'them'} "
-        "(GantryAngle, BeamLimitingDeviceAngle, PatientSupportAngle); views are then not compared on "
-        f"{'it' if len(missing) == 1 else 'them'}" if missing else "")
+        f"{', '.join(missing)} unknown (null in --json): the file does not carry {'it' if one else 'them'} "
+        f"({', '.join(ANGLE_TAGS[name] for name in missing)}); views are then not compared on "
+        f"{'it' if one else 'them'}" if missing else "")
     return out
+
+
+#: The RT Image angles ``info`` reports, and the tag each is read from.
+ANGLE_TAGS = {"gantry_deg": "GantryAngle", "collimator_deg": "BeamLimitingDeviceAngle", "couch_deg": "PatientSupportAngle"}
+#: A portal image's beam below this energy (MV) is an imaging beam (TrueBeam's and Halcyon's 2.5 MV), not a treatment one.
+IMAGING_MV_BELOW = 3.5
 
 
 def _rounded(value: Any) -> Any:

@@ -761,7 +761,11 @@ def _text_report(couch: CouchShift) -> str:
         flags = ", ".join(f"{k} {'within' if v else ('not estimated' if v is None else 'OUTSIDE')}"
                           for k, v in couch.within_tolerance.items())
         lines.append(f"tolerance: {flags}")
-    lines.append("ok" if couch.ok else f"NOT OK: {couch.reason}")
+    outside = [k for k, v in (couch.within_tolerance or {}).items() if v is False]
+    if couch.ok and outside:  # the shift is measured (ok) and calls for the correction: not a bare "ok" after OUTSIDE
+        lines.append(f"ok (measured); OUTSIDE tolerance on {', '.join(outside)}: apply the correction")
+    else:
+        lines.append("ok" if couch.ok else f"NOT OK: {couch.reason}")
     lines.extend(f"warning: {w}" for w in couch.warnings)
     return "\n".join(lines)
 

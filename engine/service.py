@@ -423,7 +423,8 @@ def create_app(
         Registration options of every reference.
     journal : Journal or path, optional
         Every result (and every failed frame) is appended. A path is opened
-        here and closed at shutdown.
+        here and closed at shutdown; its folder must exist (``JournalError``
+        otherwise, as ``portalign scp`` and ``watch``: a mistyped folder is not made).
     workers : int, optional
         Threads that decode and register (default: the CPU count, at most 8).
     warm_up : bool
@@ -447,7 +448,7 @@ def create_app(
     options = options or RegistrationOptions()
     own_journal = journal is not None and not isinstance(journal, Journal)
     journal_obj: Journal | None = journal if isinstance(journal, Journal) else (
-        Journal(journal) if journal is not None else None)
+        Journal(journal, make_folders=False) if journal is not None else None)  # a typo in its folder is an error
     metrics = Metrics(chosen.name, chosen.device)
     cache = ReferenceCache(cache_size, metrics)
     n_workers = workers or min(8, os.cpu_count() or 1)

@@ -11,7 +11,8 @@ Write-complete detection
     ``empty_polls`` polls (default 10). Names ending in ``.part``, ``.tmp``,
     ``.partial``, ``.crdownload`` or ``~`` and hidden names (``.*``) are never
     taken: the safest way to deliver a file is to write ``NAME.part`` and rename
-    it to ``NAME`` when complete (a rename is atomic on one file system).
+    it to ``NAME`` when complete (a rename is atomic on one file system). The
+    results journal, when it is written inside ``DIR``, is never taken either.
 Outcome, one journal line per frame (``source="watch"``, ``file=NAME``)
     A file that is decoded and used (registered, ``ok`` or not, or kept as a
     beam reference; see :class:`portalign.scp.InstanceRegistrar`) is moved to
@@ -101,6 +102,9 @@ class FolderWatcher:
         self.done_dir.mkdir(exist_ok=True)
         self.failed_dir.mkdir(exist_ok=True)
         self.registrar = registrar
+        # the results journal may be written into the watched folder itself: it is output, never an input
+        journal_path = getattr(getattr(registrar, "journal", None), "path", None)
+        self._own_files = {os.path.realpath(journal_path)} if journal_path is not None else set()
         self.poll_s = float(poll_s)
         self.stable_polls = int(stable_polls)
         self.empty_polls = max(int(empty_polls), self.stable_polls)
@@ -124,7 +128,8 @@ class FolderWatcher:
             raise PortalignError(f"{self.folder}: cannot list the watched folder ({exc.strerror or exc})") from exc
         for entry in entries:
             try:
-                if entry.is_file(follow_symlinks=False) and not is_ignored(entry.name):
+                if (entry.is_file(follow_symlinks=False) and not is_ignored(entry.name)
+                        and os.path.realpath(entry.path) not in self._own_files):
                     present[entry.name] = entry.stat(follow_symlinks=False)
             except OSError:  # vanished between scandir and stat: it is not ours any more
                 continue

@@ -264,6 +264,9 @@ def test_register_images_that_do_not_overlap(capsys, files) -> None:
     assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
     status, out, _ = run(capsys, "register", files["ref"], files["frame_far"])
     assert status == 0 and out.startswith("dx, dy not measured   rotation not estimated   NOT OK (no common anatomy")
+    # nor is anything said about the optimum or its lever arm (a new user's trial: "optimum: mutual information
+    # (weak edge match ...)" and a lever-arm warning followed the refusal)
+    assert not [line for line in out.splitlines() if line.startswith("optimum:") or "lever arm" in line], out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +312,30 @@ def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_im
     lines = dict(line.split(": ", 1) for line in out.splitlines() if not line.startswith("note"))
     assert lines["isocentre_spacing_mm"] == "[0.267, 0.267]"  # 0.4 / 1.5 rounded
     assert lines["gantry_deg"] == "unknown"
-    assert re.search(r"note: gantry_deg, collimator_deg, couch_deg null: the file does not carry them", out)
+    assert re.search(r"note: gantry_deg, collimator_deg, couch_deg unknown \(null in --json\): the file does not carry "
+                     r"them \(GantryAngle, BeamLimitingDeviceAngle, PatientSupportAngle\)", out)
     assert lines["image"].startswith("kV image (120 kVp)") and "portal" not in lines["image"]
     assert lines["kind"] == "kv"
     assert re.match(r"x -\d+\.\d\.\.\d+\.\d mm, y -\d+\.\d\.\.\d+\.\d mm", lines["field"]), lines["field"]
+
+
+def test_info_names_only_the_missing_angle_rounds_angles_and_calls_2_5_mv_an_imaging_beam(capsys, tmp_path) -> None:
+    """A new user's trial: the note named all three tags when one was missing, a collimator at 0.000142 deg was
+    printed so, and TrueBeam's 2.5 MV imaging beam was called a treatment beam."""
+    path = write_rt_image(make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0,
+                                        position="centre", gantry=359.9871, BeamLimitingDeviceAngle=0.000142,
+                                        KVP=2500), tmp_path / "imaging.dcm")
+    status, out, _ = run(capsys, "info", path)
+    assert status == 0
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if not line.startswith("note"))
+    assert lines["gantry_deg"] == "359.99" and lines["collimator_deg"] == "0" and lines["couch_deg"] == "unknown"
+    assert lines["image"] == "portal image (2.5 MV imaging beam: treatment beams are 4 MV and above)"
+    (note,) = [line for line in out.splitlines() if "does not carry" in line]
+    assert note == ("note: couch_deg unknown (null in --json): the file does not carry it (PatientSupportAngle); "
+                    "views are then not compared on it")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert info["collimator_deg"] == pytest.approx(0.000142) and info["couch_deg"] is None  # --json keeps the value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,9 +731,9 @@ def test_watch_has_the_mismatch_switch_its_refusal_names(capsys, files, tmp_path
      "portalign watch: --poll (the poll interval) must be positive seconds; got 0.0"),
     (["demo", "--out", "{tmp}/a_file"], "portalign: error: --out {tmp}/a_file: is a file, not a folder"),
     (["archive", "{tmp}", "--out", "{tmp}/out", "--max-residual-mm", "0"],
-     "portalign archive: error: archive: --max-residual-mm must be a positive number, got 0.0"),
+     "portalign archive: error: --max-residual-mm must be a positive number, got 0.0"),
     (["archive", "{tmp}", "--out", "{tmp}/out", "--connect-timeout", "-1"],
-     "portalign archive: error: archive: --connect-timeout must be a positive number, got -1.0"),
+     "portalign archive: error: --connect-timeout must be a positive number, got -1.0"),
     (["archive", "{tmp}", "--out", "{tmp}/out", "--max-shift-mm", "-3"],
      "portalign archive: error: --max-shift-mm must be positive"),
 ])

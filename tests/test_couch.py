@@ -383,6 +383,11 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1]]) == 0
     text = capsys.readouterr().out
     assert "correction" in text and "vertical" in text and "(+ = anterior)" in text
+    # out of tolerance: the verdict line says so, not a bare "ok" under "tolerance: lat OUTSIDE" (a new user's trial)
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (verdict,) = [line for line in lines if line.startswith("ok")]
+    assert verdict == "ok (measured); OUTSIDE tolerance on lat, vrt: apply the correction", lines
 
 
 def test_cli_couch_takes_the_geometry_a_file_lacks(ct, tmp_path, capsys):

@@ -20,7 +20,7 @@ CALLEE = "from numba import njit\n\n\n@njit(cache=True)\ndef value():\n    retur
 CALLER = "from callee import value\nfrom numba import njit\n\n\n@njit(cache=True)\ndef twice():\n    return 2 * value()\n"
 
 
-def _run(folder: Path) -> tuple[int, int]:
+def _run(folder: Path, user_cache: Path | None = None) -> tuple[int, int]:
     script = (
         "import sys\n"
         f"sys.path.insert(0, {str(folder)!r})\n"
@@ -30,6 +30,8 @@ def _run(folder: Path) -> tuple[int, int]:
         "print(caller.twice(), sum(caller.twice.stats.cache_hits.values()))\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    if user_cache is not None:
+        env["XDG_CACHE_HOME"] = str(user_cache)  # numba's user-wide cache folder (Linux)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True, env=env)
     result, hits = done.stdout.split()
     return int(result), int(hits)
@@ -47,6 +49,21 @@ def test_a_changed_callee_recompiles_its_cached_caller(tmp_path: Path) -> None:
     # only the callee changes; the caller's file is byte for byte the same
     (folder / "callee.py").write_text(CALLEE.format(value=5))
     assert _run(folder)[0] == 10
+
+
+def test_the_cache_is_written_outside_the_kernels_folder(tmp_path: Path) -> None:
+    """The user's cache folder comes before ``__pycache__`` beside the source: an installed package's folder gets no
+    cache that ``pip uninstall`` would leave behind (the left-over folder shadowed a later editable install)."""
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    (folder / "callee.py").write_text(CALLEE.format(value=3))
+    (folder / "caller.py").write_text(CALLER)
+    user_cache = tmp_path / "user-cache"
+    assert _run(folder, user_cache) == (6, 0)
+    assert _run(folder, user_cache) == (6, 1)  # loaded from the cache the first process wrote
+    written = sorted(path.name for path in user_cache.rglob("*") if path.suffix in (".nbi", ".nbc"))
+    assert any(name.startswith("caller.twice") for name in written), written
+    assert not list(folder.rglob("*.nbi")) and not list(folder.rglob("*.nbc"))
 
 
 def test_fingerprint_follows_every_source_file(tmp_path: Path) -> None:
@@ -67,3 +84,5 @@ def test_the_kernels_are_stamped_with_the_kernel_set() -> None:
         locator = kernel._cache._impl._locator
         assert getattr(type(locator), "_portalign_kernel_set", False), type(locator)
         assert locator.get_source_stamp() == ("portalign-kernel-set", _cache.kernel_fingerprint())
+        if os.access(os.path.expanduser("~"), os.W_OK) or os.environ.get("NUMBA_CACHE_DIR"):
+            assert not os.path.abspath(locator.get_cache_path()).startswith(_cache.KERNEL_DIR + os.sep), locator

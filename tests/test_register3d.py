@@ -441,6 +441,10 @@ def test_cli_register3d_isocentre_from_the_plan(cli_case, capsys, tmp_path):
     assert main(["register3d", str(root / "ct"), *map(str, paths), "--plan", str(plan_path), "--beam-number", "1",
                  "--json", "--backend", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["lateral_mm"] == pytest.approx(translation[0], abs=TRANSLATION_TOL_MM)
+    # --beam-number without --plan names what is missing (a new user got an IsocenterPosition error instead)
+    assert main(["register3d", str(root / "ct"), *map(str, paths), "--beam-number", "1", "--backend", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--beam-number 1 chooses a beam of --plan's RT Plan, and no --plan was given" in err, err
 
 
 # ------------------------------------------------------------------------------------------ thorax CT

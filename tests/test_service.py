@@ -331,6 +331,19 @@ def test_serve_refuses_a_public_host_without_token(capsys, monkeypatch):
     assert parser.parse_args([]).host == "127.0.0.1"
 
 
+def test_serve_refuses_a_journal_in_a_missing_folder(tmp_path, capsys):
+    """``--journal`` in a folder that does not exist is refused before anything starts, as ``scp`` and ``watch`` do
+    (a new user's trial: ``serve`` made the mistyped folders and started)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    missing = tmp_path / "no-such-folder" / "results.jsonl"
+    args = parser.parse_args(["--port", "0", "--journal", str(missing), "--no-warm-up"])
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("portalign serve: ") and "no-such-folder does not exist" in err and err.count("\n") == 1
+    assert not missing.parent.exists()
+
+
 def test_x_invert_header(client, image):
     from portalign.service import _invert_header
 

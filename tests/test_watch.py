@@ -181,3 +181,22 @@ def test_bad_arguments_and_ignored_names(tmp_path, capsys):
         FolderWatcher(tmp_path, InstanceRegistrar(journal), stable_polls=1)
     assert is_ignored("a.dcm.part") and is_ignored("a.TMP") and is_ignored(".hidden") and is_ignored("a.dcm~")
     assert not is_ignored("a.dcm") and not is_ignored("IMG0001")
+
+
+def test_results_journal_inside_the_watched_folder_is_not_taken(tmp_path, image, capsys):
+    """``--results`` inside the watched folder: the journal is output, not a file to register (a new user's trial
+    had it moved to failed/ as 'not a DICOM file' and the run exit 1)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_rt_image(make_rt_image(shifted(image, 1.5, -0.5), spacing=1.5, position="centre"), folder / "a.dcm")
+    reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    results = folder / "results.jsonl"
+    args = parser.parse_args([str(folder), "--results", str(results), "--reference", str(reference), "--poll", "0.05",
+                              "--once"])
+    assert run(args) == 0
+    assert "1 done, 0 failed" in capsys.readouterr().err
+    (line,) = read_journal(results)  # still where it was given, with the one frame's line
+    assert line["file"] == "a.dcm" and line["result"]["dx_mm"] == pytest.approx(1.5, abs=TOL_MM)
+    assert list((folder / "failed").iterdir()) == []

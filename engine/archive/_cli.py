@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                              connect_timeout_s=args.connect_timeout, parts_on_workers=args.parts_on_workers,
                              invert=args.invert)
     except PortalignError as exc:
-        print(f"portalign archive: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
+        text = str(exc).removeprefix("archive: ")  # the library's messages name themselves; the prefix says it here
+        print(f"portalign archive: error: {as_flags(text, getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
     summary = result.summary
     if args.json:

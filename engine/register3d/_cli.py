@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, float, float]:
+    if getattr(args, "beam_number", None) is not None and args.plan is None:
+        raise GeometryError(f"--beam-number {args.beam_number} chooses a beam of --plan's RT Plan, and no --plan was "
+                            "given; pass --plan RTPLAN with it, or drop --beam-number")
     if args.isocenter_mm is not None:
         try:
             values = tuple(float(v) for v in str(args.isocenter_mm).replace(" ", "").split(","))

@@ -1003,10 +1003,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
     shift_measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
                       and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
+    lever_warning = ""
     if found.rotation_unsupported and shift_measured:
-        warnings.append(f"the image's structure does not constrain rotation (lever arm "
-                        f"{found.rotation_support_mm:.1f} mm < {MIN_ROTATION_SUPPORT_MM:g} mm): rotation not "
-                        "estimated (translation only)")
+        lever_warning = (f"the image's structure does not constrain rotation (lever arm "
+                         f"{found.rotation_support_mm:.1f} mm < {MIN_ROTATION_SUPPORT_MM:g} mm): rotation not "
+                         "estimated (translation only)")
+        warnings.append(lever_warning)
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     fine = None
     fit_level = _intensity_fit_level(plan, opts)
@@ -1069,6 +1071,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # a doubted "field" comes before the quality verdicts about it ("too little structure inside the field")
     # images with no anatomy in common: the optimum found is not a measurement (null, like an empty frame's)
     apart = "" if view_reason else common_region(reference.image, frame, box_mm, plan.view_boxes)
+    if apart and lever_warning:  # nothing in common was measured: a lever arm over it says nothing
+        warnings.remove(lever_warning)
     reason = view_reason or apart or doubt_reason or quality
     # a frame found unusable before any matching (blank, no structure in the field), or a match within chance: the
     # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null

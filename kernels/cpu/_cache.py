@@ -12,9 +12,14 @@ Here every kernel of this package is stamped with one fingerprint: the SHA-256
 of all the package's source files together with the versions of Python,
 numpy, numba and rocket-fft. Any change to any kernel, or to what they are
 compiled against, recompiles them all once. The locations are numba's own
-(``NUMBA_CACHE_DIR`` when set, else ``__pycache__`` beside the source, else
-the user's cache folder); only the stamp changes. Functions outside this
-package keep numba's usual behaviour.
+folders in another order: ``NUMBA_CACHE_DIR`` when set, else the user's cache
+folder (numba's ``UserWideCacheLocator``: ``~/.cache/numba`` on Linux, a
+sub-folder per source folder), else ``__pycache__`` beside the source where
+the user's folder cannot be written. numba's default puts ``__pycache__`` first:
+in an installed package that is ``site-packages/portalign/kernels/cpu``, which
+``pip uninstall`` leaves behind, and the left-over folder then shadowed a later
+``pip install -e .`` (``ImportError: cannot import name '__version__'``, a new
+user's trial). Functions outside this package keep numba's usual behaviour.
 
 This uses numba's cache-locator classes (``numba.core.caching``), which numba
 does not document as public; if they are not found, numba's own stamps apply
@@ -121,8 +126,9 @@ def install_locators() -> bool:
     except ImportError:  # pragma: no cover - numba always has it
         return False
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
-    names = (("UserProvidedCacheLocator", "_UserProvidedCacheLocator"), ("InTreeCacheLocator", "_InTreeCacheLocator"),
-             ("UserWideCacheLocator", "_UserWideCacheLocator"))
+    # the user's cache folder before the source's __pycache__: nothing is written inside an installed package
+    names = (("UserProvidedCacheLocator", "_UserProvidedCacheLocator"), ("UserWideCacheLocator", "_UserWideCacheLocator"),
+             ("InTreeCacheLocator", "_InTreeCacheLocator"))
     bases: list[Any] = [getattr(caching, a, None) or getattr(caching, b, None) for a, b in names]
     if impl is None or any(base is None for base in bases) or not isinstance(getattr(impl, "_locator_classes", None), list):
         return False
