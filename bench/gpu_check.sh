@@ -109,6 +109,10 @@ limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" -X faulthandler -m pytest -m gpu -q 
 
 step "first registration in a fresh process, kernels from numba-cuda's cache"
 cold "kernels cached" || status=1
+step "where numba-cuda cached the kernels (kernels/gpu/_cache.py: the user's cache folder, stamped with the set)"
+"$PY" -c "from portalign.kernels.gpu import refine; from portalign.kernels.cpu._cache import install_cuda_locators
+c = refine._stencil._cache; print('stamped locators installed:', install_cuda_locators(), '| locator:',
+type(c._impl.locator).__name__, '| path:', c.cache_path)" || echo "(the cache locator could not be read)"
 
 step "latency and throughput (1024 x 768 synthetic frames)"
 limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --batch 256 \

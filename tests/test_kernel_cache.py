@@ -86,3 +86,35 @@ def test_the_kernels_are_stamped_with_the_kernel_set() -> None:
         assert locator.get_source_stamp() == ("portalign-kernel-set", _cache.kernel_fingerprint())
         if os.access(os.path.expanduser("~"), os.W_OK) or os.environ.get("NUMBA_CACHE_DIR"):
             assert not os.path.abspath(locator.get_cache_path()).startswith(_cache.KERNEL_DIR + os.sep), locator
+
+
+def test_locators_installed_into_a_caching_module_come_first_in_order_and_once() -> None:
+    """``install_locators`` on a caching module shaped like numba's (numba-cuda's ``numba.cuda.core.caching`` is):
+    the stamped locators go first, the user's folders before the source's ``__pycache__``, and only once."""
+    import types
+
+    from numba.core import caching
+
+    fake = types.ModuleType("fake_caching")
+    for name in ("_UserProvidedCacheLocator", "_InTreeCacheLocator", "_UserWideCacheLocator"):
+        setattr(fake, name, getattr(caching, name, None) or getattr(caching, name.lstrip("_")))
+    original = [fake._InTreeCacheLocator, fake._UserWideCacheLocator]
+    fake.CacheImpl = type("CacheImpl", (), {"_locator_classes": list(original)})
+    assert _cache.install_locators(fake) is True
+    classes = fake.CacheImpl._locator_classes
+    assert [getattr(c, "_portalign_kernel_set", False) for c in classes] == [True, True, True, False, False]
+    assert [c.__mro__[1] for c in classes[:3]] == [fake._UserProvidedCacheLocator, fake._UserWideCacheLocator,
+                                                   fake._InTreeCacheLocator]
+    assert classes[3:] == original
+    assert _cache.install_locators(fake) is True and fake.CacheImpl._locator_classes == classes  # once
+    # a module without the classes is left alone
+    bare = types.ModuleType("bare")
+    bare.CacheImpl = type("CacheImpl", (), {"_locator_classes": []})
+    assert _cache.install_locators(bare) is False and bare.CacheImpl._locator_classes == []
+
+
+def test_the_gpu_kernels_folder_has_its_own_fingerprint() -> None:
+    from portalign.kernels.gpu import _cache as gpu_cache
+
+    assert gpu_cache.GPU_KERNEL_DIR in _cache._FOLDERS and _cache.KERNEL_DIR in _cache._FOLDERS
+    assert _cache.kernel_fingerprint(gpu_cache.GPU_KERNEL_DIR) != _cache.kernel_fingerprint()

@@ -34,7 +34,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-__all__ = ["kernel_fingerprint", "install_locators", "register_kernel_folder", "KERNEL_DIR"]
+__all__ = ["kernel_fingerprint", "install_locators", "install_cuda_locators", "register_kernel_folder", "KERNEL_DIR"]
 
 #: The folder whose ``*.py`` files make up the fingerprint (this package).
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +72,7 @@ def kernel_fingerprint(folder: str = KERNEL_DIR) -> str:
                 digest.update(name.encode())
                 with open(os.path.join(folder, name), "rb") as source:
                     digest.update(source.read())
-        versions = [sys.version, _version("numpy"), _version("numba"), _version("rocket-fft")]
+        versions = [sys.version, _version("numpy"), _version("numba"), _version("rocket-fft"), _version("numba-cuda")]
         digest.update("\0".join(versions).encode())
         known = digest.hexdigest()
         if folder in _FOLDERS:
@@ -113,18 +113,26 @@ def _stamped(base: type) -> type:
     return KernelSetLocator
 
 
-def install_locators() -> bool:
-    """Put the fingerprint-stamped locators first in numba's list (once per process).
+def install_locators(caching: Any = None) -> bool:
+    """Put the fingerprint-stamped locators first in a numba caching module's list (once per process and module).
+
+    Parameters
+    ----------
+    caching : module, optional
+        numba's ``numba.core.caching`` (the default: CPU ``@njit`` functions) or numba-cuda's
+        ``numba.cuda.core.caching`` (``@cuda.jit`` kernels, see :func:`install_cuda_locators`): the same
+        locator classes and ``CacheImpl._locator_classes`` list.
 
     Returns
     -------
     bool
-        False where this numba has no locator classes of the expected names (its own stamps then apply).
+        False where the module has no locator classes of the expected names (numba's own stamps then apply).
     """
-    try:
-        from numba.core import caching
-    except ImportError:  # pragma: no cover - numba always has it
-        return False
+    if caching is None:
+        try:
+            from numba.core import caching
+        except ImportError:  # pragma: no cover - numba always has it
+            return False
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     # the user's cache folder before the source's __pycache__: nothing is written inside an installed package
     names = (("UserProvidedCacheLocator", "_UserProvidedCacheLocator"), ("UserWideCacheLocator", "_UserWideCacheLocator"),
@@ -142,6 +150,22 @@ def install_locators() -> bool:
         ours.append(locator)
     impl._locator_classes = ours + list(current)
     return True
+
+
+def install_cuda_locators() -> bool:
+    """Stamp numba-cuda's cached kernels too: :func:`install_locators` on ``numba.cuda.core.caching``.
+
+    numba-cuda caches ``@cuda.jit(cache=True)`` kernels with its own copy of numba's caching classes, whose stamp
+    is the source file's modification time and size alone: after an upgrade that changes a device function in one
+    file, a kernel in an unchanged file would load with the old one inside (the CPU kernels' 0.2 mm failure), and
+    the cache would sit in the installed package's ``__pycache__``. Returns False where numba-cuda is absent or
+    has other classes (numba's own CUDA target, the simulator: nothing to do or numba's list, already stamped).
+    """
+    try:
+        from numba.cuda.core import caching
+    except Exception:  # noqa: BLE001 - numba-cuda absent, or unusable here: its own behaviour stays
+        return False
+    return install_locators(caching)
 
 
 register_kernel_folder(KERNEL_DIR)

@@ -20,6 +20,8 @@ kernel against its float64 reference.
 
 from types import SimpleNamespace
 
+# first, before any kernel is defined: numba-cuda's cache stamps every kernel here with the folder's fingerprint
+from ._cache import GPU_KERNEL_DIR as _GPU_KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, correlation_window, feature_spectrum
 from .edge import gradient_correlation
 from .gradient import gradient_row_sums, orientation_features
