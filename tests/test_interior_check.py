@@ -106,6 +106,60 @@ def test_the_anatomy_of_the_deep_interior_places_the_frame_where_the_patient_mov
     assert at_truth.correlation_at_match > 0.9 and at_truth.correlation_at_match > at_aperture.correlation_at_match
 
 
+def _residual_on_the_whole_grid(model, transmission: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """The residual as first written: every filter over the whole working grid (reflected at its border)."""
+    pr, pc = model.pix
+    smooth = ndimage.gaussian_filter(np.nan_to_num(transmission, nan=model.level),
+                                     (_interior.INTERIOR_SMOOTH_MM / pr, _interior.INTERIOR_SMOOTH_MM / pc), truncate=3.0)
+    log = np.log(np.maximum(smooth, 0.01 * model.level))
+    weight = flat.astype(np.float64)
+    sig = (_interior.INTERIOR_HIGHPASS_MM / pr, _interior.INTERIOR_HIGHPASS_MM / pc)
+    low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0)
+           / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0), 1e-6))
+    return (log - low) * weight
+
+
+@pytest.mark.parametrize("inverted", [False, True], ids=["bright-field", "dark-field"])
+def test_the_boxed_filters_and_correlation_give_the_whole_grid_s_numbers(inverted):
+    """The frame's residual is filtered on the flat region's box only and correlated over the deep region's box (half
+    the work of a cine frame's check): the same numbers as every filter and FFT over the whole working grid."""
+    reference, frame = _portal_pair((1.2, -0.8))
+    if inverted:  # a dark field: its transmission is read against the whole crop's 99.9th percentile
+        reference, frame = (replace(im, pixels=(30000.0 - im.pixels).astype(np.float32)) for im in (reference, frame))
+    model = portalign.prepare_reference(reference, backend="cpu").interior_model()
+    assert model.field_is_bright is not inverted
+    r0, r1, c0, c1 = model.flat_box
+    assert 0 < r1 - r0 < model.distance.shape[0] and 0 < c1 - c0 < model.distance.shape[1]  # a box, not the grid
+    flat = model.distance > _interior.INTERIOR_PENUMBRA_SIGMAS * model.sigma
+    ref_transmission = _interior._transmission(
+        _interior._block_mean(reference.pixels[model.box[0]:model.box[1], model.box[2]:model.box[3]].astype(np.float64),
+                              *model.factor), model.field_is_bright)
+    np.testing.assert_allclose(model.residual, _residual_on_the_whole_grid(model, ref_transmission, flat),
+                               rtol=0, atol=1e-12)
+    pose = (0.6, -0.4, 0.004)
+    whole = model.frame_on_grid(frame, pose)
+    boxed = model.frame_on_grid(frame, pose, model.smooth_box)
+    s = (slice(model.smooth_box[0], model.smooth_box[1]), slice(model.smooth_box[2], model.smooth_box[3]))
+    np.testing.assert_allclose(boxed[s], whole[s], rtol=1e-6)
+    assert np.isnan(boxed[0, 0]) and np.isfinite(whole[0, 0])
+    # the whole match, against one computed over the whole grid
+    found = model.match(frame, pose)
+    valid = np.isfinite(whole)
+    transmission = _interior._transmission(whole, model.field_is_bright, valid)
+    reach = math.hypot(pose[0], pose[1]) + abs(pose[2]) * model.radius_mm
+    frame_flat = (model.distance > _interior.INTERIOR_PENUMBRA_SIGMAS * model.sigma + reach) & valid
+    residual = _residual_on_the_whole_grid(model, np.where(valid, transmission, np.nan), frame_flat)
+    deep_frame = (model.distance > model.margin + reach) & valid
+    surface, count = interior_surface(model.residual, model.deep, residual, deep_frame, model.radius_px)
+    radius = model.radius_px
+    assert found.pixels == int(count[radius[0], radius[1]])
+    assert found.correlation_at_match == pytest.approx(float(surface[radius[0], radius[1]]), abs=1e-9)
+    n0 = count[radius[0], radius[1]]
+    scored = np.where(count >= _interior.INTERIOR_MIN_OVERLAP * n0, surface, np.nan)
+    assert found.correlation_peak == pytest.approx(float(np.nanmax(scored)), abs=1e-9)
+    assert math.hypot(found.anatomy_pose[0] - 1.2, found.anatomy_pose[1] + 0.8) < 0.3  # and it finds the patient
+
+
 def test_a_match_at_the_aperture_that_the_anatomy_contradicts_is_refused():
     """The check itself (``_program._aperture_check``), handed the engine's own match of a portal pair moved back to the
     aperture's position (what the aperture's edges alone would place) and left where the patient went."""

@@ -183,13 +183,20 @@ class InteriorModel:
             self.distance = np.minimum(self.distance, self._strong_step_distance(ref))
         self.usable = self.level > 0 and bool(np.any(self.distance > self.margin))
         if self.usable:
-            self.residual = self._residual(ref, self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma)
+            flat = self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma
+            # where the work is: every frame's flat region lies inside the reference's (``match``'s ``reach`` only
+            # shrinks it), the residual is zero outside it and the correlation reads the deep region alone
+            self.flat_box = _bounding_box(flat)
+            self.smooth_box = _grown(self.flat_box, _gaussian_radius(INTERIOR_SMOOTH_MM, self.pix), flat.shape)
+            self.residual = self._residual(ref, flat)
             self.deep = self.distance > self.margin
+            self.deep_box = _bounding_box(self.deep)
             self.radius_px = (int(math.ceil(INTERIOR_SEARCH_MM / pr)), int(math.ceil(INTERIOR_SEARCH_MM / pc)))
             # the farthest the field reaches from the beam axis (mm): a rotation's largest displacement per radian
             ay, ax = image.beam_axis_px[1], image.beam_axis_px[0]
             self.radius_mm = float(np.max(np.hypot((rows - ay) * sr, (cols - ax) * sc)))
-            self._spectra = reference_spectra(self.residual, self.deep, self.radius_px)
+            d = _slices(self.deep_box)
+            self._spectra = reference_spectra(self.residual[d], self.deep[d], self.radius_px)
 
     def _fit_penumbra(self, ref: np.ndarray) -> float:
         """Least-squares penumbra sigma (mm): ``ref ~ a + b G_sigma(mask)`` within 15 mm of the edge."""
@@ -236,20 +243,35 @@ class InteriorModel:
         return ndimage.distance_transform_edt(~strong, sampling=(pr, pc))
 
     def _residual(self, transmission: np.ndarray, flat: np.ndarray) -> np.ndarray:
-        """Return the log transmission minus its local mean over ``flat`` (the anatomy's fine structure)."""
+        """Return the log transmission minus its local mean over ``flat`` (the anatomy's fine structure).
+
+        ``flat`` lies inside ``flat_box``; the result is zero outside ``flat``. The filters run on boxes only, with the
+        numbers of the whole grid: the smoothing on ``smooth_box`` (``flat_box`` grown by its kernel's reach, so
+        every pixel of ``flat_box`` sees all its taps), the normalised high-pass on ``flat_box`` with zeros beyond it,
+        which is what the whole grid holds there (the weight is zero outside ``flat``).
+        """
         pr, pc = self.pix
         floor = 0.01 * self.level
-        smooth = ndimage.gaussian_filter(np.nan_to_num(transmission, nan=self.level),
+        out = np.zeros(flat.shape)
+        (r0, r1, c0, c1), (s0, s1, t0, t1) = self.flat_box, self.smooth_box
+        smooth = ndimage.gaussian_filter(np.nan_to_num(transmission[s0:s1, t0:t1], nan=self.level),
                                          (INTERIOR_SMOOTH_MM / pr, INTERIOR_SMOOTH_MM / pc), truncate=3.0)
-        log = np.log(np.maximum(smooth, floor))
-        weight = flat.astype(np.float64)
+        log = np.log(np.maximum(smooth[r0 - s0:r1 - s0, c0 - t0:c1 - t0], floor))
+        weight = flat[r0:r1, c0:c1].astype(np.float64)
         sig = (INTERIOR_HIGHPASS_MM / pr, INTERIOR_HIGHPASS_MM / pc)
-        low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0)
-               / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0), 1e-6))
-        return (log - low) * weight
+        low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0, mode="constant")
+               / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0, mode="constant"), 1e-6))
+        out[r0:r1, c0:c1] = (log - low) * weight
+        return out
 
-    def frame_on_grid(self, frame: Image, pose: tuple[float, float, float]) -> np.ndarray:
+    def frame_on_grid(self, frame: Image, pose: tuple[float, float, float],
+                      region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Resample the frame onto the working grid, reference point ``q`` taken from where ``pose`` puts it.
+
+        Parameters
+        ----------
+        region : (row0, row1, col0, col1), optional
+            Working-grid box to resample (the rest is NaN); default the whole grid.
 
         Returns
         -------
@@ -259,16 +281,23 @@ class InteriorModel:
         from portalign.kernels import cpu
 
         ref = self.image
+        fr, fc = self.factor
+        r0, r1, c0, c1 = self.box
+        g0, g1, h0, h1 = region if region is not None else (0, (r1 - r0) // fr, 0, (c1 - c0) // fc)
         forward = pose_affines(np.array([pose]), frame.beam_axis_px, frame.spacing_mm, ref.beam_axis_px,
                                ref.spacing_mm)[0]
         square = np.vstack((forward, (0.0, 0.0, 1.0)))
         inverse = np.linalg.inv(square)  # reference pixel (col, row, 1) -> frame pixel
-        r0, r1, c0, c1 = self.box
-        shift = np.array([[1.0, 0.0, c0], [0.0, 1.0, r0], [0.0, 0.0, 1.0]])  # crop pixel -> reference pixel
+        # resampled pixel -> reference pixel
+        shift = np.array([[1.0, 0.0, c0 + h0 * fc], [0.0, 1.0, r0 + g0 * fr], [0.0, 0.0, 1.0]])
         affine = np.ascontiguousarray((inverse @ shift)[:2])
-        out = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
-        cpu.warp_bilinear(np.ascontiguousarray(frame.pixels, dtype=np.float32), affine, np.nan, out)
-        return _block_mean(out.astype(np.float64), *self.factor)
+        sampled = np.empty(((g1 - g0) * fr, (h1 - h0) * fc), dtype=np.float32)
+        cpu.warp_bilinear(np.ascontiguousarray(frame.pixels, dtype=np.float32), affine, np.nan, sampled)
+        if region is None:
+            return _block_mean(sampled.astype(np.float64), fr, fc)
+        out = np.full(((r1 - r0) // fr, (c1 - c0) // fc), np.nan)
+        out[g0:g1, h0:h1] = _block_mean(sampled.astype(np.float64), fr, fc)
+        return out
 
     def match(self, frame: Image, pose: tuple[float, float, float]) -> InteriorMatch | None:
         """Correlate the deep interiors of the reference and of ``frame`` sampled through ``pose``.
@@ -287,7 +316,9 @@ class InteriorModel:
         """
         if not self.usable:
             return None
-        sampled = self.frame_on_grid(frame, pose)
+        # a bright field's transmission is the value itself: only the smoothing's box is read. A dark field's is
+        # turned over below the whole crop's 99.9th percentile, which the whole crop gives
+        sampled = self.frame_on_grid(frame, pose, self.smooth_box if self.field_is_bright else None)
         valid = np.isfinite(sampled)
         if not valid.any():
             return None
@@ -298,8 +329,9 @@ class InteriorModel:
         flat = (self.distance > INTERIOR_PENUMBRA_SIGMAS * self.sigma + reach) & valid
         frame_residual = self._residual(np.where(valid, transmission, np.nan), flat)
         deep_frame = (self.distance > self.margin + reach) & valid
-        surface, count = interior_surface(self.residual, self.deep, frame_residual, deep_frame, self.radius_px,
-                                          self._spectra)
+        d = _slices(self.deep_box)  # both deep regions lie in it: the correlation's sums are the whole grid's
+        surface, count = interior_surface(self.residual[d], self.deep[d], frame_residual[d], deep_frame[d],
+                                          self.radius_px, self._spectra)
         radius = self.radius_px
         n0 = int(count[radius[0], radius[1]])
         if n0 < 30:
@@ -334,6 +366,29 @@ class InteriorModel:
                              margin_mm=self.margin, correlation_at_match=at_match, correlation_peak=peak,
                              offset_mm=off, anatomy_pose=anatomy, at_limit=at_limit, runner_up=runner_up,
                              contrast=contrast)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row0, row1, col0, col1)`` of the True pixels (half-open); an empty mask gives an empty box."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def _gaussian_radius(sigma_mm: float, pix: tuple[float, float]) -> tuple[int, int]:
+    """Taps each side of ``ndimage.gaussian_filter``'s kernel (``truncate=3``) on each axis, plus one."""
+    return (int(3.0 * sigma_mm / pix[0] + 0.5) + 1, int(3.0 * sigma_mm / pix[1] + 0.5) + 1)
+
+
+def _grown(box: tuple[int, int, int, int], by: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    r0, r1, c0, c1 = box
+    return (max(r0 - by[0], 0), min(r1 + by[0], shape[0]), max(c0 - by[1], 0), min(c1 + by[1], shape[1]))
+
+
+def _slices(box: tuple[int, int, int, int]) -> tuple[slice, slice]:
+    return slice(box[0], box[1]), slice(box[2], box[3])
 
 
 def _fill_transmitting_holes(mask: np.ndarray, transmission: np.ndarray) -> np.ndarray:
