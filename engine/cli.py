@@ -482,7 +482,7 @@ def _info(args: argparse.Namespace) -> int:
         if key in ("notes", "dicom_warnings", "intensity_note", "angles_note"):
             continue
         # angles to 0.01 deg: a collimator at 0.000142 deg is at 0
-        print(f"{key}: {_rounded(round(value, 2) + 0.0 if key.endswith('_deg') and isinstance(value, float) else value)}")
+        print(f"{key}: {_rounded(_angle_text(value) if key.endswith('_deg') and isinstance(value, float) else value)}")
     for key in ("angles_note", "intensity_note"):
         if info.get(key):
             print(f"note: {info[key]}")
@@ -553,6 +553,12 @@ def _understood(image: Any) -> dict[str, Any]:
         f"({', '.join(ANGLE_TAGS[name] for name in missing)}); views are then not compared on "
         f"{'it' if one else 'them'}" if missing else "")
     return out
+
+
+def _angle_text(value: float) -> float:
+    """Return an angle as ``info``'s text shows it: to 0.01 deg, in [0, 360) (359.9998 deg is 0)."""
+    shown = round(value, 2) + 0.0  # + 0.0: no "-0"
+    return 0.0 if shown == 360.0 else shown
 
 
 #: The RT Image angles ``info`` reports, and the tag each is read from.

@@ -321,9 +321,10 @@ def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_im
 
 def test_info_names_only_the_missing_angle_rounds_angles_and_calls_2_5_mv_an_imaging_beam(capsys, tmp_path) -> None:
     """A new user's trial: the note named all three tags when one was missing, a collimator at 0.000142 deg was
-    printed so, and TrueBeam's 2.5 MV imaging beam was called a treatment beam."""
+    printed so (and, rounded, one at 359.9998 deg as 360), and TrueBeam's 2.5 MV imaging beam was called a treatment
+    beam."""
     path = write_rt_image(make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0,
-                                        position="centre", gantry=359.9871, BeamLimitingDeviceAngle=0.000142,
+                                        position="centre", gantry=359.9871, BeamLimitingDeviceAngle=359.9998,
                                         KVP=2500), tmp_path / "imaging.dcm")
     status, out, _ = run(capsys, "info", path)
     assert status == 0
@@ -335,7 +336,7 @@ def test_info_names_only_the_missing_angle_rounds_angles_and_calls_2_5_mv_an_ima
                     "views are then not compared on it")
     status, out, _ = run(capsys, "info", path, "--json")
     info = json.loads(out)
-    assert info["collimator_deg"] == pytest.approx(0.000142) and info["couch_deg"] is None  # --json keeps the value
+    assert info["collimator_deg"] == pytest.approx(359.9998) and info["couch_deg"] is None  # --json keeps the value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,6 +187,8 @@ def text_report(result: Any) -> str:
         flags = ", ".join(f"{k} {'within' if v else ('n/a' if v is None else 'OUTSIDE')}"
                           for k, v in result.within_tolerance.items())
         lines.append(f"tolerance: {flags}")
-    lines.append(f"{'ok' if result.ok else 'NOT OK: ' + result.reason}  ({result.elapsed_ms:.0f} ms on {result.backend})")
+    # the reason was said first, before the numbers: the closing verdict does not repeat it (a long one was printed twice)
+    lines.append(f"{'ok' if result.ok else 'NOT OK (the reason is on the first line)'}  "
+                 f"({result.elapsed_ms:.0f} ms on {result.backend})")
     lines.extend(f"warning: {w}" for w in result.warnings)
     return "\n".join(lines)

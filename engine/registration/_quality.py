@@ -74,7 +74,8 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
             return (f"the region taken for the radiation field has constant pixels (no noise, no structure: a saturated "
                     f"or dead detector block, or padding), so it is not a field; check {frame.info.source}, or use "
                     "--field none (field='none') to match the whole image")
-        return f"too little structure inside the field: contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise"
+        return (f"too little structure inside the field: contrast is {contrast / max(coarse_noise, 1e-30):.1f}x the noise "
+                f"on the search level (at least {MIN_CONTRAST_TO_NOISE:g}x needed)")
     extra = frame.info.extra
     saturation = extra["saturation_value"] if "saturation_value" in extra else None
     if saturation is not None:
