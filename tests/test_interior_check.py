@@ -119,17 +119,23 @@ def _residual_on_the_whole_grid(model, transmission: np.ndarray, flat: np.ndarra
     return (log - low) * weight
 
 
-@pytest.mark.parametrize("inverted", [False, True], ids=["bright-field", "dark-field"])
-def test_the_boxed_filters_and_correlation_give_the_whole_grid_s_numbers(inverted):
+@pytest.mark.parametrize("case", ["bright-field", "dark-field", "field-cut-by-the-edge"])
+def test_the_boxed_filters_and_correlation_give_the_whole_grid_s_numbers(case):
     """The frame's residual is filtered on the flat region's box only and correlated over the deep region's box (half
-    the work of a cine frame's check): the same numbers as every filter and FFT over the whole working grid."""
+    the work of a cine frame's check): the same numbers as every filter and FFT over the whole working grid. A field
+    cut by the image's edge is filtered over the whole grid (its values reflect at that edge)."""
     reference, frame = _portal_pair((1.2, -0.8))
+    inverted = case == "dark-field"
     if inverted:  # a dark field: its transmission is read against the whole crop's 99.9th percentile
         reference, frame = (replace(im, pixels=(30000.0 - im.pixels).astype(np.float32)) for im in (reference, frame))
+    if case == "field-cut-by-the-edge":  # the image's first 110 columns (55 mm) dropped: the field runs off its edge
+        reference, frame = (portalign.Image.from_array(im.pixels[:, 110:], pixel_spacing_mm=SPACING, kind="portal")
+                            for im in (reference, frame))
     model = portalign.prepare_reference(reference, backend="cpu").interior_model()
     assert model.field_is_bright is not inverted
     r0, r1, c0, c1 = model.flat_box
-    assert 0 < r1 - r0 < model.distance.shape[0] and 0 < c1 - c0 < model.distance.shape[1]  # a box, not the grid
+    assert 0 < r1 - r0 < model.distance.shape[0] and 0 < c1 - c0 <= model.distance.shape[1]
+    assert (c0 == 0) is (case == "field-cut-by-the-edge")  # a box inside the grid, or one at its edge
     flat = model.distance > _interior.INTERIOR_PENUMBRA_SIGMAS * model.sigma
     ref_transmission = _interior._transmission(
         _interior._block_mean(reference.pixels[model.box[0]:model.box[1], model.box[2]:model.box[3]].astype(np.float64),

@@ -248,19 +248,26 @@ class InteriorModel:
         ``flat`` lies inside ``flat_box``; the result is zero outside ``flat``. The filters run on boxes only, with the
         numbers of the whole grid: the smoothing on ``smooth_box`` (``flat_box`` grown by its kernel's reach, so
         every pixel of ``flat_box`` sees all its taps), the normalised high-pass on ``flat_box`` with zeros beyond it,
-        which is what the whole grid holds there (the weight is zero outside ``flat``).
+        which is what the whole grid holds there (the weight is zero outside ``flat``). A flat region that reaches the
+        grid's edge (a field cut by the image's) is filtered over the whole grid, which reflects at that edge.
         """
         pr, pc = self.pix
         floor = 0.01 * self.level
         out = np.zeros(flat.shape)
         (r0, r1, c0, c1), (s0, s1, t0, t1) = self.flat_box, self.smooth_box
+        beyond = "constant"  # zeros beyond the flat region's box: what the whole grid holds there
+        if r0 == 0 or c0 == 0 or r1 == flat.shape[0] or c1 == flat.shape[1]:
+            # a field cut by the image's edge: the whole grid, which reflects the values at that edge
+            r0, r1, c0, c1 = 0, flat.shape[0], 0, flat.shape[1]
+            s0, s1, t0, t1 = r0, r1, c0, c1
+            beyond = "reflect"
         smooth = ndimage.gaussian_filter(np.nan_to_num(transmission[s0:s1, t0:t1], nan=self.level),
                                          (INTERIOR_SMOOTH_MM / pr, INTERIOR_SMOOTH_MM / pc), truncate=3.0)
         log = np.log(np.maximum(smooth[r0 - s0:r1 - s0, c0 - t0:c1 - t0], floor))
         weight = flat[r0:r1, c0:c1].astype(np.float64)
         sig = (INTERIOR_HIGHPASS_MM / pr, INTERIOR_HIGHPASS_MM / pc)
-        low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0, mode="constant")
-               / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0, mode="constant"), 1e-6))
+        low = (ndimage.gaussian_filter(log * weight, sig, truncate=3.0, mode=beyond)
+               / np.maximum(ndimage.gaussian_filter(weight, sig, truncate=3.0, mode=beyond), 1e-6))
         out[r0:r1, c0:c1] = (log - low) * weight
         return out
 
