@@ -304,7 +304,7 @@ class _SimulatedLaunch:
     that carries the launch's block shape and shared memory. Two lanes launching at once (two host
     threads) then ran one launch's threads against the other's fake module: a CI run saw a kernel index
     a pixel list with uninitialised shared memory (``IndexError: index 280980250168744 is out of bounds``),
-    and a run whose numbers came out 2e-5 mm from the CPU's. A device has neither problem (a
+    and (its likely cause) a run whose numbers came out 2e-5 mm from the CPU's. A device has neither problem (a
     configuration is a value and threads have their own indices), so only the simulator serialises.
     """
 
