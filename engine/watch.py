@@ -102,9 +102,12 @@ class FolderWatcher:
         self.done_dir.mkdir(exist_ok=True)
         self.failed_dir.mkdir(exist_ok=True)
         self.registrar = registrar
-        # the results journal may be written into the watched folder itself: it is output, never an input
+        # the results journal may be written into the watched folder itself: it is output, never an input. Only
+        # plain files are taken (no links), so an entry is the journal when its name is, in the same folder
         journal_path = getattr(getattr(registrar, "journal", None), "path", None)
-        self._own_files = {os.path.realpath(journal_path)} if journal_path is not None else set()
+        journal_real = os.path.realpath(journal_path) if journal_path is not None else ""
+        self._own_names = ({os.path.basename(journal_real)}
+                           if journal_real and os.path.dirname(journal_real) == os.path.realpath(self.folder) else set())
         self.poll_s = float(poll_s)
         self.stable_polls = int(stable_polls)
         self.empty_polls = max(int(empty_polls), self.stable_polls)
@@ -129,7 +132,7 @@ class FolderWatcher:
         for entry in entries:
             try:
                 if (entry.is_file(follow_symlinks=False) and not is_ignored(entry.name)
-                        and os.path.realpath(entry.path) not in self._own_files):
+                        and entry.name not in self._own_names):
                     present[entry.name] = entry.stat(follow_symlinks=False)
             except OSError:  # vanished between scandir and stat: it is not ours any more
                 continue
