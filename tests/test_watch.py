@@ -151,18 +151,22 @@ def test_beam_reference_arriving_in_the_folder_and_unmatched_frames(tmp_path, im
     assert failed == ["3-orphan.dcm", "3-orphan.dcm.error.txt", "4-empty.dcm", "4-empty.dcm.error.txt"]
 
 
+def _watch_once(folder, results, reference) -> int:
+    """``portalign watch FOLDER --results RESULTS --reference REFERENCE --poll 0.05 --once``; its exit status."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run(parser.parse_args([str(folder), "--results", str(results), "--reference", str(reference),
+                                  "--poll", "0.05", "--once"]))
+
+
 def test_watch_command_once_with_name_collision(tmp_path, image, capsys):
     folder = tmp_path / "in"
     (folder / "done").mkdir(parents=True)
     (folder / "done" / "x.dcm").write_bytes(b"an earlier x.dcm")
     write_rt_image(make_rt_image(shifted(image, -1.0, -1.0), spacing=1.5, position="centre"), folder / "x.dcm")
     reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     results = tmp_path / "results.jsonl"
-    args = parser.parse_args([str(folder), "--results", str(results), "--reference", str(reference), "--poll", "0.05",
-                              "--once"])
-    assert run(args) == 0
+    assert _watch_once(folder, results, reference) == 0
     assert "1 done, 0 failed" in capsys.readouterr().err
     (line,) = read_journal(results)
     assert line["file"] == "x.dcm" and line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)
@@ -190,12 +194,8 @@ def test_results_journal_inside_the_watched_folder_is_not_taken(tmp_path, image,
     folder.mkdir()
     write_rt_image(make_rt_image(shifted(image, 1.5, -0.5), spacing=1.5, position="centre"), folder / "a.dcm")
     reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     results = folder / "results.jsonl"
-    args = parser.parse_args([str(folder), "--results", str(results), "--reference", str(reference), "--poll", "0.05",
-                              "--once"])
-    assert run(args) == 0
+    assert _watch_once(folder, results, reference) == 0
     assert "1 done, 0 failed" in capsys.readouterr().err
     (line,) = read_journal(results)  # still where it was given, with the one frame's line
     assert line["file"] == "a.dcm" and line["result"]["dx_mm"] == pytest.approx(1.5, abs=TOL_MM)
