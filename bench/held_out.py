@@ -1,8 +1,9 @@
 """Held-out-style pairs of every kind (apertures, portal references, low dose, dead lines) from a real CT.
 
-``python -m bench.held_out [--pairs 40] [--seed 11] [--simpleitk] [--ct PATH]`` (from the source checkout,
-with ``../shared`` present) renders, per pair, an MV frame of the patient moved by a random couch shift (up to
-5 mm on each axis; at the cardinal gantry angles also turned in plane by up to 1.5 degrees) and registers
+``python -m bench.held_out [--pairs 40] [--seed 11] [--simpleitk] [--ct PATH] [--max-shift-mm 5] [--max-turn-deg
+1.5]`` (from the source checkout, with ``../shared`` present) renders, per pair, an MV frame of the patient moved
+by a random couch shift (up to 5 mm on each axis; at the cardinal gantry angles also turned in plane by up to 1.5
+degrees) and registers
 it against a reference of the planned position. The kinds cycle through:
 
 - gantry: 0, 45, 90, 135, 180, 225, 270, 315 (the oblique ones through the patient's diagonal);
@@ -112,8 +113,13 @@ class HeldOutPair:
                 f"{' lowdose' if self.low_dose else ''}{' dead' if self.dead_lines else ''}")
 
 
-def render_pairs(ct, seed: int, count: int, only: Iterable[int] | None = None) -> Iterator[HeldOutPair]:  # type: ignore[no-untyped-def]
-    """Render pairs ``0..count-1`` of seed ``seed`` (or only those in ``only``; the others are the same either way)."""
+def render_pairs(ct, seed: int, count: int, only: Iterable[int] | None = None, *,  # type: ignore[no-untyped-def]
+                 max_shift_mm: float = 5.0, max_turn_deg: float = 1.5) -> Iterator[HeldOutPair]:
+    """Render pairs ``0..count-1`` of seed ``seed`` (or only those in ``only``; the others are the same either way).
+
+    Each couch shift is uniform within ``max_shift_mm`` on each axis, each turn (cardinal gantries) within
+    ``max_turn_deg``; other limits scale the same draws, so the kinds, apertures and noise stay those of the seed.
+    """
     from portalign.simulate import _beam_axes, render_drr
 
     chosen = None if only is None else set(only)
@@ -124,8 +130,8 @@ def render_pairs(ct, seed: int, count: int, only: Iterable[int] | None = None) -
         portal_reference = i % 2 == 1
         low_dose = i % 3 == 2
         dead = i % 7 == 3
-        shift = rng.uniform(-5.0, 5.0, 3)
-        turn = rng.uniform(-1.5, 1.5) if gantry % 90 == 0 else 0.0
+        shift = rng.uniform(-1.0, 1.0, 3) * max_shift_mm
+        turn = rng.uniform(-1.0, 1.0) * max_turn_deg if gantry % 90 == 0 else 0.0
         aperture_rng = np.random.default_rng([seed, i])  # each pair's aperture, whichever pairs are rendered
         if chosen is not None and i not in chosen:
             continue
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=40, help="pairs rendered and registered (the kinds cycle)")
     parser.add_argument("--seed", type=int, default=11, help="seed of the motions, apertures and noise")
     parser.add_argument("--simpleitk", action="store_true", help="register every pair with the SimpleITK peer too")
+    parser.add_argument("--max-shift-mm", type=float, default=5.0, help="largest couch shift on each axis (mm)")
+    parser.add_argument("--max-turn-deg", type=float, default=1.5,
+                        help="largest in-plane turn of the patient at the cardinal gantry angles (deg)")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="register only these pairs (0-based)")
     parser.add_argument("--details", action="store_true", help="print each result's details")
     parser.add_argument("--backend", default="cpu", choices=("cpu", "gpu", "both"),
@@ -214,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         sitk.start()
     rows: list[tuple[str, float, bool, float, float]] = []  # (aperture, error, ok, simpleitk error, rotation error)
     gaps: list[tuple[float, float, bool]] = []  # GPU - CPU: (mm, deg, same verdict)
-    for pair in render_pairs(ct, args.seed, args.pairs, args.only):
+    for pair in render_pairs(ct, args.seed, args.pairs, args.only,
+                             max_shift_mm=args.max_shift_mm, max_turn_deg=args.max_turn_deg):
         i, kind, reference, frame, dx, dy = pair.index, pair.kind, pair.reference, pair.frame, pair.dx_mm, pair.dy_mm
         result = portalign.register(reference, frame, backend="cpu" if args.backend == "both" else args.backend)
         # nothing measured (dx_mm None): a refusal, its error NaN

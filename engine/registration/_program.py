@@ -49,6 +49,7 @@ from ._quality import (
     MIN_ROTATION_SUPPORT_MM,
     MIN_USABLE_PIXELS,
     NOISE_SAMPLES,
+    TOO_LITTLE_STRUCTURE,
     TOO_LITTLE_USABLE,
     assess_frame,
     is_clean,
@@ -937,13 +938,19 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         "left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
+    # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
+    if denoised is not None and quality.startswith(TOO_LITTLE_STRUCTURE):
+        quality += (f", after its pixels were smoothed by {denoised['sigma_mm']:g} mm (the frame as taken: "
+                    f"{denoised['contrast_to_noise']:.1f}x the noise at its finest level)")
     if quality and field.detected and reference.field.detected and quality.startswith(TOO_LITTLE_USABLE):  # rare
         quality = _field_shrunk(reference, field, levels[plan.field_level].spacing) + quality
     if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
         quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing)
     r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))
     # a noisy frame: registered again from its smoothed pixels (DENOISE_*; no call for a frame that is not noisy)
-    if (DENOISE and denoised is None and not quality and r_eff >= DENOISE_MIN_RADIUS_MM
+    # (a frame whose contrast is too low for its noise is smoothed too: the smoothing is what such a frame needs)
+    low_contrast = quality != "" and quality.startswith(TOO_LITTLE_STRUCTURE)
+    if (DENOISE and denoised is None and (not quality or low_contrast) and r_eff >= DENOISE_MIN_RADIUS_MM
             and "contrast_to_noise" in frame_stats and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
             and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
             >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]):
