@@ -45,6 +45,7 @@ def test_a_noisy_frame_against_a_drr_is_smoothed_and_lands_on_the_shift(seed):
     assert result.ok, result.reason
     record = result.details["denoised"]
     assert record is not None and record["sigma_mm"] == _program.DENOISE_SIGMA_MM
+    assert record["reference_smoothed"] is False  # a DRR: the frame alone
     assert record["contrast_to_noise"] < _program.DENOISE_BELOW_CNR
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.25
 
@@ -136,16 +137,26 @@ def test_a_frame_too_noisy_for_its_contrast_is_smoothed_before_it_is_refused(mon
     never smoothed: held-out low-dose DRR pairs through jaws, a collimator and MLC from the TotalSegmentator CT were
     refused so, and smoothed were ok within 0.05-0.62 mm (``python -m bench.held_out --ct
     ../shared/data/real/totalsegmentator/example_ct.nii.gz``, seeds 3, 4, 6: 8 of 240 more ok, none more than 2 mm
-    off). Smoothed, every frame here lands within 0.5 mm; unsmoothed the same frames are refused, naming why.
+    off). Smoothed, most frames here land within 0.5 mm, and none is ok further off (through the jaws, at 12 %, two
+    of four are refused as imprecise: their edges, which a DRR's pair reports, place them 1.3-1.5 mm apart on two
+    halves of their pixels); unsmoothed the same frames are refused, naming why.
     """
     dx, dy = 3.3, -2.1
-    pairs = [(_jaws_pair if through_jaws else _pair)(dx, dy, 0.15, seed) for seed in (1, 2, 3)]
+    if through_jaws:
+        pairs = [_jaws_pair(dx, dy, 0.12, seed) for seed in (1, 2, 3, 4)]
+    else:
+        pairs = [_pair(dx, dy, 0.15, seed) for seed in (1, 2, 3)]
+    oks = 0
     for ref, frame in pairs:
         result = portalign.register(ref, frame, backend="cpu")
-        assert result.ok, result.reason
-        assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.5
         assert result.details["denoised"]["sigma_mm"] == _program.DENOISE_SIGMA_MM
         assert result.field_detected == through_jaws
+        if result.ok:
+            oks += 1
+            assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.5
+        else:
+            assert result.reason.startswith("imprecise: two halves of the usable pixels"), result.reason
+    assert oks >= 2
     monkeypatch.setattr(_program, "TOO_LITTLE_STRUCTURE", ())  # the previous rule: such a frame is not smoothed
     refused = [portalign.register(ref, frame, backend="cpu") for ref, frame in pairs]
     where = "inside the field" if through_jaws else "in the frame"
@@ -190,11 +201,51 @@ def test_a_frame_of_nothing_but_noise_is_refused_as_such_and_not_smoothed(throug
             assert result.reason.startswith("frame is blank (beam off?): contrast is "), result.reason
 
 
-def test_a_frame_as_noisy_as_its_portal_reference_is_left_as_it_is():
+def test_a_frame_as_noisy_as_its_portal_reference_is_not_smoothed_alone(monkeypatch):
+    monkeypatch.setattr(_program, "SMOOTH_PAIR", False)
     ref, frame = _pair(3.3, -2.1, 0.05, 4, reference_noise=0.05)
     result = portalign.register(ref, frame, backend="cpu")
     assert result.details["denoised"] is None
     assert result.details["contrast_to_noise"] < _program.DENOISE_BELOW_CNR  # noisy, but no noisier than the reference
+
+
+def test_a_noisy_frame_and_an_as_noisy_portal_reference_are_smoothed_together(monkeypatch):
+    """5 % noise on both images: their edges are lost in it (edge correlation 0.007-0.013, refused); smoothed alike,
+    every pair lands within 0.15 mm. Held-out portal pairs from the TotalSegmentator CT (seeds 5 and 3) were refused
+    so, 11 and 12 of 40 ok before, 25 and 26 after, every ok one within 0.65 mm."""
+    dx, dy = 3.3, -2.1
+    pairs = [_pair(dx, dy, 0.05, seed, reference_noise=0.05) for seed in (1, 2, 3, 4)]
+    reference = portalign.prepare_reference(pairs[0][0], backend="cpu")
+    for ref, frame in pairs:
+        result = portalign.register(ref, frame, backend="cpu")
+        assert result.ok, result.reason
+        assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.15
+        record = result.details["denoised"]
+        assert record["reference_smoothed"] is True and record["sigma_mm"] == _program.DENOISE_SIGMA_MM
+        assert record["contrast_to_noise"] < _program.DENOISE_BELOW_CNR  # the frame's own, as taken
+    # one prepared reference makes its smoothed twin once, and never a twin of the twin
+    first = reference.register(pairs[0][1])
+    twin = reference.smoothed_twin(_program.DENOISE_SIGMA_MM)
+    assert first.ok and reference.register(pairs[0][1]).dx_mm == first.dx_mm
+    assert reference.smoothed_twin(2.0) is twin and twin._smoothed_of is reference and twin._smoothed is None
+    assert twin.field is reference.field and twin.image.spacing_mm == reference.image.spacing_mm
+    assert float(np.std(twin.image.pixels)) < float(np.std(reference.image.pixels))  # smoothed
+    assert first.reference_uid == reference.image.info.sop_instance_uid
+    monkeypatch.setattr(_program, "SMOOTH_PAIR", False)  # as taken: refused, never a wrong answer
+    for ref, frame in pairs:
+        result = portalign.register(ref, frame, backend="cpu")
+        assert not result.ok and result.reason.startswith("no match: edge correlation "), result.reason
+
+
+def test_a_pair_refused_once_smoothed_too_keeps_its_reason_and_says_it_was_smoothed():
+    """10 % noise on both images: refused as taken and smoothed; the reason is the pair's as taken."""
+    ref, frame = _pair(3.3, -2.1, 0.1, 1, reference_noise=0.1)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert result.reason.startswith("no match: edge correlation "), result.reason
+    assert result.details["denoised"] is None
+    notes = [w for w in result.warnings if w.startswith("registered again with both images smoothed by 1 mm")]
+    assert len(notes) == 1 and "and refused so too: no match: edge correlation " in notes[0], result.warnings
 
 
 def test_a_clean_frame_is_left_as_it_is():

@@ -265,6 +265,14 @@ def _program_cases():
         portal = mv_portal(moved(noisy, 3.0, -2.0, 1.0), field_aperture((256, 256), 1.0, 40, 40), noise=noise, seed=1)
         yield name, Image.from_array(moved(noisy, 0, 0, 0), pixel_spacing_mm=1.0, kind="drr"), \
             Image.from_array(portal, pixel_spacing_mm=1.0), None
+    # a weak edge match on raw pixels (the reference as noisy as the frame: neither smoothed alone); then both smoothed
+    # (SMOOTH_PAIR), refused so too
+    yield "weak edge match", *(
+        Image.from_array(mv_portal(moved(noisy, dx, dy, theta), aperture, noise=0.06, seed=seed),
+                         pixel_spacing_mm=1.0, kind=kind)
+        for dx, dy, theta, aperture, seed, kind in ((0, 0, 0, np.ones((256, 256)), 102, "drr"),
+                                                    (3.0, -2.0, 1.0, field_aperture((256, 256), 1.0, 40, 40), 2, ""))
+    ), None
     # two portal images of a small field that moved with its content, at low dose: MI reports (SETTINGS_ALIKE_SMALL)
     yield "small field that moved", *(
         Image.from_array(cone_image((240, 240), 0.25, shift, noise=0.02, seed=seed), pixel_spacing_mm=0.25,
@@ -279,9 +287,12 @@ _BRANCH = {
     "cone": lambda r: r.rotation_deg is None and "does not constrain rotation" in " ".join(r.warnings),
     "stripes": lambda r: "ambiguous" in r.reason,
     "unrelated": lambda r: not r.ok,
-    # a weak edge match (smoothed, still weak): the split-half check runs and auto reports the MI optimum
-    "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "mi"
-    and r.details["denoised"] is not None,
+    # a weak edge match (smoothed, still weak; a DRR): the split-half check runs and auto reports the edges' optimum
+    "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "edge"
+    and r.details["denoised"] is not None and r.details["edge_score"] < 0.2,
+    # ...on the pixels as taken: auto reports the MI optimum, and the pair smoothed alike is refused too
+    "weak edge match": lambda r: r.details["final_metric"] == "mi" and r.details["final_metric_why"] == "weak edge match"
+    and r.details["denoised"] is None and any(w.startswith("registered again with both images smoothed") for w in r.warnings),
     # a noisy frame registered again from its smoothed pixels (_program.DENOISE): its edges then report
     "smoothed low dose field": lambda r: r.ok and r.details["denoised"] is not None
     and r.details["final_metric"] == "edge" and r.details["split_half_metric"] == "edge",

@@ -132,6 +132,10 @@ class Reference:
         self._aperture: Reference | bool | None = None
         #: The reference side of the deep-interior check (``interior_model``), made on first use; False: none.
         self._interior: InteriorModel | bool | None = None
+        #: This reference smoothed (``smoothed_twin``), made on first need; and, on such a twin, the reference it
+        #: was smoothed from (None on every other reference).
+        self._smoothed: Reference | None = None
+        self._smoothed_of: Reference | None = None
 
     @classmethod
     def prepare(cls, image: Image, options: RegistrationOptions | None = None, backend: str | Backend = "auto") -> Reference:
@@ -252,6 +256,31 @@ class Reference:
                 self._cpu_reference = Reference(self.image, self.options, cpu_backend(), self.field,
                                                 self._field_factor, self.field_margin_mm)
             return self._cpu_reference
+
+    def smoothed_twin(self, sigma_mm: float) -> Reference:
+        """Return this reference with its pixels smoothed by a Gaussian of ``sigma_mm``, made on first need.
+
+        A noisy frame against an as noisy reference portal image is registered again with both images smoothed alike
+        (``_program.SMOOTH_PAIR``); the twin is prepared on this reference's backend, options and lanes, with its field
+        (found on the pixels as taken), field level and edge band. Its dead detector lines keep their values
+        (:func:`~portalign.registration._frame.denoised_frame`). Its own twins are never made.
+
+        Parameters
+        ----------
+        sigma_mm : float
+            The Gaussian's standard deviation, mm at the isocentre plane; the first call's is kept.
+        """
+        with self._plans_lock:
+            if self._smoothed is None:
+                from ._frame import denoised_frame
+
+                image = denoised_frame(self.image, self.field, self._field_factor, sigma_mm)
+                twin = Reference(image, self.options, self.backend, self.field, self._field_factor,
+                                 self.field_margin_mm)
+                twin._smoothed_of = self
+                twin._lane_limit = self._lane_limit
+                self._smoothed = twin
+            return self._smoothed
 
     # --- geometry plans -------------------------------------------------------------------------
 
