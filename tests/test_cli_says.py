@@ -674,6 +674,9 @@ def test_a_refused_frame_carries_no_made_up_shift(capsys, demo_pair, tmp_path) -
                               portalign.Image.from_array(noisy_copy, pixel_spacing_mm=1.0),
                               portalign.RegistrationOptions(min_score=0.99), backend="cpu")
     assert weak.ok is False and weak.reason.startswith("no match: edge correlation"), weak.reason
+    # ...with its likely causes (a new user's trial met "edge correlation -0.129 is below 0.05" and nothing more)
+    assert weak.reason.endswith(" is below 0.99 (min_score): nothing in the frame matches the reference; another "
+                                "patient, beam or view, or too little structure for the noise"), weak.reason
     assert weak.dx_mm is None and weak.details["edge_score"] is not None and weak.score is not None
 
 

@@ -194,11 +194,16 @@ def test_a_frame_of_nothing_but_noise_is_refused_as_such_and_not_smoothed(throug
         frame = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal")
         result = portalign.register(ref, frame, backend="cpu")
         assert not result.ok and result.dx_mm is None and result.details["denoised"] is None
+        # nothing was measured: no "rotation not estimated (translation only)" either (a new user's trial)
+        assert not any("translation only" in w for w in result.warnings), result.warnings
         if through_jaws:
             assert result.reason.startswith("nothing but noise inside the field: contrast is "), result.reason
-            assert "(noise alone gives about 5x; at least 12x needed)" in result.reason
+            assert result.reason.endswith("(noise alone gives about 5x; at least 12x needed): too low a dose for the "
+                                          "anatomy in it, or none; use a longer exposure or average frames")
         else:
             assert result.reason.startswith("frame is blank (beam off?): contrast is "), result.reason
+            assert result.reason.endswith("x the noise, which noise alone gives (about 5x): no image in it; check the "
+                                          "exposure and that the beam reached the detector"), result.reason
 
 
 def test_a_frame_as_noisy_as_its_portal_reference_is_not_smoothed_alone(monkeypatch):
@@ -232,6 +237,23 @@ def test_a_noisy_frame_and_an_as_noisy_portal_reference_are_smoothed_together(mo
     assert float(np.std(twin.image.pixels)) < float(np.std(reference.image.pixels))  # smoothed
     assert first.reference_uid == reference.image.info.sop_instance_uid
     monkeypatch.setattr(_program, "SMOOTH_PAIR", False)  # as taken: refused, never a wrong answer
+    for ref, frame in pairs:
+        result = portalign.register(ref, frame, backend="cpu")
+        assert not result.ok and result.reason.startswith("no match: edge correlation "), result.reason
+
+
+def test_a_clean_frame_against_a_noisy_reference_portal_image_is_registered_smoothed_alike(monkeypatch):
+    """A new user's trial: a clean frame against a reference portal image with 10 % noise was refused ("no match: edge
+    correlation 0.01-0.03"), nothing naming the noisy reference; smoothed alike, each lands within 0.25 mm."""
+    dx, dy = 3.3, -2.1
+    pairs = [_pair(dx, dy, 0.0, seed, reference_noise=0.1) for seed in (1, 2, 3)]
+    for ref, frame in pairs:
+        result = portalign.register(ref, frame, backend="cpu")
+        assert result.ok, result.reason
+        assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.25
+        assert result.details["denoised"]["reference_smoothed"] is True
+        assert result.details["denoised"]["contrast_to_noise"] > _program.DENOISE_BELOW_CNR  # the frame is clean
+    monkeypatch.setattr(_program, "SMOOTH_PAIR", False)
     for ref, frame in pairs:
         result = portalign.register(ref, frame, backend="cpu")
         assert not result.ok and result.reason.startswith("no match: edge correlation "), result.reason

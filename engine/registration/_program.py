@@ -191,14 +191,16 @@ _DEGREES = 180.0 / math.pi
 _RADIANS = math.pi / 180.0
 
 
-#: A noisy frame (contrast over noise under ``DENOISE_BELOW_CNR``) against a reference portal image about as noisy (the
-#: pair ``DENOISE`` leaves as it is: smoothing one of two alike images makes them unlike) that is refused for what noise
-#: does to edges (``SMOOTH_PAIR_REASONS``) is registered again with both images smoothed alike, by ``DENOISE_SIGMA_MM``
+#: A noisy frame (contrast over noise under ``DENOISE_BELOW_CNR``) against a reference portal image about as noisy
+#: (the pair ``DENOISE`` leaves as it is: smoothing one of two alike images makes them unlike), or a noisy reference
+#: portal image against a cleaner frame (``_pair_noisy``), that is refused for what noise does to edges
+#: (``SMOOTH_PAIR_REASONS``) is registered again with both images smoothed alike, by ``DENOISE_SIGMA_MM``
 #: (``Reference.smoothed_twin``, made once). The smoothed pass is checked as a smoothed frame is (split halves on a
 #: checkerboard, whatever its score), and its result is kept where it is ok; otherwise the refusal as taken stands, the
 #: smoothed pass's reason among its warnings. A small usable region (a cone) is left as it is. Held-out portal pairs
 #: from the TotalSegmentator CT (3 mm voxels: weak anatomy, whose edges the 1.5 % noise of both images buries):
-#: see the README (noisy frames).
+#: see the README (noisy frames). A new user's trial: a clean frame against a reference portal image with 10-20 %
+#: noise was refused ("no match"), and smoothed alike is ok within 0.18 mm.
 SMOOTH_PAIR = True
 SMOOTH_PAIR_REASONS = ("no match: edge correlation", "ambiguous:", "imprecise:",
                        "edge and mutual-information optima disagree", *TOO_LITTLE_STRUCTURE)
@@ -329,6 +331,18 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     return result
 
 
+def _pair_noisy(frame_contrast: float, level: Any) -> bool:
+    """Whether a refused pair is smoothed alike (``SMOOTH_PAIR``): one image noisy, the reference not 3x cleaner.
+
+    ``frame_contrast`` is the frame's contrast over noise at the finest working level (``level``), where the
+    reference's is measured the same way. A noisy frame against a noise-free DRR was smoothed alone already
+    (``DENOISE``); a noisy reference portal image against a clean frame is smoothed with it.
+    """
+    reference_contrast = reference_contrast_to_noise(level)
+    return (min(frame_contrast, reference_contrast) < DENOISE_BELOW_CNR
+            and reference_contrast < DENOISE_NOISIER * frame_contrast)
+
+
 def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool, options: RegistrationOptions | None,
                    start: float) -> RegistrationResult:
     """Register the smoothed frame against the smoothed reference; keep that result where it is ok (``SMOOTH_PAIR``)."""
@@ -339,8 +353,8 @@ def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool
     elapsed = (time.perf_counter() - start) * 1e3
     if again.ok:
         return replace(again, elapsed_ms=elapsed, reference_uid=pair.result.reference_uid)
-    note = (f"registered again with both images smoothed by {pair.record['sigma_mm']:g} mm (a noisy frame against an "
-            f"as noisy reference portal image), and refused so too: {again.reason}")
+    note = (f"registered again with both images smoothed by {pair.record['sigma_mm']:g} mm (a noisy frame or reference "
+            f"portal image), and refused so too: {again.reason}")
     return replace(pair.result, elapsed_ms=elapsed, warnings=[*pair.result.warnings, note])
 
 
@@ -1129,7 +1143,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if reason:
         pass
     elif final_edge < opts.min_score:  # before the range: a "match" at the search grid's corner is none at all
-        reason = f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g}"
+        reason = (f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g} (min_score): nothing in the "
+                  "frame matches the reference; another patient, beam or view, or too little structure for the noise")
         guess = True
     elif significance < MIN_MATCH_SIGNIFICANCE:
         reason = (
@@ -1232,6 +1247,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     shift_measured = shift_measured and not apart and not guess
     if not shift_measured:
         details["rotation_estimated"] = rotate = False
+        if lever_warning and lever_warning in warnings:  # nothing was measured: no "translation only" either (a trial)
+            warnings.remove(lever_warning)
         details["candidates"] = []  # a search over nothing: its optima are not measurements either
         details["mi_check_mm"] = None
         details["edge_mi_gap_mm"] = None
@@ -1264,9 +1281,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # (SMOOTH_PAIR: the pair DENOISE leaves as it is, the reference not 3x cleaner; no call unless refused so)
     if (DENOISE and SMOOTH_PAIR and reason and denoised is None and reason.startswith(SMOOTH_PAIR_REASONS)
             and reference._smoothed_of is None and r_eff >= DENOISE_MIN_RADIUS_MM
-            and "contrast_to_noise" in frame_stats and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
-            and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
-            < DENOISE_NOISIER * frame_stats["contrast_to_noise"]):
+            and "contrast_to_noise" in frame_stats and _pair_noisy(frame_stats["contrast_to_noise"],
+                                                                   levels[plan.refine_levels[-1]])):
         record = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
                   "reference_smoothed": True}
         return _SmoothedPair(result, denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM),  # type: ignore[return-value]

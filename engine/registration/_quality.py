@@ -82,9 +82,11 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "--field none (field='none') to match the whole image")
         if ratio < NOISE_ONLY_CONTRAST:
             if not field.detected:
-                return f"frame is blank (beam off?): contrast is {ratio:.1f}x the noise"
+                return (f"frame is blank (beam off?): contrast is {ratio:.1f}x the noise, which noise alone gives "
+                        "(about 5x): no image in it; check the exposure and that the beam reached the detector")
             return (f"nothing but noise inside the field: contrast is {ratio:.1f}x the noise on the search level "
-                    f"(noise alone gives about 5x; at least {MIN_CONTRAST_TO_NOISE:g}x needed)")
+                    f"(noise alone gives about 5x; at least {MIN_CONTRAST_TO_NOISE:g}x needed): too low a dose for the "
+                    "anatomy in it, or none; use a longer exposure or average frames")
         where = TOO_LITTLE_STRUCTURE[0] if field.detected else TOO_LITTLE_STRUCTURE[1]
         return f"{where}: contrast is {ratio:.1f}x the noise on the search level (at least {MIN_CONTRAST_TO_NOISE:g}x needed)"
     extra = frame.info.extra
