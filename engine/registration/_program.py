@@ -208,7 +208,7 @@ SMOOTH_PAIR_REASONS = ("no match: edge correlation", "ambiguous:", "imprecise:",
 
 @dataclass(frozen=True)
 class _SmoothedPair:
-    """A refused noisy frame against an as noisy portal reference: register ``frame`` (smoothed) against the twin."""
+    """A noisy pair refused as taken (``SMOOTH_PAIR``): register ``frame`` (smoothed) against the smoothed twin."""
 
     result: RegistrationResult
     frame: Image
@@ -306,7 +306,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
                 result = _register(reference, plan, frame, start, options, _denoised)
         finally:
             pool.release(plan)
-    if type(result) is _SmoothedPair:  # rare: a noisy frame and an as noisy portal reference, refused as taken
+    if type(result) is _SmoothedPair:  # rare: a noisy frame or reference portal image, refused as taken
         result = _smoothed_pair(reference, result, mirror_check, options, start)
     check = reference.options.mirror_check
     if mirror_check and check != "never" and result.ok and not (check == "first" and pool.mirror_checked):
@@ -1277,8 +1277,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         warnings=warnings,
         details=details,
     )
-    # a noisy frame against an as noisy portal reference, refused for what noise does to edges: both smoothed, again
-    # (SMOOTH_PAIR: the pair DENOISE leaves as it is, the reference not 3x cleaner; no call unless refused so)
+    # a noisy frame or reference portal image, refused for what noise does to edges: both smoothed, again (SMOOTH_PAIR:
+    # the pair DENOISE leaves as it is, the reference not 3x cleaner; no call unless refused so)
     if (DENOISE and SMOOTH_PAIR and reason and denoised is None and reason.startswith(SMOOTH_PAIR_REASONS)
             and reference._smoothed_of is None and r_eff >= DENOISE_MIN_RADIUS_MM
             and "contrast_to_noise" in frame_stats and _pair_noisy(frame_stats["contrast_to_noise"],

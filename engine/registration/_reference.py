@@ -260,8 +260,8 @@ class Reference:
     def smoothed_twin(self, sigma_mm: float) -> Reference:
         """Return this reference with its pixels smoothed by a Gaussian of ``sigma_mm``, made on first need.
 
-        A noisy frame against an as noisy reference portal image is registered again with both images smoothed alike
-        (``_program.SMOOTH_PAIR``); the twin is prepared on this reference's backend, options and lanes, with its field
+        A noisy frame or reference portal image, refused as taken, is registered again with both images smoothed
+        alike (``_program.SMOOTH_PAIR``); the twin is prepared on this reference's backend, options and lanes, with its field
         (found on the pixels as taken), field level and edge band. Its dead detector lines keep their values
         (:func:`~portalign.registration._frame.denoised_frame`). Its own twins are never made.
 
