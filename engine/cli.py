@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -504,10 +503,10 @@ def _understood(image: Any) -> dict[str, Any]:
     elif kind.startswith("kV"):
         nature = f"{kind} through the imaging beam, not the treatment beam"
     elif kind.startswith("portal"):
-        energy = re.search(r"([0-9.]+) MV\)", kind)
-        if energy is None:
+        kvp = info.extra.get("kvp")  # beam_kind's MV figure is this KVP / 1000
+        if not kvp:
             nature = "portal image (beam energy not recorded: no KVP)"
-        elif float(energy.group(1)) < IMAGING_MV_BELOW:  # TrueBeam's and Halcyon's 2.5 MV imaging beam
+        elif kvp / 1000 < IMAGING_MV_BELOW:  # TrueBeam's and Halcyon's 2.5 MV imaging beam
             nature = kind.replace(" MV)", " MV imaging beam: treatment beams are 4 MV and above)")
         else:
             nature = kind.replace(" MV)", " MV treatment beam)")

@@ -115,16 +115,20 @@ def test_smoothing_recovers_low_dose_frames_the_raw_edges_cannot_match(monkeypat
     assert all(ok or "edge correlation" in reason for ok, _, reason in outcomes[False]), outcomes[False]
 
 
-def _jaws_pair(dx: float, dy: float, noise: float, seed: int):  # type: ignore[no-untyped-def]
-    """A DRR without a field, and a frame through 156 x 176 mm jaws (2 % outside, 2 mm penumbra) with ``noise``."""
+def _jaws() -> np.ndarray:
+    """Beam fraction through 156 x 176 mm jaws (2 % outside, 2 mm penumbra) on the 1 mm ``SHAPE`` grid."""
     from scipy import ndimage
 
     jaws = np.full(SHAPE, 0.02)
     jaws[40:216, 50:206] = 1.0
-    jaws = ndimage.gaussian_filter(jaws, 2.0)
+    return ndimage.gaussian_filter(jaws, 2.0)
+
+
+def _jaws_pair(dx: float, dy: float, noise: float, seed: int):  # type: ignore[no-untyped-def]
+    """A DRR without a field, and a frame through :func:`_jaws` with ``noise``."""
     base = anatomy(384, seed=seed)
     ref = portalign.Image.from_array(moved(base, 0, 0, 0, shape=SHAPE), pixel_spacing_mm=1.0, kind="drr")
-    frame = portalign.Image.from_array(mv_portal(moved(base, dx, dy, 0, shape=SHAPE), jaws, noise=noise, seed=seed),
+    frame = portalign.Image.from_array(mv_portal(moved(base, dx, dy, 0, shape=SHAPE), _jaws(), noise=noise, seed=seed),
                                        pixel_spacing_mm=1.0, kind="portal")
     return ref, frame
 
@@ -181,14 +185,8 @@ def test_a_frame_still_too_noisy_once_smoothed_says_it_was_smoothed(monkeypatch)
 @pytest.mark.parametrize("through_jaws", [False, True])
 def test_a_frame_of_nothing_but_noise_is_refused_as_such_and_not_smoothed(through_jaws):
     """Flat fields of 5 % noise: white noise alone spans about 5 of its sigmas (4.9-5.4 measured), nothing to smooth for."""
-    from scipy import ndimage
-
     ref, _ = _pair(0.0, 0.0, 0.0, 1)
-    aperture = np.ones(SHAPE)
-    if through_jaws:
-        aperture = np.full(SHAPE, 0.02)
-        aperture[40:216, 50:206] = 1.0
-        aperture = ndimage.gaussian_filter(aperture, 2.0)
+    aperture = _jaws() if through_jaws else np.ones(SHAPE)
     for seed in (1, 2):
         pixels = 1000.0 * aperture * (1.0 + 0.05 * np.random.default_rng(seed).standard_normal(SHAPE))
         frame = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal")

@@ -208,10 +208,16 @@ SMOOTH_PAIR_REASONS = ("no match: edge correlation", "ambiguous:", "imprecise:",
 
 @dataclass(frozen=True)
 class _SmoothedPair:
-    """A noisy pair refused as taken (``SMOOTH_PAIR``): register ``frame`` (smoothed) against the smoothed twin."""
+    """A noisy pair refused as taken (``SMOOTH_PAIR``): register ``frame``, smoothed, against the smoothed twin.
+
+    ``field`` and ``field_factor`` are what :func:`~portalign.registration._frame.denoised_frame` reads (the frame's
+    dead lines); the frame is smoothed only where the pass is made (not for the mirror check's own registrations).
+    """
 
     result: RegistrationResult
     frame: Image
+    field: FieldEstimate
+    field_factor: int
     record: dict
 
 
@@ -348,7 +354,9 @@ def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool
     """Register the smoothed frame against the smoothed reference; keep that result where it is ok (``SMOOTH_PAIR``)."""
     if not mirror_check:  # the mirror check's own registrations compare the frame as taken
         return pair.result
-    again = register_frame(reference.smoothed_twin(pair.record["sigma_mm"]), pair.frame, mirror_check, options,
+    sigma = pair.record["sigma_mm"]
+    again = register_frame(reference.smoothed_twin(sigma),
+                           denoised_frame(pair.frame, pair.field, pair.field_factor, sigma), mirror_check, options,
                            pair.record)
     elapsed = (time.perf_counter() - start) * 1e3
     if again.ok:
@@ -1285,6 +1293,5 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                                                                    levels[plan.refine_levels[-1]])):
         record = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
                   "reference_smoothed": True}
-        return _SmoothedPair(result, denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM),  # type: ignore[return-value]
-                             record)
+        return _SmoothedPair(result, frame, field, 2 ** plan.field_level, record)  # type: ignore[return-value]
     return result

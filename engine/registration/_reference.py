@@ -50,6 +50,7 @@ from ..field import (
 )
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
+from ._frame import denoised_frame
 from ._interior import InteriorModel
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
@@ -272,8 +273,6 @@ class Reference:
         """
         with self._plans_lock:
             if self._smoothed is None:
-                from ._frame import denoised_frame
-
                 image = denoised_frame(self.image, self.field, self._field_factor, sigma_mm)
                 twin = Reference(image, self.options, self.backend, self.field, self._field_factor,
                                  self.field_margin_mm)
