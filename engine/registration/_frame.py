@@ -19,7 +19,7 @@ from ..image import Image
 from ._plan import FramePlan, Level
 from ._search import searched_rotations
 
-__all__ = ["frame_mask", "frame_levels", "denoised_frame", "LEVEL_SLOTS"]
+__all__ = ["frame_mask", "frame_levels", "denoised_frame", "bridged_frame", "bridge_lines", "dead_detector_lines", "LEVEL_SLOTS"]
 
 #: A two-level plan's level stage computes the global search's surfaces beside its other level (two tasks at
 #: once, ``kernels.cpu.level.levels_and_surfaces``: 0.4 ms less a 1024x768 frame on two cores) when the frame
@@ -182,6 +182,58 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
     smooth_separable(pixels, live_rows, live_cols, _gaussian_taps(sigma_mm / frame.spacing_mm[0]),
                      _gaussian_taps(sigma_mm / frame.spacing_mm[1]), np.empty((rows, cols), dtype=np.float32), out)
     return Image._derived(out, frame)
+
+
+def dead_detector_lines(field: FieldEstimate, field_factor: int) -> tuple[list[int], list[int]]:
+    """Return the detector rows and columns (the image's own pixel indices) on ``field``'s dead lines.
+
+    ``field.dead_rows`` / ``dead_cols`` are lines of the field-detection level, ``field_factor`` detector pixels each.
+    """
+    rows = [r for line in field.dead_rows for r in range(line * field_factor, (line + 1) * field_factor)]
+    cols = [c for line in field.dead_cols for c in range(line * field_factor, (line + 1) * field_factor)]
+    return rows, cols
+
+
+def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:
+    """Return ``image`` with its dead detector lines replaced by the live lines either side (``image`` if none).
+
+    For the steps that read an image's pixels directly (the deep-interior check, ``_interior``), where a dead
+    line's value would otherwise be taken for anatomy (:func:`bridge_lines`).
+
+    Parameters
+    ----------
+    image : Image
+        ``(rows, cols)`` pixels.
+    dead_rows, dead_cols : list of int
+        Detector rows and columns (``image``'s pixel indices; :func:`dead_detector_lines`).
+    """
+    if not dead_rows and not dead_cols:
+        return image
+    return Image._derived(bridge_lines(image.pixels, dead_rows, dead_cols), image)
+
+
+def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any) -> np.ndarray:
+    """Return a float32 copy of ``pixels`` whose ``dead_rows`` and ``dead_cols`` are interpolated from the live lines.
+
+    Each dead row's pixels are linearly interpolated, column by column, between the nearest live rows above and
+    below it (the nearest one alone at the image's edge); then each dead column's between the nearest live columns.
+    """
+    out = np.array(pixels, dtype=np.float32)
+    for axis, lines in ((0, dead_rows), (1, dead_cols)):
+        work = out if axis == 0 else out.T  # a view: rows of ``work`` are the lines along ``axis``
+        live = np.ones(work.shape[0], dtype=bool)
+        live[[line for line in lines if 0 <= line < work.shape[0]]] = False
+        kept = np.flatnonzero(live)
+        if kept.size == 0 or kept.size == live.size:
+            continue
+        dead = np.flatnonzero(~live)
+        after = np.clip(np.searchsorted(kept, dead), 0, kept.size - 1)
+        before = np.clip(np.searchsorted(kept, dead) - 1, 0, kept.size - 1)
+        lo, hi = kept[before], kept[after]
+        span = np.where(hi > lo, hi - lo, 1).astype(np.float32)
+        weight = np.clip((dead - lo) / span, 0.0, 1.0)[:, None].astype(np.float32)
+        work[dead] = (1.0 - weight) * work[lo] + weight * work[hi]
+    return out
 
 
 @functools.lru_cache(maxsize=16)

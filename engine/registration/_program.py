@@ -41,7 +41,7 @@ from ..field import (
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
-from ._frame import LEVEL_SLOTS, denoised_frame, frame_levels, frame_mask, pad_pixel_list
+from ._frame import LEVEL_SLOTS, bridged_frame, dead_detector_lines, denoised_frame, frame_levels, frame_mask, pad_pixel_list
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
 from ._plan import FramePlan, wants_field
 from ._quality import (
@@ -437,7 +437,8 @@ def _aperture_check(reference: Reference, frame: Image, result: RegistrationResu
     if interior is not None:
         start = time.perf_counter()
         pose = (result.dx_mm, result.dy_mm, math.radians(result.rotation_deg or 0.0))
-        found = interior.match(frame, pose)
+        dead = result.details.get("dead_detector_lines")  # the frame's, bridged as the reference's are
+        found = interior.match(frame if not dead else bridged_frame(frame, dead["rows"], dead["columns"]), pose)
         spent = (time.perf_counter() - start) * 1e3
         if found is not None and found.area_mm2 >= INTERIOR_REFUSE_AREA_MM2:
             result.details["interior_check"] = _interior_details(found)
@@ -1241,6 +1242,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["periodic_check"] = periodic
     # a noisy frame registered from its smoothed pixels: the smoothing (mm) and the frame's own contrast over noise
     details["denoised"] = denoised
+    # the detector rows and columns left out of the match as dead lines (the frame's pixel indices; null: none)
+    details["dead_detector_lines"] = None
+    if field.dead_rows or field.dead_cols:  # rare (no call otherwise: this runs for every frame)
+        dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
+        details["dead_detector_lines"] = {"rows": dead_rows, "columns": dead_cols}
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record

@@ -41,6 +41,7 @@ from ..field import (
     NO_FIELD,
     FieldEstimate,
     box_reduce,
+    dead_lines_only,
     field_centre_mm,
     field_pixels,
     field_size_mm,
@@ -50,7 +51,7 @@ from ..field import (
 )
 from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
-from ._frame import denoised_frame
+from ._frame import bridge_lines, bridged_frame, dead_detector_lines, denoised_frame
 from ._interior import InteriorModel
 from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
 from ._program import register_frame
@@ -98,6 +99,12 @@ FIELD_LEVEL_MAX_PIXELS = 200
 MAX_MARGIN_FRACTION = 0.18
 #: Fewest reference pixels a level must keep inside the field, off its edge band.
 MIN_REFERENCE_PIXELS = 16
+#: A resampled reference pixel is compared only where at least this share of its filters' weight came from live
+#: detector pixels (``_resample_reference``): a reference portal image's dead lines, and the pixels on them at every
+#: level, leave the match as a frame's do. Before, the zero lines were strong edges the frame lacked and made the
+#: noisy reference look clean: 5 of 7 TotalSegmentator portal pairs with two dead rows and a dead column in the
+#: reference were refused.
+REFERENCE_LIVE_WEIGHT = 0.9
 
 
 class Reference:
@@ -162,6 +169,8 @@ class Reference:
             if wants_field(options, image):
                 small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
                 field_estimate = find_field(image, small)
+                if field_estimate.dead_rows or field_estimate.dead_cols:  # a dead line across the edge is no penumbra
+                    small = bridge_lines(small, field_estimate.dead_rows, field_estimate.dead_cols)
                 # a reference portal image shows the frame's field too: its penumbra must be cut out whole
                 penumbra = penumbra_extent_mm(small, field_estimate, min(image.spacing_mm) * factor)
                 margin = max(margin, min(penumbra, MAX_FIELD_MARGIN_MM))
@@ -170,6 +179,9 @@ class Reference:
                     # a small field's own structure (a BB, a cone's interior) fills it: neither the penumbra
                     # measure nor a fixed band may eat it
                     margin = min(margin, MAX_MARGIN_FRACTION * size)
+            elif options.field == "none" and image.info.kind != "drr":  # no field looked for: its dead lines still are
+                small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+                field_estimate = dead_lines_only(image, small)
             return cls(image, options, chosen, field_estimate, factor, margin)
 
     def aperture_model(self) -> Reference | None:
@@ -196,7 +208,9 @@ class Reference:
         if self._interior is None:
             with self._plans_lock:
                 if self._interior is None:
-                    model = InteriorModel(self.image, self.field) if self.field.detected else None
+                    # its dead detector lines bridged: a zero or hot line across the field is no anatomy
+                    model = (InteriorModel(bridged_frame(self.image, *dead_detector_lines(self.field, self._field_factor)),
+                                           self.field) if self.field.detected else None)
                     self._interior = model if model is not None and model.usable else False
         return self._interior or None
 
@@ -583,7 +597,7 @@ class Reference:
         key = (round(spacing[0], 9), round(spacing[1], 9))
         found = self._resampled.get(key)
         if found is None:
-            found = self._resampled[key] = _resample_reference(self.image, spacing)
+            found = self._resampled[key] = _resample_reference(self.image, spacing, self.field, self._field_factor)
         return found[0], found[1].copy(), found[2]
 
     def _field_valid(self, shape: tuple[int, int], level: Level) -> np.ndarray:
@@ -680,7 +694,8 @@ def _scaled(spacing: tuple[float, float], factor: int) -> tuple[float, float]:
     return spacing[0] * factor, spacing[1] * factor
 
 
-def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+def _resample_reference(image: Image, spacing: tuple[float, float], dead: FieldEstimate | None = None,
+                        field_factor: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Resample the reference to ``spacing`` (anti-aliased), keeping the beam axis in mm.
 
     New pixel ``(c', r')`` samples old pixel ``(c' * sx'/sx, r' * sy'/sy)``, so the
@@ -689,29 +704,76 @@ def _resample_reference(image: Image, spacing: tuple[float, float]) -> tuple[np.
     factor ``f`` in [1, 2) gets a Gaussian (sigma ``0.5 sqrt(f^2 - 1)`` pixels), so the
     filter stays a few taps wide whatever the level. Returns the image, a validity mask
     and the axis.
+
+    ``dead``: a field estimate whose dead detector lines (``dead_rows`` / ``dead_cols``, lines of the
+    field-detection level, ``field_factor`` detector pixels each) leave the reference. Every pass is then a
+    normalised convolution (the live pixels' weights carried beside their values, the result divided by them),
+    so a dead line's value reaches no new pixel; a new pixel whose live weight is under
+    :data:`REFERENCE_LIVE_WEIGHT` (on or next to the line) is not valid, and its value is its live neighbours'.
     """
     sy, sx = image.spacing_mm
     fy, fx = spacing[0] / sy, spacing[1] / sx
     src = image.pixels.astype(np.float64)
+    weight = _live_weight(image.shape, dead, field_factor)
+    if weight is not None:
+        src = src * weight
     box = 1
     while fy >= 2 * box * (1 - 1e-9) and fx >= 2 * box * (1 - 1e-9) and min(src.shape) >= 4:
-        r, c = src.shape[0] // 2 * 2, src.shape[1] // 2 * 2
-        src = 0.25 * (src[0:r:2, 0:c:2] + src[1:r:2, 0:c:2] + src[0:r:2, 1:c:2] + src[1:r:2, 1:c:2])
+        src = _box_half(src)
+        weight = None if weight is None else _box_half(weight)
         box *= 2
     ry, rx = fy / box, fx / box
     sigma = (0.5 * math.sqrt(max(ry * ry - 1.0, 0.0)), 0.5 * math.sqrt(max(rx * rx - 1.0, 0.0)))
     if max(sigma) > 0:
         src = ndimage.gaussian_filter(src, sigma, mode="nearest")
+        weight = None if weight is None else ndimage.gaussian_filter(weight, sigma, mode="nearest")
     rows = max(int(math.floor((image.shape[0] - 1) / fy)) + 1, 2)
     cols = max(int(math.floor((image.shape[1] - 1) / fx)) + 1, 2)
     # original pixel p is box-reduced pixel (p - (box - 1) / 2) / box
     offset = (box - 1) / 2
     # the sample grid is rectilinear: bilinear interpolation is one linear pass along each axis (map_coordinates'
     # order=1, mode="nearest" values, without its per-point generality: 2.5 -> ~0.5 ms a level of a 1024 x 768 image)
-    out = _linear_along(src, (np.arange(rows) * fy - offset) / box, 0)
-    out = _linear_along(out, (np.arange(cols) * fx - offset) / box, 1).astype(np.float32)
+    row_at, col_at = (np.arange(rows) * fy - offset) / box, (np.arange(cols) * fx - offset) / box
+    out = _linear_along(_linear_along(src, row_at, 0), col_at, 1)
+    valid = np.ones(out.shape, dtype=bool)
+    if weight is not None:
+        live = _linear_along(_linear_along(weight, row_at, 0), col_at, 1)
+        valid = live >= REFERENCE_LIVE_WEIGHT
+        out = _fill_dead(out, live)
     axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
-    return np.ascontiguousarray(out), np.ones(out.shape, dtype=bool), axis
+    return np.ascontiguousarray(out.astype(np.float32)), valid, axis
+
+
+def _box_half(values: np.ndarray) -> np.ndarray:
+    """2x2 box means (an odd last row or column dropped)."""
+    r, c = values.shape[0] // 2 * 2, values.shape[1] // 2 * 2
+    return 0.25 * (values[0:r:2, 0:c:2] + values[1:r:2, 0:c:2] + values[0:r:2, 1:c:2] + values[1:r:2, 1:c:2])
+
+
+def _live_weight(shape: tuple[int, int], dead: FieldEstimate | None, field_factor: int) -> np.ndarray | None:
+    """Return 1 on live detector pixels and 0 on ``dead``'s dead lines (None where there are none)."""
+    if dead is None or not (dead.dead_rows or dead.dead_cols):
+        return None
+    live_rows, live_cols = np.ones(shape[0]), np.ones(shape[1])
+    for line in dead.dead_rows:
+        live_rows[line * field_factor:(line + 1) * field_factor] = 0.0
+    for line in dead.dead_cols:
+        live_cols[line * field_factor:(line + 1) * field_factor] = 0.0
+    return np.outer(live_rows, live_cols)
+
+
+def _fill_dead(weighted: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Divide a normalised convolution's values by their live weight; where none reached, the nearest filled value.
+
+    (A dead line wider than the filters' reach leaves new pixels with no live weight at all; they are not valid
+    and take a neighbour's value only so that the edge features next to them stay finite.)
+    """
+    reached = live > 1e-6
+    out = np.where(reached, weighted / np.where(reached, live, 1.0), 0.0)
+    if not reached.all():
+        index = ndimage.distance_transform_edt(~reached, return_distances=False, return_indices=True)
+        out = out[tuple(index)]
+    return out
 
 
 def _linear_along(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:

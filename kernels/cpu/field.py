@@ -20,6 +20,8 @@ about 150 Python calls with numpy and scipy.ndimage. Thresholds are arguments (n
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -357,7 +359,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     A band of one to ``max_width`` adjacent rows (a dead detector line, two that a box reduction spread over
     two rows, or a dead readout module's block) qualifies in two passes. First the row means: every row of the
     band lies beyond both rows outside it, on one side, and the farthest by more than ``contrast`` times the
-    profile's noise (1.4826 MAD of the mean differences). This is a screen: a box reduction leaves a band's
+    profile's noise (1.4826 MAD of the mean differences, or of the second differences over sqrt(3) where that is
+    less: a profile that rises steadily). This is a screen: a box reduction leaves a band's
     edge rows part-way, and a line's mean mixes the field with the faint outside. A band of three or more rows
     must also be sharp there (:func:`_sharp_means`). Every band that passes is a candidate (a band's first row
     alone can pass against a second dead row). Then pixel by pixel (first whether it lies beyond them at all,
@@ -384,7 +387,14 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     diffs = np.empty(rows - 1)
     for i in range(rows - 1):
         diffs[i] = abs(means[i + 1] - means[i])
-    profile_noise = 1.4826 * np.median(diffs) + 1e-12 * ((means.max() - means.min()) + 1.0)
+    curvature = np.empty(rows - 2)
+    for i in range(rows - 2):
+        curvature[i] = abs(means[i + 2] - 2.0 * means[i + 1] + means[i])
+    # the smaller of the first and (scaled to agree on white noise: sqrt(6) against sqrt(2) sigma) second differences'
+    # spread: where the means rise steadily across the lines (a turned collimator's field) the first differences are
+    # that slope, and a dead column through such a field's corner was screened out
+    profile_noise = 1.4826 * min(np.median(diffs), np.median(curvature) / math.sqrt(3.0)) \
+        + 1e-12 * ((means.max() - means.min()) + 1.0)
     threshold = contrast * profile_noise  # a screen: the pixel test below decides
     # every band that passes the screen; a band that no longer lies beyond the row before it cannot by growing
     starts = []

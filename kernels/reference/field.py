@@ -133,7 +133,11 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     if rows < 5:
         return np.empty(0, dtype=np.int64)
     means = work.mean(axis=1)
-    profile_noise = 1.4826 * float(np.median(np.abs(np.diff(means)))) + 1e-12 * (float(np.ptp(means)) + 1.0)
+    # the smaller of the first and (scaled to agree on white noise) second differences' spread: a field whose means
+    # rise steadily across the lines (a turned collimator) leaves the second ones at the noise
+    profile_noise = 1.4826 * min(float(np.median(np.abs(np.diff(means)))),
+                                 float(np.median(np.abs(np.diff(means, 2)))) / np.sqrt(3.0)) \
+        + 1e-12 * (float(np.ptp(means)) + 1.0)
     threshold = contrast * profile_noise  # a screen: the pixel test below decides
     bands = []  # every band that passes the screen
     for i in range(1, rows - 1):
