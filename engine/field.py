@@ -29,7 +29,16 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from portalign.kernels.cpu.field import FLAT, NOT_A_FIELD, dead_lines, detect_front, line_noise, split_field, three_level_split
+from portalign.kernels.cpu.field import (
+    FLAT,
+    NOT_A_FIELD,
+    dead_lines,
+    detect_front,
+    line_noise,
+    outer_line_noise,
+    split_field,
+    three_level_split,
+)
 from scipy import ndimage
 
 from .image import Image
@@ -83,6 +92,12 @@ DEAD_LINE_CONTRAST = 5.0
 #: striped image, not a panel's faults).
 DEAD_LINE_SHARE = 0.8
 DEAD_LINE_MAX_SHARE = 0.05
+#: Detector lines on each side of a candidate band whose line-to-line noise confirms it (``_bridge_dead_lines``; the
+#: whole image's was read before: 5 ms of a 1280 x 1280 frame's transpose alone).
+CONTEXT_LINES = 32
+#: Half the window (detector pixels on each side) of the outside lines' difference that is a band's noise on the
+#: detector's own pixels (``kernels.cpu.field.outer_line_noise``; 4 pixels on the field-detection level).
+FULL_OUTER_NOISE_HALF_WINDOW = 16
 #: Widest band of adjacent dead detector lines recognised by their spike alone (two adjacent dead lines are a known
 #: fault of a panel's readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm
 #: off, ok).
@@ -558,7 +573,7 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
     dead, code, threshold, effectiveness, bright, three = detect_front(
         small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 0.0 if full is None else DEAD_BLOCK_MAX_SHARE,
         MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
-        MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box, THREE_LEVEL_BINS)
+        MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box, THREE_LEVEL_BINS, full is not None)
     if not dead:
         return _estimate(code, threshold, effectiveness, bright, mask, box, small, three)
     values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
@@ -784,23 +799,34 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
         work = out if axis == 0 else out.T
         max_width = DEAD_BAND_MAX if full is None else _widest_band(work.shape[0])
         # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
-        bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width)]
+        # with the detector's own pixels each band is confirmed there: the reduced pixels' sign test decides
+        bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width,
+                                          full is not None)]
         if full is not None and bad:
-            full_work = np.asarray(full if axis == 0 else full.T, dtype=np.float64)
-            factor = max(1, int(round(full_work.shape[0] / work.shape[0])))
-            full_noise = _line_noise(full_work)
+            full_view = full if axis == 0 else full.T  # a view: only the lines about each band are read
+            lines = full_view.shape[0]
+            factor = max(1, int(round(lines / work.shape[0])))
             confirmed: set[int] = set()
             for first, last in _runs(bad):
                 # the detector lines of the reduced lines found, and of the line before them (a box reduction
                 # can leave little of a band's edge line in a reduced line): one band or several
                 start, stop = max(first - 1, 0) * factor, (last + 1) * factor
-                while start < stop:
-                    band = _dead_band(full_work, start, stop, full_noise, stop - start + factor)
+                # the lines a band starting there may reach, with those _dead_band reads about it
+                lo, hi = max(start - 2, 0), min(stop + (stop - start + factor) + 2, lines)
+                segment = np.ascontiguousarray(full_view[lo:hi], dtype=np.float64)
+                # the line-to-line noise of the lines about the candidates (not of the candidates themselves)
+                around = np.concatenate((full_view[max(start - CONTEXT_LINES, 0):start],
+                                         full_view[stop:min(stop + CONTEXT_LINES, lines)])).astype(np.float64)
+                noise = _line_noise(around) if around.shape[0] >= 8 else _line_noise(segment)
+                at = start
+                while at < stop:
+                    band = _dead_band(segment, at - lo, stop - lo, noise, stop - at + factor)
                     if band is None:
                         break
+                    first_line, last_line = band[0] + lo, band[1] + lo
                     # every reduced line the detector lines fall in
-                    confirmed.update(range(band[0] // factor, min(band[1] // factor, work.shape[0] - 2) + 1))
-                    start = band[1] + 1
+                    confirmed.update(range(first_line // factor, min(last_line // factor, work.shape[0] - 2) + 1))
+                    at = last_line + 1
             bad = sorted(i for i in confirmed if i >= 1)
         runs = _runs(bad)
         if not bad or len(runs) > DEAD_LINE_MAX_SHARE * work.shape[0] or len(bad) > DEAD_BLOCK_MAX_SHARE * work.shape[0]:
@@ -836,7 +862,9 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     """
     rows = work.shape[0]
     max_width = min(max_width, _widest_band(rows))
-    threshold = DEAD_LINE_CONTRAST * noise
+    # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
+    # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
+    floor = 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]
         low, high = work[first].copy(), work[first].copy()
@@ -845,6 +873,8 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             last = first + width - 1
             if last + 1 >= rows:
                 break
+            threshold = DEAD_LINE_CONTRAST * np.minimum(
+                noise, outer_line_noise(work, first - 1, last + 1, FULL_OUTER_NOISE_HALF_WINDOW, floor))
             np.minimum(low, work[last], out=low)
             np.maximum(high, work[last], out=high)
             above, below = low - before > threshold, before - high > threshold

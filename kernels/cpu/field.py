@@ -27,7 +27,8 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "outer_line_noise", "OTSU_BINS", "NOT_A_FIELD",
+           "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -322,21 +323,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
     rows, cols = work.shape
     block = max(4, cols // 16)
     pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
-    low = np.inf
-    high = -np.inf
-    lowest = np.inf
-    highest = -np.inf
-    for i in range(rows):
-        total = 0.0
-        for j in range(cols):
-            value = work[i, j]
-            total += value
-            lowest = min(lowest, value)
-            highest = max(highest, value)
-        mean = total / cols
-        low = min(low, mean)
-        high = max(high, mean)
-    floor = 1e-4 * (high - low) + 1e-12 * ((highest - lowest) + 1.0)
+    floor = _noise_floor(work)
     noise = np.empty(cols)
     line = np.empty(pairs * block)
     for start in range(0, cols, block):
@@ -353,7 +340,62 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) -> np.ndarray:  # pragma: no cover
+def _noise_floor(work: np.ndarray) -> float:  # pragma: no cover
+    """:func:`line_noise`'s floor: 0.0001 of the range of the row means, plus 1e-12 of the image's range."""
+    rows, cols = work.shape
+    low = np.inf
+    high = -np.inf
+    lowest = np.inf
+    highest = -np.inf
+    for i in range(rows):
+        total = 0.0
+        for j in range(cols):
+            value = work[i, j]
+            total += value
+            lowest = min(lowest, value)
+            highest = max(highest, value)
+        mean = total / cols
+        low = min(low, mean)
+        high = max(high, mean)
+    return 1e-4 * (high - low) + 1e-12 * ((highest - lowest) + 1.0)
+
+
+#: The noise sigmas a band must lie beyond its outside rows by, on the reduced pixels, where the caller confirms it
+#: on the detector's own pixels (``dead_lines(confirmed=True)``).
+CONFIRMED_CONTRAST = 1.0
+#: Half the block of columns (less one) over which :func:`outer_line_noise` takes its median.
+OUTER_NOISE_HALF_WINDOW = 4
+
+
+@njit(cache=True, nogil=True)
+def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float) -> np.ndarray:  # pragma: no cover
+    """Return the noise at each column of a band from how far its two outside rows ``before`` and ``after`` differ.
+
+    ``1.4826 / sqrt(2)`` times the median of ``|work[before, j] - work[after, j]|`` over each block of
+    ``2 half_window + 1`` columns (the block's value for its columns), plus ``floor``: the noise where the band is,
+    at the signal there (two rows that differ by noise alone differ by sqrt(2) sigmas). :func:`line_noise` takes
+    each block of columns over every row: a dead column through a field's faint outside (2 % of the dose, as little
+    noise) was judged against the field's noise, and went unseen where the field covered under 80 % of it. Where
+    the outside rows differ by more than noise (an edge between them, steep anatomy) this is larger, and the
+    callers take the smaller of the two.
+    """
+    cols = work.shape[1]
+    block = 2 * half_window + 1
+    out = np.empty(cols)
+    window = np.empty(block)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        for k in range(start, stop):
+            window[k - start] = abs(work[before, k] - work[after, k])
+        value = 1.4826 / math.sqrt(2.0) * np.median(window[:stop - start]) + floor
+        for k in range(start, stop):
+            out[k] = value
+    return out
+
+
+@njit(cache=True, nogil=True)
+def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int,  # pragma: no cover
+               confirmed: bool = False) -> np.ndarray:
     """Return the rows of ``work`` that read far off their neighbours along most of their length (dead/hot lines).
 
     A band of one to ``max_width`` adjacent rows (a dead detector line, two that a box reduction spread over
@@ -366,9 +408,13 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     alone can pass against a second dead row). Then pixel by pixel (first whether it lies beyond them at all,
     before the noise is worked out: most candidates fail that): over at least ``share`` of its pixels every
     row of the band lies beyond both outside rows, on one side, the farthest by more than ``contrast`` times
-    the line-to-line noise of its column (:func:`line_noise`: a dead line crossing a field reads far off its
+    noise at its column: the smaller of the image's line-to-line noise there (:func:`line_noise`) and the outside
+    rows' own difference about it (:func:`outer_line_noise`: a dead line crossing a field reads far off its
     neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
-    noise). Returned: the rows of every candidate that passes, sorted.
+    noise). Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
+    on the detector's own pixels, so the first pixel pass decides (a single dead detector line is a sixty-fourth of
+    a reduced pixel's area at a factor of 8: where anatomy's gradients are steep, its dip in the faint outside of a
+    field was within five of their line-to-line spreads).
 
     The rule of ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its
     numpy twin. ``portalign.field`` confirms each band on the detector's own pixels (bands wider than two
@@ -414,6 +460,7 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     if len(starts) == 0:
         return bad
     noise = np.empty(0)  # worked out for the first band that lies beyond its outside rows at all
+    floor = 0.0
     taken = np.zeros(rows, dtype=np.bool_)
     allowed = cols - share * cols  # columns that may fail before the band cannot pass
     for c in range(len(starts)):
@@ -422,8 +469,11 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
         # first without the noise (a cheap pass that most candidates fail: a field's rows, an MLC leaf's, anatomy),
         # then by ``contrast`` noise sigmas
         for threshold_pass in range(2):
-            if threshold_pass == 1 and noise.shape[0] == 0:
-                noise = line_noise(work)
+            if threshold_pass == 1:
+                if noise.shape[0] == 0:
+                    noise = line_noise(work)
+                    floor = _noise_floor(work)
+                local = outer_line_noise(work, i - 1, last + 1, OUTER_NOISE_HALF_WINDOW, floor)
             spiking = 0
             failed = 0
             for j in range(cols):
@@ -431,7 +481,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
                 for r in range(i + 1, last + 1):
                     low, high = min(low, work[r, j]), max(high, work[r, j])
                 if _beyond(low, high, work[i - 1, j], work[last + 1, j],
-                           0.0 if threshold_pass == 0 else contrast * noise[j]):
+                           0.0 if threshold_pass == 0 else (CONFIRMED_CONTRAST if confirmed else contrast)
+                           * min(noise[j], local[j])):
                     spiking += 1
                 else:
                     failed += 1
@@ -448,7 +499,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
 @njit(cache=True, nogil=True)
 def detect_front(small: np.ndarray, contrast: float, share: float, max_share: float,  # pragma: no cover
                  min_effectiveness: float, min_border_outside: float, area_low: float, area_high: float, min_pixels: int,
-                 min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray, three_bins: int) -> tuple:
+                 min_largest_part: float, mask_out: np.ndarray, box_out: np.ndarray, three_bins: int,
+                 confirmed: bool = False) -> tuple:
     """Field detection's usual case in one call: no dead line in ``small``, then :func:`split_field`.
 
     ``small`` (any float dtype) is taken as float64, as ``portalign.field.detect_field`` takes it. Returns
@@ -463,8 +515,9 @@ def detect_front(small: np.ndarray, contrast: float, share: float, max_share: fl
         for j in range(small.shape[1]):
             values[i, j] = small[i, j]
     rows, cols = small.shape
-    if dead_lines(values, contrast, share, max(2, int(max_share * rows))).shape[0] > 0 or \
-            dead_lines(np.ascontiguousarray(values.T), contrast, share, max(2, int(max_share * cols))).shape[0] > 0:
+    if dead_lines(values, contrast, share, max(2, int(max_share * rows)), confirmed).shape[0] > 0 or \
+            dead_lines(np.ascontiguousarray(values.T), contrast, share, max(2, int(max_share * cols)),
+                       confirmed).shape[0] > 0:
         return True, NOT_A_FIELD, 0.0, 0.0, True, NO_THREE_LEVELS
     code, threshold, effectiveness, bright = split_field(values, min_effectiveness, min_border_outside, area_low,
                                                          area_high, min_pixels, min_largest_part, mask_out, box_out)

@@ -126,7 +126,7 @@ def _sharp_means(means: np.ndarray, first: int, last: int) -> bool:
     return bool(min(depth[0], depth[-1]) >= 0.5 * depth.mean())
 
 
-def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) -> np.ndarray:
+def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, confirmed: bool = False) -> np.ndarray:
     """Return the rows of ``work`` in bands of 1 to ``max_width`` lines spiking away from their neighbours (CPU kernel's rule)."""
     work = np.asarray(work, dtype=np.float64)
     rows = work.shape[0]
@@ -152,9 +152,32 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int) 
     noise = line_noise(work)
     bad = []
     for i, width in bands:
-        if np.mean(_beyond(work[i:i + width], work[i - 1], work[i + width], contrast * noise)) >= share:
+        local = outer_line_noise(work, i - 1, i + width, OUTER_NOISE_HALF_WINDOW, _noise_floor(work))
+        threshold = (CONFIRMED_CONTRAST if confirmed else contrast) * np.minimum(noise, local)
+        if np.mean(_beyond(work[i:i + width], work[i - 1], work[i + width], threshold)) >= share:
             bad.extend(range(i, i + width))
     return np.asarray(sorted(set(bad)), dtype=np.int64)
+
+
+#: The CPU kernel's ``CONFIRMED_CONTRAST``.
+CONFIRMED_CONTRAST = 1.0
+#: Half the block (less one) of the median of ``outer_line_noise`` (the CPU kernel's ``OUTER_NOISE_HALF_WINDOW``).
+OUTER_NOISE_HALF_WINDOW = 4
+
+
+def _noise_floor(work: np.ndarray) -> float:
+    """``line_noise``'s floor (the CPU kernel's ``_noise_floor``)."""
+    return 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+
+
+def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float) -> np.ndarray:
+    """Return the noise at each column from the two outside rows' difference (the CPU kernel's ``outer_line_noise``)."""
+    diff = np.abs(np.asarray(work[before], dtype=np.float64) - np.asarray(work[after], dtype=np.float64))
+    block = 2 * half_window + 1
+    out = np.empty(diff.shape[0])
+    for start in range(0, diff.shape[0], block):
+        out[start:start + block] = 1.4826 / np.sqrt(2.0) * float(np.median(diff[start:start + block])) + floor
+    return out
 
 
 def line_noise(work: np.ndarray) -> np.ndarray:
@@ -162,7 +185,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:
     work = np.asarray(work, dtype=np.float64)
     cols = work.shape[1]
     block = max(4, cols // 16)
-    floor = 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    floor = _noise_floor(work)
     diff = np.abs(work[1::4] - work[:-1:4][: work[1::4].shape[0]])
     noise = np.empty(cols)
     for start in range(0, cols, block):
