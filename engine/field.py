@@ -788,10 +788,12 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     split would take it for a class of its own (on an inverted image a dead line at zero is the
     darkest thing there, and becomes "the field"). A band qualifies when, over at least
     ``DEAD_LINE_SHARE`` of its length, it lies beyond both lines outside it on one side by more
-    than ``DEAD_LINE_CONTRAST`` times the image's line-to-line noise; a field edge is a step (one
-    neighbour agrees) and anatomy does not run along a whole detector line. Only bands whose means
-    spike away from both neighbours' means are examined pixel by pixel (a cheap first pass: this
-    runs on every frame).
+    than ``DEAD_LINE_CONTRAST`` times the noise there; a field edge is a step (one neighbour agrees)
+    and anatomy does not run along a whole detector line. Only bands whose means spike away from both
+    neighbours' means are examined pixel by pixel (a cheap first pass: this runs on every frame). With
+    ``full`` the reduced lines only screen (by one noise sigma: a single dead line of a 1024 x 768 panel
+    is an eighth of a reduced pixel) and the rule is applied on the detector's own lines, against the
+    noise of the ``CONTEXT_LINES`` lines on each side of the band.
     """
     out = values
     found: list[tuple[int, ...]] = [(), ()]
@@ -799,7 +801,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
         work = out if axis == 0 else out.T
         max_width = DEAD_BAND_MAX if full is None else _widest_band(work.shape[0])
         # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
-        # with the detector's own pixels each band is confirmed there: the reduced pixels' sign test decides
+        # with the detector's own pixels each band is confirmed there: the reduced pixels only screen (one sigma)
         bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width,
                                           full is not None)]
         if full is not None and bad:
@@ -820,7 +822,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
                 noise = _line_noise(around) if around.shape[0] >= 8 else _line_noise(segment)
                 at = start
                 while at < stop:
-                    band = _dead_band(segment, at - lo, stop - lo, noise, stop - at + factor)
+                    band = _dead_band(segment, at - lo, stop - lo, noise, min(stop - at + factor, _widest_band(lines)))
                     if band is None:
                         break
                     first_line, last_line = band[0] + lo, band[1] + lo
@@ -852,7 +854,10 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     """Return ``(first, last)`` of a band of 1 to ``max_width`` dead detector lines starting in ``work[start:stop]``.
 
     Over at least ``DEAD_LINE_SHARE`` of their length the band's lines must all lie beyond the two lines just
-    outside it, on one side, by more than ``DEAD_LINE_CONTRAST`` times ``noise`` (each column's, ``(cols,)``). A
+    outside it, on one side, by more than ``DEAD_LINE_CONTRAST`` times the noise there: the smaller of ``noise``
+    (each column's, ``(cols,)``: the lines about the band) and the two outside lines' own difference
+    (``kernels.cpu.field.outer_line_noise``). ``work`` may be a segment of the image's lines; ``max_width`` is the
+    caller's (``_widest_band`` of the whole image). A
     band of up to ``DEAD_BAND_MAX`` lines must have outside lines that differ from each other by less than half
     of that spike there: a detector line or two, not a structure (MLC pickets, a wire) several pixels wide. A
     wider band (up to ``DEAD_BLOCK_MAX_SHARE`` of the lines) must start and stop sharply: over those pixels its
@@ -861,7 +866,6 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     returned (of two hot lines reading differently, the first alone lies beyond the second); None when none does.
     """
     rows = work.shape[0]
-    max_width = min(max_width, _widest_band(rows))
     # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
     # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
     floor = 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
