@@ -98,6 +98,11 @@ def test_a_reference_portal_image_with_dead_lines_registers_as_a_sound_one(value
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
     assert result.details["dead_detector_lines"] is None  # the frame's own: none
+    # the reference's are named: a warning with their count, their detector rows and columns in the details
+    lines = result.details["reference_dead_detector_lines"]
+    assert 90 in lines["rows"] and 140 in lines["columns"]
+    assert any(w.startswith("the reference's 1 dead detector row(s) and 1 column(s) left out") for w in result.warnings)
+    assert sound.register(frame).details["reference_dead_detector_lines"] is None
 
 
 def test_a_frames_dead_lines_are_listed_in_its_details():

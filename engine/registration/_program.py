@@ -998,6 +998,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if field.dead_rows or field.dead_cols:
         warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
                         "left out of the match")
+    reference_field = reference.field
+    if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
+        warnings.append(f"the reference's {len(reference_field.dead_rows)} dead detector row(s) and "
+                        f"{len(reference_field.dead_cols)} column(s) left out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
     # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
@@ -1243,10 +1247,13 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # a noisy frame registered from its smoothed pixels: the smoothing (mm) and the frame's own contrast over noise
     details["denoised"] = denoised
     # the detector rows and columns left out of the match as dead lines (the frame's pixel indices; null: none)
-    details["dead_detector_lines"] = None
+    details["dead_detector_lines"] = details["reference_dead_detector_lines"] = None
     if field.dead_rows or field.dead_cols:  # rare (no call otherwise: this runs for every frame)
         dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
         details["dead_detector_lines"] = {"rows": dead_rows, "columns": dead_cols}
+    if reference_field.dead_rows or reference_field.dead_cols:  # the reference's (its own pixel indices)
+        dead_rows, dead_cols = dead_detector_lines(reference_field, reference._field_factor)
+        details["reference_dead_detector_lines"] = {"rows": dead_rows, "columns": dead_cols}
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
