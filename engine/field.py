@@ -35,6 +35,7 @@ from portalign.kernels.cpu.field import (
     dead_lines,
     detect_front,
     line_noise,
+    noise_floor,
     outer_line_noise,
     split_field,
     three_level_split,
@@ -868,7 +869,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     rows = work.shape[0]
     # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
     # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
-    floor = 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
+    floor = noise_floor(work)
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]
         low, high = work[first].copy(), work[first].copy()

@@ -754,11 +754,10 @@ def _live_weight(shape: tuple[int, int], dead: FieldEstimate | None, field_facto
     """Return 1 on live detector pixels and 0 on ``dead``'s dead lines (None where there are none)."""
     if dead is None or not (dead.dead_rows or dead.dead_cols):
         return None
+    rows, cols = dead_detector_lines(dead, field_factor)
     live_rows, live_cols = np.ones(shape[0]), np.ones(shape[1])
-    for line in dead.dead_rows:
-        live_rows[line * field_factor:(line + 1) * field_factor] = 0.0
-    for line in dead.dead_cols:
-        live_cols[line * field_factor:(line + 1) * field_factor] = 0.0
+    live_rows[[r for r in rows if r < shape[0]]] = 0.0
+    live_cols[[c for c in cols if c < shape[1]]] = 0.0
     return np.outer(live_rows, live_cols)
 
 

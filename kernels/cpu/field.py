@@ -27,8 +27,8 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "outer_line_noise", "OTSU_BINS", "NOT_A_FIELD",
-           "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "noise_floor", "outer_line_noise", "OTSU_BINS",
+           "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -323,7 +323,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
     rows, cols = work.shape
     block = max(4, cols // 16)
     pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
-    floor = _noise_floor(work)
+    floor = noise_floor(work)
     noise = np.empty(cols)
     line = np.empty(pairs * block)
     for start in range(0, cols, block):
@@ -340,7 +340,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _noise_floor(work: np.ndarray) -> float:  # pragma: no cover
+def noise_floor(work: np.ndarray) -> float:  # pragma: no cover
     """:func:`line_noise`'s floor: 0.0001 of the range of the row means, plus 1e-12 of the image's range."""
     rows, cols = work.shape
     low = np.inf
@@ -412,9 +412,9 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     rows' own difference about it (:func:`outer_line_noise`: a dead line crossing a field reads far off its
     neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
     noise). Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
-    on the detector's own pixels, so the first pixel pass decides (a single dead detector line is a sixty-fourth of
-    a reduced pixel's area at a factor of 8: where anatomy's gradients are steep, its dip in the faint outside of a
-    field was within five of their line-to-line spreads).
+    on the detector's own pixels, so the second pixel pass asks ``CONFIRMED_CONTRAST`` (one) noise sigma, not
+    ``contrast`` (a single dead detector line is an eighth of a reduced line at a factor of 8: where anatomy's
+    gradients are steep, its dip in the faint outside of a field was within five of their line-to-line spreads).
 
     The rule of ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its
     numpy twin. ``portalign.field`` confirms each band on the detector's own pixels (bands wider than two
@@ -472,7 +472,7 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
             if threshold_pass == 1:
                 if noise.shape[0] == 0:
                     noise = line_noise(work)
-                    floor = _noise_floor(work)
+                    floor = noise_floor(work)
                 local = outer_line_noise(work, i - 1, last + 1, OUTER_NOISE_HALF_WINDOW, floor)
             spiking = 0
             failed = 0
