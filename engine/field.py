@@ -27,16 +27,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from portalign.kernels.cpu.field import (
     FLAT,
+    LIVE_MIN_PIXELS,
+    LIVE_MIN_SHARE,
+    NARROW_BAND,
     NOT_A_FIELD,
     dead_lines,
     detect_front,
+    extremes,
+    line_means,
     line_noise,
     noise_floor,
     outer_line_noise,
+    screened_lines,
     split_field,
     three_level_split,
 )
@@ -44,8 +51,8 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "detect_field", "find_field", "field_centre_mm", "field_size_mm",
-           "field_pixels", "likely_inverted", "planned_aperture_covers",
+__all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
+           "field_size_mm", "field_pixels", "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -102,7 +109,7 @@ FULL_OUTER_NOISE_HALF_WINDOW = 16
 #: Widest band of adjacent dead detector lines recognised by their spike alone (two adjacent dead lines are a known
 #: fault of a panel's readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm
 #: off, ok).
-DEAD_BAND_MAX = 2
+DEAD_BAND_MAX = NARROW_BAND  # 2 (the kernel leaves clipped pixels out of the share of bands this narrow)
 #: A wider band (a failed gate driver or readout module leaves a block of lines dead or saturated: a 128-line module
 #: is a quarter of a 512-line panel, a panel read out in two halves loses one) is recognised up to this share of the
 #: image's lines (a quarter before: blocks of 30-50 % were matched as anatomy, two of them 21-26 mm off, ok, in a probe
@@ -188,6 +195,10 @@ class FieldEstimate:
     doubt : str
         Why the field found is likely an attenuating object instead (a region resting on an unestablished sign,
         as noisy as its surroundings): registration refuses the match unless ``field='detect'`` (``""``: none).
+    striped : str
+        Why the image's detector lines cannot be left out of the match (more than ``DEAD_LINE_MAX_SHARE`` of its
+        lines dead or hot as separate bands, or over ``DEAD_BLOCK_MAX_SHARE`` of them in all: a striped image, not a
+        panel's isolated faults), naming the lines; registration refuses it whatever ``field`` says (``""``: none).
     """
 
     detected: bool
@@ -201,6 +212,7 @@ class FieldEstimate:
     dead_cols: tuple[int, ...] = ()
     level_shape: tuple[int, int] | None = None
     doubt: str = ""
+    striped: str = ""
 
 
 NO_FIELD = FieldEstimate(detected=False)
@@ -212,7 +224,7 @@ PLANNED_COVERS = "the planned field"
 SET_ASIDE_NOTE = "a region"
 
 
-def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
+def find_field(image: Image, small: np.ndarray, *, thorough: bool = False) -> FieldEstimate:
     """Find the radiation field of ``image`` on its small pyramid level, or say why there is no field edge.
 
     Parameters
@@ -223,6 +235,9 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
         are read.
     small : numpy.ndarray
         ``image`` box-reduced to a few thousand pixels (what :func:`detect_field` works on).
+    thorough : bool
+        Also look for dead lines on the detector's own lines (a reference, prepared once: see
+        :func:`detect_field`).
 
     Returns
     -------
@@ -232,8 +247,10 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     """
     covers = planned_aperture_covers(image)
     if covers:
-        return replace(dead_lines_only(image, small), note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
-    field = detect_field(small, image.pixels)
+        return replace(dead_lines_only(image, small, thorough=thorough),
+                       note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
+    # (every estimate made of ``field`` below keeps its dead lines and ``striped``)
+    field = detect_field(small, image.pixels, thorough=thorough)
     if field.detected and field.note.startswith(MULTI_PART_NOTE) and _thin_split(image, field):
         # one field cut by thin lines (a dead line, a wire; or a closed leaf pair whose soft edges leave only a thin
         # dip below the threshold): still the field, with those lines left out as its edges, not openings. Dropped
@@ -288,7 +305,7 @@ def find_field(image: Image, small: np.ndarray) -> FieldEstimate:
     return field
 
 
-def dead_lines_only(image: Image, small: np.ndarray) -> FieldEstimate:
+def dead_lines_only(image: Image, small: np.ndarray, *, thorough: bool = False) -> FieldEstimate:
     """Return no field, with ``image``'s dead detector lines (for ``field="none"``: no field looked for).
 
     A dead line reads far off its neighbours whether or not the field is looked for: it is left out of the
@@ -296,10 +313,12 @@ def dead_lines_only(image: Image, small: np.ndarray) -> FieldEstimate:
     :func:`find_field`. Before, with ``--field none`` two dead rows were matched as anatomy and raised a noisy
     frame's contrast over noise fourfold (a new user's trial: 48.9 -> 194.8 on leeds_kv at 6 % noise).
     """
-    _, rows, cols = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels)
-    if not rows and not cols:
+    _, rows, cols, striped = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels,
+                                                _detector_candidates(image.pixels) if thorough else None)
+    if not rows and not cols and not striped:
         return NO_FIELD
-    return FieldEstimate(detected=False, dead_rows=rows, dead_cols=cols, level_shape=np.shape(small))
+    return FieldEstimate(detected=False, dead_rows=rows, dead_cols=cols, level_shape=np.shape(small),
+                         striped=striped)
 
 
 def _sign_in_doubt(image: Image, field: FieldEstimate) -> bool:
@@ -412,7 +431,8 @@ def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
 def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
     """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
     return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
-                   level_shape=found.level_shape, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
+                   level_shape=found.level_shape, striped=found.striped,
+                   note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
 
 
 def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> FieldEstimate | None:
@@ -441,7 +461,8 @@ def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> F
         return None
     if _band_across_mm(image, small, found) is not None:
         return None
-    return replace(found, dead_rows=rejected.dead_rows, dead_cols=rejected.dead_cols, level_shape=rejected.level_shape)
+    return replace(found, dead_rows=rejected.dead_rows, dead_cols=rejected.dead_cols, level_shape=rejected.level_shape,
+                   striped=rejected.striped)
 
 
 def _a_band(found: FieldEstimate, width_mm: float) -> FieldEstimate:
@@ -548,7 +569,7 @@ def box_reduce(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int]:
     return img, factor
 
 
-def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEstimate:
+def detect_field(image: np.ndarray, full: np.ndarray | None = None, *, thorough: bool = False) -> FieldEstimate:
     """Find the radiation field in a (small) image.
 
     Parameters
@@ -558,6 +579,11 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
     full : numpy.ndarray, optional
         The image at the detector's own pixels that ``image`` was box-reduced from: dead detector
         lines are confirmed there (one pixel wide).
+    thorough : bool
+        With ``full``, also screen the detector's own lines for dead ones (``_detector_candidates``), not
+        only the reduced lines: a reference, prepared once. Dead lines scattered over a tenth of a fine
+        panel's rows leave every reduced line of a factor of 8 as low as the next, and the reduced screen
+        sees none (a new user's hostile reference, 40 % of its rows dead: matched as it was, 0.68 mm off, ok).
 
     Returns
     -------
@@ -575,12 +601,13 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None) -> FieldEsti
         small, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 0.0 if full is None else DEAD_BLOCK_MAX_SHARE,
         MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
         MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box, THREE_LEVEL_BINS, full is not None)
-    if not dead:
+    candidates = _detector_candidates(full) if thorough and full is not None else None
+    if not dead and not (candidates and (candidates[0].size or candidates[1].size)):
         return _estimate(code, threshold, effectiveness, bright, mask, box, small, three)
-    values, dead_rows, dead_cols = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full)
+    values, dead_rows, dead_cols, striped = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full, candidates)
     found = _detect(values)
-    if dead_rows or dead_cols:
-        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape)
+    if dead_rows or dead_cols or striped:
+        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape, striped=striped)
     return found
 
 
@@ -775,11 +802,31 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
     return float(2.0 * depth.max())
 
 
-def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+def _detector_candidates(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the detector rows and columns of ``full`` whose means spike (candidates for :func:`_bridge_dead_lines`).
+
+    The screen of :func:`~portalign.kernels.cpu.field.dead_lines` (``screened_lines``) over the detector's own
+    line means (bands of up to ``DEAD_BAND_MAX``), in one pass over the pixels: 1-2 ms for a 1024 x 768 panel
+    (the whole ``dead_lines``, with its transposed copy, took 6). :func:`_bridge_dead_lines` confirms each on
+    the pixels about it, as it does those of the reduced lines.
+    """
+    row_means, col_means = line_means(full)
+    return (screened_lines(row_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX),
+            screened_lines(col_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX))
+
+
+def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
+                       candidates: tuple[np.ndarray, np.ndarray] | None = None
+                       ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...], str]:
     """Replace bands of whole rows / columns that spike away from both neighbours by the lines either side.
 
-    Returns the bridged image and the indices of the rows and of the columns replaced. ``full``, the
+    Returns the bridged image, the indices of the rows and of the columns replaced, and why the lines
+    cannot be left out (``""``: they can). ``candidates`` (detector rows and columns, :func:`_detector_candidates`)
+    are taken up beside those the reduced lines' screen finds. More than ``DEAD_LINE_MAX_SHARE`` of an axis's lines as
+    separate bands, or over ``DEAD_BLOCK_MAX_SHARE`` of them in all, is a striped image (a failed readout, a
+    corrupt or interlaced file), not a panel's isolated faults: nothing is bridged along that axis, and the
+    reason names the bands (detector lines where ``full`` is given). Before, such an image was matched as it
+    was, with no word: a fifth of a dosimetry image's rows dead put a 30 mm field's match 12 mm off, ok. ``full``, the
     image at the detector's own pixels that ``values`` was box-reduced from, confirms each band: a
     band of one or two dead lines has neighbours that agree with each other, whereas MLC pickets or a
     thin wire are several pixels wide; a wider band (a dead readout module) starts and stops sharply at a
@@ -798,13 +845,20 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
     """
     out = values
     found: list[tuple[int, ...]] = [(), ()]
+    striped: list[str] = []
     for axis in (0, 1):
         work = out if axis == 0 else out.T
         max_width = DEAD_BAND_MAX if full is None else _widest_band(work.shape[0])
+        detector_bands: list[tuple[int, int]] = []  # the bands confirmed, in detector lines (to name them)
         # the cheap mean-profile pass and the per-line test, compiled (this runs on every frame)
         # with the detector's own pixels each band is confirmed there: the reduced pixels only screen (one sigma)
         bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width,
                                           full is not None)]
+        if full is not None and candidates is not None and candidates[axis].size:
+            # the detector lines screened (``thorough``): the reduced lines they fall in
+            factor = max(1, int(round(full.shape[axis] / work.shape[0])))
+            bad = sorted(set(bad) | {int(line) // factor for line in candidates[axis]
+                                     if 1 <= int(line) // factor <= work.shape[0] - 2})
         if full is not None and bad:
             full_view = full if axis == 0 else full.T  # a view: only the lines about each band are read
             lines = full_view.shape[0]
@@ -827,23 +881,67 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None
                     if band is None:
                         break
                     first_line, last_line = band[0] + lo, band[1] + lo
+                    detector_bands.append((first_line, last_line))
                     # every reduced line the detector lines fall in
                     confirmed.update(range(first_line // factor, min(last_line // factor, work.shape[0] - 2) + 1))
                     at = last_line + 1
             bad = sorted(i for i in confirmed if i >= 1)
         runs = _runs(bad)
-        if not bad or len(runs) > DEAD_LINE_MAX_SHARE * work.shape[0] or len(bad) > DEAD_BLOCK_MAX_SHARE * work.shape[0]:
+        if not bad:
             continue
-        work = work.copy()
-        for first, last in runs:
-            # a band of dead lines: straight across from the line before it to the line after it
-            before, after = work[first - 1], work[last + 1]
-            for i in range(first, last + 1):
-                t = (i - first + 1) / (last - first + 2)
-                work[i] = (1.0 - t) * before + t * after
-        out = work if axis == 0 else work.T
+        # too many to leave out: counted on the detector's own lines where they were confirmed there (twenty
+        # isolated dead rows of a 680-row panel are 3 % of it, and a fifth of an 85-row field-detection level)
+        bands = sorted(set(detector_bands)) if full is not None else runs
+        lines = full.shape[axis] if full is not None else work.shape[0]
+        dead = sum(last - first + 1 for first, last in bands)
+        if len(bands) > DEAD_LINE_MAX_SHARE * lines or max(dead / lines, len(bad) / work.shape[0]) > DEAD_BLOCK_MAX_SHARE:
+            striped.append(_striped_reason(axis, bands, dead, lines, full is not None))
+            continue
+        # a band of dead lines: straight across from the line before it to the line after it
+        out = bridge_lines(out, bad, (), np.float64) if axis == 0 else bridge_lines(out, (), bad, np.float64)
         found[axis] = tuple(int(i) for i in bad)
-    return out, found[0], found[1]
+    return out, found[0], found[1], "; ".join(striped)
+
+
+#: Bands named in a striped image's reason (the rest counted).
+STRIPED_NAMED = 6
+
+
+def _striped_reason(axis: int, bands: list[tuple[int, int]], dead: int, lines: int, detector: bool) -> str:
+    """Say that ``bands`` (``(first, last)``, ``dead`` lines in all of ``lines``) are too many to leave out of a match."""
+    kind = "rows" if axis == 0 else "columns"
+    named = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in bands[:STRIPED_NAMED])
+    more = f" and {len(bands) - STRIPED_NAMED} more" if len(bands) > STRIPED_NAMED else ""
+    where = "detector" if detector else "field-detection level"
+    return (f"{dead} of its {lines} {where} {kind} read far off both neighbours (dead or hot lines), in {len(bands)} "
+            f"separate band(s) ({named}{more}): "
+            "more than a detector's isolated faults (a failed readout, a corrupt or interlaced file), so they cannot "
+            "be left out of the match")
+
+
+def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any, dtype: Any = np.float32) -> np.ndarray:
+    """Return a copy of ``pixels`` (of ``dtype``) whose ``dead_rows`` and ``dead_cols`` are interpolated from the live lines.
+
+    Each dead row's pixels are linearly interpolated, column by column, between the nearest live rows above and
+    below it (the nearest one alone at the image's edge); then each dead column's between the nearest live columns.
+    """
+    out = np.array(pixels, dtype=dtype)
+    for axis, lines in ((0, dead_rows), (1, dead_cols)):
+        work = out if axis == 0 else out.T  # a view: rows of ``work`` are the lines along ``axis``
+        live = np.ones(work.shape[0], dtype=bool)
+        live[[line for line in lines if 0 <= line < work.shape[0]]] = False
+        kept = np.flatnonzero(live)
+        if kept.size == 0 or kept.size == live.size:
+            continue
+        dead = np.flatnonzero(~live)
+        after = np.clip(np.searchsorted(kept, dead), 0, kept.size - 1)
+        before = np.clip(np.searchsorted(kept, dead) - 1, 0, kept.size - 1)
+        lo, hi = kept[before], kept[after]
+        span = np.where(hi > lo, hi - lo, 1).astype(out.dtype)
+        weight = np.clip((dead - lo) / span, 0.0, 1.0)[:, None].astype(out.dtype)
+        work[dead] = (1.0 - weight) * work[lo] + weight * work[hi]
+    return out
+
 
 
 def _widest_band(lines: int) -> int:
@@ -867,9 +965,11 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     returned (of two hot lines reading differently, the first alone lies beyond the second); None when none does.
     """
     rows = work.shape[0]
+    least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])  # live pixels (not clipped) a band is judged by
     # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
     # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
     floor = noise_floor(work)
+    lowest, highest = extremes(work)  # what a clipped region reads: pairs of it carry no noise
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]
         low, high = work[first].copy(), work[first].copy()
@@ -879,20 +979,29 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             if last + 1 >= rows:
                 break
             threshold = DEAD_LINE_CONTRAST * np.minimum(
-                noise, outer_line_noise(work, first - 1, last + 1, FULL_OUTER_NOISE_HALF_WINDOW, floor))
+                noise, outer_line_noise(work, first - 1, last + 1, FULL_OUTER_NOISE_HALF_WINDOW, floor, lowest, highest))
             np.minimum(low, work[last], out=low)
             np.maximum(high, work[last], out=high)
             above, below = low - before > threshold, before - high > threshold
-            if np.mean(above | below) < DEAD_LINE_SHARE:
+            # a clipped region (the band at the clipped value, the line before it within the noise of it) shows
+            # nothing: left out
+            beyond = above | below
+            # (a band of a dead line or two: a wider block spans its lines' whole length, NARROW_BAND)
+            count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest)))
+                     if width <= NARROW_BAND else low.size)
+            if count < least or np.count_nonzero(beyond) < DEAD_LINE_SHARE * count:
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
             after = work[last + 1]
             up = (low - np.maximum(before, after) > threshold)
             down = (np.minimum(before, after) - high > threshold)
+            # (and the line after it)
+            count = (int(np.count_nonzero(up | down | ~_silent_pixels(low, high, before, after, threshold, lowest,
+                                                                       highest))) if width <= NARROW_BAND else low.size)
             spiking = up | down
             if width <= DEAD_BAND_MAX:
                 spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
                 spiking &= np.abs(before - after) < 0.5 * spike
-            if np.mean(spiking) < DEAD_LINE_SHARE:
+            if count < least or np.count_nonzero(spiking) < DEAD_LINE_SHARE * count:
                 continue
             if not _sharp(work, first, last, spiking, width > DEAD_BAND_MAX):
                 continue
@@ -900,6 +1009,21 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
         if widest is not None:
             return widest
     return None
+
+
+def _silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: np.ndarray,
+                   lowest: float, highest: float) -> np.ndarray:
+    """Where a band (its per-pixel ``low`` and ``high``) can show no dead line (``kernels.cpu.field._silent``).
+
+    The band and both outer lines read one value, or the band reads the image's ``lowest`` (``highest``) value, a
+    clipped one, and both outer lines lie within ``threshold`` of it (a dosimetry image's zero outside and the few
+    quanta of its scatter tail).
+    """
+    flat = low == high
+    same = (outer_1 == low) & (outer_2 == low)
+    floor = (low == lowest) & (np.maximum(outer_1, outer_2) - lowest <= threshold)
+    ceiling = (low == highest) & (highest - np.minimum(outer_1, outer_2) <= threshold)
+    return flat & (same | floor | ceiling)  # type: ignore[no-any-return]
 
 
 def _sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool) -> bool:

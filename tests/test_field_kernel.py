@@ -79,7 +79,8 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
 
 
 @pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair", "dead block",
-                                  "part-dead rows", "dead rows through a field"])
+                                  "part-dead rows", "dead rows through a field", "dead row, clipped outside",
+                                  "field edge, clipped outside"])
 def test_dead_lines_equal_the_reference(kind):
     from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
     from portalign.kernels.cpu.field import dead_lines
@@ -118,6 +119,18 @@ def test_dead_lines_equal_the_reference(kind):
         image[:, -25:] *= 0.03
         image[70:73] = 0.0
         expected_rows = [70, 71, 72]
+    elif kind == "dead row, clipped outside":
+        # a portal-dosimetry image: a small field, and outside it exactly zero (78 % of the handed small-field
+        # case's pixels). The dead row differs from its neighbours inside the field only (a fifth of its length)
+        image[:, :50] = 0.0
+        image[:, 76:] = 0.0
+        image[44] = 0.0
+        expected_rows = [44]
+    elif kind == "field edge, clipped outside":  # the field's edge rows are steps, not spikes
+        image[:, :50] = 0.0
+        image[:, 76:] = 0.0
+        image[:30] = 0.0
+        image[70:] = 0.0
     image = np.ascontiguousarray(image)
     got = dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 12)
     want = reference.dead_lines(image, DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, 12)

@@ -14,7 +14,7 @@ import numpy as np
 from portalign.kernels.cpu.level import DEAD_LINE, LEVEL_SLOTS
 from portalign.kernels.cpu.pyramid import smooth_separable
 
-from ..field import FieldEstimate
+from ..field import FieldEstimate, bridge_lines
 from ..image import Image
 from ._plan import FramePlan, Level
 from ._search import searched_rotations
@@ -210,30 +210,6 @@ def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> I
     if not dead_rows and not dead_cols:
         return image
     return Image._derived(bridge_lines(image.pixels, dead_rows, dead_cols), image)
-
-
-def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any) -> np.ndarray:
-    """Return a float32 copy of ``pixels`` whose ``dead_rows`` and ``dead_cols`` are interpolated from the live lines.
-
-    Each dead row's pixels are linearly interpolated, column by column, between the nearest live rows above and
-    below it (the nearest one alone at the image's edge); then each dead column's between the nearest live columns.
-    """
-    out = np.array(pixels, dtype=np.float32)
-    for axis, lines in ((0, dead_rows), (1, dead_cols)):
-        work = out if axis == 0 else out.T  # a view: rows of ``work`` are the lines along ``axis``
-        live = np.ones(work.shape[0], dtype=bool)
-        live[[line for line in lines if 0 <= line < work.shape[0]]] = False
-        kept = np.flatnonzero(live)
-        if kept.size == 0 or kept.size == live.size:
-            continue
-        dead = np.flatnonzero(~live)
-        after = np.clip(np.searchsorted(kept, dead), 0, kept.size - 1)
-        before = np.clip(np.searchsorted(kept, dead) - 1, 0, kept.size - 1)
-        lo, hi = kept[before], kept[after]
-        span = np.where(hi > lo, hi - lo, 1).astype(np.float32)
-        weight = np.clip((dead - lo) / span, 0.0, 1.0)[:, None].astype(np.float32)
-        work[dead] = (1.0 - weight) * work[lo] + weight * work[hi]
-    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -986,6 +986,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             warnings.extend(doubts)
         else:
             doubt_reason = "; ".join(doubts)
+    if field.striped:  # rare: too many dead lines to leave out, whatever field says
+        doubt_reason = "; ".join(r for r in (f"{frame.info.source}: {field.striped}; acquire the frame again",
+                                             doubt_reason) if r)
     # the reference shows a radiation field and the frame, looked for one, shows none, and its header does not say that
     # the planned field covers it (nor is it a doubted object): the frame's whole image, its field edge and outside
     # included, meets the reference's field (a weak match of that is refused below: FIELD_MISSING_BELOW_EDGE). A region

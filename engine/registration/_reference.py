@@ -168,7 +168,7 @@ class Reference:
             field_estimate, factor, margin = NO_FIELD, 1, options.field_margin_mm
             if wants_field(options, image):
                 small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-                field_estimate = find_field(image, small)
+                field_estimate = find_field(image, small, thorough=True)  # once: the detector's own lines too
                 if field_estimate.dead_rows or field_estimate.dead_cols:  # a dead line across the edge is no penumbra
                     small = bridge_lines(small, field_estimate.dead_rows, field_estimate.dead_cols)
                 # a reference portal image shows the frame's field too: its penumbra must be cut out whole
@@ -181,7 +181,12 @@ class Reference:
                     margin = min(margin, MAX_MARGIN_FRACTION * size)
             elif options.field == "none" and image.info.kind != "drr":  # no field looked for: its dead lines still are
                 small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-                field_estimate = dead_lines_only(image, small)
+                field_estimate = dead_lines_only(image, small, thorough=True)
+            if field_estimate.striped:
+                # every frame would meet the stripes: refused once, here, and not per frame
+                raise ReferencePreparationError(
+                    f"{image.info.source}: {field_estimate.striped}; acquire the reference again, or correct the "
+                    "detector's calibration (dark and flood fields) before using it")
             return cls(image, options, chosen, field_estimate, factor, margin)
 
     def aperture_model(self) -> Reference | None:

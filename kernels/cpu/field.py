@@ -27,8 +27,8 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "noise_floor", "outer_line_noise", "OTSU_BINS",
-           "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "noise_floor", "outer_line_noise", "extremes",
+           "line_means", "screened_lines", "NARROW_BAND", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -290,6 +290,27 @@ def _beyond(low: float, high: float, outer_1: float, outer_2: float, threshold: 
 
 
 @njit(cache=True, nogil=True)
+def _silent(low: float, high: float, outer_1: float, outer_2: float, threshold: float, lowest: float,
+            highest: float) -> bool:  # pragma: no cover
+    """Whether a pixel can show no dead (or hot) line.
+
+    The band and both outer values read one value, or the band reads the image's ``lowest`` (``highest``) value and
+    both outer values lie within ``threshold`` of it. A clipped region (the zero outside of a portal-dosimetry
+    image's field, and the few quanta of its scatter tail above the zero) reads what a dead line reads: a line can be
+    judged only where its neighbours stand clear of that.
+    """
+    if low != high:
+        return False
+    if outer_1 == low and outer_2 == low:
+        return True
+    if low == lowest:
+        return max(outer_1, outer_2) - lowest <= threshold
+    if low == highest:
+        return highest - min(outer_1, outer_2) <= threshold
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _sharp_means(means: np.ndarray, first: int, last: int) -> bool:  # pragma: no cover
     """Whether a band of three or more rows reads at its ends at least half its mean depth beyond the rows outside.
 
@@ -318,12 +339,15 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
     blocks of ``max(4, cols // 16)`` columns (each block's value for its columns): the noise where the
     column is, which is several times smaller outside a radiation field than inside it. Floored at 0.0001
     of the range of the row means (a flat or integer-valued region has no spread of differences; a mean
-    over a row is not moved far by one extreme pixel), plus 1e-12 of the image's range.
+    over a row is not moved far by one extreme pixel), plus 1e-12 of the image's range. Pairs that both read the
+    image's lowest (or highest) value are clipped and left out: where most of a block is a dosimetry image's zero
+    outside, its median was zero, and anatomy's rows inside a small field passed for dead lines.
     """
     rows, cols = work.shape
     block = max(4, cols // 16)
     pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
     floor = noise_floor(work)
+    lowest, highest = extremes(work)
     noise = np.empty(cols)
     line = np.empty(pairs * block)
     for start in range(0, cols, block):
@@ -331,12 +355,26 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
         n = 0
         for i in range(1, rows, 4):
             for j in range(start, stop):
-                line[n] = abs(work[i, j] - work[i - 1, j])
+                a, b = work[i, j], work[i - 1, j]
+                if a == b and (a == lowest or a == highest):
+                    continue  # clipped: no noise there to measure
+                line[n] = abs(a - b)
                 n += 1
-        value = 1.4826 * np.median(line[:n]) + floor
+        value = (1.4826 * np.median(line[:n]) if n > 0 else 0.0) + floor
         for j in range(start, stop):
             noise[j] = value
     return noise
+
+
+@njit(cache=True, nogil=True)
+def extremes(work: np.ndarray) -> tuple:  # pragma: no cover
+    """Return ``(lowest, highest)`` of ``work``: the values a clipped region reads."""
+    lowest = np.inf
+    highest = -np.inf
+    for value in work.ravel():
+        lowest = min(lowest, value)
+        highest = max(highest, value)
+    return lowest, highest
 
 
 @njit(cache=True, nogil=True)
@@ -365,10 +403,23 @@ def noise_floor(work: np.ndarray) -> float:  # pragma: no cover
 CONFIRMED_CONTRAST = 1.0
 #: Half the block of columns (less one) over which :func:`outer_line_noise` takes its median.
 OUTER_NOISE_HALF_WINDOW = 4
+#: A pixel where a band and both its outside rows read exactly the same value (a clipped, constant region: the zero
+#: outside of a portal-dosimetry image's field), or the band reads the clipped value and its outside rows are within
+#: the threshold of it (the field's scatter tail), can show no dead line (``_silent``), and is left out of the share;
+#: at least this many pixels, and this share of the line, must be left to judge it by (a single dead row through a
+#: dosimetry image's 30 mm field, 78 % of whose pixels are exactly zero, was never found: a fifth of its rows dead put
+#: it 12 mm off, ok).
+LIVE_MIN_PIXELS = 4
+LIVE_MIN_SHARE = 0.02
+#: ...for a band of at most this many lines (a dead line or two: ``portalign.field.DEAD_BAND_MAX``). A wider block (a
+#: failed readout module) spans its lines' whole length: without this, a hard-edged field over a constant outside was
+#: a "block" of hot rows (its outside pixels silent, all its own beyond the rows outside it).
+NARROW_BAND = 2
 
 
 @njit(cache=True, nogil=True)
-def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float) -> np.ndarray:  # pragma: no cover
+def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float,  # pragma: no cover
+                     lowest: float = np.inf, highest: float = -np.inf) -> np.ndarray:
     """Return the noise at each column of a band from how far its two outside rows ``before`` and ``after`` differ.
 
     ``1.4826 / sqrt(2)`` times the median of ``|work[before, j] - work[after, j]|`` over each block of
@@ -377,7 +428,8 @@ def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int
     each block of columns over every row: a dead column through a field's faint outside (2 % of the dose, as little
     noise) was judged against the field's noise, and went unseen where the field covered under 80 % of it. Where
     the outside rows differ by more than noise (an edge between them, steep anatomy) this is larger, and the
-    callers take the smaller of the two.
+    callers take the smaller of the two. Pairs that both read ``lowest`` or ``highest`` (the image's
+    :func:`extremes`: clipped) are left out, as in :func:`line_noise`; a block of nothing else has ``floor``.
     """
     cols = work.shape[1]
     block = 2 * half_window + 1
@@ -385,12 +437,84 @@ def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int
     window = np.empty(block)
     for start in range(0, cols, block):
         stop = min(start + block, cols)
+        n = 0
         for k in range(start, stop):
-            window[k - start] = abs(work[before, k] - work[after, k])
-        value = 1.4826 / math.sqrt(2.0) * np.median(window[:stop - start]) + floor
+            a, b = work[before, k], work[after, k]
+            if a == b and (a == lowest or a == highest):
+                continue
+            window[n] = abs(a - b)
+            n += 1
+        value = (1.4826 / math.sqrt(2.0) * np.median(window[:n]) if n > 0 else 0.0) + floor
         for k in range(start, stop):
             out[k] = value
     return out
+
+
+@njit(cache=True, nogil=True)
+def _screen(means: np.ndarray, contrast: float, max_width: int) -> tuple:  # pragma: no cover
+    """Return ``(starts, widths)`` of the bands of 1 to ``max_width`` lines whose ``means`` spike (``dead_lines``' screen).
+
+    Every line of a band lies beyond both lines outside it, on one side, the farthest by more than ``contrast`` times
+    the profile's noise; a band of three or more is sharp (:func:`_sharp_means`).
+    """
+    rows = means.shape[0]
+    diffs = np.empty(rows - 1)
+    for i in range(rows - 1):
+        diffs[i] = abs(means[i + 1] - means[i])
+    curvature = np.empty(rows - 2)
+    for i in range(rows - 2):
+        curvature[i] = abs(means[i + 2] - 2.0 * means[i + 1] + means[i])
+    # the smaller of the first and (scaled to agree on white noise: sqrt(6) against sqrt(2) sigma) second differences'
+    # spread: where the means rise steadily across the lines (a turned collimator's field) the first differences are
+    # that slope, and a dead column through such a field's corner was screened out
+    profile_noise = 1.4826 * min(np.median(diffs), np.median(curvature) / math.sqrt(3.0)) \
+        + 1e-12 * ((means.max() - means.min()) + 1.0)
+    threshold = contrast * profile_noise  # a screen: the pixel test below decides
+    # every band that passes the screen; a band that no longer lies beyond the row before it cannot by growing
+    starts = []
+    widths = []
+    for i in range(1, rows - 1):
+        low = high = means[i]
+        for width in range(1, max_width + 1):
+            last = i + width - 1
+            if last + 1 > rows - 1:
+                break
+            low, high = min(low, means[last]), max(high, means[last])
+            if not (low > means[i - 1] or high < means[i - 1]):
+                break
+            if _beyond(low, high, means[i - 1], means[last + 1], threshold) and _sharp_means(means, i, last):
+                starts.append(i)
+                widths.append(width)
+    return starts, widths
+
+
+@njit(cache=True, nogil=True)
+def line_means(work: np.ndarray) -> tuple:  # pragma: no cover
+    """Return the means of ``work``'s rows and of its columns (``(rows,)``, ``(cols,)``), in one pass (any float dtype)."""
+    rows, cols = work.shape
+    row_means = np.zeros(rows)
+    col_means = np.zeros(cols)
+    for i in range(rows):
+        total = 0.0
+        for j in range(cols):
+            value = float(work[i, j])
+            total += value
+            col_means[j] += value
+        row_means[i] = total / cols
+    return row_means, col_means / rows
+
+
+@njit(cache=True, nogil=True)
+def screened_lines(means: np.ndarray, contrast: float, max_width: int) -> np.ndarray:  # pragma: no cover
+    """Return the lines (sorted) of every band of ``means`` that :func:`dead_lines`' screen takes up."""
+    taken = np.zeros(means.shape[0], dtype=np.bool_)
+    if means.shape[0] < 5:
+        return np.nonzero(taken)[0].astype(np.int64)
+    starts, widths = _screen(means, contrast, max_width)
+    for c in range(len(starts)):
+        for r in range(starts[c], starts[c] + widths[c]):
+            taken[r] = True
+    return np.nonzero(taken)[0].astype(np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -430,37 +554,12 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
         for j in range(cols):
             total += work[i, j]
         means[i] = total / cols
-    diffs = np.empty(rows - 1)
-    for i in range(rows - 1):
-        diffs[i] = abs(means[i + 1] - means[i])
-    curvature = np.empty(rows - 2)
-    for i in range(rows - 2):
-        curvature[i] = abs(means[i + 2] - 2.0 * means[i + 1] + means[i])
-    # the smaller of the first and (scaled to agree on white noise: sqrt(6) against sqrt(2) sigma) second differences'
-    # spread: where the means rise steadily across the lines (a turned collimator's field) the first differences are
-    # that slope, and a dead column through such a field's corner was screened out
-    profile_noise = 1.4826 * min(np.median(diffs), np.median(curvature) / math.sqrt(3.0)) \
-        + 1e-12 * ((means.max() - means.min()) + 1.0)
-    threshold = contrast * profile_noise  # a screen: the pixel test below decides
-    # every band that passes the screen; a band that no longer lies beyond the row before it cannot by growing
-    starts = []
-    widths = []
-    for i in range(1, rows - 1):
-        low = high = means[i]
-        for width in range(1, max_width + 1):
-            last = i + width - 1
-            if last + 1 > rows - 1:
-                break
-            low, high = min(low, means[last]), max(high, means[last])
-            if not (low > means[i - 1] or high < means[i - 1]):
-                break
-            if _beyond(low, high, means[i - 1], means[last + 1], threshold) and _sharp_means(means, i, last):
-                starts.append(i)
-                widths.append(width)
+    starts, widths = _screen(means, contrast, max_width)
     if len(starts) == 0:
         return bad
     noise = np.empty(0)  # worked out for the first band that lies beyond its outside rows at all
     floor = 0.0
+    lowest, highest = np.inf, -np.inf  # the image's extremes: what a clipped region reads
     taken = np.zeros(rows, dtype=np.bool_)
     allowed = cols - share * cols  # columns that may fail before the band cannot pass
     for c in range(len(starts)):
@@ -473,24 +572,32 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                 if noise.shape[0] == 0:
                     noise = line_noise(work)
                     floor = noise_floor(work)
-                local = outer_line_noise(work, i - 1, last + 1, OUTER_NOISE_HALF_WINDOW, floor)
+                local = outer_line_noise(work, i - 1, last + 1, OUTER_NOISE_HALF_WINDOW, floor, lowest, highest)
+            elif noise.shape[0] == 0 and lowest > highest:
+                lowest, highest = extremes(work)
             spiking = 0
             failed = 0
+            silent = 0
             for j in range(cols):
                 low = high = work[i, j]
                 for r in range(i + 1, last + 1):
                     low, high = min(low, work[r, j]), max(high, work[r, j])
-                if _beyond(low, high, work[i - 1, j], work[last + 1, j],
-                           0.0 if threshold_pass == 0 else (CONFIRMED_CONTRAST if confirmed else contrast)
-                           * min(noise[j], local[j])):
+                threshold = 0.0 if threshold_pass == 0 else (CONFIRMED_CONTRAST if confirmed else contrast) \
+                    * min(noise[j], local[j])
+                if _beyond(low, high, work[i - 1, j], work[last + 1, j], threshold):
                     spiking += 1
+                elif last - i < NARROW_BAND and _silent(low, high, work[i - 1, j], work[last + 1, j],
+                                                        np.inf if threshold_pass == 0 else threshold, lowest, highest):
+                    silent += 1  # (the first pass does not know the noise: any band at a clipped value is silent)
                 else:
                     failed += 1
-                    if failed > allowed:
+                    if failed > allowed:  # (1 - share) of every column: past it no share of the live ones is left
                         break
-            if spiking / cols < share:
+            live = cols - silent
+            if live < max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols) or spiking < share * live:
+                spiking = 0
                 break
-        if spiking / cols >= share:
+        if spiking > 0:
             for r in range(i, last + 1):
                 taken[r] = True
     return np.nonzero(taken)[0].astype(np.int64)

@@ -152,15 +152,41 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     noise = line_noise(work)
     bad = []
     for i, width in bands:
-        local = outer_line_noise(work, i - 1, i + width, OUTER_NOISE_HALF_WINDOW, _noise_floor(work))
+        local = outer_line_noise(work, i - 1, i + width, OUTER_NOISE_HALF_WINDOW, _noise_floor(work),
+                                 float(work.min()), float(work.max()))
         threshold = (CONFIRMED_CONTRAST if confirmed else contrast) * np.minimum(noise, local)
-        if np.mean(_beyond(work[i:i + width], work[i - 1], work[i + width], threshold)) >= share:
+        band = work[i:i + width]
+        spiking = _beyond(band, work[i - 1], work[i + width], threshold)
+        live = spiking | ~silent_pixels(band, work[i - 1], work[i + width], threshold, work.min(), work.max())
+        if width > NARROW_BAND:  # a wide block spans its lines' whole length
+            live[:] = True
+        count = int(live.sum())
+        if count >= max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1]) and spiking.sum() >= share * count:
             bad.extend(range(i, i + width))
     return np.asarray(sorted(set(bad)), dtype=np.int64)
 
 
 #: The CPU kernel's ``CONFIRMED_CONTRAST``.
 CONFIRMED_CONTRAST = 1.0
+#: The CPU kernel's ``LIVE_MIN_PIXELS``, ``LIVE_MIN_SHARE`` and ``NARROW_BAND``.
+LIVE_MIN_PIXELS = 4
+LIVE_MIN_SHARE = 0.02
+NARROW_BAND = 2
+
+
+def silent_pixels(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: np.ndarray, lowest: float,
+                  highest: float) -> np.ndarray:
+    """Where no line shows (the CPU kernel's ``_silent``).
+
+    ``band`` (rows x n) and both outer rows at one value, or the band at the image's ``lowest`` (``highest``) value
+    and both outer rows within ``threshold`` of it.
+    """
+    low, high = band.min(axis=0), band.max(axis=0)
+    flat = low == high
+    same = (outer_1 == low) & (outer_2 == low)
+    floor = (low == lowest) & (np.maximum(outer_1, outer_2) - lowest <= threshold)
+    ceiling = (low == highest) & (highest - np.minimum(outer_1, outer_2) <= threshold)
+    return flat & (same | floor | ceiling)  # type: ignore[no-any-return]
 #: Half the block (less one) of the median of ``outer_line_noise`` (the CPU kernel's ``OUTER_NOISE_HALF_WINDOW``).
 OUTER_NOISE_HALF_WINDOW = 4
 
@@ -170,13 +196,17 @@ def _noise_floor(work: np.ndarray) -> float:
     return 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
 
 
-def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float) -> np.ndarray:
+def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int, floor: float,
+                     lowest: float = np.inf, highest: float = -np.inf) -> np.ndarray:
     """Return the noise at each column from the two outside rows' difference (the CPU kernel's ``outer_line_noise``)."""
-    diff = np.abs(np.asarray(work[before], dtype=np.float64) - np.asarray(work[after], dtype=np.float64))
+    a, b = np.asarray(work[before], dtype=np.float64), np.asarray(work[after], dtype=np.float64)
+    diff = np.abs(a - b)
+    kept = ~((a == b) & ((a == lowest) | (a == highest)))  # clipped pairs carry no noise
     block = 2 * half_window + 1
     out = np.empty(diff.shape[0])
     for start in range(0, diff.shape[0], block):
-        out[start:start + block] = 1.4826 / np.sqrt(2.0) * float(np.median(diff[start:start + block])) + floor
+        values = diff[start:start + block][kept[start:start + block]]
+        out[start:start + block] = (1.4826 / np.sqrt(2.0) * float(np.median(values)) if values.size else 0.0) + floor
     return out
 
 
@@ -186,10 +216,13 @@ def line_noise(work: np.ndarray) -> np.ndarray:
     cols = work.shape[1]
     block = max(4, cols // 16)
     floor = _noise_floor(work)
-    diff = np.abs(work[1::4] - work[:-1:4][: work[1::4].shape[0]])
+    upper, lower = work[1::4], work[:-1:4][: work[1::4].shape[0]]
+    diff = np.abs(upper - lower)
+    kept = ~((upper == lower) & ((upper == work.min()) | (upper == work.max())))  # clipped pairs carry no noise
     noise = np.empty(cols)
     for start in range(0, cols, block):
-        noise[start:start + block] = 1.4826 * float(np.median(diff[:, start:start + block])) + floor
+        values = diff[:, start:start + block][kept[:, start:start + block]]
+        noise[start:start + block] = (1.4826 * float(np.median(values)) if values.size else 0.0) + floor
     return noise
 
 

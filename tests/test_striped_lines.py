@@ -1,0 +1,169 @@
+"""Dead lines of a dosimetry image's clipped outside, and images with too many dead lines to leave out.
+
+A portal-dosimetry image reads exactly zero outside its field (78 % of the handed small-field case's pixels).
+A dead detector line there reads what its neighbours read, so it differs from them inside the field only: it was
+never found, however many there were. With a fifth of that reference's rows dead, scattered, the 30 mm field was
+matched 12.3 mm off, ok, with no warning. Now the clipped pixels (a line and both its neighbours at one value) are
+left out of the share a line must spike over, and more than ``DEAD_LINE_MAX_SHARE`` of an image's detector lines as
+separate bands (or over ``DEAD_BLOCK_MAX_SHARE`` of them in all) is a striped image: a reference is refused when it
+is prepared, a frame's result is not ok, with the lines named.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import portalign
+import pytest
+from portalign.errors import ReferencePreparationError
+from portalign.registration import Reference
+
+from tests.synthetic import anatomy, field_aperture, moved, mv_portal
+
+FIELD_CASES = Path(__file__).resolve().parents[2] / "shared" / "field-cases"
+SHAPE = (256, 256)
+
+
+def _with_lines(image: portalign.Image, rows=(), cols=(), value: float = 0.0) -> portalign.Image:  # type: ignore[no-untyped-def]
+    pixels = np.array(image.pixels, dtype=np.float32)
+    pixels[list(rows), :] = value
+    pixels[:, list(cols)] = value
+    return replace(image, pixels=pixels)
+
+
+def _dosimetry_pair(dx: float, dy: float, seed: int = 5):  # type: ignore[no-untyped-def]
+    """A 120 x 120 mm field on a 256 mm panel (1 mm pixels), 0.5 % noise, and outside it exactly zero (clipped below
+    3 % of the open beam, as a dosimetry image's calibration leaves it; 78 % of the pixels): a reference and the same
+    scene seen through a window moved by (dx, dy) mm, the field with it (as the handed small-field case is made)."""
+    scene = mv_portal(anatomy(384, seed=seed), field_aperture((384, 384), 1.0, 60.0, 60.0, transmission=0.0))
+
+    def taken(shift_x: float, shift_y: float, noise_seed: int) -> portalign.Image:
+        values = moved(scene, shift_x, shift_y, 0, shape=SHAPE)
+        values = values + np.random.default_rng(noise_seed).normal(0.0, 5.0, SHAPE)
+        return portalign.Image.from_array(np.maximum(values - 30.0, 0.0).astype(np.float32), pixel_spacing_mm=1.0,
+                                          kind="portal")
+
+    return taken(0.0, 0.0, seed + 100), taken(dx, dy, seed)
+
+
+def _scattered(count: int, first: int, last: int, seed: int) -> list[int]:
+    """``count`` separate lines (no two adjacent) from ``first`` to ``last``."""
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for line in rng.permutation(np.arange(first, last + 1)):
+        if all(abs(int(line) - other) > 1 for other in picked):
+            picked.append(int(line))
+        if len(picked) == count:
+            break
+    return sorted(picked)
+
+
+def test_the_pair_is_clipped_outside_its_field():
+    ref, _ = _dosimetry_pair(0.0, 0.0)
+    assert np.mean(ref.pixels == 0.0) > 0.7  # most of it exactly zero, like the handed case (78 %)
+
+
+@pytest.mark.parametrize("where", ["reference", "frame"])
+def test_a_dead_row_through_a_clipped_images_field_is_found(where):
+    """Inside the field only (under half of its length) the dead row differs from its neighbours: found and left out."""
+    dx, dy = 2.2, -1.4
+    ref, frame = _dosimetry_pair(dx, dy)
+    if where == "reference":
+        prepared = Reference.prepare(_with_lines(ref, rows=(121,), cols=(140,)), backend="cpu")
+        assert prepared.field.dead_rows and prepared.field.dead_cols  # none was found before
+        result = prepared.register(frame)
+        lines = result.details["reference_dead_detector_lines"]
+    else:
+        result = portalign.register(ref, _with_lines(frame, rows=(121,), cols=(140,)), backend="cpu")
+        lines = result.details["dead_detector_lines"]
+    assert result.ok, result.reason
+    assert 121 in lines["rows"] and 140 in lines["columns"]
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
+
+
+def test_a_sound_clipped_image_shows_no_dead_line():
+    """Leaving the clipped pixels out does not turn the field's own rows into dead lines (nor its edges)."""
+    ref, frame = _dosimetry_pair(1.0, 1.0)
+    prepared = Reference.prepare(ref, backend="cpu")
+    assert not prepared.field.dead_rows and not prepared.field.dead_cols and not prepared.field.striped
+    result = prepared.register(frame)
+    assert result.ok, result.reason
+    assert result.details["dead_detector_lines"] is None
+
+
+@pytest.mark.parametrize("value", [0.0, 2000.0])
+def test_a_striped_reference_is_refused_when_prepared(value):
+    """Thirty separate dead (or hot) rows of 256 (over 5 %), through the field (where a dead one shows): refused, the
+    rows named; not matched as it is."""
+    ref, _ = _dosimetry_pair(0.0, 0.0)
+    rows = _scattered(30, 75, 180, seed=2)
+    with pytest.raises(ReferencePreparationError) as caught:
+        Reference.prepare(_with_lines(ref, rows=rows, value=value), backend="cpu")
+    message = str(caught.value)
+    assert "separate band(s)" in message and "detector rows" in message and "acquire the reference again" in message
+    named = message.split("separate band(s) (")[1].split(" and ")[0].split(", ")
+    assert len(named) == 6 and all(int(line) in rows for line in named)  # the first six, each one of the dead rows
+    # field='none' looks for no field, and still for its dead lines
+    with pytest.raises(ReferencePreparationError, match="separate band"):
+        Reference.prepare(_with_lines(ref, rows=rows, value=value), portalign.RegistrationOptions(field="none"),
+                          backend="cpu")
+
+
+def test_a_striped_frame_is_not_ok_whatever_field_says():
+    ref, frame = _dosimetry_pair(1.5, -2.0)
+    striped = _with_lines(frame, cols=_scattered(30, 75, 180, seed=4))
+    for options in (portalign.RegistrationOptions(), portalign.RegistrationOptions(field="detect")):
+        result = portalign.register(ref, striped, options=options, backend="cpu")
+        assert not result.ok
+        assert "dead or hot" in result.reason and "acquire the frame again" in result.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["reference", "frame"])
+def test_handed_small_field_with_a_fifth_of_its_rows_dead_is_not_ok(side):
+    """The handed 30 mm portal-dosimetry pair (``field-cases/small-field``), a fifth of one image's rows dead,
+    scattered: the reference was matched 12.3 mm off, ok. Now refused (or, where the lines found are few enough to
+    leave out, right)."""
+    folder = FIELD_CASES / "small-field"
+    if not folder.is_dir():
+        pytest.skip("../shared/field-cases/small-field not present")
+    ref = portalign.read_rt_image(folder / "ref_crop.dcm")
+    frame = portalign.read_rt_image(folder / "frame_shift_r+9_c-13.dcm")
+    rows = np.random.default_rng(3).choice(ref.shape[0], ref.shape[0] // 5, replace=False)
+    try:
+        if side == "reference":
+            result = portalign.register(_with_lines(ref, rows=rows), frame, backend="cpu")
+        else:
+            result = portalign.register(ref, _with_lines(frame, rows=rows), backend="cpu")
+    except ReferencePreparationError as exc:
+        assert side == "reference" and "dead or hot" in str(exc)
+        return
+    if result.ok:
+        assert math.hypot(result.dx_mm + 2.912, result.dy_mm - 2.016) < 0.5
+
+
+def test_scattered_dead_rows_of_a_fine_panel_are_seen_on_the_detectors_own_lines():
+    """Sixty dead rows scattered over a 1024 x 768 panel (0.4 mm pixels: a field-detection level of 8 x 8 detector
+    pixels, in which every reduced row then holds a dead one or is next to one): the reduced lines' screen sees no
+    dead line, and the reference was matched as it was. A reference is prepared once, so its detector lines are
+    screened too (``find_field(thorough=True)``): refused, the rows named."""
+    from portalign.field import box_reduce, find_field
+    from portalign.registration._reference import FIELD_LEVEL_MAX_PIXELS
+
+    shape = (768, 1024)
+    jaws = field_aperture(shape, 0.4, 190.0, 140.0)  # the rows cross the field over 93 % of their length
+    pixels = mv_portal(moved(anatomy(384, seed=2), 0, 0, 0, shape=shape, spacing_mm=0.4), jaws, noise=0.01, seed=1)
+    reference = portalign.Image.from_array(pixels, pixel_spacing_mm=0.4, kind="portal")
+    rows = _scattered(60, 20, 740, seed=1)
+    broken = _with_lines(reference, rows=rows)
+    small, factor = box_reduce(broken.pixels, FIELD_LEVEL_MAX_PIXELS)
+    assert factor == 8 and not find_field(broken, small).dead_rows  # the reduced lines alone: none
+    with pytest.raises(ReferencePreparationError, match="detector rows read far off both neighbours") as caught:
+        Reference.prepare(broken, backend="cpu")
+    named = str(caught.value).split("separate band(s) (")[1].split(" and ")[0].split(", ")
+    assert all(int(line) in rows for line in named)
+    # the sound panel: its detector lines screened too, none found
+    assert not Reference.prepare(reference, backend="cpu").field.dead_rows
