@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from portalign.kernels.cpu.field import (
@@ -195,6 +195,9 @@ class FieldEstimate:
     doubt : str
         Why the field found is likely an attenuating object instead (a region resting on an unestablished sign,
         as noisy as its surroundings): registration refuses the match unless ``field='detect'`` (``""``: none).
+    detector_rows, detector_cols : tuple of int
+        The dead lines' own detector rows and columns (the image's pixel indices), where they were confirmed on
+        the detector's pixels (``()`` otherwise: then every detector line of ``dead_rows`` / ``dead_cols`` counts).
     striped : str
         Why the image's detector lines cannot be left out of the match (more than ``DEAD_LINE_MAX_SHARE`` of its
         lines dead or hot as separate bands, or over ``DEAD_BLOCK_MAX_SHARE`` of them in all: a striped image, not a
@@ -212,6 +215,8 @@ class FieldEstimate:
     dead_cols: tuple[int, ...] = ()
     level_shape: tuple[int, int] | None = None
     doubt: str = ""
+    detector_rows: tuple[int, ...] = ()
+    detector_cols: tuple[int, ...] = ()
     striped: str = ""
 
 
@@ -313,12 +318,11 @@ def dead_lines_only(image: Image, small: np.ndarray, *, thorough: bool = False) 
     :func:`find_field`. Before, with ``--field none`` two dead rows were matched as anatomy and raised a noisy
     frame's contrast over noise fourfold (a new user's trial: 48.9 -> 194.8 on leeds_kv at 6 % noise).
     """
-    _, rows, cols, striped = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels,
-                                                _detector_candidates(image.pixels) if thorough else None)
-    if not rows and not cols and not striped:
+    lines = _bridge_dead_lines(np.asarray(small, dtype=np.float64), image.pixels,
+                               _detector_candidates(image.pixels) if thorough else None)
+    if not lines.rows and not lines.cols and not lines.striped:
         return NO_FIELD
-    return FieldEstimate(detected=False, dead_rows=rows, dead_cols=cols, level_shape=np.shape(small),
-                         striped=striped)
+    return FieldEstimate(detected=False, level_shape=np.shape(small), **lines.found())
 
 
 def _sign_in_doubt(image: Image, field: FieldEstimate) -> bool:
@@ -431,7 +435,8 @@ def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
 def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
     """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
     return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
-                   level_shape=found.level_shape, striped=found.striped,
+                   level_shape=found.level_shape, detector_rows=found.detector_rows, detector_cols=found.detector_cols,
+                   striped=found.striped,
                    note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
 
 
@@ -462,7 +467,7 @@ def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> F
     if _band_across_mm(image, small, found) is not None:
         return None
     return replace(found, dead_rows=rejected.dead_rows, dead_cols=rejected.dead_cols, level_shape=rejected.level_shape,
-                   striped=rejected.striped)
+                   detector_rows=rejected.detector_rows, detector_cols=rejected.detector_cols, striped=rejected.striped)
 
 
 def _a_band(found: FieldEstimate, width_mm: float) -> FieldEstimate:
@@ -604,10 +609,10 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None, *, thorough:
     candidates = _detector_candidates(full) if thorough and full is not None else None
     if not dead and not (candidates and (candidates[0].size or candidates[1].size)):
         return _estimate(code, threshold, effectiveness, bright, mask, box, small, three)
-    values, dead_rows, dead_cols, striped = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full, candidates)
-    found = _detect(values)
-    if dead_rows or dead_cols or striped:
-        found = replace(found, dead_rows=dead_rows, dead_cols=dead_cols, level_shape=values.shape, striped=striped)
+    lines = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full, candidates)
+    found = _detect(lines.values)
+    if lines.rows or lines.cols or lines.striped:
+        found = replace(found, level_shape=lines.values.shape, **lines.found())
     return found
 
 
@@ -815,14 +820,30 @@ def _detector_candidates(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             screened_lines(col_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX))
 
 
+class DeadLines(NamedTuple):
+    """:func:`_bridge_dead_lines`' outcome: the bridged level, its dead rows and columns, their detector lines, why not."""
+
+    values: np.ndarray
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    detector_rows: tuple[int, ...]
+    detector_cols: tuple[int, ...]
+    striped: str
+
+    def found(self) -> dict[str, Any]:
+        """Return the :class:`FieldEstimate` attributes these lines set."""
+        return {"dead_rows": self.rows, "dead_cols": self.cols, "detector_rows": self.detector_rows,
+                "detector_cols": self.detector_cols, "striped": self.striped}
+
+
 def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
-                       candidates: tuple[np.ndarray, np.ndarray] | None = None
-                       ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...], str]:
+                       candidates: tuple[np.ndarray, np.ndarray] | None = None) -> DeadLines:
     """Replace bands of whole rows / columns that spike away from both neighbours by the lines either side.
 
-    Returns the bridged image, the indices of the rows and of the columns replaced, and why the lines
-    cannot be left out (``""``: they can). ``candidates`` (detector rows and columns, :func:`_detector_candidates`)
-    are taken up beside those the reduced lines' screen finds. More than ``DEAD_LINE_MAX_SHARE`` of an axis's lines as
+    Returns the bridged image, the indices of the rows and of the columns replaced, their own detector lines
+    (where ``full`` confirmed them), and why the lines cannot be left out (``""``: they can). ``candidates``
+    (detector rows and columns, :func:`_detector_candidates`) are taken up beside those the reduced lines' screen
+    finds. More than ``DEAD_LINE_MAX_SHARE`` of an axis's lines as
     separate bands, or over ``DEAD_BLOCK_MAX_SHARE`` of them in all, is a striped image (a failed readout, a
     corrupt or interlaced file), not a panel's isolated faults: nothing is bridged along that axis, and the
     reason names the bands (detector lines where ``full`` is given). Before, such an image was matched as it
@@ -845,6 +866,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
     """
     out = values
     found: list[tuple[int, ...]] = [(), ()]
+    detector: list[tuple[int, ...]] = [(), ()]
     striped: list[str] = []
     for axis in (0, 1):
         work = out if axis == 0 else out.T
@@ -891,7 +913,8 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
             continue
         # too many to leave out: counted on the detector's own lines where they were confirmed there (twenty
         # isolated dead rows of a 680-row panel are 3 % of it, and a fifth of an 85-row field-detection level)
-        bands = sorted(set(detector_bands)) if full is not None else runs
+        own = sorted({line for first, last in detector_bands for line in range(first, last + 1)})
+        bands = _runs(own) if full is not None else runs
         lines = full.shape[axis] if full is not None else work.shape[0]
         dead = sum(last - first + 1 for first, last in bands)
         if len(bands) > DEAD_LINE_MAX_SHARE * lines or max(dead / lines, len(bad) / work.shape[0]) > DEAD_BLOCK_MAX_SHARE:
@@ -900,7 +923,8 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
         # a band of dead lines: straight across from the line before it to the line after it
         out = bridge_lines(out, bad, (), np.float64) if axis == 0 else bridge_lines(out, (), bad, np.float64)
         found[axis] = tuple(int(i) for i in bad)
-    return out, found[0], found[1], "; ".join(striped)
+        detector[axis] = tuple(own)
+    return DeadLines(out, found[0], found[1], detector[0], detector[1], "; ".join(striped))
 
 
 #: Bands named in a striped image's reason (the rest counted).

@@ -187,10 +187,14 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
 def dead_detector_lines(field: FieldEstimate, field_factor: int) -> tuple[list[int], list[int]]:
     """Return the detector rows and columns (the image's own pixel indices) on ``field``'s dead lines.
 
-    ``field.dead_rows`` / ``dead_cols`` are lines of the field-detection level, ``field_factor`` detector pixels each.
+    Those confirmed on the detector's own pixels (``field.detector_rows`` / ``detector_cols``) where known; else
+    every detector line of ``field.dead_rows`` / ``dead_cols``, lines of the field-detection level of ``field_factor``
+    detector pixels each (before, always these: one dead column of a 1024 x 768 panel was reported as eight).
     """
-    rows = [r for line in field.dead_rows for r in range(line * field_factor, (line + 1) * field_factor)]
-    cols = [c for line in field.dead_cols for c in range(line * field_factor, (line + 1) * field_factor)]
+    rows = list(field.detector_rows) if field.detector_rows else [
+        r for line in field.dead_rows for r in range(line * field_factor, (line + 1) * field_factor)]
+    cols = list(field.detector_cols) if field.detector_cols else [
+        c for line in field.dead_cols for c in range(line * field_factor, (line + 1) * field_factor)]
     return rows, cols
 
 

@@ -998,13 +998,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     band = field.note != "" and field.note.startswith(_BAND_NOTE)  # no call for a frame without a note
     field_missing = (reference.field.detected and not field.detected and not field.doubt
                      and (not field.note or not field.note.startswith(_COVERS_NOTE)) and wants_field(opts, frame))
+    # the detector lines themselves (where the detector's pixels confirmed them: always for a frame with a field
+    # looked for), not the field-detection level's lines they fall in
     if field.dead_rows or field.dead_cols:
-        warnings.append(f"{len(field.dead_rows)} dead detector row(s) and {len(field.dead_cols)} column(s) "
-                        "left out of the match")
+        dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
+        warnings.append(f"{len(dead_rows)} dead detector row(s) and {len(dead_cols)} column(s) left out of the match")
     reference_field = reference.field
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
-        warnings.append(f"the reference's {len(reference_field.dead_rows)} dead detector row(s) and "
-                        f"{len(reference_field.dead_cols)} column(s) left out of the match")
+        dead_rows, dead_cols = dead_detector_lines(reference_field, reference._field_factor)
+        warnings.append(f"the reference's {len(dead_rows)} dead detector row(s) and {len(dead_cols)} column(s) left "
+                        "out of the match")
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
     # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
