@@ -227,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error_kind(exc: BaseException) -> str:
     """Return the ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
-    from .errors import BackendUnavailableError, GeometryError, MissingDependencyError, PixelValuesError, PortalImageError
+    from .errors import (
+        BackendUnavailableError,
+        GeometryError,
+        MissingDependencyError,
+        PixelValuesError,
+        PortalImageError,
+        ReferencePreparationError,
+    )
 
     for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
+                      (ReferencePreparationError, "reference_preparation"),
                       (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
                       (BackendUnavailableError, "backend_unavailable"),
                       (OSError, "os_error"), (MemoryError, "out_of_memory")):

@@ -1010,17 +1010,20 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             # a clipped region (the band at the clipped value, the line before it within the noise of it) shows
             # nothing: left out
             beyond = above | below
-            # (a band of a dead line or two: a wider block spans its lines' whole length, NARROW_BAND)
+            # (a wider block than NARROW_BAND spans its lines' whole length, unless it reads the clipped value itself)
+            clipped = (low == high) & ((low == lowest) | (low == highest))
+            whole = width > NARROW_BAND and bool(np.any(beyond & ~clipped))
             count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest)))
-                     if width <= NARROW_BAND else low.size)
+                     if not whole else low.size)
             if count < least or np.count_nonzero(beyond) < DEAD_LINE_SHARE * count:
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
             after = work[last + 1]
             up = (low - np.maximum(before, after) > threshold)
             down = (np.minimum(before, after) - high > threshold)
             # (and the line after it)
+            whole = width > NARROW_BAND and bool(np.any((up | down) & ~clipped))
             count = (int(np.count_nonzero(up | down | ~_silent_pixels(low, high, before, after, threshold, lowest,
-                                                                       highest))) if width <= NARROW_BAND else low.size)
+                                                                       highest))) if not whole else low.size)
             spiking = up | down
             if width <= DEAD_BAND_MAX:
                 spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)

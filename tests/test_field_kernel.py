@@ -80,7 +80,7 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
 
 @pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair", "dead block",
                                   "part-dead rows", "dead rows through a field", "dead row, clipped outside",
-                                  "field edge, clipped outside"])
+                                  "field edge, clipped outside", "dead block, clipped outside"])
 def test_dead_lines_equal_the_reference(kind):
     from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
     from portalign.kernels.cpu.field import dead_lines
@@ -126,6 +126,11 @@ def test_dead_lines_equal_the_reference(kind):
         image[:, 76:] = 0.0
         image[44] = 0.0
         expected_rows = [44]
+    elif kind == "dead block, clipped outside":  # a failed readout module through a dosimetry image's field
+        image[:, :50] = 0.0
+        image[:, 76:] = 0.0
+        image[40:46] = 0.0
+        expected_rows = list(range(40, 46))
     elif kind == "field edge, clipped outside":  # the field's edge rows are steps, not spikes
         image[:, :50] = 0.0
         image[:, 76:] = 0.0

@@ -1156,7 +1156,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     reason = view_reason or apart or doubt_reason or quality
     # a frame found unusable before any matching (blank, no structure in the field), or a match within chance: the
     # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null
-    guess = bool(quality)
+    guess = bool(quality) or bool(field.striped)  # a striped frame's optimum measures its stripes, not the patient
     max_rot = opts.max_rotation_deg * _RADIANS if opts.estimate_rotation else 0.0
     max_shift = opts.max_shift_mm
     if reason:

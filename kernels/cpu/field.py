@@ -412,8 +412,9 @@ OUTER_NOISE_HALF_WINDOW = 4
 LIVE_MIN_PIXELS = 4
 LIVE_MIN_SHARE = 0.02
 #: ...for a band of at most this many lines (a dead line or two: ``portalign.field.DEAD_BAND_MAX``). A wider block (a
-#: failed readout module) spans its lines' whole length: without this, a hard-edged field over a constant outside was
-#: a "block" of hot rows (its outside pixels silent, all its own beyond the rows outside it).
+#: failed readout module) must span its lines' whole length, unless it reads the clipped value itself wherever it
+#: stands out (a dead block through a dosimetry image's field): otherwise a hard-edged field over a constant outside
+#: was a "block" of hot rows (its outside pixels silent, all its own beyond the rows outside it).
 NARROW_BAND = 2
 
 
@@ -578,6 +579,7 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
             spiking = 0
             failed = 0
             silent = 0
+            unclipped = 0  # spiking pixels where the band does not read one clipped value
             for j in range(cols):
                 low = high = work[i, j]
                 for r in range(i + 1, last + 1):
@@ -586,13 +588,16 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                     * min(noise[j], local[j])
                 if _beyond(low, high, work[i - 1, j], work[last + 1, j], threshold):
                     spiking += 1
-                elif last - i < NARROW_BAND and _silent(low, high, work[i - 1, j], work[last + 1, j],
-                                                        np.inf if threshold_pass == 0 else threshold, lowest, highest):
+                    unclipped += not (low == high and (low == lowest or low == highest))
+                elif _silent(low, high, work[i - 1, j], work[last + 1, j],
+                             np.inf if threshold_pass == 0 else threshold, lowest, highest):
                     silent += 1  # (the first pass does not know the noise: any band at a clipped value is silent)
                 else:
                     failed += 1
                     if failed > allowed:  # (1 - share) of every column: past it no share of the live ones is left
                         break
+            if last - i >= NARROW_BAND and unclipped > 0:
+                silent = 0  # a wider block spans its lines' whole length, unless it reads the clipped value itself
             live = cols - silent
             if live < max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols) or spiking < share * live:
                 spiking = 0

@@ -158,7 +158,9 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
         band = work[i:i + width]
         spiking = _beyond(band, work[i - 1], work[i + width], threshold)
         live = spiking | ~silent_pixels(band, work[i - 1], work[i + width], threshold, work.min(), work.max())
-        if width > NARROW_BAND:  # a wide block spans its lines' whole length
+        low, high = band.min(axis=0), band.max(axis=0)
+        clipped = (low == high) & ((low == work.min()) | (low == work.max()))
+        if width > NARROW_BAND and (spiking & ~clipped).any():  # a wide block spans its lines' whole length
             live[:] = True
         count = int(live.sum())
         if count >= max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1]) and spiking.sum() >= share * count:
