@@ -34,7 +34,6 @@ from portalign.kernels.cpu.field import (
     FLAT,
     LIVE_MIN_PIXELS,
     LIVE_MIN_SHARE,
-    NARROW_BAND,
     NOT_A_FIELD,
     dead_lines,
     detect_front,
@@ -109,7 +108,7 @@ FULL_OUTER_NOISE_HALF_WINDOW = 16
 #: Widest band of adjacent dead detector lines recognised by their spike alone (two adjacent dead lines are a known
 #: fault of a panel's readout; a new user's trial found two of them through a 26 mm cone taken for anatomy: 17 mm
 #: off, ok).
-DEAD_BAND_MAX = NARROW_BAND  # 2 (the kernel leaves clipped pixels out of the share of bands this narrow)
+DEAD_BAND_MAX = 2
 #: A wider band (a failed gate driver or readout module leaves a block of lines dead or saturated: a 128-line module
 #: is a quarter of a 512-line panel, a panel read out in two halves loses one) is recognised up to this share of the
 #: image's lines (a quarter before: blocks of 30-50 % were matched as anatomy, two of them 21-26 mm off, ok, in a probe
@@ -607,7 +606,7 @@ def detect_field(image: np.ndarray, full: np.ndarray | None = None, *, thorough:
         MIN_EFFECTIVENESS, MIN_BORDER_OUTSIDE, FIELD_AREA[0], FIELD_AREA[1],
         MIN_FIELD_PIXELS, MIN_LARGEST_PART, mask, box, THREE_LEVEL_BINS, full is not None)
     candidates = _detector_candidates(full) if thorough and full is not None else None
-    if not dead and not (candidates and (candidates[0].size or candidates[1].size)):
+    if not dead and not (candidates and (candidates.rows.size or candidates.cols.size or candidates.interlaced)):
         return _estimate(code, threshold, effectiveness, bright, mask, box, small, three)
     lines = _bridge_dead_lines(np.asarray(image, dtype=np.float64), full, candidates)
     found = _detect(lines.values)
@@ -807,17 +806,58 @@ def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> floa
     return float(2.0 * depth.max())
 
 
-def _detector_candidates(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class Candidates(NamedTuple):
+    """The detector lines a reference's own screen takes up (:func:`_detector_candidates`), and an interlace found."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    interlaced: str  # (``candidates[axis]``: the rows or columns, by position)
+
+
+#: Alternating line means whose second differences stand this many times above the same-parity steps' spread are an
+#: interlaced image: every other line dead (or the two fields of an interlaced readout misaligned). Each dead line's
+#: neighbours are then dead too on both sides, so no line spikes alone and the dead-line screen sees none (a new
+#: user's small-field reference with every other column dead had three live columns named dead, and was used).
+INTERLACE_CONTRAST = 5.0
+#: ...over at least this share of the lines (their second differences alternating in sign).
+INTERLACE_SHARE = 0.8
+
+
+def _detector_candidates(full: np.ndarray) -> Candidates:
     """Return the detector rows and columns of ``full`` whose means spike (candidates for :func:`_bridge_dead_lines`).
 
     The screen of :func:`~portalign.kernels.cpu.field.dead_lines` (``screened_lines``) over the detector's own
     line means (bands of up to ``DEAD_BAND_MAX``), in one pass over the pixels: 1-2 ms for a 1024 x 768 panel
     (the whole ``dead_lines``, with its transposed copy, took 6). :func:`_bridge_dead_lines` confirms each on
-    the pixels about it, as it does those of the reduced lines.
+    the pixels about it, as it does those of the reduced lines. ``interlaced`` says which means alternate
+    (:func:`_interlaced`; ``""``: none).
     """
     row_means, col_means = line_means(full)
-    return (screened_lines(row_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX),
-            screened_lines(col_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX))
+    said = [f"its detector {kind} alternate: every other one reads far off both neighbours"
+            for kind, means in (("rows", row_means), ("columns", col_means)) if _interlaced(means)]
+    return Candidates(screened_lines(row_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX),
+                      screened_lines(col_means, DEAD_LINE_CONTRAST, DEAD_BAND_MAX), "; ".join(said))
+
+
+def _interlaced(means: np.ndarray) -> bool:
+    """Whether line ``means`` alternate, line by line, far beyond their own steps (every other line dead or hot).
+
+    The second differences (each line against the mean of its two neighbours) alternate in sign over
+    ``INTERLACE_SHARE`` of the lines, and their median magnitude is ``INTERLACE_CONTRAST`` times the spread of the
+    steps between lines of one parity (two apart): anatomy and noise alternate by chance (half the lines), with
+    second differences the size of those steps or less. Lines whose second difference is exactly zero (a clipped
+    region's) are left out; at least 16 pairs of others must be there.
+    """
+    curvature = means[1:-1] - 0.5 * (means[:-2] + means[2:])
+    steps = np.abs(means[2:] - means[:-2])
+    # lines whose means are all one value (a dosimetry image's zero outside, dead or not) show nothing: left out
+    shown = curvature != 0.0
+    pairs = shown[1:] & shown[:-1]
+    if np.count_nonzero(pairs) < 16:
+        return False
+    alternating = float(np.mean((np.sign(curvature[1:]) * np.sign(curvature[:-1]) < 0)[pairs]))
+    spread = 1.4826 * float(np.median(steps[shown])) + 1e-12 * (float(np.ptp(means)) + 1.0)
+    return alternating >= INTERLACE_SHARE and float(np.median(np.abs(curvature[shown]))) > INTERLACE_CONTRAST * spread
 
 
 class DeadLines(NamedTuple):
@@ -837,7 +877,7 @@ class DeadLines(NamedTuple):
 
 
 def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
-                       candidates: tuple[np.ndarray, np.ndarray] | None = None) -> DeadLines:
+                       candidates: Candidates | None = None) -> DeadLines:
     """Replace bands of whole rows / columns that spike away from both neighbours by the lines either side.
 
     Returns the bridged image, the indices of the rows and of the columns replaced, their own detector lines
@@ -924,6 +964,9 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
         out = bridge_lines(out, bad, (), np.float64) if axis == 0 else bridge_lines(out, (), bad, np.float64)
         found[axis] = tuple(int(i) for i in bad)
         detector[axis] = tuple(own)
+    if candidates is not None and candidates.interlaced:  # every other line: none stands out alone
+        striped.append(f"{candidates.interlaced} (an interlaced or corrupt image), so they cannot be left out of the "
+                       "match")
     return DeadLines(out, found[0], found[1], detector[0], detector[1], "; ".join(striped))
 
 
@@ -1010,9 +1053,9 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             # a clipped region (the band at the clipped value, the line before it within the noise of it) shows
             # nothing: left out
             beyond = above | below
-            # (a wider block than NARROW_BAND spans its lines' whole length, unless it reads the clipped value itself)
+            # (a band spans its lines' whole length, unless it reads the clipped value itself wherever it stands out)
             clipped = (low == high) & ((low == lowest) | (low == highest))
-            whole = width > NARROW_BAND and bool(np.any(beyond & ~clipped))
+            whole = bool(np.any(beyond & ~clipped))
             count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest)))
                      if not whole else low.size)
             if count < least or np.count_nonzero(beyond) < DEAD_LINE_SHARE * count:
@@ -1021,7 +1064,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             up = (low - np.maximum(before, after) > threshold)
             down = (np.minimum(before, after) - high > threshold)
             # (and the line after it)
-            whole = width > NARROW_BAND and bool(np.any((up | down) & ~clipped))
+            whole = bool(np.any((up | down) & ~clipped))
             count = (int(np.count_nonzero(up | down | ~_silent_pixels(low, high, before, after, threshold, lowest,
                                                                        highest))) if not whole else low.size)
             spiking = up | down

@@ -28,7 +28,7 @@ from numba import njit
 from .mask import quantile_bins
 
 __all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "noise_floor", "outer_line_noise", "extremes",
-           "line_means", "screened_lines", "NARROW_BAND", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+           "line_means", "screened_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -409,13 +409,14 @@ OUTER_NOISE_HALF_WINDOW = 4
 #: at least this many pixels, and this share of the line, must be left to judge it by (a single dead row through a
 #: dosimetry image's 30 mm field, 78 % of whose pixels are exactly zero, was never found: a fifth of its rows dead put
 #: it 12 mm off, ok).
+#: Only a band that reads the clipped value itself wherever it stands out is judged so (a dead line reads the zero,
+#: a hot one the saturated value): else a hard-edged field over a constant outside was a "block" of hot rows (its
+#: outside pixels silent, all its own beyond the rows outside it), and a Winston-Lutz ball bearing's middle column a
+#: dead one, over the few unclipped rows of a saturated aS500 image.
 LIVE_MIN_PIXELS = 4
 LIVE_MIN_SHARE = 0.02
-#: ...for a band of at most this many lines (a dead line or two: ``portalign.field.DEAD_BAND_MAX``). A wider block (a
-#: failed readout module) must span its lines' whole length, unless it reads the clipped value itself wherever it
-#: stands out (a dead block through a dosimetry image's field): otherwise a hard-edged field over a constant outside
-#: was a "block" of hot rows (its outside pixels silent, all its own beyond the rows outside it).
-NARROW_BAND = 2
+#: Widest band screened so where the caller confirms on the detector's pixels (``confirmed``), whatever it reads.
+SCREEN_WIDTH = 2
 
 
 @njit(cache=True, nogil=True)
@@ -596,8 +597,13 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                     failed += 1
                     if failed > allowed:  # (1 - share) of every column: past it no share of the live ones is left
                         break
-            if last - i >= NARROW_BAND and unclipped > 0:
-                silent = 0  # a wider block spans its lines' whole length, unless it reads the clipped value itself
+            if unclipped > 0 and not (confirmed and last - i < SCREEN_WIDTH):
+                # only a band at the clipped value itself wherever it stands out (a dead line reads zero, a hot one
+                # saturates) is judged by the pixels that can show it: a round object's middle line (a Winston-Lutz
+                # ball bearing's) dips below its neighbours over the few unclipped rows of a small field as well.
+                # Where the detector's own pixels confirm, a line or two is screened so all the same: a box reduction
+                # leaves a dead line part-way (half a reduced line's value at a factor of 2)
+                silent = 0
             live = cols - silent
             if live < max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols) or spiking < share * live:
                 spiking = 0

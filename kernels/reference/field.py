@@ -160,7 +160,9 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
         live = spiking | ~silent_pixels(band, work[i - 1], work[i + width], threshold, work.min(), work.max())
         low, high = band.min(axis=0), band.max(axis=0)
         clipped = (low == high) & ((low == work.min()) | (low == work.max()))
-        if width > NARROW_BAND and (spiking & ~clipped).any():  # a wide block spans its lines' whole length
+        # only a band at the clipped value itself leaves the clipped pixels out (a line or two screened for the
+        # detector's pixels to confirm: whatever it reads)
+        if (spiking & ~clipped).any() and not (confirmed and width <= SCREEN_WIDTH):
             live[:] = True
         count = int(live.sum())
         if count >= max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1]) and spiking.sum() >= share * count:
@@ -170,10 +172,10 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
 
 #: The CPU kernel's ``CONFIRMED_CONTRAST``.
 CONFIRMED_CONTRAST = 1.0
-#: The CPU kernel's ``LIVE_MIN_PIXELS``, ``LIVE_MIN_SHARE`` and ``NARROW_BAND``.
+#: The CPU kernel's ``LIVE_MIN_PIXELS``, ``LIVE_MIN_SHARE`` and ``SCREEN_WIDTH``.
 LIVE_MIN_PIXELS = 4
 LIVE_MIN_SHARE = 0.02
-NARROW_BAND = 2
+SCREEN_WIDTH = 2
 
 
 def silent_pixels(band: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: np.ndarray, lowest: float,
