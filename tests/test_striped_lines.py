@@ -215,3 +215,18 @@ def test_the_cli_names_a_striped_reference_and_a_striped_frames_pose_is_null(cap
     payload = json.loads(capsys.readouterr().out)
     assert payload["ok"] is False and payload["dx_mm"] is None and payload["dy_mm"] is None
     assert payload["reason"].startswith("striped_frame.dcm: ") and "acquire the frame again" in payload["reason"]
+
+
+def test_every_other_column_dead_is_an_interlaced_reference():
+    """Every other detector column dead: each dead column's neighbours are live, each live one's dead, so no line
+    stands out alone and three live columns were named dead (a trial). The line means alternate: refused."""
+    from portalign.field import _interlaced
+
+    ref, _ = _dosimetry_pair(0.0, 0.0)
+    with pytest.raises(ReferencePreparationError, match="its detector columns alternate"):
+        Reference.prepare(_with_lines(ref, cols=range(1, SHAPE[1], 2)), backend="cpu")
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0.0, 1.0, 400))  # anatomy-like means: steps of one sign for long runs
+    noise = rng.normal(0.0, 1.0, 400)  # alternating by chance about half the time
+    assert not _interlaced(smooth) and not _interlaced(noise) and not _interlaced(np.zeros(400))
+    assert _interlaced(smooth + 20.0 * (np.arange(400) % 2))
