@@ -486,11 +486,15 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(info, default=_plain))
         return 0
     for key, value in info.items():
-        if key in ("notes", "dicom_warnings", "intensity_note", "angles_note"):
+        if key in ("notes", "dicom_warnings", "intensity_note", "angles_note", "detector_lines_note"):
+            continue
+        if key == "dead_detector_lines":  # null in --json: none found (not "unknown": they were looked for)
+            print(f"{key}: none" if value is None else
+                  f"{key}: rows {value['rows'] or 'none'}, columns {value['columns'] or 'none'}")
             continue
         # angles to 0.01 deg: a collimator at 0.000142 deg is at 0
         print(f"{key}: {_rounded(_angle_text(value) if key.endswith('_deg') and isinstance(value, float) else value)}")
-    for key in ("angles_note", "intensity_note"):
+    for key in ("angles_note", "intensity_note", "detector_lines_note"):
         if info.get(key):
             print(f"note: {info[key]}")
     for key in ("notes", "dicom_warnings"):
@@ -524,7 +528,8 @@ def _understood(image: Any) -> dict[str, Any]:
     drr = info.kind == "drr"
     # as registration finds it: planned jaws and intensity sign taken into account; a DRR has no radiation field
     # (registration does not look for one: what a split finds there is the body's outline)
-    field = NO_FIELD if drr else find_field(image, small)
+    # (its detector's own lines screened too, as a reference's are when prepared: info reads one image once)
+    field = NO_FIELD if drr else find_field(image, small, thorough=True)
     out: dict[str, Any] = {"image": nature, "field_detected": field.detected, "field_box_mm": None}
     if nature.startswith("kV"):
         out["kind"] = "kv"  # registered like a portal image (its field is detected), but not called one
@@ -543,6 +548,15 @@ def _understood(image: Any) -> dict[str, Any]:
         out["field"] = "not looked for: a DRR has no radiation field (registration uses the whole DRR)"
     else:
         out["field"] = "no field edge found (the field covers the image)"
+    # the dead (or hot) detector lines registration leaves out of the match, and why an image has too many to
+    out["dead_detector_lines"] = None
+    if field.dead_rows or field.dead_cols:
+        from .registration._frame import dead_detector_lines
+
+        rows, cols = dead_detector_lines(field, factor)
+        out["dead_detector_lines"] = {"rows": rows, "columns": cols}
+    out["detector_lines_note"] = (f"{field.striped}: registration refuses this image (as a reference when it is "
+                                  "prepared; as a frame, its result is not ok)") if field.striped else ""
     out["likely_inverted"] = False if drr else likely_inverted(image, small, field)  # a field darker than around it
     out["intensity_note"] = (
         "the radiation field is darker than its surroundings: the pixel values are likely inverted; "

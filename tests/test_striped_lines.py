@@ -230,3 +230,30 @@ def test_every_other_column_dead_is_an_interlaced_reference():
     noise = rng.normal(0.0, 1.0, 400)  # alternating by chance about half the time
     assert not _interlaced(smooth) and not _interlaced(noise) and not _interlaced(np.zeros(400))
     assert _interlaced(smooth + 20.0 * (np.arange(400) % 2))
+
+
+def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_path):
+    """``portalign info`` shows the detector lines registration leaves out, and says when there are too many."""
+    from portalign.cli import main
+
+    from tests.dicom_factory import make_rt_image, write_rt_image
+
+    ref, _ = _dosimetry_pair(0.0, 0.0)
+    paths = {}
+    for name, image in (("sound", ref), ("one", _with_lines(ref, rows=(121,))),
+                        ("striped", _with_lines(ref, rows=_scattered(30, 75, 180, seed=2)))):
+        paths[name] = write_rt_image(make_rt_image(image.pixels, spacing=1.0, sid=1000.0, sad=1000.0,
+                                                   position="centre"), tmp_path / f"{name}.dcm")
+    infos = {}
+    for name, path in paths.items():
+        assert main(["info", str(path), "--json"]) == 0
+        infos[name] = json.loads(capsys.readouterr().out)
+    assert infos["sound"]["dead_detector_lines"] is None and infos["sound"]["detector_lines_note"] == ""
+    assert infos["one"]["dead_detector_lines"] == {"rows": [121], "columns": []}
+    assert "registration refuses this image" in infos["striped"]["detector_lines_note"]
+    assert main(["info", str(paths["one"])]) == 0
+    out = capsys.readouterr().out
+    assert "dead_detector_lines: rows [121], columns none" in out
+    assert main(["info", str(paths["striped"])]) == 0
+    out = capsys.readouterr().out
+    assert "of its 256 detector rows read far off both neighbours" in out and "registration refuses this image" in out

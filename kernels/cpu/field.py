@@ -471,7 +471,7 @@ def _screen(means: np.ndarray, contrast: float, max_width: int) -> tuple:  # pra
     # that slope, and a dead column through such a field's corner was screened out
     profile_noise = 1.4826 * min(np.median(diffs), np.median(curvature) / math.sqrt(3.0)) \
         + 1e-12 * ((means.max() - means.min()) + 1.0)
-    threshold = contrast * profile_noise  # a screen: the pixel test below decides
+    threshold = contrast * profile_noise  # a screen: dead_lines' pixel test (or the caller's) decides
     # every band that passes the screen; a band that no longer lies beyond the row before it cannot by growing
     starts = []
     widths = []
@@ -537,10 +537,13 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     noise at its column: the smaller of the image's line-to-line noise there (:func:`line_noise`) and the outside
     rows' own difference about it (:func:`outer_line_noise`: a dead line crossing a field reads far off its
     neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
-    noise). Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
+    noise). Pixels that can show no line (:func:`_silent`: clipped, as a dosimetry image's zero outside) are left
+    out of that share where the band reads the clipped value itself wherever it stands out (``LIVE_MIN_PIXELS``).
+    Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
     on the detector's own pixels, so the second pixel pass asks ``CONFIRMED_CONTRAST`` (one) noise sigma, not
     ``contrast`` (a single dead detector line is an eighth of a reduced line at a factor of 8: where anatomy's
-    gradients are steep, its dip in the faint outside of a field was within five of their line-to-line spreads).
+    gradients are steep, its dip in the faint outside of a field was within five of their line-to-line spreads),
+    and a band of up to ``SCREEN_WIDTH`` lines leaves the clipped pixels out whatever it reads.
 
     The rule of ``portalign.field``'s dead-line screening, compiled; ``kernels/reference/field.py`` is its
     numpy twin. ``portalign.field`` confirms each band on the detector's own pixels (bands wider than two
