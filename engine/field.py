@@ -37,10 +37,9 @@ from portalign.kernels.cpu.field import (
     NOT_A_FIELD,
     dead_lines,
     detect_front,
-    extremes,
+    floor_and_extremes,
     line_means,
     line_noise,
-    noise_floor,
     outer_line_noise,
     screened_lines,
     split_field,
@@ -433,10 +432,14 @@ def _inside_convex(polygon: np.ndarray, x: float, y: float) -> bool:
 
 def _not_the_field(found: FieldEstimate, why: str) -> FieldEstimate:
     """No field edge: the region ``found`` is not the radiation field (``why``); its dead lines and statistics kept."""
-    return replace(NO_FIELD, effectiveness=found.effectiveness, dead_rows=found.dead_rows, dead_cols=found.dead_cols,
-                   level_shape=found.level_shape, detector_rows=found.detector_rows, detector_cols=found.detector_cols,
-                   striped=found.striped,
-                   note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched")
+    return replace(NO_FIELD, effectiveness=found.effectiveness, note=f"{NO_FIELD_EDGE}: {why}; the whole image is matched",
+                   **_lines_of(found))
+
+
+def _lines_of(field: FieldEstimate) -> dict[str, Any]:
+    """Return ``field``'s dead-line attributes (what an estimate made of it keeps)."""
+    return {"dead_rows": field.dead_rows, "dead_cols": field.dead_cols, "level_shape": field.level_shape,
+            "detector_rows": field.detector_rows, "detector_cols": field.detector_cols, "striped": field.striped}
 
 
 def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> FieldEstimate | None:
@@ -465,8 +468,7 @@ def _field_beside(image: Image, small: np.ndarray, rejected: FieldEstimate) -> F
         return None
     if _band_across_mm(image, small, found) is not None:
         return None
-    return replace(found, dead_rows=rejected.dead_rows, dead_cols=rejected.dead_cols, level_shape=rejected.level_shape,
-                   detector_rows=rejected.detector_rows, detector_cols=rejected.detector_cols, striped=rejected.striped)
+    return replace(found, **_lines_of(rejected))
 
 
 def _a_band(found: FieldEstimate, width_mm: float) -> FieldEstimate:
@@ -916,15 +918,15 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
         # with the detector's own pixels each band is confirmed there: the reduced pixels only screen (one sigma)
         bad = [int(i) for i in dead_lines(np.ascontiguousarray(work), DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, max_width,
                                           full is not None)]
+        # the detector lines of the axis, and how many of them a reduced line holds
+        lines = full.shape[axis] if full is not None else work.shape[0]
+        factor = max(1, int(round(lines / work.shape[0])))
         if full is not None and candidates is not None and candidates[axis].size:
             # the detector lines screened (``thorough``): the reduced lines they fall in
-            factor = max(1, int(round(full.shape[axis] / work.shape[0])))
             bad = sorted(set(bad) | {int(line) // factor for line in candidates[axis]
                                      if 1 <= int(line) // factor <= work.shape[0] - 2})
         if full is not None and bad:
             full_view = full if axis == 0 else full.T  # a view: only the lines about each band are read
-            lines = full_view.shape[0]
-            factor = max(1, int(round(lines / work.shape[0])))
             confirmed: set[int] = set()
             for first, last in _runs(bad):
                 # the detector lines of the reduced lines found, and of the line before them (a box reduction
@@ -948,14 +950,12 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
                     confirmed.update(range(first_line // factor, min(last_line // factor, work.shape[0] - 2) + 1))
                     at = last_line + 1
             bad = sorted(i for i in confirmed if i >= 1)
-        runs = _runs(bad)
         if not bad:
             continue
         # too many to leave out: counted on the detector's own lines where they were confirmed there (twenty
         # isolated dead rows of a 680-row panel are 3 % of it, and a fifth of an 85-row field-detection level)
         own = sorted({line for first, last in detector_bands for line in range(first, last + 1)})
-        bands = _runs(own) if full is not None else runs
-        lines = full.shape[axis] if full is not None else work.shape[0]
+        bands = _runs(own if full is not None else bad)
         dead = sum(last - first + 1 for first, last in bands)
         if len(bands) > DEAD_LINE_MAX_SHARE * lines or max(dead / lines, len(bad) / work.shape[0]) > DEAD_BLOCK_MAX_SHARE:
             striped.append(_striped_reason(axis, bands, dead, lines, full is not None))
@@ -1035,8 +1035,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
     least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])  # live pixels (not clipped) a band is judged by
     # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
     # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
-    floor = noise_floor(work)
-    lowest, highest = extremes(work)  # what a clipped region reads: pairs of it carry no noise
+    floor, lowest, highest = floor_and_extremes(work)  # the extremes: what a clipped region reads (no noise there)
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]
         low, high = work[first].copy(), work[first].copy()

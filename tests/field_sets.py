@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from portalign import Image
@@ -94,10 +95,13 @@ def low_dose(image: Image, fraction: float, seed: int) -> Image:
 
 
 def dead_lines(image: Image, rows: tuple[int, ...] = (), cols: tuple[int, ...] = ()) -> Image:
-    """``image`` with whole detector rows / columns reading zero (dead lines of the panel)."""
-    pixels = image.pixels.astype(np.float64).copy()
-    for r in rows:
-        pixels[r, :] = 0.0
-    for c in cols:
-        pixels[:, c] = 0.0
+    """``image`` with whole detector rows / columns reading zero (dead lines of the panel), as float64."""
+    return with_lines(image, rows, cols, dtype=np.float64)
+
+
+def with_lines(image: Image, rows: Any = (), cols: Any = (), value: float = 0.0, dtype: Any = np.float32) -> Image:
+    """``image`` (a copy of ``dtype``) with whole detector rows / columns reading ``value`` (0: dead; high: hot)."""
+    pixels = np.array(image.pixels, dtype=dtype)
+    pixels[list(rows), :] = value
+    pixels[:, list(cols)] = value
     return replace(image, pixels=pixels)

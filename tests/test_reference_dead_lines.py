@@ -21,17 +21,11 @@ from portalign.registration import Reference
 from portalign.registration._frame import bridge_lines, bridged_frame, dead_detector_lines
 from portalign.registration._reference import REFERENCE_LIVE_WEIGHT, _resample_reference
 
+from tests.field_sets import with_lines
 from tests.synthetic import anatomy, field_aperture, moved, mv_portal
 
 TRUNK = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator" / "example_ct.nii.gz"
 SHAPE = (256, 256)
-
-
-def _with_lines(image: portalign.Image, rows=(), cols=(), value: float = 0.0) -> portalign.Image:  # type: ignore[no-untyped-def]
-    pixels = np.array(image.pixels, dtype=np.float32)
-    pixels[list(rows), :] = value
-    pixels[:, list(cols)] = value
-    return replace(image, pixels=pixels)
 
 
 def _portal_pair(dx: float, dy: float, seed: int = 3):  # type: ignore[no-untyped-def]
@@ -70,13 +64,13 @@ def test_dead_detector_lines_are_the_field_levels_lines_in_detector_pixels():
 def test_resampled_reference_leaves_its_dead_lines_out(value):
     """No resampled pixel takes a dead line's value; those that would have (mostly) are not valid."""
     ref, _ = _portal_pair(0.0, 0.0)
-    broken = _with_lines(ref, rows=(101,), cols=(150, 151), value=value)
+    broken = with_lines(ref, rows=(101,), cols=(150, 151), value=value)
     field = FieldEstimate(detected=False, dead_rows=(101,), dead_cols=(150, 151), level_shape=SHAPE)
     for spacing in ((2.0, 2.0), (3.1, 3.1), (1.0, 1.0)):
         sound, sound_valid, axis = _resample_reference(ref, spacing)
         out, valid, axis_dead = _resample_reference(broken, spacing, field, 1)
         assert axis == axis_dead and sound_valid.all() and out.shape == sound.shape
-        touched = _resample_reference(_with_lines(ref, rows=(101,), cols=(150, 151), value=1e6), spacing)[0] > 1e4
+        touched = _resample_reference(with_lines(ref, rows=(101,), cols=(150, 151), value=1e6), spacing)[0] > 1e4
         assert touched.any() and not valid[touched].all()  # the line's own pixels leave the match
         assert (~valid).sum() < 0.1 * valid.size
         # what is kept reads the live neighbours' anatomy: within 1 % of the open beam of the sound resampling
@@ -90,7 +84,7 @@ def test_a_reference_portal_image_with_dead_lines_registers_as_a_sound_one(value
     dx, dy = 2.6, -1.7
     ref, frame = _portal_pair(dx, dy)
     sound = Reference.prepare(ref, backend="cpu")
-    broken = Reference.prepare(_with_lines(ref, rows=(90,), cols=(140,), value=value), backend="cpu")
+    broken = Reference.prepare(with_lines(ref, rows=(90,), cols=(140,), value=value), backend="cpu")
     assert broken.field.dead_rows and broken.field.dead_cols
     # a dead line across the field's edge is no penumbra: the field-edge band is the sound reference's
     assert broken.field_margin_mm == pytest.approx(sound.field_margin_mm, abs=0.5)
@@ -107,7 +101,7 @@ def test_a_reference_portal_image_with_dead_lines_registers_as_a_sound_one(value
 
 def test_a_frames_dead_lines_are_listed_in_its_details():
     ref, frame = _portal_pair(1.5, 2.0)
-    result = portalign.register(ref, _with_lines(frame, rows=(120,), cols=(60,)), backend="cpu")
+    result = portalign.register(ref, with_lines(frame, rows=(120,), cols=(60,)), backend="cpu")
     assert result.ok, result.reason
     lines = result.details["dead_detector_lines"]
     assert 120 in lines["rows"] and 60 in lines["columns"]
@@ -117,7 +111,7 @@ def test_a_frames_dead_lines_are_listed_in_its_details():
 def test_field_none_still_finds_a_reference_portal_images_dead_lines():
     ref, frame = _portal_pair(-2.0, 1.0)
     options = portalign.RegistrationOptions(field="none")
-    broken = Reference.prepare(_with_lines(ref, rows=(128,)), options, backend="cpu")
+    broken = Reference.prepare(with_lines(ref, rows=(128,)), options, backend="cpu")
     assert broken.field.dead_rows and not broken.field.detected
 
 
@@ -135,7 +129,7 @@ def test_weak_anatomy_portal_references_with_dead_lines(monkeypatch):
     pairs = {pair.index: pair for pair in render_pairs(ct, 5, 22, only=[1, 3, 21])}
     for pair in (pairs[1], pairs[21]):
         rows, cols = pair.reference.shape
-        reference = _with_lines(pair.reference, rows=(rows // 3, rows // 3 + 1), cols=((2 * cols) // 3,))
+        reference = with_lines(pair.reference, rows=(rows // 3, rows // 3 + 1), cols=((2 * cols) // 3,))
         result = portalign.register(reference, pair.frame, backend="cpu")
         assert result.ok, (pair.label, result.reason)
         assert math.hypot(result.dx_mm - pair.dx_mm, result.dy_mm - pair.dy_mm) < 0.5
@@ -143,8 +137,8 @@ def test_weak_anatomy_portal_references_with_dead_lines(monkeypatch):
     # steeply (the screen over the means had read that rise as their noise: the columns went unseen), and a hot row
     pair = pairs[3]
     rows, cols = pair.reference.shape
-    reference = _with_lines(pair.reference, cols=(cols // 4, cols // 4 + 1))
-    reference = _with_lines(reference, rows=(rows // 2 + 7,), value=1.5 * float(pair.reference.pixels.max()))
+    reference = with_lines(pair.reference, cols=(cols // 4, cols // 4 + 1))
+    reference = with_lines(reference, rows=(rows // 2 + 7,), value=1.5 * float(pair.reference.pixels.max()))
     prepared = Reference.prepare(reference, backend="cpu")
     assert (cols // 4) // prepared._field_factor in prepared.field.dead_cols
     assert (rows // 2 + 7) // prepared._field_factor in prepared.field.dead_rows
@@ -180,7 +174,7 @@ def test_single_dead_detector_lines_of_a_fine_panel_are_found():
     reference = replace(reference, info=replace(reference.info, collimator_deg=collimator))
     ex, ey, _ = _beam_axes(0.0)
     dx, dy = float(shift @ ex), float(shift @ ey)
-    result = portalign.register(reference, _with_lines(frame, rows=(352,), cols=(582,)), backend="cpu")
+    result = portalign.register(reference, with_lines(frame, rows=(352,), cols=(582,)), backend="cpu")
     assert result.ok, result.reason
     lines = result.details["dead_detector_lines"]
     # the detector's own lines, confirmed there: one row and one column (before, the eight of each reduced line)

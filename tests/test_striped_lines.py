@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,11 @@ import pytest
 from portalign.errors import ReferencePreparationError
 from portalign.registration import Reference
 
+from tests.field_sets import with_lines
 from tests.synthetic import anatomy, field_aperture, moved, mv_portal
 
 FIELD_CASES = Path(__file__).resolve().parents[2] / "shared" / "field-cases"
 SHAPE = (256, 256)
-
-
-def _with_lines(image: portalign.Image, rows=(), cols=(), value: float = 0.0) -> portalign.Image:  # type: ignore[no-untyped-def]
-    pixels = np.array(image.pixels, dtype=np.float32)
-    pixels[list(rows), :] = value
-    pixels[:, list(cols)] = value
-    return replace(image, pixels=pixels)
 
 
 def _dosimetry_pair(dx: float, dy: float, seed: int = 5):  # type: ignore[no-untyped-def]
@@ -73,12 +66,12 @@ def test_a_dead_row_through_a_clipped_images_field_is_found(where):
     dx, dy = 2.2, -1.4
     ref, frame = _dosimetry_pair(dx, dy)
     if where == "reference":
-        prepared = Reference.prepare(_with_lines(ref, rows=(121,), cols=(140,)), backend="cpu")
+        prepared = Reference.prepare(with_lines(ref, rows=(121,), cols=(140,)), backend="cpu")
         assert prepared.field.dead_rows and prepared.field.dead_cols  # none was found before
         result = prepared.register(frame)
         lines = result.details["reference_dead_detector_lines"]
     else:
-        result = portalign.register(ref, _with_lines(frame, rows=(121,), cols=(140,)), backend="cpu")
+        result = portalign.register(ref, with_lines(frame, rows=(121,), cols=(140,)), backend="cpu")
         lines = result.details["dead_detector_lines"]
     assert result.ok, result.reason
     # the detector lines themselves (not the field-detection level's pair of lines they fall in), counted as such
@@ -97,10 +90,10 @@ def test_a_dead_block_through_a_clipped_images_field_is_found(where):
     ref, frame = _dosimetry_pair(dx, dy)
     block = tuple(range(118, 124))
     if where == "reference":
-        result = portalign.register(_with_lines(ref, rows=block), frame, backend="cpu")
+        result = portalign.register(with_lines(ref, rows=block), frame, backend="cpu")
         lines = result.details["reference_dead_detector_lines"]
     else:
-        result = portalign.register(ref, _with_lines(frame, rows=block), backend="cpu")
+        result = portalign.register(ref, with_lines(frame, rows=block), backend="cpu")
         lines = result.details["dead_detector_lines"]
     assert result.ok, result.reason
     assert lines == {"rows": list(block), "columns": []}
@@ -124,20 +117,20 @@ def test_a_striped_reference_is_refused_when_prepared(value):
     ref, _ = _dosimetry_pair(0.0, 0.0)
     rows = _scattered(30, 75, 180, seed=2)
     with pytest.raises(ReferencePreparationError) as caught:
-        Reference.prepare(_with_lines(ref, rows=rows, value=value), backend="cpu")
+        Reference.prepare(with_lines(ref, rows=rows, value=value), backend="cpu")
     message = str(caught.value)
     assert "separate band(s)" in message and "detector rows" in message and "acquire the reference again" in message
     named = message.split("separate band(s) (")[1].split(" and ")[0].split(", ")
     assert len(named) == 6 and all(int(line) in rows for line in named)  # the first six, each one of the dead rows
     # field='none' looks for no field, and still for its dead lines
     with pytest.raises(ReferencePreparationError, match="separate band"):
-        Reference.prepare(_with_lines(ref, rows=rows, value=value), portalign.RegistrationOptions(field="none"),
+        Reference.prepare(with_lines(ref, rows=rows, value=value), portalign.RegistrationOptions(field="none"),
                           backend="cpu")
 
 
 def test_a_striped_frame_is_not_ok_whatever_field_says():
     ref, frame = _dosimetry_pair(1.5, -2.0)
-    striped = _with_lines(frame, cols=_scattered(30, 75, 180, seed=4))
+    striped = with_lines(frame, cols=_scattered(30, 75, 180, seed=4))
     for options in (portalign.RegistrationOptions(), portalign.RegistrationOptions(field="detect")):
         result = portalign.register(ref, striped, options=options, backend="cpu")
         assert not result.ok
@@ -158,9 +151,9 @@ def test_handed_small_field_with_a_fifth_of_its_rows_dead_is_not_ok(side):
     rows = np.random.default_rng(3).choice(ref.shape[0], ref.shape[0] // 5, replace=False)
     try:
         if side == "reference":
-            result = portalign.register(_with_lines(ref, rows=rows), frame, backend="cpu")
+            result = portalign.register(with_lines(ref, rows=rows), frame, backend="cpu")
         else:
-            result = portalign.register(ref, _with_lines(frame, rows=rows), backend="cpu")
+            result = portalign.register(ref, with_lines(frame, rows=rows), backend="cpu")
     except ReferencePreparationError as exc:
         assert side == "reference" and "dead or hot" in str(exc)
         return
@@ -181,7 +174,7 @@ def test_scattered_dead_rows_of_a_fine_panel_are_seen_on_the_detectors_own_lines
     pixels = mv_portal(moved(anatomy(384, seed=2), 0, 0, 0, shape=shape, spacing_mm=0.4), jaws, noise=0.01, seed=1)
     reference = portalign.Image.from_array(pixels, pixel_spacing_mm=0.4, kind="portal")
     rows = _scattered(60, 20, 740, seed=1)
-    broken = _with_lines(reference, rows=rows)
+    broken = with_lines(reference, rows=rows)
     small, factor = box_reduce(broken.pixels, FIELD_LEVEL_MAX_PIXELS)
     assert factor == 8 and not find_field(broken, small).dead_rows  # the reduced lines alone: none
     with pytest.raises(ReferencePreparationError, match="detector rows read far off both neighbours") as caught:
@@ -203,8 +196,8 @@ def test_the_cli_names_a_striped_reference_and_a_striped_frames_pose_is_null(cap
     ref, frame = _dosimetry_pair(1.5, -2.0)
     rows = _scattered(30, 75, 180, seed=2)
     paths = {}
-    for name, image in (("ref", ref), ("frame", frame), ("striped_ref", _with_lines(ref, rows=rows)),
-                        ("striped_frame", _with_lines(frame, rows=rows))):
+    for name, image in (("ref", ref), ("frame", frame), ("striped_ref", with_lines(ref, rows=rows)),
+                        ("striped_frame", with_lines(frame, rows=rows))):
         paths[name] = write_rt_image(make_rt_image(image.pixels, spacing=1.0, sid=1000.0, sad=1000.0,
                                                    position="centre"), tmp_path / f"{name}.dcm")
     status = main(["register", str(paths["striped_ref"]), str(paths["frame"]), "--json"])
@@ -224,7 +217,7 @@ def test_every_other_column_dead_is_an_interlaced_reference():
 
     ref, _ = _dosimetry_pair(0.0, 0.0)
     with pytest.raises(ReferencePreparationError, match="its detector columns alternate"):
-        Reference.prepare(_with_lines(ref, cols=range(1, SHAPE[1], 2)), backend="cpu")
+        Reference.prepare(with_lines(ref, cols=range(1, SHAPE[1], 2)), backend="cpu")
     rng = np.random.default_rng(0)
     smooth = np.cumsum(rng.normal(0.0, 1.0, 400))  # anatomy-like means: steps of one sign for long runs
     noise = rng.normal(0.0, 1.0, 400)  # alternating by chance about half the time
@@ -240,8 +233,8 @@ def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_pat
 
     ref, _ = _dosimetry_pair(0.0, 0.0)
     paths = {}
-    for name, image in (("sound", ref), ("one", _with_lines(ref, rows=(121,))),
-                        ("striped", _with_lines(ref, rows=_scattered(30, 75, 180, seed=2)))):
+    for name, image in (("sound", ref), ("one", with_lines(ref, rows=(121,))),
+                        ("striped", with_lines(ref, rows=_scattered(30, 75, 180, seed=2)))):
         paths[name] = write_rt_image(make_rt_image(image.pixels, spacing=1.0, sid=1000.0, sad=1000.0,
                                                    position="centre"), tmp_path / f"{name}.dcm")
     infos = {}

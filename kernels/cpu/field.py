@@ -27,7 +27,7 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "noise_floor", "outer_line_noise", "extremes",
+__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "floor_and_extremes", "outer_line_noise",
            "line_means", "screened_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
@@ -346,8 +346,7 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
     rows, cols = work.shape
     block = max(4, cols // 16)
     pairs = (rows - 1 + 3) // 4  # rows 1, 5, 9, ... against rows 0, 4, 8, ...
-    floor = noise_floor(work)
-    lowest, highest = extremes(work)
+    floor, lowest, highest = floor_and_extremes(work)
     noise = np.empty(cols)
     line = np.empty(pairs * block)
     for start in range(0, cols, block):
@@ -367,19 +366,12 @@ def line_noise(work: np.ndarray) -> np.ndarray:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def extremes(work: np.ndarray) -> tuple:  # pragma: no cover
-    """Return ``(lowest, highest)`` of ``work``: the values a clipped region reads."""
-    lowest = np.inf
-    highest = -np.inf
-    for value in work.ravel():
-        lowest = min(lowest, value)
-        highest = max(highest, value)
-    return lowest, highest
+def floor_and_extremes(work: np.ndarray) -> tuple:  # pragma: no cover
+    """Return ``(floor, lowest, highest)`` of ``work`` in one pass.
 
-
-@njit(cache=True, nogil=True)
-def noise_floor(work: np.ndarray) -> float:  # pragma: no cover
-    """:func:`line_noise`'s floor: 0.0001 of the range of the row means, plus 1e-12 of the image's range."""
+    ``floor`` is :func:`line_noise`'s: 0.0001 of the range of the row means, plus 1e-12 of the image's range;
+    ``lowest`` and ``highest`` are the image's extremes, the values a clipped region reads.
+    """
     rows, cols = work.shape
     low = np.inf
     high = -np.inf
@@ -395,7 +387,7 @@ def noise_floor(work: np.ndarray) -> float:  # pragma: no cover
         mean = total / cols
         low = min(low, mean)
         high = max(high, mean)
-    return 1e-4 * (high - low) + 1e-12 * ((highest - lowest) + 1.0)
+    return 1e-4 * (high - low) + 1e-12 * ((highest - lowest) + 1.0), lowest, highest
 
 
 #: The noise sigmas a band must lie beyond its outside rows by, on the reduced pixels, where the caller confirms it
@@ -431,7 +423,8 @@ def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int
     noise) was judged against the field's noise, and went unseen where the field covered under 80 % of it. Where
     the outside rows differ by more than noise (an edge between them, steep anatomy) this is larger, and the
     callers take the smaller of the two. Pairs that both read ``lowest`` or ``highest`` (the image's
-    :func:`extremes`: clipped) are left out, as in :func:`line_noise`; a block of nothing else has ``floor``.
+    :func:`floor_and_extremes`: clipped) are left out, as in :func:`line_noise`; a block of nothing else has
+    ``floor``.
     """
     cols = work.shape[1]
     block = 2 * half_window + 1
@@ -563,8 +556,7 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     if len(starts) == 0:
         return bad
     noise = np.empty(0)  # worked out for the first band that lies beyond its outside rows at all
-    floor = 0.0
-    lowest, highest = np.inf, -np.inf  # the image's extremes: what a clipped region reads
+    floor, lowest, highest = 0.0, np.inf, -np.inf  # (floor_and_extremes, for the first band examined)
     taken = np.zeros(rows, dtype=np.bool_)
     allowed = cols - share * cols  # columns that may fail before the band cannot pass
     for c in range(len(starts)):
@@ -576,10 +568,9 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
             if threshold_pass == 1:
                 if noise.shape[0] == 0:
                     noise = line_noise(work)
-                    floor = noise_floor(work)
                 local = outer_line_noise(work, i - 1, last + 1, OUTER_NOISE_HALF_WINDOW, floor, lowest, highest)
-            elif noise.shape[0] == 0 and lowest > highest:
-                lowest, highest = extremes(work)
+            elif lowest > highest:
+                floor, lowest, highest = floor_and_extremes(work)
             spiking = 0
             failed = 0
             silent = 0

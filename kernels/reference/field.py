@@ -196,7 +196,7 @@ OUTER_NOISE_HALF_WINDOW = 4
 
 
 def _noise_floor(work: np.ndarray) -> float:
-    """``line_noise``'s floor (the CPU kernel's ``_noise_floor``)."""
+    """``line_noise``'s floor (the CPU kernel's ``floor_and_extremes``' first value)."""
     return 1e-4 * float(np.ptp(work.mean(axis=1))) + 1e-12 * (float(np.ptp(work)) + 1.0)
 
 
