@@ -115,8 +115,10 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             np.array([lv.erosion_px for lv in levels], dtype=np.int64), used.index(plan.refine_levels[-1]),
             used.index(plan.refine_levels[0]),
             np.array([radius.frame_axis[0], radius.frame_axis[1], radius.spacing[0], radius.spacing[1]]),
-            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(6), len(levels))
-    levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n = static
+            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(6), len(levels),
+            used.index(plan.coarse.level) if plan.coarse.level in used else -1)
+    (levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n,
+     coarse_index) = static
     if used[0] == 0:  # level 0 is the frame's own pixels: a new array every frame
         tuples = ((plan.levels[0].image, *tuples[0][1:]), *tuples[1:])
     small, has_field = _field_mask(field)
@@ -127,14 +129,14 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     # a two-level plan (the usual one): the other level and the global search's surfaces of the coarse one run as
     # two tasks at once (``levels_and_surfaces``); the program then searches the peaks only
     together = (SURFACES_BESIDE_LEVELS and n == 2 and cs.normalised is not None
-                and noise_level == radius_level != used.index(cs.level)
+                and coarse_index >= 0 and noise_level == radius_level != coarse_index
                 and (SURFACES_BESIDE_LEVELS_THREADS is None or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS))
     if together:
         # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
         spectra, energy, _, window = searched_rotations(cs, rotations)
         normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
         backend.kernels.levels_and_surfaces(
-            tuples, used.index(cs.level), small, has_field, scales, offsets, erosions, bins, radius_geometry,
+            tuples, coarse_index, small, has_field, scales, offsets, erosions, bins, radius_geometry,
             plan.levels[0].image, want_clean, clean_box, has_box, clean_scale, noise_samples, out, cs.padded_shape[0],
             cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows, cs.window_cols, window, normalised)
     else:

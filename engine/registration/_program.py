@@ -1146,7 +1146,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         ]
     # how far the final edge correlation stands above chance, for the pixels it was measured on
     matched = int(levels[found.levels[-1]["level"] if found.levels else plan.refine_levels[0]].usable)
-    significance = float(final_edge) * math.sqrt(matched / 2.0)
+    significance = float(final_edge) * (matched / 2.0) ** 0.5  # (no call)
     # a different view, no overlap at all, or an unusable frame rule the match out before its score does
     # a doubted "field" comes before the quality verdicts about it ("too little structure inside the field")
     # images with no anatomy in common: the optimum found is not a measurement (null, like an empty frame's)

@@ -16,6 +16,9 @@ from ._refine import evaluate
 __all__ = ["assess_frame", "reference_contrast_to_noise", "rotation_radius", "rotation_support_mm", "is_clean",
            "MIN_USABLE_PIXELS", "MIN_ROTATION_SUPPORT_MM", "TOO_LITTLE_STRUCTURE"]
 
+#: A MAD of second differences over this factor is the white-noise sigma (1.4826 sqrt(6)): a Gaussian's MAD is
+#: 0.6745 sigma, and a second difference of white noise has variance 6 sigma^2 (a constant: no call a frame).
+MAD_TO_SIGMA = 1.4826 / math.sqrt(6.0)
 #: Contrast (robust range) / noise below which a frame has "too little structure".
 MIN_CONTRAST_TO_NOISE = 12.0
 #: Fewest usable pixels at the finest level (a 20 x 20 patch): less cannot be trusted.
@@ -115,7 +118,7 @@ def _noise_sigma(backend, level: Level, measured: tuple[float, float] | None = N
     mad, count = measured
     if count < 16:
         return 0.0
-    return 1.4826 * float(mad) / math.sqrt(6.0)
+    return MAD_TO_SIGMA * float(mad)
 
 
 def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict,  # type: ignore[no-untyped-def]
@@ -131,7 +134,7 @@ def is_clean(backend, plan: FramePlan, field: FieldEstimate, frame_stats: dict, 
     mad, count = measured
     if count < 64:
         return False
-    noise = 1.4826 * float(mad) / math.sqrt(6.0)
+    noise = MAD_TO_SIGMA * float(mad)
     lo, hi = plan.levels[plan.coarse.level].range
     ratio = (hi - lo) / (1e-30 if 1e-30 > noise else noise)  # max(noise, 1e-30), written out
     frame_stats["fine_contrast_to_noise"] = ratio
