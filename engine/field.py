@@ -1048,14 +1048,18 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
                 noise, outer_line_noise(work, first - 1, last + 1, FULL_OUTER_NOISE_HALF_WINDOW, floor, lowest, highest))
             np.minimum(low, work[last], out=low)
             np.maximum(high, work[last], out=high)
+            # a stuck band: every pixel of it reads one value (a dead line's zero, a hot one's stuck value) while the
+            # lines about it vary, clipped or not; it is judged where its neighbours stand clear of that value
+            stuck = float(low[0]) if low.min() == high.max() and bool(np.any(before != low[0])) else math.nan
             above, below = low - before > threshold, before - high > threshold
             # a clipped region (the band at the clipped value, the line before it within the noise of it) shows
             # nothing: left out
             beyond = above | below
             # (a band spans its lines' whole length, unless it reads the clipped value itself wherever it stands out)
-            clipped = (low == high) & ((low == lowest) | (low == highest))
+            clipped = (low == high) & ((low == lowest) | (low == highest) | (low == stuck))
             whole = bool(np.any(beyond & ~clipped))
-            count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest)))
+            count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest,
+                                                                   stuck)))
                      if not whole else low.size)
             if count < least or np.count_nonzero(beyond) < DEAD_LINE_SHARE * count:
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
@@ -1065,7 +1069,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
             # (and the line after it)
             whole = bool(np.any((up | down) & ~clipped))
             count = (int(np.count_nonzero(up | down | ~_silent_pixels(low, high, before, after, threshold, lowest,
-                                                                       highest))) if not whole else low.size)
+                                                                       highest, stuck))) if not whole else low.size)
             spiking = up | down
             if width <= DEAD_BAND_MAX:
                 spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
@@ -1081,7 +1085,7 @@ def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_w
 
 
 def _silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: np.ndarray,
-                   lowest: float, highest: float) -> np.ndarray:
+                   lowest: float, highest: float, stuck: float = math.nan) -> np.ndarray:
     """Where a band (its per-pixel ``low`` and ``high``) can show no dead line (``kernels.cpu.field._silent``).
 
     The band and both outer lines read one value, or the band reads the image's ``lowest`` (``highest``) value, a
@@ -1092,7 +1096,13 @@ def _silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer
     same = (outer_1 == low) & (outer_2 == low)
     floor = (low == lowest) & (np.maximum(outer_1, outer_2) - lowest <= threshold)
     ceiling = (low == highest) & (highest - np.minimum(outer_1, outer_2) <= threshold)
-    return flat & (same | floor | ceiling)  # type: ignore[no-any-return]
+    # a stuck band (every pixel of it one value, ``stuck``; NaN: not stuck, and equals nothing) shows itself only where
+    # both outer lines stand clear of that value, on one side: a pixel where either lies within the noise of it (the
+    # faint outside of a field about a dead line's zero) or where they straddle it can show nothing
+    clear = ((outer_1 - stuck > threshold) & (outer_2 - stuck > threshold)) | \
+        ((stuck - outer_1 > threshold) & (stuck - outer_2 > threshold))
+    held = (low == stuck) & ~clear
+    return flat & (same | floor | ceiling | held)  # type: ignore[no-any-return]
 
 
 def _sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool) -> bool:
