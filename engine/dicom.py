@@ -85,9 +85,10 @@ unknown: ``None``, or the documented fallback. The ranges:
 * The transfer syntax must be a DICOM transfer syntax.
 
 Allocation is bounded by the file before anything is decoded: uncompressed
-pixel data must hold at least ``Rows x Columns x NumberOfFrames x
-BitsAllocated / 8`` bytes (so the decoded array is never larger than the data
-read), and compressed pixel data may expand at most
+pixel data must hold ``Rows x Columns x NumberOfFrames x BitsAllocated / 8``
+bytes (so the decoded array is never larger than the data read; more, beyond
+the byte that pads it to an even length, is refused too: the size tags then
+do not describe the pixels stored), and compressed pixel data may expand at most
 :data:`MAX_COMPRESSION_RATIO` times (at least one fragment per frame).
 """
 
@@ -1020,6 +1021,14 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         raise PortalImageError(
             f"{name}: {keyword} has {length} bytes, at least one frame more than Rows x Columns x NumberOfFrames x "
             f"BitsAllocated/8 ({rows} x {cols} x {frames} x {bits}/8) = {expected}; the size tags are wrong"
+        )
+    elif length > expected + 1:
+        # less than a frame more, beyond the one byte that pads it to an even length: Rows or Columns smaller than the
+        # image stored (a trial's Rows 384 -> 200 was read as the top 200 rows, ok; its Columns 512 -> 500 sheared)
+        raise PortalImageError(
+            f"{name}: {keyword} has {length} bytes, {length - expected} more than Rows x Columns x NumberOfFrames x "
+            f"BitsAllocated/8 ({rows} x {cols} x {frames} x {bits}/8) = {expected}: the size tags do not describe the "
+            "pixels stored; the file is damaged"
         )
     return rows, cols, frames
 

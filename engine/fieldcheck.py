@@ -348,7 +348,8 @@ def field_placement(
     dict
         ``planned_source`` (``"reference jaws"``, ``"frame jaws"``, ``"reference MLC"``, ``"frame MLC"`` or
         ``"reference field"``), ``aperture`` (what was compared, in words), ``aperture_note`` (why the
-        header's jaws were not compared, else None), ``collimator_deg, planned_mm, delivered_mm`` (edges
+        header's jaws were not compared, else None), ``view_note`` (where the two images' beams differ: gantry,
+        collimator or couch angle, source-axis distance; else None), ``collimator_deg, planned_mm, delivered_mm`` (edges
         ``x1, x2, y1, y2`` in the field frame), ``planned_centre_mm,
         delivered_centre_mm, centre_shift_mm`` (image frame ``[x, y]``),
         ``edge_errors_mm`` (delivered - planned per edge), ``size_errors_mm``
@@ -386,6 +387,7 @@ def field_placement(
             plan = planned_field(reference, frame, planned="reference")
             note += "; compared with the reference image's field instead"
     errors = {edge: getattr(delivered, edge) - getattr(plan, edge) for edge in _EDGES}
+    view_note = _view_note(reference, frame)
     planned_centre, delivered_centre = plan.centre_mm, delivered.centre_mm
     shift = [delivered_centre[0] - planned_centre[0], delivered_centre[1] - planned_centre[1]]
     worst = max(abs(e) for e in errors.values())
@@ -395,6 +397,7 @@ def field_placement(
         "planned_source": plan.source,
         "aperture": _APERTURE_NAMES.get(plan.source.split(" ", 1)[1], plan.source),
         "aperture_note": note or None,
+        "view_note": view_note or None,
         "collimator_deg": -plan.angle_deg + 0.0,
         "planned_mm": plan.edges(),
         "delivered_mm": delivered.edges(),
@@ -430,6 +433,24 @@ def field_placement(
                                                if measured else None)
     out["axes"]["image"] = [key for key in out["axes"]["image"] if key in out]  # the keys this report has
     return out
+
+
+def _view_note(reference: Image, frame: Image) -> str:
+    """Say where the two images' beams differ (IEC 61217 angles beyond ``view_tolerance_deg``, source-axis distance).
+
+    The aperture is the beam's, so a field is compared across gantry angles all the same (a field-size check at
+    several gantry angles is one): the note says so, and that another beam's plan would not apply. ``""``: the views
+    agree, or what differs is not recorded.
+    """
+    from .options import RegistrationOptions
+    from .registration._views import compare_views
+
+    reason, record, _ = compare_views(reference.info, frame.info, RegistrationOptions())
+    if not record["mismatch"]:
+        return ""
+    differ = reason.split(" (tolerance ", 1)[0].removeprefix("different views: ")
+    return (f"the two images were taken along different beams ({differ}): the frame's field is compared with that "
+            "plan all the same; if the frame belongs to another beam, its own plan applies")
 
 
 #: ``aperture`` of the report, by the second word of ``planned_source``.
@@ -634,6 +655,8 @@ def run(args: argparse.Namespace) -> int:
           f"collimator {shown(report['collimator_deg'], 1):g} deg")
     if report["aperture_note"]:
         print(f"note: {report['aperture_note']}")
+    if report["view_note"]:
+        print(f"note: {report['view_note']}")
     print(f"field centre shift (image axes): x {shown(shift[0]):+.2f} mm, y {shown(shift[1]):+.2f} mm")
     print("edge errors (collimator axes): "
           + ", ".join(f"{k} {shown(v):+.2f}" for k, v in report["edge_errors_mm"].items()) + " mm")

@@ -212,15 +212,25 @@ class Image:
         Image
         """
         pixels = check_pixels(array, name)
-        if np.ndim(pixel_spacing_mm) == 0:
-            spacing = (float(pixel_spacing_mm), float(pixel_spacing_mm))  # type: ignore[arg-type]
-        else:
-            values = [float(s) for s in pixel_spacing_mm]  # type: ignore[union-attr]
-            if len(values) != 2:
-                raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col), got {pixel_spacing_mm!r}")
-            spacing = (values[0], values[1])
+        try:
+            values = ([float(pixel_spacing_mm)] * 2 if np.ndim(pixel_spacing_mm) == 0  # type: ignore[arg-type]
+                      else [float(s) for s in pixel_spacing_mm])  # type: ignore[union-attr]
+        except (TypeError, ValueError):  # a string, None in a pair...: no number
+            values = []
+        if len(values) != 2:
+            raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col) in mm, got "
+                                f"{pixel_spacing_mm!r}")
+        spacing = (values[0], values[1])
         if beam_axis_px is None:
             beam_axis_px = ((pixels.shape[1] - 1) / 2.0, (pixels.shape[0] - 1) / 2.0)
+        else:
+            try:
+                axis = [float(v) for v in beam_axis_px]
+            except (TypeError, ValueError):
+                axis = []
+            if len(axis) != 2:
+                raise GeometryError(f"{name}: beam_axis_px must be (column, row) in pixels, got {beam_axis_px!r}")
+            beam_axis_px = (axis[0], axis[1])
         return cls(pixels, spacing, beam_axis_px, ImageInfo(source=name, **info))  # type: ignore[arg-type]
 
 

@@ -403,6 +403,18 @@ def test_api_bad_pixel_spacing(spacing: float, good: Good) -> None:
         portalign.register(good.ref_array, good.frame_array, pixel_spacing_mm=spacing)
 
 
+@pytest.mark.parametrize(("keywords", "message"), [
+    ({"pixel_spacing_mm": "abc"}, r"pixel_spacing_mm must be one number or \(row, col\) in mm, got 'abc'$"),
+    ({"pixel_spacing_mm": (1.0, None)}, r"pixel_spacing_mm must be one number or \(row, col\) in mm, got \(1\.0, None\)$"),
+    ({"pixel_spacing_mm": 1.0, "beam_axis_px": "ab"}, r"beam_axis_px must be \(column, row\) in pixels, got 'ab'$"),
+    ({"pixel_spacing_mm": 1.0, "beam_axis_px": (1, 2, 3)}, r"beam_axis_px must be \(column, row\) in pixels"),
+])
+def test_api_geometry_that_is_no_number_is_a_geometry_error(keywords: dict, message: str) -> None:
+    # session 25's fuzz: a string spacing escaped as a bare ValueError ("could not convert string to float")
+    with pytest.raises(GeometryError, match=rf"^epid_frame: {message}"):
+        Image.from_array(np.random.default_rng(0).random((64, 64)), name="epid_frame", **keywords)
+
+
 # ---------------------------------------------------------------------------------------------
 # the fixes the messages suggest do work
 # ---------------------------------------------------------------------------------------------

@@ -273,6 +273,27 @@ def test_cli_winston_lutz_exit_status(capsys):
     assert "exit status: 0 every edge within tolerance; 3 an edge outside tolerance" in parser.format_help()
 
 
+@pytest.mark.real_data
+def test_fieldcheck_says_when_the_two_images_are_of_different_beams(capsys):
+    """Gantry 180 against 90: compared all the same (the aperture is the beam's), with a note naming both angles."""
+    if not WL.is_dir():
+        pytest.skip(f"real data not found at {WL}")
+    reference = read_rt_image(WL / "cardinal" / "wl-3-30-18_card-000.dcm")  # gantry 180
+    frame = read_rt_image(WL / "lat3mm" / "3mm_lat-001.dcm")  # gantry 90
+    report = field_placement(reference, frame)
+    assert report["view_note"].startswith("the two images were taken along different beams (gantry angle 180 deg in "
+                                          "the reference (wl-3-30-18_card-000.dcm) but 90 deg in the frame")
+    assert report["within_tolerance"]  # one aperture: its edges agree
+    same = field_placement(read_rt_image(WL / "cardinal" / "wl-3-30-18_card-002.dcm"),
+                           read_rt_image(WL / "lat3mm" / "3mm_lat-002.dcm"))
+    assert same["view_note"] is None
+    parser = argparse.ArgumentParser(prog="portalign fieldcheck")
+    fieldcheck.add_arguments(parser)
+    assert fieldcheck.run(parser.parse_args([str(WL / "cardinal" / "wl-3-30-18_card-000.dcm"),
+                                             str(WL / "lat3mm" / "3mm_lat-001.dcm")])) == 0
+    assert "note: the two images were taken along different beams (gantry angle 180 deg" in capsys.readouterr().out
+
+
 def _mlc(open_pairs, *, x1=-12.0, x2=8.0, pairs=40, width=5.0, kind="MLCX"):
     """An MLC of ``pairs`` leaves ``width`` mm wide centred on 0: pairs in ``open_pairs`` open from x1 to x2."""
     bank_a = [x1 if i in open_pairs else 0.0 for i in range(pairs)]

@@ -497,6 +497,22 @@ def test_pixel_data_holding_more_frames_than_the_header_says_is_refused(shipped)
         read_rt_image(damaged)
 
 
+@pytest.mark.parametrize(("keyword", "value", "shape", "excess"), [("Rows", 50, "50 x 128", 11776),
+                                                                    ("Columns", 125, "96 x 125", 576)])
+def test_pixel_data_holding_less_than_a_frame_more_than_the_header_says_is_refused(shipped, keyword, value, shape,
+                                                                                     excess):
+    # session 25's fuzz (seed 25011): Rows 384 -> 200 of a frame was read as its top 200 rows and registered ok (48 % of
+    # the image dropped with no word), Columns 512 -> 500 as a sheared image refused for its "field"
+    data = shipped[0].explicit
+    damaged = _replace_value(data, _elements(data, keyword)[0], struct.pack("<H", value))
+    stored = 96 * 128 * 2
+    message = (rf"^<bytes>: PixelData has {stored} bytes, {excess} more than Rows x Columns x NumberOfFrames x "
+               rf"BitsAllocated/8 \({shape} x 1 x 16/8\) = {stored - excess}: the size tags do not describe the pixels "
+               r"stored; the file is damaged$")
+    with pytest.raises(PortalImageError, match=message):
+        read_rt_image(damaged)
+
+
 # ---------------------------------------------------------------------------
 # a second campaign (seeds 777, 4242, 90001, 31337, 5 and 7,100 mutants of its own): no escape, but small files
 # that made large allocations, and tag text that split an error over lines
