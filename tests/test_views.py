@@ -246,3 +246,32 @@ def test_images_of_two_patients_are_not_ok_unless_allowed(pixels, ref_id, frame_
     _assert_shift(allowed)
     assert any(w.startswith("different patients") and w.endswith("registered as asked (allow_patient_mismatch)")
                for w in allowed.warnings), allowed.warnings
+
+
+@pytest.mark.parametrize(("seed", "half_mm", "aspect", "motion", "noise", "k"), [
+    (510, 24.022, 1.2313, (3.406, 1.986, 1.443), 0.00998, 27),  # lever arm 15 mm: 1.37 deg off with an 8 mm limit
+    (943, 29.576, 1.1491, (-1.529, -1.841, 1.452), 0.01505, 25),  # 22 mm: estimated
+])
+def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_it(seed, half_mm, aspect, motion, noise,
+                                                                                  k):
+    """Two portal images through a 48-60 mm field fixed to the beam, the anatomy turned 1.4 deg: the rotation is
+    reported within 0.5 deg, or not at all (``MIN_ROTATION_SUPPORT_MM``); the shift within 0.5 mm either way."""
+    from portalign.registration._quality import MIN_ROTATION_SUPPORT_MM
+
+    from tests.synthetic import anatomy, field_aperture, moved, mv_portal
+
+    base = anatomy(384, seed=seed)
+    aperture = field_aperture((256, 256), 1.0, half_mm, half_mm * aspect, transmission=0.03)
+    reference = portalign.Image.from_array(mv_portal(moved(base, 0, 0, 0), aperture, noise=noise, seed=k + 100).astype(np.float32),
+                                 pixel_spacing_mm=1.0, kind="portal")
+    frame = portalign.Image.from_array(mv_portal(moved(base, *motion), aperture, noise=noise, seed=k + 200).astype(np.float32),
+                             pixel_spacing_mm=1.0, kind="portal")
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert np.hypot(result.dx_mm - motion[0], result.dy_mm - motion[1]) < 0.5
+    support = result.details["rotation_support_mm"]
+    if support < MIN_ROTATION_SUPPORT_MM:
+        assert result.rotation_deg is None
+        assert any("does not constrain rotation" in w for w in result.warnings)
+    else:
+        assert abs(result.rotation_deg - motion[2]) < 0.5
