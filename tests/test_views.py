@@ -262,10 +262,12 @@ def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_i
 
     base = anatomy(384, seed=seed)
     aperture = field_aperture((256, 256), 1.0, half_mm, half_mm * aspect, transmission=0.03)
-    reference = portalign.Image.from_array(mv_portal(moved(base, 0, 0, 0), aperture, noise=noise, seed=k + 100).astype(np.float32),
-                                 pixel_spacing_mm=1.0, kind="portal")
-    frame = portalign.Image.from_array(mv_portal(moved(base, *motion), aperture, noise=noise, seed=k + 200).astype(np.float32),
-                             pixel_spacing_mm=1.0, kind="portal")
+    reference = portalign.Image.from_array(
+        mv_portal(moved(base, 0, 0, 0), aperture, noise=noise, seed=k + 100).astype(np.float32), pixel_spacing_mm=1.0,
+        kind="portal")
+    frame = portalign.Image.from_array(
+        mv_portal(moved(base, *motion), aperture, noise=noise, seed=k + 200).astype(np.float32), pixel_spacing_mm=1.0,
+        kind="portal")
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok, result.reason
     assert np.hypot(result.dx_mm - motion[0], result.dy_mm - motion[1]) < 0.5
