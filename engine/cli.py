@@ -376,6 +376,12 @@ def _register(args: argparse.Namespace) -> int:
 
     replaced = [f"{image.info.source}: {note}" for image in (reference_image, frame)
                 for note in replaced_tags(image.info)]
+    from .image import beam_kind
+
+    taken_by = beam_kind(frame.info)
+    if taken_by.startswith("kV"):  # (``info`` says so too): registered as a frame all the same
+        replaced.append(f"{frame.info.source}: a {taken_by}, taken through the imaging beam, not the treatment beam; "
+                        "registered as a frame all the same")
     # CLI users read flags, not Python keywords
     result = replace(result, reason=as_flags(result.reason, args.subparser),
                      warnings=[as_flags(w, args.subparser) for w in [*replaced, *result.warnings]])

@@ -352,6 +352,18 @@ def test_info_calls_a_kv_labelled_image_without_kvp_a_kv_image(capsys) -> None:
     assert status == 0 and info["kind"] == "kv" and info["image"].startswith("kV image (no KVP recorded")
 
 
+@pytest.mark.real_data
+def test_register_says_when_the_frame_is_a_kv_image(capsys, demo_pair) -> None:
+    """A kV image given as the frame was registered with no word of what it is (``info`` said so): a new user's trial."""
+    leeds = _real_file("pylinac", "planar_imaging", "leeds_kv.dcm")
+    status, out, _ = run(capsys, "register", leeds, leeds, "--json")
+    warnings = json.loads(out)["warnings"]
+    assert status == 0 and ("leeds_kv.dcm: a kV image (no KVP recorded; RT Image Label 'KV'), taken through the imaging "
+                            "beam, not the treatment beam; registered as a frame all the same") in warnings
+    status, out, _ = run(capsys, "register", demo_pair["ref"], demo_pair["frame"], "--json")
+    assert status == 0 and not any("kV image" in w for w in json.loads(out)["warnings"])
+
+
 def test_every_option_has_a_description_with_its_default() -> None:
     parser = build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
