@@ -459,8 +459,12 @@ def solve_couch_shift(
     separation = math.degrees(math.acos(max(0.0, min(1.0, 1.0 - singular[-1] ** 2))))
     if separation < min_separation_deg - 1e-9:
         gantries = ", ".join(_deg(v.gantry_deg) for v in views)
+        # a pair that is not one view (its reference at another gantry) is the likelier mistake: named first
+        unpaired = [f"{v.label or i}: {v.reason}" for i, v in enumerate(views)
+                    if v.reason.startswith(("different views", "different patients"))]
+        first = (f"view {unpaired[0].split(' (tolerance ')[0]}; and " if unpaired else "")
         raise GeometryError(
-            f"views at gantry {gantries} are parallel or nearly so (their image planes are {separation:.1f} deg "
+            f"{first}views at gantry {gantries} are parallel or nearly so (their image planes are {separation:.1f} deg "
             f"apart, at least {min_separation_deg:g} needed): the displacement along the beam cannot be "
             "resolved; add a view at a gantry angle at least that far from the others (e.g. 0 and 90)")
     condition = float(singular[0] / singular[-1])

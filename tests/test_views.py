@@ -277,3 +277,19 @@ def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_i
         assert any("does not constrain rotation" in w for w in result.warnings)
     else:
         assert abs(result.rotation_deg - motion[2]) < 0.5
+
+
+def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:
+    """A pair whose reference is another view was the likelier mistake than the angles (a new user's trial)."""
+    from portalign.couch import register_views
+    from portalign.errors import GeometryError
+
+    def image(values: np.ndarray, gantry: float, name: str) -> portalign.Image:
+        return portalign.Image.from_array(values, pixel_spacing_mm=1.0, name=name, gantry_deg=gantry)
+
+    pairs = [(image(pixels[0], 0.0, "ref0"), image(pixels[1], 0.0, "frame0")),
+             (image(pixels[0], 90.0, "ref90"), image(pixels[1], 0.0, "frame0b"))]
+    with pytest.raises(GeometryError, match=r"^view frame0b: different views: gantry angle 90 deg in the reference "
+                                            r"\(ref90\) but 0 deg in the frame \(frame0b\); and views at gantry 0, 0 "
+                                            r"are parallel"):
+        register_views(pairs, backend="cpu")
