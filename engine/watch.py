@@ -307,7 +307,15 @@ def run(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if args.once:
-        print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed", file=sys.stderr)
+        # files of earlier runs are not looked at again: say where they are when this run found nothing to do
+        earlier = ""
+        if not watcher.files_done and not watcher.files_failed:
+            counts = {name: sum(1 for p in (watcher.folder / name).glob("*") if p.is_file() and p.suffix != ".txt")
+                      for name in (DONE, FAILED) if (watcher.folder / name).is_dir()}
+            if any(counts.values()):
+                earlier = (" (nothing new; earlier runs left " + ", ".join(f"{n} in {name}/" for name, n in counts.items())
+                           + f": move a file back into {watcher.folder} to process it again)")
+        print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{earlier}", file=sys.stderr)
         return EXIT_FILE_FAILED if watcher.files_failed else 0
     return 0
 

@@ -172,6 +172,11 @@ def test_watch_command_once_with_name_collision(tmp_path, image, capsys):
     assert line["file"] == "x.dcm" and line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)
     assert sorted(p.name for p in (folder / "done").iterdir()) == ["x-1.dcm", "x.dcm"]
     assert (folder / "done" / "x.dcm").read_bytes() == b"an earlier x.dcm"
+    # run again: nothing new, and where the earlier files went is said (a new user's trial read only "0 done, 0 failed")
+    assert _watch_once(folder, results, reference) == 0
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"0 done, 0 failed (nothing new; earlier runs left 2 in done/, 0 in failed/: move a file "
+                                f"back into {folder} to process it again)"), err
 
 
 def test_bad_arguments_and_ignored_names(tmp_path, capsys):
