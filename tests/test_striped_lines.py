@@ -250,3 +250,24 @@ def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_pat
     assert main(["info", str(paths["striped"])]) == 0
     out = capsys.readouterr().out
     assert "of its 256 detector rows read far off both neighbours" in out and "registration refuses this image" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("share", "seed"), [(0.4, 0), (0.2, 1)])
+def test_a_refused_frame_whose_detector_lines_are_striped_says_so(share, seed):
+    """The handed open-field pair (680 x 920 panel, a field-detection level of 8 x 8 detector pixels), a share of the
+    frame's rows dead, drawn at random: the reduced screen sees none of them, and the frame was refused for what they
+    did to the match ("no match"). A refused frame's detector lines are screened too: its reason names them, and its
+    pose is null."""
+    folder = FIELD_CASES / "open-field"
+    if not folder.is_dir():
+        pytest.skip("../shared/field-cases/open-field not present")
+    ref = portalign.read_rt_image(folder / "ref_inside.dcm")
+    frame = portalign.read_rt_image(folder / "frame_inside_r-15_c+21.dcm")
+    # as ``python -m bench.dead_lines --frame`` draws them: a share of the rows at random, neighbours too
+    rows = np.random.default_rng(seed).choice(frame.shape[0], int(share * frame.shape[0]), replace=False)
+    result = portalign.register(ref, with_lines(frame, rows=rows), backend="cpu")
+    assert not result.ok
+    assert result.reason.startswith("frame_inside_r-15_c+21.dcm: ") and "detector rows read far off both neighbours" \
+        in result.reason and "acquire the frame again (as taken: " in result.reason, result.reason
+    assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (None, None, None)

@@ -334,7 +334,37 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
             # (over all labelled corpora, the only two such ok matches away from the aperture were 1.2 and 4.5 mm off)
             result = replace(result, ok=False, reason=_no_interior_refusal(result), dx_mm=None, dy_mm=None,
                              rotation_deg=None)
+    if not result.ok and mirror_check and _denoised is None:  # rare: a refused frame
+        result = _striped_refusal(reference, frame, result)
     return result
+
+
+#: Refusals that say already what is wrong with the pair as a whole (not with the frame's pixels): no screen after them.
+_NOT_THE_PIXELS = ("different views", "different patients", "no common anatomy")
+
+
+def _striped_refusal(reference: Reference, frame: Image, result: RegistrationResult) -> RegistrationResult:
+    """Screen a refused frame's own detector lines too (``find_field(thorough=True)``): a striped frame says so.
+
+    A frame's dead lines are screened on its field-detection level only (a reference's on the detector's lines too, once
+    at preparation: the screen costs a 1024 x 768 frame 0.7 ms). Lines scattered over a fine panel leave every reduced
+    line alike, and such a frame was refused for what its stripes did to the match instead: 40 % of an open-field
+    frame's rows dead as "no match", a fifth of them hot as "flipped" (``python -m bench.dead_lines --frame``). A refused
+    frame (rare) is screened on its detector's lines; where they are too many to leave out (``FieldEstimate.striped``)
+    the reason says so, and the pose is null (the optimum measured the stripes).
+    """
+    from ..field import box_reduce
+    from ._reference import FIELD_LEVEL_MAX_PIXELS
+
+    reason = result.reason
+    if frame.info.kind == "drr" or reason.startswith(_NOT_THE_PIXELS) or "acquire the frame again" in reason:
+        return result
+    small, _ = box_reduce(frame.pixels, FIELD_LEVEL_MAX_PIXELS)
+    screened = (find_field if wants_field(reference.options, frame) else dead_lines_only)(frame, small, thorough=True)
+    if not screened.striped:
+        return result
+    return replace(result, reason=f"{frame.info.source}: {screened.striped}; acquire the frame again (as taken: {reason})",
+                   dx_mm=None, dy_mm=None, rotation_deg=None)
 
 
 def _pair_noisy(frame_contrast: float, level: Any) -> bool:
