@@ -1090,7 +1090,9 @@ def _silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer
 
     The band and both outer lines read one value, or the band reads the image's ``lowest`` (``highest``) value, a
     clipped one, and both outer lines lie within ``threshold`` of it (a dosimetry image's zero outside and the few
-    quanta of its scatter tail).
+    quanta of its scatter tail), or the band is stuck at ``stuck`` (every pixel of it that value: NaN where it is
+    not) and its outer lines do not both stand clear of it by ``threshold`` on one side (a dead line's zero against
+    the faint outside of a field, whose noise takes it below zero too).
     """
     flat = low == high
     same = (outer_1 == low) & (outer_2 == low)

@@ -445,7 +445,8 @@ def _view_note(reference: Image, frame: Image) -> str:
     from .options import RegistrationOptions
     from .registration._views import compare_views
 
-    reason, record, _ = compare_views(reference.info, frame.info, RegistrationOptions())
+    # (two patients' images: the views are compared all the same, which a registration would refuse before them)
+    reason, record, _ = compare_views(reference.info, frame.info, RegistrationOptions(allow_patient_mismatch=True))
     if not record["mismatch"]:
         return ""
     differ = reason.split(" (tolerance ", 1)[0].removeprefix("different views: ")
