@@ -212,26 +212,32 @@ class Image:
         Image
         """
         pixels = check_pixels(array, name)
-        try:
-            values = ([float(pixel_spacing_mm)] * 2 if np.ndim(pixel_spacing_mm) == 0  # type: ignore[arg-type]
-                      else [float(s) for s in pixel_spacing_mm])  # type: ignore[union-attr]
-        except (TypeError, ValueError):  # a string, None in a pair...: no number
-            values = []
-        if len(values) != 2:
+        spacing = _two_numbers(pixel_spacing_mm, one_for_both=True)
+        if spacing is None:
             raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col) in mm, got "
                                 f"{pixel_spacing_mm!r}")
-        spacing = (values[0], values[1])
         if beam_axis_px is None:
             beam_axis_px = ((pixels.shape[1] - 1) / 2.0, (pixels.shape[0] - 1) / 2.0)
         else:
-            try:
-                axis = [float(v) for v in beam_axis_px]
-            except (TypeError, ValueError):
-                axis = []
-            if len(axis) != 2:
+            axis = _two_numbers(beam_axis_px, one_for_both=False)
+            if axis is None:
                 raise GeometryError(f"{name}: beam_axis_px must be (column, row) in pixels, got {beam_axis_px!r}")
-            beam_axis_px = (axis[0], axis[1])
+            beam_axis_px = axis
         return cls(pixels, spacing, beam_axis_px, ImageInfo(source=name, **info))  # type: ignore[arg-type]
+
+
+def _two_numbers(value: Any, *, one_for_both: bool) -> tuple[float, float] | None:
+    """Return ``value`` as two floats (one number twice where ``one_for_both``); None where it is not that.
+
+    A string, ``None``, a pair holding one, or a length other than two is not (the caller names its keyword);
+    finiteness and range are :class:`Image`'s checks.
+    """
+    try:
+        values = ([float(value)] * 2 if one_for_both and np.ndim(value) == 0
+                  else [float(v) for v in value])
+    except (TypeError, ValueError):
+        return None
+    return (values[0], values[1]) if len(values) == 2 else None
 
 
 def check_pixels(array: Any, name: str) -> np.ndarray:
