@@ -402,20 +402,24 @@ def test_frame_pyramid_is_downsample2_level_by_level_with_the_frame_s_range(shap
     buffers = [np.full_like(w, np.nan) for w in want]
     padded = tuple(buffers + [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth))
     flags = np.empty((shape[0], 2), np.int64)
-    assert cpu.frame_pyramid(frame, padded, depth, flags) == (True, True)
+    row_means, col_means = np.full(shape[0], np.nan), np.full(shape[1], np.nan)
+    assert cpu.frame_pyramid(frame, padded, depth, flags, row_means, col_means) == (True, True)
     for got, expected in zip(buffers, want, strict=True):
         assert_array_equal(got, expected)
+    # the detector lines' means on the same pass (the odd last row and column included): those of the frame itself
+    assert_allclose(row_means, frame.astype(np.float64).mean(axis=1), rtol=1e-12)
+    assert_allclose(col_means, frame.astype(np.float64).mean(axis=0), rtol=1e-12)
     # a bad value anywhere, the odd last row and column included, is seen
     for bad, where in ((np.nan, (0, 0)), (np.inf, (5, 7)), (-np.inf, (shape[0] - 1, shape[1] - 1)),
                        (np.nan, (shape[0] - 1, 3)), (np.inf, (2, shape[1] - 1))):
         spoilt = frame.copy()
         spoilt[where] = bad
-        assert cpu.frame_pyramid(spoilt, padded, depth, flags)[0] is False, (bad, where)
+        assert cpu.frame_pyramid(spoilt, padded, depth, flags, row_means, col_means)[0] is False, (bad, where)
     # a constant frame does not vary; one differing pixel (in the odd last column too) does
     flat = np.full(shape, 3.0, np.float32)
-    assert cpu.frame_pyramid(flat, padded, depth, flags) == (True, False)
+    assert cpu.frame_pyramid(flat, padded, depth, flags, row_means, col_means) == (True, False)
     flat[1, shape[1] - 1] = 4.0
-    assert cpu.frame_pyramid(flat, padded, depth, flags) == (True, True)
+    assert cpu.frame_pyramid(flat, padded, depth, flags, row_means, col_means) == (True, True)
 
 
 @pytest.mark.parametrize("kind", ["field", "open", "dead_row", "dead_col", "flat"])

@@ -155,9 +155,10 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
 def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_mm: float) -> Image:
     """Return ``frame`` with its pixels smoothed by a Gaussian of ``sigma_mm`` (isocentre plane, per axis).
 
-    Dead detector lines (``field.dead_rows`` / ``dead_cols``, lines of the field-detection level, ``field_factor``
-    detector pixels each) are left out of the smoothing (a normalised convolution: their neighbours are averaged
-    without them) and keep their own values, so that the registration finds them, and leaves them out, again.
+    Dead detector lines (:func:`dead_detector_lines`: those confirmed on the detector's pixels, else every detector
+    line of the field-detection level's dead lines, ``field_factor`` detector pixels each) are left out of the
+    smoothing (a normalised convolution: their neighbours are averaged without them) and keep their own values, so
+    that the registration finds them, and leaves them out, again.
     Everything else of the frame (spacing, beam axis, header) is kept. One compiled call
     (``kernels.cpu.pyramid.smooth_separable``, the Gaussian truncated at 3 sigma).
 
@@ -176,10 +177,13 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
     rows, cols = pixels.shape
     live_rows = np.ones(rows, dtype=np.uint8)
     live_cols = np.ones(cols, dtype=np.uint8)
-    for line in field.dead_rows:
-        live_rows[line * field_factor:(line + 1) * field_factor] = 0
-    for line in field.dead_cols:
-        live_cols[line * field_factor:(line + 1) * field_factor] = 0
+    # the detector lines themselves where they were confirmed there: the other lines of their field-detection lines,
+    # kept raw beside smoothed ones, read as noisy neighbours of a dead line in the smoothed frame, whose own noise is
+    # the smoothed lines', and the dead rows across a field were no longer found there (nor named: a new user's trial)
+    if field.dead_rows or field.dead_cols:  # (no call otherwise: a noisy frame's second pass counts its calls)
+        dead_rows, dead_cols = dead_detector_lines(field, field_factor)
+        live_rows[dead_rows] = 0
+        live_cols[dead_cols] = 0
     out = np.empty((rows, cols), dtype=np.float32)
     smooth_separable(pixels, live_rows, live_cols, _gaussian_taps(sigma_mm / frame.spacing_mm[0]),
                      _gaussian_taps(sigma_mm / frame.spacing_mm[1]), np.empty((rows, cols), dtype=np.float32), out)

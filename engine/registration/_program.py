@@ -23,20 +23,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from portalign.kernels.cpu.edge import INVALID_FEATURE
+from portalign.kernels.cpu.field import line_candidates, line_means
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
 from ..field import (
     BAND_NOTE,
+    DEAD_LINE_MAX_SHARE,
     FIELD_DOUBT_ADVICE,
+    LINE_SCREEN,
     NO_FIELD,
     NO_FIELD_EDGE,
     PLANNED_COVERS,
+    STRONG_LINE_CONTRAST,
     FieldEstimate,
     dead_lines_only,
     field_centre_mm,
     field_size_mm,
     find_field,
+    line_screen,
+    screened,
 )
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
@@ -346,12 +352,13 @@ _NOT_THE_PIXELS = ("different views", "different patients", "no common anatomy")
 def _striped_refusal(reference: Reference, frame: Image, result: RegistrationResult) -> RegistrationResult:
     """Screen a refused frame's own detector lines too (``find_field(thorough=True)``): a striped frame says so.
 
-    A frame's dead lines are screened on its field-detection level only (a reference's on the detector's lines too, once
-    at preparation: the screen costs a 1024 x 768 frame 0.7 ms). Lines scattered over a fine panel leave every reduced
-    line alike, and such a frame was refused for what its stripes did to the match instead: 40 % of an open-field
-    frame's rows dead as "no match", a fifth of them hot as "flipped" (``python -m bench.dead_lines --frame``). A refused
-    frame (rare) is screened on its detector's lines; where they are too many to leave out (``FieldEstimate.striped``)
-    the reason says so, and the pose is null (the optimum measured the stripes).
+    Every frame's detector lines are screened for stripes by their means (``field.line_screen``, from the pyramid's
+    pass), which takes up only lines that spike in more separate bands than a striped image needs; its isolated dead
+    lines are found on its field-detection level. A refused frame (rare) is screened as a reference is, on whatever
+    spikes (``thorough``): lines whose means spike less, such as dead columns of a dosimetry image that differ from
+    their neighbours inside a 30 mm field only, were refused for what their stripes did to the match ("nothing but
+    noise"). Where they are too many to leave out (``FieldEstimate.striped``) the reason says so, and the pose is null
+    (the optimum measured the stripes).
     """
     from ..field import box_reduce
     from ._reference import FIELD_LEVEL_MAX_PIXELS
@@ -626,11 +633,13 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
 
 
 def _pyramid_inputs(plan: FramePlan) -> tuple:
-    """Return a lane's pyramid buffers (levels 1..depth, padded to ``PYRAMID_SLOTS - 1``) and flag scratch."""
+    """Return a lane's pyramid buffers (levels 1..depth, padded to ``PYRAMID_SLOTS - 1``), flag scratch and line means."""
     depth = plan.pyramid_depth
     buffers = [plan.levels[i].image for i in range(1, depth + 1)]
     buffers += [buffers[-1]] * (PYRAMID_SLOTS - 1 - depth)
-    return tuple(buffers), np.empty((plan.levels[1].image.shape[0], 2), np.int64)
+    rows, cols = plan.levels[0].shape
+    return (tuple(buffers), np.empty((plan.levels[1].image.shape[0], 2), np.int64), np.empty(rows), np.empty(cols),
+            np.empty(rows, np.int64), np.empty(cols, np.int64))
 
 
 def _host_twin(backend: Backend, plan: FramePlan, frame: Image) -> FramePlan | None:
@@ -951,28 +960,38 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             front = inputs["pyramid"] = _pyramid_inputs(host)
     if front is not None:
         # the CPU: the pyramid and the frame's value check in one compiled call, on the frame's own pixels
-        buffers, row_flags = front
+        buffers, row_flags, row_means, col_means, row_lines, col_lines = front
         if host is None:
-            finite, varies = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_flags)
+            finite, varies = k.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth, row_flags, row_means,
+                                             col_means)
         else:
             with _host_scope(host):
                 finite, varies = _host_backend().kernels.frame_pyramid(frame.pixels, buffers, plan.pyramid_depth,
-                                                                       row_flags)
+                                                                       row_flags, row_means, col_means)
         if not finite or not varies:
             check_frame_pixels(frame)  # raises, naming the frame and what is wrong with its pixels
         (levels if host is None else host.levels)[0].image = frame.pixels
+        # the detector's own lines screened (their means, from the pyramid's pass: ``field.line_screen``): a sound
+        # panel leaves nothing. Lines scattered over a fine panel leave every reduced line alike: before, a fifth of an
+        # open-field frame's rows hot was matched 0.78 mm off, ok, with no word, and 8 % of its rows dead were used
+        # unnamed (``python -m bench.dead_lines --frame``); a few dead rows across a field were not seen at all
+        n_rows, n_cols, rows_alternate, cols_alternate, striped = line_candidates(
+            row_means, col_means, *LINE_SCREEN, DEAD_LINE_MAX_SHARE, STRONG_LINE_CONTRAST, row_lines, col_lines)
+        lines = (screened(row_lines[:n_rows], col_lines[:n_cols], rows_alternate, cols_alternate)
+                 if striped and frame.info.kind != "drr" else None)
     else:
         check_frame_pixels(frame)
         level0.image = backend.upload(frame.pixels, level0.image, plan.staging)
         for index in range(1, plan.pyramid_depth + 1):
             k.downsample2(levels[index - 1].image, levels[index].image)
+        lines = line_screen(*line_means(frame.pixels)) if frame.info.kind != "drr" else None  # (the same screen)
     # the field-detection level on the host (the CPU's arrays are there already)
     small = ((levels if host is None else host.levels)[plan.field_level].image if front is not None
              else backend.to_host(levels[plan.field_level].image))
     if wants_field(opts, frame):
-        field = find_field(frame, small)
+        field = find_field(frame, small, candidates=lines)
     elif opts.field == "none" and frame.info.kind != "drr":  # no field looked for: its dead lines still are
-        field = dead_lines_only(frame, small)
+        field = dead_lines_only(frame, small, candidates=lines)
     else:
         field = NO_FIELD
     used = plan.used_levels
@@ -1052,7 +1071,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # a noisy frame: registered again from its smoothed pixels (DENOISE_*; no call for a frame that is not noisy)
     # (a frame whose contrast is too low for its noise is smoothed too: the smoothing is what such a frame needs)
     low_contrast = quality != "" and quality.startswith(TOO_LITTLE_STRUCTURE)
-    if (DENOISE and denoised is None and (not quality or low_contrast) and r_eff >= DENOISE_MIN_RADIUS_MM
+    # (not a striped frame: smoothing hides its stripes, which the match would still measure)
+    if (DENOISE and denoised is None and (not quality or low_contrast) and not field.striped
+            and r_eff >= DENOISE_MIN_RADIUS_MM
             and "contrast_to_noise" in frame_stats and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
             and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
             >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]):

@@ -107,6 +107,11 @@ MIN_REFERENCE_PIXELS = 16
 REFERENCE_LIVE_WEIGHT = 0.9
 
 
+
+#: A frame whose pixels (at a plan's level) are this many times longer one way than the other: named as the cause when
+#: the reference has too few usable pixels there (imagers' pixels are square; a binned readout's at most 2:1).
+ANISOTROPIC_RATIO = 3.0
+
 class Reference:
     """A reference image prepared for registering many frames against it.
 
@@ -585,14 +590,22 @@ class Reference:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
         name = self.image.info.source
         size = self.field_size_mm
+        low, high = min(level.spacing), max(level.spacing)
+        if high > ANISOTROPIC_RATIO * low:
+            # the frame's pixels, not the reference's field: a damaged spacing tag (a new user's mutated file,
+            # 0.336 x 3.36 mm) was reported as a 21.5 mm field "smaller than the 10.5 mm needed"
+            return (f"{name} (the reference): only {usable} usable pixels remain at the frame's pixels, {level.spacing[0]:.2f} x "
+                    f"{level.spacing[1]:.2f} mm (rows x columns) at this level: {high / low:.1f} times longer one way "
+                    "than the other, which no portal imager's are; check the frame's ImagePlanePixelSpacing "
+                    "(0018,1164) (or pass pixel_spacing_mm)")
         if size is not None:
-            band = level.erosion_px * min(level.spacing)
+            band = level.erosion_px * low
             # a round field under the square erosion keeps a disc 2 sqrt(2) bands narrower (its diagonals),
             # which must hold MIN_REFERENCE_PIXELS pixels
-            need = 2.0 * math.sqrt(2.0) * band + math.sqrt(4.0 * MIN_REFERENCE_PIXELS / math.pi) * min(level.spacing)
+            need = 2.0 * math.sqrt(2.0) * band + math.sqrt(4.0 * MIN_REFERENCE_PIXELS / math.pi) * low
             return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
                     f"(a {band:.1f} mm field-edge band on each side and {MIN_REFERENCE_PIXELS} pixels of "
-                    f"{min(level.spacing):.2f} mm inside); only {usable} usable pixels remain: too small a field "
+                    f"{low:.2f} mm inside); only {usable} usable pixels remain: too small a field "
                     "to register")
         return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
                 f"pixels only {usable} usable pixels remain: too small an image to register")

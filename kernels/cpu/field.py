@@ -28,7 +28,7 @@ from numba import njit
 from .mask import quantile_bins
 
 __all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "floor_and_extremes", "outer_line_noise",
-           "line_means", "screened_lines", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+           "line_means", "screened_lines", "interlaced", "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -497,6 +497,80 @@ def line_means(work: np.ndarray) -> tuple:  # pragma: no cover
             col_means[j] += value
         row_means[i] = total / cols
     return row_means, col_means / rows
+
+
+@njit(cache=True, nogil=True)
+def interlaced(means: np.ndarray, contrast: float, share: float) -> bool:  # pragma: no cover
+    """Whether line ``means`` alternate, line by line, far beyond their own steps (``portalign.field``'s rule).
+
+    The second differences (each line against the mean of its two neighbours) alternate in sign over ``share`` of
+    the lines, and their median magnitude is ``contrast`` times the spread (1.4826 x the median) of the steps
+    between lines of one parity (two apart). Lines whose second difference is exactly zero are left out; at least 16
+    pairs of others must be there.
+    """
+    n = means.shape[0]
+    if n < 4:
+        return False
+    curvature = np.empty(n - 2)
+    for i in range(n - 2):
+        curvature[i] = means[i + 1] - 0.5 * (means[i] + means[i + 2])
+    shown_steps = np.empty(n - 2)
+    shown_curvature = np.empty(n - 2)
+    shown = 0
+    for i in range(n - 2):
+        if curvature[i] != 0.0:
+            shown_steps[shown] = abs(means[i + 2] - means[i])
+            shown_curvature[shown] = abs(curvature[i])
+            shown += 1
+    pairs = 0
+    alternating = 0
+    for i in range(n - 3):
+        if curvature[i] != 0.0 and curvature[i + 1] != 0.0:
+            pairs += 1
+            alternating += np.sign(curvature[i + 1]) * np.sign(curvature[i]) < 0
+    if pairs < 16:
+        return False
+    spread = 1.4826 * np.median(shown_steps[:shown]) + 1e-12 * ((means.max() - means.min()) + 1.0)
+    return alternating / pairs >= share and np.median(shown_curvature[:shown]) > contrast * spread
+
+
+@njit(cache=True, nogil=True)
+def line_candidates(row_means: np.ndarray, col_means: np.ndarray, contrast: float, max_width: int,
+                    interlace_contrast: float, interlace_share: float, min_share: float, strong_contrast: float,
+                    row_lines: np.ndarray, col_lines: np.ndarray) -> tuple:  # pragma: no cover
+    """Screen a detector's line means for dead and hot lines; return ``(n_rows, n_cols, rows_alternate, cols_alternate, found)``.
+
+    The lines taken up go to ``row_lines[:n_rows]`` and ``col_lines[:n_cols]`` (int64 buffers as long as the means: no
+    array is returned, whose boxing would cost the caller's per-frame path Python-level calls). Where some axis's means
+    alternate (:func:`interlaced`), or its lines that spike (:func:`screened_lines` at ``contrast``) fall in more
+    separate bands than ``min_share`` of its lines (0: any band at all), a striped image's, every line that spikes is
+    taken up; otherwise only those that spike by ``strong_contrast`` (a dead or hot line's mean against its
+    neighbours'; a rendering's CT slices and anatomy's edges stay far below). ``found``: some line is taken up, or some
+    axis alternates.
+    """
+    rows = screened_lines(row_means, contrast, max_width)
+    cols = screened_lines(col_means, contrast, max_width)
+    rows_interlaced = interlaced(row_means, interlace_contrast, interlace_share)
+    cols_interlaced = interlaced(col_means, interlace_contrast, interlace_share)
+    striped = (rows_interlaced or cols_interlaced or _bands(rows) > min_share * row_means.shape[0]
+               or _bands(cols) > min_share * col_means.shape[0])
+    if not striped:
+        rows = screened_lines(row_means, strong_contrast, max_width) if rows.shape[0] else rows
+        cols = screened_lines(col_means, strong_contrast, max_width) if cols.shape[0] else cols
+    row_lines[:rows.shape[0]] = rows
+    col_lines[:cols.shape[0]] = cols
+    found = striped or rows.shape[0] > 0 or cols.shape[0] > 0
+    return rows.shape[0], cols.shape[0], rows_interlaced, cols_interlaced, found
+
+
+@njit(cache=True, nogil=True)
+def _bands(lines: np.ndarray) -> int:  # pragma: no cover
+    """Return how many runs of consecutive indices the sorted ``lines`` make."""
+    count = 0
+    for i in range(lines.shape[0]):
+        if i == 0 or lines[i] != lines[i - 1] + 1:
+            count += 1
+    return count
 
 
 @njit(cache=True, nogil=True)

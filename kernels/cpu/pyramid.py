@@ -46,15 +46,64 @@ MAX_PIXEL_MAGNITUDE = 1e30
 PYRAMID_SLOTS = 8
 
 
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _line_sums(src, r0, part):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Return the sums of ``src``'s rows ``r0`` and ``r0 + 1`` (float64); add their columns' into ``part``.
+
+    Reassociated (vectorised): the order of a row's additions is not its pixels' (a screen's means, not a result).
+    """
+    upper = 0.0
+    lower = 0.0
+    for c in range(src.shape[1]):
+        a = np.float64(src[r0, c])
+        b = np.float64(src[r0 + 1, c])
+        upper += a
+        lower += b
+        part[c] += a + b
+    return upper, lower
+
+
+#: Blocks of rows whose column sums :func:`frame_pyramid` keeps apart (at most one thread each).
+LINE_SUM_BLOCKS = 16
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _reduce_row(src, out, i, cols, first, row_flags, row_means, part):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Level-1 row ``i`` of :func:`frame_pyramid`: its boxes, flags, its two source rows' means, their columns' sums."""
+    r0 = 2 * i
+    src_cols = src.shape[1]
+    bad = 0
+    differ = 0
+    for j in range(cols):
+        c0 = 2 * j
+        a = src[r0, c0]
+        b = src[r0, c0 + 1]
+        c = src[r0 + 1, c0]
+        d = src[r0 + 1, c0 + 1]
+        s = a + b + c + d
+        # a NaN, an infinity or a huge value among the four (integer counts vectorise); NaN compares false
+        bad += np.int64(not (abs(s) <= MAX_PIXEL_MAGNITUDE))
+        differ += np.int64(a != first) + np.int64(b != first) + np.int64(c != first) + np.int64(d != first)
+        out[i, j] = np.float32(0.25) * s
+    upper, lower = _line_sums(src, r0, part)
+    row_means[r0] = upper / src_cols
+    row_means[r0 + 1] = lower / src_cols
+    row_flags[i, 0] = bad
+    row_flags[i, 1] = differ
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) -> tuple:  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray,  # type: ignore[no-untyped-def]
+                  row_means: np.ndarray, col_means: np.ndarray) -> tuple:  # pragma: no cover - compiled
     """Box-reduce ``frame`` into ``levels[0..depth-1]`` (pyramid levels 1..depth); return ``(finite, varies)``.
 
     The per-frame front of the CPU program in one call: whether every frame value is finite and within
     ``MAX_PIXEL_MAGNITUDE`` and whether any differs from the first (what ``portalign.image.check_frame_pixels``
     asks of a frame) are taken on the same read as the first reduction, as integer flags that vectorise with
     it. The magnitude test is on each box's sum, so it flags a superset (four values near the bound; a sum
-    that overflows): a flagged frame goes to ``check_frame_pixels``, which decides.
+    that overflows): a flagged frame goes to ``check_frame_pixels``, which decides. The means of the frame's
+    detector rows and columns (the screen for dead and hot lines, ``portalign.field``'s ``line_candidates``) are
+    taken on the same read too: the columns' summed per block of rows (``LINE_SUM_BLOCKS``), then the blocks.
 
     Parameters
     ----------
@@ -66,6 +115,9 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
         Levels to fill (at most ``PYRAMID_SLOTS - 1``).
     row_flags : int64[>= rows_1, 2]
         Scratch: per output row of level 1, non-finite and differing counts.
+    row_means, col_means : float64[rows], float64[cols]
+        Overwritten: the mean of each detector row and column of ``frame`` (summed in float64; a non-finite frame's
+        are not used).
 
     Returns
     -------
@@ -78,36 +130,37 @@ def frame_pyramid(frame: np.ndarray, levels, depth: int, row_flags: np.ndarray) 
     out = levels[0]
     rows, cols = out.shape
     first = src[0, 0]
-    for i in prange(rows):
-        r0 = 2 * i
-        bad = 0
-        differ = 0
-        for j in range(cols):
-            c0 = 2 * j
-            a = src[r0, c0]
-            b = src[r0, c0 + 1]
-            c = src[r0 + 1, c0]
-            d = src[r0 + 1, c0 + 1]
-            s = a + b + c + d
-            # a NaN, an infinity or a huge value among the four (integer counts vectorise); NaN compares false
-            bad += np.int64(not (abs(s) <= MAX_PIXEL_MAGNITUDE))
-            differ += np.int64(a != first) + np.int64(b != first) + np.int64(c != first) + np.int64(d != first)
-            out[i, j] = np.float32(0.25) * s
-        row_flags[i, 0] = bad
-        row_flags[i, 1] = differ
+    src_rows, src_cols = src.shape
+    # the columns' sums in float64, one row of partial sums per block of rows (each block on one thread)
+    blocks = min(rows, LINE_SUM_BLOCKS)
+    col_parts = np.zeros((max(blocks, 1), src_cols))
+    for block in prange(blocks):
+        part = col_parts[block]
+        for i in range(block * rows // blocks, (block + 1) * rows // blocks):
+            _reduce_row(src, out, i, cols, first, row_flags, row_means, part)
+    col_sums = col_parts[0]
+    for block in range(1, blocks):
+        for c in range(src_cols):
+            col_sums[c] += col_parts[block, c]
     # the odd last row and column, which no box covers
     bad = 0
     differ = 0
-    for r in range(2 * rows, src.shape[0]):
-        for c in range(src.shape[1]):
+    for r in range(2 * rows, src_rows):
+        total = 0.0
+        for c in range(src_cols):
             v = src[r, c]
             bad += np.int64(not (abs(v) <= MAX_PIXEL_MAGNITUDE))
             differ += np.int64(v != first)
+            total += np.float64(v)
+            col_sums[c] += np.float64(v)
+        row_means[r] = total / src_cols
     for r in range(2 * rows):
-        for c in range(2 * cols, src.shape[1]):
+        for c in range(2 * cols, src_cols):
             v = src[r, c]
             bad += np.int64(not (abs(v) <= MAX_PIXEL_MAGNITUDE))
             differ += np.int64(v != first)
+    for c in range(src_cols):
+        col_means[c] = col_sums[c] / src_rows
     for i in range(rows):
         bad += row_flags[i, 0]
         differ += row_flags[i, 1]
