@@ -138,6 +138,8 @@ def as_flags(message: str, parser: argparse.ArgumentParser | None = None) -> str
     for keyword, flag in flags.items():
         if "_" not in keyword and keyword in _FLAG_FOR_KEYWORD:  # a plain word: only in its keyword form, "frame=3"
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=", f"{flag} ", message)
+        elif "_" not in keyword:  # a plain word of the parser's: only with a quoted value, "planned='reference'"
+            message = re.sub(rf"(?<![\w-]){re.escape(keyword)}='([\w.-]*)'", rf"{flag} \1", message)
         if "_" in keyword:
             message = re.sub(rf"(?<![\w-]){re.escape(keyword)}=True(?![\w])", flag, message)  # a switch
             # a word's value: "mirror_check='never'" is "--mirror-check never"

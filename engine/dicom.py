@@ -48,7 +48,8 @@ Intensity
     file, values stay >= 0). A portal image whose rescaled values are all <= 0 and
     that has no sign tag (Varian aS500/IDU20 files: ``RescaleIntercept -16384`` and
     stored values ``16383 - signal``) is negated. ``PhotometricInterpretation`` is a
-    display instruction and is ignored. ``invert=True/False`` overrides all of this.
+    display instruction and is ignored (``PALETTE COLOR``, whose values index a colour table, is refused).
+    ``invert=True/False`` overrides all of this.
     What was done is recorded in ``extra["intensity_sign_applied"]`` (``+1`` kept,
     ``-1`` inverted) and ``extra["intensity_sign_reason"]``.
 
@@ -962,6 +963,11 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
     samples = _checked_int(ds, "SamplesPerPixel", name, 1, 4) or 1
     if samples != 1:
         raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric == "PALETTE COLOR":  # one sample a pixel, but an index into a colour table: not a signal
+        raise PortalImageError(
+            f"{name}: is a palette-colour image (PhotometricInterpretation (0028,0004) PALETTE COLOR): its values index "
+            "a colour table, not the radiation that reached the imager; portal images are MONOCHROME1 or MONOCHROME2")
     frames = _checked_int(ds, "NumberOfFrames", name, 1, 2**31 - 1) or 1
     keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
     if keyword == "PixelData":

@@ -72,7 +72,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 
 from . import __version__
 from ._cli_options import add_invert_argument, as_flags
@@ -111,6 +113,9 @@ MAX_SIDE = 16384
 #: A refused body is read and discarded up to this many bytes before the answer, so that the
 #: client can read the answer; past it the connection is closed.
 DRAIN_BYTES = 64 * 1024 * 1024
+#: ...and for at most this long (s): a client that declares a huge body and sends nothing, or sends it slowly, gets its
+#: answer then (before, it waited for the body it never sent: a declared 93 GiB got no answer).
+DRAIN_SECONDS = 2.0
 #: Latency histogram bucket bounds, seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -339,7 +344,10 @@ class _Guard:
                 return
             if declared > self.max_body_bytes:
                 self.metrics.error("too_large")
-                await _drain(receive, DRAIN_BYTES)
+                # a client that waits for "100 Continue" before sending gets the 413 instead: reading would invite
+                # the body (the server answers 100 Continue on the first read)
+                if headers.get(b"expect", b"").lower() != b"100-continue":
+                    await _drain(receive, DRAIN_BYTES)
                 await _send_error(
                     send,
                     413,
@@ -355,11 +363,20 @@ async def _drain(receive: Any, limit: int) -> None:
 
     A server that answers before reading the body and closes the connection makes
     the kernel reset it, and the client sees "connection reset" instead of the
-    answer; reading (not storing) what the client is still sending avoids that.
+    answer; reading (not storing) what the client is still sending avoids that. It stops after
+    ``DRAIN_SECONDS`` whatever has arrived.
     """
     seen = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
     while seen <= limit:
-        message = await receive()
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except asyncio.TimeoutError:
+            return
         if message.get("type") != "http.request":
             return
         seen += len(message.get("body", b""))
@@ -485,6 +502,15 @@ def create_app(
         await _discard_rest(request)
         return JSONResponse({"detail": exc.message, "error": exc.kind}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own checks of the query (?frame=abc), in the service's error form: one line and its kind
+        metrics.error("bad_request")
+        await _discard_rest(request)
+        said = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+                         f" (got {str(e.get('input'))[:40]!r})" for e in exc.errors()[:3])
+        return JSONResponse({"detail": f"bad query parameter: {said}", "error": "bad_request"}, status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - bugs only
         metrics.error("internal")
@@ -521,6 +547,7 @@ def create_app(
     async def upload_reference(request: Request, response: Response, frame: int | None = None,
                                allow_view_mismatch: bool = False, allow_patient_mismatch: bool = False,
                                mirror_check: str | None = None, aperture_check: str | None = None) -> dict[str, Any]:
+        _known_query(request, "reference", _REFERENCE_QUERY)
         # the overrides a result's reason names belong to the reference: its frames are registered with them
         try:
             chosen_options = dataclasses.replace(options, allow_view_mismatch=allow_view_mismatch or
@@ -561,6 +588,7 @@ def create_app(
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
     async def register_frame(request: Request, ref_id: str, frame: int | None = None) -> dict[str, Any]:
+        _known_query(request, "register", ("frame",))
         entry = cache.get(ref_id)
         frame_id = (request.headers.get("x-frame-id") or "")[:200] or f"frame-{next(frame_numbers)}"
         received = time.perf_counter()
@@ -602,15 +630,36 @@ def _http_hints(text: str) -> str:
                   text)
 
 
+#: The query parameters of a reference's upload.
+_REFERENCE_QUERY = ("frame", "allow_view_mismatch", "allow_patient_mismatch", "mirror_check", "aperture_check")
+
+
+def _known_query(request: Any, what: str, known: tuple[str, ...]) -> None:
+    """Refuse (400) query parameters the endpoint does not take.
+
+    A limit sent as one (``?max_shift_mm=1``) was ignored with a 200, and the client believed it applied.
+    """
+    unknown = sorted(set(request.query_params.keys()) - set(known))
+    if unknown:
+        raise ApiError(400, "bad_request", f"{what}: unknown query parameter(s) {', '.join(unknown)[:200]}; this "
+                                           f"endpoint takes {', '.join(known)} (the other registration options are "
+                                           "the server's, set when it is started: create_app(options=...))")
+
+
 async def _read_body(request: Any, limit: int, name: str) -> bytes:
     """Read the request body, refusing (413) as soon as it passes ``limit`` bytes."""
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"{name}: request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"{name}: request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the client went away mid-body: nothing to register and no one to answer (before: a traceback in the log)
+        raise ApiError(400, "client_disconnected", f"{name}: the client disconnected after {size} bytes of the "
+                                                   "request body") from None
     return b"".join(chunks)
 
 
@@ -919,6 +968,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"portalign serve: --workers must be at least 1 (default: the CPU count, at most 8), got {args.workers}",
               file=sys.stderr)
         return 2
+    taken = _cannot_listen(args.host, args.port)
+    if taken:  # before the warm-up: one line, not uvicorn's log of the failed bind and a status of 3
+        print(f"portalign serve: cannot listen on {args.host}:{args.port} ({taken}); another program holds the "
+              "port: choose another with --port", file=sys.stderr)
+        return 2
     try:
         app = create_app(
             token=args.token,
@@ -935,6 +989,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str:
+    """Return why a server could not listen on ``host:port`` now (as uvicorn binds: address reuse), or ``""``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

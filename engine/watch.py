@@ -112,6 +112,8 @@ class FolderWatcher:
         self.stable_polls = int(stable_polls)
         self.empty_polls = max(int(empty_polls), self.stable_polls)
         self._seen: dict[str, _Seen] = {}
+        #: Subfolders of the watched folder (other than done/ and failed/) seen on the last scan: not looked into.
+        self.subfolders: list[str] = []
         self._unmovable: set[tuple[str, int, int]] = set()
         self.files_done = 0
         self.files_failed = 0
@@ -129,6 +131,7 @@ class FolderWatcher:
             entries = list(os.scandir(self.folder))
         except OSError as exc:
             raise PortalignError(f"{self.folder}: cannot list the watched folder ({exc.strerror or exc})") from exc
+        self.subfolders = sorted(e.name for e in entries if e.name not in (DONE, FAILED) and _is_folder(e))
         for entry in entries:
             try:
                 if (entry.is_file(follow_symlinks=False) and not is_ignored(entry.name)
@@ -315,9 +318,22 @@ def run(args: argparse.Namespace) -> int:
             if any(counts.values()):
                 earlier = (" (nothing new; earlier runs left " + ", ".join(f"{n} in {name}/" for name, n in counts.items())
                            + f": move a file back into {watcher.folder} to process it again)")
+        if watcher.subfolders:  # files there were not looked at: said, not dropped silently
+            shown = ", ".join(f"{name}/" for name in watcher.subfolders[:5])
+            more = f" and {len(watcher.subfolders) - 5} more" if len(watcher.subfolders) > 5 else ""
+            earlier += (f"; subfolders are not looked into ({shown}{more}): move their files into {watcher.folder} "
+                        "or watch each folder")
         print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{earlier}", file=sys.stderr)
         return EXIT_FILE_FAILED if watcher.files_failed else 0
     return 0
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether a scanned entry is a folder (not through a link); False where it vanished."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def file_line(name: str, lines: list[dict[str, Any]]) -> str:

@@ -364,6 +364,17 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and err.count("\n") == 1
 
 
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://127.0.0.1", "http://127.0.0.1:1"])
+def test_a_scheduler_that_is_no_address_is_a_one_line_error(tmp_path, capsys, address):
+    """A new user's trial: an address without a port, or of another protocol, ended in distributed's traceback."""
+    (tmp_path / "src").mkdir()
+    code = main(["archive", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--scheduler", address,
+                 "--connect-timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--scheduler {address!r} is not a Dask scheduler address" in err and "tcp://HOST:PORT" in err
+    assert err.count("\n") == 1
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
 

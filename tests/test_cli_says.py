@@ -243,6 +243,15 @@ def test_as_flags_maps_every_option_keyword() -> None:
     assert text == "pass --patient-position (HFS); (--max-shift-mm); set --allow-view-mismatch; rotation_deg stays"
 
 
+def test_as_flags_maps_a_plain_option_keyword_with_its_quoted_value() -> None:
+    """fieldcheck said "use planned='reference'" on the command line (a new user's trial): "--planned reference"; a
+    plain word without a quoted value is left alone ("the planned field")."""
+    parser = build_parser()
+    fieldcheck = parser._subparsers._group_actions[0].choices["fieldcheck"]
+    text = cli.as_flags("no planned jaw positions; use planned='reference' to compare with the planned field", fieldcheck)
+    assert text == "no planned jaw positions; use --planned reference to compare with the planned field"
+
+
 def test_register_mismatched_views_and_the_override(capsys, files) -> None:
     status, out, _ = run(capsys, "register", files["ref"], files["frame_g90"], "--json")
     payload = json.loads(out)
@@ -317,6 +326,21 @@ def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_im
     assert lines["image"].startswith("kV image (120 kVp)") and "portal" not in lines["image"]
     assert lines["kind"] == "kv"
     assert re.match(r"x -\d+\.\d\.\.\d+\.\d mm, y -\d+\.\d\.\.\d+\.\d mm", lines["field"]), lines["field"]
+
+
+def test_info_text_shows_a_tag_s_control_characters_escaped(capsys, tmp_path) -> None:
+    """A SOP Instance UID holding a terminal escape (a new user's mutated file) was printed raw, colouring the terminal;
+    it is shown escaped, as --json does."""
+    ds = make_rt_image(_field_image(inverted=False), spacing=0.4, sid=1500.0, sad=1000.0, position="centre")
+    import warnings
+
+    with warnings.catch_warnings():  # pydicom warns of the invalid UID it writes, as a damaged file has it
+        warnings.simplefilter("ignore", UserWarning)
+        ds.SOPInstanceUID = "1.2\x1b[31m.3"
+        path = write_rt_image(ds, tmp_path / "escape.dcm")
+    status, out, _ = run(capsys, "info", path)
+    assert status == 0 and "\x1b" not in out
+    assert "sop_instance_uid: 1.2\\x1b[31m.3" in out
 
 
 def test_info_names_only_the_missing_angle_rounds_angles_and_calls_2_5_mv_an_imaging_beam(capsys, tmp_path) -> None:

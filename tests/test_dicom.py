@@ -1097,6 +1097,8 @@ def test_an_unusable_tag_is_refused_naming_the_file_the_tag_and_the_fix(tmp_path
         ("HighBit", 16, r"HighBit \(0028,0102\) is 16; HighBit \(below BitsAllocated\) must be a whole number from 0 to 15"),
         ("PixelRepresentation", 2, r"PixelRepresentation \(0028,0103\) is 2"),
         ("SamplesPerPixel", 3, r"is a colour image \(SamplesPerPixel 3\)"),
+        ("PhotometricInterpretation", "PALETTE COLOR", r"is a palette-colour image \(PhotometricInterpretation "
+                                                       r"\(0028,0004\) PALETTE COLOR\): its values index a colour table"),
         ("PixelIntensityRelationshipSign", 0, r"PixelIntensityRelationshipSign \(0028,1041\) is 0; it must be \+1 or -1; "
                                               r"correct the tag or pass invert=True / invert=False \(--invert / --no-invert\)$"),
     ],

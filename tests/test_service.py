@@ -185,6 +185,60 @@ def test_body_too_large_gets_413_declared_or_streamed(client, ref_id):
     assert client.get("/health").status_code == 200
 
 
+def _raw_request(url: str, head: str, body: bytes = b"", *, timeout: float = 10.0) -> bytes:
+    """Send ``head`` (and ``body``) on a plain socket to the server at ``url``; return what it answers first."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=timeout) as sock:
+        sock.sendall(head.encode("ascii") + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.startswith(b"HTTP/1.1 4"):  # a head, then an error's body
+            chunk = sock.recv(4096)
+            if not chunk:
+                return answer
+            answer += chunk
+            if answer.startswith(b"HTTP/1.1 100"):
+                return answer
+        while True:  # the error answers close the connection: read to its end
+            chunk = sock.recv(4096)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+@pytest.mark.parametrize("expect", [True, False])
+def test_a_huge_declared_body_gets_413_at_once_without_sending_it(server, ref_id, expect):
+    """A client declaring 93 GiB: with ``Expect: 100-continue`` the answer is the 413, not "100 Continue" (which invited
+    the body); without it, and no body sent, the 413 comes after ``DRAIN_SECONDS`` (before: no answer at all)."""
+    head = (f"POST /v1/references/{ref_id}/register HTTP/1.1\r\nHost: test\r\nContent-Type: application/dicom\r\n"
+            f"Content-Length: 99999999999\r\n{'Expect: 100-continue' + chr(13) + chr(10) if expect else ''}\r\n")
+    answer = _raw_request(server.url, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert b"exceeds the server's limit" in answer
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error():
+    """The body read stops with the client's disconnect: a 400 ``client_disconnected`` (logged as one), not a
+    traceback from the ASGI application."""
+    import asyncio
+
+    from portalign.service import ApiError, _read_body
+    from starlette.requests import Request
+
+    messages = iter([{"type": "http.request", "body": b"\x00" * 100, "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return next(messages)
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(_read_body(request, 1000, "frame 1"))
+    assert caught.value.status == 400 and caught.value.kind == "client_disconnected"
+    assert "frame 1: the client disconnected after 100 bytes" in str(caught.value)
+
+
 def test_unknown_reference_is_404(client, image):
     for response in (
         client.get("/v1/references/0123abc"),
@@ -461,3 +515,34 @@ def test_an_unconfirmed_match_at_a_cone_names_the_query_parameter_that_accepts_i
     response = client.post("/v1/references?aperture_check=off", **raw(reference.pixels, **spacing))
     assert response.status_code == 400
     assert response.json()["detail"] == "reference: aperture_check must be one of strict, warn; got 'off'"
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error(capsys):
+    """A port another program holds: one line naming it and --port, status 2 (before: uvicorn's six lines of log and
+    a status of 3, after the warm-up)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        assert run(parser.parse_args(["--port", str(port), "--no-warm-up"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"portalign serve: cannot listen on 127.0.0.1:{port} (") and "choose another with --port" in err
+    assert err.count("\n") == 1
+
+
+def test_unknown_or_invalid_query_parameters_are_refused_in_the_service_s_error_form(client, ref_id, image):
+    """``?max_shift_mm=1`` was ignored with a 200 (the client believed a limit applied); ``?frame=abc`` came back as
+    FastAPI's list, without the ``error`` key every other error has."""
+    unknown = client.post(f"/v1/references/{ref_id}/register?max_shift_mm=1", **raw(shifted(image, 1.0, 0.0)))
+    assert unknown.status_code == 400 and unknown.json()["error"] == "bad_request"
+    assert unknown.json()["detail"].startswith("register: unknown query parameter(s) max_shift_mm; this endpoint takes "
+                                               "frame")
+    upload = client.post("/v1/references?mirror_check=never&bogus=1", **raw(image))
+    assert upload.status_code == 400 and "unknown query parameter(s) bogus" in upload.json()["detail"]
+    invalid = client.post(f"/v1/references/{ref_id}/register?frame=abc", **raw(image))
+    assert invalid.status_code == 400 and invalid.json()["error"] == "bad_request"
+    assert invalid.json()["detail"].startswith("bad query parameter: frame: ") and "'abc'" in invalid.json()["detail"]

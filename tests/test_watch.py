@@ -179,6 +179,21 @@ def test_watch_command_once_with_name_collision(tmp_path, image, capsys):
                                 f"back into {folder} to process it again)"), err
 
 
+def test_watch_once_says_its_subfolders_were_not_looked_into(tmp_path, image, capsys):
+    """A frame in a subfolder of the watched folder is not registered (the folder itself is watched), and --once says
+    so, naming the subfolder (a new user's trial: skipped without a word)."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    write_rt_image(make_rt_image(shifted(image, -1.0, -1.0), spacing=1.5, position="centre"), folder / "sub" / "x.dcm")
+    write_rt_image(make_rt_image(shifted(image, 1.0, 0.5), spacing=1.5, position="centre"), folder / "y.dcm")
+    reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
+    assert _watch_once(folder, tmp_path / "results.jsonl", reference) == 0
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"1 done, 0 failed; subfolders are not looked into (sub/): move their files into "
+                                f"{folder} or watch each folder"), err
+    assert (folder / "sub" / "x.dcm").is_file()
+
+
 def test_bad_arguments_and_ignored_names(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -259,6 +259,9 @@ def _client(workers: int | None, scheduler: str | None,
         except (OSError, TimeoutError) as exc:
             raise ArchiveError(f"archive: cannot reach the Dask scheduler at {scheduler} ({exc}); start one "
                                "(`dask scheduler`, `dask worker ADDRESS`) or leave out --scheduler") from None
+        except ValueError as exc:  # not an address at all (no port, another protocol, empty)
+            raise ArchiveError(f"archive: --scheduler {scheduler!r} is not a Dask scheduler address ({exc}); give "
+                               "tcp://HOST:PORT, as `dask scheduler` prints it") from None
         try:
             info = {"scheduler": scheduler, "workers": len(client.scheduler_info(n_workers=-1)["workers"]),
                     "local": False}
