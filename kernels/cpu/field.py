@@ -514,6 +514,14 @@ def interlaced(means: np.ndarray, contrast: float, share: float) -> bool:  # pra
     curvature = np.empty(n - 2)
     for i in range(n - 2):
         curvature[i] = means[i + 1] - 0.5 * (means[i] + means[i + 2])
+    pairs = 0
+    alternating = 0
+    for i in range(n - 3):
+        if curvature[i] != 0.0 and curvature[i + 1] != 0.0:
+            pairs += 1
+            alternating += np.sign(curvature[i + 1]) * np.sign(curvature[i]) < 0
+    if pairs < 16 or alternating < share * pairs:  # (most images: no median needed; this runs on every frame)
+        return False
     shown_steps = np.empty(n - 2)
     shown_curvature = np.empty(n - 2)
     shown = 0
@@ -522,16 +530,8 @@ def interlaced(means: np.ndarray, contrast: float, share: float) -> bool:  # pra
             shown_steps[shown] = abs(means[i + 2] - means[i])
             shown_curvature[shown] = abs(curvature[i])
             shown += 1
-    pairs = 0
-    alternating = 0
-    for i in range(n - 3):
-        if curvature[i] != 0.0 and curvature[i + 1] != 0.0:
-            pairs += 1
-            alternating += np.sign(curvature[i + 1]) * np.sign(curvature[i]) < 0
-    if pairs < 16:
-        return False
     spread = 1.4826 * np.median(shown_steps[:shown]) + 1e-12 * ((means.max() - means.min()) + 1.0)
-    return alternating / pairs >= share and np.median(shown_curvature[:shown]) > contrast * spread
+    return np.median(shown_curvature[:shown]) > contrast * spread
 
 
 @njit(cache=True, nogil=True)
