@@ -738,7 +738,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(couch.as_json())
     else:
-        print(_text_report(couch))
+        print(_text_report(couch, getattr(args, "subparser", None)))
     if not args.reg_out:
         return 0
     from .reg import write_spatial_registration
@@ -747,7 +747,8 @@ def run(args: argparse.Namespace) -> int:
         args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position))
 
 
-def _text_report(couch: CouchShift) -> str:
+def _text_report(couch: CouchShift, parser: Any = None) -> str:
+    """Return the command's text report, the engine's keywords in its reasons named as ``parser``'s flags."""
     lines = []
     names = couch.patient_directions or {}
     for axis in AXES:
@@ -771,5 +772,5 @@ def _text_report(couch: CouchShift) -> str:
     else:
         lines.append("ok" if couch.ok else f"NOT OK: {couch.reason}")
     lines.extend(f"warning: {w}" for w in couch.warnings)
-    return "\n".join(lines)
+    return as_flags("\n".join(lines), parser)
 

@@ -203,6 +203,13 @@ def test_couch_keeps_working_and_reports_a_mismatched_pair(pixels) -> None:
     mismatched = [good[0], (image(pixels[0], 0.0, "ref0b"), image(pixels[1], 90.0, "frame90b"))]
     couch, _ = register_views(mismatched, backend="cpu")
     assert not couch.ok and "frame90b (gantry 90): different views: gantry angle 0 deg" in couch.reason
+    # the command's text names the flag, not the keyword (a new user's trial read "set allow_view_mismatch=True")
+    from portalign.cli import build_parser
+    from portalign.couch import _text_report
+
+    couch_parser = build_parser()._subparsers._group_actions[0].choices["couch"]
+    text = _text_report(couch, couch_parser)
+    assert "--allow-view-mismatch" in text and "allow_view_mismatch" not in text
     couch, _ = register_views(mismatched, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
     assert "different views" not in couch.reason
 
