@@ -352,9 +352,9 @@ _NOT_THE_PIXELS = ("different views", "different patients", "no common anatomy")
 def _striped_refusal(reference: Reference, frame: Image, result: RegistrationResult) -> RegistrationResult:
     """Screen a refused frame's own detector lines too (``find_field(thorough=True)``): a striped frame says so.
 
-    Every frame's detector lines are screened for stripes by their means (``field.line_screen``, from the pyramid's
-    pass), which takes up only lines that spike in more separate bands than a striped image needs; its isolated dead
-    lines are found on its field-detection level. A refused frame (rare) is screened as a reference is, on whatever
+    Every frame's detector lines are screened by their means (``field.line_screen``, from the pyramid's pass), which
+    takes up a striped image's lines and lines that spike strongly; its other dead lines are found on its
+    field-detection level. A refused frame (rare) is screened as a reference is, on whatever
     spikes (``thorough``): lines whose means spike less, such as dead columns of a dosimetry image that differ from
     their neighbours inside a 30 mm field only, were refused for what their stripes did to the match ("nothing but
     noise"). Where they are too many to leave out (``FieldEstimate.striped``) the reason says so, and the pose is null
