@@ -607,8 +607,10 @@ def _rounded(value: Any) -> Any:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {_rounded(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str) and not value.isprintable():
+        from .dicom import escaped
+
         # a tag's text from the file: a terminal escape or a newline in it is shown, not acted on (--json escapes too)
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+        return escaped(value)
     return value
 
 

@@ -781,12 +781,20 @@ def _label(keyword: str) -> str:
     return f"{keyword} {tag}" if tag else keyword
 
 
+def escaped(text: str) -> str:
+    """Return ``text`` (a tag's value, a file name) with its control characters escaped as Python writes them.
+
+    A newline or a terminal escape from a file is shown, not acted on (a colour escape in a UID coloured a terminal).
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _printable(text: str, limit: int = 60) -> str:
     """Return ``text`` from a file fit for a one-line message: control characters escaped, at most ``limit`` long.
 
     A tag value holding a newline (or a length that swallowed the header's binary) split the error over lines.
     """
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: 4 * limit])
+    text = escaped(text[: 4 * limit])
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -38,7 +38,6 @@ from portalign.kernels.cpu.field import (
     dead_lines,
     detect_front,
     floor_and_extremes,
-    interlaced,
     line_candidates,
     line_means,
     line_noise,
@@ -844,8 +843,8 @@ def _detector_candidates(full: np.ndarray) -> Candidates:
     line means (bands of up to ``DEAD_BAND_MAX``), in one pass over the pixels: 1-2 ms for a 1024 x 768 panel
     (the whole ``dead_lines``, with its transposed copy, took 6). :func:`_bridge_dead_lines` confirms each on
     the pixels about it, as it does those of the reduced lines. ``interlaced`` says which means alternate
-    (:func:`_interlaced`; ``""``: none). A frame's line means come from its pyramid's first pass instead
-    (:func:`line_screen`).
+    (:func:`~portalign.kernels.cpu.field.interlaced`; ``""``: none). A frame's line means come from its pyramid's
+    first pass instead (:func:`line_screen`).
     """
     row_means, col_means = line_means(full)
     return line_screen(row_means, col_means, 0.0) or Candidates(np.empty(0, np.int64), np.empty(0, np.int64), "")
@@ -894,19 +893,6 @@ def screened(rows: np.ndarray, cols: np.ndarray, rows_alternate: bool, cols_alte
     said = [f"its detector {kind} alternate: every other one reads far off both neighbours"
             for kind, alternate in (("rows", rows_alternate), ("columns", cols_alternate)) if alternate]
     return Candidates(rows, cols, "; ".join(said))
-
-
-def _interlaced(means: np.ndarray) -> bool:
-    """Whether line ``means`` alternate, line by line, far beyond their own steps (every other line dead or hot).
-
-    The second differences (each line against the mean of its two neighbours) alternate in sign over
-    ``INTERLACE_SHARE`` of the lines, and their median magnitude is ``INTERLACE_CONTRAST`` times the spread of the
-    steps between lines of one parity (two apart): anatomy and noise alternate by chance (half the lines), with
-    second differences the size of those steps or less. Lines whose second difference is exactly zero (a clipped
-    region's) are left out; at least 16 pairs of others must be there (compiled:
-    :func:`portalign.kernels.cpu.field.interlaced`).
-    """
-    return bool(interlaced(np.asarray(means, dtype=np.float64), INTERLACE_CONTRAST, INTERLACE_SHARE))
 
 
 class DeadLines(NamedTuple):

@@ -214,7 +214,11 @@ def test_the_cli_names_a_striped_reference_and_a_striped_frames_pose_is_null(cap
 def test_every_other_column_dead_is_an_interlaced_reference():
     """Every other detector column dead: each dead column's neighbours are live, each live one's dead, so no line
     stands out alone and three live columns were named dead (a trial). The line means alternate: refused."""
-    from portalign.field import _interlaced
+    from portalign.field import INTERLACE_CONTRAST, INTERLACE_SHARE
+    from portalign.kernels.cpu.field import interlaced
+
+    def _interlaced(means: np.ndarray) -> bool:
+        return interlaced(np.asarray(means, dtype=np.float64), INTERLACE_CONTRAST, INTERLACE_SHARE)
 
     ref, _ = _dosimetry_pair(0.0, 0.0)
     with pytest.raises(ReferencePreparationError, match="its detector columns alternate"):

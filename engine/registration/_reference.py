@@ -105,12 +105,10 @@ MIN_REFERENCE_PIXELS = 16
 #: noisy reference look clean: 5 of 7 TotalSegmentator portal pairs with two dead rows and a dead column in the
 #: reference were refused.
 REFERENCE_LIVE_WEIGHT = 0.9
-
-
-
 #: A frame whose pixels (at a plan's level) are this many times longer one way than the other: named as the cause when
 #: the reference has too few usable pixels there (imagers' pixels are square; a binned readout's at most 2:1).
 ANISOTROPIC_RATIO = 3.0
+
 
 class Reference:
     """A reference image prepared for registering many frames against it.

@@ -505,8 +505,9 @@ def interlaced(means: np.ndarray, contrast: float, share: float) -> bool:  # pra
 
     The second differences (each line against the mean of its two neighbours) alternate in sign over ``share`` of
     the lines, and their median magnitude is ``contrast`` times the spread (1.4826 x the median) of the steps
-    between lines of one parity (two apart). Lines whose second difference is exactly zero are left out; at least 16
-    pairs of others must be there.
+    between lines of one parity (two apart): anatomy and noise alternate by chance (half the lines), with second
+    differences the size of those steps or less. Lines whose second difference is exactly zero (a clipped region's:
+    a dosimetry image's zero outside, dead or not) are left out; at least 16 pairs of others must be there.
     """
     n = means.shape[0]
     if n < 4:
