@@ -736,7 +736,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # the result is shown whatever happens to the REG file: a failed export never hides a measurement
     if args.json:
-        print(couch.as_json())
+        print(json.dumps(_flagged(couch.as_dict(), getattr(args, "subparser", None))))
     else:
         print(_text_report(couch, getattr(args, "subparser", None)))
     if not args.reg_out:
@@ -745,6 +745,15 @@ def run(args: argparse.Namespace) -> int:
 
     return export_reg("couch", args, couch.ok, couch.reason, lambda: write_spatial_registration(
         args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position))
+
+
+def _flagged(payload: dict[str, Any], parser: Any) -> dict[str, Any]:
+    """``payload`` (:meth:`CouchShift.as_dict`) with the engine's keywords in its reasons and warnings named as flags."""
+    payload["reason"] = as_flags(payload["reason"], parser)
+    payload["warnings"] = [as_flags(w, parser) for w in payload["warnings"]]
+    for view in payload["views"]:
+        view["reason"] = as_flags(view["reason"], parser)
+    return payload
 
 
 def _text_report(couch: CouchShift, parser: Any = None) -> str:

@@ -920,6 +920,8 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
                     f"({'only 0' if n_frames == 1 else f'0 to {n_frames - 1}'}, 0-based)"
                 )
         geometry = _geometry(ds, name, modality, (rows, cols), options)
+        if not _text(ds, "Modality"):  # taken as an RT Image from its other attributes: said, not silent
+            geometry.notes.append(_modality_note(ds))
         kind = _kind(ds, modality, geometry.sid_mm, geometry.sad_mm)
 
         if every_frame:
@@ -1095,6 +1097,14 @@ def _rescale_tags(ds: Dataset, name: str) -> tuple[float, float]:
     intercept = _checked_one(ds, "RescaleIntercept", name, low=-1e30, high=1e30, fix=fix, what="the intercept",
                              error=PortalImageError)
     return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def _modality_note(ds: Dataset) -> str:
+    """Return the note of a file whose Modality is missing or blank (NUL bytes, spaces): :func:`_modality` took it as RTIMAGE."""
+    what = "blank (empty, spaces or NUL bytes)" if "Modality" in ds else "missing"
+    why = ("its SOP Class (RT Image Storage)" if _text(ds, "SOPClassUID") == RTImageStorage
+           else "its RT Image attributes (ImagePlanePixelSpacing, RTImageSID)")
+    return f"Modality (0008,0060) {what}: read as an RT Image (RTIMAGE) from {why}"
 
 
 def _modality(ds: Dataset, name: str) -> str:

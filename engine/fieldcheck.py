@@ -381,9 +381,10 @@ def field_placement(
                     f"{max(inside):.1f} mm inside them on every side, shaped by an MLC or cone that the RT Image "
                     "does not record")
             if reference.info.kind == "drr":
-                raise PortalImageError(f"{reference.info.source}: {note}; with a DRR reference there is no recorded "
-                                       "aperture to compare with: use a reference portal image (--planned reference) "
-                                       "or compare with the jaws anyway (--planned jaws)")
+                # the field described is the frame's: its file is named first, the DRR as what cannot be compared with
+                raise PortalImageError(f"{frame.info.source}: {note}; the reference ({reference.info.source}) is a DRR, "
+                                       "with no recorded aperture to compare with: use a reference portal image "
+                                       "(--planned reference) or compare with the jaws anyway (--planned jaws)")
             plan = planned_field(reference, frame, planned="reference")
             note += "; compared with the reference image's field instead"
     errors = {edge: getattr(delivered, edge) - getattr(plan, edge) for edge in _EDGES}

@@ -52,8 +52,9 @@ class RegistrationResult:
         Whether a radiation field was found in the frame (and its edge excluded).
     field_box_mm : list of float or None
         ``[x_min, x_max, y_min, y_max]`` of the detected field at the isocentre plane.
-    frame_uid, reference_uid : str
-        SOP Instance UIDs of the inputs (empty for arrays).
+    frame_uid, reference_uid : str or None
+        SOP Instance UIDs of the inputs; ``None`` (JSON ``null``) where an input has none (an array, a
+        file without the tag).
     frame_index : int
         Frame number inside a multi-frame input.
     warnings : list of str
@@ -76,8 +77,8 @@ class RegistrationResult:
     ambiguity: float = 0.0
     field_detected: bool = False
     field_box_mm: list[float] | None = None
-    frame_uid: str = ""
-    reference_uid: str = ""
+    frame_uid: str | None = None
+    reference_uid: str | None = None
     frame_index: int = 0
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)

@@ -31,6 +31,7 @@ Once
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -286,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
                                       invert=getattr(args, "invert", None), options=mismatch_options(args))
         watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls,
-                                on_file=print_file_line)
+                                on_file=functools.partial(print_file_line, parser=getattr(args, "subparser", None)))
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
@@ -358,16 +359,21 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 
 
-def print_file_line(name: str, lines: list[dict[str, Any]]) -> None:
-    """Print :func:`file_line` to stdout at once (a log reader follows the files as they come)."""
-    print(file_line(name, lines), flush=True)
+def print_file_line(name: str, lines: list[dict[str, Any]], parser: argparse.ArgumentParser | None = None) -> None:
+    """Print :func:`file_line` to stdout at once (a log reader follows the files as they come).
+
+    The engine's keywords in its reasons are named as ``parser``'s flags (``--allow-view-mismatch``).
+    """
+    print(as_flags(file_line(name, lines), parser), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m portalign.watch`` (same options as ``portalign watch``)."""
     parser = argparse.ArgumentParser(prog="portalign watch", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.subparser = parser
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -374,6 +374,18 @@ def test_a_scheduler_that_is_no_address_is_a_one_line_error(tmp_path, capsys, ad
     err = capsys.readouterr().err
     assert code == 2 and f"--scheduler {address!r} is not a Dask scheduler address" in err and "tcp://HOST:PORT" in err
     assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
+    """--out below a file: parts/ cannot be made; one line naming --out and the fix, no OSError traceback."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code = main(["archive", str(tmp_path / "src"), "--out", str(tmp_path / "taken" / "out"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"portalign archive: error: --out {tmp_path / 'taken' / 'out'}: cannot create "
+                                        "parts/ there") and "give a folder you can write" in err, err
+    assert err.count("\n") == 1
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

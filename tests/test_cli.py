@@ -186,7 +186,7 @@ def test_register_npy_uses_pixel_spacing_mm(capsys: pytest.CaptureFixture[str], 
     payload = run_json(capsys, "register", str(pair.ref_npy), str(pair.frame_npy), "--json",
                        "--pixel-spacing-mm", str(spacing))
     assert_recovered(payload, TRUTH_DX_MM * spacing, TRUTH_DY_MM * spacing, TOL_MM * spacing)
-    assert payload["reference_uid"] == "" and payload["frame_uid"] == ""
+    assert payload["reference_uid"] is None and payload["frame_uid"] is None  # none: null, not ""
 
 
 def test_register_no_rotation_estimates_translation_only(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:

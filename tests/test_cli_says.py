@@ -756,12 +756,26 @@ def test_watch_has_the_mismatch_switch_its_refusal_names(capsys, files, tmp_path
     status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r.jsonl", "--reference", files["ref"],
                          "--once", "--poll", "0.05")
     assert status == 0 and "NOT OK (different views" in out and "--allow-view-mismatch" in out, out
+    assert "allow_view_mismatch" not in out, out  # the flag, not the engine's keyword
     (folder / "frame_g90_again.dcm").write_bytes(files["frame_g90"].read_bytes())
     status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r2.jsonl", "--reference", files["ref"],
                          "--once", "--poll", "0.05", "--allow-view-mismatch")
     assert status == 0 and re.match(r"frame_g90_again\.dcm: dx \+3\.\d\d mm, dy -2\.\d\d mm, .*, ok$", out.strip()), out
     scp = build_parser("scp")._subparsers._group_actions[0].choices["scp"]
     assert {"--allow-view-mismatch", "--allow-patient-mismatch"} <= set(scp._option_string_actions)
+
+
+def test_couch_json_names_the_flag_in_every_reason(capsys, files) -> None:
+    """couch --json printed the engine's advice as it is ("set allow_view_mismatch=True"): in the JSON too, the
+    reasons of the result and of each view name the flag, as its text report and register's JSON do."""
+    status, out, _ = run(capsys, "couch", "--pair", files["ref"], files["frame_g90"], "--pair", files["ref"],
+                         files["frame"], "--json")
+    payload = json.loads(out)
+    assert status == 0 and payload["ok"] is False
+    assert payload["views"][0]["ok"] is False and payload["views"][1]["ok"] is True
+    for reason in (payload["reason"], payload["views"][0]["reason"]):
+        assert reason.endswith("If this is intended, set --allow-view-mismatch"), reason
+    assert "allow_view_mismatch" not in out
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

@@ -1197,3 +1197,21 @@ def test_a_jaw_item_that_cannot_be_used_is_said_in_the_notes():
     assert "planned_field_corners_mm" not in extra
     assert extra["notes"] == ["ExposureSequence: an RTBeamLimitingDeviceType ASYMY item with 1 LeafJawPositions, 2 "
                               "expected: not used (the planned jaws are then unknown on that axis)"]
+
+
+@pytest.mark.parametrize("raw", [b"\x00\x00", b"  ", None])
+def test_a_blank_modality_read_as_an_rt_image_is_noted(tmp_path, raw):
+    """A Modality of NUL bytes (a mutation), of spaces, or none, on an RT Image Storage file: read as an RT Image
+    from its SOP Class, as before, and now said in its notes (``info`` shows them), not silently."""
+    ds = make_rt_image(_ramp(), spacing=0.4, position="centre")
+    if raw is None:
+        del ds.Modality
+    else:
+        _raw(ds, "Modality", raw)
+    image = read_rt_image(write_rt_image(ds, tmp_path / "blank.dcm"))
+    assert image.info.modality == "RTIMAGE"
+    what = "missing" if raw is None else "blank (empty, spaces or NUL bytes)"
+    assert (f"Modality (0008,0060) {what}: read as an RT Image (RTIMAGE) from its SOP Class (RT Image Storage)"
+            in describe(image)["notes"])
+    plain = read_rt_image(write_rt_image(make_rt_image(_ramp(), spacing=0.4, position="centre"), tmp_path / "p.dcm"))
+    assert not any(n.startswith("Modality") for n in describe(plain)["notes"])

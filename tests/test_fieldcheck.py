@@ -335,8 +335,10 @@ def test_field_inside_the_jaws_with_a_drr_reference_is_an_error():
                            kind="drr", name="drr.dcm",
                            extra={"planned_jaws_mm": dict(zip(("x1", "x2", "y1", "y2"), PLANNED, strict=True))})
     frame = field_image((-20.0, 20.0, -15.0, 15.0))
-    with pytest.raises(PortalImageError, match=r"^drr\.dcm: the header's jaws .* do not define the delivered field.*"
-                                               r"--planned reference.*--planned jaws"):
+    frame = replace(frame, info=replace(frame.info, source="frame.dcm"))
+    # the field described is the frame's: its file is named first (it was the DRR's), the DRR as the reference
+    with pytest.raises(PortalImageError, match=r"^frame\.dcm: the header's jaws .* do not define the delivered field.*"
+                                               r"the reference \(drr\.dcm\) is a DRR.*--planned reference.*--planned jaws"):
         field_placement(drr, frame)
 
 

@@ -52,6 +52,35 @@ def test_refine_star_stencil_and_rotation_limit():
         assert abs(out[2]) <= np.radians(6.0) + 1e-12  # clipped to theta_limit
 
 
+def test_refine_takes_back_a_jump_that_measured_worse(monkeypatch):
+    """The edge metric's safeguard: a jump whose centre measures worse than the best centre so far is taken back.
+
+    On this small case the fourth stencil's centre measures below the third's. The ascent jumps again from the
+    third's star alone, and then halves (its later centres rise towards the third's and stay below it). The
+    result is the best centre measured, with its measured value as the score: not the last jump, unmeasured.
+    The compiled loop and the numpy reference take the same steps.
+    """
+    case = level_case(shape=(20, 22), shift_px=(0.6, -0.4), bins=8)
+    start = (0.2, 0.1, 0.0)
+    centres = []
+    values = ref_kernels.refine._values
+    monkeypatch.setattr(ref_kernels.refine, "_values", lambda *a: (v := values(*a), centres.append(v[0]))[0])
+    args_ref = refine_args(case, EDGE, start, True, bins=8, iterations=6)
+    ref_kernels.refine.refine(*args_ref)
+    args = refine_args(case, EDGE, start, True, bins=8, iterations=6)
+    cpu.refine(*args)
+    assert_allclose(args[-1][:4], args_ref[-1][:4], rtol=0, atol=1e-9)
+    assert args[-1][4] == args_ref[-1][4] == 6
+    best = int(np.argmax(centres))
+    assert len(centres) == 6 and best == 2 and all(c < centres[best] for c in centres[3:])  # three taken back
+    assert args[-1][3] == pytest.approx(centres[best], abs=1e-12)  # the best centre's measured value
+    # the pose is the third stencil's centre, where two jumps end: the same pose from six stencils as from two
+    args3 = refine_args(case, EDGE, start, True, bins=8, iterations=2)
+    cpu.refine(*args3)
+    assert_allclose(args[-1][:3], args3[-1][:3], rtol=0, atol=1e-12)
+    assert abs(args[-1][0] - case.truth[0]) < 0.08 and abs(args[-1][1] - case.truth[1]) < 0.08
+
+
 def test_quadratic_step_jumps_to_the_maximum_of_a_concave_quadratic():
     # f(x) = 1 - (x - a)' A (x - a) sampled on the 3-D stencil: one Newton jump lands on a (within MAX_JUMP)
     a = np.array([0.4, -0.3, 0.2])

@@ -144,10 +144,15 @@ def run(
     stream = (sys.stderr if progress is True else progress) or None
 
     parts_dir = out_dir / "parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
     files = _index.list_files(source_list, exclude=out_dir)
     timing: dict[str, float] = {}
     with _client(workers, scheduler, connect_timeout_s) as (client, cluster_info):
+        # made once there is a cluster: a scheduler refused leaves no empty output folder behind
+        try:
+            parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"archive: --out {out_dir}: cannot create {parts_dir.name}/ there ({exc.strerror or exc}); "
+                               "give a folder you can write") from None
         t0 = time.perf_counter()
         chunks = list(_index.iter_chunks(files, _INDEX_CHUNK))
         index_futures = client.map(_index.index_files, chunks, retries=retries, pure=False)

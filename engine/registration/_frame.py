@@ -204,6 +204,35 @@ def dead_detector_lines(field: FieldEstimate, field_factor: int) -> tuple[list[i
     return rows, cols
 
 
+def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> int:
+    """Return how many of the detector ``rows`` and ``cols`` of ``pixels`` are hot, not dead.
+
+    A line is hot when its mean is above that of the nearest live lines either side of it. A dead line
+    is dark or stuck. Both are left out of a match the same way; the count only words the warning.
+
+    Parameters
+    ----------
+    pixels : ndarray, shape (rows, cols)
+        The image's own pixels.
+    rows, cols : list of int
+        Its faulty detector lines (:func:`dead_detector_lines`).
+    """
+    hot = 0
+    for axis, lines in ((0, rows), (1, cols)):
+        taken, size = set(lines), pixels.shape[axis]
+        for line in lines:
+            beside = []
+            for direction in (-1, 1):
+                k = line + direction
+                while k in taken:
+                    k += direction
+                if 0 <= k < size:
+                    beside.append(float(np.mean(np.take(pixels, k, axis=axis), dtype=np.float64)))
+            if beside and float(np.mean(np.take(pixels, line, axis=axis), dtype=np.float64)) > max(beside):
+                hot += 1
+    return hot
+
+
 def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:
     """Return ``image`` with its dead detector lines replaced by the live lines either side (``image`` if none).
 

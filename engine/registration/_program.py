@@ -47,7 +47,16 @@ from ..field import (
 from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
-from ._frame import LEVEL_SLOTS, bridged_frame, dead_detector_lines, denoised_frame, frame_levels, frame_mask, pad_pixel_list
+from ._frame import (
+    LEVEL_SLOTS,
+    bridged_frame,
+    dead_detector_lines,
+    denoised_frame,
+    frame_levels,
+    frame_mask,
+    hot_lines,
+    pad_pixel_list,
+)
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
 from ._plan import FramePlan, wants_field
 from ._quality import (
@@ -271,6 +280,16 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
     return (f"dead detector lines cross {100 * share:.0f} % of the {size:.0f} mm radiation field "
             f"({len(field.dead_rows)} row(s) and {len(field.dead_cols)} column(s) of the field-detection level, "
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
+
+
+def _lines_warning(whose: str, pixels: np.ndarray, rows: list[int], cols: list[int]) -> str:
+    """Return the warning that names the faulty detector lines left out of the match: dead ones, and hot ones said so."""
+    hot = hot_lines(pixels, rows, cols)
+    if not hot:
+        return f"{whose}{len(rows)} dead detector row(s) and {len(cols)} column(s) left out of the match"
+    kinds = f"{hot} hot, brighter than the lines beside them" + (f"; {len(rows) + len(cols) - hot} dead"
+                                                                   if hot < len(rows) + len(cols) else "")
+    return f"{whose}{len(rows)} faulty detector row(s) and {len(cols)} column(s) left out of the match ({kinds})"
 
 
 def register_frame(reference: Reference, frame: Image, mirror_check: bool = True,
@@ -1051,12 +1070,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # looked for), not the field-detection level's lines they fall in
     if field.dead_rows or field.dead_cols:
         dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
-        warnings.append(f"{len(dead_rows)} dead detector row(s) and {len(dead_cols)} column(s) left out of the match")
+        warnings.append(_lines_warning("", frame.pixels, dead_rows, dead_cols))
     reference_field = reference.field
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
         dead_rows, dead_cols = dead_detector_lines(reference_field, reference._field_factor)
-        warnings.append(f"the reference's {len(dead_rows)} dead detector row(s) and {len(dead_cols)} column(s) left "
-                        "out of the match")
+        warnings.append(_lines_warning("the reference's ", reference.image.pixels, dead_rows, dead_cols))
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
     # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
@@ -1349,8 +1367,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         ambiguity=float(ambiguity),
         field_detected=field.detected,
         field_box_mm=box_mm,
-        frame_uid=frame.info.sop_instance_uid,
-        reference_uid=reference.image.info.sop_instance_uid,
+        frame_uid=frame.info.sop_instance_uid or None,
+        reference_uid=reference.image.info.sop_instance_uid or None,
         frame_index=frame.info.frame_index,
         warnings=warnings,
         details=details,

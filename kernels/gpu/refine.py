@@ -2,7 +2,7 @@
 
 The loop's state lives on the device: a ``state`` vector (pose, steps, the
 reused mixed curvature terms, score, a converged flag, the iteration count)
-that one-thread and one-block kernels read and write. Each iteration queues
+that one-thread and one-block kernels read and write (and the best centre measured). Each iteration queues
 
 1. ``_stencil``: the stencil's poses around the current pose, their affine maps
    and doubled-angle rotations (one block, a thread per pose);
@@ -12,7 +12,7 @@ that one-thread and one-block kernels read and write. Each iteration queues
    convergence test (one thread); after convergence it changes nothing, so a
    fixed number of iterations gives the CPU's early-stopping result.
 
-Nothing comes back to the host until the level is done (one 16-value read), so
+Nothing comes back to the host until the level is done (one 29-value read), so
 the sequence has no host decision in it: the same launches every frame of a
 geometry, which is what a CUDA graph captures and replays. The mathematics is
 the CPU twin's (:mod:`portalign.kernels.cpu.refine`), written again as CUDA
@@ -36,8 +36,13 @@ __all__ = ["refine"]
 MAX_STENCIL = 10
 MI = 1
 MAX_JUMP = 1.5
-# state layout (float64[16])
+#: The CPU twin's ``REJECT_SHRINK``: a jump that overshot again is taken back to this fraction of itself.
+REJECT_SHRINK = 0.5
+# state layout (float64[STATE_SIZE])
 _POSE, _STEP, _CROSS, _SCORE, _CONVERGED, _DONE, _THETA_LIMIT, _TOLERANCE, _DIMS, _HAVE_CROSS = 0, 3, 6, 9, 10, 11, 12, 13, 14, 15
+# the safeguard (the CPU twin's): the best centre's value, pose and star values, a rejection flag, the metric guarded
+_BEST_VALUE, _BEST_POSE, _REJECTED, _GUARD, _BEST_VALUES = 16, 17, 20, 21, 22
+STATE_SIZE = 29
 
 
 @cuda.jit(device=True)
@@ -97,15 +102,11 @@ def _det3(h):  # pragma: no cover - compiled
             + h[0, 2] * (h[1, 0] * h[2, 1] - h[1, 1] * h[2, 0]))
 
 
-@cuda.jit(cache=True)
-def _decide(state, values, n):  # pragma: no cover - compiled
-    """One thread: the quadratic fit through the stencil values, the jump, the limits, the convergence test."""
-    if cuda.threadIdx.x != 0 or cuda.blockIdx.x != 0 or state[_CONVERGED] != 0.0:
-        return
-    dims = int(state[_DIMS])
+@cuda.jit(device=True)
+def _model(state, f, off, n, dims, jump):  # pragma: no cover - compiled
+    """Fit the quadratic through ``f[off:off + n]`` (the CPU twin's ``quadratic_step``); fill ``jump``, return its value."""
     g = cuda.local.array(3, np.float64)
     plus = cuda.local.array(3, np.float64)
-    jump = cuda.local.array(3, np.float64)
     h = cuda.local.array((3, 3), np.float64)
     a_mat = cuda.local.array((3, 3), np.float64)
     for r in range(3):
@@ -114,10 +115,10 @@ def _decide(state, values, n):  # pragma: no cover - compiled
         jump[r] = 0.0
         for c in range(3):
             h[r, c] = 0.0
-    f0 = values[0]
+    f0 = f[off]
     for i in range(dims):
-        plus[i] = values[1 + 2 * i]
-        minus = values[2 + 2 * i]
+        plus[i] = f[off + 1 + 2 * i]
+        minus = f[off + 2 + 2 * i]
         g[i] = 0.5 * (plus[i] - minus)
         h[i, i] = plus[i] + minus - 2.0 * f0
     n_pairs = 3 if dims == 3 else 1
@@ -125,7 +126,7 @@ def _decide(state, values, n):  # pragma: no cover - compiled
         i = 0 if p < 2 else 1
         j = 1 if p == 0 else 2
         if n > 1 + 2 * dims:
-            state[_CROSS + p] = values[1 + 2 * dims + p] - plus[i] - plus[j] + f0
+            state[_CROSS + p] = f[off + 1 + 2 * dims + p] - plus[i] - plus[j] + f0
         h[i, j] = state[_CROSS + p]
         h[j, i] = state[_CROSS + p]
     m2 = h[0, 0] * h[1, 1] - h[0, 1] * h[1, 0]
@@ -158,20 +159,51 @@ def _decide(state, values, n):  # pragma: no cover - compiled
             predicted += g[a] * jump[a]
             for b in range(dims):
                 predicted += 0.5 * jump[a] * h[a, b] * jump[b]
-    else:
-        best = 0
-        for k in range(1, n):
-            if values[k] > values[best]:
-                best = k
-        for a in range(dims):
-            jump[a] = _unit(best, dims, a)
-        predicted = values[best]
-    state[_HAVE_CROSS] = 1.0
-    state[_SCORE] = max(values[0], predicted)
-    largest = 0.0
+        return predicted
+    best = 0
+    for k in range(1, n):
+        if f[off + k] > f[off + best]:
+            best = k
     for a in range(dims):
-        state[_POSE + a] += jump[a] * state[_STEP + a]
-        largest = max(largest, abs(jump[a]))
+        jump[a] = _unit(best, dims, a)
+    return f[off + best]
+
+
+@cuda.jit(cache=True)
+def _decide(state, values, n):  # pragma: no cover - compiled
+    """One thread: the safeguard, the quadratic fit through the stencil values, the jump, the limits, the convergence test."""
+    if cuda.threadIdx.x != 0 or cuda.blockIdx.x != 0 or state[_CONVERGED] != 0.0:
+        return
+    dims = int(state[_DIMS])
+    jump = cuda.local.array(3, np.float64)
+    largest = 0.0
+    if state[_GUARD] != 0.0 and values[0] < state[_BEST_VALUE]:
+        # the jump overshot (the CPU twin's safeguard): from the best centre, its star's model alone, or half the jump
+        state[_REJECTED] = 1.0
+        if state[_CROSS] != 0.0 or state[_CROSS + 1] != 0.0 or state[_CROSS + 2] != 0.0:
+            for p in range(3):
+                state[_CROSS + p] = 0.0
+            _model(state, state, _BEST_VALUES, 1 + 2 * dims, dims, jump)
+            for a in range(dims):
+                state[_POSE + a] = state[_BEST_POSE + a] + jump[a] * state[_STEP + a]
+                largest = max(largest, abs(jump[a]))
+        else:
+            for a in range(dims):
+                state[_POSE + a] = state[_BEST_POSE + a] + REJECT_SHRINK * (state[_POSE + a] - state[_BEST_POSE + a])
+                largest = max(largest, abs(state[_POSE + a] - state[_BEST_POSE + a]) / state[_STEP + a])
+    else:
+        state[_REJECTED] = 0.0
+        state[_BEST_VALUE] = values[0]
+        for a in range(3):
+            state[_BEST_POSE + a] = state[_POSE + a]
+        for k in range(1 + 2 * dims):
+            state[_BEST_VALUES + k] = values[k]
+        predicted = _model(state, values, 0, n, dims, jump)
+        state[_HAVE_CROSS] = 1.0
+        state[_SCORE] = max(values[0], predicted)
+        for a in range(dims):
+            state[_POSE + a] += jump[a] * state[_STEP + a]
+            largest = max(largest, abs(jump[a]))
     state[_POSE + 2] = min(max(state[_POSE + 2], -state[_THETA_LIMIT]), state[_THETA_LIMIT])
     state[_DONE] += 1.0
     if largest < state[_TOLERANCE]:
@@ -184,8 +216,10 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     """Write ``(dx_mm, dy_mm, theta_rad, score, iterations_run)`` into the host array ``out`` (see the CPU twin)."""
     dims = 3 if step[2] > 0.0 else 2
     full = 10 if dims == 3 else 6
-    start = np.zeros(16)
+    start = np.zeros(STATE_SIZE)
     start[_POSE:_POSE + 3] = pose
+    start[_BEST_VALUE] = -np.inf
+    start[_GUARD] = 1.0 if metric != MI else 0.0
     start[_STEP:_STEP + 3] = step
     start[_SCORE] = -np.inf
     start[_THETA_LIMIT] = theta_limit
@@ -225,7 +259,10 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
            *(_address(a) for a in (rows, cols, frame_re, frame_im, ref_re, ref_im, frame_bins, ref_bins, hist, state)))
     launch.run_captured(key, enqueue)
     final = launch.to_host(state)  # the one read of the level
-    out[:] = (final[_POSE], final[_POSE + 1], final[_POSE + 2], final[_SCORE], final[_DONE])
+    if final[_REJECTED]:  # the budget ended on a rejected jump: the best centre measured is the result
+        out[:] = (final[_BEST_POSE], final[_BEST_POSE + 1], final[_BEST_POSE + 2], final[_BEST_VALUE], final[_DONE])
+    else:
+        out[:] = (final[_POSE], final[_POSE + 1], final[_POSE + 2], final[_SCORE], final[_DONE])
 
 
 def _address(array: Any) -> Any:

@@ -22,6 +22,10 @@ _STENCIL_2D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0],
 _MAX_JUMP = 1.5
 
 
+#: The CPU kernel's (``portalign.kernels.cpu.refine.REJECT_SHRINK``).
+REJECT_SHRINK = 0.5
+
+
 def _affines(poses: np.ndarray, geometry: np.ndarray) -> np.ndarray:
     fax, fay, sy, sx, rax, ray = (float(v) for v in geometry)
     c, s = np.cos(poses[:, 2]), np.sin(poses[:, 2])
@@ -83,15 +87,30 @@ def refine(metric: int, rows: np.ndarray, cols: np.ndarray, count: int, frame_re
     have_cross = bool(star)
     score = -np.inf
     done = 0
+    best, best_value, best_star, rejected = p.copy(), -np.inf, None, False
     for _ in range(int(iterations)):
         points = stencil[: 1 + 2 * dims] if have_cross else stencil
         values = _values(metric, args, p + points * step, geometry, normalised)
-        jump, predicted = _quadratic_step(values, dims, cross)
-        have_cross = True
-        score = max(float(values[0]), predicted)
-        p[:dims] += jump * step[:dims]
-        p[2] = float(np.clip(p[2], -theta_limit, theta_limit))
+        rejected = bool(metric == 0 and values[0] < best_value)  # the jump overshot: the CPU kernel's safeguard
         done += 1
-        if np.max(np.abs(jump)) < tolerance:
+        if rejected and np.any(cross != 0):
+            cross[:] = 0.0  # the best centre's star alone
+            jump, _ = _quadratic_step(best_star, dims, cross)
+            p[:dims] = best[:dims] + jump * step[:dims]
+            largest = float(np.max(np.abs(jump)))
+        elif rejected:
+            p = best + REJECT_SHRINK * (p - best)
+            largest = float(np.max(np.abs(p - best)[:dims] / step[:dims]))
+        else:
+            best, best_value, best_star = p.copy(), float(values[0]), values[: 1 + 2 * dims].copy()
+            jump, predicted = _quadratic_step(values, dims, cross)
+            have_cross = True
+            score = max(float(values[0]), predicted)
+            p[:dims] += jump * step[:dims]
+            largest = float(np.max(np.abs(jump)))
+        p[2] = float(np.clip(p[2], -theta_limit, theta_limit))
+        if largest < tolerance:
             break
+    if rejected:
+        p, score = best, best_value
     out[:] = (p[0], p[1], p[2], score, done)
