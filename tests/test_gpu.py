@@ -704,7 +704,8 @@ def test_probe_kernel_compiles_and_runs(backend):
 
 @pytest.mark.parametrize(("metric", "rotate", "star", "iterations"),
                          [(0, True, False, 2), (1, True, False, 2), (0, False, False, 6), (0, True, True, 5),
-                          (0, True, False, 6)])  # the last: the safeguard takes back three jumps (test_program_kernels)
+                          (0, True, False, 6), (2, True, False, 6)])
+# (0, True, False, 6): the safeguard takes back three jumps (test_program_kernels); 2: EDGE_UNGUARDED takes them all
 def test_refine_matches_cpu(backend, metric, rotate, star, iterations):
     # the loop's state stays on the device; a fixed number of iterations with a converged flag gives the
     # CPU's early-stopping result (same pose, score and iteration count)

@@ -65,7 +65,7 @@ def test_mi_halves_refuse_what_noise_places_and_keep_what_it_does_not(setup, mon
     """The split-half check refines MI's halves where MI reports: the edge halves of a low-dose frame scatter.
 
     At 2 % noise (edge score 0.11-0.16) the edges' halves lay 1.1-2.0 mm apart and refused five of six frames
-    whose MI optima were 0.04-0.26 mm off; MI's halves lie 0.13-0.44 mm apart. At 3 % one frame's MI halves
+    whose MI optima were 0.04-0.27 mm off; MI's halves lie 0.13-0.54 mm apart. At 3 % one frame's MI halves
     still lie 1.38 mm apart (seed 5): refused. On the raw frames: the smoothing of noisy frames
     (``_program.DENOISE``) is off here, so that the edges match weakly and MI reports.
     """
@@ -82,7 +82,8 @@ def test_mi_halves_refuse_what_noise_places_and_keep_what_it_does_not(setup, mon
             assert result.details["split_half_mm"] > 1.0
         else:
             assert result.ok, result.reason
-            assert result.details["split_half_mm"] < 0.5
+            # 0.54 mm for frame 0 since the edge ascent's safeguard (2026-12-03; 0.13 before): MI starts from the edges'
+            assert result.details["split_half_mm"] < 0.6
             assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
 
 

@@ -11,7 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from portalign.field import sample_mask
 from portalign.kernels import cpu
 from portalign.kernels import reference as ref_kernels
-from portalign.kernels.cpu.refine import EDGE, MI, STENCIL_3D, quadratic_step
+from portalign.kernels.cpu.refine import EDGE, EDGE_UNGUARDED, MI, STENCIL_3D, quadratic_step
 
 from tests.kernel_cases import random_mask, structured_image
 from tests.program_cases import level_case, peak_window, refine_args
@@ -79,6 +79,13 @@ def test_refine_takes_back_a_jump_that_measured_worse(monkeypatch):
     cpu.refine(*args3)
     assert_allclose(args[-1][:3], args3[-1][:3], rtol=0, atol=1e-12)
     assert abs(args[-1][0] - case.truth[0]) < 0.08 and abs(args[-1][1] - case.truth[1]) < 0.08
+    # EDGE_UNGUARDED (the split-half check's halves) takes every jump, as before the safeguard: it ends elsewhere
+    free = refine_args(case, EDGE_UNGUARDED, start, True, bins=8, iterations=6)
+    cpu.refine(*free)
+    free_ref = refine_args(case, EDGE_UNGUARDED, start, True, bins=8, iterations=6)
+    ref_kernels.refine.refine(*free_ref)
+    assert_allclose(free[-1][:4], free_ref[-1][:4], rtol=0, atol=1e-9)
+    assert np.abs(free[-1][:3] - args[-1][:3]).max() > 1e-3
 
 
 def test_quadratic_step_jumps_to_the_maximum_of_a_concave_quadratic():

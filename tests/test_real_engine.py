@@ -261,7 +261,8 @@ def test_a_weak_low_dose_edge_match_reports_the_mutual_information_optimum(held_
 def test_two_portal_images_report_the_mutual_information_optimum(held_out_ct):
     """Pairs 13 and 55 of ``python -m bench.held_out --seed 21``: collimator-turned jaws at gantry 225 and an MLC field
     at gantry 315, a portal reference of the same beam. Their intensities match up to noise, so ``auto`` reports the MI
-    optimum: 0.03 and 0.09 mm off, where the edge optima are 0.34 and 0.37 mm off."""
+    optimum: 0.02 and 0.06 mm off, where the edge optima are 0.34 and 0.09 mm off (pair 55's was 0.37 mm off before
+    the edge ascent took back the jumps that measured worse, 2026-12-03)."""
     from bench.held_out import render_pairs
 
     for pair in render_pairs(held_out_ct, 21, 56, only=[13, 55]):
@@ -277,7 +278,9 @@ def test_two_portal_images_report_the_mutual_information_optimum(held_out_ct):
         assert abs(auto.rotation_deg) < abs(edge.rotation_deg)
         auto_error = math.hypot(auto.dx_mm - pair.dx_mm, auto.dy_mm - pair.dy_mm)
         edge_error = math.hypot(edge.dx_mm - pair.dx_mm, edge.dy_mm - pair.dy_mm)
-        assert auto_error < 0.1 and edge_error > 0.3, (pair.index, auto_error, edge_error)
+        assert auto_error < 0.1 and auto_error < edge_error, (pair.index, auto_error, edge_error)
+        if pair.index == 13:
+            assert edge_error > 0.3, edge_error
 
 
 def test_alike_images_are_portal_images_of_one_kind_of_beam():

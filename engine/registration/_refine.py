@@ -19,7 +19,7 @@ __all__ = ["newton", "evaluate", "edge_score", "mi_score", "split_half_spread"]
 #: Newton iterations each half gets in the split-half precision check.
 SPLIT_HALF_ITERATIONS = 3
 #: Metric ids of the refine kernel (``portalign.kernels.cpu.refine``).
-METRICS = {"edge": 0, "mi": 1}
+METRICS = {"edge": 0, "mi": 1, "edge_unguarded": 2}
 #: Largest rotation step of the quadratic stencil (radians): small fields constrain rotation weakly.
 MAX_ROTATION_STEP = math.radians(0.5)
 
@@ -117,7 +117,9 @@ def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, 
         else:
             count = (level.usable - first + 1) // 2
             halves = (level.pixel_rows[first: level.usable: 2], level.pixel_cols[first: level.usable: 2], count)
-        poses.append(newton(backend, plan, level, pose, metric, SPLIT_HALF_ITERATIONS, r_eff, rotate, opts,
+        # a half's own optimum, unguarded (``kernels.cpu.refine.EDGE_UNGUARDED``)
+        poses.append(newton(backend, plan, level, pose, "edge_unguarded" if metric == "edge" else metric,
+                            SPLIT_HALF_ITERATIONS, r_eff, rotate, opts,
                             tolerance=0.05, pixels=halves)[0])
     a, b = poses
     return float(np.hypot(a[0] - b[0], a[1] - b[1])), abs(math.degrees(a[2] - b[2]))

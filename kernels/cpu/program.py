@@ -35,7 +35,17 @@ from numba import njit
 from .correlation import coarse_search
 from .mutual_information import PV_ONE, mutual_information
 from .peaks import search_peaks
-from .refine import EDGE, MI, STENCIL_3D, metric_values, pose_affines_into, refine, refine_from, rotation_lever_arm
+from .refine import (
+    EDGE,
+    EDGE_UNGUARDED,
+    MI,
+    STENCIL_3D,
+    metric_values,
+    pose_affines_into,
+    refine,
+    refine_from,
+    rotation_lever_arm,
+)
 
 __all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
            "STAGE_LEVELS"]
@@ -127,7 +137,9 @@ def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, 
                 half += 1
     step = _steps(spacing, r_eff, rotate, max_rotation_step)
     no = np.bool_(False)  # typed, not literal: see search_program
-    refine(metric, half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
+    # a half's own optimum, unguarded: a half whose jumps were all taken back would return the start pose
+    half_metric = EDGE_UNGUARDED if metric == EDGE else metric
+    refine(half_metric, half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
            step, iterations, tolerance, no, theta_limit, normalised, hist, result)
 
 
@@ -363,7 +375,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
             mi_rotates = rotate and score < weak_edge
             if rotate and not mi_rotates and score < alike_rotation_edge:
                 # two portal images on a moderate edge match (noisy MV anatomy, where MI's rotation is the better)
-                # over nearly the whole frame: MI places the rotation too. The share of the frame's usable pixels
+                # over most of the frame (alike_rotation_overlap): MI places the rotation too. The share of its usable pixels
                 # that land on the reference is the edge optimum's joint histogram's mass
                 scratch_poses[0, :] = pose
                 _evaluate(fin, counts[finest], scratch_poses, one, mi_id, no, hist, sums, values)

@@ -34,6 +34,7 @@ from .mutual_information import joint_histograms, mutual_information
 __all__ = ["refine"]
 
 MAX_STENCIL = 10
+EDGE = 0
 MI = 1
 MAX_JUMP = 1.5
 #: The CPU twin's ``REJECT_SHRINK``: a jump that overshot again is taken back to this fraction of itself.
@@ -219,7 +220,7 @@ def refine(metric: int, rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     start = np.zeros(STATE_SIZE)
     start[_POSE:_POSE + 3] = pose
     start[_BEST_VALUE] = -np.inf
-    start[_GUARD] = 1.0 if metric != MI else 0.0
+    start[_GUARD] = 1.0 if metric == EDGE else 0.0  # not MI, not EDGE_UNGUARDED (the CPU twin's module notes)
     start[_STEP:_STEP + 3] = step
     start[_SCORE] = -np.inf
     start[_THETA_LIMIT] = theta_limit
