@@ -93,3 +93,32 @@ def test_a_clean_strong_match_skips_the_check(setup):
     result = reference.register(frame)
     assert result.ok and math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.2
     assert result.details["split_half_mm"] is None  # a strong edge match is not re-refined
+
+
+def test_an_mi_ascent_that_ends_lower_than_it_began_is_refused(monkeypatch):
+    """Two portal images of a 90 x 80 mm field at 1.5 and 2 % noise, the anatomy moved (-5, 2) mm and -1 deg.
+
+    As taken, the edges match within chance. Both smoothed, ``auto`` reported MI's optimum, 2.0 mm off, ok: MI's
+    ascent from the edge optimum had ended lower than it began (normalised MI 1.143 -> 1.126), and the MI halves,
+    both started at that end, agreed within 0.12 mm. Such an ascent is now refused (``_program.MI_DOWNHILL``).
+    """
+    from portalign.registration import _program
+
+    base = anatomy(384, seed=1)
+    aperture = field_aperture(SHAPE, 1.0, 45, 40)
+    rng = np.random.default_rng(101)
+    rng.standard_normal(SHAPE[1])  # the draws of a column gain, kept so that the noise is the case's
+    ref = mv_portal(moved(base, 0, 0, 0, shape=SHAPE), aperture)
+    frame = mv_portal(moved(base, -5.0, 2.0, -1.0, shape=SHAPE), aperture)
+    ref = ref * (1 + 0.015 * rng.standard_normal(SHAPE))
+    frame = frame * (1 + 0.02 * rng.standard_normal(SHAPE))
+    images = [portalign.Image.from_array(p, pixel_spacing_mm=1.0, kind="portal") for p in (ref, frame)]
+    result = portalign.register(*images, backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert any("refused so too: imprecise: mutual information fell from 1.14" in w for w in result.warnings), \
+        result.warnings
+    monkeypatch.setattr(_program, "MI_DOWNHILL", math.inf)  # without the check: the confident wrong answer
+    result = portalign.register(*images, backend="cpu")
+    assert result.ok and math.hypot(result.dx_mm + 5.0, result.dy_mm - 2.0) > 1.5
+    fell = result.details["mi_at_edge_optimum"] - result.score
+    assert fell > _program.MI_DOWNHILL_SHARE * result.details["mi_at_edge_optimum"] and fell > 0.005

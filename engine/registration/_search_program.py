@@ -167,6 +167,7 @@ _MI_GAP, _MI_X, _MI_T, _FINAL_EDGE, _REPORTED = (_OUT[k] for k in ("mi_gap_mm", 
                                                                    "final_edge", "reported"))
 _SPLIT_MM, _SPLIT_DEG, _NO_MATCH, _MI_FINAL = (_OUT[k] for k in ("split_mm", "split_deg", "no_match", "mi_final"))
 _MI_ROTATED = _OUT["mi_rotated"]
+_MI_AT_EDGE = _OUT["mi_at_edge"]
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -198,6 +199,9 @@ class SearchOutcome:
     mi_final: bool = False
     #: The reported MI optimum's rotation is MI's own (else the edge optimum's, held).
     mi_rotated: bool = False
+    #: Where the MI optimum is reported: normalised MI - 1 at the edge optimum its ascent began from (``reported`` is
+    #: the same at the end), else ``None``.
+    mi_at_edge: float | None = None
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -284,6 +288,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         no_match=o[_NO_MATCH] == 1.0,
         mi_final=o[_MI_FINAL] == 1.0,
         mi_rotated=o[_MI_ROTATED] == 1.0,
+        mi_at_edge=None if o[_MI_AT_EDGE] != o[_MI_AT_EDGE] else o[_MI_AT_EDGE],
     )
 
 
@@ -395,7 +400,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
             mi_pose = newton(backend, plan, finest, pose, "mi", 1, r_eff, False, opts, star=True)[0]
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
+    mi_at_edge = None
     if mi_final and mi_pose is not None:
+        mi_at_edge = mi_score(backend, plan, finest, np.asarray(pose, dtype=np.float64), normalised=True) - 1.0
         pose = mi_pose.copy()
     if method == "edge":
         reported = final_edge
@@ -425,6 +432,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         mi_gap=mi_gap, final_edge=float(final_edge), reported=float(reported), spread=spread, no_match=no_match,
         mi_final=mi_final,
         mi_rotated=mi_rotated,
+        mi_at_edge=mi_at_edge,
     )
 
 

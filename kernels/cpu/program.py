@@ -63,6 +63,7 @@ OUT_NAMES = (
     "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
     "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final", "mi_rotated",
+    "mi_at_edge",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -79,6 +80,7 @@ _ROTATE, _SUPPORT, _MI_GAP, _MI_X, _MI_Y, _MI_T, _FINAL_EDGE, _REPORTED = (_O[k]
 _SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:22])
 _MI_FINAL = _O["mi_final"]
 _MI_ROTATED = _O["mi_rotated"]
+_MI_AT_EDGE = _O["mi_at_edge"]
 
 
 @njit(cache=True, nogil=True)
@@ -403,6 +405,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         final_edge = values[0]
     else:
         final_edge = score  # the quadratic model's value at the final edge optimum
+    edge_pose = pose.copy()
     if mi_final:
         pose = result[:3].copy()
     if method == METHOD_EDGE:
@@ -413,9 +416,14 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         mutual_information(hist[:1], yes, mi)  # type: ignore[arg-type]  # a numba boolean, typed on purpose
         reported = mi[0] - 1.0
     else:
+        # the reported MI (normalised) optimum's value, and where MI's ascent began (the edge optimum): an ascent
+        # that ended lower than it began did not settle (out[mi_at_edge]; one histogram more in the same call)
         scratch_poses[0, :] = pose
-        _evaluate(fin, counts[finest], scratch_poses, one, mi_id, yes, hist, sums, values)
+        scratch_poses[1, :] = edge_pose
+        _evaluate(fin, counts[finest], scratch_poses, np.int64(2 if mi_final else 1), mi_id, yes, hist, sums, values)
         reported = values[0] - 1.0
+        if mi_final:
+            out[_MI_AT_EDGE] = values[1] - 1.0
     # a weak match is checked for precision: the optima of two independent halves of the pixels must agree
     # (of what is reported: MI's optimum where auto reports it, whose halves agree where the edges' scatter on the
     # low-dose frames MI places better; the edges' otherwise)
