@@ -30,13 +30,14 @@ watch folder (:mod:`portalign.watch`) uses it too.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,10 @@ class InstanceRegistrar:
     invert : bool, optional
         Passed to the reader of every received image (``--invert``): force or
         forbid inverting the pixel values; the DICOM intensity sign by default.
+    wording : callable, optional
+        Applied to each journaled error, reason and warning: the command-line
+        front ends pass one that names their flags (``as_flags``), so that the
+        results file advises ``--allow-view-mismatch`` as their console does.
     """
 
     def __init__(
@@ -124,8 +129,10 @@ class InstanceRegistrar:
         source: str = "scp",
         max_references: int = 64,
         invert: bool | None = None,
+        wording: Callable[[str], str] | None = None,
     ) -> None:
         self.journal = journal
+        self.wording = wording
         self.invert = invert
         self.options = options or RegistrationOptions()
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
@@ -147,6 +154,17 @@ class InstanceRegistrar:
                 self.configured = prepare_reference(image, self.options, backend=self.backend)
             self.configured_uid = self.configured.image.info.sop_instance_uid
 
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Journal ``record``, its error, reason and warnings in :attr:`wording`'s words where one is given."""
+        if self.wording is not None:
+            if record.get("error"):
+                record["error"] = self.wording(record["error"])
+            result = record.get("result")
+            if result:
+                result["reason"] = self.wording(result.get("reason") or "")
+                result["warnings"] = [self.wording(w) for w in result.get("warnings") or ()]
+        return self.journal.append(record)
+
     @property
     def beams(self) -> list[tuple[str, int | None]]:
         """Beams that have a reference of their own."""
@@ -155,7 +173,7 @@ class InstanceRegistrar:
 
     def error(self, message: str, *, stage: str, error_kind: str = "", **context: Any) -> dict[str, Any]:
         """Journal an error line for an instance (or file) that produced no image, and return it."""
-        return self.journal.append(
+        return self._append(
             {"source": self.source, "status": "error", "stage": stage, "error": message, "error_kind": error_kind,
              "result": None, **context}
         )
@@ -193,7 +211,7 @@ class InstanceRegistrar:
         try:
             reference = prepare_reference(image, self.options, backend=self.backend)
         except Exception as exc:  # a reference that cannot be prepared is journaled, never fatal
-            return self.journal.append(
+            return self._append(
                 {"source": self.source, "status": "error", "stage": "reference", **ids, **context,
                  "error": f"reference {image.info.source}: {_one_line(exc)}", "error_kind": type(exc).__name__,
                  "result": None}
@@ -204,7 +222,7 @@ class InstanceRegistrar:
             self._beams.move_to_end(key)
             while len(self._beams) > self.max_references:
                 self._beams.popitem(last=False)
-        return self.journal.append(
+        return self._append(
             {"source": self.source, "status": "reference", **ids, **context, "kind": image.info.kind,
              "rt_image_label": image.info.extra.get("rt_image_label", ""), "replaced": replaced,
              "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "result": None, "error": ""}
@@ -237,7 +255,7 @@ class InstanceRegistrar:
                 error_kind="NoReference",
                 result=None,
             )
-            return self.journal.append(line)
+            return self._append(line)
         line.update(reference_sop_instance_uid=ref_uid, reference_match=match)
         started = time.perf_counter()
         try:
@@ -245,10 +263,10 @@ class InstanceRegistrar:
         except Exception as exc:  # a bad frame is a journal line, never a dead receiver
             line.update(status="error", stage="register", error=f"{image.info.source}: {_one_line(exc)}",
                         error_kind=type(exc).__name__, result=None)
-            return self.journal.append(line)
+            return self._append(line)
         line.update(status="ok" if result.ok else "not_ok", result=result.as_dict(), error="",
                     latency_ms=(time.perf_counter() - started) * 1e3)
-        return self.journal.append(line)
+        return self._append(line)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError.for_module(exc.name or "pynetdicom", "portalign scp") from None
         journal = Journal(args.results, make_folders=False)  # a typo in its folder is an error, not a new folder
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp",
-                                      invert=getattr(args, "invert", None), options=mismatch_options(args))
+                                      invert=getattr(args, "invert", None), options=mismatch_options(args),
+                                      wording=functools.partial(as_flags, parser=getattr(args, "subparser", None)))
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:
@@ -408,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m portalign.scp`` (same options as ``portalign scp``)."""
     parser = argparse.ArgumentParser(prog="portalign scp", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.subparser = parser
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

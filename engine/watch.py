@@ -285,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         journal = Journal(args.results, make_folders=bool(getattr(args, "create", False)))
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
-                                      invert=getattr(args, "invert", None), options=mismatch_options(args))
+                                      invert=getattr(args, "invert", None), options=mismatch_options(args),
+                                      wording=functools.partial(as_flags, parser=getattr(args, "subparser", None)))
         watcher = FolderWatcher(args.folder, registrar, poll_s=args.poll, stable_polls=args.stable_polls,
                                 on_file=functools.partial(print_file_line, parser=getattr(args, "subparser", None)))
     except (PortalignError, OSError) as exc:

@@ -452,3 +452,24 @@ def test_a_reused_uid_on_another_image_is_said_apart_from_a_copy() -> None:
     assert index[1]["reason"] == "duplicate: SOP Instance UID 1.2.3 already in a.dcm (the same header)"
     assert index[2]["reason"].startswith("duplicate UID, different image: SOP Instance UID 1.2.3 is also a.dcm, whose "
                                          "header differs (gantry_deg 0.0 / 90.0)")
+
+
+def test_a_reused_uid_on_another_image_is_a_warning_of_the_run() -> None:
+    """A new user's trial: a gantry-90 copy under the frame's UID kept, the real frame skipped; only index.parquet
+    said why, and summary.json's warnings were empty. Which of the two is kept depends on the order of the files."""
+    from portalign.archive._index import INDEX_COLUMNS
+    from portalign.archive._pair import pair_frames
+    from portalign.archive._run import _summary
+
+    def row(path: str, **values) -> dict:
+        found = dict.fromkeys(INDEX_COLUMNS)
+        found.update(path=path, category="frame", sop_instance_uid="1.2.3", modality="RTIMAGE", rows=10, cols=10,
+                     gantry_deg=0.0)
+        found.update(values)
+        return found
+
+    pairing = pair_frames([row("a.dcm"), row("copy.dcm"), row("other.dcm", gantry_deg=90.0)])
+    summary = _summary(pairing, [], [], {}, {}, {}, "cpu", 0, 0, 0, False)
+    clash = [w for w in summary["warnings"] if "share a SOP Instance UID with a different image" in w]
+    assert len(clash) == 1 and clash[0].startswith("1 file(s) skipped") and "(first: other.dcm: " in clash[0]
+    assert clash[0].endswith("give each image its own UID")  # the copy with the same header is no warning

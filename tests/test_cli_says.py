@@ -757,6 +757,9 @@ def test_watch_has_the_mismatch_switch_its_refusal_names(capsys, files, tmp_path
                          "--once", "--poll", "0.05")
     assert status == 0 and "NOT OK (different views" in out and "--allow-view-mismatch" in out, out
     assert "allow_view_mismatch" not in out, out  # the flag, not the engine's keyword
+    # ...in the results file too (a new user's trial: its reason still said "set allow_view_mismatch=True")
+    journaled = (tmp_path / "r.jsonl").read_text()
+    assert "--allow-view-mismatch" in journaled and "allow_view_mismatch" not in journaled, journaled
     (folder / "frame_g90_again.dcm").write_bytes(files["frame_g90"].read_bytes())
     status, out, _ = run(capsys, "watch", folder, "--results", tmp_path / "r2.jsonl", "--reference", files["ref"],
                          "--once", "--poll", "0.05", "--allow-view-mismatch")

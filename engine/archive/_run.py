@@ -412,6 +412,13 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
     warnings: list[str] = []
     if tasks_failed:
         warnings.append(f"{tasks_failed} beam task(s) failed after their retries; rerun with --resume to retry them")
+    # two images under one SOP Instance UID: one was skipped, and which one depends on the order the files were read
+    clashes = [r for r in pairing.index if r["category"] == "duplicate"
+               and str(r.get("reason", "")).startswith("duplicate UID, different image")]
+    if clashes:
+        warnings.append(f"{len(clashes)} file(s) skipped that share a SOP Instance UID with a different image "
+                        f"(first: {clashes[0]['path']}: {clashes[0]['reason']}); which one of each pair is kept "
+                        "depends on the order the files are read: give each image its own UID")
     not_ok_setups = [s for s in setups if s["n_views"] >= 2 and not s["ok"]]
     if not_ok_setups:
         warnings.append(f"{len(not_ok_setups)} fraction(s) with two or more views are not ok and are left out of the "
