@@ -490,6 +490,8 @@ def _info(args: argparse.Namespace) -> int:
     info = describe(image)
     info.update(_understood(image))
     if args.json:
+        for key in ("angles_note", "intensity_note", "detector_lines_note"):  # nothing to note: null, as elsewhere
+            info[key] = info.get(key) or None
         print(json.dumps(info, default=_plain))
         return 0
     for key, value in info.items():

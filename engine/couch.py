@@ -768,7 +768,8 @@ def _text_report(couch: CouchShift, parser: Any = None) -> str:
     for name, value in couch.rotation_deg.items():
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))
     for view in couch.views:
-        lines.append(f"  gantry {view['gantry_deg']:6.1f}: dx {shown(view['dx_mm']):+6.2f} dy {shown(view['dy_mm']):+6.2f} "
+        gantry = round(float(view["gantry_deg"]), 1) % 360.0 + 0.0  # 359.996 is gantry 0.0, as the reasons say
+        lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f} dy {shown(view['dy_mm']):+6.2f} "
                      f"rot {_rotation_text(view['rotation_deg'])}  residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if couch.within_tolerance:

@@ -169,6 +169,15 @@ def test_couch_with_a_view_whose_rotation_was_not_estimated() -> None:
     assert json.loads(couch.as_json())["views"][1]["rotation_deg"] is None
 
 
+def test_couch_text_shows_a_gantry_just_under_360_as_0() -> None:
+    """A new user's trial: a view at gantry 359.996 deg was printed "gantry  360.0" beside reasons saying 0 deg."""
+    views = [View(gantry_deg=359.996, dx_mm=1.0, dy_mm=-2.0, rotation_deg=0.0, label="g0"),
+             View(gantry_deg=90.0, dx_mm=0.5, dy_mm=-2.0, rotation_deg=0.0, label="g90")]
+    text = _text_report(solve_couch_shift(views))
+    assert "  gantry    0.0: dx" in text and "gantry  360.0" not in text, text
+    assert "  gantry   90.0: dx" in text
+
+
 def test_hold_tolerance_skips_a_rotation_not_estimated() -> None:
     result = RegistrationResult(dx_mm=5.0, dy_mm=0.0, rotation_deg=None, ok=True)
     assert HoldTolerance().exceeded(result) == ["dx +5.00 mm beyond ±3 mm"]
