@@ -240,6 +240,16 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
         raise ArchiveError(f"archive: --backend must be one of cpu, auto, gpu, got {backend!r}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ArchiveError(f"archive: --out {out_dir} is a file; pass a folder")
+    # a folder that cannot be made is said before any cluster starts (nothing is made here: a refused --scheduler
+    # leaves no folder behind); the nearest existing folder above it must be one that can be written
+    above = out_dir
+    while not above.exists() and above.parent != above:
+        above = above.parent
+    why = ("Not a directory" if not above.is_dir() else
+           "Permission denied" if not os.access(above, os.W_OK | os.X_OK) else "")
+    if why:
+        raise ArchiveError(f"archive: --out {out_dir}: cannot create parts/ there ({why}: {above}); give a folder you "
+                           "can write")
     parts = out_dir / "parts"
     if not resume and parts.is_dir() and any(parts.glob("*.parquet")):
         raise ArchiveError(f"archive: {out_dir} already holds a run (parts/*.parquet); pass --resume to continue it "
