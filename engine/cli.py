@@ -483,6 +483,10 @@ def _timing_text(elapsed_ms: float, extra: dict[str, Any]) -> str:
             "building; --repeat N gives the steady-state median)")
 
 
+#: ``info``'s one-line notes (``_understood``): printed after the values; ``null`` in ``--json`` where there is none.
+_NOTES = ("angles_note", "intensity_note", "detector_lines_note")
+
+
 def _info(args: argparse.Namespace) -> int:
     from .dicom import describe
 
@@ -490,12 +494,12 @@ def _info(args: argparse.Namespace) -> int:
     info = describe(image)
     info.update(_understood(image))
     if args.json:
-        for key in ("angles_note", "intensity_note", "detector_lines_note"):  # nothing to note: null, as elsewhere
+        for key in _NOTES:  # nothing to note: null, as elsewhere
             info[key] = info.get(key) or None
         print(json.dumps(info, default=_plain))
         return 0
     for key, value in info.items():
-        if key in ("notes", "dicom_warnings", "intensity_note", "angles_note", "detector_lines_note"):
+        if key in ("notes", "dicom_warnings", *_NOTES):
             continue
         if key == "dead_detector_lines":  # null in --json: none found (not "unknown": they were looked for)
             print(f"{key}: none" if value is None else
@@ -503,7 +507,7 @@ def _info(args: argparse.Namespace) -> int:
             continue
         # angles to 0.01 deg: a collimator at 0.000142 deg is at 0
         print(f"{key}: {_rounded(_angle_text(value) if key.endswith('_deg') and isinstance(value, float) else value)}")
-    for key in ("angles_note", "intensity_note", "detector_lines_note"):
+    for key in _NOTES:
         if info.get(key):
             print(f"note: {info[key]}")
     for key in ("notes", "dicom_warnings"):

@@ -1019,6 +1019,22 @@ def _striped_reason(axis: int, bands: list[tuple[int, int]], dead: int, lines: i
             "be left out of the match")
 
 
+def live_neighbours(size: int, lines: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Return ``(dead, before, after)``: the ``lines`` among ``size`` and the nearest live line either side of each.
+
+    At the image's edge both are the one live line on its side. ``None`` where no line, or every line, is dead.
+    """
+    live = np.ones(size, dtype=bool)
+    live[[line for line in lines if 0 <= line < size]] = False
+    kept = np.flatnonzero(live)
+    if kept.size == 0 or kept.size == live.size:
+        return None
+    dead = np.flatnonzero(~live)
+    after = np.clip(np.searchsorted(kept, dead), 0, kept.size - 1)
+    before = np.clip(np.searchsorted(kept, dead) - 1, 0, kept.size - 1)
+    return dead, kept[before], kept[after]
+
+
 def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any, dtype: Any = np.float32) -> np.ndarray:
     """Return a copy of ``pixels`` (of ``dtype``) whose ``dead_rows`` and ``dead_cols`` are interpolated from the live lines.
 
@@ -1028,15 +1044,10 @@ def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any, dtype: Any 
     out = np.array(pixels, dtype=dtype)
     for axis, lines in ((0, dead_rows), (1, dead_cols)):
         work = out if axis == 0 else out.T  # a view: rows of ``work`` are the lines along ``axis``
-        live = np.ones(work.shape[0], dtype=bool)
-        live[[line for line in lines if 0 <= line < work.shape[0]]] = False
-        kept = np.flatnonzero(live)
-        if kept.size == 0 or kept.size == live.size:
+        found = live_neighbours(work.shape[0], lines)
+        if found is None:
             continue
-        dead = np.flatnonzero(~live)
-        after = np.clip(np.searchsorted(kept, dead), 0, kept.size - 1)
-        before = np.clip(np.searchsorted(kept, dead) - 1, 0, kept.size - 1)
-        lo, hi = kept[before], kept[after]
+        dead, lo, hi = found
         span = np.where(hi > lo, hi - lo, 1).astype(out.dtype)
         weight = np.clip((dead - lo) / span, 0.0, 1.0)[:, None].astype(out.dtype)
         work[dead] = (1.0 - weight) * work[lo] + weight * work[hi]

@@ -434,19 +434,22 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     assert failing[0]["error"].startswith("beam task failed after 0 retries: OSError: transient failure reading")
 
 
+def _index_row(path: str, **values) -> dict:
+    """An index row of a frame under SOP Instance UID 1.2.3 (``values`` replace its fields)."""
+    from portalign.archive._index import INDEX_COLUMNS
+
+    found = dict.fromkeys(INDEX_COLUMNS)
+    found.update(path=path, category="frame", sop_instance_uid="1.2.3", modality="RTIMAGE", rows=10, cols=10,
+                 gantry_deg=0.0)
+    found.update(values)
+    return found
+
+
 def test_a_reused_uid_on_another_image_is_said_apart_from_a_copy() -> None:
     """A new user's trial: 19 different images of an export that reuses UIDs were all called "duplicate"."""
-    from portalign.archive._index import INDEX_COLUMNS
     from portalign.archive._pair import pair_frames
 
-    def row(path: str, **values) -> dict:
-        found = dict.fromkeys(INDEX_COLUMNS)
-        found.update(path=path, category="frame", sop_instance_uid="1.2.3", modality="RTIMAGE", rows=10, cols=10,
-                     gantry_deg=0.0)
-        found.update(values)
-        return found
-
-    index = [row("a.dcm"), row("copy.dcm"), row("other.dcm", gantry_deg=90.0)]
+    index = [_index_row("a.dcm"), _index_row("copy.dcm"), _index_row("other.dcm", gantry_deg=90.0)]
     pair_frames(index)
     assert [r["category"] for r in index[1:]] == ["duplicate", "duplicate"]
     assert index[1]["reason"] == "duplicate: SOP Instance UID 1.2.3 already in a.dcm (the same header)"
@@ -457,18 +460,10 @@ def test_a_reused_uid_on_another_image_is_said_apart_from_a_copy() -> None:
 def test_a_reused_uid_on_another_image_is_a_warning_of_the_run() -> None:
     """A new user's trial: a gantry-90 copy under the frame's UID kept, the real frame skipped; only index.parquet
     said why, and summary.json's warnings were empty. Which of the two is kept depends on the order of the files."""
-    from portalign.archive._index import INDEX_COLUMNS
     from portalign.archive._pair import pair_frames
     from portalign.archive._run import _summary
 
-    def row(path: str, **values) -> dict:
-        found = dict.fromkeys(INDEX_COLUMNS)
-        found.update(path=path, category="frame", sop_instance_uid="1.2.3", modality="RTIMAGE", rows=10, cols=10,
-                     gantry_deg=0.0)
-        found.update(values)
-        return found
-
-    pairing = pair_frames([row("a.dcm"), row("copy.dcm"), row("other.dcm", gantry_deg=90.0)])
+    pairing = pair_frames([_index_row("a.dcm"), _index_row("copy.dcm"), _index_row("other.dcm", gantry_deg=90.0)])
     summary = _summary(pairing, [], [], {}, {}, {}, "cpu", 0, 0, 0, False)
     clash = [w for w in summary["warnings"] if "share a SOP Instance UID with a different image" in w]
     assert len(clash) == 1 and clash[0].startswith("1 file(s) skipped") and "(first: other.dcm: " in clash[0]

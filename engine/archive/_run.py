@@ -150,9 +150,8 @@ def run(
         # made once there is a cluster: a scheduler refused leaves no empty output folder behind
         try:
             parts_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ArchiveError(f"archive: --out {out_dir}: cannot create {parts_dir.name}/ there ({exc.strerror or exc}); "
-                               "give a folder you can write") from None
+        except OSError as exc:  # what the argument check cannot foresee (a full disk, a folder removed meanwhile)
+            raise _out_unusable(out_dir, str(exc.strerror or exc)) from None
         t0 = time.perf_counter()
         chunks = list(_index.iter_chunks(files, _INDEX_CHUNK))
         index_futures = client.map(_index.index_files, chunks, retries=retries, pure=False)
@@ -219,6 +218,11 @@ def run(
 # ---------------------------------------------------------------------------
 
 
+def _out_unusable(out_dir: Path, why: str) -> ArchiveError:
+    """Return the one-line error of an ``--out`` whose ``parts/`` cannot be made, ``why`` in brackets."""
+    return ArchiveError(f"archive: --out {out_dir}: cannot create parts/ there ({why}); give a folder you can write")
+
+
 def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, scheduler: str | None, resume: bool,
                      retries: int, backend: str, max_residual_mm: float, connect_timeout_s: float) -> None:
     if not sources:
@@ -248,8 +252,7 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
     why = ("Not a directory" if not above.is_dir() else
            "Permission denied" if not os.access(above, os.W_OK | os.X_OK) else "")
     if why:
-        raise ArchiveError(f"archive: --out {out_dir}: cannot create parts/ there ({why}: {above}); give a folder you "
-                           "can write")
+        raise _out_unusable(out_dir, f"{why}: {above}")
     parts = out_dir / "parts"
     if not resume and parts.is_dir() and any(parts.glob("*.parquet")):
         raise ArchiveError(f"archive: {out_dir} already holds a run (parts/*.parquet); pass --resume to continue it "

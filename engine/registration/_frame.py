@@ -14,7 +14,7 @@ import numpy as np
 from portalign.kernels.cpu.level import DEAD_LINE, LEVEL_SLOTS
 from portalign.kernels.cpu.pyramid import smooth_separable
 
-from ..field import FieldEstimate, bridge_lines
+from ..field import FieldEstimate, bridge_lines, live_neighbours
 from ..image import Image
 from ._plan import FramePlan, Level
 from ._search import searched_rotations
@@ -219,17 +219,11 @@ def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> int:
     """
     hot = 0
     for axis, lines in ((0, rows), (1, cols)):
-        taken, size = set(lines), pixels.shape[axis]
-        for line in lines:
-            beside = []
-            for direction in (-1, 1):
-                k = line + direction
-                while k in taken:
-                    k += direction
-                if 0 <= k < size:
-                    beside.append(float(np.mean(np.take(pixels, k, axis=axis), dtype=np.float64)))
-            if beside and float(np.mean(np.take(pixels, line, axis=axis), dtype=np.float64)) > max(beside):
-                hot += 1
+        found = live_neighbours(pixels.shape[axis], lines)
+        if found is not None:
+            dead, before, after = found
+            means = np.mean(pixels, axis=1 - axis, dtype=np.float64)  # each line's mean
+            hot += int(np.count_nonzero(means[dead] > np.maximum(means[before], means[after])))
     return hot
 
 
