@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     sitk = SimpleITKMethod() if args.simpleitk else None
     if sitk is not None:
         sitk.start()
-    rows: list[tuple[str, float, bool, float, float]] = []  # (aperture, error, ok, simpleitk error, rotation error)
+    # (aperture, error, ok, simpleitk error, rotation error, its stated uncertainty)
+    rows: list[tuple[str, float, bool, float, float, float]] = []
     gaps: list[tuple[float, float, bool]] = []  # GPU - CPU: (mm, deg, same verdict)
     for pair in render_pairs(ct, args.seed, args.pairs, args.only,
                              max_shift_mm=args.max_shift_mm, max_turn_deg=args.max_turn_deg):
@@ -231,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         error = math.nan if result.dx_mm is None else math.hypot(result.dx_mm - dx, result.dy_mm - dy)
         # the rotation's error where one was reported (None: not estimated, never counted as 0)
         turn = math.nan if result.rotation_deg is None else abs(result.rotation_deg - pair.rotation_deg)
+        # and its stated standard uncertainty (details["rotation_uncertainty_deg"]): how many of them hold the truth
+        spread = result.details.get("rotation_uncertainty_deg")
+        spread = math.nan if spread is None else float(spread)
         line = (f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm "
-                f"{'  (none)' if math.isnan(turn) else f'{turn:5.2f} deg'} ok={result.ok!s:<5}")
+                f"{'  (none)' if math.isnan(turn) else f'{turn:5.2f} deg (u {spread:.2f})'} ok={result.ok!s:<5}")
         if args.backend == "both":
             line += _backend_gap(result, portalign.register(reference, frame, backend="gpu"), gaps)
         peer = math.nan
@@ -249,17 +253,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    truth dx={dx:.3f} dy={dy:.3f}; result dx={result.dx_mm} dy={result.dy_mm} "
                   f"rotation={result.rotation_deg}; warnings={result.warnings}")
             print(f"    details={ {k: v for k, v in result.details.items() if k not in ('view', 'candidates')} }")
-        rows.append((kind, error, bool(result.ok), peer, turn))
+        rows.append((kind, error, bool(result.ok), peer, turn, spread))
     print("--")
     for kind in (*APERTURES, "all"):
         chosen = [r for r in rows if kind == "all" or r[0] == kind]
         ok = [r[1] for r in chosen if r[2]]
         peers = [r[3] for r in chosen if r[2] and np.isfinite(r[3])]
         turns = [r[4] for r in chosen if r[2] and np.isfinite(r[4])]
+        held = [r[4] / r[5] for r in chosen if r[2] and np.isfinite(r[4]) and r[5] > 0]  # error in uncertainties
         text = (f"SUMMARY {kind:<10}: {len(chosen)} pairs, {len(ok)} ok, median ok err "
                 f"{np.median(ok) if ok else math.nan:.3f} mm, max ok err {max(ok) if ok else math.nan:.3f} mm, "
                 f"ok>2mm: {sum(e > 2.0 for e in ok)}; rotation on {len(turns)}: median err "
                 f"{np.median(turns) if turns else math.nan:.2f} deg, max {max(turns) if turns else math.nan:.2f}")
+        if held:
+            text += (f", within 1 u {sum(h <= 1.0 for h in held) / len(held):.0%}, within 2 u "
+                     f"{sum(h <= 2.0 for h in held) / len(held):.0%}")
         if peers:
             text += f" | simpleitk on the same pairs: median {np.median(peers):.3f} mm"
         print(text)

@@ -28,6 +28,19 @@ def shown(value: float, digits: int = 2) -> float:
     return round(float(value), digits) + 0.0
 
 
+def rotation_text(rotation_deg: float | None, details: dict | None, equals: str = " =") -> str:
+    """``rotation = +1.25 ± 0.43 deg`` (its standard uncertainty where known), or ``rotation not estimated``.
+
+    ``details`` is a result's (``details["rotation_uncertainty_deg"]``, :func:`~portalign.registration._quality.
+    rotation_uncertainty_deg`); ``equals`` is what stands between the word and the value.
+    """
+    if rotation_deg is None:
+        return "rotation not estimated"
+    uncertainty = (details or {}).get("rotation_uncertainty_deg")
+    spread = "" if uncertainty is None else f" ± {shown(uncertainty):.2f}"
+    return f"rotation{equals} {shown(rotation_deg):+.2f}{spread} deg"
+
+
 def patient_position_argument(value: str) -> str:
     """``--patient-position``: one of the positions the couch axes are defined for (any case), else a usage error.
 

@@ -29,6 +29,7 @@ from ._cli_options import (
     add_mismatch_arguments,
     as_flags,
     patient_position_argument,
+    rotation_text,
     shown,
 )
 from .errors import MissingDependencyError, PortalignError
@@ -428,7 +429,7 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(payload, default=_plain))
         return
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
-    rotation = "rotation not estimated" if result.rotation_deg is None else f"rotation = {shown(result.rotation_deg):+.2f} deg"
+    rotation = rotation_text(result.rotation_deg, result.details)
     if result.dx_mm is None or result.dy_mm is None:
         print(f"dx, dy not measured   {rotation}   {status}")
     else:
@@ -502,8 +503,18 @@ def _info(args: argparse.Namespace) -> int:
         if key in ("notes", "dicom_warnings", *_NOTES):
             continue
         if key == "dead_detector_lines":  # null in --json: none found (not "unknown": they were looked for)
+            hot = value and (value["hot_rows"] + value["hot_columns"])
             print(f"{key}: none" if value is None else
-                  f"{key}: rows {value['rows'] or 'none'}, columns {value['columns'] or 'none'}")
+                  f"{key}: rows {value['rows'] or 'none'}, columns {value['columns'] or 'none'}"
+                  + (f" (hot: rows {value['hot_rows'] or 'none'}, columns {value['hot_columns'] or 'none'})"
+                     if hot else ""))
+            continue
+        if key == "kvp" and isinstance(value, (int, float)):  # the tag as stored, and what it means
+            print(f"kvp: {value:g} ({value / 1000:g} MV: the KVP tag holds an MV beam's energy in kV)"
+                  if value >= 1000 else f"kvp: {value:g} (kV)")
+            continue
+        if key == "acquisition_date" and isinstance(value, str) and len(value) == 8 and value.isdigit():
+            print(f"acquisition_date: {value[:4]}-{value[4:6]}-{value[6:]}")  # DICOM's YYYYMMDD, as ISO 8601
             continue
         # angles to 0.01 deg: a collimator at 0.000142 deg is at 0
         print(f"{key}: {_rounded(_angle_text(value) if key.endswith('_deg') and isinstance(value, float) else value)}")
@@ -564,10 +575,11 @@ def _understood(image: Any) -> dict[str, Any]:
     # the dead (or hot) detector lines registration leaves out of the match, and why an image has too many to
     out["dead_detector_lines"] = None
     if field.dead_rows or field.dead_cols:
-        from .registration._frame import dead_detector_lines
+        from .registration._frame import dead_detector_lines, hot_lines
 
         rows, cols = dead_detector_lines(field, factor)
-        out["dead_detector_lines"] = {"rows": rows, "columns": cols}
+        hot_rows, hot_cols = hot_lines(image.pixels, rows, cols)
+        out["dead_detector_lines"] = {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
     out["detector_lines_note"] = (f"{field.striped}: registration refuses this image (as a reference when it is "
                                   "prepared; as a frame, its result is not ok)") if field.striped else ""
     out["likely_inverted"] = False if drr else likely_inverted(image, small, field)  # a field darker than around it

@@ -244,6 +244,9 @@ class View:
     label : str
         Name of the view in reports (the frame's file name).
     warnings : tuple of str
+    rotation_uncertainty_deg : float or None
+        Standard uncertainty of ``rotation_deg`` (the result's ``details["rotation_uncertainty_deg"]``); ``None``
+        where unknown.
     """
 
     gantry_deg: float
@@ -256,6 +259,7 @@ class View:
     image_rotation_deg: float = 0.0
     label: str = ""
     warnings: tuple[str, ...] = ()
+    rotation_uncertainty_deg: float | None = None
 
     @classmethod
     def from_result(
@@ -309,6 +313,8 @@ class View:
             image_rotation_deg=rotation,
             label=name,
             warnings=tuple(warnings),
+            rotation_uncertainty_deg=(None if result.rotation_deg is None
+                                      else (result.details or {}).get("rotation_uncertainty_deg")),
         )
 
 
@@ -329,6 +335,10 @@ class CouchShift:
         directions do not determine it (roll, for coplanar views).
     rotation_correction_deg : dict
         The negatives of ``rotation_deg``.
+    rotation_uncertainty_deg : dict
+        ``{"pitch", "roll", "yaw"}``: the standard uncertainty of each estimated rotation (degrees), propagated from
+        the views' in-plane uncertainties through the same least squares (``None`` where the rotation, or a view's
+        uncertainty, is unknown).
     views : list of dict
         Per view: ``label, gantry_deg, couch_deg, image_rotation_deg, dx_mm, dy_mm,
         rotation_deg, predicted_dx_mm, predicted_dy_mm, residual_mm, ok, reason``.
@@ -378,6 +388,7 @@ class CouchShift:
     tolerance: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     version: str = __version__
+    rotation_uncertainty_deg: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def displacement_mm(self) -> np.ndarray:
@@ -473,8 +484,10 @@ def solve_couch_shift(
 
     # only views whose in-plane rotation was measured constrain the 3-D rotation
     rotated = [i for i, v in enumerate(views) if v.rotation_deg is not None]
-    rotation = _rotation_estimate(np.array(beams)[rotated].reshape(-1, 3),
-                                  np.array([views[i].rotation_deg for i in rotated], dtype=np.float64))
+    rotation, rotation_uncertainty = _rotation_estimate(
+        np.array(beams)[rotated].reshape(-1, 3), np.array([views[i].rotation_deg for i in rotated], dtype=np.float64),
+        np.array([np.nan if views[i].rotation_uncertainty_deg is None else views[i].rotation_uncertainty_deg
+                  for i in rotated], dtype=np.float64))
     unmeasured = [v.label or f"view {i}" for i, v in enumerate(views) if v.rotation_deg is None]
 
     reasons: list[str] = []
@@ -497,6 +510,7 @@ def solve_couch_shift(
             "dx_mm": view.dx_mm,
             "dy_mm": view.dy_mm,
             "rotation_deg": view.rotation_deg,
+            "rotation_uncertainty_deg": view.rotation_uncertainty_deg,
             "predicted_dx_mm": float(predicted[i, 0]),
             "predicted_dy_mm": float(predicted[i, 1]),
             "residual_mm": residual,
@@ -541,6 +555,7 @@ def solve_couch_shift(
         couch_correction={axis: float(-d[i]) + 0.0 for i, axis in enumerate(AXES)},
         rotation_deg=rotation,
         rotation_correction_deg={k: (None if v is None else -v + 0.0) for k, v in rotation.items()},
+        rotation_uncertainty_deg=rotation_uncertainty,
         views=view_rows,
         condition=condition,
         separation_deg=separation,
@@ -557,21 +572,34 @@ def solve_couch_shift(
     )
 
 
-def _rotation_estimate(beams: np.ndarray, thetas: np.ndarray) -> dict[str, float | None]:
-    """First-order rotation vector from in-plane rotations: ``theta_v = b_v . w``."""
+def _rotation_estimate(beams: np.ndarray, thetas: np.ndarray, sigmas: np.ndarray | None = None,
+                       ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """First-order rotation vector from in-plane rotations (``theta_v = b_v . w``), and its standard uncertainties.
+
+    ``w`` is the least-squares solution on the directions the beams span, ``w = V diag(1/s) U^T theta`` (SVD of
+    the beams); an axis outside them is ``None``. Independent view uncertainties ``sigma_v`` propagate linearly:
+    ``u_k = sqrt(sum_v (M_kv sigma_v)^2)`` with ``M = V diag(1/s) U^T``; ``None`` where a view's is unknown (NaN).
+    """
+    none: dict[str, float | None] = {"pitch": None, "roll": None, "yaw": None}
     if len(thetas) == 0:  # no view measured a rotation: none can be estimated
-        return {"pitch": None, "roll": None, "yaw": None}
+        return none, dict(none)
     u, s, vt = np.linalg.svd(beams, full_matrices=False)
     # Directions the beams span well enough: singular values of a pair 10 deg apart or more.
     keep = s > math.sqrt(1.0 - math.cos(math.radians(DEFAULT_MIN_SEPARATION_DEG)))
     basis = vt[keep]
-    w = basis.T @ ((u[:, keep].T @ thetas) / s[keep]) if basis.size else np.zeros(3)
+    solve = basis.T @ (u[:, keep] / s[keep]).T if basis.size else np.zeros((3, len(thetas)))  # M, 3 x views
+    w = solve @ thetas
+    spread = (np.sqrt(((solve * sigmas) ** 2).sum(axis=1)) if sigmas is not None and np.all(np.isfinite(sigmas))
+              else None)
     out: dict[str, float | None] = {}
+    uncertainty: dict[str, float | None] = {}
     for k, name in enumerate(("pitch", "roll", "yaw")):
         axis = np.eye(3)[k]
         outside = axis - basis.T @ (basis @ axis) if basis.size else axis
-        out[name] = float(w[k]) + 0.0 if np.linalg.norm(outside) < _OBSERVABLE else None
-    return out
+        observable = np.linalg.norm(outside) < _OBSERVABLE
+        out[name] = float(w[k]) + 0.0 if observable else None
+        uncertainty[name] = float(spread[k]) if observable and spread is not None else None
+    return out, uncertainty
 
 
 def register_views(
@@ -656,8 +684,11 @@ def _angle_of(frame: Image, reference: Image | None, attribute: str, warnings: l
     return None if value is None else float(value)
 
 
-def _rotation_text(value: float | None) -> str:
-    return "not estimated" if value is None else f"{shown(value):+5.2f}"
+def _rotation_text(value: float | None, spread: float | None = None) -> str:
+    """Return a view's in-plane rotation (deg) as the couch report prints it, with its uncertainty where known."""
+    if value is None:
+        return "not estimated"
+    return f"{shown(value):+5.2f}" + ("" if spread is None else f" ± {shown(spread):.2f}")
 
 
 def _deg(angle: float) -> str:
@@ -766,11 +797,14 @@ def _text_report(couch: CouchShift, parser: Any = None) -> str:
         lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction {shown(couch.couch_correction[axis]):+7.2f} mm"
                      f"{hint}")
     for name, value in couch.rotation_deg.items():
-        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))
+        spread = (couch.rotation_uncertainty_deg or {}).get(name)
+        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f}"
+                                        + ("" if spread is None else f" ± {shown(spread):.2f}") + " deg"))
     for view in couch.views:
         gantry = round(float(view["gantry_deg"]), 1) % 360.0 + 0.0  # 359.996 is gantry 0.0, as the reasons say
         lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f} dy {shown(view['dy_mm']):+6.2f} "
-                     f"rot {_rotation_text(view['rotation_deg'])}  residual {view['residual_mm']:.2f} mm"
+                     f"rot {_rotation_text(view['rotation_deg'], view.get('rotation_uncertainty_deg'))}  "
+                     f"residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if couch.within_tolerance:
         flags = ", ".join(f"{k} {'within' if v else ('not estimated' if v is None else 'OUTSIDE')}"

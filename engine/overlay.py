@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cli_options import rotation_text
 from .couch import PATIENT_TO_IEC, image_axes
 from .errors import MissingDependencyError
 from .image import Image, beam_kind
@@ -123,8 +124,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
         meaning = "   edge letters: " + (f"patient directions ({position})" if position in PATIENT_TO_IEC
                                          else "IEC 61217 patient-support axes")
     status = "OK" if result.ok else f"NOT OK: {result.reason}"
-    rotation = ("rotation not estimated" if result.rotation_deg is None
-                else f"rotation = {result.rotation_deg:+.2f} deg")
+    rotation = rotation_text(result.rotation_deg, result.details)
     if result.dx_mm is None or result.dy_mm is None:
         shift = "dx, dy not measured (the reference drawn unmoved)"
     else:

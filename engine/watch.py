@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options, shown
+from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options, rotation_text, shown
 from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
@@ -349,8 +349,7 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
         elif status == "reference":
             parts.append("kept as the reference of its beam")
         elif status in ("ok", "not_ok"):
-            rotation = result.get("rotation_deg")
-            rot = "rotation not estimated" if rotation is None else f"rotation {shown(rotation):+.2f} deg"
+            rot = rotation_text(result.get("rotation_deg"), result.get("details"), equals="")
             verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
             dx, dy = result.get("dx_mm"), result.get("dy_mm")

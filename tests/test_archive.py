@@ -173,7 +173,7 @@ def test_pairing_by_plan_and_beam():
     assert fates["a/f1_copy.dcm"] == ("duplicate", "skipped")
     assert {r["path"] for r in pairing.unmatched} == {"a/f2.dcm", "a/f3.dcm", "a/nobeam.dcm"}
     assert "no ReferencedBeamNumber" in next(r for r in index if r["path"] == "a/nobeam.dcm")["reason"]
-    assert next(r for r in index if r["path"] == "a/f2.dcm")["reason"] == "no reference for plan P beam 2"
+    assert next(r for r in index if r["path"] == "a/f2.dcm")["reason"].startswith("no reference for plan P beam 2 (")
 
     # Option: the beam's first portal image (fraction 1) becomes its reference.
     index = [{**r, "fate": None, "reason": None, "category": "frame" if r["path"] == "a/f1_copy.dcm" else r["category"]}
@@ -312,6 +312,23 @@ def test_report_and_summary_files(first_run):
         assert f"(plots/{png})" in report
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "fx01_beam9_no_reference.dcm" in report
+    # why frames were not registered, grouped: the beam without a reference, with what would pair it
+    (entry,) = summary["not_registered"]
+    assert entry["status"] == "unmatched" and entry["frames"] == 1
+    assert entry["reason"].startswith("no reference for plan") and "first_portal_reference" in entry["reason"]
+
+
+@pytest.mark.slow
+def test_the_console_says_why_frames_were_not_registered(archive, first_run, monkeypatch, capsys):
+    """The console, not only report.md, names the reason (a new user's trial saw "1 unmatched" and had to look)."""
+    import portalign.archive
+
+    monkeypatch.setattr(portalign.archive, "run", lambda *args, **kwargs: first_run)  # the run's real summary
+    assert main(["archive", str(archive.root), "--out", str(first_run.out_dir)]) == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("unmatched: 1 frame(s): no reference for plan")]
+    assert len(said) == 1, out
+    assert "--first-portal-reference takes its first portal image" in said[0]  # the flag, not the keyword
 
 
 @pytest.mark.slow

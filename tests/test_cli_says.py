@@ -425,7 +425,7 @@ def test_watch_prints_a_line_per_file_and_once_fails_when_a_file_failed(capsys, 
     assert status == 1, err
     lines = out.splitlines()
     assert len(lines) == 2, out
-    match = re.match(r"a_frame\.dcm: dx ([-+]\d+\.\d\d) mm, dy ([-+]\d+\.\d\d) mm, rotation [-+]\d\.\d\d deg, ok$",
+    match = re.match(r"a_frame\.dcm: dx ([-+]\d+\.\d\d) mm, dy ([-+]\d+\.\d\d) mm, rotation [-+]\d\.\d\d ± \d\.\d\d deg, ok$",
                      lines[0])
     assert match, lines[0]
     assert (float(match[1]), float(match[2])) == pytest.approx((DX_MM, DY_MM), abs=0.1)
@@ -524,6 +524,9 @@ def test_info_names_the_mv_energy_that_varian_stores_as_kvp(capsys, tmp_path) ->
     assert info["patient_position"] is None  # unknown: null, as every value not recorded
     status, out, _ = run(capsys, "info", path)
     assert "patient_position: unknown" in out.splitlines()
+    # the tag as stored (JSON: 6000), said in MV in the text (a new user read "kvp: 10000" as a fault)
+    assert info["kvp"] == 6000
+    assert "kvp: 6000 (6 MV: the KVP tag holds an MV beam's energy in kV)" in out.splitlines()
 
 
 def test_the_image_kind_is_said_alike_by_info_and_the_review_picture() -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from portalign.couch import (
     PATIENT_DIRECTIONS,
     CouchShift,
     View,
+    _text_report,
     image_axes,
     patient_matrix,
     projection_matrix,
@@ -190,6 +192,36 @@ def test_rotations_from_the_in_plane_rotations():
         views.append(View(gantry_deg=gantry, couch_deg=couch_deg, dx_mm=0.0, dy_mm=0.0, rotation_deg=float(beam @ w)))
     estimate = solve_couch_shift(views).rotation_deg
     assert [estimate["pitch"], estimate["roll"], estimate["yaw"]] == pytest.approx(w.tolist())
+
+
+def test_the_rotations_uncertainties_are_the_views_propagated():
+    """pitch, roll and yaw carry the views' in-plane standard uncertainties through the same least squares: the
+    spread of the estimates over views drawn with those uncertainties (Monte Carlo, numpy's own draws) matches."""
+    w = np.array([0.7, -1.1, 0.4])
+    layout = [(0, 0, 0.2), (90, 0, 0.4), (90, 90, 0.3), (45, 0, 0.5)]  # gantry, couch, uncertainty (deg)
+    beams = np.array([image_axes(g, couch_deg=c)[2] for g, c, _ in layout])
+    sigma = np.array([u for *_, u in layout])
+
+    def solved(noise):
+        return solve_couch_shift([View(gantry_deg=g, couch_deg=c, dx_mm=0.0, dy_mm=0.0, label=f"G{g}C{c}",
+                                       rotation_deg=float(b @ w + e), rotation_uncertainty_deg=u)
+                                  for (g, c, u), b, e in zip(layout, beams, noise, strict=True)])
+
+    stated = solved(np.zeros(len(layout))).rotation_uncertainty_deg
+    draws = np.random.default_rng(7).standard_normal((1000, len(layout))) * sigma
+    estimates = np.array([[solved(e).rotation_deg[k] for k in ("pitch", "roll", "yaw")] for e in draws])
+    assert estimates.mean(axis=0) == pytest.approx(w, abs=0.05)
+    assert [stated["pitch"], stated["roll"], stated["yaw"]] == pytest.approx(estimates.std(axis=0), rel=0.1)
+    # a view without an uncertainty: none is claimed; a rotation not estimated has none either
+    views = views_for([1.0, -2.5, 0.5], (0, 90), rotations=[0.4, -1.2])
+    assert solve_couch_shift(views).rotation_uncertainty_deg == {"pitch": None, "roll": None, "yaw": None}
+    views = [replace(v, rotation_uncertainty_deg=0.3) for v in views]
+    couch = solve_couch_shift(views)
+    assert couch.rotation_uncertainty_deg["roll"] is None  # not observable from two coplanar views
+    assert couch.rotation_uncertainty_deg["pitch"] == pytest.approx(0.3) == couch.rotation_uncertainty_deg["yaw"]
+    text = _text_report(couch).splitlines()
+    assert any(re.fullmatch(r" +yaw: +[-+]0\.40 ± 0\.30 deg", line) for line in text), text
+    assert any(re.fullmatch(r" +roll: not estimated", line) for line in text), text
 
 
 def test_tolerance_table_per_axis():

@@ -482,6 +482,10 @@ def test_a_hot_detector_line_is_called_hot_not_dead():
     assert math.hypot(result.dx_mm - 2.0, result.dy_mm + 1.5) < 0.15
     assert ("1 faulty detector row(s) and 1 column(s) left out of the match (1 hot, brighter than the lines beside "
             "them; 1 dead)") in result.warnings, result.warnings
+    # the record says which is which: clients that read details["dead_detector_lines"] see the hot one named
+    lines = result.details["dead_detector_lines"]
+    assert (lines["hot_rows"], lines["hot_columns"]) == ([133], [])
+    assert 133 in lines["rows"] and 203 in lines["columns"]
 
 
 @pytest.mark.parametrize("cols", [(199, 200), (199, 201)])

@@ -188,6 +188,27 @@ def test_a_match_at_the_aperture_that_the_anatomy_contradicts_is_refused():
     assert kept.ok and kept.dx_mm == found.dx_mm and kept.details["interior_check"]["offset_mm"] < 0.5
 
 
+def test_mutual_information_s_rotation_is_as_uncertain_as_its_gap_to_the_edges():
+    """The faint pair above: auto reports MI's rotation, 0.87 deg off (the truth is 0), where the edge optimum's lay
+    0.5 deg further. Its uncertainty holds that gap (``rotation_uncertainty_deg``: 0.44 deg, 0.26 without it), in
+    the compiled program and in the eager steps (the GPU's) alike."""
+    from portalign.backends import cpu_backend
+
+    reference, frame = _portal_pair((3.0, -1.5), contrast=0.01, noise=0.003)
+    compiled = portalign.register(reference, frame, backend="cpu")
+    eager = portalign.register(reference, frame, backend=replace(cpu_backend(), compiled_program=False))
+    for result in (compiled, eager):
+        assert result.ok and result.details["final_metric"] == "mi" and result.rotation_deg is not None
+        gap = result.details["edge_mi_rotation_gap_deg"]
+        assert gap > 0.3
+        assert result.details["rotation_uncertainty_deg"] >= gap / math.sqrt(2)
+        assert abs(result.rotation_deg) <= 2.5 * result.details["rotation_uncertainty_deg"]  # 3.4 without the gap
+    assert eager.details["edge_mi_rotation_gap_deg"] == pytest.approx(compiled.details["edge_mi_rotation_gap_deg"],
+                                                                     abs=1e-9)
+    assert eager.details["rotation_uncertainty_deg"] == pytest.approx(compiled.details["rotation_uncertainty_deg"],
+                                                                     abs=1e-9)
+
+
 @pytest.mark.parametrize("shift", [(0.0, 0.0), (0.8, -0.6)])
 def test_a_portal_pair_whose_anatomy_agrees_stays_ok(shift):
     reference, frame = _portal_pair(shift)

@@ -293,6 +293,24 @@ def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_i
         assert any("does not constrain rotation" in w for w in result.warnings)
     else:
         assert abs(result.rotation_deg - motion[2]) < 0.5
+        # its standard uncertainty: a fifth of the working pixel at the lever arm, the split-half spread's half with it
+        split = result.details["split_half_deg"] or 0.0
+        gap = result.details["edge_mi_rotation_gap_deg"] or 0.0  # where MI's rotation is reported: the edges' beside it
+        expected = math.hypot(math.degrees(0.2 * result.details["working_spacing_mm"] / support), split / 2,
+                              gap / math.sqrt(2))
+        assert result.details["rotation_uncertainty_deg"] == pytest.approx(expected, rel=1e-9)
+        assert abs(result.rotation_deg - motion[2]) <= 2.0 * expected
+
+
+def test_the_rotation_uncertainty_formula() -> None:
+    """``u = sqrt((0.2 w / L)^2 + (s / 2)^2 + g^2 / 2)`` in degrees, worked by hand: 30 mm lever arm, 1 mm pixel."""
+    from portalign.registration._quality import rotation_uncertainty_deg
+
+    assert rotation_uncertainty_deg(30.0, 1.0, None) == pytest.approx(0.381972, abs=1e-6)  # 0.2 / 30 rad
+    assert rotation_uncertainty_deg(30.0, 1.0, 0.6) == pytest.approx(math.hypot(0.381972, 0.3), abs=1e-6)
+    assert rotation_uncertainty_deg(60.0, 0.5, None) == pytest.approx(0.381972 / 4, abs=1e-6)
+    # edge and MI rotations 0.5 deg apart, MI's reported: sqrt(0.381972^2 + 0.3^2 + 0.5^2 / 2)
+    assert rotation_uncertainty_deg(30.0, 1.0, 0.6, 0.5) == pytest.approx(0.600752, abs=1e-6)
 
 
 def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:

@@ -12,6 +12,9 @@ from ..options import RegistrationOptions
 
 __all__ = ["add_arguments", "run"]
 
+#: The console names this many reasons why frames were not registered (the most frequent).
+NOT_REGISTERED_SHOWN = 5
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``portalign archive`` arguments to a parser."""
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary = result.summary
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("counts", "population", "tasks", "timing")}, default=str))
+        print(json.dumps({k: summary[k] for k in ("counts", "population", "tasks", "timing", "not_registered")},
+                         default=str))
         return 0
     counts = summary["counts"]
     print(f"{counts['files']} files: {counts['frames']} frames ({counts['registered']} registered, {counts['not_ok']} not "
@@ -76,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
         values = " ".join(f"{name} {'n/a' if s[key] is None else format(s[key], '.2f')}" for name, key in (
             ("M", "M_mm"), ("Sigma", "Sigma_mm"), ("sigma", "sigma_mm"), ("margin", "margin_van_herk_mm")))
         print(f"{axis:>13}: {values} mm  ({s['n_patients']} patients)")
+    # why frames were not registered (each reason once, most frequent first; report.md lists every frame)
+    shown_reasons = summary.get("not_registered") or []
+    for entry in shown_reasons[:NOT_REGISTERED_SHOWN]:
+        print(f"{entry['status']}: {entry['frames']} frame(s): "
+              f"{as_flags(entry['reason'], getattr(args, 'subparser', None))}")
+    if len(shown_reasons) > NOT_REGISTERED_SHOWN:
+        print(f"... {len(shown_reasons) - NOT_REGISTERED_SHOWN} more reason(s) in report.md and summary.json")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"outputs in {result.out_dir} (report.md, summary.json, registrations/setups/index.parquet)")

@@ -437,6 +437,9 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
         warnings.append(f"{len(not_ok_setups)} fraction(s) with two or more views are not ok and are left out of the "
                         f"population statistics (first: {not_ok_setups[0]['reason']})")
     frames_per_s = (timing["frames_this_run"] / timing["register_s"]) if timing.get("frames_this_run") else None
+    # why frames were not registered, most frequent first: the console says it, not only report.md
+    why = Counter((r["status"], r.get("reason") or r.get("error") or "no reason recorded")
+                  for r in rows if r["status"] in ("unmatched", "failed"))
     return {
         "version": __version__,
         "definitions": {
@@ -472,6 +475,8 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
             "patients_in_statistics": population["lateral"]["n_patients"],
         },
         "categories": dict(sorted(categories.items())),
+        "not_registered": [{"status": status, "reason": reason, "frames": n}
+                           for (status, reason), n in sorted(why.items(), key=lambda item: (-item[1], item[0]))],
         "tasks": {"total": len(pairing.tasks), "run": tasks_run - tasks_failed, "skipped_resume": tasks_skipped,
                   "failed": tasks_failed},
         "timing": {"frames_per_s": frames_per_s},

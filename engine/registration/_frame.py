@@ -204,11 +204,12 @@ def dead_detector_lines(field: FieldEstimate, field_factor: int) -> tuple[list[i
     return rows, cols
 
 
-def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> int:
-    """Return how many of the detector ``rows`` and ``cols`` of ``pixels`` are hot, not dead.
+def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> tuple[list[int], list[int]]:
+    """Return which of the detector ``rows`` and ``cols`` of ``pixels`` are hot, not dead.
 
     A line is hot when its mean is above that of the nearest live lines either side of it. A dead line
-    is dark or stuck. Both are left out of a match the same way; the count only words the warning.
+    is dark or stuck. Both are left out of a match the same way; which are hot words the warning and the
+    ``details["dead_detector_lines"]`` record (its ``hot_rows`` and ``hot_columns``).
 
     Parameters
     ----------
@@ -216,15 +217,20 @@ def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> int:
         The image's own pixels.
     rows, cols : list of int
         Its faulty detector lines (:func:`dead_detector_lines`).
+
+    Returns
+    -------
+    hot_rows, hot_cols : list of int
+        The hot ones among ``rows`` and ``cols`` (the image's pixel indices, ascending).
     """
-    hot = 0
+    hot: list[list[int]] = [[], []]
     for axis, lines in ((0, rows), (1, cols)):
         found = live_neighbours(pixels.shape[axis], lines)
         if found is not None:
             dead, before, after = found
             means = np.mean(pixels, axis=1 - axis, dtype=np.float64)  # each line's mean
-            hot += int(np.count_nonzero(means[dead] > np.maximum(means[before], means[after])))
-    return hot
+            hot[axis] = dead[means[dead] > np.maximum(means[before], means[after])].tolist()
+    return hot[0], hot[1]
 
 
 def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:

@@ -70,6 +70,7 @@ from ._quality import (
     is_clean,
     reference_contrast_to_noise,
     rotation_radius,
+    rotation_uncertainty_deg,
 )
 from ._refine import edge_score, newton
 from ._search import DISTINCT_MM, global_search
@@ -291,9 +292,16 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
 
 
-def _lines_warning(whose: str, pixels: np.ndarray, rows: list[int], cols: list[int]) -> str:
+def _lines_record(pixels: np.ndarray, rows: list[int], cols: list[int]) -> dict:
+    """Return ``details["dead_detector_lines"]``: the faulty detector lines left out, and which of them are hot."""
+    hot_rows, hot_cols = hot_lines(pixels, rows, cols)
+    return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
+
+
+def _lines_warning(whose: str, record: dict) -> str:
     """Return the warning that names the faulty detector lines left out of the match: dead ones, and hot ones said so."""
-    hot = hot_lines(pixels, rows, cols)
+    rows, cols = record["rows"], record["columns"]
+    hot = len(record["hot_rows"]) + len(record["hot_columns"])
     if not hot:
         return f"{whose}{len(rows)} dead detector row(s) and {len(cols)} column(s) left out of the match"
     kinds = f"{hot} hot, brighter than the lines beside them" + (f"; {len(rows) + len(cols) - hot} dead"
@@ -1077,13 +1085,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                      and (not field.note or not field.note.startswith(_COVERS_NOTE)) and wants_field(opts, frame))
     # the detector lines themselves (where the detector's pixels confirmed them: always for a frame with a field
     # looked for), not the field-detection level's lines they fall in
+    frame_lines = reference_lines = None
     if field.dead_rows or field.dead_cols:
-        dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
-        warnings.append(_lines_warning("", frame.pixels, dead_rows, dead_cols))
+        frame_lines = _lines_record(frame.pixels, *dead_detector_lines(field, 2 ** plan.field_level))
+        warnings.append(_lines_warning("", frame_lines))
     reference_field = reference.field
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
-        dead_rows, dead_cols = dead_detector_lines(reference_field, reference._field_factor)
-        warnings.append(_lines_warning("the reference's ", reference.image.pixels, dead_rows, dead_cols))
+        reference_lines = _lines_record(reference.image.pixels,
+                                        *dead_detector_lines(reference_field, reference._field_factor))
+        warnings.append(_lines_warning("the reference's ", reference_lines))
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
     # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
@@ -1159,8 +1169,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
+    finest_level = levels[plan.refine_levels[-1]]
     shift_measured = (levels[plan.coarse.level].usable >= MIN_MEASURED_PIXELS
-                      and levels[plan.refine_levels[-1]].usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
+                      and finest_level.usable >= MIN_MEASURED_PIXELS)  # no min(): a Python call
     lever_warning = ""
     if found.rotation_unsupported and shift_measured:
         lever_warning = (f"the image's structure does not constrain rotation (lever arm "
@@ -1344,18 +1355,18 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["periodic_check"] = periodic
     # a noisy frame registered from its smoothed pixels: the smoothing (mm) and the frame's own contrast over noise
     details["denoised"] = denoised
-    # the detector rows and columns left out of the match as dead lines (the frame's pixel indices; null: none)
-    details["dead_detector_lines"] = details["reference_dead_detector_lines"] = None
-    if field.dead_rows or field.dead_cols:  # rare (no call otherwise: this runs for every frame)
-        dead_rows, dead_cols = dead_detector_lines(field, 2 ** plan.field_level)
-        details["dead_detector_lines"] = {"rows": dead_rows, "columns": dead_cols}
-    if reference_field.dead_rows or reference_field.dead_cols:  # the reference's (its own pixel indices)
-        dead_rows, dead_cols = dead_detector_lines(reference_field, reference._field_factor)
-        details["reference_dead_detector_lines"] = {"rows": dead_rows, "columns": dead_cols}
+    # the faulty (dead or hot) detector rows and columns left out of the match, the frame's pixel indices, and which
+    # of them are hot (null: none); the reference's, its own pixel indices
+    details["dead_detector_lines"] = frame_lines
+    details["reference_dead_detector_lines"] = reference_lines
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
     details["rotation_estimated"] = rotate
+    # the finest pyramid level the optimum was refined on: its pixel (mm at the isocentre, the smaller of the two)
+    working_spacing = finest_level.spacing
+    details["working_spacing_mm"] = (working_spacing[0] if working_spacing[0] < working_spacing[1]
+                                     else working_spacing[1])  # min(), written out: no call a frame
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     if backend.fallback_reason:
         warnings.append(backend.fallback_reason)
@@ -1376,6 +1387,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             for key in ("edge_score", "match_significance", "edge_score_selection", "rotation_support_mm",
                         "final_metric", "final_metric_why"):
                 details[key] = None
+    # where auto reports MI's rotation: how far the edge optimum's lay from it (deg), a part of its uncertainty
+    rotation_gap = (abs(float(found.mi_pose[2]) - found.edge_rotation) * _DEGREES
+                    if rotate and found.mi_final and found.mi_rotated and found.mi_pose is not None
+                    and found.edge_rotation is not None else None)
+    details["edge_mi_rotation_gap_deg"] = rotation_gap
+    # the estimated rotation's standard uncertainty (deg; null where it was not estimated)
+    details["rotation_uncertainty_deg"] = (
+        rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
+        if rotate and found.rotation_support_mm else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]) if shift_measured else None,

@@ -168,6 +168,7 @@ _MI_GAP, _MI_X, _MI_T, _FINAL_EDGE, _REPORTED = (_OUT[k] for k in ("mi_gap_mm", 
 _SPLIT_MM, _SPLIT_DEG, _NO_MATCH, _MI_FINAL = (_OUT[k] for k in ("split_mm", "split_deg", "no_match", "mi_final"))
 _MI_ROTATED = _OUT["mi_rotated"]
 _MI_AT_EDGE = _OUT["mi_at_edge"]
+_EDGE_T = _OUT["edge_theta_rad"]
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -202,6 +203,8 @@ class SearchOutcome:
     #: Where the MI optimum is reported: normalised MI - 1 at the edge optimum its ascent began from (``reported`` is
     #: the same at the end), else ``None``.
     mi_at_edge: float | None = None
+    #: The edge optimum's rotation (rad) before the MI optimum replaced it (``mi_final``), else the reported one's.
+    edge_rotation: float | None = None
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -289,6 +292,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         mi_final=o[_MI_FINAL] == 1.0,
         mi_rotated=o[_MI_ROTATED] == 1.0,
         mi_at_edge=None if o[_MI_AT_EDGE] != o[_MI_AT_EDGE] else o[_MI_AT_EDGE],
+        edge_rotation=None if o[_EDGE_T] != o[_EDGE_T] else o[_EDGE_T],
     )
 
 
@@ -401,6 +405,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         mi_gap = float(np.hypot(*(mi_pose[:2] - pose[:2])))
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
     mi_at_edge = None
+    edge_rotation = float(pose[2])
     if mi_final and mi_pose is not None:
         mi_at_edge = mi_score(backend, plan, finest, np.asarray(pose, dtype=np.float64), normalised=True) - 1.0
         pose = mi_pose.copy()
@@ -433,6 +438,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         mi_final=mi_final,
         mi_rotated=mi_rotated,
         mi_at_edge=mi_at_edge,
+        edge_rotation=edge_rotation,
     )
 
 

@@ -63,7 +63,7 @@ OUT_NAMES = (
     "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
     "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final", "mi_rotated",
-    "mi_at_edge",
+    "mi_at_edge", "edge_theta_rad",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -81,6 +81,7 @@ _SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] f
 _MI_FINAL = _O["mi_final"]
 _MI_ROTATED = _O["mi_rotated"]
 _MI_AT_EDGE = _O["mi_at_edge"]
+_EDGE_T = _O["edge_theta_rad"]
 
 
 @njit(cache=True, nogil=True)
@@ -406,6 +407,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     else:
         final_edge = score  # the quadratic model's value at the final edge optimum
     edge_pose = pose.copy()
+    out[_EDGE_T] = edge_pose[2]  # the edge optimum's rotation, beside MI's where auto reports MI's (its uncertainty)
     if mi_final:
         pose = result[:3].copy()
     if method == METHOD_EDGE:
