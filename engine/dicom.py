@@ -164,6 +164,7 @@ _TAGS = {
     "DistanceSourceToIsocenter": "(0018,9402)",
     "ImagePlanePixelSpacing": "(3002,0011)",
     "PixelSpacing": "(0028,0030)",
+    "PhotometricInterpretation": "(0028,0004)",
     "ImagerPixelSpacing": "(0018,1164)",
     "RTImagePosition": "(3002,0012)",
     "RTImageOrientation": "(3002,0010)",
@@ -553,9 +554,14 @@ def _parse(data: bytes, name: str) -> Dataset:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except Exception as exc:
             raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
+    except RecursionError as exc:  # sequences inside sequences, hundreds deep: no RT Image nests so
+        raise PortalImageError(f"{name}: damaged DICOM file (its sequences nest deeper than the reader's recursion "
+                               "limit; an RT Image nests a few levels)") from exc
     except Exception as exc:
         if has_preamble:
-            raise PortalImageError(f"{name}: damaged DICOM file ({_one_line(exc)})") from exc
+            # pydicom gives the byte offset in hexadecimal without saying so ("file position B13A")
+            said = re.sub(r"\bfile position ([0-9A-Fa-f]+)\b", r"byte 0x\1", _one_line(exc))
+            raise PortalImageError(f"{name}: damaged DICOM file ({said})") from exc
         raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     if not _looks_like_dicom(ds):
         raise PortalImageError(f"{name}: {_NOT_DICOM}")
@@ -973,7 +979,14 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
     samples = _checked_int(ds, "SamplesPerPixel", name, 1, 4) or 1
     if samples != 1:
         raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    try:  # a damaged element (an unknown or binary VR) is a damaged file, named, not pydicom's exception
+        photometric = ds.get("PhotometricInterpretation", "") or ""
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on it
+        raise PortalImageError(f"{name}: {_label('PhotometricInterpretation')} cannot be read ({_one_line(exc)}); the "
+                               "file is damaged (a greyscale RT Image has MONOCHROME1 or MONOCHROME2 there)") from None
+    if isinstance(photometric, bytes):
+        photometric = photometric.decode("latin-1")
+    photometric = str(photometric).strip(" \0").upper()
     if photometric == "PALETTE COLOR":  # one sample a pixel, but an index into a colour table: not a signal
         raise PortalImageError(
             f"{name}: is a palette-colour image (PhotometricInterpretation (0028,0004) PALETTE COLOR): its values index "

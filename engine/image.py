@@ -304,6 +304,11 @@ def check_frame_pixels(frame: Image) -> None:
 MAX_RESAMPLING_GROWTH = 16
 #: The search range (max shift + margin) may span at most this many times the frame's larger side, in pixels.
 MAX_SEARCH_SPAN = 4
+#: The global search pads the frame by the search range on every side, in pixels of its finer spacing: that grid may
+#: hold at most this many times the pixels of the larger image (or of ``SEARCH_GRID_FLOOR``, whichever is more). A
+#: fuzzed 12 kB file of 8 x 640 pixels at 10 x 0.01 mm passed the span check and asked for 1.98 GiB of spectra.
+MAX_SEARCH_GROWTH = 4
+SEARCH_GRID_FLOOR = 1 << 18
 
 
 def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: float) -> None:
@@ -349,6 +354,18 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
             f"{name}: a search range of {max_shift_mm:g} mm is {span:.3g} pixels at {min(sy, sx):.4g} mm, over "
             f"{MAX_SEARCH_SPAN} times the frame's {max(rows, cols)} pixels; "
             "check the frame's spacing or pass a smaller max_shift_mm="
+        )
+    # both axes are padded by the span at the finer spacing: a spacing far finer along one axis than the other
+    # (10 x 0.01 mm) pads the coarse one by thousands of pixels it does not have
+    grid = (rows + 2.0 * span) * (cols + 2.0 * span)
+    if grid > MAX_SEARCH_GROWTH * max(ref_rows * ref_cols, rows * cols, SEARCH_GRID_FLOOR):
+        fix = ("detector pixels are square or nearly so: check the frame's spacing tags (ImagePlanePixelSpacing, "
+               "PixelSpacing) or pass pixel_spacing_mm=" if max(sy, sx) > 2.0 * min(sy, sx)
+               else "pass a smaller max_shift_mm= (or check the frame's spacing tags)")
+        raise GeometryError(
+            f"{name}: pixel spacing {sy:.4g} x {sx:.4g} mm (rows x columns): a search of +-{max_shift_mm:g} mm pads "
+            f"its {rows} x {cols} pixels by {span:.0f} on every side, {grid:.3g} pixels (over {MAX_SEARCH_GROWTH} "
+            f"times the larger image); {fix}"
         )
 
 

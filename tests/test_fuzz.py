@@ -440,7 +440,7 @@ def test_escape_nan_gantry_angle_is_an_error_not_zero(tmp_path, shipped, capsys)
 # ---------------------------------------------------------------------------
 
 
-def _flat(shape: tuple[int, int], spacing: float, name: str) -> portalign.Image:
+def _flat(shape: tuple[int, int], spacing: float | tuple[float, float], name: str) -> portalign.Image:
     pixels = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape)
     return portalign.Image.from_array(pixels, pixel_spacing_mm=spacing, name=name)
 
@@ -730,3 +730,72 @@ def test_a_tolerance_file_that_is_not_text_is_an_error_naming_it(tmp_path):
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(ToleranceError, match=r"^latin\.toml: not a TOML text file \(not UTF-8 text\)"):
         load_tolerance(path)
+
+
+# ---------------------------------------------------------------------------
+# a third campaign (session 28: seeds 777001, 424242, 515151 of this module, and 2,172 mutants of sequences, VRs,
+# bit layouts and pixel lengths): one escape at one line, and one small file that asked for 1.98 GiB
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vr", [b"Cu", b"FD"], ids=["unknown-vr", "binary-vr"])
+def test_a_photometric_interpretation_that_cannot_be_read_is_named(tmp_path, shipped, capsys, vr):
+    """Seed 777001's mutant 63 (and 10 of the campaign's own): (0028,0004) with an unknown VR ('Cu') escaped as
+    pydicom's NotImplementedError, with a binary one ('FD') as its BytesLengthException, from the reader, ``info``
+    and ``register`` alike (the one lookup of the pixel module not guarded)."""
+    data = shipped[0].explicit
+    start, _, _ = _elements(data, "PhotometricInterpretation")[0]
+    path = tmp_path / "photometric.dcm"
+    path.write_bytes(data[: start + 4] + vr + data[start + 6 :])
+    with pytest.raises(PortalImageError, match=r"PhotometricInterpretation \(0028,0004\) cannot be read \(.*\); the "
+                                               r"file is damaged"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, r"PhotometricInterpretation \(0028,0004\) cannot be read")
+
+
+def test_a_spacing_far_finer_along_one_axis_is_refused_before_the_search_is_allocated():
+    """A 12 kB file of 8 x 640 pixels at 10 x 0.01 mm (each within the reader's range) passed the span check: the
+    search pads both axes by the span at the finer spacing, and it asked for (9, 5120, 5760) complex64, 1.98 GiB."""
+    reference = _flat((128, 128), 1.0, "drr")
+    frame = _flat((8, 640), (10.0, 0.01), "frame")
+    with pytest.raises(GeometryError, match=r"^frame: pixel spacing 10 x 0\.01 mm \(rows x columns\): a search of "
+                                            r"\+-20 mm pads its 8 x 640 pixels by 2500 on every side, 2\.82e\+07 "
+                                            r"pixels .* detector pixels are square or nearly so"):
+        check_registration_size(reference, frame, max_shift_mm=20.0)
+    with _PeakMemory() as memory, pytest.raises(GeometryError, match="detector pixels are square"):
+        portalign.register(reference, frame, backend="cpu")
+    assert memory.peak < 64 << 20, memory.peak
+    # square pixels of a small crop, and a 2:1 binned detector, pass
+    check_registration_size(reference, _flat((100, 100), 0.26, "crop"), max_shift_mm=20.0)
+    check_registration_size(reference, _flat((384, 512), (0.78, 0.39), "binned"), max_shift_mm=20.0)
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """``depth`` ExposureSequences (3002,0030) each inside the last one's item, undefined lengths (Explicit VR LE)."""
+    opened = (struct.pack("<HH", 0x3002, 0x0030) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+              + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+    closed = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opened * depth + closed * depth
+
+
+def test_sequences_nested_thousands_deep_are_named_so():
+    """The campaign's deep nesting (900-9,000 levels) said "damaged DICOM file (maximum recursion depth exceeded while
+    calling a Python object)"; five levels still read."""
+    data = to_bytes(make_rt_image(np.arange(96 * 128, dtype=np.uint16).reshape(96, 128)))
+    pixels = data.find(b"\xe0\x7f\x10\x00")
+    assert read_rt_image(data[:pixels] + _nested_sequences(5) + data[pixels:]).shape == (96, 128)
+    with pytest.raises(PortalImageError, match=r"^<bytes>: damaged DICOM file \(its sequences nest deeper than the "
+                                               r"reader's recursion limit; an RT Image nests a few levels\)$"):
+        read_rt_image(data[:pixels] + _nested_sequences(3000) + data[pixels:])
+
+
+def test_pydicom_s_hexadecimal_file_position_is_said_to_be_one(monkeypatch):
+    """pydicom says "No tag to read at file position B13A" (hexadecimal, unmarked): the error says byte 0xB13A."""
+    import portalign.dicom
+
+    def damaged(*args, **kwargs):
+        raise OSError("No tag to read at file position B13A")
+
+    monkeypatch.setattr(portalign.dicom.pydicom, "dcmread", damaged)
+    with pytest.raises(PortalImageError, match=r"^<bytes>: damaged DICOM file \(No tag to read at byte 0xB13A\)$"):
+        read_rt_image(bytes(128) + b"DICM" + bytes(64))
