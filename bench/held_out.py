@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     sitk = SimpleITKMethod() if args.simpleitk else None
     if sitk is not None:
         sitk.start()
-    # (aperture, error, ok, simpleitk error, rotation error, its stated uncertainty)
-    rows: list[tuple[str, float, bool, float, float, float]] = []
+    # (aperture, error, ok, simpleitk error, rotation error, its stated uncertainty, dx and dy errors in theirs)
+    rows: list[tuple[str, float, bool, float, float, float, float, float]] = []
     gaps: list[tuple[float, float, bool]] = []  # GPU - CPU: (mm, deg, same verdict)
     for pair in render_pairs(ct, args.seed, args.pairs, args.only,
                              max_shift_mm=args.max_shift_mm, max_turn_deg=args.max_turn_deg):
@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         # and its stated standard uncertainty (details["rotation_uncertainty_deg"]): how many of them hold the truth
         spread = result.details.get("rotation_uncertainty_deg")
         spread = math.nan if spread is None else float(spread)
-        line = (f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm "
+        # the shift's, each of dx and dy: its axis errors in it
+        shift_u = result.details.get("shift_uncertainty_mm")
+        axes = (math.nan, math.nan) if shift_u is None or result.dx_mm is None else (
+            abs(result.dx_mm - dx) / shift_u, abs(result.dy_mm - dy) / shift_u)
+        shift_text = "" if shift_u is None else f" (u {shift_u:.2f})"
+        line = (f"pair {i:2d} {pair.label:<38} portalign {error:6.3f} mm{shift_text} "
                 f"{'  (none)' if math.isnan(turn) else f'{turn:5.2f} deg (u {spread:.2f})'} ok={result.ok!s:<5}")
         if args.backend == "both":
             line += _backend_gap(result, portalign.register(reference, frame, backend="gpu"), gaps)
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    truth dx={dx:.3f} dy={dy:.3f}; result dx={result.dx_mm} dy={result.dy_mm} "
                   f"rotation={result.rotation_deg}; warnings={result.warnings}")
             print(f"    details={ {k: v for k, v in result.details.items() if k not in ('view', 'candidates')} }")
-        rows.append((kind, error, bool(result.ok), peer, turn, spread))
+        rows.append((kind, error, bool(result.ok), peer, turn, spread, *axes))
     print("--")
     for kind in (*APERTURES, "all"):
         chosen = [r for r in rows if kind == "all" or r[0] == kind]
@@ -268,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         if held:
             text += (f", within 1 u {sum(h <= 1.0 for h in held) / len(held):.0%}, within 2 u "
                      f"{sum(h <= 2.0 for h in held) / len(held):.0%}")
+        shifts = [a for r in chosen if r[2] for a in r[6:8] if np.isfinite(a)]  # the ok shifts' axis errors, in u
+        if shifts:
+            text += (f"; shift axes within 1 u {sum(a <= 1.0 for a in shifts) / len(shifts):.0%}, within 2 u "
+                     f"{sum(a <= 2.0 for a in shifts) / len(shifts):.0%}")
         if peers:
             text += f" | simpleitk on the same pairs: median {np.median(peers):.3f} mm"
         print(text)

@@ -41,6 +41,12 @@ def rotation_text(rotation_deg: float | None, details: dict | None, equals: str 
     return f"rotation{equals} {shown(rotation_deg):+.2f}{spread} deg"
 
 
+def shift_spread(details: dict | None) -> str:
+    """`` (± 0.12 mm)``: a measured shift's standard uncertainty, each of dx and dy, where known (else ``""``)."""
+    uncertainty = (details or {}).get("shift_uncertainty_mm")
+    return "" if uncertainty is None else f" (± {shown(uncertainty):.2f} mm)"
+
+
 def patient_position_argument(value: str) -> str:
     """``--patient-position``: one of the positions the couch axes are defined for (any case), else a usage error.
 

@@ -30,6 +30,7 @@ from ._cli_options import (
     as_flags,
     patient_position_argument,
     rotation_text,
+    shift_spread,
     shown,
 )
 from .errors import MissingDependencyError, PortalignError
@@ -433,7 +434,8 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     if result.dx_mm is None or result.dy_mm is None:
         print(f"dx, dy not measured   {rotation}   {status}")
     else:
-        print(f"dx = {shown(result.dx_mm):+.2f} mm   dy = {shown(result.dy_mm):+.2f} mm   {rotation}   {status}")
+        print(f"dx = {shown(result.dx_mm):+.2f} mm   dy = {shown(result.dy_mm):+.2f} mm{shift_spread(result.details)}   "
+              f"{rotation}   {status}")
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend

@@ -247,6 +247,9 @@ class View:
     rotation_uncertainty_deg : float or None
         Standard uncertainty of ``rotation_deg`` (the result's ``details["rotation_uncertainty_deg"]``); ``None``
         where unknown.
+    shift_uncertainty_mm : float or None
+        Standard uncertainty of each of ``dx_mm`` and ``dy_mm`` (the result's ``details["shift_uncertainty_mm"]``);
+        ``None`` where unknown.
     """
 
     gantry_deg: float
@@ -260,6 +263,7 @@ class View:
     label: str = ""
     warnings: tuple[str, ...] = ()
     rotation_uncertainty_deg: float | None = None
+    shift_uncertainty_mm: float | None = None
 
     @classmethod
     def from_result(
@@ -315,6 +319,7 @@ class View:
             warnings=tuple(warnings),
             rotation_uncertainty_deg=(None if result.rotation_deg is None
                                       else (result.details or {}).get("rotation_uncertainty_deg")),
+            shift_uncertainty_mm=None if result.dx_mm is None else (result.details or {}).get("shift_uncertainty_mm"),
         )
 
 
@@ -335,6 +340,11 @@ class CouchShift:
         directions do not determine it (roll, for coplanar views).
     rotation_correction_deg : dict
         The negatives of ``rotation_deg``.
+    uncertainty_mm : dict
+        ``{"lateral", "longitudinal", "vertical"}``: the standard uncertainty of each axis of the displacement (mm),
+        propagated from the views' 2-D uncertainties through the same least squares, ``sqrt(diag(P S P^T))`` with
+        ``P`` the pseudo-inverse of the projection rows and ``S`` the views' variances (``None`` where a view's is
+        unknown).
     rotation_uncertainty_deg : dict
         ``{"pitch", "roll", "yaw"}``: the standard uncertainty of each estimated rotation (degrees), propagated from
         the views' in-plane uncertainties through the same least squares (``None`` where the rotation, or a view's
@@ -389,6 +399,7 @@ class CouchShift:
     warnings: list[str] = field(default_factory=list)
     version: str = __version__
     rotation_uncertainty_deg: dict[str, float | None] = field(default_factory=dict)
+    uncertainty_mm: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def displacement_mm(self) -> np.ndarray:
@@ -480,6 +491,13 @@ def solve_couch_shift(
             "resolved; add a view at a gantry angle at least that far from the others (e.g. 0 and 90)")
     condition = float(singular[0] / singular[-1])
     d, *_ = np.linalg.lstsq(a, m, rcond=None)
+    # each view's dx and dy carry its standard uncertainty: propagated through the same least squares (d = P m)
+    spreads = [view.shift_uncertainty_mm for view in views]
+    uncertainty: dict[str, float | None] = dict.fromkeys(AXES)
+    if all(u is not None and math.isfinite(u) for u in spreads):
+        weights = np.repeat(np.asarray(spreads, dtype=np.float64), 2)
+        solve = np.linalg.pinv(a)
+        uncertainty = {axis: float(np.sqrt(((solve[k] * weights) ** 2).sum())) for k, axis in enumerate(AXES)}
     predicted = (a @ d).reshape(-1, 2)
 
     # only views whose in-plane rotation was measured constrain the 3-D rotation
@@ -511,6 +529,7 @@ def solve_couch_shift(
             "dy_mm": view.dy_mm,
             "rotation_deg": view.rotation_deg,
             "rotation_uncertainty_deg": view.rotation_uncertainty_deg,
+            "shift_uncertainty_mm": view.shift_uncertainty_mm,
             "predicted_dx_mm": float(predicted[i, 0]),
             "predicted_dy_mm": float(predicted[i, 1]),
             "residual_mm": residual,
@@ -556,6 +575,7 @@ def solve_couch_shift(
         rotation_deg=rotation,
         rotation_correction_deg={k: (None if v is None else -v + 0.0) for k, v in rotation.items()},
         rotation_uncertainty_deg=rotation_uncertainty,
+        uncertainty_mm=uncertainty,
         views=view_rows,
         condition=condition,
         separation_deg=separation,
@@ -794,8 +814,10 @@ def _text_report(couch: CouchShift, parser: Any = None) -> str:
     for axis in AXES:
         value = getattr(couch, f"{axis}_mm")
         hint = f"  (+ = {names[axis]})" if axis in names else ""
-        lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction {shown(couch.couch_correction[axis]):+7.2f} mm"
-                     f"{hint}")
+        spread = (couch.uncertainty_mm or {}).get(axis)
+        spread_text = "" if spread is None else f" ± {shown(spread):.2f}"
+        lines.append(f"{axis:>13}: {shown(value):+7.2f}{spread_text} mm   "
+                     f"correction {shown(couch.couch_correction[axis]):+7.2f} mm{hint}")
     for name, value in couch.rotation_deg.items():
         spread = (couch.rotation_uncertainty_deg or {}).get(name)
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f}"

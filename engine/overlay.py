@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_options import rotation_text
+from ._cli_options import rotation_text, shift_spread
 from .couch import PATIENT_TO_IEC, image_axes
 from .errors import MissingDependencyError
 from .image import Image, beam_kind
@@ -128,7 +128,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     if result.dx_mm is None or result.dy_mm is None:
         shift = "dx, dy not measured (the reference drawn unmoved)"
     else:
-        shift = f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm"
+        shift = f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm{shift_spread(result.details)}"
     fig.suptitle(
         f"{textwrap.fill('reference: ' + _describe(reference), 150)}\n{textwrap.fill('frame: ' + _describe(frame), 150)}\n"
         f"{shift}   {rotation}   "

@@ -42,7 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options, rotation_text, shown
+from ._cli_options import (
+    add_invert_argument,
+    add_mismatch_arguments,
+    as_flags,
+    mismatch_options,
+    rotation_text,
+    shift_spread,
+    shown,
+)
 from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
@@ -354,7 +362,7 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
             dx, dy = result.get("dx_mm"), result.get("dy_mm")
             shift = ("dx, dy not measured" if dx is None or dy is None
-                     else f"dx {shown(dx):+.2f} mm, dy {shown(dy):+.2f} mm")
+                     else f"dx {shown(dx):+.2f} mm, dy {shown(dy):+.2f} mm{shift_spread(result.get('details'))}")
             parts.append(f"{frame}{shift}, {rot}, {verdict}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 

@@ -296,6 +296,10 @@ def test_every_file_accounted_for_and_one_row_per_frame(archive, first_run):
     assert "no reference for plan" in unmatched["reason"].iloc[0]
     registered = regs[regs["status"] == "registered"]
     assert registered["ok"].all() and registered["dx_mm"].notna().all() and (registered["register_ms"] > 0).all()
+    # each measured frame's standard uncertainties, beside its shift; none where nothing was measured
+    assert ((registered["shift_uncertainty_mm"] > 0) & (registered["shift_uncertainty_mm"] < 1)).all()
+    assert (registered["rotation_uncertainty_deg"].isna() == registered["rotation_deg"].isna()).all()
+    assert unmatched["shift_uncertainty_mm"].isna().all()
     assert registered["worker"].nunique() == 2  # both worker processes did work
 
 

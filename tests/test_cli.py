@@ -241,10 +241,10 @@ def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) ->
     status = main(["register", str(pair.ref_dcm), str(pair.frame_dcm)])
     out, err = capsys.readouterr()
     assert status == 0 and err == ""
-    match = re.search(r"dx = ([-+]\d+\.\d+) mm\s+dy = ([-+]\d+\.\d+) mm\s+rotation = ([-+]\d+\.\d+) ± (\d+\.\d+) deg"
-                      r"\s+ok", out)
+    match = re.search(r"dx = ([-+]\d+\.\d+) mm\s+dy = ([-+]\d+\.\d+) mm \(± (\d+\.\d+) mm\)\s+"
+                      r"rotation = ([-+]\d+\.\d+) ± (\d+\.\d+) deg\s+ok", out)
     assert match, out
-    dx, dy, rotation, uncertainty = (float(v) for v in match.groups())
+    dx, dy, shift_uncertainty, rotation, uncertainty = (float(v) for v in match.groups())
     assert dx == pytest.approx(TRUTH_DX_MM, abs=TOL_MM)
     assert dy == pytest.approx(TRUTH_DY_MM, abs=TOL_MM)
     assert rotation == pytest.approx(0.0, abs=TOL_DEG)
@@ -252,6 +252,7 @@ def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) ->
     assert main(["register", str(pair.ref_dcm), str(pair.frame_dcm), "--json"]) == 0
     details = json.loads(capsys.readouterr().out)["details"]
     assert 0.0 < uncertainty == round(details["rotation_uncertainty_deg"], 2) < 0.5
+    assert 0.0 < shift_uncertainty == round(details["shift_uncertainty_mm"], 2) < 0.5
     assert "backend cpu" in out or "backend gpu" in out
     # the score says what it is, with the edge correlation beside auto's normalised MI
     assert re.search(r"score \d\.\d{3} \(normalised MI - 1\)  edge correlation 0\.\d{3}  method auto", out), out

@@ -224,6 +224,30 @@ def test_the_rotations_uncertainties_are_the_views_propagated():
     assert any(re.fullmatch(r" +roll: not estimated", line) for line in text), text
 
 
+def test_the_displacement_s_uncertainties_are_the_views_propagated():
+    """Each axis of the 3-D displacement carries the views' 2-D standard uncertainties through the least squares: the
+    spread of the solutions over views drawn with them (Monte Carlo) matches what is stated."""
+    shift = np.array([1.0, -2.5, 0.5])
+    layout = [(0, 0.1), (90, 0.2), (45, 0.3)]  # gantry, uncertainty of each of dx and dy (mm)
+    exact = views_for(shift, [g for g, _ in layout])
+
+    def solved(noise):
+        return solve_couch_shift([replace(v, dx_mm=v.dx_mm + e[0], dy_mm=v.dy_mm + e[1], shift_uncertainty_mm=u)
+                                  for v, (_, u), e in zip(exact, layout, noise, strict=True)], max_residual_mm=10.0)
+
+    stated = solved(np.zeros((3, 2))).uncertainty_mm
+    sigma = np.array([u for _, u in layout])[:, None]
+    draws = np.random.default_rng(11).standard_normal((1000, 3, 2)) * sigma
+    solutions = np.array([solved(e).displacement_mm for e in draws])
+    assert solutions.mean(axis=0) == pytest.approx(shift, abs=0.02)
+    assert [stated[axis] for axis in ("lateral", "longitudinal", "vertical")] == pytest.approx(
+        solutions.std(axis=0), rel=0.1)
+    # a view without one: no uncertainty is claimed; the text shows it where known
+    assert solve_couch_shift(exact).uncertainty_mm == dict.fromkeys(("lateral", "longitudinal", "vertical"))
+    text = _text_report(solved(np.zeros((3, 2))))
+    assert re.search(rf"longitudinal: +-2\.50 ± {stated['longitudinal']:.2f} mm   correction +\+2\.50 mm", text), text
+
+
 def test_tolerance_table_per_axis():
     tolerance = parse_tolerance("lat=2,lng=2,vrt=2,rot=1,roll=1")
     couch = solve_couch_shift(views_for([1.0, -2.5, 0.5], (0, 90), rotations=[0.4, -1.2]), tolerance=tolerance)

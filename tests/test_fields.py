@@ -714,6 +714,8 @@ def test_a_frame_with_nothing_usable_measures_nothing():
     assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
     assert result.correction() == (None, None, None)
     assert result.details["candidates"] == [] and result.details["mi_check_mm"] is None  # no stale -26 mm
+    # nor an uncertainty of what was not measured
+    assert result.details["shift_uncertainty_mm"] is None and result.details["rotation_uncertainty_deg"] is None
     assert '"dx_mm": null' in result.as_json()
     # a 16x16 crop without a field: 196 usable pixels, refused (under 400) before any matching: its optimum is no
     # measurement either (null; a noise frame's lay at -28 mm), though its edge score was measured

@@ -302,15 +302,19 @@ def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_i
         assert abs(result.rotation_deg - motion[2]) <= 2.0 * expected
 
 
-def test_the_rotation_uncertainty_formula() -> None:
-    """``u = sqrt((0.2 w / L)^2 + (s / 2)^2 + g^2 / 2)`` in degrees, worked by hand: 30 mm lever arm, 1 mm pixel."""
-    from portalign.registration._quality import rotation_uncertainty_deg
+def test_the_uncertainty_formulas() -> None:
+    """``u = sqrt((0.2 w / L)^2 + (s / 2)^2 + g^2 / 2)`` in degrees, worked by hand: 30 mm lever arm, 1 mm pixel; and
+    the shift's, each axis, ``sqrt(((0.15 w)^2 + (s / 2)^2 + g^2 / 2) / 2)`` mm."""
+    from portalign.registration._quality import rotation_uncertainty_deg, shift_uncertainty_mm
 
     assert rotation_uncertainty_deg(30.0, 1.0, None) == pytest.approx(0.381972, abs=1e-6)  # 0.2 / 30 rad
     assert rotation_uncertainty_deg(30.0, 1.0, 0.6) == pytest.approx(math.hypot(0.381972, 0.3), abs=1e-6)
     assert rotation_uncertainty_deg(60.0, 0.5, None) == pytest.approx(0.381972 / 4, abs=1e-6)
     # edge and MI rotations 0.5 deg apart, MI's reported: sqrt(0.381972^2 + 0.3^2 + 0.5^2 / 2)
     assert rotation_uncertainty_deg(30.0, 1.0, 0.6, 0.5) == pytest.approx(0.600752, abs=1e-6)
+    # 1 mm pixel; halves 0.4 mm apart and the MI optimum 0.3 mm from the edges': sqrt((0.0225 + 0.04 + 0.045) / 2)
+    assert shift_uncertainty_mm(1.0, None, None) == pytest.approx(0.15 / math.sqrt(2), abs=1e-9)
+    assert shift_uncertainty_mm(1.0, 0.4, 0.3) == pytest.approx(0.231840, abs=1e-6)
 
 
 def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:

@@ -18,7 +18,7 @@ COLUMN_TYPES: dict[str, str] = {
     **{name: _FLOAT for name in (
         "gantry_deg", "couch_deg", "collimator_deg", "receptor_angle_deg", "dx_mm", "dy_mm", "rotation_deg", "score",
         "read_ms", "register_ms", "lateral_mm", "longitudinal_mm", "vertical_mm", "pitch_deg", "roll_deg", "yaw_deg",
-        "max_residual_mm", "separation_deg")},
+        "max_residual_mm", "separation_deg", "shift_uncertainty_mm", "rotation_uncertainty_deg")},
     **{name: _INT for name in (
         "size_bytes", "beam_number", "fraction_number", "number_of_frames", "rows", "cols", "frame_index",
         "fraction_ordinal", "n_views", "n_frames", "n_frames_not_ok")},

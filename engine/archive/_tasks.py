@@ -25,6 +25,8 @@ REGISTRATION_COLUMNS = [
     "gantry_deg", "couch_deg", "collimator_deg", "receptor_angle_deg", "patient_position",
     "status", "dx_mm", "dy_mm", "rotation_deg", "ok", "reason", "score", "method", "backend", "error",
     "read_ms", "register_ms", "worker",
+    # each frame's standard uncertainties (details["shift_uncertainty_mm"], details["rotation_uncertainty_deg"])
+    "shift_uncertainty_mm", "rotation_uncertainty_deg",
 ]
 
 
@@ -136,7 +138,9 @@ def _register_frames(task: BeamTask) -> dict[str, Any]:
                            rotation_deg=None if result.rotation_deg is None else float(result.rotation_deg),
                            ok=bool(result.ok),
                            reason=result.reason or None, score=_finite_or_none(result.score),
-                           method=result.method, backend=result.backend, register_ms=float(result.elapsed_ms))
+                           method=result.method, backend=result.backend, register_ms=float(result.elapsed_ms),
+                           shift_uncertainty_mm=_finite_or_none(result.details.get("shift_uncertainty_mm")),
+                           rotation_uncertainty_deg=_finite_or_none(result.details.get("rotation_uncertainty_deg")))
             rows.append(row)
     return {"beam_id": task.beam_id, "rows": rows, "prepare_ms": prepare_ms, "worker": worker}
 

@@ -71,6 +71,7 @@ from ._quality import (
     reference_contrast_to_noise,
     rotation_radius,
     rotation_uncertainty_deg,
+    shift_uncertainty_mm,
 )
 from ._refine import edge_score, newton
 from ._search import DISTINCT_MM, global_search
@@ -378,6 +379,12 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
                              rotation_deg=None)
     if not result.ok and mirror_check and _denoised is None:  # rare: a refused frame
         result = _striped_refusal(reference, frame, result)
+    if result.dx_mm is None or result.rotation_deg is None:  # a pose not measured, or nulled by a check after it
+        details = result.details
+        if result.dx_mm is None:
+            details["shift_uncertainty_mm"] = None
+        if result.rotation_deg is None:
+            details["rotation_uncertainty_deg"] = None
     return result
 
 
@@ -1396,6 +1403,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
         if rotate and found.rotation_support_mm else None)
+    # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
+    details["shift_uncertainty_mm"] = (
+        shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"])
+        if shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]) if shift_measured else None,
