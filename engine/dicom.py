@@ -812,6 +812,14 @@ def _shown(value: Any) -> str:
     return _printable(text)
 
 
+def _present(ds: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` is in ``ds`` at all (empty or not; False where even that cannot be told)."""
+    try:
+        return keyword in ds
+    except Exception:  # noqa: BLE001 - a damaged dataset: as absent
+        return False
+
+
 def _checked(
     ds: Dataset | None,
     keyword: str,
@@ -991,7 +999,11 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         raise PortalImageError(
             f"{name}: is a palette-colour image (PhotometricInterpretation (0028,0004) PALETTE COLOR): its values index "
             "a colour table, not the radiation that reached the imager; portal images are MONOCHROME1 or MONOCHROME2")
-    frames = _checked_int(ds, "NumberOfFrames", name, 1, 2**31 - 1) or 1
+    frames = _checked_int(ds, "NumberOfFrames", name, 1, 2**31 - 1)
+    if frames is None and _present(ds, "NumberOfFrames"):  # the decoder reads it as int(''): say so, naming it
+        raise PortalImageError(f"{name}: NumberOfFrames (0028,0008) is present but empty; a single frame has 1 there "
+                               "or no such tag; the file is damaged")
+    frames = frames or 1
     keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
     if keyword == "PixelData":
         bits = _checked_int(ds, "BitsAllocated", name, 1, 64)
@@ -1006,7 +1018,9 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         # pydicom does not use HighBit; a value outside the allocated bits still says the header is damaged
         _checked_int(ds, "HighBit", name, 0, bits - 1, what="HighBit (below BitsAllocated)")
         if _checked_int(ds, "PixelRepresentation", name, 0, 1, what="PixelRepresentation (0 unsigned, 1 signed)") is None:
-            raise PortalImageError(f"{name}: has no PixelRepresentation (0028,0103); the pixel values cannot be read")
+            said = ("PixelRepresentation (0028,0103) is present but empty" if _present(ds, "PixelRepresentation")
+                    else "has no PixelRepresentation (0028,0103)")
+            raise PortalImageError(f"{name}: {said}; the pixel values cannot be read (0 unsigned, 1 signed)")
     else:
         bits = 32 if keyword == "FloatPixelData" else 64
         given = _checked_int(ds, "BitsAllocated", name, 1, 64)

@@ -799,3 +799,24 @@ def test_pydicom_s_hexadecimal_file_position_is_said_to_be_one(monkeypatch):
     monkeypatch.setattr(portalign.dicom.pydicom, "dcmread", damaged)
     with pytest.raises(PortalImageError, match=r"^<bytes>: damaged DICOM file \(No tag to read at byte 0xB13A\)$"):
         read_rt_image(bytes(128) + b"DICM" + bytes(64))
+
+
+@pytest.mark.parametrize(("keyword", "vr", "message"), [
+    ("NumberOfFrames", "IS", r"NumberOfFrames \(0028,0008\) is present but empty; a single frame has 1 there or no such "
+                             r"tag; the file is damaged"),
+    ("PixelRepresentation", "LO", r"PixelRepresentation \(0028,0103\) is present but empty; the pixel values cannot be "
+                                  r"read \(0 unsigned, 1 signed\)"),
+])
+def test_a_pixel_module_tag_present_but_empty_is_named(keyword, vr, message):
+    """The campaign's NumberOfFrames '\\0' (pydicom reads '') reached the decoder's int(''): "pixel data cannot be
+    decoded (invalid literal for int() with base 10: '')"; a PixelRepresentation whose VR was swapped to LO (read as
+    '') was "has no PixelRepresentation". Both name the tag as it is."""
+    from pydicom.tag import Tag
+
+    ds = make_rt_image(np.arange(256, dtype=np.uint16).reshape(16, 16))
+    tag = Tag(tag_for_keyword(keyword))
+    if tag in ds:
+        del ds[tag]
+    ds.add_new(tag, vr, "")
+    with pytest.raises(PortalImageError, match=rf"^<bytes>: {message}$"):
+        read_rt_image(to_bytes(ds))
