@@ -42,9 +42,12 @@ def rotation_text(rotation_deg: float | None, details: dict | None, equals: str 
 
 
 def shift_spread(details: dict | None) -> str:
-    """`` (± 0.12 mm)``: a measured shift's standard uncertainty, each of dx and dy, where known (else ``""``)."""
+    """`` ± 0.12``: a measured shift's standard uncertainty (mm, each of dx and dy) where known, else ``""``.
+
+    Printed after each axis's value, before its unit: ``dx = +3.99 ± 0.15 mm   dy = -2.57 ± 0.15 mm``.
+    """
     uncertainty = (details or {}).get("shift_uncertainty_mm")
-    return "" if uncertainty is None else f" (± {shown(uncertainty):.2f} mm)"
+    return "" if uncertainty is None else f" ± {shown(uncertainty):.2f}"
 
 
 def patient_position_argument(value: str) -> str:

@@ -434,8 +434,9 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     if result.dx_mm is None or result.dy_mm is None:
         print(f"dx, dy not measured   {rotation}   {status}")
     else:
-        print(f"dx = {shown(result.dx_mm):+.2f} mm   dy = {shown(result.dy_mm):+.2f} mm{shift_spread(result.details)}   "
-              f"{rotation}   {status}")
+        spread = shift_spread(result.details)
+        print(f"dx = {shown(result.dx_mm):+.2f}{spread} mm   dy = {shown(result.dy_mm):+.2f}{spread} mm   {rotation}   "
+              f"{status}")
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend
@@ -505,11 +506,13 @@ def _info(args: argparse.Namespace) -> int:
         if key in ("notes", "dicom_warnings", *_NOTES):
             continue
         if key == "dead_detector_lines":  # null in --json: none found (not "unknown": they were looked for)
-            hot = value and (value["hot_rows"] + value["hot_columns"])
-            print(f"{key}: none" if value is None else
-                  f"{key}: rows {value['rows'] or 'none'}, columns {value['columns'] or 'none'}"
-                  + (f" (hot: rows {value['hot_rows'] or 'none'}, columns {value['hot_columns'] or 'none'})"
-                     if hot else ""))
+            # the JSON key holds hot lines too (clients read it): the text says faulty, and which are which
+            print("faulty detector lines (dead or hot, left out of a match): none" if value is None else
+                  "faulty detector lines (left out of a match): " + "; ".join(
+                      f"{kind} {axis} {lines}" for kind, axis, lines in (
+                          ("dead", "rows", [r for r in value["rows"] if r not in value["hot_rows"]]),
+                          ("dead", "columns", [c for c in value["columns"] if c not in value["hot_columns"]]),
+                          ("hot", "rows", value["hot_rows"]), ("hot", "columns", value["hot_columns"])) if lines))
             continue
         if key == "kvp" and isinstance(value, (int, float)):  # the tag as stored, and what it means
             print(f"kvp: {value:g} ({value / 1000:g} MV: the KVP tag holds an MV beam's energy in kV)"
@@ -712,7 +715,9 @@ def _demo(args: argparse.Namespace) -> int:
           "(at the isocentre plane; anatomy off that plane moves a little more or less: parallax)")
     _print_result(result, {"first_frame_ms": first_ms, "frames_timed": len(times)}, False)
     error_deg = "rotation not estimated" if payload["error_deg"] is None else f"{payload['error_deg']:.2f} deg"
-    print(f"error {payload['error_mm']:.2f} mm, {error_deg}")
+    # each axis's error beside the total: the stated uncertainty is each axis's (a new user compared the total with it)
+    print(f"error {payload['error_mm']:.2f} mm (dx {abs(result.dx_mm - truth['dx_mm']):.2f}, dy "
+          f"{abs(result.dy_mm - truth['dy_mm']):.2f}), {error_deg}")
     if overlay:
         print(f"review picture: {overlay}")
     else:  # the demo draws one when matplotlib is there; without it, say how to get it

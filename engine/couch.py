@@ -824,7 +824,10 @@ def _text_report(couch: CouchShift, parser: Any = None) -> str:
                                         + ("" if spread is None else f" ± {shown(spread):.2f}") + " deg"))
     for view in couch.views:
         gantry = round(float(view["gantry_deg"]), 1) % 360.0 + 0.0  # 359.996 is gantry 0.0, as the reasons say
-        lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f} dy {shown(view['dy_mm']):+6.2f} "
+        spread = view.get("shift_uncertainty_mm")
+        spread_text = "" if spread is None else f" ± {shown(spread):.2f}"
+        lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f}{spread_text} "
+                     f"dy {shown(view['dy_mm']):+6.2f}{spread_text} "
                      f"rot {_rotation_text(view['rotation_deg'], view.get('rotation_uncertainty_deg'))}  "
                      f"residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")

@@ -128,7 +128,8 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     if result.dx_mm is None or result.dy_mm is None:
         shift = "dx, dy not measured (the reference drawn unmoved)"
     else:
-        shift = f"dx = {result.dx_mm:+.2f} mm   dy = {result.dy_mm:+.2f} mm{shift_spread(result.details)}"
+        spread = shift_spread(result.details)
+        shift = f"dx = {result.dx_mm:+.2f}{spread} mm   dy = {result.dy_mm:+.2f}{spread} mm"
     fig.suptitle(
         f"{textwrap.fill('reference: ' + _describe(reference), 150)}\n{textwrap.fill('frame: ' + _describe(frame), 150)}\n"
         f"{shift}   {rotation}   "

@@ -361,8 +361,9 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
             dx, dy = result.get("dx_mm"), result.get("dy_mm")
+            spread = shift_spread(result.get("details"))
             shift = ("dx, dy not measured" if dx is None or dy is None
-                     else f"dx {shown(dx):+.2f} mm, dy {shown(dy):+.2f} mm{shift_spread(result.get('details'))}")
+                     else f"dx {shown(dx):+.2f}{spread} mm, dy {shown(dy):+.2f}{spread} mm")
             parts.append(f"{frame}{shift}, {rot}, {verdict}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 

@@ -241,10 +241,10 @@ def test_register_text_output(capsys: pytest.CaptureFixture[str], pair: Pair) ->
     status = main(["register", str(pair.ref_dcm), str(pair.frame_dcm)])
     out, err = capsys.readouterr()
     assert status == 0 and err == ""
-    match = re.search(r"dx = ([-+]\d+\.\d+) mm\s+dy = ([-+]\d+\.\d+) mm \(± (\d+\.\d+) mm\)\s+"
+    match = re.search(r"dx = ([-+]\d+\.\d+) ± (\d+\.\d+) mm\s+dy = ([-+]\d+\.\d+) ± \2 mm\s+"
                       r"rotation = ([-+]\d+\.\d+) ± (\d+\.\d+) deg\s+ok", out)
     assert match, out
-    dx, dy, shift_uncertainty, rotation, uncertainty = (float(v) for v in match.groups())
+    dx, shift_uncertainty, dy, rotation, uncertainty = (float(v) for v in match.groups())
     assert dx == pytest.approx(TRUTH_DX_MM, abs=TOL_MM)
     assert dy == pytest.approx(TRUTH_DY_MM, abs=TOL_MM)
     assert rotation == pytest.approx(0.0, abs=TOL_DEG)

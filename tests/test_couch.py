@@ -246,6 +246,7 @@ def test_the_displacement_s_uncertainties_are_the_views_propagated():
     assert solve_couch_shift(exact).uncertainty_mm == dict.fromkeys(("lateral", "longitudinal", "vertical"))
     text = _text_report(solved(np.zeros((3, 2))))
     assert re.search(rf"longitudinal: +-2\.50 ± {stated['longitudinal']:.2f} mm   correction +\+2\.50 mm", text), text
+    assert re.search(r"gantry +0\.0: dx +[-+]\d\.\d\d ± 0\.10 dy +[-+]\d\.\d\d ± 0\.10 rot", text), text  # each view's
 
 
 def test_tolerance_table_per_axis():

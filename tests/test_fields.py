@@ -567,6 +567,23 @@ def test_dead_rows_across_much_of_a_small_field_refuse_the_match(shift):
     assert re.search(r"dead detector lines cross \d+ % of the 2\d mm radiation field", result.reason), result.reason
 
 
+@needs_real
+def test_three_dead_rows_through_a_small_field_count_as_three_wherever_they_fall():
+    """A new user's trial: three dead rows (0.67 mm, 3 % of the TrueBeam Winston-Lutz 22 mm field) were refused as
+    "17 % of the field" where they straddled two field-detection lines (rows 630-632), and accepted where they fell in
+    one (621-623, 650-652). The share now counts the detector lines: accepted, the shift kept, wherever they fall."""
+    folder = PYLINAC / "wl_shift_truebeam"
+    reference = read(folder / "cardinal" / "wl-3-30-18_card-002.dcm")
+    frame = read(sorted((folder / "lat3mm").glob("*002.dcm"))[0])
+    clean = portalign.register(reference, frame, backend="cpu")
+    assert clean.ok, clean.reason
+    for first in (621, 630, 650):
+        result = portalign.register(reference, with_lines(frame, rows=tuple(range(first, first + 3))), backend="cpu")
+        assert result.ok, (first, result.reason)
+        assert math.hypot(result.dx_mm - clean.dx_mm, result.dy_mm - clean.dy_mm) < 0.05, first
+        assert "3 dead detector row(s) and 0 column(s) left out of the match" in result.warnings
+
+
 @pytest.mark.parametrize(("value", "start", "width"), [(0.0, 100, 3), (0.0, 120, 12), ("hot", 120, 12), (0.0, 90, 40)])
 def test_a_band_of_dead_rows_through_a_jaw_field(value, start, width):
     """Bands of dead (zero) or saturated rows across a 120 x 100 mm field whose outside gets 2 % of the dose.

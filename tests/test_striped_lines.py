@@ -238,7 +238,8 @@ def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_pat
 
     ref, _ = _dosimetry_pair(0.0, 0.0)
     paths = {}
-    for name, image in (("sound", ref), ("one", with_lines(ref, rows=(121,))),
+    hot = with_lines(with_lines(ref, rows=(121,)), cols=(140,), value=2.0 * float(ref.pixels.max()))
+    for name, image in (("sound", ref), ("one", with_lines(ref, rows=(121,))), ("hot", hot),
                         ("striped", with_lines(ref, rows=_scattered(30, 75, 180, seed=2)))):
         paths[name] = write_rt_image(make_rt_image(image.pixels, spacing=1.0, sid=1000.0, sad=1000.0,
                                                    position="centre"), tmp_path / f"{name}.dcm")
@@ -251,7 +252,12 @@ def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_pat
     assert "registration refuses this image" in infos["striped"]["detector_lines_note"]
     assert main(["info", str(paths["one"])]) == 0
     out = capsys.readouterr().out
-    assert "dead_detector_lines: rows [121], columns none" in out
+    assert "faulty detector lines (left out of a match): dead rows [121]" in out.splitlines()
+    # a hot column beside a dead row: each called what it is (the JSON key keeps both, with the hot ones named)
+    assert infos["hot"]["dead_detector_lines"] == {"rows": [121], "columns": [140], "hot_rows": [], "hot_columns": [140]}
+    assert main(["info", str(paths["hot"])]) == 0
+    assert "faulty detector lines (left out of a match): dead rows [121]; hot columns [140]" in \
+        capsys.readouterr().out.splitlines()
     assert main(["info", str(paths["striped"])]) == 0
     out = capsys.readouterr().out
     assert "of its 256 detector rows read far off both neighbours" in out and "registration refuses this image" in out

@@ -269,11 +269,15 @@ def _field_shrunk(reference: Reference, field: FieldEstimate, spacing_mm: tuple[
             "shows another beam; ")
 
 
-def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, float]) -> str:
+def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, float], factor: int) -> str:
     """Return why dead detector lines leave too little of a small field to match ("" when they do not).
 
     ``field``: the frame's field estimate, its mask and dead lines on the detection level of pixel spacing
-    ``spacing_mm`` (row, column; mm). The share is the field's pixels that lie on dead lines.
+    ``spacing_mm`` (row, column; mm), ``factor`` detector pixels a side. The share is the field's area on dead
+    detector lines: each detection-level line counts for the share of its ``factor`` detector lines that are dead
+    (those the detector's own pixels confirmed, :func:`dead_detector_lines`). Before, a whole detection-level line
+    counted for each: three dead rows of a 22 mm field (3 % of it) were called 17 % where they straddled two lines
+    and refused, and accepted where they fell in one (a new user's trial).
     """
     size = field_size_mm(field, spacing_mm)
     if size is None or size >= SMALL_FIELD_MM or field.mask is None:
@@ -282,14 +286,18 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
     total = int(mask.sum())
     if total == 0:
         return ""
-    dead = np.zeros(mask.shape, dtype=bool)
-    dead[[r for r in field.dead_rows if r < mask.shape[0]], :] = True
-    dead[:, [c for c in field.dead_cols if c < mask.shape[1]]] = True
-    share = float((mask & dead).sum()) / total
+    rows, cols = dead_detector_lines(field, factor)
+    # each detection-level line's dead share, from the detector lines inside it
+    row_share = np.bincount([r // factor for r in rows if r // factor < mask.shape[0]], minlength=mask.shape[0])
+    col_share = np.bincount([c // factor for c in cols if c // factor < mask.shape[1]], minlength=mask.shape[1])
+    row_share = np.minimum(row_share[:mask.shape[0]] / factor, 1.0)
+    col_share = np.minimum(col_share[:mask.shape[1]] / factor, 1.0)
+    dead = 1.0 - (1.0 - row_share)[:, None] * (1.0 - col_share)[None, :]
+    share = float((dead * mask).sum()) / total
     if share < DEAD_LINES_MAX_FIELD_SHARE:
         return ""
     return (f"dead detector lines cross {100 * share:.0f} % of the {size:.0f} mm radiation field "
-            f"({len(field.dead_rows)} row(s) and {len(field.dead_cols)} column(s) of the field-detection level, "
+            f"({len(rows)} detector row(s) and {len(cols)} column(s); "
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
 
 
@@ -379,11 +387,13 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
                              rotation_deg=None)
     if not result.ok and mirror_check and _denoised is None:  # rare: a refused frame
         result = _striped_refusal(reference, frame, result)
-    if result.dx_mm is None or result.rotation_deg is None:  # a pose not measured, or nulled by a check after it
+    # an uncertainty is stated for an ok result's measured values only: a refused match (ambiguous, another patient or
+    # view, imprecise) is no measurement to vouch for, and a pose that was not measured or nulled by a check has none
+    if not result.ok or result.dx_mm is None or result.rotation_deg is None:
         details = result.details
-        if result.dx_mm is None:
+        if not result.ok or result.dx_mm is None:
             details["shift_uncertainty_mm"] = None
-        if result.rotation_deg is None:
+        if not result.ok or result.rotation_deg is None:
             details["rotation_uncertainty_deg"] = None
     return result
 
@@ -1110,7 +1120,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if quality and field.detected and reference.field.detected and quality.startswith(TOO_LITTLE_USABLE):  # rare
         quality = _field_shrunk(reference, field, levels[plan.field_level].spacing) + quality
     if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
-        quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing)
+        quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing, 2 ** plan.field_level)
     r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))
     # a noisy frame: registered again from its smoothed pixels (DENOISE_*; no call for a frame that is not noisy)
     # (a frame whose contrast is too low for its noise is smoothed too: the smoothing is what such a frame needs)
@@ -1399,14 +1409,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                     if rotate and found.mi_final and found.mi_rotated and found.mi_pose is not None
                     and found.edge_rotation is not None else None)
     details["edge_mi_rotation_gap_deg"] = rotation_gap
-    # the estimated rotation's standard uncertainty (deg; null where it was not estimated)
+    # the estimated rotation's standard uncertainty (deg; null where it was not estimated). Stated for auto only: its
+    # MI cross-check is a second estimate of the pose (the gap terms); edge or mi alone has none, and their errors ran
+    # to 3-15 times the same formula's on held-out sets (session note 28)
+    calibrated = opts.method == "auto"
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
-        if rotate and found.rotation_support_mm else None)
+        if calibrated and rotate and found.rotation_support_mm else None)
     # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"])
-        if shift_measured else None)
+        if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
         dx_mm=float(pose[0]) if shift_measured else None,
