@@ -553,6 +553,9 @@ def _parse(data: bytes, name: str) -> Dataset:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
         except Exception as exc:
+            if has_preamble:  # "DICM" at byte 128: a DICOM file, damaged, not something else
+                raise PortalImageError(f"{name}: damaged DICOM file (it has the DICM preamble, but its elements cannot "
+                                       f"be read: {_one_line(exc)})") from exc
             raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     except RecursionError as exc:  # sequences inside sequences, hundreds deep: no RT Image nests so
         raise PortalImageError(f"{name}: damaged DICOM file (its sequences nest deeper than the reader's recursion "
@@ -564,8 +567,23 @@ def _parse(data: bytes, name: str) -> Dataset:
             raise PortalImageError(f"{name}: damaged DICOM file ({said})") from exc
         raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     if not _looks_like_dicom(ds):
+        if has_preamble:  # "DICM" at byte 128: a DICOM file whose elements stop being readable early
+            raise PortalImageError(f"{name}: damaged DICOM file (it has the DICM preamble, but {_elements_read(ds)}: an "
+                                   "element's value representation or length is damaged)")
         raise PortalImageError(f"{name}: {_NOT_DICOM}")
     return ds
+
+
+def _elements_read(ds: Dataset) -> str:
+    """Say how far a dataset could be read: ``only 1 element could be read, (0008,0008)``."""
+    try:
+        tags = list(ds.keys())
+    except Exception:  # noqa: BLE001 - a dataset that cannot even list its tags
+        tags = []
+    if not tags:
+        return "no element could be read"
+    last = tags[-1]
+    return (f"only {len(tags)} element(s) could be read, the last ({last.group:04X},{last.element:04X})")
 
 
 def _check_inflated_size(data: bytes, name: str) -> None:
@@ -1752,6 +1770,8 @@ def _one_line(exc: Any) -> str:
     if line.endswith(":") and len(text) > 1:  # "raised by all available plugins:" and the reason on the next line
         line = f"{line} {text[1]}"
     line = line.split(" Please see <", 1)[0]  # pydicom's link to the standard
+    # a decoder's repr of its input ("<_io.BytesIO object at 0x7f3a...>") says nothing to a reader and differs per run
+    line = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the compressed frame", line)
     return line if len(line) <= 200 else line[:197] + "..."
 
 

@@ -820,3 +820,26 @@ def test_a_pixel_module_tag_present_but_empty_is_named(keyword, vr, message):
     ds.add_new(tag, vr, "")
     with pytest.raises(PortalImageError, match=rf"^<bytes>: {message}$"):
         read_rt_image(to_bytes(ds))
+
+
+def test_a_dicom_file_whose_elements_stop_early_is_called_damaged_not_foreign(tmp_path, shipped, capsys):
+    """The campaign's sweep gave ImageType (0008,0008) an unknown VR: pydicom read that one element and no more, and
+    the file with its DICM preamble was called "not a DICOM file (expected a DICOM RT Image)"."""
+    data = shipped[0].explicit
+    assert data[128:132] == b"DICM"
+    start, _, _ = _elements(data, "ImageType")[0]
+    path = tmp_path / "imagetype.dcm"
+    path.write_bytes(data[: start + 4] + b"Cu" + data[start + 6 :])
+    message = (r"damaged DICOM file \(it has the DICM preamble, but only 1 element\(s\) could be read, the last "
+               r"\(0008,0008\): an element's value representation or length is damaged\)")
+    with pytest.raises(PortalImageError, match=rf"^imagetype\.dcm: {message}$"):
+        read_rt_image(path)
+    _cli_refuses(capsys, tmp_path, shipped, path, message)
+
+
+def test_a_decoder_s_object_address_is_not_quoted():
+    """pillow said "cannot identify image file <_io.BytesIO object at 0x7f...>": an address, different every run."""
+    from portalign.dicom import _one_line
+
+    said = _one_line(ValueError("pillow: cannot identify image file <_io.BytesIO object at 0x7f3a2b9c1d50>"))
+    assert said == "pillow: cannot identify image file the compressed frame"
