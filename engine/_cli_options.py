@@ -28,6 +28,11 @@ def shown(value: float, digits: int = 2) -> float:
     return round(float(value), digits) + 0.0
 
 
+def plus_minus(uncertainty: float | None) -> str:
+    """`` ± 0.12``: a standard uncertainty as printed after its value (before the unit); ``""`` where unknown."""
+    return "" if uncertainty is None else f" ± {shown(uncertainty):.2f}"
+
+
 def rotation_text(rotation_deg: float | None, details: dict | None, equals: str = " =") -> str:
     """``rotation = +1.25 ± 0.43 deg`` (its standard uncertainty where known), or ``rotation not estimated``.
 
@@ -36,9 +41,7 @@ def rotation_text(rotation_deg: float | None, details: dict | None, equals: str 
     """
     if rotation_deg is None:
         return "rotation not estimated"
-    uncertainty = (details or {}).get("rotation_uncertainty_deg")
-    spread = "" if uncertainty is None else f" ± {shown(uncertainty):.2f}"
-    return f"rotation{equals} {shown(rotation_deg):+.2f}{spread} deg"
+    return f"rotation{equals} {shown(rotation_deg):+.2f}{plus_minus((details or {}).get('rotation_uncertainty_deg'))} deg"
 
 
 def shift_spread(details: dict | None) -> str:
@@ -46,8 +49,7 @@ def shift_spread(details: dict | None) -> str:
 
     Printed after each axis's value, before its unit: ``dx = +3.99 ± 0.15 mm   dy = -2.57 ± 0.15 mm``.
     """
-    uncertainty = (details or {}).get("shift_uncertainty_mm")
-    return "" if uncertainty is None else f" ± {shown(uncertainty):.2f}"
+    return plus_minus((details or {}).get("shift_uncertainty_mm"))
 
 
 def patient_position_argument(value: str) -> str:

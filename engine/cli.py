@@ -580,11 +580,9 @@ def _understood(image: Any) -> dict[str, Any]:
     # the dead (or hot) detector lines registration leaves out of the match, and why an image has too many to
     out["dead_detector_lines"] = None
     if field.dead_rows or field.dead_cols:
-        from .registration._frame import dead_detector_lines, hot_lines
+        from .registration._frame import dead_detector_lines, faulty_lines
 
-        rows, cols = dead_detector_lines(field, factor)
-        hot_rows, hot_cols = hot_lines(image.pixels, rows, cols)
-        out["dead_detector_lines"] = {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
+        out["dead_detector_lines"] = faulty_lines(image.pixels, *dead_detector_lines(field, factor))
     out["detector_lines_note"] = (f"{field.striped}: registration refuses this image (as a reference when it is "
                                   "prepared; as a frame, its result is not ok)") if field.striped else ""
     out["likely_inverted"] = False if drr else likely_inverted(image, small, field)  # a field darker than around it

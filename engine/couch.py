@@ -84,6 +84,7 @@ from ._cli_options import (
     geometry_keywords,
     mismatch_options,
     patient_position_argument,
+    plus_minus,
     shown,
 )
 from .errors import GeometryError, PortalignError
@@ -706,9 +707,7 @@ def _angle_of(frame: Image, reference: Image | None, attribute: str, warnings: l
 
 def _rotation_text(value: float | None, spread: float | None = None) -> str:
     """Return a view's in-plane rotation (deg) as the couch report prints it, with its uncertainty where known."""
-    if value is None:
-        return "not estimated"
-    return f"{shown(value):+5.2f}" + ("" if spread is None else f" ± {shown(spread):.2f}")
+    return "not estimated" if value is None else f"{shown(value):+5.2f}{plus_minus(spread)}"
 
 
 def _deg(angle: float) -> str:
@@ -814,20 +813,17 @@ def _text_report(couch: CouchShift, parser: Any = None) -> str:
     for axis in AXES:
         value = getattr(couch, f"{axis}_mm")
         hint = f"  (+ = {names[axis]})" if axis in names else ""
-        spread = (couch.uncertainty_mm or {}).get(axis)
-        spread_text = "" if spread is None else f" ± {shown(spread):.2f}"
-        lines.append(f"{axis:>13}: {shown(value):+7.2f}{spread_text} mm   "
+        spread = plus_minus((couch.uncertainty_mm or {}).get(axis))
+        lines.append(f"{axis:>13}: {shown(value):+7.2f}{spread} mm   "
                      f"correction {shown(couch.couch_correction[axis]):+7.2f} mm{hint}")
     for name, value in couch.rotation_deg.items():
-        spread = (couch.rotation_uncertainty_deg or {}).get(name)
-        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f}"
-                                        + ("" if spread is None else f" ± {shown(spread):.2f}") + " deg"))
+        spread = plus_minus((couch.rotation_uncertainty_deg or {}).get(name))
+        lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f}{spread} deg"))
     for view in couch.views:
         gantry = round(float(view["gantry_deg"]), 1) % 360.0 + 0.0  # 359.996 is gantry 0.0, as the reasons say
-        spread = view.get("shift_uncertainty_mm")
-        spread_text = "" if spread is None else f" ± {shown(spread):.2f}"
-        lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f}{spread_text} "
-                     f"dy {shown(view['dy_mm']):+6.2f}{spread_text} "
+        spread = plus_minus(view.get("shift_uncertainty_mm"))
+        lines.append(f"  gantry {gantry:6.1f}: dx {shown(view['dx_mm']):+6.2f}{spread} "
+                     f"dy {shown(view['dy_mm']):+6.2f}{spread} "
                      f"rot {_rotation_text(view['rotation_deg'], view.get('rotation_uncertainty_deg'))}  "
                      f"residual {view['residual_mm']:.2f} mm"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")

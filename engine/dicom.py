@@ -575,7 +575,7 @@ def _parse(data: bytes, name: str) -> Dataset:
 
 
 def _elements_read(ds: Dataset) -> str:
-    """Say how far a dataset could be read: ``only 1 element could be read, (0008,0008)``."""
+    """Say how far a dataset could be read: ``only 1 element(s) could be read, the last (0008,0008)``."""
     try:
         tags = list(ds.keys())
     except Exception:  # noqa: BLE001 - a dataset that cannot even list its tags
@@ -583,7 +583,7 @@ def _elements_read(ds: Dataset) -> str:
     if not tags:
         return "no element could be read"
     last = tags[-1]
-    return (f"only {len(tags)} element(s) could be read, the last ({last.group:04X},{last.element:04X})")
+    return f"only {len(tags)} element(s) could be read, the last ({last.group:04X},{last.element:04X})"
 
 
 def _check_inflated_size(data: bytes, name: str) -> None:
@@ -861,11 +861,7 @@ def _checked(
     if ds is None:
         return None
     label = _label(keyword)
-    try:
-        present = keyword in ds
-    except Exception:
-        present = False
-    if not present:
+    if not _present(ds, keyword):
         return None
     try:
         value = ds[keyword].value

@@ -233,6 +233,15 @@ def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> tuple[lis
     return hot[0], hot[1]
 
 
+def faulty_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> dict:
+    """Return ``details["dead_detector_lines"]`` (and ``info``'s): the faulty detector lines, and which are hot.
+
+    ``{"rows", "columns", "hot_rows", "hot_columns"}``: lists of ``pixels``' indices (:func:`hot_lines`).
+    """
+    hot_rows, hot_cols = hot_lines(pixels, rows, cols)
+    return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
+
+
 def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:
     """Return ``image`` with its dead detector lines replaced by the live lines either side (``image`` if none).
 

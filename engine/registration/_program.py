@@ -52,9 +52,9 @@ from ._frame import (
     bridged_frame,
     dead_detector_lines,
     denoised_frame,
+    faulty_lines,
     frame_levels,
     frame_mask,
-    hot_lines,
     pad_pixel_list,
 )
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
@@ -290,8 +290,8 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
     # each detection-level line's dead share, from the detector lines inside it
     row_share = np.bincount([r // factor for r in rows if r // factor < mask.shape[0]], minlength=mask.shape[0])
     col_share = np.bincount([c // factor for c in cols if c // factor < mask.shape[1]], minlength=mask.shape[1])
-    row_share = np.minimum(row_share[:mask.shape[0]] / factor, 1.0)
-    col_share = np.minimum(col_share[:mask.shape[1]] / factor, 1.0)
+    row_share = np.minimum(row_share / factor, 1.0)  # (no longer than the mask: only its lines were counted)
+    col_share = np.minimum(col_share / factor, 1.0)
     dead = 1.0 - (1.0 - row_share)[:, None] * (1.0 - col_share)[None, :]
     share = float((dead * mask).sum()) / total
     if share < DEAD_LINES_MAX_FIELD_SHARE:
@@ -299,12 +299,6 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
     return (f"dead detector lines cross {100 * share:.0f} % of the {size:.0f} mm radiation field "
             f"({len(rows)} detector row(s) and {len(cols)} column(s); "
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
-
-
-def _lines_record(pixels: np.ndarray, rows: list[int], cols: list[int]) -> dict:
-    """Return ``details["dead_detector_lines"]``: the faulty detector lines left out, and which of them are hot."""
-    hot_rows, hot_cols = hot_lines(pixels, rows, cols)
-    return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
 
 
 def _lines_warning(whose: str, record: dict) -> str:
@@ -1104,12 +1098,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # looked for), not the field-detection level's lines they fall in
     frame_lines = reference_lines = None
     if field.dead_rows or field.dead_cols:
-        frame_lines = _lines_record(frame.pixels, *dead_detector_lines(field, 2 ** plan.field_level))
+        frame_lines = faulty_lines(frame.pixels, *dead_detector_lines(field, 2 ** plan.field_level))
         warnings.append(_lines_warning("", frame_lines))
     reference_field = reference.field
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
-        reference_lines = _lines_record(reference.image.pixels,
-                                        *dead_detector_lines(reference_field, reference._field_factor))
+        reference_lines = faulty_lines(reference.image.pixels,
+                                       *dead_detector_lines(reference_field, reference._field_factor))
         warnings.append(_lines_warning("the reference's ", reference_lines))
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
