@@ -123,8 +123,7 @@ class Image:
         pixels = self.pixels
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 2:
             raise PortalImageError(f"{name}: pixels must be a 2-D array, got {_describe(pixels)}")
-        if pixels.shape[0] < 8 or pixels.shape[1] < 8:
-            raise PortalImageError(f"{name}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels; at least 8x8 is needed")
+        _refuse_too_small(pixels.shape, name)
         if pixels.dtype != np.float32 or not pixels.flags.c_contiguous:
             object.__setattr__(self, "pixels", np.ascontiguousarray(pixels, dtype=np.float32))
         sy, sx = (float(s) for s in self.spacing_mm)
@@ -258,9 +257,16 @@ def check_pixels(array: Any, name: str) -> np.ndarray:
         raise PortalImageError(f"{name}: image is empty")
     if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool) or np.iscomplexobj(pixels):
         raise PortalImageError(f"{name}: pixels must be real numbers, got dtype {pixels.dtype}")
+    _refuse_too_small(pixels.shape, name)  # before the values: a 1x1 image is too small, not "constant"
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     _refuse_unusable_values(pixels, name)
     return pixels
+
+
+def _refuse_too_small(shape: tuple[int, ...], name: str) -> None:
+    """Raise :class:`PortalImageError` for an image under 8 pixels along either axis."""
+    if shape[0] < 8 or shape[1] < 8:
+        raise PortalImageError(f"{name}: image is {shape[0]}x{shape[1]} pixels; at least 8x8 is needed")
 
 
 def _refuse_unusable_values(pixels: np.ndarray, name: str) -> None:

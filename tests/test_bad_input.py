@@ -253,6 +253,8 @@ CASES = [
     Case("1d-npy", _npy("profile.npy", _pixels()[32]), PortalImageError, r"2-D .*\(64,\)", SPACING),
     Case("empty-npy", _npy("nothing.npy", np.zeros((0, 0), np.float32)), PortalImageError, r"empty", SPACING),
     Case("tiny-npy", _npy("tiny.npy", _pixels()[:4, :4]), PortalImageError, r"4x4 .*8x8", SPACING),
+    # one pixel is too small an image before it is a constant one
+    Case("one-pixel-npy", _npy("one.npy", _pixels()[:1, :1]), PortalImageError, r"1x1 .*8x8", SPACING),
     Case("complex-npy", _npy("complex.npy", _pixels().astype(np.complex64)), PortalImageError, r"real numbers",
          SPACING),
     Case("text-npy", _text_npy, None, r"not a \.npy file", SPACING),
