@@ -31,6 +31,7 @@ from portalign.archive import (  # noqa: E402
     pair_frames,
     population_statistics,
     run,
+    sigma_relative_se,
 )
 from portalign.cli import main  # noqa: E402
 from portalign.couch import projection_matrix  # noqa: E402
@@ -73,6 +74,22 @@ def test_statistics_not_measured_is_none_never_zero():
     assert empty["n_patients"] == 0 and all(empty[k] is None for k in ("M_mm", "Sigma_mm", "sigma_mm"))
     with pytest.raises(ValueError, match="min_fractions must be at least 2"):
         axis_statistics({}, min_fractions=1)
+
+
+def test_rotation_statistics_are_in_degrees_with_no_margin():
+    """Pitch, roll and yaw carry degrees in their keys, and no margin recipe (a trial found M_mm and a van Herk
+    "margin" of 0.20 mm on a rotation)."""
+    stats = axis_statistics({"A": np.array([1.0, 3.0]), "B": np.array([-1.0, -1.0])}, unit="deg")
+    assert set(stats) == {"M_deg", "Sigma_deg", "sigma_deg", "n_patients", "n_fractions"}
+    assert stats["M_deg"] == pytest.approx(0.5) and stats["Sigma_deg"] == pytest.approx(math.sqrt(4.5))
+    with pytest.raises(ValueError, match="unit must be 'mm'"):
+        axis_statistics({}, unit="rad")
+
+
+def test_sigma_relative_standard_error():
+    assert sigma_relative_se(1) is None  # no Sigma from one patient
+    assert sigma_relative_se(3) == pytest.approx(0.5)  # 1 / sqrt(2 * 2)
+    assert sigma_relative_se(9) == pytest.approx(0.25)
 
 
 def test_combine_fractions_recovers_a_known_3d_shift():
@@ -261,6 +278,12 @@ def test_population_statistics_recover_the_truth(archive, first_run):
     assert image["gantry_90"]["x"]["M_mm"] == pytest.approx(-truth["vertical"]["M_mm"], abs=TOLERANCE_MM)
     assert image["gantry_0"]["y"]["M_mm"] == pytest.approx(-truth["longitudinal"]["M_mm"], abs=TOLERANCE_MM)
     assert len(summary["beams"]) == 8
+    # four patients: Sigma's own standard error (41 %) is said, and so the margins are indicative only
+    (few,) = [w for w in summary["warnings"] if w.startswith("Sigma and the margins come from 4 patients")]
+    assert "about 41 %" in few and "9 or more patients" in few
+    # the rotations in degrees, and no margin for them
+    for name, got in summary["population_rotation_deg"].items():
+        assert set(got) == {"M_deg", "Sigma_deg", "sigma_deg", "n_patients", "n_fractions"}, name
 
 
 @pytest.mark.slow
@@ -312,6 +335,8 @@ def test_report_and_summary_files(first_run):
                                                     "margin_stroom_mm"}
     assert set(summary["counts"]) >= {"patients", "fractions", "frames", "not_ok", "unmatched", "unreadable"}
     report = (out / "report.md").read_text()
+    if any(s["n_patients"] for s in summary["population_rotation_deg"].values()):  # the rotations' own table
+        assert "## Rotations (IEC 61217 pitch, roll, yaw; degrees)" in report
     for png in ("setup_per_patient.png", "setup_histogram.png", "setup_by_fraction.png"):
         assert f"(plots/{png})" in report
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

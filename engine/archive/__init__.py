@@ -20,7 +20,7 @@ from ._index import index_file, list_files
 from ._pair import BeamTask, pair_frames
 from ._run import AXES, ArchiveError, ArchiveResult, run
 from ._setups import combine_fractions
-from ._stats import axis_statistics, population_statistics
+from ._stats import axis_statistics, population_statistics, sigma_relative_se
 from ._tasks import register_beam
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "population_statistics",
     "register_beam",
     "run",
+    "sigma_relative_se",
 ]

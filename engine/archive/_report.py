@@ -60,6 +60,14 @@ def write_report(out_dir: Path, summary: dict[str, Any], rows: list[dict[str, An
         s = summary["population"][axis]
         lines.append(f"| {axis} | {s['n_patients']} | {s['n_fractions']} | {_mm(s['M_mm'])} | {_mm(s['Sigma_mm'])} | "
                      f"{_mm(s['sigma_mm'])} | {_mm(s['margin_van_herk_mm'])} | {_mm(s['margin_stroom_mm'])} |")
+    rotations = summary.get("population_rotation_deg") or {}
+    if any(s["n_patients"] for s in rotations.values()):
+        lines += ["", "## Rotations (IEC 61217 pitch, roll, yaw; degrees)", "",
+                  "Where estimated (from views that pin them); no margin recipe applies to a rotation.", "",
+                  "| rotation | patients | fractions | M | Σ | σ |", "|---|---|---|---|---|---|"]
+        for name, s in rotations.items():
+            lines.append(f"| {name} | {s['n_patients']} | {s['n_fractions']} | {_mm(s['M_deg'])} | "
+                         f"{_mm(s['Sigma_deg'])} | {_mm(s['sigma_deg'])} |")
     if summary["image_axes"]:
         lines += ["", "## Per gantry angle, image axes (mm at the isocentre plane)", "",
                   "| view | axis | patients | M | Σ | σ | van Herk | Stroom |", "|---|---|---|---|---|---|---|---|"]

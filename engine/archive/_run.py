@@ -420,7 +420,8 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
     population = _stats.population_statistics([s["patient_id"] for s in good],
                                               {axis: [s[f"{axis}_mm"] for s in good] for axis in AXES})
     rotation = _stats.population_statistics([s["patient_id"] for s in good],
-                                            {name: [s[f"{name}_deg"] for s in good] for name in ("pitch", "roll", "yaw")})
+                                            {name: [s[f"{name}_deg"] for s in good] for name in ("pitch", "roll", "yaw")},
+                                            unit="deg")
     image_axes, beams = _image_axes(rows)
     warnings: list[str] = []
     if tasks_failed:
@@ -432,6 +433,14 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
         warnings.append(f"{len(clashes)} file(s) skipped that share a SOP Instance UID with a different image "
                         f"(first: {clashes[0]['path']}: {clashes[0]['reason']}); which one of each pair is kept "
                         "depends on the order the files are read: give each image its own UID")
+    # a systematic error from few patients is itself uncertain: its relative standard error is 1/sqrt(2(n-1))
+    in_statistics = max((population[axis]["n_patients"] for axis in AXES), default=0)
+    spread = _stats.sigma_relative_se(in_statistics)
+    if spread is not None and spread > _stats.SIGMA_MAX_RELATIVE_SE:
+        warnings.append(f"Sigma and the margins come from {in_statistics} patients: Sigma's own standard error is about "
+                        f"{100 * spread:.0f} % of it (1/sqrt(2(n-1)) for normal data), so the margins are indicative "
+                        f"only; {math.ceil(1 + 0.5 / _stats.SIGMA_MAX_RELATIVE_SE ** 2)} or more patients bring it "
+                        f"to {100 * _stats.SIGMA_MAX_RELATIVE_SE:.0f} % or less")
     not_ok_setups = [s for s in setups if s["n_views"] >= 2 and not s["ok"]]
     if not_ok_setups:
         warnings.append(f"{len(not_ok_setups)} fraction(s) with two or more views are not ok and are left out of the "
@@ -449,6 +458,8 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
             "sigma_mm": "root mean square of the s_p: random error",
             "margin_van_herk_mm": "2.5 Sigma + 0.7 sigma (van Herk et al. 2000)",
             "margin_stroom_mm": "2 Sigma + 0.7 sigma (Stroom et al. 1999)",
+            "population_rotation_deg": "the same M, Sigma and sigma of pitch, roll and yaw (IEC 61217), in degrees; "
+                                       "no margin recipe applies to rotations",
         },
         "population": population,
         "population_rotation_deg": rotation,

@@ -51,7 +51,7 @@ def per_patient(patient_ids: Sequence[Any], values: Sequence[float | None]) -> d
     return {p: np.asarray(v, dtype=np.float64) for p, v in groups.items()}
 
 
-def axis_statistics(groups: dict[Any, np.ndarray], *, min_fractions: int = 2) -> dict[str, Any]:
+def axis_statistics(groups: dict[Any, np.ndarray], *, min_fractions: int = 2, unit: str = "mm") -> dict[str, Any]:
     """Return the population statistics of one axis from each patient's per-fraction values.
 
     Parameters
@@ -61,37 +61,53 @@ def axis_statistics(groups: dict[Any, np.ndarray], *, min_fractions: int = 2) ->
     min_fractions : int
         Patients with fewer measured fractions are left out (at least 2: ``s_p``
         needs n - 1 > 0).
+    unit : {"mm", "deg"}
+        The values' unit, which the keys carry. Translations (``"mm"``) get the
+        margin recipes too; rotations (``"deg"``) do not: van Herk's and Stroom's
+        recipes are CTV-to-PTV margins for translations (van Herk et al. 2000,
+        Stroom et al. 1999), and a margin in degrees has no meaning.
 
     Returns
     -------
     dict
-        ``M_mm``, ``Sigma_mm``, ``sigma_mm``, ``margin_van_herk_mm``,
-        ``margin_stroom_mm`` (``None`` where not computable: no patient, or Σ with
-        one patient), ``n_patients`` and ``n_fractions`` used. Units are those of
-        the input (the ``_mm`` names are kept for rotations too).
+        ``M_<unit>``, ``Sigma_<unit>``, ``sigma_<unit>`` (and for mm
+        ``margin_van_herk_mm``, ``margin_stroom_mm``); ``None`` where not
+        computable: no patient, or Σ and the margins with one patient.
+        ``n_patients`` and ``n_fractions`` used.
+
+    Raises
+    ------
+    ValueError
+        ``min_fractions`` under 2, or ``unit`` not ``"mm"`` or ``"deg"``.
     """
     if min_fractions < 2:
         raise ValueError(f"min_fractions must be at least 2 (a patient's SD needs two fractions), got {min_fractions}")
+    if unit not in ("mm", "deg"):
+        raise ValueError(f"unit must be 'mm' (translations) or 'deg' (rotations), got {unit!r}")
     used = [np.asarray(v, dtype=np.float64) for v in groups.values() if len(v) >= min_fractions]
-    out: dict[str, Any] = {"M_mm": None, "Sigma_mm": None, "sigma_mm": None, "margin_van_herk_mm": None,
-                           "margin_stroom_mm": None, "n_patients": len(used),
-                           "n_fractions": int(sum(len(v) for v in used))}
+    mean_key, sys_key, random_key = f"M_{unit}", f"Sigma_{unit}", f"sigma_{unit}"
+    out: dict[str, Any] = {mean_key: None, sys_key: None, random_key: None}
+    margins = unit == "mm"
+    if margins:
+        out.update(margin_van_herk_mm=None, margin_stroom_mm=None)
+    out.update(n_patients=len(used), n_fractions=int(sum(len(v) for v in used)))
     if not used:
         return out
     means = np.array([v.mean() for v in used])
     sds = np.array([v.std(ddof=1) for v in used])
-    out["M_mm"] = float(means.mean())
-    out["sigma_mm"] = float(math.sqrt(float(np.mean(sds ** 2))))
+    out[mean_key] = float(means.mean())
+    out[random_key] = float(math.sqrt(float(np.mean(sds ** 2))))
     if len(used) >= 2:
         sigma_sys = float(means.std(ddof=1))
-        out["Sigma_mm"] = sigma_sys
-        out["margin_van_herk_mm"] = 2.5 * sigma_sys + 0.7 * out["sigma_mm"]
-        out["margin_stroom_mm"] = 2.0 * sigma_sys + 0.7 * out["sigma_mm"]
+        out[sys_key] = sigma_sys
+        if margins:
+            out["margin_van_herk_mm"] = 2.5 * sigma_sys + 0.7 * out[random_key]
+            out["margin_stroom_mm"] = 2.0 * sigma_sys + 0.7 * out[random_key]
     return out
 
 
 def population_statistics(patient_ids: Sequence[Any], values: dict[str, Iterable[float | None]], *,
-                          min_fractions: int = 2) -> dict[str, dict[str, Any]]:
+                          min_fractions: int = 2, unit: str = "mm") -> dict[str, dict[str, Any]]:
     """:func:`axis_statistics` for several axes at once.
 
     Parameters
@@ -101,6 +117,8 @@ def population_statistics(patient_ids: Sequence[Any], values: dict[str, Iterable
     values : dict
         Axis name -> per-fraction values in the same row order (``None`` where not measured).
     min_fractions : int
+    unit : {"mm", "deg"}
+        As :func:`axis_statistics`.
 
     Returns
     -------
@@ -114,5 +132,18 @@ def population_statistics(patient_ids: Sequence[Any], values: dict[str, Iterable
     (0.5, 2.1213, 1.0)
     """
     ids = list(patient_ids)
-    return {axis: axis_statistics(per_patient(ids, list(vals)), min_fractions=min_fractions)
+    return {axis: axis_statistics(per_patient(ids, list(vals)), min_fractions=min_fractions, unit=unit)
             for axis, vals in values.items()}
+
+
+#: Above this relative standard error of Σ the population's margins are said to be indicative only.
+SIGMA_MAX_RELATIVE_SE = 0.25
+
+
+def sigma_relative_se(n_patients: int) -> float | None:
+    """Return the relative standard error of a systematic error Σ estimated from ``n_patients`` patient means.
+
+    For normally distributed patient means the sample SD's standard error is about ``Σ / sqrt(2 (n - 1))``
+    (the large-sample approximation of the chi distribution's spread); None under two patients (no Σ).
+    """
+    return None if n_patients < 2 else 1.0 / math.sqrt(2.0 * (n_patients - 1))
