@@ -1511,24 +1511,31 @@ def _aperture(item: Dataset | None, collimator_deg: float | None, name: str, not
         positions = _checked(device, "LeafJawPositions", name, **limits)  # type: ignore[arg-type]
         if positions is None:
             continue
-        if kind in ("X", "ASYMX") and len(positions) == 2 and "x1" not in jaws_iec:
-            jaws_iec["x1"], jaws_iec["x2"] = positions
-        elif kind in ("Y", "ASYMY") and len(positions) == 2 and "y1" not in jaws_iec:
-            jaws_iec["y1"], jaws_iec["y2"] = positions
-        elif kind in ("X", "ASYMX", "Y", "ASYMY"):
-            why = (f"{len(positions)} LeafJawPositions, 2 expected" if len(positions) != 2
-                   else f"a second {kind} jaw item")
+        axis = "x1" if kind in ("X", "ASYMX") else "y1" if kind in ("Y", "ASYMY") else ""
+        if axis and len(positions) == 2 and axis not in jaws_iec and positions[0] <= positions[1]:
+            jaws_iec[axis], jaws_iec[axis[0] + "2"] = positions
+        elif axis:
+            why = (f"{len(positions)} LeafJawPositions (300A,011C), 2 expected" if len(positions) != 2
+                   else f"a second {kind} jaw item" if axis in jaws_iec
+                   else f"LeafJawPositions (300A,011C) {positions[0]:g}, {positions[1]:g} reversed (jaw 1 beyond jaw 2)")
             notes.append(f"ExposureSequence: an RTBeamLimitingDeviceType {kind} item with {why}: not used (the "
                          "planned jaws are then unknown on that axis)")
         elif kind in ("MLCX", "MLCY"):
+            boundaries = _checked(device, "LeafPositionBoundaries", name, **limits)  # type: ignore[arg-type]
+            pairs = _int(device, "NumberOfLeafJawPairs")
+            why = _mlc_inconsistency(positions, boundaries, pairs)
+            if why:  # a leaf table that does not add up is no aperture (fieldcheck broadcast it into a traceback)
+                notes.append(f"ExposureSequence: an RTBeamLimitingDeviceType {kind} item with {why}: not used (the "
+                             "planned MLC aperture is then unknown)")
+                continue
             mlc.append(
                 {
                     "type": kind,
-                    "number_of_pairs": _int(device, "NumberOfLeafJawPairs") or len(positions) // 2,
+                    "number_of_pairs": len(positions) // 2,
                     # bank A (x1/y1 side) first, then bank B, mm at the isocentre,
                     # IEC beam-limiting-device frame, as in DICOM
                     "leaf_positions_mm": positions,
-                    "leaf_boundaries_mm": _checked(device, "LeafPositionBoundaries", name, **limits),  # type: ignore[arg-type]
+                    "leaf_boundaries_mm": boundaries,
                     "source_to_device_mm": _float(device, "SourceToBeamLimitingDeviceDistance"),
                 }
             )
@@ -1562,6 +1569,27 @@ def _aperture(item: Dataset | None, collimator_deg: float | None, name: str, not
     if mlc:
         extra["planned_mlc"] = mlc
     return extra
+
+
+def _mlc_inconsistency(positions: list[float], boundaries: list[float] | None, pairs: int | None) -> str:
+    """Say what does not add up in an MLC item's leaf table; ``""`` when it is consistent.
+
+    DICOM (C.8.8.14 / C.8.8.25): LeafJawPositions (300A,011C) holds 2 x NumberOfLeafJawPairs (300A,00BC) values,
+    bank A then bank B; LeafPositionBoundaries (300A,00BE), where given, NumberOfLeafJawPairs + 1 increasing values
+    (a pair whose banks meet or cross is closed, as fieldcheck reads it).
+    """
+    if len(positions) % 2:
+        return f"an odd number of LeafJawPositions (300A,011C), {len(positions)}"
+    n = len(positions) // 2
+    if pairs is not None and pairs != n:
+        return (f"{len(positions)} LeafJawPositions (300A,011C) for NumberOfLeafJawPairs (300A,00BC) {pairs} "
+                f"({2 * pairs} expected)")
+    if boundaries is not None:
+        if len(boundaries) != n + 1:
+            return (f"{len(boundaries)} LeafPositionBoundaries (300A,00BE) for {n} leaf pairs ({n + 1} expected)")
+        if any(b >= a for a, b in zip(boundaries[1:], boundaries[:-1], strict=True)):
+            return "LeafPositionBoundaries (300A,00BE) that do not increase"
+    return ""
 
 
 #: Applicator aperture shapes (DICOM ApplicatorApertureShape, 300A,0432) portalign can compare a field with.

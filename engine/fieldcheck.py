@@ -485,7 +485,7 @@ def _mlc_aperture(devices: Any, jaws: tuple[float, float, float, float]) -> tupl
         if not positions or not boundaries or kind not in ("MLCX", "MLCY"):
             continue
         n = len(positions) // 2
-        if len(boundaries) != n + 1:
+        if len(positions) != 2 * n or len(boundaries) != n + 1:  # the reader notes and drops such a table too
             continue
         bank_a, bank_b = np.asarray(positions[:n], float), np.asarray(positions[n:], float)
         edges = np.asarray(boundaries, float)

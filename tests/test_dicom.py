@@ -1195,8 +1195,43 @@ def test_a_jaw_item_that_cannot_be_used_is_said_in_the_notes():
     extra = read_rt_image(make_rt_image(_ramp(), ExposureSequence=[item])).info.extra
     assert extra["planned_jaws_mm"] == {"x1": -20.0, "x2": 40.0}
     assert "planned_field_corners_mm" not in extra
-    assert extra["notes"] == ["ExposureSequence: an RTBeamLimitingDeviceType ASYMY item with 1 LeafJawPositions, 2 "
-                              "expected: not used (the planned jaws are then unknown on that axis)"]
+    assert extra["notes"] == ["ExposureSequence: an RTBeamLimitingDeviceType ASYMY item with 1 LeafJawPositions "
+                              "(300A,011C), 2 expected: not used (the planned jaws are then unknown on that axis)"]
+
+
+def test_reversed_jaws_are_noted_and_not_used():
+    """Y1 = +50 beyond Y2 = -40 (a fourth fuzz campaign's mutant) was shown by info and measured against by fieldcheck."""
+    item = _exposure(collimator=0.0)
+    item.BeamLimitingDeviceSequence[1] = _device("ASYMY", [50.0, -40.0])
+    extra = read_rt_image(make_rt_image(_ramp(), ExposureSequence=[item])).info.extra
+    assert extra["planned_jaws_mm"] == {"x1": -20.0, "x2": 40.0}
+    assert extra["notes"] == ["ExposureSequence: an RTBeamLimitingDeviceType ASYMY item with LeafJawPositions "
+                              "(300A,011C) 50, -40 reversed (jaw 1 beyond jaw 2): not used (the planned jaws are then "
+                              "unknown on that axis)"]
+
+
+@pytest.mark.parametrize(("positions", "pairs", "boundaries", "said"), [
+    # 21 positions and 11 boundaries: fieldcheck broadcast 11 against 10 leaves into a traceback (fuzz campaign 4)
+    ([float(v) for v in range(-10, 11)], 10, [float(v) for v in range(-50, 60, 10)],
+     "an odd number of LeafJawPositions (300A,011C), 21"),
+    ([-5.0, -6.0, 7.0, 8.0], 10, None, "4 LeafJawPositions (300A,011C) for NumberOfLeafJawPairs (300A,00BC) 10 (20 expected)"),
+    ([-5.0, -6.0, 7.0, 8.0], 2, [0.0, 5.0], "2 LeafPositionBoundaries (300A,00BE) for 2 leaf pairs (3 expected)"),
+    ([-5.0, -6.0, 7.0, 8.0], 2, [0.0, 5.0, 5.0], "LeafPositionBoundaries (300A,00BE) that do not increase"),
+])
+def test_an_mlc_table_that_does_not_add_up_is_noted_and_not_used(positions, pairs, boundaries, said):
+    item = _exposure(collimator=0.0)
+    device = _device("MLCX", positions)
+    device.NumberOfLeafJawPairs = pairs
+    if boundaries is not None:
+        device.LeafPositionBoundaries = [ds_value(b) for b in boundaries]
+    item.BeamLimitingDeviceSequence.append(device)
+    image = read_rt_image(make_rt_image(_ramp(), ExposureSequence=[item]))
+    assert "planned_mlc" not in image.info.extra
+    assert image.info.extra["notes"] == [f"ExposureSequence: an RTBeamLimitingDeviceType MLCX item with {said}: not used "
+                                         "(the planned MLC aperture is then unknown)"]
+    from portalign.fieldcheck import planned_field
+
+    assert planned_field(image).source == "reference jaws"  # the jaws still make a planned field, not the leaves
 
 
 @pytest.mark.parametrize("raw", [b"\x00\x00", b"  ", None])
