@@ -824,6 +824,22 @@ def test_corrupt_compressed_data_is_a_portal_image_error(tmp_path):
         read_rt_image(write_rt_image(ds, tmp_path / "j2k.dcm"))
 
 
+def test_compressed_pixel_data_may_decode_to_a_bounded_size_whatever_its_ratio(tmp_path):
+    """Lossy JPEG 2000 of real portal images reached 60-65 times (a fourth fuzz campaign) and was refused as "the image
+    size tags are wrong"; up to 16 MiB of pixels any ratio is decoded (beyond, the ratio is bounded: the test above)."""
+    from portalign.dicom import MAX_COMPRESSION_RATIO
+
+    fragment = b"\xff\x4f\xff\x51" + bytes(2044)  # 2 KiB
+    ds = make_rt_image(np.zeros((400, 400), np.uint16))  # 320,000 bytes: 156 times the fragment, under 16 MiB
+    assert 400 * 400 * 2 > MAX_COMPRESSION_RATIO * len(fragment) + 16
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([fragment])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(PortalImageError) as info:
+        read_rt_image(write_rt_image(ds, tmp_path / "lossy.dcm"))
+    assert str(info.value).startswith("lossy.dcm: ") and "size tags are wrong" not in str(info.value)  # its bytes only
+
+
 # ---------------------------------------------------------------------------
 # multi-frame
 # ---------------------------------------------------------------------------
@@ -1171,7 +1187,7 @@ def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):
     ds["PixelData"].VR = "OB"
     ds.Rows, ds.Columns = 20000, 20000
     with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(20000 x 20000 x 16\) would "
-                                               r"decode \d+ bytes of compressed pixel data into 800000000 bytes"):
+                                               r"decode \d+ bytes of compressed pixel data into 800,000,000 bytes \(over 50 times, and over 16 MiB\)"):
         read_rt_image(write_rt_image(ds, tmp_path / "big.dcm"))
 
 
