@@ -19,7 +19,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-__all__ = ["PYDICOM_MAJOR", "decode_pixels", "decoder_available", "read_encoding", "write_dataset"]
+__all__ = ["PYDICOM_MAJOR", "apply_modality_lut", "decode_pixels", "decoder_available", "read_encoding",
+           "write_dataset"]
 
 #: Major version of the installed pydicom (2 or 3).
 PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
@@ -27,8 +28,11 @@ PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
 _get_decoder: Any = None
 _pixel_array: Any = None
 if PYDICOM_MAJOR >= 3:
+    from pydicom.pixels import apply_modality_lut
     from pydicom.pixels import get_decoder as _get_decoder
     from pydicom.pixels import pixel_array as _pixel_array
+else:  # pragma: no cover - pydicom 2.4
+    from pydicom.pixel_data_handlers.util import apply_modality_lut  # type: ignore[no-redef]
 
 
 def decode_pixels(ds: Dataset, *, index: int | None) -> np.ndarray:

@@ -119,7 +119,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import PersonName
 
-from ._pydicom_compat import decode_pixels, decoder_available, read_encoding
+from ._pydicom_compat import apply_modality_lut, decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
 from .image import Image, ImageInfo, check_pixels
 
@@ -968,8 +968,16 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
                 raise PortalImageError(f"{name}: frame {index} decoded to {frames[0].shape}, the header says {rows} x "
                                        f"{cols}; the size tags are wrong")
             indices = [index]
-        slope, intercept = _rescale_tags(ds, name)
-        pixels = [check_pixels(_rescale(raw, slope, intercept), name) for raw in frames]
+        if _check_bits_stored(ds, name, geometry.notes):  # cut to BitsStored by this reader (pydicom 2.4 keeps them)
+            keep = (1 << int(_int(ds, "BitsStored") or 0)) - 1
+            frames = [np.bitwise_and(f, keep, dtype=f.dtype) for f in frames]
+        if ds.get("ModalityLUTSequence"):  # a lookup table instead of a linear rescale (PS3.3 C.11.1)
+            slope, intercept = 1.0, 0.0
+            pixels = [check_pixels(_modality_lut(raw, ds, name), name) for raw in frames]
+            geometry.notes.append(_lut_note(ds))
+        else:
+            slope, intercept = _rescale_tags(ds, name)
+            pixels = [check_pixels(_rescale(raw, slope, intercept, name), name) for raw in frames]
         sign, reason, offset = _intensity_sign(ds, name, kind, pixels, slope, intercept, options.invert)
         if sign < 0:  # in place where the array is this reader's own copy, not the decoded one (no second image)
             pixels = [np.subtract(offset, p, out=None if any(p is raw for raw in frames) else p, dtype=np.float32)
@@ -1015,6 +1023,11 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         raise PortalImageError(
             f"{name}: is a palette-colour image (PhotometricInterpretation (0028,0004) PALETTE COLOR): its values index "
             "a colour table, not the radiation that reached the imager; portal images are MONOCHROME1 or MONOCHROME2")
+    if photometric.startswith(("RGB", "YBR", "HSV", "ARGB", "CMYK")):  # colour, with one sample: the decoder broadcast
+        raise PortalImageError(                                           # one plane against three (a fuzz campaign)
+            f"{name}: PhotometricInterpretation (0028,0004) {_printable(photometric, 16)} is a colour model but "
+            "SamplesPerPixel (0028,0002) is 1; a greyscale RT Image has MONOCHROME1 or MONOCHROME2 there: correct the "
+            "tag")
     frames = _checked_int(ds, "NumberOfFrames", name, 1, 2**31 - 1)
     if frames is None and _present(ds, "NumberOfFrames"):  # the decoder reads it as int(''): say so, naming it
         raise PortalImageError(f"{name}: NumberOfFrames (0028,0008) is present but empty; a single frame has 1 there "
@@ -1220,16 +1233,91 @@ def _install_hint(transfer_syntax: UID) -> str:
 
 #: Pixels rescaled at a time (float64, then rounded into the float32 image): 2 MiB of scratch, whatever the image.
 _RESCALE_BLOCK = 1 << 18
+#: Distinct steps float32 resolves within a power of two (its 23-bit fraction).
+FLOAT32_LEVELS = float(1 << 23)
+#: A native image whose stored values use bits above BitsStored in more than this share of its pixels is refused: a
+#: BitsStored smaller than the data (cut to it, the values wrap). Below it they are overlay bits (the retired overlay
+#: planes in the pixel data, PS3.5 8.1.2), cut off as DICOM says, and noted.
+BITS_ABOVE_STORED_MAX_SHARE = 0.05
 
 
-def _rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+def _check_bits_stored(ds: Dataset, name: str, notes: list[str]) -> bool:
+    """Refuse (or note) native unsigned pixel data whose values use bits above BitsStored (0028,0101).
+
+    pydicom 3 keeps the low BitsStored bits, as DICOM says: a BitsStored of 12 on 14-bit data read a detector's
+    16383 as 4095, wrapping every value above (a fourth fuzz campaign); pydicom 2.4 keeps every bit. No copy: a view
+    of the pixel bytes. Returns True where a few pixels (overlay bits) were noted: the caller cuts them off, so that
+    both read the same values.
+    """
+    if _transfer_syntax(ds).is_compressed or "PixelData" not in ds or _int(ds, "PixelRepresentation") != 0:
+        return False
+    bits, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    if bits not in (8, 16, 32) or stored is None or not 1 <= stored < bits:
+        return False
+    try:
+        data = ds.PixelData
+        little = read_encoding(ds)[1] is not False
+        count = len(data) // (bits // 8)
+        raw = np.frombuffer(data, dtype=np.dtype(f"{'<' if little else '>'}u{bits // 8}"), count=count)
+    except Exception:  # noqa: BLE001 - undecodable pixel data is the decoder's to report
+        return False
+    if raw.size == 0 or int(raw.max()) >> stored == 0:
+        return False
+    share = float(np.count_nonzero(raw >> stored)) / raw.size
+    said = (f"stored pixel values reach {int(raw.max())}, beyond BitsStored (0028,0101) {stored} (at most "
+            f"{(1 << stored) - 1})")
+    if share > BITS_ABOVE_STORED_MAX_SHARE:
+        raise PortalImageError(f"{name}: {said} in {100 * share:.0f} % of the pixels: cut to {stored} bits they would "
+                               "wrap; correct BitsStored and HighBit (0028,0102) to the data's depth")
+    notes.append(f"{said} in {100 * share:.1f} % of the pixels: those bits (overlay planes) are not read, as DICOM says")
+    return True
+
+
+def _modality_lut(raw: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    """Return ``raw`` through the file's Modality LUT (0028,3000), as float32 (pydicom's ``apply_modality_lut``)."""
+    try:
+        mapped = apply_modality_lut(raw, ds)
+    except Exception as exc:  # noqa: BLE001 - a damaged table fails in many ways inside pydicom
+        raise PortalImageError(f"{name}: ModalityLUTSequence (0028,3000) cannot be applied ({_one_line(exc)}); correct "
+                               "or remove it") from None
+    if mapped.shape != raw.shape:
+        raise PortalImageError(f"{name}: ModalityLUTSequence (0028,3000) mapped the pixels to shape {mapped.shape}; "
+                               "correct or remove it")
+    return np.ascontiguousarray(mapped, dtype=np.float32)
+
+
+def _lut_note(ds: Dataset) -> str:
+    """Say that the Modality LUT was applied, and that a rescale beside it (which DICOM forbids) was not."""
+    both = "RescaleSlope" in ds or "RescaleIntercept" in ds
+    return ("ModalityLUTSequence (0028,3000) applied to the stored values" +
+            ("; RescaleSlope/RescaleIntercept (0028,1053/1052) not applied (DICOM allows one or the other)" if both
+             else ""))
+
+
+def _rescale(raw: np.ndarray, slope: float, intercept: float, name: str = "image") -> np.ndarray:
     """Return ``raw * slope + intercept`` (float64 arithmetic) as float32, computed a block of rows at a time.
 
     The same numbers as one float64 array rounded to float32 afterwards, without the float64 copy of the
     whole image: for a 1-bit image (unpacked to a byte a pixel) that copy was 64 times the pixel data read.
+
+    Raises
+    ------
+    PortalImageError
+        Where the rescaled values lie so far from 0 that float32 (24-bit significand) cannot tell one stored level
+        from the next: the image's levels would merge (a fourth fuzz campaign: RescaleIntercept 1e9 turned 906 grey
+        levels into 25, and 1e12 into "all pixels have the same value").
     """
     if slope == 1.0 and intercept == 0.0:
         return raw
+    if raw.size and abs(intercept) > FLOAT32_LEVELS * abs(slope) / 2:  # else no stored value can reach that far
+        low, high = float(raw.min()), float(raw.max())
+        reach = max(abs(low * slope + intercept), abs(high * slope + intercept))
+        step = reach / FLOAT32_LEVELS  # float32's spacing near the largest magnitude (within a factor of 2)
+        if step > abs(slope) and np.isfinite(step):
+            raise PortalImageError(
+                f"{name}: RescaleIntercept (0028,1052) {intercept:g} with RescaleSlope (0028,1053) {slope:g} puts the "
+                f"pixels near {reach:.3g}, where 32-bit floats keep steps of about {step:.3g}, coarser than one stored "
+                "level: the image's grey levels would merge; correct or remove the tag")
     out = np.empty(raw.shape, dtype=np.float32)
     flat_raw, flat_out = raw.reshape(-1), out.reshape(-1)
     for start in range(0, flat_raw.size, _RESCALE_BLOCK):

@@ -1115,6 +1115,9 @@ def test_an_unusable_tag_is_refused_naming_the_file_the_tag_and_the_fix(tmp_path
         ("SamplesPerPixel", 3, r"is a colour image \(SamplesPerPixel 3\)"),
         ("PhotometricInterpretation", "PALETTE COLOR", r"is a palette-colour image \(PhotometricInterpretation "
                                                        r"\(0028,0004\) PALETTE COLOR\): its values index a colour table"),
+        ("PhotometricInterpretation", "YBR_FULL_422", r"PhotometricInterpretation \(0028,0004\) YBR_FULL_422 is a colour "
+                                                      r"model but SamplesPerPixel \(0028,0002\) is 1; a greyscale RT Image "
+                                                      r"has MONOCHROME1 or MONOCHROME2 there: correct the tag$"),
         ("PixelIntensityRelationshipSign", 0, r"PixelIntensityRelationshipSign \(0028,1041\) is 0; it must be \+1 or -1; "
                                               r"correct the tag or pass invert=True / invert=False \(--invert / --no-invert\)$"),
     ],
@@ -1187,7 +1190,8 @@ def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):
     ds["PixelData"].VR = "OB"
     ds.Rows, ds.Columns = 20000, 20000
     with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(20000 x 20000 x 16\) would "
-                                               r"decode \d+ bytes of compressed pixel data into 800,000,000 bytes \(over 50 times, and over 16 MiB\)"):
+                                               r"decode \d+ bytes of compressed pixel data into 800,000,000 bytes "
+                                               r"\(over 50 times, and over 16 MiB\)"):
         read_rt_image(write_rt_image(ds, tmp_path / "big.dcm"))
 
 
@@ -1266,3 +1270,73 @@ def test_a_blank_modality_read_as_an_rt_image_is_noted(tmp_path, raw):
             in describe(image)["notes"])
     plain = read_rt_image(write_rt_image(make_rt_image(_ramp(), spacing=0.4, position="centre"), tmp_path / "p.dcm"))
     assert not any(n.startswith("Modality") for n in describe(plain)["notes"])
+
+
+# ---------------------------------------------------------------------------
+# values: a Modality LUT, bits above BitsStored, a rescale beyond float32 (a fourth fuzz campaign)
+# ---------------------------------------------------------------------------
+
+
+def _lut_item(data: list[int], first: int = 0, depth: int = 16) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(data), first, depth])  # LUTDescriptor
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "OW", np.asarray(data, "<u2").tobytes())  # LUTData
+    return item
+
+
+def test_a_modality_lut_is_applied_and_said(tmp_path):
+    """An inverting ModalityLUTSequence was ignored: the raw values were registered, with no word."""
+    raw = _ramp()
+    ds = make_rt_image(raw, ModalityLUTSequence=[_lut_item([4095 - v for v in range(4096)])])
+    image = read_rt_image(write_rt_image(ds, tmp_path / "lut.dcm"))
+    np.testing.assert_array_equal(image.pixels, 4095.0 - raw)
+    assert "ModalityLUTSequence (0028,3000) applied to the stored values" in image.info.extra["notes"]
+    # beside a rescale (which DICOM forbids): the table is applied, the rescale not, and both are said
+    ds.RescaleSlope, ds.RescaleIntercept = ds_value(2.0), ds_value(-7.0)
+    image = read_rt_image(write_rt_image(ds, tmp_path / "both.dcm"))
+    np.testing.assert_array_equal(image.pixels, 4095.0 - raw)
+    assert ("ModalityLUTSequence (0028,3000) applied to the stored values; RescaleSlope/RescaleIntercept "
+            "(0028,1053/1052) not applied (DICOM allows one or the other)") in image.info.extra["notes"]
+
+
+def test_a_damaged_modality_lut_is_named(tmp_path):
+    ds = make_rt_image(_ramp(), ModalityLUTSequence=[_lut_item(list(range(16)), depth=13)])  # no uint13
+    with pytest.raises(PortalImageError, match=r"^lut\.dcm: ModalityLUTSequence \(0028,3000\) cannot be applied \(.*\); "
+                                               r"correct or remove it$"):
+        read_rt_image(write_rt_image(ds, tmp_path / "lut.dcm"))
+
+
+def test_values_above_bits_stored_are_refused_or_noted(tmp_path):
+    """BitsStored 12 on 14-bit data read 16383 as 4095, every value above wrapping, with no word."""
+    raw = (np.arange(48 * 64).reshape(48, 64) * 5 % 16384).astype(np.uint16)
+    ds = make_rt_image(raw)
+    ds.BitsStored, ds.HighBit = 12, 11
+    with pytest.raises(PortalImageError, match=r"^bits\.dcm: stored pixel values reach 15355, beyond BitsStored "
+                                               r"\(0028,0101\) 12 \(at most 4095\) in 73 % of the pixels: cut to 12 bits "
+                                               r"they would wrap; correct BitsStored and HighBit \(0028,0102\) to the "
+                                               r"data's depth$"):
+        read_rt_image(write_rt_image(ds, tmp_path / "bits.dcm"))
+    # a few pixels with a high bit set (an overlay plane in the pixel data): read as DICOM says, and noted
+    few = _ramp()
+    few[:2, :10] |= 1 << 15
+    ds = make_rt_image(few)
+    ds.BitsStored, ds.HighBit = 12, 11
+    image = read_rt_image(write_rt_image(ds, tmp_path / "overlay.dcm"))
+    np.testing.assert_array_equal(image.pixels, _ramp())
+    assert ("stored pixel values reach 32851, beyond BitsStored (0028,0101) 12 (at most 4095) in 0.7 % of the pixels: "
+            "those bits (overlay planes) are not read, as DICOM says") in image.info.extra["notes"]
+
+
+@pytest.mark.parametrize("intercept", [1e9, -1e12])
+def test_a_rescale_beyond_float32_is_refused(tmp_path, intercept):
+    """RescaleIntercept 1e9 merged 906 grey levels into 25, 1e12 into "all pixels have the same value"."""
+    ds = make_rt_image(_ramp())
+    ds.RescaleSlope, ds.RescaleIntercept = ds_value(1.0), ds_value(intercept)
+    with pytest.raises(PortalImageError, match=r"^far\.dcm: RescaleIntercept \(0028,1052\) .* puts the pixels near .*, "
+                                               r"where 32-bit floats keep steps of about .*, coarser than one stored "
+                                               r"level: the image's grey levels would merge; correct or remove the tag$"):
+        read_rt_image(write_rt_image(ds, tmp_path / "far.dcm"))
+    ds.RescaleIntercept = ds_value(-16384.0)  # a Varian aS500's: nowhere near (read, all <= 0, as negated signal)
+    pixels = read_rt_image(write_rt_image(ds, tmp_path / "near.dcm")).pixels
+    assert pixels.max() - pixels.min() == pytest.approx(250.0)
