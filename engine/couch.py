@@ -809,13 +809,16 @@ def _flagged(payload: dict[str, Any], parser: Any) -> dict[str, Any]:
 def _text_report(couch: CouchShift, parser: Any = None) -> str:
     """Return the command's text report, the engine's keywords in its reasons named as ``parser``'s flags."""
     lines = []
+    if not couch.ok:  # first, before any number (a trial read "correction -2.75 mm" above a NOT OK further down)
+        lines.append(f"NOT OK: {couch.reason}; do not apply the correction below")
     names = couch.patient_directions or {}
     for axis in AXES:
         value = getattr(couch, f"{axis}_mm")
         hint = f"  (+ = {names[axis]})" if axis in names else ""
         spread = plus_minus((couch.uncertainty_mm or {}).get(axis))
         lines.append(f"{axis:>13}: {shown(value):+7.2f}{spread} mm   "
-                     f"correction {shown(couch.couch_correction[axis]):+7.2f} mm{hint}")
+                     f"correction {shown(couch.couch_correction[axis]):+7.2f} mm{hint}"
+                     f"{'' if couch.ok else '  (not ok)'}")
     for name, value in couch.rotation_deg.items():
         spread = plus_minus((couch.rotation_uncertainty_deg or {}).get(name))
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f}{spread} deg"))

@@ -229,6 +229,10 @@ class InstanceRegistrar:
         )
 
     def _lookup(self, key: tuple[str, int | None]) -> tuple[Reference | None, str, str]:
+        if not key[0] and key[1] is None and self.configured is not None:
+            # a frame that names no plan and no beam goes to the configured reference, not to whichever received
+            # image named none either (a trial: a DRR dropped beside the frames captured them despite --reference)
+            return self.configured, self.configured_uid, "configured"
         with self._lock:
             found = self._beams.get(key)
             if found is not None:

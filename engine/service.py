@@ -623,7 +623,9 @@ def create_app(
 
 
 def _http_hints(text: str) -> str:
-    """Say the overrides a reason names as this API's: query parameters of the reference's upload."""
+    """Say the overrides a reason names as this API's: query parameters of the reference's upload, headers."""
+    text = re.sub(r"\(or pass pixel_spacing_mm(=)?\)", "(or send the X-Pixel-Spacing-Mm header)", text)
+    text = re.sub(r"pass pixel_spacing_mm(=)?( \(--pixel-spacing-mm\))?", "send the X-Pixel-Spacing-Mm header", text)
     text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
     text = re.sub(r"\((allow_\w+)\)", r"(?\1=true)", text)
     return re.sub(r"set (mirror_check|aperture_check)='(\w+)' \(--[\w-]+ \w+\)", r"upload the reference with ?\1=\2",
@@ -641,9 +643,12 @@ def _known_query(request: Any, what: str, known: tuple[str, ...]) -> None:
     """
     unknown = sorted(set(request.query_params.keys()) - set(known))
     if unknown:
+        theirs = [name for name in unknown if name in _REFERENCE_QUERY]
+        where = (f"; {', '.join(theirs)} belongs to the reference: upload it with ?{theirs[0]}=..." if theirs
+                 and what != "reference" else "")
         raise ApiError(400, "bad_request", f"{what}: unknown query parameter(s) {', '.join(unknown)[:200]}; this "
-                                           f"endpoint takes {', '.join(known)} (the other registration options are "
-                                           "the server's, set when it is started: create_app(options=...))")
+                                           f"endpoint takes {', '.join(known)}{where} (the other registration options "
+                                           "are the server's: portalign.service.create_app(options=...) from Python)")
 
 
 async def _read_body(request: Any, limit: int, name: str) -> bytes:
@@ -680,9 +685,9 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
 
             image = await in_pool(lambda: read_rt_image(body, frame=frame, pixel_spacing_mm=spacing, invert=invert))
         except PixelValuesError as exc:  # a well-formed file whose pixels cannot be registered (blank, NaN)
-            raise ApiError(422, "invalid_pixels", f"{name}: {_one_line(exc)}") from None
+            raise ApiError(422, "invalid_pixels", f"{name}: {_http_hints(_one_line(exc))}") from None
         except PortalignError as exc:
-            raise ApiError(422, "invalid_dicom", f"{name}: {_one_line(exc)}") from None
+            raise ApiError(422, "invalid_dicom", f"{name}: {_http_hints(_one_line(exc))}") from None
         return _rename(image, name)
     if media == _MEDIA_RAW:
         rows = _int_header(request.headers, "x-rows", name)

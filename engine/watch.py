@@ -8,7 +8,11 @@ Write-complete detection
     A file is taken only when its size and modification time are the same on
     ``stable_polls`` (default 2) consecutive polls, i.e. nobody wrote to it for
     at least one poll interval; an empty file must stay empty for
-    ``empty_polls`` polls (default 10). Names ending in ``.part``, ``.tmp``,
+    ``empty_polls`` polls (default 10). A file that then reads as cut short
+    (truncated, damaged, no DICOM header yet) and was written to less than
+    ``YOUNG_S`` (10 s) before is taken as still being written (a writer that pauses longer than a poll between its chunks): it is
+    left where it is and taken again once it has changed or aged; a trial's file
+    written in five chunks 0.5 s apart had been moved to ``failed/`` half written. Names ending in ``.part``, ``.tmp``,
     ``.partial``, ``.crdownload`` or ``~`` and hidden names (``.*``) are never
     taken: the safest way to deliver a file is to write ``NAME.part`` and rename
     it to ``NAME`` when complete (a rename is atomic on one file system). The
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import signal
 import sys
@@ -58,6 +63,10 @@ from .scp import InstanceRegistrar
 
 __all__ = ["IGNORED_SUFFIXES", "FolderWatcher", "add_arguments", "is_ignored", "run"]
 
+#: A file that cannot be read and was modified less than this many seconds before is taken as still being written.
+YOUNG_S = 10.0
+
+
 #: Files with these endings are still being written (or are editor/browser leftovers).
 IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", "~")
 DONE, FAILED = "done", "failed"
@@ -73,7 +82,7 @@ def is_ignored(name: str) -> bool:
 class _Seen:
     size: int
     mtime_ns: int
-    polls: int = 1  # consecutive polls with this size and mtime
+    polls: int = 1  # consecutive polls with this size and mtime (fewer than 1: held back, see YOUNG_S)
 
 
 class FolderWatcher:
@@ -91,13 +100,16 @@ class FolderWatcher:
         Polls in a row that must see the same size and mtime before a file is taken (>= 2).
     empty_polls : int
         The same for an empty file.
+    young_s : float
+        A file that cannot be read and was modified less than this many seconds before is held back as still being
+        written (default :data:`YOUNG_S`; 0 fails it at once).
     on_file : callable, optional
         Called as ``on_file(name, lines)`` after each file is handled, with the
         journal lines written for it (``portalign watch`` prints one line per file).
     """
 
     def __init__(self, folder: str | os.PathLike[str], registrar: InstanceRegistrar, *, poll_s: float = 0.2,
-                 stable_polls: int = 2, empty_polls: int = 10,
+                 stable_polls: int = 2, empty_polls: int = 10, young_s: float = YOUNG_S,
                  on_file: Callable[[str, list[dict[str, Any]]], None] | None = None) -> None:
         if not poll_s > 0:
             raise PortalignError(f"poll_s (the poll interval) must be positive seconds; got {poll_s!r}")
@@ -120,6 +132,7 @@ class FolderWatcher:
         self.poll_s = float(poll_s)
         self.stable_polls = int(stable_polls)
         self.empty_polls = max(int(empty_polls), self.stable_polls)
+        self.young_s = float(young_s)
         self._seen: dict[str, _Seen] = {}
         #: Subfolders of the watched folder (other than done/ and failed/) seen on the last scan: not looked into.
         self.subfolders: list[str] = []
@@ -200,6 +213,11 @@ class FolderWatcher:
         try:
             images = read_rt_image_frames(path, invert=self.registrar.invert)
         except Exception as exc:
+            age = time.time() - key[2] / 1e9
+            if age < self.young_s and key[1] > 0 and _cut_short(exc, key[1]):  # written a moment ago and ends early: likely still
+                # being written; looked at again when it changes or is older (an empty file waited empty_polls already)
+                self._seen[name] = _Seen(key[1], key[2], polls=1 - max(1, math.ceil((self.young_s - age) / self.poll_s)))
+                return []
             detail = _one_line(exc)
             detail = detail[len(name) + 2:] if detail.startswith(f"{name}: ") else detail  # the reader names it too
             message = f"{name}: cannot be read as an RT Image: {detail}"
@@ -234,6 +252,18 @@ class FolderWatcher:
                 message = f"{path.name}: moved to failed/ but the .error.txt cannot be written ({exc.strerror or exc})"
                 return [self.registrar.error(message, stage="move", error_kind=type(exc).__name__, file=path.name)]
         return []
+
+
+#: Words of the reader's errors that a file cut short (still being written) gives.
+_CUT_SHORT = ("truncated", "cut short", "damaged DICOM file")
+#: A DICOM file's preamble and "DICM": a file shorter than this is no DICOM file *yet*.
+_DICOM_HEADER_BYTES = 132
+
+
+def _cut_short(exc: BaseException, size: int) -> bool:
+    """Whether a read error is one that a partly written file of ``size`` bytes gives."""
+    text = str(exc)
+    return any(words in text for words in _CUT_SHORT) or (size < _DICOM_HEADER_BYTES and "not a DICOM file" in text)
 
 
 def _free_name(folder: Path, name: str) -> Path:
@@ -291,7 +321,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"portalign watch: {folder} {what}", file=sys.stderr)
         return 2
     try:
-        journal = Journal(args.results, make_folders=bool(getattr(args, "create", False)))
+        try:
+            journal = Journal(args.results, make_folders=bool(getattr(args, "create", False)))
+        except PortalignError as exc:  # its folder is missing: this command makes it with --create
+            raise PortalignError(f"{exc}; --create makes it") from None
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="watch",
                                       invert=getattr(args, "invert", None), options=mismatch_options(args),
                                       wording=functools.partial(as_flags, parser=getattr(args, "subparser", None)))

@@ -89,7 +89,7 @@ def test_default_cpu_batch_has_a_lane_per_core_the_thread_policy_allows(frames, 
 
 def test_bad_frame_in_a_batch_is_named_and_the_others_kept(frames, one_at_a_time):
     reference = prepare_reference(_image(0, 0, 0), backend="cpu")
-    batch = [frames[0], np.zeros((3, 3), dtype=np.float32), frames[2]]
+    batch = [frames[0], np.zeros((16, 16), dtype=np.float32), frames[2]]  # all one value
     with pytest.raises(BatchError, match=r"1 of 3 frames could not be registered: frame 1: PixelValuesError") as info:
         register_batch(reference, batch, pixel_spacing_mm=1.0, lanes=2)
     error = info.value

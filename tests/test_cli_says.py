@@ -597,7 +597,7 @@ def test_watch_refuses_a_results_folder_that_does_not_exist_unless_told_to_creat
     status, out, err = run(capsys, "watch", inbox, "--results", results, "--once")
     assert status == 2 and out == "" and not results.parent.exists()
     assert err.strip() == (f"portalign watch: {results}: the results journal's folder {results.parent} does not "
-                           "exist; check the path (or create the folder)")
+                           "exist; check the path (or create the folder); --create makes it")
     status, _, _ = run(capsys, "watch", inbox, "--results", results, "--once", "--create", "--poll", "0.05")
     assert status == 0 and results.is_file()
     status, _, err = run(capsys, "watch", files["ref"], "--results", tmp_path / "r.jsonl", "--once")

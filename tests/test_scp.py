@@ -119,6 +119,25 @@ def test_configured_reference_and_per_beam_priority(scp, image):
     assert lines[3]["result"]["dy_mm"] == pytest.approx(-0.5, abs=TOL_MM)
 
 
+
+def test_a_received_reference_with_no_beam_does_not_capture_the_configured_reference_s_frames(tmp_path, image):
+    """A DRR with no plan and no beam dropped beside the frames (a trial's watch folder) took every frame that names
+    none either, though --reference was given: those frames go to the configured reference."""
+    from portalign.dicom import read_rt_image_frames
+
+    configured = portalign.Image.from_array(image, pixel_spacing_mm=1.0)
+    other = drr(blobs(seed=99))  # another anatomy, no plan, no beam
+    frame = rt_image(shifted(image, 1.0, -2.0))  # no plan, no beam
+    with Journal(tmp_path / "r.jsonl") as journal:
+        registrar = InstanceRegistrar(journal, reference=configured)
+        for ds in (other, frame):
+            registrar.handle(read_rt_image_frames(ds))
+    lines = read_journal(tmp_path / "r.jsonl")
+    assert [line["status"] for line in lines] == ["reference", "ok"]
+    assert lines[1]["reference_match"] == "configured"
+    assert lines[1]["result"]["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+
+
 def test_undecodable_instance_gets_an_error_status_and_an_error_line(scp, image):
     port, path = scp(reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0))
     truncated = rt_image(shifted(image, 1.0, 0.0))

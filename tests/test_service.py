@@ -143,7 +143,8 @@ def test_bad_requests_get_4xx_with_clear_messages_and_the_server_stays_up(client
     cases.append((client.post(url, **huge), 413, "16000 x 16000 float32 pixels would be 1024000000 bytes"))
     huger = raw(frame, **{"X-Rows": "10000000", "X-Cols": "10000000"})
     cases.append((client.post(url, **huger), 413, "exceeds the largest accepted side"))
-    cases.append((client.post(url, **dicom(frame, ImagePlanePixelSpacing=None, PixelSpacing=None)), 422, "spacing"))
+    cases.append((client.post(url, **dicom(frame, ImagePlanePixelSpacing=None, PixelSpacing=None)), 422,
+                  "(0028,0030); send the X-Pixel-Spacing-Mm header"))  # the API's way to give it, not a keyword
     no_spacing = raw(frame)
     del no_spacing["headers"]["X-Pixel-Spacing-Mm"]
     cases.append((client.post(url, **no_spacing), 400, "X-Pixel-Spacing-Mm is missing"))
@@ -541,6 +542,10 @@ def test_unknown_or_invalid_query_parameters_are_refused_in_the_service_s_error_
     assert unknown.status_code == 400 and unknown.json()["error"] == "bad_request"
     assert unknown.json()["detail"].startswith("register: unknown query parameter(s) max_shift_mm; this endpoint takes "
                                                "frame")
+    # a reference's option sent with a frame: where it belongs is said (a trial read "create_app(options=...)")
+    misplaced = client.post(f"/v1/references/{ref_id}/register?allow_view_mismatch=true", **raw(image))
+    assert misplaced.status_code == 400 and ("allow_view_mismatch belongs to the reference: upload it with "
+                                             "?allow_view_mismatch=...") in misplaced.json()["detail"]
     upload = client.post("/v1/references?mirror_check=never&bogus=1", **raw(image))
     assert upload.status_code == 400 and "unknown query parameter(s) bogus" in upload.json()["detail"]
     invalid = client.post(f"/v1/references/{ref_id}/register?frame=abc", **raw(image))

@@ -225,6 +225,11 @@ def test_couch_keeps_working_and_reports_a_mismatched_pair(pixels) -> None:
     couch_parser = build_parser()._subparsers._group_actions[0].choices["couch"]
     text = _text_report(couch, couch_parser)
     assert "--allow-view-mismatch" in text and "allow_view_mismatch" not in text
+    # a result that is not ok says so first, before any correction (a trial read "correction -2.75 mm" first)
+    first, *rest = text.splitlines()
+    assert first.startswith("NOT OK: frame90b (gantry 90): different views") and first.endswith(
+        "; do not apply the correction below")
+    assert all(line.endswith("(not ok)") for line in rest if "correction" in line)
     couch, _ = register_views(mismatched, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
     assert "different views" not in couch.reason
 
@@ -350,3 +355,27 @@ def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:
                                             r"\(ref90\) but 0 deg in the frame \(frame0b\); and views at gantry 0, 0 "
                                             r"are parallel"):
         register_views(pairs, backend="cpu")
+
+
+def test_two_portal_images_of_different_scales_are_refused(pixels) -> None:
+    """A frame whose RTImageSID was 1000 instead of 1500 mm (a trial) measured its 20 mm field as 29.6 mm and was ok
+    1.8 mm off. A field is fixed to the beam: two portal images' fields of different sizes at the isocentre, by one
+    factor on both axes, are two scales, and no shift between them is the patient's."""
+    rows, cols = pixels[0].shape
+    field = np.full((rows, cols), 0.1, np.float32)
+    field[rows // 2 - 50: rows // 2 + 50, cols // 2 - 55: cols // 2 + 55] = 1.0  # fixed to the beam in both
+    reference = portalign.Image.from_array(pixels[0] * field, pixel_spacing_mm=1.0, name="ref")
+    frame = pixels[1] * field
+    same = portalign.register(reference, portalign.Image.from_array(frame, pixel_spacing_mm=1.0, name="frame"),
+                              backend="cpu")
+    assert same.field_detected and not (same.reason or "").startswith("different scales")  # one scale: no word of it
+    wrong = portalign.Image.from_array(frame, pixel_spacing_mm=1.5, name="frame")  # its spacing 1.5 times too large
+    result = portalign.register(reference, wrong, backend="cpu")
+    assert not result.ok and result.reason.startswith("different scales: the frame's radiation field is ")
+    assert "(1.5" in result.reason and "RTImageSID (3002,0026)" in result.reason
+    assert result.dx_mm is None and result.dy_mm is None  # millimetres of two scales measure nothing
+    allowed = portalign.register(reference, wrong, portalign.RegistrationOptions(allow_view_mismatch=True),
+                                 backend="cpu")
+    assert not (allowed.reason or "").startswith("different scales")
+    assert any(w.startswith("different scales") and w.endswith("registered as asked (allow_view_mismatch)")
+               for w in allowed.warnings)

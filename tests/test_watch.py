@@ -220,3 +220,25 @@ def test_results_journal_inside_the_watched_folder_is_not_taken(tmp_path, image,
     (line,) = read_journal(results)  # still where it was given, with the one frame's line
     assert line["file"] == "a.dcm" and line["result"]["dx_mm"] == pytest.approx(1.5, abs=TOL_MM)
     assert list((folder / "failed").iterdir()) == []
+
+
+def test_a_file_cut_short_a_moment_ago_is_waited_for(tmp_path, image):
+    """A writer that paused longer than the stability window (five chunks 0.5 s apart, a trial) had its file moved to
+    failed/ half written: a file that reads as truncated and was written to moments ago is left to be taken later."""
+    folder = tmp_path / "in"
+    whole = rt_bytes(image)
+    with Journal(tmp_path / "r.jsonl") as journal:
+        registrar = InstanceRegistrar(journal, source="watch", reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0))
+        watcher = FolderWatcher(folder, registrar, poll_s=0.05, stable_polls=2, young_s=30.0)
+        (folder / "slow.dcm").write_bytes(whole[: len(whole) // 2])
+        for _ in range(6):  # stable for many polls, but cut short a moment ago: not taken
+            watcher.poll_once()
+        assert (folder / "slow.dcm").exists() and watcher.files_failed == 0 and journal.records_written == 0
+        (folder / "slow.dcm").write_bytes(whole)  # the writer finishes
+        watch_until(watcher, lambda: watcher.files_done == 1)
+        # an old file cut short is a failure, said at once
+        (folder / "old.dcm").write_bytes(whole[: len(whole) // 2])
+        watcher.young_s = 0.0
+        watch_until(watcher, lambda: watcher.files_failed == 1)
+    assert sorted(p.name for p in (folder / "done").iterdir()) == ["slow.dcm"]
+    assert "truncated" in (folder / "failed" / "old.dcm.error.txt").read_text()

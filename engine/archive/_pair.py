@@ -174,8 +174,8 @@ def pair_frames(index: list[dict[str, Any]], *, first_portal_reference: bool = F
         if chosen is None:
             for row in beam_frames:
                 row.update(fate="unmatched", reason=f"no reference for plan {plan} beam {beam} "
-                           "(none of the sources is its DRR or reference image; first_portal_reference takes its "
-                           "first portal image)")
+                           "(none of the sources is its DRR or reference image; --first-portal-reference "
+                           "(first_portal_reference=True) takes its first portal image)")
                 unmatched.append(row)
             continue
         if not beam_frames:

@@ -856,6 +856,45 @@ def _intensity_polish(backend: Backend, level: Any, pose: np.ndarray,
     return np.array([out[0], out[1], out[10]]), record
 
 
+#: Two portal images' fields whose widths and heights at the isocentre both differ by this share or more, the same
+#: way, are refused as two scales (``field_scale_mismatch``): a field is fixed to the beam, and a patient's shift does not
+#: change it. A new user's trial set a frame's RTImageSID from 1500 to 1000 mm: its 20 mm field measured 29.6 mm, and
+#: the match was ok 1.8 mm off (+4.90 against +3.07 mm).
+FIELD_SCALE_SHARE = 0.08
+#: ...and by this many field-detection pixels or more (a box edge is placed to about one)
+FIELD_SCALE_PIXELS = 2.5
+#: ...with both axes' ratios within this of each other (a scale error is one factor; apertures that differ do not
+#: keep their proportions)
+FIELD_SCALE_AGREEMENT = 0.1
+
+
+def field_scale_mismatch(reference: Reference, frame: Image, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
+    """Say why two portal images' fields of different sizes are two scales; ``""`` when they agree.
+
+    ``box_mm`` is the frame field's box ``[x0, x1, y0, y1]`` (mm from its beam axis, the extreme pixel centres of its
+    field-detection level, whose ``level_spacing`` is given); the reference's is :attr:`Reference.field_extent_mm`.
+    """
+    theirs = reference.field_extent_mm
+    if theirs is None:
+        return ""
+    width = box_mm[1] - box_mm[0] + level_spacing[1]  # the pixels' coverage, as the reference's
+    height = box_mm[3] - box_mm[2] + level_spacing[0]
+    pixel = max(level_spacing[0], level_spacing[1], reference.field_pixel_mm)
+    ratios = []
+    for ours, ref in ((width, theirs[0]), (height, theirs[1])):
+        if ref <= 0 or abs(ours - ref) < max(FIELD_SCALE_SHARE * ref, FIELD_SCALE_PIXELS * pixel):
+            return ""
+        ratios.append(ours / ref)
+    if (ratios[0] - 1.0) * (ratios[1] - 1.0) <= 0 or abs(ratios[0] - ratios[1]) > FIELD_SCALE_AGREEMENT:
+        return ""
+    return (f"different scales: the frame's radiation field is {width:.1f} x {height:.1f} mm at the isocentre, the "
+            f"reference's {theirs[0]:.1f} x {theirs[1]:.1f} mm ({ratios[0]:.2f} and {ratios[1]:.2f} times): one image's "
+            "RTImageSID (3002,0026), RadiationMachineSAD (3002,0022) or ImagePlanePixelSpacing (3002,0011) is wrong (a "
+            "field is fixed to the beam), or the images show different apertures; a shift measured across two scales "
+            "is not the patient's. Check both headers (portalign info); if the apertures differ on purpose, set "
+            "allow_view_mismatch=True (--allow-view-mismatch)")
+
+
 def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: Any) -> float | None:
     """How far (mm) the frame's detected field's centroid lies from the reference's; None unless both have one.
 
@@ -1256,10 +1295,19 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     apart = "" if view_reason else common_region(reference.image, frame, box_mm, plan.view_boxes)
     if apart and lever_warning:  # nothing in common was measured: a lever arm over it says nothing
         warnings.remove(lever_warning)
-    reason = view_reason or apart or doubt_reason or quality
+    # two portal images' fields (fixed to the beam: one aperture) of different sizes at the isocentre: one image's scale
+    # is wrong, or the apertures differ (rare: no call unless both images have a field)
+    scale_reason = ""
+    if not view_reason and not apart and box_mm is not None and (portal_pair or unknown_pair) and reference.field.detected:
+        scale_reason = field_scale_mismatch(reference, frame, box_mm, levels[plan.field_level].spacing)
+        if scale_reason and opts.allow_view_mismatch:
+            warnings.append(f"{scale_reason}; registered as asked (allow_view_mismatch)")
+            scale_reason = ""
+    reason = view_reason or apart or scale_reason or doubt_reason or quality
     # a frame found unusable before any matching (blank, no structure in the field), or a match within chance: the
-    # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null
-    guess = bool(quality) or bool(field.striped)  # a striped frame's optimum measures its stripes, not the patient
+    # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null; nor is one
+    # across two scales, whose millimetres are not the same (two views' optimum is kept for review: couch names them)
+    guess = bool(quality) or bool(field.striped) or bool(scale_reason)  # a striped frame's optimum: its stripes
     max_rot = opts.max_rotation_deg * _RADIANS if opts.estimate_rotation else 0.0
     max_shift = opts.max_shift_mm
     # MI's ascent from the edge optimum ended lower than it began (MI_DOWNHILL), on a match whose precision MI's halves

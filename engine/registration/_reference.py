@@ -584,6 +584,25 @@ class Reference:
         """Centroid ``(x, y)`` mm of the reference's detected field from its beam axis; None without one (cached)."""
         return field_centre_mm(self.field, self._field_factor, self.image)
 
+    @functools.cached_property
+    def field_extent_mm(self) -> tuple[float, float] | None:
+        """Width and height ``(x, y)`` mm at the isocentre of the reference's detected field's box; None without one.
+
+        The coverage of its field-detection pixels (``field.box_px``'s extreme pixels included), as
+        :func:`._program.field_scale_mismatch` measures a frame's.
+        """
+        if not self.field.detected or self.field.box_px is None:
+            return None
+        c0, c1, r0, r1 = self.field.box_px
+        sy, sx = _scaled(self.image.spacing_mm, self._field_factor)
+        return (c1 - c0 + 1) * sx, (r1 - r0 + 1) * sy
+
+    @property
+    def field_pixel_mm(self) -> float:
+        """The larger side (mm) of the reference's field-detection pixels."""
+        sy, sx = _scaled(self.image.spacing_mm, self._field_factor)
+        return max(sy, sx)
+
     def _too_small_message(self, level: Level, usable: int) -> str:
         """Say why a level of the reference has almost nothing to match: which image, and the real cause."""
         name = self.image.info.source
