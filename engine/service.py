@@ -615,6 +615,10 @@ def create_app(
         body = result.as_dict()
         body["reason"] = _http_hints(body["reason"])
         body["warnings"] = [_http_hints(w) for w in body["warnings"]]
+        frames_held = int(image.info.extra.get("number_of_frames", 1) or 1)
+        if frame is None and frames_held > 1:  # a cine sent whole: its first frame only, and said (a trial saw no word)
+            body["warnings"].append(f"the file holds {frames_held} frames; frame 0 was registered: send each with "
+                                    f"?frame=0..{frames_held - 1}")
         body.update(frame_id=frame_id, reference_id=ref_id, server_ms=(done - received) * 1e3)
         _journal(journal_obj, ref_id, frame_id, body, "")
         return _finite(body)

@@ -551,3 +551,17 @@ def test_unknown_or_invalid_query_parameters_are_refused_in_the_service_s_error_
     invalid = client.post(f"/v1/references/{ref_id}/register?frame=abc", **raw(image))
     assert invalid.status_code == 400 and invalid.json()["error"] == "bad_request"
     assert invalid.json()["detail"].startswith("bad query parameter: frame: ") and "'abc'" in invalid.json()["detail"]
+
+
+def test_a_cine_sent_whole_registers_its_first_frame_and_says_so(client, image):
+    """A two-frame cine sent without ?frame registered frame 0 with no word of the other (a trial)."""
+    ref_id = client.post("/v1/references", **raw(image)).json()["id"]  # its own: the module's may be evicted
+    cine = dicom(np.stack([shifted(image, 1.0, 0.0), shifted(image, -1.0, 0.5)]).astype(np.uint16))
+    response = client.post(f"/v1/references/{ref_id}/register", **cine)
+    assert response.status_code == 200, response.text
+    whole = response.json()
+    assert whole["dx_mm"] == pytest.approx(1.0, abs=0.1)
+    assert "the file holds 2 frames; frame 0 was registered: send each with ?frame=0..1" in whole["warnings"]
+    second = client.post(f"/v1/references/{ref_id}/register?frame=1", **cine).json()
+    assert second["dx_mm"] == pytest.approx(-1.0, abs=0.1)
+    assert not any("frames; frame 0 was registered" in w for w in second["warnings"])
