@@ -553,3 +553,27 @@ def test_cli_reads_a_tolerance_file(ct, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["within_tolerance"] == {"vec": True} and data["all_within_tolerance"] is True
     assert data["patient_directions"]["lateral"] == "patient right"
+
+
+def test_views_that_disagree_beyond_their_uncertainties_scale_them():
+    """Out-of-plane rotations put a trial's longitudinal axis 2.5 stated uncertainties off: what the views do not share
+    shows in their residuals, and the uncertainties are scaled by the Birge ratio sqrt(chi^2 / dof), never down."""
+    shift = np.array([1.0, -2.5, 0.5])
+    exact = [replace(v, shift_uncertainty_mm=0.1) for v in views_for(shift, (0, 90, 45))]
+    agreeing = solve_couch_shift(exact)
+    assert agreeing.uncertainty_scale == pytest.approx(1.0)  # no residual: not scaled down below the views'
+    apart = list(exact)
+    apart[2] = replace(apart[2], dx_mm=apart[2].dx_mm + 0.6)  # one view 0.6 mm off, six of its uncertainties
+    couch = solve_couch_shift(apart)
+    # chi^2 over 6 - 3 degrees of freedom, computed here from the fit's own residuals
+    residuals = np.array([[v["dx_mm"] - v["predicted_dx_mm"], v["dy_mm"] - v["predicted_dy_mm"]] for v in couch.views])
+    expected = math.sqrt((residuals ** 2).sum() / 0.1 ** 2 / 3)
+    assert couch.uncertainty_scale == pytest.approx(expected) and expected > 2
+    for axis in ("lateral", "longitudinal", "vertical"):
+        assert couch.uncertainty_mm[axis] == pytest.approx(agreeing.uncertainty_mm[axis] * expected)
+    assert any(w.startswith(f"the views disagree by {expected:.1f} times what their uncertainties allow") for w in
+               couch.warnings)
+    assert "uncertainty_scale" in couch.as_dict()
+    # two views: four values, three unknowns: one degree of freedom, scaled too; none known: none claimed
+    assert solve_couch_shift(exact[:2]).uncertainty_scale == pytest.approx(1.0)
+    assert solve_couch_shift(views_for(shift, (0, 90))).uncertainty_scale is None
