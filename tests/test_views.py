@@ -379,3 +379,39 @@ def test_two_portal_images_of_different_scales_are_refused(pixels) -> None:
     assert not (allowed.reason or "").startswith("different scales")
     assert any(w.startswith("different scales") and w.endswith("registered as asked (allow_view_mismatch)")
                for w in allowed.warnings)
+
+
+def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None:
+    """A DRR reference has no field to compare with; the frame's own planned jaws bound its field. Measured beyond
+    them on both axes (RTImageSID 1000 for 1500 mm: 1.5 times), the scale is wrong and no shift is the patient's."""
+    from dicom_factory import make_rt_image
+    from portalign.dicom import read_rt_image
+    from pydicom.dataset import Dataset
+
+    rows, cols = pixels[1].shape
+    field = np.full((rows, cols), 0.1)
+    field[rows // 2 - 40: rows // 2 + 40, cols // 2 - 40: cols // 2 + 40] = 1.0  # jaws +-40 mm at 1 mm pixels
+    signal = (pixels[1] - pixels[1].min() + 1.0) * field  # attenuation-like: positive, the field above its outside
+    counts = np.round(signal / signal.max() * 60000).astype(np.uint16)
+
+    def frame(sid: float) -> portalign.Image:
+        exposure = Dataset()
+        jaws = []
+        for kind in ("ASYMX", "ASYMY"):
+            device = Dataset()
+            device.RTBeamLimitingDeviceType = kind
+            device.NumberOfLeafJawPairs = 1
+            device.LeafJawPositions = ["-40", "40"]
+            jaws.append(device)
+        exposure.BeamLimitingDeviceSequence = jaws
+        exposure.BeamLimitingDeviceAngle = "0"
+        return read_rt_image(make_rt_image(counts, spacing=1.5, sid=sid, sad=1000.0, position="centre",
+                                           ExposureSequence=[exposure]))
+
+    reference = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="drr", kind="drr")
+    right = portalign.register(reference, frame(1500.0), backend="cpu")
+    assert right.field_detected, right.details["field_note"]
+    assert not (right.reason or "").startswith("different scales")
+    wrong = portalign.register(reference, frame(1000.0), backend="cpu")  # 1.5 mm pixels at the isocentre
+    assert not wrong.ok and wrong.reason.startswith("different scales: the frame's radiation field is ")
+    assert "larger than its own planned jaws (80.0 x 80.0 mm)" in wrong.reason and wrong.dx_mm is None

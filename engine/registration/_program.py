@@ -895,6 +895,36 @@ def field_scale_mismatch(reference: Reference, frame: Image, box_mm: list[float]
             "allow_view_mismatch=True (--allow-view-mismatch)")
 
 
+def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
+    """Say why a frame whose field is larger than its own planned jaws on both axes has a wrong scale; ``""`` if not.
+
+    The jaws (``info.extra["planned_field_corners_mm"]``: mm at the isocentre, turned by the collimator, in image
+    axes) bound the field, whatever shapes it inside them (an MLC, a cone): a field beyond them by
+    ``FIELD_SCALE_SHARE`` and ``FIELD_SCALE_PIXELS`` on both axes was measured at too large a scale. A field smaller
+    than its jaws is an MLC's or a cone's, or a scale too small: not told apart, not refused.
+    """
+    corners = frame.info.extra["planned_field_corners_mm"]
+    try:
+        xs = [float(c[0]) for c in corners]
+        ys = [float(c[1]) for c in corners]
+    except (TypeError, ValueError, IndexError):
+        return ""
+    if len(xs) < 3 or not all(math.isfinite(v) for v in xs + ys):
+        return ""
+    jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
+    width = box_mm[1] - box_mm[0] + level_spacing[1]
+    height = box_mm[3] - box_mm[2] + level_spacing[0]
+    pixel = max(level_spacing[0], level_spacing[1])
+    for ours, jaws in ((width, jaw_width), (height, jaw_height)):
+        if jaws <= 0 or ours - jaws < max(FIELD_SCALE_SHARE * jaws, FIELD_SCALE_PIXELS * pixel):
+            return ""
+    return (f"different scales: the frame's radiation field is {width:.1f} x {height:.1f} mm at the isocentre, larger "
+            f"than its own planned jaws ({jaw_width:.1f} x {jaw_height:.1f} mm), which bound it: its RTImageSID "
+            "(3002,0026), RadiationMachineSAD (3002,0022) or ImagePlanePixelSpacing (3002,0011) is wrong, or its "
+            "ExposureSequence jaws are; a shift measured at a wrong scale is not the patient's. Check the header "
+            "(portalign info); if it is right, set allow_view_mismatch=True (--allow-view-mismatch)")
+
+
 def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: Any) -> float | None:
     """How far (mm) the frame's detected field's centroid lies from the reference's; None unless both have one.
 
@@ -1300,9 +1330,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     scale_reason = ""
     if not view_reason and not apart and box_mm is not None and (portal_pair or unknown_pair) and reference.field.detected:
         scale_reason = field_scale_mismatch(reference, frame, box_mm, levels[plan.field_level].spacing)
-        if scale_reason and opts.allow_view_mismatch:
-            warnings.append(f"{scale_reason}; registered as asked (allow_view_mismatch)")
-            scale_reason = ""
+    elif not view_reason and not apart and box_mm is not None and "planned_field_corners_mm" in frame.info.extra:
+        # (a DRR's reference has no field: the frame's own jaws bound its field, whatever shapes it inside them)
+        scale_reason = field_beyond_jaws(frame, box_mm, levels[plan.field_level].spacing)
+    if scale_reason and opts.allow_view_mismatch:
+        warnings.append(f"{scale_reason}; registered as asked (allow_view_mismatch)")
+        scale_reason = ""
     reason = view_reason or apart or scale_reason or doubt_reason or quality
     # a frame found unusable before any matching (blank, no structure in the field), or a match within chance: the
     # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null; nor is one
