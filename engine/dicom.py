@@ -566,7 +566,7 @@ def _parse(data: bytes, name: str) -> Dataset:
         if has_preamble:
             # pydicom gives the byte offset in hexadecimal without saying so ("file position B13A")
             said = re.sub(r"\bfile position ([0-9A-Fa-f]+)\b", r"byte 0x\1", _one_line(exc))
-            raise PortalImageError(f"{name}: damaged DICOM file ({said})") from exc
+            raise PortalImageError(f"{name}: damaged DICOM file ({said}); copy or export it again") from exc
         raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     if not _looks_like_dicom(ds):
         if has_preamble:  # "DICM" at byte 128: a DICOM file whose elements stop being readable early
@@ -1212,7 +1212,9 @@ def _decode(ds: Dataset, name: str, *, index: int | None) -> np.ndarray:
                 f"{name}: pixel data is compressed as {transfer_syntax.name} ({transfer_syntax}) and no installed "
                 f"decoder handles it; {_install_hint(transfer_syntax)}"
             ) from exc
-        raise PortalImageError(f"{name}: pixel data cannot be decoded ({_one_line(exc)})") from exc
+        raise PortalImageError(f"{name}: pixel data cannot be decoded ({_one_line(exc)}); its PixelData (7FE0,0010) is "
+                               f"damaged or not {transfer_syntax.name} as the header says: copy or export it "
+                               "again") from exc
     if array.ndim not in (2, 3):
         raise PortalImageError(f"{name}: pixel data has shape {array.shape}; expected rows x columns")
     return array

@@ -797,7 +797,8 @@ def test_pydicom_s_hexadecimal_file_position_is_said_to_be_one(monkeypatch):
         raise OSError("No tag to read at file position B13A")
 
     monkeypatch.setattr(portalign.dicom.pydicom, "dcmread", damaged)
-    with pytest.raises(PortalImageError, match=r"^<bytes>: damaged DICOM file \(No tag to read at byte 0xB13A\)$"):
+    with pytest.raises(PortalImageError, match=r"^<bytes>: damaged DICOM file \(No tag to read at byte 0xB13A\); copy or "
+                                               r"export it again$"):
         read_rt_image(bytes(128) + b"DICM" + bytes(64))
 
 
