@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {len(archive.files)} files under {archive.root}: {args.patients} patients x {args.fractions} "
           "fractions x gantry 0/90, with a cine file, a truncated copy, a duplicate, an RT Plan, an RT Struct, a text "
           "file and a frame without a reference")
-    print("true patient means (lateral, longitudinal, vertical mm): " +
+    print("drawn systematic errors S_p (lateral, longitudinal, vertical mm; each patient's fractions add their random "
+          "errors, so their realised means differ): " +
           "; ".join(f"{pid} {', '.join(f'{v:+.2f}' for v in s)}" for pid, s in archive.systematic.items()))
     print(f"SD of these true systematic errors: {', '.join(f'{v:.2f}' for v in systematic.std(axis=0, ddof=1))} mm "
           "(the archive's Sigma is estimated from the measured patient means, which carry the random error / sqrt(n) too)")

@@ -570,10 +570,24 @@ def _parse(data: bytes, name: str) -> Dataset:
         raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
     if not _looks_like_dicom(ds):
         if has_preamble:  # "DICM" at byte 128: a DICOM file whose elements stop being readable early
+            before = _header_before_pixels(data)
+            if before:  # everything up to the pixel data reads: the pixel data is what is damaged
+                raise PortalImageError(f"{name}: damaged DICOM file (its {before} elements before the pixel data read, "
+                                       "but PixelData (7FE0,0010) cannot: its fragments or their end, the sequence "
+                                       "delimiter (FFFE,E0DD), are damaged or missing); copy or export it again")
             raise PortalImageError(f"{name}: damaged DICOM file (it has the DICM preamble, but {_elements_read(ds)}: an "
-                                   "element's value representation or length is damaged)")
+                                   "element's value representation or length is damaged); copy or export it again")
         raise PortalImageError(f"{name}: {_NOT_DICOM}")
     return ds
+
+
+def _header_before_pixels(data: bytes) -> int:
+    """Return how many elements read when the pixel data is left out (0 where even those do not read)."""
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        return len(header) if _looks_like_dicom(header) else 0
+    except Exception:  # noqa: BLE001 - a header that does not read either: the caller says what did
+        return 0
 
 
 def _elements_read(ds: Dataset) -> str:

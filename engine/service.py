@@ -689,9 +689,9 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
 
             image = await in_pool(lambda: read_rt_image(body, frame=frame, pixel_spacing_mm=spacing, invert=invert))
         except PixelValuesError as exc:  # a well-formed file whose pixels cannot be registered (blank, NaN)
-            raise ApiError(422, "invalid_pixels", f"{name}: {_http_hints(_one_line(exc))}") from None
+            raise ApiError(422, "invalid_pixels", f"{name}: {_body_said(exc)}") from None
         except PortalignError as exc:
-            raise ApiError(422, "invalid_dicom", f"{name}: {_http_hints(_one_line(exc))}") from None
+            raise ApiError(422, "invalid_dicom", f"{name}: {_body_said(exc)}") from None
         return _rename(image, name)
     if media == _MEDIA_RAW:
         rows = _int_header(request.headers, "x-rows", name)
@@ -795,6 +795,12 @@ def _axis_header(text: str | None, name: str) -> tuple[float, float] | None:
         return None
     col, row = _floats_header(text, name, "X-Beam-Axis-Px", (2,))
     return col, row
+
+
+def _body_said(exc: BaseException) -> str:
+    """Return the reader's one-line error about a request body in this API's words (the body is named already)."""
+    text = _one_line(exc)
+    return _http_hints(text[len("<bytes>: "):] if text.startswith("<bytes>: ") else text)
 
 
 def _rename(image: Image, name: str) -> Image:

@@ -832,10 +832,35 @@ def test_a_dicom_file_whose_elements_stop_early_is_called_damaged_not_foreign(tm
     path = tmp_path / "imagetype.dcm"
     path.write_bytes(data[: start + 4] + b"Cu" + data[start + 6 :])
     message = (r"damaged DICOM file \(it has the DICM preamble, but only 1 element\(s\) could be read, the last "
-               r"\(0008,0008\): an element's value representation or length is damaged\)")
+               r"\(0008,0008\): an element's value representation or length is damaged\); copy or export it again")
     with pytest.raises(PortalImageError, match=rf"^imagetype\.dcm: {message}$"):
         read_rt_image(path)
     _cli_refuses(capsys, tmp_path, shipped, path, message)
+
+
+def test_encapsulated_pixel_data_without_its_end_names_the_pixel_data(tmp_path):
+    """An RLE file missing only its final sequence delimiter (a fourth campaign) was "no element could be read": every
+    element before the pixel data reads, and the message now says that the pixel data is what is damaged."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = make_rt_image(np.zeros((16, 16), np.uint16))
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    data = to_bytes(ds)
+    assert data[-8:] == b"\xfe\xff\xdd\xe0" + bytes(4)  # the sequence delimiter (FFFE,E0DD), length 0
+    path = tmp_path / "rle.dcm"
+    path.write_bytes(data[:-8])
+    from portalign._pydicom_compat import PYDICOM_MAJOR
+
+    said = (r"damaged DICOM file \(its \d+ elements before the pixel data read, but PixelData \(7FE0,0010\) cannot: its "
+            r"fragments or their end, the sequence delimiter \(FFFE,E0DD\), are damaged or missing\)"
+            if PYDICOM_MAJOR >= 3 else  # pydicom 2.4 reads up to the pixel data and drops it
+            r"has no pixel data \(Modality RTIMAGE\): an image file of [\d,]+ bytes that ends before its pixels, most "
+            r"likely cut short")
+    with pytest.raises(PortalImageError, match=rf"^rle\.dcm: {said}; copy or export it again$"):
+        read_rt_image(path)
 
 
 def test_a_decoder_s_object_address_is_not_quoted():
