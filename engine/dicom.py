@@ -985,6 +985,9 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
         if _check_bits_stored(ds, name, geometry.notes):  # cut to BitsStored by this reader (pydicom 2.4 keeps them)
             keep = (1 << int(_int(ds, "BitsStored") or 0)) - 1
             frames = [np.bitwise_and(f, keep, dtype=f.dtype) for f in frames]
+        padding = _padding_note(ds, frames)
+        if padding:
+            geometry.notes.append(padding)
         if ds.get("ModalityLUTSequence"):  # a lookup table instead of a linear rescale (PS3.3 C.11.1)
             slope, intercept = 1.0, 0.0
             pixels = [check_pixels(_modality_lut(raw, ds, name), name) for raw in frames]
@@ -1287,6 +1290,34 @@ def _check_bits_stored(ds: Dataset, name: str, notes: list[str]) -> bool:
                                "wrap; correct BitsStored and HighBit (0028,0102) to the data's depth")
     notes.append(f"{said} in {100 * share:.1f} % of the pixels: those bits (overlay planes) are not read, as DICOM says")
     return True
+
+
+def _padding_note(ds: Dataset, frames: Sequence[np.ndarray]) -> str:
+    """Say how many stored pixels hold PixelPaddingValue (0028,0120), which are matched like the others; ``""`` if none.
+
+    A padded border (a fuzz campaign's 65535) was refused as "saturated", with no word of the padding: portalign
+    does not mask padding, so the note says what the pixels are.
+    """
+    if "PixelPaddingValue" not in ds:
+        return ""
+    try:
+        value = ds.PixelPaddingValue
+        if isinstance(value, (bytes, bytearray)):  # its VR (US or SS) left undecided: two little-endian bytes
+            value = int.from_bytes(bytes(value[:2]), "little", signed=_int(ds, "PixelRepresentation") == 1)
+        elif not isinstance(value, (int, float)):  # several values: the first
+            value = value[0]
+        value = float(value)
+    except Exception:  # noqa: BLE001 - an unreadable padding value: nothing is padded by it
+        return ""
+    if not math.isfinite(value):
+        return ""
+    padded = sum(int(np.count_nonzero(f == value)) for f in frames)
+    if not padded:
+        return ""
+    total = sum(f.size for f in frames)
+    return (f"PixelPaddingValue (0028,0120) {value:g}: {100 * padded / total:.1f} % of the stored pixels are padding, "
+            "matched as image (portalign does not mask it); a result refused as saturated or with too little structure "
+            "may be the padding's")
 
 
 def _modality_lut(raw: np.ndarray, ds: Dataset, name: str) -> np.ndarray:

@@ -1342,3 +1342,16 @@ def test_a_rescale_beyond_float32_is_refused(tmp_path, intercept):
     ds.RescaleIntercept = ds_value(-16384.0)  # a Varian aS500's: nowhere near (read, all <= 0, as negated signal)
     pixels = read_rt_image(write_rt_image(ds, tmp_path / "near.dcm")).pixels
     assert pixels.max() - pixels.min() == pytest.approx(250.0)
+
+
+def test_padding_pixels_are_said(tmp_path):
+    """A border at PixelPaddingValue 65535 was refused as "saturated" with no word of the padding (a fuzz campaign)."""
+    pixels = _ramp()
+    pixels[:6, :] = 65535
+    ds = make_rt_image(pixels)
+    ds.PixelPaddingValue = 65535
+    notes = read_rt_image(write_rt_image(ds, tmp_path / "padded.dcm")).info.extra["notes"]
+    assert ("PixelPaddingValue (0028,0120) 65535: 12.5 % of the stored pixels are padding, matched as image (portalign "
+            "does not mask it); a result refused as saturated or with too little structure may be the padding's") in notes
+    ds.PixelPaddingValue = 1  # no pixel holds it: nothing said
+    assert not any("PixelPaddingValue" in n for n in read_rt_image(write_rt_image(ds, tmp_path / "p1.dcm")).info.extra["notes"])
