@@ -982,9 +982,9 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
                 raise PortalImageError(f"{name}: frame {index} decoded to {frames[0].shape}, the header says {rows} x "
                                        f"{cols}; the size tags are wrong")
             indices = [index]
-        if _check_bits_stored(ds, name, geometry.notes):  # cut to BitsStored by this reader (pydicom 2.4 keeps them)
-            keep = (1 << int(_int(ds, "BitsStored") or 0)) - 1
-            frames = [np.bitwise_and(f, keep, dtype=f.dtype) for f in frames]
+        stored = _check_bits_stored(ds, name, geometry.notes)
+        if stored:  # cut to BitsStored by this reader (pydicom 2.4 keeps them)
+            frames = [np.bitwise_and(f, (1 << stored) - 1, dtype=f.dtype) for f in frames]
         padding = _padding_note(ds, frames)
         if padding:
             geometry.notes.append(padding)
@@ -1260,28 +1260,28 @@ FLOAT32_LEVELS = float(1 << 23)
 BITS_ABOVE_STORED_MAX_SHARE = 0.05
 
 
-def _check_bits_stored(ds: Dataset, name: str, notes: list[str]) -> bool:
+def _check_bits_stored(ds: Dataset, name: str, notes: list[str]) -> int:
     """Refuse (or note) native unsigned pixel data whose values use bits above BitsStored (0028,0101).
 
     pydicom 3 keeps the low BitsStored bits, as DICOM says: a BitsStored of 12 on 14-bit data read a detector's
     16383 as 4095, wrapping every value above (a fourth fuzz campaign); pydicom 2.4 keeps every bit. No copy: a view
-    of the pixel bytes. Returns True where a few pixels (overlay bits) were noted: the caller cuts them off, so that
-    both read the same values.
+    of the pixel bytes. Returns BitsStored where a few pixels (overlay bits) were noted: the caller cuts the values
+    to it, so that both read the same values; 0 where nothing is to be cut.
     """
     if _transfer_syntax(ds).is_compressed or "PixelData" not in ds or _int(ds, "PixelRepresentation") != 0:
-        return False
+        return 0
     bits, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
     if bits not in (8, 16, 32) or stored is None or not 1 <= stored < bits:
-        return False
+        return 0
     try:
         data = ds.PixelData
         little = read_encoding(ds)[1] is not False
         count = len(data) // (bits // 8)
         raw = np.frombuffer(data, dtype=np.dtype(f"{'<' if little else '>'}u{bits // 8}"), count=count)
     except Exception:  # noqa: BLE001 - undecodable pixel data is the decoder's to report
-        return False
+        return 0
     if raw.size == 0 or int(raw.max()) >> stored == 0:
-        return False
+        return 0
     share = float(np.count_nonzero(raw >> stored)) / raw.size
     said = (f"stored pixel values reach {int(raw.max())}, beyond BitsStored (0028,0101) {stored} (at most "
             f"{(1 << stored) - 1})")
@@ -1289,7 +1289,7 @@ def _check_bits_stored(ds: Dataset, name: str, notes: list[str]) -> bool:
         raise PortalImageError(f"{name}: {said} in {100 * share:.0f} % of the pixels: cut to {stored} bits they would "
                                "wrap; correct BitsStored and HighBit (0028,0102) to the data's depth")
     notes.append(f"{said} in {100 * share:.1f} % of the pixels: those bits (overlay planes) are not read, as DICOM says")
-    return True
+    return stored
 
 
 def _padding_note(ds: Dataset, frames: Sequence[np.ndarray]) -> str:
@@ -1298,18 +1298,13 @@ def _padding_note(ds: Dataset, frames: Sequence[np.ndarray]) -> str:
     A padded border (a fuzz campaign's 65535) was refused as "saturated", with no word of the padding: portalign
     does not mask padding, so the note says what the pixels are.
     """
-    if "PixelPaddingValue" not in ds:
-        return ""
-    try:
-        value = ds.PixelPaddingValue
-        if isinstance(value, (bytes, bytearray)):  # its VR (US or SS) left undecided: two little-endian bytes
-            value = int.from_bytes(bytes(value[:2]), "little", signed=_int(ds, "PixelRepresentation") == 1)
-        elif not isinstance(value, (int, float)):  # several values: the first
-            value = value[0]
-        value = float(value)
-    except Exception:  # noqa: BLE001 - an unreadable padding value: nothing is padded by it
-        return ""
-    if not math.isfinite(value):
+    raw = _get(ds, "PixelPaddingValue")
+    if isinstance(raw, (bytes, bytearray)):  # its VR (US or SS) left undecided: two little-endian bytes
+        value: float | None = float(int.from_bytes(bytes(raw[:2]), "little",
+                                                   signed=_int(ds, "PixelRepresentation") == 1))
+    else:  # a number, or several (the first); None where absent or unusable: nothing is padded by it
+        value = _float(ds, "PixelPaddingValue")
+    if value is None:
         return ""
     padded = sum(int(np.count_nonzero(f == value)) for f in frames)
     if not padded:

@@ -10,9 +10,10 @@ Write-complete detection
     at least one poll interval; an empty file must stay empty for
     ``empty_polls`` polls (default 10). A file that then reads as cut short
     (truncated, damaged, no DICOM header yet) and was written to less than
-    ``YOUNG_S`` (10 s) before is taken as still being written (a writer that pauses longer than a poll between its chunks): it is
-    left where it is and taken again once it has changed or aged; a trial's file
-    written in five chunks 0.5 s apart had been moved to ``failed/`` half written. Names ending in ``.part``, ``.tmp``,
+    ``YOUNG_S`` (10 s) before is taken as still being written (a writer that
+    pauses longer than a poll between its chunks): it is left where it is and
+    taken again once it has changed or aged; a trial's file written in five
+    chunks 0.5 s apart had been moved to ``failed/`` half written. Names ending in ``.part``, ``.tmp``,
     ``.partial``, ``.crdownload`` or ``~`` and hidden names (``.*``) are never
     taken: the safest way to deliver a file is to write ``NAME.part`` and rename
     it to ``NAME`` when complete (a rename is atomic on one file system). The

@@ -868,7 +868,16 @@ FIELD_SCALE_PIXELS = 2.5
 FIELD_SCALE_AGREEMENT = 0.1
 
 
-def field_scale_mismatch(reference: Reference, frame: Image, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
+def _box_extent_mm(box_mm: list[float], level_spacing: tuple[float, float]) -> tuple[float, float]:
+    """Width and height (mm) a field's box ``[x0, x1, y0, y1]`` covers: its extreme pixel centres, plus one pixel.
+
+    ``level_spacing`` is the ``(row, col)`` spacing of the field-detection level the box was found on; the
+    reference's (:attr:`Reference.field_extent_mm`) is measured the same way.
+    """
+    return box_mm[1] - box_mm[0] + level_spacing[1], box_mm[3] - box_mm[2] + level_spacing[0]
+
+
+def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
     """Say why two portal images' fields of different sizes are two scales; ``""`` when they agree.
 
     ``box_mm`` is the frame field's box ``[x0, x1, y0, y1]`` (mm from its beam axis, the extreme pixel centres of its
@@ -877,8 +886,7 @@ def field_scale_mismatch(reference: Reference, frame: Image, box_mm: list[float]
     theirs = reference.field_extent_mm
     if theirs is None:
         return ""
-    width = box_mm[1] - box_mm[0] + level_spacing[1]  # the pixels' coverage, as the reference's
-    height = box_mm[3] - box_mm[2] + level_spacing[0]
+    width, height = _box_extent_mm(box_mm, level_spacing)
     pixel = max(level_spacing[0], level_spacing[1], reference.field_pixel_mm)
     ratios = []
     for ours, ref in ((width, theirs[0]), (height, theirs[1])):
@@ -912,8 +920,7 @@ def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[fl
     if len(xs) < 3 or not all(math.isfinite(v) for v in xs + ys):
         return ""
     jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
-    width = box_mm[1] - box_mm[0] + level_spacing[1]
-    height = box_mm[3] - box_mm[2] + level_spacing[0]
+    width, height = _box_extent_mm(box_mm, level_spacing)
     pixel = max(level_spacing[0], level_spacing[1])
     for ours, jaws in ((width, jaw_width), (height, jaw_height)):
         if jaws <= 0 or ours - jaws < max(FIELD_SCALE_SHARE * jaws, FIELD_SCALE_PIXELS * pixel):
@@ -1329,7 +1336,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # is wrong, or the apertures differ (rare: no call unless both images have a field)
     scale_reason = ""
     if not view_reason and not apart and box_mm is not None and (portal_pair or unknown_pair) and reference.field.detected:
-        scale_reason = field_scale_mismatch(reference, frame, box_mm, levels[plan.field_level].spacing)
+        scale_reason = field_scale_mismatch(reference, box_mm, levels[plan.field_level].spacing)
     elif not view_reason and not apart and box_mm is not None and "planned_field_corners_mm" in frame.info.extra:
         # (a DRR's reference has no field: the frame's own jaws bound its field, whatever shapes it inside them)
         scale_reason = field_beyond_jaws(frame, box_mm, levels[plan.field_level].spacing)

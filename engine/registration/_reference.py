@@ -589,7 +589,7 @@ class Reference:
         """Width and height ``(x, y)`` mm at the isocentre of the reference's detected field's box; None without one.
 
         The coverage of its field-detection pixels (``field.box_px``'s extreme pixels included), as
-        :func:`._program.field_scale_mismatch` measures a frame's.
+        :func:`._program._box_extent_mm` measures a frame's.
         """
         if not self.field.detected or self.field.box_px is None:
             return None
