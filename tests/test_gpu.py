@@ -324,15 +324,25 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
               portalign.Image.from_array(_scene(shape, -0.6, 1.1, -1.0), pixel_spacing_mm=2.5)]
     options = portalign.RegistrationOptions(field="none", max_shift_mm=10.0, max_rotation_deg=3.0, candidates=1,
                                             mirror_check=NO_MIRROR_CHECK)
+    # (a reference each: every frame is its geometry's first on the CPU, and runs the scale check, ``_scale``)
     on_cpu = [portalign.prepare_reference(reference, options, backend="cpu").register(f) for f in frames]
     # two lanes: on a device their first frames launch new kernel configurations from two threads at once
     on_gpu = register_batch(portalign.prepare_reference(reference, options, backend="gpu"), frames, lanes=2)
+    checked = 0
     for c, g in zip(on_cpu, on_gpu, strict=True):
+        # a lane's first frame checks the scale (a later one skips it once confirmed): the device's profile is the CPU's
+        if g.details["scale_check"] is not None:
+            checked += 1
+            for key in ("best_scale", "gain", "margin", "significance"):
+                assert g.details["scale_check"][key] == pytest.approx(c.details["scale_check"][key], abs=1e-6), key
+            assert [g.details["scale_check"][k] for k in ("mismatch", "confirmed")] == \
+                [c.details["scale_check"][k] for k in ("mismatch", "confirmed")]
         assert g.backend == "gpu" and c.backend == "cpu", g.warnings  # a device failure says why in the warnings
         assert g.ok == c.ok
         assert abs(g.dx_mm - c.dx_mm) <= 0.01 and abs(g.dy_mm - c.dy_mm) <= 0.01
         assert c.rotation_deg is not None and abs(g.rotation_deg - c.rotation_deg) <= 0.01
         assert g.score == pytest.approx(c.score, abs=1e-6)
+    assert checked >= 1
     # and the registration found the displacement it was given (loosely: tiny, coarse images)
     assert all(g.ok for g in on_gpu)
     # (the scene's shifts are in pixels of 2.5 mm)

@@ -185,6 +185,66 @@ def test_phantom_two_views_recover_a_known_6dof_motion(phantom):
     assert as_json["pitch_deg"] == pytest.approx(result.pitch_deg) and as_json["ok"] is True
 
 
+def test_a_2d_start_that_measured_nothing_is_left_out_of_the_start(phantom, monkeypatch):
+    """A view whose 2-D start was refused with a null shift (a wrong scale, no match) gave numpy's lstsq a None: a
+    traceback. The start now takes the views that measured; the search refines every view from there."""
+    from dataclasses import replace as dc_replace
+
+    import portalign
+
+    ct, iso, prepared = phantom
+    translation, rotation = (2.0, -3.0, 1.0), (0.0, 0.0, 0.0)
+    real_register = portalign.register
+    calls = []
+
+    def first_view_measures_nothing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_register(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 1:
+            return dc_replace(result, ok=False, reason="no match: made up by the test", dx_mm=None, dy_mm=None,
+                              rotation_deg=None)
+        return result
+
+    monkeypatch.setattr(portalign, "register", first_view_measures_nothing)
+    result = prepared.register(_frames(ct, iso, [0.0, 90.0], translation, rotation, field=PHANTOM_FIELD))
+    assert len(calls) == 4  # each view's 2-D start, then each view's residual check at the result
+    assert result.views[0]["initial_dx_mm"] is None and result.views[1]["initial_dx_mm"] is not None
+    assert any("the 2-D start was not ok (no match: made up by the test); refined anyway" in w for w in result.warnings)
+    # the second view's start and the 3-D search still recover the motion
+    assert result.ok, result.reason
+    _assert_recovered(result, translation, rotation)
+
+
+def test_a_residual_check_that_measured_nothing_is_not_ok_and_says_so(phantom, monkeypatch):
+    """The 2-D check at the 3-D result may measure no shift (a null): the view is not ok, its residual null and
+    "not measured" in the text, never a traceback from math.hypot(None, None)."""
+    from dataclasses import replace as dc_replace
+
+    import portalign
+    from portalign.register3d._cli import text_report
+
+    ct, iso, prepared = phantom
+    real_register = portalign.register
+    calls = []
+
+    def third_call_measures_nothing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_register(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 3:  # the first view's residual check
+            return dc_replace(result, ok=False, reason="different scales: made up by the test", dx_mm=None,
+                              dy_mm=None, rotation_deg=None)
+        return result
+
+    monkeypatch.setattr(portalign, "register", third_call_measures_nothing)
+    result = prepared.register(_frames(ct, iso, [0.0, 90.0], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), field=PHANTOM_FIELD))
+    assert not result.ok
+    first = result.views[0]
+    assert first["residual_mm"] is None and first["residual_dx_mm"] is None and not first["ok"]
+    assert first["reason"] == "the 2-D check at the result measured no residual (different scales: made up by the test)"
+    assert "residual not measured" in text_report(result)
+    assert result.views[1]["ok"] and result.views[1]["residual_mm"] < 0.5
+
+
 def test_phantom_one_view_reports_only_what_it_constrains(phantom):
     ct, iso, prepared = phantom
     translation, rotation = (3.0, -4.0, 5.0), (0.0, 0.0, 2.0)

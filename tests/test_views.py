@@ -415,3 +415,44 @@ def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None
     wrong = portalign.register(reference, frame(1000.0), backend="cpu")  # 1.5 mm pixels at the isocentre
     assert not wrong.ok and wrong.reason.startswith("different scales: the frame's radiation field is ")
     assert "larger than its own planned jaws (80.0 x 80.0 mm)" in wrong.reason and wrong.dx_mm is None
+
+
+@pytest.mark.parametrize("factor", [0.93, 1.07])
+def test_anatomy_of_another_scale_is_refused_where_no_field_tells(pixels, factor: float) -> None:
+    """A DRR against a frame with no field and no jaws in its header: only the anatomy has a size. A frame header's
+    SID 1400 for 1500 mm (7 %) was matched 1.7 mm off, ok (a trial, session note 29); the anatomy's own scale check
+    (``registration._scale``) finds the edges matching best at the other scale and refuses the pair."""
+    reference = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="drr", kind="drr")
+    right = portalign.register(reference, portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame"),
+                               backend="cpu")
+    _assert_shift(right)
+    check = right.details["scale_check"]
+    assert check["confirmed"] and not check["mismatch"] and check["best_scale"] == pytest.approx(1.0, abs=0.01)
+    wrong = portalign.Image.from_array(pixels[1], pixel_spacing_mm=factor, name="frame")
+    result = portalign.register(reference, wrong, backend="cpu")
+    assert not result.ok and result.reason.startswith("different scales: the frame's anatomy measures about ")
+    size = "smaller" if factor < 1 else "larger"
+    assert f" % {size} than the reference's at the isocentre" in result.reason
+    assert "RTImageSID" in result.reason and "--allow-view-mismatch" in result.reason
+    assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
+    # the scale it found: the frame's stated millimetres times it are the reference's (within a step, 2.5 %)
+    assert result.details["scale_check"]["best_scale"] == pytest.approx(1.0 / factor, abs=0.025)
+    allowed = portalign.register(reference, wrong, portalign.RegistrationOptions(allow_view_mismatch=True),
+                                 backend="cpu")
+    assert not (allowed.reason or "").startswith("different scales")
+    assert any(w.startswith("different scales: the frame's anatomy") and w.endswith("(allow_view_mismatch)")
+               for w in allowed.warnings)
+
+
+def test_a_confirmed_scale_is_not_checked_again_for_the_geometry(pixels) -> None:
+    """The scale is the headers': once a frame of a geometry confirms it, that geometry's later frames skip the
+    check (``scale_check`` null: not measured for them); a frame of another geometry is checked."""
+    reference = portalign.prepare_reference(
+        portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="drr", kind="drr"), backend="cpu")
+    first = reference.register(portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame 1"))
+    assert first.ok and first.details["scale_check"]["confirmed"]
+    second = reference.register(portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.0, name="frame 2"))
+    assert second.ok and second.details["scale_check"] is None
+    assert (second.dx_mm, second.dy_mm) == (first.dx_mm, first.dy_mm)
+    other = reference.register(portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.07, name="frame 3"))
+    assert not other.ok and other.details["scale_check"]["mismatch"]

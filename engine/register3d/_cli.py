@@ -180,7 +180,9 @@ def text_report(result: Any) -> str:
             f"{k} {'n/a' if v is None else format(shown(v), '+.2f')}" for k, v in correction.items()))
     for view in result.views:
         turn = view["residual_rotation_deg"]
-        lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual {view['residual_mm']:.2f} mm "
+        distance = view["residual_mm"]  # null: the 2-D check at the result measured nothing (its reason says why)
+        lines.append(f"  gantry {view['gantry_deg']:6.1f}: score {view['score']:.3f}  residual "
+                     f"{'not measured' if distance is None else format(distance, '.2f') + ' mm'} "
                      f"{'rotation n/a' if turn is None else format(shown(turn), '+.2f') + ' deg'}"
                      f"{'' if view['ok'] else '  NOT OK: ' + view['reason']}  {view['label']}")
     if result.within_tolerance:

@@ -237,12 +237,14 @@ def initialise(prepared: PreparedCT, views: list[_View], basis: np.ndarray, opts
         if not result.ok:
             warnings.append(f"{view.geometry.label}: the 2-D start was not ok ({result.reason}); refined anyway")
         ex, ey, beam = view.geometry.axes
-        rows.extend([ex, ey])
-        measured.extend([result.dx_mm, result.dy_mm])
+        if result.dx_mm is not None and result.dy_mm is not None:  # a refusal may measure nothing (null): no start
+            rows.extend([ex, ey])
+            measured.extend([result.dx_mm, result.dy_mm])
         if result.rotation_deg is not None:  # the 2-D engine may not estimate it (then it starts at 0)
             beams.append(beam)
             thetas.append(result.rotation_deg)
-    translation = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)[0]
+    # no view measured a shift: the search starts from the planned position
+    translation = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)[0] if rows else np.zeros(3)
     # theta = b . w to first order (portalign.couch); the minimum-norm solution leaves unseen components at 0.
     rotation = np.linalg.lstsq(np.array(beams), np.array(thetas), rcond=None)[0] if beams else np.zeros(3)
     start = np.concatenate([translation, rotation])
@@ -309,12 +311,16 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
         drr = drr_image(prepared, view, pose, _binning(view.frame, options.drr_spacing_mm))
         residual = register(drr, view.frame, replace(opts2d, max_shift_mm=min(opts2d.max_shift_mm, 10.0)),
                             backend=prepared.backend.name)
-        distance = math.hypot(residual.dx_mm, residual.dy_mm)
+        # the 2-D check may measure nothing (a null shift: a wrong scale, no match): then no residual is known
+        distance = (None if residual.dx_mm is None or residual.dy_mm is None
+                    else math.hypot(residual.dx_mm, residual.dy_mm))
         label = view.geometry.label
         why = []
         # The 2-D check's own ok is reported, not required: its ambiguity test looks for far optima over
         # +-max_shift_mm, while what matters here is whether its best optimum is near zero.
-        if distance > options.max_residual_mm:
+        if distance is None:
+            why.append(f"the 2-D check at the result measured no residual ({residual.reason})")
+        elif distance > options.max_residual_mm:
             why.append(f"residual {distance:.2f} mm (more than {options.max_residual_mm:g} mm)")
         if residual.rotation_deg is not None and abs(residual.rotation_deg) > options.max_residual_deg:
             why.append(f"residual rotation {residual.rotation_deg:+.2f} deg (more than {options.max_residual_deg:g})")
@@ -326,15 +332,15 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
             "label": label,
             "gantry_deg": view.geometry.gantry_deg,
             "couch_deg": view.geometry.couch_deg,
-            "initial_dx_mm": float(start.dx_mm),
-            "initial_dy_mm": float(start.dy_mm),
+            "initial_dx_mm": _optional(start.dx_mm),
+            "initial_dy_mm": _optional(start.dy_mm),
             "initial_rotation_deg": _optional(start.rotation_deg),
             "initial_ok": bool(start.ok),
             "score": float(score),
-            "residual_dx_mm": float(residual.dx_mm),
-            "residual_dy_mm": float(residual.dy_mm),
+            "residual_dx_mm": _optional(residual.dx_mm),
+            "residual_dy_mm": _optional(residual.dy_mm),
             "residual_rotation_deg": _optional(residual.rotation_deg),
-            "residual_mm": float(distance),
+            "residual_mm": _optional(distance),
             "residual_check_ok": bool(residual.ok),
             "residual_check_reason": residual.reason,
             "field_box_mm": [float(v) for v in view.field_box_mm],

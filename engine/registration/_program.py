@@ -74,6 +74,8 @@ from ._quality import (
     shift_uncertainty_mm,
 )
 from ._refine import edge_score, newton
+from ._scale import scale_profile, scale_verdict
+from ._scale import scale_reason as scale_reason_text
 from ._search import DISTINCT_MM, global_search
 from ._search_program import ITERATIONS, MI_TOLERANCE, WEAK_EDGE_SCORE, search_compiled, search_eager
 from ._views import common_region, compare_views
@@ -321,8 +323,8 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     reference : Reference
     frame : Image
     mirror_check : bool
-        False: no mirror check (``RegistrationOptions.mirror_check``) for this frame (the check's own
-        registrations of the flipped frame).
+        False: no mirror check (``RegistrationOptions.mirror_check``) and no scale check (``_scale``) for this
+        frame (the mirror check's own registrations of the flipped frame).
     options : RegistrationOptions, optional
         Per-frame options instead of the reference's (the check's lighter search); the fields that size the
         plans must be the reference's.
@@ -346,7 +348,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
             if backend.scope_reusable:
                 plan.scope = scope
         with scope:  # its clock (the thread tuner's) starts here, after any wait for the lane
-            result = _register(reference, plan, frame, start, options, _denoised)
+            result = _register(reference, plan, frame, start, options, _denoised, mirror_check)
     finally:
         pool.release(plan)
     if type(result) is _SmallField:  # a DRR reference and a small (cone, SRS) field: a plan sized for it
@@ -354,7 +356,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         plan = pool.acquire(reference._lane_limit, backend)
         try:
             with backend.frame_scope(plan.stream, plan.threads):
-                result = _register(reference, plan, frame, start, options, _denoised)
+                result = _register(reference, plan, frame, start, options, _denoised, mirror_check)
         finally:
             pool.release(plan)
     if type(result) is _SmoothedPair:  # rare: a noisy frame or reference portal image, refused as taken
@@ -1060,7 +1062,8 @@ def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: li
 
 
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
-              options: RegistrationOptions | None = None, denoised: dict | None = None) -> RegistrationResult:
+              options: RegistrationOptions | None = None, denoised: dict | None = None,
+              scale_check: bool = True) -> RegistrationResult:
     backend, opts = reference.backend, (reference.options if options is None else options)
     k = backend.kernels
     levels = plan.levels
@@ -1204,7 +1207,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM)
         return _register(reference, plan, smoothed, start, options,
                          {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
-                          "reference_smoothed": False})
+                          "reference_smoothed": False}, scale_check)
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False
@@ -1428,6 +1431,21 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"best, within chance of it (a lead of {significance * (1.0 - ambiguity):.1f} chance spreads; "
             f"{MIN_RIVAL_LEAD:g} needed): too little structure to choose between them"
         )
+    # the anatomy's own size (``_scale``), where nothing else refused the match and no field told of its scale (the
+    # geometry's first frames, until one confirms the stated scale; no call after that)
+    scale = None
+    if scale_check and not reason and not plan.scale_confirmed and not found.no_match and shift_measured:
+        coarsest = levels[plan.refine_levels[0]]
+        scales, profile = scale_profile(backend, plan, coarsest, pose)
+        scale = scale_verdict(scales, profile, int(coarsest.usable))
+        if scale["confirmed"]:
+            plan.scale_confirmed = True
+        elif scale["mismatch"] and opts.allow_view_mismatch:
+            warnings.append(f"{scale_reason_text(scale)}; registered as asked (allow_view_mismatch)")
+        elif scale["mismatch"]:
+            reason = scale_reason_text(scale)
+            guess = True  # millimetres of two scales measure nothing
+    details["scale_check"] = scale
     split_deg = spread[1] if spread is not None and rotate else None
     if split_deg is not None and split_deg > SPLIT_HALF_MAX_DEG:
         # the translation holds (checked above), the rotation does not: it is not reported, never a noisy number

@@ -1,0 +1,88 @@
+"""The anatomy's own scale check (issue 11: a wrong scale gave a confident wrong shift).
+
+A frame header's RTImageSID of 1400 mm where the frame was taken at 1500 mm scales its millimetres at the isocentre
+by 7 %; against a DRR (no field to compare) and with no jaws in the frame's header, the pair was matched 1.7 mm off,
+ok. ``registration._scale`` scores the final pose with the frame stretched about its usable pixels' centroid and
+refuses a pair whose edges match clearly best at another scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import portalign
+import pydicom
+import pytest
+from portalign.registration._scale import (
+    MIN_SCALE_GAIN,
+    MIN_SCALE_STEPS,
+    SCALE_STEP,
+    SCALE_STEPS,
+    scale_reason,
+    scale_verdict,
+)
+
+SCALES = np.exp(np.arange(-SCALE_STEPS, SCALE_STEPS + 1) * SCALE_STEP)
+
+
+def _profile(peak_step: float, height: float, width_steps: float = 1.5, floor: float = 0.2) -> np.ndarray:
+    steps = np.arange(-SCALE_STEPS, SCALE_STEPS + 1)
+    return floor + height * np.exp(-0.5 * ((steps - peak_step) / width_steps) ** 2)
+
+
+def test_a_peak_at_the_stated_scale_confirms_it() -> None:
+    verdict = scale_verdict(SCALES, _profile(0.0, 0.3), usable=4000)
+    assert verdict["confirmed"] and not verdict["mismatch"]
+    assert verdict["best_scale"] == pytest.approx(1.0, abs=1e-9) and verdict["gain"] == 0.0
+    assert verdict["margin"] >= MIN_SCALE_GAIN
+
+
+def test_a_peak_three_steps_away_is_a_mismatch_and_its_vertex_is_interpolated() -> None:
+    verdict = scale_verdict(SCALES, _profile(2.6, 0.3), usable=4000)
+    assert verdict["mismatch"] and not verdict["confirmed"]
+    # the parabola through the three highest points puts the vertex between steps 2 and 3
+    assert np.exp(2.0 * SCALE_STEP) < verdict["best_scale"] < np.exp(3.0 * SCALE_STEP)
+    text = scale_reason(verdict)
+    assert text.startswith("different scales: the frame's anatomy measures about 6 % smaller than the reference's")
+    assert "RTImageSID" in text and "ImagePlanePixelSpacing" in text
+
+
+def test_a_flat_or_weak_profile_says_neither() -> None:
+    flat = scale_verdict(SCALES, np.full(2 * SCALE_STEPS + 1, 0.4), usable=4000)
+    assert not flat["mismatch"] and not flat["confirmed"]
+    # a peak one step away (2.5 %: a patient 25 mm along the beam) is not a mismatch
+    near = scale_verdict(SCALES, _profile(1.0, 0.3), usable=4000)
+    assert not near["mismatch"] and not near["confirmed"]
+    assert MIN_SCALE_STEPS == 2
+    # a clear peak two steps away, but over too few pixels to stand above chance
+    few = scale_verdict(SCALES, _profile(3.0, 0.1), usable=200)
+    assert not few["mismatch"]
+    many = scale_verdict(SCALES, _profile(3.0, 0.1), usable=4000)
+    assert many["mismatch"]
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from portalign.demo import make_demo_pair, write_rt_image
+
+    folder = tmp_path_factory.mktemp("demo")
+    reference, frame, _ = make_demo_pair()
+    write_rt_image(reference, folder / "reference_drr.dcm", label="DRR", image_type="DRR")
+    write_rt_image(frame, folder / "portal_frame.dcm", label="MV portal", image_type="PORTAL")
+    data = pydicom.dcmread(folder / "portal_frame.dcm")
+    assert float(data.RTImageSID) == 1500.0
+    data.RTImageSID = "1400"  # the imager's spacing kept: the isocentre spacing read 1500 / 1400 times too large
+    data.save_as(folder / "frame_sid1400.dcm")
+    return folder
+
+
+def test_the_demo_frame_with_a_wrong_sid_is_refused(demo_files) -> None:  # type: ignore[no-untyped-def]
+    right = portalign.register(demo_files / "reference_drr.dcm", demo_files / "portal_frame.dcm", backend="cpu")
+    assert right.ok, right.reason
+    assert right.details["scale_check"]["confirmed"]
+    wrong = portalign.register(demo_files / "reference_drr.dcm", demo_files / "frame_sid1400.dcm", backend="cpu")
+    assert not wrong.ok
+    assert wrong.reason.startswith("different scales: the frame's anatomy measures about ")
+    assert " % larger than the reference's" in wrong.reason
+    assert wrong.dx_mm is None and wrong.dy_mm is None
+    # 1500 / 1400: the frame's millimetres 7 % too large; the compromise pose it is scored about takes some of it
+    assert 0.90 < wrong.details["scale_check"]["best_scale"] < 0.97
