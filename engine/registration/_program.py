@@ -73,7 +73,7 @@ from ._quality import (
     rotation_uncertainty_deg,
     shift_uncertainty_mm,
 )
-from ._refine import edge_score, newton
+from ._refine import edge_score, newton, peak_curvatures
 from ._scale import scale_profile, scale_verdict
 from ._scale import scale_reason as scale_reason_text
 from ._search import DISTINCT_MM, global_search
@@ -111,6 +111,14 @@ MIN_MATCH_SIGNIFICANCE = 3.5
 #: ``bench.held_out`` (seeds 11 and 31, 160 pairs) and ``bench.field_sets`` leads by 3 or more.
 MIN_RIVAL_LEAD = 2.5
 SPLIT_HALF_MAX_DEG = 1.0
+#: A match is checked for a peak (``_refine.peak_curvatures``) where the frame is matched whole against a reference
+#: field (``field_missing``) or a rival scores this share of the best: where a ridge or a masked-away edge is likely.
+PEAK_CHECK_AMBIGUITY = 0.8
+#: The reported metric must fall by this share of its value over 1.5 pixels in every direction from the optimum. Over
+#: 691 ok matches (three held-out sets and a sweep of real crops, session note 30) the weakest fall was 2.1 %; a flat
+#: open-field window with one field edge, matched whole against its reference's masked field and ok 17.6 mm off,
+#: fell by -0.66 % (a saddle).
+MIN_PEAK_FALL = 0.005
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
@@ -679,6 +687,16 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
                    "that is symmetric under the flip while the anatomy is too weak to place the match")
     reason += "; check it, or, for anatomy that matches as well flipped, set mirror_check='never' (--mirror-check never)"
     return replace(result, ok=False, reason=reason, details=details)
+
+
+def _direction_text(along: tuple[float, float]) -> str:
+    """Say a direction in the image: ``the image's x axis (columns)``, ``the image's y axis (rows)`` or ``N deg``."""
+    angle = math.degrees(math.atan2(along[1], along[0])) % 180.0
+    if angle < 15.0 or angle > 165.0:
+        return "the image's x axis (columns)"
+    if 75.0 < angle < 105.0:
+        return "the image's y axis (rows)"
+    return f"{angle:.0f} deg from the image's x axis"
 
 
 def _pyramid_inputs(plan: FramePlan) -> tuple:
@@ -1446,6 +1464,30 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             reason = scale_reason_text(scale)
             guess = True  # millimetres of two scales measure nothing
     details["scale_check"] = scale
+    # a match whose reported metric does not fall away from the optimum in some direction: a ridge (one straight edge)
+    # or a saddle places nothing along it (no call unless a rival is close or the frame was matched whole against a
+    # reference field)
+    peak = None
+    if (not reason and not found.no_match and shift_measured
+            and (field_missing or (runner_up is not None and ambiguity >= PEAK_CHECK_AMBIGUITY))):
+        metric = "mi" if found.mi_final or opts.method == "mi" else "edge"
+        peak_level = levels[found.levels[-1]["level"]] if found.levels else finest_level
+        weakest, strongest, along, value = peak_curvatures(backend, plan, peak_level, pose, metric)
+        peak = {"metric": metric, "weakest_fall": weakest, "strongest_fall": strongest,
+                "weakest_direction": [along[0], along[1]], "step_mm": 1.5 * min(peak_level.spacing)}
+        if weakest < MIN_PEAK_FALL:
+            name = "mutual information" if metric == "mi" else "edge correlation"
+            reason = (
+                f"no peak: the {name} {'falls by only' if weakest >= 0 else 'rises by'} {abs(weakest):.1%} over "
+                f"{peak['step_mm']:.1f} mm from the optimum along "
+                f"{_direction_text(along)} (a peak falls by {MIN_PEAK_FALL:.1%} or more in every direction): the "
+                "images' structure does not fix the shift along it (one straight edge, a flat field"
+                + (", the frame matched whole against the reference's field" if field_missing else "")
+                + "); check the pair" + (", or set field='none' (--field none) to match the whole images"
+                                         if field_missing else "")
+            )
+            guess = True  # the optimum along a ridge is not a measurement
+    details["peak_check"] = peak
     split_deg = spread[1] if spread is not None and rotate else None
     if split_deg is not None and split_deg > SPLIT_HALF_MAX_DEG:
         # the translation holds (checked above), the rotation does not: it is not reported, never a noisy number

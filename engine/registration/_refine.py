@@ -14,7 +14,7 @@ from portalign.kernels.cpu.refine import pose_affines_into, rotations_into
 
 from ._plan import FramePlan, Level
 
-__all__ = ["newton", "evaluate", "edge_score", "mi_score", "split_half_spread"]
+__all__ = ["newton", "evaluate", "edge_score", "mi_score", "split_half_spread", "peak_curvatures"]
 
 #: Newton iterations each half gets in the split-half precision check.
 SPLIT_HALF_ITERATIONS = 3
@@ -123,3 +123,44 @@ def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, 
                             tolerance=0.05, pixels=halves)[0])
     a, b = poses
     return float(np.hypot(a[0] - b[0], a[1] - b[1])), abs(math.degrees(a[2] - b[2]))
+
+
+#: Directions (unit vectors in the image's x, y) along which ``peak_curvatures`` steps: enough to fit a 2 x 2 form.
+_PEAK_DIRECTIONS = np.array([[1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)], [math.sqrt(0.5), -math.sqrt(0.5)]])
+#: Least squares of the four drops ``u^T H u`` for ``(Hxx, Hxy, Hyy)``.
+_PEAK_FIT = np.linalg.pinv(np.array([[u[0] ** 2, 2.0 * u[0] * u[1], u[1] ** 2] for u in _PEAK_DIRECTIONS]))
+
+
+def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str,  # type: ignore[no-untyped-def]
+                    step_px: float = 1.5) -> tuple[float, float, tuple[float, float], float]:
+    """How sharply ``metric`` falls away from ``pose`` in its weakest and strongest directions of shift.
+
+    The metric is scored at ``pose`` and at ``step_px`` pixels of ``level`` either side along four directions (0, 90,
+    45 and 135 deg); each direction's mean drop is ``u^T H u`` of a quadratic form ``H``, fitted by least squares; its
+    eigenvalues are the drops along its principal directions.
+
+    Returns
+    -------
+    weakest, strongest : float
+        The two drops over ``step_px`` pixels, each relative to the metric's value at ``pose`` (a peak: both > 0; a
+        ridge: ``weakest`` about 0; a saddle: ``weakest`` < 0).
+    direction : (float, float)
+        Unit vector ``(x, y)`` in the image along which the drop is weakest.
+    value : float
+        The metric at ``pose`` (edge correlation, or normalised MI - 1).
+    """
+    start = np.asarray(pose, dtype=np.float64)
+    distance = step_px * min(level.spacing)
+    poses = np.repeat(start[None, :], 1 + 2 * len(_PEAK_DIRECTIONS), axis=0)
+    for i, u in enumerate(_PEAK_DIRECTIONS):
+        poses[1 + 2 * i, :2] += distance * u
+        poses[2 + 2 * i, :2] -= distance * u
+    values = evaluate(backend, plan, level, poses, metric, normalised=True)
+    centre = float(values[0])
+    drops = centre - 0.5 * (values[1::2] + values[2::2])
+    hxx, hxy, hyy = _PEAK_FIT @ drops
+    eigenvalues, vectors = np.linalg.eigh(np.array([[hxx, hxy], [hxy, hyy]]))
+    scale = abs(centre - 1.0) if metric == "mi" else abs(centre)  # MI's value is normalised MI (1 + ...)
+    scale = scale if scale > 0 else 1.0
+    return (float(eigenvalues[0]) / scale, float(eigenvalues[1]) / scale,
+            (float(vectors[0, 0]), float(vectors[1, 0])), centre - 1.0 if metric == "mi" else centre)

@@ -1,0 +1,87 @@
+"""A match with no peak (issue 11: never a confident wrong answer).
+
+A helper's sweep of real crops (session note 30) found a window of pylinac's flat open-field image matched against a
+smaller window of it ok 17.6 mm off. The frame shows one field edge and a flat field; its field detection ruled the
+region out, so the whole frame met the reference's field interior, where its only edge has no counterpart. Its
+mutual information did not fall away from the optimum at all (a saddle). ``_refine.peak_curvatures`` measures how the
+reported metric falls in every direction; a match checked for it (the frame matched whole against a reference's field,
+or a close rival) that does not fall is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import portalign
+import pytest
+from field_sets import REAL, read, window_pair
+from portalign.registration._program import MIN_PEAK_FALL, _direction_text
+
+FLATSYM = REAL / "pylinac" / "open_field" / "flatsym_demo.dcm"
+
+
+@pytest.mark.skipif(not FLATSYM.is_file(), reason=f"{FLATSYM} is not there (../shared/data/real)")
+def test_a_flat_field_window_with_one_edge_has_no_peak_and_is_refused() -> None:
+    image = read(FLATSYM)
+    ref, frame, dx, dy = window_pair(image, 102, 136, 563, 750, 8, 18)
+    assert (dx, dy) == pytest.approx((7.063, 3.139), abs=1e-3)
+    top, bottom, left, right = 61, 68, 172, 183  # the frame: a smaller window of the moved one
+    ax, ay = frame.beam_axis_px
+    frame = replace(frame, pixels=np.ascontiguousarray(frame.pixels[top:frame.shape[0] - bottom,
+                                                                    left:frame.shape[1] - right]),
+                    beam_axis_px=(ax - left, ay - top))
+    result = portalign.register(ref, frame, backend="cpu")
+    # before: ok, (-9.27, -3.45) mm for (+7.06, +3.14)
+    assert not result.ok and result.dx_mm is None and result.dy_mm is None
+    assert result.reason.startswith("no peak: the mutual information ")
+    assert "the frame matched whole against the reference's field" in result.reason
+    assert result.reason.endswith("or set field='none' (--field none) to match the whole images")
+    peak = result.details["peak_check"]
+    assert peak["metric"] == "mi" and peak["weakest_fall"] < MIN_PEAK_FALL
+    assert math.hypot(*peak["weakest_direction"]) == pytest.approx(1.0)
+
+
+def test_a_sound_match_has_its_peak_and_is_not_checked_without_cause() -> None:
+    """A clear single optimum with no rival and both images' fields alike: no check (``peak_check`` null)."""
+    from scipy import ndimage
+    from synthetic import anatomy
+
+    ref = anatomy(160, seed=11)
+    moved = ndimage.shift(ref, (-1.5, 2.0), order=3, mode="nearest")
+    result = portalign.register(portalign.Image.from_array(ref, pixel_spacing_mm=1.0),
+                                portalign.Image.from_array(moved, pixel_spacing_mm=1.0), backend="cpu")
+    assert result.ok and result.details["peak_check"] is None
+    assert result.dx_mm == pytest.approx(2.0, abs=0.1) and result.dy_mm == pytest.approx(-1.5, abs=0.1)
+
+
+def test_peak_curvatures_measure_a_peak_and_a_ridge() -> None:
+    """On one level of a real plan: a blob's optimum falls in every direction; a vertical edge's, along y, not."""
+    from portalign.registration import prepare_reference
+    from portalign.registration._refine import peak_curvatures
+
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float64)
+    blobs = sum(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 3.0 ** 2))
+                for cx, cy in ((30, 40), (60, 35), (50, 70), (25, 65)))
+    edge = 1.0 / (1.0 + np.exp(-(xx - 48.0) / 1.5))  # one straight edge, nothing along it
+
+    def falls(pixels: np.ndarray) -> tuple[float, float, tuple[float, float]]:
+        image = portalign.Image.from_array(pixels.astype(np.float32), pixel_spacing_mm=1.0)
+        options = portalign.RegistrationOptions(field="none", mirror_check="never")
+        reference = prepare_reference(image, options, backend="cpu")
+        reference.register(image)  # the plan's levels now hold this frame
+        plan = next(iter(reference._plans.values())).lanes[0]
+        level = plan.levels[plan.refine_levels[-1]]
+        weakest, strongest, along, _ = peak_curvatures(reference.backend, plan, level, np.zeros(3), "edge")
+        return weakest, strongest, along
+
+    weakest, strongest, _ = falls(blobs)
+    assert weakest > 0.05 and strongest >= weakest
+    weakest, strongest, along = falls(edge)
+    # along the edge only the overlap at the image's ends changes: a fall a fifth of the one across it, or less
+    assert abs(weakest) < 0.2 * strongest and strongest > 0.02
+    assert abs(along[1]) == pytest.approx(1.0, abs=0.05)  # the ridge runs along the image's y axis
+    assert _direction_text(along) == "the image's y axis (rows)"
+    assert _direction_text((1.0, 0.0)) == "the image's x axis (columns)"
+    assert _direction_text((math.sqrt(0.5), math.sqrt(0.5))) == "45 deg from the image's x axis"
