@@ -104,13 +104,16 @@ def through_aperture(image: np.ndarray, seed: int) -> np.ndarray:
 
 
 def run_backend(name: str, reference: np.ndarray, frames: list[np.ndarray], poses: np.ndarray, n_latency: int,
-                n_batch: int, warmup: int, lanes: list[int], field: bool = False) -> dict:
+                n_batch: int, warmup: int, lanes: list[int], field: bool = False,
+                options: portalign.RegistrationOptions | None = None) -> dict:
     """Time one backend: latency per frame and batched throughput per lane count; worst pose error.
 
     ``field``: the frames and the reference are seen through a radiation field (:func:`through_aperture`) that
-    each frame detects for itself.
+    each frame detects for itself. ``options``: the registration options (default: the defaults, with
+    ``field="none"`` unless ``field``).
     """
-    options = portalign.RegistrationOptions() if field else portalign.RegistrationOptions(field="none")
+    if options is None:
+        options = portalign.RegistrationOptions() if field else portalign.RegistrationOptions(field="none")
     if field:
         reference = through_aperture(reference, 0)
         frames = [through_aperture(f, i + 1) for i, f in enumerate(frames)]
