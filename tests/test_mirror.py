@@ -112,3 +112,30 @@ def test_a_symmetric_object_is_not_called_mirrored() -> None:
 def test_mirror_check_must_be_a_known_policy() -> None:
     with pytest.raises(portalign.PortalignError, match=r"^mirror_check must be one of first, always, never; got 'no'$"):
         portalign.RegistrationOptions(mirror_check="no")
+
+
+WL_CARDINAL = REAL / "pylinac" / "wl_shift_truebeam" / "cardinal" / "wl-3-30-18_card-002.dcm"
+WL_LAT = REAL / "pylinac" / "wl_shift_truebeam" / "lat3mm" / "3mm_lat-003.dcm"
+
+
+@pytest.mark.skipif(not WL_CARDINAL.is_file(), reason=f"{WL_CARDINAL} is not there (../shared/data/real)")
+@pytest.mark.parametrize("path, window, moved, noise", [
+    (WL_CARDINAL, (106, 380, 640, 640), (-2, -7), 0.03),
+    (WL_LAT, (366, 620, 640, 640), (-10, 5), 0.08),
+])
+def test_a_copy_matched_smoothed_is_compared_with_the_frame_matched_smoothed(path, window, moved, noise) -> None:
+    """A noisy window of a Winston-Lutz field: a flipped copy whose raw match was too noisy was matched smoothed and
+    had outscored the frame's raw match (0.67 and 0.81 against 0.48 and 0.15), refusing a right answer as 'flipped'
+    (a sweep of real crops, session note 30). The frame matched smoothed alike scores above the copy."""
+    from field_sets import low_dose, read, window_pair
+
+    ref, frame, dx, dy = window_pair(read(path), *window, *moved)
+    frame = low_dose(frame, noise, 1)
+    result = portalign.register(ref, frame, backend="cpu")
+    check = result.details["mirror_check"]
+    best = max(check["flipped_edge_scores"], key=lambda k: check["flipped_edge_scores"][k] or 0.0)
+    assert check["flipped_smoothed"][best] and result.details["denoised"] is None  # the copy smoothed, the frame raw
+    assert check["flipped_edge_scores"][best] > check["edge_score"] + 0.15  # raw against smoothed: no comparison
+    assert check["own_edge_score_as_flipped"] > check["flipped_edge_scores"][best]
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(dx, abs=0.5) and result.dy_mm == pytest.approx(dy, abs=0.5)

@@ -119,6 +119,7 @@ PEAK_CHECK_AMBIGUITY = 0.8
 #: open-field window with one field edge, matched whole against its reference's masked field and ok 17.6 mm off,
 #: fell by -0.66 % (a saddle).
 MIN_PEAK_FALL = 0.005
+PEAK_ALWAYS = False
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
@@ -323,7 +324,8 @@ def _lines_warning(whose: str, record: dict) -> str:
 
 
 def register_frame(reference: Reference, frame: Image, mirror_check: bool = True,
-                   options: RegistrationOptions | None = None, _denoised: dict | None = None) -> RegistrationResult:
+                   options: RegistrationOptions | None = None, _denoised: dict | None = None,
+                   _smooth: bool | None = None) -> RegistrationResult:
     """Register ``frame`` against a prepared ``reference``.
 
     Parameters
@@ -336,6 +338,9 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     options : RegistrationOptions, optional
         Per-frame options instead of the reference's (the check's lighter search); the fields that size the
         plans must be the reference's.
+    _smooth : bool, optional
+        The mirror check's: True smooths the frame's pixels (``DENOISE_SIGMA_MM``) before matching, False never does,
+        None (default) smooths a noisy frame as ``DENOISE`` says.
 
     Returns
     -------
@@ -356,7 +361,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
             if backend.scope_reusable:
                 plan.scope = scope
         with scope:  # its clock (the thread tuner's) starts here, after any wait for the lane
-            result = _register(reference, plan, frame, start, options, _denoised, mirror_check)
+            result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
     finally:
         pool.release(plan)
     if type(result) is _SmallField:  # a DRR reference and a small (cone, SRS) field: a plan sized for it
@@ -364,7 +369,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         plan = pool.acquire(reference._lane_limit, backend)
         try:
             with backend.frame_scope(plan.stream, plan.threads):
-                result = _register(reference, plan, frame, start, options, _denoised, mirror_check)
+                result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
         finally:
             pool.release(plan)
     if type(result) is _SmoothedPair:  # rare: a noisy frame or reference portal image, refused as taken
@@ -654,6 +659,7 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
     """
     own = result.details.get("edge_score")
     scores: dict[str, float | None] = {}
+    smoothed: dict[str, bool] = {}  # whether a copy's pixels were smoothed (``DENOISE``) before it was matched
     best_name, best = "", -1.0
     # the copies' edge scores are all the check reads: an edge-only search of the best candidate, its rotation held
     # at 0, without the MI cross-check (a held rotation only lowers a copy's score: the check errs towards "not
@@ -666,15 +672,29 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
         score = flipped.details.get("edge_score")
         significant = (flipped.details.get("match_significance") or 0.0) >= MIN_MATCH_SIGNIFICANCE
         scores[name] = score
+        smoothed[name] = flipped.details.get("denoised") is not None
         if score is not None and significant and score > best:
             best_name, best = name, score
     details = dict(result.details)
-    details["mirror_check"] = {"edge_score": own, "flipped_edge_scores": scores}
+    check: dict = {"edge_score": own, "flipped_edge_scores": scores, "flipped_smoothed": smoothed,
+                   "own_edge_score_as_flipped": None}
+    details["mirror_check"] = check
     if own is None or not best_name:
         return replace(result, details=details)
+    # like with like: a copy whose pixels were smoothed before it was matched (its raw match too noisy: a flip moves
+    # the usable pixels about the beam axis, and with them the DENOISE call) scores far above a raw match of the same
+    # pixels, and a frame matched smoothed (or with its reference) far above a raw copy. The frame is then matched
+    # again as the best copy was (light, smoothed or not): a Winston-Lutz field at 3 % noise, raw 0.15, had its
+    # copy flipped up-down refused as better at 0.81, smoothed; the frame smoothed alike scored
+    alike = [v for k, v in scores.items() if k != best_name and v is not None and smoothed[k] == smoothed[best_name]]
+    if (result.details.get("denoised") is not None) != smoothed[best_name]:
+        again = register_frame(reference, frame, mirror_check=False, options=light, _smooth=smoothed[best_name])
+        own = check["own_edge_score_as_flipped"] = again.details.get("edge_score")
+        if own is None:  # the frame cannot be matched as the copy was: no comparison
+            return replace(result, details=details)
     # against the frame's own score and the other flips' alike: an object symmetric under some flip matches about
     # as well under it, and noise then picks any of them (a Winston-Lutz field at low dose: 0.28 own, 0.32-0.38 flipped)
-    runner = max([own, *(v for k, v in scores.items() if k != best_name and v is not None)])
+    runner = max([own, *alike])
     if not (best >= runner + MIRROR_MIN_GAIN
             and (best >= MIRROR_MIN_RATIO * runner or 1.0 - best <= MIRROR_MAX_RESIDUAL * (1.0 - runner))):
         return replace(result, details=details)
@@ -1081,7 +1101,7 @@ def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: li
 
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
               options: RegistrationOptions | None = None, denoised: dict | None = None,
-              scale_check: bool = True) -> RegistrationResult:
+              scale_check: bool = True, smooth: bool | None = None) -> RegistrationResult:
     backend, opts = reference.backend, (reference.options if options is None else options)
     k = backend.kernels
     levels = plan.levels
@@ -1217,11 +1237,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # (a frame whose contrast is too low for its noise is smoothed too: the smoothing is what such a frame needs)
     low_contrast = quality != "" and quality.startswith(TOO_LITTLE_STRUCTURE)
     # (not a striped frame: smoothing hides its stripes, which the match would still measure)
-    if (DENOISE and denoised is None and (not quality or low_contrast) and not field.striped
-            and r_eff >= DENOISE_MIN_RADIUS_MM
-            and "contrast_to_noise" in frame_stats and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
-            and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
-            >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]):
+    # (``smooth``: the mirror check's comparison asks for a frame smoothed, or not, as a flipped copy was)
+    if (denoised is None and (not quality or low_contrast) and not field.striped and "contrast_to_noise" in frame_stats
+            and (smooth if smooth is not None else (
+                DENOISE and r_eff >= DENOISE_MIN_RADIUS_MM and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
+                and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
+                >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]))):
         smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM)
         return _register(reference, plan, smoothed, start, options,
                          {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
@@ -1469,7 +1490,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # reference field)
     peak = None
     if (not reason and not found.no_match and shift_measured
-            and (field_missing or (runner_up is not None and ambiguity >= PEAK_CHECK_AMBIGUITY))):
+            and (PEAK_ALWAYS or field_missing or (runner_up is not None and ambiguity >= PEAK_CHECK_AMBIGUITY))):
         metric = "mi" if found.mi_final or opts.method == "mi" else "edge"
         peak_level = levels[found.levels[-1]["level"]] if found.levels else finest_level
         weakest, strongest, along, value = peak_curvatures(backend, plan, peak_level, pose, metric)
