@@ -119,7 +119,6 @@ PEAK_CHECK_AMBIGUITY = 0.8
 #: open-field window with one field edge, matched whole against its reference's masked field and ok 17.6 mm off,
 #: fell by -0.66 % (a saddle).
 MIN_PEAK_FALL = 0.005
-PEAK_ALWAYS = False
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
@@ -685,7 +684,7 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
     # the usable pixels about the beam axis, and with them the DENOISE call) scores far above a raw match of the same
     # pixels, and a frame matched smoothed (or with its reference) far above a raw copy. The frame is then matched
     # again as the best copy was (light, smoothed or not): a Winston-Lutz field at 3 % noise, raw 0.15, had its
-    # copy flipped up-down refused as better at 0.81, smoothed; the frame smoothed alike scored
+    # copy flipped up-down refused as better at 0.81, smoothed; the frame smoothed alike scored 0.89
     alike = [v for k, v in scores.items() if k != best_name and v is not None and smoothed[k] == smoothed[best_name]]
     if (result.details.get("denoised") is not None) != smoothed[best_name]:
         again = register_frame(reference, frame, mirror_check=False, options=light, _smooth=smoothed[best_name])
@@ -1490,7 +1489,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # reference field)
     peak = None
     if (not reason and not found.no_match and shift_measured
-            and (PEAK_ALWAYS or field_missing or (runner_up is not None and ambiguity >= PEAK_CHECK_AMBIGUITY))):
+            and (field_missing or (runner_up is not None and ambiguity >= PEAK_CHECK_AMBIGUITY))):
         metric = "mi" if found.mi_final or opts.method == "mi" else "edge"
         peak_level = levels[found.levels[-1]["level"]] if found.levels else finest_level
         weakest, strongest, along, value = peak_curvatures(backend, plan, peak_level, pose, metric)
