@@ -318,3 +318,27 @@ def test_portal_cine_bench_checks_every_frame_s_interior_and_finds_the_small_mot
     assert "ok: 3 of 3; median error" in out, out
     assert float(out.split("max ")[1].split(" mm")[0]) < 0.3, out
     assert portal_cine.main(["--frames", "0"]) == 2
+
+
+@pytest.mark.real_data
+def test_real_windows_bench_counts_the_outcomes_and_names_the_wrong_ones(capsys, tmp_path):
+    from bench import real_windows
+
+    if not real_windows.REAL.is_dir():
+        pytest.skip(f"the real images are not at {real_windows.REAL}")
+    out_file = tmp_path / "windows.jsonl"
+    assert real_windows.main(["--match", "wl_demo_as500/gantry0.dcm", "--jsonl", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert out.startswith(f"{len(records)} pairs of 1 RT Images (seed 5)")
+    assert 6 <= len(records) <= 12 and {r["file"] for r in records} == {"pylinac/wl_demo_as500/gantry0.dcm"}
+    counts = {}
+    for r in records:
+        counts[real_windows.outcome(r)] = counts.get(real_windows.outcome(r), 0) + 1
+    for name, count in counts.items():  # every outcome is printed with its count
+        assert f"{count:4d}  {name}" in out
+    for r in records:  # a window moved by whole pixels: the truth is those pixels
+        assert (r["dx"], r["dy"]) == pytest.approx((r["moved_px"][1] * 0.5226667, r["moved_px"][0] * 0.5226667),
+                                                   abs=1e-5)
+        if r["ok"]:
+            assert r["error_mm"] == pytest.approx(math.hypot(r["dx_mm"] - r["dx"], r["dy_mm"] - r["dy"]))
