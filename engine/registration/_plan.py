@@ -211,9 +211,7 @@ class FramePlan:
     #: on the host: the coarse features are there, and an FFT of this size is host work); None: the search runs on
     #: the plan's backend. Set by the frame program for each frame, read by ``_search_program.search_eager``.
     host_candidates: Any = None
-    #: The anatomy's scale check (``_scale``): its result buffer (per lane, made on first use), and whether a frame
-    #: of this geometry confirmed the stated scale (later frames then skip the check).
-    scale_out: Any = None
+    #: Whether a frame of this geometry confirmed the stated scale (``_scale``): later frames then skip the check.
     scale_confirmed: bool = False
 
     def __post_init__(self) -> None:
@@ -240,7 +238,6 @@ class FramePlan:
             mi_out=xp.zeros_like(self.mi_out),
             edge_out=xp.zeros_like(self.edge_out),
             refine_out=np.zeros(5),
-            scale_out=None,
             program_scratch={name: np.zeros_like(array) for name, array in self.program_scratch.items()},
             program_inputs={},
             surfaces_ready=False,

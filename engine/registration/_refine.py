@@ -24,24 +24,34 @@ METRICS = {"edge": 0, "mi": 1, "edge_unguarded": 2}
 MAX_ROTATION_STEP = math.radians(0.5)
 
 
-def evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool = False) -> np.ndarray:  # type: ignore[no-untyped-def]
+def evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool = False,  # type: ignore[no-untyped-def]
+             stretch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Metric values (higher is better) at ``poses`` (float64[n, 3]) on ``level``; any ``n``.
 
     The plan's result buffers hold one stencil (``MAX_STENCIL`` poses): more poses are scored in chunks of that size.
+    ``stretch``: ``(scales float64[n], centre (col, row) pixels)``: each pose's frame pixel coordinates are read
+    stretched by its scale about ``centre`` (the anatomy's scale check, ``_scale``).
     """
     poses = np.ascontiguousarray(poses, dtype=np.float64)
     capacity = plan.edge_out.shape[0]
     if poses.shape[0] <= capacity:
-        return _evaluate(backend, plan, level, poses, metric, normalised)
-    return np.concatenate([_evaluate(backend, plan, level, poses[i:i + capacity], metric, normalised)
-                           for i in range(0, poses.shape[0], capacity)])
+        return _evaluate(backend, plan, level, poses, metric, normalised, stretch)
+    return np.concatenate([
+        _evaluate(backend, plan, level, poses[i:i + capacity], metric, normalised,
+                  None if stretch is None else (stretch[0][i:i + capacity], stretch[1]))
+        for i in range(0, poses.shape[0], capacity)])
 
 
-def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _evaluate(backend, plan: FramePlan, level: Level, poses: np.ndarray, metric: str, normalised: bool,  # type: ignore[no-untyped-def]
+              stretch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     k = backend.kernels
     n = poses.shape[0]
     table = np.empty((n, 2, 3))
     pose_affines_into(poses, n, level.geometry, table)  # compiled: a handful of calls for any pose count
+    if stretch is not None:  # frame pixel p is read as centre + s (p - centre): p -> M (centre + s (p - centre)) + m
+        scales, centre = stretch
+        table[:, :, 2] += (1.0 - scales)[:, None] * np.einsum("kij,j->ki", table[:, :, :2], centre)
+        table[:, :, :2] *= scales[:, None, None]
     affines = backend.staged("evaluate_affines", table)
     if metric == "mi":
         hist = plan.hist[:n]

@@ -27,9 +27,9 @@ import math
 from typing import Any
 
 import numpy as np
-from portalign.kernels.cpu.refine import pose_affines_into, rotations_into
 
 from ._plan import FramePlan, Level
+from ._refine import evaluate
 
 __all__ = ["scale_profile", "scale_verdict", "scale_reason", "SCALE_STEP", "SCALE_STEPS", "MIN_SCALE_STEPS", "MIN_SCALE_GAIN",
            "MIN_SCALE_SIGNIFICANCE"]
@@ -61,24 +61,7 @@ MIN_SCALE_SIGNIFICANCE = 1.5
 def _scores(backend: Any, plan: FramePlan, level: Level, poses: np.ndarray, scales: np.ndarray,
             centre: np.ndarray) -> np.ndarray:
     """Normalised edge correlation of each ``poses[k]`` with the frame stretched by ``scales[k]`` about ``centre``."""
-    n = poses.shape[0]
-    affines = np.empty((n, 2, 3))
-    pose_affines_into(poses, n, level.geometry, affines)
-    # frame pixel p is read as centre + s (p - centre): p -> M (centre + s (p - centre)) + m
-    moved = np.einsum("kij,j->ki", affines[:, :, :2], centre)
-    affines[:, :, 2] += (1.0 - scales)[:, None] * moved
-    affines[:, :, :2] *= scales[:, None, None]
-    turns = np.empty((n, 2))
-    rotations_into(poses, n, turns)
-    if plan.scale_out is None:
-        plan.scale_out = backend.xp.zeros((2 * SCALE_STEPS + 1, 3), dtype=backend.xp.float64)
-    out = plan.scale_out[:n]
-    backend.kernels.gradient_correlation(level.pixel_rows, level.pixel_cols, level.listed, level.feat_re,
-                                         level.feat_im, level.ref_re, level.ref_im,
-                                         backend.staged("scale_affines", affines),
-                                         backend.staged("scale_rotations", turns), out)
-    sums = np.asarray(backend.to_host(out), dtype=np.float64)
-    return sums[:, 0] / np.sqrt(np.maximum(sums[:, 1] * sums[:, 2], 1e-30))
+    return evaluate(backend, plan, level, poses, "edge", stretch=(scales, centre))
 
 
 def scale_profile(backend: Any, plan: FramePlan, level: Level, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
