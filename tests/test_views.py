@@ -374,11 +374,15 @@ def test_two_portal_images_of_different_scales_are_refused(pixels) -> None:
     assert not result.ok and result.reason.startswith("different scales: the frame's radiation field is ")
     assert "(1.5" in result.reason and "RTImageSID (3002,0026)" in result.reason
     assert result.dx_mm is None and result.dy_mm is None  # millimetres of two scales measure nothing
-    allowed = portalign.register(reference, wrong, portalign.RegistrationOptions(allow_view_mismatch=True),
+    _registered_as_asked(reference, wrong, "different scales", "registered as asked (allow_view_mismatch)")
+
+
+def _registered_as_asked(reference, frame, begins: str, ends: str) -> None:
+    """With allow_view_mismatch the pair is not refused for its scales: a warning that begins and ends so says it."""
+    allowed = portalign.register(reference, frame, portalign.RegistrationOptions(allow_view_mismatch=True),
                                  backend="cpu")
     assert not (allowed.reason or "").startswith("different scales")
-    assert any(w.startswith("different scales") and w.endswith("registered as asked (allow_view_mismatch)")
-               for w in allowed.warnings)
+    assert any(w.startswith(begins) and w.endswith(ends) for w in allowed.warnings), allowed.warnings
 
 
 def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None:
@@ -437,11 +441,7 @@ def test_anatomy_of_another_scale_is_refused_where_no_field_tells(pixels, factor
     assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
     # the scale it found: the frame's stated millimetres times it are the reference's (within a step, 2.5 %)
     assert result.details["scale_check"]["best_scale"] == pytest.approx(1.0 / factor, abs=0.025)
-    allowed = portalign.register(reference, wrong, portalign.RegistrationOptions(allow_view_mismatch=True),
-                                 backend="cpu")
-    assert not (allowed.reason or "").startswith("different scales")
-    assert any(w.startswith("different scales: the frame's anatomy") and w.endswith("(allow_view_mismatch)")
-               for w in allowed.warnings)
+    _registered_as_asked(reference, wrong, "different scales: the frame's anatomy", "(allow_view_mismatch)")
 
 
 def test_a_confirmed_scale_is_not_checked_again_for_the_geometry(pixels) -> None:
