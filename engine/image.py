@@ -210,6 +210,9 @@ class Image:
         -------
         Image
         """
+        if np.issubdtype(getattr(array, "dtype", np.dtype(np.float64)), np.integer):
+            # integer values: their step of 1 is the finest contrast they can show (registration's noise floor)
+            info["extra"] = {"quantization_step": 1.0, **(info.get("extra") or {})}
         pixels = check_pixels(array, name)
         spacing = _two_numbers(pixel_spacing_mm, one_for_both=True)
         if spacing is None:

@@ -91,7 +91,11 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "too small a field to register")
         return (f"{TOO_LITTLE_USABLE}: {finest.usable} pixels of {min(finest.spacing):.2f} mm "
                 f"(at least {needed} needed): {frame.info.source} is too small to register")
-    noise = _noise_sigma(backend, finest, measured)
+    measured_noise = _noise_sigma(backend, finest, measured)
+    # no noise finer than the stored values' own step is measurable: a MAD of 0 (more than half the second
+    # differences exactly 0: a clipped plateau, a flat region of integer data) is that step's rounding noise
+    quantum = quantization_sigma(frame)
+    noise = quantum if quantum > measured_noise else measured_noise
     lo, hi = coarse.range
     contrast = hi - lo
     # box averaging from the finest to the coarse level divides white noise by 2 per level
@@ -100,10 +104,13 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     frame_stats.update(plan_stats)
     if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
         ratio = contrast / max(coarse_noise, 1e-30)
-        if contrast <= 0 and noise <= 0 and field.detected:  # not one value differs: no field shows that (a trial)
+        if contrast <= 0 and measured_noise <= 0 and field.detected:  # not one value differs: no field shows that (a trial)
             return (f"the region taken for the radiation field has constant pixels (no noise, no structure: a saturated "
                     f"or dead detector block, or padding), so it is not a field; check {frame.info.source}, or use "
                     "--field none (field='none') to match the whole image")
+        if quantum > measured_noise and ratio < MIN_CONTRAST_TO_NOISE:
+            # the floor decided: what varies is under a few steps of the stored values
+            return _flat_reason(frame, contrast, quantum * math.sqrt(12.0))
         if ratio < NOISE_ONLY_CONTRAST:
             if not field.detected:
                 return (f"frame is blank (beam off?): contrast is {ratio:.1f}x the noise, which noise alone gives "
@@ -124,6 +131,38 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
         if fraction > MAX_SATURATED_FRACTION:
             return f"frame is saturated: {fraction:.0%} of its pixels are at the detector maximum ({saturation:g})"
     return ""
+
+
+def _flat_reason(frame: Image, contrast: float, step: float) -> str:
+    """Why a frame whose contrast is a few rounding steps of its stored values is refused (its plateau named)."""
+    pixels = frame.pixels
+    top = float(pixels.max())
+    share = float((pixels == top).mean())
+    plateau = (f"{share:.0%} of its pixels hold its largest value {top:g} (saturated or clipped there)"
+               if share >= 0.5 else "its values hardly vary")
+    return (f"frame shows no structure: {plateau}; its contrast on the search level is {contrast:.3g}, under "
+            f"{MIN_CONTRAST_TO_NOISE:g}x the rounding noise of its stored values (step {step:g}): nothing to register "
+            f"in {frame.info.source}; check the exposure and that the frame shows the treated region")
+
+
+def quantization_sigma(image: Image) -> float:
+    """Return the rounding noise (sigma, in the image's pixel units) of its stored values: ``step / sqrt(12)``.
+
+    The step is the DICOM Rescale Slope (0028,1053) of a file's integer Stored Values (``info.extra
+    ["rescale_slope"]``), or ``info.extra["quantization_step"]`` (1 for an integer array: :meth:`Image.from_array`);
+    0 where the values are not known to be quantized (a float array, a rendered DRR). A uniform rounding error of
+    one step has variance ``step^2 / 12`` (Widrow and Kollar, *Quantization Noise*, 2008, ch. 4): no contrast
+    smaller than that is measured, whatever a MAD of 0 says.
+    """
+    extra = image.info.extra
+    step = extra.get("rescale_slope")
+    if step is None:
+        step = extra.get("quantization_step")
+    try:
+        step = abs(float(step)) if step is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+    return step / math.sqrt(12.0) if math.isfinite(step) else 0.0
 
 
 def _noise_sigma(backend, level: Level, measured: tuple[float, float] | None = None) -> float:  # type: ignore[no-untyped-def]
