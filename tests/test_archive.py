@@ -272,6 +272,8 @@ def test_population_statistics_recover_the_truth(archive, first_run):
     assert summary["tasks"] == {"total": 8, "run": 8, "skipped_resume": 0, "failed": 0}
     assert summary["cluster"]["workers"] == 2 and summary["cluster"]["local"] is True
     assert summary["cluster"]["parts_written_by"] == "workers" and summary["timing"]["client_write_s"] == 0
+    # the kernels were compiled once in the client before the local workers started (``_run._compile_once``)
+    assert summary["timing"]["compile_s"] > 0
     # Per gantry angle in image axes: x at gantry 0 is lateral, x at gantry 90 is -vertical, y is -longitudinal.
     image = summary["image_axes"]
     assert image["gantry_0"]["x"]["Sigma_mm"] == pytest.approx(truth["lateral"]["Sigma_mm"], abs=TOLERANCE_MM)
@@ -379,7 +381,7 @@ def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run
         part.unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in parts[:5]}
 
-    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster:
         code = main(["archive", str(archive.root), "--out", str(out), "--scheduler", cluster.scheduler_address,
                      "--resume", "--json", "--no-progress"])
@@ -387,6 +389,7 @@ def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tasks"] == {"total": 8, "run": 3, "skipped_resume": 5, "failed": 0}
     assert summary["cluster"]["parts_written_by"] == "client"  # --scheduler without --parts-on-workers
+    assert "compile_s" not in summary["timing"]  # a scheduler's workers may be other machines: nothing compiled here
     assert summary["timing"]["frames_this_run"] == sum(
         len(pd.read_parquet(p)) for p in (out / "parts").glob("*.parquet") if p.name not in kept)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet") if p.name in kept} == kept
@@ -455,7 +458,7 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     parts = tmp_path / "parts"
     parts.mkdir()
     (tmp_path / "x").mkdir()
-    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
             Client(cluster) as client:
         died, _, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
@@ -514,3 +517,62 @@ def test_a_reused_uid_on_another_image_is_a_warning_of_the_run() -> None:
     clash = [w for w in summary["warnings"] if "share a SOP Instance UID with a different image" in w]
     assert len(clash) == 1 and clash[0].startswith("1 file(s) skipped") and "(first: other.dcm: " in clash[0]
     assert clash[0].endswith("give each image its own UID")  # the copy with the same header is no warning
+
+
+_WORKER_KERNEL = """
+import numba
+
+
+@numba.njit(parallel=True, cache=True)
+def total(n):
+    s = 0.0
+    for i in numba.prange(n):
+        s += i
+    return s
+"""
+
+_USER_SCRIPT = """
+import portalign  # at the top, as a user's script: a spawned worker imports it again before Dask sets its environment
+from portalign.archive._run import _client
+
+
+def task():
+    import numba
+    import worker_kernel
+
+    worker_kernel.total(10)  # loaded from numba's cache, not compiled: the worker's thread pool starts
+
+    @numba.njit
+    def later(x):
+        return x + 1
+
+    return later(1)  # a kernel compiled after the pool started
+
+
+if __name__ == "__main__":
+    import worker_kernel
+
+    worker_kernel.total(10)  # compiled and cached here
+    with _client(1, None) as (client, info):
+        print("worker result", client.submit(task, pure=False).result())
+"""
+
+
+def test_a_local_worker_compiles_after_its_threads_started_whatever_the_script_imported(tmp_path):
+    """A script that imports portalign at its top: the spawned worker imports numba before Dask sets its environment.
+
+    With NUMBA_NUM_THREADS in the workers' environment (as before), numba's pool size and that environment disagreed
+    there, and the first kernel compiled after the pool had started (a kernel not yet in a new install's cache)
+    raised "Cannot set NUMBA_NUM_THREADS to a different value once the threads have been launched" in every task:
+    a new user's archive run from a script failed every beam.
+    """
+    import subprocess
+
+    (tmp_path / "worker_kernel.py").write_text(_WORKER_KERNEL)
+    (tmp_path / "user_script.py").write_text(_USER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(tmp_path / "user_script.py")], capture_output=True, text=True,
+                          env=env, timeout=240, cwd=tmp_path)
+    assert "Cannot set NUMBA_NUM_THREADS" not in done.stderr
+    assert done.returncode == 0 and "worker result 2" in done.stdout, done.stderr[-2000:]

@@ -146,6 +146,13 @@ def run(
     parts_dir = out_dir / "parts"
     files = _index.list_files(source_list, exclude=out_dir)
     timing: dict[str, float] = {}
+    if scheduler is None and backend != "gpu":
+        # numba compiles a kernel on its first call and caches it on disk: with a cold cache every worker of a new
+        # local cluster would compile the same kernels at once (about a minute of CPU each); compiled here first,
+        # they load from the cache in each
+        t0 = time.perf_counter()
+        _compile_once(options)
+        timing["compile_s"] = time.perf_counter() - t0
     with _client(workers, scheduler, connect_timeout_s) as (client, cluster_info):
         # made once there is a cluster: a scheduler refused leaves no empty output folder behind
         try:
@@ -265,6 +272,31 @@ def _check_arguments(sources: list[Any], out_dir: Path, workers: int | None, sch
         raise MissingDependencyError.for_module(exc.name or "dask", "portalign archive") from None
 
 
+def _compile_once(options: RegistrationOptions | None) -> None:
+    """Register a small synthetic portal frame against a DRR-like reference here, with ``options``, on the CPU.
+
+    Its only effect is numba's on-disk cache of the kernels a registration calls (a few tens of milliseconds once
+    warm). A failure here is not the archive's: the workers register, and say, what the files hold.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from .. import register
+    from ..image import Image
+
+    rng = np.random.default_rng(0)
+    anatomy = ndimage.gaussian_filter(rng.standard_normal((200, 200)), 4.0)
+    rows, cols = np.mgrid[0:160, 0:160]
+    field = ndimage.gaussian_filter(((abs(rows - 80) < 50) & (abs(cols - 80) < 45)).astype(float), 1.5)
+    reference = Image.from_array(anatomy[20:180, 20:180].astype(np.float32), pixel_spacing_mm=1.0, kind="drr")
+    frame = (0.02 + field) * (1.0 + 0.3 * anatomy[23:183, 18:178]) + rng.normal(0.0, 0.002, (160, 160))
+    try:
+        register(reference, Image.from_array(frame.astype(np.float32), pixel_spacing_mm=1.0, kind="portal"),
+                 options, backend="cpu")
+    except PortalignError:
+        pass  # refused or not: the kernels it called are compiled
+
+
 @contextlib.contextmanager
 def _client(workers: int | None, scheduler: str | None,
             connect_timeout_s: float = 20.0) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -288,10 +320,13 @@ def _client(workers: int | None, scheduler: str | None,
             client.close()
         return
     n = workers or os.cpu_count() or 1
-    # One thread per worker process, and numba's own threads pinned to 1: the cluster's parallelism is the
-    # processes; OpenMP threads that spin-wait on cores the other workers use would only slow them down.
-    single = {"PORTALIGN_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "OPENBLAS_NUM_THREADS": "1"}
+    # One thread per worker process, and each registration on one thread (PORTALIGN_THREADS: numba's
+    # set_num_threads): the cluster's parallelism is the processes; OpenMP threads that spin-wait on cores the other
+    # workers use would only slow them down. Not NUMBA_NUM_THREADS: Dask sets this environment in the worker after
+    # it has started, and where the worker imported numba before (a script that imports portalign at its top,
+    # re-imported by the spawned worker) numba's pool size and its environment then disagree, and the first kernel
+    # compiled after the pool started raised "Cannot set NUMBA_NUM_THREADS to a different value" in every task
+    single = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=single) as cluster, Client(cluster) as client:
         yield client, {"scheduler": cluster.scheduler_address, "workers": n, "local": True}
