@@ -546,7 +546,10 @@ def task():
     def later(x):
         return x + 1
 
-    return later(1)  # a kernel compiled after the pool started
+    from portalign.archive._tasks import _worker_threads
+
+    _worker_threads()  # what a beam's task does first: PORTALIGN_THREADS=1 (the cluster's environment)
+    return later(1), numba.get_num_threads()  # a kernel compiled after the pool started; the task's threads
 
 
 if __name__ == "__main__":
@@ -575,4 +578,4 @@ def test_a_local_worker_compiles_after_its_threads_started_whatever_the_script_i
     done = subprocess.run([sys.executable, str(tmp_path / "user_script.py")], capture_output=True, text=True,
                           env=env, timeout=240, cwd=tmp_path)
     assert "Cannot set NUMBA_NUM_THREADS" not in done.stderr
-    assert done.returncode == 0 and "worker result 2" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "worker result (2, 1)" in done.stdout, done.stderr[-2000:]

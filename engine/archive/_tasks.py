@@ -78,6 +78,7 @@ def register_beam(task: BeamTask, parts_dir: str | None = None) -> dict[str, Any
         the task's cost whatever else the machine runs).
     """
     start, cpu = time.perf_counter(), time.process_time()
+    _worker_threads()
     result = _register_frames(task)
     result["frames"] = len(result["rows"])
     if parts_dir is not None:
@@ -88,6 +89,20 @@ def register_beam(task: BeamTask, parts_dir: str | None = None) -> dict[str, Any
     result["elapsed_s"] = time.perf_counter() - start
     result["cpu_s"] = time.process_time() - cpu
     return result
+
+
+def _worker_threads() -> None:
+    """Hold this task's numba kernels to ``PORTALIGN_THREADS`` threads (a local cluster's workers: 1), if set.
+
+    The frames keep to it through the thread policy; this covers the rest (the reference's preparation). numba's
+    ``set_num_threads`` holds for the calling thread: the worker's task thread.
+    """
+    wanted = os.environ.get("PORTALIGN_THREADS", "").strip()
+    if not wanted.isdigit() or int(wanted) < 1:
+        return
+    import numba
+
+    numba.set_num_threads(min(int(wanted), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 def _register_frames(task: BeamTask) -> dict[str, Any]:
