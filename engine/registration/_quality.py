@@ -136,10 +136,14 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
 def _flat_reason(frame: Image, contrast: float, step: float) -> str:
     """Why a frame whose contrast is a few rounding steps of its stored values is refused (its plateau named)."""
     pixels = frame.pixels
-    top = float(pixels.max())
-    share = float((pixels == top).mean())
-    plateau = (f"{share:.0%} of its pixels hold its largest value {top:g} (saturated or clipped there)"
-               if share >= 0.5 else "its values hardly vary")
+    top, bottom = float(pixels.max()), float(pixels.min())
+    high, low = float((pixels == top).mean()), float((pixels == bottom).mean())
+    if max(high, low) < 0.5:
+        plateau = "its values hardly vary"
+    elif high >= low:
+        plateau = f"{high:.0%} of its pixels hold its largest value {top:g} (saturated or clipped there)"
+    else:
+        plateau = f"{low:.0%} of its pixels hold its smallest value {bottom:g} (no signal, or clipped there)"
     return (f"frame shows no structure: {plateau}; its contrast on the search level is {contrast:.3g}, under "
             f"{MIN_CONTRAST_TO_NOISE:g}x the rounding noise of its stored values (step {step:g}): nothing to register "
             f"in {frame.info.source}; check the exposure and that the frame shows the treated region")
