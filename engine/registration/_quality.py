@@ -100,7 +100,8 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     contrast = hi - lo
     # box averaging from the finest to the coarse level divides white noise by 2 per level
     coarse_noise = noise / 2 ** (plan.coarse.level - finest.index)
-    plan_stats = {"contrast_to_noise": contrast / (1e-30 if 1e-30 > noise else noise)}  # max(noise, 1e-30)
+    # the frame's own measure, as measured (what the smoothing decisions read): the floor only refuses a flat frame
+    plan_stats = {"contrast_to_noise": contrast / (1e-30 if 1e-30 > measured_noise else measured_noise)}
     frame_stats.update(plan_stats)
     if contrast < MIN_CONTRAST_TO_NOISE * coarse_noise or contrast <= 0:
         ratio = contrast / max(coarse_noise, 1e-30)
