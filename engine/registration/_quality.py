@@ -94,7 +94,8 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     measured_noise = _noise_sigma(backend, finest, measured)
     # no noise finer than the stored values' own step is measurable: a MAD of 0 (more than half the second
     # differences exactly 0: a clipped plateau, a flat region of integer data) is that step's rounding noise
-    quantum = quantization_sigma(frame)
+    extra = frame.info.extra  # (a frame without either key, a float array, makes no call here: cProfile's count)
+    quantum = quantization_sigma(frame) if "rescale_slope" in extra or "quantization_step" in extra else 0.0
     noise = quantum if quantum > measured_noise else measured_noise
     lo, hi = coarse.range
     contrast = hi - lo
@@ -121,7 +122,6 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "anatomy in it, or none; use a longer exposure or average frames")
         where = TOO_LITTLE_STRUCTURE[0] if field.detected else TOO_LITTLE_STRUCTURE[1]
         return f"{where}: contrast is {ratio:.1f}x the noise on the search level (at least {MIN_CONTRAST_TO_NOISE:g}x needed)"
-    extra = frame.info.extra
     saturation = extra["saturation_value"] if "saturation_value" in extra else None
     if saturation is not None:
         # this frame's field-detection level: on the host twin when its levels were made ready there
@@ -150,6 +150,9 @@ def _flat_reason(frame: Image, contrast: float, step: float) -> str:
             f"in {frame.info.source}; check the exposure and that the frame shows the treated region")
 
 
+_SQRT_12 = math.sqrt(12.0)
+
+
 def quantization_sigma(image: Image) -> float:
     """Return the rounding noise (sigma, in the image's pixel units) of its stored values: ``step / sqrt(12)``.
 
@@ -160,14 +163,18 @@ def quantization_sigma(image: Image) -> float:
     smaller than that is measured, whatever a MAD of 0 says.
     """
     extra = image.info.extra
-    step = extra.get("rescale_slope")
+    # (written without helper calls: a frame's count of Python calls is budgeted, tests/test_engine.py)
+    step = (extra["rescale_slope"] if "rescale_slope" in extra
+            else extra["quantization_step"] if "quantization_step" in extra else None)
     if step is None:
-        step = extra.get("quantization_step")
+        return 0.0
     try:
-        step = abs(float(step)) if step is not None else 0.0
+        step = float(step)
     except (TypeError, ValueError):
         return 0.0
-    return step / math.sqrt(12.0) if math.isfinite(step) else 0.0
+    if step < 0.0:
+        step = -step
+    return step / _SQRT_12 if step < math.inf else 0.0  # NaN and inf: not a step
 
 
 def _noise_sigma(backend, level: Level, measured: tuple[float, float] | None = None) -> float:  # type: ignore[no-untyped-def]
