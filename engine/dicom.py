@@ -1001,6 +1001,10 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
                       for p in pixels]
 
         common = _common_extra(ds, name, geometry, n_frames, slope, intercept, sign, reason)
+        if "PixelData" in ds:
+            # integer Stored Values: one step of them is the finest difference the pixels can show (the rescale's
+            # slope; a Modality LUT's entries are integers). Float Pixel Data has no such step
+            common["quantization_step"] = abs(float(slope))
         if kind == "portal" and sign > 0:
             # the detector's largest code: pixels there are saturated (checked by the optimiser)
             common["saturation_value"] = _representable_max(ds, pixels, slope, intercept)

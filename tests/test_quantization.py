@@ -43,7 +43,18 @@ def test_the_rounding_noise_is_the_stored_values_step_over_root_12():
     dicom = portalign.read_rt_image(to_bytes(make_rt_image(plain * 0.25)))
     slope = dicom.info.extra["rescale_slope"]
     assert slope == pytest.approx(0.25 * 96 / 65535, rel=1e-6)
+    assert dicom.info.extra["quantization_step"] == slope
     assert quantization_sigma(dicom) == pytest.approx(slope / math.sqrt(12.0))
+    # Float Pixel Data: its values are not rounded to a step (its Rescale Slope, absent, reads 1 all the same)
+    floats = make_rt_image(plain)
+    del floats.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(floats, keyword)
+    floats.BitsAllocated = 32
+    floats.FloatPixelData = (plain * 1e-3).astype("<f4").tobytes()
+    read = portalign.read_rt_image(to_bytes(floats))
+    assert read.info.extra["rescale_slope"] == 1.0 and "quantization_step" not in read.info.extra
+    assert quantization_sigma(read) == 0.0
 
 
 def _plateau(shape: tuple[int, int], seed: int, share: float = 0.01) -> np.ndarray:

@@ -95,7 +95,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
     # no noise finer than the stored values' own step is measurable: a MAD of 0 (more than half the second
     # differences exactly 0: a clipped plateau, a flat region of integer data) is that step's rounding noise
     extra = frame.info.extra  # (a frame without either key, a float array, makes no call here: cProfile's count)
-    quantum = quantization_sigma(frame) if "rescale_slope" in extra or "quantization_step" in extra else 0.0
+    quantum = quantization_sigma(frame) if "quantization_step" in extra else 0.0
     noise = quantum if quantum > measured_noise else measured_noise
     lo, hi = coarse.range
     contrast = hi - lo
@@ -156,16 +156,15 @@ _SQRT_12 = math.sqrt(12.0)
 def quantization_sigma(image: Image) -> float:
     """Return the rounding noise (sigma, in the image's pixel units) of its stored values: ``step / sqrt(12)``.
 
-    The step is the DICOM Rescale Slope (0028,1053) of a file's integer Stored Values (``info.extra
-    ["rescale_slope"]``), or ``info.extra["quantization_step"]`` (1 for an integer array: :meth:`Image.from_array`);
-    0 where the values are not known to be quantized (a float array, a rendered DRR). A uniform rounding error of
+    The step is ``info.extra["quantization_step"]``: the DICOM Rescale Slope (0028,1053) of a file's integer Stored
+    Values (Pixel Data; 1 under a Modality LUT), 1 for an integer array (:meth:`Image.from_array`); 0 where the
+    values are not known to be quantized (Float Pixel Data, a float array, a rendered DRR). A uniform rounding error of
     one step has variance ``step^2 / 12`` (Widrow and Kollar, *Quantization Noise*, 2008, ch. 4): no contrast
     smaller than that is measured, whatever a MAD of 0 says.
     """
     extra = image.info.extra
     # (written without helper calls: a frame's count of Python calls is budgeted, tests/test_engine.py)
-    step = (extra["rescale_slope"] if "rescale_slope" in extra
-            else extra["quantization_step"] if "quantization_step" in extra else None)
+    step = extra["quantization_step"] if "quantization_step" in extra else None
     if step is None:
         return 0.0
     try:
