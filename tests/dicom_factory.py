@@ -168,6 +168,21 @@ def make_rt_image(
     return ds
 
 
+def with_float_pixels(ds: Dataset, values: np.ndarray) -> Dataset:
+    """Return ``ds`` (from :func:`make_rt_image`) holding ``values`` as Float Pixel Data (7FE0,0008) instead.
+
+    float32, BitsAllocated 32; the tags of integer pixels (BitsStored, HighBit, PixelRepresentation) and the
+    rescale (RescaleSlope, RescaleIntercept, RescaleType) are removed. Modified in place.
+    """
+    del ds.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    return ds
+
+
 def to_bytes(ds: Dataset, *, file_format: bool = True) -> bytes:
     """Encode a dataset as a DICOM file (``file_format=False``: bare dataset, no preamble/meta)."""
     buffer = io.BytesIO()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import ds_value, make_rt_image, to_bytes, write_rt_image
+from dicom_factory import ds_value, make_rt_image, to_bytes, with_float_pixels, write_rt_image
 from portalign._pydicom_compat import decoder_available, write_dataset
 from portalign.dicom import describe, read_dataset, read_rt_image, read_rt_image_frames
 from portalign.errors import GeometryError, PortalImageError
@@ -752,15 +752,9 @@ def test_rt_plan_has_no_pixel_data(tmp_path):
 
 def _float_ramp_with(row: int, col: int, value: float):
     """An RT Image of float pixels (FloatPixelData): the ramp with one pixel set to ``value``."""
-    ds = make_rt_image(_ramp())
     values = _ramp().astype(np.float32)
     values[row, col] = value
-    del ds.PixelData
-    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
-        delattr(ds, keyword)
-    ds.BitsAllocated = 32
-    ds.FloatPixelData = values.tobytes()
-    return ds
+    return with_float_pixels(make_rt_image(_ramp()), values)
 
 
 def test_a_pixel_no_detector_gives_is_refused_when_the_file_is_read():

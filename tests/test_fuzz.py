@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import portalign
 import pytest
-from dicom_factory import make_rt_image, to_bytes
+from dicom_factory import make_rt_image, to_bytes, with_float_pixels
 from portalign._pydicom_compat import write_dataset
 from portalign.cli import main
 from portalign.demo import make_demo_pair
@@ -114,13 +114,7 @@ def shipped(tmp_path_factory) -> list[Sample]:
     reference = portalign.prepare_reference(read_rt_image(ref_bytes))
     spacing = frame_image.spacing_mm[0] * 1.5  # at the imager, SID 1500 / SAD 1000
     cine = to_bytes(make_rt_image(np.stack([frame_image.pixels] * 3), spacing=spacing, gantry=[0.0, 0.5, 1.0]))
-    floats = make_rt_image(frame_image.pixels, spacing=spacing, position="centre")
-    del floats.PixelData
-    floats.FloatPixelData = np.ascontiguousarray(frame_image.pixels, dtype="<f4").tobytes()
-    floats.BitsAllocated = 32
-    for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "RescaleType"):
-        if keyword in floats:
-            delattr(floats, keyword)
+    floats = with_float_pixels(make_rt_image(frame_image.pixels, spacing=spacing, position="centre"), frame_image.pixels)
     float_bytes = to_bytes(floats)
     samples = [Sample(name, data, _explicit(data), reference)
                for name, data in (("demo-frame", frame_bytes), ("demo-cine", cine), ("demo-float", float_bytes))]

@@ -20,7 +20,7 @@ import pytest
 from portalign import Image, RegistrationOptions, register
 from portalign.registration._quality import quantization_sigma
 
-from tests.dicom_factory import make_rt_image, to_bytes
+from tests.dicom_factory import make_rt_image, to_bytes, with_float_pixels
 from tests.field_sets import REAL, window_pair
 from tests.synthetic import anatomy
 
@@ -46,13 +46,7 @@ def test_the_rounding_noise_is_the_stored_values_step_over_root_12():
     assert dicom.info.extra["quantization_step"] == slope
     assert quantization_sigma(dicom) == pytest.approx(slope / math.sqrt(12.0))
     # Float Pixel Data: its values are not rounded to a step (its Rescale Slope, absent, reads 1 all the same)
-    floats = make_rt_image(plain)
-    del floats.PixelData
-    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
-        delattr(floats, keyword)
-    floats.BitsAllocated = 32
-    floats.FloatPixelData = (plain * 1e-3).astype("<f4").tobytes()
-    read = portalign.read_rt_image(to_bytes(floats))
+    read = portalign.read_rt_image(to_bytes(with_float_pixels(make_rt_image(plain), plain * 1e-3)))
     assert read.info.extra["rescale_slope"] == 1.0 and "quantization_step" not in read.info.extra
     assert quantization_sigma(read) == 0.0
 

@@ -94,15 +94,17 @@ def register_beam(task: BeamTask, parts_dir: str | None = None) -> dict[str, Any
 def _worker_threads() -> None:
     """Hold this task's numba kernels to ``PORTALIGN_THREADS`` threads (a local cluster's workers: 1), if set.
 
-    The frames keep to it through the thread policy; this covers the rest (the reference's preparation). numba's
-    ``set_num_threads`` holds for the calling thread: the worker's task thread.
+    The frames keep to it through the thread policy; this covers the rest (the reference's preparation), with the
+    count the policy gives (:func:`~portalign.backends.frame_threads`). numba's ``set_num_threads`` holds for the
+    calling thread: the worker's task thread.
     """
-    wanted = os.environ.get("PORTALIGN_THREADS", "").strip()
-    if not wanted.isdigit() or int(wanted) < 1:
+    if not os.environ.get("PORTALIGN_THREADS"):
         return
     import numba
 
-    numba.set_num_threads(min(int(wanted), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    from ..backends import frame_threads
+
+    numba.set_num_threads(frame_threads())
 
 
 def _register_frames(task: BeamTask) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
                     "--field none (field='none') to match the whole image")
         if quantum > measured_noise and ratio < MIN_CONTRAST_TO_NOISE:
             # the floor decided: what varies is under a few steps of the stored values
-            return _flat_reason(frame, contrast, quantum * math.sqrt(12.0))
+            return _flat_reason(frame, contrast, quantum * _SQRT_12)
         if ratio < NOISE_ONLY_CONTRAST:
             if not field.detected:
                 return (f"frame is blank (beam off?): contrast is {ratio:.1f}x the noise, which noise alone gives "
