@@ -333,8 +333,13 @@ def test_whole_registration_on_gpu_equals_cpu(backend):
         # a lane's first frame checks the scale (a later one skips it once confirmed): the device's profile is the CPU's
         if g.details["scale_check"] is not None:
             checked += 1
-            for key in ("best_scale", "gain", "margin", "significance"):
+            for key in ("best_scale", "gain", "margin"):
                 assert g.details["scale_check"][key] == pytest.approx(c.details["scale_check"][key], abs=1e-6), key
+            # the significance is the gain or margin times sqrt(n / 2) (about 21 here): float32 sums in another order
+            # (the CPU's vectorised reductions differ between machines) move it by that factor more (CI saw 1.9e-6)
+            chance = (shape[0] * shape[1] / 2.0) ** 0.5
+            assert g.details["scale_check"]["significance"] == pytest.approx(
+                c.details["scale_check"]["significance"], abs=1e-6 * chance)
             assert [g.details["scale_check"][k] for k in ("mismatch", "confirmed")] == \
                 [c.details["scale_check"][k] for k in ("mismatch", "confirmed")]
         assert g.backend == "gpu" and c.backend == "cpu", g.warnings  # a device failure says why in the warnings
