@@ -252,9 +252,8 @@ def test_mutual_information_matches_cpu(backend):
     assert got[2] == 0.0 and got[3] == pytest.approx(2.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("shape", LAUNCHES)
-def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypatch, shape):
-    _launch(monkeypatch, shape)
+def _edge_args():
+    """Frame and reference features (a region of the reference not valid) and the poses: an edge kernel's arguments."""
     frame, reference = structured_image(SHAPE, 0), structured_image(REF_SHAPE, 20)
     mask = random_mask(SHAPE, seed=6, keep=0.6)
     f_re, f_im = np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32)
@@ -263,7 +262,13 @@ def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypa
     cpu.orientation_features(reference, np.ones(REF_SHAPE, np.uint8), 50.0, np.inf, r_re, r_im)
     r_re[5:12, 20:31] = INVALID_FEATURE  # not valid there: samples that need it are left out
     rows, cols, count = listed_pixels(mask)
-    args = [rows, cols, count, f_re, f_im, r_re, r_im, POSES, POSE_ROTATIONS, np.zeros((len(POSES), 3))]
+    return [rows, cols, count, f_re, f_im, r_re, r_im, POSES, POSE_ROTATIONS, np.zeros((len(POSES), 3))]
+
+
+@pytest.mark.parametrize("shape", LAUNCHES)
+def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypatch, shape):
+    _launch(monkeypatch, shape)
+    args = _edge_args()
     (expected,), (got,) = _run_both(backend, "gradient_correlation", args, [9])
     scale = np.sqrt(expected[:, 1] * np.maximum(expected[:, 2], 1e-300))
     assert_allclose(got[:, 1:], expected[:, 1:], rtol=1e-9)
@@ -271,6 +276,17 @@ def test_gradient_correlation_matches_cpu_and_is_deterministic(backend, monkeypa
     assert np.all(got[-1, [0, 2]] == 0) and np.all(got[:-1, 2] > 0)
     (_,), (again,) = _run_both(backend, "gradient_correlation", args, [9])
     assert_array_equal(again, got)  # fixed reduction order: bit-identical run to run
+
+
+@pytest.mark.parametrize("shape", LAUNCHES)
+def test_matched_orientation_matches_cpu_and_is_deterministic(backend, monkeypatch, shape):
+    _launch(monkeypatch, shape)
+    args = _edge_args()
+    (expected,), (got,) = _run_both(backend, "matched_orientation", args, [9])
+    assert np.all(expected[:-1, 0] > 0)  # edges matched at every pose but the last (off the reference)
+    assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * float(expected[:, 0].max()))
+    (_,), (again,) = _run_both(backend, "matched_orientation", args, [9])
+    assert_array_equal(again, got)
 
 
 def test_fft_search_kernels_match_cpu(backend):

@@ -399,6 +399,42 @@ def test_gradient_correlation_matches_reference(batch):
         assert np.all(out[2:, [0, 2]] == 0)  # nothing sampled in the reference
 
 
+@pytest.mark.parametrize("batch", POSE_BATCHES)
+def test_matched_orientation_matches_reference(batch):
+    rows, cols, count, f_re, f_im, r_re, r_im = _feature_inputs()
+    affines, rot = pose_batch(batch), rotations_for(batch)
+    out, expected = np.full((len(affines), 3), np.nan), np.empty((len(affines), 3))
+    cpu.matched_orientation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, out)
+    ref_edge.matched_orientation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, expected)
+    assert_allclose(out, expected, rtol=1e-9, atol=1e-9 * max(float(expected[:, 0].max()), 1e-300))
+    # |Z| <= W: the doubled-angle directions are unit vectors weighted by W's terms
+    assert np.all(np.hypot(out[:, 1], out[:, 2]) <= out[:, 0] * (1 + 1e-12))
+    if batch == "outside":
+        assert np.all(out[2:] == 0)  # nothing matched off the reference
+
+
+@pytest.mark.parametrize(("lines", "isotropy"), [("rows", 0.0), ("columns", 0.0), ("grid", 1.0)])
+def test_matched_orientation_of_lines_one_way_and_a_grid(lines, isotropy):
+    """Edges all one way: |Z| = W (isotropy 0) along them; a grid's two ways alike: Z = 0 (isotropy 1)."""
+    image = np.zeros((40, 40), np.float32)
+    if lines in ("rows", "grid"):
+        image[::8, :] = 100.0
+    if lines in ("columns", "grid"):
+        image[:, ::8] = 100.0
+    mask = np.ones(image.shape, np.uint8)
+    re, im = np.empty(image.shape, np.float32), np.empty(image.shape, np.float32)
+    cpu.orientation_features(image, mask, 10.0, np.inf, re, im)
+    rows, cols, count = listed_pixels(mask)
+    out = np.empty((1, 3))
+    cpu.matched_orientation(rows, cols, count, re, im, re, im, np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]),
+                            np.array([[1.0, 0.0]]), out)
+    w, z = out[0, 0], np.hypot(out[0, 1], out[0, 2])
+    # (the grid's crossings add a few edges of other ways, alike in both)
+    assert w > 0 and (w - z) / (w + z) == pytest.approx(isotropy, abs=1e-6 if lines != "grid" else 0.01)
+    if lines != "grid":  # a horizontal line's gradient points along y: doubled angle 180 deg (Z = -W); a column's 0
+        assert np.sign(out[0, 1]) == (-1 if lines == "rows" else 1)
+
+
 def test_gradient_correlation_of_an_image_with_itself_is_one():
     image = structured_image(SHAPE)
     mask = np.ones(SHAPE, np.uint8)

@@ -119,6 +119,14 @@ PEAK_CHECK_AMBIGUITY = 0.8
 #: open-field window with one field edge, matched whole against its reference's masked field and ok 17.6 mm off,
 #: fell by -0.66 % (a saddle).
 MIN_PEAK_FALL = 0.005
+#: The edges matched at the optimum must run in more than one direction: the smaller eigenvalue of their structure
+#: tensor at least this share of the larger (``_refine.matched_isotropy``). Below it the match fixes no shift along
+#: them, and the border of the overlap (the frame's edges finding nothing off the reference) pulls the optimum toward
+#: no shift along them: a 30 % window of an Oncentra RT Image showing one full-width line (0.000) was ok 9.2 mm off,
+#: and with 3-8 % noise added ok 1.2 mm off (0.005-0.009). Over 249 ok matches (held-out rendered pairs of every
+#: aperture, real windows; session note 32) the lowest other was 0.007, right (a window of MLC pickets with their
+#: ends), then 0.10.
+MIN_MATCHED_ISOTROPY = 0.01
 #: Below this RMS radius (mm) of the usable pixels around the beam axis, rotation is not estimated.
 MIN_ROTATION_RADIUS_MM = 10.0
 #: A frame field (with a reference that has none, e.g. a DRR) smaller than this (mm) and than this share of the
@@ -1396,6 +1404,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     fell = None if found.mi_at_edge is None else found.mi_at_edge - found.reported
     mi_downhill = (spread is not None and fell is not None and fell > MI_DOWNHILL
                    and fell > MI_DOWNHILL_SHARE * found.mi_at_edge)
+    orientation = found.matched_orientation
     if reason:
         pass
     elif final_edge < opts.min_score:  # before the range: a "match" at the search grid's corner is none at all
@@ -1448,6 +1457,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             px, py = periodic["period_mm"]
             reason += (f" (the reference repeats itself every ({px:.1f}, {py:.1f}) mm: periodic structure, e.g. "
                        "MLC pickets or leaves, places no shift larger than half a period)")
+    elif orientation is not None and orientation[0] < MIN_MATCHED_ISOTROPY:
+        reason = (
+            f"one-directional match: the edges matched at the optimum all run along "
+            f"{_direction_text((math.cos(math.radians(orientation[1])), math.sin(math.radians(orientation[1]))))} : their weight "
+            f"along it is {orientation[0]:.3f} of that across it (under {MIN_MATCHED_ISOTROPY:g}), and nothing the "
+            "images share fixes the shift along that direction (straight lines or edges one way only: a single field "
+            "edge, burned-in graphics, MLC pickets without their ends); check the pair, or register a region with "
+            "structure in more than one direction"
+        )
     elif mi_gap is not None and mi_gap > opts.agreement_mm:
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"
@@ -1508,6 +1526,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             )
             guess = True  # the optimum along a ridge is not a measurement
     details["peak_check"] = peak
+    # how evenly the edges matched at the edge optimum run in every direction (0: one way only) and the way most run
+    details["matched_isotropy"] = None if orientation is None else orientation[0]
+    details["matched_edge_direction_deg"] = None if orientation is None else orientation[1]
     split_deg = spread[1] if spread is not None and rotate else None
     if split_deg is not None and split_deg > SPLIT_HALF_MAX_DEG:
         # the translation holds (checked above), the rotation does not: it is not reported, never a noisy number

@@ -174,3 +174,29 @@ def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, me
     scale = scale if scale > 0 else 1.0
     return (float(eigenvalues[0]) / scale, float(eigenvalues[1]) / scale,
             (float(vectors[0, 0]), float(vectors[1, 0])), centre - 1.0 if metric == "mi" else centre)
+
+
+def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
+    """How evenly the edges that match at ``pose`` on ``level`` run in every direction, and which way most run.
+
+    Returns
+    -------
+    (isotropy, direction_deg) or None
+        ``isotropy`` = ``(W - |Z|) / (W + |Z|)`` of the matched edges' orientation sums
+        (``kernels.matched_orientation``): the smaller eigenvalue of their structure tensor over the larger, 0 (all
+        one way) to 1 (every way alike). ``direction_deg``: the way the dominant edges run in the frame, degrees from
+        its x axis (columns) toward its y axis (rows), 0-180. ``None`` where no edge matches.
+    """
+    poses = np.ascontiguousarray(np.asarray(pose, dtype=np.float64)[None, :])
+    table = np.empty((1, 2, 3))
+    pose_affines_into(poses, 1, level.geometry, table)
+    turns = np.empty((1, 2))
+    rotations_into(poses, 1, turns)
+    backend.kernels.matched_orientation(
+        level.pixel_rows, level.pixel_cols, level.listed, level.feat_re, level.feat_im, level.ref_re, level.ref_im,
+        backend.staged("evaluate_affines", table), backend.staged("evaluate_rotations", turns), plan.edge_out[:1])
+    w, z_re, z_im = backend.to_host(plan.edge_out[:1])[0].tolist()
+    if not w > 0.0:
+        return None
+    z = math.hypot(z_re, z_im)
+    return (w - z) / (w + z), (math.degrees(0.5 * math.atan2(z_im, z_re)) + 90.0) % 180.0

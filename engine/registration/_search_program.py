@@ -36,7 +36,16 @@ from portalign.kernels.cpu.refine import MAX_STENCIL
 from ..errors import PortalignError
 from ._plan import FramePlan, Level
 from ._quality import MIN_ROTATION_SUPPORT_MM, MIN_USABLE_PIXELS, rotation_support_mm
-from ._refine import MAX_ROTATION_STEP, SPLIT_HALF_ITERATIONS, edge_score, evaluate, mi_score, newton, split_half_spread
+from ._refine import (
+    MAX_ROTATION_STEP,
+    SPLIT_HALF_ITERATIONS,
+    edge_score,
+    evaluate,
+    matched_isotropy,
+    mi_score,
+    newton,
+    split_half_spread,
+)
 from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search, searched_rotations
 
 __all__ = ["SearchOutcome", "search_compiled", "search_eager", "program_scratch", "SETTINGS", "ITERATIONS"]
@@ -169,6 +178,8 @@ _SPLIT_MM, _SPLIT_DEG, _NO_MATCH, _MI_FINAL = (_OUT[k] for k in ("split_mm", "sp
 _MI_ROTATED = _OUT["mi_rotated"]
 _MI_AT_EDGE = _OUT["mi_at_edge"]
 _EDGE_T = _OUT["edge_theta_rad"]
+_ISOTROPY = _OUT["matched_isotropy"]
+_EDGE_ANGLE = _OUT["matched_edge_direction_deg"]
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -205,6 +216,9 @@ class SearchOutcome:
     mi_at_edge: float | None = None
     #: The edge optimum's rotation (rad) before the MI optimum replaced it (``mi_final``), else the reported one's.
     edge_rotation: float | None = None
+    #: ``(isotropy, direction_deg)`` of the edges matched at the edge optimum (:func:`._refine.matched_isotropy`):
+    #: how evenly they run in every direction, 0 (one way) to 1, and the way most run; ``None`` where nothing matched.
+    matched_orientation: tuple[float, float] | None = None
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -293,6 +307,7 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         mi_rotated=o[_MI_ROTATED] == 1.0,
         mi_at_edge=None if o[_MI_AT_EDGE] != o[_MI_AT_EDGE] else o[_MI_AT_EDGE],
         edge_rotation=None if o[_EDGE_T] != o[_EDGE_T] else o[_EDGE_T],
+        matched_orientation=None if o[_ISOTROPY] != o[_ISOTROPY] else (o[_ISOTROPY], o[_EDGE_ANGLE]),
     )
 
 
@@ -406,6 +421,8 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
     mi_at_edge = None
     edge_rotation = float(pose[2])
+    # how evenly the edges matched at the edge optimum run in every direction (the aperture problem)
+    orientation = None if no_match else matched_isotropy(backend, plan, finest, pose)
     if mi_final and mi_pose is not None:
         mi_at_edge = mi_score(backend, plan, finest, np.asarray(pose, dtype=np.float64), normalised=True) - 1.0
         pose = mi_pose.copy()
@@ -439,6 +456,7 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         mi_rotated=mi_rotated,
         mi_at_edge=mi_at_edge,
         edge_rotation=edge_rotation,
+        matched_orientation=orientation,
     )
 
 

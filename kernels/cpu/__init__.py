@@ -17,7 +17,7 @@ from types import SimpleNamespace
 # first, before any kernel is defined: numba's cache stamps every kernel here with the whole set's fingerprint
 from ._cache import KERNEL_DIR as _KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, coarse_surfaces, correlation_window, feature_spectrum
-from .edge import gradient_correlation
+from .edge import gradient_correlation, matched_orientation
 from .gradient import gradient_row_sums, orientation_features
 from .intensity import intensity_polish
 from .level import frame_levels, levels_and_surfaces, prepare_level
@@ -49,6 +49,7 @@ __all__ = [
     "joint_histograms",
     "levels_and_surfaces",
     "masked_range",
+    "matched_orientation",
     "mutual_information",
     "orientation_features",
     "pixel_list",

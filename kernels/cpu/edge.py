@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gradient_correlation", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
+__all__ = ["gradient_correlation", "matched_orientation", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
 
 #: Real part of a reference feature where the reference is not valid (outside its field, off its border;
 #: the imaginary part is 0 there). Features lie in [-1, 1]. Such a pixel is a zero feature with no weight:
@@ -169,3 +169,76 @@ def gradient_correlation(
         for k in range(n_pose):
             for q in range(3):
                 out[k, q] += partial[c, k, q]
+
+
+@njit(cache=True, nogil=True)
+def matched_orientation(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    count: int,
+    frame_re: np.ndarray,
+    frame_im: np.ndarray,
+    ref_re: np.ndarray,
+    ref_im: np.ndarray,
+    affines: np.ndarray,
+    rotations: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Write ``(W, Z_re, Z_im)``, the orientation sums of the edges that match at each pose, into ``out[k, :]``.
+
+    Every frame pixel compared at the pose (as in :func:`gradient_correlation`) whose match term
+    ``m = Re(z_f conj(e^{2i theta} z_r))`` is positive adds ``m`` to ``W`` and ``m z_f / |z_f|`` (its edge's
+    doubled-angle direction) to ``Z``. These are the matched edges' structure tensor in doubled-angle form (the
+    orientation tensor of Bigun and Granlund, 1987, "Optimal orientation detection of linear symmetry"): its
+    eigenvalues are ``(W + |Z|) / 2`` and ``(W - |Z|) / 2``, the weight of the matched edges across the dominant
+    direction and along it. ``|Z| = W`` means every matched edge runs one way, and the match fixes no shift along
+    them (the aperture problem).
+
+    Parameters
+    ----------
+    rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines, rotations
+        As for :func:`gradient_correlation`.
+    out : float64[K, 3]
+        Overwritten.
+    """
+    ref_rows, ref_cols = ref_re.shape
+    for k in range(affines.shape[0]):
+        w_sum = 0.0
+        z_re = 0.0
+        z_im = 0.0
+        for p in range(count):
+            i = rows[p]
+            j = cols[p]
+            fr = np.float64(frame_re[i, j])
+            fi = np.float64(frame_im[i, j])
+            energy = fr * fr + fi * fi
+            if energy <= 0.0:
+                continue
+            x = affines[k, 0, 0] * j + affines[k, 0, 1] * i + affines[k, 0, 2]
+            y = affines[k, 1, 0] * j + affines[k, 1, 1] * i + affines[k, 1, 2]
+            if not (x >= 0.0 and y >= 0.0 and x < ref_cols - 1.0 and y < ref_rows - 1.0):
+                continue  # off the reference: nothing matched there
+            c0 = min(int(x), ref_cols - 2)
+            r0 = min(int(y), ref_rows - 2)
+            wx = x - c0
+            wy = y - r0
+            rr = 0.0
+            ri = 0.0
+            for dr in range(2):
+                for dc in range(2):
+                    value = np.float64(ref_re[r0 + dr, c0 + dc])
+                    if value <= VALID_LIMIT:  # an invalid reference pixel: a zero feature
+                        w = (wx if dc else 1.0 - wx) * (wy if dr else 1.0 - wy)
+                        rr += w * value
+                        ri += w * np.float64(ref_im[r0 + dr, c0 + dc])
+            tr = rotations[k, 0] * rr - rotations[k, 1] * ri
+            ti = rotations[k, 1] * rr + rotations[k, 0] * ri
+            match = fr * tr + fi * ti
+            if match > 0.0:
+                norm = match / np.sqrt(energy)
+                w_sum += match
+                z_re += norm * fr
+                z_im += norm * fi
+        out[k, 0] = w_sum
+        out[k, 1] = z_re
+        out[k, 2] = z_im

@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from .correlation import coarse_search
+from .edge import matched_orientation
 from .mutual_information import PV_ONE, mutual_information
 from .peaks import search_peaks
 from .refine import (
@@ -63,7 +64,7 @@ OUT_NAMES = (
     "dx_mm", "dy_mm", "theta_rad", "score", "best_score", "ambiguity", "runner_dx_mm", "runner_dy_mm",
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
     "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final", "mi_rotated",
-    "mi_at_edge", "edge_theta_rad",
+    "mi_at_edge", "edge_theta_rad", "matched_isotropy", "matched_edge_direction_deg",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -80,6 +81,8 @@ _ROTATE, _SUPPORT, _MI_GAP, _MI_X, _MI_Y, _MI_T, _FINAL_EDGE, _REPORTED = (_O[k]
 _SPLIT_MM, _SPLIT_DEG, _N_RANKED, _N_RECORDS, _NO_MATCH, _UNSUPPORTED = (_O[k] for k in OUT_NAMES[16:22])
 _MI_FINAL = _O["mi_final"]
 _MI_ROTATED = _O["mi_rotated"]
+_ISOTROPY = _O["matched_isotropy"]
+_EDGE_ANGLE = _O["matched_edge_direction_deg"]
 _MI_AT_EDGE = _O["mi_at_edge"]
 _EDGE_T = _O["edge_theta_rad"]
 
@@ -408,6 +411,25 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         final_edge = score  # the quadratic model's value at the final edge optimum
     edge_pose = pose.copy()
     out[_EDGE_T] = edge_pose[2]  # the edge optimum's rotation, beside MI's where auto reports MI's (its uncertainty)
+    # how evenly the edges matched at the edge optimum run in every direction (the aperture problem: one-way edges
+    # fix no shift along themselves; ``matched_orientation``)
+    out[_ISOTROPY] = np.nan
+    out[_EDGE_ANGLE] = np.nan
+    if not no_match:
+        scratch_poses[0, :] = edge_pose
+        affine = np.empty((1, 2, 3))
+        pose_affines_into(scratch_poses, one, fin[8], affine)
+        turn = np.empty((1, 2))
+        turn[0, 0] = math.cos(2.0 * edge_pose[2])
+        turn[0, 1] = math.sin(2.0 * edge_pose[2])
+        orientation = np.empty((1, 3))
+        matched_orientation(fin[0], fin[1], counts[finest], fin[2], fin[3], fin[4], fin[5], affine, turn, orientation)
+        if orientation[0, 0] > 0.0:
+            along = math.hypot(orientation[0, 1], orientation[0, 2])
+            out[_ISOTROPY] = (orientation[0, 0] - along) / (orientation[0, 0] + along)
+            # the way the dominant edges run in the frame (deg from its x axis, 0-180): across their mean gradient,
+            # whose angle is half the doubled angle
+            out[_EDGE_ANGLE] = (math.degrees(0.5 * math.atan2(orientation[0, 2], orientation[0, 1])) + 90.0) % 180.0
     if mi_final:
         pose = result[:3].copy()
     if method == METHOD_EDGE:

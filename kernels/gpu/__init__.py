@@ -23,7 +23,7 @@ from types import SimpleNamespace
 # first, before any kernel is defined: numba-cuda's cache stamps every kernel here with the folder's fingerprint
 from ._cache import GPU_KERNEL_DIR as _GPU_KERNEL_DIR  # noqa: F401
 from .correlation import coarse_search, correlation_window, feature_spectrum
-from .edge import gradient_correlation
+from .edge import gradient_correlation, matched_orientation
 from .gradient import gradient_row_sums, orientation_features
 from .level import prepare_level
 from .mask import erode_box, masked_range, pixel_list, threshold_mask
@@ -47,6 +47,7 @@ __all__ = [
     "gradient_row_sums",
     "joint_histograms",
     "masked_range",
+    "matched_orientation",
     "mutual_information",
     "orientation_features",
     "pixel_list",
