@@ -403,14 +403,22 @@ def test_gradient_correlation_matches_reference(batch):
 def test_matched_orientation_matches_reference(batch):
     rows, cols, count, f_re, f_im, r_re, r_im = _feature_inputs()
     affines, rot = pose_batch(batch), rotations_for(batch)
-    out, expected = np.full((len(affines), 3), np.nan), np.empty((len(affines), 3))
+    out, expected = np.full((len(affines), 5), np.nan), np.empty((len(affines), 5))
     cpu.matched_orientation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, out)
     ref_edge.matched_orientation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, expected)
-    assert_allclose(out, expected, rtol=1e-9, atol=1e-9 * max(float(expected[:, 0].max()), 1e-300))
-    # |Z| <= W: the doubled-angle directions are unit vectors weighted by W's terms
+    assert_allclose(out[:, :3], expected[:, :3], rtol=1e-9, atol=1e-9 * max(float(expected[:, 0].max()), 1e-300))
+    assert_allclose(out[:, 3:], expected[:, 3:], rtol=1e-9)
+    # |Z| <= W: the doubled-angle directions are unit vectors weighted by W's terms, which are positive; W >= S_fr
     assert np.all(np.hypot(out[:, 1], out[:, 2]) <= out[:, 0] * (1 + 1e-12))
+    # S_ff is the edge correlation's; E, every usable pixel's energy, the same at every pose and never less than S_ff
+    sums = np.empty((len(affines), 3))
+    cpu.gradient_correlation(rows, cols, count, f_re, f_im, r_re, r_im, affines, rot, sums)
+    assert np.all(out[:, 0] >= sums[:, 0] - 1e-9 * np.abs(sums[:, 0]))
+    assert_allclose(out[:, 3], sums[:, 1], rtol=1e-9)
+    assert np.all(out[:, 4] == out[0, 4]) and np.all(out[:, 3] <= out[:, 4] * (1 + 1e-12))
     if batch == "outside":
-        assert np.all(out[2:] == 0)  # nothing matched off the reference
+        assert np.all(out[2:, :3] == 0)  # nothing matched off the reference...
+        assert np.all(out[2:, 3] == out[2:, 4])  # ...where every edge counts wholly
 
 
 @pytest.mark.parametrize(("lines", "isotropy"), [("rows", 0.0), ("columns", 0.0), ("grid", 1.0)])
@@ -425,7 +433,7 @@ def test_matched_orientation_of_lines_one_way_and_a_grid(lines, isotropy):
     re, im = np.empty(image.shape, np.float32), np.empty(image.shape, np.float32)
     cpu.orientation_features(image, mask, 10.0, np.inf, re, im)
     rows, cols, count = listed_pixels(mask)
-    out = np.empty((1, 3))
+    out = np.empty((1, 5))
     cpu.matched_orientation(rows, cols, count, re, im, re, im, np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]),
                             np.array([[1.0, 0.0]]), out)
     w, z = out[0, 0], np.hypot(out[0, 1], out[0, 2])

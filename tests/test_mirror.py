@@ -139,3 +139,37 @@ def test_a_copy_matched_smoothed_is_compared_with_the_frame_matched_smoothed(pat
     assert check["own_edge_score_as_flipped"] > check["flipped_edge_scores"][best]
     assert result.ok, result.reason
     assert result.dx_mm == pytest.approx(dx, abs=0.5) and result.dy_mm == pytest.approx(dy, abs=0.5)
+
+
+WL_LAT2 = REAL / "pylinac" / "wl_shift_truebeam" / "lat3mm" / "3mm_lat-002.dcm"
+
+
+@pytest.mark.skipif(not WL_LAT2.is_file(), reason=f"{WL_LAT2} is not there (../shared/data/real)")
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_copy_is_compared_with_all_of_the_frames_edges_counted(seed) -> None:
+    """A noisy half-size window of a Winston-Lutz field: the copy flipped left-right matched its symmetric ball 12 mm
+    from its field, its worst-matched edges over the reference's masked-out surroundings, where they did not count,
+    and outscored the frame (0.53-0.57 against 0.42-0.45), refusing the right answer as 'flipped' (``bench.
+    real_windows``, session note 32). Counted over all the frame's edges (``edge_score_all_edges``), it does not."""
+    from field_sets import low_dose, read, window_pair
+
+    ref, frame, dx, dy = window_pair(read(WL_LAT2), 484, 355, 640, 640, 2, -9)
+    result = portalign.register(ref, low_dose(frame, 0.03, seed), backend="cpu")
+    check = result.details["mirror_check"]
+    flipped = check["flipped_edge_scores"]["flipped left-right"]
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(dx, abs=0.3) and result.dy_mm == pytest.approx(dy, abs=0.3)
+    from portalign.registration._program import MIRROR_MIN_GAIN
+
+    # the comparison is with all of the frame's edges counted (never more than the score counted over the field)
+    assert check["edge_score"] == result.details["edge_score_all_edges"] <= result.details["edge_score"]
+    assert flipped < check["edge_score"] + MIRROR_MIN_GAIN
+
+
+def test_edge_score_over_all_edges_is_the_edge_score_where_little_is_masked(pair) -> None:
+    """A reference with no field (only its one-pixel border masked): the two scores agree within 1 %."""
+    reference, moved = pair
+    result = portalign.register(reference, _frame(moved), backend="cpu")
+    assert result.ok
+    assert result.details["edge_score_all_edges"] <= result.details["edge_score"]
+    assert result.details["edge_score_all_edges"] == pytest.approx(result.details["edge_score"], rel=0.01)

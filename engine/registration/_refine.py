@@ -176,27 +176,33 @@ def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, me
             (float(vectors[0, 0]), float(vectors[1, 0])), centre - 1.0 if metric == "mi" else centre)
 
 
-def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
-    """How evenly the edges that match at ``pose`` on ``level`` run in every direction, and which way most run.
+def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray  # type: ignore[no-untyped-def]
+                     ) -> tuple[float | None, float | None, float | None]:
+    """How evenly the edges that match at ``pose`` on ``level`` run in every direction, which way most run, and the
+    share of the frame's edges the pose's score counts.
 
     Returns
     -------
-    (isotropy, direction_deg) or None
+    (isotropy, direction_deg, counted_share)
         ``isotropy`` = ``(W - |Z|) / (W + |Z|)`` of the matched edges' orientation sums
         (``kernels.matched_orientation``): the smaller eigenvalue of their structure tensor over the larger, 0 (all
         one way) to 1 (every way alike). ``direction_deg``: the way the dominant edges run in the frame, degrees from
-        its x axis (columns) toward its y axis (rows), 0-180. ``None`` where no edge matches.
+        its x axis (columns) toward its y axis (rows), 0-180. Both ``None`` where no edge matches.
+        ``counted_share``: ``S_ff / E``, the frame's edge energy that the edge correlation counts at the pose over all
+        of it (1 unless some lies over the reference's invalid region); ``None`` for a frame with no edges.
     """
     poses = np.ascontiguousarray(np.asarray(pose, dtype=np.float64)[None, :])
     table = np.empty((1, 2, 3))
     pose_affines_into(poses, 1, level.geometry, table)
     turns = np.empty((1, 2))
     rotations_into(poses, 1, turns)
+    out = backend.staged("orientation_out", np.zeros((1, 5)))
     backend.kernels.matched_orientation(
         level.pixel_rows, level.pixel_cols, level.listed, level.feat_re, level.feat_im, level.ref_re, level.ref_im,
-        backend.staged("evaluate_affines", table), backend.staged("evaluate_rotations", turns), plan.edge_out[:1])
-    w, z_re, z_im = backend.to_host(plan.edge_out[:1])[0].tolist()
+        backend.staged("evaluate_affines", table), backend.staged("evaluate_rotations", turns), out)
+    w, z_re, z_im, counted, energy = backend.to_host(out)[0].tolist()
+    share = counted / energy if energy > 0.0 else None
     if not w > 0.0:
-        return None
+        return None, None, share
     z = math.hypot(z_re, z_im)
-    return (w - z) / (w + z), (math.degrees(0.5 * math.atan2(z_im, z_re)) + 90.0) % 180.0
+    return max(w - z, 0.0) / (w + z), (math.degrees(0.5 * math.atan2(z_im, z_re)) + 90.0) % 180.0, share

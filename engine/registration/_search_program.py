@@ -180,6 +180,7 @@ _MI_AT_EDGE = _OUT["mi_at_edge"]
 _EDGE_T = _OUT["edge_theta_rad"]
 _ISOTROPY = _OUT["matched_isotropy"]
 _EDGE_ANGLE = _OUT["matched_edge_direction_deg"]
+_COUNTED = _OUT["counted_edge_share"]
 _METHODS = {"edge": METHOD_EDGE, "mi": METHOD_MI, "auto": METHOD_AUTO}
 
 
@@ -216,9 +217,10 @@ class SearchOutcome:
     mi_at_edge: float | None = None
     #: The edge optimum's rotation (rad) before the MI optimum replaced it (``mi_final``), else the reported one's.
     edge_rotation: float | None = None
-    #: ``(isotropy, direction_deg)`` of the edges matched at the edge optimum (:func:`._refine.matched_isotropy`):
-    #: how evenly they run in every direction, 0 (one way) to 1, and the way most run; ``None`` where nothing matched.
-    matched_orientation: tuple[float, float] | None = None
+    #: ``(isotropy, direction_deg, counted_share)`` at the edge optimum (:func:`._refine.matched_isotropy`): how
+    #: evenly the matched edges run in every direction, 0 (one way) to 1, the way most run, and the share of the frame's
+    #: edge energy the score counts; each ``None`` where not measured.
+    matched_orientation: tuple[float | None, float | None, float | None] = (None, None, None)
 
 
 def _stage_levels(plan: FramePlan, polish: bool) -> list[Level]:
@@ -307,7 +309,9 @@ def search_compiled(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_ef
         mi_rotated=o[_MI_ROTATED] == 1.0,
         mi_at_edge=None if o[_MI_AT_EDGE] != o[_MI_AT_EDGE] else o[_MI_AT_EDGE],
         edge_rotation=None if o[_EDGE_T] != o[_EDGE_T] else o[_EDGE_T],
-        matched_orientation=None if o[_ISOTROPY] != o[_ISOTROPY] else (o[_ISOTROPY], o[_EDGE_ANGLE]),
+        matched_orientation=(None if o[_ISOTROPY] != o[_ISOTROPY] else o[_ISOTROPY],
+                             None if o[_EDGE_ANGLE] != o[_EDGE_ANGLE] else o[_EDGE_ANGLE],
+                             None if o[_COUNTED] != o[_COUNTED] else o[_COUNTED]),
     )
 
 
@@ -421,8 +425,9 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     final_edge = edge_score(backend, plan, finest, pose) if method == "mi" else score
     mi_at_edge = None
     edge_rotation = float(pose[2])
-    # how evenly the edges matched at the edge optimum run in every direction (the aperture problem)
-    orientation = None if no_match else matched_isotropy(backend, plan, finest, pose)
+    # how evenly the edges matched at the edge optimum run in every direction (the aperture problem), on the first
+    # refinement level (as the compiled program)
+    orientation = (None, None, None) if no_match else matched_isotropy(backend, plan, levels[first], pose)
     if mi_final and mi_pose is not None:
         mi_at_edge = mi_score(backend, plan, finest, np.asarray(pose, dtype=np.float64), normalised=True) - 1.0
         pose = mi_pose.copy()

@@ -171,7 +171,7 @@ def gradient_correlation(
                 out[k, q] += partial[c, k, q]
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
 def matched_orientation(
     rows: np.ndarray,
     cols: np.ndarray,
@@ -184,61 +184,117 @@ def matched_orientation(
     rotations: np.ndarray,
     out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Write ``(W, Z_re, Z_im)``, the orientation sums of the edges that match at each pose, into ``out[k, :]``.
+    """Write ``(W, Z_re, Z_im, S_ff, E)``, the orientation sums of the edges that match at each pose, into ``out[k, :]``.
 
     Every frame pixel compared at the pose (as in :func:`gradient_correlation`) whose match term
     ``m = Re(z_f conj(e^{2i theta} z_r))`` is positive adds ``m`` to ``W`` and ``m z_f / |z_f|`` (its edge's
-    doubled-angle direction) to ``Z``. These are the matched edges' structure tensor in doubled-angle form (the
-    orientation tensor of Bigun and Granlund, 1987, "Optimal orientation detection of linear symmetry"): its
+    doubled-angle direction, weighted) to ``Z``. These are the matched edges' structure tensor in doubled-angle form
+    (the orientation tensor of Bigun and Granlund, 1987, "Optimal orientation detection of linear symmetry"): its
     eigenvalues are ``(W + |Z|) / 2`` and ``(W - |Z|) / 2``, the weight of the matched edges across the dominant
     direction and along it. ``|Z| = W`` means every matched edge runs one way, and the match fixes no shift along
-    them (the aperture problem).
+    them (the aperture problem). Noise's positive terms add weight every way alike: noise makes a match look less
+    one-directional, never more (signed terms, unbiased, scattered a weak noisy match's ``W - |Z|`` below 0 and
+    called a right answer one-directional).
+
+    ``S_ff`` is :func:`gradient_correlation`'s (a frame pixel's energy by the valid share of its sample; wholly off
+    the reference image) and ``E`` the energy of every usable frame pixel: ``S_ff / E`` is the share of the frame's
+    edges that the pose's score counts, less than 1 where some lie over the reference's invalid region.
+
+    Summed as :func:`gradient_correlation` is (fixed chunks, a branch-free loop over gathered blocks): the result does
+    not depend on the thread count.
 
     Parameters
     ----------
     rows, cols, count, frame_re, frame_im, ref_re, ref_im, affines, rotations
         As for :func:`gradient_correlation`.
-    out : float64[K, 3]
+    out : float64[K, 5]
         Overwritten.
     """
+    n_pose = affines.shape[0]
+    if out.shape[0] < n_pose or rotations.shape[0] < n_pose:
+        raise ValueError("matched_orientation: out and rotations need a row per pose of affines")
     ref_rows, ref_cols = ref_re.shape
-    for k in range(affines.shape[0]):
-        w_sum = 0.0
-        z_re = 0.0
-        z_im = 0.0
-        for p in range(count):
-            i = rows[p]
-            j = cols[p]
-            fr = np.float64(frame_re[i, j])
-            fi = np.float64(frame_im[i, j])
-            energy = fr * fr + fi * fi
-            if energy <= 0.0:
-                continue
-            x = affines[k, 0, 0] * j + affines[k, 0, 1] * i + affines[k, 0, 2]
-            y = affines[k, 1, 0] * j + affines[k, 1, 1] * i + affines[k, 1, 2]
-            if not (x >= 0.0 and y >= 0.0 and x < ref_cols - 1.0 and y < ref_rows - 1.0):
-                continue  # off the reference: nothing matched there
-            c0 = min(int(x), ref_cols - 2)
-            r0 = min(int(y), ref_rows - 2)
-            wx = x - c0
-            wy = y - r0
-            rr = 0.0
-            ri = 0.0
-            for dr in range(2):
-                for dc in range(2):
-                    value = np.float64(ref_re[r0 + dr, c0 + dc])
-                    if value <= VALID_LIMIT:  # an invalid reference pixel: a zero feature
-                        w = (wx if dc else 1.0 - wx) * (wy if dr else 1.0 - wy)
-                        rr += w * value
-                        ri += w * np.float64(ref_im[r0 + dr, c0 + dc])
-            tr = rotations[k, 0] * rr - rotations[k, 1] * ri
-            ti = rotations[k, 1] * rr + rotations[k, 0] * ri
-            match = fr * tr + fi * ti
-            if match > 0.0:
-                norm = match / np.sqrt(energy)
-                w_sum += match
-                z_re += norm * fr
-                z_im += norm * fi
-        out[k, 0] = w_sum
-        out[k, 1] = z_re
-        out[k, 2] = z_im
+    n_chunks = CHUNKS
+    size = (count + n_chunks - 1) // n_chunks
+    partial = np.zeros((n_chunks, n_pose, 5))
+    x_end = ref_cols - 1.0
+    y_end = ref_rows - 1.0
+    last_col = ref_cols - 2
+    last_row = ref_rows - 2
+    for c in prange(n_chunks):
+        acc = partial[c]
+        block_cols = np.empty(BLOCK)
+        block_rows = np.empty(BLOCK)
+        block_re = np.empty(BLOCK)
+        block_im = np.empty(BLOCK)
+        chunk_end = min(count, (c + 1) * size)
+        for start in range(c * size, chunk_end, BLOCK):
+            m = min(BLOCK, chunk_end - start)
+            for u in range(m):
+                i = rows[start + u]
+                j = cols[start + u]
+                block_rows[u] = i
+                block_cols[u] = j
+                block_re[u] = frame_re[i, j]
+                block_im[u] = frame_im[i, j]
+            for k in range(n_pose):
+                m00 = affines[k, 0, 0]
+                m01 = affines[k, 0, 1]
+                m02 = affines[k, 0, 2]
+                m10 = affines[k, 1, 0]
+                m11 = affines[k, 1, 1]
+                m12 = affines[k, 1, 2]
+                turn_c = rotations[k, 0]
+                turn_s = rotations[k, 1]
+                w_sum = 0.0
+                z_re = 0.0
+                z_im = 0.0
+                s_ff = 0.0
+                e_all = 0.0
+                for u in range(m):
+                    fr = block_re[u]
+                    fi = block_im[u]
+                    energy = fr * fr + fi * fi
+                    x = m00 * block_cols[u] + m01 * block_rows[u] + m02
+                    y = m10 * block_cols[u] + m11 * block_rows[u] + m12
+                    inside = x >= 0.0 and y >= 0.0 and x < x_end and y < y_end
+                    xc = min(max(x, 0.0), x_end)  # outside: a cell that exists, read and then masked off
+                    yc = min(max(y, 0.0), y_end)
+                    c0 = min(int(xc), last_col)
+                    r0 = min(int(yc), last_row)
+                    wx = xc - c0
+                    wy = yc - r0
+                    a00 = np.float64(ref_re[r0, c0])
+                    a01 = np.float64(ref_re[r0, c0 + 1])
+                    a10 = np.float64(ref_re[r0 + 1, c0])
+                    a11 = np.float64(ref_re[r0 + 1, c0 + 1])
+                    # an invalid reference pixel is a zero feature with no weight (as in gradient_correlation)
+                    w00 = (1.0 - wx) * (1.0 - wy) if a00 <= VALID_LIMIT else 0.0
+                    w01 = wx * (1.0 - wy) if a01 <= VALID_LIMIT else 0.0
+                    w10 = (1.0 - wx) * wy if a10 <= VALID_LIMIT else 0.0
+                    w11 = wx * wy if a11 <= VALID_LIMIT else 0.0
+                    v = 1.0 if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT else w00 + w01 + w10 + w11
+                    rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
+                    ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
+                          + w11 * ref_im[r0 + 1, c0 + 1])
+                    tr = turn_c * rr - turn_s * ri
+                    ti = turn_s * rr + turn_c * ri
+                    compared = 1.0 if inside and energy > 0.0 else 0.0
+                    match = compared * max(fr * tr + fi * ti, 0.0)
+                    # the edge's doubled-angle direction (a unit vector) weighted by its match term
+                    unit = match / np.sqrt(max(energy, 1e-300))
+                    w_sum += match
+                    z_re += unit * fr
+                    z_im += unit * fi
+                    s_ff += energy * (v if inside else 1.0)
+                    e_all += energy
+                acc[k, 0] += w_sum
+                acc[k, 1] += z_re
+                acc[k, 2] += z_im
+                acc[k, 3] += s_ff
+                acc[k, 4] += e_all
+    out[:, :] = 0.0
+    for c in range(n_chunks):
+        for k in range(n_pose):
+            for q in range(5):
+                out[k, q] += partial[c, k, q]

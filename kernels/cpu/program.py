@@ -65,6 +65,7 @@ OUT_NAMES = (
     "rotate", "rotation_support_mm", "mi_gap_mm", "mi_dx_mm", "mi_dy_mm", "mi_theta_rad", "final_edge", "reported",
     "split_mm", "split_deg", "n_ranked", "n_records", "no_match", "rotation_unsupported", "mi_final", "mi_rotated",
     "mi_at_edge", "edge_theta_rad", "matched_isotropy", "matched_edge_direction_deg",
+    "counted_edge_share",
 )
 METHOD_EDGE = 0
 METHOD_MI = 1
@@ -83,6 +84,7 @@ _MI_FINAL = _O["mi_final"]
 _MI_ROTATED = _O["mi_rotated"]
 _ISOTROPY = _O["matched_isotropy"]
 _EDGE_ANGLE = _O["matched_edge_direction_deg"]
+_COUNTED = _O["counted_edge_share"]
 _MI_AT_EDGE = _O["mi_at_edge"]
 _EDGE_T = _O["edge_theta_rad"]
 
@@ -412,24 +414,31 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     edge_pose = pose.copy()
     out[_EDGE_T] = edge_pose[2]  # the edge optimum's rotation, beside MI's where auto reports MI's (its uncertainty)
     # how evenly the edges matched at the edge optimum run in every direction (the aperture problem: one-way edges
-    # fix no shift along themselves; ``matched_orientation``)
+    # fix no shift along themselves; ``matched_orientation``), on the first refinement level (a quarter of the finest
+    # one's pixels or fewer: the way edges run does not need their finest detail)
     out[_ISOTROPY] = np.nan
     out[_EDGE_ANGLE] = np.nan
+    out[_COUNTED] = np.nan
     if not no_match:
         scratch_poses[0, :] = edge_pose
         affine = np.empty((1, 2, 3))
-        pose_affines_into(scratch_poses, one, fin[8], affine)
+        pose_affines_into(scratch_poses, one, first[8], affine)
         turn = np.empty((1, 2))
         turn[0, 0] = math.cos(2.0 * edge_pose[2])
         turn[0, 1] = math.sin(2.0 * edge_pose[2])
-        orientation = np.empty((1, 3))
-        matched_orientation(fin[0], fin[1], counts[finest], fin[2], fin[3], fin[4], fin[5], affine, turn, orientation)
+        orientation = np.empty((1, 5))
+        matched_orientation(first[0], first[1], counts[1], first[2], first[3], first[4], first[5], affine, turn,
+                            orientation)
         if orientation[0, 0] > 0.0:
             along = math.hypot(orientation[0, 1], orientation[0, 2])
-            out[_ISOTROPY] = (orientation[0, 0] - along) / (orientation[0, 0] + along)
+            out[_ISOTROPY] = max(orientation[0, 0] - along, 0.0) / (orientation[0, 0] + along)
             # the way the dominant edges run in the frame (deg from its x axis, 0-180): across their mean gradient,
             # whose angle is half the doubled angle
             out[_EDGE_ANGLE] = (math.degrees(0.5 * math.atan2(orientation[0, 2], orientation[0, 1])) + 90.0) % 180.0
+        if orientation[0, 4] > 0.0:
+            # the share of the frame's edge energy that the score counts (less where some lies over the reference's
+            # invalid region)
+            out[_COUNTED] = orientation[0, 3] / orientation[0, 4]
     if mi_final:
         pose = result[:3].copy()
     if method == METHOD_EDGE:

@@ -180,7 +180,7 @@ def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_
         launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
         launch.device_arg(affines), launch.device_arg(rotations), partials_d,
     )
-    launch.configured(_sum_partials, launch.blocks_for(n_pose * 3, tpb), tpb)(partials_d, launch.device_arg(out))
+    launch.configured(_sum_partials, launch.blocks_for(n_pose * 5, tpb), tpb)(partials_d, launch.device_arg(out))
 
 
 @cuda.jit(cache=True)
@@ -189,6 +189,8 @@ def _matched_orientation_blocks(rows, cols, count, frame_re, frame_im, ref_re, r
     red_w = cuda.shared.array(256, dtype=np.float64)  # launch.REDUCE_MAX_THREADS
     red_re = cuda.shared.array(256, dtype=np.float64)
     red_im = cuda.shared.array(256, dtype=np.float64)
+    red_ff = cuda.shared.array(256, dtype=np.float64)
+    red_all = cuda.shared.array(256, dtype=np.float64)
     k = cuda.blockIdx.y
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
@@ -196,6 +198,8 @@ def _matched_orientation_blocks(rows, cols, count, frame_re, frame_im, ref_re, r
     w_sum = 0.0
     z_re = 0.0
     z_im = 0.0
+    s_ff = 0.0
+    e_all = 0.0
     for p in range(cuda.blockIdx.x * nt + t, count, cuda.gridDim.x * nt):
         i = rows[p]
         j = cols[p]
@@ -204,23 +208,28 @@ def _matched_orientation_blocks(rows, cols, count, frame_re, frame_im, ref_re, r
         energy = add_rn(mul_rn(fr, fr), mul_rn(fi, fi))
         if energy <= 0.0:
             continue
+        e_all += energy
         x = add_rn(add_rn(mul_rn(affines[k, 0, 0], float(j)), mul_rn(affines[k, 0, 1], float(i))), affines[k, 0, 2])
         y = add_rn(add_rn(mul_rn(affines[k, 1, 0], float(j)), mul_rn(affines[k, 1, 1], float(i))), affines[k, 1, 2])
         if not (x >= 0.0 and y >= 0.0 and x < ref_cols - 1.0 and y < ref_rows - 1.0):
-            continue  # off the reference: nothing matched there
+            s_ff += energy  # off the reference: nothing matched there, its energy counts wholly
+            continue
         c0 = min(int(x), ref_cols - 2)
         r0 = min(int(y), ref_rows - 2)
         wx = x - c0
         wy = y - r0
         rr = 0.0
         ri = 0.0
+        v = 0.0
         for dr in range(2):
             for dc in range(2):
                 value = float(ref_re[r0 + dr, c0 + dc])
-                if value <= VALID_LIMIT:  # an invalid reference pixel: a zero feature
+                if value <= VALID_LIMIT:  # an invalid reference pixel: a zero feature, no weight
                     w = (wx if dc else 1.0 - wx) * (wy if dr else 1.0 - wy)
+                    v += w
                     rr += w * value
                     ri += w * float(ref_im[r0 + dr, c0 + dc])
+        s_ff += v * energy
         tr = rotations[k, 0] * rr - rotations[k, 1] * ri
         ti = rotations[k, 1] * rr + rotations[k, 0] * ri
         match = fr * tr + fi * ti
@@ -232,18 +241,24 @@ def _matched_orientation_blocks(rows, cols, count, frame_re, frame_im, ref_re, r
     red_w[t] = w_sum
     red_re[t] = z_re
     red_im[t] = z_im
+    red_ff[t] = s_ff
+    red_all[t] = e_all
     _tree_sum(red_w, t, nt)
     _tree_sum(red_re, t, nt)
     _tree_sum(red_im, t, nt)
+    _tree_sum(red_ff, t, nt)
+    _tree_sum(red_all, t, nt)
     if t == 0:
         partials[k, cuda.blockIdx.x, 0] = red_w[0]
         partials[k, cuda.blockIdx.x, 1] = red_re[0]
         partials[k, cuda.blockIdx.x, 2] = red_im[0]
+        partials[k, cuda.blockIdx.x, 3] = red_ff[0]
+        partials[k, cuda.blockIdx.x, 4] = red_all[0]
 
 
 def matched_orientation(rows: Any, cols: Any, count: int, frame_re: Any, frame_im: Any, ref_re: Any, ref_im: Any,
                         affines: Any, rotations: Any, out: Any) -> None:
-    """Write ``(W, Z_re, Z_im)``, the orientation sums of the edges that match at each pose, into ``out[k, :]``.
+    """Write ``(W, Z_re, Z_im, S_ff, E)``, the orientation sums of the edges that match at each pose, into ``out[k, :]``.
 
     Twin of :func:`portalign.kernels.cpu.edge.matched_orientation` (arguments and sums defined there), summed in
     blocks as :func:`gradient_correlation` is: equal to the CPU within about 1e-12 relative.
@@ -254,11 +269,11 @@ def matched_orientation(rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     count = max(int(count), 0)
     tpb = launch.threads_per_block()
     n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
-    partials = launch.scratch("orientation_partials", (n_pose, n_blocks, 3), np.float64)
+    partials = launch.scratch("orientation_partials", (n_pose, n_blocks, 5), np.float64)
     partials_d = launch.device_arg(partials)
     launch.configured(_matched_orientation_blocks, (n_blocks, n_pose), tpb)(
         launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
         launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
         launch.device_arg(affines), launch.device_arg(rotations), partials_d,
     )
-    launch.configured(_sum_partials, launch.blocks_for(n_pose * 3, tpb), tpb)(partials_d, launch.device_arg(out))
+    launch.configured(_sum_partials, launch.blocks_for(n_pose * 5, tpb), tpb)(partials_d, launch.device_arg(out))

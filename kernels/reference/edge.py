@@ -54,30 +54,34 @@ def gradient_correlation(rows: np.ndarray, cols: np.ndarray, count: int, frame_r
 def matched_orientation(rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
                         ref_re: np.ndarray, ref_im: np.ndarray, affines: np.ndarray, rotations: np.ndarray,
                         out: np.ndarray) -> None:
-    """Write ``(W, Z_re, Z_im)`` of each pose into ``out[k, :]`` (defined in :mod:`portalign.kernels.cpu.edge`)."""
+    """Write ``(W, Z_re, Z_im, S_ff, E)`` of each pose into ``out[k, :]`` (defined in :mod:`portalign.kernels.cpu.edge`)."""
     i = np.asarray(rows[:count], dtype=np.int64)
     j = np.asarray(cols[:count], dtype=np.int64)
     fz = np.asarray(frame_re, dtype=np.float64)[i, j] + 1j * np.asarray(frame_im, dtype=np.float64)[i, j]
     keep = fz != 0
     i, j, fz = i[keep], j[keep], fz[keep]
-    rz = np.where(np.asarray(ref_re) <= VALID_LIMIT,
-                  np.asarray(ref_re, dtype=np.float64) + 1j * np.asarray(ref_im, dtype=np.float64), 0.0)
+    valid = (np.asarray(ref_re) <= VALID_LIMIT).astype(np.float64)
+    rz = np.where(valid > 0, np.asarray(ref_re, dtype=np.float64) + 1j * np.asarray(ref_im, dtype=np.float64), 0.0)
     ref_rows, ref_cols = rz.shape
     for k in range(affines.shape[0]):
         a = np.asarray(affines[k], dtype=np.float64)
         x = (a[0, 0] * j + a[0, 1] * i) + a[0, 2]
         y = (a[1, 0] * j + a[1, 1] * i) + a[1, 2]
         inside = (x >= 0) & (y >= 0) & (x < ref_cols - 1) & (y < ref_rows - 1)
+        energy = np.abs(fz) ** 2
         x, y, z = x[inside], y[inside], fz[inside]
         c0 = np.floor(x).astype(np.int64)
         r0 = np.floor(y).astype(np.int64)
         wx, wy = x - c0, y - r0
+        share = ((1 - wx) * (1 - wy) * valid[r0, c0] + wx * (1 - wy) * valid[r0, c0 + 1]
+                 + (1 - wx) * wy * valid[r0 + 1, c0] + wx * wy * valid[r0 + 1, c0 + 1])
+        out[k, 3] = float(energy[~inside].sum() + (share * energy[inside]).sum())
+        out[k, 4] = float(energy.sum())
         sampled = ((1 - wx) * (1 - wy) * rz[r0, c0] + wx * (1 - wy) * rz[r0, c0 + 1] + (1 - wx) * wy * rz[r0 + 1, c0]
                    + wx * wy * rz[r0 + 1, c0 + 1])
         turned = (rotations[k, 0] + 1j * rotations[k, 1]) * sampled
-        match = np.real(z * np.conj(turned))
-        good = match > 0
-        out[k, 0] = float(match[good].sum())
-        direction = (match[good] * z[good] / np.abs(z[good])).sum()
+        match = np.maximum(np.real(z * np.conj(turned)), 0.0)
+        out[k, 0] = float(match.sum())
+        direction = (match * z / np.abs(z)).sum()
         out[k, 1] = float(direction.real)
         out[k, 2] = float(direction.imag)
