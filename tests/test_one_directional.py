@@ -8,6 +8,7 @@ tensor at the optimum; under ``MIN_MATCHED_ISOTROPY`` the match is refused with 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -44,13 +45,18 @@ def test_bands_one_way_are_refused_with_their_direction(transposed):
     result = portalign.register(ref, frame, backend="cpu")
     assert not result.ok
     assert result.reason.startswith("one-directional match"), result.reason
-    assert ("the image's y axis (rows)" if transposed else "the image's x axis (columns)") in result.reason
+    assert ("run vertically, along the image's columns," if transposed else "run horizontally, along the image's rows,"
+            ) in result.reason
     assert result.details["matched_isotropy"] < _program.MIN_MATCHED_ISOTROPY
     direction = result.details["matched_edge_direction_deg"]
     assert (abs(direction - 90.0) if transposed else min(direction, 180.0 - direction)) < 2.0
-    # across the bands the shift was measured (the pose is kept for review, not ok)
-    across = (result.dx_mm, dx) if transposed else (result.dy_mm, dy)
-    assert across[0] == pytest.approx(across[1], abs=0.3)
+    # along the bands nothing was measured: no pose (never a number that looks measured); the reason says what was
+    # measured across them, and that it is right
+    assert result.dx_mm is None and result.dy_mm is None and result.rotation_deg is None
+    name, truth, unknown = ("dx", dx, "dy") if transposed else ("dy", dy, "dx")
+    measured = re.search(rf"\({name} = ([+-][0-9.]+) mm\)", result.reason)
+    assert measured and float(measured.group(1)) == pytest.approx(truth, abs=0.3), result.reason
+    assert f"so {unknown} cannot be measured from this pair" in result.reason
 
 
 def test_bands_with_round_structure_are_registered():
@@ -90,4 +96,30 @@ def test_oncentra_graphics_window_sharing_one_line_is_refused(noise):
         frame = low_dose(frame, noise, 1)
     result = portalign.register(ref, frame, backend="cpu")
     assert not result.ok and result.reason.startswith("one-directional match"), result.reason
-    assert "the image's x axis (columns)" in result.reason
+    assert "run horizontally, along the image's rows," in result.reason and "so dx cannot be measured" in result.reason
+    assert result.dx_mm is None
+
+
+@pytest.mark.parametrize("angle_deg", [-30.0, 60.0])
+def test_oblique_bands_are_measured_one_directional_and_refused(angle_deg):
+    """Bands turned in the image: their way is measured, and the match is refused (the rivals along the bands make it
+    ambiguous first, or it is one-directional)."""
+    from scipy import ndimage
+
+    base = _bands(shape=(260, 260), seed=5)
+    # ndimage.rotate turns counter-clockwise as displayed (rows down): the bands then run at -angle in image axes
+    turned = ndimage.rotate(base.pixels, angle_deg, reshape=False, order=1, mode="nearest")
+    image = replace(base, pixels=np.ascontiguousarray(turned.astype(np.float32)))
+    ref, frame, _, _ = window_pair(image, 85, 85, 90, 90, 4, 9)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert not result.ok and result.reason.startswith(("ambiguous", "one-directional")), result.reason
+    assert result.details["matched_isotropy"] < _program.MIN_MATCHED_ISOTROPY
+    gap = abs(result.details["matched_edge_direction_deg"] - (-angle_deg) % 180.0) % 180.0
+    assert min(gap, 180.0 - gap) < 3.0
+
+
+def test_an_oblique_reason_gives_the_angle_and_the_shift_across():
+    reason = _program._one_directional_reason(0.002, 30.0, (1.0, 2.0, 0.0))
+    # across = the pose on the edges' normal (120 deg): -sin(30) * 1 + cos(30) * 2 = 1.23 mm
+    assert "run at 30 deg from the image's x axis, and edges running any other way weigh 0.002 of them" in reason
+    assert "(+1.23 mm across them (at 120 deg))" in reason and "so dx and dy cannot be measured" in reason

@@ -659,13 +659,13 @@ _FLIPS = (("flipped left-right", (slice(None), slice(None, None, -1))),
 
 
 def _mirror_score(result: RegistrationResult) -> float | None:
-    """The edge correlation the mirror check compares: with all the frame's edges counted (``edge_score_all_edges``).
+    """Return the edge correlation the mirror check compares: all the frame's edges counted (``edge_score_all_edges``).
 
     A copy's score counts only the frame pixels over the reference's valid region: a flipped copy of a Winston-Lutz
     window matched its symmetric ball 12 mm from its field, leaving its worst-matched edges over the reference's
     masked-out surroundings, and outscored the frame itself (0.53-0.57 against 0.42-0.45; ``bench.real_windows``,
-    five such right answers refused, session note 32). Counted over all of the frame's edges, it scored 0.41-0.43 against
-    the frame's 0.42-0.44: no gain, as a symmetric object should.
+    five such right answers refused, session note 32). Counted over all of the frame's edges, it scored 0.41-0.43
+    against the frame's 0.42-0.44: no gain, as a symmetric object should.
     """
     counted = result.details.get("edge_score_all_edges")
     return counted if counted is not None else result.details.get("edge_score")
@@ -727,6 +727,26 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
                    "that is symmetric under the flip while the anatomy is too weak to place the match")
     reason += "; check it, or, for anatomy that matches as well flipped, set mirror_check='never' (--mirror-check never)"
     return replace(result, ok=False, reason=reason, details=details)
+
+
+def _one_directional_reason(isotropy: float, direction_deg: float, pose: Any) -> str:
+    """Say that the matched edges all run one way (``direction_deg``): what the match measured across them, not along."""
+    radians = math.radians(direction_deg)
+    across = -math.sin(radians) * pose[0] + math.cos(radians) * pose[1]  # the shift along the edges' normal (mm)
+    if direction_deg < 15.0 or direction_deg > 165.0:
+        way, measured, unknown = "horizontally, along the image's rows,", f"dy = {pose[1]:+.2f} mm", "dx"
+    elif 75.0 < direction_deg < 105.0:
+        way, measured, unknown = "vertically, along the image's columns,", f"dx = {pose[0]:+.2f} mm", "dy"
+    else:
+        way = f"at {direction_deg:.0f} deg from the image's x axis,"
+        measured, unknown = f"{across:+.2f} mm across them (at {(direction_deg + 90.0) % 180.0:.0f} deg)", "dx and dy"
+    return (
+        f"one-directional match: the edges that match all run {way} and edges running any other way weigh "
+        f"{isotropy:.3f} of them (under {MIN_MATCHED_ISOTROPY:g}): the images fix the shift across them ({measured}) "
+        f"but not along them, so {unknown} cannot be measured from this pair (straight lines or edges one way only: a "
+        "single field edge, burned-in graphics, MLC pickets without their ends); check the pair, or register a region "
+        "with structure in more than one direction"
+    )
 
 
 def _direction_text(along: tuple[float, float]) -> str:
@@ -1471,14 +1491,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             reason += (f" (the reference repeats itself every ({px:.1f}, {py:.1f}) mm: periodic structure, e.g. "
                        "MLC pickets or leaves, places no shift larger than half a period)")
     elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY:
-        reason = (
-            f"one-directional match: the edges matched at the optimum all run along "
-            f"{_direction_text((math.cos(math.radians(edge_direction)), math.sin(math.radians(edge_direction))))}: their "
-            f"weight along it is {isotropy:.3f} of that across it (under {MIN_MATCHED_ISOTROPY:g}), and nothing the "
-            "images share fixes the shift along that direction (straight lines or edges one way only: a single field "
-            "edge, burned-in graphics, MLC pickets without their ends); check the pair, or register a region with "
-            "structure in more than one direction"
-        )
+        reason = _one_directional_reason(isotropy, edge_direction, pose)
+        guess = True  # the optimum along the edges is not a measurement: the pose is null (its measured part is said)
     elif mi_gap is not None and mi_gap > opts.agreement_mm:
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"

@@ -178,8 +178,9 @@ def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, me
 
 def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray  # type: ignore[no-untyped-def]
                      ) -> tuple[float | None, float | None, float | None]:
-    """How evenly the edges that match at ``pose`` on ``level`` run in every direction, which way most run, and the
-    share of the frame's edges the pose's score counts.
+    """Measure how evenly the edges matching at ``pose`` on ``level`` run, which way most run, and what is counted.
+
+    The last: the share of the frame's edge energy that the pose's edge correlation counts.
 
     Returns
     -------
