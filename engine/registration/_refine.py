@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from portalign.kernels.cpu.edge import orientation_summary
 from portalign.kernels.cpu.refine import pose_affines_into, rotations_into
 
 from ._plan import FramePlan, Level
@@ -185,12 +186,10 @@ def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray  #
     Returns
     -------
     (isotropy, direction_deg, counted_share)
-        ``isotropy`` = ``(W - |Z|) / (W + |Z|)`` of the matched edges' orientation sums
-        (``kernels.matched_orientation``): the smaller eigenvalue of their structure tensor over the larger, 0 (all
-        one way) to 1 (every way alike). ``direction_deg``: the way the dominant edges run in the frame, degrees from
-        its x axis (columns) toward its y axis (rows), 0-180. Both ``None`` where no edge matches.
-        ``counted_share``: ``S_ff / E``, the frame's edge energy that the edge correlation counts at the pose over all
-        of it (1 unless some lies over the reference's invalid region); ``None`` for a frame with no edges.
+        As :func:`portalign.kernels.cpu.edge.orientation_summary` reads the backend's ``matched_orientation`` sums
+        (the compiled program reads its own the same way), ``None`` where it gives NaN: the isotropy of the matched
+        edges (0 all one way, 1 every way alike), the way the dominant ones run (deg from the frame's x axis toward
+        its y axis, 0-180) and the share of the frame's edge energy the edge correlation counts at the pose.
     """
     poses = np.ascontiguousarray(np.asarray(pose, dtype=np.float64)[None, :])
     table = np.empty((1, 2, 3))
@@ -201,9 +200,5 @@ def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray  #
     backend.kernels.matched_orientation(
         level.pixel_rows, level.pixel_cols, level.listed, level.feat_re, level.feat_im, level.ref_re, level.ref_im,
         backend.staged("evaluate_affines", table), backend.staged("evaluate_rotations", turns), out)
-    w, z_re, z_im, counted, energy = backend.to_host(out)[0].tolist()
-    share = counted / energy if energy > 0.0 else None
-    if not w > 0.0:
-        return None, None, share
-    z = math.hypot(z_re, z_im)
-    return max(w - z, 0.0) / (w + z), (math.degrees(0.5 * math.atan2(z_im, z_re)) + 90.0) % 180.0, share
+    summary = orientation_summary(np.ascontiguousarray(backend.to_host(out)[0]))
+    return tuple(None if value != value else value for value in summary)  # type: ignore[return-value]

@@ -31,10 +31,12 @@ bits: the sums within a block are reassociated).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gradient_correlation", "matched_orientation", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
+__all__ = ["gradient_correlation", "matched_orientation", "orientation_summary", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
 
 #: Real part of a reference feature where the reference is not valid (outside its field, off its border;
 #: the imaginary part is 0 there). Features lie in [-1, 1]. Such a pixel is a zero feature with no weight:
@@ -298,3 +300,23 @@ def matched_orientation(
         for k in range(n_pose):
             for q in range(5):
                 out[k, q] += partial[c, k, q]
+
+
+@njit(cache=True, nogil=True)
+def orientation_summary(sums: np.ndarray) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """Read one pose's :func:`matched_orientation` sums ``(W, Z_re, Z_im, S_ff, E)``: isotropy, direction, share.
+
+    Returns ``(isotropy, direction_deg, counted_share)``: ``max(W - |Z|, 0) / (W + |Z|)``, the smaller eigenvalue of
+    the matched edges' structure tensor over the larger (0: all one way, 1: every way alike); the way the dominant
+    edges run in the frame, degrees from its x axis (columns) toward its y axis (rows), 0-180 (across their mean
+    gradient, whose angle is half the doubled angle); and ``S_ff / E``, the share of the frame's edge energy the edge
+    correlation counts. NaN where not measured (no matched edge: the first two; no frame edge: the last).
+    """
+    isotropy = direction = share = np.nan
+    if sums[0] > 0.0:
+        along = math.hypot(sums[1], sums[2])
+        isotropy = max(sums[0] - along, 0.0) / (sums[0] + along)
+        direction = (math.degrees(0.5 * math.atan2(sums[2], sums[1])) + 90.0) % 180.0
+    if sums[4] > 0.0:
+        share = sums[3] / sums[4]
+    return isotropy, direction, share

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from .correlation import coarse_search
-from .edge import matched_orientation
+from .edge import matched_orientation, orientation_summary
 from .mutual_information import PV_ONE, mutual_information
 from .peaks import search_peaks
 from .refine import (
@@ -46,6 +46,7 @@ from .refine import (
     refine,
     refine_from,
     rotation_lever_arm,
+    rotations_into,
 )
 
 __all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
@@ -424,21 +425,11 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         affine = np.empty((1, 2, 3))
         pose_affines_into(scratch_poses, one, first[8], affine)
         turn = np.empty((1, 2))
-        turn[0, 0] = math.cos(2.0 * edge_pose[2])
-        turn[0, 1] = math.sin(2.0 * edge_pose[2])
+        rotations_into(scratch_poses, one, turn)
         orientation = np.empty((1, 5))
         matched_orientation(first[0], first[1], counts[1], first[2], first[3], first[4], first[5], affine, turn,
                             orientation)
-        if orientation[0, 0] > 0.0:
-            along = math.hypot(orientation[0, 1], orientation[0, 2])
-            out[_ISOTROPY] = max(orientation[0, 0] - along, 0.0) / (orientation[0, 0] + along)
-            # the way the dominant edges run in the frame (deg from its x axis, 0-180): across their mean gradient,
-            # whose angle is half the doubled angle
-            out[_EDGE_ANGLE] = (math.degrees(0.5 * math.atan2(orientation[0, 2], orientation[0, 1])) + 90.0) % 180.0
-        if orientation[0, 4] > 0.0:
-            # the share of the frame's edge energy that the score counts (less where some lies over the reference's
-            # invalid region)
-            out[_COUNTED] = orientation[0, 3] / orientation[0, 4]
+        out[_ISOTROPY], out[_EDGE_ANGLE], out[_COUNTED] = orientation_summary(orientation[0])
     if mi_final:
         pose = result[:3].copy()
     if method == METHOD_EDGE:

@@ -145,6 +145,28 @@ def _sum_partials(partials, out):  # pragma: no cover - compiled
         out[k, s] = total
 
 
+def _pixel_block_sums(blocks_kernel: Any, scratch_name: str, rows: Any, cols: Any, count: int, frame_re: Any,
+                      frame_im: Any, ref_re: Any, ref_im: Any, affines: Any, rotations: Any, out: Any) -> None:
+    """Launch ``blocks_kernel`` over ``pixel blocks x poses`` and add each pose's block sums into ``out[k, :]``.
+
+    ``blocks_kernel`` writes ``partials[k, block, :]``, as many sums as ``out`` has columns; the blocks are added in
+    block order (:func:`_sum_partials`).
+    """
+    n_pose, n_sums = out.shape
+    if n_pose == 0:
+        return
+    count = max(int(count), 0)
+    tpb = launch.threads_per_block()
+    n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
+    partials_d = launch.device_arg(launch.scratch(scratch_name, (n_pose, n_blocks, n_sums), np.float64))
+    launch.configured(blocks_kernel, (n_blocks, n_pose), tpb)(
+        launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
+        launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
+        launch.device_arg(affines), launch.device_arg(rotations), partials_d,
+    )
+    launch.configured(_sum_partials, launch.blocks_for(n_pose * n_sums, tpb), tpb)(partials_d, launch.device_arg(out))
+
+
 def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_im: Any, ref_re: Any, ref_im: Any,
                          affines: Any, rotations: Any, out: Any) -> None:
     """Write ``(S_fr, S_ff, S_rr)`` for each pose into ``out[k, :]``.
@@ -167,20 +189,8 @@ def gradient_correlation(rows: Any, cols: Any, count: int, frame_re: Any, frame_
     out : float64[K, 3]
         Overwritten.
     """
-    n_pose = out.shape[0]
-    if n_pose == 0:
-        return
-    count = max(int(count), 0)
-    tpb = launch.threads_per_block()
-    n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
-    partials = launch.scratch("edge_partials", (n_pose, n_blocks, 3), np.float64)
-    partials_d = launch.device_arg(partials)
-    launch.configured(_gradient_correlation_blocks, (n_blocks, n_pose), tpb)(
-        launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
-        launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
-        launch.device_arg(affines), launch.device_arg(rotations), partials_d,
-    )
-    launch.configured(_sum_partials, launch.blocks_for(n_pose * 5, tpb), tpb)(partials_d, launch.device_arg(out))
+    _pixel_block_sums(_gradient_correlation_blocks, "edge_partials", rows, cols, count, frame_re, frame_im, ref_re,
+                      ref_im, affines, rotations, out)
 
 
 @cuda.jit(cache=True)
@@ -263,17 +273,5 @@ def matched_orientation(rows: Any, cols: Any, count: int, frame_re: Any, frame_i
     Twin of :func:`portalign.kernels.cpu.edge.matched_orientation` (arguments and sums defined there), summed in
     blocks as :func:`gradient_correlation` is: equal to the CPU within about 1e-12 relative.
     """
-    n_pose = out.shape[0]
-    if n_pose == 0:
-        return
-    count = max(int(count), 0)
-    tpb = launch.threads_per_block()
-    n_blocks = launch.blocks_for(count, tpb * int(launch.PIXELS_PER_THREAD))
-    partials = launch.scratch("orientation_partials", (n_pose, n_blocks, 5), np.float64)
-    partials_d = launch.device_arg(partials)
-    launch.configured(_matched_orientation_blocks, (n_blocks, n_pose), tpb)(
-        launch.device_arg(rows), launch.device_arg(cols), count, launch.device_arg(frame_re),
-        launch.device_arg(frame_im), launch.device_arg(ref_re), launch.device_arg(ref_im),
-        launch.device_arg(affines), launch.device_arg(rotations), partials_d,
-    )
-    launch.configured(_sum_partials, launch.blocks_for(n_pose * 5, tpb), tpb)(partials_d, launch.device_arg(out))
+    _pixel_block_sums(_matched_orientation_blocks, "orientation_partials", rows, cols, count, frame_re, frame_im,
+                      ref_re, ref_im, affines, rotations, out)

@@ -14,15 +14,21 @@ from ..cpu.edge import VALID_LIMIT
 __all__ = ["gradient_correlation", "matched_orientation"]
 
 
-def gradient_correlation(rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
-                         ref_re: np.ndarray, ref_im: np.ndarray, affines: np.ndarray, rotations: np.ndarray,
-                         out: np.ndarray) -> None:
-    """Write ``(S_fr, S_ff, S_rr)`` of each pose into ``out[k, :]``."""
+def _frame_edges(rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the listed frame pixels with a non-zero feature: their rows, columns and complex features (float64)."""
     i = np.asarray(rows[:count], dtype=np.int64)
     j = np.asarray(cols[:count], dtype=np.int64)
     fz = np.asarray(frame_re, dtype=np.float64)[i, j] + 1j * np.asarray(frame_im, dtype=np.float64)[i, j]
     keep = fz != 0
-    i, j, fz = i[keep], j[keep], fz[keep]
+    return i[keep], j[keep], fz[keep]
+
+
+def gradient_correlation(rows: np.ndarray, cols: np.ndarray, count: int, frame_re: np.ndarray, frame_im: np.ndarray,
+                         ref_re: np.ndarray, ref_im: np.ndarray, affines: np.ndarray, rotations: np.ndarray,
+                         out: np.ndarray) -> None:
+    """Write ``(S_fr, S_ff, S_rr)`` of each pose into ``out[k, :]``."""
+    i, j, fz = _frame_edges(rows, cols, count, frame_re, frame_im)
     rz = np.asarray(ref_re, dtype=np.float64) + 1j * np.asarray(ref_im, dtype=np.float64)
     ref_rows, ref_cols = rz.shape
     for k in range(affines.shape[0]):
@@ -55,11 +61,7 @@ def matched_orientation(rows: np.ndarray, cols: np.ndarray, count: int, frame_re
                         ref_re: np.ndarray, ref_im: np.ndarray, affines: np.ndarray, rotations: np.ndarray,
                         out: np.ndarray) -> None:
     """Write ``(W, Z_re, Z_im, S_ff, E)`` of each pose into ``out[k, :]`` (defined in :mod:`portalign.kernels.cpu.edge`)."""
-    i = np.asarray(rows[:count], dtype=np.int64)
-    j = np.asarray(cols[:count], dtype=np.int64)
-    fz = np.asarray(frame_re, dtype=np.float64)[i, j] + 1j * np.asarray(frame_im, dtype=np.float64)[i, j]
-    keep = fz != 0
-    i, j, fz = i[keep], j[keep], fz[keep]
+    i, j, fz = _frame_edges(rows, cols, count, frame_re, frame_im)
     valid = (np.asarray(ref_re) <= VALID_LIMIT).astype(np.float64)
     rz = np.where(valid > 0, np.asarray(ref_re, dtype=np.float64) + 1j * np.asarray(ref_im, dtype=np.float64), 0.0)
     ref_rows, ref_cols = rz.shape
