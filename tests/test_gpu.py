@@ -27,6 +27,7 @@ import sys
 import numba
 import numpy as np
 import pytest
+from numba import cuda
 from numpy.testing import assert_allclose, assert_array_equal
 from portalign.kernels import cpu
 from portalign.kernels.cpu import level as cpu_level
@@ -582,6 +583,46 @@ def test_kernels_launched_from_two_threads_at_once_give_each_its_own_answer(back
         assert len(got[i]) == 6
         for out in got[i]:
             assert_allclose(out, expected[i], rtol=1e-12, atol=1e-15)
+
+
+@cuda.jit
+def two_sites(out):
+    a = cuda.shared.array(8, dtype=np.float64)
+    b = cuda.shared.array(8, dtype=np.int64)
+    t = cuda.threadIdx.x
+    a[t] = t
+    b[t] = 10 * t
+    cuda.syncthreads()
+    if t == 0:
+        total_a = 0.0
+        total_b = 0
+        for i in range(8):
+            total_a += a[i]
+            total_b += b[i]
+        out[cuda.blockIdx.x, 0] = total_a
+        out[cuda.blockIdx.x, 1] = total_b
+
+
+@pytest.mark.skipif(not SIMULATED, reason="the simulator's shared-array allocation only (a device has one per block)")
+def test_simulated_shared_arrays_are_one_per_call_site_and_block():
+    """Every thread of a simulated block gets the same array per ``cuda.shared.array`` site, a site its own one.
+
+    ``launch`` makes the simulator's lookup-then-store of a site's array atomic (it had no lock: two threads could
+    each store their own array, and a reduction read what its partners never wrote); the key must stay the site.
+    """
+    from numba.cuda.simulator import kernelapi
+
+    assert kernelapi.FakeCUDAShared.array._portalign_locked
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as Python allows while they allocate
+    try:
+        for _ in range(20):
+            out = np.zeros((3, 2))
+            launch.configured(two_sites, 3, 8)(out)
+            assert_array_equal(out, [[28.0, 280.0]] * 3)
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend):

@@ -28,6 +28,7 @@ to the legacy default stream. Under the simulator a stream is a
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -317,6 +318,50 @@ class _SimulatedLaunch:
     def __call__(self, *args: Any) -> Any:
         with _simulator_lock:
             return self.kernel[self.configuration](*args)
+
+
+def _lock_simulated_shared_arrays() -> None:
+    """Make the simulator's static ``cuda.shared.array`` allocation atomic (simulator only; idempotent).
+
+    numba's simulator gives a block one array per ``cuda.shared.array`` call site by looking the site up
+    in a dict and storing a new array when it is missing, with no lock: two of a block's threads that
+    reach the call at once can each store their own array, and a reduction then reads values its
+    partners never wrote. A CI run's MI refinement on the simulator came out at another pose than the
+    CPU's (same kernels, same inputs; it passed on every rerun here). On a device a shared array is one
+    per block by construction, so only the simulator is changed.
+    """
+    try:
+        from numba.core import types
+        from numba.cuda.simulator import kernelapi
+        from numba.np import numpy_support
+    except ImportError:  # pragma: no cover - a numba without the simulator
+        return
+    shared = getattr(kernelapi, "FakeCUDAShared", None)
+    if shared is None or getattr(shared.array, "_portalign_locked", False):
+        return
+    allocate = shared.array
+    lock = threading.Lock()
+
+    def array(self: Any, shape: Any, dtype: Any) -> Any:
+        if shape == 0:  # dynamic shared memory: one buffer per launch, no lookup
+            return allocate(self, shape, dtype)
+        # the simulator's key, the call site (file, line), found and stored under one lock
+        caller = sys._getframe(1)
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(site)
+            if found is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                found = self._allocations[site] = np.empty(shape, dtype)
+        return found
+
+    array._portalign_locked = True  # type: ignore[attr-defined]
+    shared.array = array
+
+
+if simulator_enabled():
+    _lock_simulated_shared_arrays()
 
 
 #: Held around the first launch of each configuration (:class:`_FirstLaunch`).
