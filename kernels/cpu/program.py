@@ -266,7 +266,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         peak_scores[0] = 0.0
         found = 1
     # optima far below the best cannot come near it after refinement
-    kept = 0
+    kept = np.int64(0)  # typed, not literal: a literal 0 compiled _evaluate and metric_values a second time
     kept_peaks = np.empty(found)  # the global-search peak of each kept optimum
     for i in range(found):
         if peak_scores[i] >= floor * peak_scores[0] and kept < n_ranked_max:
