@@ -151,6 +151,20 @@ BAND_MIN_ELONGATION = 8.0
 #: field (what was left of a 30 mm field beside a dead block, 1.3 mm wide, was taken for a band and the whole frame
 #: matched 18 mm off).
 BAND_NOTE = "the region found is a band"
+#: A field that runs off the image and shows no wider than this (mm, the largest disc inside its visible part; the
+#: width below which a long region is a band, ``BAND_MAX_WIDTH_MM``) is a sliver of a field: a window that shows only
+#: a corner or the penumbra tail of a field has no field edge whose place the image fixes (a tail is a ramp, alike
+#: wherever it is cut), and the image's border cuts what it has. The registration refuses a pair where either image
+#: shows one (``registration._program``). Real windows (``bench.real_windows``, seeds 7 and 9, session note 32): a
+#: 30 % window of an aS500 Winston-Lutz image showing its field's edge as a 5.3 mm strip along the top, the frame
+#: (moved 5 mm) none of it, matched whole against that strip 5.4 mm off, ok; a TrueBeam window with a 4.5 mm corner of
+#: the field in both images 2.5 mm off, ok. Matched whole instead (``field='none'``), others of the kind came back ok
+#: 1.5-4.8 mm off (session note 34): the tail is still in the image, and little else. A field that shows 9.6 mm of
+#: its edge along a window's border is still matched by it (a noisy TrueBeam window: 0.18 mm off). No field that a
+#: registration is made through shows less of itself: a cone lies inside the image.
+SLIVER_MAX_WIDTH_MM = BAND_MAX_WIDTH_MM
+#: How the note of such a sliver begins (after ``NO_FIELD_EDGE``).
+SLIVER_NOTE = "the region found is a sliver of a field"
 #: What such a doubt says after its numbers (once, where both images are doubted: ``_program``).
 FIELD_DOUBT_ADVICE = ("likely an object (a phantom) in an open beam, as a field's outside is far quieter: "
                       "use --field none (field='none') if no aperture edge is in the image, --field detect for "
@@ -292,6 +306,11 @@ def find_field(image: Image, small: np.ndarray, *, thorough: bool = False,
             width = _oblique_band_mm(image, small, field)  # a wire or stripe across the image at an angle
             if width is not None:
                 return _a_band(field, width)
+        sliver = _border_sliver_mm(image, small, field)
+        if sliver is not None:  # no field to match by, nor a whole image to match instead: the registration refuses
+            return replace(NO_FIELD, effectiveness=field.effectiveness, **_lines_of(field),
+                           note=f"{NO_FIELD_EDGE}: {SLIVER_NOTE} {sliver:.1f} mm wide at the image's edge (the rest of "
+                                "it off the image)")
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
         return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
                                      "values mean more radiation, so it is an attenuating object (a phantom's "
@@ -501,6 +520,20 @@ def _band_across_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> fl
     if width <= BAND_MAX_WIDTH_MM and (down >= BAND_MIN_SPAN * rows or height >= BAND_MIN_ELONGATION * width):
         return float(width)
     return None
+
+
+def _border_sliver_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float | None:
+    """Width (mm) of a detected field that runs off the image and shows only a sliver of itself; None otherwise.
+
+    The width is the diameter of the largest disc inside its visible part (:func:`field_size_mm`, on ``small``, the
+    field's level); a sliver is narrower than ``SLIVER_MAX_WIDTH_MM``. :func:`find_field` calls it only for a field
+    that touches the image's border.
+    """
+    if not _touches_border(field):
+        return None
+    factor = _level_factor(image.shape[0], small.shape[0])
+    width = field_size_mm(field, (image.spacing_mm[0] * factor, image.spacing_mm[1] * factor))
+    return None if width is None or width >= SLIVER_MAX_WIDTH_MM else float(width)
 
 
 def _oblique_band_mm(image: Image, small: np.ndarray, field: FieldEstimate) -> float | None:

@@ -35,6 +35,7 @@ from ..field import (
     NO_FIELD,
     NO_FIELD_EDGE,
     PLANNED_COVERS,
+    SLIVER_NOTE,
     STRONG_LINE_CONTRAST,
     FieldEstimate,
     dead_lines_only,
@@ -226,6 +227,11 @@ DEAD_LINES_MAX_FIELD_SHARE = 0.15
 #: a new user's trial).
 FIELD_MISSING_BELOW_EDGE = WEAK_EDGE_SCORE
 _BAND_NOTE = f"{NO_FIELD_EDGE}: {BAND_NOTE}"
+#: An image whose only "field" runs off it as a sliver (``field.SLIVER_MAX_WIDTH_MM``): refused, whichever image it is.
+#: Neither the sliver (a penumbra tail cut by the border) nor the whole image (that tail still in it, and little else
+#: in a window beside a field) places the match: matched whole, real windows with such slivers came back ok 1.5-4.8 mm
+#: off where the sliver's own match had been 2.5-5.5 mm off (``bench.real_windows`` seeds 5, 7 and 9; session note 34).
+_SLIVER_NOTE = f"{NO_FIELD_EDGE}: {SLIVER_NOTE}"
 _COVERS_NOTE = f"{NO_FIELD_EDGE}: {PLANNED_COVERS}"
 #: A frame's field under this share of the reference's (largest inscribed discs) is named as such where too little of
 #: the frame is usable (``_field_shrunk``).
@@ -727,6 +733,18 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
                    "that is symmetric under the flip while the anatomy is too weak to place the match")
     reason += "; check it, or, for anatomy that matches as well flipped, set mirror_check='never' (--mirror-check never)"
     return replace(result, ok=False, reason=reason, details=details)
+
+
+def _sliver_reason(reference_note: str, frame_note: str) -> str:
+    """Return the refusal of a pair where either image shows its field only as a sliver at its edge (``_SLIVER_NOTE``)."""
+    widths = [f"{name} {note[len(_SLIVER_NOTE):].split(' mm')[0].strip()} mm wide"
+              for name, note in (("the reference's", reference_note), ("the frame's", frame_note))
+              if note.startswith(_SLIVER_NOTE)]
+    which = " and ".join(w.split("'")[0] for w in widths)
+    return (f"no match: {which} {'show' if len(widths) > 1 else 'shows'} the radiation field only as a sliver at the "
+            f"image's edge ({', '.join(widths)}; the rest of it off the image): a penumbra cut by the border places "
+            "no shift, nor does the little else a window beside a field holds; acquire the images with the field in "
+            "view, or set field='none' (--field none) to match the whole images")
 
 
 def _one_directional_reason(isotropy: float, direction_deg: float, pose: Any) -> str:
@@ -1440,6 +1458,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     isotropy, edge_direction, counted_share = found.matched_orientation
     if reason:
         pass
+    elif ((field.note != "" and field.note.startswith(_SLIVER_NOTE))
+          or (reference.field.note != "" and reference.field.note.startswith(_SLIVER_NOTE))):
+        reason = _sliver_reason(reference.field.note, field.note)
+        guess = True
     elif final_edge < opts.min_score:  # before the range: a "match" at the search grid's corner is none at all
         reason = (f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g} (min_score): nothing in the "
                   "frame matches the reference; another patient, beam or view, or too little structure for the noise")
