@@ -346,8 +346,9 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     reference : Reference
     frame : Image
     mirror_check : bool
-        False: no mirror check (``RegistrationOptions.mirror_check``) and no scale check (``_scale``) for this
-        frame (the mirror check's own registrations of the flipped frame).
+        False: no mirror check (``RegistrationOptions.mirror_check``), no scale check (``_scale``) and no split-half
+        precision check for this frame (the mirror check's own registrations of the flipped frame, whose edge scores
+        alone it reads).
     options : RegistrationOptions, optional
         Per-frame options instead of the reference's (the check's lighter search); the fields that size the
         plans must be the reference's.
@@ -689,7 +690,8 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
     best_name, best = "", -1.0
     # the copies' edge scores are all the check reads: an edge-only search of the best candidate, its rotation held
     # at 0, without the MI cross-check (a held rotation only lowers a copy's score: the check errs towards "not
-    # mirrored"). The three add ~12 ms to a one-shot 1024 x 768 registration (23 -> 35 ms), and nothing to the
+    # mirrored"); nor their split-half precision check (``register_frame``'s mirror_check=False). The three add about
+    # 16 ms to a one-shot 1024 x 768 registration on two cores (42 ms in all, session note 34), and nothing to the
     # frames after the first of a geometry
     light = replace(reference.options, method="edge", candidates=1, estimate_rotation=False)
     for name, cut in _FLIPS:
@@ -1351,7 +1353,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if denoised is not None:
         finest_spacing = levels[plan.refine_levels[-1]].spacing
         split_block = max(2, math.ceil(3.0 * denoised["sigma_mm"] / min(finest_spacing[0], finest_spacing[1])))
-    found = search(backend, plan, opts, rotate, r_eff, not quality, polish, alike, alike_small, split_block)
+    # (the mirror check's copies, ``scale_check`` False, skip the split-half precision check: the check reads their edge
+    # scores alone, and the halves' two extra ascents made a copy cost 1.5x a frame, a third of a one-shot registration)
+    found = search(backend, plan, opts, rotate, r_eff, scale_check and not quality, polish, alike, alike_small,
+                   split_block)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
     rotate = found.rotate

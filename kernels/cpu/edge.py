@@ -51,6 +51,58 @@ CHUNKS = 16
 BLOCK = 512
 
 
+@njit(inline="always", nogil=True)
+def _gather(rows: np.ndarray, cols: np.ndarray, frame_re: np.ndarray, frame_im: np.ndarray, start: int, m: int,
+            block_rows: np.ndarray, block_cols: np.ndarray, block_re: np.ndarray, block_im: np.ndarray
+            ) -> None:  # pragma: no cover - compiled
+    """Copy listed pixels ``start .. start + m - 1`` (their places and frame features) into the contiguous blocks.
+
+    float64 from here on: float32 products would round differently on every backend.
+    """
+    for u in range(m):
+        i = rows[start + u]
+        j = cols[start + u]
+        block_rows[u] = i
+        block_cols[u] = j
+        block_re[u] = frame_re[i, j]
+        block_im[u] = frame_im[i, j]
+
+
+@njit(inline="always", fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
+def _turned_sample(ref_re: np.ndarray, ref_im: np.ndarray, x: float, y: float, x_end: float, y_end: float,
+                   last_col: int, last_row: int, turn_c: float, turn_s: float
+                   ) -> tuple[bool, float, float, float]:  # pragma: no cover - compiled
+    """Sample the reference feature bilinearly at reference pixel ``(x, y)`` and turn it by ``2 theta``.
+
+    Returns ``(inside, v, tr, ti)``: whether ``(x, y)`` lies on the reference image (off it, the frame's edge finds no
+    match and its energy counts wholly), the valid share ``v`` of the bilinear weights (an invalid reference pixel,
+    ``INVALID_FEATURE``, is a zero feature with no weight, so a frame pixel counts in ``S_ff`` by ``v``, continuously
+    in the pose), and the turned feature ``(cos 2theta + i sin 2theta) z_r`` (``turn_c``, ``turn_s``). Off the image a
+    cell that exists is read (the place clamped) and then masked off by ``inside``: the loop that calls it keeps no
+    branch, and numba vectorises it (inlined in both kernels of this module).
+    """
+    inside = x >= 0.0 and y >= 0.0 and x < x_end and y < y_end
+    xc = min(max(x, 0.0), x_end)
+    yc = min(max(y, 0.0), y_end)
+    c0 = min(int(xc), last_col)
+    r0 = min(int(yc), last_row)
+    wx = xc - c0
+    wy = yc - r0
+    a00 = np.float64(ref_re[r0, c0])
+    a01 = np.float64(ref_re[r0, c0 + 1])
+    a10 = np.float64(ref_re[r0 + 1, c0])
+    a11 = np.float64(ref_re[r0 + 1, c0 + 1])
+    w00 = (1.0 - wx) * (1.0 - wy) if a00 <= VALID_LIMIT else 0.0
+    w01 = wx * (1.0 - wy) if a01 <= VALID_LIMIT else 0.0
+    w10 = (1.0 - wx) * wy if a10 <= VALID_LIMIT else 0.0
+    w11 = wx * wy if a11 <= VALID_LIMIT else 0.0
+    v = 1.0 if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT else w00 + w01 + w10 + w11
+    rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
+    ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
+          + w11 * ref_im[r0 + 1, c0 + 1])
+    return inside, v, turn_c * rr - turn_s * ri, turn_s * rr + turn_c * ri
+
+
 @njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
 def gradient_correlation(
     rows: np.ndarray,
@@ -107,14 +159,7 @@ def gradient_correlation(
         chunk_end = min(count, (c + 1) * size)
         for start in range(c * size, chunk_end, BLOCK):
             m = min(BLOCK, chunk_end - start)
-            for u in range(m):
-                i = rows[start + u]
-                j = cols[start + u]
-                block_rows[u] = i
-                block_cols[u] = j
-                # float64 from here on: float32 products would round differently on every backend
-                block_re[u] = frame_re[i, j]
-                block_im[u] = frame_im[i, j]
+            _gather(rows, cols, frame_re, frame_im, start, m, block_rows, block_cols, block_re, block_im)
             for k in range(n_pose):
                 m00 = affines[k, 0, 0]
                 m01 = affines[k, 0, 1]
@@ -133,32 +178,10 @@ def gradient_correlation(
                     energy = fr * fr + fi * fi
                     x = m00 * block_cols[u] + m01 * block_rows[u] + m02
                     y = m10 * block_cols[u] + m11 * block_rows[u] + m12
-                    # off the reference image: the frame's edge finds no match (its energy counts wholly)
-                    inside = x >= 0.0 and y >= 0.0 and x < x_end and y < y_end
-                    xc = min(max(x, 0.0), x_end)  # outside: a cell that exists, read and then masked off
-                    yc = min(max(y, 0.0), y_end)
-                    c0 = min(int(xc), last_col)
-                    r0 = min(int(yc), last_row)
-                    wx = xc - c0
-                    wy = yc - r0
-                    a00 = np.float64(ref_re[r0, c0])
-                    a01 = np.float64(ref_re[r0, c0 + 1])
-                    a10 = np.float64(ref_re[r0 + 1, c0])
-                    a11 = np.float64(ref_re[r0 + 1, c0 + 1])
-                    # an invalid reference pixel (outside its field) is a zero feature and no weight: the frame
-                    # pixel counts in S_ff by the valid share v of its sample, continuously in the pose
-                    w00 = (1.0 - wx) * (1.0 - wy) if a00 <= VALID_LIMIT else 0.0
-                    w01 = wx * (1.0 - wy) if a01 <= VALID_LIMIT else 0.0
-                    w10 = (1.0 - wx) * wy if a10 <= VALID_LIMIT else 0.0
-                    w11 = wx * wy if a11 <= VALID_LIMIT else 0.0
-                    v = 1.0 if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT else w00 + w01 + w10 + w11
-                    rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
-                    ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
-                          + w11 * ref_im[r0 + 1, c0 + 1])
-                    # turn the reference feature by 2*theta, then Re(z_f * conj(z_r)); a zero frame feature and
-                    # a sample wholly outside the reference's valid region (v = 0) are not compared
-                    tr = turn_c * rr - turn_s * ri
-                    ti = turn_s * rr + turn_c * ri
+                    inside, v, tr, ti = _turned_sample(ref_re, ref_im, x, y, x_end, y_end, last_col, last_row,
+                                                       turn_c, turn_s)
+                    # Re(z_f * conj(z_r)); a zero frame feature and a sample wholly outside the reference's valid
+                    # region (v = 0) are not compared
                     compared = 1.0 if inside and energy > 0.0 else 0.0
                     s_ff += energy * (v if inside else 1.0)
                     s_fr += compared * (fr * tr + fi * ti)
@@ -232,13 +255,7 @@ def matched_orientation(
         chunk_end = min(count, (c + 1) * size)
         for start in range(c * size, chunk_end, BLOCK):
             m = min(BLOCK, chunk_end - start)
-            for u in range(m):
-                i = rows[start + u]
-                j = cols[start + u]
-                block_rows[u] = i
-                block_cols[u] = j
-                block_re[u] = frame_re[i, j]
-                block_im[u] = frame_im[i, j]
+            _gather(rows, cols, frame_re, frame_im, start, m, block_rows, block_cols, block_re, block_im)
             for k in range(n_pose):
                 m00 = affines[k, 0, 0]
                 m01 = affines[k, 0, 1]
@@ -259,28 +276,8 @@ def matched_orientation(
                     energy = fr * fr + fi * fi
                     x = m00 * block_cols[u] + m01 * block_rows[u] + m02
                     y = m10 * block_cols[u] + m11 * block_rows[u] + m12
-                    inside = x >= 0.0 and y >= 0.0 and x < x_end and y < y_end
-                    xc = min(max(x, 0.0), x_end)  # outside: a cell that exists, read and then masked off
-                    yc = min(max(y, 0.0), y_end)
-                    c0 = min(int(xc), last_col)
-                    r0 = min(int(yc), last_row)
-                    wx = xc - c0
-                    wy = yc - r0
-                    a00 = np.float64(ref_re[r0, c0])
-                    a01 = np.float64(ref_re[r0, c0 + 1])
-                    a10 = np.float64(ref_re[r0 + 1, c0])
-                    a11 = np.float64(ref_re[r0 + 1, c0 + 1])
-                    # an invalid reference pixel is a zero feature with no weight (as in gradient_correlation)
-                    w00 = (1.0 - wx) * (1.0 - wy) if a00 <= VALID_LIMIT else 0.0
-                    w01 = wx * (1.0 - wy) if a01 <= VALID_LIMIT else 0.0
-                    w10 = (1.0 - wx) * wy if a10 <= VALID_LIMIT else 0.0
-                    w11 = wx * wy if a11 <= VALID_LIMIT else 0.0
-                    v = 1.0 if max(max(a00, a01), max(a10, a11)) <= VALID_LIMIT else w00 + w01 + w10 + w11
-                    rr = w00 * a00 + w01 * a01 + w10 * a10 + w11 * a11
-                    ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
-                          + w11 * ref_im[r0 + 1, c0 + 1])
-                    tr = turn_c * rr - turn_s * ri
-                    ti = turn_s * rr + turn_c * ri
+                    inside, v, tr, ti = _turned_sample(ref_re, ref_im, x, y, x_end, y_end, last_col, last_row,
+                                                       turn_c, turn_s)
                     compared = 1.0 if inside and energy > 0.0 else 0.0
                     match = compared * max(fr * tr + fi * ti, 0.0)
                     # the edge's doubled-angle direction (a unit vector) weighted by its match term
