@@ -5,7 +5,9 @@
 of its size at random places; the frame is a window of the same size whose content is moved by up to 12 pixels
 on each axis (the truth), with white noise of 0, 3 and 8 % of the window's signal range (``tests.field_sets.
 low_dose``), two draws each. Every pair is registered with the defaults (CPU). Prints the count of each outcome
-(ok, or the reason's first words), every ok result more than 1 mm off, and the ok results' median error.
+(ok, or the reason's first words), every ok result more than 1 mm off, the ok results' median error, and how their
+axis errors compare with the shift uncertainty each stated (the share within 1, 2 and 3 u; every one beyond 3 u).
+Each JSON line holds the pair (window, move, noise and its seed) and what came back.
 
 Windows of real images are hard in ways rendered pairs are not: a window of a clipped background, of a symmetric
 Winston-Lutz field, of burned-in graphics. The sweep of session note 30 found with it two ok answers more than
@@ -27,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-__all__ = ["main", "outcome"]
+__all__ = ["main", "outcome", "uncertainty_calibration"]
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -88,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
                         ref, frame, dx, dy = window_pair(image, row0, col0, height, width, *moved)
                     except ValueError:  # the moved window leaves the image
                         continue
+                    noise_seed = int(rng.integers(1 << 30)) if noise else None
                     if noise:
-                        frame = low_dose(frame, noise, int(rng.integers(1 << 30)))
+                        frame = low_dose(frame, noise, noise_seed)
                     record = {"file": str(path.relative_to(REAL)), "share": share, "noise": noise, "row0": row0,
-                              "col0": col0, "moved_px": moved, "dx": dx, "dy": dy}
+                              "col0": col0, "moved_px": moved, "dx": dx, "dy": dy, "noise_seed": noise_seed}
                     try:
                         result = register(ref, frame, backend="cpu")
                         error = (math.hypot(result.dx_mm - dx, result.dy_mm - dy)
                                  if result.ok and result.dx_mm is not None else None)
                         record.update(ok=result.ok, reason=result.reason or "", error_mm=error,
-                                      dx_mm=result.dx_mm, dy_mm=result.dy_mm, rotation_deg=result.rotation_deg)
+                                      dx_mm=result.dx_mm, dy_mm=result.dy_mm, rotation_deg=result.rotation_deg,
+                                      shift_uncertainty_mm=result.details.get("shift_uncertainty_mm"))
                     except PortalignError as exc:
                         record.update(ok=False, reason=f"error: {exc}", error_mm=None)
                     records.append(record)
@@ -117,7 +121,38 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"ok: {len(errors)}, median error {statistics.median(errors):.3f} mm, "
               f"{sum(e > 2.0 for e in errors)} more than 2 mm off")
+    calibration = uncertainty_calibration(records)
+    if calibration is not None:
+        within, beyond = calibration
+        print("stated shift uncertainty u (1 sd, each axis) of the ok results: "
+              + ", ".join(f"{share:.0%} of the axis errors within {k} u" for k, share in within)
+              + " (a normal error: 68 %, 95 %, 99.7 %)")
+        for r, ratio in beyond:
+            print(f"ok {ratio:.1f} u off (u {r['shift_uncertainty_mm']:.2f} mm, error {r['error_mm']:.2f} mm): "
+                  f"{r['file']} window {r['share']:.0%} at ({r['row0']}, {r['col0']}) moved {r['moved_px']} px, "
+                  f"noise {r['noise']:.0%}")
     return 0
+
+
+def uncertainty_calibration(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[dict, float]]] | None:
+    """How the ok results' axis errors compare with their stated shift uncertainty; None without one.
+
+    Returns the share of the axis errors (``dx`` and ``dy`` each) within 1, 2 and 3 ``u``, and the records whose larger
+    axis error exceeds 3 ``u`` with that ratio.
+    """
+    ratios = []
+    beyond = []
+    for r in records:
+        u = r.get("shift_uncertainty_mm")
+        if r.get("error_mm") is None or not u:
+            continue
+        axis = (abs(r["dx_mm"] - r["dx"]) / u, abs(r["dy_mm"] - r["dy"]) / u)
+        ratios.extend(axis)
+        if max(axis) > 3.0:
+            beyond.append((r, max(axis)))
+    if not ratios:
+        return None
+    return [(k, sum(x <= k for x in ratios) / len(ratios)) for k in (1, 2, 3)], beyond
 
 
 if __name__ == "__main__":

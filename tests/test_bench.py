@@ -342,3 +342,24 @@ def test_real_windows_bench_counts_the_outcomes_and_names_the_wrong_ones(capsys,
                                                    abs=1e-5)
         if r["ok"]:
             assert r["error_mm"] == pytest.approx(math.hypot(r["dx_mm"] - r["dx"], r["dy_mm"] - r["dy"]))
+            assert r["shift_uncertainty_mm"] > 0.0  # what the result stated, compared with its error below
+    if any(r["ok"] for r in records):
+        assert "stated shift uncertainty u (1 sd, each axis) of the ok results: " in out
+
+
+def test_real_windows_calibration_counts_axis_errors_in_units_of_the_stated_uncertainty():
+    from bench.real_windows import uncertainty_calibration
+
+    def record(dx_mm, dy_mm, u, ok=True):
+        return {"dx": 1.0, "dy": -2.0, "dx_mm": dx_mm, "dy_mm": dy_mm, "shift_uncertainty_mm": u, "file": "f",
+                "error_mm": math.hypot(dx_mm - 1.0, dy_mm + 2.0) if ok else None}
+
+    records = [record(1.05, -2.0, 0.1),    # axis errors 0.5 u and 0
+               record(1.15, -2.25, 0.1),   # 1.5 u and 2.5 u
+               record(1.0, -1.6, 0.1),     # 0 and 4 u: beyond 3 u
+               record(3.0, -2.0, 0.1, ok=False),  # refused: not counted
+               {**record(1.0, -2.0, 0.1), "shift_uncertainty_mm": None}]  # none stated: not counted
+    within, beyond = uncertainty_calibration(records)
+    assert within == [(1, pytest.approx(3 / 6)), (2, pytest.approx(4 / 6)), (3, pytest.approx(5 / 6))]
+    assert [(r["dy_mm"], pytest.approx(ratio)) for r, ratio in beyond] == [(-1.6, 4.0)]
+    assert uncertainty_calibration([record(3.0, -2.0, 0.1, ok=False)]) is None
