@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; write the results; return the exit status."""
     from .peers import PEERS
-    from .report import headline_table, write_results
+    from .report import NO_PLOTS, headline_table, write_results
     from .runner import preset, run_benchmark
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    if "scaling" not in paths:
+        print(NO_PLOTS)
     return 0
 
 

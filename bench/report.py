@@ -9,7 +9,7 @@ from typing import Any
 
 from .runner import HEADLINE_SIZE
 
-__all__ = ["write_results", "headline_table", "to_json_ready"]
+__all__ = ["write_results", "headline_table", "to_json_ready", "NO_PLOTS"]
 
 #: DESIGN.md / issue targets, printed beside the measurements.
 TARGET_CPU_MS = 10.0
@@ -30,15 +30,29 @@ def to_json_ready(obj: Any) -> Any:
 
 
 def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md``, ``scaling.png`` and ``accuracy.png`` into ``out``."""
+    """Write ``results.json``, ``results.md``, ``scaling.png`` and ``accuracy.png`` into ``out``; return their paths.
+
+    Without matplotlib (the ``bench`` extra) the two plots are not drawn and not among the paths returned;
+    ``results.md`` says so in their place (``NO_PLOTS``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "scaling": out / "scaling.png",
              "accuracy": out / "accuracy.png"}
     paths["json"].write_text(json.dumps(to_json_ready(results), indent=1, allow_nan=False))
-    _plot_scaling(results, paths["scaling"])
-    _plot_accuracy(results, paths["accuracy"])
+    try:
+        import matplotlib  # noqa: F401  (the bench extra's: the plots only)
+    except ImportError:  # the tables and results.json still come; the caller says what is missing (NO_PLOTS)
+        del paths["scaling"], paths["accuracy"]
+    else:
+        _plot_scaling(results, paths["scaling"])
+        _plot_accuracy(results, paths["accuracy"])
     paths["md"].write_text(markdown(results, paths))
     return paths
+
+
+#: What stands in for the plots (in ``results.md`` and on the console) where matplotlib is not installed.
+NO_PLOTS = 'plots not drawn: they need matplotlib, which is not installed: pip install -e ".[bench]"'
+
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -224,13 +238,13 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
         "",
         _scaling_table(results),
         "",
-        f"![scaling]({paths['scaling'].name})",
+        f"![scaling]({paths['scaling'].name})" if "scaling" in paths else f"({NO_PLOTS})",
         "",
         "## Cost against batch size",
         "",
         _batch_table(results),
         "",
-        f"![accuracy]({paths['accuracy'].name})",
+        f"![accuracy]({paths['accuracy'].name})" if "accuracy" in paths else f"({NO_PLOTS})",
         "",
         "## How the peers were set up",
         "",

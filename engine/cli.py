@@ -117,6 +117,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
         return cmd
 
     reg = command("register", "register a portal frame against its reference")
+    reg.epilog = ("exit status: 0 when a result was printed, ok or not (a refused match is a result:\n"
+                  "read its ok and reason, or the JSON's \"ok\"); 2 when an input could not be used\n"
+                  "or an output (--overlay, --reg) not written (the error names it)")
     reg.add_argument("reference", help="reference image: DICOM RT Image (DRR or reference portal image) or .npy")
     reg.add_argument("frame", help="portal frame: DICOM RT Image or .npy")
     reg.add_argument("--json", action="store_true",

@@ -360,13 +360,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``portalign scp`` options to ``parser``."""
     import importlib.util
 
-    if importlib.util.find_spec("pynetdicom") is None:  # --help says so too, as serve's does without fastapi
+    missing = importlib.util.find_spec("pynetdicom") is None
+    if missing:  # --help says so too, as serve's does without fastapi
         parser.description = (f"{parser.description or ''}. It needs pynetdicom, which is not installed: "
                               'pip install "portalign[service]"').lstrip(". ")
+        # named before the arguments are checked (a bare `portalign scp` said only that --results was required)
+        parser.set_defaults(plugin_error=str(MissingDependencyError.for_module("pynetdicom", "portalign scp")))
     parser.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 to receive from the network)")
-    parser.add_argument("--results", required=True, metavar="RESULTS.jsonl",
+    parser.add_argument("--results", required=not missing, metavar="RESULTS.jsonl",
                         help="journal: one JSON line per received frame (result or error)")
     parser.add_argument("--reference", metavar="REF.dcm",
                         help="reference for frames whose beam has no reference of its own "

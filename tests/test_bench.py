@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,21 @@ def test_smoke_run_writes_tables_json_and_plots(tmp_path, started):
     portalign_run = next(r for r in results["runs"] if r["method"] == "portalign-cpu")
     assert len(portalign_run["times_ms"]) == 3 and math.isfinite(portalign_run["translation_error_mm"])
     assert "first_frame_ms" in portalign_run
+
+
+def test_smoke_run_without_matplotlib_writes_the_tables_and_names_the_extra(tmp_path, capsys, monkeypatch):
+    """A new user's trial: ``python -m bench --quick`` without the bench extra ran, then died in the plots."""
+    from bench.report import NO_PLOTS
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    out = tmp_path / "bench"
+    assert cli.main(["--smoke", "--out", str(out), "--sizes", "128", "--peers"]) == 0
+    assert NO_PLOTS in capsys.readouterr().out
+    assert 'pip install -e ".[bench]"' in NO_PLOTS
+    md = (out / "results.md").read_text()
+    assert "| portalign-cpu |" in md and f"({NO_PLOTS})" in md and "![scaling]" not in md
+    assert not (out / "scaling.png").exists() and not (out / "accuracy.png").exists()
+    assert json.loads((out / "results.json").read_text())["config"]["sizes"] == ["128x128"]
 
 
 def test_frame_never_comes_back_from_the_device():

@@ -96,6 +96,26 @@ def test_scp_without_pynetdicom_names_the_extra_and_leaves_no_results_file(capsy
     assert not results.exists()
 
 
+@pytest.mark.parametrize("words", [(), ("--port", "11112"), ("--ae-title", "X", "--reference", "r.dcm")])
+def test_scp_without_pynetdicom_names_the_extra_before_its_arguments(capsys, monkeypatch, words) -> None:
+    """A new user's trial: a bare `portalign scp` said only that --results was required, not what was missing."""
+    monkeypatch.setitem(sys.modules, "pynetdicom", None)
+    status, out, err = run(capsys, "scp", *words)
+    assert status == 2
+    assert err.strip() == ('portalign: error: portalign scp needs pynetdicom, which is not installed: '
+                           'pip install "portalign[service]"'), err
+    assert "required" not in err and "Traceback" not in err
+
+
+def test_register_help_states_its_exit_status(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["register", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0
+    assert "exit status: 0 when a result was printed, ok or not" in text
+    assert "2 when an input could not be used or an output (--overlay, --reg) not written (the error names it)" in text
+
+
 def test_bench_outside_a_checkout_says_what_to_do(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cli, "SOURCE_ROOT", tmp_path)  # no bench/ there
     status, out, err = run(capsys, "bench", "--quick", "--out", tmp_path / "x")
