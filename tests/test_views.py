@@ -456,3 +456,21 @@ def test_a_confirmed_scale_is_not_checked_again_for_the_geometry(pixels) -> None
     assert (second.dx_mm, second.dy_mm) == (first.dx_mm, first.dy_mm)
     other = reference.register(portalign.Image.from_array(pixels[1], pixel_spacing_mm=1.07, name="frame 3"))
     assert not other.ok and other.details["scale_check"]["mismatch"]
+
+
+def test_a_frame_that_is_the_reference_itself_is_said_to_be() -> None:
+    """A new user's trial dropped a copy of the reference into a watched folder: ok at no shift, nothing said."""
+    from tests.field_sets import FIELD_CASES, read
+
+    if not FIELD_CASES.is_dir():
+        pytest.skip("../shared/field-cases not present (a user's clone)")
+    ref = read(FIELD_CASES / "small-field" / "ref_crop.dcm")
+    frame = read(FIELD_CASES / "small-field" / "frame_shift_r+9_c-13.dcm")
+    assert ref.info.sop_instance_uid and ref.info.sop_instance_uid != frame.info.sop_instance_uid
+    itself = portalign.register(ref, read(FIELD_CASES / "small-field" / "ref_crop.dcm"), backend="cpu")
+    said = [w for w in itself.warnings if w.startswith("the frame is the reference image itself")]
+    assert said == [f"the frame is the reference image itself (the same SOP Instance UID, {ref.info.sop_instance_uid}): "
+                    "its shift from itself says nothing of the patient"], itself.warnings
+    assert itself.dx_mm == pytest.approx(0.0, abs=0.01) and itself.dy_mm == pytest.approx(0.0, abs=0.01)
+    other = portalign.register(ref, frame, backend="cpu")
+    assert not [w for w in other.warnings if "reference image itself" in w]

@@ -1249,6 +1249,13 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
     if field.note:
         warnings.append(field.note)
+    ref_info = reference.image.info
+    if (frame.info.sop_instance_uid != "" and frame.info.sop_instance_uid == ref_info.sop_instance_uid
+            and frame.info.frame_index == ref_info.frame_index):
+        # a new user's trial dropped a copy of the reference into a watched folder: matched with itself at no shift,
+        # ok, and nothing said (the measurement is right, and says nothing of the patient)
+        warnings.append(f"the frame is the reference image itself (the same SOP Instance UID, "
+                        f"{frame.info.sop_instance_uid}): its shift from itself says nothing of the patient")
     # a "field" likely to be an object in an open beam: refused unless field='detect' says to use it anyway
     doubt_reason = ""
     if reference.field.doubt or field.doubt:  # rare: no per-frame cost otherwise
