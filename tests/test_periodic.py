@@ -49,6 +49,51 @@ def test_stripes_repeat_at_their_period_and_anatomy_does_not():
     assert reference_periods(cpu_backend(), _level(portalign.prepare_reference(soft, backend="cpu")), 20.0) == []
 
 
+def _periods_whole_grid(level, max_shift_mm: float) -> list:  # type: ignore[no-untyped-def]
+    """``reference_periods`` as first written: every test and the maximum filter on the whole shifted grid."""
+    from portalign.kernels.cpu.edge import INVALID_FEATURE
+    from portalign.registration._program import DISTINCT_MM, PERIODIC_MAX_PERIODS
+    from scipy import fft as sp_fft
+    from scipy import ndimage
+
+    re, im = np.asarray(level.ref_re, dtype=np.float64), np.asarray(level.ref_im, dtype=np.float64)
+    z = np.where(re == INVALID_FEATURE, 0.0, re + 1j * im)
+    auto = sp_fft.ifft2(np.abs(sp_fft.fft2(z)) ** 2).real
+    found: list = []
+    auto = np.fft.fftshift(auto / auto[0, 0])
+    rows, cols = auto.shape
+    sy, sx = level.spacing
+    yy = (np.arange(rows) - rows // 2)[:, None] * sy
+    xx = (np.arange(cols) - cols // 2)[None, :] * sx
+    inside = ((np.hypot(xx, yy) >= DISTINCT_MM) & (np.abs(xx) <= max_shift_mm) & (np.abs(yy) <= max_shift_mm)
+              & ((xx > 0) | ((xx == 0) & (yy > 0))))
+    peaks = inside & (auto >= PERIODIC_MIN_RATIO) & (auto == ndimage.maximum_filter(auto, size=3))
+    for r, c in sorted(zip(*np.nonzero(peaks), strict=True), key=lambda rc: -auto[rc]):
+        x, y = float(xx[0, c]), float(yy[r, 0])
+        if all(math.hypot(x - a, y - b) > DISTINCT_MM for a, b, _ in found):
+            found.append((x, y, float(auto[r, c])))
+        if len(found) == PERIODIC_MAX_PERIODS:
+            break
+    return found
+
+
+@pytest.mark.parametrize("period", [12.0, 7.0, 31.0])
+@pytest.mark.parametrize("max_shift_mm", [20.0, 6.0, 500.0])
+def test_periods_found_on_the_search_window_are_those_of_the_whole_grid(period, max_shift_mm):
+    """The window of displacements searched (and its maximum filter, widened by a pixel) finds what the whole grid
+    does: stripes and a lattice, a range inside the grid and one beyond it (the window is then the grid itself)."""
+    rr, cc = np.mgrid[0:96, 0:128].astype(float)
+    for pixels in (np.sin(2 * np.pi * cc / period), np.sin(2 * np.pi * cc / period) * np.sin(2 * np.pi * rr / 9.0)):
+        image = portalign.Image.from_array(pixels + 0.05 * anatomy(128, seed=4)[:96], pixel_spacing_mm=1.0,
+                                           kind="drr")
+        level = _level(portalign.prepare_reference(image, backend="cpu"))
+        expected = _periods_whole_grid(level, max_shift_mm)
+        level.ref_periods = None
+        assert reference_periods(cpu_backend(), level, max_shift_mm) == expected
+        if period != 31.0 or max_shift_mm > 6.0:
+            assert expected  # something to compare where a period lies within the range
+
+
 def test_stripes_moved_by_more_than_half_a_period_are_not_ok():
     """A sine grating moved 8 mm (period 12, its edges' 6): the optima at 2 and 14 mm are as good; never ok there."""
     cc = np.mgrid[0:256, 0:320][1].astype(float)

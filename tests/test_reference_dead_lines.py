@@ -78,6 +78,30 @@ def test_resampled_reference_leaves_its_dead_lines_out(value):
     assert 0.5 < REFERENCE_LIVE_WEIGHT < 1.0
 
 
+def test_levels_resampled_from_one_box_pyramid_are_those_resampled_afresh():
+    """A reference's levels share its 2x2 box-mean pyramid (made once, ``Reference._boxes``): the same numbers, dead
+    lines and all, whichever level is made first; the shared arrays are not modified."""
+    ref, _ = _portal_pair(0.0, 0.0)
+    broken = with_lines(ref, rows=(101,), cols=(150, 151), value=0.0)
+    field = FieldEstimate(detected=False, dead_rows=(101,), dead_cols=(150, 151), level_shape=SHAPE)
+    spacings = ((4.0, 4.0), (1.0, 1.0), (2.0, 2.0), (3.1, 3.1), (8.0, 8.0))
+    for image, dead in ((ref, None), (broken, field)):
+        boxes: dict = {}
+        for spacing in spacings:
+            shared = _resample_reference(image, spacing, dead, 1, boxes)
+            fresh = _resample_reference(image, spacing, dead, 1)
+            assert shared[2] == fresh[2]
+            np.testing.assert_array_equal(shared[0], fresh[0])
+            np.testing.assert_array_equal(shared[1], fresh[1])
+        assert sorted(boxes) == [1, 2, 4, 8]  # the boxes the five levels took, each made once
+        kept = {box: (a.copy(), None if w is None else w.copy()) for box, (a, w) in boxes.items()}
+        for spacing in spacings:
+            _resample_reference(image, spacing, dead, 1, boxes)
+        for box, (a, w) in boxes.items():
+            np.testing.assert_array_equal(a, kept[box][0])
+            assert (w is None) == (dead is None) and (w is None or np.array_equal(w, kept[box][1]))
+
+
 @pytest.mark.parametrize("value", [0.0, 3000.0])
 def test_a_reference_portal_image_with_dead_lines_registers_as_a_sound_one(value):
     """Zero (dead) or bright (hot) lines across a reference portal image: found, left out, the shift within 0.3 mm."""

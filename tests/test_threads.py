@@ -220,3 +220,29 @@ def test_a_threading_layer_that_cannot_load_is_a_one_line_error(monkeypatch):
                                              r".*pip install tbb for 'tbb'\), or unset NUMBA_THREADING_LAYER") as info:
         _cpu.threading_layer()
     assert "\n" not in str(info.value)
+
+
+def test_the_mirror_check_s_copies_leave_the_geometry_s_thread_tuner_alone(seen, monkeypatch):
+    """The first frame's flipped copies are not the geometry's frames: no tuner turns, the policy's wide count.
+
+    They had taken the tuner's exploring turns (frames 2-4): in a one-shot registration one copy ran on one thread,
+    7.2 ms where the wide count takes 2.1 (session note 35), and the frames that followed explored less.
+    """
+    monkeypatch.setattr(_cpu, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(2, numba.config.NUMBA_NUM_THREADS))
+    wide = frame_threads("auto")
+    assert wide == 2
+    base = anatomy(256)
+    reference = Image.from_array(moved(base, 0, 0, 0, shape=(160, 176)), pixel_spacing_mm=1.0, kind="drr")
+    frame = Image.from_array(moved(base, 2.5, -1.5, 1.0, shape=(160, 176)), pixel_spacing_mm=1.0)
+    ref = prepare_reference(reference, backend="cpu")
+    first = ref.register(frame)
+    assert first.ok and "mirror_check" in first.details  # the check ran: three flipped copies
+    assert len(seen) == 4 and seen == [wide] * 4  # the frame (untimed) and its copies: all wide
+    tuner = next(iter(ref._plans.values())).lanes[0].threads
+    assert tuner.frames == 1 and tuner.seconds == {}  # the frame's turn alone, untimed
+    for _ in range(4):
+        ref.register(frame)
+    assert seen[4:] == [wide, 1, wide, 1]  # the geometry's own frames explore both counts
+    assert tuner.frames == 5 and set(tuner.seconds) == {1, wide}

@@ -369,11 +369,16 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     pool = reference.frame_pool(frame)
     plan = pool.acquire(reference._lane_limit, backend)
     try:
-        scope = plan.scope
-        if scope is None:  # the lane's frame context (the CPU: its thread count; a device: its stream)
+        scope = plan.scope if mirror_check else None
+        if scope is None and mirror_check:  # the lane's frame context (the CPU: its thread count; a device: its stream)
             scope = backend.frame_scope(plan.stream, plan.threads)
             if backend.scope_reusable:
                 plan.scope = scope
+        elif scope is None:
+            # the mirror check's copies (light options, once a geometry) are not the geometry's frames: their times
+            # teach its thread tuner nothing, and they took its exploring turns (one copy of a one-shot on one
+            # thread: 7 ms where the wide count takes 2)
+            scope = backend.frame_scope(plan.stream)
         with scope:  # its clock (the thread tuner's) starts here, after any wait for the lane
             result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
     finally:
@@ -1073,23 +1078,38 @@ def reference_periods(backend: Backend, level: Any, max_shift_mm: float) -> list
         re = np.asarray(backend.to_host(level.ref_re), dtype=np.float64)
         im = np.asarray(backend.to_host(level.ref_im), dtype=np.float64)
         z = np.where(re == INVALID_FEATURE, 0.0, re + 1j * im)
-        power = np.abs(sp_fft.fft2(z)) ** 2
-        auto = sp_fft.ifft2(power).real
+        workers = backend.fft_workers()  # the frame's threads on the CPU (the same numbers on any count)
+        power = np.abs(sp_fft.fft2(z, workers=workers)) ** 2
+        auto = sp_fft.ifft2(power, workers=workers).real
         zero = auto[0, 0]
         found = []
         if zero > 0:
             auto = np.fft.fftshift(auto / zero)
             rows, cols = auto.shape
             sy, sx = level.spacing
-            yy = (np.arange(rows) - rows // 2)[:, None] * sy
-            xx = (np.arange(cols) - cols // 2)[None, :] * sx
-            inside = ((np.hypot(xx, yy) >= DISTINCT_MM) & (np.abs(xx) <= max_shift_mm) & (np.abs(yy) <= max_shift_mm)
-                      & ((xx > 0) | ((xx == 0) & (yy > 0))))  # one of each +-pair
-            peaks = inside & (auto >= PERIODIC_MIN_RATIO) & (auto == ndimage.maximum_filter(auto, size=3))
-            for r, c in sorted(zip(*np.nonzero(peaks), strict=True), key=lambda rc: -auto[rc]):
+            y_all = (np.arange(rows) - rows // 2) * sy
+            x_all = (np.arange(cols) - cols // 2) * sx
+            # the displacements within the search range with x >= 0 (one of each +-pair) form a window of the grid:
+            # the tests below run on it alone, and the 3 x 3 maximum filter on it widened by a pixel (cut at the
+            # grid's own border, where the filter's reflection is the whole grid's): the same peaks, in the same order
+            r_in = np.nonzero(np.abs(y_all) <= max_shift_mm)[0]
+            c_in = np.nonzero((x_all >= 0) & (np.abs(x_all) <= max_shift_mm))[0]
+            if r_in.size and c_in.size:
+                r0, r1, c0, c1 = int(r_in[0]), int(r_in[-1]) + 1, int(c_in[0]), int(c_in[-1]) + 1
+                wr0, wr1, wc0, wc1 = max(r0 - 1, 0), min(r1 + 1, rows), max(c0 - 1, 0), min(c1 + 1, cols)
+                local = ndimage.maximum_filter(auto[wr0:wr1, wc0:wc1], size=3)[r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
+                win = auto[r0:r1, c0:c1]
+                yy = y_all[r0:r1, None]
+                xx = x_all[None, c0:c1]
+                inside = (np.hypot(xx, yy) >= DISTINCT_MM) & ((xx > 0) | ((xx == 0) & (yy > 0)))
+                peaks = inside & (win >= PERIODIC_MIN_RATIO) & (win == local)
+                order = sorted(zip(*np.nonzero(peaks), strict=True), key=lambda rc: -win[rc])
+            else:
+                order, yy, xx, win = [], y_all[:, None], x_all[None, :], auto
+            for r, c in order:
                 x, y = float(xx[0, c]), float(yy[r, 0])
                 if all(math.hypot(x - a, y - b) > DISTINCT_MM for a, b, _ in found):
-                    found.append((x, y, float(auto[r, c])))
+                    found.append((x, y, float(win[r, c])))
                 if len(found) == PERIODIC_MAX_PERIODS:
                     break
         level.ref_periods = found
