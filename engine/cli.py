@@ -223,12 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     except PortalignError as exc:
         message = as_flags(str(exc), subparser)
         _print_json_error(args, exc, message)
-        print(f"portalign: error: {message}", file=sys.stderr)
+        print(f"{_prefix(args)}: error: {message}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:
         _print_json_error(args, exc, str(exc))
-        print(f"portalign: error: {exc}", file=sys.stderr)
+        print(f"{_prefix(args)}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    """``portalign register`` (the subcommand that failed), as every command's own errors begin."""
+    command = getattr(args, "command", None)
+    return f"portalign {command}" if command else "portalign"
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -422,7 +428,7 @@ def _register(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"portalign: {note}", file=sys.stderr)
     for failure in failures:
-        print(f"portalign: error: {failure}", file=sys.stderr)
+        print(f"portalign register: error: {failure}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
 
 

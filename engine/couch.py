@@ -50,8 +50,8 @@ posterior) and converts to DICOM patient (LPS) coordinates.
 
 Rotations
 ---------
-Each view's in-plane rotation ``theta`` (counter-clockwise from +x towards +y,
-i.e. right-handed about the beam direction ``b``) is, to first order, the
+Each view's in-plane rotation ``theta`` (turning +x towards +y, i.e.
+right-handed about the beam direction ``b``) is, to first order, the
 component of the patient's 3-D rotation vector ``w`` along the beam:
 ``theta = b . w``. Least squares over the views gives the components of ``w``
 that the beam directions span. Coplanar views (couch 0) span X and Z only:
@@ -785,10 +785,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reg-out", default=None, metavar="PATH",
                         help="also write a DICOM Spatial Registration (REG) object of the 3-D result (default: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.epilog = ("exit status: 0 when a result was printed, ok or not, within the action levels given (if any);\n"
+                     "3 when the measured correction is outside one (--tolerance, --tolerance-file: act on it), as\n"
+                     "fieldcheck; 2 when an input could not be used or --reg-out not written (the error names it)")
+
+
+#: ``portalign couch``'s exit status when the measured correction is outside an action level (``fieldcheck``'s too).
+EXIT_OUT_OF_TOLERANCE = 3
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``portalign couch``: 0 on a result (ok or not), 2 with a one-line error on unusable input."""
+    """Run ``portalign couch``; return its exit status.
+
+    0 on a result (ok or not) within any action levels given, ``EXIT_OUT_OF_TOLERANCE`` (3) on an ok result outside
+    them, 2 with a one-line error on unusable input or a REG that could not be written.
+    """
     try:
         tolerance = tolerance_from_flags(args.tolerance, args.tolerance_file)
         from .dicom import read_rt_image
@@ -813,12 +824,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_flagged(couch.as_dict(), getattr(args, "subparser", None))))
     else:
         print(_text_report(couch, getattr(args, "subparser", None)))
+    # a measured correction beyond an action level calls for action: a status a script can test (as fieldcheck's)
+    status = EXIT_OUT_OF_TOLERANCE if couch.ok and couch.all_within_tolerance is False else 0
     if not args.reg_out:
-        return 0
+        return status
     from .reg import write_spatial_registration
 
     return export_reg("couch", args, couch.ok, couch.reason, lambda: write_spatial_registration(
-        args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position))
+        args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position)) \
+        or status
 
 
 def _flagged(payload: dict[str, Any], parser: Any) -> dict[str, Any]:

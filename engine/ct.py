@@ -171,7 +171,8 @@ def read_ct_series(folder: str | Path, *, series_uid: str | None = None) -> CTVo
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise PortalImageError(f"{folder}: no such folder; read_ct_series needs the folder that holds the CT slices")
+        raise PortalImageError(f"{folder}: no such folder; give the folder that holds the planning CT's slices (one "
+                               "DICOM file per slice)")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise PortalImageError(f"{folder}: folder is empty; expected one DICOM file per CT slice")

@@ -27,10 +27,12 @@ class RegistrationResult:
     ----------
     dx_mm, dy_mm : float or None
         Translation at the isocentre plane (x along columns, y along rows); ``None`` (JSON ``null``) when
-        nothing was measured: fewer than 16 usable pixels to search (``ok`` is then false and ``reason``
-        says why).
+        nothing was measured (``ok`` is then false and ``reason`` says why: fewer than 16 usable pixels to
+        search, a blank or noise-only frame, a field seen only as a sliver at the image's edge, a match that a
+        check found placed by something other than the anatomy).
     rotation_deg : float or None
-        In-plane rotation, counter-clockwise from +x towards +y; ``None`` (JSON
+        In-plane rotation turning +x towards +y: clockwise as the image is displayed (rows running down),
+        right-handed about the beam direction, source to isocentre (``docs/conventions.md``); ``None`` (JSON
         ``null``) when it was not estimated (``estimate_rotation=False``, or a usable
         region too small to support it): the translation was then found with the
         rotation held at 0, and ``warnings`` says why.

@@ -590,10 +590,12 @@ def create_app(
     async def register_frame(request: Request, ref_id: str, frame: int | None = None) -> dict[str, Any]:
         _known_query(request, "register", ("frame",))
         entry = cache.get(ref_id)
-        frame_id = (request.headers.get("x-frame-id") or "")[:200] or f"frame-{next(frame_numbers)}"
+        given_id = (request.headers.get("x-frame-id") or "")[:200]
+        frame_id = given_id or f"frame-{next(frame_numbers)}"
+        frame_name = f"frame {frame_id}" if given_id else frame_id  # "frame-3", not "frame frame-3"
         received = time.perf_counter()
         try:
-            image = await _read_image(request, max_body_bytes, f"frame {frame_id}", frame, in_pool, invert)
+            image = await _read_image(request, max_body_bytes, frame_name, frame, in_pool, invert)
         except ApiError as exc:
             _journal(journal_obj, ref_id, frame_id, None, f"{exc.kind}: {exc.message}")
             raise
@@ -604,8 +606,8 @@ def create_app(
         except PortalignError as exc:
             _journal(journal_obj, ref_id, frame_id, None, _one_line(exc))
             message = _one_line(exc)
-            if not message.startswith(f"frame {frame_id}"):  # the size check names the frame already
-                message = f"frame {frame_id}: {message}"
+            if not message.startswith(frame_name):  # the size check names the frame already
+                message = f"{frame_name}: {message}"
             raise ApiError(422, "invalid_image", message) from None
         finally:
             metrics.add("in_flight", -1)
@@ -614,7 +616,8 @@ def create_app(
         entry.frames += 1
         body = result.as_dict()
         body["reason"] = _http_hints(body["reason"])
-        body["warnings"] = [_http_hints(w) for w in body["warnings"]]
+        body["warnings"] = [*entry.meta.get("warnings", []), *_replaced(image),
+                            *(_http_hints(w) for w in body["warnings"])]
         frames_held = int(image.info.extra.get("number_of_frames", 1) or 1)
         if frame is None and frames_held > 1:  # a cine sent whole: its first frame only, and said (a trial saw no word)
             body["warnings"].append(f"the file holds {frames_held} frames; frame 0 was registered: send each with "
@@ -823,7 +826,18 @@ def _describe(image: Image, request: Any) -> dict[str, Any]:
         "sop_instance_uid": info.sop_instance_uid,
         "gantry_deg": info.gantry_deg,
         "created": datetime.now(timezone.utc).isoformat(),
+        # a header that replaced a tag the file has (X-Pixel-Spacing-Mm on a DICOM upload): said with the reference
+        # and with every frame's result
+        "warnings": _replaced(image),
     }
+
+
+def _replaced(image: Image) -> list[str]:
+    """Say each tag of an uploaded file that a request header replaced (``dicom.replaced_tags``), as this API's header."""
+    from .dicom import replaced_tags
+
+    return [f"{image.info.source}: " + re.sub(r"pixel_spacing_mm=", "the X-Pixel-Spacing-Mm header ", note)
+            for note in replaced_tags(image.info)]
 
 
 def _entry_json(entry: _Entry) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def load_tolerance(path: str | Path) -> ToleranceTable:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ToleranceError(f"{name}: no such tolerance file") from None
+        raise ToleranceError(f"{path}: no such tolerance file; check the path") from None
     except OSError as exc:
         raise ToleranceError(f"{name}: cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -248,7 +248,10 @@ def tolerance_from_flags(tolerance: str | None, tolerance_file: str | Path | Non
     if tolerance is not None:
         return parse_tolerance(tolerance)
     if tolerance_file is not None:
-        return load_tolerance(tolerance_file)
+        try:
+            return load_tolerance(tolerance_file)
+        except ToleranceError as exc:  # the flag that named the file, for a command line's user
+            raise ToleranceError(f"--tolerance-file {exc}") from None
     return None
 
 

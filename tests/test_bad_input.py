@@ -6,7 +6,7 @@ Every case is checked twice:
   raises the documented exception class (``PortalImageError`` or
   ``GeometryError``) with a message that names the input;
 * ``portalign register --json`` exits with status 2 and prints exactly one line on
-  stderr, ``portalign: error: <file>: ...``, and on stdout one JSON object with ``ok: false`` and that message
+  stderr, ``portalign register: error: <file>: ...``, and on stdout one JSON object with ``ok: false`` and that message
   (a caller parsing stdout is never left with nothing);
 
 with the bad file in the reference slot and in the frame slot. A few cases run
@@ -280,11 +280,11 @@ def _argv(case: Case, bad: Path, role: str, good: Good) -> list[str]:
 
 
 def assert_one_line_error(err: str, name: str, message: str) -> str:
-    """Check the CLI's stderr: one line, ``portalign: error:``, naming ``name``; return the line."""
+    """Check the CLI's stderr: one line, ``portalign register: error:`` (or ``info``), naming ``name``; return it."""
     assert "Traceback" not in err, err
     assert err.endswith("\n") and err.count("\n") == 1, f"expected exactly one line on stderr, got {err!r}"
     line = err.rstrip("\n")
-    assert line.startswith("portalign: error: "), line
+    assert re.match(r"portalign (register|info): error: ", line), line
     assert name in line, f"the error does not name {name!r}: {line}"
     assert re.search(message, line), f"{message!r} not in {line!r}"
     return line
@@ -294,7 +294,7 @@ def assert_json_error(out: str, line: str) -> None:
     """``--json``'s stdout on an error: one JSON object, ``ok`` false, the stderr line's message, nothing measured."""
     assert out.endswith("\n") and out.count("\n") == 1, out
     payload = json.loads(out)
-    assert payload["ok"] is False and payload["error"] and payload["detail"] == line.removeprefix("portalign: error: ")
+    assert payload["ok"] is False and payload["error"] and payload["detail"] == re.sub(r"^portalign \w+: error: ", "", line)
     assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
 
 

@@ -116,6 +116,17 @@ def test_register_help_states_its_exit_status(capsys) -> None:
     assert "2 when an input could not be used or an output (--overlay, --reg) not written (the error names it)" in text
 
 
+def test_couch_help_states_its_exit_status(capsys) -> None:
+    """A correction outside an action level exits 3, as fieldcheck's edges do (a new user's trial: couch exited 0
+    under "OUTSIDE tolerance" and said nothing of its exit status)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["couch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert stop.value.code == 0
+    assert "exit status: 0 when a result was printed, ok or not, within the action levels given (if any); 3 when the " \
+           "measured correction is outside one" in text
+
+
 def test_bench_outside_a_checkout_says_what_to_do(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cli, "SOURCE_ROOT", tmp_path)  # no bench/ there
     status, out, err = run(capsys, "bench", "--quick", "--out", tmp_path / "x")
@@ -179,7 +190,7 @@ def test_register_overlay_says_where_and_a_bad_path_is_an_error_after_the_result
     status, out, err = run(capsys, "register", files["ref"], files["frame"], "--overlay", missing)
     assert status == 2
     assert "dx = +3." in out  # printed before the error
-    assert err.startswith(f"portalign: error: --overlay {missing}: not written")
+    assert err.startswith(f"portalign register: error: --overlay {missing}: not written")
     assert err.count("\n") == 1
 
 
@@ -681,7 +692,7 @@ def test_patient_position_without_reg_is_refused_before_registering(capsys, file
     """It only labels the REG object; given alone it was taken and did nothing."""
     status, out, err = run(capsys, "register", files["ref"], files["frame"], "--patient-position", "FFS")
     assert status == 2 and out == ""
-    assert err.strip() == ("portalign: error: --patient-position FFS is used only by the REG object: pass --reg OUT.dcm "
+    assert err.strip() == ("portalign register: error: --patient-position FFS is used only by the REG object: pass --reg OUT.dcm "
                            "too, or leave --patient-position out (the shift itself does not depend on it)")
 
 
@@ -810,7 +821,7 @@ def test_couch_json_names_the_flag_in_every_reason(capsys, files) -> None:
      "portalign watch: --stable-polls must be at least 2"),
     (["watch", "{tmp}", "--results", "{tmp}/r.jsonl", "--once", "--poll", "0"],
      "portalign watch: --poll (the poll interval) must be positive seconds; got 0.0"),
-    (["demo", "--out", "{tmp}/a_file"], "portalign: error: --out {tmp}/a_file: is a file, not a folder"),
+    (["demo", "--out", "{tmp}/a_file"], "portalign demo: error: --out {tmp}/a_file: is a file, not a folder"),
     (["archive", "{tmp}", "--out", "{tmp}/out", "--max-residual-mm", "0"],
      "portalign archive: error: --max-residual-mm must be a positive number, got 0.0"),
     (["archive", "{tmp}", "--out", "{tmp}/out", "--connect-timeout", "-1"],
@@ -881,4 +892,4 @@ def test_a_json_failure_whose_stdout_fails_is_one_line_on_stderr(capsys, files, 
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert status == 2
-    assert err.strip() == "portalign: error: [Errno 28] No space left on device", err
+    assert err.strip() == "portalign register: error: [Errno 28] No space left on device", err

@@ -30,7 +30,7 @@ from portalign.ct import CTVolume, read_ct_series
 from portalign.dicom import read_rt_image
 from portalign.errors import GeometryError
 from portalign.simulate import render_drr
-from portalign.tolerance import ToleranceError, load_tolerance, parse_tolerance
+from portalign.tolerance import ToleranceError, load_tolerance, parse_tolerance, tolerance_from_flags
 from scipy import ndimage
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -421,7 +421,7 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     reg_path = tmp_path / "couch_reg.dcm"
     status = main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1",
                    "--reg-out", str(reg_path), "--json"])
-    assert status == 0
+    assert status == 3  # measured, and outside an action level (as fieldcheck); the REG is written all the same
     out, err = capsys.readouterr()
     data = json.loads(out)
     assert [data["lateral_mm"], data["longitudinal_mm"], data["vertical_mm"]] == pytest.approx(shift, abs=0.8)
@@ -441,7 +441,7 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "correction" in text and "vertical" in text and "(+ = anterior)" in text
     # out of tolerance: the verdict line says so, not a bare "ok" under "tolerance: lat OUTSIDE" (a new user's trial)
-    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1"]) == 0
+    assert main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--tolerance", "lat=1,lng=2,vrt=2,rot=1"]) == 3
     lines = capsys.readouterr().out.splitlines()
     (verdict,) = [line for line in lines if line.startswith("ok")]
     assert verdict == "ok (measured); OUTSIDE tolerance on lat, vrt: apply the correction", lines
@@ -541,8 +541,11 @@ def test_tolerance_files(tmp_path):
         (tmp_path / name).write_text(content)
         with pytest.raises(ToleranceError, match=re.escape(message)):
             load_tolerance(tmp_path / name)
-    with pytest.raises(ToleranceError, match="missing.toml: no such tolerance file"):
+    with pytest.raises(ToleranceError, match=re.escape(f"{tmp_path / 'missing.toml'}: no such tolerance file; check")):
         load_tolerance(tmp_path / "missing.toml")
+    # the command line names the flag and the path as given (a new user's trial saw only the file's name)
+    with pytest.raises(ToleranceError, match=re.escape("--tolerance-file /nowhere/tol.toml: no such tolerance file")):
+        tolerance_from_flags(None, "/nowhere/tol.toml")
 
 
 def test_cli_reads_a_tolerance_file(ct, tmp_path, capsys):

@@ -369,7 +369,7 @@ def _cli_refuses(capsys, tmp_path: Path, shipped: list[Sample], path: Path, mess
         out, err = capsys.readouterr()
         assert status == 2, (argv, out, err)
         assert out == "" and "Traceback" not in err and err.count("\n") == 1, err
-        assert err.startswith(f"portalign: error: {path.name}: "), err
+        assert err.startswith(f"portalign {argv[0]}: error: {path.name}: "), err
         assert re.search(message, err), err
 
 
@@ -469,7 +469,7 @@ def test_cli_register_refuses_a_far_finer_frame_in_one_line(tmp_path, shipped, c
     status = main(["register", str(reference), str(frame)])
     out, err = capsys.readouterr()
     assert status == 2 and out == "" and err.count("\n") == 1, err
-    assert re.search(r"^portalign: error: fine\.dcm: pixel spacing 0\.01333 mm is \d+ times finer than the reference's "
+    assert re.search(r"^portalign register: error: fine\.dcm: pixel spacing 0\.01333 mm is \d+ times finer than the reference's "
                      r".* pass --pixel-spacing-mm$", err), err
 
 
@@ -689,10 +689,10 @@ def test_special_files_are_refused_without_reading_them(tmp_path, capsys):
     with pytest.raises(PortalImageError, match="^an empty path was given for a DICOM file"):
         read_rt_image("")
     assert main(["info", str(fifo)]) == 2
-    assert capsys.readouterr().err.strip() == (f"portalign: error: fifo.dcm: is not a regular file ({fifo}) (a device, "
+    assert capsys.readouterr().err.strip() == (f"portalign info: error: fifo.dcm: is not a regular file ({fifo}) (a device, "
                                                "pipe or socket); give a DICOM file")
     assert main(["info", str(tmp_path)]) == 2  # the path as given too: "/tmp/x", not only "x"
-    assert capsys.readouterr().err.strip() == (f"portalign: error: {tmp_path.name}: is a directory ({tmp_path}), not "
+    assert capsys.readouterr().err.strip() == (f"portalign info: error: {tmp_path.name}: is a directory ({tmp_path}), not "
                                                "a DICOM file")
 
 

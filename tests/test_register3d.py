@@ -596,3 +596,26 @@ def test_a_result_that_is_not_ok_says_so_before_its_numbers():
     assert sum("gantry 0: no match" in line for line in lines) == 1
     result.ok = True
     assert text_report(result).splitlines()[0].strip().startswith("lateral:")
+
+
+def test_a_missing_isocentre_is_said_as_what_the_frames_lack():
+    """A single frame without IsocenterPosition was told "the frames do not all carry one IsocenterPosition" (a new
+    user's trial): each case now says what the frames lack, and both ways to give the isocentre."""
+    import argparse
+
+    from portalign.register3d._cli import _isocenter
+
+    def frame(iso):  # type: ignore[no-untyped-def]
+        extra = {} if iso is None else {"isocenter_position_mm": iso}
+        return Image.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), pixel_spacing_mm=1.0, extra=extra)
+
+    args = argparse.Namespace(isocenter_mm=None, plan=None, beam_number=None, frames=["f1.dcm", "f2.dcm"])
+    cases = [([frame(None)], "f1.dcm: carries no IsocenterPosition (300A,012C); pass --isocenter-mm X,Y,Z"),
+             ([frame(None), frame(None)], "f1.dcm: none of the 2 frames carries an IsocenterPosition (300A,012C); pass"),
+             ([frame((0, 0, 0)), frame(None)], "f1.dcm: only 1 of the 2 frames carry an IsocenterPosition (300A,012C)"),
+             ([frame((0, 0, 0)), frame((0, 0, 50))], "f1.dcm: the frames carry 2 different IsocenterPositions")]
+    for frames, message in cases:
+        with pytest.raises(GeometryError, match=re.escape(message)) as error:
+            _isocenter(args, frames)
+        assert str(error.value).endswith("or --plan RTPLAN")
+    assert _isocenter(args, [frame((1, 2, 3)), frame((1, 2, 3))]) == (1.0, 2.0, 3.0)

@@ -436,6 +436,33 @@ def _dicom_with(pixels: np.ndarray, **raw_values: str) -> dict:
     return {"content": data, "headers": {"Content-Type": "application/dicom"}}
 
 
+def test_a_spacing_header_that_replaces_a_dicom_file_s_own_is_said_with_every_result(client, image):
+    """``X-Pixel-Spacing-Mm`` on a DICOM upload replaces the file's ImagePlanePixelSpacing (as --pixel-spacing-mm
+    does): the reference's entry and every frame's result say so. A new user's trial sent it with each DICOM frame
+    (0.5 where the file meant 0.5227 mm) and got ok, dy 0.85 mm off (five uncertainties), with nothing said."""
+    ref = client.post("/v1/references", **_dicom_with(image))  # 1.5 mm at the imager, SID 1500: 1.0 mm at isocentre
+    assert ref.status_code == 201, ref.text
+    assert ref.json()["warnings"] == []
+    ref_id = ref.json()["id"]
+    plain = client.post(f"/v1/references/{ref_id}/register", **_dicom_with(shifted(image, 1.0, 0.0))).json()
+    assert plain["ok"] is True and plain["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+    assert not any("X-Pixel-Spacing-Mm" in w for w in plain["warnings"])
+    upload = _dicom_with(shifted(image, 1.0, 0.0))
+    upload["headers"]["X-Pixel-Spacing-Mm"] = "0.98"
+    body = client.post(f"/v1/references/{ref_id}/register", **upload).json()
+    said = [w for w in body["warnings"] if "X-Pixel-Spacing-Mm" in w]
+    assert said == ["frame-" + said[0].split("frame-")[1].split(":")[0] + ": ImagePlanePixelSpacing (3002,0011) 1.5/1.5 "
+                    "mm at the imager of the file replaced by the X-Pixel-Spacing-Mm header 0.98 at the isocentre"], said
+    # the reference's own override is said with its entry and with each of its frames' results
+    upload = _dicom_with(image)
+    upload["headers"]["X-Pixel-Spacing-Mm"] = "1.02"
+    ref = client.post("/v1/references", **upload).json()
+    assert ref["warnings"] == ["reference: ImagePlanePixelSpacing (3002,0011) 1.5/1.5 mm at the imager of the file "
+                               "replaced by the X-Pixel-Spacing-Mm header 1.02 at the isocentre"]
+    body = client.post(f"/v1/references/{ref['id']}/register", **_dicom_with(shifted(image, 1.0, 0.0))).json()
+    assert ref["warnings"][0] in body["warnings"]
+
+
 @pytest.mark.parametrize(
     ("tags", "message"),
     [
@@ -449,7 +476,7 @@ def _dicom_with(pixels: np.ndarray, **raw_values: str) -> dict:
         # valid tags, absurd geometry: a frame far finer than the reference (0.001 mm at the imager would be
         # out of range; 0.011 mm x 1000/1500 = 0.0073 mm at the isocentre is in range but 136x finer)
         ({"ImagePlanePixelSpacing": "0.011\\0.011"},
-         r"^frame frame-\d+: pixel spacing 0\.007333 mm is 136 times finer than the reference's 1 mm"),
+         r"^frame-\d+: pixel spacing 0\.007333 mm is 136 times finer than the reference's 1 mm"),
     ],
     ids=["sad-three-values", "sad-1e308", "spacing-three-values", "position-three-values", "gantry-nan",
          "transfer-syntax", "spacing-far-finer"],

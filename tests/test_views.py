@@ -23,7 +23,7 @@ from portalign.result import RegistrationResult
 from portalign.stream import HoldTolerance
 from portalign.tolerance import parse_tolerance
 from scipy import ndimage
-from synthetic import anatomy
+from synthetic import anatomy, moved
 
 SIZE = 160
 DX_MM, DY_MM = 2.0, -1.5
@@ -339,6 +339,31 @@ def test_the_uncertainty_formulas() -> None:
     # 1 mm pixel; halves 0.4 mm apart and the MI optimum 0.3 mm from the edges': sqrt((0.0225 + 0.04 + 0.045) / 2)
     assert shift_uncertainty_mm(1.0, None, None) == pytest.approx(0.15 / math.sqrt(2), abs=1e-9)
     assert shift_uncertainty_mm(1.0, 0.4, 0.3) == pytest.approx(0.231840, abs=1e-6)
+    # the parallax of a 10 mm shift at SAD 1000 mm: 30 mm of depth, 0.3 mm radial: sqrt((0.0225 + 0.09) / 2)
+    assert shift_uncertainty_mm(1.0, None, None, 10.0, 1000.0) == pytest.approx(0.237171, abs=1e-6)
+    assert shift_uncertainty_mm(1.0, None, None, 10.0) == shift_uncertainty_mm(1.0, None, None, 10.0, 1000.0)
+    assert shift_uncertainty_mm(1.0, None, None, 10.0, 1500.0) == pytest.approx(math.sqrt((0.0225 + 0.04) / 2))
+
+
+def test_a_larger_shift_states_a_larger_uncertainty() -> None:
+    """The same anatomy matched at two shifts: the parallax of the larger (anatomy off the isocentre plane magnifies a
+    shift, by an amount one view does not show) widens its stated uncertainty by the formula's term, nothing else."""
+    from portalign.registration._quality import shift_uncertainty_mm
+
+    base = anatomy(256)
+    reference = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(160, 176)), pixel_spacing_mm=1.0, kind="drr")
+    ref = portalign.prepare_reference(reference, backend="cpu")
+    results = [ref.register(portalign.Image.from_array(moved(base, dx, 0.0, 0.0, shape=(160, 176)),
+                                                       pixel_spacing_mm=1.0)) for dx in (1.0, 9.0)]
+    for r, dx in zip(results, (1.0, 9.0), strict=True):
+        assert r.ok and r.dx_mm == pytest.approx(dx, abs=0.3)
+        d = r.details
+        expected = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
+                                        math.hypot(r.dx_mm, r.dy_mm), None)
+        assert d["shift_uncertainty_mm"] == pytest.approx(expected, rel=1e-12)
+        still = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"])
+        assert d["shift_uncertainty_mm"] > still
+    assert results[1].details["shift_uncertainty_mm"] > results[0].details["shift_uncertainty_mm"] + 0.1
 
 
 def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
           f"{counts['duplicates']} duplicates; {result.tasks_run} beams registered, {result.tasks_skipped} resumed")
     for axis, s in summary["population"].items():
         values = " ".join(f"{name} {'n/a' if s[key] is None else format(s[key], '.2f')}" for name, key in (
-            ("M", "M_mm"), ("Sigma", "Sigma_mm"), ("sigma", "sigma_mm"), ("margin", "margin_van_herk_mm")))
+            ("M", "M_mm"), ("Sigma", "Sigma_mm"), ("sigma", "sigma_mm"), ("margin (van Herk)", "margin_van_herk_mm")))
         print(f"{axis:>13}: {values} mm  ({s['n_patients']} patients)")
     # why frames were not registered (each reason once, most frequent first; report.md lists every frame)
     shown_reasons = summary.get("not_registered") or []

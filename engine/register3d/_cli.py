@@ -99,8 +99,16 @@ def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, floa
              for f in frames if f.info.extra.get("isocenter_position_mm")}
     if len(found) == 1 and all(f.info.extra.get("isocenter_position_mm") for f in frames):
         return next(iter(found))  # type: ignore[return-value]
-    raise GeometryError(f"{args.frames[0]}: the frames do not all carry one IsocenterPosition; pass --isocenter-mm "
-                        "X,Y,Z (DICOM patient coordinates of the CT, mm) or --plan RTPLAN")
+    carried = [f for f in frames if f.info.extra.get("isocenter_position_mm")]
+    if not carried:
+        what = ("carries no IsocenterPosition (300A,012C)" if len(frames) == 1
+                else f"none of the {len(frames)} frames carries an IsocenterPosition (300A,012C)")
+    elif len(carried) < len(frames):
+        what = f"only {len(carried)} of the {len(frames)} frames carry an IsocenterPosition (300A,012C)"
+    else:
+        what = f"the frames carry {len(found)} different IsocenterPositions (300A,012C)"
+    raise GeometryError(f"{args.frames[0]}: {what}; pass --isocenter-mm X,Y,Z (DICOM patient coordinates of the CT, "
+                        "mm) or --plan RTPLAN")
 
 
 def _write_reg(args: argparse.Namespace, result: Any, ct: Any, frames: list[Any], isocenter: Any) -> Any:

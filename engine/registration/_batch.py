@@ -67,7 +67,7 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
     if not isinstance(reference, Reference):
         raise TypeError(
             f"register_batch needs a prepared Reference, got {type(reference).__name__}; "
-            "call portalign.prepare_reference(image, backend='gpu') first"
+            "call portalign.prepare_reference(image) first (its backend='auto' takes a working GPU, else the CPU)"
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
     if lanes is not None and int(lanes) < 1:

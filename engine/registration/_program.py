@@ -1686,7 +1686,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         if calibrated and rotate and found.rotation_support_mm else None)
     # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     details["shift_uncertainty_mm"] = (
-        shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"])
+        shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],
+                             (float(pose[0]) * float(pose[0]) + float(pose[1]) * float(pose[1])) ** 0.5,
+                             frame.info.sad_mm)
         if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)
