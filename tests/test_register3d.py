@@ -619,3 +619,19 @@ def test_a_missing_isocentre_is_said_as_what_the_frames_lack():
             _isocenter(args, frames)
         assert str(error.value).endswith("or --plan RTPLAN")
     assert _isocenter(args, [frame((1, 2, 3)), frame((1, 2, 3))]) == (1.0, 2.0, 3.0)
+
+
+def test_a_ct_with_slices_far_apart_is_refused_naming_its_spacing():
+    """The rtkit phantom's 5 slices 75 mm apart were accepted, and every view refused with a correlation that did not
+    point at the CT (a new user's trial): its spacing is named before anything is rendered."""
+    hu = np.full((5, 32, 32), -1000.0, dtype=np.float32)
+    hu[:, 8:24, 8:24] = 40.0
+    coarse = CTVolume(hu=hu, spacing_mm=(75.0, 1.0, 1.0), origin_mm=(-16.0, -16.0, -150.0), patient_position="HFS",
+                      source="phantom_ct")
+    with pytest.raises(GeometryError, match=re.escape("phantom_ct: voxels 75 mm apart along z (between slices), more "
+                                                      "than 10 mm: rendered views of it would show only what lies on "
+                                                      "its 5 slices; use the planning CT itself")):
+        prepare_ct(coarse, isocenter_mm=(0.0, 0.0, 0.0), backend="cpu")
+    fine = CTVolume(hu=np.repeat(hu, 15, axis=0), spacing_mm=(5.0, 1.0, 1.0), origin_mm=(-16.0, -16.0, -150.0),
+                    patient_position="HFS", source="phantom_ct")
+    assert prepare_ct(fine, isocenter_mm=(0.0, 0.0, -100.0), backend="cpu").ct is fine

@@ -28,6 +28,10 @@ from ..simulate import attenuation_from_hu
 #: fine level: the search's detector grid is 2 mm at its finest, and a volume 4x smaller stays in the
 #: CPU's caches (rays through a 512x512 CT cost several times more per sample).
 FINE_SPACING_MM = 1.9
+#: Largest voxel spacing (mm, any axis) a planning CT may have: DRRs cast through slices farther apart show only
+#: what lies on the slices (a 5-slice phantom CT 75 mm apart gave "gradient correlation 0.012" refusals that did not
+#: point at the CT; a new user's trial). Planning CTs have slices 1-5 mm apart.
+MAX_CT_SPACING_MM = 10.0
 
 # HU above which a voxel is patient (or couch) for the crop: lung is about -850..-500, air -1000.
 _BODY_HU = -800.0
@@ -87,6 +91,12 @@ class PreparedCT:
         started = time.perf_counter()
         if not isinstance(ct, CTVolume):
             raise GeometryError(f"prepare_ct needs a CTVolume (portalign.ct.read_ct_series), got {type(ct).__name__}")
+        coarsest = max(ct.spacing_mm)
+        if coarsest > MAX_CT_SPACING_MM:
+            axis = ("z (between slices)", "y (between rows)", "x (between columns)")[ct.spacing_mm.index(coarsest)]
+            raise GeometryError(f"{ct.source}: voxels {coarsest:g} mm apart along {axis}, more than "
+                                f"{MAX_CT_SPACING_MM:g} mm: rendered views of it would show only what lies on its "
+                                f"{ct.hu.shape[0]} slices; use the planning CT itself (slices 1-5 mm apart)")
         self.ct = ct
         self.isocenter_mm = _isocenter_inside(ct, isocenter_mm)
         position = (patient_position or ct.patient_position or "").strip().upper()
