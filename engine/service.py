@@ -604,10 +604,10 @@ def create_app(
             started_at = time.perf_counter()
             result = await in_pool(entry.reference.register, image)
         except PortalignError as exc:
-            _journal(journal_obj, ref_id, frame_id, None, _one_line(exc))
-            message = _one_line(exc)
+            message = _http_hints(_one_line(exc))  # the header to send, not the Python keyword
             if not message.startswith(frame_name):  # the size check names the frame already
                 message = f"{frame_name}: {message}"
+            _journal(journal_obj, ref_id, frame_id, None, f"invalid_image: {message}")  # as the reading errors' entries
             raise ApiError(422, "invalid_image", message) from None
         finally:
             metrics.add("in_flight", -1)
@@ -633,6 +633,8 @@ def _http_hints(text: str) -> str:
     """Say the overrides a reason names as this API's: query parameters of the reference's upload, headers."""
     text = re.sub(r"\(or pass pixel_spacing_mm(=)?\)", "(or send the X-Pixel-Spacing-Mm header)", text)
     text = re.sub(r"pass pixel_spacing_mm(=)?( \(--pixel-spacing-mm\))?", "send the X-Pixel-Spacing-Mm header", text)
+    text = re.sub(r"pass a smaller max_shift_mm(=)?", "give the server a smaller search range (its options' max_shift_mm: "
+                  "portalign.service.create_app(options=...))", text)
     text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
     text = re.sub(r"\((allow_\w+)\)", r"(?\1=true)", text)
     return re.sub(r"set (mirror_check|aperture_check)='(\w+)' \(--[\w-]+ \w+\)", r"upload the reference with ?\1=\2",
