@@ -29,6 +29,11 @@ __all__ = ["frame_mask", "frame_levels", "denoised_frame", "bridged_frame", "bri
 SURFACES_BESIDE_LEVELS = True
 #: The frame thread count the two tasks are used with (None: any).
 SURFACES_BESIDE_LEVELS_THREADS: int | None = 2
+#: The level stage's compiled calls this process has made (``"together"``: ``levels_and_surfaces``, ``"apart"``:
+#: ``frame_levels``). The first call of each loads it from numba's cache, 35-70 ms; the first frame of a two-level
+#: plan makes the other call too, once per process, so that the thread tuner's first one-thread frame (the other
+#: call) is not a 37-70 ms frame in the middle of a cine loop (``python -m bench.latency``: p99 20-24 ms).
+_LOADED: set[str] = set()
 #: Stand-in field mask for levels of a frame without a detected field.
 _NO_MASK = np.ones((1, 1), dtype=bool)
 
@@ -128,21 +133,31 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     cs = plan.coarse
     # a two-level plan (the usual one): the other level and the global search's surfaces of the coarse one run as
     # two tasks at once (``levels_and_surfaces``); the program then searches the peaks only
-    together = (SURFACES_BESIDE_LEVELS and n == 2 and cs.normalised is not None
-                and coarse_index >= 0 and noise_level == radius_level != coarse_index
-                and (SURFACES_BESIDE_LEVELS_THREADS is None or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS))
-    if together:
-        # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
-        spectra, energy, _, window = searched_rotations(cs, rotations)
-        normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
-        backend.kernels.levels_and_surfaces(
-            tuples, coarse_index, small, has_field, scales, offsets, erosions, bins, radius_geometry,
-            plan.levels[0].image, want_clean, clean_box, has_box, clean_scale, noise_samples, out, cs.padded_shape[0],
-            cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows, cs.window_cols, window, normalised)
-    else:
-        backend.kernels.frame_levels(tuples, n, small, has_field, scales, offsets, erosions, bins, noise_level,
-                                     radius_level, radius_geometry, plan.levels[0].image, want_clean, clean_box,
-                                     has_box, clean_scale, noise_samples, out)
+    eligible = (SURFACES_BESIDE_LEVELS and n == 2 and cs.normalised is not None
+                and coarse_index >= 0 and noise_level == radius_level != coarse_index)
+    together = eligible and (SURFACES_BESIDE_LEVELS_THREADS is None
+                             or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS)
+    calls = ("apart", "together") if together else ("together", "apart")
+    if not eligible:
+        calls = ("apart",)
+    elif calls[0] in _LOADED:
+        calls = calls[1:]
+    for call in calls:  # the other call first (once per process, see _LOADED); its buffers are all written again
+        if call == "together":
+            # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
+            spectra, energy, _, window = searched_rotations(cs, rotations)
+            normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
+            backend.kernels.levels_and_surfaces(
+                tuples, coarse_index, small, has_field, scales, offsets, erosions, bins, radius_geometry,
+                plan.levels[0].image, want_clean, clean_box, has_box, clean_scale, noise_samples, out,
+                cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows, cs.window_cols,
+                window, normalised)
+        else:
+            backend.kernels.frame_levels(tuples, n, small, has_field, scales, offsets, erosions, bins, noise_level,
+                                         radius_level, radius_geometry, plan.levels[0].image, want_clean, clean_box,
+                                         has_box, clean_scale, noise_samples, out)
+        if call not in _LOADED:  # (no call a frame once both are)
+            _LOADED.add(call)
     plan.surfaces_ready = together
     for level in levels:  # _read_stats, written out
         stats = level.stats
