@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                                  if result.ok and result.dx_mm is not None else None)
                         record.update(ok=result.ok, reason=result.reason or "", error_mm=error,
                                       dx_mm=result.dx_mm, dy_mm=result.dy_mm, rotation_deg=result.rotation_deg,
-                                      shift_uncertainty_mm=result.details.get("shift_uncertainty_mm"))
+                                      shift_uncertainty_mm=result.details.get("shift_uncertainty_mm"),
+                                      # how evenly the matched edges run (one way: the aperture problem)
+                                      matched_isotropy=result.details.get("matched_isotropy"),
+                                      denoised=result.details.get("denoised") is not None)
                     except PortalignError as exc:
                         record.update(ok=False, reason=f"error: {exc}", error_mm=None)
                     records.append(record)
