@@ -88,6 +88,7 @@ from ._cli_options import (
     shown,
 )
 from .errors import GeometryError, PortalignError
+from .fieldcheck import EXIT_OUT_OF_TOLERANCE  # one exit status for "outside an action level", fieldcheck's
 from .image import Image, as_image
 from .options import RegistrationOptions
 from .result import RegistrationResult
@@ -788,10 +789,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("exit status: 0 when a result was printed, ok or not, within the action levels given (if any);\n"
                      "3 when the measured correction is outside one (--tolerance, --tolerance-file: act on it), as\n"
                      "fieldcheck; 2 when an input could not be used or --reg-out not written (the error names it)")
-
-
-#: ``portalign couch``'s exit status when the measured correction is outside an action level (``fieldcheck``'s too).
-EXIT_OUT_OF_TOLERANCE = 3
 
 
 def run(args: argparse.Namespace) -> int:

@@ -633,6 +633,7 @@ def _http_hints(text: str) -> str:
     """Say the overrides a reason names as this API's: query parameters of the reference's upload, headers."""
     text = re.sub(r"\(or pass pixel_spacing_mm(=)?\)", "(or send the X-Pixel-Spacing-Mm header)", text)
     text = re.sub(r"pass pixel_spacing_mm(=)?( \(--pixel-spacing-mm\))?", "send the X-Pixel-Spacing-Mm header", text)
+    text = re.sub(r"replaced by pixel_spacing_mm=", "replaced by the X-Pixel-Spacing-Mm header ", text)
     text = re.sub(r"pass a smaller max_shift_mm(=)?", "give the server a smaller search range (its options' max_shift_mm: "
                   "portalign.service.create_app(options=...))", text)
     text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
@@ -838,8 +839,7 @@ def _replaced(image: Image) -> list[str]:
     """Say each tag of an uploaded file that a request header replaced (``dicom.replaced_tags``), as this API's header."""
     from .dicom import replaced_tags
 
-    return [f"{image.info.source}: " + re.sub(r"pixel_spacing_mm=", "the X-Pixel-Spacing-Mm header ", note)
-            for note in replaced_tags(image.info)]
+    return [_http_hints(f"{image.info.source}: {note}") for note in replaced_tags(image.info)]
 
 
 def _entry_json(entry: _Entry) -> dict[str, Any]:

@@ -137,11 +137,8 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
                 and coarse_index >= 0 and noise_level == radius_level != coarse_index)
     together = eligible and (SURFACES_BESIDE_LEVELS_THREADS is None
                              or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS)
-    calls = ("apart", "together") if together else ("together", "apart")
-    if not eligible:
-        calls = ("apart",)
-    elif calls[0] in _LOADED:
-        calls = calls[1:]
+    own, other = ("together", "apart") if together else ("apart", "together")
+    calls = (other, own) if eligible and other not in _LOADED else (own,)
     for call in calls:  # the other call first (once per process, see _LOADED); its buffers are all written again
         if call == "together":
             # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)

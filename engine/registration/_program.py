@@ -369,16 +369,17 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     pool = reference.frame_pool(frame)
     plan = pool.acquire(reference._lane_limit, backend)
     try:
-        scope = plan.scope if mirror_check else None
-        if scope is None and mirror_check:  # the lane's frame context (the CPU: its thread count; a device: its stream)
-            scope = backend.frame_scope(plan.stream, plan.threads)
-            if backend.scope_reusable:
-                plan.scope = scope
-        elif scope is None:
+        if not mirror_check:
             # the mirror check's copies (light options, once a geometry) are not the geometry's frames: their times
             # teach its thread tuner nothing, and they took its exploring turns (one copy of a one-shot on one
             # thread: 7 ms where the wide count takes 2)
             scope = backend.frame_scope(plan.stream)
+        else:
+            scope = plan.scope
+            if scope is None:  # the lane's frame context (the CPU: its thread count; a device: its stream)
+                scope = backend.frame_scope(plan.stream, plan.threads)
+                if backend.scope_reusable:
+                    plan.scope = scope
         with scope:  # its clock (the thread tuner's) starts here, after any wait for the lane
             result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
     finally:
@@ -1094,6 +1095,7 @@ def reference_periods(backend: Backend, level: Any, max_shift_mm: float) -> list
             # grid's own border, where the filter's reflection is the whole grid's): the same peaks, in the same order
             r_in = np.nonzero(np.abs(y_all) <= max_shift_mm)[0]
             c_in = np.nonzero((x_all >= 0) & (np.abs(x_all) <= max_shift_mm))[0]
+            order: list = []  # a search range under a pixel: no displacement to test
             if r_in.size and c_in.size:
                 r0, r1, c0, c1 = int(r_in[0]), int(r_in[-1]) + 1, int(c_in[0]), int(c_in[-1]) + 1
                 wr0, wr1, wc0, wc1 = max(r0 - 1, 0), min(r1 + 1, rows), max(c0 - 1, 0), min(c1 + 1, cols)
@@ -1104,8 +1106,6 @@ def reference_periods(backend: Backend, level: Any, max_shift_mm: float) -> list
                 inside = (np.hypot(xx, yy) >= DISTINCT_MM) & ((xx > 0) | ((xx == 0) & (yy > 0)))
                 peaks = inside & (win >= PERIODIC_MIN_RATIO) & (win == local)
                 order = sorted(zip(*np.nonzero(peaks), strict=True), key=lambda rc: -win[rc])
-            else:
-                order, yy, xx, win = [], y_all[:, None], x_all[None, :], auto
             for r, c in order:
                 x, y = float(xx[0, c]), float(yy[r, 0])
                 if all(math.hypot(x - a, y - b) > DISTINCT_MM for a, b, _ in found):
