@@ -25,6 +25,7 @@ too (masks from :func:`bench.cases.field_mask`, independent of portalign's own f
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Iterable, Iterator
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest in-plane turn of the patient at the cardinal gantry angles (deg)")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="register only these pairs (0-based)")
     parser.add_argument("--details", action="store_true", help="print each result's details")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="write one JSON line per pair here (its truth, result and the details its uncertainty "
+                             "comes from)")
     parser.add_argument("--backend", default="cpu", choices=("cpu", "gpu", "both"),
                         help="backend of the registrations; both: the CPU's are reported and each pair is registered "
                              "on the GPU too, with their largest difference")
@@ -224,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     # (aperture, error, ok, simpleitk error, rotation error, its stated uncertainty, dx and dy errors in theirs)
     rows: list[tuple[str, float, bool, float, float, float, float, float]] = []
     gaps: list[tuple[float, float, bool]] = []  # GPU - CPU: (mm, deg, same verdict)
+    out = args.jsonl.open("w") if args.jsonl else None
     for pair in render_pairs(ct, args.seed, args.pairs, args.only,
                              max_shift_mm=args.max_shift_mm, max_turn_deg=args.max_turn_deg):
         i, kind, reference, frame, dx, dy = pair.index, pair.kind, pair.reference, pair.frame, pair.dx_mm, pair.dy_mm
@@ -259,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"rotation={result.rotation_deg}; warnings={result.warnings}")
             print(f"    details={ {k: v for k, v in result.details.items() if k not in ('view', 'candidates')} }")
         rows.append((kind, error, bool(result.ok), peer, turn, spread, *axes))
+        if out is not None:
+            out.write(json.dumps(_record(pair, result)) + "\n")
+    if out is not None:
+        out.close()
     print("--")
     for kind in (*APERTURES, "all"):
         chosen = [r for r in rows if kind == "all" or r[0] == kind]
@@ -285,6 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SUMMARY gpu vs cpu: {len(gaps)} pairs, largest difference {np.nanmax(mm):.4f} mm, "
               f"{np.nanmax(deg):.4f} deg; verdicts (ok, reason) differ on {int((1 - same).sum())}")
     return 0
+
+
+#: The details a JSON line carries beside the truth and the result: what the stated uncertainty is made of and how the
+#: matched edges run (an uncertainty model can be fitted to the lines without registering again).
+_RECORDED_DETAILS = ("shift_uncertainty_mm", "rotation_uncertainty_deg", "working_spacing_mm", "split_half_mm",
+                     "edge_mi_gap_mm", "matched_isotropy", "matched_edge_direction_deg", "edge_score",
+                     "match_significance", "rotation_support_mm")
+
+
+def _record(pair: Any, result: Any) -> dict[str, Any]:
+    """One pair's JSON line: its label and truth, the result's pose and verdict, and ``_RECORDED_DETAILS``."""
+    record = {"index": pair.index, "kind": pair.kind, "label": pair.label, "dx": pair.dx_mm, "dy": pair.dy_mm,
+              "rotation": pair.rotation_deg, "ok": bool(result.ok), "reason": result.reason or "",
+              "dx_mm": result.dx_mm, "dy_mm": result.dy_mm, "rotation_deg": result.rotation_deg}
+    record.update({key: result.details.get(key) for key in _RECORDED_DETAILS})
+    return record
 
 
 def _backend_gap(cpu, gpu, gaps: list) -> str:  # type: ignore[no-untyped-def]

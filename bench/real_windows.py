@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                                       shift_uncertainty_mm=result.details.get("shift_uncertainty_mm"),
                                       # how evenly the matched edges run (one way: the aperture problem)
                                       matched_isotropy=result.details.get("matched_isotropy"),
+                                      matched_edge_direction_deg=result.details.get("matched_edge_direction_deg"),
+                                      working_spacing_mm=result.details.get("working_spacing_mm"),
+                                      split_half_mm=result.details.get("split_half_mm"),
+                                      edge_mi_gap_mm=result.details.get("edge_mi_gap_mm"),
                                       denoised=result.details.get("denoised") is not None)
                     except PortalignError as exc:
                         record.update(ok=False, reason=f"error: {exc}", error_mm=None)

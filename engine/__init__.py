@@ -21,6 +21,7 @@ from .backends import Backend, select_backend, set_thread_policy
 from .errors import (
     BackendUnavailableError,
     GeometryError,
+    OptionValueError,
     PixelValuesError,
     PortalignError,
     PortalImageError,
@@ -38,6 +39,7 @@ __all__ = [
     "BatchError",
     "GeometryError",
     "Image",
+    "OptionValueError",
     "ImageInfo",
     "PixelValuesError",
     "PortalImageError",

@@ -416,9 +416,13 @@ class CouchShift:
         return np.array([self.lateral_mm, self.longitudinal_mm, self.vertical_mm])
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dict (``patient_position`` null when not known)."""
+        """Return the result as a JSON-ready dict (``patient_position`` null when not known).
+
+        Its ``units`` entry gives the unit of each value whose key does not end in one (``couch_correction``: mm).
+        """
         out = asdict(self)
         out["patient_position"] = self.patient_position or None
+        out["units"] = {"couch_correction": "mm"}
         return out
 
     def as_json(self, **kwargs: Any) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "BackendUnavailableError",
     "ReferencePreparationError",
     "MissingDependencyError",
+    "OptionValueError",
     "EXTRAS",
 ]
 
@@ -60,6 +61,10 @@ class BackendUnavailableError(PortalignError, RuntimeError):
 
 class ReferencePreparationError(PortalignError, ValueError):
     """A reference image cannot be prepared (no structure, wrong shape, ...)."""
+
+
+class OptionValueError(PortalignError, ValueError):
+    """An argument of a call is outside what it can take (``lanes=0``); the message names it and its range."""
 
 
 class MissingDependencyError(PortalignError, ImportError):

@@ -7,9 +7,11 @@ checks, under the simulator, are in ``test_gpu.py``).
 from __future__ import annotations
 
 import math
+import re
 import threading
 
 import numpy as np
+import portalign
 import pytest
 from portalign import BatchError, Image, PortalImageError, prepare_reference, register_batch
 
@@ -99,12 +101,18 @@ def test_bad_frame_in_a_batch_is_named_and_the_others_kept(frames, one_at_a_time
 
 def test_batch_arguments_are_checked(frames):
     reference = prepare_reference(_image(0, 0, 0), backend="cpu")
-    with pytest.raises(ValueError, match="lanes must be at least 1; got 0"):
+    # a PortalignError (what a caller catches of portalign's own), still a ValueError; every kind of wrong count
+    for lanes in (0, -2, 1.5, "2", True):
+        with pytest.raises(portalign.OptionValueError,
+                           match=rf"lanes must be a whole number of at least 1 .*; got {re.escape(repr(lanes))}"):
+            register_batch(reference, frames, lanes=lanes)
+    with pytest.raises(ValueError, match="lanes must be a whole number"):
         register_batch(reference, frames, lanes=0)
+    with pytest.raises(portalign.PortalignError, match="allow_lanes: count must be a whole number of at least 1; got 0"):
+        reference.allow_lanes(0)
+    assert len(register_batch(reference, frames[:2], lanes=np.int64(2))) == 2  # a numpy integer is a whole number
     with pytest.raises(TypeError, match="register_batch needs a prepared Reference, got Image"):
         register_batch(frames[0], frames)
-    with pytest.raises(ValueError, match="allow_lanes: count must be at least 1; got 0"):
-        reference.allow_lanes(0)
     assert register_batch(reference, []) == []
 
 

@@ -267,6 +267,10 @@ def test_result_is_json_ready():
         assert key in data
     assert data["patient_directions"]["lateral"] == "patient left"
     assert isinstance(couch, CouchShift)
+    # the one value whose key names no unit says it in "units"; the correction undoes the displacement, in mm
+    assert data["units"] == {"couch_correction": "mm"}
+    assert [data["couch_correction"][axis] for axis in ("lateral", "longitudinal", "vertical")] == pytest.approx(
+        [-data["lateral_mm"], -data["longitudinal_mm"], -data["vertical_mm"]])
 
 
 # ---------------------------------------------------------------------------

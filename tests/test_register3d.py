@@ -183,6 +183,11 @@ def test_phantom_two_views_recover_a_known_6dof_motion(phantom):
     assert_allclose(q @ t + [four["lateral"], four["longitudinal"], four["vertical"]], 0.0, atol=1e-9)
     as_json = json.loads(result.as_json())
     assert as_json["pitch_deg"] == pytest.approx(result.pitch_deg) and as_json["ok"] is True
+    # the corrections' keys name no unit: "units" gives them, every key of each correction (mm and deg)
+    for name in ("couch_correction_6dof", "couch_correction_4dof", "couch_correction_3dof"):
+        units = as_json["units"][name]
+        assert set(as_json[name]) <= set(units)
+        assert {units[k] for k in as_json[name]} <= {"mm", "deg"} and units["yaw"] == "deg" and units["lateral"] == "mm"
 
 
 def test_a_2d_start_that_measured_nothing_is_left_out_of_the_start(phantom, monkeypatch):

@@ -123,8 +123,17 @@ class Register3DResult:
         return {"pitch": self.pitch_deg, "roll": self.roll_deg, "yaw": self.yaw_deg}
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dict (``None`` for what was not measured)."""
-        return asdict(self)
+        """Return the result as a JSON-ready dict (``None`` for what was not measured).
+
+        Its ``units`` entry gives the unit of each value whose key does not end in one: the couch corrections'
+        translations in mm and turns in degrees.
+        """
+        out = asdict(self)
+        correction = {"lateral": "mm", "longitudinal": "mm", "vertical": "mm", "pitch": "deg", "roll": "deg",
+                      "yaw": "deg"}
+        out["units"] = {"couch_correction_6dof": correction, "couch_correction_4dof": correction,
+                        "couch_correction_3dof": correction}
+        return out
 
     def as_json(self, **kwargs: Any) -> str:
         """Return the result as one JSON object."""

@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
+
 from ..backends import CpuBackend, GpuBackend, batch_lanes, default_lanes, single_threaded
-from ..errors import PortalignError
+from ..errors import OptionValueError, PortalignError
 from ._reference import Reference
 
 __all__ = ["register_batch", "register_each", "batch_workers", "BatchError"]
@@ -70,8 +72,9 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
             "call portalign.prepare_reference(image) first (its backend='auto' takes a working GPU, else the CPU)"
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
-    if lanes is not None and int(lanes) < 1:
-        raise ValueError(f"register_batch: lanes must be at least 1; got {lanes}")
+    if lanes is not None and not (isinstance(lanes, (int, np.integer)) and not isinstance(lanes, bool) and lanes >= 1):
+        raise OptionValueError(f"register_batch: lanes must be a whole number of at least 1 (frames registered at once), "
+                               f"or None for the backend's default; got {lanes!r}")
     results, errors = register_each(reference, items, pixel_spacing_mm=pixel_spacing_mm, lanes=lanes)
     if errors:
         listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])

@@ -36,7 +36,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from ..backends import Backend, ThreadTuner, cpu_backend, cpu_exclusive, default_lanes, select_backend
-from ..errors import PortalignError, ReferencePreparationError
+from ..errors import OptionValueError, PortalignError, ReferencePreparationError
 from ..field import (
     NO_FIELD,
     FieldEstimate,
@@ -369,8 +369,8 @@ class Reference:
 
         Lanes are made when frames overlap, never taken away; the limit only grows.
         """
-        if int(count) < 1:
-            raise ValueError(f"allow_lanes: count must be at least 1; got {count}")
+        if not (isinstance(count, (int, np.integer)) and not isinstance(count, bool) and count >= 1):
+            raise OptionValueError(f"allow_lanes: count must be a whole number of at least 1; got {count!r}")
         with self._plans_lock:
             self._lane_limit = max(self._lane_limit, int(count))
 
