@@ -85,3 +85,52 @@ def test_peak_curvatures_measure_a_peak_and_a_ridge() -> None:
     assert _direction_text(along) == "the image's y axis (rows)"
     assert _direction_text((1.0, 0.0)) == "the image's x axis (columns)"
     assert _direction_text((math.sqrt(0.5), math.sqrt(0.5))) == "45 deg from the image's x axis"
+
+
+LAT3 = REAL / "pylinac" / "wl_shift_truebeam" / "lat3mm" / "3mm_lat-003.dcm"
+
+
+@pytest.mark.skipif(not LAT3.is_file(), reason=f"{LAT3} is not there (../shared/data/real)")
+def test_a_smoothed_match_on_a_fields_glow_has_no_peak_and_is_refused(monkeypatch) -> None:
+    """A noisy window beside a field, smoothed, matched the field's glow: ok 1.32 mm off at 9.6 uncertainties.
+
+    ``bench.real_windows --seed 9``: a 30 % window of TrueBeam ``3mm_lat-003.dcm`` at (501, 742), the frame moved
+    (11, 11) px with 3 % noise. As taken it is too noisy for its contrast (11.8x), so both images are smoothed and
+    matched again; smoothing leaves the glow of the field beyond the window's left border, a ramp along x, and the edge
+    correlation does not fall along x from that optimum. A smoothed match is checked for its peak now.
+    """
+    from field_sets import low_dose
+    from portalign.registration import _program
+
+    image = read(LAT3)
+    rows, cols = image.shape
+    ref, frame, dx, dy = window_pair(image, 501, 742, int(rows * 0.3), int(cols * 0.3), 11, 11)
+    noisy = low_dose(frame, 0.03, 47449288)  # the sweep's noise draw
+    result = portalign.register(ref, noisy, backend="cpu")
+    assert not result.ok and result.dx_mm is None and result.dy_mm is None
+    assert result.reason.startswith("too little structure inside the field")  # the frame as taken
+    smoothed = [w for w in result.warnings if w.startswith("registered again with both images smoothed by 1 mm")]
+    assert len(smoothed) == 1 and "refused so too: no peak: the edge correlation rises by" in smoothed[0]
+    assert "along the image's x axis (columns)" in smoothed[0] and "a smooth ramp such as a field's glow" in smoothed[0]
+    # without the check the smoothed match is taken, ok and more than 1 mm off along x
+    monkeypatch.setattr(_program, "PEAK_CHECK_SMOOTHED", False)
+    unchecked = portalign.register(ref, noisy, backend="cpu")
+    assert unchecked.ok and abs(unchecked.dx_mm - dx) > 1.0 and abs(unchecked.dy_mm - dy) < 0.2
+    assert unchecked.details["peak_check"] is None
+
+
+def test_a_sound_smoothed_match_is_checked_and_kept() -> None:
+    """A low-dose frame of anatomy against a clean reference is smoothed before matching; its peak is checked, and
+    found (the edge correlation falls in every direction)."""
+    from scipy import ndimage
+    from synthetic import anatomy
+
+    ref = anatomy(160, seed=11)
+    moved = ndimage.shift(ref, (-1.5, 2.0), order=3, mode="nearest")
+    noisy = moved + np.random.default_rng(5).normal(0.0, 0.08 * float(np.ptp(ref)), moved.shape)
+    result = portalign.register(portalign.Image.from_array(ref, pixel_spacing_mm=1.0),
+                                portalign.Image.from_array(noisy, pixel_spacing_mm=1.0), backend="cpu")
+    assert result.details["denoised"] is not None  # matched smoothed
+    peak = result.details["peak_check"]
+    assert peak is not None and peak["weakest_fall"] > 10 * MIN_PEAK_FALL
+    assert result.ok and result.dx_mm == pytest.approx(2.0, abs=0.3) and result.dy_mm == pytest.approx(-1.5, abs=0.3)
