@@ -346,6 +346,21 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
                          sad_mm=args.sad_mm, invert=args.invert)
 
 
+def _load_named(path: str, args: argparse.Namespace, other: str, *, frame_index: int | None = None) -> Any:
+    """``_load``, whose error names ``path`` as given where ``other`` has the same file name.
+
+    A reading error names the file alone: two files of one name, reference and frame, could not be told apart.
+    """
+    try:
+        return _load(path, args, frame_index=frame_index)
+    except PortalignError as exc:
+        name = Path(path).name
+        text = str(exc)
+        if Path(other).name != name or not text.startswith(f"{name}:") or name == path:
+            raise
+        raise PortalignError(f"{path}{text[len(name):]}") from exc
+
+
 def _register(args: argparse.Namespace) -> int:
     from .options import RegistrationOptions
     from .registration import prepare_reference
@@ -368,8 +383,8 @@ def _register(args: argparse.Namespace) -> int:
         aperture_check=args.aperture_check,
         fine_polish=not args.no_fine_polish,
     )
-    reference_image = _load(args.reference, args)
-    frame = _load(args.frame, args, frame_index=args.frame_index)
+    reference_image = _load_named(args.reference, args, args.frame)
+    frame = _load_named(args.frame, args, args.reference, frame_index=args.frame_index)
     reference = prepare_reference(reference_image, options, backend=args.backend)
     result = reference.register(frame)
     extra: dict[str, Any] = {"first_frame_ms": result.elapsed_ms, "frames_timed": 1}

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .errors import PortalignError
+from .errors import OptionValueError
 
 __all__ = ["RegistrationOptions", "METHODS", "FIELD_MODES", "MIRROR_CHECKS", "APERTURE_CHECKS"]
 
@@ -145,28 +145,28 @@ class RegistrationOptions:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise PortalignError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+            raise OptionValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.field not in FIELD_MODES:
-            raise PortalignError(f"field must be one of {', '.join(FIELD_MODES)}; got {self.field!r}")
+            raise OptionValueError(f"field must be one of {', '.join(FIELD_MODES)}; got {self.field!r}")
         if self.mirror_check not in MIRROR_CHECKS:
-            raise PortalignError(f"mirror_check must be one of {', '.join(MIRROR_CHECKS)}; got {self.mirror_check!r}")
+            raise OptionValueError(f"mirror_check must be one of {', '.join(MIRROR_CHECKS)}; got {self.mirror_check!r}")
         if self.aperture_check not in APERTURE_CHECKS:
-            raise PortalignError(f"aperture_check must be one of {', '.join(APERTURE_CHECKS)}; got "
+            raise OptionValueError(f"aperture_check must be one of {', '.join(APERTURE_CHECKS)}; got "
                                  f"{self.aperture_check!r}")
         # every number finite first: NaN passes every comparison below (a NaN field margin reached the pyramid's
         # sizing as "cannot convert float NaN to integer"), and an infinite one sizes an allocation by itself
         for name in _NUMBERS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise PortalignError(f"{name} must be a finite number; got {value!r}")
+                raise OptionValueError(f"{name} must be a finite number; got {value!r}")
         for name, limit in _LARGEST.items():
             if getattr(self, name) > limit:
-                raise PortalignError(f"{name} must be at most {limit:g}; got {getattr(self, name)!r}")
+                raise OptionValueError(f"{name} must be at most {limit:g}; got {getattr(self, name)!r}")
         if not 0 < self.ambiguity_ratio <= 1:
-            raise PortalignError(f"ambiguity_ratio must be within 0..1 (a share of the best score); got "
+            raise OptionValueError(f"ambiguity_ratio must be within 0..1 (a share of the best score); got "
                                  f"{self.ambiguity_ratio!r}")
         if not -1 <= self.min_score <= 1:
-            raise PortalignError(f"min_score must be within -1..1 (an edge correlation); got {self.min_score!r}")
+            raise OptionValueError(f"min_score must be within -1..1 (an edge correlation); got {self.min_score!r}")
         positive = {
             "max_shift_mm": self.max_shift_mm,
             "finest_spacing_mm": self.finest_spacing_mm,
@@ -177,15 +177,15 @@ class RegistrationOptions:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise PortalignError(f"{name} must be positive; got {value!r}")
+                raise OptionValueError(f"{name} must be positive; got {value!r}")
         if not 0 <= self.max_rotation_deg <= 45:
-            raise PortalignError(f"max_rotation_deg must be within 0..45; got {self.max_rotation_deg!r}")
+            raise OptionValueError(f"max_rotation_deg must be within 0..45; got {self.max_rotation_deg!r}")
         if self.field_margin_mm < 0:
-            raise PortalignError(f"field_margin_mm must not be negative; got {self.field_margin_mm!r}")
+            raise OptionValueError(f"field_margin_mm must not be negative; got {self.field_margin_mm!r}")
         if not 8 <= self.bins <= 256:
-            raise PortalignError(f"bins must be within 8..256; got {self.bins!r}")
+            raise OptionValueError(f"bins must be within 8..256; got {self.bins!r}")
         if self.candidates < 1:
-            raise PortalignError(f"candidates must be at least 1; got {self.candidates!r}")
+            raise OptionValueError(f"candidates must be at least 1; got {self.candidates!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """Return the options as a plain dict (JSON-ready)."""

@@ -661,13 +661,19 @@ def _known_query(request: Any, what: str, known: tuple[str, ...]) -> None:
                                            "are the server's: portalign.service.create_app(options=...) from Python)")
 
 
-async def _read_body(request: Any, limit: int, name: str) -> bytes:
-    """Read the request body, refusing (413) as soon as it passes ``limit`` bytes."""
+async def _read_body(request: Any, limit: int, name: str, longer: str | None = None) -> bytes:
+    """Read the request body, refusing (413) as soon as it passes ``limit`` bytes.
+
+    ``longer``: where ``limit`` is what the request's own headers promise (raw pixels), a body past it does not match
+    them: 400 with this message (after "body has more than ``limit`` bytes"), not the server's size limit.
+    """
     chunks = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
+            if size > limit and longer is not None:
+                raise ApiError(400, "bad_request", f"{name}: body has more than {limit} bytes but {longer}")
             if size > limit:
                 raise ApiError(413, "too_large", f"{name}: request body exceeds {limit} bytes")
             chunks.append(chunk)
@@ -719,14 +725,10 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
                 f"over the server's limit of {max_body} bytes",
             )
         axis = _axis_header(request.headers.get("x-beam-axis-px"), name)
-        body = await _read_body(request, expected, name) if expected else b""
+        promised = f"X-Rows x X-Cols x {dtype.itemsize} ({rows} x {cols} {dtype_name}) = {expected} bytes"
+        body = await _read_body(request, expected, name, longer=promised) if expected else b""
         if len(body) != expected:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"{name}: body has {len(body)} bytes but X-Rows x X-Cols x {dtype.itemsize} "
-                f"({rows} x {cols} {dtype_name}) = {expected} bytes",
-            )
+            raise ApiError(400, "bad_request", f"{name}: body has {len(body)} bytes but {promised}")
         pixels = np.frombuffer(body, dtype=dtype).reshape(rows, cols)
         if invert:  # higher must mean more radiation: v -> max - v, in float64 (no unsigned wrap-around)
             pixels = float(pixels.max()) - pixels.astype(np.float64)

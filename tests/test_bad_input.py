@@ -315,6 +315,22 @@ def test_cli_one_line_error(capsys: pytest.CaptureFixture[str], case: Case, role
     assert_json_error(out, line)
 
 
+def test_cli_error_names_the_path_where_reference_and_frame_share_a_file_name(
+        capsys: pytest.CaptureFixture[str], good: Good, tmp_path: Path) -> None:
+    """A reading error names the file; a reference and a frame of one name (two sessions' exports) named it twice over,
+    so the path as given is named then (a new user's trial: a truncated copy of a Winston-Lutz image)."""
+    bad = _truncated_pixels(tmp_path)
+    same = tmp_path / "frames" / good.ref_dcm.name
+    same.parent.mkdir()
+    same.write_bytes(bad.read_bytes())
+    assert main(["register", str(good.ref_dcm), str(same)]) == 2
+    line = assert_one_line_error(capsys.readouterr().err, str(same), r"PixelData has \d+ bytes but")
+    assert line.startswith(f"portalign register: error: {same}: PixelData has")
+    # of two different names, the file's name alone, as before
+    assert main(["register", str(good.ref_dcm), str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"portalign register: error: {bad.name}: PixelData has")
+
+
 # ---------------------------------------------------------------------------------------------
 # Python API
 # ---------------------------------------------------------------------------------------------

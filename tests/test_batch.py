@@ -104,13 +104,19 @@ def test_batch_arguments_are_checked(frames):
     # a PortalignError (what a caller catches of portalign's own), still a ValueError; every kind of wrong count
     for lanes in (0, -2, 1.5, "2", True):
         with pytest.raises(portalign.OptionValueError,
-                           match=rf"lanes must be a whole number of at least 1 .*; got {re.escape(repr(lanes))}"):
+                           match=rf"lanes must be a whole number \(an int\) of at least 1 .*; got {re.escape(repr(lanes))}"):
             register_batch(reference, frames, lanes=lanes)
     with pytest.raises(ValueError, match="lanes must be a whole number"):
         register_batch(reference, frames, lanes=0)
-    with pytest.raises(portalign.PortalignError, match="allow_lanes: count must be a whole number of at least 1; got 0"):
+    with pytest.raises(portalign.PortalignError,
+                       match=r"allow_lanes: count must be a whole number \(an int\) of at least 1; got 0"):
         reference.allow_lanes(0)
     assert len(register_batch(reference, frames[:2], lanes=np.int64(2))) == 2  # a numpy integer is a whole number
+    # the options' own checks raise the same class: one except clause for every bad argument
+    for bad in ({"method": "foo"}, {"max_shift_mm": -1.0}):
+        with pytest.raises(portalign.OptionValueError) as info:
+            portalign.RegistrationOptions(**bad)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, portalign.PortalignError)
     with pytest.raises(TypeError, match="register_batch needs a prepared Reference, got Image"):
         register_batch(frames[0], frames)
     assert register_batch(reference, []) == []

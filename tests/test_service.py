@@ -126,6 +126,11 @@ def test_bad_requests_get_4xx_with_clear_messages_and_the_server_stays_up(client
     short = raw(frame)
     short["content"] = short["content"][:-7]
     cases.append((client.post(url, **short), 400, f"but X-Rows x X-Cols x 4 ({SIZE} x {SIZE} float32)"))
+    # a body longer than its headers say is the same mistake (a wrong X-Rows), not the server's size limit (was 413
+    # "request body exceeds ... bytes": a new user's trial)
+    long = raw(frame, **{"X-Rows": str(SIZE - 1)})
+    cases.append((client.post(url, **long), 400, f"body has more than {(SIZE - 1) * SIZE * 4} bytes but X-Rows x "
+                                                 f"X-Cols x 4 ({SIZE - 1} x {SIZE} float32) = {(SIZE - 1) * SIZE * 4}"))
     missing = raw(frame)
     del missing["headers"]["X-Rows"]
     cases.append((client.post(url, **missing), 400, "X-Rows is missing"))

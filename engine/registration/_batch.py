@@ -73,8 +73,8 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
     if lanes is not None and not (isinstance(lanes, (int, np.integer)) and not isinstance(lanes, bool) and lanes >= 1):
-        raise OptionValueError(f"register_batch: lanes must be a whole number of at least 1 (frames registered at once), "
-                               f"or None for the backend's default; got {lanes!r}")
+        raise OptionValueError("register_batch: lanes must be a whole number (an int) of at least 1 (frames registered "
+                               f"at once), or None for the backend's default; got {lanes!r}")
     results, errors = register_each(reference, items, pixel_spacing_mm=pixel_spacing_mm, lanes=lanes)
     if errors:
         listed = "; ".join(f"frame {i}: {type(e).__name__}: {e}" for i, e in sorted(errors.items())[:5])

@@ -370,7 +370,7 @@ class Reference:
         Lanes are made when frames overlap, never taken away; the limit only grows.
         """
         if not (isinstance(count, (int, np.integer)) and not isinstance(count, bool) and count >= 1):
-            raise OptionValueError(f"allow_lanes: count must be a whole number of at least 1; got {count!r}")
+            raise OptionValueError(f"allow_lanes: count must be a whole number (an int) of at least 1; got {count!r}")
         with self._plans_lock:
             self._lane_limit = max(self._lane_limit, int(count))
 

@@ -140,6 +140,10 @@ def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, 
 _PEAK_DIRECTIONS = np.array([[1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)], [math.sqrt(0.5), -math.sqrt(0.5)]])
 #: Least squares of the four drops ``u^T H u`` for ``(Hxx, Hxy, Hyy)``.
 _PEAK_FIT = np.linalg.pinv(np.array([[u[0] ** 2, 2.0 * u[0] * u[1], u[1] ** 2] for u in _PEAK_DIRECTIONS]))
+#: The check's poses for a unit step (x, y mm, rotation): none, then +u and -u along each of ``_PEAK_DIRECTIONS``.
+_PEAK_STEPS = np.zeros((1 + 2 * len(_PEAK_DIRECTIONS), 3))
+_PEAK_STEPS[1::2, :2] = _PEAK_DIRECTIONS
+_PEAK_STEPS[2::2, :2] = -_PEAK_DIRECTIONS
 
 
 def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, metric: str,  # type: ignore[no-untyped-def]
@@ -160,21 +164,30 @@ def peak_curvatures(backend, plan: FramePlan, level: Level, pose: np.ndarray, me
     value : float
         The metric at ``pose`` (edge correlation, or normalised MI - 1).
     """
-    start = np.asarray(pose, dtype=np.float64)
-    distance = step_px * min(level.spacing)
-    poses = np.repeat(start[None, :], 1 + 2 * len(_PEAK_DIRECTIONS), axis=0)
-    for i, u in enumerate(_PEAK_DIRECTIONS):
-        poses[1 + 2 * i, :2] += distance * u
-        poses[2 + 2 * i, :2] -= distance * u
+    distance = step_px * (level.spacing[0] if level.spacing[0] < level.spacing[1] else level.spacing[1])
+    poses = _PEAK_STEPS * distance  # the nine poses: the centre, then +u and -u of each direction (rotation 0)
+    poses += np.asarray(pose, dtype=np.float64)
     values = evaluate(backend, plan, level, poses, metric, normalised=True)
     centre = float(values[0])
     drops = centre - 0.5 * (values[1::2] + values[2::2])
-    hxx, hxy, hyy = _PEAK_FIT @ drops
-    eigenvalues, vectors = np.linalg.eigh(np.array([[hxx, hxy], [hxy, hyy]]))
+    hxx, hxy, hyy = (_PEAK_FIT @ drops).tolist()
+    # the symmetric 2 x 2 form's eigenvalues and the weaker one's unit vector, written out (numpy's eigh is some
+    # twenty Python-level calls; this check runs on every smoothed frame)
+    mean, half = 0.5 * (hxx + hyy), 0.5 * (hxx - hyy)
+    radius = (half * half + hxy * hxy) ** 0.5
+    weakest, strongest = mean - radius, mean + radius
+    # (H - weakest I) v = 0 solved from the row whose solution is the larger: no cancellation
+    if radius == 0.0:  # every direction alike
+        along = (1.0, 0.0)
+    elif half <= 0.0:  # the weaker direction nearer x: from the second row, (weakest - Hyy, Hxy)
+        norm = ((weakest - hyy) ** 2 + hxy * hxy) ** 0.5
+        along = ((weakest - hyy) / norm, hxy / norm)
+    else:  # nearer y: from the first row, (Hxy, weakest - Hxx)
+        norm = (hxy * hxy + (weakest - hxx) ** 2) ** 0.5
+        along = (hxy / norm, (weakest - hxx) / norm)
     scale = abs(centre - 1.0) if metric == "mi" else abs(centre)  # MI's value is normalised MI (1 + ...)
     scale = scale if scale > 0 else 1.0
-    return (float(eigenvalues[0]) / scale, float(eigenvalues[1]) / scale,
-            (float(vectors[0, 0]), float(vectors[1, 0])), centre - 1.0 if metric == "mi" else centre)
+    return weakest / scale, strongest / scale, along, centre - 1.0 if metric == "mi" else centre
 
 
 def matched_isotropy(backend, plan: FramePlan, level: Level, pose: np.ndarray  # type: ignore[no-untyped-def]
