@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 #: matched edges run (an uncertainty model can be fitted to the lines without registering again).
 _RECORDED_DETAILS = ("shift_uncertainty_mm", "rotation_uncertainty_deg", "working_spacing_mm", "split_half_mm",
                      "edge_mi_gap_mm", "matched_isotropy", "matched_edge_direction_deg", "edge_score",
-                     "match_significance", "rotation_support_mm")
+                     "match_significance", "rotation_support_mm", "rotation_offset_mm")
 
 
 def _record(pair: Any, result: Any) -> dict[str, Any]:

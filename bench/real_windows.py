@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                       working_spacing_mm=result.details.get("working_spacing_mm"),
                                       split_half_mm=result.details.get("split_half_mm"),
                                       edge_mi_gap_mm=result.details.get("edge_mi_gap_mm"),
+                                      rotation_offset_mm=result.details.get("rotation_offset_mm"),
+                                      rotation_uncertainty_deg=result.details.get("rotation_uncertainty_deg"),
                                       denoised=result.details.get("denoised") is not None)
                     except PortalignError as exc:
                         record.update(ok=False, reason=f"error: {exc}", error_mm=None)

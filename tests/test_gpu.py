@@ -815,6 +815,7 @@ def test_frame_statistics_match_cpu(backend, masked):
     want_r = cpu.rms_radius(mask, 9.5, 11.5, 0.4, 0.6, 2)
     got_r = backend.kernels.rms_radius(backend.asarray(mask), 9.5, 11.5, 0.4, 0.6, 2)
     assert got_r[1] == want_r[1] and got_r[0] == pytest.approx(want_r[0], rel=1e-12)
+    assert got_r[2] == pytest.approx(want_r[2], rel=1e-12)  # the usable pixels' centroid's distance from the axis
 
 
 @pytest.mark.parametrize("kind", ["field", "none", "dead lines"])

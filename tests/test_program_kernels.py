@@ -5,6 +5,8 @@ The GPU twins are compared with these CPU kernels in tests/test_gpu.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -154,8 +156,19 @@ def test_rms_radius_matches_the_reference_and_geometry():
     got = cpu.rms_radius(mask, 12.5, 14.5, 0.5, 0.7, 2)
     want = ref_kernels.statistics.rms_radius(mask, 12.5, 14.5, 0.5, 0.7, 2)
     assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-12)
+    assert got[2] == pytest.approx(want[2], rel=1e-12)
     empty = np.zeros((4, 4), dtype=np.uint8)
-    assert cpu.rms_radius(empty, 0, 0, 1, 1, 2) == (0.0, 0)
+    assert cpu.rms_radius(empty, 0, 0, 1, 1, 2) == (0.0, 0, 0.0)
+    # the centroid's distance from the axis: one 3 x 3 block of pixels 12 columns right and 5 rows below the axis
+    block = np.zeros((40, 40), dtype=np.uint8)
+    block[14:17, 21:24] = 1  # centre (row 15, col 22), the axis at (col 10, row 10): 12 * 0.7 across, 5 * 0.5 down
+    rms, count, centroid = cpu.rms_radius(block, 10.0, 10.0, 0.5, 0.7, 1)
+    assert count == 9 and centroid == pytest.approx(math.hypot(12 * 0.7, 5 * 0.5), rel=1e-12)
+    assert rms > centroid  # the pixels spread about their centre
+    # pixels all round the axis: their centroid on it
+    ring = np.zeros((21, 21), dtype=np.uint8)
+    ring[[0, 20, 10, 10], [10, 10, 0, 20]] = 1
+    assert cpu.rms_radius(ring, 10.0, 10.0, 1.0, 1.0, 1)[2] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(("scale", "offset"), [(0.25, -0.375), (1.0, 0.0), (2.0, 0.5)])
@@ -540,7 +553,7 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
     erosions = np.array([2, 1], dtype=np.int64)
     fused = [buffers(images[i]) for i in used]
     box = np.array([4.0, 21.0, 3.0, 19.0])
-    out = np.zeros(6)
+    out = np.zeros(7)
     cpu.frame_levels(tuple(fused + [fused[0]] * (LEVEL_SLOTS - 2)), 2, small, has_field,
                      np.array([p[0] for p in placement]), np.array([p[1] for p in placement]), erosions, bins, 0, 1,
                      np.array([10.0, 11.0, 0.8, 0.9]), frame, want_clean, box, has_field, 2.0**field_level,
@@ -558,7 +571,7 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
     finest, first = one_by_one
     noise = cpu.second_difference_mad(finest[0], finest[3], 0, finest[0].shape[0], 4, 0, finest[0].shape[1], True)
     radius = cpu.rms_radius(first[3], 10.0, 11.0, 0.8, 0.9, 2)
-    assert (out[0], out[1]) == noise and (out[2], out[3]) == radius
+    assert (out[0], out[1]) == noise and (out[2], out[3], out[6]) == radius
     if not want_clean:
         assert (out[4], out[5]) == (0.0, 0.0)
         return
@@ -600,7 +613,7 @@ def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slo
     window_rows, window_cols = ty % padded[0], ty % padded[1]
 
     together = [buffers(images[i]) for i in used]
-    out = np.zeros(6)
+    out = np.zeros(7)
     window = np.empty((3, ty.size, ty.size), np.float32)
     normalised = np.empty((3, ty.size, ty.size))
     cpu.levels_and_surfaces(tuple(together + [together[0]] * (LEVEL_SLOTS - 2)), coarse_slot, small, has_field,
@@ -608,7 +621,7 @@ def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slo
                             NOISE_SAMPLES, out, padded[0], padded[1], margin, spectra, energy, window_rows,
                             window_cols, window, normalised)
     apart = [buffers(images[i]) for i in used]
-    expected = np.zeros(6)
+    expected = np.zeros(7)
     other = 1 - coarse_slot
     cpu.frame_levels(tuple(apart + [apart[0]] * (LEVEL_SLOTS - 2)), 2, small, has_field, scales, offsets, erosions,
                      bins, other, other, geometry, frame, True, box, has_field, 2.0**field_level, NOISE_SAMPLES,

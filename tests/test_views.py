@@ -343,6 +343,10 @@ def test_the_uncertainty_formulas() -> None:
     assert shift_uncertainty_mm(1.0, None, None, 10.0, 1000.0) == pytest.approx(0.237171, abs=1e-6)
     assert shift_uncertainty_mm(1.0, None, None, 10.0) == shift_uncertainty_mm(1.0, None, None, 10.0, 1000.0)
     assert shift_uncertainty_mm(1.0, None, None, 10.0, 1500.0) == pytest.approx(math.sqrt((0.0225 + 0.04) / 2))
+    # a rotation known to 0.5 deg, measured on structure centred 40 mm from the axis: 0.349 mm radial, in quadrature
+    turn = 40.0 * math.radians(0.5)
+    assert shift_uncertainty_mm(1.0, None, None, 0.0, None, turn) == pytest.approx(
+        math.sqrt((0.0225 + turn * turn) / 2), rel=1e-12)
 
 
 def test_a_larger_shift_states_a_larger_uncertainty() -> None:
@@ -358,12 +362,44 @@ def test_a_larger_shift_states_a_larger_uncertainty() -> None:
     for r, dx in zip(results, (1.0, 9.0), strict=True):
         assert r.ok and r.dx_mm == pytest.approx(dx, abs=0.3)
         d = r.details
+        turn = (0.0 if d["rotation_uncertainty_deg"] is None
+                else d["rotation_offset_mm"] * math.radians(d["rotation_uncertainty_deg"]))
         expected = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
-                                        math.hypot(r.dx_mm, r.dy_mm), None)
+                                        math.hypot(r.dx_mm, r.dy_mm), None, turn)
         assert d["shift_uncertainty_mm"] == pytest.approx(expected, rel=1e-12)
-        still = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"])
+        still = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"], 0.0, None, turn)
         assert d["shift_uncertainty_mm"] > still
     assert results[1].details["shift_uncertainty_mm"] > results[0].details["shift_uncertainty_mm"] + 0.1
+
+
+def test_structure_far_from_the_beam_axis_carries_the_rotations_uncertainty_into_the_shift() -> None:
+    """The pose turns about the beam axis: where the matched structure lies far from it, the shift at the axis is
+    extrapolated through the rotation, and the rotation's uncertainty enters the shift's (``R u_theta``, ``R`` the
+    usable pixels' centroid's distance from the axis). Real windows so placed (``bench.real_windows``, window centres
+    43-85 mm from the axis) were ok 0.99-1.01 mm off with their rotations 0.75-1.4 deg off, at up to 4.3 uncertainties;
+    their errors correlated with R times the rotation's error (0.74)."""
+    from portalign.registration._quality import shift_uncertainty_mm
+
+    base = anatomy(256)
+    pixels = {dx: moved(base, dx, -1.0, 0.0, shape=(160, 176)) for dx in (0.0, 2.0)}
+    found = {}
+    for name, axis in (("centred", (87.5, 79.5)), ("far", (87.5 - 60.0, 79.5 + 40.0))):
+        reference = portalign.Image.from_array(pixels[0.0], pixel_spacing_mm=1.0, kind="drr", beam_axis_px=axis)
+        frame = portalign.Image.from_array(pixels[2.0], pixel_spacing_mm=1.0, beam_axis_px=axis)
+        found[name] = portalign.register(reference, frame, backend="cpu")
+    for r in found.values():
+        assert r.ok and r.rotation_deg is not None and r.details["rotation_uncertainty_deg"] is not None
+    centred, far = found["centred"].details, found["far"].details
+    assert centred["rotation_offset_mm"] < 5.0  # the usable pixels all round the axis
+    assert far["rotation_offset_mm"] == pytest.approx(math.hypot(60.0, 40.0), rel=0.1)  # the frame's centre
+    for r in found.values():
+        d = r.details
+        term = d["rotation_offset_mm"] * math.radians(d["rotation_uncertainty_deg"])
+        expected = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
+                                        math.hypot(r.dx_mm, r.dy_mm), None, term)
+        assert d["shift_uncertainty_mm"] == pytest.approx(expected, rel=1e-12)
+    assert far["rotation_offset_mm"] * math.radians(far["rotation_uncertainty_deg"]) > 0.1  # mm, radial
+    assert far["shift_uncertainty_mm"] > 1.3 * centred["shift_uncertainty_mm"]
 
 
 def test_parallel_views_name_a_pair_that_is_not_one_view_first(pixels) -> None:

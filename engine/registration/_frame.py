@@ -120,7 +120,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             np.array([lv.erosion_px for lv in levels], dtype=np.int64), used.index(plan.refine_levels[-1]),
             used.index(plan.refine_levels[0]),
             np.array([radius.frame_axis[0], radius.frame_axis[1], radius.spacing[0], radius.spacing[1]]),
-            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(6), len(levels),
+            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(7), len(levels),
             used.index(plan.coarse.level) if plan.coarse.level in used else -1)
     (levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n,
      coarse_index) = static

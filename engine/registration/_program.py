@@ -1328,7 +1328,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         quality = _field_shrunk(reference, field, levels[plan.field_level].spacing) + quality
     if not quality and (field.dead_rows or field.dead_cols) and field.detected:  # rare: dead lines in a field
         quality = _dead_lines_cut_small_field(field, levels[plan.field_level].spacing, 2 ** plan.field_level)
-    r_eff = rotation_radius(backend, levels[plan.refine_levels[0]], None if measured is None else (measured[2], measured[3]))
+    r_eff, centroid_mm = rotation_radius(backend, levels[plan.refine_levels[0]],
+                                         None if measured is None else (measured[2], measured[3], measured[6]))
     # a noisy frame: registered again from its smoothed pixels (DENOISE_*; no call for a frame that is not noisy)
     # (a frame whose contrast is too low for its noise is smoothed too: the smoothing is what such a frame needs)
     low_contrast = quality != "" and quality.startswith(TOO_LITTLE_STRUCTURE)
@@ -1697,10 +1698,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
         if calibrated and rotate and found.rotation_support_mm else None)
     # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
+    # the usable pixels' centroid's distance from the beam axis (mm): the pose turns about the axis, so the shift
+    # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
+    details["rotation_offset_mm"] = centroid_mm
+    turn_u = details["rotation_uncertainty_deg"]
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],
                              (float(pose[0]) * float(pose[0]) + float(pose[1]) * float(pose[1])) ** 0.5,
-                             frame.info.sad_mm)
+                             frame.info.sad_mm, 0.0 if turn_u is None else centroid_mm * turn_u / _DEGREES)
         if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)

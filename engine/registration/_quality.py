@@ -235,19 +235,22 @@ def _clean_noise(backend, plan: FramePlan, field: FieldEstimate) -> tuple[float,
     return backend.kernels.second_difference_mad(img, img, r0, r1, row_step, c0, c1, False)  # type: ignore[no-any-return]
 
 
-def rotation_radius(backend, level: Level, measured: tuple[float, float] | None = None) -> float:  # type: ignore[no-untyped-def]
-    """RMS distance (mm) of usable pixels from the beam axis: how far a rotation moves them.
+def rotation_radius(backend, level: Level, measured: tuple[float, float, float] | None = None  # type: ignore[no-untyped-def]
+                    ) -> tuple[float, float]:
+    """RMS distance (mm) of usable pixels from the beam axis, how far a rotation moves them; and their centroid's.
 
-    ``measured``: the kernel's ``(rms, count)`` when the compiled level stage took it already.
+    ``measured``: the kernel's ``(rms, count, centroid distance)`` when the compiled level stage took it already.
+    The second value (mm, 0 where nothing is usable) is how far the shift measured on those pixels is extrapolated to
+    the beam axis through the rotation (:func:`shift_uncertainty_mm`'s ``rotation_mm``).
     """
     if measured is None:
         measured = backend.kernels.rms_radius(level.eroded, level.frame_axis[0], level.frame_axis[1], level.spacing[0],
                                               level.spacing[1], 2)
-    rms, count = measured
+    rms, count, offset = measured
     if count == 0:
-        return 50.0
+        return 50.0, 0.0
     rms = float(rms)
-    return 5.0 if 5.0 > rms else rms  # max(rms, 5.0), written out
+    return (5.0 if 5.0 > rms else rms), float(offset)  # max(rms, 5.0), written out
 
 
 def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: float) -> float:  # type: ignore[no-untyped-def]
@@ -306,7 +309,7 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
 
 
 def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None, metric_gap_mm: float | None,
-                         shift_mm: float = 0.0, sad_mm: float | None = None) -> float:
+                         shift_mm: float = 0.0, sad_mm: float | None = None, rotation_mm: float = 0.0) -> float:
     """Return the standard uncertainty (1 sd, mm, each of ``dx`` and ``dy``) of a measured shift.
 
     The RMS radial error ``r`` has four parts, added in quadrature: placing the structure, ``SHIFT_ERROR_SHARE`` of
@@ -314,8 +317,12 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     distance ``s`` over 2 (each half has twice the variance of the whole: their difference's mean square is 4 times
     the whole's); the distance ``g`` between the edge and mutual-information optima over the square root of 2
     (two estimates of one shift); and the parallax of the shift measured, ``|d| Z / SAD`` (``PARALLAX_DEPTH_MM``: the
-    matched structures' depth off the isocentre plane, which one view does not show, magnifies the shift). Each axis
-    carries ``r / sqrt(2)``: ``u = sqrt((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2) / sqrt(2)``.
+    matched structures' depth off the isocentre plane, which one view does not show, magnifies the shift); and where a
+    rotation was estimated, its uncertainty carried into the shift, ``R u_theta``: the pose turns about the beam axis,
+    so a shift measured on structure whose centre lies ``R`` from the axis (``details["rotation_offset_mm"]``, the
+    usable pixels' centroid) is extrapolated to the axis through the rotation, and a rotation error ``e`` moves it
+    by ``R e``. Each axis carries ``r / sqrt(2)``:
+    ``u = sqrt((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2) / sqrt(2)``.
 
     Parameters
     ----------
@@ -329,6 +336,9 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
         The length ``|d|`` of the shift measured (mm at the isocentre plane).
     sad_mm : float or None
         The beam's source-to-axis distance (mm); ``None``: ``DEFAULT_SAD_MM``.
+    rotation_mm : float
+        ``R u_theta`` (mm): the estimated rotation's standard uncertainty (rad) times the distance ``R`` (mm) of the
+        usable pixels' centroid from the beam axis; 0 where no rotation was estimated.
 
     Returns
     -------
@@ -340,7 +350,7 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     noise = 0.0 if split_half_mm is None else 0.5 * split_half_mm
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
-    return ((bias * bias + noise * noise + gap2 + parallax * parallax) * 0.5) ** 0.5  # no math call a frame
+    return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5) ** 0.5
 
 
 def reference_contrast_to_noise(level: Level) -> float:

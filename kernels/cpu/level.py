@@ -174,9 +174,10 @@ def frame_levels(levels, n: int, field_mask: np.ndarray, has_field: bool, scales
     scales, offsets : float64[n]
     erosions : int64[n]
         Per level, as :func:`prepare_level`.
-    out : float64[6]
-        Receives ``(noise MAD, its count, RMS radius mm, its count, clean MAD, its count)`` (the clean pair is
-        ``(0, 0)`` when not asked for).
+    out : float64[7]
+        Receives ``(noise MAD, its count, RMS radius mm, its count, clean MAD, its count, centroid distance mm)`` (the
+        clean pair is ``(0, 0)`` when not asked for; the last: the radius level's usable pixels' mean position's
+        distance from the beam axis, :func:`.statistics.rms_radius`).
     """
     for i in range(n):
         image, mask, scratch, eroded, rows, cols, bins, sums, re, im, stats = levels[i]
@@ -199,10 +200,11 @@ def _level_statistics(noise_image: np.ndarray, noise_eroded: np.ndarray, radius_
                                        True)
     out[0] = mad
     out[1] = count
-    rms, count = rms_radius(radius_eroded, radius_geometry[0], radius_geometry[1], radius_geometry[2],
-                            radius_geometry[3], 2)
+    rms, count, centroid = rms_radius(radius_eroded, radius_geometry[0], radius_geometry[1], radius_geometry[2],
+                                      radius_geometry[3], 2)
     out[2] = rms
     out[3] = count
+    out[6] = centroid
     out[4] = 0.0
     out[5] = 0.0
     if want_clean:

@@ -49,9 +49,15 @@ def second_difference_mad(image: np.ndarray, mask: np.ndarray, r0: int, r1: int,
 @njit(cache=True, nogil=True)
 def rms_radius(mask: np.ndarray, axis_col: float, axis_row: float, spacing_row: float, spacing_col: float,
                stride: int) -> tuple:  # pragma: no cover
-    """Return ``(rms_mm, count)`` over the nonzero pixels of ``mask[::stride, ::stride]`` (0 when there are none)."""
+    """Return ``(rms_mm, count, centroid_mm)`` over the nonzero pixels of ``mask[::stride, ::stride]``.
+
+    ``rms_mm``: their root-mean-square distance from the axis; ``centroid_mm``: their mean position's distance from
+    it (0 and 0 when there are none).
+    """
     rows, cols = mask.shape
     total = 0.0
+    sum_x = 0.0
+    sum_y = 0.0
     n = 0
     for i in range(0, rows, stride):
         y = (i - axis_row) * spacing_row
@@ -59,10 +65,12 @@ def rms_radius(mask: np.ndarray, axis_col: float, axis_row: float, spacing_row: 
             if mask[i, j] != 0:
                 x = (j - axis_col) * spacing_col
                 total += x * x + y * y
+                sum_x += x
+                sum_y += y
                 n += 1
     if n == 0:
-        return 0.0, 0
-    return math.sqrt(total / n), n
+        return 0.0, 0, 0.0
+    return math.sqrt(total / n), n, math.sqrt(sum_x * sum_x + sum_y * sum_y) / n
 
 
 @njit(cache=True, nogil=True)

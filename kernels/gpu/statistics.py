@@ -31,11 +31,12 @@ def second_difference_mad(image: Any, mask: Any, r0: int, r1: int, row_step: int
 
 def rms_radius(mask: Any, axis_col: float, axis_row: float, spacing_row: float, spacing_col: float,
                stride: int) -> tuple[float, int]:
-    """Return ``(rms_mm, count)`` over the nonzero pixels of ``mask[::stride, ::stride]``."""
+    """Return ``(rms_mm, count, centroid_mm)`` over the nonzero pixels of ``mask[::stride, ::stride]``."""
     xp = launch.array_module()
     rows, cols = xp.nonzero(mask[::stride, ::stride])
     if rows.size == 0:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     x = (cols * stride - axis_col) * spacing_col
     y = (rows * stride - axis_row) * spacing_row
-    return float(xp.sqrt(xp.mean(x * x + y * y))), int(rows.size)
+    centroid = float(xp.hypot(xp.mean(x), xp.mean(y)))
+    return float(xp.sqrt(xp.mean(x * x + y * y))), int(rows.size), centroid

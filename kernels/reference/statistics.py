@@ -23,10 +23,11 @@ def second_difference_mad(image: np.ndarray, mask: np.ndarray, r0: int, r1: int,
 
 def rms_radius(mask: np.ndarray, axis_col: float, axis_row: float, spacing_row: float, spacing_col: float,
                stride: int) -> tuple[float, int]:
-    """Return ``(rms_mm, count)`` over the nonzero pixels of ``mask[::stride, ::stride]``."""
+    """Return ``(rms_mm, count, centroid_mm)`` over the nonzero pixels of ``mask[::stride, ::stride]``."""
     rows, cols = np.nonzero(np.asarray(mask)[::stride, ::stride])
     if rows.size == 0:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     x = (cols * stride - axis_col) * spacing_col
     y = (rows * stride - axis_row) * spacing_row
-    return float(np.sqrt(np.mean(x * x + y * y))), int(rows.size)
+    centroid = float(np.hypot(np.mean(x), np.mean(y)))
+    return float(np.sqrt(np.mean(x * x + y * y))), int(rows.size), centroid
