@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 from scipy import special  # noqa: E402
 
-__all__ = ["main", "aperture", "render_pairs", "HeldOutPair"]
+__all__ = ["main", "aperture", "render_pairs", "HeldOutPair", "RECORDED_DETAILS"]
 
 GANTRIES = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
 APERTURES = ("jaws", "collimator", "mlc", "cone", "open")
@@ -297,18 +297,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: The details a JSON line carries beside the truth and the result: what the stated uncertainty is made of and how the
-#: matched edges run (an uncertainty model can be fitted to the lines without registering again).
-_RECORDED_DETAILS = ("shift_uncertainty_mm", "rotation_uncertainty_deg", "working_spacing_mm", "split_half_mm",
+#: matched edges run (an uncertainty model can be fitted to the lines without registering again; bench.real_windows
+#: records the same).
+RECORDED_DETAILS = ("shift_uncertainty_mm", "rotation_uncertainty_deg", "working_spacing_mm", "split_half_mm",
                      "edge_mi_gap_mm", "matched_isotropy", "matched_edge_direction_deg", "edge_score",
                      "match_significance", "rotation_support_mm", "rotation_offset_mm")
 
 
 def _record(pair: Any, result: Any) -> dict[str, Any]:
-    """One pair's JSON line: its label and truth, the result's pose and verdict, and ``_RECORDED_DETAILS``."""
+    """One pair's JSON line: its label and truth, the result's pose and verdict, and ``RECORDED_DETAILS``."""
     record = {"index": pair.index, "kind": pair.kind, "label": pair.label, "dx": pair.dx_mm, "dy": pair.dy_mm,
               "rotation": pair.rotation_deg, "ok": bool(result.ok), "reason": result.reason or "",
               "dx_mm": result.dx_mm, "dy_mm": result.dy_mm, "rotation_deg": result.rotation_deg}
-    record.update({key: result.details.get(key) for key in _RECORDED_DETAILS})
+    record.update({key: result.details.get(key) for key in RECORDED_DETAILS})
     return record
 
 

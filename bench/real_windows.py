@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
     from portalign import PortalignError, read_rt_image, register
 
+    from bench.held_out import RECORDED_DETAILS
     from tests.field_sets import low_dose, window_pair
 
     parser = argparse.ArgumentParser(prog="python -m bench.real_windows", description=__doc__.split("\n")[0],
@@ -101,16 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                                  if result.ok and result.dx_mm is not None else None)
                         record.update(ok=result.ok, reason=result.reason or "", error_mm=error,
                                       dx_mm=result.dx_mm, dy_mm=result.dy_mm, rotation_deg=result.rotation_deg,
-                                      shift_uncertainty_mm=result.details.get("shift_uncertainty_mm"),
-                                      # how evenly the matched edges run (one way: the aperture problem)
-                                      matched_isotropy=result.details.get("matched_isotropy"),
-                                      matched_edge_direction_deg=result.details.get("matched_edge_direction_deg"),
-                                      working_spacing_mm=result.details.get("working_spacing_mm"),
-                                      split_half_mm=result.details.get("split_half_mm"),
-                                      edge_mi_gap_mm=result.details.get("edge_mi_gap_mm"),
-                                      rotation_offset_mm=result.details.get("rotation_offset_mm"),
-                                      rotation_uncertainty_deg=result.details.get("rotation_uncertainty_deg"),
                                       denoised=result.details.get("denoised") is not None)
+                        # what the stated uncertainty is made of and how the matched edges run, as bench.held_out's
+                        record.update({key: result.details.get(key) for key in RECORDED_DETAILS})
                     except PortalignError as exc:
                         record.update(ok=False, reason=f"error: {exc}", error_mm=None)
                     records.append(record)

@@ -14,11 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
-import numpy as np
-
 from ..backends import CpuBackend, GpuBackend, batch_lanes, default_lanes, single_threaded
 from ..errors import OptionValueError, PortalignError
-from ._reference import Reference
+from ._reference import Reference, is_lane_count
 
 __all__ = ["register_batch", "register_each", "batch_workers", "BatchError"]
 
@@ -72,7 +70,7 @@ def register_batch(reference: Any, frames: Iterable[Any], *, pixel_spacing_mm: A
             "call portalign.prepare_reference(image) first (its backend='auto' takes a working GPU, else the CPU)"
         )
     items: Sequence[Any] = frames if isinstance(frames, Sequence) else list(frames)
-    if lanes is not None and not (isinstance(lanes, (int, np.integer)) and not isinstance(lanes, bool) and lanes >= 1):
+    if lanes is not None and not is_lane_count(lanes):
         raise OptionValueError("register_batch: lanes must be a whole number (an int) of at least 1 (frames registered "
                                f"at once), or None for the backend's default; got {lanes!r}")
     results, errors = register_each(reference, items, pixel_spacing_mm=pixel_spacing_mm, lanes=lanes)

@@ -1697,11 +1697,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
         if calibrated and rotate and found.rotation_support_mm else None)
-    # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     # the usable pixels' centroid's distance from the beam axis (mm): the pose turns about the axis, so the shift
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
     details["rotation_offset_mm"] = centroid_mm
     turn_u = details["rotation_uncertainty_deg"]
+    # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],
                              (float(pose[0]) * float(pose[0]) + float(pose[1]) * float(pose[1])) ** 0.5,

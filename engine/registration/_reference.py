@@ -110,6 +110,11 @@ REFERENCE_LIVE_WEIGHT = 0.9
 ANISOTROPIC_RATIO = 3.0
 
 
+def is_lane_count(value: Any) -> bool:
+    """Whether ``value`` can be a count of lanes: a whole number (an int or numpy integer, not a bool) of at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 class Reference:
     """A reference image prepared for registering many frames against it.
 
@@ -369,7 +374,7 @@ class Reference:
 
         Lanes are made when frames overlap, never taken away; the limit only grows.
         """
-        if not (isinstance(count, (int, np.integer)) and not isinstance(count, bool) and count >= 1):
+        if not is_lane_count(count):
             raise OptionValueError(f"allow_lanes: count must be a whole number (an int) of at least 1; got {count!r}")
         with self._plans_lock:
             self._lane_limit = max(self._lane_limit, int(count))
