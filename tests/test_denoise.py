@@ -325,3 +325,39 @@ def test_with_field_none_dead_lines_are_still_found_and_a_noisy_frame_still_smoo
     assert 0.9 < ratio < 1.1, ratio  # the dead rows' zeros no longer count as contrast
     for result in results:
         assert result.ok and math.hypot(result.dx_mm - 5 * spacing[1], result.dy_mm + 7 * spacing[0]) <= 0.1
+
+
+def _normalised_convolution(pixels: np.ndarray, live_rows: np.ndarray, live_cols: np.ndarray, taps_rows: np.ndarray,
+                            taps_cols: np.ndarray) -> np.ndarray:
+    """float64 numpy reference of ``smooth_separable``: along rows then columns, dead lines weightless, edges extended."""
+    rows, cols = pixels.shape
+    hr, hc = len(taps_rows) // 2, len(taps_cols) // 2
+    r_index = np.clip(np.arange(rows)[:, None] + np.arange(-hr, hr + 1)[None, :], 0, rows - 1)  # (rows, taps)
+    weights = taps_rows[None, :] * live_rows[r_index]
+    along_rows = np.einsum("it,itj->ij", weights, pixels.astype(np.float64)[r_index]) / weights.sum(axis=1)[:, None]
+    c_index = np.clip(np.arange(cols)[:, None] + np.arange(-hc, hc + 1)[None, :], 0, cols - 1)  # (cols, taps)
+    weights = taps_cols[None, :] * live_cols[c_index]
+    out = np.einsum("jt,ijt->ij", weights, along_rows[:, c_index]) / weights.sum(axis=1)[None, :]
+    dead = ~live_rows.astype(bool)[:, None] | ~live_cols.astype(bool)[None, :]
+    return np.where(dead, pixels, out)
+
+
+@pytest.mark.parametrize("shape,sigmas", [((40, 57), (1.3, 2.2)), ((23, 9), (6.0, 0.8)), ((5, 70), (0.5, 11.0))])
+def test_the_smoothing_kernel_is_the_normalised_convolution_it_documents(shape, sigmas):
+    """The compiled smoothing (its column pass laid out row by row since 2026-12-04, 2.3x faster on a 1024 x 768 frame)
+    against a float64 reference: dead lines give no weight and keep their values; a kernel wider than the image
+    reads the extended edge."""
+    from portalign.kernels.cpu.pyramid import smooth_separable
+    from portalign.registration._frame import _gaussian_taps
+
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.normal(500.0, 40.0, shape).astype(np.float32)
+    live_rows = (rng.random(shape[0]) > 0.15).astype(np.uint8)
+    live_cols = (rng.random(shape[1]) > 0.15).astype(np.uint8)
+    live_rows[0] = live_cols[-1] = 0  # a dead line on the image's edge, which the extension reads
+    taps_rows, taps_cols = _gaussian_taps(sigmas[0]), _gaussian_taps(sigmas[1])
+    out = np.empty(shape, dtype=np.float32)
+    smooth_separable(pixels, live_rows, live_cols, taps_rows, taps_cols, np.empty(shape, dtype=np.float32), out)
+    expected = _normalised_convolution(pixels, live_rows, live_cols, taps_rows, taps_cols)
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=0)
+    assert np.array_equal(out[live_rows == 0], pixels[live_rows == 0])
