@@ -35,13 +35,12 @@ from portalign.kernels.cpu.field import (
     LIVE_MIN_PIXELS,
     LIVE_MIN_SHARE,
     NOT_A_FIELD,
+    dead_band,
     dead_lines,
     detect_front,
-    floor_and_extremes,
     line_candidates,
     line_means,
     line_noise,
-    outer_line_noise,
     split_field,
     three_level_split,
 )
@@ -959,7 +958,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
     image at the detector's own pixels that ``values`` was box-reduced from, confirms each band: a
     band of one or two dead lines has neighbours that agree with each other, whereas MLC pickets or a
     thin wire are several pixels wide; a wider band (a dead readout module) starts and stops sharply at a
-    detector line (see :func:`_dead_band`). Without ``full`` only bands of one or two lines are looked for.
+    detector line (``kernels.cpu.field.dead_band``). Without ``full`` only bands of one or two lines are looked for.
 
     A dead (or hot) detector line reads far off its neighbours along its whole length, so Otsu's
     split would take it for a class of its own (on an inverted image a dead line at zero is the
@@ -998,7 +997,7 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
                 # the detector lines of the reduced lines found, and of the line before them (a box reduction
                 # can leave little of a band's edge line in a reduced line): one band or several
                 start, stop = max(first - 1, 0) * factor, (last + 1) * factor
-                # the lines a band starting there may reach, with those _dead_band reads about it
+                # the lines a band starting there may reach, with those dead_band reads about it
                 lo, hi = max(start - 2, 0), min(stop + (stop - start + factor) + 2, lines)
                 segment = np.ascontiguousarray(full_view[lo:hi], dtype=np.float64)
                 # the line-to-line noise of the lines about the candidates (not of the candidates themselves)
@@ -1007,10 +1006,13 @@ def _bridge_dead_lines(values: np.ndarray, full: np.ndarray | None = None,
                 noise = _line_noise(around) if around.shape[0] >= 8 else _line_noise(segment)
                 at = start
                 while at < stop:
-                    band = _dead_band(segment, at - lo, stop - lo, noise, min(stop - at + factor, _widest_band(lines)))
-                    if band is None:
+                    band_first, band_last = dead_band(
+                        segment, at - lo, stop - lo, noise, min(stop - at + factor, _widest_band(lines)),
+                        DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, DEAD_BAND_MAX, FULL_OUTER_NOISE_HALF_WINDOW, DEAD_EDGE_STEP,
+                        DEAD_BLOCK_SHARP, max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * segment.shape[1]))
+                    if band_first < 0:
                         break
-                    first_line, last_line = band[0] + lo, band[1] + lo
+                    first_line, last_line = band_first + lo, band_last + lo
                     detector_bands.append((first_line, last_line))
                     # every reduced line the detector lines fall in
                     confirmed.update(range(first_line // factor, min(last_line // factor, work.shape[0] - 2) + 1))
@@ -1091,120 +1093,6 @@ def bridge_lines(pixels: np.ndarray, dead_rows: Any, dead_cols: Any, dtype: Any 
 def _widest_band(lines: int) -> int:
     """Widest band of dead lines looked for in an image of ``lines`` lines (``DEAD_BLOCK_MAX_SHARE``, two at least)."""
     return max(DEAD_BAND_MAX, int(DEAD_BLOCK_MAX_SHARE * lines))
-
-
-def _dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int) -> tuple[int, int] | None:
-    """Return ``(first, last)`` of a band of 1 to ``max_width`` dead detector lines starting in ``work[start:stop]``.
-
-    Over at least ``DEAD_LINE_SHARE`` of their length the band's lines must all lie beyond the two lines just
-    outside it, on one side, by more than ``DEAD_LINE_CONTRAST`` times the noise there: the smaller of ``noise``
-    (each column's, ``(cols,)``: the lines about the band) and the two outside lines' own difference
-    (``kernels.cpu.field.outer_line_noise``). ``work`` may be a segment of the image's lines; ``max_width`` is the
-    caller's (``_widest_band`` of the whole image). A
-    band of up to ``DEAD_BAND_MAX`` lines must have outside lines that differ from each other by less than half
-    of that spike there: a detector line or two, not a structure (MLC pickets, a wire) several pixels wide. A
-    wider band (up to ``DEAD_BLOCK_MAX_SHARE`` of the lines) must start and stop sharply: over those pixels its
-    first and last lines lie at least ``DEAD_BLOCK_SHARP`` times as far beyond the outside lines as its median
-    line does (a blurred object's edge lines are part-way). The widest band at the first line that starts one is
-    returned (of two hot lines reading differently, the first alone lies beyond the second); None when none does.
-    """
-    rows = work.shape[0]
-    least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])  # live pixels (not clipped) a band is judged by
-    # the noise where each pixel is: the smaller of the image's (blocks of columns over every line) and the outside
-    # lines' own difference about it (``outer_line_noise``: the faint outside of a field is as quiet as it is faint)
-    floor, lowest, highest = floor_and_extremes(work)  # the extremes: what a clipped region reads (no noise there)
-    for first in range(max(start, 1), min(stop, rows - 1)):
-        before = work[first - 1]
-        low, high = work[first].copy(), work[first].copy()
-        widest = None
-        for width in range(1, max_width + 1):
-            last = first + width - 1
-            if last + 1 >= rows:
-                break
-            threshold = DEAD_LINE_CONTRAST * np.minimum(
-                noise, outer_line_noise(work, first - 1, last + 1, FULL_OUTER_NOISE_HALF_WINDOW, floor, lowest, highest))
-            np.minimum(low, work[last], out=low)
-            np.maximum(high, work[last], out=high)
-            # a stuck band: every pixel of it reads one value (a dead line's zero, a hot one's stuck value) while the
-            # lines about it vary, clipped or not; it is judged where its neighbours stand clear of that value
-            stuck = float(low[0]) if low.min() == high.max() and bool(np.any(before != low[0])) else math.nan
-            above, below = low - before > threshold, before - high > threshold
-            # a clipped region (the band at the clipped value, the line before it within the noise of it) shows
-            # nothing: left out
-            beyond = above | below
-            # (a band spans its lines' whole length, unless it reads the clipped value itself wherever it stands out)
-            clipped = (low == high) & ((low == lowest) | (low == highest) | (low == stuck))
-            whole = bool(np.any(beyond & ~clipped))
-            count = (int(np.count_nonzero(beyond | ~_silent_pixels(low, high, before, before, threshold, lowest, highest,
-                                                                   stuck)))
-                     if not whole else low.size)
-            if count < least or np.count_nonzero(beyond) < DEAD_LINE_SHARE * count:
-                break  # the band no longer lies beyond the line before it: wider bands cannot either
-            after = work[last + 1]
-            up = (low - np.maximum(before, after) > threshold)
-            down = (np.minimum(before, after) - high > threshold)
-            # (and the line after it)
-            whole = bool(np.any((up | down) & ~clipped))
-            count = (int(np.count_nonzero(up | down | ~_silent_pixels(low, high, before, after, threshold, lowest,
-                                                                       highest, stuck))) if not whole else low.size)
-            spiking = up | down
-            if width <= DEAD_BAND_MAX:
-                spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
-                spiking &= np.abs(before - after) < 0.5 * spike
-            if count < least or np.count_nonzero(spiking) < DEAD_LINE_SHARE * count:
-                continue
-            if not _sharp(work, first, last, spiking, width > DEAD_BAND_MAX):
-                continue
-            widest = (first, last)
-        if widest is not None:
-            return widest
-    return None
-
-
-def _silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray, threshold: np.ndarray,
-                   lowest: float, highest: float, stuck: float = math.nan) -> np.ndarray:
-    """Where a band (its per-pixel ``low`` and ``high``) can show no dead line (``kernels.cpu.field._silent``).
-
-    The band and both outer lines read one value, or the band reads the image's ``lowest`` (``highest``) value, a
-    clipped one, and both outer lines lie within ``threshold`` of it (a dosimetry image's zero outside and the few
-    quanta of its scatter tail), or the band is stuck at ``stuck`` (every pixel of it that value: NaN where it is
-    not) and its outer lines do not both stand clear of it by ``threshold`` on one side (a dead line's zero against
-    the faint outside of a field, whose noise takes it below zero too).
-    """
-    flat = low == high
-    same = (outer_1 == low) & (outer_2 == low)
-    floor = (low == lowest) & (np.maximum(outer_1, outer_2) - lowest <= threshold)
-    ceiling = (low == highest) & (highest - np.minimum(outer_1, outer_2) <= threshold)
-    # a stuck band (every pixel of it one value, ``stuck``; NaN: not stuck, and equals nothing) shows itself only where
-    # both outer lines stand clear of that value, on one side: a pixel where either lies within the noise of it (the
-    # faint outside of a field about a dead line's zero) or where they straddle it can show nothing
-    clear = ((outer_1 - stuck > threshold) & (outer_2 - stuck > threshold)) | \
-        ((stuck - outer_1 > threshold) & (stuck - outer_2 > threshold))
-    held = (low == stuck) & ~clear
-    return flat & (same | floor | ceiling | held)  # type: ignore[no-any-return]
-
-
-def _sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool) -> bool:
-    """Whether the band ``work[first:last + 1]`` starts and stops at a detector line, over the pixels ``spiking``.
-
-    Depths are mean distances from the nearer of the two lines just outside the band. The image steps less
-    outside the band (between each outside line and the line beyond it; the smaller of the two steps, as a
-    second dead line may lie one line away) than ``DEAD_EDGE_STEP`` times the band's median depth: a blurred
-    structure (a picket's penumbra) slopes into its lowest lines. A ``wide`` band's first and last lines are at
-    least ``DEAD_BLOCK_SHARP`` times as deep as its median line.
-    """
-    before, after = work[first - 1][spiking], work[last + 1][spiking]
-    band = work[first:last + 1][:, spiking]
-    outer = np.maximum(before, after) if band.mean() > before.mean() else np.minimum(before, after)
-    depth = np.abs(band - outer).mean(axis=1)
-    middle = float(np.median(depth))
-    if middle <= 0:
-        return False
-    steps = [float(np.abs(before - work[first - 2][spiking]).mean()) if first >= 2 else np.inf,
-             float(np.abs(after - work[last + 2][spiking]).mean()) if last + 2 < work.shape[0] else np.inf]
-    if min(steps) > DEAD_EDGE_STEP * middle:
-        return False
-    return not wide or min(depth[0], depth[-1]) >= DEAD_BLOCK_SHARP * middle
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

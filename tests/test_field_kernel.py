@@ -146,6 +146,72 @@ def test_dead_lines_equal_the_reference(kind, confirmed):
     assert list(got) == expected_rows
 
 
+def _band_images():
+    """Detector-line images for the band confirmation: dead, hot, stuck and wide bands; pickets; clipped outsides."""
+    rng = np.random.default_rng(11)
+    base = 1000.0 + ndimage.gaussian_filter(rng.standard_normal((80, 120)), 3) * 50 + rng.normal(0, 2, (80, 120))
+    cases = {}
+    image = base.copy()
+    image[20] = 0.0
+    image[41:43] = 5.0
+    image[60:69] = 16383.0  # a failed readout module
+    cases["dead, pair, block"] = (image, [(20, 20), (41, 42), (60, 68)])
+    image = base.copy()
+    comb = ndimage.gaussian_filter1d(((np.arange(120) % 12) < 4).astype(float), 1.5)  # 4-line pickets, soft edges
+    image -= 300.0 * comb[None, :]
+    cases["pickets"] = (image.T.copy(), [])
+    image = base.copy()
+    image[:, :40] = 0.0
+    image[:, 85:] = 0.0
+    image[30] = 0.0
+    image[50:54] = 0.0
+    cases["clipped outside"] = (image, [(30, 30), (50, 53)])
+    image = base.copy()
+    image[:, :30] *= 0.03
+    image[35] = 0.0  # a stuck zero through a field and its faint outside
+    image[38] *= 1.4  # a hot line near it
+    cases["stuck beside hot"] = (image, [(35, 35), (38, 38)])
+    image = base.copy()
+    image[25:28] = ndimage.gaussian_filter1d(np.where(np.arange(80) < 26, 1.0, 0.2), 2)[25:28, None] * image[25:28]
+    cases["soft step"] = (image, [])
+    return cases
+
+
+@pytest.mark.parametrize("name", ["dead, pair, block", "pickets", "clipped outside", "stuck beside hot", "soft step"])
+def test_the_band_confirmation_equals_its_numpy_reference(name):
+    """``kernels.cpu.field.dead_band`` (compiled 2026-12-04: thousands of Python calls a frame before, on frames with
+    dead lines or MLC pickets) and the numpy code it replaced, from every start line, give the same band."""
+    from portalign.field import (
+        DEAD_BAND_MAX,
+        DEAD_BLOCK_SHARP,
+        DEAD_EDGE_STEP,
+        DEAD_LINE_CONTRAST,
+        DEAD_LINE_SHARE,
+        FULL_OUTER_NOISE_HALF_WINDOW,
+    )
+    from portalign.kernels.cpu.field import LIVE_MIN_PIXELS, LIVE_MIN_SHARE, dead_band, line_noise
+
+    image, bands = _band_images()[name]
+    work = np.ascontiguousarray(image, dtype=np.float64)
+    noise = line_noise(work)
+    rules = (DEAD_LINE_CONTRAST, DEAD_LINE_SHARE, DEAD_BAND_MAX, FULL_OUTER_NOISE_HALF_WINDOW, DEAD_EDGE_STEP,
+             DEAD_BLOCK_SHARP, max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1]))
+    found = []
+    at = 1
+    while at < work.shape[0] - 1:
+        got = dead_band(work, at, work.shape[0], noise, 12, *rules)
+        assert tuple(got) == reference.dead_band(work, at, work.shape[0], noise, 12, *rules)
+        if got[0] < 0:
+            break
+        found.append(tuple(got))
+        at = got[1] + 1
+    assert found == bands
+    for start in range(1, work.shape[0] - 1, 7):  # short windows too: a band must start inside the window
+        got = dead_band(work, start, start + 3, noise, 12, *rules)
+        assert tuple(got) == reference.dead_band(work, start, start + 3, noise, 12, *rules)
+        assert got[0] < 0 or start <= got[0] < start + 3
+
+
 @pytest.mark.parametrize("value", [1e6, -1e6, 1e20, 1e38])
 def test_one_extreme_pixel_does_not_hide_the_field(value):
     rng = np.random.default_rng(1)

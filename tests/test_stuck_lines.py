@@ -15,7 +15,8 @@ import math
 import numpy as np
 import portalign
 import pytest
-from portalign.field import _silent_pixels
+from portalign.kernels.cpu.field import _band_pixel_silent
+from portalign.kernels.reference.field import band_silent_pixels
 
 from tests.field_sets import with_lines
 from tests.synthetic import anatomy, field_aperture, moved, mv_portal
@@ -60,6 +61,15 @@ def test_a_sound_frame_names_no_stuck_line():
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok, result.reason
     assert result.details.get("dead_detector_lines") is None
+
+
+def _silent_pixels(low, high, outer_1, outer_2, threshold, lowest, highest, stuck=math.nan):  # type: ignore[no-untyped-def]
+    """The compiled kernel's per-pixel rule over arrays, checked against the numpy reference on every call."""
+    compiled = np.array([_band_pixel_silent(float(a), float(b), float(c), float(d), float(t), lowest, highest, stuck)
+                         for a, b, c, d, t in zip(low, high, outer_1, outer_2, threshold, strict=True)])
+    assert compiled.tolist() == band_silent_pixels(low, high, outer_1, outer_2, threshold, lowest, highest,
+                                                   stuck).tolist()
+    return compiled
 
 
 def test_silent_pixels_of_a_stuck_band():

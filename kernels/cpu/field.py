@@ -27,7 +27,7 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "line_noise", "floor_and_extremes", "outer_line_noise",
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "line_noise", "floor_and_extremes", "outer_line_noise",
            "line_means", "screened_lines", "interlaced", "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
@@ -439,10 +439,28 @@ def outer_line_noise(work: np.ndarray, before: int, after: int, half_window: int
                 continue
             window[n] = abs(a - b)
             n += 1
-        value = (1.4826 / math.sqrt(2.0) * np.median(window[:n]) if n > 0 else 0.0) + floor
+        value = (1.4826 / math.sqrt(2.0) * _small_median(window, n) if n > 0 else 0.0) + floor
         for k in range(start, stop):
             out[k] = value
     return out
+
+
+@njit(cache=True, nogil=True)
+def _small_median(values: np.ndarray, n: int) -> float:  # pragma: no cover
+    """``np.median(values[:n])`` (``n >= 1``, finite values) of a few dozen values, sorting them in place.
+
+    An insertion sort: a block of :func:`outer_line_noise` (33 values) in a third of a microsecond, where
+    ``np.median``'s copy and selection took 1.4 (it ran 16 times a line, for every line a band was tried at).
+    """
+    for i in range(1, n):
+        value = values[i]
+        k = i - 1
+        while k >= 0 and values[k] > value:
+            values[k + 1] = values[k]
+            k -= 1
+        values[k + 1] = value
+    half = n // 2
+    return values[half] if n % 2 == 1 else (values[half - 1] + values[half]) / 2
 
 
 @njit(cache=True, nogil=True)
@@ -849,3 +867,198 @@ def three_level_split(values: np.ndarray, bins: int, found: np.ndarray) -> tuple
     separation = abs(s_mid / n_mid - mean_out) / spread if spread > 0.0 else np.inf
     return (best / total, threshold, field_is_bright, (dark if field_is_bright else bright) / border, count,
             separation, found_count)
+
+
+@njit(cache=True, nogil=True)
+def _band_pixel_silent(low: float, high: float, outer_1: float, outer_2: float, threshold: float, lowest: float,
+                       highest: float, stuck: float) -> bool:  # pragma: no cover
+    """Whether a pixel of a band (its ``low`` and ``high`` over the band's lines) can show no dead line.
+
+    :func:`_silent`, and a band stuck at ``stuck`` (every pixel of it that value; NaN: not stuck) whose outer values
+    do not both stand clear of it by ``threshold`` on one side (a dead line's zero against a field's faint outside).
+    """
+    if low != high:
+        return False
+    if outer_1 == low and outer_2 == low:
+        return True
+    if low == lowest and max(outer_1, outer_2) - lowest <= threshold:
+        return True
+    if low == highest and highest - min(outer_1, outer_2) <= threshold:
+        return True
+    if low == stuck:  # False for NaN
+        clear = ((outer_1 - stuck > threshold and outer_2 - stuck > threshold)
+                 or (stuck - outer_1 > threshold and stuck - outer_2 > threshold))
+        return not clear
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _band_sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool, edge_step: float,
+                block_sharp: float) -> bool:  # pragma: no cover
+    """Whether the band ``work[first:last + 1]`` starts and stops at a detector line, over the pixels ``spiking``.
+
+    Depths are mean distances from the nearer of the two lines just outside the band; the image steps less outside
+    the band (the smaller of its two outer steps) than ``edge_step`` times the band's median depth, and a ``wide``
+    band's first and last lines are at least ``block_sharp`` times as deep as its median line.
+    """
+    rows, cols = work.shape
+    n = 0
+    band_total = 0.0
+    before_total = 0.0
+    for j in range(cols):
+        if spiking[j]:
+            n += 1
+            before_total += work[first - 1, j]
+            for r in range(first, last + 1):
+                band_total += work[r, j]
+    width = last - first + 1
+    if n == 0:
+        return False
+    brighter = band_total / (n * width) > before_total / n
+    depth = np.empty(width)
+    for r in range(first, last + 1):
+        total = 0.0
+        for j in range(cols):
+            if spiking[j]:
+                outer = (max(work[first - 1, j], work[last + 1, j]) if brighter
+                         else min(work[first - 1, j], work[last + 1, j]))
+                total += abs(work[r, j] - outer)
+        depth[r - first] = total / n
+    middle = np.median(depth)
+    if middle <= 0.0:
+        return False
+    step_before = np.inf
+    step_after = np.inf
+    if first >= 2:
+        total = 0.0
+        for j in range(cols):
+            if spiking[j]:
+                total += abs(work[first - 1, j] - work[first - 2, j])
+        step_before = total / n
+    if last + 2 < rows:
+        total = 0.0
+        for j in range(cols):
+            if spiking[j]:
+                total += abs(work[last + 1, j] - work[last + 2, j])
+        step_after = total / n
+    if min(step_before, step_after) > edge_step * middle:
+        return False
+    return (not wide) or min(depth[0], depth[width - 1]) >= block_sharp * middle
+
+
+@njit(cache=True, nogil=True)
+def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int, contrast: float,
+              share: float, band_max: int, half_window: int, edge_step: float, block_sharp: float,
+              least: float) -> tuple:  # pragma: no cover
+    """Return ``(first, last)`` of a band of 1 to ``max_width`` dead detector lines starting in ``work[start:stop]``.
+
+    ``(-1, -1)`` where none does. The rule of ``portalign.field._bridge_dead_lines``' confirmation, one compiled
+    call (``kernels/reference/field.py``'s ``dead_band`` is the same in numpy, line by line): over at least ``share``
+    of their judged pixels (at least ``least``; pixels that can show nothing, :func:`_band_pixel_silent`, are not
+    judged unless the band stands out where it is not clipped) the band's lines all lie beyond the two lines just
+    outside it, on one side, by more than ``contrast`` times the noise there (the smaller of ``noise``, ``(cols,)``,
+    and :func:`outer_line_noise` of the two outside lines). A band of up to ``band_max`` lines must have outside
+    lines that differ from each other by less than half its spike there; a wider one must start and stop sharply
+    (:func:`_band_sharp`, ``edge_step`` and ``block_sharp``). The widest band at the first line that starts one.
+
+    Parameters
+    ----------
+    work : float64[rows, cols]
+        Detector lines (rows) of the image or a segment of them.
+    start, stop : int
+        The lines a band may start at (``start`` at least 1).
+    noise : float64[cols]
+    max_width : int
+    """
+    rows, cols = work.shape
+    floor, lowest, highest = floor_and_extremes(work)
+    low = np.empty(cols)
+    high = np.empty(cols)
+    threshold = np.empty(cols)
+    beyond = np.empty(cols, dtype=np.bool_)
+    spiking = np.empty(cols, dtype=np.bool_)
+    for first in range(max(start, 1), min(stop, rows - 1)):
+        for j in range(cols):
+            low[j] = work[first, j]
+            high[j] = work[first, j]
+        widest_first = -1
+        widest_last = -1
+        for width in range(1, max_width + 1):
+            last = first + width - 1
+            if last + 1 >= rows:
+                break
+            outer = outer_line_noise(work, first - 1, last + 1, half_window, floor, lowest, highest)
+            band_low = np.inf
+            band_high = -np.inf
+            for j in range(cols):
+                threshold[j] = contrast * min(noise[j], outer[j])
+                low[j] = min(low[j], work[last, j])
+                high[j] = max(high[j], work[last, j])
+                band_low = min(band_low, low[j])
+                band_high = max(band_high, high[j])
+            # a stuck band: every pixel of it reads one value while the lines about it vary
+            stuck = np.nan
+            if band_low == band_high:
+                for j in range(cols):
+                    if work[first - 1, j] != low[0]:
+                        stuck = low[0]
+                        break
+            # against the line before it
+            whole = False
+            n_beyond = 0
+            for j in range(cols):
+                before = work[first - 1, j]
+                beyond[j] = low[j] - before > threshold[j] or before - high[j] > threshold[j]
+                if beyond[j]:
+                    n_beyond += 1
+                    clipped = low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)
+                    if not clipped:
+                        whole = True
+            count = cols
+            if not whole:
+                count = 0
+                for j in range(cols):
+                    before = work[first - 1, j]
+                    if beyond[j] or not _band_pixel_silent(low[j], high[j], before, before, threshold[j], lowest,
+                                                           highest, stuck):
+                        count += 1
+            if count < least or n_beyond < share * count:
+                break  # the band no longer lies beyond the line before it: wider bands cannot either
+            # and against the line after it
+            whole = False
+            n_spiking = 0
+            for j in range(cols):
+                before = work[first - 1, j]
+                after = work[last + 1, j]
+                up = low[j] - max(before, after) > threshold[j]
+                down = min(before, after) - high[j] > threshold[j]
+                spiking[j] = up or down
+                if spiking[j]:
+                    clipped = low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)
+                    if not clipped:
+                        whole = True
+            count = cols
+            if not whole:
+                count = 0
+                for j in range(cols):
+                    if spiking[j] or not _band_pixel_silent(low[j], high[j], work[first - 1, j], work[last + 1, j],
+                                                            threshold[j], lowest, highest, stuck):
+                        count += 1
+            for j in range(cols):
+                if spiking[j] and width <= band_max:
+                    before = work[first - 1, j]
+                    after = work[last + 1, j]
+                    up = low[j] - max(before, after) > threshold[j]
+                    spike = low[j] - max(before, after) if up else min(before, after) - high[j]
+                    spiking[j] = abs(before - after) < 0.5 * spike
+                if spiking[j]:
+                    n_spiking += 1
+            if count < least or n_spiking < share * count:
+                continue
+            if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
+                continue
+            widest_first = first
+            widest_last = last
+        if widest_first >= 0:
+            return widest_first, widest_last
+    return -1, -1

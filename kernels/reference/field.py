@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["split_field", "three_level_split", "dead_lines"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "band_silent_pixels"]
 
 FLAT, NOT_A_FIELD, FIELD = 0, 1, 2
 
@@ -274,3 +276,96 @@ def three_level_split(values: np.ndarray, bins: int, found: np.ndarray) -> tuple
     separation = abs(middle.mean() - outside.mean()) / spread if spread > 0.0 else np.inf
     return (effectiveness, threshold, field_is_bright, (dark if field_is_bright else bright) / border.size,
             int(inside.sum()), float(separation), found_count)
+
+
+def _extremes(work: np.ndarray) -> tuple[float, float, float]:
+    """``(floor, lowest, highest)`` as the CPU kernel's ``floor_and_extremes``."""
+    return _noise_floor(work), float(work.min()), float(work.max())
+
+
+def band_silent_pixels(low: np.ndarray, high: np.ndarray, outer_1: np.ndarray, outer_2: np.ndarray,
+                       threshold: np.ndarray, lowest: float, highest: float, stuck: float = math.nan) -> np.ndarray:
+    """Where a band (its per-pixel ``low`` and ``high``) can show no dead line (the CPU kernel's ``_band_pixel_silent``).
+
+    The band and both outer lines read one value, or the band reads the image's ``lowest`` (``highest``) value, a
+    clipped one, and both outer lines lie within ``threshold`` of it, or the band is stuck at ``stuck`` (every pixel
+    of it that value: NaN where it is not) and its outer lines do not both stand clear of it by ``threshold`` on one
+    side (a dead line's zero against the faint outside of a field, whose noise takes it below zero too).
+    """
+    flat = low == high
+    same = (outer_1 == low) & (outer_2 == low)
+    floor = (low == lowest) & (np.maximum(outer_1, outer_2) - lowest <= threshold)
+    ceiling = (low == highest) & (highest - np.minimum(outer_1, outer_2) <= threshold)
+    clear = ((outer_1 - stuck > threshold) & (outer_2 - stuck > threshold)) | \
+        ((stuck - outer_1 > threshold) & (stuck - outer_2 > threshold))
+    held = (low == stuck) & ~clear
+    return flat & (same | floor | ceiling | held)  # type: ignore[no-any-return]
+
+
+def _band_sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wide: bool, edge_step: float,
+                block_sharp: float) -> bool:
+    """Whether the band starts and stops at a detector line (the CPU kernel's ``_band_sharp``)."""
+    before, after = work[first - 1][spiking], work[last + 1][spiking]
+    band = work[first:last + 1][:, spiking]
+    outer = np.maximum(before, after) if band.mean() > before.mean() else np.minimum(before, after)
+    depth = np.abs(band - outer).mean(axis=1)
+    middle = float(np.median(depth))
+    if middle <= 0:
+        return False
+    steps = [float(np.abs(before - work[first - 2][spiking]).mean()) if first >= 2 else np.inf,
+             float(np.abs(after - work[last + 2][spiking]).mean()) if last + 2 < work.shape[0] else np.inf]
+    if min(steps) > edge_step * middle:
+        return False
+    return not wide or min(depth[0], depth[-1]) >= block_sharp * middle
+
+
+def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int, contrast: float,
+              share: float, band_max: int, half_window: int, edge_step: float, block_sharp: float,
+              least: float) -> tuple[int, int]:
+    """``(first, last)`` of the first band of dead lines starting in ``work[start:stop]``, ``(-1, -1)`` for none.
+
+    The CPU kernel's ``dead_band`` with numpy arrays, line by line (what ``portalign.field`` ran before it was
+    compiled).
+    """
+    rows = work.shape[0]
+    floor, lowest, highest = _extremes(work)
+    for first in range(max(start, 1), min(stop, rows - 1)):
+        before = work[first - 1]
+        low, high = work[first].copy(), work[first].copy()
+        widest = None
+        for width in range(1, max_width + 1):
+            last = first + width - 1
+            if last + 1 >= rows:
+                break
+            threshold = contrast * np.minimum(noise, outer_line_noise(work, first - 1, last + 1, half_window, floor,
+                                                                       lowest, highest))
+            np.minimum(low, work[last], out=low)
+            np.maximum(high, work[last], out=high)
+            stuck = float(low[0]) if low.min() == high.max() and bool(np.any(before != low[0])) else math.nan
+            above, below = low - before > threshold, before - high > threshold
+            beyond = above | below
+            clipped = (low == high) & ((low == lowest) | (low == highest) | (low == stuck))
+            whole = bool(np.any(beyond & ~clipped))
+            count = (int(np.count_nonzero(beyond | ~band_silent_pixels(low, high, before, before, threshold, lowest,
+                                                                       highest, stuck)))
+                     if not whole else low.size)
+            if count < least or np.count_nonzero(beyond) < share * count:
+                break
+            after = work[last + 1]
+            up = (low - np.maximum(before, after) > threshold)
+            down = (np.minimum(before, after) - high > threshold)
+            whole = bool(np.any((up | down) & ~clipped))
+            count = (int(np.count_nonzero(up | down | ~band_silent_pixels(low, high, before, after, threshold, lowest,
+                                                                           highest, stuck))) if not whole else low.size)
+            spiking = up | down
+            if width <= band_max:
+                spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
+                spiking &= np.abs(before - after) < 0.5 * spike
+            if count < least or np.count_nonzero(spiking) < share * count:
+                continue
+            if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
+                continue
+            widest = (first, last)
+        if widest is not None:
+            return widest
+    return -1, -1
