@@ -337,6 +337,24 @@ def test_portal_cine_bench_checks_every_frame_s_interior_and_finds_the_small_mot
 
 
 @pytest.mark.real_data
+def test_frame_costs_bench_times_and_profiles_each_pair(capsys):
+    from bench import frame_costs
+    from bench.cases import CT_FOLDER
+
+    if not CT_FOLDER.is_dir():
+        pytest.skip(f"the thorax CT is not at {CT_FOLDER}")
+    assert frame_costs.main(["--pairs", "4", "--only", "3", "--warm", "1", "--timed", "2"]) == 0
+    out = capsys.readouterr().out
+    line = next(text for text in out.splitlines() if text.startswith("pair  3"))
+    # pair 3 of seed 11: a collimator-turned portal pair with dead detector lines, registered ok
+    assert "collimator portal dead-lines" in line and "(ok=True)" in line, line
+    assert float(line.split(" ms a frame")[0].split()[-1]) > 0
+    calls = int(line.split(" Python-level calls")[0].split()[-1])
+    assert 20 < calls < 5000, line  # a frame's Python: the front end and the checks, the search compiled
+    assert "SUMMARY collimator: 1 pairs, median" in out
+
+
+@pytest.mark.real_data
 def test_real_windows_bench_counts_the_outcomes_and_names_the_wrong_ones(capsys, tmp_path):
     from bench import real_windows
 
