@@ -291,3 +291,29 @@ def test_the_three_level_split_matches_its_numpy_twin(case):
         effectiveness, threshold, bright, on_border, count, separation, _ = compiled
         assert bright and on_border == 1.0 and effectiveness > 0.85 and separation > 6.0
         assert count == np.count_nonzero(values >= threshold) == 59 * 49  # the square, air and tissue both
+
+
+def test_the_largest_disc_is_scipy_s_distance_transform_of_the_padded_mask():
+    """``kernels.cpu.field.largest_disc_diameter`` (``portalign.field.field_size_mm``, compiled 2026-12-04) against
+    ``scipy.ndimage.distance_transform_edt``: random masks, discs, rectangles, anisotropic spacings, one pixel."""
+    from portalign.kernels.cpu.field import largest_disc_diameter
+
+    rng = np.random.default_rng(5)
+    for trial in range(90):
+        rows, cols = (int(v) for v in rng.integers(1, 60, 2))
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        if trial % 3 == 0:
+            mask = rng.random((rows, cols)) > rng.uniform(0.05, 0.6)
+        elif trial % 3 == 1:
+            mask = ((xx - cols * rng.random()) / cols) ** 2 + ((yy - rows * rng.random()) / rows) ** 2 < 0.2
+        else:
+            mask = (np.abs(xx - cols / 2) < cols / 3) & (np.abs(yy - rows / 2) < rows / 4)
+        spacing = (float(rng.uniform(0.2, 5.0)), float(rng.uniform(0.2, 5.0)))
+        expected = 2.0 * float(ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing).max())
+        got = largest_disc_diameter(mask.astype(np.uint8), *spacing)
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12), (trial, rows, cols)
+    # a 60 x 40 field at 1 mm pixels: its shorter side; a single pixel: one pixel across (the border is outside)
+    field = np.zeros((80, 100), np.uint8)
+    field[20:60, 20:80] = 1
+    assert largest_disc_diameter(field, 1.0, 1.0) == pytest.approx(40.0)
+    assert largest_disc_diameter(np.ones((1, 1), np.uint8), 2.0, 3.0) == pytest.approx(4.0)

@@ -27,7 +27,7 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "line_noise", "floor_and_extremes", "outer_line_noise",
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "line_noise", "floor_and_extremes", "outer_line_noise",
            "line_means", "screened_lines", "interlaced", "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
@@ -1062,3 +1062,79 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
         if widest_first >= 0:
             return widest_first, widest_last
     return -1, -1
+
+
+@njit(cache=True, nogil=True)
+def _lower_envelope(f: np.ndarray, n: int, h: float, out: np.ndarray, v: np.ndarray, z: np.ndarray) -> None:  # pragma: no cover
+    """``out[q] = min_p ((h (q - p))^2 + f[p])`` for ``q < n``: the lower envelope of parabolas.
+
+    Felzenszwalb and Huttenlocher, "Distance transforms of sampled functions", Theory of Computing 8 (2012),
+    algorithm 1, with a grid step ``h``; ``f`` holds ``inf`` where no source is. ``v`` (int) and ``z`` are scratch
+    of ``n`` and ``n + 1``.
+    """
+    k = -1
+    for q in range(n):
+        if f[q] == np.inf:
+            continue
+        if k < 0:
+            k = 0
+            v[0] = q
+            z[0] = -np.inf
+            z[1] = np.inf
+            continue
+        while True:
+            p = v[k]
+            s = ((f[q] + (h * q) * (h * q)) - (f[p] + (h * p) * (h * p))) / (2.0 * h * h * (q - p))
+            if s <= z[k]:
+                k -= 1
+                if k < 0:
+                    break
+            else:
+                break
+        k += 1
+        v[k] = q
+        z[k] = s if k > 0 else -np.inf
+        z[k + 1] = np.inf
+    if k < 0:
+        for q in range(n):
+            out[q] = np.inf
+        return
+    j = 0
+    for q in range(n):
+        while z[j + 1] < q:
+            j += 1
+        d = h * (q - v[j])
+        out[q] = d * d + f[v[j]]
+
+
+@njit(cache=True, nogil=True)
+def largest_disc_diameter(mask: np.ndarray, spacing_row: float, spacing_col: float) -> float:  # pragma: no cover
+    """Diameter (in the spacing's units) of the largest disc inside the nonzero pixels of ``mask``.
+
+    Twice the largest Euclidean distance from a mask pixel to the nearest pixel outside it, the image beyond the
+    border counting as outside (what ``scipy.ndimage.distance_transform_edt`` of the mask padded by one gives):
+    the exact squared distance transform, one pass of :func:`_lower_envelope` along each axis. 0 for an empty mask.
+    """
+    rows, cols = mask.shape
+    pr, pc = rows + 2, cols + 2  # padded by one pixel of outside on each side
+    column = np.empty(pr)
+    envelope = np.empty(max(pr, pc))
+    v = np.empty(max(pr, pc), dtype=np.int64)
+    z = np.empty(max(pr, pc) + 1)
+    along_rows = np.empty((pr, pc))
+    for c in range(pc):
+        for r in range(pr):
+            inside = 1 <= r <= rows and 1 <= c <= cols and mask[r - 1, c - 1] != 0
+            column[r] = np.inf if inside else 0.0
+        _lower_envelope(column, pr, spacing_row, envelope, v, z)
+        for r in range(pr):
+            along_rows[r, c] = envelope[r]
+    best = 0.0
+    line = np.empty(pc)
+    for r in range(pr):
+        for c in range(pc):
+            line[c] = along_rows[r, c]
+        _lower_envelope(line, pc, spacing_col, envelope, v, z)
+        for c in range(pc):
+            best = max(best, envelope[c])
+    return 2.0 * math.sqrt(best)
