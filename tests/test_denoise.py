@@ -361,3 +361,27 @@ def test_the_smoothing_kernel_is_the_normalised_convolution_it_documents(shape, 
     expected = _normalised_convolution(pixels, live_rows, live_cols, taps_rows, taps_cols)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0)
     assert np.array_equal(out[live_rows == 0], pixels[live_rows == 0])
+
+
+def test_the_smoothing_gives_the_same_numbers_on_one_thread_and_on_two():
+    """Its float32 sums are each pixel's own, in a fixed order: the thread count cannot change a bit of them."""
+    import numba
+    from portalign.kernels.cpu.pyramid import smooth_separable
+    from portalign.registration._frame import _gaussian_taps
+
+    rng = np.random.default_rng(3)
+    pixels = rng.normal(800.0, 30.0, (97, 131)).astype(np.float32)
+    live_rows, live_cols = np.ones(97, np.uint8), np.ones(131, np.uint8)
+    live_rows[40] = live_cols[7] = 0
+    taps = _gaussian_taps(3.8)
+    outs = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS), 1):
+            numba.set_num_threads(threads)
+            out = np.empty_like(pixels)
+            smooth_separable(pixels, live_rows, live_cols, taps, taps, np.empty_like(pixels), out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(outs[0], other) for other in outs[1:])
