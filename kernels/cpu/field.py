@@ -27,8 +27,9 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "line_noise", "floor_and_extremes", "outer_line_noise",
-           "line_means", "screened_lines", "interlaced", "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "line_noise",
+           "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced", "line_candidates",
+           "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -947,6 +948,27 @@ def _band_sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wi
 
 
 @njit(cache=True, nogil=True)
+def _judged_pixels(work: np.ndarray, outer_1: int, outer_2: int, standing: np.ndarray, low: np.ndarray,
+                   high: np.ndarray, threshold: np.ndarray, lowest: float, highest: float,
+                   stuck: float) -> int:  # pragma: no cover
+    """Count the pixels a band is judged by, between outside lines ``outer_1`` and ``outer_2`` (:func:`dead_band`).
+
+    Every pixel where the band stands out somewhere it is not clipped (at the image's extremes or its stuck value);
+    otherwise those ``standing`` out and those that are not silent (:func:`_band_pixel_silent`).
+    """
+    cols = work.shape[1]
+    for j in range(cols):
+        if standing[j] and not (low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)):
+            return cols
+    count = 0
+    for j in range(cols):
+        if standing[j] or not _band_pixel_silent(low[j], high[j], work[outer_1, j], work[outer_2, j], threshold[j],
+                                                 lowest, highest, stuck):
+            count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
 def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_width: int, contrast: float,
               share: float, band_max: int, half_window: int, edge_step: float, block_sharp: float,
               least: float) -> tuple:  # pragma: no cover
@@ -1004,46 +1026,22 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                         stuck = low[0]
                         break
             # against the line before it
-            whole = False
             n_beyond = 0
             for j in range(cols):
                 before = work[first - 1, j]
                 beyond[j] = low[j] - before > threshold[j] or before - high[j] > threshold[j]
                 if beyond[j]:
                     n_beyond += 1
-                    clipped = low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)
-                    if not clipped:
-                        whole = True
-            count = cols
-            if not whole:
-                count = 0
-                for j in range(cols):
-                    before = work[first - 1, j]
-                    if beyond[j] or not _band_pixel_silent(low[j], high[j], before, before, threshold[j], lowest,
-                                                           highest, stuck):
-                        count += 1
+            count = _judged_pixels(work, first - 1, first - 1, beyond, low, high, threshold, lowest, highest, stuck)
             if count < least or n_beyond < share * count:
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
             # and against the line after it
-            whole = False
             n_spiking = 0
             for j in range(cols):
                 before = work[first - 1, j]
                 after = work[last + 1, j]
-                up = low[j] - max(before, after) > threshold[j]
-                down = min(before, after) - high[j] > threshold[j]
-                spiking[j] = up or down
-                if spiking[j]:
-                    clipped = low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)
-                    if not clipped:
-                        whole = True
-            count = cols
-            if not whole:
-                count = 0
-                for j in range(cols):
-                    if spiking[j] or not _band_pixel_silent(low[j], high[j], work[first - 1, j], work[last + 1, j],
-                                                            threshold[j], lowest, highest, stuck):
-                        count += 1
+                spiking[j] = low[j] - max(before, after) > threshold[j] or min(before, after) - high[j] > threshold[j]
+            count = _judged_pixels(work, first - 1, last + 1, spiking, low, high, threshold, lowest, highest, stuck)
             for j in range(cols):
                 if spiking[j] and width <= band_max:
                     before = work[first - 1, j]
