@@ -21,20 +21,28 @@
 #
 # Then, each step under its own time limit (so that one hang cannot eat a device lease), output also
 # in $OUT/gpu_check.log: the first registration of a fresh process on the GPU before any kernel is cached
-# (compilation included) and once more after (numba-cuda's cache); the GPU tests on the real device
-# (python -m pytest -m gpu tests/test_gpu.py, warnings as errors); the latency / throughput table of
-# bench/gpu_latency.py for the CPU and GPU backends side by side (batches on 1, 2 and 4 lanes), and again
-# with frames through a radiation field that each frame detects (how many launch sequences replayed a graph); where a
-# warm GPU frame's host time goes (bench/gpu_profile.py, and the latency with CUDA graphs off); the
-# 6-DOF 2D/3D registration on the GPU (bench/register3d.py; the CT is looked for in ../shared, or
-# unpacked from .ct/ct.tar.xz when carried); 16 held-out-style pairs of every kind registered on both
-# backends with their largest difference (bench/held_out.py --backend both); and the device work per
-# frame (bench/device_work.py).
+# (compilation included); the latency / throughput table of bench/gpu_latency.py for the CPU and GPU
+# backends side by side (batches on 1, 2 and 4 lanes); the GPU tests on the real device (python -m pytest
+# -m gpu tests/test_gpu.py, warnings as errors); the first registration once more with numba-cuda's cache;
+# the latency again with frames through a radiation field that each frame detects (how many launch
+# sequences replayed a graph); 16 held-out-style pairs of every kind registered on both backends with
+# their largest difference (bench/held_out.py --backend both); the 6-DOF 2D/3D registration on the GPU
+# (bench/register3d.py; the CT is looked for in ../shared, or unpacked from .ct/ct.tar.xz when carried);
+# where a warm GPU frame's host time goes (bench/gpu_profile.py, the levels made ready on the device, the
+# latency with CUDA graphs off); and the device work per frame (bench/device_work.py). A fresh install
+# compiles the CPU kernels once too (about 2 minutes of one core on the project's machine).
+#
+# The steps run in the order of what a short lease most needs: the first frame, the latency table, the
+# tests, then the rest; each writes to the log as it goes, so a run stopped at its limit still reports
+# the steps it finished.
 #
 # Usage:  bash bench/gpu_check.sh [extra arguments for bench/gpu_latency.py]
 # Env:    PYTHON (default python, else python3), OUT (where the JSON and the log go; default out/),
 #         GPU_CHECK_3D_CPU=1 also times the 6-DOF registration on the CPU backend,
-#         GPU_CHECK_QUICK=1 leaves out the 6-DOF and device-work steps (a second run in a lease)
+#         GPU_CHECK_QUICK=1 leaves out the 6-DOF and device-work steps (a second run in a lease),
+#         GPU_CHECK_ONLY="held_out 3d" runs only the named steps (cold, latency, tests, cached, field,
+#         profile, levels, nographs, 3d, held_out, device_work); the install is kept when .gpu-site
+#         already holds portalign (a second call on a warm machine)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python || command -v python3)}
@@ -62,13 +70,22 @@ EOF
 step "install (into .gpu-site, first on PYTHONPATH)"
 shopt -s nullglob
 SITE="$PWD/.gpu-site"
-rm -rf "$SITE"
-wheels=(.whl/*.whl)
+ONLY=${GPU_CHECK_ONLY:-}
+# want STEP: whether this run includes the step (every step unless GPU_CHECK_ONLY names some)
+want() { [[ -z $ONLY || " $ONLY " == *" $1 "* ]]; }
+if [[ -n $ONLY && -d $SITE/portalign ]]; then
+    echo "kept: $SITE (GPU_CHECK_ONLY, installed by an earlier call)"
+    wheels=()
+    own=(kept)
+else
+    rm -rf "$SITE"
+    wheels=(.whl/*.whl)
+    own=(.whl/portalign-*.whl)
+fi
 if ((${#wheels[@]})); then
     "$PY" -m pip install --no-index --no-deps --quiet --target "$SITE" "${wheels[@]}" \
         || { echo "installing .whl/*.whl failed"; status=1; }
 fi
-own=(.whl/portalign-*.whl)
 if ((${#own[@]} == 0)); then
     "$PY" -m pip install --no-index --no-deps --no-build-isolation --quiet --target "$SITE" . \
         || { echo "pip install . failed"; exit 1; }
@@ -97,41 +114,50 @@ print(f"first GPU registration of a fresh process ({sys.argv[1]}): {t2 - t0:.2f}
 EOF
 }
 QUICK=${GPU_CHECK_QUICK:-0}
-step "first registration in a fresh process, nothing cached yet"
-cold "kernels compiled" || status=1
+if want cold; then
+    step "first registration in a fresh process, nothing cached yet"
+    cold "kernels compiled" || status=1
+fi
 
-step "GPU tests on the device (warnings are errors)"
-# NUMBA_ENABLE_CUDASIM must be unset: the tests run the compiled kernels on the device. Only the module
-# that holds them is collected: the others import the service extras (httpx, pynetdicom), absent here.
-# -X faulthandler: a crash at interpreter exit (after pytest's own handler is gone) still prints its stack
-limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" -X faulthandler -m pytest -m gpu -q -p no:cacheprovider -rfEw \
-    --tb=short tests/test_gpu.py || status=1
+if want latency; then
+    step "latency and throughput (1024 x 768 synthetic frames)"
+    limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --batch 256 \
+        --json "$OUT/gpu_latency.json" "$@" || status=1
+fi
 
-step "first registration in a fresh process, kernels from numba-cuda's cache"
-cold "kernels cached" || status=1
-step "where numba-cuda cached the kernels (kernels/gpu/_cache.py: the user's cache folder, stamped with the set)"
-"$PY" -c "from portalign.kernels.gpu import refine; from portalign.kernels.cpu._cache import install_cuda_locators
+if want tests; then
+    step "GPU tests on the device (warnings are errors)"
+    # NUMBA_ENABLE_CUDASIM must be unset: the tests run the compiled kernels on the device. Only the module
+    # that holds them is collected: the others import the service extras (httpx, pynetdicom), absent here.
+    # -X faulthandler: a crash at interpreter exit (after pytest's own handler is gone) still prints its stack
+    limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" -X faulthandler -m pytest -m gpu -q -p no:cacheprovider -rfEw \
+        --tb=short tests/test_gpu.py || status=1
+fi
+
+if want cached; then
+    step "first registration in a fresh process, kernels from numba-cuda's cache"
+    cold "kernels cached" || status=1
+    step "where numba-cuda cached the kernels (kernels/gpu/_cache.py: the user's cache folder, stamped with the set)"
+    "$PY" -c "from portalign.kernels.gpu import refine; from portalign.kernels.cpu._cache import install_cuda_locators
 c = refine._stencil._cache; print('stamped locators installed:', install_cuda_locators(), '| locator:',
 type(c._impl.locator).__name__, '| path:', c.cache_path)" || echo "(the cache locator could not be read)"
+fi
 
-step "latency and throughput (1024 x 768 synthetic frames)"
-limit 300 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --batch 256 \
-    --json "$OUT/gpu_latency.json" "$@" || status=1
+if want field; then
+    step "latency through a radiation field each frame detects (usable-pixel counts vary, as in cine: graphs per bucket)"
+    limit 150 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --field --frames 30 --batch 64 \
+        --lanes 2 --no-drr --json "$OUT/gpu_latency_field.json" || status=1
+fi
 
-step "latency through a radiation field each frame detects (usable-pixel counts vary, as in cine: graphs per bucket)"
-limit 150 env -u NUMBA_ENABLE_CUDASIM "$PY" bench/gpu_latency.py --backend both --field --frames 30 --batch 64 \
-    --lanes 2 --no-drr --json "$OUT/gpu_latency_field.json" || status=1
+if want held_out && [[ $QUICK != 1 ]]; then
+    step "held-out-style pairs of every kind (fields, cones, MLC, open, portal references, low dose, dead lines) on both"
+    if [[ ! -d ../shared/data/real/itkelastix/thorax_ct_phase00 && -f .ct/ct.tar.xz ]]; then
+        mkdir -p ../shared/data/real/itkelastix && tar -xJf .ct/ct.tar.xz -C ../shared/data/real/itkelastix
+    fi
+    limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.held_out --pairs 16 --backend both || status=1
+fi
 
-step "where a warm GPU frame's host time goes"
-limit 120 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.gpu_profile --backend gpu --frames 30 --top 30 || status=1
-step "latency with the levels made ready by the device's own kernels (PORTALIGN_GPU_LEVELS=device)"
-limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_GPU_LEVELS=device "$PY" bench/gpu_latency.py --backend gpu \
-    --frames 30 --batch 64 --lanes 1,4 --no-drr || status=1
-step "latency with CUDA graphs off (PORTALIGN_CUDA_GRAPHS=0)"
-limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_CUDA_GRAPHS=0 "$PY" bench/gpu_latency.py --backend gpu \
-    --frames 30 --batch 32 --lanes 1 --no-drr || status=1
-
-if [[ $QUICK != 1 ]]; then
+if want 3d && [[ $QUICK != 1 ]]; then
     step "6-DOF 2D/3D: two 640 x 480 views against the thorax CT (target <= 0.3 s on a GPU)"
     if [[ ! -d ../shared/data/real/itkelastix/thorax_ct_phase00 && -f .ct/ct.tar.xz ]]; then
         mkdir -p ../shared/data/real/itkelastix && tar -xJf .ct/ct.tar.xz -C ../shared/data/real/itkelastix
@@ -142,10 +168,24 @@ if [[ $QUICK != 1 ]]; then
         limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.register3d --backend "$backend" --setups 2 --repeats 3 \
             --json "$OUT/register3d_$backend.json" || status=1
     done
+fi
 
-    step "held-out-style pairs of every kind (fields, cones, MLC, open, portal references, low dose, dead lines) on both"
-    limit 240 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.held_out --pairs 16 --backend both || status=1
+if want profile; then
+    step "where a warm GPU frame's host time goes"
+    limit 120 env -u NUMBA_ENABLE_CUDASIM "$PY" -m bench.gpu_profile --backend gpu --frames 30 --top 30 || status=1
+fi
+if want levels; then
+    step "latency with the levels made ready by the device's own kernels (PORTALIGN_GPU_LEVELS=device)"
+    limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_GPU_LEVELS=device "$PY" bench/gpu_latency.py --backend gpu \
+        --frames 30 --batch 64 --lanes 1,4 --no-drr || status=1
+fi
+if want nographs; then
+    step "latency with CUDA graphs off (PORTALIGN_CUDA_GRAPHS=0)"
+    limit 120 env -u NUMBA_ENABLE_CUDASIM PORTALIGN_CUDA_GRAPHS=0 "$PY" bench/gpu_latency.py --backend gpu \
+        --frames 30 --batch 32 --lanes 1 --no-drr || status=1
+fi
 
+if want device_work && [[ $QUICK != 1 ]]; then
     step "device work per 1024 x 768 frame (counted on the CPU backend: the optimiser makes the same calls)"
     limit 120 "$PY" -m bench.device_work || status=1
 fi
