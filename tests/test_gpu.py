@@ -495,7 +495,8 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
             capacity = level.pixel_rows.shape[0]
             assert level.listed == listed_bucket(level.usable, capacity) >= level.usable
             tail = slice(level.usable, level.listed)
-            assert not np.asarray(level.pixel_rows[tail]).any() and not np.asarray(level.pixel_cols[tail]).any()
+            # launch.to_host: on a device the lists are CuPy arrays, which refuse an implicit np.asarray
+            assert not launch.to_host(level.pixel_rows[tail]).any() and not launch.to_host(level.pixel_cols[tail]).any()
             counts[index] = (level.usable, level.listed)
         seen.append((counts, keys[first:]))
     (counts_a, keys_a), (counts_b, keys_b) = seen
