@@ -57,7 +57,10 @@ class RegistrationOptions:
         Radiation-field detection (see ``FIELD_MODES``).
     field_margin_mm : float
         Width of the band around the field edge that is excluded from the anatomy
-        match, on each side of the 50 % line (covers the penumbra).
+        match, on each side of the 50 % line (covers the penumbra). The least band:
+        a penumbra measured deeper widens it (a reference portal image's own; against a
+        DRR, a frame field's own of 30 mm or more), up to 10 mm; a small field caps it
+        at 0.18 x its size.
     bins : int
         Intensity bins per image of the joint histogram.
     normalised_mi : bool

@@ -317,3 +317,44 @@ def test_the_largest_disc_is_scipy_s_distance_transform_of_the_padded_mask():
     field[20:60, 20:80] = 1
     assert largest_disc_diameter(field, 1.0, 1.0) == pytest.approx(40.0)
     assert largest_disc_diameter(np.ones((1, 1), np.uint8), 2.0, 3.0) == pytest.approx(4.0)
+
+
+def test_the_penumbra_extent_equals_its_numpy_reference():
+    """``kernels.cpu.field.penumbra_extent`` (``portalign.field.penumbra_extent_mm``, compiled 2026-12-04: a frame's
+    band against a DRR is measured each frame) against the numpy rule it replaced (``kernels.reference.field``):
+    soft-edged rectangles, discs and MLC-like steps over textured anatomy with noise, fields on the border, a field
+    too small for an interior deeper than the reach, spacings 0.5-3 mm, reaches 5-15 mm."""
+    from portalign.kernels.cpu.field import penumbra_extent
+    from portalign.kernels.reference.field import penumbra_extent as reference
+
+    rng = np.random.default_rng(8)
+    extents = []
+    for trial in range(60):
+        rows, cols = (int(v) for v in rng.integers(12, 120, 2))
+        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+        kind = trial % 4
+        if kind == 0:
+            inside = (np.abs(xx - cols * rng.uniform(0.3, 0.7)) < cols * rng.uniform(0.15, 0.5)) & (
+                np.abs(yy - rows * rng.uniform(0.3, 0.7)) < rows * rng.uniform(0.15, 0.5))
+        elif kind == 1:
+            inside = (xx - cols / 2) ** 2 + (yy - rows / 2) ** 2 < (min(rows, cols) * rng.uniform(0.1, 0.6)) ** 2
+        elif kind == 2:  # leaves of different lengths
+            reach = cols * rng.uniform(0.3, 0.9, size=rows // 4 + 1)
+            inside = xx < reach[(yy // 4).astype(int)]
+        else:  # a field that touches the border on two sides
+            inside = (xx > cols * rng.uniform(0.1, 0.5)) & (yy > rows * rng.uniform(0.1, 0.5))
+        if not inside.any() or inside.all():
+            inside[rows // 2, cols // 2] = True
+            inside[0, 0] = False
+        blurred = ndimage.gaussian_filter(inside.astype(np.float64), rng.uniform(0.3, 2.5))
+        anatomy = 1.0 + 0.2 * ndimage.gaussian_filter(rng.standard_normal((rows, cols)), 3.0)
+        image = (0.03 + 0.97 * blurred) * anatomy * 1000.0 + rng.normal(0.0, rng.uniform(0.5, 20.0), (rows, cols))
+        image = image.astype(np.float32 if trial % 2 else np.float64)
+        spacing, reach = float(rng.uniform(0.5, 3.0)), float(rng.uniform(5.0, 15.0))
+        values = np.ascontiguousarray(image, dtype=np.float64)
+        for ring_median in (False, True):
+            expected = reference(values, inside, spacing, reach, ring_median)
+            got = penumbra_extent(image, inside, spacing, reach, ring_median)  # (the image as it is: float32 too)
+            assert got == expected, (trial, ring_median, got, expected)
+            extents.append(got)
+    assert min(extents) == 0.0 and max(extents) > 4.0  # the cases reach both ends: no ring, and wide penumbrae

@@ -849,3 +849,86 @@ def test_a_small_field_fixed_to_the_beam_is_placed_by_its_edges_alone(index):
     noisy = portalign.register(low_dose(ref, 0.03, 1), low_dose(frame, 0.03, 2), backend="cpu")
     assert noisy.ok and noisy.details["final_metric"] == "edge"
     assert math.hypot(noisy.dx_mm - auto.dx_mm, noisy.dy_mm - auto.dy_mm) < 0.005
+
+
+def _drr_and_wide_penumbra_frame(shift, sigma_mm, half=(35.0, 30.0)):
+    """A DRR (no field) and a field portal frame (``2 half`` mm across: 70 x 60) of the anatomy under ``shift``.
+
+    ``shift``: dx, dy (mm), rotation (deg).
+    The field's edges are error functions of ``sigma_mm`` (20-80 % width 1.68 sigma): the machine's, fixed while
+    the anatomy moves; 3 % transmission outside; 0.5 mm pixels.
+    """
+    from scipy import special
+
+    spacing, n = 0.5, 400
+    base = anatomy(512, seed=5)
+    drr = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(n, n), spacing_mm=spacing, base_spacing_mm=0.5),
+                                     pixel_spacing_mm=spacing, kind="drr")
+    values = moved(base, *shift, shape=(n, n), spacing_mm=spacing, base_spacing_mm=0.5)
+    values = (values - values.min()) / np.ptp(values)
+    yy, xx = (np.mgrid[0:n, 0:n] - (n - 1) / 2) * spacing
+    edge = sigma_mm * math.sqrt(2.0)
+    field = 0.03 + 0.97 * 0.25 * special.erfc((np.abs(xx) - half[0]) / edge) * special.erfc((np.abs(yy) - half[1]) / edge)
+    frame = portalign.Image.from_array(1000 * field * np.exp(-0.8 * values), pixel_spacing_mm=spacing, kind="portal")
+    return drr, frame
+
+
+def test_a_wide_penumbra_against_a_drr_widens_the_frames_band():
+    """A frame's penumbra reaching past the 3 mm band (20-80 % 5 mm) against a DRR: the frame's own band is measured
+    (``_program._frame_band_mm``) and a plan with it registers the frame. With the 3 mm band this pair was 0.126 mm
+    and 0.28 deg off (the penumbra's gradients, which the DRR lacks, left in the match); with its own band 0.023 mm
+    and 0.05 deg. A 70 x 60 mm field is a small one here (a plan sized for it, ``SMALL_FIELD_MM``): the band joins its
+    key. Another frame's numbers are those of a fresh start."""
+    shift = (-3.0, 2.5, 0.8)
+    drr, frame = _drr_and_wide_penumbra_frame(shift, 3.0)
+    reference = portalign.prepare_reference(drr, backend="cpu")
+    result = reference.register(frame)
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.07
+    assert abs(result.rotation_deg - shift[2]) < 0.12
+    banded = [key for key in reference._plans if "band" in key]
+    assert len(banded) == 1 and 5.0 <= banded[0][-1] <= 10.0, list(reference._plans)
+    other = (1.0, 3.0, -0.6)
+    _, second = _drr_and_wide_penumbra_frame(other, 3.0)
+    again = reference.register(second)
+    fresh = portalign.prepare_reference(drr, backend="cpu").register(second)
+    assert (again.ok, again.dx_mm, again.dy_mm, again.rotation_deg) == (fresh.ok, fresh.dx_mm, fresh.dy_mm,
+                                                                        fresh.rotation_deg)
+    assert again.ok and math.hypot(again.dx_mm - other[0], again.dy_mm - other[1]) < 0.1
+
+
+def test_a_sharp_field_against_a_drr_keeps_the_plans_band():
+    """The same field with a sharp edge (20-80 % 1.2 mm): its penumbra is within the 3 mm band, no plan is added for
+    it, and the match is as good."""
+    shift = (2.0, -1.5, 0.0)
+    drr, frame = _drr_and_wide_penumbra_frame(shift, 0.7)
+    reference = portalign.prepare_reference(drr, backend="cpu")
+    result = reference.register(frame)
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - shift[0], result.dy_mm - shift[1]) < 0.1
+    assert not [key for key in reference._plans if "band" in key], list(reference._plans)
+    assert reference.frame_pool(frame).band_mm is None
+
+
+def test_a_large_fields_frames_start_on_the_plan_their_penumbra_chose():
+    """A 100 x 90 mm field (not a small one) with a 5 mm penumbra against a DRR: the first frame is sent to a plan with
+    its own band and the geometry remembers it (``LanePool.band_mm``), so the next frame starts there (no second pass
+    of its pyramid and field); each frame still measures its own band, and its numbers are a fresh start's."""
+    drr, frame = _drr_and_wide_penumbra_frame((2.0, -1.5, 0.0), 3.0, half=(50.0, 45.0))
+    reference = portalign.prepare_reference(drr, backend="cpu")
+    first = reference.register(frame)
+    assert first.ok and math.hypot(first.dx_mm - 2.0, first.dy_mm + 1.5) < 0.1, first.reason
+    banded = [key for key in reference._plans if "band" in key]
+    assert len(banded) == 1 and len(banded[0]) == 5 and 4.0 <= banded[0][-1] <= 10.0, list(reference._plans)
+    assert reference.frame_pool(frame).band_mm == banded[0][-1]
+    for shift in ((-3.0, 2.5, 0.8), (1.0, 3.0, -0.6)):
+        _, second = _drr_and_wide_penumbra_frame(shift, 3.0, half=(50.0, 45.0))
+        again = reference.register(second)
+        fresh = portalign.prepare_reference(drr, backend="cpu").register(second)
+        assert (again.ok, again.dx_mm, again.dy_mm, again.rotation_deg) == (fresh.ok, fresh.dx_mm, fresh.dy_mm,
+                                                                            fresh.rotation_deg)
+        assert again.ok and math.hypot(again.dx_mm - shift[0], again.dy_mm - shift[1]) < 0.1
+    # a sharp frame of the same geometry meets the remembered plan, measures its own band and goes back
+    _, sharp = _drr_and_wide_penumbra_frame((2.0, -1.5, 0.0), 0.7, half=(50.0, 45.0))
+    assert reference.register(sharp).ok
+    assert reference.frame_pool(frame).band_mm is None

@@ -19,7 +19,8 @@ from ..backends import Backend
 from ..image import Image
 from ..options import RegistrationOptions
 
-__all__ = ["FramePlan", "Level", "CoarseSearch", "pose_affines", "edge_features", "wants_field", "FRAME_BUFFERS", "LanePool"]
+__all__ = ["FramePlan", "Level", "CoarseSearch", "pose_affines", "edge_features", "wants_field", "FRAME_BUFFERS", "LanePool",
+           "MAX_FIELD_MARGIN_MM", "MAX_MARGIN_FRACTION", "PENUMBRA_REACH_MM"]
 
 
 def pose_affines(poses: np.ndarray, frame_axis: tuple[float, float], frame_spacing: tuple[float, float],
@@ -184,6 +185,9 @@ class FramePlan:
     extent_mm: float = 0.0
     #: The frames' own small field size (mm) this plan was sized for, when the reference has no field.
     field_mm: float | None = None
+    #: The frames' own penumbra extent (mm) this plan's edge band was widened to, when the reference has no field
+    #: (a DRR) and the frames' penumbra reaches deeper than ``field_margin_mm`` (``_program._frame_band_mm``).
+    band_mm: float | None = None
     #: Host buffers the compiled search program writes (``ranked``, ``records``, ``out``; see ``_search_program``).
     program_scratch: dict[str, np.ndarray] = field(default_factory=dict)
     #: This frame's level stage computed the global search's windows (``CoarseSearch.normalised``): the program
@@ -275,6 +279,16 @@ class FramePlan:
         return self.host
 
 
+#: The measured penumbra widens the field-edge band up to this much (mm): a reference portal image's own, or against
+#: a DRR the frame's (``_program._frame_band_mm``).
+MAX_FIELD_MARGIN_MM = 10.0
+#: How deep (mm) into the field a penumbra is looked for (``field.penumbra_extent_mm``'s ``reach_mm``).
+PENUMBRA_REACH_MM = 15.0
+#: The field-edge band may take at most this fraction of the field's size (its largest inscribed disc) on
+#: each side, so that a small (cone, SRS) field keeps an interior of about half its size to match on, even
+#: turned 45 degrees under the square erosion (which reaches sqrt(2) further along a diagonal): 1 / (4 sqrt 2).
+MAX_MARGIN_FRACTION = 0.18
+
 #: The per-frame buffers of a :class:`Level`: what a lane must own (the rest is the reference's, shared).
 FRAME_BUFFERS = ("image", "mask", "scratch", "eroded", "bins", "feat_re", "feat_im", "row_sums", "pixel_rows",
                  "pixel_cols")
@@ -297,6 +311,9 @@ class LanePool:
         self.last_used = 0
         #: A frame of this geometry went through the mirror check (``RegistrationOptions.mirror_check="first"``).
         self.mirror_checked = False
+        #: The widened edge band (mm) the last frame of this geometry asked for (a DRR reference, the frame's own
+        #: penumbra; ``_program._frame_band_mm``): later frames start on that plan, and each checks it there.
+        self.band_mm: float | None = None
 
     def acquire(self, limit: int, backend: Backend) -> FramePlan:
         """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""

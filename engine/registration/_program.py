@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from portalign.kernels.cpu.edge import INVALID_FEATURE
-from portalign.kernels.cpu.field import line_candidates, line_means
+from portalign.kernels.cpu.field import line_candidates, line_means, penumbra_extent
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 
 from ..backends import Backend, cpu_backend, single_threaded
@@ -50,6 +50,7 @@ from ..options import RegistrationOptions
 from ..result import RegistrationResult
 from ._frame import (
     LEVEL_SLOTS,
+    bridge_lines,
     bridged_frame,
     dead_detector_lines,
     denoised_frame,
@@ -59,7 +60,7 @@ from ._frame import (
     pad_pixel_list,
 )
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
-from ._plan import FramePlan, wants_field
+from ._plan import MAX_FIELD_MARGIN_MM, PENUMBRA_REACH_MM, FramePlan, wants_field
 from ._quality import (
     MIN_MEASURED_PIXELS,
     MIN_ROTATION_SUPPORT_MM,
@@ -143,6 +144,10 @@ MIN_ROTATION_RADIUS_MM = 10.0
 #: region the plan was sized for gets a plan sized for the field (pyramid, edge band).
 SMALL_FIELD_MM = 80.0
 SMALL_FIELD_SHARE = 0.5
+#: A frame field (with a reference that has none) at least this size (mm; a small field's plan's size class) has its
+#: own penumbra measured and its edge band widened to it (``_frame_band_mm``); a smaller one (a cone, an SRS field)
+#: keeps the band its plan was sized with.
+BAND_MIN_FIELD_MM = 30.0
 #: ``auto`` reports the MI optimum of two portal images (``alike_images``) when their usable pixels lie this far (RMS,
 #: mm) from the beam axis or further. On the TrueBeam Winston-Lutz pairs (20 mm field, RMS radius 5.4 mm) the MI
 #: optimum lies 0.15 mm off pylinac's ball bearing, the edge one 0.003 mm (``tests/test_pylinac.py``); the held-out
@@ -281,10 +286,43 @@ class _SmoothedPair:
 
 
 @dataclass(frozen=True)
-class _SmallField:
-    """The frame's field is small and the plan was sized for the whole image: register on a plan for the field."""
+class _Replan:
+    """The frame's own field asks for another plan than the one it met (a DRR reference: the reference has no field).
 
-    size_mm: float
+    ``field_mm``: the frame's field is small and the plan was sized for the whole image, so a plan sized for the
+    field (None: the whole image). ``band_mm``: the frame's penumbra reaches deeper than the plan's edge band, so a
+    plan whose band takes it out (None: ``field_margin_mm``).
+    """
+
+    field_mm: float | None
+    band_mm: float | None
+
+
+def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate,
+                   spacing_mm: tuple[float, float]) -> float | None:
+    """Return how deep (mm) the frame's own penumbra reaches into its field when deeper than the reference's band.
+
+    Against a DRR (no field on the reference: its band is ``field_margin_mm``) the frame's penumbra is structure
+    the reference lacks: its gradients, left in the usable pixels, pull the match (an independent trial's C-shaped
+    MLC field with a 3.7 mm 20-80 % penumbra was ok 1.74 mm off at 4 u with the 3 mm band). The extent is
+    :func:`~portalign.field.penumbra_extent_mm` on the frame's field-detection level ``small`` (dead lines
+    bridged first, as on a reference), whole rings of that level's pixel (``spacing_mm``: row, column; mm), at
+    most ``MAX_FIELD_MARGIN_MM``; each ring judged by its median. None when it reaches no deeper than the
+    reference's band (the plan's own band then stays). A small field's plan (``BAND_MIN_FIELD_MM`` and up) caps
+    the band at ``MAX_MARGIN_FRACTION`` of its size class; a larger field's is not capped by its inscribed disc:
+    an independent trial's C-shaped MLC field (narrow arms) was 1.74 mm off at 4 u with the band so capped
+    (3.6 mm) and 0.33 mm off at 0.8 u with its 5.4 mm.
+    """
+    if field.dead_rows or field.dead_cols:  # a dead line across the edge is no penumbra
+        small = bridge_lines(small, field.dead_rows, field.dead_cols)
+    ring = spacing_mm[0] if spacing_mm[0] < spacing_mm[1] else spacing_mm[1]  # min(), written out: per-frame code
+    # penumbra_extent_mm's kernel, directly, with each ring's median: an MV frame's anatomy inside its field has
+    # a few strong edges, which lift a ring's mean over three times the interior's median at any depth (a synthetic
+    # 60 mm field with a sharp edge read 9 mm by the mean)
+    extent = penumbra_extent(small, field.mask, ring, PENUMBRA_REACH_MM, True)
+    if extent <= reference.field_margin_mm:
+        return None
+    return round(extent if extent < MAX_FIELD_MARGIN_MM else MAX_FIELD_MARGIN_MM, 6)  # (a plan's key)
 
 
 def _field_shrunk(reference: Reference, field: FieldEstimate, spacing_mm: tuple[float, float]) -> str:
@@ -375,7 +413,9 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     backend = reference.backend
     # a lane of the plan for this geometry (buffers no other frame is using, and their stream), taken and given
     # back without a context manager: this runs for every frame
-    pool = reference.frame_pool(frame)
+    pool = base = reference.frame_pool(frame)
+    if base.band_mm is not None:  # this geometry's frames asked for a wider band (their penumbra): its plan first
+        pool = reference.frame_pool(frame, None, base.band_mm)
     plan = pool.acquire(reference._lane_limit, backend)
     try:
         if not mirror_check:
@@ -393,14 +433,22 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
             result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
     finally:
         pool.release(plan)
-    if type(result) is _SmallField:  # a DRR reference and a small (cone, SRS) field: a plan sized for it
-        pool = reference.frame_pool(frame, result.size_mm)
+    # a DRR reference and a small (cone, SRS) field or a wide penumbra: a plan for it (the frame measures the same
+    # field and penumbra there, so once; a second request would be a fault, and is met once more rather than lost)
+    for _ in range(2):
+        if type(result) is not _Replan:
+            break
+        pool = reference.frame_pool(frame, result.field_mm, result.band_mm)
+        if result.field_mm is None:  # where the next frame of this geometry starts (it checks the band there)
+            base.band_mm = result.band_mm
         plan = pool.acquire(reference._lane_limit, backend)
         try:
             with backend.frame_scope(plan.stream, plan.threads):
                 result = _register(reference, plan, frame, start, options, _denoised, mirror_check, _smooth)
         finally:
             pool.release(plan)
+    if type(result) is _Replan:  # pragma: no cover - the frame's own measures are deterministic
+        raise RuntimeError(f"{frame.info.source}: the frame's field asked for another plan three times ({result})")
     if type(result) is _SmoothedPair:  # rare: a noisy frame or reference portal image, refused as taken
         result = _smoothed_pair(reference, result, mirror_check, options, start)
     check = reference.options.mirror_check
@@ -1248,16 +1296,27 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     else:
         field = NO_FIELD
     used = plan.used_levels
-    if field.detected and not reference.field.detected and plan.field_mm is None and field.box_px is not None:
-        share = SMALL_FIELD_SHARE * plan.extent_mm
-        limit = share if share < SMALL_FIELD_MM else SMALL_FIELD_MM  # min(), written out: per-frame code
+    if field.detected and not reference.field.detected and field.box_px is not None:
+        # the frame's own field against a DRR (no field to measure on the reference): its size and its penumbra
+        # choose the plan; a frame measures the same again on the plan it is sent to, so it is sent once
+        field_mm = plan.field_mm
         sy, sx = levels[plan.field_level].spacing
-        c0, c1, r0, r1 = field.box_px
-        # the field's bounding box bounds its inscribed disc: only a small box pays for the distance transform
-        if (c1 - c0 + 1) * sx < limit or (r1 - r0 + 1) * sy < limit:
-            size = field_size_mm(field, (sy, sx))
-            if size is not None and size < limit:
-                return _SmallField(size)  # type: ignore[return-value]
+        if field_mm is None:
+            share = SMALL_FIELD_SHARE * plan.extent_mm
+            limit = share if share < SMALL_FIELD_MM else SMALL_FIELD_MM  # min(), written out: per-frame code
+            c0, c1, r0, r1 = field.box_px
+            # the field's bounding box bounds its inscribed disc: only a small box pays for the distance transform
+            if (c1 - c0 + 1) * sx < limit or (r1 - r0 + 1) * sy < limit:
+                size = field_size_mm(field, (sy, sx))
+                if size is not None and size < limit:
+                    field_mm = size
+        # (a smoothed frame's registration stays on the plan its frame as taken chose; a field under BAND_MIN_FIELD_MM
+        # keeps the band sized for it: its interior, a cone's or a BB's, is what it has to match on, and its penumbra
+        # measure would read the interior's anatomy)
+        band_mm = (_frame_band_mm(reference, small, field, (sy, sx))
+                   if denoised is None and (field_mm is None or field_mm >= BAND_MIN_FIELD_MM) else plan.band_mm)
+        if field_mm != plan.field_mm or band_mm != plan.band_mm:
+            return _Replan(field_mm, band_mm)  # type: ignore[return-value]
     measured = None
     plan.surfaces_ready = False  # only this frame's level stage may say the global search's surfaces are made
     # (a read-only frame, e.g. a service's buffer, cannot share the compiled stage's tuple type with the plan's

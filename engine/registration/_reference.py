@@ -53,7 +53,17 @@ from ..image import Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._frame import bridge_lines, bridged_frame, dead_detector_lines, denoised_frame
 from ._interior import InteriorModel
-from ._plan import CoarseSearch, FramePlan, LanePool, Level, edge_features, pose_affines, wants_field
+from ._plan import (
+    MAX_FIELD_MARGIN_MM,
+    MAX_MARGIN_FRACTION,
+    CoarseSearch,
+    FramePlan,
+    LanePool,
+    Level,
+    edge_features,
+    pose_affines,
+    wants_field,
+)
 from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
 from ._search import DISTINCT_MM, MAX_CANDIDATES
@@ -85,18 +95,12 @@ INTENSITY_MAX_PIXELS = 2_000_000
 APERTURE_SIGMA_MM = 2.0
 #: Search range (mm) of the aperture model's match (``_program.APERTURE_NEAR_MM`` and a margin).
 APERTURE_SEARCH_MM = 5.0
-#: The measured penumbra widens the field-edge band up to this much (mm).
-MAX_FIELD_MARGIN_MM = 10.0
 #: Frame geometries whose plans a reference keeps (least recently used dropped first).
 MAX_PLANS = 8
 #: Exact (unrounded) frame geometries the per-frame lookup remembers before it starts again.
 MAX_FRAME_POOL_KEYS = 64
 #: Field detection runs on the first level no larger than this.
 FIELD_LEVEL_MAX_PIXELS = 200
-#: The field-edge band may take at most this fraction of the field's size (its largest inscribed disc) on
-#: each side, so that a small (cone, SRS) field keeps an interior of about half its size to match on, even
-#: turned 45 degrees under the square erosion (which reaches sqrt(2) further along a diagonal): 1 / (4 sqrt 2).
-MAX_MARGIN_FRACTION = 0.18
 #: Fewest reference pixels a level must keep inside the field, off its edge band.
 MIN_REFERENCE_PIXELS = 16
 #: A resampled reference pixel is compared only where at least this share of its filters' weight came from live
@@ -314,19 +318,21 @@ class Reference:
     # --- geometry plans -------------------------------------------------------------------------
 
     def plan_for(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
-                 field_mm: float | None = None) -> FramePlan:
+                 field_mm: float | None = None, band_mm: float | None = None) -> FramePlan:
         """Return (building on first use) the plan for frames of this geometry: its first lane.
 
         ``field_mm``: the frames' own radiation field size (largest inscribed disc, mm) when the reference has
         no field (a DRR) and the frames' field is small: the plan's pyramid and edge band then follow it.
+        ``band_mm``: the frames' own penumbra extent (mm from the field edge) when the reference has no field and
+        it reaches deeper than ``field_margin_mm``: the plan's edge band is widened to it.
         """
-        return self._pool(shape, spacing, axis, field_mm).lanes[0]
+        return self._pool(shape, spacing, axis, field_mm, band_mm=band_mm).lanes[0]
 
     @contextmanager
     def lane(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
-             field_mm: float | None = None) -> Iterator[FramePlan]:
+             field_mm: float | None = None, band_mm: float | None = None) -> Iterator[FramePlan]:
         """Hold a lane of this geometry's plan for one frame (waiting while all allowed lanes are busy)."""
-        pool = self._pool(shape, spacing, axis, field_mm)
+        pool = self._pool(shape, spacing, axis, field_mm, band_mm=band_mm)
         self._uses += 1
         pool.last_used = self._uses
         lane = pool.acquire(self._lane_limit, self.backend)
@@ -335,7 +341,7 @@ class Reference:
         finally:
             pool.release(lane)
 
-    def frame_pool(self, frame: Image, field_mm: float | None = None) -> LanePool:
+    def frame_pool(self, frame: Image, field_mm: float | None = None, band_mm: float | None = None) -> LanePool:
         """Return the lanes of ``frame``'s geometry (building its plan on first use); one dict lookup when seen.
 
         Take a lane with ``pool.acquire(reference.lane_limit, reference.backend)`` and give it back with
@@ -347,21 +353,24 @@ class Reference:
             When a new geometry would make the plan allocate far beyond the two images' own size.
         """
         self._uses += 1  # not atomic across threads: a stamp for "recently used", nothing counts on it exactly
-        if field_mm is None:
-            key = (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)
+        plain = field_mm is None  # (the geometry's plan, or its plan with a widened band: one lookup when seen)
+        if plain:
+            key = ((frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px) if band_mm is None
+                   else (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, band_mm))
             pools = self._frame_pools
             if key in pools:
                 pool = pools[key]
                 pool.last_used = self._uses
                 return pool
-        pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame)
+        pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame, band_mm)
         pool.last_used = self._uses
-        if field_mm is None:
+        if plain:
             with self._plans_lock:
                 if len(self._frame_pools) >= MAX_FRAME_POOL_KEYS:
                     # headers whose values jitter in the last digits: exact keys beyond the rounded geometries
                     self._frame_pools.clear()
-                self._frame_pools[(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px)] = pool
+                self._frame_pools[(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px) if band_mm is None
+                                  else (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, band_mm)] = pool
         return pool
 
     @property
@@ -385,7 +394,7 @@ class Reference:
             return sum(len(pool.lanes) for pool in self._plans.values())
 
     def _pool(self, shape: tuple[int, int], spacing: tuple[float, float], axis: tuple[float, float],
-              field_mm: float | None = None, frame: Image | None = None) -> LanePool:
+              field_mm: float | None = None, frame: Image | None = None, band_mm: float | None = None) -> LanePool:
         # a new exact geometry (frame_pool finds the ones seen) or a lane() call: the rounded key shares plans
         key: tuple = (tuple(shape), (round(spacing[0], 9), round(spacing[1], 9)), (round(axis[0], 6), round(axis[1], 6)))
         if field_mm is not None:
@@ -393,6 +402,9 @@ class Reference:
             size_class = math.floor(2.0 * math.log2(max(field_mm, 1e-3))) / 2.0
             field_mm = 2.0**size_class
             key = (*key, size_class)
+        if band_mm is not None:
+            # the measured extents are whole rings of the field level's pixels: a few values per geometry
+            key = (*key, "band", band_mm)
         with self._plans_lock:
             pool = self._plans.get(key)
             if pool is None:
@@ -400,7 +412,8 @@ class Reference:
                     # a frame whose spacing would make the plan allocate far beyond the two images' size is refused
                     check_registration_size(self.image, frame, max_shift_mm=self.options.max_shift_mm)
                 with cpu_exclusive():
-                    plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm)  # type: ignore[arg-type]
+                    plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm,  # type: ignore[arg-type]
+                                            band_mm)
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
@@ -427,7 +440,8 @@ class Reference:
         register_frame(self, frame)
 
     def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
-                    axis: tuple[float, float], field_mm: float | None = None) -> FramePlan:
+                    axis: tuple[float, float], field_mm: float | None = None,
+                    band_mm: float | None = None) -> FramePlan:
         opts = self.options
         base = min(spacing)
         depth = 0
@@ -435,6 +449,8 @@ class Reference:
             depth += 1
         extent = self._search_extent_mm(shape, spacing)
         band = self.field_margin_mm
+        if band_mm is not None:  # the frames' own penumbra reaches deeper (the reference has no field to measure)
+            band = max(band, min(band_mm, MAX_FIELD_MARGIN_MM))
         if field_mm is not None:  # the frames' own small field (the reference has none)
             extent = min(extent, field_mm)
             band = min(band, MAX_MARGIN_FRACTION * field_mm)
@@ -510,6 +526,7 @@ class Reference:
             coarse=coarse_search,
             extent_mm=extent,
             field_mm=field_mm,
+            band_mm=band_mm,
             hist=xp.zeros((n_pose, bins, bins), dtype=xp.int64),
             mi_out=xp.zeros(n_pose, dtype=xp.float64),
             edge_out=xp.zeros((n_pose, 3), dtype=xp.float64),

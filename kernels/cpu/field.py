@@ -27,9 +27,9 @@ from numba import njit
 
 from .mask import quantile_bins
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "line_noise",
-           "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced", "line_candidates",
-           "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "penumbra_extent",
+           "line_noise", "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced",
+           "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -1136,3 +1136,129 @@ def largest_disc_diameter(mask: np.ndarray, spacing_row: float, spacing_col: flo
         for c in range(pc):
             best = max(best, envelope[c])
     return 2.0 * math.sqrt(best)
+
+
+@njit(cache=True, nogil=True)
+def _inside_depth(mask: np.ndarray, spacing: float) -> np.ndarray:  # pragma: no cover - compiled
+    """Distance (spacing's units) from each pixel to the nearest pixel where ``mask`` is 0; 0 outside the mask.
+
+    The exact Euclidean distance transform (:func:`_lower_envelope` along each axis), the image's border not counting
+    as outside: ``scipy.ndimage.distance_transform_edt(mask) * spacing``; ``inf`` everywhere in a mask without a zero.
+    """
+    rows, cols = mask.shape
+    n = max(rows, cols)
+    column = np.empty(rows)
+    envelope = np.empty(n)
+    v = np.empty(n, dtype=np.int64)
+    z = np.empty(n + 1)
+    along_rows = np.empty((rows, cols))
+    for c in range(cols):
+        for r in range(rows):
+            column[r] = np.inf if mask[r, c] != 0 else 0.0
+        _lower_envelope(column, rows, 1.0, envelope, v, z)
+        for r in range(rows):
+            along_rows[r, c] = envelope[r]
+    depth = np.empty((rows, cols))
+    line = np.empty(cols)
+    for r in range(rows):
+        for c in range(cols):
+            line[c] = along_rows[r, c]
+        _lower_envelope(line, cols, 1.0, envelope, v, z)
+        for c in range(cols):
+            depth[r, c] = math.sqrt(envelope[c]) * spacing
+    return depth
+
+
+@njit(cache=True, nogil=True)
+def _central_gradient(values: np.ndarray, r: int, c: int) -> float:  # pragma: no cover - compiled
+    """``hypot`` of ``numpy.gradient(values)`` at ``(r, c)``: central differences, one-sided at the border."""
+    rows, cols = values.shape
+    f64 = np.float64  # the differences in float64 whatever the image's type (numpy.gradient of its float64 copy)
+    if r == 0:
+        gy = f64(values[1, c]) - f64(values[0, c])
+    elif r == rows - 1:
+        gy = f64(values[r, c]) - f64(values[r - 1, c])
+    else:
+        gy = (f64(values[r + 1, c]) - f64(values[r - 1, c])) / 2.0
+    if c == 0:
+        gx = f64(values[r, 1]) - f64(values[r, 0])
+    elif c == cols - 1:
+        gx = f64(values[r, c]) - f64(values[r, c - 1])
+    else:
+        gx = (f64(values[r, c + 1]) - f64(values[r, c - 1])) / 2.0
+    return math.hypot(gx, gy)
+
+
+@njit(cache=True, nogil=True)
+def penumbra_extent(image: np.ndarray, mask: np.ndarray, spacing: float, reach: float,
+                    ring_median: bool = False) -> float:  # pragma: no cover - compiled
+    """How far inside a field's edge (from the mask's border, in ``spacing``'s units) its penumbra still shows.
+
+    ``portalign.field.penumbra_extent_mm``'s rule, compiled: the depth of each field pixel (:func:`_inside_depth`),
+    the gradient magnitude of ``image`` (``numpy.gradient``'s differences), the interior's median magnitude
+    (pixels deeper than ``reach``; with fewer than 16 of them, deeper than half the largest depth), then the
+    deepest ring ``(k s, (k + 1) s]`` of ``s = spacing``, ``k s < reach``, with 4 or more pixels whose mean
+    magnitude (``ring_median``: median magnitude) is three times that median: the extent is its outer depth (0 when
+    none). A ring's median is blind to anatomy's few strong edges that lift its mean (a penumbra's ring is steep
+    all round); the mean is the rule a reference portal image's band has been measured by. ``image`` is 2-D (any
+    real type, read as float64) with at least 2 pixels on each axis, ``mask`` its field (nonzero inside); the same
+    number as ``kernels.reference.field.penumbra_extent``.
+    """
+    rows, cols = image.shape
+    depth = _inside_depth(mask, spacing)
+    deepest = 0.0
+    interior = 0
+    for r in range(rows):
+        for c in range(cols):
+            d = depth[r, c]
+            deepest = max(deepest, d)
+            if d > reach:
+                interior += 1
+    cut = reach if interior >= 16 else 0.5 * deepest
+    chosen = np.empty(rows * cols)
+    n = 0
+    for r in range(rows):
+        for c in range(cols):
+            if depth[r, c] > cut:
+                chosen[n] = _central_gradient(image, r, c)
+                n += 1
+    baseline = np.median(chosen[:n]) if n > 0 else 0.0
+    steps = int(math.ceil(reach / spacing))
+    sums = np.zeros(steps)
+    counts = np.zeros(steps, dtype=np.int64)
+    ring_of = np.empty(rows * cols, dtype=np.int64)  # (ring_median) each ring pixel's ring and magnitude
+    magnitudes = np.empty(rows * cols)
+    listed = 0
+    for r in range(rows):
+        for c in range(cols):
+            d = depth[r, c]
+            if not d > 0.0 or d > steps * spacing + spacing:
+                continue
+            k0 = int(d / spacing)
+            for k in range(max(k0 - 1, 0), min(k0 + 2, steps)):  # the ring (k s, k s + s] that holds d, exactly
+                start = k * spacing
+                if d > start and d <= start + spacing:
+                    magnitude = _central_gradient(image, r, c)
+                    sums[k] += magnitude
+                    counts[k] += 1
+                    ring_of[listed] = k
+                    magnitudes[listed] = magnitude
+                    listed += 1
+                    break
+    extent = 0.0
+    values = np.empty(listed)
+    for k in range(steps):
+        if counts[k] < 4:
+            continue
+        if ring_median:
+            n = 0
+            for i in range(listed):
+                if ring_of[i] == k:
+                    values[n] = magnitudes[i]
+                    n += 1
+            level = np.median(values[:n])
+        else:
+            level = sums[k] / counts[k]
+        if level >= 3.0 * baseline:
+            extent = k * spacing + spacing
+    return extent

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "band_silent_pixels"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "band_silent_pixels", "penumbra_extent"]
 
 FLAT, NOT_A_FIELD, FIELD = 0, 1, 2
 
@@ -369,3 +369,21 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
         if widest is not None:
             return widest
     return -1, -1
+
+
+def penumbra_extent(image: np.ndarray, mask: np.ndarray, spacing: float, reach: float, ring_median: bool = False) -> float:
+    """Numpy and scipy.ndimage: ``kernels.cpu.field.penumbra_extent``'s rule, written as arrays."""
+    values = np.asarray(image, dtype=np.float64)
+    depth = ndimage.distance_transform_edt(mask) * spacing
+    gy, gx = np.gradient(values)
+    magnitude = np.hypot(gx, gy)
+    interior = depth > reach
+    if interior.sum() < 16:
+        interior = depth > 0.5 * depth.max()
+    baseline = float(np.median(magnitude[interior])) if interior.any() else 0.0
+    extent = 0.0
+    for start in np.arange(0.0, reach, spacing):
+        ring = (depth > start) & (depth <= start + spacing)
+        if ring.sum() >= 4 and (np.median(magnitude[ring]) if ring_median else magnitude[ring].mean()) >= 3.0 * baseline:
+            extent = start + spacing
+    return float(extent)
