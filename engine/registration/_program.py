@@ -148,6 +148,8 @@ SMALL_FIELD_SHARE = 0.5
 #: own penumbra measured and its edge band widened to it (``_frame_band_mm``); a smaller one (a cone, an SRS field)
 #: keeps the band its plan was sized with.
 BAND_MIN_FIELD_MM = 30.0
+#: ...and its penumbra counts as wide when it shows in at least this many rings of the field level's pixel.
+PENUMBRA_MIN_RINGS = 3
 #: ``auto`` reports the MI optimum of two portal images (``alike_images``) when their usable pixels lie this far (RMS,
 #: mm) from the beam axis or further. On the TrueBeam Winston-Lutz pairs (20 mm field, RMS radius 5.4 mm) the MI
 #: optimum lies 0.15 mm off pylinac's ball bearing, the edge one 0.003 mm (``tests/test_pylinac.py``); the held-out
@@ -320,7 +322,10 @@ def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate
     # a few strong edges, which lift a ring's mean over three times the interior's median at any depth (a synthetic
     # 60 mm field with a sharp edge read 9 mm by the mean)
     extent = penumbra_extent(small, field.mask, ring, PENUMBRA_REACH_MM, True)
-    if extent <= reference.field_margin_mm:
+    # any edge shows in the first two rings (numpy.gradient's central differences reach a pixel past it): a
+    # penumbra is wide only when it shows in a third (a low-dose 80 mm field with a sharp edge read two rings, 4 mm at
+    # 2 mm pixels, and the 4 mm band cost its MI match 0.2 mm)
+    if extent <= reference.field_margin_mm or extent < PENUMBRA_MIN_RINGS * ring * (1.0 - 1e-9):
         return None
     return round(extent if extent < MAX_FIELD_MARGIN_MM else MAX_FIELD_MARGIN_MM, 6)  # (a plan's key)
 
