@@ -152,7 +152,15 @@ def test_device_failure_in_a_batch_moves_only_that_frame_to_the_cpu(frames, one_
     moved_to_cpu = [r for r in results if r.backend == "cpu"]
     assert len(moved_to_cpu) == 1 and sum(r.backend == "gpu" for r in results) == len(frames) - 1
     assert any("gpu backend failed (MemoryError: out of device memory (simulated))" in w for w in moved_to_cpu[0].warnings)
-    assert all(_same(r, e) for r, e in zip(results, one_at_a_time, strict=True))
+    # bit for bit against the same frame registered alone on the same path: the moved frame on the CPU (its compiled
+    # program), the others on the device's (its kernels called one by one, here the CPU's). The two paths agree to
+    # about 1e-12 only (test_program_kernels): which bits depends on whether numba compiled each kernel in this
+    # process or loaded it from its cache, and a cache filled partly by another process (pytest -n 2) mixes the two
+    alone = prepare_reference(_image(0, 0, 0), backend=Backend(name="gpu", xp=np, kernels=cpu.kernels, device="eager"))
+    for got, frame, on_cpu in zip(results, frames, one_at_a_time, strict=True):
+        assert _same(got, on_cpu if got.backend == "cpu" else alone.register(frame))
+        assert got.dx_mm == pytest.approx(on_cpu.dx_mm, abs=1e-9) and got.dy_mm == pytest.approx(on_cpu.dy_mm, abs=1e-9)
+        assert got.rotation_deg == pytest.approx(on_cpu.rotation_deg, abs=1e-9) and got.ok == on_cpu.ok
 
 
 def test_a_queued_frame_gets_the_lane_before_the_frame_that_just_gave_it_back():
