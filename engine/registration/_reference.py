@@ -369,8 +369,7 @@ class Reference:
                 if len(self._frame_pools) >= MAX_FRAME_POOL_KEYS:
                     # headers whose values jitter in the last digits: exact keys beyond the rounded geometries
                     self._frame_pools.clear()
-                self._frame_pools[(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px) if band_mm is None
-                                  else (frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, band_mm)] = pool
+                self._frame_pools[key] = pool  # (the exact key looked up above)
         return pool
 
     @property
