@@ -63,6 +63,9 @@ def test_handed_small_field_30mm_jaws_20mm_field():
     assert result.dy_mm == pytest.approx(2.016, abs=0.1)
     assert result.field_detected
     assert _rotation_not_estimated(result)
+    # the global search held the rotation too (too small a region to search it): its candidates' angles are null,
+    # not 0 (a new user's finding: "rotation_deg": 0.0 in details.candidates while --no-rotation gave null)
+    assert result.details["candidates"] and all(c["rotation_deg"] is None for c in result.details["candidates"])
 
 
 @needs_cases
@@ -814,14 +817,23 @@ def test_a_finer_level_filled_with_independent_noise_is_not_polished_on():
     assert noisy.details["final_metric_why"] == "portal reference" and noisy.details["edge_score"] > 0.85
     fine = noisy.details["fine_polish"]
     assert fine["levels"] == [] and not fine["kept"] and fine["moved_mm"] is None
-    # level 0 (the intensity fit's) and level 1 (MI's) are both the noise's
-    assert len(fine["edge_scores"]) == 2 and max(fine["edge_scores"]) < _program.FINE_POLISH_MIN_EDGE
+    # level 0 (the intensity fit's) and level 1 (MI's) are both the noise's: screened out, neither level prepared
+    # (``_program.FINE_POLISH_SCREEN_MARGIN``); the same pose as with the screen always passing, below
+    assert fine["edge_scores"] == [] and len(fine["screened_edge_scores"]) == 2, fine
+    assert max(fine["screened_edge_scores"]) < _program.FINE_POLISH_MIN_EDGE - _program.FINE_POLISH_SCREEN_MARGIN
     assert fine["intensity"] is None
     unpolished = portalign.register(*pair(0.02), portalign.RegistrationOptions(fine_polish=False), backend="cpu")
     assert unpolished.details["fine_polish"] is None
     assert (noisy.dx_mm, noisy.dy_mm, noisy.rotation_deg) == (unpolished.dx_mm, unpolished.dy_mm,
                                                              unpolished.rotation_deg)
     assert noisy.dx_mm == pytest.approx(2.2, abs=0.05) and noisy.dy_mm == pytest.approx(-1.4, abs=0.05)
+    with pytest.MonkeyPatch.context() as patch:  # the screen always passes: both levels prepared and scored in full
+        patch.setattr(_program, "FINE_POLISH_SCREEN_MARGIN", 10.0)
+        unscreened = portalign.register(*pair(0.02), backend="cpu")
+    full = unscreened.details["fine_polish"]["edge_scores"]
+    assert len(full) == 2 and max(full) < _program.FINE_POLISH_MIN_EDGE
+    assert full == pytest.approx(fine["screened_edge_scores"], abs=0.05)
+    assert (unscreened.dx_mm, unscreened.dy_mm, unscreened.rotation_deg) == (noisy.dx_mm, noisy.dy_mm, noisy.rotation_deg)
     clean = portalign.register(*pair(0.005), backend="cpu")
     assert clean.ok and clean.details["fine_polish"]["levels"] == [1] and clean.details["fine_polish"]["kept"]
     assert clean.dx_mm == pytest.approx(2.2, abs=0.03) and clean.dy_mm == pytest.approx(-1.4, abs=0.03)
@@ -921,6 +933,7 @@ def test_a_large_fields_frames_start_on_the_plan_their_penumbra_chose():
     banded = [key for key in reference._plans if "band" in key]
     assert len(banded) == 1 and len(banded[0]) == 5 and 4.0 <= banded[0][-1] <= 10.0, list(reference._plans)
     assert reference.frame_pool(frame).band_mm == banded[0][-1]
+    assert reference.frame_pool(frame).band_pool is reference.frame_pool(frame, None, banded[0][-1])  # held, not looked up
     for shift in ((-3.0, 2.5, 0.8), (1.0, 3.0, -0.6)):
         _, second = _drr_and_wide_penumbra_frame(shift, 3.0, half=(50.0, 45.0))
         again = reference.register(second)
@@ -931,4 +944,33 @@ def test_a_large_fields_frames_start_on_the_plan_their_penumbra_chose():
     # a sharp frame of the same geometry meets the remembered plan, measures its own band and goes back
     _, sharp = _drr_and_wide_penumbra_frame((2.0, -1.5, 0.0), 0.7, half=(50.0, 45.0))
     assert reference.register(sharp).ok
-    assert reference.frame_pool(frame).band_mm is None
+    assert reference.frame_pool(frame).band_mm is None and reference.frame_pool(frame).band_pool is None
+
+
+def test_a_band_plan_shares_the_drrs_side_and_matches_one_built_for_it():
+    """The band's plan of a geometry whose plan exists is derived from it (``Reference._band_plan``: a DRR has no edge
+    band of its own, so only the frame levels' erosion differs), sharing the reference's arrays; it registers a frame
+    bit for bit as a plan built for the band from scratch does."""
+    drr, frame = _drr_and_wide_penumbra_frame((2.0, -1.5, 0.5), 3.0, half=(50.0, 45.0))
+    derived_reference = portalign.prepare_reference(drr, backend="cpu")
+    derived = derived_reference.register(frame)
+    [key] = [key for key in derived_reference._plans if "band" in key]
+    band_mm = key[-1]
+    shared = derived_reference._plans[key].lanes[0]
+    plain = derived_reference._plans[key[:3]].lanes[0]
+    built_reference = portalign.prepare_reference(drr, backend="cpu")
+    shape, spacing, axis = frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px
+    built_reference._pool(shape, spacing, axis, band_mm=band_mm)  # no plain plan yet: built in full
+    built = built_reference._plans[key].lanes[0]
+    assert built.levels[built.refine_levels[-1]].ref_re is not plain.levels[plain.refine_levels[-1]].ref_re
+    for index, level in shared.levels.items():
+        assert level.ref_re is plain.levels[index].ref_re and level.ref_bins is plain.levels[index].ref_bins
+        assert level.erosion_px == built.levels[index].erosion_px > plain.levels[index].erosion_px
+    assert shared.coarse.ref_spectra_conj is plain.coarse.ref_spectra_conj
+    assert (shared.refine_levels, shared.coarse.level, shared.field_level) == (built.refine_levels, built.coarse.level,
+                                                                              built.field_level)
+    again = built_reference.register(frame)
+    assert derived.ok and (derived.dx_mm, derived.dy_mm, derived.rotation_deg, derived.score, derived.reason) == \
+        (again.dx_mm, again.dy_mm, again.rotation_deg, again.score, again.reason)
+    assert (derived.details["shift_uncertainty_mm"], derived.details["rotation_uncertainty_deg"]) == \
+        (again.details["shift_uncertainty_mm"], again.details["rotation_uncertainty_deg"])

@@ -409,6 +409,45 @@ def test_host_level_stage_equals_the_device_one(backend):
     assert host.dx_mm == pytest.approx(1.7, abs=0.2) and host.dy_mm == pytest.approx(-1.2, abs=0.2)
 
 
+def test_a_drrs_band_plan_on_the_gpu_equals_the_cpu(backend):
+    """A frame whose own penumbra (5 mm, 20-80 %) asks for a wider band against a DRR: the band's plan, derived from
+    the geometry's (``Reference._band_plan``, the device's reference arrays shared), registers it as the CPU does."""
+    import math
+
+    import portalign
+    from scipy import special
+
+    from tests.synthetic import anatomy, moved
+
+    spacing, n = 1.0, 96
+    base = anatomy(256, seed=5)
+    grid = {"shape": (n, n), "spacing_mm": spacing, "base_spacing_mm": 0.5}
+    drr = portalign.Image.from_array(moved(base, 0, 0, 0, **grid), pixel_spacing_mm=spacing, kind="drr")
+    values = moved(base, 1.6, -1.1, 0.0, **grid)
+    values = (values - values.min()) / np.ptp(values)
+    yy, xx = (np.mgrid[0:n, 0:n] - (n - 1) / 2) * spacing
+    edge = 3.0 * math.sqrt(2.0)
+    field = 0.03 + 0.97 * 0.25 * special.erfc((np.abs(xx) - 36.0) / edge) * special.erfc((np.abs(yy) - 34.0) / edge)
+    frame = portalign.Image.from_array(1000 * field * np.exp(-0.8 * values), pixel_spacing_mm=spacing, kind="portal")
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=2.0, candidates=1,
+                                            mirror_check=NO_MIRROR_CHECK)
+    cpu_reference = portalign.prepare_reference(drr, options, backend="cpu")
+    cpu_result = cpu_reference.register(frame)
+    gpu_reference = portalign.prepare_reference(drr, options, backend=backend)
+    gpu_result = gpu_reference.register(frame)
+    assert gpu_result.backend == "gpu", gpu_result.warnings
+    banded = [key for key in gpu_reference._plans if "band" in key]
+    assert len(banded) == 1 and banded == [key for key in cpu_reference._plans if "band" in key], list(gpu_reference._plans)
+    shared, plain = gpu_reference._plans[banded[0]].lanes[0], gpu_reference._plans[banded[0][:3]].lanes[0]
+    finest = shared.refine_levels[-1]
+    assert shared.levels[finest].ref_re is plain.levels[finest].ref_re
+    assert shared.levels[finest].erosion_px > plain.levels[finest].erosion_px
+    assert (gpu_result.ok, gpu_result.reason) == (cpu_result.ok, cpu_result.reason)
+    assert (gpu_result.dx_mm, gpu_result.dy_mm, gpu_result.rotation_deg) == pytest.approx(
+        (cpu_result.dx_mm, cpu_result.dy_mm, cpu_result.rotation_deg), abs=1e-6)
+    assert cpu_result.ok and math.hypot(cpu_result.dx_mm - 1.6, cpu_result.dy_mm + 1.1) < 0.3, cpu_result.reason
+
+
 def test_fine_polish_on_the_gpu_equals_the_cpu(backend):
     """Two portal images in near-perfect agreement: the MI optimum followed down to level 0 (``_program.FINE_POLISH``;
     the working levels end at level 1 with ``finest_spacing_mm=2``) gives the CPU's numbers on the device. The frame's

@@ -535,3 +535,29 @@ def test_a_frame_that_is_the_reference_itself_is_said_to_be() -> None:
     assert itself.dx_mm == pytest.approx(0.0, abs=0.01) and itself.dy_mm == pytest.approx(0.0, abs=0.01)
     other = portalign.register(ref, frame, backend="cpu")
     assert not [w for w in other.warnings if "reference image itself" in w]
+
+
+def test_a_turn_that_was_not_estimated_is_part_of_the_shifts_uncertainty() -> None:
+    """Translation only (``estimate_rotation=False``) of a frame turned 1 deg: the turn was not measured, yet it moves
+    the shift. The stated uncertainty takes ``UNESTIMATED_TURN_DEG`` at the usable pixels' RMS radius
+    (``_quality.unestimated_turn_mm``), and the error the turn left lies within two of it (an independent trial's
+    MLC fields without a rotation: 0.38-0.98 mm off at up to 2.4 uncertainties stated without the term, 1.4 with)."""
+    from portalign.registration._quality import UNESTIMATED_TURN_DEG, shift_uncertainty_mm, unestimated_turn_mm
+
+    base = anatomy(256)
+    reference = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(160, 176)), pixel_spacing_mm=1.0, kind="drr")
+    frame = portalign.Image.from_array(moved(base, 1.5, -1.0, 1.0, shape=(160, 176)), pixel_spacing_mm=1.0)
+    result = portalign.register(reference, frame, portalign.RegistrationOptions(estimate_rotation=False), backend="cpu")
+    d = result.details
+    assert result.ok and result.rotation_deg is None and d["rotation_estimated"] is False
+    assert d["rotation_uncertainty_deg"] is None and d["rotation_radius_mm"] > 30.0
+    term = unestimated_turn_mm(d["rotation_radius_mm"])
+    assert term == pytest.approx(d["rotation_radius_mm"] * math.radians(UNESTIMATED_TURN_DEG), rel=1e-12)
+    expected = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
+                                    math.hypot(result.dx_mm, result.dy_mm), None, term)
+    assert d["shift_uncertainty_mm"] == pytest.approx(expected, rel=1e-12)
+    without = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
+                                   math.hypot(result.dx_mm, result.dy_mm), None, 0.0)
+    assert d["shift_uncertainty_mm"] > without + 0.2
+    assert max(abs(result.dx_mm - 1.5), abs(result.dy_mm + 1.0)) < 2.0 * d["shift_uncertainty_mm"]
+    assert unestimated_turn_mm(None) == 0.0

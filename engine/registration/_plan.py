@@ -90,6 +90,9 @@ class Level:
     ref_image: Any = None
     ref_valid: Any = None
     ref_gradient: Any = None
+    #: Host ``(ref_re, ref_im)`` (the same arrays on the CPU), copied on first use: the fine polish's screen of a finer
+    #: level (``_program._screened_agreement``).
+    ref_features_host: Any = None
     # frame side (backend arrays, reused)
     image: Any = None
     mask: Any = None
@@ -311,9 +314,15 @@ class LanePool:
         self.last_used = 0
         #: A frame of this geometry went through the mirror check (``RegistrationOptions.mirror_check="first"``).
         self.mirror_checked = False
-        #: The widened edge band (mm) the last frame of this geometry asked for (a DRR reference, the frame's own
-        #: penumbra; ``_program._frame_band_mm``): later frames start on that plan, and each checks it there.
-        self.band_mm: float | None = None
+        #: The lanes of the plan whose widened edge band the last frame of this geometry asked for (a DRR reference,
+        #: the frame's own penumbra; ``_program._frame_band_mm``): later frames start there, and each checks it there.
+        #: Held here: no second lookup a frame. None: the geometry's own band.
+        self.band_pool: LanePool | None = None
+
+    @property
+    def band_mm(self) -> float | None:
+        """The widened edge band (mm) of :attr:`band_pool`'s plan; None without one."""
+        return None if self.band_pool is None else self.band_pool.lanes[0].band_mm
 
     def acquire(self, limit: int, backend: Backend) -> FramePlan:
         """Take a free lane (the least recently used), making one when none is free and fewer than ``limit`` exist."""

@@ -22,9 +22,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from portalign.kernels.cpu.edge import INVALID_FEATURE
+from portalign.kernels.cpu.edge import INVALID_FEATURE, sampled_edge_score
 from portalign.kernels.cpu.field import line_candidates, line_means, penumbra_extent
+from portalign.kernels.cpu.gradient import gradient_limit
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
+from portalign.kernels.cpu.refine import pose_affines_into
 
 from ..backends import Backend, cpu_backend, single_threaded
 from ..field import (
@@ -74,6 +76,7 @@ from ._quality import (
     rotation_radius,
     rotation_uncertainty_deg,
     shift_uncertainty_mm,
+    unestimated_turn_mm,
 )
 from ._refine import edge_score, newton, peak_curvatures
 from ._scale import scale_profile, scale_verdict
@@ -179,6 +182,16 @@ FIELD_MOVED_MM = 1.0
 FINE_POLISH = True
 FINE_POLISH_MIN_EDGE = 0.75
 FINE_POLISH_MAX_MOVE_PX = 0.25
+#: A finer level is prepared (mask, range, features: the whole level) for its agreement only when a screen of it
+#: (``kernels.cpu.edge.sampled_edge_score``: one of its pixels under each of the finest working level's usable pixels,
+#: at the pose reached) reaches ``FINE_POLISH_MIN_EDGE`` less this. Two arrays of one image with independent noise
+#: (``bench/gpu_latency.py``'s 1024 x 768 pair) agree at 0.50 on their own pixels and were never polished, yet paid
+#: that level's preparation and score every frame: 36 of a 57 ms frame on this 2-core machine (``listed_range`` of
+#: 782,852 pixels alone 17 ms). The screen reads the full score to within a few hundredths (``tests/test_edge.py``);
+#: the margin keeps every frame whose full score could reach the threshold on the full path.
+FINE_POLISH_SCREEN_MARGIN = 0.15
+#: ...on at most this many pixels (every k-th of the working level's list).
+FINE_POLISH_SCREEN_PIXELS = 8192
 #: First (the MI levels above are the fallback), two portal images of one beam in near-perfect agreement (edge
 #: correlation ``FINE_POLISH_MIN_EDGE`` or more on the working level and on the fitted one) have their intensities
 #: fitted on ``FramePlan.intensity_level`` (their own pixels up to ``_reference.INTENSITY_MAX_PIXELS``): least squares
@@ -419,8 +432,8 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     # a lane of the plan for this geometry (buffers no other frame is using, and their stream), taken and given
     # back without a context manager: this runs for every frame
     pool = base = reference.frame_pool(frame)
-    if base.band_mm is not None:  # this geometry's frames asked for a wider band (their penumbra): its plan first
-        pool = reference.frame_pool(frame, None, base.band_mm)
+    if base.band_pool is not None:  # this geometry's frames asked for a wider band (their penumbra): its plan first
+        pool = base.band_pool
     plan = pool.acquire(reference._lane_limit, backend)
     try:
         if not mirror_check:
@@ -445,7 +458,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
             break
         pool = reference.frame_pool(frame, result.field_mm, result.band_mm)
         if result.field_mm is None:  # where the next frame of this geometry starts (it checks the band there)
-            base.band_mm = result.band_mm
+            base.band_pool = None if result.band_mm is None else pool
         plan = pool.acquire(reference._lane_limit, backend)
         try:
             with backend.frame_scope(plan.stream, plan.threads):
@@ -944,27 +957,35 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
     limit = FINE_POLISH_MAX_MOVE_PX * min(levels[finest].spacing)
     done: list[int] = []
     agreements: list[float] = []
+    screens: list[float | None] = []
     intensity = None
     if last is not None:  # the intensity fit first: it needs no MI level on the way (measured: the same poses)
         level = levels[last]
         if fill is not None:  # the plan leaves the intensity level empty until a frame reaches it
             fill(level)
+        agreement = math.nan  # not measured: the screen says the level cannot agree (no score listed)
+        screened_out = False
         if last < finest:  # a working level has its mask and pixel list already
-            frame_mask(backend, level, field, plan.field_level, opts.bins)
-        agreement = edge_score(backend, plan, level, start) if level.usable >= MIN_USABLE_PIXELS else math.nan
-        agreements.append(agreement)
+            screened_out = not _screen_passes(backend, frame, levels[finest], level, start, screens)
+            if not screened_out:
+                frame_mask(backend, level, field, plan.field_level, opts.bins)
+        if not screened_out:
+            agreement = edge_score(backend, plan, level, start) if level.usable >= MIN_USABLE_PIXELS else math.nan
+            agreements.append(agreement)
         if agreement >= FINE_POLISH_MIN_EDGE:
             polished, intensity = _intensity_polish(backend, level, start, bool(found.rotate))
             # within a quarter of a working pixel of the found pose, for the rotation at the usable pixels' RMS radius
             if (polished is not None and math.hypot(polished[0] - start[0], polished[1] - start[1]) <= limit
                     and abs(polished[2] - start[2]) * r_eff <= limit):
-                record = {"levels": [last], "edge_scores": agreements, "kept": True, "intensity": intensity,
-                          "moved_mm": math.hypot(polished[0] - start[0], polished[1] - start[1])}
+                record = {"levels": [last], "edge_scores": agreements, "screened_edge_scores": screens, "kept": True,
+                          "intensity": intensity, "moved_mm": math.hypot(polished[0] - start[0], polished[1] - start[1])}
                 return polished, record
     # no fit (or not kept): MI's optimum followed down the finer levels while each agrees
     pose = start
     for index in finer:
         level = levels[index]
+        if not _screen_passes(backend, frame, levels[finest], level, pose, screens):
+            break  # not prepared: the screen says it cannot agree
         frame_mask(backend, level, field, plan.field_level, opts.bins)
         if level.usable < MIN_USABLE_PIXELS:
             break
@@ -977,9 +998,47 @@ def _fine_polish(backend: Backend, plan: FramePlan, frame: Image, found: Any, fi
         done.append(index)
     moved = math.hypot(pose[0] - start[0], pose[1] - start[1])
     kept = bool(done) and moved <= limit
-    record = {"levels": done, "edge_scores": agreements, "moved_mm": moved if done else None, "kept": kept,
-              "intensity": intensity}
+    record = {"levels": done, "edge_scores": agreements, "screened_edge_scores": screens,
+              "moved_mm": moved if done else None, "kept": kept, "intensity": intensity}
     return (pose if kept else start), record
+
+
+def _screen_passes(backend: Backend, frame: Image, working: Any, level: Any, pose: np.ndarray,
+                   screens: list[float | None]) -> bool:
+    """Return whether ``level`` could agree at ``pose`` (``FINE_POLISH_SCREEN_MARGIN``).
+
+    Its screen (:func:`_screened_agreement`) is appended to ``screens`` (None where no pixel could be screened) and
+    must reach ``FINE_POLISH_MIN_EDGE`` less the margin.
+    """
+    screen = _screened_agreement(backend, frame, working, level, pose)
+    screens.append(screen if math.isfinite(screen) else None)
+    return screen >= FINE_POLISH_MIN_EDGE - FINE_POLISH_SCREEN_MARGIN
+
+
+def _screened_agreement(backend: Backend, frame: Image, working: Any, level: Any, pose: np.ndarray) -> float:
+    """Estimate ``level``'s edge correlation at ``pose`` from the finest working level's usable pixels (NaN: none).
+
+    ``kernels.cpu.edge.sampled_edge_score`` on the host (``FINE_POLISH_SCREEN_MARGIN``), on at most
+    ``FINE_POLISH_SCREEN_PIXELS`` of the working level's list: level 0 is the frame's own pixels; a level above it and
+    the working level's list come to the host (on a device, one copy each; the reference's features on ``level`` once
+    per plan level). ``level`` is finer than ``working``.
+    """
+    if level.ref_features_host is None:
+        level.ref_features_host = (backend.to_host(level.ref_re), backend.to_host(level.ref_im))
+    usable = int(working.usable)
+    if usable < 1:
+        return math.nan
+    step = -(-usable // FINE_POLISH_SCREEN_PIXELS)  # every step-th listed pixel: at most FINE_POLISH_SCREEN_PIXELS
+    rows = np.ascontiguousarray(backend.to_host(working.pixel_rows[:usable])[::step])
+    cols = np.ascontiguousarray(backend.to_host(working.pixel_cols[:usable])[::step])
+    affine = np.empty((1, 2, 3))
+    pose_affines_into(np.asarray(pose, dtype=np.float64)[None, :], 1, level.geometry, affine)
+    low, high = working.range  # the working level's robust range: the limit only leaves out outliers' neighbours
+    image = frame.pixels if level.index == 0 else backend.to_host(level.image)
+    score, _ = sampled_edge_score(image, rows, cols, rows.shape[0], 1 << (working.index - level.index),
+                                  gradient_limit(low, high), level.ref_features_host[0], level.ref_features_host[1],
+                                  affine[0], math.cos(2.0 * pose[2]), math.sin(2.0 * pose[2]))
+    return float(score)
 
 
 def _intensity_fit_level(plan: FramePlan, opts: Any) -> int | None:
@@ -1460,6 +1519,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                    split_block)
     if found.no_match:
         quality = quality or "no match: the global search found no optimum"
+    searched_turns = rotate  # the global search's candidates carry a rotation only where it searched them
     rotate = found.rotate
     # too few usable pixels to search at all: nothing was measured (the reason says why), None, never a number
     finest_level = levels[plan.refine_levels[-1]]
@@ -1473,14 +1533,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         warnings.append(lever_warning)
     pose, final_edge, ambiguity, mi_gap, spread = found.pose, found.final_edge, found.ambiguity, found.mi_gap, found.spread
     fine = None
-    fit_level = _intensity_fit_level(plan, opts)
+    follow_mi = found.mi_final and alike  # two portal images' MI optimum, followed down the finer levels
     if (FINE_POLISH and opts.fine_polish and not quality and not found.no_match and shift_measured
             and found.final_edge >= FINE_POLISH_MIN_EDGE
-            and ((found.mi_final and alike)
-                 or (INTENSITY_SMALL and fit_level is not None and (portal_pair or unknown_pair)
-                     and not fixed_small))):
-        pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
-                                  found.mi_final and alike, fit_level, reference.ensure_level_filled)
+            and (follow_mi or (INTENSITY_SMALL and (portal_pair or unknown_pair) and not fixed_small))):
+        fit_level = _intensity_fit_level(plan, opts)  # (asked here: no call for a frame that cannot be polished)
+        if follow_mi or fit_level is not None:
+            pose, fine = _fine_polish(backend, plan, frame, found, field, r_eff, opts, host is not None and not polish,
+                                      follow_mi, fit_level, reference.ensure_level_filled)
     runner_up = found.runner_up
     periodic = None
     if not quality and not found.no_match and shift_measured:
@@ -1497,7 +1557,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details: dict = {
         "levels": found.levels,
         # a search without rotation holds it at 0: not a measured angle (null)
-        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * _DEGREES if opts.estimate_rotation else None,
+        "candidates": [{"dx_mm": c[0], "dy_mm": c[1], "rotation_deg": c[2] * _DEGREES if searched_turns else None,
                         "score": c[3]}
                        for c in found.ranked],
     }
@@ -1769,7 +1829,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],
                              (float(pose[0]) * float(pose[0]) + float(pose[1]) * float(pose[1])) ** 0.5,
-                             frame.info.sad_mm, 0.0 if turn_u is None else centroid_mm * turn_u / _DEGREES)
+                             frame.info.sad_mm,
+                             centroid_mm * turn_u / _DEGREES if turn_u is not None
+                             else unestimated_turn_mm(None if rotate else details.get("rotation_radius_mm")))
         if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)

@@ -66,6 +66,16 @@ SHIFT_ERROR_SHARE = 0.15
 #: 30 mm (``SAD`` 1000 mm: 3 % of the shift, radial), 85 % within one and 98.3 % within two (the TotalSegmentator CT,
 #: seeds 202 and 505, 108 ok pairs: 74 % and 95.8 %, from 67 % and 91.7 %). Session note 35.
 PARALLAX_DEPTH_MM = 30.0
+#: Where no rotation was estimated (the structure does not constrain it, ``MIN_ROTATION_SUPPORT_MM``, or the user asked
+#: for translation only), the patient's turn was not measured, yet it moves the shift: the shift's uncertainty takes a
+#: turn of this standard deviation (deg) at the usable pixels' RMS radius about the beam axis
+#: (``details["rotation_radius_mm"]``). The independent trial's five ok pairs without a rotation (MLC fields, turns of
+#: 0.45-1.26 deg, none measured) lay 0.38-0.98 mm off at 0.74-2.39 of the uncertainty stated without it, three beyond
+#: two; the turned structure's shift there was 31-77 mm times the turn, about the RMS radius (47-51 mm), more than the
+#: centroid's distance (28-30 mm) that a pure translation fit would give. 1 deg is the order of immobilised patients'
+#: in-plane setup rotations and the standard deviation of the trial's and ``bench.held_out``'s turns (uniform within
+#: +-1.5 deg: 0.87); a cone at the beam axis (radius ~8 mm) gains 0.14 mm.
+UNESTIMATED_TURN_DEG = 1.0
 #: Source-to-axis distance (mm) taken where an image does not state its ``RadiationMachineSAD`` (an array).
 DEFAULT_SAD_MM = 1000.0
 #: How the reason begins where too few of the frame's pixels are usable (``_program`` adds to it).
@@ -338,7 +348,8 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
         The beam's source-to-axis distance (mm); ``None``: ``DEFAULT_SAD_MM``.
     rotation_mm : float
         ``R u_theta`` (mm): the estimated rotation's standard uncertainty (rad) times the distance ``R`` (mm) of the
-        usable pixels' centroid from the beam axis; 0 where no rotation was estimated.
+        usable pixels' centroid from the beam axis; where no rotation was estimated, the unmeasured turn's
+        (``UNESTIMATED_TURN_DEG`` at the usable pixels' RMS radius: :func:`unestimated_turn_mm`).
 
     Returns
     -------
@@ -351,6 +362,16 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
     return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5) ** 0.5
+
+
+def unestimated_turn_mm(rms_radius_mm: float | None) -> float:
+    """Return how far (mm, 1 sd) a turn that was not estimated may move a shift measured on structure of that radius.
+
+    ``rms_radius_mm`` is the usable pixels' RMS distance from the beam axis (``details["rotation_radius_mm"]``);
+    the turn's standard deviation is ``UNESTIMATED_TURN_DEG``. The ``rotation_mm`` of :func:`shift_uncertainty_mm`
+    where no rotation was estimated; 0 for an unknown radius.
+    """
+    return 0.0 if not rms_radius_mm else rms_radius_mm * UNESTIMATED_TURN_DEG / _DEGREES
 
 
 def reference_contrast_to_noise(level: Level) -> float:

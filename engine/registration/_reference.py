@@ -410,9 +410,13 @@ class Reference:
                 if frame is not None:
                     # a frame whose spacing would make the plan allocate far beyond the two images' size is refused
                     check_registration_size(self.image, frame, max_shift_mm=self.options.max_shift_mm)
-                with cpu_exclusive():
-                    plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis), field_mm,  # type: ignore[arg-type]
-                                            band_mm)
+                base = self._plans.get(key[:3]) if band_mm is not None and field_mm is None else None
+                if base is not None and not self.field.detected:
+                    plan = self._band_plan(base.lanes[0], key, band_mm)  # type: ignore[arg-type]
+                else:
+                    with cpu_exclusive():
+                        plan = self._build_plan(key, tuple(shape), tuple(spacing), tuple(axis),  # type: ignore[arg-type]
+                                                field_mm, band_mm)
                 # reference arrays were uploaded on the default stream; lanes' streams do not wait for it
                 self.backend.synchronize()
                 pool = self._plans[key] = LanePool(plan)
@@ -438,6 +442,28 @@ class Reference:
         """Build the plan for ``frame``'s geometry and compile every kernel by registering it once."""
         register_frame(self, frame)
 
+    def _band_plan(self, base: FramePlan, key: tuple, band_mm: float) -> FramePlan:
+        """Return the plan of ``base``'s geometry with the frames' edge band widened to ``band_mm`` (a DRR reference).
+
+        A reference without a field has no edge band of its own, so the band changes nothing on the reference's side
+        of the plan (its levels, resampled images, features, search spectra: :meth:`_build_plan` chooses the same ones
+        whatever the band when there is no field): the new plan shares them with ``base`` (``FramePlan.new_lane``) and
+        only its frame levels' erosion differs. A first frame whose own penumbra asks for the band (a one-shot
+        ``register``) prepared two plans in full before, 2 x 38 ms on ``bench.latency``'s pair.
+        """
+        band = self._widened_band(band_mm)
+        plan = base.new_lane(self.backend)
+        for level in plan.levels.values():
+            level.erosion_px = _erosion_px(band, level.spacing)
+        return replace(plan, key=key, band_mm=band_mm, threads=ThreadTuner(), scale_confirmed=False)
+
+    def _widened_band(self, band_mm: float) -> float:
+        """Return the frames' edge band (mm) for their own penumbra's ``band_mm``.
+
+        At least ``field_margin_mm``, at most ``MAX_FIELD_MARGIN_MM``.
+        """
+        return max(self.field_margin_mm, min(band_mm, MAX_FIELD_MARGIN_MM))
+
     def _build_plan(self, key: tuple, shape: tuple[int, int], spacing: tuple[float, float],
                     axis: tuple[float, float], field_mm: float | None = None,
                     band_mm: float | None = None) -> FramePlan:
@@ -449,7 +475,7 @@ class Reference:
         extent = self._search_extent_mm(shape, spacing)
         band = self.field_margin_mm
         if band_mm is not None:  # the frames' own penumbra reaches deeper (the reference has no field to measure)
-            band = max(band, min(band_mm, MAX_FIELD_MARGIN_MM))
+            band = self._widened_band(band_mm)
         if field_mm is not None:  # the frames' own small field (the reference has none)
             extent = min(extent, field_mm)
             band = min(band, MAX_MARGIN_FRACTION * field_mm)
@@ -503,8 +529,7 @@ class Reference:
             lvl_spacing = (spacing[0] * 2**k, spacing[1] * 2**k)
             # a level-k pixel i covers level-0 pixels 2^k i .. 2^k (i+1) - 1: centre (2^k i + (2^k - 1)/2)
             lvl_axis = ((axis[0] - (2**k - 1) / 2) / 2**k, (axis[1] - (2**k - 1) / 2) / 2**k)
-            margin = band / min(lvl_spacing)
-            level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), int(math.ceil(margin)) + 1)
+            level = Level(k, lvl_shape, lvl_spacing, lvl_axis, (0.0, 0.0), (0, 0), _erosion_px(band, lvl_spacing))
             level.image = xp.empty(lvl_shape, dtype=xp.float32)
             if k in matched:
                 self._fill_level(level)
@@ -747,6 +772,14 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
 
 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
+
+
+def _erosion_px(band_mm: float, spacing: tuple[float, float]) -> int:
+    """Return a level's field-edge band in whole pixels of its finer ``spacing`` (row, column; mm).
+
+    One pixel more than ``band_mm`` covers (central differences reach a pixel past the usable ones).
+    """
+    return int(math.ceil(band_mm / min(spacing))) + 1
 
 
 def _scaled(spacing: tuple[float, float], factor: int) -> tuple[float, float]:

@@ -36,7 +36,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gradient_correlation", "matched_orientation", "orientation_summary", "CHUNKS", "INVALID_FEATURE", "VALID_LIMIT"]
+__all__ = ["gradient_correlation", "matched_orientation", "orientation_summary", "sampled_edge_score", "CHUNKS",
+           "INVALID_FEATURE", "VALID_LIMIT"]
 
 #: Real part of a reference feature where the reference is not valid (outside its field, off its border;
 #: the imaginary part is 0 there). Features lie in [-1, 1]. Such a pixel is a zero feature with no weight:
@@ -101,6 +102,25 @@ def _turned_sample(ref_re: np.ndarray, ref_im: np.ndarray, x: float, y: float, x
     ri = (w00 * ref_im[r0, c0] + w01 * ref_im[r0, c0 + 1] + w10 * ref_im[r0 + 1, c0]
           + w11 * ref_im[r0 + 1, c0 + 1])
     return inside, v, turn_c * rr - turn_s * ri, turn_s * rr + turn_c * ri
+
+
+@njit(inline="always", nogil=True)
+def _compared(fr: float, fi: float, col: float, row: float, m00: float, m01: float, m02: float, m10: float, m11: float,
+              m12: float, ref_re: np.ndarray, ref_im: np.ndarray, x_end: float, y_end: float, last_col: int,
+              last_row: int, turn_c: float, turn_s: float) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """Return one frame pixel's ``(S_ff, S_fr, S_rr)`` terms (the module docstring's rule).
+
+    Its feature ``fr + i fi`` at ``(col, row)`` against the reference's, turned, at the affine map ``m`` of it
+    (:func:`_turned_sample`): Re(z_f * conj(z_r)); a zero frame feature and a sample wholly outside the reference's
+    valid region (v = 0) are not compared. Branch-free (inlined in :func:`gradient_correlation`'s vectorised loop and
+    in :func:`sampled_edge_score`).
+    """
+    energy = fr * fr + fi * fi
+    x = m00 * col + m01 * row + m02
+    y = m10 * col + m11 * row + m12
+    inside, v, tr, ti = _turned_sample(ref_re, ref_im, x, y, x_end, y_end, last_col, last_row, turn_c, turn_s)
+    compared = 1.0 if inside and energy > 0.0 else 0.0
+    return energy * (v if inside else 1.0), compared * (fr * tr + fi * ti), compared * (tr * tr + ti * ti)
 
 
 @njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
@@ -173,19 +193,12 @@ def gradient_correlation(
                 s_ff = 0.0
                 s_rr = 0.0
                 for u in range(m):
-                    fr = block_re[u]
-                    fi = block_im[u]
-                    energy = fr * fr + fi * fi
-                    x = m00 * block_cols[u] + m01 * block_rows[u] + m02
-                    y = m10 * block_cols[u] + m11 * block_rows[u] + m12
-                    inside, v, tr, ti = _turned_sample(ref_re, ref_im, x, y, x_end, y_end, last_col, last_row,
-                                                       turn_c, turn_s)
-                    # Re(z_f * conj(z_r)); a zero frame feature and a sample wholly outside the reference's valid
-                    # region (v = 0) are not compared
-                    compared = 1.0 if inside and energy > 0.0 else 0.0
-                    s_ff += energy * (v if inside else 1.0)
-                    s_fr += compared * (fr * tr + fi * ti)
-                    s_rr += compared * (tr * tr + ti * ti)
+                    ff, fr_, rr = _compared(block_re[u], block_im[u], block_cols[u], block_rows[u], m00, m01, m02,
+                                            m10, m11, m12, ref_re, ref_im, x_end, y_end, last_col, last_row,
+                                            turn_c, turn_s)
+                    s_ff += ff
+                    s_fr += fr_
+                    s_rr += rr
                 acc[k, 0] += s_fr
                 acc[k, 1] += s_ff
                 acc[k, 2] += s_rr
@@ -194,6 +207,90 @@ def gradient_correlation(
         for k in range(n_pose):
             for q in range(3):
                 out[k, q] += partial[c, k, q]
+
+
+@njit(cache=True, nogil=True)
+def sampled_edge_score(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int, scale: int, limit: float,
+                       ref_re: np.ndarray, ref_im: np.ndarray, affine: np.ndarray, turn_c: float,
+                       turn_s: float) -> tuple:  # pragma: no cover - compiled
+    """Estimate a finer level's edge correlation at one pose from one of its pixels under each listed coarser pixel.
+
+    The normalised correlation ``S_fr / sqrt(S_ff S_rr)`` of :func:`gradient_correlation` (one pose), with the
+    frame's features made here (``.gradient.orientation_features``: doubled-angle, central differences, the edge
+    scale ``eps`` the mean gradient magnitude) on a sample instead of the finer level's whole usable region: pixel
+    ``(r scale + scale // 2, c scale + scale // 2)`` of ``image`` for each listed pixel ``(r, c)`` of the coarser level
+    (``scale = 2**levels`` between them: the pixel near the centre of the block the coarser pixel averages). A screen
+    that costs one pass over the listed pixels where the full score costs the finer level's preparation (its mask,
+    range, features: about ``scale**2`` times the pixels): ``_program._fine_polish`` skips a finer level whose
+    estimate lies well below its threshold.
+
+    Parameters
+    ----------
+    image : real[rows, cols]
+        The finer level's frame image (read as float64).
+    rows, cols : int32[>= count]
+        The coarser level's usable pixels.
+    count : int
+    scale : int
+        Finer-level pixels per coarser-level pixel along each axis.
+    limit : float
+        A pixel with a central difference beyond it is left out (next to an outlier; ``inf``: none).
+    ref_re, ref_im : float32[ref_rows, ref_cols]
+        The reference's features on the finer level (``INVALID_FEATURE`` where it is not valid).
+    affine : float64[2, 3]
+        The finer level's frame pixel -> reference pixel map of the pose.
+    turn_c, turn_s : float
+        ``cos 2 theta``, ``sin 2 theta`` of the pose's rotation.
+
+    Returns
+    -------
+    (score, pixels) : (float, int)
+        The estimate (NaN with no pixel) and the pixels it was taken on.
+    """
+    n_rows, n_cols = image.shape
+    ref_rows, ref_cols = ref_re.shape
+    half = scale // 2
+    at_row = np.empty(count, dtype=np.int64)
+    at_col = np.empty(count, dtype=np.int64)
+    grad_x = np.empty(count)
+    grad_y = np.empty(count)
+    n = 0
+    total = 0.0
+    for t in range(count):
+        i = rows[t] * scale + half
+        j = cols[t] * scale + half
+        if i < 1 or j < 1 or i > n_rows - 2 or j > n_cols - 2:
+            continue
+        gx = 0.5 * (np.float64(image[i, j + 1]) - np.float64(image[i, j - 1]))
+        gy = 0.5 * (np.float64(image[i + 1, j]) - np.float64(image[i - 1, j]))
+        if abs(gx) > limit or abs(gy) > limit:
+            continue
+        at_row[n] = i
+        at_col[n] = j
+        grad_x[n] = gx
+        grad_y[n] = gy
+        total += math.sqrt(gx * gx + gy * gy)
+        n += 1
+    if n == 0:
+        return np.nan, 0
+    eps = max(total / n, 1e-12)
+    eps2 = eps * eps
+    x_end = ref_cols - 1.0
+    y_end = ref_rows - 1.0
+    s_fr = 0.0
+    s_ff = 0.0
+    s_rr = 0.0
+    for u in range(n):
+        gx = grad_x[u]
+        gy = grad_y[u]
+        norm = gx * gx + gy * gy + eps2
+        ff, fr_, rr = _compared((gx * gx - gy * gy) / norm, 2.0 * gx * gy / norm, at_col[u], at_row[u], affine[0, 0],
+                                affine[0, 1], affine[0, 2], affine[1, 0], affine[1, 1], affine[1, 2], ref_re, ref_im,
+                                x_end, y_end, ref_cols - 2, ref_rows - 2, turn_c, turn_s)
+        s_ff += ff
+        s_fr += fr_
+        s_rr += rr
+    return s_fr / math.sqrt(max(s_ff * s_rr, 1e-30)), n
 
 
 @njit(parallel=True, cache=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "reassoc"}, nogil=True)
