@@ -48,8 +48,10 @@ class RegistrationResult:
         What ran.
     elapsed_ms : float
         Wall time of the registration of this frame (loading excluded).
-    ambiguity : float
-        Score of the best distinct runner-up optimum over the winner's (0 = none, 1 = a tie).
+    ambiguity : float or None
+        Score of the best distinct runner-up optimum over the winner's (0 = the global search found no distinct
+        rival, 1 = a tie); ``None`` (JSON ``null``) where no rivals were compared: ``candidates=1``, no optimum
+        found, nothing measured.
     field_detected : bool
         Whether a radiation field was found in the frame (and its edge excluded).
     field_box_mm : list of float or None
@@ -76,7 +78,7 @@ class RegistrationResult:
     method: str = ""
     backend: str = ""
     elapsed_ms: float = 0.0
-    ambiguity: float = 0.0
+    ambiguity: float | None = None
     field_detected: bool = False
     field_box_mm: list[float] | None = None
     frame_uid: str | None = None

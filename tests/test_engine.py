@@ -147,6 +147,20 @@ def test_field_without_structure_is_not_ok():
     assert result.details["denoised"] is None
 
 
+def test_ambiguity_is_null_where_no_rivals_were_compared():
+    """0 says the global search compared optima and found no distinct rival; with nothing compared it is null."""
+    ref, frame = _pair(4.0, -2.5, 0.0)
+    searched = portalign.register(ref, frame, backend="cpu")
+    assert searched.ok and searched.ambiguity is not None and 0.0 <= searched.ambiguity < 0.92
+    alone = portalign.register(ref, frame, RegistrationOptions(candidates=1), backend="cpu")
+    assert alone.ok and alone.ambiguity is None and '"ambiguity": null' in alone.as_json()
+    assert math.hypot(alone.dx_mm - 4.0, alone.dy_mm + 2.5) <= 0.1  # the same match, one optimum refined
+    rng = np.random.default_rng(3)
+    blank = Image.from_array(100 + rng.normal(0, 1.0, (256, 256)), pixel_spacing_mm=1.0)
+    nothing = _reference().register(blank)
+    assert not nothing.ok and nothing.ambiguity is None
+
+
 def test_saturated_frame_is_not_ok():
     ref, frame = _pair(2.0, 1.0, 0.0)
     pixels = frame.pixels.astype(np.float64)

@@ -1796,6 +1796,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # 0..1, and -1 is the MI of an empty joint histogram (no frame pixel landed on the reference)
     scored = not apart and (opts.method == "edge" or found.reported >= 0.0)
     nothing = not shift_measured  # too few usable pixels to search at all
+    rivals_compared = ((opts.candidates > 1 or periodic is not None) and not found.no_match and shift_measured
+                       and not apart and not guess)
     shift_measured = shift_measured and not apart and not guess
     if not shift_measured:
         details["rotation_estimated"] = rotate = False
@@ -1844,7 +1846,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         score=float(final_edge if opts.method == "edge" else found.reported) if scored else None,
         method=opts.method,
         backend=backend.name,
-        ambiguity=float(ambiguity),
+        # measured only where the global search's optima were compared: none compared (one candidate asked for, no
+        # optimum found, nothing to search) is null, never 0 (0 is "the search found no distinct rival")
+        ambiguity=float(ambiguity) if rivals_compared else None,
         field_detected=field.detected,
         field_box_mm=box_mm,
         frame_uid=frame.info.sop_instance_uid or None,
