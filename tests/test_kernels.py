@@ -49,6 +49,33 @@ def test_downsample2_matches_reference(kind, shape):
     assert_allclose(out, expected, rtol=3e-7 * 4, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(768, 1024), (25, 21), (3, 2)])
+def test_reference_resampling_kernels_equal_their_numpy_reference_bit_for_bit(shape):
+    """A reference's box pyramid and grid interpolation (plan preparation): the same float64 numbers as numpy's."""
+    from portalign.kernels.cpu.pyramid import box_half, interpolate_grid
+
+    rng = np.random.default_rng(sum(shape))
+    src = rng.normal(1000.0, 300.0, shape)
+    half = np.full((shape[0] // 2, shape[1] // 2), np.nan)
+    expected = np.empty(half.shape)
+    box_half(src, half)
+    ref_pyramid.box_half(src, expected)
+    assert_array_equal(half, expected)
+    # a grid that runs past both ends (clipped to the end lines) and lands on whole lines too
+    rows_at = np.clip(np.linspace(-0.7, shape[0] - 0.2, shape[0] // 2 + 3), 0.0, shape[0] - 1.0)
+    cols_at = np.clip(np.linspace(-0.3, shape[1] + 0.5, shape[1] // 3 + 2), 0.0, shape[1] - 1.0)
+    grids = []
+    for at, n in ((rows_at, shape[0]), (cols_at, shape[1])):
+        i0 = np.minimum(np.floor(at).astype(np.int64), max(n - 2, 0))
+        grids.append((i0, np.minimum(i0 + 1, n - 1), at - i0))
+    out = np.full((rows_at.size, cols_at.size), np.nan)
+    expected = np.empty(out.shape)
+    interpolate_grid(src, *grids[0], *grids[1], out)
+    ref_pyramid.interpolate_grid(src, *grids[0], *grids[1], expected)
+    assert_array_equal(out, expected)
+    assert np.isfinite(out).all() and out.min() >= src.min() and out.max() <= src.max()
+
+
 def test_downsample2_mask_matches_reference():
     src = random_mask((25, 21), keep=0.8)
     out = np.full((12, 10), 7, dtype=np.uint8)

@@ -836,10 +836,11 @@ def _resample_reference(image: Image, spacing: tuple[float, float], dead: FieldE
     # the sample grid is rectilinear: bilinear interpolation is one linear pass along each axis (map_coordinates'
     # order=1, mode="nearest" values, without its per-point generality: 2.5 -> ~0.5 ms a level of a 1024 x 768 image)
     row_at, col_at = (np.arange(rows) * fy - offset) / box, (np.arange(cols) * fx - offset) / box
-    out = _linear_along(_linear_along(src, row_at, 0), col_at, 1)
+    rows_between, cols_between = _between(row_at, src.shape[0]), _between(col_at, src.shape[1])
+    out = _interpolated(src, rows_between, cols_between)
     valid = np.ones(out.shape, dtype=bool)
     if weight is not None:
-        live = _linear_along(_linear_along(weight, row_at, 0), col_at, 1)
+        live = _interpolated(weight, rows_between, cols_between)
         valid = live >= REFERENCE_LIVE_WEIGHT
         out = _fill_dead(out, live)
     axis = (image.beam_axis_px[0] / fx, image.beam_axis_px[1] / fy)
@@ -847,9 +848,12 @@ def _resample_reference(image: Image, spacing: tuple[float, float], dead: FieldE
 
 
 def _box_half(values: np.ndarray) -> np.ndarray:
-    """2x2 box means (an odd last row or column dropped)."""
-    r, c = values.shape[0] // 2 * 2, values.shape[1] // 2 * 2
-    return 0.25 * (values[0:r:2, 0:c:2] + values[1:r:2, 0:c:2] + values[0:r:2, 1:c:2] + values[1:r:2, 1:c:2])
+    """2x2 box means of float64 ``values`` (an odd last row or column dropped): ``kernels.cpu.pyramid.box_half``."""
+    from portalign.kernels.cpu.pyramid import box_half
+
+    out = np.empty((values.shape[0] // 2, values.shape[1] // 2))
+    box_half(np.ascontiguousarray(values, dtype=np.float64), out)
+    return out
 
 
 def _live_weight(shape: tuple[int, int], dead: FieldEstimate | None, field_factor: int) -> np.ndarray | None:
@@ -877,17 +881,28 @@ def _fill_dead(weighted: np.ndarray, live: np.ndarray) -> np.ndarray:
     return out
 
 
-def _linear_along(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``values`` at fractional indices ``coords`` along ``axis``; beyond the ends, the end."""
-    n = values.shape[axis]
+def _between(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the lines ``i0, i1`` (int64) each fractional index of ``coords`` lies between and its weight on ``i1``.
+
+    A line of ``n``; beyond the ends, the end (clipped).
+    """
     x = np.clip(coords, 0.0, n - 1.0)
-    i0 = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
+    i0 = np.minimum(np.floor(x).astype(np.int64), max(n - 2, 0))
     i1 = np.minimum(i0 + 1, n - 1)
-    w = x - i0
-    shape = [1, 1]
-    shape[axis] = w.size
-    w = w.reshape(shape)
-    return np.take(values, i0, axis=axis) * (1.0 - w) + np.take(values, i1, axis=axis) * w
+    return i0, i1, x - i0
+
+
+def _interpolated(values: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
+    """Bilinear samples of ``values`` at the grid of ``rows`` and ``cols`` (each :func:`_between`'s), float64.
+
+    ``kernels.cpu.pyramid.interpolate_grid``: linear along the rows, then along the columns (map_coordinates' order=1,
+    mode="nearest" values, without its per-point generality).
+    """
+    from portalign.kernels.cpu.pyramid import interpolate_grid
+
+    out = np.empty((rows[0].size, cols[0].size))
+    interpolate_grid(np.ascontiguousarray(values, dtype=np.float64), *rows, *cols, out)
+    return out
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
