@@ -922,3 +922,26 @@ def test_first_launch_of_a_configuration_is_serialised_then_direct(monkeypatch):
     assert overlaps == [False, False]  # never two at once
     assert launch._configured[key] is configuration  # the wrapper gave way to the configuration itself
     assert launch._configured[key](7) == (7,)
+
+
+def test_the_mirror_screen_reads_the_same_peaks_on_the_gpu():
+    """The mirror check's screen (``_flip_peaks``: the frame's coarse features flipped, one surface each) on a device's
+    arrays gives the CPU's peaks."""
+    import portalign
+    from portalign.registration._program import _flip_peaks
+
+    shape = (32, 28)
+    reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=2.5)
+    frame = portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=2.5)
+    options = portalign.RegistrationOptions(field="none", max_shift_mm=10.0, max_rotation_deg=3.0, candidates=1,
+                                            mirror_check=NO_MIRROR_CHECK)
+    peaks = {}
+    for name in ("cpu", "gpu"):
+        prepared = portalign.prepare_reference(reference, options, backend=name)
+        assert prepared.register(frame).ok
+        (pool,) = prepared._plans.values()
+        peaks[name] = _flip_peaks(prepared.backend, pool.lanes[0])  # the lane still holds the frame's levels
+    assert set(peaks["cpu"]) == {"own", "flipped left-right", "flipped up-down", "turned 180 deg"}
+    assert all(value is not None and value > 0 for value in peaks["cpu"].values())
+    for key, value in peaks["cpu"].items():
+        assert peaks["gpu"][key] == pytest.approx(value, abs=1e-5), key

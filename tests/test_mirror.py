@@ -17,6 +17,8 @@ from synthetic import anatomy
 
 DX_MM, DY_MM = 3.2, -2.1
 
+from portalign.registration._program import MIRROR_SCREEN_RATIO  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[portalign.Image, np.ndarray]:
@@ -55,9 +57,32 @@ def test_the_demo_frame_mirrored_is_not_ok_and_says_so() -> None:
     assert "fixed to the beam" not in result.reason  # a DRR holds no graticule or tray
     check = result.details["mirror_check"]
     assert check["flipped_edge_scores"]["flipped left-right"] > check["edge_score"] + 0.05
+    assert check["screened_out"] is False
     right = portalign.register(reference, frame, backend="cpu")
-    assert right.ok and right.details["mirror_check"]["edge_score"] > max(
-        right.details["mirror_check"]["flipped_edge_scores"].values())
+    # the right frame: no flip comes near its own global-search peak, so its copies are not registered (null scores)
+    screen = right.details["mirror_check"]
+    assert right.ok and screen["screened_out"] is True and screen["flipped_edge_scores"] is None
+    peaks = screen["screen_peaks"]
+    assert max(peaks[name] for name in peaks if name != "own") < MIRROR_SCREEN_RATIO * peaks["own"]
+    # flipping twice is no flip: the mirrored frame's screen reads the right frame's peaks swapped, and passes
+    mirrored_peaks = check["screen_peaks"]
+    assert mirrored_peaks["flipped left-right"] == pytest.approx(peaks["own"], rel=1e-5)
+    assert mirrored_peaks["own"] == pytest.approx(peaks["flipped left-right"], rel=1e-5)
+
+
+def test_the_screen_skips_nothing_the_full_check_would_refuse(pair, monkeypatch) -> None:
+    """With the screen off the copies of a right frame are registered and score far below it: the screen's verdict."""
+    from portalign.registration import _program
+
+    reference, moved = pair
+    screened = portalign.register(reference, _frame(moved), backend="cpu")
+    monkeypatch.setattr(_program, "MIRROR_SCREEN", False)
+    full = portalign.register(reference, _frame(moved), backend="cpu")
+    assert screened.ok and full.ok and screened.details["mirror_check"]["screened_out"] is True
+    check = full.details["mirror_check"]
+    assert check["screened_out"] is False and check["screen_peaks"] == screened.details["mirror_check"]["screen_peaks"]
+    assert max(check["flipped_edge_scores"].values()) < check["edge_score"] - 0.05  # no flip came near: none refused
+    assert (full.dx_mm, full.dy_mm, full.rotation_deg) == (screened.dx_mm, screened.dy_mm, screened.rotation_deg)
 
 
 @pytest.mark.real_data
@@ -86,9 +111,9 @@ def test_the_right_frame_is_checked_once_per_geometry_unless_always(pair) -> Non
     first, second = prepared.register(_frame(moved)), prepared.register(_frame(moved))
     assert first.ok and second.ok, (first.reason, second.reason)
     assert first.dx_mm == pytest.approx(DX_MM, abs=0.1) and first.dy_mm == pytest.approx(DY_MM, abs=0.1)
-    scores = first.details["mirror_check"]["flipped_edge_scores"]
-    assert set(scores) == {"flipped left-right", "flipped up-down", "turned 180 deg"}
-    assert max(scores.values()) < 0.8 * first.details["mirror_check"]["edge_score"]
+    peaks = first.details["mirror_check"]["screen_peaks"]
+    assert set(peaks) == {"own", "flipped left-right", "flipped up-down", "turned 180 deg"}
+    assert max(peaks[name] for name in peaks if name != "own") < MIRROR_SCREEN_RATIO * peaks["own"]
     assert second.details["mirror_check"] is None  # a mirrored panel mirrors every frame: the first one tells
     always = portalign.prepare_reference(reference, portalign.RegistrationOptions(mirror_check="always"), backend="cpu")
     assert all(always.register(_frame(moved)).details["mirror_check"] is not None for _ in range(2))
@@ -123,7 +148,8 @@ WL_LAT = REAL / "pylinac" / "wl_shift_truebeam" / "lat3mm" / "3mm_lat-003.dcm"
     (WL_CARDINAL, (106, 380, 640, 640), (-2, -7), 0.03),
     (WL_LAT, (366, 620, 640, 640), (-10, 5), 0.08),
 ])
-def test_a_copy_matched_smoothed_is_compared_with_the_frame_matched_smoothed(path, window, moved, noise) -> None:
+def test_a_copy_matched_smoothed_is_compared_with_the_frame_matched_smoothed(path, window, moved, noise,
+                                                                            monkeypatch) -> None:
     """A noisy window of a Winston-Lutz field: a flipped copy whose raw match was too noisy was matched smoothed and
     had outscored the frame's raw match (0.67 and 0.81 against 0.48 and 0.15), refusing a right answer as 'flipped'
     (a sweep of real crops, session note 30). The frame matched smoothed alike scores above the copy."""
@@ -131,7 +157,12 @@ def test_a_copy_matched_smoothed_is_compared_with_the_frame_matched_smoothed(pat
 
     ref, frame, dx, dy = window_pair(read(path), *window, *moved)
     frame = low_dose(frame, noise, 1)
+    screened = portalign.register(ref, frame, backend="cpu")  # the screen may skip the copies: the same answer
+    from portalign.registration import _program
+
+    monkeypatch.setattr(_program, "MIRROR_SCREEN", False)  # the full check's rule is what this case is about
     result = portalign.register(ref, frame, backend="cpu")
+    assert screened.ok and (screened.dx_mm, screened.dy_mm) == (result.dx_mm, result.dy_mm)
     check = result.details["mirror_check"]
     best = max(check["flipped_edge_scores"], key=lambda k: check["flipped_edge_scores"][k] or 0.0)
     assert check["flipped_smoothed"][best] and result.details["denoised"] is None  # the copy smoothed, the frame raw
@@ -146,7 +177,7 @@ WL_LAT2 = REAL / "pylinac" / "wl_shift_truebeam" / "lat3mm" / "3mm_lat-002.dcm"
 
 @pytest.mark.skipif(not WL_LAT2.is_file(), reason=f"{WL_LAT2} is not there (../shared/data/real)")
 @pytest.mark.parametrize("seed", [1, 2])
-def test_a_copy_is_compared_with_all_of_the_frames_edges_counted(seed) -> None:
+def test_a_copy_is_compared_with_all_of_the_frames_edges_counted(seed, monkeypatch) -> None:
     """A noisy half-size window of a Winston-Lutz field: the copy flipped left-right matched its symmetric ball 12 mm
     from its field, its worst-matched edges over the reference's masked-out surroundings, where they did not count,
     and outscored the frame (0.53-0.57 against 0.42-0.45), refusing the right answer as 'flipped' (``bench.
@@ -154,6 +185,9 @@ def test_a_copy_is_compared_with_all_of_the_frames_edges_counted(seed) -> None:
     from field_sets import low_dose, read, window_pair
 
     ref, frame, dx, dy = window_pair(read(WL_LAT2), 484, 355, 640, 640, 2, -9)
+    from portalign.registration import _program
+
+    monkeypatch.setattr(_program, "MIRROR_SCREEN", False)  # the full check's rule is what this case is about
     result = portalign.register(ref, low_dose(frame, 0.03, seed), backend="cpu")
     check = result.details["mirror_check"]
     flipped = check["flipped_edge_scores"]["flipped left-right"]
