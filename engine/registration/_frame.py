@@ -121,9 +121,11 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             used.index(plan.refine_levels[0]),
             np.array([radius.frame_axis[0], radius.frame_axis[1], radius.spacing[0], radius.spacing[1]]),
             2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(7), len(levels),
-            used.index(plan.coarse.level) if plan.coarse.level in used else -1)
+            used.index(plan.coarse.level) if plan.coarse.level in used else -1,
+            # the global search's arrays of every rotation and of rotation 0 (this lane's window buffers)
+            {True: searched_rotations(plan.coarse, True), False: searched_rotations(plan.coarse, False)})
     (levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n,
-     coarse_index) = static
+     coarse_index, searched) = static
     if used[0] == 0:  # level 0 is the frame's own pixels: a new array every frame
         tuples = ((plan.levels[0].image, *tuples[0][1:]), *tuples[1:])
     small, has_field = _field_mask(field)
@@ -142,7 +144,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     for call in calls:  # the other call first (once per process, see _LOADED); its buffers are all written again
         if call == "together":
             # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
-            spectra, energy, _, window = searched_rotations(cs, rotations)
+            spectra, energy, _, window = searched[rotations]
             normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
             backend.kernels.levels_and_surfaces(
                 tuples, coarse_index, small, has_field, scales, offsets, erosions, bins, radius_geometry,
