@@ -751,10 +751,11 @@ MIRROR_MAX_RESIDUAL = 0.5
 #: flip, so a mirrored frame's screen reads its unmirrored twin's peaks swapped: it escapes the full check only where
 #: the twin's own peak lies under 0.7 of a flip's, a frame that would look mirrored itself. Over the first frames of
 #: ``bench.real_windows --seed 7`` and ``bench.held_out --seed 11`` (264 checks) the highest flip-over-own ratio was
-#: 1.19 (a symmetric phantom) and 75 % lay under 0.7: those skip the three copies' registrations (a one-shot 1024 x 768
-#: registration 61 -> 41 ms). Every mirrored frame tried (held-out pairs of seed 5 in three flips, the windows of
-#: real RT Images, the demo frame, the real images of ``tests/test_mirror.py``) read 1.16 or more and was
-#: checked in full as before. False: always register the copies.
+#: 1.19 (a symmetric phantom) and 75 % lay under 0.7: those skip the three copies' registrations (``bench.latency``'s
+#: one-shot 1024 x 768 registration 64.5 -> 38.9 ms; interleaved, 79 against 39 ms). Every mirrored frame that reached
+#: the check (held-out pairs of seed 5 in three flips, windows of every real RT Image in three flips, the demo frame,
+#: the real images of ``tests/test_mirror.py``: 34 in all) read 0.94 or more and was checked in full as before.
+#: False: always register the copies.
 MIRROR_SCREEN = True
 MIRROR_SCREEN_RATIO = 0.7
 #: The flips tried: ``(name, pixel slice)``; "turned 180 deg" is both.
@@ -797,8 +798,10 @@ def _flip_peaks(backend: Backend, plan: FramePlan) -> dict[str, float | None]:
 
 
 def _screened_out(flips: dict[str, float | None] | None) -> bool:
-    """Whether the screen's peaks (:func:`_flip_peaks`) leave the copies unregistered: each flip's peak under
-    ``MIRROR_SCREEN_RATIO`` of the frame's own."""
+    """Whether the screen's peaks (:func:`_flip_peaks`) leave the copies unregistered.
+
+    So when each flip's peak lies under ``MIRROR_SCREEN_RATIO`` of the frame's own (``MIRROR_SCREEN`` on).
+    """
     if not MIRROR_SCREEN or flips is None:
         return False
     own = flips["own"]
@@ -867,7 +870,6 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
     details = dict(result.details)
     check: dict = {"edge_score": own, "flipped_edge_scores": scores, "flipped_smoothed": smoothed,
                    "own_edge_score_as_flipped": None, "screen_peaks": flips, "screened_out": False}
-
     details["mirror_check"] = check
     if own is None or not best_name:
         return replace(result, details=details)
