@@ -94,7 +94,33 @@ class _Parser(argparse.ArgumentParser):
             unknown = self._unknown_options()
             if unknown:
                 message = f"unrecognized arguments: {' '.join(unknown)}"
+        if message.startswith("unrecognized arguments: "):
+            message += self._suggestions(message[len("unrecognized arguments: "):].split())
+        words = getattr(self, "_words", [])
+        if "--json" in self._option_string_actions and "--json" in words:
+            # a caller parsing stdout gets one JSON object here too (as for unusable input); usage and error on stderr
+            payload: dict[str, Any] = {"ok": False, "error": "usage", "detail": f"{self.prog}: {message}"}
+            if self.prog.endswith(" register"):
+                payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=payload["detail"])
+            print(json.dumps(payload), flush=True)
         super().error(message)
+
+    def _suggestions(self, words: list[str]) -> str:
+        """Return `` (did you mean --method?)`` for the unrecognised options close to one of this parser's, else ""."""
+        import difflib
+
+        options = sorted(name for name in self._option_string_actions if name.startswith("--"))
+        said = []
+        for word in words:
+            name = word.split("=", 1)[0]
+            if not name.startswith("--") or name in self._option_string_actions:
+                continue
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            if close:
+                said.append((name, close[0]))
+        if len(said) == 1:
+            return f" (did you mean {said[0][1]}?)"
+        return f" (did you mean {', '.join(f'{close} for {name}' for name, close in said)}?)" if said else ""
 
 
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
@@ -457,6 +483,11 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     rotation = rotation_text(result.rotation_deg, result.details)
     if result.dx_mm is None or result.dy_mm is None:
         print(f"dx, dy not measured   {rotation}   {status}")
+    elif not result.ok:
+        # a refused match: the verdict first, so that nobody reads its numbers as a shift to apply (a new user's trial)
+        print(f"NOT OK: {result.reason}")
+        print(f"dx = {shown(result.dx_mm):+.2f} mm   dy = {shown(result.dy_mm):+.2f} mm   {rotation}   "
+              "(the refused match: not a shift to apply)")
     else:
         spread = shift_spread(result.details)
         print(f"dx = {shown(result.dx_mm):+.2f}{spread} mm   dy = {shown(result.dy_mm):+.2f}{spread} mm   {rotation}   "

@@ -674,10 +674,15 @@ def test_fieldcheck_errors_name_its_flags(capsys, demo_pair, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("argv, said", [
-    (["watch", "--onec", "DIR"], "unrecognized arguments: --onec"),  # --results is missing too: the typo first
-    (["watch", "--onc"], "unrecognized arguments: --onc"),  # no abbreviations either (allow_abbrev=False)
+    # --results is missing too: the typo first, and the option it is closest to
+    (["watch", "--onec", "DIR"], "unrecognized arguments: --onec (did you mean --once?)"),
+    (["watch", "--onc"], "unrecognized arguments: --onc (did you mean --once?)"),  # no abbreviations (allow_abbrev)
     (["watch"], "the following arguments are required: DIR, --results"),
-    (["register", "--metod=mi"], "unrecognized arguments: --metod=mi"),
+    (["register", "--metod=mi"], "unrecognized arguments: --metod=mi (did you mean --method?)"),
+    (["register", "a", "b", "--max-shift", "5"], "unrecognized arguments: --max-shift 5 (did you mean --max-shift-mm?)"),
+    (["register", "a", "b", "--metod", "mi", "--jsn"],
+     "unrecognized arguments: --metod mi --jsn (did you mean --method for --metod, --json for --jsn?)"),
+    (["register", "a", "b", "--frobnicate"], "unrecognized arguments: --frobnicate"),  # nothing close: no guess
     (["register", "--max-shift-mm", "-5"], "the following arguments are required: reference, frame"),
 ])
 def test_a_mistyped_option_is_named_before_a_missing_required_one(capsys, argv, said) -> None:
@@ -859,7 +864,7 @@ def test_options_are_never_abbreviated(capsys, files) -> None:
         main(["register", str(files["ref"]), str(files["frame"]), "--jso"])
     out, err = capsys.readouterr()
     assert stop.value.code == 2 and out == ""
-    assert err.strip().endswith("portalign register: error: unrecognized arguments: --jso")
+    assert err.strip().endswith("portalign register: error: unrecognized arguments: --jso (did you mean --json?)")
     with pytest.raises(SystemExit):
         build_parser("scp").parse_args(["scp", "--results", "r.jsonl", "--ae", "X"])
 
@@ -893,3 +898,31 @@ def test_a_json_failure_whose_stdout_fails_is_one_line_on_stderr(capsys, files, 
     err = capsys.readouterr().err
     assert status == 2
     assert err.strip() == "portalign register: error: [Errno 28] No space left on device", err
+
+
+def test_a_usage_error_under_json_is_one_json_object_too(capsys, files) -> None:
+    """A new user's trial: ``--json`` with a mistyped option left stdout empty (the usage on stderr only)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["register", str(files["ref"]), str(files["frame"]), "--json", "--metod", "mi"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["error"] == "usage" and payload["dx_mm"] is None
+    assert payload["detail"] == "portalign register: unrecognized arguments: --metod mi (did you mean --method?)"
+    assert err.strip().endswith("portalign register: error: unrecognized arguments: --metod mi (did you mean --method?)")
+
+
+def test_a_refused_match_says_so_before_its_numbers(capsys, tmp_path) -> None:
+    """A new user's trial: a refused result's line began with its dx and dy, NOT OK after them; a reader skimming the
+    line took the numbers first. The verdict and its reason come first now, the numbers marked as no shift to apply."""
+    ref = anatomy(SIZE, seed=3)
+    mirrored = ndimage.shift(ref, (DY_MM, DX_MM), order=3, mode="nearest")[:, ::-1]  # an export that mirrored it
+    tags = {"PatientPosition": "HFS", "AcquisitionDate": "20260102"}
+    ref_path = write_rt_image(make_rt_image(ref, gantry=0.0, **ISO, **tags), tmp_path / "ref.dcm")
+    frame_path = write_rt_image(make_rt_image(np.ascontiguousarray(mirrored), gantry=0.0, **ISO, **tags),
+                                tmp_path / "mirrored.dcm")
+    status, out, _ = run(capsys, "register", ref_path, frame_path)
+    lines = out.splitlines()
+    assert status == 0
+    assert lines[0].startswith("NOT OK: optimum at (") and "outside the search range" in lines[0], out
+    assert lines[1].startswith("dx = ") and lines[1].endswith("(the refused match: not a shift to apply)"), out
