@@ -70,6 +70,28 @@ def test_the_demo_frame_mirrored_is_not_ok_and_says_so() -> None:
     assert mirrored_peaks["own"] == pytest.approx(peaks["flipped left-right"], rel=1e-5)
 
 
+@pytest.mark.parametrize(("cut", "said"), [((slice(None, None, -1), slice(None)), "flipped up-down"),
+                                          (TURNED, "turned 180 deg")])
+def test_a_mirrored_frame_refused_for_another_reason_is_named_mirrored_too(cut, said) -> None:
+    """A new user's trial: the demo frame flipped up-down (or turned) matched its DRR 21 mm away and was refused as
+    "outside the search range" with no word of a mirror (the check ran on ok results only). A refused frame that a flip
+    beats in the global search is checked in full: named flipped, its own refusal kept after it."""
+    from portalign.demo import make_demo_pair
+
+    reference, frame, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    result = portalign.register(reference, _flipped(frame, cut), backend="cpu")
+    assert result.ok is False
+    assert result.reason.startswith(f"flipped: the frame matches the reference better {said} (edge correlation ")
+    assert "(as taken: " in result.reason  # its own refusal (outside the search range; the edge and MI optima apart)
+    peaks = result.details["mirror_check"]["screen_peaks"]
+    assert peaks[said] > peaks["own"]  # why it was checked
+    # a refused frame no flip beats keeps its refusal as it was, unchecked
+    blank = portalign.Image.from_array(np.full(frame.shape, 100.0) + np.random.default_rng(1).normal(0, 1, frame.shape),
+                                       pixel_spacing_mm=frame.spacing_mm[0])
+    refused = portalign.register(reference, blank, backend="cpu")
+    assert refused.ok is False and not refused.reason.startswith("flipped") and refused.details["mirror_check"] is None
+
+
 def test_the_screen_skips_nothing_the_full_check_would_refuse(pair, monkeypatch) -> None:
     """With the screen off the copies of a right frame are registered and score far below it: the screen's verdict."""
     from portalign.registration import _program

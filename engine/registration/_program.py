@@ -480,6 +480,14 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         pool.mirror_checked = True
         result = _mirror_check(reference, frame, result, flips)  # first: a flipped frame is named as such
         result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)  # the check's time is the frame's
+    elif mirror_check and check != "never" and not result.ok and _flip_leads(flips):
+        # rare: a refused match that a flip beats in the global search (a frame mirrored up-down matched its reference
+        # 21 mm away, "outside the search range", with no word of a mirror: a new user's trial); the full check says
+        # whether it is mirrored, the refusal's own reason kept after it
+        checked = _mirror_check(reference, frame, result, flips)
+        if checked.reason != result.reason:
+            checked = replace(checked, reason=f"{checked.reason} (as taken: {result.reason})")
+        result = replace(checked, elapsed_ms=(time.perf_counter() - start) * 1e3)
     # a fixed aperture (a portal pair whose field stayed put) and a match at its own position: does the field alone
     # place it? (rare: a DRR's reference has no field; no call otherwise)
     if result.ok and mirror_check and reference.field.detected and result.field_detected and \
@@ -811,12 +819,28 @@ def _screened_out(flips: dict[str, float | None] | None) -> bool:
 
 
 def _screen_flips(reference: Reference, pool: Any, plan: FramePlan, result: Any) -> dict[str, float | None] | None:
-    """Return :func:`_flip_peaks` where ``register_frame``'s mirror check will run on ``result``; None otherwise."""
+    """Return :func:`_flip_peaks` where ``register_frame``'s mirror check may run on ``result``; None otherwise.
+
+    An ok result's check, or a refused one whose match was measured (:func:`_flip_leads` decides whether it is
+    checked).
+    """
     check = reference.options.mirror_check
     if (check == "never" or (check == "first" and pool.mirror_checked) or type(result) is not RegistrationResult
-            or not result.ok):
+            or result.dx_mm is None):
         return None
     return _flip_peaks(reference.backend, plan)
+
+
+def _flip_leads(flips: dict[str, float | None] | None) -> bool:
+    """Whether a flip's global-search peak (:func:`_flip_peaks`) lies above the frame's own.
+
+    A refused frame is then checked in full (``register_frame``).
+    """
+    if flips is None:
+        return False
+    own = flips["own"]
+    return own is not None and own > 0.0 and any(
+        peak is not None and peak > own for name, peak in flips.items() if name != "own")
 
 
 def _mirror_score(result: RegistrationResult) -> float | None:
