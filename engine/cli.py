@@ -99,10 +99,8 @@ class _Parser(argparse.ArgumentParser):
         words = getattr(self, "_words", [])
         if "--json" in self._option_string_actions and "--json" in words:
             # a caller parsing stdout gets one JSON object here too (as for unusable input); usage and error on stderr
-            payload: dict[str, Any] = {"ok": False, "error": "usage", "detail": f"{self.prog}: {message}"}
-            if self.prog.endswith(" register"):
-                payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=payload["detail"])
-            print(json.dumps(payload), flush=True)
+            print(json.dumps(_failure_payload("usage", f"{self.prog}: {message}", self.prog.endswith(" register"))),
+                  flush=True)
         super().error(message)
 
     def _suggestions(self, words: list[str]) -> str:
@@ -284,6 +282,17 @@ def _error_kind(exc: BaseException) -> str:
     return "error"
 
 
+def _failure_payload(kind: str, message: str, register: bool) -> dict[str, Any]:
+    """Return ``--json``'s failure object: ``{"ok": false, "error": kind, "detail": message}``.
+
+    ``register``'s has its measured quantities too, ``null`` (nothing was measured), and the message as its ``reason``.
+    """
+    payload: dict[str, Any] = {"ok": False, "error": kind, "detail": message}
+    if register:
+        payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
+    return payload
+
+
 def _print_json_error(args: argparse.Namespace, exc: BaseException, message: str) -> None:
     """With ``--json``, a failure is one JSON object on stdout too, so a caller parsing stdout is never left empty.
 
@@ -292,9 +301,7 @@ def _print_json_error(args: argparse.Namespace, exc: BaseException, message: str
     """
     if not getattr(args, "json", False):
         return
-    payload: dict[str, Any] = {"ok": False, "error": _error_kind(exc), "detail": message}
-    if getattr(args, "command", None) == "register":
-        payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
+    payload = _failure_payload(_error_kind(exc), message, getattr(args, "command", None) == "register")
     try:
         print(json.dumps(payload), flush=True)
     except OSError:  # stdout itself failed (a full disk, a closed pipe): stderr still says why

@@ -64,10 +64,9 @@ def test_reference_resampling_kernels_equal_their_numpy_reference_bit_for_bit(sh
     # a grid that runs past both ends (clipped to the end lines) and lands on whole lines too
     rows_at = np.clip(np.linspace(-0.7, shape[0] - 0.2, shape[0] // 2 + 3), 0.0, shape[0] - 1.0)
     cols_at = np.clip(np.linspace(-0.3, shape[1] + 0.5, shape[1] // 3 + 2), 0.0, shape[1] - 1.0)
-    grids = []
-    for at, n in ((rows_at, shape[0]), (cols_at, shape[1])):
-        i0 = np.minimum(np.floor(at).astype(np.int64), max(n - 2, 0))
-        grids.append((i0, np.minimum(i0 + 1, n - 1), at - i0))
+    from portalign.registration._reference import _between
+
+    grids = [_between(rows_at, shape[0]), _between(cols_at, shape[1])]
     out = np.full((rows_at.size, cols_at.size), np.nan)
     expected = np.empty(out.shape)
     interpolate_grid(src, *grids[0], *grids[1], out)

@@ -17,7 +17,7 @@ from portalign.kernels.cpu.pyramid import smooth_separable
 from ..field import FieldEstimate, bridge_lines, live_neighbours
 from ..image import Image
 from ._plan import FramePlan, Level
-from ._search import searched_rotations
+from ._search import lane_rotations
 
 __all__ = ["frame_mask", "frame_levels", "denoised_frame", "bridged_frame", "bridge_lines", "dead_detector_lines", "LEVEL_SLOTS"]
 
@@ -123,7 +123,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(7), len(levels),
             used.index(plan.coarse.level) if plan.coarse.level in used else -1,
             # the global search's arrays of every rotation and of rotation 0 (this lane's window buffers)
-            {True: searched_rotations(plan.coarse, True), False: searched_rotations(plan.coarse, False)})
+            lane_rotations(plan))
     (levels, tuples, scales, offsets, erosions, noise_level, radius_level, radius_geometry, clean_scale, out, n,
      coarse_index, searched) = static
     if used[0] == 0:  # level 0 is the frame's own pixels: a new array every frame

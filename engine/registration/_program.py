@@ -81,7 +81,7 @@ from ._quality import (
 from ._refine import edge_score, newton, peak_curvatures
 from ._scale import scale_profile, scale_verdict
 from ._scale import scale_reason as scale_reason_text
-from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, global_search, searched_rotations
+from ._search import DISTINCT_MM, coarse_peaks, global_search
 from ._search_program import ITERATIONS, MI_TOLERANCE, WEAK_EDGE_SCORE, search_compiled, search_eager
 from ._views import common_region, compare_views
 
@@ -787,21 +787,16 @@ def _flip_peaks(backend: Backend, plan: FramePlan) -> dict[str, float | None]:
     """
     if plan.host_candidates is not None and plan.host is not None:  # a device lane searched on its host twin
         backend, plan = _host_backend(), plan.host
-    cs = plan.coarse
-    level = plan.levels[cs.level]
+    level = plan.levels[plan.coarse.level]
     xp = backend.xp
-    spectra, energy, thetas, window = searched_rotations(cs, False)
     peaks: dict[str, float | None] = {}
     for name, cut in (("own", None), *_FLIPS):
         re, im = level.feat_re, level.feat_im
         if cut is not None:
             re = xp.ascontiguousarray(re[cut])
             im = xp.ascontiguousarray(im[cut] * _FLIP_IM_SIGN[name])
-        found = backend.kernels.coarse_search(
-            re, im, cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows,
-            cs.window_cols, thetas, level.spacing[0], level.spacing[1], 1, COARSE_RECHECK_RATIO, cs.suppress_px, window,
-            cs.peak_poses, cs.peak_scores, backend.fft_workers())
-        peaks[name] = float(cs.peak_scores[0]) if found else None
+        found = coarse_peaks(backend, plan, level, re, im, 1, False)
+        peaks[name] = float(plan.coarse.peak_scores[0]) if found else None
     return peaks
 
 

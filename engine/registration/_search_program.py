@@ -46,7 +46,7 @@ from ._refine import (
     newton,
     split_half_spread,
 )
-from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search, searched_rotations
+from ._search import COARSE_RECHECK_RATIO, DISTINCT_MM, MAX_CANDIDATES, Candidate, global_search, lane_rotations
 
 __all__ = ["SearchOutcome", "search_compiled", "search_eager", "program_scratch", "SETTINGS", "ITERATIONS"]
 
@@ -248,7 +248,7 @@ def _static_inputs(plan: FramePlan, polish: bool) -> tuple:
             stage, levels, np.array([lv.spacing for lv in stage], dtype=np.float64),
             np.array([lv.index for lv in stage], dtype=np.int64), np.zeros(len(stage), dtype=np.int64),
             len(plan.refine_levels) - 1, len(plan.polish_levels) if polish else 0,
-            {True: searched_rotations(plan.coarse, True), False: searched_rotations(plan.coarse, False)},
+            lane_rotations(plan),
             (scratch["ranked"], scratch["records"], scratch["out"]))
     return found
 
