@@ -47,7 +47,7 @@ from .errors import MissingDependencyError, PortalignError
 from .image import Image
 from .journal import Journal
 from .options import RegistrationOptions
-from .registration import Reference, prepare_reference
+from .registration import Reference, prepare_reference, warm_up_kernels
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -379,6 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-ae", default="", metavar="A,B",
                         help="comma-separated calling AE titles allowed to send (default: any)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="listen at once, without compiling the kernels first (a first frame on a cold numba "
+                             "cache then takes minutes, past a sender's DIMSE timeout)")
     add_mismatch_arguments(parser)
 
 
@@ -395,6 +398,12 @@ def run(args: argparse.Namespace) -> int:
                                       invert=getattr(args, "invert", None), options=mismatch_options(args),
                                       wording=functools.partial(as_flags, parser=getattr(args, "subparser", None)))
         allow = [a for a in str(args.allow_ae or "").split(",") if a.strip()]
+        if not getattr(args, "no_warm_up", False):
+            # before the port opens: a sender's first frame would otherwise wait for the compiler past its DIMSE
+            # timeout (pynetdicom's default 30 s; a cold numba cache takes minutes)
+            print("portalign scp: compiling the kernels before listening (seconds once cached; --no-warm-up skips)",
+                  file=sys.stderr, flush=True)
+            warm_up_kernels(registrar.backend, registrar.options)
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:
         if journal is not None:

@@ -83,7 +83,7 @@ from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePr
 from .image import Image
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
-from .registration import Reference, prepare_reference
+from .registration import Reference, prepare_reference, warm_up_kernels
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -476,7 +476,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
         if warm_up:
-            await asyncio.get_running_loop().run_in_executor(executor, _warm_up, chosen, options)
+            await asyncio.get_running_loop().run_in_executor(executor, warm_up_kernels, chosen, options)
         try:
             yield
         finally:
@@ -878,16 +878,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _warm_up(backend: Backend, options: RegistrationOptions) -> None:
-    """One small synthetic registration: compiles (or loads cached) kernels before the first request."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(0)
-    pixels = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 3).astype(np.float32)
-    reference = prepare_reference(Image.from_array(pixels, pixel_spacing_mm=1.0), options, backend=backend)
-    reference.register(Image.from_array(np.roll(pixels, 2, axis=1), pixel_spacing_mm=1.0))
-
-
 # --------------------------------------------------------------------------------------------------
 # running it
 # --------------------------------------------------------------------------------------------------
@@ -937,8 +927,22 @@ class ServerThread:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> ServerThread:
-        """Start serving and wait until the server accepts requests."""
+    def start(self, timeout: float = 900.0) -> ServerThread:
+        """Start serving and wait until the server accepts requests.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait. An app made with ``warm_up=True`` compiles the kernels before it accepts requests:
+            on a cold numba cache that takes minutes on a small machine (220 s on 2 cores), a second on a warm one.
+
+        Raises
+        ------
+        TimeoutError
+            When the server has not started within ``timeout``.
+        RuntimeError
+            When its thread stopped during startup.
+        """
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

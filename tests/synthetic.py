@@ -15,6 +15,11 @@ from scipy import ndimage
 
 REAL_SPACING = 1.0
 
+#: How long (s) a test lets a first registration, a server's start or a stream's drain take: a cold numba cache
+#: compiles the kernels first (220 s measured on the 2-core CI machine alone, longer with both xdist workers
+#: compiling at once; a CI run once failed a 60 s HTTP read this way). A time limit is not what these tests test.
+FIRST_USE_S = 900.0
+
 
 def anatomy(size: int = 384, seed: int = 1) -> np.ndarray:
     """A smooth structured image (float64) of ``size`` x ``size`` pixels."""

@@ -389,7 +389,10 @@ def test_host_level_stage_equals_the_device_one(backend):
 
     reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0)), pixel_spacing_mm=1.0)
     frame = portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0)), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
+    # the edge score only (the levels' pixel lists and the search are what differ between the two paths): the
+    # mutual-information histograms take the simulator ~12 s a registration
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK,
+                                            method="edge")
     results, stages = [], []
     for on_host in (True, False):
         prepared = portalign.prepare_reference(reference, options,
@@ -512,7 +515,10 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
         return np.where(inside, image + 200.0, 0.03 * image + 5.0).astype(np.float32)
 
     reference = portalign.Image.from_array(through_field(_scene(shape, 0, 0, 0), 98), pixel_spacing_mm=1.0)
-    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK)
+    # both metrics on the default path (host levels); the edge score only where the device makes the levels (the
+    # mutual-information histograms take the simulator ~12 s a registration, and read the same padded lists)
+    options = portalign.RegistrationOptions(max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1, mirror_check=NO_MIRROR_CHECK,
+                                            method="auto" if on_host else "edge")
     on_gpu = portalign.prepare_reference(reference, options,
                                          backend=dataclasses.replace(backend, host_level_stage=on_host))
     on_cpu = portalign.prepare_reference(reference, options, backend=cpu_backend())
@@ -703,7 +709,9 @@ def test_gpu_latency_script_runs_the_gpu_backend(backend, monkeypatch):
     frames, poses = gpu_latency.synthetic_frames(reference, 2)
     # four registrations in all (timed, repeat, batch warm-up, batch), one candidate and no mirror check (its three
     # registrations of flipped copies): the simulator takes ~25 s for each of these 40 x 48 frames
-    options = portalign.RegistrationOptions(field="none", candidates=1, mirror_check=NO_MIRROR_CHECK)
+    # the edge score only: the mutual-information histograms take the simulator ~12 s a registration (its own
+    # tests above compare them with the CPU's)
+    options = portalign.RegistrationOptions(field="none", candidates=1, mirror_check=NO_MIRROR_CHECK, method="edge")
     row = gpu_latency.run_backend("gpu", reference, frames, poses, n_latency=1, n_batch=1, warmup=0, lanes=[2],
                                   options=options)
     assert row["backend"] == "gpu" and row["device"] == backend.device

@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import RTImageStorage, Verification
 from scipy import ndimage
+from synthetic import FIRST_USE_S
 
 SIZE = 128
 TOL_MM = 0.1
@@ -74,6 +75,7 @@ def scp(tmp_path):
 
 def send(port: int, datasets: list[Dataset], calling: str = "TESTSCU") -> list[Dataset]:
     ae = AE(ae_title=calling)
+    ae.dimse_timeout = FIRST_USE_S  # the in-process SCPs here are not warmed up: a first frame may compile kernels
     ae.add_requested_context(RTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assoc = ae.associate("127.0.0.1", port, ae_title="PORTALIGN")
     assert assoc.is_established, "association was not accepted"
@@ -233,6 +235,9 @@ def test_scp_command_in_its_own_process(tmp_path, image):
                "--reference", str(reference), "--allow-ae", "TESTSCU"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
+        # the kernels are compiled (or loaded from the cache) before the port opens, and it says so first
+        warming = process.stderr.readline()
+        assert warming.startswith("portalign scp: compiling the kernels before listening"), warming
         banner = process.stderr.readline()
         match = re.search(r"PORTALIGN listening on 127\.0\.0\.1:(\d+) \(TESTSCU\)", banner)
         assert match, banner

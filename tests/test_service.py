@@ -13,6 +13,7 @@ from dicom_factory import make_rt_image, to_bytes
 from portalign.journal import read_journal
 from portalign.service import ServerThread, add_arguments, create_app, is_loopback, run
 from scipy import ndimage
+from synthetic import FIRST_USE_S
 
 SIZE = 128
 SPACING = 1.0
@@ -68,13 +69,13 @@ def server(journal_path):
 
 @pytest.fixture()
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=FIRST_USE_S) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def ref_id(server, image):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=FIRST_USE_S) as c:
         response = c.post("/v1/references", **raw(image))
     assert response.status_code == 201, response.text
     return response.json()["id"]
@@ -280,7 +281,7 @@ def test_delete_and_lru_eviction(client, image):
 
 def test_concurrent_clients(server, image):
     # a fresh reference: earlier tests may have evicted the shared one
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=FIRST_USE_S) as c:
         ref = c.post("/v1/references", **raw(image)).json()["id"]
     shifts = [(0.25 * (k % 9) - 1.0, 1.5 - 0.2 * (k % 7)) for k in range(25)]
     errors: list[str] = []
@@ -289,7 +290,7 @@ def test_concurrent_clients(server, image):
     frames = [raw(shifted(image, dx, dy)) for dx, dy in shifts]
 
     def client_thread(n: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as c:
+        with httpx.Client(base_url=server.url, timeout=FIRST_USE_S) as c:
             for k, (dx, dy) in enumerate(shifts):
                 try:
                     response = c.post(f"/v1/references/{ref}/register", **frames[k])
@@ -306,7 +307,7 @@ def test_concurrent_clients(server, image):
 
     def health_thread() -> None:
         # registration runs in a thread pool, so /health keeps answering under load
-        with httpx.Client(base_url=server.url, timeout=60) as c:
+        with httpx.Client(base_url=server.url, timeout=FIRST_USE_S) as c:
             while not loaded.is_set():
                 health.append(c.get("/health").status_code)
                 loaded.wait(0.05)
@@ -319,7 +320,7 @@ def test_concurrent_clients(server, image):
     for t in threads:
         t.join(300)
     loaded.set()
-    watcher.join(60)
+    watcher.join(FIRST_USE_S)
     assert health and set(health) == {200}
     assert errors == []
     assert len(results) == 8 * 25
@@ -367,7 +368,7 @@ def test_openapi_lists_every_route_with_its_methods(client, server):
 
 def test_token_is_enforced():
     app = create_app(token="s3cret", max_body_bytes=MAX_BODY)
-    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=FIRST_USE_S) as c:
         assert c.get("/health").status_code == 200  # no token needed
         for response in (
             c.get("/metrics"),

@@ -11,6 +11,7 @@ from dicom_factory import make_rt_image
 from portalign.journal import Journal, read_journal
 from portalign.stream import FrameStream, HoldMonitor, HoldTolerance, StreamClosedError, StreamFullError
 from scipy import ndimage
+from synthetic import FIRST_USE_S
 
 SIZE = 128
 SPACING = 1.0
@@ -83,11 +84,11 @@ def test_policy_all_back_pressure_times_out_with_an_error_record(reference, imag
         pusher.join(0.2)
         assert pusher.is_alive(), "push must block while the queue is full (policy='all')"
         gate.set()
-        pusher.join(30)
+        pusher.join(FIRST_USE_S)
         assert blocked["id"] == "d"
     finally:
         gate.set()
-        records = stream.drain(timeout=60)
+        records = stream.drain(timeout=FIRST_USE_S)
     assert [(r.frame_id, r.status) for r in records] == [("a", "ok"), ("b", "ok"), ("c", "error"), ("d", "ok")]
     assert records[2].error_kind == "StreamFullError" and records[2].result is None
     assert stream.stats.skipped == 0

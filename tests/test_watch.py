@@ -17,6 +17,7 @@ from portalign.journal import Journal, read_journal
 from portalign.scp import InstanceRegistrar
 from portalign.watch import FolderWatcher, add_arguments, is_ignored, run
 from scipy import ndimage
+from synthetic import FIRST_USE_S
 
 SIZE = 128
 TOL_MM = 0.1
@@ -61,7 +62,7 @@ def image() -> np.ndarray:
     return blobs()
 
 
-def watch_until(watcher: FolderWatcher, done, timeout: float = 60.0) -> None:
+def watch_until(watcher: FolderWatcher, done, timeout: float = FIRST_USE_S) -> None:
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,))
     thread.start()
@@ -71,7 +72,7 @@ def watch_until(watcher: FolderWatcher, done, timeout: float = 60.0) -> None:
             time.sleep(0.05)
     finally:
         stop.set()
-        thread.join(60)
+        thread.join(FIRST_USE_S)
 
 
 def test_files_written_slowly_by_another_process_are_each_handled_once(tmp_path, image):
