@@ -770,7 +770,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload, default=_plain))
         return 0
-    print(f"phantom pair written to {out}")
+    # a folder of its own making is said to be kept (a new user found one left in /tmp after each run)
+    kept = "" if args.out else " (a new temporary folder, kept for you to look at: remove it when done; --out DIR chooses it)"
+    print(f"phantom pair written to {out}{kept}")
     print(f"truth:  dx = {truth['dx_mm']:+.2f} mm   dy = {truth['dy_mm']:+.2f} mm   rotation = {truth['rotation_deg']:+.2f} deg "
           "(at the isocentre plane; anatomy off that plane moves a little more or less: parallax)")
     _print_result(result, {"first_frame_ms": first_ms, "frames_timed": len(times)}, False)

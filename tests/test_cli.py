@@ -393,6 +393,22 @@ def test_demo_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         assert Path(payload["overlay"]).read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_demo_text_says_its_own_folder_is_kept(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out the demo makes a temporary folder and keeps it (its pictures are for looking at): it says so."""
+    import tempfile
+
+    from portalign.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    (made,) = tmp_path.glob("portalign-demo-*")
+    assert f"phantom pair written to {made} (a new temporary folder, kept for you to look at: remove it when done; " \
+           "--out DIR chooses it)" in out
+    assert (made / "reference_drr.dcm").is_file() and (made / "portal_frame.dcm").is_file()
+
+
 def test_backends_says_what_runs_here_and_what_auto_picks(capsys):
     from portalign.backends import gpu_backend, gpu_status
     from portalign.cli import main

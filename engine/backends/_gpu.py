@@ -11,7 +11,7 @@ numpy, and the tests run every GPU code path without a GPU (slowly).
 
 What is missing is detected once per process and reported in the error::
 
-    BackendUnavailableError: no CUDA device: numba.cuda.is_available() is False
+    BackendUnavailableError: no CUDA device: no NVIDIA GPU or driver is visible to numba.cuda
     BackendUnavailableError: CuPy is not installed: pip install 'portalign[gpu-cuda13]'
 
 Streams, pinned memory and batches
@@ -278,7 +278,7 @@ def _probe() -> tuple[Backend | None, str]:
         except Exception as exc:  # noqa: BLE001 - a broken driver must not take the engine down
             return None, f"no CUDA device: numba.cuda.is_available() failed ({exc})"
         if not available:
-            return None, "no CUDA device: numba.cuda.is_available() is False"
+            return None, "no CUDA device: no NVIDIA GPU or driver is visible to numba.cuda"
         try:
             import cupy
         except ImportError:
