@@ -678,8 +678,10 @@ def test_second_lane_has_its_own_buffers_and_stream_and_the_same_result(backend)
     shape = (32, 28)
     reference = portalign.Image.from_array(_scene(shape, 0, 0, 0), pixel_spacing_mm=1.0)
     frame = portalign.Image.from_array(_scene(shape, 1.3, -0.8, 1.5), pixel_spacing_mm=1.0)
+    # the edge score only: a lane's buffers and stream are what is tested (the simulator takes ~12 s for MI's
+    # histograms of a registration)
     options = portalign.RegistrationOptions(field="none", max_shift_mm=4.0, max_rotation_deg=3.0, candidates=1,
-                                            mirror_check=NO_MIRROR_CHECK)
+                                            mirror_check=NO_MIRROR_CHECK, method="edge")
     prepared = portalign.prepare_reference(reference, options, backend="gpu")
     on_first = prepared.register(frame)
     prepared.allow_lanes(2)
@@ -705,10 +707,10 @@ def test_gpu_latency_script_runs_the_gpu_backend(backend, monkeypatch):
     from bench import gpu_latency
 
     monkeypatch.setattr(gpu_latency, "SPACING_MM", 1.0)
-    reference = gpu_latency.synthetic_reference((40, 48), seed=2)
+    reference = gpu_latency.synthetic_reference((32, 36), seed=2)
     frames, poses = gpu_latency.synthetic_frames(reference, 2)
     # four registrations in all (timed, repeat, batch warm-up, batch), one candidate and no mirror check (its three
-    # registrations of flipped copies): the simulator takes ~25 s for each of these 40 x 48 frames
+    # registrations of flipped copies): the simulator takes ~13 s for each of these 32 x 36 frames
     # the edge score only: the mutual-information histograms take the simulator ~12 s a registration (its own
     # tests above compare them with the CPU's)
     options = portalign.RegistrationOptions(field="none", candidates=1, mirror_check=NO_MIRROR_CHECK, method="edge")
