@@ -736,6 +736,9 @@ def _demo(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PortalignError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
+    if not args.json:  # the first run is silent for minutes otherwise (a new user's trial: 2.5 min, no word)
+        print("rendering the phantom pair and registering it (a first run compiles the kernels first: minutes on a "
+              "fresh install, once)", flush=True)
     start = time.perf_counter()
     reference, frame, truth = make_demo_pair()
     ref_path = write_rt_image(reference, out / "reference_drr.dcm", label="DRR", image_type="DRR")
@@ -772,7 +775,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     # a folder of its own making is said to be kept (a new user found one left in /tmp after each run)
     kept = "" if args.out else " (a new temporary folder, kept for you to look at: remove it when done; --out DIR chooses it)"
-    print(f"phantom pair written to {out}{kept}")
+    print(f"phantom pair written to {out}{kept}: {ref_path.name} (the DRR), {frame_path.name} (the portal frame)")
     print(f"truth:  dx = {truth['dx_mm']:+.2f} mm   dy = {truth['dy_mm']:+.2f} mm   rotation = {truth['rotation_deg']:+.2f} deg "
           "(at the isocentre plane; anatomy off that plane moves a little more or less: parallax)")
     _print_result(result, {"first_frame_ms": first_ms, "frames_timed": len(times)}, False)
@@ -784,6 +787,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"review picture: {overlay}")
     else:  # the demo draws one when matplotlib is there; without it, say how to get it
         print("no review picture (needs matplotlib: pip install \"portalign[overlay]\")")
+    print(f"next: portalign register {ref_path} {frame_path}  (add --json for one JSON object; README, 'Command line')")
     return 0
 
 

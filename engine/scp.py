@@ -401,8 +401,8 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(args, "no_warm_up", False):
             # before the port opens: a sender's first frame would otherwise wait for the compiler past its DIMSE
             # timeout (pynetdicom's default 30 s; a cold numba cache takes minutes)
-            print("portalign scp: compiling the kernels before listening (seconds once cached; --no-warm-up skips)",
-                  file=sys.stderr, flush=True)
+            print("portalign scp: compiling the kernels before listening (minutes on a fresh install, a few seconds "
+                  "once numba's cache holds them; --no-warm-up skips)", file=sys.stderr, flush=True)
             warm_up_kernels(registrar.backend, registrar.options)
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
     except (PortalignError, OSError) as exc:

@@ -404,8 +404,11 @@ def test_demo_text_says_its_own_folder_is_kept(capsys: pytest.CaptureFixture[str
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     (made,) = tmp_path.glob("portalign-demo-*")
+    # it says what it is doing before the (on a fresh install, minutes-long) compilation, what it wrote, and what next
+    assert out.startswith("rendering the phantom pair and registering it (a first run compiles the kernels first")
     assert f"phantom pair written to {made} (a new temporary folder, kept for you to look at: remove it when done; " \
-           "--out DIR chooses it)" in out
+           "--out DIR chooses it): reference_drr.dcm (the DRR), portal_frame.dcm (the portal frame)" in out
+    assert f"next: portalign register {made / 'reference_drr.dcm'} {made / 'portal_frame.dcm'}" in out
     assert (made / "reference_drr.dcm").is_file() and (made / "portal_frame.dcm").is_file()
 
 
