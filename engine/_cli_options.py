@@ -73,6 +73,18 @@ def add_invert_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None, help=INVERT_HELP)
 
 
+def add_warm_up_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--no-warm-up`` (``args.no_warm_up``) to a receiver's parser (``serve``, ``scp``).
+
+    Without it the receiver compiles the kernels (``portalign.registration.warm_up_kernels``) before it accepts
+    anything, so that a sender's first frame is not answered minutes late.
+    """
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="start at once, without compiling the kernels first (on a cold numba cache a first "
+                             "frame then waits minutes for the compiler, past a DICOM sender's DIMSE timeout or an "
+                             "HTTP client's)")
+
+
 def add_mismatch_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the switches a refusal's advice names.
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument, add_mismatch_arguments, as_flags, mismatch_options
+from ._cli_options import add_invert_argument, add_mismatch_arguments, add_warm_up_argument, as_flags, mismatch_options
 from .backends import BACKENDS, Backend, select_backend
 from .errors import MissingDependencyError, PortalignError
 from .image import Image
@@ -379,9 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-ae", default="", metavar="A,B",
                         help="comma-separated calling AE titles allowed to send (default: any)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
-    parser.add_argument("--no-warm-up", action="store_true",
-                        help="listen at once, without compiling the kernels first (a first frame on a cold numba "
-                             "cache then takes minutes, past a sender's DIMSE timeout)")
+    add_warm_up_argument(parser)
     add_mismatch_arguments(parser)
 
 

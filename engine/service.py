@@ -77,7 +77,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 
 from . import __version__
-from ._cli_options import add_invert_argument, as_flags
+from ._cli_options import add_invert_argument, add_warm_up_argument, as_flags
 from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePreparationError
 from .image import Image
@@ -982,7 +982,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size", type=int, default=16, metavar="N", help="prepared references kept (default 16)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="registration threads (default: the CPU count, at most 8)")
-    parser.add_argument("--no-warm-up", action="store_true", help="do not compile the kernels at startup")
+    add_warm_up_argument(parser)
     add_invert_argument(parser)
 
 
