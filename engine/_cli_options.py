@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "export_reg", "mismatch_options", "HelpFormatter"]
+__all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "export_reg", "file_line", "mismatch_options",
+           "print_file_line", "HelpFormatter"]
 
 #: RegistrationOptions / reader keywords whose command-line flag is not the keyword with dashes.
 _FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index", "poll_s": "--poll",
@@ -210,3 +211,33 @@ def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, wr
     if not getattr(args, "json", False):
         print(f"REG written to {path}")
     return 0
+
+
+def file_line(name: str, lines: list[dict[str, Any]]) -> str:
+    """One line saying what became of a file or a received instance (``name``): its result(s), reference, or error."""
+    parts = []
+    for line in lines:
+        status = line.get("status")
+        result = line.get("result") or {}
+        if status == "error":
+            parts.append(f"FAILED ({line.get('error', '')})")
+        elif status == "reference":
+            parts.append("kept as the reference of its beam")
+        elif status in ("ok", "not_ok"):
+            rot = rotation_text(result.get("rotation_deg"), result.get("details"), equals="")
+            verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
+            frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
+            dx, dy = result.get("dx_mm"), result.get("dy_mm")
+            spread = shift_spread(result.get("details"))
+            shift = ("dx, dy not measured" if dx is None or dy is None
+                     else f"dx {shown(dx):+.2f}{spread} mm, dy {shown(dy):+.2f}{spread} mm")
+            parts.append(f"{frame}{shift}, {rot}, {verdict}")
+    return f"{name}: " + ("; ".join(parts) if parts else "handled")
+
+
+def print_file_line(name: str, lines: list[dict[str, Any]], parser: argparse.ArgumentParser | None = None) -> None:
+    """Print :func:`file_line` to stdout at once (a log reader follows the files or instances as they come).
+
+    The engine's keywords in its reasons are named as ``parser``'s flags (``--allow-view-mismatch``).
+    """
+    print(as_flags(file_line(name, lines), parser), flush=True)

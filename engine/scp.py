@@ -36,12 +36,19 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_options import add_invert_argument, add_mismatch_arguments, add_warm_up_argument, as_flags, mismatch_options
+from ._cli_options import (
+    add_invert_argument,
+    add_mismatch_arguments,
+    add_warm_up_argument,
+    as_flags,
+    mismatch_options,
+    print_file_line,
+)
 from .backends import BACKENDS, Backend, select_backend
 from .errors import MissingDependencyError, PortalignError
 from .image import Image
@@ -140,6 +147,8 @@ class InstanceRegistrar:
         self.max_references = max_references
         self._beams: OrderedDict[tuple[str, int | None], tuple[Reference, str]] = OrderedDict()
         self._lock = threading.Lock()
+        #: Journal lines written so far, by status (``ok``, ``not_ok``, ``reference``, ``error``).
+        self.counts: Counter[str] = Counter()
         self.configured: Reference | None = None
         self.configured_uid = ""
         if reference is not None:
@@ -163,7 +172,19 @@ class InstanceRegistrar:
             if result:
                 result["reason"] = self.wording(result.get("reason") or "")
                 result["warnings"] = [self.wording(w) for w in result.get("warnings") or ()]
-        return self.journal.append(record)
+        line = self.journal.append(record)
+        with self._lock:
+            self.counts[str(record.get("status"))] += 1
+        return line
+
+    def summary(self) -> str:
+        """Return what was journaled so far, in words: ``"3 frames registered (2 ok, 1 not ok), 1 reference, 0 errors"``."""
+        with self._lock:
+            counts = dict(self.counts)
+        ok, not_ok = counts.get("ok", 0), counts.get("not_ok", 0)
+        references, errors = counts.get("reference", 0), counts.get("error", 0)
+        return (f"{ok + not_ok} frame{'s' * (ok + not_ok != 1)} registered ({ok} ok, {not_ok} not ok), "
+                f"{references} reference{'s' * (references != 1)}, {errors} error{'s' * (errors != 1)}")
 
     @property
     def beams(self) -> list[tuple[str, int | None]]:
@@ -292,8 +313,9 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\\", "/")
 
 
-def _on_store(event: Any, registrar: InstanceRegistrar) -> Any:
-    """EVT_C_STORE handler: decode, register, journal; return the C-STORE status."""
+def _on_store(event: Any, registrar: InstanceRegistrar,
+              on_instance: Callable[[str, list[dict[str, Any]]], None] | None = None) -> Any:
+    """EVT_C_STORE handler: decode, register, journal, tell ``on_instance``; return the C-STORE status."""
     from .dicom import read_rt_image_frames
 
     calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
@@ -306,12 +328,25 @@ def _on_store(event: Any, registrar: InstanceRegistrar) -> Any:
             images = read_rt_image_frames(dataset, invert=registrar.invert)
         except Exception as exc:
             message = f"instance {request_uid or '(no UID)'}: cannot decode: {_one_line(exc)}"
-            registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)
+            line = registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)
+            _tell(on_instance, calling, request_uid, [line])
             return _status(STATUS_CANNOT_UNDERSTAND, _one_line(exc))
-        registrar.handle(images, calling_ae=calling)
+        lines = registrar.handle(images, calling_ae=calling)
+        _tell(on_instance, calling, request_uid, lines)
         return _status(STATUS_SUCCESS)
     except Exception as exc:  # the journal failed, or a bug: refuse, so the sender keeps the image
         return _status(STATUS_OUT_OF_RESOURCES, f"portalign could not record the result: {_one_line(exc)}")
+
+
+def _tell(on_instance: Callable[[str, list[dict[str, Any]]], None] | None, calling: str, uid: str,
+          lines: list[dict[str, Any]]) -> None:
+    """Hand an instance's journal lines to ``on_instance``; a failing console never fails the C-STORE."""
+    if on_instance is None:
+        return
+    try:
+        on_instance(f"{calling or '(no AE title)'} {uid or '(no SOP Instance UID)'}", lines)
+    except Exception:  # noqa: BLE001 - the journal holds the line; a closed console must not refuse the image
+        pass
 
 
 def start_scp(
@@ -321,6 +356,7 @@ def start_scp(
     port: int = 11112,
     ae_title: str = "PORTALIGN",
     allow_ae: Sequence[str] | None = None,
+    on_instance: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> Any:
     """Start the C-STORE SCP in background threads and return the pynetdicom server.
 
@@ -335,6 +371,10 @@ def start_scp(
         This SCP's AE title (called AE titles are not checked).
     allow_ae : sequence of str, optional
         Calling AE titles allowed to associate; every caller when empty.
+    on_instance : callable, optional
+        Called after each received instance is journaled, with ``"CALLING_AE SOP_INSTANCE_UID"`` and that
+        instance's journal lines (``portalign scp`` prints one console line per instance with it); an exception
+        it raises is ignored.
 
     Returns
     -------
@@ -352,7 +392,7 @@ def start_scp(
     ae.maximum_pdu_size = 0  # no limit on what we receive in one PDU
     if allow_ae:
         ae.require_calling_aet = [a.strip() for a in allow_ae if a.strip()]
-    handlers: list[Any] = [(evt.EVT_C_STORE, _on_store, [registrar])]
+    handlers: list[Any] = [(evt.EVT_C_STORE, _on_store, [registrar, on_instance])]
     return ae.start_server((host, port), block=False, evt_handlers=handlers)
 
 
@@ -402,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
             print("portalign scp: compiling the kernels before listening (minutes on a fresh install, a few seconds "
                   "once numba's cache holds them; --no-warm-up skips)", file=sys.stderr, flush=True)
             warm_up_kernels(registrar.backend, registrar.options)
-        server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow)
+        server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow,
+                           on_instance=functools.partial(print_file_line, parser=getattr(args, "subparser", None)))
     except (PortalignError, OSError) as exc:
         if journal is not None:
             journal.close()
@@ -426,6 +467,8 @@ def run(args: argparse.Namespace) -> int:
         journal.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    print(f"portalign scp: stopped; {registrar.summary()}; results -> {Path(args.results)}", file=sys.stderr,
+          flush=True)
     return 0
 
 

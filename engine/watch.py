@@ -53,9 +53,7 @@ from ._cli_options import (
     add_mismatch_arguments,
     as_flags,
     mismatch_options,
-    rotation_text,
-    shift_spread,
-    shown,
+    print_file_line,
 )
 from .backends import BACKENDS
 from .errors import PortalignError
@@ -378,36 +376,6 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
-
-
-def file_line(name: str, lines: list[dict[str, Any]]) -> str:
-    """One line saying what became of a file: its result(s), reference, or error."""
-    parts = []
-    for line in lines:
-        status = line.get("status")
-        result = line.get("result") or {}
-        if status == "error":
-            parts.append(f"FAILED ({line.get('error', '')})")
-        elif status == "reference":
-            parts.append("kept as the reference of its beam")
-        elif status in ("ok", "not_ok"):
-            rot = rotation_text(result.get("rotation_deg"), result.get("details"), equals="")
-            verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
-            frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
-            dx, dy = result.get("dx_mm"), result.get("dy_mm")
-            spread = shift_spread(result.get("details"))
-            shift = ("dx, dy not measured" if dx is None or dy is None
-                     else f"dx {shown(dx):+.2f}{spread} mm, dy {shown(dy):+.2f}{spread} mm")
-            parts.append(f"{frame}{shift}, {rot}, {verdict}")
-    return f"{name}: " + ("; ".join(parts) if parts else "handled")
-
-
-def print_file_line(name: str, lines: list[dict[str, Any]], parser: argparse.ArgumentParser | None = None) -> None:
-    """Print :func:`file_line` to stdout at once (a log reader follows the files as they come).
-
-    The engine's keywords in its reasons are named as ``parser``'s flags (``--allow-view-mismatch``).
-    """
-    print(as_flags(file_line(name, lines), parser), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,7 +253,7 @@ def test_scp_help_without_pynetdicom_says_so(capsys, monkeypatch) -> None:
 
 
 def test_watch_lines_have_no_negative_zero() -> None:
-    from portalign.watch import file_line
+    from portalign._cli_options import file_line
 
     line = file_line("f.dcm", [{"status": "ok", "result": {"dx_mm": -0.001, "dy_mm": 1.0, "rotation_deg": -0.004}}])
     assert line == "f.dcm: dx +0.00 mm, dy +1.00 mm, rotation +0.00 deg, ok"

@@ -55,17 +55,25 @@ def image() -> np.ndarray:
 
 @pytest.fixture()
 def scp(tmp_path):
-    """Start an SCP; yields a function (reference=..., allow_ae=...) -> (port, journal path)."""
+    """Start an SCP; yields a function (reference=..., allow_ae=...) -> (port, journal path).
+
+    What each SCP tells its ``on_instance`` is kept in ``start.told`` as (name, lines), and its registrar in
+    ``start.registrars``.
+    """
     servers, journals = [], []
 
     def start(reference=None, allow_ae=None):
         path = tmp_path / f"results{len(journals)}.jsonl"
         journal = Journal(path)
         journals.append(journal)
-        server = start_scp(InstanceRegistrar(journal, reference=reference), port=0, allow_ae=allow_ae)
+        registrar = InstanceRegistrar(journal, reference=reference)
+        start.registrars.append(registrar)
+        server = start_scp(registrar, port=0, allow_ae=allow_ae,
+                           on_instance=lambda name, lines: start.told.append((name, lines)))
         servers.append(server)
         return server.server_address[1], path
 
+    start.told, start.registrars = [], []
     yield start
     for server in servers:
         server.shutdown()
@@ -154,6 +162,27 @@ def test_undecodable_instance_gets_an_error_status_and_an_error_line(scp, image)
     assert lines[0]["sop_instance_uid"] == truncated.SOPInstanceUID
     assert lines[0]["stage"] == "decode" and "the file is truncated" in lines[0]["error"]
     assert lines[1]["sop_instance_uid"] == good.SOPInstanceUID
+    # the console is told of both, in the order received, with the calling AE and the instance's UID
+    assert [name for name, _ in scp.told] == [f"TESTSCU {truncated.SOPInstanceUID}", f"TESTSCU {good.SOPInstanceUID}"]
+    assert [[line["status"] for line in told] for _, told in scp.told] == [["error"], ["ok"]]
+    assert scp.registrars[0].summary() == "1 frame registered (1 ok, 0 not ok), 0 references, 1 error"
+
+
+def test_a_failing_console_does_not_refuse_the_image(tmp_path, image):
+    journal = Journal(tmp_path / "results.jsonl")
+
+    def broken_console(name, lines):
+        raise OSError("stdout is closed")
+
+    registrar = InstanceRegistrar(journal, reference=portalign.Image.from_array(image, pixel_spacing_mm=1.0))
+    server = start_scp(registrar, port=0, on_instance=broken_console)
+    try:
+        (status,) = send(server.server_address[1], [rt_image(shifted(image, 1.0, 0.0))])
+    finally:
+        server.shutdown()
+        journal.close()
+    assert status.Status == 0x0000
+    assert [line["status"] for line in read_journal(tmp_path / "results.jsonl")] == ["ok"]
 
 
 def test_no_reference_and_bad_pixels_still_received_with_an_error_line(scp, image):
@@ -233,7 +262,7 @@ def test_scp_command_in_its_own_process(tmp_path, image):
     results = tmp_path / "results.jsonl"
     command = [sys.executable, "-m", "portalign.scp", "--port", "0", "--results", str(results),
                "--reference", str(reference), "--allow-ae", "TESTSCU"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # the kernels are compiled (or loaded from the cache) before the port opens, and it says so first
         warming = process.stderr.readline()
@@ -243,10 +272,19 @@ def test_scp_command_in_its_own_process(tmp_path, image):
         assert match, banner
         frame = rt_image(shifted(image, -1.0, 2.0))
         assert send(int(match.group(1)), [frame])[0].Status == 0
+        # one console line per received instance: who sent which, and what became of it
+        told = process.stdout.readline()
+        assert told.startswith(f"TESTSCU {frame.SOPInstanceUID}: dx -1.00"), told
+        assert told.rstrip().endswith(", ok"), told
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+        rest = process.stderr.read()
         process.stderr.close()
+        process.stdout.close()
+    # and, stopping, what it received in all
+    assert f"portalign scp: stopped; 1 frame registered (1 ok, 0 not ok), 0 references, 0 errors; results -> {results}" \
+        in rest, rest
     (line,) = read_journal(results)
     assert line["sop_instance_uid"] == frame.SOPInstanceUID and line["reference_match"] == "configured"
     assert line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)
