@@ -10,10 +10,13 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
-__all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "export_reg", "file_line", "mismatch_options",
-           "print_file_line", "HelpFormatter"]
+__all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "command_error", "error_kind", "export_reg",
+           "failure_payload", "file_line", "mismatch_options", "print_file_line", "print_json_error", "HelpFormatter",
+           "RegExport"]
 
 #: RegistrationOptions / reader keywords whose command-line flag is not the keyword with dashes.
 _FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index", "poll_s": "--poll",
@@ -186,31 +189,120 @@ def as_flags(message: str, parser: argparse.ArgumentParser | None = None) -> str
     return re.sub(r"(--[\w-]+(?: [\w.-]+)?) \(\1\)", r"\1", message)
 
 
-def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, write: Callable[[], Any]) -> int:
-    """Write ``--reg-out`` for a result already printed; return the command's exit status.
+@dataclass
+class RegExport:
+    """What became of ``--reg-out``: the JSON fields that say so, and the lines to print after the result.
 
-    A result that is not ok gets no REG (said on stderr; status 0). ``write()`` writes the file and returns the
-    dataset, whose ``portalign_warnings`` (what the REG had to assume) are printed on stderr. A REG that cannot
-    be written is one line naming the flag and the reason, status 2: the result above still stands.
+    ``fields``: ``reg`` (the path written, or ``None``), ``reg_not_written`` (why not, or ``None``) and
+    ``reg_warnings`` (what the REG had to assume); ``status``: 0, or 2 when the file could not be written.
+    """
+
+    status: int = 0
+    fields: dict[str, Any] = dataclass_field(default_factory=dict)
+    stdout: list[str] = dataclass_field(default_factory=list)
+    stderr: list[str] = dataclass_field(default_factory=list)
+
+    def emit(self) -> None:
+        """Print the lines, after the result (a failed export never hides a measurement)."""
+        for line in self.stdout:
+            print(line)
+        for line in self.stderr:
+            print(line, file=sys.stderr)
+
+
+def export_reg(command: str, args: argparse.Namespace, ok: bool, reason: str, write: Callable[[], Any]) -> RegExport:
+    """Write ``--reg-out`` for a result about to be printed; return what became of it (:class:`RegExport`).
+
+    A result that is not ok gets no REG (said on stderr and in ``reg_not_written``; status 0: a refused match is a
+    result). ``write()`` writes the file and returns the dataset, whose ``portalign_warnings`` (what the REG had to
+    assume) are printed on stderr. A REG that cannot be written is one line naming the flag and the reason, status
+    2 (``reg_not_written`` in the JSON too): the result still stands.
     """
     from .errors import PortalignError
 
     path = args.reg_out
+    parser = getattr(args, "subparser", None)
+    export = RegExport(fields={"reg": None, "reg_not_written": None, "reg_warnings": []})
     if not ok:
-        print(f"portalign {command}: --reg-out {path}: not written: the result is not ok ({reason})", file=sys.stderr)
-        return 0
+        why = f"the result is not ok ({reason})"
+        export.fields["reg_not_written"] = why
+        export.stderr.append(f"portalign {command}: --reg-out {path}: not written: {why}")
+        return export
     try:
         ds = write()
     except (PortalignError, OSError) as exc:
-        message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
-        print(f"portalign {command}: error: --reg-out {path}: not written: {message}", file=sys.stderr)
-        return 2
-    for warning in ds.portalign_warnings:
-        print(f"portalign {command}: --reg-out {path}: {as_flags(warning, getattr(args, 'subparser', None))}",
-              file=sys.stderr)
+        message = as_flags(" ".join(str(exc).split()), parser)
+        export.status = 2
+        export.fields["reg_not_written"] = message
+        export.stderr.append(f"portalign {command}: error: --reg-out {path}: not written: {message}")
+        return export
+    export.fields["reg"] = str(path)
+    export.fields["reg_warnings"] = [as_flags(w, parser) for w in ds.portalign_warnings]
+    export.stderr.extend(f"portalign {command}: --reg-out {path}: {w}" for w in export.fields["reg_warnings"])
     if not getattr(args, "json", False):
-        print(f"REG written to {path}")
-    return 0
+        export.stdout.append(f"REG written to {path}")
+    return export
+
+
+def error_kind(exc: BaseException) -> str:
+    """Return the ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
+    from .errors import (
+        BackendUnavailableError,
+        GeometryError,
+        MissingDependencyError,
+        PixelValuesError,
+        PortalImageError,
+        ReferencePreparationError,
+    )
+
+    for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
+                      (ReferencePreparationError, "reference_preparation"),
+                      (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
+                      (BackendUnavailableError, "backend_unavailable"),
+                      (OSError, "os_error"), (MemoryError, "out_of_memory")):
+        if isinstance(exc, cls):
+            return kind
+    return "error"
+
+
+def failure_payload(kind: str, message: str, register: bool) -> dict[str, Any]:
+    """Return ``--json``'s failure object: ``{"ok": false, "error": kind, "detail": message}``.
+
+    ``register``'s has its measured quantities too, ``null`` (nothing was measured), and the message as its ``reason``.
+    """
+    payload: dict[str, Any] = {"ok": False, "error": kind, "detail": message}
+    if register:
+        payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
+    return payload
+
+
+def print_json_error(args: argparse.Namespace, exc: BaseException, message: str) -> None:
+    """With ``--json``, a failure is one JSON object on stdout too, so a caller parsing stdout is never left empty.
+
+    ``{"ok": false, "error": "<kind>", "detail": "<the one-line message>"}``; ``register`` adds its measured
+    quantities as ``null`` (nothing was measured). The exit status stays 2 and stderr still has the message.
+    """
+    import json
+
+    if not getattr(args, "json", False):
+        return
+    payload = failure_payload(error_kind(exc), message, getattr(args, "command", None) == "register")
+    try:
+        print(json.dumps(payload), flush=True)
+    except OSError:  # stdout itself failed (a full disk, a closed pipe): stderr still says why
+        pass
+
+
+def command_error(command: str, args: argparse.Namespace, exc: BaseException) -> int:
+    """Report a command's unusable input: the JSON failure object with ``--json``, one line on stderr; return 2.
+
+    ``command`` is the subcommand's name (``"couch"``); the engine's keywords in the message are named as the
+    subcommand's flags.
+    """
+    message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
+    print_json_error(args, exc, message)
+    print(f"portalign {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def file_line(name: str, lines: list[dict[str, Any]]) -> str:

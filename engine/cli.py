@@ -28,7 +28,9 @@ from ._cli_options import (
     add_invert_argument,
     add_mismatch_arguments,
     as_flags,
+    failure_payload,
     patient_position_argument,
+    print_json_error,
     rotation_text,
     shift_spread,
     shown,
@@ -99,7 +101,7 @@ class _Parser(argparse.ArgumentParser):
         words = getattr(self, "_words", [])
         if "--json" in self._option_string_actions and "--json" in words:
             # a caller parsing stdout gets one JSON object here too (as for unusable input); usage and error on stderr
-            print(json.dumps(_failure_payload("usage", f"{self.prog}: {message}", self.prog.endswith(" register"))),
+            print(json.dumps(failure_payload("usage", f"{self.prog}: {message}", self.prog.endswith(" register"))),
                   flush=True)
         super().error(message)
 
@@ -143,7 +145,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg = command("register", "register a portal frame against its reference")
     reg.epilog = ("exit status: 0 when a result was printed, ok or not (a refused match is a result:\n"
                   "read its ok and reason, or the JSON's \"ok\"); 2 when an input could not be used\n"
-                  "or an output (--overlay, --reg) not written (the error names it)")
+                  "or an output (--overlay, --reg) could not be written (the error names it; the JSON\n"
+                  "says why in overlay_not_written / reg_not_written). A refused match gets no REG:\n"
+                  "said on stderr and in reg_not_written, exit 0")
     reg.add_argument("reference", help="reference image: DICOM RT Image (DRR or reference portal image) or .npy")
     reg.add_argument("frame", help="portal frame: DICOM RT Image or .npy")
     reg.add_argument("--json", action="store_true",
@@ -246,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except PortalignError as exc:
         message = as_flags(str(exc), subparser)
-        _print_json_error(args, exc, message)
+        print_json_error(args, exc, message)
         print(f"{_prefix(args)}: error: {message}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:
-        _print_json_error(args, exc, str(exc))
+        print_json_error(args, exc, str(exc))
         print(f"{_prefix(args)}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -259,53 +263,6 @@ def _prefix(args: argparse.Namespace) -> str:
     """``portalign register`` (the subcommand that failed), as every command's own errors begin."""
     command = getattr(args, "command", None)
     return f"portalign {command}" if command else "portalign"
-
-
-def _error_kind(exc: BaseException) -> str:
-    """Return the ``error`` of a ``--json`` failure: the same words as the service's 4xx answers."""
-    from .errors import (
-        BackendUnavailableError,
-        GeometryError,
-        MissingDependencyError,
-        PixelValuesError,
-        PortalImageError,
-        ReferencePreparationError,
-    )
-
-    for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
-                      (ReferencePreparationError, "reference_preparation"),
-                      (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
-                      (BackendUnavailableError, "backend_unavailable"),
-                      (OSError, "os_error"), (MemoryError, "out_of_memory")):
-        if isinstance(exc, cls):
-            return kind
-    return "error"
-
-
-def _failure_payload(kind: str, message: str, register: bool) -> dict[str, Any]:
-    """Return ``--json``'s failure object: ``{"ok": false, "error": kind, "detail": message}``.
-
-    ``register``'s has its measured quantities too, ``null`` (nothing was measured), and the message as its ``reason``.
-    """
-    payload: dict[str, Any] = {"ok": False, "error": kind, "detail": message}
-    if register:
-        payload.update(dx_mm=None, dy_mm=None, rotation_deg=None, score=None, reason=message)
-    return payload
-
-
-def _print_json_error(args: argparse.Namespace, exc: BaseException, message: str) -> None:
-    """With ``--json``, a failure is one JSON object on stdout too, so a caller parsing stdout is never left empty.
-
-    ``{"ok": false, "error": "<kind>", "detail": "<the one-line message>"}``; ``register`` adds its measured
-    quantities as ``null`` (nothing was measured). The exit status stays 2 and stderr still has the message.
-    """
-    if not getattr(args, "json", False):
-        return
-    payload = _failure_payload(_error_kind(exc), message, getattr(args, "command", None) == "register")
-    try:
-        print(json.dumps(payload), flush=True)
-    except OSError:  # stdout itself failed (a full disk, a closed pipe): stderr still says why
-        pass
 
 
 def _bench_cli() -> Any:
@@ -416,8 +373,16 @@ def _register(args: argparse.Namespace) -> int:
         aperture_check=args.aperture_check,
         fine_polish=not args.no_fine_polish,
     )
+    if args.overlay:  # a missing matplotlib is said before the registration, not after it
+        from .overlay import require_matplotlib
+
+        require_matplotlib()
     reference_image = _load_named(args.reference, args, args.frame)
     frame = _load_named(args.frame, args, args.reference, frame_index=args.frame_index)
+    if args.reg:  # what the REG needs of the images (SOP Instance UIDs, a patient position), before registering
+        from .reg import check_registration_inputs
+
+        check_registration_inputs(reference_image, frame, args.patient_position)
     reference = prepare_reference(reference_image, options, backend=args.backend)
     result = reference.register(frame)
     extra: dict[str, Any] = {"first_frame_ms": result.elapsed_ms, "frames_timed": 1}
@@ -457,10 +422,12 @@ def _register(args: argparse.Namespace) -> int:
                 shown_frame = replace(frame, info=replace(frame.info, patient_position=args.patient_position))
             extra["overlay"] = str(write_overlay(args.overlay, reference_image, shown_frame, result))
         except (PortalignError, OSError, ValueError) as exc:
+            extra["overlay_not_written"] = _one_line(exc)
             failures.append(f"--overlay {args.overlay}: not written: {_one_line(exc)}")
     if args.reg:
         extra["reg"] = None
-        if not result.ok:
+        if not result.ok:  # a refused match is no registration to record: said, and exit 0 as for any result
+            extra["reg_not_written"] = f"the result is not ok ({result.reason})"
             notes.append(f"--reg {args.reg}: not written: the result is not ok ({result.reason})")
         else:
             try:
@@ -471,10 +438,11 @@ def _register(args: argparse.Namespace) -> int:
                 extra["reg"] = str(args.reg)
                 extra["reg_warnings"] = [as_flags(w, args.subparser) for w in ds.portalign_warnings]
             except (PortalignError, OSError, ValueError) as exc:
-                failures.append(f"--reg {args.reg}: not written: {as_flags(_one_line(exc), args.subparser)}")
+                extra["reg_not_written"] = as_flags(_one_line(exc), args.subparser)
+                failures.append(f"--reg {args.reg}: not written: {extra['reg_not_written']}")
     _print_result(result, extra, args.json)
     for note in notes:
-        print(f"portalign: {note}", file=sys.stderr)
+        print(f"portalign register: {note}", file=sys.stderr)
     for failure in failures:
         print(f"portalign register: error: {failure}", file=sys.stderr)
     return EXIT_ERROR if failures else 0
@@ -489,7 +457,9 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
     status = "ok" if result.ok else f"NOT OK ({result.reason})"
     rotation = rotation_text(result.rotation_deg, result.details)
     if result.dx_mm is None or result.dy_mm is None:
-        print(f"dx, dy not measured   {rotation}   {status}")
+        # the verdict first, as for any refused match (the README's "NOT OK: <reason>")
+        print(f"NOT OK: {result.reason}" if not result.ok else status)
+        print(f"dx, dy not measured   {rotation}")
     elif not result.ok:
         # a refused match: the verdict first, so that nobody reads its numbers as a shift to apply (a new user's trial)
         print(f"NOT OK: {result.reason}")

@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -80,6 +79,7 @@ from ._cli_options import (
     add_invert_argument,
     add_mismatch_arguments,
     as_flags,
+    command_error,
     export_reg,
     geometry_keywords,
     mismatch_options,
@@ -807,6 +807,10 @@ def run(args: argparse.Namespace) -> int:
 
         given = geometry_keywords(args)
         pairs = [(read_rt_image(ref, **given), read_rt_image(frame, **given)) for ref, frame in args.pair]
+        if args.reg_out:  # what the REG needs of the images, before any registration (not after the result)
+            from .reg import check_registration_inputs
+
+            check_registration_inputs([p[0] for p in pairs], [p[1] for p in pairs], args.patient_position)
         options = mismatch_options(args)
         couch, _ = register_views(
             pairs,
@@ -818,22 +822,27 @@ def run(args: argparse.Namespace) -> int:
             image_follows_collimator=args.image_follows_collimator,
         )
     except PortalignError as exc:
-        print(f"portalign couch: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
-        return 2
+        return command_error("couch", args, exc)
+    export = None
+    if args.reg_out:
+        from .reg import write_spatial_registration
+
+        export = export_reg("couch", args, couch.ok, couch.reason, lambda: write_spatial_registration(
+            args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position))
     # the result is shown whatever happens to the REG file: a failed export never hides a measurement
     if args.json:
-        print(json.dumps(_flagged(couch.as_dict(), getattr(args, "subparser", None))))
+        payload = _flagged(couch.as_dict(), getattr(args, "subparser", None))
+        if export is not None:  # what became of --reg-out, in the object a script reads
+            payload.update(export.fields)
+        print(json.dumps(payload))
     else:
         print(_text_report(couch, getattr(args, "subparser", None)))
     # a measured correction beyond an action level calls for action: a status a script can test (as fieldcheck's)
     status = EXIT_OUT_OF_TOLERANCE if couch.ok and couch.all_within_tolerance is False else 0
-    if not args.reg_out:
+    if export is None:
         return status
-    from .reg import write_spatial_registration
-
-    return export_reg("couch", args, couch.ok, couch.reason, lambda: write_spatial_registration(
-        args.reg_out, couch, [p[0] for p in pairs], [p[1] for p in pairs], patient_position=args.patient_position)) \
-        or status
+    export.emit()
+    return export.status or status
 
 
 def _flagged(payload: dict[str, Any], parser: Any) -> dict[str, Any]:

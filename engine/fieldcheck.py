@@ -54,14 +54,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from ._cli_options import add_geometry_arguments, add_invert_argument, as_flags, geometry_keywords, shown
+from ._cli_options import add_geometry_arguments, add_invert_argument, command_error, geometry_keywords, shown
 from .errors import PortalignError, PortalImageError
 from .field import likely_inverted
 from .image import Image, as_image
@@ -646,8 +645,7 @@ def run(args: argparse.Namespace) -> int:
                                  tolerance_mm=args.tolerance_mm)
     except PortalignError as exc:
         # the reader's hints name its keywords (pass sid_mm=, tolerance_mm): the flags here are --sid-mm & co.
-        print(f"portalign fieldcheck: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
-        return 2
+        return command_error("fieldcheck", args, exc)
     status = 0 if report["within_tolerance"] else EXIT_OUT_OF_TOLERANCE
     if args.json:
         print(json.dumps(report))

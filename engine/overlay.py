@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,26 @@ from .registration import pose_affines
 from .registration._views import angle_text
 from .result import RegistrationResult
 
-__all__ = ["write_overlay", "review_path", "reference_on_frame_grid", "edge_labels"]
+__all__ = ["write_overlay", "review_path", "reference_on_frame_grid", "edge_labels", "require_matplotlib"]
+
+
+def require_matplotlib() -> Any:
+    """Return ``matplotlib.pyplot`` on the non-interactive Agg backend.
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed (the message names the ``overlay`` extra): the command line asks before it
+        registers, so that ``--overlay`` without it fails at once.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError.for_module(exc.name or "matplotlib", "--overlay (the review picture)") from None
+    return plt
 
 
 def reference_on_frame_grid(reference: Image, frame: Image, result: RegistrationResult) -> np.ndarray:
@@ -74,13 +94,7 @@ def write_overlay(path: str | Path, reference: Image, frame: Image, result: Regi
     Path
         The written file (what the caller reports: it may differ from ``path``).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MissingDependencyError.for_module(exc.name or "matplotlib", "--overlay (the review picture)") from None
+    plt = require_matplotlib()
     path = review_path(path, frame)
     moved = reference_on_frame_grid(reference, frame, result)
     region = _field_region(frame, result.field_box_mm)

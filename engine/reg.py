@@ -89,7 +89,8 @@ from .errors import GeometryError, PortalignError
 from .image import Image
 from .result import RegistrationResult
 
-__all__ = ["registration_matrix", "rigid_motion", "write_spatial_registration", "SPATIAL_REGISTRATION_STORAGE"]
+__all__ = ["check_registration_inputs", "registration_matrix", "rigid_motion", "write_spatial_registration",
+           "SPATIAL_REGISTRATION_STORAGE"]
 
 class _QuietInvalidUIDs(logging.Filter):
     """Drop pydicom's "Invalid value for VR UI" log records while this thread builds a REG (reported once instead)."""
@@ -259,22 +260,15 @@ def write_spatial_registration(
     frames = _images(frame_image, "frame_image")
     if isinstance(result_or_couch, RegistrationResult) and len(frames) != 1:
         raise PortalignError(f"a 2-D result registers one frame; got {len(frames)} frame images")
-    for image, role in [*((i, "reference") for i in references), *((i, "frame") for i in frames)]:
-        if not image.info.sop_instance_uid:
-            raise PortalignError(f"{image.info.source}: the {role} image has no SOP Instance UID, so a REG object "
-                                 "cannot reference it; register images read from DICOM files")
+    position = check_registration_inputs(references, frames, patient_position)
     warnings: list[str] = []
     everything = [*frames, *references]
     recorded = (_first(everything, lambda i: i.info.patient_position) or "").strip().upper()
-    position = (patient_position or recorded).strip().upper()
     if patient_position and recorded and position != recorded:
         # the flag wins (a wrong header), but never silently: it reverses the translation's lateral and longitudinal
         # signs between head-first and feet-first
         warnings.append(f"patient position {position} as given (patient_position=), not the images' "
                         f"PatientPosition {recorded}")
-    if not position:
-        raise GeometryError(f"{frames[0].info.source}: no PatientPosition in the images; pass patient_position= "
-                            "(HFS, FFS, HFP or FFP) to place the registration in patient coordinates")
     if isocentre_mm is None:
         isocentre_mm = _first(everything, lambda i: i.info.extra.get("isocentre_mm")
                               or i.info.extra.get("isocenter_position_mm"))
@@ -473,6 +467,50 @@ def _comment(result_or_couch: RegistrationResult | CouchShift) -> str:
 def _description(result_or_couch: RegistrationResult | CouchShift, warnings: list[str]) -> str:
     kind = "couch correction" if isinstance(result_or_couch, CouchShift) else "2-D portal registration"
     return f"portalign {kind}" + (" (with assumptions)" if warnings else "")
+
+
+def check_registration_inputs(
+    reference_image: Image | Sequence[Image],
+    frame_image: Image | Sequence[Image],
+    patient_position: str | None = None,
+) -> str:
+    """Check that a REG object can be written for these images; return the patient position it would use.
+
+    What :func:`write_spatial_registration` needs of its images before any registration is made: a SOP Instance
+    UID on every image (the REG references each) and a patient position (``patient_position``, else the images'
+    ``PatientPosition``). The command line calls it before it registers, so that ``--reg`` / ``--reg-out`` fails at
+    once rather than after a result was printed.
+
+    Parameters
+    ----------
+    reference_image, frame_image : Image or sequence of Image
+    patient_position : str, optional
+        ``HFS``, ``FFS``, ``HFP`` or ``FFP``; overrides the images'.
+
+    Returns
+    -------
+    str
+        The patient position, upper case.
+
+    Raises
+    ------
+    PortalignError
+        An image without a SOP Instance UID.
+    GeometryError
+        No patient position given or recorded.
+    """
+    references = _images(reference_image, "reference_image")
+    frames = _images(frame_image, "frame_image")
+    for image, role in [*((i, "reference") for i in references), *((i, "frame") for i in frames)]:
+        if not image.info.sop_instance_uid:
+            raise PortalignError(f"{image.info.source}: the {role} image has no SOP Instance UID, so a REG object "
+                                 "cannot reference it; register images read from DICOM files")
+    recorded = (_first([*frames, *references], lambda i: i.info.patient_position) or "").strip().upper()
+    position = (patient_position or recorded).strip().upper()
+    if not position:
+        raise GeometryError(f"{frames[0].info.source}: no PatientPosition in the images; pass patient_position= "
+                            "(HFS, FFS, HFP or FFP) to place the registration in patient coordinates")
+    return position
 
 
 def _images(value: Image | Sequence[Image], name: str) -> list[Image]:

@@ -43,7 +43,8 @@ class RegistrationResult:
     score : float or None
         Similarity at the optimum: the edge correlation (-1..1, 1 = every edge
         matched) for ``edge``, normalised MI - 1 (0..1) for ``mi`` and ``auto``;
-        ``None`` when nothing was measured (no usable pixels: ``reason`` says why).
+        ``None`` when nothing could be scored (too few usable pixels: ``reason`` says why). A match withheld as
+        no measurement (``dx_mm`` ``None``: no match, no common anatomy) keeps the score it measured.
     method, backend : str
         What ran.
     elapsed_ms : float

@@ -113,7 +113,9 @@ def test_register_help_states_its_exit_status(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert stop.value.code == 0
     assert "exit status: 0 when a result was printed, ok or not" in text
-    assert "2 when an input could not be used or an output (--overlay, --reg) not written (the error names it)" in text
+    assert ("2 when an input could not be used or an output (--overlay, --reg) could not be written (the error names "
+            "it; the JSON says why in overlay_not_written / reg_not_written)") in text
+    assert "A refused match gets no REG: said on stderr and in reg_not_written, exit 0" in text
 
 
 def test_couch_help_states_its_exit_status(capsys) -> None:
@@ -163,21 +165,37 @@ def test_register_reg_writes_a_spatial_registration_that_reads_back(capsys, file
     assert comment.endswith("rot not estimated") and len(comment) <= 64
 
 
-def test_register_reg_without_patient_position_prints_the_result_and_names_the_flag(capsys, files, tmp_path) -> None:
+def test_register_reg_without_patient_position_names_the_flag_before_registering(capsys, files, tmp_path,
+                                                                                monkeypatch) -> None:
+    """A REG these images cannot give is said at once, before a registration whose JSON would read ok (a new user's
+    trial: "ok": true on stdout, exit 2 and the reason on stderr only)."""
+    import portalign.registration
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("registered although the REG could not be written")
+
+    monkeypatch.setattr(portalign.registration, "prepare_reference", no_registration)
     target = tmp_path / "no.dcm"
     status, out, err = run(capsys, "register", files["ref_nopos"], files["frame_nopos"], "--reg", target)
-    assert status == 2
-    assert re.search(r"dx = \+3\.\d\d ± 0\.\d\d mm", out), out  # the result is still there
-    assert "--patient-position" in err and "patient_position" not in err
+    assert status == 2 and out == ""
+    assert err.startswith("portalign register: error: ") and err.count("\n") == 1
+    assert "no PatientPosition in the images; pass --patient-position" in err and "patient_position" not in err
     assert not target.exists()
+    status, out, err = run(capsys, "register", files["ref_nopos"], files["frame_nopos"], "--reg", target, "--json")
+    assert status == 2
+    assert json.loads(out) == {"ok": False, "error": "invalid_geometry", "detail": err.split("error: ", 1)[1].strip(),
+                               "dx_mm": None, "dy_mm": None, "rotation_deg": None, "score": None,
+                               "reason": err.split("error: ", 1)[1].strip()}
 
 
 def test_register_reg_is_not_written_for_a_result_that_is_not_ok(capsys, files, tmp_path) -> None:
     target = tmp_path / "bad.dcm"
     status, out, err = run(capsys, "register", files["ref"], files["frame_g90"], "--json", "--reg", target)
     assert status == 0
-    assert json.loads(out)["reg"] is None and not target.exists()
-    assert "not written: the result is not ok" in err
+    payload = json.loads(out)
+    assert payload["reg"] is None and not target.exists()
+    assert payload["reg_not_written"].startswith("the result is not ok (different views")
+    assert err.startswith(f"portalign register: --reg {target}: not written: the result is not ok")
 
 
 def test_register_overlay_says_where_and_a_bad_path_is_an_error_after_the_result(capsys, files, tmp_path) -> None:
@@ -194,14 +212,24 @@ def test_register_overlay_says_where_and_a_bad_path_is_an_error_after_the_result
     assert err.count("\n") == 1
 
 
-def test_register_overlay_without_matplotlib_names_the_extra_after_the_result(capsys, files, tmp_path,
-                                                                            monkeypatch) -> None:
+def test_register_overlay_without_matplotlib_names_the_extra_before_registering(capsys, files, tmp_path,
+                                                                               monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     status, out, err = run(capsys, "register", files["ref"], files["frame"], "--json", "--overlay", tmp_path / "o.png")
     assert status == 2
-    payload = json.loads(out)
+    payload = json.loads(out)  # not a result whose "ok" is true beside an exit status of 2
+    assert payload["ok"] is False and payload["error"] == "missing_dependency" and payload["dx_mm"] is None
+    assert 'pip install "portalign[overlay]"' in err and "matplotlib" in err and err.count("\n") == 1
+
+
+def test_register_overlay_that_cannot_be_written_says_so_in_the_json(capsys, files, tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="--overlay needs matplotlib")
+    missing = tmp_path / "no_such_folder" / "review.png"
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--json", "--overlay", missing)
+    assert status == 2
+    payload = json.loads(out)  # the result stands; what became of the picture is in the object a script reads
     assert payload["ok"] is True and payload["overlay"] is None
-    assert 'pip install "portalign[overlay]"' in err and "matplotlib" in err
+    assert payload["overlay_not_written"] and payload["overlay_not_written"] in err
 
 
 def test_register_text_timing_says_what_was_timed(capsys, files) -> None:
@@ -303,7 +331,9 @@ def test_register_images_that_do_not_overlap(capsys, files) -> None:
     # an optimum over no common anatomy is not a measurement: null, and "not measured" in the text
     assert payload["dx_mm"] is None and payload["dy_mm"] is None and payload["rotation_deg"] is None
     status, out, _ = run(capsys, "register", files["ref"], files["frame_far"])
-    assert status == 0 and out.startswith("dx, dy not measured   rotation not estimated   NOT OK (no common anatomy")
+    # the verdict first, as every refused match's text output begins
+    assert status == 0 and out.startswith("NOT OK: no common anatomy"), out
+    assert out.splitlines()[1] == "dx, dy not measured   rotation not estimated"
     # nor is anything said about the optimum or its lever arm (a new user's trial: "optimum: mutual information
     # (weak edge match ...)" and a lever-arm warning followed the refusal)
     assert not [line for line in out.splitlines() if line.startswith("optimum:") or "lever arm" in line], out

@@ -434,6 +434,9 @@ def test_cli_couch_prints_the_correction(ct, tmp_path, capsys):
     for axis in held:
         assert f"--reg-out {reg_path}:" in err and axis in err and "not estimated" in err
     assert data["couch_correction"]["lateral"] == pytest.approx(-data["lateral_mm"])
+    # what became of --reg-out is in the object a script reads
+    assert data["reg"] == str(reg_path) and data["reg_not_written"] is None and reg_path.is_file()
+    assert all(any(axis in w for w in data["reg_warnings"]) for axis in held)
     assert data["within_tolerance"] == {"lat": False, "lng": True, "vrt": False, "rot": True}
     assert data["ok"] is True
     assert data["patient_position"] == "HFS"
@@ -584,3 +587,28 @@ def test_views_that_disagree_beyond_their_uncertainties_scale_them():
     # two views: four values, three unknowns: one degree of freedom, scaled too; none known: none claimed
     assert solve_couch_shift(exact[:2]).uncertainty_scale == pytest.approx(1.0)
     assert solve_couch_shift(views_for(shift, (0, 90))).uncertainty_scale is None
+
+
+def test_cli_couch_json_errors_are_json_and_a_reg_without_patient_position_is_refused_first(ct, tmp_path, capsys,
+                                                                                             monkeypatch):
+    """A new user's trial: `couch --json` printed nothing on stdout for unusable input, and with --reg-out but no
+    PatientPosition anywhere it printed "ok": true, exited 2 and said why on stderr only."""
+    import portalign.couch
+
+    pairs = [_write_view(ct, tmp_path, g, (1.0, 0.0, 0.0), "") for g in (0, 90)]
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("registered although the REG could not be written")
+
+    monkeypatch.setattr(portalign.couch, "register_views", no_registration)
+    reg_path = tmp_path / "couch_reg.dcm"
+    status = main(["couch", "--pair", *pairs[0], "--pair", *pairs[1], "--reg-out", str(reg_path), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 2 and not reg_path.exists()
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["error"] == "invalid_geometry"
+    assert "no PatientPosition in the images; pass --patient-position" in payload["detail"]
+    assert err.strip() == f"portalign couch: error: {payload['detail']}"
+    status = main(["couch", "--pair", pairs[0][0], str(tmp_path / "missing.dcm"), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 2 and json.loads(out)["ok"] is False and "missing.dcm" in json.loads(out)["detail"]

@@ -369,3 +369,4 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
     # more in five frames, 104.2 seen under -n 2 where 103.2 was the rule)
     assert calls <= budget + (0.2 if policy == "auto" else 0.0), f"{calls:.1f} Python-level calls per frame"
     assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (first.dx_mm, first.dy_mm, first.rotation_deg)
+

@@ -400,3 +400,16 @@ def test_an_inverted_image_without_its_field_says_try_invert(capsys):
     assert "no radiation field edge found" in err and "the image looks inverted" in err and "try --invert" in err
     status = main(["fieldcheck", str(folder / "gantry0.dcm"), str(folder / "gantry90.dcm"), "--invert"])
     assert status in (0, 3), capsys.readouterr().err  # measured: within tolerance or outside it, not refused
+
+
+def test_cli_json_error_is_json(tmp_path, capsys):
+    """A new user's trial: `fieldcheck --json` on unusable input printed nothing on stdout (exit 2)."""
+    from portalign.cli import main
+
+    bad = tmp_path / "not_dicom.dcm"
+    bad.write_text("not a DICOM file")
+    assert main(["fieldcheck", str(bad), str(bad), "--json"]) == 2
+    out, err = capsys.readouterr()
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["error"] != "" and "not_dicom.dcm" in payload["detail"]
+    assert err.strip() == f"portalign fieldcheck: error: {payload['detail']}"

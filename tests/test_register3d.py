@@ -432,7 +432,9 @@ def test_cli_register3d_json_and_reg_out(cli_case, capsys):
     status = main(["register3d", str(root / "ct"), *map(str, paths), "--isocenter-mm", ",".join(map(str, iso)),
                    "--backend", "cpu", "--json", "--reg-out", str(blocked)])
     out, err = capsys.readouterr()
-    assert status == 2 and json.loads(out)["ok"] is True and not blocked.exists()
+    payload = json.loads(out)
+    assert status == 2 and payload["ok"] is True and not blocked.exists()
+    assert payload["reg"] is None and payload["reg_not_written"] in err  # said in the JSON too
     assert err.startswith(f"portalign register3d: error: --reg-out {blocked}: not written:") and "\n" not in err.strip()
 
 
@@ -457,6 +459,11 @@ def test_cli_register3d_text_and_errors(cli_case, capsys, tmp_path):
     assert main(["register3d", str(root / "ct"), str(paths[0]), "--isocenter-mm", "0,0,900"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("portalign register3d: error:") and "outside the CT" in err and "\n" not in err
+    # with --json, unusable input is a JSON object on stdout too
+    assert main(["register3d", str(root / "ct"), str(paths[0]), "--isocenter-mm", "0,0,900", "--json"]) == 2
+    out, err = capsys.readouterr()
+    payload = json.loads(out)
+    assert payload["ok"] is False and "outside the CT" in payload["detail"] and payload["detail"] in err
 
     assert main(["register3d", str(root / "ct"), str(paths[0])]) == 2
     assert "pass --isocenter-mm" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 from .._cli_options import (
     add_geometry_arguments,
     add_invert_argument,
-    as_flags,
+    command_error,
     export_reg,
     geometry_keywords,
     patient_position_argument,
@@ -69,13 +69,23 @@ def run(args: argparse.Namespace) -> int:
         result = register_3d(ct, frames, isocenter_mm=isocenter, patient_position=args.patient_position,
                              backend=args.backend, tolerance=tolerance)
     except PortalignError as exc:
-        print(f"portalign register3d: error: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
-        return 2
+        return command_error("register3d", args, exc)
+    export = None
+    if args.reg_out:
+        export = export_reg("register3d", args, result.ok, result.reason,
+                            lambda: _write_reg(args, result, ct, frames, isocenter))
     # the result is shown whatever happens to the REG file: a failed export never hides a measurement
-    print(result.as_json() if args.json else text_report(result))
-    if not args.reg_out:
+    if args.json:
+        payload = json.loads(result.as_json())
+        if export is not None:  # what became of --reg-out, in the object a script reads
+            payload.update(export.fields)
+        print(json.dumps(payload))
+    else:
+        print(text_report(result))
+    if export is None:
         return 0
-    return export_reg("register3d", args, result.ok, result.reason, lambda: _write_reg(args, result, ct, frames, isocenter))
+    export.emit()
+    return export.status
 
 
 def _isocenter(args: argparse.Namespace, frames: list[Any]) -> tuple[float, float, float]:
