@@ -249,6 +249,11 @@ class InstanceRegistrar:
              "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "result": None, "error": ""}
         )
 
+    def has_reference(self, image: Image) -> bool:
+        """Whether a frame like ``image`` would find a reference now (its beam's, or the configured one)."""
+        plan_uid, beam = beam_key(image)
+        return self._lookup((plan_uid or None, beam))[0] is not None  # type: ignore[arg-type]
+
     def _lookup(self, key: tuple[str, int | None]) -> tuple[Reference | None, str, str]:
         if not key[0] and key[1] is None and self.configured is not None:
             # a frame that names no plan and no beam goes to the configured reference, not to whichever received

@@ -58,7 +58,7 @@ from ._cli_options import (
 from .backends import BACKENDS
 from .errors import PortalignError
 from .journal import Journal
-from .scp import InstanceRegistrar
+from .scp import InstanceRegistrar, is_reference
 
 __all__ = ["IGNORED_SUFFIXES", "FolderWatcher", "add_arguments", "is_ignored", "run"]
 
@@ -175,9 +175,20 @@ class FolderWatcher:
             if seen.polls >= needed and key not in self._unmovable:
                 ready.append((stat.st_mtime_ns, name, key))
         lines: list[dict[str, Any]] = []
-        for _, name, key in sorted(ready):
+        queue = [(name, key) for _, name, key in sorted(ready)]
+        for _, name, _ in ready:
             del self._seen[name]
-            lines.extend(self._handle(name, key))
+        # a frame whose beam has no reference yet waits for the files taken in the same scan: its reference may be
+        # among them (`cp *.dcm` copies a_frame.dcm before z_ref.dcm, and a trial's frame failed so)
+        deferred = []
+        for position, (name, key) in enumerate(queue):
+            handled = self._handle(name, key, defer_orphan=position < len(queue) - 1)
+            if handled is None:
+                deferred.append((name, key))
+            else:
+                lines.extend(handled)
+        for name, key in deferred:
+            lines.extend(self._handle(name, key) or [])
         return lines
 
     def run(self, stop: threading.Event | None = None, *, until_idle: bool = False,
@@ -205,7 +216,8 @@ class FolderWatcher:
 
     # --- one file -----------------------------------------------------------------------------------
 
-    def _handle(self, name: str, key: tuple[str, int, int]) -> list[dict[str, Any]]:
+    def _handle(self, name: str, key: tuple[str, int, int], defer_orphan: bool = False) -> list[dict[str, Any]] | None:
+        """Take one file; ``None`` (nothing done) for a frame with no reference yet when ``defer_orphan``."""
         from .dicom import read_rt_image_frames
 
         path = self.folder / name
@@ -222,6 +234,8 @@ class FolderWatcher:
             message = f"{name}: cannot be read as an RT Image: {detail}"
             lines = [self.registrar.error(message, stage="decode", error_kind=type(exc).__name__, file=name)]
         else:
+            if defer_orphan and images and not is_reference(images[0]) and not self.registrar.has_reference(images[0]):
+                return None
             lines = self.registrar.handle(images, file=name)
         errors = [line for line in lines if line.get("status") == "error"]
         if errors:
@@ -293,7 +307,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="polls with unchanged size and mtime before a file is taken (default 2)")
     parser.add_argument("--once", action="store_true",
                         help="handle the files present (once complete) and exit instead of watching; exit status 1 "
-                             "when any file failed")
+                             "when any file failed (could not be read, or had no reference); a refused match is a "
+                             "result, not a failure (status 0: the summary line counts the frames not ok, and the "
+                             "journal says why)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="compute backend (default auto)")
     add_mismatch_arguments(parser)
     parser.add_argument("--create", action="store_true",
@@ -365,7 +381,9 @@ def run(args: argparse.Namespace) -> int:
             more = f" and {len(watcher.subfolders) - 5} more" if len(watcher.subfolders) > 5 else ""
             earlier += (f"; subfolders are not looked into ({shown}{more}): move their files into {watcher.folder} "
                         "or watch each folder")
-        print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{earlier}", file=sys.stderr)
+        what = f" ({watcher.registrar.summary()})" if watcher.files_done or watcher.files_failed else ""
+        print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{what}{earlier}",
+              file=sys.stderr)
         return EXIT_FILE_FAILED if watcher.files_failed else 0
     return 0
 

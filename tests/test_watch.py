@@ -168,7 +168,7 @@ def test_watch_command_once_with_name_collision(tmp_path, image, capsys):
     reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
     results = tmp_path / "results.jsonl"
     assert _watch_once(folder, results, reference) == 0
-    assert "1 done, 0 failed" in capsys.readouterr().err
+    assert "1 done, 0 failed (1 frame registered (1 ok, 0 not ok), 0 references, 0 errors)" in capsys.readouterr().err
     (line,) = read_journal(results)
     assert line["file"] == "x.dcm" and line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)
     assert sorted(p.name for p in (folder / "done").iterdir()) == ["x-1.dcm", "x.dcm"]
@@ -190,8 +190,9 @@ def test_watch_once_says_its_subfolders_were_not_looked_into(tmp_path, image, ca
     reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
     assert _watch_once(folder, tmp_path / "results.jsonl", reference) == 0
     err = capsys.readouterr().err
-    assert err.strip().endswith(f"1 done, 0 failed; subfolders are not looked into (sub/): move their files into "
-                                f"{folder} or watch each folder"), err
+    assert err.strip().endswith("1 done, 0 failed (1 frame registered (1 ok, 0 not ok), 0 references, 0 errors); "
+                                f"subfolders are not looked into (sub/): move their files into {folder} or watch each "
+                                "folder"), err
     assert (folder / "sub" / "x.dcm").is_file()
 
 
@@ -217,7 +218,7 @@ def test_results_journal_inside_the_watched_folder_is_not_taken(tmp_path, image,
     reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
     results = folder / "results.jsonl"
     assert _watch_once(folder, results, reference) == 0
-    assert "1 done, 0 failed" in capsys.readouterr().err
+    assert "1 done, 0 failed (1 frame registered (1 ok, 0 not ok), 0 references, 0 errors)" in capsys.readouterr().err
     (line,) = read_journal(results)  # still where it was given, with the one frame's line
     assert line["file"] == "a.dcm" and line["result"]["dx_mm"] == pytest.approx(1.5, abs=TOL_MM)
     assert list((folder / "failed").iterdir()) == []
@@ -243,3 +244,27 @@ def test_a_file_cut_short_a_moment_ago_is_waited_for(tmp_path, image):
         watch_until(watcher, lambda: watcher.files_failed == 1)
     assert sorted(p.name for p in (folder / "done").iterdir()) == ["slow.dcm"]
     assert "truncated" in (folder / "failed" / "old.dcm.error.txt").read_text()
+
+
+def test_a_frame_older_than_its_reference_in_the_same_scan_waits_for_it(tmp_path, image, capsys):
+    """A new user's trial: `cp *.dcm` into the folder copied a_frame.dcm before z_ref.dcm, and the frame failed with
+    "no reference" although its reference was there; the frames of one scan now wait for its references."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frame = write_rt_image(make_rt_image(shifted(image, 1.0, -0.5), spacing=1.5, sid=1500.0, sad=1000.0,
+                                         position="centre"), folder / "a_frame.dcm")
+    write_rt_image(make_rt_image(image, spacing=1.5, sid=1500.0, sad=1000.0, position="centre",
+                                 ImageType=["DERIVED", "SECONDARY", "DRR"]), folder / "z_ref.dcm")
+    os.utime(frame, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))  # the frame is the older
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    results = tmp_path / "results.jsonl"
+    assert run(parser.parse_args([str(folder), "--results", str(results), "--poll", "0.05", "--once"])) == 0
+    out, err = capsys.readouterr()
+    assert "2 done, 0 failed (1 frame registered (1 ok, 0 not ok), 1 reference, 0 errors)" in err, err
+    lines = read_journal(results)
+    assert [line["file"] for line in lines] == ["z_ref.dcm", "a_frame.dcm"]
+    assert lines[1]["status"] == "ok" and lines[1]["result"]["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
+    assert out.splitlines()[0].startswith("z_ref.dcm: kept as the reference") and "a_frame.dcm: dx +" in out
