@@ -38,6 +38,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +332,10 @@ def _on_store(event: Any, registrar: InstanceRegistrar,
             dataset = event.dataset
             dataset.file_meta = event.file_meta
             images = read_rt_image_frames(dataset, invert=registrar.invert)
+            if request_uid:  # messages name the instance, not "dataset" (a trial's journal: "the reference (dataset)
+                # but ... the frame (dataset)")
+                images = [replace(image, info=replace(image.info, source=f"instance {_ascii(request_uid)[:64]}"))
+                          for image in images]
         except Exception as exc:
             message = f"instance {request_uid or '(no UID)'}: cannot decode: {_one_line(exc)}"
             line = registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)

@@ -193,6 +193,8 @@ def test_no_reference_and_bad_pixels_still_received_with_an_error_line(scp, imag
     (line,) = read_journal(path)
     assert line["status"] == "error" and line["sop_instance_uid"] == orphan.SOPInstanceUID
     assert "no reference for plan" in line["error"] and "beam 2" in line["error"]
+    # the instance is named by its UID in the message (a trial's journal said "(dataset)" of both images)
+    assert line["error"].startswith(f"instance {orphan.SOPInstanceUID}: no reference for plan")
 
 
 def test_every_frame_of_a_cine_instance_gets_a_line(scp, image):

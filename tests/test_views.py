@@ -100,6 +100,14 @@ def test_unknown_angles_are_recorded_not_compared(pixels) -> None:
     assert view["reference"]["gantry_deg"] is None and view["frame"]["gantry_deg"] == 90.0
     assert view["reference"]["collimator_deg"] == 10.0 and view["frame"]["collimator_deg"] is None
     assert view["mismatch"] == []
+    # a gantry angle only one image records: the check that was skipped is said (a trial's frame without
+    # GantryAngle was ok with nothing said); a collimator or couch angle one lacks is common and only recorded
+    assert ("the reference (ref.dcm) records no gantry angle (GantryAngle (300A,011E)): the two views' gantry angles "
+            "were not compared") in result.warnings
+    assert not [w for w in result.warnings if "collimator" in w]
+    other = _pair(pixels, {"gantry_deg": 0.0}, {})
+    assert any(w.startswith("the frame (frame.dcm) records no gantry angle") for w in other.warnings)
+    assert not [w for w in _pair(pixels, {}, {}).warnings if "gantry" in w]  # arrays: neither has one
 
 
 def test_view_tolerance_is_an_option(pixels) -> None:
@@ -535,6 +543,14 @@ def test_a_frame_that_is_the_reference_itself_is_said_to_be() -> None:
     assert itself.dx_mm == pytest.approx(0.0, abs=0.01) and itself.dy_mm == pytest.approx(0.0, abs=0.01)
     other = portalign.register(ref, frame, backend="cpu")
     assert not [w for w in other.warnings if "reference image itself" in w]
+    # another image under the same UID (a trial's two pylinac files) is not called the reference itself
+    from dataclasses import replace
+
+    reused = replace(frame, info=replace(frame.info, sop_instance_uid=ref.info.sop_instance_uid))
+    said = [w for w in portalign.register(ref, reused, backend="cpu").warnings if "SOP Instance UID" in w]
+    assert said == [f"the frame and the reference share one SOP Instance UID ({ref.info.sop_instance_uid}) but their "
+                    "pixels differ: a UID reused for two images (an export or anonymisation fault); a REG object or a "
+                    "journal cannot tell them apart"]
 
 
 def test_a_turn_that_was_not_estimated_is_part_of_the_shifts_uncertainty() -> None:

@@ -1508,8 +1508,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             and frame.info.frame_index == ref_info.frame_index):
         # a new user's trial dropped a copy of the reference into a watched folder: matched with itself at no shift,
         # ok, and nothing said (the measurement is right, and says nothing of the patient)
-        warnings.append(f"the frame is the reference image itself (the same SOP Instance UID, "
-                        f"{frame.info.sop_instance_uid}): its shift from itself says nothing of the patient")
+        same = (frame.pixels.shape == reference.image.pixels.shape
+                and bool(np.array_equal(frame.pixels, reference.image.pixels)))
+        if same:
+            warnings.append(f"the frame is the reference image itself (the same SOP Instance UID, "
+                            f"{frame.info.sop_instance_uid}): its shift from itself says nothing of the patient")
+        else:  # a trial's two pylinac images of different gantry angles shared one UID
+            warnings.append(f"the frame and the reference share one SOP Instance UID ({frame.info.sop_instance_uid}) "
+                            "but their pixels differ: a UID reused for two images (an export or anonymisation "
+                            "fault); a REG object or a journal cannot tell them apart")
     # a "field" likely to be an object in an open beam: refused unless field='detect' says to use it anyway
     doubt_reason = ""
     if reference.field.doubt or field.doubt:  # rare: no per-frame cost otherwise

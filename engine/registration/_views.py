@@ -12,7 +12,8 @@ mismatch is intended (``RegistrationOptions(allow_view_mismatch=True)``,
 ``--allow-view-mismatch``).
 
 Angles that an image does not carry (``None``: arrays, files without the tag) are
-not compared, but every angle is recorded in the result (``details["view"]``).
+not compared, but every angle is recorded in the result (``details["view"]``); a gantry
+angle that one image records and the other does not is a warning.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         every angle and SAD of both images (``None`` where unknown) and the names
         of the quantities that differ.
     warnings : list of str
-        A mismatch that was allowed.
+        A mismatch that was allowed; a gantry angle that only one of the images records.
     """
     # attribute by attribute (no loops of getattr): this runs for every frame
     ref_angles = (reference.gantry_deg, reference.collimator_deg, reference.couch_deg)
@@ -102,6 +103,12 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         record["mismatch"].append("sad_mm")
         phrases.append(f"source-axis distance {ref_sad:g} mm in the reference ({reference.source}) but "
                        f"{frame_sad:g} mm in the frame ({frame.source})")
+    # one image names its gantry angle and the other does not: the most telling view check was skipped (a trial's
+    # frame without GantryAngle was ok with nothing said); said, not refused (arrays and some exports carry none)
+    if (ref_angles[0] is None) != (frame_angles[0] is None):
+        which, where = ("frame", frame.source) if frame_angles[0] is None else ("reference", reference.source)
+        patient_warning = [*patient_warning, f"the {which} ({where}) records no gantry angle (GantryAngle "
+                           "(300A,011E)): the two views' gantry angles were not compared"]
     if not phrases:
         return "", record, patient_warning
     text = "; ".join(phrases)
