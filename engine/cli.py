@@ -170,6 +170,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                      help="0-based frame of a multi-frame (cine) RT Image (default: the first)")
     add_geometry_arguments(reg)
     add_invert_argument(reg)
+    reg.add_argument("--reference-kind", choices=("drr", "portal"), default=None,
+                     help="what the reference is where its file cannot say: drr (rendered from the CT: no radiation "
+                          "field in it, none looked for) or portal (a reference portal image: its field is detected); "
+                          "needed for a .npy DRR, whose body outline is otherwise taken for a field (default: the "
+                          "DICOM header's ImageType / RTImageLabel; unknown for .npy)")
     reg.add_argument("--max-shift-mm", metavar="MM", type=float, default=20.0, help="capture range of the translation (mm)")
     reg.add_argument("--max-rotation-deg", metavar="DEG", type=float, default=5.0,
                      help="capture range of the in-plane rotation (deg)")
@@ -378,6 +383,15 @@ def _register(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     reference_image = _load_named(args.reference, args, args.frame)
+    if args.reference_kind is not None and reference_image.info.kind != args.reference_kind:
+        if reference_image.info.kind:  # the header said otherwise: the flag wins, and says so with the result
+            kind_note = (f"{reference_image.info.source}: registered as a {args.reference_kind} reference "
+                         f"(--reference-kind), not as the {reference_image.info.kind} its header describes")
+        else:
+            kind_note = ""
+        reference_image = replace(reference_image, info=replace(reference_image.info, kind=args.reference_kind))
+    else:
+        kind_note = ""
     frame = _load_named(args.frame, args, args.reference, frame_index=args.frame_index)
     if args.reg:  # what the REG needs of the images (SOP Instance UIDs, a patient position), before registering
         from .reg import check_registration_inputs
@@ -400,7 +414,7 @@ def _register(args: argparse.Namespace) -> int:
     from .dicom import replaced_tags
 
     replaced = [f"{image.info.source}: {note}" for image in (reference_image, frame)
-                for note in replaced_tags(image.info)]
+                for note in replaced_tags(image.info)] + ([kind_note] if kind_note else [])
     from .image import beam_kind
 
     taken_by = beam_kind(frame.info)

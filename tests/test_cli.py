@@ -450,3 +450,32 @@ def test_nothing_measured_is_null_and_said_in_text(capsys: pytest.CaptureFixture
     main(argv)
     out = capsys.readouterr().out
     assert "dx, dy not measured" in out and "dx = " not in out
+
+
+def test_a_npy_drr_reference_is_said_to_be_one_with_reference_kind(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    """A new user's trial: the demo DRR saved as .npy was refused as "different scales" (its body outline taken for
+    a radiation field), naming header tags a .npy has not; --reference-kind drr says what the array is."""
+    from portalign.demo import DEMO_TRUTH, make_demo_pair
+
+    ref, frame, _ = make_demo_pair(detector_shape=(192, 256), detector_spacing_mm=1.568)
+    np.save(tmp_path / "ref.npy", ref.pixels)
+    np.save(tmp_path / "frame.npy", frame.pixels)
+    common = [str(tmp_path / "ref.npy"), str(tmp_path / "frame.npy"), "--pixel-spacing-mm", str(ref.spacing_mm[0]),
+              "--json"]
+    refused = run_json(capsys, "register", *common)
+    assert refused["ok"] is False and refused["reason"].startswith("different scales")
+    assert refused["reason"].endswith("ref.npy is of unknown kind (an array): if it is a DRR, its body outline was "
+                                      "taken for a radiation field: say so with kind='drr' (--reference-kind drr)")
+    payload = run_json(capsys, "register", *common, "--reference-kind", "drr")
+    assert payload["ok"] is True, payload["reason"]
+    assert payload["dx_mm"] == pytest.approx(DEMO_TRUTH["dx_mm"], abs=0.4)
+    assert payload["dy_mm"] == pytest.approx(DEMO_TRUTH["dy_mm"], abs=0.4)
+    assert not [w for w in payload["warnings"] if "--reference-kind" in w]  # nothing replaced: nothing said
+
+
+def test_reference_kind_that_overrides_the_header_is_said(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:
+    payload = run_json(capsys, "register", str(pair.ref_dcm), str(pair.frame_dcm), "--json", "--reference-kind", "drr")
+    assert_recovered(payload)
+    assert "reference.dcm: registered as a drr reference (--reference-kind), not as the portal its header describes" \
+        in payload["warnings"]

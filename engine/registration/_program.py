@@ -1229,7 +1229,15 @@ def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacin
             "RTImageSID (3002,0026), RadiationMachineSAD (3002,0022) or ImagePlanePixelSpacing (3002,0011) is wrong (a "
             "field is fixed to the beam), or the images show different apertures; a shift measured across two scales "
             "is not the patient's. Check both headers (portalign info); if the apertures differ on purpose, set "
-            "allow_view_mismatch=True (--allow-view-mismatch)")
+            f"allow_view_mismatch=True (--allow-view-mismatch){_unknown_kind_hint(reference)}")
+
+
+def _unknown_kind_hint(reference: Reference) -> str:
+    """Return a hint for a reference of unknown kind (an array) in which a "field" was found: a DRR's body outline."""
+    if reference.image.info.kind:
+        return ""
+    return (f"; {reference.image.info.source} is of unknown kind (an array): if it is a DRR, its body outline was "
+            "taken for a radiation field: say so with kind='drr' (--reference-kind drr)")
 
 
 def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
