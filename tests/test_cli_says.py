@@ -781,7 +781,8 @@ def test_a_refused_frame_carries_no_made_up_shift(capsys, demo_pair, tmp_path) -
     assert weak.ok is False and weak.reason.startswith("no match: edge correlation"), weak.reason
     # ...with its likely causes (a new user's trial met "edge correlation -0.129 is below 0.05" and nothing more)
     assert weak.reason.endswith(" is below 0.99 (min_score): nothing in the frame matches the reference; another "
-                                "patient, beam or view, or too little structure for the noise"), weak.reason
+                                "patient, beam or view, a wrong scale in one header (RTImageSID, RadiationMachineSAD, "
+                                "ImagePlanePixelSpacing), or too little structure for the noise"), weak.reason
     assert weak.dx_mm is None and weak.details["edge_score"] is not None and weak.score is not None
 
 
@@ -958,3 +959,16 @@ def test_a_refused_match_says_so_before_its_numbers(capsys, tmp_path) -> None:
     assert lines[0].startswith("NOT OK: flipped: the frame matches the reference better flipped left-right"), out
     assert "(as taken: optimum at (" in lines[0], out
     assert lines[1].startswith("dx = ") and lines[1].endswith("(the refused match: not a shift to apply)"), out
+
+
+def test_a_frame_whose_sid_is_wrong_is_refused_with_the_scale_named(capsys, demo_pair, tmp_path) -> None:
+    """A new user's trial: RTImageSID 1000 where the frame was taken at 1500 was refused as a shift outside the
+    search range ("raise --max-shift-mm"), the scale unnamed; every no-match reason now names a wrong scale."""
+    ds = pydicom.dcmread(demo_pair["frame"])
+    ds.RTImageSID = 1000.0
+    wrong = tmp_path / "sid1000.dcm"
+    ds.save_as(wrong)
+    status, out, _ = run(capsys, "register", demo_pair["ref"], wrong, "--json")
+    payload = json.loads(out)
+    assert status == 0 and payload["ok"] is False
+    assert "a wrong scale in one header (RTImageSID" in payload["reason"], payload["reason"]

@@ -1747,7 +1747,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         guess = True
     elif final_edge < opts.min_score:  # before the range: a "match" at the search grid's corner is none at all
         reason = (f"no match: edge correlation {final_edge:.3f} is below {opts.min_score:g} (min_score): nothing in the "
-                  "frame matches the reference; another patient, beam or view, or too little structure for the noise")
+                  "frame matches the reference; another patient, beam or view, a wrong scale in one header (RTImageSID, "
+                  "RadiationMachineSAD, ImagePlanePixelSpacing), or too little structure for the noise")
         guess = True
     elif significance < MIN_MATCH_SIGNIFICANCE:
         reason = (
@@ -1773,8 +1774,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         reason = (
             f"optimum at ({pose[0]:.1f}, {pose[1]:.1f}) mm is outside the search range of "
             f"+-{opts.max_shift_mm:g} mm (max_shift_mm): no match within it; {weak}structure the reference lacks (an "
-            "object, a stripe, a detector fault) or another view can put the best match there; if the shift is "
-            "truly that large, raise max_shift_mm"
+            "object, a stripe, a detector fault), another view, or a wrong scale in one header (RTImageSID, "
+            "RadiationMachineSAD or ImagePlanePixelSpacing: compare them with portalign info) can put the best match "
+            "there; if the shift is truly that large, raise max_shift_mm"
         )
     elif rotate and (pose[2] > max_rot + 1e-9 or pose[2] < -(max_rot + 1e-9)):
         # a weak match turned to the search's limit says little about the patient (an independent trial: -7 deg at
