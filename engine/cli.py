@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,15 @@ class _Parser(argparse.ArgumentParser):
                 message = f"unrecognized arguments: {' '.join(unknown)}"
         if message.startswith("unrecognized arguments: "):
             message += self._suggestions(message[len("unrecognized arguments: "):].split())
+        chosen = re.match(r"argument COMMAND: invalid choice: '([^']*)'", message)
+        if chosen:  # a mistyped subcommand: the one it is closest to, as for a mistyped option
+            import difflib
+
+            commands = [name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                        for name in action.choices]
+            close = difflib.get_close_matches(chosen.group(1), commands, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
         words = getattr(self, "_words", [])
         if "--json" in self._option_string_actions and "--json" in words:
             # a caller parsing stdout gets one JSON object here too (as for unusable input); usage and error on stderr
@@ -177,7 +187,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                           "DICOM header's ImageType / RTImageLabel; unknown for .npy)")
     reg.add_argument("--max-shift-mm", metavar="MM", type=float, default=20.0, help="capture range of the translation (mm)")
     reg.add_argument("--max-rotation-deg", metavar="DEG", type=float, default=5.0,
-                     help="capture range of the in-plane rotation (deg)")
+                     help="capture range of the in-plane rotation (deg); a rotation found beyond it is refused "
+                          "(for translation only use --no-rotation, not 0)")
     reg.add_argument("--no-rotation", action="store_true",
                      help="estimate translation only (rotation_deg is then null: not estimated)")
     reg.add_argument("--field", choices=("auto", "detect", "none"), default="auto",

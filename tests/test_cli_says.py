@@ -972,3 +972,15 @@ def test_a_frame_whose_sid_is_wrong_is_refused_with_the_scale_named(capsys, demo
     payload = json.loads(out)
     assert status == 0 and payload["ok"] is False
     assert "a wrong scale in one header (RTImageSID" in payload["reason"], payload["reason"]
+
+
+def test_a_mistyped_subcommand_is_named_with_the_closest_one(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["regster", "a.dcm", "b.dcm"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "invalid choice: 'regster' (choose from 'register', " in err
+    assert err.rstrip().endswith(") (did you mean register?)"), err
+    with pytest.raises(SystemExit):
+        main(["xyz"])
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: nothing suggested

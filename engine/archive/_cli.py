@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="similarity of the final refinement, as for register")
     add_invert_argument(parser)
     parser.add_argument("--backend", default="cpu", choices=("cpu", "auto", "gpu"),
-                        help="registration backend on the workers (default cpu)")
+                        help="registration backend on the workers (default cpu, unlike the other commands' auto: "
+                             "every worker process would otherwise hold a CUDA context and its own copy of the kernels "
+                             "on one GPU; a worker per core on the CPU is the archive's parallelism)")
     parser.add_argument("--max-shift-mm", type=float, default=None, metavar="MM",
                         help="search range (default: the engine's, 20)")
     parser.add_argument("--retries", type=int, default=2, metavar="N", help="reruns of a beam task whose worker was lost")
