@@ -190,10 +190,14 @@ def _extent_mm(image: Image) -> tuple[float, float, float, float]:
 
 
 def _describe(image: Image) -> str:
-    """File name, kind, gantry angle and acquisition date of an image, for the title."""
+    """File name, kind, gantry (collimator, couch where not 0) angles and acquisition date of an image, for the title."""
     info = image.info
     kind = beam_kind(info)
     gantry = "gantry unknown" if info.gantry_deg is None else f"gantry {float(angle_text(info.gantry_deg)):.1f} deg"
+    # collimator and couch where recorded and not 0 (a trial's small field was collimator 90, couch 45: unsaid)
+    for label, value in (("collimator", info.collimator_deg), ("couch", info.couch_deg)):
+        if value is not None and float(angle_text(value)) not in (0.0, 360.0):
+            gantry += f", {label} {float(angle_text(value)):.1f} deg"
     date = info.extra.get("acquisition_date")
     when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) >= 8 else "date unknown"
     return f"{info.source} ({kind}, {gantry}, {when})"

@@ -605,6 +605,14 @@ def test_the_image_kind_is_said_alike_by_info_and_the_review_picture() -> None:
 
     image = Image(np.zeros((8, 8), np.float32), (1.0, 1.0), (3.5, 3.5), mv)
     assert _describe(image) == "mv.dcm (portal image (6 MV), gantry 90.0 deg, date unknown)"
+    # collimator and couch where recorded and turned (a trial's small field: collimator 90, couch 45, unsaid)
+    from dataclasses import replace
+
+    turned = replace(image, info=replace(mv, collimator_deg=90.0, couch_deg=315.0,
+                                         extra={"kvp": 6000.0, "acquisition_date": "20200316"}))
+    assert _describe(turned) == ("mv.dcm (portal image (6 MV), gantry 90.0 deg, collimator 90.0 deg, couch 315.0 deg, "
+                                 "2020-03-16)")
+    assert _describe(replace(image, info=replace(mv, collimator_deg=0.0, couch_deg=0.0))) == _describe(image)
 
 
 # ---------------------------------------------------------------------------------------------
