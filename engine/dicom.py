@@ -485,11 +485,15 @@ def _read_bytes(source: Any, name: str) -> bytes:
         path = Path(source)
         shown = _printable(str(path), 200)
         where = "" if shown == name else f" ({shown})"  # the name first, as every message; the path as given too
-        if not path.exists():
+        try:  # a name too long for the system, a folder without search permission: errors of the path
+            exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+        except OSError as exc:
+            raise PortalImageError(f"{name}: cannot be read{where} ({exc.strerror or exc}); check the path") from exc
+        if not exists:
             raise PortalImageError(f"{name}: no such file{where}; check the path")
-        if path.is_dir():
+        if is_dir:
             raise PortalImageError(f"{name}: is a directory{where}, not a DICOM file")
-        if not path.is_file():  # a FIFO would block for ever, /dev/zero never end
+        if not is_file:  # a FIFO would block for ever, /dev/zero never end
             raise PortalImageError(f"{name}: is not a regular file{where} (a device, pipe or socket); give a DICOM "
                                    "file")
         try:
@@ -924,6 +928,22 @@ def _checked_angle(ds: Dataset | None, keyword: str, name: str) -> float | None:
                         fix="correct or remove the tag", what="an angle in degrees")
 
 
+def _sequence_unreadable(ds: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` is present with a value that is not a sequence of items (damaged, or of another VR)."""
+    try:
+        if keyword not in ds:
+            return False
+        value = ds[keyword].value
+    except Exception:  # noqa: BLE001 - a value the parser cannot read
+        return True
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return False
+    try:
+        return len(value) > 0 and not any(isinstance(item, Dataset) for item in value)
+    except TypeError:
+        return True
+
+
 def _sequence(ds: Dataset, keyword: str) -> list[Dataset]:
     value = _get(ds, keyword)
     if value is None:
@@ -988,7 +1008,13 @@ def _load(source: Any, options: _Options, *, frame: int | None, every_frame: boo
         padding = _padding_note(ds, frames)
         if padding:
             geometry.notes.append(padding)
-        if ds.get("ModalityLUTSequence"):  # a lookup table instead of a linear rescale (PS3.3 C.11.1)
+        try:  # a damaged sequence raises from pydicom's parser as it is first read (a fuzzer's: OSError)
+            modality_lut = ds.get("ModalityLUTSequence")
+        except Exception as exc:  # noqa: BLE001 - any parser failure: the tag is damaged
+            raise PortalImageError(f"{name}: ModalityLUTSequence (0028,3000) cannot be read ({_one_line(exc)}): the "
+                                   "tag is damaged, and the stored values cannot be mapped without it; export the "
+                                   "image again") from exc
+        if modality_lut:  # a lookup table instead of a linear rescale (PS3.3 C.11.1)
             slope, intercept = 1.0, 0.0
             pixels = [check_pixels(_modality_lut(raw, ds, name), name) for raw in frames]
             geometry.notes.append(_lut_note(ds))
@@ -1543,12 +1569,26 @@ def _centre(shape: tuple[int, int]) -> tuple[float, float]:
     return (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
 
 
+#: How far RTImageOrientation's direction cosines may be from unit length, and from a right angle (their cosine).
+ORIENTATION_TOLERANCE = 1e-3
+
+
 def _plane_matrix(ds: Dataset, name: str, imager: tuple[float, float], notes: list[str]) -> np.ndarray:
     """Matrix taking (d_col, d_row) in pixels to (dx, dy) in mm in the RT Image plane."""
     orientation = _checked(ds, "RTImageOrientation", name, counts=(6,), low=-1.0 - 1e-6, high=1.0 + 1e-6,
                            what="a direction cosine", fix="correct or remove the tag")
     if orientation is None:
         orientation = list(_DEFAULT_ORIENTATION)
+    # two unit vectors at right angles (PS3.3 C.8.8.2): a fuzzer's 0.9 for 1 moved the beam axis 8 pixels and the
+    # registration reported an ok shift 15 mm off
+    row_3d, col_3d = np.array(orientation[0:3]), np.array(orientation[3:6])
+    lengths = (float(np.linalg.norm(row_3d)), float(np.linalg.norm(col_3d)))
+    if max(abs(lengths[0] - 1.0), abs(lengths[1] - 1.0), abs(float(row_3d @ col_3d))) > ORIENTATION_TOLERANCE:
+        raise GeometryError(
+            f"{name}: RTImageOrientation (3002,0010) is {_shown(orientation)}: its row and column direction cosines "
+            f"must be two unit vectors at right angles (lengths {lengths[0]:.4g} and {lengths[1]:.4g}, cosine between "
+            f"them {float(row_3d @ col_3d):.4g}); the pixel positions it gives would move the beam axis; correct or "
+            "remove the tag")
     row_dir = np.array(orientation[0:2])  # direction of increasing column index
     col_dir = np.array(orientation[3:5])  # direction of increasing row index
     matrix = np.column_stack([row_dir * imager[1], col_dir * imager[0]])
@@ -1846,6 +1886,9 @@ def _frame_info(
     collimator = _angle(ds, name, item, specific, "BeamLimitingDeviceAngle")
     extra = dict(common)
     extra["notes"] = list(common["notes"])
+    if item is None and _sequence_unreadable(ds, "ExposureSequence"):  # said, not taken for absent (a fuzzer's)
+        extra["notes"].append("ExposureSequence (3002,0030) is present but cannot be read as a sequence: its planned "
+                              "jaws, per-frame gantry angles and KVP are not used")
     extra.update(_aperture(item, collimator, name, extra["notes"]))
     return ImageInfo(
         source=name,

@@ -313,6 +313,11 @@ def check_frame_pixels(frame: Image) -> None:
 MAX_RESAMPLING_GROWTH = 16
 #: The search range (max shift + margin) may span at most this many times the frame's larger side, in pixels.
 MAX_SEARCH_SPAN = 4
+#: Largest side (mm at the isocentre plane) of an image registered: the largest treatment field is 400 mm there,
+#: an imager at SID 1500 mm covers about 300 mm, and a DRR of a whole body's width about 600 mm. A side beyond it is
+#: a spacing tag off by a factor (a fuzzer's reference of 800 x 800 pixels "at 10 mm": 8 m wide, resampled onto the
+#: frame's grid, took 724 MiB from a 14 kB file).
+MAX_SIDE_MM = 1000.0
 #: The global search pads the frame by the search range on every side, in pixels of its finer spacing: that grid may
 #: hold at most this many times the pixels of the larger image (or of ``SEARCH_GRID_FLOOR``, whichever is more). A
 #: fuzzed 12 kB file of 8 x 640 pixels at 10 x 0.01 mm passed the span check and asked for 1.98 GiB of spectra.
@@ -339,13 +344,22 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
     Raises
     ------
     GeometryError
-        Naming the frame, both spacings and the fix, when the resampled reference
+        Naming the image and its spacing, when either is over :data:`MAX_SIDE_MM` across at the isocentre; naming
+        the frame, both spacings and the fix, when the resampled reference
         would exceed :data:`MAX_RESAMPLING_GROWTH` times the larger image's
         pixel count, or the search range would exceed :data:`MAX_SEARCH_SPAN`
         times the frame's larger side.
     """
     name = frame.info.source
     (ref_rows, ref_cols), (rows, cols) = reference.shape, frame.shape
+    for role, image in (("reference", reference), ("frame", frame)):
+        side = max(image.shape[0] * image.spacing_mm[0], image.shape[1] * image.spacing_mm[1])
+        if side > MAX_SIDE_MM:
+            raise GeometryError(
+                f"{image.info.source}: the {role} is {image.shape[0]} x {image.shape[1]} pixels of "
+                f"{image.spacing_mm[0]:.4g} x {image.spacing_mm[1]:.4g} mm at the isocentre, {side:.4g} mm across: "
+                f"no beam's image is over {MAX_SIDE_MM:g} mm wide there; its spacing (ImagePlanePixelSpacing, "
+                "RTImageSID, RadiationMachineSAD) is wrong: check it with portalign info, or pass pixel_spacing_mm=")
     sy, sx = frame.spacing_mm
     # the reference's extent in frame pixels (Python floats: nothing overflows, nothing is allocated)
     resampled = (ref_rows * reference.spacing_mm[0] / sy) * (ref_cols * reference.spacing_mm[1] / sx)

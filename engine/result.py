@@ -111,12 +111,32 @@ class RegistrationResult:
         return (-(c * self.dx_mm + s * self.dy_mm), -(-s * self.dx_mm + c * self.dy_mm), -self.rotation_deg)
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dict."""
-        return asdict(self)
+        """Return the result as a JSON-ready dict.
+
+        A non-finite number anywhere in it (a diagnostic's ``inf``) is ``None``, so that strict JSON readers (and
+        the service's responses) take every result.
+        """
+        return _finite(asdict(self))
 
     def as_json(self, **kwargs: Any) -> str:
         """Return the result as one JSON object."""
         return json.dumps(self.as_dict(), default=_json_default, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (``inf``, ``nan``) in its dicts, lists and tuples replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    ndim = getattr(value, "ndim", None)
+    if ndim == 0 and hasattr(value, "item"):  # a numpy scalar in details
+        return _finite(value.item())
+    if ndim and hasattr(value, "tolist"):  # a numpy array
+        return _finite(value.tolist())
+    return value
 
 
 def _json_default(obj: Any) -> Any:

@@ -863,3 +863,110 @@ def test_a_decoder_s_object_address_is_not_quoted():
 
     said = _one_line(ValueError("pillow: cannot identify image file <_io.BytesIO object at 0x7f3a2b9c1d50>"))
     assert said == "pillow: cannot identify image file the compressed frame"
+
+
+# ---------------------------------------------------------------------------
+# a third campaign (session 42: an independent fuzzer of its own, seeds 424242, 1337 and 777, 10,048 mutants and
+# 2,100 extreme images): four escapes, one large allocation and silent values, each its own test
+# ---------------------------------------------------------------------------
+
+
+def test_a_damaged_modality_lut_sequence_is_refused_not_an_oserror(shipped):
+    # pydicom's parser raised OSError ("No tag to read at file position 3A0") as the sequence was first read
+    data = shipped[0].explicit
+    before = _elements(data, "RTImageLabel")[0][0]  # (3002,0002): the first element after (0028,3000)
+    garbage = b"-nan"
+    element = struct.pack("<HH", 0x0028, 0x3000) + b"SQ\0\0" + struct.pack("<I", len(garbage)) + garbage
+    damaged = data[:before] + element + data[before:]
+    with pytest.raises(PortalImageError, match=r"^<bytes>: ModalityLUTSequence \(0028,3000\) cannot be read \(.*\): "
+                                               r"the tag is damaged, and the stored values cannot be mapped without it"):
+        read_rt_image(damaged)
+
+
+def test_a_path_the_system_refuses_is_a_portalign_error():
+    with pytest.raises(PortalImageError, match=r": cannot be read \(.*[Ff]ile name too long.*\); check the path$"):
+        read_rt_image("x" * 300)
+
+
+def _flat_at(value: float, slope: float, role: str, shipped: list[Sample]) -> bytes:
+    """A 96 x 128 image of one stored value but for one pixel, rescaled by ``slope`` to ``value`` and beyond."""
+    pixels = np.full((96, 128), 1000.0)
+    pixels[40, 60] = 1001.0
+    spacing = 3.136
+    tags = {"ImageType": ["DERIVED", "SECONDARY", "DRR"]} if role == "reference" else {}
+    ds = make_rt_image(pixels.astype(np.uint16), spacing=spacing, sid=1500.0, sad=1000.0, position="centre", **tags)
+    ds.RescaleSlope, ds.RescaleIntercept = repr(slope), repr(value)
+    return to_bytes(ds)
+
+
+@pytest.mark.parametrize("role", ["frame", "reference"])
+def test_a_flat_image_of_values_beyond_2_to_the_53_registers_without_dividing_by_zero(shipped, role):
+    # a flat level's range was widened by 1.0, which at 1e16 changes nothing (lo + 1 == lo): ZeroDivisionError in
+    # the quantisation, a traceback from `portalign register`
+    flat = read_rt_image(_flat_at(1e16, 1e13, role, shipped))
+    assert flat.pixels.min() >= 1e16
+    if role == "frame":
+        pair = (shipped[0].reference, flat)
+    else:
+        pair = (portalign.prepare_reference(flat), read_rt_image(shipped[0].data))
+    try:
+        result = pair[0].register(pair[1])
+    except PortalignError:
+        return  # refused with a message: allowed
+    assert result.ok is False, result
+
+
+def test_direction_cosines_that_are_not_unit_vectors_are_refused(shipped):
+    # RTImageOrientation 0.9\0\0\0\-0.9\0 moved the beam axis 8 pixels: a registration ok 15 mm off
+    data = shipped[0].explicit
+    element = _elements(data, "RTImageOrientation")
+    if not element:  # the demo writer leaves the default orientation out: write the tag
+        ds = read_dataset(data)
+        ds.RTImageOrientation = [0.9, 0.0, 0.0, 0.0, -0.9, 0.0]
+        buffer = io.BytesIO()
+        write_dataset(buffer, ds)
+        damaged = buffer.getvalue()
+    else:
+        damaged = _replace_value(data, element[0], b"0.9\\0\\0\\0\\-0.9\\0")
+    with pytest.raises(GeometryError, match=r"RTImageOrientation \(3002,0010\) is \[0\.9, 0\.0, 0\.0, 0\.0, -0\.9, 0\.0\]: "
+                                            r"its row and column direction cosines must be two unit vectors at right "
+                                            r"angles \(lengths 0\.9 and 0\.9, cosine between them 0\)"):
+        read_rt_image(damaged)
+
+
+def test_an_image_wider_than_any_beams_is_refused_before_its_resampling():
+    # 800 x 800 pixels "at 6.7 mm": 5.3 m across; resampled onto a frame's grid it took 724 MiB from a 14 kB file
+    wide, frame = _flat((800, 800), 6.667, "wide.dcm"), _flat((96, 128), 2.09, "frame.dcm")
+    message = (r"^wide\.dcm: the reference is 800 x 800 pixels of 6\.667 x 6\.667 mm at the isocentre, 5334 mm across: "
+               r"no beam's image is over 1000 mm wide there; its spacing .* pixel_spacing_mm=$")
+    with pytest.raises(GeometryError, match=message):
+        check_registration_size(wide, frame, max_shift_mm=20.0)
+    with _PeakMemory() as memory, pytest.raises(GeometryError, match=message):
+        portalign.register(wide, frame, backend="cpu")
+    assert memory.peak < 64 * 2**20
+
+
+def test_an_unreadable_exposure_sequence_is_said_not_taken_for_absent(shipped):
+    data = shipped[1].explicit  # the cine: its per-frame gantry angles are in the ExposureSequence
+    ds = read_dataset(data)
+    assert [round(i.info.gantry_deg, 1) for i in read_rt_image_frames(data)] == [0.0, 0.5, 1.0]
+    del ds.ExposureSequence
+    ds.add_new(0x30020030, "LO", "garbage")
+    buffer = io.BytesIO()
+    write_dataset(buffer, ds)
+    frames = read_rt_image_frames(buffer.getvalue())
+    assert ("ExposureSequence (3002,0030) is present but cannot be read as a sequence: its planned jaws, per-frame "
+            "gantry angles and KVP are not used") in frames[0].info.extra["notes"]
+
+
+def test_a_non_finite_diagnostic_is_null_in_the_json():
+    # details.periodic_check.ratio was inf: `register --json` printed "ratio": Infinity, which strict JSON refuses
+    import json
+    import math
+
+    result = portalign.RegistrationResult(1.0, 2.0, None, True, details={
+        "periodic_check": {"ratio": math.inf, "runner_up": [1.0, math.nan]}, "scale": np.float32("nan")})
+    text = result.as_json()
+    strict = json.loads(text, parse_constant=lambda constant: pytest.fail(f"non-standard JSON constant {constant}"))
+    assert strict["details"] == {"periodic_check": {"ratio": None, "runner_up": [1.0, None]}, "scale": None}
+    assert result.details["periodic_check"]["ratio"] == math.inf  # the object itself keeps its number

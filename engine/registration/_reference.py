@@ -596,8 +596,8 @@ class Reference:
         lo, hi = _robust_range(ref_img[valid])
         # pixels next to an outlier left out, as on the frame's levels
         limit = level.ref_limit = gradient_limit(float(lo), float(hi))
-        if hi <= lo:
-            hi = lo + 1.0
+        if hi <= lo:  # flat: one unit above, or one part in 10^6 where values are beyond 2^53 (lo + 1 == lo)
+            hi = lo + max(1.0, abs(float(lo)) * 1e-6)
         bins = np.empty(ref_img.shape, dtype=np.int16)
         from portalign.kernels import cpu
 

@@ -129,8 +129,8 @@ def prepare_level(image: np.ndarray, field_mask: np.ndarray, has_field: bool, sc
     stats[1] = lo
     stats[2] = hi
     limit = gradient_limit(lo, hi)
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # a flat level: one unit above, or one part in 10^6 where values are beyond 2^53 (lo + 1 == lo)
+        hi = lo + max(1.0, abs(lo) * 1e-6)
     quantize(image, eroded, lo, hi, n_bins, bins)
     gradient_row_sums(image, eroded, limit, row_sums)
     total = 0.0

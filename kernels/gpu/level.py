@@ -45,8 +45,8 @@ def prepare_level(image: Any, field_mask: np.ndarray, has_field: bool, scale: fl
     lo, hi, _ = masked_range(image, eroded, tail, 1.0 - tail)
     stats[0], stats[1], stats[2] = usable, lo, hi
     limit = gradient_limit(lo, hi)
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # a flat level: one unit above, or one part in 10^6 where values are beyond 2^53 (lo + 1 == lo)
+        hi = lo + max(1.0, abs(lo) * 1e-6)
     quantize(image, eroded, float(lo), float(hi), n_bins, bins)
     gradient_row_sums(image, eroded, limit, row_sums)
     sums = launch.to_host(row_sums)
