@@ -796,6 +796,28 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _kvp(ds: Dataset, exposure: Dataset | None, notes: list[str]) -> float | None:
+    r"""Return the beam's KVP (the top level's, else the first ExposureSequence item's); a nonsense one is a note.
+
+    A KVP only names the beam (kV or MV: :func:`portalign.image.beam_kind`): a value that is not one positive number
+    (a fuzzer's -1500 read as "kV image (-1500 kVp)", ``120\6000`` as 120) is not used, and ``notes`` says so.
+    """
+    for where, source in (("KVP (0018,0060)", ds), ("the ExposureSequence item's KVP (0018,0060)", exposure)):
+        if source is None:
+            continue
+        raw = _get(source, "KVP")
+        if raw is None:
+            continue
+        many = not isinstance(raw, (str, bytes)) and hasattr(raw, "__iter__") and len(list(raw)) > 1
+        value = _float(source, "KVP")
+        if value is None or value <= 0 or many:
+            notes.append(f"{where} is {_shown(raw)}, not one positive peak voltage: not used (the beam's energy is "
+                         "not named from it)")
+            continue
+        return value
+    return None
+
+
 def _floats(ds: Dataset, keyword: str, minimum: int = 1) -> list[float] | None:
     value = _get(ds, keyword)
     if value is None:
@@ -1846,7 +1868,7 @@ def _common_extra(
             extra["acquisition_time"] = _text(ds, keyword.replace("Date", "Time")) or None
             break
     exposures = _sequence(ds, "ExposureSequence")
-    kvp = _float(ds, "KVP") or (_float(exposures[0], "KVP") if exposures else None)
+    kvp = _kvp(ds, exposures[0] if exposures else None, extra["notes"])
     if kvp is not None:
         extra["kvp"] = kvp
     isocentre = _floats(ds, "IsocenterPosition", minimum=3)

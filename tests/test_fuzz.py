@@ -970,3 +970,18 @@ def test_a_non_finite_diagnostic_is_null_in_the_json():
     strict = json.loads(text, parse_constant=lambda constant: pytest.fail(f"non-standard JSON constant {constant}"))
     assert strict["details"] == {"periodic_check": {"ratio": None, "runner_up": [1.0, None]}, "scale": None}
     assert result.details["periodic_check"]["ratio"] == math.inf  # the object itself keeps its number
+
+
+@pytest.mark.parametrize("kvp", ["-1500", "120\\6000", "0"])
+def test_a_kvp_that_is_no_peak_voltage_is_a_note_not_a_beam(shipped, kvp):
+    # KVP only names the beam: -1500 was "kV image (-1500 kVp)", 120\6000 a kV image of 120 kVp
+    from portalign.image import beam_kind
+
+    ds = read_dataset(shipped[0].explicit)
+    ds.KVP = kvp
+    buffer = io.BytesIO()
+    write_dataset(buffer, ds)
+    image = read_rt_image(buffer.getvalue())
+    assert "kvp" not in image.info.extra and beam_kind(image.info) == "portal image"
+    assert [n for n in image.info.extra["notes"] if n.startswith("KVP (0018,0060) is ") and
+            n.endswith("not one positive peak voltage: not used (the beam's energy is not named from it)")]
