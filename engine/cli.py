@@ -170,8 +170,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     reg.add_argument("--repeat", type=int, default=0, metavar="N",
                      help="register the frame N more times after the first; elapsed_ms is their median (compilation "
                           "and plan building excluded)")
-    reg.add_argument("--overlay", metavar="PNG", help="write a review picture to this .png file, or into this existing "
-                     "folder as FRAME_review.png (FRAME: the frame file's name; default: none)")
+    reg.add_argument("--overlay", metavar="PNG", help="write a review picture to this .png file (another suffix "
+                     "matplotlib knows, .jpg, .pdf or .svg, writes that format), or into this existing folder as "
+                     "FRAME_review.png (FRAME: the frame file's name; default: none)")
     reg.add_argument("--reg", metavar="OUT.dcm",
                      help="write the result as a DICOM Spatial Registration (REG) object, when it is ok (default: none)")
     reg.add_argument("--patient-position", default=None, metavar="POS", type=patient_position_argument,
