@@ -36,7 +36,7 @@ from ._cli_options import (
     shift_spread,
     shown,
 )
-from .errors import MissingDependencyError, PortalignError
+from .errors import GeometryError, MissingDependencyError, PortalignError
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
 
@@ -109,7 +109,8 @@ class _Parser(argparse.ArgumentParser):
             if close:
                 message += f" (did you mean {close[0]}?)"
         words = getattr(self, "_words", [])
-        if "--json" in self._option_string_actions and "--json" in words:
+        # a mistyped subcommand's --json is no option of the top level, but the caller still parses stdout
+        if "--json" in words and ("--json" in self._option_string_actions or chosen is not None):
             # a caller parsing stdout gets one JSON object here too (as for unusable input); usage and error on stderr
             print(json.dumps(failure_payload("usage", f"{self.prog}: {message}", self.prog.endswith(" register"))),
                   flush=True)
@@ -331,7 +332,8 @@ def _load(path: str, args: argparse.Namespace, *, frame_index: int | None = None
 
     if path.endswith(".npy"):
         if args.pixel_spacing_mm is None:
-            raise PortalignError(f"{path}: a .npy file has no geometry; pass --pixel-spacing-mm")
+            raise GeometryError(f"{path}: a .npy file has no geometry; pass --pixel-spacing-mm (its spacing at the "
+                                "isocentre, mm)")
         try:
             with open(path, "rb") as handle:
                 magic = handle.read(6)

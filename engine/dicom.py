@@ -1603,14 +1603,18 @@ def _plane_matrix(ds: Dataset, name: str, imager: tuple[float, float], notes: li
         orientation = list(_DEFAULT_ORIENTATION)
     # two unit vectors at right angles (PS3.3 C.8.8.2): a fuzzer's 0.9 for 1 moved the beam axis 8 pixels and the
     # registration reported an ok shift 15 mm off
+    # ...in the image receptor's plane (z components 0: PS3.3 C.8.8.2.1.1 gives them in the IEC X-RAY IMAGE RECEPTOR
+    # system, whose z is the beam's): a tilted pair [1,0,0, 0,-0.8,0.6] moved the axis and gave an ok shift 25 mm off
     row_3d, col_3d = np.array(orientation[0:3]), np.array(orientation[3:6])
     lengths = (float(np.linalg.norm(row_3d)), float(np.linalg.norm(col_3d)))
-    if max(abs(lengths[0] - 1.0), abs(lengths[1] - 1.0), abs(float(row_3d @ col_3d))) > ORIENTATION_TOLERANCE:
+    cosine, tilt = float(row_3d @ col_3d), max(abs(float(row_3d[2])), abs(float(col_3d[2])))
+    if max(abs(lengths[0] - 1.0), abs(lengths[1] - 1.0), abs(cosine), tilt) > ORIENTATION_TOLERANCE:
         raise GeometryError(
             f"{name}: RTImageOrientation (3002,0010) is {_shown(orientation)}: its row and column direction cosines "
-            f"must be two unit vectors at right angles (lengths {lengths[0]:.4g} and {lengths[1]:.4g}, cosine between "
-            f"them {float(row_3d @ col_3d):.4g}); the pixel positions it gives would move the beam axis; correct or "
-            "remove the tag")
+            f"must be two unit vectors at right angles in the imager's plane (lengths {lengths[0]:.4g} and "
+            f"{lengths[1]:.4g}, cosine between them {cosine:.4g}, z components {float(row_3d[2]):.4g} and "
+            f"{float(col_3d[2]):.4g}); the pixel positions it gives would move the beam axis; correct or remove the "
+            "tag")
     row_dir = np.array(orientation[0:2])  # direction of increasing column index
     col_dir = np.array(orientation[3:5])  # direction of increasing row index
     matrix = np.column_stack([row_dir * imager[1], col_dir * imager[0]])

@@ -992,3 +992,20 @@ def test_a_mistyped_subcommand_is_named_with_the_closest_one(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["xyz"])
     assert "did you mean" not in capsys.readouterr().err  # nothing close: nothing suggested
+
+
+def test_a_mistyped_subcommand_under_json_is_a_json_object_too(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["regster", "a.dcm", "b.dcm", "--json"])
+    out, err = capsys.readouterr()
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["error"] == "usage" and "did you mean register?" in payload["detail"]
+    assert "did you mean register?" in err
+
+
+def test_a_npy_without_spacing_is_a_geometry_error(capsys, tmp_path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((8, 8), np.float32))
+    status, out, _ = run(capsys, "register", tmp_path / "a.npy", tmp_path / "a.npy", "--json")
+    assert status == 2 and json.loads(out)["error"] == "invalid_geometry"
+    assert json.loads(out)["detail"].endswith("a .npy file has no geometry; pass --pixel-spacing-mm (its spacing at "
+                                              "the isocentre, mm)")

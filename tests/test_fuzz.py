@@ -930,8 +930,19 @@ def test_direction_cosines_that_are_not_unit_vectors_are_refused(shipped):
         damaged = _replace_value(data, element[0], b"0.9\\0\\0\\0\\-0.9\\0")
     with pytest.raises(GeometryError, match=r"RTImageOrientation \(3002,0010\) is \[0\.9, 0\.0, 0\.0, 0\.0, -0\.9, 0\.0\]: "
                                             r"its row and column direction cosines must be two unit vectors at right "
-                                            r"angles \(lengths 0\.9 and 0\.9, cosine between them 0\)"):
+                                            r"angles in the imager's plane \(lengths 0\.9 and 0\.9, cosine between "
+                                            r"them 0, z components 0 and 0\)"):
         read_rt_image(damaged)
+    # two unit vectors at right angles, but tilted out of the imager's plane: a trial's [1,0,0, 0,-0.8,0.6] moved the
+    # axis and gave an ok shift 25 mm off; [1,0,0, 0,0,-1] (no in-plane column direction) was replaced silently
+    for tilted in ([1.0, 0.0, 0.0, 0.0, -0.8, 0.6], [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]):
+        ds = read_dataset(data)
+        ds.RTImageOrientation = tilted
+        buffer = io.BytesIO()
+        write_dataset(buffer, ds)
+        with pytest.raises(GeometryError, match=r"RTImageOrientation \(3002,0010\) .* in the imager's plane .* z "
+                                                r"components 0 and (0\.6|-1)\)"):
+            read_rt_image(buffer.getvalue())
 
 
 def test_an_image_wider_than_any_beams_is_refused_before_its_resampling():
