@@ -38,7 +38,6 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -327,20 +326,23 @@ def _on_store(event: Any, registrar: InstanceRegistrar,
     calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
     request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     context = {"calling_ae": calling, "sop_instance_uid": request_uid}
+    named = f"instance {_ascii(request_uid)[:64].replace('/', '_')}" if request_uid else ""
     try:
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
+            if named:  # messages name the instance, not "dataset" (a trial's journal: "the reference (dataset) but
+                # ... the frame (dataset)"): the reader names a dataset by its file name
+                dataset.filename = named
             images = read_rt_image_frames(dataset, invert=registrar.invert)
-            if request_uid:  # messages name the instance, not "dataset" (a trial's journal: "the reference (dataset)
-                # but ... the frame (dataset)")
-                images = [replace(image, info=replace(image.info, source=f"instance {_ascii(request_uid)[:64]}"))
-                          for image in images]
         except Exception as exc:
-            message = f"instance {request_uid or '(no UID)'}: cannot decode: {_one_line(exc)}"
+            detail = _one_line(exc)  # the reader's message names the instance: said once, and not in the 64
+            if named and detail.startswith(f"{named}: "):  # characters of the sender's comment (it knows which)
+                detail = detail[len(named) + 2:]
+            message = f"instance {request_uid or '(no UID)'}: cannot decode: {detail}"
             line = registrar.error(message, stage="decode", error_kind=type(exc).__name__, **context)
             _tell(on_instance, calling, request_uid, [line])
-            return _status(STATUS_CANNOT_UNDERSTAND, _one_line(exc))
+            return _status(STATUS_CANNOT_UNDERSTAND, detail)
         lines = registrar.handle(images, calling_ae=calling)
         _tell(on_instance, calling, request_uid, lines)
         return _status(STATUS_SUCCESS)

@@ -161,6 +161,8 @@ def test_undecodable_instance_gets_an_error_status_and_an_error_line(scp, image)
     assert [line["status"] for line in lines] == ["error", "ok"]
     assert lines[0]["sop_instance_uid"] == truncated.SOPInstanceUID
     assert lines[0]["stage"] == "decode" and "the file is truncated" in lines[0]["error"]
+    # named by its UID once, not "dataset" (a trial's "cannot decode: dataset: ...")
+    assert lines[0]["error"].startswith(f"instance {truncated.SOPInstanceUID}: cannot decode: PixelData has 1000 bytes")
     assert lines[1]["sop_instance_uid"] == good.SOPInstanceUID
     # the console is told of both, in the order received, with the calling AE and the instance's UID
     assert [name for name, _ in scp.told] == [f"TESTSCU {truncated.SOPInstanceUID}", f"TESTSCU {good.SOPInstanceUID}"]
