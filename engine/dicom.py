@@ -1878,6 +1878,9 @@ def _common_extra(
     isocentre = _floats(ds, "IsocenterPosition", minimum=3)
     if isocentre is not None:
         extra["isocenter_position_mm"] = isocentre
+    elif _get(ds, "IsocenterPosition") is not None:  # present but not three finite numbers: said, not dropped unsaid
+        extra["notes"].append(f"IsocenterPosition (300A,012C) is {_shown(_get(ds, 'IsocenterPosition'))}, not three "
+                              "finite numbers (mm): not used (a REG written from it takes the isocentre as unknown)")
     orientation = _floats(ds, "RTImageOrientation", minimum=6)
     if orientation is not None:
         extra["rt_image_orientation"] = orientation

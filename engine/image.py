@@ -318,6 +318,8 @@ MAX_SEARCH_SPAN = 4
 #: a spacing tag off by a factor (a fuzzer's reference of 800 x 800 pixels "at 10 mm": 8 m wide, resampled onto the
 #: frame's grid, took 724 MiB from a 14 kB file).
 MAX_SIDE_MM = 1000.0
+#: Pixels longer one way than the other by more than this are no imager's (square; a binned readout's at most 2:1).
+PIXEL_ASPECT_LIMIT = 3.0
 #: The global search pads the frame by the search range on every side, in pixels of its finer spacing: that grid may
 #: hold at most this many times the pixels of the larger image (or of ``SEARCH_GRID_FLOOR``, whichever is more). A
 #: fuzzed 12 kB file of 8 x 640 pixels at 10 x 0.01 mm passed the span check and asked for 1.98 GiB of spectra.
@@ -355,10 +357,15 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
     for role, image in (("reference", reference), ("frame", frame)):
         side = max(image.shape[0] * image.spacing_mm[0], image.shape[1] * image.spacing_mm[1])
         if side > MAX_SIDE_MM:
+            low, high = min(image.spacing_mm), max(image.spacing_mm)
+            # pixels far longer one way than the other are the likelier fault (a mutated 0.336 x 3.36 mm): named
+            shape = (f"; its pixels are {high / low:.1f} times longer one way than the other, which no portal imager's "
+                     "are; check its ImagePlanePixelSpacing (3002,0011) or PixelSpacing (0028,0030)"
+                     if high > PIXEL_ASPECT_LIMIT * low else "")
             raise GeometryError(
                 f"{image.info.source}: the {role} is {image.shape[0]} x {image.shape[1]} pixels of "
                 f"{image.spacing_mm[0]:.4g} x {image.spacing_mm[1]:.4g} mm at the isocentre, {side:.4g} mm across: "
-                f"no beam's image is over {MAX_SIDE_MM:g} mm wide there; its spacing (ImagePlanePixelSpacing, "
+                f"no beam's image is over {MAX_SIDE_MM:g} mm wide there{shape}; its spacing (ImagePlanePixelSpacing, "
                 "RTImageSID, RadiationMachineSAD) is wrong: check it with portalign info, or pass pixel_spacing_mm=")
     sy, sx = frame.spacing_mm
     # the reference's extent in frame pixels (Python floats: nothing overflows, nothing is allocated)

@@ -996,3 +996,15 @@ def test_a_kvp_that_is_no_peak_voltage_is_a_note_not_a_beam(shipped, kvp):
     assert "kvp" not in image.info.extra and beam_kind(image.info) == "portal image"
     assert [n for n in image.info.extra["notes"] if n.startswith("KVP (0018,0060) is ") and
             n.endswith("not one positive peak voltage: not used (the beam's energy is not named from it)")]
+
+
+def test_an_isocenter_position_that_is_no_point_is_a_note(shipped):
+    # [nan, 0, 0] was dropped with nothing said (a REG then takes the isocentre as unknown)
+    ds = read_dataset(shipped[0].explicit)
+    ds.IsocenterPosition = ["1", "2"]  # two values where three are needed
+    buffer = io.BytesIO()
+    write_dataset(buffer, ds)
+    image = read_rt_image(buffer.getvalue())
+    assert "isocenter_position_mm" not in image.info.extra
+    assert ("IsocenterPosition (300A,012C) is [1, 2], not three finite numbers (mm): not used (a REG written from it "
+            "takes the isocentre as unknown)") in image.info.extra["notes"]

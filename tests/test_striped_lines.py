@@ -422,6 +422,16 @@ def test_a_frame_with_pixels_ten_times_longer_one_way_is_named_as_the_cause():
 
     ref, frame = _faint_outside_pair(0.0, 0.0)
     stretched = portalign.Image.from_array(frame.pixels, pixel_spacing_mm=(0.5, 5.0), kind="portal")
-    with pytest.raises(PortalignError, match=r"times longer one way than the other, which no portal imager's are; "
-                                             r"check the frame's ImagePlanePixelSpacing \(0018,1164\)"):
+    # 0.5 x 5 mm over 384 x 512 pixels is also 2.6 m across: refused before any allocation, the pixels' shape named
+    with pytest.raises(PortalignError, match=r"2560 mm across: no beam's image is over 1000 mm wide there; its pixels "
+                                             r"are 10\.0 times longer one way than the other, which no portal imager's "
+                                             r"are; check its ImagePlanePixelSpacing \(3002,0011\)"):
         portalign.register(ref, stretched, backend="cpu")
+    # within 1000 mm (0.5 x 1.8 mm: 922 mm) the plan's own message names them, as before
+    narrow = portalign.Image.from_array(frame.pixels, pixel_spacing_mm=(0.5, 1.8), kind="portal")
+    try:
+        result = portalign.register(ref, narrow, backend="cpu")
+    except PortalignError as exc:
+        assert "times longer one way than the other" in str(exc), str(exc)
+    else:
+        assert result.ok is False, result
