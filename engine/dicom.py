@@ -1915,6 +1915,13 @@ def _frame_info(
     collimator = _angle(ds, name, item, specific, "BeamLimitingDeviceAngle")
     extra = dict(common)
     extra["notes"] = list(common["notes"])
+    if n_frames > 1:  # items naming one frame twice: matched first-wins, and said (a fuzzer's 2, 2, 3)
+        named = [_int(i, "ReferencedFrameNumber") for i in _sequence(ds, "ExposureSequence")]
+        repeated = sorted({n for n in named if n is not None and named.count(n) > 1})
+        if repeated:
+            extra["notes"].append(f"ExposureSequence (3002,0030): items name frame(s) {', '.join(map(str, repeated))} "
+                                   f"more than once (ReferencedFrameNumber {named}): each frame takes the first item "
+                                   "that names it; its per-frame gantry angle and aperture may be another frame's")
     if item is None and _sequence_unreadable(ds, "ExposureSequence"):  # said, not taken for absent (a fuzzer's)
         extra["notes"].append("ExposureSequence (3002,0030) is present but cannot be read as a sequence: its planned "
                               "jaws, per-frame gantry angles and KVP are not used")

@@ -1008,3 +1008,17 @@ def test_an_isocenter_position_that_is_no_point_is_a_note(shipped):
     assert "isocenter_position_mm" not in image.info.extra
     assert ("IsocenterPosition (300A,012C) is [1, 2], not three finite numbers (mm): not used (a REG written from it "
             "takes the isocentre as unknown)") in image.info.extra["notes"]
+
+
+def test_exposure_items_naming_one_frame_twice_are_said(shipped):
+    # a cine's items named frames 2, 2, 3: frame 1 took the first item (frame 2's angle), unsaid
+    ds = read_dataset(shipped[1].explicit)
+    assert len(ds.ExposureSequence) == 3
+    ds.ExposureSequence[0].ReferencedFrameNumber = 2
+    buffer = io.BytesIO()
+    write_dataset(buffer, ds)
+    frames = read_rt_image_frames(buffer.getvalue())
+    note = ("ExposureSequence (3002,0030): items name frame(s) 2 more than once (ReferencedFrameNumber [2, 2, 3]): each "
+            "frame takes the first item that names it; its per-frame gantry angle and aperture may be another frame's")
+    assert all(note in frame.info.extra["notes"] for frame in frames)
+    assert not [n for n in read_rt_image_frames(shipped[1].explicit)[0].info.extra["notes"] if "more than once" in n]
