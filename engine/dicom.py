@@ -100,6 +100,7 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1872,6 +1873,18 @@ def _common_extra(
             extra["acquisition_time"] = _text(ds, keyword.replace("Date", "Time")) or None
             break
     exposures = _sequence(ds, "ExposureSequence")
+    # the sequence's faults, said once for the file (every frame's notes start from these)
+    if not exposures and _sequence_unreadable(ds, "ExposureSequence"):  # said, not taken for absent (a fuzzer's)
+        extra["notes"].append("ExposureSequence (3002,0030) is present but cannot be read as a sequence: its planned "
+                              "jaws, per-frame gantry angles and KVP are not used")
+    if n_frames > 1:  # items naming one frame twice: matched first-wins, and said (a fuzzer's 2, 2, 3)
+        named = [_int(item, "ReferencedFrameNumber") for item in exposures]
+        counts = Counter(n for n in named if n is not None)
+        repeated = sorted(n for n, count in counts.items() if count > 1)
+        if repeated:
+            extra["notes"].append(f"ExposureSequence (3002,0030): items name frame(s) {', '.join(map(str, repeated))} "
+                                  f"more than once (ReferencedFrameNumber {named}): each frame takes the first item "
+                                  "that names it; its per-frame gantry angle and aperture may be another frame's")
     kvp = _kvp(ds, exposures[0] if exposures else None, extra["notes"])
     if kvp is not None:
         extra["kvp"] = kvp
@@ -1915,16 +1928,6 @@ def _frame_info(
     collimator = _angle(ds, name, item, specific, "BeamLimitingDeviceAngle")
     extra = dict(common)
     extra["notes"] = list(common["notes"])
-    if n_frames > 1:  # items naming one frame twice: matched first-wins, and said (a fuzzer's 2, 2, 3)
-        named = [_int(i, "ReferencedFrameNumber") for i in _sequence(ds, "ExposureSequence")]
-        repeated = sorted({n for n in named if n is not None and named.count(n) > 1})
-        if repeated:
-            extra["notes"].append(f"ExposureSequence (3002,0030): items name frame(s) {', '.join(map(str, repeated))} "
-                                   f"more than once (ReferencedFrameNumber {named}): each frame takes the first item "
-                                   "that names it; its per-frame gantry angle and aperture may be another frame's")
-    if item is None and _sequence_unreadable(ds, "ExposureSequence"):  # said, not taken for absent (a fuzzer's)
-        extra["notes"].append("ExposureSequence (3002,0030) is present but cannot be read as a sequence: its planned "
-                              "jaws, per-frame gantry angles and KVP are not used")
     extra.update(_aperture(item, collimator, name, extra["notes"]))
     return ImageInfo(
         source=name,

@@ -49,7 +49,7 @@ from ..field import (
     penumbra_extent_mm,
     sample_mask,
 )
-from ..image import Image, as_image, check_frame_pixels, check_registration_size
+from ..image import PIXEL_ASPECT_LIMIT, Image, as_image, check_frame_pixels, check_registration_size
 from ..options import RegistrationOptions
 from ._frame import bridge_lines, bridged_frame, dead_detector_lines, denoised_frame
 from ._interior import InteriorModel
@@ -111,7 +111,7 @@ MIN_REFERENCE_PIXELS = 16
 REFERENCE_LIVE_WEIGHT = 0.9
 #: A frame whose pixels (at a plan's level) are this many times longer one way than the other: named as the cause when
 #: the reference has too few usable pixels there (imagers' pixels are square; a binned readout's at most 2:1).
-ANISOTROPIC_RATIO = 3.0
+ANISOTROPIC_RATIO = PIXEL_ASPECT_LIMIT  # one bound with the size check's (image.py)
 
 
 def is_lane_count(value: Any) -> bool:
