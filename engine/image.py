@@ -325,6 +325,13 @@ PIXEL_ASPECT_LIMIT = 3.0
 #: fuzzed 12 kB file of 8 x 640 pixels at 10 x 0.01 mm passed the span check and asked for 1.98 GiB of spectra.
 MAX_SEARCH_GROWTH = 4
 SEARCH_GRID_FLOOR = 1 << 18
+#: An image more pixels long one way than the other by more than this is refused: no imager reads out such a strip
+#: (real files here: at most 3:1, a DRR of 256 x 85), and its pyramid cannot reduce it. A pyramid level halves both
+#: sides and stops at 16 pixels across the shorter one, so a strip keeps its length at the global search's level:
+#: a fuzzed 66 kB frame of 8 x 4096 pixels (970 mm wide, under MAX_SIDE_MM) searched at its own pixels, 150 MiB of
+#: rotated spectra, and 32 x 4096 took 111 MiB, 40 times a normal frame's 3.4 MiB. At 8:1 the global search's level
+#: is at most 512 pixels long.
+IMAGE_ASPECT_LIMIT = 8.0
 
 
 def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: float) -> None:
@@ -350,7 +357,8 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
         the frame, both spacings and the fix, when the resampled reference
         would exceed :data:`MAX_RESAMPLING_GROWTH` times the larger image's
         pixel count, or the search range would exceed :data:`MAX_SEARCH_SPAN`
-        times the frame's larger side.
+        times the frame's larger side; naming the image and its Rows and Columns when it is more than
+        :data:`IMAGE_ASPECT_LIMIT` times more pixels long one way than the other.
     """
     name = frame.info.source
     (ref_rows, ref_cols), (rows, cols) = reference.shape, frame.shape
@@ -397,6 +405,14 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
             f"its {rows} x {cols} pixels by {span:.0f} on every side, {grid:.3g} pixels (over {MAX_SEARCH_GROWTH} "
             f"times the larger image); {fix}"
         )
+    for role, image in (("reference", reference), ("frame", frame)):
+        short, long = min(image.shape), max(image.shape)
+        if long > IMAGE_ASPECT_LIMIT * short:
+            raise GeometryError(
+                f"{image.info.source}: the {role} is {image.shape[0]} x {image.shape[1]} pixels, {long / max(short, 1):.0f} "
+                f"times longer one way than the other: no imager reads out such a strip, and its search would take far "
+                f"more memory than its pixels (at most {IMAGE_ASPECT_LIMIT:g}:1 is registered); crop it less tightly, or "
+                "check its Rows (0028,0010) and Columns (0028,0011)")
 
 
 def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[float, float] | None = None) -> Image:

@@ -764,6 +764,28 @@ def test_a_spacing_far_finer_along_one_axis_is_refused_before_the_search_is_allo
     check_registration_size(reference, _flat((384, 512), (0.78, 0.39), "binned"), max_shift_mm=20.0)
 
 
+def test_a_strip_of_an_image_is_refused_before_its_search_is_allocated():
+    """A fuzzed 66 kB frame of 8 x 4096 pixels, 970 mm wide (under the 1000 mm cap, square pixels, the search range
+    within the span and grid checks), was searched at its own pixels (a pyramid stops at 16 pixels across): 150 MiB of
+    rotated spectra for a result of "no structure"; 32 x 4096 took 111 MiB. A normal frame takes a few MiB."""
+    reference = _flat((384, 512), 0.52, "drr")
+    for shape in ((8, 4096), (4096, 32)):
+        frame = _flat(shape, 0.237, "strip")
+        with pytest.raises(GeometryError, match=rf"^strip: the frame is {shape[0]} x {shape[1]} pixels, "
+                                                rf"{max(shape) // min(shape)} times longer one way than the other: no "
+                                                r"imager reads out such a strip.*at most 8:1 is registered\); crop it "
+                                                r"less tightly, or check its Rows \(0028,0010\) and Columns"):
+            check_registration_size(reference, frame, max_shift_mm=20.0)
+        with _PeakMemory() as memory, pytest.raises(GeometryError, match="no imager reads out such a strip"):
+            portalign.register(reference, frame, backend="cpu")
+        assert memory.peak < 8 << 20, memory.peak
+    with pytest.raises(GeometryError, match=r"^drr: the reference is 16 x 400 pixels, 25 times longer"):
+        check_registration_size(_flat((16, 400), 1.0, "drr"), _flat((384, 512), 0.52, "frame"), max_shift_mm=20.0)
+    # the real files' most elongated image, a DRR of 256 x 85 pixels, and an 8:1 crop pass
+    check_registration_size(_flat((256, 85), 1.0, "drr"), _flat((384, 512), 0.52, "frame"), max_shift_mm=20.0)
+    check_registration_size(reference, _flat((64, 512), 0.52, "crop"), max_shift_mm=20.0)
+
+
 def _nested_sequences(depth: int) -> bytes:
     """``depth`` ExposureSequences (3002,0030) each inside the last one's item, undefined lengths (Explicit VR LE)."""
     opened = (struct.pack("<HH", 0x3002, 0x0030) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
