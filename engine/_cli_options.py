@@ -293,15 +293,17 @@ def print_json_error(args: argparse.Namespace, exc: BaseException, message: str)
         pass
 
 
-def command_error(command: str, args: argparse.Namespace, exc: BaseException) -> int:
+def command_error(command: str | None, args: argparse.Namespace, exc: BaseException,
+                  parser: argparse.ArgumentParser | None = None) -> int:
     """Report a command's unusable input: the JSON failure object with ``--json``, one line on stderr; return 2.
 
-    ``command`` is the subcommand's name (``"couch"``); the engine's keywords in the message are named as the
-    subcommand's flags.
+    ``command`` is the subcommand's name (``"couch"``; None: the top level, ``portalign: error: ...``); the engine's
+    keywords in the message are named as the subcommand's flags (``parser``'s where ``args`` names no subcommand).
+    Every command's errors come through here (``cli.main`` too), so they read alike: one line, whitespace collapsed.
     """
-    message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", None))
+    message = as_flags(" ".join(str(exc).split()), getattr(args, "subparser", parser))
     print_json_error(args, exc, message)
-    print(f"portalign {command}: error: {message}", file=sys.stderr)
+    print(f"portalign {command}: error: {message}" if command else f"portalign: error: {message}", file=sys.stderr)
     return 2
 
 

@@ -29,9 +29,9 @@ from ._cli_options import (
     add_invert_argument,
     add_mismatch_arguments,
     as_flags,
+    command_error,
     failure_payload,
     patient_position_argument,
-    print_json_error,
     rotation_text,
     shift_spread,
     shown,
@@ -266,21 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(COMMANDS[args.command](args))
     except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
         return 0
-    except PortalignError as exc:
-        message = as_flags(str(exc), subparser)
-        print_json_error(args, exc, message)
-        print(f"{_prefix(args)}: error: {message}", file=sys.stderr)
-        return 2
-    except (OSError, MemoryError) as exc:
-        print_json_error(args, exc, str(exc))
-        print(f"{_prefix(args)}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _prefix(args: argparse.Namespace) -> str:
-    """``portalign register`` (the subcommand that failed), as every command's own errors begin."""
-    command = getattr(args, "command", None)
-    return f"portalign {command}" if command else "portalign"
+    except (PortalignError, OSError, MemoryError) as exc:
+        # ``portalign register: error: ...``, as every command's own errors begin (``_cli_options.command_error``)
+        return command_error(getattr(args, "command", None), args, exc, parser)
 
 
 def _bench_cli() -> Any:
