@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from portalign.kernels.cpu.edge import INVALID_FEATURE
+from portalign.kernels.cpu.field import line_means
 from portalign.kernels.cpu.gradient import gradient_limit
 from portalign.kernels.cpu.mask import robust_tail
 from portalign.kernels.cpu.refine import MAX_STENCIL
@@ -46,6 +47,7 @@ from ..field import (
     field_pixels,
     field_size_mm,
     find_field,
+    line_screen,
     penumbra_extent_mm,
     sample_mask,
 )
@@ -197,6 +199,20 @@ class Reference:
             elif options.field == "none" and image.info.kind != "drr":  # no field looked for: its dead lines still are
                 small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
                 field_estimate = dead_lines_only(image, small, thorough=True)
+            elif image.info.kind == "drr":
+                # a DRR has no detector and no field, but a corrupt or interlaced file's stripes: every other row at 0
+                # was prepared without a word and every frame matched ok, up to 0.56 mm and 1.1 deg off (a new user's
+                # trial). Its lines' means are screened as a frame's are (strong spikes, or a striped share: a real
+                # DRR's CT slices leave a few weak single lines, rtkit's phantom DRRs, which are matched as they are);
+                # a striped pattern refuses it, a few lines found are left out of the match as a portal reference's
+                candidates = line_screen(*line_means(image.pixels))
+                if candidates is not None:  # rare: a line spikes
+                    small, factor = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+                    field_estimate = dead_lines_only(image, small, candidates=candidates)
+                    if field_estimate.striped:
+                        raise ReferencePreparationError(
+                            f"{image.info.source} (a DRR): {field_estimate.striped.replace('detector ', '')}; render "
+                            "or export it again")
             if field_estimate.striped:
                 # every frame would meet the stripes: refused once, here, and not per frame
                 raise ReferencePreparationError(
