@@ -28,6 +28,7 @@ from portalign.archive import (  # noqa: E402
     axis_statistics,
     combine_fractions,
     index_file,
+    list_files,
     pair_frames,
     population_statistics,
     run,
@@ -162,6 +163,38 @@ def test_index_reads_headers_and_classifies(tmp_path):
     (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     for name in ("empty.dcm", "picture.png"):
         assert index_file(str(tmp_path / name))["category"] == "not_dicom", name
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_linked_folders_and_what_is_not_a_file_are_listed_and_said(tmp_path):
+    """A new user's archive of linked patient folders: the linked folder's files were never read and no row said so
+    (os.walk does not follow links), nor of a FIFO or a link to /dev/zero, and Σ/σ counted fewer patients than there
+    were. Links to folders are followed (a loop walked once), and what is not a file gets a row saying why, never
+    opened (a FIFO would wait for a writer)."""
+    store = tmp_path / "store" / "PAT02"
+    store.mkdir(parents=True)
+    _rt_image(store / "fx1.dcm")
+    source = tmp_path / "archive"
+    (source / "PAT01").mkdir(parents=True)
+    _rt_image(source / "PAT01" / "fx1.dcm")
+    (source / "PAT02").symlink_to(store, target_is_directory=True)
+    (source / "PAT01" / "loop").symlink_to(source, target_is_directory=True)  # a link back up
+    os.mkfifo(source / "PAT01" / "pipe.dcm")
+    (source / "PAT01" / "zero.dcm").symlink_to("/dev/zero")
+    (source / "PAT01" / "gone.dcm").symlink_to(tmp_path / "nothing.dcm")
+    out = source / "results"
+    out.mkdir()
+    _rt_image(out / "own.dcm")  # the run's own output folder, inside the source: left out
+    listed = list_files([source], exclude=out)
+    names = sorted(os.path.relpath(p, source) for p in listed)
+    assert names == ["PAT01/fx1.dcm", "PAT01/gone.dcm", "PAT01/pipe.dcm", "PAT01/zero.dcm", "PAT02/fx1.dcm"], names
+    rows = {os.path.basename(p): index_file(p) for p in listed if "PAT01" in p}
+    assert rows["fx1.dcm"]["category"] == "frame"
+    assert rows["pipe.dcm"]["category"] == "unreadable"
+    assert rows["pipe.dcm"]["reason"] == "a FIFO (named pipe), not a file: not read"
+    assert rows["zero.dcm"]["reason"] == "a device, not a file: not read"
+    assert rows["gone.dcm"]["category"] == "unreadable" and "No such file or directory" in rows["gone.dcm"]["reason"]
+    assert index_file(str(source / "PAT02" / "fx1.dcm"))["category"] == "frame"
 
 
 def _row(path: str, category: str, *, plan="P", beam=1, uid=None, kind=None, fraction_number=None, date=None):

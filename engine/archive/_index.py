@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import stat
 import struct
 import warnings
 from collections.abc import Iterable, Iterator
@@ -66,13 +67,16 @@ _DRR_WORD = re.compile(r"(?<![A-Z0-9])DRR(?![A-Z0-9])")
 
 
 def list_files(sources: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None) -> list[str]:
-    """Return every regular file under the sources, sorted, without duplicates.
+    """Return every file under the sources, sorted, without duplicates.
 
     Parameters
     ----------
     sources : iterable of path
-        Files and folders (walked recursively; symbolic links to files are
-        followed, to folders not).
+        Files and folders (walked recursively; symbolic links to files and to folders are followed, a folder
+        reached twice, by a link or a link loop, is walked once). Entries that are not regular files (a FIFO, a
+        device, a socket, a link to nothing) are listed too: :func:`index_file` says why each is not read, and
+        nothing under a source goes unsaid (a new user's linked patient folders and FIFO were left out of the
+        index without a word, and Σ/σ counted fewer patients than there were).
     exclude : path, optional
         A folder whose files are left out (the run's own output folder when it
         lies inside a source).
@@ -87,24 +91,25 @@ def list_files(sources: Iterable[str | os.PathLike[str]], *, exclude: str | os.P
     FileNotFoundError
         For a source that does not exist.
     """
-    skip = os.path.abspath(exclude) if exclude is not None else None
+    skip = os.path.realpath(exclude) if exclude is not None else None
     found: set[str] = set()
+    walked: set[str] = set()  # the folders' real paths: a link back up (a loop) or a second link is walked once
     for source in sources:
         root = os.path.abspath(os.fspath(source))
-        if os.path.isfile(root):
-            found.add(root)
-            continue
         if not os.path.isdir(root):
-            raise FileNotFoundError(root)
-        for folder, dirs, files in os.walk(root):
-            if skip is not None and (folder == skip or folder.startswith(skip + os.sep)):
+            if not os.path.lexists(root):
+                raise FileNotFoundError(root)
+            found.add(root)  # a file, or something that is not one: its row says which
+            continue
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if (skip is not None and (real == skip or real.startswith(skip + os.sep))) or real in walked:
                 dirs[:] = []
                 continue
+            walked.add(real)
             dirs.sort()
             for name in files:
-                path = os.path.join(folder, name)
-                if os.path.isfile(path):
-                    found.add(path)
+                found.add(os.path.join(folder, name))
     return sorted(found)
 
 
@@ -145,6 +150,14 @@ def _index_file(path: str) -> dict[str, Any]:
 
     row: dict[str, Any] = dict.fromkeys(INDEX_COLUMNS)
     row["path"] = path
+    try:
+        kind = os.stat(path).st_mode
+    except OSError as exc:  # a link to nothing, a file removed since it was listed
+        return _unusable(row, "unreadable", f"cannot be read: {_one_line(exc)}")
+    if not stat.S_ISREG(kind):  # never opened: a FIFO would wait for a writer, a device never ends
+        what = ("a FIFO (named pipe)" if stat.S_ISFIFO(kind) else "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind)
+                else "a socket" if stat.S_ISSOCK(kind) else "not a regular file")
+        return _unusable(row, "unreadable", f"{what}, not a file: not read")
     try:
         size = os.path.getsize(path)
         row["size_bytes"] = size
