@@ -415,7 +415,7 @@ def test_resume_after_an_interrupted_run_does_not_repeat_work(archive, first_run
     kept = {p.name: p.stat().st_mtime_ns for p in parts[:5]}
 
     env = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env) as cluster:
         code = main(["archive", str(archive.root), "--out", str(out), "--scheduler", cluster.scheduler_address,
                      "--resume", "--json", "--no-progress"])
     assert code == 0
@@ -492,7 +492,7 @@ def test_a_lost_worker_or_a_failing_task_costs_only_its_beam(archive, first_run,
     parts.mkdir()
     (tmp_path / "x").mkdir()
     env = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env) as cluster, \
             Client(cluster) as client:
         died, _, _ = _run._register(client, tasks[:1], parts, 2, None, 0,
                                     functools.partial(die_once_then_register, marker_dir=str(tmp_path)),

@@ -327,7 +327,9 @@ def _client(workers: int | None, scheduler: str | None,
     # re-imported by the spawned worker) numba's pool size and its environment then disagree, and the first kernel
     # compiled after the pool started raised "Cannot set NUMBA_NUM_THREADS to a different value" in every task
     single = {"PORTALIGN_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    # (no dashboard; the scheduler's own HTTP server, which it starts anyway, on a free port: at the default 8787 a
+    # second run beside the first warned "Port 8787 is already in use", an error where warnings are errors)
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env=single) as cluster, Client(cluster) as client:
         yield client, {"scheduler": cluster.scheduler_address, "workers": n, "local": True}
 
