@@ -122,7 +122,7 @@ from pydicom.valuerep import PersonName
 
 from ._pydicom_compat import apply_modality_lut, decode_pixels, decoder_available, read_encoding
 from .errors import GeometryError, PortalImageError
-from .image import Image, ImageInfo, check_pixels
+from .image import FIRST_OF_FRAMES, Image, ImageInfo, check_pixels
 
 __all__ = ["DicomSource", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe",
            "replaced_tags"]
@@ -325,7 +325,13 @@ def read_rt_image(
     if frame is not None and (isinstance(frame, bool) or not isinstance(frame, (int, np.integer))):
         raise PortalImageError(f"{_source_name(source)}: frame must be an integer, got {frame!r}")
     options = _Options(pixel_spacing_mm=pixel_spacing_mm, sid_mm=sid_mm, sad_mm=sad_mm, invert=invert)
-    return _load(source, options, frame=0 if frame is None else int(frame), every_frame=False)[0]
+    image = _load(source, options, frame=0 if frame is None else int(frame), every_frame=False)[0]
+    held = image.info.extra.get("number_of_frames", 1)
+    if frame is None and isinstance(held, int) and held > 1:
+        # frame 0 of a cine taken because none was named: the registration says so (a new user's 2-frame file was
+        # registered as its frame 0 by the API, a batch, a stream and the CLI without a word)
+        image.info.extra[FIRST_OF_FRAMES] = held
+    return image
 
 
 def read_rt_image_frames(

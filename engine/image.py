@@ -308,6 +308,11 @@ def check_frame_pixels(frame: Image) -> None:
     _refuse_unusable_values(frame.pixels, frame.info.source)
 
 
+#: ``ImageInfo.extra`` key of a multi-frame file's frame 0 read because no frame was named (the reader sets it to the
+#: file's frame count; the registration says that only frame 0 was registered).
+FIRST_OF_FRAMES = "first_of_frames"
+
+
 #: Registration resamples the reference onto the frame's pixel grid; it may make at most this many
 #: times as many pixels as the larger of the two images has.
 MAX_RESAMPLING_GROWTH = 16

@@ -595,7 +595,9 @@ def create_app(
         frame_name = f"frame {frame_id}" if given_id else frame_id  # "frame-3", not "frame frame-3"
         received = time.perf_counter()
         try:
-            image = await _read_image(request, max_body_bytes, frame_name, frame, in_pool, invert)
+            # frame 0 named when none was: a cine sent whole is said below with the query that sends another
+            image = await _read_image(request, max_body_bytes, frame_name, 0 if frame is None else frame, in_pool,
+                                      invert)
         except ApiError as exc:
             _journal(journal_obj, ref_id, frame_id, None, f"{exc.kind}: {exc.message}")
             raise

@@ -76,7 +76,19 @@ class StreamClosedError(PortalignError, RuntimeError):
 
 
 class StreamFullError(PortalignError, RuntimeError):
-    """``policy="all"``: the queue stayed full for the whole push timeout."""
+    """``policy="all"``: the queue stayed full for the whole push timeout.
+
+    Attributes
+    ----------
+    frame_ids : list
+        The ids of the frames the push gave records to, in order (one frame for :meth:`FrameStream.push`; every
+        frame of the file for :meth:`FrameStream.push_cine`, refused or not).
+    refused_ids : list
+        Those of them refused (an error record each).
+    """
+
+    frame_ids: list
+    refused_ids: list
 
 
 @dataclass(frozen=True)
@@ -415,7 +427,9 @@ class FrameStream:
                         )
                         item.settled = time.perf_counter()
                         self._cond.notify_all()
-                        raise StreamFullError(item.error)
+                        full = StreamFullError(item.error)
+                        full.frame_ids, full.refused_ids = [item.frame_id], [item.frame_id]
+                        raise full
                     self._cond.wait(remaining)
                 self._check_open()
             else:
@@ -451,6 +465,12 @@ class FrameStream:
         -------
         list
             The ids, in frame order.
+
+        Raises
+        ------
+        StreamFullError
+            ``policy="all"``: some frames were refused (the queue stayed full for the timeout). Every frame was
+            pushed and has its record; the exception's ``frame_ids`` are all their ids, ``refused_ids`` the refused.
         """
         from .dicom import read_rt_image_frames
 
@@ -466,9 +486,23 @@ class FrameStream:
                 return [item.frame_id]
         if frame_ids is not None and len(frame_ids) != len(frames):
             raise PortalignError(f"push_cine: {len(frame_ids)} frame ids for {len(frames)} frames")
-        ids = []
+        # every frame is pushed, a refused one included (its error record): a refusal does not end the file there
+        # (a new user's second frame had no record at all and its id was never returned)
+        ids: list[Any] = []
+        refused: list[Any] = []
         for index, image in enumerate(frames):
-            ids.append(self.push(image, frame_id=None if frame_ids is None else frame_ids[index], timeout=timeout))
+            try:
+                ids.append(self.push(image, frame_id=None if frame_ids is None else frame_ids[index], timeout=timeout))
+            except StreamFullError as exc:
+                ids.extend(exc.frame_ids)
+                refused.extend(exc.refused_ids)
+        if refused:
+            full = StreamFullError(
+                f"push_cine: {len(refused)} of {len(frames)} frames refused (ids {', '.join(map(str, refused))}), the "
+                f"queue held {self.maxsize} frames for the push timeout; each has an error record, the others were "
+                "queued; registration is slower than acquisition (use policy='latest' or a longer push_timeout)")
+            full.frame_ids, full.refused_ids = ids, refused
+            raise full
         return ids
 
     def warm_up(self, frame: Any, *, pixel_spacing_mm: Any = None) -> None:

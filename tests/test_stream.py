@@ -74,6 +74,13 @@ def test_policy_all_back_pressure_times_out_with_an_error_record(reference, imag
         stream.push(shifted(image, 1.0, 1.0), frame_id="b")  # waits in the queue (maxsize 1)
         with pytest.raises(StreamFullError, match="refused, the queue held 1 frames"):
             stream.push(shifted(image, 1.0, 1.0), frame_id="c", timeout=0.05)
+        # a cine pushed into the full queue: every frame gets its record and its id (a new user's second frame had
+        # neither: the first refusal ended the file)
+        cine = make_rt_image(np.stack([shifted(image, 1.0, 1.0)] * 2), spacing=1.5, sid=1500.0, sad=1000.0,
+                             position="centre", gantry=[0.0, 0.0])
+        with pytest.raises(StreamFullError, match=r"^push_cine: 2 of 2 frames refused \(ids c0, c1\)") as full:
+            stream.push_cine(cine, frame_ids=["c0", "c1"], timeout=0.0)
+        assert full.value.frame_ids == full.value.refused_ids == ["c0", "c1"]
         blocked = {}
 
         def blocked_push():
@@ -89,8 +96,9 @@ def test_policy_all_back_pressure_times_out_with_an_error_record(reference, imag
     finally:
         gate.set()
         records = stream.drain(timeout=FIRST_USE_S)
-    assert [(r.frame_id, r.status) for r in records] == [("a", "ok"), ("b", "ok"), ("c", "error"), ("d", "ok")]
-    assert records[2].error_kind == "StreamFullError" and records[2].result is None
+    assert [(r.frame_id, r.status) for r in records] == [("a", "ok"), ("b", "ok"), ("c", "error"), ("c0", "error"),
+                                                          ("c1", "error"), ("d", "ok")]
+    assert all(r.error_kind == "StreamFullError" and r.result is None for r in records[2:5])
     assert stream.stats.skipped == 0
 
 
@@ -179,6 +187,31 @@ def test_hold_monitor_rotation_axis_and_validation():
         HoldTolerance(consecutive=0)
     with pytest.raises(portalign.PortalignError, match="dx_mm must be a positive number"):
         HoldTolerance(dx_mm=-1)
+
+
+def test_a_cine_file_given_whole_says_only_its_first_frame_was_registered(image, tmp_path, capsys):
+    """A new user's 2-frame file was registered as its frame 0 by ``Reference.register``, ``register_batch``, a stream
+    and ``portalign register`` without a word (only the HTTP service said so); frame 0 named is no such case."""
+    from dicom_factory import write_rt_image
+    from portalign.cli import main
+
+    geometry = dict(spacing=1.5, sid=1500.0, sad=1000.0, position="centre")
+    ref_path = write_rt_image(make_rt_image(image, **geometry), tmp_path / "ref.dcm")
+    cine = np.stack([shifted(image, 1.0, -0.5), shifted(image, -0.5, 0.25)])
+    cine_path = write_rt_image(make_rt_image(cine, gantry=[0.0, 0.0], **geometry), tmp_path / "cine.dcm")
+    said = "cine.dcm holds 2 frames; only frame 0 was registered: read another with frame=K (0 to 1)"
+    reference = portalign.prepare_reference(portalign.read_rt_image(ref_path), backend="cpu")
+    whole = reference.register(cine_path)
+    assert whole.dx_mm == pytest.approx(1.0, abs=TOL_MM) and any(w.startswith(said) for w in whole.warnings), whole.warnings
+    assert any(w.startswith(said) for w in portalign.register_batch(reference, [cine_path])[0].warnings)
+    for named in (portalign.read_rt_image(cine_path, frame=0), portalign.read_rt_image(cine_path, frame=1)):
+        assert not any("only frame 0" in w for w in reference.register(named).warnings)
+    with FrameStream(reference) as stream:
+        stream.push(str(cine_path))
+    (record,) = list(stream)
+    assert any(w.startswith(said) for w in record.result.warnings), record.result.warnings
+    assert main(["register", str(ref_path), str(cine_path)]) == 0
+    assert "only frame 0 was registered: read another with --frame-index K (0 to 1)" in capsys.readouterr().out
 
 
 def test_dicom_frames_and_every_frame_of_a_cine_image(image):

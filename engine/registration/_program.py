@@ -47,7 +47,7 @@ from ..field import (
     line_screen,
     screened,
 )
-from ..image import Image, ImageInfo, beam_kind, check_frame_pixels
+from ..image import FIRST_OF_FRAMES, Image, ImageInfo, beam_kind, check_frame_pixels
 from ..options import RegistrationOptions
 from ..result import RegistrationResult
 from ._frame import (
@@ -1511,6 +1511,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     view_reason, view_record, warnings = compare_views(reference.image.info, frame.info, opts)
     if field.note:
         warnings.append(field.note)
+    if FIRST_OF_FRAMES in frame.info.extra:  # rare: a cine file given whole
+        held = frame.info.extra[FIRST_OF_FRAMES]
+        warnings.append(f"{frame.info.source} holds {held} frames; only frame 0 was registered: read another with "
+                        f"frame=K (0 to {held - 1}), or every one with read_rt_image_frames (FrameStream.push_cine, "
+                        "register_batch)")
     ref_info = reference.image.info
     if (frame.info.sop_instance_uid != "" and frame.info.sop_instance_uid == ref_info.sop_instance_uid
             and frame.info.frame_index == ref_info.frame_index):
