@@ -94,15 +94,22 @@ class RegistrationResult:
         """Whether ``rotation_deg`` was measured (False: not estimated, ``None``)."""
         return self.rotation_deg is not None
 
-    def correction(self) -> tuple[float | None, float | None, float | None]:
+    def correction(self, *, even_if_not_ok: bool = False) -> tuple[float | None, float | None, float | None]:
         """Return ``(dx_mm, dy_mm, rotation_deg)`` that moves the anatomy back onto the reference.
 
         The inverse of ``p -> R p + d`` is ``p -> R^T p - R^T d``. When the rotation
         was not estimated the translation was found with the rotation held at 0, so
         the correction is the plain negated translation and its rotation is ``None``. Nothing measured
         (``dx_mm`` ``None``): ``(None, None, None)``.
+
+        Parameters
+        ----------
+        even_if_not_ok : bool
+            A result that is not ok (``reason`` says why: mismatched views, an ambiguous match) keeps the shift it
+            measured, for review, but is no correction to apply: ``(None, None, None)`` unless this is True (a new
+            user's gantry-90 frame against a gantry-0 DRR, refused, had a correction that looked usable).
         """
-        if self.dx_mm is None or self.dy_mm is None:
+        if self.dx_mm is None or self.dy_mm is None or not (self.ok or even_if_not_ok):
             return (None, None, None)
         if self.rotation_deg is None:
             return (-self.dx_mm + 0.0, -self.dy_mm + 0.0, None)

@@ -158,6 +158,15 @@ def test_small_usable_region_leaves_rotation_not_estimated() -> None:
     assert (result.dx_mm, result.dy_mm) == pytest.approx((-1.0, 0.5), abs=0.1)
 
 
+def test_a_result_that_is_not_ok_is_no_correction() -> None:
+    """A gantry-90 frame against a gantry-0 DRR is refused but keeps its measured shift for review: its correction
+    looked usable to a new user. None unless asked for explicitly."""
+    refused = RegistrationResult(dx_mm=4.0, dy_mm=-2.7, rotation_deg=1.5, ok=False, reason="gantry angles differ")
+    assert refused.correction() == (None, None, None)
+    assert refused.correction(even_if_not_ok=True) == pytest.approx(
+        RegistrationResult(dx_mm=4.0, dy_mm=-2.7, rotation_deg=1.5, ok=True).correction())
+
+
 def test_correction_with_a_rotation_is_the_inverse_pose() -> None:
     result = RegistrationResult(dx_mm=1.0, dy_mm=0.0, rotation_deg=90.0, ok=True)
     dx, dy, rotation = result.correction()
