@@ -545,9 +545,13 @@ def create_app(
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
     async def upload_reference(request: Request, response: Response, frame: int | None = None,
-                               allow_view_mismatch: bool = False, allow_patient_mismatch: bool = False,
-                               mirror_check: str | None = None, aperture_check: str | None = None) -> dict[str, Any]:
+                               kind: str | None = None, allow_view_mismatch: bool = False,
+                               allow_patient_mismatch: bool = False, mirror_check: str | None = None,
+                               aperture_check: str | None = None) -> dict[str, Any]:
         _known_query(request, "reference", _REFERENCE_QUERY)
+        if kind is not None and kind not in REFERENCE_KINDS:
+            raise ApiError(400, "bad_request", f"reference: kind={kind[:40]!r} is not one of {', '.join(REFERENCE_KINDS)} "
+                                               "(a DRR, or an approved portal image)")
         # the overrides a result's reason names belong to the reference: its frames are registered with them
         try:
             chosen_options = dataclasses.replace(options, allow_view_mismatch=allow_view_mismatch or
@@ -559,12 +563,21 @@ def create_app(
         except PortalignError as exc:
             raise ApiError(400, "bad_request", f"reference: {_one_line(exc)}") from None
         image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)
+        kind_note = ""
+        if kind is not None and image.info.kind != kind:  # what the file cannot say (raw pixels), or says otherwise
+            if image.info.kind:  # the query wins, and says so with the reference and every frame's result
+                kind_note = (f"{image.info.source}: registered as a {kind} reference (?kind={kind}), not as the "
+                             f"{image.info.kind} its header describes")
+            image = dataclasses.replace(image, info=dataclasses.replace(image.info, kind=kind))
         try:
             reference = await in_pool(prepare_reference, image, chosen_options, backend=chosen)
         except (ReferencePreparationError, GeometryError, ValueError) as exc:
             raise ApiError(422, "reference_preparation", f"reference: {_one_line(exc)}") from None
         metrics.add("references_prepared")
-        entry = cache.add(reference, _describe(image, request))
+        described = _describe(image, request)
+        if kind_note:
+            described["warnings"].append(kind_note)
+        entry = cache.add(reference, described)
         response.headers["Location"] = f"/v1/references/{entry.id}"
         return _entry_json(entry)
 
@@ -638,6 +651,12 @@ def _http_hints(text: str) -> str:
     text = re.sub(r"replaced by pixel_spacing_mm=", "replaced by the X-Pixel-Spacing-Mm header ", text)
     text = re.sub(r"pass a smaller max_shift_mm(=)?", "give the server a smaller search range (its options' max_shift_mm: "
                   "portalign.service.create_app(options=...))", text)
+    text = re.sub(r"say so with kind='(drr|portal)' \(--reference-kind \w+\)", r"upload the reference with ?kind=\1",
+                  text)
+    # no header overrides the distances: the file is what the service has (Python's reader takes them)
+    text = re.sub(r"(?:correct the tags? or )?pass (sid_mm|sad_mm)=(?: and (sid_mm|sad_mm)=)?",
+                  "correct the file (the service has no override for it; from Python, read_rt_image(..., sid_mm=, "
+                  "sad_mm=))", text)
     text = re.sub(r"set (allow_\w+)=True \(--[\w-]+\)", r"upload the reference with ?\1=true", text)
     text = re.sub(r"\((allow_\w+)\)", r"(?\1=true)", text)
     return re.sub(r"set (mirror_check|aperture_check)='(\w+)' \(--[\w-]+ \w+\)", r"upload the reference with ?\1=\2",
@@ -645,7 +664,10 @@ def _http_hints(text: str) -> str:
 
 
 #: The query parameters of a reference's upload.
-_REFERENCE_QUERY = ("frame", "allow_view_mismatch", "allow_patient_mismatch", "mirror_check", "aperture_check")
+_REFERENCE_QUERY = ("frame", "kind", "allow_view_mismatch", "allow_patient_mismatch", "mirror_check", "aperture_check")
+#: What ``?kind=`` of a reference's upload may say (``--reference-kind``): raw pixels carry no kind, and a DRR taken for
+#: an image of unknown kind had its body outline taken for a radiation field (every frame refused "different scales").
+REFERENCE_KINDS = ("drr", "portal")
 
 
 def _known_query(request: Any, what: str, known: tuple[str, ...]) -> None:
@@ -693,6 +715,10 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
     invert = _invert_header(request.headers.get("x-invert"), name, invert)
     spacing = _spacing_header(request.headers.get("x-pixel-spacing-mm"), name, required=media == _MEDIA_RAW)
     if media == _MEDIA_DICOM:
+        if request.headers.get("x-beam-axis-px") is not None:  # it was ignored with a 200 (a trial sent "abc")
+            raise ApiError(400, "bad_request", f"{name}: X-Beam-Axis-Px is for raw pixels; a DICOM file's beam axis "
+                                               "is its RTImagePosition (3002,0012): leave the header out, or correct "
+                                               "the file")
         body = await _read_body(request, max_body, name)
         if not body:
             raise ApiError(400, "bad_request", f"{name}: the request body is empty; send the RT Image file")

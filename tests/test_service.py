@@ -606,3 +606,43 @@ def test_a_cine_sent_whole_registers_its_first_frame_and_says_so(client, image):
     second = client.post(f"/v1/references/{ref_id}/register?frame=1", **cine).json()
     assert second["dx_mm"] == pytest.approx(-1.0, abs=0.1)
     assert not any("frames; frame 0 was registered" in w for w in second["warnings"])
+
+
+def test_a_raw_drr_reference_is_said_to_be_one_with_the_kind_query(client):
+    """A new user's DRR sent as raw pixels came out of unknown kind: every frame was refused "different scales" with
+    advice (kind='drr', --reference-kind) that HTTP had no way to follow, and ?kind= was an unknown parameter.
+    ?kind=drr says it; the refusal names the query; a wrong value, and X-Beam-Axis-Px on a DICOM upload (ignored with a
+    200 before), are 400s."""
+    from portalign.demo import DEMO_TRUTH, make_demo_pair
+
+    ref, frame, _ = make_demo_pair(detector_shape=(192, 256), detector_spacing_mm=1.568)
+    spacing = {"X-Pixel-Spacing-Mm": repr(ref.spacing_mm[0])}
+    plain = client.post("/v1/references", **raw(ref.pixels, **spacing)).json()["id"]
+    refused = client.post(f"/v1/references/{plain}/register", **raw(frame.pixels, **spacing)).json()
+    assert refused["ok"] is False and refused["reason"].startswith("different scales")
+    assert refused["reason"].endswith("if it is a DRR, its body outline was taken for a radiation field: upload the "
+                                      "reference with ?kind=drr"), refused["reason"]
+    said = client.post("/v1/references?kind=drr", **raw(ref.pixels, **spacing))
+    assert said.status_code == 201 and said.json()["kind"] == "drr", said.text
+    result = client.post(f"/v1/references/{said.json()['id']}/register", **raw(frame.pixels, **spacing)).json()
+    assert result["ok"] is True, result["reason"]
+    assert result["dx_mm"] == pytest.approx(DEMO_TRUTH["dx_mm"], abs=0.4)
+    assert result["dy_mm"] == pytest.approx(DEMO_TRUTH["dy_mm"], abs=0.4)
+    wrong = client.post("/v1/references?kind=ct", **raw(ref.pixels, **spacing))
+    assert wrong.status_code == 400 and wrong.json()["detail"] == ("reference: kind='ct' is not one of drr, portal (a "
+                                                                   "DRR, or an approved portal image)")
+    upload = dicom(ref.pixels.astype(np.uint16))
+    upload["headers"]["X-Beam-Axis-Px"] = "abc"
+    axis = client.post("/v1/references", **upload)
+    assert axis.status_code == 400 and "X-Beam-Axis-Px is for raw pixels" in axis.json()["detail"], axis.text
+
+
+def test_a_missing_distance_is_said_with_what_http_can_do(client, image):
+    """A file without RTImageSID was told "pass sid_mm=", a keyword the service has no way to take (a trial)."""
+    ds = make_rt_image(image.astype(np.uint16), spacing=1.5, sid=None, sad=1000.0, position="centre")
+    upload = client.post("/v1/references", content=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    assert upload.status_code == 422, upload.text
+    detail = upload.json()["detail"]
+    assert "sid_mm=" not in detail.split("(the service has no override")[0], detail
+    assert detail.endswith("correct the file (the service has no override for it; from Python, read_rt_image(..., "
+                           "sid_mm=, sad_mm=))"), detail
