@@ -158,10 +158,11 @@ def test_register_backend_auto_falls_back_to_cpu_with_a_reason(capsys: pytest.Ca
         assert payload["backend"] == "gpu"
     else:
         assert payload["backend"] == "cpu"
-        # auto records why it did not get a GPU (STYLE.md: fall back with a recorded reason)
+        # auto records why it did not get a GPU (STYLE.md: fall back with a recorded reason); a machine without one is
+        # no fault of the frame, and is not warned on every result (a new user's alerting fired on each)
         reason = select_backend("auto").fallback_reason
-        assert reason.strip()
-        assert reason in payload["warnings"]
+        assert reason.strip() and payload["details"]["backend_fallback"] == reason
+        assert (reason in payload["warnings"]) == (not reason.startswith("no CUDA device")), payload["warnings"]
 
 
 def test_register_backend_cpu(capsys: pytest.CaptureFixture[str], pair: Pair) -> None:

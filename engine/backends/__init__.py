@@ -5,7 +5,7 @@ have the same names and arguments on every backend (``kernels/cpu/*`` and
 ``kernels/gpu/*`` are twins).
 """
 
-from ._base import Backend
+from ._base import NO_CUDA_DEVICE, Backend
 from ._cpu import (
     CpuBackend,
     ThreadTuner,
@@ -23,6 +23,7 @@ from ._select import BACKENDS, select_backend
 __all__ = [
     "BACKENDS",
     "DEFAULT_LANES",
+    "NO_CUDA_DEVICE",
     "Backend",
     "CpuBackend",
     "GpuBackend",

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "NO_CUDA_DEVICE"]
+
+#: How the GPU backend's reason begins where the machine has no GPU (``auto`` then takes the CPU: no fault, no warning).
+NO_CUDA_DEVICE = "no CUDA device"
 
 
 @dataclass(frozen=True)

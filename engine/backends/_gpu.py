@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ._base import Backend
+from ._base import NO_CUDA_DEVICE, Backend
 
 __all__ = ["gpu_backend", "gpu_status", "GpuBackend", "DEFAULT_LANES", "default_lanes", "listed_bucket"]
 
@@ -276,9 +276,9 @@ def _probe() -> tuple[Backend | None, str]:
         try:
             available = bool(cuda.is_available())
         except Exception as exc:  # noqa: BLE001 - a broken driver must not take the engine down
-            return None, f"no CUDA device: numba.cuda.is_available() failed ({exc})"
+            return None, f"{NO_CUDA_DEVICE}: numba.cuda.is_available() failed ({exc})"
         if not available:
-            return None, "no CUDA device: no NVIDIA GPU or driver is visible to numba.cuda"
+            return None, f"{NO_CUDA_DEVICE}: no NVIDIA GPU or driver is visible to numba.cuda"
         try:
             import cupy
         except ImportError:

@@ -28,7 +28,7 @@ from portalign.kernels.cpu.gradient import gradient_limit
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 from portalign.kernels.cpu.refine import pose_affines_into
 
-from ..backends import Backend, cpu_backend, single_threaded
+from ..backends import NO_CUDA_DEVICE, Backend, cpu_backend, single_threaded
 from ..field import (
     BAND_NOTE,
     DEAD_LINE_MAX_SHARE,
@@ -1914,7 +1914,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["working_spacing_mm"] = (working_spacing[0] if working_spacing[0] < working_spacing[1]
                                      else working_spacing[1])  # min(), written out: no call a frame
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
-    if backend.fallback_reason:
+    # a machine without a GPU is no fault of the frame: recorded above, not warned on every result (a new user's
+    # alerting on warnings fired on every frame); a GPU that is there but failed (a numpy/numba-cuda mismatch,
+    # CuPy missing) is warned
+    if backend.fallback_reason and not backend.fallback_reason.startswith(NO_CUDA_DEVICE):
         warnings.append(backend.fallback_reason)
     # images with no anatomy in common: the optimum found is not a measurement either, nor its score; NMI - 1 lies in
     # 0..1, and -1 is the MI of an empty joint histogram (no frame pixel landed on the reference)
