@@ -237,7 +237,7 @@ class FrameRecord:
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (the result nested under ``"result"``)."""
         return {
-            "frame_id": self.frame_id,
+            "frame_id": _json_id(self.frame_id),
             "sequence": self.sequence,
             "status": self.status,
             "skipped": self.skipped,
@@ -480,7 +480,7 @@ class FrameStream:
             with self._cond:
                 self._check_open()
                 item = self._accept(frame_ids[0] if frame_ids else None, None, None, time.perf_counter())
-                item.marker, item.error, item.error_kind = "error", _one_line(exc), type(exc).__name__
+                item.marker, item.error, item.error_kind = "error", _named(item.frame_id, exc), type(exc).__name__
                 item.settled = item.pushed
                 self._cond.notify_all()
                 return [item.frame_id]
@@ -661,7 +661,7 @@ class FrameStream:
         for index, item in enumerate(batch):
             result: RegistrationResult | None = None
             if index in failures:
-                status, error, kind = "error", _one_line(failures[index]), type(failures[index]).__name__
+                status, error, kind = "error", _named(item.frame_id, failures[index]), type(failures[index]).__name__
             else:
                 result = results[good.index(index)]
                 status, error, kind = ("ok" if result.ok else "not_ok"), "", ""
@@ -732,3 +732,23 @@ def _to_image(payload: Any, frame_id: Any, pixel_spacing_mm: Any) -> Image:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def _named(frame_id: Any, exc: BaseException) -> str:
+    """Return a frame's error naming the frame.
+
+    A list pushed said "<stream>: cannot read DICOM from a list", a bad path only the path: the id a caller looks for
+    was in neither.
+    """
+    text = _one_line(exc)
+    name = f"frame {frame_id}"
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _json_id(frame_id: Any) -> Any:
+    """Return a frame id as JSON takes it: numpy scalars as Python numbers, other objects as their text."""
+    if frame_id is None or isinstance(frame_id, (str, bool, int, float)):
+        return frame_id
+    if hasattr(frame_id, "item") and getattr(frame_id, "ndim", None) == 0:
+        return frame_id.item()
+    return str(frame_id)

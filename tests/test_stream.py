@@ -234,7 +234,23 @@ def test_dicom_frames_and_every_frame_of_a_cine_image(image):
         assert record.result.frame_uid == cine_ds.SOPInstanceUID
         assert record.result.dx_mm == pytest.approx(dx, abs=TOL_MM)
         assert record.result.dy_mm == pytest.approx(dy, abs=TOL_MM)
-    assert records[4].status == "error" and "not a DICOM file" in records[4].error
+    assert records[4].status == "error" and records[4].error.startswith("frame 4: ") and "not a DICOM file" in records[4].error
+
+
+def test_a_bad_frame_s_record_names_the_frame_and_is_json_ready(reference, image, tmp_path):
+    """A list pushed said "<stream>: cannot read DICOM from a list" and a bad path only the path: the id a caller
+    looks for was in neither. A numpy id made as_dict() fail json.dumps (a new user's trial)."""
+    import json
+
+    with FrameStream(reference, pixel_spacing_mm=SPACING) as stream:
+        stream.push([1, 2, 3], frame_id="as-list")
+        stream.push(str(tmp_path / "missing.dcm"), frame_id="gone")
+        stream.push(shifted(image, 1.0, 0.0), frame_id=np.int64(7))
+    listed, missing, good = list(stream)
+    assert listed.status == missing.status == "error"
+    assert listed.error.startswith("frame as-list: ") and missing.error.startswith("frame gone: "), (listed, missing)
+    assert "missing.dcm" in missing.error
+    assert good.status == "ok" and json.loads(json.dumps(good.as_dict()))["frame_id"] == 7
 
 
 def test_arguments_are_validated(reference):
