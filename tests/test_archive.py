@@ -163,6 +163,31 @@ def test_index_reads_headers_and_classifies(tmp_path):
     (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     for name in ("empty.dcm", "picture.png"):
         assert index_file(str(tmp_path / name))["category"] == "not_dicom", name
+    # a DICM prefix before garbage was "other: Modality (none)" (a new user's)
+    (tmp_path / "garbage.dcm").write_bytes(bytes(128) + b"DICM" + np.random.default_rng(1).bytes(2000))
+    garbage = index_file(str(tmp_path / "garbage.dcm"))
+    assert garbage["category"] in ("unreadable", "truncated", "not_dicom"), garbage
+    assert garbage["fate"] == "skipped" and garbage["category"] != "other", garbage
+
+
+def test_a_reference_that_cannot_be_prepared_is_failed_in_the_index():
+    """A new user's all-constant DRR was listed as used_as_reference while its 4 frames failed on it."""
+    from portalign.archive._run import _index_fates
+
+    index = [{"path": "a/drr.dcm", "category": "reference", "fate": "used_as_reference", "reason": "reference of ..."},
+             {"path": "a/good_drr.dcm", "category": "reference", "fate": "used_as_reference", "reason": "reference"},
+             *({"path": f"a/fx{i}.dcm", "category": "frame", "fate": None, "reason": None} for i in range(3))]
+    error = "reference a/drr.dcm: drr.dcm: all pixels have the same value (7); nothing to register"
+    rows = [{"path": "a/fx0.dcm", "status": "failed", "error": error, "reference_path": "a/drr.dcm"},
+            {"path": "a/fx1.dcm", "status": "failed", "error": error, "reference_path": "a/drr.dcm"},
+            {"path": "a/fx2.dcm", "status": "registered", "ok": True, "error": None, "reason": "",
+             "reference_path": "a/good_drr.dcm"}]
+    _index_fates(index, rows)
+    assert index[0]["fate"] == "failed" and index[0]["reason"] == (
+        "cannot be used as the reference of its beam's 2 frame(s): drr.dcm: all pixels have the same value (7); "
+        "nothing to register")
+    assert index[1]["fate"] == "used_as_reference"
+    assert [e["fate"] for e in index[2:]] == ["failed", "failed", "registered"]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")

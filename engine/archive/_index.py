@@ -187,6 +187,9 @@ def _index_file(path: str) -> dict[str, Any]:
         return _unusable(row, "truncated", missing)
     modality = row["modality"] or ""
     sop_class = _text(ds, "SOPClassUID")
+    if not modality and not sop_class:  # a DICM prefix before garbage (a new user's) was "other: Modality (none)"
+        return _unusable(row, "unreadable", "neither SOP Class UID (0008,0016) nor Modality (0008,0060) can be read: "
+                                            "a damaged file, or no DICOM object")
     if modality == "RTPLAN" or sop_class in _RT_PLAN_STORAGE:
         row["category"] = "plan"
         row["fate"] = "indexed"

@@ -423,11 +423,26 @@ def _row_order(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _index_fates(index: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    """Fill ``fate`` / ``reason`` of registered frame files from their registration rows."""
+    """Fill ``fate`` / ``reason`` of registered frame files from their registration rows.
+
+    A reference that could not be prepared (every frame of its beam failed on it) is ``failed`` too, with its
+    reason, not ``used_as_reference`` (a new user's all-constant DRR was listed as used while its 4 frames failed).
+    """
     by_path: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_reference: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["status"] != "unmatched":
             by_path[row["path"]].append(row)
+            if row.get("reference_path"):
+                by_reference[row["reference_path"]].append(row)
+    for entry in index:
+        if entry.get("fate") != "used_as_reference":
+            continue
+        used = by_reference.get(entry["path"], [])
+        prefix = f"reference {entry['path']}: "
+        if used and all(r["status"] == "failed" and str(r.get("error") or "").startswith(prefix) for r in used):
+            entry.update(fate="failed", reason=f"cannot be used as the reference of its beam's {len(used)} frame(s): "
+                                               f"{used[0]['error'][len(prefix):]}")
     for entry in index:
         if entry.get("fate") is not None or entry["category"] != "frame":
             continue
