@@ -315,11 +315,20 @@ class ReferenceCache:
 class _Guard:
     """ASGI middleware: API token and declared body size, checked before any route runs."""
 
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int, metrics: Metrics,
+                 journal: Journal | None = None) -> None:
         self.app = app
         self.token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.journal = journal
+
+    def _journal_refused(self, scope: dict[str, Any], headers: dict[bytes, bytes], error: str) -> None:
+        """Journal a frame refused here, before its route (a new user's 413 was missing from the journal)."""
+        registered = _REGISTER_PATH.match(str(scope.get("path") or ""))
+        if registered is not None:
+            frame_id = headers.get(b"x-frame-id", b"").decode("utf-8", "replace")[:200] or "(unnamed: refused on arrival)"
+            _journal(self.journal, registered.group(1), frame_id, None, error)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -340,7 +349,9 @@ class _Guard:
                 declared = int(length)
             except ValueError:
                 self.metrics.error("bad_request")
-                await _send_error(send, 400, "bad_request", f"Content-Length {length[:40]!r} is not a number")
+                said = f"Content-Length {length[:40]!r} is not a number"
+                self._journal_refused(scope, headers, f"bad_request: {said}")
+                await _send_error(send, 400, "bad_request", said)
                 return
             if declared > self.max_body_bytes:
                 self.metrics.error("too_large")
@@ -348,12 +359,9 @@ class _Guard:
                 # the body (the server answers 100 Continue on the first read)
                 if headers.get(b"expect", b"").lower() != b"100-continue":
                     await _drain(receive, DRAIN_BYTES)
-                await _send_error(
-                    send,
-                    413,
-                    "too_large",
-                    f"request body of {declared} bytes exceeds the server's limit of {self.max_body_bytes} bytes",
-                )
+                said = f"request body of {declared} bytes exceeds the server's limit of {self.max_body_bytes} bytes"
+                self._journal_refused(scope, headers, f"too_large: {said}")
+                await _send_error(send, 413, "too_large", said)
                 return
         await self.app(scope, receive, send)
 
@@ -489,12 +497,16 @@ def create_app(
         version=__version__,
         summary="Real-time registration of radiotherapy portal images against their reference.",
         lifespan=lifespan,
+        # every error is {"detail": str, "error": kind}, whatever the route: said so in the schema, where FastAPI's
+        # own 422 (a list of validation errors) misled a generated client (a new user's trial)
+        responses={status: {"description": said, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+                   for status, said in _ERROR_STATUSES.items()},
     )
     app.state.cache = cache
     app.state.metrics = metrics
     app.state.backend = chosen
     app.state.journal = journal_obj
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes, metrics=metrics)
+    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes, metrics=metrics, journal=journal_obj)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -601,12 +613,16 @@ def create_app(
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
     async def register_frame(request: Request, ref_id: str, frame: int | None = None) -> dict[str, Any]:
-        _known_query(request, "register", ("frame",))
-        entry = cache.get(ref_id)
         given_id = (request.headers.get("x-frame-id") or "")[:200]
         frame_id = given_id or f"frame-{next(frame_numbers)}"
         frame_name = f"frame {frame_id}" if given_id else frame_id  # "frame-3", not "frame frame-3"
         received = time.perf_counter()
+        try:  # an unknown query parameter or reference id is journalled too (a new user found them missing)
+            _known_query(request, "register", ("frame",))
+            entry = cache.get(ref_id)
+        except ApiError as exc:
+            _journal(journal_obj, ref_id, frame_id, None, f"{exc.kind}: {exc.message}")
+            raise
         try:
             # frame 0 named when none was: a cine sent whole is said below with the query that sends another
             image = await _read_image(request, max_body_bytes, frame_name, 0 if frame is None else frame, in_pool,
@@ -758,6 +774,10 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
         if len(body) != expected:
             raise ApiError(400, "bad_request", f"{name}: body has {len(body)} bytes but {promised}")
         pixels = np.frombuffer(body, dtype=dtype).reshape(rows, cols)
+        if dtype.itemsize > 1 and _byte_swapped(pixels):
+            raise ApiError(400, "bad_request", f"{name}: the pixels read as noise, and with their bytes swapped they are "
+                                               f"an image: they were sent big-endian; send X-Dtype {dtype_name} "
+                                               "little-endian (numpy: array.astype('<" + dtype.str[1:] + "'))")
         if invert:  # higher must mean more radiation: v -> max - v, in float64 (no unsigned wrap-around)
             pixels = float(pixels.max()) - pixels.astype(np.float64)
         try:
@@ -771,6 +791,31 @@ async def _read_image(request: Any, max_body: int, name: str, frame: int | None,
         f"{name}: Content-Type {shown!r} is not accepted; send {_MEDIA_DICOM} (an RT Image file) or "
         f"{_MEDIA_RAW} (raw little-endian pixels with X-Rows, X-Cols, X-Dtype and X-Pixel-Spacing-Mm)",
     )
+
+
+#: Raw pixels whose bytes swapped are this much smoother (neighbours' mean difference over the spread) than as read
+#: were sent big-endian: a new user's byte-swapped uint16 frame was refused "frame is blank (beam off?)". An image's
+#: neighbours differ by a small part of its spread (0.01-0.2); swapped, they differ by about its spread.
+BYTE_SWAP_SMOOTHER = 4.0
+
+
+def _roughness(sample: np.ndarray) -> float:
+    """Mean absolute difference of row neighbours over the standard deviation (inf where not finite or flat)."""
+    values = sample.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        return math.inf
+    spread = float(values.std())
+    return float(np.abs(np.diff(values, axis=1)).mean()) / spread if spread > 0 else math.inf
+
+
+def _byte_swapped(pixels: np.ndarray) -> bool:
+    """Whether raw multi-byte pixels look sent big-endian (their swapped bytes far smoother than as read)."""
+    if pixels.shape[0] < 8 or pixels.shape[1] < 8:
+        return False
+    sample = pixels[:: max(1, pixels.shape[0] // 48)]  # a few dozen rows: a fraction of a millisecond
+    with np.errstate(all="ignore"):
+        as_read, swapped = _roughness(sample), _roughness(sample.byteswap())
+    return swapped < 0.5 and swapped * BYTE_SWAP_SMOOTHER < as_read
 
 
 def _int_header(headers: Any, key: str, name: str) -> int:
@@ -882,6 +927,28 @@ def _entry_json(entry: _Entry) -> dict[str, Any]:
             "last_used": datetime.fromtimestamp(entry.last_used, timezone.utc).isoformat(),
         }
     )
+
+
+#: The service's error body (every error status).
+_ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["detail", "error"],
+    "properties": {
+        "detail": {"type": "string", "description": "one line: what is wrong, naming the input and the fix"},
+        "error": {"type": "string", "description": "its kind: bad_request, client_disconnected, unauthorized, "
+                                                   "not_found, too_large, unsupported_media_type, invalid_image, "
+                                                   "invalid_dicom, invalid_pixels, reference_preparation, internal"},
+    },
+}
+_ERROR_STATUSES = {
+    400: "a bad header or query parameter", 401: "the X-API-Token header is missing or wrong",
+    404: "no such reference", 413: "the body is over the server's limit", 415: "an unsupported Content-Type",
+    422: "the image cannot be read or registered (not a result: a refused match is a 200 with ok false)",
+    500: "a bug: please report it",
+}
+#: A frame's registration request: its reference id.
+_REGISTER_PATH = re.compile(r"^/v1/references/([^/]+)/register$")
 
 
 def _journal(journal: Journal | None, ref_id: str, frame_id: str, body: dict[str, Any] | None, error: str) -> None:
