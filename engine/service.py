@@ -613,7 +613,7 @@ def create_app(
         openapi_extra={"requestBody": _IMAGE_BODY, "parameters": _RAW_HEADERS},
     )
     async def register_frame(request: Request, ref_id: str, frame: int | None = None) -> dict[str, Any]:
-        given_id = (request.headers.get("x-frame-id") or "")[:200]
+        given_id = _utf8_header(request.headers.get("x-frame-id"))[:200]
         frame_id = given_id or f"frame-{next(frame_numbers)}"
         frame_name = f"frame {frame_id}" if given_id else frame_id  # "frame-3", not "frame frame-3"
         received = time.perf_counter()
@@ -896,7 +896,7 @@ def _describe(image: Image, request: Any) -> dict[str, Any]:
     info = image.info
     return {
         "content_type": (request.headers.get("content-type") or "").split(";")[0].strip().lower(),
-        "name": (request.headers.get("x-frame-id") or "")[:200],
+        "name": _utf8_header(request.headers.get("x-frame-id"))[:200],
         "shape": list(image.shape),
         "spacing_mm": list(image.spacing_mm),
         "beam_axis_px": list(image.beam_axis_px),
@@ -947,6 +947,20 @@ _ERROR_STATUSES = {
     422: "the image cannot be read or registered (not a result: a refused match is a 200 with ok false)",
     500: "a bug: please report it",
 }
+def _utf8_header(text: str | None) -> str:
+    """Return a header's text as its sender wrote it.
+
+    HTTP gives header bytes as Latin-1 and clients send UTF-8 (a new user's "é" in X-Frame-Id came back "Ã©"); bytes
+    that are no UTF-8 stay as they were read.
+    """
+    if not text:
+        return ""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
+
+
 #: A frame's registration request: its reference id.
 _REGISTER_PATH = re.compile(r"^/v1/references/([^/]+)/register$")
 
@@ -1119,6 +1133,9 @@ def run(args: argparse.Namespace) -> int:
     except PortalignError as exc:
         print(f"portalign serve: {as_flags(str(exc), getattr(args, 'subparser', None))}", file=sys.stderr)
         return 2
+    if not args.no_warm_up:  # uvicorn says nothing until its startup (the warm-up) ends: a new user waited 45 s unsaid
+        print("portalign serve: compiling the kernels before listening (minutes on a fresh install, a few seconds "
+              "once numba's cache holds them; --no-warm-up skips)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 

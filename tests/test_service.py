@@ -684,3 +684,11 @@ def test_big_endian_raw_pixels_are_named_so(client, image):
                                              "send X-Dtype uint16 little-endian (numpy: array.astype('<u2'))")
     assert client.post(f"/v1/references/{ref_id}/register", **raw(pixels, "uint16")).json()["dx_mm"] == pytest.approx(
         1.0, abs=TOL_MM)
+
+
+def test_a_utf8_frame_id_comes_back_as_sent(client, image):
+    """A new user's "é" in X-Frame-Id came back "Ã©" (HTTP reads header bytes as Latin-1)."""
+    ref_id = client.post("/v1/references", **raw(image)).json()["id"]  # its own: the module's may be evicted
+    upload = raw(image)
+    upload["headers"]["X-Frame-Id"] = "séance-1".encode()  # the UTF-8 bytes a client sends
+    assert client.post(f"/v1/references/{ref_id}/register", **upload).json()["frame_id"] == "séance-1"

@@ -806,7 +806,13 @@ def warm_up_kernels(backend: str | Backend = "auto", options: RegistrationOption
     rng = np.random.default_rng(0)
     pixels = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 3).astype(np.float32)
     reference = prepare_reference(Image.from_array(pixels, pixel_spacing_mm=1.0), options, backend=backend)
-    reference.register(Image.from_array(np.roll(pixels, 2, axis=1), pixel_spacing_mm=1.0))
+    moved = np.roll(pixels, 2, axis=1)
+    reference.register(Image.from_array(moved, pixel_spacing_mm=1.0))
+    # a noisy frame (smoothed and registered again, with its checks) and one of noise alone (refused): each compiled
+    # its own kernels on its first arrival after the warm-up, seconds late (a new user's service: 11-31 s)
+    noisy = moved + rng.normal(scale=0.3 * float(pixels.std()), size=moved.shape).astype(np.float32)
+    reference.register(Image.from_array(noisy, pixel_spacing_mm=1.0))
+    reference.register(Image.from_array(rng.normal(size=moved.shape).astype(np.float32), pixel_spacing_mm=1.0))
 
 
 # --- helpers (preparation time only; not on the per-frame path) ---------------------------------
