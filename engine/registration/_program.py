@@ -390,9 +390,15 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
 
 
-def _lines_warning(whose: str, record: dict) -> str:
-    """Return the warning that names the faulty detector lines left out of the match: dead ones, and hot ones said so."""
+def _lines_warning(whose: str, record: dict, drr: bool = False) -> str:
+    """Return the warning that names the faulty detector lines left out of the match: dead ones, and hot ones said so.
+
+    ``drr``: a DRR's lines (no detector: a burned-in graphics line, or damage).
+    """
     rows, cols = record["rows"], record["columns"]
+    if drr:
+        return (f"{whose}{len(rows)} row(s) and {len(cols)} column(s) that read far off their neighbours (a DRR's "
+                "burned-in graphics line, or damage) left out of the match")
     hot = len(record["hot_rows"]) + len(record["hot_columns"])
     if not hot:
         return f"{whose}{len(rows)} dead detector row(s) and {len(cols)} column(s) left out of the match"
@@ -1562,7 +1568,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
         reference_lines = faulty_lines(reference.image.pixels,
                                        *dead_detector_lines(reference_field, reference._field_factor))
-        warnings.append(_lines_warning("the reference's ", reference_lines))
+        warnings.append(_lines_warning("the reference's ", reference_lines, reference.image.info.kind == "drr"))
     frame_stats: dict = {}
     quality = assess_frame(backend, frame, plan, field, frame_stats, None if measured is None else (measured[0], measured[1]))
     # the noisy frame, smoothed, and still so (TOO_LITTLE_STRUCTURE: a tuple of beginnings)
