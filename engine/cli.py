@@ -37,6 +37,7 @@ from ._cli_options import (
     shown,
 )
 from .errors import GeometryError, MissingDependencyError, PortalignError
+from .image import declared_kind
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
 
@@ -385,15 +386,8 @@ def _register(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     reference_image = _load_named(args.reference, args, args.frame)
-    if args.reference_kind is not None and reference_image.info.kind != args.reference_kind:
-        if reference_image.info.kind:  # the header said otherwise: the flag wins, and says so with the result
-            kind_note = (f"{reference_image.info.source}: registered as a {args.reference_kind} reference "
-                         f"(--reference-kind), not as the {reference_image.info.kind} its header describes")
-        else:
-            kind_note = ""
-        reference_image = replace(reference_image, info=replace(reference_image.info, kind=args.reference_kind))
-    else:
-        kind_note = ""
+    # the header said otherwise: the flag wins, and says so with the result
+    reference_image, kind_note = declared_kind(reference_image, args.reference_kind, "--reference-kind")
     frame = _load_named(args.frame, args, args.reference, frame_index=args.frame_index)
     if args.reg:  # what the REG needs of the images (SOP Instance UIDs, a patient position), before registering
         from .reg import check_registration_inputs

@@ -25,7 +25,7 @@ from portalign.kernels.cpu.pyramid import MAX_PIXEL_MAGNITUDE
 
 from .errors import GeometryError, PixelValuesError, PortalImageError
 
-__all__ = ["Image", "ImageInfo", "as_image", "beam_kind", "check_registration_size"]
+__all__ = ["Image", "ImageInfo", "as_image", "beam_kind", "check_registration_size", "declared_kind"]
 
 
 @dataclass(frozen=True)
@@ -418,6 +418,20 @@ def check_registration_size(reference: Image, frame: Image, *, max_shift_mm: flo
                 f"times longer one way than the other: no imager reads out such a strip, and its search would take far "
                 f"more memory than its pixels (at most {IMAGE_ASPECT_LIMIT:g}:1 is registered); crop it less tightly, or "
                 "check its Rows (0028,0010) and Columns (0028,0011)")
+
+
+def declared_kind(image: Image, kind: str | None, said_by: str) -> tuple[Image, str]:
+    """Return ``image`` as the ``kind`` of reference its user declared, and the note to give with its results.
+
+    ``kind`` (``"drr"`` or ``"portal"``; None: the image as read) says what a file cannot (an array, raw pixels) or
+    overrides its header; the note (``""`` where the header said nothing, or the same) names the header's kind and
+    ``said_by`` (``--reference-kind`` in the CLI, ``?kind=drr`` over HTTP).
+    """
+    if kind is None or image.info.kind == kind:
+        return image, ""
+    note = (f"{image.info.source}: registered as a {kind} reference ({said_by}), not as the {image.info.kind} its "
+            "header describes" if image.info.kind else "")
+    return replace(image, info=replace(image.info, kind=kind)), note
 
 
 def as_image(obj: Any, *, name: str = "image", pixel_spacing_mm: float | tuple[float, float] | None = None) -> Image:

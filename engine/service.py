@@ -80,7 +80,7 @@ from . import __version__
 from ._cli_options import add_invert_argument, add_warm_up_argument, as_flags
 from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePreparationError
-from .image import Image
+from .image import Image, declared_kind
 from .journal import Journal, json_ready, to_json_line
 from .options import RegistrationOptions
 from .registration import Reference, prepare_reference, warm_up_kernels
@@ -575,12 +575,8 @@ def create_app(
         except PortalignError as exc:
             raise ApiError(400, "bad_request", f"reference: {_one_line(exc)}") from None
         image = await _read_image(request, max_body_bytes, "reference", frame, in_pool, invert)
-        kind_note = ""
-        if kind is not None and image.info.kind != kind:  # what the file cannot say (raw pixels), or says otherwise
-            if image.info.kind:  # the query wins, and says so with the reference and every frame's result
-                kind_note = (f"{image.info.source}: registered as a {kind} reference (?kind={kind}), not as the "
-                             f"{image.info.kind} its header describes")
-            image = dataclasses.replace(image, info=dataclasses.replace(image.info, kind=kind))
+        # what the file cannot say (raw pixels), or says otherwise: the query wins, and says so with every result
+        image, kind_note = declared_kind(image, kind, f"?kind={kind}")
         try:
             reference = await in_pool(prepare_reference, image, chosen_options, backend=chosen)
         except (ReferencePreparationError, GeometryError, ValueError) as exc:

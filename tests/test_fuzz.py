@@ -747,18 +747,24 @@ def test_a_photometric_interpretation_that_cannot_be_read_is_named(tmp_path, shi
     _cli_refuses(capsys, tmp_path, shipped, path, r"PhotometricInterpretation \(0028,0004\) cannot be read")
 
 
+def _refused_before_allocating(reference: portalign.Image, frame: portalign.Image, message: str, peak_bytes: int) -> None:
+    """The size check refuses the pair with ``message`` (a regular expression), and so does a registration of it,
+    allocating under ``peak_bytes`` (Python's allocations) before it does."""
+    with pytest.raises(GeometryError, match=message):
+        check_registration_size(reference, frame, max_shift_mm=20.0)
+    with _PeakMemory() as memory, pytest.raises(GeometryError, match=message):
+        portalign.register(reference, frame, backend="cpu")
+    assert memory.peak < peak_bytes, memory.peak
+
+
 def test_a_spacing_far_finer_along_one_axis_is_refused_before_the_search_is_allocated():
     """A 12 kB file of 8 x 640 pixels at 10 x 0.01 mm (each within the reader's range) passed the span check: the
     search pads both axes by the span at the finer spacing, and it asked for (9, 5120, 5760) complex64, 1.98 GiB."""
     reference = _flat((128, 128), 1.0, "drr")
     frame = _flat((8, 640), (10.0, 0.01), "frame")
-    with pytest.raises(GeometryError, match=r"^frame: pixel spacing 10 x 0\.01 mm \(rows x columns\): a search of "
-                                            r"\+-20 mm pads its 8 x 640 pixels by 2500 on every side, 2\.82e\+07 "
-                                            r"pixels .* detector pixels are square or nearly so"):
-        check_registration_size(reference, frame, max_shift_mm=20.0)
-    with _PeakMemory() as memory, pytest.raises(GeometryError, match="detector pixels are square"):
-        portalign.register(reference, frame, backend="cpu")
-    assert memory.peak < 64 << 20, memory.peak
+    _refused_before_allocating(reference, frame, r"^frame: pixel spacing 10 x 0\.01 mm \(rows x columns\): a search of "
+                               r"\+-20 mm pads its 8 x 640 pixels by 2500 on every side, 2\.82e\+07 pixels .* detector "
+                               r"pixels are square or nearly so", 64 << 20)
     # square pixels of a small crop, and a 2:1 binned detector, pass
     check_registration_size(reference, _flat((100, 100), 0.26, "crop"), max_shift_mm=20.0)
     check_registration_size(reference, _flat((384, 512), (0.78, 0.39), "binned"), max_shift_mm=20.0)
@@ -771,14 +777,10 @@ def test_a_strip_of_an_image_is_refused_before_its_search_is_allocated():
     reference = _flat((384, 512), 0.52, "drr")
     for shape in ((8, 4096), (4096, 32)):
         frame = _flat(shape, 0.237, "strip")
-        with pytest.raises(GeometryError, match=rf"^strip: the frame is {shape[0]} x {shape[1]} pixels, "
-                                                rf"{max(shape) // min(shape)} times longer one way than the other: no "
-                                                r"imager reads out such a strip.*at most 8:1 is registered\); crop it "
-                                                r"less tightly, or check its Rows \(0028,0010\) and Columns"):
-            check_registration_size(reference, frame, max_shift_mm=20.0)
-        with _PeakMemory() as memory, pytest.raises(GeometryError, match="no imager reads out such a strip"):
-            portalign.register(reference, frame, backend="cpu")
-        assert memory.peak < 8 << 20, memory.peak
+        _refused_before_allocating(reference, frame, rf"^strip: the frame is {shape[0]} x {shape[1]} pixels, "
+                                   rf"{max(shape) // min(shape)} times longer one way than the other: no imager reads "
+                                   r"out such a strip.*at most 8:1 is registered\); crop it less tightly, or check its "
+                                   r"Rows \(0028,0010\) and Columns", 8 << 20)
     with pytest.raises(GeometryError, match=r"^drr: the reference is 16 x 400 pixels, 25 times longer"):
         check_registration_size(_flat((16, 400), 1.0, "drr"), _flat((384, 512), 0.52, "frame"), max_shift_mm=20.0)
     # the real files' most elongated image, a DRR of 256 x 85 pixels, and an 8:1 crop pass
