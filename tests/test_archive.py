@@ -26,6 +26,7 @@ from dicom_factory import make_rt_image, write_rt_image  # noqa: E402
 from portalign.archive import (  # noqa: E402
     ArchiveError,
     axis_statistics,
+    circular_mean_deg,
     combine_fractions,
     index_file,
     list_files,
@@ -114,6 +115,90 @@ def test_combine_fractions_recovers_a_known_3d_shift():
     parallel = [rows[0], {**rows[1], "gantry_deg": 180.0}]
     (flat,) = combine_fractions(parallel)
     assert flat["lateral_mm"] is None and "parallel" in flat["reason"]
+
+
+def _view_rows(shift: np.ndarray, views: list[tuple[int, float]], **extra) -> list[dict]:
+    rows = []
+    for beam, gantry in views:
+        dx, dy = projection_matrix(gantry) @ shift
+        rows.append({"status": "registered", "ok": True, "patient_id": "P", "plan_uid": "1.2", "fraction": "fraction 1",
+                     "fraction_number": 1, "date": "20261205", "patient_position": "HFS", "beam_number": beam,
+                     "gantry_deg": gantry, "couch_deg": 0.0, "receptor_angle_deg": None, "dx_mm": float(dx),
+                     "dy_mm": float(dy), "rotation_deg": 0.0, **extra})
+    return rows
+
+
+def test_a_beam_imaged_either_side_of_gantry_0_keeps_its_view():
+    # A physicist's trial: one beam imaged twice at gantry read-outs 359.6 and 0.4 (both within the view tolerance of
+    # its gantry-0 DRR) was averaged to gantry 180: the fraction's lateral error came out -4.34 mm for +4.50, ok.
+    shift = np.array([3.0, 2.0, 1.0])
+    rows = _view_rows(shift, [(1, 359.6), (1, 0.4), (2, 90.0)])
+    rows[0]["sop_instance_uid"], rows[1]["sop_instance_uid"] = "1.1", "1.2"
+    (setup,) = combine_fractions(rows)
+    assert setup["ok"] and setup["gantry_angles_deg"] == "0,90" and setup["note"] is None
+    assert [setup[f"{a}_mm"] for a in AXES] == pytest.approx(shift.tolist(), abs=0.03)
+    assert circular_mean_deg([350.0, 20.0]) == pytest.approx(5.0)
+    assert circular_mean_deg([90.0]) == 90.0 and circular_mean_deg([-10.0, -10.0]) == 350.0
+
+
+def test_a_later_exposure_that_disagrees_is_not_averaged_into_the_setup():
+    # An online correction: the first exposure of beam 1 shows the setup error, a later one (after the couch move)
+    # nearly none. Their average is neither; the first is the setup error and the later one is named.
+    shift = np.array([4.0, -3.0, 2.0])
+    rows = _view_rows(shift, [(1, 0.0), (2, 90.0)], time="101500")
+    rows[0]["sop_instance_uid"], rows[1]["sop_instance_uid"] = "1.1", "1.3"
+    after = {**rows[0], "sop_instance_uid": "1.2", "time": "102000", "dx_mm": 0.2, "dy_mm": -0.1}
+    (setup,) = combine_fractions([after, *rows])  # in any order: acquisition times decide
+    assert [setup[f"{a}_mm"] for a in AXES] == pytest.approx(shift.tolist(), abs=1e-9)
+    assert "beam 1: 1 later exposure(s) 4.9 mm from the first left out" in setup["note"]
+    # Exposures that agree are one setup imaged twice: averaged.
+    again = {**rows[0], "sop_instance_uid": "1.2", "time": "102000", "dx_mm": rows[0]["dx_mm"] + 0.4}
+    (twice,) = combine_fractions([again, *rows])
+    assert twice["note"] is None and twice["lateral_mm"] == pytest.approx(shift[0] + 0.2, abs=1e-9)
+
+
+def test_what_is_left_out_of_sigma_is_said_in_the_summary_and_on_the_console(monkeypatch, capsys):
+    """A physicist's trial: "2 not ok" and "(9 patients)" of 10 on the console, nothing on why; three fractions with one
+    usable view and a one-fraction patient left out of Sigma and sigma unsaid; ``--json`` without the warnings."""
+    from types import SimpleNamespace
+
+    import portalign.archive
+    from portalign.archive import ArchiveResult
+    from portalign.archive._run import _summary
+
+    rows = []
+    for patient, fractions in (("P1", 3), ("P2", 1)):
+        for k in range(fractions):
+            shift = np.array([1.0 + k, -1.0, 0.5])
+            rows += [{**r, "patient_id": patient, "fraction": f"fraction {k + 1}", "fraction_number": k + 1,
+                      "sop_instance_uid": f"{patient}.{k}.{r['beam_number']}"}
+                     for r in _view_rows(shift, [(1, 0.0), (2, 90.0)])]
+    # P1's third fraction: beam 2 refused, so one view only
+    rows[5].update(ok=False, reason="view mismatch: the frame's gantry angle 45 deg is not the reference's 90 deg")
+    # P1's first fraction: beam 1 imaged again after a couch correction
+    rows.append({**rows[0], "sop_instance_uid": "P1.0.1b", "time": "235959", "dx_mm": 0.1, "dy_mm": 0.0})
+    setups = combine_fractions(rows)
+    pairing = SimpleNamespace(index=[], tasks=[])
+    summary = _summary(pairing, rows, setups, {}, {}, {}, "cpu", 0, 0, 0, False)
+    warnings = summary["warnings"]
+    assert any(w.startswith("1 fraction(s) with fewer than two ok views have no 3-D setup error") and
+               "patient P1, fraction 3" in w for w in warnings), warnings
+    assert "1 patient(s) with one ok fraction only are left out of M, Sigma and sigma (a patient's SD needs two): P2" \
+        in warnings
+    assert any(w.startswith("1 fraction(s) imaged a beam again") and "patient P1, fraction 1" in w for w in warnings)
+    assert summary["not_ok"] == [{"reason": rows[5]["reason"], "frames": 1}]
+    assert summary["population"]["lateral"]["n_patients"] == 1  # P1 alone (two ok fractions)
+    # the console names the not-ok reason and the warnings; --json carries both
+    result = ArchiveResult(out_dir="out", summary=summary, outputs={}, tasks_run=4, tasks_skipped=0, tasks_failed=0,
+                           warnings=warnings)
+    monkeypatch.setattr(portalign.archive, "run", lambda *args, **kwargs: result)
+    assert main(["archive", "in", "--out", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "not ok: 1 frame(s): view mismatch: the frame's gantry angle 45 deg" in out
+    assert out.count("warning: ") == len(warnings) >= 3
+    assert main(["archive", "in", "--out", "out", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["warnings"] == warnings and said["not_ok"] == summary["not_ok"]
 
 
 # ---------------------------------------------------------------------------

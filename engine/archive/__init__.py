@@ -19,7 +19,7 @@ from __future__ import annotations
 from ._index import index_file, list_files
 from ._pair import BeamTask, pair_frames
 from ._run import AXES, ArchiveError, ArchiveResult, run
-from ._setups import combine_fractions
+from ._setups import circular_mean_deg, combine_fractions
 from ._stats import axis_statistics, population_statistics, sigma_relative_se
 from ._tasks import register_beam
 
@@ -29,6 +29,7 @@ __all__ = [
     "ArchiveResult",
     "BeamTask",
     "axis_statistics",
+    "circular_mean_deg",
     "combine_fractions",
     "index_file",
     "list_files",

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", type=float, default=20.0, metavar="S",
                         help="seconds to keep trying to reach --scheduler")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-    parser.add_argument("--json", action="store_true", help="print summary.json's counts and population as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print summary.json's counts, population, reasons and warnings as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary = result.summary
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("counts", "population", "tasks", "timing", "not_registered")},
-                         default=str))
+        print(json.dumps({k: summary[k] for k in ("counts", "population", "population_rotation_deg", "tasks", "timing",
+                                                  "not_registered", "not_ok", "warnings")}, default=str))
         return 0
     counts = summary["counts"]
     print(f"{counts['files']} files: {counts['frames']} frames ({counts['registered']} registered, {counts['not_ok']} not "
@@ -89,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
               f"{as_flags(entry['reason'], getattr(args, 'subparser', None))}")
     if len(shown_reasons) > NOT_REGISTERED_SHOWN:
         print(f"... {len(shown_reasons) - NOT_REGISTERED_SHOWN} more reason(s) in report.md and summary.json")
+    not_ok = summary.get("not_ok") or []  # registered, not ok: why (each reason once, most frequent first)
+    for entry in not_ok[:NOT_REGISTERED_SHOWN]:
+        print(f"not ok: {entry['frames']} frame(s): {as_flags(entry['reason'], getattr(args, 'subparser', None))}")
+    if len(not_ok) > NOT_REGISTERED_SHOWN:
+        print(f"... {len(not_ok) - NOT_REGISTERED_SHOWN} more not-ok reason(s) in registrations.parquet and summary.json")
     for warning in result.warnings:
         print(f"warning: {warning}")
     print(f"outputs in {result.out_dir} (report.md, summary.json, registrations/setups/index.parquet)")

@@ -497,10 +497,30 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
     if not_ok_setups:
         warnings.append(f"{len(not_ok_setups)} fraction(s) with two or more views are not ok and are left out of the "
                         f"population statistics (first: {not_ok_setups[0]['reason']})")
+    # what else is left out of Sigma and sigma, said where the numbers are (a physicist's trial found it only in the
+    # tables): fractions without a 3-D setup, patients with one ok fraction (no SD), later exposures of a beam
+    few_views = [s for s in setups if s["n_views"] < 2]
+    if few_views:
+        first = few_views[0]
+        warnings.append(f"{len(few_views)} fraction(s) with fewer than two ok views have no 3-D setup error and are "
+                        f"left out of the population statistics (first: patient {first['patient_id']}, "
+                        f"{first['fraction']}: {first['reason']}); their 2-D values are in image_axes")
+    ok_fractions = Counter(s["patient_id"] for s in good)
+    lone = sorted(str(p) for p, n in ok_fractions.items() if n < 2)
+    if lone:
+        warnings.append(f"{len(lone)} patient(s) with one ok fraction only are left out of M, Sigma and sigma (a "
+                        f"patient's SD needs two): {', '.join(lone[:10])}{' ...' if len(lone) > 10 else ''}")
+    noted = [s for s in setups if s.get("note")]
+    if noted:
+        warnings.append(f"{len(noted)} fraction(s) imaged a beam again after its first exposure and the later image "
+                        f"disagrees: the first exposure is the setup error (first: patient {noted[0]['patient_id']}, "
+                        f"{noted[0]['fraction']}: {noted[0]['note']})")
     frames_per_s = (timing["frames_this_run"] / timing["register_s"]) if timing.get("frames_this_run") else None
     # why frames were not registered, most frequent first: the console says it, not only report.md
     why = Counter((r["status"], r.get("reason") or r.get("error") or "no reason recorded")
                   for r in rows if r["status"] in ("unmatched", "failed"))
+    # ...and why registered frames were not ok (their reasons, each once)
+    not_ok_why = Counter(r.get("reason") or "no reason recorded" for r in registered if not r["ok"])
     return {
         "version": __version__,
         "definitions": {
@@ -540,6 +560,8 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
         "categories": dict(sorted(categories.items())),
         "not_registered": [{"status": status, "reason": reason, "frames": n}
                            for (status, reason), n in sorted(why.items(), key=lambda item: (-item[1], item[0]))],
+        "not_ok": [{"reason": reason, "frames": n}
+                   for reason, n in sorted(not_ok_why.items(), key=lambda item: (-item[1], item[0]))],
         "tasks": {"total": len(pairing.tasks), "run": tasks_run - tasks_failed, "skipped_resume": tasks_skipped,
                   "failed": tasks_failed},
         "timing": {"frames_per_s": frames_per_s},

@@ -2,7 +2,9 @@
 
 The frames of a fraction (same patient, plan and fraction) are grouped by beam;
 a beam's view is the mean 2-D displacement of its ``ok`` frames (one frame for a
-single exposure, the average over a cine acquisition). Two or more views at
+single exposure, the average over a cine acquisition; of several exposures, the
+first and those that agree with it: ``EXPOSURE_AGREEMENT_MM``), its angles their
+circular mean. Two or more views at
 non-parallel gantry angles are combined with :func:`portalign.couch.solve_couch_shift`
 (least squares of ``(dx, dy) = P d`` over the views; ``P`` from the gantry, couch
 and receptor angles). A fraction with a single view, or only parallel views, gets
@@ -19,15 +21,89 @@ from typing import Any
 from ..couch import View, solve_couch_shift
 from ..errors import GeometryError
 
-__all__ = ["SETUP_COLUMNS", "combine_fractions", "fraction_views"]
+__all__ = ["SETUP_COLUMNS", "combine_fractions", "fraction_views", "circular_mean_deg", "EXPOSURE_AGREEMENT_MM"]
 
 #: Columns of ``setups.parquet`` (one row per fraction), in order.
 SETUP_COLUMNS = [
     "patient_id", "plan_uid", "fraction", "fraction_number", "date", "fraction_ordinal", "patient_position",
     "n_views", "gantry_angles_deg", "n_frames", "n_frames_not_ok",
     "lateral_mm", "longitudinal_mm", "vertical_mm", "pitch_deg", "roll_deg", "yaw_deg",
-    "max_residual_mm", "separation_deg", "ok", "reason",
+    "max_residual_mm", "separation_deg", "ok", "reason", "note",
 ]
+
+#: Exposures (files) of one beam in one fraction whose mean image shifts lie further apart than this (mm) are not
+#: one setup imaged twice: the couch was moved between them (an online correction and its verification image), or
+#: the patient moved. The fraction's setup error is then the first exposure's (acquisition date and time, then file
+#: path), the error the patient was set up with; the later ones are named in the row's ``note``, not averaged in (an
+#: average of a pre- and a post-correction image is neither). Exposures that agree are averaged (one setup measured
+#: twice). A frame's own standard uncertainty is 0.1-0.3 mm (``shift_uncertainty_mm``); an action level of an online
+#: protocol is 2-5 mm.
+EXPOSURE_AGREEMENT_MM = 1.0
+
+
+def circular_mean_deg(values: list[float]) -> float:
+    """Return the mean direction of angles ``values`` (degrees), in ``[0, 360)``.
+
+    Gantry read-outs of one beam either side of 0 (359.6 and 0.4) average to 0, not 180 (their arithmetic mean): the
+    mean of the unit vectors ``(cos a, sin a)``, as for any circular quantity (Mardia & Jupp, *Directional
+    Statistics*, 2000, section 2.2.1). Equal values return that value unchanged.
+    """
+    if all(v == values[0] for v in values):
+        return float(values[0]) % 360.0
+    s = sum(math.sin(math.radians(v)) for v in values)
+    c = sum(math.cos(math.radians(v)) for v in values)
+    return round(math.degrees(math.atan2(s, c)), 9) % 360.0
+
+
+def _mean(frames: list[dict[str, Any]], name: str) -> float | None:
+    values = [float(f[name]) for f in frames if f.get(name) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _beam_view(frames: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """One beam's view of a fraction from its registered frames, and a note on exposures left out ("" if none).
+
+    Frames are grouped by exposure (SOP Instance UID, else file); the view is the mean of the ok frames of the first
+    exposure that has any and of every later one that agrees with it (``EXPOSURE_AGREEMENT_MM``); angles by their
+    circular mean (:func:`circular_mean_deg`).
+    """
+    exposures: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for f in frames:
+        exposures[f.get("sop_instance_uid") or f.get("path")].append(f)
+    ordered = sorted(exposures.values(), key=lambda fs: (str(fs[0].get("date") or ""), str(fs[0].get("time") or ""),
+                                                         str(fs[0].get("path") or "")))
+    first = frames[0]
+    view: dict[str, Any] = {"gantry_deg": first.get("gantry_deg"), "couch_deg": first.get("couch_deg") or 0.0,
+                            "receptor_angle_deg": first.get("receptor_angle_deg") or 0.0, "n_frames": 0,
+                            "dx_mm": None, "dy_mm": None, "rotation_deg": None}
+    used: list[dict[str, Any]] = []
+    start: tuple[float, float] | None = None
+    left_out: list[float] = []
+    for exposure in ordered:
+        good = [f for f in exposure if f.get("ok") and f.get("dx_mm") is not None and f.get("dy_mm") is not None]
+        if not good:
+            continue
+        centre = (_mean(good, "dx_mm"), _mean(good, "dy_mm"))
+        if start is None:
+            start = centre  # type: ignore[assignment]
+        elif math.hypot(centre[0] - start[0], centre[1] - start[1]) > EXPOSURE_AGREEMENT_MM:  # type: ignore[operator]
+            left_out.append(math.hypot(centre[0] - start[0], centre[1] - start[1]))  # type: ignore[operator]
+            continue
+        used.extend(good)
+    if used:
+        view["n_frames"] = len(used)
+        for name in ("dx_mm", "dy_mm", "rotation_deg"):
+            view[name] = _mean(used, name)
+        for name in ("gantry_deg", "couch_deg", "receptor_angle_deg"):
+            angles = [float(f[name]) for f in used if f.get(name) is not None]
+            if angles:
+                view[name] = circular_mean_deg(angles)
+    note = ""
+    if left_out:
+        note = (f"{len(left_out)} later exposure(s) {', '.join(f'{d:.1f}' for d in left_out)} mm from the first left "
+                f"out (more than {EXPOSURE_AGREEMENT_MM:g} mm: a couch correction or patient motion between them); "
+                "the first exposure is the setup error")
+    return view, note
 
 
 def fraction_views(rows: list[dict[str, Any]]) -> dict[tuple[Any, Any, Any], dict[str, Any]]:
@@ -44,8 +120,9 @@ def fraction_views(rows: list[dict[str, Any]]) -> dict[tuple[Any, Any, Any], dic
         ``(patient_id, plan_uid, fraction)`` -> ``{"views": {beam_number: view dict},
         "n_frames", "n_frames_not_ok", "fraction_number", "date", "patient_position"}``;
         a view dict has ``gantry_deg, couch_deg, receptor_angle_deg, dx_mm, dy_mm,
-        rotation_deg, n_frames`` (mean over the beam's ok frames; ``None`` values when
-        none is ok).
+        rotation_deg, n_frames`` (mean over the beam's ok frames of its first exposure and
+        those that agree with it, angles their circular mean; ``None`` values when none is
+        ok); ``"notes"`` (when any) names the exposures left out.
     """
     fractions: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
     beams: dict[tuple[Any, Any, Any], dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -63,16 +140,10 @@ def fraction_views(rows: list[dict[str, Any]]) -> dict[tuple[Any, Any, Any], dic
     for key, entry in fractions.items():
         views = {}
         for beam, frames in beams[key].items():
-            good = [f for f in frames if f.get("ok")]
-            first = frames[0]
-            view = {"gantry_deg": first.get("gantry_deg"), "couch_deg": first.get("couch_deg") or 0.0,
-                    "receptor_angle_deg": first.get("receptor_angle_deg") or 0.0, "n_frames": len(good),
-                    "dx_mm": None, "dy_mm": None, "rotation_deg": None}
-            if good:
-                for name in ("gantry_deg", "dx_mm", "dy_mm", "rotation_deg"):
-                    values = [float(f[name]) for f in good if f.get(name) is not None]
-                    view[name] = sum(values) / len(values) if values else None
+            view, note = _beam_view(frames)
             views[beam] = view
+            if note:
+                entry.setdefault("notes", []).append(f"beam {beam}: {note}")
         entry["views"] = views
     return fractions
 
@@ -103,7 +174,8 @@ def combine_fractions(rows: list[dict[str, Any]], *, max_residual_mm: float = 1.
         row.update(patient_id=patient, plan_uid=plan, fraction=fraction, fraction_number=entry["fraction_number"],
                    date=entry["date"], patient_position=entry["patient_position"], n_views=len(views),
                    gantry_angles_deg=",".join(f"{v['gantry_deg']:g}" for v in views) or None,
-                   n_frames=entry["n_frames"], n_frames_not_ok=entry["n_frames_not_ok"], ok=False)
+                   n_frames=entry["n_frames"], n_frames_not_ok=entry["n_frames_not_ok"], ok=False,
+                   note="; ".join(entry.get("notes", [])) or None)
         if len(views) < 2:
             row["reason"] = (f"{len(views)} usable view{'s' if len(views) != 1 else ''}: a 3-D setup error needs two "
                              "non-parallel views with an ok registration")
