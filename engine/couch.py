@@ -536,12 +536,21 @@ def solve_couch_shift(
     reasons: list[str] = []
     warnings: list[str] = []
     view_rows: list[dict[str, Any]] = []
+    residuals = [float(math.hypot(v.dx_mm - predicted[i, 0], v.dy_mm - predicted[i, 1])) for i, v in enumerate(views)]
+    # two views share one axis and split their disagreement evenly: neither can be named as the one that is off (a
+    # trial: the sound gantry-0 view was named beside the one whose header was wrong); said once, of both
+    pair = len(views) == 2 and min(residuals) > max_residual_mm
+    if pair:
+        reasons.append(f"the two views (gantry {_deg(views[0].gantry_deg)} and {_deg(views[1].gantry_deg)}) disagree "
+                       f"by {sum(residuals):.2f} mm where both see the patient (each {max(residuals):.2f} mm from the "
+                       f"3-D solution, more than {max_residual_mm:g} mm): one of them is off, and two views cannot say "
+                       "which (a third view can)")
     for i, view in enumerate(views):
-        residual = float(math.hypot(view.dx_mm - predicted[i, 0], view.dy_mm - predicted[i, 1]))
+        residual = residuals[i]
         label = view.label or f"view {i}"
         if not view.ok:
             reasons.append(f"{label} (gantry {_deg(view.gantry_deg)}): {view.reason or '2-D registration not ok'}")
-        if residual > max_residual_mm:
+        if residual > max_residual_mm and not pair:
             reasons.append(f"{label} (gantry {_deg(view.gantry_deg)}) disagrees with the others by {residual:.2f} mm "
                            f"(more than {max_residual_mm:g} mm)")
         warnings.extend(f"{label}: {w}" for w in view.warnings)

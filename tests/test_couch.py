@@ -160,9 +160,17 @@ def test_views_that_disagree_are_reported():
     views[1] = View(gantry_deg=90, dx_mm=views[1].dx_mm, dy_mm=views[1].dy_mm + 3.0, label="G90")
     couch = solve_couch_shift(views, max_residual_mm=1.0)
     assert not couch.ok
-    assert "G90 (gantry 90) disagrees with the others by 1.50 mm" in couch.reason
+    # two views: neither is named as the one that is off (a trial: the sound view was blamed beside the wrong one)
+    assert couch.reason == ("the two views (gantry 0 and 90) disagree by 3.00 mm where both see the patient (each "
+                            "1.50 mm from the 3-D solution, more than 1 mm): one of them is off, and two views cannot "
+                            "say which (a third view can)")
     assert [v["residual_mm"] for v in couch.views] == pytest.approx([1.5, 1.5])
     assert couch.longitudinal_mm == pytest.approx(2.0 - 1.5)
+    # three views: each view over the limit is named by its own residual (where the least squares puts it)
+    views = views_for([1.0, 2.0, 3.0], (0, 90, 45))
+    views[1] = View(gantry_deg=90, dx_mm=views[1].dx_mm + 4.0, dy_mm=views[1].dy_mm, label="G90")
+    couch = solve_couch_shift(views, max_residual_mm=1.0)
+    assert not couch.ok and "disagrees with the others by" in couch.reason and "two views" not in couch.reason
 
 
 def test_a_view_that_is_not_ok_makes_the_result_not_ok():

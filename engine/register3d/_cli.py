@@ -184,11 +184,14 @@ def text_report(result: Any) -> str:
     for axis in AXES:
         value = getattr(result, f"{axis}_mm")
         hint = f"  (+ = {names[axis]})" if axis in names else ""
+        correction = result.couch_correction_3dof[axis]
+        u = (getattr(result, "translation_uncertainty_mm", None) or {}).get(axis)
         if value is None:
             lines.append(f"{axis:>13}: not estimated")
         else:
-            lines.append(f"{axis:>13}: {shown(value):+7.2f} mm   correction (translation only) "
-                         f"{shown(result.couch_correction_3dof[axis]):+7.2f} mm{hint}")
+            lines.append(f"{axis:>13}: {shown(value):+7.2f} mm{'' if u is None else f' (u {u:.2f})'}   correction "
+                         f"(translation only) {'n/a' if correction is None else format(shown(correction), '+7.2f') + ' mm'}"
+                         f"{hint}")
     for name in ("pitch", "roll", "yaw"):
         value = getattr(result, f"{name}_deg")
         lines.append(f"{name:>13}: " + ("not estimated" if value is None else f"{shown(value):+7.2f} deg"))

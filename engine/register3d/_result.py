@@ -29,6 +29,10 @@ class Register3DResult:
         Rotations about IEC X (lateral), Y (longitudinal) and Z (vertical).
     not_estimated : dict of str to str
         Parameter name (``lateral`` ... ``yaw``) -> why it is not reported.
+    translation_uncertainty_mm : dict of str to float or None
+        ``lateral``, ``longitudinal``, ``vertical`` -> standard uncertainty (mm) propagated from the views' 2-D
+        precision through their projections (``None`` where not estimated); over
+        ``Register3DOptions.max_translation_uncertainty_mm`` the result is not ok.
     couch_correction_6dof : dict of str to float or None
         For a 6-DOF couch: rotate the patient about the isocentre by ``pitch``,
         ``roll``, ``yaw`` (the Euler angles of ``R^T``), then translate by
@@ -45,6 +49,8 @@ class Register3DResult:
     couch_correction_3dof : dict of str to float or None
         For a couch that only translates: ``-t`` (the anatomy at the isocentre
         returns to it); the rotations stay as ``rotations_not_corrected_deg`` says.
+        The three corrections' values are all ``None`` when the result is not ``ok`` (as
+        ``RegistrationResult.correction()``): the measurement stays in the values above, for review.
     rotations_not_corrected_deg : dict of str to float or None
         ``pitch``, ``roll``, ``yaw`` left after the translation-only (3-DOF)
         correction: the measured rotations.
@@ -109,6 +115,7 @@ class Register3DResult:
     within_tolerance: dict[str, bool | None] = field(default_factory=dict)
     all_within_tolerance: bool | None = None
     warnings: list[str] = field(default_factory=list)
+    translation_uncertainty_mm: dict[str, float | None] = field(default_factory=dict)
     version: str = __version__
 
     @property

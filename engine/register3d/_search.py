@@ -108,6 +108,10 @@ class Register3DOptions:
         Smallest accepted gradient correlation of a view at the result.
     max_residual_mm, max_residual_deg : float
         Largest accepted residual of a view (2-D engine against the DRR at the result).
+    max_translation_uncertainty_mm : float
+        Largest accepted standard uncertainty of an estimated translation (mm), propagated from the views' 2-D
+        precision (:func:`translation_uncertainty`): views close to parallel resolve the displacement along their
+        beams poorly (a trial: views 15 deg apart, vertical 0.31 mm for 1.50, ok).
     drr_spacing_mm : float
         The 2-D engine's DRRs (start and residual) are rendered on the frame's
         pixel grid binned to about this spacing (never finer than the frame).
@@ -128,6 +132,7 @@ class Register3DOptions:
     min_score: float = 0.1
     max_residual_mm: float = 1.0
     max_residual_deg: float = 1.0
+    max_translation_uncertainty_mm: float = 1.0
     drr_spacing_mm: float = 1.2
     min_grid_points: int = 40
 
@@ -135,7 +140,7 @@ class Register3DOptions:
         if not self.levels or any(lv.volume not in ("coarse", "fine") for lv in self.levels):
             raise GeometryError("Register3DOptions.levels needs at least one SearchLevel with volume 'coarse' or 'fine'")
         for name in ("field_margin_mm", "max_translation_mm", "max_rotation_deg", "max_residual_mm",
-                     "max_residual_deg"):
+                     "max_residual_deg", "max_translation_uncertainty_mm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise GeometryError(f"Register3DOptions.{name} must be a non-negative number, got {value!r}")
@@ -210,11 +215,66 @@ def _register_prepared(prepared: PreparedCT, frames: Any, options: Register3DOpt
     final_data = [_view_level(prepared, v, options.levels[-1], options) for v in views]
     scores = _scores(prepared, final_level, final_data, views, pose[None, :])[:, 0]
     rows, reasons = assess(prepared, views, pose, scores, opts2d, options)
+    uncertainty = translation_uncertainty(views, rows, not_estimated)
+    reasons.extend(_imprecise(views, uncertainty, options.max_translation_uncertainty_mm))
+    unseen = [name for name in PARAMETERS[3:] if name in not_estimated]
+    if unseen:
+        # a turn the views cannot see still moves the anatomy they show: what is reported absorbs part of it
+        warnings.append(f"{' and '.join(unseen)} not estimated and held at 0: a patient turned about "
+                        f"{'that axis' if len(unseen) == 1 else 'those axes'} moves the anatomy these views show, and "
+                        "the translations and rotations reported absorb part of it (a trial from one view: 0.8 mm and "
+                        "0.3 deg off for turns of 2-2.5 deg); add a view at another gantry angle to measure all six")
     if np.any(np.abs(pose[:3]) > options.max_translation_mm) or np.any(np.abs(pose[3:]) > options.max_rotation_deg):
         reasons.append(f"the result lies outside the search range ({options.max_translation_mm:g} mm, "
                        f"{options.max_rotation_deg:g} deg)")
     return _result(prepared, views, pose, not_estimated, rows, scores, counters, reasons, warnings, tolerance,
-                   (time.perf_counter() - started) * 1e3)
+                   (time.perf_counter() - started) * 1e3, uncertainty)
+
+
+#: A view's 2-D standard uncertainty (mm) where its check at the result measured none: the upper end of the 2-D
+#: engine's usual 0.1-0.3 mm (``details["shift_uncertainty_mm"]``).
+NOMINAL_VIEW_UNCERTAINTY_MM = 0.3
+
+
+def translation_uncertainty(views: list[_View], rows: list[dict[str, Any]],
+                            not_estimated: dict[str, str]) -> dict[str, float | None]:
+    """Return the standard uncertainty (mm) of each estimated translation, from the views' 2-D precision.
+
+    Each view measures the translation's projection on its image axes ``(ex, ey)`` (IEC 61217 room axes) to its
+    2-D standard uncertainty (the check at the result's ``shift_uncertainty_mm``, else the start's, else
+    ``NOMINAL_VIEW_UNCERTAINTY_MM``); the least-squares propagation through the stacked projections (as
+    :func:`portalign.couch.solve_couch_shift`'s ``uncertainty_mm``): ``u_k = sqrt(sum_j (P+_kj w_j)^2)``, ``P+`` the
+    pseudo-inverse. Two views ``a`` apart see the displacement along their beams to about ``u / sin a``. ``None`` for
+    an axis not estimated.
+    """
+    projections, weights = [], []
+    for view, row in zip(views, rows, strict=True):
+        known = row.get("shift_uncertainty_mm")
+        if known is None and view.initial is not None:
+            known = (view.initial.details or {}).get("shift_uncertainty_mm")
+        u = float(known) if known is not None and math.isfinite(known) and known > 0 else NOMINAL_VIEW_UNCERTAINTY_MM
+        ex, ey, _ = view.geometry.axes
+        projections.extend([ex, ey])
+        weights.extend([u, u])
+    solve = np.linalg.pinv(np.array(projections, dtype=np.float64))
+    w = np.array(weights)
+    return {name: None if name in not_estimated else float(np.sqrt(((solve[k] * w) ** 2).sum()))
+            for k, name in enumerate(PARAMETERS[:3])}
+
+
+def _imprecise(views: list[_View], uncertainty: dict[str, float | None], limit: float) -> list[str]:
+    """Say which estimated translations the views resolve only beyond ``limit`` (mm); ``[]`` if none."""
+    over = {name: u for name, u in uncertainty.items() if u is not None and u > limit}
+    if not over:
+        return []
+    beams = [v.geometry.axes[2] for v in views]
+    apart = max((math.degrees(math.asin(min(1.0, float(np.linalg.norm(np.cross(a, b))))))
+                 for i, a in enumerate(beams) for b in beams[i + 1:]), default=0.0)
+    gantries = ", ".join(f"{v.geometry.gantry_deg:g}" for v in views)
+    known = ", ".join(f"{name} to {u:.2f} mm" for name, u in over.items())
+    return [f"the views at gantry {gantries} are at most {apart:.0f} deg apart: they resolve the {known} only "
+            f"(standard uncertainty from their 2-D precision; at most {limit:g} mm): add a view further from the "
+            "others (e.g. 0 and 90)"]
 
 
 # ---------------------------------------------------------------------------
@@ -342,6 +402,8 @@ def assess(prepared: PreparedCT, views: list[_View], pose: np.ndarray, scores: n
             "residual_rotation_deg": _optional(residual.rotation_deg),
             "residual_mm": _optional(distance),
             "residual_check_ok": bool(residual.ok),
+            # the 2-D precision of this view (its check at the result's), which the translation's uncertainty takes
+            "shift_uncertainty_mm": _optional((residual.details or {}).get("shift_uncertainty_mm")),
             "residual_check_reason": residual.reason,
             "field_box_mm": [float(v) for v in view.field_box_mm],
             "ok": not why,
@@ -584,7 +646,8 @@ def _extent_box(frame: Image) -> tuple[float, float, float, float]:
 
 def _result(prepared: PreparedCT, views: list[_View], pose: np.ndarray, not_estimated: dict[str, str],
             rows: list[dict[str, Any]], scores: np.ndarray, counters: dict[str, int], reasons: list[str],
-            warnings: list[str], tolerance: ToleranceTable | None, elapsed_ms: float) -> Register3DResult:
+            warnings: list[str], tolerance: ToleranceTable | None, elapsed_ms: float,
+            uncertainty: dict[str, float | None] | None = None) -> Register3DResult:
     values: dict[str, float | None] = {name: (None if name in not_estimated else float(pose[k]) + 0.0)
                                        for k, name in enumerate(PARAMETERS)}
     rotation = rotation_matrix(pose[3], pose[4], pose[5])
@@ -603,6 +666,10 @@ def _result(prepared: PreparedCT, views: list[_View], pose: np.ndarray, not_esti
     four: dict[str, float | None] = {name: (None if three[name] is None else float(turned[k]) + 0.0)
                                      for k, name in enumerate(PARAMETERS[:3])}
     four["yaw"] = None if yaw is None else -yaw + 0.0
+    if reasons:  # a result that is not ok is no correction to apply: none is given (the measurement stays)
+        six = dict.fromkeys(six)
+        four = dict.fromkeys(four)
+        three = dict.fromkeys(three)
     left = {name: values[name] for name in PARAMETERS[3:]}
     within: dict[str, bool | None] = {}
     all_within: bool | None = None
@@ -620,6 +687,7 @@ def _result(prepared: PreparedCT, views: list[_View], pose: np.ndarray, not_esti
         lateral_mm=values["lateral"], longitudinal_mm=values["longitudinal"], vertical_mm=values["vertical"],
         pitch_deg=values["pitch"], roll_deg=values["roll"], yaw_deg=values["yaw"],
         not_estimated=dict(not_estimated),
+        translation_uncertainty_mm=dict(uncertainty or {}),
         couch_correction_6dof=six, couch_correction_4dof=four, couch_correction_3dof=three,
         rotations_not_corrected_deg=left,
         views=rows, score=float(np.mean(scores)), iterations=counters["iterations"], renders=counters["renders"],
