@@ -116,6 +116,30 @@ def test_view_tolerance_is_an_option(pixels) -> None:
     assert not narrow.ok and "tolerance 1 deg" in narrow.reason
 
 
+def test_beams_apart_within_the_tolerance_widen_the_uncertainty_and_are_said(pixels) -> None:
+    """An independent trial: frames 1.5-3 deg off their references' gantry (honest headers, within the 3 deg
+    tolerance) were ok 0.9-3.2 mm off at 4-11 of their stated uncertainty: anatomy at different depths moves apart
+    across the beam by its depth times the angle. The angle is measured, said, and in the uncertainty."""
+    same = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 0.0})
+    apart = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5})
+    assert same.details["beam_angle_deg"] == 0.0 and apart.details["beam_angle_deg"] == pytest.approx(2.5)
+    # the added term: Z b (Z = PARALLAX_DEPTH_MM, 30 mm) in the radial RMS, each axis r / sqrt(2)
+    extra = (30.0 * math.radians(2.5)) ** 2 / 2
+    assert apart.details["shift_uncertainty_mm"] ** 2 == pytest.approx(same.details["shift_uncertainty_mm"] ** 2 + extra,
+                                                                       rel=0.05)
+    assert any(w.startswith("the frame's beam is 2.5 deg from the reference's") for w in apart.warnings), apart.warnings
+    assert not any("frame's beam is" in w for w in same.warnings)
+    # a couch turn takes a lateral beam away from its reference's too; a collimator turn does not (the beam stays)
+    couch = _pair(pixels, {"gantry_deg": 90.0, "couch_deg": 0.0}, {"gantry_deg": 90.0, "couch_deg": 2.0})
+    assert couch.details["beam_angle_deg"] == pytest.approx(2.0)
+    turned = _pair(pixels, {"gantry_deg": 0.0, "collimator_deg": 0.0}, {"gantry_deg": 0.0, "collimator_deg": 2.0})
+    assert turned.details["beam_angle_deg"] == 0.0
+    # a mismatch allowed by the caller (the headers are wrong, the views one): no term, no such warning
+    allowed = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 90.0}, allow_view_mismatch=True)
+    assert allowed.details["beam_angle_deg"] == pytest.approx(90.0)
+    assert allowed.details["shift_uncertainty_mm"] == pytest.approx(same.details["shift_uncertainty_mm"], rel=0.05)
+
+
 def test_angle_difference_wraps_around() -> None:
     assert angle_difference_deg(359.0, 1.0) == pytest.approx(2.0)
     assert angle_difference_deg(0.0, 180.0) == pytest.approx(180.0)

@@ -83,7 +83,7 @@ from ._scale import scale_profile, scale_verdict
 from ._scale import scale_reason as scale_reason_text
 from ._search import DISTINCT_MM, coarse_peaks, global_search
 from ._search_program import ITERATIONS, MI_TOLERANCE, WEAK_EDGE_SCORE, search_compiled, search_eager
-from ._views import common_region, compare_views
+from ._views import beam_angle_deg, common_region, compare_views
 
 if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
     from ._reference import Reference
@@ -158,6 +158,9 @@ PENUMBRA_MIN_RINGS = 3
 #: optimum lies 0.15 mm off pylinac's ball bearing, the edge one 0.003 mm (``tests/test_pylinac.py``); the held-out
 #: portal-reference pairs with jaws, MLC and open fields lie at 30-95 mm and gain (``_search_program.SETTINGS_ALIKE``).
 ALIKE_MIN_RADIUS_MM = 20.0
+#: Beams further apart than this (deg; within the view tolerance) are warned of: anatomy at different depths has
+#: moved apart across the beam (``details["beam_angle_deg"]``; the shift's uncertainty takes it at every angle).
+VIEW_PARALLAX_WARN_DEG = 1.0
 #: ...or when the frame's field lies this far (mm) or more from where the reference's lies (``field_moved_mm``): the
 #: field moved with the content (a window of one image moved over it), so the beam's profile did too and does not
 #: pull MI. Low-dose (3 % noise) windows of the TrueBeam Winston-Lutz images (``python -m bench.field_sets``) went
@@ -1914,6 +1917,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["field_note"] = field.note or None
     details["reference_field_note"] = reference.field.note or None
     details["view"] = view_record
+    # the angle between the two images' beams in the patient (deg; null where a gantry angle is not recorded): within
+    # the view tolerance, yet structures at different depths moved apart across the beam by their depth times it
+    beam_angle = beam_angle_deg(view_record["reference"], view_record["frame"])
+    details["beam_angle_deg"] = beam_angle
+    if view_record["mismatch"]:  # beyond the tolerance and allowed: the caller says the views are one (headers wrong)
+        beam_angle = None
     details["rotation_estimated"] = rotate
     # the finest pyramid level the optimum was refined on: its pixel (mm at the isocentre, the smaller of the two)
     working_spacing = finest_level.spacing
@@ -1960,13 +1969,19 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
     details["rotation_offset_mm"] = centroid_mm
     turn_u = details["rotation_uncertainty_deg"]
+    if beam_angle is not None and beam_angle > VIEW_PARALLAX_WARN_DEG and shift_measured:
+        warnings.append(f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles; "
+                        f"within the {opts.view_tolerance_deg:g} deg view tolerance): anatomy at different depths moves "
+                        f"apart by {math.radians(beam_angle) * 50:.1f} mm per 50 mm of depth off the isocentre plane, "
+                        "so the shift measured depends on which anatomy placed it; its uncertainty includes this")
     # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],
                              (float(pose[0]) * float(pose[0]) + float(pose[1]) * float(pose[1])) ** 0.5,
                              frame.info.sad_mm,
                              centroid_mm * turn_u / _DEGREES if turn_u is not None
-                             else unestimated_turn_mm(None if rotate else details.get("rotation_radius_mm")))
+                             else unestimated_turn_mm(None if rotate else details.get("rotation_radius_mm")),
+                             beam_angle or 0.0)
         if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)

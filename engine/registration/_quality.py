@@ -319,7 +319,8 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
 
 
 def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None, metric_gap_mm: float | None,
-                         shift_mm: float = 0.0, sad_mm: float | None = None, rotation_mm: float = 0.0) -> float:
+                         shift_mm: float = 0.0, sad_mm: float | None = None, rotation_mm: float = 0.0,
+                         beam_angle_deg: float = 0.0) -> float:
     """Return the standard uncertainty (1 sd, mm, each of ``dx`` and ``dy``) of a measured shift.
 
     The RMS radial error ``r`` has four parts, added in quadrature: placing the structure, ``SHIFT_ERROR_SHARE`` of
@@ -331,8 +332,12 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     rotation was estimated, its uncertainty carried into the shift, ``R u_theta``: the pose turns about the beam axis,
     so a shift measured on structure whose centre lies ``R`` from the axis (``details["rotation_offset_mm"]``, the
     usable pixels' centroid) is extrapolated to the axis through the rotation, and a rotation error ``e`` moves it
-    by ``R e``. Each axis carries ``r / sqrt(2)``:
-    ``u = sqrt((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2) / sqrt(2)``.
+    by ``R e``; and where the two beams are an angle ``b`` apart (within the view tolerance: a frame taken at gantry
+    2.5 deg where its reference was rendered at 0), the anatomy at depth ``z`` moved across the beam by ``z b`` against
+    the isocentre's, so the shift measured is off by the matched structures' depth times ``b``: ``Z b`` (the same
+    ``Z``; an independent trial's frames 1.5-3 deg off their references were 0.9-3.2 mm off at 4-11 of the
+    uncertainty stated without it). Each axis carries ``r / sqrt(2)``:
+    ``u = sqrt((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2 + (Z b)^2) / sqrt(2)``.
 
     Parameters
     ----------
@@ -350,6 +355,8 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
         ``R u_theta`` (mm): the estimated rotation's standard uncertainty (rad) times the distance ``R`` (mm) of the
         usable pixels' centroid from the beam axis; where no rotation was estimated, the unmeasured turn's
         (``UNESTIMATED_TURN_DEG`` at the usable pixels' RMS radius: :func:`unestimated_turn_mm`).
+    beam_angle_deg : float
+        The angle between the reference's and the frame's beams (deg, ``details["beam_angle_deg"]``); 0 where unknown.
 
     Returns
     -------
@@ -361,7 +368,9 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     noise = 0.0 if split_half_mm is None else 0.5 * split_half_mm
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
-    return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5) ** 0.5
+    view = PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
+    return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm + view * view)
+            * 0.5) ** 0.5
 
 
 def unestimated_turn_mm(rms_radius_mm: float | None) -> float:

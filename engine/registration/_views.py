@@ -18,12 +18,13 @@ angle that one image records and the other does not is a warning.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..image import Image, ImageInfo
 from ..options import RegistrationOptions
 
-__all__ = ["angle_difference_deg", "compare_views", "common_region", "extent_box", "grid_extent"]
+__all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_region", "extent_box", "grid_extent"]
 
 #: Angles compared, with the name a physicist uses for each (IEC 61217).
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
@@ -34,6 +35,24 @@ SAD_TOLERANCE = 0.02
 def angle_difference_deg(a: float, b: float) -> float:
     """Return the smallest absolute difference of two angles in degrees (359 and 1 are 2 apart)."""
     return abs((float(a) - float(b) + 180.0) % 360.0 - 180.0)
+
+
+def beam_angle_deg(reference: dict[str, Any], frame: dict[str, Any]) -> float | None:
+    """Return the angle (degrees) between two images' beam directions in the patient, from their IEC 61217 angles.
+
+    ``reference`` and ``frame`` are :func:`compare_views`' records (``gantry_deg``, ``couch_deg``; a couch angle
+    not recorded is 0). The beam of gantry ``g`` and couch ``s`` runs along ``(-cos s sin g, sin s sin g, -cos g)``
+    in patient-support axes (:func:`portalign.couch.image_axes`), so
+    ``cos(angle) = sin g1 sin g2 cos(s1 - s2) + cos g1 cos g2``. The collimator turns the image about the beam and
+    does not count. ``None`` where either image records no gantry angle.
+    """
+    g1, g2 = reference["gantry_deg"], frame["gantry_deg"]
+    if g1 is None or g2 is None:
+        return None
+    s1, s2 = reference["couch_deg"] or 0.0, frame["couch_deg"] or 0.0
+    a, b, c = math.radians(g1), math.radians(g2), math.radians(s1 - s2)
+    cosine = math.sin(a) * math.sin(b) * math.cos(c) + math.cos(a) * math.cos(b)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
 
 
 def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationOptions) -> tuple[str, dict[str, Any], list[str]]:
