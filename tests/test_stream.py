@@ -219,7 +219,7 @@ def test_dicom_frames_and_every_frame_of_a_cine_image(image):
     reference_ds = make_rt_image(image, spacing=1.5, sid=1500.0, sad=1000.0, position="centre")
     shifts = [(1.0, -2.0), (-0.5, 0.75), (2.25, 1.5)]
     cine = np.stack([shifted(image, dx, dy) for dx, dy in shifts])
-    cine_ds = make_rt_image(cine, spacing=1.5, sid=1500.0, sad=1000.0, position="centre", gantry=[0.0, 1.0, 2.0])
+    cine_ds = make_rt_image(cine, spacing=1.5, sid=1500.0, sad=1000.0, position="centre", gantry=[0.0, 0.5, 1.0])
     single_ds = make_rt_image(shifted(image, -1.25, 0.5), spacing=1.5, sid=1500.0, sad=1000.0, position="centre")
     with FrameStream(reference_ds) as stream:
         first = stream.push(single_ds)

@@ -111,9 +111,9 @@ def test_unknown_angles_are_recorded_not_compared(pixels) -> None:
 
 
 def test_view_tolerance_is_an_option(pixels) -> None:
-    assert _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5}).ok
-    narrow = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5}, view_tolerance_deg=1.0)
-    assert not narrow.ok and "tolerance 1 deg" in narrow.reason
+    assert _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 1.0}).ok
+    narrow = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 1.0}, view_tolerance_deg=0.5)
+    assert not narrow.ok and "tolerance 0.5 deg" in narrow.reason
 
 
 def test_beams_apart_within_the_tolerance_widen_the_uncertainty_and_are_said(pixels) -> None:
@@ -121,17 +121,23 @@ def test_beams_apart_within_the_tolerance_widen_the_uncertainty_and_are_said(pix
     tolerance) were ok 0.9-3.2 mm off at 4-11 of their stated uncertainty: anatomy at different depths moves apart
     across the beam by its depth times the angle. The angle is measured, said, and in the uncertainty."""
     same = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 0.0})
-    apart = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5})
-    assert same.details["beam_angle_deg"] == 0.0 and apart.details["beam_angle_deg"] == pytest.approx(2.5)
-    # the added term: Z b (Z = PARALLAX_DEPTH_MM, 30 mm) in the radial RMS, each axis r / sqrt(2)
-    extra = (30.0 * math.radians(2.5)) ** 2 / 2
-    assert apart.details["shift_uncertainty_mm"] ** 2 == pytest.approx(same.details["shift_uncertainty_mm"] ** 2 + extra,
-                                                                       rel=0.05)
-    assert any(w.startswith("the frame's beam is 2.5 deg from the reference's") for w in apart.warnings), apart.warnings
+    apart = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 1.0})
+    assert same.details["beam_angle_deg"] == 0.0 and apart.details["beam_angle_deg"] == pytest.approx(1.0)
+    # the added term, whole on each axis: V b (V = VIEW_PARALLAX_DEPTH_MM, 45 mm)
+    extra = (45.0 * math.radians(1.0)) ** 2
+    assert apart.ok and apart.details["shift_uncertainty_mm"] ** 2 == pytest.approx(
+        same.details["shift_uncertainty_mm"] ** 2 + extra, rel=0.05)
+    assert any(w.startswith("the frame's beam is 1.0 deg from the reference's") for w in apart.warnings), apart.warnings
     assert not any("frame's beam is" in w for w in same.warnings)
+    # 45 mm times the angle over 1 mm (from 1.27 deg): not ok, the measured shift kept for review
+    far = _pair(pixels, {"gantry_deg": 0.0}, {"gantry_deg": 2.5})
+    assert not far.ok and far.dx_mm is not None
+    assert far.reason.startswith("the frame's beam is 2.5 deg from the reference's (gantry and couch angles; within "
+                                 "the 3 deg view tolerance, yet): anatomy 45 mm off the isocentre plane (a usual depth) "
+                                 "has moved 2.0 mm across the beam"), far.reason
     # a couch turn takes a lateral beam away from its reference's too; a collimator turn does not (the beam stays)
-    couch = _pair(pixels, {"gantry_deg": 90.0, "couch_deg": 0.0}, {"gantry_deg": 90.0, "couch_deg": 2.0})
-    assert couch.details["beam_angle_deg"] == pytest.approx(2.0)
+    couch = _pair(pixels, {"gantry_deg": 90.0, "couch_deg": 0.0}, {"gantry_deg": 90.0, "couch_deg": 0.8})
+    assert couch.details["beam_angle_deg"] == pytest.approx(0.8) and couch.ok
     turned = _pair(pixels, {"gantry_deg": 0.0, "collimator_deg": 0.0}, {"gantry_deg": 0.0, "collimator_deg": 2.0})
     assert turned.details["beam_angle_deg"] == 0.0
     # a mismatch allowed by the caller (the headers are wrong, the views one): no term, no such warning

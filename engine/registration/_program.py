@@ -70,6 +70,7 @@ from ._quality import (
     NOISE_SAMPLES,
     TOO_LITTLE_STRUCTURE,
     TOO_LITTLE_USABLE,
+    VIEW_PARALLAX_DEPTH_MM,
     assess_frame,
     is_clean,
     reference_contrast_to_noise,
@@ -160,7 +161,11 @@ PENUMBRA_MIN_RINGS = 3
 ALIKE_MIN_RADIUS_MM = 20.0
 #: Beams further apart than this (deg; within the view tolerance) are warned of: anatomy at different depths has
 #: moved apart across the beam (``details["beam_angle_deg"]``; the shift's uncertainty takes it at every angle).
-VIEW_PARALLAX_WARN_DEG = 1.0
+VIEW_PARALLAX_WARN_DEG = 0.5
+#: ...and where ``VIEW_PARALLAX_DEPTH_MM`` times the angle exceeds this (mm: 1.27 deg), the match is not ok: the shift
+#: measured depends on which anatomy placed it by more than a setup tolerance's share (an independent trial's
+#: frames 2-3 deg off were 1.3-3.3 mm off, ok).
+MAX_VIEW_PARALLAX_MM = 1.0
 #: ...or when the frame's field lies this far (mm) or more from where the reference's lies (``field_moved_mm``): the
 #: field moved with the content (a window of one image moved over it), so the beam's profile did too and does not
 #: pull MI. Low-dose (3 % noise) windows of the TrueBeam Winston-Lutz images (``python -m bench.field_sets``) went
@@ -1969,11 +1974,18 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
     details["rotation_offset_mm"] = centroid_mm
     turn_u = details["rotation_uncertainty_deg"]
-    if beam_angle is not None and beam_angle > VIEW_PARALLAX_WARN_DEG and shift_measured:
-        warnings.append(f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles; "
-                        f"within the {opts.view_tolerance_deg:g} deg view tolerance): anatomy at different depths moves "
-                        f"apart by {math.radians(beam_angle) * 50:.1f} mm per 50 mm of depth off the isocentre plane, "
-                        "so the shift measured depends on which anatomy placed it; its uncertainty includes this")
+    view_parallax = (VIEW_PARALLAX_DEPTH_MM * beam_angle / _DEGREES) if beam_angle is not None else 0.0
+    if view_parallax > MAX_VIEW_PARALLAX_MM and shift_measured and not reason:
+        reason = (f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles; within the "
+                  f"{opts.view_tolerance_deg:g} deg view tolerance, yet): anatomy {VIEW_PARALLAX_DEPTH_MM:g} mm off the "
+                  f"isocentre plane (a usual depth) has moved {view_parallax:.1f} mm across the beam against the "
+                  f"isocentre's, more than {MAX_VIEW_PARALLAX_MM:g} mm, so the shift measured depends on which anatomy "
+                  "placed it: take the frame at the reference's angle, or the reference at the frame's (a DRR rendered "
+                  "at its gantry angle)")
+    elif beam_angle is not None and beam_angle > VIEW_PARALLAX_WARN_DEG and shift_measured:
+        warnings.append(f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles): "
+                        f"anatomy {VIEW_PARALLAX_DEPTH_MM:g} mm off the isocentre plane has moved {view_parallax:.1f} mm "
+                        "across the beam against the isocentre's; the shift's uncertainty includes it")
     # the measured shift's standard uncertainty, each of dx and dy (mm; null where nothing was measured)
     details["shift_uncertainty_mm"] = (
         shift_uncertainty_mm(details["working_spacing_mm"], details["split_half_mm"], details["edge_mi_gap_mm"],

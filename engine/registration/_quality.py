@@ -66,6 +66,13 @@ SHIFT_ERROR_SHARE = 0.15
 #: 30 mm (``SAD`` 1000 mm: 3 % of the shift, radial), 85 % within one and 98.3 % within two (the TotalSegmentator CT,
 #: seeds 202 and 505, 108 ok pairs: 74 % and 95.8 %, from 67 % and 91.7 %). Session note 35.
 PARALLAX_DEPTH_MM = 30.0
+#: RMS depth (mm) off the isocentre plane of the anatomy that places a match, as it acts where the two beams are an
+#: angle ``b`` apart: anatomy at depth ``z`` moves across the beam by ``z b`` against the isocentre, along the image
+#: axis that turns with the gantry, so the shift measured is off by the matched anatomy's mean depth times ``b`` (one
+#: axis: the term is not shared between ``dx`` and ``dy``). An independent trial (thorax and TotalSegmentator CTs,
+#: gantries 0-330, frames 1-3 deg off their references with honest headers; 22 pairs): the errors over the angle were
+#: 8-78 mm, RMS 43. Over ``MAX_VIEW_PARALLAX_MM`` the match is not ok (``portalign.registration._program``).
+VIEW_PARALLAX_DEPTH_MM = 45.0
 #: Where no rotation was estimated (the structure does not constrain it, ``MIN_ROTATION_SUPPORT_MM``, or the user asked
 #: for translation only), the patient's turn was not measured, yet it moves the shift: the shift's uncertainty takes a
 #: turn of this standard deviation (deg) at the usable pixels' RMS radius about the beam axis
@@ -332,12 +339,12 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     rotation was estimated, its uncertainty carried into the shift, ``R u_theta``: the pose turns about the beam axis,
     so a shift measured on structure whose centre lies ``R`` from the axis (``details["rotation_offset_mm"]``, the
     usable pixels' centroid) is extrapolated to the axis through the rotation, and a rotation error ``e`` moves it
-    by ``R e``; and where the two beams are an angle ``b`` apart (within the view tolerance: a frame taken at gantry
-    2.5 deg where its reference was rendered at 0), the anatomy at depth ``z`` moved across the beam by ``z b`` against
-    the isocentre's, so the shift measured is off by the matched structures' depth times ``b``: ``Z b`` (the same
-    ``Z``; an independent trial's frames 1.5-3 deg off their references were 0.9-3.2 mm off at 4-11 of the
-    uncertainty stated without it). Each axis carries ``r / sqrt(2)``:
-    ``u = sqrt((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2 + (Z b)^2) / sqrt(2)``.
+    by ``R e``. Each axis carries ``r / sqrt(2)``; and where the two beams are an angle ``b`` apart (within the view
+    tolerance: a frame taken at gantry 1 deg where its reference was rendered at 0), the anatomy at depth ``z`` moved
+    across the beam by ``z b`` against the isocentre's, so the shift measured is off by the matched anatomy's depth
+    times ``b`` along one axis, ``V b`` (``VIEW_PARALLAX_DEPTH_MM``; an independent trial's frames 1-3 deg off their
+    references were 0.4-3.3 mm off, at up to 11 of the uncertainty stated without it), taken whole on each axis:
+    ``u = sqrt(((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2) / 2 + (V b)^2)``.
 
     Parameters
     ----------
@@ -368,9 +375,9 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     noise = 0.0 if split_half_mm is None else 0.5 * split_half_mm
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
-    view = PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
-    return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm + view * view)
-            * 0.5) ** 0.5
+    view = VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
+    return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5
+            + view * view) ** 0.5
 
 
 def unestimated_turn_mm(rms_radius_mm: float | None) -> float:
