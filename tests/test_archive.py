@@ -174,19 +174,21 @@ def test_what_is_left_out_of_sigma_is_said_in_the_summary_and_on_the_console(mon
                       "sop_instance_uid": f"{patient}.{k}.{r['beam_number']}"}
                      for r in _view_rows(shift, [(1, 0.0), (2, 90.0)])]
     # P1's third fraction: beam 2 refused, so one view only
-    rows[5].update(ok=False, reason="view mismatch: the frame's gantry angle 45 deg is not the reference's 90 deg")
+    rows[5].update(ok=False, reason="view mismatch: the frame's gantry angle 45 deg is not the reference's 90 deg",
+                   path="P1/fx3_b2.dcm")
     # P1's first fraction: beam 1 imaged again after a couch correction
     rows.append({**rows[0], "sop_instance_uid": "P1.0.1b", "time": "235959", "dx_mm": 0.1, "dy_mm": 0.0})
     setups = combine_fractions(rows)
     pairing = SimpleNamespace(index=[], tasks=[])
     summary = _summary(pairing, rows, setups, {}, {}, {}, "cpu", 0, 0, 0, False)
     warnings = summary["warnings"]
-    assert any(w.startswith("1 fraction(s) with fewer than two ok views have no 3-D setup error") and
-               "patient P1, fraction 3" in w for w in warnings), warnings
+    assert any(w.startswith("1 fraction(s) with fewer than two ok views have no 3-D setup error and are left out of "
+                            "the population statistics (patient P1, fraction 3; the first's reason: 1 usable view")
+               for w in warnings), warnings
     assert "1 patient(s) with one ok fraction only are left out of M, Sigma and sigma (a patient's SD needs two): P2" \
         in warnings
     assert any(w.startswith("1 fraction(s) imaged a beam again") and "patient P1, fraction 1" in w for w in warnings)
-    assert summary["not_ok"] == [{"reason": rows[5]["reason"], "frames": 1}]
+    assert summary["not_ok"] == [{"reason": rows[5]["reason"], "frames": 1, "first": "P1/fx3_b2.dcm"}]
     assert summary["population"]["lateral"]["n_patients"] == 1  # P1 alone (two ok fractions)
     # the console names the not-ok reason and the warnings; --json carries both
     result = ArchiveResult(out_dir="out", summary=summary, outputs={}, tasks_run=4, tasks_skipped=0, tasks_failed=0,
@@ -194,7 +196,7 @@ def test_what_is_left_out_of_sigma_is_said_in_the_summary_and_on_the_console(mon
     monkeypatch.setattr(portalign.archive, "run", lambda *args, **kwargs: result)
     assert main(["archive", "in", "--out", "out"]) == 0
     out = capsys.readouterr().out
-    assert "not ok: 1 frame(s): view mismatch: the frame's gantry angle 45 deg" in out
+    assert "not ok: 1 frame(s) (first: P1/fx3_b2.dcm): view mismatch: the frame's gantry angle 45 deg" in out
     assert out.count("warning: ") == len(warnings) >= 3
     assert main(["archive", "in", "--out", "out", "--json"]) == 0
     said = json.loads(capsys.readouterr().out)

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"... {len(shown_reasons) - NOT_REGISTERED_SHOWN} more reason(s) in report.md and summary.json")
     not_ok = summary.get("not_ok") or []  # registered, not ok: why (each reason once, most frequent first)
     for entry in not_ok[:NOT_REGISTERED_SHOWN]:
-        print(f"not ok: {entry['frames']} frame(s): {as_flags(entry['reason'], getattr(args, 'subparser', None))}")
+        print(f"not ok: {entry['frames']} frame(s) (first: {entry.get('first')}): "
+              f"{as_flags(entry['reason'], getattr(args, 'subparser', None))}")
     if len(not_ok) > NOT_REGISTERED_SHOWN:
         print(f"... {len(not_ok) - NOT_REGISTERED_SHOWN} more not-ok reason(s) in registrations.parquet and summary.json")
     for warning in result.warnings:

@@ -501,10 +501,10 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
     # tables): fractions without a 3-D setup, patients with one ok fraction (no SD), later exposures of a beam
     few_views = [s for s in setups if s["n_views"] < 2]
     if few_views:
-        first = few_views[0]
+        named = "; ".join(f"patient {s['patient_id']}, {s['fraction']}" for s in few_views[:10])
         warnings.append(f"{len(few_views)} fraction(s) with fewer than two ok views have no 3-D setup error and are "
-                        f"left out of the population statistics (first: patient {first['patient_id']}, "
-                        f"{first['fraction']}: {first['reason']}); their 2-D values are in image_axes")
+                        f"left out of the population statistics ({named}{' ...' if len(few_views) > 10 else ''}; "
+                        f"the first's reason: {few_views[0]['reason']}); their 2-D values are in image_axes")
     ok_fractions = Counter(s["patient_id"] for s in good)
     lone = sorted(str(p) for p, n in ok_fractions.items() if n < 2)
     if lone:
@@ -521,6 +521,11 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
                   for r in rows if r["status"] in ("unmatched", "failed"))
     # ...and why registered frames were not ok (their reasons, each once)
     not_ok_why = Counter(r.get("reason") or "no reason recorded" for r in registered if not r["ok"])
+    not_ok_first: dict[str, str] = {}  # each reason's first frame: its file (and frame), for the console
+    for r in registered:
+        if not r["ok"]:
+            where = f"{r.get('path')}" + (f" frame {r['frame_index']}" if r.get("frame_index") else "")
+            not_ok_first.setdefault(r.get("reason") or "no reason recorded", where)
     return {
         "version": __version__,
         "definitions": {
@@ -560,7 +565,7 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
         "categories": dict(sorted(categories.items())),
         "not_registered": [{"status": status, "reason": reason, "frames": n}
                            for (status, reason), n in sorted(why.items(), key=lambda item: (-item[1], item[0]))],
-        "not_ok": [{"reason": reason, "frames": n}
+        "not_ok": [{"reason": reason, "frames": n, "first": not_ok_first[reason]}
                    for reason, n in sorted(not_ok_why.items(), key=lambda item: (-item[1], item[0]))],
         "tasks": {"total": len(pairing.tasks), "run": tasks_run - tasks_failed, "skipped_resume": tasks_skipped,
                   "failed": tasks_failed},

@@ -48,6 +48,7 @@ from ..couch import PATIENT_DIRECTIONS
 from ..errors import GeometryError, PortalImageError
 from ..image import Image, as_image
 from ..options import RegistrationOptions
+from ..registration._quality import PARALLAX_DEPTH_MM, UNESTIMATED_TURN_DEG
 from ..tolerance import ToleranceTable
 from ._geometry import (
     PARAMETERS,
@@ -244,8 +245,11 @@ def translation_uncertainty(views: list[_View], rows: list[dict[str, Any]],
     2-D standard uncertainty (the check at the result's ``shift_uncertainty_mm``, else the start's, else
     ``NOMINAL_VIEW_UNCERTAINTY_MM``); the least-squares propagation through the stacked projections (as
     :func:`portalign.couch.solve_couch_shift`'s ``uncertainty_mm``): ``u_k = sqrt(sum_j (P+_kj w_j)^2)``, ``P+`` the
-    pseudo-inverse. Two views ``a`` apart see the displacement along their beams to about ``u / sin a``. ``None`` for
-    an axis not estimated.
+    pseudo-inverse. Two views ``a`` apart see the displacement along their beams to about ``u / sin a``. A rotation
+    not estimated (one view: pitch and roll, say) is held at 0, yet a turn ``theta`` about axis ``w`` moves anatomy at
+    depth ``z`` along the beam ``b`` by ``z theta (w x b)``: each such turn adds ``(Z s (w x b)_k)^2`` to axis ``k``'s
+    variance, with ``Z`` and ``s`` the 2-D engine's ``PARALLAX_DEPTH_MM`` (30 mm) and ``UNESTIMATED_TURN_DEG`` (1
+    deg). ``None`` for an axis not estimated.
     """
     projections, weights = [], []
     for view, row in zip(views, rows, strict=True):
@@ -258,7 +262,17 @@ def translation_uncertainty(views: list[_View], rows: list[dict[str, Any]],
         weights.extend([u, u])
     solve = np.linalg.pinv(np.array(projections, dtype=np.float64))
     w = np.array(weights)
-    return {name: None if name in not_estimated else float(np.sqrt(((solve[k] * w) ** 2).sum()))
+    variance = ((solve * w) ** 2).sum(axis=1)
+    # a turn the views cannot see (held at 0) moves anatomy at depth z off the isocentre along the beam by z theta
+    # across it: theta ~ UNESTIMATED_TURN_DEG (1 sd), z ~ PARALLAX_DEPTH_MM (RMS), along axis x beam (a physicist's
+    # trial: one view, turns of 2-2.5 deg, longitudinal 0.81 mm off with 0.3 mm stated)
+    lever = PARALLAX_DEPTH_MM * math.radians(UNESTIMATED_TURN_DEG)
+    for k, name in enumerate(PARAMETERS[3:]):
+        if name in not_estimated:
+            for view in views:
+                moved = np.cross(np.eye(3)[k], view.geometry.axes[2]) * lever
+                variance = variance + moved * moved / len(views)
+    return {name: None if name in not_estimated else float(np.sqrt(variance[k]))
             for k, name in enumerate(PARAMETERS[:3])}
 
 
