@@ -138,8 +138,9 @@ class Register3DResult:
         out = asdict(self)
         correction = {"lateral": "mm", "longitudinal": "mm", "vertical": "mm", "pitch": "deg", "roll": "deg",
                       "yaw": "deg"}
-        out["units"] = {"couch_correction_6dof": correction, "couch_correction_4dof": correction,
-                        "couch_correction_3dof": correction}
+        # each correction's own keys (the 4-DOF one has no pitch or roll, the 3-DOF one no turn)
+        out["units"] = {name: {key: correction[key] for key in out[name]}
+                        for name in ("couch_correction_6dof", "couch_correction_4dof", "couch_correction_3dof")}
         return out
 
     def as_json(self, **kwargs: Any) -> str:
