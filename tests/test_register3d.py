@@ -677,3 +677,21 @@ def test_a_ct_with_slices_far_apart_is_refused_naming_its_spacing():
     fine = CTVolume(hu=np.repeat(hu, 15, axis=0), spacing_mm=(5.0, 1.0, 1.0), origin_mm=(-16.0, -16.0, -150.0),
                     patient_position="HFS", source="phantom_ct")
     assert prepare_ct(fine, isocenter_mm=(0.0, 0.0, -100.0), backend="cpu").ct is fine
+
+
+def test_the_imprecision_reason_names_one_view_or_the_views_apart():
+    """The reason a translation known to worse than 1 mm gives: of views close to parallel, their angle; of one view
+    (its 2-D precision and the turns it cannot see), the view, never "0 deg apart"."""
+    from types import SimpleNamespace
+
+    from portalign.couch import image_axes
+    from portalign.register3d._search import _imprecise
+
+    def view(gantry):  # type: ignore[no-untyped-def]
+        return SimpleNamespace(geometry=SimpleNamespace(gantry_deg=gantry, axes=image_axes(gantry)))
+
+    assert _imprecise([view(0.0), view(90.0)], {"lateral": 0.2, "longitudinal": 0.2, "vertical": 0.2}, 1.0) == []
+    (one,) = _imprecise([view(0.0)], {"lateral": 1.2, "longitudinal": 0.5, "vertical": None}, 1.0)
+    assert one.startswith("the one view (gantry 0) resolves the lateral to 1.20 mm only") and "apart" not in one
+    (two,) = _imprecise([view(0.0), view(15.0)], {"lateral": 0.2, "longitudinal": 0.1, "vertical": 1.1}, 1.0)
+    assert two.startswith("the views at gantry 0, 15 are at most 15 deg apart: they resolve the vertical to 1.10 mm")

@@ -63,7 +63,8 @@ class Register3DResult:
         shift and rotation of the frame against the DRR rendered at the result
         (``residual_dx_mm``, ``residual_dy_mm``, ``residual_rotation_deg``,
         ``residual_mm``; ``residual_check_ok`` and ``residual_check_reason``:
-        the 2-D engine's own verdict on that match, reported, not required),
+        the 2-D engine's own verdict on that match, reported, not required; ``shift_uncertainty_mm``:
+        that match's 2-D standard uncertainty, which ``translation_uncertainty_mm`` propagates),
         ``ok``, ``reason``.
     score : float
         Mean of the views' scores at the result.

@@ -281,11 +281,15 @@ def _imprecise(views: list[_View], uncertainty: dict[str, float | None], limit: 
     over = {name: u for name, u in uncertainty.items() if u is not None and u > limit}
     if not over:
         return []
+    known = ", ".join(f"{name} to {u:.2f} mm" for name, u in over.items())
+    if len(views) == 1:  # its 2-D precision and the turns it cannot see
+        return [f"the one view (gantry {views[0].geometry.gantry_deg:g}) resolves the {known} only (standard "
+                f"uncertainty from its 2-D precision and the turns it cannot see; at most {limit:g} mm): add a view at "
+                "another gantry angle"]
     beams = [v.geometry.axes[2] for v in views]
     apart = max((math.degrees(math.asin(min(1.0, float(np.linalg.norm(np.cross(a, b))))))
                  for i, a in enumerate(beams) for b in beams[i + 1:]), default=0.0)
     gantries = ", ".join(f"{v.geometry.gantry_deg:g}" for v in views)
-    known = ", ".join(f"{name} to {u:.2f} mm" for name, u in over.items())
     return [f"the views at gantry {gantries} are at most {apart:.0f} deg apart: they resolve the {known} only "
             f"(standard uncertainty from their 2-D precision; at most {limit:g} mm): add a view further from the "
             "others (e.g. 0 and 90)"]
