@@ -520,12 +520,14 @@ def _summary(pairing: _pair.Pairing, rows: list[dict[str, Any]], setups: list[di
     why = Counter((r["status"], r.get("reason") or r.get("error") or "no reason recorded")
                   for r in rows if r["status"] in ("unmatched", "failed"))
     # ...and why registered frames were not ok (their reasons, each once)
-    not_ok_why = Counter(r.get("reason") or "no reason recorded" for r in registered if not r["ok"])
+    not_ok_why: Counter[str] = Counter()
     not_ok_first: dict[str, str] = {}  # each reason's first frame: its file (and frame), for the console
     for r in registered:
         if not r["ok"]:
-            where = f"{r.get('path')}" + (f" frame {r['frame_index']}" if r.get("frame_index") else "")
-            not_ok_first.setdefault(r.get("reason") or "no reason recorded", where)
+            reason = r.get("reason") or "no reason recorded"
+            not_ok_why[reason] += 1
+            not_ok_first.setdefault(reason, f"{r.get('path')}" + (f" frame {r['frame_index']}"
+                                                                  if r.get("frame_index") else ""))
     return {
         "version": __version__,
         "definitions": {

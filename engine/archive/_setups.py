@@ -86,9 +86,11 @@ def _beam_view(frames: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         centre = (_mean(good, "dx_mm"), _mean(good, "dy_mm"))
         if start is None:
             start = centre  # type: ignore[assignment]
-        elif math.hypot(centre[0] - start[0], centre[1] - start[1]) > EXPOSURE_AGREEMENT_MM:  # type: ignore[operator]
-            left_out.append(math.hypot(centre[0] - start[0], centre[1] - start[1]))  # type: ignore[operator]
-            continue
+        else:
+            apart = math.hypot(centre[0] - start[0], centre[1] - start[1])  # type: ignore[operator]
+            if apart > EXPOSURE_AGREEMENT_MM:
+                left_out.append(apart)
+                continue
         used.extend(good)
     if used:
         view["n_frames"] = len(used)

@@ -78,6 +78,7 @@ from ._quality import (
     rotation_uncertainty_deg,
     shift_uncertainty_mm,
     unestimated_turn_mm,
+    view_parallax_mm,
 )
 from ._refine import edge_score, newton, peak_curvatures
 from ._scale import scale_profile, scale_verdict
@@ -162,9 +163,9 @@ ALIKE_MIN_RADIUS_MM = 20.0
 #: Beams further apart than this (deg; within the view tolerance) are warned of: anatomy at different depths has
 #: moved apart across the beam (``details["beam_angle_deg"]``; the shift's uncertainty takes it at every angle).
 VIEW_PARALLAX_WARN_DEG = 0.5
-#: ...and where ``VIEW_PARALLAX_DEPTH_MM`` times the angle exceeds this (mm: 1.27 deg), the match is not ok: the shift
-#: measured depends on which anatomy placed it by more than a setup tolerance's share (an independent trial's
-#: frames 2-3 deg off were 1.3-3.3 mm off, ok).
+#: ...and where ``VIEW_PARALLAX_DEPTH_MM`` times the angle (``view_parallax_mm``) exceeds this (mm: 1.27 deg), the
+#: match is not ok: the shift measured depends on which anatomy placed it by more than a setup tolerance's share (an
+#: independent trial's frames 2-3 deg off were 1.3-3.3 mm off, ok).
 MAX_VIEW_PARALLAX_MM = 1.0
 #: ...or when the frame's field lies this far (mm) or more from where the reference's lies (``field_moved_mm``): the
 #: field moved with the content (a window of one image moved over it), so the beam's profile did too and does not
@@ -1974,7 +1975,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
     details["rotation_offset_mm"] = centroid_mm
     turn_u = details["rotation_uncertainty_deg"]
-    view_parallax = (VIEW_PARALLAX_DEPTH_MM * beam_angle / _DEGREES) if beam_angle is not None else 0.0
+    view_parallax = view_parallax_mm(beam_angle) if beam_angle is not None else 0.0
     if view_parallax > MAX_VIEW_PARALLAX_MM and shift_measured and not reason:
         reason = (f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles; within the "
                   f"{opts.view_tolerance_deg:g} deg view tolerance, yet): anatomy {VIEW_PARALLAX_DEPTH_MM:g} mm off the "

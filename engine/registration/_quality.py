@@ -14,7 +14,7 @@ from ._plan import FramePlan, Level
 from ._refine import evaluate
 
 __all__ = ["assess_frame", "reference_contrast_to_noise", "rotation_radius", "rotation_support_mm",
-           "rotation_uncertainty_deg", "shift_uncertainty_mm", "is_clean", "MIN_USABLE_PIXELS",
+           "rotation_uncertainty_deg", "shift_uncertainty_mm", "view_parallax_mm", "is_clean", "MIN_USABLE_PIXELS",
            "MIN_ROTATION_SUPPORT_MM", "TOO_LITTLE_STRUCTURE"]
 
 #: A MAD of second differences over this factor is the white-noise sigma (1.4826 sqrt(6)): a Gaussian's MAD is
@@ -375,9 +375,19 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     noise = 0.0 if split_half_mm is None else 0.5 * split_half_mm
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
-    view = VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
+    view = view_parallax_mm(beam_angle_deg)
     return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5
             + view * view) ** 0.5
+
+
+def view_parallax_mm(beam_angle_deg: float) -> float:
+    """Return how far (mm, 1 sd, along one image axis) beams ``beam_angle_deg`` apart move the shift measured.
+
+    ``VIEW_PARALLAX_DEPTH_MM`` times the angle (rad): the matched anatomy's depth off the isocentre plane times the
+    angle between the reference's and the frame's beams. The term of :func:`shift_uncertainty_mm`, and what the
+    program refuses over ``MAX_VIEW_PARALLAX_MM``.
+    """
+    return VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
 
 
 def unestimated_turn_mm(rms_radius_mm: float | None) -> float:
