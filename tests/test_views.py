@@ -108,6 +108,12 @@ def test_unknown_angles_are_recorded_not_compared(pixels) -> None:
     other = _pair(pixels, {"gantry_deg": 0.0}, {})
     assert any(w.startswith("the frame (frame.dcm) records no gantry angle") for w in other.warnings)
     assert not [w for w in _pair(pixels, {}, {}).warnings if "gantry" in w]  # arrays: neither has one
+    # two DICOM files (a SOPInstanceUID) with no gantry angle: nothing compared the views, and that is said (rendered
+    # pairs 3-4 deg apart with no angle were ok up to 3 mm off)
+    files = _pair(pixels, {"sop_instance_uid": "1.2.3.4"}, {"sop_instance_uid": "1.2.3.5"})
+    _assert_shift(files)
+    assert [w for w in files.warnings if w.startswith("neither the reference (ref.dcm) nor the frame (frame.dcm) records a "
+                                                      "gantry angle (GantryAngle (300A,011E)): the views were not compared")]
 
 
 def test_view_tolerance_is_an_option(pixels) -> None:

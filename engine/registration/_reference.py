@@ -494,7 +494,8 @@ class Reference:
             band = self._widened_band(band_mm)
         if field_mm is not None:  # the frames' own small field (the reference has none)
             extent = min(extent, field_mm)
-            band = min(band, MAX_MARGIN_FRACTION * field_mm)
+            if band_mm is None:  # (a measured penumbra's band comes capped where the field is compact: _program)
+                band = min(band, MAX_MARGIN_FRACTION * field_mm)
         # small fields need finer pixels: keep at least FINEST_MIN_PIXELS across the anatomy region, which is
         # the field less its edge band on both sides
         has_field = self.field.detected or field_mm is not None

@@ -128,6 +128,15 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         which, where = ("frame", frame.source) if frame_angles[0] is None else ("reference", reference.source)
         patient_warning = [*patient_warning, f"the {which} ({where}) records no gantry angle (GantryAngle "
                            "(300A,011E)): the two views' gantry angles were not compared"]
+    # neither names its gantry angle (DICOM files, which carry a SOPInstanceUID: an export that drops the beam's
+    # attributes; arrays carry none, and their caller knows the views): nothing tells a frame taken at another angle,
+    # whose shift is off by the anatomy's depth times the angle (rendered pairs 3-4 deg apart with no angle in their
+    # headers were ok up to 3.0 mm off, and the images could not tell them from sound noisy pairs: session note 45)
+    elif ref_angles[0] is None and (reference.sop_instance_uid or frame.sop_instance_uid):
+        patient_warning = [*patient_warning, f"neither the reference ({reference.source}) nor the frame ({frame.source}) "
+                           "records a gantry angle (GantryAngle (300A,011E)): the views were not compared, and a frame "
+                           "taken a few degrees from its reference's beam gives a shift off by the anatomy's depth times "
+                           "the angle (3 mm at 3 deg), which the match cannot tell"]
     if not phrases:
         return "", record, patient_warning
     text = "; ".join(phrases)
