@@ -412,3 +412,43 @@ def test_a_narrow_mlc_strip_against_a_drr_is_not_pulled_by_its_penumbra(held_out
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm, result.dy_mm) < 0.8, (result.dx_mm, result.dy_mm)
     assert result.rotation_deg is None or abs(result.rotation_deg) < 1.0
+
+
+def _through_cone(image, radius_mm: float, noise: float, seed: int):
+    """``image`` (an open MV render) through a cone of ``radius_mm`` (2 mm sigma penumbra, 2 % transmission), blurred
+    0.6 mm, with quantum noise ``noise`` (the trial45 generator's)."""
+    from dataclasses import replace
+
+    from scipy import ndimage, special
+
+    x, y = image.pixel_to_mm(np.arange(image.shape[1])[None, :], np.arange(image.shape[0])[:, None])
+    beam = 0.5 * special.erfc(-(radius_mm - np.hypot(x, y)) / (math.sqrt(2.0) * 2.0))
+    pixels = ndimage.gaussian_filter(image.pixels.astype(np.float64) * (0.02 + 0.98 * beam), 0.6 / image.spacing_mm[0],
+                                     mode="nearest")
+    pixels = pixels + noise * np.sqrt(np.maximum(pixels, 0.0)) * np.random.default_rng(seed).standard_normal(pixels.shape)
+    return replace(image, pixels=np.maximum(pixels, 0.0).astype(np.float32))
+
+
+@pytest.mark.slow
+def test_a_small_cone_that_the_reference_portal_image_shows_unfound_is_no_match(trunk_ct):
+    """An independent trial (trial45 nv03var-01): a 12 mm cone through the abdomen at gantry 270 (the frame 0.6 deg
+    off), a reference portal image through the same cone, whose field was not found (a bright region at the image's
+    edge). Matched as anatomy, the cone's edges and penumbra placed the frame at the aperture's own position: ok at
+    (-0.3, 0.1) mm for a truth of (-4.7, -3.9), at 0.1 mm stated. The reference shows the frame's field (contrast
+    0.95 against 0.94): the match is not confirmed, and no pose is reported."""
+    from portalign.simulate import render_drr
+
+    geometry = {"detector_shape": (384, 512), "detector_spacing_mm": 0.784}
+    frame = render_drr(trunk_ct, gantry_deg=270.0 - 0.5713, energy="mv", couch_shift_mm=(-1.752, 3.883, -4.744),
+                       **geometry)
+    reference = render_drr(trunk_ct, gantry_deg=270.0, energy="mv", **geometry)
+    frame, reference = _through_cone(frame, 5.94, 0.015, 5001), _through_cone(reference, 5.94, 0.015, 5001 + 7919)
+    result = portalign.register(reference, frame, backend="cpu")
+    assert not result.ok and result.dx_mm is None, (result.dx_mm, result.dy_mm, result.reason)
+    assert result.reason.startswith("no match confirmed: the reference") and "shows the frame's 11 mm radiation field" \
+        in result.reason, result.reason
+    shown = result.details["reference_field_unseen"]
+    assert shown["frame"] > 0.5 and shown["reference"] > 0.5
+    warned = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
+    assert any("shows the frame's 11 mm radiation field" in w and "accepted: aperture_check='warn'" in w
+               for w in warned.warnings), warned.warnings

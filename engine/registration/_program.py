@@ -360,9 +360,144 @@ def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate
 #: (3 mm) a strip 18-20 mm tall with a 2 mm (sigma) penumbra, matched against a DRR, left the penumbra's gradients in
 #: the usable pixels: frames with no motion at all were ok 2.8 and 3.6 mm off (``tests/test_real_engine.py``). Over
 #: 160 rendered strips 12-28 mm wide and 60-150 mm long (penumbra 1-3 mm, any angle; DRR and portal references; two
-#: CTs, four seeds; session note 45) ok results went 52 -> 68, the largest ok error 20.2 -> 1.41 mm (ok results over
+#: CTs, four seeds; session note 45) ok results went 52 -> 68, the largest ok error 20.2 -> 1.46 mm (ok results over
 #: 2 mm 2 -> 0, over 1 mm 5 -> 6); on the 48 ok both ways the median moved down on three sets, up on one (0.17 -> 0.24).
 ELONGATED_FIELD_RATIO = 3.0
+
+
+class _Toggle:
+    on = True
+
+
+denoise_interior = _Toggle()
+
+
+#: The frame's field (inside less outside, over inside plus outside, at the field-detection level: -1..1) must stand
+#: out at least this much for the reference's view of it to be compared (``_reference_shows_field``)...
+FIELD_CONTRAST_MIN = 0.2
+#: ...and the reference shows it where its own contrast there has the frame's sign and at least this share of its size.
+FIELD_SHOWN_SHARE = 0.5
+
+
+def _reference_shows_field(image: Image, frame: Image, field: FieldEstimate, factor: int) -> dict[str, float] | None:
+    """Whether a reference portal image whose field was not found shows the frame's field all the same.
+
+    The field's contrast (median inside, the field eroded by one pixel of the field-detection level, against median in
+    a ring two to four of those pixels outside it: ``(inside - ring) / (|inside| + |ring|)``) is read in the frame and,
+    at the same places in mm from each image's beam axis, in the reference (nearest pixel). Returns both contrasts
+    (``{"frame": ..., "reference": ...}``) where the frame's stands out (``FIELD_CONTRAST_MIN``) and the reference's has
+    its sign and ``FIELD_SHOWN_SHARE`` of its size or more: one aperture in both, its edges left out of the frame only.
+    An independent trial's cones 10-12 mm across through portal references (their field not found) were ok at the
+    aperture's own position 3.2-6.0 mm off. None otherwise (an open reference, another aperture, nothing to compare).
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(field.mask, dtype=bool)
+    inside = ndimage.binary_erosion(mask, iterations=1)
+    if not inside.any():
+        inside = mask
+    ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask, iterations=2)
+    if not ring.any():
+        return None
+
+    def contrast(img: Image, rows: np.ndarray, cols: np.ndarray, ring_rows: np.ndarray, ring_cols: np.ndarray) -> float:
+        pix = img.pixels
+        a = float(np.median(pix[rows, cols]))
+        b = float(np.median(pix[ring_rows, ring_cols]))
+        return (a - b) / (abs(a) + abs(b)) if abs(a) + abs(b) > 0 else 0.0
+
+    def where(img: Image, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r, c = np.nonzero(selected)
+        # the small pixel's centre in the frame's detector pixels, in mm from the frame's axis, in the image's pixels
+        x = ((c + 0.5) * factor - 0.5 - frame.beam_axis_px[0]) * frame.spacing_mm[1]
+        y = ((r + 0.5) * factor - 0.5 - frame.beam_axis_px[1]) * frame.spacing_mm[0]
+        col = np.rint(x / img.spacing_mm[1] + img.beam_axis_px[0]).astype(np.int64)
+        row = np.rint(y / img.spacing_mm[0] + img.beam_axis_px[1]).astype(np.int64)
+        keep = (row >= 0) & (row < img.pixels.shape[0]) & (col >= 0) & (col < img.pixels.shape[1])
+        return row, col, keep
+
+    fr, fc, fk = where(frame, inside)
+    gr, gc, gk = where(frame, ring)
+    rr, rc, rk = where(image, inside)
+    qr, qc, qk = where(image, ring)
+    if min(fk.sum(), gk.sum(), rk.sum(), qk.sum()) < 4:
+        return None
+    own = contrast(frame, fr[fk], fc[fk], gr[gk], gc[gk])
+    theirs = contrast(image, rr[rk], rc[rk], qr[qk], qc[qk])
+    if abs(own) < FIELD_CONTRAST_MIN or own * theirs <= 0.0 or abs(theirs) < FIELD_SHOWN_SHARE * abs(own):
+        return None
+    return {"frame": round(own, 4), "reference": round(theirs, 4)}
+
+
+#: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
+#: shielded (outside the field: 1-5 % transmission; the darkest anatomy in an MV field passes 20 % or more)...
+SHIELDED_SHARE = 0.15
+#: ...and a shielded region along the image's border covering this share of the image or more (at most half: more is
+#: an inverted image's field), shielded in the other image too at this share of its places, is one aperture's shadow.
+SHIELDED_MIN_AREA = 0.02
+SHIELDED_AGREE = 0.8
+
+
+def _shared_shielding(image: Image, frame: Image) -> dict[str, float] | None:
+    """Whether two portal images whose fields were not found share a shielded region along the frame's border.
+
+    A field larger than the panel with an edge crossing it leaves a shadow along the border that the field's detection
+    does not take for the outside (it covers too little of the border), so both images are matched whole and the
+    edge, fixed to the beam, pulls the match towards no shift: an independent trial's portal pairs through such fields
+    were ok 2.5-3.9 mm off, at the aperture's own position (session note 45). Returns the shadow's share of the frame
+    and the share of its places (mm from each image's beam axis, nearest pixel) shielded in the reference too; None
+    where there is no such shadow or the reference does not share it.
+    """
+    from scipy import ndimage
+
+    from ..field import box_reduce
+    from ._reference import FIELD_LEVEL_MAX_PIXELS
+
+    small, factor = box_reduce(frame.pixels, FIELD_LEVEL_MAX_PIXELS)
+    top = float(np.percentile(small, 99.0))
+    if not top > 0.0:
+        return None
+    dark = small <= SHIELDED_SHARE * top
+    labels, count = ndimage.label(dark)
+    if count == 0:
+        return None
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    shadow = np.isin(labels, edge[edge > 0])
+    share = float(shadow.mean())
+    if not SHIELDED_MIN_AREA <= share <= 0.5:
+        return None
+    r, c = np.nonzero(shadow)
+    x = ((c + 0.5) * factor - 0.5 - frame.beam_axis_px[0]) * frame.spacing_mm[1]
+    y = ((r + 0.5) * factor - 0.5 - frame.beam_axis_px[1]) * frame.spacing_mm[0]
+    col = np.rint(x / image.spacing_mm[1] + image.beam_axis_px[0]).astype(np.int64)
+    row = np.rint(y / image.spacing_mm[0] + image.beam_axis_px[1]).astype(np.int64)
+    keep = (row >= 0) & (row < image.pixels.shape[0]) & (col >= 0) & (col < image.pixels.shape[1])
+    if keep.sum() < 0.5 * keep.size:
+        return None
+    reference_small, _ = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
+    reference_top = float(np.percentile(reference_small, 99.0))
+    agree = float(np.mean(image.pixels[row[keep], col[keep]] <= SHIELDED_SHARE * reference_top))
+    if agree < SHIELDED_AGREE:
+        return None
+    return {"share": round(share, 4), "agree": round(agree, 4)}
+
+
+def _shielding_refusal(image: Image, frame: Image, shielded: dict[str, float]) -> str:
+    """Return the refusal of a match of two portal images sharing a shielded region whose field was not found."""
+    return (f"no match confirmed: both images show one shielded region along the frame's border ({shielded['share']:.0%} "
+            f"of the frame, {shielded['agree']:.0%} of it shielded in the reference too: the shadow of a radiation "
+            "field larger than the panel, its edge crossing the image), but no field was found in either, so that "
+            "edge, fixed to the beam, was matched as anatomy and places the match where the aperture puts it; register "
+            "the frame against a DRR, or set aperture_check='warn' (--aperture-check warn) to accept such a match with a "
+            "warning")
+
+
+def _unseen_field_refusal(image: Image, field_mm: float, shown: dict[str, float]) -> str:
+    """Return the refusal of a match through one small aperture that the reference shows but whose field was not found."""
+    return (f"no match confirmed: the reference ({image.info.source}) shows the frame's {field_mm:.0f} mm radiation field "
+            f"too (its contrast there {shown['reference']:+.2f} against the frame's {shown['frame']:+.2f}), but its "
+            "field was not found, so its edges and penumbra, fixed to the beam, were matched as anatomy: the match "
+            f"sits where the aperture puts it whether or not the patient moved; {_UNCONFIRMED_ADVICE.split('; ', 1)[1]}")
 
 
 def _elongated(field: FieldEstimate, field_mm: float | None, spacing_mm: tuple[float, float]) -> bool:
@@ -1631,7 +1766,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                 DENOISE and r_eff >= DENOISE_MIN_RADIUS_MM and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
                 and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
                 >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]))):
-        smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM)
+        finest = levels[plan.refine_levels[-1]]
+        band = (finest.erosion_px - 1) * min(finest.spacing)  # the band it leaves out (``_reference._erosion_px``)
+        smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM,
+                                  band if getattr(denoise_interior, "on", True) else 0.0)
         return _register(reference, plan, smoothed, start, options,
                          {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
                           "reference_smoothed": False}, scale_check)
@@ -1671,6 +1809,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # where the field itself moved between the images (a window of one image moved over it, a panel offset not in
     # the headers) the beam's own profile moved with the content, and the intensities place a small field too
     moved = field_moved_mm(reference, plan, frame, field) if portal_pair or unknown_pair else None
+    # ...and where the frame's small field was found but the reference's was not (a cone a few mm across), whether the
+    # reference shows that field all the same: its aperture's edges and penumbra are then in what is matched (rare:
+    # no call otherwise)
+    unseen_field = (_reference_shows_field(reference.image, frame, field, 1 << plan.field_level)
+                    if (portal_pair or unknown_pair) and field.detected and not reference.field.detected
+                    and plan.field_mm is not None else None)
+    # ...and where neither image's field was found, whether both show one shielded region (a field larger than the
+    # panel, its edge crossing it): its edge, fixed to the beam, is then matched as anatomy (rare: no call otherwise)
+    shielded = (_shared_shielding(reference.image, frame)
+                if portal_pair and not field.detected and not reference.field.detected else None)
     small_field = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None
     alike_small = small_field and moved >= FIELD_MOVED_MM  # MI where the edges match weakly (SETTINGS_ALIKE_SMALL)
     alike = portal_pair and (r_eff >= ALIKE_MIN_RADIUS_MM or alike_small)
@@ -1872,6 +2020,21 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"best, within chance of it (a lead of {significance * (1.0 - ambiguity):.1f} chance spreads; "
             f"{MIN_RIVAL_LEAD:g} needed): too little structure to choose between them"
         )
+    if shielded is not None and not reason and shift_measured and not found.no_match:
+        details["shared_shielding"] = shielded
+        if opts.aperture_check == "strict":
+            reason = _shielding_refusal(reference.image, frame, shielded)
+            guess = True
+        else:
+            warnings.append(f"{_shielding_refusal(reference.image, frame, shielded)} (accepted: aperture_check='warn')")
+    if unseen_field is not None and not reason and shift_measured and not found.no_match:
+        details["reference_field_unseen"] = unseen_field
+        if opts.aperture_check == "strict":
+            reason = _unseen_field_refusal(reference.image, plan.field_mm, unseen_field)
+            guess = True  # the aperture, not the anatomy, may have placed it: no measurement
+        else:
+            warnings.append(f"{_unseen_field_refusal(reference.image, plan.field_mm, unseen_field)} (accepted: "
+                            "aperture_check='warn')")
     # the anatomy's own size (``_scale``), where nothing else refused the match and no field told of its scale (the
     # geometry's first frames, until one confirms the stated scale; no call after that)
     scale = None
