@@ -166,21 +166,20 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     return out
 
 
-def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_mm: float, band_mm: float = 0.0) -> Image:
+def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_mm: float,
+                   interior: np.ndarray | None = None, interior_factor: int = 1) -> Image:
     """Return ``frame`` with its pixels smoothed by a Gaussian of ``sigma_mm`` (isocentre plane, per axis).
-
-    Where the frame has a field and ``band_mm`` > 0 (the field-edge band its registration leaves out), the pixels of
-    the field's interior (the field less the band) are smoothed over that interior only (a normalised convolution):
-    the penumbra's gradient, fixed to the beam, would otherwise be spread into the usable pixels by the smoothing's
-    reach (3 sigma), where a DRR has nothing to match it. A still frame through a 28 x 50 mm field, smoothed whole, was
-    ok with its rotation 1.9 deg off (0.21 deg stated), pulled towards the beam's own orientation.
 
     Dead detector lines (:func:`dead_detector_lines`: those confirmed on the detector's pixels, else every detector
     line of the field-detection level's dead lines, ``field_factor`` detector pixels each) are left out of the
     smoothing (a normalised convolution: their neighbours are averaged without them) and keep their own values, so
-    that the registration finds them, and leaves them out, again.
-    Everything else of the frame (spacing, beam axis, header) is kept. One compiled call
-    (``kernels.cpu.pyramid.smooth_separable``, the Gaussian truncated at 3 sigma).
+    that the registration finds them, and leaves them out, again. Where ``interior`` is given (the usable pixels of a
+    pyramid level, ``interior_factor`` detector pixels each: the field less its edge band), the pixels there are
+    smoothed over those pixels only: the penumbra's gradient, fixed to the beam, would otherwise be spread by the
+    smoothing's reach (3 sigma) into the usable pixels, where a DRR has nothing to match it (still frames through
+    20-28 mm fields, smoothed whole, were ok with rotations 1.9-4.2 deg off at 0.2-0.3 deg stated, pulled towards
+    the beam's own orientation). Everything else of the frame (spacing, beam axis, header) is kept. One compiled
+    call (``kernels.cpu.pyramid.smooth_separable``, the Gaussian truncated at 3 sigma); three with ``interior``.
 
     Parameters
     ----------
@@ -192,8 +191,10 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
         Detector pixels per pixel of the field-detection level (``2 ** field_level``).
     sigma_mm : float
         The Gaussian's standard deviation, mm at the isocentre plane (``frame.spacing_mm`` converts it to pixels).
-    band_mm : float
-        The field-edge band (mm) the registration leaves out; 0: the frame is smoothed whole.
+    interior : numpy.ndarray, optional
+        Non-zero where a level's pixel is usable (``Level.eroded``, ``(rows, cols)`` of that level).
+    interior_factor : int
+        Detector pixels per pixel of that level (``2 ** level``).
     """
     pixels = frame.pixels
     rows, cols = pixels.shape
@@ -210,35 +211,18 @@ def denoised_frame(frame: Image, field: FieldEstimate, field_factor: int, sigma_
     taps_rows, taps_cols = _gaussian_taps(sigma_mm / frame.spacing_mm[0]), _gaussian_taps(sigma_mm / frame.spacing_mm[1])
     scratch = np.empty((rows, cols), dtype=np.float32)
     smooth_separable(pixels, live_rows, live_cols, taps_rows, taps_cols, scratch, out)
-    inside = _interior(field, field_factor, band_mm, (rows, cols), frame.spacing_mm) if band_mm > 0.0 else None
-    if inside is not None:
-        weight = inside.astype(np.float32)
+    if interior is not None:
+        # the level's usable pixels at the detector's: each covers interior_factor x interior_factor of them
+        weight = np.zeros((rows, cols), dtype=np.float32)
+        grown = (interior != 0).repeat(interior_factor, 0).repeat(interior_factor, 1)[:rows, :cols]
+        weight[:grown.shape[0], :grown.shape[1]] = grown
         total = np.empty((rows, cols), dtype=np.float32)
-        smooth_separable(np.ascontiguousarray(pixels * weight, dtype=np.float32), live_rows, live_cols, taps_rows,
-                         taps_cols, scratch, total)
+        smooth_separable(pixels * weight, live_rows, live_cols, taps_rows, taps_cols, scratch, total)
         share = np.empty((rows, cols), dtype=np.float32)
         smooth_separable(weight, live_rows, live_cols, taps_rows, taps_cols, scratch, share)
-        inside &= share > 1e-3
+        inside = (weight > 0.0) & (share > 1e-3)
         out[inside] = total[inside] / share[inside]
     return Image._derived(out, frame)
-
-
-def _interior(field: FieldEstimate, field_factor: int, band_mm: float, shape: tuple[int, int],
-              spacing_mm: tuple[float, float]) -> np.ndarray | None:
-    """Return the field's interior (the field less ``band_mm``) at the detector's pixels: bool ``shape``; None: no field."""
-    if not field.detected or field.mask is None:
-        return None
-    from scipy import ndimage
-
-    small = np.asarray(field.mask, dtype=bool)
-    reach = int(math.ceil(band_mm / (min(spacing_mm) * field_factor)))
-    core = ndimage.binary_erosion(small, structure=np.ones((3, 3), dtype=bool), iterations=reach, border_value=0)
-    if not core.any():
-        return None
-    full = np.zeros(shape, dtype=bool)
-    grown = np.repeat(np.repeat(core, field_factor, axis=0), field_factor, axis=1)[:shape[0], :shape[1]]
-    full[:grown.shape[0], :grown.shape[1]] = grown
-    return full
 
 
 def dead_detector_lines(field: FieldEstimate, field_factor: int) -> tuple[list[int], list[int]]:

@@ -25,6 +25,7 @@ import numpy as np
 from portalign.kernels.cpu.edge import INVALID_FEATURE, sampled_edge_score
 from portalign.kernels.cpu.field import line_candidates, line_means, penumbra_extent
 from portalign.kernels.cpu.gradient import gradient_limit
+from portalign.kernels.cpu.mask import erode_box
 from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 from portalign.kernels.cpu.refine import pose_affines_into
 
@@ -363,13 +364,6 @@ def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate
 #: CTs, four seeds; session note 45) ok results went 52 -> 68, the largest ok error 20.2 -> 1.46 mm (ok results over
 #: 2 mm 2 -> 0, over 1 mm 5 -> 6); on the 48 ok both ways the median moved down on three sets, up on one (0.17 -> 0.24).
 ELONGATED_FIELD_RATIO = 3.0
-
-
-class _Toggle:
-    on = True
-
-
-denoise_interior = _Toggle()
 
 
 #: The frame's field (inside less outside, over inside plus outside, at the field-detection level: -1..1) must stand
@@ -1766,10 +1760,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                 DENOISE and r_eff >= DENOISE_MIN_RADIUS_MM and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
                 and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
                 >= DENOISE_NOISIER * frame_stats["contrast_to_noise"]))):
-        finest = levels[plan.refine_levels[-1]]
-        band = (finest.erosion_px - 1) * min(finest.spacing)  # the band it leaves out (``_reference._erosion_px``)
-        smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM,
-                                  band if getattr(denoise_interior, "on", True) else 0.0)
+        # a field's interior (the field less its band, on the field-detection level: in its coarse pixels, whole
+        # ones, the band's reach rounded up) smoothed over itself
+        interior = None
+        if field.detected and field.mask is not None:
+            finest = levels[plan.refine_levels[-1]]
+            reach = math.ceil((finest.erosion_px - 1) * min(finest.spacing) / min(levels[plan.field_level].spacing))
+            interior = np.empty(field.mask.shape, dtype=np.uint8)
+            erode_box(np.ascontiguousarray(field.mask, dtype=np.uint8), reach, np.empty_like(interior), interior)
+        smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM, interior,
+                                  2 ** plan.field_level)
         return _register(reference, plan, smoothed, start, options,
                          {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
                           "reference_smoothed": False}, scale_check)
@@ -2128,6 +2128,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     working_spacing = finest_level.spacing
     details["working_spacing_mm"] = (working_spacing[0] if working_spacing[0] < working_spacing[1]
                                      else working_spacing[1])  # min(), written out: no call a frame
+    # the field-edge band left out of the frame on that level (mm, whole pixels; its field's own where it has one)
+    details["edge_band_mm"] = (finest_level.erosion_px - 1) * details["working_spacing_mm"] if field.detected else None
     details["backend_fallback"] = backend.fallback_reason or None  # why auto did not get the GPU
     # a machine without a GPU is no fault of the frame: recorded above, not warned on every result (a new user's
     # alerting on warnings fired on every frame); a GPU that is there but failed (a numpy/numba-cuda mismatch,
