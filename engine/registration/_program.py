@@ -424,8 +424,9 @@ def _reference_shows_field(image: Image, frame: Image, field: FieldEstimate, fac
 
 
 #: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
-#: shielded (outside the field: 1-5 % transmission; the darkest anatomy in an MV field passes 20 % or more)...
-SHIELDED_SHARE = 0.15
+#: shielded (outside the field: 1-5 % transmission, the trial's 0.6-1.1 %; the thickest anatomy of lateral renders
+#: through the thorax and abdomen CTs, open fields, passed 12.5-15 % of their air)...
+SHIELDED_SHARE = 0.08
 #: ...and a shielded region along the image's border covering this share of the image or more (at most half: more is
 #: an inverted image's field), shielded in the other image too at this share of its places, is one aperture's shadow.
 SHIELDED_MIN_AREA = 0.02
