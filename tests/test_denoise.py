@@ -294,6 +294,24 @@ def test_dead_lines_keep_their_values_and_stay_out_of_their_neighbours():
     assert float(out.pixels[live].std()) < 0.3 * float(pixels[live].std())
 
 
+def test_a_small_field_of_nothing_but_noise_is_told_its_field_holds_too_little():
+    """A new user's trial: a 12 mm cone frame at a usual dose was told "too low a dose ...; use a longer exposure". A
+    small field's noise-only verdict names the field's size and that it holds too little anatomy, then the dose."""
+    from scipy import ndimage
+
+    ref = portalign.Image.from_array(moved(anatomy(384, seed=3), 0, 0, 0, shape=SHAPE), pixel_spacing_mm=0.5,
+                                     kind="drr")
+    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    cone = ndimage.gaussian_filter(np.where(np.hypot(xx - 127.5, yy - 127.5) * 0.5 < 12.0, 1.0, 0.02), 2.0)
+    pixels = 1000.0 * cone * (1.0 + 0.05 * np.random.default_rng(4).standard_normal(SHAPE))
+    result = portalign.register(ref, portalign.Image.from_array(pixels, pixel_spacing_mm=0.5, kind="portal"),
+                                backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert result.reason.startswith("nothing but noise inside the field: contrast is "), result.reason
+    assert result.reason.endswith("mm field holds too little anatomy for this noise: image the setup through a larger "
+                                  "field, or with a longer exposure"), result.reason
+
+
 def test_the_field_interior_is_smoothed_over_itself_and_keeps_the_penumbra_out():
     """A noisy frame through a field: smoothed whole, the dark outside spread 3 sigma into the usable interior (a
     gradient fixed to the beam, which a DRR lacks: still frames through 20-28 mm fields were ok with rotations 1.9-4.2

@@ -622,3 +622,17 @@ def test_a_turn_that_was_not_estimated_is_part_of_the_shifts_uncertainty() -> No
     assert d["shift_uncertainty_mm"] > without + 0.2
     assert max(abs(result.dx_mm - 1.5), abs(result.dy_mm + 1.0)) < 2.0 * d["shift_uncertainty_mm"]
     assert unestimated_turn_mm(None) == 0.0
+
+
+def test_a_drr_given_as_the_frame_against_a_portal_reference_is_called_swapped(pixels) -> None:
+    """A new user's trial: ``portalign register FRAME.dcm DRR.dcm`` (the two arguments swapped) was ok at (-3.2, -2.0)
+    mm for a shift of (+3.0, +2.0), nothing said. A DRR is never the frame: not ok, the reason names both files and
+    the order; the right order registers as before."""
+    swapped = _pair(pixels, {"kind": "portal", "gantry_deg": 0.0}, {"kind": "drr", "gantry_deg": 0.0})
+    assert swapped.ok is False and swapped.details["view"]["swapped"] is True
+    assert swapped.reason.startswith("the arguments look swapped: the frame (frame.dcm) is a DRR and the reference "
+                                     "(ref.dcm) a portal image"), swapped.reason
+    assert "REFERENCE FRAME" in swapped.reason
+    right = _pair(pixels, {"kind": "drr", "gantry_deg": 0.0}, {"kind": "portal", "gantry_deg": 0.0})
+    _assert_shift(right)
+    assert "swapped" not in right.details["view"]

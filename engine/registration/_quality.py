@@ -98,6 +98,11 @@ TOO_LITTLE_STRUCTURE = ("too little structure inside the field", "too little str
 MAX_SATURATED_FRACTION = 0.02
 
 
+#: A frame whose field (its plan's size class, mm) is under this and shows nothing but noise is told its field holds
+#: too little anatomy as well as that the dose may be too low.
+SMALL_FIELD_ANATOMY_MM = 30.0
+
+
 def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  # type: ignore[no-untyped-def]
              frame_stats: dict, measured: tuple[float, float] | None = None) -> str:
     """Return why the frame cannot be trusted before any matching ("" when it can).
@@ -146,9 +151,14 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
             if not field.detected:
                 return (f"frame is blank (beam off?): contrast is {ratio:.1f}x the noise, which noise alone gives "
                         "(about 5x): no image in it; check the exposure and that the beam reached the detector")
+            # a small field (a cone) at a usual dose holds too little anatomy: more dose is not what it needs (a new
+            # user's trial: a 12 mm cone told to use a longer exposure)
+            small = plan.field_mm is not None and plan.field_mm < SMALL_FIELD_ANATOMY_MM
+            why = (f"a {field_size_mm(field, plan.levels[plan.field_level].spacing):.0f} mm field holds too little "
+                   "anatomy for this noise: image the setup through a larger field, or with a longer exposure" if small else
+                   "too low a dose for the anatomy in it, or none; use a longer exposure or average frames")
             return (f"nothing but noise inside the field: contrast is {ratio:.1f}x the noise on the search level "
-                    f"(noise alone gives about 5x; at least {MIN_CONTRAST_TO_NOISE:g}x needed): too low a dose for the "
-                    "anatomy in it, or none; use a longer exposure or average frames")
+                    f"(noise alone gives about 5x; at least {MIN_CONTRAST_TO_NOISE:g}x needed): {why}")
         where = TOO_LITTLE_STRUCTURE[0] if field.detected else TOO_LITTLE_STRUCTURE[1]
         return f"{where}: contrast is {ratio:.1f}x the noise on the search level (at least {MIN_CONTRAST_TO_NOISE:g}x needed)"
     saturation = extra["saturation_value"] if "saturation_value" in extra else None

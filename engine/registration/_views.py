@@ -108,6 +108,15 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         patient_warning = [f"{text}; registered as asked (allow_patient_mismatch)"]
     else:
         patient_warning = []
+    # a DRR given as the frame and a portal image as the reference: the arguments swapped (register REFERENCE FRAME). A
+    # DRR is rendered from the planning CT, never taken through the beam; measured this way, the shift's sign is
+    # reversed (a new user's trial: ok at (-3.2, -2.0) mm for (+3.0, +2.0), nothing said)
+    if frame.kind == "drr" and reference.kind == "portal":
+        record["swapped"] = True
+        return (f"the arguments look swapped: the frame ({frame.source}) is a DRR and the reference ({reference.source}) "
+                "a portal image; a DRR is the reference, rendered from the planning CT, and a shift measured the other "
+                "way round has its sign reversed: give the reference first, then the frame (portalign register "
+                "REFERENCE FRAME)", record, patient_warning)
     phrases = []
     tolerance = options.view_tolerance_deg
     for (key, label), ref_value, frame_value in zip(VIEW_ANGLES, ref_angles, frame_angles, strict=True):
