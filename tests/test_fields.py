@@ -1030,7 +1030,8 @@ def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match():
     from portalign.registration._program import _shared_shielding
 
     reference, frame = _corner_shadowed_pair()
-    shared = _shared_shielding(reference, frame)
+    small, factor = box_reduce(frame.pixels, 128)
+    shared = _shared_shielding(portalign.prepare_reference(reference, backend="cpu"), frame, small, factor)
     assert shared is not None and 0.02 <= shared["share"] <= 0.5 and shared["agree"] > 0.9
     result = portalign.register(reference, frame, backend="cpu")
     assert not result.field_detected
@@ -1040,4 +1041,4 @@ def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match():
     assert any("shielded region" in w and "accepted: aperture_check='warn'" in w for w in warned.warnings)
     # an open reference (no shadow where the frame has one) shares nothing
     open_reference, frame = _corner_shadowed_pair(shadow_ref=False)
-    assert _shared_shielding(open_reference, frame) is None
+    assert _shared_shielding(portalign.prepare_reference(open_reference, backend="cpu"), frame, small, factor) is None

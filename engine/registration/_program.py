@@ -434,7 +434,7 @@ SHIELDED_MIN_AREA = 0.02
 SHIELDED_AGREE = 0.8
 
 
-def _shared_shielding(image: Image, frame: Image) -> dict[str, float] | None:
+def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, factor: int) -> dict[str, float] | None:
     """Whether two portal images whose fields were not found share a shielded region along the frame's border.
 
     A field larger than the panel with an edge crossing it leaves a shadow along the border that the field's detection
@@ -442,14 +442,11 @@ def _shared_shielding(image: Image, frame: Image) -> dict[str, float] | None:
     edge, fixed to the beam, pulls the match towards no shift: an independent trial's portal pairs through such fields
     were ok 2.5-3.9 mm off, at the aperture's own position (session note 45). Returns the shadow's share of the frame
     and the share of its places (mm from each image's beam axis, nearest pixel) shielded in the reference too; None
-    where there is no such shadow or the reference does not share it.
+    where there is no such shadow or the reference does not share it. ``small``: the frame's field-detection level
+    (``factor`` detector pixels a pixel); the reference's 99th percentile is read once, on its own such level.
     """
     from scipy import ndimage
 
-    from ..field import box_reduce
-    from ._reference import FIELD_LEVEL_MAX_PIXELS
-
-    small, factor = box_reduce(frame.pixels, FIELD_LEVEL_MAX_PIXELS)
     top = float(np.percentile(small, 99.0))
     if not top > 0.0:
         return None
@@ -463,6 +460,7 @@ def _shared_shielding(image: Image, frame: Image) -> dict[str, float] | None:
     if not SHIELDED_MIN_AREA <= share <= 0.5:
         return None
     r, c = np.nonzero(shadow)
+    image = reference.image
     x = ((c + 0.5) * factor - 0.5 - frame.beam_axis_px[0]) * frame.spacing_mm[1]
     y = ((r + 0.5) * factor - 0.5 - frame.beam_axis_px[1]) * frame.spacing_mm[0]
     col = np.rint(x / image.spacing_mm[1] + image.beam_axis_px[0]).astype(np.int64)
@@ -470,8 +468,13 @@ def _shared_shielding(image: Image, frame: Image) -> dict[str, float] | None:
     keep = (row >= 0) & (row < image.pixels.shape[0]) & (col >= 0) & (col < image.pixels.shape[1])
     if keep.sum() < 0.5 * keep.size:
         return None
-    reference_small, _ = box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)
-    reference_top = float(np.percentile(reference_small, 99.0))
+    reference_top = reference.__dict__.get("_shielding_top")
+    if reference_top is None:  # once per reference
+        from ..field import box_reduce
+        from ._reference import FIELD_LEVEL_MAX_PIXELS
+
+        reference_top = reference.__dict__["_shielding_top"] = float(
+            np.percentile(box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)[0], 99.0))
     agree = float(np.mean(image.pixels[row[keep], col[keep]] <= SHIELDED_SHARE * reference_top))
     if agree < SHIELDED_AGREE:
         return None
@@ -1819,7 +1822,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                     and plan.field_mm is not None else None)
     # ...and where neither image's field was found, whether both show one shielded region (a field larger than the
     # panel, its edge crossing it): its edge, fixed to the beam, is then matched as anatomy (rare: no call otherwise)
-    shielded = (_shared_shielding(reference.image, frame)
+    shielded = (_shared_shielding(reference, frame, small, 1 << plan.field_level)
                 if portal_pair and not field.detected and not reference.field.detected else None)
     small_field = r_eff < ALIKE_MIN_RADIUS_MM and moved is not None
     alike_small = small_field and moved >= FIELD_MOVED_MM  # MI where the edges match weakly (SETTINGS_ALIKE_SMALL)
