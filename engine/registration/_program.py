@@ -401,20 +401,10 @@ def _reference_shows_field(image: Image, frame: Image, field: FieldEstimate, fac
         b = float(np.median(pix[ring_rows, ring_cols]))
         return (a - b) / (abs(a) + abs(b)) if abs(a) + abs(b) > 0 else 0.0
 
-    def where(img: Image, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        r, c = np.nonzero(selected)
-        # the small pixel's centre in the frame's detector pixels, in mm from the frame's axis, in the image's pixels
-        x = ((c + 0.5) * factor - 0.5 - frame.beam_axis_px[0]) * frame.spacing_mm[1]
-        y = ((r + 0.5) * factor - 0.5 - frame.beam_axis_px[1]) * frame.spacing_mm[0]
-        col = np.rint(x / img.spacing_mm[1] + img.beam_axis_px[0]).astype(np.int64)
-        row = np.rint(y / img.spacing_mm[0] + img.beam_axis_px[1]).astype(np.int64)
-        keep = (row >= 0) & (row < img.pixels.shape[0]) & (col >= 0) & (col < img.pixels.shape[1])
-        return row, col, keep
-
-    fr, fc, fk = where(frame, inside)
-    gr, gc, gk = where(frame, ring)
-    rr, rc, rk = where(image, inside)
-    qr, qc, qk = where(image, ring)
+    fr, fc, fk = _at_pixels(frame, frame, inside, factor)
+    gr, gc, gk = _at_pixels(frame, frame, ring, factor)
+    rr, rc, rk = _at_pixels(image, frame, inside, factor)
+    qr, qc, qk = _at_pixels(image, frame, ring, factor)
     if min(fk.sum(), gk.sum(), rk.sum(), qk.sum()) < 4:
         return None
     own = contrast(frame, fr[fk], fc[fk], gr[gk], gc[gk])
@@ -459,21 +449,16 @@ def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, fac
     share = float(shadow.mean())
     if not SHIELDED_MIN_AREA <= share <= 0.5:
         return None
-    r, c = np.nonzero(shadow)
     image = reference.image
-    x = ((c + 0.5) * factor - 0.5 - frame.beam_axis_px[0]) * frame.spacing_mm[1]
-    y = ((r + 0.5) * factor - 0.5 - frame.beam_axis_px[1]) * frame.spacing_mm[0]
-    col = np.rint(x / image.spacing_mm[1] + image.beam_axis_px[0]).astype(np.int64)
-    row = np.rint(y / image.spacing_mm[0] + image.beam_axis_px[1]).astype(np.int64)
-    keep = (row >= 0) & (row < image.pixels.shape[0]) & (col >= 0) & (col < image.pixels.shape[1])
+    row, col, keep = _at_pixels(image, frame, shadow, factor)
     if keep.sum() < 0.5 * keep.size:
         return None
-    reference_top = reference.__dict__.get("_shielding_top")
+    reference_top = reference._shielding_top
     if reference_top is None:  # once per reference
         from ..field import box_reduce
         from ._reference import FIELD_LEVEL_MAX_PIXELS
 
-        reference_top = reference.__dict__["_shielding_top"] = float(
+        reference_top = reference._shielding_top = float(
             np.percentile(box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)[0], 99.0))
     agree = float(np.mean(image.pixels[row[keep], col[keep]] <= SHIELDED_SHARE * reference_top))
     if agree < SHIELDED_AGREE:
@@ -481,7 +466,22 @@ def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, fac
     return {"share": round(share, 4), "agree": round(agree, 4)}
 
 
-def _shielding_refusal(image: Image, frame: Image, shielded: dict[str, float]) -> str:
+def _at_pixels(image: Image, frame: Image, selected: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the (row, col) pixels of ``image`` at the places of ``selected``'s pixels and which lie inside it.
+
+    ``selected`` is a mask on the frame's field-detection level (``factor`` detector pixels a pixel); each pixel's
+    centre is placed in mm from the frame's beam axis (``Image.pixel_to_mm``) and found in ``image`` from its own
+    (``Image.mm_to_pixel``), nearest pixel: the same place, fixed to the beam, in two images of one beam.
+    """
+    r, c = np.nonzero(selected)
+    x, y = frame.pixel_to_mm((c + 0.5) * factor - 0.5, (r + 0.5) * factor - 0.5)
+    col, row = image.mm_to_pixel(x, y)
+    col, row = np.rint(col).astype(np.int64), np.rint(row).astype(np.int64)
+    keep = (row >= 0) & (row < image.pixels.shape[0]) & (col >= 0) & (col < image.pixels.shape[1])
+    return row, col, keep
+
+
+def _shielding_refusal(shielded: dict[str, float]) -> str:
     """Return the refusal of a match of two portal images sharing a shielded region whose field was not found."""
     return (f"no match confirmed: both images show one shielded region along the frame's border ({shielded['share']:.0%} "
             f"of the frame, {shielded['agree']:.0%} of it shielded in the reference too: the shadow of a radiation "
@@ -1771,6 +1771,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         if field.detected and field.mask is not None:
             finest = levels[plan.refine_levels[-1]]
             reach = math.ceil((finest.erosion_px - 1) * min(finest.spacing) / min(levels[plan.field_level].spacing))
+            # (``_reference._erode`` is this, a call more: the denoised frame's call count is held)
             interior = np.empty(field.mask.shape, dtype=np.uint8)
             erode_box(np.ascontiguousarray(field.mask, dtype=np.uint8), reach, np.empty_like(interior), interior)
         smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM, interior,
@@ -2025,21 +2026,20 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"best, within chance of it (a lead of {significance * (1.0 - ambiguity):.1f} chance spreads; "
             f"{MIN_RIVAL_LEAD:g} needed): too little structure to choose between them"
         )
-    if shielded is not None and not reason and shift_measured and not found.no_match:
-        details["shared_shielding"] = shielded
-        if opts.aperture_check == "strict":
-            reason = _shielding_refusal(reference.image, frame, shielded)
-            guess = True
+    # an aperture whose field was not found in the reference (the two checks exclude each other: one needs the frame's
+    # field found, the other neither image's)
+    if (shielded is not None or unseen_field is not None) and not reason and shift_measured and not found.no_match:
+        if shielded is not None:
+            details["shared_shielding"] = shielded
+            unconfirmed = _shielding_refusal(shielded)
         else:
-            warnings.append(f"{_shielding_refusal(reference.image, frame, shielded)} (accepted: aperture_check='warn')")
-    if unseen_field is not None and not reason and shift_measured and not found.no_match:
-        details["reference_field_unseen"] = unseen_field
+            details["reference_field_unseen"] = unseen_field
+            unconfirmed = _unseen_field_refusal(reference.image, plan.field_mm, unseen_field)
         if opts.aperture_check == "strict":
-            reason = _unseen_field_refusal(reference.image, plan.field_mm, unseen_field)
+            reason = unconfirmed
             guess = True  # the aperture, not the anatomy, may have placed it: no measurement
         else:
-            warnings.append(f"{_unseen_field_refusal(reference.image, plan.field_mm, unseen_field)} (accepted: "
-                            "aperture_check='warn')")
+            warnings.append(f"{unconfirmed} (accepted: aperture_check='warn')")
     # the anatomy's own size (``_scale``), where nothing else refused the match and no field told of its scale (the
     # geometry's first frames, until one confirms the stated scale; no call after that)
     scale = None

@@ -155,6 +155,8 @@ class Reference:
         #: The reference's radiation field alone (``aperture_model``), prepared on first use; False: none can be
         #: made (no field); the model's own ``_aperture`` is False too (it is checked against nothing).
         self._aperture: Reference | bool | None = None
+        #: The 99th percentile of this reference's field-detection level (``_program._shared_shielding``), on first use.
+        self._shielding_top: float | None = None
         #: The reference side of the deep-interior check (``interior_model``), made on first use; False: none.
         self._interior: InteriorModel | bool | None = None
         #: This reference smoothed (``smoothed_twin``), made on first need; and, on such a twin, the reference it
