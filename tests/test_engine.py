@@ -332,7 +332,9 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
     of the plan with the band it asks for, about 4 calls; 56 / 122 measured once the band's lanes were held by the
     geometry's and the intensity fit's level asked only of a frame that may be polished; 134-137 once the field's
     interior is smoothed over itself, ``_frame.denoised_frame``: three more compiled calls, the field-level mask eroded
-    and grown to the detector's pixels). The thread policy is read again
+    and grown to the detector's pixels). Both images record their gantry and couch angles, as DICOM files do: the
+    angle between their beams (``details["beam_angle_deg"]``, a dozen trigonometric calls) is worked out once per pair
+    of views (the bench pair's count 74 -> 59). The thread policy is read again
     every ``POLICY_REFRESH_S`` (0.25 s: the environment, CPU affinity and load), not every frame: held here, or
     how many of the five frames cross such a moment (a busy machine's slower frames) would move the count by 2-9.
     """
@@ -345,10 +347,12 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
     monkeypatch.setattr(_cpu, "POLICY_REFRESH_S", 1e9)
 
     shape, spacing = (256, 256), 1.0
-    ref = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr")
+    # (both views recorded, as a DICOM pair's are: the beam angle between them is worked out once per pair of views)
+    views = {"gantry_deg": 30.0, "couch_deg": 0.0, "collimator_deg": 0.0}
+    ref = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr", **views)
     aperture = field_aperture(shape, spacing, 70, 60)
     frame = Image.from_array(mv_portal(moved(BASE, 2.0, -1.0, 0.5, shape=shape), aperture, noise=noise),
-                             pixel_spacing_mm=spacing, kind="portal")
+                             pixel_spacing_mm=spacing, kind="portal", **views)
     prepared = prepare_reference(ref, backend="cpu")
     set_thread_policy(policy)
     try:

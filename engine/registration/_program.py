@@ -323,6 +323,21 @@ class _Replan:
     band_mm: float | None
 
 
+#: The angle between two views' beams and its parallax (deg, mm: ``beam_angle_deg``, ``view_parallax_mm``), by the views'
+#: (reference gantry, frame gantry, reference couch, frame couch) angles (deg); cleared at ``_BEAM_ANGLES_KEPT`` entries.
+_BEAM_ANGLES: dict[tuple, tuple[float | None, float]] = {}
+_BEAM_ANGLES_KEPT = 4096
+
+
+def _beam_angle_of(key: tuple, reference_view: dict, frame_view: dict) -> tuple[float | None, float]:
+    """Return (and keep in ``_BEAM_ANGLES`` under ``key``) two views' beam angle (deg; None unknown) and parallax (mm)."""
+    angle = beam_angle_deg(reference_view, frame_view)
+    if len(_BEAM_ANGLES) >= _BEAM_ANGLES_KEPT:
+        _BEAM_ANGLES.clear()
+    kept = _BEAM_ANGLES[key] = (angle, view_parallax_mm(angle) if angle is not None else 0.0)
+    return kept
+
+
 def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate,
                    spacing_mm: tuple[float, float], min_rings: int = PENUMBRA_MIN_RINGS) -> float | None:
     """Return how deep (mm) the frame's own penumbra reaches into its field when deeper than the reference's band.
@@ -2124,7 +2139,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["view"] = view_record
     # the angle between the two images' beams in the patient (deg; null where a gantry angle is not recorded): within
     # the view tolerance, yet structures at different depths moved apart across the beam by their depth times it
-    beam_angle = beam_angle_deg(view_record["reference"], view_record["frame"])
+    # (once per pair of views: a cine's frames share theirs, and the trigonometry is a dozen calls a frame)
+    ref_view, frame_view = view_record["reference"], view_record["frame"]
+    view_key = (ref_view["gantry_deg"], frame_view["gantry_deg"], ref_view["couch_deg"], frame_view["couch_deg"])
+    beam_angle, view_parallax = (_BEAM_ANGLES[view_key] if view_key in _BEAM_ANGLES
+                                 else _beam_angle_of(view_key, ref_view, frame_view))
     details["beam_angle_deg"] = beam_angle
     if view_record["mismatch"]:  # beyond the tolerance and allowed: the caller says the views are one (headers wrong)
         beam_angle = None
@@ -2176,7 +2195,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
     details["rotation_offset_mm"] = centroid_mm
     turn_u = details["rotation_uncertainty_deg"]
-    view_parallax = view_parallax_mm(beam_angle) if beam_angle is not None else 0.0
+    if beam_angle is None:
+        view_parallax = 0.0
     if view_parallax > MAX_VIEW_PARALLAX_MM and shift_measured and not reason:
         reason = (f"the frame's beam is {beam_angle:.1f} deg from the reference's (gantry and couch angles; within the "
                   f"{opts.view_tolerance_deg:g} deg view tolerance, yet): anatomy {VIEW_PARALLAX_DEPTH_MM:g} mm off the "

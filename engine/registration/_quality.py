@@ -385,7 +385,7 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     noise = 0.0 if split_half_mm is None else 0.5 * split_half_mm
     gap2 = 0.0 if metric_gap_mm is None else 0.5 * metric_gap_mm * metric_gap_mm
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
-    view = view_parallax_mm(beam_angle_deg)
+    view = VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES  # view_parallax_mm, written out: per-frame code
     return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5
             + view * view) ** 0.5
 

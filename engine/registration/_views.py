@@ -122,7 +122,8 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     for (key, label), ref_value, frame_value in zip(VIEW_ANGLES, ref_angles, frame_angles, strict=True):
         if ref_value is None or frame_value is None:
             continue
-        if abs((ref_value - frame_value + 180.0) % 360.0 - 180.0) > tolerance:  # angle_difference_deg, inline
+        apart = (ref_value - frame_value + 180.0) % 360.0 - 180.0  # angle_difference_deg, inline (no abs(): no call)
+        if apart > tolerance or apart < -tolerance:
             record["mismatch"].append(key)
             phrases.append(f"{label} angle {angle_text(ref_value)} deg in the reference ({reference.source}) but "
                            f"{angle_text(frame_value)} deg in the frame ({frame.source})")
