@@ -29,7 +29,7 @@ from .errors import (
 )
 from .image import Image, ImageInfo, as_image
 from .options import RegistrationOptions
-from .registration import BatchError, Reference, prepare_reference, register_batch
+from .registration import BatchError, Reference, prepare_reference, prepare_reference_for, register_batch
 from .result import RegistrationResult
 
 __all__ = [
@@ -143,5 +143,5 @@ def register(
     """
     if not isinstance(reference, Reference):
         ref_image = as_image(reference, name="reference", pixel_spacing_mm=pixel_spacing_mm)
-        reference = prepare_reference(ref_image, options, backend=backend)
+        reference = prepare_reference_for(ref_image, frame, options, backend=backend, pixel_spacing_mm=pixel_spacing_mm)
     return reference.register(frame, pixel_spacing_mm=pixel_spacing_mm)

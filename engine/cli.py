@@ -361,7 +361,7 @@ def _load_named(path: str, args: argparse.Namespace, other: str, *, frame_index:
 
 def _register(args: argparse.Namespace) -> int:
     from .options import RegistrationOptions
-    from .registration import prepare_reference
+    from .registration import prepare_reference_for
 
     if args.repeat < 0:
         raise PortalignError(f"--repeat must be 0 or more, got {args.repeat}")
@@ -393,7 +393,7 @@ def _register(args: argparse.Namespace) -> int:
         from .reg import check_registration_inputs
 
         check_registration_inputs(reference_image, frame, args.patient_position)
-    reference = prepare_reference(reference_image, options, backend=args.backend)
+    reference = prepare_reference_for(reference_image, frame, options, backend=args.backend)
     result = reference.register(frame)
     extra: dict[str, Any] = {"first_frame_ms": result.elapsed_ms, "frames_timed": 1}
     if args.repeat:

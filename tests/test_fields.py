@@ -312,6 +312,32 @@ def test_too_small_field_names_the_field_size_and_the_file():
     assert need > size  # the message never contradicts itself
 
 
+@pytest.mark.parametrize("prepared", [False, True])
+def test_a_too_small_field_of_another_view_is_named_as_another_view_too(prepared):
+    """A frame at another gantry angle than its reference's, whose field is too small for the frame's geometry: the
+    error names the views' difference as well as the field (a new user's trial: a 12 mm MLC field at gantry 60 and a
+    frame at 100 were told only of the field, the wrong files unnamed). One-shot and prepared reference alike."""
+    spacing = 0.5
+    ref = portalign.Image.from_array(cone_image((160, 160), spacing, (0, 0), cone_mm=4.0, texture=0),
+                                     pixel_spacing_mm=spacing, name="tiny_cone_ref.dcm", kind="portal", gantry_deg=60.0)
+    frame = portalign.Image.from_array(cone_image((160, 160), spacing, (1, 0), cone_mm=4.0, texture=0, seed=1),
+                                       pixel_spacing_mm=spacing, name="tiny_cone_frame.dcm", kind="portal",
+                                       gantry_deg=100.0)
+    with pytest.raises(ReferencePreparationError,
+                       match=r"^tiny_cone_ref\.dcm: its radiation field is 4\.\d mm across, .*too small a field to "
+                             r"register; the frame is not of this reference's view either: different views: gantry angle "
+                             r"60 deg in the reference \(tiny_cone_ref\.dcm\) but 100 deg in the frame "
+                             r"\(tiny_cone_frame\.dcm\) .*allow_view_mismatch=True") as raised:
+        if prepared:
+            portalign.prepare_reference(ref, backend="cpu").register(frame)
+        else:
+            portalign.register(ref, frame, backend="cpu")
+    assert isinstance(raised.value.__cause__, ReferencePreparationError)
+    # the views allowed to differ: the field alone, as for one view
+    with pytest.raises(ReferencePreparationError, match=r"too small a field to register$"):
+        portalign.register(ref, frame, portalign.RegistrationOptions(allow_view_mismatch=True), backend="cpu")
+
+
 # --- field detection ---------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ The public surface is re-exported here; the implementation lives in private modu
 from ._batch import BatchError, batch_workers, register_batch, register_each
 from ._plan import FramePlan, Level, pose_affines, wants_field
 from ._program import register_frame
-from ._reference import Reference, prepare_reference, warm_up_kernels
+from ._reference import Reference, prepare_reference, prepare_reference_for, warm_up_kernels
 
 __all__ = [
     "BatchError",
@@ -19,6 +19,7 @@ __all__ = [
     "Reference",
     "pose_affines",
     "prepare_reference",
+    "prepare_reference_for",
     "register_batch",
     "register_each",
     "register_frame",

@@ -72,7 +72,7 @@ from ._search import DISTINCT_MM, MAX_CANDIDATES
 from ._search_program import program_scratch
 from ._views import extent_box, grid_extent
 
-__all__ = ["Reference", "prepare_reference"]
+__all__ = ["Reference", "prepare_reference", "prepare_reference_for"]
 
 #: Global-search translations go this far beyond the capture range, so that an
 #: optimum outside it is seen (and reported) instead of clipped.
@@ -788,6 +788,38 @@ def prepare_reference(image: Image, options: RegistrationOptions | None = None, 
     Reference
     """
     return Reference.prepare(image, options, backend)
+
+
+def prepare_reference_for(image: Image, frame: Any, options: RegistrationOptions | None = None, *,
+                          backend: str | Backend = "auto", pixel_spacing_mm: Any = None) -> Reference:
+    """Prepare ``image`` as :func:`prepare_reference` does, for registering ``frame`` (a one-shot registration).
+
+    Where the reference cannot be prepared (:class:`~portalign.errors.ReferencePreparationError`) and the frame's
+    header says it is another view, another patient, or the reference and frame swapped (the view comparison a frame
+    gets, :func:`~portalign.registration._views.compare_views`), the error says that too: a frame at another gantry
+    angle against a reference whose small field cannot be prepared was told only of the field (a new user's trial).
+    ``frame`` is what :func:`~portalign.image.as_image` takes; it is read only on that error path, and a frame that
+    cannot be read leaves the reference's error as it is.
+
+    Raises
+    ------
+    ReferencePreparationError
+        As :func:`prepare_reference`, the views' (or patients') difference after it where the headers show one.
+    """
+    try:
+        return Reference.prepare(image, options, backend)
+    except ReferencePreparationError as exc:
+        from ._views import with_view_reason
+
+        try:
+            frame_image = frame if isinstance(frame, Image) else as_image(frame, name="frame",
+                                                                          pixel_spacing_mm=pixel_spacing_mm)
+        except PortalignError:
+            raise exc from None
+        added = with_view_reason(exc, image.info, frame_image.info, options or RegistrationOptions())
+        if added is exc:
+            raise
+        raise added from exc
 
 
 def warm_up_kernels(backend: str | Backend = "auto", options: RegistrationOptions | None = None) -> None:

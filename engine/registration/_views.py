@@ -24,7 +24,8 @@ from typing import Any
 from ..image import Image, ImageInfo
 from ..options import RegistrationOptions
 
-__all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_region", "extent_box", "grid_extent"]
+__all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_region", "extent_box", "grid_extent",
+           "with_view_reason"]
 
 #: Angles compared, with the name a physicist uses for each (IEC 61217).
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
@@ -160,6 +161,23 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
               "views is not a setup error. If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
     return reason, record, patient_warning
+
+
+def with_view_reason(error: Exception, reference: ImageInfo, frame: ImageInfo,
+                     options: RegistrationOptions) -> Exception:
+    """Return ``error`` (a reference that cannot be prepared for a frame) with the views' difference after it, if any.
+
+    :func:`compare_views`' reason (another view, another patient, the images swapped) is what a registration of the
+    two would have said first; an error about the reference alone (its field too small for the frame's geometry) hid
+    it (a new user's trial: a frame at another gantry angle was told only of the reference's small field). The error's
+    class and cause are kept; ``error`` itself where the headers show no difference.
+    """
+    reason, _, _ = compare_views(reference, frame, options)
+    if not reason:
+        return error
+    added = type(error)(f"{error}; the frame is not of this reference's view either: {reason}")
+    added.__cause__ = error
+    return added
 
 
 def common_region(reference: Image, frame: Image, frame_box_mm: list[float] | None,
