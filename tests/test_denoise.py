@@ -50,6 +50,42 @@ def test_a_noisy_frame_against_a_drr_is_smoothed_and_lands_on_the_shift(seed):
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) <= 0.25
 
 
+def test_a_smoothed_frame_against_a_noisy_drr_states_the_references_noise_in_its_rotation_uncertainty():
+    """A noisy frame matched smoothed against a reference left as it is: the reference's own noise, shared by the split
+    halves and not smoothed, enters the rotation's uncertainty (``_quality.REFERENCE_NOISE_ARC`` working pixels over
+    the reference's contrast over noise, at the lever arm). An independent trial's DRRs with 1.5-3 % noise: frames
+    matched smoothed 0.37-0.49 deg off at the median, 67-81 % within two uncertainties before (session note 46). A
+    noise-free DRR adds next to nothing (its contrast over noise in the thousands, or infinite)."""
+    from portalign.registration._quality import reference_contrast_to_noise, rotation_uncertainty_deg
+
+    base = anatomy(384, seed=4)
+    clean = portalign.Image.from_array(moved(base, 0, 0, 0, shape=SHAPE), pixel_spacing_mm=1.0, kind="drr")
+    rng = np.random.default_rng(7)
+    noisy = portalign.Image.from_array(clean.pixels + rng.normal(0.0, 0.004 * float(np.ptp(clean.pixels)), SHAPE),
+                                       pixel_spacing_mm=1.0, kind="drr")
+    frame = portalign.Image.from_array(mv_portal(moved(base, 2.0, -1.0, 1.0, shape=SHAPE), np.ones(SHAPE), noise=0.03,
+                                                 seed=4), pixel_spacing_mm=1.0, kind="portal")
+    results = {}
+    for name, ref in (("clean", clean), ("noisy", noisy)):
+        prepared = portalign.prepare_reference(ref, backend="cpu")
+        result = prepared.register(frame)
+        assert result.ok and result.rotation_deg is not None, result.reason
+        assert result.details["denoised"] is not None and result.details["denoised"]["reference_smoothed"] is False
+        plan = prepared.plan_for(frame.shape, frame.spacing_mm, frame.beam_axis_px)
+        contrast = reference_contrast_to_noise(plan.levels[plan.refine_levels[-1]])
+        d = result.details
+        arc = 0.0 if contrast == math.inf else _quality.REFERENCE_NOISE_ARC * d["working_spacing_mm"] / contrast
+        assert d["rotation_uncertainty_deg"] == pytest.approx(rotation_uncertainty_deg(
+            d["rotation_support_mm"], d["working_spacing_mm"], d["split_half_deg"], d["edge_mi_rotation_gap_deg"], arc))
+        results[name] = (contrast, d)
+    assert results["clean"][0] > 1000.0  # a noise-free DRR: next to nothing (25 / 1000 of a working pixel)
+    assert results["noisy"][0] < 300.0, results["noisy"][0]
+    noisy_d = results["noisy"][1]
+    without = rotation_uncertainty_deg(noisy_d["rotation_support_mm"], noisy_d["working_spacing_mm"],
+                                       noisy_d["split_half_deg"], noisy_d["edge_mi_rotation_gap_deg"])
+    assert noisy_d["rotation_uncertainty_deg"] > without * 1.05
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_smoothed_frame_is_checked_for_precision_on_uncoupled_halves(seed):
     """Smoothing raises the edge score without adding information: the split-half check runs whatever the score.

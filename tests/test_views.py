@@ -389,6 +389,9 @@ def test_the_uncertainty_formulas() -> None:
     assert rotation_uncertainty_deg(60.0, 0.5, None) == pytest.approx(0.381972 / 4, abs=1e-6)
     # edge and MI rotations 0.5 deg apart, MI's reported: sqrt(0.381972^2 + 0.3^2 + 0.5^2 / 2)
     assert rotation_uncertainty_deg(30.0, 1.0, 0.6, 0.5) == pytest.approx(0.600752, abs=1e-6)
+    # a noisy reference's own arc (mm at the lever arm) adds in quadrature: 0.3 mm at 30 mm is 0.572958 deg
+    assert rotation_uncertainty_deg(30.0, 1.0, None, None, 0.3) == pytest.approx(math.hypot(0.381972, 0.572958),
+                                                                                  abs=1e-6)
     # 1 mm pixel; halves 0.4 mm apart and the MI optimum 0.3 mm from the edges': sqrt((0.0225 + 0.04 + 0.045) / 2)
     assert shift_uncertainty_mm(1.0, None, None) == pytest.approx(0.15 / math.sqrt(2), abs=1e-9)
     assert shift_uncertainty_mm(1.0, 0.4, 0.3) == pytest.approx(0.231840, abs=1e-6)

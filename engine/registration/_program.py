@@ -70,6 +70,7 @@ from ._quality import (
     MIN_ROTATION_SUPPORT_MM,
     MIN_USABLE_PIXELS,
     NOISE_SAMPLES,
+    REFERENCE_NOISE_ARC,
     TOO_LITTLE_STRUCTURE,
     TOO_LITTLE_USABLE,
     VIEW_PARALLAX_DEPTH_MM,
@@ -2195,8 +2196,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # MI cross-check is a second estimate of the pose (the gap terms); edge or mi alone has none, and their errors ran
     # to 3-15 times the same formula's on held-out sets (session note 28)
     calibrated = opts.method == "auto"
+    # (a noisy frame matched smoothed against a reference left as it is: the reference's own noise, where it has any;
+    # no call otherwise)
+    reference_arc = 0.0
+    if denoised is not None and not denoised["reference_smoothed"] and calibrated and rotate:
+        reference_contrast = reference_contrast_to_noise(finest_level)
+        if 0.0 < reference_contrast < math.inf:
+            reference_arc = REFERENCE_NOISE_ARC * details["working_spacing_mm"] / reference_contrast
     details["rotation_uncertainty_deg"] = (
-        rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap)
+        rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap,
+                                 reference_arc)
         if calibrated and rotate and found.rotation_support_mm else None)
     # the usable pixels' centroid's distance from the beam axis (mm): the pose turns about the axis, so the shift
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries

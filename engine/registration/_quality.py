@@ -48,6 +48,17 @@ MIN_ROTATION_SUPPORT_MM = 18.0
 #: 0.42 at the 95th percentile. At 0.2, 83 % of those rotations lay within one uncertainty of the truth and 97 % within
 #: two (the largest 2.4); neither the split-half spread nor the lever arm alone foretold which were 0.5-1 deg off.
 ROTATION_ARC_SHARE = 0.2
+#: A noisy frame matched smoothed (``_program.DENOISE``) against a reference that was not smoothed and is noisy itself
+#: (its contrast over noise ``c``: :func:`reference_contrast_to_noise`, finite): the reference's own noise, in neither of
+#: the split halves (they share the reference) nor smoothed, misplaces the matched structure by an arc of this many
+#: working pixels over ``c`` at the rotation lever arm (a term of :func:`rotation_uncertainty_deg`). An independent
+#: trial's 92 DRR pairs with rotation (session note 46: its DRRs carried 0.5-3 % noise, ``c`` 31-840): the frames
+#: matched smoothed were 0.37-0.49 deg off at the median against 0.06-0.15 for the others, their errors grew with
+#: ``1 / c`` (correlation 0.46, none for the others), and 81 % (1.5 %) and 67 % (3 %) lay within two uncertainties.
+#: At 25, over those 140 smoothed frames 80 % within one and 97 % within two. A noise-free DRR (the usual one: ``c``
+#: in the thousands, or infinite) adds next to nothing: rendered without noise the same pairs were 0.07 deg off at the
+#: median, 97 % within one uncertainty.
+REFERENCE_NOISE_ARC = 25.0
 _DEGREES = 180.0 / math.pi
 #: The shift's standard uncertainty (:func:`shift_uncertainty_mm`) takes the error of placing the matched structure as
 #: this share of the working pixel (an RMS over both axes). Calibrated on the 227 ok pairs of ``python -m
@@ -301,7 +312,7 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
 
 
 def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split_half_deg: float | None,
-                             metric_gap_deg: float | None = None) -> float:
+                             metric_gap_deg: float | None = None, reference_arc_mm: float = 0.0) -> float:
     """Return the standard uncertainty (1 sd, deg) of an estimated in-plane rotation.
 
     A rotation is read from how structure at the lever arm ``L`` (:func:`rotation_support_mm`) moves: an error of
@@ -311,6 +322,7 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
     (each half has twice the variance of the whole, their difference four times), is added in quadrature; and
     where ``auto`` reports mutual information's rotation, the gap ``g`` to the edge optimum's (two estimates of
     one rotation: their difference has twice the variance of one): ``u = sqrt((a / L)^2 + (s / 2)^2 + g^2 / 2)``.
+    A noisy reference's own misplacement ``r`` (mm, ``reference_arc_mm``: ``REFERENCE_NOISE_ARC``) adds ``(r / L)^2``.
 
     Parameters
     ----------
@@ -322,6 +334,10 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
         The two halves' rotations' spread (deg); ``None`` where the check did not run.
     metric_gap_deg : float or None
         The edge and MI optima's rotations' difference (deg) where MI's is reported; ``None`` elsewhere.
+    reference_arc_mm : float
+        How far (mm, 1 sd, at the lever arm) the reference's own noise may misplace the matched structure where
+        neither the split halves nor a smoothing cover it (``REFERENCE_NOISE_ARC`` working pixels over the
+        reference's contrast over noise); 0 for a noise-free reference.
 
     Returns
     -------
@@ -330,9 +346,10 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
         pairs and within ``2 u`` in 97 %.
     """
     bias = _DEGREES * ROTATION_ARC_SHARE * working_spacing_mm / support_mm
+    own = _DEGREES * reference_arc_mm / support_mm
     noise = 0.0 if split_half_deg is None else 0.5 * split_half_deg
     gap2 = 0.0 if metric_gap_deg is None else 0.5 * metric_gap_deg * metric_gap_deg
-    return (bias * bias + noise * noise + gap2) ** 0.5  # math.hypot, written out: no call a frame
+    return (bias * bias + own * own + noise * noise + gap2) ** 0.5  # math.hypot, written out: no call a frame
 
 
 def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None, metric_gap_mm: float | None,
