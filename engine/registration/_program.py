@@ -2196,11 +2196,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # MI cross-check is a second estimate of the pose (the gap terms); edge or mi alone has none, and their errors ran
     # to 3-15 times the same formula's on held-out sets (session note 28)
     calibrated = opts.method == "auto"
-    # (a noisy frame matched smoothed against a reference left as it is: the reference's own noise, where it has any;
-    # no call otherwise)
+    # (a frame matched against a DRR: the DRR's own noise, where it has any, as taken: a smoothed twin's is read on the
+    # reference it was made from, on the same geometry's plan; found once per level, no call a frame after that. A
+    # reference portal image's noise is in the calibration of ROTATION_ARC_SHARE already)
     reference_arc = 0.0
-    if denoised is not None and not denoised["reference_smoothed"] and calibrated and rotate:
-        reference_contrast = reference_contrast_to_noise(finest_level)
+    if calibrated and rotate and ref_info.kind == "drr":
+        taken = reference._smoothed_of if denoised is not None and denoised["reference_smoothed"] else None
+        own_level = (finest_level if taken is None else
+                     taken.frame_pool(frame, plan.field_mm, plan.band_mm).lanes[0].levels[plan.refine_levels[-1]])
+        reference_contrast = own_level.ref_contrast_to_noise
+        if reference_contrast is None:
+            reference_contrast = reference_contrast_to_noise(own_level)
         if 0.0 < reference_contrast < math.inf:
             reference_arc = REFERENCE_NOISE_ARC * details["working_spacing_mm"] / reference_contrast
     details["rotation_uncertainty_deg"] = (

@@ -48,16 +48,18 @@ MIN_ROTATION_SUPPORT_MM = 18.0
 #: 0.42 at the 95th percentile. At 0.2, 83 % of those rotations lay within one uncertainty of the truth and 97 % within
 #: two (the largest 2.4); neither the split-half spread nor the lever arm alone foretold which were 0.5-1 deg off.
 ROTATION_ARC_SHARE = 0.2
-#: A noisy frame matched smoothed (``_program.DENOISE``) against a reference that was not smoothed and is noisy itself
-#: (its contrast over noise ``c``: :func:`reference_contrast_to_noise`, finite): the reference's own noise, in neither of
-#: the split halves (they share the reference) nor smoothed, misplaces the matched structure by an arc of this many
-#: working pixels over ``c`` at the rotation lever arm (a term of :func:`rotation_uncertainty_deg`). An independent
-#: trial's 92 DRR pairs with rotation (session note 46: its DRRs carried 0.5-3 % noise, ``c`` 31-840): the frames
-#: matched smoothed were 0.37-0.49 deg off at the median against 0.06-0.15 for the others, their errors grew with
-#: ``1 / c`` (correlation 0.46, none for the others), and 81 % (1.5 %) and 67 % (3 %) lay within two uncertainties.
-#: At 25, over those 140 smoothed frames 80 % within one and 97 % within two. A noise-free DRR (the usual one: ``c``
-#: in the thousands, or infinite) adds next to nothing: rendered without noise the same pairs were 0.07 deg off at the
-#: median, 97 % within one uncertainty.
+#: A frame matched against a DRR that is noisy itself (its contrast over noise ``c`` as taken:
+#: :func:`reference_contrast_to_noise`, finite; a smoothed twin's, ``SMOOTH_PAIR``, read on the DRR it was made from): the
+#: DRR's own noise, in neither of the split halves (they share the reference), misplaces the matched structure by an arc
+#: of this many working pixels over ``c`` at the rotation lever arm (a term of :func:`rotation_uncertainty_deg`). An
+#: independent trial's DRR pairs with rotation (session note 46: its DRRs carried 0.5-3 % noise, ``c`` 31-840): frames
+#: matched smoothed, whose errors grew with ``1 / c`` (correlation 0.46), were 81 % (1.5 %) and 67 % (3 %) within two
+#: uncertainties, those with their DRR smoothed alike too 62 %; rendered without noise the same 92 pairs were 0.07 deg
+#: off at the median and 97 % within one. At 25, trial46's 92 (fitted) 72 % within one and 98 % within two (87 % within
+#: two before); trial45's 85, not fitted, 73 % and 93 % (83 % at session 45's head). A noise-free DRR (the usual one: ``c`` in the
+#: thousands, or infinite) adds next to nothing: 25 / 1400 of a working pixel. Reference portal images are left out:
+#: their noise is in ``ROTATION_ARC_SHARE``'s calibration (trial46's: 83 % within one and 100 % within two without the
+#: term), and their contrast over noise, a few times to a few tens (MV anatomy), would make the term tens of degrees.
 REFERENCE_NOISE_ARC = 25.0
 _DEGREES = 180.0 / math.pi
 #: The shift's standard uncertainty (:func:`shift_uncertainty_mm`) takes the error of placing the matched structure as
