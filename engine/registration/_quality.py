@@ -56,10 +56,11 @@ ROTATION_ARC_SHARE = 0.2
 #: matched smoothed, whose errors grew with ``1 / c`` (correlation 0.46), were 81 % (1.5 %) and 67 % (3 %) within two
 #: uncertainties, those with their DRR smoothed alike too 62 %; rendered without noise the same 92 pairs were 0.07 deg
 #: off at the median and 97 % within one. At 25, trial46's 92 (fitted) 72 % within one and 98 % within two (87 % within
-#: two before); trial45's 85, not fitted, 73 % and 93 % (83 % at session 45's head). A noise-free DRR (the usual one: ``c`` in the
-#: thousands, or infinite) adds next to nothing: 25 / 1400 of a working pixel. Reference portal images are left out:
-#: their noise is in ``ROTATION_ARC_SHARE``'s calibration (trial46's: 83 % within one and 100 % within two without the
-#: term), and their contrast over noise, a few times to a few tens (MV anatomy), would make the term tens of degrees.
+#: two before); trial45's 85, not fitted, 73 % and 93 % (83 % at session 45's head). A noise-free DRR (the usual one:
+#: ``c`` in the thousands, or infinite) adds next to nothing: 25 / 1400 of a working pixel. Reference portal images are
+#: left out: their noise is in ``ROTATION_ARC_SHARE``'s calibration (trial46's: 83 % within one and 100 % within two
+#: without the term), and their contrast over noise, a few times to a few tens (MV anatomy), would make the term tens of
+#: degrees.
 REFERENCE_NOISE_ARC = 25.0
 _DEGREES = 180.0 / math.pi
 #: The shift's standard uncertainty (:func:`shift_uncertainty_mm`) takes the error of placing the matched structure as
