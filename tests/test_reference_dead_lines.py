@@ -226,6 +226,25 @@ def test_a_striped_drr_reference_is_refused_when_prepared(damage, said):
                                     backend="cpu")
 
 
+def test_a_striped_drr_reference_of_another_view_says_so_in_a_one_shot_registration():
+    """The one-shot ``register`` (and the CLI) prepare the reference for a frame: where the reference cannot be
+    prepared and the frame's header shows another view, the error names both (``prepare_reference_for``); where the
+    views agree, the reference's fault alone."""
+    damaged = moved(anatomy(384, seed=5), 0.0, 0.0, 0.0)
+    damaged[::2] = 0.0
+    reference = portalign.Image.from_array(damaged, pixel_spacing_mm=1.0, name="drr", kind="drr", gantry_deg=0.0)
+    frame = portalign.Image.from_array(moved(anatomy(384, seed=5), 1.0, 0.0, 0.0), pixel_spacing_mm=1.0, name="frame",
+                                       kind="portal", gantry_deg=270.0)
+    with pytest.raises(portalign.ReferencePreparationError,
+                       match=r"^drr \(a DRR\): its rows alternate.*; render or export it again; the frame is not of this "
+                             r"reference's view either: different views: gantry angle 0 deg in the reference \(drr\) but "
+                             r"270 deg in the frame \(frame\)"):
+        portalign.register(reference, frame, backend="cpu")
+    same_view = replace(frame, info=replace(frame.info, gantry_deg=0.0))
+    with pytest.raises(portalign.ReferencePreparationError, match=r"render or export it again$"):
+        portalign.register(reference, same_view, backend="cpu")
+
+
 @pytest.mark.parametrize("rows", [(), (100,), tuple(range(16, 256, 16))])
 def test_a_drr_reference_s_few_dead_lines_are_left_out(rows):
     """A DRR intact, with one row at 0, and with every 16th (under the striped share): prepared, and the known shift
