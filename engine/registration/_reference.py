@@ -688,10 +688,13 @@ class Reference:
             # a round field under the square erosion keeps a disc 2 sqrt(2) bands narrower (its diagonals),
             # which must hold MIN_REFERENCE_PIXELS pixels
             need = 2.0 * math.sqrt(2.0) * band + math.sqrt(4.0 * MIN_REFERENCE_PIXELS / math.pi) * low
+            # (the fix said too: a new user's trial read "16 pixels of 1.05 mm" on a 0.52 mm image and found no flag)
             return (f"{name}: its radiation field is {size:.1f} mm across, smaller than the {need:.1f} mm needed "
-                    f"(a {band:.1f} mm field-edge band on each side and {MIN_REFERENCE_PIXELS} pixels of "
-                    f"{low:.2f} mm inside); only {usable} usable pixels remain: too small a field "
-                    "to register")
+                    f"(a {band:.1f} mm field-edge band on each side, the field edge's penumbra as measured, and "
+                    f"{MIN_REFERENCE_PIXELS} pixels of the {low:.2f} mm working level inside); only {usable} usable "
+                    f"pixels remain: too small a field to register; use a field at least {math.ceil(need)} mm across "
+                    "(narrowing the band, field_margin_mm, is not the fix: a narrower band leaves the penumbra in "
+                    "what is matched)")
         return (f"{name}: the reference is {min(self.image.extent_mm):.1f} mm across; at {level.spacing[0]:.2f} mm "
                 f"pixels only {usable} usable pixels remain: too small an image to register")
 
