@@ -56,6 +56,8 @@ def test_other_gantry_angle_is_not_ok_and_names_both_values_and_the_override(pix
     assert "gantry angle 0 deg in the reference (ref.dcm)" in result.reason
     assert f"{frame_gantry:g} deg in the frame (frame.dcm)" in result.reason
     assert "allow_view_mismatch=True" in result.reason
+    # the tag to check, and the likelier fix before the override (a new user's trial found only the override)
+    assert "check that the reference is this frame's beam (GantryAngle (300A,011E) in both headers)" in result.reason
     assert result.details["view"]["mismatch"] == ["gantry_deg"]
 
 
@@ -73,17 +75,21 @@ def test_allow_view_mismatch_registers_and_warns(pixels) -> None:
     assert result.details["view"]["allowed"] is True
 
 
-@pytest.mark.parametrize(("key", "ref_value", "frame_value", "phrase", "tolerance"), [
-    ("collimator_deg", 0.0, 30.0, "collimator angle 0 deg", "(tolerance 3 deg for angles)"),
-    ("couch_deg", 350.0, 10.0, "couch (patient support) angle 350 deg", "(tolerance 3 deg for angles)"),
+@pytest.mark.parametrize(("key", "ref_value", "frame_value", "phrase", "tolerance", "tag"), [
+    ("collimator_deg", 0.0, 30.0, "collimator angle 0 deg", "(tolerance 3 deg for angles)",
+     "BeamLimitingDeviceAngle (300A,0120)"),
+    ("couch_deg", 350.0, 10.0, "couch (patient support) angle 350 deg", "(tolerance 3 deg for angles)",
+     "PatientSupportAngle (300A,0122)"),
     # a distance's tolerance is not given in degrees (a new user's trial found "(tolerance 3 deg)" here)
-    ("sad_mm", 1000.0, 800.0, "source-axis distance 1000 mm", "(tolerance 2% for source-axis distances)"),
+    ("sad_mm", 1000.0, 800.0, "source-axis distance 1000 mm", "(tolerance 2% for source-axis distances)",
+     "RadiationMachineSAD (3002,0022)"),
 ])
 def test_other_collimator_couch_or_sad_is_not_ok(pixels, key: str, ref_value: float, frame_value: float,
-                                                 phrase: str, tolerance: str) -> None:
+                                                 phrase: str, tolerance: str, tag: str) -> None:
     result = _pair(pixels, {"gantry_deg": 0.0, key: ref_value}, {"gantry_deg": 0.0, key: frame_value})
     assert result.ok is False and phrase in result.reason, result.reason
     assert tolerance in result.reason, result.reason
+    assert f"({tag} in both headers)" in result.reason, result.reason
     assert result.details["view"]["mismatch"] == [key]
     # a refused match is no measurement to vouch for: no uncertainty is stated (a new user's trial saw "± 0.18 mm"
     # beside "NOT OK (ambiguous ...)"); the same pair allowed states them

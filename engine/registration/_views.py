@@ -158,8 +158,13 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         limits.append(f"{options.view_tolerance_deg:g} deg for angles")
     if "sad_mm" in record["mismatch"]:
         limits.append(f"{SAD_TOLERANCE:.0%} for source-axis distances")
+    # (the tags and the likelier fix named: a new user's trial found only the override offered)
+    tags = {"gantry_deg": "GantryAngle (300A,011E)", "collimator_deg": "BeamLimitingDeviceAngle (300A,0120)",
+            "couch_deg": "PatientSupportAngle (300A,0122)", "sad_mm": "RadiationMachineSAD (3002,0022)"}
+    named = ", ".join(tags[key] for key in record["mismatch"])
     reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
-              "views is not a setup error. If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
+              f"views is not a setup error: check that the reference is this frame's beam ({named} in both headers). "
+              "If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
     return reason, record, patient_warning
 
 
