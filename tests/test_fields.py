@@ -313,6 +313,23 @@ def test_too_small_field_names_the_field_size_and_the_file():
     assert need > size  # the message never contradicts itself
 
 
+def test_a_cone_too_small_to_turn_reports_no_rotation_and_says_why():
+    """A 14 mm cone (RMS radius of its usable pixels 5 mm < 10): the shift is measured, the rotation is null, and the
+    warning says no turn is reported (a new user read "rotation held at 0" as a reported 0)."""
+    spacing = 0.5
+    ref = portalign.Image.from_array(cone_image((160, 160), spacing, (0, 0), cone_mm=14.0), pixel_spacing_mm=spacing,
+                                     kind="portal")
+    frame = portalign.Image.from_array(cone_image((160, 160), spacing, (1, 0), cone_mm=14.0, seed=1),
+                                       pixel_spacing_mm=spacing, kind="portal")
+    result = portalign.register(ref, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(1.0, abs=0.1) and result.dy_mm == pytest.approx(0.0, abs=0.1)
+    assert result.rotation_deg is None and result.details["rotation_uncertainty_deg"] is None
+    assert result.warnings == ["usable region too small to estimate rotation (RMS radius 5.0 mm < 10 mm): rotation not "
+                               "estimated (translation only: no turn is reported, and the shift's uncertainty allows "
+                               "for one)"]
+
+
 @pytest.mark.parametrize("prepared", [False, True])
 def test_a_too_small_field_of_another_view_is_named_as_another_view_too(prepared):
     """A frame at another gantry angle than its reference's, whose field is too small for the frame's geometry: the

@@ -54,6 +54,7 @@ def test_the_demo_frame_mirrored_is_not_ok_and_says_so() -> None:
     assert result.reason.startswith("flipped: the frame matches the reference better flipped left-right (edge "
                                     "correlation ")
     assert result.reason.endswith("set mirror_check='never' (--mirror-check never)")
+    assert "or of another view than the reference's, whatever its header says" in result.reason
     assert "fixed to the beam" not in result.reason  # a DRR holds no graticule or tray
     check = result.details["mirror_check"]
     assert check["flipped_edge_scores"]["flipped left-right"] > check["edge_score"] + 0.05

@@ -1106,8 +1106,11 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
     if not (best >= runner + MIRROR_MIN_GAIN
             and (best >= MIRROR_MIN_RATIO * runner or 1.0 - best <= MIRROR_MAX_RESIDUAL * (1.0 - runner))):
         return replace(result, details=details)
+    # (another view too: a new user's frame taken at gantry 40 through a 20 mm field, its header saying 0, was refused
+    # as mirrored, the view unnamed)
     reason = (f"flipped: the frame matches the reference better {best_name} (edge correlation {best:.2f} against "
-              f"{own:.2f}): the image is likely mirrored or turned (the imager's orientation or an export setting)")
+              f"{own:.2f}): the image is likely mirrored or turned (the imager's orientation or an export setting), "
+              "or of another view than the reference's, whatever its header says")
     if reference.image.info.kind == frame.info.kind == "portal":
         # both images hold what is fixed to the beam: a graticule or tray symmetric about the axis matches a flipped
         # copy where the anatomy did not place the match (an independent trial: the unflipped optimum 2.2 mm off)
@@ -1807,7 +1810,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         rotate = False
         warnings.append(
             f"usable region too small to estimate rotation (RMS radius {r_eff:.1f} mm < "
-            f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation not estimated (translation only, rotation held at 0)"
+            f"{MIN_ROTATION_RADIUS_MM:g} mm): rotation not estimated (translation only: no turn is reported, and the "
+            "shift's uncertainty allows for one)"
         )
     # a clean frame carries detail finer than the working levels: its polishing levels are made ready too
     polish = bool(plan.polish_levels) and not quality and denoised is None and is_clean(
