@@ -30,7 +30,6 @@ from portalign.kernels.cpu.pyramid import PYRAMID_SLOTS
 from portalign.kernels.cpu.refine import pose_affines_into
 
 from ..backends import NO_CUDA_DEVICE, Backend, cpu_backend, single_threaded
-from ..errors import ReferencePreparationError
 from ..field import (
     BAND_NOTE,
     DEAD_LINE_MAX_SHARE,
@@ -88,7 +87,7 @@ from ._scale import scale_profile, scale_verdict
 from ._scale import scale_reason as scale_reason_text
 from ._search import DISTINCT_MM, coarse_peaks, global_search
 from ._search_program import ITERATIONS, MI_TOLERANCE, WEAK_EDGE_SCORE, search_compiled, search_eager
-from ._views import beam_angle_deg, common_region, compare_views, with_view_reason
+from ._views import beam_angle_deg, common_region, compare_views
 
 if TYPE_CHECKING:  # the program is handed a Reference; it never builds one
     from ._reference import Reference
@@ -622,10 +621,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     backend = reference.backend
     # a lane of the plan for this geometry (buffers no other frame is using, and their stream), taken and given
     # back without a context manager: this runs for every frame
-    try:
-        pool = base = reference.frame_pool(frame)
-    except ReferencePreparationError as exc:  # a new geometry's plan: the views' difference said too, where there is one
-        raise with_view_reason(exc, reference.image.info, frame.info, reference.options) from exc
+    pool = base = reference.frame_pool(frame)
     if base.band_pool is not None:  # this geometry's frames asked for a wider band (their penumbra): its plan first
         pool = base.band_pool
     plan = pool.acquire(reference._lane_limit, backend)
@@ -654,10 +650,7 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     for _ in range(2):
         if type(result) is not _Replan:
             break
-        try:
-            pool = reference.frame_pool(frame, result.field_mm, result.band_mm)
-        except ReferencePreparationError as exc:  # (a frame's small field too small for the reference: as above)
-            raise with_view_reason(exc, reference.image.info, frame.info, reference.options) from exc
+        pool = reference.frame_pool(frame, result.field_mm, result.band_mm)
         if result.field_mm is None:  # where the next frame of this geometry starts (it checks the band there)
             base.band_pool = None if result.band_mm is None else pool
         plan = pool.acquire(reference._lane_limit, backend)

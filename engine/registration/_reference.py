@@ -70,7 +70,7 @@ from ._program import register_frame
 from ._quality import MIN_USABLE_PIXELS
 from ._search import DISTINCT_MM, MAX_CANDIDATES
 from ._search_program import program_scratch
-from ._views import extent_box, grid_extent
+from ._views import extent_box, grid_extent, with_view_reason
 
 __all__ = ["Reference", "prepare_reference", "prepare_reference_for"]
 
@@ -369,6 +369,10 @@ class Reference:
         ------
         GeometryError
             When a new geometry would make the plan allocate far beyond the two images' own size.
+        ReferencePreparationError
+            When the reference cannot be prepared for the new geometry (its field too small for it); where the
+            frame's header shows another view, patient, or the two swapped, the error says that too
+            (:func:`~portalign.registration._views.with_view_reason`).
         """
         self._uses += 1  # not atomic across threads: a stamp for "recently used", nothing counts on it exactly
         plain = field_mm is None  # (the geometry's plan, or its plan with a widened band: one lookup when seen)
@@ -380,7 +384,10 @@ class Reference:
                 pool = pools[key]
                 pool.last_used = self._uses
                 return pool
-        pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame, band_mm)
+        try:
+            pool = self._pool(frame.pixels.shape, frame.spacing_mm, frame.beam_axis_px, field_mm, frame, band_mm)
+        except ReferencePreparationError as exc:  # the views' difference said too, where there is one
+            raise with_view_reason(exc, self.image.info, frame.info, self.options) from exc
         pool.last_used = self._uses
         if plain:
             with self._plans_lock:
@@ -812,8 +819,6 @@ def prepare_reference_for(image: Image, frame: Any, options: RegistrationOptions
     try:
         return Reference.prepare(image, options, backend)
     except ReferencePreparationError as exc:
-        from ._views import with_view_reason
-
         try:
             frame_image = frame if isinstance(frame, Image) else as_image(frame, name="frame",
                                                                           pixel_spacing_mm=pixel_spacing_mm)
