@@ -38,6 +38,7 @@ from ._cli_options import (
 )
 from .errors import GeometryError, MissingDependencyError, PortalignError
 from .image import declared_kind
+from .registration._views import VIEW_TAGS
 
 __all__ = ["main", "build_parser", "as_flags", "PLUGIN_COMMANDS"]
 
@@ -652,8 +653,8 @@ def _angle_text(value: float) -> float:
     return 0.0 if shown == 360.0 else shown
 
 
-#: The RT Image angles ``info`` reports, and the tag each is read from.
-ANGLE_TAGS = {"gantry_deg": "GantryAngle", "collimator_deg": "BeamLimitingDeviceAngle", "couch_deg": "PatientSupportAngle"}
+#: The RT Image angles ``info`` reports, and the tag each is read from (``_views.VIEW_TAGS``' angles).
+ANGLE_TAGS = {name: keyword for name, keyword in VIEW_TAGS.items() if name.endswith("_deg")}
 #: A portal image's beam below this energy (MV) is an imaging beam (TrueBeam's and Halcyon's 2.5 MV), not a treatment one.
 IMAGING_MV_BELOW = 3.5
 

@@ -124,7 +124,7 @@ from ._pydicom_compat import apply_modality_lut, decode_pixels, decoder_availabl
 from .errors import GeometryError, PortalImageError
 from .image import FIRST_OF_FRAMES, Image, ImageInfo, check_pixels
 
-__all__ = ["DicomSource", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe",
+__all__ = ["DicomSource", "tag_label", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe",
            "replaced_tags"]
 
 DicomSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Dataset
@@ -849,7 +849,11 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 # ---------------------------------------------------------------------------
 
 
-def _label(keyword: str) -> str:
+def tag_label(keyword: str) -> str:
+    """Return a tag as messages name it: ``"GantryAngle (300A,011E)"``.
+
+    The keyword alone where its number is not listed in ``_TAGS``.
+    """
     tag = _TAGS.get(keyword)
     return f"{keyword} {tag}" if tag else keyword
 
@@ -909,7 +913,7 @@ def _checked(
     """
     if ds is None:
         return None
-    label = _label(keyword)
+    label = tag_label(keyword)
     if not _present(ds, keyword):
         return None
     try:
@@ -1090,7 +1094,7 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
     try:  # a damaged element (an unknown or binary VR) is a damaged file, named, not pydicom's exception
         photometric = ds.get("PhotometricInterpretation", "") or ""
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on it
-        raise PortalImageError(f"{name}: {_label('PhotometricInterpretation')} cannot be read ({_one_line(exc)}); the "
+        raise PortalImageError(f"{name}: {tag_label('PhotometricInterpretation')} cannot be read ({_one_line(exc)}); the "
                                "file is damaged (a greyscale RT Image has MONOCHROME1 or MONOCHROME2 there)") from None
     if isinstance(photometric, bytes):
         photometric = photometric.decode("latin-1")
@@ -1560,15 +1564,15 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
     # a keyword given for a tag the file has replaces it: said, never silently (a wrong header is why it is given)
     for keyword, given, option in ((sid_keyword, options.sid_mm, "sid_mm"), (sad_keyword, options.sad_mm, "sad_mm")):
         if given is not None and keyword in ds:
-            notes.append(f"{_label(keyword)} {_printable(str(ds[keyword].value), 40)} {_REPLACED} "
+            notes.append(f"{tag_label(keyword)} {_printable(str(ds[keyword].value), 40)} {_REPLACED} "
                          f"{option}={float(given):g}")
     if options.pixel_spacing_mm is not None and imager is not None:
-        notes.append(f"{_label(spacing_source)} {imager[0]:g}/{imager[1]:g} mm at the imager {_REPLACED} "
+        notes.append(f"{tag_label(spacing_source)} {imager[0]:g}/{imager[1]:g} mm at the imager {_REPLACED} "
                      f"pixel_spacing_mm={options.pixel_spacing_mm} at the isocentre")
     if sid is not None and sad is not None and not MAGNIFICATION_RANGE[0] <= sid / sad <= MAGNIFICATION_RANGE[1]:
         raise GeometryError(
-            f"{name}: source-imager distance {sid:g} mm ({'sid_mm' if options.sid_mm is not None else _label(sid_keyword)}) "
-            f"over source-axis distance {sad:g} mm ({'sad_mm' if options.sad_mm is not None else _label(sad_keyword)}) "
+            f"{name}: source-imager distance {sid:g} mm ({'sid_mm' if options.sid_mm is not None else tag_label(sid_keyword)}) "
+            f"over source-axis distance {sad:g} mm ({'sad_mm' if options.sad_mm is not None else tag_label(sad_keyword)}) "
             f"is a magnification of {sid / sad:.3g}, outside {MAGNIFICATION_RANGE[0]:g}-{MAGNIFICATION_RANGE[1]:g}"
             f"{' (an imager nearer the source than the isocentre)' if sid < sad else ''}; "
             "correct the tags or pass sid_mm= and sad_mm="
@@ -1588,9 +1592,9 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
             )
             raise GeometryError(f"{name}: has no {wanted}; pass pixel_spacing_mm= (mm at the isocentre)")
         if sid is None:
-            raise GeometryError(f"{name}: has no {_label(sid_keyword)}; pass sid_mm=")
+            raise GeometryError(f"{name}: has no {tag_label(sid_keyword)}; pass sid_mm=")
         if sad is None:
-            raise GeometryError(f"{name}: has no {_label(sad_keyword)}; pass sad_mm=")
+            raise GeometryError(f"{name}: has no {tag_label(sad_keyword)}; pass sad_mm=")
         # Objects at the isocentre are magnified by SID/SAD on the imager.
         spacing = (imager[0] * sad / sid, imager[1] * sad / sid)
         low, high = ISOCENTRE_SPACING_RANGE_MM

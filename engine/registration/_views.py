@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..dicom import tag_label
 from ..image import Image, ImageInfo
 from ..options import RegistrationOptions
 
@@ -29,6 +30,9 @@ __all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_re
 
 #: Angles compared, with the name a physicist uses for each (IEC 61217).
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
+#: The RT Image attribute each view quantity is read from (an ``ImageInfo`` field to its DICOM keyword).
+VIEW_TAGS = {"gantry_deg": "GantryAngle", "collimator_deg": "BeamLimitingDeviceAngle",
+             "couch_deg": "PatientSupportAngle", "sad_mm": "RadiationMachineSAD"}
 #: Relative difference of the source-axis distances beyond which the views differ (1000 vs 980 mm is 2 %).
 SAD_TOLERANCE = 0.02
 
@@ -159,9 +163,7 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     if "sad_mm" in record["mismatch"]:
         limits.append(f"{SAD_TOLERANCE:.0%} for source-axis distances")
     # (the tags and the likelier fix named: a new user's trial found only the override offered)
-    tags = {"gantry_deg": "GantryAngle (300A,011E)", "collimator_deg": "BeamLimitingDeviceAngle (300A,0120)",
-            "couch_deg": "PatientSupportAngle (300A,0122)", "sad_mm": "RadiationMachineSAD (3002,0022)"}
-    named = ", ".join(tags[key] for key in record["mismatch"])
+    named = ", ".join(tag_label(VIEW_TAGS[key]) for key in record["mismatch"])
     reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
               f"views is not a setup error: check that the reference is this frame's beam ({named} in both headers). "
               "If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
