@@ -8,6 +8,7 @@ error 0.249 mm before, 0.135 mm after, over seeds 11, 21 and 31).
 from __future__ import annotations
 
 import math
+import re
 import types
 from dataclasses import replace
 
@@ -463,3 +464,42 @@ def test_the_smoothing_gives_the_same_numbers_on_one_thread_and_on_two():
     finally:
         numba.set_num_threads(before)
     assert all(np.array_equal(outs[0], other) for other in outs[1:])
+
+
+SMOOTH_PAIR_REASONS = _program.SMOOTH_PAIR_REASONS
+_NOISE_NOTE = re.compile(r"the reference portal image shows nothing but noise: its contrast is ([0-9.]+)x its noise on "
+                         r"the search level \(noise alone gives about 5x; at least 6\.5x needed; the frame's "
+                         r"([0-9.]+)x\), so smoothing both cannot make a match of it; take the reference with more dose "
+                         r"\(or average its frames\)$")
+
+
+@pytest.mark.parametrize(("noise", "reference_noise"), [(0.0, 0.3), (0.02, 0.4)])
+def test_a_reference_portal_image_of_noise_alone_is_not_smoothed(monkeypatch, noise, reference_noise):
+    """A reference portal image that shows nothing but noise on the search level (the frame's own floor,
+    ``_program.REFERENCE_NOISE_ONLY_CONTRAST``) is not smoothed and matched again: smoothed, its noise and the frame's
+    become structure the two share by chance (an independent trial: a low-dose frame against a reference at 3.2x its
+    noise, ok 13.8 mm off). The reason says how much each image shows and what to do."""
+    for seed in (1, 2):
+        ref, frame = _pair(3.3, -2.1, noise, seed, reference_noise=reference_noise)
+        result = portalign.register(ref, frame, backend="cpu")
+        assert not result.ok and result.dx_mm is None and result.details["denoised"] is None
+        assert result.reason.startswith(SMOOTH_PAIR_REASONS), result.reason
+        found = _NOISE_NOTE.search(result.reason)
+        assert found is not None, result.reason
+        reference_c, frame_c = float(found.group(1)), float(found.group(2))
+        assert reference_c < _program.REFERENCE_NOISE_ONLY_CONTRAST < frame_c
+        assert not any(w.startswith("registered again") for w in result.warnings), result.warnings
+    # the rule off: smoothed, and refused so too (what the rule saves, and says better)
+    monkeypatch.setattr(_program, "REFERENCE_NOISE_ONLY_CONTRAST", 0.0)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert not result.ok and _NOISE_NOTE.search(result.reason) is None
+    assert any(w.startswith("registered again with both images smoothed by 1 mm") for w in result.warnings)
+
+
+def test_a_noisy_reference_that_shows_anatomy_is_still_smoothed_with_its_frame():
+    """Both images at 20 % noise: the reference shows more than noise (its contrast over noise on the search level is
+    recorded), so the pair is smoothed and matched again, and refused so too (no match): a refusal either way."""
+    ref, frame = _pair(3.3, -2.1, 0.2, 1, reference_noise=0.2)
+    result = portalign.register(ref, frame, backend="cpu")
+    assert not result.ok and _NOISE_NOTE.search(result.reason) is None
+    assert any(w.startswith("registered again with both images smoothed by 1 mm") for w in result.warnings)

@@ -97,7 +97,8 @@ def test_a_smoothed_match_on_a_fields_glow_has_no_peak_and_is_refused(monkeypatc
     ``bench.real_windows --seed 9``: a 30 % window of TrueBeam ``3mm_lat-003.dcm`` at (501, 742), the frame moved
     (11, 11) px with 3 % noise. As taken it is too noisy for its contrast (11.8x), so both images are smoothed and
     matched again; smoothing leaves the glow of the field beyond the window's left border, a ramp along x, and the edge
-    correlation does not fall along x from that optimum. A smoothed match is checked for its peak now.
+    correlation does not fall along x from that optimum. A smoothed match is checked for its peak now, and such a pair
+    is not smoothed at all now: the window shows nothing but its noise.
     """
     from field_sets import low_dose
     from portalign.registration import _program
@@ -106,6 +107,15 @@ def test_a_smoothed_match_on_a_fields_glow_has_no_peak_and_is_refused(monkeypatc
     rows, cols = image.shape
     ref, frame, dx, dy = window_pair(image, 501, 742, int(rows * 0.3), int(cols * 0.3), 11, 11)
     noisy = low_dose(frame, 0.03, 47449288)  # the sweep's noise draw
+    # the window beside the field shows nothing but its own noise (5.8x on the search level): refused as taken, never
+    # smoothed (``_program.REFERENCE_NOISE_ONLY_CONTRAST``)...
+    result = portalign.register(ref, noisy, backend="cpu")
+    assert not result.ok and result.dx_mm is None and result.details["denoised"] is None
+    assert result.reason.startswith("too little structure inside the field: contrast is 11.8x the noise")
+    assert "the reference portal image shows nothing but noise: its contrast is 5.8x its noise" in result.reason
+    assert not any(w.startswith("registered again") for w in result.warnings), result.warnings
+    # ...and where it is smoothed, the peak check refuses the glow's match
+    monkeypatch.setattr(_program, "REFERENCE_NOISE_ONLY_CONTRAST", 0.0)
     result = portalign.register(ref, noisy, backend="cpu")
     assert not result.ok and result.dx_mm is None and result.dy_mm is None
     assert result.reason.startswith("too little structure inside the field")  # the frame as taken

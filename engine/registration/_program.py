@@ -68,6 +68,7 @@ from ._quality import (
     MIN_MEASURED_PIXELS,
     MIN_ROTATION_SUPPORT_MM,
     MIN_USABLE_PIXELS,
+    NOISE_ONLY_CONTRAST,
     NOISE_SAMPLES,
     REFERENCE_NOISE_ARC,
     TOO_LITTLE_STRUCTURE,
@@ -76,6 +77,7 @@ from ._quality import (
     assess_frame,
     is_clean,
     reference_contrast_to_noise,
+    reference_search_contrast,
     rotation_radius,
     rotation_uncertainty_deg,
     shift_uncertainty_mm,
@@ -294,6 +296,17 @@ _RADIANS = math.pi / 180.0
 SMOOTH_PAIR = True
 SMOOTH_PAIR_REASONS = ("no match: edge correlation", "ambiguous:", "imprecise:",
                        "edge and mutual-information optima disagree", *TOO_LITTLE_STRUCTURE)
+#: ...but not against a reference portal image that shows nothing but noise on the search level (its contrast over
+#: noise measured as a frame's, ``_quality.reference_search_contrast``, under ``_quality.NOISE_ONLY_CONTRAST``: what
+#: the frame is refused for as "nothing but noise"). Smoothed, its noise becomes structure that the frame's smoothed
+#: noise shares by chance, and the checks that count pixels as independent read it as a match. An independent trial
+#: (trial45 portalref-11: a 3 % low-dose frame, 6.7x its noise on the search level, against a reference portal image
+#: with 6 % noise, 3.2x, through an L-shaped MLC field) came back ok 13.8 mm off. The references of the 123 other
+#: smoothed pairs that trial and the next (trial46) kept ok (0.02-1.33 mm off) showed 8.0x or more, those of real
+#: windows smoothed and kept ok (``bench.real_windows --seed 9``) 6.6x or more; the three real windows the rule
+#: refuses there (5.8x and less) were refused before too. A pair that smoothing did not rescue is refused as before,
+#: sooner.
+REFERENCE_NOISE_ONLY_CONTRAST = NOISE_ONLY_CONTRAST
 
 
 @dataclass(frozen=True)
@@ -745,6 +758,25 @@ def _pair_noisy(frame_contrast: float, level: Any) -> bool:
     reference_contrast = reference_contrast_to_noise(level)
     return (min(frame_contrast, reference_contrast) < DENOISE_BELOW_CNR
             and reference_contrast < DENOISE_NOISIER * frame_contrast)
+
+
+def _pair_noise_note(frame_contrast: float, plan: FramePlan) -> tuple[float, str]:
+    """Return the reference's contrast over noise on the search level and why the pair is not smoothed ("" where it is).
+
+    ``REFERENCE_NOISE_ONLY_CONTRAST`` (the ``SMOOTH_PAIR`` note). ``frame_contrast``: the frame's contrast over its
+    noise at the finest working level (``frame_stats``); on the search level, ``2**k`` pixels coarser, its white noise
+    is ``2**k`` times smaller (box averaging), its contrast the same (``_quality.assess_frame``), which the note
+    states beside the reference's (``_quality.reference_search_contrast``, measured so too; ``inf`` for a noise-free
+    one).
+    """
+    reference_c = reference_search_contrast(plan)
+    if reference_c >= REFERENCE_NOISE_ONLY_CONTRAST:
+        return reference_c, ""
+    frame_c = frame_contrast * 2.0 ** (plan.coarse.level - plan.levels[plan.refine_levels[-1]].index)
+    return reference_c, (f"the reference portal image shows nothing but noise: its contrast is {reference_c:.1f}x its "
+                         f"noise on the search level (noise alone gives about 5x; at least "
+                         f"{REFERENCE_NOISE_ONLY_CONTRAST:g}x needed; the frame's {frame_c:.1f}x), so smoothing both "
+                         "cannot make a match of it; take the reference with more dose (or average its frames)")
 
 
 def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool, options: RegistrationOptions | None,
@@ -2265,6 +2297,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             and "contrast_to_noise" in frame_stats and _pair_noisy(frame_stats["contrast_to_noise"],
                                                                    levels[plan.refine_levels[-1]])):
         record = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
-                  "reference_smoothed": True}
+                  "reference_smoothed": True,
+                  "reference_contrast_to_noise": reference_contrast_to_noise(levels[plan.refine_levels[-1]])}
+        record["reference_search_contrast"], pair_note = _pair_noise_note(frame_stats["contrast_to_noise"], plan)
+        if pair_note:  # a reference of noise alone: smoothed, its noise and the frame's would make the match
+            return replace(result, reason=f"{reason}; {pair_note}")
         return _SmoothedPair(result, frame, field, 2 ** plan.field_level, record)  # type: ignore[return-value]
     return result

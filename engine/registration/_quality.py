@@ -430,6 +430,44 @@ def unestimated_turn_mm(rms_radius_mm: float | None) -> float:
     return 0.0 if not rms_radius_mm else rms_radius_mm * UNESTIMATED_TURN_DEG / _DEGREES
 
 
+def reference_search_contrast(plan: FramePlan) -> float:
+    """Return the reference's contrast over noise on the search level, measured as a frame's is there (``assess_frame``).
+
+    The robust range of the reference's pixels on the search level (``plan.coarse``; where they may be compared, less
+    the level's field-edge band) over its white-noise sigma as measured on the finest working level, divided by 2 for
+    each level between (box averaging). A finer level's own range holds the noise's (about 5 sigmas: white noise
+    alone), so :func:`reference_contrast_to_noise` there does not tell a noise-only reference from one with anatomy;
+    this does, as the frame's ``contrast is ...x the noise on the search level`` does. ``inf`` for a noise-free
+    reference (a DRR). Rare (``_program``'s smoothed pairs): not kept.
+    """
+    finest = plan.levels[plan.refine_levels[-1]]
+    fine_ratio = reference_contrast_to_noise(finest)
+    if not 0.0 < fine_ratio < math.inf:
+        return fine_ratio
+    coarse = plan.levels[plan.coarse.level]
+    fine_range, coarse_range = _reference_range(finest), _reference_range(coarse)
+    if fine_range is None or coarse_range is None:  # too few pixels to tell (a strip of a field, eroded away)
+        return math.inf
+    noise = fine_range / fine_ratio / 2.0 ** (coarse.index - finest.index)
+    return coarse_range / noise if noise > 0.0 else math.inf
+
+
+def _reference_range(level: Level) -> float | None:
+    """Return the reference's robust range on ``level`` where it may be compared, less the level's field-edge band.
+
+    None where fewer than 64 pixels are left (what :func:`reference_contrast_to_noise` needs to measure a noise).
+    """
+    from scipy import ndimage
+
+    from ._reference import _robust_range
+
+    valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
+    if int(valid.sum()) < 64:
+        return None
+    lo, hi = _robust_range(np.asarray(level.ref_image, dtype=np.float32)[valid])
+    return hi - lo
+
+
 def reference_contrast_to_noise(level: Level) -> float:
     """Return the reference's robust contrast over its white-noise sigma on ``level`` (a frame's measure).
 
