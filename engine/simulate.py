@@ -11,7 +11,10 @@ at the foot of the couch facing the gantry, +Y towards the gantry, +Z up. For a
 head-first-supine (HFS) patient that is +X = patient left, +Y = superior,
 +Z = anterior. The gantry turns about Y: at gantry angle ``g`` the source sits
 at ``SAD * (sin g, 0, cos g)`` (above the patient at 0, at the patient's left
-for HFS at 90) and the imager faces it at ``SID`` from the source.
+for HFS at 90) and the imager faces it at ``SID`` from the source. Each ray runs
+from the source through an imager pixel and on through the whole CT
+(``cast_plane_mm``): an image stated at the isocentre plane (``SID = SAD``, a
+planning system's DRR) shows the anatomy beyond the isocentre too.
 
 Image axes: beam's-eye view, as seen from the source, with the gantry (Y2 jaw)
 at the top of the image, as Varian/IEC displays and the RT Image plane use:
@@ -113,6 +116,18 @@ _BONE_HU = 1000.0 * (ATTENUATION["kv"].mu_bone_per_mm / ATTENUATION["kv"].mu_wat
 
 # Gaussian edge: the 20 %-80 % width of 0.5 * (1 + erf(u / (sigma sqrt 2))) is 1.683 sigma.
 _PENUMBRA_PER_SIGMA = 2.0 * 0.8416
+#: The rays are cast from the source to a plane this many SADs from it, or to the imager where that lies farther: the
+#: same lines through the imager's pixels, integrated through the whole patient. An image stated at the isocentre plane
+#: (RTImageSID = SAD: a planning system's DRR, a portal image scaled to the isocentre) has its pixels at the isocentre,
+#: and casting to them stopped every ray there, half the patient rendered (an independent trial, SID = SAD = 1000 mm:
+#: references that left out the anatomy beyond the isocentre). Nothing lies beyond a real imager (1.4-1.8 m from the
+#: source): other images change by rounding only (the samples are anchored to the source).
+CAST_PLANE_SAD = 2.0
+
+
+def cast_plane_mm(sad_mm: float, sid_mm: float) -> float:
+    """Return the distance (mm) from the source of the plane the rays are cast to: ``CAST_PLANE_SAD``."""
+    return max(float(sid_mm), CAST_PLANE_SAD * float(sad_mm))
 
 # IEC fixed axes (X, Y, Z) as rows of DICOM patient (LPS: left, posterior, superior) components,
 # couch at 0 degrees: iec = M @ lps.
@@ -289,7 +304,10 @@ def render_drr(
     ex, ey, towards_source = _beam_axes(gantry_deg, couch_deg)
     c0, r0 = (cols - 1) / 2.0, (rows - 1) / 2.0
     source = sad * towards_source
-    pixel00 = -(sid - sad) * towards_source - c0 * pitch_col * ex - r0 * pitch_row * ey
+    # the imager's pixels seen from the source on the cast plane (``cast_plane_mm``): the same rays, through the whole CT
+    reach = cast_plane_mm(sad, sid) / sid
+    pitch_col_cast, pitch_row_cast = reach * pitch_col, reach * pitch_row
+    pixel00 = -(reach * sid - sad) * towards_source - c0 * pitch_col_cast * ex - r0 * pitch_row_cast * ey
     # A point q of the room shows the anatomy at lps = iso + M^T R^T (q - shift) (M: LPS -> IEC).
     m = np.array(_PATIENT_TO_IEC[position], dtype=np.float64)
     to_lps = m.T @ rotation.T
@@ -305,7 +323,7 @@ def render_drr(
     if volume is not None:
         out = caster.xp.zeros((rows, cols), dtype=caster.xp.float32)
         caster.kernels.project_cone_beam(caster.asarray(volume), spacing_zyx, point(source), point(pixel00),
-                                         vector(pitch_col * ex), vector(pitch_row * ey), step, out)
+                                         vector(pitch_col_cast * ex), vector(pitch_row_cast * ey), step, out)
         integral = caster.to_host(out)
 
     spacing_iso = (pitch_row * sad / sid, pitch_col * sad / sid)

@@ -118,8 +118,11 @@ def test_view_geometry_honours_couch_and_receptor_angles_and_one_view_observabil
     view = ViewGeometry.of(frame)
     assert_allclose(view.axes, image_axes(45.0, couch_deg=90.0, image_rotation_deg=5.0))
     source, origin, col, row = view.detector_grid(-3.0, 2.0, 0.5, 0.25)
-    assert_allclose(source, -1000.0 * view.axes[2]) and assert_allclose(np.linalg.norm(col), 0.75)
-    assert_allclose(origin, 500.0 * view.axes[2] + 1.5 * (-3.0 * view.axes[0] + 2.0 * view.axes[1]))
+    assert_allclose(source, -1000.0 * view.axes[2])
+    # the rays run through the imager's points (SID 1500) and on to the cast plane, 2 SADs from the source
+    imager = 500.0 * view.axes[2] + 1.5 * (-3.0 * view.axes[0] + 2.0 * view.axes[1])
+    assert_allclose(origin - source, (imager - source) * 2000.0 / 1500.0)
+    assert_allclose(np.linalg.norm(col), 0.5 * 2.0) and assert_allclose(np.linalg.norm(row), 0.25 * 2.0)
     # one oblique view at couch 0: only the longitudinal translation lies in its image plane
     oblique = ViewGeometry.of(Image.from_array(frame.pixels, pixel_spacing_mm=1.0, gantry_deg=45.0, sid_mm=1500.0,
                                                sad_mm=1000.0))

@@ -461,3 +461,22 @@ def test_read_ct_series_refuses_damaged_geometry_before_allocating(tmp_path, tag
     write_dataset(path, ds)
     with pytest.raises(PortalImageError, match=r"s1\.dcm: CT slice " + message if tag != "Rows" else message):
         read_ct_series(tmp_path)
+
+
+@pytest.mark.parametrize("energy", ["kv", "mv"])
+def test_an_image_stated_at_the_isocentre_plane_is_rendered_through_the_whole_patient(energy):
+    """SID = SAD (a planning system's DRR, a portal image scaled to the isocentre): the rays run through the whole CT,
+    not to the isocentre plane and no farther (an independent trial's SID 1000 references held half the patient). The
+    same rays at SID 1500 with the pitch scaled to the same isocentre pixels give the same image."""
+    phantom = bead_phantom([(0.0, 0.0, 0.0), (10.0, 0.0, 15.0), (0.0, 20.0, -10.0)])  # one bead beyond the isocentre
+    at_iso = render_drr(phantom, gantry_deg=0.0, energy=energy, detector_shape=(96, 96), detector_spacing_mm=0.5,
+                        sad_mm=1000.0, sid_mm=1000.0)
+    imager = render_drr(phantom, gantry_deg=0.0, energy=energy, detector_shape=(96, 96), detector_spacing_mm=0.75,
+                        sad_mm=1000.0, sid_mm=1500.0)
+    assert at_iso.spacing_mm == pytest.approx(imager.spacing_mm)
+    assert at_iso.info.sid_mm == 1000.0 and imager.info.sid_mm == 1500.0
+    np.testing.assert_allclose(attenuation_image(at_iso), attenuation_image(imager), rtol=1e-5, atol=1e-5)
+    # the whole water box's chord (64 mm of water less the rim) is in the centre ray, not half of it
+    water = ATTENUATION[energy].mu_water_per_mm
+    centre = attenuation_image(at_iso)[48, 48]
+    assert centre > 0.9 * water * (BEAD_SHAPE[1] - 6) * BEAD_SPACING[1]

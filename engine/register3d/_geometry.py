@@ -111,12 +111,18 @@ class ViewGeometry:
         -------
         source, origin, col_step, row_step : numpy.ndarray
             3-vectors in patient-support axes (mm from the isocentre), the
-            detector points on the imager plane (isocentre-plane distances times ``SID / SAD``).
+            detector points on the plane the rays are cast to (``simulate.cast_plane_mm``: the imager's, or
+            one beyond the patient where the imager is nearer), isocentre-plane distances times its distance over SAD.
         """
+        from ..simulate import cast_plane_mm
+
         ex, ey, beam = self.axes
-        scale = self.sid_mm / self.sad_mm
+        # the imager's points as seen from the source on the plane the rays are cast to: the same rays, through the
+        # whole CT where the image is stated at the isocentre plane (SID = SAD)
+        plane = cast_plane_mm(self.sad_mm, self.sid_mm)
+        scale = plane / self.sad_mm
         source = -self.sad_mm * beam
-        origin = (self.sid_mm - self.sad_mm) * beam + scale * (x0_mm * ex + y0_mm * ey)
+        origin = (plane - self.sad_mm) * beam + scale * (x0_mm * ex + y0_mm * ey)
         return source, origin, scale * step_x_mm * ex, scale * step_y_mm * ey
 
 
