@@ -470,7 +470,7 @@ SMOOTH_PAIR_REASONS = _program.SMOOTH_PAIR_REASONS
 _NOISE_NOTE = re.compile(r"the reference portal image shows nothing but noise: its contrast is ([0-9.]+)x its noise on "
                          r"the search level \(noise alone gives about 5x; at least 6\.5x needed; the frame's "
                          r"([0-9.]+)x\), so smoothing both cannot make a match of it; take the reference with more dose "
-                         r"\(or average its frames\)$")
+                         r"\(or average its frames\), or through a field that holds more anatomy$")
 
 
 @pytest.mark.parametrize(("noise", "reference_noise"), [(0.0, 0.3), (0.02, 0.4)])

@@ -776,7 +776,8 @@ def _pair_noise_note(frame_contrast: float, plan: FramePlan) -> tuple[float, str
     return reference_c, (f"the reference portal image shows nothing but noise: its contrast is {reference_c:.1f}x its "
                          f"noise on the search level (noise alone gives about 5x; at least "
                          f"{REFERENCE_NOISE_ONLY_CONTRAST:g}x needed; the frame's {frame_c:.1f}x), so smoothing both "
-                         "cannot make a match of it; take the reference with more dose (or average its frames)")
+                         "cannot make a match of it; take the reference with more dose (or average its frames), or "
+                         "through a field that holds more anatomy")
 
 
 def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool, options: RegistrationOptions | None,
