@@ -83,7 +83,7 @@ from .ct import CTVolume
 from .errors import GeometryError
 from .image import Image, ImageInfo
 
-__all__ = ["Attenuation", "ATTENUATION", "attenuation_from_hu", "render_drr", "render_pair"]
+__all__ = ["Attenuation", "ATTENUATION", "CAST_PLANE_SAD", "attenuation_from_hu", "cast_plane_mm", "render_drr", "render_pair"]
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,22 @@ CAST_PLANE_SAD = 2.0
 
 
 def cast_plane_mm(sad_mm: float, sid_mm: float) -> float:
-    """Return the distance (mm) from the source of the plane the rays are cast to: ``CAST_PLANE_SAD``."""
+    """Return the distance from the source of the plane the rays are cast to (``CAST_PLANE_SAD``).
+
+    Parameters
+    ----------
+    sad_mm, sid_mm : float
+        Source-to-axis and source-to-imager distances (mm), ``0 < sad_mm <= sid_mm``.
+
+    Returns
+    -------
+    float
+        ``max(sid_mm, CAST_PLANE_SAD * sad_mm)`` (mm): the imager's plane, or one beyond the patient where the
+        imager is nearer. A pixel at ``p`` mm from the beam axis on the imager is cast to ``p`` times this over
+        ``sid_mm`` on that plane: the same ray.
+    """
     return max(float(sid_mm), CAST_PLANE_SAD * float(sad_mm))
+
 
 # IEC fixed axes (X, Y, Z) as rows of DICOM patient (LPS: left, posterior, superior) components,
 # couch at 0 degrees: iec = M @ lps.
