@@ -347,10 +347,10 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
         if np.hypot(*(other.pose[:2] - best.pose[:2])) <= DISTINCT_MM:
             continue
         # (the best's own start scored nothing, <= 0: every distinct rival is a close call, refined and compared)
-        ratio = other.score / ranked[0].score if ranked[0].score > 0 else 0.0  # both unrefined
+        ratio = other.score / ranked[0].score if ranked[0].score > 0 else math.inf  # both unrefined
         # thin periodic structure (an MLC picket fence, ribs) gives sharp peaks: one unrefined step off its
         # peak a true rival scores low, but the global search's peak values show the near-tie
-        if ranked[0].score <= 0 or ratio >= RECHECK_RATIO or other.coarse_ratio >= COARSE_RECHECK_RATIO:
+        if ratio >= RECHECK_RATIO or other.coarse_ratio >= COARSE_RECHECK_RATIO:
             # a close call: refine the runner-up too; on a broad peak it walks onto the winner
             pose, score = newton(backend, plan, levels[first], other.pose, "edge", RECHECK_ITERATIONS, r_eff, rotate,
                                  opts, tolerance=COARSE_TOLERANCE)

@@ -296,10 +296,10 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         other_score = ranked[r, 3]
         if math.hypot(other[0] - best[0], other[1] - best[1]) <= distinct:
             continue
-        # the best's own start scored nothing (<= 0): no ratio of unrefined scores means anything, and every distinct
-        # rival is refined and compared as a close call (before, none was: "no rival", ambiguity 0)
-        ratio = other_score / ranked[0, 3] if ranked[0, 3] > 0 else 0.0  # both unrefined
-        if ranked[0, 3] <= 0 or ratio >= recheck_ratio or ranked[r, 4] >= coarse_recheck:
+        # the best's own start scored nothing (<= 0): no ratio of unrefined scores means anything; an infinite one makes
+        # every distinct rival a close call, refined and compared (before, none was: "no rival", ambiguity 0)
+        ratio = other_score / ranked[0, 3] if ranked[0, 3] > 0 else math.inf  # both unrefined
+        if ratio >= recheck_ratio or ranked[r, 4] >= coarse_recheck:
             # a close call: refine the runner-up too; on a broad peak it walks onto the winner
             _newton(first, counts[1], spacings[1], other, edge_id, recheck_iterations, r_eff, rotate, theta_limit,
                     normalised, coarse_tolerance, no, max_step, hist, result, other_score)
