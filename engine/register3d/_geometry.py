@@ -21,6 +21,7 @@ import numpy as np
 from ..couch import image_axes
 from ..errors import GeometryError
 from ..image import Image
+from ..simulate import cast_plane_mm
 
 #: Parameter order of a pose vector: translations (mm) then rotations (deg).
 PARAMETERS = ("lateral", "longitudinal", "vertical", "pitch", "roll", "yaw")
@@ -114,8 +115,6 @@ class ViewGeometry:
             detector points on the plane the rays are cast to (``simulate.cast_plane_mm``: the imager's, or
             one beyond the patient where the imager is nearer), isocentre-plane distances times its distance over SAD.
         """
-        from ..simulate import cast_plane_mm
-
         ex, ey, beam = self.axes
         # the imager's points as seen from the source on the plane the rays are cast to: the same rays, through the
         # whole CT where the image is stated at the isocentre plane (SID = SAD)

@@ -452,19 +452,29 @@ def reference_search_contrast(plan: FramePlan) -> float:
     return coarse_range / noise if noise > 0.0 else math.inf
 
 
+#: Fewest of the reference's pixels (or second differences) on a level that tell its noise or its range.
+_REFERENCE_MIN_SAMPLES = 64
+
+
+def _comparable_reference(level: Level) -> tuple[np.ndarray, np.ndarray]:
+    """Return the reference's pixels on ``level`` (float32) and where they may be compared less the level's band."""
+    from scipy import ndimage
+
+    valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
+    return np.asarray(level.ref_image, dtype=np.float32), valid
+
+
 def _reference_range(level: Level) -> float | None:
     """Return the reference's robust range on ``level`` where it may be compared, less the level's field-edge band.
 
-    None where fewer than 64 pixels are left (what :func:`reference_contrast_to_noise` needs to measure a noise).
+    None where fewer than ``_REFERENCE_MIN_SAMPLES`` pixels are left.
     """
-    from scipy import ndimage
-
     from ._reference import _robust_range
 
-    valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
-    if int(valid.sum()) < 64:
+    image, valid = _comparable_reference(level)
+    if int(valid.sum()) < _REFERENCE_MIN_SAMPLES:
         return None
-    lo, hi = _robust_range(np.asarray(level.ref_image, dtype=np.float32)[valid])
+    lo, hi = _robust_range(image[valid])
     return hi - lo
 
 
@@ -478,17 +488,14 @@ def reference_contrast_to_noise(level: Level) -> float:
     (``Level.ref_contrast_to_noise``).
     """
     if level.ref_contrast_to_noise is None:
-        from scipy import ndimage
-
         from ._reference import _robust_range
 
-        image = np.asarray(level.ref_image, dtype=np.float32)
-        valid = ndimage.binary_erosion(np.asarray(level.ref_valid, dtype=bool), iterations=max(level.erosion_px, 1))
+        image, valid = _comparable_reference(level)
         rows, cols = image.shape
         # the frame's statistic (every row here): the MAD of the second differences whose three pixels are valid
         mad, count = second_difference_mad(image, valid.view(np.uint8), 0, rows, 1, 0, cols, True)
         ratio = math.inf
-        if count >= 64:
+        if count >= _REFERENCE_MIN_SAMPLES:
             noise = _noise_sigma(None, level, (mad, count))
             lo, hi = _robust_range(image[valid])
             ratio = math.inf if noise <= 0.0 else float(hi - lo) / noise
