@@ -256,16 +256,19 @@ def _masks():
 
 
 @pytest.mark.parametrize(("name", "mask"), list(_masks()), ids=[name for name, _ in _masks()])
-def test_scanline_labelling_equals_scipy(name, mask):
-    """The scanline fill labels 4-connected parts as scipy.ndimage.label does, within its stated stack size."""
-    from portalign.kernels.cpu.field import _components
+def test_run_labelling_equals_scipy(name, mask):
+    """The runs' union-find labels 4-connected parts as scipy.ndimage.label does, numbered alike, of both values."""
+    from portalign.kernels.cpu.field import _parts
 
-    labels = np.zeros(mask.shape, np.int64)
-    stack = np.full(2 * mask.size + 1, -1, np.int64)
-    sizes = _components(mask, labels, stack)
-    want, count = ndimage.label(mask)  # 4-connected, numbered in raster order of the first pixel, as ours
-    np.testing.assert_array_equal(labels, want)
-    np.testing.assert_array_equal(sizes, np.bincount(want.ravel(), minlength=count + 1)[1:])
+    for want, of in ((1, mask), (0, 1 - mask)):
+        rows_of, starts, stops, part_of, sizes = _parts(mask, want)
+        labels = np.zeros(mask.shape, np.int64)
+        for row, start, stop, part in zip(rows_of, starts, stops, part_of, strict=True):
+            assert (labels[row, start:stop + 1] == 0).all()  # the runs do not overlap
+            labels[row, start:stop + 1] = part
+        expected, count = ndimage.label(of)  # 4-connected, numbered in raster order of the first pixel, as ours
+        np.testing.assert_array_equal(labels, expected)
+        np.testing.assert_array_equal(sizes, np.bincount(expected.ravel(), minlength=count + 1)[1:])
 
 
 @pytest.mark.parametrize("case", ["square", "inverted", "cone with a ball bearing", "stripes", "open", "flat", "air"])
@@ -358,3 +361,55 @@ def test_the_penumbra_extent_equals_its_numpy_reference():
             assert got == expected, (trial, ring_median, got, expected)
             extents.append(got)
     assert min(extents) == 0.0 and max(extents) > 4.0  # the cases reach both ends: no ring, and wide penumbrae
+
+
+def test_the_inside_depth_is_scipy_s_distance_transform_on_the_field_s_box_only():
+    """``_inside_depth`` works on the mask's bounding box widened by one pixel: the same numbers as
+    ``scipy.ndimage.distance_transform_edt`` over the whole image (fields touching the border, several parts, holes,
+    a mask without a zero: inf everywhere, an empty mask: 0), and the box it returns is the mask's."""
+    from portalign.kernels.cpu.field import _inside_depth
+
+    rng = np.random.default_rng(48)
+    for trial in range(300):
+        rows, cols = (int(v) for v in rng.integers(1, 50, 2))
+        kind = trial % 5
+        mask = np.zeros((rows, cols), np.uint8)
+        if kind == 0:
+            mask = (rng.random((rows, cols)) < rng.random()).astype(np.uint8)
+        elif kind == 1:
+            mask[:] = 1
+        elif kind == 2:  # nothing
+            pass
+        else:
+            r0, r1 = sorted(int(v) for v in rng.integers(0, rows + 1, 2))
+            c0, c1 = sorted(int(v) for v in rng.integers(0, cols + 1, 2))
+            mask[r0:r1, c0:c1] = 1
+            if kind == 4 and mask.any():
+                mask[rng.integers(0, rows), rng.integers(0, cols)] = 0  # a hole, or a pixel off the edge
+        spacing = float(rng.uniform(0.2, 3.0))
+        depth, r0, r1, c0, c1 = _inside_depth(mask, spacing)
+        if not mask.any():
+            assert r1 == -1 and not depth.any()
+            continue
+        if mask.all():
+            assert np.isinf(depth).all()
+        else:
+            np.testing.assert_array_equal(depth, ndimage.distance_transform_edt(mask) * spacing)
+        where = np.nonzero(mask)
+        assert (r0, r1, c0, c1) == (where[0].min(), where[0].max(), where[1].min(), where[1].max())
+
+
+def test_the_histogram_counts_each_value_in_its_bin():
+    """``_histogram`` (four histograms in turn, chunked) gives the counts of ``_bin`` value by value, whatever the length
+    (chunk and four-way remainders), with values beyond the range in the end bins."""
+    from portalign.kernels.cpu.field import _bin, _histogram
+
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 4, 5, 511, 512, 513, 2049, 12288):
+        values = np.round(rng.normal(0.0, 2.0, n), 1)  # ties and runs of one bin
+        lo, width, bins = -3.0, 0.05, 128
+        expected = np.zeros(bins, np.int64)
+        for v in values:
+            expected[_bin(v, lo, width, bins)] += 1
+        np.testing.assert_array_equal(_histogram(values, lo, width, bins), expected)
+        assert _histogram(values, lo, width, bins).sum() == n

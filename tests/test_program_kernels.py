@@ -664,3 +664,46 @@ def test_listed_range_is_masked_range_over_the_pixel_list(keep):
     assert listed_range(image, rows, cols, count, 0.005, 0.995) == cpu.masked_range(image, mask, 0.005, 0.995)
     flat = np.full(image.shape, 2.5, np.float32)
     assert listed_range(flat, rows, cols, count, 0.005, 0.995) == cpu.masked_range(flat, mask, 0.005, 0.995)
+
+
+def test_the_counting_median_is_numpy_s_median():
+    """``statistics.median`` (counted into bins, one bin sorted) gives the number of numba's ``np.median``, which the
+    kernels called before (a selection): odd and even counts,
+    ties and few distinct values, heavy tails, values all alike (huge ones too: ``(a + a) / 2`` overflows as numpy's),
+    a few values far out (most in one bin), infinities (numpy's selection, the span not finite); NaN when a value is
+    NaN or there is none."""
+    from numba import njit
+    from portalign.kernels.cpu.statistics import median
+
+    selected = njit(lambda values: np.median(values))
+    rng = np.random.default_rng(11)
+    for trial in range(3000):
+        n = int(rng.integers(1, 4000)) if trial % 3 else int(rng.integers(1, 12))
+        kind = trial % 7
+        if kind == 0:
+            values = rng.normal(size=n)
+        elif kind == 1:
+            values = np.round(rng.normal(size=n) * 3.0)
+        elif kind == 2:
+            values = rng.integers(0, 3, n).astype(np.float64)
+        elif kind == 3:
+            values = np.abs(rng.standard_cauchy(n)) * 1e3
+        elif kind == 4:
+            values = np.full(n, rng.normal() * (1e308 if trial % 2 else 1.0))
+        elif kind == 5:
+            values = rng.normal(size=n)
+            values[: n // 3] = 1e300
+        else:
+            values = rng.normal(size=n) * 1e-300
+        if trial % 50 == 0:
+            values[0] = np.inf
+        if trial % 77 == 0:
+            values[-1] = -np.inf
+        expected = selected(values)
+        got = median(values)
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), (trial, n, kind, got, expected)
+    assert np.isnan(median(np.array([1.0, np.nan, 2.0])))
+    assert np.isnan(median(np.empty(0)))
+    for dtype in (np.float32, np.float64):
+        values = rng.normal(size=1000).astype(dtype)
+        assert median(values) == selected(values) == np.median(values)
