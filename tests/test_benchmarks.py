@@ -117,6 +117,44 @@ def test_bench_warp_bilinear(benchmark, pair):
     assert np.isfinite(out).all() and out.max() > 0
 
 
+#: Noise samples a frame's noise is measured on (``portalign.registration._quality.NOISE_SAMPLES``).
+MEDIAN_SAMPLES = 6000
+
+
+@pytest.mark.parametrize("kind", ["counting", "numba_selection"])
+def test_bench_median_of_fresh_noise(benchmark, kind):
+    """The per-frame path's median (``kernels.cpu.statistics.median``) beside numba's ``np.median`` (the selection it
+    replaced), each round on new values: a frame's values are new every frame, and a selection's branches, learnt on
+    the same values again and again, would time it too fast."""
+    from numba import njit
+    from portalign.kernels.cpu.statistics import median
+
+    selected = njit(lambda values: np.median(values))
+    function = median if kind == "counting" else selected
+    rng = np.random.default_rng(0)
+    function(rng.normal(size=MEDIAN_SAMPLES))  # compile outside the timing
+    values = rng.normal(size=MEDIAN_SAMPLES)
+    assert median(values) == selected(values)
+    benchmark.pedantic(function, setup=lambda: ((rng.normal(size=MEDIAN_SAMPLES),), {}), rounds=300)
+
+
+def test_bench_field_detection(benchmark, pair, prepared):
+    """The frame's field found on its field-detection level (``field.find_field``: dead-line screen, split, three
+    levels) and its penumbra measured (``_program._frame_band_mm``'s kernel), as each frame does."""
+    from portalign.field import find_field
+    from portalign.kernels.cpu.field import penumbra_extent
+
+    _, plan = prepared
+    small = plan.levels[plan.field_level].image
+
+    def field_stage():
+        field = find_field(pair.frame, small)
+        return field, penumbra_extent(small, field.mask, min(plan.levels[plan.field_level].spacing), 15.0, True)
+
+    field, extent = benchmark(field_stage)
+    assert field.detected and field.mask.any() and extent >= 0.0
+
+
 def test_bench_register_1024x768(benchmark, pair, prepared):
     ref, _ = prepared
     result = benchmark(ref.register, pair.frame)
