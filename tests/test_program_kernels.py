@@ -589,6 +589,7 @@ def test_frame_levels_is_prepare_level_per_level_then_the_statistics(has_field, 
 @pytest.mark.parametrize("has_field", [True, False])
 def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slot, has_field):
     """The two tasks give the numbers of frame_levels followed by coarse_search's surfaces, to the bit."""
+    from portalign.kernels.cpu.field import penumbra_extent
     from portalign.kernels.cpu.level import LEVEL_SLOTS
     from portalign.registration._quality import NOISE_SAMPLES
 
@@ -613,15 +614,18 @@ def test_levels_and_surfaces_is_frame_levels_beside_the_global_search(coarse_slo
     window_rows, window_cols = ty % padded[0], ty % padded[1]
 
     together = [buffers(images[i]) for i in used]
-    out = np.zeros(7)
+    out = np.zeros(8)
     window = np.empty((3, ty.size, ty.size), np.float32)
     normalised = np.empty((3, ty.size, ty.size))
+    # with a field, its penumbra measured by the first task too (a frame's band against a DRR)
+    band_image, band_mask = images[field_level].astype(np.float32), small != 0
     cpu.levels_and_surfaces(tuple(together + [together[0]] * (LEVEL_SLOTS - 2)), coarse_slot, small, has_field,
                             scales, offsets, erosions, bins, geometry, frame, True, box, has_field, 2.0**field_level,
                             NOISE_SAMPLES, out, padded[0], padded[1], margin, spectra, energy, window_rows,
-                            window_cols, window, normalised)
+                            window_cols, window, normalised, has_field, band_image, band_mask, 1.5, 15.0)
     apart = [buffers(images[i]) for i in used]
-    expected = np.zeros(7)
+    expected = np.zeros(8)
+    expected[7] = penumbra_extent(band_image, band_mask, 1.5, 15.0, True) if has_field else np.nan
     other = 1 - coarse_slot
     cpu.frame_levels(tuple(apart + [apart[0]] * (LEVEL_SLOTS - 2)), 2, small, has_field, scales, offsets, erosions,
                      bins, other, other, geometry, frame, True, box, has_field, 2.0**field_level, NOISE_SAMPLES,

@@ -11,12 +11,13 @@ import math
 from typing import Any
 
 import numpy as np
+from portalign.kernels.cpu.field import penumbra_extent
 from portalign.kernels.cpu.level import DEAD_LINE, LEVEL_SLOTS
 from portalign.kernels.cpu.pyramid import smooth_separable
 
 from ..field import FieldEstimate, bridge_lines, live_neighbours
 from ..image import Image
-from ._plan import FramePlan, Level
+from ._plan import PENUMBRA_REACH_MM, FramePlan, Level
 from ._search import lane_rotations
 
 __all__ = ["frame_mask", "frame_levels", "denoised_frame", "bridged_frame", "bridge_lines", "dead_detector_lines", "LEVEL_SLOTS"]
@@ -36,6 +37,8 @@ SURFACES_BESIDE_LEVELS_THREADS: int | None = 2
 _LOADED: set[str] = set()
 #: Stand-in field mask for levels of a frame without a detected field.
 _NO_MASK = np.ones((1, 1), dtype=bool)
+#: Stand-in penumbra inputs of the level stage where no band is measured (``frame_levels``' ``band``).
+_NO_BAND = (np.zeros((1, 1), dtype=np.float32), np.zeros((1, 1), dtype=bool), 1.0)
 
 
 def _field_mask(field: FieldEstimate) -> tuple[Any, bool]:
@@ -97,14 +100,18 @@ def pad_pixel_list(backend, level: Level, host_rows: Any = None, host_cols: Any 
 
 
 def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate, bins: int,  # type: ignore[no-untyped-def]
-                 want_clean: bool, noise_samples: int, rotations: bool) -> np.ndarray:
+                 want_clean: bool, noise_samples: int, rotations: bool,
+                 band: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
     """Run the CPU's level stage in one compiled call: :func:`frame_mask` of each used level, then the statistics.
 
-    Returns float64[6]: the finest working level's noise MAD and count, the first refinement level's RMS radius
+    Returns float64[8]: the finest working level's noise MAD and count, the first refinement level's RMS radius
     (mm) and count, and (``want_clean``) the frame's own noise MAD and count inside the field's box (see
     ``portalign.kernels.cpu.level.frame_levels``); ``_quality`` turns them into its verdicts. On two threads a
     two-level plan computes the global search's surfaces beside its other level (``SURFACES_BESIDE_LEVELS``):
     every candidate rotation's with ``rotations`` (``RegistrationOptions.estimate_rotation``), else rotation 0's.
+    ``band``: ``(image, field mask, ring mm)`` of the field-detection level, whose penumbra's extent (mm,
+    ``kernels.cpu.field.penumbra_extent`` by each ring's median, to ``PENUMBRA_REACH_MM``) is entry 7 (NaN without):
+    measured in the level task beside the surfaces (that task finishes first on two threads), else after the call.
     """
     key = ("levels", *used)
     static = plan.program_inputs[key] if key in plan.program_inputs else None
@@ -120,7 +127,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             np.array([lv.erosion_px for lv in levels], dtype=np.int64), used.index(plan.refine_levels[-1]),
             used.index(plan.refine_levels[0]),
             np.array([radius.frame_axis[0], radius.frame_axis[1], radius.spacing[0], radius.spacing[1]]),
-            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(7), len(levels),
+            2.0 ** (plan.field_level - plan.levels[0].index), np.zeros(8), len(levels),
             used.index(plan.coarse.level) if plan.coarse.level in used else -1,
             # the global search's arrays of every rotation and of rotation 0 (this lane's window buffers)
             lane_rotations(plan))
@@ -146,15 +153,18 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
             # the rotations the search may keep (``search_compiled`` reads rotation 0's alone when it does not rotate)
             spectra, energy, _, window = searched[rotations]
             normalised = cs.normalised if rotations else cs.normalised[cs.zero_index:cs.zero_index + 1]
+            band_image, band_mask, band_ring = band if band is not None else _NO_BAND
             backend.kernels.levels_and_surfaces(
                 tuples, coarse_index, small, has_field, scales, offsets, erosions, bins, radius_geometry,
                 plan.levels[0].image, want_clean, clean_box, has_box, clean_scale, noise_samples, out,
                 cs.padded_shape[0], cs.padded_shape[1], cs.margin_px, spectra, energy, cs.window_rows, cs.window_cols,
-                window, normalised)
+                window, normalised, band is not None, band_image, band_mask, band_ring, PENUMBRA_REACH_MM)
         else:
             backend.kernels.frame_levels(tuples, n, small, has_field, scales, offsets, erosions, bins, noise_level,
                                          radius_level, radius_geometry, plan.levels[0].image, want_clean, clean_box,
                                          has_box, clean_scale, noise_samples, out)
+            out[7] = penumbra_extent(band[0], band[1], band[2], PENUMBRA_REACH_MM, True) if band is not None \
+                else np.nan
         if call not in _LOADED:  # (no call a frame once both are)
             _LOADED.add(call)
     plan.surfaces_ready = together

@@ -375,10 +375,28 @@ def _frame_band_mm(reference: Reference, small: np.ndarray, field: FieldEstimate
     # penumbra_extent_mm's kernel, directly, with each ring's median: an MV frame's anatomy inside its field has
     # a few strong edges, which lift a ring's mean over three times the interior's median at any depth (a synthetic
     # 60 mm field with a sharp edge read 9 mm by the mean)
-    extent = penumbra_extent(small, field.mask, ring, PENUMBRA_REACH_MM, True)
-    # any edge shows in the first two rings (numpy.gradient's central differences reach a pixel past it): a
-    # penumbra is wide only when it shows in a third (a low-dose 80 mm field with a sharp edge read two rings, 4 mm at
-    # 2 mm pixels, and the 4 mm band cost its MI match 0.2 mm)
+    return _band_of_extent(reference, penumbra_extent(small, field.mask, ring, PENUMBRA_REACH_MM, True), ring,
+                           min_rings)
+
+
+def _capped_band(band_mm: float | None, cap_field_mm: float | None) -> float | None:
+    """Return ``band_mm`` capped at ``MAX_MARGIN_FRACTION`` of a small field's size ``cap_field_mm`` (None: no cap).
+
+    A small field's interior is kept (a cone's, a BB's: what it has to match on); the cap is rounded as a plan's key.
+    """
+    if band_mm is not None and cap_field_mm is not None and band_mm > MAX_MARGIN_FRACTION * cap_field_mm:
+        return round(MAX_MARGIN_FRACTION * cap_field_mm, 6)
+    return band_mm
+
+
+def _band_of_extent(reference: Reference, extent: float, ring: float, min_rings: int) -> float | None:
+    """Return :func:`_frame_band_mm`'s band (mm; None: the reference's stays) of a penumbra reaching ``extent`` mm.
+
+    ``ring``: the rings' width (mm, the field-detection level's finer pixel). Any edge shows in the first two rings
+    (numpy.gradient's central differences reach a pixel past it): a penumbra is wide only when it shows in a third (a
+    low-dose 80 mm field with a sharp edge read two rings, 4 mm at 2 mm pixels, and the 4 mm band cost its MI match
+    0.2 mm); ``min_rings`` is 1 for a long narrow field (:func:`_frame_band_mm`).
+    """
     if extent <= reference.field_margin_mm or extent < min_rings * ring * (1.0 - 1e-9):
         return None
     return round(extent if extent < MAX_FIELD_MARGIN_MM else MAX_FIELD_MARGIN_MM, 6)  # (a plan's key)
@@ -1696,6 +1714,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     else:
         field = NO_FIELD
     used = plan.used_levels
+    # the CPU's level stage in one compiled call (below)
+    compiled = host is None and front is not None and len(used) <= LEVEL_SLOTS and (
+        used[0] != 0 or frame.pixels.flags.writeable)
+    band = None  # the frame's penumbra, measured by the level stage: (level image, field mask, ring mm)
     if field.detected and not reference.field.detected and field.box_px is not None:
         # the frame's own field against a DRR (no field to measure on the reference): its size and its penumbra
         # choose the plan; a frame measures the same again on the plan it is sent to, so it is sent once
@@ -1715,12 +1737,19 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         # and its penumbra measure would read the interior's anatomy; a long narrow one, an MLC strip, has its own
         # penumbra measured and cut out whole, its length left to match on: ``_elongated``)
         band_mm = plan.band_mm
+        rings = 0  # the rings a penumbra must show in (0: the band is not measured)
+        cap = None  # a small field's band is capped to keep its interior (MAX_MARGIN_FRACTION of its size)
         if denoised is None and (field_mm is None or field_mm >= BAND_MIN_FIELD_MM):
-            band_mm = _frame_band_mm(reference, small, field, (sy, sx))
-            if band_mm is not None and field_mm is not None and band_mm > MAX_MARGIN_FRACTION * field_mm:
-                band_mm = round(MAX_MARGIN_FRACTION * field_mm, 6)  # a small field's interior kept (a plan's key)
+            rings, cap = PENUMBRA_MIN_RINGS, field_mm
         elif denoised is None and _elongated(field, field_mm, (sy, sx)):
-            band_mm = _frame_band_mm(reference, small, field, (sy, sx), 1)
+            rings = 1
+        if rings and compiled and field_mm == plan.field_mm and not (field.dead_rows or field.dead_cols):
+            # measured beside the frame's levels (``_frame.frame_levels``' band: on two threads, in the level stage's
+            # task that would otherwise wait for the global search's surfaces); a band that asks for another plan
+            # sends the frame there after its levels (below), once per geometry
+            band = (small, field.mask, sy if sy < sx else sx)
+        elif rings:
+            band_mm = _capped_band(_frame_band_mm(reference, small, field, (sy, sx), rings), cap)
         if field_mm != plan.field_mm or band_mm != plan.band_mm:
             return _Replan(field_mm, band_mm)  # type: ignore[return-value]
     measured = None
@@ -1733,10 +1762,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             measured = frame_levels(_host_backend(), host, used, field, opts.bins, bool(plan.polish_levels),
                                     NOISE_SAMPLES, opts.estimate_rotation)
         _copy_levels_in(backend, plan, host, used)
-    elif front is not None and len(used) <= LEVEL_SLOTS and (used[0] != 0 or frame.pixels.flags.writeable):
+    elif compiled:
         # the CPU: every used level and the frame's statistics in one compiled call
         measured = frame_levels(backend, plan, used, field, opts.bins, bool(plan.polish_levels), NOISE_SAMPLES,
-                                opts.estimate_rotation)
+                                opts.estimate_rotation, band)
+        if band is not None:
+            band_mm = _capped_band(_band_of_extent(reference, measured[7], band[2], rings), cap)
+            if band_mm != plan.band_mm:
+                return _Replan(field_mm, band_mm)  # type: ignore[return-value]
     else:
         for index in used:
             frame_mask(backend, levels[index], field, plan.field_level, opts.bins)

@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from ._serial import serial_twin
 from .correlation import coarse_surfaces
+from .field import penumbra_extent
 from .gradient import gradient_limit, gradient_row_sums, orientation_features
 from .mask import erode_box, listed_range, pixel_list, robust_tail
 from .mutual_information import quantize
@@ -233,7 +234,8 @@ def levels_and_surfaces(levels, coarse_slot: int, field_mask: np.ndarray, has_fi
                         has_box: bool, clean_scale: float, noise_samples: int, out: np.ndarray, padded_rows: int,
                         padded_cols: int, margin: int, ref_spectra_conj: np.ndarray, ref_energy: np.ndarray,
                         window_rows: np.ndarray, window_cols: np.ndarray, window: np.ndarray,
-                        normalised: np.ndarray) -> None:  # pragma: no cover
+                        normalised: np.ndarray, want_band: bool, band_image: np.ndarray, band_mask: np.ndarray,
+                        band_ring: float, band_reach: float) -> None:  # pragma: no cover
     """:func:`frame_levels` of a two-level plan and the global search's surfaces, side by side.
 
     The coarse (search) level is made ready first; then two tasks run at once: the other level with the
@@ -257,6 +259,11 @@ def levels_and_surfaces(levels, coarse_slot: int, field_mask: np.ndarray, has_fi
     window : float32[K, M, M]
     normalised : float64[K, M, M]
         Receive the raw and the normalised searched windows.
+    want_band, band_image, band_mask, band_ring, band_reach
+        With ``want_band``, the first task also measures how far a frame's penumbra reaches into its field
+        (:func:`.field.penumbra_extent` of ``band_image`` and ``band_mask``, ``band_ring`` wide rings judged by their
+        median, to ``band_reach``) into ``out[7]`` (``out``: float64[8]); NaN there without. That task's work is the
+        smaller of the two on a 1024 x 768 frame: the extent costs the frame no time of its own.
     """
     c = levels[coarse_slot]
     prepare_level(c[0], field_mask, has_field, scales[coarse_slot], offsets[coarse_slot], erosions[coarse_slot], n_bins,
@@ -273,6 +280,7 @@ def levels_and_surfaces(levels, coarse_slot: int, field_mask: np.ndarray, has_fi
                                  rows, cols, bins, sums, re, im, stats)
             _level_statistics(image, eroded, eroded, radius_geometry, clean_image, want_clean, clean_box, has_box,
                               clean_scale, noise_samples, out)
+            out[7] = penumbra_extent(band_image, band_mask, band_ring, band_reach, True) if want_band else np.nan
         else:
             coarse_surfaces(coarse_re, coarse_im, padded_rows, padded_cols, margin, ref_spectra_conj, ref_energy,
                             window_rows, window_cols, window, normalised, 1)
