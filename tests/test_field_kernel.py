@@ -400,9 +400,10 @@ def test_the_inside_depth_is_scipy_s_distance_transform_on_the_field_s_box_only(
 
 
 def test_the_histogram_counts_each_value_in_its_bin():
-    """``_histogram`` (four histograms in turn, chunked) gives the counts of ``_bin`` value by value, whatever the length
-    (chunk and four-way remainders), with values beyond the range in the end bins."""
-    from portalign.kernels.cpu.field import _bin, _histogram
+    """``statistics.bin_counts`` (four histograms in turn, chunked) gives the counts of the field split's ``_bin`` value
+    by value, whatever the length (chunk and four-way remainders), with values beyond the range in the end bins."""
+    from portalign.kernels.cpu.field import _bin
+    from portalign.kernels.cpu.statistics import bin_counts
 
     rng = np.random.default_rng(3)
     for n in (1, 3, 4, 5, 511, 512, 513, 2049, 12288):
@@ -411,5 +412,5 @@ def test_the_histogram_counts_each_value_in_its_bin():
         expected = np.zeros(bins, np.int64)
         for v in values:
             expected[_bin(v, lo, width, bins)] += 1
-        np.testing.assert_array_equal(_histogram(values, lo, width, bins), expected)
-        assert _histogram(values, lo, width, bins).sum() == n
+        np.testing.assert_array_equal(bin_counts(values, lo, width, bins), expected)
+        assert bin_counts(values, lo, width, bins).sum() == n

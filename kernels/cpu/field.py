@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .mask import quantile_bins
-from .statistics import median
+from .statistics import bin_counts, median
 
 __all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "penumbra_extent",
            "line_noise", "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced",
@@ -134,42 +134,6 @@ def _bin(v: float, lo: float, width: float, bins: int) -> int:  # pragma: no cov
     return int(min(max(x, 0.0), bins - 1.0))
 
 
-#: Values binned at a time by :func:`_histogram` (its index buffer).
-_HISTOGRAM_CHUNK = 512
-
-
-@njit(cache=True, nogil=True)
-def _histogram(flat: np.ndarray, lo: float, width: float, bins: int) -> np.ndarray:  # pragma: no cover
-    """Return the counts (int64[bins]) of ``flat``'s values in the bins of :func:`_bin`.
-
-    A chunk's bins are worked out first (a loop without stores into the histogram), then counted into four
-    histograms in turn, summed at the end: the neighbouring pixels of an image fall in one bin, and a single histogram
-    makes every increment wait for the one before it (3x slower on the 96 x 128 field-detection level of a
-    1024 x 768 frame). Whole counts: the same numbers as counting one value after another.
-    """
-    counts = np.zeros((4, bins), dtype=np.int64)
-    index = np.empty(_HISTOGRAM_CHUNK, dtype=np.int64)
-    top = bins - 1.0
-    n = flat.size
-    for start in range(0, n, _HISTOGRAM_CHUNK):
-        m = min(_HISTOGRAM_CHUNK, n - start)
-        for i in range(m):
-            x = (flat[start + i] - lo) / width  # _bin, written out so that the loop vectorises
-            index[i] = int(min(max(x, 0.0), top))
-        whole = m - m % 4
-        for i in range(0, whole, 4):
-            counts[0, index[i]] += 1
-            counts[1, index[i + 1]] += 1
-            counts[2, index[i + 2]] += 1
-            counts[3, index[i + 3]] += 1
-        for i in range(whole, m):
-            counts[0, index[i]] += 1
-    total = np.empty(bins, dtype=np.int64)
-    for b in range(bins):
-        total[b] = counts[0, b] + counts[1, b] + counts[2, b] + counts[3, b]
-    return total
-
-
 @njit(cache=True, nogil=True)
 def _isolated_beyond(values: np.ndarray, lo: float, hi: float) -> bool:  # pragma: no cover
     """Whether no two 4-neighbours both lie outside ``[lo, hi]`` (the values beyond it are single pixels)."""
@@ -227,7 +191,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     flat = values.ravel()
     for attempt in range(OTSU_PASSES):
         width = (hi - lo) / bins
-        hist[:] = _histogram(flat, lo, width, bins)
+        hist[:] = bin_counts(flat, lo, width, bins)
         # a few outlier pixels (one hot pixel of 1e6 among values of 0-800) squeeze the image into a few bins:
         # then the histogram spans the values of the central bins, widened by their own range on each side
         b_low, b_high = quantile_bins(hist, 0, 0.005 * n, 0.995 * n)
@@ -806,7 +770,7 @@ def _central_range(flat: np.ndarray, tail: float) -> tuple:  # pragma: no cover
         return lo, hi
     fine = 4096
     width = (hi - lo) / fine
-    hist = _histogram(flat, lo, width, fine)
+    hist = bin_counts(flat, lo, width, fine)
     cut = tail * flat.size
     below = 0
     first = 0
@@ -852,7 +816,7 @@ def three_level_split(values: np.ndarray, bins: int, found: np.ndarray) -> tuple
     if not hi > lo:
         return -1.0, 0.0, True, 0.0, 0, 0.0, found_count
     width = (hi - lo) / bins
-    hist = _histogram(flat, lo, width, bins).astype(np.float64)
+    hist = bin_counts(flat, lo, width, bins).astype(np.float64)
     n = flat.size
     w = np.empty(bins)
     m = np.empty(bins)
