@@ -1087,3 +1087,30 @@ def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match():
     # an open reference (no shadow where the frame has one) shares nothing
     open_reference, frame = _corner_shadowed_pair(shadow_ref=False)
     assert _shared_shielding(portalign.prepare_reference(open_reference, backend="cpu"), frame, small, factor) is None
+
+
+def test_the_frames_band_is_measured_by_its_level_stage_with_the_same_outcome(monkeypatch):
+    """A frame's penumbra against a DRR is measured by its level stage (``_frame.frame_levels``' band: in the task
+    beside the global search's surfaces, or after the call when the two run apart), not before it
+    (``_program._frame_band_mm`` is not called); the frame is then sent to the plan its band asks for, and its
+    numbers are the same whichever way the band was measured and on every frame (the thread tuner's first frames run
+    both thread counts)."""
+    from portalign.registration import _frame, _program
+
+    def not_before(*args, **kwargs):
+        raise AssertionError("the band was measured before the level stage")
+
+    monkeypatch.setattr(_program, "_frame_band_mm", not_before)
+    shift = (-2.0, 1.5, 0.0)
+    drr, frame = _drr_and_wide_penumbra_frame(shift, 3.0, half=(50.0, 45.0))
+    outcomes = []
+    for beside in (True, False):
+        monkeypatch.setattr(_frame, "SURFACES_BESIDE_LEVELS", beside)
+        reference = portalign.prepare_reference(drr, backend="cpu")
+        results = [reference.register(frame) for _ in range(4)]
+        banded = [key for key in reference._plans if "band" in key]
+        assert len(banded) == 1 and 4.0 <= banded[0][-1] <= 10.0, list(reference._plans)
+        first = results[0]
+        assert first.ok and math.hypot(first.dx_mm - shift[0], first.dy_mm - shift[1]) < 0.1, first.reason
+        outcomes += [(r.ok, r.dx_mm, r.dy_mm, r.rotation_deg, banded[0][-1]) for r in results]
+    assert len(set(outcomes)) == 1, outcomes
