@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .mask import quantile_bins
-from .statistics import bin_counts, median
+from .statistics import bin_counts, bin_of, insertion_sort, median, min_max
 
 __all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "penumbra_extent",
            "line_noise", "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced",
@@ -130,8 +130,7 @@ def _parts(mask: np.ndarray, want: int) -> tuple:  # pragma: no cover
 @njit(cache=True, nogil=True)
 def _bin(v: float, lo: float, width: float, bins: int) -> int:  # pragma: no cover
     """Histogram bin of ``v``; values beyond the histogram go to its end bins (clamped before the integer cast)."""
-    x = (v - lo) / width
-    return int(min(max(x, 0.0), bins - 1.0))
+    return bin_of(v, lo, width, bins - 1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -283,14 +282,7 @@ def split_field(values: np.ndarray, min_effectiveness: float, min_border_outside
     for r in range(part_of.shape[0]):
         if outside[part_of[r]]:
             mask_out[rows_of[r], starts[r]:stops[r] + 1] = 0
-    c0, c1, r0, r1 = cols, -1, rows, -1
-    for i in range(rows):
-        for j in range(cols):
-            if mask_out[i, j] != 0:
-                c0 = min(c0, j)
-                c1 = max(c1, j)
-                r0 = min(r0, i)
-                r1 = max(r1, i)
+    r0, r1, c0, c1 = _mask_box(mask_out)
     box_out[0] = c0
     box_out[1] = c1
     box_out[2] = r0
@@ -468,13 +460,7 @@ def _small_median(values: np.ndarray, n: int) -> float:  # pragma: no cover
     An insertion sort: a block of :func:`outer_line_noise` (33 values) in a third of a microsecond, where
     ``np.median``'s copy and selection took 1.4 (it ran 16 times a line, for every line a band was tried at).
     """
-    for i in range(1, n):
-        value = values[i]
-        k = i - 1
-        while k >= 0 and values[k] > value:
-            values[k + 1] = values[k]
-            k -= 1
-        values[k + 1] = value
+    insertion_sort(values, n)
     half = n // 2
     return values[half] if n % 2 == 1 else (values[half - 1] + values[half]) / 2
 
@@ -748,24 +734,9 @@ def detect_front(small: np.ndarray, contrast: float, share: float, max_share: fl
 
 
 @njit(cache=True, nogil=True)
-def _min_max(flat: np.ndarray) -> tuple:  # pragma: no cover
-    """Return ``(flat.min(), flat.max())`` in one pass (both NaN where a value is NaN, as numpy's); ``flat`` not empty."""
-    lo = flat[0]
-    hi = flat[0]
-    for v in flat:
-        if v < lo:
-            lo = v
-        elif v > hi:
-            hi = v
-        elif v != v:
-            return v, v
-    return lo, hi
-
-
-@njit(cache=True, nogil=True)
 def _central_range(flat: np.ndarray, tail: float) -> tuple:  # pragma: no cover
     """Return the values below which ``tail`` and above which ``tail`` of ``flat`` lie, to 1/4096 of its range."""
-    lo, hi = _min_max(flat)
+    lo, hi = min_max(flat)
     if not hi > lo:
         return lo, hi
     fine = 4096

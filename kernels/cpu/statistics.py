@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["second_difference_mad", "rms_radius", "clean_window", "median", "bin_counts"]
+__all__ = ["second_difference_mad", "rms_radius", "clean_window", "median", "bin_counts", "min_max", "insertion_sort", "bin_of"]
 
 #: Bins :func:`median` counts the values into.
 MEDIAN_BINS = 1024
@@ -30,8 +30,8 @@ _CHUNK = 512
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _bin_of(v: float, lo: float, width: float, top: float) -> int:  # pragma: no cover
-    """Return the bin of ``v`` (``field._bin``'s rule): ``(v - lo) / width`` clamped to ``0 .. top``, floored."""
+def bin_of(v: float, lo: float, width: float, top: float) -> int:  # pragma: no cover
+    """Return the bin of ``v``: ``(v - lo) / width`` clamped to ``0 .. top`` before the integer cast (``field._bin``)."""
     x = (v - lo) / width
     return int(min(max(x, 0.0), top))
 
@@ -52,7 +52,7 @@ def bin_counts(flat: np.ndarray, lo: float, width: float, bins: int) -> np.ndarr
     for start in range(0, n, _CHUNK):
         m = min(_CHUNK, n - start)
         for i in range(m):
-            index[i] = _bin_of(flat[start + i], lo, width, top)
+            index[i] = bin_of(flat[start + i], lo, width, top)
         whole = m - m % 4
         for i in range(0, whole, 4):
             counts[0, index[i]] += 1
@@ -68,25 +68,46 @@ def bin_counts(flat: np.ndarray, lo: float, width: float, bins: int) -> np.ndarr
 
 
 @njit(cache=True, nogil=True)
+def insertion_sort(values: np.ndarray, n: int) -> None:  # pragma: no cover
+    """Sort ``values[:n]`` in place by insertion: a few dozen values at most, where a general sort's set-up dominates."""
+    for i in range(1, n):
+        value = values[i]
+        k = i - 1
+        while k >= 0 and values[k] > value:
+            values[k + 1] = values[k]
+            k -= 1
+        values[k + 1] = value
+
+
+@njit(cache=True, nogil=True)
+def min_max(flat: np.ndarray) -> tuple:  # pragma: no cover
+    """Return ``(flat.min(), flat.max())`` in one pass (both NaN where a value is NaN, as numpy's); ``flat`` not empty."""
+    lo = flat[0]
+    hi = flat[0]
+    for v in flat:
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+        elif v != v:
+            return v, v
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
 def _kth_of_bin(values: np.ndarray, lo: float, width: float, top: float, wanted: int, rank: int,
                 buffer: np.ndarray) -> float:  # pragma: no cover
     """Return the ``rank``-th smallest (0-based) of the ``values`` that :func:`bin_counts` counts into bin ``wanted``."""
     m = 0
     for i in range(values.shape[0]):
-        if _bin_of(values[i], lo, width, top) == wanted:
+        if bin_of(values[i], lo, width, top) == wanted:
             buffer[m] = values[i]
             m += 1
     if m > _INSERTION_MAX:
         part = buffer[:m].copy()
         part.sort()
         return part[rank]
-    for i in range(1, m):
-        value = buffer[i]
-        k = i - 1
-        while k >= 0 and buffer[k] > value:
-            buffer[k + 1] = buffer[k]
-            k -= 1
-        buffer[k + 1] = value
+    insertion_sort(buffer, m)
     return buffer[rank]
 
 
@@ -107,14 +128,9 @@ def median(values: np.ndarray) -> float:  # pragma: no cover
     n = values.shape[0]
     if n == 0:
         return np.nan
-    lo = values[0]
-    hi = values[0]
-    for i in range(n):
-        v = values[i]
-        if v != v:
-            return np.nan
-        lo = v if v < lo else lo
-        hi = v if v > hi else hi
+    lo, hi = min_max(values)
+    if lo != lo:
+        return np.nan
     span = hi - lo
     if not span > 0.0:  # every value alike
         return lo if n % 2 == 1 else (lo + lo) / 2
