@@ -88,6 +88,44 @@ def test_cpu_batch_workers_run_one_thread_each(seen, monkeypatch):
     assert batch_lanes() >= 1
 
 
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba is limited to one thread here")
+def test_a_search_grid_whose_fft_rounds_by_worker_count_gives_one_pose_on_any_thread_count(monkeypatch):
+    """The global search's FFTs run on one worker whatever the frame's threads (``FFT_WORKERS``).
+
+    A 192 x 256 search level at 1 mm pads to 250 x 320, a length at which rocket-fft's transforms on two workers
+    round differently from one; a one-level plan searches it in the program (not beside the levels). With the FFTs
+    on the frame's threads (as before 2026-12-05) these two poses were 1e-9 mm apart between one thread and two, and
+    a batch's one-thread frames apart from the same frames on two threads.
+    """
+    from portalign import RegistrationOptions, register_batch
+    from portalign.kernels.cpu.correlation import FFT_WORKERS
+    from portalign.registration import _reference
+
+    assert FFT_WORKERS == 1
+    monkeypatch.setattr(_cpu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    grids = []
+    build = _reference.Reference._build_coarse
+    monkeypatch.setattr(_reference.Reference, "_build_coarse",
+                        lambda self, level: grids.append(build(self, level)) or grids[-1])
+    base = anatomy(320)
+    reference = prepare_reference(Image.from_array(moved(base, 0, 0, 0, shape=(192, 256)), pixel_spacing_mm=1.0,
+                                                   kind="drr"), RegistrationOptions(coarse_spacing_mm=1.0), backend="cpu")
+    frames = [Image.from_array(moved(base, dx, dy, t, shape=(192, 256)), pixel_spacing_mm=1.0)
+              for dx, dy, t in ((2.3, -1.7, 0.8), (-3.1, 0.6, -0.4))]
+    poses = {}
+    for threads in (1, 2):
+        set_thread_policy(threads)
+        poses[threads] = [(r.dx_mm, r.dy_mm, r.rotation_deg, r.ok) for r in map(reference.register, frames)]
+    set_thread_policy("auto")
+    assert grids[-1].padded_shape == (250, 320)
+    assert poses[1] == poses[2]
+    together = register_batch(reference, frames, lanes=2)
+    assert [(r.dx_mm, r.dy_mm, r.rotation_deg, r.ok) for r in together] == poses[2]
+    for (dx, dy, turn, ok), (tx, ty, tt) in zip(poses[2], ((2.3, -1.7, 0.8), (-3.1, 0.6, -0.4)), strict=True):
+        assert ok and abs(dx - tx) < 0.1 and abs(dy - ty) < 0.1 and abs(turn - tt) < 0.1
+
+
 WORKQUEUE_SCRIPT = """
 import math, sys
 from concurrent.futures import ThreadPoolExecutor

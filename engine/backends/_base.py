@@ -64,7 +64,11 @@ class Backend:
         return self.xp.asnumpy(array)
 
     def fft_workers(self) -> int:
-        """Return the threads a compiled kernel's FFTs may use in this frame (1 where the device does the work)."""
+        """Return the threads a compiled kernel's FFTs use (1: see :data:`portalign.kernels.cpu.correlation.FFT_WORKERS`)."""
+        return 1
+
+    def frame_threads(self) -> int:
+        """Return the threads this frame's compiled kernels run on (1 where the device does the work)."""
         return 1
 
     def synchronize(self, stream: Any = None) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PortalignError
+from ..kernels.cpu.correlation import FFT_WORKERS
 from ._base import Backend
 
 __all__ = ["cpu_backend", "CpuBackend", "frame_threads", "set_thread_policy", "batch_lanes", "single_threaded",
@@ -327,7 +328,7 @@ class _ThreadScope:
         else:
             self.tuner = None  # a fixed count, a batch worker or a busy machine: nothing to learn from
         self.wanted = wanted
-        _local.threads = wanted  # what this frame's compiled FFTs may use (fft_workers)
+        _local.threads = wanted  # this frame's thread count (frame_threads)
         if wanted != self.previous:
             _set_threads(wanted)
         self.started = now
@@ -360,7 +361,15 @@ class CpuBackend(Backend):
         return scope
 
     def fft_workers(self) -> int:
-        """Return this thread's frame thread count (set by :meth:`frame_scope`): the FFTs use as many."""
+        """Return the threads a compiled kernel's FFTs use: always ``kernels.cpu.correlation.FFT_WORKERS`` (one).
+
+        Not the frame's thread count: rocket-fft's transforms at some lengths round differently on one worker than
+        on several (see ``FFT_WORKERS``), and a frame's count follows the thread policy, the load and the tuner.
+        """
+        return FFT_WORKERS
+
+    def frame_threads(self) -> int:
+        """Return this thread's frame thread count (set by :meth:`frame_scope`; numba's count outside one)."""
         try:
             return _local.threads  # type: ignore[no-any-return]
         except AttributeError:  # outside a frame scope: numba's count for this thread

@@ -145,7 +145,7 @@ def frame_levels(backend, plan: FramePlan, used: list[int], field: FieldEstimate
     eligible = (SURFACES_BESIDE_LEVELS and n == 2 and cs.normalised is not None
                 and coarse_index >= 0 and noise_level == radius_level != coarse_index)
     together = eligible and (SURFACES_BESIDE_LEVELS_THREADS is None
-                             or backend.fft_workers() == SURFACES_BESIDE_LEVELS_THREADS)
+                             or backend.frame_threads() == SURFACES_BESIDE_LEVELS_THREADS)
     own, other = ("together", "apart") if together else ("apart", "together")
     calls = (other, own) if eligible and other not in _LOADED else (own,)
     for call in calls:  # the other call first (once per process, see _LOADED); its buffers are all written again

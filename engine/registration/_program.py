@@ -1554,7 +1554,7 @@ def reference_periods(backend: Backend, level: Any, max_shift_mm: float) -> list
         re = np.asarray(backend.to_host(level.ref_re), dtype=np.float64)
         im = np.asarray(backend.to_host(level.ref_im), dtype=np.float64)
         z = np.where(re == INVALID_FEATURE, 0.0, re + 1j * im)
-        workers = backend.fft_workers()  # the frame's threads on the CPU (pocketfft's rounding may differ with the count)
+        workers = backend.frame_threads()  # scipy's pocketfft: the same numbers on any worker count
         power = np.abs(sp_fft.fft2(z, workers=workers)) ** 2
         auto = sp_fft.ifft2(power, workers=workers).real
         zero = auto[0, 0]

@@ -14,7 +14,7 @@ With complex doubled-angle features ``z`` (see :mod:`.gradient`) the surface::
 peaks at the translation ``t`` that carries reference edges onto frame edges
 (frame = reference moved by ``+t``). Inputs are zero-padded so that the
 circular wrap-around never reaches the searched translations. Single precision
-is plenty for locating a peak and halves the FFT time; scipy's FFT uses both cores.
+is plenty for locating a peak and halves the FFT time.
 
 :func:`coarse_search` is the whole per-frame global search as one compiled call:
 the frame's spectrum, every rotation's window of the surface, their
@@ -40,7 +40,18 @@ from scipy import fft as sp_fft
 
 from .peaks import search_peaks
 
-__all__ = ["feature_spectrum", "correlation_window", "coarse_search", "coarse_surfaces"]
+__all__ = ["FFT_WORKERS", "feature_spectrum", "correlation_window", "coarse_search", "coarse_surfaces"]
+
+#: Threads of every FFT in the compiled per-frame kernels (rocket-fft), whatever the frame's thread count. Its
+#: transforms at some lengths round differently on one worker than on several (a 250 x 320 complex64 ``fft2``: up to
+#: 1.7e-4 on unit-variance data; 375 x 480 and 500 x 640 alike; 125 x 160, 192 x 256, 240 x 320 not), and the count
+#: it uses is capped by the cores the process may run on: a result would follow the machine, the thread policy, the
+#: load and the thread tuner (poses 1.9e-5 mm / 2.5e-5 deg apart on a jaw-field pair, 2026-12-05). One worker gives
+#: the same numbers on any of them. The two-level frame's surfaces already ran on one (a task beside the other level,
+#: ``level.levels_and_surfaces``); other frames' searches lose nothing measurable (2026-12-05, two trial pairs on
+#: two threads: 6.95 / 31.0 ms a frame with one FFT worker against 6.92 / 31.5 with two). The reference's spectra
+#: (``feature_spectrum``, scipy's own pocketfft) give the same numbers on any worker count: they use all cores.
+FFT_WORKERS = 1
 
 
 def feature_spectrum(re: np.ndarray, im: np.ndarray, padded_shape: tuple[int, int], offset: int) -> np.ndarray:
@@ -104,7 +115,7 @@ def coarse_search(feat_re: np.ndarray, feat_im: np.ndarray, padded_rows: int, pa
     out_scores : float64[max_candidates]
         The optima, best first: ``(dx_mm, dy_mm, theta_rad)`` and the normalised correlation.
     workers : int
-        Threads for the FFTs (the frame's thread count).
+        Threads for the FFTs (the engine passes ``FFT_WORKERS``).
 
     Same numbers as ``feature_spectrum``, ``correlation_window``, the normalisation by
     ``sqrt(frame_energy * ref_energy[k])`` and ``search_peaks`` called one after another

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._serial import serial_twin
-from .correlation import coarse_surfaces
+from .correlation import FFT_WORKERS, coarse_surfaces
 from .field import penumbra_extent
 from .gradient import gradient_limit, gradient_row_sums, orientation_features
 from .mask import erode_box, listed_range, pixel_list, robust_tail
@@ -283,4 +283,4 @@ def levels_and_surfaces(levels, coarse_slot: int, field_mask: np.ndarray, has_fi
             out[7] = penumbra_extent(band_image, band_mask, band_ring, band_reach, True) if want_band else np.nan
         else:
             coarse_surfaces(coarse_re, coarse_im, padded_rows, padded_cols, margin, ref_spectra_conj, ref_energy,
-                            window_rows, window_cols, window, normalised, 1)
+                            window_rows, window_cols, window, normalised, FFT_WORKERS)

@@ -217,7 +217,7 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         The frame is clean: the polishing levels are refined too.
     settings : float64[len(SETTING_NAMES)]
     workers : int
-        Threads for the global search's FFTs.
+        Threads for the global search's FFTs (the engine passes ``correlation.FFT_WORKERS``).
     hist : int64[>= MAX_STENCIL, bins, bins]
         Histogram scratch.
     ranked : float64[>= MAX_CANDIDATES, 5]
