@@ -3,7 +3,8 @@
 ``python -m bench.dead_lines [--frame] [--seeds N]`` (from the source checkout, with ``../shared`` present) takes the
 two handed pairs of ``../shared/field-cases`` (a 30 mm portal-dosimetry field whose outside reads exactly zero, and
 an open field) and kills lines of the reference (``--frame``: of the frame): 3-40 % of its rows at random, dead
-(zero) or hot (1.3 x its maximum), every 2nd, 4th or 16th column. It prints one line per variant: the error against
+(zero) or hot (1.3 x its maximum), two rows dead or hot over half their length from one end, every 2nd, 4th or 16th
+column. It prints one line per variant: the error against
 the handed right answer, ok or not, and what the result said (its reason or error, the dead lines' warning); then
 how many are ok, refused or raised, the largest ok error and how many ok ones are more than 0.5 mm off (must be 0).
 ``--seeds N`` repeats the random variants with N seeds (the rows drawn differently), columns on odd seeds.
@@ -45,6 +46,18 @@ def variants(pixels: np.ndarray, seed: int) -> Iterator[tuple[str, np.ndarray]]:
         else:
             out[:, picked] = value
         yield f"{label} {share:.0%} {'rows' if axis == 0 else 'cols'}", out
+    for count, value, label in ((2, 0.0, "dead"), (2, hot, "hot")):
+        # lines dead (or hot) over half their length, from one end (a panel read out in halves, a broken line)
+        out = np.array(pixels, dtype=np.float32)
+        picked = rng.choice(np.arange(lines // 5, 4 * lines // 5), count, replace=False)
+        length = pixels.shape[1 - axis]
+        for line in picked:
+            part = slice(None, length // 2) if rng.random() < 0.5 else slice(length // 2, None)
+            if axis == 0:
+                out[line, part] = value
+            else:
+                out[part, line] = value
+        yield f"{label} half {'rows' if axis == 0 else 'cols'}", out
     if seed == 0:
         for step in (2, 4, 16):
             out = np.array(pixels, dtype=np.float32)

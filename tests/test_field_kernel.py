@@ -80,14 +80,17 @@ def test_the_cone_with_a_ball_bearing_is_one_filled_field():
 
 @pytest.mark.parametrize("kind", ["dead rows", "hot column", "none", "pickets", "field edges", "dead pair", "dead block",
                                   "part-dead rows", "dead rows through a field", "dead row, clipped outside",
-                                  "field edge, clipped outside", "dead block, clipped outside"])
+                                  "field edge, clipped outside", "dead block, clipped outside", "half-dead rows",
+                                  "a stretch in the middle"])
 @pytest.mark.parametrize("confirmed", [False, True])
 def test_dead_lines_equal_the_reference(kind, confirmed):
     from portalign.field import DEAD_LINE_CONTRAST, DEAD_LINE_SHARE
     from portalign.kernels.cpu.field import dead_lines
 
     rng = np.random.default_rng(4)
-    image = 1000.0 + ndimage.gaussian_filter(rng.standard_normal((96, 128)), 3) * 50 + rng.normal(0, 2, (96, 128))
+    # (lines of part-dead kinds as long as a small panel's: a stretch must hold SEGMENT_MIN_PIXELS)
+    shape = (96, 256) if kind in ("half-dead rows", "a stretch in the middle") else (96, 128)
+    image = 1000.0 + ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 50 + rng.normal(0, 2, shape)
     expected_rows: list[int] = []
     if kind == "dead rows":
         image[30] = 0.0
@@ -132,6 +135,12 @@ def test_dead_lines_equal_the_reference(kind, confirmed):
         image[:, 76:] = 0.0
         image[40:46] = 0.0
         expected_rows = list(range(40, 46))
+    elif kind == "half-dead rows":  # dead from a break to the line's far end: half a row, and a hot 44 % of one
+        image[30, :128] = 0.0
+        image[61, 144:] = 4000.0
+        expected_rows = [30, 61]
+    elif kind == "a stretch in the middle":  # 55 % of a row in its middle (a wire): not a line
+        image[50, 60:200] = 0.0
     elif kind == "field edge, clipped outside":  # the field's edge rows are steps, not spikes
         image[:, :50] = 0.0
         image[:, 76:] = 0.0
@@ -174,10 +183,23 @@ def _band_images():
     image = base.copy()
     image[25:28] = ndimage.gaussian_filter1d(np.where(np.arange(80) < 26, 1.0, 0.2), 2)[25:28, None] * image[25:28]
     cases["soft step"] = (image, [])
+    # lines as long as a small panel's (a stretch must hold SEGMENT_MIN_PIXELS)
+    long = 1000.0 + ndimage.gaussian_filter(rng.standard_normal((80, 256)), 3) * 50 + rng.normal(0, 2, (80, 256))
+    image = long.copy()
+    image[20, :128] = 0.0  # half a line dead, from its first pixel
+    image[45, 149:] = 3000.0  # 42 % of one hot, to its last
+    image[65, 80:190] = 0.0  # a stretch in the middle only: not a line
+    image[72, :80] = 0.0  # a stretch from the first pixel, too short to tell from a small DRR's CT-slice line
+    cases["part lines"] = (image, [(20, 20), (45, 45)])
+    image = long.copy()
+    image[30:34] = 3000.0  # a hot block of four lines
+    image[44, :128] = 3000.0  # half a line hot: the sound lines between lie below both over that half (not a block)
+    cases["sound lines between hot ones"] = (image, [(30, 33), (44, 44)])
     return cases
 
 
-@pytest.mark.parametrize("name", ["dead, pair, block", "pickets", "clipped outside", "stuck beside hot", "soft step"])
+@pytest.mark.parametrize("name", ["dead, pair, block", "pickets", "clipped outside", "stuck beside hot", "soft step",
+                                  "part lines", "sound lines between hot ones"])
 def test_the_band_confirmation_equals_its_numpy_reference(name):
     """``kernels.cpu.field.dead_band`` (compiled 2026-12-04: thousands of Python calls a frame before, on frames with
     dead lines or MLC pickets) and the numpy code it replaced, from every start line, give the same band."""
@@ -210,6 +232,37 @@ def test_the_band_confirmation_equals_its_numpy_reference(name):
         got = dead_band(work, start, start + 3, noise, 12, *rules)
         assert tuple(got) == reference.dead_band(work, start, start + 3, noise, 12, *rules)
         assert got[0] < 0 or start <= got[0] < start + 3
+
+
+def test_a_stretch_from_either_end_of_a_line_is_judged_as_its_twin_judges_it():
+    """``end_segment`` (a line dead from a break to its far end) equals its numpy twin on random and made-up flags."""
+    from portalign.kernels.cpu.field import SEGMENT_MIN_SHARE, end_segment
+
+    assert reference.SEGMENT_MIN_SHARE == SEGMENT_MIN_SHARE
+    rng = np.random.default_rng(12)
+    seen = set()
+    for _ in range(3000):
+        n = int(rng.integers(1, 200))
+        spiking = rng.random(n) < rng.random()
+        judged = spiking | (rng.random(n) < rng.random())
+        if rng.random() < 0.5:  # a stretch from one end dead, the rest live
+            cut = int(rng.integers(0, n + 1))
+            spiking[:] = False
+            spiking[(slice(None, cut) if rng.random() < 0.5 else slice(cut, None))] = True
+            judged |= spiking
+        share, least = float(rng.uniform(0.5, 1.0)), float(rng.uniform(1, 0.6 * n + 1))
+        got = end_segment(spiking, judged, share, least)
+        assert got == reference.end_segment(spiking, judged, share, least)
+        seen.add(got)
+    assert seen == {True, False}
+    # half a line from its first or its last pixel; a stretch in the middle is not
+    half = np.zeros(100, dtype=bool)
+    half[:50] = True
+    everywhere = np.ones(100, dtype=bool)
+    assert end_segment(half, everywhere, 0.8, 40.0) and end_segment(half[::-1].copy(), everywhere, 0.8, 40.0)
+    middle = np.zeros(100, dtype=bool)
+    middle[25:75] = True
+    assert not end_segment(middle, everywhere, 0.8, 40.0)
 
 
 @pytest.mark.parametrize("value", [1e6, -1e6, 1e20, 1e38])

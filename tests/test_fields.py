@@ -536,6 +536,31 @@ def test_a_hot_detector_line_is_called_hot_not_dead():
     assert 133 in lines["rows"] and 203 in lines["columns"]
 
 
+def test_detector_lines_dead_over_part_of_their_length_are_named_and_left_out():
+    """A row dead from the panel's edge to its middle (a broken line, or half a line of a panel read out in halves) and
+    a column hot over its last 45 %: before 2026-12-05 a line had to spike over 80 % of its whole length, and these
+    were matched as anatomy, unnamed (an independent trial's half-length lines: six of 25 frames refused, one 1.22 mm
+    off). Now named, hot told from dead, and left out."""
+    from tests.synthetic import field_aperture, mv_portal
+
+    shape = (256, 256)
+    base = anatomy(384, seed=3)
+    jaws = field_aperture(shape, 1.0, 108.0, 108.0)
+    reference = portalign.Image.from_array(mv_portal(moved(base, 0, 0, 0, shape=shape), jaws, noise=0.01, seed=103),
+                                           pixel_spacing_mm=1.0, kind="portal")
+    pixels = mv_portal(moved(base, 2.2, -1.4, 0, shape=shape), jaws, noise=0.01, seed=3).astype(np.float64)
+    pixels[100, :128] = 0.0
+    pixels[141:, 180] = 2.0 * pixels.max()
+    frame = portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal")
+    result = portalign.prepare_reference(reference, backend="cpu").register(frame)
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - 2.2, result.dy_mm + 1.4) < 0.15
+    assert result.details["dead_detector_lines"] == {"rows": [100], "columns": [180], "hot_rows": [],
+                                                     "hot_columns": [180]}
+    assert ("1 faulty detector row(s) and 1 column(s) left out of the match (1 hot, brighter than the lines beside "
+            "them; 1 dead)") in result.warnings, result.warnings
+
+
 @pytest.mark.parametrize("cols", [(199, 200), (199, 201)])
 def test_two_dead_columns_through_a_cone_are_left_out(cols):
     """Two dead columns through the cone's middle (adjacent, or one apart): a new user's trial got 17 mm off, ok=true.

@@ -212,7 +212,7 @@ def test_single_dead_detector_lines_of_a_fine_panel_are_found():
 @pytest.mark.parametrize(("damage", "said"), [
     ((slice(None, None, 2),), r"its rows alternate: every other one reads far off both neighbours"),
     ((slice(None), slice(1, None, 2)), r"its columns alternate: every other one reads far off both neighbours"),
-    ((slice(None, None, 8),), r"24 of its 256 rows read far off both neighbours \(dead or hot lines\)"),
+    ((slice(None, None, 8),), r"25 of its 256 rows read far off both neighbours \(dead or hot lines\)"),
 ])
 def test_a_striped_drr_reference_is_refused_when_prepared(damage, said):
     """A DRR has no detector and no field, so nothing was screened: a new user's DRR with every other row at 0 was
@@ -245,12 +245,13 @@ def test_a_striped_drr_reference_of_another_view_says_so_in_a_one_shot_registrat
         portalign.register(reference, same_view, backend="cpu")
 
 
-@pytest.mark.parametrize("rows", [(), (100,), tuple(range(16, 256, 16))])
+@pytest.mark.parametrize("rows", [(), (100,), tuple(range(32, 256, 32))])
 def test_a_drr_reference_s_few_dead_lines_are_left_out(rows):
-    """A DRR intact, with one row at 0, and with every 16th (under the striped share): prepared, and the known shift
+    """A DRR intact, with one row at 0, and with every 32nd (under the striped share): prepared, and the known shift
     recovered. The screen takes up strong spikes only (a real DRR's weak CT-slice lines stay): a single row at 0 over
-    this anatomy is not one and is matched as it is; most of the 16th rows are, and are left out of the match, named
-    in the result as a portal reference's."""
+    this anatomy is not one and is matched as it is; most of the 32nd rows are, and are left out of the match, named
+    in the result as a portal reference's. (Every 16th row, 15 of 256, is over the striped share of 5 %: refused since
+    2026-12-05, when rows dead along a stretch from one end were found as well; before, 12 of them were.)"""
     base = anatomy(384, seed=5)
     drr = moved(base, 0.0, 0.0, 0.0)
     drr[list(rows)] = 0.0

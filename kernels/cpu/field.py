@@ -28,9 +28,9 @@ from numba import njit
 from .mask import quantile_bins
 from .statistics import bin_counts, bin_of, insertion_sort, median, min_max
 
-__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "largest_disc_diameter", "penumbra_extent",
-           "line_noise", "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines", "interlaced",
-           "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
+__all__ = ["split_field", "three_level_split", "dead_lines", "dead_band", "end_segment", "largest_disc_diameter",
+           "penumbra_extent", "line_noise", "floor_and_extremes", "outer_line_noise", "line_means", "screened_lines",
+           "interlaced", "line_candidates", "OTSU_BINS", "NOT_A_FIELD", "FLAT", "FIELD"]
 
 OTSU_BINS = 128
 #: Bins of ``OTSU_BINS`` the central 99 % of the values must span; fewer (outliers stretched the histogram):
@@ -417,6 +417,46 @@ LIVE_MIN_PIXELS = 4
 LIVE_MIN_SHARE = 0.02
 #: Widest band screened so where the caller confirms on the detector's pixels (``confirmed``), whatever it reads.
 SCREEN_WIDTH = 2
+#: A band that spikes over too little of its whole length is still a dead (or hot) line where it spikes over the share
+#: asked of a whole line along a stretch from one end of the line holding judged pixels of at least this share of its
+#: length (of its length, not of its judged pixels: a block of constant value at a saturated image's edge, its only
+#: judged pixels, was no line)
+#: (:func:`end_segment`): a flat panel's line driver or data line broken part-way leaves the line dead from the break
+#: to its far end, and a panel read out from both sides in halves loses half a line (an independent trial's half-length
+#: lines, 2026-12-05: none named; six of 25 frames refused, one matched 1.22 mm off). A stretch in the middle of a line
+#: alone is not taken (a straight wire inside a field is not a line).
+SEGMENT_MIN_SHARE = 0.4
+#: Widest band judged so (a broken line, or one a box reduction spread over two): a block of sound lines between a hot
+#: line and one hot over half its length lies beyond both along that half (an independent trial: 38 sound rows between
+#: a hot band and a half-hot row were taken for a dead block), and a readout module's block fails whole.
+SEGMENT_MAX_WIDTH = 2
+#: Fewest judged pixels such a stretch holds where its lines are judged on the detector's own pixels (a quarter of a
+#: 512 x 384 panel's shorter side; a half line of any panel holds 192 or more): a small DRR's CT-slice lines spike
+#: part-way along its 128-pixel lines (a window of a 256 x 85 DRR was refused as striped, 3 of 42 columns).
+SEGMENT_MIN_PIXELS = 96
+
+
+@njit(cache=True, nogil=True)
+def end_segment(spiking: np.ndarray, judged: np.ndarray, share: float, least: float) -> bool:  # pragma: no cover
+    """Whether a stretch of a line from either of its ends spikes over ``share`` of its judged pixels.
+
+    ``spiking`` and ``judged`` (bool[n]): the line's pixels that lie beyond its neighbours, and those it is judged by
+    (every spiking pixel is judged). True where the pixels from the first one (or from the last one) on to some pixel
+    hold at least ``least`` judged pixels, ``share`` of them or more spiking (``SEGMENT_MIN_SHARE``).
+    """
+    n = spiking.shape[0]
+    for direction in range(2):
+        count = 0
+        spikes = 0
+        for k in range(n):
+            j = k if direction == 0 else n - 1 - k
+            if judged[j]:
+                count += 1
+                if spiking[j]:
+                    spikes += 1
+            if count >= least and spikes >= share * count:
+                return True
+    return False
 
 
 @njit(cache=True, nogil=True)
@@ -627,6 +667,9 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
     noise). Pixels that can show no line (:func:`_silent`: clipped, as a dosimetry image's zero outside) are left
     out of that share where the band reads the clipped value itself wherever it stands out (``LIVE_MIN_PIXELS``).
+    A band that spikes over too little of its whole length passes where it spikes over ``share`` of a stretch from
+    one end of the line whose judged pixels number ``SEGMENT_MIN_SHARE`` of its length (:func:`end_segment`: a line dead from a
+    break to its far end, half a line of a panel read out in halves).
     Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
     on the detector's own pixels, so the second pixel pass asks ``CONFIRMED_CONTRAST`` (one) noise sigma, not
     ``contrast`` (a single dead detector line is an eighth of a reduced line at a factor of 8: where anatomy's
@@ -653,7 +696,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     noise = np.empty(0)  # worked out for the first band that lies beyond its outside rows at all
     floor, lowest, highest = 0.0, np.inf, -np.inf  # (floor_and_extremes, for the first band examined)
     taken = np.zeros(rows, dtype=np.bool_)
-    allowed = cols - share * cols  # columns that may fail before the band cannot pass
+    spikes = np.zeros(cols, dtype=np.bool_)  # each pixel of the band examined: spiking, and judged
+    judged = np.zeros(cols, dtype=np.bool_)
     for c in range(len(starts)):
         i = starts[c]
         last = i + widths[c] - 1
@@ -667,7 +711,6 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
             elif lowest > highest:
                 floor, lowest, highest = floor_and_extremes(work)
             spiking = 0
-            failed = 0
             silent = 0
             unclipped = 0  # spiking pixels where the band does not read one clipped value
             for j in range(cols):
@@ -676,16 +719,15 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                     low, high = min(low, work[r, j]), max(high, work[r, j])
                 threshold = 0.0 if threshold_pass == 0 else (CONFIRMED_CONTRAST if confirmed else contrast) \
                     * min(noise[j], local[j])
-                if _beyond(low, high, work[i - 1, j], work[last + 1, j], threshold):
+                spikes[j] = _beyond(low, high, work[i - 1, j], work[last + 1, j], threshold)
+                judged[j] = True
+                if spikes[j]:
                     spiking += 1
                     unclipped += not (low == high and (low == lowest or low == highest))
                 elif _silent(low, high, work[i - 1, j], work[last + 1, j],
                              np.inf if threshold_pass == 0 else threshold, lowest, highest):
                     silent += 1  # (the first pass does not know the noise: any band at a clipped value is silent)
-                else:
-                    failed += 1
-                    if failed > allowed:  # (1 - share) of every column: past it no share of the live ones is left
-                        break
+                    judged[j] = False
             if unclipped > 0 and not (confirmed and last - i < SCREEN_WIDTH):
                 # only a band at the clipped value itself wherever it stands out (a dead line reads zero, a hot one
                 # saturates) is judged by the pixels that can show it: a round object's middle line (a Winston-Lutz
@@ -693,8 +735,12 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                 # Where the detector's own pixels confirm, a line or two is screened so all the same: a box reduction
                 # leaves a dead line part-way (half a reduced line's value at a factor of 2)
                 silent = 0
+                judged[:] = True
             live = cols - silent
-            if live < max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols) or spiking < share * live:
+            least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols)
+            if live < least or (spiking < share * live and not (
+                    last - i < SEGMENT_MAX_WIDTH and end_segment(spikes, judged, share, max(
+                        least, SEGMENT_MIN_SHARE * cols, 0.0 if confirmed else SEGMENT_MIN_PIXELS)))):
                 spiking = 0
                 break
         if spiking > 0:
@@ -945,21 +991,23 @@ def _band_sharp(work: np.ndarray, first: int, last: int, spiking: np.ndarray, wi
 
 @njit(cache=True, nogil=True)
 def _judged_pixels(work: np.ndarray, outer_1: int, outer_2: int, standing: np.ndarray, low: np.ndarray,
-                   high: np.ndarray, threshold: np.ndarray, lowest: float, highest: float,
-                   stuck: float) -> int:  # pragma: no cover
-    """Count the pixels a band is judged by, between outside lines ``outer_1`` and ``outer_2`` (:func:`dead_band`).
+                   high: np.ndarray, threshold: np.ndarray, lowest: float, highest: float, stuck: float,
+                   judged: np.ndarray) -> int:  # pragma: no cover
+    """Mark in ``judged`` and count the pixels a band is judged by, between outside lines ``outer_1`` and ``outer_2``.
 
     Every pixel where the band stands out somewhere it is not clipped (at the image's extremes or its stuck value);
-    otherwise those ``standing`` out and those that are not silent (:func:`_band_pixel_silent`).
+    otherwise those ``standing`` out and those that are not silent (:func:`_band_pixel_silent`). (:func:`dead_band`.)
     """
     cols = work.shape[1]
     for j in range(cols):
         if standing[j] and not (low[j] == high[j] and (low[j] == lowest or low[j] == highest or low[j] == stuck)):
+            judged[:] = True
             return cols
     count = 0
     for j in range(cols):
-        if standing[j] or not _band_pixel_silent(low[j], high[j], work[outer_1, j], work[outer_2, j], threshold[j],
-                                                 lowest, highest, stuck):
+        judged[j] = standing[j] or not _band_pixel_silent(low[j], high[j], work[outer_1, j], work[outer_2, j],
+                                                          threshold[j], lowest, highest, stuck)
+        if judged[j]:
             count += 1
     return count
 
@@ -977,7 +1025,11 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
     outside it, on one side, by more than ``contrast`` times the noise there (the smaller of ``noise``, ``(cols,)``,
     and :func:`outer_line_noise` of the two outside lines). A band of up to ``band_max`` lines must have outside
     lines that differ from each other by less than half its spike there; a wider one must start and stop sharply
-    (:func:`_band_sharp`, ``edge_step`` and ``block_sharp``). The widest band at the first line that starts one.
+    (:func:`_band_sharp`, ``edge_step`` and ``block_sharp``). Each share may be met along a stretch from one end of
+    the lines instead, whose judged pixels number ``SEGMENT_MIN_SHARE`` of the length and ``SEGMENT_MIN_PIXELS``
+    (:func:`end_segment`),
+    by bands of up to ``SEGMENT_MAX_WIDTH`` lines. The widest band at
+    the first line that starts one.
 
     Parameters
     ----------
@@ -995,6 +1047,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
     threshold = np.empty(cols)
     beyond = np.empty(cols, dtype=np.bool_)
     spiking = np.empty(cols, dtype=np.bool_)
+    judged = np.empty(cols, dtype=np.bool_)
     for first in range(max(start, 1), min(stop, rows - 1)):
         for j in range(cols):
             low[j] = work[first, j]
@@ -1028,8 +1081,11 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                 beyond[j] = low[j] - before > threshold[j] or before - high[j] > threshold[j]
                 if beyond[j]:
                     n_beyond += 1
-            count = _judged_pixels(work, first - 1, first - 1, beyond, low, high, threshold, lowest, highest, stuck)
-            if count < least or n_beyond < share * count:
+            count = _judged_pixels(work, first - 1, first - 1, beyond, low, high, threshold, lowest, highest, stuck,
+                                   judged)
+            if count < least or (n_beyond < share * count and not (
+                    width <= SEGMENT_MAX_WIDTH
+                    and end_segment(beyond, judged, share, max(least, SEGMENT_MIN_SHARE * cols, SEGMENT_MIN_PIXELS)))):
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
             # and against the line after it
             n_spiking = 0
@@ -1037,7 +1093,8 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                 before = work[first - 1, j]
                 after = work[last + 1, j]
                 spiking[j] = low[j] - max(before, after) > threshold[j] or min(before, after) - high[j] > threshold[j]
-            count = _judged_pixels(work, first - 1, last + 1, spiking, low, high, threshold, lowest, highest, stuck)
+            count = _judged_pixels(work, first - 1, last + 1, spiking, low, high, threshold, lowest, highest, stuck,
+                                   judged)
             for j in range(cols):
                 if spiking[j] and width <= band_max:
                     before = work[first - 1, j]
@@ -1047,7 +1104,9 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                     spiking[j] = abs(before - after) < 0.5 * spike
                 if spiking[j]:
                     n_spiking += 1
-            if count < least or n_spiking < share * count:
+            if count < least or (n_spiking < share * count and not (
+                    width <= SEGMENT_MAX_WIDTH
+                    and end_segment(spiking, judged, share, max(least, SEGMENT_MIN_SHARE * cols, SEGMENT_MIN_PIXELS)))):
                 continue
             if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
                 continue

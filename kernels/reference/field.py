@@ -167,11 +167,28 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
         if (spiking & ~clipped).any() and not (confirmed and width <= SCREEN_WIDTH):
             live[:] = True
         count = int(live.sum())
-        if count >= max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1]) and spiking.sum() >= share * count:
+        least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])
+        if count >= least and (spiking.sum() >= share * count or (
+                width <= SEGMENT_MAX_WIDTH and end_segment(spiking, live, share, max(
+                    least, SEGMENT_MIN_SHARE * work.shape[1], 0.0 if confirmed else SEGMENT_MIN_PIXELS)))):
             bad.extend(range(i, i + width))
     return np.asarray(sorted(set(bad)), dtype=np.int64)
 
 
+def end_segment(spiking: np.ndarray, judged: np.ndarray, share: float, least: float) -> bool:
+    """Whether the pixels from either end of a line on to some pixel hold ``least`` judged ones, ``share`` spiking."""
+    for s, j in ((spiking, judged), (spiking[::-1], judged[::-1])):
+        count = np.cumsum(j)
+        spikes = np.cumsum(s & j)
+        if np.any((count >= least) & (spikes >= share * count)):
+            return True
+    return False
+
+
+#: The CPU kernel's ``SEGMENT_MIN_SHARE``, ``SEGMENT_MAX_WIDTH`` and ``SEGMENT_MIN_PIXELS``.
+SEGMENT_MIN_SHARE = 0.4
+SEGMENT_MAX_WIDTH = 2
+SEGMENT_MIN_PIXELS = 96
 #: The CPU kernel's ``CONFIRMED_CONTRAST``.
 CONFIRMED_CONTRAST = 1.0
 #: The CPU kernel's ``LIVE_MIN_PIXELS``, ``LIVE_MIN_SHARE`` and ``SCREEN_WIDTH``.
@@ -346,22 +363,27 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
             beyond = above | below
             clipped = (low == high) & ((low == lowest) | (low == highest) | (low == stuck))
             whole = bool(np.any(beyond & ~clipped))
-            count = (int(np.count_nonzero(beyond | ~band_silent_pixels(low, high, before, before, threshold, lowest,
-                                                                       highest, stuck)))
-                     if not whole else low.size)
-            if count < least or np.count_nonzero(beyond) < share * count:
+            judged = (beyond | ~band_silent_pixels(low, high, before, before, threshold, lowest, highest, stuck)
+                      if not whole else np.ones(low.size, dtype=bool))
+            count = int(np.count_nonzero(judged))
+            if count < least or (np.count_nonzero(beyond) < share * count and not (
+                    width <= SEGMENT_MAX_WIDTH
+                    and end_segment(beyond, judged, share, max(least, SEGMENT_MIN_SHARE * low.size, SEGMENT_MIN_PIXELS)))):
                 break
             after = work[last + 1]
             up = (low - np.maximum(before, after) > threshold)
             down = (np.minimum(before, after) - high > threshold)
             whole = bool(np.any((up | down) & ~clipped))
-            count = (int(np.count_nonzero(up | down | ~band_silent_pixels(low, high, before, after, threshold, lowest,
-                                                                           highest, stuck))) if not whole else low.size)
+            judged = (up | down | ~band_silent_pixels(low, high, before, after, threshold, lowest, highest, stuck)
+                      if not whole else np.ones(low.size, dtype=bool))
+            count = int(np.count_nonzero(judged))
             spiking = up | down
             if width <= band_max:
                 spike = np.where(up, low - np.maximum(before, after), np.minimum(before, after) - high)
                 spiking &= np.abs(before - after) < 0.5 * spike
-            if count < least or np.count_nonzero(spiking) < share * count:
+            if count < least or (np.count_nonzero(spiking) < share * count and not (
+                    width <= SEGMENT_MAX_WIDTH
+                    and end_segment(spiking, judged, share, max(least, SEGMENT_MIN_SHARE * low.size, SEGMENT_MIN_PIXELS)))):
                 continue
             if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
                 continue
