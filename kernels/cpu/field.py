@@ -418,13 +418,12 @@ LIVE_MIN_SHARE = 0.02
 #: Widest band screened so where the caller confirms on the detector's pixels (``confirmed``), whatever it reads.
 SCREEN_WIDTH = 2
 #: A band that spikes over too little of its whole length is still a dead (or hot) line where it spikes over the share
-#: asked of a whole line along a stretch from one end of the line holding judged pixels of at least this share of its
-#: length (of its length, not of its judged pixels: a block of constant value at a saturated image's edge, its only
-#: judged pixels, was no line)
-#: (:func:`end_segment`): a flat panel's line driver or data line broken part-way leaves the line dead from the break
-#: to its far end, and a panel read out from both sides in halves loses half a line (an independent trial's half-length
-#: lines, 2026-12-05: none named; six of 25 frames refused, one matched 1.22 mm off). A stretch in the middle of a line
-#: alone is not taken (a straight wire inside a field is not a line).
+#: asked of a whole line along a stretch from one end of the line whose judged pixels number at least this share of
+#: the line's length (:func:`end_segment`): a flat panel's line driver or data line broken part-way leaves the line dead
+#: from the break to its far end, and a panel read out from both sides in halves loses half a line (an independent
+#: trial's half-length lines, 2026-12-05: none named; six of 25 frames refused, one matched 1.22 mm off). Of the
+#: length, not of the judged pixels: a block of constant value at a saturated image's edge, its only judged pixels,
+#: was no line. A stretch in the middle of a line alone is not taken (a straight wire inside a field is not a line).
 SEGMENT_MIN_SHARE = 0.4
 #: Widest band judged so (a broken line, or one a box reduction spread over two): a block of sound lines between a hot
 #: line and one hot over half its length lies beyond both along that half (an independent trial: 38 sound rows between
@@ -667,9 +666,10 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     neighbours inside it, and off the faint dose outside it by less, but by as many of the outside's smaller
     noise). Pixels that can show no line (:func:`_silent`: clipped, as a dosimetry image's zero outside) are left
     out of that share where the band reads the clipped value itself wherever it stands out (``LIVE_MIN_PIXELS``).
-    A band that spikes over too little of its whole length passes where it spikes over ``share`` of a stretch from
-    one end of the line whose judged pixels number ``SEGMENT_MIN_SHARE`` of its length (:func:`end_segment`: a line dead from a
-    break to its far end, half a line of a panel read out in halves).
+    A band of up to ``SEGMENT_MAX_WIDTH`` lines that spikes over too little of its whole length passes where it
+    spikes over ``share`` of a stretch from one end of the line whose judged pixels number ``SEGMENT_MIN_SHARE`` of
+    its length, and ``SEGMENT_MIN_PIXELS`` unless ``confirmed`` (:func:`end_segment`: a line dead from a break to its
+    far end, half a line of a panel read out in halves).
     Returned: the rows of every candidate that passes, sorted. ``confirmed``: the caller confirms each band
     on the detector's own pixels, so the second pixel pass asks ``CONFIRMED_CONTRAST`` (one) noise sigma, not
     ``contrast`` (a single dead detector line is an eighth of a reduced line at a factor of 8: where anatomy's
@@ -1025,11 +1025,9 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
     outside it, on one side, by more than ``contrast`` times the noise there (the smaller of ``noise``, ``(cols,)``,
     and :func:`outer_line_noise` of the two outside lines). A band of up to ``band_max`` lines must have outside
     lines that differ from each other by less than half its spike there; a wider one must start and stop sharply
-    (:func:`_band_sharp`, ``edge_step`` and ``block_sharp``). Each share may be met along a stretch from one end of
-    the lines instead, whose judged pixels number ``SEGMENT_MIN_SHARE`` of the length and ``SEGMENT_MIN_PIXELS``
-    (:func:`end_segment`),
-    by bands of up to ``SEGMENT_MAX_WIDTH`` lines. The widest band at
-    the first line that starts one.
+    (:func:`_band_sharp`, ``edge_step`` and ``block_sharp``). A band of up to ``SEGMENT_MAX_WIDTH`` lines may meet
+    each share along a stretch from one end of the lines instead, whose judged pixels number ``SEGMENT_MIN_SHARE`` of
+    the length and ``SEGMENT_MIN_PIXELS`` (:func:`end_segment`). The widest band at the first line that starts one.
 
     Parameters
     ----------
