@@ -549,13 +549,16 @@ def _info(args: argparse.Namespace) -> int:
         if key in ("notes", "dicom_warnings", *_NOTES):
             continue
         if key == "dead_detector_lines":  # null in --json: none found (not "unknown": they were looked for)
+            from .registration._frame import part_lines_said
+
             # the JSON key holds hot lines too (clients read it): the text says faulty, and which are which
             print("faulty detector lines (dead or hot, left out of a match): none" if value is None else
                   "faulty detector lines (left out of a match): " + "; ".join(
                       f"{kind} {axis} {lines}" for kind, axis, lines in (
                           ("dead", "rows", [r for r in value["rows"] if r not in value["hot_rows"]]),
                           ("dead", "columns", [c for c in value["columns"] if c not in value["hot_columns"]]),
-                          ("hot", "rows", value["hot_rows"]), ("hot", "columns", value["hot_columns"])) if lines))
+                          ("hot", "rows", value["hot_rows"]), ("hot", "columns", value["hot_columns"])) if lines)
+                  + part_lines_said(value))
             continue
         if key == "kvp" and isinstance(value, (int, float)):  # the tag as stored, and what it means
             print(f"kvp: {value:g} ({value / 1000:g} MV: the KVP tag holds an MV beam's energy in kV)"

@@ -556,9 +556,32 @@ def test_detector_lines_dead_over_part_of_their_length_are_named_and_left_out():
     assert result.ok, result.reason
     assert math.hypot(result.dx_mm - 2.2, result.dy_mm + 1.4) < 0.15
     assert result.details["dead_detector_lines"] == {"rows": [100], "columns": [180], "hot_rows": [],
-                                                     "hot_columns": [180]}
+                                                     "hot_columns": [180], "part_rows": [[100, 0, 127]],
+                                                     "part_columns": [[180, 141, 255]]}
     assert ("1 faulty detector row(s) and 1 column(s) left out of the match (1 hot, brighter than the lines beside "
-            "them; 1 dead)") in result.warnings, result.warnings
+            "them; 1 dead); faulty over part of their length only: row 100 (columns 0-127), column 180 (rows 141-255)"
+            ) in result.warnings, result.warnings
+
+
+def test_a_part_line_s_stretch_runs_where_it_stands_out_and_on_where_it_cannot_show():
+    """``part_lines``: the pixels along a faulty line over which it is faulty (reported, the line left out whole).
+
+    A field (1000 +- 10) with a faint outside (columns 200 on: 5 +- 3, where a dead line's zero is within the noise):
+    a row dead end to end is not a part line, though it stands out in the field only; a row dead from column 120 to
+    its end runs on through the faint outside; a row dead over its first 100 pixels stops there (the field shows it
+    live beyond); a column hot over rows 40-79 of 120."""
+    from portalign.registration._frame import part_lines
+
+    rng = np.random.default_rng(8)
+    pixels = 1000.0 + rng.normal(0.0, 10.0, (120, 256))
+    pixels[:, 200:] = 5.0 + rng.normal(0.0, 3.0, (120, 56))
+    pixels[20] = 0.0
+    pixels[50, 120:] = 0.0
+    pixels[80, :100] = 0.0
+    pixels[40:80, 60] = 3000.0
+    assert part_lines(pixels, [20, 50, 80], 0) == [[50, 120, 255], [80, 0, 99]]
+    assert part_lines(pixels, [60], 1) == [[60, 40, 79]]
+    assert part_lines(pixels, [], 0) == []
 
 
 @pytest.mark.parametrize("cols", [(199, 200), (199, 201)])

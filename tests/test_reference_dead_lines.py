@@ -204,7 +204,8 @@ def test_single_dead_detector_lines_of_a_fine_panel_are_found():
     assert result.ok, result.reason
     lines = result.details["dead_detector_lines"]
     # the detector's own lines, confirmed there: one row and one column (before, the eight of each reduced line)
-    assert lines == {"rows": [352], "columns": [582], "hot_rows": [], "hot_columns": []}
+    assert lines == {"rows": [352], "columns": [582], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert "1 dead detector row(s) and 1 column(s) left out of the match" in result.warnings
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
 

@@ -76,7 +76,8 @@ def test_a_dead_row_through_a_clipped_images_field_is_found(where):
         lines = result.details["dead_detector_lines"]
     assert result.ok, result.reason
     # the detector lines themselves (not the field-detection level's pair of lines they fall in), counted as such
-    assert lines == {"rows": [121], "columns": [140], "hot_rows": [], "hot_columns": []}
+    assert lines == {"rows": [121], "columns": [140], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert any(w.endswith("1 dead detector row(s) and 1 column(s) left out of the match") for w in result.warnings)
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
 
@@ -97,7 +98,8 @@ def test_a_dead_block_through_a_clipped_images_field_is_found(where):
         result = portalign.register(ref, with_lines(frame, rows=block), backend="cpu")
         lines = result.details["dead_detector_lines"]
     assert result.ok, result.reason
-    assert lines == {"rows": list(block), "columns": [], "hot_rows": [], "hot_columns": []}
+    assert lines == {"rows": list(block), "columns": [], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
 
 
@@ -248,13 +250,15 @@ def test_info_lists_dead_lines_and_says_when_an_image_is_striped(capsys, tmp_pat
         assert main(["info", str(path), "--json"]) == 0
         infos[name] = json.loads(capsys.readouterr().out)
     assert infos["sound"]["dead_detector_lines"] is None and infos["sound"]["detector_lines_note"] is None
-    assert infos["one"]["dead_detector_lines"] == {"rows": [121], "columns": [], "hot_rows": [], "hot_columns": []}
+    assert infos["one"]["dead_detector_lines"] == {"rows": [121], "columns": [], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert "registration refuses this image" in infos["striped"]["detector_lines_note"]
     assert main(["info", str(paths["one"])]) == 0
     out = capsys.readouterr().out
     assert "faulty detector lines (left out of a match): dead rows [121]" in out.splitlines()
     # a hot column beside a dead row: each called what it is (the JSON key keeps both, with the hot ones named)
-    assert infos["hot"]["dead_detector_lines"] == {"rows": [121], "columns": [140], "hot_rows": [], "hot_columns": [140]}
+    assert infos["hot"]["dead_detector_lines"] == {"rows": [121], "columns": [140], "hot_rows": [], "hot_columns": [140],
+        "part_rows": [], "part_columns": []}
     assert main(["info", str(paths["hot"])]) == 0
     assert "faulty detector lines (left out of a match): dead rows [121]; hot columns [140]" in \
         capsys.readouterr().out.splitlines()
@@ -392,7 +396,8 @@ def test_dead_lines_across_a_field_on_a_fine_panel_are_found_from_their_means():
     assert not find_field(bad, small).detector_rows  # the field-detection level alone does not see them
     result = portalign.register(ref, bad, backend="cpu")
     assert result.ok, result.reason
-    assert result.details["dead_detector_lines"] == {"rows": [150, 171, 203], "columns": [240], "hot_rows": [], "hot_columns": []}
+    assert result.details["dead_detector_lines"] == {"rows": [150, 171, 203], "columns": [240], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert "3 dead detector row(s) and 1 column(s) left out of the match" in result.warnings
     assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.3
 

@@ -42,7 +42,8 @@ def test_a_dead_column_through_a_faint_outside_is_named_and_left_out(column, noi
     assert float(frame.pixels.min()) < 0.0  # noise below zero: the zero is no clipped value of this image
     result = portalign.register(reference, with_lines(frame, cols=(column,)), backend="cpu")
     assert result.ok, result.reason
-    assert result.details["dead_detector_lines"] == {"rows": [], "columns": [column], "hot_rows": [], "hot_columns": []}
+    assert result.details["dead_detector_lines"] == {"rows": [], "columns": [column], "hot_rows": [], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert math.hypot(result.dx_mm - TRUTH[0], result.dy_mm - TRUTH[1]) < 0.25
     assert abs(result.rotation_deg - TRUTH[2]) < 0.25
 
@@ -52,7 +53,8 @@ def test_a_hot_stuck_row_through_a_faint_outside_is_named():
     result = portalign.register(reference, with_lines(frame, rows=(140,), value=2000.0), backend="cpu")
     assert result.ok, result.reason
     # left out, and called hot
-    assert result.details["dead_detector_lines"] == {"rows": [140], "columns": [], "hot_rows": [140], "hot_columns": []}
+    assert result.details["dead_detector_lines"] == {"rows": [140], "columns": [], "hot_rows": [140], "hot_columns": [],
+        "part_rows": [], "part_columns": []}
     assert math.hypot(result.dx_mm - TRUTH[0], result.dy_mm - TRUTH[1]) < 0.25
 
 

@@ -278,13 +278,95 @@ def hot_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> tuple[lis
     return hot[0], hot[1]
 
 
+#: Noise sigmas (of the two live neighbours' difference) by which a faulty line's pixel stands out beyond both of
+#: them, or by which they stand clear of the value its faulty stretch reads (where it could show), in
+#: :func:`part_lines` (``portalign.field.DEAD_LINE_CONTRAST``'s five).
+PART_LINE_CONTRAST = 5.0
+#: Pixels along a line over which :func:`part_lines` averages where it stands out and where it reads as its
+#: neighbours (a chance pixel either way is no stretch).
+PART_LINE_WINDOW = 15
+
+
+def part_lines(pixels: np.ndarray, lines: list[int], axis: int) -> list[list[int]]:
+    """Return ``[line, first, last]`` of the faulty ``lines`` that are faulty over part of their length only.
+
+    Each line (rows for ``axis`` 0, columns for 1) is compared pixel by pixel with the nearest live line either side
+    (:func:`~portalign.field.live_neighbours`): it stands out where it lies beyond both by ``PART_LINE_CONTRAST`` times
+    their difference's noise (1.4826 MAD over sqrt 2), on its side (below for a dead line, above for a hot one); it
+    reads as a live line where it could stand out (the neighbours are as far from the value its faulty stretch reads)
+    and does not. Both are averaged over ``PART_LINE_WINDOW`` pixels. The faulty stretch runs from the first to the
+    last pixel where it stands out, and on to the line's end where nothing beyond shows it live (a dead line in a
+    field's faint outside cannot show: it is not cut short there). Lines faulty end to end are not listed.
+
+    Parameters
+    ----------
+    pixels : ndarray, shape (rows, cols)
+        The image's own pixels.
+    lines : list of int
+        Its faulty detector lines along ``axis`` (:func:`dead_detector_lines`).
+    axis : int
+
+    Returns
+    -------
+    list of [int, int, int]
+        ``[line, first, last]``: the pixel indices along the line (columns of a row, rows of a column) of its faulty
+        stretch, inclusive.
+    """
+    found = live_neighbours(pixels.shape[axis], lines)
+    if found is None:
+        return []
+    dead, before, after = found
+    work = pixels if axis == 0 else pixels.T
+    n = work.shape[1]
+    kernel = np.ones(min(PART_LINE_WINDOW, n)) / min(PART_LINE_WINDOW, n)
+    out = []
+    for line, b, a in zip(dead.tolist(), before.tolist(), after.tolist(), strict=True):
+        values = work[line].astype(np.float64)
+        one, two = work[b].astype(np.float64), work[a].astype(np.float64)
+        sigma = 1.4826 * float(np.median(np.abs(one - two))) / math.sqrt(2.0)
+        threshold = PART_LINE_CONTRAST * max(sigma, 1e-12 * (float(np.ptp(work)) + 1.0))
+        top, bottom = np.maximum(one, two), np.minimum(one, two)
+        hot = float(values.mean()) > float((top + bottom).mean()) / 2.0
+        standing = (values - top > threshold) if hot else (bottom - values > threshold)
+        if not standing.any():
+            continue
+        level = float(np.median(values[standing]))  # what the faulty stretch reads
+        could = (level - top > threshold) if hot else (bottom - level > threshold)
+        stands = np.convolve(standing.astype(np.float64), kernel, mode="same") > 0.5
+        live = np.convolve((could & ~standing).astype(np.float64), kernel, mode="same") > 0.5
+        if not stands.any():
+            continue
+        where = np.flatnonzero(stands)
+        first, last = int(where[0]), int(where[-1])
+        if not live[:first].any():
+            first = 0
+        if not live[last + 1:].any():
+            last = n - 1
+        if first > 0 or last < n - 1:
+            out.append([int(line), first, last])
+    return out
+
+
+def part_lines_said(record: dict) -> str:
+    """Return what a warning adds for a :func:`faulty_lines` record's part lines (``""`` where none).
+
+    ``"; faulty over part of their length only: row 100 (columns 0-127), column 180 (rows 141-255)"``.
+    """
+    parts = ([f"row {line} (columns {first}-{last})" for line, first, last in record.get("part_rows") or ()]
+             + [f"column {line} (rows {first}-{last})" for line, first, last in record.get("part_columns") or ()])
+    return f"; faulty over part of their length only: {', '.join(parts)}" if parts else ""
+
+
 def faulty_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> dict:
     """Return ``details["dead_detector_lines"]`` (and ``info``'s): the faulty detector lines, and which are hot.
 
-    ``{"rows", "columns", "hot_rows", "hot_columns"}``: lists of ``pixels``' indices (:func:`hot_lines`).
+    ``{"rows", "columns", "hot_rows", "hot_columns"}``: lists of ``pixels``' indices (:func:`hot_lines`);
+    ``"part_rows"``, ``"part_columns"``: ``[line, first, last]`` of those faulty over part of their length only
+    (:func:`part_lines`; the whole line is left out of a match all the same).
     """
     hot_rows, hot_cols = hot_lines(pixels, rows, cols)
-    return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols}
+    return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols,
+            "part_rows": part_lines(pixels, rows, 0), "part_columns": part_lines(pixels, cols, 1)}
 
 
 def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:

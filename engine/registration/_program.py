@@ -61,6 +61,7 @@ from ._frame import (
     frame_levels,
     frame_mask,
     pad_pixel_list,
+    part_lines_said,
 )
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
 from ._plan import MAX_FIELD_MARGIN_MM, MAX_MARGIN_FRACTION, PENUMBRA_REACH_MM, FramePlan, wants_field
@@ -615,11 +616,13 @@ def _lines_warning(whose: str, record: dict, drr: bool = False) -> str:
         return (f"{whose}{len(rows)} row(s) and {len(cols)} column(s) that read far off their neighbours (a DRR's "
                 "burned-in graphics line, or damage) left out of the match")
     hot = len(record["hot_rows"]) + len(record["hot_columns"])
+    part = part_lines_said(record)
     if not hot:
-        return f"{whose}{len(rows)} dead detector row(s) and {len(cols)} column(s) left out of the match"
+        return f"{whose}{len(rows)} dead detector row(s) and {len(cols)} column(s) left out of the match{part}"
     kinds = f"{hot} hot, brighter than the lines beside them" + (f"; {len(rows) + len(cols) - hot} dead"
                                                                    if hot < len(rows) + len(cols) else "")
-    return f"{whose}{len(rows)} faulty detector row(s) and {len(cols)} column(s) left out of the match ({kinds})"
+    return (f"{whose}{len(rows)} faulty detector row(s) and {len(cols)} column(s) left out of the match "
+            f"({kinds}){part}")
 
 
 def register_frame(reference: Reference, frame: Image, mirror_check: bool = True,
