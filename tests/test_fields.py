@@ -563,6 +563,33 @@ def test_detector_lines_dead_over_part_of_their_length_are_named_and_left_out():
             ) in result.warnings, result.warnings
 
 
+def test_a_smoothed_frame_s_part_lines_are_read_on_the_frame_as_taken():
+    """A noisy frame (3 %, 0.4 mm pixels) against a DRR is registered from its smoothed pixels (1 mm), its faulty
+    lines kept raw: against smoothed neighbours a half-dead row stood out along 0-491 of its 512 pixels and a column
+    hot over rows 282-511 along 38-511 (a trial's half-hot rows: 0-1015 of 1024). The record is the frame's as taken;
+    ``details["denoised"]`` says the smoothing only."""
+    from tests.synthetic import field_aperture, mv_portal
+
+    shape, spacing = (512, 512), 0.4
+    base = anatomy(512, seed=3)
+
+    def seen(dx: float, dy: float) -> np.ndarray:
+        return moved(base, dx, dy, 0, shape=shape, spacing_mm=spacing, base_spacing_mm=0.5)
+
+    drr = portalign.Image.from_array(seen(0, 0), pixel_spacing_mm=spacing, kind="drr")
+    pixels = mv_portal(seen(2.2, -1.4), field_aperture(shape, spacing, 90.0, 90.0), noise=0.03, seed=3)
+    pixels = pixels.astype(np.float64)
+    pixels[200, :256] = 0.0
+    pixels[282:, 360] = 2.0 * pixels.max()
+    result = portalign.prepare_reference(drr, backend="cpu").register(
+        portalign.Image.from_array(pixels, pixel_spacing_mm=spacing, kind="portal"))
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - 2.2, result.dy_mm + 1.4) < 0.3
+    assert set(result.details["denoised"]) == {"sigma_mm", "contrast_to_noise", "reference_smoothed"}
+    lines = result.details["dead_detector_lines"]
+    assert (lines["part_rows"], lines["part_columns"]) == ([[200, 0, 255]], [[360, 282, 511]])
+
+
 def test_a_part_line_s_stretch_runs_where_it_stands_out_and_on_where_it_cannot_show():
     """``part_lines``: the pixels along a faulty line over which it is faulty (reported, the line left out whole).
 

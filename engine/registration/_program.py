@@ -606,6 +606,11 @@ def _dead_lines_cut_small_field(field: FieldEstimate, spacing_mm: tuple[float, f
             f"more than {100 * DEAD_LINES_MAX_FIELD_SHARE:.0f} %): what is left of the field cannot place the shift")
 
 
+#: The key of a smoothed frame's record (``details["denoised"]`` less it) that carries the faulty lines of the frame as
+#: taken (:func:`~portalign.registration._frame.faulty_lines`; None: none).
+RAW_FRAME_LINES = "raw_frame_lines"
+
+
 def _lines_warning(whose: str, record: dict, drr: bool = False) -> str:
     """Return the warning that names the faulty detector lines left out of the match: dead ones, and hot ones said so.
 
@@ -1824,11 +1829,17 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # looked for), not the field-detection level's lines they fall in
     frame_lines = reference_lines = None
     if field.dead_rows or field.dead_cols:
-        frame_lines = faulty_lines(frame.pixels, *dead_detector_lines(field, 2 ** plan.field_level))
+        # a smoothed frame's lines are its raw ones (kept raw, they would stand out against smoothed neighbours along
+        # their whole length): the record made of the frame as taken, where it was
+        raw = denoised.get(RAW_FRAME_LINES) if denoised is not None else None
+        frame_lines = raw if raw is not None else faulty_lines(frame.pixels,
+                                                                 *dead_detector_lines(field, 2 ** plan.field_level))
         warnings.append(_lines_warning("", frame_lines))
     reference_field = reference.field
     if reference_field.dead_rows or reference_field.dead_cols:  # rare: the reference's own, found when prepared
-        reference_lines = faulty_lines(reference.image.pixels,
+        # (a smoothed twin's lines are read on the reference as taken: see the frame's above)
+        taken_reference = reference if reference._smoothed_of is None else reference._smoothed_of
+        reference_lines = faulty_lines(taken_reference.image.pixels,
                                        *dead_detector_lines(reference_field, reference._field_factor))
         warnings.append(_lines_warning("the reference's ", reference_lines, reference.image.info.kind == "drr"))
     frame_stats: dict = {}
@@ -1866,7 +1877,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                                   2 ** plan.field_level)
         return _register(reference, plan, smoothed, start, options,
                          {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
-                          "reference_smoothed": False}, scale_check)
+                          "reference_smoothed": False, RAW_FRAME_LINES: frame_lines}, scale_check)
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False
@@ -2203,7 +2214,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # a reference that repeats itself: the periods (mm), their self-correlation, and the best rival one period away
     details["periodic_check"] = periodic
     # a noisy frame registered from its smoothed pixels: the smoothing (mm) and the frame's own contrast over noise
-    details["denoised"] = denoised
+    details["denoised"] = None if denoised is None else {k: v for k, v in denoised.items() if k != RAW_FRAME_LINES}
     # the faulty (dead or hot) detector rows and columns left out of the match, the frame's pixel indices, and which
     # of them are hot (null: none); the reference's, its own pixel indices
     details["dead_detector_lines"] = frame_lines
@@ -2335,7 +2346,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                                                                    levels[plan.refine_levels[-1]])):
         record = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
                   "reference_smoothed": True,
-                  "reference_contrast_to_noise": reference_contrast_to_noise(levels[plan.refine_levels[-1]])}
+                  "reference_contrast_to_noise": reference_contrast_to_noise(levels[plan.refine_levels[-1]]),
+                  RAW_FRAME_LINES: frame_lines}
         record["reference_search_contrast"], pair_note = _pair_noise_note(frame_stats["contrast_to_noise"], plan)
         if pair_note:  # a reference of noise alone: smoothed, its noise and the frame's would make the match
             return replace(result, reason=f"{reason}; {pair_note}")
