@@ -4,8 +4,8 @@
 two handed pairs of ``../shared/field-cases`` (a 30 mm portal-dosimetry field whose outside reads exactly zero, and
 an open field) and kills lines of the reference (``--frame``: of the frame): 3-40 % of its rows at random, dead
 (zero) or hot (1.3 x its maximum), two rows dead or hot over half their length from one end, every 2nd, 4th or 16th
-column. It prints one line per variant: the error against
-the handed right answer, ok or not, and what the result said (its reason or error, the dead lines' warning); then
+column. It prints one line per variant: the error against the handed right answer, ok or not, and what the result
+said (its reason or error, the dead lines' warning); then
 how many are ok, refused or raised, the largest ok error and how many ok ones are more than 0.5 mm off (must be 0).
 ``--seeds N`` repeats the random variants with N seeds (the rows drawn differently), columns on odd seeds.
 """

@@ -236,9 +236,11 @@ def test_the_band_confirmation_equals_its_numpy_reference(name):
 
 def test_a_stretch_from_either_end_of_a_line_is_judged_as_its_twin_judges_it():
     """``end_segment`` (a line dead from a break to its far end) equals its numpy twin on random and made-up flags."""
-    from portalign.kernels.cpu.field import SEGMENT_MIN_SHARE, end_segment
+    from portalign.kernels.cpu import field
 
-    assert reference.SEGMENT_MIN_SHARE == SEGMENT_MIN_SHARE
+    end_segment = field.end_segment
+    for name in ("SEGMENT_MIN_SHARE", "SEGMENT_MAX_WIDTH", "SEGMENT_MIN_PIXELS"):  # the twin's rule is the kernel's
+        assert getattr(reference, name) == getattr(field, name), name
     rng = np.random.default_rng(12)
     seen = set()
     for _ in range(3000):

@@ -606,9 +606,9 @@ def test_a_part_line_s_stretch_runs_where_it_stands_out_and_on_where_it_cannot_s
     pixels[50, 120:] = 0.0
     pixels[80, :100] = 0.0
     pixels[40:80, 60] = 3000.0
-    assert part_lines(pixels, [20, 50, 80], 0) == [[50, 120, 255], [80, 0, 99]]
-    assert part_lines(pixels, [60], 1) == [[60, 40, 79]]
-    assert part_lines(pixels, [], 0) == []
+    assert part_lines(pixels, [20, 50, 80], 0, []) == [[50, 120, 255], [80, 0, 99]]
+    assert part_lines(pixels, [60], 1, [60]) == [[60, 40, 79]]
+    assert part_lines(pixels, [], 0, []) == []
 
 
 @pytest.mark.parametrize("cols", [(199, 200), (199, 201)])

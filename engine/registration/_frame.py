@@ -287,7 +287,7 @@ PART_LINE_CONTRAST = 5.0
 PART_LINE_WINDOW = 15
 
 
-def part_lines(pixels: np.ndarray, lines: list[int], axis: int) -> list[list[int]]:
+def part_lines(pixels: np.ndarray, lines: list[int], axis: int, hot: list[int]) -> list[list[int]]:
     """Return ``[line, first, last]`` of the faulty ``lines`` that are faulty over part of their length only.
 
     Each line (rows for ``axis`` 0, columns for 1) is compared pixel by pixel with the nearest live line either side
@@ -305,6 +305,8 @@ def part_lines(pixels: np.ndarray, lines: list[int], axis: int) -> list[list[int
     lines : list of int
         Its faulty detector lines along ``axis`` (:func:`dead_detector_lines`).
     axis : int
+    hot : list of int
+        Those of ``lines`` that are hot (:func:`hot_lines`); the others are dead.
 
     Returns
     -------
@@ -320,18 +322,19 @@ def part_lines(pixels: np.ndarray, lines: list[int], axis: int) -> list[list[int
     n = work.shape[1]
     kernel = np.ones(min(PART_LINE_WINDOW, n)) / min(PART_LINE_WINDOW, n)
     out = []
+    hot_set = set(hot)
     for line, b, a in zip(dead.tolist(), before.tolist(), after.tolist(), strict=True):
         values = work[line].astype(np.float64)
         one, two = work[b].astype(np.float64), work[a].astype(np.float64)
         sigma = 1.4826 * float(np.median(np.abs(one - two))) / math.sqrt(2.0)
         threshold = PART_LINE_CONTRAST * max(sigma, 1e-12 * (float(np.ptp(work)) + 1.0))
         top, bottom = np.maximum(one, two), np.minimum(one, two)
-        hot = float(values.mean()) > float((top + bottom).mean()) / 2.0
-        standing = (values - top > threshold) if hot else (bottom - values > threshold)
+        is_hot = line in hot_set
+        standing = (values - top > threshold) if is_hot else (bottom - values > threshold)
         if not standing.any():
             continue
         level = float(np.median(values[standing]))  # what the faulty stretch reads
-        could = (level - top > threshold) if hot else (bottom - level > threshold)
+        could = (level - top > threshold) if is_hot else (bottom - level > threshold)
         stands = np.convolve(standing.astype(np.float64), kernel, mode="same") > 0.5
         live = np.convolve((could & ~standing).astype(np.float64), kernel, mode="same") > 0.5
         if not stands.any():
@@ -366,7 +369,7 @@ def faulty_lines(pixels: np.ndarray, rows: list[int], cols: list[int]) -> dict:
     """
     hot_rows, hot_cols = hot_lines(pixels, rows, cols)
     return {"rows": rows, "columns": cols, "hot_rows": hot_rows, "hot_columns": hot_cols,
-            "part_rows": part_lines(pixels, rows, 0), "part_columns": part_lines(pixels, cols, 1)}
+            "part_rows": part_lines(pixels, rows, 0, hot_rows), "part_columns": part_lines(pixels, cols, 1, hot_cols)}
 
 
 def bridged_frame(image: Image, dead_rows: list[int], dead_cols: list[int]) -> Image:

@@ -441,7 +441,8 @@ def end_segment(spiking: np.ndarray, judged: np.ndarray, share: float, least: fl
 
     ``spiking`` and ``judged`` (bool[n]): the line's pixels that lie beyond its neighbours, and those it is judged by
     (every spiking pixel is judged). True where the pixels from the first one (or from the last one) on to some pixel
-    hold at least ``least`` judged pixels, ``share`` of them or more spiking (``SEGMENT_MIN_SHARE``).
+    hold at least ``least`` judged pixels, ``share`` of them or more spiking (the callers' ``least``: of
+    ``SEGMENT_MIN_SHARE`` and ``SEGMENT_MIN_PIXELS``; ``share``: the whole line's).
     """
     n = spiking.shape[0]
     for direction in range(2):
@@ -698,6 +699,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     taken = np.zeros(rows, dtype=np.bool_)
     spikes = np.zeros(cols, dtype=np.bool_)  # each pixel of the band examined: spiking, and judged
     judged = np.zeros(cols, dtype=np.bool_)
+    least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols)  # judged pixels a band needs, and a stretch from an end
+    segment_least = max(least, SEGMENT_MIN_SHARE * cols, 0.0 if confirmed else SEGMENT_MIN_PIXELS)
     for c in range(len(starts)):
         i = starts[c]
         last = i + widths[c] - 1
@@ -737,10 +740,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
                 silent = 0
                 judged[:] = True
             live = cols - silent
-            least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * cols)
             if live < least or (spiking < share * live and not (
-                    last - i < SEGMENT_MAX_WIDTH and end_segment(spikes, judged, share, max(
-                        least, SEGMENT_MIN_SHARE * cols, 0.0 if confirmed else SEGMENT_MIN_PIXELS)))):
+                    last - i < SEGMENT_MAX_WIDTH and end_segment(spikes, judged, share, segment_least))):
                 spiking = 0
                 break
         if spiking > 0:
@@ -1046,6 +1047,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
     beyond = np.empty(cols, dtype=np.bool_)
     spiking = np.empty(cols, dtype=np.bool_)
     judged = np.empty(cols, dtype=np.bool_)
+    segment_least = max(least, SEGMENT_MIN_SHARE * cols, SEGMENT_MIN_PIXELS)  # judged pixels of a stretch from an end
     for first in range(max(start, 1), min(stop, rows - 1)):
         for j in range(cols):
             low[j] = work[first, j]
@@ -1082,8 +1084,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
             count = _judged_pixels(work, first - 1, first - 1, beyond, low, high, threshold, lowest, highest, stuck,
                                    judged)
             if count < least or (n_beyond < share * count and not (
-                    width <= SEGMENT_MAX_WIDTH
-                    and end_segment(beyond, judged, share, max(least, SEGMENT_MIN_SHARE * cols, SEGMENT_MIN_PIXELS)))):
+                    width <= SEGMENT_MAX_WIDTH and end_segment(beyond, judged, share, segment_least))):
                 break  # the band no longer lies beyond the line before it: wider bands cannot either
             # and against the line after it
             n_spiking = 0
@@ -1103,8 +1104,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                 if spiking[j]:
                     n_spiking += 1
             if count < least or (n_spiking < share * count and not (
-                    width <= SEGMENT_MAX_WIDTH
-                    and end_segment(spiking, judged, share, max(least, SEGMENT_MIN_SHARE * cols, SEGMENT_MIN_PIXELS)))):
+                    width <= SEGMENT_MAX_WIDTH and end_segment(spiking, judged, share, segment_least))):
                 continue
             if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
                 continue

@@ -152,6 +152,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
     if not bands:
         return np.empty(0, dtype=np.int64)
     noise = line_noise(work)
+    least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])  # judged pixels a band needs, and a stretch from an end
+    segment_least = max(least, SEGMENT_MIN_SHARE * work.shape[1], 0.0 if confirmed else SEGMENT_MIN_PIXELS)
     bad = []
     for i, width in bands:
         local = outer_line_noise(work, i - 1, i + width, OUTER_NOISE_HALF_WINDOW, _noise_floor(work),
@@ -167,10 +169,8 @@ def dead_lines(work: np.ndarray, contrast: float, share: float, max_width: int, 
         if (spiking & ~clipped).any() and not (confirmed and width <= SCREEN_WIDTH):
             live[:] = True
         count = int(live.sum())
-        least = max(LIVE_MIN_PIXELS, LIVE_MIN_SHARE * work.shape[1])
         if count >= least and (spiking.sum() >= share * count or (
-                width <= SEGMENT_MAX_WIDTH and end_segment(spiking, live, share, max(
-                    least, SEGMENT_MIN_SHARE * work.shape[1], 0.0 if confirmed else SEGMENT_MIN_PIXELS)))):
+                width <= SEGMENT_MAX_WIDTH and end_segment(spiking, live, share, segment_least))):
             bad.extend(range(i, i + width))
     return np.asarray(sorted(set(bad)), dtype=np.int64)
 
@@ -346,6 +346,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
     """
     rows = work.shape[0]
     floor, lowest, highest = _extremes(work)
+    segment_least = max(least, SEGMENT_MIN_SHARE * work.shape[1], SEGMENT_MIN_PIXELS)
     for first in range(max(start, 1), min(stop, rows - 1)):
         before = work[first - 1]
         low, high = work[first].copy(), work[first].copy()
@@ -368,7 +369,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
             count = int(np.count_nonzero(judged))
             if count < least or (np.count_nonzero(beyond) < share * count and not (
                     width <= SEGMENT_MAX_WIDTH
-                    and end_segment(beyond, judged, share, max(least, SEGMENT_MIN_SHARE * low.size, SEGMENT_MIN_PIXELS)))):
+                    and end_segment(beyond, judged, share, segment_least))):
                 break
             after = work[last + 1]
             up = (low - np.maximum(before, after) > threshold)
@@ -383,7 +384,7 @@ def dead_band(work: np.ndarray, start: int, stop: int, noise: np.ndarray, max_wi
                 spiking &= np.abs(before - after) < 0.5 * spike
             if count < least or (np.count_nonzero(spiking) < share * count and not (
                     width <= SEGMENT_MAX_WIDTH
-                    and end_segment(spiking, judged, share, max(least, SEGMENT_MIN_SHARE * low.size, SEGMENT_MIN_PIXELS)))):
+                    and end_segment(spiking, judged, share, segment_least))):
                 continue
             if not _band_sharp(work, first, last, spiking, width > band_max, edge_step, block_sharp):
                 continue
