@@ -43,7 +43,11 @@ __all__ = [
     "PEERS",
     "make_methods",
     "translation_error",
+    "BENCH_EXTRA",
 ]
+
+#: How a missing peer library is installed (bench/ runs from a source checkout: its extra, editable).
+BENCH_EXTRA = 'pip install -e ".[bench]" (the bench extra)'
 
 
 @dataclass
@@ -88,7 +92,11 @@ class Method:
         t0 = time.perf_counter()
         try:
             self._import()
-        except Exception as exc:  # any import failure makes the peer unavailable, not the run
+        except ModuleNotFoundError as exc:  # the peers are the bench extra: say which install brings them
+            self.available = False
+            self.reason = f"{exc.name or exc} is not installed: {BENCH_EXTRA}"
+            return
+        except Exception as exc:  # any other import failure makes the peer unavailable, not the run
             self.available = False
             self.reason = f"{type(exc).__name__}: {exc}"
             return

@@ -76,7 +76,7 @@ def headline_table(results: dict[str, Any]) -> str:
     lines = [
         f"| method | version | pairs (failed / not ok) | translation error median / max (mm) "
         f"| rotation error median / max (°) | latency median / p99 / min @{HEADLINE_SIZE} (ms) | frames/s "
-        f"| peak RSS @{HEADLINE_SIZE} (MB) | portalign-cpu speed-up (median of per-pair ratios) | start-up (ms) |",
+        f"| peak RSS rise per frame @{HEADLINE_SIZE} (MB) | portalign-cpu speed-up (median of per-pair ratios) | start-up (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, desc, s in _rows(results):

@@ -7,7 +7,9 @@ Kept at the bottom of the import graph so that ``couch``, ``fieldcheck``, ``watc
 from __future__ import annotations
 
 import argparse
+import errno
 import re
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +17,8 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 __all__ = ["add_invert_argument", "add_mismatch_arguments", "as_flags", "command_error", "error_kind", "export_reg",
-           "failure_payload", "file_line", "mismatch_options", "print_file_line", "print_json_error", "HelpFormatter",
-           "RegExport"]
+           "failure_payload", "file_line", "listen_problem", "mismatch_options", "print_file_line", "print_json_error",
+           "HelpFormatter", "RegExport"]
 
 #: RegistrationOptions / reader keywords whose command-line flag is not the keyword with dashes.
 _FLAG_FOR_KEYWORD = {"estimate_rotation": "--no-rotation", "frame": "--frame-index", "poll_s": "--poll",
@@ -70,6 +72,36 @@ def patient_position_argument(value: str) -> str:
             f"{value!r} is not supported; use one of {', '.join(PATIENT_TO_IEC)} (the IEC 61217 couch axes are "
             "defined for these; decubitus and sitting positions are not)")
     return position
+
+
+def listen_problem(command: str, host: str, port: int) -> str:
+    """Return the one-line error of a server that cannot listen on ``host:port``, or ``""`` where it can.
+
+    Checked before a server opens its results file or compiles its kernels (``serve``, ``scp``): a port outside
+    0..65535 (``socket.bind`` raises ``OverflowError``, which left a traceback and an empty journal), an unknown host,
+    or a port another program holds (probed as the servers bind: with address reuse).
+    """
+    if not 0 <= port <= 65535:
+        return f"{command}: --port must be within 0..65535, got {port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"{command}: cannot listen on {host}:{port} ({exc.strerror or exc}); check --host"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                return (f"{command}: cannot listen on {host}:{port} ({why}); another program holds the port: choose "
+                        "another with --port")
+            if exc.errno == errno.EACCES:
+                return (f"{command}: cannot listen on {host}:{port} ({why}); ports below 1024 need administrator "
+                        "rights: choose another with --port")
+            return f"{command}: cannot listen on {host}:{port} ({why}); check --host and --port"
+    return ""
 
 
 def add_invert_argument(parser: argparse.ArgumentParser) -> None:
@@ -319,13 +351,18 @@ def file_line(name: str, lines: list[dict[str, Any]]) -> str:
             parts.append("kept as the reference of its beam")
         elif status in ("ok", "not_ok"):
             rot = rotation_text(result.get("rotation_deg"), result.get("details"), equals="")
-            verdict = "ok" if status == "ok" else f"NOT OK ({result.get('reason', '')})"
             frame = f"frame {line.get('frame_index')}: " if len(lines) > 1 else ""
             dx, dy = result.get("dx_mm"), result.get("dy_mm")
             spread = shift_spread(result.get("details"))
             shift = ("dx, dy not measured" if dx is None or dy is None
                      else f"dx {shown(dx):+.2f}{spread} mm, dy {shown(dy):+.2f}{spread} mm")
-            parts.append(f"{frame}{shift}, {rot}, {verdict}")
+            if status == "ok":
+                parts.append(f"{frame}{shift}, {rot}, ok")
+            elif dx is None or dy is None:
+                parts.append(f"{frame}NOT OK ({result.get('reason', '')}); {shift}")
+            else:  # the verdict first, its numbers marked as register's text marks them (a log read as a shift)
+                parts.append(f"{frame}NOT OK ({result.get('reason', '')}); the refused match, not a shift to apply: "
+                             f"{shift}, {rot}")
     return f"{name}: " + ("; ".join(parts) if parts else "handled")
 
 

@@ -128,7 +128,10 @@ class _Parser(argparse.ArgumentParser):
             name = word.split("=", 1)[0]
             if not name.startswith("--") or name in self._option_string_actions:
                 continue
-            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            # a word that begins exactly one option is that option cut short (options are never abbreviated):
+            # "scp --ae X" was told "did you mean --backend?", the closest spelling, not --ae-title
+            begun = [option for option in options if option.startswith(name)] if len(name) > 3 else []
+            close = begun if len(begun) == 1 else difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             if close:
                 said.append((name, close[0]))
         if len(said) == 1:
@@ -480,6 +483,10 @@ def _print_result(result: Any, extra: dict[str, Any], as_json: bool) -> None:
         spread = shift_spread(result.details)
         print(f"dx = {shown(result.dx_mm):+.2f}{spread} mm   dy = {shown(result.dy_mm):+.2f}{spread} mm   {rotation}   "
               f"{status}")
+        # what the numbers are, on screen (a new user's trial found it only in docs/conventions.md)
+        print(f"  the patient's displacement as the imager sees it: mm at the isocentre plane, +x along the image's "
+              f"columns, +y down its rows{'; ± one standard uncertainty' if spread else ''}; the correction is the "
+              "opposite (portalign couch combines views into a couch shift)")
     # auto's reason for the CPU belongs with the backend, not among the warnings about this frame
     fallback = (result.details or {}).get("backend_fallback")
     backend = f"{result.backend} (auto: {fallback})" if fallback else result.backend
@@ -560,6 +567,9 @@ def _info(args: argparse.Namespace) -> int:
                           ("hot", "rows", value["hot_rows"]), ("hot", "columns", value["hot_columns"])) if lines)
                   + part_lines_said(value))
             continue
+        if key == "likely_inverted" and value is None:  # looked at, and nothing to judge by: its note says why
+            print("likely_inverted: not judged")
+            continue
         if key == "kvp" and isinstance(value, (int, float)):  # the tag as stored, and what it means
             print(f"kvp: {value:g} ({value / 1000:g} MV: the KVP tag holds an MV beam's energy in kV)"
                   if value >= 1000 else f"kvp: {value:g} (kV)")
@@ -631,16 +641,26 @@ def _understood(image: Any) -> dict[str, Any]:
         out["dead_detector_lines"] = faulty_lines(image.pixels, *dead_detector_lines(field, factor))
     out["detector_lines_note"] = (f"{field.striped}: registration refuses this image (as a reference when it is "
                                   "prepared; as a frame, its result is not ok)") if field.striped else ""
-    out["likely_inverted"] = False if drr else likely_inverted(image, small, field)  # a field darker than around it
-    out["intensity_note"] = (
-        "the radiation field is darker than its surroundings: the pixel values are likely inverted; "
-        "try --invert (or --no-invert to keep them)" if out["likely_inverted"] else "")
+    # a field darker than around it: True; brighter: False; no field edge either way (or no radiation field): not
+    # judged, null (a picket fence stored inverted by iView was said False)
+    out["likely_inverted"] = None if drr else likely_inverted(image, small, field)
+    if out["likely_inverted"]:
+        out["intensity_note"] = ("the radiation field is darker than its surroundings: the pixel values are likely "
+                                 "inverted; try --invert (or --no-invert to keep them)")
+    elif out["likely_inverted"] is None and not str(info.extra.get("intensity_sign_reason") or "").startswith("invert="):
+        # (where --invert or --no-invert set the sign, the user has decided: nothing to add)
+        out["intensity_note"] = ("likely_inverted not judged (null): " + (
+            "a DRR has no radiation field to judge by" if drr else "a kV image's sign is not judged"
+            if info.kind != "portal" else "no field edge in the image to compare the field with its surroundings"))
+    else:
+        out["intensity_note"] = ""
     reason = str(info.extra.get("intensity_sign_reason") or "")
-    if (not out["intensity_note"] and "elekta" in str(info.extra.get("manufacturer") or "").lower()
+    if (out["likely_inverted"] is None and info.kind == "portal"
+            and "elekta" in str(info.extra.get("manufacturer") or "").lower()
             and reason.startswith("no PixelIntensityRelationshipSign")):
         # no field edge to judge by (a picket fence, an open field): the maker's habit is all there is to go on
-        out["intensity_note"] = ("an Elekta image without PixelIntensityRelationshipSign: iView stores its images "
-                                 "inverted without saying so; if the radiation shows dark, read it with --invert")
+        out["intensity_note"] += ("; an Elekta image without PixelIntensityRelationshipSign: iView stores its images "
+                                  "inverted without saying so; if the radiation shows dark, read it with --invert")
     missing = [name for name in ANGLE_TAGS if getattr(info, name) is None]
     one = len(missing) == 1
     out["angles_note"] = (

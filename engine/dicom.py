@@ -1555,6 +1555,9 @@ def _geometry(ds: Dataset, name: str, modality: str, shape: tuple[int, int], opt
             values = None
         if values is not None:
             imager, spacing_source = (values[0], values[-1]), keyword  # a lone value: square pixels
+            if len(values) == 1 and options.pixel_spacing_mm is None:  # said, not silent (a new user's trial)
+                notes.append(f"{tag_label(keyword)} holds one value ({values[0]:g} mm): read as square pixels (the "
+                             "standard has two, row and column spacing)")
             break
 
     sid_keyword = "RTImageSID" if rt else "DistanceSourceToDetector"

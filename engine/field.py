@@ -401,7 +401,7 @@ def noise_ratio(pixels: np.ndarray, mask: np.ndarray | None) -> float | None:
     return spreads[0] / spreads[1]
 
 
-def likely_inverted(image: Image, small: np.ndarray | None = None, field: FieldEstimate | None = None) -> bool:
+def likely_inverted(image: Image, small: np.ndarray | None = None, field: FieldEstimate | None = None) -> bool | None:
     """Whether a portal image's values are likely inverted: its radiation field is darker than its surroundings.
 
     A portal image shows the field bright (more radiation reached the imager). A dark field means inverted
@@ -409,17 +409,28 @@ def likely_inverted(image: Image, small: np.ndarray | None = None, field: FieldE
     or the dark region is as noisy as its surroundings (an object in an open beam: the detection's doubt).
     ``portalign info`` and ``fieldcheck`` say "try --invert" when it is. ``small`` (``box_reduce(pixels, 256)``)
     and ``field`` (``find_field`` on it) are made here unless the caller has them already.
+
+    Returns
+    -------
+    bool or None
+        True: a field darker than its surroundings; False: a field brighter than them; None: not judged, where no
+        field edge is found either way (a field covering the image, a picket fence's narrow pickets: an Elekta
+        iView picket fence, stored inverted, was said False) or the image is not a portal image.
     """
     if image.info.kind != "portal":
-        return False
+        return None
     if small is None:
         small, _ = box_reduce(image.pixels, 256)
     if field is None:
         field = find_field(image, small)  # as registration finds it: planned jaws and intensity sign taken into account
-    found = field
-    if not field.detected and not planned_aperture_covers(image):
-        found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
-    return bool(found.detected and not found.field_is_bright and not field.doubt)
+    if field.detected:
+        return bool(not field.field_is_bright and not field.doubt)
+    if planned_aperture_covers(image):
+        return None  # the field covers the image: no edge to judge by
+    found = detect_field(small)  # registration took a dark region for an object: it may be an inverted field
+    if not found.detected:
+        return None
+    return bool(not found.field_is_bright and not field.doubt)
 
 
 def planned_aperture_covers(image: Image) -> str:

@@ -325,6 +325,7 @@ def field_placement(
     planned: str = "auto",
     tolerance_mm: float = 2.0,
     pixel_spacing_mm: Any = None,
+    allow_view_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Compare the delivered field in a frame with the planned field.
 
@@ -341,6 +342,11 @@ def field_placement(
         An edge further than this from its planned position is outside tolerance.
     pixel_spacing_mm : float or (float, float), optional
         For array inputs.
+    allow_view_mismatch : bool
+        Compare a frame whose collimator angle differs from that of the reference its plan is taken from (beyond
+        the registration's view tolerance, 3 deg): refused otherwise, since the jaws' edges would be named along
+        another beam's axes. Gantry and couch angles that differ are compared all the same (the aperture is the
+        beam's), with ``view_note``.
 
     Returns
     -------
@@ -361,7 +367,8 @@ def field_placement(
     Raises
     ------
     PortalImageError
-        No field in the frame, or no planned field.
+        No field in the frame, or no planned field; a plan taken from a reference at another collimator angle
+        (unless ``allow_view_mismatch``).
     """
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and 0 < tolerance_mm <= 100):
         raise PortalignError(f"tolerance_mm must be a positive number of mm, at most 100, got {tolerance_mm!r}")
@@ -386,6 +393,8 @@ def field_placement(
                                        "(--planned reference) or compare with the jaws anyway (--planned jaws)")
             plan = planned_field(reference, frame, planned="reference")
             note += "; compared with the reference image's field instead"
+    if plan.source.startswith("reference") and not allow_view_mismatch:
+        _same_collimator(reference, frame)
     errors = {edge: getattr(delivered, edge) - getattr(plan, edge) for edge in _EDGES}
     view_note = _view_note(reference, frame)
     planned_centre, delivered_centre = plan.centre_mm, delivered.centre_mm
@@ -433,6 +442,32 @@ def field_placement(
                                                if measured else None)
     out["axes"]["image"] = [key for key in out["axes"]["image"] if key in out]  # the keys this report has
     return out
+
+
+def _same_collimator(reference: Image, frame: Image) -> None:
+    """Refuse a plan taken from a reference whose collimator angle is not the frame's (both recorded).
+
+    The planned edges are named along the reference's collimator axes: the frame's field, turned with its own
+    collimator, would have its jaws compared with others (a new user's trial: collimator 0 against 90 was within
+    tolerance, its x1 the frame's Y jaw).
+    """
+    from .options import RegistrationOptions
+    from .registration._views import angle_difference_deg
+
+    ref_angle, frame_angle = reference.info.collimator_deg, frame.info.collimator_deg
+    if ref_angle is None or frame_angle is None:
+        return
+    tolerance = RegistrationOptions().view_tolerance_deg
+    if angle_difference_deg(ref_angle, frame_angle) <= tolerance:
+        return
+    def named(image: Image, role: str) -> str:
+        return role if image.info.source in ("", "array") else f"{role} ({image.info.source})"
+
+    raise PortalImageError(
+        f"{named(frame, 'the frame')} is at collimator angle {frame_angle:g} deg, but {named(reference, 'the reference')}, "
+        f"which the plan is taken from, at {ref_angle:g} deg (tolerance {tolerance:g} deg): its jaws would be compared "
+        "with another beam's; compare the frame with a reference of its own beam, or pass --allow-view-mismatch to "
+        "compare the field all the same")
 
 
 def _view_note(reference: Image, frame: Image) -> str:
@@ -627,6 +662,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "tolerance; 2 unusable input or no planned aperture to compare with")
     parser.add_argument("--with-anatomy", action="store_true",
                         help="also register the anatomy and report it relative to the delivered field")
+    parser.add_argument("--allow-view-mismatch", action="store_true",
+                        help="compare a frame whose collimator angle differs from the reference's (refused by "
+                             "default: the jaws' edges would be named along another beam's axes); gantry and couch "
+                             "angles that differ are compared with a note either way")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_invert_argument(parser)
     add_geometry_arguments(parser)
@@ -642,7 +681,7 @@ def run(args: argparse.Namespace) -> int:
         reference, frame = read_rt_image(args.reference, **keywords), read_rt_image(args.frame, **keywords)
         result = register(reference, frame) if args.with_anatomy else None
         report = field_placement(reference, frame, result=result, planned=args.planned,
-                                 tolerance_mm=args.tolerance_mm)
+                                 tolerance_mm=args.tolerance_mm, allow_view_mismatch=args.allow_view_mismatch)
     except PortalignError as exc:
         # the reader's hints name its keywords (pass sid_mm=, tolerance_mm): the flags here are --sid-mm & co.
         return command_error("fieldcheck", args, exc)

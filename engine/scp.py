@@ -46,6 +46,7 @@ from ._cli_options import (
     add_mismatch_arguments,
     add_warm_up_argument,
     as_flags,
+    listen_problem,
     mismatch_options,
     print_file_line,
 )
@@ -438,11 +439,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``portalign scp`` until interrupted; returns the exit status."""
     journal = None
+    journal_existed = True
     try:
         try:  # before anything is opened: without pynetdicom no results file is left behind
             import pynetdicom  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError.for_module(exc.name or "pynetdicom", "portalign scp") from None
+        # the port before the results file: a port out of range or held by another program left an empty journal
+        # (and a traceback for --port -1)
+        problem = listen_problem("portalign scp", args.host, args.port)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+        journal_existed = Path(args.results).exists()
         journal = Journal(args.results, make_folders=False)  # a typo in its folder is an error, not a new folder
         registrar = InstanceRegistrar(journal, reference=args.reference, backend=args.backend, source="scp",
                                       invert=getattr(args, "invert", None), options=mismatch_options(args),
@@ -456,9 +465,11 @@ def run(args: argparse.Namespace) -> int:
             warm_up_kernels(registrar.backend, registrar.options)
         server = start_scp(registrar, host=args.host, port=args.port, ae_title=args.ae_title, allow_ae=allow,
                            on_instance=functools.partial(print_file_line, parser=getattr(args, "subparser", None)))
-    except (PortalignError, OSError) as exc:
+    except (PortalignError, OSError, OverflowError) as exc:
         if journal is not None:
             journal.close()
+            if not journal_existed and journal.records_written == 0:  # nothing received: no empty results file
+                journal.path.unlink(missing_ok=True)
         message = as_flags(str(exc), getattr(args, "subparser", None))
         print(f"portalign scp: error: {message}" if not message.startswith("portalign scp") else f"portalign: error: {message}",
               file=sys.stderr)

@@ -77,7 +77,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 
 from . import __version__
-from ._cli_options import add_invert_argument, add_warm_up_argument, as_flags
+from ._cli_options import add_invert_argument, add_warm_up_argument, as_flags, listen_problem
 from .backends import BACKENDS, Backend, select_backend
 from .errors import GeometryError, PixelValuesError, PortalignError, ReferencePreparationError
 from .image import Image, declared_kind
@@ -1099,9 +1099,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"portalign serve: refusing to listen on {args.host} without --token; "
               "use --token SECRET (or PORTALIGN_TOKEN) or --host 127.0.0.1", file=sys.stderr)
         return 2
-    if not 0 <= args.port <= 65535:
-        print(f"portalign serve: --port must be within 0..65535, got {args.port}", file=sys.stderr)
-        return 2
     if not (math.isfinite(args.max_body_mb) and args.max_body_mb * 2**20 >= 1024):
         print(f"portalign serve: --max-body-mb must be at least 0.001 MiB (1 KiB), got {args.max_body_mb:g}",
               file=sys.stderr)
@@ -1110,10 +1107,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"portalign serve: --workers must be at least 1 (default: the CPU count, at most 8), got {args.workers}",
               file=sys.stderr)
         return 2
-    taken = _cannot_listen(args.host, args.port)
-    if taken:  # before the warm-up: one line, not uvicorn's log of the failed bind and a status of 3
-        print(f"portalign serve: cannot listen on {args.host}:{args.port} ({taken}); another program holds the "
-              "port: choose another with --port", file=sys.stderr)
+    problem = listen_problem("portalign serve", args.host, args.port)
+    if problem:  # before the warm-up: one line, not uvicorn's log of the failed bind and a status of 3
+        print(problem, file=sys.stderr)
         return 2
     try:
         app = create_app(
@@ -1134,22 +1130,6 @@ def run(args: argparse.Namespace) -> int:
               "once numba's cache holds them; --no-warm-up skips)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
-
-
-def _cannot_listen(host: str, port: int) -> str:
-    """Return why a server could not listen on ``host:port`` now (as uvicorn binds: address reuse), or ``""``."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        return str(exc)
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

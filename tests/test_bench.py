@@ -162,6 +162,21 @@ def test_portalign_method_reports_the_engine_result():
     assert err_t < 0.25 and err_r < 0.25, outcome
 
 
+def test_a_peer_whose_library_is_missing_names_the_extra(monkeypatch):
+    """A new user's trial: ``portalign bench --quick`` without the bench extra said only "unavailable:
+    ModuleNotFoundError: No module named 'SimpleITK'" for each peer; now which install brings it."""
+    from bench.peers import SimpleITKMethod
+
+    def missing() -> None:
+        raise ModuleNotFoundError("No module named 'SimpleITK'", name="SimpleITK")
+
+    method = SimpleITKMethod()
+    monkeypatch.setattr(method, "_import", missing)
+    method.start()
+    assert not method.available
+    assert method.reason == 'SimpleITK is not installed: pip install -e ".[bench]" (the bench extra)'
+
+
 def test_unavailable_gpu_is_reported_not_raised():
     method = PortalignMethod("gpu")
     method.start()

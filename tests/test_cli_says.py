@@ -285,6 +285,13 @@ def test_watch_lines_have_no_negative_zero() -> None:
 
     line = file_line("f.dcm", [{"status": "ok", "result": {"dx_mm": -0.001, "dy_mm": 1.0, "rotation_deg": -0.004}}])
     assert line == "f.dcm: dx +0.00 mm, dy +1.00 mm, rotation +0.00 deg, ok"
+    # a refused match: the verdict first, its numbers marked as no shift to apply (a new user's trial read them bare)
+    refused = file_line("f.dcm", [{"status": "not_ok", "result": {"dx_mm": -2.02, "dy_mm": -10.26, "rotation_deg": None,
+                                                                  "reason": "ambiguous"}}])
+    assert refused == ("f.dcm: NOT OK (ambiguous); the refused match, not a shift to apply: dx -2.02 mm, dy -10.26 mm, "
+                       "rotation not estimated")
+    unmeasured = file_line("f.dcm", [{"status": "not_ok", "result": {"dx_mm": None, "dy_mm": None, "reason": "blank"}}])
+    assert unmeasured == "f.dcm: NOT OK (blank); dx, dy not measured"
 
 
 def test_shown_numbers_have_no_negative_zero() -> None:
@@ -372,6 +379,40 @@ def test_info_says_likely_inverted_and_invert_fixes_it(capsys, tmp_path) -> None
     status, out, _ = run(capsys, "info", path, "--json", "--invert")
     fixed = json.loads(out)
     assert fixed["likely_inverted"] is False and fixed["field_detected"] is True
+
+
+def test_likely_inverted_is_null_where_no_field_edge_can_tell(capsys, tmp_path) -> None:
+    """A new user's trial: an Elekta iView picket fence, stored inverted, was said ``likely_inverted: False`` (no field
+    edge was found to judge by). Where nothing can tell, the value is null, "not judged", and the note says why."""
+    open_beam = 3000.0 + 300.0 * anatomy(120, seed=4)  # an open field: anatomy everywhere, no field edge
+    path = write_rt_image(make_rt_image(open_beam, spacing=1.0, sid=1000.0, sad=1000.0, position="centre",
+                                        PixelIntensityRelationshipSign=1), tmp_path / "open.dcm")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["field_detected"] is False and info["likely_inverted"] is None
+    assert info["intensity_note"] == ("likely_inverted not judged (null): no field edge in the image to compare the "
+                                      "field with its surroundings")
+    status, out, _ = run(capsys, "info", path)
+    assert "likely_inverted: not judged\n" in out
+    # the maker's habit is added where it applies
+    elekta = write_rt_image(make_rt_image(open_beam, spacing=1.0, sid=1000.0, sad=1000.0, position="centre",
+                                          Manufacturer="ELEKTA"), tmp_path / "iview.dcm")
+    status, out, _ = run(capsys, "info", elekta, "--json")
+    assert json.loads(out)["intensity_note"].endswith("iView stores its images inverted without saying so; if the "
+                                                      "radiation shows dark, read it with --invert")
+    # a field found either way is judged: bright (False) or dark (True, the earlier test)
+    status, out, _ = run(capsys, "info", write_rt_image(make_rt_image(_field_image(inverted=False), spacing=1.0,
+                                                                      sid=1000.0, sad=1000.0, position="centre"),
+                                                        tmp_path / "bright.dcm"), "--json")
+    assert json.loads(out)["likely_inverted"] is False
+
+
+def test_the_iview_picket_fence_is_not_judged_inverted_or_not(capsys) -> None:
+    """The trial's file: its pickets are darker than the leaves' transmission (stored inverted), no field edge found."""
+    path = _real_file("pylinac", "picket_fence", "Elekta_iView_PF_pickets_near_edges.dcm")
+    status, out, _ = run(capsys, "info", path, "--json")
+    info = json.loads(out)
+    assert status == 0 and info["likely_inverted"] is None and "read it with --invert" in info["intensity_note"]
 
 
 def test_info_text_rounds_explains_null_angles_shows_the_field_and_names_a_kv_image(capsys, tmp_path) -> None:
@@ -686,7 +727,8 @@ def test_info_names_the_maker_and_says_an_elekta_image_may_need_invert(capsys) -
     status, out, _ = run(capsys, "info", iview, "--json")
     info = json.loads(out)
     assert status == 0 and info["manufacturer"] == "ELEKTA" and info["model"].startswith("Elekta iView")
-    assert info["intensity_note"].startswith("an Elekta image without PixelIntensityRelationshipSign")
+    assert info["intensity_note"].startswith("likely_inverted not judged (null): no field edge in the image")
+    assert "; an Elekta image without PixelIntensityRelationshipSign: iView stores" in info["intensity_note"]
     status, out, _ = run(capsys, "info", iview, "--invert", "--json")
     assert json.loads(out)["intensity_note"] is None  # told what to do: nothing more to say (null, never "")
 
@@ -906,6 +948,11 @@ def test_options_are_never_abbreviated(capsys, files) -> None:
     assert err.strip().endswith("portalign register: error: unrecognized arguments: --jso (did you mean --json?)")
     with pytest.raises(SystemExit):
         build_parser("scp").parse_args(["scp", "--results", "r.jsonl", "--ae", "X"])
+    capsys.readouterr()
+    # the option a word begins is the one named (difflib's closest spelling of "--ae" was --backend)
+    with pytest.raises(SystemExit):
+        main(["scp", "--results", "r.jsonl", "--ae", "X"])
+    assert capsys.readouterr().err.strip().endswith("unrecognized arguments: --ae X (did you mean --ae-title?)")
 
 
 def test_overlay_reports_the_file_it_wrote(capsys, files, tmp_path) -> None:

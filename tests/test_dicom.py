@@ -431,6 +431,18 @@ def _ramp(rows: int = 48, cols: int = 64) -> np.ndarray:
     return (np.arange(rows * cols).reshape(rows, cols) % 251 + 10).astype(np.uint16)
 
 
+def test_a_lone_pixel_spacing_value_is_read_as_square_pixels_and_said():
+    """A new user's trial: ``ImagePlanePixelSpacing`` with one value was taken as square pixels without a word."""
+    ds = make_rt_image(_ramp(), spacing=0.784, sid=1500.0, sad=1000.0, position="centre")
+    ds.ImagePlanePixelSpacing = ds_value(0.784)
+    image = read_rt_image(ds)
+    assert image.spacing_mm == pytest.approx((0.784 / 1.5, 0.784 / 1.5))
+    assert ("ImagePlanePixelSpacing (3002,0011) holds one value (0.784 mm): read as square pixels (the standard has "
+            "two, row and column spacing)") in image.info.extra["notes"]
+    ds.ImagePlanePixelSpacing = [ds_value(0.784), ds_value(0.784)]
+    assert not any("holds one value" in note for note in read_rt_image(ds).info.extra["notes"])
+
+
 def test_anisotropic_spacing_and_position(tmp_path):
     ds = make_rt_image(_ramp(), spacing=(0.5, 0.4), sid=1500.0, sad=1000.0, position=(-10.0, 20.0))
     image = read_rt_image(write_rt_image(ds, tmp_path / "portal.dcm"))

@@ -294,6 +294,24 @@ def test_fieldcheck_says_when_the_two_images_are_of_different_beams(capsys):
     assert "note: the two images were taken along different beams (gantry angle 180 deg" in capsys.readouterr().out
 
 
+def test_a_plan_from_a_reference_at_another_collimator_angle_is_refused_unless_allowed(capsys):
+    """A new user's trial: a collimator-0 reference against a collimator-90 frame was within tolerance, its edges named
+    along the reference's axes (the frame's x1 its Y jaw). Refused, naming both angles and the flag; allowed, compared
+    with the note; a frame compared with its own header's jaws is not affected."""
+    edges = (-40.0, 30.0, -25.0, 35.0)  # a rectangle: turned by 90 deg its jaws trade places
+    reference = field_image(edges, collimator_deg=0.0, shape=(300, 300), seed=1)
+    frame = field_image(edges, collimator_deg=90.0, shape=(300, 300), seed=2)
+    with pytest.raises(PortalImageError, match=r"^the frame is at collimator angle 90 deg, but the reference, which the "
+                                               r"plan is taken from, at 0 deg \(tolerance 3 deg\).*"
+                                               r"pass --allow-view-mismatch"):
+        field_placement(reference, frame)
+    allowed = field_placement(reference, frame, allow_view_mismatch=True)
+    assert allowed["view_note"].startswith("the two images were taken along different beams (collimator angle 0 deg")
+    # within the tolerance (3 deg, the registration's): compared as one beam
+    near = field_image(edges, collimator_deg=2.0, shape=(300, 300), seed=2)
+    assert field_placement(reference, near)["within_tolerance"]
+
+
 def _mlc(open_pairs, *, x1=-12.0, x2=8.0, pairs=40, width=5.0, kind="MLCX"):
     """An MLC of ``pairs`` leaves ``width`` mm wide centred on 0: pairs in ``open_pairs`` open from x1 to x2."""
     bank_a = [x1 if i in open_pairs else 0.0 for i in range(pairs)]

@@ -9,7 +9,7 @@ import portalign
 import pytest
 from dicom_factory import make_rt_image
 from portalign.journal import Journal, read_journal
-from portalign.scp import STATUS_CANNOT_UNDERSTAND, InstanceRegistrar, add_arguments, is_reference, start_scp
+from portalign.scp import STATUS_CANNOT_UNDERSTAND, InstanceRegistrar, add_arguments, is_reference, run, start_scp
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -292,3 +292,37 @@ def test_scp_command_in_its_own_process(tmp_path, image):
     (line,) = read_journal(results)
     assert line["sop_instance_uid"] == frame.SOPInstanceUID and line["reference_match"] == "configured"
     assert line["result"]["dx_mm"] == pytest.approx(-1.0, abs=TOL_MM)
+
+
+@pytest.mark.parametrize("port", ["-1", "70000", "held"])
+def test_a_port_scp_cannot_listen_on_is_one_line_and_leaves_no_results_file(tmp_path, capsys, port):
+    """A new user's trial: ``scp --port -1`` (or 70000) ended in a traceback (``OverflowError`` from ``bind``), and a
+    port another program held in ``[Errno 98] Address already in use``, naming neither port nor flag; both left an
+    empty results file. Now one line naming the port and --port, status 2, before the journal is opened."""
+    import socket
+
+    results = tmp_path / "results.jsonl"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        number = str(holder.getsockname()[1]) if port == "held" else port
+        args = parser.parse_args(["--port", number, "--results", str(results), "--no-warm-up"])
+        assert run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    if port == "held":
+        assert err == (f"portalign scp: cannot listen on 127.0.0.1:{number} (Address already in use); another program "
+                       "holds the port: choose another with --port\n")
+    else:
+        assert err == f"portalign scp: --port must be within 0..65535, got {number}\n"
+    assert not results.exists()
+    # a results file that was there already is kept as it was
+    results.write_text('{"earlier": 1}\n')
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        args = parser.parse_args(["--port", str(holder.getsockname()[1]), "--results", str(results), "--no-warm-up"])
+        assert run(args) == 2
+    assert results.read_text() == '{"earlier": 1}\n'

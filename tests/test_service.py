@@ -580,6 +580,9 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"portalign serve: cannot listen on 127.0.0.1:{port} (") and "choose another with --port" in err
     assert err.count("\n") == 1
+    # a port no socket can have: the same one line as scp's (bind's OverflowError before)
+    assert run(parser.parse_args(["--port", "70000", "--no-warm-up"])) == 2
+    assert capsys.readouterr().err == "portalign serve: --port must be within 0..65535, got 70000\n"
 
 
 def test_unknown_or_invalid_query_parameters_are_refused_in_the_service_s_error_form(client, ref_id, image):
