@@ -376,3 +376,31 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
     assert calls <= budget + (0.2 if policy == "auto" else 0.0), f"{calls:.1f} Python-level calls per frame"
     assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (first.dx_mm, first.dy_mm, first.rotation_deg)
 
+
+
+def test_the_rotation_scan_runs_against_a_drr_and_not_for_two_portal_images(monkeypatch):
+    """``_search_program.rotation_scan`` (the searched rotations scored on the first refinement level before the
+    ascent) runs where rotation is searched against a DRR; two portal images' shared aperture is in every edge score,
+    so theirs is not scanned. On the eager path (the compiled program makes the same choice: ``alike``)."""
+    from portalign.registration import _program, _search_program
+
+    scans = []
+    scan = _search_program.rotation_scan
+    monkeypatch.setattr(_program, "search_compiled", _search_program.search_eager)
+    monkeypatch.setattr(_search_program, "rotation_scan", lambda *args: scans.append(args[3].copy()) or scan(*args))
+    shape, spacing = (256, 256), 1.0
+    aperture = field_aperture(shape, spacing, 70, 60)
+    frame = Image.from_array(mv_portal(moved(BASE, 2.0, -1.0, 1.5, shape=shape), aperture, noise=0.001),
+                             pixel_spacing_mm=spacing, kind="portal")
+    drr = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr")
+    result = portalign.register(drr, frame, RegistrationOptions(mirror_check="never"), backend="cpu")
+    assert result.ok and abs(result.rotation_deg - 1.5) < 0.3, (result.reason, result.rotation_deg)
+    assert scans, "a DRR reference's frame was not scanned"
+    scans.clear()
+    portal = Image.from_array(mv_portal(moved(BASE, 0, 0, 0, shape=shape), aperture, noise=0.001),
+                              pixel_spacing_mm=spacing, kind="portal")
+    portalign.register(portal, frame, RegistrationOptions(mirror_check="never"), backend="cpu")
+    assert not scans
+    # without rotation nothing is scanned either
+    portalign.register(drr, frame, RegistrationOptions(mirror_check="never", estimate_rotation=False), backend="cpu")
+    assert not scans

@@ -103,6 +103,38 @@ def test_quadratic_step_jumps_to_the_maximum_of_a_concave_quadratic():
     assert_allclose(cross, [-2 * h[0, 1], -2 * h[0, 2], -2 * h[1, 2]], atol=1e-12)
 
 
+def test_the_rotation_scan_turns_about_the_usable_pixels_centroid_and_skips_rotations_within_reach():
+    """``scan_start_poses``: every pose maps the usable pixels' centroid to the reference point the start maps it to;
+    rotations within one and a half search steps of the start's are left to the ascent; at most ``n_scan``, spread
+    over the grid with its ends."""
+    from portalign.kernels.cpu.program import scan_start_poses
+
+    rows = np.array([10, 11, 40, 41, 42], dtype=np.int32)
+    cols = np.array([5, 30, 31, 60, 61], dtype=np.int32)
+    geometry = np.array([32.0, 20.0, 0.8, 0.5, 0.0, 0.0])  # frame axis (col 32, row 20), 0.8 mm rows, 0.5 mm columns
+    cx = (cols.mean() - 32.0) * 0.5
+    cy = (rows.mean() - 20.0) * 0.8
+    start = np.array([1.2, -0.7, math.radians(-5.6)])
+    thetas = np.radians(np.arange(-7.0, 7.5, 2.0))  # the search's grid: -7 ... +7 deg in 2 deg steps
+    out = np.zeros((10, 3))
+    n = scan_start_poses(int(rows.sum()), int(cols.sum()), len(rows), geometry, start, thetas, 9, out)
+    # -7 and -5 (and -3: 2.6 deg) lie within 3 deg of -5.6: left out
+    assert_allclose(np.degrees(out[:n, 2]), [-1.0, 1.0, 3.0, 5.0, 7.0], atol=1e-12)
+
+    def reference_point(pose: np.ndarray) -> np.ndarray:  # R(-theta) (c - t): where the pose maps the centroid
+        c, s = math.cos(pose[2]), math.sin(pose[2])
+        ux, uy = cx - pose[0], cy - pose[1]
+        return np.array([c * ux + s * uy, -s * ux + c * uy])
+
+    for pose in out[:n]:
+        assert_allclose(reference_point(pose), reference_point(start), atol=1e-12)
+    # more rotations than the scan takes: n_scan of them, the grid's first and last among them
+    fine = np.radians(np.arange(-7.0, 7.25, 0.5))
+    n = scan_start_poses(int(rows.sum()), int(cols.sum()), len(rows), geometry, np.array([0.0, 0.0, 0.0]), fine, 5, out)
+    assert_allclose(np.degrees(out[:n, 2]), [-7.0, -3.5, 3.5, 7.0], atol=1e-12)  # 0 deg (the start's) left out
+    assert scan_start_poses(0, 0, 0, geometry, start, thetas, 9, out) == 0  # no usable pixel: nothing to scan
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("n_candidates", [1, 2])
 def test_search_peaks_match_the_reference(seed, n_candidates):

@@ -49,8 +49,8 @@ from .refine import (
     rotations_into,
 )
 
-__all__ = ["search_program", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS",
-           "STAGE_LEVELS"]
+__all__ = ["search_program", "scan_start_poses", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO",
+           "MAX_RECORDS", "STAGE_LEVELS"]
 
 #: ``settings[i]`` of :func:`search_program`.
 SETTING_NAMES = (
@@ -58,7 +58,8 @@ SETTING_NAMES = (
     "iterations_first", "iterations_middle", "iterations_last", "coarse_tolerance", "fine_tolerance",
     "min_rotation_support_mm", "min_usable_pixels", "split_half_below_score", "split_half_iterations",
     "max_rotation_step", "weak_edge_score", "alike", "alike_min_support_mm", "alike_rotation_edge_score",
-    "alike_rotation_overlap", "mi_tolerance", "alike_below_edge", "split_half_block",
+    "alike_rotation_overlap", "mi_tolerance", "alike_below_edge", "split_half_block", "rotation_scan",
+    "rotation_scan_gain", "rotation_scan_ratio",
 )
 #: ``out[i]`` of :func:`search_program` (NaN where not measured).
 OUT_NAMES = (
@@ -153,6 +154,50 @@ def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, 
 
 
 @njit(cache=True, nogil=True)
+def scan_start_poses(rows_sum: int, cols_sum: int, count: int, geometry: np.ndarray, pose: np.ndarray,  # pragma: no cover
+                     thetas: np.ndarray, n_scan: int, out: np.ndarray) -> int:
+    """Write the poses of the rotation scan before the best optimum's ascent (``_search_program.rotation_scan``).
+
+    The searched rotations ``thetas`` (rad, a uniform grid; all of them, or ``n_scan`` evenly spread over them, the
+    first and last included) more than one and a half grid steps from ``pose``'s rotation, each with the translation
+    that maps the centroid of the level's ``count`` usable pixels (their row and column indices summed in integers,
+    ``rows_sum`` and ``cols_sum``: exact, the same on every path; ``geometry``: the level's) where ``pose`` maps it: a
+    turn about the matched structure, not the beam axis. A pose ``(dx, dy, theta)``
+    places reference point ``q`` at ``R(theta) q + (dx, dy)`` in the frame. Writes ``out[:n]`` and returns ``n`` (0: no
+    usable pixel, or no rotation that far).
+    """
+    if count <= 0:
+        return 0
+    cx = (cols_sum / count - geometry[0]) * geometry[3]
+    cy = (rows_sum / count - geometry[1]) * geometry[2]
+    c = math.cos(pose[2])
+    s = math.sin(pose[2])
+    ux = cx - pose[0]
+    uy = cy - pose[1]
+    qx = c * ux + s * uy
+    qy = -s * ux + c * uy
+    n_theta = thetas.shape[0]
+    if n_theta < 2:
+        return 0
+    # only rotations the ascent cannot reach itself: more than one and a half of the search's steps from the start
+    # (nearer, its own steps get there: a start moved by a near rotation's unrefined score could end on a lower peak)
+    near = 1.5 * abs(thetas[1] - thetas[0])
+    m = n_theta if n_theta <= n_scan else n_scan
+    n = 0
+    for k in range(m):
+        angle = thetas[k] if n_theta <= n_scan else thetas[(k * (n_theta - 1)) // (n_scan - 1)]
+        if abs(angle - pose[2]) <= near:
+            continue
+        ca = math.cos(angle)
+        sa = math.sin(angle)
+        out[n, 0] = cx - (ca * qx - sa * qy)
+        out[n, 1] = cy - (sa * qx + ca * qy)
+        out[n, 2] = angle
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
 def _split_spread(level, count, spacing, pose, metric, iterations, r_eff, rotate, theta_limit, normalised,  # type: ignore[no-untyped-def]
                   max_rotation_step, hist, result, halves, block):  # pragma: no cover
     """Return how far apart (mm, deg) the ``metric`` optima of the two halves of the usable pixels lie.
@@ -239,6 +284,8 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     mi_tolerance = settings[20]  # the finest levels' convergence for MI, whose partial-volume ripple needs it tighter
     split_block = np.int64(settings[22])  # the split-half check's checkerboard squares (0: alternate pixels)
     alike_below_edge = settings[21]  # two alike images report MI below this edge score only (inf: whatever it is)
+    n_scan = np.int64(settings[23])  # the searched rotations scored before the best optimum's ascent (at most)
+    scan_gain, scan_ratio = settings[24], settings[25]  # ...and what one must gain over the start to replace it
     out[:] = np.nan
     # typed (not literal) metric ids, counts and flags for the calls below: numba compiles a callee once per
     # literal argument value, and the refine chain is the costliest compile there is
@@ -284,11 +331,29 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         ranked[r, 0:3] = scratch_poses[i, :]
         ranked[r, 3] = values[i]
         ranked[r, 4] = kept_peaks[i] / top
-    # its first stencil's centre is the ranking's score (not measured again)
-    _newton(first, counts[1], spacings[1], ranked[0, 0:3].copy(), edge_id, iterations[0], r_eff, rotate, theta_limit,
-            normalised, first_tolerance, no, max_step, hist, result, ranked[0, 3])
+    start = ranked[0, 0:3].copy()
+    start_value = ranked[0, 3]
+    if rotate and not alike:
+        # the searched rotations of the best optimum, scored where the ascent runs: the coarse level's rotation can lie
+        # several of the ascent's steps from this level's optimum (``_search_program.rotation_scan``; not for two
+        # portal images, whose shared aperture's edges are in every score)
+        rows_sum = np.int64(0)
+        cols_sum = np.int64(0)
+        for i in range(counts[1]):
+            rows_sum += first[0][i]
+            cols_sum += first[1][i]
+        n = scan_start_poses(rows_sum, cols_sum, counts[1], first[8], start, thetas, n_scan, scratch_poses)
+        if n > 0:
+            _evaluate(first, counts[1], scratch_poses, n, edge_id, no, hist, sums, values)
+            chosen = np.argmax(values[:n])
+            if values[chosen] >= start_value + scan_gain and values[chosen] >= scan_ratio * start_value:
+                start = scratch_poses[chosen, :].copy()
+                start_value = values[chosen]
+    # its first stencil's centre is the start's score (not measured again)
+    _newton(first, counts[1], spacings[1], start, edge_id, iterations[0], r_eff, rotate, theta_limit,
+            normalised, first_tolerance, no, max_step, hist, result, start_value)
     best = result[:3].copy()
-    best_score = max(result[3], ranked[0, 3])
+    best_score = max(result[3], start_value)
     ambiguity = 0.0
     runner = np.full(2, np.nan)
     for r in range(1, kept):
