@@ -378,10 +378,11 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
 
 
 
-def test_the_rotation_scan_runs_against_a_drr_and_not_for_two_portal_images(monkeypatch):
+def test_the_rotation_scan_runs_for_a_large_turn_against_a_drr_only(monkeypatch):
     """``_search_program.rotation_scan`` (the searched rotations scored on the first refinement level before the
-    ascent) runs where rotation is searched against a DRR; two portal images' shared aperture is in every edge score,
-    so theirs is not scanned. On the eager path (the compiled program makes the same choice: ``alike``)."""
+    ascent) runs where the global search claims a turn of more than one search step (2 deg) against a DRR; not for a
+    small one (most frames: no cost), not for two portal images (their shared aperture is in every edge score), not
+    without rotation. On the eager path (the compiled program makes the same choices: ``alike``, ``scan_wanted``)."""
     from portalign.registration import _program, _search_program
 
     scans = []
@@ -390,17 +391,23 @@ def test_the_rotation_scan_runs_against_a_drr_and_not_for_two_portal_images(monk
     monkeypatch.setattr(_search_program, "rotation_scan", lambda *args: scans.append(args[3].copy()) or scan(*args))
     shape, spacing = (256, 256), 1.0
     aperture = field_aperture(shape, spacing, 70, 60)
-    frame = Image.from_array(mv_portal(moved(BASE, 2.0, -1.0, 1.5, shape=shape), aperture, noise=0.001),
-                             pixel_spacing_mm=spacing, kind="portal")
+    options = RegistrationOptions(mirror_check="never")
+
+    def portal(theta: float) -> Image:
+        pixels = mv_portal(moved(BASE, 2.0, -1.0, theta, shape=shape), aperture, noise=0.001)
+        return Image.from_array(pixels, pixel_spacing_mm=spacing, kind="portal")
+
     drr = Image.from_array(moved(BASE, 0, 0, 0, shape=shape), pixel_spacing_mm=spacing, kind="drr")
-    result = portalign.register(drr, frame, RegistrationOptions(mirror_check="never"), backend="cpu")
-    assert result.ok and abs(result.rotation_deg - 1.5) < 0.3, (result.reason, result.rotation_deg)
-    assert scans, "a DRR reference's frame was not scanned"
+    result = portalign.register(drr, portal(3.5), options, backend="cpu")
+    assert result.ok and abs(result.rotation_deg - 3.5) < 0.3, (result.reason, result.rotation_deg)
+    assert scans and abs(math.degrees(scans[0][2])) > 2.0, scans
     scans.clear()
-    portal = Image.from_array(mv_portal(moved(BASE, 0, 0, 0, shape=shape), aperture, noise=0.001),
-                              pixel_spacing_mm=spacing, kind="portal")
-    portalign.register(portal, frame, RegistrationOptions(mirror_check="never"), backend="cpu")
+    assert portalign.register(drr, portal(0.5), options, backend="cpu").ok
+    assert not scans  # a small turn: the ascent's own reach
+    reference = Image.from_array(mv_portal(moved(BASE, 0, 0, 0, shape=shape), aperture, noise=0.001),
+                                 pixel_spacing_mm=spacing, kind="portal")
+    portalign.register(reference, portal(3.5), options, backend="cpu")
     assert not scans
-    # without rotation nothing is scanned either
-    portalign.register(drr, frame, RegistrationOptions(mirror_check="never", estimate_rotation=False), backend="cpu")
+    portalign.register(drr, portal(3.5), RegistrationOptions(mirror_check="never", estimate_rotation=False),
+                       backend="cpu")
     assert not scans

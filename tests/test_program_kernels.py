@@ -133,6 +133,12 @@ def test_the_rotation_scan_turns_about_the_usable_pixels_centroid_and_skips_rota
     n = scan_start_poses(int(rows.sum()), int(cols.sum()), len(rows), geometry, np.array([0.0, 0.0, 0.0]), fine, 5, out)
     assert_allclose(np.degrees(out[:n, 2]), [-7.0, -3.5, 3.5, 7.0], atol=1e-12)  # 0 deg (the start's) left out
     assert scan_start_poses(0, 0, 0, geometry, start, thetas, 9, out) == 0  # no usable pixel: nothing to scan
+    # who is scanned: a start more than one search step (2 deg) from no turn
+    from portalign.kernels.cpu.program import scan_wanted
+
+    assert scan_wanted(math.radians(-5.6), thetas) and scan_wanted(math.radians(2.1), thetas)
+    assert not scan_wanted(math.radians(1.9), thetas) and not scan_wanted(0.0, thetas)
+    assert not scan_wanted(math.radians(5.0), thetas[:1])  # rotation not searched: one angle
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -31,6 +31,7 @@ from portalign.kernels.cpu.program import (
     SETTING_NAMES,
     STAGE_LEVELS,
     scan_start_poses,
+    scan_wanted,
 )
 from portalign.kernels.cpu.refine import MAX_STENCIL
 
@@ -335,7 +336,9 @@ def rotation_scan(backend: Any, plan: FramePlan, level: Level, pose: np.ndarray,
                   ) -> tuple[np.ndarray, float]:
     """Return where the best optimum's Newton ascent starts: its pose, or the pose of another searched rotation.
 
-    The global search picks an optimum's rotation on its coarse level; the first refinement level can prefer
+    Called where the start's rotation is more than one search step from no turn (``kernels.cpu.program.scan_wanted``:
+    most frames are not scanned). The global search picks an optimum's rotation on its coarse level; the first
+    refinement level can prefer
     another (fine structure the coarse level blurs away), several rotation steps off, which the ascent's steps of at
     most ``MAX_ROTATION_STEP`` cannot reach within its iterations. Each searched rotation more than one and a half of
     the search's steps from ``pose``'s (at most ``ROTATION_SCAN``, spread evenly over them; nearer ones the ascent
@@ -394,7 +397,8 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     top = max(candidates[0].score, 1e-30)
     ranked = [Candidate(candidates[i].pose, float(start_scores[i]), candidates[i].score / top) for i in order]
     start, start_score = ranked[0].pose, ranked[0].score
-    if rotate and not alike:  # the searched rotations of the best optimum, scored where the ascent runs
+    if rotate and not alike and scan_wanted(float(start[2]), plan.coarse.thetas):
+        # the searched rotations of the best optimum (a large turn the coarse level claims), scored where the ascent runs
         start, start_score = rotation_scan(backend, plan, levels[first], ranked[0].pose, ranked[0].score)
     pose, score = newton(backend, plan, levels[first], start, "edge", ITERATIONS[0], r_eff, rotate, opts,
                          tolerance=first_tolerance)

@@ -49,8 +49,8 @@ from .refine import (
     rotations_into,
 )
 
-__all__ = ["search_program", "scan_start_poses", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE", "METHOD_MI", "METHOD_AUTO",
-           "MAX_RECORDS", "STAGE_LEVELS"]
+__all__ = ["search_program", "scan_start_poses", "scan_wanted", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE",
+           "METHOD_MI", "METHOD_AUTO", "MAX_RECORDS", "STAGE_LEVELS"]
 
 #: ``settings[i]`` of :func:`search_program`.
 SETTING_NAMES = (
@@ -151,6 +151,19 @@ def _newton_half(level, first, count, spacing, pose, metric, iterations, r_eff, 
     half_metric = EDGE_UNGUARDED if metric == EDGE else metric
     refine(half_metric, half_rows, half_cols, half, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, geometry, pose,
            step, iterations, tolerance, no, theta_limit, normalised, hist, result)
+
+
+@njit(cache=True, nogil=True)
+def scan_wanted(theta: float, thetas: np.ndarray) -> bool:  # pragma: no cover
+    """Return whether a start at rotation ``theta`` (rad) gets the rotation scan.
+
+    It does more than one search step (of the uniform grid ``thetas``) from no turn. Nearer, the ascent walks to any
+    optimum within its reach, and a frame's own turn is rarely larger: most frames are not scanned (no cost); a large
+    turn the coarse level claims is checked.
+    """
+    if thetas.shape[0] < 2:
+        return False
+    return abs(theta) > abs(thetas[1] - thetas[0])
 
 
 @njit(cache=True, nogil=True)
@@ -333,10 +346,10 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
         ranked[r, 4] = kept_peaks[i] / top
     start = ranked[0, 0:3].copy()
     start_value = ranked[0, 3]
-    if rotate and not alike:
-        # the searched rotations of the best optimum, scored where the ascent runs: the coarse level's rotation can lie
-        # several of the ascent's steps from this level's optimum (``_search_program.rotation_scan``; not for two
-        # portal images, whose shared aperture's edges are in every score)
+    if rotate and not alike and scan_wanted(start[2], thetas):
+        # the searched rotations of the best optimum, scored where the ascent runs: the coarse level's large rotation
+        # can lie several of the ascent's steps from this level's optimum (``_search_program.rotation_scan``; not for
+        # two portal images, whose shared aperture's edges are in every score)
         rows_sum = np.int64(0)
         cols_sum = np.int64(0)
         for i in range(counts[1]):
