@@ -644,17 +644,17 @@ def _understood(image: Any) -> dict[str, Any]:
     # a field darker than around it: True; brighter: False; no field edge either way (or no radiation field): not
     # judged, null (a picket fence stored inverted by iView was said False)
     out["likely_inverted"] = None if drr else likely_inverted(image, small, field)
+    reason = str(info.extra.get("intensity_sign_reason") or "")
     if out["likely_inverted"]:
         out["intensity_note"] = ("the radiation field is darker than its surroundings: the pixel values are likely "
                                  "inverted; try --invert (or --no-invert to keep them)")
-    elif out["likely_inverted"] is None and not str(info.extra.get("intensity_sign_reason") or "").startswith("invert="):
+    elif out["likely_inverted"] is None and not reason.startswith("invert="):
         # (where --invert or --no-invert set the sign, the user has decided: nothing to add)
         out["intensity_note"] = ("likely_inverted not judged (null): " + (
             "a DRR has no radiation field to judge by" if drr else "a kV image's sign is not judged"
             if info.kind != "portal" else "no field edge in the image to compare the field with its surroundings"))
     else:
         out["intensity_note"] = ""
-    reason = str(info.extra.get("intensity_sign_reason") or "")
     if (out["likely_inverted"] is None and info.kind == "portal"
             and "elekta" in str(info.extra.get("manufacturer") or "").lower()
             and reason.startswith("no PixelIntensityRelationshipSign")):

@@ -338,16 +338,15 @@ def rotation_scan(backend: Any, plan: FramePlan, level: Level, pose: np.ndarray,
 
     Called where the start's rotation is more than one search step from no turn (``kernels.cpu.program.scan_wanted``:
     most frames are not scanned). The global search picks an optimum's rotation on its coarse level; the first
-    refinement level can prefer
-    another (fine structure the coarse level blurs away), several rotation steps off, which the ascent's steps of at
-    most ``MAX_ROTATION_STEP`` cannot reach within its iterations. Each searched rotation more than one and a half of
-    the search's steps from ``pose``'s (at most ``ROTATION_SCAN``, spread evenly over them; nearer ones the ascent
-    reaches itself, and a start moved by their unrefined scores ended on lower peaks: held-out seed 50, a portal pair
-    0.04 -> 0.24 mm) is
-    scored on ``level`` with the translation that keeps the usable pixels' centroid on the same reference point (a
-    turn about the matched structure, not about the beam axis: ``kernels.cpu.program.scan_start_poses``, which the
-    compiled program calls too); the best of them starts the ascent where it scores clearly above ``score``,
-    ``pose``'s own edge score there (``ROTATION_SCAN_GAIN``, ``ROTATION_SCAN_RATIO``).
+    refinement level can prefer another (fine structure the coarse level blurs away), several rotation steps off,
+    which the ascent's steps of at most ``MAX_ROTATION_STEP`` cannot reach within its iterations. Each searched
+    rotation more than one and a half of the search's steps from ``pose``'s (at most ``ROTATION_SCAN``, spread evenly
+    over them; nearer ones the ascent reaches itself, and a start moved by their unrefined scores ended on lower peaks:
+    held-out seed 50, a portal pair 0.04 -> 0.24 mm) is scored on ``level`` with the translation that keeps the usable
+    pixels' centroid on the same reference point (a turn about the matched structure, not about the beam axis:
+    ``kernels.cpu.program.scan_start_poses``, which the compiled program calls too); the best of them starts the ascent
+    where it scores clearly above ``score``, ``pose``'s own edge score there (``ROTATION_SCAN_GAIN``,
+    ``ROTATION_SCAN_RATIO``).
 
     Returns
     -------
