@@ -345,6 +345,11 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
     from portalign.backends import _cpu
 
     monkeypatch.setattr(_cpu, "POLICY_REFRESH_S", 1e9)
+    # under auto the thread tuner's count in use is held once its exploring frames are done (its smoothed time no
+    # longer moves): on a busy machine the one-thread and wide times are close, and a switch between them mid-measure
+    # (numba's count set on entry and exit) moved the count by 1-6 calls in five frames (139.2 seen where 138 is
+    # the rule); the tuner's own choices are tested in test_threads
+    monkeypatch.setattr(_cpu.ThreadTuner, "SMOOTHING", 0.0)
 
     shape, spacing = (256, 256), 1.0
     # (both views recorded, as a DICOM pair's are: the beam angle between them is worked out once per pair of views)
@@ -371,8 +376,7 @@ def test_a_frame_is_a_few_compiled_calls_not_a_python_conversation(policy, noise
         set_thread_policy("auto")
     calls = pstats.Stats(profile).total_calls / 5  # type: ignore[attr-defined]
     print("CALLS", policy, noise, calls)
-    # under auto the tuner may switch counts once while the five frames run (a busy machine's timings: one call
-    # more in five frames, 104.2 seen under -n 2 where 103.2 was the rule)
+    # (auto measures x.2 on a quiet machine too: one call in the five frames beyond the pinned policy's count)
     assert calls <= budget + (0.2 if policy == "auto" else 0.0), f"{calls:.1f} Python-level calls per frame"
     assert (result.dx_mm, result.dy_mm, result.rotation_deg) == (first.dx_mm, first.dy_mm, first.rotation_deg)
 
