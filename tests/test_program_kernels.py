@@ -300,6 +300,20 @@ def test_rotation_lever_arm_is_the_schur_complement_of_the_stencil_hessian():
     f_flat = np.array([-0.5 * (s * step) @ flat @ (s * step) for s in STENCIL_3D])
     assert rotation_lever_arm(f_flat, step) < 1e-3
     assert rotation_lever_arm(np.full(10, np.nan), step) == 0.0
+    # not at a maximum, the level cannot tell (LEVER_ARM_UNTOLD; the search measures it on the first refinement level):
+    # a rotation that gains once the translation follows (the optimum another level found lies elsewhere on this one),
+    # and a translation that is a saddle (structure along one direction, its noise deciding the other's sign)
+    from portalign.kernels.cpu.refine import LEVER_ARM_UNTOLD
+
+    assert LEVER_ARM_UNTOLD < 0.0
+    gaining = flat.copy()
+    gaining[2, 2] -= 50.0
+    f_gaining = np.array([-0.5 * (s * step) @ gaining @ (s * step) for s in STENCIL_3D])
+    assert rotation_lever_arm(f_gaining, step) == LEVER_ARM_UNTOLD
+    saddle = h.copy()
+    saddle[1, 1] = -0.3
+    f_saddle = np.array([-0.5 * (s * step) @ saddle @ (s * step) for s in STENCIL_3D])
+    assert rotation_lever_arm(f_saddle, step) == LEVER_ARM_UNTOLD
 
 
 # --- the whole search: compiled program against the eager steps -------------------------------------------------

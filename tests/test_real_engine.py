@@ -461,6 +461,81 @@ def test_a_rotation_the_coarse_level_put_several_steps_off_is_found_where_the_as
     assert (eager.dx_mm, eager.dy_mm, eager.rotation_deg) == (result.dx_mm, result.dy_mm, result.rotation_deg)
 
 
+def _offset_render(ct, *, shape, pitch_mm, sid_mm, axis_offset_px, **kw):
+    """``render_drr`` onto a panel whose beam axis lies ``axis_offset_px`` (columns, rows) from its centre: rendered
+    larger with the axis at the centre, then cropped (the trial47-51 generator's panels)."""
+    from dataclasses import replace
+
+    from portalign.simulate import render_drr
+
+    (rows, cols), (dc, dr) = shape, axis_offset_px
+    image = render_drr(ct, sad_mm=1000.0, sid_mm=sid_mm, detector_shape=(rows + 2 * abs(dr), cols + 2 * abs(dc)),
+                       detector_spacing_mm=pitch_mm, **kw)
+    top, left = abs(dr) - dr, abs(dc) - dc
+    cx, cy = image.beam_axis_px
+    return replace(image, pixels=np.ascontiguousarray(image.pixels[top:top + rows, left:left + cols]),
+                   beam_axis_px=(cx - left, cy - top))
+
+
+@pytest.mark.slow
+def test_a_rotation_the_search_level_cannot_judge_is_judged_on_the_first_refinement_level(held_out_ct, monkeypatch):
+    """An independent trial (trial51 combo-18): an L-shaped MLC field (75 x 80 mm, collimator -109.6 deg) over the
+    thorax at gantry 0, couch 10, an MV frame (1024 x 1024 at 0.4 mm, 3.8 % noise, a hot half row) against a kV DRR
+    (384 x 512 at 0.784 mm), the patient turned -2.77 deg. The rotation's lever arm was measured on the 4 mm search
+    level at the first refinement level's optimum (-2.05 deg), which is not a maximum there (the Schur complement of
+    its stencil's Hessian is positive): it read 0, the rotation was not estimated, and the shift was ok 1.90 mm off at
+    0.51 mm stated. Such an untold lever arm (``LEVER_ARM_UNTOLD``) is now measured on the first refinement level:
+    19.9 mm, the rotation estimated, 0.64 mm off."""
+    from dataclasses import replace
+
+    from portalign.simulate import _axis_rotation, _beam_axes, _euler_angles
+    from scipy import ndimage, special
+
+    ex, ey, towards = _beam_axes(0.0, 10.0)
+    turn = _euler_angles(_axis_rotation(-towards, -2.771294383979291))
+    shift = (7.051206285843088, 3.30616486298952, -3.5432222010343817)
+    views = {"gantry_deg": 0.0, "couch_deg": 10.0, "isocentre_mm": tuple(float(v) for v in held_out_ct.centre_mm)}
+    frame = _offset_render(held_out_ct, shape=(1024, 1024), pitch_mm=(0.4, 0.4), sid_mm=1600.0,
+                           axis_offset_px=(65, -27), energy="mv", couch_shift_mm=shift, patient_rotation_deg=turn,
+                           **views)
+    blur = 1.0785183135005063
+    reference = _offset_render(held_out_ct, shape=(384, 512), pitch_mm=(0.784, 0.784), sid_mm=1661.0,
+                               axis_offset_px=(44, -25), energy="kv", blur_mm=blur, **views)
+    reference = replace(reference, info=replace(reference.info, collimator_deg=-109.6))
+    x, y = frame.pixel_to_mm(np.arange(frame.shape[1])[None, :], np.arange(frame.shape[0])[:, None])
+    turned = math.radians(-109.6)  # beam-limiting-device axes turned by the collimator (IEC)
+    bx, by = math.cos(turned) * x - math.sin(turned) * y, -math.sin(turned) * x - math.cos(turned) * y
+
+    def edge(d: np.ndarray) -> np.ndarray:  # the trial's 3.06 mm (sigma) penumbra
+        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * 3.061713581567324))
+
+    # the L: eight 5 mm leaf pairs from -40 mm open to 42.9 mm, the next eight to -18.7 mm; jaws X -37.1..47.9, Y +-41
+    left, right = -32.08370096233923, np.where(by < 0.0, 42.92174031387478, -18.658099967309653)
+    leaves = np.where((by >= -40.0) & (by < 40.0), edge(bx - left) * edge(right - bx), 0.0)
+    jaws = edge(bx + 37.08370096233923) * edge(47.92174031387478 - bx) * edge(by + 41.0) * edge(41.0 - by)
+    beam = ndimage.gaussian_filter(leaves * jaws, 0.5 / frame.spacing_mm[0], mode="nearest")  # the leaf ends' blur
+    pixels = ndimage.gaussian_filter(frame.pixels.astype(np.float64) * (0.02 + 0.98 * beam), blur / frame.spacing_mm[0],
+                                     mode="nearest")
+    pixels += 0.038407623240685335 * np.sqrt(np.maximum(pixels, 0.0)) * np.random.default_rng(51298).standard_normal(
+        pixels.shape)
+    pixels = np.maximum(pixels, 0.0)
+    pixels[422, :512] = 1.5 * np.percentile(pixels, 99.9)  # a hot detector row over half its length
+    frame = replace(frame, pixels=pixels.astype(np.float32), info=replace(frame.info, collimator_deg=-109.6))
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert result.details["rotation_support_mm"] >= 18.0  # 0 before: untold on the search level
+    error = math.hypot(result.dx_mm - float(np.dot(shift, ex)), result.dy_mm - float(np.dot(shift, ey)))
+    assert error < 1.0, (result.dx_mm, result.dy_mm, result.rotation_deg)  # 1.90 mm before
+    assert result.rotation_deg is not None and abs(result.rotation_deg + 2.771) < 1.0, result.rotation_deg
+    # the eager path (the GPU's) measures the lever arm on the same levels and reports the same match
+    from portalign.registration import _program, _search_program
+
+    monkeypatch.setattr(_program, "search_compiled", _search_program.search_eager)
+    eager = portalign.register(reference, frame, backend="cpu")
+    assert eager.details["rotation_support_mm"] == pytest.approx(result.details["rotation_support_mm"], rel=1e-9)
+    assert (eager.dx_mm, eager.dy_mm, eager.rotation_deg) == (result.dx_mm, result.dy_mm, result.rotation_deg)
+
+
 def _through_cone(image, radius_mm: float, noise: float, seed: int):
     """``image`` (an open MV render) through a cone of ``radius_mm`` (2 mm sigma penumbra, 2 % transmission), blurred
     0.6 mm, with quantum noise ``noise`` (the trial45 generator's)."""

@@ -305,7 +305,9 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
     it is the squared distance from the rotation centre at which structure constrains rotation as
     firmly as translation: ``r = sqrt(S / mean(H_xx, H_yy))`` mm. A ball bearing or a circular cone
     edge (radial gradients: a rotation of them is a translation) gives about 0 whatever their size;
-    edges at many orientations away from the centre give about their RMS radius.
+    edges at many orientations away from the centre give about their RMS radius. ``-1``
+    (``kernels.cpu.refine.LEVER_ARM_UNTOLD``) where the level cannot tell: ``pose`` is not a maximum of its score there
+    (the search then measures it on the first refinement level, where ``pose`` is the ascent's optimum).
     """
     h_t = min(level.spacing)
     h_r = h_t / max(r_eff, 5.0)

@@ -429,6 +429,8 @@ def search_eager(backend: Any, plan: FramePlan, opts: Any, rotate: bool, r_eff: 
     if rotate:
         # a rotation the matched structure cannot pin (a ball bearing, a cone's circular edge) is not reported
         support = rotation_support_mm(backend, plan, levels[plan.coarse.level], pose, r_eff)
+        if support < 0.0:  # untold on the search level: measured where the pose is the ascent's optimum
+            support = max(rotation_support_mm(backend, plan, levels[first], pose, r_eff), 0.0)
         if support < MIN_ROTATION_SUPPORT_MM:
             rotate, unsupported = False, True
             pose, score = newton(backend, plan, levels[first], np.array([pose[0], pose[1], 0.0]), "edge",

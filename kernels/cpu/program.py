@@ -405,6 +405,16 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
                 scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
         _evaluate(coarse, counts[0], scratch_poses, n_stencil, edge_id, no, hist, sums, values)
         support = rotation_lever_arm(values, step)
+        if support < 0.0:
+            # untold on the search level (the first level's optimum is not a maximum there: its 4 mm pixels blur what
+            # the first level resolved): measured on the first refinement level, where the pose is the ascent's optimum
+            h_t = min(spacings[1, 0], spacings[1, 1])
+            step = np.array([spacings[1, 1], spacings[1, 0], h_t / max(r_eff, 5.0)])
+            for k in range(STENCIL_3D.shape[0]):
+                for a in range(3):
+                    scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
+            _evaluate(first, counts[1], scratch_poses, n_stencil, edge_id, no, hist, sums, values)
+            support = max(rotation_lever_arm(values, step), 0.0)
         out[_SUPPORT] = support
         if support < min_support:
             rotate = False

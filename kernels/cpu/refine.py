@@ -46,8 +46,8 @@ from .edge import gradient_correlation
 from .mutual_information import joint_histograms, mutual_information
 
 __all__ = ["refine", "refine_from", "metric_values", "pose_affines_into", "quadratic_step", "stencil_poses", "rotations_into",
-           "rotation_lever_arm", "EDGE", "MI", "EDGE_UNGUARDED", "MAX_JUMP", "REJECT_SHRINK", "STENCIL_3D", "STENCIL_2D",
-           "MAX_STENCIL"]
+           "rotation_lever_arm", "LEVER_ARM_UNTOLD", "EDGE", "MI", "EDGE_UNGUARDED", "MAX_JUMP", "REJECT_SHRINK",
+           "STENCIL_3D", "STENCIL_2D", "MAX_STENCIL"]
 
 EDGE = 0
 MI = 1
@@ -327,15 +327,24 @@ def rotations_into(poses: np.ndarray, n: int, out: np.ndarray) -> None:  # pragm
         out[k, 1] = math.sin(2.0 * poses[k, 2])
 
 
+#: What :func:`rotation_lever_arm` returns where the stencil is not at a maximum of the metric (untold).
+LEVER_ARM_UNTOLD = -1.0
+
+
 @njit(cache=True, nogil=True)
 def rotation_lever_arm(f: np.ndarray, step: np.ndarray) -> float:  # pragma: no cover
-    """Lever arm (mm) of the rotation in a metric sampled on the 3-D stencil (``STENCIL_3D``), 0 if none.
+    """Lever arm (mm) of the rotation in a metric sampled on the 3-D stencil (``STENCIL_3D``), 0 if none, -1 if untold.
 
     The Hessian ``H`` of the stencil values (``H_ii = f+i + f-i - 2 f0``, ``H_ij = f+i+j - f+i - f+j + f0``,
     divided by the steps: per mm^2, per mm rad, per rad^2) gives the curvature along rotation with the
     translation re-optimised, the Schur complement ``S = H_tt - H_tx H_xx^-1 H_xt``; over the mean
     translation curvature it is the squared distance from the beam axis at which structure pins the
     rotation as firmly as the translation: ``r = sqrt(S / mean(H_xx, H_yy))`` (signs for a maximum).
+    ``-1`` (``LEVER_ARM_UNTOLD``) where the stencil is not at a maximum: the translation's curvature (``H_xx`` not
+    negative definite) or the rotation's with the translation re-optimised (``S`` not negative). At a pose another
+    level put at its optimum, this level's optimum lies elsewhere (its pixels blur what the other resolved), and it
+    cannot tell; the caller measures it on the other level. Structure whose turn is a translation (a ball bearing)
+    gives ``S`` about 0 on every level, so ``-1`` or about 0 there too.
     """
     for k in range(10):
         if not np.isfinite(f[k]):
@@ -352,8 +361,8 @@ def rotation_lever_arm(f: np.ndarray, step: np.ndarray) -> float:  # pragma: no 
     translation = -0.5 * (h[0, 0] + h[1, 1])
     det = h[0, 0] * h[1, 1] - h[0, 1] * h[1, 0]
     if translation <= 0.0 or det <= 0.0:
-        return 0.0
+        return LEVER_ARM_UNTOLD
     x0 = (h[1, 1] * h[0, 2] - h[0, 1] * h[1, 2]) / det
     x1 = (h[0, 0] * h[1, 2] - h[1, 0] * h[0, 2]) / det
     schur = -(h[2, 2] - (h[2, 0] * x0 + h[2, 1] * x1))
-    return math.sqrt(schur / translation) if schur > 0.0 else 0.0
+    return math.sqrt(schur / translation) if schur > 0.0 else LEVER_ARM_UNTOLD
