@@ -425,3 +425,63 @@ def test_a_field_with_no_deep_interior_confirms_no_match_anywhere(radius_mm):
     warned = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
     assert warned.ok and math.hypot(warned.dx_mm, warned.dy_mm) > _program.APERTURE_NEAR_MM
     assert math.hypot(warned.dx_mm - shift[0], warned.dy_mm - shift[1]) > 2.0  # what strict keeps from the user
+    assert any(w.endswith("(accepted: aperture_check='warn')") for w in warned.warnings), warned.warnings
+
+
+def _strip_pair(shift_mm: tuple[float, float], turn_deg: float,
+                noise: float = 0.005) -> tuple[portalign.Image, portalign.Image]:
+    """A 17 x 100 mm MLC strip (2 mm penumbra) over an anatomy of 0.08 rms, the frame's anatomy moved and turned (the
+    aperture stays with the beam)."""
+    size = 280
+    y, x = (np.mgrid[0:size, 0:size] - (size - 1) / 2) * SPACING
+    beam = 0.03 + 0.97 * ndimage.gaussian_filter(((np.abs(x) < 8.5) & (np.abs(y) < 50.0)).astype(float), 2.0 / SPACING)
+    rng = np.random.default_rng(3)
+    texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2.5 / SPACING)
+    texture *= 0.08 / texture.std()
+    images = []
+    for name, (dx, dy), turn in (("reference", (0.0, 0.0), 0.0), ("frame", shift_mm, turn_deg)):
+        # the frame's anatomy at (x, y) is the reference's at R(-turn) (x - dx, y - dy): about the beam axis (centre)
+        c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+        xs, ys = x - dx, y - dy
+        rows, cols = (c * ys - s * xs) / SPACING + (size - 1) / 2, (c * xs + s * ys) / SPACING + (size - 1) / 2
+        anatomy = np.exp(ndimage.map_coordinates(texture, [rows, cols], order=3, mode="reflect"))
+        pixels = beam * anatomy * (1.0 + rng.normal(0.0, noise, beam.shape))
+        images.append(portalign.Image.from_array((20000.0 * pixels).astype(np.float32), pixel_spacing_mm=SPACING,
+                                                 kind="portal", name=name))
+    return images[0], images[1]
+
+
+def test_a_narrow_field_matched_away_from_its_position_keeps_no_deep_interior_and_is_refused():
+    """trial51 portalref-12: two portal images through a 17 mm MLC strip, the patient moved 3.4 mm along it, 0.5 mm
+    across it and turned 2 deg. A deep interior exists at the strip's own position (a line down its middle, 8 mm
+    inside its edges), so the "no deep interior at all" refusal did not apply; the match, 3.3 mm away, was not checked
+    (the aperture check runs within 2 mm of the aperture's position) and was ok, its across-strip shift and its turn
+    held by the strip's edges: 0.62 mm and 2.05 deg off at 0.67 mm and 0.085 deg stated. Allowing for the match's shift,
+    no deep interior is left (``InteriorModel.deep_pixels``): nothing the patient carries placed it, so it is refused
+    as a field with none is."""
+    shift, turn = (0.5, -3.4), -2.0
+    reference, frame = _strip_pair(shift, turn)
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    interior = prepared.interior_model()
+    assert interior is not None
+    assert interior.deep_pixels((0.0, 0.0, 0.0)) >= _interior.INTERIOR_MIN_PIXELS  # at the strip's own position
+    assert interior.deep_pixels((shift[0], shift[1], 0.0)) < _interior.INTERIOR_MIN_PIXELS
+    assert interior.match(frame, (shift[0], shift[1], 0.0)) is None  # the count is the one match reads
+    result = prepared.register(frame)
+    assert not result.ok and result.dx_mm is None and result.rotation_deg is None
+    assert re.fullmatch(r"no match confirmed: the match lies \d\.\d mm from the field's own position, and no part of "
+                        r"the field lies 3 penumbra widths \+ 2 mm inside its edges once that shift is allowed for .*"
+                        r"\(--aperture-check warn\) to accept such a match", result.reason), result.reason
+    warned = portalign.register(reference, frame, portalign.RegistrationOptions(aperture_check="warn"), backend="cpu")
+    # what strict keeps from the user: ok, its turn held towards none by the strip's edges (-0.68 deg at 0.23 stated),
+    # with a warning that says so
+    assert warned.ok and math.hypot(warned.dx_mm, warned.dy_mm) > _program.APERTURE_NEAR_MM
+    assert any(re.fullmatch(r"the match lies \d\.\d mm from the field's own position, .* as much as the patient "
+                            r"\(accepted: aperture_check='warn'\)", w) for w in warned.warnings), warned.warnings
+    assert abs(warned.rotation_deg - turn) > 4.0 * warned.details["rotation_uncertainty_deg"], warned.rotation_deg
+    # noisy (the trial's: 3.7 % and 1.5 %), the frame as taken matches nothing and is registered again with both images
+    # smoothed; that pair's match is the one refused here, and its reason leads (the note keeps the frame as taken's)
+    noisy = portalign.register(*_strip_pair(shift, turn, noise=0.04), backend="cpu")
+    assert noisy.details["denoised"] is not None
+    assert not noisy.ok and noisy.reason.startswith("no match confirmed: the match lies "), noisy.reason
+    assert any(w.startswith("as taken, before both images were smoothed by 1 mm") for w in noisy.warnings), noisy.warnings

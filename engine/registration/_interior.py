@@ -64,6 +64,8 @@ INTERIOR_SEARCH_MM = 7.0
 INTERIOR_MIN_OVERLAP = 0.5
 #: The surface's runner-up is its best shift at least this far (mm) from the peak.
 INTERIOR_DISTINCT_MM = 2.0
+#: Fewer deep-interior pixels (working grid) in both images at the match than this and there is nothing to correlate.
+INTERIOR_MIN_PIXELS = 30
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,25 @@ class InteriorModel:
         out[g0:g1, h0:h1] = _block_mean(sampled.astype(np.float64), fr, fc)
         return out
 
+    def deep_pixels(self, pose: tuple[float, float, float]) -> int:
+        """Return how many working-grid pixels of the deep interior remain at ``pose``, ``match``'s count before it.
+
+        The frame's aperture, fixed to the beam, shows through the pose up to ``reach`` (the shift's length and the
+        turn at the field's farthest point, mm) from the reference's: the deep interior lies ``margin + reach`` inside
+        the field's edges. A narrow field matched a few mm from its own position keeps none (``match`` gives None there,
+        under ``INTERIOR_MIN_PIXELS``): every pixel matched lies where the aperture's penumbra may show. No frame is
+        read: a count over the reference's distance map.
+
+        Parameters
+        ----------
+        pose : (dx_mm, dy_mm, theta_rad)
+            The match (``pose_affines``' convention).
+        """
+        if not self.usable:
+            return 0
+        reach = math.hypot(pose[0], pose[1]) + abs(pose[2]) * self.radius_mm
+        return int(np.count_nonzero(self.distance > self.margin + reach))
+
     def match(self, frame: Image, pose: tuple[float, float, float]) -> InteriorMatch | None:
         """Correlate the deep interiors of the reference and of ``frame`` sampled through ``pose``.
 
@@ -341,7 +362,7 @@ class InteriorModel:
                                           self.radius_px, self._spectra)
         radius = self.radius_px
         n0 = int(count[radius[0], radius[1]])
-        if n0 < 30:
+        if n0 < INTERIOR_MIN_PIXELS:
             return None
         overlap = self.deep & deep_frame
         contrast = float(min(np.sqrt(np.mean(self.residual[overlap] ** 2)),

@@ -63,7 +63,7 @@ from ._frame import (
     pad_pixel_list,
     part_lines_said,
 )
-from ._interior import INTERIOR_EXTRA_MM, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
+from ._interior import INTERIOR_EXTRA_MM, INTERIOR_MIN_PIXELS, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
 from ._plan import MAX_FIELD_MARGIN_MM, MAX_MARGIN_FRACTION, PENUMBRA_REACH_MM, FramePlan, wants_field
 from ._quality import (
     MIN_MEASURED_PIXELS,
@@ -726,12 +726,17 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         # and no wrong one; session note 20)
         if moved is not None and moved < FIELD_MOVED_MM and math.hypot(result.dx_mm, result.dy_mm) <= APERTURE_NEAR_MM:
             result = _aperture_check(reference, frame, result)
-        elif moved is not None and moved < FIELD_MOVED_MM and reference.options.aperture_check == "strict" and \
-                reference.interior_model() is None:
-            # a field with no deep interior at all: every pixel matched lies in its penumbra, which stays with the beam
-            # (over all labelled corpora, the only two such ok matches away from the aperture were 1.2 and 4.5 mm off)
-            result = replace(result, ok=False, reason=_no_interior_refusal(result), dx_mm=None, dy_mm=None,
-                             rotation_deg=None)
+        elif moved is not None and moved < FIELD_MOVED_MM and _no_deep_interior(reference, result):
+            # a field with no deep interior at all, or none left once the match's shift is allowed for (a narrow
+            # field): every pixel matched lies in its penumbra, which stays with the beam (over all labelled corpora,
+            # the only two such ok matches away from the aperture were 1.2 and 4.5 mm off; trial51 portalref-12, a
+            # 17 mm MLC strip matched 3.3 mm along it: across it 0.62 mm off and its turn 2.05 deg, at 0.085 stated)
+            if reference.options.aperture_check == "strict":
+                result = replace(result, ok=False, reason=f"no match confirmed: {_no_interior_finding(result)}; "
+                                 f"{_NO_INTERIOR_ADVICE}", dx_mm=None, dy_mm=None, rotation_deg=None)
+            else:
+                result = replace(result, warnings=[*result.warnings, f"{_no_interior_finding(result)} (accepted: "
+                                                   "aperture_check='warn')"])
     if not result.ok and mirror_check and _denoised is None:  # rare: a refused frame
         result = _striped_refusal(reference, frame, result)
     # an uncertainty is stated for an ok result's measured values only: a refused match (ambiguous, another patient or
@@ -806,9 +811,20 @@ def _pair_noise_note(frame_contrast: float, plan: FramePlan) -> tuple[float, str
                          "through a field that holds more anatomy")
 
 
+#: How the refusals of a fixed aperture's checks begin (``_aperture_check``, ``_no_interior_finding``): a match was
+#: measured, and the aperture, not the patient, may have placed it.
+_APERTURE_REFUSALS = ("no match confirmed:", "no match: the anatomy deep inside the field",
+                      "no match: the radiation field's own shape")
+
+
 def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool, options: RegistrationOptions | None,
                    start: float) -> RegistrationResult:
-    """Register the smoothed frame against the smoothed reference; keep that result where it is ok (``SMOOTH_PAIR``)."""
+    """Register the smoothed frame against the smoothed reference; keep that result where it is ok (``SMOOTH_PAIR``).
+
+    Refused so too, the frame as taken's refusal is kept with the smoothed pair's in a note; but where a fixed
+    aperture's checks refused the smoothed pair's match (``_APERTURE_REFUSALS``), that reason leads and the frame as
+    taken's is the note.
+    """
     if not mirror_check:  # the mirror check's own registrations compare the frame as taken
         return pair.result
     sigma = pair.record["sigma_mm"]
@@ -818,6 +834,13 @@ def _smoothed_pair(reference: Reference, pair: _SmoothedPair, mirror_check: bool
     elapsed = (time.perf_counter() - start) * 1e3
     if again.ok:
         return replace(again, elapsed_ms=elapsed, reference_uid=pair.result.reference_uid)
+    if again.reason.startswith(_APERTURE_REFUSALS):
+        # smoothed, the pair was matched, and the fixed aperture's checks refused that match: what the user must hear
+        # first, not the frame as taken's "nothing matches ... another patient" (trial51 portalref-12: a 17 mm MLC strip)
+        note = (f"as taken, before both images were smoothed by {sigma:g} mm (a noisy frame or reference portal image): "
+                f"{pair.result.reason}")
+        return replace(again, elapsed_ms=elapsed, reference_uid=pair.result.reference_uid,
+                       warnings=[*again.warnings, note])
     note = (f"registered again with both images smoothed by {pair.record['sigma_mm']:g} mm (a noisy frame or reference "
             f"portal image), and refused so too: {again.reason}")
     return replace(pair.result, elapsed_ms=elapsed, warnings=[*pair.result.warnings, note])
@@ -940,14 +963,32 @@ UNCONFIRMED_REFUSAL = (
     f"cone, a narrow or split field): {_UNCONFIRMED_ADVICE}")
 
 
-def _no_interior_refusal(result: RegistrationResult) -> str:
-    """Return the refusal of a match away from a fixed aperture whose field has no deep interior at all."""
-    return (f"no match confirmed: the match lies {math.hypot(result.dx_mm, result.dy_mm):.1f} mm from the field's own "
-            f"position, and no part of the field lies {INTERIOR_PENUMBRA_SIGMAS:g} penumbra widths + "
-            f"{INTERIOR_EXTRA_MM:g} mm inside its edges (a small cone, a narrow or soft-edged field): every pixel "
-            "matched lies in the penumbra, which stays with the beam, so the field's edges may have placed the match "
-            "as much as the patient; register the frame against a DRR, or set aperture_check='warn' (--aperture-check "
-            "warn) to accept such a match")
+def _no_deep_interior(reference: Reference, result: RegistrationResult) -> bool:
+    """Whether no part of a fixed aperture's field lies deep enough inside its edges to read the anatomy at the match.
+
+    None at all (``interior_model`` is None), or none left once the match's shift and turn are allowed for
+    (``InteriorModel.deep_pixels`` under ``INTERIOR_MIN_PIXELS``: the frame's aperture shows that far into the
+    reference's interior).
+    """
+    interior = reference.interior_model()
+    if interior is None:
+        return True
+    pose = (result.dx_mm, result.dy_mm, math.radians(result.rotation_deg or 0.0))
+    return interior.deep_pixels(pose) < INTERIOR_MIN_PIXELS
+
+
+def _no_interior_finding(result: RegistrationResult) -> str:
+    """Say why a match away from a fixed aperture whose field has no deep interior (at the match) is not confirmed."""
+    return (f"the match lies {math.hypot(result.dx_mm, result.dy_mm):.1f} mm from the field's own position, and no "
+            f"part of the field lies {INTERIOR_PENUMBRA_SIGMAS:g} penumbra widths + {INTERIOR_EXTRA_MM:g} mm inside its "
+            "edges once that shift is allowed for (a small cone, a narrow or soft-edged field): every pixel matched "
+            "lies in the penumbra, which stays with the beam, so the field's edges may have placed the match as much "
+            "as the patient")
+
+
+#: ...and what the refusal of such a match (``aperture_check="strict"``) advises.
+_NO_INTERIOR_ADVICE = ("register the frame against a DRR, or set aperture_check='warn' (--aperture-check warn) to accept "
+                       "such a match")
 
 
 def _unconfirmed_small(found: InteriorMatch) -> str:
