@@ -74,8 +74,12 @@ class RegistrationOptions:
     rotation_step_deg : float
         Spacing of the candidate rotations in the global search.
     candidates : int
-        Distinct global-search optima carried into refinement; the best wins and the
-        runner-up decides whether the match is ambiguous.
+        Distinct global-search optima carried into refinement (8, the most the search's
+        buffers hold; 3 before 2026-12-06); each is scored on the first refinement level,
+        the best there wins and the runner-up decides whether the match is ambiguous. On a
+        small usable region the search level's own order is unreliable: two MLC openings
+        at gantry 35 had their true optimum sixth there, and the best of three kept was ok
+        26 mm off (trial52 oblique-00).
     ambiguity_ratio : float
         A runner-up optimum more than 2 mm away whose score reaches this fraction of
         the best makes the result not ``ok`` (ambiguous).
@@ -135,7 +139,7 @@ class RegistrationOptions:
     finest_spacing_mm: float = 1.0
     coarse_spacing_mm: float = 4.0
     rotation_step_deg: float = 2.0
-    candidates: int = 3
+    candidates: int = 8
     ambiguity_ratio: float = 0.92
     min_score: float = 0.05
     agreement_mm: float = 1.5

@@ -11,6 +11,7 @@ or a close rival) that does not fall is refused.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -120,11 +121,16 @@ def test_a_smoothed_match_on_a_fields_glow_has_no_peak_and_is_refused(monkeypatc
     assert not result.ok and result.dx_mm is None and result.dy_mm is None
     assert result.reason.startswith("too little structure inside the field")  # the frame as taken
     smoothed = [w for w in result.warnings if w.startswith("registered again with both images smoothed by 1 mm")]
-    assert len(smoothed) == 1 and "refused so too: no peak: the edge correlation rises by" in smoothed[0]
-    assert "along the image's x axis (columns)" in smoothed[0] and "a smooth ramp such as a field's glow" in smoothed[0]
-    # without the check the smoothed match is taken, ok and more than 1 mm off along x
+    # (with eight global-search optima kept, 3 before, the smoothed pair's optimum is another on the same ramp: its
+    # correlation falls by 0.2 % along y, where it rose along x; either way no peak)
+    assert len(smoothed) == 1 and "refused so too: no peak: the edge correlation " in smoothed[0]
+    assert re.search(r"(rises by|falls by only) [0-9.]+% over [0-9.]+ mm from the optimum along the image's [xy] axis",
+                     smoothed[0]), smoothed[0]
+    assert "a smooth ramp such as a field's glow" in smoothed[0]
+    # without the check the smoothed match (three global-search optima kept, as when it was found) is taken, ok and
+    # more than 1 mm off along x
     monkeypatch.setattr(_program, "PEAK_CHECK_SMOOTHED", False)
-    unchecked = portalign.register(ref, noisy, backend="cpu")
+    unchecked = portalign.register(ref, noisy, portalign.RegistrationOptions(candidates=3), backend="cpu")
     assert unchecked.ok and abs(unchecked.dx_mm - dx) > 1.0 and abs(unchecked.dy_mm - dy) < 0.2
     assert unchecked.details["peak_check"] is None
 

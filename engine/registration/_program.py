@@ -2134,6 +2134,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg){why}"
         )
+    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY and not (
+            periodic is not None and ambiguity >= opts.ambiguity_ratio and periodic["ratio"] == ambiguity):
+        # before the ambiguity: edges one way leave rivals along them, which this says (a periodic reference's rival
+        # is said below, with its period). With eight global-search optima kept such a rival is found more often
+        reason = _one_directional_reason(isotropy, edge_direction, pose)
+        guess = True  # the optimum along the edges is not a measurement: the pose is null (its measured part is said)
     elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
         reason = (
             f"ambiguous: a second optimum at ({runner_up[0]:.1f}, {runner_up[1]:.1f}) mm scores "
