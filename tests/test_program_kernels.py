@@ -386,7 +386,9 @@ _BRANCH = {
     "portal pair in agreement (fine polish)": lambda r: r.ok and r.details["fine_polish"]["levels"] == [1]
     and r.details["fine_polish"]["kept"],
     "cone": lambda r: r.rotation_deg is None and "does not constrain rotation" in " ".join(r.warnings),
-    "stripes": lambda r: "ambiguous" in r.reason,
+    # stripes one way: a rival a period across them is ambiguous, one along them one-directional (either is found)
+    "stripes": lambda r: r.reason.startswith("one-directional match") or (r.reason.startswith("ambiguous")
+                                                                          and r.ambiguity >= 0.9),
     "unrelated": lambda r: not r.ok,
     # a weak edge match (smoothed, still weak; a DRR): the split-half check runs and auto reports the edges' optimum
     "low dose field": lambda r: r.details["split_half_mm"] is not None and r.details["final_metric"] == "edge"

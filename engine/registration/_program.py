@@ -1225,6 +1225,15 @@ def _sliver_reason(reference_note: str, frame_note: str) -> str:
             "view, or set field='none' (--field none) to match the whole images")
 
 
+def _along_the_edges(direction_deg: float, pose: Any, runner_up: Any) -> bool:
+    """Whether ``runner_up`` (dx, dy mm) lies from ``pose`` more along edges running at ``direction_deg`` than across."""
+    radians = math.radians(direction_deg)
+    ex, ey = runner_up[0] - pose[0], runner_up[1] - pose[1]
+    along = math.cos(radians) * ex + math.sin(radians) * ey
+    across = -math.sin(radians) * ex + math.cos(radians) * ey
+    return abs(along) > abs(across)
+
+
 def _one_directional_reason(isotropy: float, direction_deg: float, pose: Any) -> str:
     """Say that the matched edges all run one way (``direction_deg``): what the match measured across them, not along."""
     radians = math.radians(direction_deg)
@@ -2134,10 +2143,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg){why}"
         )
-    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY and not (
-            periodic is not None and ambiguity >= opts.ambiguity_ratio and periodic["ratio"] == ambiguity):
-        # before the ambiguity: edges one way leave rivals along them, which this says (a periodic reference's rival
-        # is said below, with its period). With eight global-search optima kept such a rival is found more often
+    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY and ambiguity >= opts.ambiguity_ratio and \
+            runner_up is not None and _along_the_edges(edge_direction, pose, runner_up):
+        # a rival along edges that all run one way is what one-way structure leaves: this says so, not "ambiguous"
+        # (with eight global-search optima kept such a rival is found more often; one across them, a periodic
+        # structure's, stays ambiguous below)
         reason = _one_directional_reason(isotropy, edge_direction, pose)
         guess = True  # the optimum along the edges is not a measurement: the pose is null (its measured part is said)
     elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
