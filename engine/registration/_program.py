@@ -2143,11 +2143,12 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             f"optimum rotation {pose[2] * _DEGREES:.2f} deg is outside the search range of "
             f"+-{opts.max_rotation_deg:g} deg (max_rotation_deg){why}"
         )
-    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY and ambiguity >= opts.ambiguity_ratio and \
-            runner_up is not None and _along_the_edges(edge_direction, pose, runner_up):
-        # a rival along edges that all run one way is what one-way structure leaves: this says so, not "ambiguous"
-        # (with eight global-search optima kept such a rival is found more often; one across them, a periodic
-        # structure's, stays ambiguous below)
+    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY and not (
+            ambiguity >= opts.ambiguity_ratio and runner_up is not None
+            and not _along_the_edges(edge_direction, pose, runner_up)):
+        # edges that all run one way; a rival along them is what such structure leaves, so this is said, not
+        # "ambiguous" (with eight global-search optima kept such a rival is found more often); a rival across them (a
+        # periodic structure's) is ambiguous below
         reason = _one_directional_reason(isotropy, edge_direction, pose)
         guess = True  # the optimum along the edges is not a measurement: the pose is null (its measured part is said)
     elif ambiguity >= opts.ambiguity_ratio and runner_up is not None:
@@ -2159,9 +2160,6 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             px, py = periodic["period_mm"]
             reason += (f" (the reference repeats itself every ({px:.1f}, {py:.1f}) mm: periodic structure, e.g. "
                        "MLC pickets or leaves, places no shift larger than half a period)")
-    elif isotropy is not None and isotropy < MIN_MATCHED_ISOTROPY:
-        reason = _one_directional_reason(isotropy, edge_direction, pose)
-        guess = True  # the optimum along the edges is not a measurement: the pose is null (its measured part is said)
     elif mi_gap is not None and mi_gap > opts.agreement_mm:
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g})"

@@ -47,6 +47,7 @@ from .refine import (
     refine_from,
     rotation_lever_arm,
     rotations_into,
+    stencil_poses,
 )
 
 __all__ = ["search_program", "scan_start_poses", "scan_wanted", "SETTING_NAMES", "OUT_NAMES", "METHOD_EDGE",
@@ -99,6 +100,19 @@ def _evaluate(level, count, poses, n, metric, normalised, hist, sums, values):  
     pose_affines_into(poses, n, geometry, affines)
     metric_values(metric, rows, cols, count, feat_re, feat_im, ref_re, ref_im, bins, ref_bins, normalised, poses,
                   affines, n, hist, sums, values)
+
+
+@njit(cache=True, nogil=True)
+def _lever_arm(level, count, spacing, pose, r_eff, n_stencil, metric, normalised, hist, sums, scratch, values):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Return the rotation's lever arm (mm; ``LEVER_ARM_UNTOLD`` where ``pose`` is not a maximum) on ``level``.
+
+    ``_quality.rotation_support_mm``'s stencil: one pixel in x and y, a turn that moves a pixel at ``r_eff`` by one.
+    """
+    h_t = min(spacing[0], spacing[1])
+    step = np.array([spacing[1], spacing[0], h_t / max(r_eff, 5.0)])
+    stencil_poses(pose, step, 3, n_stencil, scratch)
+    _evaluate(level, count, scratch, n_stencil, metric, normalised, hist, sums, values)
+    return rotation_lever_arm(values, step)
 
 
 @njit(cache=True, nogil=True)
@@ -398,23 +412,13 @@ def search_program(levels, counts: np.ndarray, spacings: np.ndarray, level_index
     unsupported = False
     if rotate:
         # a rotation the matched structure cannot pin (a ball bearing, a cone's edge) is not reported
-        h_t = min(spacings[0, 0], spacings[0, 1])
-        step = np.array([spacings[0, 1], spacings[0, 0], h_t / max(r_eff, 5.0)])
-        for k in range(STENCIL_3D.shape[0]):
-            for a in range(3):
-                scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
-        _evaluate(coarse, counts[0], scratch_poses, n_stencil, edge_id, no, hist, sums, values)
-        support = rotation_lever_arm(values, step)
+        support = _lever_arm(coarse, counts[0], spacings[0], pose, r_eff, n_stencil, edge_id, no, hist, sums,
+                             scratch_poses, values)
         if support < 0.0:
             # untold on the search level (the first level's optimum is not a maximum there: its 4 mm pixels blur what
             # the first level resolved): measured on the first refinement level, where the pose is the ascent's optimum
-            h_t = min(spacings[1, 0], spacings[1, 1])
-            step = np.array([spacings[1, 1], spacings[1, 0], h_t / max(r_eff, 5.0)])
-            for k in range(STENCIL_3D.shape[0]):
-                for a in range(3):
-                    scratch_poses[k, a] = pose[a] + STENCIL_3D[k, a] * step[a]
-            _evaluate(first, counts[1], scratch_poses, n_stencil, edge_id, no, hist, sums, values)
-            support = max(rotation_lever_arm(values, step), 0.0)
+            support = max(_lever_arm(first, counts[1], spacings[1], pose, r_eff, n_stencil, edge_id, no, hist, sums,
+                                     scratch_poses, values), 0.0)
         out[_SUPPORT] = support
         if support < min_support:
             rotate = False
