@@ -524,6 +524,10 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
     on_cpu = portalign.prepare_reference(reference, options, backend=cpu_backend())
     plan_key = (shape, (1.0, 1.0), ((shape[1] - 1) / 2, (shape[0] - 1) / 2))
     seen = []
+    # a first frame of the geometry measures the spatial halves' check (``_program._rigidity_check``: four one-off
+    # refinements of halves, their own counts); the frames compared share its record, as a stream's later frames do
+    warm = on_gpu.register(portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0), 98),
+                                                      pixel_spacing_mm=1.0))
     for right in (98, 97):  # one column less of field: fewer usable pixels, the same bucket
         frame = portalign.Image.from_array(through_field(_scene(shape, 1.7, -1.2, 1.0), right), pixel_spacing_mm=1.0)
         first = len(keys)
@@ -533,6 +537,11 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
         assert (gpu.dx_mm, gpu.dy_mm, gpu.rotation_deg) == pytest.approx((cpu.dx_mm, cpu.dy_mm, cpu.rotation_deg),
                                                                          abs=1e-9)
         assert gpu.details["matched_pixels"] == cpu.details["matched_pixels"]
+        assert gpu.details["rigidity_check"] is None or not gpu.details["rigidity_check"]["measured_here"]
+        if right == 98 and cpu.details["rigidity_check"] is not None:  # the CPU's first frame measured it: the same
+            assert cpu.details["rigidity_check"]["measured_here"]
+            for key in ("rows_mm", "cols_mm", "term_mm"):
+                assert warm.details["rigidity_check"][key] == pytest.approx(cpu.details["rigidity_check"][key], abs=1e-9)
         plan = on_gpu.plan_for(*plan_key)
         counts = {}
         for index in plan.refine_levels:

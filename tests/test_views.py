@@ -363,11 +363,13 @@ def test_a_small_portal_field_reports_a_rotation_only_where_its_lever_arm_pins_i
         assert any("does not constrain rotation" in w for w in result.warnings)
     else:
         assert abs(result.rotation_deg - motion[2]) < 0.5
-        # its standard uncertainty: a fifth of the working pixel at the lever arm, the split-half spread's half with it
+        # its standard uncertainty: a fifth of the working pixel at the lever arm, the split-half spread's half with it,
+        # and the spatial halves' term at the lever arm (``_quality.rigidity_mm``)
         split = result.details["split_half_deg"] or 0.0
         gap = result.details["edge_mi_rotation_gap_deg"] or 0.0  # where MI's rotation is reported: the edges' beside it
+        parting = result.details["rigidity_check"]["term_mm"]
         expected = math.hypot(math.degrees(0.2 * result.details["working_spacing_mm"] / support), split / 2,
-                              gap / math.sqrt(2))
+                              gap / math.sqrt(2), math.degrees(parting / support))
         assert result.details["rotation_uncertainty_deg"] == pytest.approx(expected, rel=1e-9)
         assert abs(result.rotation_deg - motion[2]) <= 2.0 * expected
 
@@ -409,6 +411,11 @@ def test_the_uncertainty_formulas() -> None:
     turn = 40.0 * math.radians(0.5)
     assert shift_uncertainty_mm(1.0, None, None, 0.0, None, turn) == pytest.approx(
         math.sqrt((0.0225 + turn * turn) / 2), rel=1e-12)
+    # the spatial halves' term (mm) is taken whole on each axis, and over the lever arm for the rotation: 0.5 mm beside
+    # the 1 mm pixel's sqrt(0.0225 / 2); 0.3 mm at 30 mm is 0.572958 deg
+    assert shift_uncertainty_mm(1.0, None, None, rigidity=0.5) == pytest.approx(math.sqrt(0.0225 / 2 + 0.25), rel=1e-12)
+    assert rotation_uncertainty_deg(30.0, 1.0, None, rigidity=0.3) == pytest.approx(math.hypot(0.381972, 0.572958),
+                                                                                    abs=1e-6)
 
 
 def test_a_larger_shift_states_a_larger_uncertainty() -> None:
@@ -623,11 +630,13 @@ def test_a_turn_that_was_not_estimated_is_part_of_the_shifts_uncertainty() -> No
     assert d["rotation_uncertainty_deg"] is None and d["rotation_radius_mm"] > 30.0
     term = unestimated_turn_mm(d["rotation_radius_mm"])
     assert term == pytest.approx(d["rotation_radius_mm"] * math.radians(UNESTIMATED_TURN_DEG), rel=1e-12)
+    # (the turn parts the spatial halves too, refined with no turn: their term is the measured side of the same turn)
+    parting = d["rigidity_check"]["term_mm"]
     expected = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
-                                    math.hypot(result.dx_mm, result.dy_mm), None, term)
+                                    math.hypot(result.dx_mm, result.dy_mm), None, term, 0.0, parting)
     assert d["shift_uncertainty_mm"] == pytest.approx(expected, rel=1e-12)
     without = shift_uncertainty_mm(d["working_spacing_mm"], d["split_half_mm"], d["edge_mi_gap_mm"],
-                                   math.hypot(result.dx_mm, result.dy_mm), None, 0.0)
+                                   math.hypot(result.dx_mm, result.dy_mm), None, 0.0, 0.0, parting)
     assert d["shift_uncertainty_mm"] > without + 0.2
     assert max(abs(result.dx_mm - 1.5), abs(result.dy_mm + 1.0)) < 2.0 * d["shift_uncertainty_mm"]
     assert unestimated_turn_mm(None) == 0.0

@@ -220,6 +220,9 @@ class FramePlan:
     host_candidates: Any = None
     #: Whether a frame of this geometry confirmed the stated scale (``_scale``): later frames then skip the check.
     scale_confirmed: bool = False
+    #: The last spatial-halves check of this lane's frames (``_program._rigidity_check``): the shift it was measured at
+    #: (x, y mm) and the record later frames share while their shift stays near it; None: none yet.
+    rigidity: tuple | None = None
 
     def __post_init__(self) -> None:
         self.used_levels = sorted(set(self.refine_levels) | {self.coarse.level})

@@ -64,7 +64,7 @@ from ._frame import (
     part_lines_said,
 )
 from ._interior import INTERIOR_EXTRA_MM, INTERIOR_MIN_PIXELS, INTERIOR_PENUMBRA_SIGMAS, InteriorMatch
-from ._plan import MAX_FIELD_MARGIN_MM, MAX_MARGIN_FRACTION, PENUMBRA_REACH_MM, FramePlan, wants_field
+from ._plan import MAX_FIELD_MARGIN_MM, MAX_MARGIN_FRACTION, PENUMBRA_REACH_MM, FramePlan, Level, wants_field
 from ._quality import (
     MIN_MEASURED_PIXELS,
     MIN_ROTATION_SUPPORT_MM,
@@ -72,6 +72,8 @@ from ._quality import (
     NOISE_ONLY_CONTRAST,
     NOISE_SAMPLES,
     REFERENCE_NOISE_ARC,
+    RIGIDITY_RECHECK_MM,
+    RIGIDITY_WARN_MM,
     TOO_LITTLE_STRUCTURE,
     TOO_LITTLE_USABLE,
     VIEW_PARALLAX_DEPTH_MM,
@@ -79,13 +81,14 @@ from ._quality import (
     is_clean,
     reference_contrast_to_noise,
     reference_search_contrast,
+    rigidity_mm,
     rotation_radius,
     rotation_uncertainty_deg,
     shift_uncertainty_mm,
     unestimated_turn_mm,
     view_parallax_mm,
 )
-from ._refine import edge_score, newton, peak_curvatures
+from ._refine import edge_score, newton, peak_curvatures, spatial_halves
 from ._scale import scale_profile, scale_verdict
 from ._scale import scale_reason as scale_reason_text
 from ._search import DISTINCT_MM, coarse_peaks, global_search
@@ -1712,6 +1715,24 @@ def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: li
             backend.copy_in(level.pixel_cols[:count], made.pixel_cols[:count])
 
 
+def _rigidity_check(backend: Backend, plan: FramePlan, level: Level, pose: Any, r_eff: float, opts: Any,
+                    metric: str, working_spacing_mm: float) -> dict:
+    """Return the spatial halves' check of a match (``details["rigidity_check"]``) and keep it on ``plan``.
+
+    ``_refine.spatial_halves`` on ``level`` (the finest working level) from ``pose``, with ``metric`` (the reported
+    optimum's); its term of the shift's uncertainty is ``_quality.rigidity_mm``'s. The lane's later frames whose shift
+    lies within ``RIGIDITY_RECHECK_MM`` of this one's share the record (``measured_here`` false; ``_register``).
+    """
+    dx, dy = float(pose[0]), float(pose[1])
+    rows_mm, cols_mm = spatial_halves(backend, plan, level, pose, r_eff, opts, metric)
+    # the halves' optima's distances (mm), upper against lower and left against right; the term they give the shift's
+    # uncertainty (mm, each axis); the shift (mm) of the frame they were measured on
+    record = {"rows_mm": rows_mm, "cols_mm": cols_mm, "term_mm": rigidity_mm(rows_mm, cols_mm, working_spacing_mm),
+              "shift_mm": [dx, dy], "measured_here": True}
+    plan.rigidity = (dx, dy, {**record, "measured_here": False})
+    return record
+
+
 def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
               options: RegistrationOptions | None = None, denoised: dict | None = None,
               scale_check: bool = True, smooth: bool | None = None) -> RegistrationResult:
@@ -2341,9 +2362,28 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             reference_contrast = reference_contrast_to_noise(own_level)
         if 0.0 < reference_contrast < math.inf:
             reference_arc = REFERENCE_NOISE_ARC * details["working_spacing_mm"] / reference_contrast
+    # whether the images differ by one rigid motion: the spatial halves' optima (a frame's own, or a stream's last
+    # checked frame's while the shift stays near it; not for the mirror check's copies)
+    rigidity = None
+    if calibrated and shift_measured and not reason and scale_check:
+        kept = plan.rigidity  # (x, y of the shift checked, the record its later frames share): no call a frame
+        if kept is not None and (pose[0] - kept[0]) ** 2 + (pose[1] - kept[1]) ** 2 <= RIGIDITY_RECHECK_MM ** 2:
+            rigidity = kept[2]
+        else:
+            rigidity = _rigidity_check(backend, plan, finest_level, pose, r_eff, opts,
+                                       "mi" if found.mi_final else "edge", details["working_spacing_mm"])
+    details["rigidity_check"] = rigidity
+    if rigidity is not None and rigidity["term_mm"] >= RIGIDITY_WARN_MM:
+        parting = rigidity["rows_mm"] if rigidity["rows_mm"] > rigidity["cols_mm"] else rigidity["cols_mm"]
+        warnings.append(
+            f"the image's halves place the match {parting:.1f} mm apart (upper against lower, left against right): the "
+            "images do not differ by one rigid motion (anatomy at different depths moved apart: a large shift across "
+            "the diverging beam, a pitch or roll that one view cannot see); the uncertainty includes it"
+            + ("" if rigidity["measured_here"] else " (measured on an earlier frame at a shift within "
+               f"{RIGIDITY_RECHECK_MM:g} mm of this one)"))
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap,
-                                 reference_arc)
+                                 reference_arc, 0.0 if rigidity is None else rigidity["term_mm"])
         if calibrated and rotate and found.rotation_support_mm else None)
     # the usable pixels' centroid's distance from the beam axis (mm): the pose turns about the axis, so the shift
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
@@ -2369,7 +2409,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                              frame.info.sad_mm,
                              centroid_mm * turn_u / _DEGREES if turn_u is not None
                              else unestimated_turn_mm(None if rotate else details.get("rotation_radius_mm")),
-                             beam_angle or 0.0)
+                             beam_angle or 0.0, 0.0 if rigidity is None else rigidity["term_mm"])
         if calibrated and shift_measured else None)
     result = RegistrationResult(
         elapsed_ms=(time.perf_counter() - start) * 1e3,  # the frame's time, set once (no copy of the result)

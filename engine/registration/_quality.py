@@ -14,7 +14,8 @@ from ._plan import FramePlan, Level
 from ._refine import evaluate
 
 __all__ = ["assess_frame", "reference_contrast_to_noise", "rotation_radius", "rotation_support_mm",
-           "rotation_uncertainty_deg", "shift_uncertainty_mm", "view_parallax_mm", "is_clean", "MIN_USABLE_PIXELS",
+           "rotation_uncertainty_deg", "shift_uncertainty_mm", "view_parallax_mm", "rigidity_mm", "is_clean",
+           "MIN_USABLE_PIXELS",
            "MIN_ROTATION_SUPPORT_MM", "TOO_LITTLE_STRUCTURE"]
 
 #: A MAD of second differences over this factor is the white-noise sigma (1.4826 sqrt(6)): a Gaussian's MAD is
@@ -97,6 +98,29 @@ VIEW_PARALLAX_DEPTH_MM = 45.0
 #: in-plane setup rotations and the standard deviation of the trial's and ``bench.held_out``'s turns (uniform within
 #: +-1.5 deg: 0.87); a cone at the beam axis (radius ~8 mm) gains 0.14 mm.
 UNESTIMATED_TURN_DEG = 1.0
+#: The usable pixels' spatial halves (above and below their median row; left and right of their median column), each
+#: refined for translation alone from the whole's pose (``_refine.spatial_halves``), agree where the two images differ
+#: by one rigid in-plane motion. They part where they do not: a shift across a diverging beam moves anatomy at
+#: different depths by different amounts (a lateral abdomen, 14 mm: 1.2 and 2.5 mm apart), a pitch or roll one view
+#: cannot see (0.6-2 deg: up to 2.8 mm), a shift along the beam magnifies an open field's anatomy (6 mm: 0.6 mm); the
+#: whole's optimum lies somewhere between, and those pairs lay 0.6-2.6 mm off at 3-7 of the uncertainty stated
+#: without this term. The shift's uncertainty takes ``RIGIDITY_SHARE`` of the larger distance less
+#: ``RIGIDITY_NOISE_SHARE`` working pixels (what noise and uneven structure alone part halves by: their median
+#: distance is 0.4 of one), at most ``RIGIDITY_MAX_MM`` (further, a half with too little structure of its own says
+#: more than the pair's geometry: MLC islands and small fields, 3-13 mm apart, their errors 0.1-0.5 mm), taken whole
+#: on each axis. Calibrated on two adversarial trials' 486 ok pairs (trial52 and trial53, session note 52: thorax and
+#: TotalSegmentator CTs, jaws, MLC, open fields, cones, shifts to 15 mm, pitch and roll to 2 deg): radial errors
+#: beyond two uncertainties 5.1 % -> 1.6 %, beyond three 1.6 % -> 0 %, the median uncertainty 1.01 times what it was.
+RIGIDITY_SHARE = 0.5
+RIGIDITY_NOISE_SHARE = 0.25
+RIGIDITY_MAX_MM = 1.5
+#: A term of this much or more (mm) is said in the result's warnings as well: 20 of the two trials' 490 ok pairs, the
+#: five 1.3-2.6 mm off among them (and 15 of 0.05-0.8 mm).
+RIGIDITY_WARN_MM = 0.5
+#: A stream's frames share the measurement of the last frame checked while their shift stays within this (mm) of
+#: its: the halves' parting follows the pair's geometry and the shift, and the check (four refinements on the
+#: finest level) would double a cine frame's time.
+RIGIDITY_RECHECK_MM = 2.0
 #: Source-to-axis distance (mm) taken where an image does not state its ``RadiationMachineSAD`` (an array).
 DEFAULT_SAD_MM = 1000.0
 #: How the reason begins where too few of the frame's pixels are usable (``_program`` adds to it).
@@ -317,7 +341,8 @@ def rotation_support_mm(backend, plan: FramePlan, level: Level, pose, r_eff: flo
 
 
 def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split_half_deg: float | None,
-                             metric_gap_deg: float | None = None, reference_arc_mm: float = 0.0) -> float:
+                             metric_gap_deg: float | None = None, reference_arc_mm: float = 0.0,
+                             rigidity: float = 0.0) -> float:
     """Return the standard uncertainty (1 sd, deg) of an estimated in-plane rotation.
 
     A rotation is read from how structure at the lever arm ``L`` (:func:`rotation_support_mm`) moves: an error of
@@ -327,7 +352,9 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
     (each half has twice the variance of the whole, their difference four times), is added in quadrature; and
     where ``auto`` reports mutual information's rotation, the gap ``g`` to the edge optimum's (two estimates of
     one rotation: their difference has twice the variance of one): ``u = sqrt((a / L)^2 + (s / 2)^2 + g^2 / 2)``.
-    A noisy reference's own misplacement ``r`` (mm, ``reference_arc_mm``: ``REFERENCE_NOISE_ARC``) adds ``(r / L)^2``.
+    A noisy reference's own misplacement ``r`` (mm, ``reference_arc_mm``: ``REFERENCE_NOISE_ARC``) adds ``(r / L)^2``;
+    the images' departure from one rigid motion ``m`` (mm, ``rigidity``: :func:`rigidity_mm`), which a rotation
+    partly absorbs, adds ``(m / L)^2``.
 
     Parameters
     ----------
@@ -343,6 +370,8 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
         How far (mm, 1 sd, at the lever arm) the reference's own noise may misplace the matched structure where
         neither the split halves nor a smoothing cover it (``REFERENCE_NOISE_ARC`` working pixels over the
         reference's contrast over noise); 0 for a noise-free reference.
+    rigidity : float
+        The spatial halves' term (mm, :func:`rigidity_mm`); 0 where they were not measured.
 
     Returns
     -------
@@ -352,14 +381,15 @@ def rotation_uncertainty_deg(support_mm: float, working_spacing_mm: float, split
     """
     bias = _DEGREES * ROTATION_ARC_SHARE * working_spacing_mm / support_mm
     own = _DEGREES * reference_arc_mm / support_mm
+    parting = _DEGREES * rigidity / support_mm
     noise = 0.0 if split_half_deg is None else 0.5 * split_half_deg
     gap2 = 0.0 if metric_gap_deg is None else 0.5 * metric_gap_deg * metric_gap_deg
-    return (bias * bias + own * own + noise * noise + gap2) ** 0.5  # math.hypot, written out: no call a frame
+    return (bias * bias + own * own + parting * parting + noise * noise + gap2) ** 0.5  # math.hypot, written out
 
 
 def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None, metric_gap_mm: float | None,
                          shift_mm: float = 0.0, sad_mm: float | None = None, rotation_mm: float = 0.0,
-                         beam_angle_deg: float = 0.0) -> float:
+                         beam_angle_deg: float = 0.0, rigidity: float = 0.0) -> float:
     """Return the standard uncertainty (1 sd, mm, each of ``dx`` and ``dy``) of a measured shift.
 
     The RMS radial error ``r`` has four parts, added in quadrature: placing the structure, ``SHIFT_ERROR_SHARE`` of
@@ -376,7 +406,8 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     across the beam by ``z b`` against the isocentre's, so the shift measured is off by the matched anatomy's depth
     times ``b`` along one axis, ``V b`` (``VIEW_PARALLAX_DEPTH_MM``; an independent trial's frames 1-3 deg off their
     references were 0.4-3.3 mm off, at up to 11 of the uncertainty stated without it), taken whole on each axis:
-    ``u = sqrt(((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2) / 2 + (V b)^2)``.
+    ``u = sqrt(((k w)^2 + (s / 2)^2 + g^2 / 2 + (|d| Z / SAD)^2 + (R u_theta)^2) / 2 + (V b)^2 + m^2)``, with ``m``
+    the images' departure from one rigid motion (:func:`rigidity_mm`), also taken whole on each axis.
 
     Parameters
     ----------
@@ -396,6 +427,9 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
         (``UNESTIMATED_TURN_DEG`` at the usable pixels' RMS radius: :func:`unestimated_turn_mm`).
     beam_angle_deg : float
         The angle between the reference's and the frame's beams (deg, ``details["beam_angle_deg"]``); 0 where unknown.
+    rigidity : float
+        ``m`` (mm): :func:`rigidity_mm` of the spatial halves' distances (``details["rigidity_check"]["term_mm"]``);
+        0 where they were not measured.
 
     Returns
     -------
@@ -409,7 +443,7 @@ def shift_uncertainty_mm(working_spacing_mm: float, split_half_mm: float | None,
     parallax = shift_mm * PARALLAX_DEPTH_MM / (sad_mm if sad_mm else DEFAULT_SAD_MM)
     view = VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES  # view_parallax_mm, written out: per-frame code
     return ((bias * bias + noise * noise + gap2 + parallax * parallax + rotation_mm * rotation_mm) * 0.5
-            + view * view) ** 0.5
+            + view * view + rigidity * rigidity) ** 0.5
 
 
 def view_parallax_mm(beam_angle_deg: float) -> float:
@@ -420,6 +454,17 @@ def view_parallax_mm(beam_angle_deg: float) -> float:
     program refuses over ``MAX_VIEW_PARALLAX_MM``.
     """
     return VIEW_PARALLAX_DEPTH_MM * beam_angle_deg / _DEGREES
+
+
+def rigidity_mm(rows_mm: float, cols_mm: float, working_spacing_mm: float) -> float:
+    """Return the shift's uncertainty term (mm, each axis) for the spatial halves' distances.
+
+    ``RIGIDITY_SHARE`` of the larger of ``rows_mm`` and ``cols_mm`` (``_refine.spatial_halves``: the upper and lower
+    halves' optima's distance, the left and right halves') less ``RIGIDITY_NOISE_SHARE`` working pixels, at least 0,
+    at most ``RIGIDITY_MAX_MM``: the ``rigidity`` of :func:`shift_uncertainty_mm`.
+    """
+    larger = rows_mm if rows_mm > cols_mm else cols_mm
+    return min(max(RIGIDITY_SHARE * (larger - RIGIDITY_NOISE_SHARE * working_spacing_mm), 0.0), RIGIDITY_MAX_MM)
 
 
 def unestimated_turn_mm(rms_radius_mm: float | None) -> float:

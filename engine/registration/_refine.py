@@ -15,7 +15,7 @@ from portalign.kernels.cpu.refine import pose_affines_into, rotations_into
 
 from ._plan import FramePlan, Level
 
-__all__ = ["newton", "evaluate", "edge_score", "mi_score", "split_half_spread", "peak_curvatures"]
+__all__ = ["newton", "evaluate", "edge_score", "mi_score", "split_half_spread", "spatial_halves", "peak_curvatures"]
 
 #: Newton iterations each half gets in the split-half precision check.
 SPLIT_HALF_ITERATIONS = 3
@@ -134,6 +134,47 @@ def split_half_spread(backend, plan: FramePlan, level: Level, pose: np.ndarray, 
                             tolerance=0.05, pixels=halves)[0])
     a, b = poses
     return float(np.hypot(a[0] - b[0], a[1] - b[1])), abs(math.degrees(a[2] - b[2]))
+
+
+#: Newton stencils of each spatial half (``spatial_halves``): started at the whole's optimum, it is within a few.
+SPATIAL_HALF_ITERATIONS = 6
+
+
+def spatial_halves(backend, plan: FramePlan, level: Level, pose: np.ndarray, r_eff: float, opts,  # type: ignore[no-untyped-def]
+                   metric: str = "edge") -> tuple[float, float]:
+    """Return how far apart (mm) the translation optima of the usable pixels' spatial halves lie: (rows, columns).
+
+    The halves are the pixels above and below their median row (the row-major list's first and second half), and
+    left and right of their median column. Each is refined for translation alone from the whole's ``pose`` (its
+    rotation held) with ``metric`` (``"edge"``: unguarded, as the split-half check's halves). Unlike
+    :func:`split_half_spread`'s interleaved halves, which share the anatomy and differ only in noise, these see
+    different anatomy: where the images do not differ by one rigid in-plane motion (a shift across a diverging beam
+    moves anatomy at different depths by different amounts; a pitch or roll one view cannot see; a shift along the
+    beam magnifies), the halves' optima part, and the whole's lies somewhere between them.
+
+    Returns
+    -------
+    rows_mm, cols_mm : float
+        The distance (mm at the isocentre plane) between the optima of the upper and lower halves, and of the left
+        and right halves.
+    """
+    count = int(level.usable)
+    xp = backend.xp  # the halves are taken where the pixel list lives: nothing comes back from a device
+    rows, cols = level.pixel_rows[:count], level.pixel_cols[:count]
+    start = np.asarray(pose, dtype=np.float64)
+    name = "edge_unguarded" if metric == "edge" else metric
+    middle = count // 2
+    left = cols < xp.partition(cols, middle)[middle]  # the median column's own pixels go right
+    right = ~left
+    n_left = int(left.sum())
+    splits = (((rows[:middle], cols[:middle], middle), (rows[middle:], cols[middle:], count - middle)),  # row-major
+              ((rows[left], cols[left], n_left), (rows[right], cols[right], count - n_left)))
+    distances = []
+    for halves in splits:
+        a, b = (newton(backend, plan, level, start, name, SPATIAL_HALF_ITERATIONS, r_eff, False, opts, tolerance=0.05,
+                       pixels=half)[0] for half in halves)
+        distances.append(float(np.hypot(a[0] - b[0], a[1] - b[1])))
+    return distances[0], distances[1]
 
 
 #: Directions (unit vectors in the image's x, y) along which ``peak_curvatures`` steps: enough to fit a 2 x 2 form.
