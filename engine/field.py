@@ -51,7 +51,7 @@ from scipy import ndimage
 from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
-           "field_size_mm", "field_pixels", "likely_inverted", "planned_aperture_covers",
+           "field_size_mm", "field_pixels", "box_at_border", "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -838,6 +838,19 @@ def field_centre_mm(field: FieldEstimate, factor: int, image: Image) -> tuple[fl
     ax, ay = image.beam_axis_px
     centre = (factor - 1) / 2
     return ((float(cols.mean()) * factor + centre - ax) * sx, (float(rows.mean()) * factor + centre - ay) * sy)
+
+
+def box_at_border(field: FieldEstimate) -> tuple[bool, bool]:
+    """Whether a detected field's box reaches the image's border: ``(across columns, across rows)``.
+
+    A field the image cuts off is measured by the image there, not by its aperture: its box's width (or height)
+    is not the field's. ``(False, False)`` without a box, or without the shape of the level it was found on.
+    """
+    shape = field.mask.shape if field.mask is not None else field.level_shape
+    if not field.detected or field.box_px is None or shape is None:
+        return False, False
+    c0, c1, r0, r1 = field.box_px
+    return c0 < 0.5 or c1 > shape[1] - 1.5, r0 < 0.5 or r1 > shape[0] - 1.5
 
 
 def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:

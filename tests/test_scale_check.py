@@ -86,3 +86,42 @@ def test_the_demo_frame_with_a_wrong_sid_is_refused(demo_files) -> None:  # type
     assert wrong.dx_mm is None and wrong.dy_mm is None
     # 1500 / 1400: the frame's millimetres 7 % too large; the compromise pose it is scored about takes some of it
     assert 0.90 < wrong.details["scale_check"]["best_scale"] < 0.97
+
+
+def test_a_field_the_frame_cuts_off_is_not_taken_for_another_scale() -> None:
+    """An independent trial (trial53 geometry-31): a frame on a small panel (127 mm at the isocentre) under a larger
+    field (86 x 145 mm) shows part of it, the rest beyond the panel's edge; its reference, on a larger panel, the
+    whole. The two fields' boxes (0.79 and 0.77 times) were refused as two scales. A box the image cuts off measures
+    the image, not the aperture (``field.box_at_border``): not compared. The same frame uncut still is, and a real
+    scale error (the frame's pixels stated 1.25 times too large) is still refused."""
+    from dataclasses import replace
+
+    from portalign.registration import _program
+    from scipy import ndimage
+    from synthetic import anatomy, field_aperture, mv_portal
+
+    base = anatomy(256, seed=9)
+    aperture = field_aperture((256, 256), 1.0, 60.0, 50.0)  # 120 x 100 mm, centred on the beam axis
+    reference = portalign.Image.from_array(mv_portal(base, aperture, noise=0.005, seed=1).astype(np.float32),
+                                           pixel_spacing_mm=1.0, kind="portal")
+    moved = mv_portal(ndimage.shift(base, (-1.5, 2.0), order=3, mode="nearest"), aperture, noise=0.005, seed=2)
+    # a panel of 140 x 120 mm whose top-left corner lies 40 mm outside the field's: its right and bottom edges cut it
+    top, left = 128 - 50 - 40, 128 - 60 - 40
+    cut = np.ascontiguousarray(moved[top:top + 120, left:left + 140]).astype(np.float32)
+    frame = replace(portalign.Image.from_array(cut, pixel_spacing_mm=1.0, kind="portal"),
+                    beam_axis_px=(127.5 - left, 127.5 - top))
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(2.0, abs=0.2) and result.dy_mm == pytest.approx(-1.5, abs=0.2)
+    # the premise: compared as if whole, the cut-off box (100 x 80 mm: 0.83 and 0.8 times the reference's) reads as
+    # another scale
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_program, "box_at_border", lambda field: (False, False))
+        compared = portalign.register(reference, frame, backend="cpu")
+    assert not compared.ok and compared.reason.startswith("different scales: the frame's radiation field is"), \
+        compared.reason
+    whole = portalign.Image.from_array(moved.astype(np.float32), pixel_spacing_mm=1.0, kind="portal")
+    assert portalign.register(reference, whole, backend="cpu").ok
+    wrong = portalign.Image.from_array(moved.astype(np.float32), pixel_spacing_mm=1.25, kind="portal")
+    refused = portalign.register(reference, wrong, backend="cpu")
+    assert not refused.ok and refused.reason.startswith("different scales"), refused.reason

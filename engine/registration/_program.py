@@ -41,6 +41,7 @@ from ..field import (
     SLIVER_NOTE,
     STRONG_LINE_CONTRAST,
     FieldEstimate,
+    box_at_border,
     dead_lines_only,
     field_centre_mm,
     field_size_mm,
@@ -1511,14 +1512,21 @@ def _box_extent_mm(box_mm: list[float], level_spacing: tuple[float, float]) -> t
     return box_mm[1] - box_mm[0] + level_spacing[1], box_mm[3] - box_mm[2] + level_spacing[0]
 
 
-def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
+def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacing: tuple[float, float],
+                         frame_field: Any = None) -> str:
     """Say why two portal images' fields of different sizes are two scales; ``""`` when they agree.
 
     ``box_mm`` is the frame field's box ``[x0, x1, y0, y1]`` (mm from its beam axis, the extreme pixel centres of its
     field-detection level, whose ``level_spacing`` is given); the reference's is :attr:`Reference.field_extent_mm`.
+    A field that either image cuts off (its box at the image's border, ``field.box_at_border``: ``frame_field``'s and
+    the reference's) is not compared: the image's size measured it there, not the aperture. An independent trial
+    (trial53 geometry-31): a 127 mm panel (an aS1200 crop at SID 1687) under a 86 x 145 mm field was refused as a
+    scale 0.79 times the reference's, whose larger panel held the whole field.
     """
     theirs = reference.field_extent_mm
     if theirs is None:
+        return ""
+    if any(box_at_border(reference.field)) or (frame_field is not None and any(box_at_border(frame_field))):
         return ""
     width, height = _box_extent_mm(box_mm, level_spacing)
     pixel = max(level_spacing[0], level_spacing[1], reference.field_pixel_mm)
@@ -2095,7 +2103,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     # is wrong, or the apertures differ (rare: no call unless both images have a field)
     scale_reason = ""
     if not view_reason and not apart and box_mm is not None and (portal_pair or unknown_pair) and reference.field.detected:
-        scale_reason = field_scale_mismatch(reference, box_mm, levels[plan.field_level].spacing)
+        scale_reason = field_scale_mismatch(reference, box_mm, levels[plan.field_level].spacing, field)
     elif not view_reason and not apart and box_mm is not None and "planned_field_corners_mm" in frame.info.extra:
         # (a DRR's reference has no field: the frame's own jaws bound its field, whatever shapes it inside them)
         scale_reason = field_beyond_jaws(frame, box_mm, levels[plan.field_level].spacing)
