@@ -51,7 +51,7 @@ from scipy import ndimage
 from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
-           "field_size_mm", "field_pixels", "box_at_border", "likely_inverted", "planned_aperture_covers",
+           "field_size_mm", "field_pixels", "box_at_border", "core_extent_px", "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
@@ -851,6 +851,27 @@ def box_at_border(field: FieldEstimate) -> tuple[bool, bool]:
         return False, False
     c0, c1, r0, r1 = field.box_px
     return c0 < 0.5 or c1 > shape[1] - 1.5, r0 < 0.5 or r1 > shape[0] - 1.5
+
+
+#: The columns (rows) of a field's core hold at least this share of the field's fullest column's (row's) pixels: a
+#: hot or dead detector line's segment joined to the field, one to four pixels across however long, is not its extent.
+CORE_LINE_SHARE = 0.25
+
+
+def core_extent_px(field: FieldEstimate) -> tuple[int, int] | None:
+    """Width and height (pixels of the level it was found on) of a detected field's core; None without a mask.
+
+    Columns and rows each holding at least ``CORE_LINE_SHARE`` of the fullest one's field pixels: the box of the
+    field without thin appendages. An independent trial (trial53 lines-23): a hot column over half the panel and a hot
+    row across it, joined to a 90 x 138 mm field, made its box 107 x 159 mm, and the portal pair was refused as two
+    scales (1.19 and 1.15 times); its core is the field's 90 x 138 mm.
+    """
+    if not field.detected or field.mask is None or not field.mask.any():
+        return None
+    columns, rows = field.mask.sum(axis=0), field.mask.sum(axis=1)
+    wide = np.flatnonzero(columns >= CORE_LINE_SHARE * columns.max())
+    tall = np.flatnonzero(rows >= CORE_LINE_SHARE * rows.max())
+    return int(wide[-1] - wide[0] + 1), int(tall[-1] - tall[0] + 1)
 
 
 def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:

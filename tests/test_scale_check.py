@@ -125,3 +125,32 @@ def test_a_field_the_frame_cuts_off_is_not_taken_for_another_scale() -> None:
     wrong = portalign.Image.from_array(moved.astype(np.float32), pixel_spacing_mm=1.25, kind="portal")
     refused = portalign.register(reference, wrong, backend="cpu")
     assert not refused.ok and refused.reason.startswith("different scales"), refused.reason
+
+
+def test_hot_detector_lines_joined_to_the_field_are_not_its_extent() -> None:
+    """An independent trial (trial53 lines-23): a hot column over half the panel and a hot row across it, joined to
+    the frame's field, made its box 1.19 and 1.15 times its reference's, and the portal pair was refused as two
+    scales. The fields' cores are compared (``field.core_extent_px``: columns and rows holding a quarter of the fullest
+    one's field pixels), not their boxes: the pair registers, and compared by its box it is refused."""
+    from portalign.registration import _program
+    from scipy import ndimage
+    from synthetic import anatomy, field_aperture, mv_portal
+
+    base = anatomy(256, seed=12)
+    aperture = field_aperture((256, 256), 1.0, 60.0, 50.0)  # 120 x 100 mm on a 256 mm panel
+    reference = portalign.Image.from_array(mv_portal(base, aperture, noise=0.005, seed=3).astype(np.float32),
+                                           pixel_spacing_mm=1.0, kind="portal")
+    pixels = mv_portal(ndimage.shift(base, (1.0, -2.5), order=3, mode="nearest"), aperture, noise=0.005, seed=4)
+    hot = 1.5 * float(np.percentile(pixels, 99.9))
+    pixels[148, 186:238] = hot  # a hot row 20 mm below the axis, from the field's right edge to 50 mm beyond it
+    pixels[28:80, 108:110] = hot  # a hot column pair 20 mm left of the axis, from its top edge to 50 mm above it
+    frame = portalign.Image.from_array(pixels.astype(np.float32), pixel_spacing_mm=1.0, kind="portal")
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert result.dx_mm == pytest.approx(-2.5, abs=0.2) and result.dy_mm == pytest.approx(1.0, abs=0.2)
+    with pytest.MonkeyPatch.context() as patch:  # compared by their boxes, the lines make the frame's field larger
+        patch.setattr(_program, "core_extent_px", lambda field: None)
+        patch.setattr(type(portalign.prepare_reference(reference)), "field_core_extent_mm",
+                      property(lambda self: self.field_extent_mm))
+        boxed = portalign.register(reference, frame, backend="cpu")
+    assert not boxed.ok and boxed.reason.startswith("different scales: the frame's radiation field is"), boxed.reason

@@ -42,6 +42,7 @@ from ..field import (
     STRONG_LINE_CONTRAST,
     FieldEstimate,
     box_at_border,
+    core_extent_px,
     dead_lines_only,
     field_centre_mm,
     field_size_mm,
@@ -1518,17 +1519,20 @@ def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacin
 
     ``box_mm`` is the frame field's box ``[x0, x1, y0, y1]`` (mm from its beam axis, the extreme pixel centres of its
     field-detection level, whose ``level_spacing`` is given); the reference's is :attr:`Reference.field_extent_mm`.
+    The fields' cores are compared (``field.core_extent_px``: a detector line joined to a field is not its extent).
     A field that either image cuts off (its box at the image's border, ``field.box_at_border``: ``frame_field``'s and
     the reference's) is not compared: the image's size measured it there, not the aperture. An independent trial
     (trial53 geometry-31): a 127 mm panel (an aS1200 crop at SID 1687) under a 86 x 145 mm field was refused as a
     scale 0.79 times the reference's, whose larger panel held the whole field.
     """
-    theirs = reference.field_extent_mm
+    theirs = reference.field_core_extent_mm
     if theirs is None:
         return ""
     if any(box_at_border(reference.field)) or (frame_field is not None and any(box_at_border(frame_field))):
         return ""
-    width, height = _box_extent_mm(box_mm, level_spacing)
+    core = None if frame_field is None else core_extent_px(frame_field)
+    width, height = (_box_extent_mm(box_mm, level_spacing) if core is None
+                     else (core[0] * level_spacing[1], core[1] * level_spacing[0]))
     pixel = max(level_spacing[0], level_spacing[1], reference.field_pixel_mm)
     ratios = []
     for ours, ref in ((width, theirs[0]), (height, theirs[1])):

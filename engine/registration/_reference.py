@@ -42,6 +42,7 @@ from ..field import (
     NO_FIELD,
     FieldEstimate,
     box_reduce,
+    core_extent_px,
     dead_lines_only,
     field_centre_mm,
     field_pixels,
@@ -671,6 +672,19 @@ class Reference:
         c0, c1, r0, r1 = self.field.box_px
         sy, sx = _scaled(self.image.spacing_mm, self._field_factor)
         return (c1 - c0 + 1) * sx, (r1 - r0 + 1) * sy
+
+    @property
+    def field_core_extent_mm(self) -> tuple[float, float] | None:
+        """Width and height ``(x, y)`` mm at the isocentre of the reference's detected field's core; None without one.
+
+        ``field.core_extent_px``: without thin appendages (a detector line joined to it); its box's
+        (:attr:`field_extent_mm`) without a mask.
+        """
+        core = core_extent_px(self.field)
+        if core is None:
+            return self.field_extent_mm
+        sy, sx = _scaled(self.image.spacing_mm, self._field_factor)
+        return core[0] * sx, core[1] * sy
 
     @property
     def field_pixel_mm(self) -> float:
