@@ -424,7 +424,6 @@ def test_a_rotation_the_coarse_level_put_several_steps_off_is_found_where_the_as
     from dataclasses import replace
 
     from portalign.simulate import _axis_rotation, _beam_axes, _euler_angles, render_drr
-    from scipy import ndimage, special
 
     geometry = {"detector_shape": (384, 512), "detector_spacing_mm": 0.784, "sid_mm": 1607.0}
     ex, ey, towards = _beam_axes(90.0, 0.0)
@@ -434,19 +433,7 @@ def test_a_rotation_the_coarse_level_put_several_steps_off_is_found_where_the_as
                        **geometry)
     reference = render_drr(held_out_ct, gantry_deg=90.0, energy="kv", **geometry)
     reference = replace(reference, info=replace(reference.info, collimator_deg=165.5))
-    x, y = frame.pixel_to_mm(np.arange(frame.shape[1])[None, :], np.arange(frame.shape[0])[:, None])
-    turned = math.radians(165.5)  # the jaws, in beam-limiting-device axes turned by the collimator
-    bx, by = math.cos(turned) * x - math.sin(turned) * y, -math.sin(turned) * x - math.cos(turned) * y
-
-    def edge(d: np.ndarray) -> np.ndarray:  # a 2 mm (sigma) penumbra
-        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * 2.0))
-
-    beam = edge(bx + 42.66) * edge(26.99 - bx) * edge(by + 57.84) * edge(31.39 - by)
-    pixels = ndimage.gaussian_filter(frame.pixels.astype(np.float64) * (0.02 + 0.98 * beam), 0.6 / frame.spacing_mm[0],
-                                     mode="nearest")
-    pixels += 0.015 * np.sqrt(np.maximum(pixels, 0.0)) * np.random.default_rng(50204).standard_normal(pixels.shape)
-    frame = replace(frame, pixels=np.maximum(pixels, 0.0).astype(np.float32),
-                    info=replace(frame.info, collimator_deg=165.5))
+    frame = _through_jaws(frame, (-42.66, 26.99, -57.84, 31.39), 165.5, seed=50204)
     result = portalign.register(reference, frame, backend="cpu")
     assert result.details["candidates"][0]["rotation_deg"] < -4.0  # the coarse level's rotation, as in the trial
     assert result.ok, result.reason
@@ -459,6 +446,30 @@ def test_a_rotation_the_coarse_level_put_several_steps_off_is_found_where_the_as
     monkeypatch.setattr(_program, "search_compiled", _search_program.search_eager)
     eager = portalign.register(reference, frame, backend="cpu")
     assert (eager.dx_mm, eager.dy_mm, eager.rotation_deg) == (result.dx_mm, result.dy_mm, result.rotation_deg)
+
+
+def _through_jaws(frame, jaws_mm, collimator_deg, *, seed, penumbra_mm=2.0, blur_mm=0.6, noise=0.015):
+    """An MV frame as the independent trials' generator makes it: through jaws ``(x1, x2, y1, y2)`` mm (IEC beam-limiting
+    device axes, turned by ``collimator_deg``) with an erf penumbra of ``penumbra_mm`` (sigma), 2 % transmission,
+    blurred by ``blur_mm`` and with Poisson-like noise of ``noise`` (seeded)."""
+    from dataclasses import replace
+
+    from scipy import ndimage, special
+
+    x, y = frame.pixel_to_mm(np.arange(frame.shape[1])[None, :], np.arange(frame.shape[0])[:, None])
+    turned = math.radians(collimator_deg)
+    bx, by = math.cos(turned) * x - math.sin(turned) * y, -math.sin(turned) * x - math.cos(turned) * y
+
+    def edge(d: np.ndarray) -> np.ndarray:
+        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * penumbra_mm))
+
+    x1, x2, y1, y2 = jaws_mm
+    beam = edge(bx - x1) * edge(x2 - bx) * edge(by - y1) * edge(y2 - by)
+    pixels = ndimage.gaussian_filter(frame.pixels.astype(np.float64) * (0.02 + 0.98 * beam),
+                                     blur_mm / frame.spacing_mm[0], mode="nearest")
+    pixels += noise * np.sqrt(np.maximum(pixels, 0.0)) * np.random.default_rng(seed).standard_normal(pixels.shape)
+    return replace(frame, pixels=np.maximum(pixels, 0.0).astype(np.float32),
+                   info=replace(frame.info, collimator_deg=collimator_deg))
 
 
 def _offset_render(ct, *, shape, pitch_mm, sid_mm, axis_offset_px, **kw):
@@ -688,7 +699,6 @@ def test_a_large_shift_of_a_lateral_abdomen_across_the_diverging_beam_is_stated_
     from dataclasses import replace
 
     from portalign.simulate import _axis_rotation, _beam_axes, _euler_angles
-    from scipy import ndimage, special
 
     ex, ey, towards = _beam_axes(270.0, 0.0)
     turn = _euler_angles(_axis_rotation(-towards, 0.24056627451552737))
@@ -702,20 +712,8 @@ def test_a_large_shift_of_a_lateral_abdomen_across_the_diverging_beam_is_stated_
                                energy="kv", blur_mm=0.6, **views)
     reference = replace(reference, info=replace(reference.info, sid_mm=1000.0, imager_spacing_mm=(0.5, 0.5),
                                                 collimator_deg=23.6))
-    x, y = frame.pixel_to_mm(np.arange(frame.shape[1])[None, :], np.arange(frame.shape[0])[:, None])
-    turned = math.radians(23.6)  # beam-limiting-device axes turned by the collimator (IEC)
-    bx, by = math.cos(turned) * x - math.sin(turned) * y, -math.sin(turned) * x - math.cos(turned) * y
-
-    def edge(d: np.ndarray) -> np.ndarray:  # a 2 mm (sigma) penumbra
-        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * 2.0))
-
-    jaws = edge(bx + 59.95581413156297) * edge(109.23085676640889 - bx) * edge(by + 56.64111004687012) * edge(
-        72.51515387727098 - by)
-    pixels = ndimage.gaussian_filter(frame.pixels.astype(np.float64) * (0.02 + 0.98 * jaws), 0.6 / frame.spacing_mm[0],
-                                     mode="nearest")
-    pixels += 0.015 * np.sqrt(np.maximum(pixels, 0.0)) * np.random.default_rng(52251).standard_normal(pixels.shape)
-    frame = replace(frame, pixels=np.maximum(pixels, 0.0).astype(np.float32),
-                    info=replace(frame.info, collimator_deg=23.6))
+    frame = _through_jaws(frame, (-59.95581413156297, 109.23085676640889, -56.64111004687012, 72.51515387727098), 23.6,
+                          seed=52251)
     result = portalign.register(reference, frame, backend="cpu")
     assert result.ok, result.reason
     errors = (result.dx_mm - float(np.dot(shift, ex)), result.dy_mm - float(np.dot(shift, ey)))
