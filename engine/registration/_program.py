@@ -1518,8 +1518,9 @@ def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacin
     """Say why two portal images' fields of different sizes are two scales; ``""`` when they agree.
 
     ``box_mm`` is the frame field's box ``[x0, x1, y0, y1]`` (mm from its beam axis, the extreme pixel centres of its
-    field-detection level, whose ``level_spacing`` is given); the reference's is :attr:`Reference.field_extent_mm`.
-    The fields' cores are compared (``field.core_extent_px``: a detector line joined to a field is not its extent).
+    field-detection level, whose ``level_spacing`` is given), its core's where ``frame_field`` has a mask; the
+    reference's is :attr:`Reference.field_core_extent_mm`. The fields' cores are compared (``field.core_extent_px``: a
+    detector line joined to a field is not its extent).
     A field that either image cuts off (its box at the image's border, ``field.box_at_border``: ``frame_field``'s and
     the reference's) is not compared: the image's size measured it there, not the aperture. An independent trial
     (trial53 geometry-31): a 127 mm panel (an aS1200 crop at SID 1687) under a 86 x 145 mm field was refused as a
