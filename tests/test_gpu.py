@@ -540,7 +540,8 @@ def test_padded_pixel_lists_give_one_graph_per_bucket(backend, monkeypatch, on_h
         assert gpu.details["rigidity_check"] is None or not gpu.details["rigidity_check"]["measured_here"]
         if right == 98 and cpu.details["rigidity_check"] is not None:  # the CPU's first frame measured it: the same
             assert cpu.details["rigidity_check"]["measured_here"]
-            for key in ("rows_mm", "cols_mm", "term_mm"):
+            assert cpu.details["rigidity_check"]["depth_mm"] is not None  # a field in both: its depth halves too
+            for key in ("rows_mm", "cols_mm", "depth_mm", "term_mm"):
                 assert warm.details["rigidity_check"][key] == pytest.approx(cpu.details["rigidity_check"][key], abs=1e-9)
         plan = on_gpu.plan_for(*plan_key)
         counts = {}

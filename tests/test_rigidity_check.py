@@ -93,3 +93,69 @@ def test_only_a_stated_uncertainty_gets_the_check():
                                 portalign.RegistrationOptions(method="edge"), backend="cpu")
     assert result.ok and result.details["shift_uncertainty_mm"] is None
     assert result.details["rigidity_check"] is None
+
+
+def test_the_term_takes_the_field_depth_halves_parting_where_it_is_the_largest():
+    assert rigidity_mm(0.3, 0.2, 1.0, 2.0) == pytest.approx(RIGIDITY_SHARE * (2.0 - RIGIDITY_NOISE_SHARE))
+    assert rigidity_mm(2.0, 0.2, 1.0, 0.4) == rigidity_mm(2.0, 0.2, 1.0) == rigidity_mm(2.0, 0.2, 1.0, None)
+
+
+def test_field_depths_are_each_usable_pixels_distance_from_the_field_edge():
+    """``_frame.field_depths``: the field mask's distance map (on its own, coarser level) read bilinearly at the finer
+    level's pixel list: a pixel of a 2x finer level lies where the placement puts it, its depth the distance to the
+    nearest pixel outside the field."""
+    from types import SimpleNamespace
+
+    from portalign.backends import cpu_backend
+    from portalign.field import FieldEstimate
+    from portalign.registration._frame import field_depths
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:35, 10:50] = True  # the field on the field level (level 1 of the frame)
+    field = FieldEstimate(detected=True, mask=mask)
+    rows = np.array([20, 30, 11, 50], dtype=np.int64)  # level-0 pixels: field-level rows 9.75, 14.75, 5.25, 24.75
+    cols = np.array([60, 21, 60, 97], dtype=np.int64)  # ...columns 29.75, 10.25, 29.75, 48.25
+    level = SimpleNamespace(index=0, usable=4, pixel_rows=rows, pixel_cols=cols)
+    depths = field_depths(cpu_backend(), level, field, 1, (2.0, 2.0))
+    # the nearest outside pixel: row 4 or 35, column 9 or 50 (2 mm a field-level pixel)
+    expected = [2.0 * (9.75 - 4), 2.0 * (10.25 - 9), 2.0 * (5.25 - 4),
+                2.0 * (50 - 48.25)]
+    assert np.asarray(depths) == pytest.approx(expected, abs=0.05)
+    assert field_depths(cpu_backend(), level, FieldEstimate(detected=False), 1, (2.0, 2.0)) is None
+
+
+def _beam(box: tuple[float, float, float, float], sigma: float = 2.0) -> np.ndarray:
+    from scipy import special
+
+    y, x = np.mgrid[0:SIZE, 0:SIZE] - (SIZE - 1) / 2
+
+    def edge(d: np.ndarray) -> np.ndarray:
+        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * sigma))
+
+    x1, x2, y1, y2 = box
+    return edge(x - x1) * edge(x2 - x) * edge(y - y1) * edge(y2 - y)
+
+
+def test_the_fields_inner_and_outer_halves_are_compared_only_where_both_images_show_the_field():
+    """Two portal images of one field (its edges stay with the beam), the anatomy moved rigidly: the field's inner and
+    outer halves agree (``depth_mm`` under a working pixel: no term). Against a reference without a field (a DRR) the
+    frame's edges are not in the reference and pull nothing: not measured (null)."""
+    base = anatomy(SIZE, seed=5)
+    base = 1.0 - 0.3 * (base - base.min()) / (base.max() - base.min())
+    beam = 0.02 + 0.98 * _beam((-60.0, 60.0, -45.0, 45.0))
+    rng = np.random.default_rng(5)
+
+    def noisy(pixels: np.ndarray) -> np.ndarray:
+        return pixels + 0.003 * np.sqrt(pixels) * rng.standard_normal(pixels.shape)
+
+    frame = _image(noisy(_moved(base, -2.4, 2.5) * beam))
+    portal = portalign.register(_image(noisy(base * beam)), frame, backend="cpu")
+    assert portal.ok, portal.reason
+    assert (portal.dx_mm, portal.dy_mm) == pytest.approx((-2.4, 2.5), abs=0.2)
+    check = portal.details["rigidity_check"]
+    assert check["depth_mm"] is not None and check["depth_mm"] < portal.details["working_spacing_mm"]
+    assert check["term_mm"] < 0.3
+    assert not any("inner and outer halves" in w for w in portal.warnings)
+    drr = portalign.register(_image(base), frame, backend="cpu")
+    assert drr.ok, drr.reason
+    assert drr.details["rigidity_check"]["depth_mm"] is None

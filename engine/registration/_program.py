@@ -60,6 +60,7 @@ from ._frame import (
     dead_detector_lines,
     denoised_frame,
     faulty_lines,
+    field_depths,
     frame_levels,
     frame_mask,
     pad_pixel_list,
@@ -1729,18 +1730,22 @@ def _copy_levels_in(backend: Backend, plan: FramePlan, host: FramePlan, used: li
 
 
 def _rigidity_check(backend: Backend, plan: FramePlan, level: Level, pose: Any, r_eff: float, opts: Any,
-                    metric: str, working_spacing_mm: float) -> dict:
+                    metric: str, working_spacing_mm: float, depths: Any = None) -> dict:
     """Return the spatial halves' check of a match (``details["rigidity_check"]``) and keep it on ``plan``.
 
     ``_refine.spatial_halves`` on ``level`` (the finest working level) from ``pose``, with ``metric`` (the reported
-    optimum's); its term of the shift's uncertainty is ``_quality.rigidity_mm``'s. The lane's later frames whose shift
-    lies within ``RIGIDITY_RECHECK_MM`` of this one's share the record (``measured_here`` false; ``_register``).
+    optimum's), and the field's inner and outer halves where ``depths`` are given (``_frame.field_depths``: two
+    portal images with a field); its term of the shift's uncertainty is ``_quality.rigidity_mm``'s. The lane's later
+    frames whose shift lies within ``RIGIDITY_RECHECK_MM`` of this one's share the record (``measured_here`` false;
+    ``_register``).
     """
     dx, dy = float(pose[0]), float(pose[1])
-    rows_mm, cols_mm = spatial_halves(backend, plan, level, pose, r_eff, opts, metric)
-    # the halves' optima's distances (mm), upper against lower and left against right; the term they give the shift's
-    # uncertainty (mm, each axis); the shift (mm) of the frame they were measured on
-    record = {"rows_mm": rows_mm, "cols_mm": cols_mm, "term_mm": rigidity_mm(rows_mm, cols_mm, working_spacing_mm),
+    rows_mm, cols_mm, depth_mm = spatial_halves(backend, plan, level, pose, r_eff, opts, metric, depths)
+    # the halves' optima's distances (mm), upper against lower, left against right, and the field's inner against its
+    # outer half (null: not measured, no field in both images); the term they give the shift's uncertainty (mm, each
+    # axis); the shift (mm) of the frame they were measured on
+    record = {"rows_mm": rows_mm, "cols_mm": cols_mm, "depth_mm": depth_mm,
+              "term_mm": rigidity_mm(rows_mm, cols_mm, working_spacing_mm, depth_mm),
               "shift_mm": [dx, dy], "measured_here": True}
     plan.rigidity = (dx, dy, {**record, "measured_here": False})
     return record
@@ -2383,17 +2388,28 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         if kept is not None and (pose[0] - kept[0]) ** 2 + (pose[1] - kept[1]) ** 2 <= RIGIDITY_RECHECK_MM ** 2:
             rigidity = kept[2]
         else:
+            # two portal images with one field: its inner and outer halves too (the edges stay with the beam)
+            depths = (field_depths(backend, finest_level, field, plan.field_level,
+                                   (frame.spacing_mm[0] * (1 << plan.field_level),
+                                    frame.spacing_mm[1] * (1 << plan.field_level)))
+                      if field.detected and reference.field.detected else None)
             rigidity = _rigidity_check(backend, plan, finest_level, pose, r_eff, opts,
-                                       "mi" if found.mi_final else "edge", details["working_spacing_mm"])
+                                       "mi" if found.mi_final else "edge", details["working_spacing_mm"], depths)
     details["rigidity_check"] = rigidity
     if rigidity is not None and rigidity["term_mm"] >= RIGIDITY_WARN_MM:
         parting = rigidity["rows_mm"] if rigidity["rows_mm"] > rigidity["cols_mm"] else rigidity["cols_mm"]
-        warnings.append(
-            f"the image's halves place the match {parting:.1f} mm apart (upper against lower, left against right): the "
-            "images do not differ by one rigid motion (anatomy at different depths moved apart: a large shift across "
-            "the diverging beam, a pitch or roll that one view cannot see); the uncertainty includes it"
-            + ("" if rigidity["measured_here"] else " (measured on an earlier frame at a shift within "
-               f"{RIGIDITY_RECHECK_MM:g} mm of this one)"))
+        depth_parting = rigidity.get("depth_mm")
+        if depth_parting is not None and depth_parting > parting:
+            said = (f"the field's inner and outer halves place the match {depth_parting:.1f} mm apart: the field's "
+                    "edges, which stay with the beam in both portal images, pull the match towards the field's own "
+                    "position where the anatomy inside it is faint; the uncertainty includes it")
+        else:
+            said = (f"the image's halves place the match {parting:.1f} mm apart (upper against lower, left against "
+                    "right): the images do not differ by one rigid motion (anatomy at different depths moved apart: a "
+                    "large shift across the diverging beam, a pitch or roll that one view cannot see); the uncertainty "
+                    "includes it")
+        warnings.append(said + ("" if rigidity["measured_here"] else " (measured on an earlier frame at a shift within "
+                                f"{RIGIDITY_RECHECK_MM:g} mm of this one)"))
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap,
                                  reference_arc, 0.0 if rigidity is None else rigidity["term_mm"])

@@ -141,22 +141,34 @@ SPATIAL_HALF_ITERATIONS = 6
 
 
 def spatial_halves(backend, plan: FramePlan, level: Level, pose: np.ndarray, r_eff: float, opts,  # type: ignore[no-untyped-def]
-                   metric: str = "edge") -> tuple[float, float]:
-    """Return how far apart (mm) the translation optima of the usable pixels' spatial halves lie: (rows, columns).
+                   metric: str = "edge", depths=None) -> tuple[float, float, float | None]:  # type: ignore[no-untyped-def]
+    """Return how far apart (mm) the translation optima of the usable pixels' spatial halves lie.
 
     The halves are the pixels above and below their median row (the row-major list's first and second half), and
-    left and right of their median column. Each is refined for translation alone from the whole's ``pose`` (its
-    rotation held) with ``metric`` (``"edge"``: unguarded, as the split-half check's halves). Unlike
-    :func:`split_half_spread`'s interleaved halves, which share the anatomy and differ only in noise, these see
-    different anatomy: where the images do not differ by one rigid in-plane motion (a shift across a diverging beam
-    moves anatomy at different depths by different amounts; a pitch or roll one view cannot see; a shift along the
-    beam magnifies), the halves' optima part, and the whole's lies somewhere between them.
+    left and right of their median column; with ``depths``, also the pixels deeper in the radiation field than their
+    median depth and the rest. Each is refined for translation alone from the whole's ``pose`` (its rotation held)
+    with ``metric`` (``"edge"``: unguarded, as the split-half check's halves). Unlike :func:`split_half_spread`'s
+    interleaved halves, which share the anatomy and differ only in noise, these see different anatomy: where the
+    images do not differ by one rigid in-plane motion (a shift across a diverging beam moves anatomy at different
+    depths by different amounts; a pitch or roll one view cannot see; a shift along the beam magnifies), the halves'
+    optima part, and the whole's lies somewhere between them. The field's outer half holds what is left of its
+    edges' penumbra past the band cut out: in two portal images those edges stay with the beam, and where the
+    anatomy inside is faint they pull the outer half (and the whole) towards the field's own position while the
+    inner half follows the anatomy.
+
+    Parameters
+    ----------
+    depths : backend array of float, optional
+        Each usable pixel's depth inside the frame's field (any unit; ``level.pixel_rows[:usable]``'s order), on
+        the backend (``backend.xp``); ``None``: no depth halves.
 
     Returns
     -------
     rows_mm, cols_mm : float
         The distance (mm at the isocentre plane) between the optima of the upper and lower halves, and of the left
         and right halves.
+    depth_mm : float or None
+        The distance between the optima of the field's inner and outer halves; ``None`` without ``depths``.
     """
     count = int(level.usable)
     xp = backend.xp  # the halves are taken where the pixel list lives: nothing comes back from a device
@@ -167,14 +179,20 @@ def spatial_halves(backend, plan: FramePlan, level: Level, pose: np.ndarray, r_e
     left = cols < xp.partition(cols, middle)[middle]  # the median column's own pixels go right
     right = ~left
     n_left = int(left.sum())
-    splits = (((rows[:middle], cols[:middle], middle), (rows[middle:], cols[middle:], count - middle)),  # row-major
-              ((rows[left], cols[left], n_left), (rows[right], cols[right], count - n_left)))
+    splits = [((rows[:middle], cols[:middle], middle), (rows[middle:], cols[middle:], count - middle)),  # row-major
+              ((rows[left], cols[left], n_left), (rows[right], cols[right], count - n_left))]
+    if depths is not None:
+        inner = depths > xp.partition(depths, middle)[middle]  # the median depth's own pixels go outer
+        n_inner = int(inner.sum())
+        if 0 < n_inner < count:
+            outer = ~inner
+            splits.append(((rows[inner], cols[inner], n_inner), (rows[outer], cols[outer], count - n_inner)))
     distances = []
     for halves in splits:
         a, b = (newton(backend, plan, level, start, name, SPATIAL_HALF_ITERATIONS, r_eff, False, opts, tolerance=0.05,
                        pixels=half)[0] for half in halves)
         distances.append(float(np.hypot(a[0] - b[0], a[1] - b[1])))
-    return distances[0], distances[1]
+    return distances[0], distances[1], (distances[2] if len(distances) > 2 else None)
 
 
 #: Directions (unit vectors in the image's x, y) along which ``peak_curvatures`` steps: enough to fit a 2 x 2 form.
