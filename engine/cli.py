@@ -363,12 +363,17 @@ def _load_named(path: str, args: argparse.Namespace, other: str, *, frame_index:
         raise PortalignError(f"{path}{text[len(name):]}") from exc
 
 
+#: Most repeats ``register --repeat`` times: a billion ran on past any timeout with no output (a new user's trial).
+MAX_REPEAT = 10000
+
+
 def _register(args: argparse.Namespace) -> int:
     from .options import RegistrationOptions
     from .registration import prepare_reference_for
 
-    if args.repeat < 0:
-        raise PortalignError(f"--repeat must be 0 or more, got {args.repeat}")
+    if not 0 <= args.repeat <= MAX_REPEAT:
+        raise PortalignError(f"--repeat must be 0 to {MAX_REPEAT} (a timing's median settles within a few hundred "
+                             f"registrations), got {args.repeat}")
     if args.patient_position is not None and not args.reg:
         raise PortalignError(f"--patient-position {args.patient_position} is used only by the REG object: pass "
                              "--reg OUT.dcm too, or leave --patient-position out (the shift itself does not depend on it)")

@@ -147,6 +147,10 @@ POSITION_LIMIT_MM = 10000.0
 ANGLE_LIMIT_DEG = 360.0
 #: Largest Rows / Columns (the US value range).
 MAX_SIDE = 65535
+#: Most pixels a frame may have: an EPID has up to a few million (aS1200: 1280 x 1280), a port film digitised at
+#: 0.1 mm about 15 million. A fuzz campaign's consistent 16000 x 16000 8-bit file (256 MB) took 4 GB to register: the
+#: float copies and pyramid of a frame are some 16 bytes a pixel.
+MAX_FRAME_PIXELS = 40_000_000
 #: Compressed pixel data (and a deflated dataset) may decode to at most this many times its own size. Lossless
 #: compression of a detector's noisy 16-bit pixels gains 2-4 times; 50 leaves room for flat images and refuses a
 #: few kilobytes that claim hundreds of megabytes.
@@ -553,6 +557,18 @@ def _read_dataset(source: Any, name: str, *, require_pixels: bool) -> Dataset:
     return ds
 
 
+#: Media Storage Directory Storage (PS3.4): a DICOMDIR's MediaStorageSOPClassUID.
+DICOMDIR_CLASS_UID = "1.2.840.10008.1.3.10"
+
+
+def _media_storage_class(ds: Dataset) -> str:
+    """Return the file meta's MediaStorageSOPClassUID (``""`` where there is none or it cannot be read)."""
+    try:
+        return str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "").strip(" \0")
+    except Exception:  # noqa: BLE001 - a file meta that cannot be read: the checks after this say what is wrong
+        return ""
+
+
 def _parse(data: bytes, name: str) -> Dataset:
     if not data:
         raise PortalImageError(f"{name}: is empty (0 bytes); not a DICOM file")
@@ -579,6 +595,10 @@ def _parse(data: bytes, name: str) -> Dataset:
             said = re.sub(r"\bfile position ([0-9A-Fa-f]+)\b", r"byte 0x\1", _one_line(exc))
             raise PortalImageError(f"{name}: damaged DICOM file ({said}); copy or export it again") from exc
         raise PortalImageError(f"{name}: {_NOT_DICOM}") from exc
+    if _media_storage_class(ds) == DICOMDIR_CLASS_UID:  # a media directory: it lists files, holds no image
+        raise PortalImageError(f"{name}: is a DICOMDIR (a media directory, PS3.10: it lists the files of a disc or "
+                               "folder and holds no image); pass one of the RT Image files it lists (in the folders "
+                               "beside it)")
     if not _looks_like_dicom(ds):
         if has_preamble:  # "DICM" at byte 128: a DICOM file whose elements stop being readable early
             before = _header_before_pixels(data)
@@ -1088,6 +1108,12 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
     cols = _checked_int(ds, "Columns", name, 1, MAX_SIDE)
     if rows is None or cols is None:
         raise PortalImageError(f"{name}: has no Rows/Columns; the pixel data cannot be shaped")
+    if rows * cols > MAX_FRAME_PIXELS:
+        raise PortalImageError(
+            f"{name}: Rows x Columns (0028,0010 x 0028,0011) is {rows} x {cols}, {rows * cols / 1e6:.0f} million pixels a "
+            f"frame, more than the {MAX_FRAME_PIXELS / 1e6:.0f} million of any imager or film digitiser (an aS1200 has "
+            "1.6 million); registering it would take many gigabytes: resample the image to its imager's pixels, or "
+            "check the size tags")
     samples = _checked_int(ds, "SamplesPerPixel", name, 1, 4) or 1
     if samples != 1:
         raise PortalImageError(f"{name}: is a colour image (SamplesPerPixel {samples}); portal images are greyscale")
@@ -1099,6 +1125,11 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
     if isinstance(photometric, bytes):
         photometric = photometric.decode("latin-1")
     photometric = str(photometric).strip(" \0").upper()
+    if not photometric:  # the decoder needs it, and said "pixel data cannot be decoded ... damaged" (a fuzz campaign)
+        raise PortalImageError(
+            f"{name}: PhotometricInterpretation (0028,0004) is missing or empty; the pixel data cannot be read without "
+            "it: a greyscale RT Image has MONOCHROME2 (higher values brighter) or MONOCHROME1 there: correct the tag, "
+            "or export the image again")
     if photometric == "PALETTE COLOR":  # one sample a pixel, but an index into a colour table: not a signal
         raise PortalImageError(
             f"{name}: is a palette-colour image (PhotometricInterpretation (0028,0004) PALETTE COLOR): its values index "
@@ -1221,6 +1252,11 @@ def _codestream_size(encapsulated: bytes, search: int = 1 << 16) -> tuple[int, i
             return None
         pos += 2 + length
     return None
+
+
+#: Rescaled pixels all within this of 0 are refused: their differences' squares underflow 32-bit floats (a slope of
+#: 1e-20 on 16-bit values still registered, 1e-25 did not).
+MIN_RESCALED_REACH = 1e-18
 
 
 def _rescale_tags(ds: Dataset, name: str) -> tuple[float, float]:
@@ -1444,6 +1480,13 @@ def _rescale(raw: np.ndarray, slope: float, intercept: float, name: str = "image
                 f"{name}: RescaleIntercept (0028,1052) {intercept:g} with RescaleSlope (0028,1053) {slope:g} puts the "
                 f"pixels near {reach:.3g}, where 32-bit floats keep steps of about {step:.3g}, coarser than one stored "
                 "level: the image's grey levels would merge; correct or remove the tag")
+    if raw.size and abs(intercept) < MIN_RESCALED_REACH:
+        reach = max(abs(float(raw.min())), abs(float(raw.max()))) * abs(slope) + abs(intercept)
+        if 0.0 < reach < MIN_RESCALED_REACH:  # a fuzz campaign's 1e-30: "no match ... a wrong scale in one header"
+            raise PortalImageError(
+                f"{name}: RescaleSlope (0028,1053) {slope:g} puts every pixel within {reach:.3g} of 0, too small for "
+                "32-bit floats to hold the image's differences (a portal dosimetry image's slope is about 1e-4); "
+                "correct or remove the tag")
     out = np.empty(raw.shape, dtype=np.float32)
     flat_raw, flat_out = raw.reshape(-1), out.reshape(-1)
     for start in range(0, flat_raw.size, _RESCALE_BLOCK):

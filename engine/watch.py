@@ -39,6 +39,7 @@ import argparse
 import functools
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -135,6 +136,7 @@ class FolderWatcher:
         self._seen: dict[str, _Seen] = {}
         #: Subfolders of the watched folder (other than done/ and failed/) seen on the last scan: not looked into.
         self.subfolders: list[str] = []
+        self.not_files: list[str] = []
         self._unmovable: set[tuple[str, int, int]] = set()
         self.files_done = 0
         self.files_failed = 0
@@ -153,6 +155,10 @@ class FolderWatcher:
         except OSError as exc:
             raise PortalignError(f"{self.folder}: cannot list the watched folder ({exc.strerror or exc})") from exc
         self.subfolders = sorted(e.name for e in entries if e.name not in (DONE, FAILED) and _is_folder(e))
+        # links, pipes and devices are not taken (a link's target may change or be anything: /dev/zero): said, not
+        # dropped silently
+        self.not_files = sorted(e.name for e in entries if e.name not in self.subfolders and not is_ignored(e.name)
+                                and e.name not in (DONE, FAILED) and not _is_plain_file(e))
         for entry in entries:
             try:
                 if (entry.is_file(follow_symlinks=False) and not is_ignored(entry.name)
@@ -229,7 +235,7 @@ class FolderWatcher:
                 # being written; looked at again when it changes or is older (an empty file waited empty_polls already)
                 self._seen[name] = _Seen(key[1], key[2], polls=1 - max(1, math.ceil((self.young_s - age) / self.poll_s)))
                 return []
-            detail = _one_line(exc)
+            detail = _watch_hints(_one_line(exc))
             detail = detail[len(name) + 2:] if detail.startswith(f"{name}: ") else detail  # the reader names it too
             message = f"{name}: cannot be read as an RT Image: {detail}"
             lines = [self.registrar.error(message, stage="decode", error_kind=type(exc).__name__, file=name)]
@@ -287,6 +293,18 @@ def _free_name(folder: Path, name: str) -> Path:
         n += 1
         target = folder / f"{stem}-{n}{suffix}"
     return target
+
+
+def _watch_hints(text: str) -> str:
+    """Say the geometry overrides a reader's error names as the watch folder can take them: it has none per file.
+
+    The reader's ``pass pixel_spacing_mm=`` (a Python keyword; ``portalign register --pixel-spacing-mm``) cannot be
+    given to a watched file: the file itself must be corrected (a new user's trial followed it and found no flag).
+    """
+    return re.sub(r"(?:correct the tags? or )?pass (pixel_spacing_mm|sid_mm|sad_mm)=(?: and (?:sid_mm|sad_mm)=)?"
+                  r"(?: \(--[\w-]+\))?(?: \(mm at the isocentre\))?",
+                  "correct the file (a watched folder has no override for it; portalign register takes "
+                  "--pixel-spacing-mm, --sid-mm and --sad-mm)", text)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -381,11 +399,24 @@ def run(args: argparse.Namespace) -> int:
             more = f" and {len(watcher.subfolders) - 5} more" if len(watcher.subfolders) > 5 else ""
             earlier += (f"; subfolders are not looked into ({shown}{more}): move their files into {watcher.folder} "
                         "or watch each folder")
+        if watcher.not_files:  # links, pipes, devices: not taken, and said
+            shown = ", ".join(watcher.not_files[:5])
+            more = f" and {len(watcher.not_files) - 5} more" if len(watcher.not_files) > 5 else ""
+            earlier += (f"; entries that are not plain files are not taken ({shown}{more}: links, pipes or devices): "
+                        f"copy the files themselves into {watcher.folder}")
         what = f" ({watcher.registrar.summary()})" if watcher.files_done or watcher.files_failed else ""
         print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{what}{earlier}",
               file=sys.stderr)
         return EXIT_FILE_FAILED if watcher.files_failed else 0
     return 0
+
+
+def _is_plain_file(entry: os.DirEntry) -> bool:
+    """Whether a scanned entry is a plain file (not through a link); True where it vanished (nothing to say)."""
+    try:
+        return entry.is_file(follow_symlinks=False) or not os.path.lexists(entry.path)
+    except OSError:
+        return True
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

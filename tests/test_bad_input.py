@@ -512,11 +512,13 @@ def test_options_refuse_non_finite_and_out_of_range_numbers(keyword: str, value:
         portalign.RegistrationOptions(**{keyword: value})
 
 
-def test_cli_negative_repeat(capsys: pytest.CaptureFixture[str], good: Good) -> None:
-    status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--repeat", "-1"])
+@pytest.mark.parametrize("repeat", ["-1", "1000000000"])
+def test_cli_repeat_out_of_range(capsys: pytest.CaptureFixture[str], good: Good, repeat: str) -> None:
+    """A negative count, or a billion (it ran on past any timeout with no output: a new user's trial), is refused."""
+    status = main(["register", str(good.ref_dcm), str(good.frame_dcm), "--repeat", repeat])
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
-    assert_one_line_error(err, "--repeat", r"--repeat must be 0 or more, got -1")
+    assert_one_line_error(err, "--repeat", rf"--repeat must be 0 to 10000 .*, got {repeat}")
 
 
 def test_cli_overlay_in_missing_folder(capsys: pytest.CaptureFixture[str], good: Good, tmp_path: Path) -> None:

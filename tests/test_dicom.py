@@ -1126,6 +1126,9 @@ def test_an_unusable_tag_is_refused_naming_the_file_the_tag_and_the_fix(tmp_path
         ("PhotometricInterpretation", "YBR_FULL_422", r"PhotometricInterpretation \(0028,0004\) YBR_FULL_422 is a colour "
                                                       r"model but SamplesPerPixel \(0028,0002\) is 1; a greyscale RT Image "
                                                       r"has MONOCHROME1 or MONOCHROME2 there: correct the tag$"),
+        # (the decoder's "pixel data cannot be decoded ... PixelData is damaged" named the wrong tag: a fuzz campaign)
+        ("PhotometricInterpretation", "", r"PhotometricInterpretation \(0028,0004\) is missing or empty; the pixel data "
+                                          r"cannot be read without it: .* correct the tag, or export the image again$"),
         ("PixelIntensityRelationshipSign", 0, r"PixelIntensityRelationshipSign \(0028,1041\) is 0; it must be \+1 or -1; "
                                               r"correct the tag or pass invert=True / invert=False \(--invert / --no-invert\)$"),
     ],
@@ -1135,6 +1138,39 @@ def test_image_size_and_bit_tags_are_checked_before_decoding(keyword, value, mes
     setattr(ds, keyword, value)
     with pytest.raises(PortalImageError, match=r"^<bytes>: " + message):
         read_rt_image(to_bytes(ds))
+
+
+def test_a_frame_larger_than_any_imager_is_refused_before_decoding():
+    """A fuzz campaign's consistent 16000 x 16000 8-bit file (256 MB) took 4 GB to register; refused from its size tags
+    (here claimed by a small file: nothing is decoded)."""
+    ds = make_rt_image(_ramp(), spacing=0.4)
+    ds.Rows, ds.Columns = 16000, 16000
+    with pytest.raises(PortalImageError, match=r"^<bytes>: Rows x Columns \(0028,0010 x 0028,0011\) is 16000 x 16000, "
+                                               r"256 million pixels a frame, more than the 40 million"):
+        read_rt_image(to_bytes(ds))
+
+
+def test_a_missing_photometric_interpretation_and_a_dicomdir_are_named():
+    """A fuzz campaign: without PhotometricInterpretation the decoder's message blamed PixelData; a DICOMDIR renamed
+    .dcm read as "damaged DICOM file". Each is named for what it is, and the way out said."""
+    ds = make_rt_image(_ramp(), spacing=0.4)
+    del ds.PhotometricInterpretation
+    with pytest.raises(PortalImageError, match=r"^<bytes>: PhotometricInterpretation \(0028,0004\) is missing or empty"):
+        read_rt_image(to_bytes(ds))
+    from pydicom.dataset import FileMetaDataset
+
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    directory.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    directory.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    directory.FileSetID = "RT"
+    directory.DirectoryRecordSequence = []
+    buffer = io.BytesIO()
+    directory.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(PortalImageError, match=r"^<bytes>: is a DICOMDIR \(a media directory, PS3.10: .*\); pass one of "
+                                               r"the RT Image files it lists"):
+        read_rt_image(buffer.getvalue())
 
 
 def test_an_angle_that_is_absent_is_none_and_one_in_the_exposure_sequence_is_checked_too():
@@ -1196,9 +1232,9 @@ def test_compressed_pixel_data_cannot_claim_a_huge_image(tmp_path):
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(256)])  # within MAX_COMPRESSION_RATIO of the image
     ds["PixelData"].VR = "OB"
-    ds.Rows, ds.Columns = 20000, 20000
-    with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(20000 x 20000 x 16\) would "
-                                               r"decode \d+ bytes of compressed pixel data into 800,000,000 bytes "
+    ds.Rows, ds.Columns = 6000, 6000  # under MAX_FRAME_PIXELS (larger frames are refused by their size alone)
+    with pytest.raises(PortalImageError, match=r"^big\.dcm: Rows x Columns x BitsAllocated \(6000 x 6000 x 16\) would "
+                                               r"decode \d+ bytes of compressed pixel data into 72,000,000 bytes "
                                                r"\(over 50 times, and over 16 MiB\)"):
         read_rt_image(write_rt_image(ds, tmp_path / "big.dcm"))
 
@@ -1348,6 +1384,20 @@ def test_a_rescale_beyond_float32_is_refused(tmp_path, intercept):
     ds.RescaleIntercept = ds_value(-16384.0)  # a Varian aS500's: nowhere near (read, all <= 0, as negated signal)
     pixels = read_rt_image(write_rt_image(ds, tmp_path / "near.dcm")).pixels
     assert pixels.max() - pixels.min() == pytest.approx(250.0)
+
+
+def test_a_slope_that_puts_every_pixel_near_zero_is_refused_naming_it(tmp_path):
+    """A fuzz campaign: RescaleSlope 1e-30 read, and the match was "no match ... a wrong scale in one header", naming
+    another tag. Rescaled pixels all within 1e-18 of 0 are refused naming the slope; 1e-16 still reads and keeps its
+    grey levels' proportions."""
+    ds = make_rt_image(_ramp())
+    ds.RescaleSlope, ds.RescaleIntercept = ds_value(1e-30), ds_value(0.0)
+    with pytest.raises(PortalImageError, match=r"^tiny\.dcm: RescaleSlope \(0028,1053\) 1e-30 puts every pixel within "
+                                               r".* of 0, too small for 32-bit floats .*; correct or remove the tag$"):
+        read_rt_image(write_rt_image(ds, tmp_path / "tiny.dcm"))
+    ds.RescaleSlope = ds_value(1e-16)
+    pixels = read_rt_image(write_rt_image(ds, tmp_path / "small.dcm")).pixels.astype(np.float64)
+    assert (pixels.max() - pixels.min()) / pixels.max() == pytest.approx(float(np.ptp(_ramp())) / _ramp().max(), rel=1e-3)
 
 
 def test_padding_pixels_are_said(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -268,3 +269,34 @@ def test_a_frame_older_than_its_reference_in_the_same_scan_waits_for_it(tmp_path
     assert [line["file"] for line in lines] == ["z_ref.dcm", "a_frame.dcm"]
     assert lines[1]["status"] == "ok" and lines[1]["result"]["dx_mm"] == pytest.approx(1.0, abs=TOL_MM)
     assert out.splitlines()[0].startswith("z_ref.dcm: kept as the reference") and "a_frame.dcm: dx +" in out
+
+
+def test_watch_once_names_links_and_pipes_it_does_not_take(tmp_path, image, capsys):
+    """A link (dangling, or to /dev/zero) and a named pipe in the watched folder are not taken: --once names them (a new
+    user's trial: skipped without a word)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_rt_image(make_rt_image(shifted(image, 1.0, 0.5), spacing=1.5, position="centre"), folder / "y.dcm")
+    (folder / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (folder / "zero.dcm").symlink_to("/dev/zero")
+    os.mkfifo(folder / "pipe.dcm")
+    reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
+    assert _watch_once(folder, tmp_path / "results.jsonl", reference) == 0
+    err = capsys.readouterr().err
+    assert err.strip().endswith("; entries that are not plain files are not taken (gone.dcm, pipe.dcm, zero.dcm: links, "
+                                f"pipes or devices): copy the files themselves into {folder}"), err
+
+
+def test_a_watched_file_without_geometry_is_told_to_be_corrected_not_given_a_keyword(tmp_path, image):
+    """The reader's "pass pixel_spacing_mm=" (a Python keyword) cannot be given to a watched file (a new user's trial
+    looked for the flag): the journal line says to correct the file, and which command takes the override."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_rt_image(make_rt_image(shifted(image, 1.0, 0.5), spacing=None), folder / "y.dcm")
+    reference = write_rt_image(make_rt_image(image, spacing=1.5, position="centre"), tmp_path / "ref.dcm")
+    assert _watch_once(folder, tmp_path / "results.jsonl", reference) == 1
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    failed = [line for line in lines if line.get("file") == "y.dcm"]
+    assert failed and "pixel_spacing_mm=" not in failed[0]["error"], failed
+    assert "correct the file (a watched folder has no override for it; portalign register takes --pixel-spacing-mm" \
+        in failed[0]["error"], failed
