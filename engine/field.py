@@ -52,7 +52,8 @@ from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
            "field_size_mm", "field_pixels", "box_at_border", "core_extent_px", "likely_inverted", "planned_aperture_covers",
-           "penumbra_extent_mm", "sample_mask", "noise_ratio", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
+           "penumbra_extent_mm", "sample_mask", "noise_ratio", "core_box_px", "core_sides_mm", "core_sides_fine_mm",
+           "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -866,12 +867,101 @@ def core_extent_px(field: FieldEstimate) -> tuple[int, int] | None:
     row across it, joined to a 90 x 138 mm field, made its box 107 x 159 mm, and the portal pair was refused as two
     scales (1.19 and 1.15 times); its core is the field's 90 x 138 mm.
     """
+    box = core_box_px(field)
+    return None if box is None else (box[1] - box[0] + 1, box[3] - box[2] + 1)
+
+
+def core_box_px(field: FieldEstimate) -> tuple[int, int, int, int] | None:
+    """``(col_min, col_max, row_min, row_max)`` (pixels of the level it was found on) of a detected field's core.
+
+    The extreme columns and rows holding at least ``CORE_LINE_SHARE`` of the fullest one's field pixels (see
+    :func:`core_extent_px`); None without a mask.
+    """
     if not field.detected or field.mask is None or not field.mask.any():
         return None
     columns, rows = field.mask.sum(axis=0), field.mask.sum(axis=1)
     wide = np.flatnonzero(columns >= CORE_LINE_SHARE * columns.max())
     tall = np.flatnonzero(rows >= CORE_LINE_SHARE * rows.max())
-    return int(wide[-1] - wide[0] + 1), int(tall[-1] - tall[0] + 1)
+    return int(wide[0]), int(wide[-1]), int(tall[0]), int(tall[-1])
+
+
+def core_sides_mm(field: FieldEstimate, factor: int, image: Image) -> list[float | None] | None:
+    """Return the core's sides ``[x_min, x_max, y_min, y_max]`` (mm from ``image``'s beam axis, image axes).
+
+    None without a core. Each side is its extreme pixels' centre (:func:`core_box_px`) on the level the field
+    was found on, ``factor`` times coarser than ``image``; a side at the image's border is ``None`` (the image cut
+    the field off there: the side is the image's, not the aperture's).
+    """
+    box = core_box_px(field)
+    if box is None or field.mask is None:
+        return None
+    rows, cols = field.mask.shape
+    sy, sx = image.spacing_mm
+    ax, ay = image.beam_axis_px
+    centre = (factor - 1) / 2
+    c0, c1, r0, r1 = box
+    return [None if c0 == 0 else (c0 * factor + centre - ax) * sx,
+            None if c1 == cols - 1 else (c1 * factor + centre - ax) * sx,
+            None if r0 == 0 else (r0 * factor + centre - ay) * sy,
+            None if r1 == rows - 1 else (r1 * factor + centre - ay) * sy]
+
+
+def core_sides_fine_mm(field: FieldEstimate, factor: int, image: Image) -> list[float | None] | None:
+    """Return :func:`core_sides_mm` with each side placed to a fraction of a detector pixel.
+
+    Across each side, the mean profile of ``image``'s own pixels over the core's middle half (its rows for the x sides,
+    its columns for the y sides), within two field-detection pixels of the coarse side, crosses halfway between its
+    two ends: the penumbra's middle, whatever the two images' doses (the same aperture's jagged leaf ends bias both
+    alike). A side without such a crossing keeps its coarse place.
+    """
+    coarse = core_sides_mm(field, factor, image)
+    box = core_box_px(field)
+    if coarse is None or box is None:
+        return coarse
+    pixels = image.pixels
+    height, width = pixels.shape
+    sy, sx = image.spacing_mm
+    ax, ay = image.beam_axis_px
+    c0, c1, r0, r1 = box
+    reach = 2 * factor + 1
+    out = list(coarse)
+    for k, side, inward in ((0, c0, 1), (1, c1, -1), (2, r0, 1), (3, r1, -1)):
+        if coarse[k] is None:
+            continue
+        across = (r0, r1) if k < 2 else (c0, c1)  # the core's extent along the side, its middle half used
+        a = across[0] * factor + (across[1] - across[0] + 1) * factor // 4
+        b = max(across[0] * factor + 3 * (across[1] - across[0] + 1) * factor // 4, a + 1)
+        centre = side * factor + (factor - 1) / 2
+        lo = max(int(centre - reach), 0)
+        hi = min(int(centre + reach) + 1, width if k < 2 else height)
+        if hi - lo < 3:
+            continue
+        block = pixels[a:b, lo:hi] if k < 2 else pixels[lo:hi, a:b].T
+        place = _halfway(np.asarray(block, dtype=np.float64).mean(axis=0), inward)
+        if place is not None:
+            out[k] = (lo + place - (ax if k < 2 else ay)) * (sx if k < 2 else sy)
+    return out
+
+
+def _halfway(profile: np.ndarray, inward: int) -> float | None:
+    """Where ``profile`` first crosses halfway between its ends, from the outside end (index, interpolated).
+
+    ``inward`` is +1 where the field lies towards higher indices, -1 towards lower; None where the ends hardly
+    differ or nothing crosses.
+    """
+    if inward < 0:
+        place = _halfway(profile[::-1], 1)
+        return None if place is None else len(profile) - 1 - place
+    outside, inside = float(profile[0]), float(profile[-1])
+    if abs(inside - outside) <= 1e-6 * (abs(inside) + abs(outside)) or not np.isfinite(inside - outside):
+        return None
+    half = 0.5 * (outside + inside)
+    beyond = (profile - half) * (1.0 if inside > outside else -1.0) >= 0.0
+    j = int(np.argmax(beyond))
+    if not beyond[j] or j == 0:
+        return None
+    before, after = float(profile[j - 1]), float(profile[j])
+    return j - 1 + (half - before) / (after - before) if after != before else float(j)
 
 
 def field_size_mm(field: FieldEstimate, spacing_mm: tuple[float, float]) -> float | None:

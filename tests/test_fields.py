@@ -173,6 +173,8 @@ def test_windows_of_one_phantom_image_keep_the_edge_rotation():
         return portalign.Image(pixels, image.spacing_mm, axis, replace(image.info, source=f"window{c0}"))
 
     for ref, frame in ((window(0), window(0)), (window(0), window(380)), (window(380), window(524))):
+        # each frame another acquisition (its own SOP Instance UID): the reference itself is not ok (no measurement)
+        frame = replace(frame, info=replace(frame.info, sop_instance_uid=f"{frame.info.sop_instance_uid}.1"))
         auto = portalign.register(ref, frame, backend="cpu")
         edge = portalign.register(ref, frame, portalign.RegistrationOptions(method="edge"), backend="cpu")
         assert auto.ok, auto.reason

@@ -154,3 +154,27 @@ def test_hot_detector_lines_joined_to_the_field_are_not_its_extent() -> None:
                       property(lambda self: self.field_extent_mm))
         boxed = portalign.register(reference, frame, backend="cpu")
     assert not boxed.ok and boxed.reason.startswith("different scales: the frame's radiation field is"), boxed.reason
+
+
+def test_a_field_of_another_size_along_one_axis_only_is_refused_naming_the_spacing_value() -> None:
+    """A fuzz campaign: the handed small field's frame with its row spacing 10 % too large was ok 4.7 mm off. Two
+    portal images of one field differ along one axis only by one spacing value's error (or one jaw's): refused,
+    naming the value; the same frame with its true spacing keeps its answer."""
+    from dataclasses import replace
+
+    from tests.field_sets import FIELD_CASES, read
+
+    folder = FIELD_CASES / "small-field"
+    if not folder.is_dir():
+        pytest.skip(f"the handed cases are not at {folder}")
+    reference, frame = read(folder / "ref_crop.dcm"), read(folder / "frame_shift_r+9_c-13.dcm")
+    sy, sx = frame.spacing_mm
+    result = portalign.register(reference, replace(frame, spacing_mm=(1.1 * sy, sx)), backend="cpu")
+    assert not result.ok and result.dx_mm is None
+    assert result.reason.startswith("different scales along y only: "), result.reason
+    assert "(1.10 times along y, 1.00 across)" in result.reason
+    assert "ImagePlanePixelSpacing (3002,0011) row spacing, its first value, is wrong" in result.reason
+    columns = portalign.register(reference, replace(frame, spacing_mm=(sy, 1.1 * sx)), backend="cpu")
+    assert not columns.ok and "along x only" in columns.reason and "column spacing, its second value" in columns.reason
+    sound = portalign.register(reference, frame, backend="cpu")
+    assert sound.ok and (sound.dx_mm, sound.dy_mm) == pytest.approx((-2.912, 2.016), abs=0.05)

@@ -172,6 +172,23 @@ def test_images_without_common_region_get_no_common_anatomy(pixels) -> None:
     assert result.ok is False
     assert result.reason.startswith("no common anatomy"), result.reason
     assert "x -80..80" in result.reason and "x 400..560" in result.reason
+    # nothing was measured over an empty overlap: its scores (0, MI's -1) and precision (a split-half spread of 0, a
+    # perfect precision) are null, never 0 (a new user's mutated frames: a flipped RTImageOrientation)
+    for key in ("edge_score", "edge_score_all_edges", "edge_score_selection", "match_significance", "split_half_mm",
+                "split_half_deg", "mi_at_edge_optimum", "rotation_support_mm", "final_metric"):
+        assert result.details[key] is None, (key, result.details[key])
+    assert result.score is None and result.details["matched_pixels"] > 0
+
+
+def test_a_frame_without_noise_has_no_contrast_over_noise() -> None:
+    """Blocks of constant pixels (a new user's checkerboard frame) show no noise at all: the contrast over noise the
+    decisions divide by the noise floor (1e30) is no measurement, and is null (it read 2.7e30)."""
+    blocks = np.kron(np.random.default_rng(4).uniform(0.0, 1000.0, (16, 16)), np.ones((16, 16)))
+    image = portalign.Image.from_array(blocks, pixel_spacing_mm=1.0)
+    result = portalign.register(image, portalign.Image.from_array(np.roll(blocks, 3, axis=1), pixel_spacing_mm=1.0),
+                                backend="cpu")
+    assert "contrast_to_noise" in result.details and result.details["contrast_to_noise"] is None
+    assert json.loads(result.as_json())["details"]["contrast_to_noise"] is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,7 +606,8 @@ def test_a_confirmed_scale_is_not_checked_again_for_the_geometry(pixels) -> None
 
 
 def test_a_frame_that_is_the_reference_itself_is_said_to_be() -> None:
-    """A new user's trial dropped a copy of the reference into a watched folder: ok at no shift, nothing said."""
+    """A new user's trial dropped a copy of the reference into a watched folder: ok at no shift, nothing said. Then
+    ok with a warning, which a loop gating on ok takes as the patient in position (a fuzz campaign): not ok."""
     from tests.field_sets import FIELD_CASES, read
 
     if not FIELD_CASES.is_dir():
@@ -598,9 +616,10 @@ def test_a_frame_that_is_the_reference_itself_is_said_to_be() -> None:
     frame = read(FIELD_CASES / "small-field" / "frame_shift_r+9_c-13.dcm")
     assert ref.info.sop_instance_uid and ref.info.sop_instance_uid != frame.info.sop_instance_uid
     itself = portalign.register(ref, read(FIELD_CASES / "small-field" / "ref_crop.dcm"), backend="cpu")
-    said = [w for w in itself.warnings if w.startswith("the frame is the reference image itself")]
-    assert said == [f"the frame is the reference image itself (the same SOP Instance UID, {ref.info.sop_instance_uid}): "
-                    "its shift from itself says nothing of the patient"], itself.warnings
+    assert not itself.ok and itself.correction() == (None, None, None)
+    assert itself.reason == (f"the frame is the reference image itself (the same SOP Instance UID, "
+                             f"{ref.info.sop_instance_uid}, and the same pixels): its shift from itself says nothing of "
+                             "the patient; register a frame acquired at this treatment"), itself.reason
     assert itself.dx_mm == pytest.approx(0.0, abs=0.01) and itself.dy_mm == pytest.approx(0.0, abs=0.01)
     other = portalign.register(ref, frame, backend="cpu")
     assert not [w for w in other.warnings if "reference image itself" in w]

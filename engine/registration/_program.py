@@ -43,6 +43,8 @@ from ..field import (
     FieldEstimate,
     box_at_border,
     core_extent_px,
+    core_sides_fine_mm,
+    core_sides_mm,
     dead_lines_only,
     field_centre_mm,
     field_size_mm,
@@ -756,6 +758,8 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
     return result
 
 
+#: A contrast over noise this large divided by the noise floor (1e-30): no noise was measurable (reported null).
+_NO_NOISE_RATIO = 1e20
 #: Refusals that say already what is wrong with the pair as a whole (not with the frame's pixels): no screen after them.
 _NOT_THE_PIXELS = ("different views", "different patients", "no common anatomy")
 
@@ -1503,6 +1507,9 @@ FIELD_SCALE_PIXELS = 2.5
 #: ...with both axes' ratios within this of each other (a scale error is one factor; apertures that differ do not
 #: keep their proportions)
 FIELD_SCALE_AGREEMENT = 0.1
+#: One axis's extent differing so (``FIELD_SCALE_SHARE`` and ``FIELD_SCALE_PIXELS``) while the other's ratio lies within
+#: this of 1 is one spacing value's error (or one jaw's): refused too.
+FIELD_ONE_AXIS_AGREEMENT = 0.03
 
 
 def _box_extent_mm(box_mm: list[float], level_spacing: tuple[float, float]) -> tuple[float, float]:
@@ -1536,11 +1543,27 @@ def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacin
     width, height = (_box_extent_mm(box_mm, level_spacing) if core is None
                      else (core[0] * level_spacing[1], core[1] * level_spacing[0]))
     pixel = max(level_spacing[0], level_spacing[1], reference.field_pixel_mm)
-    ratios = []
-    for ours, ref in ((width, theirs[0]), (height, theirs[1])):
-        if ref <= 0 or abs(ours - ref) < max(FIELD_SCALE_SHARE * ref, FIELD_SCALE_PIXELS * pixel):
-            return ""
-        ratios.append(ours / ref)
+    if theirs[0] <= 0 or theirs[1] <= 0:
+        return ""
+    ratios = [width / theirs[0], height / theirs[1]]
+    apart = [abs(ours - ref) >= max(FIELD_SCALE_SHARE * ref, FIELD_SCALE_PIXELS * pixel)
+             for ours, ref in ((width, theirs[0]), (height, theirs[1]))]
+    if apart[0] != apart[1]:
+        # one axis only: no scale error of a whole image does that, one spacing value (or one jaw) can (a fuzz
+        # campaign's handed small field with its row spacing 10 % too large was ok 4.7 mm off)
+        axis = 0 if apart[0] else 1
+        if abs(ratios[1 - axis] - 1.0) > FIELD_ONE_AXIS_AGREEMENT:
+            return ""  # the other axis differs too, under the threshold: not one spacing value's error
+        name, value = (("x", "column spacing, its second") if axis == 0 else ("y", "row spacing, its first"))
+        return (f"different scales along {name} only: the frame's radiation field is {width:.1f} x {height:.1f} mm at "
+                f"the isocentre, the reference's {theirs[0]:.1f} x {theirs[1]:.1f} mm ({ratios[axis]:.2f} times along "
+                f"{name}, {ratios[1 - axis]:.2f} across): one image's ImagePlanePixelSpacing (3002,0011) {value} value, "
+                "is wrong (a field is fixed to the beam), or the images show different apertures (a jaw or leaf bank "
+                "set otherwise); a shift measured across them is not the patient's. Check both headers (portalign "
+                "info); if the apertures differ on purpose, set allow_view_mismatch=True (--allow-view-mismatch)"
+                f"{_unknown_kind_hint(reference)}")
+    if not apart[0]:
+        return ""
     if (ratios[0] - 1.0) * (ratios[1] - 1.0) <= 0 or abs(ratios[0] - ratios[1]) > FIELD_SCALE_AGREEMENT:
         return ""
     return (f"different scales: the frame's radiation field is {width:.1f} x {height:.1f} mm at the isocentre, the "
@@ -1549,6 +1572,81 @@ def field_scale_mismatch(reference: Reference, box_mm: list[float], level_spacin
             "field is fixed to the beam), or the images show different apertures; a shift measured across two scales "
             "is not the patient's. Check both headers (portalign info); if the apertures differ on purpose, set "
             f"allow_view_mismatch=True (--allow-view-mismatch){_unknown_kind_hint(reference)}")
+
+
+#: Two portal images' fields whose cores' sides lie this far apart (mm), each from its image's beam axis, on an image
+#: axis, and as far from the shift measured there, are one aperture displaced against its content: an aperture is
+#: fixed to the beam, so the patient's motion cannot move it, and the shift measured holds the displacement. A fuzz
+#: campaign's mutated files (trial53 lines-23's frame with its RTImagePosition 10 mm off, or its rows wrapped by 50)
+#: were ok 6-12 mm off. A field that moved with the content (the handed cases: one image seen through a window moved
+#: by whole pixels, both files keeping one RTImagePosition) is the shift the window's convention asks for, and not
+#: refused. The sides are placed to a fraction of a detector pixel (``field.core_sides_fine_mm``) where the
+#: field-detection pixels leave a displacement possible (``FIELD_DISPLACED_PIXELS`` of them).
+FIELD_DISPLACED_MM = 2.0
+FIELD_DISPLACED_PIXELS = 0.5
+#: Beam axes a header states (``info.extra["beam_axis_source"]``): only then is a displaced field a contradiction (an
+#: array's axis is its caller's, an RT Image's without a position tag its centre).
+_STATED_AXIS = ("RTImagePosition", "XRayImageReceptorTranslation")
+
+
+def _sides_moved(ours: list[float | None], theirs: list[float | None], tolerance: float) -> list[float | None] | None:
+    """Return the mean displacement ``(x, y)`` of the sides both lists place (None on an axis with none).
+
+    None where an axis's two sides moved apart by more than ``tolerance`` (mm): another size, not one aperture
+    displaced.
+    """
+    moved: list[float | None] = []
+    for first in (0, 2):
+        apart = [ours[k] - theirs[k] for k in (first, first + 1)  # type: ignore[operator]
+                 if ours[k] is not None and theirs[k] is not None]
+        if len(apart) == 2 and abs(apart[0] - apart[1]) > tolerance:
+            return None
+        moved.append(sum(apart) / len(apart) if apart else None)
+    return moved
+
+
+def field_displaced(reference: Reference, frame: Image, frame_field: Any, factor: int, shift_mm: tuple[float, float]
+                    ) -> str:
+    """Say why two portal images whose field moved apart from their content contradict their beam axes; else ``""``.
+
+    The fields' cores (``field.core_sides_mm``: without a detector line joined to them; a side either image cuts off is
+    not compared) are compared side by side, in mm from each image's beam axis as its header states it
+    (``_STATED_AXIS``); ``factor``: the frame's field-detection level is that many times coarser than ``frame``. Where
+    the field-detection pixels leave a displacement possible, the sides are placed again to a fraction of a detector
+    pixel (``field.core_sides_fine_mm``). On an axis where both sides are compared they must move alike (a size change
+    is the scale check's, :func:`field_scale_mismatch`). Refused where, on either axis, their mean displacement is
+    beyond ``FIELD_DISPLACED_MM`` and as far from ``shift_mm`` (the match's ``(dx, dy)``): the field neither stayed
+    with the beam nor moved with the content.
+    """
+    if (reference.image.info.extra.get("beam_axis_source") not in _STATED_AXIS
+            or frame.info.extra.get("beam_axis_source") not in _STATED_AXIS):
+        return ""
+    theirs = reference.field_core_sides_mm
+    ours = core_sides_mm(frame_field, factor, frame)
+    if theirs is None or ours is None:
+        return ""
+    pixel = max(reference.field_pixel_mm, max(frame.spacing_mm) * factor)
+    moved = _sides_moved(ours, theirs, pixel + FIELD_DISPLACED_MM)
+    if moved is None or not any(m is not None and abs(m) > FIELD_DISPLACED_PIXELS * pixel for m in moved):
+        return ""  # within what the field-detection pixels resolve: no finer look (the usual portal pair)
+    fine_theirs = reference.field_core_sides_fine_mm
+    fine_ours = core_sides_fine_mm(frame_field, factor, frame)
+    if fine_theirs is None or fine_ours is None:
+        return ""
+    moved = _sides_moved(fine_ours, fine_theirs, FIELD_DISPLACED_MM)
+    if moved is None or not any(m is not None and abs(m) > FIELD_DISPLACED_MM and abs(m - shift) > FIELD_DISPLACED_MM
+                                for m, shift in zip(moved, shift_mm, strict=True)):
+        return ""
+    said = ", ".join(f"{m:+.1f} mm along {name}" for m, name in zip(moved, ("x", "y"), strict=True) if m is not None)
+    return (f"the radiation field moved between the images, and not with their content: the frame's lies {said} from "
+            f"where the reference's lies (each from its image's beam axis, as its header states it), the match "
+            f"{shift_mm[0]:+.1f}, {shift_mm[1]:+.1f} mm; an aperture is fixed to the beam, so the patient's motion "
+            "cannot move it, and a shift measured across it is not the patient's. One image's beam axis or scale is "
+            "wrong (RTImagePosition (3002,0012), XRayImageReceptorTranslation (3002,000D), ImagePlanePixelSpacing "
+            "(3002,0011)), its pixels are displaced (a damaged readout or export), the images show different "
+            "apertures, or the match itself is wrong (structure the reference lacks, a stripe or an object, placed it): "
+            "check both (portalign info); if the apertures differ on purpose, set allow_view_mismatch=True "
+            "(--allow-view-mismatch)")
 
 
 def _unknown_kind_hint(reference: Reference) -> str:
@@ -1879,15 +1977,18 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                         f"frame=K (0 to {held - 1}), or every one with read_rt_image_frames (FrameStream.push_cine, "
                         "register_batch)")
     ref_info = reference.image.info
+    itself_reason = ""
     if (frame.info.sop_instance_uid != "" and frame.info.sop_instance_uid == ref_info.sop_instance_uid
             and frame.info.frame_index == ref_info.frame_index):
         # a new user's trial dropped a copy of the reference into a watched folder: matched with itself at no shift,
-        # ok, and nothing said (the measurement is right, and says nothing of the patient)
+        # ok, and nothing said; then ok with a warning, which a loop gating on ok took as the patient in position (a
+        # fuzz campaign): the measurement is right, and says nothing of the patient, so it is not ok
         same = (frame.pixels.shape == reference.image.pixels.shape
                 and bool(np.array_equal(frame.pixels, reference.image.pixels)))
         if same:
-            warnings.append(f"the frame is the reference image itself (the same SOP Instance UID, "
-                            f"{frame.info.sop_instance_uid}): its shift from itself says nothing of the patient")
+            itself_reason = (f"the frame is the reference image itself (the same SOP Instance UID, "
+                             f"{frame.info.sop_instance_uid}, and the same pixels): its shift from itself says nothing "
+                             "of the patient; register a frame acquired at this treatment")
         else:  # a trial's two pylinac images of different gantry angles shared one UID
             warnings.append(f"the frame and the reference share one SOP Instance UID ({frame.info.sop_instance_uid}) "
                             "but their pixels differ: a UID reused for two images (an export or anonymisation "
@@ -2120,7 +2221,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     if scale_reason and opts.allow_view_mismatch:
         warnings.append(f"{scale_reason}; registered as asked (allow_view_mismatch)")
         scale_reason = ""
-    reason = view_reason or apart or scale_reason or doubt_reason or quality
+    reason = itself_reason or view_reason or apart or scale_reason or doubt_reason or quality
     # a frame found unusable before any matching (blank, no structure in the field), or a match within chance: the
     # optimum found is not a measurement of anything (a noise frame's lay at -28 mm): the pose is null; nor is one
     # across two scales, whose millimetres are not the same (two views' optimum is kept for review: couch names them)
@@ -2234,6 +2335,15 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             guess = True  # the aperture, not the anatomy, may have placed it: no measurement
         else:
             warnings.append(f"{unconfirmed} (accepted: aperture_check='warn')")
+    # two portal images' one aperture, moved between them and not with their content (where nothing else refused the
+    # match; rare: both images' fields found)
+    if not reason and shift_measured and portal_pair and reference.field.detected and field.detected:
+        displaced = field_displaced(reference, frame, field, 1 << plan.field_level, (float(pose[0]), float(pose[1])))
+        if displaced and opts.allow_view_mismatch:
+            warnings.append(f"{displaced}; registered as asked (allow_view_mismatch)")
+        elif displaced:
+            reason = displaced
+            guess = True  # a shift across a displaced aperture: not the patient's
     # the anatomy's own size (``_scale``), where nothing else refused the match and no field told of its scale (the
     # geometry's first frames, until one confirms the stated scale; no call after that)
     scale = None
@@ -2301,7 +2411,13 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     details["match_significance"] = significance
     details["edge_score_selection"] = found.best_score
     details["rotation_radius_mm"] = r_eff
+    # the frame's contrast over noise where noise was measurable (a frame with no noise at all, a constant or
+    # synthetic one, has none: null, not the 1e30 the decisions divide by)
     details.update(frame_stats)
+    if "contrast_to_noise" in details and details["contrast_to_noise"] >= _NO_NOISE_RATIO:
+        details["contrast_to_noise"] = None
+    if "fine_contrast_to_noise" in details and details["fine_contrast_to_noise"] >= _NO_NOISE_RATIO:
+        details["fine_contrast_to_noise"] = None
     details["field_effectiveness"] = field.effectiveness
     # how far the frame's field lies from the reference's (mm; null unless both images show one)
     details["field_moved_mm"] = moved
@@ -2353,10 +2469,16 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         details["candidates"] = []  # a search over nothing: its optima are not measurements either
         details["mi_check_mm"] = None
         details["edge_mi_gap_mm"] = None
-        if nothing and not apart:  # no usable pixels at all: no score, no metric and no lever arm was measured either
+        # (the frame's pixels at the optimum all off the reference: an edge correlation of exactly 0 and MI's -1)
+        if nothing or apart or (final_edge == 0.0 and found.mi_at_edge is not None and found.mi_at_edge <= -1.0):
+            # no usable pixels at all, or none over the reference (no anatomy in common: the search's scores are those
+            # of an empty overlap, 0 and MI's -1): no score, no metric, no lever arm and no precision was measured
+            # either (a new user's mutated frames: a flipped RTImageOrientation reported an edge score, a significance
+            # and a split-half spread of 0, a perfect precision)
             scored = False
             for key in ("edge_score", "match_significance", "edge_score_selection", "rotation_support_mm",
-                        "final_metric", "final_metric_why"):
+                        "final_metric", "final_metric_why", "edge_score_all_edges", "split_half_mm", "split_half_deg",
+                        "split_half_metric", "mi_at_edge_optimum", "matched_isotropy", "matched_edge_direction_deg"):
                 details[key] = None
     # where auto reports MI's rotation: how far the edge optimum's lay from it (deg), a part of its uncertainty
     rotation_gap = (abs(float(found.mi_pose[2]) - found.edge_rotation) * _DEGREES
@@ -2416,7 +2538,10 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         if calibrated and rotate and found.rotation_support_mm else None)
     # the usable pixels' centroid's distance from the beam axis (mm): the pose turns about the axis, so the shift
     # measured there is extrapolated to the axis through the rotation, whose uncertainty it carries
-    details["rotation_offset_mm"] = centroid_mm
+    # (null where no pixel was usable: no centroid, and the lever arm's 50 mm is a stand-in, not a measurement)
+    details["rotation_offset_mm"] = centroid_mm if details["matched_pixels"] else None
+    if not details["matched_pixels"]:
+        details["rotation_radius_mm"] = None
     turn_u = details["rotation_uncertainty_deg"]
     if beam_angle is None:
         view_parallax = 0.0

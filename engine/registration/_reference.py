@@ -43,6 +43,8 @@ from ..field import (
     FieldEstimate,
     box_reduce,
     core_extent_px,
+    core_sides_fine_mm,
+    core_sides_mm,
     dead_lines_only,
     field_centre_mm,
     field_pixels,
@@ -685,6 +687,19 @@ class Reference:
             return self.field_extent_mm
         sy, sx = _scaled(self.image.spacing_mm, self._field_factor)
         return core[0] * sx, core[1] * sy
+
+    @functools.cached_property
+    def field_core_sides_mm(self) -> list[float | None] | None:
+        """The sides ``[x_min, x_max, y_min, y_max]`` (mm from the beam axis) of the reference's field's core.
+
+        None without one; a side at the image's border ``None`` (``field.core_sides_mm``).
+        """
+        return core_sides_mm(self.field, self._field_factor, self.image)
+
+    @functools.cached_property
+    def field_core_sides_fine_mm(self) -> list[float | None] | None:
+        """:attr:`field_core_sides_mm` placed to a fraction of a detector pixel (``field.core_sides_fine_mm``)."""
+        return core_sides_fine_mm(self.field, self._field_factor, self.image)
 
     @property
     def field_pixel_mm(self) -> float:
