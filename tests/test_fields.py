@@ -427,6 +427,29 @@ def test_region_as_noisy_as_its_surroundings_on_an_unestablished_sign_is_doubted
     assert any("likely an object (a phantom) in an open beam" in w for w in used.warnings)
 
 
+def test_a_region_quieter_than_its_surroundings_is_an_object_whatever_the_sign():
+    """A dark plate in an open beam whose noise follows its dose (quantum noise: the plate, which receives 0.7 of the
+    dose, is 0.84 times as noisy): it receives less radiation than its outside, so it is no field, sign or no sign (a
+    field's inside receives more). Two adversarial trials' open fields over a lateral abdomen (the patient's outline,
+    0.8 times as noisy) had been refused as doubted; the plate is matched with the whole image, and the shift found."""
+    def plate(shift_rows: int = 0, shift_cols: int = 0) -> portalign.Image:
+        dose = np.full((160, 200), 4000.0)
+        dose[40 + shift_rows:120 + shift_rows, 60 + shift_cols:140 + shift_cols] = 2800.0
+        dose = ndimage.gaussian_filter(dose, 1.5)
+        pixels = dose + np.sqrt(dose) * np.random.default_rng(shift_rows + 7).standard_normal(dose.shape)
+        return portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal",
+                                          extra={"intensity_sign_reason": "no PixelIntensityRelationshipSign; values kept"})
+
+    image = plate()
+    field = find_field(image, image.pixels)
+    assert not field.detected and not field.doubt
+    assert field.note.startswith(NO_FIELD_EDGE) and "0.8x as noisy as its surroundings: it receives less radiation" \
+        in field.note, field.note
+    result = portalign.register(image, plate(3, -2), backend="cpu")
+    assert result.ok, result.reason
+    assert (result.dx_mm, result.dy_mm) == pytest.approx((-2.0, 3.0), abs=0.2)
+
+
 @pytest.mark.real_data
 def test_unsigned_open_field_phantom_is_refused_not_confidently_off():
     """The handed open-field pair without its sign and planned jaws: refused (it was 0.49 mm off, ok), and so is
