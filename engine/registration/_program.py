@@ -1609,8 +1609,8 @@ def field_displaced(reference: Reference, frame: Image, frame_field: Any, factor
                     ) -> str:
     """Say why two portal images whose field moved apart from their content contradict their beam axes; else ``""``.
 
-    The fields' cores (``field.core_sides_mm``: without a detector line joined to them; a side either image cuts off is
-    not compared) are compared side by side, in mm from each image's beam axis as its header states it
+    The fields' cores (``field.core_sides_mm``: without a detector line joined to them; a field either image cuts off
+    is not compared) are compared side by side, in mm from each image's beam axis as its header states it
     (``_STATED_AXIS``); ``factor``: the frame's field-detection level is that many times coarser than ``frame``. Where
     the field-detection pixels leave a displacement possible, the sides are placed again to a fraction of a detector
     pixel (``field.core_sides_fine_mm``). On an axis where both sides are compared they must move alike (a size change
@@ -1623,7 +1623,10 @@ def field_displaced(reference: Reference, frame: Image, frame_field: Any, factor
         return ""
     theirs = reference.field_core_sides_mm
     ours = core_sides_mm(frame_field, factor, frame)
-    if theirs is None or ours is None:
+    if theirs is None or ours is None or None in theirs or None in ours:
+        # a field either image cuts off: its core's other sides are not the aperture's either (a turned field's core
+        # is where its columns hold a quarter of the fullest one's pixels, which the cut changes: trial53 geometry-31,
+        # a 127 mm panel under a field turned 144 deg, placed its left side 3.4 mm off)
         return ""
     pixel = max(reference.field_pixel_mm, max(frame.spacing_mm) * factor)
     moved = _sides_moved(ours, theirs, pixel + FIELD_DISPLACED_MM)
