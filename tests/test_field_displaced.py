@@ -120,3 +120,4 @@ def test_the_cores_sides_are_placed_to_a_fraction_of_a_detector_pixel():
     assert fine == pytest.approx([-59.7, 60.3, -45.6, 44.4], abs=0.1)
     assert coarse == pytest.approx([-59.7, 60.3, -45.6, 44.4], abs=4.0)
     assert max(abs(c - f) for c, f in zip(coarse, fine, strict=True)) > 0.3  # the coarse ones are a pixel's
+

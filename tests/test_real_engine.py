@@ -770,3 +770,35 @@ def test_a_faint_interior_that_fixed_field_edges_pull_is_stated_with_its_inner_a
     assert all(abs(e) <= 2.0 * u for e in errors), (errors, u)
     said = [w for w in result.warnings if "inner and outer halves" in w]
     assert len(said) == 1 and f"{check['depth_mm']:.1f} mm apart" in said[0]
+
+
+def test_a_turned_field_a_small_panel_cuts_off_is_not_taken_for_a_displaced_one(trunk_ct):
+    """An independent trial (trial53 geometry-31): two MV portal images of the TotalSegmentator CT at gantry 325 through
+    jaws turned 144.3 deg, the frame on a 127 mm panel (an aS1200 crop, 0.336 mm at SID 1687, its axis off centre) that
+    cuts the field on three sides, the reference on a larger one (0.784 mm at SID 1607) that holds it whole, the
+    patient moved 1.0 and 4.7 mm across the beam. A turned field's core (its columns holding a quarter of the fullest
+    one's pixels) moves with the cut: its left side read 3.4 mm off, and the pair was refused as a field displaced
+    against its content. A field either image cuts off is not compared (``_program.field_displaced``): ok, the shift
+    within 0.5 mm."""
+    from dataclasses import replace
+
+    from portalign.simulate import _axis_rotation, _beam_axes, _euler_angles
+
+    ex, ey, towards = _beam_axes(325.0, 0.0)
+    turn = _euler_angles(_axis_rotation(-towards, -0.6519168075451691))
+    shift = (-5.30190853712924, 4.712370923554155, 5.858280297751207)
+    views = {"gantry_deg": 325.0, "couch_deg": 0.0, "isocentre_mm": tuple(float(v) for v in trunk_ct.centre_mm)}
+    jaws = (-52.79073989882071, 33.9270557799581, -82.32709624568984, 62.89204112274102)
+    frame = _through_jaws(_offset_render(trunk_ct, shape=(640, 640), pitch_mm=(0.336, 0.336), sid_mm=1687.0,
+                                         axis_offset_px=(38, -29), energy="mv", couch_shift_mm=shift,
+                                         patient_rotation_deg=turn, **views), jaws, 144.3, seed=53041)
+    reference = _through_jaws(_offset_render(trunk_ct, shape=(384, 512), pitch_mm=(0.784, 0.784), sid_mm=1607.0,
+                                             axis_offset_px=(0, 0), energy="mv", **views), jaws, 144.3, seed=53041 + 7919)
+
+    def stated(image):  # as read from an RT Image whose RTImagePosition places the axis
+        return replace(image, info=replace(image.info, kind="portal",
+                                           extra={**image.info.extra, "beam_axis_source": "RTImagePosition"}))
+
+    result = portalign.register(stated(reference), stated(frame), backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - float(np.dot(shift, ex)), result.dy_mm - float(np.dot(shift, ey))) < 0.5
