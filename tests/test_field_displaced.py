@@ -15,22 +15,12 @@ from dataclasses import replace
 import numpy as np
 import portalign
 import pytest
-from scipy import ndimage, special
-from synthetic import anatomy
+from scipy import ndimage
+from synthetic import anatomy, field_aperture
 
 from tests.field_sets import FIELD_CASES
 
 SIZE = 256  # pixels of 1 mm
-
-
-def _beam(box: tuple[float, float, float, float], sigma: float = 1.5) -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE] - (SIZE - 1) / 2
-
-    def edge(d: np.ndarray) -> np.ndarray:
-        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * sigma))
-
-    x1, x2, y1, y2 = box
-    return edge(x - x1) * edge(x2 - x) * edge(y - y1) * edge(y2 - y)
 
 
 def _portal(pixels: np.ndarray, *, axis_shift_px: tuple[float, float] = (0.0, 0.0), stated: bool = True
@@ -48,7 +38,7 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
     """A reference portal image and a frame of the anatomy moved 6 mm along y, through one fixed 120 x 90 mm field."""
     base = anatomy(SIZE, seed=5)
     base = 1.0 - 0.3 * (base - base.min()) / (base.max() - base.min())
-    beam = 0.02 + 0.98 * _beam((-60.0, 60.0, -45.0, 45.0))
+    beam = field_aperture((SIZE, SIZE), 1.0, 60.0, 45.0, penumbra_mm=3.8)  # 120 x 90 mm, 2 % outside
     rng = np.random.default_rng(5)
 
     def noisy(pixels: np.ndarray) -> np.ndarray:
@@ -110,7 +100,7 @@ def test_the_cores_sides_are_placed_to_a_fraction_of_a_detector_pixel():
     from portalign.field import box_reduce, core_sides_fine_mm, core_sides_mm, find_field
 
     def sides(dx: float, dy: float) -> tuple[list, list]:
-        image = _portal(1000.0 * (0.02 + 0.98 * _beam((-60.0 + dx, 60.0 + dx, -45.0 + dy, 45.0 + dy))))
+        image = _portal(1000.0 * field_aperture((SIZE, SIZE), 1.0, 60.0, 45.0, penumbra_mm=3.8, offset_mm=(dx, dy)))
         small, factor = box_reduce(image.pixels, 64)
         field = find_field(image, small)
         assert field.detected and factor == 4

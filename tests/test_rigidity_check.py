@@ -17,7 +17,7 @@ import portalign
 import pytest
 from portalign.registration._quality import RIGIDITY_MAX_MM, RIGIDITY_NOISE_SHARE, RIGIDITY_SHARE, rigidity_mm
 from scipy import ndimage
-from synthetic import anatomy
+from synthetic import anatomy, field_aperture
 
 SIZE = 256  # pixels of 1 mm
 
@@ -124,25 +124,13 @@ def test_field_depths_are_each_usable_pixels_distance_from_the_field_edge():
     assert field_depths(cpu_backend(), level, FieldEstimate(detected=False), 1, (2.0, 2.0)) is None
 
 
-def _beam(box: tuple[float, float, float, float], sigma: float = 2.0) -> np.ndarray:
-    from scipy import special
-
-    y, x = np.mgrid[0:SIZE, 0:SIZE] - (SIZE - 1) / 2
-
-    def edge(d: np.ndarray) -> np.ndarray:
-        return 0.5 * special.erfc(-d / (math.sqrt(2.0) * sigma))
-
-    x1, x2, y1, y2 = box
-    return edge(x - x1) * edge(x2 - x) * edge(y - y1) * edge(y2 - y)
-
-
 def test_the_fields_inner_and_outer_halves_are_compared_only_where_both_images_show_the_field():
     """Two portal images of one field (its edges stay with the beam), the anatomy moved rigidly: the field's inner and
     outer halves agree (``depth_mm`` under a working pixel: no term). Against a reference without a field (a DRR) the
     frame's edges are not in the reference and pull nothing: not measured (null)."""
     base = anatomy(SIZE, seed=5)
     base = 1.0 - 0.3 * (base - base.min()) / (base.max() - base.min())
-    beam = 0.02 + 0.98 * _beam((-60.0, 60.0, -45.0, 45.0))
+    beam = field_aperture((SIZE, SIZE), 1.0, 60.0, 45.0, penumbra_mm=5.0)  # 120 x 90 mm, 2 % outside
     rng = np.random.default_rng(5)
 
     def noisy(pixels: np.ndarray) -> np.ndarray:
