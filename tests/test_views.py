@@ -532,9 +532,10 @@ def _registered_as_asked(reference, frame, begins: str, ends: str) -> None:
     assert any(w.startswith(begins) and w.endswith(ends) for w in allowed.warnings), allowed.warnings
 
 
-def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None:
-    """A DRR reference has no field to compare with; the frame's own planned jaws bound its field. Measured beyond
-    them on both axes (RTImageSID 1000 for 1500 mm: 1.5 times), the scale is wrong and no shift is the patient's."""
+def _through_planned_jaws(pixels, sid: float, hot_lines: bool = False) -> portalign.Image:
+    """The frame of ``pixels`` through jaws +-40 mm (1 mm pixels), an RT Image of 1.5 mm pixels at ``sid`` mm (SAD
+    1000) whose ExposureSequence plans those jaws; with ``hot_lines``, a hot row from inside the field to 35 mm beyond
+    it and a hot column pair from inside it to 30 mm beyond, both joined to the field."""
     from dicom_factory import make_rt_image
     from portalign.dicom import read_rt_image
     from pydicom.dataset import Dataset
@@ -543,29 +544,74 @@ def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None
     field = np.full((rows, cols), 0.1)
     field[rows // 2 - 40: rows // 2 + 40, cols // 2 - 40: cols // 2 + 40] = 1.0  # jaws +-40 mm at 1 mm pixels
     signal = (pixels[1] - pixels[1].min() + 1.0) * field  # attenuation-like: positive, the field above its outside
-    counts = np.round(signal / signal.max() * 60000).astype(np.uint16)
+    counts = signal / signal.max() * 50000
+    if hot_lines:
+        counts[rows // 2 + 10, cols // 2 + 20: cols // 2 + 75] = 65000
+        counts[rows // 2 - 70: rows // 2 - 20, cols // 2 - 12: cols // 2 - 10] = 65000
+    exposure = Dataset()
+    jaws = []
+    for kind in ("ASYMX", "ASYMY"):
+        device = Dataset()
+        device.RTBeamLimitingDeviceType = kind
+        device.NumberOfLeafJawPairs = 1
+        device.LeafJawPositions = ["-40", "40"]
+        jaws.append(device)
+    exposure.BeamLimitingDeviceSequence = jaws
+    exposure.BeamLimitingDeviceAngle = "0"
+    return read_rt_image(make_rt_image(np.round(counts).astype(np.uint16), spacing=1.5, sid=sid, sad=1000.0,
+                                       position="centre", ExposureSequence=[exposure]))
 
-    def frame(sid: float) -> portalign.Image:
-        exposure = Dataset()
-        jaws = []
-        for kind in ("ASYMX", "ASYMY"):
-            device = Dataset()
-            device.RTBeamLimitingDeviceType = kind
-            device.NumberOfLeafJawPairs = 1
-            device.LeafJawPositions = ["-40", "40"]
-            jaws.append(device)
-        exposure.BeamLimitingDeviceSequence = jaws
-        exposure.BeamLimitingDeviceAngle = "0"
-        return read_rt_image(make_rt_image(counts, spacing=1.5, sid=sid, sad=1000.0, position="centre",
-                                           ExposureSequence=[exposure]))
 
+def test_a_frame_field_larger_than_its_own_jaws_is_a_wrong_scale(pixels) -> None:
+    """A DRR reference has no field to compare with; the frame's own planned jaws bound its field. Measured beyond
+    them on both axes (RTImageSID 1000 for 1500 mm: 1.5 times), the scale is wrong and no shift is the patient's."""
     reference = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="drr", kind="drr")
-    right = portalign.register(reference, frame(1500.0), backend="cpu")
+    right = portalign.register(reference, _through_planned_jaws(pixels, 1500.0), backend="cpu")
     assert right.field_detected, right.details["field_note"]
     assert not (right.reason or "").startswith("different scales")
-    wrong = portalign.register(reference, frame(1000.0), backend="cpu")  # 1.5 mm pixels at the isocentre
+    wrong = portalign.register(reference, _through_planned_jaws(pixels, 1000.0), backend="cpu")  # 1.5 mm at the iso
     assert not wrong.ok and wrong.reason.startswith("different scales: the frame's radiation field is ")
     assert "larger than its own planned jaws (80.0 x 80.0 mm)" in wrong.reason and wrong.dx_mm is None
+
+
+def test_hot_lines_joined_to_a_field_are_not_beyond_its_jaws(pixels) -> None:
+    """The twin of a portal pair's hot lines (test_scale_check): against a DRR the frame's field is compared with its
+    own planned jaws, and a hot row and column joined to it made its box 115 x 110 mm through 80 x 80 mm jaws: the
+    right frame was refused as a wrong scale. Its core (``field.core_extent_px``) is compared with the jaws': the frame
+    registers, compared by its box it is refused, and the wrong scale with the same lines is still refused."""
+    from portalign.registration import _program
+
+    reference = portalign.Image.from_array(pixels[0], pixel_spacing_mm=1.0, name="drr", kind="drr")
+    lined = _through_planned_jaws(pixels, 1500.0, hot_lines=True)
+    result = portalign.register(reference, lined, backend="cpu")
+    _assert_shift(result)
+    with pytest.MonkeyPatch.context() as patch:  # compared by its box, the lines make the field larger than the jaws
+        patch.setattr(_program, "core_extent_px", lambda field: None)
+        boxed = portalign.register(reference, lined, backend="cpu")
+    assert not boxed.ok and "larger than its own planned jaws (80.0 x 80.0 mm)" in boxed.reason, boxed.reason
+    wrong = portalign.register(reference, _through_planned_jaws(pixels, 1000.0, hot_lines=True), backend="cpu")
+    assert not wrong.ok and "larger than its own planned jaws (80.0 x 80.0 mm)" in wrong.reason, wrong.reason
+
+
+@pytest.mark.parametrize("turn_deg", [0.0, 30.0, 45.0])
+def test_turned_jaws_core_is_measured_by_the_fields_rule(turn_deg: float) -> None:
+    """The planned jaws' core by the rule a detected field's core is measured by (columns and rows holding a quarter
+    of the fullest one's): jaws not turned measure their width and height; a square turned by 45 degrees 0.75 of its
+    box (the column through a corner holds a quarter of the diagonal's at three quarters of the half-diagonal)."""
+    from portalign.registration._program import _jaws_core_extent_mm
+
+    turn = np.radians(turn_deg)
+    corners = tuple((40.0 * x * np.cos(turn) - 30.0 * y * np.sin(turn), 40.0 * x * np.sin(turn) + 30.0 * y * np.cos(turn))
+                    for x, y in ((-1, -1), (1, -1), (1, 1), (-1, 1)))
+    width, height = _jaws_core_extent_mm(corners)
+    if turn_deg == 0.0:
+        assert (width, height) == pytest.approx((80.0, 60.0), rel=0.01)
+    elif turn_deg == 45.0:  # a rectangle's box is 70 sqrt 2 both ways; the quarter rule takes less than the box
+        box = 70.0 * np.sqrt(2.0)
+        assert box * 0.7 < width < box and box * 0.7 < height < box
+    else:
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        assert width < max(xs) - min(xs) and height < max(ys) - min(ys)
 
 
 @pytest.mark.parametrize("factor", [0.93, 1.07])

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from portalign.kernels.cpu.refine import pose_affines_into
 from ..backends import NO_CUDA_DEVICE, Backend, cpu_backend, single_threaded
 from ..field import (
     BAND_NOTE,
+    CORE_LINE_SHARE,
     DEAD_LINE_MAX_SHARE,
     FIELD_DOUBT_ADVICE,
     LINE_SCREEN,
@@ -1660,13 +1662,21 @@ def _unknown_kind_hint(reference: Reference) -> str:
             "taken for a radiation field: say so with kind='drr' (--reference-kind drr)")
 
 
-def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[float, float]) -> str:
+def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[float, float],
+                      field: Any = None) -> str:
     """Say why a frame whose field is larger than its own planned jaws on both axes has a wrong scale; ``""`` if not.
 
     The jaws (``info.extra["planned_field_corners_mm"]``: mm at the isocentre, turned by the collimator, in image
     axes) bound the field, whatever shapes it inside them (an MLC, a cone): a field beyond them by
     ``FIELD_SCALE_SHARE`` and ``FIELD_SCALE_PIXELS`` on both axes was measured at too large a scale. A field smaller
     than its jaws is an MLC's or a cone's, or a scale too small: not told apart, not refused.
+
+    Where ``field`` (the frame's :class:`~portalign.field.FieldEstimate`) has a mask, its core
+    (``field.core_extent_px``) is compared with the jaws' core by the same rule (:func:`_jaws_core_extent_mm`): a hot
+    detector line joined to the field is not its extent (a frame through 80 x 80 mm jaws with a hot row and a hot
+    column running 90 and 75 mm beyond them measured 140 x 130 mm by its box and was refused as a wrong scale).
+    Otherwise the field's box ``box_mm`` (mm from the beam axis, extreme pixel centres of the detection level of
+    ``level_spacing``) is compared with the jaws' box.
     """
     corners = frame.info.extra["planned_field_corners_mm"]
     try:
@@ -1676,8 +1686,13 @@ def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[fl
         return ""
     if len(xs) < 3 or not all(math.isfinite(v) for v in xs + ys):
         return ""
-    jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
-    width, height = _box_extent_mm(box_mm, level_spacing)
+    core = None if field is None else core_extent_px(field)
+    if core is None:
+        jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
+        width, height = _box_extent_mm(box_mm, level_spacing)
+    else:
+        jaw_width, jaw_height = _jaws_core_extent_mm(tuple(zip(xs, ys, strict=True)))
+        width, height = core[0] * level_spacing[1], core[1] * level_spacing[0]
     pixel = max(level_spacing[0], level_spacing[1])
     for ours, jaws in ((width, jaw_width), (height, jaw_height)):
         if jaws <= 0 or ours - jaws < max(FIELD_SCALE_SHARE * jaws, FIELD_SCALE_PIXELS * pixel):
@@ -1687,6 +1702,38 @@ def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[fl
             "(3002,0026), RadiationMachineSAD (3002,0022) or ImagePlanePixelSpacing (3002,0011) is wrong, or its "
             "ExposureSequence jaws are; a shift measured at a wrong scale is not the patient's. Check the header "
             "(portalign info); if it is right, set allow_view_mismatch=True (--allow-view-mismatch)")
+
+
+#: Samples across the planned jaws' larger extent when their core is measured (:func:`_jaws_core_extent_mm`).
+_JAWS_CORE_SAMPLES = 400
+
+
+@functools.lru_cache(maxsize=64)
+def _jaws_core_extent_mm(corners: tuple[tuple[float, float], ...]) -> tuple[float, float]:
+    """Width and height (mm) of the core of the convex polygon ``corners`` (the planned jaws, turned, in image axes).
+
+    The rule of ``field.core_extent_px`` on a grid ``_JAWS_CORE_SAMPLES`` samples across: the columns and rows holding
+    at least ``CORE_LINE_SHARE`` of the fullest one's samples inside. Jaws not turned: their width and height; jaws
+    turned by 45 degrees: 0.75 of their box's, as a field detected through them measures. Kept per jaw setting.
+    """
+    pts = np.asarray(corners, dtype=np.float64)
+    x0, x1, y0, y1 = pts[:, 0].min(), pts[:, 0].max(), pts[:, 1].min(), pts[:, 1].max()
+    step = max(x1 - x0, y1 - y0) / _JAWS_CORE_SAMPLES
+    if step <= 0:
+        return 0.0, 0.0
+    xx = np.arange(x0 + step / 2, x1, step)[None, :]
+    yy = np.arange(y0 + step / 2, y1, step)[:, None]
+    # inside a convex polygon: on one side of every edge (either winding)
+    sides = []
+    for (ax, ay), (bx, by) in zip(pts, np.roll(pts, -1, axis=0), strict=True):
+        sides.append((bx - ax) * (yy - ay) - (by - ay) * (xx - ax))
+    inside = np.logical_and.reduce([s >= 0 for s in sides]) | np.logical_and.reduce([s <= 0 for s in sides])
+    if not inside.any():
+        return 0.0, 0.0
+    columns, rows = inside.sum(axis=0), inside.sum(axis=1)
+    wide = np.flatnonzero(columns >= CORE_LINE_SHARE * columns.max())
+    tall = np.flatnonzero(rows >= CORE_LINE_SHARE * rows.max())
+    return float((wide[-1] - wide[0] + 1) * step), float((tall[-1] - tall[0] + 1) * step)
 
 
 def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: Any) -> float | None:
@@ -2220,7 +2267,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         scale_reason = field_scale_mismatch(reference, box_mm, levels[plan.field_level].spacing, field)
     elif not view_reason and not apart and box_mm is not None and "planned_field_corners_mm" in frame.info.extra:
         # (a DRR's reference has no field: the frame's own jaws bound its field, whatever shapes it inside them)
-        scale_reason = field_beyond_jaws(frame, box_mm, levels[plan.field_level].spacing)
+        scale_reason = field_beyond_jaws(frame, box_mm, levels[plan.field_level].spacing, field)
     if scale_reason and opts.allow_view_mismatch:
         warnings.append(f"{scale_reason}; registered as asked (allow_view_mismatch)")
         scale_reason = ""
