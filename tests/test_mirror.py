@@ -40,6 +40,29 @@ def _flipped(image: portalign.Image, cut: tuple) -> portalign.Image:
     return replace(image, pixels=np.ascontiguousarray(image.pixels[cut]))
 
 
+def test_an_opposed_view_leads_with_the_headers_views_not_the_flip() -> None:
+    """An independent trial (trial56 refuse_01): a frame of gantry 270 against its reference of gantry 90, whose
+    image is a mirrored one, was refused leading with "flipped ... set --mirror-check never", the headers' two
+    views in brackets: advice that cannot make the pair ok. The headers' reason leads, with its fix, and the flip
+    follows as what the pixels say; without the headers the flip still leads."""
+    from portalign.demo import make_demo_pair
+
+    reference, frame, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    mirrored = _flipped(frame, LEFT_RIGHT)
+    opposed_ref = replace(reference, info=replace(reference.info, gantry_deg=90.0))
+    opposed = replace(mirrored, info=replace(mirrored.info, gantry_deg=270.0))
+    result = portalign.register(opposed_ref, opposed, backend="cpu")
+    assert result.ok is False
+    assert result.reason.startswith("different views: gantry angle 90 deg in the reference"), result.reason
+    assert "set allow_view_mismatch=True" in result.reason and "mirror_check='never'" not in result.reason
+    check = result.details["mirror_check"]
+    flipped, own = check["flipped_edge_scores"]["flipped left-right"], check["edge_score"]
+    assert result.reason.endswith("(the pixels agree: the frame matches the reference better flipped left-right "
+                                  f"(edge correlation {flipped:.2f} against {own:.2f}))"), result.reason
+    plain = portalign.register(reference, mirrored, backend="cpu")
+    assert plain.reason.startswith("flipped: the frame matches the reference better flipped left-right")
+
+
 def test_the_demo_frame_mirrored_is_not_ok_and_says_so() -> None:
     """The demo's MV frame mirrored left-right matched its DRR ok (the right match scores far higher flipped back)."""
     from portalign.demo import make_demo_pair

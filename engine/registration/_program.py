@@ -724,7 +724,14 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         # 21 mm away, "outside the search range", with no word of a mirror: a new user's trial); the full check says
         # whether it is mirrored, the refusal's own reason kept after it
         checked = _mirror_check(reference, frame, result, flips)
-        if checked.reason != result.reason:
+        if checked.reason != result.reason and result.reason.startswith("different views") \
+                and checked.reason.startswith(_FLIPPED):
+            # the headers name two views and the pixels agree (an opposed beam's image is a mirrored one): the
+            # headers' reason leads, with its fix (an independent trial, gantry 90 against 270: the reason led with
+            # "flipped ... set --mirror-check never", advice that cannot make the pair ok)
+            evidence = checked.reason[len(_FLIPPED):].split("):", 1)[0]
+            checked = replace(checked, reason=f"{result.reason} (the pixels agree: {evidence}))")
+        elif checked.reason != result.reason:
             checked = replace(checked, reason=f"{checked.reason} (as taken: {result.reason})")
         result = replace(checked, elapsed_ms=(time.perf_counter() - start) * 1e3)
     # a fixed aperture (a portal pair whose field stayed put) and a match at its own position: does the field alone
@@ -1153,6 +1160,10 @@ def _mirror_score(result: RegistrationResult) -> float | None:
     return counted if counted is not None else result.details.get("edge_score")
 
 
+#: How a flipped frame's refusal begins (``_mirror_check``).
+_FLIPPED = "flipped: "
+
+
 def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult,
                   flips: dict[str, float | None] | None = None) -> RegistrationResult:
     """Register ``frame`` flipped (``_FLIPS``); return ``result``, not ok when a flipped copy matches clearly better.
@@ -1213,7 +1224,7 @@ def _mirror_check(reference: Reference, frame: Image, result: RegistrationResult
         return replace(result, details=details)
     # (another view too: a new user's frame taken at gantry 40 through a 20 mm field, its header saying 0, was refused
     # as mirrored, the view unnamed)
-    reason = (f"flipped: the frame matches the reference better {best_name} (edge correlation {best:.2f} against "
+    reason = (f"{_FLIPPED}the frame matches the reference better {best_name} (edge correlation {best:.2f} against "
               f"{own:.2f}): the image is likely mirrored or turned (the imager's orientation or an export setting), "
               "or of another view than the reference's, whatever its header says")
     if reference.image.info.kind == frame.info.kind == "portal":
