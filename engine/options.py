@@ -86,7 +86,9 @@ class RegistrationOptions:
     min_score : float
         Edge-correlation score below which a match is not trusted.
     agreement_mm : float
-        ``auto`` only: largest allowed distance between the edge and the MI optimum.
+        ``auto`` only: largest allowed distance (mm) between the edge and the MI optimum; against a DRR,
+        where the edges' optimum is reported, 1 mm more (``registration._program.DRR_MI_ALLOWANCE_MM``: a
+        kV DRR's intensities and an MV frame's do not correspond one to one).
     view_tolerance_deg : float
         Largest difference (degrees, wrap-around aware: 359 and 1 are 2 apart) between the
         reference's and the frame's gantry, collimator and patient support (couch) angles,
