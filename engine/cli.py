@@ -203,6 +203,10 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                           "not in DRRs)")
     reg.add_argument("--field-margin-mm", metavar="MM", type=float, default=3.0,
                      help="band each side of the field edge left out of the match (mm)")
+    reg.add_argument("--agreement-mm", metavar="MM", type=float, default=1.5,
+                     help="--method auto: largest distance between the edge and the mutual-information optima before "
+                          "the pair is refused as disagreeing (mm; against a DRR, whose edges' optimum is reported, "
+                          "1 mm more)")
     reg.add_argument("--no-fine-polish", action="store_true",
                      help="skip the last, full-resolution polish that --method auto gives two portal images in "
                           "near-perfect agreement (a phantom imaged twice, windows of one image): such a frame then "
@@ -384,6 +388,7 @@ def _register(args: argparse.Namespace) -> int:
         estimate_rotation=not args.no_rotation,
         field=args.field,
         field_margin_mm=args.field_margin_mm,
+        agreement_mm=args.agreement_mm,
         allow_view_mismatch=args.allow_view_mismatch,
         allow_patient_mismatch=args.allow_patient_mismatch,
         mirror_check=args.mirror_check,

@@ -247,6 +247,20 @@ def test_cli_errors_name_flags_not_keywords(capsys, files) -> None:
     assert "--field-margin-mm must not be negative" in err and "field_margin_mm" not in err
 
 
+def test_the_agreement_a_refusal_names_is_a_flag(capsys, files) -> None:
+    """A pair refused as disagreeing named ``agreement_mm=1.5``, an option the command line could not set: register
+    has ``--agreement-mm``, the refusal names it, and a bad value is refused naming it."""
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--json", "--agreement-mm", "0.0001")
+    result = json.loads(out)
+    assert status == 0 and result["ok"] is False
+    assert re.fullmatch(r"edge and mutual-information optima disagree by \d+\.\d\d mm \(--agreement-mm=0\.0001\)",
+                        result["reason"]), result["reason"]
+    status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--json")
+    assert json.loads(out)["ok"] is True
+    status, _, err = run(capsys, "register", files["ref"], files["frame"], "--agreement-mm", "-1")
+    assert status == 2 and "--agreement-mm must be positive; got -1.0" in err and "agreement_mm" not in err
+
+
 @pytest.mark.parametrize("command", ["register", "couch"])
 def test_an_unsupported_patient_position_is_a_usage_error_naming_the_flag(capsys, files, command) -> None:
     """A typo was taken silently (register), refused only after registering (--reg) or made a warning (couch)."""
