@@ -1682,12 +1682,12 @@ def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[fl
     ``FIELD_SCALE_SHARE`` and ``FIELD_SCALE_PIXELS`` on both axes was measured at too large a scale. A field smaller
     than its jaws is an MLC's or a cone's, or a scale too small: not told apart, not refused.
 
-    Where ``field`` (the frame's :class:`~portalign.field.FieldEstimate`) has a mask, its core
-    (``field.core_extent_px``) is compared with the jaws' core by the same rule (:func:`_jaws_core_extent_mm`): a hot
+    The field's box ``box_mm`` (mm from the beam axis, extreme pixel centres of the detection level of
+    ``level_spacing``) is compared with the jaws' box; where it lies beyond them and ``field`` (the frame's
+    :class:`~portalign.field.FieldEstimate`) has a mask, its core (``field.core_extent_px``) is compared with the
+    jaws' core by the same rule (:func:`_jaws_core_extent_mm`), and must lie beyond them too: a hot
     detector line joined to the field is not its extent (a frame through 80 x 80 mm jaws with a hot row and a hot
     column running 90 and 75 mm beyond them measured 140 x 130 mm by its box and was refused as a wrong scale).
-    Otherwise the field's box ``box_mm`` (mm from the beam axis, extreme pixel centres of the detection level of
-    ``level_spacing``) is compared with the jaws' box.
     """
     corners = frame.info.extra["planned_field_corners_mm"]
     try:
@@ -1697,22 +1697,32 @@ def field_beyond_jaws(frame: Image, box_mm: list[float], level_spacing: tuple[fl
         return ""
     if len(xs) < 3 or not all(math.isfinite(v) for v in xs + ys):
         return ""
+    jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
+    width, height = _box_extent_mm(box_mm, level_spacing)
+    pixel = max(level_spacing[0], level_spacing[1])
+    if not _beyond_jaws(width, height, jaw_width, jaw_height, pixel):
+        return ""
+    # the box beyond the jaws (rare: a frame's field within its jaws makes no further call): is its core?
     core = None if field is None else core_extent_px(field)
-    if core is None:
-        jaw_width, jaw_height = max(xs) - min(xs), max(ys) - min(ys)
-        width, height = _box_extent_mm(box_mm, level_spacing)
-    else:
+    if core is not None:
         jaw_width, jaw_height = _jaws_core_extent_mm(tuple(zip(xs, ys, strict=True)))
         width, height = core[0] * level_spacing[1], core[1] * level_spacing[0]
-    pixel = max(level_spacing[0], level_spacing[1])
-    for ours, jaws in ((width, jaw_width), (height, jaw_height)):
-        if jaws <= 0 or ours - jaws < max(FIELD_SCALE_SHARE * jaws, FIELD_SCALE_PIXELS * pixel):
+        if not _beyond_jaws(width, height, jaw_width, jaw_height, pixel):
             return ""
     return (f"different scales: the frame's radiation field is {width:.1f} x {height:.1f} mm at the isocentre, larger "
             f"than its own planned jaws ({jaw_width:.1f} x {jaw_height:.1f} mm), which bound it: its RTImageSID "
             "(3002,0026), RadiationMachineSAD (3002,0022) or ImagePlanePixelSpacing (3002,0011) is wrong, or its "
             "ExposureSequence jaws are; a shift measured at a wrong scale is not the patient's. Check the header "
             "(portalign info); if it is right, set allow_view_mismatch=True (--allow-view-mismatch)")
+
+
+def _beyond_jaws(width: float, height: float, jaw_width: float, jaw_height: float, pixel: float) -> bool:
+    """Whether a field ``width`` x ``height`` (mm) lies beyond jaws ``jaw_width`` x ``jaw_height`` on both axes.
+
+    By ``FIELD_SCALE_SHARE`` of the jaws and ``FIELD_SCALE_PIXELS`` field-detection pixels (``pixel`` mm) or more.
+    """
+    return all(jaws > 0 and ours - jaws >= max(FIELD_SCALE_SHARE * jaws, FIELD_SCALE_PIXELS * pixel)
+               for ours, jaws in ((width, jaw_width), (height, jaw_height)))
 
 
 #: Samples across the planned jaws' larger extent when their core is measured (:func:`_jaws_core_extent_mm`).
