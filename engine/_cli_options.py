@@ -282,6 +282,7 @@ def error_kind(exc: BaseException) -> str:
         BackendUnavailableError,
         GeometryError,
         MissingDependencyError,
+        OptionValueError,
         PixelValuesError,
         PortalImageError,
         ReferencePreparationError,
@@ -291,7 +292,10 @@ def error_kind(exc: BaseException) -> str:
                       (ReferencePreparationError, "reference_preparation"),
                       (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
                       (BackendUnavailableError, "backend_unavailable"),
-                      (OSError, "os_error"), (MemoryError, "out_of_memory")):
+                      (OSError, "os_error"), (MemoryError, "out_of_memory"),
+                      # a flag's value that parses but is out of range (--agreement-mm -1): a usage error, as one that
+                      # does not parse is (``_Parser.error``); it was "error", which says nothing
+                      (OptionValueError, "usage")):
         if isinstance(exc, cls):
             return kind
     return "error"

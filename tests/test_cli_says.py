@@ -257,8 +257,11 @@ def test_the_agreement_a_refusal_names_is_a_flag(capsys, files) -> None:
                         result["reason"]), result["reason"]
     status, out, _ = run(capsys, "register", files["ref"], files["frame"], "--json")
     assert json.loads(out)["ok"] is True
-    status, _, err = run(capsys, "register", files["ref"], files["frame"], "--agreement-mm", "-1")
+    status, out, err = run(capsys, "register", files["ref"], files["frame"], "--agreement-mm", "-1", "--json")
     assert status == 2 and "--agreement-mm must be positive; got -1.0" in err and "agreement_mm" not in err
+    # a value out of range is a usage error, as one that does not parse (it was "error": "error")
+    payload = json.loads(out)
+    assert payload["error"] == "usage" and payload["detail"] == "--agreement-mm must be positive; got -1.0"
 
 
 @pytest.mark.parametrize("command", ["register", "couch"])
