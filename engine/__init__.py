@@ -21,6 +21,7 @@ from .backends import Backend, select_backend, set_thread_policy
 from .errors import (
     BackendUnavailableError,
     GeometryError,
+    ImagePathError,
     OptionValueError,
     PixelValuesError,
     PortalignError,
@@ -39,6 +40,7 @@ __all__ = [
     "BatchError",
     "GeometryError",
     "Image",
+    "ImagePathError",
     "OptionValueError",
     "ImageInfo",
     "PixelValuesError",

@@ -281,6 +281,7 @@ def error_kind(exc: BaseException) -> str:
     from .errors import (
         BackendUnavailableError,
         GeometryError,
+        ImagePathError,
         MissingDependencyError,
         OptionValueError,
         PixelValuesError,
@@ -288,7 +289,8 @@ def error_kind(exc: BaseException) -> str:
         ReferencePreparationError,
     )
 
-    for cls, kind in ((PixelValuesError, "invalid_pixels"), (GeometryError, "invalid_geometry"),
+    for cls, kind in ((PixelValuesError, "invalid_pixels"), (ImagePathError, "invalid_path"),
+                      (GeometryError, "invalid_geometry"),
                       (ReferencePreparationError, "reference_preparation"),
                       (PortalImageError, "invalid_image"), (MissingDependencyError, "missing_dependency"),
                       (BackendUnavailableError, "backend_unavailable"),

@@ -121,7 +121,7 @@ from pydicom.uid import (
 from pydicom.valuerep import PersonName
 
 from ._pydicom_compat import apply_modality_lut, decode_pixels, decoder_available, read_encoding
-from .errors import GeometryError, PortalImageError
+from .errors import GeometryError, ImagePathError, PortalImageError
 from .image import FIRST_OF_FRAMES, Image, ImageInfo, check_pixels
 
 __all__ = ["DicomSource", "tag_label", "read_dataset", "read_plan_isocenter", "read_rt_image", "read_rt_image_frames", "describe",
@@ -499,13 +499,13 @@ def _read_bytes(source: Any, name: str) -> bytes:
         try:  # a name too long for the system, a folder without search permission: errors of the path
             exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
         except OSError as exc:
-            raise PortalImageError(f"{name}: cannot be read{where} ({exc.strerror or exc}); check the path") from exc
+            raise ImagePathError(f"{name}: cannot be read{where} ({exc.strerror or exc}); check the path") from exc
         if not exists:
-            raise PortalImageError(f"{name}: no such file{where}; check the path")
+            raise ImagePathError(f"{name}: no such file{where}; check the path")
         if is_dir:
-            raise PortalImageError(f"{name}: is a directory{where}, not a DICOM file")
+            raise ImagePathError(f"{name}: is a directory{where}, not a DICOM file")
         if not is_file:  # a FIFO would block for ever, /dev/zero never end
-            raise PortalImageError(f"{name}: is not a regular file{where} (a device, pipe or socket); give a DICOM "
+            raise ImagePathError(f"{name}: is not a regular file{where} (a device, pipe or socket); give a DICOM "
                                    "file")
         try:
             with path.open("rb") as handle:

@@ -11,6 +11,7 @@ __all__ = [
     "PortalignError",
     "PortalImageError",
     "PixelValuesError",
+    "ImagePathError",
     "GeometryError",
     "BackendUnavailableError",
     "ReferencePreparationError",
@@ -49,6 +50,14 @@ class PortalImageError(PortalignError, ValueError):
 
 class PixelValuesError(PortalImageError):
     """An image was read, but its pixel values cannot be registered: NaN, infinite, huge or all one value."""
+
+
+class ImagePathError(PortalImageError):
+    """The path given for an image names no readable regular file: missing, a folder, a device or pipe, unreadable.
+
+    A :class:`PortalImageError` (what is given cannot be used); the command line's ``--json`` calls it
+    ``"invalid_path"``, not ``"invalid_image"``: the file was never read.
+    """
 
 
 class GeometryError(PortalignError, ValueError):

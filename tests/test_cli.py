@@ -280,6 +280,26 @@ def test_register_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[
     assert "invalid choice: 'bogus'" in err and "Traceback" not in err
 
 
+def test_register_json_names_a_path_that_is_no_file_apart_from_an_unusable_image(
+        capsys: pytest.CaptureFixture[str], pair: Pair, tmp_path: Path) -> None:
+    """A new user's trial: a missing file came back as ``"error": "invalid_image"``, as a damaged one does; the file
+    was never read. A missing path and a folder are ``"invalid_path"`` (``ImagePathError``, still a
+    ``PortalImageError``); a garbage file stays ``"invalid_image"`` (the test above)."""
+    from portalign.dicom import read_rt_image
+    from portalign.errors import ImagePathError, PortalImageError
+
+    assert issubclass(ImagePathError, PortalImageError)
+    for given, said in ((tmp_path / "absent.dcm", "absent.dcm: no such file"),
+                        (tmp_path, f"{tmp_path.name}: is a directory")):
+        assert main(["register", str(pair.ref_dcm), str(given), "--json"]) == 2
+        out, err = capsys.readouterr()
+        payload = _strict_json(out)
+        assert payload["ok"] is False and payload["error"] == "invalid_path", payload
+        assert payload["detail"].startswith(said) and payload["detail"] in err
+    with pytest.raises(ImagePathError, match="absent.dcm: no such file"):
+        read_rt_image(tmp_path / "absent.dcm")
+
+
 def test_register_json_on_an_unusable_frame_still_prints_one_json_object(capsys: pytest.CaptureFixture[str],
                                                                          pair: Pair, tmp_path: Path) -> None:
     """A caller parsing stdout gets ``ok: false`` with the error, not an empty line; exit 2, stderr says it."""
