@@ -52,8 +52,8 @@ from .image import Image
 
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
            "field_size_mm", "field_pixels", "box_at_border", "core_extent_px", "likely_inverted", "planned_aperture_covers",
-           "penumbra_extent_mm", "sample_mask", "noise_ratio", "core_box_px", "core_sides_mm", "core_sides_fine_mm",
-           "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
+           "penumbra_extent_mm", "sample_mask", "noise_ratio", "core_box_px", "mask_core_box", "core_sides_mm",
+           "core_sides_fine_mm", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -889,9 +889,20 @@ def core_box_px(field: FieldEstimate) -> tuple[int, int, int, int] | None:
     The extreme columns and rows holding at least ``CORE_LINE_SHARE`` of the fullest one's field pixels (see
     :func:`core_extent_px`); None without a mask.
     """
-    if not field.detected or field.mask is None or not field.mask.any():
+    if not field.detected or field.mask is None:
         return None
-    columns, rows = field.mask.sum(axis=0), field.mask.sum(axis=1)
+    return mask_core_box(field.mask)
+
+
+def mask_core_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(col_min, col_max, row_min, row_max)`` of a 2-D boolean ``mask``'s core; None where it is empty.
+
+    The rule of :func:`core_extent_px`: the extreme columns and rows holding at least ``CORE_LINE_SHARE`` of the
+    fullest one's pixels (a detected field's mask, or planned jaws drawn on a grid).
+    """
+    if not mask.any():
+        return None
+    columns, rows = mask.sum(axis=0), mask.sum(axis=1)
     wide = np.flatnonzero(columns >= CORE_LINE_SHARE * columns.max())
     tall = np.flatnonzero(rows >= CORE_LINE_SHARE * rows.max())
     return int(wide[0]), int(wide[-1]), int(tall[0]), int(tall[-1])
@@ -905,9 +916,13 @@ def core_sides_mm(field: FieldEstimate, factor: int, image: Image) -> list[float
     the field off there: the side is the image's, not the aperture's).
     """
     box = core_box_px(field)
-    if box is None or field.mask is None:
-        return None
-    rows, cols = field.mask.shape
+    return None if box is None or field.mask is None else _box_sides_mm(box, field.mask.shape, factor, image)
+
+
+def _box_sides_mm(box: tuple[int, int, int, int], shape: tuple[int, ...], factor: int,
+                  image: Image) -> list[float | None]:
+    """:func:`core_sides_mm` of the core box ``box`` (:func:`core_box_px`) on a field-detection level of ``shape``."""
+    rows, cols = shape
     sy, sx = image.spacing_mm
     ax, ay = image.beam_axis_px
     centre = (factor - 1) / 2
@@ -926,10 +941,10 @@ def core_sides_fine_mm(field: FieldEstimate, factor: int, image: Image) -> list[
     two ends: the penumbra's middle, whatever the two images' doses (the same aperture's jagged leaf ends bias both
     alike). A side without such a crossing keeps its coarse place.
     """
-    coarse = core_sides_mm(field, factor, image)
     box = core_box_px(field)
-    if coarse is None or box is None:
-        return coarse
+    if box is None or field.mask is None:
+        return None
+    coarse = _box_sides_mm(box, field.mask.shape, factor, image)
     pixels = image.pixels
     height, width = pixels.shape
     sy, sx = image.spacing_mm

@@ -33,7 +33,6 @@ from portalign.kernels.cpu.refine import pose_affines_into
 from ..backends import NO_CUDA_DEVICE, Backend, cpu_backend, single_threaded
 from ..field import (
     BAND_NOTE,
-    CORE_LINE_SHARE,
     DEAD_LINE_MAX_SHARE,
     FIELD_DOUBT_ADVICE,
     LINE_SCREEN,
@@ -52,6 +51,7 @@ from ..field import (
     field_size_mm,
     find_field,
     line_screen,
+    mask_core_box,
     screened,
 )
 from ..image import FIRST_OF_FRAMES, Image, ImageInfo, beam_kind, check_frame_pixels
@@ -1733,9 +1733,10 @@ _JAWS_CORE_SAMPLES = 400
 def _jaws_core_extent_mm(corners: tuple[tuple[float, float], ...]) -> tuple[float, float]:
     """Width and height (mm) of the core of the convex polygon ``corners`` (the planned jaws, turned, in image axes).
 
-    The rule of ``field.core_extent_px`` on a grid ``_JAWS_CORE_SAMPLES`` samples across: the columns and rows holding
-    at least ``CORE_LINE_SHARE`` of the fullest one's samples inside. Jaws not turned: their width and height; jaws
-    turned by 45 degrees: 0.75 of their box's, as a field detected through them measures. Kept per jaw setting.
+    The rule of ``field.core_extent_px`` (``field.mask_core_box``) on a grid ``_JAWS_CORE_SAMPLES`` samples across:
+    the columns and rows holding at least ``field.CORE_LINE_SHARE`` of the fullest one's samples inside. Jaws not
+    turned: their width and height; jaws turned by 45 degrees: 0.75 of their box's, as a field detected through them
+    measures. Kept per jaw setting.
     """
     pts = np.asarray(corners, dtype=np.float64)
     x0, x1, y0, y1 = pts[:, 0].min(), pts[:, 0].max(), pts[:, 1].min(), pts[:, 1].max()
@@ -1749,12 +1750,10 @@ def _jaws_core_extent_mm(corners: tuple[tuple[float, float], ...]) -> tuple[floa
     for (ax, ay), (bx, by) in zip(pts, np.roll(pts, -1, axis=0), strict=True):
         sides.append((bx - ax) * (yy - ay) - (by - ay) * (xx - ax))
     inside = np.logical_and.reduce([s >= 0 for s in sides]) | np.logical_and.reduce([s <= 0 for s in sides])
-    if not inside.any():
+    box = mask_core_box(inside)
+    if box is None:
         return 0.0, 0.0
-    columns, rows = inside.sum(axis=0), inside.sum(axis=1)
-    wide = np.flatnonzero(columns >= CORE_LINE_SHARE * columns.max())
-    tall = np.flatnonzero(rows >= CORE_LINE_SHARE * rows.max())
-    return float((wide[-1] - wide[0] + 1) * step), float((tall[-1] - tall[0] + 1) * step)
+    return float((box[1] - box[0] + 1) * step), float((box[3] - box[2] + 1) * step)
 
 
 def field_moved_mm(reference: Reference, plan: FramePlan, frame: Image, field: Any) -> float | None:
@@ -2383,9 +2382,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             reason += (f" (the reference repeats itself every ({px:.1f}, {py:.1f}) mm: periodic structure, e.g. "
                        "MLC pickets or leaves, places no shift larger than half a period)")
     elif mi_gap is not None and mi_gap > opts.agreement_mm + (
-            DRR_MI_ALLOWANCE_MM if reference.image.info.kind == "drr" and not found.mi_final else 0.0):
-        allowance = (f", {DRR_MI_ALLOWANCE_MM:g} mm more against a DRR, whose edges' optimum MI checks"
-                     if reference.image.info.kind == "drr" and not found.mi_final else "")
+            DRR_MI_ALLOWANCE_MM if (drr_checked := reference.image.info.kind == "drr" and not found.mi_final) else 0.0):
+        allowance = f", {DRR_MI_ALLOWANCE_MM:g} mm more against a DRR, whose edges' optimum MI checks" if drr_checked else ""
         reason = (
             f"edge and mutual-information optima disagree by {mi_gap:.2f} mm (agreement_mm={opts.agreement_mm:g}"
             f"{allowance})"
@@ -2597,9 +2595,7 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             rigidity = kept[2]
         else:
             # two portal images with one field: its inner and outer halves too (the edges stay with the beam)
-            depths = (field_depths(backend, finest_level, field, plan.field_level,
-                                   (frame.spacing_mm[0] * (1 << plan.field_level),
-                                    frame.spacing_mm[1] * (1 << plan.field_level)))
+            depths = (field_depths(backend, finest_level, field, plan.field_level, levels[plan.field_level].spacing)
                       if field.detected and reference.field.detected else None)
             rigidity = _rigidity_check(backend, plan, finest_level, pose, r_eff, opts,
                                        "mi" if found.mi_final else "edge", details["working_spacing_mm"], depths)
