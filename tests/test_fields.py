@@ -754,6 +754,28 @@ def test_a_band_of_dead_rows_through_a_jaw_field(value, start, width):
     assert any(w.startswith(said) for w in result.warnings), result.warnings
 
 
+def test_hot_lines_at_the_detector_maximum_left_out_do_not_make_the_frame_saturated():
+    """A strip of 12 hot rows at the detector's maximum code (4.7 % of a 16-bit frame's pixels), left out of the match.
+
+    The saturation test counted them all the same, and refused the frame as saturated (an independent trial: seven
+    low-dose frames with saturated strips of 9-41 lines, each 0.04-0.38 mm off once registered); the lines left out
+    are no longer counted. A frame whose field itself is at the maximum is still refused (test_engine).
+    """
+    base = anatomy(384, seed=7)
+    shape, (dx, dy) = (256, 256), (2.5, -1.5)
+    reference = portalign.Image.from_array(moved(base, 0, 0, 0, shape=shape), pixel_spacing_mm=1.0, kind="drr")
+    clean = mv_portal(moved(base, dx, dy, 0, shape=shape), field_aperture(shape, 1.0, 60, 50))
+    pixels = clean * (1 + 0.015 * np.random.default_rng(5).standard_normal(shape))
+    stored = np.clip(pixels / pixels.max() * 40000.0, 0, 65535).astype(np.uint16)
+    stored[120:132] = 65535
+    frame = portalign.Image.from_array(stored, pixel_spacing_mm=1.0, kind="portal", extra={"saturation_value": 65535.0})
+    assert (stored == 65535).mean() > 0.02  # more than MAX_SATURATED_FRACTION, all of it in the lines
+    result = portalign.register(reference, frame, backend="cpu")
+    assert result.ok, result.reason
+    assert math.hypot(result.dx_mm - dx, result.dy_mm - dy) < 0.15
+    assert any(w.startswith("12 faulty detector row(s) and 0 column(s) left out of the match (12 hot") for w in result.warnings)
+
+
 def _bb_in_turned_field(bb_mm, collimator_deg, seed, size_mm=20.0, spacing=0.4):
     """A square field turned by the collimator, fixed to the imager, with a 5 mm ball bearing at ``bb_mm``."""
     from scipy import special

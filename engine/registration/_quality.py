@@ -212,7 +212,13 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
         source = plan.host if plan.host_stage and plan.host is not None else plan
         img = backend.to_host(source.levels[plan.field_level].image)
         # a box mean equals the maximum code only where all pixels under it are saturated
-        fraction = float((img >= saturation).mean())
+        saturated = img >= saturation
+        if (field.dead_rows or field.dead_cols) and field.level_shape == saturated.shape:
+            # detector lines left out of the match (hot ones at the maximum among them) are not what is matched: a
+            # trial's frames with a saturated strip of 14-21 hot lines, left out, were refused as 3 % saturated
+            saturated[list(field.dead_rows), :] = False
+            saturated[:, list(field.dead_cols)] = False
+        fraction = float(saturated.mean())
         if fraction > MAX_SATURATED_FRACTION:
             return f"frame is saturated: {fraction:.0%} of its pixels are at the detector maximum ({saturation:g})"
     return ""
