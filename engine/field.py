@@ -279,6 +279,17 @@ def find_field(image: Image, small: np.ndarray, *, thorough: bool = False,
     if covers:
         return replace(dead_lines_only(image, small, thorough=thorough, candidates=candidates),
                        note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
+    field = _find_field(image, small, thorough, candidates)
+    if not field.detected and not field.striped and image.info.kind == "portal":
+        # no field found in a portal image: one larger than the panel, its edge crossing the image? (open fields only)
+        shadow = _field_past_the_panel(image, small, field)
+        if shadow is not None:
+            return shadow
+    return field
+
+
+def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Candidates | None) -> FieldEstimate:
+    """:func:`find_field` where the planned aperture does not cover the image, before a field past the panel is sought."""
     # (every estimate made of ``field`` below keeps its dead lines and ``striped``)
     field = detect_field(small, image.pixels, thorough=thorough, candidates=candidates)
     if field.detected and field.note.startswith(MULTI_PART_NOTE) and _thin_split(image, field):
@@ -343,6 +354,63 @@ def find_field(image: Image, small: np.ndarray, *, thorough: bool = False,
                 f"{image.info.source}: the region taken for the radiation field is {ratio:.1f}x as noisy as its "
                 f"surroundings; {FIELD_DOUBT_ADVICE}"))
     return field
+
+
+#: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
+#: shielded, outside the radiation field (1-5 % transmission through jaws and leaves; the thickest anatomy of lateral
+#: MV renders through the thorax and abdomen CTs, open fields, passed 12.5-15 % of their air).
+SHADOW_SHARE = 0.08
+#: A shielded region along the image's border (:func:`_field_past_the_panel`) covering this share of the image...
+SHADOW_AREA = (0.02, 0.5)
+#: Note of a field found by its shadow (:func:`_field_past_the_panel`).
+PAST_PANEL_NOTE = "the radiation field is larger than the panel"
+
+
+def _field_past_the_panel(image: Image, small: np.ndarray, field: FieldEstimate) -> FieldEstimate | None:
+    """Return the field of a portal image whose field is larger than the panel, one or two of its edges crossing it.
+
+    The field's split needs the outside along most of the image's border (``MIN_BORDER_OUTSIDE``), so such a field
+    was not found: both images of a portal pair were matched whole, and the edge, fixed to the beam, pulled the match
+    towards no shift (an independent trial: 2.5-3.9 mm off, ok; refused since, whatever the anatomy said: two
+    independent trial's clipped 273 x 374 and 281 x 296 mm fields, 0.07 and 0.58 mm off when accepted). The outside
+    here is what a portal image cannot show inside a field: pixels at or under ``SHADOW_SHARE`` of the image's 99th
+    percentile, in regions along the border (``SHADOW_AREA`` of the image in all), the beam axis in the field (a
+    radiation field surrounds its central axis), with an established sign (higher values more radiation). ``small``:
+    the field-detection level; dead detector lines found are kept and are not shadow. None where there is no such
+    shadow.
+    """
+    if not _radiation_is_bright(image):
+        return None
+    values = np.asarray(small, dtype=np.float64)
+    top = float(np.percentile(values, 99.0))
+    if not top > 0.0:
+        return None
+    threshold = SHADOW_SHARE * top
+    dark = values <= threshold
+    if (field.dead_rows or field.dead_cols) and field.level_shape == dark.shape:
+        dark[list(field.dead_rows), :] = False  # a dead line is dark along the whole image: not a shadow
+        dark[:, list(field.dead_cols)] = False
+    labels, count = ndimage.label(dark)
+    if count == 0:
+        return None
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    shadow = np.isin(labels, edge[edge > 0])
+    if not SHADOW_AREA[0] <= float(shadow.mean()) <= SHADOW_AREA[1]:
+        return None
+    inside = ~shadow
+    factor = _level_factor(image.shape[0], values.shape[0])
+    r = int(round((image.beam_axis_px[1] - (factor - 1) / 2) / factor))
+    c = int(round((image.beam_axis_px[0] - (factor - 1) / 2) / factor))
+    if not (0 <= r < inside.shape[0] and 0 <= c < inside.shape[1] and inside[r, c]):
+        return None
+    part, parts = ndimage.label(inside)  # the field is the region holding the axis (the rest, closed-off islands)
+    mask = part == part[r, c]
+    rows, cols = np.nonzero(mask)
+    box = (float(cols.min()), float(cols.max()), float(rows.min()), float(rows.max()))
+    return FieldEstimate(True, threshold, True, box, field.effectiveness, mask,
+                         note=f"{PAST_PANEL_NOTE}: its edge crosses the image, the rest of it off the panel",
+                         **{k: v for k, v in _lines_of(field).items() if k != "level_shape"},
+                         level_shape=field.level_shape)
 
 
 def dead_lines_only(image: Image, small: np.ndarray, *, thorough: bool = False,

@@ -39,6 +39,8 @@ from ..field import (
     NO_FIELD,
     NO_FIELD_EDGE,
     PLANNED_COVERS,
+    SHADOW_AREA,
+    SHADOW_SHARE,
     SLIVER_NOTE,
     STRONG_LINE_CONTRAST,
     FieldEstimate,
@@ -473,12 +475,12 @@ def _reference_shows_field(image: Image, frame: Image, field: FieldEstimate, fac
 
 
 #: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
-#: shielded (outside the field: 1-5 % transmission, the trial's 0.6-1.1 %; the thickest anatomy of lateral renders
-#: through the thorax and abdomen CTs, open fields, passed 12.5-15 % of their air)...
-SHIELDED_SHARE = 0.08
+#: shielded (``field.SHADOW_SHARE``: outside the field, 1-5 % transmission, the trial's 0.6-1.1 %)...
+SHIELDED_SHARE = SHADOW_SHARE
 #: ...and a shielded region along the image's border covering this share of the image or more (at most half: more is
-#: an inverted image's field), shielded in the other image too at this share of its places, is one aperture's shadow.
-SHIELDED_MIN_AREA = 0.02
+#: an inverted image's field), shielded in the other image too at this share of its places, is one aperture's shadow
+#: (where neither image's sign is known: with it, ``field.find_field`` takes the shadow for the field's outside).
+SHIELDED_MIN_AREA = SHADOW_AREA[0]
 SHIELDED_AGREE = 0.8
 
 
@@ -505,7 +507,7 @@ def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, fac
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     shadow = np.isin(labels, edge[edge > 0])
     share = float(shadow.mean())
-    if not SHIELDED_MIN_AREA <= share <= 0.5:
+    if not SHIELDED_MIN_AREA <= share <= SHADOW_AREA[1]:
         return None
     image = reference.image
     row, col, keep = _at_pixels(image, frame, shadow, factor)
