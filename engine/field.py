@@ -371,16 +371,15 @@ def _field_past_the_panel(image: Image, small: np.ndarray, field: FieldEstimate)
 
     The field's split needs the outside along most of the image's border (``MIN_BORDER_OUTSIDE``), so such a field
     was not found: both images of a portal pair were matched whole, and the edge, fixed to the beam, pulled the match
-    towards no shift (an independent trial: 2.5-3.9 mm off, ok; refused since, whatever the anatomy said: two
-    independent trial's clipped 273 x 374 and 281 x 296 mm fields, 0.07 and 0.58 mm off when accepted). The outside
-    here is what a portal image cannot show inside a field: pixels at or under ``SHADOW_SHARE`` of the image's 99th
-    percentile, in regions along the border (``SHADOW_AREA`` of the image in all), the beam axis in the field (a
-    radiation field surrounds its central axis), with an established sign (higher values more radiation). ``small``:
-    the field-detection level; dead detector lines found are kept and are not shadow. None where there is no such
-    shadow.
+    towards no shift (an independent trial: 2.5-3.9 mm off, ok; refused since, whatever the anatomy said: a later
+    trial's clipped 273 x 374 and 281 x 296 mm fields, 0.07 and 0.58 mm off when accepted). The outside here is what
+    a portal image cannot show inside a field: pixels at or under ``SHADOW_SHARE`` of the image's 99th percentile, in
+    regions along the border (``SHADOW_AREA`` of the image in all), the beam axis in the field (a radiation field
+    surrounds its central axis). ``small``: the field-detection level; dead detector lines found are kept and are not
+    shadow. None where there is no such shadow. The image's sign need not be established (the real RT Images of
+    ``../shared`` state none): an inverted image's field is the dark part, and holds the beam axis, which the outside
+    found here may not.
     """
-    if not _radiation_is_bright(image):
-        return None
     values = np.asarray(small, dtype=np.float64)
     top = float(np.percentile(values, 99.0))
     if not top > 0.0:

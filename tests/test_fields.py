@@ -1193,17 +1193,20 @@ def _corner_shadowed_pair(shadow_ref: bool = True, sign: bool = False):
     return reference, frame
 
 
-def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match():
+def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match(monkeypatch):
     """An independent trial (trial45 bigfield, offpanel-19): portal pairs through a field larger than the panel, its edge
     crossing the image; no field was found in either (the shadow covers too little of the border), both were matched
-    whole, and the edge, fixed to the beam, pulled the match to the aperture's own position: ok 2.5-3.9 mm off. Both
-    images show one shielded region: the match is not confirmed (strict), or ok with a warning (warn)."""
+    whole, and the edge, fixed to the beam, pulled the match to the aperture's own position: ok 2.5-3.9 mm off. Where
+    both images show one shielded region and neither field is found, the match is not confirmed (strict), or ok with
+    a warning (warn). The field is found by its shadow now (the next test); without that, the refusal stands."""
+    from portalign import field as field_module
     from portalign.registration._program import _shared_shielding
 
     reference, frame = _corner_shadowed_pair()
     small, factor = box_reduce(frame.pixels, 128)
     shared = _shared_shielding(portalign.prepare_reference(reference, backend="cpu"), frame, small, factor)
     assert shared is not None and 0.02 <= shared["share"] <= 0.5 and shared["agree"] > 0.9
+    monkeypatch.setattr(field_module, "_field_past_the_panel", lambda image, small, field: None)
     result = portalign.register(reference, frame, backend="cpu")
     assert not result.field_detected
     assert not result.ok and result.dx_mm is None
@@ -1215,15 +1218,16 @@ def test_two_portal_images_sharing_a_shadow_their_field_unfound_are_no_match():
     assert _shared_shielding(portalign.prepare_reference(open_reference, backend="cpu"), frame, small, factor) is None
 
 
-def test_a_field_larger_than_the_panel_is_found_by_its_shadow_where_the_sign_is_known():
-    """Two portal images whose sign is established, their field larger than the panel: the shadow along the border is
-    what a portal image cannot show inside a field, so it is the outside, and the field (the rest, holding the beam
-    axis) is found; its edge band is left out and the anatomy places the match. An independent trial's two clipped
-    fields (273 x 374 and 281 x 296 mm, one jaw edge in the image) were refused as unconfirmed; ok 0.24 and 0.25 mm
-    off now. Without a known sign the shared shadow still refuses (the test above)."""
+@pytest.mark.parametrize("sign", [True, False])
+def test_a_field_larger_than_the_panel_is_found_by_its_shadow(sign):
+    """Two portal images (their sign established or not), their field larger than the panel: the shadow along the
+    border is what a portal image cannot show inside a field, so it is the outside, and the field (the rest, holding
+    the beam axis) is found; its edge band is left out and the anatomy places the match. An independent trial's two
+    clipped fields (273 x 374 and 281 x 296 mm, one jaw edge in the image) were refused as unconfirmed; ok 0.24 and
+    0.25 mm off now."""
     from portalign.field import PAST_PANEL_NOTE
 
-    reference, frame = _corner_shadowed_pair(sign=True)
+    reference, frame = _corner_shadowed_pair(sign=sign)
     small, _ = box_reduce(frame.pixels, 128)
     field = find_field(frame, small)
     assert field.detected and field.note.startswith(PAST_PANEL_NOTE) and field.field_is_bright
@@ -1240,8 +1244,11 @@ def test_a_field_larger_than_the_panel_is_found_by_its_shadow_where_the_sign_is_
     found = find_field(lined, box_reduce(lined.pixels, 128)[0], thorough=True)
     assert found.detected and found.note.startswith(PAST_PANEL_NOTE)
     # an open image (no shadow) has no field
-    open_reference, _ = _corner_shadowed_pair(shadow_ref=False, sign=True)
+    open_reference, _ = _corner_shadowed_pair(shadow_ref=False, sign=sign)
     assert not find_field(open_reference, box_reduce(open_reference.pixels, 128)[0]).detected
+    # an inverted image: its dark part is the field and holds the beam axis, so the bright outside is not taken
+    inverted = portalign.Image.from_array(frame.pixels.max() - frame.pixels, pixel_spacing_mm=0.8, kind="portal")
+    assert not find_field(inverted, box_reduce(inverted.pixels, 128)[0]).note.startswith(PAST_PANEL_NOTE)
 
 
 def test_the_frames_band_is_measured_by_its_level_stage_with_the_same_outcome(monkeypatch):
