@@ -1551,8 +1551,8 @@ def _override(value: Any, what: str, name: str, low: float, high: float) -> floa
     """Check a keyword override (``sid_mm=``...): a finite number of mm in ``[low, high]``."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise GeometryError(f"{name}: {what} must be a positive number of mm, got {str(value)[:40]!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise GeometryError(f"{name}: {what} must be a positive number of mm, got {value!r}")
     if not low <= number <= high:

@@ -126,14 +126,29 @@ class Image:
         _refuse_too_small(pixels.shape, name)
         if pixels.dtype != np.float32 or not pixels.flags.c_contiguous:
             object.__setattr__(self, "pixels", np.ascontiguousarray(pixels, dtype=np.float32))
-        sy, sx = (float(s) for s in self.spacing_mm)
+        try:
+            sy, sx = (float(s) for s in self.spacing_mm)
+        except OverflowError:  # an integer beyond any float (10**400)
+            raise GeometryError(f"{name}: pixel spacing must be a positive number of mm, got a number beyond any "
+                                "float") from None
         for value, axis in ((sy, "row"), (sx, "column")):
-            if not np.isfinite(value) or value <= 0:
-                raise GeometryError(f"{name}: {axis} pixel spacing must be a positive number of mm, got {value!r}")
+            if not np.isfinite(value) or value <= 0 or value > MAX_SPACING_MM:
+                raise GeometryError(f"{name}: {axis} pixel spacing must be a positive number of mm (at most "
+                                    f"{MAX_SPACING_MM:g}), got {value!r}")
         object.__setattr__(self, "spacing_mm", (sy, sx))
-        cx, cy = (float(c) for c in self.beam_axis_px)
+        try:
+            cx, cy = (float(c) for c in self.beam_axis_px)
+        except OverflowError:
+            raise GeometryError(f"{name}: beam axis position must be finite, got a number beyond any float") from None
         if not (np.isfinite(cx) and np.isfinite(cy)):
             raise GeometryError(f"{name}: beam axis position must be finite, got {self.beam_axis_px!r}")
+        rows, cols = pixels.shape
+        if (abs(cx - (cols - 1) / 2.0) * sx > MAX_AXIS_OFFSET_MM
+                or abs(cy - (rows - 1) / 2.0) * sy > MAX_AXIS_OFFSET_MM):
+            # beyond any panel's offset: its mm overflow the search's arithmetic (a hostile upload: 1e154 pixels)
+            raise GeometryError(f"{name}: beam axis position ({cx:g}, {cy:g}) px lies more than "
+                                f"{MAX_AXIS_OFFSET_MM / 1000:g} m from the image's centre at the isocentre plane; give "
+                                "the column and row of the beam axis in the image's pixels")
         object.__setattr__(self, "beam_axis_px", (cx, cy))
 
     @classmethod
@@ -217,15 +232,27 @@ class Image:
         spacing = _two_numbers(pixel_spacing_mm, one_for_both=True)
         if spacing is None:
             raise GeometryError(f"{name}: pixel_spacing_mm must be one number or (row, col) in mm, got "
-                                f"{pixel_spacing_mm!r}")
+                                f"{_short(pixel_spacing_mm)}")
         if beam_axis_px is None:
             beam_axis_px = ((pixels.shape[1] - 1) / 2.0, (pixels.shape[0] - 1) / 2.0)
         else:
             axis = _two_numbers(beam_axis_px, one_for_both=False)
             if axis is None:
-                raise GeometryError(f"{name}: beam_axis_px must be (column, row) in pixels, got {beam_axis_px!r}")
+                raise GeometryError(f"{name}: beam_axis_px must be (column, row) in pixels, got {_short(beam_axis_px)}")
             beam_axis_px = axis
         return cls(pixels, spacing, beam_axis_px, ImageInfo(source=name, **info))  # type: ignore[arg-type]
+
+
+#: Largest pixel spacing (mm at the isocentre plane) an image may state: a metre a pixel is no image of a patient.
+MAX_SPACING_MM = 1000.0
+#: Farthest the beam axis may lie from an image's centre (mm at the isocentre plane): panels offset by a few hundred mm.
+MAX_AXIS_OFFSET_MM = 10000.0
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters (a hostile value may hold a 400-digit integer)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _two_numbers(value: Any, *, one_for_both: bool) -> tuple[float, float] | None:
@@ -237,7 +264,7 @@ def _two_numbers(value: Any, *, one_for_both: bool) -> tuple[float, float] | Non
     try:
         values = ([float(value)] * 2 if one_for_both and np.ndim(value) == 0
                   else [float(v) for v in value])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return (values[0], values[1]) if len(values) == 2 else None
 

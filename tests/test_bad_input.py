@@ -671,3 +671,28 @@ def test_plans_of_many_geometries_are_bounded():
         frame = Image(base, (1.0, 1.0), (47.5 + 0.5 * k, 47.5))
         ref.register(frame)
     assert ref.lane_count() == _reference.MAX_PLANS
+
+
+@pytest.mark.parametrize(("keywords", "message"), [
+    ({"beam_axis_px": (1e154, 1e154)}, r"beam axis position \(1e\+154, 1e\+154\) px lies more than 10 m from"),
+    ({"beam_axis_px": (1e308, 0.0)}, r"beam axis position .* lies more than 10 m from"),
+    ({"beam_axis_px": (10**400, 0)}, r"beam_axis_px must be \(column, row\) in pixels, got \(1000.*\.\.\.$"),
+    ({"pixel_spacing_mm": 10**400}, r"pixel_spacing_mm must be one number or \(row, col\) in mm"),
+    ({"pixel_spacing_mm": 1e300}, r"row pixel spacing must be a positive number of mm \(at most 1000\)"),
+])
+def test_an_array_s_geometry_beyond_any_panel_is_refused(keywords: dict, message: str) -> None:
+    """A hostile campaign's array (and HTTP upload, X-Beam-Axis-Px) with its beam axis 1e154 pixels away reached the
+    search, whose arithmetic divided by zero (ZeroDivisionError, HTTP 500); 10**400 raised OverflowError."""
+    pixels = np.random.default_rng(0).normal(100.0, 1.0, (64, 64))
+    arguments = {"pixel_spacing_mm": 1.0, **keywords}
+    with pytest.raises(GeometryError, match=message):
+        Image.from_array(pixels, **arguments)
+    assert Image.from_array(pixels, pixel_spacing_mm=1.0, beam_axis_px=(-500.0, 2000.0)).beam_axis_px == (-500.0, 2000.0)
+
+
+def test_a_keyword_override_beyond_any_float_is_a_geometry_error(tmp_path: Path) -> None:
+    """``read_rt_image(sid_mm=10**400)`` raised OverflowError from float(); it is a GeometryError naming the keyword."""
+    pixels = np.random.default_rng(0).normal(1000.0, 10.0, (64, 64)).astype(np.uint16)
+    path = write_rt_image(make_rt_image(pixels), tmp_path / "frame.dcm")
+    with pytest.raises(GeometryError, match=r"frame\.dcm: sid_mm must be a positive number of mm, got '1000"):
+        portalign.read_rt_image(path, sid_mm=10**400)
