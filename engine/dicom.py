@@ -151,6 +151,10 @@ MAX_SIDE = 65535
 #: 0.1 mm about 15 million. A fuzz campaign's consistent 16000 x 16000 8-bit file (256 MB) took 4 GB to register: the
 #: float copies and pyramid of a frame are some 16 bytes a pixel.
 MAX_FRAME_PIXELS = 40_000_000
+#: Fewest pixels along either side of a frame (``Image`` refuses fewer: nothing to register).
+MIN_SIDE = 8
+#: Most frames read from one file at once (:func:`read_rt_image_frames`): 11 minutes of cine at 30 frames a second.
+MAX_FRAMES = 20_000
 #: Compressed pixel data (and a deflated dataset) may decode to at most this many times its own size. Lossless
 #: compression of a detector's noisy 16-bit pixels gains 2-4 times; 50 leaves room for flat images and refuses a
 #: few kilobytes that claim hundreds of megabytes.
@@ -1144,6 +1148,18 @@ def _pixel_layout(ds: Dataset, name: str, *, every_frame: bool) -> tuple[int, in
         raise PortalImageError(f"{name}: NumberOfFrames (0028,0008) is present but empty; a single frame has 1 there "
                                "or no such tag; the file is damaged")
     frames = frames or 1
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        # every frame would be refused so (Image): say it before decoding; a cine of 30 million 1 x 1 frames of one bit
+        # (3.75 MB) took 5.8 GB and 37 s to be told so, a frame at a time (a hostile campaign)
+        raise PortalImageError(f"{name}: image is {rows}x{cols} pixels (Rows, Columns (0028,0010), (0028,0011)); at "
+                               f"least {MIN_SIDE}x{MIN_SIDE} is needed")
+    if every_frame and frames > MAX_FRAMES:
+        # each frame read becomes an image of its own (float32 pixels and a header): 150,000 frames of 8 x 8 (9.6 MB)
+        # kept a watched folder busy for 4.7 minutes and wrote 95 MB of errors
+        raise PortalImageError(
+            f"{name}: NumberOfFrames (0028,0008) is {frames}, more than the {MAX_FRAMES} frames portalign reads from one "
+            f"file ({MAX_FRAMES // 30 // 60} minutes of cine at 30 frames a second); split the acquisition, or read its "
+            "frames one at a time (read_rt_image(path, frame=k), a stream)")
     keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
     if keyword == "PixelData":
         bits = _checked_int(ds, "BitsAllocated", name, 1, 64)

@@ -696,3 +696,20 @@ def test_a_keyword_override_beyond_any_float_is_a_geometry_error(tmp_path: Path)
     path = write_rt_image(make_rt_image(pixels), tmp_path / "frame.dcm")
     with pytest.raises(GeometryError, match=r"frame\.dcm: sid_mm must be a positive number of mm, got '1000"):
         portalign.read_rt_image(path, sid_mm=10**400)
+
+
+def test_a_cine_of_too_small_or_too_many_frames_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A hostile campaign's cines: 30 million 1 x 1 frames of one bit (3.75 MB) took 5.8 GB and 37 s to be told that
+    an image of 1 x 1 pixels is refused; 150,000 frames of 8 x 8 kept ``watch --once`` busy for 4.7 minutes. Both are
+    refused from their size tags now, before any frame is decoded."""
+    from portalign.dicom import MAX_FRAMES, read_rt_image_frames
+
+    tiny = make_rt_image(np.arange(16, dtype=np.uint16).reshape(4, 4) * 100, frames=3)
+    with pytest.raises(PortalImageError, match=r"frames\.dcm: image is 4x4 pixels \(Rows, Columns .*at least 8x8"):
+        read_rt_image_frames(write_rt_image(tiny, tmp_path / "frames.dcm"))
+    many = make_rt_image(np.arange(64, dtype=np.uint16).reshape(8, 8) * 100, frames=MAX_FRAMES + 1)
+    path = write_rt_image(many, tmp_path / "cine.dcm")
+    with pytest.raises(PortalImageError, match=rf"cine\.dcm: NumberOfFrames \(0028,0008\) is {MAX_FRAMES + 1}, more "
+                                               rf"than the {MAX_FRAMES} frames .* frame=k"):
+        read_rt_image_frames(path)
+    assert portalign.read_rt_image(path, frame=MAX_FRAMES).shape == (8, 8)  # one frame of it is read as ever
