@@ -700,6 +700,7 @@ def register_views(
     views: list[View] = []
     results: list[RegistrationResult] = []
     positions: list[str] = []
+    patients: dict[str, str] = {}  # PatientID -> the first image carrying it
     for i, pair in enumerate(pairs):
         try:
             reference, frame = pair
@@ -712,6 +713,10 @@ def register_views(
         views.append(View.from_result(result, frame, reference=reference,
                                       image_follows_collimator=image_follows_collimator))
         positions.append(_position(frame.info.patient_position or reference.info.patient_position))
+        for image in (reference, frame):
+            patient = image.info.extra.get("patient_id")
+            if patient and str(patient).strip():
+                patients.setdefault(str(patient).strip(), image.info.source)
     extra_warnings: list[str] = []
     if patient_position is None:
         known = sorted({p for p in positions if p})
@@ -721,6 +726,19 @@ def register_views(
                                   "pass patient_position=")
     couch = solve_couch_shift(views, patient_position=patient_position, tolerance=tolerance,
                               max_residual_mm=max_residual_mm, min_separation_deg=min_separation_deg)
+    if len(patients) > 1:
+        # each pair's own images were compared (register); two pairs of two patients were combined into one couch
+        # move with nothing said (a hostile campaign: PatientID PORTALIGN-DEMO in one pair, OTHER in the other, ok)
+        named = ", ".join(f"{pid!r} ({source})" for pid, source in patients.items())
+        text = f"the views are of different patients: PatientID {named}"
+        if options is not None and options.allow_patient_mismatch:
+            extra_warnings.append(f"{text}; combined as asked (allow_patient_mismatch)")
+        else:
+            from dataclasses import replace
+
+            couch = replace(couch, ok=False, reason=(
+                f"{text}; views of two patients make no couch move. If this is intended (a phantom, files anonymised "
+                "differently), set allow_patient_mismatch=True (--allow-patient-mismatch)"))
     if extra_warnings:
         couch = _with_warnings(couch, extra_warnings)
     return couch, results

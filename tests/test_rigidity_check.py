@@ -147,3 +147,30 @@ def test_the_fields_inner_and_outer_halves_are_compared_only_where_both_images_s
     drr = portalign.register(_image(base), frame, backend="cpu")
     assert drr.ok, drr.reason
     assert drr.details["rigidity_check"]["depth_mm"] is None
+
+
+@pytest.mark.parametrize(("spacing", "parting_axis"), [((1.0, 1.06), "cols_mm"), ((1.06, 1.0), "rows_mm"),
+                                                       ((1.03, 1.03), None), ((1.0, 1.04), "cols_mm")])
+def test_halves_parting_beyond_3_mm_refuse_the_match(spacing, parting_axis):
+    """A frame whose stated spacing is 3-6 % off (one axis, or both) against an open-field reference: a hostile
+    campaign's such portal pairs parted by 3.2-4.3 mm and were ok 4.7-7.8 mm off. No one shift describes halves
+    that far apart (``RIGIDITY_REFUSE_MM``): refused, naming the headers to check; the right spacing registers."""
+    from portalign.registration._quality import RIGIDITY_REFUSE_MM
+    from synthetic import moved
+
+    base = anatomy(384, seed=11)
+    reference = portalign.Image.from_array(moved(base, 0, 0, 0, shape=(SIZE, SIZE)), pixel_spacing_mm=1.0, kind="drr")
+    pixels = moved(base, 3.0, -2.0, 0, shape=(SIZE, SIZE)) + np.random.default_rng(1).normal(0, 0.01, (SIZE, SIZE))
+    right = portalign.register(reference, portalign.Image.from_array(pixels, pixel_spacing_mm=1.0, kind="portal"),
+                               backend="cpu")
+    assert right.ok and math.hypot(right.dx_mm - 3.0, right.dy_mm + 2.0) < 0.1
+    result = portalign.register(reference, portalign.Image.from_array(pixels, pixel_spacing_mm=spacing, kind="portal"),
+                                backend="cpu")
+    check = result.details["rigidity_check"]
+    widest = max(check["rows_mm"], check["cols_mm"])
+    assert widest > RIGIDITY_REFUSE_MM
+    if parting_axis is not None:
+        assert check[parting_axis] == widest
+    assert not result.ok
+    assert result.reason.startswith(f"not one rigid motion: parts of the image place the match {widest:.1f} mm apart")
+    assert "ImagePlanePixelSpacing (3002,0011)" in result.reason and "register3d" in result.reason

@@ -719,3 +719,50 @@ def test_a_drr_given_as_the_frame_against_a_portal_reference_is_called_swapped(p
     right = _pair(pixels, {"kind": "drr", "gantry_deg": 0.0}, {"kind": "portal", "gantry_deg": 0.0})
     _assert_shift(right)
     assert "swapped" not in right.details["view"]
+
+
+def test_one_image_without_a_stated_beam_axis_is_said():
+    """A hostile campaign: one image of a pair stating its beam axis (RTImagePosition) and the other not (taken at its
+    centre): an imager offset or a cropped export moves the shift by as much, and the pixels cannot show it. Said in
+    the warnings (not refused: many exports state none); not where both state it, or neither, or for arrays."""
+    from portalign import ImageInfo, RegistrationOptions
+    from portalign.registration._views import compare_views
+
+    def info(source, axis):
+        return ImageInfo(source=source, gantry_deg=0.0, extra={} if axis is None else {"beam_axis_source": axis})
+
+    reason, _, said = compare_views(info("ref.dcm", "RTImagePosition"), info("frame.dcm", "image centre"),
+                                    RegistrationOptions())
+    assert reason == ""
+    assert [w for w in said if w.startswith("the frame (frame.dcm) does not state where its beam axis lies "
+                                            "(RTImagePosition (3002,0012), XRayImageReceptorTranslation (3002,000D))")]
+    _, _, said = compare_views(info("ref.dcm", "image centre"), info("frame.dcm", "XRayImageReceptorTranslation"),
+                               RegistrationOptions())
+    assert [w for w in said if w.startswith("the reference (ref.dcm) does not state where its beam axis lies")]
+    for ref_axis, frame_axis in (("RTImagePosition", "XRayImageReceptorTranslation"), ("image centre", "image centre"),
+                                 (None, "image centre"), ("RTImagePosition", "RTImagePosition")):
+        _, _, said = compare_views(info("ref.dcm", ref_axis), info("frame.dcm", frame_axis), RegistrationOptions())
+        assert not [w for w in said if "beam axis lies" in w], (ref_axis, frame_axis)
+
+
+def test_couch_refuses_views_of_different_patients_across_pairs(pixels) -> None:
+    """Each pair's two images were compared, not the pairs with each other: a hostile campaign combined a pair of
+    PatientID PORTALIGN-DEMO with a pair of OTHER into one couch move, ok, nothing said."""
+    from portalign.couch import register_views
+
+    def image(values: np.ndarray, gantry: float, name: str, patient: str) -> portalign.Image:
+        return _with_patient(portalign.Image.from_array(values, pixel_spacing_mm=1.0, name=name, gantry_deg=gantry),
+                             patient)
+
+    pairs = [(image(pixels[0], 0.0, "ref0", "A"), image(pixels[1], 0.0, "frame0", "A")),
+             (image(pixels[0], 90.0, "ref90", "B"), image(pixels[1], 90.0, "frame90", "B"))]
+    couch, results = register_views(pairs, backend="cpu")
+    assert all(r.ok for r in results)
+    assert not couch.ok
+    assert couch.reason.startswith("the views are of different patients: PatientID 'A' (ref0), 'B' (ref90); views of "
+                                   "two patients make no couch move")
+    allowed, _ = register_views(pairs, portalign.RegistrationOptions(allow_patient_mismatch=True), backend="cpu")
+    assert allowed.ok and any(w.endswith("combined as asked (allow_patient_mismatch)") for w in allowed.warnings)
+    same = [(image(pixels[0], 0.0, "ref0", "A"), image(pixels[1], 0.0, "frame0", "A")),
+            (image(pixels[0], 90.0, "ref90", "A"), image(pixels[1], 90.0, "frame90", "A"))]
+    assert register_views(same, backend="cpu")[0].ok

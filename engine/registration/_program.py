@@ -82,6 +82,7 @@ from ._quality import (
     NOISE_SAMPLES,
     REFERENCE_NOISE_ARC,
     RIGIDITY_RECHECK_MM,
+    RIGIDITY_REFUSE_MM,
     RIGIDITY_WARN_MM,
     TOO_LITTLE_STRUCTURE,
     TOO_LITTLE_USABLE,
@@ -2616,6 +2617,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
                     "includes it")
         warnings.append(said + ("" if rigidity["measured_here"] else " (measured on an earlier frame at a shift within "
                                 f"{RIGIDITY_RECHECK_MM:g} mm of this one)"))
+        widest = max(parting, depth_parting or 0.0)
+        if widest > RIGIDITY_REFUSE_MM and not reason:
+            reason = (f"not one rigid motion: parts of the image place the match {widest:.1f} mm apart (more than "
+                      f"{RIGIDITY_REFUSE_MM:g} mm), so no one shift describes the pair: a wrong scale in one header "
+                      "(ImagePlanePixelSpacing (3002,0011), RTImageSID (3002,0026)), a view that is not the reference's "
+                      "(a gantry angle, a patient's pitch or roll), or anatomy far off the isocentre plane moved across "
+                      "the diverging beam; check both headers (portalign info), or register two views against the "
+                      "planning CT (portalign register3d)")
     details["rotation_uncertainty_deg"] = (
         rotation_uncertainty_deg(found.rotation_support_mm, details["working_spacing_mm"], split_deg, rotation_gap,
                                  reference_arc, 0.0 if rigidity is None else rigidity["term_mm"])

@@ -124,6 +124,12 @@ RIGIDITY_MAX_MM = 1.5
 #: A term of this much or more (mm) is said in the result's warnings as well: 20 of the two trials' 490 ok pairs, the
 #: five 1.3-2.6 mm off among them (and 15 of 0.05-0.8 mm).
 RIGIDITY_WARN_MM = 0.5
+#: Halves whose optima lie more than this far apart (mm: rows, columns or the field's depth halves) refuse the match:
+#: no one shift describes both, and half of it is beyond ``RIGIDITY_MAX_MM`` of any. A hostile campaign's portal pairs
+#: with one axis's ImagePlanePixelSpacing 6 % off, or both 3 % off, parted by 3.2-4.3 mm and were ok 4.7-7.8 mm off;
+#: an independent trial's frame 9 deg from its reference's gantry (its header without one) by 2.8 mm, 11 mm off. The
+#: ok pairs of two trials (trial56, trial57: 315) parted by at most 3.4 mm (2-3.5 deg patient rolls, 0.7-1.6 mm off).
+RIGIDITY_REFUSE_MM = 3.0
 #: A stream's frames share the measurement of the last frame checked while their shift stays within this (mm) of
 #: its: the halves' parting follows the pair's geometry and the shift, and the check (four refinements on the
 #: finest level) would double a cine frame's time.

@@ -152,6 +152,18 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
                            "records a gantry angle (GantryAngle (300A,011E)): the views were not compared, and a frame "
                            "taken a few degrees from its reference's beam gives a shift off by the anatomy's depth times "
                            "the angle (3 mm at 3 deg), which the match cannot tell"]
+    # one image states where its beam axis lies and the other does not (taken at its centre): a panel offset, or a
+    # cropped export, moves the shift by as much, and the pixels cannot tell (a hostile campaign: the handed open-field
+    # frame without its RTImagePosition was ok 3.3 mm off, nothing said)
+    ref_axis = ref_extra["beam_axis_source"] if "beam_axis_source" in ref_extra else None
+    frame_axis = frame_extra["beam_axis_source"] if "beam_axis_source" in frame_extra else None
+    if ref_axis != frame_axis and "image centre" in (ref_axis, frame_axis) and None not in (ref_axis, frame_axis):
+        which, where, stated = (("frame", frame.source, ref_axis) if frame_axis == "image centre"
+                                else ("reference", reference.source, frame_axis))
+        patient_warning = [*patient_warning, f"the {which} ({where}) does not state where its beam axis lies "
+                           f"(RTImagePosition (3002,0012), XRayImageReceptorTranslation (3002,000D)), so it is taken at "
+                           f"its centre, while the other image states it ({stated}): an imager offset or a cropped export "
+                           "moves the shift by as much, which the images cannot show"]
     if not phrases:
         return "", record, patient_warning
     text = "; ".join(phrases)
