@@ -255,23 +255,49 @@ class _Entry:
     meta: dict[str, Any]
     frames: int = 0
     last_used: float = field(default_factory=time.time)
+    nbytes: int = 0
+
+
+#: Bytes a prepared reference is counted as holding per pixel of its image: its float32 pixels and what is prepared
+#: from them (pyramid levels, a plan's buffers). A hostile campaign's 40-million-pixel reference held about 153 MB.
+REFERENCE_BYTES_PER_PIXEL = 8
+#: Default memory budget of the reference cache (MiB).
+DEFAULT_CACHE_MB = 1024.0
+
+
+def reference_nbytes(reference: Reference) -> int:
+    """Return the bytes a prepared reference is counted as holding (``REFERENCE_BYTES_PER_PIXEL`` a pixel)."""
+    return int(reference.image.pixels.size) * REFERENCE_BYTES_PER_PIXEL
 
 
 class ReferenceCache:
-    """Prepared references by id, at most ``size`` of them; the least recently used is evicted."""
+    """Prepared references by id, at most ``size`` of them and ``max_bytes`` in all; the least recently used go first.
 
-    def __init__(self, size: int, metrics: Metrics) -> None:
+    Without the byte budget, 16 uploads of one 40-million-pixel reference (a 40 MB file) held 2.75 GB (a hostile
+    campaign); a reference over the whole budget is refused (413).
+    """
+
+    def __init__(self, size: int, metrics: Metrics, max_bytes: int | None = None) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._metrics = metrics
 
     def add(self, reference: Reference, meta: dict[str, Any]) -> _Entry:
         """Store a prepared reference under a new id, evicting the least recently used ones."""
-        entry = _Entry(uuid.uuid4().hex, reference, meta)
+        nbytes = reference_nbytes(reference)
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            raise ApiError(413, "too_large",
+                           f"reference: its {reference.image.pixels.size / 1e6:.1f} million pixels would take about "
+                           f"{nbytes / 2**20:.0f} MiB of the reference cache's {self.max_bytes / 2**20:.0f} MiB "
+                           "(portalign serve --cache-mb); send the image at its imager's pixels, or raise the budget")
+        entry = _Entry(uuid.uuid4().hex, reference, meta, nbytes=nbytes)
         with self._lock:
             self._entries[entry.id] = entry
-            while len(self._entries) > self.size:
+            while len(self._entries) > self.size or (
+                    self.max_bytes is not None and len(self._entries) > 1
+                    and sum(e.nbytes for e in self._entries.values()) > self.max_bytes):
                 self._entries.popitem(last=False)
                 self._metrics.add("references_evicted")
         return entry
@@ -425,6 +451,7 @@ def create_app(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cache_size: int = 16,
+    cache_mb: float = DEFAULT_CACHE_MB,
     backend: str | Backend = "auto",
     options: RegistrationOptions | None = None,
     journal: Journal | str | os.PathLike[str] | None = None,
@@ -442,6 +469,9 @@ def create_app(
         Largest request body; larger bodies (declared or streamed) get 413.
     cache_size : int
         Prepared references kept; the least recently used is evicted beyond it.
+    cache_mb : float
+        Memory budget of the prepared references (MiB, ``REFERENCE_BYTES_PER_PIXEL`` bytes a pixel of each): the
+        least recently used are evicted beyond it, and a reference larger than all of it is refused (413).
     backend : {"auto", "cpu", "gpu"} or Backend
         Chosen once, for every reference.
     options : RegistrationOptions, optional
@@ -467,6 +497,8 @@ def create_app(
         raise PortalignError(f"max_body_bytes must be an integer >= 1024; got {max_body_bytes!r}")
     if not isinstance(cache_size, int) or cache_size < 1:
         raise PortalignError(f"cache_size must be an integer >= 1; got {cache_size!r}")
+    if not isinstance(cache_mb, (int, float)) or not math.isfinite(cache_mb) or cache_mb < 1:
+        raise PortalignError(f"cache_mb must be a number of MiB >= 1; got {cache_mb!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise PortalignError(f"workers must be an integer >= 1 (or None: the CPU count, at most 8); got {workers!r}")
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
@@ -475,7 +507,7 @@ def create_app(
     journal_obj: Journal | None = journal if isinstance(journal, Journal) else (
         Journal(journal, make_folders=False) if journal is not None else None)  # a typo in its folder is an error
     metrics = Metrics(chosen.name, chosen.device)
-    cache = ReferenceCache(cache_size, metrics)
+    cache = ReferenceCache(cache_size, metrics, int(cache_mb * 2**20))
     n_workers = workers or min(8, os.cpu_count() or 1)
     executor = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="portalign-register")
     started = time.time()
@@ -1085,6 +1117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, metavar="MB",
                         help="largest request body in MiB (default %(default)g)")
     parser.add_argument("--cache-size", type=int, default=16, metavar="N", help="prepared references kept (default 16)")
+    parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB, metavar="MB",
+                        help="memory budget of the prepared references in MiB (8 bytes a pixel of each; the least "
+                             "recently used go first; default %(default)g)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="registration threads (default: the CPU count, at most 8)")
     add_warm_up_argument(parser)
@@ -1116,6 +1151,7 @@ def run(args: argparse.Namespace) -> int:
             token=args.token,
             max_body_bytes=int(args.max_body_mb * 2**20),
             cache_size=args.cache_size,
+            cache_mb=args.cache_mb,
             backend=args.backend,
             journal=args.journal,
             workers=args.workers,

@@ -695,3 +695,32 @@ def test_a_utf8_frame_id_comes_back_as_sent(client, image):
     upload = raw(image)
     upload["headers"]["X-Frame-Id"] = "séance-1".encode()  # the UTF-8 bytes a client sends
     assert client.post(f"/v1/references/{ref_id}/register", **upload).json()["frame_id"] == "séance-1"
+
+
+def test_the_reference_cache_keeps_to_its_memory_budget():
+    """A hostile campaign uploaded one 40-million-pixel reference (a 40 MB file) 16 times: the cache, bounded by count
+    only, held 2.75 GB. It is bounded by memory too (``--cache-mb``): the least recently used go first, and one larger
+    than the whole budget is refused (413) before it is kept."""
+    from types import SimpleNamespace
+
+    from portalign.service import REFERENCE_BYTES_PER_PIXEL, ApiError, Metrics, ReferenceCache
+
+    def reference(pixels: int):
+        return SimpleNamespace(image=SimpleNamespace(pixels=np.zeros(pixels, dtype=np.float32)))
+
+    one = 1000 * REFERENCE_BYTES_PER_PIXEL  # bytes of a 1000-pixel reference
+    cache = ReferenceCache(16, Metrics("cpu", "test"), max_bytes=3 * one)
+    ids = [cache.add(reference(1000), {}).id for _ in range(3)]
+    assert [e.id for e in cache.list()] == ids
+    fourth = cache.add(reference(1000), {}).id
+    assert [e.id for e in cache.list()] == [*ids[1:], fourth]  # the least recently used went
+    cache.add(reference(2000), {})
+    assert len(cache) == 2 and sum(e.nbytes for e in cache.list()) <= 3 * one
+    with pytest.raises(ApiError) as refused:
+        cache.add(reference(4000), {})
+    assert refused.value.status == 413 and "portalign serve --cache-mb" in refused.value.message
+    assert len(cache) == 2  # nothing evicted for the refused one
+    from portalign.errors import PortalignError
+
+    with pytest.raises(PortalignError, match="cache_mb must be a number of MiB >= 1"):
+        create_app(cache_mb=0.5)
