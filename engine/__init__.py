@@ -135,6 +135,8 @@ def register(
         A prepared :class:`Reference` is used as it is.
     frame : Image, path, pydicom.Dataset or numpy.ndarray
     options : RegistrationOptions, optional
+        With a prepared :class:`Reference`, its own options are used: other options given here raise
+        :class:`PortalignError` (they were silently ignored: ``max_shift_mm=0.5`` let a 4.1 mm shift be ok).
     backend : {"auto", "cpu", "gpu"}
     pixel_spacing_mm : float or (float, float), optional
         Isocentre-plane spacing for array inputs.
@@ -142,7 +144,18 @@ def register(
     Returns
     -------
     RegistrationResult
+
+    Raises
+    ------
+    PortalignError
+        ``options`` differ from a prepared reference's; and as :meth:`Reference.register`.
     """
+    if isinstance(reference, Reference) and options is not None and options != reference.options:
+        differ = [f"{name}={getattr(options, name)!r}" for name in options.__dataclass_fields__
+                  if getattr(options, name) != getattr(reference.options, name)]
+        raise PortalignError(f"register: the reference was prepared with other options than those given here "
+                             f"({', '.join(differ)}), and a prepared reference registers with its own; prepare it with "
+                             "these (prepare_reference(image, options)), or leave options out")
     if not isinstance(reference, Reference):
         ref_image = as_image(reference, name="reference", pixel_spacing_mm=pixel_spacing_mm)
         reference = prepare_reference_for(ref_image, frame, options, backend=backend, pixel_spacing_mm=pixel_spacing_mm)

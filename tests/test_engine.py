@@ -417,3 +417,17 @@ def test_the_rotation_scan_runs_for_a_large_turn_against_a_drr_only(monkeypatch)
     portalign.register(drr, portal(3.5), RegistrationOptions(mirror_check="never", estimate_rotation=False),
                        backend="cpu")
     assert not scans
+
+
+def test_options_given_with_a_prepared_reference_are_not_silently_ignored():
+    """A hostile campaign: ``register(prepared, frame, RegistrationOptions(max_shift_mm=0.5))`` was ok at a 4.1 mm
+    shift: the prepared reference's own options were used and the ones given dropped. Other options raise, naming
+    them; the same options (or none) register as before."""
+    ref, frame = _pair(2.0, 1.0, 0.0)
+    prepared = prepare_reference(ref, RegistrationOptions(max_shift_mm=10.0), backend="cpu")
+    with pytest.raises(portalign.PortalignError, match=r"^register: the reference was prepared with other options than "
+                                                       r"those given here \(max_shift_mm=0.5\)"):
+        portalign.register(prepared, frame, RegistrationOptions(max_shift_mm=0.5))
+    same = portalign.register(prepared, frame, RegistrationOptions(max_shift_mm=10.0))
+    assert same.ok and math.hypot(same.dx_mm - 2.0, same.dy_mm - 1.0) < 0.1
+    assert portalign.register(prepared, frame).ok
