@@ -253,3 +253,24 @@ def test_edge_score_over_all_edges_is_the_edge_score_where_little_is_masked(pair
     assert result.ok
     assert result.details["edge_score_all_edges"] <= result.details["edge_score"]
     assert result.details["edge_score_all_edges"] == pytest.approx(result.details["edge_score"], rel=0.01)
+
+
+def test_a_frame_mirrored_after_a_sound_one_of_its_geometry_is_checked_too() -> None:
+    """``mirror_check="first"`` checked a geometry's first frame only: a hostile campaign's mirrored frame after a sound
+    one of the same geometry was ok 8.3 mm off. A later frame scoring under ``MIRROR_RECHECK_SHARE`` of the checked
+    frame's edge score goes through the check; a sound later frame does not."""
+    from portalign.demo import make_demo_pair
+    from portalign.registration._program import MIRROR_RECHECK_SHARE, _mirror_score
+
+    reference, frame, _ = make_demo_pair(detector_shape=(96, 128), detector_spacing_mm=3.136)
+    prepared = portalign.prepare_reference(reference, backend="cpu")
+    first = prepared.register(frame)
+    assert first.ok
+    mirrored = prepared.register(_flipped(frame, LEFT_RIGHT))
+    assert (_mirror_score(portalign.register(reference, _flipped(frame, LEFT_RIGHT),
+                                             portalign.RegistrationOptions(mirror_check="never"), backend="cpu"))
+            < MIRROR_RECHECK_SHARE * _mirror_score(first))
+    assert not mirrored.ok and mirrored.reason.startswith("flipped: the frame matches the reference better flipped "
+                                                          "left-right")
+    again = prepared.register(frame)
+    assert again.ok and again.details["mirror_check"] is None  # sound: not checked again

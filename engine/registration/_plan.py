@@ -317,6 +317,9 @@ class LanePool:
         self.last_used = 0
         #: A frame of this geometry went through the mirror check (``RegistrationOptions.mirror_check="first"``).
         self.mirror_checked = False
+        #: The edge score (``_program._mirror_score``) of the frame that went through it: a later frame scoring under
+        #: ``_program.MIRROR_RECHECK_SHARE`` of it is checked again (None: not known).
+        self.mirror_score: float | None = None
         #: The lanes of the plan whose widened edge band the last frame of this geometry asked for (a DRR reference,
         #: the frame's own penumbra; ``_program._frame_band_mm``): later frames start there, and each checks it there.
         #: Held here: no second lookup a frame. None: the geometry's own band.

@@ -719,9 +719,19 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         result = _smoothed_pair(reference, result, mirror_check, options, start)
     check = reference.options.mirror_check
     if mirror_check and check != "never" and result.ok and not (check == "first" and pool.mirror_checked):
+        first = not pool.mirror_checked
         pool.mirror_checked = True
         result = _mirror_check(reference, frame, result, flips)  # first: a flipped frame is named as such
+        if first and result.ok:
+            pool.mirror_score = _mirror_score(result)
         result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)  # the check's time is the frame's
+    elif (mirror_check and check == "first" and result.ok and pool.mirror_score is not None
+          and (_mirror_score(result) or 0.0) < MIRROR_RECHECK_SHARE * pool.mirror_score):
+        # a later frame of a checked geometry matching far worse than the one checked: checked too (rare). A hostile
+        # campaign's mirrored frame after a sound one of the same geometry was ok 8.3 mm off (the check ran on the
+        # first frame only)
+        result = _mirror_check(reference, frame, result, None)
+        result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
     elif mirror_check and check != "never" and not result.ok and _flip_leads(flips):
         # rare: a refused match that a flip beats in the global search (a frame mirrored up-down matched its reference
         # 21 mm away, "outside the search range", with no word of a mirror: a new user's trial); the full check says
@@ -1148,6 +1158,12 @@ def _flip_leads(flips: dict[str, float | None] | None) -> bool:
     own = flips["own"]
     return own is not None and own > 0.0 and any(
         peak is not None and peak > own for name, peak in flips.items() if name != "own")
+
+
+#: ``mirror_check="first"``: a later frame of a geometry whose edge score falls under this share of the checked frame's
+#: is put through the mirror check too (a hostile campaign's frame mirrored mid-stream fell from 0.69 to 0.47; the
+#: scores of one geometry's sound frames vary by a few hundredths).
+MIRROR_RECHECK_SHARE = 0.8
 
 
 def _mirror_score(result: RegistrationResult) -> float | None:
