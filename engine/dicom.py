@@ -181,6 +181,7 @@ _TAGS = {
     "RTImageOrientation": "(3002,0010)",
     "XRayImageReceptorTranslation": "(3002,000D)",
     "XRayImageReceptorAngle": "(3002,000E)",
+    "TableTopEccentricAngle": "(300A,0125)",
     "GantryAngle": "(300A,011E)",
     "BeamLimitingDeviceAngle": "(300A,0120)",
     "PatientSupportAngle": "(300A,0122)",
@@ -2004,6 +2005,10 @@ def _common_extra(
     receptor_angle = _checked_angle(ds, "XRayImageReceptorAngle", name)
     if receptor_angle is not None:
         extra["receptor_angle_deg"] = receptor_angle
+    # the table top turned about its eccentric axis (IEC 61217): the patient's turn adds to the support's
+    eccentric = _checked_angle(ds, "TableTopEccentricAngle", name)
+    if eccentric is not None:
+        extra["table_top_eccentric_deg"] = eccentric
     return extra
 
 

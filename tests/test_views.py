@@ -766,3 +766,41 @@ def test_couch_refuses_views_of_different_patients_across_pairs(pixels) -> None:
     same = [(image(pixels[0], 0.0, "ref0", "A"), image(pixels[1], 0.0, "frame0", "A")),
             (image(pixels[0], 90.0, "ref90", "A"), image(pixels[1], 90.0, "frame90", "A"))]
     assert register_views(same, backend="cpu")[0].ok
+
+
+def test_an_imager_turned_in_one_image_only_is_a_different_view():
+    """XRayImageReceptorAngle 90 in the frame and none in the reference (a hostile campaign): its image axes are not the
+    reference's, and couch combined the shift along the wrong axes, ok (vertical -2.58 for +4.09 mm). Absent is not
+    turned; within the view tolerance, or the same in both, is the same view."""
+    from portalign import ImageInfo, RegistrationOptions
+    from portalign.registration._views import compare_views
+
+    def info(source, turn):
+        return ImageInfo(source=source, gantry_deg=90.0, extra={} if turn is None else {"receptor_angle_deg": turn})
+
+    reason, record, _ = compare_views(info("ref.dcm", None), info("frame.dcm", 90.0), RegistrationOptions())
+    assert reason.startswith("different views: imager (receptor) angle 0 deg in the reference (ref.dcm) but 90 deg in "
+                             "the frame (frame.dcm)") and "XRayImageReceptorAngle" in reason
+    assert record["mismatch"] == ["receptor_deg"]
+    for ref_turn, frame_turn in ((None, None), (None, 0.0), (90.0, 90.0), (359.0, 1.0)):
+        assert compare_views(info("ref.dcm", ref_turn), info("frame.dcm", frame_turn), RegistrationOptions())[0] == ""
+    assert compare_views(info("ref.dcm", None), info("frame.dcm", 90.0), RegistrationOptions(allow_view_mismatch=True))[0] == ""
+
+
+def test_a_table_top_turned_eccentrically_in_one_image_only_is_a_different_view(tmp_path):
+    """TableTopEccentricAngle was never read (a hostile campaign's 90 deg gave couch the same answer, ok); it is read
+    from the RT Image and compared as the couch angle is (absent: not turned)."""
+    from dicom_factory import make_rt_image, write_rt_image
+    from portalign import ImageInfo, RegistrationOptions
+    from portalign.registration._views import compare_views
+
+    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 997) * 50
+    path = write_rt_image(make_rt_image(pixels, TableTopEccentricAngle=90.0), tmp_path / "frame.dcm")
+    frame = portalign.read_rt_image(path)
+    assert frame.info.extra["table_top_eccentric_deg"] == 90.0
+    reason, record, _ = compare_views(ImageInfo(source="ref.dcm", gantry_deg=0.0), frame.info, RegistrationOptions())
+    assert reason.startswith("different views: table top eccentric angle 0 deg in the reference (ref.dcm) but 90 deg "
+                             "in the frame (frame.dcm)") and "TableTopEccentricAngle (300A,0125)" in reason
+    assert record["mismatch"] == ["eccentric_deg"]
+    same = ImageInfo(source="ref.dcm", gantry_deg=0.0, extra={"table_top_eccentric_deg": 90.0})
+    assert compare_views(same, frame.info, RegistrationOptions())[0] == ""

@@ -32,7 +32,8 @@ __all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_re
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
 #: The RT Image attribute each view quantity is read from (an ``ImageInfo`` field to its DICOM keyword).
 VIEW_TAGS = {"gantry_deg": "GantryAngle", "collimator_deg": "BeamLimitingDeviceAngle",
-             "couch_deg": "PatientSupportAngle", "sad_mm": "RadiationMachineSAD"}
+             "couch_deg": "PatientSupportAngle", "sad_mm": "RadiationMachineSAD",
+             "receptor_deg": "XRayImageReceptorAngle", "eccentric_deg": "TableTopEccentricAngle"}
 #: Relative difference of the source-axis distances beyond which the views differ (1000 vs 980 mm is 2 %).
 SAD_TOLERANCE = 0.02
 
@@ -132,6 +133,20 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
             record["mismatch"].append(key)
             phrases.append(f"{label} angle {angle_text(ref_value)} deg in the reference ({reference.source}) but "
                            f"{angle_text(frame_value)} deg in the frame ({frame.source})")
+    # the imager turned about the beam (XRayImageReceptorAngle; absent: not turned) in one image and not the other: its
+    # image axes are not the other's (a hostile campaign's frame at 90 against a reference without one made couch
+    # combine its shift along the wrong axes, ok: vertical -2.58 for +4.09 mm)
+    # ...and the table top turned about its eccentric axis in one only (TableTopEccentricAngle; absent: not turned):
+    # the patient turned about the vertical as by the couch angle (the campaign's 90 deg was never read)
+    for key, label, record_key in (("receptor_angle_deg", "imager (receptor)", "receptor_deg"),
+                                   ("table_top_eccentric_deg", "table top eccentric", "eccentric_deg")):
+        if key in ref_extra or key in frame_extra:
+            ref_turn = float(ref_extra.get(key) or 0.0)
+            frame_turn = float(frame_extra.get(key) or 0.0)
+            if abs(angle_difference_deg(ref_turn, frame_turn)) > tolerance:
+                record["mismatch"].append(record_key)
+                phrases.append(f"{label} angle {angle_text(ref_turn)} deg in the reference ({reference.source}) but "
+                               f"{angle_text(frame_turn)} deg in the frame ({frame.source})")
     ref_sad, frame_sad = reference.sad_mm, frame.sad_mm
     if ref_sad and frame_sad and abs(ref_sad - frame_sad) > SAD_TOLERANCE * max(ref_sad, frame_sad):
         record["mismatch"].append("sad_mm")
