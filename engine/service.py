@@ -74,6 +74,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from . import __version__
@@ -554,6 +555,19 @@ def create_app(
         said = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
                          f" (got {str(e.get('input'))[:40]!r})" for e in exc.errors()[:3])
         return JSONResponse({"detail": f"bad query parameter: {said}", "error": "bad_request"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own answers (an unknown route, a method a route does not take) in the service's error form:
+        # they came as {"detail": "Not Found"} with no "error" (a hostile campaign)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        metrics.error(kind)
+        await _discard_rest(request)
+        said = (f"no such route: {request.method} {request.url.path}; the service answers /health, /metrics, "
+                "/v1/references and /v1/references/{id}[/register] (see /docs)") if exc.status_code == 404 else (
+            f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else str(exc.detail))
+        return JSONResponse({"detail": said, "error": kind}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - bugs only

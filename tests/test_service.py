@@ -724,3 +724,16 @@ def test_the_reference_cache_keeps_to_its_memory_budget():
 
     with pytest.raises(PortalignError, match="cache_mb must be a number of MiB >= 1"):
         create_app(cache_mb=0.5)
+
+
+def test_an_unknown_route_or_method_answers_in_the_service_s_error_form(client):
+    """The framework's own 404 and 405 came as {"detail": "Not Found"}, with no "error" kind (a hostile campaign)."""
+    missing = client.get("/v1/references/abc/..%2F..%2Fetc/register")
+    assert missing.status_code == 404
+    body = missing.json()
+    assert body["error"] == "not_found" and body["detail"].startswith("no such route: GET /v1/references/")
+    wrong = client.put("/health")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert wrong.json()["detail"] == "PUT is not allowed on /health"
+    unknown = client.get("/v1/references/0123456789abcdef")  # the route exists: its own 404 names the reference
+    assert unknown.status_code == 404 and unknown.json()["error"] == "not_found" and "upload it again" in unknown.json()["detail"]
