@@ -65,6 +65,8 @@ __all__ = ["IGNORED_SUFFIXES", "FolderWatcher", "add_arguments", "is_ignored", "
 
 #: A file that cannot be read and was modified less than this many seconds before is taken as still being written.
 YOUNG_S = 10.0
+#: ``--once``: how long (s) files that keep changing are waited for after the last file was taken.
+ONCE_WAIT_S = 60.0
 
 
 #: Files with these endings are still being written (or are editor/browser leftovers).
@@ -140,6 +142,9 @@ class FolderWatcher:
         self._unmovable: set[tuple[str, int, int]] = set()
         self.files_done = 0
         self.files_failed = 0
+        #: ``run(until_idle=True)``: files still changing when it gave up waiting (``once_wait_s``).
+        self.left_waiting: list[str] = []
+        self.once_wait_s = ONCE_WAIT_S
         self.on_file = on_file
 
     @property
@@ -212,12 +217,22 @@ class FolderWatcher:
         """
         stop = stop or threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
+        progress, since = (self.files_done, self.files_failed), time.monotonic()
         while not stop.is_set():
             self.poll_once()
             if until_idle and not self._seen:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
+            if until_idle:
+                # files that keep changing are waited for while others are taken, and at most ONCE_WAIT_S after the
+                # last one (a hostile campaign's file appended to for 90 s held --once with nothing said; a writer
+                # that never stops would hold it for ever): they are left, and named (left_waiting)
+                if (self.files_done, self.files_failed) != progress:
+                    progress, since = (self.files_done, self.files_failed), time.monotonic()
+                elif time.monotonic() - since >= self.once_wait_s:
+                    self.left_waiting = sorted(self._seen)
+                    return
             stop.wait(self.poll_s)
 
     # --- one file -----------------------------------------------------------------------------------
@@ -404,10 +419,15 @@ def run(args: argparse.Namespace) -> int:
             more = f" and {len(watcher.not_files) - 5} more" if len(watcher.not_files) > 5 else ""
             earlier += (f"; entries that are not plain files are not taken ({shown}{more}: links, pipes or devices): "
                         f"copy the files themselves into {watcher.folder}")
+        if watcher.left_waiting:  # still being written when --once stopped waiting: not taken, and said
+            shown = ", ".join(watcher.left_waiting[:5])
+            more = f" and {len(watcher.left_waiting) - 5} more" if len(watcher.left_waiting) > 5 else ""
+            earlier += (f"; {len(watcher.left_waiting)} file(s) still changing after {watcher.once_wait_s:g} s were "
+                        f"left as they are ({shown}{more}): run again once their writer has finished")
         what = f" ({watcher.registrar.summary()})" if watcher.files_done or watcher.files_failed else ""
         print(f"portalign watch: {watcher.files_done} done, {watcher.files_failed} failed{what}{earlier}",
               file=sys.stderr)
-        return EXIT_FILE_FAILED if watcher.files_failed else 0
+        return EXIT_FILE_FAILED if watcher.files_failed or watcher.left_waiting else 0
     return 0
 
 

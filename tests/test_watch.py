@@ -300,3 +300,40 @@ def test_a_watched_file_without_geometry_is_told_to_be_corrected_not_given_a_key
     assert failed and "pixel_spacing_mm=" not in failed[0]["error"], failed
     assert "correct the file (a watched folder has no override for it; portalign register takes --pixel-spacing-mm" \
         in failed[0]["error"], failed
+
+
+def test_once_stops_waiting_for_a_file_that_keeps_changing_and_names_it(tmp_path, monkeypatch, capsys):
+    """A hostile campaign appended 16 bytes to a file every 0.1 s for 90 s: ``watch --once`` waited all of it with
+    nothing said, and a writer that never stops would hold it for ever. It stops ``ONCE_WAIT_S`` after its last file
+    was taken, leaves the file as it is, names it, and exits non-zero."""
+    import portalign.watch as watch_module
+
+    monkeypatch.setattr(watch_module, "ONCE_WAIT_S", 0.6)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    growing = folder / "growing.dcm"
+    growing.write_bytes(b"DICM")
+    done = threading.Event()
+
+    def writer() -> None:
+        while not done.is_set():
+            with growing.open("ab") as out:
+                out.write(b"\0" * 16)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    try:
+        started = time.monotonic()
+        status = run(parser.parse_args([str(folder), "--results", str(tmp_path / "r.jsonl"), "--poll", "0.05",
+                                        "--once"]))
+        waited = time.monotonic() - started
+    finally:
+        done.set()
+        thread.join()
+    said = capsys.readouterr().err
+    assert status == 1 and waited < 30
+    assert "1 file(s) still changing after 0.6 s were left as they are (growing.dcm)" in said
+    assert growing.exists()  # left where it was, not moved to failed/
