@@ -279,17 +279,6 @@ def find_field(image: Image, small: np.ndarray, *, thorough: bool = False,
     if covers:
         return replace(dead_lines_only(image, small, thorough=thorough, candidates=candidates),
                        note=f"{NO_FIELD_EDGE}: {covers}; the whole image is matched")
-    field = _find_field(image, small, thorough, candidates)
-    if not field.detected and not field.striped and image.info.kind == "portal":
-        # no field found in a portal image: one larger than the panel, its edge crossing the image? (open fields only)
-        shadow = _field_past_the_panel(image, small, field)
-        if shadow is not None:
-            return shadow
-    return field
-
-
-def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Candidates | None) -> FieldEstimate:
-    """:func:`find_field` where the planned aperture does not cover the image, before a field past the panel is sought."""
     # (every estimate made of ``field`` below keeps its dead lines and ``striped``)
     field = detect_field(small, image.pixels, thorough=thorough, candidates=candidates)
     if field.detected and field.note.startswith(MULTI_PART_NOTE) and _thin_split(image, field):
@@ -316,9 +305,9 @@ def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Can
         if away > MAX_FIELD_AXIS_DISTANCE_MM:
             beside = _field_beside(image, small, field)
             if beside is None:
-                return _not_the_field(field, f"the region found lies {away:.0f} mm from the beam axis, and a "
-                                             "radiation field surrounds its central axis, so it is the patient's "
-                                             "outline or an object (air beside the body)")
+                return _or_past_panel(image, small, _not_the_field(
+                    field, f"the region found lies {away:.0f} mm from the beam axis, and a radiation field surrounds "
+                           "its central axis, so it is the patient's outline or an object (air beside the body)"))
             field = replace(beside, note=f"{SET_ASIDE_NOTE} at the image's edge {away:.0f} mm from the beam axis (an "
                                          "object, a detector block) was set aside, and the radiation field found "
                                          "around the axis used")
@@ -332,10 +321,10 @@ def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Can
                            note=f"{NO_FIELD_EDGE}: {SLIVER_NOTE} {sliver:.1f} mm wide at the image's edge (the rest of "
                                 "it off the image)")
     if field.detected and not field.field_is_bright and _radiation_is_bright(image):
-        return _not_the_field(field, "the region found is darker than its surroundings in an image whose higher "
-                                     "values mean more radiation, so it is an attenuating object (a phantom's "
-                                     "outline), not the radiation field; or the pixel values are inverted (check "
-                                     "--invert: given wrongly, or needed)")
+        return _or_past_panel(image, small, _not_the_field(
+            field, "the region found is darker than its surroundings in an image whose higher values mean more "
+                   "radiation, so it is an attenuating object (a phantom's outline), not the radiation field; or the "
+                   "pixel values are inverted (check --invert: given wrongly, or needed)"))
     if field.detected and _sign_in_doubt(image, field):
         # an inverted image's field, or an object in an open beam? The dose hints, by its noise
         ratio = noise_ratio(image.pixels, field.mask)
@@ -345,15 +334,15 @@ def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Can
                 "a dead detector block, or padding), so it is not a field; check the frame, or use --field none "
                 "(field='none') to match the whole image, the block included"))
         if ratio is not None and ratio < OBJECT_NOISE_RATIO:
-            return _not_the_field(field, f"the region found is {ratio:.1f}x as noisy as its surroundings: it receives "
-                                         "less radiation than they do, so it is an attenuating object in an open beam "
-                                         "(a phantom, the patient's outline), not the radiation field, whose inside "
-                                         "receives more")
+            return _or_past_panel(image, small, _not_the_field(
+                field, f"the region found is {ratio:.1f}x as noisy as its surroundings: it receives less radiation "
+                       "than they do, so it is an attenuating object in an open beam (a phantom, the patient's "
+                       "outline), not the radiation field, whose inside receives more"))
         if ratio is not None and ratio < MIN_FIELD_NOISE_RATIO:
             return replace(field, doubt=(
                 f"{image.info.source}: the region taken for the radiation field is {ratio:.1f}x as noisy as its "
                 f"surroundings; {FIELD_DOUBT_ADVICE}"))
-    return field
+    return field if field.detected else _or_past_panel(image, small, field)
 
 
 #: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
@@ -362,8 +351,19 @@ def _find_field(image: Image, small: np.ndarray, thorough: bool, candidates: Can
 SHADOW_SHARE = 0.08
 #: A shielded region along the image's border (:func:`_field_past_the_panel`) covering this share of the image...
 SHADOW_AREA = (0.02, 0.5)
+#: ...in at most this many regions (a jaw or two on each side), the rest of the image one region holding this share of it.
+SHADOW_MAX_PARTS = 4
+SHADOW_FIELD_SHARE = 0.95
 #: Note of a field found by its shadow (:func:`_field_past_the_panel`).
 PAST_PANEL_NOTE = "the radiation field is larger than the panel"
+
+
+def _or_past_panel(image: Image, small: np.ndarray, field: FieldEstimate) -> FieldEstimate:
+    """Return ``field`` (none found), or a portal image's field larger than the panel (:func:`_field_past_the_panel`)."""
+    if field.striped or image.info.kind != "portal":
+        return field
+    shadow = _field_past_the_panel(image, small, field)
+    return field if shadow is None else shadow
 
 
 def _field_past_the_panel(image: Image, small: np.ndarray, field: FieldEstimate) -> FieldEstimate | None:
@@ -402,8 +402,13 @@ def _field_past_the_panel(image: Image, small: np.ndarray, field: FieldEstimate)
     c = int(round((image.beam_axis_px[0] - (factor - 1) / 2) / factor))
     if not (0 <= r < inside.shape[0] and 0 <= c < inside.shape[1] and inside[r, c]):
         return None
-    part, parts = ndimage.label(inside)  # the field is the region holding the axis (the rest, closed-off islands)
+    part, parts = ndimage.label(inside)
     mask = part == part[r, c]
+    if np.count_nonzero(shadow) and (ndimage.label(shadow)[1] > SHADOW_MAX_PARTS
+                                     or np.count_nonzero(mask) < SHADOW_FIELD_SHARE * np.count_nonzero(inside)):
+        # a field past the panel leaves one region, the jaws' shadows one along each side they cross: dark stripes
+        # (a phantom's bars, a grid) leave the bright between them in pieces, none of them the field
+        return None
     rows, cols = np.nonzero(mask)
     box = (float(cols.min()), float(cols.max()), float(rows.min()), float(rows.max()))
     return FieldEstimate(True, threshold, True, box, field.effectiveness, mask,

@@ -143,8 +143,8 @@ class Image:
         if not (np.isfinite(cx) and np.isfinite(cy)):
             raise GeometryError(f"{name}: beam axis position must be finite, got {self.beam_axis_px!r}")
         rows, cols = pixels.shape
-        if (abs(cx - (cols - 1) / 2.0) * sx > MAX_AXIS_OFFSET_MM
-                or abs(cy - (rows - 1) / 2.0) * sy > MAX_AXIS_OFFSET_MM):
+        off_x, off_y = (cx - (cols - 1) / 2.0) * sx, (cy - (rows - 1) / 2.0) * sy  # (no abs(): no call a frame)
+        if not (-MAX_AXIS_OFFSET_MM <= off_x <= MAX_AXIS_OFFSET_MM and -MAX_AXIS_OFFSET_MM <= off_y <= MAX_AXIS_OFFSET_MM):
             # beyond any panel's offset: its mm overflow the search's arithmetic (a hostile upload: 1e154 pixels)
             raise GeometryError(f"{name}: beam axis position ({cx:g}, {cy:g}) px lies more than "
                                 f"{MAX_AXIS_OFFSET_MM / 1000:g} m from the image's centre at the isocentre plane; give "

@@ -24,7 +24,13 @@ FLATSYM = REAL / "pylinac" / "open_field" / "flatsym_demo.dcm"
 
 
 @pytest.mark.skipif(not FLATSYM.is_file(), reason=f"{FLATSYM} is not there (../shared/data/real)")
-def test_a_flat_field_window_with_one_edge_has_no_peak_and_is_refused() -> None:
+def test_a_flat_field_window_with_one_edge_has_no_peak_and_is_refused(monkeypatch) -> None:
+    """A window of a flat field whose one edge crosses it. Its field is found by the edge's shadow now
+    (``field._field_past_the_panel``): the edge leaves the match and the flat interior is refused as ambiguous. Matched
+    whole (the shadow not taken for the outside), the peak check refuses it: both are tested."""
+    from portalign import field as field_module
+    from portalign.field import PAST_PANEL_NOTE
+
     image = read(FLATSYM)
     ref, frame, dx, dy = window_pair(image, 102, 136, 563, 750, 8, 18)
     assert (dx, dy) == pytest.approx((7.063, 3.139), abs=1e-3)
@@ -33,6 +39,10 @@ def test_a_flat_field_window_with_one_edge_has_no_peak_and_is_refused() -> None:
     frame = replace(frame, pixels=np.ascontiguousarray(frame.pixels[top:frame.shape[0] - bottom,
                                                                     left:frame.shape[1] - right]),
                     beam_axis_px=(ax - left, ay - top))
+    found = portalign.register(ref, frame, backend="cpu")
+    assert not found.ok and found.field_detected and found.reason.startswith("ambiguous: a second optimum")
+    assert any(w.startswith(PAST_PANEL_NOTE) for w in found.warnings)
+    monkeypatch.setattr(field_module, "_field_past_the_panel", lambda image, small, field: None)
     result = portalign.register(ref, frame, backend="cpu")
     # before: ok, (-9.27, -3.45) mm for (+7.06, +3.14)
     assert not result.ok and result.dx_mm is None and result.dy_mm is None

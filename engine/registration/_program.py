@@ -725,13 +725,17 @@ def register_frame(reference: Reference, frame: Image, mirror_check: bool = True
         if first and result.ok:
             pool.mirror_score = _mirror_score(result)
         result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)  # the check's time is the frame's
-    elif (mirror_check and check == "first" and result.ok and pool.mirror_score is not None
-          and (_mirror_score(result) or 0.0) < MIRROR_RECHECK_SHARE * pool.mirror_score):
+    elif mirror_check and check == "first" and result.ok and pool.mirror_score is not None:
         # a later frame of a checked geometry matching far worse than the one checked: checked too (rare). A hostile
         # campaign's mirrored frame after a sound one of the same geometry was ok 8.3 mm off (the check ran on the
-        # first frame only)
-        result = _mirror_check(reference, frame, result, None)
-        result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
+        # first frame only). _mirror_score written out: no call a frame
+        details = result.details
+        score = details["edge_score_all_edges"] if "edge_score_all_edges" in details else None
+        if score is None:
+            score = details["edge_score"] if "edge_score" in details else None
+        if score is not None and score < MIRROR_RECHECK_SHARE * pool.mirror_score:
+            result = _mirror_check(reference, frame, result, None)
+            result = replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
     elif mirror_check and check != "never" and not result.ok and _flip_leads(flips):
         # rare: a refused match that a flip beats in the global search (a frame mirrored up-down matched its reference
         # 21 mm away, "outside the search range", with no word of a mirror: a new user's trial); the full check says

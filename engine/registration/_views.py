@@ -32,8 +32,9 @@ __all__ = ["angle_difference_deg", "beam_angle_deg", "compare_views", "common_re
 VIEW_ANGLES = (("gantry_deg", "gantry"), ("collimator_deg", "collimator"), ("couch_deg", "couch (patient support)"))
 #: The RT Image attribute each view quantity is read from (an ``ImageInfo`` field to its DICOM keyword).
 VIEW_TAGS = {"gantry_deg": "GantryAngle", "collimator_deg": "BeamLimitingDeviceAngle",
-             "couch_deg": "PatientSupportAngle", "sad_mm": "RadiationMachineSAD",
-             "receptor_deg": "XRayImageReceptorAngle", "eccentric_deg": "TableTopEccentricAngle"}
+             "couch_deg": "PatientSupportAngle", "sad_mm": "RadiationMachineSAD"}
+#: The view angles read into ``ImageInfo.extra`` (absent: not turned), by their mismatch names, and their attributes.
+EXTRA_VIEW_TAGS = {"receptor_deg": "XRayImageReceptorAngle", "eccentric_deg": "TableTopEccentricAngle"}
 #: Relative difference of the source-axis distances beyond which the views differ (1000 vs 980 mm is 2 %).
 SAD_TOLERANCE = 0.02
 
@@ -190,7 +191,7 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
     if "sad_mm" in record["mismatch"]:
         limits.append(f"{SAD_TOLERANCE:.0%} for source-axis distances")
     # (the tags and the likelier fix named: a new user's trial found only the override offered)
-    named = ", ".join(tag_label(VIEW_TAGS[key]) for key in record["mismatch"])
+    named = ", ".join(tag_label(VIEW_TAGS[key] if key in VIEW_TAGS else EXTRA_VIEW_TAGS[key]) for key in record["mismatch"])
     reason = (f"different views: {text} (tolerance {' and '.join(limits)}); a 2-D match of different "
               f"views is not a setup error: check that the reference is this frame's beam ({named} in both headers). "
               "If this is intended, set allow_view_mismatch=True (--allow-view-mismatch)")
