@@ -497,7 +497,7 @@ _NOT_DICOM = "not a DICOM file (expected a DICOM RT Image)"
 def _read_bytes(source: Any, name: str) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         if not os.fspath(source):
-            raise PortalImageError("an empty path was given for a DICOM file; give the file's path")
+            raise ImagePathError("an empty path was given for a DICOM file; give the file's path")
         path = Path(source)
         shown = _printable(str(path), 200)
         where = "" if shown == name else f" ({shown})"  # the name first, as every message; the path as given too
@@ -506,6 +506,9 @@ def _read_bytes(source: Any, name: str) -> bytes:
         except OSError as exc:
             raise ImagePathError(f"{name}: cannot be read{where} ({exc.strerror or exc}); check the path") from exc
         if not exists:
+            if path.is_symlink():  # a link to nothing, or a loop of links: the link is there, its file is not
+                raise ImagePathError(f"{name}: is a symbolic link to no file (a broken link, or a loop of links)"
+                                     f"{where}; give the file itself")
             raise ImagePathError(f"{name}: no such file{where}; check the path")
         if is_dir:
             raise ImagePathError(f"{name}: is a directory{where}, not a DICOM file")

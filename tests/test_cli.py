@@ -289,8 +289,13 @@ def test_register_json_names_a_path_that_is_no_file_apart_from_an_unusable_image
     from portalign.errors import ImagePathError, PortalImageError
 
     assert issubclass(ImagePathError, PortalImageError)
+    loop = tmp_path / "loop1.dcm"
+    loop.symlink_to(tmp_path / "loop2.dcm")
+    (tmp_path / "loop2.dcm").symlink_to(loop)  # a loop of links (a hostile campaign: told "no such file")
     for given, said in ((tmp_path / "absent.dcm", "absent.dcm: no such file"),
-                        (tmp_path, f"{tmp_path.name}: is a directory")):
+                        (tmp_path, f"{tmp_path.name}: is a directory"),
+                        (loop, "loop1.dcm: is a symbolic link to no file (a broken link, or a loop of links)"),
+                        ("", "an empty path was given for a DICOM file")):
         assert main(["register", str(pair.ref_dcm), str(given), "--json"]) == 2
         out, err = capsys.readouterr()
         payload = _strict_json(out)
