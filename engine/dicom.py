@@ -2030,6 +2030,20 @@ def _frame_info(
     extra = dict(common)
     extra["notes"] = list(common["notes"])
     extra.update(_aperture(item, collimator, name, extra["notes"]))
+    if item is not None:
+        # the top level and the frame's ExposureSequence item naming two angles: one is used, and the contradiction
+        # is said (a hostile campaign's item at gantry 90 under a top-level 0 was registered as 0, nothing said)
+        said = []
+        for keyword in ("GantryAngle", "BeamLimitingDeviceAngle", "PatientSupportAngle"):
+            top, own = _checked_angle(ds, keyword, name), _checked_angle(item, keyword, name)
+            if top is not None and own is not None and abs((top - own + 180.0) % 360.0 - 180.0) > 1.0:
+                used = own if specific else top
+                said.append(f"{name}: {tag_label(keyword)} is {top:g} deg at the top level but {own:g} deg in the "
+                            f"ExposureSequence item of this frame; {used:g} deg is used: the header contradicts "
+                            "itself (check the export)")
+        if said:
+            extra["notes"].extend(said)
+            extra["header_contradictions"] = said
     return ImageInfo(
         source=name,
         modality=modality,

@@ -804,3 +804,28 @@ def test_a_table_top_turned_eccentrically_in_one_image_only_is_a_different_view(
     assert record["mismatch"] == ["eccentric_deg"]
     same = ImageInfo(source="ref.dcm", gantry_deg=0.0, extra={"table_top_eccentric_deg": 90.0})
     assert compare_views(same, frame.info, RegistrationOptions())[0] == ""
+
+
+def test_a_header_naming_two_gantry_angles_is_said(tmp_path):
+    """A hostile campaign's single frame with GantryAngle 0 at the top level and 90 in its ExposureSequence item was
+    registered as gantry 0, nothing said. The contradiction is said with the angle used (in ``info``'s notes and the
+    result's warnings)."""
+    from dicom_factory import make_rt_image, write_rt_image
+    from portalign import ImageInfo, RegistrationOptions
+    from portalign.registration._views import compare_views
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.GantryAngle = 90.0
+    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 997) * 50
+    frame = portalign.read_rt_image(write_rt_image(make_rt_image(pixels, gantry=0.0, ExposureSequence=[item]),
+                                                   tmp_path / "frame.dcm"))
+    said = ("frame.dcm: GantryAngle (300A,011E) is 0 deg at the top level but 90 deg in the ExposureSequence item of "
+            "this frame; 0 deg is used: the header contradicts itself (check the export)")
+    assert frame.info.gantry_deg == 0.0 and said in frame.info.extra["notes"]
+    reason, _, warnings = compare_views(ImageInfo(source="ref.dcm", gantry_deg=0.0), frame.info, RegistrationOptions())
+    assert reason == "" and said in warnings
+    item.GantryAngle = 0.5  # within a degree: the same angle written twice
+    agreeing = portalign.read_rt_image(write_rt_image(make_rt_image(pixels, gantry=0.0, ExposureSequence=[item]),
+                                                      tmp_path / "agreeing.dcm"))
+    assert "header_contradictions" not in agreeing.info.extra

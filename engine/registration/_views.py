@@ -180,6 +180,9 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
                            f"(RTImagePosition (3002,0012), XRayImageReceptorTranslation (3002,000D)), so it is taken at "
                            f"its centre, while the other image states it ({stated}): an imager offset or a cropped export "
                            "moves the shift by as much, which the images cannot show"]
+    for extra in (ref_extra, frame_extra):  # a header naming two angles for one view (rare: no call otherwise)
+        if "header_contradictions" in extra:
+            patient_warning = [*patient_warning, *extra["header_contradictions"]]
     if not phrases:
         return "", record, patient_warning
     text = "; ".join(phrases)
