@@ -829,3 +829,23 @@ def test_a_header_naming_two_gantry_angles_is_said(tmp_path):
     agreeing = portalign.read_rt_image(write_rt_image(make_rt_image(pixels, gantry=0.0, ExposureSequence=[item]),
                                                       tmp_path / "agreeing.dcm"))
     assert "header_contradictions" not in agreeing.info.extra
+
+
+def test_a_frame_that_is_the_reference_itself_is_said_to_be_on_a_smoothed_pass_too() -> None:
+    """The demo's noisy MV frame against itself, the reference's header planning a field wider than the image: refused
+    as taken, the pair is registered again smoothed (``_program.SMOOTH_PAIR``), whose pass compared its smoothed
+    pixels with the reference's, found them different, and came back ok with "share one SOP Instance UID but their
+    pixels differ" (a hostile campaign). The pass as taken judges the pixels."""
+    from dataclasses import replace
+
+    from portalign.demo import make_demo_pair
+
+    _, frame, _ = make_demo_pair()
+    frame = replace(frame, info=replace(frame.info, sop_instance_uid="1.2.826.0.1.3680043.8.498.1"))
+    corners = [[-200.0, -200.0], [200.0, -200.0], [200.0, 200.0], [-200.0, 200.0]]
+    wide = replace(frame, info=replace(frame.info, extra={**frame.info.extra, "planned_field_corners_mm": corners}))
+    result = portalign.register(wide, frame, backend="cpu")
+    assert not result.ok and result.reason.startswith("the frame is the reference image itself")
+    assert not [w for w in result.warnings if "their pixels differ" in w]
+    other = portalign.register(wide, replace(frame, pixels=frame.pixels + np.float32(1.0)), backend="cpu")
+    assert [w for w in other.warnings if "but their pixels differ" in w]  # same UID, other pixels: said

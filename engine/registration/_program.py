@@ -2087,13 +2087,14 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
         # a new user's trial dropped a copy of the reference into a watched folder: matched with itself at no shift,
         # ok, and nothing said; then ok with a warning, which a loop gating on ok took as the patient in position (a
         # fuzz campaign): the measurement is right, and says nothing of the patient, so it is not ok
-        same = (frame.pixels.shape == reference.image.pixels.shape
-                and bool(np.array_equal(frame.pixels, reference.image.pixels)))
+        # (a smoothed pass's frame is not the pixels as taken: the pass as taken judged them, and said so)
+        same = denoised is None and (frame.pixels.shape == reference.image.pixels.shape
+                                     and bool(np.array_equal(frame.pixels, reference.image.pixels)))
         if same:
             itself_reason = (f"the frame is the reference image itself (the same SOP Instance UID, "
                              f"{frame.info.sop_instance_uid}, and the same pixels): its shift from itself says nothing "
                              "of the patient; register a frame acquired at this treatment")
-        else:  # a trial's two pylinac images of different gantry angles shared one UID
+        elif denoised is None or denoised.get("uid_reused"):  # a trial's two pylinac images of two gantry angles
             warnings.append(f"the frame and the reference share one SOP Instance UID ({frame.info.sop_instance_uid}) "
                             "but their pixels differ: a UID reused for two images (an export or anonymisation "
                             "fault); a REG object or a journal cannot tell them apart")
@@ -2153,7 +2154,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
     low_contrast = quality != "" and quality.startswith(TOO_LITTLE_STRUCTURE)
     # (not a striped frame: smoothing hides its stripes, which the match would still measure)
     # (``smooth``: the mirror check's comparison asks for a frame smoothed, or not, as a flipped copy was)
-    if (denoised is None and (not quality or low_contrast) and not field.striped and "contrast_to_noise" in frame_stats
+    if (denoised is None and not itself_reason and (not quality or low_contrast) and not field.striped
+            and "contrast_to_noise" in frame_stats
             and (smooth if smooth is not None else (
                 DENOISE and r_eff >= DENOISE_MIN_RADIUS_MM and frame_stats["contrast_to_noise"] < DENOISE_BELOW_CNR
                 and reference_contrast_to_noise(levels[plan.refine_levels[-1]])
@@ -2169,9 +2171,11 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             erode_box(np.ascontiguousarray(field.mask, dtype=np.uint8), reach, np.empty_like(interior), interior)
         smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM, interior,
                                   2 ** plan.field_level)
-        return _register(reference, plan, smoothed, start, options,
-                         {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
-                          "reference_smoothed": False, RAW_FRAME_LINES: frame_lines}, scale_check)
+        again = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
+                 "reference_smoothed": False, RAW_FRAME_LINES: frame_lines}
+        if frame.info.sop_instance_uid != "" and frame.info.sop_instance_uid == ref_info.sop_instance_uid:
+            again["uid_reused"] = True  # (rare) the pass as taken found one UID on two images' pixels: said again
+        return _register(reference, plan, smoothed, start, options, again, scale_check)
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False
