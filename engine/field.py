@@ -53,7 +53,7 @@ from .image import Image
 __all__ = ["BAND_NOTE", "FieldEstimate", "box_reduce", "bridge_lines", "detect_field", "find_field", "field_centre_mm",
            "field_size_mm", "field_pixels", "box_at_border", "core_extent_px", "likely_inverted", "planned_aperture_covers",
            "penumbra_extent_mm", "sample_mask", "noise_ratio", "core_box_px", "mask_core_box", "core_sides_mm",
-           "core_sides_fine_mm", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
+           "core_sides_fine_mm", "border_shadow", "clear_dead_lines", "NO_FIELD", "NO_FIELD_EDGE", "PLANNED_COVERS"]
 
 #: Minimum Otsu effectiveness for a field/outside split.
 MIN_EFFECTIVENESS = 0.72
@@ -358,6 +358,39 @@ SHADOW_FIELD_SHARE = 0.95
 PAST_PANEL_NOTE = "the radiation field is larger than the panel"
 
 
+def clear_dead_lines(mask: np.ndarray, field: FieldEstimate | None) -> np.ndarray:
+    """Set ``field``'s dead detector lines (``dead_rows``, ``dead_cols``) False in ``mask`` of its level; return it.
+
+    ``mask`` is changed in place where it has the shape of the level the lines were found on (``level_shape``).
+    """
+    if field is not None and (field.dead_rows or field.dead_cols) and field.level_shape == mask.shape:
+        mask[list(field.dead_rows), :] = False
+        mask[:, list(field.dead_cols)] = False
+    return mask
+
+
+def border_shadow(values: np.ndarray, field: FieldEstimate | None = None) -> tuple[np.ndarray, float] | None:
+    """Return the shielded regions along an image's border and the level under which a pixel is shielded.
+
+    ``values``: a portal image's field-detection level. Shielded: at or under ``SHADOW_SHARE`` of its 99th
+    percentile; the regions kept are those touching the border, ``SHADOW_AREA`` of the image in all (None
+    otherwise). ``field``'s dead detector lines (:func:`clear_dead_lines`) are not shadow. Read by
+    :func:`_field_past_the_panel` and by the registration's shared-shadow check of two portal images.
+    """
+    top = float(np.percentile(values, 99.0))
+    if not top > 0.0:
+        return None
+    threshold = SHADOW_SHARE * top
+    labels, count = ndimage.label(clear_dead_lines(values <= threshold, field))
+    if count == 0:
+        return None
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    shadow = np.isin(labels, edge[edge > 0])
+    if not SHADOW_AREA[0] <= float(shadow.mean()) <= SHADOW_AREA[1]:
+        return None
+    return shadow, threshold
+
+
 def _or_past_panel(image: Image, small: np.ndarray, field: FieldEstimate) -> FieldEstimate:
     """Return ``field`` (none found), or a portal image's field larger than the panel (:func:`_field_past_the_panel`)."""
     if field.striped or image.info.kind != "portal":
@@ -381,21 +414,10 @@ def _field_past_the_panel(image: Image, small: np.ndarray, field: FieldEstimate)
     found here may not.
     """
     values = np.asarray(small, dtype=np.float64)
-    top = float(np.percentile(values, 99.0))
-    if not top > 0.0:
+    found = border_shadow(values, field)  # a dead line is dark along the whole image: not a shadow
+    if found is None:
         return None
-    threshold = SHADOW_SHARE * top
-    dark = values <= threshold
-    if (field.dead_rows or field.dead_cols) and field.level_shape == dark.shape:
-        dark[list(field.dead_rows), :] = False  # a dead line is dark along the whole image: not a shadow
-        dark[:, list(field.dead_cols)] = False
-    labels, count = ndimage.label(dark)
-    if count == 0:
-        return None
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    shadow = np.isin(labels, edge[edge > 0])
-    if not SHADOW_AREA[0] <= float(shadow.mean()) <= SHADOW_AREA[1]:
-        return None
+    shadow, threshold = found
     inside = ~shadow
     factor = _level_factor(image.shape[0], values.shape[0])
     r = int(round((image.beam_axis_px[1] - (factor - 1) / 2) / factor))

@@ -39,11 +39,11 @@ from ..field import (
     NO_FIELD,
     NO_FIELD_EDGE,
     PLANNED_COVERS,
-    SHADOW_AREA,
     SHADOW_SHARE,
     SLIVER_NOTE,
     STRONG_LINE_CONTRAST,
     FieldEstimate,
+    border_shadow,
     box_at_border,
     core_extent_px,
     core_sides_fine_mm,
@@ -475,13 +475,9 @@ def _reference_shows_field(image: Image, frame: Image, field: FieldEstimate, fac
     return {"frame": round(own, 4), "reference": round(theirs, 4)}
 
 
-#: A pixel of a portal image's field-detection level at or under this share of the image's 99th percentile is
-#: shielded (``field.SHADOW_SHARE``: outside the field, 1-5 % transmission, the trial's 0.6-1.1 %)...
-SHIELDED_SHARE = SHADOW_SHARE
-#: ...and a shielded region along the image's border covering this share of the image or more (at most half: more is
-#: an inverted image's field), shielded in the other image too at this share of its places, is one aperture's shadow
-#: (where neither image's sign is known: with it, ``field.find_field`` takes the shadow for the field's outside).
-SHIELDED_MIN_AREA = SHADOW_AREA[0]
+#: A shielded region along the image's border (``field.border_shadow``: at or under ``field.SHADOW_SHARE`` of the
+#: image's 99th percentile, ``field.SHADOW_AREA`` of it), shielded in the other image too at this share of its places,
+#: is one aperture's shadow (where ``field.find_field`` did not take it for a field's outside: the beam axis in it).
 SHIELDED_AGREE = 0.8
 
 
@@ -496,20 +492,11 @@ def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, fac
     where there is no such shadow or the reference does not share it. ``small``: the frame's field-detection level
     (``factor`` detector pixels a pixel); the reference's 99th percentile is read once, on its own such level.
     """
-    from scipy import ndimage
-
-    top = float(np.percentile(small, 99.0))
-    if not top > 0.0:
+    found = border_shadow(small)
+    if found is None:
         return None
-    dark = small <= SHIELDED_SHARE * top
-    labels, count = ndimage.label(dark)
-    if count == 0:
-        return None
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    shadow = np.isin(labels, edge[edge > 0])
+    shadow = found[0]
     share = float(shadow.mean())
-    if not SHIELDED_MIN_AREA <= share <= SHADOW_AREA[1]:
-        return None
     image = reference.image
     row, col, keep = _at_pixels(image, frame, shadow, factor)
     if keep.sum() < 0.5 * keep.size:
@@ -521,7 +508,7 @@ def _shared_shielding(reference: Reference, frame: Image, small: np.ndarray, fac
 
         reference_top = reference._shielding_top = float(
             np.percentile(box_reduce(image.pixels, FIELD_LEVEL_MAX_PIXELS)[0], 99.0))
-    agree = float(np.mean(image.pixels[row[keep], col[keep]] <= SHIELDED_SHARE * reference_top))
+    agree = float(np.mean(image.pixels[row[keep], col[keep]] <= SHADOW_SHARE * reference_top))
     if agree < SHIELDED_AGREE:
         return None
     return {"share": round(share, 4), "agree": round(agree, 4)}
@@ -2094,7 +2081,8 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             itself_reason = (f"the frame is the reference image itself (the same SOP Instance UID, "
                              f"{frame.info.sop_instance_uid}, and the same pixels): its shift from itself says nothing "
                              "of the patient; register a frame acquired at this treatment")
-        elif denoised is None or denoised.get("uid_reused"):  # a trial's two pylinac images of two gantry angles
+        else:  # a trial's two pylinac images of two gantry angles shared one UID (a smoothed pass: the pass as taken
+            # found them different, or it would have refused, not smoothed)
             warnings.append(f"the frame and the reference share one SOP Instance UID ({frame.info.sop_instance_uid}) "
                             "but their pixels differ: a UID reused for two images (an export or anonymisation "
                             "fault); a REG object or a journal cannot tell them apart")
@@ -2171,11 +2159,9 @@ def _register(reference: Reference, plan: FramePlan, frame: Image, start: float,
             erode_box(np.ascontiguousarray(field.mask, dtype=np.uint8), reach, np.empty_like(interior), interior)
         smoothed = denoised_frame(frame, field, 2 ** plan.field_level, DENOISE_SIGMA_MM, interior,
                                   2 ** plan.field_level)
-        again = {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
-                 "reference_smoothed": False, RAW_FRAME_LINES: frame_lines}
-        if frame.info.sop_instance_uid != "" and frame.info.sop_instance_uid == ref_info.sop_instance_uid:
-            again["uid_reused"] = True  # (rare) the pass as taken found one UID on two images' pixels: said again
-        return _register(reference, plan, smoothed, start, options, again, scale_check)
+        return _register(reference, plan, smoothed, start, options,
+                         {"sigma_mm": DENOISE_SIGMA_MM, "contrast_to_noise": frame_stats["contrast_to_noise"],
+                          "reference_smoothed": False, RAW_FRAME_LINES: frame_lines}, scale_check)
     rotate = opts.estimate_rotation
     if rotate and r_eff < MIN_ROTATION_RADIUS_MM:
         rotate = False

@@ -8,7 +8,7 @@ import numpy as np
 from portalign.kernels.cpu.refine import STENCIL_3D, rotation_lever_arm
 from portalign.kernels.cpu.statistics import clean_window, second_difference_mad
 
-from ..field import FieldEstimate, field_size_mm
+from ..field import FieldEstimate, clear_dead_lines, field_size_mm
 from ..image import Image
 from ._plan import FramePlan, Level
 from ._refine import evaluate
@@ -218,13 +218,9 @@ def assess_frame(backend, frame: Image, plan: FramePlan, field: FieldEstimate,  
         source = plan.host if plan.host_stage and plan.host is not None else plan
         img = backend.to_host(source.levels[plan.field_level].image)
         # a box mean equals the maximum code only where all pixels under it are saturated
-        saturated = img >= saturation
-        if (field.dead_rows or field.dead_cols) and field.level_shape == saturated.shape:
-            # detector lines left out of the match (hot ones at the maximum among them) are not what is matched: a
-            # trial's frames with a saturated strip of 14-21 hot lines, left out, were refused as 3 % saturated
-            saturated[list(field.dead_rows), :] = False
-            saturated[:, list(field.dead_cols)] = False
-        fraction = float(saturated.mean())
+        # detector lines left out of the match (hot ones at the maximum among them) are not what is matched: a
+        # trial's frames with a saturated strip of 14-21 hot lines, left out, were refused as 3 % saturated
+        fraction = float(clear_dead_lines(img >= saturation, field).mean())
         if fraction > MAX_SATURATED_FRACTION:
             return f"frame is saturated: {fraction:.0%} of its pixels are at the detector maximum ({saturation:g})"
     return ""

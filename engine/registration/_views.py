@@ -144,7 +144,7 @@ def compare_views(reference: ImageInfo, frame: ImageInfo, options: RegistrationO
         if key in ref_extra or key in frame_extra:
             ref_turn = float(ref_extra.get(key) or 0.0)
             frame_turn = float(frame_extra.get(key) or 0.0)
-            if abs(angle_difference_deg(ref_turn, frame_turn)) > tolerance:
+            if angle_difference_deg(ref_turn, frame_turn) > tolerance:
                 record["mismatch"].append(record_key)
                 phrases.append(f"{label} angle {angle_text(ref_turn)} deg in the reference ({reference.source}) but "
                                f"{angle_text(frame_turn)} deg in the frame ({frame.source})")
